@@ -1,0 +1,78 @@
+// GEMM epilogues: what happens to each element of C = alpha * op(A) * op(B) + beta * C after the
+// product is formed, fused into the GEMM's final write so layers need no extra pass.
+//
+// An epilogue is a small struct with
+//   template <class T> T operator()(T value, std::size_t row, std::size_t col) const;
+// `value` is alpha * sum_k A(row,k) B(k,col) + beta * C(row,col) (beta = 0: C is not read).
+// Optimised GEMMs may also call a vectorised overload on a run of columns of one row;
+// each epilogue here provides both and they must agree exactly.
+#pragma once
+
+#include <bitgrad/core/simd.hpp>
+
+#include <algorithm>
+#include <cstddef>
+
+namespace bitgrad::epilogue {
+
+/// C = value.
+struct identity {
+  template <class T>
+  T operator()(T value, std::size_t, std::size_t) const {
+    return value;
+  }
+  template <class B>
+  B apply(B value, std::size_t, std::size_t) const {
+    return value;
+  }
+};
+
+/// C = value + bias[row] (convolution: rows are output channels).
+template <class T>
+struct bias_rows {
+  const T* bias;
+  T operator()(T value, std::size_t row, std::size_t) const { return value + bias[row]; }
+  template <class B>
+  B apply(B value, std::size_t row, std::size_t) const {
+    return value + B(bias[row]);
+  }
+};
+
+/// C = value + bias[col] (linear layer with batch-major rows).
+template <class T>
+struct bias_cols {
+  const T* bias;
+  T operator()(T value, std::size_t, std::size_t col) const { return value + bias[col]; }
+  template <class B>
+  B apply(B value, std::size_t, std::size_t col) const {
+    return value + B::load_unaligned(bias + col);
+  }
+};
+
+/// C = max(0, value + bias[row]).
+template <class T>
+struct bias_rows_relu {
+  const T* bias;
+  T operator()(T value, std::size_t row, std::size_t) const {
+    return std::max(T(0), value + bias[row]);
+  }
+  template <class B>
+  B apply(B value, std::size_t row, std::size_t) const {
+    return xsimd::max(B(T(0)), value + B(bias[row]));
+  }
+};
+
+/// C = max(0, value + bias[col]).
+template <class T>
+struct bias_cols_relu {
+  const T* bias;
+  T operator()(T value, std::size_t, std::size_t col) const {
+    return std::max(T(0), value + bias[col]);
+  }
+  template <class B>
+  B apply(B value, std::size_t, std::size_t col) const {
+    return xsimd::max(B(T(0)), value + B::load_unaligned(bias + col));
+  }
+};
+
+} // namespace bitgrad::epilogue
