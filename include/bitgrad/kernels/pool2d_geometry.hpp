@@ -15,8 +15,8 @@
 namespace bitgrad {
 
 struct pool2d_geometry {
-  std::size_t batch = 1, channels = 1, in_h = 1, in_w = 1, kernel_h = 2, kernel_w = 2,
-              stride_h = 2, stride_w = 2, pad_h = 0, pad_w = 0;
+  std::size_t batch = 1, channels = 1, in_h = 1, in_w = 1, kernel_h = 2, kernel_w = 2, stride_h = 2,
+              stride_w = 2, pad_h = 0, pad_w = 0;
 
   std::size_t out_h() const { return (in_h + 2 * pad_h - kernel_h) / stride_h + 1; }
   std::size_t out_w() const { return (in_w + 2 * pad_w - kernel_w) / stride_w + 1; }
@@ -44,8 +44,8 @@ struct pool2d_geometry {
            ") must be at most half the kernel (" + std::to_string(kernel_h) + ", " +
            std::to_string(kernel_w) + ")");
     if (kernel_h > in_h + 2 * pad_h)
-      fail("kernel height " + std::to_string(kernel_h) + " is larger than the padded input height " +
-           std::to_string(in_h + 2 * pad_h));
+      fail("kernel height " + std::to_string(kernel_h) +
+           " is larger than the padded input height " + std::to_string(in_h + 2 * pad_h));
     if (kernel_w > in_w + 2 * pad_w)
       fail("kernel width " + std::to_string(kernel_w) + " is larger than the padded input width " +
            std::to_string(in_w + 2 * pad_w));

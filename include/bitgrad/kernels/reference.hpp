@@ -3,3 +3,6 @@
 #pragma once
 
 #include <bitgrad/kernels/ref/gemm.hpp>
+#include <bitgrad/kernels/ref/conv2d.hpp>
+#include <bitgrad/kernels/ref/elementwise.hpp>
+#include <bitgrad/kernels/ref/pool2d.hpp>

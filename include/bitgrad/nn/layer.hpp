@@ -6,8 +6,10 @@
 //
 //   const output_type& forward(const input_type& x)
 //       Computes the output into a buffer the layer owns (reused across calls: no allocation in
-//       steady state) and keeps what backward needs (in training mode). The reference stays
-//       valid until the next forward. A wrong shape throws shape_error naming the layer, the
+//       steady state while the batch size stays the same) and keeps what backward needs. The
+//       reference stays valid until the next forward. (`identity` returns x itself, so its
+//       output lives as long as x.) Layers may keep a pointer to x for backward: the caller
+//       keeps x alive and unchanged until backward. A wrong shape throws shape_error naming the layer, the
 //       expected and the actual shape.
 //   const input_type& backward(const output_type& dy)
 //       Given dL/dy for the last forward, returns dL/dx (a buffer the layer owns) and
@@ -18,16 +20,22 @@
 //       quantizers may add noise only in training mode.
 //   void visit_parameters(F&& f)      calls f(param_ref<T>&) for each trainable tensor, in a fixed
 //       order; names are prefixed with the layer's name ("conv1.weight", "conv1.bits").
+//       Compositions prefix their own name when it is not empty ("layer1.0.conv1.weight").
 //   void visit_quantizers(F&& f)      calls f(std::string_view layer_name, Q& quantizer) for every
 //       quantizer (generic lambda: Q differs by layer); layers without weights call nothing.
 //   std::string describe() const      one short line per layer ("conv2d 1->6 5x5 frac_bits g=1").
 //   const std::string& name() const   the layer's name, used in messages and reports.
+//
+// Compositions (sequential, residual) also have
+//   void visit_layers(F& f, std::string_view prefix)   f(full_name, leaf_layer&) for every leaf
+// and the free function nn::visit_layers(l, f) (nn/visit.hpp) works on any layer.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
 
 #include <concepts>
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -61,5 +69,32 @@ concept layer = requires(L& l, const L& cl, const typename L::input_type& x,
   { cl.describe() } -> std::convertible_to<std::string>;
   { cl.name() } -> std::convertible_to<std::string>;
 };
+
+/// "conv1" + "weight" -> "conv1.weight"; an empty prefix or name adds no dot.
+inline std::string join_name(std::string_view prefix, std::string_view name) {
+  if (prefix.empty()) return std::string(name);
+  if (name.empty()) return std::string(prefix);
+  std::string out;
+  out.reserve(prefix.size() + 1 + name.size());
+  out.append(prefix).append(1, '.').append(name);
+  return out;
+}
+
+/// Gives `buffer` the shape `shape` (reallocating only when the size changes).
+template <class Tensor, class Shape>
+void ensure_shape(Tensor& buffer, const Shape& shape) {
+  bool same = buffer.shape().size() == shape.size();
+  for (std::size_t i = 0; same && i < shape.size(); ++i)
+    same = static_cast<std::size_t>(buffer.shape()[i]) == static_cast<std::size_t>(shape[i]);
+  if (!same) buffer.resize(shape);
+}
+
+/// Calls f on a copy of `p` whose name is prefixed with `prefix`.
+template <class T, class F>
+void visit_prefixed(std::string_view prefix, const param_ref<T>& p, F& f) {
+  param_ref<T> named = p;
+  named.name = join_name(prefix, p.name);
+  f(named);
+}
 
 } // namespace bitgrad::nn

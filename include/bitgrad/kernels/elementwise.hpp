@@ -1,0 +1,180 @@
+// Elementwise activations and the small reductions layers need.
+//
+//   relu   : y = max(0, x);            bprop dx = dy where x > 0 (equivalently y > 0), else 0
+//   relu6  : y = min(6, max(0, x));    bprop dx = dy where 0 < x < 6, else 0 (the kinks at 0 and
+//                                      6 get gradient 0)
+//   bias_grad_rows  : dbias[c] += sum_r dy[r][c]        (dy rows x cols, batch-major; ACCUMULATES)
+//   channel_mean_var: x NCHW viewed as (batch, channels, plane); per channel c over the
+//                     batch*plane values: mean = sum/count, var = sum (x - mean)^2 / count
+//                     (biased; two passes, so no catastrophic cancellation)
+//   softmax_cross_entropy (logits: batch x classes, row-major; labels in [0, classes)):
+//     p = softmax(z) = exp(z - max z) / sum exp(z - max z)
+//     target t = (1 - s) * onehot(label) + s / classes           (s = label_smoothing)
+//     loss = mean over the batch of  -sum_c t_c log p_c,  log p_c = z_c - max z - log sum exp(...)
+//     dlogits = (p - t) / batch
+// Clamps are written as xsimd::select rather than xsimd::max/min: GCC 12 reports a false
+// -Wmaybe-uninitialized inside the AVX-512 max/min intrinsics. All pointers are contiguous arrays;
+// outputs may alias inputs for the activations. SIMD over simd_batch<T> with scalar tails.
+// Reference twins: kernels/ref/elementwise.hpp.
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/core/simd.hpp>
+#include <bitgrad/kernels/ref/elementwise.hpp>
+#include <bitgrad/kernels/vec.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+namespace bitgrad {
+
+namespace detail {
+/// out[i] = f(i) over [0, n) with SIMD steps: fv(batch offset) / fs(scalar index).
+template <class T, class FV, class FS>
+inline void elementwise_loop(std::size_t n, FV&& fv, FS&& fs) {
+  std::size_t i = 0;
+  if constexpr (BITGRAD_HAS_SIMD) {
+    constexpr std::size_t L = simd_batch<T>::size;
+    for (; i + L <= n; i += L) fv(i);
+  }
+  for (; i < n; ++i) fs(i);
+}
+} // namespace detail
+
+template <class T>
+void relu_fprop(std::size_t n, const T* x, T* y) {
+  using B = simd_batch<T>;
+  detail::elementwise_loop<T>(
+      n,
+      [&](std::size_t i) {
+        const B v = B::load_unaligned(x + i);
+        xsimd::select(v > B(T(0)), v, B(T(0))).store_unaligned(y + i);
+      },
+      [&](std::size_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
+}
+
+template <class T>
+void relu_bprop(std::size_t n, const T* y_or_x, const T* dy, T* dx) {
+  using B = simd_batch<T>;
+  detail::elementwise_loop<T>(
+      n,
+      [&](std::size_t i) {
+        xsimd::select(B::load_unaligned(y_or_x + i) > B(T(0)), B::load_unaligned(dy + i), B(T(0)))
+            .store_unaligned(dx + i);
+      },
+      [&](std::size_t i) { dx[i] = y_or_x[i] > T(0) ? dy[i] : T(0); });
+}
+
+template <class T>
+void relu6_fprop(std::size_t n, const T* x, T* y) {
+  using B = simd_batch<T>;
+  detail::elementwise_loop<T>(
+      n,
+      [&](std::size_t i) {
+        const B v = B::load_unaligned(x + i), six(T(6)), zero(T(0));
+        xsimd::select(v > zero, xsimd::select(v < six, v, six), zero).store_unaligned(y + i);
+      },
+      [&](std::size_t i) { y[i] = std::min(T(6), std::max(T(0), x[i])); });
+}
+
+template <class T>
+void relu6_bprop(std::size_t n, const T* x, const T* dy, T* dx) {
+  using B = simd_batch<T>;
+  detail::elementwise_loop<T>(
+      n,
+      [&](std::size_t i) {
+        const B v = B::load_unaligned(x + i);
+        xsimd::select((v > B(T(0))) && (v < B(T(6))), B::load_unaligned(dy + i), B(T(0)))
+            .store_unaligned(dx + i);
+      },
+      [&](std::size_t i) { dx[i] = (x[i] > T(0) && x[i] < T(6)) ? dy[i] : T(0); });
+}
+
+/// dbias[c] += sum over rows of dy[r][c].
+template <class T>
+void bias_grad_rows(std::size_t rows, std::size_t cols, const T* dy, T* dbias) {
+  for (std::size_t r = 0; r < rows; ++r) detail::axpy(cols, T(1), dy + r * cols, dbias);
+}
+
+/// Per channel mean and biased variance over batch*plane values (two passes).
+template <class T>
+void channel_mean_var(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                      T* mean, T* var) {
+  if (batch * plane == 0)
+    throw config_error("channel_mean_var: batch*plane must be >= 1, got " + std::to_string(batch) +
+                       "*" + std::to_string(plane));
+  const T count = T(batch * plane);
+  for (std::size_t c = 0; c < channels; ++c) {
+    T s = 0;
+    for (std::size_t n = 0; n < batch; ++n) s += detail::sum(plane, x + (n * channels + c) * plane);
+    const T m = s / count;
+    T sq = 0;
+    for (std::size_t n = 0; n < batch; ++n) {
+      const T* xc = x + (n * channels + c) * plane;
+      std::size_t i = 0;
+      if constexpr (BITGRAD_HAS_SIMD) {
+        using B = simd_batch<T>;
+        constexpr std::size_t L = B::size;
+        B acc(T(0));
+        const B mv(m);
+        for (; i + L <= plane; i += L) {
+          const B d = B::load_unaligned(xc + i) - mv;
+          acc = xsimd::fma(d, d, acc);
+        }
+        sq += detail::lane_sum(acc);
+      }
+      for (; i < plane; ++i) sq += (xc[i] - m) * (xc[i] - m);
+    }
+    mean[c] = m;
+    var[c] = sq / count;
+  }
+}
+
+/// Mean softmax cross-entropy over the batch; probs = softmax(logits) (kept for bprop).
+/// Throws config_error for a label outside [0, classes).
+template <class T>
+T softmax_cross_entropy_fprop(std::size_t batch, std::size_t classes, const T* logits,
+                              const std::int32_t* labels, T* probs, T label_smoothing = 0) {
+  if (batch == 0 || classes == 0)
+    throw config_error("softmax_cross_entropy: batch and classes must be >= 1, got " +
+                       std::to_string(batch) + " and " + std::to_string(classes));
+  const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
+  T total = 0;
+  for (std::size_t r = 0; r < batch; ++r) {
+    ref::detail::check_label(labels[r], classes, r);
+    const T* z = logits + r * classes;
+    T* p = probs + r * classes;
+    const T mx = *std::max_element(z, z + classes);
+    T s = 0, z_sum = 0;
+    for (std::size_t c = 0; c < classes; ++c) {
+      p[c] = std::exp(z[c] - mx);
+      s += p[c];
+      z_sum += z[c];
+    }
+    const T log_s = std::log(s), inv = T(1) / s;
+    for (std::size_t c = 0; c < classes; ++c) p[c] *= inv;
+    // -sum_c t_c log p_c = -(on - off) log p_label - off * sum_c log p_c
+    const T log_p_label = z[labels[r]] - mx - log_s;
+    const T sum_log_p = z_sum - T(classes) * (mx + log_s);
+    total += -(on - off) * log_p_label - off * sum_log_p;
+  }
+  return total / T(batch);
+}
+
+/// dlogits = (probs - target) / batch; overwritten.
+template <class T>
+void softmax_cross_entropy_bprop(std::size_t batch, std::size_t classes, const T* probs,
+                                 const std::int32_t* labels, T* dlogits, T label_smoothing = 0) {
+  const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
+  const T inv_batch = T(1) / T(batch);
+  for (std::size_t r = 0; r < batch; ++r) {
+    ref::detail::check_label(labels[r], classes, r);
+    for (std::size_t c = 0; c < classes; ++c)
+      dlogits[r * classes + c] = (probs[r * classes + c] - off) * inv_batch;
+    dlogits[r * classes + std::size_t(labels[r])] -= (on - off) * inv_batch;
+  }
+}
+
+} // namespace bitgrad

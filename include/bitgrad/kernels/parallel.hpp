@@ -1,0 +1,51 @@
+// Batch-level parallelism for the convolution and pooling kernels.
+//
+// Choice: the kernels split the batch into one contiguous chunk of images per OpenMP thread and
+// run everything for an image (im2col, gemm, col2im) on that thread. A gemm called from inside
+// this region sees omp_in_parallel() and (with the default max-active-levels of 1) runs on the
+// calling thread, so there is never a nested team. When the caller is itself inside a parallel
+// region, or OpenMP is off (BITGRAD_WITH_OPENMP undefined), everything runs on one thread.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
+
+namespace bitgrad::detail {
+
+/// Threads a batch-parallel kernel will use for `items` independent images (>= 1).
+inline std::size_t batch_threads(std::size_t items) {
+#if defined(BITGRAD_WITH_OPENMP)
+  if (omp_in_parallel() || items < 2) return 1;
+  return std::max<std::size_t>(1, std::min<std::size_t>(items, std::size_t(omp_get_max_threads())));
+#else
+  (void)items;
+  return 1;
+#endif
+}
+
+/// Calls f(thread, begin, end) for contiguous chunks [begin, end) of [0, items), chunk t on
+/// thread t, with at most `threads` threads (from batch_threads). Deterministic split.
+template <class F>
+void parallel_chunks(std::size_t threads, std::size_t items, F&& f) {
+  if (threads <= 1) {
+    f(std::size_t(0), std::size_t(0), items);
+    return;
+  }
+#if defined(BITGRAD_WITH_OPENMP)
+#pragma omp parallel num_threads(static_cast <int>(threads))
+  {
+    const std::size_t team = std::size_t(omp_get_num_threads());
+    const std::size_t t = std::size_t(omp_get_thread_num());
+    const std::size_t begin = items * t / team, end = items * (t + 1) / team;
+    if (begin < end) f(t, begin, end);
+  }
+#else
+  f(std::size_t(0), std::size_t(0), items);
+#endif
+}
+
+} // namespace bitgrad::detail

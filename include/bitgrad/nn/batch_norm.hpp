@@ -1,0 +1,229 @@
+// batch_norm: per-channel normalisation with a learned affine map, as PyTorch's BatchNorm1d
+// (Rank 2: x is (N, F), one channel per feature) and BatchNorm2d (Rank 4: x is (N, C, H, W)).
+//
+//   training:  mean, var = batch statistics of each channel (var biased, divisor m = N*H*W)
+//              y = gamma * (x - mean) / sqrt(var + eps) + beta
+//              running_mean = (1 - momentum) * running_mean + momentum * mean
+//              running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+//   eval:      the same with running_mean and running_var in place of the batch statistics.
+// gamma (init 1) and beta (init 0) are parameters of kind norm; the running statistics are
+// buffers (not trained). fold_batch_norm rewrites a preceding conv2d or linear so that it
+// computes bn(layer(x)) of the eval mode by itself.
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/elementwise.hpp>
+#include <bitgrad/nn/conv2d.hpp>
+#include <bitgrad/nn/layer.hpp>
+#include <bitgrad/nn/linear.hpp>
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <string>
+
+namespace bitgrad::nn {
+
+struct batch_norm_options {
+  std::size_t features = 0; ///< channels (Rank 4) or features (Rank 2)
+  double eps = 1e-5;
+  double momentum = 0.1;
+  std::string name = "bn";
+};
+
+template <class T, std::size_t Rank>
+class batch_norm {
+  static_assert(Rank == 2 || Rank == 4, "batch_norm: Rank 2 (N, F) or Rank 4 (N, C, H, W)");
+
+public:
+  using value_type = T;
+  using input_type = tensor<T, Rank>;
+  using output_type = tensor<T, Rank>;
+
+  explicit batch_norm(const batch_norm_options& opt)
+      : name_(opt.name), c_(opt.features), eps_(static_cast<T>(opt.eps)),
+        momentum_(static_cast<T>(opt.momentum)) {
+    if (c_ == 0) throw config_error(name_ + ": features must be >= 1");
+    if (!(opt.eps > 0)) throw config_error(name_ + ": eps must be > 0");
+    if (!(opt.momentum >= 0 && opt.momentum <= 1))
+      throw config_error(name_ + ": momentum must be in [0, 1], got " +
+                         std::to_string(opt.momentum));
+    gamma_ = xt::ones<T>({c_});
+    beta_ = xt::zeros<T>({c_});
+    grad_gamma_ = xt::zeros<T>({c_});
+    grad_beta_ = xt::zeros<T>({c_});
+    running_mean_ = xt::zeros<T>({c_});
+    running_var_ = xt::ones<T>({c_});
+    mean_ = xt::zeros<T>({c_});
+    var_ = xt::zeros<T>({c_});
+    inv_std_ = xt::zeros<T>({c_});
+  }
+
+  const output_type& forward(const input_type& x) {
+    std::array<std::size_t, Rank> want{};
+    want[1] = c_;
+    check_shape(name_, "input", x.shape(), want);
+    const std::size_t n = x.shape()[0];
+    const std::size_t plane = x.size() / (n == 0 ? 1 : n) / c_;
+    const std::size_t count = n * plane;
+    if (count == 0) throw shape_error(name_ + ": empty input " + shape_string(x.shape()));
+    batch_stats_ = training_;
+    if (training_) {
+      if (count < 2)
+        throw shape_error(name_ + ": training needs more than one value per channel, got input " +
+                          shape_string(x.shape()));
+      channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
+      const T unbias = T(count) / T(count - 1);
+      for (std::size_t c = 0; c < c_; ++c) {
+        running_mean_[c] = (T(1) - momentum_) * running_mean_[c] + momentum_ * mean_[c];
+        running_var_[c] = (T(1) - momentum_) * running_var_[c] + momentum_ * var_[c] * unbias;
+      }
+    } else {
+      mean_ = running_mean_;
+      var_ = running_var_;
+    }
+    for (std::size_t c = 0; c < c_; ++c) inv_std_[c] = T(1) / std::sqrt(var_[c] + eps_);
+    ensure_shape(xhat_, x.shape());
+    ensure_shape(y_, x.shape());
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t c = 0; c < c_; ++c) {
+        const std::size_t off = (i * c_ + c) * plane;
+        const T m = mean_[c], is = inv_std_[c], g = gamma_[c], b = beta_[c];
+        for (std::size_t k = 0; k < plane; ++k) {
+          const T h = (x.data()[off + k] - m) * is;
+          xhat_.data()[off + k] = h;
+          y_.data()[off + k] = g * h + b;
+        }
+      }
+    n_ = n;
+    plane_ = plane;
+    seen_ = true;
+    return y_;
+  }
+
+  const input_type& backward(const output_type& dy) {
+    if (!seen_) throw config_error(name_ + ": backward called before forward");
+    std::array<std::size_t, Rank> want{};
+    for (std::size_t i = 0; i < Rank; ++i) want[i] = y_.shape()[i];
+    check_shape(name_, "output gradient", dy.shape(), want);
+    ensure_shape(dx_, y_.shape());
+    const T count = T(n_ * plane_);
+    for (std::size_t c = 0; c < c_; ++c) {
+      T sum_dy = 0, sum_dy_h = 0;
+      for (std::size_t i = 0; i < n_; ++i) {
+        const std::size_t off = (i * c_ + c) * plane_;
+        for (std::size_t k = 0; k < plane_; ++k) {
+          sum_dy += dy.data()[off + k];
+          sum_dy_h += dy.data()[off + k] * xhat_.data()[off + k];
+        }
+      }
+      grad_gamma_[c] += sum_dy_h;
+      grad_beta_[c] += sum_dy;
+      const T gs = gamma_[c] * inv_std_[c];
+      for (std::size_t i = 0; i < n_; ++i) {
+        const std::size_t off = (i * c_ + c) * plane_;
+        for (std::size_t k = 0; k < plane_; ++k) {
+          const T d = dy.data()[off + k];
+          dx_.data()[off + k] =
+              batch_stats_ ? gs / count * (count * d - sum_dy - xhat_.data()[off + k] * sum_dy_h)
+                           : gs * d;
+        }
+      }
+    }
+    return dx_;
+  }
+
+  void zero_grad() {
+    grad_gamma_.fill(T(0));
+    grad_beta_.fill(T(0));
+  }
+  void train(bool on) { training_ = on; }
+  bool training() const { return training_; }
+  template <class F>
+  void visit_parameters(F&& f) {
+    visit_prefixed(name_,
+                   param_ref<T>{"gamma", gamma_.data(), grad_gamma_.data(), c_, param_kind::norm},
+                   f);
+    visit_prefixed(name_,
+                   param_ref<T>{"beta", beta_.data(), grad_beta_.data(), c_, param_kind::norm}, f);
+  }
+  template <class F>
+  void visit_quantizers(F&&) {}
+  std::string describe() const {
+    return std::string(Rank == 2 ? "batch_norm1d " : "batch_norm2d ") + std::to_string(c_);
+  }
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  std::size_t features() const { return c_; }
+  T eps() const { return eps_; }
+  T momentum() const { return momentum_; }
+  tensor1<T>& gamma() { return gamma_; }
+  const tensor1<T>& gamma() const { return gamma_; }
+  tensor1<T>& beta() { return beta_; }
+  const tensor1<T>& beta() const { return beta_; }
+  tensor1<T>& running_mean() { return running_mean_; }
+  const tensor1<T>& running_mean() const { return running_mean_; }
+  tensor1<T>& running_var() { return running_var_; }
+  const tensor1<T>& running_var() const { return running_var_; }
+
+private:
+  std::string name_;
+  std::size_t c_;
+  T eps_, momentum_;
+  bool training_ = true;
+  bool batch_stats_ = true;
+  bool seen_ = false;
+  std::size_t n_ = 0, plane_ = 0;
+  tensor1<T> gamma_, beta_, grad_gamma_, grad_beta_, running_mean_, running_var_;
+  tensor1<T> mean_, var_, inv_std_;
+  output_type y_, xhat_;
+  input_type dx_;
+};
+
+static_assert(layer<batch_norm<float, 2>>);
+static_assert(layer<batch_norm<float, 4>>);
+
+namespace detail {
+// Scales channel o of w (per_channel values) by gamma/sqrt(var+eps) and shifts the bias so that
+// the layer alone computes the eval-mode bn(layer(x)).
+template <class T, std::size_t Rank>
+void fold_channels(const std::string& who, std::size_t channels, std::size_t per_channel, T* w,
+                   T* b, const batch_norm<T, Rank>& bn) {
+  if (bn.features() != channels)
+    throw config_error("fold_batch_norm: " + bn.name() + " has " +
+                       std::to_string(bn.features()) + " channels but " + who + " has " +
+                       std::to_string(channels));
+  for (std::size_t o = 0; o < channels; ++o) {
+    const T s = bn.gamma()[o] / std::sqrt(bn.running_var()[o] + bn.eps());
+    for (std::size_t k = 0; k < per_channel; ++k) w[o * per_channel + k] *= s;
+    b[o] = (b[o] - bn.running_mean()[o]) * s + bn.beta()[o];
+  }
+}
+} // namespace detail
+
+/// Rewrites conv's weights and bias (turning the bias on) so that conv(x) equals the eval-mode
+/// bn(conv(x)) of before. The quantizer is not touched: fold FP32 weights, or re-bind the
+/// quantizer afterwards (its scales were initialised from the old weights).
+template <class T, template <class> class Quant>
+void fold_batch_norm(conv2d<T, Quant>& conv, const batch_norm<T, 4>& bn) {
+  if (conv.options().fuse_relu)
+    throw config_error("fold_batch_norm: " + conv.name() +
+                       " applies a fused ReLU before the batch norm; cannot fold");
+  conv.enable_bias();
+  const std::size_t out = conv.options().out_channels;
+  detail::fold_channels(conv.name(), out, conv.weight().size() / out, conv.weight().data(),
+                        conv.bias().data(), bn);
+}
+
+/// The same for a linear layer followed by a batch_norm<T, 2>.
+template <class T, template <class> class Quant>
+void fold_batch_norm(linear<T, Quant>& fc, const batch_norm<T, 2>& bn) {
+  fc.enable_bias();
+  detail::fold_channels(fc.name(), fc.out_features(), fc.in_features(), fc.weight().data(),
+                        fc.bias().data(), bn);
+}
+
+} // namespace bitgrad::nn

@@ -1,0 +1,230 @@
+// conv2d: a 2-D convolution layer whose weights go through a quantizer.
+//
+//   x  : (N, in_channels, H, W)
+//   W  : (out_channels, in_channels / groups, kernel, kernel), channel-major (one filter per
+//        output channel, the quantizer's "channel")
+//   b  : (out_channels)
+//   y  : (N, out_channels, out_h, out_w), out = (in + 2*pad - dilation*(kernel-1) - 1)/stride + 1
+//
+// Forward: wq = Q(W) (skipped for the identity quantizer), then the conv kernel with the bias
+// (and, with fuse_relu, the ReLU) fused in. Backward: dx by conv2d_dgrad, dwq and db by
+// conv2d_wgrad, then the quantizer turns dwq into dW and its own parameter gradients.
+// With fuse_relu the layer is relu(conv(x)): dy is first masked where y == 0.
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/conv2d.hpp>
+#include <bitgrad/nn/init.hpp>
+#include <bitgrad/nn/layer.hpp>
+#include <bitgrad/quant/no_quant.hpp>
+#include <bitgrad/quant/quantizer.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace bitgrad::nn {
+
+/// What a conv2d layer is built from (square kernels, strides, paddings and dilations).
+struct conv2d_options {
+  std::size_t in_channels = 0;
+  std::size_t out_channels = 0;
+  std::size_t kernel = 3;
+  std::size_t stride = 1;
+  std::size_t padding = 0;
+  std::size_t dilation = 1;
+  std::size_t groups = 1;
+  bool bias = true;
+  bool fuse_relu = false;      ///< y = relu(conv(x) + b) in one pass
+  std::uint64_t seed = 0;      ///< seeds the Kaiming-uniform initialisation
+  std::string name = "conv2d"; ///< used in messages and parameter names
+};
+
+/// T: element type. Quant: the weight quantizer policy (quant::no_quant for FP32).
+template <class T, template <class> class Quant = quant::no_quant>
+class conv2d {
+public:
+  using value_type = T;
+  using input_type = tensor4<T>;
+  using output_type = tensor4<T>;
+  using quantizer_type = Quant<T>;
+  static_assert(quant::quantizer<quantizer_type>);
+
+  explicit conv2d(const conv2d_options& opt, const typename quantizer_type::options& qopt = {})
+      : name_(opt.name), opt_(opt), quantizer_(qopt) {
+    // Validate the fixed part of the geometry on a nominal input large enough for the kernel.
+    conv2d_geometry g = geometry_for(1, opt.dilation * (opt.kernel - (opt.kernel > 0)) + 1,
+                                     opt.dilation * (opt.kernel - (opt.kernel > 0)) + 1);
+    try {
+      g.validate();
+    } catch (const config_error& e) {
+      throw config_error(name_ + ": " + e.what());
+    }
+    const std::size_t per_channel = g.filter_size();
+    weight_ = tensor4<T>::from_shape(
+        {opt.out_channels, opt.in_channels / opt.groups, opt.kernel, opt.kernel});
+    grad_weight_ = xt::zeros<T>(weight_.shape());
+    bias_ = xt::zeros<T>({opt.out_channels});
+    grad_bias_ = xt::zeros<T>({opt.out_channels});
+    std::mt19937_64 rng(opt.seed);
+    const T bound = kaiming_uniform_bound<T>(per_channel);
+    fill_uniform(weight_.data(), weight_.size(), bound, rng);
+    if (opt.bias) fill_uniform(bias_.data(), bias_.size(), bound, rng);
+    if constexpr (!quantizer_type::is_identity) {
+      wq_ = tensor4<T>::from_shape(weight_.shape());
+      grad_wq_ = tensor4<T>::from_shape(weight_.shape());
+    }
+    quantizer_.bind(opt.out_channels, per_channel, weight_.data());
+  }
+
+  const output_type& forward(const input_type& x) {
+    const auto& s = x.shape();
+    if (s[1] != opt_.in_channels)
+      throw shape_error(name_ + ": expected input of shape (0, " +
+                        std::to_string(opt_.in_channels) + ", 0, 0) (0 = any), got " +
+                        shape_string(s));
+    geo_ = geometry_for(s[0], s[2], s[3]);
+    if (s[0] == 0 || geo_.extent_h() > s[2] + 2 * opt_.padding ||
+        geo_.extent_w() > s[3] + 2 * opt_.padding)
+      throw shape_error(name_ + ": input of shape " + shape_string(s) + " is too small for a " +
+                        std::to_string(opt_.kernel) + "x" + std::to_string(opt_.kernel) +
+                        " kernel with padding " + std::to_string(opt_.padding));
+    ensure_shape(y_, std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
+    const T* w = quantized_weight();
+    const T* b = opt_.bias ? bias_.data() : nullptr;
+    if (opt_.fuse_relu)
+      conv2d_fprop_relu(geo_, x.data(), w, b, y_.data(), scratch_);
+    else
+      conv2d_fprop(geo_, x.data(), w, b, y_.data(), scratch_);
+    x_ = &x;
+    return y_;
+  }
+
+  const input_type& backward(const output_type& dy) {
+    if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
+    check_shape(name_, "output gradient", dy.shape(),
+                std::array<std::size_t, 4>{geo_.batch, geo_.out_channels, geo_.out_h(),
+                                           geo_.out_w()});
+    const T* g = dy.data();
+    if (opt_.fuse_relu) {
+      ensure_shape(dy_masked_, dy.shape());
+      for (std::size_t i = 0; i < dy.size(); ++i)
+        dy_masked_.data()[i] = y_.data()[i] > T(0) ? g[i] : T(0);
+      g = dy_masked_.data();
+    }
+    ensure_shape(dx_, x_->shape());
+    const T* w = quantizer_type::is_identity ? weight_.data() : wq_.data();
+    conv2d_dgrad(geo_, g, w, dx_.data(), scratch_);
+    T* db = opt_.bias ? grad_bias_.data() : nullptr;
+    if constexpr (quantizer_type::is_identity) {
+      conv2d_wgrad(geo_, x_->data(), g, grad_weight_.data(), db, scratch_);
+    } else {
+      grad_wq_.fill(T(0));
+      conv2d_wgrad(geo_, x_->data(), g, grad_wq_.data(), db, scratch_);
+      quantizer_.backward(weight_.data(), grad_wq_.data(), grad_weight_.data());
+    }
+    return dx_;
+  }
+
+  void zero_grad() {
+    grad_weight_.fill(T(0));
+    grad_bias_.fill(T(0));
+    quantizer_.zero_grad();
+  }
+  void train(bool on) { training_ = on; }
+  bool training() const { return training_; }
+
+  template <class F>
+  void visit_parameters(F&& f) {
+    visit_prefixed(name_,
+                   param_ref<T>{"weight", weight_.data(), grad_weight_.data(), weight_.size(),
+                                param_kind::weight},
+                   f);
+    if (opt_.bias)
+      visit_prefixed(name_,
+                     param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(),
+                                  param_kind::bias},
+                     f);
+    quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
+  }
+  template <class F>
+  void visit_quantizers(F&& f) {
+    f(std::string_view(name_), quantizer_);
+  }
+
+  std::string describe() const {
+    std::string d = "conv2d " + std::to_string(opt_.in_channels) + "->" +
+                    std::to_string(opt_.out_channels) + " " + std::to_string(opt_.kernel) + "x" +
+                    std::to_string(opt_.kernel);
+    if (opt_.stride != 1) d += " stride " + std::to_string(opt_.stride);
+    if (opt_.padding != 0) d += " pad " + std::to_string(opt_.padding);
+    if (opt_.dilation != 1) d += " dilation " + std::to_string(opt_.dilation);
+    if (opt_.groups != 1) d += " groups " + std::to_string(opt_.groups);
+    if (!opt_.bias) d += " no-bias";
+    if (opt_.fuse_relu) d += " +relu";
+    return d + " " + quantizer_type::policy_name;
+  }
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  const conv2d_options& options() const { return opt_; }
+  bool has_bias() const { return opt_.bias; }
+  /// Turns the bias on (initialised to 0), e.g. before folding a batch norm into this layer.
+  void enable_bias() {
+    if (!opt_.bias) bias_.fill(T(0));
+    opt_.bias = true;
+  }
+  tensor4<T>& weight() { return weight_; }
+  const tensor4<T>& weight() const { return weight_; }
+  tensor1<T>& bias() { return bias_; }
+  const tensor1<T>& bias() const { return bias_; }
+  const tensor4<T>& weight_grad() const { return grad_weight_; }
+  const tensor1<T>& bias_grad() const { return grad_bias_; }
+  quantizer_type& quantizer() { return quantizer_; }
+  const quantizer_type& quantizer() const { return quantizer_; }
+
+private:
+  conv2d_geometry geometry_for(std::size_t batch, std::size_t h, std::size_t w) const {
+    conv2d_geometry g;
+    g.batch = batch;
+    g.in_channels = opt_.in_channels;
+    g.in_h = h;
+    g.in_w = w;
+    g.out_channels = opt_.out_channels;
+    g.kernel_h = g.kernel_w = opt_.kernel;
+    g.stride_h = g.stride_w = opt_.stride;
+    g.pad_h = g.pad_w = opt_.padding;
+    g.dilation_h = g.dilation_w = opt_.dilation;
+    g.groups = opt_.groups;
+    return g;
+  }
+  const T* quantized_weight() {
+    if constexpr (quantizer_type::is_identity) {
+      return weight_.data();
+    } else {
+      quantizer_.forward(weight_.data(), wq_.data(), training_);
+      return wq_.data();
+    }
+  }
+
+  std::string name_;
+  conv2d_options opt_;
+  bool training_ = true;
+  tensor4<T> weight_, grad_weight_, wq_, grad_wq_;
+  tensor1<T> bias_, grad_bias_;
+  quantizer_type quantizer_;
+  conv2d_geometry geo_{};
+  std::vector<T> scratch_;
+  output_type y_, dy_masked_;
+  input_type dx_;
+  const input_type* x_ = nullptr;
+};
+
+static_assert(layer<conv2d<float>>);
+
+} // namespace bitgrad::nn

@@ -1,0 +1,188 @@
+// linear: y = x W^T + b, a fully connected layer whose weights go through a quantizer.
+//
+//   x  : (N, in_features)
+//   W  : (out_features, in_features), channel-major: row o is output channel o
+//   b  : (out_features)
+//   y  : (N, out_features)
+//
+// Forward: wq = Q(W) (skipped when Q is the identity: W is used directly), then one GEMM with
+// the bias fused in its epilogue. Backward: dx = dy wq, dwq = dy^T x, db = column sums of dy,
+// then the quantizer turns dwq into dW (and its own parameter gradients).
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/epilogue.hpp>
+#include <bitgrad/kernels/gemm.hpp>
+#include <bitgrad/nn/init.hpp>
+#include <bitgrad/nn/layer.hpp>
+#include <bitgrad/quant/no_quant.hpp>
+#include <bitgrad/quant/quantizer.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <string>
+
+namespace bitgrad::nn {
+
+/// What a linear layer is built from (designated initialisers read well:
+/// `{.in_features = 256, .out_features = 120, .seed = 1, .name = "fc1"}`).
+struct linear_options {
+  std::size_t in_features = 0;
+  std::size_t out_features = 0;
+  bool bias = true;
+  std::uint64_t seed = 0;      ///< seeds the Kaiming-uniform initialisation
+  std::string name = "linear"; ///< used in messages and parameter names
+};
+
+/// T: element type. Quant: the weight quantizer policy (quant::no_quant for FP32).
+template <class T, template <class> class Quant = quant::no_quant>
+class linear {
+public:
+  using value_type = T;
+  using input_type = tensor2<T>;
+  using output_type = tensor2<T>;
+  using quantizer_type = Quant<T>;
+  static_assert(quant::quantizer<quantizer_type>);
+
+  explicit linear(const linear_options& opt, const typename quantizer_type::options& qopt = {})
+      : name_(opt.name), in_(opt.in_features), out_(opt.out_features), has_bias_(opt.bias),
+        quantizer_(qopt) {
+    if (in_ == 0 || out_ == 0)
+      throw config_error(name_ + ": in_features and out_features must be >= 1, got " +
+                         std::to_string(in_) + " and " + std::to_string(out_));
+    weight_ = tensor2<T>::from_shape({out_, in_});
+    grad_weight_ = xt::zeros<T>({out_, in_});
+    bias_ = xt::zeros<T>({out_});
+    grad_bias_ = xt::zeros<T>({out_});
+    std::mt19937_64 rng(opt.seed);
+    const T bound = kaiming_uniform_bound<T>(in_);
+    fill_uniform(weight_.data(), weight_.size(), bound, rng);
+    if (has_bias_) fill_uniform(bias_.data(), bias_.size(), bound, rng);
+    if constexpr (!quantizer_type::is_identity) wq_ = tensor2<T>::from_shape({out_, in_});
+    quantizer_.bind(out_, in_, weight_.data());
+  }
+
+  const output_type& forward(const input_type& x) {
+    check_shape(name_, "input", x.shape(), std::array<std::size_t, 2>{0, in_});
+    const std::size_t n = x.shape()[0];
+    ensure_shape(y_, std::array<std::size_t, 2>{n, out_});
+    const T* w = quantized_weight();
+    if (has_bias_)
+      gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
+           y_.data(), out_, epilogue::bias_cols<T>{bias_.data()});
+    else
+      gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
+           y_.data(), out_);
+    x_ = &x;
+    return y_;
+  }
+
+  const input_type& backward(const output_type& dy) {
+    if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
+    const std::size_t n = x_->shape()[0];
+    check_shape(name_, "output gradient", dy.shape(), std::array<std::size_t, 2>{n, out_});
+    ensure_shape(dx_, x_->shape());
+    const T* w = quantizer_type::is_identity ? weight_.data() : wq_.data();
+    // dx = dy * wq : (n x out) (out x in)
+    gemm(transpose::no, transpose::no, n, in_, out_, T(1), dy.data(), out_, w, in_, T(0),
+         dx_.data(), in_);
+    // dwq = dy^T x : (out x n) (n x in)
+    if constexpr (quantizer_type::is_identity) {
+      gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
+           T(1), grad_weight_.data(), in_);
+    } else {
+      if (grad_wq_.size() != weight_.size()) grad_wq_ = tensor2<T>::from_shape({out_, in_});
+      gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
+           T(0), grad_wq_.data(), in_);
+      quantizer_.backward(weight_.data(), grad_wq_.data(), grad_weight_.data());
+    }
+    if (has_bias_) {
+      T* gb = grad_bias_.data();
+      for (std::size_t r = 0; r < n; ++r) {
+        const T* row = dy.data() + r * out_;
+        for (std::size_t o = 0; o < out_; ++o) gb[o] += row[o];
+      }
+    }
+    return dx_;
+  }
+
+  void zero_grad() {
+    grad_weight_.fill(T(0));
+    grad_bias_.fill(T(0));
+    quantizer_.zero_grad();
+  }
+  void train(bool on) { training_ = on; }
+  bool training() const { return training_; }
+
+  template <class F>
+  void visit_parameters(F&& f) {
+    visit_prefixed(name_,
+                   param_ref<T>{"weight", weight_.data(), grad_weight_.data(), weight_.size(),
+                                param_kind::weight},
+                   f);
+    if (has_bias_)
+      visit_prefixed(name_,
+                     param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(),
+                                  param_kind::bias},
+                     f);
+    quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
+  }
+  template <class F>
+  void visit_quantizers(F&& f) {
+    f(std::string_view(name_), quantizer_);
+  }
+
+  std::string describe() const {
+    return "linear " + std::to_string(in_) + "->" + std::to_string(out_) +
+           (has_bias_ ? "" : " no-bias") + " " + quantizer_type::policy_name;
+  }
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  std::size_t in_features() const { return in_; }
+  std::size_t out_features() const { return out_; }
+  bool has_bias() const { return has_bias_; }
+  /// Turns the bias on (initialised to 0), e.g. before folding a batch norm into this layer.
+  void enable_bias() {
+    if (!has_bias_) bias_.fill(T(0));
+    has_bias_ = true;
+  }
+  tensor2<T>& weight() { return weight_; }
+  const tensor2<T>& weight() const { return weight_; }
+  tensor1<T>& bias() { return bias_; }
+  const tensor1<T>& bias() const { return bias_; }
+  const tensor2<T>& weight_grad() const { return grad_weight_; }
+  const tensor1<T>& bias_grad() const { return grad_bias_; }
+  quantizer_type& quantizer() { return quantizer_; }
+  const quantizer_type& quantizer() const { return quantizer_; }
+
+private:
+  // Q(W) for this forward: W itself for the identity quantizer.
+  const T* quantized_weight() {
+    if constexpr (quantizer_type::is_identity) {
+      return weight_.data();
+    } else {
+      quantizer_.forward(weight_.data(), wq_.data(), training_);
+      return wq_.data();
+    }
+  }
+
+  std::string name_;
+  std::size_t in_, out_;
+  bool has_bias_;
+  bool training_ = true;
+  tensor2<T> weight_, grad_weight_, wq_, grad_wq_;
+  tensor1<T> bias_, grad_bias_;
+  quantizer_type quantizer_;
+  output_type y_ = output_type::from_shape({0, 0});
+  input_type dx_ = input_type::from_shape({0, 0});
+  const input_type* x_ = nullptr;
+};
+
+static_assert(layer<linear<float>>);
+
+} // namespace bitgrad::nn

@@ -1,0 +1,106 @@
+// residual: y = block(x) + shortcut(x), the skip connection of ResNets.
+//
+// Block and Shortcut take the same input_type and give the same output_type; the shortcut is
+// identity<T, Rank> when shapes agree, or a projection (e.g. sequential(conv 1x1 stride 2, bn)).
+// Backward: dx = block.backward(dy) + shortcut.backward(dy). Names are prefixed with the
+// residual's name ("layer2.0" -> "layer2.0.conv1.weight", "layer2.0.shortcut.0.weight").
+#pragma once
+
+#include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/tensor.hpp>
+#include <bitgrad/nn/identity.hpp>
+#include <bitgrad/nn/layer.hpp>
+#include <bitgrad/nn/visit.hpp>
+
+#include <algorithm>
+#include <concepts>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace bitgrad::nn {
+
+template <layer Block, layer Shortcut>
+  requires std::same_as<typename Block::input_type, typename Shortcut::input_type> &&
+           std::same_as<typename Block::output_type, typename Shortcut::output_type>
+class residual {
+public:
+  using value_type = typename Block::value_type;
+  using input_type = typename Block::input_type;
+  using output_type = typename Block::output_type;
+
+  residual(std::string name, Block block, Shortcut shortcut)
+      : name_(std::move(name)), block_(std::move(block)), shortcut_(std::move(shortcut)) {}
+
+  const output_type& forward(const input_type& x) {
+    const output_type& a = block_.forward(x);
+    const output_type& b = shortcut_.forward(x);
+    if (a.shape() != b.shape())
+      throw shape_error((name_.empty() ? std::string("residual") : name_) + ": block output " + shape_string(a.shape()) +
+                        " and shortcut output " + shape_string(b.shape()) + " differ");
+    ensure_shape(y_, a.shape());
+    const std::size_t n = a.size();
+    for (std::size_t i = 0; i < n; ++i) y_.data()[i] = a.data()[i] + b.data()[i];
+    return y_;
+  }
+  const input_type& backward(const output_type& dy) {
+    const input_type& da = block_.backward(dy);
+    ensure_shape(dx_, da.shape());
+    std::copy(da.data(), da.data() + da.size(), dx_.data());
+    const input_type& db = shortcut_.backward(dy);
+    const std::size_t n = db.size();
+    for (std::size_t i = 0; i < n; ++i) dx_.data()[i] += db.data()[i];
+    return dx_;
+  }
+
+  void zero_grad() {
+    block_.zero_grad();
+    shortcut_.zero_grad();
+  }
+  void train(bool on) {
+    training_ = on;
+    block_.train(on);
+    shortcut_.train(on);
+  }
+  bool training() const { return training_; }
+  template <class F>
+  void visit_parameters(F&& f) {
+    auto named = [&](param_ref<value_type>& p) { visit_prefixed(name_, p, f); };
+    block_.visit_parameters(named);
+    shortcut_.visit_parameters(named);
+  }
+  template <class F>
+  void visit_quantizers(F&& f) {
+    auto named = [&](std::string_view layer_name, auto& q) {
+      f(std::string_view(join_name(name_, layer_name)), q);
+    };
+    block_.visit_quantizers(named);
+    shortcut_.visit_quantizers(named);
+  }
+  template <class F>
+  void visit_layers(F& f, std::string_view prefix) {
+    const std::string mine = join_name(prefix, name_);
+    nn::visit_layers(block_, f, mine);
+    nn::visit_layers(shortcut_, f, mine);
+  }
+
+  std::string describe() const { return "residual"; }
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  Block& block() { return block_; }
+  const Block& block() const { return block_; }
+  Shortcut& shortcut() { return shortcut_; }
+  const Shortcut& shortcut() const { return shortcut_; }
+
+private:
+  std::string name_;
+  bool training_ = true;
+  Block block_;
+  Shortcut shortcut_;
+  output_type y_;
+  input_type dx_;
+};
+
+} // namespace bitgrad::nn

@@ -1,0 +1,125 @@
+// Budget-aware freezing: choose an integer bitwidth per group so the frozen model stays within
+// a size target.
+//
+// Algorithm (greedy, deterministic): every trainable group starts at k = floor(b) (clamped to
+// its policy's [ceil(b_min), floor(b_max)]); then, in order of decreasing fractional part
+// b - floor(b) (ties: visiting order), a group is rounded up to k + 1 whenever the total still
+// fits the target, otherwise it is skipped and the next, possibly smaller, group is tried.
+// So if the all-floor model fits, the result never exceeds the target; groups whose real
+// bitwidth was closest to the next integer get it first.
+//
+// Usage over a model:
+//   auto visit = [&](auto&& f) { net.visit_quantizers(f); };   // f(name, q) for each quantizer
+//   budget_result r = freeze_to_budget(visit, target_bits);
+// Quantizers that are already frozen, or cannot learn bitwidths (no_quant, fixed_bits), count
+// with their current size_bits() and are left as they are. `visit` must visit the same
+// quantizers in the same order on every call.
+#pragma once
+
+#include <bitgrad/quant/groups.hpp>
+#include <bitgrad/quant/quantizer.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <numeric>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace bitgrad::quant {
+
+/// One group as the budget sees it.
+struct budget_item {
+  double bits;    ///< real bitwidth while training
+  double weights; ///< weights in the group (bits per unit of bitwidth)
+  int lo;         ///< smallest integer bitwidth allowed
+  int hi;         ///< largest integer bitwidth allowed
+};
+
+/// The greedy rounding above, on a flat list of groups; `code_budget` is the bits available for
+/// the codes (overhead already subtracted). Returns one integer bitwidth per item.
+inline std::vector<int> round_to_budget(std::span<const budget_item> items, double code_budget) {
+  std::vector<int> k(items.size());
+  double used = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    k[i] = std::clamp(static_cast<int>(std::floor(items[i].bits)), items[i].lo, items[i].hi);
+    used += items[i].weights * k[i];
+  }
+  std::vector<std::size_t> order(items.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  auto frac = [&](std::size_t i) { return items[i].bits - std::floor(items[i].bits); };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return frac(a) > frac(b); });
+  for (std::size_t i : order) {
+    const bool wants_up = frac(i) > 0 && static_cast<double>(k[i]) < items[i].bits;
+    if (!wants_up || k[i] >= items[i].hi) continue;
+    if (used + items[i].weights <= code_budget) {
+      ++k[i];
+      used += items[i].weights;
+    }
+  }
+  return k;
+}
+
+/// Quantizers whose bitwidths freeze_to_budget chooses: they can take explicit integer bits.
+template <class Q>
+concept budget_quantizer = quantizer<Q> && requires(Q& q, const Q& cq, std::vector<int> bits,
+                                                    std::size_t g) {
+  q.freeze_to(bits);
+  { cq.group_weight_count(g) } -> std::convertible_to<std::size_t>;
+  { cq.b_min() } -> std::convertible_to<double>;
+  { cq.b_max() } -> std::convertible_to<double>;
+};
+
+struct budget_result {
+  double size_bits;   ///< total size after freezing, overhead included
+  double target_bits; ///< the target asked for
+  bool within_target; ///< size_bits <= target_bits (false only when even all-floor exceeds it)
+};
+
+namespace detail {
+template <class Q>
+void append_items(const Q& q, std::vector<budget_item>& items) {
+  const auto bits = q.group_bits();
+  const int lo = static_cast<int>(std::ceil(q.b_min()));
+  const int hi = static_cast<int>(std::floor(q.b_max()));
+  for (std::size_t g = 0; g < bits.size(); ++g)
+    items.push_back({bits[g], static_cast<double>(q.group_weight_count(g)), lo, hi});
+}
+} // namespace detail
+
+/// Freezes every trainable quantizer `visit` reaches so the model's size stays <= target_bits
+/// whenever that is possible (see the top of this file).
+template <class Visit>
+budget_result freeze_to_budget(Visit&& visit, double target_bits) {
+  std::vector<budget_item> items;
+  double fixed = 0;
+  visit([&]<class Q>(std::string_view, Q& q) {
+    if constexpr (budget_quantizer<Q>) {
+      if (!q.frozen()) {
+        detail::append_items(q, items);
+        fixed += group_overhead_bits * static_cast<double>(q.groups());
+        return;
+      }
+    }
+    fixed += q.size_bits();
+  });
+  const std::vector<int> k = round_to_budget(items, target_bits - fixed);
+  std::size_t next = 0;
+  visit([&]<class Q>(std::string_view, Q& q) {
+    if constexpr (budget_quantizer<Q>) {
+      if (!q.frozen()) {
+        std::vector<int> mine(k.begin() + static_cast<std::ptrdiff_t>(next),
+                              k.begin() + static_cast<std::ptrdiff_t>(next + q.groups()));
+        next += q.groups();
+        q.freeze_to(mine);
+      }
+    }
+  });
+  double total = 0;
+  visit([&](std::string_view, const auto& q) { total += q.size_bits(); });
+  return {total, target_bits, total <= target_bits};
+}
+
+} // namespace bitgrad::quant

@@ -1,0 +1,109 @@
+// Epoch records as CSV: one header row, then one row per epoch_record.
+//
+// Columns: phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,
+// seconds. Numbers are written in the shortest form that reads back to the same double;
+// NaN and infinities are written as an empty field (read back as missing by spreadsheets and
+// pandas). A text field holding a comma, quote or line break is quoted per RFC 4180.
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/train/json.hpp>
+#include <bitgrad/train/records.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bitgrad {
+
+/// The header row of the epoch log, without the line break.
+inline constexpr std::string_view csv_header =
+    "phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,seconds";
+
+/// One CSV field: quoted (with quotes doubled) when it holds ',', '"', '\n' or '\r'.
+inline std::string csv_field(std::string_view text) {
+  if (text.find_first_of(",\"\n\r") == std::string_view::npos) return std::string(text);
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+
+/// A number as a CSV field: shortest round-trip text, empty when not finite.
+inline std::string csv_number(double x) {
+  return std::isfinite(x) ? json_number(x) : "";
+}
+
+/// One epoch_record as a CSV row, without the line break.
+inline std::string csv_row(const epoch_record& e) {
+  std::string row = csv_field(e.phase);
+  row += ',' + std::to_string(e.epoch);
+  for (double x : {e.loss, e.train_accuracy, e.test_accuracy, e.average_bits, e.size_bytes,
+                   e.compression, e.seconds})
+    row += ',' + csv_number(x);
+  return row;
+}
+
+/// The whole table: header row and one row per record, each line ending in '\n'.
+inline std::string to_csv(const std::vector<epoch_record>& epochs) {
+  std::string out(csv_header);
+  out += '\n';
+  for (const auto& e : epochs) out += csv_row(e) + '\n';
+  return out;
+}
+
+/// How csv_log opens its file.
+enum class csv_open {
+  truncate, ///< start a new log (header written now)
+  append    ///< continue an existing log (resumed run); header written only if the file is empty
+};
+
+/// An epoch log on disk. Every append() writes one row and flushes, so a run that is killed
+/// keeps every finished epoch.
+class csv_log {
+public:
+  /// Opens `path`. With csv_open::append an existing non-empty file must start with the same
+  /// header row, otherwise io_error (appending to some other table would corrupt it).
+  explicit csv_log(const std::filesystem::path& path, csv_open mode = csv_open::truncate)
+      : path_(path) {
+    bool write_header = true;
+    if (mode == csv_open::append) {
+      std::ifstream existing(path, std::ios::binary);
+      std::string first;
+      if (existing && std::getline(existing, first)) {
+        if (!first.empty() && first.back() == '\r') first.pop_back();
+        if (first != csv_header)
+          throw io_error(path.string() + ": cannot append: first line is '" + first +
+                         "', expected the epoch log header '" + std::string(csv_header) + "'");
+        write_header = false;
+      }
+    }
+    auto flags = std::ios::binary | (mode == csv_open::append ? std::ios::app : std::ios::trunc);
+    out_.open(path, flags);
+    if (!out_) throw io_error(path.string() + ": cannot open the epoch log for writing");
+    if (write_header) write_line(csv_header);
+  }
+
+  /// Writes one row and flushes it to the operating system.
+  void append(const epoch_record& e) { write_line(csv_row(e)); }
+
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+private:
+  void write_line(std::string_view line) {
+    out_ << line << '\n';
+    out_.flush();
+    if (!out_) throw io_error(path_.string() + ": writing the epoch log failed");
+  }
+
+  std::filesystem::path path_;
+  std::ofstream out_;
+};
+
+} // namespace bitgrad

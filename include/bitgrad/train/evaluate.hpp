@@ -1,0 +1,56 @@
+// Evaluation of a classifier on a whole dataset, in eval mode, in dataset order.
+#pragma once
+
+#include <bitgrad/data/dataset.hpp>
+#include <bitgrad/data/loader.hpp>
+#include <bitgrad/nn/loss.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bitgrad::train {
+
+/// Mean loss and accuracy (fraction correct) over a dataset.
+struct evaluation {
+  double loss = 0;
+  double accuracy = 0;
+  std::size_t images = 0;
+};
+
+/// Runs `net` over every image of `data` (batches of `batch_size`, normalised as `normalise`
+/// says, no augmentation) in eval mode; the network's mode is restored afterwards.
+template <class Net>
+evaluation evaluate(Net& net, const dataset& data, const loader_options& normalise,
+                    std::size_t batch_size = 500) {
+  using T = typename Net::value_type;
+  loader_options opt = normalise;
+  opt.batch_size = batch_size;
+  opt.shuffle = false;
+  opt.drop_last = false;
+  opt.crop_padding = 0;
+  opt.horizontal_flip = false;
+  loader<T> batches(data, opt);
+  const bool was_training = net.training();
+  net.train(false);
+  nn::softmax_cross_entropy<T> loss;
+  tensor4<T> x;
+  std::vector<std::int32_t> y;
+  evaluation result;
+  double loss_sum = 0;
+  std::size_t correct = 0;
+  while (batches.next(x, y)) {
+    const auto& logits = net.forward(x);
+    loss_sum += static_cast<double>(loss.forward(logits, y)) * static_cast<double>(y.size());
+    correct += nn::count_correct(logits, y);
+    result.images += y.size();
+  }
+  net.train(was_training);
+  if (result.images > 0) {
+    result.loss = loss_sum / static_cast<double>(result.images);
+    result.accuracy = static_cast<double>(correct) / static_cast<double>(result.images);
+  }
+  return result;
+}
+
+} // namespace bitgrad::train

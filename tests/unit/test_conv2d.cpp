@@ -1,0 +1,305 @@
+// Convolution: the reference against hand-computed cases and as the adjoint of itself (which
+// proves the backward math), then the optimised kernels (im2col+gemm and direct) against the
+// reference over a grid of strides, paddings, dilations, groups, kernels and odd sizes.
+#include <bitgrad/kernels/conv2d.hpp>
+#include <bitgrad/kernels/reference.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using bitgrad::conv2d_algo;
+using bitgrad::conv2d_geometry;
+
+namespace {
+
+template <class T>
+std::vector<T> random_vector(std::size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& e : v) e = T(d(rng));
+  return v;
+}
+
+template <class T>
+double inner(const std::vector<T>& a, const std::vector<T>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i]) * double(b[i]);
+  return s;
+}
+
+template <class T>
+T tolerance() {
+  return std::is_same_v<T, float> ? T(2e-4) : T(1e-11);
+}
+
+template <class T>
+void check_close(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!(std::abs(got[i] - want[i]) <= tolerance<T>() * (1 + std::abs(want[i])))) ++bad;
+  INFO(what);
+  CHECK(bad == 0);
+}
+
+std::string describe(const conv2d_geometry& g) {
+  std::ostringstream os; // (not string +: GCC 12 -Wrestrict false positive at -march=native)
+  os << "N" << g.batch << " C" << g.in_channels << "->" << g.out_channels << " " << g.in_h << "x"
+     << g.in_w << " k" << g.kernel_h << "x" << g.kernel_w << " s" << g.stride_h << "," << g.stride_w
+     << " p" << g.pad_h << "," << g.pad_w << " d" << g.dilation_h << "," << g.dilation_w << " g"
+     << g.groups;
+  return os.str();
+}
+
+/// Every valid geometry of the grid in the brief.
+std::vector<conv2d_geometry> geometry_grid() {
+  std::vector<conv2d_geometry> out;
+  std::size_t counter = 0;
+  for (std::size_t stride : {1, 2})
+    for (std::size_t pad : {0, 1, 2})
+      for (std::size_t dil : {1, 2})
+        for (int groups_kind : {0, 1, 2}) // 1, 2, depthwise (multiplier 2)
+          for (std::size_t k : {1, 3, 5}) {
+            conv2d_geometry g;
+            g.batch = 1 + counter++ % 3;
+            g.in_h = 7;
+            g.in_w = 5;
+            g.in_channels = 4;
+            g.out_channels = groups_kind == 2 ? 8 : 6;
+            g.groups = groups_kind == 0 ? 1 : groups_kind == 1 ? 2 : 4;
+            g.kernel_h = k;
+            g.kernel_w = k == 5 ? 3 : k; // non-square kernels too
+            g.stride_h = stride;
+            g.stride_w = counter % 2 ? stride : 1;
+            g.pad_h = pad;
+            g.pad_w = pad == 2 ? 1 : pad;
+            g.dilation_h = dil;
+            g.dilation_w = dil;
+            try {
+              g.validate();
+            } catch (const bitgrad::config_error&) {
+              continue;
+            }
+            out.push_back(g);
+          }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE("ref conv2d fprop matches hand-computed cases", T, float, double) {
+  std::vector<T> scratch;
+  SUBCASE("2x2 difference kernel with bias") {
+    conv2d_geometry g;
+    g.in_h = g.in_w = 3;
+    g.kernel_h = g.kernel_w = 2;
+    std::vector<T> x{1, 2, 3, 4, 5, 6, 7, 8, 9}, w{1, 0, 0, -1}, b{T(0.5)}, y(4);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y.data(), scratch);
+    CHECK(y == std::vector<T>{-3.5, -3.5, -3.5, -3.5});
+  }
+  SUBCASE("padding 1 with a box kernel") {
+    conv2d_geometry g;
+    g.in_h = g.in_w = 2;
+    g.kernel_h = g.kernel_w = 2;
+    g.pad_h = g.pad_w = 1;
+    std::vector<T> x{1, 2, 3, 4}, w{1, 1, 1, 1}, y(9);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const T*>(nullptr), y.data(),
+                               scratch);
+    CHECK(y == std::vector<T>{1, 3, 2, 4, 10, 6, 3, 7, 4});
+  }
+  SUBCASE("stride 2, dilation 2, two groups") {
+    conv2d_geometry g;
+    g.in_channels = g.out_channels = g.groups = 2;
+    g.in_h = g.in_w = 5;
+    g.kernel_h = g.kernel_w = 2;
+    g.stride_h = g.stride_w = 2;
+    g.dilation_h = g.dilation_w = 2;
+    CHECK(g.out_h() == 2); // (5 - 3) / 2 + 1
+    std::vector<T> x(50);
+    for (std::size_t i = 0; i < 50; ++i) x[i] = T(i);
+    std::vector<T> w{1, 0, 0, 0, 0, 0, 0, 1}, y(8);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const T*>(nullptr), y.data(),
+                               scratch);
+    // channel 0 picks x0[2oh][2ow]; channel 1 picks x1[2oh+2][2ow+2].
+    CHECK(y == std::vector<T>{0, 2, 10, 12, 25 + 12, 25 + 14, 25 + 22, 25 + 24});
+  }
+}
+
+TEST_CASE("ref conv2d dgrad and wgrad are the adjoints of fprop") {
+  std::mt19937 rng(7);
+  std::vector<double> scratch;
+  for (const auto& g : geometry_grid()) {
+    auto x = random_vector<double>(g.input_count(), rng);
+    auto w = random_vector<double>(g.weight_count(), rng);
+    auto dy = random_vector<double>(g.output_count(), rng);
+    std::vector<double> y(g.output_count()), dx(g.input_count()), dw(g.weight_count(), 0.0),
+        db(g.out_channels, 0.0);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const double*>(nullptr), y.data(),
+                               scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx.data(), scratch);
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw.data(), db.data(), scratch);
+    const double lhs = inner(dy, y);
+    INFO(describe(g));
+    CHECK(inner(dx, x) == doctest::Approx(lhs).epsilon(1e-12));
+    CHECK(inner(dw, w) == doctest::Approx(lhs).epsilon(1e-12));
+    for (std::size_t o = 0; o < g.out_channels; ++o) {
+      double s = 0;
+      for (std::size_t n = 0; n < g.batch; ++n)
+        for (std::size_t k = 0; k < g.out_plane(); ++k)
+          s += dy[(n * g.out_channels + o) * g.out_plane() + k];
+      CHECK(db[o] == doctest::Approx(s).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("optimised conv2d matches the reference over the grid", T, float, double) {
+  std::mt19937 rng(11);
+  std::vector<T> scratch, ref_scratch; // shared across geometries: grown and reused
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::size_t checked = 0;
+  for (const auto& g : geometry_grid()) {
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    auto dw0 = random_vector<T>(g.weight_count(), rng); // wgrad accumulates onto this
+    auto db0 = random_vector<T>(g.out_channels, rng);
+
+    std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
+    std::vector<T> dw_ref = dw0, db_ref = db0;
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), ref_scratch);
+    std::vector<T> y_nb_ref(g.output_count());
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const T*>(nullptr),
+                               y_nb_ref.data(), ref_scratch);
+
+    std::vector<conv2d_algo> algos{conv2d_algo::automatic, conv2d_algo::im2col};
+    if (g.stride_h == 1 && g.stride_w == 1) algos.push_back(conv2d_algo::direct);
+    for (auto algo : algos) {
+      const std::string what = describe(g) + " algo " + std::to_string(int(algo));
+      std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan),
+          ynb(g.output_count(), nan), dx(g.input_count(), nan);
+      std::vector<T> dw = dw0, db = db0;
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), y.data(), scratch);
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), yr.data(), scratch, true);
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), static_cast<const T*>(nullptr),
+                                  ynb.data(), scratch);
+      bitgrad::conv2d_dgrad_using(algo, g, dy.data(), w.data(), dx.data(), scratch);
+      bitgrad::conv2d_wgrad_using(algo, g, x.data(), dy.data(), dw.data(), db.data(), scratch);
+      check_close(y, y_ref, "fprop " + what);
+      check_close(yr, yr_ref, "fprop_relu " + what);
+      check_close(ynb, y_nb_ref, "fprop no bias " + what);
+      check_close(dx, dx_ref, "dgrad " + what);
+      check_close(dw, dw_ref, "wgrad " + what);
+      check_close(db, db_ref, "dbias " + what);
+      ++checked;
+    }
+  }
+  CHECK(checked > 150);
+}
+
+TEST_CASE_TEMPLATE("public conv2d entry points match the reference on network shapes", T, float,
+                   double) {
+  std::mt19937 rng(3);
+  std::vector<T> scratch;
+  auto make = [](std::size_t n, std::size_t ci, std::size_t co, std::size_t hw, std::size_t k,
+                 std::size_t pad, std::size_t groups) {
+    conv2d_geometry g;
+    g.batch = n;
+    g.in_channels = ci;
+    g.out_channels = co;
+    g.in_h = g.in_w = hw;
+    g.kernel_h = g.kernel_w = k;
+    g.pad_h = g.pad_w = pad;
+    g.groups = groups;
+    return g;
+  };
+  for (const auto& g :
+       {make(3, 1, 6, 28, 5, 0, 1), make(2, 6, 16, 12, 5, 0, 1), make(2, 16, 24, 9, 3, 1, 1),
+        make(3, 12, 12, 11, 3, 1, 12), make(2, 8, 20, 6, 1, 0, 1)}) {
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    std::vector<T> y(g.output_count()), y_ref(g.output_count()), yr(g.output_count()),
+        yr_ref(g.output_count()), dx(g.input_count()), dx_ref(g.input_count()),
+        dw(g.weight_count(), T(0)), dw_ref(g.weight_count(), T(0)), db(g.out_channels, T(0)),
+        db_ref(g.out_channels, T(0));
+    bitgrad::conv2d_fprop(g, x.data(), w.data(), b.data(), y.data(), scratch);
+    bitgrad::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr.data(), scratch);
+    bitgrad::conv2d_dgrad(g, dy.data(), w.data(), dx.data(), scratch);
+    bitgrad::conv2d_wgrad(g, x.data(), dy.data(), dw.data(), db.data(), scratch);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), scratch);
+    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), scratch);
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), scratch);
+    const std::string what = describe(g);
+    check_close(y, y_ref, "fprop " + what);
+    check_close(yr, yr_ref, "fprop_relu " + what);
+    check_close(dx, dx_ref, "dgrad " + what);
+    check_close(dw, dw_ref, "wgrad " + what);
+    check_close(db, db_ref, "dbias " + what);
+  }
+}
+
+TEST_CASE("conv2d geometry: output size formula and validation messages") {
+  conv2d_geometry g;
+  g.in_h = 28;
+  g.in_w = 27;
+  g.kernel_h = g.kernel_w = 3;
+  g.stride_h = 2;
+  g.pad_h = 1;
+  g.dilation_w = 2;
+  CHECK(g.out_h() == 14); // (28 + 2 - 2 - 1)/2 + 1
+  CHECK(g.out_w() == 23); // (27 - 4 - 1)/1 + 1
+  g.in_channels = 6;
+  g.out_channels = 4;
+  g.groups = 2;
+  CHECK(g.weight_count() == 4 * 3 * 9);
+  CHECK_NOTHROW(g.validate());
+
+  auto message = [](const conv2d_geometry& bad) {
+    try {
+      bad.validate();
+    } catch (const bitgrad::config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto bad = g;
+  bad.groups = 4;
+  CHECK(message(bad).find("in_channels (6) is not divisible by groups (4)") != std::string::npos);
+  bad = g;
+  bad.groups = 3;
+  CHECK(message(bad).find("out_channels (4) is not divisible by groups (3)") != std::string::npos);
+  bad = g;
+  bad.stride_w = 0;
+  CHECK(message(bad).find("stride_w must be >= 1, got 0") != std::string::npos);
+  bad = g;
+  bad.in_w = 3; // dilated width 5 > 3
+  CHECK(message(bad).find("dilated kernel width 5 is larger than the padded input width 3") !=
+        std::string::npos);
+  bad = g;
+  bad.batch = 0;
+  CHECK(message(bad).find("batch must be >= 1") != std::string::npos);
+
+  std::vector<float> scratch, buf(10000);
+  auto strided = g;
+  strided.stride_w = 2;
+  CHECK_THROWS_AS(bitgrad::conv2d_fprop_using(conv2d_algo::direct, strided, buf.data(), buf.data(),
+                                              buf.data(), buf.data(), scratch),
+                  bitgrad::config_error);
+  bad = g;
+  bad.groups = 4;
+  CHECK_THROWS_AS(
+      bitgrad::conv2d_fprop(bad, buf.data(), buf.data(), buf.data(), buf.data(), scratch),
+      bitgrad::config_error);
+}

@@ -1,0 +1,154 @@
+// Elementwise kernels: ReLU/ReLU6 boundaries and ragged tails, bias gradient, channel mean and
+// variance against a naive double computation, softmax cross-entropy against a hand case and
+// finite differences.
+#include <bitgrad/kernels/elementwise.hpp>
+#include <bitgrad/kernels/reference.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace {
+template <class T>
+std::vector<T> ramp(std::size_t n, T lo, T step) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = lo + T(i) * step;
+  return v;
+}
+} // namespace
+
+TEST_CASE_TEMPLATE("relu and relu6 forward and backward at the boundaries", T, float, double) {
+  std::vector<T> x{-1, 0, T(0.5), 6, T(6.5), 3}, y(6), dy{1, 2, 3, 4, 5, 6}, dx(6);
+  bitgrad::relu_fprop(6, x.data(), y.data());
+  CHECK(y == std::vector<T>{0, 0, 0.5, 6, 6.5, 3});
+  bitgrad::relu_bprop(6, x.data(), dy.data(), dx.data());
+  CHECK(dx == std::vector<T>{0, 0, 3, 4, 5, 6});
+  bitgrad::relu6_fprop(6, x.data(), y.data());
+  CHECK(y == std::vector<T>{0, 0, 0.5, 6, 6, 3});
+  bitgrad::relu6_bprop(6, x.data(), dy.data(), dx.data());
+  CHECK(dx == std::vector<T>{0, 0, 3, 0, 0, 6}); // 0 and 6 themselves pass nothing
+}
+
+TEST_CASE_TEMPLATE("activations match the reference for every length 0..70 (ragged tails)", T,
+                   float, double) {
+  for (std::size_t n = 0; n <= 70; ++n) {
+    auto x = ramp<T>(n, T(-3.3), T(0.17)); // crosses 0 and 6
+    auto dy = ramp<T>(n, T(1), T(1));
+    std::vector<T> a(n), b(n);
+    bitgrad::relu_fprop(n, x.data(), a.data());
+    bitgrad::ref::relu_fprop(n, x.data(), b.data());
+    CHECK(a == b);
+    bitgrad::relu_bprop(n, x.data(), dy.data(), a.data());
+    bitgrad::ref::relu_bprop(n, x.data(), dy.data(), b.data());
+    CHECK(a == b);
+    std::vector<T> x6 = x;
+    for (auto& v : x6) v *= T(3);
+    bitgrad::relu6_fprop(n, x6.data(), a.data());
+    bitgrad::ref::relu6_fprop(n, x6.data(), b.data());
+    CHECK(a == b);
+    bitgrad::relu6_bprop(n, x6.data(), dy.data(), a.data());
+    bitgrad::ref::relu6_bprop(n, x6.data(), dy.data(), b.data());
+    CHECK(a == b);
+  }
+  std::vector<T> inplace{-1, 2, -3, 4};
+  bitgrad::relu_fprop(4, inplace.data(), inplace.data());
+  CHECK(inplace == std::vector<T>{0, 2, 0, 4});
+}
+
+TEST_CASE_TEMPLATE("bias_grad_rows accumulates column sums", T, float, double) {
+  const std::size_t rows = 3, cols = 19;
+  auto dy = ramp<T>(rows * cols, T(0), T(1));
+  std::vector<T> db(cols, T(1));
+  bitgrad::bias_grad_rows(rows, cols, dy.data(), db.data());
+  for (std::size_t c = 0; c < cols; ++c)
+    CHECK(db[c] == T(1 + 3 * c + 3 * cols)); // c + (c+19) + (c+38)
+}
+
+TEST_CASE_TEMPLATE("channel_mean_var matches a naive double computation, even with a big offset", T,
+                   float, double) {
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<double> d(-1, 1);
+  const std::size_t batch = 3, channels = 4, plane = 29;
+  std::vector<T> x(batch * channels * plane);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = T(1000 + d(rng)); // large mean, small spread
+  std::vector<T> mean(channels), var(channels);
+  bitgrad::channel_mean_var(batch, channels, plane, x.data(), mean.data(), var.data());
+  for (std::size_t c = 0; c < channels; ++c) {
+    double m = 0, v = 0;
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t k = 0; k < plane; ++k) m += double(x[(n * channels + c) * plane + k]);
+    m /= double(batch * plane);
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const double e = double(x[(n * channels + c) * plane + k]) - m;
+        v += e * e;
+      }
+    v /= double(batch * plane);
+    CHECK(double(mean[c]) == doctest::Approx(m).epsilon(1e-6));
+    CHECK(double(var[c]) == doctest::Approx(v).epsilon(std::is_same_v<T, float> ? 2e-3 : 1e-9));
+    CHECK(v > 0.2); // uniform(-1, 1) has variance 1/3: cancellation would show here
+  }
+}
+
+TEST_CASE_TEMPLATE("softmax cross-entropy: hand case, smoothing, bad labels", T, float, double) {
+  // logits (0, ln 2, ln 5) -> p = (1, 2, 5) / 8; label 2 -> loss = -ln(5/8)
+  std::vector<T> z{0, T(std::log(2.0)), T(std::log(5.0)), 1000, 1000, 1000};
+  std::vector<std::int32_t> labels{2, 0};
+  std::vector<T> p(6), dz(6);
+  const T loss = bitgrad::softmax_cross_entropy_fprop<T>(2, 3, z.data(), labels.data(), p.data());
+  // second row: huge equal logits, p = 1/3 each (stable: no overflow), loss ln 3
+  CHECK(loss == doctest::Approx((-std::log(5.0 / 8) + std::log(3.0)) / 2));
+  CHECK(p[0] == doctest::Approx(1.0 / 8));
+  CHECK(p[2] == doctest::Approx(5.0 / 8));
+  CHECK(p[4] == doctest::Approx(1.0 / 3));
+  bitgrad::softmax_cross_entropy_bprop<T>(2, 3, p.data(), labels.data(), dz.data());
+  CHECK(dz[2] == doctest::Approx((5.0 / 8 - 1) / 2));
+  CHECK(dz[0] == doctest::Approx((1.0 / 8) / 2));
+  CHECK(dz[3] == doctest::Approx((1.0 / 3 - 1) / 2));
+
+  // smoothing 0.3 on 3 classes: target (0.1, 0.1, 0.8) for label 2
+  const T ls =
+      bitgrad::softmax_cross_entropy_fprop<T>(1, 3, z.data(), labels.data(), p.data(), T(0.3));
+  CHECK(ls == doctest::Approx(
+                  -(0.1 * std::log(1.0 / 8) + 0.1 * std::log(2.0 / 8) + 0.8 * std::log(5.0 / 8))));
+  const T lr =
+      bitgrad::ref::softmax_cross_entropy_fprop<T>(1, 3, z.data(), labels.data(), p.data(), T(0.3));
+  CHECK(ls == doctest::Approx(lr));
+
+  std::vector<std::int32_t> bad{3};
+  CHECK_THROWS_WITH_AS(
+      bitgrad::softmax_cross_entropy_fprop<T>(1, 3, z.data(), bad.data(), p.data()),
+      "softmax_cross_entropy: label 3 of sample 0 is out of range [0, 3)", bitgrad::config_error);
+  bad[0] = -1;
+  CHECK_THROWS_AS(bitgrad::softmax_cross_entropy_bprop<T>(1, 3, p.data(), bad.data(), dz.data()),
+                  bitgrad::config_error);
+}
+
+TEST_CASE("softmax cross-entropy gradient matches finite differences (double)") {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> d(-3, 3);
+  const std::size_t batch = 3, classes = 7;
+  std::vector<double> z(batch * classes), p(z.size()), dz(z.size()), scratch(z.size());
+  for (auto& v : z) v = d(rng);
+  std::vector<std::int32_t> labels{4, 0, 6};
+  for (double smoothing : {0.0, 0.1}) {
+    bitgrad::softmax_cross_entropy_fprop(batch, classes, z.data(), labels.data(), p.data(),
+                                         smoothing);
+    bitgrad::softmax_cross_entropy_bprop(batch, classes, p.data(), labels.data(), dz.data(),
+                                         smoothing);
+    const double h = 1e-6;
+    for (std::size_t i = 0; i < z.size(); ++i) {
+      auto zp = z, zm = z;
+      zp[i] += h;
+      zm[i] -= h;
+      const double lp = bitgrad::softmax_cross_entropy_fprop(
+          batch, classes, zp.data(), labels.data(), scratch.data(), smoothing);
+      const double lm = bitgrad::softmax_cross_entropy_fprop(
+          batch, classes, zm.data(), labels.data(), scratch.data(), smoothing);
+      CHECK(dz[i] == doctest::Approx((lp - lm) / (2 * h)).epsilon(1e-6));
+    }
+  }
+}

@@ -1,0 +1,152 @@
+// Model builders: shapes, parameter counts, names, quantizer placement, and small instances of
+// each network through the gradient checker.
+#include <bitgrad/nn/gradcheck.hpp>
+#include <bitgrad/nn/models.hpp>
+#include <bitgrad/nn/visit.hpp>
+#include <bitgrad/quant/fixed_bits.hpp>
+#include <bitgrad/quant/frac_bits.hpp>
+
+#include <doctest/doctest.h>
+
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+using namespace bitgrad;
+
+namespace {
+
+template <class T, std::size_t N>
+tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed) {
+  tensor<T, N> t = tensor<T, N>::from_shape(shape);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  for (auto& v : t) v = static_cast<T>(d(rng));
+  return t;
+}
+
+template <class Net>
+std::vector<std::string> parameter_names(Net& net) {
+  std::vector<std::string> names;
+  net.visit_parameters(
+      [&](param_ref<typename Net::value_type>& p) { names.push_back(p.name); });
+  return names;
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE("lenet5: output (N, 10), 44426 parameters, PyTorch-style names", T, float,
+                   double) {
+  auto net = nn::lenet5<T>({.seed = 1});
+  static_assert(nn::layer<decltype(net)>);
+  // conv1 6*25+6, conv2 16*6*25+16, fc1 256*120+120, fc2 120*84+84, fc3 84*10+10
+  CHECK(nn::parameter_count(net) == 156 + 2416 + 30840 + 10164 + 850);
+  const auto names = parameter_names(net);
+  REQUIRE(names.size() == 10);
+  CHECK(names.front() == "conv1.weight");
+  CHECK(names.back() == "fc3.bias");
+  auto x = random_tensor<T, 4>({3, 1, 28, 28}, 2);
+  const auto& y = net.forward(x);
+  CHECK(y.shape()[0] == 3);
+  CHECK(y.shape()[1] == 10);
+  tensor2<T> dy = xt::ones<T>({3, 10});
+  net.zero_grad();
+  const auto& dx = net.backward(dy);
+  CHECK(dx.shape() == x.shape());
+  // Same seed, same network.
+  auto twin = nn::lenet5<T>({.seed = 1});
+  CHECK(twin.forward(x) == net.forward(x));
+  CHECK_THROWS_AS(nn::lenet5<T>({.in_size = 30}), config_error);
+}
+
+TEST_CASE("lenet5 with frac_bits inside and fixed 8-bit first and last layers") {
+  auto net = nn::lenet5<float, quant::frac_bits, quant::fixed_bits>(
+      {.seed = 1, .quant = {.b_init = 4.5}});
+  std::vector<std::string> seen;
+  net.visit_quantizers([&](std::string_view name, auto& q) {
+    using Q = std::remove_cvref_t<decltype(q)>;
+    seen.push_back(std::string(name) + ":" + Q::policy_name);
+    for (double b : q.group_bits()) CHECK(b == (name == "conv1" || name == "fc3" ? 8.0 : 4.5));
+  });
+  CHECK(seen == std::vector<std::string>{"conv1:fixed_bits", "conv2:frac_bits", "fc1:frac_bits",
+                                         "fc2:frac_bits", "fc3:fixed_bits"});
+  const auto names = parameter_names(net);
+  CHECK(std::find(names.begin(), names.end(), "conv2.bits") != names.end());
+  CHECK(std::find(names.begin(), names.end(), "conv1.scale") != names.end());
+  CHECK(net.get<0>().describe() == "conv2d 1->6 5x5 fixed_bits");
+  auto x = random_tensor<float, 4>({2, 1, 28, 28}, 3);
+  CHECK(net.forward(x).shape()[1] == 10);
+
+  // Edge layers kept in float.
+  auto fp_edges = nn::lenet5<float, quant::frac_bits, quant::no_quant>({.seed = 1});
+  std::size_t quantized = 0;
+  fp_edges.visit_quantizers([&](std::string_view, auto& q) {
+    quantized += !std::remove_cvref_t<decltype(q)>::is_identity;
+  });
+  CHECK(quantized == 3);
+}
+
+TEST_CASE("vgg_small: shapes and parameter count") {
+  auto net = nn::vgg_small<float>({.seed = 3});
+  CHECK(nn::parameter_count(net) == 320 + 9248 + 18496 + 36928 + 803072 + 2570);
+  auto x = random_tensor<float, 4>({2, 1, 28, 28}, 4);
+  const auto& y = net.forward(x);
+  CHECK(y.shape() == std::array<std::size_t, 2>{2, 10});
+  auto cifar = nn::vgg_small<float>({.in_channels = 3, .in_size = 32, .num_classes = 100,
+                                     .width = 8, .hidden = 64});
+  auto xc = random_tensor<float, 4>({1, 3, 32, 32}, 5);
+  CHECK(cifar.forward(xc).shape() == std::array<std::size_t, 2>{1, 100});
+}
+
+TEST_CASE("resnet20: structure, parameter count, forward and backward") {
+  auto net = nn::resnet20<float>({.seed = 1});
+  static_assert(nn::layer<decltype(net)>);
+  // Projection shortcuts (1x1 conv + bn) in stages 2 and 3: 269722 + 2752 - 0.
+  CHECK(nn::parameter_count(net) == 272474);
+  std::size_t convs = 0, bns = 0;
+  std::vector<std::string> leaves;
+  auto count = [&](const std::string& name, auto& leaf) {
+    const std::string d = leaf.describe();
+    convs += d.rfind("conv2d", 0) == 0;
+    bns += d.rfind("batch_norm2d", 0) == 0;
+    leaves.push_back(name);
+  };
+  nn::visit_layers(net, count);
+  CHECK(convs == 21); // 1 + 18 + 2 projections
+  CHECK(bns == 21);
+  CHECK(std::find(leaves.begin(), leaves.end(), "layer2.0.shortcut.conv") != leaves.end());
+  CHECK(std::find(leaves.begin(), leaves.end(), "layer3.2.conv2") != leaves.end());
+  auto x = random_tensor<float, 4>({2, 3, 32, 32}, 6);
+  const auto& y = net.forward(x);
+  CHECK(y.shape() == std::array<std::size_t, 2>{2, 10});
+  tensor2<float> dy = xt::ones<float>({2, 10});
+  CHECK(net.backward(dy).shape() == x.shape());
+  net.train(false);
+  const tensor2<float> eval_y = net.forward(x);
+  CHECK(eval_y.shape() == y.shape());
+}
+
+TEST_CASE("gradient check: a narrow resnet20 on 8x8 inputs (batch norm, residuals)") {
+  auto net = nn::resnet20<double>(
+      {.seed = 2, .in_channels = 1, .in_size = 8, .num_classes = 3, .width = 2});
+  nn::gradcheck_options opt;
+  opt.max_per_tensor = 3;
+  const auto r = nn::gradcheck(net, random_tensor<double, 4>({2, 1, 8, 8}, 7), opt);
+  INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
+  CHECK(r.tensors.size() == 1 + 21 + 21 * 2 + 2); // input, convs, bn gamma+beta, fc
+  CHECK(r.max_error < 1e-5);
+}
+
+TEST_CASE("gradient check: lenet5 and vgg_small on small inputs") {
+  nn::gradcheck_options opt;
+  opt.max_per_tensor = 6;
+  auto lenet = nn::lenet5<double>({.seed = 4, .in_size = 16});
+  auto r = nn::gradcheck(lenet, random_tensor<double, 4>({2, 1, 16, 16}, 8), opt);
+  INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
+  CHECK(r.max_error < 1e-5);
+  auto vgg = nn::vgg_small<double>({.seed = 5, .in_size = 8, .width = 2, .hidden = 5});
+  r = nn::gradcheck(vgg, random_tensor<double, 4>({2, 1, 8, 8}, 9), opt);
+  INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
+  CHECK(r.max_error < 1e-5);
+}

@@ -1,0 +1,171 @@
+// Pooling: hand-computed max/avg cases (values, argmax, bprop scatter), then the optimised
+// kernels against the reference twins over strides, paddings, kernels and odd sizes.
+#include <bitgrad/kernels/pool2d.hpp>
+#include <bitgrad/kernels/reference.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using bitgrad::pool2d_geometry;
+
+TEST_CASE_TEMPLATE("max pool 2x2/2: values, argmax and bprop by hand", T, float, double) {
+  pool2d_geometry g;
+  g.in_h = 3; // odd: the last row is dropped by the floor
+  g.in_w = 4;
+  // clang-format off
+  std::vector<T> x{1, 5, 2, 2,
+                   3, 4, 8, 2,
+                   9, 9, 9, 9};
+  // clang-format on
+  std::vector<T> y(2);
+  std::vector<std::uint32_t> arg(2);
+  bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+  CHECK(y == std::vector<T>{5, 8});
+  CHECK(arg == std::vector<std::uint32_t>{1, 6});
+  // ties: the first maximum in row-major window order wins
+  std::vector<T> ties{7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0};
+  bitgrad::max_pool2d_fprop(g, ties.data(), y.data(), arg.data());
+  CHECK(arg == std::vector<std::uint32_t>{0, 2});
+  std::vector<T> dy{T(0.5), T(-2)}, dx(12, std::numeric_limits<T>::quiet_NaN());
+  bitgrad::max_pool2d_bprop(g, dy.data(), arg.data(), dx.data());
+  CHECK(dx == std::vector<T>{0.5, 0, -2, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+}
+
+TEST_CASE_TEMPLATE("max pool with padding never picks padding; overlapping windows add up", T,
+                   float, double) {
+  pool2d_geometry g;
+  g.in_h = g.in_w = 2;
+  g.kernel_h = g.kernel_w = 3;
+  g.stride_h = g.stride_w = 1;
+  g.pad_h = g.pad_w = 1;
+  std::vector<T> x{-4, -3, -2, -1}, y(4), dy{1, 2, 3, 4}, dx(4);
+  std::vector<std::uint32_t> arg(4);
+  bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+  CHECK(y == std::vector<T>{-1, -1, -1, -1}); // all negative: padding (0) must not win
+  CHECK(arg == std::vector<std::uint32_t>{3, 3, 3, 3});
+  bitgrad::max_pool2d_bprop(g, dy.data(), arg.data(), dx.data());
+  CHECK(dx == std::vector<T>{0, 0, 0, 10});
+}
+
+TEST_CASE_TEMPLATE("avg pool counts padding as zeros with divisor kernel_h*kernel_w", T, float,
+                   double) {
+  pool2d_geometry g;
+  g.in_h = g.in_w = 2;
+  g.kernel_h = g.kernel_w = 2;
+  g.stride_h = g.stride_w = 2;
+  g.pad_h = g.pad_w = 1;
+  CHECK(g.out_h() == 2);
+  std::vector<T> x{4, 8, 12, 16}, y(4), dy{4, 8, 12, 16}, dx(4);
+  bitgrad::avg_pool2d_fprop(g, x.data(), y.data());
+  CHECK(y == std::vector<T>{1, 2, 3, 4}); // each window holds one real input, divisor 4
+  bitgrad::avg_pool2d_bprop(g, dy.data(), dx.data());
+  CHECK(dx == std::vector<T>{1, 2, 3, 4});
+
+  pool2d_geometry h; // overlapping 2x2 stride 1, no padding, on 2x3
+  h.in_h = 2;
+  h.in_w = 3;
+  h.stride_h = h.stride_w = 1;
+  std::vector<T> a{1, 2, 3, 4, 5, 6}, b(2), db{4, 8}, da(6);
+  bitgrad::avg_pool2d_fprop(h, a.data(), b.data());
+  CHECK(b == std::vector<T>{3, 4});
+  bitgrad::avg_pool2d_bprop(h, db.data(), da.data());
+  CHECK(da == std::vector<T>{1, 3, 2, 1, 3, 2});
+}
+
+TEST_CASE_TEMPLATE("global average pool by hand", T, float, double) {
+  std::vector<T> x{1, 2, 3, 4, 10, 20, 30, 40, -1, -1, -1, -1}, y(3), dx(12);
+  bitgrad::global_avg_pool_fprop<T>(1, 3, 4, x.data(), y.data());
+  CHECK(y == std::vector<T>{2.5, 25, -1});
+  std::vector<T> dy{4, 8, -4};
+  bitgrad::global_avg_pool_bprop<T>(1, 3, 4, dy.data(), dx.data());
+  CHECK(dx == std::vector<T>{1, 1, 1, 1, 2, 2, 2, 2, -1, -1, -1, -1});
+  CHECK_THROWS_AS(bitgrad::global_avg_pool_fprop<T>(1, 3, 0, x.data(), y.data()),
+                  bitgrad::config_error);
+}
+
+TEST_CASE_TEMPLATE("optimised pooling matches the reference over a grid", T, float, double) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> d(-1, 1);
+  std::size_t checked = 0;
+  for (std::size_t k : {1, 2, 3})
+    for (std::size_t s : {1, 2, 3})
+      for (std::size_t pad : {0, 1})
+        for (std::size_t hw : {5, 7}) {
+          pool2d_geometry g;
+          g.batch = 1 + checked % 3;
+          g.channels = 3;
+          g.in_h = hw;
+          g.in_w = 12 - hw; // 7x5 and 5x7
+          g.kernel_h = k;
+          g.kernel_w = k == 3 ? 2 : k;
+          g.stride_h = s;
+          g.stride_w = s == 3 ? 1 : s;
+          g.pad_h = pad;
+          g.pad_w = pad;
+          try {
+            g.validate();
+          } catch (const bitgrad::config_error&) {
+            continue;
+          }
+          std::vector<T> x(g.input_count()), dy(g.output_count());
+          for (auto& v : x) v = T(d(rng));
+          for (auto& v : dy) v = T(d(rng));
+          std::vector<T> y(g.output_count()), y_ref(g.output_count()), dx(g.input_count()),
+              dx_ref(g.input_count());
+          std::vector<std::uint32_t> arg(g.output_count()), arg_ref(g.output_count());
+          INFO("k " << k << " s " << s << " pad " << pad << " hw " << hw);
+          bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+          bitgrad::ref::max_pool2d_fprop(g, x.data(), y_ref.data(), arg_ref.data());
+          CHECK(y == y_ref);
+          CHECK(arg == arg_ref);
+          bitgrad::max_pool2d_bprop(g, dy.data(), arg.data(), dx.data());
+          bitgrad::ref::max_pool2d_bprop(g, dy.data(), arg_ref.data(), dx_ref.data());
+          CHECK(dx == dx_ref);
+          bitgrad::avg_pool2d_fprop(g, x.data(), y.data());
+          bitgrad::ref::avg_pool2d_fprop(g, x.data(), y_ref.data());
+          for (std::size_t i = 0; i < y.size(); ++i) CHECK(y[i] == doctest::Approx(y_ref[i]));
+          bitgrad::avg_pool2d_bprop(g, dy.data(), dx.data());
+          bitgrad::ref::avg_pool2d_bprop(g, dy.data(), dx_ref.data());
+          for (std::size_t i = 0; i < dx.size(); ++i) CHECK(dx[i] == doctest::Approx(dx_ref[i]));
+          ++checked;
+        }
+  CHECK(checked >= 30);
+  // global pooling with a plane longer than a SIMD register and a ragged tail
+  std::vector<T> x(2 * 3 * 37), y(6), y_ref(6);
+  for (auto& v : x) v = T(d(rng));
+  bitgrad::global_avg_pool_fprop<T>(2, 3, 37, x.data(), y.data());
+  bitgrad::ref::global_avg_pool_fprop<T>(2, 3, 37, x.data(), y_ref.data());
+  for (std::size_t i = 0; i < 6; ++i) CHECK(y[i] == doctest::Approx(y_ref[i]));
+}
+
+TEST_CASE("pool2d geometry validation names the problem") {
+  auto message = [](const pool2d_geometry& g) {
+    try {
+      g.validate();
+    } catch (const bitgrad::config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  pool2d_geometry g;
+  g.in_h = g.in_w = 4;
+  CHECK(message(g) == "no error");
+  CHECK(g.out_h() == 2);
+  auto bad = g;
+  bad.pad_h = 2;
+  CHECK(message(bad).find("padding (2, 0) must be at most half the kernel (2, 2)") !=
+        std::string::npos);
+  bad = g;
+  bad.in_w = 1;
+  CHECK(message(bad).find("kernel width 2 is larger than the padded input width 1") !=
+        std::string::npos);
+  bad = g;
+  bad.stride_h = 0;
+  CHECK(message(bad).find("stride_h must be >= 1, got 0") != std::string::npos);
+}

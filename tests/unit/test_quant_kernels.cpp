@@ -1,0 +1,183 @@
+// Fake-quantization kernels: the SIMD kernels against their scalar twins in bitgrad::ref
+// (element-wise outputs bit-exact, ragged tails included), rounding half to even, codes in
+// range, the sign grid.
+#include <bitgrad/kernels/quantize.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+template <class T>
+std::vector<T> normal(std::size_t n, unsigned seed, T sigma = 1) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> d(0.0, static_cast<double>(sigma));
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(gen));
+  return v;
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!(a[i] == b[i]) || std::signbit(a[i]) != std::signbit(b[i])) return false;
+  return true;
+}
+
+/// Equal within `ulps` units in the last place (the fractional mix has a multiply-add the
+/// compiler may fuse differently in the two kernels; see kernels/quantize.hpp).
+template <class T>
+bool within_ulps(const std::vector<T>& a, const std::vector<T>& b, int ulps) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    T x = a[i];
+    for (int k = 0; k < ulps && x < b[i]; ++k) x = std::nextafter(x, b[i]);
+    for (int k = 0; k < ulps && x > b[i]; ++k) x = std::nextafter(x, b[i]);
+    if (x != b[i]) return false;
+  }
+  return true;
+}
+
+template <class T>
+void check_sum(T simd, T ref, std::size_t n) {
+  const double tol = 4.0 * static_cast<double>(n + 1) * std::numeric_limits<T>::epsilon();
+  CHECK(std::abs(static_cast<double>(simd) - static_cast<double>(ref)) <=
+        tol * (1.0 + std::abs(static_cast<double>(ref))));
+}
+
+const std::size_t sizes[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 65, 127, 1000, 4099};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("uniform and sign grids: SIMD equals the reference", T, float, double) {
+  using namespace bitgrad;
+  for (std::size_t n : sizes) {
+    const auto w = normal<T>(n, 11 + static_cast<unsigned>(n));
+    const auto gy = normal<T>(n, 17 + static_cast<unsigned>(n));
+    for (int k : {1, 2, 3, 4, 8, 16}) {
+      INFO("n = ", n, ", k = ", k);
+      const auto g = make_grid<T>(k, T(0.37) / static_cast<T>(level_limit(k)) * T(4));
+      std::vector<T> a(n), b(n);
+      quant_fprop(n, w.data(), a.data(), g);
+      ref::quant_fprop(n, w.data(), b.data(), g);
+      CHECK(same_bits(a, b));
+
+      std::vector<T> ga = normal<T>(n, 5), gb = ga;
+      const T sa = quant_bprop(n, w.data(), gy.data(), ga.data(), g);
+      const T sb = ref::quant_bprop(n, w.data(), gy.data(), gb.data(), g);
+      CHECK(same_bits(ga, gb));
+      check_sum(sa, sb, n);
+
+      std::vector<std::int32_t> codes(n);
+      quant_codes(n, w.data(), codes.data(), g);
+      for (std::size_t i = 0; i < n; ++i) {
+        CHECK(static_cast<T>(codes[i]) * g.scale == a[i]);
+        CHECK(std::abs(codes[i]) <= static_cast<std::int32_t>(g.limit));
+        if (k == 1) CHECK(std::abs(codes[i]) == 1);
+      }
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("fractional mix and step kernels: SIMD equals the reference", T, float, double) {
+  using namespace bitgrad;
+  for (std::size_t n : sizes) {
+    INFO("n = ", n);
+    const auto w = normal<T>(n, 3 + static_cast<unsigned>(n));
+    const auto gy = normal<T>(n, 9 + static_cast<unsigned>(n));
+    for (int k : {1, 2, 5}) {
+      const auto lo = make_grid<T>(k, T(2.5) / static_cast<T>(level_limit(k)));
+      const auto hi = make_grid<T>(k + 1, T(2.5) / static_cast<T>(level_limit(k + 1)));
+      for (T f : {T(0), T(0.3), T(0.75)}) {
+        std::vector<T> a(n), b(n);
+        frac_quant_fprop(n, w.data(), a.data(), lo, hi, f);
+        ref::frac_quant_fprop(n, w.data(), b.data(), lo, hi, f);
+        CHECK(within_ulps(a, b, 1));
+        if (f == T(0)) CHECK(same_bits(a, b)); // no rounding in the mix at f = 0
+        std::vector<T> ga = normal<T>(n, 1), gb = ga;
+        const auto sa = frac_quant_bprop(n, w.data(), gy.data(), ga.data(), lo, hi, f);
+        const auto sb = ref::frac_quant_bprop(n, w.data(), gy.data(), gb.data(), lo, hi, f);
+        CHECK(within_ulps(ga, gb, 1));
+        check_sum(sa.d_frac, sb.d_frac, n);
+        check_sum(sa.d_scale_lo, sb.d_scale_lo, n);
+        check_sum(sa.d_scale_hi, sb.d_scale_hi, n);
+      }
+    }
+    std::vector<T> a(n), b(n);
+    step_quant_fprop(n, w.data(), a.data(), T(0.21), T(1.3));
+    ref::step_quant_fprop(n, w.data(), b.data(), T(0.21), T(1.3));
+    CHECK(same_bits(a, b));
+    std::vector<T> ga = normal<T>(n, 2), gb = ga;
+    const auto sa = step_quant_bprop(n, w.data(), gy.data(), ga.data(), T(0.21), T(1.3));
+    const auto sb = ref::step_quant_bprop(n, w.data(), gy.data(), gb.data(), T(0.21), T(1.3));
+    CHECK(same_bits(ga, gb));
+    check_sum(sa.d_step, sb.d_step, n);
+    check_sum(sa.d_qmax, sb.d_qmax, n);
+
+    const auto st = quant_abs_stats(n, w.data());
+    const auto sr = ref::quant_abs_stats(n, w.data());
+    CHECK(st.max_abs == sr.max_abs);
+    check_sum(st.sum_abs, sr.sum_abs, n);
+  }
+}
+
+TEST_CASE_TEMPLATE("rounding is half to even and clamps to the symmetric range", T, float, double) {
+  using namespace bitgrad;
+  // scale 0.5: w / s lands exactly on .5 ties.
+  const std::vector<T> w = {T(0.25), T(0.75), T(1.25), T(-0.25), T(-0.75), T(5), T(-5), T(0),
+                            T(1.75), T(-1.25), T(0.5), T(100)};
+  const std::vector<T> expect = {0, 2, 2, 0, -2, 3, -3, 0, 3, -2, 1, 3}; // codes, k = 3: L = 3
+  const auto g = make_grid<T>(3, T(0.5));
+  std::vector<T> a(w.size()), b(w.size());
+  quant_fprop(w.size(), w.data(), a.data(), g);
+  ref::quant_fprop(w.size(), w.data(), b.data(), g);
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    INFO("w = ", w[i]);
+    CHECK(a[i] == expect[i] * T(0.5));
+    CHECK(b[i] == expect[i] * T(0.5));
+  }
+  // Sign grid: sign(0) = +1, dQ/ds = sign, STE inside |w| <= s.
+  const auto sg = make_grid<T>(1, T(0.5));
+  const std::vector<T> ws = {T(0), T(-0.1), T(0.4), T(-2)};
+  std::vector<T> q(4), gw(4, T(0));
+  const std::vector<T> gy(4, T(1));
+  quant_fprop(4, ws.data(), q.data(), sg);
+  CHECK(q == std::vector<T>{T(0.5), T(-0.5), T(0.5), T(-0.5)});
+  const T ds = quant_bprop(4, ws.data(), gy.data(), gw.data(), sg);
+  CHECK(ds == T(0)); // +1 - 1 + 1 - 1
+  CHECK(gw[0] == T(1));
+  CHECK(gw[1] == T(1));
+  CHECK(gw[2] == T(1));
+  CHECK(gw[3] == T(0));
+  const std::vector<T> expect_gw{T(1), T(1), T(1), T(0)};
+  for (std::size_t i = 0; i < 4; ++i) {
+    std::uint64_t a = 0, b = 0;
+    std::memcpy(&a, &gw[i], sizeof(T));
+    std::memcpy(&b, &expect_gw[i], sizeof(T));
+    INFO(i, ": ", a, " vs ", b);
+    CHECK(a == b);
+  }
+  CHECK(gw.size() == 4);
+  CHECK(gw == expect_gw);
+}
+
+TEST_CASE_TEMPLATE("step quantizer values and straight-through gradients", T, float, double) {
+  using namespace bitgrad;
+  // d = 0.5, q_max = 1.2: w = 0.7 -> x = 1.4 -> code 1; w = 2 clipped to 1.2 -> x = 2.4 -> 2.
+  const std::vector<T> w = {T(0.7), T(2), T(-3), T(0.1)};
+  const std::vector<T> gy = {T(1), T(2), T(3), T(4)};
+  std::vector<T> q(4), gw(4, T(0));
+  step_quant_fprop(4, w.data(), q.data(), T(0.5), T(1.2));
+  CHECK(q == std::vector<T>{T(0.5), T(1), T(-1), T(0)});
+  const auto s = step_quant_bprop(4, w.data(), gy.data(), gw.data(), T(0.5), T(1.2));
+  CHECK(gw == std::vector<T>{T(1), T(0), T(0), T(4)});
+  CHECK(s.d_qmax == doctest::Approx(2.0 - 3.0));
+  // d_step = sum g (round(x) - x): 1(1 - 1.4) + 2(2 - 2.4) + 3(-2 + 2.4) + 4(0 - 0.2)
+  CHECK(static_cast<double>(s.d_step) == doctest::Approx(-0.4 - 0.8 + 1.2 - 0.8).epsilon(1e-5));
+}

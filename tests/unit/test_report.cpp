@@ -1,0 +1,773 @@
+// Training records as text: the JSON writer and run summary, the CSV epoch log, the SVG charts,
+// the HTML report and the progress lines. Output is parsed back (a small JSON parser, a CSV
+// splitter, an XML tag-stack checker) and compared with exact values.
+#include <bitgrad/train/csv.hpp>
+#include <bitgrad/train/json.hpp>
+#include <bitgrad/train/progress.hpp>
+#include <bitgrad/train/records.hpp>
+#include <bitgrad/train/report.hpp>
+#include <bitgrad/train/svg.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+const double nan_value = std::numeric_limits<double>::quiet_NaN();
+
+// ---- a small strict JSON parser (enough to read back what json_writer writes) ----------
+struct json_value {
+  enum kind_t { null_k, bool_k, number_k, string_k, array_k, object_k } kind = null_k;
+  bool b = false;
+  double number = 0;
+  std::string text;
+  std::vector<json_value> items;
+  std::vector<std::pair<std::string, json_value>> members;
+
+  const json_value& operator[](const std::string& key) const {
+    for (const auto& [k, v] : members)
+      if (k == key) return v;
+    throw std::runtime_error("no key " + key);
+  }
+  bool has(const std::string& key) const {
+    for (const auto& m : members)
+      if (m.first == key) return true;
+    return false;
+  }
+};
+
+struct json_parser {
+  const std::string& s;
+  std::size_t i = 0;
+
+  void fail(const char* what) {
+    throw std::runtime_error(std::string("json: ") + what + " at " + std::to_string(i));
+  }
+  void ws() {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
+  }
+  void expect(char c) {
+    ws();
+    if (i >= s.size() || s[i] != c) fail("unexpected character");
+    ++i;
+  }
+  bool literal(const char* word) {
+    std::string w = word;
+    if (s.compare(i, w.size(), w) != 0) return false;
+    i += w.size();
+    return true;
+  }
+  std::string string() {
+    expect('"');
+    std::string out;
+    while (true) {
+      if (i >= s.size()) fail("unterminated string");
+      char c = s[i++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in string");
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      char e = s[i++];
+      switch (e) {
+      case '"':
+        out += '"';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '/':
+        out += '/';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'u': {
+        unsigned code = std::stoul(s.substr(i, 4), nullptr, 16);
+        i += 4;
+        if (code >= 0x80) fail("non-ASCII \\u escape not supported by this test parser");
+        out += static_cast<char>(code);
+        break;
+      }
+      default:
+        fail("bad escape");
+      }
+    }
+  }
+  json_value value() {
+    ws();
+    json_value v;
+    if (i >= s.size()) fail("end of input");
+    char c = s[i];
+    if (c == '{') {
+      v.kind = json_value::object_k;
+      ++i;
+      ws();
+      if (s[i] == '}') return ++i, v;
+      while (true) {
+        std::string k = string();
+        expect(':');
+        v.members.emplace_back(k, value());
+        ws();
+        if (s[i] == ',') {
+          ++i;
+          continue;
+        }
+        expect('}');
+        return v;
+      }
+    }
+    if (c == '[') {
+      v.kind = json_value::array_k;
+      ++i;
+      ws();
+      if (s[i] == ']') return ++i, v;
+      while (true) {
+        v.items.push_back(value());
+        ws();
+        if (s[i] == ',') {
+          ++i;
+          continue;
+        }
+        expect(']');
+        return v;
+      }
+    }
+    if (c == '"') {
+      v.kind = json_value::string_k;
+      v.text = string();
+      return v;
+    }
+    if (literal("null")) return v;
+    if (literal("true")) return v.kind = json_value::bool_k, v.b = true, v;
+    if (literal("false")) return v.kind = json_value::bool_k, v;
+    std::size_t end = i;
+    while (end < s.size() && std::string_view("+-0123456789.eE").find(s[end]) != std::string::npos)
+      ++end;
+    if (end == i) fail("unexpected character");
+    v.kind = json_value::number_k;
+    v.number = std::stod(s.substr(i, end - i));
+    i = end;
+    return v;
+  }
+};
+
+json_value parse_json(const std::string& text) {
+  json_parser p{text};
+  json_value v = p.value();
+  p.ws();
+  if (p.i != text.size()) throw std::runtime_error("json: trailing characters");
+  return v;
+}
+
+// ---- an XML well-formedness check: balanced tags, properly quoted attributes ------------
+// Returns "" when well formed, else a description of the first problem.
+std::string xml_problem(const std::string& s) {
+  std::vector<std::string> stack;
+  std::size_t i = 0;
+  while ((i = s.find('<', i)) != std::string::npos) {
+    std::size_t end = s.find('>', i);
+    if (end == std::string::npos) return "unterminated tag at " + std::to_string(i);
+    std::string tag = s.substr(i + 1, end - i - 1);
+    // A '>' inside a quoted attribute would end the tag early: count quotes.
+    if (std::count(tag.begin(), tag.end(), '"') % 2 != 0) return "odd quotes in <" + tag + ">";
+    if (tag.find('<') != std::string::npos) return "'<' inside tag <" + tag + ">";
+    i = end + 1;
+    if (tag.starts_with("?") || tag.starts_with("!")) continue; // declaration, doctype
+    if (tag.starts_with("/")) {
+      std::string name = tag.substr(1);
+      if (stack.empty()) return "closing </" + name + "> without opening";
+      if (stack.back() != name) return "</" + name + "> closes <" + stack.back() + ">";
+      stack.pop_back();
+      continue;
+    }
+    if (tag.ends_with("/")) continue; // self-closing
+    std::string name = tag.substr(0, tag.find_first_of(" \n\t"));
+    stack.push_back(name);
+  }
+  if (!stack.empty()) return "unclosed <" + stack.back() + ">";
+  // Text must not hold a bare '&' that is not an entity.
+  for (std::size_t a = s.find('&'); a != std::string::npos; a = s.find('&', a + 1)) {
+    std::size_t semi = s.find(';', a);
+    if (semi == std::string::npos || semi - a > 8) return "bare '&' at " + std::to_string(a);
+  }
+  return "";
+}
+
+std::size_t count(const std::string& haystack, const std::string& needle) {
+  std::size_t n = 0;
+  for (std::size_t i = haystack.find(needle); i != std::string::npos;
+       i = haystack.find(needle, i + needle.size()))
+    ++n;
+  return n;
+}
+
+// HTML void elements are not self-closed in the report; make them so for the XML checker.
+std::string close_void_elements(std::string html) {
+  for (const char* name : {"<meta ", "<!DOCTYPE"}) {
+    for (std::size_t i = html.find(name); i != std::string::npos; i = html.find(name, i + 1)) {
+      std::size_t end = html.find('>', i);
+      if (name[1] == 'm' && html[end - 1] != '/') html.insert(end, "/");
+    }
+  }
+  return html;
+}
+
+bitgrad::run_summary sample_summary() {
+  bitgrad::run_summary run;
+  run.model = "lenet5";
+  run.policy = "frac_bits";
+  run.fp32_accuracy = 0.9912;
+  run.quant_accuracy = 0.9875;
+  run.average_bits = 3.125;
+  run.size_bytes = 12345;
+  run.compression = 10.25;
+  run.seconds = 61.5;
+  bitgrad::layer_summary conv;
+  conv.name = "conv1";
+  conv.policy = "frac_bits";
+  conv.params = 150;
+  conv.groups = 3;
+  conv.bits_min = 2;
+  conv.bits_mean = 3.5;
+  conv.bits_max = 4.75;
+  conv.bytes = 66;
+  conv.group_bits = {2, 3.75, 4.75};
+  conv.group_sensitivity = {0.1, 0.5, 0.9};
+  conv.bits_spread = 2.75;
+  conv.rank_correlation = 1.0;
+  bitgrad::layer_summary fc;
+  fc.name = "fc<out>";
+  fc.policy = "fixed_bits";
+  fc.params = 840;
+  fc.groups = 5;
+  fc.bits_min = 8;
+  fc.bits_mean = 8;
+  fc.bits_max = 8;
+  fc.bytes = 850;
+  fc.group_bits = {8, 8, 8, 8, 8};
+  run.layers = {conv, fc};
+  run.settings = {{"epochs", "10"}, {"lr", "0.001"}, {"note", "say \"hi\" & go"}};
+  return run;
+}
+
+std::vector<bitgrad::epoch_record> sample_epochs() {
+  std::vector<bitgrad::epoch_record> epochs;
+  double bits = 8;
+  for (std::size_t i = 0; i < 5; ++i) {
+    bitgrad::epoch_record e;
+    e.phase = i < 2 ? "pretrain" : "search";
+    e.epoch = i < 2 ? i + 1 : i - 1;
+    e.loss = 1.0 / double(i + 1);
+    e.train_accuracy = 0.8 + 0.03 * double(i);
+    e.test_accuracy = i == 0 ? nan_value : 0.79 + 0.03 * double(i);
+    e.average_bits = bits;
+    e.size_bytes = 40000 * bits / 32;
+    e.compression = 32 / bits;
+    e.seconds = 10.5 + double(i);
+    epochs.push_back(e);
+    if (i >= 2) bits -= 1.5;
+  }
+  return epochs;
+}
+
+std::filesystem::path temp_dir() {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("bitgrad_test_report_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+} // namespace
+
+// ---- JSON --------------------------------------------------------------------------------
+
+TEST_CASE("json_quote escapes quotes, backslashes and control characters") {
+  CHECK(bitgrad::json_quote("plain") == "\"plain\"");
+  CHECK(bitgrad::json_quote("a\"b\\c") == "\"a\\\"b\\\\c\"");
+  CHECK(bitgrad::json_quote("l1\nl2\r\t\b\f") == "\"l1\\nl2\\r\\t\\b\\f\"");
+  CHECK(bitgrad::json_quote(std::string("\x01\x1f", 2)) == "\"\\u0001\\u001f\"");
+  CHECK(bitgrad::json_quote(std::string("nul\0x", 5)) == "\"nul\\u0000x\"");
+  CHECK(bitgrad::json_quote("caf\xc3\xa9") == "\"caf\xc3\xa9\""); // UTF-8 passes through
+  CHECK(bitgrad::json_quote("</script>") == "\"</script>\"");
+}
+
+TEST_CASE("json_number writes shortest round-trip text and null for non-finite values") {
+  CHECK(bitgrad::json_number(3) == "3");
+  CHECK(bitgrad::json_number(0.1) == "0.1");
+  CHECK(bitgrad::json_number(-2.5) == "-2.5");
+  CHECK(bitgrad::json_number(1e-7) == "1e-07");
+  CHECK(bitgrad::json_number(nan_value) == "null");
+  CHECK(bitgrad::json_number(std::numeric_limits<double>::infinity()) == "null");
+  CHECK(bitgrad::json_number(-std::numeric_limits<double>::infinity()) == "null");
+  double third = 1.0 / 3.0;
+  CHECK(std::stod(bitgrad::json_number(third)) == third);
+}
+
+TEST_CASE("json_writer indents nested containers and keeps compact arrays on one line") {
+  bitgrad::json_writer w;
+  w.begin_object();
+  w.key("a").value(1);
+  w.key("b").begin_array(true).value(2.5).value(nan_value).end_array();
+  w.key("c").begin_object().end_object();
+  w.key("d").begin_array().value("x").value(true).null().end_array();
+  w.end_object();
+  CHECK(w.str() == "{\n"
+                   "  \"a\": 1,\n"
+                   "  \"b\": [2.5, null],\n"
+                   "  \"c\": {},\n"
+                   "  \"d\": [\n"
+                   "    \"x\",\n"
+                   "    true,\n"
+                   "    null\n"
+                   "  ]\n"
+                   "}");
+
+  bitgrad::json_writer flat(0);
+  flat.begin_array().value(std::size_t(7)).begin_object().key("k").value("v").end_object();
+  flat.end_array();
+  CHECK(flat.str() == "[7,{\"k\":\"v\"}]");
+}
+
+TEST_CASE("json_writer rejects misuse") {
+  bitgrad::json_writer w;
+  CHECK_THROWS_AS(w.key("top"), std::logic_error);
+  w.begin_object();
+  CHECK_THROWS_AS(w.value(1), std::logic_error); // no key
+  CHECK_THROWS_AS(w.end_array(), std::logic_error);
+  CHECK_THROWS_AS(w.str(), std::logic_error); // unfinished
+  w.key("k");
+  CHECK_THROWS_AS(w.key("again"), std::logic_error);
+  CHECK_THROWS_AS(w.end_object(), std::logic_error); // key without value
+  w.value(1).end_object();
+  CHECK(w.str() == "{\n  \"k\": 1\n}");
+  CHECK_THROWS_AS(w.value(2), std::logic_error); // second top-level value
+}
+
+TEST_CASE("to_json(run_summary) reads back with every value") {
+  bitgrad::run_summary run = sample_summary();
+  run.layers[1].rank_correlation = nan_value;
+  std::string text = bitgrad::to_json(run);
+  json_value doc = parse_json(text);
+  REQUIRE(doc.kind == json_value::object_k);
+  CHECK(doc["model"].text == "lenet5");
+  CHECK(doc["policy"].text == "frac_bits");
+  CHECK(doc["fp32_accuracy"].number == 0.9912);
+  CHECK(doc["quant_accuracy"].number == 0.9875);
+  CHECK(doc["average_bits"].number == 3.125);
+  CHECK(doc["size_bytes"].number == 12345);
+  CHECK(doc["compression"].number == 10.25);
+  CHECK(doc["seconds"].number == 61.5);
+  const json_value& settings = doc["settings"];
+  REQUIRE(settings.members.size() == 3);
+  CHECK(settings.members[0].first == "epochs");
+  CHECK(settings["lr"].text == "0.001");
+  CHECK(settings["note"].text == "say \"hi\" & go");
+  const json_value& layers = doc["layers"];
+  REQUIRE(layers.items.size() == 2);
+  const json_value& conv = layers.items[0];
+  CHECK(conv["name"].text == "conv1");
+  CHECK(conv["policy"].text == "frac_bits");
+  CHECK(conv["params"].number == 150);
+  CHECK(conv["groups"].number == 3);
+  CHECK(conv["bits_min"].number == 2);
+  CHECK(conv["bits_mean"].number == 3.5);
+  CHECK(conv["bits_max"].number == 4.75);
+  CHECK(conv["bytes"].number == 66);
+  REQUIRE(conv["group_bits"].items.size() == 3);
+  CHECK(conv["group_bits"].items[1].number == 3.75);
+  CHECK(conv["group_sensitivity"].items[2].number == 0.9);
+  CHECK(conv["bits_spread"].number == 2.75);
+  CHECK(conv["rank_correlation"].number == 1);
+  const json_value& fc = layers.items[1];
+  CHECK(fc["name"].text == "fc<out>");
+  CHECK(fc["rank_correlation"].kind == json_value::null_k);
+  CHECK(fc["bits_spread"].kind == json_value::null_k);
+  CHECK(fc["group_sensitivity"].items.empty());
+  CHECK(text.find("\"group_bits\": [2, 3.75, 4.75]") != std::string::npos);
+  CHECK(text.find("NaN") == std::string::npos);
+  CHECK(text.find("nan") == std::string::npos);
+}
+
+TEST_CASE("to_json(run, epochs) adds the epoch log with nulls for unmeasured values") {
+  auto epochs = sample_epochs();
+  json_value doc = parse_json(bitgrad::to_json(sample_summary(), epochs));
+  const json_value& log = doc["epochs"];
+  REQUIRE(log.items.size() == epochs.size());
+  CHECK(log.items[0]["phase"].text == "pretrain");
+  CHECK(log.items[0]["test_accuracy"].kind == json_value::null_k);
+  CHECK(log.items[3]["phase"].text == "search");
+  CHECK(log.items[3]["epoch"].number == 2);
+  CHECK(log.items[3]["loss"].number == 0.25);
+  CHECK(log.items[4]["average_bits"].number == 5);
+  CHECK(doc.has("layers"));
+}
+
+// ---- CSV ---------------------------------------------------------------------------------
+
+TEST_CASE("to_csv writes the header and one row per epoch, empty fields for NaN") {
+  auto epochs = sample_epochs();
+  epochs[1].phase = "warm,up \"1\"";
+  auto lines = split_lines(bitgrad::to_csv(epochs));
+  REQUIRE(lines.size() == 6);
+  CHECK(
+      lines[0] ==
+      "phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,seconds");
+  CHECK(lines[1] == "pretrain,1,1,0.8,,8,10000,4,10.5");
+  CHECK(lines[2] ==
+        "\"warm,up \"\"1\"\"\",2,0.5,0.8300000000000001,0.8200000000000001,8,10000,4,11.5");
+  CHECK(lines[5] == "search,3,0.2,0.92,0.91,5,6250,6.4,14.5");
+}
+
+TEST_CASE("csv_log flushes every row, and appends only under the same header") {
+  auto dir = temp_dir();
+  auto path = dir / "epochs.csv";
+  auto epochs = sample_epochs();
+  {
+    bitgrad::csv_log log(path);
+    log.append(epochs[0]);
+    // Flushed: visible to a reader while the log is still open.
+    auto lines = split_lines(read_text(path));
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0] == bitgrad::csv_header);
+    CHECK(lines[1] == bitgrad::csv_row(epochs[0]));
+    log.append(epochs[1]);
+    CHECK(split_lines(read_text(path)).size() == 3);
+  }
+  {
+    bitgrad::csv_log resumed(path, bitgrad::csv_open::append);
+    resumed.append(epochs[2]);
+  }
+  auto lines = split_lines(read_text(path));
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[3] == bitgrad::csv_row(epochs[2]));
+  CHECK(read_text(path) == bitgrad::to_csv({epochs[0], epochs[1], epochs[2]}));
+
+  { bitgrad::csv_log fresh(path); } // truncate: header only
+  CHECK(read_text(path) == std::string(bitgrad::csv_header) + "\n");
+
+  auto other = dir / "other.csv";
+  std::ofstream(other) << "a,b,c\n1,2,3\n";
+  CHECK_THROWS_AS(bitgrad::csv_log(other, bitgrad::csv_open::append), bitgrad::io_error);
+  CHECK(read_text(other) == "a,b,c\n1,2,3\n"); // untouched
+  CHECK_THROWS_AS(bitgrad::csv_log(dir / "missing_dir" / "x.csv"), bitgrad::io_error);
+  std::filesystem::remove_all(dir);
+}
+
+// ---- SVG ---------------------------------------------------------------------------------
+
+TEST_CASE("nice_ticks and tick labels") {
+  auto t = bitgrad::nice_ticks(0.13, 0.87, 6);
+  CHECK(t.step == doctest::Approx(0.2));
+  CHECK(t.lo == doctest::Approx(0.0));
+  CHECK(t.hi == doctest::Approx(1.0));
+  REQUIRE(t.ticks.size() == 6);
+  CHECK(t.ticks[3] == doctest::Approx(0.6));
+  auto u = bitgrad::nice_ticks(3, 3, 6); // degenerate range is widened
+  CHECK(u.lo < 3);
+  CHECK(u.hi > 3);
+  auto v = bitgrad::nice_ticks(-7, 93, 5);
+  CHECK(v.step == 20);
+  CHECK(v.lo == -20);
+  CHECK(v.hi == 100);
+  CHECK(bitgrad::tick_label(0.6000000001, 0.2) == "0.6");
+  CHECK(bitgrad::tick_label(0.75, 0.25) == "0.75");
+  CHECK(bitgrad::tick_label(14, 2) == "14");
+  CHECK(bitgrad::tick_label(400000, 200000) == "400k");
+  CHECK(bitgrad::tick_label(3e6, 1e6) == "3M");
+  CHECK(bitgrad::tick_label(-1e-17, 0.5) == "0.0");
+}
+
+TEST_CASE("xml_escape replaces markup characters") {
+  CHECK(bitgrad::xml_escape("a<b>&\"c'") == "a&lt;b&gt;&amp;&quot;c&#39;");
+}
+
+TEST_CASE("svg_line_chart: well formed, escaped, with legend, markers and broken lines") {
+  bitgrad::series a{"train <acc>", {1, 2, 3, 4}, {0.5, 0.6, nan_value, 0.8}, "", false};
+  bitgrad::series b{"test & more", {1, 2, 3, 4}, {0.4, 0.55, 0.65, 0.7}, "#ff0000", true};
+  bitgrad::chart_options o;
+  o.markers = {{3, "search"}};
+  std::string svg = bitgrad::svg_line_chart("Accuracy <%>", "epoch", "acc", {a, b}, o);
+  CHECK(xml_problem(svg) == "");
+  CHECK(svg.starts_with("<svg "));
+  CHECK(svg.find("train &lt;acc&gt;") != std::string::npos);
+  CHECK(svg.find("test &amp; more") != std::string::npos);
+  CHECK(svg.find("Accuracy &lt;%&gt;") != std::string::npos);
+  CHECK(svg.find("<acc>") == std::string::npos);
+  CHECK(svg.find(">search</text>") != std::string::npos);
+  // a is split by its NaN into a 2-point line and a lone point: one polyline; b: one dashed.
+  CHECK(count(svg, "<polyline") == 2);
+  CHECK(count(svg, "stroke-dasharray=\"6 4\"") == 1);
+  CHECK(count(svg, "<circle") == 7); // 3 finite points of a + 4 of b
+  CHECK(svg.find("stroke=\"#ff0000\"") != std::string::npos);
+  CHECK(svg.find("http") == std::string::npos);
+  std::string doc = bitgrad::svg_document(svg);
+  CHECK(doc.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns="));
+  CHECK(xml_problem(doc) == "");
+}
+
+TEST_CASE("svg_line_chart without data draws a frame and 'no data'") {
+  std::string svg = bitgrad::svg_line_chart("Empty", "x", "y", {});
+  CHECK(xml_problem(svg) == "");
+  CHECK(svg.find(">no data</text>") != std::string::npos);
+  std::string nan_only = bitgrad::svg_line_chart(
+      "NaN", "x", "y", {bitgrad::series{"s", {1, 2}, {nan_value, nan_value}, "", false}});
+  CHECK(nan_only.find(">no data</text>") != std::string::npos);
+  CHECK(nan_only.find("<polyline") == std::string::npos);
+}
+
+TEST_CASE("svg_scatter_chart: error bars, tooltips, reference line and log axis") {
+  bitgrad::point_series dfq{
+      "learned", {1000, 5000, 20000}, {0.95, 0.97, 0.985}, {0.004, 0, 0.002}, ""};
+  bitgrad::point_series fixed{"fixed 4 bits", {8000}, {0.96}, {}, "#00aa00"};
+  bitgrad::chart_options o;
+  o.log_x = true;
+  o.reference = bitgrad::reference_line{0.99, "FP32", "#333333"};
+  std::string svg =
+      bitgrad::svg_scatter_chart("Pareto", "size (bytes)", "accuracy", {dfq, fixed}, o);
+  CHECK(xml_problem(svg) == "");
+  CHECK(count(svg, "<circle") == 4 + 2); // points + legend dots
+  CHECK(count(svg, "class=\"error-bar\"") == 2);
+  CHECK(svg.find(">FP32</text>") != std::string::npos);
+  CHECK(svg.find("<title>learned: (1000, 0.95 +- 0.004)</title>") != std::string::npos);
+  CHECK(svg.find("<title>fixed 4 bits: (8000, 0.96)</title>") != std::string::npos);
+  CHECK(svg.find(">learned</text>") != std::string::npos);
+  // log axis: decade ticks 1000 .. 100000 are labelled.
+  CHECK(svg.find(">1000</text>") != std::string::npos);
+  CHECK(svg.find(">100k</text>") != std::string::npos);
+}
+
+TEST_CASE("svg_heatmap: one rect per cell with its tooltip, rows of different lengths") {
+  std::vector<bitgrad::heatmap_row> rows = {
+      {"conv1", {2, 3.4249, 4}}, {"fc<2>", {8, nan_value}}, {"empty", {}}};
+  std::string svg = bitgrad::svg_heatmap("Bits", rows, 2, 8);
+  CHECK(xml_problem(svg) == "");
+  CHECK(count(svg, "<rect class=\"cell\"") == 5);
+  CHECK(svg.find("<title>conv1 group 1: 3.42 bits</title>") != std::string::npos);
+  CHECK(svg.find("<title>fc&lt;2&gt; group 0: 8.00 bits</title>") != std::string::npos);
+  CHECK(svg.find("<title>fc&lt;2&gt; group 1: n/a</title>") != std::string::npos);
+  CHECK(count(svg, "<rect class=\"legend\"") == 32);
+  // Colours: lo is the dark end, hi the yellow end, NaN grey.
+  CHECK(bitgrad::heat_color(2, 2, 8) == "#440154");
+  CHECK(bitgrad::heat_color(8, 2, 8) == "#fde725");
+  CHECK(bitgrad::heat_color(100, 2, 8) == "#fde725");
+  CHECK(bitgrad::heat_color(nan_value, 2, 8) == "#cccccc");
+  CHECK(svg.find("fill=\"#440154\"><title>conv1 group 0:") != std::string::npos);
+  CHECK_THROWS_AS(bitgrad::svg_heatmap("Bits", rows, 3, 3), bitgrad::config_error);
+}
+
+// ---- the HTML report ---------------------------------------------------------------------
+
+TEST_CASE("render_report is one self-contained page with the tables and charts") {
+  auto run = sample_summary();
+  auto epochs = sample_epochs();
+  std::string html = bitgrad::render_report(epochs, run);
+  CHECK(html.starts_with("<!DOCTYPE html>"));
+  CHECK(html.find("http://") == std::string::npos);
+  CHECK(html.find("https://") == std::string::npos);
+  CHECK(html.find("<script") == std::string::npos);
+  CHECK(html.find("<link") == std::string::npos);
+  CHECK(html.find("src=") == std::string::npos);
+  CHECK(xml_problem(close_void_elements(html)) == "");
+  // Header numbers.
+  CHECK(html.find("<h1>lenet5</h1>") != std::string::npos);
+  CHECK(html.find(">99.12%<") != std::string::npos);
+  CHECK(html.find(">98.75%<") != std::string::npos);
+  CHECK(html.find(">-0.37 pt<") != std::string::npos);
+  CHECK(html.find(">12.3 KB<") != std::string::npos);
+  CHECK(html.find(">x10.2<") != std::string::npos); // 10.25 rounds to even in printf
+  // Three training charts, phase markers, the heat map with all 8 cells.
+  CHECK(count(html, "<svg ") == 4);
+  CHECK(count(html, ">pretrain</text>") == 3);
+  CHECK(count(html, ">search</text>") == 3);
+  CHECK(count(html, "<rect class=\"cell\"") == 8);
+  CHECK(html.find("<title>conv1 group 2: 4.75 bits</title>") != std::string::npos);
+  // Per-layer table rows, with the diagnostics columns since conv1 has them.
+  CHECK(html.find("<tr><td>conv1</td><td>frac_bits</td><td class=\"num\">150</td>"
+                  "<td class=\"num\">3</td><td class=\"num\">2.00</td><td class=\"num\">3.50</td>"
+                  "<td class=\"num\">4.75</td><td class=\"num\">66 B</td>"
+                  "<td class=\"num\">2.75</td><td class=\"num\">1.000</td></tr>") !=
+        std::string::npos);
+  CHECK(html.find("<tr><td>fc&lt;out&gt;</td><td>fixed_bits</td><td class=\"num\">840</td>") !=
+        std::string::npos);
+  CHECK(html.find("<th>sensitivity rank corr.</th>") != std::string::npos);
+  // Settings, escaped.
+  CHECK(html.find("<tr><td>note</td><td>say &quot;hi&quot; &amp; go</td></tr>") !=
+        std::string::npos);
+  CHECK(html.find("<tr><td>lr</td><td>0.001</td></tr>") != std::string::npos);
+  // Epoch log: the unmeasured test accuracy shows as n/a.
+  CHECK(html.find("<tr><td>pretrain</td><td class=\"num\">1</td><td class=\"num\">1.0000</td>"
+                  "<td class=\"num\">80.00%</td><td class=\"num\">n/a</td>") != std::string::npos);
+}
+
+TEST_CASE("render_report without diagnostics or epochs drops those parts") {
+  auto run = sample_summary();
+  for (auto& l : run.layers) l.bits_spread = l.rank_correlation = nan_value;
+  run.layers[0].group_bits.clear();
+  std::string html = bitgrad::render_report({}, run);
+  CHECK(html.find("sensitivity") == std::string::npos);
+  CHECK(count(html, "<rect class=\"cell\"") == 5); // only fc<out> has bits
+  CHECK(count(html, ">no data</text>") == 3);
+  CHECK(html.find("<h2>Epochs</h2>") == std::string::npos);
+  CHECK(xml_problem(close_void_elements(html)) == "");
+}
+
+TEST_CASE("write_report replaces the file atomically and leaves no temporary") {
+  auto dir = temp_dir();
+  auto path = dir / "report.html";
+  std::ofstream(path) << "old";
+  auto run = sample_summary();
+  auto epochs = sample_epochs();
+  bitgrad::write_report(path, epochs, run);
+  CHECK(read_text(path) == bitgrad::render_report(epochs, run));
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++files;
+  CHECK(files == 1);
+  CHECK_THROWS_AS(bitgrad::write_report(dir / "no_such_dir" / "r.html", epochs, run),
+                  bitgrad::io_error);
+  std::filesystem::remove_all(dir);
+}
+
+// ---- progress ----------------------------------------------------------------------------
+
+TEST_CASE("format_epoch_line spells an epoch exactly") {
+  bitgrad::epoch_record e;
+  e.phase = "search";
+  e.epoch = 3;
+  e.loss = 0.41234;
+  e.train_accuracy = 0.85214;
+  e.test_accuracy = 0.849;
+  e.average_bits = 3.1234;
+  e.size_bytes = 12345;
+  e.compression = 10.3;
+  e.seconds = 12.44;
+  CHECK(bitgrad::format_epoch_line(e, 10) ==
+        "search  epoch  3/10  loss 0.4123  train 85.21%  test 84.90%  bits 3.12  size 12.3 KB"
+        "  x10.3  12.4 s");
+  e.test_accuracy = nan_value;
+  e.epoch = 12;
+  e.size_bytes = 2.5e6;
+  CHECK(bitgrad::format_epoch_line(e, 120) ==
+        "search  epoch  12/120  loss 0.4123  train 85.21%  test n/a  bits 3.12  size 2.50 MB"
+        "  x10.3  12.4 s");
+  CHECK(bitgrad::format_epoch_line(e).starts_with("search  epoch 12  loss"));
+}
+
+TEST_CASE("format_bytes and format_duration") {
+  CHECK(bitgrad::format_bytes(512) == "512 B");
+  CHECK(bitgrad::format_bytes(999.4) == "999 B");
+  CHECK(bitgrad::format_bytes(999.6) == "1.0 KB");
+  CHECK(bitgrad::format_bytes(12345) == "12.3 KB");
+  CHECK(bitgrad::format_bytes(3.2e9) == "3.20 GB");
+  CHECK(bitgrad::format_bytes(nan_value) == "n/a");
+  CHECK(bitgrad::format_duration(65) == "1:05");
+  CHECK(bitgrad::format_duration(3725) == "1:02:05");
+  CHECK(bitgrad::format_duration(nan_value) == "--:--");
+}
+
+TEST_CASE("format_progress_line draws the bar in proportion") {
+  CHECK(
+      bitgrad::format_progress_line("search", 3, 10, 120, 480, 0.41234, 0.85214, 2410.4, 7.2, 20) ==
+      "search  epoch  3/10  batch 120/480 [#####...............]  loss 0.4123  acc 85.21%"
+      "  2410 img/s  ETA 0:07");
+  CHECK(bitgrad::format_progress_line("s", 1, 1, 0, 0, nan_value, nan_value, nan_value, nan_value,
+                                      4) ==
+        "s  epoch 1/1  batch 0 [....]  loss n/a  acc n/a  - img/s  ETA --:--");
+}
+
+namespace {
+struct fake_clock {
+  std::shared_ptr<bitgrad::progress_bar::clock::time_point> t =
+      std::make_shared<bitgrad::progress_bar::clock::time_point>();
+  void advance_ms(int ms) { *t += std::chrono::milliseconds(ms); }
+  bitgrad::progress_bar::now_function fn() const {
+    return [t = t] { return *t; };
+  }
+};
+} // namespace
+
+TEST_CASE("progress_bar prints nothing per batch when not a terminal") {
+  std::ostringstream out;
+  fake_clock clock;
+  bitgrad::progress_bar bar(out, false, clock.fn());
+  CHECK_FALSE(bar.terminal());
+  bar.begin_epoch("search", 1, 2, 3);
+  for (std::size_t j = 1; j <= 3; ++j) {
+    clock.advance_ms(500);
+    bar.update(j, j * 64, 0.5, 0.9);
+  }
+  bar.end_epoch();
+  CHECK(out.str().empty());
+  CHECK(bar.redraws() == 0);
+}
+
+TEST_CASE("progress_bar redraws in place at most every 100 ms, and always on the last batch") {
+  std::ostringstream out;
+  fake_clock clock;
+  bitgrad::progress_bar bar(out, true, clock.fn());
+  bar.begin_epoch("search", 3, 10, 4);
+  clock.advance_ms(1000);
+  bar.update(1, 100, 0.5, 0.8); // first: drawn
+  CHECK(bar.redraws() == 1);
+  std::string first = out.str();
+  CHECK(first == "\r" + bitgrad::format_progress_line("search", 3, 10, 1, 4, 0.5, 0.8, 100, 3));
+  clock.advance_ms(50);
+  bar.update(2, 200, 0.4, 0.85); // too soon: skipped
+  CHECK(bar.redraws() == 1);
+  CHECK(out.str() == first);
+  clock.advance_ms(60);
+  bar.update(3, 300, 0.3, 0.9); // 110 ms after the last draw
+  CHECK(bar.redraws() == 2);
+  clock.advance_ms(1);
+  bar.update(4, 400, 0.25, 0.95); // last batch: drawn although only 1 ms passed
+  CHECK(bar.redraws() == 3);
+  std::string all = out.str();
+  CHECK(count(all, "\r") == 3);
+  CHECK(all.find("\n") == std::string::npos);
+  CHECK(all.ends_with("batch 4/4 [####################]  loss 0.2500  acc 95.00%  360 img/s"
+                      "  ETA 0:00"));
+  std::size_t before = all.size();
+  bar.end_epoch(); // erases the line: '\r', spaces, '\r'
+  std::string erase = out.str().substr(before);
+  CHECK(erase.front() == '\r');
+  CHECK(erase.back() == '\r');
+  CHECK(erase.find_first_not_of(" \r") == std::string::npos);
+  CHECK(erase.size() > 40);
+}
