@@ -39,3 +39,22 @@ format:
 
 clean:
 	rm -rf build
+
+# make fuzz [FUZZ_SECONDS=60]: build the libFuzzer targets (preset fuzz, clang++-14) and fuzz
+# each one for FUZZ_SECONDS on a copy of its seed corpus; fails on any crash.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: deps
+	JOBS=$(JOBS) bash scripts/run-fuzzers.sh $(FUZZ_SECONDS)
+
+# Training speed against PyTorch (issue 8): installs the optional python3-torch, builds
+# bench_train and runs it and benchmarks/peers/train_pytorch.py alternately (Debian's python3,
+# which has torch; a pyenv python3 earlier in PATH would not). Table on stdout, JSON in
+# build/bench/results/peers.json. ROUNDS=n for more or fewer rounds.
+.PHONY: bench-peers
+bench-peers:
+	bash scripts/install-bench-deps.sh
+	cmake --preset bench
+	cmake --build --preset bench -j2 --target bench_train
+	/usr/bin/python3 benchmarks/peers/run_peers.py --bench build/bench/benchmarks/bench_train \
+		--rounds $(or $(ROUNDS),5) --out build/bench/results/peers.json

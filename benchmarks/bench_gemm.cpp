@@ -5,11 +5,13 @@
 // Rows are named gemm/<library>/<shape>/threads:<t>; the counter GFLOP/s is 2 m n k per call
 // over wall-clock time.
 //
-// Conv layers are lowered with im2col over the whole batch: col is (Cin*kh*kw) x (B*Ho*Wo) and
-//   fprop  Y  (Cout x B*HW)      = W (Cout x Cin*kk) * col          gemm(N, N, Cout, B*HW, Cin*kk)
-//   dgrad  dcol (Cin*kk x B*HW)  = W^T * dY                         gemm(T, N, Cin*kk, B*HW, Cout)
-//   wgrad  dW (Cout x Cin*kk)   += dY * col^T                       gemm(N, T, Cout, Cin*kk, B*HW)
-// ("per image" rows: one image's fprop, B = 1). Linear layers, x (B x in), W (out x in):
+// Conv layers are lowered with im2col: col is (Cin*kh*kw) x P with P = Ho*Wo output pixels
+// ("image" rows: one image, as kernels/conv2d.hpp calls gemm, one image per thread) or
+// P = B*Ho*Wo (".b64", ".b256": the whole batch in one call), and
+//   fprop  Y  (Cout x P)         = W (Cout x Cin*kk) * col          gemm(N, N, Cout, P, Cin*kk)
+//   dgrad  dcol (Cin*kk x P)     = W^T * dY                         gemm(T, N, Cin*kk, P, Cout)
+//   wgrad  dW (Cout x Cin*kk)   += dY * col^T                       gemm(N, T, Cout, Cin*kk, P)
+// (first layers have no dgrad). Linear layers, x (B x in), W (out x in):
 //   fprop  y  = x * W^T          gemm(N, T, B, out, in)
 //   dgrad  dx = dy * W           gemm(N, N, B, in, out)
 //   wgrad  dW += dy^T * x        gemm(T, N, out, in, B)
@@ -49,40 +51,47 @@ std::vector<gemm_shape> shapes() {
   constexpr transpose N = transpose::no, T = transpose::yes;
   std::vector<gemm_shape> s;
   for (std::size_t n : {64, 128, 256, 512, 1024}) s.push_back({std::to_string(n), N, N, n, n, n, 0});
-  // LeNet-5 on 28x28: conv1 1->6 5x5 -> 24x24, pool, conv2 6->16 5x5 -> 8x8, pool,
-  // fc1 256->120, fc2 120->84, fc3 84->10.
-  s.push_back({"lenet.conv1.fprop.image", N, N, 6, 24 * 24, 25, 0});
-  s.push_back({"lenet.conv2.fprop.image", N, N, 16, 8 * 8, 150, 0});
+
+  // A conv layer's three GEMMs for Cout filters of K = Cin*kh*kw taps over P output pixels.
+  auto conv = [&](const std::string& name, std::size_t cout, std::size_t taps, std::size_t pixels,
+                  bool dgrad) {
+    s.push_back({name + ".fprop", N, N, cout, pixels, taps, 0});
+    if (dgrad) s.push_back({name + ".dgrad", T, N, taps, pixels, cout, 0});
+    s.push_back({name + ".wgrad", N, T, cout, taps, pixels, 1});
+  };
+  // A linear layer's three GEMMs for a batch of b.
+  auto linear = [&](const std::string& name, std::size_t in, std::size_t out, std::size_t b,
+                    bool backward) {
+    s.push_back({name + ".fprop", N, T, b, out, in, 0});
+    if (!backward) return;
+    s.push_back({name + ".dgrad", N, N, b, in, out, 0});
+    s.push_back({name + ".wgrad", T, N, out, in, b, 1});
+  };
+
+  // LeNet-5 on 28x28: conv1 1->6 5x5 -> 24x24, pool, conv2 6->16 5x5 -> 8x8, pool, fc1 256->120,
+  // fc2 120->84, fc3 84->10. First per image (what the conv layer calls, one image per thread),
+  // then im2col over the whole batch and the linear layers at batch 64 and 256.
+  conv("lenet.conv1.image", 6, 25, 24 * 24, false);
+  conv("lenet.conv2.image", 16, 150, 8 * 8, true);
   for (std::size_t b : {64, 256}) {
     const std::string tag = ".b" + std::to_string(b);
-    s.push_back({"lenet.conv1.fprop" + tag, N, N, 6, 576 * b, 25, 0});
-    s.push_back({"lenet.conv1.wgrad" + tag, N, T, 6, 25, 576 * b, 1});
-    s.push_back({"lenet.conv2.fprop" + tag, N, N, 16, 64 * b, 150, 0});
-    s.push_back({"lenet.conv2.dgrad" + tag, T, N, 150, 64 * b, 16, 0});
-    s.push_back({"lenet.conv2.wgrad" + tag, N, T, 16, 150, 64 * b, 1});
-    s.push_back({"lenet.fc1.fprop" + tag, N, T, b, 120, 256, 0});
-    s.push_back({"lenet.fc1.dgrad" + tag, N, N, b, 256, 120, 0});
-    s.push_back({"lenet.fc1.wgrad" + tag, T, N, 120, 256, b, 1});
-    s.push_back({"lenet.fc2.fprop" + tag, N, T, b, 84, 120, 0});
-    s.push_back({"lenet.fc3.fprop" + tag, N, T, b, 10, 84, 0});
+    conv("lenet.conv1" + tag, 6, 25, 24 * 24 * b, false);
+    conv("lenet.conv2" + tag, 16, 150, 8 * 8 * b, true);
+    linear("lenet.fc1" + tag, 256, 120, b, true);
+    linear("lenet.fc2" + tag, 120, 84, b, false);
+    linear("lenet.fc3" + tag, 84, 10, b, false);
   }
   // VGG-style on 28x28, 3x3 pad 1: conv1 1->32, conv2 32->32 at 28x28, pool, conv3 32->64,
-  // conv4 64->64 at 14x14.
-  for (std::size_t b : {64, 256}) {
-    const std::string tag = ".b" + std::to_string(b);
-    const std::size_t p28 = 28 * 28 * b, p14 = 14 * 14 * b;
-    s.push_back({"vgg.conv1.fprop" + tag, N, N, 32, p28, 9, 0});
-    s.push_back({"vgg.conv1.wgrad" + tag, N, T, 32, 9, p28, 1});
-    s.push_back({"vgg.conv2.fprop" + tag, N, N, 32, p28, 288, 0});
-    s.push_back({"vgg.conv2.dgrad" + tag, T, N, 288, p28, 32, 0});
-    s.push_back({"vgg.conv2.wgrad" + tag, N, T, 32, 288, p28, 1});
-    s.push_back({"vgg.conv3.fprop" + tag, N, N, 64, p14, 288, 0});
-    s.push_back({"vgg.conv3.dgrad" + tag, T, N, 288, p14, 64, 0});
-    s.push_back({"vgg.conv3.wgrad" + tag, N, T, 64, 288, p14, 1});
-    s.push_back({"vgg.conv4.fprop" + tag, N, N, 64, p14, 576, 0});
-    s.push_back({"vgg.conv4.dgrad" + tag, T, N, 576, p14, 64, 0});
-    s.push_back({"vgg.conv4.wgrad" + tag, N, T, 64, 576, p14, 1});
-  }
+  // conv4 64->64 at 14x14. Per image, then im2col over batches of 64 and 256.
+  auto vgg = [&](const std::string& tag, std::size_t images) {
+    conv("vgg.conv1" + tag, 32, 9, 28 * 28 * images, false);
+    conv("vgg.conv2" + tag, 32, 288, 28 * 28 * images, true);
+    conv("vgg.conv3" + tag, 64, 288, 14 * 14 * images, true);
+    conv("vgg.conv4" + tag, 64, 576, 14 * 14 * images, true);
+  };
+  vgg(".image", 1);
+  vgg(".b64", 64);
+  vgg(".b256", 256);
   return s;
 }
 
@@ -149,17 +158,23 @@ std::string row_name(library lib, const gemm_shape& s, int threads) {
          "/threads:" + std::to_string(threads);
 }
 
-/// Prints like the console reporter and keeps each row's GFLOP/s for the ratio table.
+/// Prints like the console reporter and keeps each row's best GFLOP/s (over repetitions, with
+/// --benchmark_repetitions) and its CPU / wall time for the ratio table.
 class ratio_reporter : public benchmark::ConsoleReporter {
 public:
-  std::map<std::string, double> gflops;
+  struct row {
+    double gflops = 0, cpu_share = 0;
+  };
+  std::map<std::string, row> rows;
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& r : runs) {
       const auto it = r.counters.find("GFLOP/s");
-      if (r.error_occurred || it == r.counters.end()) continue;
-      // With --benchmark_repetitions keep the median; otherwise the single run.
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
-      gflops[r.run_name.function_name] = it->second.value;
+      if (r.error_occurred || r.run_type != Run::RT_Iteration || it == r.counters.end()) continue;
+      row& best = rows[r.run_name.function_name];
+      if (it->second.value > best.gflops) {
+        best.gflops = it->second.value;
+        best.cpu_share = r.GetAdjustedCPUTime() / r.GetAdjustedRealTime();
+      }
     }
     ConsoleReporter::ReportRuns(runs);
   }
@@ -211,12 +226,15 @@ int main(int argc, char** argv) {
   ratio_reporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
-  std::printf("\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | ratio |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  // The ratio table (markdown). cpu/wall is the calling thread's CPU time over wall time for
+  // the best repetition: well under 1 on a 1-thread row means the machine was busy.
+  std::printf("\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | ours / OpenBLAS "
+              "| cpu/wall ours, OpenBLAS |\n");
+  std::printf("|---|---|---|---:|---:|---:|---|\n");
   for (const auto& [ours, theirs] : pairs) {
-    const auto a = reporter.gflops.find(ours);
-    if (a == reporter.gflops.end()) continue;
-    const auto b = reporter.gflops.find(theirs);
+    const auto a = reporter.rows.find(ours);
+    if (a == reporter.rows.end()) continue;
+    const auto b = reporter.rows.find(theirs);
     const std::string rest = ours.substr(std::string("gemm/bitgrad/").size());
     const std::string shape = rest.substr(0, rest.rfind("/threads:"));
     const std::string threads = rest.substr(rest.rfind(':') + 1);
@@ -226,12 +244,13 @@ int main(int argc, char** argv) {
         dims = std::to_string(s.m) + " x " + std::to_string(s.n) + " x " + std::to_string(s.k);
       }
     }
-    if (b == reporter.gflops.end()) {
-      std::printf("| %s | %s | %s | %.1f | - | - |\n", shape.c_str(), threads.c_str(), dims.c_str(),
-                  a->second);
+    if (b == reporter.rows.end()) {
+      std::printf("| %s | %s | %s | %.1f | - | - | %.2f |\n", shape.c_str(), threads.c_str(),
+                  dims.c_str(), a->second.gflops, a->second.cpu_share);
     } else {
-      std::printf("| %s | %s | %s | %.1f | %.1f | %.2f |\n", shape.c_str(), threads.c_str(),
-                  dims.c_str(), a->second, b->second, a->second / b->second);
+      std::printf("| %s | %s | %s | %.1f | %.1f | %.2f | %.2f, %.2f |\n", shape.c_str(),
+                  threads.c_str(), dims.c_str(), a->second.gflops, b->second.gflops,
+                  a->second.gflops / b->second.gflops, a->second.cpu_share, b->second.cpu_share);
     }
   }
   benchmark::Shutdown();

@@ -46,12 +46,12 @@ std::size_t parse_group(const std::string& g) {
 }
 
 void print_table(const bitgrad::run_summary& s) {
-  std::printf("\n%-8s %-10s %8s %7s %6s %6s %6s %10s\n", "layer", "policy", "params", "groups",
-              "min", "mean", "max", "bytes");
+  std::printf("\n%-8s %-10s %8s %7s %6s %6s %6s %10s %7s %7s\n", "layer", "policy", "params",
+              "groups", "min", "mean", "max", "bytes", "spread", "rho");
   for (const auto& l : s.layers)
-    std::printf("%-8s %-10s %8zu %7zu %6.2f %6.2f %6.2f %10.0f\n", l.name.c_str(),
+    std::printf("%-8s %-10s %8zu %7zu %6.2f %6.2f %6.2f %10.0f %7.2f %7.2f\n", l.name.c_str(),
                 l.policy.c_str(), l.params, l.groups, l.bits_min, l.bits_mean, l.bits_max,
-                l.bytes);
+                l.bytes, l.bits_spread, l.rank_correlation);
   std::printf("\nFP32 accuracy       %.2f%%\n", 100 * s.fp32_accuracy);
   std::printf("quantized accuracy  %.2f%%\n", 100 * s.quant_accuracy);
   std::printf("average bits        %.3f per weight (codes)\n", s.average_bits);
@@ -83,6 +83,7 @@ int run(const settings& cfg, Builder build) {
   } else {
     qopt.bits = static_cast<int>(std::lround(cfg.target_bits));
   }
+  if constexpr (requires { qopt.seed; }) qopt.seed = cfg.trainer.seed;
   auto fp32 = build.template operator()<bitgrad::quant::no_quant>(
       bitgrad::nn::model_options<T>{.seed = cfg.trainer.seed});
   auto quantized = build.template operator()<Quant>(
@@ -133,8 +134,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", cfg.model, "lenet5 or vgg-small")
       ->check(CLI::IsMember({"lenet5", "vgg-small"}))
       ->capture_default_str();
-  app.add_option("--policy", cfg.policy, "frac_bits, step_bits or fixed_bits (uniform LSQ)")
-      ->check(CLI::IsMember({"frac_bits", "step_bits", "fixed_bits"}))
+  app.add_option("--policy", cfg.policy, "frac_bits, step_bits, noise_bits or fixed_bits (uniform LSQ)")
+      ->check(CLI::IsMember({"frac_bits", "step_bits", "fixed_bits", "noise_bits"}))
       ->capture_default_str();
   app.add_option("--group", cfg.group, "channels per group: a number, 'channel' or 'layer'")
       ->capture_default_str();
@@ -162,6 +163,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--stop-after", t.stop_after_epochs,
                  "stop after this many epochs (resume later with --resume)");
+  app.add_option("--sensitivity", t.sensitivity_batches,
+                 "batches of 32 test images for the per-group sensitivity diagnostics (0 = off)")
+      ->capture_default_str();
   app.add_option("--out", out, "output folder")->capture_default_str();
   app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
   CLI11_PARSE(app, argc, argv);
@@ -172,6 +176,7 @@ int main(int argc, char** argv) {
   try {
     if (cfg.policy == "step_bits") return run_model<bitgrad::quant::step_bits>(cfg);
     if (cfg.policy == "fixed_bits") return run_model<bitgrad::quant::fixed_bits>(cfg);
+    if (cfg.policy == "noise_bits") return run_model<bitgrad::quant::noise_bits>(cfg);
     return run_model<bitgrad::quant::frac_bits>(cfg);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fashion_mnist: %s\n", e.what());

@@ -22,6 +22,7 @@
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
 #include <bitgrad/quant/no_quant.hpp>
+#include <bitgrad/quant/noise_bits.hpp>
 #include <bitgrad/quant/penalty.hpp>
 #include <bitgrad/quant/quantizer.hpp>
 #include <bitgrad/quant/size.hpp>
@@ -44,4 +45,5 @@
 #include <bitgrad/io/atomic_file.hpp>
 
 #include <bitgrad/train/checkpoint.hpp>
+#include <bitgrad/train/sensitivity.hpp>
 #include <bitgrad/train/trainer.hpp>

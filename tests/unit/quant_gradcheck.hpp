@@ -16,9 +16,9 @@
 namespace bitgrad::testing {
 
 struct fd_options {
-  double h = 1e-6;     ///< step
-  double rtol = 1e-6;  ///< relative tolerance
-  double atol = 1e-9;  ///< absolute tolerance
+  double h = 1e-6;        ///< step
+  double rtol = 1e-6;     ///< relative tolerance
+  double atol = 1e-9;     ///< absolute tolerance
   bool one_sided = false; ///< forward difference (L(p + h) - L(p)) / h
 };
 

@@ -236,6 +236,39 @@ TEST_CASE_TEMPLATE("gemm with k == 0 writes ep(beta * C); m or n == 0 is a no-op
   CHECK(c[3] == T(4));
 }
 
+TEST_CASE_TEMPLATE("gemm with alpha == 0 reads neither A nor B", T, float, double) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> a(6 * 5, nan), b(5 * 7, nan);
+  std::vector<T> c(6 * 7, T(2));
+  bitgrad::gemm(no, yes, 6, 7, 5, T(0), a.data(), 5, b.data(), 5, T(0.5), c.data(), 7,
+                epilogue::bias_cols<T>{test_bias<T>()});
+  for (std::size_t i = 0; i < 6; ++i) {
+    for (std::size_t j = 0; j < 7; ++j) CHECK(c[i * 7 + j] == T(1) + test_bias<T>()[j]);
+  }
+}
+
+TEST_CASE_TEMPLATE("ReLU epilogues: the register overload matches the scalar one, NaN included", T,
+                   float, double) {
+  using batch = bitgrad::simd_batch<T>;
+  constexpr std::size_t lanes = batch::size;
+  const T specials[] = {T(-1), T(0), -T(0), T(2.5), std::numeric_limits<T>::quiet_NaN(),
+                        std::numeric_limits<T>::infinity(), -std::numeric_limits<T>::infinity()};
+  std::vector<T> bias(lanes, T(0));
+  alignas(64) T in[lanes], out[lanes];
+  for (std::size_t i = 0; i < lanes; ++i) in[i] = specials[i % 7];
+  auto check = [&](const auto& ep) {
+    ep.apply(batch::load_unaligned(in), 0, 0).store_unaligned(out);
+    for (std::size_t i = 0; i < lanes; ++i) {
+      const T want = ep(in[i], 0, i);
+      INFO("input " << in[i]);
+      CHECK(((out[i] == want && std::signbit(out[i]) == std::signbit(want)) ||
+             (std::isnan(out[i]) && std::isnan(want))));
+    }
+  };
+  check(epilogue::bias_rows_relu<T>{bias.data()});
+  check(epilogue::bias_cols_relu<T>{bias.data()});
+}
+
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE_TEMPLATE("gemm gives the same bits on any number of threads", T, float, double) {
   std::mt19937 rng(8);

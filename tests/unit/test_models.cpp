@@ -29,8 +29,7 @@ tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_
 template <class Net>
 std::vector<std::string> parameter_names(Net& net) {
   std::vector<std::string> names;
-  net.visit_parameters(
-      [&](param_ref<typename Net::value_type>& p) { names.push_back(p.name); });
+  net.visit_parameters([&](param_ref<typename Net::value_type>& p) { names.push_back(p.name); });
   return names;
 }
 
@@ -61,8 +60,8 @@ TEST_CASE_TEMPLATE("lenet5: output (N, 10), 44426 parameters, PyTorch-style name
 }
 
 TEST_CASE("lenet5 with frac_bits inside and fixed 8-bit first and last layers") {
-  auto net = nn::lenet5<float, quant::frac_bits, quant::fixed_bits>(
-      {.seed = 1, .quant = {.b_init = 4.5}});
+  auto net =
+      nn::lenet5<float, quant::frac_bits, quant::fixed_bits>({.seed = 1, .quant = {.b_init = 4.5}});
   std::vector<std::string> seen;
   net.visit_quantizers([&](std::string_view name, auto& q) {
     using Q = std::remove_cvref_t<decltype(q)>;
@@ -93,8 +92,8 @@ TEST_CASE("vgg_small: shapes and parameter count") {
   auto x = random_tensor<float, 4>({2, 1, 28, 28}, 4);
   const auto& y = net.forward(x);
   CHECK(y.shape() == std::array<std::size_t, 2>{2, 10});
-  auto cifar = nn::vgg_small<float>({.in_channels = 3, .in_size = 32, .num_classes = 100,
-                                     .width = 8, .hidden = 64});
+  auto cifar = nn::vgg_small<float>(
+      {.in_channels = 3, .in_size = 32, .num_classes = 100, .width = 8, .hidden = 64});
   auto xc = random_tensor<float, 4>({1, 3, 32, 32}, 5);
   CHECK(cifar.forward(xc).shape() == std::array<std::size_t, 2>{1, 100});
 }

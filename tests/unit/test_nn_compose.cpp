@@ -34,17 +34,15 @@ tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_
 
 template <class T>
 auto small_mlp() {
-  return nn::sequential(nn::linear<T>({.in_features = 4, .out_features = 5, .seed = 1,
-                                       .name = "fc1"}),
-                        nn::relu<T, 2>("relu1"),
-                        nn::linear<T>({.in_features = 5, .out_features = 3, .seed = 2,
-                                       .name = "fc2"}));
+  return nn::sequential(
+      nn::linear<T>({.in_features = 4, .out_features = 5, .seed = 1, .name = "fc1"}),
+      nn::relu<T, 2>("relu1"),
+      nn::linear<T>({.in_features = 5, .out_features = 3, .seed = 2, .name = "fc2"}));
 }
 
 } // namespace
 
-TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", T, float, double) {
   auto net = small_mlp<T>();
   static_assert(nn::layer<decltype(net)>);
   static_assert(decltype(net)::size == 3);
@@ -56,8 +54,8 @@ TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", 
   nn::linear<T> b({.in_features = 5, .out_features = 3, .seed = 2});
   const auto& expect = b.forward(r.forward(a.forward(x)));
   CHECK(xt::allclose(y, expect));
-  CHECK(&net.template get<2>().forward(net.template get<1>().forward(
-            net.template get<0>().forward(x))) == &y);
+  CHECK(&net.template get<2>().forward(
+            net.template get<1>().forward(net.template get<0>().forward(x))) == &y);
   tensor2<T> dy = xt::ones<T>({2, 3});
   const auto& dx = net.backward(dy);
   const auto& dx_ref = a.backward(r.backward(b.backward(dy)));
@@ -68,9 +66,10 @@ TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", 
 TEST_CASE("parameter names, counts, train mode and layer visits through nesting") {
   auto block = nn::residual(
       std::string("block"),
-      nn::sequential(nn::conv2d<float>({.in_channels = 2, .out_channels = 2, .kernel = 3,
-                                        .padding = 1, .name = "conv1"}),
-                     nn::batch_norm<float, 4>({.features = 2, .name = "bn1"})),
+      nn::sequential(
+          nn::conv2d<float>(
+              {.in_channels = 2, .out_channels = 2, .kernel = 3, .padding = 1, .name = "conv1"}),
+          nn::batch_norm<float, 4>({.features = 2, .name = "bn1"})),
       nn::identity<float, 4>("shortcut"));
   auto net = nn::sequential(std::string("net"), std::move(block), nn::relu<float, 4>("relu"),
                             nn::global_avg_pool<float>("gap"),
@@ -131,24 +130,42 @@ TEST_CASE("gradient check: an MLP with batch norm and dropout") {
 }
 
 TEST_CASE("gradient check: a conv net with a projection residual block and batch norm") {
-  auto body = nn::sequential(
-      nn::conv2d<double>({.in_channels = 2, .out_channels = 3, .kernel = 3, .stride = 2,
-                          .padding = 1, .bias = false, .seed = 1, .name = "conv1"}),
-      nn::batch_norm<double, 4>({.features = 3, .name = "bn1"}), nn::relu<double, 4>("relu1"),
-      nn::conv2d<double>({.in_channels = 3, .out_channels = 3, .kernel = 3, .padding = 1,
-                          .bias = false, .seed = 2, .name = "conv2"}),
-      nn::batch_norm<double, 4>({.features = 3, .name = "bn2"}));
-  auto shortcut = nn::sequential(
-      std::string("shortcut"),
-      nn::conv2d<double>({.in_channels = 2, .out_channels = 3, .kernel = 1, .stride = 2,
-                          .bias = false, .seed = 3, .name = "conv"}),
-      nn::batch_norm<double, 4>({.features = 3, .name = "bn"}));
+  auto body = nn::sequential(nn::conv2d<double>({.in_channels = 2,
+                                                 .out_channels = 3,
+                                                 .kernel = 3,
+                                                 .stride = 2,
+                                                 .padding = 1,
+                                                 .bias = false,
+                                                 .seed = 1,
+                                                 .name = "conv1"}),
+                             nn::batch_norm<double, 4>({.features = 3, .name = "bn1"}),
+                             nn::relu<double, 4>("relu1"),
+                             nn::conv2d<double>({.in_channels = 3,
+                                                 .out_channels = 3,
+                                                 .kernel = 3,
+                                                 .padding = 1,
+                                                 .bias = false,
+                                                 .seed = 2,
+                                                 .name = "conv2"}),
+                             nn::batch_norm<double, 4>({.features = 3, .name = "bn2"}));
+  auto shortcut = nn::sequential(std::string("shortcut"),
+                                 nn::conv2d<double>({.in_channels = 2,
+                                                     .out_channels = 3,
+                                                     .kernel = 1,
+                                                     .stride = 2,
+                                                     .bias = false,
+                                                     .seed = 3,
+                                                     .name = "conv"}),
+                                 nn::batch_norm<double, 4>({.features = 3, .name = "bn"}));
   auto net = nn::sequential(
       nn::residual(std::string("block"), std::move(body), std::move(shortcut)),
       nn::relu<double, 4>("relu"),
       nn::residual(std::string("block2"),
-                   nn::sequential(nn::conv2d<double>({.in_channels = 3, .out_channels = 3,
-                                                      .kernel = 3, .padding = 1, .seed = 4,
+                   nn::sequential(nn::conv2d<double>({.in_channels = 3,
+                                                      .out_channels = 3,
+                                                      .kernel = 3,
+                                                      .padding = 1,
+                                                      .seed = 4,
                                                       .name = "conv"}),
                                   nn::batch_norm<double, 4>({.features = 3, .name = "bn"})),
                    nn::identity<double, 4>()),

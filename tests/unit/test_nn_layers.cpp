@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -99,18 +100,22 @@ TEST_CASE("gradient checks: linear, conv2d and parameter-free layers") {
     require_gradients(fc, random_tensor<double, 2>({3, 5}, 2));
   }
   SUBCASE("conv2d stride 2 pad 1") {
-    nn::conv2d<double> conv({.in_channels = 2, .out_channels = 3, .kernel = 3, .stride = 2,
-                             .padding = 1, .seed = 5});
+    nn::conv2d<double> conv(
+        {.in_channels = 2, .out_channels = 3, .kernel = 3, .stride = 2, .padding = 1, .seed = 5});
     require_gradients(conv, random_tensor<double, 4>({2, 2, 5, 6}, 3));
   }
   SUBCASE("conv2d groups and dilation") {
-    nn::conv2d<double> conv({.in_channels = 4, .out_channels = 2, .kernel = 2, .dilation = 2,
-                             .groups = 2, .seed = 5});
+    nn::conv2d<double> conv(
+        {.in_channels = 4, .out_channels = 2, .kernel = 2, .dilation = 2, .groups = 2, .seed = 5});
     require_gradients(conv, random_tensor<double, 4>({2, 4, 5, 5}, 3));
   }
   SUBCASE("conv2d with fused relu") {
-    nn::conv2d<double> conv({.in_channels = 2, .out_channels = 3, .kernel = 3, .padding = 1,
-                             .fuse_relu = true, .seed = 5});
+    nn::conv2d<double> conv({.in_channels = 2,
+                             .out_channels = 3,
+                             .kernel = 3,
+                             .padding = 1,
+                             .fuse_relu = true,
+                             .seed = 5});
     require_gradients(conv, random_tensor<double, 4>({2, 2, 4, 4}, 3));
   }
   SUBCASE("relu and relu6") {
@@ -257,8 +262,7 @@ TEST_CASE_TEMPLATE("dropout: seeded inverted mask in training, identity in eval"
   CHECK(d.backward(dy) == dy);
 }
 
-TEST_CASE_TEMPLATE("batch_norm: batch statistics, running averages, eval mode", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("batch_norm: batch statistics, running averages, eval mode", T, float, double) {
   nn::batch_norm<T, 4> bn({.features = 2, .momentum = 0.1});
   // Channel 0 holds 1..8, channel 1 holds 10 * (1..8) over batch 2 x plane 4.
   tensor4<T> x = tensor4<T>::from_shape({2, 2, 2, 2});
@@ -293,8 +297,8 @@ TEST_CASE_TEMPLATE("batch_norm: batch statistics, running averages, eval mode", 
 
 TEST_CASE("fold_batch_norm: conv' equals bn(conv) in eval mode") {
   for (bool bias : {true, false}) {
-    nn::conv2d<double> conv({.in_channels = 3, .out_channels = 4, .kernel = 3, .padding = 1,
-                             .bias = bias, .seed = 2});
+    nn::conv2d<double> conv(
+        {.in_channels = 3, .out_channels = 4, .kernel = 3, .padding = 1, .bias = bias, .seed = 2});
     nn::batch_norm<double, 4> bn({.features = 4});
     // Give the batch norm non-trivial running statistics and affine parameters.
     auto warm = random_tensor<double, 4>({4, 3, 5, 5}, 3, -2.0, 3.0);
@@ -354,4 +358,38 @@ TEST_CASE("visit_parameters names and kinds") {
     CHECK(p.kind == param_kind::norm);
   });
   CHECK(names == std::vector<std::string>{"bn1.gamma", "bn1.beta"});
+}
+
+// ---- conv2d without an input gradient (a network's first layer) ---------------------------
+
+TEST_CASE("conv2d input_grad = false: no dL/dx (zeros), same parameter gradients") {
+  for (bool pad : {false, true}) {
+    const nn::conv2d_options o{.in_channels = 2,
+                               .out_channels = 3,
+                               .kernel = 3,
+                               .padding = std::size_t(pad),
+                               .seed = 4,
+                               .name = "c"};
+    nn::conv2d<float> with(o);
+    auto skip_opt = o;
+    skip_opt.input_grad = false;
+    nn::conv2d<float> without(skip_opt);
+    CHECK(with.input_grad());
+    CHECK_FALSE(without.input_grad());
+    const auto x = random_tensor<float, 4>({2, 2, 6, 7}, 9);
+    const tensor4<float> y = with.forward(x);
+    CHECK(without.forward(x) == y);
+    const auto dy =
+        random_tensor<float, 4>({y.shape()[0], y.shape()[1], y.shape()[2], y.shape()[3]}, 10);
+    with.zero_grad();
+    without.zero_grad();
+    const auto& dx = with.backward(dy);
+    const auto& none = without.backward(dy);
+    CHECK(none.shape() == dx.shape());
+    CHECK(std::all_of(none.begin(), none.end(), [](float v) { return v == 0.0f; }));
+    CHECK(without.weight_grad() == with.weight_grad());
+    CHECK(without.bias_grad() == with.bias_grad());
+    without.set_input_grad(true);
+    CHECK(without.backward(dy) == dx);
+  }
 }

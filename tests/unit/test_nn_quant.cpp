@@ -1,11 +1,11 @@
 // Quantized layers: forward uses Q(W), backward routes dQ(W) through the quantizer, and the
 // gradient checker verifies the quantizer's parameters (bitwidths inside (k, k+1), where the
 // frac_bits loss is linear in b) together with the layer's input and bias gradients.
+#include <bitgrad/nn/activation.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/gradcheck.hpp>
 #include <bitgrad/nn/linear.hpp>
 #include <bitgrad/nn/sequential.hpp>
-#include <bitgrad/nn/activation.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
 
@@ -39,8 +39,7 @@ nn::gradcheck_options exact_kinds() {
 
 TEST_CASE_TEMPLATE("quantized linear computes with Q(W) and names its bits", T, float, double) {
   using fq = quant::frac_bits<T>;
-  nn::linear<T, quant::frac_bits> fc({.in_features = 6, .out_features = 4, .seed = 1,
-                                      .name = "fc"},
+  nn::linear<T, quant::frac_bits> fc({.in_features = 6, .out_features = 4, .seed = 1, .name = "fc"},
                                      typename fq::options{.b_init = 3.5});
   nn::linear<T> plain({.in_features = 6, .out_features = 4, .seed = 1});
   CHECK(fc.weight() == plain.weight()); // same initialisation for every quantizer
@@ -71,8 +70,7 @@ TEST_CASE("gradient check: frac_bits linear and conv2d, bitwidths inside (k, k+1
     CHECK(r.max_error < 1e-6);
 
     nn::conv2d<double, quant::frac_bits> conv(
-        {.in_channels = 2, .out_channels = 4, .kernel = 3, .padding = 1, .seed = 5,
-         .name = "conv"},
+        {.in_channels = 2, .out_channels = 4, .kernel = 3, .padding = 1, .seed = 5, .name = "conv"},
         fq::options{.group_size = 2, .b_min = 1, .b_init = b});
     r = nn::gradcheck(conv, random_tensor<double, 4>({2, 2, 4, 4}, 6), exact_kinds());
     INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
@@ -84,13 +82,13 @@ TEST_CASE("gradient check: frac_bits linear and conv2d, bitwidths inside (k, k+1
 TEST_CASE("gradient check: bitwidths of a quantized network with several groups per layer") {
   using fq = quant::frac_bits<double>;
   auto net = nn::sequential(
-      nn::conv2d<double, quant::frac_bits>({.in_channels = 1, .out_channels = 3, .kernel = 3,
-                                            .seed = 1, .name = "conv"},
-                                           fq::options{.b_init = 4.5}),
+      nn::conv2d<double, quant::frac_bits>(
+          {.in_channels = 1, .out_channels = 3, .kernel = 3, .seed = 1, .name = "conv"},
+          fq::options{.b_init = 4.5}),
       nn::relu<double, 4>(),
-      nn::conv2d<double, quant::frac_bits>({.in_channels = 3, .out_channels = 2, .kernel = 2,
-                                            .seed = 2, .name = "conv2"},
-                                           fq::options{.b_init = 2.5}));
+      nn::conv2d<double, quant::frac_bits>(
+          {.in_channels = 3, .out_channels = 2, .kernel = 2, .seed = 2, .name = "conv2"},
+          fq::options{.b_init = 2.5}));
   // Spread the bitwidths over different (k, k+1) intervals, away from the integers.
   double spread = 0.3;
   net.visit_parameters([&](param_ref<double>& p) {

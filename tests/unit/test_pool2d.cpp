@@ -169,3 +169,39 @@ TEST_CASE("pool2d geometry validation names the problem") {
   bad.stride_h = 0;
   CHECK(message(bad).find("stride_h must be >= 1, got 0") != std::string::npos);
 }
+
+// ---- the 2x2 / stride 2 fast path (LeNet-5, VGG) ------------------------------------------
+
+TEST_CASE_TEMPLATE("max pool 2x2/2 fast path matches the reference: wide rows, ties, NaN", T, float,
+                   double) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> level(-3, 3); // few distinct values: many ties
+  for (std::size_t h : {2, 3, 8, 24, 29})
+    for (std::size_t w : {2, 5, 8, 24, 28, 41}) {
+      pool2d_geometry g;
+      g.batch = 2;
+      g.channels = 3;
+      g.in_h = h;
+      g.in_w = w;
+      std::vector<T> x(g.input_count()), dy(g.output_count());
+      for (auto& v : x) v = T(level(rng));
+      for (auto& v : dy) v = T(level(rng));
+      if (x.size() > 7) x[7] = std::numeric_limits<T>::quiet_NaN();
+      std::vector<T> y(g.output_count()), y_ref(g.output_count()), dx(g.input_count()),
+          dx_ref(g.input_count());
+      std::vector<std::uint32_t> arg(g.output_count()), arg_ref(g.output_count());
+      INFO("h " << h << " w " << w);
+      bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+      bitgrad::ref::max_pool2d_fprop(g, x.data(), y_ref.data(), arg_ref.data());
+      CHECK(arg == arg_ref);
+      for (std::size_t i = 0; i < y.size(); ++i)
+        CHECK((y[i] == y_ref[i] || (std::isnan(y[i]) && std::isnan(y_ref[i]))));
+      std::vector<T> y2(g.output_count());
+      bitgrad::max_pool2d_fprop(g, x.data(), y2.data(), static_cast<std::uint32_t*>(nullptr));
+      for (std::size_t i = 0; i < y.size(); ++i)
+        CHECK((y2[i] == y_ref[i] || (std::isnan(y2[i]) && std::isnan(y_ref[i]))));
+      bitgrad::max_pool2d_bprop(g, dy.data(), arg.data(), dx.data());
+      bitgrad::ref::max_pool2d_bprop(g, dy.data(), arg_ref.data(), dx_ref.data());
+      CHECK(dx == dx_ref);
+    }
+}

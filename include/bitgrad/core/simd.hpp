@@ -10,7 +10,22 @@
 #include <cstddef>
 
 #if __has_include(<xsimd/xsimd.hpp>)
+// GCC 12 reports -Wuninitialized / -Wmaybe-uninitialized inside its own AVX-512 intrinsics
+// (the self-initialised `__Y = __Y` of _mm512_undefined_ps, GCC bug 105593) wherever they are
+// inlined. The warning's location is the intrinsic header, so silencing it around the one
+// include that pulls those headers in fixes it without hiding anything in bitgrad's code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #else
 #error "bitgrad needs xsimd >= 8.1 (Debian: libxsimd-dev)"
 #endif

@@ -15,6 +15,15 @@
 
 namespace bitgrad::epilogue {
 
+namespace detail {
+/// max(0, x) per lane with the scalar std::max(T(0), x)'s answer for NaN (0), so that both
+/// overloads of the ReLU epilogues agree exactly; the max instruction would give NaN.
+template <class B>
+B relu_lanes(const B& x) {
+  return xsimd::select(x > B(0), x, B(0));
+}
+} // namespace detail
+
 /// C = value.
 struct identity {
   template <class T>
@@ -58,7 +67,7 @@ struct bias_rows_relu {
   }
   template <class B>
   B apply(B value, std::size_t row, std::size_t) const {
-    return xsimd::max(B(T(0)), value + B(bias[row]));
+    return detail::relu_lanes(value + B(bias[row]));
   }
 };
 
@@ -71,7 +80,7 @@ struct bias_cols_relu {
   }
   template <class B>
   B apply(B value, std::size_t, std::size_t col) const {
-    return xsimd::max(B(T(0)), value + B::load_unaligned(bias + col));
+    return detail::relu_lanes(value + B::load_unaligned(bias + col));
   }
 };
 

@@ -70,6 +70,8 @@ struct gemm_blocking {
   static constexpr std::size_t nc(std::size_t depth) {
     return std::max(tile::nr, l2_bytes / (depth * sizeof(T)) / tile::nr * tile::nr);
   }
+  /// Operands up to this size are read in place rather than packed (see gemm_rectangle).
+  static constexpr std::size_t direct_bytes = 64 * 1024;
   /// Height of an A block for a k block of depth `depth` (a multiple of MR).
   static constexpr std::size_t mc(std::size_t depth) {
     return std::max(tile::mr, l3_bytes / (depth * sizeof(T)) / tile::mr * tile::mr);
@@ -117,32 +119,54 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
   T* const b_packed = gemm_thread_buffer<T, align>(1).reserve(kc_block * nc_block);
   const epilogue::identity partial_sum;
 
+  // Operands read in place instead of packed (only where their layout already suits the
+  // micro-kernel): B when its rows are contiguous and it is read at most twice (at most two row
+  // panels) or is small; A when its columns are contiguous (A^T stored) and it is small. Only a
+  // ragged last column panel of B is packed, so no load runs past the end of a row.
+  const bool direct_b = trans_b == transpose::no && (m <= 2 * tile::mr || k * n * sizeof(T) <= blocking::direct_bytes);
+  const bool direct_a = trans_a == transpose::yes && m * k * sizeof(T) <= blocking::direct_bytes;
+
   for (std::size_t ic = row_begin; ic < row_end; ic += mc_block) {
     const std::size_t mc = std::min(mc_block, row_end - ic);
     for (std::size_t pc = 0; pc < k; pc += kc_block) {
       const std::size_t kc = std::min(kc_block, k - pc);
-      gemm_pack_a<tile::mr>(trans_a, trans_a == transpose::no ? a + ic * lda + pc : a + pc * lda + ic,
-                            lda, mc, kc, a_packed);
+      const T* const a_block = trans_a == transpose::no ? a + ic * lda + pc : a + pc * lda + ic;
+      if (!direct_a) gemm_pack_a<tile::mr>(trans_a, a_block, lda, mc, kc, a_packed);
       // Earlier k blocks leave partial sums in C; the last one adds its part and applies ep.
       const T beta_block = pc == 0 ? beta : T(1);
       const bool last = pc + kc == k;
       for (std::size_t jc = col_begin; jc < col_end; jc += nc_block) {
         const std::size_t nc = std::min(nc_block, col_end - jc);
-        gemm_pack_b<tile::nr>(trans_b, trans_b == transpose::no ? b + pc * ldb + jc : b + jc * ldb + pc,
-                              ldb, kc, nc, b_packed);
+        const T* const b_block = trans_b == transpose::no ? b + pc * ldb + jc : b + jc * ldb + pc;
+        // Column panel jr of the block: packed, or B itself.
+        std::size_t direct_end = 0; // panels starting before this column are read in place
+        if (!direct_b) {
+          gemm_pack_b<tile::nr>(trans_b, b_block, ldb, kc, nc, b_packed);
+        } else {
+          direct_end = nc % tile::lanes == 0 ? nc : nc / tile::nr * tile::nr;
+          if (direct_end < nc) {
+            gemm_pack_b<tile::nr>(trans_b, b_block + direct_end, ldb, kc, nc - direct_end,
+                                  b_packed + direct_end * kc);
+          }
+        }
         auto sweep = [&](const auto& out) {
+          // The A micro-panel stays in L1 while B micro-panels stream from L2.
           for (std::size_t ir = 0; ir < mc; ir += tile::mr) {
             const std::size_t rows = std::min(tile::mr, mc - ir);
+            const T* const a_panel = direct_a ? a_block + ir : a_packed + ir * kc;
             for (std::size_t jr = 0; jr < nc; jr += tile::nr) {
-              gemm_tile_update<T>(kc, a_packed + ir * kc, b_packed + jr * kc, out, ic + ir,
-                                  jc + jr, rows, std::min(tile::nr, nc - jr));
+              const bool in_place = jr < direct_end;
+              gemm_tile_update<T>(kc, a_panel, direct_a ? lda : tile::mr,
+                                  in_place ? b_block + jr : b_packed + jr * kc,
+                                  in_place ? ldb : tile::nr, out, ic + ir, jc + jr, rows,
+                                  std::min(tile::nr, nc - jr));
             }
           }
         };
         if (last) {
           sweep(gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
         } else {
-          sweep(gemm_output<T, epilogue::identity>{c, ldc, alpha, beta_block, partial_sum});
+          (void)partial_sum; sweep(gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
         }
       }
     }

@@ -62,32 +62,34 @@ struct gemm_tile {
   static constexpr std::size_t mr = registers == 32 ? 8 : 6;
   /// Columns of the tile.
   static constexpr std::size_t nr = nv * lanes;
-  /// The accumulators of a tile `used` registers wide (narrower tiles serve the right edge of C).
-  template <std::size_t used = nv>
-  using accumulators = batch[mr][used];
+  /// The accumulators of a tile of `rows` rows and `regs` registers per row (smaller tiles serve
+  /// the bottom and right edges of C).
+  template <std::size_t rows = mr, std::size_t regs = nv>
+  using accumulators = batch[rows][regs];
 };
 
-/// acc = sum over p < kc of A micro-panel column p (outer product) B micro-panel row p, for the
-/// first NV registers of each B row. `a` holds kc * MR values, `b` kc * NR values aligned to the
-/// register size.
-template <class T, class Arch, std::size_t NV>
-BITGRAD_ALWAYS_INLINE void gemm_micro_kernel(std::size_t kc, const T* __restrict a,
-                                             const T* __restrict b,
-                                             typename gemm_tile<T, Arch>::template accumulators<NV>& acc) {
+/// acc = sum over p < kc of (A column p) x (B row p), for MU rows of A and the first NV registers
+/// of each B row. Column p of A is the MU values from `a + p * lda` (a packed micro-panel:
+/// lda = MR; or op(A) = A^T itself), row p of B starts at `b + p * ldb` (a packed micro-panel:
+/// ldb = NR; or B itself).
+template <class T, class Arch, std::size_t MU, std::size_t NV>
+BITGRAD_ALWAYS_INLINE void gemm_micro_kernel(
+    std::size_t kc, const T* __restrict a, std::size_t lda, const T* __restrict b, std::size_t ldb,
+    typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc) {
   using tile = gemm_tile<T, Arch>;
   using batch = typename tile::batch;
-  static_for<tile::mr>([&](auto i) {
+  static_for<MU>([&](auto i) {
     static_for<NV>([&](auto v) { acc[i][v] = batch(T(0)); });
   });
   for (std::size_t p = 0; p < kc; ++p) {
     batch bv[NV];
-    static_for<NV>([&](auto v) { bv[v] = batch::load_aligned(b + v * tile::lanes); });
-    static_for<tile::mr>([&](auto i) {
+    static_for<NV>([&](auto v) { bv[v] = batch::load_unaligned(b + v * tile::lanes); });
+    static_for<MU>([&](auto i) {
       const batch av(a[i]);
       static_for<NV>([&](auto v) { acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]); });
     });
-    a += tile::mr;
-    b += tile::nr;
+    a += lda;
+    b += ldb;
   }
 }
 
@@ -102,45 +104,49 @@ struct gemm_output {
   const Epilogue& ep;
 };
 
-/// Writes the `rows` x `cols` top-left part of a tile NV registers wide whose top-left element
-/// is C(row, col).
-template <class T, class Arch, std::size_t NV, class Epilogue>
-BITGRAD_ALWAYS_INLINE void gemm_store_tile(const typename gemm_tile<T, Arch>::template accumulators<NV>& acc,
-                                           const gemm_output<T, Epilogue>& out, std::size_t row,
-                                           std::size_t col, std::size_t rows, std::size_t cols) {
+/// Writes a tile of MU rows and NV registers per row, of which the first `cols` columns are
+/// valid, to C(row.., col..).
+template <class T, class Arch, std::size_t MU, std::size_t NV, class Epilogue>
+BITGRAD_ALWAYS_INLINE void gemm_store_tile(
+    const typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc,
+    const gemm_output<T, Epilogue>& out, std::size_t row, std::size_t col, std::size_t cols) {
   using tile = gemm_tile<T, Arch>;
   using batch = typename tile::batch;
   constexpr std::size_t width = NV * tile::lanes;
   const batch alpha(out.alpha);
   T* const c = out.c + row * out.ldc + col;
-  if (rows == tile::mr && cols == width) {
-    // Full tile: straight from the registers.
-    if (out.beta == T(0)) {
-      static_for<tile::mr>([&](auto i) {
-        static_for<NV>([&](auto v) {
-          const std::size_t j = v * tile::lanes;
-          out.ep.apply(acc[i][v] * alpha, row + i, col + j).store_unaligned(c + i * out.ldc + j);
-        });
-      });
-    } else {
-      const batch beta(out.beta);
-      static_for<tile::mr>([&](auto i) {
+  if (cols == width) {
+    // Whole registers: straight from the accumulators. Mode 0: acc; 1: alpha acc;
+    // 2: alpha acc + beta C.
+    auto store_all = [&](auto mode) {
+      static_for<MU>([&](auto i) {
         static_for<NV>([&](auto v) {
           T* const dst = c + i * out.ldc + v * tile::lanes;
-          const batch value = xsimd::fma(beta, batch::load_unaligned(dst), acc[i][v] * alpha);
+          batch value = acc[i][v];
+          if constexpr (decltype(mode)::value >= 1) value *= alpha;
+          if constexpr (decltype(mode)::value == 2) {
+            value = xsimd::fma(batch(out.beta), batch::load_unaligned(dst), value);
+          }
           out.ep.apply(value, row + i, col + v * tile::lanes).store_unaligned(dst);
         });
       });
+    };
+    if (out.beta != T(0)) {
+      store_all(std::integral_constant<int, 2>{});
+    } else if (out.alpha != T(1)) {
+      store_all(std::integral_constant<int, 1>{});
+    } else {
+      store_all(std::integral_constant<int, 0>{});
     }
     return;
   }
-  // Ragged tile at the bottom or right edge of C: through memory, whole registers while they fit
-  // in the row, then element by element.
-  alignas(Arch::alignment()) T buf[tile::mr * width];
-  static_for<tile::mr>([&](auto i) {
+  // Ragged right edge of C: through memory, whole registers while they fit in the row, then
+  // element by element.
+  alignas(Arch::alignment()) T buf[MU * width];
+  static_for<MU>([&](auto i) {
     static_for<NV>([&](auto v) { acc[i][v].store_aligned(buf + i * width + v * tile::lanes); });
   });
-  for (std::size_t i = 0; i < rows; ++i) {
+  for (std::size_t i = 0; i < MU; ++i) {
     T* const dst = c + i * out.ldc;
     const T* const src = buf + i * width;
     std::size_t j = 0;
@@ -157,26 +163,33 @@ BITGRAD_ALWAYS_INLINE void gemm_store_tile(const typename gemm_tile<T, Arch>::te
   }
 }
 
-} // namespace bitgrad::detail
-
-namespace bitgrad::detail {
-
-/// Multiplies an A micro-panel by a B micro-panel and writes the `rows` x `cols` tile to C at
-/// (row, col), with the narrowest tile that covers `cols` (at the right edge of C fewer
-/// registers per row do the work).
+/// Multiplies `rows` rows of A by `cols` columns of B (operands as in gemm_micro_kernel) and
+/// writes the result to C(row.., col..), with the smallest tile that covers it: at the bottom
+/// and right edges of C fewer rows and registers do the work. B must hold whole registers
+/// (ceil(cols / lanes) of them) on every row.
 template <class T, class Arch = simd_arch, class Epilogue>
-BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, const T* b,
+BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::size_t lda,
+                                            const T* b, std::size_t ldb,
                                             const gemm_output<T, Epilogue>& out, std::size_t row,
                                             std::size_t col, std::size_t rows, std::size_t cols) {
   using tile = gemm_tile<T, Arch>;
-  const std::size_t used = (cols + tile::lanes - 1) / tile::lanes;
-  static_for<tile::nv>([&](auto v) {
-    constexpr std::size_t nv = tile::nv - v; // widest first: the common case
-    if (used == nv) {
-      typename tile::template accumulators<nv> acc;
-      gemm_micro_kernel<T, Arch, nv>(kc, a, b, acc);
-      gemm_store_tile<T, Arch, nv>(acc, out, row, col, rows, cols);
-    }
+  const std::size_t regs = (cols + tile::lanes - 1) / tile::lanes;
+  auto run = [&](auto mu, auto nv) {
+    constexpr std::size_t mu_ = decltype(mu)::value, nv_ = decltype(nv)::value;
+    typename tile::template accumulators<mu_, nv_> acc;
+    gemm_micro_kernel<T, Arch, mu_, nv_>(kc, a, lda, b, ldb, acc);
+    gemm_store_tile<T, Arch, mu_, nv_>(acc, out, row, col, cols);
+  };
+  if (rows == tile::mr && regs == tile::nv) {
+    run(std::integral_constant<std::size_t, tile::mr>{}, std::integral_constant<std::size_t, tile::nv>{});
+    return;
+  }
+  static_for<tile::mr>([&](auto i) {
+    static_for<tile::nv>([&](auto v) {
+      if (rows == i + 1 && regs == v + 1 && !(rows == tile::mr && regs == tile::nv)) {
+        run(std::integral_constant<std::size_t, i + 1>{}, std::integral_constant<std::size_t, v + 1>{});
+      }
+    });
   });
 }
 

@@ -14,6 +14,7 @@
 // runs full tiles; the store writes only the valid part.
 #pragma once
 
+#include <bitgrad/kernels/gemm_transpose.hpp>
 #include <bitgrad/kernels/transpose.hpp>
 
 #include <algorithm>
@@ -24,14 +25,52 @@
 
 namespace bitgrad::detail {
 
+/// dst[(r / W) * W * lines + p * W + r % W] = src[p * ld + r] for p < lines, r < len, zero up to
+/// the next multiple of W: `lines` rows of length `len` dealt out to micro-panels of width W.
+/// Each source row is read front to back, so the hardware prefetcher follows one stream.
+template <std::size_t W, class T>
+void gemm_pack_runs(const T* src, std::size_t ld, std::size_t lines, std::size_t len, T* dst) {
+  const std::size_t full = len / W * W;
+  for (std::size_t p = 0; p < lines; ++p) {
+    const T* const in = src + p * ld;
+    T* out = dst + p * W;
+    for (std::size_t r = 0; r < full; r += W, out += W * lines) std::memcpy(out, in + r, sizeof(T) * W);
+    if (full < len) {
+      std::size_t r = 0;
+      for (; r < len - full; ++r) out[r] = in[full + r];
+      for (; r < W; ++r) out[r] = T(0);
+    }
+  }
+}
+
 /// dst[p * W + r] = src[r * ld + p] for r < rows, p < kc; zero for rows <= r < W: one W x kc
-/// micro-panel from `rows` rows of length kc. Runs in chunks of 16 columns so that each source
-/// cache line is read once and the chunk of dst (16 * W values) stays in L1, even when the rows
-/// are a multiple of 4 KiB apart and would evict each other from a set-associative L1.
+/// micro-panel from `rows` rows of length kc. Full panels go through register-square transposes
+/// (gemm_transpose.hpp); the rest runs element by
+/// element in chunks of 32 columns. Either way each source cache line is read once and the
+/// stretch of dst being written stays in L1, even when the rows are a multiple of 4 KiB apart
+/// and would evict each other from a set-associative L1.
 template <std::size_t W, class T>
 void gemm_pack_transposed(const T* src, std::size_t ld, std::size_t rows, std::size_t kc, T* dst) {
-  constexpr std::size_t chunk = 16;
-  for (std::size_t p0 = 0; p0 < kc; p0 += chunk) {
+  // The block: the largest power of two up to the register width that divides W.
+  constexpr std::size_t square = [] {
+    std::size_t n = simd_batch<T>::size;
+    while (n > 1 && W % n != 0) n /= 2;
+    return n;
+  }();
+  std::size_t p0 = 0;
+  if constexpr (square * sizeof(T) >= 16) {
+    if (rows == W) {
+      // Row block by row block, so that each of `square` source rows is read as one stream.
+      const std::size_t squares = kc / square * square;
+      for (std::size_t r = 0; r < W; r += square) {
+        for (p0 = 0; p0 < squares; p0 += square) {
+          gemm_transpose_square<T, square>(src + r * ld + p0, ld, dst + p0 * W + r, W);
+        }
+      }
+    }
+  }
+  constexpr std::size_t chunk = 32;
+  for (; p0 < kc; p0 += chunk) {
     const std::size_t len = std::min(chunk, kc - p0);
     T* const out = dst + p0 * W;
     for (std::size_t r = 0; r < rows; ++r) {
@@ -53,23 +92,15 @@ void gemm_pack_transposed(const T* src, std::size_t ld, std::size_t rows, std::s
 template <std::size_t MR, class T>
 void gemm_pack_a(transpose trans, const T* a, std::size_t lda, std::size_t mc, std::size_t kc,
                  T* dst) {
-  for (std::size_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
-    const std::size_t rows = std::min(MR, mc - i0);
-    if (trans == transpose::yes) {
-      // Columns of op(A) are rows of A: contiguous runs of MR.
-      const T* src = a + i0;
-      if (rows == MR) {
-        for (std::size_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, src + p * lda, sizeof(T) * MR);
-      } else {
-        for (std::size_t p = 0; p < kc; ++p) {
-          for (std::size_t i = 0; i < rows; ++i) dst[p * MR + i] = src[p * lda + i];
-          for (std::size_t i = rows; i < MR; ++i) dst[p * MR + i] = T(0);
-        }
-      }
-    } else {
-      // Rows of op(A) are rows of A: a transpose.
-      gemm_pack_transposed<MR>(a + i0 * lda, lda, rows, kc, dst);
+  if (trans == transpose::no) {
+    // Rows of op(A) are rows of A: one transpose per micro-panel.
+    for (std::size_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+      gemm_pack_transposed<MR>(a + i0 * lda, lda, std::min(MR, mc - i0), kc, dst);
     }
+  } else {
+    // Columns of op(A) are rows of A: each is read once, front to back, and dealt out to the
+    // micro-panels in runs of MR.
+    gemm_pack_runs<MR>(a, lda, kc, mc, dst);
   }
 }
 
@@ -78,22 +109,14 @@ void gemm_pack_a(transpose trans, const T* a, std::size_t lda, std::size_t mc, s
 template <std::size_t NR, class T>
 void gemm_pack_b(transpose trans, const T* b, std::size_t ldb, std::size_t kc, std::size_t nc,
                  T* dst) {
-  for (std::size_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
-    const std::size_t cols = std::min(NR, nc - j0);
-    if (trans == transpose::no) {
-      // Rows of op(B) are rows of B: contiguous runs of NR.
-      const T* src = b + j0;
-      if (cols == NR) {
-        for (std::size_t p = 0; p < kc; ++p) std::memcpy(dst + p * NR, src + p * ldb, sizeof(T) * NR);
-      } else {
-        for (std::size_t p = 0; p < kc; ++p) {
-          for (std::size_t j = 0; j < cols; ++j) dst[p * NR + j] = src[p * ldb + j];
-          for (std::size_t j = cols; j < NR; ++j) dst[p * NR + j] = T(0);
-        }
-      }
-    } else {
-      // Rows of op(B) are columns of B: a transpose.
-      gemm_pack_transposed<NR>(b + j0 * ldb, ldb, cols, kc, dst);
+  if (trans == transpose::no) {
+    // Rows of op(B) are rows of B: each is read once, front to back, and dealt out to the
+    // micro-panels in runs of NR.
+    gemm_pack_runs<NR>(b, ldb, kc, nc, dst);
+  } else {
+    // Rows of op(B) are columns of B: one transpose per micro-panel.
+    for (std::size_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
+      gemm_pack_transposed<NR>(b + j0 * ldb, ldb, std::min(NR, nc - j0), kc, dst);
     }
   }
 }

@@ -121,7 +121,7 @@ grid_batch<T> on_grid(const qbatch<T>& w, const quant_grid<T>& g) {
   const qbatch<T> lim(g.limit);
   const qbatch<T> x = w / s;
   grid_batch<T> r;
-  r.inside = xsimd::abs(x) <= lim;
+  r.inside = xsimd::abs(x) <= qbatch<T>(inside_limit(g));
   qbatch<T> code;
   if (g.sign) {
     code = xsimd::select(w >= qbatch<T>(T(0)), qbatch<T>(T(1)), qbatch<T>(T(-1)));
@@ -243,8 +243,8 @@ void step_quant_fprop(std::size_t n, const T* w, T* wq, T step, T qmax) {
 }
 
 template <class T>
-step_quant_sums<T> step_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w,
-                                    T step, T qmax) {
+step_quant_sums<T> step_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, T step,
+                                    T qmax) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     return ref::step_quant_bprop(n, w, grad_wq, grad_w, step, qmax);
   } else {

@@ -5,4 +5,5 @@
 #include <bitgrad/kernels/ref/gemm.hpp>
 #include <bitgrad/kernels/ref/conv2d.hpp>
 #include <bitgrad/kernels/ref/elementwise.hpp>
+#include <bitgrad/kernels/ref/noise.hpp>
 #include <bitgrad/kernels/ref/pool2d.hpp>

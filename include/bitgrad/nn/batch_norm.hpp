@@ -143,9 +143,8 @@ public:
   bool training() const { return training_; }
   template <class F>
   void visit_parameters(F&& f) {
-    visit_prefixed(name_,
-                   param_ref<T>{"gamma", gamma_.data(), grad_gamma_.data(), c_, param_kind::norm},
-                   f);
+    visit_prefixed(
+        name_, param_ref<T>{"gamma", gamma_.data(), grad_gamma_.data(), c_, param_kind::norm}, f);
     visit_prefixed(name_,
                    param_ref<T>{"beta", beta_.data(), grad_beta_.data(), c_, param_kind::norm}, f);
   }
@@ -193,9 +192,8 @@ template <class T, std::size_t Rank>
 void fold_channels(const std::string& who, std::size_t channels, std::size_t per_channel, T* w,
                    T* b, const batch_norm<T, Rank>& bn) {
   if (bn.features() != channels)
-    throw config_error("fold_batch_norm: " + bn.name() + " has " +
-                       std::to_string(bn.features()) + " channels but " + who + " has " +
-                       std::to_string(channels));
+    throw config_error("fold_batch_norm: " + bn.name() + " has " + std::to_string(bn.features()) +
+                       " channels but " + who + " has " + std::to_string(channels));
   for (std::size_t o = 0; o < channels; ++o) {
     const T s = bn.gamma()[o] / std::sqrt(bn.running_var()[o] + bn.eps());
     for (std::size_t k = 0; k < per_channel; ++k) w[o * per_channel + k] *= s;

@@ -21,6 +21,7 @@
 #include <bitgrad/quant/no_quant.hpp>
 #include <bitgrad/quant/quantizer.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -43,6 +44,9 @@ struct conv2d_options {
   bool fuse_relu = false;      ///< y = relu(conv(x) + b) in one pass
   std::uint64_t seed = 0;      ///< seeds the Kaiming-uniform initialisation
   std::string name = "conv2d"; ///< used in messages and parameter names
+  /// false: backward() skips dL/dx (returns zeros), as for a network's first layer, whose input
+  /// is the data: there dgrad is pure cost (10 % of a LeNet-5 training step). See set_input_grad.
+  bool input_grad = true;
 };
 
 /// T: element type. Quant: the weight quantizer policy (quant::no_quant for FP32).
@@ -94,7 +98,8 @@ public:
       throw shape_error(name_ + ": input of shape " + shape_string(s) + " is too small for a " +
                         std::to_string(opt_.kernel) + "x" + std::to_string(opt_.kernel) +
                         " kernel with padding " + std::to_string(opt_.padding));
-    ensure_shape(y_, std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
+    ensure_shape(y_,
+                 std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
     const T* w = quantized_weight();
     const T* b = opt_.bias ? bias_.data() : nullptr;
     if (opt_.fuse_relu)
@@ -107,9 +112,9 @@ public:
 
   const input_type& backward(const output_type& dy) {
     if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
-    check_shape(name_, "output gradient", dy.shape(),
-                std::array<std::size_t, 4>{geo_.batch, geo_.out_channels, geo_.out_h(),
-                                           geo_.out_w()});
+    check_shape(
+        name_, "output gradient", dy.shape(),
+        std::array<std::size_t, 4>{geo_.batch, geo_.out_channels, geo_.out_h(), geo_.out_w()});
     const T* g = dy.data();
     if (opt_.fuse_relu) {
       ensure_shape(dy_masked_, dy.shape());
@@ -117,9 +122,13 @@ public:
         dy_masked_.data()[i] = y_.data()[i] > T(0) ? g[i] : T(0);
       g = dy_masked_.data();
     }
-    ensure_shape(dx_, x_->shape());
     const T* w = quantizer_type::is_identity ? weight_.data() : wq_.data();
-    conv2d_dgrad(geo_, g, w, dx_.data(), scratch_);
+    if (opt_.input_grad) {
+      ensure_shape(dx_, x_->shape());
+      conv2d_dgrad(geo_, g, w, dx_.data(), scratch_);
+    } else if (!same_shape(dx_, x_->shape())) {
+      dx_ = xt::zeros<T>(x_->shape());
+    }
     T* db = opt_.bias ? grad_bias_.data() : nullptr;
     if constexpr (quantizer_type::is_identity) {
       conv2d_wgrad(geo_, x_->data(), g, grad_weight_.data(), db, scratch_);
@@ -137,6 +146,10 @@ public:
     quantizer_.zero_grad();
   }
   void train(bool on) { training_ = on; }
+  /// Whether backward() computes dL/dx (conv2d_options::input_grad). A trainer turns it off on
+  /// the first layer: net.get<0>().set_input_grad(false).
+  void set_input_grad(bool on) { opt_.input_grad = on; }
+  bool input_grad() const { return opt_.input_grad; }
   bool training() const { return training_; }
 
   template <class F>
@@ -146,10 +159,9 @@ public:
                                 param_kind::weight},
                    f);
     if (opt_.bias)
-      visit_prefixed(name_,
-                     param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(),
-                                  param_kind::bias},
-                     f);
+      visit_prefixed(
+          name_,
+          param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(), param_kind::bias}, f);
     quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
   }
   template <class F>
@@ -189,6 +201,9 @@ public:
   const quantizer_type& quantizer() const { return quantizer_; }
 
 private:
+  static bool same_shape(const input_type& t, const typename input_type::shape_type& s) {
+    return std::equal(s.begin(), s.end(), t.shape().begin(), t.shape().end());
+  }
   conv2d_geometry geometry_for(std::size_t batch, std::size_t h, std::size_t w) const {
     conv2d_geometry g;
     g.batch = batch;

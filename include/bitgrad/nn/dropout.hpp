@@ -32,8 +32,7 @@ public:
   using input_type = tensor<T, Rank>;
   using output_type = tensor<T, Rank>;
 
-  explicit dropout(const dropout_options& opt = {})
-      : name_(opt.name), p_(opt.p), rng_(opt.seed) {
+  explicit dropout(const dropout_options& opt = {}) : name_(opt.name), p_(opt.p), rng_(opt.seed) {
     if (!(p_ >= 0.0 && p_ < 1.0))
       throw config_error(name_ + ": p must be in [0, 1), got " + std::to_string(p_));
   }

@@ -33,8 +33,9 @@ public:
   }
   const input_type& backward(const output_type& dy) {
     if (!seen_) throw config_error(name_ + ": backward called before forward");
-    check_shape(name_, "output gradient", dy.shape(),
-                std::array<std::size_t, 2>{in_shape_[0], in_shape_[1] * in_shape_[2] * in_shape_[3]});
+    check_shape(
+        name_, "output gradient", dy.shape(),
+        std::array<std::size_t, 2>{in_shape_[0], in_shape_[1] * in_shape_[2] * in_shape_[3]});
     ensure_shape(dx_, in_shape_);
     std::copy(dy.data(), dy.data() + dy.size(), dx_.data());
     return dx_;

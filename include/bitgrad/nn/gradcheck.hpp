@@ -46,10 +46,10 @@ struct gradcheck_result {
     double max_error;
     std::size_t checked;
   };
-  double max_error = 0;  ///< worst error over every checked element
-  std::string worst;     ///< "conv1.weight[17]", "input[3]"
-  double analytic = 0;   ///< at the worst element
-  double numeric = 0;    ///< at the worst element
+  double max_error = 0; ///< worst error over every checked element
+  std::string worst;    ///< "conv1.weight[17]", "input[3]"
+  double analytic = 0;  ///< at the worst element
+  double numeric = 0;   ///< at the worst element
   std::size_t checked = 0;
   std::vector<tensor_error> tensors; ///< worst error per checked tensor, in visiting order
 };
@@ -109,8 +109,7 @@ gradcheck_result gradcheck(L& net, const typename L::input_type& x,
 
   gradcheck_result result;
   auto loss = [&] { return detail::projected(net.forward(xv), r); };
-  auto check = [&](const std::string& name, double* values, const double* analytic,
-                   std::size_t n) {
+  auto check = [&](const std::string& name, double* values, const double* analytic, std::size_t n) {
     gradcheck_result::tensor_error te{name, 0.0, 0};
     for (std::size_t i : detail::pick(n, opt.max_per_tensor, rng)) {
       const double saved = values[i];
@@ -125,13 +124,11 @@ gradcheck_result gradcheck(L& net, const typename L::input_type& x,
           std::abs(a - numeric) / std::max({std::abs(a), std::abs(numeric), opt.floor});
       ++te.checked;
       te.max_error = std::max(te.max_error, err);
-      if (err > result.max_error || result.worst.empty()) {
-        if (err >= result.max_error) {
-          result.max_error = err;
-          result.worst = name + "[" + std::to_string(i) + "]";
-          result.analytic = a;
-          result.numeric = numeric;
-        }
+      if (result.worst.empty() || err > result.max_error) {
+        result.max_error = err;
+        result.worst = name + "[" + std::to_string(i) + "]";
+        result.analytic = a;
+        result.numeric = numeric;
       }
     }
     result.checked += te.checked;

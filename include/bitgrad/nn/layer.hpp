@@ -9,8 +9,8 @@
 //       steady state while the batch size stays the same) and keeps what backward needs. The
 //       reference stays valid until the next forward. (`identity` returns x itself, so its
 //       output lives as long as x.) Layers may keep a pointer to x for backward: the caller
-//       keeps x alive and unchanged until backward. A wrong shape throws shape_error naming the layer, the
-//       expected and the actual shape.
+//       keeps x alive and unchanged until backward. A wrong shape throws shape_error naming the
+//       layer, the expected and the actual shape.
 //   const input_type& backward(const output_type& dy)
 //       Given dL/dy for the last forward, returns dL/dx (a buffer the layer owns) and
 //       ACCUMULATES (+=) the gradients of its parameters (call zero_grad() between steps).

@@ -125,10 +125,9 @@ public:
                                 param_kind::weight},
                    f);
     if (has_bias_)
-      visit_prefixed(name_,
-                     param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(),
-                                  param_kind::bias},
-                     f);
+      visit_prefixed(
+          name_,
+          param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(), param_kind::bias}, f);
     quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
   }
   template <class F>

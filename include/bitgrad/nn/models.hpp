@@ -57,7 +57,7 @@ struct model_options {
   std::size_t in_channels = 0; ///< lenet5 / vgg_small: 1; resnet20: 3
   std::size_t in_size = 0;     ///< square input side; lenet5 / vgg_small: 28; resnet20: 32
   std::size_t num_classes = 10;
-  std::size_t width = 0; ///< vgg_small: first conv width (32); resnet20: first stage (16)
+  std::size_t width = 0;    ///< vgg_small: first conv width (32); resnet20: first stage (16)
   std::size_t hidden = 256; ///< vgg_small: the hidden fully connected layer
 };
 
@@ -110,25 +110,35 @@ auto vgg_small(const model_options<T, Quant, EdgeQuant>& o = {}) {
   if (o.hidden == 0) throw config_error("vgg_small: hidden must be >= 1");
   const std::uint64_t seed = o.seed;
   auto conv = [&](std::size_t in, std::size_t out, std::uint64_t k, const char* name) {
-    return conv2d<T, Quant>({.in_channels = in, .out_channels = out, .kernel = 3, .padding = 1,
-                             .seed = seed + k, .name = name},
+    return conv2d<T, Quant>({.in_channels = in,
+                             .out_channels = out,
+                             .kernel = 3,
+                             .padding = 1,
+                             .seed = seed + k,
+                             .name = name},
                             o.quant);
   };
   return sequential(
-      conv2d<T, EdgeQuant>({.in_channels = c, .out_channels = w, .kernel = 3, .padding = 1,
-                            .seed = seed, .name = "conv1"},
+      conv2d<T, EdgeQuant>({.in_channels = c,
+                            .out_channels = w,
+                            .kernel = 3,
+                            .padding = 1,
+                            .seed = seed,
+                            .name = "conv1"},
                            o.edge_quant),
       relu<T, 4>("relu1"), conv(w, w, 1, "conv2"), relu<T, 4>("relu2"),
       max_pool2d<T>({.kernel = 2, .name = "pool1"}), conv(w, 2 * w, 2, "conv3"),
       relu<T, 4>("relu3"), conv(2 * w, 2 * w, 3, "conv4"), relu<T, 4>("relu4"),
       max_pool2d<T>({.kernel = 2, .name = "pool2"}), flatten<T>("flatten"),
-      linear<T, Quant>({.in_features = 2 * w * (s / 4) * (s / 4), .out_features = o.hidden,
-                        .seed = seed + 4, .name = "fc1"},
+      linear<T, Quant>({.in_features = 2 * w * (s / 4) * (s / 4),
+                        .out_features = o.hidden,
+                        .seed = seed + 4,
+                        .name = "fc1"},
                        o.quant),
       relu<T, 2>("relu5"),
-      linear<T, EdgeQuant>({.in_features = o.hidden, .out_features = o.num_classes,
-                            .seed = seed + 5, .name = "fc2"},
-                           o.edge_quant));
+      linear<T, EdgeQuant>(
+          {.in_features = o.hidden, .out_features = o.num_classes, .seed = seed + 5, .name = "fc2"},
+          o.edge_quant));
 }
 
 namespace detail {
@@ -138,27 +148,40 @@ namespace detail {
 template <class T, template <class> class Quant, bool Projection>
 auto basic_block(const std::string& name, std::size_t in, std::size_t out, std::size_t stride,
                  std::uint64_t seed, const typename Quant<T>::options& q) {
-  auto body = sequential(
-      conv2d<T, Quant>({.in_channels = in, .out_channels = out, .kernel = 3, .stride = stride,
-                        .padding = 1, .bias = false, .seed = seed, .name = "conv1"},
-                       q),
-      batch_norm<T, 4>({.features = out, .name = "bn1"}), relu<T, 4>("relu1"),
-      conv2d<T, Quant>({.in_channels = out, .out_channels = out, .kernel = 3, .padding = 1,
-                        .bias = false, .seed = seed + 1, .name = "conv2"},
-                       q),
-      batch_norm<T, 4>({.features = out, .name = "bn2"}));
+  auto body = sequential(conv2d<T, Quant>({.in_channels = in,
+                                           .out_channels = out,
+                                           .kernel = 3,
+                                           .stride = stride,
+                                           .padding = 1,
+                                           .bias = false,
+                                           .seed = seed,
+                                           .name = "conv1"},
+                                          q),
+                         batch_norm<T, 4>({.features = out, .name = "bn1"}), relu<T, 4>("relu1"),
+                         conv2d<T, Quant>({.in_channels = out,
+                                           .out_channels = out,
+                                           .kernel = 3,
+                                           .padding = 1,
+                                           .bias = false,
+                                           .seed = seed + 1,
+                                           .name = "conv2"},
+                                          q),
+                         batch_norm<T, 4>({.features = out, .name = "bn2"}));
   if constexpr (Projection) {
-    auto shortcut = sequential(
-        std::string("shortcut"),
-        conv2d<T, Quant>({.in_channels = in, .out_channels = out, .kernel = 1, .stride = stride,
-                          .bias = false, .seed = seed + 2, .name = "conv"},
-                         q),
-        batch_norm<T, 4>({.features = out, .name = "bn"}));
+    auto shortcut = sequential(std::string("shortcut"),
+                               conv2d<T, Quant>({.in_channels = in,
+                                                 .out_channels = out,
+                                                 .kernel = 1,
+                                                 .stride = stride,
+                                                 .bias = false,
+                                                 .seed = seed + 2,
+                                                 .name = "conv"},
+                                                q),
+                               batch_norm<T, 4>({.features = out, .name = "bn"}));
     return sequential(name, residual(std::string(), std::move(body), std::move(shortcut)),
                       relu<T, 4>("relu"));
   } else {
-    return sequential(name,
-                      residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
+    return sequential(name, residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
                       relu<T, 4>("relu"));
   }
 }
@@ -187,8 +210,13 @@ auto resnet20(const model_options<T, Quant, EdgeQuant>& o = {}) {
   if (s < 4) throw config_error("resnet20: in_size must be >= 4, got " + std::to_string(s));
   const std::uint64_t seed = o.seed;
   return sequential(
-      conv2d<T, EdgeQuant>({.in_channels = c, .out_channels = w, .kernel = 3, .padding = 1,
-                            .bias = false, .seed = seed, .name = "conv1"},
+      conv2d<T, EdgeQuant>({.in_channels = c,
+                            .out_channels = w,
+                            .kernel = 3,
+                            .padding = 1,
+                            .bias = false,
+                            .seed = seed,
+                            .name = "conv1"},
                            o.edge_quant),
       batch_norm<T, 4>({.features = w, .name = "bn1"}), relu<T, 4>("relu"),
       detail::resnet_stage<T, Quant, false>("layer1", w, w, 1, seed + 10, o.quant),

@@ -76,9 +76,8 @@ public:
     const auto& s = x.shape();
     geo_ = pool2d_geometry{s[0], s[1], s[2], s[3], kernel_, kernel_, stride_, stride_, pad_, pad_};
     if (s[0] == 0 || s[1] == 0 || s[2] + 2 * pad_ < kernel_ || s[3] + 2 * pad_ < kernel_)
-      throw shape_error(name_ + ": input of shape " + shape_string(s) +
-                        " is smaller than the " + std::to_string(kernel_) + "x" +
-                        std::to_string(kernel_) + " window");
+      throw shape_error(name_ + ": input of shape " + shape_string(s) + " is smaller than the " +
+                        std::to_string(kernel_) + "x" + std::to_string(kernel_) + " window");
     ensure_shape(y_, std::array<std::size_t, 4>{s[0], s[1], geo_.out_h(), geo_.out_w()});
     Op::fprop(geo_, x.data(), y_.data(), argmax_);
     x_ = &x;
@@ -106,6 +105,11 @@ public:
   }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }
+
+  /// The square window's side, step and padding (model export reads them).
+  std::size_t kernel() const { return kernel_; }
+  std::size_t stride() const { return stride_; }
+  std::size_t padding() const { return pad_; }
 
 private:
   std::string name_;

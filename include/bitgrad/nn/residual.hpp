@@ -22,8 +22,8 @@
 namespace bitgrad::nn {
 
 template <layer Block, layer Shortcut>
-  requires std::same_as<typename Block::input_type, typename Shortcut::input_type> &&
-           std::same_as<typename Block::output_type, typename Shortcut::output_type>
+requires std::same_as<typename Block::input_type, typename Shortcut::input_type> &&
+    std::same_as<typename Block::output_type, typename Shortcut::output_type>
 class residual {
 public:
   using value_type = typename Block::value_type;
@@ -37,8 +37,9 @@ public:
     const output_type& a = block_.forward(x);
     const output_type& b = shortcut_.forward(x);
     if (a.shape() != b.shape())
-      throw shape_error((name_.empty() ? std::string("residual") : name_) + ": block output " + shape_string(a.shape()) +
-                        " and shortcut output " + shape_string(b.shape()) + " differ");
+      throw shape_error((name_.empty() ? std::string("residual") : name_) + ": block output " +
+                        shape_string(a.shape()) + " and shortcut output " +
+                        shape_string(b.shape()) + " differ");
     ensure_shape(y_, a.shape());
     const std::size_t n = a.size();
     for (std::size_t i = 0; i < n; ++i) y_.data()[i] = a.data()[i] + b.data()[i];

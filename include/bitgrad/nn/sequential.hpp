@@ -1,10 +1,12 @@
 // sequential: layers applied one after another, y = L_{n-1}(... L_1(L_0(x))).
 //
 // Built from layer objects: sequential(conv, relu, pool, ...) (moved in; class template argument
-// deduction gives the type). Each layer's output_type must be the next one's input_type
-// (checked at compile time). forward and backward are fold-style loops over the tuple; the
-// intermediate tensors live in the layers, so the sequential itself owns no buffers.
-// Parameter and quantizer names are prefixed with the sequential's name when it is not empty.
+// deduction gives the type; note that sequential(one_sequential) copies it rather than nesting:
+// write sequential<decltype(s)>(std::move(s)) to nest a single sequential). Each layer's
+// output_type must be the next one's input_type (checked at compile time). forward and backward are
+// fold-style loops over the tuple; the intermediate tensors live in the layers, so the sequential
+// itself owns no buffers. Parameter and quantizer names are prefixed with the sequential's name
+// when it is not empty.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -76,8 +78,7 @@ public:
   void visit_parameters(F&& f) {
     std::apply(
         [&](auto&... l) {
-          (l.visit_parameters([&](param_ref<value_type>& p) { visit_prefixed(name_, p, f); }),
-           ...);
+          (l.visit_parameters([&](param_ref<value_type>& p) { visit_prefixed(name_, p, f); }), ...);
         },
         layers_);
   }

@@ -7,6 +7,10 @@
 // fits the target, otherwise it is skipped and the next, possibly smaller, group is tried.
 // So if the all-floor model fits, the result never exceeds the target; groups whose real
 // bitwidth was closest to the next integer get it first.
+// When even the all-floor model exceeds the target, groups are rounded DOWN one bit at a time,
+// in order of increasing fractional part (the groups furthest from their floor's claim first;
+// ties: visiting order), pass after pass, until the total fits or every group is at its lowest
+// allowed bitwidth. So the result is within the target whenever the all-minimum model is.
 //
 // Usage over a model:
 //   auto visit = [&](auto&& f) { net.visit_quantizers(f); };   // f(name, q) for each quantizer
@@ -49,6 +53,24 @@ inline std::vector<int> round_to_budget(std::span<const budget_item> items, doub
   std::vector<std::size_t> order(items.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   auto frac = [&](std::size_t i) { return items[i].bits - std::floor(items[i].bits); };
+  if (used > code_budget) {
+    std::vector<std::size_t> down = order;
+    std::stable_sort(down.begin(), down.end(),
+                     [&](std::size_t x, std::size_t y) { return frac(x) < frac(y); });
+    bool lowered = true;
+    while (used > code_budget && lowered) {
+      lowered = false;
+      for (std::size_t i : down) {
+        if (used <= code_budget) break;
+        if (k[i] > items[i].lo) {
+          --k[i];
+          used -= items[i].weights;
+          lowered = true;
+        }
+      }
+    }
+    return k;
+  }
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return frac(a) > frac(b); });
   for (std::size_t i : order) {
@@ -64,8 +86,8 @@ inline std::vector<int> round_to_budget(std::span<const budget_item> items, doub
 
 /// Quantizers whose bitwidths freeze_to_budget chooses: they can take explicit integer bits.
 template <class Q>
-concept budget_quantizer = quantizer<Q> && requires(Q& q, const Q& cq, std::vector<int> bits,
-                                                    std::size_t g) {
+concept budget_quantizer = quantizer<Q> &&
+    requires(Q& q, const Q& cq, std::vector<int> bits, std::size_t g) {
   q.freeze_to(bits);
   { cq.group_weight_count(g) } -> std::convertible_to<std::size_t>;
   { cq.b_min() } -> std::convertible_to<double>;
@@ -75,7 +97,7 @@ concept budget_quantizer = quantizer<Q> && requires(Q& q, const Q& cq, std::vect
 struct budget_result {
   double size_bits;   ///< total size after freezing, overhead included
   double target_bits; ///< the target asked for
-  bool within_target; ///< size_bits <= target_bits (false only when even all-floor exceeds it)
+  bool within_target; ///< size_bits <= target_bits (false only when even all-minimum exceeds it)
 };
 
 namespace detail {

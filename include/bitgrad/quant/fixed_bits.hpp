@@ -84,8 +84,8 @@ public:
 
   /// LSQ's gradient scale for group g: 1 / sqrt(n_g Qp).
   T grad_scale(std::size_t g) const {
-    return T(1) / std::sqrt(static_cast<T>(layout_.count(g)) *
-                            static_cast<T>(level_limit(kbits_[g])));
+    return T(1) /
+           std::sqrt(static_cast<T>(layout_.count(g)) * static_cast<T>(level_limit(kbits_[g])));
   }
 
   template <class F>
@@ -114,8 +114,9 @@ public:
     detail::check_count(policy_name, "bitwidths (one per group)", layout_.groups(), bits.size());
     for (int k : bits) detail::check_integer_bits(policy_name, k);
     for (std::size_t g = 0; g < bits.size(); ++g) {
-      scale_[g] = std::max(scale_[g] * static_cast<T>(level_limit(kbits_[g]) / level_limit(bits[g])),
-                           scale_floor<T>);
+      scale_[g] =
+          std::max(scale_[g] * static_cast<T>(level_limit(kbits_[g]) / level_limit(bits[g])),
+                   scale_floor<T>);
       kbits_[g] = bits[g];
     }
   }

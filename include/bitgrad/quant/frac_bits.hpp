@@ -112,11 +112,12 @@ public:
         range_grad_[g] += ds / st.lo.limit;
         continue;
       }
-      const auto s = bitgrad::frac_quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo,
-                                               st.hi, st.f);
+      const auto s =
+          bitgrad::frac_quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo, st.hi, st.f);
       bits_grad_[g] += s.d_frac;
       // s_k = a / L_k  =>  dQ/da = (1-f) dQ_lo/ds_lo / L_lo + f dQ_hi/ds_hi / L_hi
-      range_grad_[g] += (T(1) - st.f) * s.d_scale_lo / st.lo.limit + st.f * s.d_scale_hi / st.hi.limit;
+      range_grad_[g] +=
+          (T(1) - st.f) * s.d_scale_lo / st.lo.limit + st.f * s.d_scale_hi / st.hi.limit;
     }
   }
 
@@ -152,8 +153,9 @@ public:
 
   void project() {
     for (std::size_t g = 0; g < bits_.size(); ++g) {
-      bits_[g] = frozen_ ? static_cast<T>(kbits_[g])
-                         : std::clamp(bits_[g], static_cast<T>(opt_.b_min), static_cast<T>(opt_.b_max));
+      bits_[g] = frozen_
+                     ? static_cast<T>(kbits_[g])
+                     : std::clamp(bits_[g], static_cast<T>(opt_.b_min), static_cast<T>(opt_.b_max));
       range_[g] = std::max(range_[g], scale_floor<T>);
     }
   }

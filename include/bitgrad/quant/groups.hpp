@@ -113,16 +113,14 @@ inline void check_frozen(const char* who, bool frozen, const char* what) {
                        " needs integer bitwidths; call freeze() or freeze_to() first");
 }
 
-inline void check_count(const char* who, const char* what, std::size_t expected,
-                        std::size_t got) {
+inline void check_count(const char* who, const char* what, std::size_t expected, std::size_t got) {
   if (expected != got)
     throw config_error(std::string(who) + ": expected " + std::to_string(expected) + " " + what +
                        ", got " + std::to_string(got));
 }
 
 inline void check_bound(const char* who, std::size_t weight_count) {
-  if (weight_count == 0)
-    throw config_error(std::string(who) + ": used before bind()");
+  if (weight_count == 0) throw config_error(std::string(who) + ": used before bind()");
 }
 
 } // namespace detail

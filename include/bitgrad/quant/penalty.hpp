@@ -30,12 +30,14 @@ enum class penalty_form { hinge, quadratic, absolute };
 struct size_penalty {
   penalty_form form = penalty_form::hinge;
   double lambda = 1.0;
-  double target_bits = 0;     ///< S*, must be > 0
-  double unit_bits = 8192.0;  ///< u: 1 KiB
+  double target_bits = 0;    ///< S*, must be > 0
+  double unit_bits = 8192.0; ///< u: 1 KiB
 };
 
 /// Target in bits for a size in bytes.
-inline double target_bits_from_bytes(double bytes) { return 8.0 * bytes; }
+inline double target_bits_from_bytes(double bytes) {
+  return 8.0 * bytes;
+}
 
 /// Target in bits for an average of `bits_per_weight` over every weight `visit` reaches.
 template <class Visit>

@@ -34,6 +34,13 @@
 //   std::vector<double> group_bits() const   current (real or integer) bitwidth per group.
 //   static constexpr bool is_identity        true only for no_quant (layers skip the copy).
 //   static constexpr const char* policy_name ("frac_bits", ...)
+//
+// Beyond the concept, the quantizing policies (frac_bits.hpp, step_bits.hpp, fixed_bits.hpp)
+// offer: freeze_to(std::vector<int>) (explicit integer bitwidths, one per group),
+// group_weight_count(g), compression_ratio(), layout(), and for export once frozen
+// frozen_bits(), group_scales(w) and codes(w, int32_t* out) with code * scale == forward(w)
+// exactly. Group layout and overhead: groups.hpp; whole-model size: size.hpp; penalty:
+// penalty.hpp; budget-aware freezing: budget.hpp; kernels: kernels/quantize.hpp.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>

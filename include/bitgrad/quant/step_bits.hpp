@@ -99,7 +99,8 @@ public:
     for (std::size_t g = 0; g < layout_.groups(); ++g) {
       const std::size_t off = layout_.offset(g), n = layout_.count(g);
       if (frozen_) {
-        step_grad_[g] += bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, frozen_grid(g));
+        step_grad_[g] +=
+            bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, frozen_grid(g));
         continue;
       }
       const auto s =
@@ -203,8 +204,9 @@ public:
   std::vector<double> group_bits() const {
     std::vector<double> b(layout_.groups());
     for (std::size_t g = 0; g < b.size(); ++g)
-      b[g] = frozen_ ? static_cast<double>(kbits_[g])
-                     : std::log2(static_cast<double>(qmax_[g]) / static_cast<double>(step_[g]) + 1) + 1;
+      b[g] = frozen_
+                 ? static_cast<double>(kbits_[g])
+                 : std::log2(static_cast<double>(qmax_[g]) / static_cast<double>(step_[g]) + 1) + 1;
     return b;
   }
 

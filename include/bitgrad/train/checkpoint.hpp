@@ -14,7 +14,9 @@
 //   end - 4    u32 CRC-32 (zlib) of every byte before it
 // Parameters and quantizers are stored in the network's visitation order and must match the
 // network on load name by name and size by size: a checkpoint of another architecture is
-// rejected with the first parameter that differs.
+// rejected with the first parameter that differs. Parameter values must be finite, bitwidth
+// parameters inside [1, 16], scale parameters > 0, and frozen group counts those of the
+// network's quantizers.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -23,10 +25,12 @@
 #include <bitgrad/io/read_file.hpp>
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -71,7 +75,7 @@ private:
 
 class byte_reader {
 public:
-  byte_reader(std::string file, const std::vector<std::uint8_t>& bytes, std::size_t end)
+  byte_reader(std::string file, std::span<const std::uint8_t> bytes, std::size_t end)
       : file_(std::move(file)), bytes_(bytes), end_(end) {}
   [[noreturn]] void fail(const std::string& reason) const {
     throw format_error(file_, at_, reason);
@@ -105,7 +109,7 @@ public:
 
 private:
   std::string file_;
-  const std::vector<std::uint8_t>& bytes_;
+  std::span<const std::uint8_t> bytes_;
   std::size_t end_;
   std::size_t at_ = 0;
 };
@@ -165,14 +169,15 @@ void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoi
   write_file_atomically(path, std::string_view(w.bytes()));
 }
 
-/// Reads `path` into net (parameters, frozen bitwidths) and returns the rest.
+/// Parses the checkpoint `bytes` (the whole file, held in memory) into net and returns the
+/// rest; `file` names it in error messages. The in-memory entry of load_checkpoint (and the
+/// fuzzing entry): any input either loads or throws format_error / config_error.
 /// Throws format_error (file, offset, reason) for a malformed file or another architecture;
 /// `net` is only modified once the whole file has been validated.
 template <class Net>
-checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {
+checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std::string& file,
+                                 Net& net) {
   using T = typename Net::value_type;
-  const std::string file = path.string();
-  const std::vector<std::uint8_t> bytes = read_file_bytes(path, std::uint64_t{1} << 36);
   if (bytes.size() < sizeof detail::checkpoint_magic + 12)
     throw format_error(file, 0, "too short for a checkpoint (" + std::to_string(bytes.size()) +
                                     " bytes)");
@@ -224,12 +229,33 @@ checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {
                              " values), the network expects '" + params[i].name + "' (" +
                              std::to_string(params[i].size) + " values)");
     r.need(size * sizeof(T), "parameter values");
+    const std::size_t first = r.offset();
     values[i].resize(size);
     r.get_bytes(values[i].data(), size * sizeof(T), "parameter values");
+    // A run never saves non-finite values (the trainer stops on a non-finite gradient), and
+    // quantizers project their parameters after every step: bitwidths stay inside [1, 16]
+    // (they become integer grids) and scales stay positive (weights are divided by them).
+    const bool is_bits = kind == static_cast<std::uint8_t>(param_kind::bitwidth);
+    const bool is_scale = kind == static_cast<std::uint8_t>(param_kind::scale);
+    for (std::size_t j = 0; j < size; ++j) {
+      const T v = values[i][j];
+      const char* bad = !std::isfinite(v)                       ? ", not finite"
+                        : is_bits && !(v >= T(1) && v <= T(16)) ? ", not a bitwidth in [1, 16]"
+                        : is_scale && !(v > T(0))               ? ", not a positive scale"
+                                                                : nullptr;
+      if (bad != nullptr)
+        throw format_error(file, first + j * sizeof(T),
+                           "parameter '" + name + "' value " + std::to_string(j) + " is " +
+                               std::to_string(v) + bad);
+    }
   }
 
   std::vector<std::string> qnames;
-  net.visit_quantizers([&](std::string_view name, const auto&) { qnames.emplace_back(name); });
+  std::vector<std::size_t> qgroups; // integer bitwidths each quantizer can take (0: none)
+  net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
+    qnames.emplace_back(name);
+    qgroups.push_back(Q::is_identity ? 0 : q.groups());
+  });
   const auto qcount = r.get<std::uint32_t>("quantizer count");
   if (qcount != qnames.size())
     r.fail("checkpoint of another architecture: " + std::to_string(qcount) +
@@ -244,6 +270,10 @@ checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {
     const auto groups = r.get<std::uint32_t>("group count");
     if (is_frozen > 1 || (is_frozen == 0 && groups != 0))
       r.fail("bad frozen state for quantizer '" + name + "'");
+    if (is_frozen == 1 && groups != qgroups[i])
+      r.fail("checkpoint of another architecture: quantizer '" + name + "' has " +
+             std::to_string(groups) + " frozen groups, the network's has " +
+             std::to_string(qgroups[i]));
     r.need(std::uint64_t{groups} * 4, "frozen bitwidths");
     for (std::uint32_t g = 0; g < groups; ++g) {
       const auto b = r.get<std::int32_t>("frozen bitwidth");
@@ -259,20 +289,21 @@ checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {
   for (std::size_t i = 0; i < count; ++i)
     std::copy(values[i].begin(), values[i].end(), params[i].value);
   std::size_t qi = 0;
-  net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
+  net.visit_quantizers([&]<class Q>(std::string_view, Q& q) {
     const auto& bits = frozen[qi++];
     if constexpr (!Q::is_identity) {
-      if (!bits.empty()) {
-        if (bits.size() != q.groups())
-          throw format_error(file, 0,
-                             "quantizer '" + std::string(name) + "' has " +
-                                 std::to_string(q.groups()) + " groups, the checkpoint " +
-                                 std::to_string(bits.size()));
-        q.freeze_to(bits);
-      }
+      if (!bits.empty()) q.freeze_to(bits); // group count checked above
     }
   });
   return data;
+}
+
+/// Reads `path` into net (parameters, frozen bitwidths) and returns the rest; see
+/// parse_checkpoint.
+template <class Net>
+checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {
+  const std::vector<std::uint8_t> bytes = read_file_bytes(path, std::uint64_t{1} << 36);
+  return parse_checkpoint(bytes, path.string(), net);
 }
 
 } // namespace bitgrad::train

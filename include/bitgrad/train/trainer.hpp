@@ -35,8 +35,11 @@
 #include <bitgrad/train/progress.hpp>
 #include <bitgrad/train/records.hpp>
 #include <bitgrad/train/report.hpp>
+#include <bitgrad/train/sensitivity.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
@@ -73,6 +76,14 @@ struct trainer_options {
   loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}}; ///< Fashion-MNIST statistics
   std::size_t max_steps_per_epoch = 0; ///< 0 = whole epochs (tests use a few steps)
   std::size_t stop_after_epochs = 0;   ///< stop (with a checkpoint) after this many epochs
+  std::size_t stop_after_steps = 0;    ///< stop (with a checkpoint) after this many steps
+  /// A step whose loss or gradient is not finite: false = stop with an error naming the step
+  /// and the first parameter (the last checkpoint stays intact); true = skip the batch, count
+  /// it, and report the count in the epoch line.
+  bool skip_nonfinite = false;
+  /// Per-group sensitivity diagnostics at the end of the run (train/sensitivity.hpp) on this
+  /// many fixed batches of 32 test images; 0 = off.
+  std::size_t sensitivity_batches = 0;
   std::filesystem::path out_dir;       ///< empty: write no files
   bool resume = false;                 ///< continue from out_dir/checkpoint.bin if present
   std::ostream* log = &std::cout;      ///< progress and per-epoch lines; null = silent
@@ -83,8 +94,28 @@ struct trainer_options {
 struct run_result {
   run_summary summary;
   std::vector<epoch_record> history;
-  bool finished = false; ///< false when stopped early (stop_after_epochs)
+  bool finished = false; ///< false when stopped early (stop_after_*, SIGINT, SIGTERM)
+  std::size_t skipped_steps = 0; ///< batches skipped for non-finite values (skip_nonfinite)
 };
+
+/// Set by the SIGINT/SIGTERM handlers that install_interrupt_handlers() installs; the trainer
+/// finishes its current step, writes a checkpoint and returns when it sees it.
+inline std::atomic<bool>& interrupt_requested() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+namespace detail {
+inline void on_interrupt(int) { interrupt_requested().store(true); }
+} // namespace detail
+
+/// Makes SIGINT and SIGTERM request a clean stop (checkpoint, then return) instead of killing
+/// the process. A second signal while stopping has the default effect.
+inline void install_interrupt_handlers() {
+  interrupt_requested().store(false); // constructs the flag outside the handler
+  std::signal(SIGINT, detail::on_interrupt);
+  std::signal(SIGTERM, detail::on_interrupt);
+}
 
 namespace detail {
 
@@ -172,6 +203,8 @@ public:
       for (const auto& e : result.history) csv_->append(e);
     }
     epochs_this_run_ = 0;
+    steps_this_run_ = 0;
+    skipped_total_ = 0;
     auto elapsed = [&] {
       return seconds_before +
              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -209,9 +242,19 @@ public:
       return result;
 
     result.finished = true;
+    result.skipped_steps = skipped_total_;
     result.summary = summarise(fp32_accuracy, elapsed());
+    if (opt_.sensitivity_batches > 0) {
+      const auto fixed = fixed_batches<T>(test_, opt_.normalise, 32, opt_.sensitivity_batches);
+      const auto sens = measure_sensitivity(quant_, fixed);
+      fill_layer_summaries(result.summary.layers, sens);
+      for (const auto& l : sens.layers)
+        say("sensitivity " + l.name + ": bits spread " + std::to_string(l.bits_spread) +
+            ", rank correlation bits vs sensitivity " + std::to_string(l.rank_correlation) +
+            ", estimate vs exact " + std::to_string(l.estimate_correlation));
+    }
     if (!opt_.out_dir.empty()) {
-      write_file_atomically(opt_.out_dir / "summary.json", to_json(result.summary) + "\n");
+      write_file_atomically(opt_.out_dir / "summary.json", to_json(result.summary));
       write_report(opt_.out_dir / "report.html", result.history, result.summary);
     }
     return result;
@@ -299,7 +342,20 @@ private:
     return data;
   }
 
-  /// Runs epochs [done, opts.epochs) of one phase; false when stopped early.
+  /// Progress inside an unfinished epoch, kept in checkpoints written mid-epoch.
+  struct partial_epoch {
+    std::size_t step = 0, images = 0, correct = 0, skipped = 0;
+    double loss_sum = 0, seconds = 0;
+  };
+
+  static std::string exact(double v) {
+    std::ostringstream out;
+    out.precision(17);
+    out << v;
+    return out.str();
+  }
+
+  /// Runs the epochs after `done` of one phase; false when stopped early.
   template <class Net, class Elapsed>
   bool run_phase(Net& net, int phase, const phase_options& po, std::size_t done,
                  const std::optional<checkpoint_data>& resumed, const quant::size_penalty* penalty,
@@ -313,10 +369,25 @@ private:
     optim::adam<T> adam({.lr = po.lr});
     if (po.bits_lr > 0) adam.set_group(param_kind::bitwidth, {.lr = po.bits_lr, .weight_decay = 0});
     if (po.scale_lr > 0) adam.set_group(param_kind::scale, {.lr = po.scale_lr, .weight_decay = 0});
+    partial_epoch part;
     if (resumed) {
       batches.restore(parse_loader_state(resumed->loader_state));
       std::istringstream state(resumed->optimizer_state);
       adam.load(state);
+      const auto& m = resumed->meta;
+      net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
+        if constexpr (requires { q.set_noise_step(0); })
+          if (auto it = m.find("noise_step." + std::string(name)); it != m.end())
+            q.set_noise_step(std::stoull(it->second));
+      });
+      if (m.count("step")) {
+        part.step = std::stoul(m.at("step"));
+        part.images = std::stoul(m.at("images"));
+        part.correct = std::stoul(m.at("correct"));
+        part.skipped = std::stoul(m.at("skipped"));
+        part.loss_sum = std::strtod(m.at("loss_sum").c_str(), nullptr);
+        part.seconds = std::strtod(m.at("epoch_seconds").c_str(), nullptr);
+      }
     }
     const std::size_t per_epoch = opt_.max_steps_per_epoch
                                       ? std::min(opt_.max_steps_per_epoch, batches.batches_per_epoch())
@@ -329,42 +400,96 @@ private:
     tensor4<T> x;
     std::vector<std::int32_t> y;
 
+    auto checkpoint = [&](std::size_t epochs_done, const partial_epoch& p) {
+      if (opt_.out_dir.empty()) return;
+      checkpoint_data data;
+      data.meta["phase"] = detail::phase_name(phase);
+      data.meta["epoch"] = std::to_string(epochs_done);
+      data.meta["fp32_accuracy"] = exact(fp32_accuracy);
+      data.meta["seconds"] = exact(elapsed());
+      data.meta["history"] = detail::encode_history(history);
+      if (p.step > 0) { // mid-epoch
+        data.meta["step"] = std::to_string(p.step);
+        data.meta["images"] = std::to_string(p.images);
+        data.meta["correct"] = std::to_string(p.correct);
+        data.meta["skipped"] = std::to_string(p.skipped);
+        data.meta["loss_sum"] = exact(p.loss_sum);
+        data.meta["epoch_seconds"] = exact(p.seconds);
+      }
+      net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
+        if constexpr (requires { q.noise_step(); })
+          data.meta["noise_step." + std::string(name)] = std::to_string(q.noise_step());
+      });
+      std::ostringstream state;
+      adam.save(state);
+      data.optimizer_state = state.str();
+      data.loader_state = to_string(batches.state());
+      save_checkpoint(checkpoint_path(), net, data);
+    };
+    auto step_failure = [&](std::size_t epoch, std::size_t step, const std::string& what) {
+      return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
+                                std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
+                                ": " + what +
+                                (opt_.out_dir.empty() ? std::string()
+                                                      : "; the last checkpoint (" +
+                                                            checkpoint_path().string() +
+                                                            ") is intact"));
+    };
+
     for (std::size_t epoch = done; epoch < po.epochs; ++epoch) {
-      const auto t0 = std::chrono::steady_clock::now();
+      auto t0 = std::chrono::steady_clock::now();
       net.train(true);
       bar.begin_epoch(detail::phase_name(phase), epoch + 1, po.epochs, per_epoch);
-      double loss_sum = 0;
-      std::size_t correct = 0, images = 0, step = 0;
-      while (step < per_epoch && batches.next(x, y)) {
-        const std::size_t global = epoch * per_epoch + step;
+      while (part.step < per_epoch && batches.next(x, y)) {
+        const std::size_t global = epoch * per_epoch + part.step;
         adam.set_lr(po.lr * 0.5 *
                     (1.0 + std::cos(std::numbers::pi * static_cast<double>(global) /
                                     static_cast<double>(total_steps))));
         net.zero_grad();
         const auto& logits = net.forward(x);
         const T l = loss.forward(logits, y);
-        correct += nn::count_correct(logits, y);
+        const std::size_t right = nn::count_correct(logits, y);
         net.backward(loss.backward());
         if (penalty) quant::apply_size_penalty(quants, *penalty);
+        std::string bad;
         if (!std::isfinite(static_cast<double>(l)))
-          throw std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
-                                   std::to_string(epoch + 1) + " step " + std::to_string(step) +
-                                   ": the loss is not finite");
-        const std::string bad = optim::grad_is_finite<T>(params);
-        if (!bad.empty())
-          throw std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
-                                   std::to_string(epoch + 1) + " step " + std::to_string(step) +
-                                   ": the gradient of " + bad + " is not finite");
-        adam.step(params);
-        net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
-        loss_sum += static_cast<double>(l) * static_cast<double>(y.size());
-        images += y.size();
-        ++step;
-        bar.update(step, images, loss_sum / static_cast<double>(images),
-                   static_cast<double>(correct) / static_cast<double>(images));
+          bad = "the loss is not finite";
+        else if (const std::string p = optim::grad_is_finite<T>(params); !p.empty())
+          bad = "the gradient of " + p + " is not finite";
+        if (!bad.empty() && !opt_.skip_nonfinite) throw step_failure(epoch, part.step, bad);
+        if (bad.empty()) {
+          adam.step(params);
+          net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
+          part.loss_sum += static_cast<double>(l) * static_cast<double>(y.size());
+          part.correct += right;
+          part.images += y.size();
+        } else {
+          ++part.skipped;
+          ++skipped_total_;
+        }
+        ++part.step;
+        ++steps_this_run_;
+        bar.update(part.step, part.images,
+                   part.images ? part.loss_sum / static_cast<double>(part.images) : 0.0,
+                   part.images ? static_cast<double>(part.correct) / static_cast<double>(part.images)
+                               : 0.0);
+        const bool interrupted = interrupt_requested().load();
+        const bool step_limit = opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps;
+        if ((interrupted || step_limit) && part.step < per_epoch) {
+          bar.end_epoch();
+          part.seconds +=
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          checkpoint(epoch, part);
+          say(std::string(interrupted ? "interrupted" : "stopped") + " at " +
+              detail::phase_name(phase) + " epoch " + std::to_string(epoch + 1) + " step " +
+              std::to_string(part.step) +
+              (opt_.out_dir.empty() ? std::string()
+                                    : "; checkpoint written, continue with --resume"));
+          return false;
+        }
       }
-      if (step == per_epoch && opt_.max_steps_per_epoch) {
-        // A shortened epoch: move the loader to the next epoch as a full one would.
+      if (opt_.max_steps_per_epoch) {
+        // A shortened epoch: move the loader on to the next epoch as a full one would.
         while (batches.next(x, y)) {
         }
       }
@@ -372,40 +497,35 @@ private:
       epoch_record rec;
       rec.phase = detail::phase_name(phase);
       rec.epoch = epoch + 1;
-      rec.loss = loss_sum / static_cast<double>(images);
-      rec.train_accuracy = static_cast<double>(correct) / static_cast<double>(images);
+      const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
+      rec.loss = part.images ? part.loss_sum / images : std::nan("");
+      rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
       rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
       const model_size size = measure_size(net);
       rec.average_bits = size.average_bits();
       rec.size_bytes = size.bytes();
       rec.compression = size.compression();
-      rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      rec.seconds =
+          part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       history.push_back(rec);
       if (csv_) csv_->append(rec);
-      if (opt_.log) *opt_.log << format_epoch_line(rec, po.epochs) << '\n' << std::flush;
-
-      if (!opt_.out_dir.empty()) {
-        checkpoint_data data;
-        data.meta["phase"] = detail::phase_name(phase);
-        data.meta["epoch"] = std::to_string(epoch + 1);
-        std::ostringstream num;
-        num.precision(17);
-        num << fp32_accuracy;
-        data.meta["fp32_accuracy"] = num.str();
-        num.str("");
-        num << elapsed();
-        data.meta["seconds"] = num.str();
-        data.meta["history"] = detail::encode_history(history);
-        std::ostringstream state;
-        adam.save(state);
-        data.optimizer_state = state.str();
-        data.loader_state = to_string(batches.state());
-        save_checkpoint(checkpoint_path(), net, data);
+      if (opt_.log) {
+        *opt_.log << format_epoch_line(rec, po.epochs);
+        if (part.skipped) *opt_.log << "  (" << part.skipped << " non-finite batches skipped)";
+        *opt_.log << '\n' << std::flush;
       }
+      part = partial_epoch{};
+      checkpoint(epoch + 1, part);
       ++epochs_this_run_;
-      if (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs &&
-          !(phase == 2 && epoch + 1 == po.epochs)) {
-        say("stopped after " + std::to_string(epochs_this_run_) + " epochs; resume with --resume");
+      const bool last = phase == 2 && epoch + 1 == po.epochs;
+      const bool interrupted = interrupt_requested().load();
+      const bool step_limit = opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps;
+      if (!last && (interrupted || step_limit ||
+                    (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs))) {
+        say(std::string(interrupted ? "interrupted" : "stopped") + " after " +
+            detail::phase_name(phase) + " epoch " + std::to_string(epoch + 1) +
+            (opt_.out_dir.empty() ? std::string()
+                                  : "; checkpoint written, continue with --resume"));
         return false;
       }
     }
@@ -419,6 +539,8 @@ private:
   trainer_options opt_;
   std::optional<csv_log> csv_;
   std::size_t epochs_this_run_ = 0;
+  std::size_t steps_this_run_ = 0;
+  std::size_t skipped_total_ = 0;
   std::string model_name_ = "model";
   std::vector<std::pair<std::string, std::string>> settings_;
 };

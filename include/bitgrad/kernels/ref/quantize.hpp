@@ -10,7 +10,7 @@
 //
 // Per element, with x = w / s:
 //   uniform grid (k >= 2): code = nearbyint(clamp(x, -L, L))   (round half to even)
-//                          inside = |x| <= L                    (STE passes the gradient)
+//                          inside = |x| <= L (+ 8 ulps)         (STE passes the gradient)
 //                          dQ/ds  = inside ? code - x : code    (LSQ; Esser et al. 2020)
 //   sign grid    (k == 1): code = w >= 0 ? +1 : -1, inside = |x| <= 1, dQ/ds = code (exact)
 //   Q = s * code;  dQ/dw = inside (straight-through estimator, zero where clipped).
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstddef>
 #include <cstdint>
 
@@ -64,6 +65,13 @@ struct step_quant_sums {
   T d_qmax; ///< sum g * dQ/dq_max
 };
 
+/// The STE mask's bound: the clip limit L widened by a few ulps, so the group's largest |w|,
+/// whose w / s = L up to the rounding of s = max|w| / L, keeps its gradient.
+template <class T>
+T inside_limit(const quant_grid<T>& g) {
+  return g.limit * (T(1) + T(8) * std::numeric_limits<T>::epsilon());
+}
+
 namespace ref {
 
 namespace detail {
@@ -81,7 +89,7 @@ template <class T>
 grid_point<T> on_grid(T w, const quant_grid<T>& g) {
   const T x = w / g.scale;
   grid_point<T> p;
-  p.inside = std::abs(x) <= g.limit;
+  p.inside = std::abs(x) <= inside_limit(g);
   if (g.sign) {
     p.code = w >= T(0) ? T(1) : T(-1);
     p.dq_ds = p.code;
@@ -173,8 +181,8 @@ void step_quant_fprop(std::size_t n, const T* w, T* wq, T step, T qmax) {
 /// With x = clamp(w, -q_max, q_max) / d and rounding treated as identity (STE):
 ///   dQ/dw = [|w| <= q_max],  dQ/dd = nearbyint(x) - x,  dQ/dq_max = [|w| > q_max] sign(w).
 template <class T>
-step_quant_sums<T> step_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w,
-                                    T step, T qmax) {
+step_quant_sums<T> step_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, T step,
+                                    T qmax) {
   step_quant_sums<T> r{T(0), T(0)};
   for (std::size_t i = 0; i < n; ++i) {
     const T x = std::min(std::max(w[i], -qmax), qmax) / step;

@@ -1,0 +1,61 @@
+// The smallest complete use of bitgrad: LeNet-5 with learned per-channel bitwidths, trained by
+// hand (no trainer) on the committed Fashion-MNIST sample or the full data set.
+//
+//   quickstart [--data DIR] [--steps N]
+#include <bitgrad/bitgrad.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+
+int main(int argc, char** argv) {
+  using namespace bitgrad;
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::size_t steps = 600;
+  CLI::App app{"bitgrad quickstart: learned bitwidths in a hand-written training loop"};
+  app.add_option("--data", data, "folder with Fashion-MNIST gzip IDX files")->capture_default_str();
+  app.add_option("--steps", steps, "training steps")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  const std::filesystem::path dir = data;
+  const dataset train_set = load_mnist_format(dir / "train-images-idx3-ubyte.gz",
+                                              dir / "train-labels-idx1-ubyte.gz");
+  const dataset test_set = load_mnist_format(dir / "t10k-images-idx3-ubyte.gz",
+                                             dir / "t10k-labels-idx1-ubyte.gz");
+
+  // LeNet-5 whose every conv/linear layer learns one bitwidth per output channel, in [2, 8].
+  auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
+  auto params = [&](auto&& f) { net.visit_parameters(f); };
+  auto quantizers = [&](auto&& f) { net.visit_quantizers(f); };
+
+  optim::adam<float> opt({.lr = 1e-3});
+  opt.set_group(param_kind::bitwidth, {.lr = 0.02, .weight_decay = 0});
+  // Penalise a model larger than 3 bits per weight on average (overhead included).
+  const quant::size_penalty penalty{.form = quant::penalty_form::hinge,
+                                    .lambda = 5.0,
+                                    .target_bits = quant::target_bits_for_average(quantizers, 3.0)};
+
+  loader<float> batches(train_set, {.batch_size = 64, .seed = 1, .mean = {0.286}, .stddev = {0.353}});
+  nn::softmax_cross_entropy<float> loss;
+  tensor4<float> x;
+  std::vector<std::int32_t> y;
+  for (std::size_t step = 0; step < steps;) {
+    if (!batches.next(x, y)) continue; // next epoch
+    net.zero_grad();
+    const float l = loss.forward(net.forward(x), y);
+    net.backward(loss.backward());
+    quant::apply_size_penalty(quantizers, penalty); // d(penalty)/d(bitwidths)
+    opt.step(params);
+    net.visit_quantizers([](std::string_view, auto& q) { q.project(); }); // keep b in [2, 8]
+    if (++step % 100 == 0)
+      std::printf("step %4zu  loss %.4f  stored bits per weight %.2f\n", step, l,
+                  quant::average_bits_per_weight(quantizers));
+  }
+  // Integer bitwidths within the size target, then the test accuracy.
+  quant::freeze_to_budget(quantizers, penalty.target_bits);
+  const auto eval = train::evaluate(net, test_set, {.mean = {0.286}, .stddev = {0.353}});
+  std::printf("test accuracy %.2f%% at %.2f stored bits per weight (%.1fx smaller than FP32)\n",
+              100 * eval.accuracy, quant::average_bits_per_weight(quantizers),
+              train::measure_size(net).compression());
+}

@@ -1,0 +1,382 @@
+// Export: a trained network -> a model file (docs/model-format.md), and the calibration of the
+// integer inference path.
+//
+//   net.visit_quantizers([](auto, auto& q) { q.freeze(quant::rounding::nearest); });
+//   train::export_model(net, "runs/x/model.bgm", train_set, normalise);   // writes atomically
+//
+// What is written, layer by layer (the network is walked through its sequential / residual
+// structure, as nn::visit_layers does):
+//   conv2d, linear   the weights from the frozen quantizer: group size, frozen_bits(),
+//                    group_scales(w) and codes(w) (code * scale == the eval forward's weight,
+//                    exactly); no_quant layers as float32. Bias as float32. A batch norm right
+//                    after the layer is folded (eval mode) into a float32 channel scale
+//                    gamma / sqrt(var + eps) and the bias (b - mean) * scale + beta, leaving the
+//                    codes as trained. A fused ReLU becomes a relu operation.
+//   max/avg pool, global average pool, relu, relu6, flatten: one operation each.
+//   residual         block and shortcut read the same value, then an add.
+//   identity, dropout (eval: identity): nothing.
+// Anything else (an unfoldable batch norm, an unknown layer) throws config_error.
+//
+// Calibration (int8 path): the first `calibration_images` images of a data set go through the
+// float runtime in eval mode; each conv2d / linear records max |input| over them (its
+// input_range; the int8 scale is range / 127).
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/data/dataset.hpp>
+#include <bitgrad/data/loader.hpp>
+#include <bitgrad/deploy/runtime.hpp>
+#include <bitgrad/format/model_file.hpp>
+#include <bitgrad/nn/activation.hpp>
+#include <bitgrad/nn/batch_norm.hpp>
+#include <bitgrad/nn/conv2d.hpp>
+#include <bitgrad/nn/dropout.hpp>
+#include <bitgrad/nn/flatten.hpp>
+#include <bitgrad/nn/identity.hpp>
+#include <bitgrad/nn/linear.hpp>
+#include <bitgrad/nn/pooling.hpp>
+#include <bitgrad/nn/residual.hpp>
+#include <bitgrad/nn/sequential.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace bitgrad::train {
+
+namespace detail {
+
+template <class L>
+struct layer_traits {
+  static constexpr bool conv = false, linear = false, batch_norm = false, sequential = false,
+                        residual = false, max_pool = false, avg_pool = false, global_pool = false,
+                        relu = false, relu6 = false, flatten = false, passthrough = false;
+};
+template <class T, template <class> class Q>
+struct layer_traits<nn::conv2d<T, Q>> : layer_traits<void> {
+  static constexpr bool conv = true;
+};
+template <class T, template <class> class Q>
+struct layer_traits<nn::linear<T, Q>> : layer_traits<void> {
+  static constexpr bool linear = true;
+};
+template <class T, std::size_t R>
+struct layer_traits<nn::batch_norm<T, R>> : layer_traits<void> {
+  static constexpr bool batch_norm = true;
+};
+template <class... L>
+struct layer_traits<nn::sequential<L...>> : layer_traits<void> {
+  static constexpr bool sequential = true;
+};
+template <class B, class S>
+struct layer_traits<nn::residual<B, S>> : layer_traits<void> {
+  static constexpr bool residual = true;
+};
+template <class T>
+struct layer_traits<nn::max_pool2d<T>> : layer_traits<void> {
+  static constexpr bool max_pool = true;
+};
+template <class T>
+struct layer_traits<nn::avg_pool2d<T>> : layer_traits<void> {
+  static constexpr bool avg_pool = true;
+};
+template <class T>
+struct layer_traits<nn::global_avg_pool<T>> : layer_traits<void> {
+  static constexpr bool global_pool = true;
+};
+template <class T, std::size_t R>
+struct layer_traits<nn::relu<T, R>> : layer_traits<void> {
+  static constexpr bool relu = true;
+};
+template <class T, std::size_t R>
+struct layer_traits<nn::relu6<T, R>> : layer_traits<void> {
+  static constexpr bool relu6 = true;
+};
+template <class T>
+struct layer_traits<nn::flatten<T>> : layer_traits<void> {
+  static constexpr bool flatten = true;
+};
+template <class T, std::size_t R>
+struct layer_traits<nn::identity<T, R>> : layer_traits<void> {
+  static constexpr bool passthrough = true;
+};
+template <class T, std::size_t R>
+struct layer_traits<nn::dropout<T, R>> : layer_traits<void> {
+  static constexpr bool passthrough = true;
+};
+
+template <class L>
+using traits_of = layer_traits<std::remove_cvref_t<L>>;
+
+/// Builds a model_file operation by operation, inferring shapes as it goes.
+class model_builder {
+public:
+  explicit model_builder(format::shape input) {
+    m_.input = input;
+    shapes_.push_back(input);
+  }
+
+  std::uint32_t value() const { return value_; }
+  void set_value(std::uint32_t v) { value_ = v; }
+
+  std::uint32_t add_tensor(format::tensor_data t) {
+    m_.tensors.push_back(std::move(t));
+    return static_cast<std::uint32_t>(m_.tensors.size() - 1);
+  }
+
+  /// Appends op reading the current value (and op.input_b for add); it becomes the current value.
+  void push(format::operation op) {
+    op.input = value_;
+    const std::size_t i = m_.ops.size();
+    auto fail = [&](const std::string& reason) {
+      throw config_error("export: layer " + op.name + " (" + format::to_string(op.kind) +
+                         "): " + reason);
+    };
+    const format::shape* b = op.kind == format::op_kind::add ? &shapes_[op.input_b] : nullptr;
+    op.output = format::detail::infer_output(op, shapes_[op.input], b, m_.tensors, fail);
+    shapes_.push_back(op.output);
+    m_.ops.push_back(std::move(op));
+    value_ = static_cast<std::uint32_t>(i + 1);
+  }
+
+  format::model_file take() { return std::move(m_); }
+
+private:
+  format::model_file m_;
+  std::vector<format::shape> shapes_;
+  std::uint32_t value_ = 0;
+};
+
+template <class V>
+std::vector<float> to_floats(const V& v, std::size_t n) {
+  std::vector<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(v[i]);
+  return out;
+}
+
+/// The weight tensor of a conv2d / linear from its (frozen) quantizer.
+template <class Layer>
+format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> extents) {
+  using Q = typename Layer::quantizer_type;
+  const auto& w = l.weight();
+  const Q& q = l.quantizer();
+  if constexpr (Q::is_identity) {
+    return format::tensor_data::from_floats(std::move(extents), to_floats(w.data(), w.size()));
+  } else {
+    static_assert(
+        requires(const Q& cq, const typename Q::value_type* p, std::int32_t* c) {
+          cq.codes(p, c);
+          cq.group_scales(p);
+          cq.frozen_bits();
+        },
+        "export: the quantizer must provide codes(), group_scales() and frozen_bits()");
+    if (!q.frozen())
+      throw config_error("export: " + l.name() +
+                         ": the quantizer is not frozen; call freeze() on every quantizer first");
+    std::vector<std::int32_t> codes(w.size());
+    q.codes(w.data(), codes.data());
+    const auto scales = q.group_scales(w.data());
+    const std::vector<int> kbits = q.frozen_bits();
+    std::vector<std::uint8_t> bits(kbits.size());
+    for (std::size_t g = 0; g < kbits.size(); ++g) bits[g] = static_cast<std::uint8_t>(kbits[g]);
+    return format::tensor_data::from_codes(
+        std::move(extents), static_cast<std::uint32_t>(q.group_size()), std::move(bits),
+        to_floats(scales, scales.size()), codes);
+  }
+}
+
+class exporter {
+public:
+  explicit exporter(format::shape input) : b_(input) {}
+
+  template <class L>
+  void emit(L& l) {
+    using tr = traits_of<L>;
+    if constexpr (tr::sequential) {
+      emit_sequential<0>(l);
+    } else if constexpr (tr::residual) {
+      const std::uint32_t x = b_.value();
+      emit(l.block());
+      const std::uint32_t a = b_.value();
+      b_.set_value(x);
+      emit(l.shortcut());
+      format::operation add;
+      add.kind = format::op_kind::add;
+      add.name = l.name().empty() ? "add" : l.name() + ".add";
+      add.input_b = b_.value();
+      b_.set_value(a);
+      b_.push(std::move(add));
+    } else if constexpr (tr::conv || tr::linear) {
+      emit_weighted(
+          l, static_cast<const nn::batch_norm<typename L::value_type, tr::conv ? 4 : 2>*>(nullptr));
+    } else if constexpr (tr::batch_norm) {
+      throw config_error("export: batch norm " + l.name() +
+                         " does not follow a conv2d or linear layer; it cannot be folded");
+    } else if constexpr (tr::max_pool || tr::avg_pool) {
+      format::operation op;
+      op.kind = tr::max_pool ? format::op_kind::max_pool2d : format::op_kind::avg_pool2d;
+      op.name = l.name();
+      const auto k = static_cast<std::uint32_t>(l.kernel()),
+                 s = static_cast<std::uint32_t>(l.stride()),
+                 p = static_cast<std::uint32_t>(l.padding());
+      op.pool = {k, k, s, s, p, p};
+      b_.push(std::move(op));
+    } else if constexpr (tr::global_pool || tr::relu || tr::relu6 || tr::flatten) {
+      format::operation op;
+      op.kind = tr::global_pool ? format::op_kind::global_avg_pool
+                : tr::relu      ? format::op_kind::relu
+                : tr::relu6     ? format::op_kind::relu6
+                                : format::op_kind::flatten;
+      op.name = l.name();
+      b_.push(std::move(op));
+    } else if constexpr (tr::passthrough) {
+      // y = x in eval mode: no operation.
+    } else {
+      throw config_error("export: layer " + l.name() + " (" + l.describe() +
+                         ") has no model-file operation");
+    }
+  }
+
+  format::model_file take() { return b_.take(); }
+
+private:
+  template <std::size_t I, class Seq>
+  void emit_sequential(Seq& s) {
+    if constexpr (I < Seq::size) {
+      auto& l = s.template get<I>();
+      using tr = traits_of<decltype(l)>;
+      if constexpr ((tr::conv || tr::linear) && I + 1 < Seq::size) {
+        auto& next = s.template get<I + 1>();
+        if constexpr (traits_of<decltype(next)>::batch_norm) {
+          emit_weighted(l, &next);
+          emit_sequential<I + 2>(s);
+          return;
+        }
+      }
+      emit(l);
+      emit_sequential<I + 1>(s);
+    }
+  }
+
+  template <class Layer, class BN>
+  void emit_weighted(Layer& l, const BN* bn) {
+    using T = typename Layer::value_type;
+    format::operation op;
+    op.name = l.name();
+    std::vector<std::uint32_t> extents;
+    std::size_t out = 0;
+    bool fused_relu = false;
+    if constexpr (traits_of<Layer>::conv) {
+      const nn::conv2d_options& o = l.options();
+      auto u = [](std::size_t v) { return static_cast<std::uint32_t>(v); };
+      op.kind = format::op_kind::conv2d;
+      op.conv = {u(o.in_channels), u(o.out_channels), u(o.kernel),  u(o.kernel),
+                 u(o.stride),      u(o.stride),       u(o.padding), u(o.padding),
+                 u(o.dilation),    u(o.dilation),     u(o.groups)};
+      extents = {u(o.out_channels), u(o.in_channels / o.groups), u(o.kernel), u(o.kernel)};
+      out = o.out_channels;
+      fused_relu = o.fuse_relu;
+      if (fused_relu && bn != nullptr)
+        throw config_error("export: " + l.name() + " fuses a ReLU before batch norm " + bn->name() +
+                           "; cannot fold");
+    } else {
+      op.kind = format::op_kind::linear;
+      op.fc = {static_cast<std::uint32_t>(l.in_features()),
+               static_cast<std::uint32_t>(l.out_features())};
+      extents = {op.fc.out_features, op.fc.in_features};
+      out = l.out_features();
+    }
+    op.weight = b_.add_tensor(weight_tensor(l, extents));
+    const std::uint32_t n = static_cast<std::uint32_t>(out);
+    if (bn != nullptr) {
+      if (bn->features() != out)
+        throw config_error("export: batch norm " + bn->name() + " has " +
+                           std::to_string(bn->features()) + " channels but " + l.name() + " has " +
+                           std::to_string(out));
+      std::vector<float> scale(out), bias(out);
+      for (std::size_t c = 0; c < out; ++c) {
+        const T s = bn->gamma()[c] / std::sqrt(bn->running_var()[c] + bn->eps());
+        const T b0 = l.has_bias() ? l.bias()[c] : T(0);
+        scale[c] = static_cast<float>(s);
+        bias[c] = static_cast<float>((b0 - bn->running_mean()[c]) * s + bn->beta()[c]);
+      }
+      op.channel_scale = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(scale)));
+      op.bias = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
+    } else if (l.has_bias()) {
+      op.bias =
+          b_.add_tensor(format::tensor_data::from_floats({n}, to_floats(l.bias().data(), out)));
+    }
+    b_.push(std::move(op));
+    if (fused_relu) {
+      format::operation r;
+      r.kind = format::op_kind::relu;
+      r.name = l.name() + ".relu";
+      b_.push(std::move(r));
+    }
+  }
+
+  model_builder b_;
+};
+
+} // namespace detail
+
+/// The model file of `net` (every quantizer frozen) for per-image inputs of shape `input`,
+/// with the input normalisation `mean` / `stddev` (as loader_options: empty, one value, or one
+/// per channel). Not calibrated (see calibrate).
+template <class Net>
+format::model_file to_model_file(Net& net, format::shape input, std::vector<double> mean = {},
+                                 std::vector<double> stddev = {}) {
+  detail::exporter e(input);
+  e.emit(net);
+  format::model_file m = e.take();
+  m.mean = std::move(mean);
+  m.stddev = std::move(stddev);
+  if (m.stddev.size() != m.mean.size())
+    throw config_error("export: mean and stddev must have the same number of values");
+  return m;
+}
+
+/// Sets every conv2d / linear input range of m to max |input| over the first `images` images
+/// of `data` (normalised with m's normalisation), run through the float runtime in batches.
+inline void calibrate(format::model_file& m, const dataset& data, std::size_t images = 1024,
+                      std::size_t batch = 256) {
+  validate(data, "calibration data");
+  if (data.image_size() != m.input.elements())
+    throw config_error("calibrate: images of " + std::to_string(data.image_size()) +
+                       " values, model input " + m.input.str());
+  const deploy::runtime rt(m);
+  images = std::min(images, data.size());
+  std::vector<float> range(m.ops.size(), 0.0f);
+  for (std::size_t at = 0; at < images; at += batch) {
+    const std::size_t n = std::min(batch, images - at);
+    const std::vector<float> x = rt.normalise(data.pixels.data() + at * data.image_size(), n);
+    const std::vector<float> r = rt.input_ranges(x.data(), n);
+    for (std::size_t i = 0; i < r.size(); ++i) range[i] = std::max(range[i], r[i]);
+  }
+  for (std::size_t i = 0; i < m.ops.size(); ++i)
+    if (m.ops[i].kind == format::op_kind::conv2d || m.ops[i].kind == format::op_kind::linear)
+      m.ops[i].input_range = range[i] > 0 ? range[i] : 1.0f;
+}
+
+/// Exports `net` (quantizers frozen) to `path` atomically, calibrated on the first
+/// `calibration_images` images of `calibration` and normalised as `normalise` says (pass the
+/// trainer's trainer_options::normalise). Returns the bytes written.
+template <class Net>
+std::size_t export_model(Net& net, const std::filesystem::path& path, const dataset& calibration,
+                         const loader_options& normalise, std::size_t calibration_images = 1024) {
+  format::model_file m =
+      to_model_file(net,
+                    format::shape::image(static_cast<std::uint32_t>(calibration.channels),
+                                         static_cast<std::uint32_t>(calibration.height),
+                                         static_cast<std::uint32_t>(calibration.width)),
+                    normalise.mean, normalise.stddev);
+  calibrate(m, calibration, calibration_images);
+  return format::write_model_file(path, m);
+}
+
+} // namespace bitgrad::train

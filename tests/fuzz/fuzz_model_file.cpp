@@ -1,0 +1,34 @@
+// libFuzzer target over the model-file reader: any byte string must either parse or throw
+// bitgrad::format_error, never crash or hit undefined behaviour (run under ASan + UBSan).
+// A file that parses is also decoded (codes, dequantized weights) and re-encoded; the
+// re-encoding must parse and re-encode to itself. libFuzzer defines
+// FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, which makes the reader skip its CRC checks (see
+// format/model_file.hpp) so mutations reach the section parsers.
+//
+//   clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined \
+//     -fno-sanitize-recover=undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -I include \
+//     tests/fuzz/fuzz_model_file.cpp -lz -o fuzz_model_file
+//   ./fuzz_model_file -max_total_time=60 -max_len=20000 tests/fuzz/corpus/model_file
+#include <bitgrad/format/model_file.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <span>
+#include <vector>
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  try {
+    const bitgrad::format::model_file m =
+        bitgrad::format::from_bytes(std::span<const std::uint8_t>(data, size), "fuzz");
+    for (const auto& t : m.tensors) {
+      std::vector<float> w(t.element_count());
+      t.dequantize(w.data());
+    }
+    const std::vector<std::uint8_t> again = bitgrad::format::to_bytes(m);
+    if (bitgrad::format::to_bytes(bitgrad::format::from_bytes(again)) != again) std::abort();
+  } catch (const bitgrad::format_error&) {
+  }
+  return 0;
+}

@@ -1,0 +1,233 @@
+// Size accounting (hand-computed totals with overhead), the size penalty and its gradient by
+// finite differences, budget-aware freezing never exceeding a reachable target.
+#include "quant_gradcheck.hpp"
+
+#include <bitgrad/quant/budget.hpp>
+#include <bitgrad/quant/fixed_bits.hpp>
+#include <bitgrad/quant/frac_bits.hpp>
+#include <bitgrad/quant/no_quant.hpp>
+#include <bitgrad/quant/penalty.hpp>
+#include <bitgrad/quant/size.hpp>
+#include <bitgrad/quant/step_bits.hpp>
+
+#include <doctest/doctest.h>
+
+#include <random>
+#include <string_view>
+#include <vector>
+
+using namespace bitgrad;
+using namespace bitgrad::quant;
+using bitgrad::testing::check_gradients;
+using bitgrad::testing::find_param;
+using bitgrad::testing::parameters_of;
+
+namespace {
+
+std::vector<double> normal(std::size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> d(0.0, 1.0);
+  std::vector<double> v(n);
+  for (auto& x : v) x = d(gen);
+  return v;
+}
+
+/// A small "model": four quantizers of different policies, visited in a fixed order.
+struct model {
+  std::vector<double> w1 = normal(7 * 5, 1), w2 = normal(4 * 9, 2), w3 = normal(6 * 2, 3),
+                      w4 = normal(10 * 2, 4);
+  frac_bits<double> a;
+  step_bits<double> b;
+  fixed_bits<double> c;
+  no_quant<double> d;
+
+  model() {
+    frac_bits<double>::options oa;
+    oa.group_size = 3; // groups of 15, 15, 5 weights
+    oa.b_init = 3.25;
+    a = frac_bits<double>(oa);
+    a.bind(7, 5, w1.data());
+    step_bits<double>::options ob;
+    ob.group_size = per_tensor; // one group of 36
+    ob.b_init = 4.5;
+    b = step_bits<double>(ob);
+    b.bind(4, 9, w2.data());
+    fixed_bits<double>::options oc;
+    oc.group_size = 4; // groups of 8 and 4 weights
+    oc.bits = 3;
+    c = fixed_bits<double>(oc);
+    c.bind(6, 2, w3.data());
+    d.bind(10, 2, w4.data());
+  }
+  template <class F>
+  void visit(F&& f) {
+    f(std::string_view("a"), a);
+    f(std::string_view("b"), b);
+    f(std::string_view("c"), c);
+    f(std::string_view("d"), d);
+  }
+};
+
+} // namespace
+
+TEST_CASE("size accounting: codes plus 40 bits per group, by hand") {
+  model m;
+  auto visit = [&](auto&& f) { m.visit(f); };
+  CHECK(m.a.size_bits() == doctest::Approx(35 * 3.25 + 3 * 40));
+  CHECK(m.b.size_bits() == doctest::Approx(36 * 4.5 + 40));
+  CHECK(m.c.size_bits() == 12 * 3 + 2 * 40);
+  CHECK(m.d.size_bits() == 20 * 32);
+  const double total = 35 * 3.25 + 120 + 36 * 4.5 + 40 + 116 + 640;
+  CHECK(total_size_bits(visit) == doctest::Approx(total));
+  CHECK(total_weights(visit) == 35 + 36 + 12 + 20);
+  CHECK(average_bits_per_weight(visit) == doctest::Approx(total / 103));
+  CHECK(compression_ratio(visit) == doctest::Approx(32.0 * 103 / total));
+  CHECK(m.c.compression_ratio() == doctest::Approx(32.0 * 12 / 116));
+  CHECK(target_bits_for_average(visit, 4.0) == 412);
+  CHECK(target_bits_from_bytes(100) == 800);
+}
+
+TEST_CASE("size gradients: d size / d bits = n_g; step_bits through the derived b") {
+  model m;
+  for (std::size_t g = 0; g < 3; ++g) CHECK(m.a.group_weight_count(g) == (g < 2 ? 15u : 5u));
+  m.a.zero_grad();
+  m.a.add_size_gradient(2.0);
+  auto bits = find_param(parameters_of(m.a), "bits");
+  CHECK(bits.grad[0] == 30);
+  CHECK(bits.grad[2] == 10);
+  check_gradients(parameters_of(m.a), [&] { return 2.0 * m.a.size_bits(); });
+  m.b.zero_grad();
+  m.b.add_size_gradient(1.0);
+  check_gradients(parameters_of(m.b), [&] { return m.b.size_bits(); });
+}
+
+TEST_CASE("size penalty forms: values and gradients by finite differences") {
+  for (penalty_form form : {penalty_form::hinge, penalty_form::quadratic, penalty_form::absolute}) {
+    INFO("form ", int(form));
+    model m;
+    auto visit = [&](auto&& f) { m.visit(f); };
+    size_penalty p;
+    p.form = form;
+    p.lambda = 0.7;
+    p.unit_bits = 64;
+    p.target_bits = total_size_bits(visit) - 100; // over the target
+    const double s = total_size_bits(visit);
+    m.a.zero_grad();
+    m.b.zero_grad();
+    const double value = apply_size_penalty(visit, p);
+    if (form == penalty_form::hinge) CHECK(value == doctest::Approx(0.7 * (s / p.target_bits - 1)));
+    if (form == penalty_form::quadratic)
+      CHECK(value == doctest::Approx(0.7 * (100.0 / 64) * (100.0 / 64)));
+    if (form == penalty_form::absolute) CHECK(value == doctest::Approx(0.7 * 100 / 64));
+    auto params = parameters_of(m.a);
+    for (auto& q : parameters_of(m.b)) params.push_back(q);
+    check_gradients(
+        params, [&] { return evaluate_penalty(p, total_size_bits(visit)).value; },
+        bitgrad::testing::fd_options{1e-6, 1e-5, 1e-9});
+    // Under the target: hinge and quadratic are zero with zero gradient.
+    p.target_bits = s + 10;
+    m.a.zero_grad();
+    const double under = apply_size_penalty(visit, p);
+    if (form != penalty_form::absolute) {
+      CHECK(under == 0);
+      CHECK(find_param(parameters_of(m.a), "bits").grad[0] == 0);
+    } else {
+      CHECK(under == doctest::Approx(0.7 * 10 / 64));
+      CHECK(find_param(parameters_of(m.a), "bits").grad[0] == doctest::Approx(-0.7 / 64 * 15));
+    }
+  }
+  size_penalty bad;
+  CHECK_THROWS_AS(evaluate_penalty(bad, 10), config_error);
+}
+
+TEST_CASE("budget-aware freezing never exceeds a reachable target") {
+  std::mt19937 gen(42);
+  std::uniform_real_distribution<double> bit(2.0, 8.0);
+  for (int trial = 0; trial < 40; ++trial) {
+    model m;
+    auto visit = [&](auto&& f) { m.visit(f); };
+    auto a_bits = find_param(parameters_of(m.a), "bits");
+    for (std::size_t g = 0; g < a_bits.size; ++g) a_bits.value[g] = bit(gen);
+    auto sp = parameters_of(m.b);
+    find_param(sp, "qmax").value[0] =
+        find_param(sp, "step").value[0] * (std::exp2(bit(gen) - 1) - 1);
+    // All-floor size: the smallest reachable.
+    double floor_size = 0, ceil_size = 0;
+    for (std::size_t g = 0; g < 3; ++g) {
+      floor_size += 40 + m.a.group_weight_count(g) * std::floor(m.a.group_bits()[g]);
+      ceil_size += 40 + m.a.group_weight_count(g) * std::ceil(m.a.group_bits()[g]);
+    }
+    floor_size += 40 + 36 * std::floor(m.b.group_bits()[0]) + 116 + 640;
+    ceil_size += 40 + 36 * std::ceil(m.b.group_bits()[0]) + 116 + 640;
+    const double target = floor_size + (ceil_size - floor_size) * (trial % 5) / 4.0;
+    INFO("trial ", trial, ", target ", target);
+    const auto r = freeze_to_budget(visit, target);
+    CHECK(r.within_target);
+    CHECK(r.size_bits <= target);
+    CHECK(r.size_bits == doctest::Approx(total_size_bits(visit)));
+    CHECK(m.a.frozen());
+    CHECK(m.b.frozen());
+    // Greedy is tight: no group still below its ceiling fits one more bit.
+    const double slack = target - r.size_bits;
+    auto kb = m.a.frozen_bits();
+    for (std::size_t g = 0; g < 3; ++g)
+      if (kb[g] < std::ceil(a_bits.value[g] - 1e-12) && a_bits.value[g] != kb[g])
+        CHECK(slack < m.a.group_weight_count(g));
+  }
+  // Unreachable target: everything at the lowest allowed bitwidth, reported.
+  model m;
+  auto visit = [&](auto&& f) { m.visit(f); };
+  const auto r = freeze_to_budget(visit, 10);
+  CHECK_FALSE(r.within_target);
+  for (int k : m.a.frozen_bits()) CHECK(k == static_cast<int>(std::ceil(m.a.b_min())));
+}
+
+TEST_CASE("budget-aware freezing rounds below floor when the all-floor model is too big") {
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<double> bit(4.0, 8.0);
+  for (int trial = 0; trial < 20; ++trial) {
+    model m;
+    auto visit = [&](auto&& f) { m.visit(f); };
+    auto a_bits = find_param(parameters_of(m.a), "bits");
+    for (std::size_t g = 0; g < a_bits.size; ++g) a_bits.value[g] = bit(gen);
+    double floor_size = 0, min_size = 0;
+    const double lo = std::ceil(m.a.b_min());
+    for (std::size_t g = 0; g < 3; ++g) {
+      floor_size += 40 + m.a.group_weight_count(g) * std::floor(m.a.group_bits()[g]);
+      min_size += 40 + m.a.group_weight_count(g) * lo;
+    }
+    const double fixed = total_size_bits(visit) - [&] {
+      double own = 0;
+      for (std::size_t g = 0; g < 3; ++g)
+        own += 40 + m.a.group_weight_count(g) * m.a.group_bits()[g];
+      return own;
+    }() - (m.b.size_bits());
+    // Freeze b first so only a's groups move.
+    m.b.freeze(rounding::nearest);
+    const double b_size = m.b.size_bits();
+    const double target = fixed + b_size + min_size + (floor_size - min_size) * (trial % 4) / 4.0;
+    INFO("trial ", trial, ", target ", target);
+    const auto r = freeze_to_budget(visit, target);
+    CHECK(r.within_target);
+    CHECK(r.size_bits <= target + 1e-9);
+    for (int k : m.a.frozen_bits()) CHECK(k >= lo);
+  }
+}
+
+TEST_CASE("freeze(budget_aware) on one quantizer keeps its own real size") {
+  const auto w = normal(7 * 5, 9);
+  frac_bits<double> q;
+  q.bind(7, 5, w.data());
+  auto bits = find_param(parameters_of(q), "bits");
+  const double b[] = {2.9, 3.1, 4.5, 5.7, 6.2, 7.05, 2.5};
+  for (std::size_t g = 0; g < 7; ++g) bits.value[g] = b[g];
+  const double real = q.size_bits();
+  q.freeze(rounding::budget_aware);
+  CHECK(q.size_bits() <= real);
+  // Round-up order by fractional part: 2.9, 5.7, 4.5/2.5 ... while the 5 * sum(frac) fits.
+  const auto k = q.frozen_bits();
+  CHECK(k[0] == 3);
+  CHECK(k[3] == 6);
+  CHECK(k[1] == 3);
+  CHECK(k[5] == 7);
+}

@@ -1,0 +1,248 @@
+// The deploy runtime: int8 GEMM against its reference, float path == trained network's eval
+// forward, int8 path agreement, batch-norm folding through a residual net, concurrent runs.
+#include <bitgrad/deploy/int8_gemm.hpp>
+#include <bitgrad/deploy/runtime.hpp>
+#include <bitgrad/nn/loss.hpp>
+#include <bitgrad/nn/models.hpp>
+#include <bitgrad/optim/adam.hpp>
+#include <bitgrad/quant/fixed_bits.hpp>
+#include <bitgrad/quant/frac_bits.hpp>
+#include <bitgrad/train/export.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace fs = std::filesystem;
+using namespace bitgrad;
+
+namespace {
+
+const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
+
+const dataset& sample_train() {
+  static const dataset d = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
+                                             sample / "train-labels-idx1-ubyte.gz");
+  return d;
+}
+const dataset& sample_test() {
+  static const dataset d =
+      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
+  return d;
+}
+
+const loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}};
+
+/// A LeNet-5 with frac_bits trained for two epochs on the sample, then frozen (nearest).
+auto& trained_lenet() {
+  static auto net = [] {
+    nn::model_options<float, quant::frac_bits> o{.seed = 3};
+    o.quant.b_min = 2;
+    o.quant.b_max = 6;
+    auto n = nn::lenet5<float, quant::frac_bits>(o);
+    optim::adam<float> opt({.lr = 2e-3});
+    nn::softmax_cross_entropy<float> loss;
+    loader_options lo = normalise;
+    lo.batch_size = 64;
+    lo.seed = 1;
+    loader<float> batches(sample_train(), lo);
+    tensor4<float> x;
+    std::vector<std::int32_t> y;
+    n.train(true);
+    for (int epoch = 0; epoch < 2; ++epoch) {
+      while (batches.next(x, y)) {
+        n.zero_grad();
+        loss.forward(n.forward(x), y);
+        n.backward(loss.backward());
+        opt.step([&](auto&& f) { n.visit_parameters(f); });
+        n.visit_quantizers([](std::string_view, auto& q) { q.project(); });
+      }
+    }
+    n.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+    n.train(false);
+    return n;
+  }();
+  return net;
+}
+
+tensor4<float> test_images(const deploy::runtime& rt, const dataset& d) {
+  const std::vector<float> x = rt.normalise(d.pixels.data(), d.size());
+  tensor4<float> t = tensor4<float>::from_shape({d.size(), d.channels, d.height, d.width});
+  std::copy(x.begin(), x.end(), t.data());
+  return t;
+}
+
+std::size_t agree(const std::vector<std::size_t>& a, const std::vector<std::size_t>& b) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) n += a[i] == b[i];
+  return n;
+}
+
+double accuracy(const std::vector<std::size_t>& pred, const dataset& d) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < pred.size(); ++i)
+    n += pred[i] == static_cast<std::size_t>(d.labels[i]);
+  return double(n) / double(pred.size());
+}
+
+} // namespace
+
+TEST_CASE("int8 GEMM matches the reference on ragged shapes") {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (std::size_t m : {1u, 2u, 3u, 7u, 65u, 130u})
+    for (std::size_t n : {1u, 3u, 4u, 5u, 9u})
+      for (std::size_t k : {1u, 15u, 16u, 17u, 75u, 301u}) {
+        CAPTURE(m);
+        CAPTURE(n);
+        CAPTURE(k);
+        const std::size_t lda = k + 3, ldb = k + 1;
+        std::vector<std::int8_t> a(m * lda), b(n * ldb);
+        for (auto& v : a) v = static_cast<std::int8_t>(d(rng));
+        for (auto& v : b) v = static_cast<std::int8_t>(d(rng));
+        std::vector<std::int32_t> c(m * n, -1), r(m * n, -2);
+        deploy::int8_gemm_nt(
+            m, n, k, a.data(), lda, b.data(), ldb,
+            [&](std::size_t i, std::size_t j, std::int32_t v) { c[i * n + j] = v; });
+        deploy::ref::int8_gemm_nt(
+            m, n, k, a.data(), lda, b.data(), ldb,
+            [&](std::size_t i, std::size_t j, std::int32_t v) { r[i * n + j] = v; });
+        CHECK(c == r);
+      }
+}
+
+/// The trained LeNet exported (calibrated on 256 training images) and loaded, its test inputs
+/// and both forwards: built once and shared by the test cases below.
+struct exported_lenet {
+  deploy::runtime rt;
+  tensor4<float> x;
+  tensor2<float> ref, out;
+};
+
+const exported_lenet& lenet_fixture() {
+  static const exported_lenet f = [] {
+    auto& net = trained_lenet();
+    format::model_file m = train::to_model_file(net, format::shape::image(1, 28, 28),
+                                                normalise.mean, normalise.stddev);
+    train::calibrate(m, sample_train(), 256);
+    deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
+    tensor4<float> x = test_images(rt, sample_test());
+    tensor2<float> ref = net.forward(x);
+    tensor2<float> out = rt.run(x);
+    return exported_lenet{std::move(rt), std::move(x), std::move(ref), std::move(out)};
+  }();
+  return f;
+}
+
+TEST_CASE("runtime float path reproduces the trained network's eval forward") {
+  const auto& f = lenet_fixture();
+  REQUIRE(f.out.shape() == f.ref.shape());
+  double max_diff = 0;
+  for (std::size_t i = 0; i < f.out.size(); ++i)
+    max_diff = std::max(max_diff, double(std::fabs(f.out.data()[i] - f.ref.data()[i])));
+  const auto p_net = deploy::runtime::top1(f.ref);
+  const auto p_rt = deploy::runtime::top1(f.out);
+  MESSAGE("float path: max |logit difference| " << max_diff << ", accuracy "
+                                                << accuracy(p_rt, sample_test()));
+  CHECK(agree(p_net, p_rt) == p_net.size()); // same top-1 on every test image
+  CHECK(max_diff <= 1e-5);
+  CHECK(accuracy(p_net, sample_test()) > 0.6); // it did learn something
+}
+
+TEST_CASE("runtime int8 path agrees with the float path") {
+  const auto& f = lenet_fixture();
+  REQUIRE(f.rt.int8_ready());
+  const auto p_rt = deploy::runtime::top1(f.out);
+  const auto p8 = deploy::runtime::top1(f.rt.run(f.x, deploy::precision::int8));
+  const double agreement = double(agree(p8, p_rt)) / double(p8.size());
+  MESSAGE("int8 path: top-1 agreement with float " << agreement << ", accuracy "
+                                                   << accuracy(p8, sample_test()) << " vs "
+                                                   << accuracy(p_rt, sample_test()));
+  CHECK(agreement >= 0.97);
+  CHECK(std::fabs(accuracy(p8, sample_test()) - accuracy(p_rt, sample_test())) <= 0.02);
+}
+
+TEST_CASE("runtime: several threads on one const model give the single-threaded outputs") {
+  const auto& f = lenet_fixture();
+  for (auto prec : {deploy::precision::float32, deploy::precision::int8}) {
+    const tensor2<float> single = f.rt.run(f.x, prec);
+    std::vector<tensor2<float>> results(4);
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < results.size(); ++t)
+      threads.emplace_back([&, t] {
+        for (int rep = 0; rep < 2; ++rep) results[t] = f.rt.run(f.x, prec);
+      });
+    for (auto& t : threads) t.join();
+    for (const auto& r : results) CHECK(r == single);
+  }
+}
+
+TEST_CASE("runtime: an uncalibrated model refuses the int8 path") {
+  const auto& f = lenet_fixture();
+  const deploy::runtime raw(train::to_model_file(trained_lenet(), format::shape::image(1, 28, 28)));
+  CHECK_FALSE(raw.int8_ready());
+  CHECK_THROWS_AS(raw.run(f.x, deploy::precision::int8), config_error);
+}
+
+TEST_CASE("runtime: batch norm folded through a residual block") {
+  using T = float;
+  quant::fixed_bits<T>::options q;
+  q.bits = 5;
+  auto body =
+      nn::sequential(nn::conv2d<T, quant::fixed_bits>({.in_channels = 4,
+                                                       .out_channels = 4,
+                                                       .kernel = 3,
+                                                       .padding = 1,
+                                                       .bias = false,
+                                                       .seed = 2,
+                                                       .name = "c1"},
+                                                      q),
+                     nn::batch_norm<T, 4>({.features = 4, .name = "bn1"}), nn::relu<T, 4>("r1"),
+                     nn::conv2d<T, quant::fixed_bits>({.in_channels = 4,
+                                                       .out_channels = 4,
+                                                       .kernel = 3,
+                                                       .padding = 1,
+                                                       .bias = false,
+                                                       .seed = 3,
+                                                       .name = "c2"},
+                                                      q),
+                     nn::batch_norm<T, 4>({.features = 4, .name = "bn2"}));
+  auto net = nn::sequential(
+      nn::conv2d<T, quant::fixed_bits>({.in_channels = 1,
+                                        .out_channels = 4,
+                                        .kernel = 3,
+                                        .stride = 2,
+                                        .padding = 1,
+                                        .seed = 1,
+                                        .name = "stem"},
+                                       q),
+      nn::batch_norm<T, 4>({.features = 4, .name = "bn0"}), nn::relu<T, 4>("r0"),
+      nn::residual(std::string("block"), std::move(body), nn::identity<T, 4>("shortcut")),
+      nn::relu<T, 4>("r"), nn::avg_pool2d<T>({.kernel = 2, .name = "avg"}),
+      nn::global_avg_pool<T>("gap"),
+      nn::linear<T>({.in_features = 4, .out_features = 3, .seed = 9, .name = "fc"}));
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.5f, 1.0f);
+  tensor4<T> x = tensor4<T>::from_shape({6, 1, 9, 9});
+  for (auto& v : x) v = nd(rng);
+  net.train(true);
+  for (int i = 0; i < 5; ++i) (void)net.forward(x); // running statistics move away from 0 / 1
+  net.train(false);
+  const tensor2<T> ref = net.forward(x);
+  const format::model_file m = train::to_model_file(net, format::shape::image(1, 9, 9));
+  // stem, relu, c1, relu, c2, add, relu, avg, gap, fc
+  REQUIRE(m.ops.size() == 10);
+  CHECK(m.ops[5].kind == format::op_kind::add);
+  CHECK(m.ops[5].input == 5);
+  CHECK(m.ops[5].input_b == 2);
+  CHECK(m.ops[2].channel_scale != format::no_index);
+  const deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
+  const tensor2<T> out = rt.run(x);
+  for (std::size_t i = 0; i < out.size(); ++i)
+    CHECK(out.data()[i] == doctest::Approx(ref.data()[i]).epsilon(1e-4));
+}

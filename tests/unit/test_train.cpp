@@ -1,0 +1,211 @@
+// The trainer end to end on the committed Fashion-MNIST sample, checkpoints and resuming.
+#include <bitgrad/bitgrad.hpp>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using namespace bitgrad;
+
+namespace {
+
+const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
+
+const dataset& sample_train() {
+  static const dataset d = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
+                                             sample / "train-labels-idx1-ubyte.gz");
+  return d;
+}
+const dataset& sample_test() {
+  static const dataset d = load_mnist_format(sample / "t10k-images-idx3-ubyte.gz",
+                                             sample / "t10k-labels-idx1-ubyte.gz");
+  return d;
+}
+
+struct temp_dir {
+  fs::path path;
+  explicit temp_dir(const std::string& name)
+      : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~temp_dir() { fs::remove_all(path); }
+};
+
+template <class Net>
+std::vector<float> all_parameters(Net& net) {
+  std::vector<float> v;
+  net.visit_parameters(
+      [&](param_ref<float>& p) { v.insert(v.end(), p.value, p.value + p.size); });
+  return v;
+}
+
+train::trainer_options quick_options(const fs::path& out) {
+  train::trainer_options o;
+  o.batch_size = 32;
+  o.pretrain = {.epochs = 2, .lr = 2e-3};
+  o.search = {.epochs = 2, .lr = 5e-4, .bits_lr = 0.1};
+  o.finetune = {.epochs = 1, .lr = 2e-4};
+  o.target_average_bits = 3.0;
+  o.seed = 7;
+  o.out_dir = out;
+  o.log = nullptr;
+  return o;
+}
+
+auto make_fp32() { return nn::lenet5<float>({.seed = 3}); }
+auto make_quant() { return nn::lenet5<float, quant::frac_bits>({.seed = 3}); }
+
+} // namespace
+
+TEST_CASE("training on the Fashion-MNIST sample learns and moves bitwidths to the target") {
+  temp_dir dir("bitgrad-train-e2e");
+  auto fp32 = make_fp32();
+  auto q = make_quant();
+  train::trainer t(fp32, q, sample_train(), sample_test(), quick_options(dir.path));
+  const double target = t.target_bits();
+  const auto result = t.run();
+  REQUIRE(result.finished);
+  const auto& s = result.summary;
+  // 10 classes: chance is 10%. A few hundred steps on 1200 images reach far more.
+  CHECK(s.fp32_accuracy > 0.55);
+  CHECK(s.quant_accuracy > 0.55);
+  // Bitwidths start at b_max - 0.5 = 7.5 and are pushed under the 3-bit target.
+  const auto model = train::measure_size(q);
+  double weight_bits = 0;
+  q.visit_quantizers([&](std::string_view, const auto& qz) { weight_bits += qz.size_bits(); });
+  CHECK(weight_bits <= target);
+  CHECK(s.average_bits < 3.0);
+  CHECK(s.average_bits == doctest::Approx(model.average_bits()));
+  CHECK(s.compression > 9.0);
+  for (const auto& layer : s.layers) {
+    CHECK(layer.bits_min >= 2.0);
+    CHECK(layer.bits_max <= 8.0);
+  }
+  // History: 2 + 2 + 1 epochs, in phase order.
+  REQUIRE(result.history.size() == 5);
+  CHECK(result.history[0].phase == "pretrain");
+  CHECK(result.history[2].phase == "search");
+  CHECK(result.history[4].phase == "finetune");
+  CHECK(result.history[0].average_bits == 32.0);
+  // The files the run promises.
+  for (const char* f : {"log.csv", "summary.json", "report.html", "checkpoint.bin"})
+    CHECK(fs::exists(dir.path / f));
+  std::ifstream json(dir.path / "summary.json");
+  std::stringstream text;
+  text << json.rdbuf();
+  for (const char* key : {"\"fp32_accuracy\"", "\"quant_accuracy\"", "\"average_bits\"",
+                          "\"size_bytes\"", "\"compression\"", "\"seconds\"", "\"bits_mean\""})
+    CHECK(text.str().find(key) != std::string::npos);
+}
+
+TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical") {
+  auto options = [](const fs::path& out) {
+    auto o = quick_options(out);
+    o.pretrain.epochs = 2;
+    o.search.epochs = 2;
+    o.finetune.epochs = 2;
+    o.max_steps_per_epoch = 6;
+    return o;
+  };
+  temp_dir straight("bitgrad-train-straight");
+  auto fp32_a = make_fp32();
+  auto q_a = make_quant();
+  train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
+  REQUIRE(a.run().finished);
+
+  struct stop_rule {
+    std::size_t epochs, steps;
+  };
+  for (const stop_rule rule : {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 4}, stop_rule{0, 7}}) {
+    CAPTURE(rule.epochs);
+    CAPTURE(rule.steps);
+    temp_dir resumed("bitgrad-train-resumed");
+    bool finished = false;
+    int runs = 0;
+    while (!finished) {
+      // A fresh process each time: new networks, state only from the checkpoint.
+      auto fp32_b = make_fp32();
+      auto q_b = make_quant();
+      auto o = options(resumed.path);
+      o.stop_after_epochs = rule.epochs;
+      o.stop_after_steps = rule.steps;
+      o.resume = true;
+      train::trainer b(fp32_b, q_b, sample_train(), sample_test(), o);
+      const auto r = b.run();
+      finished = r.finished;
+      ++runs;
+      REQUIRE(runs < 20);
+      if (finished) {
+        CHECK(all_parameters(q_b) == all_parameters(q_a));
+        CHECK(r.history.size() == 6);
+      }
+    }
+    CHECK(runs > 1);
+  }
+}
+
+TEST_CASE("checkpoints round-trip and reject corruption and other architectures") {
+  temp_dir dir("bitgrad-train-ckpt");
+  auto q = make_quant();
+  q.visit_quantizers([](std::string_view, auto& qz) { qz.freeze(quant::rounding::nearest); });
+  train::checkpoint_data data;
+  data.meta["phase"] = "finetune";
+  data.optimizer_state = std::string("opt\0state", 9);
+  data.loader_state = "loader";
+  const fs::path file = dir.path / "c.bin";
+  train::save_checkpoint(file, q, data);
+
+  auto fresh = nn::lenet5<float, quant::frac_bits>({.seed = 99});
+  REQUIRE(all_parameters(fresh) != all_parameters(q));
+  const auto back = train::load_checkpoint(file, fresh);
+  CHECK(all_parameters(fresh) == all_parameters(q));
+  CHECK(back.meta.at("phase") == "finetune");
+  CHECK(back.optimizer_state == data.optimizer_state);
+  CHECK(back.loader_state == "loader");
+  bool all_frozen = true;
+  fresh.visit_quantizers([&](std::string_view, const auto& qz) { all_frozen &= qz.frozen(); });
+  CHECK(all_frozen);
+
+  SUBCASE("a flipped byte fails the checksum") {
+    std::string bytes;
+    {
+      std::ifstream in(file, std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    bytes[bytes.size() / 2] ^= 0x40;
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+    auto other = make_quant();
+    const auto before = all_parameters(other);
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, other), doctest::Contains("checksum"),
+                         format_error);
+    CHECK(all_parameters(other) == before); // nothing half-loaded
+  }
+  SUBCASE("a truncated file is rejected") {
+    fs::resize_file(file, fs::file_size(file) / 3);
+    auto other = make_quant();
+    CHECK_THROWS_AS(train::load_checkpoint(file, other), format_error);
+  }
+  SUBCASE("another architecture is named") {
+    auto vgg = nn::vgg_small<float, quant::frac_bits>({.seed = 1});
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, vgg),
+                         doctest::Contains("another architecture"), format_error);
+  }
+}
+
+TEST_CASE("the trainer rejects bad options") {
+  auto fp32 = make_fp32();
+  auto q = make_quant();
+  auto o = quick_options({});
+  o.batch_size = 0;
+  CHECK_THROWS_AS(train::trainer(fp32, q, sample_train(), sample_test(), o), config_error);
+  dataset empty = sample_train();
+  empty.labels.clear();
+  empty.pixels.clear();
+  CHECK_THROWS_AS(train::trainer(fp32, q, empty, sample_test(), quick_options({})), config_error);
+}
