@@ -5,8 +5,10 @@
 //   fashion_mnist --model vgg-small --policy step_bits --target-bits 2 --out runs/vgg
 //
 // Prints FP32 and quantized accuracy on the full test set, the per-layer table and the size;
-// writes report.html, log.csv, summary.json and checkpoint.bin into --out.
+// writes report.html, log.csv, summary.json, checkpoint.bin and the packed model model.bgm
+// (docs/model-format.md; run it with examples/deploy) into --out.
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/train/export.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -106,9 +108,15 @@ int run(const settings& cfg, Builder build) {
   const auto result = trainer.run();
   if (!result.finished) return 0;
   print_table(result.summary);
-  if (!cfg.trainer.out_dir.empty())
-    std::printf("wrote %s/{report.html, log.csv, summary.json, checkpoint.bin}\n",
+  if (!cfg.trainer.out_dir.empty()) {
+    const auto model = cfg.trainer.out_dir / "model.bgm";
+    const std::size_t bytes =
+        bitgrad::train::export_model(quantized, model, train_set, cfg.trainer.normalise);
+    std::printf("packed model        %zu bytes in %s (%+.0f bytes of header and graph)\n", bytes,
+                model.c_str(), static_cast<double>(bytes) - result.summary.size_bytes);
+    std::printf("wrote %s/{report.html, log.csv, summary.json, checkpoint.bin, model.bgm}\n",
                 cfg.trainer.out_dir.c_str());
+  }
   return 0;
 }
 

@@ -89,6 +89,10 @@ TEST_CASE("training on the Fashion-MNIST sample learns and moves bitwidths to th
   }
   // History: 2 + 2 + 1 epochs, in phase order.
   REQUIRE(result.history.size() == 5);
+  for (const auto& e : result.history) { // every epoch trained on the whole sample
+    CHECK(std::isfinite(e.loss));
+    CHECK(e.train_accuracy > 0.1);
+  }
   CHECK(result.history[0].phase == "pretrain");
   CHECK(result.history[2].phase == "search");
   CHECK(result.history[4].phase == "finetune");

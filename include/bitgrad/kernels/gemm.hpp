@@ -166,7 +166,7 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
         if (last) {
           sweep(gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
         } else {
-          (void)partial_sum; sweep(gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
+          sweep(gemm_output<T, epilogue::identity>{c, ldc, alpha, beta_block, partial_sum});
         }
       }
     }

@@ -488,10 +488,9 @@ private:
           return false;
         }
       }
-      if (opt_.max_steps_per_epoch) {
-        // A shortened epoch: move the loader on to the next epoch as a full one would.
-        while (batches.next(x, y)) {
-        }
+      // Move the loader on to its next epoch: a full epoch has one `false` left to return, a
+      // shortened one (max_steps_per_epoch) the rest of its batches as well.
+      while (batches.next(x, y)) {
       }
       bar.end_epoch();
       epoch_record rec;
