@@ -10,7 +10,8 @@
 // timing.
 //
 //   cmake --preset bench && cmake --build --preset bench --target bench_train
-//   OMP_NUM_THREADS=2 build/bench/benchmarks/bench_train --benchmark_filter='lenet5/quant/64$'
+//   OMP_NUM_THREADS=2 build/bench/benchmarks/bench_train
+//   --benchmark_filter='^train/lenet5/quant/64/'
 //
 // Names: train/<model>/<fp32|quant>/<batch>. Counter: items_per_second = images/s (wall time).
 #include <bitgrad/nn/loss.hpp>
@@ -94,8 +95,7 @@ void run(benchmark::State& state, Net net, std::size_t batch) {
   net.train(true);
   // The first layer's input is the data: nothing needs dL/dx there (PyTorch skips it too, the
   // input not requiring grad).
-  if constexpr (requires { net.template get<0>().set_input_grad(false); })
-    net.template get<0>().set_input_grad(false);
+  net.template get<0>().set_input_grad(false);
   step_runner<Net, Quantized> runner(net);
   std::size_t i = 0;
   for (std::size_t w = 0; w < warmup_steps; ++w) runner.step(data[i++ % data.size()]);

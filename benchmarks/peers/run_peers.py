@@ -75,9 +75,14 @@ def wait_quiet(limit, max_wait):
     return busy
 
 
+WAIT_POLICY = None  # --omp-wait-policy, for both sides
+
+
 def env_for(threads):
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
+    if WAIT_POLICY:
+        env["OMP_WAIT_POLICY"] = WAIT_POLICY
     return env
 
 
@@ -119,9 +124,15 @@ def main():
                     "this busy (fraction of all CPUs; 1 = never wait)")
     ap.add_argument("--max-wait", type=float, default=30.0,
                     help="seconds to wait for --quiet at most, then measure anyway")
+    ap.add_argument("--omp-wait-policy", choices=["active", "passive"], default=None,
+                    help="OMP_WAIT_POLICY for both sides (both use libgomp). passive keeps "
+                    "2-thread runs sane on a machine shared with other work, where spinning "
+                    "threads wait for a core; default: the environment's (libgomp spins)")
     ap.add_argument("--out", default=str(ROOT / "build/bench/results/peers.json"))
     a = ap.parse_args()
 
+    global WAIT_POLICY
+    WAIT_POLICY = a.omp_wait_policy
     threads = [int(t) for t in a.threads.split(",") if t]
     rows = [(m, q, b, t) for t in threads for (m, q, b) in ROWS
             if a.only in f"{m}/{'quant' if q else 'fp32'}/{b}"]
@@ -155,7 +166,8 @@ def main():
 
     print(f"\nTraining images/s, medians of {a.rounds} alternating rounds "
           f"({a.min_time:g} s of timed steps each); ratio = median of per-round bitgrad/PyTorch.")
-    print(f"CPU: {cpu}; load average at end {load_average()}\n")
+    print(f"CPU: {cpu}; load average at end {load_average()}; OMP_WAIT_POLICY "
+          f"{WAIT_POLICY or os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n")
     print("| model | weights | batch | threads | bitgrad img/s | PyTorch img/s | bitgrad / PyTorch |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for r in table:

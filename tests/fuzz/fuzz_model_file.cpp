@@ -1,14 +1,13 @@
 // libFuzzer target over the model-file reader: any byte string must either parse or throw
 // bitgrad::format_error, never crash or hit undefined behaviour (run under ASan + UBSan).
 // A file that parses is also decoded (codes, dequantized weights) and re-encoded; the
-// re-encoding must parse and re-encode to itself. libFuzzer defines
-// FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, which makes the reader skip its CRC checks (see
-// format/model_file.hpp) so mutations reach the section parsers.
+// re-encoding must parse and re-encode to itself. tests/fuzz/CMakeLists.txt defines
+// FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION for fuzz builds, which makes the reader skip its CRC
+// checks (see format/model_file.hpp) so mutations reach the section parsers.
 //
-//   clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined \
-//     -fno-sanitize-recover=undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -I include \
-//     tests/fuzz/fuzz_model_file.cpp -lz -o fuzz_model_file
-//   ./fuzz_model_file -max_total_time=60 -max_len=20000 tests/fuzz/corpus/model_file
+// Build and run: `make fuzz` (scripts/run-fuzzers.sh), or by hand with clang++-14
+// -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, then
+// ./fuzz_model_file -max_total_time=60 -max_len=20000 tests/fuzz/corpus/model_file
 #include <bitgrad/format/model_file.hpp>
 
 #include <algorithm>

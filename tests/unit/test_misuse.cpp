@@ -114,20 +114,20 @@ TEST_CASE("group size 0 or larger than the channel count is rejected when the la
     CHECK_THROWS_WITH_AS(
         (nn::linear<float, quant::frac_bits>({.in_features = 4, .out_features = 3, .name = "fc"},
                                              {.group_size = 0, .b_init = {}})),
-        Contains("frac_bits: expected group_size >= 1 (or per_tensor), got 0"), config_error);
+        Contains("fc: frac_bits: expected group_size >= 1 (or per_tensor), got 0"), config_error);
   }
   SUBCASE("fixed_bits group_size above the channel count") {
     CHECK_THROWS_WITH_AS(
         (nn::conv2d<float, quant::fixed_bits>(
             {.in_channels = 1, .out_channels = 6, .kernel = 3, .name = "conv"}, {.group_size = 7})),
-        Contains("fixed_bits: expected group_size <= channels (6) or per_tensor, got 7"),
+        Contains("conv: fixed_bits: expected group_size <= channels (6) or per_tensor, got 7"),
         config_error);
   }
   SUBCASE("step_bits group_size above the channel count") {
     CHECK_THROWS_WITH_AS(
         (nn::linear<float, quant::step_bits>({.in_features = 4, .out_features = 3, .name = "fc"},
                                              {.group_size = 4, .b_init = {}})),
-        Contains("step_bits: expected group_size <= channels (3) or per_tensor, got 4"),
+        Contains("fc: step_bits: expected group_size <= channels (3) or per_tensor, got 4"),
         config_error);
   }
   SUBCASE("through a model builder") {
@@ -234,18 +234,20 @@ TEST_CASE("a size target below what the minimum bitwidth allows is reported, not
       for (int k : q.frozen_bits()) CHECK(k == 2);
     });
   }
-  SUBCASE("the trainer's freeze says the target is unreachable") {
+  SUBCASE("the trainer refuses it when it is built, naming both sizes") {
     auto fp32 = nn::lenet5<float>({.seed = 1});
     const dataset train_set = tiny_dataset(4), test_set = tiny_dataset(2);
-    std::ostringstream log;
     train::trainer_options opt;
     opt.target_average_bits = 1.0;
-    opt.log = &log;
-    opt.terminal = false;
-    train::trainer t(fp32, net, train_set, test_set, opt);
-    t.freeze();
-    CHECK(log.str().find("(target unreachable)") != std::string::npos);
-    CHECK(quant::total_size_bits(visit) == doctest::Approx(floor_bits));
+    opt.log = nullptr;
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, net, train_set, test_set, opt),
+                         Contains("is below the smallest model the bitwidth bounds allow"),
+                         config_error);
+    opt.target_average_bits = 3.0;
+    CHECK_NOTHROW(train::trainer(fp32, net, train_set, test_set, opt));
+    opt.target_bytes = -5.0;
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, net, train_set, test_set, opt),
+                         Contains("target bytes must be > 0"), config_error);
   }
   SUBCASE("bitwidths still high: rounded down to the minimum, and still reported") {
     // budget.hpp: when even the all-floor model exceeds the target, groups go down one bit at

@@ -202,6 +202,40 @@ inline std::size_t gemm_grid_rows(std::size_t threads, std::size_t m_tiles, std:
   return best;
 }
 
+/// Cuts C into a grid of rectangles, one per thread, and runs gemm_rectangle on each (on the
+/// calling thread alone when gemm_thread_count says one is enough).
+template <class T, class Epilogue>
+void gemm_threads(transpose trans_a, transpose trans_b, std::size_t m, std::size_t n,
+                  std::size_t k, T alpha, const T* a, std::size_t lda, const T* b,
+                  std::size_t ldb, T beta, T* c, std::size_t ldc, const Epilogue& ep) {
+#if defined(BITGRAD_WITH_OPENMP)
+  const int threads = gemm_thread_count(m, n, k);
+  if (threads > 1) {
+    using tile = gemm_tile<T>;
+#pragma omp parallel num_threads(threads)
+    {
+      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
+      const std::size_t id = static_cast<std::size_t>(omp_get_thread_num());
+      const std::size_t m_tiles = (m + tile::mr - 1) / tile::mr;
+      const std::size_t n_tiles = (n + tile::nr - 1) / tile::nr;
+      const std::size_t grid_rows = gemm_grid_rows(team, m_tiles, n_tiles);
+      const std::size_t grid_cols = team / grid_rows;
+      const std::size_t gr = id / grid_cols, gc = id % grid_cols;
+      const std::size_t row_begin = std::min(m, gr * m_tiles / grid_rows * tile::mr);
+      const std::size_t row_end = std::min(m, (gr + 1) * m_tiles / grid_rows * tile::mr);
+      const std::size_t col_begin = std::min(n, gc * n_tiles / grid_cols * tile::nr);
+      const std::size_t col_end = std::min(n, (gc + 1) * n_tiles / grid_cols * tile::nr);
+      if (row_begin < row_end && col_begin < col_end) {
+        gemm_rectangle(trans_a, trans_b, row_begin, row_end, col_begin, col_end, k, alpha, a, lda,
+                       b, ldb, beta, c, ldc, ep);
+      }
+    }
+    return;
+  }
+#endif
+  gemm_rectangle(trans_a, trans_b, 0, m, 0, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+}
+
 } // namespace detail
 
 /// C(m x n) = ep(alpha * op(A) * op(B) + beta * C), row-major with leading dimensions.
@@ -220,33 +254,7 @@ void gemm(transpose trans_a, transpose trans_b, std::size_t m, std::size_t n, st
   if constexpr (!BITGRAD_HAS_SIMD) {
     ref::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
   } else {
-    using tile = detail::gemm_tile<T>;
-    const int threads = detail::gemm_thread_count(m, n, k);
-    if (threads == 1) {
-      detail::gemm_rectangle(trans_a, trans_b, 0, m, 0, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                             ep);
-      return;
-    }
-#if defined(BITGRAD_WITH_OPENMP)
-#pragma omp parallel num_threads(threads)
-    {
-      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
-      const std::size_t id = static_cast<std::size_t>(omp_get_thread_num());
-      const std::size_t m_tiles = (m + tile::mr - 1) / tile::mr;
-      const std::size_t n_tiles = (n + tile::nr - 1) / tile::nr;
-      const std::size_t grid_rows = detail::gemm_grid_rows(team, m_tiles, n_tiles);
-      const std::size_t grid_cols = team / grid_rows;
-      const std::size_t gr = id / grid_cols, gc = id % grid_cols;
-      const std::size_t row_begin = std::min(m, gr * m_tiles / grid_rows * tile::mr);
-      const std::size_t row_end = std::min(m, (gr + 1) * m_tiles / grid_rows * tile::mr);
-      const std::size_t col_begin = std::min(n, gc * n_tiles / grid_cols * tile::nr);
-      const std::size_t col_end = std::min(n, (gc + 1) * n_tiles / grid_cols * tile::nr);
-      if (row_begin < row_end && col_begin < col_end) {
-        detail::gemm_rectangle(trans_a, trans_b, row_begin, row_end, col_begin, col_end, k, alpha,
-                               a, lda, b, ldb, beta, c, ldc, ep);
-      }
-    }
-#endif
+    detail::gemm_threads(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
   }
 }
 

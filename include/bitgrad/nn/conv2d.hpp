@@ -83,7 +83,11 @@ public:
       wq_ = tensor4<T>::from_shape(weight_.shape());
       grad_wq_ = tensor4<T>::from_shape(weight_.shape());
     }
-    quantizer_.bind(opt.out_channels, per_channel, weight_.data());
+    try {
+      quantizer_.bind(opt.out_channels, per_channel, weight_.data());
+    } catch (const config_error& e) {
+      throw config_error(name_ + ": " + e.what());
+    }
   }
 
   const output_type& forward(const input_type& x) {

@@ -63,7 +63,11 @@ public:
     fill_uniform(weight_.data(), weight_.size(), bound, rng);
     if (has_bias_) fill_uniform(bias_.data(), bias_.size(), bound, rng);
     if constexpr (!quantizer_type::is_identity) wq_ = tensor2<T>::from_shape({out_, in_});
-    quantizer_.bind(out_, in_, weight_.data());
+    try {
+      quantizer_.bind(out_, in_, weight_.data());
+    } catch (const config_error& e) {
+      throw config_error(name_ + ": " + e.what());
+    }
   }
 
   const output_type& forward(const input_type& x) {

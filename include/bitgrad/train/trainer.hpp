@@ -172,6 +172,25 @@ public:
     if (test_.size() == 0) throw config_error("trainer: the test set is empty");
     if (!(opt_.target_average_bits > 0))
       throw config_error("trainer: target average bits must be > 0");
+    if (opt_.target_bytes && !(*opt_.target_bytes > 0))
+      throw config_error("trainer: target bytes must be > 0, got " +
+                         std::to_string(*opt_.target_bytes));
+    // The smallest model the bitwidth bounds allow: every learnable group at ceil(b_min).
+    double smallest = 0;
+    quant_.visit_quantizers([&]<class Q>(std::string_view, const Q& q) {
+      if constexpr (quant::budget_quantizer<Q>) {
+        if (!q.frozen()) {
+          smallest += quant::group_overhead_bits * static_cast<double>(q.groups()) +
+                      std::ceil(q.b_min()) * static_cast<double>(q.weight_count());
+          return;
+        }
+      }
+      smallest += q.size_bits();
+    });
+    if (target_bits() < smallest)
+      throw config_error("trainer: the size target (" + format_bytes(target_bits() / 8) +
+                         ") is below the smallest model the bitwidth bounds allow (" +
+                         format_bytes(smallest / 8) + " with every group at b_min)");
   }
 
   /// The size target of the quantized weights, in bits.
