@@ -380,6 +380,9 @@ private:
                  const std::optional<checkpoint_data>& resumed, const quant::size_penalty* penalty,
                  std::vector<epoch_record>& history, double fp32_accuracy, Elapsed&& elapsed) {
     if (po.epochs == 0 || done >= po.epochs) return true;
+    // Nothing needs dL/d(input image): the first layer skips computing it.
+    if constexpr (requires { net.template get<0>().set_input_grad(false); })
+      net.template get<0>().set_input_grad(false);
     loader_options lo = opt_.normalise;
     lo.batch_size = opt_.batch_size;
     lo.shuffle = true;
