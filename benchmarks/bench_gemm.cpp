@@ -50,7 +50,8 @@ struct gemm_shape {
 std::vector<gemm_shape> shapes() {
   constexpr transpose N = transpose::no, T = transpose::yes;
   std::vector<gemm_shape> s;
-  for (std::size_t n : {64, 128, 256, 512, 1024}) s.push_back({std::to_string(n), N, N, n, n, n, 0});
+  for (std::size_t n : {64, 128, 256, 512, 1024})
+    s.push_back({std::to_string(n), N, N, n, n, n, 0});
 
   // A conv layer's three GEMMs for Cout filters of K = Cin*kh*kw taps over P output pixels.
   auto conv = [&](const std::string& name, std::size_t cout, std::size_t taps, std::size_t pixels,
@@ -133,8 +134,8 @@ void run(benchmark::State& state, const gemm_shape& s, library lib, int threads)
     } else {
 #if defined(BITGRAD_BENCH_WITH_CBLAS)
       auto op = [](transpose t) { return t == transpose::no ? CblasNoTrans : CblasTrans; };
-      cblas_sgemm(CblasRowMajor, op(s.ta), op(s.tb), int(s.m), int(s.n), int(s.k), 1.0f,
-                  x.a.data(), int(x.lda), x.b.data(), int(x.ldb), s.beta, x.c.data(), int(x.ldc));
+      cblas_sgemm(CblasRowMajor, op(s.ta), op(s.tb), int(s.m), int(s.n), int(s.k), 1.0f, x.a.data(),
+                  int(x.lda), x.b.data(), int(x.ldb), s.beta, x.c.data(), int(x.ldc));
 #endif
     }
   };
@@ -228,8 +229,9 @@ int main(int argc, char** argv) {
 
   // The ratio table (markdown). cpu/wall is the calling thread's CPU time over wall time for
   // the best repetition: well under 1 on a 1-thread row means the machine was busy.
-  std::printf("\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | ours / OpenBLAS "
-              "| cpu/wall ours, OpenBLAS |\n");
+  std::printf(
+      "\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | ours / OpenBLAS "
+      "| cpu/wall ours, OpenBLAS |\n");
   std::printf("|---|---|---|---:|---:|---:|---|\n");
   for (const auto& [ours, theirs] : pairs) {
     const auto a = reporter.rows.find(ours);

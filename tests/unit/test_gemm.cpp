@@ -98,13 +98,15 @@ void check_gemm(const gemm_case& g, const Epilogue& ep, std::mt19937& rng) {
     for (std::size_t j = 0; j < c.ld; ++j) {
       const T x = got.at(i, j), want = expected.at(i, j);
       if (j >= g.n) {
-        if (x != sentinel && bad++ < 5) FAIL_CHECK("C padding written at (" << i << "," << j << ")");
+        if (x != sentinel && bad++ < 5)
+          FAIL_CHECK("C padding written at (" << i << "," << j << ")");
         continue;
       }
       const T old_c = g.beta == 0 ? T(0) : std::abs(beta * c.at(i, j));
       const T tol = T(2) * T(g.k + 2) * eps * (bound.at(i, j) + old_c + std::abs(want) + T(1e-30));
       if (!(std::abs(x - want) <= tol) && bad++ < 5) {
-        FAIL_CHECK("C(" << i << "," << j << ") = " << x << ", reference " << want << ", tol " << tol);
+        FAIL_CHECK("C(" << i << "," << j << ") = " << x << ", reference " << want << ", tol "
+                        << tol);
       }
     }
   }
@@ -153,8 +155,8 @@ TEST_CASE_TEMPLATE("gemm matches the reference on every extent 1..40", T, float,
   }
 }
 
-TEST_CASE_TEMPLATE("gemm matches the reference on large, prime and block-crossing shapes", T,
-                   float, double) {
+TEST_CASE_TEMPLATE("gemm matches the reference on large, prime and block-crossing shapes", T, float,
+                   double) {
   std::mt19937 rng(2);
   for (transpose ta : transposes) {
     for (transpose tb : transposes) {
@@ -251,8 +253,13 @@ TEST_CASE_TEMPLATE("ReLU epilogues: the register overload matches the scalar one
                    float, double) {
   using batch = bitgrad::simd_batch<T>;
   constexpr std::size_t lanes = batch::size;
-  const T specials[] = {T(-1), T(0), -T(0), T(2.5), std::numeric_limits<T>::quiet_NaN(),
-                        std::numeric_limits<T>::infinity(), -std::numeric_limits<T>::infinity()};
+  const T specials[] = {T(-1),
+                        T(0),
+                        -T(0),
+                        T(2.5),
+                        std::numeric_limits<T>::quiet_NaN(),
+                        std::numeric_limits<T>::infinity(),
+                        -std::numeric_limits<T>::infinity()};
   std::vector<T> bias(lanes, T(0));
   alignas(64) T in[lanes], out[lanes];
   for (std::size_t i = 0; i < lanes; ++i) in[i] = specials[i % 7];

@@ -3,25 +3,24 @@
 //
 // Structure (the Goto / BLIS scheme): pack -> register-blocked micro-kernel -> epilogue.
 //
-//   for ic in m step MC                      A block, MC x KC, packed once per (ic, pc)   ~ L3
+//   for ic in m step MC                  A block MC x KC: packed once per (ic, pc), lives in L3
 //     for pc in k step KC
-//       pack op(A)[ic.., pc..] -> A~         micro-panels of MR rows (gemm_pack.hpp)
-//       for jc in n step NC                  B block, KC x NC, packed once per (ic, pc, jc) ~ L2
-//         pack op(B)[pc.., jc..] -> B~       micro-panels of NR columns
-//         for ir in MC step MR               one A micro-panel, MR x KC                   ~ L1
-//           for jr in NC step NR             B micro-panels stream from L2
-//             tile = A~[ir] * B~[jr]         MR x NR accumulators (gemm_microkernel.hpp)
-//             C[tile] = alpha*tile + beta*C  the epilogue only after the last pc block
+//       pack op(A)[ic.., pc..] -> A~     micro-panels of MR rows        (gemm_pack.hpp)
+//       for jc in n step NC              B block KC x NC: packed per (ic, pc, jc), lives in L2
+//         pack op(B)[pc.., jc..] -> B~   micro-panels of NR columns
+//         for ir in MC step MR           one A micro-panel (MR x KC) stays in L1 ...
+//           for jr in NC step NR         ... while the B micro-panels stream past it from L2
+//             acc = A~[ir] * B~[jr]      MR x NR accumulators in registers (gemm_microkernel.hpp)
+//             C = alpha acc + beta C     through the epilogue after the last pc block only
 //
-//                 NC                              NR
-//          +-------------+ KC            +----+----+--
-//   B~:    | panel jr .. |               | p0 row of NR values, then p1, ...
-//          +-------------+               +----+----+--
-//      KC                            MR
-//   +---+    +-------------+       +--+
-//   |A~ | -> |   C block   |   A~: |  | column p0 of MR values, then p1, ...
-//   |ir | MC | MC x NC     |       +--+
-//   +---+    +-------------+
+//   op(B) block, KC x NC, packed:            op(A) block, MC x KC, packed:
+//       |<-NR->|<-NR->|                          ---------------------- KC
+//       +------+------+--                      ^ +--------------------+
+//    KC |  jr  | jr+1 |      micro-panel jr:  MR | ir: col 0 (MR values), col 1, ...
+//       |      |      |      row 0 (NR values),  v +--------------------+
+//       +------+------+--    row 1, ...            | ir + 1             |
+//
+//   C block (MC x NC): tile (ir, jr) = MR rows x NR columns, one micro-kernel call.
 //
 // Blocking for this project's reference machine (AMD EPYC Zen 4: L1d 32 KiB and L2 1 MiB per
 // core, L3 32 MiB shared; AVX-512 with MR x NR = 8 x 48 floats / 8 x 24 doubles):
@@ -29,11 +28,19 @@
 //   NC: one packed B block, KC * NC * sizeof(T), takes ~half of L2    -> NC = 336 at full KC
 //   MC: one packed A block, MC * KC * sizeof(T), takes ~1.5 MiB of L3  -> MC = 1024 at full KC
 // Blocks are split evenly (k = 400 runs as two blocks of 200, not 384 + 16), and when k is short
-// NC and MC grow so the L2 / L3 budgets stay filled (conv layers: k = 25 .. 600).
+// NC and MC grow so the L2 / L3 budgets stay filled (conv layers: k = 9 .. 600).
+//
+// Operands already in the micro-kernel's layout are not copied (small conv and linear shapes,
+// where packing would cost as much as it saves): B read in place when its rows are contiguous
+// (op(B) = B) and it is read at most twice (m <= 2 MR) or is small; A read in place when its
+// columns are contiguous (op(A) = A^T) and it is small. Transposing packs use register-square
+// transposes (gemm_transpose.hpp).
 //
 // Threads (OpenMP, when BITGRAD_WITH_OPENMP is defined): C is cut into a grid of independent
 // rectangles, one per thread, each running the loops above with its own thread-local pack
-// buffers. Problems under gemm_parallel_min_flops per thread run on the calling thread.
+// buffers; every element of C sees the same operations whatever the thread count, so results
+// are bitwise reproducible. Problems under gemm_parallel_min_flops per thread, and calls from
+// inside a parallel region, run on the calling thread.
 #pragma once
 
 #include <bitgrad/kernels/epilogue.hpp>
@@ -79,7 +86,7 @@ struct gemm_blocking {
 };
 
 /// Below this many flops (2 m n k) per thread, an extra thread costs more than it saves.
-inline constexpr std::size_t gemm_parallel_min_flops = std::size_t(1) << 21;
+inline constexpr std::size_t gemm_parallel_min_flops = std::size_t(1) << 18;
 
 /// The block size that splits `extent` into the fewest blocks of at most `limit` (rounded up to
 /// a multiple of `unit`, so blocks may exceed `limit` by less than `unit`) of near-equal size.
@@ -100,13 +107,47 @@ void gemm_scale(std::size_t m, std::size_t n, T beta, T* c, std::size_t ldc, con
   }
 }
 
+/// Where the micro-kernel finds the operands of one (ic, pc, jc) block, packed or in place.
+template <class T>
+struct gemm_block {
+  std::size_t mc, nc, kc;
+  /// Rows i.. of the block's A start at a + i * a_row; column p is a_ld further per p.
+  const T* a;
+  std::size_t a_row, a_ld;
+  /// Columns j < b_direct_end are read in place: b + j, b_ld further per p ...
+  const T* b;
+  std::size_t b_ld, b_direct_end;
+  /// ... the others from packed micro-panels: b_packed + j * kc, NR further per p.
+  const T* b_packed;
+  /// C's row and column at the block's top-left corner.
+  std::size_t row, col;
+};
+
+/// Every tile of one block: the A micro-panel stays in L1 while B micro-panels stream from L2.
+/// A function of its own (not a lambda in gemm_rectangle) so that the partial-sum version
+/// (epilogue::identity) is compiled once, whatever the caller's epilogue.
+template <class T, class Epilogue>
+void gemm_macro_kernel(const gemm_block<T> x, const gemm_output<T, Epilogue> out) {
+  using tile = gemm_tile<T>;
+  for (std::size_t ir = 0; ir < x.mc; ir += tile::mr) {
+    const std::size_t rows = std::min(tile::mr, x.mc - ir);
+    const T* const a_panel = x.a + ir * x.a_row;
+    for (std::size_t jr = 0; jr < x.nc; jr += tile::nr) {
+      const bool in_place = jr < x.b_direct_end;
+      gemm_tile_update<T>(x.kc, a_panel, x.a_ld, in_place ? x.b + jr : x.b_packed + jr * x.kc,
+                          in_place ? x.b_ld : tile::nr, out, x.row + ir, x.col + jr, rows,
+                          std::min(tile::nr, x.nc - jr));
+    }
+  }
+}
+
 /// Runs the blocked loops over rows [row_begin, row_end) and columns [col_begin, col_end) of C.
 /// Pointers and indices are those of the whole problem.
 template <class T, class Epilogue>
 void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
-                    std::size_t row_end, std::size_t col_begin, std::size_t col_end,
-                    std::size_t k, T alpha, const T* a, std::size_t lda, const T* b,
-                    std::size_t ldb, T beta, T* c, std::size_t ldc, const Epilogue& ep) {
+                    std::size_t row_end, std::size_t col_begin, std::size_t col_end, std::size_t k,
+                    T alpha, const T* a, std::size_t lda, const T* b, std::size_t ldb, T beta, T* c,
+                    std::size_t ldc, const Epilogue& ep) {
   using tile = gemm_tile<T>;
   using blocking = gemm_blocking<T>;
   constexpr std::size_t align = std::max<std::size_t>(64, simd_arch::alignment());
@@ -117,13 +158,13 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
   const std::size_t nc_block = gemm_even_block(n, blocking::nc(kc_block), tile::nr);
   T* const a_packed = gemm_thread_buffer<T, align>(0).reserve(mc_block * kc_block);
   T* const b_packed = gemm_thread_buffer<T, align>(1).reserve(kc_block * nc_block);
-  const epilogue::identity partial_sum;
 
   // Operands read in place instead of packed (only where their layout already suits the
   // micro-kernel): B when its rows are contiguous and it is read at most twice (at most two row
   // panels) or is small; A when its columns are contiguous (A^T stored) and it is small. Only a
   // ragged last column panel of B is packed, so no load runs past the end of a row.
-  const bool direct_b = trans_b == transpose::no && (m <= 2 * tile::mr || k * n * sizeof(T) <= blocking::direct_bytes);
+  const bool direct_b = trans_b == transpose::no &&
+                        (m <= 2 * tile::mr || k * n * sizeof(T) <= blocking::direct_bytes);
   const bool direct_a = trans_a == transpose::yes && m * k * sizeof(T) <= blocking::direct_bytes;
 
   for (std::size_t ic = row_begin; ic < row_end; ic += mc_block) {
@@ -149,24 +190,23 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
                                   b_packed + direct_end * kc);
           }
         }
-        auto sweep = [&](const auto& out) {
-          // The A micro-panel stays in L1 while B micro-panels stream from L2.
-          for (std::size_t ir = 0; ir < mc; ir += tile::mr) {
-            const std::size_t rows = std::min(tile::mr, mc - ir);
-            const T* const a_panel = direct_a ? a_block + ir : a_packed + ir * kc;
-            for (std::size_t jr = 0; jr < nc; jr += tile::nr) {
-              const bool in_place = jr < direct_end;
-              gemm_tile_update<T>(kc, a_panel, direct_a ? lda : tile::mr,
-                                  in_place ? b_block + jr : b_packed + jr * kc,
-                                  in_place ? ldb : tile::nr, out, ic + ir, jc + jr, rows,
-                                  std::min(tile::nr, nc - jr));
-            }
-          }
-        };
+        const gemm_block<T> block{mc,
+                                  nc,
+                                  kc,
+                                  direct_a ? a_block : a_packed,
+                                  direct_a ? std::size_t(1) : kc,
+                                  direct_a ? lda : tile::mr,
+                                  b_block,
+                                  ldb,
+                                  direct_end,
+                                  b_packed,
+                                  ic,
+                                  jc};
         if (last) {
-          sweep(gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
+          gemm_macro_kernel(block, gemm_output<T, Epilogue>{c, ldc, alpha, beta_block, ep});
         } else {
-          sweep(gemm_output<T, epilogue::identity>{c, ldc, alpha, beta_block, partial_sum});
+          gemm_macro_kernel(block,
+                            gemm_output<T, epilogue::identity>{c, ldc, alpha, beta_block, {}});
         }
       }
     }
@@ -205,9 +245,9 @@ inline std::size_t gemm_grid_rows(std::size_t threads, std::size_t m_tiles, std:
 /// Cuts C into a grid of rectangles, one per thread, and runs gemm_rectangle on each (on the
 /// calling thread alone when gemm_thread_count says one is enough).
 template <class T, class Epilogue>
-void gemm_threads(transpose trans_a, transpose trans_b, std::size_t m, std::size_t n,
-                  std::size_t k, T alpha, const T* a, std::size_t lda, const T* b,
-                  std::size_t ldb, T beta, T* c, std::size_t ldc, const Epilogue& ep) {
+void gemm_threads(transpose trans_a, transpose trans_b, std::size_t m, std::size_t n, std::size_t k,
+                  T alpha, const T* a, std::size_t lda, const T* b, std::size_t ldb, T beta, T* c,
+                  std::size_t ldc, const Epilogue& ep) {
 #if defined(BITGRAD_WITH_OPENMP)
   const int threads = gemm_thread_count(m, n, k);
   if (threads > 1) {

@@ -26,10 +26,16 @@
 #include <type_traits>
 #include <utility>
 
+// Everything between the k loop and the store of a tile must be inlined, or the accumulators
+// leave the registers: functions and lambdas (after the parameter list) on that path say so.
 #if defined(__GNUC__) || defined(__clang__)
 #define BITGRAD_ALWAYS_INLINE inline __attribute__((always_inline))
+#define BITGRAD_INLINE_LAMBDA __attribute__((always_inline))
+#define BITGRAD_NOINLINE __attribute__((noinline))
 #else
 #define BITGRAD_ALWAYS_INLINE inline
+#define BITGRAD_INLINE_LAMBDA
+#define BITGRAD_NOINLINE
 #endif
 
 namespace bitgrad::detail {
@@ -73,20 +79,23 @@ struct gemm_tile {
 /// lda = MR; or op(A) = A^T itself), row p of B starts at `b + p * ldb` (a packed micro-panel:
 /// ldb = NR; or B itself).
 template <class T, class Arch, std::size_t MU, std::size_t NV>
-BITGRAD_ALWAYS_INLINE void gemm_micro_kernel(
-    std::size_t kc, const T* __restrict a, std::size_t lda, const T* __restrict b, std::size_t ldb,
-    typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc) {
+BITGRAD_ALWAYS_INLINE void
+gemm_micro_kernel(std::size_t kc, const T* __restrict a, std::size_t lda, const T* __restrict b,
+                  std::size_t ldb,
+                  typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc) {
   using tile = gemm_tile<T, Arch>;
   using batch = typename tile::batch;
-  static_for<MU>([&](auto i) {
-    static_for<NV>([&](auto v) { acc[i][v] = batch(T(0)); });
+  static_for<MU>([&](auto i) BITGRAD_INLINE_LAMBDA {
+    static_for<NV>([&](auto v) BITGRAD_INLINE_LAMBDA { acc[i][v] = batch(T(0)); });
   });
   for (std::size_t p = 0; p < kc; ++p) {
     batch bv[NV];
-    static_for<NV>([&](auto v) { bv[v] = batch::load_unaligned(b + v * tile::lanes); });
-    static_for<MU>([&](auto i) {
+    static_for<NV>(
+        [&](auto v) BITGRAD_INLINE_LAMBDA { bv[v] = batch::load_unaligned(b + v * tile::lanes); });
+    static_for<MU>([&](auto i) BITGRAD_INLINE_LAMBDA {
       const batch av(a[i]);
-      static_for<NV>([&](auto v) { acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]); });
+      static_for<NV>([&](auto v)
+                         BITGRAD_INLINE_LAMBDA { acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]); });
     });
     a += lda;
     b += ldb;
@@ -104,12 +113,53 @@ struct gemm_output {
   const Epilogue& ep;
 };
 
+/// Writes the `rows` x `cols` values at buf (rows `width` apart, aligned) to C(row.., col..):
+/// whole registers while they fit in a row, then element by element. One copy per epilogue
+/// serves every tile shape.
+template <class T, class Arch, class Epilogue>
+void gemm_store_ragged(const T* buf, std::size_t width, std::size_t rows,
+                       const gemm_output<T, Epilogue>& out, std::size_t row, std::size_t col,
+                       std::size_t cols) {
+  using batch = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = batch::size;
+  const std::size_t whole = cols / lanes * lanes;
+  // Mode 0: value; 1: alpha value; 2: alpha value + beta C (as in gemm_store_tile).
+  auto store = [&](auto mode) BITGRAD_INLINE_LAMBDA {
+    constexpr int m = decltype(mode)::value;
+    for (std::size_t i = 0; i < rows; ++i) {
+      T* const dst = out.c + (row + i) * out.ldc + col;
+      const T* const src = buf + i * width;
+      for (std::size_t j = 0; j < whole; j += lanes) {
+        batch value = batch::load_aligned(src + j);
+        if constexpr (m >= 1) value *= batch(out.alpha);
+        if constexpr (m == 2)
+          value = xsimd::fma(batch(out.beta), batch::load_unaligned(dst + j), value);
+        out.ep.apply(value, row + i, col + j).store_unaligned(dst + j);
+      }
+      for (std::size_t j = whole; j < cols; ++j) {
+        T value = src[j];
+        if constexpr (m >= 1) value *= out.alpha;
+        if constexpr (m == 2) value += out.beta * dst[j];
+        dst[j] = out.ep(value, row + i, col + j);
+      }
+    }
+  };
+  if (out.beta != T(0)) {
+    store(std::integral_constant<int, 2>{});
+  } else if (out.alpha != T(1)) {
+    store(std::integral_constant<int, 1>{});
+  } else {
+    store(std::integral_constant<int, 0>{});
+  }
+}
+
 /// Writes a tile of MU rows and NV registers per row, of which the first `cols` columns are
 /// valid, to C(row.., col..).
 template <class T, class Arch, std::size_t MU, std::size_t NV, class Epilogue>
-BITGRAD_ALWAYS_INLINE void gemm_store_tile(
-    const typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc,
-    const gemm_output<T, Epilogue>& out, std::size_t row, std::size_t col, std::size_t cols) {
+BITGRAD_ALWAYS_INLINE void
+gemm_store_tile(const typename gemm_tile<T, Arch>::template accumulators<MU, NV>& acc,
+                const gemm_output<T, Epilogue>& out, std::size_t row, std::size_t col,
+                std::size_t cols) {
   using tile = gemm_tile<T, Arch>;
   using batch = typename tile::batch;
   constexpr std::size_t width = NV * tile::lanes;
@@ -118,9 +168,9 @@ BITGRAD_ALWAYS_INLINE void gemm_store_tile(
   if (cols == width) {
     // Whole registers: straight from the accumulators. Mode 0: acc; 1: alpha acc;
     // 2: alpha acc + beta C.
-    auto store_all = [&](auto mode) {
-      static_for<MU>([&](auto i) {
-        static_for<NV>([&](auto v) {
+    auto store_all = [&](auto mode) BITGRAD_INLINE_LAMBDA {
+      static_for<MU>([&](auto i) BITGRAD_INLINE_LAMBDA {
+        static_for<NV>([&](auto v) BITGRAD_INLINE_LAMBDA {
           T* const dst = c + i * out.ldc + v * tile::lanes;
           batch value = acc[i][v];
           if constexpr (decltype(mode)::value >= 1) value *= alpha;
@@ -140,57 +190,68 @@ BITGRAD_ALWAYS_INLINE void gemm_store_tile(
     }
     return;
   }
-  // Ragged right edge of C: through memory, whole registers while they fit in the row, then
-  // element by element.
+  // Ragged right edge of C: through memory.
   alignas(Arch::alignment()) T buf[MU * width];
-  static_for<MU>([&](auto i) {
-    static_for<NV>([&](auto v) { acc[i][v].store_aligned(buf + i * width + v * tile::lanes); });
+  static_for<MU>([&](auto i) BITGRAD_INLINE_LAMBDA {
+    static_for<NV>([&](auto v) BITGRAD_INLINE_LAMBDA {
+      acc[i][v].store_aligned(buf + i * width + v * tile::lanes);
+    });
   });
-  for (std::size_t i = 0; i < MU; ++i) {
-    T* const dst = c + i * out.ldc;
-    const T* const src = buf + i * width;
-    std::size_t j = 0;
-    for (; j + tile::lanes <= cols; j += tile::lanes) {
-      batch value = batch::load_aligned(src + j) * alpha;
-      if (out.beta != T(0)) value = xsimd::fma(batch(out.beta), batch::load_unaligned(dst + j), value);
-      out.ep.apply(value, row + i, col + j).store_unaligned(dst + j);
-    }
-    for (; j < cols; ++j) {
-      T value = out.alpha * src[j];
-      if (out.beta != T(0)) value += out.beta * dst[j];
-      dst[j] = out.ep(value, row + i, col + j);
-    }
-  }
+  gemm_store_ragged<T, Arch>(buf, width, MU, out, row, col, cols);
 }
 
-/// Multiplies `rows` rows of A by `cols` columns of B (operands as in gemm_micro_kernel) and
-/// writes the result to C(row.., col..), with the smallest tile that covers it: at the bottom
-/// and right edges of C fewer rows and registers do the work. B must hold whole registers
-/// (ceil(cols / lanes) of them) on every row.
-template <class T, class Arch = simd_arch, class Epilogue>
-BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::size_t lda,
-                                            const T* b, std::size_t ldb,
-                                            const gemm_output<T, Epilogue>& out, std::size_t row,
-                                            std::size_t col, std::size_t rows, std::size_t cols) {
+/// A tile at the right edge of C, `regs` < NV registers per row (any number of rows). The
+/// accumulators go to buf (MR x NR, aligned) for gemm_store_ragged; being independent of the
+/// epilogue, this is compiled once per element type, whichever epilogues the callers use.
+template <class T, class Arch>
+BITGRAD_NOINLINE void gemm_edge_tile(std::size_t kc, const T* a, std::size_t lda, const T* b,
+                                     std::size_t ldb, std::size_t rows, std::size_t regs, T* buf) {
   using tile = gemm_tile<T, Arch>;
-  const std::size_t regs = (cols + tile::lanes - 1) / tile::lanes;
-  auto run = [&](auto mu, auto nv) {
-    constexpr std::size_t mu_ = decltype(mu)::value, nv_ = decltype(nv)::value;
-    typename tile::template accumulators<mu_, nv_> acc;
-    gemm_micro_kernel<T, Arch, mu_, nv_>(kc, a, lda, b, ldb, acc);
-    gemm_store_tile<T, Arch, mu_, nv_>(acc, out, row, col, cols);
-  };
-  if (rows == tile::mr && regs == tile::nv) {
-    run(std::integral_constant<std::size_t, tile::mr>{}, std::integral_constant<std::size_t, tile::nv>{});
-    return;
-  }
-  static_for<tile::mr>([&](auto i) {
-    static_for<tile::nv>([&](auto v) {
-      if (rows == i + 1 && regs == v + 1 && !(rows == tile::mr && regs == tile::nv)) {
-        run(std::integral_constant<std::size_t, i + 1>{}, std::integral_constant<std::size_t, v + 1>{});
+  static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
+    static_for<tile::nv>([&](auto v) BITGRAD_INLINE_LAMBDA {
+      constexpr std::size_t mu = i + 1, nv = v + 1;
+      if constexpr (nv < tile::nv) {
+        if (rows == mu && regs == nv) {
+          typename tile::template accumulators<mu, nv> acc;
+          gemm_micro_kernel<T, Arch, mu, nv>(kc, a, lda, b, ldb, acc);
+          static_for<mu>([&](auto r) BITGRAD_INLINE_LAMBDA {
+            static_for<nv>([&](auto w) BITGRAD_INLINE_LAMBDA {
+              acc[r][w].store_aligned(buf + r * tile::nr + w * tile::lanes);
+            });
+          });
+        }
       }
     });
   });
+}
+
+/// Multiplies `rows` rows of A by `cols` columns of B (operands as in gemm_micro_kernel) and
+/// writes the result to C(row.., col..) with the smallest tile that covers it. Tiles NV registers
+/// wide (all but the right edge of C) stay in registers through the epilogue; narrower ones
+/// pass through memory, which keeps the number of inlined kernel copies per epilogue at MR.
+/// B must hold whole registers (ceil(cols / lanes) of them) on every row.
+template <class T, class Arch = simd_arch, class Epilogue>
+BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::size_t lda, const T* b,
+                                            std::size_t ldb, const gemm_output<T, Epilogue>& out,
+                                            std::size_t row, std::size_t col, std::size_t rows,
+                                            std::size_t cols) {
+  using tile = gemm_tile<T, Arch>;
+  const std::size_t regs = (cols + tile::lanes - 1) / tile::lanes;
+  if (regs == tile::nv) {
+    // Full width (any number of rows): in registers through the epilogue.
+    static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
+      constexpr std::size_t mu = tile::mr - i; // full height first: the common case
+      if (rows == mu) {
+        typename tile::template accumulators<mu> acc;
+        gemm_micro_kernel<T, Arch, mu, tile::nv>(kc, a, lda, b, ldb, acc);
+        gemm_store_tile<T, Arch, mu, tile::nv>(acc, out, row, col, cols);
+      }
+    });
+    return;
+  }
+  alignas(Arch::alignment()) T buf[tile::mr * tile::nr];
+  gemm_edge_tile<T, Arch>(kc, a, lda, b, ldb, rows, regs, buf);
+  gemm_store_ragged<T, Arch>(buf, tile::nr, rows, out, row, col, cols);
 }
 
 } // namespace bitgrad::detail

@@ -4,11 +4,13 @@
 //
 // A block (mc x kc of op(A)) -> ceil(mc / MR) micro-panels, each kc columns of MR values:
 //
-//   op(A) rows i..i+MR-1        packed: [a(i,0) a(i+1,0) .. a(i+MR-1,0)] [a(i,1) ..] .. [.. a(i+MR-1,kc-1)]
+//   op(A) rows i..i+MR-1        packed: [a(i,0) a(i+1,0) .. a(i+MR-1,0)] [a(i,1) ..] .. [..
+//   a(i+MR-1,kc-1)]
 //
 // B block (kc x nc of op(B)) -> ceil(nc / NR) micro-panels, each kc rows of NR values:
 //
-//   op(B) cols j..j+NR-1        packed: [b(0,j) b(0,j+1) .. b(0,j+NR-1)] [b(1,j) ..] .. [.. b(kc-1,j+NR-1)]
+//   op(B) cols j..j+NR-1        packed: [b(0,j) b(0,j+1) .. b(0,j+NR-1)] [b(1,j) ..] .. [..
+//   b(kc-1,j+NR-1)]
 //
 // Rows past mc and columns past nc in the last micro-panel are zero, so the micro-kernel always
 // runs full tiles; the store writes only the valid part.
@@ -34,7 +36,8 @@ void gemm_pack_runs(const T* src, std::size_t ld, std::size_t lines, std::size_t
   for (std::size_t p = 0; p < lines; ++p) {
     const T* const in = src + p * ld;
     T* out = dst + p * W;
-    for (std::size_t r = 0; r < full; r += W, out += W * lines) std::memcpy(out, in + r, sizeof(T) * W);
+    for (std::size_t r = 0; r < full; r += W, out += W * lines)
+      std::memcpy(out, in + r, sizeof(T) * W);
     if (full < len) {
       std::size_t r = 0;
       for (; r < len - full; ++r) out[r] = in[full + r];

@@ -8,8 +8,8 @@
 //
 // One overload per instruction set, chosen by the register width N * sizeof(T) among those
 // compiled in: AVX-512F (16 x 16 float, 8 x 8 double), AVX (8 x 8, 4 x 4), SSE2 (4 x 4, 2 x 2),
-// and a scalar loop for any other size or target. Each is a fixed shuffle network: unpack neighbouring rows, then move 64-bit pairs and
-// 128-bit lanes into place.
+// and a scalar loop for any other size or target. Each is a fixed shuffle network: unpack
+// neighbouring rows, then move 64-bit pairs and 128-bit lanes into place.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -121,7 +121,9 @@ void gemm_transpose_square(const T* src, std::size_t ld, T* dst, std::size_t ldd
     for (std::size_t j = 0; j < 4; ++j) {
       gemm_transpose_lanes_4x4<T>(
           r[j], r[4 + j], r[8 + j], r[12 + j],
-          [](__m512 x, __m512 y, auto imm) { return _mm512_shuffle_f32x4(x, y, decltype(imm)::value); },
+          [](__m512 x, __m512 y, auto imm) {
+            return _mm512_shuffle_f32x4(x, y, decltype(imm)::value);
+          },
           [&](std::size_t lane, __m512 v) { _mm512_storeu_ps(dst + (4 * lane + j) * ldd, v); });
     }
   } else {
@@ -136,7 +138,9 @@ void gemm_transpose_square(const T* src, std::size_t ld, T* dst, std::size_t ldd
     for (std::size_t j = 0; j < 2; ++j) {
       gemm_transpose_lanes_4x4<T>(
           t[j], t[2 + j], t[4 + j], t[6 + j],
-          [](__m512d x, __m512d y, auto imm) { return _mm512_shuffle_f64x2(x, y, decltype(imm)::value); },
+          [](__m512d x, __m512d y, auto imm) {
+            return _mm512_shuffle_f64x2(x, y, decltype(imm)::value);
+          },
           [&](std::size_t lane, __m512d v) { _mm512_storeu_pd(dst + (2 * lane + j) * ldd, v); });
     }
   }
@@ -145,11 +149,11 @@ void gemm_transpose_square(const T* src, std::size_t ld, T* dst, std::size_t ldd
 
 /// The instruction set whose registers hold N values of T, if it is compiled in (else generic).
 template <class T, std::size_t N>
-using gemm_square_arch = std::conditional_t<
-    N * sizeof(T) == 64 && XSIMD_WITH_AVX512F, xsimd::avx512f,
-    std::conditional_t<N * sizeof(T) == 32 && XSIMD_WITH_AVX, xsimd::avx,
-                       std::conditional_t<N * sizeof(T) == 16 && XSIMD_WITH_SSE2, xsimd::sse2,
-                                          xsimd::generic>>>;
+using gemm_square_arch =
+    std::conditional_t<N * sizeof(T) == 64 && XSIMD_WITH_AVX512F, xsimd::avx512f,
+                       std::conditional_t<N * sizeof(T) == 32 && XSIMD_WITH_AVX, xsimd::avx,
+                                          std::conditional_t<N * sizeof(T) == 16 && XSIMD_WITH_SSE2,
+                                                             xsimd::sse2, xsimd::generic>>>;
 
 /// Transposes one N x N block with the widest shuffles available for it.
 template <class T, std::size_t N>

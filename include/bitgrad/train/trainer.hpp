@@ -62,9 +62,9 @@ struct phase_options {
 
 struct trainer_options {
   std::size_t batch_size = 64;
-  phase_options pretrain{.epochs = 3, .lr = 2e-3};
-  phase_options search{.epochs = 3, .lr = 5e-4, .bits_lr = 0.05};
-  phase_options finetune{.epochs = 2, .lr = 2e-4};
+  phase_options pretrain{.epochs = 15, .lr = 2e-3};
+  phase_options search{.epochs = 4, .lr = 5e-4, .bits_lr = 0.05};
+  phase_options finetune{.epochs = 3, .lr = 2e-4};
   /// Size target as average stored bits per weight, overhead (scales, bitwidths) included:
   /// target_bits = target_average_bits * weights. Ignored when target_bytes is set.
   double target_average_bits = 3.0;
