@@ -17,6 +17,7 @@
 //   wgrad  dW += dy^T * x        gemm(T, N, out, in, B)
 #include <bitgrad/core/simd.hpp>
 #include <bitgrad/kernels/gemm.hpp>
+#include <bitgrad/kernels/gemm_microkernel.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -154,6 +155,32 @@ void run(benchmark::State& state, const gemm_shape& s, library lib, int threads)
   state.counters["k"] = double(s.k);
 }
 
+/// The FMA peak this machine sustains: `threads` threads each run 12 independent chains of
+/// register-only FMAs on simd_batch<float> (no memory traffic), counted as 2 flops per lane.
+void fma_peak(benchmark::State& state, int threads) {
+  using batch = bitgrad::simd_batch<float>;
+  constexpr std::size_t chains = 12, steps = 1 << 16;
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+#if defined(BITGRAD_WITH_OPENMP)
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+      batch acc[chains];
+      const batch x(0.999f), y(1e-7f);
+      bitgrad::detail::static_for<chains>([&](auto i) { acc[i] = batch(float(i)); });
+      for (std::size_t p = 0; p < steps; ++p) {
+        bitgrad::detail::static_for<chains>([&](auto i) { acc[i] = xsimd::fma(acc[i], x, y); });
+      }
+      bitgrad::detail::static_for<chains>([&](auto i) { benchmark::DoNotOptimize(acc[i]); });
+    }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  const double flops = 2.0 * double(batch::size) * chains * steps * threads;
+  state.counters["GFLOP/s"] = flops * double(state.iterations()) / seconds * 1e-9;
+}
+
 std::string row_name(library lib, const gemm_shape& s, int threads) {
   return std::string("gemm/") + (lib == library::bitgrad ? "bitgrad/" : "openblas/") + s.name +
          "/threads:" + std::to_string(threads);
@@ -208,6 +235,11 @@ int main(int argc, char** argv) {
   const int thread_counts[] = {1}; // without OpenMP bitgrad::gemm runs on one thread
 #endif
 
+  for (int t : thread_counts) {
+    benchmark::RegisterBenchmark(("gemm/peak/fma/threads:" + std::to_string(t)).c_str(), fma_peak,
+                                 t)
+        ->Unit(benchmark::kMicrosecond);
+  }
   const std::vector<gemm_shape> all = shapes();
   std::vector<std::pair<std::string, std::string>> pairs; // (ours, OpenBLAS) row names
   for (const gemm_shape& s : all) {
@@ -227,12 +259,19 @@ int main(int argc, char** argv) {
   ratio_reporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
+  // Ours as a share of the measured FMA peak at the same thread count.
+  auto peak = [&](const std::string& threads) {
+    const auto p = reporter.rows.find("gemm/peak/fma/threads:" + threads);
+    return p == reporter.rows.end() ? 0.0 : p->second.gflops;
+  };
+  for (int t : thread_counts) {
+    std::printf("\nmeasured FMA peak, %d thread(s): %.1f GFLOP/s", t, peak(std::to_string(t)));
+  }
   // The ratio table (markdown). cpu/wall is the calling thread's CPU time over wall time for
   // the best repetition: well under 1 on a 1-thread row means the machine was busy.
-  std::printf(
-      "\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | ours / OpenBLAS "
-      "| cpu/wall ours, OpenBLAS |\n");
-  std::printf("|---|---|---|---:|---:|---:|---|\n");
+  std::printf("\n\n| shape | threads | m x n x k | bitgrad GFLOP/s | OpenBLAS GFLOP/s | "
+              "ours / OpenBLAS | ours / peak | cpu/wall ours, OpenBLAS |\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---|\n");
   for (const auto& [ours, theirs] : pairs) {
     const auto a = reporter.rows.find(ours);
     if (a == reporter.rows.end()) continue;
@@ -246,13 +285,15 @@ int main(int argc, char** argv) {
         dims = std::to_string(s.m) + " x " + std::to_string(s.n) + " x " + std::to_string(s.k);
       }
     }
+    const double of_peak = peak(threads) > 0 ? a->second.gflops / peak(threads) : 0.0;
     if (b == reporter.rows.end()) {
-      std::printf("| %s | %s | %s | %.1f | - | - | %.2f |\n", shape.c_str(), threads.c_str(),
-                  dims.c_str(), a->second.gflops, a->second.cpu_share);
+      std::printf("| %s | %s | %s | %.1f | - | - | %.2f | %.2f |\n", shape.c_str(), threads.c_str(),
+                  dims.c_str(), a->second.gflops, of_peak, a->second.cpu_share);
     } else {
-      std::printf("| %s | %s | %s | %.1f | %.1f | %.2f | %.2f, %.2f |\n", shape.c_str(),
+      std::printf("| %s | %s | %s | %.1f | %.1f | %.2f | %.2f | %.2f, %.2f |\n", shape.c_str(),
                   threads.c_str(), dims.c_str(), a->second.gflops, b->second.gflops,
-                  a->second.gflops / b->second.gflops, a->second.cpu_share, b->second.cpu_share);
+                  a->second.gflops / b->second.gflops, of_peak, a->second.cpu_share,
+                  b->second.cpu_share);
     }
   }
   benchmark::Shutdown();

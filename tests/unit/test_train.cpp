@@ -3,7 +3,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -212,4 +214,90 @@ TEST_CASE("the trainer rejects bad options") {
   empty.labels.clear();
   empty.pixels.clear();
   CHECK_THROWS_AS(train::trainer(fp32, q, empty, sample_test(), quick_options({})), config_error);
+}
+
+TEST_CASE("a non-finite gradient stops training naming the step, or is skipped and counted") {
+  temp_dir dir("bitgrad-train-nonfinite");
+  auto options = [&](bool skip) {
+    auto o = quick_options(dir.path);
+    o.pretrain = {.epochs = 1, .lr = 2e-3};
+    o.search = {.epochs = 0};
+    o.finetune = {.epochs = 0};
+    o.max_steps_per_epoch = 4;
+    o.skip_nonfinite = skip;
+    return o;
+  };
+  // One weight of fc2 is infinite: every forward produces non-finite logits.
+  auto poison = [](auto& net) {
+    net.visit_parameters([](param_ref<float>& p) {
+      if (p.name == "fc2.weight") p.value[5] = std::numeric_limits<float>::infinity();
+    });
+  };
+  SUBCASE("stop") {
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    poison(fp32);
+    train::trainer t(fp32, q, sample_train(), sample_test(), options(false));
+    CHECK_THROWS_WITH(t.run(), doctest::Contains("pretrain epoch 1 step 1: the loss is not finite"));
+    CHECK_FALSE(fs::exists(dir.path / "checkpoint.bin")); // nothing good to keep yet
+  }
+  SUBCASE("skip and count") {
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    poison(fp32);
+    train::trainer t(fp32, q, sample_train(), sample_test(), options(true));
+    const auto before = all_parameters(fp32);
+    const auto r = t.run();
+    CHECK(r.finished);
+    CHECK(r.skipped_steps == 4);
+    // Skipped steps change nothing.
+    const auto after = all_parameters(fp32);
+    REQUIRE(after.size() == before.size());
+    bool same = true;
+    for (std::size_t i = 0; i < after.size(); ++i)
+      same &= (after[i] == before[i]) || (std::isinf(after[i]) && std::isinf(before[i]));
+    CHECK(same);
+  }
+}
+
+TEST_CASE("bitwidths and scales stay finite and in range under absurd settings") {
+  for (const auto policy : {0, 1}) {
+    CAPTURE(policy);
+    auto o = quick_options({});
+    o.pretrain = {.epochs = 0};
+    o.search = {.epochs = 1, .lr = 10.0, .bits_lr = 1e6, .scale_lr = 1e6};
+    o.finetune = {.epochs = 0};
+    o.max_steps_per_epoch = 5;
+    o.penalty_lambda = 1e9;
+    o.skip_nonfinite = true;
+    auto check = [](auto& net) {
+      net.visit_quantizers([](std::string_view name, const auto& q) {
+        for (double b : q.group_bits()) {
+          CAPTURE(name);
+          CHECK(std::isfinite(b));
+          CHECK(b >= 2.0);
+          CHECK(b <= 8.0);
+        }
+      });
+      net.visit_parameters([](param_ref<float>& p) {
+        if (p.kind != param_kind::scale) return;
+        for (std::size_t i = 0; i < p.size; ++i) {
+          CHECK(std::isfinite(p.value[i]));
+          CHECK(p.value[i] > 0);
+        }
+      });
+    };
+    auto fp32 = make_fp32();
+    if (policy == 0) {
+      auto q = make_quant();
+      train::trainer t(fp32, q, sample_train(), sample_test(), o);
+      CHECK(t.run().finished);
+      check(q);
+    } else {
+      auto q = nn::lenet5<float, quant::step_bits>({.seed = 3});
+      train::trainer t(fp32, q, sample_train(), sample_test(), o);
+      CHECK(t.run().finished);
+      check(q);
+    }
+  }
 }

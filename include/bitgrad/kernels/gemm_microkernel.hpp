@@ -1,5 +1,6 @@
-// GEMM micro-kernel: one MR x NR tile of C held in registers while a packed A micro-panel and a
-// packed B micro-panel stream past it, then written to C through the epilogue.
+// GEMM micro-kernel: one MR x NR tile of C held in registers while an A micro-panel and a B
+// micro-panel (packed, or read in place where the layout allows) stream past it, then written to
+// C through the epilogue.
 //
 // Words (used the same way in gemm_pack.hpp and gemm.hpp):
 //   tile           MR rows x NR columns of C, kept in MR x NV accumulator registers.
@@ -102,8 +103,8 @@ gemm_micro_kernel(std::size_t kc, const T* __restrict a, std::size_t lda, const 
   }
 }
 
-/// Where finished tiles go: C = ep(alpha * acc + beta * C), with C's row `row0` and column `col0`
-/// the global indices handed to the epilogue. beta == 0 never reads C.
+/// Where finished tiles go: C(i, j) = ep(alpha * acc + beta * C(i, j), i, j) at c + i * ldc + j,
+/// with i, j the indices in the whole C (what the epilogue sees). beta == 0 never reads C.
 template <class T, class Epilogue>
 struct gemm_output {
   T* c;

@@ -452,10 +452,10 @@ private:
       return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
                                 std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
                                 ": " + what +
-                                (opt_.out_dir.empty() ? std::string()
-                                                      : "; the last checkpoint (" +
-                                                            checkpoint_path().string() +
-                                                            ") is intact"));
+                                (std::filesystem::exists(checkpoint_path())
+                                     ? "; the last checkpoint (" + checkpoint_path().string() +
+                                           ") is intact"
+                                     : std::string()));
     };
 
     for (std::size_t epoch = done; epoch < po.epochs; ++epoch) {
