@@ -52,8 +52,8 @@ void print_table(const bitgrad::run_summary& s) {
               "groups", "min", "mean", "max", "bytes", "spread", "rho");
   for (const auto& l : s.layers)
     std::printf("%-8s %-10s %8zu %7zu %6.2f %6.2f %6.2f %10.0f %7.2f %7.2f\n", l.name.c_str(),
-                l.policy.c_str(), l.params, l.groups, l.bits_min, l.bits_mean, l.bits_max,
-                l.bytes, l.bits_spread, l.rank_correlation);
+                l.policy.c_str(), l.params, l.groups, l.bits_min, l.bits_mean, l.bits_max, l.bytes,
+                l.bits_spread, l.rank_correlation);
   std::printf("\nFP32 accuracy       %.2f%%\n", 100 * s.fp32_accuracy);
   std::printf("quantized accuracy  %.2f%%\n", 100 * s.quant_accuracy);
   std::printf("average bits        %.3f per weight (codes)\n", s.average_bits);
@@ -67,10 +67,10 @@ template <template <class> class Quant, class Builder>
 int run(const settings& cfg, Builder build) {
   using T = float;
   const std::filesystem::path dir = cfg.data;
-  bitgrad::dataset train_set =
-      bitgrad::load_mnist_format(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz");
-  bitgrad::dataset test_set =
-      bitgrad::load_mnist_format(dir / "t10k-images-idx3-ubyte.gz", dir / "t10k-labels-idx1-ubyte.gz");
+  bitgrad::dataset train_set = bitgrad::load_mnist_format(dir / "train-images-idx3-ubyte.gz",
+                                                          dir / "train-labels-idx1-ubyte.gz");
+  bitgrad::dataset test_set = bitgrad::load_mnist_format(dir / "t10k-images-idx3-ubyte.gz",
+                                                         dir / "t10k-labels-idx1-ubyte.gz");
   if (cfg.train_limit && cfg.train_limit < train_set.size()) {
     std::vector<std::size_t> first(cfg.train_limit);
     for (std::size_t i = 0; i < first.size(); ++i) first[i] = i;
@@ -123,12 +123,14 @@ int run(const settings& cfg, Builder build) {
 template <template <class> class Quant>
 int run_model(const settings& cfg) {
   if (cfg.model == "lenet5")
-    return run<Quant>(cfg, []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
-      return bitgrad::nn::lenet5<float, Q>(o);
-    });
-  return run<Quant>(cfg, []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
-    return bitgrad::nn::vgg_small<float, Q>(o);
-  });
+    return run<Quant>(cfg,
+                      []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
+                        return bitgrad::nn::lenet5<float, Q>(o);
+                      });
+  return run<Quant>(cfg,
+                    []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
+                      return bitgrad::nn::vgg_small<float, Q>(o);
+                    });
 }
 
 } // namespace
@@ -142,7 +144,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", cfg.model, "lenet5 or vgg-small")
       ->check(CLI::IsMember({"lenet5", "vgg-small"}))
       ->capture_default_str();
-  app.add_option("--policy", cfg.policy, "frac_bits, step_bits, noise_bits or fixed_bits (uniform LSQ)")
+  app.add_option("--policy", cfg.policy,
+                 "frac_bits, step_bits, noise_bits or fixed_bits (uniform LSQ)")
       ->check(CLI::IsMember({"frac_bits", "step_bits", "fixed_bits", "noise_bits"}))
       ->capture_default_str();
   app.add_option("--group", cfg.group, "channels per group: a number, 'channel' or 'layer'")

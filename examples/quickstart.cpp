@@ -19,10 +19,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   const std::filesystem::path dir = data;
-  const dataset train_set = load_mnist_format(dir / "train-images-idx3-ubyte.gz",
-                                              dir / "train-labels-idx1-ubyte.gz");
-  const dataset test_set = load_mnist_format(dir / "t10k-images-idx3-ubyte.gz",
-                                             dir / "t10k-labels-idx1-ubyte.gz");
+  const dataset train_set =
+      load_mnist_format(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz");
+  const dataset test_set =
+      load_mnist_format(dir / "t10k-images-idx3-ubyte.gz", dir / "t10k-labels-idx1-ubyte.gz");
 
   // LeNet-5 whose every conv/linear layer learns one bitwidth per output channel, in [2, 8].
   auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
@@ -36,7 +36,8 @@ int main(int argc, char** argv) {
                                     .lambda = 5.0,
                                     .target_bits = quant::target_bits_for_average(quantizers, 3.0)};
 
-  loader<float> batches(train_set, {.batch_size = 64, .seed = 1, .mean = {0.286}, .stddev = {0.353}});
+  loader<float> batches(train_set,
+                        {.batch_size = 64, .seed = 1, .mean = {0.286}, .stddev = {0.353}});
   nn::softmax_cross_entropy<float> loss;
   tensor4<float> x;
   std::vector<std::int32_t> y;

@@ -8,8 +8,8 @@ int main() {
   bitgrad::tensor2<float> a = {{1.f, 2.f}, {3.f, 4.f}};
   bitgrad::tensor2<float> b = {{5.f, 6.f}, {7.f, 8.f}};
   bitgrad::tensor2<float> c = xt::zeros<float>({2, 2});
-  bitgrad::gemm(bitgrad::transpose::no, bitgrad::transpose::no, 2, 2, 2, 1.f, a.data(), 2,
-                b.data(), 2, 0.f, c.data(), 2);
+  bitgrad::gemm(bitgrad::transpose::no, bitgrad::transpose::no, 2, 2, 2, 1.f, a.data(), 2, b.data(),
+                2, 0.f, c.data(), 2);
   // [[1 2][3 4]] * [[5 6][7 8]] = [[19 22][43 50]]
   const bool ok = c(0, 0) == 19.f && c(0, 1) == 22.f && c(1, 0) == 43.f && c(1, 1) == 50.f;
   std::printf("bitgrad %s on %s: gemm %s\n", BITGRAD_VERSION_STRING, bitgrad::simd_arch_name(),

@@ -35,14 +35,15 @@ TEST_CASE_TEMPLATE("simd batch width matches the compiled architecture", T, floa
 }
 
 TEST_CASE("version string matches the version macros") {
-  CHECK(std::string(BITGRAD_VERSION_STRING) ==
-        std::to_string(BITGRAD_VERSION_MAJOR) + "." + std::to_string(BITGRAD_VERSION_MINOR) +
-            "." + std::to_string(BITGRAD_VERSION_PATCH));
+  CHECK(std::string(BITGRAD_VERSION_STRING) == std::to_string(BITGRAD_VERSION_MAJOR) + "." +
+                                                   std::to_string(BITGRAD_VERSION_MINOR) + "." +
+                                                   std::to_string(BITGRAD_VERSION_PATCH));
 }
 
 TEST_CASE("check_shape names the caller, the expected and the actual shape") {
   bitgrad::tensor2<float> x = xt::zeros<float>({4, 7});
-  CHECK_NOTHROW(bitgrad::check_shape("linear", "input", x.shape(), std::array<std::size_t, 2>{0, 7}));
+  CHECK_NOTHROW(
+      bitgrad::check_shape("linear", "input", x.shape(), std::array<std::size_t, 2>{0, 7}));
   try {
     bitgrad::check_shape("fc1", "input", x.shape(), std::array<std::size_t, 2>{0, 8});
     FAIL("no exception");

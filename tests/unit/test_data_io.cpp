@@ -8,9 +8,12 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <vector>
 
 using namespace bitgrad_test;
@@ -99,4 +102,62 @@ TEST_CASE("read_file_bytes reads everything and enforces its limit") {
   CHECK_THROWS_AS((void)bitgrad::read_file_bytes(dir / "blob", 1 << 20), bitgrad::format_error);
   CHECK_THROWS_AS((void)bitgrad::read_file_bytes(dir / "missing", 10), bitgrad::io_error);
   CHECK_THROWS_AS((void)bitgrad::read_file_bytes(dir.path(), 10), bitgrad::io_error);
+}
+
+namespace {
+
+/// Forks a child that writes `path` atomically in many slow chunks; once it has written at
+/// least `bytes_before_kill` it tells the parent, which kills it with SIGKILL mid-write.
+void kill_writer_mid_write(const std::filesystem::path& path, std::size_t bytes_before_kill) {
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    try {
+      bitgrad::write_file_atomically(path, [&](std::ostream& out) {
+        const std::string chunk(64 * 1024, 'n');
+        for (std::size_t written = 0;; written += chunk.size()) {
+          out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+          out.flush();
+          if (written >= bytes_before_kill) {
+            const char go = 1;
+            (void)!::write(ready[1], &go, 1);
+            ::pause(); // killed here, in the middle of the file
+          }
+        }
+      });
+    } catch (...) {
+    }
+    ::_exit(3); // never reached when killed
+  }
+  ::close(ready[1]);
+  char go = 0;
+  REQUIRE(::read(ready[0], &go, 1) == 1);
+  ::close(ready[0]);
+  REQUIRE(::kill(child, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+}
+
+} // namespace
+
+TEST_CASE("a writer killed mid-write never leaves a truncated file under the final name") {
+  const temp_dir dir;
+  SUBCASE("new file: the final name does not appear") {
+    const auto path = dir / "model.bgm";
+    kill_writer_mid_write(path, 1 << 20);
+    CHECK_FALSE(std::filesystem::exists(path));
+  }
+  SUBCASE("existing file: the old content stays whole") {
+    const auto path = dir / "checkpoint.bin";
+    const std::string old = "the last good checkpoint";
+    bitgrad::write_file_atomically(path, old);
+    kill_writer_mid_write(path, 1 << 20);
+    const auto bytes = bitgrad::read_file_bytes(path, 1 << 20);
+    CHECK(std::string(bytes.begin(), bytes.end()) == old);
+  }
 }

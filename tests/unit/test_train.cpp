@@ -5,8 +5,8 @@
 
 #include <cmath>
 #include <filesystem>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,8 +24,8 @@ const dataset& sample_train() {
   return d;
 }
 const dataset& sample_test() {
-  static const dataset d = load_mnist_format(sample / "t10k-images-idx3-ubyte.gz",
-                                             sample / "t10k-labels-idx1-ubyte.gz");
+  static const dataset d =
+      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
   return d;
 }
 
@@ -42,8 +42,7 @@ struct temp_dir {
 template <class Net>
 std::vector<float> all_parameters(Net& net) {
   std::vector<float> v;
-  net.visit_parameters(
-      [&](param_ref<float>& p) { v.insert(v.end(), p.value, p.value + p.size); });
+  net.visit_parameters([&](param_ref<float>& p) { v.insert(v.end(), p.value, p.value + p.size); });
   return v;
 }
 
@@ -60,8 +59,12 @@ train::trainer_options quick_options(const fs::path& out) {
   return o;
 }
 
-auto make_fp32() { return nn::lenet5<float>({.seed = 3}); }
-auto make_quant() { return nn::lenet5<float, quant::frac_bits>({.seed = 3}); }
+auto make_fp32() {
+  return nn::lenet5<float>({.seed = 3});
+}
+auto make_quant() {
+  return nn::lenet5<float, quant::frac_bits>({.seed = 3});
+}
 
 } // namespace
 
@@ -128,7 +131,8 @@ TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical"
   struct stop_rule {
     std::size_t epochs, steps;
   };
-  for (const stop_rule rule : {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 4}, stop_rule{0, 7}}) {
+  for (const stop_rule rule :
+       {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 4}, stop_rule{0, 7}}) {
     CAPTURE(rule.epochs);
     CAPTURE(rule.steps);
     temp_dir resumed("bitgrad-train-resumed");
@@ -238,7 +242,8 @@ TEST_CASE("a non-finite gradient stops training naming the step, or is skipped a
     auto q = make_quant();
     poison(fp32);
     train::trainer t(fp32, q, sample_train(), sample_test(), options(false));
-    CHECK_THROWS_WITH(t.run(), doctest::Contains("pretrain epoch 1 step 1: the loss is not finite"));
+    CHECK_THROWS_WITH(t.run(),
+                      doctest::Contains("pretrain epoch 1 step 1: the loss is not finite"));
     CHECK_FALSE(fs::exists(dir.path / "checkpoint.bin")); // nothing good to keep yet
   }
   SUBCASE("skip and count") {

@@ -12,11 +12,16 @@ enum class param_kind { weight, bias, bitwidth, scale, norm };
 
 inline const char* to_string(param_kind kind) {
   switch (kind) {
-  case param_kind::weight: return "weight";
-  case param_kind::bias: return "bias";
-  case param_kind::bitwidth: return "bitwidth";
-  case param_kind::scale: return "scale";
-  case param_kind::norm: return "norm";
+  case param_kind::weight:
+    return "weight";
+  case param_kind::bias:
+    return "bias";
+  case param_kind::bitwidth:
+    return "bitwidth";
+  case param_kind::scale:
+    return "scale";
+  case param_kind::norm:
+    return "norm";
   }
   return "?";
 }

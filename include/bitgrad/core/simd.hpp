@@ -50,6 +50,8 @@ template <class T>
 inline constexpr std::size_t simd_lanes = BITGRAD_HAS_SIMD ? simd_batch<T>::size : 1;
 
 /// Name of the compiled instruction set, for benchmark and test output ("avx512f", "sse2", ...).
-inline const char* simd_arch_name() { return simd_arch::name(); }
+inline const char* simd_arch_name() {
+  return simd_arch::name();
+}
 
 } // namespace bitgrad

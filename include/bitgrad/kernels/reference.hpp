@@ -2,8 +2,8 @@
 // same signatures. Tests use them as oracles.
 #pragma once
 
-#include <bitgrad/kernels/ref/gemm.hpp>
 #include <bitgrad/kernels/ref/conv2d.hpp>
 #include <bitgrad/kernels/ref/elementwise.hpp>
+#include <bitgrad/kernels/ref/gemm.hpp>
 #include <bitgrad/kernels/ref/noise.hpp>
 #include <bitgrad/kernels/ref/pool2d.hpp>

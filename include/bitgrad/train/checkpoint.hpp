@@ -35,7 +35,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
 #include <zlib.h>
 
 namespace bitgrad::train {
@@ -179,8 +178,8 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
                                  Net& net) {
   using T = typename Net::value_type;
   if (bytes.size() < sizeof detail::checkpoint_magic + 12)
-    throw format_error(file, 0, "too short for a checkpoint (" + std::to_string(bytes.size()) +
-                                    " bytes)");
+    throw format_error(file, 0,
+                       "too short for a checkpoint (" + std::to_string(bytes.size()) + " bytes)");
   const std::size_t body = bytes.size() - 4;
   std::uint32_t stored_crc;
   std::memcpy(&stored_crc, bytes.data() + body, 4);

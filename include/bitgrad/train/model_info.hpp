@@ -32,9 +32,7 @@ struct model_size {
 
   double total_bits() const { return weight_bits + 32.0 * static_cast<double>(float_params); }
   double bytes() const { return total_bits() / 8.0; }
-  double average_bits() const {
-    return weights ? code_bits / static_cast<double>(weights) : 0.0;
-  }
+  double average_bits() const { return weights ? code_bits / static_cast<double>(weights) : 0.0; }
   double compression() const {
     const double fp32 = 32.0 * static_cast<double>(weights + float_params);
     return total_bits() > 0 ? fp32 / total_bits() : 0.0;
@@ -116,7 +114,10 @@ void copy_parameters(From& from, To& to) {
 template <class Net>
 void rebind_quantizers(Net& net) {
   auto rebind = [](std::string_view, auto& layer) {
-    if constexpr (requires { layer.quantizer(); layer.weight(); }) {
+    if constexpr (requires {
+                    layer.quantizer();
+                    layer.weight();
+                  }) {
       auto& w = layer.weight();
       const std::size_t channels = w.shape(0);
       layer.quantizer().bind(channels, w.size() / channels, w.data());

@@ -39,8 +39,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstddef>
 #include <filesystem>
 #include <iostream>
@@ -84,9 +84,9 @@ struct trainer_options {
   /// Per-group sensitivity diagnostics at the end of the run (train/sensitivity.hpp) on this
   /// many fixed batches of 32 test images; 0 = off.
   std::size_t sensitivity_batches = 0;
-  std::filesystem::path out_dir;       ///< empty: write no files
-  bool resume = false;                 ///< continue from out_dir/checkpoint.bin if present
-  std::ostream* log = &std::cout;      ///< progress and per-epoch lines; null = silent
+  std::filesystem::path out_dir;  ///< empty: write no files
+  bool resume = false;            ///< continue from out_dir/checkpoint.bin if present
+  std::ostream* log = &std::cout; ///< progress and per-epoch lines; null = silent
   bool terminal = stdout_is_terminal();
 };
 
@@ -94,7 +94,7 @@ struct trainer_options {
 struct run_result {
   run_summary summary;
   std::vector<epoch_record> history;
-  bool finished = false; ///< false when stopped early (stop_after_*, SIGINT, SIGTERM)
+  bool finished = false;         ///< false when stopped early (stop_after_*, SIGINT, SIGTERM)
   std::size_t skipped_steps = 0; ///< batches skipped for non-finite values (skip_nonfinite)
 };
 
@@ -106,7 +106,9 @@ inline std::atomic<bool>& interrupt_requested() {
 }
 
 namespace detail {
-inline void on_interrupt(int) { interrupt_requested().store(true); }
+inline void on_interrupt(int) {
+  interrupt_requested().store(true);
+}
 } // namespace detail
 
 /// Makes SIGINT and SIGTERM request a clean stop (checkpoint, then return) instead of killing
@@ -129,8 +131,8 @@ inline std::string encode_history(const std::vector<epoch_record>& h) {
   out.precision(17);
   for (const auto& e : h)
     out << e.phase << ',' << e.epoch << ',' << e.loss << ',' << e.train_accuracy << ','
-        << e.test_accuracy << ',' << e.average_bits << ',' << e.size_bytes << ','
-        << e.compression << ',' << e.seconds << ';';
+        << e.test_accuracy << ',' << e.average_bits << ',' << e.size_bytes << ',' << e.compression
+        << ',' << e.seconds << ';';
   return out.str();
 }
 
@@ -146,8 +148,8 @@ inline std::vector<epoch_record> decode_history(const std::string& text) {
     epoch_record e;
     e.phase = cells[0];
     e.epoch = std::stoul(cells[1]);
-    double* values[] = {&e.loss,       &e.train_accuracy, &e.test_accuracy,
-                        &e.average_bits, &e.size_bytes,   &e.compression, &e.seconds};
+    double* values[] = {&e.loss,       &e.train_accuracy, &e.test_accuracy, &e.average_bits,
+                        &e.size_bytes, &e.compression,    &e.seconds};
     for (int i = 0; i < 7; ++i) *values[i] = std::strtod(cells[2 + i].c_str(), nullptr);
     h.push_back(e);
   }
@@ -210,8 +212,8 @@ public:
     const auto ckpt = checkpoint_path();
 
     if (opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt)) {
-      resumed = resume_from(ckpt, phase, done_epochs, fp32_accuracy, seconds_before,
-                            result.history);
+      resumed =
+          resume_from(ckpt, phase, done_epochs, fp32_accuracy, seconds_before, result.history);
       say("resumed from " + ckpt.string() + " at " + detail::phase_name(phase) + " epoch " +
           std::to_string(done_epochs));
     }
@@ -244,9 +246,8 @@ public:
     }
     // ---- search ---------------------------------------------------------------------------
     if (phase == 1) {
-      quant::size_penalty penalty{.form = opt_.penalty,
-                                  .lambda = opt_.penalty_lambda,
-                                  .target_bits = target_bits()};
+      quant::size_penalty penalty{
+          .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = target_bits()};
       if (!run_phase(quant_, 1, opt_.search, done_epochs, resumed, &penalty, result.history,
                      fp32_accuracy, elapsed))
         return result;
@@ -411,9 +412,9 @@ private:
         part.seconds = std::strtod(m.at("epoch_seconds").c_str(), nullptr);
       }
     }
-    const std::size_t per_epoch = opt_.max_steps_per_epoch
-                                      ? std::min(opt_.max_steps_per_epoch, batches.batches_per_epoch())
-                                      : batches.batches_per_epoch();
+    const std::size_t per_epoch =
+        opt_.max_steps_per_epoch ? std::min(opt_.max_steps_per_epoch, batches.batches_per_epoch())
+                                 : batches.batches_per_epoch();
     const std::size_t total_steps = per_epoch * po.epochs;
     auto params = [&](auto&& f) { net.visit_parameters(f); };
     auto quants = [&](auto&& f) { net.visit_quantizers(f); };
@@ -449,13 +450,12 @@ private:
       save_checkpoint(checkpoint_path(), net, data);
     };
     auto step_failure = [&](std::size_t epoch, std::size_t step, const std::string& what) {
-      return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
-                                std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
-                                ": " + what +
-                                (std::filesystem::exists(checkpoint_path())
-                                     ? "; the last checkpoint (" + checkpoint_path().string() +
-                                           ") is intact"
-                                     : std::string()));
+      return std::runtime_error(
+          std::string(detail::phase_name(phase)) + " epoch " + std::to_string(epoch + 1) +
+          " step " + std::to_string(step + 1) + ": " + what +
+          (std::filesystem::exists(checkpoint_path())
+               ? "; the last checkpoint (" + checkpoint_path().string() + ") is intact"
+               : std::string()));
     };
 
     for (std::size_t epoch = done; epoch < po.epochs; ++epoch) {
@@ -493,8 +493,9 @@ private:
         ++steps_this_run_;
         bar.update(part.step, part.images,
                    part.images ? part.loss_sum / static_cast<double>(part.images) : 0.0,
-                   part.images ? static_cast<double>(part.correct) / static_cast<double>(part.images)
-                               : 0.0);
+                   part.images
+                       ? static_cast<double>(part.correct) / static_cast<double>(part.images)
+                       : 0.0);
         const bool interrupted = interrupt_requested().load();
         const bool step_limit = opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps;
         if ((interrupted || step_limit) && part.step < per_epoch) {
@@ -526,8 +527,8 @@ private:
       rec.average_bits = size.average_bits();
       rec.size_bytes = size.bytes();
       rec.compression = size.compression();
-      rec.seconds =
-          part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      rec.seconds = part.seconds +
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       history.push_back(rec);
       if (csv_) csv_->append(rec);
       if (opt_.log) {

@@ -18,9 +18,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 namespace bitgrad {
 
