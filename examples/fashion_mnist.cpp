@@ -106,7 +106,7 @@ int run(const settings& cfg, Builder build) {
               cfg.model.c_str(), cfg.policy.c_str(), cfg.group.c_str(), cfg.target_bits,
               train_set.size(), test_set.size(), bitgrad::simd_arch_name());
   const auto result = trainer.run();
-  if (!result.finished) return 0;
+  if (!result.finished) return bitgrad::train::interrupt_requested() ? 130 : 0;
   print_table(result.summary);
   if (!cfg.trainer.out_dir.empty()) {
     const auto model = cfg.trainer.out_dir / "model.bgm";
@@ -184,6 +184,8 @@ int main(int argc, char** argv) {
 #if defined(BITGRAD_WITH_OPENMP)
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 #endif
+  // Ctrl-C / SIGTERM: finish the current step, write the checkpoint, exit; --resume continues.
+  bitgrad::train::install_interrupt_handlers();
   try {
     if (cfg.policy == "step_bits") return run_model<bitgrad::quant::step_bits>(cfg);
     if (cfg.policy == "fixed_bits") return run_model<bitgrad::quant::fixed_bits>(cfg);
