@@ -34,16 +34,18 @@ struct json_value {
   double number = 0;
   std::string text;
   std::vector<json_value> items;
-  std::vector<std::pair<std::string, json_value>> members;
+  // An object's keys and values side by side (a pair of an incomplete type is not allowed).
+  std::vector<std::string> keys;
+  std::vector<json_value> values;
 
   const json_value& operator[](const std::string& key) const {
-    for (const auto& [k, v] : members)
-      if (k == key) return v;
+    for (std::size_t k = 0; k < keys.size(); ++k)
+      if (keys[k] == key) return values[k];
     throw std::runtime_error("no key " + key);
   }
   bool has(const std::string& key) const {
-    for (const auto& m : members)
-      if (m.first == key) return true;
+    for (const auto& k : keys)
+      if (k == key) return true;
     return false;
   }
 };
@@ -132,7 +134,8 @@ struct json_parser {
       while (true) {
         std::string k = string();
         expect(':');
-        v.members.emplace_back(k, value());
+        v.keys.push_back(k);
+        v.values.push_back(value());
         ws();
         if (s[i] == ',') {
           ++i;
@@ -396,8 +399,8 @@ TEST_CASE("to_json(run_summary) reads back with every value") {
   CHECK(doc["compression"].number == 10.25);
   CHECK(doc["seconds"].number == 61.5);
   const json_value& settings = doc["settings"];
-  REQUIRE(settings.members.size() == 3);
-  CHECK(settings.members[0].first == "epochs");
+  REQUIRE(settings.keys.size() == 3);
+  CHECK(settings.keys[0] == "epochs");
   CHECK(settings["lr"].text == "0.001");
   CHECK(settings["note"].text == "say \"hi\" & go");
   const json_value& layers = doc["layers"];
