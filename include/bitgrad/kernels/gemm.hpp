@@ -44,6 +44,7 @@
 #pragma once
 
 #include <bitgrad/kernels/epilogue.hpp>
+#include <bitgrad/kernels/gemm_dot.hpp>
 #include <bitgrad/kernels/gemm_microkernel.hpp>
 #include <bitgrad/kernels/gemm_pack.hpp>
 #include <bitgrad/kernels/ref/gemm.hpp>
@@ -107,6 +108,14 @@ void gemm_scale(std::size_t m, std::size_t n, T beta, T* c, std::size_t ldc, con
   }
 }
 
+/// Whether an m x n x k rectangle of C = A B^T (both stored with k contiguous) runs faster as
+/// inner products (gemm_dot.hpp) than packed through the outer-product micro-kernel.
+template <class T>
+bool gemm_prefers_dot(std::size_t m, std::size_t n, std::size_t k) {
+  (void)m, (void)n;
+  return k >= 4 * simd_batch<T>::size;
+}
+
 /// Where the micro-kernel finds the operands of one (ic, pc, jc) block, packed or in place.
 template <class T>
 struct gemm_block {
@@ -153,6 +162,11 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
   constexpr std::size_t align = std::max<std::size_t>(64, simd_arch::alignment());
   const std::size_t m = row_end - row_begin;
   const std::size_t n = col_end - col_begin;
+  if (trans_a == transpose::no && trans_b == transpose::yes && gemm_prefers_dot<T>(m, n, k)) {
+    gemm_dot_rectangle(row_begin, row_end, col_begin, col_end, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc, ep);
+    return;
+  }
   const std::size_t kc_block = gemm_even_block(k, blocking::kc, 1);
   const std::size_t mc_block = gemm_even_block(m, blocking::mc(kc_block), tile::mr);
   const std::size_t nc_block = gemm_even_block(n, blocking::nc(kc_block), tile::nr);
