@@ -7,7 +7,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: all deps test demo bench asan format clean
+.PHONY: all deps test demo bench asan tsan format clean
 
 all: test
 
@@ -23,6 +23,12 @@ asan: deps
 	$(CMAKE) --preset asan
 	$(CMAKE) --build --preset asan -j $(JOBS)
 	$(CTEST) --preset asan -j $(JOBS)
+
+# Concurrent inference on one loaded model under ThreadSanitizer (clang-14).
+tsan: deps
+	$(CMAKE) --preset tsan
+	$(CMAKE) --build --preset tsan -j $(JOBS) --target test_runtime
+	TSAN_OPTIONS=halt_on_error=1 ./build/tsan/tests/test_runtime
 
 demo: deps
 	$(CMAKE) --preset bench

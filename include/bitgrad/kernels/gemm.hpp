@@ -108,12 +108,15 @@ void gemm_scale(std::size_t m, std::size_t n, T beta, T* c, std::size_t ldc, con
   }
 }
 
-/// Whether an m x n x k rectangle of C = A B^T (both stored with k contiguous) runs faster as
-/// inner products (gemm_dot.hpp) than packed through the outer-product micro-kernel.
+/// Whether C = A B^T (both stored with k contiguous) runs faster as inner products
+/// (gemm_dot.hpp) than packed through the outer-product micro-kernel: for few columns (which
+/// would leave lanes of the NR-wide tile idle, and cost a transposing pack of B) and a long k
+/// (which amortises the horizontal sums). Measured with bench_gemm: conv1 wgrad of LeNet
+/// (6 x 25 x 576) and of the VGG net (32 x 9 x 784) gain 1.4-2x, while k = 84 (a classifier
+/// layer) or n = 150 stay faster packed.
 template <class T>
-bool gemm_prefers_dot(std::size_t m, std::size_t n, std::size_t k) {
-  (void)m, (void)n;
-  return k >= 4 * simd_batch<T>::size;
+bool gemm_prefers_dot(std::size_t n, std::size_t k) {
+  return n <= gemm_dot_tile<T>::max_n && k >= 256;
 }
 
 /// Where the micro-kernel finds the operands of one (ic, pc, jc) block, packed or in place.
@@ -150,19 +153,20 @@ void gemm_macro_kernel(const gemm_block<T> x, const gemm_output<T, Epilogue> out
   }
 }
 
-/// Runs the blocked loops over rows [row_begin, row_end) and columns [col_begin, col_end) of C.
+/// Runs the blocked loops over rows [row_begin, row_end) and columns [col_begin, col_end) of C,
+/// or the inner products of gemm_dot.hpp when `inner_products` (decided once for the whole C).
 /// Pointers and indices are those of the whole problem.
 template <class T, class Epilogue>
 void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
                     std::size_t row_end, std::size_t col_begin, std::size_t col_end, std::size_t k,
                     T alpha, const T* a, std::size_t lda, const T* b, std::size_t ldb, T beta, T* c,
-                    std::size_t ldc, const Epilogue& ep) {
+                    std::size_t ldc, const Epilogue& ep, bool inner_products) {
   using tile = gemm_tile<T>;
   using blocking = gemm_blocking<T>;
   constexpr std::size_t align = std::max<std::size_t>(64, simd_arch::alignment());
   const std::size_t m = row_end - row_begin;
   const std::size_t n = col_end - col_begin;
-  if (trans_a == transpose::no && trans_b == transpose::yes && gemm_prefers_dot<T>(m, n, k)) {
+  if (inner_products) {
     gemm_dot_rectangle(row_begin, row_end, col_begin, col_end, k, alpha, a, lda, b, ldb, beta, c,
                        ldc, ep);
     return;
@@ -262,6 +266,8 @@ template <class T, class Epilogue>
 void gemm_threads(transpose trans_a, transpose trans_b, std::size_t m, std::size_t n, std::size_t k,
                   T alpha, const T* a, std::size_t lda, const T* b, std::size_t ldb, T beta, T* c,
                   std::size_t ldc, const Epilogue& ep) {
+  const bool dot =
+      trans_a == transpose::no && trans_b == transpose::yes && gemm_prefers_dot<T>(n, k);
 #if defined(BITGRAD_WITH_OPENMP)
   const int threads = gemm_thread_count(m, n, k);
   if (threads > 1) {
@@ -281,13 +287,13 @@ void gemm_threads(transpose trans_a, transpose trans_b, std::size_t m, std::size
       const std::size_t col_end = std::min(n, (gc + 1) * n_tiles / grid_cols * tile::nr);
       if (row_begin < row_end && col_begin < col_end) {
         gemm_rectangle(trans_a, trans_b, row_begin, row_end, col_begin, col_end, k, alpha, a, lda,
-                       b, ldb, beta, c, ldc, ep);
+                       b, ldb, beta, c, ldc, ep, dot);
       }
     }
     return;
   }
 #endif
-  gemm_rectangle(trans_a, trans_b, 0, m, 0, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+  gemm_rectangle(trans_a, trans_b, 0, m, 0, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep, dot);
 }
 
 } // namespace detail
