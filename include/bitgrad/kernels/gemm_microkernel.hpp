@@ -210,7 +210,7 @@ BITGRAD_NOINLINE void gemm_edge_tile(std::size_t kc, const T* a, std::size_t lda
   using tile = gemm_tile<T, Arch>;
   static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
     static_for<tile::nv>([&](auto v) BITGRAD_INLINE_LAMBDA {
-      constexpr std::size_t mu = decltype(i)::value + 1, nv = decltype(v)::value + 1;
+      constexpr std::size_t mu = i + 1, nv = v + 1;
       if constexpr (nv < tile::nv) {
         if (rows == mu && regs == nv) {
           typename tile::template accumulators<mu, nv> acc;
@@ -241,8 +241,7 @@ BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::siz
   if (regs == tile::nv) {
     // Full width (any number of rows): in registers through the epilogue.
     static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
-      constexpr std::size_t mu =
-          tile::mr - decltype(i)::value; // full height first: the common case
+      constexpr std::size_t mu = tile::mr - i; // full height first: the common case
       if (rows == mu) {
         typename tile::template accumulators<mu> acc;
         gemm_micro_kernel<T, Arch, mu, tile::nv>(kc, a, lda, b, ldb, acc);
