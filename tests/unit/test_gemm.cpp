@@ -218,6 +218,23 @@ TEST_CASE_TEMPLATE("gemm applies every epilogue exactly once, after alpha and be
   });
 }
 
+TEST_CASE_TEMPLATE("gemm's inner-product path (A B^T, few columns, long k)", T, float, double) {
+  // C = A B^T with n <= 32 and k >= 256 runs as dot products (gemm_dot.hpp): every row and
+  // column count of its register blocks, k tails, k chunks, padding and every epilogue.
+  std::mt19937 rng(9);
+  for (std::size_t m = 1; m <= 9; ++m) {
+    for (std::size_t n : {1, 2, 3, 4, 5, 9, 25, 32}) {
+      check_gemm<T>({no, yes, m, n, 256 + 7 * m + n, -0.5, m % 2 ? 0.0 : 0.3, m % 3, n % 4, 1},
+                    epilogue::identity{}, rng);
+    }
+  }
+  for_each_epilogue<T>([&](const auto& ep) {
+    check_gemm<T>({no, yes, 32, 9, 784, 1, 0}, ep, rng);
+    check_gemm<T>({no, yes, 6, 25, 576, 1, 1}, ep, rng);
+    check_gemm<T>({no, yes, 37, 31, 9000, 0.5, 0.3, 3, 5, 2}, ep, rng);
+  });
+}
+
 TEST_CASE_TEMPLATE("gemm with k == 0 writes ep(beta * C); m or n == 0 is a no-op", T, float,
                    double) {
   std::mt19937 rng(6);
@@ -279,22 +296,25 @@ TEST_CASE_TEMPLATE("ReLU epilogues: the register overload matches the scalar one
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE_TEMPLATE("gemm gives the same bits on any number of threads", T, float, double) {
   std::mt19937 rng(8);
-  const std::size_t m = 203, n = 517, k = 611;
-  std::vector<T> a(m * k), b(k * n);
-  for (T& x : a) x = random_value<T>(rng);
-  for (T& x : b) x = random_value<T>(rng);
   const int saved = omp_get_max_threads();
-  std::vector<T> first;
-  for (int threads : {1, 2, 3, 4, 7}) {
-    omp_set_num_threads(threads);
-    std::vector<T> c(m * n, T(0.25));
-    bitgrad::gemm(no, yes, m, n, k, T(0.5), a.data(), k, b.data(), k, T(-1), c.data(), n,
-                  epilogue::bias_cols_relu<T>{test_bias<T>()});
-    if (first.empty()) {
-      first = c;
-    } else {
-      INFO("threads = " << threads);
-      CHECK(c == first);
+  // Packed outer products, and inner products (n <= 32, long k).
+  for (const std::size_t n : {517, 20}) {
+    const std::size_t m = 203, k = n > 32 ? 611 : 3001;
+    std::vector<T> a(m * k), b(k * n);
+    for (T& x : a) x = random_value<T>(rng);
+    for (T& x : b) x = random_value<T>(rng);
+    std::vector<T> first;
+    for (int threads : {1, 2, 3, 4, 7}) {
+      omp_set_num_threads(threads);
+      std::vector<T> c(m * n, T(0.25));
+      bitgrad::gemm(no, yes, m, n, k, T(0.5), a.data(), k, b.data(), k, T(-1), c.data(), n,
+                    epilogue::bias_cols_relu<T>{test_bias<T>()});
+      if (first.empty()) {
+        first = c;
+      } else {
+        INFO("n = " << n << ", threads = " << threads);
+        CHECK(c == first);
+      }
     }
   }
   omp_set_num_threads(saved);

@@ -201,17 +201,17 @@ gemm_store_tile(const typename gemm_tile<T, Arch>::template accumulators<MU, NV>
   gemm_store_ragged<T, Arch>(buf, width, MU, out, row, col, cols);
 }
 
-/// A tile at the right edge of C, `regs` < NV registers per row (any number of rows). The
-/// accumulators go to buf (MR x NR, aligned) for gemm_store_ragged; being independent of the
-/// epilogue, this is compiled once per element type, whichever epilogues the callers use.
+/// A tile at the bottom or right edge of C: `rows` < MR rows or `regs` < NV registers per row.
+/// The accumulators go to buf (MR x NR, aligned) for gemm_store_ragged; being independent of
+/// the epilogue, this is compiled once per element type, whichever epilogues the callers use.
 template <class T, class Arch>
 BITGRAD_NOINLINE void gemm_edge_tile(std::size_t kc, const T* a, std::size_t lda, const T* b,
                                      std::size_t ldb, std::size_t rows, std::size_t regs, T* buf) {
   using tile = gemm_tile<T, Arch>;
   static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
     static_for<tile::nv>([&](auto v) BITGRAD_INLINE_LAMBDA {
-      constexpr std::size_t mu = i + 1, nv = v + 1;
-      if constexpr (nv < tile::nv) {
+      constexpr std::size_t mu = decltype(i)::value + 1, nv = decltype(v)::value + 1;
+      if constexpr (mu < tile::mr || nv < tile::nv) {
         if (rows == mu && regs == nv) {
           typename tile::template accumulators<mu, nv> acc;
           gemm_micro_kernel<T, Arch, mu, nv>(kc, a, lda, b, ldb, acc);
@@ -227,10 +227,10 @@ BITGRAD_NOINLINE void gemm_edge_tile(std::size_t kc, const T* a, std::size_t lda
 }
 
 /// Multiplies `rows` rows of A by `cols` columns of B (operands as in gemm_micro_kernel) and
-/// writes the result to C(row.., col..) with the smallest tile that covers it. Tiles NV registers
-/// wide (all but the right edge of C) stay in registers through the epilogue; narrower ones
-/// pass through memory, which keeps the number of inlined kernel copies per epilogue at MR.
-/// B must hold whole registers (ceil(cols / lanes) of them) on every row.
+/// writes the result to C(row.., col..) with the smallest tile that covers it. Full tiles stay
+/// in registers through the epilogue; the smaller ones at the bottom and right edges of C pass
+/// through memory, so that each epilogue inlines one kernel copy (compile time) and the edge
+/// kernels are shared. B must hold whole registers (ceil(cols / lanes) of them) on every row.
 template <class T, class Arch = simd_arch, class Epilogue>
 BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::size_t lda, const T* b,
                                             std::size_t ldb, const gemm_output<T, Epilogue>& out,
@@ -238,16 +238,10 @@ BITGRAD_ALWAYS_INLINE void gemm_tile_update(std::size_t kc, const T* a, std::siz
                                             std::size_t cols) {
   using tile = gemm_tile<T, Arch>;
   const std::size_t regs = (cols + tile::lanes - 1) / tile::lanes;
-  if (regs == tile::nv) {
-    // Full width (any number of rows): in registers through the epilogue.
-    static_for<tile::mr>([&](auto i) BITGRAD_INLINE_LAMBDA {
-      constexpr std::size_t mu = tile::mr - i; // full height first: the common case
-      if (rows == mu) {
-        typename tile::template accumulators<mu> acc;
-        gemm_micro_kernel<T, Arch, mu, tile::nv>(kc, a, lda, b, ldb, acc);
-        gemm_store_tile<T, Arch, mu, tile::nv>(acc, out, row, col, cols);
-      }
-    });
+  if (rows == tile::mr && regs == tile::nv) {
+    typename tile::template accumulators<> acc;
+    gemm_micro_kernel<T, Arch, tile::mr, tile::nv>(kc, a, lda, b, ldb, acc);
+    gemm_store_tile<T, Arch, tile::mr, tile::nv>(acc, out, row, col, cols);
     return;
   }
   alignas(Arch::alignment()) T buf[tile::mr * tile::nr];

@@ -46,46 +46,58 @@ void gemm_pack_runs(const T* src, std::size_t ld, std::size_t lines, std::size_t
   }
 }
 
-/// dst[p * W + r] = src[r * ld + p] for r < rows, p < kc; zero for rows <= r < W: one W x kc
-/// micro-panel from `rows` rows of length kc. Full panels go through register-square transposes
-/// (gemm_transpose.hpp); the rest runs element by
-/// element in chunks of 32 columns. Either way each source cache line is read once and the
-/// stretch of dst being written stays in L1, even when the rows are a multiple of 4 KiB apart
-/// and would evict each other from a set-associative L1.
+/// dst[p * W + r] = src[r * ld + p] for rows [r0, r1) and columns [p0, p1), element by element
+/// in chunks of 32 columns: each source cache line is read once, and the stretch of dst being
+/// written stays in L1 even when the rows are a multiple of 4 KiB apart (and would evict each
+/// other from a set-associative L1).
 template <std::size_t W, class T>
-void gemm_pack_transposed(const T* src, std::size_t ld, std::size_t rows, std::size_t kc, T* dst) {
-  // The block: the largest power of two up to the register width that divides W.
-  constexpr std::size_t square = [] {
-    std::size_t n = simd_batch<T>::size;
-    while (n > 1 && W % n != 0) n /= 2;
-    return n;
-  }();
-  std::size_t p0 = 0;
-  if constexpr (square * sizeof(T) >= 16) {
-    if (rows == W) {
-      // Row block by row block, so that each of `square` source rows is read as one stream.
-      const std::size_t squares = kc / square * square;
-      for (std::size_t r = 0; r < W; r += square) {
-        for (p0 = 0; p0 < squares; p0 += square) {
-          gemm_transpose_square<T, square>(src + r * ld + p0, ld, dst + p0 * W + r, W);
-        }
+void gemm_pack_transposed_scalar(const T* src, std::size_t ld, std::size_t r0, std::size_t r1,
+                                 std::size_t p0, std::size_t p1, T* dst) {
+  constexpr std::size_t chunk = 32;
+  for (std::size_t pc = p0; pc < p1; pc += chunk) {
+    const std::size_t len = std::min(chunk, p1 - pc);
+    for (std::size_t r = r0; r < r1; ++r) {
+      const T* const in = src + r * ld + pc;
+      T* const out = dst + pc * W + r;
+      if (len == chunk) {
+        for (std::size_t p = 0; p < chunk; ++p) out[p * W] = in[p];
+      } else {
+        for (std::size_t p = 0; p < len; ++p) out[p * W] = in[p];
       }
     }
   }
-  constexpr std::size_t chunk = 32;
-  for (; p0 < kc; p0 += chunk) {
-    const std::size_t len = std::min(chunk, kc - p0);
-    T* const out = dst + p0 * W;
-    for (std::size_t r = 0; r < rows; ++r) {
-      const T* const in = src + r * ld + p0;
-      if (len == chunk) {
-        for (std::size_t p = 0; p < chunk; ++p) out[p * W + r] = in[p];
-      } else {
-        for (std::size_t p = 0; p < len; ++p) out[p * W + r] = in[p];
+}
+
+/// Rows [r, ...) of gemm_pack_transposed in S x S register squares (gemm_transpose.hpp), then in
+/// smaller squares down to 16-byte registers; returns the first row left for the scalar loop.
+/// Row block by row block, so that each of the S source rows is read as one stream.
+template <std::size_t S, std::size_t W, class T>
+std::size_t gemm_pack_transposed_squares(const T* src, std::size_t ld, std::size_t r,
+                                         std::size_t rows, std::size_t kc, T* dst) {
+  if constexpr (S * sizeof(T) >= 16) {
+    const std::size_t whole = kc / S * S;
+    for (; r + S <= rows; r += S) {
+      for (std::size_t p = 0; p < whole; p += S) {
+        gemm_transpose_square<T, S>(src + r * ld + p, ld, dst + p * W + r, W);
       }
+      gemm_pack_transposed_scalar<W>(src, ld, r, r + S, whole, kc, dst);
     }
-    for (std::size_t r = rows; r < W; ++r) {
-      for (std::size_t p = 0; p < len; ++p) out[p * W + r] = T(0);
+    return gemm_pack_transposed_squares<S / 2, W>(src, ld, r, rows, kc, dst);
+  } else {
+    return r;
+  }
+}
+
+/// dst[p * W + r] = src[r * ld + p] for r < rows, p < kc; zero for rows <= r < W: one W x kc
+/// micro-panel from `rows` rows of length kc (a transpose).
+template <std::size_t W, class T>
+void gemm_pack_transposed(const T* src, std::size_t ld, std::size_t rows, std::size_t kc, T* dst) {
+  const std::size_t r =
+      gemm_pack_transposed_squares<simd_batch<T>::size, W>(src, ld, 0, rows, kc, dst);
+  gemm_pack_transposed_scalar<W>(src, ld, r, rows, 0, kc, dst);
+  if (rows < W) {
+    for (std::size_t p = 0; p < kc; ++p) {
+      for (std::size_t i = rows; i < W; ++i) dst[p * W + i] = T(0);
     }
   }
 }
@@ -145,10 +157,10 @@ private:
   std::size_t capacity_ = 0;
 };
 
-/// The calling thread's pack buffers for A (`which` = 0) and B (`which` = 1).
+/// The calling thread's buffers: packed A (`which` = 0), packed B (1), inner-product sums (2).
 template <class T, std::size_t Align>
-gemm_pack_buffer<T, Align>& gemm_thread_buffer(int which) {
-  thread_local gemm_pack_buffer<T, Align> buffers[2];
+gemm_pack_buffer<T, Align>& gemm_thread_buffer(std::size_t which) {
+  thread_local gemm_pack_buffer<T, Align> buffers[3];
   return buffers[which];
 }
 
