@@ -52,7 +52,10 @@
 #include <bitgrad/kernels/transpose.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
 
 #if defined(BITGRAD_WITH_OPENMP)
 #include <omp.h>
@@ -87,8 +90,20 @@ struct gemm_blocking {
   }
 };
 
-/// Below this many flops (2 m n k) per thread, an extra thread costs more than it saves.
-inline constexpr std::size_t gemm_parallel_min_flops = std::size_t(1) << 18;
+/// Below this many flops (2 m n k) per thread, an extra thread costs more than it saves. Waking
+/// an OpenMP thread that sleeps (OMP_WAIT_POLICY=passive) takes tens of microseconds, the time
+/// of about 2^22 flops here; a spinning one (libgomp's default) a few: 2^20. Measured with
+/// bench_gemm on 2 threads: passive, 128^3 ran at 54 GFLOP/s on 2 threads against 108 on 1;
+/// spinning, 64 x 196 x 288 ran at 100 on 1 thread and OpenBLAS at 158 on 2.
+inline std::size_t gemm_parallel_min_flops() {
+  static const std::size_t flops = [] {
+    std::string policy = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
+    for (char& ch : policy) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const bool passive = policy == "passive";
+    return std::size_t(1) << (passive ? 22 : 20);
+  }();
+  return flops;
+}
 
 /// The block size that splits `extent` into the fewest blocks of at most `limit` (rounded up to
 /// a multiple of `unit`, so blocks may exceed `limit` by less than `unit`) of near-equal size.
@@ -236,7 +251,7 @@ void gemm_rectangle(transpose trans_a, transpose trans_b, std::size_t row_begin,
 inline int gemm_thread_count(std::size_t m, std::size_t n, std::size_t k) {
 #if defined(BITGRAD_WITH_OPENMP)
   if (omp_in_parallel()) return 1;
-  const std::size_t by_work = 2 * m * n * k / gemm_parallel_min_flops;
+  const std::size_t by_work = 2 * m * n * k / gemm_parallel_min_flops();
   return static_cast<int>(std::clamp<std::size_t>(by_work, 1, std::size_t(omp_get_max_threads())));
 #else
   (void)m, (void)n, (void)k;
