@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -63,13 +64,127 @@ auto quantizers_of(Q& net) {
 
 } // namespace
 
-TEST_CASE("layers whose shapes do not fit fail at the first forward, naming the layer and both "
-          "shapes") {
-  SUBCASE("linear after linear") {
-    auto net =
-        nn::sequential(nn::linear<float>({.in_features = 4, .out_features = 3, .name = "fc1"}),
+TEST_CASE("layers whose feature counts do not fit are rejected when the sequential is built, "
+          "naming the layer's index and type, the expected and the actual count") {
+  using lin = nn::linear<float>;
+  using conv = nn::conv2d<float>;
+  SUBCASE("linear after linear (through a relu)") {
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(lin({.in_features = 784, .out_features = 100, .name = "fc1"}),
                        nn::relu<float, 2>("relu"),
-                       nn::linear<float>({.in_features = 5, .out_features = 2, .name = "fc2"}));
+                       lin({.in_features = 50, .out_features = 10, .name = "fc2"})),
+        "sequential: layer 2 (linear 50->10 no_quant 'fc2'): expected 50 input features, got 100 "
+        "from layer 1 (relu 'relu')",
+        shape_error);
+  }
+  SUBCASE("conv2d after conv2d, through a max pool; the sequential's own name leads") {
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(std::string("net"),
+                       conv({.in_channels = 1, .out_channels = 4, .kernel = 3, .name = "c1"}),
+                       nn::max_pool2d<float>({.kernel = 2, .name = "pool"}),
+                       conv({.in_channels = 3, .out_channels = 2, .kernel = 3, .name = "c2"})),
+        "net: layer 2 (conv2d 3->2 3x3 no_quant 'c2'): expected 3 input channels, got 4 from "
+        "layer 1 (max_pool2d 2x2 stride 2 'pool')",
+        shape_error);
+  }
+  SUBCASE("batch_norm2d after a conv2d") {
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(conv({.in_channels = 3, .out_channels = 16, .kernel = 3, .name = "c1"}),
+                       nn::batch_norm<float, 4>({.features = 32, .name = "bn1"})),
+        "sequential: layer 1 (batch_norm2d 32 'bn1'): expected 32 input channels, got 16 from "
+        "layer 0 (conv2d 3->16 3x3 no_quant 'c1')",
+        shape_error);
+  }
+  SUBCASE("a linear after global average pooling takes the channels as features") {
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(conv({.in_channels = 3, .out_channels = 8, .kernel = 3, .name = "c1"}),
+                       nn::global_avg_pool<float>("gap"),
+                       lin({.in_features = 10, .out_features = 2, .name = "fc"})),
+        Contains("layer 2 (linear 10->2 no_quant 'fc'): expected 10 input features, got 8 from "
+                 "layer 1 (global_avg_pool 'gap')"),
+        shape_error);
+  }
+  SUBCASE("after a flatten the count is unknown until a layer states one again") {
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(conv({.in_channels = 1, .out_channels = 2, .kernel = 3, .name = "c1"}),
+                       nn::flatten<float>("flatten"),
+                       lin({.in_features = 32, .out_features = 5, .name = "fc1"}),
+                       nn::dropout<float, 2>({.p = 0.5, .name = "drop"}),
+                       lin({.in_features = 4, .out_features = 2, .name = "fc2"})),
+        Contains("layer 4 (linear 4->2 no_quant 'fc2'): expected 4 input features, got 5 from "
+                 "layer 3 (dropout"),
+        shape_error);
+  }
+  SUBCASE("inside a nested sequential: both positions are named") {
+    auto head = nn::sequential(std::string("head"), nn::relu<float, 2>("relu"),
+                               lin({.in_features = 50, .out_features = 10, .name = "fc2"}));
+    CHECK_THROWS_WITH_AS(
+        nn::sequential(lin({.in_features = 784, .out_features = 100, .name = "fc1"}),
+                       std::move(head)),
+        "sequential: layer 1 (sequential of 2 layers 'head'): head: layer 1 (linear 50->10 "
+        "no_quant 'fc2'): expected 50 input features, got 100 from layer 0 (relu 'relu')",
+        shape_error);
+  }
+  SUBCASE("a residual whose block changes the channels around an identity shortcut") {
+    auto block =
+        nn::sequential(conv({.in_channels = 4, .out_channels = 8, .kernel = 3, .name = "c1"}));
+    CHECK_THROWS_WITH_AS(
+        nn::residual(std::string("blk"), std::move(block), nn::identity<float, 4>("shortcut")),
+        "blk: block gives 8 output channels, shortcut (identity 'shortcut') gives 4", shape_error);
+  }
+  SUBCASE("a residual whose block and projection shortcut take different inputs") {
+    auto block =
+        nn::sequential(conv({.in_channels = 4, .out_channels = 8, .kernel = 3, .name = "c1"}));
+    auto shortcut =
+        nn::sequential(conv({.in_channels = 3, .out_channels = 8, .kernel = 1, .name = "proj"}));
+    CHECK_THROWS_WITH_AS(nn::residual(std::string("blk"), std::move(block), std::move(shortcut)),
+                         "blk: block expects 4 input channels, shortcut expects 3", shape_error);
+  }
+  SUBCASE("fitting layers build") {
+    CHECK_NOTHROW(nn::sequential(lin({.in_features = 784, .out_features = 100, .name = "fc1"}),
+                                 nn::relu<float, 2>("relu"),
+                                 lin({.in_features = 100, .out_features = 10, .name = "fc2"})));
+    CHECK_NOTHROW(nn::sequential(
+        conv({.in_channels = 3, .out_channels = 16, .kernel = 3, .name = "c1"}),
+        nn::batch_norm<float, 4>({.features = 16, .name = "bn1"}), nn::relu<float, 4>("relu"),
+        nn::avg_pool2d<float>({.kernel = 2, .name = "pool"}),
+        conv({.in_channels = 16, .out_channels = 8, .kernel = 3, .name = "c2"})));
+  }
+}
+
+namespace {
+
+/// A user layer that states nothing about its features (neither optional member): y = x.
+struct user_copy_layer {
+  using value_type = float;
+  using input_type = tensor2<float>;
+  using output_type = tensor2<float>;
+  const output_type& forward(const input_type& x) { return y_ = x; }
+  const input_type& backward(const output_type& dy) { return dx_ = dy; }
+  void zero_grad() {}
+  void train(bool on) { training_ = on; }
+  bool training() const { return training_; }
+  template <class F>
+  void visit_parameters(F&&) {}
+  template <class F>
+  void visit_quantizers(F&&) {}
+  std::string describe() const { return "user copy"; }
+  const std::string& name() const { return name_; }
+  std::string name_ = "user";
+  bool training_ = true;
+  output_type y_;
+  input_type dx_;
+};
+static_assert(nn::layer<user_copy_layer>);
+
+} // namespace
+
+TEST_CASE("what construction cannot see fails at the first forward, naming the layer and both "
+          "shapes") {
+  SUBCASE("a user layer without the optional feature members stops the check") {
+    auto net = nn::sequential(
+        nn::linear<float>({.in_features = 4, .out_features = 3, .name = "fc1"}), user_copy_layer{},
+        nn::linear<float>({.in_features = 5, .out_features = 2, .name = "fc2"}));
     const tensor2<float> x = xt::ones<float>({2, 4});
     CHECK_THROWS_WITH_AS(net.forward(x),
                          "fc2: expected input of shape (0, 5) (0 = any), got (2, 3)", shape_error);
@@ -85,19 +200,19 @@ TEST_CASE("layers whose shapes do not fit fail at the first forward, naming the 
                          "head: expected input of shape (0, 30) (0 = any), got (1, 32)",
                          shape_error);
   }
-  SUBCASE("a conv whose input has the wrong channel count") {
+  SUBCASE("an input with the wrong channel count") {
     auto net = nn::sequential(
         nn::conv2d<float>({.in_channels = 1, .out_channels = 4, .kernel = 3, .name = "c1"}),
-        nn::conv2d<float>({.in_channels = 3, .out_channels = 2, .kernel = 3, .name = "c2"}));
-    const tensor4<float> x = xt::ones<float>({2, 1, 8, 8});
+        nn::conv2d<float>({.in_channels = 4, .out_channels = 2, .kernel = 3, .name = "c2"}));
+    const tensor4<float> x = xt::ones<float>({2, 3, 8, 8});
     try {
       net.forward(x);
       FAIL("no shape_error");
     } catch (const shape_error& e) {
       const std::string what = e.what();
-      CHECK(what.rfind("c2: ", 0) == 0);
-      CHECK(what.find("(2, 4, 6, 6)") != std::string::npos); // what it got
-      CHECK(what.find("3") != std::string::npos);            // the channels it expects
+      CHECK(what.rfind("c1: ", 0) == 0);
+      CHECK(what.find("(2, 3, 8, 8)") != std::string::npos); // what it got
+      CHECK(what.find("(0, 1, 0, 0)") != std::string::npos); // the channels it expects
     }
   }
   SUBCASE("LeNet-5 fed an image of the wrong size") {
@@ -107,6 +222,23 @@ TEST_CASE("layers whose shapes do not fit fail at the first forward, naming the 
                          shape_error);
     CHECK_THROWS_WITH_AS(net.forward(x), Contains("got (1, 400)"), shape_error);
   }
+}
+
+TEST_CASE("the model builders pass the construction check") {
+  CHECK_NOTHROW(nn::lenet5<float>({.seed = 1}));
+  CHECK_NOTHROW(nn::lenet5<float, quant::frac_bits, quant::fixed_bits>({.seed = 1}));
+  CHECK_NOTHROW(nn::lenet5<float>({.seed = 1, .in_channels = 3, .in_size = 32}));
+  CHECK_NOTHROW(nn::vgg_small<float>({.seed = 3}));
+  CHECK_NOTHROW(nn::vgg_small<float, quant::frac_bits>({.in_channels = 3, .in_size = 32}));
+  CHECK_NOTHROW(nn::resnet20<float>({.seed = 1}));
+  CHECK_NOTHROW(nn::resnet20<float, quant::frac_bits, quant::fixed_bits>({.width = 8}));
+  // ... and state their input and output features.
+  const auto lenet = nn::lenet5<float>({.seed = 1});
+  CHECK(lenet.input_features() == std::optional<std::size_t>(1));
+  CHECK(lenet.output_features(1) == std::optional<std::size_t>(10));
+  const auto resnet = nn::resnet20<float>({.num_classes = 7});
+  CHECK(resnet.input_features() == std::optional<std::size_t>(3));
+  CHECK(resnet.output_features(std::nullopt) == std::optional<std::size_t>(7));
 }
 
 TEST_CASE("group size 0 or larger than the channel count is rejected when the layer is built") {

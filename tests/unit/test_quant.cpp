@@ -210,8 +210,14 @@ TEST_CASE("frac_bits at an integer b: the integer quantizer, with a live right d
       const double s = k == 1 ? st.sum_abs / double(lay.count(g)) : st.max_abs / level_limit(k);
       std::vector<double> expect(lay.count(g));
       ref::quant_fprop(lay.count(g), w.data() + lay.offset(g), expect.data(), make_grid(k, s));
-      for (std::size_t i = 0; i < lay.count(g); ++i)
-        CHECK(r.wq[lay.offset(g) + i] == doctest::Approx(expect[i]).epsilon(1e-15));
+      // Exactly the integer quantizer for k >= 2; at k = 1 the scale mean|w| is a sum, which
+      // the SIMD statistics add in another order than the reference (rounding only).
+      for (std::size_t i = 0; i < lay.count(g); ++i) {
+        if (k >= 2)
+          CHECK(r.wq[lay.offset(g) + i] == expect[i]);
+        else
+          CHECK(r.wq[lay.offset(g) + i] == doctest::Approx(expect[i]).epsilon(1e-15));
+      }
     }
     // Right derivative: one-sided difference towards k + 1 equals the analytic gradient.
     std::vector<double> wq(n_weights);

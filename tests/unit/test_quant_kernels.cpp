@@ -1,6 +1,6 @@
 // Fake-quantization kernels: the SIMD kernels against their scalar twins in bitgrad::ref
 // (element-wise outputs bit-exact, ragged tails included), rounding half to even, codes in
-// range, the sign grid.
+// range, the sign grid, x = w * (1 / s) in every kernel, NaN weights stay NaN.
 #include <bitgrad/kernels/quantize.hpp>
 
 #include <doctest/doctest.h>
@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -73,7 +74,9 @@ TEST_CASE_TEMPLATE("uniform and sign grids: SIMD equals the reference", T, float
   for (std::size_t n : sizes) {
     const auto w = normal<T>(n, 11 + static_cast<unsigned>(n));
     const auto gy = normal<T>(n, 17 + static_cast<unsigned>(n));
-    for (int k : {1, 2, 3, 4, 8, 16}) {
+    // k = 23: the widest grid of the SIMD path in float (L = 2^22 - 1); k = 24 (float) goes to
+    // the reference.
+    for (int k : {1, 2, 3, 4, 8, 16, 23, 24}) {
       INFO("n = ", n, ", k = ", k);
       const auto g = make_grid<T>(k, T(0.37) / static_cast<T>(level_limit(k)) * T(4));
       std::vector<T> a(n), b(n);
@@ -165,6 +168,67 @@ TEST_CASE_TEMPLATE("rounding is half to even and clamps to the symmetric range",
   const T ds = quant_bprop(4, ws.data(), gy.data(), gw.data(), sg);
   CHECK(ds == T(0)); // +1 - 1 + 1 - 1
   check_values(gw, {1, 1, 1, 0});
+}
+
+TEST_CASE_TEMPLATE("x = w * (1 / s) in every kernel, also where w / s is a tie", T, float, double) {
+  using namespace bitgrad;
+  // float: 0.0015f / 0.001f is exactly 1.5 (code 2) but 0.0015f * (1 / 0.001f) = 1.4999999
+  // (code 1); double: 0.001 * 4.5 / 0.001 = 4.5 (code 4), times 1 / 0.001 4.500000000000001
+  // (code 5). The kernels follow the reciprocal: the SIMD and reference kernels, the integer and
+  // the fractional ones (at f = 0) and the export codes all agree.
+  const bool is_float = sizeof(T) == sizeof(float);
+  const T s = T(0.001);
+  const T w0 = is_float ? s * T(1.5) : s * T(4.5);
+  const std::int32_t code = is_float ? 1 : 5;
+  REQUIRE(std::nearbyint(w0 / s) != static_cast<T>(code)); // division would round the other way
+  REQUIRE(std::nearbyint(w0 * (T(1) / s)) == static_cast<T>(code));
+  const auto g = make_grid<T>(4, s); // L = 7
+  const auto hi = make_grid<T>(5, s);
+  const std::size_t n = 37; // the tie in the vector body and in the ragged tail
+  std::vector<T> w(n, T(0.0003));
+  w[0] = w0;
+  w[n - 1] = -w0;
+  std::vector<T> a(n), b(n), c(n), d(n);
+  quant_fprop(n, w.data(), a.data(), g);
+  ref::quant_fprop(n, w.data(), b.data(), g);
+  frac_quant_fprop(n, w.data(), c.data(), g, hi, T(0));
+  ref::frac_quant_fprop(n, w.data(), d.data(), g, hi, T(0));
+  std::vector<std::int32_t> codes(n);
+  quant_codes(n, w.data(), codes.data(), g);
+  CHECK(codes[0] == code);
+  CHECK(codes[n - 1] == -code);
+  for (const auto* v : {&a, &b, &c, &d}) {
+    CHECK((*v)[0] == static_cast<T>(code) * s);
+    CHECK((*v)[n - 1] == -static_cast<T>(code) * s);
+  }
+  CHECK(same_bits(a, b));
+  CHECK(same_bits(a, c));
+  CHECK(same_bits(a, d));
+}
+
+TEST_CASE_TEMPLATE("a NaN weight stays NaN on every kernel", T, float, double) {
+  using namespace bitgrad;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const std::size_t n = 19;
+  std::vector<T> w(n, T(0.4));
+  w[3] = nan;
+  w[n - 1] = nan; // ragged tail
+  const auto lo = make_grid<T>(3, T(0.25)), hi = make_grid<T>(4, T(0.125));
+  std::vector<T> a(n), b(n), c(n), d(n);
+  quant_fprop(n, w.data(), a.data(), lo);
+  ref::quant_fprop(n, w.data(), b.data(), lo);
+  frac_quant_fprop(n, w.data(), c.data(), lo, hi, T(0.5));
+  ref::frac_quant_fprop(n, w.data(), d.data(), lo, hi, T(0.5));
+  for (const auto* v : {&a, &b, &c, &d}) {
+    CHECK(std::isnan((*v)[3]));
+    CHECK(std::isnan((*v)[n - 1]));
+  }
+  // The others as usual: 0.4 / 0.25 = 1.6 -> code 2 on lo (0.5); 0.4 / 0.125 = 3.2 -> 3 on hi
+  // (0.375); the mix at f = 1/2 is 0.4375.
+  CHECK(a[0] == T(0.5));
+  CHECK(b[0] == T(0.5));
+  CHECK(c[0] == T(0.4375));
+  CHECK(d[0] == T(0.4375));
 }
 
 TEST_CASE_TEMPLATE("step quantizer values and straight-through gradients", T, float, double) {

@@ -6,9 +6,10 @@
 // Exactness against bitgrad::ref:
 //   * single-grid and step kernels (quant_fprop / quant_bprop / step_quant_*, hence every
 //     frozen quantizer and the export codes) are bit-exact on their element-wise outputs: the
-//     same IEEE operations in the same order (w / s, clamp, round half to even, s * code, a
-//     masked add), for float and double, ragged tails included (a tail is padded into one
-//     register through a stack buffer and runs the same code).
+//     same IEEE operations in the same order (w * (1 / s) with 1 / s rounded once per call,
+//     clamp, round half to even, s * code, a masked add; the step kernels divide by d), for
+//     float and double, ragged tails included (a tail is padded into one register through a
+//     stack buffer and runs the same code).
 //   * the fractional mix (frac_quant_fprop, and grad_w of frac_quant_bprop) has one
 //     multiply-add, q_lo + f (q_hi - q_lo), which GCC may fuse into an FMA in one kernel and
 //     not in the other (-ffp-contract=fast is the GNU default): equal within 1 ulp, and
@@ -18,6 +19,8 @@
 //     sequential reference by rounding only (relative ~ n * epsilon). max_abs is exact.
 //   Checked by tests/unit/test_quant_kernels.cpp at -O2 (SSE2) and -march=native (AVX-512).
 // No allocation: a tail uses one register-sized stack buffer.
+// Per call, not per weight: 1 / s, the broadcast constants and the sign-grid test; the sums
+// accumulate in registers (fold_chunks), one partial sum per lane.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -27,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace bitgrad {
 
@@ -77,24 +81,53 @@ T max_lanes(const qbatch<T>& v) {
   return *std::max_element(buf, buf + qbatch<T>::size);
 }
 
-/// Calls step(i, m) over [0, n) in register-sized chunks; the last chunk may be short.
+/// Calls step(i, m) over [0, n) in register-sized chunks; the last chunk may be short. The step
+/// is copied into the loop, so the values it captures stay in registers (see fold_chunks).
 template <class T, class Step>
-void for_each_chunk(std::size_t n, Step&& step) {
+void for_each_chunk(std::size_t n, Step step) {
   constexpr std::size_t lanes = qbatch<T>::size;
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) step(i, lanes);
   if (i < n) step(i, n - i);
 }
 
-// GCC 12 warns (-Wmaybe-uninitialized, a false positive from _mm512_undefined_ps) inside
-// xsimd's AVX-512 min / max / nearbyint, so the kernels use select-based equivalents; the
-// results are the same IEEE values as std::min / std::max / std::nearbyint on non-NaN inputs.
+/// for_each_chunk with an accumulator: acc = step(acc, i, m) over the chunks, returns acc.
+/// The accumulator and the step (capture by value) are locals of this loop, so the partial
+/// sums stay in registers: accumulators reached through a reference capture are reloaded and
+/// stored every chunk, since a SIMD store may alias anything.
+template <class T, class Acc, class Step>
+Acc fold_chunks(std::size_t n, Acc acc, Step step) {
+  constexpr std::size_t lanes = qbatch<T>::size;
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) acc = step(acc, i, lanes);
+  if (i < n) acc = step(acc, i, n - i);
+  return acc;
+}
 
-/// min(max(x, lo), hi) as std::min(std::max(x, lo), hi) computes it.
+/// Runs body(std::bool_constant<sign>{}) for the grid's kind, so that the per-register code
+/// has no branch on it.
+template <class T, class Body>
+void with_grid_kind(const quant_grid<T>& g, Body&& body) {
+  if (g.sign)
+    body(std::true_type{});
+  else
+    body(std::false_type{});
+}
+
+/// min(max(x, lo), hi) as std::min(std::max(x, lo), hi) computes it (the select form: the
+/// step kernels clamp w, whose bounds +-q_max may be zero).
 template <class T>
 qbatch<T> clamp(const qbatch<T>& x, const qbatch<T>& lo, const qbatch<T>& hi) {
   const qbatch<T> y = xsimd::select(x < lo, lo, x);
   return xsimd::select(hi < y, hi, y);
+}
+
+/// The same clamp for bounds -L < 0 < L, one min and one max: no input equals a bound with the
+/// other sign of zero, and x goes second because x86 min / max return the second operand when
+/// either is NaN (NEON's return the NaN), so a NaN weight stays NaN as in std::min / std::max.
+template <class T>
+qbatch<T> clamp_symmetric(const qbatch<T>& x, const qbatch<T>& neg_limit, const qbatch<T>& limit) {
+  return xsimd::min(limit, xsimd::max(neg_limit, x));
 }
 
 /// Round half to even, the sign of zero kept: (|x| + 2^p) - 2^p rounds |x| to an integer in the
@@ -107,6 +140,40 @@ qbatch<T> round_even(const qbatch<T>& x) {
   return xsimd::select(a < big, r | xsimd::bitofsign(x), x);
 }
 
+/// Largest clip limit L for which round_small is exact: 2^(p-1) (p = mantissa bits).
+template <class T>
+inline constexpr T small_limit = T(0.5) / std::numeric_limits<T>::epsilon();
+
+/// round_even for |x| <= small_limit (a clamped x), 3 operations instead of 6: x + 1.5 * 2^p lies
+/// in [2^p, 2^(p+1)], where the spacing is 1, so the add rounds x half to even (1.5 * 2^p is
+/// even) and the subtraction is exact; or-ing the sign of x back gives nearbyint's -0 for x in
+/// [-0.5, -0]. NaN stays NaN.
+template <class T>
+qbatch<T> round_small(const qbatch<T>& x) {
+  const qbatch<T> magic(T(1.5) / std::numeric_limits<T>::epsilon());
+  return ((x + magic) - magic) | xsimd::bitofsign(x);
+}
+
+/// The grids the SIMD kernels take: L <= small_limit (k <= 23 bits in float, 52 in double;
+/// bitgrad's bitwidths are 1..16). Others go to the reference kernels.
+template <class T>
+bool simd_grid(const quant_grid<T>& g) {
+  return g.limit <= small_limit<T>;
+}
+
+/// One grid's constants, broadcast once per kernel call.
+template <class T>
+struct grid_regs {
+  qbatch<T> scale;     ///< s
+  qbatch<T> inverse;   ///< 1 / s (inverse_scale)
+  qbatch<T> limit;     ///< L
+  qbatch<T> neg_limit; ///< -L
+  qbatch<T> inside;    ///< inside_limit
+  explicit grid_regs(const quant_grid<T>& g)
+      : scale(g.scale), inverse(inverse_scale(g)), limit(g.limit), neg_limit(-g.limit),
+        inside(inside_limit(g)) {}
+};
+
 /// One register of weights on one grid (see ref::detail::on_grid, same operations).
 template <class T>
 struct grid_batch {
@@ -115,22 +182,21 @@ struct grid_batch {
   qbatch<T> dq_ds;
 };
 
-template <class T>
-grid_batch<T> on_grid(const qbatch<T>& w, const quant_grid<T>& g) {
-  const qbatch<T> s(g.scale);
-  const qbatch<T> lim(g.limit);
-  const qbatch<T> x = w / s;
+/// Sign: the grid's kind (quant_grid::sign), fixed per call by with_grid_kind.
+template <bool Sign, class T>
+grid_batch<T> on_grid(const qbatch<T>& w, const grid_regs<T>& g) {
+  const qbatch<T> x = w * g.inverse;
   grid_batch<T> r;
-  r.inside = xsimd::abs(x) <= qbatch<T>(inside_limit(g));
+  r.inside = xsimd::abs(x) <= g.inside;
   qbatch<T> code;
-  if (g.sign) {
+  if constexpr (Sign) {
     code = xsimd::select(w >= qbatch<T>(T(0)), qbatch<T>(T(1)), qbatch<T>(T(-1)));
     r.dq_ds = code;
   } else {
-    code = round_even(clamp(x, qbatch<T>(-lim), lim));
+    code = round_small(clamp_symmetric(x, g.neg_limit, g.limit));
     r.dq_ds = xsimd::select(r.inside, code - x, code);
   }
-  r.q = s * code;
+  r.q = g.scale * code;
   return r;
 }
 
@@ -141,14 +207,27 @@ abs_stats<T> quant_abs_stats(std::size_t n, const T* w) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     return ref::quant_abs_stats(n, w);
   } else {
+    // Two registers per step into two pairs of accumulators (the adds' latency, not the loads,
+    // bounds one pair), then the pairs are combined: sum = (sum_0 + sum_1) lane by lane.
+    // max(x, m) keeps m when x is NaN, as std::max(m, x) in the reference.
     using B = detail::qbatch<T>;
-    B mx(T(0)), sm(T(0));
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      const B a = xsimd::abs(detail::load_part(w + i, m));
-      mx = xsimd::select(mx < a, a, mx);
-      sm = sm + a;
-    });
-    return {detail::max_lanes(mx), detail::sum_lanes(sm)};
+    constexpr std::size_t lanes = B::size;
+    B mx0(T(0)), sm0(T(0)), mx1(T(0)), sm1(T(0));
+    std::size_t i = 0;
+    for (; i + 2 * lanes <= n; i += 2 * lanes) {
+      const B x0 = xsimd::abs(B::load_unaligned(w + i));
+      const B x1 = xsimd::abs(B::load_unaligned(w + i + lanes));
+      mx0 = xsimd::max(x0, mx0);
+      mx1 = xsimd::max(x1, mx1);
+      sm0 = sm0 + x0;
+      sm1 = sm1 + x1;
+    }
+    for (; i < n; i += lanes) {
+      const B x = xsimd::abs(detail::load_part(w + i, std::min(lanes, n - i)));
+      mx0 = xsimd::max(x, mx0);
+      sm0 = sm0 + x;
+    }
+    return {detail::max_lanes(xsimd::max(mx1, mx0)), detail::sum_lanes(sm0 + sm1)};
   }
 }
 
@@ -156,9 +235,15 @@ template <class T>
 void quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& g) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     ref::quant_fprop(n, w, wq, g);
+  } else if (!detail::simd_grid(g)) {
+    ref::quant_fprop(n, w, wq, g);
   } else {
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      detail::store_part(wq + i, detail::on_grid(detail::load_part(w + i, m), g).q, m);
+    const detail::grid_regs<T> c(g);
+    detail::with_grid_kind(g, [&](auto sign) {
+      detail::for_each_chunk<T>(n, [w, wq, c](std::size_t i, std::size_t m) {
+        const auto p = detail::on_grid<decltype(sign)::value>(detail::load_part(w + i, m), c);
+        detail::store_part(wq + i, p.q, m);
+      });
     });
   }
 }
@@ -173,15 +258,21 @@ template <class T>
 T quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, const quant_grid<T>& g) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     return ref::quant_bprop(n, w, grad_wq, grad_w, g);
+  } else if (!detail::simd_grid(g)) {
+    return ref::quant_bprop(n, w, grad_wq, grad_w, g);
   } else {
     using B = detail::qbatch<T>;
+    const detail::grid_regs<T> c(g);
     B ds(T(0));
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      const auto p = detail::on_grid(detail::load_part(w + i, m), g);
-      const B gy = detail::load_part(grad_wq + i, m);
-      const B gw = detail::load_part(grad_w + i, m);
-      detail::store_part(grad_w + i, xsimd::select(p.inside, gw + gy, gw), m);
-      ds = ds + gy * p.dq_ds;
+    detail::with_grid_kind(g, [&](auto sign) {
+      ds = detail::fold_chunks<T>(
+          n, ds, [w, grad_wq, grad_w, c](B acc, std::size_t i, std::size_t m) {
+            const auto p = detail::on_grid<decltype(sign)::value>(detail::load_part(w + i, m), c);
+            const B gy = detail::load_part(grad_wq + i, m);
+            const B gw = detail::load_part(grad_w + i, m);
+            detail::store_part(grad_w + i, xsimd::select(p.inside, gw + gy, gw), m);
+            return acc + gy * p.dq_ds;
+          });
     });
     return detail::sum_lanes(ds);
   }
@@ -192,14 +283,21 @@ void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
                       const quant_grid<T>& hi, T f) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     ref::frac_quant_fprop(n, w, wq, lo, hi, f);
+  } else if (!detail::simd_grid(lo) || !detail::simd_grid(hi)) {
+    ref::frac_quant_fprop(n, w, wq, lo, hi, f);
   } else {
     using B = detail::qbatch<T>;
     const B fb(f);
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      const B x = detail::load_part(w + i, m);
-      const B q_lo = detail::on_grid(x, lo).q;
-      const B q_hi = detail::on_grid(x, hi).q;
-      detail::store_part(wq + i, q_lo + fb * (q_hi - q_lo), m);
+    const detail::grid_regs<T> a(lo), b(hi);
+    detail::with_grid_kind(lo, [&](auto lo_sign) {
+      detail::with_grid_kind(hi, [&](auto hi_sign) {
+        detail::for_each_chunk<T>(n, [w, wq, a, b, fb](std::size_t i, std::size_t m) {
+          const B x = detail::load_part(w + i, m);
+          const B q_lo = detail::on_grid<decltype(lo_sign)::value>(x, a).q;
+          const B q_hi = detail::on_grid<decltype(hi_sign)::value>(x, b).q;
+          detail::store_part(wq + i, q_lo + fb * (q_hi - q_lo), m);
+        });
+      });
     });
   }
 }
@@ -209,22 +307,34 @@ frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
                                     const quant_grid<T>& lo, const quant_grid<T>& hi, T f) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f);
+  } else if (!detail::simd_grid(lo) || !detail::simd_grid(hi)) {
+    return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f);
   } else {
     using B = detail::qbatch<T>;
-    const B fb(f), one_minus_f(T(1) - f), zero(T(0));
-    B d_frac(T(0)), d_lo(T(0)), d_hi(T(0));
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      const B x = detail::load_part(w + i, m);
-      const auto a = detail::on_grid(x, lo);
-      const auto b = detail::on_grid(x, hi);
-      const B g = detail::load_part(grad_wq + i, m);
-      const B mask = xsimd::select(a.inside, one_minus_f, zero) + xsimd::select(b.inside, fb, zero);
-      detail::store_part(grad_w + i, detail::load_part(grad_w + i, m) + g * mask, m);
-      d_frac = d_frac + g * (b.q - a.q);
-      d_lo = d_lo + g * a.dq_ds;
-      d_hi = d_hi + g * b.dq_ds;
+    const B fb(f), one_minus_f(T(1) - f);
+    const detail::grid_regs<T> rlo(lo), rhi(hi);
+    struct acc {
+      B d_frac, d_lo, d_hi;
+    };
+    acc r{B(T(0)), B(T(0)), B(T(0))};
+    detail::with_grid_kind(lo, [&](auto lo_sign) {
+      detail::with_grid_kind(hi, [&](auto hi_sign) {
+        r = detail::fold_chunks<T>(
+            n, r,
+            [w, grad_wq, grad_w, rlo, rhi, fb, one_minus_f](acc s, std::size_t i, std::size_t m) {
+              const B zero(T(0));
+              const B x = detail::load_part(w + i, m);
+              const auto a = detail::on_grid<decltype(lo_sign)::value>(x, rlo);
+              const auto b = detail::on_grid<decltype(hi_sign)::value>(x, rhi);
+              const B g = detail::load_part(grad_wq + i, m);
+              const B mask =
+                  xsimd::select(a.inside, one_minus_f, zero) + xsimd::select(b.inside, fb, zero);
+              detail::store_part(grad_w + i, detail::load_part(grad_w + i, m) + g * mask, m);
+              return acc{s.d_frac + g * (b.q - a.q), s.d_lo + g * a.dq_ds, s.d_hi + g * b.dq_ds};
+            });
+      });
     });
-    return {detail::sum_lanes(d_frac), detail::sum_lanes(d_lo), detail::sum_lanes(d_hi)};
+    return {detail::sum_lanes(r.d_frac), detail::sum_lanes(r.d_lo), detail::sum_lanes(r.d_hi)};
   }
 }
 
@@ -235,7 +345,7 @@ void step_quant_fprop(std::size_t n, const T* w, T* wq, T step, T qmax) {
   } else {
     using B = detail::qbatch<T>;
     const B d(step), qm(qmax);
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
+    detail::for_each_chunk<T>(n, [w, wq, d, qm](std::size_t i, std::size_t m) {
       const B x = detail::clamp(detail::load_part(w + i, m), B(-qm), qm) / d;
       detail::store_part(wq + i, d * detail::round_even(x), m);
     });
@@ -249,19 +359,23 @@ step_quant_sums<T> step_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
     return ref::step_quant_bprop(n, w, grad_wq, grad_w, step, qmax);
   } else {
     using B = detail::qbatch<T>;
-    const B d(step), qm(qmax), zero(T(0));
-    B d_step(T(0)), d_qmax(T(0));
-    detail::for_each_chunk<T>(n, [&](std::size_t i, std::size_t m) {
-      const B wv = detail::load_part(w + i, m);
-      const B x = detail::clamp(wv, B(-qm), qm) / d;
-      const auto inside = xsimd::abs(wv) <= qm;
-      const B g = detail::load_part(grad_wq + i, m);
-      const B gw = detail::load_part(grad_w + i, m);
-      detail::store_part(grad_w + i, xsimd::select(inside, gw + g, gw), m);
-      d_step = d_step + g * (detail::round_even(x) - x);
-      d_qmax = d_qmax + xsimd::select(inside, zero, xsimd::select(wv >= zero, g, -g));
-    });
-    return {detail::sum_lanes(d_step), detail::sum_lanes(d_qmax)};
+    const B d(step), qm(qmax);
+    struct acc {
+      B d_step, d_qmax;
+    };
+    const acc r = detail::fold_chunks<T>(
+        n, acc{B(T(0)), B(T(0))}, [w, grad_wq, grad_w, d, qm](acc s, std::size_t i, std::size_t m) {
+          const B zero(T(0));
+          const B wv = detail::load_part(w + i, m);
+          const B x = detail::clamp(wv, B(-qm), qm) / d;
+          const auto inside = xsimd::abs(wv) <= qm;
+          const B g = detail::load_part(grad_wq + i, m);
+          const B gw = detail::load_part(grad_w + i, m);
+          detail::store_part(grad_w + i, xsimd::select(inside, gw + g, gw), m);
+          return acc{s.d_step + g * (detail::round_even(x) - x),
+                     s.d_qmax + xsimd::select(inside, zero, xsimd::select(wv >= zero, g, -g))};
+        });
+    return {detail::sum_lanes(r.d_step), detail::sum_lanes(r.d_qmax)};
   }
 }
 

@@ -9,6 +9,7 @@
 #include <bitgrad/nn/layer.hpp>
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -70,6 +71,8 @@ public:
   void visit_parameters(F&&) {}
   template <class F>
   void visit_quantizers(F&&) {}
+  /// Dimension 1 passes through (nn/layer.hpp).
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const { return in; }
   std::string describe() const { return Op::kind; }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

@@ -22,6 +22,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 #include <string>
 
 namespace bitgrad::nn {
@@ -150,6 +151,10 @@ public:
   }
   template <class F>
   void visit_quantizers(F&&) {}
+  /// features (channels) in and out (nn/layer.hpp).
+  std::optional<std::size_t> input_features() const { return c_; }
+  std::optional<std::size_t> output_features(std::optional<std::size_t>) const { return c_; }
+
   std::string describe() const {
     return std::string(Rank == 2 ? "batch_norm1d " : "batch_norm2d ") + std::to_string(c_);
   }

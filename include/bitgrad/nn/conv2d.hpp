@@ -25,6 +25,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -171,6 +172,12 @@ public:
   template <class F>
   void visit_quantizers(F&& f) {
     f(std::string_view(name_), quantizer_);
+  }
+
+  /// in_channels in, out_channels out (nn/layer.hpp).
+  std::optional<std::size_t> input_features() const { return opt_.in_channels; }
+  std::optional<std::size_t> output_features(std::optional<std::size_t>) const {
+    return opt_.out_channels;
   }
 
   std::string describe() const {

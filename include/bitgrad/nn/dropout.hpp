@@ -14,6 +14,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -83,6 +84,8 @@ public:
   void visit_parameters(F&&) {}
   template <class F>
   void visit_quantizers(F&&) {}
+  /// Dimension 1 passes through (nn/layer.hpp).
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const { return in; }
   std::string describe() const { return "dropout p=" + std::to_string(p_); }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

@@ -29,6 +29,20 @@
 // Compositions (sequential, residual) also have
 //   void visit_layers(F& f, std::string_view prefix)   f(full_name, leaf_layer&) for every leaf
 // and the free function nn::visit_layers(l, f) (nn/visit.hpp) works on any layer.
+//
+// Optional, for the shape check of compositions at construction (not part of the concept: a
+// layer without them is "unknown" and the check stops there, leaving it to the first forward).
+// "Features" is the size of dimension 1: channels of (N, C, H, W), features of (N, F).
+//   std::optional<std::size_t> input_features() const
+//       the features the layer requires of its input (linear: in_features, conv2d: in_channels,
+//       batch_norm: features), nullopt when any count is accepted (relu, pooling, flatten, ...).
+//   std::optional<std::size_t> output_features(std::optional<std::size_t> in) const
+//       the features of its output given `in` (nullopt: unknown) for the input: out_features /
+//       out_channels, `in` itself for layers that keep dimension 1 (activations, dropout,
+//       identity, pooling), nullopt when it depends on more than dimension 1 (flatten, which
+//       therefore defines neither). A composition checks its own chain against `in` here and
+//       throws shape_error on a mismatch.
+// nn::input_features_of(l) and nn::output_features_of(l, in) below read them, or nullopt.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -36,8 +50,10 @@
 
 #include <concepts>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 namespace bitgrad::nn {
 
@@ -69,6 +85,47 @@ concept layer = requires(L& l, const L& cl, const typename L::input_type& x,
   { cl.describe() } -> std::convertible_to<std::string>;
   { cl.name() } -> std::convertible_to<std::string>;
 };
+
+/// l.input_features() when the layer defines it, else nullopt (any input accepted, as far as
+/// construction can tell).
+template <class L>
+std::optional<std::size_t> input_features_of(const L& l) {
+  if constexpr (requires {
+                  { l.input_features() } -> std::convertible_to<std::optional<std::size_t>>;
+                })
+    return l.input_features();
+  else
+    return std::nullopt;
+}
+
+/// l.output_features(in) when the layer defines it, else nullopt (unknown).
+template <class L>
+std::optional<std::size_t> output_features_of(const L& l, std::optional<std::size_t> in) {
+  if constexpr (requires {
+                  { l.output_features(in) } -> std::convertible_to<std::optional<std::size_t>>;
+                })
+    return l.output_features(in);
+  else
+    return std::nullopt;
+}
+
+/// "channels" for a layer taking (N, C, H, W), "features" otherwise (messages).
+template <class L>
+const char* feature_word() {
+  if constexpr (requires { std::tuple_size<typename L::input_type::shape_type>::value; })
+    return std::tuple_size<typename L::input_type::shape_type>::value == 4 ? "channels"
+                                                                           : "features";
+  else
+    return "features";
+}
+
+/// "linear 5->2 no_quant 'fc2'" (the name left out when empty), for messages.
+template <class L>
+std::string layer_label(const L& l) {
+  std::string out = l.describe();
+  if (!l.name().empty()) out.append(" '").append(l.name()).append("'");
+  return out;
+}
 
 /// "conv1" + "weight" -> "conv1.weight"; an empty prefix or name adds no dot.
 inline std::string join_name(std::string_view prefix, std::string_view name) {

@@ -23,6 +23,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -138,6 +139,10 @@ public:
   void visit_quantizers(F&& f) {
     f(std::string_view(name_), quantizer_);
   }
+
+  /// in_features in, out_features out (nn/layer.hpp).
+  std::optional<std::size_t> input_features() const { return in_; }
+  std::optional<std::size_t> output_features(std::optional<std::size_t>) const { return out_; }
 
   std::string describe() const {
     return "linear " + std::to_string(in_) + "->" + std::to_string(out_) +

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,8 @@ public:
   void visit_parameters(F&&) {}
   template <class F>
   void visit_quantizers(F&&) {}
+  /// Pooling keeps the channels (nn/layer.hpp).
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const { return in; }
   std::string describe() const {
     return std::string(Op::kind) + " " + std::to_string(kernel_) + "x" + std::to_string(kernel_) +
            " stride " + std::to_string(stride_) + (pad_ ? " pad " + std::to_string(pad_) : "");
@@ -162,6 +165,8 @@ public:
   void visit_parameters(F&&) {}
   template <class F>
   void visit_quantizers(F&&) {}
+  /// (N, C, H, W) -> (N, C): the channels become the features (nn/layer.hpp).
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const { return in; }
   std::string describe() const { return "global_avg_pool"; }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

@@ -4,6 +4,9 @@
 // identity<T, Rank> when shapes agree, or a projection (e.g. sequential(conv 1x1 stride 2, bn)).
 // Backward: dx = block.backward(dy) + shortcut.backward(dy). Names are prefixed with the
 // residual's name ("layer2.0" -> "layer2.0.conv1.weight", "layer2.0.shortcut.0.weight").
+// At construction, where nn/layer.hpp's optional feature counts are known, the block and the
+// shortcut must take the same input features and give the same output features (e.g. an
+// identity shortcut around a block that changes the channel count throws shape_error).
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -15,6 +18,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -30,8 +34,11 @@ public:
   using input_type = typename Block::input_type;
   using output_type = typename Block::output_type;
 
+  /// Throws shape_error when block and shortcut are known not to agree (see above).
   residual(std::string name, Block block, Shortcut shortcut)
-      : name_(std::move(name)), block_(std::move(block)), shortcut_(std::move(shortcut)) {}
+      : name_(std::move(name)), block_(std::move(block)), shortcut_(std::move(shortcut)) {
+    output_features(input_features());
+  }
 
   const output_type& forward(const input_type& x) {
     const output_type& a = block_.forward(x);
@@ -86,6 +93,36 @@ public:
     nn::visit_layers(shortcut_, f, mine);
   }
 
+  /// The block's requirement, else the shortcut's; throws shape_error when they differ.
+  std::optional<std::size_t> input_features() const {
+    const std::optional<std::size_t> a = input_features_of(block_);
+    const std::optional<std::size_t> b = input_features_of(shortcut_);
+    if (a && b && *a != *b)
+      throw shape_error(who() + ": block expects " + std::to_string(*a) + " input " +
+                        feature_word<Block>() + ", shortcut expects " + std::to_string(*b));
+    return a ? a : b;
+  }
+  /// Block and shortcut output features for input features `in`; throws shape_error when they
+  /// differ (or when either one's own chain does not fit `in`).
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const {
+    std::optional<std::size_t> a, b;
+    try {
+      a = output_features_of(block_, in);
+    } catch (const shape_error& e) {
+      throw shape_error(who() + ": block: " + e.what());
+    }
+    try {
+      b = output_features_of(shortcut_, in);
+    } catch (const shape_error& e) {
+      throw shape_error(who() + ": shortcut: " + e.what());
+    }
+    if (a && b && *a != *b)
+      throw shape_error(who() + ": block gives " + std::to_string(*a) + " output " +
+                        feature_word<Block>() + ", shortcut (" + layer_label(shortcut_) +
+                        ") gives " + std::to_string(*b));
+    return a ? a : b;
+  }
+
   std::string describe() const { return "residual"; }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }
@@ -96,6 +133,8 @@ public:
   const Shortcut& shortcut() const { return shortcut_; }
 
 private:
+  std::string who() const { return name_.empty() ? std::string("residual") : name_; }
+
   std::string name_;
   bool training_ = true;
   Block block_;

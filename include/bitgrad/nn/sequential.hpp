@@ -7,6 +7,16 @@
 // fold-style loops over the tuple; the intermediate tensors live in the layers, so the sequential
 // itself owns no buffers. Parameter and quantizer names are prefixed with the sequential's name
 // when it is not empty.
+//
+// Shapes are checked at construction as far as they are known there: walking the layers, each
+// one's input_features() (nn/layer.hpp) must equal the features (dimension 1) the layers before
+// it give, or the constructor throws shape_error naming the layer by its index (as in get<I>()),
+// its description and name, the expected and the actual count, and the layer that gave it:
+//   "sequential: layer 2 (linear 5->2 no_quant 'fc2'): expected 5 input features, got 3 from
+//    layer 1 (relu 'relu')"
+// The walk forgets the count after a layer that cannot state it (flatten, user layers without
+// the optional members) until a layer requires one again; what it cannot see is checked at the
+// first forward, by the layer that receives the wrong shape.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -16,6 +26,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -58,9 +69,14 @@ public:
   using output_type = typename last::output_type;
   static constexpr std::size_t size = sizeof...(Layers);
 
-  explicit sequential(Layers... layers) : layers_(std::move(layers)...) {}
+  /// Throws shape_error when two consecutive layers are known not to fit (see above).
+  explicit sequential(Layers... layers) : layers_(std::move(layers)...) {
+    output_features(std::nullopt);
+  }
   sequential(std::string name, Layers... layers)
-      : name_(std::move(name)), layers_(std::move(layers)...) {}
+      : name_(std::move(name)), layers_(std::move(layers)...) {
+    output_features(std::nullopt);
+  }
 
   const output_type& forward(const input_type& x) { return forward_from<0>(x); }
   const input_type& backward(const output_type& dy) { return backward_from<size - 1>(dy); }
@@ -100,6 +116,23 @@ public:
     std::apply([&](auto&... l) { (nn::visit_layers(l, f, mine), ...); }, layers_);
   }
 
+  /// The first layer's requirement (nn/layer.hpp).
+  std::optional<std::size_t> input_features() const {
+    return input_features_of(std::get<0>(layers_));
+  }
+  /// The last layer's output features for input features `in`, checking every layer on the
+  /// way; throws shape_error on a mismatch.
+  std::optional<std::size_t> output_features(std::optional<std::size_t> in) const {
+    std::string from = "the input";
+    std::apply(
+        [&](const auto&... l) {
+          std::size_t i = 0;
+          ((in = chain_step(i++, l, in, from)), ...);
+        },
+        layers_);
+    return in;
+  }
+
   std::string describe() const { return "sequential of " + std::to_string(size) + " layers"; }
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }
@@ -114,6 +147,27 @@ public:
   }
 
 private:
+  /// One layer of the construction-time walk: checks `in` (given by `from`) against layer i's
+  /// requirement and returns its output features.
+  template <class L>
+  std::optional<std::size_t> chain_step(std::size_t i, const L& l, std::optional<std::size_t> in,
+                                        std::string& from) const {
+    const std::string who = name_.empty() ? std::string("sequential") : name_;
+    const std::string here = "layer " + std::to_string(i) + " (" + layer_label(l) + ")";
+    const std::optional<std::size_t> want = input_features_of(l);
+    if (in && want && *in != *want)
+      throw shape_error(who + ": " + here + ": expected " + std::to_string(*want) + " input " +
+                        feature_word<L>() + ", got " + std::to_string(*in) + " from " + from);
+    std::optional<std::size_t> out;
+    try {
+      out = output_features_of(l, want ? want : in);
+    } catch (const shape_error& e) { // a composition's own chain: say where it sits
+      throw shape_error(who + ": " + here + ": " + e.what());
+    }
+    from = here;
+    return out;
+  }
+
   template <std::size_t I, class X>
   const output_type& forward_from(const X& x) {
     const auto& y = std::get<I>(layers_).forward(x);

@@ -5,6 +5,7 @@
 //   k_lo = floor(b), k_hi = k_lo + 1, f = b - k_lo   (at an integer b: k_lo = b, f = 0)
 //   Q_b(w) = (1 - f) Q_klo(w) + f Q_khi(w),   Q_k(w) = s_k clamp(round(w / s_k), -L_k, L_k)
 //   L_k = 2^(k-1) - 1; k = 1 is the sign grid Q_1(w) = s_1 sign(w) (sign(0) = +1).
+//   (w / s_k is computed as w * (1 / s_k), the same in every kernel: kernels/ref/quantize.hpp.)
 //
 // Gradients (backward):
 //   dL/db   = sum_g dL/dQ (Q_khi - Q_klo)   exact for the relaxation; at an integer b this is the

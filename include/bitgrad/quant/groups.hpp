@@ -32,7 +32,8 @@ enum class scale_mode {
 inline constexpr int min_bitwidth = 1;
 inline constexpr int max_bitwidth = 16;
 
-/// Smallest scale (step) any policy uses, so that w / s stays finite for an all-zero group.
+/// Smallest scale (step) any policy uses, so that 1 / s and w * (1 / s) stay finite (an all-zero
+/// group).
 template <class T>
 inline constexpr T scale_floor = T(1e-20);
 

@@ -8,7 +8,10 @@
 //   w  : [ w_0 w_1 ... w_{n-1} ]      one group, channel-major (channel c, element j)
 //   wq : [ Q(w_0) ...          ]      same layout
 //
-// Per element, with x = w / s:
+// Per element, with x = w * r, r = 1 / s rounded once per group (a multiply per weight, not a
+// divide; x may differ from the quotient w / s by an ulp, so a weight whose w / s is a .5 tie,
+// or within an ulp of one, can land on the neighbouring code; every kernel, SIMD and reference,
+// integer and fractional, forward, backward and export, uses this same x, so they agree):
 //   uniform grid (k >= 2): code = nearbyint(clamp(x, -L, L))   (round half to even)
 //                          inside = |x| <= L (+ 8 ulps)         (STE passes the gradient)
 //                          dQ/ds  = inside ? code - x : code    (LSQ; Esser et al. 2020)
@@ -66,10 +69,18 @@ struct step_quant_sums {
 };
 
 /// The STE mask's bound: the clip limit L widened by a few ulps, so the group's largest |w|,
-/// whose w / s = L up to the rounding of s = max|w| / L, keeps its gradient.
+/// whose x = w * (1 / s) = L up to three roundings (s = max|w| / L, 1 / s, the product: within
+/// 1.5 ulps), keeps its gradient.
 template <class T>
 T inside_limit(const quant_grid<T>& g) {
   return g.limit * (T(1) + T(8) * std::numeric_limits<T>::epsilon());
+}
+
+/// r = 1 / s, computed once per group by every kernel, which then maps each weight to
+/// x = w * r. Finite for any s >= scale_floor (quant/groups.hpp).
+template <class T>
+T inverse_scale(const quant_grid<T>& g) {
+  return T(1) / g.scale;
 }
 
 namespace ref {
@@ -85,9 +96,10 @@ struct grid_point {
   T dq_ds;
 };
 
+/// r = inverse_scale(g), passed in so that it is computed once per group.
 template <class T>
-grid_point<T> on_grid(T w, const quant_grid<T>& g) {
-  const T x = w / g.scale;
+grid_point<T> on_grid(T w, const quant_grid<T>& g, T r) {
+  const T x = w * r;
   grid_point<T> p;
   p.inside = std::abs(x) <= inside_limit(g);
   if (g.sign) {
@@ -117,22 +129,25 @@ abs_stats<T> quant_abs_stats(std::size_t n, const T* w) {
 /// wq = s * code(w) on one grid.
 template <class T>
 void quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& g) {
-  for (std::size_t i = 0; i < n; ++i) wq[i] = detail::on_grid(w[i], g).q;
+  const T r = inverse_scale(g);
+  for (std::size_t i = 0; i < n; ++i) wq[i] = detail::on_grid(w[i], g, r).q;
 }
 
 /// codes(w) on one grid, as integers (export). code * s equals quant_fprop's output exactly.
 template <class T>
 void quant_codes(std::size_t n, const T* w, std::int32_t* codes, const quant_grid<T>& g) {
+  const T r = inverse_scale(g);
   for (std::size_t i = 0; i < n; ++i)
-    codes[i] = static_cast<std::int32_t>(detail::on_grid(w[i], g).code);
+    codes[i] = static_cast<std::int32_t>(detail::on_grid(w[i], g, r).code);
 }
 
 /// grad_w += g * inside; returns sum g * dQ/ds.
 template <class T>
 T quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, const quant_grid<T>& g) {
+  const T r = inverse_scale(g);
   T d_scale = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const auto p = detail::on_grid(w[i], g);
+    const auto p = detail::on_grid(w[i], g, r);
     grad_w[i] = p.inside ? grad_w[i] + grad_wq[i] : grad_w[i];
     d_scale += grad_wq[i] * p.dq_ds;
   }
@@ -143,9 +158,10 @@ T quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, const quan
 template <class T>
 void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
                       const quant_grid<T>& hi, T f) {
+  const T r_lo = inverse_scale(lo), r_hi = inverse_scale(hi);
   for (std::size_t i = 0; i < n; ++i) {
-    const T q_lo = detail::on_grid(w[i], lo).q;
-    const T q_hi = detail::on_grid(w[i], hi).q;
+    const T q_lo = detail::on_grid(w[i], lo, r_lo).q;
+    const T q_hi = detail::on_grid(w[i], hi, r_hi).q;
     wq[i] = q_lo + f * (q_hi - q_lo);
   }
 }
@@ -156,9 +172,10 @@ frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
                                     const quant_grid<T>& lo, const quant_grid<T>& hi, T f) {
   frac_quant_sums<T> r{T(0), T(0), T(0)};
   const T one_minus_f = T(1) - f;
+  const T r_lo = inverse_scale(lo), r_hi = inverse_scale(hi);
   for (std::size_t i = 0; i < n; ++i) {
-    const auto a = detail::on_grid(w[i], lo);
-    const auto b = detail::on_grid(w[i], hi);
+    const auto a = detail::on_grid(w[i], lo, r_lo);
+    const auto b = detail::on_grid(w[i], hi, r_hi);
     const T g = grad_wq[i];
     const T mask = (a.inside ? one_minus_f : T(0)) + (b.inside ? f : T(0));
     grad_w[i] = grad_w[i] + g * mask;
