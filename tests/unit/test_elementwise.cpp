@@ -58,6 +58,34 @@ TEST_CASE_TEMPLATE("activations match the reference for every length 0..70 (ragg
   CHECK(inplace == std::vector<T>{0, 2, 0, 4});
 }
 
+TEST_CASE_TEMPLATE("large activations split across threads match the reference exactly", T, float,
+                   double) {
+  // Above elementwise_parallel_min elements the pass is cut into per-thread chunks of whole
+  // registers (the last takes the ragged tail); lengths around the threshold and odd tails.
+  const std::size_t min = bitgrad::detail::elementwise_parallel_min;
+  for (std::size_t n : {min - 1, min, min + 1, 3 * min + 13}) {
+    auto x = ramp<T>(n, T(-7), T(14) / T(n)); // crosses 0 and 6
+    auto dy = ramp<T>(n, T(1), T(0.5));
+    std::vector<T> a(n), b(n);
+    bitgrad::relu_fprop(n, x.data(), a.data());
+    bitgrad::ref::relu_fprop(n, x.data(), b.data());
+    CHECK(a == b);
+    bitgrad::relu_bprop(n, x.data(), dy.data(), a.data());
+    bitgrad::ref::relu_bprop(n, x.data(), dy.data(), b.data());
+    CHECK(a == b);
+    bitgrad::relu6_fprop(n, x.data(), a.data());
+    bitgrad::ref::relu6_fprop(n, x.data(), b.data());
+    CHECK(a == b);
+    bitgrad::relu6_bprop(n, x.data(), dy.data(), a.data());
+    bitgrad::ref::relu6_bprop(n, x.data(), dy.data(), b.data());
+    CHECK(a == b);
+    std::vector<T> inplace = x;
+    bitgrad::relu_fprop(n, inplace.data(), inplace.data());
+    bitgrad::ref::relu_fprop(n, x.data(), b.data());
+    CHECK(inplace == b);
+  }
+}
+
 TEST_CASE_TEMPLATE("bias_grad_rows accumulates column sums", T, float, double) {
   const std::size_t rows = 3, cols = 19;
   auto dy = ramp<T>(rows * cols, T(0), T(1));

@@ -20,6 +20,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/simd.hpp>
+#include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/ref/elementwise.hpp>
 #include <bitgrad/kernels/vec.hpp>
 
@@ -31,15 +32,32 @@
 namespace bitgrad {
 
 namespace detail {
-/// out[i] = f(i) over [0, n) with SIMD steps: fv(batch offset) / fs(scalar index).
+/// Below this many elements an elementwise pass runs on the calling thread: a thread costs
+/// more than the pass (a pass over 2^16 floats takes a few microseconds).
+inline constexpr std::size_t elementwise_parallel_min = std::size_t(1) << 16;
+
+/// out[i] = f(i) over [0, n) with SIMD steps: fv(batch offset) / fs(scalar index). Every element
+/// is computed independently, so large passes are split into contiguous chunks (whole SIMD
+/// batches, the last one takes the tail) across the OpenMP threads (kernels/parallel.hpp).
 template <class T, class FV, class FS>
 inline void elementwise_loop(std::size_t n, FV&& fv, FS&& fs) {
-  std::size_t i = 0;
-  if constexpr (BITGRAD_HAS_SIMD) {
-    constexpr std::size_t L = simd_batch<T>::size;
-    for (; i + L <= n; i += L) fv(i);
+  constexpr std::size_t L = simd_lanes<T>;
+  auto run = [&](std::size_t begin, std::size_t end) {
+    std::size_t i = begin;
+    if constexpr (BITGRAD_HAS_SIMD) {
+      for (; i + L <= end; i += L) fv(i);
+    }
+    for (; i < end; ++i) fs(i);
+  };
+  const std::size_t batches = n / L;
+  const std::size_t threads = n >= elementwise_parallel_min ? batch_threads(batches) : 1;
+  if (threads <= 1) {
+    run(0, n);
+    return;
   }
-  for (; i < n; ++i) fs(i);
+  parallel_chunks(threads, batches, [&](std::size_t, std::size_t b, std::size_t e) {
+    run(b * L, e == batches ? n : e * L);
+  });
 }
 } // namespace detail
 
