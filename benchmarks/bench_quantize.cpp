@@ -5,6 +5,10 @@
 // Bytes counted per weight and step (float): forward reads w, writes wq (8 B); backward reads
 // w, grad_wq, grad_w and writes grad_w (16 B); max_abs adds one read of w (4 B). The memcpy
 // baseline copies 8 B per weight (4 read + 4 written), i.e. "bytes touched" on both sides.
+//
+// After the usual output a markdown table gives each policy's GiB/s (2^30 B/s, the console's
+// "G/s") and its ratio to memcpy at the same size in the same run (with
+// --benchmark_repetitions, the best repetition of each row).
 #include <bitgrad/core/simd.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
@@ -12,8 +16,13 @@
 
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -79,6 +88,23 @@ void sizes(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {14 * 4608, 57 * 4608, 228 * 4608, 911 * 4608, 3641 * 4608}) b->Arg(n);
 }
 
+/// Prints like the console reporter and keeps each row's best bytes per second, keyed by
+/// (function, weights), for the ratio table.
+class ratio_reporter : public benchmark::ConsoleReporter {
+public:
+  std::map<std::pair<std::string, long long>, double> best;
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      const auto it = r.counters.find("bytes_per_second");
+      if (r.error_occurred || r.run_type != Run::RT_Iteration || it == r.counters.end()) continue;
+      const long long n = std::strtoll(r.run_name.args.c_str(), nullptr, 10);
+      double& b = best[{r.run_name.function_name, n}];
+      if (it->second.value > b) b = it->second.value;
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
 } // namespace
 
 BENCHMARK(bm_memcpy)->Apply(sizes);
@@ -86,4 +112,34 @@ BENCHMARK(bm_frac_max_abs)->Apply(sizes);
 BENCHMARK(bm_frac_learned)->Apply(sizes);
 BENCHMARK(bm_step)->Apply(sizes);
 BENCHMARK(bm_fixed)->Apply(sizes);
-BENCHMARK_MAIN();
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ratio_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  // The ratio table (markdown): rows are the sizes at which memcpy ran.
+  const std::pair<const char*, const char*> policies[] = {{"bm_frac_max_abs", "frac_bits max_abs"},
+                                                          {"bm_frac_learned", "frac_bits learned"},
+                                                          {"bm_step", "step_bits"},
+                                                          {"bm_fixed", "fixed_bits"}};
+  std::printf("\n| weights | memcpy GiB/s |");
+  for (const auto& p : policies) std::printf(" %s |", p.second);
+  std::printf("\n|---:|---:|---:|---:|---:|---:|\n");
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  for (const auto& [key, copy] : reporter.best) {
+    if (key.first != "bm_memcpy") continue;
+    std::printf("| %lld | %.1f |", key.second, copy / gib);
+    for (const auto& p : policies) {
+      const auto it = reporter.best.find({p.first, key.second});
+      if (it == reporter.best.end())
+        std::printf(" - |");
+      else
+        std::printf(" %.1f (%.2fx) |", it->second / gib, it->second / copy);
+    }
+    std::printf("\n");
+  }
+  benchmark::Shutdown();
+  return 0;
+}

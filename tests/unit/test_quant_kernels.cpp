@@ -123,6 +123,16 @@ TEST_CASE_TEMPLATE("fractional mix and step kernels: SIMD equals the reference",
         check_sum(sa.d_frac, sb.d_frac, n);
         check_sum(sa.d_scale_lo, sb.d_scale_lo, n);
         check_sum(sa.d_scale_hi, sb.d_scale_hi, n);
+        // Without the scale sums: the same grad_w and d_frac, the scale sums zero.
+        std::vector<T> gc = normal<T>(n, 1), gd = gc;
+        const auto sc = frac_quant_bprop(n, w.data(), gy.data(), gc.data(), lo, hi, f, false);
+        const auto sd = ref::frac_quant_bprop(n, w.data(), gy.data(), gd.data(), lo, hi, f, false);
+        CHECK(same_bits(gc, ga));
+        CHECK(same_bits(gd, gb));
+        CHECK(same_bits(std::vector<T>{sc.d_frac}, std::vector<T>{sa.d_frac}));
+        CHECK(same_bits(std::vector<T>{sd.d_frac}, std::vector<T>{sb.d_frac}));
+        check_values(std::vector<T>{sc.d_scale_lo, sc.d_scale_hi, sd.d_scale_lo, sd.d_scale_hi},
+                     {0, 0, 0, 0});
       }
     }
     std::vector<T> a(n), b(n);

@@ -7,20 +7,23 @@
 //   * single-grid and step kernels (quant_fprop / quant_bprop / step_quant_*, hence every
 //     frozen quantizer and the export codes) are bit-exact on their element-wise outputs: the
 //     same IEEE operations in the same order (w * (1 / s) with 1 / s rounded once per call,
-//     clamp, round half to even, s * code, a masked add; the step kernels divide by d), for
+//     clamp, round half to even (the rounding instruction where the instruction set has one,
+//     as std::nearbyint), s * code, a masked add; the step kernels divide by d), for
 //     float and double, ragged tails included (a tail is padded into one register through a
 //     stack buffer and runs the same code).
-//   * the fractional mix (frac_quant_fprop, and grad_w of frac_quant_bprop) has one
-//     multiply-add, q_lo + f (q_hi - q_lo), which GCC may fuse into an FMA in one kernel and
-//     not in the other (-ffp-contract=fast is the GNU default): equal within 1 ulp, and
-//     bit-exact at f = 0.
+//   * the fractional mix (frac_quant_fprop: m_lo code_lo + m_hi code_hi with the per-group
+//     m_lo = (1-f) s_lo, m_hi = f s_hi; grad_w of frac_quant_bprop: grad_w + g * mask) has one
+//     multiply-add, which GCC may fuse into an FMA in one kernel and not in the other
+//     (-ffp-contract=fast is the GNU default): equal within 1 ulp (the two terms of the mix never
+//     have opposite signs, so fusing moves the result by at most 1 ulp), and bit-exact at f = 0.
 //   * the per-group sums (abs_stats::sum_abs and the *_sums) are reductions: the SIMD kernels
 //     keep one partial sum per lane and add the lanes at the end, so they differ from the
 //     sequential reference by rounding only (relative ~ n * epsilon). max_abs is exact.
 //   Checked by tests/unit/test_quant_kernels.cpp at -O2 (SSE2) and -march=native (AVX-512).
 // No allocation: a tail uses one register-sized stack buffer.
 // Per call, not per weight: 1 / s, the broadcast constants and the sign-grid test; the sums
-// accumulate in registers (fold_chunks), one partial sum per lane.
+// accumulate in registers (fold_chunks), one partial sum per lane. frac_quant_bprop skips the
+// two scale sums when the caller does not want them (frac_bits' max_abs scales).
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -130,28 +133,45 @@ qbatch<T> clamp_symmetric(const qbatch<T>& x, const qbatch<T>& neg_limit, const 
   return xsimd::min(limit, xsimd::max(neg_limit, x));
 }
 
+/// The instruction sets with a rounding instruction (SSE4.1 roundps, AVX vroundps, AVX-512
+/// vrndscaleps): one operation, half to even in the default rounding mode, the sign of zero
+/// kept and NaN kept, as std::nearbyint. (xsimd's avx512f does not derive from sse4_1.)
+template <class Arch>
+inline constexpr bool has_round_instruction =
+    std::is_base_of_v<xsimd::sse4_1, Arch> || std::is_base_of_v<xsimd::avx, Arch> ||
+    std::is_base_of_v<xsimd::avx512f, Arch>;
+
 /// Round half to even, the sign of zero kept: (|x| + 2^p) - 2^p rounds |x| to an integer in the
-/// default rounding mode (p = mantissa bits); |x| >= 2^p is already an integer.
+/// default rounding mode (p = mantissa bits); |x| >= 2^p is already an integer. The rounding
+/// instruction where there is one.
 template <class T>
 qbatch<T> round_even(const qbatch<T>& x) {
-  const qbatch<T> big(T(1) / std::numeric_limits<T>::epsilon());
-  const qbatch<T> a = xsimd::abs(x);
-  const qbatch<T> r = (a + big) - big;
-  return xsimd::select(a < big, r | xsimd::bitofsign(x), x);
+  if constexpr (has_round_instruction<simd_arch>) {
+    return xsimd::nearbyint(x);
+  } else {
+    const qbatch<T> big(T(1) / std::numeric_limits<T>::epsilon());
+    const qbatch<T> a = xsimd::abs(x);
+    const qbatch<T> r = (a + big) - big;
+    return xsimd::select(a < big, r | xsimd::bitofsign(x), x);
+  }
 }
 
 /// Largest clip limit L for which round_small is exact: 2^(p-1) (p = mantissa bits).
 template <class T>
 inline constexpr T small_limit = T(0.5) / std::numeric_limits<T>::epsilon();
 
-/// round_even for |x| <= small_limit (a clamped x), 3 operations instead of 6: x + 1.5 * 2^p lies
-/// in [2^p, 2^(p+1)], where the spacing is 1, so the add rounds x half to even (1.5 * 2^p is
-/// even) and the subtraction is exact; or-ing the sign of x back gives nearbyint's -0 for x in
-/// [-0.5, -0]. NaN stays NaN.
+/// round_even for |x| <= small_limit (a clamped x). Without a rounding instruction (SSE2),
+/// 3 operations instead of 6: x + 1.5 * 2^p lies in [2^p, 2^(p+1)], where the spacing is 1, so
+/// the add rounds x half to even (1.5 * 2^p is even) and the subtraction is exact; or-ing the
+/// sign of x back gives nearbyint's -0 for x in [-0.5, -0]. NaN stays NaN.
 template <class T>
 qbatch<T> round_small(const qbatch<T>& x) {
-  const qbatch<T> magic(T(1.5) / std::numeric_limits<T>::epsilon());
-  return ((x + magic) - magic) | xsimd::bitofsign(x);
+  if constexpr (has_round_instruction<simd_arch>) {
+    return xsimd::nearbyint(x);
+  } else {
+    const qbatch<T> magic(T(1.5) / std::numeric_limits<T>::epsilon());
+    return ((x + magic) - magic) | xsimd::bitofsign(x);
+  }
 }
 
 /// The grids the SIMD kernels take: L <= small_limit (k <= 23 bits in float, 52 in double;
@@ -177,6 +197,7 @@ struct grid_regs {
 /// One register of weights on one grid (see ref::detail::on_grid, same operations).
 template <class T>
 struct grid_batch {
+  qbatch<T> code;
   qbatch<T> q;
   typename qbatch<T>::batch_bool_type inside;
   qbatch<T> dq_ds;
@@ -196,6 +217,7 @@ grid_batch<T> on_grid(const qbatch<T>& w, const grid_regs<T>& g) {
     code = round_small(clamp_symmetric(x, g.neg_limit, g.limit));
     r.dq_ds = xsimd::select(r.inside, code - x, code);
   }
+  r.code = code;
   r.q = g.scale * code;
   return r;
 }
@@ -287,15 +309,16 @@ void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
     ref::frac_quant_fprop(n, w, wq, lo, hi, f);
   } else {
     using B = detail::qbatch<T>;
-    const B fb(f);
+    const auto mix = ref::detail::mix_weights(lo, hi, f);
+    const B m_lo(mix.lo), m_hi(mix.hi);
     const detail::grid_regs<T> a(lo), b(hi);
     detail::with_grid_kind(lo, [&](auto lo_sign) {
       detail::with_grid_kind(hi, [&](auto hi_sign) {
-        detail::for_each_chunk<T>(n, [w, wq, a, b, fb](std::size_t i, std::size_t m) {
+        detail::for_each_chunk<T>(n, [w, wq, a, b, m_lo, m_hi](std::size_t i, std::size_t m) {
           const B x = detail::load_part(w + i, m);
-          const B q_lo = detail::on_grid<decltype(lo_sign)::value>(x, a).q;
-          const B q_hi = detail::on_grid<decltype(hi_sign)::value>(x, b).q;
-          detail::store_part(wq + i, q_lo + fb * (q_hi - q_lo), m);
+          const B c_lo = detail::on_grid<decltype(lo_sign)::value>(x, a).code;
+          const B c_hi = detail::on_grid<decltype(hi_sign)::value>(x, b).code;
+          detail::store_part(wq + i, m_lo * c_lo + m_hi * c_hi, m);
         });
       });
     });
@@ -304,34 +327,44 @@ void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
 
 template <class T>
 frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w,
-                                    const quant_grid<T>& lo, const quant_grid<T>& hi, T f) {
+                                    const quant_grid<T>& lo, const quant_grid<T>& hi, T f,
+                                    bool scale_sums = true) {
   if constexpr (!BITGRAD_HAS_SIMD) {
-    return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f);
+    return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f, scale_sums);
   } else if (!detail::simd_grid(lo) || !detail::simd_grid(hi)) {
-    return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f);
+    return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f, scale_sums);
   } else {
     using B = detail::qbatch<T>;
     const B fb(f), one_minus_f(T(1) - f);
     const detail::grid_regs<T> rlo(lo), rhi(hi);
+    // The accumulator's type says what is summed: acc (all three sums) or one B (d_frac only,
+    // scale_sums false). A struct whose scale sums were carried along unchanged made GCC 12
+    // store them to the stack on every register.
     struct acc {
       B d_frac, d_lo, d_hi;
     };
     acc r{B(T(0)), B(T(0)), B(T(0))};
     detail::with_grid_kind(lo, [&](auto lo_sign) {
       detail::with_grid_kind(hi, [&](auto hi_sign) {
-        r = detail::fold_chunks<T>(
-            n, r,
-            [w, grad_wq, grad_w, rlo, rhi, fb, one_minus_f](acc s, std::size_t i, std::size_t m) {
-              const B zero(T(0));
-              const B x = detail::load_part(w + i, m);
-              const auto a = detail::on_grid<decltype(lo_sign)::value>(x, rlo);
-              const auto b = detail::on_grid<decltype(hi_sign)::value>(x, rhi);
-              const B g = detail::load_part(grad_wq + i, m);
-              const B mask =
-                  xsimd::select(a.inside, one_minus_f, zero) + xsimd::select(b.inside, fb, zero);
-              detail::store_part(grad_w + i, detail::load_part(grad_w + i, m) + g * mask, m);
-              return acc{s.d_frac + g * (b.q - a.q), s.d_lo + g * a.dq_ds, s.d_hi + g * b.dq_ds};
-            });
+        const auto step = [w, grad_wq, grad_w, rlo, rhi, fb, one_minus_f](auto s, std::size_t i,
+                                                                          std::size_t m) {
+          const B zero(T(0));
+          const B x = detail::load_part(w + i, m);
+          const auto a = detail::on_grid<decltype(lo_sign)::value>(x, rlo);
+          const auto b = detail::on_grid<decltype(hi_sign)::value>(x, rhi);
+          const B g = detail::load_part(grad_wq + i, m);
+          const B mask =
+              xsimd::select(a.inside, one_minus_f, zero) + xsimd::select(b.inside, fb, zero);
+          detail::store_part(grad_w + i, detail::load_part(grad_w + i, m) + g * mask, m);
+          if constexpr (std::is_same_v<decltype(s), B>)
+            return s + g * (b.q - a.q);
+          else
+            return acc{s.d_frac + g * (b.q - a.q), s.d_lo + g * a.dq_ds, s.d_hi + g * b.dq_ds};
+        };
+        if (scale_sums)
+          r = detail::fold_chunks<T>(n, r, step);
+        else
+          r.d_frac = detail::fold_chunks<T>(n, r.d_frac, step);
       });
     });
     return {detail::sum_lanes(r.d_frac), detail::sum_lanes(r.d_lo), detail::sum_lanes(r.d_hi)};

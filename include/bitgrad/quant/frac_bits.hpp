@@ -113,8 +113,9 @@ public:
         range_grad_[g] += ds / st.lo.limit;
         continue;
       }
-      const auto s =
-          bitgrad::frac_quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo, st.hi, st.f);
+      // max_abs scales get no gradient: the kernel skips their sums.
+      const auto s = bitgrad::frac_quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo,
+                                               st.hi, st.f, opt_.scale == scale_mode::learned);
       bits_grad_[g] += s.d_frac;
       // s_k = a / L_k  =>  dQ/da = (1-f) dQ_lo/ds_lo / L_lo + f dQ_hi/ds_hi / L_hi
       range_grad_[g] +=

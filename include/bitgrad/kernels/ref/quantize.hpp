@@ -57,8 +57,8 @@ struct abs_stats {
 template <class T>
 struct frac_quant_sums {
   T d_frac;     ///< sum g * (Q_hi - Q_lo)            = dL/df = dL/db
-  T d_scale_lo; ///< sum g * dQ_lo/ds_lo
-  T d_scale_hi; ///< sum g * dQ_hi/ds_hi
+  T d_scale_lo; ///< sum g * dQ_lo/ds_lo (0 unless asked for)
+  T d_scale_hi; ///< sum g * dQ_hi/ds_hi (0 unless asked for)
 };
 
 /// Per-group sums returned by step_quant_bprop.
@@ -95,6 +95,21 @@ struct grid_point {
   bool inside;
   T dq_ds;
 };
+
+/// The fractional mix's two coefficients, (1 - f) s_lo and f s_hi, computed once per group:
+/// wq = (1 - f) Q_lo + f Q_hi = ((1 - f) s_lo) code_lo + (f s_hi) code_hi, one multiply and one
+/// multiply-add per weight. At f = 0 the second term is a zero with the sign of w (hi a uniform
+/// grid), so wq = s_lo * code_lo bit for bit, -0 included.
+template <class T>
+struct mix_weight {
+  T lo; ///< (1 - f) s_lo
+  T hi; ///< f s_hi
+};
+
+template <class T>
+mix_weight<T> mix_weights(const quant_grid<T>& lo, const quant_grid<T>& hi, T f) {
+  return {(T(1) - f) * lo.scale, f * hi.scale};
+}
 
 /// r = inverse_scale(g), passed in so that it is computed once per group.
 template <class T>
@@ -154,22 +169,27 @@ T quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, const quan
   return d_scale;
 }
 
-/// The fractional-bit relaxation: wq = Q_lo + f * (Q_hi - Q_lo) = (1-f) Q_lo + f Q_hi.
+/// The fractional-bit relaxation: wq = (1-f) Q_lo + f Q_hi, as
+/// ((1-f) s_lo) code_lo + (f s_hi) code_hi (detail::mix_weights).
 template <class T>
 void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
                       const quant_grid<T>& hi, T f) {
   const T r_lo = inverse_scale(lo), r_hi = inverse_scale(hi);
+  const auto mix = detail::mix_weights(lo, hi, f);
   for (std::size_t i = 0; i < n; ++i) {
-    const T q_lo = detail::on_grid(w[i], lo, r_lo).q;
-    const T q_hi = detail::on_grid(w[i], hi, r_hi).q;
-    wq[i] = q_lo + f * (q_hi - q_lo);
+    const T c_lo = detail::on_grid(w[i], lo, r_lo).code;
+    const T c_hi = detail::on_grid(w[i], hi, r_hi).code;
+    wq[i] = mix.lo * c_lo + mix.hi * c_hi;
   }
 }
 
-/// grad_w += g * ((1-f) inside_lo + f inside_hi); returns the sums (see frac_quant_sums).
+/// grad_w += g * ((1-f) inside_lo + f inside_hi); returns the sums (see frac_quant_sums), the
+/// two scale sums only if scale_sums (else zero: with scales that get no gradient, as
+/// frac_bits' max_abs, they are not computed).
 template <class T>
 frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w,
-                                    const quant_grid<T>& lo, const quant_grid<T>& hi, T f) {
+                                    const quant_grid<T>& lo, const quant_grid<T>& hi, T f,
+                                    bool scale_sums = true) {
   frac_quant_sums<T> r{T(0), T(0), T(0)};
   const T one_minus_f = T(1) - f;
   const T r_lo = inverse_scale(lo), r_hi = inverse_scale(hi);
@@ -180,8 +200,10 @@ frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
     const T mask = (a.inside ? one_minus_f : T(0)) + (b.inside ? f : T(0));
     grad_w[i] = grad_w[i] + g * mask;
     r.d_frac += g * (b.q - a.q);
-    r.d_scale_lo += g * a.dq_ds;
-    r.d_scale_hi += g * b.dq_ds;
+    if (scale_sums) {
+      r.d_scale_lo += g * a.dq_ds;
+      r.d_scale_hi += g * b.dq_ds;
+    }
   }
   return r;
 }
