@@ -1,7 +1,8 @@
-// Small SVG charts as plain strings: a line chart, a scatter chart with error bars and a
-// reference line, and a heat map. No scripts, no external assets, no ids, so any number of
-// charts can sit inline in one HTML page. The functions return inline SVG (no xmlns, which an
-// HTML page does not need); svg_document() turns one into a standalone .svg file.
+// Small SVG charts as plain strings: a line chart, a scatter chart with error bars (symmetric
+// or min/max), optional connecting lines and marker shapes, a reference line, and a heat map. No
+// scripts, no external assets, no ids, so any number of charts can sit inline in one HTML page. The
+// functions return inline SVG (no xmlns, which an HTML page does not need); svg_document() turns
+// one into a standalone .svg file.
 //
 // Layout of a chart (pixels, origin top left):
 //
@@ -41,11 +42,22 @@ struct series {
   bool dashed = false;
 };
 
+/// The shape of a scatter chart's points (and of their legend entry).
+enum class marker_shape { circle, square, diamond };
+
 /// Points of a scatter chart; y_err is empty or holds one half-height error bar per point.
+/// When y_low and y_high both hold one value per point, the bar of point i spans
+/// [y_low[i], y_high[i]] instead (e.g. the minimum and maximum over seeds) and y_err is unused.
+/// `connect` draws a line through the finite points in order of increasing x (dashed when
+/// `dashed`), e.g. one method's accuracy across model sizes.
 struct point_series {
-  std::string name;
-  std::vector<double> x, y, y_err;
-  std::string color;
+  std::string name{};
+  std::vector<double> x{}, y{}, y_err{};
+  std::string color{};
+  std::vector<double> y_low{}, y_high{};
+  bool connect = false;
+  bool dashed = false;
+  marker_shape shape = marker_shape::circle;
 };
 
 /// A labelled vertical line, e.g. the first epoch of a new training phase.
@@ -253,7 +265,33 @@ struct legend_entry {
   std::string name, color;
   bool dashed = false;
   bool point = false;
+  bool line = true; // with point: a short line behind the marker (a connected series)
+  marker_shape shape = marker_shape::circle;
 };
+
+// One marker of radius ~r centred at (cx, cy); `inner` goes inside the element (a <title>).
+inline std::string marker(marker_shape shape, double cx, double cy, double r,
+                          std::string_view color, std::string_view inner = "") {
+  std::string open, close = inner.empty() ? "/>\n" : ">" + std::string(inner);
+  switch (shape) {
+  case marker_shape::circle:
+    open = "<circle cx=\"" + fmt(cx) + "\" cy=\"" + fmt(cy) + "\" r=\"" + fmt(r) + "\"";
+    if (!inner.empty()) close += "</circle>\n";
+    break;
+  case marker_shape::square:
+    open = "<rect class=\"marker\" x=\"" + fmt(cx - r) + "\" y=\"" + fmt(cy - r) + "\" width=\"" +
+           fmt(2 * r) + "\" height=\"" + fmt(2 * r) + "\"";
+    if (!inner.empty()) close += "</rect>\n";
+    break;
+  case marker_shape::diamond:
+    open = "<polygon points=\"" + fmt(cx) + "," + fmt(cy - 1.3 * r) + " " + fmt(cx + 1.3 * r) +
+           "," + fmt(cy) + " " + fmt(cx) + "," + fmt(cy + 1.3 * r) + " " + fmt(cx - 1.3 * r) + "," +
+           fmt(cy) + "\"";
+    if (!inner.empty()) close += "</polygon>\n";
+    break;
+  }
+  return open + " fill=\"" + xml_escape(color) + "\"" + close;
+}
 
 inline chart_frame make_frame(const std::vector<double>& xs, const std::vector<double>& ys,
                               const chart_options& o, bool has_legend) {
@@ -380,12 +418,10 @@ inline std::string draw_legend(const chart_frame& f, const std::vector<legend_en
   double x = f.right + 12;
   double y = f.top + 6;
   for (const auto& e : entries) {
-    if (e.point)
-      s += "<circle cx=\"" + fmt(x + 10) + "\" cy=\"" + fmt(y) + "\" r=\"4\" fill=\"" +
-           xml_escape(e.color) + "\"/>\n";
-    else
+    if (!e.point || e.line)
       s += line(x, y, x + 20, y, e.color,
                 std::string("stroke-width=\"2\"") + (e.dashed ? " stroke-dasharray=\"5 3\"" : ""));
+    if (e.point) s += marker(e.shape, x + 10, y, 4, e.color);
     s += text(x + 26, y + 4, "start", e.name);
     y += 18;
   }
@@ -463,13 +499,25 @@ inline std::string svg_line_chart(std::string_view title, std::string_view x_lab
   return svg;
 }
 
-/// A scatter chart: one dot per point, a vertical error bar of +-y_err where given, and the
-/// optional reference line of `options` (e.g. FP32 accuracy). Each point carries a tooltip
-/// "name: (x, y +- err)".
+/// A scatter chart: one marker per point, a vertical error bar (+-y_err, or y_low .. y_high)
+/// where given, an optional line through each series' points, and the optional reference line
+/// of `options` (e.g. FP32 accuracy). Each point carries a tooltip "name: (x, y +- err)" or
+/// "name: (x, y in [low, high])".
 inline std::string svg_scatter_chart(std::string_view title, std::string_view x_label,
                                      std::string_view y_label,
                                      const std::vector<point_series>& points,
                                      const chart_options& options = {}) {
+  // The bar of point i of s as (low, high), or nullopt.
+  auto bar = [](const point_series& s, std::size_t i) -> std::optional<std::pair<double, double>> {
+    const std::size_t n = std::min(s.x.size(), s.y.size());
+    if (s.y_low.size() == n && s.y_high.size() == n) {
+      if (!std::isfinite(s.y_low[i]) || !std::isfinite(s.y_high[i])) return std::nullopt;
+      return std::pair{std::min(s.y_low[i], s.y_high[i]), std::max(s.y_low[i], s.y_high[i])};
+    }
+    const double err = i < s.y_err.size() && std::isfinite(s.y_err[i]) ? std::abs(s.y_err[i]) : 0;
+    if (err == 0) return std::nullopt;
+    return std::pair{s.y[i] - err, s.y[i] + err};
+  };
   std::vector<double> xs, ys;
   for (const auto& s : points) {
     std::size_t n = std::min(s.x.size(), s.y.size());
@@ -477,9 +525,7 @@ inline std::string svg_scatter_chart(std::string_view title, std::string_view x_
       if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
       xs.push_back(s.x[i]);
       ys.push_back(s.y[i]);
-      double err = i < s.y_err.size() && std::isfinite(s.y_err[i]) ? std::abs(s.y_err[i]) : 0.0;
-      ys.push_back(s.y[i] - err);
-      ys.push_back(s.y[i] + err);
+      if (const auto b = bar(s, i)) ys.push_back(b->first), ys.push_back(b->second);
     }
   }
   bool legend = detail::svg::any_named(points);
@@ -490,28 +536,50 @@ inline std::string svg_scatter_chart(std::string_view title, std::string_view x_
   std::vector<detail::svg::legend_entry> entries;
   for (std::size_t k = 0; k < points.size(); ++k) {
     const point_series& s = points[k];
-    std::string color = xml_escape(s.color.empty() ? detail::svg::palette(k) : s.color);
+    const std::string raw_color = s.color.empty() ? detail::svg::palette(k) : s.color;
+    const std::string color = xml_escape(raw_color);
     std::size_t n = std::min(s.x.size(), s.y.size());
+    auto visible = [&](std::size_t i) {
+      return f.inside_x(s.x[i]) && std::isfinite(s.y[i]) && s.y[i] >= f.y.lo && s.y[i] <= f.y.hi;
+    };
+    if (s.connect) {
+      std::vector<std::size_t> order;
+      for (std::size_t i = 0; i < n; ++i)
+        if (visible(i)) order.push_back(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](std::size_t a, std::size_t b) { return s.x[a] < s.x[b]; });
+      if (order.size() >= 2) {
+        svg += "<polyline class=\"connect\" fill=\"none\" stroke=\"" + color +
+               "\" stroke-width=\"1.5\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") +
+               " points=\"";
+        for (std::size_t j = 0; j < order.size(); ++j)
+          svg += (j ? " " : "") + detail::svg::fmt(f.px(s.x[order[j]])) + "," +
+                 detail::svg::fmt(f.py(s.y[order[j]]));
+        svg += "\"/>\n";
+      }
+    }
     for (std::size_t i = 0; i < n; ++i) {
-      double x = s.x[i], y = s.y[i];
-      if (!f.inside_x(x) || !std::isfinite(y) || y < f.y.lo || y > f.y.hi) continue;
-      double err = i < s.y_err.size() && std::isfinite(s.y_err[i]) ? std::abs(s.y_err[i]) : 0.0;
+      if (!visible(i)) continue;
+      const double x = s.x[i], y = s.y[i];
       double cx = f.px(x);
       std::string tip = (s.name.empty() ? "" : s.name + ": ") + "(" + detail::svg::value_text(x) +
                         ", " + detail::svg::value_text(y);
-      if (err > 0) {
-        double y1 = f.py(std::min(y + err, f.y.hi)), y2 = f.py(std::max(y - err, f.y.lo));
+      if (const auto b = bar(s, i)) {
+        double y1 = f.py(std::min(b->second, f.y.hi)), y2 = f.py(std::max(b->first, f.y.lo));
         svg += detail::svg::line(cx, y1, cx, y2, color, "class=\"error-bar\"");
         svg += detail::svg::line(cx - 4, y1, cx + 4, y1, color);
         svg += detail::svg::line(cx - 4, y2, cx + 4, y2, color);
-        tip += " +- " + detail::svg::value_text(err);
+        if (s.y_low.size() == n && s.y_high.size() == n)
+          tip += " in [" + detail::svg::value_text(b->first) + ", " +
+                 detail::svg::value_text(b->second) + "]";
+        else
+          tip += " +- " + detail::svg::value_text(std::abs(s.y_err[i]));
       }
       tip += ")";
-      svg += "<circle cx=\"" + detail::svg::fmt(cx) + "\" cy=\"" + detail::svg::fmt(f.py(y)) +
-             "\" r=\"4\" fill=\"" + color + "\"><title>" + xml_escape(tip) + "</title></circle>\n";
+      svg += detail::svg::marker(s.shape, cx, f.py(y), 4, raw_color,
+                                 "<title>" + xml_escape(tip) + "</title>");
     }
-    if (!s.name.empty())
-      entries.push_back({s.name, s.color.empty() ? detail::svg::palette(k) : s.color, false, true});
+    if (!s.name.empty()) entries.push_back({s.name, raw_color, s.dashed, true, s.connect, s.shape});
   }
   svg += detail::svg::draw_markers(f, options, true);
   if (legend) svg += detail::svg::draw_legend(f, entries);
