@@ -1067,7 +1067,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", cfg.threads, "OpenMP threads (0 = default)")->capture_default_str();
   app.add_flag("--quick", cfg.quick,
                "short study for a rerun (<= 15 min on 2 cores): 1 seed, 3/2/1 epochs, sizes 2,3,4, "
-               "frac_bits and step_bits per layer and per channel (explicit options still win)");
+               "per-layer and per-channel arms (explicit options still win)");
   app.add_flag("--check-only", cfg.check_only,
                "train nothing: only run --check on the files of an earlier study in --out (give "
                "the same --models, --seeds, --sizes, --policies and --groups)");
@@ -1084,10 +1084,6 @@ int main(int argc, char** argv) {
     if (!app.count("--search-epochs")) t.search.epochs = 2;
     if (!app.count("--finetune-epochs")) t.finetune.epochs = 1;
     if (!app.count("--groups")) cfg.groups = {"layer", "channel"};
-    // noise_bits arms ran 15x slower than the others inside this study (about 200 s instead of
-    // 13 s per LeNet-5 arm, not seen in examples/fashion_mnist; not yet explained), which alone
-    // would take --quick past 15 minutes; ask for them with --policies.
-    if (!app.count("--policies")) cfg.policies = {"frac_bits", "step_bits"};
   }
 #if defined(BITGRAD_WITH_OPENMP)
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
