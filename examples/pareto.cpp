@@ -85,6 +85,7 @@ struct settings {
   bool check = false;
   bool check_only = false;
   bool from_csv = false;
+  bool resume = false;
   bitgrad::train::trainer_options trainer;
 };
 
@@ -934,8 +935,17 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
                std::chrono::steady_clock::time_point start) {
   using bitgrad::quant::fixed_bits;
   const auto arms = arms_of(cfg);
+  auto finished = [&](int k, const arm& a, std::uint64_t seed) {
+    return std::any_of(rows.begin(), rows.end(), [&](const run_row& r) {
+      return r.model == model && r.k == k && r.a.name() == a.name() && r.seed == seed;
+    });
+  };
   for (std::size_t s = 0; s < cfg.seeds; ++s) {
     const std::uint64_t seed = cfg.first_seed + s;
+    bool all_done = true; // --resume: every arm of this seed is in results.csv already
+    for (int k : cfg.sizes)
+      for (const arm& a : arms) all_done = all_done && finished(k, a, seed);
+    if (all_done) continue;
     // Pretrain the FP32 network once for this seed. The trainer needs a quantized twin; a
     // throw-away 8-bit per-layer one, with no search or fine-tuning epochs, is enough.
     auto fp32 = build.template operator()<bitgrad::quant::no_quant>(
@@ -969,6 +979,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
     for (int k : cfg.sizes) {
       const double budget = budget_bits(build, k);
       for (const arm& a : arms) {
+        if (finished(k, a, seed)) continue;
         std::optional<run_row> r;
         auto go = [&]<template <class> class Q>() {
           r = run_arm<Q>(cfg, data, build, fp32, model, a, k, seed, budget);
@@ -1074,6 +1085,10 @@ int main(int argc, char** argv) {
   app.add_flag("--from-csv", cfg.from_csv,
                "train nothing: rebuild aggregate.csv, results.md and the plots of --out from its "
                "results.csv and layers.csv (models and sizes are taken from the rows)");
+  app.add_flag("--resume", cfg.resume,
+               "keep the runs already in --out/results.csv (and layers.csv) and run only the "
+               "missing arms; a seed's FP32 network is pretrained again (deterministically) when "
+               "one of its arms is missing");
   app.add_flag("--check", cfg.check,
                "afterwards, read the files back and fail unless every row is there and every arm "
                "is within its budget");
@@ -1138,7 +1153,12 @@ int main(int argc, char** argv) {
                 t.pretrain.epochs, t.search.epochs, t.finetune.epochs, data.train.size(),
                 data.test.size(), bitgrad::simd_arch_name());
     std::vector<run_row> rows;
-    std::size_t done = 0;
+    if (cfg.resume && fs::exists(cfg.out / "results.csv")) {
+      rows = load_rows(cfg.out);
+      std::printf("resuming: %zu runs already in %s/results.csv\n", rows.size(), cfg.out.c_str());
+    }
+    std::size_t done = 0; // runs of this session, out of the missing ones
+    const std::size_t missing = total - std::min(total, rows.size());
     const auto start = std::chrono::steady_clock::now();
     for (const auto& model : cfg.models) {
       const bool finished =
@@ -1148,13 +1168,13 @@ int main(int argc, char** argv) {
                     []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
                       return bitgrad::nn::lenet5<float, Q>(o);
                     },
-                    rows, done, total, start)
+                    rows, done, missing, start)
               : run_model(
                     cfg, data, model,
                     []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
                       return bitgrad::nn::vgg_small<float, Q>(o);
                     },
-                    rows, done, total, start);
+                    rows, done, missing, start);
       if (!finished) {
         std::printf("interrupted: %zu runs written to %s\n", rows.size(), cfg.out.c_str());
         return 130;
