@@ -214,6 +214,28 @@ TEST_CASE_TEMPLATE("adam group lr on a bitwidth", T, float, double) {
   CHECK(double(ps.value(1)[0]) == doctest::Approx(8.02));
 }
 
+TEST_CASE_TEMPLATE("adam with a shared second moment steps in proportion to the gradients", T,
+                   float, double) {
+  // Constant gradients g = [1, 2, -3] on a bitwidth tensor: after bias correction every element
+  // sees m_hat = g_k and v_hat = mean(g^2) = 14/3, so each step moves it by lr g_k / sqrt(14/3).
+  // The weight tensor keeps per-element moments: each element moves by lr per step.
+  toy_params<T> ps;
+  ps.add("w", {1, 1}, {1, 100}).add("bits", {4, 4, 4}, {1, 2, -3}, param_kind::bitwidth);
+  optim::adam<T> opt({.lr = 0.1, .eps = 0});
+  CHECK_FALSE(opt.shared_second_moment(param_kind::bitwidth));
+  opt.set_shared_second_moment(param_kind::bitwidth);
+  CHECK(opt.shared_second_moment(param_kind::bitwidth));
+  CHECK_FALSE(opt.shared_second_moment(param_kind::weight));
+  for (int i = 0; i < 2; ++i) opt.step(ps.source());
+  const double unit = 0.2 / std::sqrt(14.0 / 3.0);
+  check_values(ps.value(1), {4 - unit, 4 - 2 * unit, 4 + 3 * unit}, feps(std::is_same_v<T, float>));
+  check_values(ps.value(0), {0.8, 0.8}, feps(std::is_same_v<T, float>));
+  // The state holds one v per element, all equal within the shared tensor (save/load unchanged).
+  const auto& v = opt.state()[1].buffers[1];
+  CHECK(v[0] == v[1]);
+  CHECK(v[1] == v[2]);
+}
+
 TEST_CASE("parameters without a gradient are skipped and keep their slot") {
   toy_params<double> ps;
   ps.add("a", {1}, {1}).add("frozen", {5, 6}, {1, 1}).add("c", {1}, {1});

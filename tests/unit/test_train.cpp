@@ -306,3 +306,74 @@ TEST_CASE("bitwidths and scales stay finite and in range under absurd settings")
     }
   }
 }
+
+TEST_CASE("bits_moment: one Adam step moves a layer's bitwidths by lr each, or in proportion") {
+  // The first Adam step after bias correction moves element i by lr * g_i / sqrt(v_i):
+  //   per_group  v_i = g_i^2          -> |step_i| = lr for every group (sign of the gradient)
+  //   per_layer  v_i = mean_j g_j^2   -> step_i = lr * g_i / rms(g): the steps of a layer keep
+  //              the ratios of its gradients, and their root mean square is lr.
+  const double lr = 0.1;
+  auto bit_params = [](auto& net) {
+    std::vector<std::vector<double>> v;
+    net.visit_parameters([&](param_ref<float>& p) {
+      if (p.kind == param_kind::bitwidth) v.emplace_back(p.value, p.value + p.size);
+    });
+    return v;
+  };
+  auto one_step = [&](train::bits_normalisation moment) {
+    temp_dir dir("bitgrad-train-moment");
+    auto o = quick_options(dir.path);
+    o.pretrain = {.epochs = 0};
+    o.search = {.epochs = 1, .lr = 5e-4, .bits_lr = lr};
+    o.finetune = {.epochs = 0};
+    o.stop_after_steps = 1; // stop after the first search step, before freezing
+    // No size penalty: at 7.5 bits its gradient, the same for every group of a layer, would
+    // swamp the task gradient and hide the difference.
+    o.penalty_lambda = 0;
+    o.bits_moment = moment;
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    const auto before = bit_params(q);
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    CHECK_FALSE(t.run().finished);
+    auto after = bit_params(q);
+    for (std::size_t l = 0; l < after.size(); ++l)
+      for (std::size_t i = 0; i < after[l].size(); ++i) after[l][i] -= before[l][i];
+    return after; // the steps
+  };
+  const auto group = one_step(train::bits_normalisation::per_group);
+  const auto layer = one_step(train::bits_normalisation::per_layer);
+  REQUIRE(group.size() == 5); // LeNet-5: conv1, conv2, fc1, fc2, fc3
+  REQUIRE(layer.size() == group.size());
+  // Adam's eps (1e-8) shortens the steps of groups whose gradient is not far above it (a few
+  // fc1 channels feed dead units and get none at all), so per_group steps are at most lr and
+  // most of them lr.
+  const double eps_room = 0.03;
+  std::size_t full_steps = 0, groups = 0;
+  double widest_ratio = 1; // largest |step| / smallest |step| inside one layer, per_layer
+  for (std::size_t l = 0; l < group.size(); ++l) {
+    CAPTURE(l);
+    REQUIRE(layer[l].size() == group[l].size());
+    double square_sum = 0, smallest = 1e9, largest = 0;
+    for (std::size_t i = 0; i < group[l].size(); ++i) {
+      CHECK(std::abs(group[l][i]) <= lr * (1 + 1e-4));
+      const bool full = std::abs(group[l][i]) >= lr * (1 - eps_room);
+      full_steps += full;
+      ++groups;
+      // Same gradient, so the same direction under both normalisations.
+      CHECK((group[l][i] > 0) == (layer[l][i] > 0));
+      CHECK((group[l][i] < 0) == (layer[l][i] < 0));
+      square_sum += layer[l][i] * layer[l][i];
+      if (full) { // compare groups whose gradient is well above eps only
+        smallest = std::min(smallest, std::abs(layer[l][i]));
+        largest = std::max(largest, std::abs(layer[l][i]));
+      }
+    }
+    const double rms = std::sqrt(square_sum / static_cast<double>(layer[l].size()));
+    CHECK(rms <= lr * (1 + 1e-4));
+    CHECK(rms >= lr * (1 - eps_room));
+    if (largest > 0 && smallest < 1e9) widest_ratio = std::max(widest_ratio, largest / smallest);
+  }
+  CHECK(full_steps >= groups * 8 / 10);
+  CHECK(widest_ratio > 3); // per_layer is not per_group in disguise
+}

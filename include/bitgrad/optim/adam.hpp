@@ -8,6 +8,13 @@
 //   v = beta2 * v + (1 - beta2) * g^2
 //   p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //
+// A kind with a shared second moment (set_shared_second_moment) feeds every element of a
+// tensor the tensor's mean square gradient instead of its own:
+//   v_i = beta2 * v_i + (1 - beta2) * (1/n) sum_j g_j^2        (so every v_i of it is equal)
+// The elements then keep the relative sizes of their gradients (one step size per tensor, as
+// SGD's within the tensor) while the tensor's scale stays normalised as Adam's. Used for
+// bitwidths, whose gradient size carries the information (see train/trainer.hpp).
+//
 //   optim::adamw<float> opt({.lr = 1e-3, .weight_decay = 0.05}); // adamw default decay: 0.01
 //   opt.set_group(param_kind::bitwidth, {.lr = 1e-2, .weight_decay = 0});
 //   opt.step([&](auto&& f) { net.visit_parameters(f); });
@@ -21,6 +28,7 @@
 #include <bitgrad/optim/param_groups.hpp>
 #include <bitgrad/optim/state.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -94,6 +102,16 @@ public:
       const T* gp = p.grad;
       T* m = s.buffers[0].data();
       T* v = s.buffers[1].data();
+      const bool shared = shared_v_[kind_index(p.kind)] && p.size > 0;
+      T mean_square = 0;
+      if (shared) {
+        double sum = 0;
+        for (std::size_t k = 0, n = p.size; k < n; ++k) {
+          const double g = static_cast<double>(Decoupled ? gp[k] : gp[k] + wd * w[k]);
+          sum += g * g;
+        }
+        mean_square = static_cast<T>(sum / static_cast<double>(p.size));
+      }
       for (std::size_t k = 0, n = p.size; k < n; ++k) {
         T g = gp[k];
         if constexpr (Decoupled)
@@ -101,11 +119,17 @@ public:
         else
           g += wd * w[k];
         m[k] = b1 * m[k] + c1 * g;
-        v[k] = b2 * v[k] + c2 * g * g;
+        v[k] = b2 * v[k] + c2 * (shared ? mean_square : g * g);
         w[k] -= step_size * m[k] / (std::sqrt(v[k]) / sqrt_bc2 + eps);
       }
     });
   }
+
+  /// Parameters of `kind` use one second moment per tensor (see the top of this file).
+  void set_shared_second_moment(param_kind kind, bool shared = true) {
+    shared_v_[kind_index(kind)] = shared;
+  }
+  bool shared_second_moment(param_kind kind) const { return shared_v_[kind_index(kind)]; }
 
   void set_group(param_kind kind, const group_options& options) {
     groups_.set_group(kind, options);
@@ -131,6 +155,7 @@ private:
   options_type options_;
   param_groups groups_;
   optimizer_state<T> state_;
+  std::array<bool, param_kind_count> shared_v_{};
 };
 
 } // namespace detail

@@ -52,6 +52,14 @@
 
 namespace bitgrad::train {
 
+/// How Adam normalises the bitwidth gradients in the search phase.
+///   per_group  each group's own second moment (plain Adam): every group steps ~bits_lr
+///              whatever the size of its gradient.
+///   per_layer  one second moment per layer (optim::adam::set_shared_second_moment): the groups
+///              of a layer step in proportion to their gradients, so a group whose loss reacts
+///              more to its bitwidth moves further than its neighbours.
+enum class bits_normalisation { per_group, per_layer };
+
 /// One phase's schedule.
 struct phase_options {
   std::size_t epochs = 0;
@@ -72,6 +80,9 @@ struct trainer_options {
   quant::penalty_form penalty = quant::penalty_form::hinge;
   double penalty_lambda = 5.0;
   quant::rounding freeze_rounding = quant::rounding::budget_aware;
+  /// per_layer since issue #11: the learned bits then follow the groups' sensitivity
+  /// (docs/results.md, "Issue #11").
+  bits_normalisation bits_moment = bits_normalisation::per_layer;
   std::uint64_t seed = 1;
   loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}}; ///< Fashion-MNIST statistics
   std::size_t max_steps_per_epoch = 0; ///< 0 = whole epochs (tests use a few steps)
@@ -391,6 +402,8 @@ private:
     loader<T> batches(train_, lo);
     optim::adam<T> adam({.lr = po.lr});
     if (po.bits_lr > 0) adam.set_group(param_kind::bitwidth, {.lr = po.bits_lr, .weight_decay = 0});
+    if (opt_.bits_moment == bits_normalisation::per_layer)
+      adam.set_shared_second_moment(param_kind::bitwidth);
     if (po.scale_lr > 0) adam.set_group(param_kind::scale, {.lr = po.scale_lr, .weight_decay = 0});
     partial_epoch part;
     if (resumed) {
