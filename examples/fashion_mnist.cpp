@@ -163,8 +163,7 @@ int main(int argc, char** argv) {
   app.add_option("--search-lr", t.search.lr, "weight learning rate while searching")
       ->capture_default_str();
   app.add_option("--bits-lr", t.search.bits_lr, "bitwidth learning rate")->capture_default_str();
-  std::string bits_moment =
-      t.bits_moment == bitgrad::train::bits_normalisation::per_layer ? "layer" : "group";
+  std::string bits_moment = bitgrad::train::to_string(t.bits_moment);
   app.add_option("--bits-moment", bits_moment,
                  "Adam's second moment of the bitwidths: one per layer (the groups of a layer step "
                  "in proportion to their gradients) or one per group")
@@ -188,8 +187,7 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
   CLI11_PARSE(app, argc, argv);
   t.out_dir = out;
-  t.bits_moment = bits_moment == "layer" ? bitgrad::train::bits_normalisation::per_layer
-                                         : bitgrad::train::bits_normalisation::per_group;
+  t.bits_moment = bitgrad::train::parse_bits_normalisation(bits_moment);
 #if defined(BITGRAD_WITH_OPENMP)
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 #endif

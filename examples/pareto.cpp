@@ -78,8 +78,9 @@ struct settings {
   std::uint64_t first_seed = 1;
   double b_min = 1; ///< step_bits uses max(b_min, 2): it has no 1-bit grid
   double b_max = 8;
-  std::optional<double> b_init;      ///< unset: the policy's default (b_max - 0.5)
-  std::string bits_moment = "layer"; ///< trainer_options::bits_moment: group or layer
+  std::optional<double> b_init; ///< unset: the policy's default (b_max - 0.5)
+  std::string bits_moment =
+      bitgrad::train::to_string(bitgrad::train::trainer_options{}.bits_moment);
   std::size_t train_limit = 0;
   int threads = 0;
   bool quick = false;
@@ -124,7 +125,6 @@ struct run_row {
   /// and on as many following test batches (split-half reliability of S^u: how far a rank
   /// correlation with it can be trusted). NaN elsewhere.
   std::vector<double> sensitivity_split_half;
-  double mean_split_half = nan_value;
   double seconds = nan_value;
   std::vector<layer_summary> layers;
 };
@@ -754,12 +754,6 @@ std::vector<run_row> load_rows(const fs::path& dir) {
     if (lc.count("sensitivity_split_half_rho"))
       it->sensitivity_split_half.push_back(number(c, lc, "sensitivity_split_half_rho"));
   }
-  for (auto& r : rows) {
-    std::vector<double> finite;
-    for (double x : r.sensitivity_split_half)
-      if (std::isfinite(x)) finite.push_back(x);
-    r.mean_split_half = summarise(finite).mean;
-  }
   return rows;
 }
 
@@ -862,14 +856,11 @@ void sensitivity_split_half(Net& net, const data_sets& data, const settings& cfg
   batches.erase(batches.begin(), batches.begin() + static_cast<std::ptrdiff_t>(n));
   const auto second = tr::exact_sensitivity(net, batches);
   r.sensitivity_split_half.assign(r.layers.size(), nan_value);
-  std::vector<double> finite;
   for (std::size_t li = 0; li < r.layers.size() && li < second.size(); ++li) {
     const auto& first = r.layers[li].group_sensitivity;
-    if (first.size() != second[li].size() || first.size() < 2) continue;
-    r.sensitivity_split_half[li] = tr::spearman(first, second[li]);
-    if (std::isfinite(r.sensitivity_split_half[li])) finite.push_back(r.sensitivity_split_half[li]);
+    if (first.size() == second[li].size() && first.size() >= 2)
+      r.sensitivity_split_half[li] = tr::spearman(first, second[li]);
   }
-  r.mean_split_half = summarise(finite).mean;
 }
 
 template <template <class> class Quant, class Build, class FloatNet>
@@ -1063,6 +1054,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
         ++done;
         const double elapsed =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double split_half = summarise(r->sensitivity_split_half).mean; // NaN: none
         char line[320];
         std::snprintf(
             line, sizeof line,
@@ -1073,9 +1065,8 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
             100 * r->accuracy, r->total_bytes, r->budget_bytes, r->weight_bytes, r->code_bits,
             fixed(r->max_spread, 0).c_str(), signed_fixed(r->mean_rho, 2).c_str(),
             signed_fixed(r->mean_rho_uniform, 2).c_str(),
-            std::isfinite(r->mean_split_half)
-                ? ("  S split-half " + signed_fixed(r->mean_split_half, 2)).c_str()
-                : "",
+            std::isfinite(split_half) ? ("  S split-half " + signed_fixed(split_half, 2)).c_str()
+                                      : "",
             r->seconds, bitgrad::format_duration(elapsed).c_str(),
             bitgrad::format_duration(elapsed / static_cast<double>(done) *
                                      static_cast<double>(total - done))
@@ -1093,7 +1084,7 @@ int main(int argc, char** argv) {
   settings cfg;
   auto& t = cfg.trainer;
   // 64 batches of 32 test images: with 16 the sensitivities of LeNet-5's fc1/fc2 channels were
-  // mostly noise; at 64 their split-half reliability is 0.2-0.4 (0.4-1.0 in the other layers).
+  // mostly noise; at 64 their split-half reliability is 0.2-0.4 (0.3-1.0 in the other layers).
   t.sensitivity_batches = 64;
   CLI::App app{"Pareto study: uniform vs learned mixed-precision quantization on Fashion-MNIST "
                "(issues #9 and #11)"};
@@ -1170,8 +1161,7 @@ int main(int argc, char** argv) {
     if (!app.count("--finetune-epochs")) t.finetune.epochs = 1;
     if (!app.count("--groups")) cfg.groups = {"layer", "channel"};
   }
-  t.bits_moment = cfg.bits_moment == "layer" ? bitgrad::train::bits_normalisation::per_layer
-                                             : bitgrad::train::bits_normalisation::per_group;
+  t.bits_moment = bitgrad::train::parse_bits_normalisation(cfg.bits_moment);
 #if defined(BITGRAD_WITH_OPENMP)
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
 #endif

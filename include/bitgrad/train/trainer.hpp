@@ -48,6 +48,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bitgrad::train {
@@ -59,6 +60,19 @@ namespace bitgrad::train {
 ///              of a layer step in proportion to their gradients, so a group whose loss reacts
 ///              more to its bitwidth moves further than its neighbours.
 enum class bits_normalisation { per_group, per_layer };
+
+/// "group" or "layer" (the names the examples' --bits-moment options take).
+inline const char* to_string(bits_normalisation b) {
+  return b == bits_normalisation::per_layer ? "layer" : "group";
+}
+
+/// The bits_normalisation named "group" or "layer"; config_error otherwise.
+inline bits_normalisation parse_bits_normalisation(std::string_view name) {
+  if (name == "group") return bits_normalisation::per_group;
+  if (name == "layer") return bits_normalisation::per_layer;
+  throw config_error("bits_moment: expected \"group\" or \"layer\", got \"" + std::string(name) +
+                     "\"");
+}
 
 /// One phase's schedule.
 struct phase_options {
