@@ -25,7 +25,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <cstdint>
 
 namespace bitgrad::detail {
 
@@ -116,30 +115,14 @@ void gemm_dot_rectangle(std::size_t row_begin, std::size_t row_end, std::size_t 
   const std::size_t m = row_end - row_begin, n = col_end - col_begin;
   T* const sums = gemm_thread_buffer<T, align>(2).reserve(m * n);
   std::fill_n(sums, m * n, T(0));
-  // When every row of A and of B starts at the same distance from a register boundary, the
-  // first `head` columns run element by element so that all register loads are aligned (a load
-  // across two cache lines costs two).
-  std::size_t head = 0;
-  constexpr std::size_t reg = simd_arch::alignment();
-  const std::size_t off = reinterpret_cast<std::uintptr_t>(a) % reg;
-  if (off == reinterpret_cast<std::uintptr_t>(b) % reg && off % sizeof(T) == 0 &&
-      lda * sizeof(T) % reg == 0 && ldb * sizeof(T) % reg == 0) {
-    head = std::min(k, (reg - off) % reg / sizeof(T));
-  }
-  for (std::size_t i = 0; i < m; ++i) {
-    for (std::size_t j = 0; j < n; ++j) {
-      const T* const ai = a + (row_begin + i) * lda;
-      const T* const bj = b + (col_begin + j) * ldb;
-      for (std::size_t p = 0; p < head; ++p) sums[i * n + j] += ai[p] * bj[p];
-    }
-  }
-  // k chunks of a fixed length (so that the order of the sums, hence every bit of C, does not
-  // depend on how C was cut between threads), split evenly into whole registers.
-  const std::size_t chunks = (k - head + tile::chunk - 1) / tile::chunk;
-  const std::size_t chunk = chunks == 0 ? 0
-                                        : ((k - head + chunks - 1) / chunks + tile::lanes - 1) /
-                                              tile::lanes * tile::lanes;
-  for (std::size_t pc = head; pc < k; pc += chunk) {
+  // k chunks of a fixed length, split evenly into whole registers. The order of the sums depends
+  // on k alone: not on how C was cut between threads, nor on where A and B sit in memory (an
+  // element-wise head up to a register boundary, tried for aligned loads, made every bit of C
+  // depend on the heap's layout, so two runs of one training could differ).
+  const std::size_t chunks = (k + tile::chunk - 1) / tile::chunk;
+  const std::size_t chunk =
+      chunks == 0 ? 0 : ((k + chunks - 1) / chunks + tile::lanes - 1) / tile::lanes * tile::lanes;
+  for (std::size_t pc = 0; pc < k; pc += chunk) {
     const std::size_t kc = std::min(chunk, k - pc);
     for (std::size_t i = 0; i < m; i += tile::md) {
       const std::size_t rows = std::min(tile::md, m - i);
