@@ -1,7 +1,8 @@
 # bitgrad's two commands (a thin wrapper over CMake presets, like neovim's Makefile).
 #   make demo   install what is missing, build, train LeNet-5 on Fashion-MNIST with learned bitwidths
 #   make test   install what is missing, build, run every test (ctest)
-# Also: make bench (benchmarks), make asan (tests under sanitizers), make format, make clean.
+# Also: make bench (benchmarks), make asan (tests under sanitizers), make format, make clean,
+# make install [PREFIX=/usr/local] (headers, CMake package and bitgrad.pc only).
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
@@ -39,6 +40,15 @@ bench: deps
 	$(CMAKE) --preset bench
 	$(CMAKE) --build --preset bench -j $(JOBS)
 	bash scripts/run-benchmarks.sh build/bench
+
+# The `install` preset configures no tests, examples or benchmarks, so installing needs only
+# CMake and the library's own dependencies (xtensor, xsimd, xtl, zlib; OpenMP if found), not
+# doctest, Google Benchmark or CLI11; hence no `deps` here.
+PREFIX ?= /usr/local
+.PHONY: install
+install:
+	$(CMAKE) --preset install
+	$(CMAKE) --install build/install --prefix $(PREFIX)
 
 format:
 	git ls-files '*.hpp' '*.cpp' | xargs clang-format -i

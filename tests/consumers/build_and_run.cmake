@@ -1,6 +1,8 @@
 # Configures, builds and runs a consumer project (cmake -P script).
 # In: SOURCE, BINARY, EXTRA (one extra -D argument), COMPILER, optional FORBIDDEN_SOURCE
-# (a path that must not appear in the consumer's build: proves it used the installed copy).
+# (a path that must not appear in the consumer's build: proves it used the installed copy),
+# optional EXPECT_OPENMP (ON/OFF: the consumer must report OpenMP on/off, i.e. the target's
+# OpenMP flags reached it, or did not).
 file(REMOVE_RECURSE "${BINARY}")
 execute_process(
   COMMAND ${CMAKE_COMMAND} -S "${SOURCE}" -B "${BINARY}" "${EXTRA}"
@@ -28,3 +30,5 @@ message(STATUS "${out}")
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "running the consumer failed (${rc})")
 endif()
+include("${CMAKE_CURRENT_LIST_DIR}/expect_openmp.cmake")
+bitgrad_expect_openmp("${out}" "${EXPECT_OPENMP}")

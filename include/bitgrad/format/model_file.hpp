@@ -113,10 +113,19 @@ struct shape {
     return std::uint64_t(dims[0]) * (rank == 3 ? std::uint64_t(dims[1]) * dims[2] : 1);
   }
   bool operator==(const shape&) const = default;
+  /// "(f)" or "(c, h, w)". Built by appending only: GCC 12 at -O3 reports a false
+  /// -Wrestrict in char_traits for `"(" + std::to_string(...)` (an insert at position 0).
   std::string str() const {
-    std::string s = "(" + std::to_string(dims[0]);
-    if (rank == 3) s += ", " + std::to_string(dims[1]) + ", " + std::to_string(dims[2]);
-    return s + ")";
+    std::string s(1, '(');
+    s += std::to_string(dims[0]);
+    if (rank == 3) {
+      s += ", ";
+      s += std::to_string(dims[1]);
+      s += ", ";
+      s += std::to_string(dims[2]);
+    }
+    s += ')';
+    return s;
   }
 };
 
@@ -270,6 +279,17 @@ struct model_file {
 
 namespace detail {
 
+/// "(a, b, ...)", appended piece by piece (see shape::str()).
+inline std::string extents_str(const std::vector<std::uint32_t>& extents) {
+  std::string s(1, '(');
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(extents[i]);
+  }
+  s += ')';
+  return s;
+}
+
 inline std::uint64_t pool_out(std::uint64_t in, std::uint64_t k, std::uint64_t s, std::uint64_t p) {
   return (in + 2 * p - k) / s + 1;
 }
@@ -301,13 +321,9 @@ shape infer_output(const operation& op, const shape& a, const shape* b,
     const tensor_data& t = tensors[idx];
     if (!may_quantize && t.kind != tensor_kind::float32)
       fail(std::string(what) + " tensor " + std::to_string(idx) + " must be float32");
-    if (t.extents != want) {
-      std::string w, got;
-      for (auto e : want) w += (w.empty() ? "" : ", ") + std::to_string(e);
-      for (auto e : t.extents) got += (got.empty() ? "" : ", ") + std::to_string(e);
-      fail(std::string(what) + " tensor " + std::to_string(idx) + " has shape (" + got +
-           "), expected (" + w + ")");
-    }
+    if (t.extents != want)
+      fail(std::string(what) + " tensor " + std::to_string(idx) + " has shape " +
+           extents_str(t.extents) + ", expected " + extents_str(want));
   };
   if (op.kind != op_kind::add && op.input_b != no_index)
     fail(std::string(to_string(op.kind)) + " takes one input, got a second one");

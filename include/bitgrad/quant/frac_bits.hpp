@@ -61,7 +61,7 @@ public:
     double b_min = 2;
     double b_max = 8;
     /// Initial bitwidth of every group; unset = b_max - 0.5 (non-integer: both grids active).
-    std::optional<double> b_init;
+    std::optional<double> b_init{};
     scale_mode scale = scale_mode::max_abs;
   };
 

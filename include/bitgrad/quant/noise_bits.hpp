@@ -76,7 +76,7 @@ public:
     double b_max = 8;
     /// Initial bitwidth of every group; unset = b_max - 0.5. The logit starts at
     /// logit((b_init - b_min) / (b_max - b_min)), clamped to +-logit_limit.
-    std::optional<double> b_init;
+    std::optional<double> b_init{};
     noise_kind noise = noise_kind::uniform;
     std::uint64_t seed = 0; ///< the noise stream (mixed with the bound shape)
   };

@@ -51,7 +51,7 @@ public:
     double b_min = 2;
     double b_max = 8;
     /// Initial (derived) bitwidth; unset = b_max - 0.5.
-    std::optional<double> b_init;
+    std::optional<double> b_init{};
   };
 
   step_bits() : step_bits(options{}) {}

@@ -90,7 +90,7 @@ struct trainer_options {
   /// Size target as average stored bits per weight, overhead (scales, bitwidths) included:
   /// target_bits = target_average_bits * weights. Ignored when target_bytes is set.
   double target_average_bits = 3.0;
-  std::optional<double> target_bytes; ///< size target of the quantized weights in bytes
+  std::optional<double> target_bytes{}; ///< size target of the quantized weights in bytes
   quant::penalty_form penalty = quant::penalty_form::hinge;
   double penalty_lambda = 5.0;
   quant::rounding freeze_rounding = quant::rounding::budget_aware;
@@ -109,9 +109,9 @@ struct trainer_options {
   /// Per-group sensitivity diagnostics at the end of the run (train/sensitivity.hpp) on this
   /// many fixed batches of 32 test images; 0 = off.
   std::size_t sensitivity_batches = 0;
-  std::filesystem::path out_dir;  ///< empty: write no files
-  bool resume = false;            ///< continue from out_dir/checkpoint.bin if present
-  std::ostream* log = &std::cout; ///< progress and per-epoch lines; null = silent
+  std::filesystem::path out_dir{}; ///< empty: write no files
+  bool resume = false;             ///< continue from out_dir/checkpoint.bin if present
+  std::ostream* log = &std::cout;  ///< progress and per-epoch lines; null = silent
   bool terminal = stdout_is_terminal();
 };
 
