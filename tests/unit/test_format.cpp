@@ -8,6 +8,7 @@
 #include <bitgrad/train/export.hpp>
 #include <bitgrad/train/model_info.hpp>
 #include <bitgrad/train/npz_export.hpp>
+#include <bitgrad/train/trainer.hpp>
 
 #include <doctest/doctest.h>
 
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -335,7 +337,8 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     std::memcpy(b.data() + t + 4 + 16 + 8 + 4, &nan, 4); // bits (2 bytes) + pad (2) then scales
     reseal(b);
-    CHECK(contains(parse_error(b).what(), "scale of group 0"));
+    CHECK(
+        contains(parse_error(b).what(), "operation 0 (conv1): weight tensor 0: scale of group 0"));
     auto c = good;
     c[t + 4 + 16 + 4] = 3; // group count 3 for 3 channels in groups of 2
     reseal(c);
@@ -348,6 +351,145 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
     m.tensors[0].packed[0] = static_cast<std::uint8_t>((m.tensors[0].packed[0] & ~0x7) | 0x4);
     CHECK(contains(parse_error(format::encode(m)).what(), "outside the 3-bit range"));
   }
+}
+
+TEST_CASE("model file: a NaN or infinite float parameter is rejected, naming the layer") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  // Tensor t's value j: after kind, rank, reserved (4 bytes) and the extents.
+  auto value_offset = [](const std::vector<std::uint8_t>& b, const format::model_file& m,
+                         std::size_t t, std::size_t j) {
+    return section_offset(b, t + 1) + 4 + 4 * m.tensors[t].extents.size() + 4 * j;
+  };
+  SUBCASE("a NaN bias with a valid CRC") {
+    format::model_file m = small_model();
+    m.tensors[1].values[2] = nan; // conv1's bias
+    const auto b = format::encode(m);
+    const auto e = parse_error(b);
+    CHECK(e.offset() == value_offset(b, m, 1, 2));
+    CHECK(contains(e.what(), "test.bgm"));
+    CHECK(contains(e.what(), "operation 0 (conv1): bias tensor 1: value 2 of 3 is not finite"));
+  }
+  SUBCASE("an infinite float32 weight") {
+    format::model_file m = small_model();
+    m.tensors[2].values[13] = -inf; // fc's weight
+    const auto b = format::encode(m);
+    const auto e = parse_error(b);
+    CHECK(e.offset() == value_offset(b, m, 2, 13));
+    CHECK(contains(e.what(), "operation 4 (fc): weight tensor 2: value 13 of 48 is not finite"));
+  }
+  SUBCASE("a channel scale and a tensor no operation reads") {
+    format::model_file m = small_model();
+    m.tensors.push_back(format::tensor_data::from_floats({3}, {1.0f, inf, 1.0f}));
+    m.ops[0].channel_scale = 3;
+    CHECK(contains(parse_error(format::encode(m)).what(),
+                   "operation 0 (conv1): channel-scale tensor 3: value 1 of 3"));
+    m.ops[0].channel_scale = format::no_index;
+    CHECK(contains(parse_error(format::encode(m)).what(),
+                   "tensor 3 (read by no operation): value 1 of 3 is not finite"));
+  }
+  SUBCASE("writing one is refused too") {
+    format::model_file m = small_model();
+    m.tensors[1].values[0] = nan;
+    try {
+      (void)format::to_bytes(m);
+      FAIL("a NaN bias was written");
+    } catch (const config_error& e) {
+      CHECK(contains(e.what(), "operation 0 (conv1): bias tensor 1"));
+    }
+  }
+  SUBCASE("an input range of inf") {
+    format::model_file m = small_model();
+    m.ops[4].input_range = inf;
+    const auto e = parse_error(format::encode(m));
+    CHECK(contains(e.what(), "operation 4 (fc): input range must be finite and >= 0, got inf"));
+    CHECK_THROWS_WITH_AS(format::infer_shapes(m),
+                         doctest::Contains("input range must be finite and >= 0"), config_error);
+    m.ops[4].input_range = -1;
+    CHECK(contains(parse_error(format::encode(m)).what(), "input range must be finite and >= 0"));
+  }
+}
+
+TEST_CASE("export: a NaN or infinite weight, scale or bias is refused, naming the layer") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto export_error = [](auto& net) {
+    try {
+      (void)train::to_model_file(net, format::shape::image(1, 28, 28));
+    } catch (const config_error& e) {
+      return std::string(e.what());
+    }
+    FAIL("the network was exported");
+    return std::string();
+  };
+  auto frozen_lenet = [] {
+    auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
+    net.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+    return net;
+  };
+  SUBCASE("a NaN weight (it has no code: the old message was 'code -2147483648 ...')") {
+    auto net = frozen_lenet();
+    net.get<7>().weight()(3, 5) = nan; // fc1
+    const std::string e = export_error(net);
+    CHECK(contains(e, "export: layer fc1: weight " + std::to_string(3 * 256 + 5) +
+                          " of 30720 "
+                          "is not finite"));
+  }
+  SUBCASE("a NaN bias") {
+    auto net = frozen_lenet();
+    net.get<9>().bias()(1) = std::numeric_limits<float>::infinity(); // fc2
+    CHECK(contains(export_error(net), "export: layer fc2: bias 1 of 84 is not finite (inf)"));
+  }
+  SUBCASE("a NaN learned scale") {
+    auto net = nn::lenet5<float, quant::fixed_bits>({.seed = 1, .quant = {.bits = 4}});
+    net.visit_parameters([&](const param_ref<float>& p) {
+      if (p.kind == param_kind::scale && contains(p.name, "conv2")) p.value[1] = nan;
+    });
+    CHECK(contains(export_error(net), "export: layer conv2: scale of group 1 is not finite"));
+  }
+  SUBCASE("a batch norm that folds to a NaN channel scale") {
+    auto net = nn::sequential(
+        nn::conv2d<float, quant::fixed_bits>(
+            {.in_channels = 1, .out_channels = 2, .kernel = 3, .name = "c"}, {.bits = 4}),
+        nn::batch_norm<float, 4>({.features = 2, .name = "bn"}), nn::flatten<float>("flat"),
+        nn::linear<float>({.in_features = 2 * 26 * 26, .out_features = 3, .name = "fc"}));
+    net.get<1>().running_var()(1) = -1; // sqrt(-1 + eps)
+    CHECK(contains(
+        export_error(net),
+        "export: layer c: channel scale 1 of 2 is not finite (nan; batch norm bn folded in)"));
+  }
+}
+
+TEST_CASE("export: from a trainer, with the trainer's normalisation and training set") {
+  const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
+  const dataset train_set = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
+                                              sample / "train-labels-idx1-ubyte.gz");
+  const dataset test_set =
+      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
+  auto fp32 = nn::lenet5<float>({.seed = 1});
+  auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
+  net.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+  train::trainer tr(
+      fp32, net, train_set, test_set,
+      {.target_average_bits = 16, .normalise = {.mean = {0.5}, .stddev = {0.25}}, .log = nullptr});
+  const temp_dir dir("bitgrad-export-trainer");
+  const std::size_t bytes = train::export_model(tr, dir.path / "from_trainer.bgm", 64);
+  // The same as the explicit call with the trainer's data and normalisation.
+  const std::size_t bytes2 = train::export_model(net, dir.path / "explicit.bgm", train_set,
+                                                 {.mean = {0.5}, .stddev = {0.25}}, 64);
+  CHECK(bytes == bytes2);
+  CHECK(read_file_bytes(dir.path / "from_trainer.bgm", 1 << 24) ==
+        read_file_bytes(dir.path / "explicit.bgm", 1 << 24));
+  const format::model_file m = format::read_model_file(dir.path / "from_trainer.bgm");
+  CHECK(m.mean == std::vector<double>{0.5});
+  CHECK(m.stddev == std::vector<double>{0.25});
+  CHECK(m.input == format::shape::image(1, 28, 28));
+  for (const auto& op : m.ops)
+    if (op.kind == format::op_kind::conv2d || op.kind == format::op_kind::linear)
+      CHECK(op.input_range > 0); // calibrated on the training set
+  // A different normalisation changes the file: the trainer's was used, not a default.
+  train::export_model(net, dir.path / "other.bgm", train_set, {.mean = {0.2}, .stddev = {0.3}}, 64);
+  CHECK(read_file_bytes(dir.path / "other.bgm", 1 << 24) !=
+        read_file_bytes(dir.path / "explicit.bgm", 1 << 24));
 }
 
 TEST_CASE("model file: written size matches the trainer's size accounting") {

@@ -182,6 +182,54 @@ TEST_CASE("runtime: several threads on one const model give the single-threaded 
   }
 }
 
+TEST_CASE("runtime::evaluate gives what the hand-written normalise + run + top-1 loop gives") {
+  const auto& f = lenet_fixture();
+  const dataset& test = sample_test();
+  for (auto prec : {deploy::precision::float32, deploy::precision::int8}) {
+    CAPTURE(std::string(deploy::to_string(prec)));
+    // The loop a user wrote before: every image at once.
+    const std::vector<float> x = f.rt.normalise(test.pixels.data(), test.size());
+    const std::vector<std::size_t> hand =
+        deploy::runtime::top1(f.rt.run(x.data(), test.size(), prec));
+    const double hand_accuracy = accuracy(hand, test);
+    for (std::size_t batch :
+         {std::size_t(1), std::size_t(7), std::size_t(256), std::size_t(4096)}) {
+      CAPTURE(batch);
+      const deploy::evaluation e = f.rt.evaluate(test, prec, batch);
+      CHECK(e.images == test.size());
+      CHECK(e.predictions == hand);
+      CHECK(e.correct ==
+            agree(hand, std::vector<std::size_t>(test.labels.begin(), test.labels.end())));
+      CHECK(e.accuracy == hand_accuracy);
+      CHECK(f.rt.accuracy(test, prec, batch) == hand_accuracy);
+    }
+    MESSAGE(std::string(deploy::to_string(prec)) << " accuracy on the sample: " << hand_accuracy);
+  }
+  CHECK(f.rt.accuracy(test) > 0.6); // the default: float32
+}
+
+TEST_CASE("runtime::evaluate refuses data that does not fit the model") {
+  const auto& f = lenet_fixture();
+  CHECK_THROWS_WITH_AS(f.rt.evaluate(sample_test(), deploy::precision::float32, 0),
+                       doctest::Contains("batch must be >= 1"), config_error);
+  dataset wrong = sample_test();
+  wrong.height = 14;
+  wrong.width = 56;
+  CHECK_THROWS_WITH_AS(f.rt.evaluate(wrong),
+                       doctest::Contains("images of 1x14x56, the model's input is (1, 28, 28)"),
+                       config_error);
+  dataset many = sample_test();
+  many.classes = 12;
+  many.labels[5] = 11;
+  CHECK_THROWS_WITH_AS(
+      f.rt.evaluate(many),
+      doctest::Contains("label 11 of image 5 is not one of the model's 10 outputs"), config_error);
+  dataset empty = sample_test();
+  empty.labels.clear();
+  empty.pixels.clear();
+  CHECK_THROWS_WITH_AS(f.rt.evaluate(empty), doctest::Contains("empty"), config_error);
+}
+
 TEST_CASE("runtime: an uncalibrated model refuses the int8 path") {
   const auto& f = lenet_fixture();
   const deploy::runtime raw(train::to_model_file(trained_lenet(), format::shape::image(1, 28, 28)));

@@ -4,6 +4,8 @@
 //   std::vector<float> x = rt.normalise(pixels, batch);         // 8-bit images -> network input
 //   tensor2<float> logits = rt.run(x.data(), batch);            // float path
 //   tensor2<float> logits8 = rt.run(x.data(), batch, deploy::precision::int8);
+//   double acc = rt.accuracy(test_set);                         // normalise + run + top-1
+//   deploy::evaluation e = rt.evaluate(test_set, deploy::precision::int8);  // + predictions
 //
 // Float path: each weight tensor is decoded once, at construction, to float (code * scale, the
 // folded channel scale multiplied in) and run with the same SIMD kernels as training
@@ -24,6 +26,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/data/dataset.hpp>
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
@@ -49,6 +52,14 @@ enum class precision { float32, int8 };
 inline const char* to_string(precision p) {
   return p == precision::int8 ? "int8" : "float32";
 }
+
+/// Top-1 accuracy of a runtime on a labelled data set (runtime::evaluate).
+struct evaluation {
+  double accuracy = 0;                  ///< correct / images
+  std::size_t correct = 0;              ///< images whose top-1 class is their label
+  std::size_t images = 0;               ///< images evaluated (the whole data set)
+  std::vector<std::size_t> predictions; ///< the top-1 class of every image, in data-set order
+};
 
 class runtime {
 public:
@@ -124,6 +135,51 @@ public:
       r[op] = mx;
     });
     return r;
+  }
+
+  /// Top-1 accuracy on every image of `data`, in data-set order: each batch of `batch` 8-bit
+  /// images is normalised with the file's mean and stddev (normalise), run at precision p
+  /// (run) and its rows' largest outputs compared with the labels (top1). The images must have
+  /// the model's input shape and every label must be an output index.
+  evaluation evaluate(const dataset& data, precision p = precision::float32,
+                      std::size_t batch = 256) const {
+    const std::string who = "runtime::evaluate";
+    if (batch == 0) throw config_error(who + ": batch must be >= 1, got 0");
+    validate(data, who);
+    if (data.empty()) throw config_error(who + ": the data set is empty");
+    const bool same_shape = m_.input.rank == 3 ? data.channels == m_.input.dims[0] &&
+                                                     data.height == m_.input.dims[1] &&
+                                                     data.width == m_.input.dims[2]
+                                               : data.image_size() == input_size();
+    if (!same_shape)
+      throw config_error(who + ": images of " + std::to_string(data.channels) + "x" +
+                         std::to_string(data.height) + "x" + std::to_string(data.width) +
+                         ", the model's input is " + m_.input.str());
+    for (std::size_t i = 0; i < data.size(); ++i)
+      if (static_cast<std::size_t>(data.labels[i]) >= output_size())
+        throw config_error(who + ": label " + std::to_string(data.labels[i]) + " of image " +
+                           std::to_string(i) + " is not one of the model's " +
+                           std::to_string(output_size()) + " outputs");
+    evaluation e;
+    e.images = data.size();
+    e.predictions.resize(e.images);
+    for (std::size_t at = 0; at < e.images; at += batch) {
+      const std::size_t n = std::min(batch, e.images - at);
+      const std::vector<float> x = normalise(data.pixels.data() + at * data.image_size(), n);
+      const std::vector<std::size_t> top = top1(run(x.data(), n, p));
+      for (std::size_t i = 0; i < n; ++i) {
+        e.predictions[at + i] = top[i];
+        e.correct += top[i] == static_cast<std::size_t>(data.labels[at + i]);
+      }
+    }
+    e.accuracy = static_cast<double>(e.correct) / static_cast<double>(e.images);
+    return e;
+  }
+
+  /// evaluate(data, p, batch).accuracy: the fraction of images whose top-1 class is their label.
+  double accuracy(const dataset& data, precision p = precision::float32,
+                  std::size_t batch = 256) const {
+    return evaluate(data, p, batch).accuracy;
   }
 
   /// Index of the largest value of every row.

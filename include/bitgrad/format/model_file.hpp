@@ -279,6 +279,11 @@ struct model_file {
 
 namespace detail {
 
+/// A value in a message: "nan" for every NaN (std::to_string may say "-nan"), else to_string.
+inline std::string value_str(double v) {
+  return std::isnan(v) ? std::string("nan") : std::to_string(v);
+}
+
 /// "(a, b, ...)", appended piece by piece (see shape::str()).
 inline std::string extents_str(const std::vector<std::uint32_t>& extents) {
   std::string s(1, '(');
@@ -292,6 +297,13 @@ inline std::string extents_str(const std::vector<std::uint32_t>& extents) {
 
 inline std::uint64_t pool_out(std::uint64_t in, std::uint64_t k, std::uint64_t s, std::uint64_t p) {
   return (in + 2 * p - k) / s + 1;
+}
+
+/// The calibrated input range of a conv2d / linear: finite and >= 0 (0 = not calibrated).
+template <class Fail>
+void check_input_range(const operation& op, Fail&& fail) {
+  if (!(std::isfinite(op.input_range) && op.input_range >= 0))
+    fail("input range must be finite and >= 0, got " + value_str(op.input_range));
 }
 
 /// Output shape of `op` given its input shapes; fail(reason) on any inconsistency.
@@ -364,7 +376,7 @@ shape infer_output(const operation& op, const shape& a, const shape* b,
                  {c.out_channels, c.in_channels / c.groups, c.kernel_h, c.kernel_w}, true, false);
     check_tensor(op.bias, "bias", {c.out_channels}, false, true);
     check_tensor(op.channel_scale, "channel scale", {c.out_channels}, false, true);
-    if (!(std::isfinite(op.input_range) && op.input_range >= 0)) fail("input range must be >= 0");
+    check_input_range(op, fail);
     const shape out = shape::image(c.out_channels, static_cast<std::uint32_t>(oh),
                                    static_cast<std::uint32_t>(ow));
     if (out.elements() > max_elements) fail("output larger than 2^28 elements");
@@ -382,7 +394,7 @@ shape infer_output(const operation& op, const shape& a, const shape* b,
     check_tensor(op.weight, "weight", {op.fc.out_features, op.fc.in_features}, true, false);
     check_tensor(op.bias, "bias", {op.fc.out_features}, false, true);
     check_tensor(op.channel_scale, "channel scale", {op.fc.out_features}, false, true);
-    if (!(std::isfinite(op.input_range) && op.input_range >= 0)) fail("input range must be >= 0");
+    check_input_range(op, fail);
     return shape::features(op.fc.out_features);
   }
   case op_kind::max_pool2d:
@@ -643,7 +655,35 @@ inline operation read_operation(byte_in& in) {
   return op;
 }
 
-inline tensor_data read_tensor(byte_in& in, std::size_t section_begin) {
+/// For each of `count` tensors, the words naming it in messages: "operation i (name): bias
+/// tensor t" for the first operation that reads it, "tensor t (read by no operation)" else.
+inline std::vector<std::string> tensor_readers(const std::vector<operation>& ops,
+                                               std::size_t count) {
+  std::vector<std::string> who(count);
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    const operation& op = ops[i];
+    if (op.kind != op_kind::conv2d && op.kind != op_kind::linear) continue;
+    const std::pair<std::uint32_t, const char*> refs[] = {
+        {op.weight, "weight"}, {op.bias, "bias"}, {op.channel_scale, "channel-scale"}};
+    for (const auto& [t, field] : refs)
+      if (t < count && who[t].empty())
+        who[t] = "operation " + std::to_string(i) + " (" + op.name + "): " + field + " tensor " +
+                 std::to_string(t);
+  }
+  for (std::size_t t = 0; t < count; ++t)
+    if (who[t].empty()) who[t] = "tensor " + std::to_string(t) + " (read by no operation)";
+  return who;
+}
+
+/// Index of the first value of v that is NaN or infinite, or v.size().
+inline std::size_t first_non_finite(const std::vector<float>& v) {
+  std::size_t i = 0;
+  while (i < v.size() && std::isfinite(v[i])) ++i;
+  return i;
+}
+
+/// Reads one tensor section; `who` names the tensor in the messages of value checks.
+inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std::string& who) {
   tensor_data t;
   const std::size_t at = in.offset();
   const auto kind = in.get<std::uint8_t>("tensor kind");
@@ -668,8 +708,14 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin) {
       in.fail("float32 tensor of " + std::to_string(count) + " values needs " +
               std::to_string(count * 4) + " bytes, section has " + std::to_string(in.remaining()));
     t.values.resize(count);
+    const std::size_t vat = in.offset();
     const std::uint8_t* p = in.take(count * 4, "float32 values");
     std::memcpy(t.values.data(), p, count * 4);
+    // A NaN or infinite weight, bias or channel scale would make every output garbage.
+    if (const std::size_t j = first_non_finite(t.values); j < count)
+      in.fail_at(vat + 4 * j, who + ": value " + std::to_string(j) + " of " +
+                                  std::to_string(count) + " is not finite (" +
+                                  value_str(t.values[j]) + ")");
     return t;
   }
   const std::size_t gat = in.offset();
@@ -699,8 +745,8 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin) {
   std::memcpy(t.scales.data(), scales, std::size_t(groups) * 4);
   for (std::size_t g = 0; g < groups; ++g)
     if (!(std::isfinite(t.scales[g]) && t.scales[g] > 0))
-      in.fail_at(sat + 4 * g,
-                 "scale of group " + std::to_string(g) + " is not finite and positive");
+      in.fail_at(sat + 4 * g, who + ": scale of group " + std::to_string(g) +
+                                  " is not finite and positive (" + value_str(t.scales[g]) + ")");
   const std::size_t cat = in.offset();
   const auto code_bits = in.get<std::uint64_t>("code bit count");
   if (code_bits != t.code_bits())
@@ -826,11 +872,12 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   }
   if (g.remaining() != 0)
     g.fail(std::to_string(g.remaining()) + " unexpected bytes after the operations");
-  // Tensors.
+  // Tensors, named by the operation that reads them.
+  const std::vector<std::string> readers = detail::tensor_readers(m.ops, sections - 1);
   for (std::uint32_t s = 1; s < sections; ++s) {
     const auto b = static_cast<std::size_t>(table[s].offset);
     byte_in t(file, bytes, b, b + static_cast<std::size_t>(table[s].size));
-    m.tensors.push_back(detail::read_tensor(t, b));
+    m.tensors.push_back(detail::read_tensor(t, b, readers[s - 1]));
   }
   // Shapes and references.
   detail::check_graph(m, [&](std::size_t i, const std::string& reason) {

@@ -3,6 +3,8 @@
 //
 //   net.visit_quantizers([](auto, auto& q) { q.freeze(quant::rounding::nearest); });
 //   train::export_model(net, "runs/x/model.bgm", train_set, normalise);   // writes atomically
+//   train::export_model(trainer, "runs/x/model.bgm");  // after trainer.run(): its quantized
+//                                                      // net, training set and normalisation
 //
 // What is written, layer by layer (the network is walked through its sequential / residual
 // structure, as nn::visit_layers does):
@@ -15,7 +17,8 @@
 //   max/avg pool, global average pool, relu, relu6, flatten: one operation each.
 //   residual         block and shortcut read the same value, then an add.
 //   identity, dropout (eval: identity): nothing.
-// Anything else (an unfoldable batch norm, an unknown layer) throws config_error.
+// Anything else (an unfoldable batch norm, an unknown layer) throws config_error, and so does a
+// NaN or infinite weight, group scale, bias or folded channel scale (naming the layer).
 //
 // Calibration (int8 path): the first `calibration_images` images of a data set go through the
 // float runtime in eval mode; each conv2d / linear records max |input| over them (its
@@ -40,6 +43,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -159,14 +163,31 @@ std::vector<float> to_floats(const V& v, std::size_t n) {
   return out;
 }
 
+/// Throws config_error naming the layer when one of the n values is NaN or infinite
+/// (`what` names the values: "weight", "bias", ...; `origin`, if any, where they come from).
+template <class V>
+void check_finite(const std::string& layer, const char* what, const V* v, std::size_t n,
+                  const std::string& origin = "") {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]))
+      throw config_error("export: layer " + layer + ": " + what + " " + std::to_string(i) + " of " +
+                         std::to_string(n) + " is not finite (" +
+                         format::detail::value_str(static_cast<double>(v[i])) +
+                         (origin.empty() ? "" : "; " + origin) + ")");
+}
+
 /// The weight tensor of a conv2d / linear from its (frozen) quantizer.
 template <class Layer>
 format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> extents) {
   using Q = typename Layer::quantizer_type;
   const auto& w = l.weight();
   const Q& q = l.quantizer();
+  // Before the codes: a NaN weight has no code (its conversion to an integer is undefined).
+  check_finite(l.name(), "weight", w.data(), w.size());
   if constexpr (Q::is_identity) {
-    return format::tensor_data::from_floats(std::move(extents), to_floats(w.data(), w.size()));
+    std::vector<float> values = to_floats(w.data(), w.size());
+    check_finite(l.name(), "weight (as float32)", values.data(), values.size());
+    return format::tensor_data::from_floats(std::move(extents), std::move(values));
   } else {
     static_assert(
         requires(const Q& cq, const typename Q::value_type* p, std::int32_t* c) {
@@ -178,15 +199,21 @@ format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> ext
     if (!q.frozen())
       throw config_error("export: " + l.name() +
                          ": the quantizer is not frozen; call freeze() on every quantizer first");
+    const auto group_scales = q.group_scales(w.data());
+    const std::vector<float> scales = to_floats(group_scales, group_scales.size());
+    for (std::size_t g = 0; g < scales.size(); ++g)
+      if (!(std::isfinite(scales[g]) && scales[g] > 0))
+        throw config_error("export: layer " + l.name() + ": scale of group " + std::to_string(g) +
+                           " is not finite and positive (" + format::detail::value_str(scales[g]) +
+                           ")");
     std::vector<std::int32_t> codes(w.size());
     q.codes(w.data(), codes.data());
-    const auto scales = q.group_scales(w.data());
     const std::vector<int> kbits = q.frozen_bits();
     std::vector<std::uint8_t> bits(kbits.size());
     for (std::size_t g = 0; g < kbits.size(); ++g) bits[g] = static_cast<std::uint8_t>(kbits[g]);
-    return format::tensor_data::from_codes(
-        std::move(extents), static_cast<std::uint32_t>(q.group_size()), std::move(bits),
-        to_floats(scales, scales.size()), codes);
+    return format::tensor_data::from_codes(std::move(extents),
+                                           static_cast<std::uint32_t>(q.group_size()),
+                                           std::move(bits), scales, codes);
   }
 }
 
@@ -305,11 +332,15 @@ private:
         scale[c] = static_cast<float>(s);
         bias[c] = static_cast<float>((b0 - bn->running_mean()[c]) * s + bn->beta()[c]);
       }
+      const std::string origin = "batch norm " + bn->name() + " folded in";
+      check_finite(l.name(), "channel scale", scale.data(), out, origin);
+      check_finite(l.name(), "bias", bias.data(), out, origin);
       op.channel_scale = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(scale)));
       op.bias = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
     } else if (l.has_bias()) {
-      op.bias =
-          b_.add_tensor(format::tensor_data::from_floats({n}, to_floats(l.bias().data(), out)));
+      std::vector<float> bias = to_floats(l.bias().data(), out);
+      check_finite(l.name(), "bias", bias.data(), out);
+      op.bias = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
     }
     b_.push(std::move(op));
     if (fused_relu) {
@@ -364,8 +395,9 @@ inline void calibrate(format::model_file& m, const dataset& data, std::size_t im
 }
 
 /// Exports `net` (quantizers frozen) to `path` atomically, calibrated on the first
-/// `calibration_images` images of `calibration` and normalised as `normalise` says (pass the
-/// trainer's trainer_options::normalise). Returns the bytes written.
+/// `calibration_images` images of `calibration` and normalised as `normalise` says (its mean
+/// and stddev are stored in the file, so the runtime normalises by itself). Returns the bytes
+/// written. With a train::trainer, export_model(trainer, path) below passes all of this.
 template <class Net>
 std::size_t export_model(Net& net, const std::filesystem::path& path, const dataset& calibration,
                          const loader_options& normalise, std::size_t calibration_images = 1024) {
@@ -377,6 +409,23 @@ std::size_t export_model(Net& net, const std::filesystem::path& path, const data
                     normalise.mean, normalise.stddev);
   calibrate(m, calibration, calibration_images);
   return format::write_model_file(path, m);
+}
+
+/// Exports a train::trainer's quantized network (after run(): quantizers frozen) to `path`,
+/// calibrated on the first `calibration_images` images of the trainer's training set and
+/// normalised as its trainer_options::normalise says: the trainer already holds the network,
+/// the data and the normalisation, so none of them is passed a second time. Returns the bytes
+/// written. (Any Trainer with quantized(), train_set() and options().normalise will do.)
+template <class Trainer>
+requires requires(Trainer& t) {
+  t.quantized();
+  { t.train_set() } -> std::convertible_to<const dataset&>;
+  { t.options().normalise } -> std::convertible_to<const loader_options&>;
+}
+std::size_t export_model(Trainer& trainer, const std::filesystem::path& path,
+                         std::size_t calibration_images = 1024) {
+  return export_model(trainer.quantized(), path, trainer.train_set(), trainer.options().normalise,
+                      calibration_images);
 }
 
 } // namespace bitgrad::train

@@ -220,6 +220,12 @@ public:
                          format_bytes(smallest / 8) + " with every group at b_min)");
   }
 
+  /// The quantized network, the training set and the options this trainer runs with
+  /// (train::export_model(trainer, path) exports from them).
+  QuantNet& quantized() { return quant_; }
+  const dataset& train_set() const { return train_; }
+  const trainer_options& options() const { return opt_; }
+
   /// The size target of the quantized weights, in bits.
   double target_bits() {
     if (opt_.target_bytes) return quant::target_bits_from_bytes(*opt_.target_bytes);

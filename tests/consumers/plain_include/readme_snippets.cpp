@@ -1,12 +1,16 @@
 // The option forms a user writes, as the README and the headers show them, compiled with
 // -Wall -Wextra -Wpedantic -Werror by g++ and clang++ (designated initializers that name only
 // some members must not warn: every member of an options struct has a default initializer).
-// Run as part of the plain_include consumer: every option checked below reaches its object.
+// Run as part of the plain_include consumer: every option checked below reaches its object, and
+// the export / accuracy snippet gives what the hand-written loop gives.
 #include <bitgrad/bitgrad.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <random>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -110,12 +114,62 @@ void using_it() {
   expect(r.within_target && r.size_bits <= penalty.target_bits, "freeze_to_budget: within target");
 }
 
+/// The README's export and accuracy snippet, on eight random 28x28 images.
+void export_and_accuracy() {
+  using namespace bitgrad;
+  dataset data;
+  data.channels = 1;
+  data.height = data.width = 28;
+  data.classes = 10;
+  std::mt19937 rng(2);
+  for (int i = 0; i < 8; ++i) data.labels.push_back(i % 10);
+  data.pixels.resize(data.size() * data.image_size());
+  for (auto& p : data.pixels) p = static_cast<std::uint8_t>(rng() % 256);
+  const dataset& train_set = data;
+  const dataset& test_set = data;
+
+  auto fp32 = nn::lenet5<float>({.seed = 1});
+  auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
+  net.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+  train::trainer trainer(fp32, net, train_set, test_set,
+                         {.target_average_bits = 16,
+                          .normalise = {.mean = {0.286}, .stddev = {0.353}},
+                          .log = nullptr});
+  // Unique names: the g++ and clang++ builds of this test may run at the same time.
+  const std::string tag = std::to_string(std::random_device{}());
+  const std::filesystem::path dir = std::filesystem::temp_directory_path();
+  const std::filesystem::path a = dir / ("bitgrad-readme-snippets-" + tag + "-a.bgm");
+  const std::filesystem::path b = dir / ("bitgrad-readme-snippets-" + tag + "-b.bgm");
+
+  train::export_model(trainer, a);
+  train::export_model(net, b, train_set, {.mean = {0.286}, .stddev = {0.353}});
+
+  auto rt = deploy::runtime::load(a);
+  double acc = rt.accuracy(test_set);                                    // float path
+  deploy::evaluation e = rt.evaluate(test_set, deploy::precision::int8); // + e.predictions
+  const auto rt_b = deploy::runtime::load(b);
+  std::filesystem::remove(a);
+  std::filesystem::remove(b);
+
+  // The hand-written loop the two calls replace.
+  const std::vector<float> x = rt.normalise(test_set.pixels.data(), test_set.size());
+  const std::vector<std::size_t> top = deploy::runtime::top1(rt.run(x.data(), test_set.size()));
+  std::size_t correct = 0;
+  for (std::size_t i = 0; i < top.size(); ++i)
+    correct += top[i] == static_cast<std::size_t>(test_set.labels[i]);
+  expect(acc == static_cast<double>(correct) / 8.0, "runtime::accuracy == the hand loop");
+  expect(e.images == 8 && e.predictions.size() == 8, "runtime::evaluate");
+  expect(rt.model().mean == std::vector<double>{0.286} && rt_b.model().mean == rt.model().mean,
+         "export_model(trainer): the trainer's normalisation");
+}
+
 } // namespace
 
 int readme_snippets() {
   policy_options();
   training_options();
   using_it();
+  export_and_accuracy();
   std::printf("readme snippets: %s\n", failures == 0 ? "ok" : "FAILED");
   return failures == 0 ? 0 : 1;
 }
