@@ -34,7 +34,7 @@ tsan: deps
 demo: deps
 	$(CMAKE) --preset bench
 	$(CMAKE) --build --preset bench -j $(JOBS) --target fashion_mnist
-	./build/bench/examples/fashion_mnist --out runs/demo
+	./build/bench/examples/fashion_mnist --out runs/demo --overwrite
 
 bench: deps
 	$(CMAKE) --preset bench

@@ -185,6 +185,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--out", out, "output folder")->capture_default_str();
   app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
+  app.add_flag("--overwrite", t.overwrite,
+               "replace the run in <out>: its files are removed once this run writes its first");
   CLI11_PARSE(app, argc, argv);
   t.out_dir = out;
   t.bits_moment = bitgrad::train::parse_bits_normalisation(bits_moment);

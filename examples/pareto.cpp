@@ -14,9 +14,10 @@
 //   uniform arm   fixed_bits (LSQ learned scale) at k bits; per channel it is exactly S_k, with
 //                 coarser groups (--uniform-groups layer) it is smaller by the overhead saved.
 //   mixed arms    frac_bits / step_bits / noise_bits with groups of one layer, 4 channels or one
-//                 channel, trained with trainer_options::target_bytes = S_k / 8 and frozen
-//                 within it (budget-aware rounding, quant/budget.hpp). A coarser arm pays less
-//                 overhead and may spend the difference on code bits: equal total bytes.
+//                 channel, trained with trainer_options::target_bytes = S_k / 8 plus the
+//                 float32 biases (the trainer's target counts them; every arm has the same)
+//                 and frozen within it (budget-aware rounding, quant/budget.hpp). A coarser arm
+//                 pays less overhead and may spend the difference on code bits: equal total bytes.
 // Every layer is quantized by the arm, the first conv and the last linear included (no layer
 // is kept at 8 bits or in float). The float32 biases are the same for every arm; the reported total
 // bytes (and the plot's x axis) include them, the weight bytes do not.
@@ -888,9 +889,11 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   t.pretrain.epochs = 0; // every arm starts from the shared pretrained FP32 network
   if constexpr (step) t.sensitivity_batches = 0; // measured below instead
   t.seed = seed;
-  t.target_bytes = budget_bits / 8;
+  // The trainer's target is the model's stored bytes, biases included (the same in every arm).
+  t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
   t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) /
               (std::to_string(k) + "bit") / (a.policy + "-" + a.group);
+  t.overwrite = true; // an arm not in results.csv runs again from its start
   fs::create_directories(t.out_dir);
   std::ofstream log(t.out_dir / "train.log");
   t.log = &log;

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -47,16 +48,29 @@ int main(int argc, char** argv) {
     const float l = loss.forward(net.forward(x), y);
     net.backward(loss.backward());
     quant::apply_size_penalty(quantizers, penalty); // d(penalty)/d(bitwidths)
+    // Never step with a non-finite loss or gradient (NaN data, a divergent learning rate): it
+    // would turn weights and bitwidths into NaN. train::trainer makes the same check.
+    if (!std::isfinite(l)) {
+      std::fprintf(stderr, "step %zu: the loss is not finite\n", step + 1);
+      return 1;
+    }
+    if (const std::string bad = optim::grad_is_finite<float>(params); !bad.empty()) {
+      std::fprintf(stderr, "step %zu: the gradient of %s is not finite\n", step + 1, bad.c_str());
+      return 1;
+    }
     opt.step(params);
     net.visit_quantizers([](std::string_view, auto& q) { q.project(); }); // keep b in [2, 8]
     if (++step % 100 == 0)
       std::printf("step %4zu  loss %.4f  stored bits per weight %.2f\n", step, l,
                   quant::average_bits_per_weight(quantizers));
   }
-  // Integer bitwidths within the size target, then the test accuracy.
+  // Integer bitwidths within the size target, then the test accuracy. The model size counts
+  // every stored byte (codes, per-group scale and bitwidth, float32 biases), as the trainer's.
   quant::freeze_to_budget(quantizers, penalty.target_bits);
   const auto eval = train::evaluate(net, test_set, {.mean = {0.286}, .stddev = {0.353}});
-  std::printf("test accuracy %.2f%% at %.2f stored bits per weight (%.1fx smaller than FP32)\n",
-              100 * eval.accuracy, quant::average_bits_per_weight(quantizers),
-              train::measure_size(net).compression());
+  const auto size = train::measure_size(net);
+  std::printf("test accuracy %.2f%% at %.2f stored bits per weight; model size %.0f bytes (%.1fx "
+              "smaller than FP32)\n",
+              100 * eval.accuracy, quant::average_bits_per_weight(quantizers), size.bytes(),
+              size.compression());
 }

@@ -250,6 +250,45 @@ TEST_CASE_TEMPLATE("public conv2d entry points match the reference on network sh
   }
 }
 
+TEST_CASE_TEMPLATE("the fused ReLU keeps NaN in every algorithm, as the reference", T, float,
+                   double) {
+  // Issue #17: the fused ReLU turned NaN into 0, hiding NaN data from the loss.
+  std::mt19937 rng(5);
+  std::vector<T> scratch;
+  conv2d_geometry g;
+  g.batch = 2;
+  g.in_channels = 3;
+  g.out_channels = 5;
+  g.in_h = g.in_w = 7;
+  g.kernel_h = g.kernel_w = 3;
+  auto x = random_vector<T>(g.input_count(), rng);
+  auto w = random_vector<T>(g.weight_count(), rng);
+  auto b = random_vector<T>(g.out_channels, rng);
+  const std::size_t ih = 3, iw = 4; // in image 1, channel 2
+  x[((1 * 3 + 2) * 7 + ih) * 7 + iw] = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> want(g.output_count());
+  bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), want.data(), scratch);
+  for (auto algo : {conv2d_algo::direct, conv2d_algo::im2col}) {
+    for (const T* bias : {static_cast<const T*>(b.data()), static_cast<const T*>(nullptr)}) {
+      CAPTURE(int(algo));
+      CAPTURE(bias != nullptr);
+      std::vector<T> y(g.output_count());
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), bias, y.data(), scratch, true);
+      for (std::size_t n = 0; n < 2; ++n)
+        for (std::size_t o = 0; o < 5; ++o)
+          for (std::size_t oh = 0; oh < 5; ++oh)
+            for (std::size_t ow = 0; ow < 5; ++ow) {
+              const std::size_t at = ((n * 5 + o) * 5 + oh) * 5 + ow;
+              const bool covers = n == 1 && ih >= oh && ih < oh + 3 && iw >= ow && iw < ow + 3;
+              CHECK(std::isnan(y[at]) == covers);
+              CHECK(std::isnan(want[at]) == covers);
+              if (!covers && bias != nullptr)
+                CHECK(y[at] == doctest::Approx(want[at]).epsilon(1e-5));
+            }
+    }
+  }
+}
+
 TEST_CASE("conv2d geometry: output size formula and validation messages") {
   conv2d_geometry g;
   g.in_h = 28;

@@ -153,6 +153,35 @@ TEST_CASE("IDX: payload must match the dimensions exactly") {
                      "limit of 59"); // 5 * 3 * 4 > 59 at dimension 2 (offset 12)
 }
 
+TEST_CASE("IDX: a damaged rank byte is named, not reported as trailing bytes") {
+  // Issue #17: a Fashion-MNIST image file whose rank byte became 0x99 was reported as
+  // "47039400 trailing bytes after the IDX payload of 0 bytes". The header then reads its 153
+  // dimensions from the images, whose first rows are black (zeros): an empty array, and the
+  // whole payload left over.
+  temp_dir dir;
+  bytes pixels(1000 * 28 * 28, 0);
+  for (std::size_t i = 5000; i < pixels.size(); ++i) pixels[i] = static_cast<std::uint8_t>(i * 7);
+  bytes file = make_idx(0x08, {1000, 28, 28}, pixels);
+  file[3] = 0x99;
+  const auto path = dir / "train-images-idx3-ubyte";
+  write_bytes(path, file);
+  const std::string name = path.string();
+  // The typed reader (and load_mnist_format through it) checks the rank first.
+  check_format_error([&] { (void)bitgrad::read_idx_images(path); }, name, 3,
+                     "an IDX image file has rank 3 (N, H, W) or 4 (N, C, H, W), found rank 153 "
+                     "(byte 0x99)");
+  check_format_error([&] { (void)bitgrad::read_idx_labels(path); }, name, 3,
+                     "an IDX label file has rank 1 (N), found rank 153");
+  // The generic reader cannot know the rank is wrong, but says what the header declared.
+  check_format_error([&] { (void)bitgrad::read_idx(path); }, name, 4 + 4 * 153,
+                     "the header (rank 153, dimensions 1000 x 28 x 28 x 0 x 0");
+  // A payload one byte short names the header too.
+  file = make_idx(0x08, {5, 3, 4}, bytes(59, 1));
+  write_bytes(path, file);
+  check_format_error([&] { (void)bitgrad::read_idx(path); }, name, 16 + 59,
+                     "(rank 3, dimensions 5 x 3 x 4; ending at offset 76), found 59");
+}
+
 TEST_CASE("IDX: absurd dimensions are rejected before any allocation") {
   // 65535^3 elements: over the 1 GiB cap at the second dimension (offset 8).
   bytes file = make_idx(0x08, {65535, 65535, 65535}, {1, 2, 3});

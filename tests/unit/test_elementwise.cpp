@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -30,6 +31,44 @@ TEST_CASE_TEMPLATE("relu and relu6 forward and backward at the boundaries", T, f
   CHECK(y == std::vector<T>{0, 0, 0.5, 6, 6, 3});
   bitgrad::relu6_bprop(6, x.data(), dy.data(), dx.data());
   CHECK(dx == std::vector<T>{0, 0, 3, 0, 0, 6}); // 0 and 6 themselves pass nothing
+}
+
+TEST_CASE_TEMPLATE("relu and relu6 keep NaN, in the SIMD body and the tail, as the reference", T,
+                   float, double) {
+  // Issue #17: relu(NaN) was 0, so NaN data gave finite logits and a finite loss while the
+  // weights' gradients were NaN. PyTorch's relu keeps NaN; so does bitgrad's.
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  for (std::size_t n = 1; n <= 70; ++n) {
+    auto x = ramp<T>(n, T(-3.3), T(0.17));
+    for (std::size_t i = 0; i < n; i += 5) x[i] = nan;
+    x[n - 1] = nan; // the scalar tail
+    if (n > 3) {
+      x[1] = inf;
+      x[2] = -inf;
+    }
+    for (int op = 0; op < 2; ++op) {
+      std::vector<T> a(n), b(n);
+      if (op == 0) {
+        bitgrad::relu_fprop(n, x.data(), a.data());
+        bitgrad::ref::relu_fprop(n, x.data(), b.data());
+      } else {
+        bitgrad::relu6_fprop(n, x.data(), a.data());
+        bitgrad::ref::relu6_fprop(n, x.data(), b.data());
+      }
+      for (std::size_t i = 0; i < n; ++i) {
+        CAPTURE(n);
+        CAPTURE(op);
+        CAPTURE(i);
+        CHECK(std::isnan(a[i]) == std::isnan(x[i]));
+        CHECK(std::isnan(b[i]) == std::isnan(x[i]));
+        if (!std::isnan(x[i])) CHECK(a[i] == b[i]);
+      }
+      if (n > 3) {
+        CHECK(a[1] == (op == 0 ? inf : T(6)));
+        CHECK(a[2] == T(0));
+      }
+    }
+  }
 }
 
 TEST_CASE_TEMPLATE("activations match the reference for every length 0..70 (ragged tails)", T,

@@ -320,6 +320,11 @@ TEST_CASE_TEMPLATE("ReLU epilogues: the register overload matches the scalar one
   };
   check(epilogue::bias_rows_relu<T>{bias.data()});
   check(epilogue::bias_cols_relu<T>{bias.data()});
+  // ... and NaN stays NaN (issue #17: it became 0, hiding NaN data from the loss).
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  CHECK(std::isnan(epilogue::bias_rows_relu<T>{bias.data()}(nan, 0, 0)));
+  CHECK(std::isnan(epilogue::bias_cols_relu<T>{bias.data()}(nan, 0, 0)));
+  CHECK(epilogue::bias_cols_relu<T>{bias.data()}(T(-1), 0, 0) == T(0));
 }
 
 #if defined(BITGRAD_WITH_OPENMP)

@@ -1,6 +1,7 @@
 // Model builders: shapes, parameter counts, names, quantizer placement, and small instances of
 // each network through the gradient checker.
 #include <bitgrad/nn/gradcheck.hpp>
+#include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/models.hpp>
 #include <bitgrad/nn/visit.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
@@ -8,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -124,6 +127,38 @@ TEST_CASE("resnet20: structure, parameter count, forward and backward") {
   net.train(false);
   const tensor2<float> eval_y = net.forward(x);
   CHECK(eval_y.shape() == y.shape());
+}
+
+TEST_CASE("a NaN pixel anywhere reaches its sample's logits and the loss (every model)") {
+  // Issue #17: NaN data gave a finite loss (ReLU and max pooling turned NaN into numbers)
+  // while the first layer's weight gradients were NaN. Now every logit of the sample with the
+  // NaN is NaN, the other sample's are finite, and so the loss is NaN.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto check = [&](auto& net, std::array<std::size_t, 4> shape, std::size_t h, std::size_t w) {
+    CAPTURE(h);
+    CAPTURE(w);
+    auto x = random_tensor<float, 4>(shape, 9);
+    x(1, 0, h, w) = nan;
+    const auto& logits = net.forward(x);
+    for (std::size_t c = 0; c < logits.shape(1); ++c) {
+      CHECK(std::isfinite(logits(0, c)));
+      CHECK(std::isnan(logits(1, c)));
+    }
+    nn::softmax_cross_entropy<float> loss;
+    CHECK(std::isnan(loss.forward(logits, {3, 4})));
+  };
+  const std::size_t corners[][2] = {{0, 0}, {0, 1}, {1, 0}, {5, 7}, {13, 14}, {27, 27}};
+  auto lenet = nn::lenet5<float>({.seed = 1});
+  auto lenet_q = nn::lenet5<float, quant::frac_bits>({.seed = 1});
+  auto vgg = nn::vgg_small<float>({.seed = 1, .width = 4, .hidden = 16});
+  for (const auto& p : corners) {
+    check(lenet, {2, 1, 28, 28}, p[0], p[1]);
+    check(lenet_q, {2, 1, 28, 28}, p[0], p[1]);
+    check(vgg, {2, 1, 28, 28}, p[0], p[1]);
+  }
+  auto resnet = nn::resnet20<float>({.seed = 1, .in_size = 8, .width = 4});
+  resnet.train(false); // batch statistics would spread the NaN to the other sample
+  check(resnet, {2, 3, 8, 8}, 3, 5);
 }
 
 TEST_CASE("gradient check: a narrow resnet20 on 8x8 inputs (batch norm, residuals)") {

@@ -427,3 +427,21 @@ TEST_CASE("noise_bits: bind, project and freeze") {
   CHECK_THROWS_AS(unbound.forward(w.data(), out.data(), true), config_error);
   CHECK_THROWS_AS(q.frozen_bits(), config_error);
 }
+
+TEST_CASE("noise_bits: a NaN logit is a config_error naming the group, in freeze and forward") {
+  // Issue #17: a NaN bitwidth was cast to int (undefined behaviour) instead of being named.
+  const auto w = normal<double>(n_weights, 31);
+  std::vector<double> wq(n_weights);
+  for (const rounding r : {rounding::nearest, rounding::up, rounding::budget_aware}) {
+    noise_bits<double> q(nopt(1));
+    q.bind(channels, per_channel, w.data());
+    find_param(parameters_of(q), "logit").value[2] = std::nan("");
+    CHECK_THROWS_WITH_AS(q.freeze(r),
+                         doctest::Contains("noise_bits: group 2 of 7 has a non-finite bitwidth"),
+                         config_error);
+    CHECK_FALSE(q.frozen());
+    CHECK_THROWS_WITH_AS(q.forward(w.data(), wq.data(), false),
+                         doctest::Contains("noise_bits: group 2 of 7 has a non-finite bitwidth"),
+                         config_error);
+  }
+}

@@ -170,6 +170,54 @@ TEST_CASE("pool2d geometry validation names the problem") {
   CHECK(message(bad).find("stride_h must be >= 1, got 0") != std::string::npos);
 }
 
+TEST_CASE_TEMPLATE("max pool keeps NaN: a window's first NaN wins, in every path", T, float,
+                   double) {
+  // Issue #17: a NaN was kept only when it came first in its window (x > best is false for
+  // NaN), so NaN data could vanish before the loss. As in PyTorch, a NaN now always wins.
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  struct shape {
+    std::size_t kernel, stride, pad;
+  };
+  for (const shape s : {shape{2, 2, 0}, shape{3, 1, 1}, shape{3, 2, 0}})
+    for (std::size_t at = 0; at < 16; ++at) {
+      CAPTURE(s.kernel);
+      CAPTURE(at);
+      pool2d_geometry g;
+      g.batch = 1;
+      g.channels = 1;
+      g.in_h = g.in_w = 4;
+      g.kernel_h = g.kernel_w = s.kernel;
+      g.stride_h = g.stride_w = s.stride;
+      g.pad_h = g.pad_w = s.pad;
+      std::vector<T> x(16);
+      for (std::size_t i = 0; i < 16; ++i) x[i] = T(i % 5); // ties included
+      x[at] = nan;
+      std::vector<T> y(g.output_count()), y_ref(g.output_count());
+      std::vector<std::uint32_t> arg(g.output_count()), arg_ref(g.output_count());
+      bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+      bitgrad::ref::max_pool2d_fprop(g, x.data(), y_ref.data(), arg_ref.data());
+      CHECK(arg == arg_ref);
+      const std::size_t ah = at / 4, aw = at % 4;
+      for (std::size_t oh = 0; oh < g.out_h(); ++oh)
+        for (std::size_t ow = 0; ow < g.out_w(); ++ow) {
+          const std::size_t out = oh * g.out_w() + ow;
+          // Does the window of (oh, ow) cover the NaN? (in padded coordinates)
+          const std::size_t h0 = oh * s.stride, w0 = ow * s.stride;
+          const bool covers = ah + s.pad >= h0 && ah + s.pad < h0 + s.kernel && aw + s.pad >= w0 &&
+                              aw + s.pad < w0 + s.kernel;
+          CAPTURE(out);
+          CHECK(std::isnan(y[out]) == covers);
+          CHECK(std::isnan(y_ref[out]) == covers);
+          if (covers) CHECK(arg[out] == at);
+          if (!covers) CHECK(y[out] == y_ref[out]);
+        }
+      std::vector<T> y2(g.output_count());
+      bitgrad::max_pool2d_fprop(g, x.data(), y2.data(), static_cast<std::uint32_t*>(nullptr));
+      for (std::size_t i = 0; i < y.size(); ++i)
+        CHECK((y2[i] == y[i] || (std::isnan(y2[i]) && std::isnan(y[i]))));
+    }
+}
+
 // ---- the 2x2 / stride 2 fast path (LeNet-5, VGG) ------------------------------------------
 
 TEST_CASE_TEMPLATE("max pool 2x2/2 fast path matches the reference: wide rows, ties, NaN", T, float,

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <random>
 #include <vector>
@@ -481,4 +482,34 @@ TEST_CASE("an all-zero group quantizes to zero without NaN") {
   s.bind(channels, per_channel, w.data());
   s.forward(w.data(), wq.data(), true);
   for (double v : wq) CHECK(v == 0.0);
+}
+
+TEST_CASE("a non-finite bitwidth is a config_error naming the group, in every freeze and forward") {
+  // Issue #17: NaN bitwidths (a diverged run) froze without an error, casting NaN to int
+  // (undefined behaviour, seen by UBSan in frac_bits' freeze).
+  const auto w = normal(n_weights, 21);
+  std::vector<double> wq(n_weights);
+  for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    CAPTURE(bad);
+    for (const rounding r : {rounding::nearest, rounding::up, rounding::budget_aware}) {
+      frac_bits<double> q(fopt(1));
+      q.bind(channels, per_channel, w.data());
+      find_param(parameters_of(q), "bits").value[3] = bad;
+      CHECK_THROWS_WITH_AS(q.freeze(r),
+                           doctest::Contains("frac_bits: group 3 of 7 has a non-finite bitwidth"),
+                           config_error);
+      CHECK_FALSE(q.frozen());
+      CHECK_THROWS_WITH_AS(q.forward(w.data(), wq.data(), true),
+                           doctest::Contains("group 3 of 7 has a non-finite bitwidth"),
+                           config_error);
+
+      step_bits<double> s(sopt(1));
+      s.bind(channels, per_channel, w.data());
+      find_param(parameters_of(s), "qmax").value[5] = bad;
+      CHECK_THROWS_WITH_AS(s.freeze(r),
+                           doctest::Contains("step_bits: group 5 of 7 has a non-finite bitwidth"),
+                           config_error);
+      CHECK_FALSE(s.frozen());
+    }
+  }
 }

@@ -12,6 +12,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
 #include <random>
 #include <string_view>
 #include <vector>
@@ -230,4 +232,31 @@ TEST_CASE("freeze(budget_aware) on one quantizer keeps its own real size") {
   CHECK(k[3] == 6);
   CHECK(k[1] == 3);
   CHECK(k[5] == 7);
+}
+
+TEST_CASE("freeze_to_budget names the layer and group of a non-finite bitwidth, freezing nothing") {
+  // Issue #17: after NaN data, freeze_to_budget reported success over NaN bitwidths (and cast
+  // NaN to int); export then failed far from the cause.
+  model m;
+  auto visit = [&](auto&& f) { m.visit(f); };
+  find_param(parameters_of(m.a), "bits").value[1] = std::nan("");
+  CHECK_THROWS_WITH_AS(
+      freeze_to_budget(visit, 1e6),
+      doctest::Contains("freeze_to_budget: layer 'a': group 1 of 3 has a non-finite bitwidth"),
+      config_error);
+  CHECK_FALSE(m.a.frozen());
+  CHECK_FALSE(m.b.frozen());
+  find_param(parameters_of(m.a), "bits").value[1] = 3.0;
+  find_param(parameters_of(m.b), "qmax").value[0] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(
+      freeze_to_budget(visit, 1e6),
+      doctest::Contains("freeze_to_budget: layer 'b': group 0 of 1 has a non-finite bitwidth"),
+      config_error);
+  CHECK_FALSE(m.a.frozen());
+  // The flat rounding and the target say what is wrong too.
+  const budget_item items[] = {{2.5, 10, 2, 8}, {std::nan(""), 10, 2, 8}};
+  CHECK_THROWS_WITH_AS(round_to_budget(items, 100), doctest::Contains("group 1"), config_error);
+  find_param(parameters_of(m.b), "qmax").value[0] = 1.0;
+  CHECK_THROWS_WITH_AS(freeze_to_budget(visit, std::nan("")),
+                       doctest::Contains("the target must be > 0 bits"), config_error);
 }

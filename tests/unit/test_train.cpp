@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -376,4 +377,359 @@ TEST_CASE("bits_moment: one Adam step moves a layer's bitwidths by lr each, or i
   }
   CHECK(full_steps >= groups * 8 / 10);
   CHECK(widest_ratio > 3); // per_layer is not per_group in disguise
+}
+
+// ---- issue #17 -------------------------------------------------------------------------------
+
+namespace {
+
+/// The text after `prefix` up to the next two spaces or the end of the line, in the first line
+/// of `log` that holds `prefix` after `line_start` ("" if none).
+std::string field_after(const std::string& log, const std::string& line_start,
+                        const std::string& prefix) {
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(line_start, 0) != 0) continue;
+    const auto at = line.find(prefix);
+    if (at == std::string::npos) continue;
+    const auto from = at + prefix.size();
+    return line.substr(from, line.find("  ", from) - from);
+  }
+  return "";
+}
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_all(const fs::path& p, const std::string& text) {
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << text;
+}
+
+} // namespace
+
+TEST_CASE("one size everywhere: freeze message, epoch lines, summary, layers and target agree") {
+  // Issue #17: "froze bitwidths within budget: 99.8 KB of 99.8 KB" was followed by an epoch
+  // line saying 101.5 KB: the freeze message left out the float32 biases.
+  temp_dir dir("bitgrad-train-sizes");
+  auto o = quick_options(dir.path);
+  o.pretrain = {.epochs = 1, .lr = 2e-3};
+  o.search = {.epochs = 1, .lr = 5e-4, .bits_lr = 0.1};
+  o.finetune = {.epochs = 1, .lr = 2e-4};
+  o.max_steps_per_epoch = 5;
+  std::ostringstream log;
+  o.log = &log;
+  o.terminal = false;
+  auto fp32 = make_fp32();
+  auto q = make_quant();
+  train::trainer t(fp32, q, sample_train(), sample_test(), o);
+  const auto r = t.run();
+  REQUIRE(r.finished);
+  INFO(log.str());
+  const std::string frozen = field_after(log.str(), "froze", "within budget: ");
+  REQUIRE(!frozen.empty());
+  const auto of = frozen.find(" of ");
+  REQUIRE(of != std::string::npos);
+  const std::string size = frozen.substr(0, of), target = frozen.substr(of + 4);
+  // Frozen bitwidths do not change while fine-tuning: the finetune epoch line, the summary and
+  // measure_size all print the freeze message's size.
+  CHECK(field_after(log.str(), "finetune", "size ") == size);
+  CHECK(format_bytes(r.summary.size_bytes) == size);
+  CHECK(r.summary.size_bytes == train::measure_size(q).bytes());
+  CHECK(r.history.back().size_bytes == r.summary.size_bytes);
+  // The target is in the same terms (biases included) and the frozen model is within it.
+  CHECK(target == format_bytes(t.target_bits() / 8));
+  CHECK(r.summary.size_bytes <= t.target_bits() / 8);
+  // The per-layer bytes add up to the model size (LeNet-5 has no norm parameters).
+  double layers = 0;
+  for (const auto& l : r.summary.layers) layers += l.bytes;
+  CHECK(layers == doctest::Approx(r.summary.size_bytes));
+
+  SUBCASE("target_bytes is the model's stored bytes, biases included") {
+    temp_dir dir2("bitgrad-train-sizes-bytes");
+    auto o2 = o;
+    o2.out_dir = dir2.path;
+    o2.log = nullptr;
+    auto model_bytes = train::measure_size(q).bytes(); // about 3 bits per weight
+    o2.target_bytes = model_bytes * 0.9;
+    auto fp32b = make_fp32();
+    auto qb = make_quant();
+    train::trainer tb(fp32b, qb, sample_train(), sample_test(), o2);
+    CHECK(tb.target_bits() == 8 * *o2.target_bytes);
+    const auto rb = tb.run();
+    REQUIRE(rb.finished);
+    CHECK(rb.summary.size_bytes <= *o2.target_bytes);
+    CHECK(rb.summary.size_bytes > *o2.target_bytes - 1000); // close to it, not far under
+  }
+}
+
+TEST_CASE("the trainer names a parameter that only one of the twins has, at construction") {
+  // Issue #17: a parameter that existed only in the quantized twin kept its random initial
+  // value; the check ran only after pretraining (15 epochs by default) and in one direction.
+  auto small = [](std::size_t hidden) {
+    return nn::sequential(
+        nn::flatten<float>("flatten"),
+        nn::linear<float>({.in_features = 784, .out_features = hidden, .name = "fc1"}));
+  };
+  auto small_q = [](std::size_t hidden) {
+    return nn::sequential(nn::flatten<float>("flatten"),
+                          nn::linear<float, quant::frac_bits>(
+                              {.in_features = 784, .out_features = hidden, .name = "fc1"}));
+  };
+  auto o = quick_options({});
+  SUBCASE("a layer only in the quantized network") {
+    auto fp32 = small(10);
+    auto q = nn::sequential(nn::flatten<float>("flatten"),
+                            nn::linear<float, quant::frac_bits>(
+                                {.in_features = 784, .out_features = 10, .name = "fc1"}),
+                            nn::relu<float, 2>("relu"),
+                            nn::linear<float, quant::frac_bits>(
+                                {.in_features = 10, .out_features = 10, .name = "fc2"}));
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, q, sample_train(), sample_test(), o),
+                         doctest::Contains("trainer: parameter 'fc2.bias' (10 values) of the "
+                                           "quantized network has no parameter of that name in "
+                                           "the FP32 network"),
+                         config_error);
+  }
+  SUBCASE("a layer only in the FP32 network") {
+    auto fp32 =
+        nn::sequential(nn::flatten<float>("flatten"),
+                       nn::linear<float>({.in_features = 784, .out_features = 10, .name = "fc1"}),
+                       nn::relu<float, 2>("relu"),
+                       nn::linear<float>({.in_features = 10, .out_features = 10, .name = "head"}));
+    auto q = small_q(10);
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, q, sample_train(), sample_test(), o),
+                         doctest::Contains("parameter 'head.bias' (10 values) of the FP32 network "
+                                           "has no parameter of that name in the quantized"),
+                         config_error);
+  }
+  SUBCASE("the same names, other sizes") {
+    auto fp32 = small(10);
+    auto q = small_q(12);
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, q, sample_train(), sample_test(), o),
+                         doctest::Contains("parameter 'fc1.bias' has 10 values in the FP32 network "
+                                           "and 12 in the quantized network"),
+                         config_error);
+  }
+  SUBCASE("the same names and sizes, another weight shape") {
+    auto conv = [](std::size_t in, std::size_t k) {
+      return nn::sequential(
+          nn::conv2d<float>({.in_channels = in, .out_channels = 4, .kernel = k, .name = "conv1"}),
+          nn::relu<float, 4>("relu"), nn::global_avg_pool<float>("pool"),
+          nn::linear<float>({.in_features = 4, .out_features = 10, .name = "fc"}));
+    };
+    auto conv_q = [](std::size_t in, std::size_t k) {
+      return nn::sequential(
+          nn::conv2d<float, quant::frac_bits>(
+              {.in_channels = in, .out_channels = 4, .kernel = k, .name = "conv1"}),
+          nn::relu<float, 4>("relu"), nn::global_avg_pool<float>("pool"),
+          nn::linear<float, quant::frac_bits>(
+              {.in_features = 4, .out_features = 10, .name = "fc"}));
+    };
+    auto fp32 = conv(1, 3); // weight (4, 1, 3, 3): 36 values
+    auto q = conv_q(9, 1);  // weight (4, 9, 1, 1): 36 values
+    CHECK_THROWS_WITH_AS(train::trainer(fp32, q, sample_train(), sample_test(), o),
+                         doctest::Contains("layer 'conv1': weight of shape (4, 1, 3, 3) in the "
+                                           "FP32 network but (4, 9, 1, 1) in the quantized"),
+                         config_error);
+  }
+  SUBCASE("twins pass") {
+    auto fp32 = small(10);
+    auto q = small_q(10);
+    CHECK_NOTHROW(train::trainer(fp32, q, sample_train(), sample_test(), o));
+  }
+}
+
+TEST_CASE("a new run never destroys the run already in its folder before it has results") {
+  // Issue #17: a failing run (--lr 1e30) into a folder holding a good run truncated log.csv to
+  // its header and left the old model.bgm and summary.json: the folder described no run.
+  temp_dir dir("bitgrad-train-outdir");
+  const std::string old_log = "phase,epoch\nold,1\n", old_model = "old model",
+                    old_summary = "{\"old\": true}";
+  auto plant_old_run = [&] {
+    fs::remove_all(dir.path);
+    fs::create_directories(dir.path);
+    write_all(dir.path / "log.csv", old_log);
+    write_all(dir.path / "model.bgm", old_model);
+    write_all(dir.path / "summary.json", old_summary);
+    write_all(dir.path / "notes.txt", "the user's"); // not a run file: never touched
+  };
+  auto old_run_intact = [&] {
+    CHECK(read_all(dir.path / "log.csv") == old_log);
+    CHECK(read_all(dir.path / "model.bgm") == old_model);
+    CHECK(read_all(dir.path / "summary.json") == old_summary);
+    CHECK(read_all(dir.path / "notes.txt") == "the user's");
+  };
+  auto options = [&] {
+    auto o = quick_options(dir.path);
+    o.pretrain = {.epochs = 1, .lr = 2e-3};
+    o.search = {.epochs = 0};
+    o.finetune = {.epochs = 1, .lr = 2e-4};
+    o.max_steps_per_epoch = 3;
+    return o;
+  };
+  auto fp32 = make_fp32();
+  auto q = make_quant();
+  plant_old_run();
+
+  SUBCASE("refused without resume or overwrite, naming both") {
+    train::trainer t(fp32, q, sample_train(), sample_test(), options());
+    CHECK_THROWS_WITH_AS(t.run(),
+                         doctest::Contains("already holds a run (log.csv, summary.json, "
+                                           "model.bgm); set trainer_options::resume (--resume) "
+                                           "to continue it from its checkpoint, "
+                                           "trainer_options::overwrite (--overwrite) to replace "
+                                           "it"),
+                         config_error);
+    old_run_intact();
+  }
+  SUBCASE("resume without a checkpoint is refused too") {
+    auto o = options();
+    o.resume = true;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("but no checkpoint.bin to resume from"),
+                         config_error);
+    old_run_intact();
+  }
+  SUBCASE("overwrite: a run that fails at its first step leaves the old run as it was") {
+    auto o = options();
+    o.overwrite = true;
+    o.pretrain.lr = 1e30;
+    fp32.visit_parameters([](param_ref<float>& p) {
+      if (p.name == "fc2.weight") p.value[5] = std::numeric_limits<float>::infinity();
+    });
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    const std::string want =
+        "pretrain epoch 1 step 1: the loss is not finite; the run already in " + dir.path.string() +
+        " is untouched";
+    CHECK_THROWS_WITH(t.run(), doctest::Contains(want.c_str()));
+    old_run_intact();
+    CHECK_FALSE(fs::exists(dir.path / "checkpoint.bin"));
+  }
+  SUBCASE("overwrite: a run stopped after its first steps replaces the old one") {
+    auto o = options();
+    o.overwrite = true;
+    o.stop_after_steps = 1; // a mid-epoch checkpoint is the new run's first file
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    CHECK_FALSE(t.run().finished);
+    CHECK(fs::exists(dir.path / "checkpoint.bin"));
+    for (const char* f : {"model.bgm", "summary.json"}) CHECK_FALSE(fs::exists(dir.path / f));
+    CHECK(read_all(dir.path / "log.csv") == std::string(csv_header) + "\n");
+    CHECK(read_all(dir.path / "notes.txt") == "the user's");
+  }
+  SUBCASE("overwrite: a finished run replaces every file of the old one") {
+    auto o = options();
+    o.overwrite = true;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    const auto r = t.run();
+    REQUIRE(r.finished);
+    CHECK_FALSE(fs::exists(dir.path / "model.bgm")); // the old run's export is gone
+    const std::string log = read_all(dir.path / "log.csv");
+    CHECK(log.rfind(std::string(csv_header) + "\npretrain,1,", 0) == 0);
+    CHECK(read_all(dir.path / "summary.json").find("\"old\"") == std::string::npos);
+    for (const char* f : {"summary.json", "report.html", "checkpoint.bin"})
+      CHECK(fs::exists(dir.path / f));
+    // That folder now holds this run: resuming it is allowed, a new run is refused.
+    auto o2 = options();
+    o2.resume = true;
+    train::trainer again(fp32, q, sample_train(), sample_test(), o2);
+    CHECK(again.run().finished);
+    train::trainer fresh(fp32, q, sample_train(), sample_test(), options());
+    CHECK_THROWS_AS(fresh.run(), config_error);
+  }
+  SUBCASE("an empty or missing folder needs no option, and is created by the first result") {
+    fs::remove_all(dir.path);
+    auto o = options();
+    o.pretrain.lr = 1e30;
+    fp32.visit_parameters([](param_ref<float>& p) {
+      if (p.name == "fc2.weight") p.value[5] = std::numeric_limits<float>::infinity();
+    });
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    CHECK_THROWS(t.run());
+    CHECK_FALSE(fs::exists(dir.path)); // a run that produced nothing leaves nothing
+  }
+}
+
+TEST_CASE("resuming names a malformed checkpoint field: file, field, expected and found") {
+  // Issue #17: "epoch=abc" (valid CRC) failed with the bare message "stoul"; "-1" and "3x"
+  // were accepted (as 2^64 - 1 and 3).
+  temp_dir dir("bitgrad-train-meta");
+  const fs::path ckpt = dir.path / "checkpoint.bin";
+  auto options = [&] {
+    auto o = quick_options(dir.path);
+    o.max_steps_per_epoch = 2;
+    return o;
+  };
+  { // A real checkpoint after the first pretraining epoch.
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    auto o = options();
+    o.stop_after_epochs = 1;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    REQUIRE_FALSE(t.run().finished);
+  }
+  auto fp32_state = make_fp32();
+  const train::checkpoint_data original = train::load_checkpoint(ckpt, fp32_state);
+  const std::map<std::string, std::string> good = original.meta;
+  REQUIRE(good.at("phase") == "pretrain");
+  auto write_checkpoint = [&](std::map<std::string, std::string> meta) {
+    train::checkpoint_data data = original;
+    data.meta = std::move(meta);
+    train::save_checkpoint(ckpt, fp32_state, data);
+  };
+  auto resume_message = [&] {
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    auto o = options();
+    o.resume = true;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    try {
+      (void)t.run();
+    } catch (const format_error& e) {
+      CHECK(e.offset() == 16); // where the metadata starts
+      return std::string(e.what());
+    }
+    return std::string("no format_error");
+  };
+  struct bad_case {
+    std::string key, value, message;
+  };
+  for (const bad_case& c : {
+           bad_case{"epoch", "abc",
+                    "metadata field 'epoch': expected an unsigned integer, got 'abc'"},
+           bad_case{"epoch", "-1",
+                    "metadata field 'epoch': expected an unsigned integer, got '-1'"},
+           bad_case{"epoch", "3x",
+                    "metadata field 'epoch': expected an unsigned integer, got '3x'"},
+           bad_case{"epoch", "99999999999999999999999", "field 'epoch': expected an unsigned"},
+           bad_case{"seconds", "fast", "metadata field 'seconds': expected a number, got 'fast'"},
+           bad_case{"phase", "warmup",
+                    "metadata field 'phase': expected pretrain, search or "
+                    "finetune, got 'warmup'"},
+           bad_case{"history", "pretrain,1,2.3;",
+                    "metadata field 'history': row 1: expected 9 comma-separated values, got 3"},
+           bad_case{"history", "pretrain,1,2.3,0.1,0.2,32,177700,1,1.5;pretrain,two,1,1,1,1,1,1,1;",
+                    "metadata field 'history': row 2: epoch: expected an unsigned integer, got "
+                    "'two'"},
+           bad_case{"history", "pretrain,1,2.3,0.1,zero,32,177700,1,1.5;",
+                    "row 1: test_accuracy: expected a number, got 'zero'"},
+       }) {
+    CAPTURE(c.key);
+    CAPTURE(c.value);
+    auto meta = good;
+    meta[c.key] = c.value;
+    write_checkpoint(meta);
+    const std::string message = resume_message();
+    CAPTURE(message);
+    CHECK(message.find(ckpt.string()) != std::string::npos);
+    CHECK(message.find(c.message) != std::string::npos);
+  }
+  auto meta = good;
+  meta.erase("seconds");
+  write_checkpoint(meta);
+  CHECK(resume_message().find("metadata field 'seconds' is missing") != std::string::npos);
+  // The metadata as written resumes (the pretraining goes on from epoch 1) and finishes.
+  write_checkpoint(good);
+  CHECK(resume_message() == "no format_error");
 }

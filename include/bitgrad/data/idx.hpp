@@ -15,8 +15,11 @@
 //   MNIST labels: rank 1, dims (N), one byte per label.
 //
 // The reader is strict: the payload must be exactly prod(dim) bytes (a short file and
-// trailing bytes are both errors), and prod(dim) must not exceed `max_payload` (1 GiB by
-// default), computed without overflow. Any malformed input ends in a format_error naming the
+// trailing bytes are both errors, and their messages repeat the rank and the dimensions the
+// header declared, since a damaged rank byte shows up as a payload of the wrong size), and
+// prod(dim) must not exceed `max_payload` (1 GiB by default), computed without overflow. The
+// typed readers (read_idx_images, read_idx_labels) check the rank byte against the ranks they
+// accept before anything else is read. Any malformed input ends in a format_error naming the
 // file and the offset; nothing is undefined for any input (parse_idx is the fuzzing entry).
 // For gzip files, offsets into the IDX structure are offsets in the decompressed data.
 #pragma once
@@ -79,10 +82,27 @@ inline std::uint32_t read_be32(const std::uint8_t* p) noexcept {
          std::uint32_t{p[3]};
 }
 
+/// The ranks a typed reader accepts, checked on the rank byte before the dimensions are read.
+struct idx_rank_rule {
+  std::size_t lo, hi; ///< accepted ranks: [lo, hi]
+  const char* what;   ///< "an IDX image file has rank 3 (N, H, W) or 4 (N, C, H, W)"
+};
+
+/// "rank 3, dimensions 5 x 3 x 4" (at most 8 dimensions written out).
+inline std::string idx_header_text(const std::vector<std::size_t>& dims) {
+  std::string out = "rank " + std::to_string(dims.size()) + ", dimensions ";
+  for (std::size_t i = 0; i < dims.size() && i < 8; ++i)
+    out += (i ? " x " : "") + std::to_string(dims[i]);
+  if (dims.size() > 8) out += " x ...";
+  return out;
+}
+
 /// Parses uncompressed IDX bytes. `where` is appended to offset-bearing reasons (it says
-/// whether offsets are in the file or in the decompressed data).
+/// whether offsets are in the file or in the decompressed data); `rule`, when given, is the
+/// rank the caller needs.
 inline idx_array parse_idx_raw(std::span<const std::uint8_t> bytes, const std::string& name,
-                               const std::string& where, std::uint64_t max_payload) {
+                               const std::string& where, std::uint64_t max_payload,
+                               const idx_rank_rule* rule = nullptr) {
   const std::uint64_t size = bytes.size();
   auto fail = [&](std::uint64_t offset, const std::string& reason) -> format_error {
     return format_error(name, offset, reason + where);
@@ -105,6 +125,9 @@ inline idx_array parse_idx_raw(std::span<const std::uint8_t> bytes, const std::s
   }
   const std::size_t rank = bytes[3];
   if (rank == 0) throw fail(3, "IDX rank is 0; expected at least one dimension");
+  if (rule != nullptr && (rank < rule->lo || rank > rule->hi))
+    throw fail(3, std::string(rule->what) + ", found rank " + std::to_string(rank) + " (byte " +
+                      hex_byte(bytes[3]) + ")");
   const std::uint64_t header = 4 + 4 * std::uint64_t{rank};
   if (size < header) {
     throw fail(size, "truncated IDX header: rank " + std::to_string(rank) + " needs " +
@@ -136,14 +159,16 @@ inline idx_array parse_idx_raw(std::span<const std::uint8_t> bytes, const std::s
   const std::uint64_t available = size - header;
   if (available < elements) {
     throw fail(size, "IDX payload truncated: the dimensions need " + std::to_string(elements) +
-                         " bytes after the " + std::to_string(header) +
-                         "-byte header (ending at offset " + std::to_string(header + elements) +
-                         "), found " + std::to_string(available));
+                         " bytes after the " + std::to_string(header) + "-byte header (" +
+                         idx_header_text(result.dims) + "; ending at offset " +
+                         std::to_string(header + elements) + "), found " +
+                         std::to_string(available));
   }
   if (available > elements) {
     throw fail(header + elements, std::to_string(available - elements) +
                                       " trailing bytes after the IDX payload of " +
-                                      std::to_string(elements) + " bytes");
+                                      std::to_string(elements) + " bytes that the header (" +
+                                      idx_header_text(result.dims) + ") declares");
   }
   result.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end());
   return result;
@@ -151,51 +176,56 @@ inline idx_array parse_idx_raw(std::span<const std::uint8_t> bytes, const std::s
 
 } // namespace detail
 
-/// Parses an IDX file held in memory, raw or gzip-compressed (detected by the magic 1f 8b).
-/// `name` is the file name used in error messages. Throws format_error on malformed input.
-inline idx_array parse_idx(std::span<const std::uint8_t> bytes, std::string name,
-                           std::uint64_t max_payload = idx_max_payload) {
+namespace detail {
+inline idx_array parse_idx_checked(std::span<const std::uint8_t> bytes, const std::string& name,
+                                   std::uint64_t max_payload, const idx_rank_rule* rule) {
   if (is_gzip(bytes)) {
     // The largest valid IDX: 4 + 4*255 header bytes and max_payload payload bytes; anything
     // decompressing beyond that cannot be valid.
     const std::uint64_t max_out = 4 + 4 * 255 + max_payload;
     std::vector<std::uint8_t> raw = gunzip(bytes, name, static_cast<std::size_t>(max_out));
-    return detail::parse_idx_raw(raw, name, " (offset in the decompressed data)", max_payload);
+    return parse_idx_raw(raw, name, " (offset in the decompressed data)", max_payload, rule);
   }
-  return detail::parse_idx_raw(bytes, name, "", max_payload);
+  return parse_idx_raw(bytes, name, "", max_payload, rule);
+}
+
+inline idx_array read_idx_checked(const std::filesystem::path& path, std::uint64_t max_payload,
+                                  const idx_rank_rule* rule) {
+  // A gzip file is never larger than its payload by more than a small fraction, and a raw
+  // file is the header plus the payload; twice the limit bounds both.
+  std::vector<std::uint8_t> bytes = read_file_bytes(path, 2 * max_payload + (1 << 20));
+  return parse_idx_checked(bytes, path.string(), max_payload, rule);
+}
+} // namespace detail
+
+/// Parses an IDX file held in memory, raw or gzip-compressed (detected by the magic 1f 8b).
+/// `name` is the file name used in error messages. Throws format_error on malformed input.
+inline idx_array parse_idx(std::span<const std::uint8_t> bytes, std::string name,
+                           std::uint64_t max_payload = idx_max_payload) {
+  return detail::parse_idx_checked(bytes, name, max_payload, nullptr);
 }
 
 /// Reads an IDX file, raw or gzip-compressed. Throws io_error if it cannot be read and
 /// format_error if it is malformed.
 inline idx_array read_idx(const std::filesystem::path& path,
                           std::uint64_t max_payload = idx_max_payload) {
-  // A gzip file is never larger than its payload by more than a small fraction, and a raw
-  // file is the header plus the payload; twice the limit bounds both.
-  std::vector<std::uint8_t> bytes = read_file_bytes(path, 2 * max_payload + (1 << 20));
-  return parse_idx(bytes, path.string(), max_payload);
+  return detail::read_idx_checked(path, max_payload, nullptr);
 }
 
 /// Reads an IDX image file: rank 3 (N, H, W) or rank 4 (N, C, H, W), unsigned bytes.
 /// The returned array always has rank 4 (N, C, H, W), C = 1 for rank-3 files.
 inline idx_array read_idx_images(const std::filesystem::path& path) {
-  idx_array images = read_idx(path);
-  if (images.rank() != 3 && images.rank() != 4) {
-    throw format_error(path.string(), 3,
-                       "an IDX image file has rank 3 (N, H, W) or 4 (N, C, H, W), found rank " +
-                           std::to_string(images.rank()));
-  }
+  static constexpr detail::idx_rank_rule rule{
+      3, 4, "an IDX image file has rank 3 (N, H, W) or 4 (N, C, H, W)"};
+  idx_array images = detail::read_idx_checked(path, idx_max_payload, &rule);
   if (images.rank() == 3) images.dims.insert(images.dims.begin() + 1, 1);
   return images;
 }
 
 /// Reads an IDX label file: rank 1 (N), unsigned bytes. Returns the labels as int32.
 inline std::vector<std::int32_t> read_idx_labels(const std::filesystem::path& path) {
-  idx_array labels = read_idx(path);
-  if (labels.rank() != 1) {
-    throw format_error(path.string(), 3,
-                       "an IDX label file has rank 1 (N), found rank " +
-                           std::to_string(labels.rank()));
-  }
+  static constexpr detail::idx_rank_rule rule{1, 1, "an IDX label file has rank 1 (N)"};
+  idx_array labels = detail::read_idx_checked(path, idx_max_payload, &rule);
   return std::vector<std::int32_t>(labels.data.begin(), labels.data.end());
 }
 

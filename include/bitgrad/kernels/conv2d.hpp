@@ -60,32 +60,30 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g) {
 
 namespace detail {
 
-/// Epilogue: C = max(0, value) (fprop_relu without bias).
+/// Epilogue: C = max(0, value) (fprop_relu without bias; NaN kept, as epilogue::detail's
+/// relu_scalar / relu_lanes, which clamp with select: GCC 12 warns (-Wmaybe-uninitialized)
+/// inside _mm512_max_ps).
 struct relu_only {
   template <class T>
   T operator()(T value, std::size_t, std::size_t) const {
-    return std::max(T(0), value);
+    return epilogue::detail::relu_scalar(value);
   }
   template <class B>
   B apply(B value, std::size_t, std::size_t) const {
-    // select, not xsimd::max: GCC 12 warns (-Wmaybe-uninitialized) inside _mm512_max_ps.
-    const B zero(typename B::value_type(0));
-    return xsimd::select(value > zero, value, zero);
+    return epilogue::detail::relu_lanes(value);
   }
 };
 
-/// Epilogue: C = max(0, value + bias[row]). Same as epilogue::bias_rows_relu, but clamps with
-/// select (see relu_only) so -march=native builds stay warning-free with GCC 12.
+/// Epilogue: C = max(0, value + bias[row]) (NaN kept). The same as epilogue::bias_rows_relu.
 template <class T>
 struct bias_rows_relu_select {
   const T* bias;
   T operator()(T value, std::size_t row, std::size_t) const {
-    return std::max(T(0), value + bias[row]);
+    return epilogue::detail::relu_scalar(value + bias[row]);
   }
   template <class B>
   B apply(B value, std::size_t row, std::size_t) const {
-    const B v = value + B(bias[row]), zero(T(0));
-    return xsimd::select(v > zero, v, zero);
+    return epilogue::detail::relu_lanes(value + B(bias[row]));
   }
 };
 
@@ -153,7 +151,7 @@ void conv2d_direct_fprop_group(const conv2d_geometry& g, const T* x, const T* w,
     for (std::size_t oh = 0; oh < oh_n; ++oh)
       for (std::size_t ow = 0; ow < ow_n; ++ow) {
         const T v = yw[oh * wp + ow] + b;
-        yo[oh * ow_n + ow] = relu ? std::max(T(0), v) : v;
+        yo[oh * ow_n + ow] = relu ? epilogue::detail::relu_scalar(v) : v;
       }
   }
 }

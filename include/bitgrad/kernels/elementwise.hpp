@@ -3,6 +3,8 @@
 //   relu   : y = max(0, x);            bprop dx = dy where x > 0 (equivalently y > 0), else 0
 //   relu6  : y = min(6, max(0, x));    bprop dx = dy where 0 < x < 6, else 0 (the kinks at 0 and
 //                                      6 get gradient 0)
+//   Both keep NaN (relu(NaN) = relu6(NaN) = NaN, as in PyTorch), so a NaN in the data or in a
+//   weight reaches the loss instead of being hidden as 0 (issue #17).
 //   bias_grad_rows  : dbias[c] += sum_r dy[r][c]        (dy rows x cols, batch-major; ACCUMULATES)
 //   channel_mean_var: x NCHW viewed as (batch, channels, plane); per channel c over the
 //                     batch*plane values: mean = sum/count, var = sum (x - mean)^2 / count
@@ -68,9 +70,9 @@ void relu_fprop(std::size_t n, const T* x, T* y) {
       n,
       [&](std::size_t i) {
         const B v = B::load_unaligned(x + i);
-        xsimd::select(v > B(T(0)), v, B(T(0))).store_unaligned(y + i);
+        xsimd::select(v <= B(T(0)), B(T(0)), v).store_unaligned(y + i);
       },
-      [&](std::size_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
+      [&](std::size_t i) { y[i] = x[i] <= T(0) ? T(0) : x[i]; });
 }
 
 template <class T>
@@ -92,9 +94,9 @@ void relu6_fprop(std::size_t n, const T* x, T* y) {
       n,
       [&](std::size_t i) {
         const B v = B::load_unaligned(x + i), six(T(6)), zero(T(0));
-        xsimd::select(v > zero, xsimd::select(v < six, v, six), zero).store_unaligned(y + i);
+        xsimd::select(v <= zero, zero, xsimd::select(v > six, six, v)).store_unaligned(y + i);
       },
-      [&](std::size_t i) { y[i] = std::min(T(6), std::max(T(0), x[i])); });
+      [&](std::size_t i) { y[i] = x[i] <= T(0) ? T(0) : (x[i] > T(6) ? T(6) : x[i]); });
 }
 
 template <class T>

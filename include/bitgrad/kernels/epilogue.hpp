@@ -16,11 +16,16 @@
 namespace bitgrad::epilogue {
 
 namespace detail {
-/// max(0, x) per lane with the scalar std::max(T(0), x)'s answer for NaN (0), so that both
-/// overloads of the ReLU epilogues agree exactly; the max instruction would give NaN.
+/// max(0, x) that keeps NaN (as PyTorch's relu does): a NaN produced upstream reaches the loss
+/// instead of turning into 0. The scalar and the lane-wise forms agree exactly (select, not the
+/// max instruction, whose NaN answer depends on the operand order).
+template <class T>
+T relu_scalar(T x) {
+  return x <= T(0) ? T(0) : x;
+}
 template <class B>
 B relu_lanes(const B& x) {
-  return xsimd::select(x > B(0), x, B(0));
+  return xsimd::select(x <= B(0), B(0), x);
 }
 } // namespace detail
 
@@ -58,12 +63,12 @@ struct bias_cols {
   }
 };
 
-/// C = max(0, value + bias[row]).
+/// C = max(0, value + bias[row]) (NaN kept).
 template <class T>
 struct bias_rows_relu {
   const T* bias;
   T operator()(T value, std::size_t row, std::size_t) const {
-    return std::max(T(0), value + bias[row]);
+    return detail::relu_scalar(value + bias[row]);
   }
   template <class B>
   B apply(B value, std::size_t row, std::size_t) const {
@@ -71,12 +76,12 @@ struct bias_rows_relu {
   }
 };
 
-/// C = max(0, value + bias[col]).
+/// C = max(0, value + bias[col]) (NaN kept).
 template <class T>
 struct bias_cols_relu {
   const T* bias;
   T operator()(T value, std::size_t, std::size_t col) const {
-    return std::max(T(0), value + bias[col]);
+    return detail::relu_scalar(value + bias[col]);
   }
   template <class B>
   B apply(B value, std::size_t, std::size_t col) const {

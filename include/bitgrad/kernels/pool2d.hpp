@@ -3,7 +3,9 @@
 // Layout: x NCHW (batch, channels, in_h, in_w), y NCHW (batch, channels, out_h, out_w); the
 // window geometry and output size are in kernels/pool2d_geometry.hpp. A "plane" is one (n, c).
 //   max pool:  y = max of the window's real inputs (padding never wins; ties: the first in
-//              row-major window order). argmax[out] = ih*in_w + iw, an index into x's plane.
+//              row-major window order). NaN counts as larger than any number (the window's
+//              first NaN wins), so NaN propagates as in PyTorch instead of being dropped.
+//              argmax[out] = ih*in_w + iw, an index into x's plane.
 //              bprop: dx = 0, then dx[plane][argmax[out]] += dy[out].
 //   avg pool:  y = (sum of the window's real inputs) / (kernel_h*kernel_w): padding counts as
 //              zeros, the divisor is always the full window (count_include_pad = true).
@@ -51,9 +53,16 @@ void pool2d_for_each_window(const pool2d_geometry& g, F&& f) {
 } // namespace detail
 
 namespace detail {
+/// x replaces `best` as the window's maximum: x > best, or x is NaN and best is not (written
+/// with comparisons only, so the 2x2 loop stays branch-free).
+template <class T>
+bool pool_beats(T x, T best) {
+  return !(x <= best) && best == best;
+}
+
 /// The 2x2, stride 2, unpadded max pool (LeNet-5, VGG): branch-free selects over each pair of
 /// input rows, which the compiler vectorises. Same result and tie rule as the generic loop
-/// (strict > in row-major window order: a, b on the top row, then c, d).
+/// (pool_beats in row-major window order: a, b on the top row, then c, d).
 template <class T>
 void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
@@ -68,9 +77,9 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
         if (argmax == nullptr) {
           for (std::size_t ow = 0; ow < ow_n; ++ow) {
             T best = r0[2 * ow];
-            best = r0[2 * ow + 1] > best ? r0[2 * ow + 1] : best;
-            best = r1[2 * ow] > best ? r1[2 * ow] : best;
-            yo[ow] = r1[2 * ow + 1] > best ? r1[2 * ow + 1] : best;
+            best = pool_beats(r0[2 * ow + 1], best) ? r0[2 * ow + 1] : best;
+            best = pool_beats(r1[2 * ow], best) ? r1[2 * ow] : best;
+            yo[ow] = pool_beats(r1[2 * ow + 1], best) ? r1[2 * ow + 1] : best;
           }
           continue;
         }
@@ -80,13 +89,13 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
         // scalar tail: LeNet's 12 and 4 outputs) run without branches too.
         for (std::size_t ow = 0; ow < ow_n; ++ow) {
           const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-          const std::uint32_t pb = b > a;
+          const std::uint32_t pb = pool_beats(b, a);
           T best = pb ? b : a;
           std::uint32_t at = pb;
-          const std::uint32_t pc = c > best;
+          const std::uint32_t pc = pool_beats(c, best);
           best = pc ? c : best;
           at += pc * (down - at);
-          const std::uint32_t pd = d > best;
+          const std::uint32_t pd = pool_beats(d, best);
           yo[ow] = pd ? d : best;
           ao[ow] = top + std::uint32_t(2 * ow) + at + pd * (down + 1 - at);
         }
@@ -111,7 +120,7 @@ void max_pool2d_fprop(const pool2d_geometry& g, const T* x, T* y, std::uint32_t*
         T best = xp[at];
         for (std::size_t h = rows.lo; h < rows.hi; ++h)
           for (std::size_t w = cols.lo; w < cols.hi; ++w)
-            if (xp[h * g.in_w + w] > best) {
+            if (detail::pool_beats(xp[h * g.in_w + w], best)) {
               best = xp[h * g.in_w + w];
               at = h * g.in_w + w;
             }

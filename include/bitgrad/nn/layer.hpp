@@ -43,6 +43,12 @@
 //       therefore defines neither). A composition checks its own chain against `in` here and
 //       throws shape_error on a mismatch.
 // nn::input_features_of(l) and nn::output_features_of(l, in) below read them, or nullopt.
+//
+// Ranks are checked at compile time: a fixed-rank tensor of another rank than input_type would
+// convert implicitly (xtensor allows it, and its rank conversion recurses until the stack
+// overflows), so sequential and linear stop `forward(tensor4)` into a layer that takes
+// (N, features) with a static_assert that names the missing nn::flatten; sequential also
+// rejects a (N, C, H, W) -> (N, features) step between two of its layers.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -85,6 +91,24 @@ concept layer = requires(L& l, const L& cl, const typename L::input_type& x,
   { cl.describe() } -> std::convertible_to<std::string>;
   { cl.name() } -> std::convertible_to<std::string>;
 };
+
+/// The rank of a fixed-rank tensor type (one whose shape is a std::array), 0 for any other.
+template <class X>
+constexpr std::size_t static_rank() {
+  if constexpr (requires { std::tuple_size<typename X::shape_type>::value; })
+    return std::tuple_size<typename X::shape_type>::value;
+  else
+    return 0;
+}
+
+/// X is a fixed-rank tensor whose rank differs from Input's (a conversion that must not happen).
+template <class X, class Input>
+concept tensor_of_other_rank = static_rank<X>()
+!= 0 && static_rank<Input>() != 0 && static_rank<X>() != static_rank<Input>();
+
+/// false, but only when instantiated (for static_assert in a template that must not be used).
+template <class>
+inline constexpr bool always_false = false;
 
 /// l.input_features() when the layer defines it, else nullopt (any input accepted, as far as
 /// construction can tell).

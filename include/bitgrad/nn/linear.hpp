@@ -86,6 +86,17 @@ public:
     return y_;
   }
 
+  /// A tensor of another rank than (N, features): a compile-time error (see nn/layer.hpp).
+  template <class X>
+  requires tensor_of_other_rank<X, input_type>
+  const output_type& forward(const X& x) {
+    static_assert(always_false<X>,
+                  "linear::forward: a linear layer takes (N, features), not image batches "
+                  "(N, C, H, W): put nn::flatten in front of it");
+    (void)x;
+    throw shape_error("forward: input of another rank"); // never compiled
+  }
+
   const input_type& backward(const output_type& dy) {
     if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
     const std::size_t n = x_->shape()[0];

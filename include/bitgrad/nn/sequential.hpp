@@ -3,10 +3,11 @@
 // Built from layer objects: sequential(conv, relu, pool, ...) (moved in; class template argument
 // deduction gives the type; note that sequential(one_sequential) copies it rather than nesting:
 // write sequential<decltype(s)>(std::move(s)) to nest a single sequential). Each layer's
-// output_type must be the next one's input_type (checked at compile time). forward and backward are
-// fold-style loops over the tuple; the intermediate tensors live in the layers, so the sequential
-// itself owns no buffers. Parameter and quantizer names are prefixed with the sequential's name
-// when it is not empty.
+// output_type must be the next one's input_type, and forward() takes input_type only (both
+// checked at compile time; a missing nn::flatten before a linear layer is named). forward and
+// backward are fold-style loops over the tuple; the intermediate tensors live in the layers, so the
+// sequential itself owns no buffers. Parameter and quantizer names are prefixed with the
+// sequential's name when it is not empty.
 //
 // Shapes are checked at construction as far as they are known there: walking the layers, each
 // one's input_features() (nn/layer.hpp) must equal the features (dimension 1) the layers before
@@ -45,6 +46,15 @@ struct last_of {
   using type = typename decltype((std::type_identity<Layers>{}, ...))::type;
 };
 
+/// No layer that gives (N, C, H, W) is followed by one that takes (N, features).
+template <class... Layers, std::size_t... I>
+constexpr bool no_missing_flatten(std::index_sequence<I...>) {
+  using tuple = std::tuple<Layers...>;
+  return (!(static_rank<typename std::tuple_element_t<I, tuple>::output_type>() == 4 &&
+            static_rank<typename std::tuple_element_t<I + 1, tuple>::input_type>() == 2) &&
+          ...);
+}
+
 template <class... Layers, std::size_t... I>
 constexpr bool chain_matches(std::index_sequence<I...>) {
   using tuple = std::tuple<Layers...>;
@@ -57,6 +67,10 @@ constexpr bool chain_matches(std::index_sequence<I...>) {
 template <layer... Layers>
 class sequential {
   static_assert(sizeof...(Layers) >= 1, "sequential needs at least one layer");
+  static_assert(
+      detail::no_missing_flatten<Layers...>(std::make_index_sequence<sizeof...(Layers) - 1>{}),
+      "sequential: a layer that gives image batches (N, C, H, W) is followed by one that takes "
+      "(N, features), such as nn::linear: put nn::flatten between them");
   static_assert(detail::chain_matches<Layers...>(std::make_index_sequence<sizeof...(Layers) - 1>{}),
                 "sequential: each layer's output_type must be the next layer's input_type");
 
@@ -79,6 +93,17 @@ public:
   }
 
   const output_type& forward(const input_type& x) { return forward_from<0>(x); }
+  /// A tensor of another rank than input_type: a compile-time error (see nn/layer.hpp).
+  template <class X>
+  requires tensor_of_other_rank<X, input_type>
+  const output_type& forward(const X& x) {
+    static_assert(always_false<X>,
+                  "sequential::forward: the input has another rank than the first layer takes; "
+                  "a network of nn::linear layers fed image batches (N, C, H, W) needs "
+                  "nn::flatten as its first layer: put nn::flatten in front of the first linear");
+    (void)x;
+    throw shape_error("forward: input of another rank"); // never compiled
+  }
   const input_type& backward(const output_type& dy) { return backward_from<size - 1>(dy); }
 
   void zero_grad() {

@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <numeric>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -43,7 +44,14 @@ struct budget_item {
 
 /// The greedy rounding above, on a flat list of groups; `code_budget` is the bits available for
 /// the codes (overhead already subtracted). Returns one integer bitwidth per item.
+/// Throws config_error when a bitwidth or the budget is not finite.
 inline std::vector<int> round_to_budget(std::span<const budget_item> items, double code_budget) {
+  if (std::isnan(code_budget))
+    throw config_error("round_to_budget: the code budget is not a number");
+  for (std::size_t i = 0; i < items.size(); ++i)
+    if (!std::isfinite(items[i].bits))
+      throw config_error("round_to_budget: group " + std::to_string(i) +
+                         " has a non-finite bitwidth (" + std::to_string(items[i].bits) + ")");
   std::vector<int> k(items.size());
   double used = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -112,14 +120,21 @@ void append_items(const Q& q, std::vector<budget_item>& items) {
 } // namespace detail
 
 /// Freezes every trainable quantizer `visit` reaches so the model's size stays <= target_bits
-/// whenever that is possible (see the top of this file).
+/// whenever that is possible (see the top of this file). Throws config_error, before freezing
+/// anything, when target_bits is not a positive number or a bitwidth is not finite (naming
+/// the layer and the group).
 template <class Visit>
 budget_result freeze_to_budget(Visit&& visit, double target_bits) {
+  if (!(target_bits > 0))
+    throw config_error("freeze_to_budget: the target must be > 0 bits, got " +
+                       std::to_string(target_bits));
   std::vector<budget_item> items;
   double fixed = 0;
-  visit([&]<class Q>(std::string_view, Q& q) {
+  visit([&]<class Q>(std::string_view name, Q& q) {
     if constexpr (budget_quantizer<Q>) {
       if (!q.frozen()) {
+        detail::check_finite_bits("freeze_to_budget: layer '" + std::string(name) + "'",
+                                  q.group_bits());
         detail::append_items(q, items);
         fixed += group_overhead_bits * static_cast<double>(q.groups());
         return;

@@ -29,7 +29,8 @@
 // d size / d b_g = n_g.
 // Freeze: nearest = round half up, up = ceil, budget_aware = the greedy of quant/budget.hpp on
 // this tensor alone with its own current (real) size as the target. The integer bitwidths are
-// clamped to [ceil(b_min), floor(b_max)].
+// clamped to [ceil(b_min), floor(b_max)]. A non-finite bitwidth (a diverged run) is a
+// config_error naming the group, in freeze and in forward.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -164,6 +165,7 @@ public:
 
   void freeze(rounding r) {
     detail::check_bound(policy_name, layout_.weight_count());
+    detail::check_finite_bits(policy_name, group_bits());
     std::vector<int> k(layout_.groups());
     if (r == rounding::budget_aware) {
       std::vector<budget_item> items;
@@ -265,6 +267,8 @@ private:
       return st;
     }
     const T b = bits_[g];
+    if (!std::isfinite(b)) // the cast below would be undefined
+      detail::check_finite_bits(policy_name, group_bits());
     const T k_lo = std::floor(b);
     st.f = b - k_lo;
     st.lo = grid(g, static_cast<int>(k_lo), stats_[g]);

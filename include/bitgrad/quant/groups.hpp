@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace bitgrad::quant {
 
@@ -106,6 +107,18 @@ inline void check_integer_bits(const char* who, int k) {
   if (k < min_bitwidth || k > max_bitwidth)
     throw config_error(std::string(who) + ": expected an integer bitwidth in [1, 16], got " +
                        std::to_string(k));
+}
+
+/// Throws config_error unless every real bitwidth in `bits` is finite (a NaN would be cast to
+/// int when freezing: undefined behaviour). `who` names the quantizer or the layer.
+inline void check_finite_bits(const std::string& who, const std::vector<double>& bits) {
+  for (std::size_t g = 0; g < bits.size(); ++g)
+    if (!std::isfinite(bits[g]))
+      throw config_error(who + ": group " + std::to_string(g) + " of " +
+                         std::to_string(bits.size()) + " has a non-finite bitwidth (" +
+                         std::to_string(bits[g]) +
+                         "): training diverged; stop at the first non-finite loss or gradient "
+                         "(optim::grad_is_finite) instead of stepping with it");
 }
 
 inline void check_frozen(const char* who, bool frozen, const char* what) {

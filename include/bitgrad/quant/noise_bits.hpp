@@ -178,6 +178,7 @@ public:
 
   void freeze(rounding r) {
     detail::check_bound(policy_name, layout_.weight_count());
+    detail::check_finite_bits(policy_name, group_bits());
     std::vector<int> k(layout_.groups());
     if (r == rounding::budget_aware) {
       std::vector<budget_item> items;
@@ -277,6 +278,7 @@ private:
   }
 
   int clamp_bits(double v) const {
+    if (!std::isfinite(v)) detail::check_finite_bits(policy_name, group_bits()); // cast below
     const int lo = static_cast<int>(std::ceil(opt_.b_min));
     const int hi = static_cast<int>(std::floor(opt_.b_max));
     return std::clamp(static_cast<int>(v), lo, hi);

@@ -157,6 +157,7 @@ public:
 
   void freeze(rounding r) {
     detail::check_bound(policy_name, layout_.weight_count());
+    detail::check_finite_bits(policy_name, group_bits());
     std::vector<int> k(layout_.groups());
     if (r == rounding::budget_aware) {
       std::vector<budget_item> items;

@@ -17,6 +17,12 @@
 // rejected with the first parameter that differs. Parameter values must be finite, bitwidth
 // parameters inside [1, 16], scale parameters > 0, and frozen group counts those of the
 // network's quantizers.
+//
+// Metadata values are text; meta_field / meta_unsigned / meta_real read one field and throw
+// format_error naming the file, the field, what was expected and what was found
+// ("checkpoint.bin: at offset 16: metadata field 'epoch': expected an unsigned integer, got
+// 'abc'"; 16 is where the metadata starts). Numbers are parsed whole (std::from_chars): no
+// sign on unsigned fields, no leading or trailing characters; reals may be nan or inf.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -25,11 +31,13 @@
 #include <bitgrad/io/read_file.hpp>
 
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -47,12 +55,73 @@ struct checkpoint_data {
   std::map<std::string, std::string> meta; ///< phase, epoch, ...
   std::string optimizer_state;
   std::string loader_state;
+  std::string file; ///< the file it was read from (named in messages); empty before saving
 };
 
 namespace detail {
 
 inline constexpr char checkpoint_magic[8] = {'B', 'G', 'C', 'K', 'P', 'T', '\r', '\n'};
 inline constexpr std::uint32_t checkpoint_version = 1;
+/// Offset of the metadata string in the file (named by metadata errors).
+inline constexpr std::uint64_t checkpoint_metadata_offset = 16;
+
+/// `text` as a whole unsigned decimal integer, or nullopt.
+inline std::optional<std::uint64_t> parse_unsigned(std::string_view text) {
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+/// `text` as a whole real number (nan and inf included), or nullopt.
+inline std::optional<double> parse_real(std::string_view text) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+/// "'abc'" for messages, cut to 40 characters.
+inline std::string quoted_value(std::string_view text) {
+  return "'" + std::string(text.substr(0, 40)) + (text.size() > 40 ? "...'" : "'");
+}
+
+} // namespace detail
+
+/// The metadata field `key`; format_error naming the file and the field when it is missing.
+inline const std::string& meta_field(const checkpoint_data& data, const std::string& key) {
+  const auto it = data.meta.find(key);
+  if (it == data.meta.end())
+    throw format_error(data.file, detail::checkpoint_metadata_offset,
+                       "metadata field '" + key + "' is missing");
+  return it->second;
+}
+
+/// The metadata field `key` as an unsigned integer; format_error naming the file, the field and
+/// the text found otherwise.
+inline std::uint64_t meta_unsigned(const checkpoint_data& data, const std::string& key) {
+  const std::string& text = meta_field(data, key);
+  const auto v = detail::parse_unsigned(text);
+  if (!v)
+    throw format_error(data.file, detail::checkpoint_metadata_offset,
+                       "metadata field '" + key + "': expected an unsigned integer, got " +
+                           detail::quoted_value(text));
+  return *v;
+}
+
+/// The metadata field `key` as a real number (nan and inf accepted); format_error naming the
+/// file, the field and the text found otherwise.
+inline double meta_real(const checkpoint_data& data, const std::string& key) {
+  const std::string& text = meta_field(data, key);
+  const auto v = detail::parse_real(text);
+  if (!v)
+    throw format_error(data.file, detail::checkpoint_metadata_offset,
+                       "metadata field '" + key + "': expected a number, got " +
+                           detail::quoted_value(text));
+  return *v;
+}
+
+namespace detail {
 
 class byte_writer {
 public:
@@ -199,6 +268,7 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
     r.fail("parameters stored with " + std::to_string(value_size) +
            "-byte values, the network uses " + std::to_string(sizeof(T)));
   checkpoint_data data;
+  data.file = file;
   {
     std::istringstream lines(r.get_string("metadata"));
     for (std::string line; std::getline(lines, line);) {

@@ -5,6 +5,7 @@
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/nn/loss.hpp>
 
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -19,11 +20,16 @@ struct evaluation {
 };
 
 /// Runs `net` over every image of `data` (batches of `batch_size`, normalised as `normalise`
-/// says, no augmentation) in eval mode; the network's mode is restored afterwards.
+/// says, no augmentation) in eval mode; the network's mode is restored afterwards. `net` takes
+/// image batches (N, C, H, W) (checked at compile time).
 template <class Net>
 evaluation evaluate(Net& net, const dataset& data, const loader_options& normalise,
                     std::size_t batch_size = 500) {
   using T = typename Net::value_type;
+  static_assert(std::same_as<typename Net::input_type, tensor4<T>>,
+                "train::evaluate: the network must take image batches (N, C, H, W) as the loader "
+                "gives them; a network that starts with nn::linear needs nn::flatten in front "
+                "(put nn::flatten before the first linear)");
   loader_options opt = normalise;
   opt.batch_size = batch_size;
   opt.shuffle = false;

@@ -1,22 +1,36 @@
 // Size accounting and per-layer summaries of a whole network.
 //
-// Every byte that must be stored counts:
+// THE model size (the one definition, used by every size bitgrad prints or compares: the
+// epoch line, the CSV log, summary.json, the report, the freeze message and the size target of
+// train::trainer) is model_size::bytes() of measure_size(net): every byte the quantized model
+// stores,
 //   weights   what each layer's quantizer says (quantizer::size_bits(): codes at their group's
 //             bitwidth plus, per group, the scale as float32 and the bitwidth as one byte;
 //             32 bits per weight for FP32 layers),
 //   bias/norm parameters as float32 (batch norm folds into biases at export, never growing).
-// Bitwidth and scale parameters are the per-group overhead already inside size_bits().
+// Bitwidth and scale parameters are the per-group overhead already inside size_bits(). The
+// packed model file (.bgm) is this plus its header and graph description (docs/model-format.md).
 //
 //   average bits = sum over quantized groups of n_g * b_g / sum of n_g   (codes only)
 //   compression  = 32 * (weights + biases + norm parameters) / total size bits
+// A layer's bytes (layer_summary::bytes) are the same count for one layer: its weights' size
+// bits and its own bias; norm parameters count in the model's total only.
+//
+// Twins: copy_parameters copies an FP32-pretrained network into its quantized twin;
+// check_twins (called by it and by the trainer's constructor) first requires both networks to
+// have the same copyable parameters (weights, biases, norm parameters) by name and size, and
+// the same weight shapes, in both directions.
 #pragma once
 
+#include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/tensor.hpp>
 #include <bitgrad/nn/visit.hpp>
 #include <bitgrad/train/records.hpp>
 
 #include <algorithm>
 #include <cstddef>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,7 +44,8 @@ struct model_size {
   double weight_bits = 0;       ///< sum of quantizer::size_bits(), overhead included
   double code_bits = 0;         ///< sum of n_g * b_g over the groups (no overhead)
 
-  double total_bits() const { return weight_bits + 32.0 * static_cast<double>(float_params); }
+  double float_bits() const { return 32.0 * static_cast<double>(float_params); }
+  double total_bits() const { return weight_bits + float_bits(); }
   double bytes() const { return total_bits() / 8.0; }
   double average_bits() const { return weights ? code_bits / static_cast<double>(weights) : 0.0; }
   double compression() const {
@@ -67,9 +82,17 @@ model_size measure_size(Net& net) {
   return s;
 }
 
-/// One row per quantized (or FP32) weight tensor: bits min/mean/max, bytes.
+/// One row per quantized (or FP32) weight tensor: bits min/mean/max, bytes (the layer's weights
+/// with their overhead, and its float32 bias).
 template <class Net>
 std::vector<layer_summary> layer_summaries(Net& net) {
+  std::map<std::string, std::size_t> biases; // "conv1" -> values of "conv1.bias"
+  net.visit_parameters([&](param_ref<typename Net::value_type>& p) {
+    const std::string_view suffix = ".bias";
+    if (p.kind == param_kind::bias && p.name.size() > suffix.size() &&
+        p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      biases[p.name.substr(0, p.name.size() - suffix.size())] += p.size;
+  });
   std::vector<layer_summary> rows;
   net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
     layer_summary row;
@@ -83,29 +106,91 @@ std::vector<layer_summary> layer_summaries(Net& net) {
     row.bits_max = *hi;
     row.bits_mean = code_bits(q) / static_cast<double>(q.weight_count());
     row.bits_spread = row.bits_max - row.bits_min;
-    row.bytes = q.size_bits() / 8.0;
+    const auto bias = biases.find(row.name);
+    row.bytes = (q.size_bits() + (bias == biases.end() ? 0.0 : 32.0 * bias->second)) / 8.0;
     rows.push_back(std::move(row));
   });
   return rows;
 }
 
+namespace detail {
+
+/// name -> values of every weight, bias and norm parameter (what copy_parameters copies).
+template <class Net>
+std::map<std::string, std::size_t> copyable_parameters(Net& net) {
+  std::map<std::string, std::size_t> out;
+  net.visit_parameters([&](param_ref<typename Net::value_type>& p) {
+    if (p.kind == param_kind::weight || p.kind == param_kind::bias || p.kind == param_kind::norm)
+      out[p.name] = p.size;
+  });
+  return out;
+}
+
+/// full layer name -> shape of its weight tensor, for every leaf layer that has one.
+template <class Net>
+std::map<std::string, std::vector<std::size_t>> weight_shapes(Net& net) {
+  std::map<std::string, std::vector<std::size_t>> out;
+  auto f = [&](std::string_view name, auto& layer) {
+    if constexpr (requires { layer.weight().shape(); }) {
+      const auto& shape = layer.weight().shape();
+      out[std::string(name)] = std::vector<std::size_t>(shape.begin(), shape.end());
+    }
+  };
+  nn::visit_layers(net, f);
+  return out;
+}
+
+} // namespace detail
+
+/// Throws config_error unless `a` and `b` have the same copyable parameters (weights, biases,
+/// norm parameters): each name of either network in the other with the same number of values,
+/// and each layer's weight tensor of the same shape in both. The message names the parameter
+/// (or layer) and the networks by `a_name` and `b_name`.
+template <class A, class B>
+void check_twins(A& a, B& b, std::string_view a_name = "the FP32 network",
+                 std::string_view b_name = "the quantized network") {
+  const auto pa = detail::copyable_parameters(a);
+  const auto pb = detail::copyable_parameters(b);
+  auto missing = [](const std::string& name, std::size_t size, std::string_view has,
+                    std::string_view lacks) {
+    return config_error("parameter '" + name + "' (" + std::to_string(size) + " values) of " +
+                        std::string(has) + " has no parameter of that name in " +
+                        std::string(lacks) + "; both networks need the same layer names");
+  };
+  for (const auto& [name, size] : pa) {
+    const auto it = pb.find(name);
+    if (it == pb.end()) throw missing(name, size, a_name, b_name);
+    if (it->second != size)
+      throw config_error("parameter '" + name + "' has " + std::to_string(size) + " values in " +
+                         std::string(a_name) + " and " + std::to_string(it->second) + " in " +
+                         std::string(b_name));
+  }
+  for (const auto& [name, size] : pb)
+    if (!pa.count(name)) throw missing(name, size, b_name, a_name);
+  const auto sa = detail::weight_shapes(a);
+  const auto sb = detail::weight_shapes(b);
+  for (const auto& [name, shape] : sa) {
+    const auto it = sb.find(name);
+    if (it != sb.end() && it->second != shape)
+      throw config_error("layer '" + name + "': weight of shape " + shape_string(shape) + " in " +
+                         std::string(a_name) + " but " + shape_string(it->second) + " in " +
+                         std::string(b_name));
+  }
+}
+
 /// Copies every weight, bias and norm parameter of `from` into the parameter of the same name
-/// in `to` (an FP32-pretrained network into its quantized twin). Throws config_error when a
-/// parameter of `from` has no twin of the same size.
+/// in `to` (an FP32-pretrained network into its quantized twin). Throws config_error (see
+/// check_twins) unless both have the same copyable parameters, before copying anything.
 template <class From, class To>
 void copy_parameters(From& from, To& to) {
   using T = typename To::value_type;
-  std::vector<param_ref<T>> targets;
-  to.visit_parameters([&](param_ref<T>& p) { targets.push_back(p); });
+  check_twins(from, to, "the source network", "the target network");
+  std::map<std::string, T*> targets;
+  to.visit_parameters([&](param_ref<T>& p) { targets[p.name] = p.value; });
   from.visit_parameters([&](param_ref<typename From::value_type>& p) {
     if (p.kind != param_kind::weight && p.kind != param_kind::bias && p.kind != param_kind::norm)
       return;
-    auto it = std::find_if(targets.begin(), targets.end(),
-                           [&](const param_ref<T>& t) { return t.name == p.name; });
-    if (it == targets.end() || it->size != p.size)
-      throw config_error("copy_parameters: " + p.name + " (" + std::to_string(p.size) +
-                         " values) has no parameter of that name and size in the target network");
-    std::copy(p.value, p.value + p.size, it->value);
+    std::copy(p.value, p.value + p.size, targets.at(p.name));
   });
 }
 

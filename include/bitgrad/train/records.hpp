@@ -7,7 +7,9 @@
 //   epoch     1-based index of the epoch inside its phase.
 //   accuracy  a fraction in [0, 1] (never a percentage); NaN when it was not measured.
 //   bits      the learned bitwidth of a channel group; average_bits is weighted by parameters.
-//   size      bytes of the packed weights; compression = fp32 bytes / size_bytes.
+//   size      the model's stored bytes as train/model_info.hpp defines them (codes, per-group
+//             scale and bitwidth, float32 biases and norm parameters; a layer's: its weights and
+//             its bias); compression = fp32 bytes / size_bytes.
 //
 // format_bytes() is here too: the one spelling of a size shared by the progress lines and the
 // report.

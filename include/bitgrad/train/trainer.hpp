@@ -15,6 +15,27 @@
 // checkpoint atomically; a run resumes from its checkpoint at the epoch where it stopped and
 // ends bit-identical to an uninterrupted run with the same seed and thread count.
 //
+// Sizes: every size printed, logged or compared with the target is the model's stored bytes
+// of train/model_info.hpp (model_size::bytes(): codes, per-group scale and bitwidth, float32
+// biases and norm parameters). The target is in the same terms: target_bytes, or
+// target_average_bits per weight for the quantized weights (codes and per-group overhead)
+// plus the float32 biases and norm parameters, which bitwidths cannot shrink.
+//
+// The output folder (out_dir) holds one run: run_files below. A new run must not destroy the
+// previous run's results before it has results of its own, so run() refuses a folder that
+// holds any of them unless
+//   resume      the folder's checkpoint.bin continues (the same run goes on), or
+//   overwrite   the new run replaces the old one: the old run's files are removed only when
+//               the new run writes its first file (its first checkpoint or log row). A new
+//               run that fails before that (a divergent first step, a bad option) leaves the
+//               old run as it was.
+// With both set, resume wins when out_dir holds a checkpoint. A new run creates out_dir and
+// its log only when it writes its first file as well, so a run that produced nothing leaves
+// nothing behind.
+//
+// The networks are twins: check_twins (train/model_info.hpp) runs at construction, so a
+// parameter that exists in one network only is named before pretraining starts.
+//
 // The learning rate follows a cosine schedule within each phase:
 //   lr(t) = lr_0 * (1 + cos(pi * t / T)) / 2,  t = step within the phase, T = steps in the phase.
 #pragma once
@@ -37,9 +58,11 @@
 #include <bitgrad/train/report.hpp>
 #include <bitgrad/train/sensitivity.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <csignal>
 #include <cstddef>
 #include <filesystem>
@@ -74,6 +97,11 @@ inline bits_normalisation parse_bits_normalisation(std::string_view name) {
                      "\"");
 }
 
+/// The files a run writes into its out_dir (model.bgm is the examples' export of the frozen
+/// model); what resume continues and overwrite replaces.
+inline constexpr std::array<const char*, 5> run_files = {
+    "log.csv", "summary.json", "checkpoint.bin", "report.html", "model.bgm"};
+
 /// One phase's schedule.
 struct phase_options {
   std::size_t epochs = 0;
@@ -88,9 +116,11 @@ struct trainer_options {
   phase_options search{.epochs = 4, .lr = 5e-4, .bits_lr = 0.05};
   phase_options finetune{.epochs = 3, .lr = 2e-4};
   /// Size target as average stored bits per weight, overhead (scales, bitwidths) included:
-  /// target_bits = target_average_bits * weights. Ignored when target_bytes is set.
+  /// target_average_bits * weights for the quantized weights, plus the float32 biases and norm
+  /// parameters. Ignored when target_bytes is set.
   double target_average_bits = 3.0;
-  std::optional<double> target_bytes{}; ///< size target of the quantized weights in bytes
+  /// Size target in bytes: the model's stored bytes (train/model_info.hpp), biases included.
+  std::optional<double> target_bytes{};
   quant::penalty_form penalty = quant::penalty_form::hinge;
   double penalty_lambda = 5.0;
   quant::rounding freeze_rounding = quant::rounding::budget_aware;
@@ -110,8 +140,12 @@ struct trainer_options {
   /// many fixed batches of 32 test images; 0 = off.
   std::size_t sensitivity_batches = 0;
   std::filesystem::path out_dir{}; ///< empty: write no files
-  bool resume = false;             ///< continue from out_dir/checkpoint.bin if present
-  std::ostream* log = &std::cout;  ///< progress and per-epoch lines; null = silent
+  /// Continue from out_dir/checkpoint.bin if present (a new run when the folder holds none).
+  bool resume = false;
+  /// Replace the run in out_dir (its run_files), once the new run writes its first file.
+  /// Without resume or overwrite, run() refuses an out_dir that holds any of run_files.
+  bool overwrite = false;
+  std::ostream* log = &std::cout; ///< progress and per-epoch lines; null = silent
   bool terminal = stdout_is_terminal();
 };
 
@@ -161,21 +195,43 @@ inline std::string encode_history(const std::vector<epoch_record>& h) {
   return out.str();
 }
 
-inline std::vector<epoch_record> decode_history(const std::string& text) {
+/// The epoch records of encode_history; format_error naming `file`, the row and the column
+/// when a row is malformed.
+inline std::vector<epoch_record> decode_history(const std::string& text, const std::string& file) {
+  static const char* columns[] = {"phase",          "epoch",         "loss",
+                                  "train_accuracy", "test_accuracy", "average_bits",
+                                  "size_bytes",     "compression",   "seconds"};
   std::vector<epoch_record> h;
   std::istringstream in(text);
+  std::size_t row_index = 0;
   for (std::string row; std::getline(in, row, ';');) {
+    ++row_index;
+    auto fail = [&](const std::string& what) {
+      return format_error(file, checkpoint_metadata_offset,
+                          "metadata field 'history': row " + std::to_string(row_index) + ": " +
+                              what);
+    };
     std::istringstream fields(row);
     std::string cell;
     std::vector<std::string> cells;
     while (std::getline(fields, cell, ',')) cells.push_back(cell);
-    if (cells.size() != 9) throw config_error("checkpoint history: malformed row '" + row + "'");
+    if (cells.size() != 9)
+      throw fail("expected 9 comma-separated values, got " + std::to_string(cells.size()) + " in " +
+                 quoted_value(row));
     epoch_record e;
     e.phase = cells[0];
-    e.epoch = std::stoul(cells[1]);
+    const auto epoch = parse_unsigned(cells[1]);
+    if (!epoch) throw fail("epoch: expected an unsigned integer, got " + quoted_value(cells[1]));
+    e.epoch = static_cast<std::size_t>(*epoch);
     double* values[] = {&e.loss,       &e.train_accuracy, &e.test_accuracy, &e.average_bits,
                         &e.size_bytes, &e.compression,    &e.seconds};
-    for (int i = 0; i < 7; ++i) *values[i] = std::strtod(cells[2 + i].c_str(), nullptr);
+    for (int i = 0; i < 7; ++i) {
+      const auto v = parse_real(cells[2 + i]);
+      if (!v)
+        throw fail(std::string(columns[2 + i]) + ": expected a number, got " +
+                   quoted_value(cells[2 + i]));
+      *values[i] = *v;
+    }
     h.push_back(e);
   }
   return h;
@@ -189,6 +245,11 @@ template <class FloatNet, class QuantNet>
 class trainer {
 public:
   using T = typename QuantNet::value_type;
+  static_assert(std::same_as<typename FloatNet::input_type, tensor4<T>> &&
+                    std::same_as<typename QuantNet::input_type, tensor4<T>>,
+                "train::trainer: both networks must take image batches (N, C, H, W) as the loader "
+                "gives them; a network that starts with nn::linear needs nn::flatten in front "
+                "(put nn::flatten before the first linear)");
 
   trainer(FloatNet& fp32, QuantNet& quantized, const dataset& train_set, const dataset& test_set,
           trainer_options options)
@@ -202,8 +263,13 @@ public:
     if (opt_.target_bytes && !(*opt_.target_bytes > 0))
       throw config_error("trainer: target bytes must be > 0, got " +
                          std::to_string(*opt_.target_bytes));
+    try {
+      check_twins(fp32_, quant_);
+    } catch (const config_error& e) {
+      throw config_error(std::string("trainer: ") + e.what());
+    }
     // The smallest model the bitwidth bounds allow: every learnable group at ceil(b_min).
-    double smallest = 0;
+    double smallest = measure_size(quant_).float_bits();
     quant_.visit_quantizers([&]<class Q>(std::string_view, const Q& q) {
       if constexpr (quant::budget_quantizer<Q>) {
         if (!q.frozen()) {
@@ -226,11 +292,17 @@ public:
   const dataset& train_set() const { return train_; }
   const trainer_options& options() const { return opt_; }
 
-  /// The size target of the quantized weights, in bits.
+  /// The size target in bits: the model's stored bits (biases included), as
+  /// measure_size(net).total_bits() counts them.
   double target_bits() {
     if (opt_.target_bytes) return quant::target_bits_from_bytes(*opt_.target_bytes);
-    return quant::target_bits_for_average(quantizers(), opt_.target_average_bits);
+    return quant::target_bits_for_average(quantizers(), opt_.target_average_bits) +
+           measure_size(quant_).float_bits();
   }
+
+  /// The part of target_bits() left for the quantized weights (codes and per-group overhead):
+  /// the target of the size penalty and of freezing, which act on the bitwidths only.
+  double weight_budget_bits() { return target_bits() - measure_size(quant_).float_bits(); }
 
   run_result run() {
     const auto start = std::chrono::steady_clock::now();
@@ -242,17 +314,17 @@ public:
     std::optional<checkpoint_data> resumed;
     const auto ckpt = checkpoint_path();
 
-    if (opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt)) {
+    csv_.reset();
+    claimed_ = false;
+    const bool resuming = opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt);
+    if (!resuming) check_out_dir_free();
+    if (resuming) {
       resumed =
           resume_from(ckpt, phase, done_epochs, fp32_accuracy, seconds_before, result.history);
       say("resumed from " + ckpt.string() + " at " + detail::phase_name(phase) + " epoch " +
           std::to_string(done_epochs));
-    }
-    if (!opt_.out_dir.empty()) std::filesystem::create_directories(opt_.out_dir);
-    csv_.reset();
-    if (!opt_.out_dir.empty()) {
-      csv_.emplace(opt_.out_dir / "log.csv");
-      for (const auto& e : result.history) csv_->append(e);
+      // The same run goes on: its log is rewritten from the checkpoint's history now.
+      claim_out_dir(result.history, false);
     }
     epochs_this_run_ = 0;
     steps_this_run_ = 0;
@@ -278,7 +350,7 @@ public:
     // ---- search ---------------------------------------------------------------------------
     if (phase == 1) {
       quant::size_penalty penalty{
-          .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = target_bits()};
+          .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = weight_budget_bits()};
       if (!run_phase(quant_, 1, opt_.search, done_epochs, resumed, &penalty, result.history,
                      fp32_accuracy, elapsed))
         return result;
@@ -305,6 +377,7 @@ public:
             ", estimate vs exact " + std::to_string(l.estimate_correlation));
     }
     if (!opt_.out_dir.empty()) {
+      claim_out_dir(result.history, true);
       write_file_atomically(opt_.out_dir / "summary.json", to_json(result.summary));
       write_report(opt_.out_dir / "report.html", result.history, result.summary);
     }
@@ -312,13 +385,23 @@ public:
   }
 
   /// Freezes the quantized network's bitwidths to integers as the options say.
+  /// Prints "froze bitwidths within budget: <model size> of <target>" (both the model's
+  /// stored bytes, biases included, as the epoch lines print them).
   void freeze() {
     if (opt_.freeze_rounding == quant::rounding::budget_aware) {
-      const auto r = quant::freeze_to_budget(quantizers(), target_bits());
-      say("froze bitwidths within budget: " + format_bytes(r.size_bits / 8) + " of " +
-          format_bytes(r.target_bits / 8) + (r.within_target ? "" : " (target unreachable)"));
+      const auto r = quant::freeze_to_budget(quantizers(), weight_budget_bits());
+      say("froze bitwidths within budget: " + format_bytes(measure_size(quant_).bytes()) + " of " +
+          format_bytes(target_bits() / 8) + (r.within_target ? "" : " (target unreachable)"));
     } else {
-      quant_.visit_quantizers([&](std::string_view, auto& q) { q.freeze(opt_.freeze_rounding); });
+      quant_.visit_quantizers([&](std::string_view name, auto& q) {
+        try {
+          q.freeze(opt_.freeze_rounding);
+        } catch (const config_error& e) {
+          throw config_error("freeze: layer '" + std::string(name) + "': " + e.what());
+        }
+      });
+      say("froze bitwidths: " + format_bytes(measure_size(quant_).bytes()) + " (target " +
+          format_bytes(target_bits() / 8) + ")");
     }
   }
 
@@ -371,6 +454,44 @@ private:
     return opt_.out_dir.empty() ? std::filesystem::path{} : opt_.out_dir / "checkpoint.bin";
   }
 
+  /// The run_files present in out_dir, comma-separated ("" when none).
+  std::string present_run_files() const {
+    std::string found;
+    if (opt_.out_dir.empty()) return found;
+    for (const char* f : run_files)
+      if (std::filesystem::exists(opt_.out_dir / f))
+        found += (found.empty() ? "" : ", ") + std::string(f);
+    return found;
+  }
+
+  /// A new run (not resuming): refuses an out_dir that holds another run unless overwrite.
+  void check_out_dir_free() const {
+    if (opt_.overwrite) return;
+    const std::string found = present_run_files();
+    if (found.empty()) return;
+    const std::string dir = opt_.out_dir.string();
+    if (opt_.resume)
+      throw config_error("trainer: " + dir + " holds a run's files (" + found +
+                         ") but no checkpoint.bin to resume from; set trainer_options::overwrite "
+                         "(--overwrite) to replace that run, or choose another folder");
+    throw config_error("trainer: " + dir + " already holds a run (" + found +
+                       "); set trainer_options::resume (--resume) to continue it from its "
+                       "checkpoint, trainer_options::overwrite (--overwrite) to replace it, or "
+                       "choose another folder");
+  }
+
+  /// Called before the run writes its first file into out_dir: removes the previous run's
+  /// files (a new run, `replace`), creates the folder and the log with `history` in it.
+  void claim_out_dir(const std::vector<epoch_record>& history, bool replace) {
+    if (claimed_ || opt_.out_dir.empty()) return;
+    if (replace)
+      for (const char* f : run_files) std::filesystem::remove(opt_.out_dir / f);
+    std::filesystem::create_directories(opt_.out_dir);
+    csv_.emplace(opt_.out_dir / "log.csv");
+    for (const auto& e : history) csv_->append(e);
+    claimed_ = true;
+  }
+
   checkpoint_data resume_from(const std::filesystem::path& path, int& phase, std::size_t& epochs,
                               double& fp32_accuracy, double& seconds,
                               std::vector<epoch_record>& history) {
@@ -382,14 +503,17 @@ private:
     } catch (const format_error&) {
       data = load_checkpoint(path, quant_);
     }
-    const std::string p = data.meta.at("phase");
+    const std::string p = meta_field(data, "phase");
     phase = p == "pretrain" ? 0 : p == "search" ? 1 : p == "finetune" ? 2 : -1;
-    if (phase < 0) throw format_error(path.string(), 0, "unknown phase '" + p + "'");
+    if (phase < 0)
+      throw format_error(path.string(), detail::checkpoint_metadata_offset,
+                         "metadata field 'phase': expected pretrain, search or finetune, got " +
+                             detail::quoted_value(p));
     if (phase > 0) data = load_checkpoint(path, quant_);
-    epochs = std::stoul(data.meta.at("epoch"));
-    fp32_accuracy = std::strtod(data.meta.at("fp32_accuracy").c_str(), nullptr);
-    seconds = std::strtod(data.meta.at("seconds").c_str(), nullptr);
-    history = detail::decode_history(data.meta.at("history"));
+    epochs = static_cast<std::size_t>(meta_unsigned(data, "epoch"));
+    fp32_accuracy = meta_real(data, "fp32_accuracy");
+    seconds = meta_real(data, "seconds");
+    history = detail::decode_history(meta_field(data, "history"), data.file);
     return data;
   }
 
@@ -433,16 +557,16 @@ private:
       const auto& m = resumed->meta;
       net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
         if constexpr (requires { q.set_noise_step(0); })
-          if (auto it = m.find("noise_step." + std::string(name)); it != m.end())
-            q.set_noise_step(std::stoull(it->second));
+          if (const std::string key = "noise_step." + std::string(name); m.count(key))
+            q.set_noise_step(meta_unsigned(*resumed, key));
       });
       if (m.count("step")) {
-        part.step = std::stoul(m.at("step"));
-        part.images = std::stoul(m.at("images"));
-        part.correct = std::stoul(m.at("correct"));
-        part.skipped = std::stoul(m.at("skipped"));
-        part.loss_sum = std::strtod(m.at("loss_sum").c_str(), nullptr);
-        part.seconds = std::strtod(m.at("epoch_seconds").c_str(), nullptr);
+        part.step = static_cast<std::size_t>(meta_unsigned(*resumed, "step"));
+        part.images = static_cast<std::size_t>(meta_unsigned(*resumed, "images"));
+        part.correct = static_cast<std::size_t>(meta_unsigned(*resumed, "correct"));
+        part.skipped = static_cast<std::size_t>(meta_unsigned(*resumed, "skipped"));
+        part.loss_sum = meta_real(*resumed, "loss_sum");
+        part.seconds = meta_real(*resumed, "epoch_seconds");
       }
     }
     const std::size_t per_epoch =
@@ -458,6 +582,7 @@ private:
 
     auto checkpoint = [&](std::size_t epochs_done, const partial_epoch& p) {
       if (opt_.out_dir.empty()) return;
+      claim_out_dir(history, true);
       checkpoint_data data;
       data.meta["phase"] = detail::phase_name(phase);
       data.meta["epoch"] = std::to_string(epochs_done);
@@ -483,12 +608,15 @@ private:
       save_checkpoint(checkpoint_path(), net, data);
     };
     auto step_failure = [&](std::size_t epoch, std::size_t step, const std::string& what) {
-      return std::runtime_error(
-          std::string(detail::phase_name(phase)) + " epoch " + std::to_string(epoch + 1) +
-          " step " + std::to_string(step + 1) + ": " + what +
-          (std::filesystem::exists(checkpoint_path())
-               ? "; the last checkpoint (" + checkpoint_path().string() + ") is intact"
-               : std::string()));
+      // Before this run's first file, a checkpoint in out_dir is the previous run's.
+      std::string files;
+      if (claimed_ && std::filesystem::exists(checkpoint_path()))
+        files = "; the last checkpoint (" + checkpoint_path().string() + ") is intact";
+      else if (!claimed_ && !present_run_files().empty())
+        files = "; the run already in " + opt_.out_dir.string() + " is untouched";
+      return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
+                                std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
+                                ": " + what + files);
     };
 
     for (std::size_t epoch = done; epoch < po.epochs; ++epoch) {
@@ -562,6 +690,7 @@ private:
       rec.compression = size.compression();
       rec.seconds = part.seconds +
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      claim_out_dir(history, true);
       history.push_back(rec);
       if (csv_) csv_->append(rec);
       if (opt_.log) {
@@ -593,6 +722,7 @@ private:
   const dataset& test_;
   trainer_options opt_;
   std::optional<csv_log> csv_;
+  bool claimed_ = false; ///< out_dir belongs to this run (old run's files removed, log open)
   std::size_t epochs_this_run_ = 0;
   std::size_t steps_this_run_ = 0;
   std::size_t skipped_total_ = 0;

@@ -56,12 +56,12 @@ void conv2d_fprop(const conv2d_geometry& g, const T* x, const T* w, const T* bia
   });
 }
 
-/// y = max(0, conv(x, w) + bias).
+/// y = max(0, conv(x, w) + bias); NaN stays NaN.
 template <class T>
 void conv2d_fprop_relu(const conv2d_geometry& g, const T* x, const T* w, const T* bias, T* y,
                        std::vector<T>& scratch) {
   ref::conv2d_fprop(g, x, w, bias, y, scratch);
-  for (std::size_t k = 0, e = g.output_count(); k < e; ++k) y[k] = std::max(T(0), y[k]);
+  for (std::size_t k = 0, e = g.output_count(); k < e; ++k) y[k] = y[k] <= T(0) ? T(0) : y[k];
 }
 
 /// dx = d(<dy, conv(x, w)>)/dx: the transposed convolution of dy. dx overwritten.

@@ -14,7 +14,7 @@ namespace bitgrad::ref {
 
 template <class T>
 void relu_fprop(std::size_t n, const T* x, T* y) {
-  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : x[i]; // NaN stays NaN
 }
 
 template <class T>
@@ -24,7 +24,8 @@ void relu_bprop(std::size_t n, const T* y_or_x, const T* dy, T* dx) {
 
 template <class T>
 void relu6_fprop(std::size_t n, const T* x, T* y) {
-  for (std::size_t i = 0; i < n; ++i) y[i] = std::min(T(6), std::max(T(0), x[i]));
+  for (std::size_t i = 0; i < n; ++i) // NaN stays NaN
+    y[i] = x[i] <= T(0) ? T(0) : (x[i] > T(6) ? T(6) : x[i]);
 }
 
 template <class T>

@@ -1,7 +1,8 @@
 // Reference pooling kernels: the definitions as loops, oracles for bitgrad::*_pool2d_*.
 // Layout: see kernels/pool2d_geometry.hpp.
-//   max pool:  y = max over the window's real inputs (padding never wins); argmax = ih*in_w + iw
-//              of the first maximum in row-major window order; bprop scatters dy to argmax.
+//   max pool:  y = max over the window's real inputs (padding never wins; NaN is larger than
+//              any number); argmax = ih*in_w + iw of the first maximum in row-major window
+//              order; bprop scatters dy to argmax.
 //   avg pool:  y = (sum over the window's real inputs) / (kernel_h*kernel_w): padding counts as
 //              zeros in the sum and in the divisor (PyTorch's count_include_pad = true).
 //   global average pool: y[n][c] = mean over the plane of x[n][c].
@@ -10,6 +11,7 @@
 #include <bitgrad/kernels/pool2d_geometry.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -33,7 +35,8 @@ void max_pool2d_fprop(const pool2d_geometry& g, const T* x, T* y, std::uint32_t*
             if (ih < 0 || iw < 0 || ih >= std::ptrdiff_t(g.in_h) || iw >= std::ptrdiff_t(g.in_w))
               continue;
             const std::size_t idx = std::size_t(ih) * g.in_w + std::size_t(iw);
-            if (!found || xp[idx] > best) {
+            const bool beats = std::isnan(xp[idx]) ? !std::isnan(best) : xp[idx] > best;
+            if (!found || beats) {
               best = xp[idx];
               at = std::uint32_t(idx);
               found = true;
