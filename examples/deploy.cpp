@@ -2,6 +2,8 @@
 // training code) and prints accuracy and images/s for the float and the int8 paths.
 //
 //   deploy runs/fashion_mnist/model.bgm [--data /usr/share/datasets/fashion-mnist] [--batch 256]
+#include "cli_checks.hpp"
+
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/deploy/runtime.hpp>
 
@@ -19,8 +21,11 @@ int main(int argc, char** argv) {
   std::string path, data = "/usr/share/datasets/fashion-mnist";
   std::size_t batch = 256;
   app.add_option("model", path, "model file (.bgm)")->required();
-  app.add_option("--data", data, "directory with t10k-{images-idx3,labels-idx1}-ubyte.gz");
-  app.add_option("--batch", batch, "images per run")->check(CLI::PositiveNumber);
+  app.add_option("--data", data, "directory with t10k-{images-idx3,labels-idx1}-ubyte.gz")
+      ->capture_default_str();
+  app.add_option("--batch", batch, "images per run")
+      ->check(bitgrad::cli::whole_number(1))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     const std::filesystem::path dir = data;

@@ -38,6 +38,8 @@
 // All tables are rewritten after every arm, so an interrupted study keeps what it finished.
 // --check reads the written files back and fails unless every row is there and every arm is
 // within its budget (the ctest smoke test uses it).
+#include "cli_checks.hpp"
+
 #include <bitgrad/bitgrad.hpp>
 
 #include <CLI/CLI.hpp>
@@ -56,10 +58,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#if defined(BITGRAD_WITH_OPENMP)
-#include <omp.h>
-#endif
 
 namespace {
 
@@ -83,7 +81,7 @@ struct settings {
   std::string bits_moment =
       bitgrad::train::to_string(bitgrad::train::trainer_options{}.bits_moment);
   std::size_t train_limit = 0;
-  int threads = 0;
+  std::size_t threads = 0;
   bool quick = false;
   bool check = false;
   bool check_only = false;
@@ -129,19 +127,6 @@ struct run_row {
   double seconds = nan_value;
   std::vector<layer_summary> layers;
 };
-
-std::size_t parse_group(const std::string& g) {
-  if (g == "layer" || g == "tensor") return bitgrad::quant::per_tensor;
-  if (g == "channel") return 1;
-  try {
-    std::size_t used = 0;
-    const unsigned long v = std::stoul(g, &used);
-    if (used == g.size() && v > 0) return v;
-  } catch (const std::exception&) {
-  }
-  throw bitgrad::config_error("group: expected a positive number, 'channel' or 'layer', got '" + g +
-                              "'");
-}
 
 std::string fixed(double x, int decimals) {
   if (!std::isfinite(x)) return "n/a";
@@ -870,7 +855,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
                                std::uint64_t seed, double budget_bits) {
   using T = float;
   typename Quant<T>::options q{};
-  q.group_size = parse_group(a.group);
+  q.group_size = bitgrad::cli::parse_group(a.group);
   if constexpr (requires { q.b_min; }) {
     q.b_min = std::is_same_v<Quant<T>, bitgrad::quant::step_bits<T>> ? std::max(cfg.b_min, 2.0)
                                                                      : cfg.b_min;
@@ -880,9 +865,10 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
     q.bits = k;
   }
   if constexpr (requires { q.seed; }) q.seed = seed;
-  // Every layer, the first conv and the last linear included, quantized as the arm says.
+  // Every layer, the first conv and the last linear included, quantized as the arm says
+  // (model_options::quant reaches them when edge_quant is unset).
   auto net = build.template operator()<Quant>(
-      bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q, .edge_quant = q});
+      bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q});
 
   constexpr bool step = std::is_same_v<Quant<T>, bitgrad::quant::step_bits<T>>;
   bitgrad::train::trainer_options t = cfg.trainer;
@@ -978,7 +964,7 @@ double budget_bits(Build build, int k) {
   using bitgrad::quant::fixed_bits;
   const fixed_bits<float>::options q{.group_size = 1, .bits = k};
   auto net = build.template operator()<fixed_bits>(
-      bitgrad::nn::model_options<float, fixed_bits>{.quant = q, .edge_quant = q});
+      bitgrad::nn::model_options<float, fixed_bits>{.quant = q});
   return bitgrad::train::measure_size(net).weight_bits;
 }
 
@@ -1007,9 +993,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
     {
       auto scratch =
           build.template operator()<fixed_bits>(bitgrad::nn::model_options<float, fixed_bits>{
-              .seed = seed,
-              .quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8},
-              .edge_quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8}});
+              .seed = seed, .quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8}});
       bitgrad::train::trainer_options t = cfg.trainer;
       t.search.epochs = t.finetune.epochs = 0;
       t.seed = seed;
@@ -1089,6 +1073,8 @@ int main(int argc, char** argv) {
   // 64 batches of 32 test images: with 16 the sensitivities of LeNet-5's fc1/fc2 channels were
   // mostly noise; at 64 their split-half reliability is 0.2-0.4 (0.3-1.0 in the other layers).
   t.sensitivity_batches = 64;
+  namespace cli = bitgrad::cli;
+  const auto whole = [](std::uint64_t lo) { return cli::whole_number(lo); };
   CLI::App app{"Pareto study: uniform vs learned mixed-precision quantization on Fashion-MNIST "
                "(issues #9 and #11)"};
   app.add_option("--data", cfg.data, "folder with the gzip IDX files")->capture_default_str();
@@ -1099,7 +1085,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--sizes", cfg.sizes, "size points: uniform bits per weight")
       ->delimiter(',')
-      ->check(CLI::Range(1, 16))
+      ->check(cli::whole_number(1, 16))
       ->capture_default_str();
   app.add_option("--policies", cfg.policies, "mixed-precision policies")
       ->delimiter(',')
@@ -1107,39 +1093,56 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--groups", cfg.groups, "granularities of the mixed arms: layer, channel or N")
       ->delimiter(',')
+      ->check(cli::group_size())
       ->capture_default_str();
   app.add_option("--uniform-groups", cfg.uniform_groups,
                  "granularities of the uniform fixed_bits arms (per channel is the reference)")
       ->delimiter(',')
+      ->check(cli::group_size())
       ->capture_default_str();
-  app.add_option("--seeds", cfg.seeds, "number of seeds")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--first-seed", cfg.first_seed)->capture_default_str();
+  app.add_option("--seeds", cfg.seeds, "number of seeds")->check(whole(1))->capture_default_str();
+  app.add_option("--first-seed", cfg.first_seed)->check(whole(0))->capture_default_str();
   app.add_option("--pretrain-epochs", t.pretrain.epochs, "FP32 epochs (once per seed)")
+      ->check(whole(0))
       ->capture_default_str();
   app.add_option("--search-epochs", t.search.epochs, "epochs of every arm before freezing")
+      ->check(whole(0))
       ->capture_default_str();
   app.add_option("--finetune-epochs", t.finetune.epochs, "epochs of every arm after freezing")
+      ->check(whole(0))
       ->capture_default_str();
+  const auto bitwidth = cli::real_number(1, cli::lower_bound::inclusive, 16);
   app.add_option("--b-min", cfg.b_min, "lowest bitwidth of the mixed arms (step_bits: >= 2)")
+      ->check(bitwidth)
       ->capture_default_str();
-  app.add_option("--b-max", cfg.b_max, "highest bitwidth of the mixed arms")->capture_default_str();
-  app.add_option("--b-init", cfg.b_init, "initial bitwidth (default: b_max - 0.5)");
-  app.add_option("--bits-lr", t.search.bits_lr, "bitwidth learning rate")->capture_default_str();
+  app.add_option("--b-max", cfg.b_max, "highest bitwidth of the mixed arms")
+      ->check(bitwidth)
+      ->capture_default_str();
+  app.add_option("--b-init", cfg.b_init, "initial bitwidth (default: b_max - 0.5)")
+      ->check(bitwidth);
+  app.add_option("--bits-lr", t.search.bits_lr, "bitwidth learning rate")
+      ->check(cli::positive_number())
+      ->capture_default_str();
   app.add_option("--bits-moment", cfg.bits_moment,
                  "Adam's second moment of the bitwidths: one per group, or one per layer (groups "
                  "of a layer then step in proportion to their gradients)")
       ->check(CLI::IsMember({"group", "layer"}))
       ->capture_default_str();
-  app.add_option("--lambda", t.penalty_lambda, "size penalty weight")->capture_default_str();
+  app.add_option("--lambda", t.penalty_lambda, "size penalty weight")
+      ->check(cli::real_number(0, cli::lower_bound::inclusive))
+      ->capture_default_str();
   app.add_option("--sensitivity", t.sensitivity_batches,
                  "batches of 32 test images for the sensitivity diagnostics (0 = off)")
+      ->check(whole(0))
       ->capture_default_str();
-  app.add_option("--batch-size", t.batch_size)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--train-limit", cfg.train_limit, "use only the first N training images")
+  app.add_option("--batch-size", t.batch_size)->check(whole(1))->capture_default_str();
+  app.add_option("--train-limit", cfg.train_limit, "use only the first N training images (0 = all)")
+      ->check(whole(0))
       ->capture_default_str();
-  app.add_option("--threads", cfg.threads, "OpenMP threads (0 = default)")->capture_default_str();
+  app.add_option("--threads", cfg.threads,
+                 "OpenMP threads (0 = OpenMP's default; at most the hardware threads)")
+      ->check(cli::thread_count())
+      ->capture_default_str();
   app.add_flag("--quick", cfg.quick,
                "short study for a rerun (<= 15 min on 2 cores): 1 seed, 3/2/1 epochs, sizes 2,3,4, "
                "per-layer and per-channel arms (explicit options still win)");
@@ -1165,15 +1168,22 @@ int main(int argc, char** argv) {
     if (!app.count("--groups")) cfg.groups = {"layer", "channel"};
   }
   t.bits_moment = bitgrad::train::parse_bits_normalisation(cfg.bits_moment);
-#if defined(BITGRAD_WITH_OPENMP)
-  if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
-#endif
+  try {
+    if (cfg.b_min > cfg.b_max)
+      cli::reject("--b-min", "expected at most --b-max (" + cli::number_text(cfg.b_max) +
+                                 "), got " + cli::number_text(cfg.b_min));
+    if (cfg.b_init && !(*cfg.b_init >= cfg.b_min && *cfg.b_init <= cfg.b_max))
+      cli::reject("--b-init", "expected a bitwidth in [--b-min, --b-max] = [" +
+                                  cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
+                                  "], got " + cli::number_text(*cfg.b_init));
+    if (cfg.uniform_groups.empty())
+      cli::reject("--uniform-groups", "at least one uniform arm is needed");
+  } catch (const CLI::Error& e) {
+    return app.exit(e);
+  }
+  cli::use_threads(cfg.threads);
   bitgrad::train::install_interrupt_handlers();
   try {
-    for (const auto& g : cfg.groups) (void)parse_group(g);
-    for (const auto& g : cfg.uniform_groups) (void)parse_group(g);
-    if (cfg.uniform_groups.empty())
-      throw bitgrad::config_error("--uniform-groups: at least one uniform arm is needed");
     const std::size_t arms = arms_of(cfg).size() * cfg.sizes.size();
     const std::size_t total = arms * cfg.seeds * cfg.models.size();
     auto check = [&] {

@@ -523,7 +523,7 @@ TEST_CASE("model file: written size matches the trainer's size accounting") {
   check(wide, "lenet5 16-bit codes");
   // The 16-bit codes are stored as 16-bit codes.
   const format::model_file m = train::to_model_file(wide, format::shape::image(1, 28, 28));
-  CHECK(m.tensors[m.ops[0].weight].bits[0] == 8); // the first and last layers stay at 8 bits
+  CHECK(m.tensors[m.ops[0].weight].bits[0] == 16); // model_options::quant reaches conv1 too
   CHECK(m.tensors[m.ops[3].weight].bits[0] == 16);
 }
 

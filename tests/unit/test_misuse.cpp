@@ -263,11 +263,16 @@ TEST_CASE("group size 0 or larger than the channel count is rejected when the la
         config_error);
   }
   SUBCASE("through a model builder") {
-    // conv2 of LeNet-5 has 16 channels.
+    // conv2 of LeNet-5 has 16 channels (conv1 6, fc3 10: model_options::quant reaches them).
     nn::model_options<float, quant::frac_bits> o;
     o.quant.group_size = 17;
     CHECK_THROWS_WITH_AS((nn::lenet5<float, quant::frac_bits>(o)),
-                         Contains("expected group_size <= channels (16)"), config_error);
+                         Contains("expected group_size <= channels ("), config_error);
+    o.edge_quant = o.quant;
+    o.edge_quant->group_size = 1;
+    CHECK_THROWS_WITH_AS((nn::lenet5<float, quant::frac_bits>(o)),
+                         Contains("conv2: frac_bits: expected group_size <= channels (16)"),
+                         config_error);
   }
   SUBCASE("per_tensor and group_size == channels are fine") {
     CHECK_NOTHROW(nn::linear<float, quant::frac_bits>(
@@ -343,7 +348,6 @@ TEST_CASE("a size target below what the minimum bitwidth allows is reported, not
   nn::model_options<float, quant::frac_bits> o;
   o.seed = 1;
   o.quant.b_init = 2.4;
-  o.edge_quant.b_init = 2.4;
   auto net = nn::lenet5<float, quant::frac_bits>(o);
   auto visit = quantizers_of(net);
   double floor_bits = 0;
@@ -386,7 +390,6 @@ TEST_CASE("a size target below what the minimum bitwidth allows is reported, not
     // a time until every group is at its lowest allowed bitwidth.
     nn::model_options<float, quant::frac_bits> high;
     high.quant.b_init = 6.5;
-    high.edge_quant.b_init = 6.5;
     auto big = nn::lenet5<float, quant::frac_bits>(high);
     auto big_visit = quantizers_of(big);
     const quant::budget_result r =
@@ -455,7 +458,6 @@ TEST_CASE("a checkpoint of another architecture is rejected and the network left
     nn::model_options<float, quant::frac_bits> o;
     o.seed = 2;
     o.quant.group_size = quant::per_tensor;
-    o.edge_quant.group_size = quant::per_tensor;
     auto other = nn::lenet5<float, quant::frac_bits>(o);
     const auto before = all_parameters(other);
     CHECK_THROWS_WITH_AS(train::load_checkpoint(file.path, other),

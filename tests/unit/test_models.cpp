@@ -89,6 +89,62 @@ TEST_CASE("lenet5 with frac_bits inside and fixed 8-bit first and last layers") 
   CHECK(quantized == 3);
 }
 
+TEST_CASE("model_options::quant reaches the first conv and the last linear") {
+  // One policy everywhere and no edge_quant: every layer, conv1 and fc3 included, takes
+  // model_options::quant (before issue #17 the edge layers kept per-channel groups in [2, 8]).
+  const quant::frac_bits<float>::options q{.group_size = 4, .b_min = 3, .b_max = 5, .b_init = 4.5};
+  auto groups_and_bounds = [](auto& net) {
+    std::vector<std::string> seen;
+    net.visit_quantizers([&](std::string_view name, const auto& quantizer) {
+      seen.push_back(std::string(name) + ":" + std::to_string(quantizer.groups()) + ":" +
+                     std::to_string(quantizer.b_min()) + "-" + std::to_string(quantizer.b_max()));
+      for (double b : quantizer.group_bits()) CHECK(b == 4.5);
+    });
+    return seen;
+  };
+  SUBCASE("lenet5: groups of 4 channels give 2 groups in conv1 (6 channels), 3 in fc3 (10)") {
+    auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1, .quant = q});
+    CHECK(groups_and_bounds(net) ==
+          std::vector<std::string>{"conv1:2:3.000000-5.000000", "conv2:4:3.000000-5.000000",
+                                   "fc1:30:3.000000-5.000000", "fc2:21:3.000000-5.000000",
+                                   "fc3:3:3.000000-5.000000"});
+  }
+  SUBCASE("vgg_small and resnet20: conv1 and the classifier too") {
+    auto vgg = nn::vgg_small<float, quant::frac_bits>({.seed = 1, .quant = q, .width = 8});
+    const auto v = groups_and_bounds(vgg);
+    REQUIRE(v.size() == 6);
+    CHECK(v.front() == "conv1:2:3.000000-5.000000"); // 8 channels
+    CHECK(v.back() == "fc2:3:3.000000-5.000000");    // 10 classes
+    auto resnet = nn::resnet20<float, quant::frac_bits>({.seed = 1, .quant = q, .width = 4});
+    const auto r = groups_and_bounds(resnet);
+    CHECK(r.front() == "conv1:1:3.000000-5.000000"); // 4 channels
+    CHECK(r.back() == "fc:3:3.000000-5.000000");
+  }
+  SUBCASE("edge_quant, when set, is what the edge layers get") {
+    nn::model_options<float, quant::frac_bits> o{.seed = 1, .quant = q};
+    o.edge_quant = o.quant;
+    o.edge_quant->group_size = quant::per_tensor;
+    o.edge_quant->b_min = o.edge_quant->b_max = 8;
+    o.edge_quant->b_init = 8;
+    CHECK(o.edge_options().b_min == 8);
+    auto net = nn::lenet5<float, quant::frac_bits>(o);
+    std::vector<std::string> seen;
+    net.visit_quantizers([&](std::string_view name, const auto& quantizer) {
+      seen.push_back(std::string(name) + ":" + std::to_string(quantizer.groups()) + ":" +
+                     std::to_string(quantizer.group_bits().front()));
+    });
+    CHECK(seen == std::vector<std::string>{"conv1:1:8.000000", "conv2:4:4.500000",
+                                           "fc1:30:4.500000", "fc2:21:4.500000", "fc3:1:8.000000"});
+  }
+  SUBCASE("another edge policy keeps its own defaults: fixed_bits at 8 bits per channel") {
+    const nn::model_options<float, quant::frac_bits, quant::fixed_bits> o{.quant = q};
+    CHECK(o.edge_options().bits == 8);
+    CHECK(o.edge_options().group_size == 1);
+    const nn::model_options<float, quant::frac_bits, quant::no_quant> f{.quant = q};
+    (void)f.edge_options();
+  }
+}
+
 TEST_CASE("vgg_small: shapes and parameter count") {
   auto net = nn::vgg_small<float>({.seed = 3});
   CHECK(nn::parameter_count(net) == 320 + 9248 + 18496 + 36928 + 803072 + 2570);

@@ -7,11 +7,16 @@
 // Template parameters
 //   T          element type (float for training, double for gradient checks)
 //   Quant      the quantizer of every conv2d / linear in the middle of the network
-//   EdgeQuant  the quantizer of the FIRST conv and the LAST linear. This is the
-//              "keep first and last layers at 8 bits" switch: pass quant::fixed_bits (8 bits
-//              unless model_options::edge_quant says otherwise) to keep them at 8 bits, or
+//   EdgeQuant  the quantizer of the FIRST conv and the LAST linear (the "edge" layers).
+//              Default: Quant, and then the edge layers take model_options::quant like every
+//              other layer (no exception) unless model_options::edge_quant is set.
+//              This is the "keep first and last layers at 8 bits" switch: pass quant::fixed_bits
+//              (8 bits per channel unless edge_quant says otherwise) to keep them at 8 bits, or
 //              quant::no_quant to keep them in float. It is a template parameter, not a run-time
-//              flag, because it changes the layers' types. Default: Quant (no exception).
+//              flag, because it changes the layers' types. With the same policy everywhere, set
+//              edge_quant to give the edge layers other options of it at run time, e.g.
+//                model_options<float, quant::frac_bits> o{.quant = {.b_min = 2, .b_max = 4}};
+//                o.edge_quant = o.quant;  o.edge_quant->b_min = o.edge_quant->b_max = 8;
 //
 // Names follow PyTorch's conventions: "conv1", "fc3", "layer2.0.conv1", "layer2.0.shortcut.conv".
 // Each layer draws its initial weights from its own seed (options.seed + its index).
@@ -33,6 +38,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -52,13 +58,26 @@ template <class T, template <class> class Quant = quant::no_quant,
           template <class> class EdgeQuant = Quant>
 struct model_options {
   std::uint64_t seed = 0;
+  /// The options of every quantizer (the edge layers' too unless edge_quant says otherwise).
   typename Quant<T>::options quant{};
-  typename EdgeQuant<T>::options edge_quant = detail::edge_defaults<EdgeQuant<T>>();
+  /// The options of the first conv and the last linear; unset: see edge_options().
+  std::optional<typename EdgeQuant<T>::options> edge_quant{};
   std::size_t in_channels = 0; ///< lenet5 / vgg_small: 1; resnet20: 3
   std::size_t in_size = 0;     ///< square input side; lenet5 / vgg_small: 28; resnet20: 32
   std::size_t num_classes = 10;
   std::size_t width = 0;    ///< vgg_small: first conv width (32); resnet20: first stage (16)
   std::size_t hidden = 256; ///< vgg_small: the hidden fully connected layer
+
+  /// The options the first conv and the last linear are built with: edge_quant when set;
+  /// otherwise `quant` when EdgeQuant is Quant, 8 bits per channel when EdgeQuant is
+  /// fixed_bits (and Quant is not), and EdgeQuant's default options for any other EdgeQuant.
+  typename EdgeQuant<T>::options edge_options() const {
+    if (edge_quant) return *edge_quant;
+    if constexpr (std::is_same_v<Quant<T>, EdgeQuant<T>>)
+      return quant;
+    else
+      return detail::edge_defaults<EdgeQuant<T>>();
+  }
 };
 
 /// LeNet-5 (28x28x1 by default): conv 1->6 5x5 -> relu -> maxpool 2 -> conv 6->16 5x5 -> relu
@@ -77,7 +96,7 @@ auto lenet5(const model_options<T, Quant, EdgeQuant>& o = {}) {
   return sequential(
       conv2d<T, EdgeQuant>(
           {.in_channels = c, .out_channels = 6, .kernel = 5, .seed = seed, .name = "conv1"},
-          o.edge_quant),
+          o.edge_options()),
       relu<T, 4>("relu1"), max_pool2d<T>({.kernel = 2, .name = "pool1"}),
       conv2d<T, Quant>(
           {.in_channels = 6, .out_channels = 16, .kernel = 5, .seed = seed + 1, .name = "conv2"},
@@ -92,7 +111,7 @@ auto lenet5(const model_options<T, Quant, EdgeQuant>& o = {}) {
       relu<T, 2>("relu4"),
       linear<T, EdgeQuant>(
           {.in_features = 84, .out_features = o.num_classes, .seed = seed + 4, .name = "fc3"},
-          o.edge_quant));
+          o.edge_options()));
 }
 
 /// A small VGG-style net (28x28x1 by default, width w = 32): conv3x3 pad 1 c->w -> relu ->
@@ -125,7 +144,7 @@ auto vgg_small(const model_options<T, Quant, EdgeQuant>& o = {}) {
                             .padding = 1,
                             .seed = seed,
                             .name = "conv1"},
-                           o.edge_quant),
+                           o.edge_options()),
       relu<T, 4>("relu1"), conv(w, w, 1, "conv2"), relu<T, 4>("relu2"),
       max_pool2d<T>({.kernel = 2, .name = "pool1"}), conv(w, 2 * w, 2, "conv3"),
       relu<T, 4>("relu3"), conv(2 * w, 2 * w, 3, "conv4"), relu<T, 4>("relu4"),
@@ -138,7 +157,7 @@ auto vgg_small(const model_options<T, Quant, EdgeQuant>& o = {}) {
       relu<T, 2>("relu5"),
       linear<T, EdgeQuant>(
           {.in_features = o.hidden, .out_features = o.num_classes, .seed = seed + 5, .name = "fc2"},
-          o.edge_quant));
+          o.edge_options()));
 }
 
 namespace detail {
@@ -217,7 +236,7 @@ auto resnet20(const model_options<T, Quant, EdgeQuant>& o = {}) {
                             .bias = false,
                             .seed = seed,
                             .name = "conv1"},
-                           o.edge_quant),
+                           o.edge_options()),
       batch_norm<T, 4>({.features = w, .name = "bn1"}), relu<T, 4>("relu"),
       detail::resnet_stage<T, Quant, false>("layer1", w, w, 1, seed + 10, o.quant),
       detail::resnet_stage<T, Quant, true>("layer2", w, 2 * w, 2, seed + 20, o.quant),
@@ -225,7 +244,7 @@ auto resnet20(const model_options<T, Quant, EdgeQuant>& o = {}) {
       global_avg_pool<T>("avgpool"),
       linear<T, EdgeQuant>(
           {.in_features = 4 * w, .out_features = o.num_classes, .seed = seed + 40, .name = "fc"},
-          o.edge_quant));
+          o.edge_options()));
 }
 
 } // namespace bitgrad::nn

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# One end-to-end test per command-line option of the examples (issue #17): each case runs the
+# program on the committed Fashion-MNIST sample with a few steps per epoch and checks that the
+# option changes what it says it changes, and that its bad values stop the program with a
+# message in the user's terms.
+#
+#   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL PARETO
+#
+# The deploy_* and inspect_* cases read the model written by the make_model case (a CTest
+# fixture). JSON and CSV are read with Debian's /usr/bin/python3 (standard library only).
+set -euo pipefail
+case_name=$1 work=$2 data=$3 fm=$4 deploy=$5 inspect=$6 pareto=$7
+model_dir=$(dirname "$work")/make_model
+mkdir -p "$work"
+export OMP_WAIT_POLICY=PASSIVE
+python=/usr/bin/python3
+
+fail() {
+  echo "FAIL ($case_name): $*" >&2
+  exit 1
+}
+
+# A few steps of every phase, one thread; an option given to run/rejects replaces its default
+# here (CLI11 refuses an option given twice).
+defaults=(--data "$data" --threads 1 --pretrain-epochs 1 --search-epochs 1 --finetune-epochs 1
+          --max-steps 2)
+with_defaults() {
+  args=()
+  local i
+  for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+    local option=${defaults[$i]} given=0 a
+    for a in "$@"; do [ "$a" = "$option" ] && given=1; done
+    [ $given -eq 1 ] || args+=("$option" "${defaults[$((i + 1))]}")
+  done
+  args+=("$@")
+}
+
+# run NAME ARGS...: fashion_mnist into $work/NAME (log in $work/NAME.log); must succeed.
+run() {
+  local name=$1
+  shift
+  rm -rf "${work:?}/$name"
+  mkdir -p "$(dirname "$work/$name")"
+  with_defaults --out "$work/$name" "$@"
+  if ! timeout 300 "$fm" "${args[@]}" > "$work/$name.log" 2>&1; then
+    cat "$work/$name.log" >&2
+    fail "fashion_mnist $* failed"
+  fi
+}
+
+# expect_error MESSAGE PROGRAM ARGS...: non-zero exit (not a timeout: the value must be refused
+# before any work) and MESSAGE in the output.
+expect_error() {
+  local message=$1 program=$2
+  shift 2
+  local status=0
+  timeout 30 "$program" "$@" > "$work/error.log" 2>&1 || status=$?
+  [ $status -ne 124 ] || fail "$(basename "$program") $* was accepted (still running after 30 s)"
+  [ $status -ne 0 ] || fail "$(basename "$program") $* was accepted"
+  grep -qF -- "$message" "$work/error.log" || {
+    cat "$work/error.log" >&2
+    fail "$(basename "$program") $*: expected the message '$message'"
+  }
+}
+# rejects MESSAGE ARGS...: fashion_mnist with the defaults refuses ARGS.
+rejects() {
+  local message=$1
+  shift
+  rm -rf "$work/rejected"
+  local a out=(--out "$work/rejected")
+  for a in "$@"; do [ "$a" != --out ] || out=(); done
+  with_defaults "${out[@]}" "$@"
+  expect_error "$message" "$fm" "${args[@]}"
+}
+
+# value DIR EXPRESSION: a Python expression over s (summary.json of run DIR), L (its layers by
+# name), E (the layers in order) and log (log.csv rows as dicts).
+value() {
+  "$python" - "$1" "$2" << 'EOF'
+import csv, json, math, sys
+d, expression = sys.argv[1], sys.argv[2]
+try:
+    s = json.load(open(d + "/summary.json"))
+except FileNotFoundError:
+    s = {"layers": []}
+E = s["layers"]
+L = {l["name"]: l for l in E}
+log = list(csv.DictReader(open(d + "/log.csv"))) if __import__("os").path.exists(d + "/log.csv") else []
+print(eval(expression))
+EOF
+}
+# check DIR EXPRESSION: EXPRESSION is true for run DIR.
+check() {
+  local got
+  got=$(value "$1" "$2")
+  [ "$got" = True ] || fail "expected $2 for $(basename "$1") ($(value "$1" "[(l['name'], l['groups'], l['group_bits']) for l in E]" | cut -c1-400))"
+}
+# phase_rows DIR PHASE: that phase's rows of log.csv without the timings.
+phase_rows() { grep "^$2," "$1/log.csv" | cut -d, -f1-8; }
+same_phase() { [ "$(phase_rows "$1" "$3")" = "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") differ"; }
+other_phase() { [ "$(phase_rows "$1" "$3")" != "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") are the same"; }
+printed() { grep -qF -- "$2" "$work/$1.log" || { cat "$work/$1.log" >&2; fail "$1: expected '$2' in the output"; }; }
+
+lenet=(conv1 conv2 fc1 fc2 fc3)
+
+case $case_name in
+make_model)
+  # The model the deploy_* and inspect_* cases read: groups of 4 channels.
+  run model --group 4 --seed 3
+  check "$work/model" "L['conv1']['groups'] == 2"
+  [ -s "$work/model/model.bgm" ] || fail "no model.bgm"
+  ;;
+
+data)
+  run sample
+  printed sample "1200 train / 400 test images from $data"
+  check "$work/sample" "0 < s['quant_accuracy'] <= 1"
+  rejects "$work/missing/train-images-idx3-ubyte.gz" --data "$work/missing"
+  ;;
+
+model)
+  run lenet
+  check "$work/lenet" "[l['name'] for l in E] == ['conv1', 'conv2', 'fc1', 'fc2', 'fc3']"
+  # The README's example, on the sample and one step.
+  run vgg --model vgg-small --policy step_bits --target-bits 2.5 --train-limit 64 \
+    --pretrain-epochs 0 --search-epochs 0 --finetune-epochs 0
+  check "$work/vgg" "s['model'] == 'vgg-small' and s['average_bits'] <= 2.5"
+  check "$work/vgg" "[l['name'] for l in E] == ['conv1', 'conv2', 'conv3', 'conv4', 'fc1', 'fc2']"
+  check "$work/vgg" "[l['groups'] for l in E] == [32, 32, 64, 64, 256, 10]"
+  rejects "--model: resnet not in {lenet5,vgg-small}" --model resnet
+  ;;
+
+policy)
+  for p in frac_bits step_bits noise_bits; do
+    run "$p" --policy "$p"
+    check "$work/$p" "[l['policy'] for l in E] == ['$p'] * 5"
+  done
+  # fixed_bits: one uniform bitwidth, the largest whose stored size fits --target-bits (3 by
+  # default: 3 bits plus 40 bits per channel exceed it, so 2).
+  run fixed --policy fixed_bits
+  printed fixed "fixed_bits at 2 bits (the largest uniform bitwidth within the size target)"
+  check "$work/fixed" "all(l['policy'] == 'fixed_bits' and set(l['group_bits']) == {2} for l in E)"
+  run fixed4 --policy fixed_bits --target-bits 4.3
+  check "$work/fixed4" "all(set(l['group_bits']) == {4} for l in E)"
+  rejects "--policy: uniform not in" --policy uniform
+  rejects "--b-min: has no effect with --policy fixed_bits" --policy fixed_bits --b-min 3
+  rejects "--lambda: has no effect with --policy fixed_bits" --policy fixed_bits --lambda 1
+  ;;
+
+group)
+  run g4 --group 4
+  check "$work/g4" "[l['groups'] for l in E] == [2, 4, 30, 21, 3]"
+  run layer --group layer
+  check "$work/layer" "[l['groups'] for l in E] == [1] * 5"
+  run channel --group channel
+  check "$work/channel" "[l['groups'] for l in E] == [6, 16, 120, 84, 10]"
+  rejects "--group: expected a whole number >= 1 (channels per group), 'channel' or 'layer', got -3" --group -3
+  rejects "--group: expected a whole number >= 1" --group 0
+  rejects "--group: expected a whole number >= 1" --group 2x
+  rejects "conv1: frac_bits: expected group_size <= channels (6)" --group 7
+  ;;
+
+target_bits)
+  # The target counts stored bits (codes + 40 bits per group); the codes end below it.
+  # 2.25: just above the smallest model --b-min 2 allows (2.214 with 40 bits per channel).
+  for target in 2.4 2.25 4; do
+    run "t$target" --target-bits "$target"
+    check "$work/t$target" "s['average_bits'] <= $target"
+    stored=$(sed -n 's/^stored bits *\([0-9.]*\) per weight.*/\1/p' "$work/t$target.log")
+    [ -n "$stored" ] || fail "no 'stored bits' line"
+    "$python" -c "import sys; sys.exit(not $stored <= $target)" ||
+      fail "--target-bits $target: $stored stored bits per weight"
+    grep -q "froze bitwidths within budget" "$work/t$target.log" || fail "no freeze line"
+    ! grep -q "target unreachable" "$work/t$target.log" || fail "target $target unreachable"
+  done
+  check "$work/t4" "s['average_bits'] > 3.5" # a larger target gives a larger model
+  check "$work/t2.25" "s['average_bits'] < 2.05"
+  for bad in nan inf -1 0 17 abc; do
+    rejects "--target-bits: expected a finite number in (0, 16], got $bad" --target-bits "$bad"
+  done
+  rejects "--target-bits: the smallest model the bitwidth bounds allow" --target-bits 1.5
+  ;;
+
+b_bounds)
+  # Every layer's groups, the first and the last included, within [b-min, b-max].
+  run b35 --b-min 3 --b-max 5 --target-bits 8
+  check "$work/b35" "all(3 <= b <= 5 for l in E for b in l['group_bits'])"
+  check "$work/b35" "L['conv1']['bits_max'] == 5 and L['fc3']['bits_max'] == 5"
+  run b23 --b-min 2 --b-max 3 --target-bits 8
+  check "$work/b23" "all(2 <= b <= 3 for l in E for b in l['group_bits'])"
+  check "$work/b23" "max(l['bits_max'] for l in E) == 3"
+  rejects "--b-min: expected at most --b-max (4), got 6" --b-min 6 --b-max 4
+  rejects "--b-min: expected a finite number in [1, 16], got 0" --b-min 0
+  rejects "--b-min: expected a finite number in [1, 16], got nan" --b-min nan
+  rejects "--b-max: expected a finite number in [1, 16], got 17" --b-max 17
+  rejects "--b-min: step_bits needs at least 2" --policy step_bits --b-min 1
+  ;;
+
+edge_bits)
+  run e8 --edge-bits 8 --b-max 4 --target-bits 6
+  check "$work/e8" "set(L['conv1']['group_bits'] + L['fc3']['group_bits']) == {8}"
+  check "$work/e8" "all(b <= 4 for n in ['conv2', 'fc1', 'fc2'] for b in L[n]['group_bits'])"
+  printed e8 "conv1 and fc3 pinned at 8 bits"
+  run fixed --policy fixed_bits --edge-bits 8
+  check "$work/fixed" "set(L['conv1']['group_bits'] + L['fc3']['group_bits']) == {8}"
+  check "$work/fixed" "set(L['fc1']['group_bits']) == {2}"
+  for bad in 0 17 2.5 -1; do
+    rejects "--edge-bits: expected a whole number in [1, 16], got $bad" --edge-bits "$bad"
+  done
+  rejects "--edge-bits: step_bits needs at least 2" --policy step_bits --edge-bits 1
+  rejects "edge layers at --edge-bits" --edge-bits 16 --target-bits 2.3
+  ;;
+
+edge_group)
+  run e --group 4 --edge-group layer
+  check "$work/e" "[l['groups'] for l in E] == [1, 4, 30, 21, 1]"
+  run c --group layer --edge-group channel
+  check "$work/c" "[l['groups'] for l in E] == [6, 1, 1, 1, 10]"
+  rejects "--edge-group: expected a whole number >= 1" --edge-group 0
+  rejects "conv1: frac_bits: expected group_size <= channels (6)" --edge-group 8
+  ;;
+
+epochs)
+  run e213 --pretrain-epochs 2 --search-epochs 1 --finetune-epochs 3
+  check "$work/e213" "[r['phase'] for r in log] == ['pretrain'] * 2 + ['search'] + ['finetune'] * 3"
+  run e020 --pretrain-epochs 0 --search-epochs 2 --finetune-epochs 0
+  check "$work/e020" "[r['phase'] for r in log] == ['search'] * 2"
+  for option in --pretrain-epochs --search-epochs --finetune-epochs; do
+    rejects "$option: expected a whole number >= 0, got -1" "$option" -1
+    rejects "$option: expected a whole number >= 0, got 1.5" "$option" 1.5
+  done
+  ;;
+
+lr | search_lr | finetune_lr)
+  # Each learning rate changes its own phase and none before it.
+  option=--${case_name//_/-}
+  run base
+  run changed "$option" 0.02
+  case $case_name in
+  lr) other_phase "$work/base" "$work/changed" pretrain ;;
+  search_lr)
+    same_phase "$work/base" "$work/changed" pretrain
+    other_phase "$work/base" "$work/changed" search
+    ;;
+  finetune_lr)
+    same_phase "$work/base" "$work/changed" pretrain
+    same_phase "$work/base" "$work/changed" search
+    other_phase "$work/base" "$work/changed" finetune
+    ;;
+  esac
+  for bad in nan inf 0 -1e-3; do
+    rejects "$option: expected a finite number > 0, got $bad" "$option" "$bad"
+  done
+  ;;
+
+bits_lr | lambda | bits_moment)
+  # Options of the bitwidth search: the pretraining is the same, the search is not.
+  option=--${case_name//_/-}
+  run base
+  case $case_name in
+  bits_lr) run changed --bits-lr 0.5 ;;
+  lambda) run changed --lambda 0 ;;
+  bits_moment) run changed --bits-moment group ;;
+  esac
+  same_phase "$work/base" "$work/changed" pretrain
+  other_phase "$work/base" "$work/changed" search
+  case $case_name in
+  bits_lr | lambda)
+    for bad in nan inf -1; do
+      rejects "$option: expected a finite number" "$option" "$bad"
+    done
+    ;;
+  bits_moment) rejects "--bits-moment: channel not in" --bits-moment channel ;;
+  esac
+  [ "$case_name" != bits_lr ] || rejects "--bits-lr: expected a finite number > 0, got 0" --bits-lr 0
+  rejects "$option: has no effect with --policy fixed_bits" --policy fixed_bits "$option" \
+    "$([ "$case_name" = bits_moment ] && echo layer || echo 1)"
+  ;;
+
+batch_size)
+  run b32 --batch-size 32 --train-limit 320 --max-steps 0
+  printed b32 "10 steps per epoch of batch size 32"
+  run b64 --batch-size 64 --train-limit 320 --max-steps 0
+  printed b64 "5 steps per epoch of batch size 64"
+  other_phase "$work/b32" "$work/b64" pretrain
+  rejects "--batch-size: expected a whole number >= 1, got 0" --batch-size 0
+  rejects "--batch-size: expected a whole number >= 1, got -1" --batch-size -1
+  rejects "--batch-size: expected at most the 1200 training images, got 5000" --batch-size 5000
+  ;;
+
+seed)
+  run a --seed 7
+  run b --seed 7
+  run c --seed 8
+  diff <(grep -v '"seconds"' "$work/a/summary.json") <(grep -v '"seconds"' "$work/b/summary.json") ||
+    fail "the same seed gave different summaries"
+  cmp "$work/a/model.bgm" "$work/b/model.bgm" || fail "the same seed gave different model files"
+  other_phase "$work/a" "$work/c" pretrain
+  check "$work/c" "s['settings']['seed'] == '8'"
+  rejects "--seed: expected a whole number >= 0, got -1" --seed -1
+  rejects "--seed: expected a whole number >= 0, got 1e3" --seed 1e3
+  ;;
+
+threads)
+  run t1 --threads 1
+  printed t1 "; 1 thread,"
+  check "$work/t1" "s['settings']['threads'] == '1'"
+  most=$(nproc)
+  if [ "$most" -ge 2 ]; then
+    run t2 --threads 2
+    printed t2 "; 2 threads,"
+    check "$work/t2" "s['settings']['threads'] == '2'"
+  fi
+  for bad in -5 1000 1.5; do
+    rejects "--threads: expected a whole number in [0, " --threads "$bad"
+  done
+  rejects "= the hardware threads of this machine), got 1000" --threads 1000
+  ;;
+
+train_limit)
+  run l100 --train-limit 100 --max-steps 0
+  printed l100 "100 train / 400 test images"
+  printed l100 "2 steps per epoch of batch size 64"
+  run all --train-limit 0 --max-steps 0 --pretrain-epochs 0 --search-epochs 0 --finetune-epochs 0
+  printed all "1200 train / 400 test images"
+  rejects "--train-limit: expected a whole number >= 0, got -1" --train-limit -1
+  rejects "--train-limit: expected at most the 1200 training images in $data, got 5000" \
+    --train-limit 5000
+  ;;
+
+max_steps)
+  run m3 --max-steps 3
+  printed m3 "3 steps per epoch of batch size 64"
+  run m0 --max-steps 0 --train-limit 640 --pretrain-epochs 1 --search-epochs 0 --finetune-epochs 0
+  printed m0 "10 steps per epoch of batch size 64"
+  run m2 --max-steps 2
+  other_phase "$work/m2" "$work/m3" pretrain
+  rejects "--max-steps: expected a whole number >= 0, got -1" --max-steps -1
+  ;;
+
+stop_after)
+  run stopped --stop-after 1
+  check "$work/stopped" "[r['phase'] for r in log] == ['pretrain']"
+  [ -f "$work/stopped/checkpoint.bin" ] || fail "no checkpoint after --stop-after"
+  [ ! -f "$work/stopped/summary.json" ] || fail "summary.json written by a stopped run"
+  [ ! -f "$work/stopped/model.bgm" ] || fail "model.bgm written by a stopped run"
+  run two --stop-after 2
+  check "$work/two" "[r['phase'] for r in log] == ['pretrain', 'search']"
+  rejects "--stop-after: expected a whole number >= 0, got -1" --stop-after -1
+  ;;
+
+sensitivity)
+  run s2 --sensitivity 2
+  check "$work/s2" "all(len(l['group_sensitivity']) == l['groups'] for l in E)"
+  printed s2 "sensitivity conv1: "
+  run s0 --sensitivity 0
+  check "$work/s0" "all(len(l['group_sensitivity']) == 0 for l in E)"
+  ! grep -q "^sensitivity " "$work/s0.log" || fail "--sensitivity 0 measured sensitivities"
+  rejects "--sensitivity: expected a whole number >= 0, got -1" --sensitivity -1
+  rejects "--sensitivity: expected at most 13 (the batches of 32 in the 400 test images), got 14" \
+    --sensitivity 14
+  ;;
+
+out)
+  run nested/run
+  for f in report.html log.csv summary.json checkpoint.bin model.bgm; do
+    [ -s "$work/nested/run/$f" ] || fail "--out: no $f"
+  done
+  printed nested/run "wrote $work/nested/run/{report.html"
+  rejects "--out: expected a folder, got an empty name" --out ""
+  ;;
+
+resume)
+  run straight
+  run resumed --stop-after 2
+  check "$work/resumed" "len(log) == 2"
+  with_defaults --out "$work/resumed" --resume
+  timeout 300 "$fm" "${args[@]}" > "$work/resumed-2.log" 2>&1 || fail "--resume failed"
+  grep -q "resumed from $work/resumed/checkpoint.bin at search epoch 1" "$work/resumed-2.log" ||
+    fail "--resume did not continue from the checkpoint"
+  check "$work/resumed" "[r['phase'] for r in log] == ['pretrain', 'search', 'finetune']"
+  diff <(grep -v '"seconds"' "$work/straight/summary.json") \
+    <(grep -v '"seconds"' "$work/resumed/summary.json") || fail "the resumed run differs"
+  mkdir -p "$work/empty"
+  rejects "--resume: no checkpoint to continue from in $work/empty" --out "$work/empty" --resume
+  ;;
+
+help)
+  "$fm" --help > "$work/help.txt"
+  for option in --data --model --policy --group --target-bits --b-min --b-max --edge-bits \
+    --edge-group --pretrain-epochs --search-epochs --finetune-epochs --lr --search-lr --bits-lr \
+    --bits-moment --finetune-lr --lambda --batch-size --seed --threads --train-limit --max-steps \
+    --stop-after --sensitivity --out --resume; do
+    grep -q -- "$option" "$work/help.txt" || fail "--help does not list $option"
+  done
+  grep -q "stored bits per weight" "$work/help.txt" || fail "--help: --target-bits unit"
+  ;;
+
+deploy_model)
+  "$deploy" "$model_dir/model/model.bgm" --data "$data" > "$work/deploy.log"
+  grep -q "^float32  : accuracy [0-9.]*%" "$work/deploy.log" || fail "no float32 accuracy"
+  expect_error "$work/none.bgm" "$deploy" "$work/none.bgm" --data "$data"
+  head -c 100 "$model_dir/model/model.bgm" > "$work/cut.bgm"
+  expect_error "deploy: " "$deploy" "$work/cut.bgm" --data "$data"
+  ;;
+
+deploy_data)
+  "$deploy" "$model_dir/model/model.bgm" --data "$data" > "$work/deploy.log"
+  grep -q "accuracy" "$work/deploy.log" || fail "no accuracy"
+  expect_error "$work/missing/t10k-images-idx3-ubyte.gz" "$deploy" "$model_dir/model/model.bgm" \
+    --data "$work/missing"
+  ;;
+
+deploy_batch)
+  # The batch size changes how the images are run, not what comes out.
+  for b in 7 400; do
+    "$deploy" "$model_dir/model/model.bgm" --data "$data" --batch $b > "$work/b$b.log"
+    grep -q "(batch $b," "$work/b$b.log" || fail "--batch $b not used"
+  done
+  [ "$(grep -o 'accuracy [0-9.]*%' "$work/b7.log")" = "$(grep -o 'accuracy [0-9.]*%' "$work/b400.log")" ] ||
+    fail "--batch changed the accuracy"
+  for bad in 0 -1 abc 2.5; do
+    expect_error "--batch: expected a whole number >= 1, got $bad" "$deploy" \
+      "$model_dir/model/model.bgm" --data "$data" --batch "$bad"
+  done
+  ! grep -q "1.79" "$work/error.log" || fail "1.79e308 in the message"
+  ;;
+
+inspect_model)
+  "$inspect" "$model_dir/model/model.bgm" > "$work/inspect.log"
+  # The model was trained with --group 4: 2 groups in conv1 (6 channels), 3 in fc3 (10).
+  # groups: the column after the weight shape (e.g. 6x1x5x5).
+  groups_of() {
+    awk -v layer="$1" '$2 == layer {
+      for (i = 3; i < NF; ++i) if ($i ~ /^[0-9]+(x[0-9]+)+$/) { print $(i + 1); exit } }' \
+      "$work/inspect.log"
+  }
+  [ "$(groups_of conv1)" = 2 ] || fail "conv1 does not show 2 groups"
+  [ "$(groups_of fc3)" = 3 ] || fail "fc3 does not show 3 groups"
+  expect_error "$work/none.bgm" "$inspect" "$work/none.bgm"
+  ;;
+
+inspect_npz)
+  "$inspect" "$model_dir/model/model.bgm" --npz "$work/w.npz" > "$work/inspect.log"
+  grep -q "wrote $work/w.npz" "$work/inspect.log" || fail "no 'wrote' line"
+  "$python" - "$work/w.npz" << 'EOF' || fail "--npz: unexpected archive"
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+assert any(n.startswith("conv1") for n in names), names
+assert any(n.startswith("fc3") for n in names), names
+EOF
+  rm -f "$work/plain.npz"
+  "$inspect" "$model_dir/model/model.bgm" > /dev/null
+  [ ! -e "$work/plain.npz" ] || fail "an npz without --npz"
+  expect_error "inspect_model: " "$inspect" "$model_dir/model/model.bgm" --npz "$work/no/such/dir/w.npz"
+  ;;
+
+pareto_bad_values)
+  # pareto's numeric options: refused before any training.
+  p=("$pareto" --data "$data" --out "$work/pareto" --seeds 1 --pretrain-epochs 1 --search-epochs 1
+     --finetune-epochs 1 --sizes 2 --policies frac_bits --groups channel --sensitivity 0)
+  expect_error "--threads: expected a whole number in [0, " "${p[@]}" --threads 1000
+  expect_error "--threads: expected a whole number in [0, " "${p[@]}" --threads -5
+  expect_error "--train-limit: expected a whole number >= 0, got -1" "${p[@]}" --train-limit -1
+  expect_error "--first-seed: expected a whole number >= 0, got -2" "${p[@]}" --first-seed -2
+  expect_error "--bits-lr: expected a finite number > 0, got nan" "${p[@]}" --bits-lr nan
+  expect_error "--lambda: expected a finite number >= 0, got inf" "${p[@]}" --lambda inf
+  expect_error "--b-min: expected at most --b-max (3), got 5" "${p[@]}" --b-min 5 --b-max 3
+  expect_error "--b-init: expected a bitwidth in [--b-min, --b-max] = [1, 8], got 9" "${p[@]}" \
+    --b-init 9
+  expect_error "--batch-size: expected a whole number >= 1, got 0" "${p[@]}" --batch-size 0
+  expect_error "--sizes: expected a whole number in [1, 16], got 0" \
+    "$pareto" --data "$data" --out "$work/pareto" --sizes 0
+  expect_error "--seeds: expected a whole number >= 1, got 0" \
+    "$pareto" --data "$data" --out "$work/pareto" --seeds 0
+  expect_error "--pretrain-epochs: expected a whole number >= 0, got -1" \
+    "$pareto" --data "$data" --out "$work/pareto" --pretrain-epochs -1
+  expect_error "--groups: expected a whole number >= 1 (channels per group), 'channel' or 'layer', got -3" \
+    "$pareto" --data "$data" --out "$work/pareto" --groups -3
+  expect_error "--uniform-groups: expected a whole number >= 1" \
+    "$pareto" --data "$data" --out "$work/pareto" --uniform-groups 0
+  ;;
+
+*) fail "unknown case" ;;
+esac
+echo "$case_name: ok"
