@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the aarch64 cross build of bitgrad's tests needs on a Debian 12 x86-64 host:
 # the cross compiler (g++-aarch64-linux-gnu) and user-mode QEMU (qemu-aarch64) to run the
-# result. Header-only dependencies (xtensor, xsimd, xtl, doctest) come from the host's
-# /usr/include, which the cross compiler can read; see tests/cross/README.md... (the commands
-# are in the header of tests/unit/test_int_kernels.cpp).
+# result; scripts/test-aarch64.sh then builds and runs the aarch64 tests. Header-only
+# dependencies (xtensor, xsimd, xtl, doctest) come from the host's /usr/include.
 # Idempotent: when every package is already present it does nothing (no apt-get update).
 # Uses sudo only when not running as root.
 set -euo pipefail

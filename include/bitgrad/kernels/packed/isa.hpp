@@ -66,7 +66,7 @@
 #if defined(__clang__)
 #define BITGRAD_TARGET_NEON_DOT __attribute__((target("dotprod")))
 #else
-#define BITGRAD_TARGET_NEON_DOT __attribute__((target("+dotprod")))
+#define BITGRAD_TARGET_NEON_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 #endif
 

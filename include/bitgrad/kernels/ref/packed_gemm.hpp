@@ -41,7 +41,7 @@ void packed_gemm(std::size_t m, const std::uint8_t* a, std::size_t lda, std::uin
 template <class Out>
 void packed_gemv(const std::uint8_t* x, std::uint8_t x_zero, const packed_weights& w,
                  const Out& out) {
-  packed_gemm(1, x, w.depth(), x_zero, w, out);
+  ref::packed_gemm(1, x, w.depth(), x_zero, w, out);
 }
 
 } // namespace bitgrad::ref
