@@ -422,6 +422,100 @@ TEST_CASE_TEMPLATE("packed_gemv: equals the reference on one row", Arch, isa::ss
   }
 }
 
+TEST_CASE_TEMPLATE("packed_gemm: requantized u8 and float outputs equal the reference's", Arch,
+                   isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(36);
+  for (int trial = 0; trial < 30; ++trial) {
+    // Uniform bits (consecutive channels: the row path) or mixed (per-element calls).
+    const std::size_t n = 1 + rng() % 70, depth = 1 + rng() % 90, gs = 1 + rng() % n;
+    const std::size_t groups = (n + gs - 1) / gs;
+    const tensor_codes t = make_codes(n, depth, gs,
+                                      trial % 2 ? random_bits(groups, rng)
+                                                : std::vector<std::uint8_t>(groups, 1 + trial % 8),
+                                      codes_kind::random, rng);
+    const packed_weights w = t.pack();
+    const std::size_t m = 1 + rng() % 20;
+    const std::vector<std::uint8_t> a = activations(m, depth, 1, rng);
+    std::vector<float> scale(n), bias(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
+      bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+    }
+    std::vector<std::uint8_t> want(m * n), got(m * n, 7);
+    std::vector<float> want_f(m * n), got_f(m * n, -1.0f);
+    auto to_u8 = [&](std::uint8_t* y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::clamp{0.0f}, output::quantize_u8{8.0f, 3},
+                                   output::store<std::uint8_t>{y, n});
+    };
+    auto to_float = [&](float* y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::store<float>{y, n});
+    };
+    ref::packed_gemm(m, a.data(), depth, 0, w, to_u8(want.data()));
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w, to_u8(got.data()));
+    CHECK(got == want);
+    ref::packed_gemm(m, a.data(), depth, 0, w, to_float(want_f.data()));
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w, to_float(got_f.data()));
+    CHECK(got_f == want_f);
+  }
+}
+
+TEST_CASE("output stages: a row through the lane overloads equals the scalar calls") {
+  std::mt19937 rng(41);
+  for (std::size_t count : {1u, 3u, 4u, 7u, 16u, 21u, 64u}) {
+    std::vector<std::int32_t> acc(count);
+    std::vector<float> scale(count + 5), bias(count + 5);
+    for (auto& v : acc) v = std::int32_t(rng() % 200001) - 100000;
+    for (auto& v : scale) v = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
+    for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
+    acc[0] = std::numeric_limits<std::int32_t>::max(); // a huge value saturates at 255
+    const std::size_t j0 = 5, stride = 3;
+    for (std::size_t col_stride : {std::size_t(1), stride}) {
+      std::vector<std::uint8_t> ys((count + j0) * col_stride * 2, 0), yv(ys);
+      auto u8 = [&](std::vector<std::uint8_t>& y) {
+        return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::clamp{0.0f, 6.0f}, output::quantize_u8{40.0f, 2},
+                                     output::store<std::uint8_t>{y.data(), 0, col_stride});
+      };
+      for (std::size_t c = 0; c < count; ++c) u8(ys)(0, j0 + c, acc[c]);
+      u8(yv).row(0, j0, acc.data(), count);
+      CHECK(yv == ys);
+      std::vector<float> fs((count + j0) * col_stride, 0.0f), fv(fs);
+      auto f32 = [&](std::vector<float>& y) {
+        return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::store<float>{y.data(), 0, col_stride});
+      };
+      for (std::size_t c = 0; c < count; ++c) f32(fs)(0, j0 + c, acc[c]);
+      f32(fv).row(0, j0, acc.data(), count);
+      CHECK(fv == fs);
+    }
+  }
+}
+
+TEST_CASE("output stages: quantize_u8 rounds like nearbyint, half to even") {
+  std::mt19937 rng(42);
+  for (int i = -600; i <= 600; ++i) {
+    const float v = 0.5f * float(i); // every half and whole number in -300..300
+    for (std::int32_t zp : {0, 128}) {
+      float q = std::nearbyint(v) + float(zp);
+      q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+      CHECK(output::quantize_u8{1.0f, zp}(v, 0, 0) == std::uint8_t(q));
+    }
+  }
+  for (int i = 0; i < 10000; ++i) {
+    const float v = std::uniform_real_distribution<float>(-1e3f, 1e3f)(rng);
+    float q = std::nearbyint(v * 0.37f);
+    q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+    CHECK(output::quantize_u8{0.37f}(v, 0, 0) == std::uint8_t(q));
+  }
+  CHECK(output::quantize_u8{1.0f}(std::numeric_limits<float>::infinity(), 0, 0) == 255);
+  CHECK(output::quantize_u8{1.0f}(-std::numeric_limits<float>::infinity(), 0, 0) == 0);
+  CHECK(output::quantize_u8{1.0f}(1e30f, 0, 0) == 255);
+}
+
 TEST_CASE("output stages: requantize, clamp and store, composed") {
   const float scale[3] = {0.5f, 0.25f, 2.0f}, bias[3] = {1.0f, -3.0f, 0.0f};
   std::uint8_t y[2 * 3] = {};

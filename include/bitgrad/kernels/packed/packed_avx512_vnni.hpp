@@ -137,22 +137,40 @@ avx512_quad(__m512i (&acc)[MR], const std::uint8_t* x, std::size_t lda, const st
                                  w);
 }
 
+/// MR rows x one tile over nq quads. Fewer than 4 rows keep 4 / MR accumulator sets, one per
+/// quad in turn, so that 4 vpdpbusd chains are in flight (its latency is several cycles).
 template <std::size_t MR>
 BITGRAD_TARGET_AVX512_VNNI void avx512_rows(const std::uint8_t* x, std::size_t lda, std::size_t nq,
                                             std::size_t tail, const std::int8_t* panel,
                                             std::int32_t* c, bool accumulate) {
-  __m512i acc[MR];
+  constexpr std::size_t sets = MR >= 4 ? 1 : 4 / MR;
+  __m512i acc[sets][MR];
+#pragma GCC unroll 4
+  for (std::size_t u = 0; u < sets; ++u)
 #pragma GCC unroll 16
-  for (std::size_t r = 0; r < MR; ++r)
-    acc[r] = accumulate ? _mm512_loadu_si512(c + r * packed_tile) : _mm512_setzero_si512();
+    for (std::size_t r = 0; r < MR; ++r)
+      acc[u][r] =
+          accumulate && u == 0 ? _mm512_loadu_si512(c + r * packed_tile) : _mm512_setzero_si512();
   const std::size_t full = tail ? nq - 1 : nq;
-  for (std::size_t q = 0; q < full; ++q)
-    avx512_quad<MR, false>(acc, x + q * packed_quad, lda, panel + q * packed_quad_codes,
+  std::size_t q = 0;
+  for (; q + sets <= full; q += sets)
+#pragma GCC unroll 4
+    for (std::size_t u = 0; u < sets; ++u)
+      avx512_quad<MR, false>(acc[u], x + (q + u) * packed_quad, lda,
+                             panel + (q + u) * packed_quad_codes, packed_quad);
+  for (; q < full; ++q)
+    avx512_quad<MR, false>(acc[0], x + q * packed_quad, lda, panel + q * packed_quad_codes,
                            packed_quad);
   if (tail)
-    avx512_quad<MR, true>(acc, x + full * packed_quad, lda, panel + full * packed_quad_codes, tail);
+    avx512_quad<MR, true>(acc[0], x + full * packed_quad, lda, panel + full * packed_quad_codes,
+                          tail);
 #pragma GCC unroll 16
-  for (std::size_t r = 0; r < MR; ++r) _mm512_storeu_si512(c + r * packed_tile, acc[r]);
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m512i sum = acc[0][r];
+#pragma GCC unroll 4
+    for (std::size_t u = 1; u < sets; ++u) sum = _mm512_add_epi32(sum, acc[u][r]);
+    _mm512_storeu_si512(c + r * packed_tile, sum);
+  }
 }
 
 /// c(i, 0..15) (+)= sum over quads q < nq of x(i, 4q..4q+3) . panel(q, c, 0..3) for rows

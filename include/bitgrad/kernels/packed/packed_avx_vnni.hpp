@@ -46,31 +46,45 @@ avx_vnni_quad(__m256i (&acc)[MR][2], const std::uint8_t* x, std::size_t lda, con
   }
 }
 
+/// MR rows x one tile over nq quads. Fewer than 2 rows keep 2 accumulator sets, one per quad in
+/// turn, so that 4 vpdpbusd chains are in flight.
 template <std::size_t MR>
 BITGRAD_TARGET_AVX_VNNI void avx_vnni_rows(const std::uint8_t* x, std::size_t lda, std::size_t nq,
                                            std::size_t tail, const std::int8_t* panel,
                                            std::int32_t* c, bool accumulate) {
-  __m256i acc[MR][2];
-#pragma GCC unroll 16
-  for (std::size_t r = 0; r < MR; ++r)
+  constexpr std::size_t sets = MR >= 2 ? 1 : 2;
+  __m256i acc[sets][MR][2];
 #pragma GCC unroll 2
-    for (std::size_t h = 0; h < 2; ++h)
-      acc[r][h] =
-          accumulate
-              ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * packed_tile + 8 * h))
-              : _mm256_setzero_si256();
+  for (std::size_t u = 0; u < sets; ++u)
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (std::size_t h = 0; h < 2; ++h)
+        acc[u][r][h] =
+            accumulate && u == 0
+                ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * packed_tile + 8 * h))
+                : _mm256_setzero_si256();
   const std::size_t full = tail ? nq - 1 : nq;
-  for (std::size_t q = 0; q < full; ++q)
-    avx_vnni_quad<MR, false>(acc, x + q * packed_quad, lda, panel + q * packed_quad_codes,
+  std::size_t q = 0;
+  for (; q + sets <= full; q += sets)
+#pragma GCC unroll 2
+    for (std::size_t u = 0; u < sets; ++u)
+      avx_vnni_quad<MR, false>(acc[u], x + (q + u) * packed_quad, lda,
+                               panel + (q + u) * packed_quad_codes, packed_quad);
+  for (; q < full; ++q)
+    avx_vnni_quad<MR, false>(acc[0], x + q * packed_quad, lda, panel + q * packed_quad_codes,
                              packed_quad);
   if (tail)
-    avx_vnni_quad<MR, true>(acc, x + full * packed_quad, lda, panel + full * packed_quad_codes,
+    avx_vnni_quad<MR, true>(acc[0], x + full * packed_quad, lda, panel + full * packed_quad_codes,
                             tail);
 #pragma GCC unroll 16
   for (std::size_t r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (std::size_t h = 0; h < 2; ++h)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * packed_tile + 8 * h), acc[r][h]);
+    for (std::size_t h = 0; h < 2; ++h) {
+      __m256i sum = acc[0][r][h];
+      if constexpr (sets == 2) sum = _mm256_add_epi32(sum, acc[1][r][h]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * packed_tile + 8 * h), sum);
+    }
 }
 
 /// c(i, 0..15) (+)= sum over quads q < nq of x(i, 4q..4q+3) . panel(q, c, 0..3) for rows

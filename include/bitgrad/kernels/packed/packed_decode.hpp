@@ -29,10 +29,17 @@ struct packed_isa_traits;
 
 /// x(i, 4q..4q+3) as one int32 (little-endian bytes), from memory that may hold only `n` (1..4)
 /// of them (the tail quad: the bytes after the row are never read).
-inline std::int32_t packed_load_quad(const std::uint8_t* x, std::size_t n = packed_quad) {
-  std::int32_t v = 0;
-  std::memcpy(&v, x, n);
+inline std::int32_t packed_load_quad(const std::uint8_t* x) {
+  std::int32_t v;
+  std::memcpy(&v, x, 4);
   return v;
+}
+inline std::int32_t packed_load_quad(const std::uint8_t* x, std::size_t n) {
+  std::uint32_t v = x[0];
+  if (n > 1) v |= std::uint32_t(x[1]) << 8;
+  if (n > 2) v |= std::uint32_t(x[2]) << 16;
+  if (n > 3) v |= std::uint32_t(x[3]) << 24;
+  return static_cast<std::int32_t>(v);
 }
 
 /// Reads consecutive k-bit fields of an LSB-first stream, touching only the bytes that hold

@@ -34,8 +34,14 @@
 //         micro-kernel: acc(MC x 16) += A(i0.., q0..) . panel   (per ISA, MR rows at a time)
 //       out(i, channel, acc + correction) for the tile's rows and channels
 //
-// The decode is repeated per row block, so it costs (m / MC) n K code decodes against m n K
-// multiply-adds; packed_gemv is the same nest at m = 1, where the decode is the main cost.
+// When the whole depth fits one panel (K <= 512, every conv layer of the nets here) the two
+// outer loops swap: each tile is decoded once per call and all row blocks run against it. Else
+// the decode is repeated per row block, (m / MC) n K code decodes against m n K multiply-adds;
+// packed_gemv is the same nest at m = 1, where the decode is the main cost.
+//
+// Output: the stage sees each (i, j) once; a pipeline whose stages all have lane overloads
+// (output_stage.hpp) is called once per row of a tile with consecutive channels, out.row(i, j0,
+// acc, count), else once per element, out(i, j, acc).
 //
 // Paths: packed_gemm(int_isa, ...) runs the given path (std::invalid_argument if this binary or
 // CPU lacks it); packed_gemm(...) without one runs best_int_isa(). Scratch buffers are
@@ -99,37 +105,72 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
       std::int64_t(packed_isa_traits<Arch>::activation_shift) - std::int64_t(a_zero);
   std::int32_t sums[packed_tile];
 
+  // Decodes quads [q0, q1) of tile t of class k into the panel, adding code sums to s.
+  auto decode = [&](int k, std::size_t t, std::size_t q0, std::size_t q1, std::int32_t* s) {
+    const std::uint8_t* src = w.tile_data(k, t);
+    if (w.tile_channels(k, t) == packed_tile) {
+      const std::size_t simd_end = std::min(q1, full_quads);
+      if (q0 < simd_end)
+        packed_decode_quads(arch, k, src + q0 * packed_layout_of(k).quad_bytes, simd_end - q0,
+                            panel.data(), s);
+      if (q1 > full_quads) // the tail quad
+        packed_decode_generic(w, k, t, full_quads, q1,
+                              panel.data() + (full_quads - q0) * packed_quad_codes, s);
+    } else {
+      packed_decode_generic(w, k, t, q0, q1, panel.data(), s);
+    }
+  };
+  // Hands rows i0 .. i0 + mb - 1 of tile t of class k (accumulators in acc) to the output.
+  auto emit = [&](int k, std::size_t t, std::size_t i0, std::size_t mb) {
+    const std::size_t r = w.tile_channels(k, t);
+    const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
+    // The tile's channels are consecutive unless its bit class interleaves with another.
+    const bool consecutive = chan[r - 1] - chan[0] == r - 1;
+    for (std::size_t i = 0; i < mb; ++i) {
+      std::int32_t* row = acc.data() + i * packed_tile;
+      if (correction != 0) // exact: the corrected sum fits int32, the wrap-around cancels
+        for (std::size_t c = 0; c < r; ++c)
+          row[c] = static_cast<std::int32_t>(static_cast<std::uint32_t>(row[c]) +
+                                             static_cast<std::uint32_t>(correction * sums[c]));
+      if constexpr (requires { out.row(i, std::size_t(0), row, r); }) {
+        if (consecutive) {
+          out.row(i0 + i, chan[0], row, r);
+          continue;
+        }
+      }
+      for (std::size_t c = 0; c < r; ++c) out(i0 + i, chan[c], row[c]);
+    }
+  };
+
+  if (quads <= packed_chunk_quads) {
+    // The panel holds the whole depth: each tile is decoded once per call.
+    for (int k = 1; k <= packed_max_bits; ++k)
+      for (std::size_t t = 0; t < w.class_tiles(k); ++t) {
+        std::fill(sums, sums + packed_tile, 0);
+        decode(k, t, 0, quads, correction != 0 ? sums : nullptr);
+        for (std::size_t i0 = 0; i0 < m; i0 += packed_row_block) {
+          const std::size_t mb = std::min(packed_row_block, m - i0);
+          packed_rows(arch, mb, a + i0 * lda, lda, quads, tail, k, panel.data(), acc.data(), false);
+          emit(k, t, i0, mb);
+        }
+      }
+    return;
+  }
+  // Long rows: per row block, each tile's panel is refilled chunk by chunk while the block's
+  // accumulators stay in acc.
   for (std::size_t i0 = 0; i0 < m; i0 += packed_row_block) {
     const std::size_t mb = std::min(packed_row_block, m - i0);
-    for (int k = 1; k <= packed_max_bits; ++k) {
-      const std::size_t qb = packed_layout_of(k).quad_bytes;
+    for (int k = 1; k <= packed_max_bits; ++k)
       for (std::size_t t = 0; t < w.class_tiles(k); ++t) {
-        const std::size_t r = w.tile_channels(k, t);
-        const std::uint8_t* src = w.tile_data(k, t);
         std::fill(sums, sums + packed_tile, 0);
-        std::int32_t* s = correction != 0 ? sums : nullptr;
         for (std::size_t q0 = 0; q0 < quads; q0 += packed_chunk_quads) {
           const std::size_t q1 = std::min(quads, q0 + packed_chunk_quads);
-          if (r == packed_tile) {
-            const std::size_t simd_end = std::min(q1, full_quads);
-            if (q0 < simd_end)
-              packed_decode_quads(arch, k, src + q0 * qb, simd_end - q0, panel.data(), s);
-            if (q1 > full_quads) // the tail quad
-              packed_decode_generic(w, k, t, full_quads, q1,
-                                    panel.data() + (full_quads - q0) * packed_quad_codes, s);
-          } else {
-            packed_decode_generic(w, k, t, q0, q1, panel.data(), s);
-          }
+          decode(k, t, q0, q1, correction != 0 ? sums : nullptr);
           packed_rows(arch, mb, a + i0 * lda + q0 * packed_quad, lda, q1 - q0,
                       q1 == quads ? tail : 0, k, panel.data(), acc.data(), q0 > 0);
         }
-        const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
-        for (std::size_t i = 0; i < mb; ++i)
-          for (std::size_t c = 0; c < r; ++c)
-            out(i0 + i, chan[c],
-                static_cast<std::int32_t>(acc[i * packed_tile + c] + correction * sums[c]));
+        emit(k, t, i0, mb);
       }
-    }
   }
 }
 
