@@ -87,7 +87,7 @@ void packed_decode_generic(const packed_weights& w, int k, std::size_t tile, std
     if (sums) sums[c] += code;
   };
   const std::uint8_t* base = w.tile_data(k, tile);
-  if (r == packed_tile) {
+  if (w.tile_full_layout(k, tile)) {
     const std::size_t plane_end = std::min(q_end, full_quads);
     for (std::size_t q = q_begin; q < plane_end; ++q)
       for (std::size_t c = 0; c < r; ++c)

@@ -108,7 +108,7 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
   // Decodes quads [q0, q1) of tile t of class k into the panel, adding code sums to s.
   auto decode = [&](int k, std::size_t t, std::size_t q0, std::size_t q1, std::int32_t* s) {
     const std::uint8_t* src = w.tile_data(k, t);
-    if (w.tile_channels(k, t) == packed_tile) {
+    if (w.tile_full_layout(k, t)) {
       const std::size_t simd_end = std::min(q1, full_quads);
       if (q0 < simd_end)
         packed_decode_quads(arch, k, src + q0 * packed_layout_of(k).quad_bytes, simd_end - q0,

@@ -55,6 +55,11 @@
 // bits (k = 7: 8 bits in full-tile quads), so resident codes are at most 8/7 of the file's plus
 // one byte of rounding per ragged tile; bitwidths (1 byte) and scales (4 bytes) per group are
 // kept as in the file. resident_bytes() counts all of it; payload_bytes() is the file's count.
+//
+// Padding (decided at construction): the compact ragged tile is decoded by the scalar loop, so
+// a class whose ragged tile can be stored as a full tile (16 - r channels of zero bytes, the
+// SIMD layout) without the tensor passing 1.25x the file's payload is stored that way: LeNet's
+// 120- and 84-channel layers are, a 10-channel classifier is not. ragged_padded(k) says which.
 #pragma once
 
 #include <algorithm>
@@ -198,14 +203,26 @@ public:
                                     std::to_string(scales_[g]) + "; it must be finite and > 0");
     }
     for (std::size_t j = 0; j < channels; ++j) ++class_channels_[channel_bits(j)];
+    // Ragged tiles: compact, then padded to the full-tile layout class by class while the
+    // tensor stays within 1.25x of the file's payload (see "Padding" at the top).
+    std::size_t compact = 0;
+    for (int k = 1; k <= packed_max_bits; ++k) compact += class_bytes(k);
+    const std::size_t budget = payload_bytes() + payload_bytes() / 4 - 5 * groups;
+    for (int k = 1; k <= packed_max_bits; ++k) {
+      const std::size_t r = class_channels_[k] % packed_tile;
+      if (r == 0) continue;
+      const std::size_t extra = full_tile_bytes(k) - ragged_tile_bytes(k, r);
+      if (compact + extra <= budget) {
+        padded_[k] = true;
+        compact += extra;
+      }
+    }
     std::size_t offset = 0, begin = 0;
     for (int k = 1; k <= packed_max_bits; ++k) {
       class_offset_[k] = offset;
       class_begin_[k] = begin;
-      const std::size_t n = class_channels_[k];
-      offset += n / packed_tile * full_tile_bytes(k);
-      if (n % packed_tile) offset += ragged_tile_bytes(k, n % packed_tile);
-      begin += n;
+      offset += class_bytes(k);
+      begin += class_channels_[k];
     }
     class_offset_[packed_max_bits + 1] = offset;
     data_.assign(offset, 0);
@@ -257,6 +274,19 @@ public:
   std::size_t tile_channels(int k, std::size_t tile) const {
     return std::min(packed_tile, class_channels_[k] - tile * packed_tile);
   }
+  /// True when class k's ragged tile is stored padded to the full-tile layout.
+  bool ragged_padded(int k) const { return padded_[k]; }
+  /// True when tile `tile` of class k is in the full-tile layout (planes + tail stream).
+  bool tile_full_layout(int k, std::size_t tile) const {
+    return padded_[k] || tile_channels(k, tile) == packed_tile;
+  }
+  /// Bytes of class k as stored.
+  std::size_t class_bytes(int k) const {
+    const std::size_t n = class_channels_[k], r = n % packed_tile;
+    return n / packed_tile * full_tile_bytes(k) + (r == 0       ? 0
+                                                   : padded_[k] ? full_tile_bytes(k)
+                                                                : ragged_tile_bytes(k, r));
+  }
   /// First byte of tile `tile` of class k.
   const std::uint8_t* tile_data(int k, std::size_t tile) const {
     return data_.data() + class_offset_[k] + tile * full_tile_bytes(k);
@@ -278,10 +308,11 @@ public:
     const std::size_t tile = v / packed_tile, c = v % packed_tile;
     const std::uint8_t* base = tile_data(k, tile);
     const std::size_t r = tile_channels(k, tile);
+    const bool full = tile_full_layout(k, tile);
     const std::size_t full_quads = depth_ / packed_quad, t = depth_ % packed_quad;
     const std::size_t q = p / packed_quad, pp = p % packed_quad;
     const packed_layout l = packed_layout_of(k);
-    if (r == packed_tile && q < full_quads) {
+    if (full && q < full_quads) {
       const std::uint8_t* quad = base + q * l.quad_bytes;
       const std::size_t e = c * packed_quad + pp;
       if (l.raw_bytes) return static_cast<std::int8_t>(quad[e]);
@@ -297,7 +328,7 @@ public:
     }
     const std::uint8_t* stream = base;
     std::size_t index;
-    if (r == packed_tile) {
+    if (full) {
       stream += full_quads * l.quad_bytes;
       index = c * t + pp;
     } else {
@@ -335,10 +366,11 @@ private:
     const std::size_t tile = v / packed_tile, c = v % packed_tile;
     std::uint8_t* base = data_.data() + class_offset_[k] + tile * full_tile_bytes(k);
     const std::size_t r = tile_channels(k, tile);
+    const bool full = tile_full_layout(k, tile);
     const std::size_t full_quads = depth_ / packed_quad, t = depth_ % packed_quad;
     const std::size_t q = p / packed_quad, pp = p % packed_quad;
     const packed_layout l = packed_layout_of(k);
-    if (r == packed_tile && q < full_quads) {
+    if (full && q < full_quads) {
       std::uint8_t* quad = base + q * l.quad_bytes;
       const std::size_t e = c * packed_quad + pp;
       if (l.raw_bytes) {
@@ -356,7 +388,7 @@ private:
       return;
     }
     std::size_t index;
-    if (r == packed_tile) {
+    if (full) {
       base += full_quads * l.quad_bytes;
       index = c * t + pp;
     } else {
@@ -373,6 +405,7 @@ private:
   std::array<std::size_t, packed_max_bits + 1> class_channels_{};
   std::array<std::size_t, packed_max_bits + 1> class_begin_{};
   std::array<std::size_t, packed_max_bits + 2> class_offset_{};
+  std::array<bool, packed_max_bits + 1> padded_{};
 };
 
 } // namespace bitgrad
