@@ -145,7 +145,10 @@ struct store {
     }
     alignas(64) V lanes[B::size];
     v.store_aligned(lanes);
-    for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lanes[l]);
+    if (col_stride == 1)
+      for (std::size_t l = 0; l < B::size; ++l) dst[l] = static_cast<T>(lanes[l]);
+    else
+      for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lanes[l]);
   }
 };
 
@@ -158,32 +161,38 @@ template <class... Stages>
 struct pipeline {
   std::tuple<Stages...> stages;
 
-  void operator()(std::size_t i, std::size_t j, std::int32_t acc) const { run<0>(acc, i, j); }
+  void operator()(std::size_t i, std::size_t j, std::int32_t acc) const {
+    run<0>(stages, acc, i, j);
+  }
 
   void row(std::size_t i, std::size_t j0, const std::int32_t* acc, std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
+    // A local copy: stores through a u8 output may alias anything reachable through `this`,
+    // which would make the compiler reload every stage parameter after each store.
+    const std::tuple<Stages...> s = stages;
     std::size_t c = 0;
 #if BITGRAD_HAS_SIMD
     using B = simd_batch<std::int32_t>;
-    for (; c + B::size <= count; c += B::size) run_lanes<0>(B::load_unaligned(acc + c), i, j0 + c);
+    for (; c + B::size <= count; c += B::size)
+      run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
 #endif
-    for (; c < count; ++c) run<0>(acc[c], i, j0 + c);
+    for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
   }
 
 private:
   template <std::size_t I, class V>
-  void run(V v, std::size_t i, std::size_t j) const {
+  static void run(const std::tuple<Stages...>& s, V v, std::size_t i, std::size_t j) {
     if constexpr (I + 1 == sizeof...(Stages))
-      std::get<I>(stages)(v, i, j);
+      std::get<I>(s)(v, i, j);
     else
-      run<I + 1>(std::get<I>(stages)(v, i, j), i, j);
+      run<I + 1>(s, std::get<I>(s)(v, i, j), i, j);
   }
   template <std::size_t I, class V>
-  void run_lanes(const V& v, std::size_t i, std::size_t j0) const {
+  static void run_lanes(const std::tuple<Stages...>& s, const V& v, std::size_t i, std::size_t j0) {
     if constexpr (I + 1 == sizeof...(Stages))
-      std::get<I>(stages).apply(v, i, j0);
+      std::get<I>(s).apply(v, i, j0);
     else
-      run_lanes<I + 1>(std::get<I>(stages).apply(v, i, j0), i, j0);
+      run_lanes<I + 1>(s, std::get<I>(s).apply(v, i, j0), i, j0);
   }
 };
 
