@@ -15,12 +15,12 @@
 //
 // Rows: int_gemm/<path>/<k>bit/<shape>, int_gemm/float/<shape> (bitgrad::gemm, 1 thread, as
 // the packed kernels run on the calling thread), int_gemm/peak/<path>. The counter GOP/s is
-// 2 m n K operations per call over wall time. The peak rows run 12 independent chains of the
-// path's multiply-accumulate on registers only (vpdpbusd for the VNNI paths, as bench_gemm
-// measures the FMA peak). The final table uses the rate per second of the calling thread's CPU
-// time (the machine this was written on is shared, where wall time mostly measures the other
-// processes) and gives each row as a share of its own path's peak, of the machine's best peak
-// and of the float GEMM on the same shape.
+// 2 m n K operations per call over wall time. The peak rows run independent chains of the
+// path's multiply instruction on registers only (vpdpbusd for the VNNI paths, as bench_gemm
+// measures the FMA peak; see "register-only peaks" below). The final table uses the rate per second
+// of the calling thread's CPU time (the machine this was written on is shared, where wall time
+// mostly measures the other processes) and gives each row as a share of its own path's peak, of the
+// machine's best peak and of the float GEMM on the same shape.
 //
 // Timings on a shared machine are noisy; compare rows of one run, and re-measure on an idle
 // machine before quoting numbers.
@@ -142,75 +142,89 @@ void run_float(benchmark::State& state, const int_shape& s) {
   state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
 }
 
-// ---- register-only peaks: 12 independent accumulator chains, `steps` rounds --------------
-constexpr std::size_t peak_chains = 12, peak_steps = 1 << 16;
+// ---- register-only peaks ------------------------------------------------------------------
+// Independent accumulator chains of the path's multiply instruction on registers only: vpdpbusd
+// for the VNNI paths (as bench_gemm measures the FMA peak), vpmaddubsw for AVX2 and pmaddwd for
+// SSE2, each chain feeding its own result back (so nothing can be hoisted or shared). For AVX2
+// and SSE2 this is the multiplier's throughput; their kernels also need a widening vpmaddwd and
+// an add per multiply, so they cannot reach it.
+constexpr std::size_t peak_steps = 1 << 16;
+
+/// Chains per loop: enough to cover the latency, few enough to stay in registers.
+constexpr std::size_t peak_chains(int_isa p) {
+  return p == int_isa::avx512_vnni ? 12 : 10;
+}
 
 /// Operations (2 per multiply-add) of one peak loop.
 double peak_ops(int_isa p) {
   const double macs_per_instruction = p == int_isa::avx512_vnni                      ? 64
                                       : p == int_isa::avx_vnni || p == int_isa::avx2 ? 32
-                                      : p == int_isa::neon_dot                       ? 16
                                                                                      : 8;
-  return 2.0 * macs_per_instruction * peak_chains * peak_steps;
+  return 2.0 * macs_per_instruction * double(peak_chains(p)) * peak_steps;
 }
 
 #if BITGRAD_PACKED_X86
 BITGRAD_TARGET_AVX512_VNNI void peak_loop_avx512_vnni() {
-  __m512i acc[peak_chains];
-  __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm512_set1_epi32(int(i));
-  for (std::size_t p = 0; p < peak_steps; ++p) {
-    __asm__("" : "+v"(x), "+v"(y)); // opaque operands: nothing is hoisted
-#pragma GCC unroll 12
-    for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, y);
-  }
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) benchmark::DoNotOptimize(acc[i]);
+  constexpr std::size_t chains = peak_chains(int_isa::avx512_vnni);
+  __m512i acc[chains];
+  const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm512_set1_epi32(int(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m512i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
 }
 #if BITGRAD_PACKED_HAS_AVX_VNNI
 BITGRAD_TARGET_AVX_VNNI void peak_loop_avx_vnni() {
-  __m256i acc[peak_chains];
-  __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm256_set1_epi32(int(i));
-  for (std::size_t p = 0; p < peak_steps; ++p) {
-    __asm__("" : "+x"(x), "+x"(y));
-#pragma GCC unroll 12
-    for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, y);
-  }
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) benchmark::DoNotOptimize(acc[i]);
+  constexpr std::size_t chains = peak_chains(int_isa::avx_vnni);
+  __m256i acc[chains];
+  const __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_set1_epi32(int(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m256i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
 }
 #endif
 BITGRAD_TARGET_AVX2 void peak_loop_avx2() {
-  __m256i acc[peak_chains];
-  __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
-  const __m256i ones = _mm256_set1_epi16(1);
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm256_set1_epi32(int(i));
-  for (std::size_t p = 0; p < peak_steps; ++p) {
-    __asm__("" : "+x"(x), "+x"(y));
-#pragma GCC unroll 12
-    for (std::size_t i = 0; i < peak_chains; ++i)
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones));
-  }
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) benchmark::DoNotOptimize(acc[i]);
+  constexpr std::size_t chains = peak_chains(int_isa::avx2);
+  __m256i acc[chains];
+  const __m256i y = _mm256_set1_epi8(1);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_set1_epi8(char(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_maddubs_epi16(acc[i], y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m256i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi16(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
 }
 BITGRAD_TARGET_SSE2 void peak_loop_sse2() {
-  __m128i acc[peak_chains];
-  __m128i x = _mm_set1_epi16(3), y = _mm_set1_epi16(-2);
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = _mm_set1_epi32(int(i));
-  for (std::size_t p = 0; p < peak_steps; ++p) {
-    __asm__("" : "+x"(x), "+x"(y));
-#pragma GCC unroll 12
-    for (std::size_t i = 0; i < peak_chains; ++i)
-      acc[i] = _mm_add_epi32(acc[i], _mm_madd_epi16(x, y));
-  }
-#pragma GCC unroll 12
-  for (std::size_t i = 0; i < peak_chains; ++i) benchmark::DoNotOptimize(acc[i]);
+  constexpr std::size_t chains = peak_chains(int_isa::sse2);
+  __m128i acc[chains];
+  const __m128i y = _mm_set1_epi16(1);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm_set1_epi16(short(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm_madd_epi16(acc[i], y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m128i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
 }
 #endif
 
