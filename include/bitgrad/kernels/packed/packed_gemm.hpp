@@ -6,8 +6,8 @@
 // Why kernels/packed/: kernels know nothing of layers or of the file; this folder holds the
 // weight formats (packed_weights.hpp), the path-independent parts (isa.hpp: tags and CPU
 // choice; packed_decode.hpp: scalar decode; output_stage.hpp), one header per instruction set
-// and this driver. The runtime (deploy/) builds packed_weights from a file's codes and calls
-// packed_gemm for conv2d (im2row rows) and linear layers.
+// and this driver. The runtime (deploy/) is to build packed_weights from a file's codes at load
+// and call packed_gemm for conv2d (im2row rows) and linear layers (issue 19, phase 2).
 //
 //   activations A (m x K, u8)        weights W (n x K codes)        acc (m x n, int32)
 //        K                              K
@@ -22,8 +22,9 @@
 // where shift is 0 on every path but neon_dot (128: sdot is s8 x s8). |acc| <= 255 * 127 * K
 // stays in int32 for K <= packed_max_depth.
 //
-// Loop nest (one call; every loop on the calling thread, so callers split rows or tiles across
-// threads by calling on sub-ranges):
+// Loop nest (one call; every loop runs on the calling thread: callers split the rows, batch or
+// pixels, across threads by calling on sub-ranges of A; splitting the channels would need a
+// tile-range parameter, which there is not yet):
 //
 //   for i0 in m step MC (64 rows)                  activation block: MC x K bytes, L2
 //     for bit class k = 1..8, tile t of class k    16 channels, original indices from
