@@ -1,0 +1,359 @@
+// Packed low-bit integer GEMM throughput (kernels/packed/packed_gemm.hpp): every path this CPU
+// runs x every bitwidth 1..8 x the GEMM shapes of LeNet-5 and the VGG-style net, beside
+// bitgrad's float GEMM on the same shapes, and the machine's int8 peak.
+//
+// Shapes, m x n x K (m activation rows, n output channels, K inputs per channel):
+//   conv layers, one image (im2row: m = output pixels, K = Cin * kh * kw; a batch of B images is
+//   B such calls, so the per-image rate is the batch rate):
+//     lenet.conv1 576 x 6 x 25, lenet.conv2 64 x 16 x 150,
+//     vgg.conv1 784 x 32 x 9, vgg.conv2 784 x 32 x 288, vgg.conv3 196 x 64 x 288,
+//     vgg.conv4 196 x 64 x 576
+//   linear layers at batch 1 (packed_gemv) and 256 (packed_gemm, m = 256):
+//     lenet.fc1 256 -> 120, lenet.fc2 120 -> 84, lenet.fc3 84 -> 10, vgg.fc1 3136 -> 256,
+//     vgg.fc2 256 -> 10
+// Every output goes through the requantizing stage to u8 (scale, bias, ReLU, round, clamp).
+//
+// Rows: int_gemm/<path>/<k>bit/<shape>, int_gemm/float/<shape> (bitgrad::gemm, 1 thread, as
+// the packed kernels run on the calling thread), int_gemm/peak/<path>. The counter GOP/s is
+// 2 m n K operations per call over wall time. The peak rows run independent chains of the
+// path's multiply instruction on registers only (vpdpbusd for the VNNI paths, as bench_gemm
+// measures the FMA peak; see "register-only peaks" below). The final table uses the rate per second
+// of the calling thread's CPU time (the machine this was written on is shared, where wall time
+// mostly measures the other processes) and gives each row as a share of its own path's peak, of the
+// machine's best peak and of the float GEMM on the same shape.
+//
+// Timings on a shared machine are noisy; compare rows of one run, and re-measure on an idle
+// machine before quoting numbers.
+#include <bitgrad/kernels/gemm.hpp>
+#include <bitgrad/kernels/packed/packed_gemm.hpp>
+
+#include <benchmark/benchmark.h>
+
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace bitgrad;
+
+struct int_shape {
+  std::string name;
+  std::size_t m, n, k;
+};
+
+std::vector<int_shape> shapes() {
+  std::vector<int_shape> s = {
+      {"lenet.conv1.image", 576, 6, 25}, {"lenet.conv2.image", 64, 16, 150},
+      {"vgg.conv1.image", 784, 32, 9},   {"vgg.conv2.image", 784, 32, 288},
+      {"vgg.conv3.image", 196, 64, 288}, {"vgg.conv4.image", 196, 64, 576},
+  };
+  for (std::size_t b : {1, 256}) {
+    const std::string tag = ".b" + std::to_string(b);
+    s.push_back({"lenet.fc1" + tag, b, 120, 256});
+    s.push_back({"lenet.fc2" + tag, b, 84, 120});
+    s.push_back({"lenet.fc3" + tag, b, 10, 84});
+    s.push_back({"vgg.fc1" + tag, b, 256, 3136});
+    s.push_back({"vgg.fc2" + tag, b, 10, 256});
+  }
+  return s;
+}
+
+/// Codes of one bitwidth (random in range), activations in 0..255, per-channel scales.
+struct int_operands {
+  std::vector<std::uint8_t> a, y;
+  std::vector<float> scale, bias;
+  packed_weights w;
+  int_operands(const int_shape& s, int bits) : a(s.m * s.k), y(s.m * s.n), scale(s.n), bias(s.n) {
+    std::mt19937 rng(7);
+    for (auto& v : a) v = static_cast<std::uint8_t>(rng());
+    std::vector<std::int32_t> codes(s.n * s.k);
+    const std::int32_t limit = packed_code_limit(bits);
+    for (auto& c : codes)
+      c = bits == 1 ? ((rng() & 1u) ? 1 : -1)
+                    : std::int32_t(rng() % std::uint32_t(2 * limit + 1)) - limit;
+    const std::vector<std::uint8_t> group_bits(s.n, static_cast<std::uint8_t>(bits));
+    const std::vector<float> group_scale(s.n, 0.01f);
+    w = packed_weights(s.n, s.k, 1, group_bits.data(), group_scale.data(), codes.data());
+    for (std::size_t j = 0; j < s.n; ++j) {
+      scale[j] = 1e-3f * float(1 + j % 5);
+      bias[j] = 0.1f * float(int(j % 7) - 3);
+    }
+  }
+};
+
+void run_int(benchmark::State& state, const int_shape& s, int_isa path, int bits) {
+  int_operands x(s, bits);
+  const auto out = output::make_pipeline(output::scale_bias{x.scale.data(), x.bias.data()},
+                                         output::clamp{0.0f}, output::quantize_u8{20.0f},
+                                         output::store<std::uint8_t>{x.y.data(), s.n});
+  auto call = [&] {
+    if (s.m == 1)
+      packed_gemv(path, x.a.data(), 0, x.w, out);
+    else
+      packed_gemm(path, s.m, x.a.data(), s.k, 0, x.w, out);
+  };
+  call();
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    benchmark::ClobberMemory();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  state.counters["GOP/s"] =
+      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["resident_bytes"] = double(x.w.resident_bytes());
+  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+}
+
+void run_float(benchmark::State& state, const int_shape& s) {
+#if defined(BITGRAD_WITH_OPENMP)
+  omp_set_num_threads(1);
+#endif
+  std::vector<float> a(s.m * s.k), w(s.n * s.k), y(s.m * s.n);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = float(i % 17) * 0.01f;
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(int(i % 13) - 6) * 0.01f;
+  auto call = [&] {
+    gemm(transpose::no, transpose::yes, s.m, s.n, s.k, 1.0f, a.data(), s.k, w.data(), s.k, 0.0f,
+         y.data(), s.n);
+  };
+  call();
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    benchmark::ClobberMemory();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  state.counters["GOP/s"] =
+      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+}
+
+// ---- register-only peaks ------------------------------------------------------------------
+// Independent accumulator chains of the path's multiply instruction on registers only: vpdpbusd
+// for the VNNI paths (as bench_gemm measures the FMA peak), vpmaddubsw for AVX2 and pmaddwd for
+// SSE2, each chain feeding its own result back (so nothing can be hoisted or shared). For AVX2
+// and SSE2 this is the multiplier's throughput; their kernels also need a widening vpmaddwd and
+// an add per multiply, so they cannot reach it.
+constexpr std::size_t peak_steps = 1 << 16;
+
+/// Chains per loop: enough to cover the latency, few enough to stay in registers.
+constexpr std::size_t peak_chains(int_isa p) {
+  return p == int_isa::avx512_vnni ? 12 : 10;
+}
+
+/// Operations (2 per multiply-add) of one peak loop.
+double peak_ops(int_isa p) {
+  const double macs_per_instruction = p == int_isa::avx512_vnni                      ? 64
+                                      : p == int_isa::avx_vnni || p == int_isa::avx2 ? 32
+                                                                                     : 8;
+  return 2.0 * macs_per_instruction * double(peak_chains(p)) * peak_steps;
+}
+
+#if BITGRAD_PACKED_X86
+BITGRAD_TARGET_AVX512_VNNI void peak_loop_avx512_vnni() {
+  constexpr std::size_t chains = peak_chains(int_isa::avx512_vnni);
+  __m512i acc[chains];
+  const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm512_set1_epi32(int(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], x, y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m512i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
+}
+#if BITGRAD_PACKED_HAS_AVX_VNNI
+BITGRAD_TARGET_AVX_VNNI void peak_loop_avx_vnni() {
+  constexpr std::size_t chains = peak_chains(int_isa::avx_vnni);
+  __m256i acc[chains];
+  const __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_set1_epi32(int(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m256i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
+}
+#endif
+BITGRAD_TARGET_AVX2 void peak_loop_avx2() {
+  constexpr std::size_t chains = peak_chains(int_isa::avx2);
+  __m256i acc[chains];
+  const __m256i y = _mm256_set1_epi8(1);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_set1_epi8(char(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_maddubs_epi16(acc[i], y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m256i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi16(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
+}
+BITGRAD_TARGET_SSE2 void peak_loop_sse2() {
+  constexpr std::size_t chains = peak_chains(int_isa::sse2);
+  __m128i acc[chains];
+  const __m128i y = _mm_set1_epi16(1);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm_set1_epi16(short(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm_madd_epi16(acc[i], y);
+  // One value out of all chains (taking the address of acc itself would keep it in memory).
+  __m128i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm_add_epi32(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
+}
+#endif
+
+void run_peak(benchmark::State& state, int_isa p) {
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    switch (p) {
+#if BITGRAD_PACKED_X86
+    case int_isa::avx512_vnni:
+      peak_loop_avx512_vnni();
+      break;
+#if BITGRAD_PACKED_HAS_AVX_VNNI
+    case int_isa::avx_vnni:
+      peak_loop_avx_vnni();
+      break;
+#endif
+    case int_isa::avx2:
+      peak_loop_avx2();
+      break;
+    case int_isa::sse2:
+      peak_loop_sse2();
+      break;
+#endif
+    default:
+      state.SkipWithError("no peak loop for this path");
+      return;
+    }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  state.counters["GOP/s"] = peak_ops(p) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = peak_ops(p);
+}
+
+/// Prints like the console reporter and keeps each row's best rate per CPU second (over
+/// repetitions) for the final table.
+class rate_reporter : public benchmark::ConsoleReporter {
+public:
+  std::map<std::string, double> best;
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      const auto ops = r.counters.find("ops_per_call");
+      if (r.error_occurred || r.run_type != Run::RT_Iteration || ops == r.counters.end()) continue;
+      // GetAdjustedCPUTime: CPU time per iteration in the row's unit (microseconds here).
+      const double cpu_seconds = r.GetAdjustedCPUTime() * 1e-6;
+      if (cpu_seconds <= 0) continue;
+      double& b = best[r.run_name.function_name];
+      b = std::max(b, ops->second.value / cpu_seconds * 1e-9);
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("best_int_path", int_isa_name(best_int_isa()));
+
+  std::vector<int_isa> paths;
+  for (int_isa p : all_int_isas)
+    if (p != int_isa::reference && int_isa_supported(p)) paths.push_back(p);
+  std::vector<int_isa> peaks;
+  for (int_isa p : paths)
+    if (p != int_isa::neon && p != int_isa::neon_dot) peaks.push_back(p);
+  for (int_isa p : peaks)
+    benchmark::RegisterBenchmark((std::string("int_gemm/peak/") + int_isa_name(p)).c_str(),
+                                 run_peak, p)
+        ->Unit(benchmark::kMicrosecond);
+
+  const std::vector<int_shape> all = shapes();
+  for (const int_shape& s : all) {
+    benchmark::RegisterBenchmark(("int_gemm/float/" + s.name).c_str(), run_float, s)
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(0.1);
+    for (int_isa p : paths)
+      for (int bits = 1; bits <= packed_max_bits; ++bits)
+        benchmark::RegisterBenchmark((std::string("int_gemm/") + int_isa_name(p) + "/" +
+                                      std::to_string(bits) + "bit/" + s.name)
+                                         .c_str(),
+                                     run_int, s, p, bits)
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.1);
+  }
+
+  rate_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  auto rate = [&](const std::string& row) {
+    const auto it = reporter.best.find(row);
+    return it == reporter.best.end() ? 0.0 : it->second;
+  };
+  double machine_peak = 0;
+  std::string machine_peak_path = "none";
+  for (int_isa p : peaks) {
+    const double r = rate(std::string("int_gemm/peak/") + int_isa_name(p));
+    std::printf("\nmeasured peak, %s, 1 thread: %.1f GOP/s per CPU second", int_isa_name(p), r);
+    if (r > machine_peak) machine_peak = r, machine_peak_path = int_isa_name(p);
+  }
+  std::printf("\nmachine int8 peak: %.1f GOP/s per CPU second (%s)\n", machine_peak,
+              machine_peak_path.c_str());
+  std::printf("\n| shape | m x n x K | path | bits | GOP/s (CPU) | / path peak | / machine peak | "
+              "/ float GEMM |\n|---|---|---|---:|---:|---:|---:|---:|\n");
+  for (const int_shape& s : all) {
+    const double f = rate("int_gemm/float/" + s.name);
+    const std::string dims =
+        std::to_string(s.m) + " x " + std::to_string(s.n) + " x " + std::to_string(s.k);
+    for (int_isa p : paths) {
+      const double pp = rate(std::string("int_gemm/peak/") + int_isa_name(p));
+      for (int bits = 1; bits <= packed_max_bits; ++bits) {
+        const double r = rate(std::string("int_gemm/") + int_isa_name(p) + "/" +
+                              std::to_string(bits) + "bit/" + s.name);
+        if (r == 0) continue;
+        std::printf("| %s | %s | %s | %d | %.1f | %.2f | %.2f | %.2f |\n", s.name.c_str(),
+                    dims.c_str(), int_isa_name(p), bits, r, pp > 0 ? r / pp : 0.0,
+                    machine_peak > 0 ? r / machine_peak : 0.0, f > 0 ? r / f : 0.0);
+      }
+    }
+  }
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,204 @@
+// Output stages of the packed integer kernels: what happens to each exact int32 sum
+// acc(i, j) = sum_p (x(i, p) - z) w(j, p) after the kernel has formed it (as gemmlowp's output
+// stages, CUTLASS's epilogues).
+//
+// A stage is a small struct with `operator()(value, i, j)` returning the next value; the last
+// stage of a pipeline stores and returns nothing. output::pipeline chains them into the functor
+// the kernels call, `out(i, j, acc)` (i: activation row, j: output channel, original order):
+//
+//   acc (int32) -> scale_bias -> clamp -> quantize_u8 -> store<std::uint8_t>
+//                  acc * s[j] + b[j]     (ReLU: lo = 0)  round(v / s_y), clamped to 0..255
+//
+// For a layer y = s_x s_w[j] cs[j] acc + bias[j]: scale[j] = s_x * s_w[j] * cs[j] (input scale,
+// weight scale of j's group, folded channel scale). A next integer layer that reads y as u8
+// with scale s_y takes quantize_u8{1 / s_y}; a float consumer stops at store<float>.
+//
+// Rows: every stage here also has `apply(batch, i, j0)`, the same operation on the channels
+// j0 .. j0 + lanes - 1 of row i (simd_batch, the compiled instruction set: SSE2 at -O2); a
+// pipeline of such stages gets `row(i, j0, acc, count)`, which the kernels call instead of
+// count scalar calls when a tile's channels are consecutive. Both give the same bits: the one
+// multiply-add is an explicit fused multiply-add where the target has one (so the compiler's
+// contraction cannot make the two differ) and a separate multiply and add where it has none;
+// test_packed_kernels holds them against each other.
+#pragma once
+
+#include <bitgrad/core/simd.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace bitgrad::output {
+
+namespace detail {
+
+/// a * b + c, rounded once where the target has FMA, twice where it has not.
+inline float mul_add(float a, float b, float c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+template <class B>
+B mul_add(const B& a, const B& b, const B& c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return xsimd::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+/// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
+template <class S>
+concept lane_stage = S::lanes;
+
+} // namespace detail
+
+/// value = acc * scale[j] + bias[j] (bias nullable).
+struct scale_bias {
+  static constexpr bool lanes = true;
+  const float* scale;
+  const float* bias = nullptr;
+  float operator()(std::int32_t acc, std::size_t, std::size_t j) const {
+    return detail::mul_add(static_cast<float>(acc), scale[j], bias ? bias[j] : 0.0f);
+  }
+  template <class B>
+  auto apply(const B& acc, std::size_t, std::size_t j0) const {
+    using F = xsimd::batch<float, typename B::arch_type>;
+    return detail::mul_add(xsimd::to_float(acc), F::load_unaligned(scale + j0),
+                           bias ? F::load_unaligned(bias + j0) : F(0.0f));
+  }
+};
+
+/// value = min(max(value, lo), hi); NaN becomes lo. ReLU is clamp{0}, ReLU6 clamp{0, 6}.
+struct clamp {
+  static constexpr bool lanes = true;
+  float lo = 0.0f;
+  float hi = std::numeric_limits<float>::infinity();
+  float operator()(float v, std::size_t, std::size_t) const {
+    if (!(v > lo)) return lo; // also NaN
+    return v < hi ? v : hi;
+  }
+  template <class B>
+  B apply(const B& v, std::size_t, std::size_t) const {
+    // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
+    return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
+  }
+};
+
+/// u8 = clamp(round_half_even(value * inv_scale) + zero_point, 0, 255); NaN gives zero_point.
+/// Rounds with the 1.5 * 2^23 trick (adding it leaves no fraction bits; the sum rounds half to
+/// even, and subtracting it back is exact), which equals std::nearbyint in the default
+/// rounding mode for |q| <= 2^22 and, unlike nearbyint at -O2 on SSE2, is not a library call.
+struct quantize_u8 {
+  static constexpr bool lanes = true;
+  float inv_scale;
+  std::int32_t zero_point = 0;
+  static constexpr float magic = 12582912.0f, big = 4194304.0f; // 1.5 * 2^23, 2^22
+  std::uint8_t operator()(float v, std::size_t, std::size_t) const {
+    float q = v * inv_scale;
+    if (!(q == q)) q = 0.0f;
+    q = q < -big ? -big : (q > big ? big : q);
+    q = (q + magic) - magic;
+    q += static_cast<float>(zero_point);
+    q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+    return static_cast<std::uint8_t>(q);
+  }
+  /// The u8 values as int32 lanes.
+  template <class B>
+  auto apply(const B& v, std::size_t, std::size_t) const {
+    B q = v * B(inv_scale);
+    q = xsimd::select(q == q, q, B(0.0f)); // NaN -> 0; min and max below see no NaN
+    q = xsimd::min(xsimd::max(q, B(-big)), B(big));
+    q = (q + B(magic)) - B(magic);
+    q += B(static_cast<float>(zero_point));
+    q = xsimd::min(xsimd::max(q, B(0.0f)), B(255.0f));
+    return xsimd::to_int(q);
+  }
+};
+
+/// Stores the value at y[i * row_stride + j * col_stride] (the last stage).
+template <class T>
+struct store {
+  static constexpr bool lanes = true;
+  T* y;
+  std::size_t row_stride, col_stride = 1;
+  void operator()(T v, std::size_t i, std::size_t j) const {
+    y[i * row_stride + j * col_stride] = v;
+  }
+  /// Lanes are channels j0..; u8 outputs arrive as int32 lanes holding 0..255.
+  template <class B>
+  void apply(const B& v, std::size_t i, std::size_t j0) const {
+    using V = typename B::value_type;
+    T* dst = y + i * row_stride + j0 * col_stride;
+    if constexpr (std::is_same_v<V, T>) {
+      if (col_stride == 1) {
+        v.store_unaligned(dst);
+        return;
+      }
+    }
+    alignas(64) V lanes[B::size];
+    v.store_aligned(lanes);
+    if (col_stride == 1)
+      for (std::size_t l = 0; l < B::size; ++l) dst[l] = static_cast<T>(lanes[l]);
+    else
+      for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lanes[l]);
+  }
+};
+
+/// Stores the raw int32 sum (tests, or a caller that requantizes itself).
+using store_int32 = store<std::int32_t>;
+
+/// Stages applied in order; the functor the kernels call as out(i, j, acc), and as
+/// out.row(i, j0, acc, count) for count consecutive channels j0.. of row i.
+template <class... Stages>
+struct pipeline {
+  std::tuple<Stages...> stages;
+
+  void operator()(std::size_t i, std::size_t j, std::int32_t acc) const {
+    run<0>(stages, acc, i, j);
+  }
+
+  void row(std::size_t i, std::size_t j0, const std::int32_t* acc, std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+    // A local copy: stores through a u8 output may alias anything reachable through `this`,
+    // which would make the compiler reload every stage parameter after each store.
+    const std::tuple<Stages...> s = stages;
+    std::size_t c = 0;
+#if BITGRAD_HAS_SIMD
+    using B = simd_batch<std::int32_t>;
+    for (; c + B::size <= count; c += B::size)
+      run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
+#endif
+    for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
+  }
+
+private:
+  template <std::size_t I, class V>
+  static void run(const std::tuple<Stages...>& s, V v, std::size_t i, std::size_t j) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      std::get<I>(s)(v, i, j);
+    else
+      run<I + 1>(s, std::get<I>(s)(v, i, j), i, j);
+  }
+  template <std::size_t I, class V>
+  static void run_lanes(const std::tuple<Stages...>& s, const V& v, std::size_t i, std::size_t j0) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      std::get<I>(s).apply(v, i, j0);
+    else
+      run_lanes<I + 1>(s, std::get<I>(s).apply(v, i, j0), i, j0);
+  }
+};
+
+template <class... Stages>
+pipeline<Stages...> make_pipeline(Stages... s) {
+  return pipeline<Stages...>{std::tuple<Stages...>(std::move(s)...)};
+}
+
+} // namespace bitgrad::output

@@ -1,0 +1,236 @@
+// The AVX2 path of the packed kernels: a full-tile quad is two 256-bit registers (channels 0-7
+// and 8-15, 4 inputs each, dot order), multiplied with vpmaddubsw (u8 x s8, adjacent pairs
+// summed into saturating int16) then vpmaddwd by ones (pairs of int16 into int32 lanes).
+//
+// Exactness: a vpmaddubsw pair is x0 w0 + x1 w1 with x in 0..255. For k <= 7, |w| <= 63 and
+// |pair| <= 2 * 255 * 63 = 32130 < 32767: exact. For k = 8, |w| <= 127 would reach 64770, so
+// the activations are split, x = (x & 0x7f) + (x & 0x80): pairs of the low part reach
+// 2 * 127 * 127 = 32258, of the high part 2 * 128 * 127 = 32512, both exact; the two products
+// are widened to int32 separately and added there. Only bit class 8 pays the second multiply.
+//
+// Decode of a quad into the two registers (planes of packed_weights.hpp):
+//   f = 4 (32 bytes): low nibbles -> channels 0-7, high nibbles -> channels 8-15
+//   f = 2 (16 bytes): vbroadcasti128, vpsrlvq by (0,0,2,2) -> 0-7, by (4,4,6,6) -> 8-15
+//   f = 1 (8 bytes):  vpbroadcastq, vpsrlvq by (0,1,2,3) -> 0-7, by (4,5,6,7) -> 8-15
+// then mask, OR a second plane in, subtract 2^(k-1) (k = 1: 2u - 1). AVX-VNNI
+// (packed_avx_vnni.hpp) reuses this decode.
+//
+// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators.
+#pragma once
+
+#include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
+#include <bitgrad/kernels/packed/isa.hpp>
+#include <bitgrad/kernels/packed/packed_decode.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if BITGRAD_PACKED_X86
+
+namespace bitgrad::detail {
+
+template <>
+struct packed_isa_traits<isa::avx2> {
+  using panel = std::int8_t;
+  static constexpr std::int32_t activation_shift = 0;
+};
+
+/// Fields of plane width F in dot order: lo = elements 0..31, hi = elements 32..63.
+template <int F>
+BITGRAD_TARGET_AVX2 inline void avx2_plane(const std::uint8_t* src, __m256i& lo, __m256i& hi) {
+  if constexpr (F == 1) {
+    long long bytes;
+    std::memcpy(&bytes, src, 8);
+    const __m256i v = _mm256_set1_epi64x(bytes), m = _mm256_set1_epi8(0x01);
+    lo = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(3, 2, 1, 0)), m);
+    hi = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(7, 6, 5, 4)), m);
+  } else if constexpr (F == 2) {
+    const __m256i v =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    const __m256i m = _mm256_set1_epi8(0x03);
+    lo = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(2, 2, 0, 0)), m);
+    hi = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(6, 6, 4, 4)), m);
+  } else {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    lo = _mm256_and_si256(v, m);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+  }
+}
+
+/// The 64 codes of one full-tile quad at K bits: lo = channels 0-7, hi = channels 8-15.
+template <int K>
+BITGRAD_TARGET_AVX2 inline void avx2_decode_quad(const std::uint8_t* src, __m256i& lo,
+                                                 __m256i& hi) {
+  constexpr packed_layout l = packed_layout_of(K);
+  if constexpr (l.raw_bytes) {
+    lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
+  } else {
+    avx2_plane<l.plane[0].width>(src, lo, hi);
+    if constexpr (l.planes == 2) {
+      __m256i lo2, hi2;
+      avx2_plane<l.plane[1].width>(src + 8 * l.plane[0].width, lo2, hi2);
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(lo2, l.plane[1].shift));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(hi2, l.plane[1].shift));
+    }
+    if constexpr (K == 1) {
+      const __m256i one = _mm256_set1_epi8(1);
+      lo = _mm256_sub_epi8(_mm256_add_epi8(lo, lo), one);
+      hi = _mm256_sub_epi8(_mm256_add_epi8(hi, hi), one);
+    } else {
+      const __m256i bias = _mm256_set1_epi8(static_cast<char>(1 << (K - 1)));
+      lo = _mm256_sub_epi8(lo, bias);
+      hi = _mm256_sub_epi8(hi, bias);
+    }
+  }
+}
+
+/// Per-channel sums of a decoded register (8 channels x 4 codes) added to s (int32 lanes).
+BITGRAD_TARGET_AVX2 inline __m256i avx2_code_sums(__m256i s, __m256i w) {
+  const __m256i p = _mm256_maddubs_epi16(_mm256_set1_epi8(1), w); // |pair| <= 254
+  return _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+template <int K>
+BITGRAD_TARGET_AVX2 void avx2_decode_quads(const std::uint8_t* src, std::size_t nq,
+                                           std::int8_t* panel, std::int32_t* sums) {
+  constexpr std::size_t qb = packed_layout_of(K).quad_bytes;
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+  for (std::size_t q = 0; q < nq; ++q) {
+    __m256i lo, hi;
+    avx2_decode_quad<K>(src + q * qb, lo, hi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + q * packed_quad_codes), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + q * packed_quad_codes + 32), hi);
+    if (sums) {
+      s0 = avx2_code_sums(s0, lo);
+      s1 = avx2_code_sums(s1, hi);
+    }
+  }
+  if (sums) {
+    alignas(32) std::int32_t lanes[packed_tile];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), s1);
+    for (std::size_t c = 0; c < packed_tile; ++c) sums[c] += lanes[c];
+  }
+}
+
+/// Decodes nq full-tile quads of bit class k from src into panel (dot order, int8); adds each
+/// channel's codes to sums when sums is not null. Also used by the AVX-VNNI path.
+inline void packed_decode_quads(isa::avx2, int k, const std::uint8_t* src, std::size_t nq,
+                                std::int8_t* panel, std::int32_t* sums) {
+  switch (k) {
+  case 1:
+    avx2_decode_quads<1>(src, nq, panel, sums);
+    break;
+  case 2:
+    avx2_decode_quads<2>(src, nq, panel, sums);
+    break;
+  case 3:
+    avx2_decode_quads<3>(src, nq, panel, sums);
+    break;
+  case 4:
+    avx2_decode_quads<4>(src, nq, panel, sums);
+    break;
+  case 5:
+    avx2_decode_quads<5>(src, nq, panel, sums);
+    break;
+  case 6:
+    avx2_decode_quads<6>(src, nq, panel, sums);
+    break;
+  case 7:
+    avx2_decode_quads<7>(src, nq, panel, sums);
+    break;
+  default:
+    avx2_decode_quads<8>(src, nq, panel, sums);
+    break;
+  }
+}
+
+/// acc += x . w per int32 lane (4 products), exact when every |w| <= 63 (SplitX false) or for
+/// any int8 w (SplitX true: x split into its low 7 bits and its top bit).
+template <bool SplitX>
+BITGRAD_TARGET_AVX2 inline __m256i avx2_dot(__m256i acc, __m256i x, __m256i w) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (SplitX) {
+    const __m256i xl = _mm256_and_si256(x, _mm256_set1_epi8(0x7F));
+    const __m256i xh = _mm256_and_si256(x, _mm256_set1_epi8(static_cast<char>(0x80)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xl, w), ones));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xh, w), ones));
+  } else {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones));
+  }
+}
+
+/// One quad for MR rows: acc(r) += x(r, quad) . w. Partial: the quad holds n < 4 inputs.
+template <std::size_t MR, bool SplitX, bool Partial>
+BITGRAD_TARGET_AVX2 __attribute__((always_inline)) inline void
+avx2_quad(__m256i (&acc)[MR][2], const std::uint8_t* x, std::size_t lda, const std::int8_t* wq,
+          std::size_t n) {
+  const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq));
+  const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 32));
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    const __m256i xb = _mm256_set1_epi32(Partial ? packed_load_quad(x + r * lda, n)
+                                                 : packed_load_quad(x + r * lda));
+    acc[r][0] = avx2_dot<SplitX>(acc[r][0], xb, w0);
+    acc[r][1] = avx2_dot<SplitX>(acc[r][1], xb, w1);
+  }
+}
+
+template <std::size_t MR, bool SplitX>
+BITGRAD_TARGET_AVX2 void avx2_rows(const std::uint8_t* x, std::size_t lda, std::size_t nq,
+                                   std::size_t tail, const std::int8_t* panel, std::int32_t* c,
+                                   bool accumulate) {
+  __m256i acc[MR][2];
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (std::size_t h = 0; h < 2; ++h)
+      acc[r][h] =
+          accumulate
+              ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * packed_tile + 8 * h))
+              : _mm256_setzero_si256();
+  const std::size_t full = tail ? nq - 1 : nq;
+  for (std::size_t q = 0; q < full; ++q)
+    avx2_quad<MR, SplitX, false>(acc, x + q * packed_quad, lda, panel + q * packed_quad_codes,
+                                 packed_quad);
+  if (tail)
+    avx2_quad<MR, SplitX, true>(acc, x + full * packed_quad, lda, panel + full * packed_quad_codes,
+                                tail);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (std::size_t h = 0; h < 2; ++h)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * packed_tile + 8 * h), acc[r][h]);
+}
+
+template <bool SplitX>
+void avx2_rows_all(std::size_t rows, const std::uint8_t* x, std::size_t lda, std::size_t nq,
+                   std::size_t tail, const std::int8_t* panel, std::int32_t* c, bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 4 <= rows; i += 4)
+    avx2_rows<4, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+  if (i + 2 <= rows) {
+    avx2_rows<2, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+    i += 2;
+  }
+  if (i < rows)
+    avx2_rows<1, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+}
+
+/// c(i, 0..15) (+)= sum over quads q < nq of x(i, 4q..4q+3) . panel(q, c, 0..3) for rows
+/// i < rows; the last quad holds only `tail` inputs when tail > 0. `bits` is the tile's class.
+inline void packed_rows(isa::avx2, std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                        std::size_t nq, std::size_t tail, int bits, const std::int8_t* panel,
+                        std::int32_t* c, bool accumulate) {
+  if (bits == 8)
+    avx2_rows_all<true>(rows, x, lda, nq, tail, panel, c, accumulate);
+  else
+    avx2_rows_all<false>(rows, x, lda, nq, tail, panel, c, accumulate);
+}
+
+} // namespace bitgrad::detail
+
+#endif // BITGRAD_PACKED_X86

@@ -1,0 +1,197 @@
+// The AVX-512 VNNI path of the packed kernels: one 512-bit register is one full-tile quad (16
+// channels x 4 inputs, dot order), and vpdpbusd (u8 activations x s8 codes, 4 products summed
+// into each int32 lane) is exact for every k: |x w| <= 255 * 127 per product, int32 sums.
+//
+// Decode of a quad (planes of packed_weights.hpp), e.g. k = 2 (16 bytes):
+//   vbroadcasti32x4   the 16 bytes into the four 128-bit sub-lanes
+//   vpsrlvq           shift sub-lane s right by 2 s        -> sub-lane s holds elements 16 s..
+//   vpandd 0x03       the field u of every element, in dot order
+//   vpsubb 2          the code (k = 1: 2u - 1)
+// k = 1 broadcasts 8 bytes to eight 64-bit sub-lanes shifted by 0..7, k = 4 32 bytes to two
+// halves shifted by 0 and 4; two-plane widths OR the second plane in above the first.
+//
+// Micro-kernel: MR rows x one tile, MR zmm accumulators; per quad one panel load and, per row,
+// a 4-byte broadcast of x(i, 4q..4q+3) from memory and one vpdpbusd.
+#pragma once
+
+#include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
+#include <bitgrad/kernels/packed/isa.hpp>
+#include <bitgrad/kernels/packed/packed_decode.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if BITGRAD_PACKED_X86
+
+namespace bitgrad::detail {
+
+template <>
+struct packed_isa_traits<isa::avx512_vnni> {
+  using panel = std::int8_t;
+  /// Activations enter the dot product as stored (u8): no shift to correct.
+  static constexpr std::int32_t activation_shift = 0;
+};
+
+/// Field of plane width F, in dot order, from the plane's bytes.
+template <int F>
+BITGRAD_TARGET_AVX512_VNNI inline __m512i avx512_plane(const std::uint8_t* src) {
+  if constexpr (F == 1) {
+    std::int64_t bytes;
+    std::memcpy(&bytes, src, 8);
+    const __m512i v = _mm512_set1_epi64(bytes);
+    return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
+                            _mm512_set1_epi8(0x01));
+  } else if constexpr (F == 2) {
+    const __m512i v =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0)),
+                            _mm512_set1_epi8(0x03));
+  } else {
+    const __m512i v =
+        _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+    return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)),
+                            _mm512_set1_epi8(0x0F));
+  }
+}
+
+/// The 64 codes of one full-tile quad at K bits, in dot order.
+template <int K>
+BITGRAD_TARGET_AVX512_VNNI inline __m512i avx512_decode_quad(const std::uint8_t* src) {
+  constexpr packed_layout l = packed_layout_of(K);
+  if constexpr (l.raw_bytes) {
+    return _mm512_loadu_si512(src);
+  } else {
+    __m512i u = avx512_plane<l.plane[0].width>(src);
+    if constexpr (l.planes == 2) {
+      const __m512i hi = avx512_plane<l.plane[1].width>(src + 8 * l.plane[0].width);
+      // Fields are < 2^width, so a 16-bit shift does not carry into the next byte.
+      u = _mm512_or_si512(u, _mm512_slli_epi16(hi, l.plane[1].shift));
+    }
+    if constexpr (K == 1) return _mm512_sub_epi8(_mm512_add_epi8(u, u), _mm512_set1_epi8(1));
+    return _mm512_sub_epi8(u, _mm512_set1_epi8(static_cast<char>(1 << (K - 1))));
+  }
+}
+
+template <int K>
+BITGRAD_TARGET_AVX512_VNNI void avx512_decode_quads(const std::uint8_t* src, std::size_t nq,
+                                                    std::int8_t* panel, std::int32_t* sums) {
+  constexpr std::size_t qb = packed_layout_of(K).quad_bytes;
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i s = _mm512_setzero_si512();
+  for (std::size_t q = 0; q < nq; ++q) {
+    const __m512i w = avx512_decode_quad<K>(src + q * qb);
+    _mm512_storeu_si512(panel + q * packed_quad_codes, w);
+    if (sums) s = _mm512_dpbusd_epi32(s, ones, w);
+  }
+  if (sums) {
+    alignas(64) std::int32_t lanes[packed_tile];
+    _mm512_store_si512(lanes, s);
+    for (std::size_t c = 0; c < packed_tile; ++c) sums[c] += lanes[c];
+  }
+}
+
+/// Decodes nq full-tile quads of bit class k from src into panel (dot order, int8); adds each
+/// channel's codes to sums when sums is not null.
+inline void packed_decode_quads(isa::avx512_vnni, int k, const std::uint8_t* src, std::size_t nq,
+                                std::int8_t* panel, std::int32_t* sums) {
+  switch (k) {
+  case 1:
+    avx512_decode_quads<1>(src, nq, panel, sums);
+    break;
+  case 2:
+    avx512_decode_quads<2>(src, nq, panel, sums);
+    break;
+  case 3:
+    avx512_decode_quads<3>(src, nq, panel, sums);
+    break;
+  case 4:
+    avx512_decode_quads<4>(src, nq, panel, sums);
+    break;
+  case 5:
+    avx512_decode_quads<5>(src, nq, panel, sums);
+    break;
+  case 6:
+    avx512_decode_quads<6>(src, nq, panel, sums);
+    break;
+  case 7:
+    avx512_decode_quads<7>(src, nq, panel, sums);
+    break;
+  default:
+    avx512_decode_quads<8>(src, nq, panel, sums);
+    break;
+  }
+}
+
+/// One quad for MR rows: acc(r) += x(r, quad) . w. Partial: the quad holds n < 4 inputs.
+template <std::size_t MR, bool Partial>
+BITGRAD_TARGET_AVX512_VNNI __attribute__((always_inline)) inline void
+avx512_quad(__m512i (&acc)[MR], const std::uint8_t* x, std::size_t lda, const std::int8_t* wq,
+            std::size_t n) {
+  const __m512i w = _mm512_loadu_si512(wq);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r)
+    acc[r] = _mm512_dpbusd_epi32(acc[r],
+                                 _mm512_set1_epi32(Partial ? packed_load_quad(x + r * lda, n)
+                                                           : packed_load_quad(x + r * lda)),
+                                 w);
+}
+
+/// MR rows x one tile over nq quads. Fewer than 4 rows keep 4 / MR accumulator sets, one per
+/// quad in turn, so that 4 vpdpbusd chains are in flight (its latency is several cycles).
+template <std::size_t MR>
+BITGRAD_TARGET_AVX512_VNNI void avx512_rows(const std::uint8_t* x, std::size_t lda, std::size_t nq,
+                                            std::size_t tail, const std::int8_t* panel,
+                                            std::int32_t* c, bool accumulate) {
+  constexpr std::size_t sets = MR >= 4 ? 1 : 4 / MR;
+  __m512i acc[sets][MR];
+#pragma GCC unroll 4
+  for (std::size_t u = 0; u < sets; ++u)
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r)
+      acc[u][r] =
+          accumulate && u == 0 ? _mm512_loadu_si512(c + r * packed_tile) : _mm512_setzero_si512();
+  const std::size_t full = tail ? nq - 1 : nq;
+  std::size_t q = 0;
+  for (; q + sets <= full; q += sets)
+#pragma GCC unroll 4
+    for (std::size_t u = 0; u < sets; ++u)
+      avx512_quad<MR, false>(acc[u], x + (q + u) * packed_quad, lda,
+                             panel + (q + u) * packed_quad_codes, packed_quad);
+  for (; q < full; ++q)
+    avx512_quad<MR, false>(acc[0], x + q * packed_quad, lda, panel + q * packed_quad_codes,
+                           packed_quad);
+  if (tail)
+    avx512_quad<MR, true>(acc[0], x + full * packed_quad, lda, panel + full * packed_quad_codes,
+                          tail);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m512i sum = acc[0][r];
+#pragma GCC unroll 4
+    for (std::size_t u = 1; u < sets; ++u) sum = _mm512_add_epi32(sum, acc[u][r]);
+    _mm512_storeu_si512(c + r * packed_tile, sum);
+  }
+}
+
+/// c(i, 0..15) (+)= sum over quads q < nq of x(i, 4q..4q+3) . panel(q, c, 0..3) for rows
+/// i < rows (x row i at x + i * lda); the last quad holds only `tail` inputs when tail > 0.
+inline void packed_rows(isa::avx512_vnni, std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                        std::size_t nq, std::size_t tail, int /*bits*/, const std::int8_t* panel,
+                        std::int32_t* c, bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 8 <= rows; i += 8)
+    avx512_rows<8>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+  if (i + 4 <= rows) {
+    avx512_rows<4>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+    i += 4;
+  }
+  if (i + 2 <= rows) {
+    avx512_rows<2>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+    i += 2;
+  }
+  if (i < rows) avx512_rows<1>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
+}
+
+} // namespace bitgrad::detail
+
+#endif // BITGRAD_PACKED_X86

@@ -1,0 +1,563 @@
+// The packed low-bit integer kernels (kernels/packed/): the resident weight formats against the
+// codes they were built from and against the documented byte layout, their size against the
+// file's payload, and every compiled path of packed_gemm / packed_gemv against the reference
+// twin ref::packed_gemm and against a plain loop over the original codes, exactly, on odd
+// shapes, every bitwidth, mixed and ragged groups, extreme codes and activations, zero points,
+// and the largest depth. Paths the CPU lacks are reported as skipped.
+//
+// aarch64: scripts/test-aarch64.sh cross-builds this file with g++-aarch64-linux-gnu and runs it
+// under qemu-aarch64 (the neon and neon_dot paths).
+#include <bitgrad/kernels/packed/packed_gemm.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace bitgrad;
+
+/// How the codes of a test tensor are drawn.
+enum class codes_kind { random, max, min, alternating };
+
+/// A weight tensor as the file holds it: per-group bits and scales, int32 codes.
+struct tensor_codes {
+  std::size_t channels, depth, group_size;
+  std::vector<std::uint8_t> bits;
+  std::vector<float> scales;
+  std::vector<std::int32_t> codes;
+  packed_weights pack() const {
+    return packed_weights(channels, depth, group_size, bits.data(), scales.data(), codes.data());
+  }
+};
+
+tensor_codes make_codes(std::size_t n, std::size_t depth, std::size_t group_size,
+                        const std::vector<std::uint8_t>& bits, codes_kind kind, std::mt19937& rng) {
+  tensor_codes t{n, depth, group_size, bits, std::vector<float>(bits.size(), 0.5f), {}};
+  t.codes.resize(n * depth);
+  for (std::size_t j = 0; j < n; ++j) {
+    const int k = bits[j / group_size];
+    const std::int32_t limit = packed_code_limit(k);
+    for (std::size_t p = 0; p < depth; ++p) {
+      std::int32_t c = 0;
+      switch (kind) {
+      case codes_kind::random:
+        c = k == 1 ? ((rng() & 1u) ? 1 : -1)
+                   : std::int32_t(rng() % std::uint32_t(2 * limit + 1)) - limit;
+        break;
+      case codes_kind::max:
+        c = limit;
+        break;
+      case codes_kind::min:
+        c = -limit;
+        break;
+      case codes_kind::alternating:
+        c = ((j + p) % 2) ? limit : -limit;
+        break;
+      }
+      t.codes[j * depth + p] = c;
+    }
+  }
+  return t;
+}
+
+std::vector<std::uint8_t> random_bits(std::size_t groups, std::mt19937& rng) {
+  std::vector<std::uint8_t> b(groups);
+  for (auto& v : b) v = static_cast<std::uint8_t>(1 + rng() % 8);
+  return b;
+}
+
+/// The oracle of the oracle: the plain loop over the original codes.
+std::vector<std::int32_t> plain_gemm(const tensor_codes& t, std::size_t m,
+                                     const std::vector<std::uint8_t>& a, std::size_t lda,
+                                     int zero) {
+  std::vector<std::int32_t> c(m * t.channels);
+  for (std::size_t i = 0; i < m; ++i)
+    for (std::size_t j = 0; j < t.channels; ++j) {
+      std::int64_t s = 0;
+      for (std::size_t p = 0; p < t.depth; ++p)
+        s += (std::int64_t(a[i * lda + p]) - zero) * t.codes[j * t.depth + p];
+      c[i * t.channels + j] = static_cast<std::int32_t>(s);
+    }
+  return c;
+}
+
+/// Runs path p (or the reference) into an m x n int32 matrix.
+std::vector<std::int32_t> run(int_isa p, const packed_weights& w, std::size_t m,
+                              const std::vector<std::uint8_t>& a, std::size_t lda,
+                              std::uint8_t zero) {
+  const std::size_t n = w.channels();
+  std::vector<std::int32_t> c(m * n, std::numeric_limits<std::int32_t>::min());
+  auto out = output::make_pipeline(output::store_int32{c.data(), n, 1});
+  if (p == int_isa::reference)
+    ref::packed_gemm(m, a.data(), lda, zero, w, out);
+  else
+    packed_gemm(p, m, a.data(), lda, zero, w, out);
+  return c;
+}
+
+std::vector<std::uint8_t> activations(std::size_t m, std::size_t lda, int kind, std::mt19937& rng) {
+  std::vector<std::uint8_t> a(m * lda);
+  for (std::size_t i = 0; i < a.size(); ++i)
+    a[i] = kind == 0 ? 0 : kind == 255 ? 255 : static_cast<std::uint8_t>(rng());
+  return a;
+}
+
+std::string describe(const tensor_codes& t, std::size_t m, int zero) {
+  std::string s = "m=" + std::to_string(m) + " n=" + std::to_string(t.channels) +
+                  " K=" + std::to_string(t.depth) + " group=" + std::to_string(t.group_size) +
+                  " zero=" + std::to_string(zero) + " bits=";
+  for (std::size_t g = 0; g < t.bits.size() && g < 12; ++g) s += std::to_string(t.bits[g]) + ",";
+  return s;
+}
+
+/// Checks path p on one case against ref::packed_gemm and against the plain loop.
+void check_case(int_isa p, const tensor_codes& t, std::size_t m, std::size_t pad, int act_kind,
+                std::uint8_t zero, std::mt19937& rng) {
+  const packed_weights w = t.pack();
+  const std::size_t lda = t.depth + pad;
+  const std::vector<std::uint8_t> a = activations(m, lda, act_kind, rng);
+  const std::vector<std::int32_t> want = plain_gemm(t, m, a, lda, zero);
+  const std::string what = std::string(int_isa_name(p)) + " " + describe(t, m, zero);
+  INFO(what);
+  REQUIRE(run(int_isa::reference, w, m, a, lda, zero) == want);
+  CHECK(run(p, w, m, a, lda, zero) == want);
+}
+
+/// True when the CPU runs path Arch; the first call per path says whether it runs or is
+/// skipped (and why).
+template <class Arch>
+bool path_runs() {
+  static bool said = false;
+  const bool runs = int_isa_supported(Arch::id);
+  if (!said) {
+    said = true;
+    const std::string name = Arch::name();
+    const std::string why =
+        int_isa_compiled(Arch::id) ? "this CPU lacks it" : "not compiled for this target";
+    const std::string text = runs ? "path " + name + ": runs in the tests below"
+                                  : "path " + name + ": SKIPPED (" + why + ")";
+    MESSAGE(text);
+  }
+  return runs;
+}
+
+} // namespace
+
+TEST_CASE("packed formats: every code reads back, every bitwidth and shape") {
+  std::mt19937 rng(11);
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (std::size_t n : {1u, 5u, 16u, 17u, 35u})
+      for (std::size_t depth : {1u, 3u, 4u, 7u, 9u, 25u, 34u}) {
+        const tensor_codes t =
+            make_codes(n, depth, n, {static_cast<std::uint8_t>(k)}, codes_kind::random, rng);
+        const packed_weights w = t.pack();
+        INFO("k=", k, " n=", n, " K=", depth);
+        bool same = true;
+        for (std::size_t j = 0; j < n; ++j)
+          for (std::size_t p = 0; p < depth; ++p) same &= w.code(j, p) == t.codes[j * depth + p];
+        CHECK(same);
+      }
+}
+
+TEST_CASE("packed formats: mixed groups split into bit classes, codes read back") {
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 40; ++trial) {
+    const std::size_t n = 1 + rng() % 70, depth = 1 + rng() % 40, gs = 1 + rng() % n;
+    const tensor_codes t =
+        make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
+    const packed_weights w = t.pack();
+    std::size_t members = 0;
+    for (int k = 1; k <= packed_max_bits; ++k) members += w.class_channels(k);
+    CHECK(members == n);
+    bool same = true;
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t p = 0; p < depth; ++p) same &= w.code(j, p) == t.codes[j * depth + p];
+    CHECK(same);
+  }
+}
+
+TEST_CASE("packed formats: the bytes are the documented layout") {
+  // One full tile (16 channels), one quad (K = 4): element e = 4 c + p.
+  std::vector<std::int32_t> codes(64);
+  for (std::size_t e = 0; e < 64; ++e) codes[e] = static_cast<std::int32_t>(e % 3) - 1; // -1,0,1
+  const float scale = 1.0f;
+  SUBCASE("k = 2: byte j holds elements j, j+16, j+32, j+48 at bits 0-1, 2-3, 4-5, 6-7") {
+    const std::uint8_t bits = 2;
+    const packed_weights w(16, 4, 16, &bits, &scale, codes.data());
+    const std::uint8_t* d = w.tile_data(2, 0);
+    for (std::size_t e = 0; e < 64; ++e) {
+      const unsigned u = (d[e % 16] >> (2 * (e / 16))) & 3u;
+      CHECK(int(u) - 2 == codes[e]);
+    }
+  }
+  SUBCASE("k = 1: byte j bit b is element j + 8 b, 1 meaning +1") {
+    std::vector<std::int32_t> signs(64);
+    for (std::size_t e = 0; e < 64; ++e) signs[e] = (e * 7) % 5 < 2 ? 1 : -1;
+    const std::uint8_t bits = 1;
+    const packed_weights w(16, 4, 16, &bits, &scale, signs.data());
+    const std::uint8_t* d = w.tile_data(1, 0);
+    for (std::size_t e = 0; e < 64; ++e) CHECK(((d[e % 8] >> (e / 8)) & 1u ? 1 : -1) == signs[e]);
+  }
+  SUBCASE("k = 3: a 2-bit plane (16 bytes) then a 1-bit plane (8 bytes) holding bit 2") {
+    std::vector<std::int32_t> c3(64);
+    for (std::size_t e = 0; e < 64; ++e) c3[e] = static_cast<std::int32_t>(e % 7) - 3;
+    const std::uint8_t bits = 3;
+    const packed_weights w(16, 4, 16, &bits, &scale, c3.data());
+    const std::uint8_t* d = w.tile_data(3, 0);
+    for (std::size_t e = 0; e < 64; ++e) {
+      const unsigned u =
+          ((d[e % 16] >> (2 * (e / 16))) & 3u) | (((d[16 + e % 8] >> (e / 8)) & 1u) << 2);
+      CHECK(int(u) - 4 == c3[e]);
+    }
+  }
+  SUBCASE("k = 8: one signed byte per code, in dot order") {
+    std::vector<std::int32_t> c8(64);
+    for (std::size_t e = 0; e < 64; ++e) c8[e] = static_cast<std::int32_t>(e * 4) - 127;
+    const std::uint8_t bits = 8;
+    const packed_weights w(16, 4, 16, &bits, &scale, c8.data());
+    const std::uint8_t* d = w.tile_data(8, 0);
+    for (std::size_t e = 0; e < 64; ++e) CHECK(static_cast<std::int8_t>(d[e]) == c8[e]);
+  }
+  SUBCASE("a tail is a compact LSB-first stream of k-bit fields, channel-major") {
+    // K = 5: one quad, then a tail of 1 input per channel (16 fields of 4 bits = 8 bytes).
+    std::vector<std::int32_t> c4(16 * 5);
+    for (std::size_t i = 0; i < c4.size(); ++i) c4[i] = static_cast<std::int32_t>(i % 15) - 7;
+    const std::uint8_t bits = 4;
+    const packed_weights w(16, 5, 16, &bits, &scale, c4.data());
+    CHECK(w.full_tile_bytes(4) == 32 + 8);
+    const std::uint8_t* tail = w.tile_data(4, 0) + 32;
+    for (std::size_t c = 0; c < 16; ++c) {
+      const unsigned u = (tail[c / 2] >> (4 * (c % 2))) & 15u;
+      CHECK(int(u) - 8 == c4[c * 5 + 4]);
+    }
+  }
+}
+
+TEST_CASE("packed formats: resident bytes stay within 1.25x of the file's payload") {
+  std::mt19937 rng(13);
+  // Every uniform bitwidth on the shapes of LeNet-5 and the VGG-style net (conv as out x K).
+  const std::size_t shapes[][2] = {{6, 25},   {16, 150}, {120, 256}, {84, 120}, {10, 84},
+                                   {32, 9},   {32, 288}, {64, 288},  {64, 576}, {256, 3136},
+                                   {10, 256}, {1, 1},    {3, 2},     {17, 5}};
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (const auto& s : shapes)
+      for (std::size_t gs : {s[0], std::size_t(1), std::size_t(4)}) {
+        if (gs > s[0]) continue;
+        const std::size_t groups = (s[0] + gs - 1) / gs;
+        const tensor_codes t =
+            make_codes(s[0], s[1], gs, std::vector<std::uint8_t>(groups, std::uint8_t(k)),
+                       codes_kind::random, rng);
+        const packed_weights w = t.pack();
+        INFO("k=", k, " n=", s[0], " K=", s[1], " group=", gs, " resident=", w.resident_bytes(),
+             " payload=", w.payload_bytes());
+        CHECK(double(w.resident_bytes()) <= 1.25 * double(w.payload_bytes()));
+        if (k != 7 && !w.ragged_padded(k)) // compact: byte rounding of the ragged tile only
+          CHECK(w.resident_bytes() <= w.payload_bytes() + 1);
+      }
+  // Mixed bitwidths, per-channel groups.
+  for (int trial = 0; trial < 30; ++trial) {
+    const std::size_t n = 1 + rng() % 200, depth = 1 + rng() % 600, gs = 1 + rng() % 8;
+    const std::size_t groups = (n + gs - 1) / gs;
+    const tensor_codes t =
+        make_codes(std::max(n, gs), depth, gs, random_bits(groups, rng), codes_kind::random, rng);
+    const packed_weights w = t.pack();
+    INFO("n=", t.channels, " K=", depth, " resident=", w.resident_bytes(),
+         " payload=", w.payload_bytes());
+    CHECK(double(w.resident_bytes()) <= 1.25 * double(w.payload_bytes()));
+  }
+  // Ragged tiles are padded to the SIMD layout only where the budget allows.
+  for (int k = 1; k <= packed_max_bits; ++k) {
+    const packed_weights fc1 = make_codes(120, 256, 120, {std::uint8_t(k)}, codes_kind::random,
+                                          rng)
+                                   .pack(); // 7 tiles + 8 channels: +6.7%
+    const packed_weights fc3 = make_codes(10, 84, 10, {std::uint8_t(k)}, codes_kind::random,
+                                          rng)
+                                   .pack(); // one tile of 10: +60%
+    CHECK(fc1.ragged_padded(k));            // k = 7: 32773 bytes against a payload of 26885
+    CHECK_FALSE(fc3.ragged_padded(k));
+    CHECK(double(fc1.resident_bytes()) <= 1.25 * double(fc1.payload_bytes()));
+  }
+  // The exact count on one case: 32 channels x 8 inputs at 3 bits = 96 code bytes + 5.
+  const tensor_codes t = make_codes(32, 8, 32, {3}, codes_kind::random, rng);
+  CHECK(t.pack().resident_bytes() == 96 + 5);
+  CHECK(t.pack().payload_bytes() == 96 + 5);
+}
+
+TEST_CASE("packed formats: bad input is rejected with the reason") {
+  std::vector<std::int32_t> codes(8, 1);
+  const float scale = 1.0f, bad_scale = 0.0f;
+  const std::uint8_t nine = 9, zero_bits = 0, two = 2;
+  CHECK_THROWS_WITH_AS(packed_weights(2, 4, 2, &nine, &scale, codes.data()),
+                       doctest::Contains("9 bits"), std::invalid_argument);
+  CHECK_THROWS_AS(packed_weights(2, 4, 2, &zero_bits, &scale, codes.data()), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(packed_weights(2, 4, 2, &two, &bad_scale, codes.data()),
+                       doctest::Contains("scale"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(packed_weights(2, 0, 2, &two, &scale, codes.data()),
+                       doctest::Contains("depth"), std::invalid_argument);
+  codes[5] = 2; // 2 bits: codes -1..1
+  CHECK_THROWS_WITH_AS(packed_weights(2, 4, 2, &two, &scale, codes.data()),
+                       doctest::Contains("channel 1, input 1"), std::invalid_argument);
+  const std::uint8_t one = 1;
+  codes[5] = 0; // 1 bit: only -1 and +1
+  CHECK_THROWS_AS(packed_weights(2, 4, 2, &one, &scale, codes.data()), std::invalid_argument);
+}
+
+TEST_CASE("packed_gemm: the reference equals the plain loop over the original codes") {
+  std::mt19937 rng(21);
+  for (int trial = 0; trial < 30; ++trial) {
+    const std::size_t n = 1 + rng() % 40, depth = 1 + rng() % 70, gs = 1 + rng() % n;
+    const tensor_codes t =
+        make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
+    check_case(int_isa::reference, t, 1 + rng() % 9, rng() % 3, 1, std::uint8_t(rng()), rng);
+  }
+}
+
+TEST_CASE("packed paths: which paths this binary holds and this CPU runs") {
+  std::string line = "packed kernels, best path: ";
+  line += int_isa_name(best_int_isa());
+  line += "; compiled:";
+  for (int_isa p : all_int_isas)
+    if (int_isa_compiled(p)) line += std::string(" ") + int_isa_name(p);
+  line += "; supported:";
+  for (int_isa p : all_int_isas)
+    if (int_isa_supported(p)) line += std::string(" ") + int_isa_name(p);
+  MESSAGE(line);
+  CHECK(int_isa_supported(best_int_isa()));
+  for (int_isa p : all_int_isas) {
+    if (int_isa_supported(p)) continue;
+    std::vector<std::int32_t> codes(4, 1);
+    const std::uint8_t bits = 2;
+    const float scale = 1.0f;
+    const packed_weights w(1, 4, 1, &bits, &scale, codes.data());
+    const std::uint8_t x[4] = {1, 2, 3, 4};
+    std::int32_t y = 0;
+    CHECK_THROWS_AS(packed_gemv(p, x, 0, w, output::make_pipeline(output::store_int32{&y, 1, 1})),
+                    std::invalid_argument);
+  }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: every bitwidth, odd shapes, exact on each path", Arch, isa::sse2,
+                   isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(31);
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (std::size_t n : {1u, 7u, 16u, 33u, 61u})
+      for (std::size_t depth : {1u, 2u, 3u, 4u, 5u, 9u, 25u, 67u})
+        for (std::size_t m : {1u, 3u, 6u, 13u}) {
+          const tensor_codes t =
+              make_codes(n, depth, n, {std::uint8_t(k)}, codes_kind::random, rng);
+          check_case(Arch::id, t, m, (m + depth) % 3, 1, 0, rng);
+        }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: mixed and ragged groups, zero points, long rows", Arch, isa::sse2,
+                   isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(32);
+  for (int trial = 0; trial < 60; ++trial) {
+    const std::size_t n = 1 + rng() % 80, depth = 1 + rng() % 200, gs = 1 + rng() % n;
+    const std::size_t m = 1 + rng() % 30;
+    const std::uint8_t zero = trial % 3 == 0 ? 0 : trial % 3 == 1 ? 128 : std::uint8_t(rng());
+    const tensor_codes t =
+        make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
+    check_case(Arch::id, t, m, rng() % 5, 1, zero, rng);
+  }
+  // Rows that cross the 64-row block, depths that cross the 128-quad panel chunk.
+  for (std::size_t depth : {512u, 515u, 1100u}) {
+    const tensor_codes t = make_codes(37, depth, 5, random_bits(8, rng), codes_kind::random, rng);
+    check_case(Arch::id, t, 70, 1, 1, 77, rng);
+  }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: extreme codes and activations", Arch, isa::sse2, isa::avx2,
+                   isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(33);
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (codes_kind kind :
+         {codes_kind::max, codes_kind::min, codes_kind::alternating, codes_kind::random})
+      for (int act : {0, 255, 1})
+        for (std::uint8_t zero : {std::uint8_t(0), std::uint8_t(128), std::uint8_t(255)}) {
+          // 8-bit codes of +-127 against 255: the pairs that saturate a plain vpmaddubsw.
+          const tensor_codes t = make_codes(19, 37, 19, {std::uint8_t(k)}, kind, rng);
+          check_case(Arch::id, t, 5, 2, act, zero, rng);
+        }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: the largest depth reaches +-255 * 127 * K exactly", Arch,
+                   isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(34);
+  const std::size_t depth = packed_max_depth;
+  for (codes_kind kind : {codes_kind::max, codes_kind::min}) {
+    const tensor_codes t = make_codes(17, depth, 17, {8}, kind, rng);
+    const packed_weights w = t.pack();
+    for (int act : {255, 0}) {
+      for (std::uint8_t zero : {std::uint8_t(0), std::uint8_t(255)}) {
+        const std::vector<std::uint8_t> a = activations(2, depth, act, rng);
+        const std::vector<std::int32_t> got = run(Arch::id, w, 2, a, depth, zero);
+        const std::int64_t x = act - zero, c = kind == codes_kind::max ? 127 : -127;
+        INFO("act=", act, " zero=", int(zero), " code=", c);
+        for (std::int32_t v : got) CHECK(v == x * c * std::int64_t(depth));
+      }
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("packed_gemv: equals the reference on one row", Arch, isa::sse2, isa::avx2,
+                   isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(35);
+  for (int trial = 0; trial < 30; ++trial) {
+    const std::size_t n = 1 + rng() % 300, depth = 1 + rng() % 700, gs = 1 + rng() % 16;
+    const tensor_codes t =
+        make_codes(std::max(n, gs), depth, gs, random_bits((std::max(n, gs) + gs - 1) / gs, rng),
+                   codes_kind::random, rng);
+    const packed_weights w = t.pack();
+    const std::vector<std::uint8_t> x = activations(1, depth, 1, rng);
+    const std::uint8_t zero = trial % 2 ? 0 : 128;
+    std::vector<std::int32_t> want(w.channels()), got(w.channels(), -1);
+    ref::packed_gemv(x.data(), zero, w, output::make_pipeline(output::store_int32{want.data(), 0}));
+    packed_gemv(Arch::id, x.data(), zero, w,
+                output::make_pipeline(output::store_int32{got.data(), 0}));
+    CHECK(got == want);
+    CHECK(want == plain_gemm(t, 1, x, depth, zero));
+  }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: requantized u8 and float outputs equal the reference's", Arch,
+                   isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(36);
+  for (int trial = 0; trial < 30; ++trial) {
+    // Uniform bits (consecutive channels: the row path) or mixed (per-element calls).
+    const std::size_t n = 1 + rng() % 70, depth = 1 + rng() % 90, gs = 1 + rng() % n;
+    const std::size_t groups = (n + gs - 1) / gs;
+    const tensor_codes t = make_codes(n, depth, gs,
+                                      trial % 2 ? random_bits(groups, rng)
+                                                : std::vector<std::uint8_t>(groups, 1 + trial % 8),
+                                      codes_kind::random, rng);
+    const packed_weights w = t.pack();
+    const std::size_t m = 1 + rng() % 20;
+    const std::vector<std::uint8_t> a = activations(m, depth, 1, rng);
+    std::vector<float> scale(n), bias(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
+      bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+    }
+    std::vector<std::uint8_t> want(m * n), got(m * n, 7);
+    std::vector<float> want_f(m * n), got_f(m * n, -1.0f);
+    auto to_u8 = [&](std::uint8_t* y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::clamp{0.0f}, output::quantize_u8{8.0f, 3},
+                                   output::store<std::uint8_t>{y, n});
+    };
+    auto to_float = [&](float* y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::store<float>{y, n});
+    };
+    ref::packed_gemm(m, a.data(), depth, 0, w, to_u8(want.data()));
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w, to_u8(got.data()));
+    CHECK(got == want);
+    ref::packed_gemm(m, a.data(), depth, 0, w, to_float(want_f.data()));
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w, to_float(got_f.data()));
+    CHECK(got_f == want_f);
+  }
+}
+
+TEST_CASE("output stages: a row through the lane overloads equals the scalar calls") {
+  std::mt19937 rng(41);
+  for (std::size_t count : {1u, 3u, 4u, 7u, 16u, 21u, 64u}) {
+    std::vector<std::int32_t> acc(count);
+    std::vector<float> scale(count + 5), bias(count + 5);
+    for (auto& v : acc) v = std::int32_t(rng() % 200001) - 100000;
+    for (auto& v : scale) v = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
+    for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
+    acc[0] = std::numeric_limits<std::int32_t>::max(); // a huge value saturates at 255
+    const std::size_t j0 = 5, stride = 3;
+    for (std::size_t col_stride : {std::size_t(1), stride}) {
+      std::vector<std::uint8_t> ys((count + j0) * col_stride * 2, 0), yv(ys);
+      auto u8 = [&](std::vector<std::uint8_t>& y) {
+        return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::clamp{0.0f, 6.0f}, output::quantize_u8{40.0f, 2},
+                                     output::store<std::uint8_t>{y.data(), 0, col_stride});
+      };
+      for (std::size_t c = 0; c < count; ++c) u8(ys)(0, j0 + c, acc[c]);
+      u8(yv).row(0, j0, acc.data(), count);
+      CHECK(yv == ys);
+      std::vector<float> fs((count + j0) * col_stride, 0.0f), fv(fs);
+      auto f32 = [&](std::vector<float>& y) {
+        return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::store<float>{y.data(), 0, col_stride});
+      };
+      for (std::size_t c = 0; c < count; ++c) f32(fs)(0, j0 + c, acc[c]);
+      f32(fv).row(0, j0, acc.data(), count);
+      CHECK(fv == fs);
+    }
+  }
+}
+
+TEST_CASE("output stages: quantize_u8 rounds like nearbyint, half to even") {
+  std::mt19937 rng(42);
+  for (int i = -600; i <= 600; ++i) {
+    const float v = 0.5f * float(i); // every half and whole number in -300..300
+    for (std::int32_t zp : {0, 128}) {
+      float q = std::nearbyint(v) + float(zp);
+      q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+      CHECK(output::quantize_u8{1.0f, zp}(v, 0, 0) == std::uint8_t(q));
+    }
+  }
+  for (int i = 0; i < 10000; ++i) {
+    const float v = std::uniform_real_distribution<float>(-1e3f, 1e3f)(rng);
+    float q = std::nearbyint(v * 0.37f);
+    q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+    CHECK(output::quantize_u8{0.37f}(v, 0, 0) == std::uint8_t(q));
+  }
+  CHECK(output::quantize_u8{1.0f}(std::numeric_limits<float>::infinity(), 0, 0) == 255);
+  CHECK(output::quantize_u8{1.0f}(-std::numeric_limits<float>::infinity(), 0, 0) == 0);
+  CHECK(output::quantize_u8{1.0f}(1e30f, 0, 0) == 255);
+}
+
+TEST_CASE("output stages: requantize, clamp and store, composed") {
+  const float scale[3] = {0.5f, 0.25f, 2.0f}, bias[3] = {1.0f, -3.0f, 0.0f};
+  std::uint8_t y[2 * 3] = {};
+  const auto out =
+      output::make_pipeline(output::scale_bias{scale, bias}, output::clamp{0.0f},
+                            output::quantize_u8{1.0f / 0.5f}, output::store<std::uint8_t>{y, 3, 1});
+  out(0, 0, 3);   // 3 * 0.5 + 1 = 2.5 -> 5
+  out(0, 1, 4);   // 4 * 0.25 - 3 = -2 -> ReLU 0 -> 0
+  out(0, 2, 100); // 200 -> 400 -> 255
+  out(1, 0, -1);  // -0.5 + 1 = 0.5 -> 1
+  out(1, 1, 15);  // 3.75 - 3 = 0.75 -> 1.5 -> 2 (half to even)
+  out(1, 2, 0);   // 0
+  CHECK(y[0] == 5);
+  CHECK(y[1] == 0);
+  CHECK(y[2] == 255);
+  CHECK(y[3] == 1);
+  CHECK(y[4] == 2);
+  CHECK(y[5] == 0);
+
+  float f[2] = {};
+  const auto to_float = output::make_pipeline(output::scale_bias{scale}, output::clamp{-1.0f, 1.0f},
+                                              output::store<float>{f, 0, 1});
+  to_float(0, 0, 3);  // 1.5 -> 1
+  to_float(0, 1, -2); // -0.5
+  CHECK(f[0] == 1.0f);
+  CHECK(f[1] == -0.5f);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  CHECK(output::clamp{0.0f}(nan, 0, 0) == 0.0f);
+  CHECK(output::quantize_u8{1.0f, 7}(nan, 0, 0) == 7);
+  CHECK(output::quantize_u8{1.0f, 0}(2.5f, 0, 0) == 2);
+  CHECK(output::quantize_u8{1.0f, 0}(-3.0f, 0, 0) == 0);
+}
