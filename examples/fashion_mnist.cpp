@@ -9,6 +9,7 @@
 // (docs/model-format.md; run it with examples/deploy) into --out.
 #include <bitgrad/bitgrad.hpp>
 #include <bitgrad/train/export.hpp>
+#include <bitgrad/train/npz_import.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -31,6 +32,7 @@ struct settings {
   double b_min = 2, b_max = 8;
   std::size_t train_limit = 0;
   int threads = 0;
+  std::string init; ///< FP32 weights (.npz) to start from instead of pretraining
   bitgrad::train::trainer_options trainer;
 };
 
@@ -90,6 +92,10 @@ int run(const settings& cfg, Builder build) {
       bitgrad::nn::model_options<T>{.seed = cfg.trainer.seed});
   auto quantized = build.template operator()<Quant>(
       bitgrad::nn::model_options<T, Quant>{.seed = cfg.trainer.seed, .quant = qopt});
+  if (!cfg.init.empty()) {
+    bitgrad::train::load_npz(fp32, cfg.init);
+    std::printf("FP32 weights from %s (pretraining skipped)\n", cfg.init.c_str());
+  }
 
   bitgrad::train::trainer trainer(fp32, quantized, train_set, test_set, cfg.trainer);
   trainer.set_model_name(cfg.model);
@@ -184,9 +190,13 @@ int main(int argc, char** argv) {
                  "batches of 32 test images for the per-group sensitivity diagnostics (0 = off)")
       ->capture_default_str();
   app.add_option("--out", out, "output folder")->capture_default_str();
+  app.add_option("--init", cfg.init,
+                 "start from the FP32 weights of this .npz (bitgrad's parameter names, "
+                 "train/npz_import.hpp) and skip pretraining");
   app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
   CLI11_PARSE(app, argc, argv);
   t.out_dir = out;
+  if (!cfg.init.empty()) t.pretrain.epochs = 0;
   t.bits_moment = bitgrad::train::parse_bits_normalisation(bits_moment);
 #if defined(BITGRAD_WITH_OPENMP)
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
