@@ -95,12 +95,32 @@ TEST_CASE("npz reader: malformed archives throw format_error") {
   CHECK_THROWS_AS(parse_npz(cut, "cut.npz"), format_error);
   // One flipped byte inside the first member's deflate data: inflate or the CRC fails.
   std::vector<std::uint8_t> flipped = good;
-  flipped[60] ^= 0x5A;
+  const std::size_t data = 30 + (good[26] | good[27] << 8) + (good[28] | good[29] << 8);
+  flipped[data + 5] ^= 0x5A;
   CHECK_THROWS_AS(parse_npz(flipped, "flipped.npz"), format_error);
   // Not a ZIP at all.
   const std::vector<std::uint8_t> text(100, 'x');
   CHECK(error_of([&] { parse_npz(text, "text.npz"); }).find("not a ZIP archive") !=
         std::string::npos);
+}
+
+TEST_CASE("npz reader: every single-byte corruption is read or refused, never a crash") {
+  for (const char* file : {"stored.npz", "deflated.npz"}) {
+    const auto good = read_file_bytes(fixtures / file, 1 << 20);
+    std::size_t refused = 0;
+    for (std::size_t at = 0; at < good.size(); ++at)
+      for (std::uint8_t x : {std::uint8_t(0x01), std::uint8_t(0x80), std::uint8_t(0xFF)}) {
+        std::vector<std::uint8_t> bad = good;
+        bad[at] ^= x;
+        try {
+          (void)parse_npz(bad, "mutated.npz");
+        } catch (const format_error&) {
+          ++refused;
+        }
+      }
+    CAPTURE(file);
+    CHECK(refused > good.size()); // most corruptions are caught (CRC, structure)
+  }
 }
 
 TEST_CASE("load_npz: fills weights and biases by name, any order, float64 converted") {

@@ -316,6 +316,11 @@ inline std::vector<npy_array> parse_npz(std::span<const std::uint8_t> bytes,
     const std::uint64_t data = local + 30 + in.get<std::uint16_t>(local + 26, "name length") +
                                in.get<std::uint16_t>(local + 28, "extra length");
     in.need(data, csize, "member data");
+    // Deflate expands at most ~1032:1; a larger recorded size is a corrupt (or hostile) entry,
+    // refused before allocating it.
+    if (method == 8 && size > csize * 1032 + 1024)
+      in.fail(at, "'" + member + "' claims " + std::to_string(size) + " bytes from " +
+                      std::to_string(csize) + " compressed bytes");
     std::string npy;
     if (method == 0) {
       if (csize != size) in.fail(at, "'" + member + "': stored member with two different sizes");
