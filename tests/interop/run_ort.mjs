@@ -8,7 +8,9 @@
 //   qdq, qdq-int4      vs bitgrad's int8 path (the arithmetic the QDQ form writes down):
 //                      top-1 agreement >= 99.9% and, with labels, |accuracy difference| <= 0.05
 //                      points. Also printed: agreement with bitgrad's float path.
-// Exit status 1 on any failed comparison, 2 when ONNX Runtime is not installed.
+// ORT_OPT=disabled|basic|extended|all sets the session's graph optimization level (default all,
+// ONNX Runtime's own default). Exit status 1 on any failed comparison, 2 when ONNX Runtime is
+// not installed.
 import { createRequire } from 'node:module';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
