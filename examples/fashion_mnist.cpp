@@ -20,6 +20,7 @@
 
 #include <bitgrad/bitgrad.hpp>
 #include <bitgrad/train/export.hpp>
+#include <bitgrad/train/npz_import.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -43,6 +44,7 @@ struct settings {
   std::optional<std::string> edge_group; ///< the edge layers' group size (default: group)
   std::size_t train_limit = 0;
   std::size_t threads = 0;
+  std::string init; ///< FP32 weights (.npz) to start from instead of pretraining
   bitgrad::train::trainer_options trainer;
 };
 
@@ -225,6 +227,10 @@ int run(const settings& cfg, Builder build) {
   const std::size_t steps_run =
       t.max_steps_per_epoch ? std::min(steps, t.max_steps_per_epoch) : steps;
   const int threads = cli::threads_in_use();
+  if (!cfg.init.empty()) {
+    bitgrad::train::load_npz(fp32, cfg.init);
+    std::printf("FP32 weights from %s (pretraining skipped)\n", cfg.init.c_str());
+  }
 
   bitgrad::train::trainer trainer(fp32, quantized, train_set, test_set, cfg.trainer);
   trainer.set_model_name(cfg.model);
@@ -403,11 +409,15 @@ int main(int argc, char** argv) {
       ->check(whole(0))
       ->capture_default_str();
   app.add_option("--out", out, "output folder")->capture_default_str();
+  app.add_option("--init", cfg.init,
+                 "start from the FP32 weights of this .npz (bitgrad's parameter names, "
+                 "train/npz_import.hpp) and skip pretraining");
   app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
   app.add_flag("--overwrite", t.overwrite,
                "replace the run in <out>: its files are removed once this run writes its first");
   CLI11_PARSE(app, argc, argv);
   t.out_dir = out;
+  if (!cfg.init.empty()) t.pretrain.epochs = 0;
   t.bits_moment = bitgrad::train::parse_bits_normalisation(bits_moment);
   try {
     if (out.empty()) cli::reject("--out", "expected a folder, got an empty name");

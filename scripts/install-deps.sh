@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages bitgrad needs to build, test and run its demo.
-# Idempotent: when every package is already present it does nothing (no apt-get update).
+# Installs the Debian 12 packages bitgrad needs to build, test and run its demo, and the node
+# package the ONNX tests run (ONNX Runtime, pinned in tests/package.json).
+# Idempotent: when every package is already present it does nothing (no apt-get update, no npm).
 # Uses sudo only when not running as root.
 set -euo pipefail
 
@@ -11,7 +12,12 @@ packages=(
   doctest-dev zlib1g-dev libbenchmark-dev libcli11-dev
   libopenblas-dev
   dataset-fashion-mnist
+  python3-onnx
 )
+# The ONNX Runtime test needs node and npm; any node >= 18 does (NodeSource's or Debian's).
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -20,16 +26,27 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo_cmd=()
+  else
+    sudo_cmd=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -q
+  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-echo "install-deps: installing ${missing[*]}"
-if [ "$(id -u)" -eq 0 ]; then
-  sudo_cmd=()
-else
-  sudo_cmd=(sudo)
+# onnxruntime-node into tests/node_modules, as pinned by tests/package.json. --ignore-scripts:
+# its install script downloads from a host that cannot be reached here; the CPU library it
+# needs is inside the package.
+tests_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests" && pwd)"
+ort_version="$(sed -n 's/.*"onnxruntime-node": *"\([^"]*\)".*/\1/p' "$tests_dir/package.json")"
+installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
+  "$tests_dir/node_modules/onnxruntime-node/package.json" 2>/dev/null | head -n 1)"
+if [ "$installed" != "$ort_version" ]; then
+  echo "install-deps: npm install --ignore-scripts onnxruntime-node@$ort_version (in tests/)"
+  (cd "$tests_dir" && npm install --ignore-scripts --save-exact --no-audit --no-fund \
+    "onnxruntime-node@$ort_version")
 fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -q
-"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

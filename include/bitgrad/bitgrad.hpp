@@ -14,6 +14,7 @@
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/io/npz.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
@@ -26,6 +27,7 @@
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/models.hpp>
 #include <bitgrad/nn/visit.hpp>
+#include <bitgrad/onnx/export.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/optim/clip.hpp>
 #include <bitgrad/optim/schedule.hpp>
@@ -42,6 +44,8 @@
 #include <bitgrad/train/checkpoint.hpp>
 #include <bitgrad/train/export.hpp>
 #include <bitgrad/train/npz_export.hpp>
+#include <bitgrad/train/npz_import.hpp>
+#include <bitgrad/train/onnx_export.hpp>
 #include <bitgrad/train/sensitivity.hpp>
 #include <bitgrad/train/trainer.hpp>
 #include <bitgrad/version.hpp>
