@@ -43,8 +43,11 @@ fi
 # needs is inside the package.
 tests_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests" && pwd)"
 ort_version="$(sed -n 's/.*"onnxruntime-node": *"\([^"]*\)".*/\1/p' "$tests_dir/package.json")"
-installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
-  "$tests_dir/node_modules/onnxruntime-node/package.json" 2>/dev/null | head -n 1)"
+installed=""
+ort_package="$tests_dir/node_modules/onnxruntime-node/package.json"
+if [ -f "$ort_package" ]; then
+  installed="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$ort_package" | head -n 1)"
+fi
 if [ "$installed" != "$ort_version" ]; then
   echo "install-deps: npm install --ignore-scripts onnxruntime-node@$ort_version (in tests/)"
   (cd "$tests_dir" && npm install --ignore-scripts --save-exact --no-audit --no-fund \
