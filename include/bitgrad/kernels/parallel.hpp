@@ -16,6 +16,10 @@
 
 namespace bitgrad::detail {
 
+/// Below this many elements an elementwise pass runs on the calling thread: a thread costs
+/// more than the pass (a pass over 2^16 floats takes a few microseconds).
+inline constexpr std::size_t elementwise_parallel_min = std::size_t(1) << 16;
+
 /// Threads a batch-parallel kernel will use for `items` independent images (>= 1).
 inline std::size_t batch_threads(std::size_t items) {
 #if defined(BITGRAD_WITH_OPENMP)
@@ -23,6 +27,17 @@ inline std::size_t batch_threads(std::size_t items) {
   return std::max<std::size_t>(1, std::min<std::size_t>(items, std::size_t(omp_get_max_threads())));
 #else
   (void)items;
+  return 1;
+#endif
+}
+
+/// Threads a kernel may start from here: OpenMP's maximum, or 1 inside a parallel region or
+/// without OpenMP.
+inline std::size_t available_threads() {
+#if defined(BITGRAD_WITH_OPENMP)
+  if (omp_in_parallel()) return 1;
+  return std::max<std::size_t>(1, std::size_t(omp_get_max_threads()));
+#else
   return 1;
 #endif
 }
