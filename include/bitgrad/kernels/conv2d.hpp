@@ -76,8 +76,16 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   switch (pass) {
   case conv2d_pass::fprop:
     return conv2d_algo::implicit;
-  case conv2d_pass::dgrad:
-    return detail::conv2d_dgrad_is_convolution(g) ? conv2d_algo::implicit : conv2d_algo::im2col;
+  case conv2d_pass::dgrad: {
+    // As a convolution of dy, dgrad packs Cout/G * kh * kw rows of in_h * in_w pixels per image,
+    // where im2col's gemm writes Cin/G * kh * kw rows of out_h * out_w that col2im reads back
+    // and scatters. Implicit when it moves at most twice as much: 3x3 pad 1
+    // with Cout <= 2 Cin, not a first layer (Cin 1) nor a valid 5x5 (LeNet conv2).
+    const bool cheap =
+        g.out_channels_per_group() * g.in_plane() <= 2 * g.in_channels_per_group() * g.out_plane();
+    return detail::conv2d_dgrad_is_convolution(g) && cheap ? conv2d_algo::implicit
+                                                           : conv2d_algo::im2col;
+  }
   case conv2d_pass::wgrad:
     // Few taps (a first layer): the inner products of gemm_dot.hpp on the stored col rows beat
     // NR-wide tiles that would leave most lanes idle.
@@ -135,10 +143,9 @@ inline conv2d_algo conv2d_resolve(conv2d_algo algo, const conv2d_geometry& g, co
   return algo;
 }
 
-/// Scratch elements one thread needs (without wgrad's dW partials; implicit GEMM packs into the
-/// gemm's thread-local buffers).
+/// Scratch elements one thread of the direct or im2col algorithm needs (without wgrad's dW
+/// partials; implicit GEMM: see conv2d_implicit_images and conv2d_implicit_wgrad_scratch).
 inline std::size_t conv2d_scratch_per_thread(conv2d_algo algo, const conv2d_geometry& g) {
-  if (algo == conv2d_algo::implicit) return 0;
   if (algo == conv2d_algo::direct) {
     const std::size_t wp = g.in_w + 2 * g.pad_w;
     return g.in_channels_per_group() * (g.in_h + 2 * g.pad_h) * wp + g.out_h() * wp;
@@ -311,35 +318,42 @@ inline conv2d_split conv2d_image_split(std::size_t batch, std::size_t col_tiles,
   return {std::min(available, batch * parts), parts};
 }
 
-/// y_g = ep_g(A_g * col(x_g)) for every image and group g of g_conv, A_g packed by
-/// conv2d_pack_weights (or _flipped) at a + g * conv2d_packed_a_size; with_epilogue(g, run)
-/// calls run(ep) with the epilogue of group g.
+/// y_g = ep_g(A_g * col(x_g)) for every image and group g, A_g packed by conv2d_pack_weights
+/// (or _flipped) at a + g * conv2d_packed_a_size; with_epilogue(g, run) calls run(ep) with the
+/// epilogue of group g. `scratch` past `used` elements holds the threads' phase images.
 template <class T, class WithEpilogue>
-void conv2d_implicit_images(const conv2d_geometry& g, const T* x, const T* a, T* y,
-                            WithEpilogue&& with_epilogue) {
+void conv2d_implicit_images(const conv2d_geometry& g, const T* x, std::vector<T>& scratch,
+                            std::size_t used, T* y, WithEpilogue&& with_epilogue) {
   using tile = gemm_tile<T>;
   const std::size_t m = g.out_channels_per_group(), cin = g.in_channels_per_group();
   const std::size_t k = g.filter_size(), p = g.out_plane();
   const std::size_t a_size = conv2d_packed_a_size<T>(m, k), m_pad = a_size / k;
-  const std::vector<conv2d_col_row> rows = conv2d_col_rows(g);
+  const conv2d_phase_image layout(g);
+  const std::vector<std::size_t> taps = layout.tap_offsets(g);
   const std::size_t col_tiles = (p + tile::nr - 1) / tile::nr;
   const conv2d_split split =
       conv2d_image_split(g.batch, col_tiles, 2.0 * g.macs() / double(g.batch));
+  const std::size_t per = layout.size<T>();
+  conv2d_grow(scratch, used + split.threads * per);
+  const T* const a = scratch.data();
+  T* const xs0 = scratch.data() + used;
   parallel_chunks(
-      split.threads, g.batch * split.parts, [&](std::size_t, std::size_t b, std::size_t e) {
+      split.threads, g.batch * split.parts, [&](std::size_t t, std::size_t b, std::size_t e) {
+        T* const xs = xs0 + t * per;
         for (std::size_t item = b; item < e; ++item) {
           const std::size_t n = item / split.parts, part = item % split.parts;
           const std::size_t c0 = std::min(p, col_tiles * part / split.parts * tile::nr);
           const std::size_t c1 = std::min(p, col_tiles * (part + 1) / split.parts * tile::nr);
           if (c0 == c1) continue;
           for (std::size_t gi = 0; gi < g.groups; ++gi) {
-            const T* const xg = x + (n * g.in_channels + gi * cin) * g.in_plane();
+            layout.fill(g, x + (n * g.in_channels + gi * cin) * g.in_plane(), xs);
             const T* const ag = a + gi * a_size;
             T* const yg = y + (n * g.out_channels + gi * m) * p;
             auto pack_a = [&](std::size_t pc, std::size_t) { return ag + pc * m_pad; };
             auto pack_b = [&](std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc,
                               T* dst) {
-              conv2d_pack_col<tile::nr>(g, rows.data(), xg, pc, kc, jc, nc, dst);
+              conv2d_pack_col<tile::nr>(taps.data(), g.out_w(), layout.cols, xs, pc, kc, jc, nc,
+                                        dst);
             };
             with_epilogue(gi, [&](const auto& ep) {
               conv2d_implicit_gemm<T>(m, c0, c1, k, pack_a, pack_b, T(0), yg, p, ep);
@@ -357,7 +371,7 @@ void conv2d_implicit_fprop(const conv2d_geometry& g, const T* x, const T* w, con
   T* const a = conv2d_grow(scratch, g.groups * a_size);
   for (std::size_t gi = 0; gi < g.groups; ++gi)
     conv2d_pack_weights(w + gi * m * k, k, m, k, a + gi * a_size);
-  conv2d_implicit_images(g, x, a, y, [&](std::size_t gi, const auto& run) {
+  conv2d_implicit_images(g, x, scratch, g.groups * a_size, y, [&](std::size_t gi, const auto& run) {
     const T* const bg = bias ? bias + gi * m : nullptr;
     if (bg && relu)
       run(bias_rows_relu_select<T>{bg});
@@ -380,33 +394,44 @@ void conv2d_implicit_dgrad(const conv2d_geometry& g, const T* dy, const T* w, T*
   for (std::size_t gi = 0; gi < g.groups; ++gi)
     conv2d_pack_weights_flipped(g, w + gi * g.out_channels_per_group() * g.filter_size(),
                                 a + gi * a_size);
-  conv2d_implicit_images(t, dy, a, dx,
+  conv2d_implicit_images(t, dy, scratch, g.groups * a_size, dx,
                          [](std::size_t, const auto& run) { run(epilogue::identity{}); });
 }
 
-/// partial = sum over images [n0, n0 + count) of dy_g * col(x_g)^T, every group: one gemm per
-/// group whose k runs over the pixels of all the images (conv2d_implicit.hpp).
+/// Scratch elements one thread needs for the implicit wgrad of a slice of `images` images: their
+/// phase images and the staging block.
 template <class T>
-void conv2d_implicit_wgrad_slice(const conv2d_geometry& g, const conv2d_col_row* rows, const T* x,
-                                 const T* dy, std::size_t n0, std::size_t count, T* partial) {
+std::size_t conv2d_implicit_wgrad_scratch(const conv2d_geometry& g, std::size_t images) {
+  return images * conv2d_phase_image(g).size<T>() + conv2d_stage_size<T>();
+}
+
+/// partial = sum over images [n0, n0 + count) of dy_g * col(x_g)^T, every group: one gemm per
+/// group whose k runs over the pixels of all the images (conv2d_implicit.hpp). `buf` holds
+/// conv2d_implicit_wgrad_scratch(g, count) elements.
+template <class T>
+void conv2d_implicit_wgrad_slice(const conv2d_geometry& g, const conv2d_phase_image& layout,
+                                 const std::size_t* taps, const T* x, const T* dy, std::size_t n0,
+                                 std::size_t count, T* partial, T* buf) {
   using tile = gemm_tile<T>;
   constexpr std::size_t align = std::max<std::size_t>(64, simd_arch::alignment());
   const std::size_t m = g.out_channels_per_group(), cin = g.in_channels_per_group();
   const std::size_t k = g.filter_size(), p = g.out_plane(), pixels = count * p;
   const std::size_t kc_block = gemm_even_block(pixels, gemm_blocking<T>::kc, 1);
   const std::size_t m_pad = (m + tile::mr - 1) / tile::mr * tile::mr;
+  const std::size_t xs_image = layout.size<T>();
   T* const a_buf = gemm_thread_buffer<T, align>(0).reserve(m_pad * kc_block);
-  T* const stage = gemm_thread_buffer<T, align>(3).reserve(tile::nr * conv2d_stage_pixels);
+  T* const stage = buf + count * xs_image;
   for (std::size_t gi = 0; gi < g.groups; ++gi) {
+    for (std::size_t n = 0; n < count; ++n)
+      layout.fill(g, x + ((n0 + n) * g.in_channels + gi * cin) * g.in_plane(), buf + n * xs_image);
     const T* const dyg = dy + (n0 * g.out_channels + gi * m) * p;
-    const T* const xg = x + (n0 * g.in_channels + gi * cin) * g.in_plane();
     auto pack_a = [&](std::size_t pc, std::size_t kc) -> const T* {
       conv2d_pack_rows_run<tile::mr>(dyg, g.out_channels * p, p, m, pc, kc, a_buf);
       return a_buf;
     };
     auto pack_b = [&](std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc, T* dst) {
-      conv2d_pack_col_transposed<tile::nr>(g, rows, xg, g.in_channels * g.in_plane(), pc, kc, jc,
-                                           nc, stage, dst);
+      conv2d_pack_col_transposed<tile::nr>(taps, g.out_w(), layout.cols, p, buf, xs_image, pc, kc,
+                                           jc, nc, stage, dst);
     };
     conv2d_implicit_gemm<T>(m, 0, k, pixels, pack_a, pack_b, T(0), partial + gi * m * k, k,
                             epilogue::identity{});
@@ -496,20 +521,22 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
   const detail::conv2d_slices slices = detail::conv2d_wgrad_slices(g.batch);
   const std::size_t threads = detail::batch_threads(slices.count);
   // The slices' dW partials, then each thread's algorithm buffer.
-  const std::size_t per = detail::conv2d_scratch_per_thread(algo, g);
+  const bool implicit = algo == conv2d_algo::implicit;
+  const std::size_t per = implicit ? detail::conv2d_implicit_wgrad_scratch<T>(g, slices.size)
+                                   : detail::conv2d_scratch_per_thread(algo, g);
   T* const partials = detail::conv2d_grow(scratch, slices.count * wc + threads * per);
   T* const buf0 = partials + slices.count * wc;
-  const std::vector<detail::conv2d_col_row> rows = algo == conv2d_algo::implicit
-                                                       ? detail::conv2d_col_rows(g)
-                                                       : std::vector<detail::conv2d_col_row>();
+  const detail::conv2d_phase_image layout(g);
+  const std::vector<std::size_t> taps =
+      implicit ? layout.tap_offsets(g) : std::vector<std::size_t>();
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
   detail::parallel_chunks(threads, slices.count, [&](std::size_t t, std::size_t b, std::size_t e) {
     T* const buf = buf0 + t * per;
     for (std::size_t s = b; s < e; ++s) {
       const std::size_t n0 = s * slices.size, count = std::min(slices.size, g.batch - n0);
       T* const partial = partials + s * wc;
-      if (algo == conv2d_algo::implicit) {
-        detail::conv2d_implicit_wgrad_slice(g, rows.data(), x, dy, n0, count, partial);
+      if (implicit) {
+        detail::conv2d_implicit_wgrad_slice(g, layout, taps.data(), x, dy, n0, count, partial, buf);
         continue;
       }
       std::fill_n(partial, wc, T(0));

@@ -41,77 +41,131 @@
 
 namespace bitgrad::detail {
 
-/// Where row t = (c, i, j) of an image's column matrix reads the image: input channel c, and
-/// ih = oh * stride_h + ih0, iw = ow * stride_w + iw0 for the output pixel (oh, ow); output rows
-/// [oh_lo, oh_hi) and columns [ow_lo, ow_hi) read inside the image, the others read zeros.
-struct conv2d_col_row {
-  std::size_t plane_offset; // c * in_h * in_w
-  std::ptrdiff_t ih0, iw0;
-  std::size_t oh_lo, oh_hi, ow_lo, ow_hi;
+/// The image of one group as the packers read it: zero-padded and split by stride phase, so that
+/// every row of the column matrix reads one contiguous run per output row:
+///   xs[c][a][b][u][v] = x[c][u * stride_h + a - pad_h][v * stride_w + b - pad_w]  (0 outside x)
+///   col[(c, i, j)][(oh, ow)] = xs[c][a][b][oh + di][ow + dj]
+///     with i * dilation_h = di * stride_h + a, j * dilation_w = dj * stride_w + b,
+/// that is col[t][q] = xs[tap_offset[t] + oh * cols + ow]. With stride 1 it is the padded image.
+/// One copy of the input per image (its size), against K = Cin/G * kh * kw reads of each pixel by
+/// the packers: what makes them whole-register copies instead of im2col's bounds checks.
+struct conv2d_phase_image {
+  std::size_t rows, cols; ///< of one phase plane: ceil(padded height / stride_h) x ...
+  std::size_t channel;    ///< elements per input channel: stride_h * stride_w * rows * cols
+  std::size_t channels;   ///< input channels of a group
+
+  std::vector<bool> used_a, used_b; ///< phases some tap reads (a 1x1 stride-2 reads one of 4)
+
+  explicit conv2d_phase_image(const conv2d_geometry& g)
+      : rows((g.in_h + 2 * g.pad_h + g.stride_h - 1) / g.stride_h),
+        cols((g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w),
+        channel(g.stride_h * g.stride_w * rows * cols), channels(g.in_channels_per_group()),
+        used_a(g.stride_h), used_b(g.stride_w) {
+    for (std::size_t i = 0; i < g.kernel_h; ++i) used_a[i * g.dilation_h % g.stride_h] = true;
+    for (std::size_t j = 0; j < g.kernel_w; ++j) used_b[j * g.dilation_w % g.stride_w] = true;
+  }
+
+  /// Elements of one image's copy, plus the register the packers may read past its end.
+  template <class T>
+  std::size_t size() const {
+    return channels * channel + simd_lanes<T>;
+  }
+
+  /// xs[tap_offset[t] + oh * cols + ow] = col[t][(oh, ow)] for the K taps of g.
+  std::vector<std::size_t> tap_offsets(const conv2d_geometry& g) const {
+    const std::size_t taps = g.kernel_h * g.kernel_w;
+    std::vector<std::size_t> offsets(channels * taps);
+    for (std::size_t t = 0; t < offsets.size(); ++t) {
+      const std::size_t c = t / taps, i = t % taps / g.kernel_w, j = t % g.kernel_w;
+      const std::size_t ri = i * g.dilation_h, rj = j * g.dilation_w;
+      const std::size_t a = ri % g.stride_h, b = rj % g.stride_w;
+      offsets[t] = c * channel + (a * g.stride_w + b) * rows * cols + ri / g.stride_h * cols +
+                   rj / g.stride_w;
+    }
+    return offsets;
+  }
+
+  /// Writes the copy of the group's input channels x (in_h x in_w planes) to xs (size<T>()):
+  /// the phases some tap reads; the others are left as they are.
+  template <class T>
+  void fill(const conv2d_geometry& g, const T* x, T* xs) const {
+    for (std::size_t c = 0; c < channels; ++c)
+      for (std::size_t a = 0; a < g.stride_h; ++a)
+        for (std::size_t b = 0; b < g.stride_w; ++b) {
+          if (!used_a[a] || !used_b[b]) continue;
+          T* const phase = xs + c * channel + (a * g.stride_w + b) * rows * cols;
+          // Columns v whose w = v * stride_w + b - pad_w lies in [0, in_w).
+          const valid_range vs = conv_valid_range(
+              cols, g.stride_w, std::ptrdiff_t(b) - std::ptrdiff_t(g.pad_w), g.in_w);
+          for (std::size_t u = 0; u < rows; ++u) {
+            T* const out = phase + u * cols;
+            const std::ptrdiff_t h = std::ptrdiff_t(u * g.stride_h + a) - std::ptrdiff_t(g.pad_h);
+            if (h < 0 || h >= std::ptrdiff_t(g.in_h) || vs.lo >= vs.hi) {
+              std::fill_n(out, cols, T(0));
+              continue;
+            }
+            const T* const src = x + (c * g.in_h + std::size_t(h)) * g.in_w;
+            std::fill(out, out + vs.lo, T(0));
+            const std::size_t w0 = vs.lo * g.stride_w + b - g.pad_w;
+            if (g.stride_w == 1)
+              std::copy_n(src + w0, vs.hi - vs.lo, out + vs.lo);
+            else
+              for (std::size_t v = vs.lo, w = w0; v < vs.hi; ++v, w += g.stride_w) out[v] = src[w];
+            std::fill(out + vs.hi, out + cols, T(0));
+          }
+        }
+    std::fill_n(xs + channels * channel, simd_lanes<T>, T(0));
+  }
 };
 
-/// The rows of the column matrix of one group of g, computed once per call (K entries).
-inline std::vector<conv2d_col_row> conv2d_col_rows(const conv2d_geometry& g) {
-  const std::size_t taps = g.kernel_h * g.kernel_w;
-  std::vector<conv2d_col_row> rows(g.filter_size());
-  for (std::size_t t = 0; t < rows.size(); ++t) {
-    const std::size_t c = t / taps, i = t % taps / g.kernel_w, j = t % g.kernel_w;
-    conv2d_col_row& r = rows[t];
-    r.plane_offset = c * g.in_plane();
-    r.ih0 = std::ptrdiff_t(i * g.dilation_h) - std::ptrdiff_t(g.pad_h);
-    r.iw0 = std::ptrdiff_t(j * g.dilation_w) - std::ptrdiff_t(g.pad_w);
-    const valid_range oh = conv_valid_range(g.out_h(), g.stride_h, r.ih0, g.in_h);
-    const valid_range ow = conv_valid_range(g.out_w(), g.stride_w, r.iw0, g.in_w);
-    r.oh_lo = oh.lo;
-    r.oh_hi = oh.hi;
-    r.ow_lo = ow.lo;
-    r.ow_hi = ow.hi;
-  }
-  return rows;
-}
+/// A run of pixels along one output row: at xs offset `src` (oh * cols + ow, to add to a tap's
+/// offset), position `dst` in the packed range, `len` pixels.
+struct conv2d_run {
+  std::size_t src, dst, len;
+};
 
-/// out[q - q_begin] = col[t][q] for the pixels q in [q_begin, q_end) of the image x (the group's
-/// input channels): one run of x per output row, zeros where the window is outside the image.
-template <class T>
-void conv2d_col_stretch(const conv2d_geometry& g, const conv2d_col_row& r, const T* x,
-                        std::size_t q_begin, std::size_t q_end, T* out) {
-  const std::size_t ow_n = g.out_w();
-  const T* const plane = x + r.plane_offset;
-  std::size_t oh = q_begin / ow_n, ow = q_begin - oh * ow_n;
-  for (std::size_t q = q_begin; q < q_end; ++oh, ow = 0) {
-    const std::size_t len = std::min(ow_n - ow, q_end - q), end = ow + len;
-    if (oh < r.oh_lo || oh >= r.oh_hi) {
-      std::fill_n(out, len, T(0));
-    } else {
-      const T* const src =
-          plane + std::size_t(std::ptrdiff_t(oh * g.stride_h) + r.ih0) * g.in_w; // row ih
-      const std::size_t a = std::clamp(r.ow_lo, ow, end), b = std::clamp(r.ow_hi, a, end);
-      std::fill(out, out + (a - ow), T(0));
-      if (g.stride_w == 1) {
-        std::copy_n(src + std::size_t(std::ptrdiff_t(a) + r.iw0), b - a, out + (a - ow));
-      } else {
-        for (std::size_t k = a; k < b; ++k)
-          out[k - ow] = src[std::size_t(std::ptrdiff_t(k * g.stride_w) + r.iw0)];
-      }
-      std::fill(out + (b - ow), out + len, T(0));
-    }
-    out += len;
+/// Cuts pixels [q0, q1) (q = oh * out_w + ow) into runs along output rows; returns their number
+/// (at most q1 - q0).
+inline std::size_t conv2d_pixel_runs(std::size_t out_w, std::size_t cols, std::size_t q0,
+                                     std::size_t q1, conv2d_run* runs) {
+  std::size_t count = 0, oh = q0 / out_w, ow = q0 - oh * out_w;
+  for (std::size_t q = q0; q < q1; ++oh, ow = 0) {
+    const std::size_t len = std::min(out_w - ow, q1 - q);
+    runs[count++] = {oh * cols + ow, q - q0, len};
     q += len;
   }
+  return count;
 }
 
-/// Packs the kc x nc block of col(x) at taps [pc, pc + kc) and pixels [jc, jc + nc) into
-/// micro-panels of NR pixels (gemm_pack_b's layout for B = col): fprop's and dgrad's B.
+/// dst[0, len) = src[0, len) in whole registers: writes up to one register past dst + len and
+/// reads up to one past src + len. Callers copy runs in increasing order of dst, so a run's
+/// overshoot is overwritten by the next one, and keep a register of room after the last.
+template <class T>
+BITGRAD_ALWAYS_INLINE void conv2d_copy_run(const T* src, T* dst, std::size_t len) {
+  using batch = simd_batch<T>;
+  for (std::size_t k = 0; k < len; k += batch::size)
+    batch::load_unaligned(src + k).store_unaligned(dst + k);
+}
+
+/// Packs the kc x nc block of col at taps [pc, pc + kc) and pixels [jc, jc + nc) of one image
+/// (xs: its conv2d_phase_image, `cols` wide; pixel (oh, ow) at oh * cols + ow) into micro-panels
+/// of NR pixels (gemm_pack_b's layout for B = col): fprop's and dgrad's B. Writes up to a
+/// register past the block's end.
 template <std::size_t NR, class T>
-void conv2d_pack_col(const conv2d_geometry& g, const conv2d_col_row* rows, const T* x,
-                     std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc, T* dst) {
-  for (std::size_t p = 0; p < kc; ++p) {
-    const conv2d_col_row& row = rows[pc + p];
-    T* out = dst + p * NR;
-    for (std::size_t r = 0; r < nc; r += NR, out += NR * kc) {
-      const std::size_t len = std::min(NR, nc - r);
-      conv2d_col_stretch(g, row, x, jc + r, jc + r + len, out);
-      std::fill(out + len, out + NR, T(0));
+void conv2d_pack_col(const std::size_t* tap_offsets, std::size_t out_w, std::size_t cols,
+                     const T* xs, std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc,
+                     T* dst) {
+  conv2d_run runs[NR];
+  for (std::size_t r0 = 0; r0 < nc; r0 += NR, dst += NR * kc) {
+    const std::size_t len = std::min(NR, nc - r0);
+    const std::size_t count = conv2d_pixel_runs(out_w, cols, jc + r0, jc + r0 + len, runs);
+    // Rows in order, so each one's overshoot lands on the next row, rewritten after it.
+    for (std::size_t p = 0; p < kc; ++p) {
+      const T* const src = xs + tap_offsets[pc + p];
+      T* const out = dst + p * NR;
+      for (std::size_t r = 0; r < count; ++r)
+        conv2d_copy_run(src + runs[r].src, out + runs[r].dst, runs[r].len);
+      for (std::size_t r = len; r < NR; ++r) out[r] = T(0);
     }
   }
 }
@@ -120,27 +174,40 @@ void conv2d_pack_col(const conv2d_geometry& g, const conv2d_col_row* rows, const
 /// of floats on AVX-512) stay in L1 between being filled and being transposed.
 inline constexpr std::size_t conv2d_stage_pixels = 64;
 
-/// Packs the kc x nc block of col(x)^T at pixels [pc, pc + kc) of a run of images and taps
+/// Elements of conv2d_pack_col_transposed's staging block.
+template <class T>
+std::size_t conv2d_stage_size() {
+  return gemm_tile<T>::nr * conv2d_stage_pixels + simd_lanes<T>;
+}
+
+/// Packs the kc x nc block of col^T at pixels [pc, pc + kc) of a run of images and taps
 /// [jc, jc + nc) into micro-panels of NR taps (gemm_pack_b's layout for B = col^T): wgrad's B.
-/// Pixel q of the run is pixel q % P of image q / P, which starts at x + (q / P) * image_stride.
-/// `stage` holds NR * conv2d_stage_pixels elements.
+/// Pixel q of the run is pixel q % plane of image q / plane, whose conv2d_phase_image starts at
+/// xs + (q / plane) * xs_image. `stage` holds conv2d_stage_size<T>() elements.
 template <std::size_t NR, class T>
-void conv2d_pack_col_transposed(const conv2d_geometry& g, const conv2d_col_row* rows, const T* x,
-                                std::size_t image_stride, std::size_t pc, std::size_t kc,
-                                std::size_t jc, std::size_t nc, T* stage, T* dst) {
+void conv2d_pack_col_transposed(const std::size_t* tap_offsets, std::size_t out_w, std::size_t cols,
+                                std::size_t plane, const T* xs, std::size_t xs_image,
+                                std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc,
+                                T* stage, T* dst) {
   constexpr std::size_t chunk = conv2d_stage_pixels;
-  const std::size_t plane = g.out_plane();
-  for (std::size_t t0 = 0; t0 < nc; t0 += NR, dst += NR * kc) {
-    const std::size_t taps = std::min(NR, nc - t0);
-    for (std::size_t q = pc; q < pc + kc;) {
-      const std::size_t n = q / plane, local = q - n * plane;
-      const std::size_t len = std::min({chunk, plane - local, pc + kc - q});
-      const T* const xn = x + n * image_stride;
-      for (std::size_t r = 0; r < taps; ++r)
-        conv2d_col_stretch(g, rows[jc + t0 + r], xn, local, local + len, stage + r * chunk);
-      gemm_pack_transposed<NR>(stage, chunk, taps, len, dst + (q - pc) * NR);
-      q += len;
+  conv2d_run runs[chunk];
+  for (std::size_t q = pc; q < pc + kc;) {
+    const std::size_t n = q / plane, local = q - n * plane;
+    const std::size_t len = std::min({chunk, plane - local, pc + kc - q});
+    const std::size_t count = conv2d_pixel_runs(out_w, cols, local, local + len, runs);
+    const T* const xn = xs + n * xs_image;
+    for (std::size_t t0 = 0; t0 < nc; t0 += NR) {
+      const std::size_t taps = std::min(NR, nc - t0);
+      // Stage rows of col for these taps (rows in order: overshoots land on the next row), then
+      // transpose them into the micro-panel.
+      for (std::size_t r = 0; r < taps; ++r) {
+        const T* const src = xn + tap_offsets[jc + t0 + r];
+        for (std::size_t k = 0; k < count; ++k)
+          conv2d_copy_run(src + runs[k].src, stage + r * chunk + runs[k].dst, runs[k].len);
+      }
+      gemm_pack_transposed<NR>(stage, chunk, taps, len, dst + t0 * kc + (q - pc) * NR);
     }
+    q += len;
   }
 }
 
@@ -241,7 +308,8 @@ void conv2d_implicit_gemm(std::size_t m, std::size_t col_begin, std::size_t col_
   const std::size_t mc_block = gemm_even_block(m, blocking::mc(kc_block), tile::mr);
   const std::size_t nc_block =
       gemm_even_block(col_end - col_begin, blocking::nc(kc_block), tile::nr);
-  T* const b_packed = gemm_thread_buffer<T, align>(1).reserve(kc_block * nc_block);
+  // pack_b may write a register past the block (conv2d_copy_run).
+  T* const b_packed = gemm_thread_buffer<T, align>(1).reserve(kc_block * nc_block + simd_lanes<T>);
   for (std::size_t pc = 0; pc < k; pc += kc_block) {
     const std::size_t kc = std::min(kc_block, k - pc);
     const T* const a_packed = pack_a(pc, kc);

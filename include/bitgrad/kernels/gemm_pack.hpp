@@ -157,11 +157,10 @@ private:
   std::size_t capacity_ = 0;
 };
 
-/// The calling thread's buffers: packed A (`which` = 0), packed B (1), inner-product sums (2),
-/// the implicit convolution's staging block (3, kernels/conv2d_implicit.hpp).
+/// The calling thread's buffers: packed A (`which` = 0), packed B (1), inner-product sums (2).
 template <class T, std::size_t Align>
 gemm_pack_buffer<T, Align>& gemm_thread_buffer(std::size_t which) {
-  thread_local gemm_pack_buffer<T, Align> buffers[4];
+  thread_local gemm_pack_buffer<T, Align> buffers[3];
   return buffers[which];
 }
 
