@@ -11,8 +11,9 @@
 //     build/bench/benchmarks/bench_conv2d --benchmark_filter='resnet28.*batch:128'
 //   Side by side (`--compare`): for each layer and pass, im2col, implicit and direct run
 //   alternately in one process (the order flips every round), and it prints a Markdown table of
-//   the median ms and the median of the per-round ratios im2col / implicit (> 1: implicit GEMM
-//   is faster), with the algorithm `auto` picks.
+//   the median ms, the median of the per-round ratios im2col / implicit (> 1: implicit GEMM is
+//   faster), the ratio of the fastest rounds (the least disturbed on a shared machine), and the
+//   algorithm `auto` picks.
 //     OMP_NUM_THREADS=1 build/bench/benchmarks/bench_conv2d --compare [--batch 128]
 //         [--rounds 7] [--filter resnet28]
 //   With --callgrind each variant runs once, counted alone (valgrind's client requests), and
@@ -194,7 +195,7 @@ double median(std::vector<double> v) {
 int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bool callgrind) {
   if (callgrind) rounds = 1;
   std::printf("| layer | pass | m x n x k per image | im2col ms | implicit ms | direct ms | "
-              "im2col / implicit | auto |\n|---|---|---|--:|--:|--:|--:|---|\n");
+              "im2col / implicit | best / best | auto |\n|---|---|---|--:|--:|--:|--:|--:|---|\n");
   for (const auto& l : layers) {
     if (std::string(l.name).find(filter) == std::string::npos) continue;
     operands op(geometry(l, batch));
@@ -236,8 +237,10 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
                    : std::to_string(m) + " x " + std::to_string(k) + " x " + std::to_string(n);
       char direct[32] = "-";
       if (variants.size() > 2) std::snprintf(direct, sizeof direct, "%.3f", median(ms[2]));
-      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %.2f | %s |\n", l.name, pass_names[p],
-                  shape.c_str(), median(ms[0]), median(ms[1]), direct, median(ratios),
+      const double best_ratio = *std::min_element(ms[0].begin(), ms[0].end()) /
+                                *std::min_element(ms[1].begin(), ms[1].end());
+      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %.2f | %.2f | %s |\n", l.name, pass_names[p],
+                  shape.c_str(), median(ms[0]), median(ms[1]), direct, median(ratios), best_ratio,
                   chosen == conv2d_algo::im2col     ? "im2col"
                   : chosen == conv2d_algo::direct   ? "direct"
                   : chosen == conv2d_algo::implicit ? "implicit"

@@ -5,15 +5,16 @@
 //   cmake --preset bench && cmake --build --preset bench --target bench_optim
 //   OMP_NUM_THREADS=2 build/bench/benchmarks/bench_optim        (Google Benchmark)
 //   OMP_NUM_THREADS=2 build/bench/benchmarks/bench_optim --compare [--rounds 15]
-// --compare runs serial and threaded alternately in one process for n = 2^10 .. 2^21 and prints
-// the median microseconds of each, the median ratio serial / threaded (> 1: threads pay) and the
-// ratio of the fastest rounds (what a machine shared with other work still shows).
+// --compare runs the scalar reference loop (the optimizers' code before the update kernels), the
+// kernel on one thread and the kernel split between the threads, in turn in one process, for
+// n = 2^10 .. 2^21; it prints the median microseconds of each, the median ratios scalar / serial
+// and serial / threaded (> 1: threads pay), and the ratio of the fastest rounds serial / threaded
+// (what a machine shared with other work still shows).
 // Set OMP_WAIT_POLICY=passive to see the crossover with sleeping threads.
 //
-// Measured (2026-11-28, AMD EPYC Zen 4, 2 vCPUs, the machine shared with other builds at load
-// ~6, so only the crossover's order of magnitude holds; rerun on an idle machine): see
-// benchmarks/README.md, "Optimizer steps".
+// Results and the conditions they were measured in: benchmarks/README.md, "Optimizer steps".
 #include <bitgrad/kernels/optim_update.hpp>
+#include <bitgrad/kernels/ref/optim_update.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -75,6 +76,17 @@ void step(buffers& b, bool adam, std::size_t min_parallel) {
 
 constexpr std::size_t never = std::numeric_limits<std::size_t>::max();
 
+/// The same step through the reference twins (scalar loops: the optimizers' code before the
+/// update kernels), on the calling thread.
+void step_reference(buffers& b, bool adam) {
+  const std::size_t n = b.w.size();
+  if (adam)
+    bitgrad::ref::adam_update(n, b.w.data(), b.g.data(), b.m.data(), b.v.data(), adam_params());
+  else
+    bitgrad::ref::sgd_update(n, b.w.data(), b.g.data(), b.m.data(),
+                             sgd_update_params<float>{0.01f, 1e-4f, 0.9f, false});
+}
+
 void run_benchmark(benchmark::State& state, bool adam, bool threaded) {
   buffers b(static_cast<std::size_t>(state.range(0)));
   for (auto _ : state) {
@@ -91,31 +103,40 @@ double median(std::vector<double> v) {
 }
 
 int compare(std::size_t rounds) {
-  std::printf(
-      "| step | n | serial us | threaded us | serial / threaded |\n|---|--:|--:|--:|--:|\n");
+  std::printf("| step | n | scalar us | serial us | threaded us | scalar / serial | serial / "
+              "threaded | best serial / best threaded |\n|---|--:|--:|--:|--:|--:|--:|--:|\n");
   for (bool adam : {true, false})
     for (std::size_t n = std::size_t(1) << 10; n <= std::size_t(1) << 21; n *= 2) {
       buffers b(n);
       // Enough repetitions per timing to be well above the clock's resolution.
       const std::size_t reps = std::max<std::size_t>(1, (std::size_t(1) << 22) / n);
-      std::vector<double> serial, threaded, ratio;
+      std::vector<double> scalar, serial, threaded, simd_ratio, ratio;
+      step_reference(b, adam);
       step(b, adam, never);
       step(b, adam, 0);
       for (std::size_t r = 0; r < rounds; ++r) {
-        double us[2];
-        for (int s = 0; s < 2; ++s) {
-          const bool par = (s == 0) == (r % 2 == 0);
+        double us[3]; // scalar, serial, threaded; the order turns every round
+        for (int s = 0; s < 3; ++s) {
+          const int variant = int((s + r) % 3);
           const auto t0 = std::chrono::steady_clock::now();
-          for (std::size_t k = 0; k < reps; ++k) step(b, adam, par ? 0 : never);
+          for (std::size_t k = 0; k < reps; ++k) {
+            if (variant == 0)
+              step_reference(b, adam);
+            else
+              step(b, adam, variant == 2 ? 0 : never);
+          }
           const auto t1 = std::chrono::steady_clock::now();
-          us[par] = std::chrono::duration<double, std::micro>(t1 - t0).count() / double(reps);
+          us[variant] = std::chrono::duration<double, std::micro>(t1 - t0).count() / double(reps);
         }
-        serial.push_back(us[0]);
-        threaded.push_back(us[1]);
-        ratio.push_back(us[0] / us[1]);
+        scalar.push_back(us[0]);
+        serial.push_back(us[1]);
+        threaded.push_back(us[2]);
+        simd_ratio.push_back(us[0] / us[1]);
+        ratio.push_back(us[1] / us[2]);
       }
-      std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", adam ? "adam" : "sgd momentum", n,
-                  median(serial), median(threaded), median(ratio),
+      std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+                  adam ? "adam" : "sgd momentum", n, median(scalar), median(serial),
+                  median(threaded), median(simd_ratio), median(ratio),
                   *std::min_element(serial.begin(), serial.end()) /
                       *std::min_element(threaded.begin(), threaded.end()));
       std::fflush(stdout);

@@ -308,6 +308,23 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
   }
 }
 
+TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
+  using bitgrad::detail::conv2d_wgrad_slices;
+  auto slices = [](std::size_t batch, std::size_t weights) {
+    const auto s = conv2d_wgrad_slices(batch, weights);
+    return std::vector<std::size_t>{s.size, s.count};
+  };
+  CHECK(slices(128, 36864) == std::vector<std::size_t>{8, 16}); // VGG conv4: 16 slices of 8
+  CHECK(slices(64, 36864) == std::vector<std::size_t>{4, 16});
+  CHECK(slices(19, 100) == std::vector<std::size_t>{2, 10}); // the last slice holds 1 image
+  CHECK(slices(1, 100) == std::vector<std::size_t>{1, 1});
+  // Partials of many weights: fewer slices (the budget), never fewer than two.
+  CHECK(slices(64, bitgrad::detail::conv2d_wgrad_partials_budget / 4) ==
+        std::vector<std::size_t>{16, 4});
+  CHECK(slices(64, bitgrad::detail::conv2d_wgrad_partials_budget) ==
+        std::vector<std::size_t>{32, 2});
+}
+
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, float, double) {
   // fprop and dgrad: whole images per thread, or (batch 1) an image's pixels split between

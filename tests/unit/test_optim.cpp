@@ -301,8 +301,9 @@ TEST_CASE_TEMPLATE("large steps split across threads give the serial step's bits
     std::vector<T> value(n), grad(n);
     for (T& e : value) e = T(d(rng));
     for (T& e : grad) e = T(d(rng));
-    start.add("p" + std::to_string(index), value, grad,
-              index % 3 == 2 ? param_kind::bitwidth : param_kind::weight);
+    std::ostringstream name; // (not string +: GCC 12 -Wrestrict false positive at -march=native)
+    name << "p" << index;
+    start.add(name.str(), value, grad, index % 3 == 2 ? param_kind::bitwidth : param_kind::weight);
     ++index;
   }
   start.entries[4].has_grad = false;

@@ -29,9 +29,10 @@
 // Threads (kernels/parallel.hpp): fprop and dgrad give each thread whole images (with fewer
 // images than threads, implicit GEMM also splits an image's pixels, in whole register tiles);
 // the gemm inside runs on the calling thread. wgrad sums the batch in slices fixed by the batch
-// size alone (conv2d_wgrad_slices): each slice's dW partial is formed on one thread, then the
-// partials are added to dW in slice order. Every output element sees the same operations in the
-// same order whatever the thread count, so results are bitwise reproducible across thread counts.
+// size and weight count (conv2d_wgrad_slices): each slice's dW partial is formed on one thread,
+// then the partials are added to dW in slice order. Every output element sees the same
+// operations in the same order whatever the thread count, so results are bitwise reproducible
+// across thread counts.
 //
 // `scratch` belongs to the caller; it is grown when too small and otherwise reused as is.
 #pragma once
@@ -66,21 +67,27 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   const bool stride1 = g.stride_h == 1 && g.stride_w == 1;
   const bool pointwise =
       g.kernel_h == 1 && g.kernel_w == 1 && stride1 && g.pad_h == 0 && g.pad_w == 0;
-  // Direct when the gemm would be thin in both K and M: LeNet conv1 (K 25, M 6) and depthwise
-  // 3x3 (K 9, M 1) ran faster direct in bench_conv2d; LeNet conv2 (K 150) and VGG conv1
-  // (K 9 but M 32) ran faster through a gemm.
-  if (stride1 && !pointwise && g.filter_size() <= 32 && g.out_channels_per_group() <= 8)
+  // Direct when the gemm would be thin in both K and M: the dgrad and wgrad of LeNet conv1
+  // (K 25, M 6) and all of depthwise 3x3 (K 9, M 1) ran faster direct in bench_conv2d; LeNet
+  // conv2 (K 150) and VGG conv1 (K 9 but M 32) ran faster through a gemm, and so did LeNet
+  // conv1's fprop through implicit GEMM (0.75x the instructions of direct, --callgrind).
+  const std::size_t m = g.out_channels_per_group();
+  if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
+      (pass != conv2d_pass::fprop || m <= 2))
     return conv2d_algo::direct;
-  // A pointwise convolution is a plain gemm on x: there is nothing to lower.
-  if (pointwise || !BITGRAD_HAS_SIMD) return conv2d_algo::im2col;
+  // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
+  // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
+  // short (K = Cin/G): im2col ran 0.8-1.0x the instructions of implicit GEMM there
+  // (bench_conv2d --callgrind).
+  if ((g.kernel_h == 1 && g.kernel_w == 1) || !BITGRAD_HAS_SIMD) return conv2d_algo::im2col;
   switch (pass) {
   case conv2d_pass::fprop:
     return conv2d_algo::implicit;
   case conv2d_pass::dgrad: {
     // As a convolution of dy, dgrad packs Cout/G * kh * kw rows of in_h * in_w pixels per image,
     // where im2col's gemm writes Cin/G * kh * kw rows of out_h * out_w that col2im reads back
-    // and scatters. Implicit when it moves at most twice as much: 3x3 pad 1
-    // with Cout <= 2 Cin, not a first layer (Cin 1) nor a valid 5x5 (LeNet conv2).
+    // and scatters. Implicit when it moves at most twice as much: 3x3 pad 1 with Cout <= 2 Cin,
+    // not a first layer (Cin 1) nor a valid 5x5 (LeNet conv2).
     const bool cheap =
         g.out_channels_per_group() * g.in_plane() <= 2 * g.in_channels_per_group() * g.out_plane();
     return detail::conv2d_dgrad_is_convolution(g) && cheap ? conv2d_algo::implicit
@@ -441,15 +448,22 @@ void conv2d_implicit_wgrad_slice(const conv2d_geometry& g, const conv2d_phase_im
 /// Most slices wgrad cuts a batch into (see conv2d_wgrad_slices).
 inline constexpr std::size_t conv2d_wgrad_max_slices = 16;
 
+/// Elements the slices' dW partials may take together before wgrad uses fewer slices (down to
+/// two): 32 MiB of floats.
+inline constexpr std::size_t conv2d_wgrad_partials_budget = std::size_t(1) << 23;
+
 /// wgrad's slices: `count` runs of `size` consecutive images (the last one shorter), set by the
-/// batch size alone so that the sums do not depend on the thread count. At most
-/// conv2d_wgrad_max_slices: that many dW partials, and that many threads at most.
+/// batch size and the weight count alone, so that the sums do not depend on the thread count.
+/// At most conv2d_wgrad_max_slices (fewer for layers with many weights): that many dW partials,
+/// and that many threads at most.
 struct conv2d_slices {
   std::size_t size, count;
 };
 
-inline conv2d_slices conv2d_wgrad_slices(std::size_t batch) {
-  const std::size_t size = (batch + conv2d_wgrad_max_slices - 1) / conv2d_wgrad_max_slices;
+inline conv2d_slices conv2d_wgrad_slices(std::size_t batch, std::size_t weights) {
+  const std::size_t most = std::clamp<std::size_t>(
+      conv2d_wgrad_partials_budget / std::max<std::size_t>(1, weights), 2, conv2d_wgrad_max_slices);
+  const std::size_t size = (batch + most - 1) / most;
   return {size, (batch + size - 1) / size};
 }
 
@@ -518,7 +532,7 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
                         T* dbias, std::vector<T>& scratch) {
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::wgrad);
   const std::size_t wc = g.weight_count();
-  const detail::conv2d_slices slices = detail::conv2d_wgrad_slices(g.batch);
+  const detail::conv2d_slices slices = detail::conv2d_wgrad_slices(g.batch, g.weight_count());
   const std::size_t threads = detail::batch_threads(slices.count);
   // The slices' dW partials, then each thread's algorithm buffer.
   const bool implicit = algo == conv2d_algo::implicit;

@@ -35,29 +35,36 @@ namespace ref {
 
 template <class T>
 void adam_update(std::size_t n, T* w, const T* g, T* m, T* v, const adam_update_params<T>& k) {
+  // The constants in locals (a store to w could alias k's members otherwise).
+  const T beta1 = k.beta1, beta2 = k.beta2, c1 = k.one_minus_beta1, c2 = k.one_minus_beta2;
+  const T eps = k.eps, step_size = k.step_size, sqrt_bc2 = k.sqrt_bc2, decay = k.decay;
+  const T keep = k.keep, mean_square = k.mean_square;
+  const bool decoupled = k.decoupled, shared = k.shared_second_moment;
   for (std::size_t i = 0; i < n; ++i) {
     T gi = g[i];
-    if (k.decoupled)
-      w[i] *= k.keep;
+    if (decoupled)
+      w[i] *= keep;
     else
-      gi += k.decay * w[i];
-    m[i] = k.beta1 * m[i] + k.one_minus_beta1 * gi;
-    v[i] = k.beta2 * v[i] + k.one_minus_beta2 * (k.shared_second_moment ? k.mean_square : gi * gi);
-    w[i] -= k.step_size * m[i] / (std::sqrt(v[i]) / k.sqrt_bc2 + k.eps);
+      gi += decay * w[i];
+    m[i] = beta1 * m[i] + c1 * gi;
+    v[i] = beta2 * v[i] + c2 * (shared ? mean_square : gi * gi);
+    w[i] -= step_size * m[i] / (std::sqrt(v[i]) / sqrt_bc2 + eps);
   }
 }
 
 /// buf is unused (may be null) when momentum is 0.
 template <class T>
 void sgd_update(std::size_t n, T* w, const T* g, T* buf, const sgd_update_params<T>& k) {
+  const T lr = k.lr, decay = k.decay, momentum = k.momentum;
+  const bool nesterov = k.nesterov;
   for (std::size_t i = 0; i < n; ++i) {
-    const T d = g[i] + k.decay * w[i];
-    if (k.momentum == T(0)) {
-      w[i] -= k.lr * d;
+    const T d = g[i] + decay * w[i];
+    if (momentum == T(0)) {
+      w[i] -= lr * d;
       continue;
     }
-    buf[i] = k.momentum * buf[i] + d;
-    w[i] -= k.lr * (k.nesterov ? d + k.momentum * buf[i] : buf[i]);
+    buf[i] = momentum * buf[i] + d;
+    w[i] -= lr * (nesterov ? d + momentum * buf[i] : buf[i]);
   }
 }
 
