@@ -1,6 +1,6 @@
 // Optimizer steps: Adam and SGD (momentum) element updates (kernels/optim_update.hpp) over one
-// tensor of n floats, serial against split between the OpenMP threads, to place the threshold
-// optim_parallel_min (below it a step runs on the calling thread).
+// tensor of n floats, serial against split between the OpenMP threads, to place the thresholds
+// adam_parallel_min / sgd_parallel_min (below them a step runs on the calling thread).
 //
 //   cmake --preset bench && cmake --build --preset bench --target bench_optim
 //   OMP_NUM_THREADS=2 build/bench/benchmarks/bench_optim        (Google Benchmark)

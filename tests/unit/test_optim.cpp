@@ -289,15 +289,16 @@ TEST_CASE_TEMPLATE("the update kernels match their reference twins on ragged len
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE_TEMPLATE("large steps split across threads give the serial step's bits", T, float,
                    double) {
-  // Tensors of ragged sizes around the block size, the parallel threshold crossed by the step as
-  // a whole, a null gradient among them, a shared second moment and every SGD variant.
+  // Tensors of ragged sizes around the block size, the parallel thresholds crossed by the step as
+  // a whole (adam_parallel_min() <= sgd_parallel_min() + 5 elements, in spinning and in sleeping
+  // mode), a null gradient among them, a shared second moment and every SGD variant.
   const std::size_t block = bitgrad::detail::optim_block;
   std::mt19937 rng(9);
   std::uniform_real_distribution<double> d(-1.0, 1.0);
   toy_params<T> start;
   std::size_t index = 0;
   for (std::size_t n : {std::size_t(3), block - 1, block + 1, 3 * block + 13, std::size_t(1),
-                        bitgrad::detail::optim_parallel_min + 5, std::size_t(0), 2 * block}) {
+                        bitgrad::detail::sgd_parallel_min() + 5, std::size_t(0), 2 * block}) {
     std::vector<T> value(n), grad(n);
     for (T& e : value) e = T(d(rng));
     for (T& e : grad) e = T(d(rng));

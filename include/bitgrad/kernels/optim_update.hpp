@@ -19,7 +19,8 @@
 // twins in the last bit.)
 //
 // Threads: update_tensors cuts all tensors of a step into blocks of optim_block elements and gives
-// each thread a contiguous run of blocks, when the step has at least optim_parallel_min elements.
+// each thread a contiguous run of blocks, when the step has enough elements to pay for waking
+// them (adam_parallel_min, sgd_parallel_min).
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -37,11 +38,18 @@ namespace detail {
 /// Elements per block of the thread split (a multiple of every register width).
 inline constexpr std::size_t optim_block = 4096;
 
-/// Below this many elements in a step, the optimizer runs on the calling thread: the elementwise
-/// threshold (kernels/parallel.hpp). benchmarks/bench_optim.cpp --compare put Adam's crossover
-/// between 2^15 and 2^16 floats with libgomp's spinning threads (fastest of 21 alternating rounds,
-/// 2 threads, machine under load; see benchmarks/README.md).
-inline constexpr std::size_t optim_parallel_min = elementwise_parallel_min;
+/// Below these many elements in a step, the optimizer runs on the calling thread. Crossovers
+/// measured with benchmarks/bench_optim.cpp --compare (one tensor, 1 against 2 threads, quiet
+/// machine; see benchmarks/README.md, "Optimizer steps"): Adam broke even at 2^16 floats and won
+/// 1.3x at 2^17 with libgomp's spinning threads, and broke even at 2^19 with sleeping ones
+/// (OMP_WAIT_POLICY=passive); SGD with momentum, lighter per element, won 1.2x at 2^17 spinning
+/// and 1.5x at 2^21 sleeping (0.8-0.9x below).
+inline std::size_t adam_parallel_min() {
+  return std::size_t(1) << (omp_threads_sleep() ? 19 : 17);
+}
+inline std::size_t sgd_parallel_min() {
+  return std::size_t(1) << (omp_threads_sleep() ? 21 : 17);
+}
 
 /// Calls step(i, count) for i = 0, L, 2L, ... over [0, n) with count = min(L, n - i) <= L
 /// elements: the caller loads whole registers from i when count == L, a zero-padded copy
@@ -144,11 +152,11 @@ struct optim_tensor {
 };
 
 /// Runs update(tensor, begin, end) over every tensor of a step: serially below `min_parallel`
-/// elements in all, otherwise in blocks of detail::optim_block elements split evenly between the
-/// threads (each thread a contiguous run of blocks, in tensor order).
+/// elements in all (detail::adam_parallel_min(), sgd_parallel_min()), otherwise in blocks of
+/// detail::optim_block elements split evenly between the threads (each thread a contiguous run of
+/// blocks, in tensor order).
 template <class Tensor, class Update>
-void update_tensors(const std::vector<Tensor>& tensors, Update&& update,
-                    std::size_t min_parallel = detail::optim_parallel_min) {
+void update_tensors(const std::vector<Tensor>& tensors, Update&& update, std::size_t min_parallel) {
   constexpr std::size_t block = detail::optim_block;
   std::size_t total = 0, blocks = 0;
   for (const Tensor& t : tensors) {

@@ -8,7 +8,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
 
 #if defined(BITGRAD_WITH_OPENMP)
 #include <omp.h>
@@ -29,6 +32,17 @@ inline std::size_t batch_threads(std::size_t items) {
   (void)items;
   return 1;
 #endif
+}
+
+/// Whether OpenMP's waiting threads sleep (OMP_WAIT_POLICY=passive, read once): waking one then
+/// takes tens of microseconds instead of a few, so the thresholds for waking them are higher.
+inline bool omp_threads_sleep() {
+  static const bool passive = [] {
+    std::string policy = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
+    for (char& ch : policy) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return policy == "passive";
+  }();
+  return passive;
 }
 
 /// Threads a kernel may start from here: OpenMP's maximum, or 1 inside a parallel region or

@@ -117,9 +117,12 @@ public:
       }
       tensors_.push_back({p.value, p.grad, s.buffers[0].data(), s.buffers[1].data(), p.size, k});
     });
-    update_tensors(tensors_, [](const tensor& x, std::size_t b, std::size_t e) {
-      adam_update(e - b, x.w + b, x.g + b, x.state0 + b, x.state1 + b, x.params);
-    });
+    update_tensors(
+        tensors_,
+        [](const tensor& x, std::size_t b, std::size_t e) {
+          adam_update(e - b, x.w + b, x.g + b, x.state0 + b, x.state1 + b, x.params);
+        },
+        bitgrad::detail::adam_parallel_min());
   }
 
   /// Parameters of `kind` use one second moment per tensor (see the top of this file).

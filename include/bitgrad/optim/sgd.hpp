@@ -79,9 +79,12 @@ public:
       ++s.steps;
       tensors_.push_back({p.value, p.grad, buf, nullptr, p.size, k});
     });
-    update_tensors(tensors_, [](const tensor& x, std::size_t b, std::size_t e) {
-      sgd_update(e - b, x.w + b, x.g + b, x.state0 ? x.state0 + b : nullptr, x.params);
-    });
+    update_tensors(
+        tensors_,
+        [](const tensor& x, std::size_t b, std::size_t e) {
+          sgd_update(e - b, x.w + b, x.g + b, x.state0 ? x.state0 + b : nullptr, x.params);
+        },
+        bitgrad::detail::sgd_parallel_min());
   }
 
   void set_group(param_kind kind, const group_options& options) {
