@@ -2,13 +2,13 @@
 // column matrix. The GEMM's micro-panels are packed straight from the image, inside the loop nest
 // of gemm.hpp, so the K x P matrix `col` (kernels/im2col.hpp) is never written or read back.
 //
-// Per image (or run of images) and group g; M = Cout/G, K = Cin/G * kh * kw, P = OH * OW:
+// Per image (or run of images) and group g; M = Cout/G, K = Cin/G * kh * kw, P = OH * OW;
+// tap t = (c, i, j), pixel q = (oh, ow):
+//   col[t][q] = x[c][oh*stride_h - pad_h + i*dilation_h][ow*stride_w - pad_w + j*dilation_w]
+//               (0 in the padding)
 //   fprop : y_g (M x P) = W_g (M x K) * col(x_g) (K x P)
-//           B micro-panels (kc taps x NR pixels) packed from x: tap t = (c, i, j), pixel q = (oh,
-//           ow),
-//             col[t][q] = x[c][oh*stride_h - pad_h + i*dilation_h][ow*stride_w - pad_w +
-//             j*dilation_w]
-//           (0 in the padding); A = W_g packed once per call and shared by every image and thread.
+//           B micro-panels (kc taps x NR pixels) packed from x; A = W_g packed once per call and
+//           shared by every image and thread.
 //   dgrad : stride 1: the adjoint of a convolution is a convolution of dy, so no col2im:
 //             dx_g (Cin/G x H*W) = W'_g (Cin/G x Cout/G*kh*kw) * col'(dy_g)
 //           W'[c][o][i'][j'] = w[o][c][kh-1-i'][kw-1-j'] (flipped, in and out swapped), col' the
@@ -19,11 +19,12 @@
 //           GEMM's k runs over the pixels of every image of the slice; A packed from dy, B packed
 //           from x through a small staging block of col rows (in L1) and register transposes.
 //
-//   B micro-panel for fprop, from the image:      B micro-panel for wgrad (k = pixels):
-//     tap t   : [col[t][q0] .. col[t][q0+NR-1]]     pixel q : [col[t0][q] .. col[t0+NR-1][q]]
-//     tap t+1 : [...]                               pixel q+1: [...]
-//   a row of a fprop panel is a stretch of col row t: runs of x rows (one per output row oh) with
-//   zeros where the window leaves the image, so it is written in place, with no copy of col.
+//   B micro-panel for fprop:                       B micro-panel for wgrad (k = pixels):
+//     tap t   : [col[t][q0] .. col[t][q0+NR-1]]      pixel q  : [col[t0][q] .. col[t0+NR-1][q]]
+//     tap t+1 : [...]                                pixel q+1: [...]
+//   A stretch of col row t is one run of x per output row, with zeros where the window leaves the
+//   image. The packers read a zero-padded copy of the image split by stride phase
+//   (conv2d_phase_image), where each run is contiguous and needs no bounds check.
 //
 // The loop nest, blocking, micro-kernel and edge tiles are gemm.hpp's, with the same k blocks
 // (gemm_even_block(k, KC)), so every element of C sees the same operations in the same order as

@@ -7,8 +7,8 @@
 //           w = w - step_size * m / (sqrt(v) / sqrt_bc2 + eps)
 //   sgd   : d = g + decay * w
 //           momentum 0: w = w - lr * d
-//           otherwise : buf = momentum * buf + d;  w = w - lr * (nesterov ? d + momentum * buf :
-//           buf)
+//           otherwise : buf = momentum * buf + d
+//                       w = w - lr * (nesterov ? d + momentum * buf : buf)
 // (the constants: kernels/ref/optim_update.hpp; the reference twins there run the same formulas
 // as scalar loops).
 //
