@@ -1,6 +1,7 @@
 // Training throughput: one full training step (zero_grad, forward, softmax cross-entropy,
-// backward, size penalty, Adam, quantizer projection) of LeNet-5 and the small VGG-style net,
-// FP32 (no_quant) and with learned per-channel bitwidths (frac_bits), in images/s.
+// backward, size penalty, Adam, quantizer projection) of LeNet-5, the small VGG-style net and
+// ResNet-20 (on 28x28x1 inputs), FP32 (no_quant) and with learned per-channel bitwidths
+// (frac_bits), in images/s.
 //
 // The C++ half of the PyTorch comparison in benchmarks/peers/ (train_pytorch.py runs the same
 // networks, data, optimizer and quantizer; run_peers.py alternates the two and prints the
@@ -127,6 +128,18 @@ void register_all() {
     add<true>(
         "train/vgg_small/quant/" + b,
         [] { return nn::vgg_small<float, quant::frac_bits>({.seed = 1}); }, batch);
+    // ResNet-20 on the Fashion-MNIST-shaped data (1 channel, 28x28); every conv and the fc
+    // through the quantizer (no 8-bit edge layers), as the PyTorch peer does.
+    add<false>(
+        "train/resnet20/fp32/" + b,
+        [] { return nn::resnet20<float>({.seed = 1, .in_channels = 1, .in_size = 28}); }, batch);
+    add<true>(
+        "train/resnet20/quant/" + b,
+        [] {
+          return nn::resnet20<float, quant::frac_bits>(
+              {.seed = 1, .in_channels = 1, .in_size = 28});
+        },
+        batch);
   }
 }
 

@@ -31,7 +31,11 @@ ROWS = [
     ("lenet5", False, 256),
     ("lenet5", True, 256),
     ("vgg_small", True, 128),
+    ("resnet20", False, 128),
+    ("resnet20", True, 128),
 ]
+
+NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-small", "resnet20": "ResNet-20"}
 
 
 def cpu_model():
@@ -171,7 +175,7 @@ def main():
     print("| model | weights | batch | threads | bitgrad img/s | PyTorch img/s | bitgrad / PyTorch |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for r in table:
-        print(f"| {'LeNet-5' if r['model'] == 'lenet5' else 'VGG-small'} "
+        print(f"| {NAMES[r['model']]} "
               f"| {'frac_bits' if r['quantized'] else 'FP32'} | {r['batch']} | {r['threads']} "
               f"| {r['bitgrad_ips']:.0f} | {r['pytorch_ips']:.0f} | {r['ratio']:.2f}x |")
 

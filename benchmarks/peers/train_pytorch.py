@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Training throughput of LeNet-5 and the small VGG-style net in PyTorch, the peer of
+"""Training throughput of LeNet-5, the small VGG-style net and ResNet-20 in PyTorch, the peer of
 benchmarks/bench_train.cpp: same networks, same synthetic data, same optimizer, same quantizer.
 
 Written the way a PyTorch user would write it: nn.Module layers, F.cross_entropy, torch.optim.Adam
@@ -83,8 +83,8 @@ class FracBits(nn.Module):
 
 
 class QConv2d(nn.Conv2d):
-    def __init__(self, cin, cout, k, padding=0):
-        super().__init__(cin, cout, k, padding=padding)
+    def __init__(self, cin, cout, k, stride=1, padding=0, bias=True):
+        super().__init__(cin, cout, k, stride=stride, padding=padding, bias=bias)
         self.quant = FracBits(cout, cin * k * k)
 
     def forward(self, x):
@@ -119,9 +119,58 @@ def vgg_small(quantized, w=32, hidden=256):
         fc(2 * w * 7 * 7, hidden), nn.ReLU(), fc(hidden, 10))
 
 
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut projects (1x1 conv with
+    the block's stride + bn) when the shape changes, as bitgrad's nn::resnet20."""
+
+    def __init__(self, conv, cin, cout, stride):
+        super().__init__()
+        self.conv1 = conv(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = conv(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 (He et al. 2016, the CIFAR variant) on 1-channel 28x28 inputs, width 16."""
+
+    def __init__(self, quantized, in_channels=1, w=16, classes=10):
+        super().__init__()
+        conv = QConv2d if quantized else nn.Conv2d
+        fc = QLinear if quantized else nn.Linear
+        self.conv1 = conv(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        layers = []
+        cin = w
+        for cout, stride in ((w, 1), (2 * w, 2), (4 * w, 2)):
+            for i in range(3):
+                layers.append(BasicBlock(conv, cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = fc(4 * w, classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+MODELS = {"lenet5": lenet5, "vgg_small": vgg_small, "resnet20": ResNet20}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=["lenet5", "vgg_small"], default="lenet5")
+    ap.add_argument("--model", choices=sorted(MODELS), default="lenet5")
     ap.add_argument("--quant", action="store_true", help="learned bitwidths (frac_bits)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -131,7 +180,7 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    net = (lenet5 if a.model == "lenet5" else vgg_small)(a.quant)
+    net = MODELS[a.model](a.quant)
     net.train()
     quants = [m for m in net.modules() if isinstance(m, FracBits)]
     bits = [q.bits for q in quants]

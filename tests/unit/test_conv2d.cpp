@@ -7,11 +7,16 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
 
 using bitgrad::conv2d_algo;
 using bitgrad::conv2d_geometry;
@@ -89,6 +94,52 @@ std::vector<conv2d_geometry> geometry_grid() {
             out.push_back(g);
           }
   return out;
+}
+
+conv2d_geometry make_geometry(std::size_t batch, std::size_t in_c, std::size_t out_c,
+                              std::size_t in_h, std::size_t in_w, std::size_t kernel_h,
+                              std::size_t kernel_w, std::size_t stride, std::size_t pad_h,
+                              std::size_t pad_w, std::size_t dilation = 1, std::size_t groups = 1) {
+  conv2d_geometry g;
+  g.batch = batch;
+  g.in_channels = in_c;
+  g.out_channels = out_c;
+  g.in_h = in_h;
+  g.in_w = in_w;
+  g.kernel_h = kernel_h;
+  g.kernel_w = kernel_w;
+  g.stride_h = g.stride_w = stride;
+  g.pad_h = pad_h;
+  g.pad_w = pad_w;
+  g.dilation_h = g.dilation_w = dilation;
+  g.groups = groups;
+  g.validate();
+  return g;
+}
+
+/// Shapes the implicit GEMM meets beyond the small grid: output channels and pixels that leave
+/// ragged register tiles (M = 11, P = 117), k and pixel counts past one cache block (K = 450 > KC,
+/// P = 400 > NC at that depth), strides, 1x1 stride-2 shortcuts, a valid 5x5, dilation, groups,
+/// asymmetric kernels and padding, padding wider than the kernel (dgrad cannot be a convolution
+/// there), and batches cut into several wgrad slices (19 and 40 images: slices of 2 and 3, the
+/// last one shorter).
+std::vector<conv2d_geometry> implicit_shapes() {
+  return {
+      make_geometry(2, 5, 11, 13, 9, 3, 3, 1, 1, 1),        // ragged M and P, 3x3 pad 1
+      make_geometry(3, 7, 12, 15, 15, 3, 3, 2, 1, 1),       // stride 2 (ResNet downsampling)
+      make_geometry(2, 6, 10, 9, 9, 1, 1, 2, 0, 0),         // 1x1 stride 2 (projection shortcut)
+      make_geometry(2, 50, 9, 6, 6, 3, 3, 1, 1, 1),         // K = 450: two k blocks
+      make_geometry(2, 50, 9, 20, 20, 3, 3, 1, 1, 1),       // and P = 400: two column blocks
+      make_geometry(2, 6, 16, 12, 12, 5, 5, 1, 0, 0),       // valid 5x5 (LeNet conv2)
+      make_geometry(2, 4, 6, 11, 10, 3, 3, 1, 2, 2, 2),     // dilation 2, pad 2
+      make_geometry(2, 8, 12, 10, 10, 3, 3, 1, 1, 1, 1, 2), // two groups
+      make_geometry(2, 6, 6, 9, 8, 3, 3, 1, 1, 1, 1, 6),    // depthwise
+      make_geometry(2, 3, 10, 9, 12, 3, 5, 1, 1, 0),        // 3x5 kernel, pad (1, 0)
+      make_geometry(2, 3, 10, 7, 7, 3, 3, 1, 3, 3),         // pad 3 > kernel - 1
+      make_geometry(2, 3, 13, 8, 7, 2, 3, 3, 1, 2),         // stride 3, 2x3 kernel
+      make_geometry(19, 3, 9, 6, 5, 3, 3, 1, 1, 1),         // 10 wgrad slices of <= 2 images
+      make_geometry(40, 4, 16, 5, 5, 3, 3, 2, 1, 1),        // 14 wgrad slices of <= 3 images
+  };
 }
 
 } // namespace
@@ -181,7 +232,8 @@ TEST_CASE_TEMPLATE("optimised conv2d matches the reference over the grid", T, fl
     bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const T*>(nullptr),
                                y_nb_ref.data(), ref_scratch);
 
-    std::vector<conv2d_algo> algos{conv2d_algo::automatic, conv2d_algo::im2col};
+    std::vector<conv2d_algo> algos{conv2d_algo::automatic, conv2d_algo::im2col,
+                                   conv2d_algo::implicit};
     if (g.stride_h == 1 && g.stride_w == 1) algos.push_back(conv2d_algo::direct);
     for (auto algo : algos) {
       const std::string what = describe(g) + " algo " + std::to_string(int(algo));
@@ -205,6 +257,113 @@ TEST_CASE_TEMPLATE("optimised conv2d matches the reference over the grid", T, fl
   }
   CHECK(checked > 150);
 }
+
+TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introduces", T, float,
+                   double) {
+  std::mt19937 rng(17);
+  std::vector<T> scratch, ref_scratch;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (const auto& g : implicit_shapes()) {
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    auto dw0 = random_vector<T>(g.weight_count(), rng);
+    auto db0 = random_vector<T>(g.out_channels, rng);
+    std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
+    std::vector<T> dw_ref = dw0, db_ref = db0;
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), ref_scratch);
+
+    std::vector<conv2d_algo> algos{conv2d_algo::implicit, conv2d_algo::im2col,
+                                   conv2d_algo::automatic};
+    if (g.stride_h == 1 && g.stride_w == 1) algos.push_back(conv2d_algo::direct);
+    std::vector<T> y_implicit, yr_implicit;
+    for (auto algo : algos) {
+      const std::string what = describe(g) + " algo " + std::to_string(int(algo));
+      std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan), dx(g.input_count(), nan);
+      std::vector<T> dw = dw0, db = db0;
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), y.data(), scratch);
+      bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), yr.data(), scratch, true);
+      bitgrad::conv2d_dgrad_using(algo, g, dy.data(), w.data(), dx.data(), scratch);
+      bitgrad::conv2d_wgrad_using(algo, g, x.data(), dy.data(), dw.data(), db.data(), scratch);
+      check_close(y, y_ref, "fprop " + what);
+      check_close(yr, yr_ref, "fprop_relu " + what);
+      check_close(dx, dx_ref, "dgrad " + what);
+      check_close(dw, dw_ref, "wgrad " + what);
+      check_close(db, db_ref, "dbias " + what);
+      if (algo == conv2d_algo::implicit) {
+        y_implicit = y;
+        yr_implicit = yr;
+      }
+      if (algo == conv2d_algo::im2col) {
+        // Same k blocks, micro-kernel and epilogue as the gemm on the stored col: same bits.
+        INFO(what);
+        CHECK(y == y_implicit);
+        CHECK(yr == yr_implicit);
+      }
+    }
+  }
+}
+
+TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
+  using bitgrad::detail::conv2d_wgrad_slices;
+  auto slices = [](std::size_t batch, std::size_t weights) {
+    const auto s = conv2d_wgrad_slices(batch, weights);
+    return std::vector<std::size_t>{s.size, s.count};
+  };
+  CHECK(slices(128, 36864) == std::vector<std::size_t>{8, 16}); // VGG conv4: 16 slices of 8
+  CHECK(slices(64, 36864) == std::vector<std::size_t>{4, 16});
+  CHECK(slices(19, 100) == std::vector<std::size_t>{2, 10}); // the last slice holds 1 image
+  CHECK(slices(1, 100) == std::vector<std::size_t>{1, 1});
+  // Partials of many weights: fewer slices (the budget), never fewer than two.
+  CHECK(slices(64, bitgrad::detail::conv2d_wgrad_partials_budget / 4) ==
+        std::vector<std::size_t>{16, 4});
+  CHECK(slices(64, bitgrad::detail::conv2d_wgrad_partials_budget) ==
+        std::vector<std::size_t>{32, 2});
+}
+
+#if defined(BITGRAD_WITH_OPENMP)
+TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, float, double) {
+  // fprop and dgrad: whole images per thread, or (batch 1) an image's pixels split between
+  // threads; wgrad: slices fixed by the batch size, summed in slice order.
+  std::mt19937 rng(23);
+  std::vector<T> scratch;
+  const int saved = omp_get_max_threads();
+  for (const auto& g : {make_geometry(1, 16, 16, 32, 32, 3, 3, 1, 1, 1),   // pixels split
+                        make_geometry(5, 6, 16, 12, 12, 5, 5, 1, 0, 0),    // 5 images
+                        make_geometry(19, 8, 16, 14, 14, 3, 3, 2, 1, 1),   // 10 slices
+                        make_geometry(37, 1, 6, 28, 28, 5, 5, 1, 0, 0)}) { // direct, 13 slices
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    for (auto algo : {conv2d_algo::automatic, conv2d_algo::implicit, conv2d_algo::im2col}) {
+      std::vector<T> y1, dx1, dw1, db1;
+      for (int threads : {1, 2, 3, 4, 7}) {
+        omp_set_num_threads(threads);
+        std::vector<T> y(g.output_count()), dx(g.input_count()), dw(g.weight_count(), T(0.5)),
+            db(g.out_channels, T(0.5));
+        bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), y.data(), scratch);
+        bitgrad::conv2d_dgrad_using(algo, g, dy.data(), w.data(), dx.data(), scratch);
+        bitgrad::conv2d_wgrad_using(algo, g, x.data(), dy.data(), dw.data(), db.data(), scratch);
+        if (threads == 1) {
+          y1 = y, dx1 = dx, dw1 = dw, db1 = db;
+          continue;
+        }
+        INFO(describe(g) << " algo " << int(algo) << ", threads = " << threads);
+        CHECK(y == y1);
+        CHECK(dx == dx1);
+        CHECK(dw == dw1);
+        CHECK(db == db1);
+      }
+    }
+  }
+  omp_set_num_threads(saved);
+}
+#endif
 
 TEST_CASE_TEMPLATE("public conv2d entry points match the reference on network shapes", T, float,
                    double) {

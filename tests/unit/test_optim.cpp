@@ -11,9 +11,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
 
 using bitgrad::config_error;
 using bitgrad::format_error;
@@ -235,6 +240,111 @@ TEST_CASE_TEMPLATE("adam with a shared second moment steps in proportion to the 
   CHECK(v[0] == v[1]);
   CHECK(v[1] == v[2]);
 }
+
+TEST_CASE_TEMPLATE("the update kernels match their reference twins on ragged lengths", T, float,
+                   double) {
+  // Whole registers, then the zero-padded last one: every length up to a few registers.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> d(-2.0, 2.0);
+  auto random = [&](std::size_t n, double shift = 0) {
+    std::vector<T> v(n);
+    for (T& e : v) e = T(d(rng) + shift);
+    return v;
+  };
+  const double eps = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  for (std::size_t n = 0; n < 4 * bitgrad::simd_lanes<T> + 3; ++n) {
+    const auto w = random(n), g = random(n), m = random(n), v = random(n, 3.0), b = random(n);
+    for (int variant = 0; variant < 3; ++variant) {
+      bitgrad::adam_update_params<T> k{T(0.9), T(0.999), T(0.1), T(0.001), T(1e-8), T(0.3), T(0.2)};
+      k.decay = T(0.05);
+      k.keep = T(0.99);
+      k.decoupled = variant == 1;
+      k.shared_second_moment = variant == 2;
+      k.mean_square = T(1.7);
+      auto w1 = w, m1 = m, v1 = v, w2 = w, m2 = m, v2 = v;
+      bitgrad::adam_update(n, w1.data(), g.data(), m1.data(), v1.data(), k);
+      bitgrad::ref::adam_update(n, w2.data(), g.data(), m2.data(), v2.data(), k);
+      INFO("adam n = " << n << ", variant " << variant);
+      for (std::size_t i = 0; i < n; ++i) {
+        CHECK(double(w1[i]) == doctest::Approx(double(w2[i])).epsilon(eps));
+        CHECK(double(m1[i]) == doctest::Approx(double(m2[i])).epsilon(eps));
+        CHECK(double(v1[i]) == doctest::Approx(double(v2[i])).epsilon(eps));
+      }
+    }
+    for (int variant = 0; variant < 3; ++variant) {
+      const bitgrad::sgd_update_params<T> k{T(0.1), T(0.05), variant == 0 ? T(0) : T(0.9),
+                                            variant == 2};
+      auto w1 = w, b1 = b, w2 = w, b2 = b;
+      bitgrad::sgd_update(n, w1.data(), g.data(), b1.data(), k);
+      bitgrad::ref::sgd_update(n, w2.data(), g.data(), b2.data(), k);
+      INFO("sgd n = " << n << ", variant " << variant);
+      for (std::size_t i = 0; i < n; ++i) {
+        CHECK(double(w1[i]) == doctest::Approx(double(w2[i])).epsilon(eps));
+        CHECK(double(b1[i]) == doctest::Approx(double(b2[i])).epsilon(eps));
+      }
+    }
+  }
+}
+
+#if defined(BITGRAD_WITH_OPENMP)
+TEST_CASE_TEMPLATE("large steps split across threads give the serial step's bits", T, float,
+                   double) {
+  // Tensors of ragged sizes around the block size, the parallel thresholds crossed by the step as
+  // a whole (adam_parallel_min() <= sgd_parallel_min() + 5 elements, in spinning and in sleeping
+  // mode), a null gradient among them, a shared second moment and every SGD variant.
+  const std::size_t block = bitgrad::detail::optim_block;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  toy_params<T> start;
+  std::size_t index = 0;
+  for (std::size_t n : {std::size_t(3), block - 1, block + 1, 3 * block + 13, std::size_t(1),
+                        bitgrad::detail::sgd_parallel_min() + 5, std::size_t(0), 2 * block}) {
+    std::vector<T> value(n), grad(n);
+    for (T& e : value) e = T(d(rng));
+    for (T& e : grad) e = T(d(rng));
+    std::ostringstream name; // (not string +: GCC 12 -Wrestrict false positive at -march=native)
+    name << "p" << index;
+    start.add(name.str(), value, grad, index % 3 == 2 ? param_kind::bitwidth : param_kind::weight);
+    ++index;
+  }
+  start.entries[4].has_grad = false;
+  auto run = [&](auto make_optimizer, int threads) {
+    omp_set_num_threads(threads);
+    toy_params<T> ps = start;
+    auto opt = make_optimizer();
+    for (int step = 0; step < 3; ++step) {
+      for (auto& e : ps.entries)
+        for (std::size_t k = 0; k < e.value.size(); ++k)
+          e.grad[k] = e.value[k] * T(0.5) - e.grad[k];
+      opt.step(ps.source());
+    }
+    std::vector<std::vector<T>> out;
+    for (auto& e : ps.entries) out.push_back(e.value);
+    for (const auto& s : opt.state())
+      for (const auto& b : s.buffers) out.push_back(b);
+    return out;
+  };
+  const int saved = omp_get_max_threads();
+  auto check = [&](const char* name, auto make_optimizer) {
+    const auto serial = run(make_optimizer, 1);
+    for (int threads : {2, 3, 4, 7}) {
+      INFO(name << ", threads = " << threads);
+      CHECK(run(make_optimizer, threads) == serial);
+    }
+  };
+  check("adam", [] {
+    optim::adam<T> opt({.lr = 0.01, .weight_decay = 0.1});
+    opt.set_shared_second_moment(param_kind::bitwidth);
+    return opt;
+  });
+  check("adamw", [] { return optim::adamw<T>({.lr = 0.01}); });
+  check("sgd", [] { return optim::sgd<T>({.lr = 0.1, .weight_decay = 0.01}); });
+  check("sgd momentum", [] { return optim::sgd<T>({.lr = 0.1, .momentum = 0.9}); });
+  check("sgd nesterov",
+        [] { return optim::sgd<T>({.lr = 0.1, .momentum = 0.9, .nesterov = true}); });
+  omp_set_num_threads(saved);
+}
+#endif
 
 TEST_CASE("parameters without a gradient are skipped and keep their slot") {
   toy_params<double> ps;

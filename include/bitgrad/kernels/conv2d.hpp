@@ -3,7 +3,11 @@
 // Layout and formula: see kernels/conv2d_geometry.hpp (x, y NCHW; w OIHW; groups).
 // Reference twins with the same signatures: kernels/ref/conv2d.hpp.
 //
-// Two algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
+// Three algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
+//  * implicit GEMM (kernels/conv2d_implicit.hpp): the GEMMs below with the column matrix never
+//    stored; the GEMM packs its micro-panels straight from the image. fprop and wgrad for any
+//    geometry; dgrad as the convolution of dy with the flipped weights when the stride is 1
+//    (otherwise an `implicit` dgrad runs im2col + col2im).
 //  * im2col + gemm (kernels/im2col.hpp):
 //      fprop : y_g (Cout/G x P)  = W_g (Cout/G x K) * col (K x P),  bias/ReLU fused as the
 //              gemm epilogue (bias_rows / bias_rows_relu: rows are output channels)
@@ -18,18 +22,24 @@
 //    where yw is the output with row pitch Wp (columns ow >= OW are junk and dropped).
 //    dgrad runs the same axpys the other way round (with a dy copy whose junk columns are 0),
 //    wgrad takes the dot products. No K x P matrix, so it wins when K is small (first layers,
-//    depthwise); conv2d_algo::automatic picks it there (see conv2d_choose_algo, measured with
-//    benchmarks/bench_conv2d.cpp).
+//    depthwise).
+// conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
+// benchmarks/bench_conv2d.cpp).
 //
-// Threads: images are split across OpenMP threads (kernels/parallel.hpp); the gemm inside runs
-// on the calling thread. wgrad gives every thread its own dW partial, summed in thread order
-// at the end (deterministic for a given thread count).
+// Threads (kernels/parallel.hpp): fprop and dgrad give each thread whole images (with fewer
+// images than threads, implicit GEMM also splits an image's pixels, in whole register tiles);
+// the gemm inside runs on the calling thread. wgrad sums the batch in slices fixed by the batch
+// size and weight count (conv2d_wgrad_slices): each slice's dW partial is formed on one thread,
+// then the partials are added to dW in slice order. Every output element sees the same
+// operations in the same order whatever the thread count, so results are bitwise reproducible
+// across thread counts.
 //
 // `scratch` belongs to the caller; it is grown when too small and otherwise reused as is.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
+#include <bitgrad/kernels/conv2d_implicit.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/kernels/im2col.hpp>
@@ -43,18 +53,54 @@
 namespace bitgrad {
 
 /// Which lowering a convolution uses. `direct` needs stride 1 (config_error otherwise).
-enum class conv2d_algo { automatic, im2col, direct };
+/// `implicit` runs a strided dgrad (or one padded by more than dilation * (kernel - 1)) through
+/// im2col + col2im, and everything through im2col where SIMD is off (BITGRAD_NO_SIMD: the gemm
+/// is the reference loop then).
+enum class conv2d_algo { automatic, im2col, direct, implicit };
 
-/// The algorithm conv2d_algo::automatic runs for g.
-inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g) {
+/// The three passes of a convolution, which may use different algorithms.
+enum class conv2d_pass { fprop, dgrad, wgrad };
+
+/// The algorithm conv2d_algo::automatic runs for g in `pass`.
+inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
+                                      conv2d_pass pass = conv2d_pass::fprop) {
   const bool stride1 = g.stride_h == 1 && g.stride_w == 1;
   const bool pointwise =
       g.kernel_h == 1 && g.kernel_w == 1 && stride1 && g.pad_h == 0 && g.pad_w == 0;
-  if (!stride1 || pointwise) return conv2d_algo::im2col;
-  // Direct when the gemm would be thin in both K and M: LeNet conv1 (K 25, M 6) and depthwise
-  // 3x3 (K 9, M 1) ran faster direct in bench_conv2d; LeNet conv2 (K 150) and VGG conv1
-  // (K 9 but M 32) ran faster through im2col + gemm.
-  if (g.filter_size() <= 32 && g.out_channels_per_group() <= 8) return conv2d_algo::direct;
+  // Direct when the gemm would be thin in both K and M: the dgrad and wgrad of LeNet conv1
+  // (K 25, M 6) and all of depthwise 3x3 (K 9, M 1) ran faster direct in bench_conv2d; LeNet
+  // conv2 (K 150) and VGG conv1 (K 9 but M 32) ran faster through a gemm, and so did LeNet
+  // conv1's fprop through implicit GEMM (0.75x the instructions of direct, --callgrind).
+  const std::size_t m = g.out_channels_per_group();
+  if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
+      (pass != conv2d_pass::fprop || m <= 2))
+    return conv2d_algo::direct;
+  // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
+  // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
+  // short (K = Cin/G): im2col ran 0.8-1.0x the instructions of implicit GEMM there
+  // (bench_conv2d --callgrind).
+  if ((g.kernel_h == 1 && g.kernel_w == 1) || !BITGRAD_HAS_SIMD) return conv2d_algo::im2col;
+  switch (pass) {
+  case conv2d_pass::fprop:
+    return conv2d_algo::implicit;
+  case conv2d_pass::dgrad: {
+    // As a convolution of dy, dgrad packs Cout/G * kh * kw rows of in_h * in_w pixels per image,
+    // where im2col's gemm writes Cin/G * kh * kw rows of out_h * out_w that col2im reads back
+    // and scatters. Implicit when it moves at most twice as much: 3x3 pad 1 with Cout <= 2 Cin,
+    // not a first layer (Cin 1) nor a valid 5x5 (LeNet conv2).
+    const bool cheap =
+        g.out_channels_per_group() * g.in_plane() <= 2 * g.in_channels_per_group() * g.out_plane();
+    return detail::conv2d_dgrad_is_convolution(g) && cheap ? conv2d_algo::implicit
+                                                           : conv2d_algo::im2col;
+  }
+  case conv2d_pass::wgrad:
+    // Few taps over many pixels (a first layer on one channel): the inner products of
+    // gemm_dot.hpp on the stored col rows beat NR-wide tiles that leave most lanes idle. Measured
+    // on a quiet machine: K = 9 (VGG / ResNet-20 conv1 on 28x28x1) ran 0.78-0.93x as fast through
+    // implicit GEMM, K = 27 (ResNet-20 conv1 on 32x32x3) 1.28x.
+    return g.filter_size() <= 16 && g.out_plane() >= 256 ? conv2d_algo::im2col
+                                                         : conv2d_algo::implicit;
+  }
   return conv2d_algo::im2col;
 }
 
@@ -92,16 +138,20 @@ inline bool conv2d_is_pointwise(const conv2d_geometry& g) {
          g.pad_w == 0;
 }
 
-inline conv2d_algo conv2d_resolve(conv2d_algo algo, const conv2d_geometry& g) {
+inline conv2d_algo conv2d_resolve(conv2d_algo algo, const conv2d_geometry& g, conv2d_pass pass) {
   g.validate();
-  if (algo == conv2d_algo::automatic) return conv2d_choose_algo(g);
+  if (algo == conv2d_algo::automatic) return conv2d_choose_algo(g, pass);
   if (algo == conv2d_algo::direct && (g.stride_h != 1 || g.stride_w != 1))
     throw config_error("conv2d: the direct algorithm needs stride 1, got stride (" +
                        std::to_string(g.stride_h) + ", " + std::to_string(g.stride_w) + ")");
+  if (algo == conv2d_algo::implicit &&
+      (!BITGRAD_HAS_SIMD || (pass == conv2d_pass::dgrad && !conv2d_dgrad_is_convolution(g))))
+    return conv2d_algo::im2col;
   return algo;
 }
 
-/// Scratch elements one thread needs (without wgrad's dW partial).
+/// Scratch elements one thread of the direct or im2col algorithm needs (without wgrad's dW
+/// partials; implicit GEMM: see conv2d_implicit_images and conv2d_implicit_wgrad_scratch).
 inline std::size_t conv2d_scratch_per_thread(conv2d_algo algo, const conv2d_geometry& g) {
   if (algo == conv2d_algo::direct) {
     const std::size_t wp = g.in_w + 2 * g.pad_w;
@@ -255,13 +305,179 @@ void conv2d_gemm_wgrad_group(const conv2d_geometry& g, const T* x, const T* dy, 
   gemm(transpose::no, transpose::yes, m, k, p, T(1), dy, p, col, p, T(1), dw, k);
 }
 
+// ---- implicit gemm -----------------------------------------------------------------------
+
+/// How fprop / dgrad share the work: `parts` pixel ranges per image (more than one only when
+/// there are fewer images than threads and a part is still worth a thread: gemm.hpp's
+/// gemm_parallel_min_flops), `threads` threads over the batch * parts items.
+struct conv2d_split {
+  std::size_t threads, parts;
+};
+
+inline conv2d_split conv2d_image_split(std::size_t batch, std::size_t col_tiles,
+                                       double flops_per_image) {
+  const std::size_t available = available_threads();
+  if (available <= 1) return {1, 1};
+  if (batch >= available) return {available, 1};
+  const auto by_work = std::size_t(flops_per_image / double(gemm_parallel_min_flops()));
+  const std::size_t parts =
+      std::clamp<std::size_t>(std::min((available + batch - 1) / batch, by_work), 1, col_tiles);
+  return {std::min(available, batch * parts), parts};
+}
+
+/// y_g = ep_g(A_g * col(x_g)) for every image and group g, A_g packed by conv2d_pack_weights
+/// (or _flipped) at a + g * conv2d_packed_a_size; with_epilogue(g, run) calls run(ep) with the
+/// epilogue of group g. `scratch` past `used` elements holds the threads' phase images.
+template <class T, class WithEpilogue>
+void conv2d_implicit_images(const conv2d_geometry& g, const T* x, std::vector<T>& scratch,
+                            std::size_t used, T* y, WithEpilogue&& with_epilogue) {
+  using tile = gemm_tile<T>;
+  const std::size_t m = g.out_channels_per_group(), cin = g.in_channels_per_group();
+  const std::size_t k = g.filter_size(), p = g.out_plane();
+  const std::size_t a_size = conv2d_packed_a_size<T>(m, k), m_pad = a_size / k;
+  const conv2d_phase_image layout(g);
+  const std::vector<std::size_t> taps = layout.tap_offsets(g);
+  const std::size_t col_tiles = (p + tile::nr - 1) / tile::nr;
+  const conv2d_split split =
+      conv2d_image_split(g.batch, col_tiles, 2.0 * g.macs() / double(g.batch));
+  const std::size_t per = layout.size<T>();
+  conv2d_grow(scratch, used + split.threads * per);
+  const T* const a = scratch.data();
+  T* const xs0 = scratch.data() + used;
+  parallel_chunks(
+      split.threads, g.batch * split.parts, [&](std::size_t t, std::size_t b, std::size_t e) {
+        T* const xs = xs0 + t * per;
+        for (std::size_t item = b; item < e; ++item) {
+          const std::size_t n = item / split.parts, part = item % split.parts;
+          const std::size_t c0 = std::min(p, col_tiles * part / split.parts * tile::nr);
+          const std::size_t c1 = std::min(p, col_tiles * (part + 1) / split.parts * tile::nr);
+          if (c0 == c1) continue;
+          for (std::size_t gi = 0; gi < g.groups; ++gi) {
+            layout.fill(g, x + (n * g.in_channels + gi * cin) * g.in_plane(), xs);
+            const T* const ag = a + gi * a_size;
+            T* const yg = y + (n * g.out_channels + gi * m) * p;
+            auto pack_a = [&](std::size_t pc, std::size_t) { return ag + pc * m_pad; };
+            auto pack_b = [&](std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc,
+                              T* dst) {
+              conv2d_pack_col<tile::nr>(taps.data(), g.out_w(), layout.cols, xs, pc, kc, jc, nc,
+                                        dst);
+            };
+            with_epilogue(gi, [&](const auto& ep) {
+              conv2d_implicit_gemm<T>(m, c0, c1, k, pack_a, pack_b, T(0), yg, p, ep);
+            });
+          }
+        }
+      });
+}
+
+template <class T>
+void conv2d_implicit_fprop(const conv2d_geometry& g, const T* x, const T* w, const T* bias, T* y,
+                           bool relu, std::vector<T>& scratch) {
+  const std::size_t m = g.out_channels_per_group(), k = g.filter_size();
+  const std::size_t a_size = conv2d_packed_a_size<T>(m, k);
+  T* const a = conv2d_grow(scratch, g.groups * a_size);
+  for (std::size_t gi = 0; gi < g.groups; ++gi)
+    conv2d_pack_weights(w + gi * m * k, k, m, k, a + gi * a_size);
+  conv2d_implicit_images(g, x, scratch, g.groups * a_size, y, [&](std::size_t gi, const auto& run) {
+    const T* const bg = bias ? bias + gi * m : nullptr;
+    if (bg && relu)
+      run(bias_rows_relu_select<T>{bg});
+    else if (bg)
+      run(epilogue::bias_rows<T>{bg});
+    else if (relu)
+      run(relu_only{});
+    else
+      run(epilogue::identity{});
+  });
+}
+
+/// Stride-1 dgrad as the convolution of dy (conv2d_implicit.hpp).
+template <class T>
+void conv2d_implicit_dgrad(const conv2d_geometry& g, const T* dy, const T* w, T* dx,
+                           std::vector<T>& scratch) {
+  const conv2d_geometry t = conv2d_transposed_geometry(g);
+  const std::size_t a_size = conv2d_packed_a_size<T>(t.out_channels_per_group(), t.filter_size());
+  T* const a = conv2d_grow(scratch, g.groups * a_size);
+  for (std::size_t gi = 0; gi < g.groups; ++gi)
+    conv2d_pack_weights_flipped(g, w + gi * g.out_channels_per_group() * g.filter_size(),
+                                a + gi * a_size);
+  conv2d_implicit_images(t, dy, scratch, g.groups * a_size, dx,
+                         [](std::size_t, const auto& run) { run(epilogue::identity{}); });
+}
+
+/// Scratch elements one thread needs for the implicit wgrad of a slice of `images` images: their
+/// phase images and the staging block.
+template <class T>
+std::size_t conv2d_implicit_wgrad_scratch(const conv2d_geometry& g, std::size_t images) {
+  return images * conv2d_phase_image(g).size<T>() + conv2d_stage_size<T>();
+}
+
+/// partial = sum over images [n0, n0 + count) of dy_g * col(x_g)^T, every group: one gemm per
+/// group whose k runs over the pixels of all the images (conv2d_implicit.hpp). `buf` holds
+/// conv2d_implicit_wgrad_scratch(g, count) elements.
+template <class T>
+void conv2d_implicit_wgrad_slice(const conv2d_geometry& g, const conv2d_phase_image& layout,
+                                 const std::size_t* taps, const T* x, const T* dy, std::size_t n0,
+                                 std::size_t count, T* partial, T* buf) {
+  using tile = gemm_tile<T>;
+  constexpr std::size_t align = std::max<std::size_t>(64, simd_arch::alignment());
+  const std::size_t m = g.out_channels_per_group(), cin = g.in_channels_per_group();
+  const std::size_t k = g.filter_size(), p = g.out_plane(), pixels = count * p;
+  const std::size_t kc_block = gemm_even_block(pixels, gemm_blocking<T>::kc, 1);
+  const std::size_t m_pad = (m + tile::mr - 1) / tile::mr * tile::mr;
+  const std::size_t xs_image = layout.size<T>();
+  T* const a_buf = gemm_thread_buffer<T, align>(0).reserve(m_pad * kc_block);
+  T* const stage = buf + count * xs_image;
+  for (std::size_t gi = 0; gi < g.groups; ++gi) {
+    for (std::size_t n = 0; n < count; ++n)
+      layout.fill(g, x + ((n0 + n) * g.in_channels + gi * cin) * g.in_plane(), buf + n * xs_image);
+    const T* const dyg = dy + (n0 * g.out_channels + gi * m) * p;
+    auto pack_a = [&](std::size_t pc, std::size_t kc) -> const T* {
+      conv2d_pack_rows_run<tile::mr>(dyg, g.out_channels * p, p, m, pc, kc, a_buf);
+      return a_buf;
+    };
+    auto pack_b = [&](std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc, T* dst) {
+      conv2d_pack_col_transposed<tile::nr>(taps, g.out_w(), layout.cols, p, buf, xs_image, pc, kc,
+                                           jc, nc, stage, dst);
+    };
+    conv2d_implicit_gemm<T>(m, 0, k, pixels, pack_a, pack_b, T(0), partial + gi * m * k, k,
+                            epilogue::identity{});
+  }
+}
+
+/// Most slices wgrad cuts a batch into (see conv2d_wgrad_slices).
+inline constexpr std::size_t conv2d_wgrad_max_slices = 16;
+
+/// Elements the slices' dW partials may take together before wgrad uses fewer slices (down to
+/// two): 32 MiB of floats.
+inline constexpr std::size_t conv2d_wgrad_partials_budget = std::size_t(1) << 23;
+
+/// wgrad's slices: `count` runs of `size` consecutive images (the last one shorter), set by the
+/// batch size and the weight count alone, so that the sums do not depend on the thread count.
+/// At most conv2d_wgrad_max_slices (fewer for layers with many weights): that many dW partials,
+/// and that many threads at most.
+struct conv2d_slices {
+  std::size_t size, count;
+};
+
+inline conv2d_slices conv2d_wgrad_slices(std::size_t batch, std::size_t weights) {
+  const std::size_t most = std::clamp<std::size_t>(
+      conv2d_wgrad_partials_budget / std::max<std::size_t>(1, weights), 2, conv2d_wgrad_max_slices);
+  const std::size_t size = (batch + most - 1) / most;
+  return {size, (batch + size - 1) / size};
+}
+
 } // namespace detail
 
 /// conv2d_fprop / conv2d_fprop_relu with an explicit algorithm (benchmarks, tests).
 template <class T>
 void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, const T* w,
                         const T* bias, T* y, std::vector<T>& scratch, bool relu = false) {
-  algo = detail::conv2d_resolve(algo, g);
+  algo = detail::conv2d_resolve(algo, g, conv2d_pass::fprop);
+  if (algo == conv2d_algo::implicit) {
+    detail::conv2d_implicit_fprop(g, x, w, bias, y, relu, scratch);
+    return;
+  }
   const std::size_t per = detail::conv2d_scratch_per_thread(algo, g);
   const std::size_t threads = detail::batch_threads(g.batch);
   T* buf0 = detail::conv2d_grow(scratch, threads * per);
@@ -286,7 +502,11 @@ void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
 template <class T>
 void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy, const T* w, T* dx,
                         std::vector<T>& scratch) {
-  algo = detail::conv2d_resolve(algo, g);
+  algo = detail::conv2d_resolve(algo, g, conv2d_pass::dgrad);
+  if (algo == conv2d_algo::implicit) {
+    detail::conv2d_implicit_dgrad(g, dy, w, dx, scratch);
+    return;
+  }
   const std::size_t per = detail::conv2d_scratch_per_thread(algo, g);
   const std::size_t threads = detail::batch_threads(g.batch);
   T* buf0 = detail::conv2d_grow(scratch, threads * per);
@@ -310,36 +530,61 @@ void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy,
 template <class T>
 void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, const T* dy, T* dw,
                         T* dbias, std::vector<T>& scratch) {
-  algo = detail::conv2d_resolve(algo, g);
-  const std::size_t threads = detail::batch_threads(g.batch);
+  algo = detail::conv2d_resolve(algo, g, conv2d_pass::wgrad);
   const std::size_t wc = g.weight_count();
-  // Each thread: its algorithm buffer, then (with more than one thread) its own dW partial.
-  const std::size_t per = detail::conv2d_scratch_per_thread(algo, g) + (threads > 1 ? wc : 0);
-  T* buf0 = detail::conv2d_grow(scratch, threads * per);
-  if (threads > 1)
-    for (std::size_t t = 0; t < threads; ++t) std::fill_n(buf0 + t * per + per - wc, wc, T(0));
+  const detail::conv2d_slices slices = detail::conv2d_wgrad_slices(g.batch, g.weight_count());
+  const std::size_t threads = detail::batch_threads(slices.count);
+  // The slices' dW partials, then each thread's algorithm buffer.
+  const bool implicit = algo == conv2d_algo::implicit;
+  const std::size_t per = implicit ? detail::conv2d_implicit_wgrad_scratch<T>(g, slices.size)
+                                   : detail::conv2d_scratch_per_thread(algo, g);
+  T* const partials = detail::conv2d_grow(scratch, slices.count * wc + threads * per);
+  T* const buf0 = partials + slices.count * wc;
+  const detail::conv2d_phase_image layout(g);
+  const std::vector<std::size_t> taps =
+      implicit ? layout.tap_offsets(g) : std::vector<std::size_t>();
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
-  detail::parallel_chunks(threads, g.batch, [&](std::size_t t, std::size_t b, std::size_t e) {
-    T* buf = buf0 + t * per;
-    T* target = threads > 1 ? buf + per - wc : dw;
-    for (std::size_t n = b; n < e; ++n)
-      for (std::size_t gi = 0; gi < g.groups; ++gi) {
-        const T* xg = x + (n * g.in_channels + gi * cin) * g.in_plane();
-        const T* dyg = dy + (n * g.out_channels + gi * cout) * g.out_plane();
-        T* dwg = target + gi * cout * g.filter_size();
-        if (algo == conv2d_algo::direct)
-          detail::conv2d_direct_wgrad_group(g, xg, dyg, dwg, buf);
-        else
-          detail::conv2d_gemm_wgrad_group(g, xg, dyg, dwg, buf);
+  detail::parallel_chunks(threads, slices.count, [&](std::size_t t, std::size_t b, std::size_t e) {
+    T* const buf = buf0 + t * per;
+    for (std::size_t s = b; s < e; ++s) {
+      const std::size_t n0 = s * slices.size, count = std::min(slices.size, g.batch - n0);
+      T* const partial = partials + s * wc;
+      if (implicit) {
+        detail::conv2d_implicit_wgrad_slice(g, layout, taps.data(), x, dy, n0, count, partial, buf);
+        continue;
       }
+      std::fill_n(partial, wc, T(0));
+      for (std::size_t n = n0; n < n0 + count; ++n)
+        for (std::size_t gi = 0; gi < g.groups; ++gi) {
+          const T* xg = x + (n * g.in_channels + gi * cin) * g.in_plane();
+          const T* dyg = dy + (n * g.out_channels + gi * cout) * g.out_plane();
+          T* dwg = partial + gi * cout * g.filter_size();
+          if (algo == conv2d_algo::direct)
+            detail::conv2d_direct_wgrad_group(g, xg, dyg, dwg, buf);
+          else
+            detail::conv2d_gemm_wgrad_group(g, xg, dyg, dwg, buf);
+        }
+    }
   });
-  if (threads > 1)
-    for (std::size_t t = 0; t < threads; ++t) detail::axpy(wc, T(1), buf0 + t * per + per - wc, dw);
+  // dw += partial_0 + partial_1 + ..., element by element in slice order.
+  const std::size_t sum_threads =
+      slices.count * wc >= detail::elementwise_parallel_min ? detail::batch_threads(wc) : 1;
+  detail::parallel_chunks(sum_threads, wc, [&](std::size_t, std::size_t b, std::size_t e) {
+    for (std::size_t s = 0; s < slices.count; ++s)
+      detail::axpy(e - b, T(1), partials + s * wc + b, dw + b);
+  });
   if (dbias) {
+    // dbias[o] += sum over images of the sum of dy's plane o (images in order, per channel).
     const std::size_t p = g.out_plane();
-    for (std::size_t n = 0; n < g.batch; ++n)
-      for (std::size_t o = 0; o < g.out_channels; ++o)
-        dbias[o] += detail::sum(p, dy + (n * g.out_channels + o) * p);
+    const std::size_t bias_threads = g.output_count() >= detail::elementwise_parallel_min
+                                         ? detail::batch_threads(g.out_channels)
+                                         : 1;
+    detail::parallel_chunks(bias_threads, g.out_channels,
+                            [&](std::size_t, std::size_t b, std::size_t e) {
+                              for (std::size_t o = b; o < e; ++o)
+                                for (std::size_t n = 0; n < g.batch; ++n)
+                                  dbias[o] += detail::sum(p, dy + (n * g.out_channels + o) * p);
+                            });
   }
 }
 

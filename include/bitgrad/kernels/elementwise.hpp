@@ -34,10 +34,6 @@
 namespace bitgrad {
 
 namespace detail {
-/// Below this many elements an elementwise pass runs on the calling thread: a thread costs
-/// more than the pass (a pass over 2^16 floats takes a few microseconds).
-inline constexpr std::size_t elementwise_parallel_min = std::size_t(1) << 16;
-
 /// out[i] = f(i) over [0, n) with SIMD steps: fv(batch offset) / fs(scalar index). Every element
 /// is computed independently, so large passes are split into contiguous chunks (whole SIMD
 /// batches, the last one takes the tail) across the OpenMP threads (kernels/parallel.hpp).

@@ -48,14 +48,12 @@
 #include <bitgrad/kernels/gemm_dot.hpp>
 #include <bitgrad/kernels/gemm_microkernel.hpp>
 #include <bitgrad/kernels/gemm_pack.hpp>
+#include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/ref/gemm.hpp>
 #include <bitgrad/kernels/transpose.hpp>
 
 #include <algorithm>
-#include <cctype>
 #include <cstddef>
-#include <cstdlib>
-#include <string>
 
 #if defined(BITGRAD_WITH_OPENMP)
 #include <omp.h>
@@ -96,13 +94,7 @@ struct gemm_blocking {
 /// bench_gemm on 2 threads: passive, 128^3 ran at 54 GFLOP/s on 2 threads against 108 on 1;
 /// spinning, 64 x 196 x 288 ran at 100 on 1 thread and OpenBLAS at 158 on 2.
 inline std::size_t gemm_parallel_min_flops() {
-  static const std::size_t flops = [] {
-    std::string policy = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
-    for (char& ch : policy) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    const bool passive = policy == "passive";
-    return std::size_t(1) << (passive ? 22 : 20);
-  }();
-  return flops;
+  return std::size_t(1) << (omp_threads_sleep() ? 22 : 20);
 }
 
 /// The block size that splits `extent` into the fewest blocks of at most `limit` (rounded up to

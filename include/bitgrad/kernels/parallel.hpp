@@ -8,13 +8,20 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
 
 #if defined(BITGRAD_WITH_OPENMP)
 #include <omp.h>
 #endif
 
 namespace bitgrad::detail {
+
+/// Below this many elements an elementwise pass runs on the calling thread: a thread costs
+/// more than the pass (a pass over 2^16 floats takes a few microseconds).
+inline constexpr std::size_t elementwise_parallel_min = std::size_t(1) << 16;
 
 /// Threads a batch-parallel kernel will use for `items` independent images (>= 1).
 inline std::size_t batch_threads(std::size_t items) {
@@ -23,6 +30,28 @@ inline std::size_t batch_threads(std::size_t items) {
   return std::max<std::size_t>(1, std::min<std::size_t>(items, std::size_t(omp_get_max_threads())));
 #else
   (void)items;
+  return 1;
+#endif
+}
+
+/// Whether OpenMP's waiting threads sleep (OMP_WAIT_POLICY=passive, read once): waking one then
+/// takes tens of microseconds instead of a few, so the thresholds for waking them are higher.
+inline bool omp_threads_sleep() {
+  static const bool passive = [] {
+    std::string policy = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
+    for (char& ch : policy) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return policy == "passive";
+  }();
+  return passive;
+}
+
+/// Threads a kernel may start from here: OpenMP's maximum, or 1 inside a parallel region or
+/// without OpenMP.
+inline std::size_t available_threads() {
+#if defined(BITGRAD_WITH_OPENMP)
+  if (omp_in_parallel()) return 1;
+  return std::max<std::size_t>(1, std::size_t(omp_get_max_threads()));
+#else
   return 1;
 #endif
 }

@@ -6,4 +6,5 @@
 #include <bitgrad/kernels/ref/elementwise.hpp>
 #include <bitgrad/kernels/ref/gemm.hpp>
 #include <bitgrad/kernels/ref/noise.hpp>
+#include <bitgrad/kernels/ref/optim_update.hpp>
 #include <bitgrad/kernels/ref/pool2d.hpp>

@@ -19,12 +19,14 @@
 //   opt.set_group(param_kind::bitwidth, {.lr = 1e-2, .weight_decay = 0});
 //   opt.step([&](auto&& f) { net.visit_parameters(f); });
 //
+// The element updates run after the visit, on the OpenMP threads for large steps (see step()).
 // Parameters whose grad pointer is null are skipped and their t does not advance. See
 // param_groups.hpp for groups and defaults (decay on weights only), state.hpp for the state's
 // checks and binary form (two buffers per parameter: m then v).
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/kernels/optim_update.hpp>
 #include <bitgrad/optim/param_groups.hpp>
 #include <bitgrad/optim/state.hpp>
 
@@ -76,16 +78,15 @@ public:
     groups_.check_non_negative("eps", options.eps);
   }
 
-  /// One update of every parameter the source visits.
+  /// One update of every parameter the source visits. The visit gathers each parameter's
+  /// constants (and, for a shared second moment, its mean square, serially in double); the
+  /// element updates then run together (kernels/optim_update.hpp: on the OpenMP threads when the
+  /// step is large, bitwise the same as on one thread).
   template <param_source<T> V>
   void step(V&& visit) {
     state_.bind(visit);
+    tensors_.clear();
     std::size_t i = 0;
-    const T b1 = static_cast<T>(options_.beta1);
-    const T b2 = static_cast<T>(options_.beta2);
-    const T c1 = static_cast<T>(1.0 - options_.beta1); // in double first, as torch does
-    const T c2 = static_cast<T>(1.0 - options_.beta2);
-    const T eps = static_cast<T>(options_.eps);
     visit([&](param_ref<T>& p) {
       slot<T>& s = state_.at(i++);
       if (p.grad == nullptr) return;
@@ -93,36 +94,35 @@ public:
       const std::uint64_t t = ++s.steps;
       const double lr = groups_.lr_for(p.kind);
       const T wd = static_cast<T>(groups_.decay_for(p.kind));
-      const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(t));
-      const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(t));
-      const T step_size = static_cast<T>(lr / bc1);
-      const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
-      const T keep = static_cast<T>(1.0 - lr * static_cast<double>(wd));
-      T* w = p.value;
-      const T* gp = p.grad;
-      T* m = s.buffers[0].data();
-      T* v = s.buffers[1].data();
-      const bool shared = shared_v_[kind_index(p.kind)] && p.size > 0;
-      T mean_square = 0;
-      if (shared) {
+      adam_update_params<T> k{};
+      k.beta1 = static_cast<T>(options_.beta1);
+      k.beta2 = static_cast<T>(options_.beta2);
+      k.one_minus_beta1 = static_cast<T>(1.0 - options_.beta1); // in double first, as torch does
+      k.one_minus_beta2 = static_cast<T>(1.0 - options_.beta2);
+      k.eps = static_cast<T>(options_.eps);
+      k.step_size = static_cast<T>(lr / (1.0 - std::pow(options_.beta1, static_cast<double>(t))));
+      k.sqrt_bc2 =
+          static_cast<T>(std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(t))));
+      k.decoupled = Decoupled;
+      k.decay = Decoupled ? T(0) : wd;
+      k.keep = Decoupled ? static_cast<T>(1.0 - lr * static_cast<double>(wd)) : T(1);
+      k.shared_second_moment = shared_v_[kind_index(p.kind)] && p.size > 0;
+      if (k.shared_second_moment) {
         double sum = 0;
-        for (std::size_t k = 0, n = p.size; k < n; ++k) {
-          const double g = static_cast<double>(Decoupled ? gp[k] : gp[k] + wd * w[k]);
+        for (std::size_t e = 0; e < p.size; ++e) {
+          const double g = static_cast<double>(Decoupled ? p.grad[e] : p.grad[e] + wd * p.value[e]);
           sum += g * g;
         }
-        mean_square = static_cast<T>(sum / static_cast<double>(p.size));
+        k.mean_square = static_cast<T>(sum / static_cast<double>(p.size));
       }
-      for (std::size_t k = 0, n = p.size; k < n; ++k) {
-        T g = gp[k];
-        if constexpr (Decoupled)
-          w[k] *= keep;
-        else
-          g += wd * w[k];
-        m[k] = b1 * m[k] + c1 * g;
-        v[k] = b2 * v[k] + c2 * (shared ? mean_square : g * g);
-        w[k] -= step_size * m[k] / (std::sqrt(v[k]) / sqrt_bc2 + eps);
-      }
+      tensors_.push_back({p.value, p.grad, s.buffers[0].data(), s.buffers[1].data(), p.size, k});
     });
+    update_tensors(
+        tensors_,
+        [](const tensor& x, std::size_t b, std::size_t e) {
+          adam_update(e - b, x.w + b, x.g + b, x.state0 + b, x.state1 + b, x.params);
+        },
+        bitgrad::detail::adam_parallel_min());
   }
 
   /// Parameters of `kind` use one second moment per tensor (see the top of this file).
@@ -156,6 +156,8 @@ private:
   param_groups groups_;
   optimizer_state<T> state_;
   std::array<bool, param_kind_count> shared_v_{};
+  using tensor = optim_tensor<T, adam_update_params<T>>;
+  std::vector<tensor> tensors_; // this step's updates (kept to reuse the allocation)
 };
 
 } // namespace detail

@@ -15,12 +15,14 @@
 //   auto params = [&](auto&& f) { net.visit_parameters(f); };
 //   opt.step(params);
 //
+// The element updates run after the visit, on the OpenMP threads for large steps (see step()).
 // Parameters whose grad pointer is null are skipped (they keep their place in the state).
 // See param_groups.hpp for groups and defaults (decay on weights only), state.hpp for the
 // state's checks and binary form.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/kernels/optim_update.hpp>
 #include <bitgrad/optim/param_groups.hpp>
 #include <bitgrad/optim/state.hpp>
 
@@ -53,33 +55,36 @@ public:
       throw config_error("sgd: nesterov momentum needs momentum > 0");
   }
 
-  /// One update of every parameter the source visits.
+  /// One update of every parameter the source visits: the visit gathers each parameter's
+  /// constants, then the element updates run together (kernels/optim_update.hpp: on the OpenMP
+  /// threads when the step is large, bitwise the same as on one thread).
   template <param_source<T> V>
   void step(V&& visit) {
     state_.bind(visit);
+    tensors_.clear();
     std::size_t i = 0;
-    const T mu = static_cast<T>(options_.momentum);
     visit([&](param_ref<T>& p) {
       slot<T>& s = state_.at(i++);
       if (p.grad == nullptr) return;
-      const T lr = static_cast<T>(groups_.lr_for(p.kind));
-      const T wd = static_cast<T>(groups_.decay_for(p.kind));
-      T* w = p.value;
-      const T* g = p.grad;
-      const std::size_t n = p.size;
-      if (options_.momentum <= 0) {
-        for (std::size_t k = 0; k < n; ++k) w[k] -= lr * (g[k] + wd * w[k]);
-      } else {
+      sgd_update_params<T> k{};
+      k.lr = static_cast<T>(groups_.lr_for(p.kind));
+      k.decay = static_cast<T>(groups_.decay_for(p.kind));
+      T* buf = nullptr;
+      if (options_.momentum > 0) {
         state_.ensure_buffers(s); // zeros: the first update gives buf = g, as in torch
-        T* buf = s.buffers[0].data();
-        for (std::size_t k = 0; k < n; ++k) {
-          T d = g[k] + wd * w[k];
-          buf[k] = mu * buf[k] + d;
-          w[k] -= lr * (options_.nesterov ? d + mu * buf[k] : buf[k]);
-        }
+        buf = s.buffers[0].data();
+        k.momentum = static_cast<T>(options_.momentum);
+        k.nesterov = options_.nesterov;
       }
       ++s.steps;
+      tensors_.push_back({p.value, p.grad, buf, nullptr, p.size, k});
     });
+    update_tensors(
+        tensors_,
+        [](const tensor& x, std::size_t b, std::size_t e) {
+          sgd_update(e - b, x.w + b, x.g + b, x.state0 ? x.state0 + b : nullptr, x.params);
+        },
+        bitgrad::detail::sgd_parallel_min());
   }
 
   void set_group(param_kind kind, const group_options& options) {
@@ -106,6 +111,8 @@ private:
   sgd_options options_;
   param_groups groups_;
   optimizer_state<T> state_;
+  using tensor = optim_tensor<T, sgd_update_params<T>>;
+  std::vector<tensor> tensors_; // this step's updates (kept to reuse the allocation)
 };
 
 } // namespace bitgrad::optim

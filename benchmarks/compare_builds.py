@@ -1,0 +1,54 @@
+#!/usr/bin/python3
+"""Training speed of two builds of bench_train side by side (a change against the commit before
+it): for each row and thread count, runs the old and the new executable in turn (the order flips
+every round), and prints a Markdown table of the median images/s of each and the median of the
+per-round ratios new / old.
+
+  python3 benchmarks/compare_builds.py --old /tmp/old/build/bench/benchmarks/bench_train \\
+      --new build/bench/benchmarks/bench_train --rows train/vgg_small/quant/128 --threads 1,2
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+
+def images_per_second(binary, row, threads, min_time):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([binary, f"--benchmark_filter=^{row}(/|$)",
+                          f"--benchmark_min_time={min_time}", "--benchmark_format=json"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    results = json.loads(out)["benchmarks"]
+    if len(results) != 1:
+        raise RuntimeError(f"{binary}: expected one result for {row}, got {len(results)}")
+    return float(results[0]["items_per_second"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--old", required=True, help="bench_train of the build before")
+    ap.add_argument("--new", required=True, help="bench_train of the build after")
+    ap.add_argument("--rows", required=True, help="comma-separated benchmark names")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=2.0, help="seconds of steps per run")
+    a = ap.parse_args()
+    print("| row | threads | old img/s | new img/s | new / old (median of rounds) |")
+    print("|---|--:|--:|--:|--:|")
+    for t in [int(x) for x in a.threads.split(",") if x]:
+        for row in [r for r in a.rows.split(",") if r]:
+            old, new, ratios = [], [], []
+            for k in range(a.rounds):
+                order = [(a.old, old), (a.new, new)] if k % 2 == 0 else [(a.new, new), (a.old, old)]
+                for binary, results in order:
+                    results.append(images_per_second(binary, row, t, a.min_time))
+                ratios.append(new[-1] / old[-1])
+            print(f"| {row} | {t} | {statistics.median(old):.0f} | {statistics.median(new):.0f} "
+                  f"| {statistics.median(ratios):.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
