@@ -14,6 +14,7 @@
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/npz.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
