@@ -9,9 +9,10 @@
 //   gradient_reducer.hpp  bucketed gradient averaging, overlapped with backward
 //   backward_hook.hpp     the hook a container calls as each layer's gradients become final
 //   sync_batch_norm.hpp   batch-norm statistics over the global batch
-// Sharding of the data: loader_options::shard_count / shard_index (data/loader.hpp).
+// and the sharding of the data: loader_options::shard_count / shard_index (data/loader.hpp).
 #pragma once
 
+#include <bitgrad/data/loader.hpp>
 #include <bitgrad/dist/abort.hpp>
 #include <bitgrad/dist/agreement.hpp>
 #include <bitgrad/dist/backward_hook.hpp>
