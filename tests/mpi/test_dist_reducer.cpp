@@ -71,8 +71,11 @@ serial_result serial_sum(lenet& net, const std::vector<double>& w) {
       const std::vector<float> g = gradient_of(static_cast<int>(r), j, p.size);
       const float wr = static_cast<float>(w[r]);
       for (std::size_t i = 0; i < p.size; ++i) {
-        s[i] = r == 0 ? wr * g[i] : s[i] + wr * g[i];
-        m[i] += std::abs(static_cast<double>(wr * g[i]));
+        // The product rounded to float before the addition, as the reducer forms it (volatile:
+        // no fused multiply-add under -ffp-contract=fast, the default of GNU C++ with FMA).
+        volatile float product = wr * g[i];
+        s[i] = r == 0 ? product : s[i] + product;
+        m[i] += std::abs(static_cast<double>(product));
       }
     }
     out.sum.push_back(std::move(s));
