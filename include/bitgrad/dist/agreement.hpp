@@ -199,6 +199,8 @@ void check_same_parameters(const communicator& comm, Params&& params, std::strin
         rank = r;
         break;
       }
+  if (first == n) // cannot happen (some key differs from rank 0's); be safe
+    throw divergence_error("parameters differ between ranks after " + std::string(when));
   // The largest difference to rank 0 over the ranks, for that tensor (sizes permitting).
   double largest = -1;
   std::size_t index = 0;

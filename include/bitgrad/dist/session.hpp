@@ -53,9 +53,12 @@ private:
       check_mpi(MPI_Init_thread(argc, argv, required, &provided_), "MPI_Init_thread");
       owner_ = true;
     }
-    if (provided_ < required)
+    if (provided_ < required) {
+      if (owner_) MPI_Finalize(); // the destructor will not run: the constructor throws
+      owner_ = false;
       throw mpi_error("dist::session: MPI provides thread level " + std::to_string(provided_) +
                       ", below the required " + std::to_string(required));
+    }
   }
 
   bool owner_ = false;
