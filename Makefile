@@ -74,3 +74,12 @@ bench-peers:
 	cmake --build --preset bench -j2 --target bench_train
 	/usr/bin/python3 benchmarks/peers/run_peers.py --bench build/bench/benchmarks/bench_train \
 		--rounds $(or $(ROUNDS),5) --out build/bench/results/peers.json
+
+# Data-parallel training under MPI (issue 21): 1 process x 2 threads vs 2 processes x 1 thread,
+# all-reduce time per step and overlap with backward, for LeNet-5, VGG-style and ResNet-20.
+# Table on stdout, JSON lines in build/bench/results/mpi.jsonl. ROUNDS=n for more or fewer.
+.PHONY: bench-mpi
+bench-mpi: deps
+	cmake --preset bench
+	cmake --build --preset bench -j2 --target bench_dist
+	bash scripts/bench-mpi.sh build/bench

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages bitgrad needs to build, test and run its demo, and the node
-# package the ONNX tests run (ONNX Runtime, pinned in tests/package.json).
+# Installs the Debian 12 packages bitgrad needs to build, test and run its demo (Open MPI for the
+# optional bitgrad::mpi component and its tests), and the node package the ONNX tests run (ONNX
+# Runtime, pinned in tests/package.json).
 # Idempotent: when every package is already present it does nothing (no apt-get update, no npm).
 # Uses sudo only when not running as root.
 set -euo pipefail
@@ -13,6 +14,7 @@ packages=(
   libopenblas-dev
   dataset-fashion-mnist
   python3-onnx
+  libopenmpi-dev openmpi-bin
 )
 # The ONNX Runtime test needs node and npm; any node >= 18 does (NodeSource's or Debian's).
 if ! command -v npm >/dev/null 2>&1; then

@@ -32,6 +32,20 @@
 // The loader keeps a pointer to the dataset, which must outlive it. next() resizes x and y
 // only when the batch shape changes (in steady state: never within an epoch except for a
 // last partial batch), so their storage is reused.
+//
+// Sharding (data-parallel training, bitgrad/dist/): with shard_count = p > 1 and shard_index
+// = r, every process runs a loader with the same dataset, seed and options, so all of them
+// draw the same permutation; of each global batch of b images (b = batch_size, or the partial
+// last batch) the loader hands out only the contiguous slice shard_slice(b, r, p):
+//   [floor(r * b / p), floor((r + 1) * b / p))     (sizes floor(b/p) or ceil(b/p))
+// The slices of the p processes are disjoint and their union, in rank order, is the batch a
+// single process gets. Augmentation draws happen for every image of the global batch on every
+// process (the slice only decides which images are decoded), so the generators, state() and
+// position() are the same on all processes: a state saved with p processes restores with any
+// other count. A global batch smaller than p (only possible for the last partial batch; a
+// batch_size below p is rejected) gives some processes an empty slice: next() then returns
+// true with a batch of 0 images. The gradient of the mean loss over the global batch is
+// sum_r (n_r / b) * g_r, where g_r is the mean-loss gradient of process r's n_r images.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -64,7 +78,23 @@ struct loader_options {
   std::vector<double> stddev{1.0}; ///< per channel, or one value for all channels; > 0
   std::size_t crop_padding = 0;    ///< p of the random crop; 0 disables it
   bool horizontal_flip = false;    ///< flip each image with probability 1/2
+  std::size_t shard_count = 1;     ///< processes sharing every batch (see the top); >= 1
+  std::size_t shard_index = 0;     ///< this process's slice of every batch; < shard_count
 };
+
+/// The half-open range [begin, end) of a batch's positions that one shard takes.
+struct shard_range {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+  std::size_t size() const noexcept { return end - begin; }
+  bool operator==(const shard_range&) const = default;
+};
+
+/// Slice `index` of `count` of a batch of `batch` images: [floor(index * batch / count),
+/// floor((index + 1) * batch / count)). Requires index < count.
+constexpr shard_range shard_slice(std::size_t batch, std::size_t index, std::size_t count) {
+  return {index * batch / count, (index + 1) * batch / count};
+}
 
 /// Where a loader is; see loader::state(). Text form: to_string / parse_loader_state.
 struct loader_state {
@@ -148,10 +178,22 @@ requires std::floating_point<T>
 class loader {
 public:
   /// Throws config_error for batch size 0, an empty or inconsistent dataset, drop_last with a
-  /// batch larger than the dataset, wrong mean/stddev counts or a non-positive stddev.
+  /// batch larger than the dataset, wrong mean/stddev counts or a non-positive stddev, a shard
+  /// index not below the shard count, or a batch size smaller than the shard count.
   loader(const dataset& data, loader_options options)
       : data_(&data), options_(std::move(options)), rng_(options_.seed) {
     if (options_.batch_size == 0) throw config_error("loader: batch size must be at least 1");
+    if (options_.shard_count == 0) throw config_error("loader: shard count must be at least 1");
+    if (options_.shard_index >= options_.shard_count) {
+      throw config_error("loader: shard index " + std::to_string(options_.shard_index) +
+                         " is not below the shard count " + std::to_string(options_.shard_count));
+    }
+    if (options_.batch_size < options_.shard_count) {
+      throw config_error("loader: the global batch size " + std::to_string(options_.batch_size) +
+                         " is smaller than the shard (process) count " +
+                         std::to_string(options_.shard_count) +
+                         ": every process needs at least one image of every full batch");
+    }
     if (data.empty()) throw config_error("loader: the dataset is empty");
     validate(data, "loader");
     if (options_.drop_last && options_.batch_size > data.size()) {
@@ -171,7 +213,8 @@ public:
 
   /// Fills the next batch of the current epoch into `images` (B, C, H, W) and `labels` (B)
   /// and returns true; at the end of the epoch returns false (leaving both untouched) and
-  /// moves on to the next epoch.
+  /// moves on to the next epoch. With sharding, B is this shard's slice of the global batch
+  /// (possibly 0 for a last partial batch smaller than the shard count).
   bool next(tensor4<T>& images, std::vector<std::int32_t>& labels) {
     const std::size_t n = data_->size();
     const std::size_t b = std::min<std::size_t>(options_.batch_size, n - position_);
@@ -179,18 +222,24 @@ public:
       start_epoch(epoch_ + 1);
       return false;
     }
+    const shard_range mine = shard_slice(b, options_.shard_index, options_.shard_count);
     const std::size_t channels = data_->channels, plane = data_->height * data_->width;
-    const std::array<std::size_t, 4> shape{b, channels, data_->height, data_->width};
+    const std::array<std::size_t, 4> shape{mine.size(), channels, data_->height, data_->width};
     if (!std::equal(shape.begin(), shape.end(), images.shape().begin())) images.resize(shape);
-    labels.resize(b);
+    labels.resize(mine.size());
 
     T* out = images.data();
     for (std::size_t k = 0; k < b; ++k) {
+      // Every shard draws the augmentation of every image (same generator on all shards);
+      // only its own slice is decoded.
+      const augmentation a = augmenting() ? draw_augmentation() : augmentation{};
+      if (k < mine.begin || k >= mine.end) continue;
       const std::size_t i = order_[position_ + k];
-      labels[k] = data_->labels[i];
+      labels[k - mine.begin] = data_->labels[i];
       const std::uint8_t* src = data_->pixels.data() + i * data_->image_size();
       if (augmenting()) {
-        augment(src, scratch_.data());
+        crop_and_flip(src, data_->channels, data_->height, data_->width, options_.crop_padding,
+                      a.dy, a.dx, a.flip, scratch_.data());
         src = scratch_.data();
       }
       for (std::size_t c = 0; c < channels; ++c) {
@@ -201,8 +250,14 @@ public:
       }
     }
     position_ += b;
+    last_global_batch_ = b;
     return true;
   }
+
+  /// The global size b of the batch the last successful next() handed out (this shard got
+  /// shard_slice(b, shard_index, shard_count) of it); 0 before the first batch. Its share of
+  /// the global mean-loss gradient is labels.size() / b.
+  std::size_t last_global_batch_size() const noexcept { return last_global_batch_; }
 
   /// Batches per epoch: ceil(N / B), or floor(N / B) with drop_last.
   std::size_t batches_per_epoch() const noexcept {
@@ -285,15 +340,22 @@ private:
     if (options_.shuffle) detail::shuffle(order_, rng_);
   }
 
-  void augment(const std::uint8_t* src, std::uint8_t* dst) {
+  struct augmentation {
+    std::size_t dy = 0, dx = 0;
+    bool flip = false;
+  };
+
+  /// The crop offset and flip of the next image, drawn from rng_ (dy, dx if p > 0, then the
+  /// flip if enabled).
+  augmentation draw_augmentation() {
     const std::size_t p = options_.crop_padding;
-    std::size_t dy = p, dx = p; // p, p: the uncropped window
+    augmentation a{p, p, false}; // p, p: the uncropped window
     if (p > 0) {
-      dy = static_cast<std::size_t>(detail::uniform_below(rng_, 2 * p + 1));
-      dx = static_cast<std::size_t>(detail::uniform_below(rng_, 2 * p + 1));
+      a.dy = static_cast<std::size_t>(detail::uniform_below(rng_, 2 * p + 1));
+      a.dx = static_cast<std::size_t>(detail::uniform_below(rng_, 2 * p + 1));
     }
-    const bool flip = options_.horizontal_flip && detail::uniform_below(rng_, 2) == 1;
-    crop_and_flip(src, data_->channels, data_->height, data_->width, p, dy, dx, flip, dst);
+    a.flip = options_.horizontal_flip && detail::uniform_below(rng_, 2) == 1;
+    return a;
   }
 
   static std::string engine_text(const std::mt19937_64& engine) {
@@ -319,6 +381,7 @@ private:
   std::mt19937_64 epoch_rng_;
   std::uint64_t epoch_ = 0;
   std::uint64_t position_ = 0;
+  std::size_t last_global_batch_ = 0;
   std::vector<std::size_t> order_;
   std::vector<T> lut_;                // 256 normalised values per channel
   std::vector<std::uint8_t> scratch_; // one augmented image
