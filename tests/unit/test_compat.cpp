@@ -8,6 +8,7 @@
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/train/checkpoint.hpp>
@@ -17,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -146,9 +148,10 @@ TEST_CASE("compat: a version-1 checkpoint (fdc34a8) loads with every value") {
   CHECK(train::meta_real(data, "loss_sum") == 1.25);
   CHECK(train::meta_real(data, "epoch_seconds") == 0.1);
 
-  // History: two records.
-  const std::vector<epoch_record> h =
-      train::detail::decode_history(train::meta_field(data, "history"), data.file);
+  // History: two records, out of the metadata.
+  CHECK(data.meta.count("history") == 0);
+  CHECK(data.meta.size() == 10);
+  const std::vector<epoch_record>& h = data.history;
   REQUIRE(h.size() == 2);
   CHECK(h[0].phase == "pretrain");
   CHECK(h[0].epoch == 1);
@@ -172,18 +175,139 @@ TEST_CASE("compat: a version-1 checkpoint (fdc34a8) loads with every value") {
   // Optimizer state: Adam reads it and writes the same bytes back; one step taken per
   // parameter, first moments (1 - beta1) * gradient.
   optim::adam<float> adam({.lr = 0.5});
-  {
-    std::istringstream in(data.optimizer_state);
-    adam.load(in);
+  io::byte_reader in = data.optimizer_reader();
+  adam.load(in);
+  CHECK(in.at_end());
+  CHECK(adam.lr() == 1e-3);
+  REQUIRE(adam.state().size() == 8);
+  for (const auto& slot : adam.state()) {
+    CAPTURE(slot.name);
+    CHECK(slot.steps == 1);
+    REQUIRE(slot.buffers.size() == 2);
   }
-  std::ostringstream out;
+  for (std::size_t j = 0; j < adam.state()[0].size; ++j) // m = (1 - beta1) g
+    CHECK(adam.state()[0].buffers[0][j] ==
+          doctest::Approx(0.1 * bitgrad_compat::gradient_value(0, j)).epsilon(1e-6));
+  io::byte_writer out;
   adam.save(out);
-  CHECK(out.str() == data.optimizer_state);
+  CHECK(out.bytes() == data.optimizer_state);
 
   // Loader state: where a loader one batch into its first epoch is.
   loader<float> fresh(bitgrad_fuzz::checkpoint_data_set(), bitgrad_compat::loader_settings());
   tensor4<float> x;
   std::vector<std::int32_t> y;
   fresh.next(x, y);
-  CHECK(parse_loader_state(data.loader_state) == fresh.state());
+  REQUIRE(data.loader.has_value());
+  CHECK(*data.loader == fresh.state());
+
+  // Saved again (version 2) it reads back the same.
+  const fs::path again = fs::temp_directory_path() / "bitgrad-test-compat-v2.ckpt";
+  train::save_checkpoint(again, net, data);
+  auto net2 = bitgrad_fuzz::checkpoint_net(9);
+  const train::checkpoint_data data2 = train::load_checkpoint(again, net2);
+  fs::remove(again);
+  CHECK(data2.meta == data.meta);
+  REQUIRE(data2.history.size() == 2);
+  CHECK(data2.history[1].phase == "search");
+  CHECK(std::isnan(data2.history[1].loss));
+  CHECK(data2.history[1].compression == 1234.0 / 98.5);
+  CHECK(data2.optimizer_state == data.optimizer_state);
+  CHECK(data2.loader == data.loader);
+  std::vector<float> a, b;
+  net.visit_parameters([&](param_ref<float>& p) { a.insert(a.end(), p.value, p.value + p.size); });
+  net2.visit_parameters([&](param_ref<float>& p) { b.insert(b.end(), p.value, p.value + p.size); });
+  CHECK(a == b);
+  CHECK(net2.get<0>().quantizer().frozen_bits() == bitgrad_compat::conv_bits);
+}
+
+namespace {
+
+/// The version 1 checkpoint `bytes` with its metadata text replaced by `meta` (and the CRC
+/// recomputed): the metadata string starts at offset 16 (u64 length, then the text).
+std::vector<std::uint8_t> with_v1_metadata(const std::vector<std::uint8_t>& bytes,
+                                           const std::string& meta) {
+  std::uint64_t old_length = 0;
+  std::memcpy(&old_length, bytes.data() + 16, 8);
+  io::byte_writer w;
+  w.put_bytes(bytes.data(), 16);
+  w.put_string(meta);
+  w.put_bytes(bytes.data() + 24 + old_length, bytes.size() - 24 - old_length - 4);
+  w.put(io::crc32(w.bytes().data(), w.size()));
+  return {w.bytes().begin(), w.bytes().end()};
+}
+
+/// The metadata text of a version 1 checkpoint.
+std::string v1_metadata(const std::vector<std::uint8_t>& bytes) {
+  std::uint64_t length = 0;
+  std::memcpy(&length, bytes.data() + 16, 8);
+  return std::string(reinterpret_cast<const char*>(bytes.data()) + 24, length);
+}
+
+} // namespace
+
+TEST_CASE("compat: a malformed history in a version-1 checkpoint names the row and the column") {
+  const auto bytes = read_compat("v1-checkpoint.bin");
+  std::string meta = v1_metadata(bytes);
+  const std::size_t at = meta.find("history=");
+  REQUIRE(at != std::string::npos);
+  const std::size_t end = meta.find('\n', at);
+  struct bad_case {
+    std::string history, message;
+  };
+  for (const bad_case& c : {
+           bad_case{"pretrain,1,2.3;",
+                    "metadata field 'history': row 1: expected 9 comma-separated values, got 3"},
+           bad_case{"pretrain,1,2.3,0.1,0.2,32,177700,1,1.5;pretrain,two,1,1,1,1,1,1,1;",
+                    "metadata field 'history': row 2: epoch: expected an unsigned integer, got "
+                    "'two'"},
+           bad_case{"pretrain,1,2.3,0.1,zero,32,177700,1,1.5;",
+                    "row 1: test_accuracy: expected a number, got 'zero'"},
+       }) {
+    CAPTURE(c.history);
+    std::string changed = meta;
+    changed.replace(at, end - at, "history=" + c.history);
+    auto net = bitgrad_fuzz::checkpoint_net(7);
+    const auto before = net.get<3>().weight();
+    try {
+      (void)train::parse_checkpoint(with_v1_metadata(bytes, changed), "old.ckpt", net);
+      FAIL("a malformed history loaded");
+    } catch (const format_error& e) {
+      const std::string message = e.what();
+      CAPTURE(message);
+      CHECK(e.offset() == 16); // where the metadata starts
+      CHECK(message.find("old.ckpt") == 0);
+      CHECK(message.find(c.message) != std::string::npos);
+    }
+    CHECK(net.get<3>().weight() == before); // nothing half-loaded
+  }
+  // The unchanged metadata loads through the same rewriting.
+  auto net = bitgrad_fuzz::checkpoint_net(7);
+  CHECK(train::parse_checkpoint(with_v1_metadata(bytes, meta), "old.ckpt", net).history.size() ==
+        2);
+}
+
+TEST_CASE("compat: a version-1 loader state is parsed strictly") {
+  // The loader state is the last string of a version 1 checkpoint: replace its counters line.
+  const auto bytes = read_compat("v1-checkpoint.bin");
+  auto net = bitgrad_fuzz::checkpoint_net(7);
+  const train::checkpoint_data data = train::parse_checkpoint(bytes, "old.ckpt", net);
+  const std::string text = to_string(*data.loader);
+  const std::size_t text_at = bytes.size() - 4 - text.size();
+  REQUIRE(std::string(reinterpret_cast<const char*>(bytes.data()) + text_at, text.size()) == text);
+  std::string bad = text;
+  const std::size_t counters = bad.find('\n') + 1;
+  bad.replace(counters, bad.find('\n', counters) - counters, "-1 0 5");
+  io::byte_writer w;
+  w.put_bytes(bytes.data(), text_at - 8);
+  w.put_string(bad);
+  w.put(io::crc32(w.bytes().data(), w.size()));
+  const std::vector<std::uint8_t> changed(w.bytes().begin(), w.bytes().end());
+  try {
+    (void)train::parse_checkpoint(changed, "old.ckpt", net);
+    FAIL("a signed loader counter loaded");
+  } catch (const format_error& e) {
+    CHECK(std::string(e.what()).find("old.ckpt") == 0);
+    CHECK(std::string(e.what()).find("<epoch> <position> <dataset_size>") != std::string::npos);
+    CHECK(e.offset() == text_at + counters);
+  }
 }

@@ -21,6 +21,7 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/format/bitpack.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
 
 #include <algorithm>
@@ -35,7 +36,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-#include <zlib.h>
 
 namespace bitgrad::format {
 
@@ -453,93 +453,30 @@ void check_graph(model_file& m, Fail&& fail) {
   }
 }
 
-inline std::uint32_t crc32_of(const std::uint8_t* p, std::size_t n, std::uint32_t crc = 0) {
-  uLong c = crc;
-  while (n > 0) {
-    const auto chunk = static_cast<uInt>(std::min<std::size_t>(n, 1u << 30));
-    c = ::crc32(c, p, chunk);
-    p += chunk;
-    n -= chunk;
-  }
-  return static_cast<std::uint32_t>(c);
+inline void put_shape(io::byte_writer& o, const shape& s) {
+  o.put<std::uint8_t>(s.rank);
+  for (auto d : s.dims) o.put<std::uint32_t>(d);
 }
 
-class byte_out {
-public:
-  template <class U>
-  void put(U v) {
-    unsigned char b[sizeof(U)];
-    std::memcpy(b, &v, sizeof(U));
-    bytes.insert(bytes.end(), b, b + sizeof(U));
+/// A shape: rank 1 or 3, used extents in 1..2^24, unused extents 1, at most 2^28 elements.
+inline shape get_shape(io::byte_reader& in, const char* what) {
+  const std::uint64_t at = in.offset();
+  shape s;
+  s.rank = in.get<std::uint8_t>(what);
+  for (auto& d : s.dims) d = in.get<std::uint32_t>(what);
+  if (s.rank != 1 && s.rank != 3)
+    in.fail_at(at, std::string(what) + ": rank must be 1 or 3, got " + std::to_string(s.rank));
+  for (std::size_t i = 0; i < 3; ++i) {
+    const bool used = i == 0 || s.rank == 3;
+    if (used ? (s.dims[i] == 0 || s.dims[i] > max_extent) : s.dims[i] != 1)
+      in.fail_at(at, std::string(what) + ": extent " + std::to_string(s.dims[i]) + " out of range");
   }
-  void put_bytes(const void* p, std::size_t n) {
-    const auto* c = static_cast<const std::uint8_t*>(p);
-    bytes.insert(bytes.end(), c, c + n);
-  }
-  void put_shape(const shape& s) {
-    put<std::uint8_t>(s.rank);
-    for (auto d : s.dims) put<std::uint32_t>(d);
-  }
-  std::vector<std::uint8_t> bytes;
-};
+  if (s.elements() > max_elements) in.fail_at(at, std::string(what) + ": more than 2^28 elements");
+  return s;
+}
 
-/// Bounded reader over [begin, end) of a byte span; offsets reported are file offsets.
-class byte_in {
-public:
-  byte_in(const std::string& file, std::span<const std::uint8_t> data, std::size_t begin,
-          std::size_t end)
-      : file_(file), data_(data), at_(begin), end_(end) {}
-  [[noreturn]] void fail(const std::string& reason) const {
-    throw format_error(file_, at_, reason);
-  }
-  [[noreturn]] void fail_at(std::uint64_t offset, const std::string& reason) const {
-    throw format_error(file_, offset, reason);
-  }
-  void need(std::uint64_t n, const char* what) const {
-    if (n > end_ - at_)
-      fail(std::string("truncated: ") + what + " needs " + std::to_string(n) + " bytes, " +
-           std::to_string(end_ - at_) + " left");
-  }
-  template <class U>
-  U get(const char* what) {
-    need(sizeof(U), what);
-    U v;
-    std::memcpy(&v, data_.data() + at_, sizeof(U));
-    at_ += sizeof(U);
-    return v;
-  }
-  const std::uint8_t* take(std::size_t n, const char* what) {
-    need(n, what);
-    const std::uint8_t* p = data_.data() + at_;
-    at_ += n;
-    return p;
-  }
-  shape get_shape(const char* what) {
-    const std::size_t at = at_;
-    shape s;
-    s.rank = get<std::uint8_t>(what);
-    for (auto& d : s.dims) d = get<std::uint32_t>(what);
-    if (s.rank != 1 && s.rank != 3)
-      fail_at(at, std::string(what) + ": rank must be 1 or 3, got " + std::to_string(s.rank));
-    for (std::size_t i = 0; i < 3; ++i) {
-      const bool used = i == 0 || s.rank == 3;
-      if (used ? (s.dims[i] == 0 || s.dims[i] > max_extent) : s.dims[i] != 1)
-        fail_at(at, std::string(what) + ": extent " + std::to_string(s.dims[i]) + " out of range");
-    }
-    if (s.elements() > max_elements) fail_at(at, std::string(what) + ": more than 2^28 elements");
-    return s;
-  }
-  std::size_t offset() const { return at_; }
-  std::size_t remaining() const { return end_ - at_; }
-
-private:
-  const std::string& file_;
-  std::span<const std::uint8_t> data_;
-  std::size_t at_, end_;
-};
-
-inline void write_graph(byte_out& o, const model_file& m) {
-  o.put_shape(m.input);
+inline void write_graph(io::byte_writer& o, const model_file& m) {
+  put_shape(o, m.input);
   o.put<std::uint32_t>(static_cast<std::uint32_t>(m.mean.size()));
   for (double v : m.mean) o.put<double>(v);
   for (std::size_t i = 0; i < m.mean.size(); ++i)
@@ -589,34 +526,34 @@ inline void write_graph(byte_out& o, const model_file& m) {
   }
 }
 
-inline void write_tensor(byte_out& o, const tensor_data& t) {
+inline void write_tensor(io::byte_writer& o, const tensor_data& t) {
   o.put<std::uint8_t>(static_cast<std::uint8_t>(t.kind));
   o.put<std::uint8_t>(static_cast<std::uint8_t>(t.extents.size()));
   o.put<std::uint16_t>(0);
   for (auto e : t.extents) o.put<std::uint32_t>(e);
   if (t.kind == tensor_kind::float32) {
-    o.put_bytes(t.values.data(), t.values.size() * sizeof(float));
+    o.put_array(t.values);
     return;
   }
-  const std::size_t start = o.bytes.size() - 4 - 4 * t.extents.size();
+  const std::size_t start = o.size() - 4 - 4 * t.extents.size();
   o.put<std::uint32_t>(t.group_size);
   o.put<std::uint32_t>(static_cast<std::uint32_t>(t.bits.size()));
   o.put_bytes(t.bits.data(), t.bits.size());
-  while ((o.bytes.size() - start) % 4) o.put<std::uint8_t>(0);
-  o.put_bytes(t.scales.data(), t.scales.size() * sizeof(float));
+  while ((o.size() - start) % 4) o.put<std::uint8_t>(0);
+  o.put_array(t.scales);
   o.put<std::uint64_t>(t.code_bits());
   o.put_bytes(t.packed.data(), t.packed.size());
 }
 
-inline operation read_operation(byte_in& in) {
+inline operation read_operation(io::byte_reader& in) {
   operation op;
-  const std::size_t at = in.offset();
+  const std::uint64_t at = in.offset();
   const auto kind = in.get<std::uint8_t>("operation kind");
   if (kind < 1 || kind > 9) in.fail_at(at, "unknown operation kind " + std::to_string(kind));
   op.kind = static_cast<op_kind>(kind);
   const auto len = in.get<std::uint8_t>("name length");
-  const std::uint8_t* name = in.take(len, "operation name");
-  op.name.assign(reinterpret_cast<const char*>(name), len);
+  const auto name = in.take(len, "operation name");
+  op.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
   op.input = in.get<std::uint32_t>("input");
   if (op.kind == op_kind::add) op.input_b = in.get<std::uint32_t>("second input");
   auto u16 = [&](const char* what) { return std::uint32_t(in.get<std::uint16_t>(what)); };
@@ -683,9 +620,10 @@ inline std::size_t first_non_finite(const std::vector<float>& v) {
 }
 
 /// Reads one tensor section; `who` names the tensor in the messages of value checks.
-inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std::string& who) {
+inline tensor_data read_tensor(io::byte_reader& in, std::uint64_t section_begin,
+                               const std::string& who) {
   tensor_data t;
-  const std::size_t at = in.offset();
+  const std::uint64_t at = in.offset();
   const auto kind = in.get<std::uint8_t>("tensor kind");
   if (kind != 1 && kind != 2) in.fail_at(at, "unknown tensor kind " + std::to_string(kind));
   t.kind = static_cast<tensor_kind>(kind);
@@ -695,7 +633,7 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
   if (in.get<std::uint16_t>("reserved") != 0) in.fail_at(at + 2, "reserved field is not 0");
   std::uint64_t count = 1;
   for (int i = 0; i < rank; ++i) {
-    const std::size_t eat = in.offset();
+    const std::uint64_t eat = in.offset();
     const auto e = in.get<std::uint32_t>("tensor extent");
     if (e == 0 || e > max_extent)
       in.fail_at(eat, "tensor extent " + std::to_string(e) + " out of range");
@@ -708,9 +646,8 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
       in.fail("float32 tensor of " + std::to_string(count) + " values needs " +
               std::to_string(count * 4) + " bytes, section has " + std::to_string(in.remaining()));
     t.values.resize(count);
-    const std::size_t vat = in.offset();
-    const std::uint8_t* p = in.take(count * 4, "float32 values");
-    std::memcpy(t.values.data(), p, count * 4);
+    const std::uint64_t vat = in.offset();
+    in.get_array(t.values.data(), t.values.size(), "float32 values");
     // A NaN or infinite weight, bias or channel scale would make every output garbage.
     if (const std::size_t j = first_non_finite(t.values); j < count)
       in.fail_at(vat + 4 * j, who + ": value " + std::to_string(j) + " of " +
@@ -718,7 +655,7 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
                                   value_str(t.values[j]) + ")");
     return t;
   }
-  const std::size_t gat = in.offset();
+  const std::uint64_t gat = in.offset();
   t.group_size = in.get<std::uint32_t>("group size");
   const auto groups = in.get<std::uint32_t>("group count");
   const std::size_t channels = t.extents[0];
@@ -729,9 +666,9 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
     in.fail_at(gat + 4, "group count " + std::to_string(groups) + " but " +
                             std::to_string(channels) + " channels in groups of " +
                             std::to_string(t.group_size));
-  const std::size_t bat = in.offset();
-  const std::uint8_t* bits = in.take(groups, "bitwidths");
-  t.bits.assign(bits, bits + groups);
+  const std::uint64_t bat = in.offset();
+  const auto bits = in.take(groups, "bitwidths");
+  t.bits.assign(bits.begin(), bits.end());
   for (std::size_t g = 0; g < groups; ++g)
     if (t.bits[g] < min_code_bits || t.bits[g] > max_code_bits)
       in.fail_at(bat + g, "bitwidth " + std::to_string(t.bits[g]) + " of group " +
@@ -739,15 +676,14 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
   while ((in.offset() - section_begin) % 4) {
     if (in.get<std::uint8_t>("padding") != 0) in.fail_at(in.offset() - 1, "padding byte is not 0");
   }
-  const std::size_t sat = in.offset();
-  const std::uint8_t* scales = in.take(std::size_t(groups) * 4, "scales");
+  const std::uint64_t sat = in.offset();
   t.scales.resize(groups);
-  std::memcpy(t.scales.data(), scales, std::size_t(groups) * 4);
+  in.get_array(t.scales.data(), groups, "scales");
   for (std::size_t g = 0; g < groups; ++g)
     if (!(std::isfinite(t.scales[g]) && t.scales[g] > 0))
       in.fail_at(sat + 4 * g, who + ": scale of group " + std::to_string(g) +
                                   " is not finite and positive (" + value_str(t.scales[g]) + ")");
-  const std::size_t cat = in.offset();
+  const std::uint64_t cat = in.offset();
   const auto code_bits = in.get<std::uint64_t>("code bit count");
   if (code_bits != t.code_bits())
     in.fail_at(cat, "code bit count " + std::to_string(code_bits) + " but the groups need " +
@@ -756,9 +692,9 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
   if (in.remaining() != nbytes)
     in.fail("packed codes need " + std::to_string(nbytes) + " bytes, section has " +
             std::to_string(in.remaining()));
-  const std::size_t pat = in.offset();
-  const std::uint8_t* packed = in.take(nbytes, "packed codes");
-  t.packed.assign(packed, packed + nbytes);
+  const std::uint64_t pat = in.offset();
+  const auto packed = in.take(nbytes, "packed codes");
+  t.packed.assign(packed.begin(), packed.end());
   if (code_bits % 8 && (t.packed.back() >> (code_bits % 8)) != 0)
     in.fail_at(pat + nbytes - 1, "unused bits of the last code byte are not 0");
   // No code outside its range (only -2^(k-1) can be, for k >= 2).
@@ -783,11 +719,10 @@ inline tensor_data read_tensor(byte_in& in, std::size_t section_begin, const std
 /// Parses and checks a model file held in memory. `file` names it in error messages.
 inline model_file from_bytes(std::span<const std::uint8_t> bytes,
                              const std::string& file = "<memory>") {
-  using detail::byte_in;
   const std::size_t size = bytes.size();
-  byte_in head(file, bytes, 0, size);
-  const std::uint8_t* magic = head.take(8, "magic");
-  if (std::memcmp(magic, file_magic, 8) != 0)
+  io::byte_reader head(bytes, file);
+  const auto magic = head.take(8, "magic");
+  if (std::memcmp(magic.data(), file_magic, 8) != 0)
     head.fail_at(0, "not a bitgrad model file (bad magic)");
   const auto version = head.get<std::uint32_t>("version");
   if (version != file_version)
@@ -804,8 +739,8 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   if (head.get<std::uint32_t>("reserved") != 0) head.fail_at(28, "reserved header field is not 0");
   const std::uint64_t table_bytes = std::uint64_t(sections) * section_entry_bytes;
   head.need(table_bytes, "section table");
-  std::uint32_t crc = detail::crc32_of(bytes.data(), 24);
-  crc = detail::crc32_of(bytes.data() + header_bytes, table_bytes, crc);
+  std::uint32_t crc = io::crc32(bytes.data(), 24);
+  crc = io::crc32(bytes.data() + header_bytes, table_bytes, crc);
   if (check_checksums && crc != header_crc)
     head.fail_at(24, "header CRC mismatch (header or section table corrupted)");
 
@@ -816,7 +751,7 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   std::vector<entry> table(sections);
   std::uint64_t expect = header_bytes + table_bytes;
   for (std::uint32_t s = 0; s < sections; ++s) {
-    const std::size_t at = head.offset();
+    const std::uint64_t at = head.offset();
     entry& e = table[s];
     e.tag = head.get<std::uint32_t>("section tag");
     e.crc = head.get<std::uint32_t>("section CRC");
@@ -839,33 +774,32 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   for (std::uint32_t s = 0; s < sections; ++s) {
     const entry& e = table[s];
     if (check_checksums &&
-        detail::crc32_of(bytes.data() + e.offset, static_cast<std::size_t>(e.size)) != e.crc)
+        io::crc32(bytes.data() + e.offset, static_cast<std::size_t>(e.size)) != e.crc)
       head.fail_at(e.offset, "CRC mismatch in section " + std::to_string(s) +
                                  (s == 0 ? " (graph)" : " (tensor " + std::to_string(s - 1) + ")"));
   }
 
   model_file m;
   // Graph.
-  byte_in g(file, bytes, static_cast<std::size_t>(table[0].offset),
-            static_cast<std::size_t>(table[0].offset + table[0].size));
-  m.input = g.get_shape("input shape");
-  const std::size_t norm_at = g.offset();
+  io::byte_reader g(bytes.subspan(table[0].offset, table[0].size), file, table[0].offset);
+  m.input = detail::get_shape(g, "input shape");
+  const std::uint64_t norm_at = g.offset();
   const auto norm = g.get<std::uint32_t>("normalisation count");
   if (norm != 0 && norm != 1 && norm != m.input.dims[0])
     g.fail_at(norm_at, "normalisation count " + std::to_string(norm) + " is neither 0, 1 nor the " +
                            std::to_string(m.input.dims[0]) + " input channels");
   for (std::uint32_t i = 0; i < 2 * norm; ++i) {
-    const std::size_t at = g.offset();
+    const std::uint64_t at = g.offset();
     const auto v = g.get<double>("normalisation");
     if (!std::isfinite(v) || (i >= norm && !(v > 0)))
       g.fail_at(at, "normalisation mean must be finite and stddev finite and > 0");
     (i < norm ? m.mean : m.stddev).push_back(v);
   }
-  const std::size_t count_at = g.offset();
+  const std::uint64_t count_at = g.offset();
   const auto nops = g.get<std::uint32_t>("operation count");
   if (nops < 1 || nops > max_operations)
     g.fail_at(count_at, "operation count " + std::to_string(nops) + " outside 1..4096");
-  std::vector<std::size_t> op_offsets;
+  std::vector<std::uint64_t> op_offsets;
   for (std::uint32_t i = 0; i < nops; ++i) {
     op_offsets.push_back(g.offset());
     m.ops.push_back(detail::read_operation(g));
@@ -875,9 +809,8 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   // Tensors, named by the operation that reads them.
   const std::vector<std::string> readers = detail::tensor_readers(m.ops, sections - 1);
   for (std::uint32_t s = 1; s < sections; ++s) {
-    const auto b = static_cast<std::size_t>(table[s].offset);
-    byte_in t(file, bytes, b, b + static_cast<std::size_t>(table[s].size));
-    m.tensors.push_back(detail::read_tensor(t, b, readers[s - 1]));
+    io::byte_reader t(bytes.subspan(table[s].offset, table[s].size), file, table[s].offset);
+    m.tensors.push_back(detail::read_tensor(t, table[s].offset, readers[s - 1]));
   }
   // Shapes and references.
   detail::check_graph(m, [&](std::size_t i, const std::string& reason) {
@@ -889,16 +822,18 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
 /// The bytes of m, laid out and checksummed but NOT checked for consistency (tests and fuzz
 /// seeds use it to make malformed files; everyone else calls to_bytes).
 inline std::vector<std::uint8_t> encode(const model_file& m) {
-  detail::byte_out graph;
-  detail::write_graph(graph, m);
-  std::vector<std::vector<std::uint8_t>> sections;
-  sections.push_back(std::move(graph.bytes));
-  for (const tensor_data& t : m.tensors) {
-    detail::byte_out o;
-    detail::write_tensor(o, t);
-    sections.push_back(std::move(o.bytes));
+  std::vector<std::string> sections;
+  {
+    io::byte_writer graph;
+    detail::write_graph(graph, m);
+    sections.push_back(graph.take());
   }
-  detail::byte_out out;
+  for (const tensor_data& t : m.tensors) {
+    io::byte_writer o;
+    detail::write_tensor(o, t);
+    sections.push_back(o.take());
+  }
+  io::byte_writer out;
   const std::uint64_t table = sections.size() * section_entry_bytes;
   std::uint64_t total = header_bytes + table;
   for (const auto& s : sections) total += s.size();
@@ -912,16 +847,17 @@ inline std::vector<std::uint8_t> encode(const model_file& m) {
   std::uint64_t offset = header_bytes + table;
   for (std::size_t s = 0; s < sections.size(); ++s) {
     out.put<std::uint32_t>(s == 0 ? tag_graph : tag_tensor);
-    out.put<std::uint32_t>(detail::crc32_of(sections[s].data(), sections[s].size()));
+    out.put<std::uint32_t>(io::crc32(sections[s].data(), sections[s].size()));
     out.put<std::uint32_t>(static_cast<std::uint32_t>(offset));
     out.put<std::uint32_t>(static_cast<std::uint32_t>(sections[s].size()));
     offset += sections[s].size();
   }
-  std::uint32_t crc = detail::crc32_of(out.bytes.data(), 24);
-  crc = detail::crc32_of(out.bytes.data() + header_bytes, table, crc);
-  std::memcpy(out.bytes.data() + 24, &crc, 4);
+  std::uint32_t crc = io::crc32(out.bytes().data(), 24);
+  crc = io::crc32(out.bytes().data() + header_bytes, table, crc);
+  out.patch<std::uint32_t>(24, crc);
   for (const auto& s : sections) out.put_bytes(s.data(), s.size());
-  return std::move(out.bytes);
+  const std::string& b = out.bytes();
+  return std::vector<std::uint8_t>(b.begin(), b.end());
 }
 
 /// The bytes of m (docs/model-format.md). Throws config_error when m is not a valid model
