@@ -45,26 +45,24 @@ std::string exact(double v) {
 
 /// The two history records of the checkpoint (test_compat.cpp expects the same).
 std::vector<epoch_record> history() {
-  epoch_record a;
-  a.phase = "pretrain";
-  a.epoch = 1;
-  a.loss = 0.6931471805599453;
-  a.train_accuracy = 0.5;
-  a.test_accuracy = 0.6;
-  a.average_bits = 32;
-  a.size_bytes = 1234;
-  a.compression = 1;
-  a.seconds = 0.25;
-  epoch_record b = a;
-  b.phase = "search";
-  b.epoch = 1;
-  b.loss = std::nan("");
-  b.train_accuracy = 0.1;
-  b.average_bits = 4.375;
-  b.size_bytes = 98.5;
-  b.compression = 1234.0 / 98.5;
-  b.seconds = 1e-3;
-  return {a, b};
+  return {{.phase = "pretrain",
+           .epoch = 1,
+           .loss = 0.6931471805599453,
+           .train_accuracy = 0.5,
+           .test_accuracy = 0.6,
+           .average_bits = 32,
+           .size_bytes = 1234,
+           .compression = 1,
+           .seconds = 0.25},
+          {.phase = "search",
+           .epoch = 1,
+           .loss = std::nan(""),
+           .train_accuracy = 0.1,
+           .test_accuracy = 0.6,
+           .average_bits = 4.375,
+           .size_bytes = 98.5,
+           .compression = 1234.0 / 98.5,
+           .seconds = 1e-3}};
 }
 
 } // namespace
