@@ -70,11 +70,11 @@ inline constexpr char checkpoint_magic[8] = {'B', 'G', 'C', 'K', 'P', 'T', '\r',
 inline constexpr std::uint32_t checkpoint_version = 2;
 /// Offset of the metadata in the file (named by metadata errors).
 inline constexpr std::uint64_t checkpoint_metadata_offset = 16;
-/// Longest metadata key or value, history phase name and entry count the reader accepts.
-inline constexpr std::uint64_t max_meta_text = std::uint64_t{1} << 20;
-inline constexpr std::uint64_t max_meta_name = 4096;
-inline constexpr std::uint32_t max_meta_entries = 1u << 16;
-inline constexpr std::uint32_t max_history = 1u << 20;
+// What the reader accepts (a corrupt length fails here instead of allocating):
+inline constexpr std::uint64_t max_meta_text = std::uint64_t{1} << 20; ///< a metadata value
+inline constexpr std::uint64_t max_meta_name = 4096;        ///< a key, a name, a history phase
+inline constexpr std::uint32_t max_meta_entries = 1u << 16; ///< metadata entries
+inline constexpr std::uint32_t max_history = 1u << 20;      ///< history records
 
 /// `text` as a whole unsigned decimal integer, or nullopt.
 inline std::optional<std::uint64_t> parse_unsigned(std::string_view text) {
