@@ -304,10 +304,13 @@ std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::
     if (b < 1 || b > 16) r.fail("frozen bitwidth " + std::to_string(b) + " outside [1, 16]");
     bits.push_back(b);
   }
-  return [&q, bits = std::move(bits)] {
-    if constexpr (!Q::is_identity)
+  if constexpr (Q::is_identity) {
+    return [] {}; // nothing to apply (0 groups checked above)
+  } else {
+    return [&q, bits = std::move(bits)] {
       if (!bits.empty()) q.freeze_to(bits); // group count checked above
-  };
+    };
+  }
 }
 
 /// Reads the parameters and the quantizers' states for net and checks them against it (names,
