@@ -10,7 +10,7 @@ packages=(
   build-essential g++ cmake make pkg-config
   clang-14 libclang-rt-14-dev clang-format
   libxtensor-dev libxsimd-dev xtl-dev
-  doctest-dev zlib1g-dev libbenchmark-dev libcli11-dev
+  doctest-dev zlib1g-dev nlohmann-json3-dev libbenchmark-dev libcli11-dev
   libopenblas-dev
   dataset-fashion-mnist
   python3-onnx

@@ -46,6 +46,7 @@ class BitgradConan(ConanFile):
         self.requires("xsimd/[>=8.1 <14]")
         self.requires("xtl/0.7.5")
         self.requires("zlib/[>=1.2.11 <2]")
+        self.requires("nlohmann_json/[>=3.9 <4]")
 
     def validate(self):
         check_min_cppstd(self, 20)
@@ -63,4 +64,7 @@ class BitgradConan(ConanFile):
         self.cpp_info.set_property("cmake_file_name", "bitgrad")
         self.cpp_info.set_property("cmake_target_name", "bitgrad::bitgrad")
         self.cpp_info.set_property("pkg_config_name", "bitgrad")
-        self.cpp_info.requires = ["xtensor::xtensor", "xsimd::xsimd", "xtl::xtl", "zlib::zlib"]
+        self.cpp_info.requires = [
+            "xtensor::xtensor", "xsimd::xsimd", "xtl::xtl", "zlib::zlib",
+            "nlohmann_json::nlohmann_json",
+        ]

@@ -1,6 +1,7 @@
 // libFuzzer target: the checkpoint reader (train::parse_checkpoint, behind load_checkpoint)
-// and what a resuming trainer does with the rest (parse_loader_state, loader::restore,
-// adam::load), on a small network (checkpoint_net.hpp).
+// and what a resuming trainer does with the rest (loader::restore of the loader state,
+// adam::load of the optimizer state), on a small network (checkpoint_net.hpp). Seeds of both
+// checkpoint versions (1 and 2) are in corpus/checkpoint/.
 //
 // Each input is tried twice: as it is, and with its last 4 bytes replaced by the right CRC-32
 // of the rest, so that mutations get past the checksum and reach the structure behind it.
@@ -10,6 +11,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/data/loader.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/train/checkpoint.hpp>
 
@@ -18,7 +20,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <span>
-#include <sstream>
 #include <vector>
 
 namespace {
@@ -50,13 +51,13 @@ void load(std::span<const std::uint8_t> bytes) {
   if (y.shape()[0] != 1 || y.shape()[1] != 2) std::abort();
   try {
     bitgrad::loader<float> batches(bitgrad_fuzz::checkpoint_data_set(), {.batch_size = 2});
-    batches.restore(bitgrad::parse_loader_state(data.loader_state));
+    batches.restore(data.saved_loader());
   } catch (const bitgrad::format_error&) {
   } catch (const bitgrad::config_error&) {
   }
   try {
     bitgrad::optim::adam<float> adam({.lr = 1e-3});
-    std::istringstream state(data.optimizer_state);
+    bitgrad::io::byte_reader state = data.optimizer_reader();
     adam.load(state);
   } catch (const bitgrad::format_error&) {
   } catch (const bitgrad::config_error&) {
@@ -69,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   load(std::span<const std::uint8_t>(data, size));
   if (size >= 4) {
     std::vector<std::uint8_t> fixed(data, data + size);
-    const std::uint32_t crc = bitgrad::train::detail::crc32_of(fixed.data(), size - 4);
+    const std::uint32_t crc = bitgrad::io::crc32(fixed.data(), size - 4);
     std::memcpy(fixed.data() + size - 4, &crc, 4);
     if (std::memcmp(fixed.data() + size - 4, data + size - 4, 4) != 0) load(fixed);
   }

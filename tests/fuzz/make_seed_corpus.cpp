@@ -8,10 +8,13 @@
 //   cmake --preset release && cmake --build --preset release --target make_seed_corpus
 //   build/release/tests/make_seed_corpus tests/fuzz/corpus tests/data/fashion-sample
 // tests/unit/test_fuzz_corpus.cpp checks that the committed files still mean what their names
-// say ("valid-*" parse, everything else is rejected).
+// say ("valid-*" parse, everything else is rejected). corpus/checkpoint/valid-v1-*.ckpt are
+// version 1 checkpoints this generator wrote at commit fdc34a8 (keep them: the reader still
+// reads version 1).
 #include "checkpoint_net.hpp"
 
 #include <bitgrad/data/loader.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/train/checkpoint.hpp>
@@ -157,10 +160,11 @@ void write_checkpoints(const fs::path& dir) {
   train::checkpoint_data data;
   data.meta["phase"] = "search";
   data.meta["epoch"] = "1";
-  std::ostringstream state;
+  data.history.push_back({.phase = "pretrain", .epoch = 1, .loss = 0.5, .train_accuracy = 0.75});
+  io::byte_writer state;
   adam.save(state);
-  data.optimizer_state = state.str();
-  data.loader_state = to_string(batches.state());
+  data.optimizer_state = state.take();
+  data.loader = batches.state();
   train::save_checkpoint(tmp, net, data);
   const bytes searching = read_all(tmp);
   write(dir / "valid-search.ckpt", searching);
@@ -178,10 +182,10 @@ void write_checkpoints(const fs::path& dir) {
   flipped[flipped.size() / 2] ^= 0x20;
   write(dir / "bad-crc.ckpt", flipped);
   bytes version = frozen;
-  version[8] = 2; // version 2, with a CRC that matches it
-  const std::uint32_t crc = train::detail::crc32_of(version.data(), version.size() - 4);
+  version[8] = 3; // version 3, with a CRC that matches it
+  const std::uint32_t crc = io::crc32(version.data(), version.size() - 4);
   std::memcpy(version.data() + version.size() - 4, &crc, 4);
-  write(dir / "version-2.ckpt", version);
+  write(dir / "version-3.ckpt", version);
 }
 
 } // namespace

@@ -1,6 +1,7 @@
 // The loader: seeded shuffling, epochs, drop_last, state save/restore, normalisation,
 // crop/flip augmentation and reuse of the caller's batch storage.
 #include <bitgrad/data/loader.hpp>
+#include <bitgrad/io/bytes.hpp>
 
 #include <doctest/doctest.h>
 
@@ -10,6 +11,7 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 using bitgrad::loader;
@@ -163,6 +165,84 @@ TEST_CASE("state save and restore reproduce the remaining batches") {
                   bitgrad::format_error);
   CHECK_THROWS_AS((void)bitgrad::parse_loader_state("bitgrad-loader-state 1\nx 1 2\na\nb\n"),
                   bitgrad::format_error);
+}
+
+TEST_CASE("the loader state's binary form round-trips and restores the same batches") {
+  bitgrad::dataset data = numbered(37, 2, 4, 4);
+  const loader_options options{.batch_size = 5, .seed = 7, .crop_padding = 1};
+  loader<float> a(data, options);
+  (void)record(a, 11); // into the second epoch
+  const bitgrad::loader_state saved = a.state();
+  bitgrad::io::byte_writer w;
+  saved.save(w);
+  // u32 version, three u64 counters, two strings (u64 length + text)
+  CHECK(w.size() == 4 + 3 * 8 + 8 + saved.epoch_rng.size() + 8 + saved.rng.size());
+  bitgrad::loader_state back;
+  bitgrad::io::byte_reader r(w.bytes(), "checkpoint.bin", 100);
+  back.load(r);
+  CHECK(r.at_end());
+  CHECK(back == saved);
+  const auto expected = record(a, 20);
+  loader<float> b(data, options);
+  b.restore(back);
+  CHECK(record(b, 20) == expected);
+
+  // Malformed binary states: format_error at the field's offset, the state unchanged.
+  auto load_error = [&](const std::string& bytes) -> std::pair<std::string, std::uint64_t> {
+    bitgrad::loader_state s = saved;
+    bitgrad::io::byte_reader in(bytes, "checkpoint.bin", 100);
+    try {
+      s.load(in);
+    } catch (const bitgrad::format_error& e) {
+      CHECK(s == saved);
+      return {e.what(), e.offset()};
+    }
+    return {"no error", 0};
+  };
+  const std::string good = w.bytes();
+  std::string version = good;
+  version[0] = 2;
+  CHECK(load_error(version).first.find("unknown loader state version 2") != std::string::npos);
+  CHECK(load_error(version).second == 100);
+  std::string position = good;
+  position[4 + 8 + 7] = 0x7F; // position 2^63 and more, past the dataset
+  CHECK(load_error(position).first.find("past the dataset size 37") != std::string::npos);
+  std::string sign = good;
+  sign[4 + 3 * 8 + 8] = '-'; // the first generator text starts with '-'
+  const auto [message, offset] = load_error(sign);
+  CHECK(message.find("not a list of unsigned numbers") != std::string::npos);
+  CHECK(offset == 100 + 4 + 3 * 8);
+  CHECK(load_error(good.substr(0, good.size() - 1)).first.find("truncated") != std::string::npos);
+}
+
+TEST_CASE("the loader state's text form is parsed strictly") {
+  bitgrad::dataset data = numbered(9, 1, 2, 2);
+  loader<float> a(data, {.batch_size = 2, .seed = 5});
+  const std::string rng = a.state().rng;
+  auto text = [&](const std::string& counters, const std::string& r1, const std::string& r2) {
+    return "bitgrad-loader-state 1\n" + counters + "\n" + r1 + "\n" + r2 + "\n";
+  };
+  const bitgrad::loader_state ok = bitgrad::parse_loader_state(text("2 4 9", rng, rng));
+  CHECK(ok.epoch == 2);
+  CHECK(ok.position == 4);
+  CHECK(ok.dataset_size == 9);
+  CHECK(ok.rng == rng);
+  // istream >> read "-1" as 2^64 - 1 and accepted "+1", tabs and doubled spaces.
+  for (const std::string counters :
+       {"-1 0 9", "1 -1 9", "+1 0 9", "1  0 9", " 1 0 9", "1 0 9 ", "1\t0 9", "1 0", "1 0 9 4",
+        "1 0 99999999999999999999", "1 0 0x9"}) {
+    CAPTURE(counters);
+    CHECK_THROWS_WITH_AS((void)bitgrad::parse_loader_state(text(counters, rng, rng)),
+                         doctest::Contains("<epoch> <position> <dataset_size>"),
+                         bitgrad::format_error);
+  }
+  const std::string negative = "-" + rng;
+  CHECK_THROWS_WITH_AS((void)bitgrad::parse_loader_state(text("1 0 9", rng, negative)),
+                       doctest::Contains("line 4"), bitgrad::format_error);
+  // restore() refuses a signed generator text as well (operator>> would wrap it).
+  bitgrad::loader_state s = a.state();
+  s.rng = negative;
+  CHECK_THROWS_AS(a.restore(s), bitgrad::config_error);
 }
 
 TEST_CASE_TEMPLATE("normalisation: (pixel / 255 - mean[c]) / stddev[c]", T, float, double) {

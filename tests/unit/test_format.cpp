@@ -108,11 +108,11 @@ void reseal(std::vector<std::uint8_t>& b) {
     std::uint32_t off, size;
     std::memcpy(&off, e + 8, 4);
     std::memcpy(&size, e + 12, 4);
-    const std::uint32_t crc = format::detail::crc32_of(b.data() + off, size);
+    const std::uint32_t crc = io::crc32(b.data() + off, size);
     std::memcpy(e + 4, &crc, 4);
   }
-  std::uint32_t crc = format::detail::crc32_of(b.data(), 24);
-  crc = format::detail::crc32_of(b.data() + 32, 16 * std::size_t(sections), crc);
+  std::uint32_t crc = io::crc32(b.data(), 24);
+  crc = io::crc32(b.data() + 32, 16 * std::size_t(sections), crc);
   std::memcpy(b.data() + 24, &crc, 4);
 }
 
@@ -547,8 +547,8 @@ TEST_CASE("npz export: a stored ZIP of .npy arrays") {
     const std::uint32_t size = u32(at + 18), name_len = u16(at + 26);
     const std::string name = zip.substr(at + 30, name_len);
     const std::string data = zip.substr(at + 30 + name_len, size);
-    CHECK(u32(at + 14) == format::detail::crc32_of(
-                              reinterpret_cast<const std::uint8_t*>(data.data()), data.size()));
+    CHECK(u32(at + 14) ==
+          io::crc32(reinterpret_cast<const std::uint8_t*>(data.data()), data.size()));
     if (name == "conv1.weight.npy") conv_weight = data;
     names.push_back(name);
     at += 30 + name_len + size;

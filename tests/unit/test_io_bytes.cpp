@@ -290,3 +290,24 @@ TEST_CASE("crc32 is zlib's CRC-32: check value, empty input, continuation") {
   const std::string fox = "The quick brown fox jumps over the lazy dog";
   CHECK(bitgrad::io::crc32(fox.data(), fox.size()) == 0x414FA339u);
 }
+
+TEST_CASE("seek moves to an absolute offset inside the reader's bytes and no further") {
+  byte_writer w;
+  w.put<std::uint16_t>(0x1111);
+  w.put<std::uint32_t>(0x22222222u);
+  const auto bytes = as_vector(w);
+  byte_reader r(bytes, "archive.npz", 1000);
+  r.seek(1002, "entry");
+  CHECK(r.get<std::uint32_t>("entry") == 0x22222222u);
+  r.seek(1000, "entry");
+  CHECK(r.get<std::uint16_t>("entry") == 0x1111);
+  r.seek(1006, "end"); // the end itself is a position
+  CHECK(r.at_end());
+  auto [what, offset] = error_of([&] { r.seek(1007, "central directory"); });
+  CHECK(offset == 1007);
+  CHECK(what.find("central directory") != std::string::npos);
+  std::tie(what, offset) = error_of([&] { r.seek(999, "local header"); });
+  CHECK(offset == 999);
+  CHECK(what.find("local header") != std::string::npos);
+  CHECK(r.offset() == 1006); // a failed seek does not move
+}

@@ -25,6 +25,7 @@ using bitgrad::format_error;
 using bitgrad::param_kind;
 using bitgrad::param_ref;
 namespace optim = bitgrad::optim;
+namespace io = bitgrad::io;
 
 namespace {
 
@@ -408,12 +409,14 @@ TEST_CASE_TEMPLATE("state save/load round trip continues identically", T, float,
     a.step(ps.source());
   }
   a.set_lr(0.04);
-  std::stringstream buf;
+  io::byte_writer buf;
   a.save(buf);
 
   optim::adamw<T> b({.lr = 0.05});
   b.set_group(param_kind::bitwidth, {.lr = 0.02});
-  b.load(buf);
+  io::byte_reader in(buf.bytes(), "adamw state");
+  b.load(in);
+  CHECK(in.at_end());
   CHECK(b.lr() == 0.04);
   toy_params<T> copy = ps;
   for (int i = 0; i < 3; ++i) {
@@ -430,10 +433,11 @@ TEST_CASE_TEMPLATE("state save/load round trip continues identically", T, float,
   toy_params<T> q = ps;
   set_grads(q);
   s1.step(q.source());
-  std::stringstream sbuf;
+  io::byte_writer sbuf;
   s1.save(sbuf);
   optim::sgd<T> s2({.lr = 0.1, .momentum = 0.9});
-  s2.load(sbuf);
+  io::byte_reader sin(sbuf.bytes(), "sgd state");
+  s2.load(sin);
   toy_params<T> q2 = q;
   s1.step(q.source());
   s2.step(q2.source());
@@ -445,10 +449,11 @@ TEST_CASE("a loaded state from another architecture fails at the next step") {
   ps.add("conv1.weight", {1, 2, 3, 4}, {1, 1, 1, 1});
   optim::adam<float> a;
   a.step(ps.source());
-  std::stringstream buf;
+  io::byte_writer buf;
   a.save(buf);
   optim::adam<float> b;
-  b.load(buf);
+  io::byte_reader in(buf.bytes(), "adam state");
+  b.load(in);
   toy_params<float> other;
   other.add("conv1.weight", {1, 2}, {1, 1});
   CHECK_THROWS_WITH_AS(b.step(other.source()), doctest::Contains("conv1.weight"), config_error);
@@ -459,16 +464,16 @@ TEST_CASE("the state reader rejects what it does not understand") {
   ps.add("w", {1, 2}, {1, 1});
   optim::adam<float> a;
   a.step(ps.source());
-  std::stringstream buf;
+  io::byte_writer buf;
   a.save(buf);
-  const std::string good = buf.str();
+  const std::string good = buf.take();
   // magic 8 + version 4 + tag 8 + elem 1 + lr 8 + count 8 + (4 + 1 + 8 + 8 + 4 + 2*2*4)
   CHECK(good.size() == 37 + 25 + 16);
 
   auto load_adam = [](const std::string& bytes) {
-    std::istringstream in(bytes);
+    io::byte_reader in(bytes, "ckpt.bin");
     optim::adam<float> o;
-    o.load(in, "ckpt.bin");
+    o.load(in);
   };
   CHECK_NOTHROW(load_adam(good));
 
@@ -482,18 +487,36 @@ TEST_CASE("the state reader rejects what it does not understand") {
   CHECK_THROWS_WITH_AS(load_adam(good.substr(0, good.size() - 3)), doctest::Contains("ckpt.bin"),
                        format_error);
 
-  std::istringstream as_sgd(good);
+  io::byte_reader as_sgd(good, "ckpt.bin");
   optim::sgd<float> s({.momentum = 0.9});
   CHECK_THROWS_WITH_AS(s.load(as_sgd), doctest::Contains("'adam'"), format_error);
 
-  std::istringstream as_double(good);
+  io::byte_reader as_double(good, "ckpt.bin");
   optim::adam<double> d;
   CHECK_THROWS_AS(d.load(as_double), format_error);
+
+  // A corrupt parameter size (2^61 values) fails at the buffers, naming the offset of the
+  // state inside its file, before anything that size is allocated.
+  std::string huge = good;
+  const std::size_t size_at = 37 + 4 + 1; // the first slot's size field
+  huge[size_at + 7] = 0x20;
+  {
+    io::byte_reader in(huge, "ckpt.bin", 1000);
+    optim::adam<float> o;
+    try {
+      o.load(in);
+      FAIL("a corrupt size loaded");
+    } catch (const format_error& e) {
+      CHECK(std::string(e.what()).find("buffers") != std::string::npos);
+      CHECK(e.offset() == 1000 + size_at + 8 + 8 + 4);
+    }
+  }
 
   // A failed load leaves the optimizer as it was.
   optim::adam<float> keep;
   keep.step(ps.source());
-  std::istringstream truncated(good.substr(0, 50));
+  const std::string cut = good.substr(0, 50);
+  io::byte_reader truncated(cut, "ckpt.bin");
   CHECK_THROWS_AS(keep.load(truncated), format_error);
   CHECK(keep.state().size() == 1);
   CHECK(keep.state()[0].steps == 1);

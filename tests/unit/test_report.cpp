@@ -1,5 +1,5 @@
-// Training records as text: the JSON writer and run summary, the CSV epoch log, the SVG charts,
-// the HTML report and the progress lines. Output is parsed back (a small JSON parser, a CSV
+// Training records as text: the run summary's JSON, the CSV epoch log, the SVG charts,
+// the HTML report and the progress lines. Output is parsed back (nlohmann/json, a CSV
 // splitter, an XML tag-stack checker) and compared with exact values.
 #include <bitgrad/train/csv.hpp>
 #include <bitgrad/train/json.hpp>
@@ -26,167 +26,6 @@
 namespace {
 
 const double nan_value = std::numeric_limits<double>::quiet_NaN();
-
-// ---- a small strict JSON parser (enough to read back what json_writer writes) ----------
-struct json_value {
-  enum kind_t { null_k, bool_k, number_k, string_k, array_k, object_k } kind = null_k;
-  bool b = false;
-  double number = 0;
-  std::string text;
-  std::vector<json_value> items;
-  // An object's keys and values side by side (a pair of an incomplete type is not allowed).
-  std::vector<std::string> keys;
-  std::vector<json_value> values;
-
-  const json_value& operator[](const std::string& key) const {
-    for (std::size_t k = 0; k < keys.size(); ++k)
-      if (keys[k] == key) return values[k];
-    throw std::runtime_error("no key " + key);
-  }
-  bool has(const std::string& key) const {
-    for (const auto& k : keys)
-      if (k == key) return true;
-    return false;
-  }
-};
-
-struct json_parser {
-  const std::string& s;
-  std::size_t i = 0;
-
-  void fail(const char* what) {
-    throw std::runtime_error(std::string("json: ") + what + " at " + std::to_string(i));
-  }
-  void ws() {
-    while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
-  }
-  void expect(char c) {
-    ws();
-    if (i >= s.size() || s[i] != c) fail("unexpected character");
-    ++i;
-  }
-  bool literal(const char* word) {
-    std::string w = word;
-    if (s.compare(i, w.size(), w) != 0) return false;
-    i += w.size();
-    return true;
-  }
-  std::string string() {
-    expect('"');
-    std::string out;
-    while (true) {
-      if (i >= s.size()) fail("unterminated string");
-      char c = s[i++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in string");
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      char e = s[i++];
-      switch (e) {
-      case '"':
-        out += '"';
-        break;
-      case '\\':
-        out += '\\';
-        break;
-      case '/':
-        out += '/';
-        break;
-      case 'n':
-        out += '\n';
-        break;
-      case 'r':
-        out += '\r';
-        break;
-      case 't':
-        out += '\t';
-        break;
-      case 'b':
-        out += '\b';
-        break;
-      case 'f':
-        out += '\f';
-        break;
-      case 'u': {
-        unsigned code = std::stoul(s.substr(i, 4), nullptr, 16);
-        i += 4;
-        if (code >= 0x80) fail("non-ASCII \\u escape not supported by this test parser");
-        out += static_cast<char>(code);
-        break;
-      }
-      default:
-        fail("bad escape");
-      }
-    }
-  }
-  json_value value() {
-    ws();
-    json_value v;
-    if (i >= s.size()) fail("end of input");
-    char c = s[i];
-    if (c == '{') {
-      v.kind = json_value::object_k;
-      ++i;
-      ws();
-      if (s[i] == '}') return ++i, v;
-      while (true) {
-        std::string k = string();
-        expect(':');
-        v.keys.push_back(k);
-        v.values.push_back(value());
-        ws();
-        if (s[i] == ',') {
-          ++i;
-          continue;
-        }
-        expect('}');
-        return v;
-      }
-    }
-    if (c == '[') {
-      v.kind = json_value::array_k;
-      ++i;
-      ws();
-      if (s[i] == ']') return ++i, v;
-      while (true) {
-        v.items.push_back(value());
-        ws();
-        if (s[i] == ',') {
-          ++i;
-          continue;
-        }
-        expect(']');
-        return v;
-      }
-    }
-    if (c == '"') {
-      v.kind = json_value::string_k;
-      v.text = string();
-      return v;
-    }
-    if (literal("null")) return v;
-    if (literal("true")) return v.kind = json_value::bool_k, v.b = true, v;
-    if (literal("false")) return v.kind = json_value::bool_k, v;
-    std::size_t end = i;
-    while (end < s.size() && std::string_view("+-0123456789.eE").find(s[end]) != std::string::npos)
-      ++end;
-    if (end == i) fail("unexpected character");
-    v.kind = json_value::number_k;
-    v.number = std::stod(s.substr(i, end - i));
-    i = end;
-    return v;
-  }
-};
-
-json_value parse_json(const std::string& text) {
-  json_parser p{text};
-  json_value v = p.value();
-  p.ws();
-  if (p.i != text.size()) throw std::runtime_error("json: trailing characters");
-  return v;
-}
 
 // ---- an XML well-formedness check: balanced tags, properly quoted attributes ------------
 // Returns "" when well formed, else a description of the first problem.
@@ -327,125 +166,116 @@ std::vector<std::string> split_lines(const std::string& text) {
 
 // ---- JSON --------------------------------------------------------------------------------
 
-TEST_CASE("json_quote escapes quotes, backslashes and control characters") {
-  CHECK(bitgrad::json_quote("plain") == "\"plain\"");
-  CHECK(bitgrad::json_quote("a\"b\\c") == "\"a\\\"b\\\\c\"");
-  CHECK(bitgrad::json_quote("l1\nl2\r\t\b\f") == "\"l1\\nl2\\r\\t\\b\\f\"");
-  CHECK(bitgrad::json_quote(std::string("\x01\x1f", 2)) == "\"\\u0001\\u001f\"");
-  CHECK(bitgrad::json_quote(std::string("nul\0x", 5)) == "\"nul\\u0000x\"");
-  CHECK(bitgrad::json_quote("caf\xc3\xa9") == "\"caf\xc3\xa9\""); // UTF-8 passes through
-  CHECK(bitgrad::json_quote("</script>") == "\"</script>\"");
-}
-
-TEST_CASE("json_number writes shortest round-trip text and null for non-finite values") {
-  CHECK(bitgrad::json_number(3) == "3");
-  CHECK(bitgrad::json_number(0.1) == "0.1");
-  CHECK(bitgrad::json_number(-2.5) == "-2.5");
-  CHECK(bitgrad::json_number(1e-7) == "1e-07");
-  CHECK(bitgrad::json_number(nan_value) == "null");
-  CHECK(bitgrad::json_number(std::numeric_limits<double>::infinity()) == "null");
-  CHECK(bitgrad::json_number(-std::numeric_limits<double>::infinity()) == "null");
+TEST_CASE("json_number: integers as integers, shortest round-trip reals, null when not finite") {
+  CHECK(bitgrad::json_number(3).dump() == "3");
+  CHECK(bitgrad::json_number(12345).dump() == "12345");
+  CHECK(bitgrad::json_number(0.1).dump() == "0.1");
+  CHECK(bitgrad::json_number(-2.5).dump() == "-2.5");
+  CHECK(bitgrad::json_number(1e-7).dump() == "1e-07");
+  CHECK(bitgrad::json_number(1e300).dump() == "1e+300"); // above 2^53: stays a double
+  CHECK(bitgrad::json_number(nan_value).dump() == "null");
+  CHECK(bitgrad::json_number(std::numeric_limits<double>::infinity()).dump() == "null");
+  CHECK(bitgrad::json_number(-std::numeric_limits<double>::infinity()).dump() == "null");
   double third = 1.0 / 3.0;
-  CHECK(std::stod(bitgrad::json_number(third)) == third);
+  CHECK(std::stod(bitgrad::json_number(third).dump()) == third);
 }
 
-TEST_CASE("json_writer indents nested containers and keeps compact arrays on one line") {
-  bitgrad::json_writer w;
-  w.begin_object();
-  w.key("a").value(1);
-  w.key("b").begin_array(true).value(2.5).value(nan_value).end_array();
-  w.key("c").begin_object().end_object();
-  w.key("d").begin_array().value("x").value(true).null().end_array();
-  w.end_object();
-  CHECK(w.str() == "{\n"
-                   "  \"a\": 1,\n"
-                   "  \"b\": [2.5, null],\n"
-                   "  \"c\": {},\n"
-                   "  \"d\": [\n"
-                   "    \"x\",\n"
-                   "    true,\n"
-                   "    null\n"
-                   "  ]\n"
-                   "}");
-
-  bitgrad::json_writer flat(0);
-  flat.begin_array().value(std::size_t(7)).begin_object().key("k").value("v").end_object();
-  flat.end_array();
-  CHECK(flat.str() == "[7,{\"k\":\"v\"}]");
+TEST_CASE("json_text indents containers and keeps arrays of numbers on one line") {
+  bitgrad::json v = bitgrad::json::object();
+  v["a"] = 1;
+  v["b"] = {2.5, nullptr};
+  v["c"] = bitgrad::json::object();
+  v["d"] = {"x", true, nullptr};
+  v["e"] = bitgrad::json::array();
+  CHECK(bitgrad::json_text(v) == "{\n"
+                                 "  \"a\": 1,\n"
+                                 "  \"b\": [2.5, null],\n"
+                                 "  \"c\": {},\n"
+                                 "  \"d\": [\n"
+                                 "    \"x\",\n"
+                                 "    true,\n"
+                                 "    null\n"
+                                 "  ],\n"
+                                 "  \"e\": []\n"
+                                 "}");
+  CHECK(bitgrad::json_text(bitgrad::json(7)) == "7");
 }
 
-TEST_CASE("json_writer rejects misuse") {
-  bitgrad::json_writer w;
-  CHECK_THROWS_AS(w.key("top"), std::logic_error);
-  w.begin_object();
-  CHECK_THROWS_AS(w.value(1), std::logic_error); // no key
-  CHECK_THROWS_AS(w.end_array(), std::logic_error);
-  CHECK_THROWS_AS(w.str(), std::logic_error); // unfinished
-  w.key("k");
-  CHECK_THROWS_AS(w.key("again"), std::logic_error);
-  CHECK_THROWS_AS(w.end_object(), std::logic_error); // key without value
-  w.value(1).end_object();
-  CHECK(w.str() == "{\n  \"k\": 1\n}");
-  CHECK_THROWS_AS(w.value(2), std::logic_error); // second top-level value
+TEST_CASE("summary strings are escaped as RFC 8259 requires and read back unchanged") {
+  bitgrad::run_summary run = sample_summary();
+  static constexpr char raw[] = "a\"b\\c l1\nl2\r\t\b\f \x01\x1f nul\0x caf\xc3\xa9 </script>";
+  const std::string odd(raw, sizeof raw - 1);
+  run.settings = {{odd, odd}};
+  run.layers[0].name = odd;
+  const std::string text = bitgrad::to_json(run);
+  CHECK(text.find("a\\\"b\\\\c l1\\nl2\\r\\t\\b\\f \\u0001\\u001f nul\\u0000x caf\xc3\xa9 "
+                  "</script>") != std::string::npos);
+  const auto doc = bitgrad::json::parse(text);
+  CHECK(doc["settings"][odd] == odd);
+  CHECK(doc["layers"][0]["name"] == odd);
+  // Bytes that are not UTF-8 become U+FFFD instead of making the file unreadable.
+  run.layers[0].name = "bad\xff";
+  CHECK(bitgrad::json::parse(bitgrad::to_json(run))["layers"][0]["name"] == "bad\xef\xbf\xbd");
 }
 
 TEST_CASE("to_json(run_summary) reads back with every value") {
   bitgrad::run_summary run = sample_summary();
   run.layers[1].rank_correlation = nan_value;
   std::string text = bitgrad::to_json(run);
-  json_value doc = parse_json(text);
-  REQUIRE(doc.kind == json_value::object_k);
-  CHECK(doc["model"].text == "lenet5");
-  CHECK(doc["policy"].text == "frac_bits");
-  CHECK(doc["fp32_accuracy"].number == 0.9912);
-  CHECK(doc["quant_accuracy"].number == 0.9875);
-  CHECK(doc["average_bits"].number == 3.125);
-  CHECK(doc["size_bytes"].number == 12345);
-  CHECK(doc["compression"].number == 10.25);
-  CHECK(doc["seconds"].number == 61.5);
-  const json_value& settings = doc["settings"];
-  REQUIRE(settings.keys.size() == 3);
-  CHECK(settings.keys[0] == "epochs");
-  CHECK(settings["lr"].text == "0.001");
-  CHECK(settings["note"].text == "say \"hi\" & go");
-  const json_value& layers = doc["layers"];
-  REQUIRE(layers.items.size() == 2);
-  const json_value& conv = layers.items[0];
-  CHECK(conv["name"].text == "conv1");
-  CHECK(conv["policy"].text == "frac_bits");
-  CHECK(conv["params"].number == 150);
-  CHECK(conv["groups"].number == 3);
-  CHECK(conv["bits_min"].number == 2);
-  CHECK(conv["bits_mean"].number == 3.5);
-  CHECK(conv["bits_max"].number == 4.75);
-  CHECK(conv["bytes"].number == 66);
-  REQUIRE(conv["group_bits"].items.size() == 3);
-  CHECK(conv["group_bits"].items[1].number == 3.75);
-  CHECK(conv["group_sensitivity"].items[2].number == 0.9);
-  CHECK(conv["bits_spread"].number == 2.75);
-  CHECK(conv["rank_correlation"].number == 1);
-  const json_value& fc = layers.items[1];
-  CHECK(fc["name"].text == "fc<out>");
-  CHECK(fc["rank_correlation"].kind == json_value::null_k);
-  CHECK(fc["bits_spread"].kind == json_value::null_k);
-  CHECK(fc["group_sensitivity"].items.empty());
+  const bitgrad::json doc = bitgrad::json::parse(text);
+  REQUIRE(doc.is_object());
+  CHECK(doc["model"] == "lenet5");
+  CHECK(doc["policy"] == "frac_bits");
+  CHECK(doc["fp32_accuracy"] == 0.9912);
+  CHECK(doc["quant_accuracy"] == 0.9875);
+  CHECK(doc["average_bits"] == 3.125);
+  CHECK(doc["size_bytes"] == 12345);
+  CHECK(doc["compression"] == 10.25);
+  CHECK(doc["seconds"] == 61.5);
+  const bitgrad::json& settings = doc["settings"];
+  REQUIRE(settings.size() == 3);
+  CHECK(settings.begin().key() == "epochs");
+  CHECK(settings["lr"] == "0.001");
+  CHECK(settings["note"] == "say \"hi\" & go");
+  const bitgrad::json& layers = doc["layers"];
+  REQUIRE(layers.size() == 2);
+  const bitgrad::json& conv = layers[0];
+  CHECK(conv["name"] == "conv1");
+  CHECK(conv["policy"] == "frac_bits");
+  CHECK(conv["params"] == 150);
+  CHECK(conv["groups"] == 3);
+  CHECK(conv["bits_min"] == 2);
+  CHECK(conv["bits_mean"] == 3.5);
+  CHECK(conv["bits_max"] == 4.75);
+  CHECK(conv["bytes"] == 66);
+  REQUIRE(conv["group_bits"].size() == 3);
+  CHECK(conv["group_bits"][1] == 3.75);
+  CHECK(conv["group_sensitivity"][2] == 0.9);
+  CHECK(conv["bits_spread"] == 2.75);
+  CHECK(conv["rank_correlation"] == 1);
+  const bitgrad::json& fc = layers[1];
+  CHECK(fc["name"] == "fc<out>");
+  CHECK(fc["rank_correlation"].is_null());
+  CHECK(fc["bits_spread"].is_null());
+  CHECK(fc["group_sensitivity"].empty());
   CHECK(text.find("\"group_bits\": [2, 3.75, 4.75]") != std::string::npos);
+  CHECK(text.find("\"size_bytes\": 12345,") != std::string::npos); // not 12345.0
   CHECK(text.find("NaN") == std::string::npos);
   CHECK(text.find("nan") == std::string::npos);
 }
 
 TEST_CASE("to_json(run, epochs) adds the epoch log with nulls for unmeasured values") {
   auto epochs = sample_epochs();
-  json_value doc = parse_json(bitgrad::to_json(sample_summary(), epochs));
-  const json_value& log = doc["epochs"];
-  REQUIRE(log.items.size() == epochs.size());
-  CHECK(log.items[0]["phase"].text == "pretrain");
-  CHECK(log.items[0]["test_accuracy"].kind == json_value::null_k);
-  CHECK(log.items[3]["phase"].text == "search");
-  CHECK(log.items[3]["epoch"].number == 2);
-  CHECK(log.items[3]["loss"].number == 0.25);
-  CHECK(log.items[4]["average_bits"].number == 5);
-  CHECK(doc.has("layers"));
+  const bitgrad::json doc = bitgrad::json::parse(bitgrad::to_json(sample_summary(), epochs));
+  const bitgrad::json& log = doc["epochs"];
+  REQUIRE(log.size() == epochs.size());
+  CHECK(log[0]["phase"] == "pretrain");
+  CHECK(log[0]["test_accuracy"].is_null());
+  CHECK(log[3]["phase"] == "search");
+  CHECK(log[3]["epoch"] == 2);
+  CHECK(log[3]["loss"] == 0.25);
+  CHECK(log[4]["average_bits"] == 5);
+  CHECK(doc.contains("layers"));
 }
 
 // ---- CSV ---------------------------------------------------------------------------------

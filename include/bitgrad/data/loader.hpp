@@ -51,9 +51,11 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/data/dataset.hpp>
+#include <bitgrad/io/bytes.hpp>
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -64,6 +66,8 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 namespace bitgrad {
@@ -96,7 +100,32 @@ constexpr shard_range shard_slice(std::size_t batch, std::size_t index, std::siz
   return {index * batch / count, (index + 1) * batch / count};
 }
 
-/// Where a loader is; see loader::state(). Text form: to_string / parse_loader_state.
+namespace detail {
+
+/// True when `text` can be a std::mt19937_64's text form: unsigned decimal numbers separated
+/// by single spaces (no sign, no other character). Checked before the text reaches
+/// operator>>, which would read "-1" as 2^64 - 1.
+inline bool is_engine_text(std::string_view text) {
+  if (text.empty() || text.front() == ' ' || text.back() == ' ') return false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == ' ' ? text[i - 1] == ' ' : (c < '0' || c > '9')) return false;
+  }
+  return true;
+}
+
+/// `text` as a whole unsigned decimal integer (no sign, nothing around it), or false.
+inline bool parse_count(std::string_view text, std::uint64_t& v) {
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  return !text.empty() && ec == std::errc{} && end == text.data() + text.size();
+}
+
+} // namespace detail
+
+/// Where a loader is; see loader::state(). Binary form (save / load, in checkpoints):
+///   u32 version (1), u64 epoch, u64 position, u64 dataset_size, string epoch_rng, string rng
+/// (io/bytes.hpp: little-endian, a string is a u64 length and the bytes). Text form (version 1
+/// checkpoints): to_string / parse_loader_state.
 struct loader_state {
   std::uint64_t epoch = 0;
   std::uint64_t position = 0;
@@ -105,6 +134,44 @@ struct loader_state {
   std::string rng;                ///< generator now
 
   bool operator==(const loader_state&) const = default;
+
+  static constexpr std::uint32_t version = 1;
+  /// Longest generator text load() accepts (std::mt19937_64's is about 6.6 KB).
+  static constexpr std::uint64_t max_engine_text = 1 << 16;
+
+  void save(io::byte_writer& w) const {
+    w.put(version);
+    w.put(epoch);
+    w.put(position);
+    w.put(dataset_size);
+    w.put_string(epoch_rng);
+    w.put_string(rng);
+  }
+
+  /// Reads what save() wrote: format_error (naming the reader's source, the offset and the
+  /// field) for an unknown version, a position past the dataset or a generator text that is
+  /// not unsigned numbers; *this is unchanged then.
+  void load(io::byte_reader& r) {
+    const std::uint64_t at = r.offset();
+    const auto v = r.get<std::uint32_t>("loader state version");
+    if (v != version)
+      r.fail_at(at, "unknown loader state version " + std::to_string(v) +
+                        " (this reader: " + std::to_string(version) + ")");
+    loader_state s;
+    s.epoch = r.get<std::uint64_t>("loader epoch");
+    s.position = r.get<std::uint64_t>("loader position");
+    s.dataset_size = r.get<std::uint64_t>("loader dataset size");
+    if (s.position > s.dataset_size)
+      r.fail("loader position " + std::to_string(s.position) + " is past the dataset size " +
+             std::to_string(s.dataset_size));
+    for (std::string* text : {&s.epoch_rng, &s.rng}) {
+      const std::uint64_t text_at = r.offset();
+      *text = r.get_string("loader generator state", max_engine_text);
+      if (!detail::is_engine_text(*text))
+        r.fail_at(text_at, "loader generator state is not a list of unsigned numbers");
+    }
+    *this = std::move(s);
+  }
 };
 
 /// "bitgrad-loader-state 1\n<epoch> <position> <dataset_size>\n<epoch_rng>\n<rng>\n"
@@ -114,21 +181,27 @@ inline std::string to_string(const loader_state& state) {
          state.epoch_rng + "\n" + state.rng + "\n";
 }
 
-/// Parses the text of to_string(loader_state). Throws format_error (file "loader state") if
-/// it is malformed.
-inline loader_state parse_loader_state(std::string_view text) {
+/// Parses the text of to_string(loader_state), strictly: the counters are unsigned decimal
+/// numbers separated by single spaces (no sign, no other character), the generators unsigned
+/// numbers. Throws format_error naming `source` and the offset (`base_offset` + the offset in
+/// the text) if it is malformed.
+inline loader_state parse_loader_state(std::string_view text,
+                                       const std::string& source = "loader state",
+                                       std::uint64_t base_offset = 0) {
   auto fail = [&](std::size_t offset, const std::string& reason) {
-    return format_error("loader state", offset, reason);
+    return format_error(source, base_offset + offset, reason);
   };
   const std::string_view magic = "bitgrad-loader-state 1\n";
   if (text.substr(0, magic.size()) != magic)
     throw fail(0, "expected the header \"bitgrad-loader-state 1\"");
   std::vector<std::string_view> lines;
+  std::vector<std::size_t> starts;
   std::size_t start = magic.size();
   while (start < text.size()) {
     std::size_t end = text.find('\n', start);
     if (end == std::string_view::npos) throw fail(start, "missing final newline");
     lines.push_back(text.substr(start, end - start));
+    starts.push_back(start);
     start = end + 1;
   }
   if (lines.size() != 3) {
@@ -136,11 +209,24 @@ inline loader_state parse_loader_state(std::string_view text) {
                "expected 3 lines after the header, found " + std::to_string(lines.size()));
   }
   loader_state state;
-  std::istringstream counters{std::string(lines[0])};
-  counters.imbue(std::locale::classic());
-  std::string rest;
-  if (!(counters >> state.epoch >> state.position >> state.dataset_size) || (counters >> rest))
-    throw fail(magic.size(), "expected \"<epoch> <position> <dataset_size>\"");
+  // The counters: exactly three fields separated by single spaces.
+  std::vector<std::string_view> fields;
+  for (std::size_t from = 0;;) {
+    const std::size_t space = lines[0].find(' ', from);
+    fields.push_back(lines[0].substr(from, space - from));
+    if (space == std::string_view::npos) break;
+    from = space + 1;
+  }
+  if (fields.size() != 3 || !detail::parse_count(fields[0], state.epoch) ||
+      !detail::parse_count(fields[1], state.position) ||
+      !detail::parse_count(fields[2], state.dataset_size))
+    throw fail(magic.size(), "expected \"<epoch> <position> <dataset_size>\" (unsigned decimal "
+                             "numbers), got '" +
+                                 std::string(lines[0].substr(0, 80)) + "'");
+  for (std::size_t i = 1; i < 3; ++i)
+    if (!detail::is_engine_text(lines[i]))
+      throw fail(starts[i], "line " + std::to_string(i + 2) +
+                                ": a generator state is unsigned numbers separated by spaces");
   state.epoch_rng = std::string(lines[1]);
   state.rng = std::string(lines[2]);
   return state;
@@ -370,7 +456,7 @@ private:
     in.imbue(std::locale::classic());
     std::mt19937_64 engine;
     std::string rest;
-    if (!(in >> engine) || (in >> rest))
+    if (!detail::is_engine_text(text) || !(in >> engine) || (in >> rest))
       throw config_error(std::string("loader::restore: malformed generator state ") + what);
     return engine;
   }

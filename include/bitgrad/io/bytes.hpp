@@ -219,6 +219,17 @@ public:
            std::to_string(value_bytes) + " bytes, " + std::to_string(remaining()) + " bytes left");
   }
 
+  /// Moves to the absolute offset `at` (for formats read out of order, such as ZIP's
+  /// directories); fails, naming the field, when `at` lies outside the reader's bytes.
+  void seek(std::uint64_t at, std::string_view field) {
+    if (at < base_ || at - base_ > bytes_.size())
+      throw format_error(source_, at,
+                         "truncated: " + std::string(field) + " at offset " + std::to_string(at) +
+                             " lies outside the " + std::to_string(bytes_.size()) +
+                             " bytes that start at offset " + std::to_string(base_));
+    at_ = static_cast<std::size_t>(at - base_);
+  }
+
   /// Absolute offset of the next byte.
   std::uint64_t offset() const { return base_ + at_; }
   /// Bytes not yet read.

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <bitgrad/core/error.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
 
 #include <algorithm>
@@ -77,33 +78,33 @@ struct npy_array {
 
 namespace detail {
 
+/// Random access to the archive's little-endian fields through io::byte_reader: a ZIP is read
+/// from its end (the directories) back to the members.
 class npz_bytes {
 public:
-  npz_bytes(const std::string& file, std::span<const std::uint8_t> b) : file_(file), b_(b) {}
-  [[noreturn]] void fail(std::uint64_t at, const std::string& why) const {
-    throw format_error(file_, at, why);
-  }
-  void need(std::uint64_t at, std::uint64_t n, const char* what) const {
-    if (at > b_.size() || n > b_.size() - at)
-      fail(at, std::string("truncated: ") + what + " needs " + std::to_string(n) + " bytes");
+  npz_bytes(const std::string& file, std::span<const std::uint8_t> b) : r_(b, file) {}
+  [[noreturn]] void fail(std::uint64_t at, const std::string& why) const { r_.fail_at(at, why); }
+  void need(std::uint64_t at, std::uint64_t n, const char* what) {
+    r_.seek(at, what);
+    r_.need(n, what);
   }
   template <class U>
-  U get(std::uint64_t at, const char* what) const {
-    need(at, sizeof(U), what);
-    U v = 0;
-    for (std::size_t i = 0; i < sizeof(U); ++i) v |= static_cast<U>(U(b_[at + i]) << (8 * i));
-    return v;
+  U get(std::uint64_t at, const char* what) {
+    r_.seek(at, what);
+    return r_.get<U>(what);
   }
-  const std::uint8_t* ptr(std::uint64_t at) const { return b_.data() + at; }
-  std::size_t size() const { return b_.size(); }
+  /// The n bytes at `at` (checked).
+  std::span<const std::uint8_t> bytes(std::uint64_t at, std::size_t n, const char* what) {
+    r_.seek(at, what);
+    return r_.take(n, what);
+  }
 
 private:
-  const std::string& file_;
-  std::span<const std::uint8_t> b_;
+  io::byte_reader r_;
 };
 
 /// One ZIP64 extended-information extra field: replaces the 0xFFFFFFFF fields, in order.
-inline void read_zip64_extra(const npz_bytes& in, std::uint64_t at, std::uint64_t len,
+inline void read_zip64_extra(npz_bytes& in, std::uint64_t at, std::uint64_t len,
                              std::uint64_t& size, std::uint64_t& csize, std::uint64_t& offset) {
   const std::uint64_t end = at + len;
   while (at + 4 <= end) {
@@ -178,13 +179,14 @@ inline npy_array parse_npy(std::string_view npy, const std::string& name, const 
     throw format_error(file, 0, member + " is not a .npy file (bad magic)");
   const auto major = static_cast<unsigned char>(npy[6]);
   std::size_t header_len = 0, start = 0;
-  auto byte = [&](std::size_t i) { return std::size_t(static_cast<unsigned char>(npy[i])); };
+  // The header length: u16 (version 1) or u32 (versions 2, 3) at byte 8 of the member.
+  io::byte_reader length(npy.substr(8), file);
   if (major == 1) {
-    header_len = byte(8) | byte(9) << 8;
+    header_len = length.get<std::uint16_t>(member + " header length");
     start = 10;
   } else if (major == 2 || major == 3) {
     if (npy.size() < 12) throw format_error(file, 0, member + ": truncated .npy header");
-    header_len = byte(8) | byte(9) << 8 | byte(10) << 16 | byte(11) << 24;
+    header_len = length.get<std::uint32_t>(member + " header length");
     start = 12;
   } else {
     throw format_error(file, 0,
@@ -257,7 +259,7 @@ inline std::string inflate_raw(const std::uint8_t* src, std::size_t n, std::size
 /// The arrays of an .npz held in memory, in archive order. `file` names it in messages.
 inline std::vector<npy_array> parse_npz(std::span<const std::uint8_t> bytes,
                                         const std::string& file = "<memory>") {
-  const detail::npz_bytes in(file, bytes);
+  detail::npz_bytes in(file, bytes);
   if (bytes.size() < 22) in.fail(0, "not a ZIP archive (too short for an .npz)");
   // End of central directory: the last "PK\5\6" within the final 64 KiB + 22 bytes.
   std::uint64_t eocd = bytes.size();
@@ -300,7 +302,8 @@ inline std::vector<npy_array> parse_npz(std::span<const std::uint8_t> bytes,
     const auto comment_len = in.get<std::uint16_t>(at + 32, "comment length");
     std::uint64_t local = in.get<std::uint32_t>(at + 42, "local header offset");
     in.need(at + 46, std::uint64_t(name_len) + extra_len + comment_len, "entry name");
-    const std::string member(reinterpret_cast<const char*>(in.ptr(at + 46)), name_len);
+    const auto name = in.bytes(at + 46, name_len, "entry name");
+    const std::string member(reinterpret_cast<const char*>(name.data()), name.size());
     detail::read_zip64_extra(in, at + 46 + name_len, extra_len, size, csize, local);
     if (flags & 0x1) in.fail(at, "'" + member + "' is encrypted");
     if (method != 0 && method != 8)
@@ -316,6 +319,7 @@ inline std::vector<npy_array> parse_npz(std::span<const std::uint8_t> bytes,
     const std::uint64_t data = local + 30 + in.get<std::uint16_t>(local + 26, "name length") +
                                in.get<std::uint16_t>(local + 28, "extra length");
     in.need(data, csize, "member data");
+    const auto packed = in.bytes(data, static_cast<std::size_t>(csize), "member data");
     // Deflate expands at most ~1032:1; a larger recorded size is a corrupt (or hostile) entry,
     // refused before allocating it.
     if (method == 8 && size > csize * 1032 + 1024)
@@ -324,17 +328,13 @@ inline std::vector<npy_array> parse_npz(std::span<const std::uint8_t> bytes,
     std::string npy;
     if (method == 0) {
       if (csize != size) in.fail(at, "'" + member + "': stored member with two different sizes");
-      npy.assign(reinterpret_cast<const char*>(in.ptr(data)), static_cast<std::size_t>(size));
+      npy.assign(reinterpret_cast<const char*>(packed.data()), packed.size());
     } else {
-      npy = detail::inflate_raw(in.ptr(data), static_cast<std::size_t>(csize),
-                                static_cast<std::size_t>(size), file, data, "'" + member + "'");
+      npy = detail::inflate_raw(packed.data(), packed.size(), static_cast<std::size_t>(size), file,
+                                data, "'" + member + "'");
     }
-    uLong c = ::crc32(0L, Z_NULL, 0);
-    for (std::size_t p = 0; p < npy.size(); p += 1u << 30) {
-      const std::size_t n = std::min<std::size_t>(npy.size() - p, 1u << 30);
-      c = ::crc32(c, reinterpret_cast<const Bytef*>(npy.data() + p), static_cast<uInt>(n));
-    }
-    if (static_cast<std::uint32_t>(c) != crc) in.fail(data, "CRC-32 mismatch in '" + member + "'");
+    if (io::crc32(npy.data(), npy.size()) != crc)
+      in.fail(data, "CRC-32 mismatch in '" + member + "'");
     out.push_back(detail::parse_npy(npy, member.substr(0, member.size() - 4), file));
     at += 46 + std::uint64_t(name_len) + extra_len + comment_len;
   }

@@ -10,6 +10,7 @@
 
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/format/model_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/onnx/form.hpp>
 #include <bitgrad/onnx/onnx_proto.hpp>
 
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,9 +37,12 @@ inline std::string number_list(const std::vector<double>& v) {
   return s + "]";
 }
 
+/// n values as ONNX raw_data: little-endian, back to back.
 template <class U>
 std::string raw_bytes(const U* p, std::size_t n) {
-  return std::string(reinterpret_cast<const char*>(p), n * sizeof(U));
+  io::byte_writer w;
+  w.put_array(std::span<const U>(p, n));
+  return w.take();
 }
 
 /// int4 elements two per byte, element 2i in the low 4 bits of byte i (two's complement).

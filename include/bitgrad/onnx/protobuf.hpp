@@ -21,12 +21,11 @@
 //   std::string bytes = m.bytes();
 #pragma once
 
-#include <bit>
+#include <bitgrad/io/bytes.hpp>
+
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <string_view>
-#include <utility>
 
 namespace bitgrad::onnx::pb {
 
@@ -44,46 +43,43 @@ public:
   void int64(std::uint32_t field, std::int64_t v) { uint64(field, static_cast<std::uint64_t>(v)); }
   /// A float field: 4 bytes, little-endian IEEE-754.
   void float32(std::uint32_t field, float v) {
-    static_assert(std::endian::native == std::endian::little);
     tag(field, wire_type::fixed32);
-    char b[4];
-    std::memcpy(b, &v, 4);
-    out_.append(b, 4);
+    out_.put(v);
   }
   /// A string or bytes field: its length as a varint, then the bytes.
   void bytes(std::uint32_t field, std::string_view v) {
     tag(field, wire_type::length_delimited);
     varint(v.size());
-    out_.append(v.data(), v.size());
+    out_.put_bytes(v.data(), v.size());
   }
   void string(std::uint32_t field, std::string_view v) { bytes(field, v); }
   /// A sub-message field: length-delimited, like bytes.
-  void submessage(std::uint32_t field, const message& m) { bytes(field, m.out_); }
+  void submessage(std::uint32_t field, const message& m) { bytes(field, m.bytes()); }
 
-  const std::string& bytes() const { return out_; }
-  std::string take() { return std::move(out_); }
+  const std::string& bytes() const { return out_.bytes(); }
+  std::string take() { return out_.take(); }
   std::size_t size() const { return out_.size(); }
 
   /// The varint encoding of v (for tests and for sizes).
   static std::string varint_bytes(std::uint64_t v) {
     message m;
     m.varint(v);
-    return m.out_;
+    return m.take();
   }
 
 private:
   void varint(std::uint64_t v) {
     while (v >= 0x80) {
-      out_.push_back(static_cast<char>((v & 0x7F) | 0x80));
+      out_.put(static_cast<std::uint8_t>((v & 0x7F) | 0x80));
       v >>= 7;
     }
-    out_.push_back(static_cast<char>(v));
+    out_.put(static_cast<std::uint8_t>(v));
   }
   void tag(std::uint32_t field, wire_type w) {
     varint((std::uint64_t(field) << 3) | static_cast<std::uint64_t>(w));
   }
 
-  std::string out_;
+  io::byte_writer out_;
 };
 
 } // namespace bitgrad::onnx::pb

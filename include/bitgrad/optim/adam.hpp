@@ -26,6 +26,7 @@
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/kernels/optim_update.hpp>
 #include <bitgrad/optim/param_groups.hpp>
 #include <bitgrad/optim/state.hpp>
@@ -34,8 +35,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <istream>
-#include <ostream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -145,11 +144,10 @@ public:
   const std::vector<slot<T>>& state() const { return state_.slots(); }
 
   /// Writes the base lr, each parameter's step count and moments (binary form in state.hpp).
-  void save(std::ostream& out) const { state_.save(out, groups_.lr()); }
-  /// Restores what save() wrote; `source` names the stream in format_error messages.
-  void load(std::istream& in, const std::string& source = std::string(tag) + " state") {
-    groups_.set_lr(state_.load(in, source));
-  }
+  void save(io::byte_writer& out) const { state_.save(out, groups_.lr()); }
+  /// Restores what save() wrote (format_error naming the reader's source, offset and field);
+  /// the optimizer is unchanged on error.
+  void load(io::byte_reader& in) { groups_.set_lr(state_.load(in)); }
 
 private:
   options_type options_;

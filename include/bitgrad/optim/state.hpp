@@ -23,20 +23,20 @@
 //           B*n*sizeof(T)  the buffers, one after the other
 // The reader rejects (format_error) a wrong magic, an unknown version, another optimizer's
 // tag, another element size, a buffer count it does not expect, and a truncated stream.
+// save / load go through io/bytes.hpp (optimizers' save(io::byte_writer&) and
+// load(io::byte_reader&) call them).
 #pragma once
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/io/bytes.hpp>
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <istream>
-#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -57,58 +57,6 @@ namespace detail {
 
 inline constexpr std::array<char, 8> state_magic{'B', 'G', 'O', 'P', 'T', 'I', 'M', '\0'};
 inline constexpr std::uint32_t state_version = 1;
-
-class le_writer {
-public:
-  explicit le_writer(std::ostream& out) : out_(out) {}
-  template <class U>
-  void uint(U v) {
-    unsigned char b[sizeof(U)];
-    for (std::size_t i = 0; i < sizeof(U); ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
-    out_.write(reinterpret_cast<const char*>(b), sizeof(U));
-  }
-  void real(float v) { uint(std::bit_cast<std::uint32_t>(v)); }
-  void real(double v) { uint(std::bit_cast<std::uint64_t>(v)); }
-  void bytes(const char* p, std::size_t n) { out_.write(p, static_cast<std::streamsize>(n)); }
-
-private:
-  std::ostream& out_;
-};
-
-class le_reader {
-public:
-  le_reader(std::istream& in, std::string source) : in_(in), source_(std::move(source)) {}
-  template <class U>
-  U uint(const char* what) {
-    unsigned char b[sizeof(U)];
-    bytes(reinterpret_cast<char*>(b), sizeof(U), what);
-    U v = 0;
-    for (std::size_t i = 0; i < sizeof(U); ++i) v |= static_cast<U>(U(b[i]) << (8 * i));
-    return v;
-  }
-  template <class R>
-  R real(const char* what) {
-    if constexpr (sizeof(R) == 4)
-      return std::bit_cast<R>(uint<std::uint32_t>(what));
-    else
-      return std::bit_cast<R>(uint<std::uint64_t>(what));
-  }
-  void bytes(char* p, std::size_t n, const char* what) {
-    in_.read(p, static_cast<std::streamsize>(n));
-    if (static_cast<std::size_t>(in_.gcount()) != n)
-      fail(std::string("truncated while reading ") + what);
-    offset_ += n;
-  }
-  [[noreturn]] void fail(const std::string& reason) const {
-    throw format_error(source_, offset_, reason);
-  }
-  std::uint64_t offset() const { return offset_; }
-
-private:
-  std::istream& in_;
-  std::string source_;
-  std::uint64_t offset_ = 0;
-};
 
 } // namespace detail
 
@@ -172,65 +120,67 @@ private:
   }
 
 public:
-  void save(std::ostream& out, double lr) const {
-    detail::le_writer w(out);
-    w.bytes(detail::state_magic.data(), detail::state_magic.size());
-    w.uint(detail::state_version);
+  /// Writes the binary form above with base lr `lr`.
+  void save(io::byte_writer& w, double lr) const {
+    w.put_bytes(detail::state_magic.data(), detail::state_magic.size());
+    w.put(detail::state_version);
     std::array<char, 8> tag{};
     std::memcpy(tag.data(), who_, std::min<std::size_t>(std::strlen(who_), tag.size()));
-    w.bytes(tag.data(), tag.size());
-    w.uint(static_cast<std::uint8_t>(sizeof(T)));
-    w.real(lr);
-    w.uint(static_cast<std::uint64_t>(slots_.size()));
+    w.put_bytes(tag.data(), tag.size());
+    w.put(static_cast<std::uint8_t>(sizeof(T)));
+    w.put(lr);
+    w.put(static_cast<std::uint64_t>(slots_.size()));
     for (const slot<T>& s : slots_) {
-      w.uint(static_cast<std::uint32_t>(s.name.size()));
-      w.bytes(s.name.data(), s.name.size());
-      w.uint(static_cast<std::uint64_t>(s.size));
-      w.uint(s.steps);
-      w.uint(static_cast<std::uint32_t>(s.buffers.size()));
-      for (const std::vector<T>& b : s.buffers)
-        for (T v : b) w.real(v);
+      w.put(static_cast<std::uint32_t>(s.name.size()));
+      w.put_bytes(s.name.data(), s.name.size());
+      w.put(static_cast<std::uint64_t>(s.size));
+      w.put(s.steps);
+      w.put(static_cast<std::uint32_t>(s.buffers.size()));
+      for (const std::vector<T>& b : s.buffers) w.put_array(b);
     }
-    if (!out) throw io_error(std::string(who_) + ": writing the optimizer state failed");
   }
 
-  /// Reads a state written by save(); returns its base lr. Leaves *this unchanged on error.
-  double load(std::istream& in, const std::string& source) {
-    detail::le_reader r(in, source);
+  /// Reads a state written by save(); returns its base lr. Leaves *this unchanged on error
+  /// (format_error naming the reader's source, the offset and the field).
+  double load(io::byte_reader& r) {
     std::array<char, 8> magic{};
-    r.bytes(magic.data(), magic.size(), "the magic");
+    r.get_bytes(magic.data(), magic.size(), "the magic");
     if (magic != detail::state_magic) r.fail("not a bitgrad optimizer state (bad magic)");
-    auto version = r.uint<std::uint32_t>("the version");
+    const auto version = r.get<std::uint32_t>("the version");
     if (version != detail::state_version)
       r.fail("unknown optimizer state version " + std::to_string(version) +
              " (this reader: " + std::to_string(detail::state_version) + ")");
     std::array<char, 9> tag{};
-    r.bytes(tag.data(), 8, "the optimizer tag");
+    r.get_bytes(tag.data(), 8, "the optimizer tag");
     if (std::string_view(tag.data()) != std::string_view(who_))
       r.fail("the state is for optimizer '" + std::string(tag.data()) + "', not '" + who_ + "'");
-    auto elem = r.uint<std::uint8_t>("the element size");
+    const auto elem = r.get<std::uint8_t>("the element size");
     if (elem != sizeof(T))
       r.fail("the state holds " + std::to_string(elem) + "-byte values, this optimizer " +
              std::to_string(sizeof(T)) + "-byte ones");
-    double lr = r.real<double>("the lr");
+    const double lr = r.get<double>("the lr");
     if (!(lr >= 0.0) || !std::isfinite(lr)) r.fail("the lr is " + std::to_string(lr));
-    auto count = r.uint<std::uint64_t>("the parameter count");
+    const auto count = r.get<std::uint64_t>("the parameter count");
     std::vector<slot<T>> slots;
     for (std::uint64_t i = 0; i < count; ++i) {
       slot<T> s;
-      auto len = r.uint<std::uint32_t>("a parameter name length");
+      const auto len = r.get<std::uint32_t>("a parameter name length");
       if (len > 4096) r.fail("parameter name of " + std::to_string(len) + " bytes");
       s.name.resize(len);
-      r.bytes(s.name.data(), len, "a parameter name");
-      s.size = static_cast<std::size_t>(r.uint<std::uint64_t>("a parameter size"));
-      s.steps = r.uint<std::uint64_t>("a step count");
-      auto buffers = r.uint<std::uint32_t>("a buffer count");
+      r.get_bytes(s.name.data(), len, "a parameter name");
+      const auto size = r.get<std::uint64_t>("a parameter size");
+      s.steps = r.get<std::uint64_t>("a step count");
+      const auto buffers = r.get<std::uint32_t>("a buffer count");
       if (buffers != 0 && buffers != buffer_count_)
         r.fail("parameter '" + s.name + "' has " + std::to_string(buffers) +
                " buffers, expected 0 or " + std::to_string(buffer_count_));
+      // Every buffer must be there before any is allocated (a corrupt size fails here).
+      if (buffers != 0) r.need_values(size, buffers * sizeof(T), "the buffers");
+      s.size = static_cast<std::size_t>(size);
       s.buffers.resize(buffers);
       for (std::vector<T>& b : s.buffers) {
-        for (std::size_t k = 0; k < s.size; ++k) b.push_back(r.template real<T>("a buffer value"));
+        b.resize(s.size);
+        r.get_array(b.data(), b.size(), "a buffer");
       }
       slots.push_back(std::move(s));
     }

@@ -1,17 +1,30 @@
 // Training checkpoints: everything needed to continue a run exactly where it stopped.
 //
-// File layout (little-endian; integers unsigned unless noted; "string" = u64 length + bytes):
+// File layout, version 2 (io/bytes.hpp: little-endian; integers unsigned unless noted; "string"
+// = u64 length + bytes):
 //   offset 0   magic "BGCKPT\r\n" (8 bytes)
-//          8   u32 format version (1)
+//          8   u32 format version (2)
 //         12   u32 bytes per parameter value (4: float, 8: double)
-//         16   string  metadata, "key=value" lines (phase, epoch, fp32 accuracy, ...)
+//         16   the run's state (checkpoint_data::save):
+//                u32 metadata count, then per entry (keys sorted, unique): string key,
+//                    string value ("phase", "epoch", "fp32_accuracy", ...)
+//                u32 history count, then per finished epoch (epoch_record): string phase,
+//                    u64 epoch, f64 loss, train_accuracy, test_accuracy, average_bits,
+//                    size_bytes, compression, seconds
+//                string optimizer state (an optimizer's save(), optim/state.hpp)
+//                u8 loader state present (0 / 1), then loader_state::save (data/loader.hpp)
 //              u32     parameter count, then per parameter:
 //                        string name, u8 kind (param_kind), u64 count, count values
 //              u32     quantizer count, then per quantizer:
-//                        string name, u8 frozen, u32 groups, groups x i32 frozen bitwidths
-//              string  optimizer state (optimizer::save)
-//              string  loader state (to_string(loader_state))
+//                        string name, the quantizer's state (detail::write_quantizer_state:
+//                        u8 frozen, u32 groups, groups x i32 frozen bitwidths)
 //   end - 4    u32 CRC-32 (zlib) of every byte before it
+// Version 1 (bitgrad up to fdc34a8) is still read: after the value size it holds the metadata
+// as one string of "key=value" lines (the history in the key "history": ';'-separated rows of
+// 9 ','-separated values), then the parameters and quantizers as above, then the optimizer
+// state as a string and the loader state as a string of loader_state's text form. It is read
+// into the same checkpoint_data. Other versions are rejected.
+//
 // Parameters and quantizers are stored in the network's visitation order and must match the
 // network on load name by name and size by size: a checkpoint of another architecture is
 // rejected with the first parameter that differs. Parameter values must be finite, bitwidth
@@ -27,43 +40,41 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/data/loader.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
+#include <bitgrad/train/records.hpp>
 
-#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
-#include <zlib.h>
 
 namespace bitgrad::train {
-
-static_assert(std::endian::native == std::endian::little,
-              "bitgrad checkpoints are written little-endian; big-endian hosts are unsupported");
-
-/// What a checkpoint holds besides the network.
-struct checkpoint_data {
-  std::map<std::string, std::string> meta; ///< phase, epoch, ...
-  std::string optimizer_state;
-  std::string loader_state;
-  std::string file; ///< the file it was read from (named in messages); empty before saving
-};
 
 namespace detail {
 
 inline constexpr char checkpoint_magic[8] = {'B', 'G', 'C', 'K', 'P', 'T', '\r', '\n'};
-inline constexpr std::uint32_t checkpoint_version = 1;
-/// Offset of the metadata string in the file (named by metadata errors).
+/// The version written; version 1 is read too.
+inline constexpr std::uint32_t checkpoint_version = 2;
+/// Offset of the metadata in the file (named by metadata errors).
 inline constexpr std::uint64_t checkpoint_metadata_offset = 16;
+// What the reader accepts (a corrupt length fails here instead of allocating):
+inline constexpr std::uint64_t max_meta_text = std::uint64_t{1} << 20; ///< a metadata value
+inline constexpr std::uint64_t max_meta_name = 4096;        ///< a key, a name, a history phase
+inline constexpr std::uint32_t max_meta_entries = 1u << 16; ///< metadata entries
+inline constexpr std::uint32_t max_history = 1u << 20;      ///< history records
 
 /// `text` as a whole unsigned decimal integer, or nullopt.
 inline std::optional<std::uint64_t> parse_unsigned(std::string_view text) {
@@ -86,7 +97,142 @@ inline std::string quoted_value(std::string_view text) {
   return "'" + std::string(text.substr(0, 40)) + (text.size() > 40 ? "...'" : "'");
 }
 
+/// One finished epoch in a version 2 checkpoint: string phase, u64 epoch, then the seven
+/// reals of epoch_record in declaration order.
+inline void write_epoch_record(io::byte_writer& w, const epoch_record& e) {
+  w.put_string(e.phase);
+  w.put(static_cast<std::uint64_t>(e.epoch));
+  for (double v : {e.loss, e.train_accuracy, e.test_accuracy, e.average_bits, e.size_bytes,
+                   e.compression, e.seconds})
+    w.put(v);
+}
+
+inline epoch_record read_epoch_record(io::byte_reader& r) {
+  epoch_record e;
+  e.phase = r.get_string("history phase", max_meta_name);
+  e.epoch = static_cast<std::size_t>(r.get<std::uint64_t>("history epoch"));
+  for (double* v : {&e.loss, &e.train_accuracy, &e.test_accuracy, &e.average_bits, &e.size_bytes,
+                    &e.compression, &e.seconds})
+    *v = r.get<double>("history values");
+  return e;
+}
+
+/// The history of a version 1 checkpoint: rows "phase,epoch,loss,train_accuracy,
+/// test_accuracy,average_bits,size_bytes,compression,seconds;" in the metadata field
+/// 'history'. format_error naming `file`, the row and the column when a row is malformed.
+inline std::vector<epoch_record> decode_history(const std::string& text, const std::string& file) {
+  static const char* columns[] = {"phase",          "epoch",         "loss",
+                                  "train_accuracy", "test_accuracy", "average_bits",
+                                  "size_bytes",     "compression",   "seconds"};
+  std::vector<epoch_record> h;
+  std::istringstream in(text);
+  std::size_t row_index = 0;
+  for (std::string row; std::getline(in, row, ';');) {
+    ++row_index;
+    auto fail = [&](const std::string& what) {
+      return format_error(file, checkpoint_metadata_offset,
+                          "metadata field 'history': row " + std::to_string(row_index) + ": " +
+                              what);
+    };
+    std::istringstream fields(row);
+    std::string cell;
+    std::vector<std::string> cells;
+    while (std::getline(fields, cell, ',')) cells.push_back(cell);
+    if (cells.size() != 9)
+      throw fail("expected 9 comma-separated values, got " + std::to_string(cells.size()) + " in " +
+                 quoted_value(row));
+    epoch_record e;
+    e.phase = cells[0];
+    const auto epoch = parse_unsigned(cells[1]);
+    if (!epoch) throw fail("epoch: expected an unsigned integer, got " + quoted_value(cells[1]));
+    e.epoch = static_cast<std::size_t>(*epoch);
+    double* values[] = {&e.loss,       &e.train_accuracy, &e.test_accuracy, &e.average_bits,
+                        &e.size_bytes, &e.compression,    &e.seconds};
+    for (int i = 0; i < 7; ++i) {
+      const auto v = parse_real(cells[2 + i]);
+      if (!v)
+        throw fail(std::string(columns[2 + i]) + ": expected a number, got " +
+                   quoted_value(cells[2 + i]));
+      *values[i] = *v;
+    }
+    h.push_back(e);
+  }
+  return h;
+}
+
 } // namespace detail
+
+/// What a checkpoint holds besides the network: the run's state. It writes and reads itself
+/// (the run's-state block of the version 2 layout at the top of this header).
+struct checkpoint_data {
+  std::map<std::string, std::string> meta; ///< phase, epoch, ... as text
+  std::vector<epoch_record> history;       ///< the run's finished epochs
+  std::string optimizer_state;             ///< an optimizer's save() bytes
+  std::optional<loader_state> loader;      ///< where the data loader is; none: not saved
+  std::string file; ///< the file it was read from (named in messages); empty before saving
+  std::uint64_t optimizer_state_offset = 0; ///< where optimizer_state starts in `file`
+
+  void save(io::byte_writer& w) const {
+    w.put(static_cast<std::uint32_t>(meta.size()));
+    for (const auto& [key, value] : meta) {
+      w.put_string(key);
+      w.put_string(value);
+    }
+    w.put(static_cast<std::uint32_t>(history.size()));
+    for (const epoch_record& e : history) detail::write_epoch_record(w, e);
+    w.put_string(optimizer_state);
+    w.put(loader.has_value());
+    if (loader) loader->save(w);
+  }
+
+  /// Reads what save() wrote; format_error naming the reader's source, the offset and the
+  /// field (a duplicate metadata key, a length past its limit, ...). *this is unchanged then.
+  void load(io::byte_reader& r) {
+    checkpoint_data d;
+    d.file = r.source();
+    const std::uint64_t count_at = r.offset();
+    const auto entries = r.get<std::uint32_t>("metadata count");
+    if (entries > detail::max_meta_entries)
+      r.fail_at(count_at, "metadata count " + std::to_string(entries) + " exceeds " +
+                              std::to_string(detail::max_meta_entries));
+    for (std::uint32_t i = 0; i < entries; ++i) {
+      const std::uint64_t at = r.offset();
+      std::string key = r.get_string("metadata key", detail::max_meta_name);
+      std::string value = r.get_string("metadata value", detail::max_meta_text);
+      if (!d.meta.emplace(key, std::move(value)).second)
+        r.fail_at(at, "metadata key " + detail::quoted_value(key) + " appears twice");
+    }
+    const std::uint64_t history_at = r.offset();
+    const auto records = r.get<std::uint32_t>("history count");
+    if (records > detail::max_history)
+      r.fail_at(history_at, "history of " + std::to_string(records) + " epochs exceeds " +
+                                std::to_string(detail::max_history));
+    for (std::uint32_t i = 0; i < records; ++i) d.history.push_back(detail::read_epoch_record(r));
+    d.optimizer_state_offset = r.offset() + 8; // after the string's length
+    d.optimizer_state = r.get_string("optimizer state");
+    if (r.get<bool>("loader state flag")) {
+      loader_state s;
+      s.load(r);
+      d.loader = std::move(s);
+    }
+    *this = std::move(d);
+  }
+
+  /// A reader of optimizer_state whose messages name the checkpoint file and the offsets in it
+  /// (pass it to the optimizer's load()). Valid while *this is.
+  io::byte_reader optimizer_reader() const {
+    return io::byte_reader(optimizer_state, file.empty() ? "optimizer state" : file,
+                           optimizer_state_offset);
+  }
+
+  /// The loader state; format_error naming the file when the checkpoint holds none.
+  const loader_state& saved_loader() const {
+    if (!loader)
+      throw format_error(file, detail::checkpoint_metadata_offset,
+                         "the checkpoint holds no loader state");
+    return *loader;
+  }
+};
 
 /// The metadata field `key`; format_error naming the file and the field when it is missing.
 inline const std::string& meta_field(const checkpoint_data& data, const std::string& key) {
@@ -123,161 +269,55 @@ inline double meta_real(const checkpoint_data& data, const std::string& key) {
 
 namespace detail {
 
-class byte_writer {
-public:
-  template <class U>
-  void put(U v) {
-    const auto* p = reinterpret_cast<const char*>(&v);
-    bytes_.append(p, sizeof(U));
-  }
-  void put_bytes(const void* p, std::size_t n) { bytes_.append(static_cast<const char*>(p), n); }
-  void put_string(std::string_view s) {
-    put<std::uint64_t>(s.size());
-    bytes_.append(s);
-  }
-  std::string& bytes() { return bytes_; }
-
-private:
-  std::string bytes_;
-};
-
-class byte_reader {
-public:
-  byte_reader(std::string file, std::span<const std::uint8_t> bytes, std::size_t end)
-      : file_(std::move(file)), bytes_(bytes), end_(end) {}
-  [[noreturn]] void fail(const std::string& reason) const {
-    throw format_error(file_, at_, reason);
-  }
-  void need(std::uint64_t n, const char* what) const {
-    if (n > end_ - at_)
-      fail(std::string("truncated: expected ") + std::to_string(n) + " bytes of " + what +
-           ", only " + std::to_string(end_ - at_) + " left");
-  }
-  template <class U>
-  U get(const char* what) {
-    need(sizeof(U), what);
-    U v;
-    std::memcpy(&v, bytes_.data() + at_, sizeof(U));
-    at_ += sizeof(U);
-    return v;
-  }
-  void get_bytes(void* out, std::uint64_t n, const char* what) {
-    need(n, what);
-    std::memcpy(out, bytes_.data() + at_, n);
-    at_ += n;
-  }
-  std::string get_string(const char* what) {
-    const auto n = get<std::uint64_t>(what);
-    need(n, what);
-    std::string s(reinterpret_cast<const char*>(bytes_.data() + at_), n);
-    at_ += n;
-    return s;
-  }
-  std::size_t offset() const { return at_; }
-
-private:
-  std::string file_;
-  std::span<const std::uint8_t> bytes_;
-  std::size_t end_;
-  std::size_t at_ = 0;
-};
-
-inline std::uint32_t crc32_of(const void* data, std::size_t n) {
-  uLong crc = ::crc32(0L, Z_NULL, 0);
-  const auto* p = static_cast<const Bytef*>(data);
-  while (n > 0) { // zlib takes uInt lengths
-    const uInt chunk = static_cast<uInt>(std::min<std::size_t>(n, 1u << 30));
-    crc = ::crc32(crc, p, chunk);
-    p += chunk;
-    n -= chunk;
-  }
-  return static_cast<std::uint32_t>(crc);
+/// A quantizer's state in a checkpoint (versions 1 and 2): u8 frozen (0 / 1), u32 group count
+/// (0 unless frozen), that many i32 frozen bitwidths in [1, 16]. The one place that knows
+/// these bytes: once quantizers save themselves (q.save / q.load), these two call them.
+template <class Q>
+void write_quantizer_state(io::byte_writer& w, const Q& q) {
+  std::vector<std::int32_t> bits;
+  if constexpr (!Q::is_identity)
+    if (q.frozen())
+      for (int b : q.frozen_bits()) bits.push_back(b);
+  w.put<std::uint8_t>(bits.empty() ? 0 : 1);
+  w.put(static_cast<std::uint32_t>(bits.size()));
+  w.put_array(bits);
 }
 
-} // namespace detail
-
-/// Writes net's parameters, its quantizers' frozen state and `data` to `path` atomically.
-template <class Net>
-void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoint_data& data) {
-  using T = typename Net::value_type;
-  detail::byte_writer w;
-  w.put_bytes(detail::checkpoint_magic, sizeof detail::checkpoint_magic);
-  w.put<std::uint32_t>(detail::checkpoint_version);
-  w.put<std::uint32_t>(sizeof(T));
-  std::string meta;
-  for (const auto& [key, value] : data.meta) meta += key + "=" + value + "\n";
-  w.put_string(meta);
-
-  std::vector<param_ref<T>> params;
-  net.visit_parameters([&](param_ref<T>& p) { params.push_back(p); });
-  w.put<std::uint32_t>(static_cast<std::uint32_t>(params.size()));
-  for (const auto& p : params) {
-    w.put_string(p.name);
-    w.put<std::uint8_t>(static_cast<std::uint8_t>(p.kind));
-    w.put<std::uint64_t>(p.size);
-    w.put_bytes(p.value, p.size * sizeof(T));
+/// Reads the state write_quantizer_state wrote for q (named `name` in messages) and checks it
+/// against q without changing q; returns what applies it to q, which parse_checkpoint calls
+/// once the whole file is validated (after the parameters are copied in).
+template <class Q>
+std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::string& name) {
+  const std::size_t groups_q = Q::is_identity ? 0 : q.groups(); // its integer bitwidths
+  const auto is_frozen = r.get<std::uint8_t>("frozen flag");
+  const auto groups = r.get<std::uint32_t>("group count");
+  if (is_frozen > 1 || (is_frozen == 0 && groups != 0))
+    r.fail("bad frozen state for quantizer '" + name + "'");
+  if (is_frozen == 1 && groups != groups_q)
+    r.fail("checkpoint of another architecture: quantizer '" + name + "' has " +
+           std::to_string(groups) + " frozen groups, the network's has " +
+           std::to_string(groups_q));
+  r.need_values(groups, 4, "frozen bitwidths");
+  std::vector<int> bits;
+  for (std::uint32_t g = 0; g < groups; ++g) {
+    const auto b = r.get<std::int32_t>("frozen bitwidth");
+    if (b < 1 || b > 16) r.fail("frozen bitwidth " + std::to_string(b) + " outside [1, 16]");
+    bits.push_back(b);
   }
-
-  std::uint32_t quantizers = 0;
-  net.visit_quantizers([&](std::string_view, const auto&) { ++quantizers; });
-  w.put<std::uint32_t>(quantizers);
-  net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
-    w.put_string(name);
-    std::vector<int> bits;
-    if constexpr (!Q::is_identity)
-      if (q.frozen()) bits = q.frozen_bits();
-    w.put<std::uint8_t>(bits.empty() ? 0 : 1);
-    w.put<std::uint32_t>(static_cast<std::uint32_t>(bits.size()));
-    for (int b : bits) w.put<std::int32_t>(b);
-  });
-  w.put_string(data.optimizer_state);
-  w.put_string(data.loader_state);
-  const std::uint32_t crc = detail::crc32_of(w.bytes().data(), w.bytes().size());
-  w.put<std::uint32_t>(crc);
-  write_file_atomically(path, std::string_view(w.bytes()));
+  if constexpr (Q::is_identity) {
+    return [] {}; // nothing to apply (0 groups checked above)
+  } else {
+    return [&q, bits = std::move(bits)] {
+      if (!bits.empty()) q.freeze_to(bits); // group count checked above
+    };
+  }
 }
 
-/// Parses the checkpoint `bytes` (the whole file, held in memory) into net and returns the
-/// rest; `file` names it in error messages. The in-memory entry of load_checkpoint (and the
-/// fuzzing entry): any input either loads or throws format_error / config_error.
-/// Throws format_error (file, offset, reason) for a malformed file or another architecture;
-/// `net` is only modified once the whole file has been validated.
+/// Reads the parameters and the quantizers' states for net and checks them against it (names,
+/// kinds, sizes, value ranges) without changing net; returns what copies them into net.
 template <class Net>
-checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std::string& file,
-                                 Net& net) {
+std::function<void()> read_network(io::byte_reader& r, Net& net) {
   using T = typename Net::value_type;
-  if (bytes.size() < sizeof detail::checkpoint_magic + 12)
-    throw format_error(file, 0,
-                       "too short for a checkpoint (" + std::to_string(bytes.size()) + " bytes)");
-  const std::size_t body = bytes.size() - 4;
-  std::uint32_t stored_crc;
-  std::memcpy(&stored_crc, bytes.data() + body, 4);
-  detail::byte_reader r(file, bytes, body);
-  char magic[8];
-  r.get_bytes(magic, 8, "magic");
-  if (std::memcmp(magic, detail::checkpoint_magic, 8) != 0)
-    throw format_error(file, 0, "not a bitgrad checkpoint (bad magic)");
-  if (detail::crc32_of(bytes.data(), body) != stored_crc)
-    throw format_error(file, body, "checksum mismatch: the file is corrupted");
-  const auto version = r.get<std::uint32_t>("version");
-  if (version != detail::checkpoint_version)
-    r.fail("unsupported checkpoint version " + std::to_string(version) + " (this build reads " +
-           std::to_string(detail::checkpoint_version) + ")");
-  const auto value_size = r.get<std::uint32_t>("value size");
-  if (value_size != sizeof(T))
-    r.fail("parameters stored with " + std::to_string(value_size) +
-           "-byte values, the network uses " + std::to_string(sizeof(T)));
-  checkpoint_data data;
-  data.file = file;
-  {
-    std::istringstream lines(r.get_string("metadata"));
-    for (std::string line; std::getline(lines, line);) {
-      const auto eq = line.find('=');
-      if (eq == std::string::npos) r.fail("metadata line without '=': " + line);
-      data.meta[line.substr(0, eq)] = line.substr(eq + 1);
-    }
-  }
-
   std::vector<param_ref<T>> params;
   net.visit_parameters([&](param_ref<T>& p) { params.push_back(p); });
   const auto count = r.get<std::uint32_t>("parameter count");
@@ -286,21 +326,19 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
            " parameters, the network has " + std::to_string(params.size()));
   std::vector<std::vector<T>> values(count);
   for (std::size_t i = 0; i < count; ++i) {
-    const std::size_t at = r.offset();
-    const std::string name = r.get_string("parameter name");
+    const std::uint64_t at = r.offset();
+    const std::string name = r.get_string("parameter name", max_meta_name);
     const auto kind = r.get<std::uint8_t>("parameter kind");
     const auto size = r.get<std::uint64_t>("parameter size");
     if (name != params[i].name || size != params[i].size ||
         kind != static_cast<std::uint8_t>(params[i].kind))
-      throw format_error(file, at,
-                         "checkpoint of another architecture: parameter " + std::to_string(i) +
-                             " is '" + name + "' (" + std::to_string(size) +
-                             " values), the network expects '" + params[i].name + "' (" +
-                             std::to_string(params[i].size) + " values)");
-    r.need(size * sizeof(T), "parameter values");
-    const std::size_t first = r.offset();
-    values[i].resize(size);
-    r.get_bytes(values[i].data(), size * sizeof(T), "parameter values");
+      r.fail_at(at, "checkpoint of another architecture: parameter " + std::to_string(i) + " is '" +
+                        name + "' (" + std::to_string(size) + " values), the network expects '" +
+                        params[i].name + "' (" + std::to_string(params[i].size) + " values)");
+    r.need_values(size, sizeof(T), "parameter values");
+    const std::uint64_t first = r.offset();
+    values[i].resize(static_cast<std::size_t>(size));
+    r.get_array(values[i].data(), values[i].size(), "parameter values");
     // A run never saves non-finite values (the trainer stops on a non-finite gradient), and
     // quantizers project their parameters after every step: bitwidths stay inside [1, 16]
     // (they become integer grids) and scales stay positive (weights are divided by them).
@@ -313,57 +351,137 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
                         : is_scale && !(v > T(0))               ? ", not a positive scale"
                                                                 : nullptr;
       if (bad != nullptr)
-        throw format_error(file, first + j * sizeof(T),
-                           "parameter '" + name + "' value " + std::to_string(j) + " is " +
-                               std::to_string(v) + bad);
+        r.fail_at(first + j * sizeof(T), "parameter '" + name + "' value " + std::to_string(j) +
+                                             " is " + std::to_string(v) + bad);
     }
   }
 
-  std::vector<std::string> qnames;
-  std::vector<std::size_t> qgroups; // integer bitwidths each quantizer can take (0: none)
-  net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
-    qnames.emplace_back(name);
-    qgroups.push_back(Q::is_identity ? 0 : q.groups());
-  });
+  std::size_t quantizers = 0;
+  net.visit_quantizers([&](std::string_view, const auto&) { ++quantizers; });
   const auto qcount = r.get<std::uint32_t>("quantizer count");
-  if (qcount != qnames.size())
+  if (qcount != quantizers)
     r.fail("checkpoint of another architecture: " + std::to_string(qcount) +
-           " quantizers, the network has " + std::to_string(qnames.size()));
-  std::vector<std::vector<int>> frozen(qcount);
-  for (std::size_t i = 0; i < qcount; ++i) {
-    const std::string name = r.get_string("quantizer name");
-    if (name != qnames[i])
+           " quantizers, the network has " + std::to_string(quantizers));
+  std::vector<std::function<void()>> apply_quantizers;
+  net.visit_quantizers([&](std::string_view expected, auto& q) {
+    const std::string name = r.get_string("quantizer name", max_meta_name);
+    if (name != expected)
       r.fail("checkpoint of another architecture: quantizer '" + name + "', expected '" +
-             qnames[i] + "'");
-    const auto is_frozen = r.get<std::uint8_t>("frozen flag");
-    const auto groups = r.get<std::uint32_t>("group count");
-    if (is_frozen > 1 || (is_frozen == 0 && groups != 0))
-      r.fail("bad frozen state for quantizer '" + name + "'");
-    if (is_frozen == 1 && groups != qgroups[i])
-      r.fail("checkpoint of another architecture: quantizer '" + name + "' has " +
-             std::to_string(groups) + " frozen groups, the network's has " +
-             std::to_string(qgroups[i]));
-    r.need(std::uint64_t{groups} * 4, "frozen bitwidths");
-    for (std::uint32_t g = 0; g < groups; ++g) {
-      const auto b = r.get<std::int32_t>("frozen bitwidth");
-      if (b < 1 || b > 16) r.fail("frozen bitwidth " + std::to_string(b) + " outside [1, 16]");
-      frozen[i].push_back(b);
-    }
-  }
-  data.optimizer_state = r.get_string("optimizer state");
-  data.loader_state = r.get_string("loader state");
-  if (r.offset() != body) r.fail("unexpected bytes after the loader state");
-
-  // Validated: now modify the network.
-  for (std::size_t i = 0; i < count; ++i)
-    std::copy(values[i].begin(), values[i].end(), params[i].value);
-  std::size_t qi = 0;
-  net.visit_quantizers([&]<class Q>(std::string_view, Q& q) {
-    const auto& bits = frozen[qi++];
-    if constexpr (!Q::is_identity) {
-      if (!bits.empty()) q.freeze_to(bits); // group count checked above
-    }
+             std::string(expected) + "'");
+    apply_quantizers.push_back(read_quantizer_state(r, q, name));
   });
+  return [params = std::move(params), values = std::move(values),
+          apply_quantizers = std::move(apply_quantizers)] {
+    for (std::size_t i = 0; i < params.size(); ++i)
+      std::copy(values[i].begin(), values[i].end(), params[i].value);
+    for (const auto& apply : apply_quantizers) apply();
+  };
+}
+
+/// The metadata string of a version 1 checkpoint ("key=value" lines) into data.meta, its
+/// 'history' field into data.history.
+inline void read_v1_metadata(io::byte_reader& r, checkpoint_data& data) {
+  std::istringstream lines(r.get_string("metadata"));
+  for (std::string line; std::getline(lines, line);) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) r.fail("metadata line without '=': " + line);
+    data.meta[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  if (const auto it = data.meta.find("history"); it != data.meta.end()) {
+    data.history = decode_history(it->second, data.file);
+    data.meta.erase(it);
+  }
+}
+
+/// The optimizer and loader states that end a version 1 checkpoint (the loader's in its text
+/// form; empty: none).
+inline void read_v1_states(io::byte_reader& r, checkpoint_data& data) {
+  data.optimizer_state_offset = r.offset() + 8;
+  data.optimizer_state = r.get_string("optimizer state");
+  const std::uint64_t loader_at = r.offset() + 8;
+  const std::string text = r.get_string("loader state");
+  if (!text.empty()) data.loader = parse_loader_state(text, data.file, loader_at);
+}
+
+} // namespace detail
+
+/// Writes net's parameters, its quantizers' frozen state and `data` to `path` atomically
+/// (version 2).
+template <class Net>
+void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoint_data& data) {
+  using T = typename Net::value_type;
+  io::byte_writer w;
+  w.put_bytes(detail::checkpoint_magic, sizeof detail::checkpoint_magic);
+  w.put(detail::checkpoint_version);
+  w.put(static_cast<std::uint32_t>(sizeof(T)));
+  data.save(w);
+
+  std::vector<param_ref<T>> params;
+  net.visit_parameters([&](param_ref<T>& p) { params.push_back(p); });
+  w.put(static_cast<std::uint32_t>(params.size()));
+  for (const auto& p : params) {
+    w.put_string(p.name);
+    w.put(static_cast<std::uint8_t>(p.kind));
+    w.put(static_cast<std::uint64_t>(p.size));
+    w.put_array(std::span<const T>(p.value, p.size));
+  }
+
+  std::uint32_t quantizers = 0;
+  net.visit_quantizers([&](std::string_view, const auto&) { ++quantizers; });
+  w.put(quantizers);
+  net.visit_quantizers([&](std::string_view name, const auto& q) {
+    w.put_string(name);
+    detail::write_quantizer_state(w, q);
+  });
+  w.put(io::crc32(w.bytes().data(), w.size()));
+  write_file_atomically(path, std::string_view(w.bytes()));
+}
+
+/// Parses the checkpoint `bytes` (the whole file, held in memory; version 1 or 2) into net and
+/// returns the rest; `file` names it in error messages. The in-memory entry of load_checkpoint
+/// (and the fuzzing entry): any input either loads or throws format_error / config_error.
+/// Throws format_error (file, offset, reason) for a malformed file or another architecture;
+/// `net` is only modified once the whole file has been validated.
+template <class Net>
+checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std::string& file,
+                                 Net& net) {
+  using T = typename Net::value_type;
+  if (bytes.size() < sizeof detail::checkpoint_magic + 12)
+    throw format_error(file, 0,
+                       "too short for a checkpoint (" + std::to_string(bytes.size()) + " bytes)");
+  const std::size_t body = bytes.size() - 4;
+  const auto stored_crc =
+      io::byte_reader(bytes.subspan(body), file, body).get<std::uint32_t>("CRC");
+  io::byte_reader r(bytes.first(body), file);
+  char magic[8];
+  r.get_bytes(magic, 8, "magic");
+  if (std::memcmp(magic, detail::checkpoint_magic, 8) != 0)
+    throw format_error(file, 0, "not a bitgrad checkpoint (bad magic)");
+  if (io::crc32(bytes.data(), body) != stored_crc)
+    throw format_error(file, body, "checksum mismatch: the file is corrupted");
+  const auto version = r.get<std::uint32_t>("version");
+  if (version != 1 && version != detail::checkpoint_version)
+    r.fail("unsupported checkpoint version " + std::to_string(version) +
+           " (this build reads 1 and " + std::to_string(detail::checkpoint_version) + ")");
+  const auto value_size = r.get<std::uint32_t>("value size");
+  if (value_size != sizeof(T))
+    r.fail("parameters stored with " + std::to_string(value_size) +
+           "-byte values, the network uses " + std::to_string(sizeof(T)));
+  checkpoint_data data;
+  data.file = file;
+  std::function<void()> apply;
+  if (version == 1) {
+    detail::read_v1_metadata(r, data);
+    apply = detail::read_network(r, net);
+    detail::read_v1_states(r, data);
+    if (!r.at_end()) r.fail("unexpected bytes after the loader state");
+  } else {
+    data.load(r);
+    apply = detail::read_network(r, net);
+    if (!r.at_end()) r.fail("unexpected bytes after the quantizers");
+  }
+  // Validated: now modify the network.
+  apply();
   return data;
 }
 

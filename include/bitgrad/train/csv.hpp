@@ -7,14 +7,16 @@
 #pragma once
 
 #include <bitgrad/core/error.hpp>
-#include <bitgrad/train/json.hpp>
 #include <bitgrad/train/records.hpp>
 
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 namespace bitgrad {
@@ -35,9 +37,14 @@ inline std::string csv_field(std::string_view text) {
   return out;
 }
 
-/// A number as a CSV field: shortest round-trip text, empty when not finite.
+/// A number as a CSV field: the shortest text that reads back to the same double ("0.1",
+/// "3", "1e-07"), empty when not finite.
 inline std::string csv_number(double x) {
-  return std::isfinite(x) ? json_number(x) : "";
+  if (!std::isfinite(x)) return "";
+  char buffer[32];
+  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, x);
+  if (ec != std::errc{}) throw std::logic_error("csv_number: to_chars failed");
+  return std::string(buffer, end);
 }
 
 /// One epoch_record as a CSV row, without the line break.

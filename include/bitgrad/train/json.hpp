@@ -1,279 +1,148 @@
-// A minimal JSON writer and the JSON form of a run_summary.
+// The JSON form of a run summary (summary.json), built with nlohmann/json (core/json.hpp).
 //
-// json_writer builds indented JSON text with a stack of open containers; it escapes strings
-// (quote, backslash and every control character, as RFC 8259 requires), writes numbers in the
-// shortest form that reads back to the same double, and writes NaN and infinities as null
-// (JSON has no spelling for them). Misuse (a value inside an object without a key, closing
-// the wrong container, reading an unfinished document) throws std::logic_error.
+// Values: NaN and infinities are null (JSON has no spelling for them); a number with an
+// integer value below 2^53 is written as an integer ("12345", not "12345.0"), any other in
+// the shortest form that reads back to the same double; strings are escaped as RFC 8259
+// requires, and bytes that are not UTF-8 become U+FFFD. Layout: two spaces per level, one
+// member or item per line, except arrays of numbers, which stay on one line ("[2, 3.75, 4]").
 #pragma once
 
+#include <bitgrad/core/json.hpp>
 #include <bitgrad/train/records.hpp>
 
-#include <charconv>
+#include <algorithm>
 #include <cmath>
-#include <cstddef>
 #include <cstdint>
-#include <span>
-#include <stdexcept>
 #include <string>
-#include <string_view>
-#include <type_traits>
 #include <vector>
 
 namespace bitgrad {
 
-/// `"text"` with JSON escapes: \" \\ \n \r \t \b \f, other control characters as \u00XX.
-/// Bytes >= 0x80 pass through unchanged (UTF-8 stays UTF-8).
-inline std::string json_quote(std::string_view text) {
+/// x as a JSON value: null when not finite, an integer when it has an integer value below
+/// 2^53 in magnitude, else the double.
+inline json json_number(double x) {
+  if (!std::isfinite(x)) return nullptr;
+  if (std::abs(x) < 9007199254740992.0 && x == std::trunc(x)) return static_cast<std::int64_t>(x);
+  return x;
+}
+
+/// The numbers xs as a JSON array (json_number of each).
+inline json json_numbers(const std::vector<double>& xs) {
+  json a = json::array();
+  for (double x : xs) a.push_back(json_number(x));
+  return a;
+}
+
+/// v as text in the layout described at the top of this header (no final line break).
+inline std::string json_text(const json& v) {
   std::string out;
-  out.reserve(text.size() + 2);
-  out += '"';
-  for (char c : text) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    case '\b':
-      out += "\\b";
-      break;
-    case '\f':
-      out += "\\f";
-      break;
-    default:
-      if (static_cast<unsigned char>(c) < 0x20) {
-        static constexpr char hex[] = "0123456789abcdef";
-        out += "\\u00";
-        out += hex[(static_cast<unsigned char>(c) >> 4) & 0xf];
-        out += hex[static_cast<unsigned char>(c) & 0xf];
-      } else {
-        out += c;
+  auto scalar = [](const json& s) {
+    return s.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  auto write = [&](auto&& self, const json& value, std::size_t depth) -> void {
+    auto newline = [&](std::size_t d) {
+      out += '\n';
+      out.append(2 * d, ' ');
+    };
+    if (value.is_object() && !value.empty()) {
+      out += '{';
+      bool first = true;
+      for (const auto& [key, member] : value.items()) {
+        out += first ? "" : ",";
+        first = false;
+        newline(depth + 1);
+        out += scalar(json(key)) + ": ";
+        self(self, member, depth + 1);
       }
+      newline(depth);
+      out += '}';
+    } else if (value.is_array() && !value.empty()) {
+      const bool numbers = std::all_of(value.begin(), value.end(),
+                                       [](const json& x) { return x.is_number() || x.is_null(); });
+      out += '[';
+      for (std::size_t i = 0; i < value.size(); ++i) {
+        out += i == 0 ? "" : numbers ? ", " : ",";
+        if (!numbers) newline(depth + 1);
+        self(self, value[i], depth + 1);
+      }
+      if (!numbers) newline(depth);
+      out += ']';
+    } else {
+      out += scalar(value); // a scalar, {} or []
     }
-  }
-  out += '"';
+  };
+  write(write, v, 0);
   return out;
 }
 
-/// The shortest decimal text that reads back to `x` ("0.1", "3", "1e-07"); "null" when x is
-/// NaN or infinite.
-inline std::string json_number(double x) {
-  if (!std::isfinite(x)) return "null";
-  char buffer[32];
-  auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, x);
-  if (ec != std::errc{}) throw std::logic_error("json_number: to_chars failed");
-  return std::string(buffer, end);
+/// One layer of the summary: name, policy, params, groups, bits_min, bits_mean, bits_max,
+/// bytes, group_bits, group_sensitivity, bits_spread, rank_correlation.
+inline json to_json_value(const layer_summary& layer) {
+  json j = json::object();
+  j["name"] = layer.name;
+  j["policy"] = layer.policy;
+  j["params"] = layer.params;
+  j["groups"] = layer.groups;
+  j["bits_min"] = json_number(layer.bits_min);
+  j["bits_mean"] = json_number(layer.bits_mean);
+  j["bits_max"] = json_number(layer.bits_max);
+  j["bytes"] = json_number(layer.bytes);
+  j["group_bits"] = json_numbers(layer.group_bits);
+  j["group_sensitivity"] = json_numbers(layer.group_sensitivity);
+  j["bits_spread"] = json_number(layer.bits_spread);
+  j["rank_correlation"] = json_number(layer.rank_correlation);
+  return j;
 }
 
-/// Streaming JSON builder. Containers nest; inside an object every value follows a key().
-///   json_writer w;
-///   w.begin_object().key("a").value(1.0).key("b").begin_array(true).value(2).end_array();
-///   w.end_object();
-///   w.str() == "{\n  \"a\": 1,\n  \"b\": [2]\n}"
-class json_writer {
-public:
-  /// `indent` spaces per nesting level; 0 writes everything on one line.
-  explicit json_writer(int indent = 2) : indent_(indent < 0 ? 0 : indent) {}
-
-  /// Opens an object.
-  json_writer& begin_object() { return open('{', true, false); }
-  json_writer& end_object() { return close('}', true); }
-  /// Opens an array; a compact array keeps all its items on one line (for long number lists).
-  json_writer& begin_array(bool compact = false) { return open('[', false, compact); }
-  json_writer& end_array() { return close(']', false); }
-
-  /// Names the next value of the enclosing object.
-  json_writer& key(std::string_view name) {
-    if (stack_.empty() || !stack_.back().object || have_key_)
-      throw std::logic_error("json_writer: key() outside an object or twice in a row");
-    separate();
-    out_ += json_quote(name);
-    out_ += indent_ > 0 ? ": " : ":";
-    have_key_ = true;
-    return *this;
-  }
-
-  json_writer& value(std::string_view text) { return raw(json_quote(text)); }
-  json_writer& value(const char* text) { return value(std::string_view(text)); }
-  json_writer& value(const std::string& text) { return value(std::string_view(text)); }
-  json_writer& value(double x) { return raw(json_number(x)); }
-  json_writer& value(bool b) { return raw(b ? "true" : "false"); }
-  /// Any integer type (int, std::size_t, std::int64_t, ...), written exactly.
-  template <class Int>
-  requires(std::is_integral_v<Int> && !std::is_same_v<Int, bool>) json_writer& value(Int n) {
-    return raw(std::to_string(n));
-  }
-  json_writer& null() { return raw("null"); }
-
-  /// A compact array of numbers.
-  json_writer& value(std::span<const double> xs) {
-    begin_array(true);
-    for (double x : xs) value(x);
-    return end_array();
-  }
-  json_writer& value(const std::vector<double>& xs) { return value(std::span<const double>(xs)); }
-
-  /// The finished document; throws when containers are still open or nothing was written.
-  const std::string& str() const {
-    if (!stack_.empty() || !done_) throw std::logic_error("json_writer: document not finished");
-    return out_;
-  }
-
-private:
-  struct level {
-    bool object;
-    bool compact;
-    std::size_t count = 0;
-  };
-
-  // Writes the separator and line break that come before an item of the current container.
-  void separate() {
-    if (stack_.empty()) return;
-    level& top = stack_.back();
-    if (top.count > 0) out_ += top.compact && indent_ > 0 ? ", " : ",";
-    if (!top.compact) newline(stack_.size());
-    ++top.count;
-  }
-
-  void newline(std::size_t depth) {
-    if (indent_ == 0) return;
-    out_ += '\n';
-    out_.append(depth * static_cast<std::size_t>(indent_), ' ');
-  }
-
-  // Called before any value or container opening.
-  void before_value() {
-    if (stack_.empty()) {
-      if (done_) throw std::logic_error("json_writer: a second top-level value");
-      return;
-    }
-    if (stack_.back().object) {
-      if (!have_key_) throw std::logic_error("json_writer: value inside an object without a key");
-      have_key_ = false; // key() already wrote the separator
-    } else {
-      separate();
-    }
-  }
-
-  json_writer& raw(std::string_view text) {
-    before_value();
-    out_ += text;
-    if (stack_.empty()) done_ = true;
-    return *this;
-  }
-
-  json_writer& open(char bracket, bool object, bool compact) {
-    before_value();
-    out_ += bracket;
-    // Inside a compact array everything stays on one line.
-    bool inherited = !stack_.empty() && stack_.back().compact;
-    stack_.push_back(level{object, compact || inherited});
-    return *this;
-  }
-
-  json_writer& close(char bracket, bool object) {
-    if (stack_.empty() || stack_.back().object != object || have_key_)
-      throw std::logic_error(std::string("json_writer: unexpected '") + bracket + "'");
-    level top = stack_.back();
-    stack_.pop_back();
-    if (top.count > 0 && !top.compact) newline(stack_.size());
-    out_ += bracket;
-    if (stack_.empty()) done_ = true;
-    return *this;
-  }
-
-  int indent_;
-  std::string out_;
-  std::vector<level> stack_;
-  bool have_key_ = false;
-  bool done_ = false;
-};
-
-namespace detail::json {
-
-inline void write_layer_json(json_writer& w, const layer_summary& layer) {
-  w.begin_object();
-  w.key("name").value(layer.name);
-  w.key("policy").value(layer.policy);
-  w.key("params").value(layer.params);
-  w.key("groups").value(layer.groups);
-  w.key("bits_min").value(layer.bits_min);
-  w.key("bits_mean").value(layer.bits_mean);
-  w.key("bits_max").value(layer.bits_max);
-  w.key("bytes").value(layer.bytes);
-  w.key("group_bits").value(layer.group_bits);
-  w.key("group_sensitivity").value(layer.group_sensitivity);
-  w.key("bits_spread").value(layer.bits_spread);
-  w.key("rank_correlation").value(layer.rank_correlation);
-  w.end_object();
+/// The run summary: model, policy, fp32_accuracy, quant_accuracy, average_bits, size_bytes,
+/// compression, seconds, settings (an object of strings, in order) and layers.
+inline json to_json_value(const run_summary& run) {
+  json j = json::object();
+  j["model"] = run.model;
+  j["policy"] = run.policy;
+  j["fp32_accuracy"] = json_number(run.fp32_accuracy);
+  j["quant_accuracy"] = json_number(run.quant_accuracy);
+  j["average_bits"] = json_number(run.average_bits);
+  j["size_bytes"] = json_number(run.size_bytes);
+  j["compression"] = json_number(run.compression);
+  j["seconds"] = json_number(run.seconds);
+  json settings = json::object();
+  for (const auto& [name, setting] : run.settings) settings[name] = setting;
+  j["settings"] = std::move(settings);
+  json layers = json::array();
+  for (const auto& layer : run.layers) layers.push_back(to_json_value(layer));
+  j["layers"] = std::move(layers);
+  return j;
 }
 
-inline void write_summary_fields(json_writer& w, const run_summary& run) {
-  w.key("model").value(run.model);
-  w.key("policy").value(run.policy);
-  w.key("fp32_accuracy").value(run.fp32_accuracy);
-  w.key("quant_accuracy").value(run.quant_accuracy);
-  w.key("average_bits").value(run.average_bits);
-  w.key("size_bytes").value(run.size_bytes);
-  w.key("compression").value(run.compression);
-  w.key("seconds").value(run.seconds);
-  w.key("settings").begin_object();
-  for (const auto& [name, setting] : run.settings) w.key(name).value(setting);
-  w.end_object();
-  w.key("layers").begin_array();
-  for (const auto& layer : run.layers) write_layer_json(w, layer);
-  w.end_array();
+/// One epoch: phase, epoch, loss, train_accuracy, test_accuracy, average_bits, size_bytes,
+/// compression, seconds.
+inline json to_json_value(const epoch_record& e) {
+  json j = json::object();
+  j["phase"] = e.phase;
+  j["epoch"] = e.epoch;
+  j["loss"] = json_number(e.loss);
+  j["train_accuracy"] = json_number(e.train_accuracy);
+  j["test_accuracy"] = json_number(e.test_accuracy);
+  j["average_bits"] = json_number(e.average_bits);
+  j["size_bytes"] = json_number(e.size_bytes);
+  j["compression"] = json_number(e.compression);
+  j["seconds"] = json_number(e.seconds);
+  return j;
 }
 
-} // namespace detail::json
-
-/// The run summary as a JSON object: model, policy, fp32_accuracy, quant_accuracy,
-/// average_bits, size_bytes, compression, seconds, settings (an object of strings, in order)
-/// and layers (an array of objects: name, policy, params, groups, bits_min, bits_mean,
-/// bits_max, bytes, group_bits, group_sensitivity, bits_spread, rank_correlation).
-/// Unmeasured numbers (NaN) appear as null.
+/// The text of summary.json: to_json_value(run) and a final line break.
 inline std::string to_json(const run_summary& run) {
-  json_writer w;
-  w.begin_object();
-  detail::json::write_summary_fields(w, run);
-  w.end_object();
-  return w.str() + "\n";
+  return json_text(to_json_value(run)) + "\n";
 }
 
-/// As to_json(run), plus "epochs": one object per epoch_record (phase, epoch, loss,
-/// train_accuracy, test_accuracy, average_bits, size_bytes, compression, seconds).
+/// As to_json(run), plus "epochs": one object per epoch_record.
 inline std::string to_json(const run_summary& run, const std::vector<epoch_record>& epochs) {
-  json_writer w;
-  w.begin_object();
-  detail::json::write_summary_fields(w, run);
-  w.key("epochs").begin_array();
-  for (const auto& e : epochs) {
-    w.begin_object();
-    w.key("phase").value(e.phase);
-    w.key("epoch").value(e.epoch);
-    w.key("loss").value(e.loss);
-    w.key("train_accuracy").value(e.train_accuracy);
-    w.key("test_accuracy").value(e.test_accuracy);
-    w.key("average_bits").value(e.average_bits);
-    w.key("size_bytes").value(e.size_bytes);
-    w.key("compression").value(e.compression);
-    w.key("seconds").value(e.seconds);
-    w.end_object();
-  }
-  w.end_array();
-  w.end_object();
-  return w.str() + "\n";
+  json j = to_json_value(run);
+  json log = json::array();
+  for (const auto& e : epochs) log.push_back(to_json_value(e));
+  j["epochs"] = std::move(log);
+  return json_text(j) + "\n";
 }
 
 } // namespace bitgrad

@@ -18,6 +18,7 @@
 #include <bitgrad/core/xt.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/io/bytes.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -36,68 +37,61 @@ struct npy_entry {
 
 /// The bytes of a stored (uncompressed) ZIP holding `<name>.npy` for every entry.
 inline std::string zip_npy_entries(const std::vector<npy_entry>& entries) {
-  std::string out, central;
-  auto put16 = [](std::string& s, std::uint16_t v) {
-    s.push_back(static_cast<char>(v & 0xFF));
-    s.push_back(static_cast<char>(v >> 8));
-  };
-  auto put32 = [&](std::string& s, std::uint32_t v) {
-    put16(s, static_cast<std::uint16_t>(v & 0xFFFF));
-    put16(s, static_cast<std::uint16_t>(v >> 16));
-  };
+  io::byte_writer out, central;
   for (const npy_entry& e : entries) {
     const std::string name = e.name + ".npy";
     if (out.size() + e.npy.size() + name.size() + 64 > 0xFFFFFFFFull)
       throw config_error("npz: archive larger than 4 GiB (ZIP64 is not supported)");
-    const auto crc =
-        format::detail::crc32_of(reinterpret_cast<const std::uint8_t*>(e.npy.data()), e.npy.size());
+    const std::uint32_t crc = io::crc32(e.npy.data(), e.npy.size());
     const auto size = static_cast<std::uint32_t>(e.npy.size());
     const auto offset = static_cast<std::uint32_t>(out.size());
+    const auto name_length = static_cast<std::uint16_t>(name.size());
     // Local file header.
-    put32(out, 0x04034b50u);
-    put16(out, 20);   // version needed
-    put16(out, 0);    // flags
-    put16(out, 0);    // stored
-    put16(out, 0);    // time
-    put16(out, 0x21); // date 1980-01-01
-    put32(out, crc);
-    put32(out, size);
-    put32(out, size);
-    put16(out, static_cast<std::uint16_t>(name.size()));
-    put16(out, 0);
-    out += name;
-    out += e.npy;
+    out.put<std::uint32_t>(0x04034b50u);
+    out.put<std::uint16_t>(20);   // version needed
+    out.put<std::uint16_t>(0);    // flags
+    out.put<std::uint16_t>(0);    // stored
+    out.put<std::uint16_t>(0);    // time
+    out.put<std::uint16_t>(0x21); // date 1980-01-01
+    out.put<std::uint32_t>(crc);
+    out.put<std::uint32_t>(size);
+    out.put<std::uint32_t>(size);
+    out.put<std::uint16_t>(name_length);
+    out.put<std::uint16_t>(0);
+    out.put_bytes(name.data(), name.size());
+    out.put_bytes(e.npy.data(), e.npy.size());
     // Central directory entry.
-    put32(central, 0x02014b50u);
-    put16(central, 20); // made by
-    put16(central, 20); // needed
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0x21);
-    put32(central, crc);
-    put32(central, size);
-    put32(central, size);
-    put16(central, static_cast<std::uint16_t>(name.size()));
-    put16(central, 0); // extra
-    put16(central, 0); // comment
-    put16(central, 0); // disk
-    put16(central, 0); // internal attributes
-    put32(central, 0); // external attributes
-    put32(central, offset);
-    central += name;
+    central.put<std::uint32_t>(0x02014b50u);
+    central.put<std::uint16_t>(20); // made by
+    central.put<std::uint16_t>(20); // needed
+    central.put<std::uint16_t>(0);
+    central.put<std::uint16_t>(0);
+    central.put<std::uint16_t>(0);
+    central.put<std::uint16_t>(0x21);
+    central.put<std::uint32_t>(crc);
+    central.put<std::uint32_t>(size);
+    central.put<std::uint32_t>(size);
+    central.put<std::uint16_t>(name_length);
+    central.put<std::uint16_t>(0); // extra
+    central.put<std::uint16_t>(0); // comment
+    central.put<std::uint16_t>(0); // disk
+    central.put<std::uint16_t>(0); // internal attributes
+    central.put<std::uint32_t>(0); // external attributes
+    central.put<std::uint32_t>(offset);
+    central.put_bytes(name.data(), name.size());
   }
   const auto cd_offset = static_cast<std::uint32_t>(out.size());
-  out += central;
-  put32(out, 0x06054b50u);
-  put16(out, 0);
-  put16(out, 0);
-  put16(out, static_cast<std::uint16_t>(entries.size()));
-  put16(out, static_cast<std::uint16_t>(entries.size()));
-  put32(out, static_cast<std::uint32_t>(central.size()));
-  put32(out, cd_offset);
-  put16(out, 0);
-  return out;
+  const auto cd_size = static_cast<std::uint32_t>(central.size());
+  out.put_bytes(central.bytes().data(), central.size());
+  out.put<std::uint32_t>(0x06054b50u);
+  out.put<std::uint16_t>(0);
+  out.put<std::uint16_t>(0);
+  out.put<std::uint16_t>(static_cast<std::uint16_t>(entries.size()));
+  out.put<std::uint16_t>(static_cast<std::uint16_t>(entries.size()));
+  out.put<std::uint32_t>(cd_size);
+  out.put<std::uint32_t>(cd_offset);
+  out.put<std::uint16_t>(0);
+  return out.take();
 }
 
 /// The arrays of m described at the top of this header.

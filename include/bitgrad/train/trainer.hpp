@@ -185,58 +185,6 @@ inline const char* phase_name(int phase) {
   return names[phase];
 }
 
-inline std::string encode_history(const std::vector<epoch_record>& h) {
-  std::ostringstream out;
-  out.precision(17);
-  for (const auto& e : h)
-    out << e.phase << ',' << e.epoch << ',' << e.loss << ',' << e.train_accuracy << ','
-        << e.test_accuracy << ',' << e.average_bits << ',' << e.size_bytes << ',' << e.compression
-        << ',' << e.seconds << ';';
-  return out.str();
-}
-
-/// The epoch records of encode_history; format_error naming `file`, the row and the column
-/// when a row is malformed.
-inline std::vector<epoch_record> decode_history(const std::string& text, const std::string& file) {
-  static const char* columns[] = {"phase",          "epoch",         "loss",
-                                  "train_accuracy", "test_accuracy", "average_bits",
-                                  "size_bytes",     "compression",   "seconds"};
-  std::vector<epoch_record> h;
-  std::istringstream in(text);
-  std::size_t row_index = 0;
-  for (std::string row; std::getline(in, row, ';');) {
-    ++row_index;
-    auto fail = [&](const std::string& what) {
-      return format_error(file, checkpoint_metadata_offset,
-                          "metadata field 'history': row " + std::to_string(row_index) + ": " +
-                              what);
-    };
-    std::istringstream fields(row);
-    std::string cell;
-    std::vector<std::string> cells;
-    while (std::getline(fields, cell, ',')) cells.push_back(cell);
-    if (cells.size() != 9)
-      throw fail("expected 9 comma-separated values, got " + std::to_string(cells.size()) + " in " +
-                 quoted_value(row));
-    epoch_record e;
-    e.phase = cells[0];
-    const auto epoch = parse_unsigned(cells[1]);
-    if (!epoch) throw fail("epoch: expected an unsigned integer, got " + quoted_value(cells[1]));
-    e.epoch = static_cast<std::size_t>(*epoch);
-    double* values[] = {&e.loss,       &e.train_accuracy, &e.test_accuracy, &e.average_bits,
-                        &e.size_bytes, &e.compression,    &e.seconds};
-    for (int i = 0; i < 7; ++i) {
-      const auto v = parse_real(cells[2 + i]);
-      if (!v)
-        throw fail(std::string(columns[2 + i]) + ": expected a number, got " +
-                   quoted_value(cells[2 + i]));
-      *values[i] = *v;
-    }
-    h.push_back(e);
-  }
-  return h;
-}
-
 } // namespace detail
 
 /// Runs the three phases on `fp32` (a no_quant network) and `quantized` (its twin with
@@ -513,7 +461,7 @@ private:
     epochs = static_cast<std::size_t>(meta_unsigned(data, "epoch"));
     fp32_accuracy = meta_real(data, "fp32_accuracy");
     seconds = meta_real(data, "seconds");
-    history = detail::decode_history(meta_field(data, "history"), data.file);
+    history = data.history;
     return data;
   }
 
@@ -551,8 +499,8 @@ private:
     if (po.scale_lr > 0) adam.set_group(param_kind::scale, {.lr = po.scale_lr, .weight_decay = 0});
     partial_epoch part;
     if (resumed) {
-      batches.restore(parse_loader_state(resumed->loader_state));
-      std::istringstream state(resumed->optimizer_state);
+      batches.restore(resumed->saved_loader());
+      io::byte_reader state = resumed->optimizer_reader();
       adam.load(state);
       const auto& m = resumed->meta;
       net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
@@ -588,7 +536,7 @@ private:
       data.meta["epoch"] = std::to_string(epochs_done);
       data.meta["fp32_accuracy"] = exact(fp32_accuracy);
       data.meta["seconds"] = exact(elapsed());
-      data.meta["history"] = detail::encode_history(history);
+      data.history = history;
       if (p.step > 0) { // mid-epoch
         data.meta["step"] = std::to_string(p.step);
         data.meta["images"] = std::to_string(p.images);
@@ -601,10 +549,10 @@ private:
         if constexpr (requires { q.noise_step(); })
           data.meta["noise_step." + std::string(name)] = std::to_string(q.noise_step());
       });
-      std::ostringstream state;
+      io::byte_writer state;
       adam.save(state);
-      data.optimizer_state = state.str();
-      data.loader_state = to_string(batches.state());
+      data.optimizer_state = state.take();
+      data.loader = batches.state();
       save_checkpoint(checkpoint_path(), net, data);
     };
     auto step_failure = [&](std::size_t epoch, std::size_t step, const std::string& what) {
