@@ -1,11 +1,16 @@
 # Configures, builds and runs a consumer project (cmake -P script).
-# In: SOURCE, BINARY, EXTRA (one extra -D argument), COMPILER, optional FORBIDDEN_SOURCE
+# In: SOURCE, BINARY, EXTRA (one extra -D argument), COMPILER, optional OPENMP (ON/OFF: passed
+# as -DBITGRAD_OPENMP to a consumer that configures bitgrad itself), optional FORBIDDEN_SOURCE
 # (a path that must not appear in the consumer's build: proves it used the installed copy),
 # optional EXPECT_OPENMP (ON/OFF: the consumer must report OpenMP on/off, i.e. the target's
 # OpenMP flags reached it, or did not).
 file(REMOVE_RECURSE "${BINARY}")
+set(openmp_arg "")
+if(NOT "${OPENMP}" STREQUAL "")
+  set(openmp_arg "-DBITGRAD_OPENMP=${OPENMP}")
+endif()
 execute_process(
-  COMMAND ${CMAKE_COMMAND} -S "${SOURCE}" -B "${BINARY}" "${EXTRA}"
+  COMMAND ${CMAKE_COMMAND} -S "${SOURCE}" -B "${BINARY}" "${EXTRA}" ${openmp_arg}
           -DCMAKE_CXX_COMPILER=${COMPILER} -DCMAKE_BUILD_TYPE=Release
   RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
