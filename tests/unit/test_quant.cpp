@@ -606,3 +606,28 @@ TEST_CASE("step_bits: the lowest bitwidth is 2, in freeze_to and in the budget")
   CHECK_FALSE(q.frozen());
   CHECK(frac_bits<double>::lowest_bits == 1);
 }
+
+TEST_CASE("step_bits: the first freeze keeps the learned range, a later freeze_to keeps d") {
+  const auto w = normal(n_weights, 34);
+  step_bits<double> q(sopt(1, 2, 8, 6.5));
+  q.bind(channels, per_channel, w.data());
+  auto ps = parameters_of(q);
+  const double* d = find_param(ps, "step").value;
+  std::vector<double> range(channels);
+  for (std::size_t g = 0; g < channels; ++g) range[g] = d[g] * (std::exp2(6.5 - 1) - 1);
+  q.freeze_to(std::vector<int>(channels, 3));
+  for (std::size_t g = 0; g < channels; ++g)
+    CHECK(d[g] * 3 == doctest::Approx(range[g]).epsilon(1e-12)); // L_3 = 3
+  const std::vector<double> d3(d, d + channels);
+  q.freeze_to(std::vector<int>(channels, 2)); // frozen: d held, the range shrinks
+  CHECK(std::vector<double>(d, d + channels) == d3);
+  q.freeze_to(std::vector<int>(channels, 3));
+  CHECK(std::vector<double>(d, d + channels) == d3);
+  // A fresh quantizer whose b is already the integer k (a checkpoint's) keeps d exactly.
+  step_bits<double> r(sopt(1, 2, 8, 4.0));
+  r.bind(channels, per_channel, w.data());
+  const double* dr = find_param(parameters_of(r), "step").value;
+  const std::vector<double> before(dr, dr + channels);
+  r.freeze_to(std::vector<int>(channels, 4));
+  CHECK(std::vector<double>(dr, dr + channels) == before);
+}

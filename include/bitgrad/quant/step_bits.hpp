@@ -21,8 +21,12 @@
 // lowest integer bitwidth (lowest_bits) is 2.
 // Initialisation at bind(): b = b_init, d = max|w_g| / (2^(b_init-1) - 1), so q_max = max|w_g|.
 // Freeze (quant/group_quantizer.hpp): k = round / ceil / budget-greedy of b, clamped to the
-// bounds; then Q is exactly the integer grid d * clamp(round(w/d), -L_k, L_k). After freeze only
-// d trains (LSQ dQ/dd of kernels/ref/quantize.hpp); q_max follows d.
+// bounds. The first freeze (from training) keeps the range the search learned:
+// d := q_max / L_k with q_max = d (2^(b-1) - 1) at the real b (holding d instead would shrink
+// the range by L_k / L_b, clipping most weights when b falls by several bits); freeze_to on a
+// frozen quantizer (sensitivity, checkpoints) keeps d, so lowering a group and restoring it is
+// exact. Then Q is exactly the integer grid d * clamp(round(w/d), -L_k, L_k); only d trains
+// (LSQ dQ/dd of kernels/ref/quantize.hpp) and q_max follows d.
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -120,9 +124,14 @@ public:
 private:
   // ---- the core's hooks -----------------------------------------------------------------
   double real_bits(std::size_t g) const { return static_cast<double>(bits_[g]); }
-  /// b_g := k_g, no gradient.
+  /// b_g := k_g, no gradient; from training, d_g := q_max_g / L_k (the range kept).
   void freezing(const std::vector<int>& k) {
-    std::copy(k.begin(), k.end(), bits_.begin());
+    for (std::size_t g = 0; g < k.size(); ++g) {
+      // (b == k already: the range is d L_k, d stays exact; a checkpoint's frozen b is k.)
+      if (!this->frozen_ && bits_[g] != static_cast<T>(k[g]))
+        step_[g] = std::max(qmax(g) / static_cast<T>(level_limit(k[g])), scale_floor<T>);
+      bits_[g] = static_cast<T>(k[g]);
+    }
     std::fill(bits_grad_.begin(), bits_grad_.end(), T(0));
   }
   /// The step d of each group (w is not needed: scales are parameters).
