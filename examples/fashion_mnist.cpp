@@ -75,14 +75,12 @@ struct stored_size {
 template <class Net>
 stored_size measure_stored(Net& net, bool at_minimum) {
   stored_size s;
-  net.visit_quantizers([&]<class Q>(std::string_view, const Q& q) {
+  net.visit_quantizers([&](std::string_view, const auto& q) {
     s.weights += static_cast<double>(q.weight_count());
-    if constexpr (bitgrad::quant::budget_quantizer<Q>) {
-      if (at_minimum && !q.frozen()) {
-        s.bits += std::ceil(q.b_min()) * static_cast<double>(q.weight_count()) +
-                  bitgrad::quant::group_overhead_bits * static_cast<double>(q.groups());
-        return;
-      }
+    if (at_minimum && !q.frozen()) {
+      s.bits += std::ceil(q.b_min()) * static_cast<double>(q.weight_count()) +
+                bitgrad::quant::group_overhead_bits * static_cast<double>(q.groups());
+      return;
     }
     s.bits += q.size_bits();
   });

@@ -797,39 +797,6 @@ struct data_sets {
   bitgrad::dataset train, test;
 };
 
-/// The sensitivity diagnostics of train/sensitivity.hpp for step_bits, which has no 1-bit grid:
-/// measure_sensitivity lowers every group above 1 bit by one bit and step_bits rejects 1 bit,
-/// so here the same exact S_g (loss increase on the fixed batches when group g alone loses one
-/// bit) is measured only for groups above the policy's lowest bitwidth; the others are NaN, as
-/// groups at 1 bit are for the other policies.
-template <class Net>
-void step_bits_sensitivity(Net& net, const data_sets& data, const settings& cfg,
-                           std::vector<layer_summary>& layers) {
-  namespace tr = bitgrad::train;
-  const auto batches = tr::fixed_batches<float>(data.test, cfg.trainer.normalise, 32,
-                                                cfg.trainer.sensitivity_batches);
-  const double base = tr::mean_loss(net, batches);
-  net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
-    if constexpr (requires { q.frozen_bits(); }) {
-      const std::vector<int> bits = q.frozen_bits();
-      std::vector<double> s(bits.size(), nan_value);
-      for (std::size_t g = 0; g < bits.size(); ++g) {
-        if (bits[g] <= static_cast<int>(std::ceil(q.b_min()))) continue;
-        std::vector<int> lower = bits;
-        --lower[g];
-        q.freeze_to(lower);
-        s[g] = tr::mean_loss(net, batches) - base;
-        q.freeze_to(bits);
-      }
-      for (auto& row : layers)
-        if (row.name == name) {
-          row.group_sensitivity = s;
-          row.rank_correlation = tr::spearman(row.group_bits, s);
-        }
-    }
-  });
-}
-
 /// The split-half reliability of the sensitivity diagnostics (see run_row): S_g measured again
 /// on the next sensitivity_batches batches of 32 test images, Spearman per layer with the
 /// first measurement.
@@ -870,10 +837,8 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   auto net = build.template operator()<Quant>(
       bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q});
 
-  constexpr bool step = std::is_same_v<Quant<T>, bitgrad::quant::step_bits<T>>;
   bitgrad::train::trainer_options t = cfg.trainer;
   t.pretrain.epochs = 0; // every arm starts from the shared pretrained FP32 network
-  if constexpr (step) t.sensitivity_batches = 0; // measured below instead
   t.seed = seed;
   // The trainer's target is the model's stored bytes, biases included (the same in every arm).
   t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
@@ -909,8 +874,6 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   r.stored_bits = size.weight_bits / static_cast<double>(size.weights);
   r.seconds = result.summary.seconds;
   r.layers = result.summary.layers;
-  if constexpr (step)
-    if (cfg.trainer.sensitivity_batches > 0) step_bits_sensitivity(net, data, cfg, r.layers);
   if (a.uniform() && cfg.trainer.sensitivity_batches > 0) sensitivity_split_half(net, data, cfg, r);
   std::vector<double> rhos;
   for (const auto& l : r.layers) {

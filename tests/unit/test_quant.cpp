@@ -12,6 +12,8 @@
 #include <bitgrad/kernels/ref/quantize.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
+#include <bitgrad/quant/no_quant.hpp>
+#include <bitgrad/quant/noise_bits.hpp>
 #include <bitgrad/quant/step_bits.hpp>
 
 #include <doctest/doctest.h>
@@ -247,12 +249,17 @@ TEST_CASE("step_bits gradients match finite differences of its surrogate") {
     step_bits<double> q(sopt(gs, 2, 8, 3.6));
     q.bind(channels, per_channel, w.data());
     auto ps = parameters_of(q);
-    auto qm = find_param(ps, "qmax");
-    for (std::size_t g = 0; g < qm.size; ++g) qm.value[g] *= 0.7; // some weights clip
+    // Some weights clip: q_max = d (2^(b-1) - 1) at 0.7 times its initial value.
+    const double b_clip = std::log2(0.7 * (std::exp2(2.6) - 1) + 1) + 1;
+    auto bp = find_param(ps, "bits");
+    for (std::size_t g = 0; g < bp.size; ++g) bp.value[g] = b_clip;
     const auto r = forward_backward(q, w, gy);
     const auto& lay = q.layout();
     const double* d = find_param(ps, "step").value;
-    const double* qmax = qm.value;
+    // q_max as the quantizer computes it (in its own element type) at the base point.
+    std::vector<double> qmax(lay.groups());
+    for (std::size_t g = 0; g < lay.groups(); ++g)
+      qmax[g] = d[g] * (std::exp2(bp.value[g] - 1) - 1);
     std::vector<double> r0(n_weights), sign0(n_weights);
     std::vector<bool> in0(n_weights);
     for (std::size_t g = 0; g < lay.groups(); ++g)
@@ -262,15 +269,19 @@ TEST_CASE("step_bits gradients match finite differences of its surrogate") {
         in0[i] = std::abs(w[i]) <= qmax[g];
         sign0[i] = w[i] >= 0 ? 1 : -1;
       }
+    // The surrogate in the parameters (b, d): q_max = d (2^(b-1) - 1) moves with both.
     auto model = [&](const std::vector<double>& wv) {
       std::vector<double> out(wv.size());
-      for (std::size_t g = 0; g < lay.groups(); ++g)
+      for (std::size_t g = 0; g < lay.groups(); ++g) {
+        const double qm = d[g] * (std::exp2(bp.value[g] - 1) - 1);
         for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
-          out[i] = (in0[i] ? wv[i] : sign0[i] * qmax[g]) + d[g] * r0[i];
+          out[i] = (in0[i] ? wv[i] : sign0[i] * qm) + d[g] * r0[i];
+      }
       return out;
     };
     check_against_surrogate(q, w, gy, r, model);
-    // b is derived and sits at b_init after bind.
+    // b is a parameter (kind bitwidth) and group_bits() reports it.
+    CHECK(bp.kind == param_kind::bitwidth);
     for (double b : q.group_bits())
       CHECK(b == doctest::Approx(std::log2(0.7 * (std::exp2(2.6) - 1) + 1) + 1));
   }
@@ -431,10 +442,12 @@ TEST_CASE("project keeps bitwidths and scales inside their bounds") {
   step_bits<double> s(sopt(per_tensor, 3, 5));
   s.bind(channels, per_channel, w.data());
   auto sp = parameters_of(s);
-  find_param(sp, "qmax").value[0] = 1000 * find_param(sp, "step").value[0];
+  find_param(sp, "bits").value[0] = 1000;
+  find_param(sp, "step").value[0] = -1;
   s.project();
   CHECK(s.group_bits()[0] == doctest::Approx(5));
-  find_param(sp, "qmax").value[0] = 0;
+  CHECK(find_param(sp, "step").value[0] > 0);
+  find_param(sp, "bits").value[0] = 0;
   s.project();
   CHECK(s.group_bits()[0] == doctest::Approx(3));
 }
@@ -505,11 +518,116 @@ TEST_CASE("a non-finite bitwidth is a config_error naming the group, in every fr
 
       step_bits<double> s(sopt(1));
       s.bind(channels, per_channel, w.data());
-      find_param(parameters_of(s), "qmax").value[5] = bad;
+      find_param(parameters_of(s), "bits").value[5] = bad;
       CHECK_THROWS_WITH_AS(s.freeze(r),
                            doctest::Contains("step_bits: group 5 of 7 has a non-finite bitwidth"),
                            config_error);
       CHECK_FALSE(s.frozen());
     }
   }
+}
+
+// ---- the shared core (quant/group_quantizer.hpp), issue #18 ---------------------------------
+
+TEST_CASE_TEMPLATE("every policy's state saves and loads through the core, and is checked", Q,
+                   frac_bits<double>, noise_bits<double>, step_bits<double>, fixed_bits<double>) {
+  static_assert(quantizer<Q>);
+  const auto w = normal(n_weights, 31);
+  Q q;
+  q.bind(channels, per_channel, w.data());
+  // Every learned bitwidth is a parameter of kind bitwidth (fixed_bits has none).
+  std::size_t bit_params = 0;
+  q.visit_parameters([&](param_ref<double>& p) { bit_params += p.kind == param_kind::bitwidth; });
+  CHECK(bit_params == (std::is_same_v<Q, fixed_bits<double>> ? 0u : 1u));
+
+  const std::vector<int> bits{2, 3, 4, 5, 6, 7, 8};
+  q.freeze_to(bits);
+  io::byte_writer out;
+  q.save(out);
+  // u8 frozen, u32 groups, 7 x i32: the checkpoint's quantizer record (versions 1 and 2).
+  REQUIRE(out.size() == 1 + 4 + 7 * 4);
+  CHECK(out.bytes()[0] == 1);
+
+  Q fresh;
+  fresh.bind(channels, per_channel, w.data());
+  io::byte_reader in(out.bytes(), "state.bin");
+  fresh.load(in);
+  CHECK(in.at_end());
+  CHECK(fresh.frozen());
+  CHECK(fresh.frozen_bits() == bits);
+  std::vector<double> a(n_weights), b(n_weights);
+  q.forward(w.data(), a.data(), false);
+  fresh.forward(w.data(), b.data(), false);
+  CHECK(a == b);
+
+  // A record for another layout is a format_error naming the quantizer and the counts.
+  Q other;
+  other.bind(channels - 1, per_channel, w.data());
+  io::byte_reader again(out.bytes(), "state.bin");
+  CHECK_THROWS_WITH_AS(
+      other.load(again, "fc1"),
+      doctest::Contains("quantizer 'fc1' has 7 frozen groups, the network's has 6"), format_error);
+  // A bitwidth outside [1, 16].
+  io::byte_writer bad;
+  bad.put<std::uint8_t>(1);
+  bad.put<std::uint32_t>(7);
+  for (int k = 0; k < 7; ++k) bad.put<std::int32_t>(k == 3 ? 17 : 4);
+  io::byte_reader bad_in(bad.bytes(), "state.bin");
+  CHECK_THROWS_WITH_AS(fresh.load(bad_in), doctest::Contains("frozen bitwidth 17 outside [1, 16]"),
+                       format_error);
+}
+
+TEST_CASE("no_quant meets the whole contract: no integer groups, the empty state") {
+  static_assert(quantizer<no_quant<double>>);
+  const auto w = normal(n_weights, 32);
+  no_quant<double> q;
+  q.bind(channels, per_channel, w.data());
+  CHECK(q.frozen_bits().empty());
+  CHECK(q.group_scales(w.data()).empty());
+  CHECK_NOTHROW(q.freeze_to({}));
+  CHECK_THROWS_AS(q.freeze_to({4}), config_error);
+  std::vector<std::int32_t> codes(n_weights);
+  CHECK_THROWS_AS(q.codes(w.data(), codes.data()), config_error);
+  io::byte_writer out;
+  q.save(out);
+  CHECK(out.bytes() == std::string("\0\0\0\0\0", 5));
+  io::byte_reader in(out.bytes(), "state.bin");
+  q.load(in);
+  CHECK(in.at_end());
+}
+
+TEST_CASE("step_bits: the lowest bitwidth is 2, in freeze_to and in the budget") {
+  const auto w = normal(n_weights, 33);
+  step_bits<double> q(sopt(1));
+  q.bind(channels, per_channel, w.data());
+  CHECK(step_bits<double>::lowest_bits == 2);
+  CHECK_THROWS_WITH_AS(q.freeze_to(std::vector<int>(7, 1)),
+                       "step_bits: expected bitwidths >= 2, got 1", config_error);
+  CHECK_FALSE(q.frozen());
+  CHECK(frac_bits<double>::lowest_bits == 1);
+}
+
+TEST_CASE("step_bits: the first freeze keeps the learned range, a later freeze_to keeps d") {
+  const auto w = normal(n_weights, 34);
+  step_bits<double> q(sopt(1, 2, 8, 6.5));
+  q.bind(channels, per_channel, w.data());
+  auto ps = parameters_of(q);
+  const double* d = find_param(ps, "step").value;
+  std::vector<double> range(channels);
+  for (std::size_t g = 0; g < channels; ++g) range[g] = d[g] * (std::exp2(6.5 - 1) - 1);
+  q.freeze_to(std::vector<int>(channels, 3));
+  for (std::size_t g = 0; g < channels; ++g)
+    CHECK(d[g] * 3 == doctest::Approx(range[g]).epsilon(1e-12)); // L_3 = 3
+  const std::vector<double> d3(d, d + channels);
+  q.freeze_to(std::vector<int>(channels, 2)); // frozen: d held, the range shrinks
+  CHECK(std::vector<double>(d, d + channels) == d3);
+  q.freeze_to(std::vector<int>(channels, 3));
+  CHECK(std::vector<double>(d, d + channels) == d3);
+  // A fresh quantizer whose b is already the integer k (a checkpoint's) keeps d exactly.
+  step_bits<double> r(sopt(1, 2, 8, 4.0));
+  r.bind(channels, per_channel, w.data());
+  const double* dr = find_param(parameters_of(r), "step").value;
+  const std::vector<double> before(dr, dr + channels);
+  r.freeze_to(std::vector<int>(channels, 4));
+  CHECK(std::vector<double>(dr, dr + channels) == before);
 }

@@ -89,7 +89,7 @@ TEST_CASE("size accounting: codes plus 40 bits per group, by hand") {
   CHECK(target_bits_from_bytes(100) == 800);
 }
 
-TEST_CASE("size gradients: d size / d bits = n_g; step_bits through the derived b") {
+TEST_CASE("size gradients: d size / d bits = n_g, for step_bits too") {
   model m;
   for (std::size_t g = 0; g < 3; ++g) CHECK(m.a.group_weight_count(g) == (g < 2 ? 15u : 5u));
   m.a.zero_grad();
@@ -151,8 +151,7 @@ TEST_CASE("budget-aware freezing never exceeds a reachable target") {
     auto a_bits = find_param(parameters_of(m.a), "bits");
     for (std::size_t g = 0; g < a_bits.size; ++g) a_bits.value[g] = bit(gen);
     auto sp = parameters_of(m.b);
-    find_param(sp, "qmax").value[0] =
-        find_param(sp, "step").value[0] * (std::exp2(bit(gen) - 1) - 1);
+    find_param(sp, "bits").value[0] = bit(gen);
     // All-floor size: the smallest reachable.
     double floor_size = 0, ceil_size = 0;
     for (std::size_t g = 0; g < 3; ++g) {
@@ -247,7 +246,7 @@ TEST_CASE("freeze_to_budget names the layer and group of a non-finite bitwidth, 
   CHECK_FALSE(m.a.frozen());
   CHECK_FALSE(m.b.frozen());
   find_param(parameters_of(m.a), "bits").value[1] = 3.0;
-  find_param(parameters_of(m.b), "qmax").value[0] = std::numeric_limits<double>::infinity();
+  find_param(parameters_of(m.b), "bits").value[0] = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH_AS(
       freeze_to_budget(visit, 1e6),
       doctest::Contains("freeze_to_budget: layer 'b': group 0 of 1 has a non-finite bitwidth"),
@@ -256,7 +255,7 @@ TEST_CASE("freeze_to_budget names the layer and group of a non-finite bitwidth, 
   // The flat rounding and the target say what is wrong too.
   const budget_item items[] = {{2.5, 10, 2, 8}, {std::nan(""), 10, 2, 8}};
   CHECK_THROWS_WITH_AS(round_to_budget(items, 100), doctest::Contains("group 1"), config_error);
-  find_param(parameters_of(m.b), "qmax").value[0] = 1.0;
+  find_param(parameters_of(m.b), "bits").value[0] = 3.0;
   CHECK_THROWS_WITH_AS(freeze_to_budget(visit, std::nan("")),
                        doctest::Contains("the target must be > 0 bits"), config_error);
 }

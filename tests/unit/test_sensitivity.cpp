@@ -12,6 +12,7 @@
 #include <bitgrad/quant/budget.hpp>
 #include <bitgrad/quant/noise_bits.hpp>
 #include <bitgrad/quant/penalty.hpp>
+#include <bitgrad/quant/step_bits.hpp>
 #include <bitgrad/train/model_info.hpp>
 #include <bitgrad/train/sensitivity.hpp>
 
@@ -148,6 +149,42 @@ double hand_loss(tiny_net& net, const std::vector<labelled_batch<tensor2<double>
 }
 
 } // namespace
+
+TEST_CASE("sensitivity stops at the policy's lowest bitwidth: step_bits groups at 2 bits") {
+  // Issue #18: the floor was a hard-coded 1 bit, so lowering a step_bits group from 2 to 1 bit
+  // threw (step_bits has no 1-bit grid) and examples/pareto.cpp carried its own copy.
+  auto make = [](std::size_t in, std::size_t out, std::uint64_t seed, const char* name) {
+    return nn::linear<double, quant::step_bits>(
+        {.in_features = in, .out_features = out, .bias = true, .seed = seed, .name = name},
+        {.group_size = 1, .b_min = 2, .b_max = 8, .b_init = 6.0});
+  };
+  auto net =
+      nn::sequential(make(4, 5, 1, "fc1"), nn::relu<double, 2>("relu"), make(5, 3, 2, "fc2"));
+  const auto batches = tiny_batches();
+  const std::vector<int> bits1{2, 3, 2, 4, 5}, bits2{3, 2, 2};
+  net.get<0>().quantizer().freeze_to(bits1);
+  net.get<2>().quantizer().freeze_to(bits2);
+  const double base = train::mean_loss(net, batches);
+  const auto s = train::exact_sensitivity(net, batches);
+  const auto est = train::estimated_sensitivity(net, batches);
+  REQUIRE(s.size() == 2);
+  REQUIRE(est.size() == 2);
+  for (std::size_t g = 0; g < bits1.size(); ++g) {
+    CAPTURE(g);
+    CHECK(std::isnan(s[0][g]) == (bits1[g] == 2));
+    CHECK(std::isnan(est[0][g]) == (bits1[g] == 2));
+    if (bits1[g] == 2) continue;
+    auto lower = bits1;
+    --lower[g];
+    net.get<0>().quantizer().freeze_to(lower);
+    const double lowered = train::mean_loss(net, batches);
+    net.get<0>().quantizer().freeze_to(bits1);
+    CHECK(s[0][g] == doctest::Approx(lowered - base).epsilon(1e-12));
+  }
+  CHECK(std::isnan(s[1][1]));
+  CHECK(std::isfinite(s[1][0]));
+  CHECK(net.get<0>().quantizer().frozen_bits() == bits1); // left as it was
+}
 
 TEST_CASE("exact sensitivity of a tiny network matches a hand loop") {
   tiny_net net = make_tiny();

@@ -463,6 +463,47 @@ TEST_CASE("bits_moment: one Adam step moves a layer's bitwidths by lr each, or i
   CHECK(widest_ratio > 3); // per_layer is not per_group in disguise
 }
 
+TEST_CASE("bits_lr reaches step_bits: its bitwidths are of kind bitwidth and step by bits_lr") {
+  // Issue #18: step_bits had no parameter of kind bitwidth, so the bitwidth group of the
+  // optimizer (--bits-lr, --bits-moment) silently did nothing for it. Per group, the first Adam
+  // step moves each b_g by bits_lr (see the test above), whatever the weights' lr.
+  auto steps = [&](double bits_lr) {
+    temp_dir dir("bitgrad-train-step-bits-lr");
+    auto o = quick_options(dir.path);
+    o.pretrain = {.epochs = 0};
+    o.search = {.epochs = 1, .lr = 5e-4, .bits_lr = bits_lr};
+    o.finetune = {.epochs = 0};
+    o.stop_after_steps = 1;
+    // The size penalty (7.5 bits against a target of 3) gives every group a gradient; without
+    // it most groups would have none: nothing clips at q_max = max|w|.
+    o.bits_moment = train::bits_normalisation::per_group;
+    auto fp32 = make_fp32();
+    auto q = nn::lenet5<float, quant::step_bits>({.seed = 3});
+    std::vector<double> before, after;
+    q.visit_quantizers([&](std::string_view, const auto& qz) {
+      for (double b : qz.group_bits()) before.push_back(b);
+    });
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    CHECK_FALSE(t.run().finished);
+    q.visit_quantizers([&](std::string_view, const auto& qz) {
+      for (double b : qz.group_bits()) after.push_back(b);
+    });
+    REQUIRE(after.size() == before.size());
+    for (std::size_t i = 0; i < after.size(); ++i) after[i] -= before[i];
+    return after;
+  };
+  for (const double lr : {0.1, 0.02}) {
+    CAPTURE(lr);
+    const auto d = steps(lr);
+    std::size_t full = 0;
+    for (double v : d) {
+      CHECK(std::abs(v) <= lr * (1 + 1e-4));
+      full += std::abs(v) >= lr * (1 - 1e-4);
+    }
+    CHECK(full >= d.size() * 8 / 10);
+  }
+}
+
 // ---- issue #17 -------------------------------------------------------------------------------
 
 namespace {

@@ -252,5 +252,6 @@ private:
 };
 
 static_assert(layer<conv2d<float>>);
+static_assert(quantized_layer<conv2d<float>>);
 
 } // namespace bitgrad::nn

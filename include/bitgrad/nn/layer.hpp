@@ -44,6 +44,13 @@
 //       throws shape_error on a mismatch.
 // nn::input_features_of(l) and nn::output_features_of(l, in) below read them, or nullopt.
 //
+// A quantized layer (linear, conv2d; the concept quantized_layer below) is a leaf layer whose
+// weight goes through a quantizer (quant/quantizer.hpp):
+//   using quantizer_type                       a quant::quantizer
+//   quantizer_type& quantizer(), const too     the layer's quantizer, bound to its weight
+//   weight(), weight_grad()                    tensors of the float weight and its gradient,
+//                                              channel-major (dimension 0: output channels)
+//
 // Ranks are checked at compile time: a fixed-rank tensor of another rank than input_type would
 // convert implicitly (xtensor allows it, and its rank conversion recurses until the stack
 // overflows), so sequential and linear stop `forward(tensor4)` into a layer that takes
@@ -53,6 +60,7 @@
 
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/quant/quantizer.hpp>
 
 #include <concepts>
 #include <cstddef>
@@ -90,6 +98,17 @@ concept layer = requires(L& l, const L& cl, const typename L::input_type& x,
   l.visit_quantizers(any_quantizer_visitor{});
   { cl.describe() } -> std::convertible_to<std::string>;
   { cl.name() } -> std::convertible_to<std::string>;
+};
+
+template <class L>
+concept quantized_layer = layer<L> && quant::quantizer<typename L::quantizer_type> &&
+    requires(L& l, const L& cl) {
+  { l.quantizer() } -> std::same_as<typename L::quantizer_type&>;
+  { cl.quantizer() } -> std::same_as<const typename L::quantizer_type&>;
+  { l.weight().data() } -> std::same_as<typename L::value_type*>;
+  { cl.weight_grad().data() } -> std::convertible_to<const typename L::value_type*>;
+  { l.weight().shape(0) } -> std::convertible_to<std::size_t>;
+  { l.weight().size() } -> std::convertible_to<std::size_t>;
 };
 
 /// The rank of a fixed-rank tensor type (one whose shape is a std::array), 0 for any other.

@@ -203,5 +203,6 @@ private:
 };
 
 static_assert(layer<linear<float>>);
+static_assert(quantized_layer<linear<float>>);
 
 } // namespace bitgrad::nn

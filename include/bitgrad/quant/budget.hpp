@@ -15,9 +15,9 @@
 // Usage over a model:
 //   auto visit = [&](auto&& f) { net.visit_quantizers(f); };   // f(name, q) for each quantizer
 //   budget_result r = freeze_to_budget(visit, target_bits);
-// Quantizers that are already frozen, or cannot learn bitwidths (no_quant, fixed_bits), count
-// with their current size_bits() and are left as they are. `visit` must visit the same
-// quantizers in the same order on every call.
+// Quantizers that are already frozen, or cannot learn bitwidths (no_quant, fixed_bits: always
+// frozen), count with their current size_bits() and are left as they are. `visit` must visit the
+// same quantizers in the same order on every call.
 #pragma once
 
 #include <bitgrad/quant/groups.hpp>
@@ -92,16 +92,6 @@ inline std::vector<int> round_to_budget(std::span<const budget_item> items, doub
   return k;
 }
 
-/// Quantizers whose bitwidths freeze_to_budget chooses: they can take explicit integer bits.
-template <class Q>
-concept budget_quantizer = quantizer<Q> &&
-    requires(Q& q, const Q& cq, std::vector<int> bits, std::size_t g) {
-  q.freeze_to(bits);
-  { cq.group_weight_count(g) } -> std::convertible_to<std::size_t>;
-  { cq.b_min() } -> std::convertible_to<double>;
-  { cq.b_max() } -> std::convertible_to<double>;
-};
-
 struct budget_result {
   double size_bits;   ///< total size after freezing, overhead included
   double target_bits; ///< the target asked for
@@ -130,28 +120,24 @@ budget_result freeze_to_budget(Visit&& visit, double target_bits) {
                        std::to_string(target_bits));
   std::vector<budget_item> items;
   double fixed = 0;
-  visit([&]<class Q>(std::string_view name, Q& q) {
-    if constexpr (budget_quantizer<Q>) {
-      if (!q.frozen()) {
-        detail::check_finite_bits("freeze_to_budget: layer '" + std::string(name) + "'",
-                                  q.group_bits());
-        detail::append_items(q, items);
-        fixed += group_overhead_bits * static_cast<double>(q.groups());
-        return;
-      }
+  visit([&](std::string_view name, auto& q) {
+    if (!q.frozen()) {
+      detail::check_finite_bits("freeze_to_budget: layer '" + std::string(name) + "'",
+                                q.group_bits());
+      detail::append_items(q, items);
+      fixed += group_overhead_bits * static_cast<double>(q.groups());
+      return;
     }
     fixed += q.size_bits();
   });
   const std::vector<int> k = round_to_budget(items, target_bits - fixed);
   std::size_t next = 0;
-  visit([&]<class Q>(std::string_view, Q& q) {
-    if constexpr (budget_quantizer<Q>) {
-      if (!q.frozen()) {
-        std::vector<int> mine(k.begin() + static_cast<std::ptrdiff_t>(next),
-                              k.begin() + static_cast<std::ptrdiff_t>(next + q.groups()));
-        next += q.groups();
-        q.freeze_to(mine);
-      }
+  visit([&](std::string_view, auto& q) {
+    if (!q.frozen()) {
+      std::vector<int> mine(k.begin() + static_cast<std::ptrdiff_t>(next),
+                            k.begin() + static_cast<std::ptrdiff_t>(next + q.groups()));
+      next += q.groups();
+      q.freeze_to(mine);
     }
   });
   double total = 0;

@@ -35,9 +35,7 @@
 
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/kernels/quantize.hpp>
-#include <bitgrad/quant/budget.hpp>
-#include <bitgrad/quant/groups.hpp>
-#include <bitgrad/quant/quantizer.hpp>
+#include <bitgrad/quant/group_quantizer.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -50,11 +48,13 @@
 namespace bitgrad::quant {
 
 template <class T>
-class frac_bits {
+class frac_bits : public group_quantizer<frac_bits<T>, T> {
+  using core = group_quantizer<frac_bits<T>, T>;
+  friend core;
+
 public:
-  using value_type = T;
-  static constexpr bool is_identity = false;
   static constexpr const char* policy_name = "frac_bits";
+  static constexpr int lowest_bits = 1; ///< the sign grid
 
   struct options {
     /// Channels per group: 1 = per channel, per_tensor = one group; must be <= channels.
@@ -67,35 +67,30 @@ public:
   };
 
   frac_bits() : frac_bits(options{}) {}
-  explicit frac_bits(const options& opt) : opt_(opt) {
-    detail::check_bit_range(policy_name, opt.b_min, opt.b_max, initial_bits());
+  explicit frac_bits(const options& opt) : core(opt.b_min, opt.b_max), opt_(opt) {
+    detail::check_bit_range(policy_name, opt.b_min, opt.b_max, detail::initial_bits(opt));
   }
 
   const options& opts() const { return opt_; }
-  double b_min() const { return opt_.b_min; }
-  double b_max() const { return opt_.b_max; }
 
   void bind(std::size_t channels, std::size_t per_channel, const T* w) {
-    layout_ = group_layout(policy_name, channels, per_channel, opt_.group_size);
-    const std::size_t n = layout_.groups();
-    bits_.assign(n, static_cast<T>(initial_bits()));
+    const std::size_t n = this->core_bind(channels, per_channel, opt_.group_size);
+    bits_.assign(n, static_cast<T>(detail::initial_bits(opt_)));
     bits_grad_.assign(n, T(0));
     range_.assign(n, T(0));
     range_grad_.assign(n, T(0));
     stats_.assign(n, abs_stats<T>{T(0), T(0)});
     last_.assign(n, group_state{});
-    kbits_.clear();
-    frozen_ = false;
     for (std::size_t g = 0; g < n; ++g) {
-      const auto st = bitgrad::quant_abs_stats(layout_.count(g), w + layout_.offset(g));
+      const auto st = bitgrad::quant_abs_stats(this->layout_.count(g), w + this->layout_.offset(g));
       range_[g] = std::max(st.max_abs, scale_floor<T>);
     }
   }
 
   void forward(const T* w, T* wq, bool /*training*/) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    for (std::size_t g = 0; g < layout_.groups(); ++g) {
-      const std::size_t off = layout_.offset(g), n = layout_.count(g);
+    this->check_bound();
+    for (std::size_t g = 0; g < this->groups(); ++g) {
+      const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       if (opt_.scale == scale_mode::max_abs) stats_[g] = bitgrad::quant_abs_stats(n, w + off);
       group_state& st = last_[g] = state(g);
       if (st.f == T(0))
@@ -106,12 +101,12 @@ public:
   }
 
   void backward(const T* w, const T* grad_wq, T* grad_w) {
-    for (std::size_t g = 0; g < layout_.groups(); ++g) {
-      const std::size_t off = layout_.offset(g), n = layout_.count(g);
+    for (std::size_t g = 0; g < this->groups(); ++g) {
+      const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       const group_state& st = last_[g];
-      if (frozen_) {
+      if (this->frozen_) {
         const T ds = bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo);
-        range_grad_[g] += ds / st.lo.limit;
+        if (opt_.scale == scale_mode::learned) range_grad_[g] += ds / st.lo.limit;
         continue;
       }
       // max_abs scales get no gradient: the kernel skips their sums.
@@ -134,109 +129,6 @@ public:
     }
   }
 
-  void zero_grad() {
-    std::fill(bits_grad_.begin(), bits_grad_.end(), T(0));
-    std::fill(range_grad_.begin(), range_grad_.end(), T(0));
-  }
-
-  double size_bits() const {
-    double total = 0;
-    const auto b = group_bits();
-    for (std::size_t g = 0; g < layout_.groups(); ++g)
-      total += static_cast<double>(layout_.count(g)) * b[g] + group_overhead_bits;
-    return total;
-  }
-
-  /// bits_grad_g += dL/dsize * n_g (nothing once frozen).
-  void add_size_gradient(T dloss_dsize) {
-    if (frozen_) return;
-    for (std::size_t g = 0; g < layout_.groups(); ++g)
-      bits_grad_[g] += dloss_dsize * static_cast<T>(layout_.count(g));
-  }
-
-  void project() {
-    for (std::size_t g = 0; g < bits_.size(); ++g) {
-      bits_[g] = frozen_
-                     ? static_cast<T>(kbits_[g])
-                     : std::clamp(bits_[g], static_cast<T>(opt_.b_min), static_cast<T>(opt_.b_max));
-      range_[g] = std::max(range_[g], scale_floor<T>);
-    }
-  }
-
-  void freeze(rounding r) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    detail::check_finite_bits(policy_name, group_bits());
-    std::vector<int> k(layout_.groups());
-    if (r == rounding::budget_aware) {
-      std::vector<budget_item> items;
-      detail::append_items(*this, items);
-      k = round_to_budget(items, size_bits() - group_overhead_bits * static_cast<double>(k.size()));
-    } else {
-      const int lo = static_cast<int>(std::ceil(opt_.b_min));
-      const int hi = static_cast<int>(std::floor(opt_.b_max));
-      for (std::size_t g = 0; g < k.size(); ++g) {
-        const double b = static_cast<double>(bits_[g]);
-        const double v = r == rounding::up ? std::ceil(b) : std::floor(b + 0.5);
-        k[g] = std::clamp(static_cast<int>(v), lo, hi);
-      }
-    }
-    freeze_to(k);
-  }
-
-  /// Freezes at explicit integer bitwidths, one per group, each in [1, 16].
-  void freeze_to(const std::vector<int>& bits) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    detail::check_count(policy_name, "bitwidths (one per group)", layout_.groups(), bits.size());
-    for (int k : bits) detail::check_integer_bits(policy_name, k);
-    kbits_ = bits;
-    frozen_ = true;
-    for (std::size_t g = 0; g < bits.size(); ++g) {
-      bits_[g] = static_cast<T>(bits[g]);
-      bits_grad_[g] = T(0);
-    }
-  }
-
-  bool frozen() const { return frozen_; }
-  std::size_t groups() const { return layout_.groups(); }
-  std::size_t group_size() const { return layout_.group_size(); }
-  std::size_t weight_count() const { return layout_.weight_count(); }
-  std::size_t group_weight_count(std::size_t g) const { return layout_.count(g); }
-  const group_layout& layout() const { return layout_; }
-
-  std::vector<double> group_bits() const {
-    std::vector<double> b(layout_.groups());
-    for (std::size_t g = 0; g < b.size(); ++g)
-      b[g] = frozen_ ? static_cast<double>(kbits_[g]) : static_cast<double>(bits_[g]);
-    return b;
-  }
-
-  /// 32 * weights / size_bits.
-  double compression_ratio() const {
-    return 32.0 * static_cast<double>(weight_count()) / size_bits();
-  }
-
-  // ---- export (after freeze) ------------------------------------------------------------
-  std::vector<int> frozen_bits() const {
-    detail::check_frozen(policy_name, frozen_, "frozen_bits()");
-    return kbits_;
-  }
-
-  /// The step of each group's grid for weights w (max_abs scales depend on w).
-  std::vector<T> group_scales(const T* w) const {
-    detail::check_frozen(policy_name, frozen_, "group_scales()");
-    std::vector<T> s(layout_.groups());
-    for (std::size_t g = 0; g < s.size(); ++g) s[g] = frozen_grid(g, w).scale;
-    return s;
-  }
-
-  /// Integer codes: code * group_scales(w)[g] == forward(w) exactly, element by element.
-  void codes(const T* w, std::int32_t* out) const {
-    detail::check_frozen(policy_name, frozen_, "codes()");
-    for (std::size_t g = 0; g < layout_.groups(); ++g)
-      bitgrad::quant_codes(layout_.count(g), w + layout_.offset(g), out + layout_.offset(g),
-                           frozen_grid(g, w));
-  }
-
 private:
   struct group_state {
     quant_grid<T> lo{T(1), T(1), false};
@@ -244,31 +136,36 @@ private:
     T f = 0;
   };
 
-  double initial_bits() const { return opt_.b_init ? *opt_.b_init : opt_.b_max - 0.5; }
+  // ---- the core's hooks -----------------------------------------------------------------
+  double real_bits(std::size_t g) const { return static_cast<double>(bits_[g]); }
+  void freezing(const std::vector<int>& k) {
+    for (std::size_t g = 0; g < k.size(); ++g) bits_[g] = static_cast<T>(k[g]);
+    std::fill(bits_grad_.begin(), bits_grad_.end(), T(0));
+  }
+  quant_grid<T> frozen_grid(std::size_t g, const T* w) const {
+    abs_stats<T> st{T(0), T(0)};
+    if (opt_.scale == scale_mode::max_abs)
+      st = bitgrad::quant_abs_stats(this->layout_.count(g), w + this->layout_.offset(g));
+    return grid(g, this->kbits_[g], st);
+  }
 
   /// The grid at integer bitwidth k for group g (max_abs: from stats st).
   quant_grid<T> grid(std::size_t g, int k, const abs_stats<T>& st) const {
-    const T lim = static_cast<T>(level_limit(k));
-    T s;
     if (opt_.scale == scale_mode::learned)
-      s = range_[g] / lim;
-    else if (k == 1)
-      s = st.sum_abs / static_cast<T>(layout_.count(g));
-    else
-      s = st.max_abs / lim;
-    return make_grid(k, std::max(s, scale_floor<T>));
+      return make_grid(k, std::max(range_[g] / static_cast<T>(level_limit(k)), scale_floor<T>));
+    return max_abs_grid(k, st, this->layout_.count(g));
   }
 
   group_state state(std::size_t g) const {
     group_state st;
-    if (frozen_) {
-      st.lo = grid(g, kbits_[g], stats_[g]);
+    if (this->frozen_) {
+      st.lo = grid(g, this->kbits_[g], stats_[g]);
       st.hi = st.lo;
       return st;
     }
     const T b = bits_[g];
     if (!std::isfinite(b)) // the cast below would be undefined
-      detail::check_finite_bits(policy_name, group_bits());
+      detail::check_finite_bits(policy_name, this->group_bits());
     const T k_lo = std::floor(b);
     st.f = b - k_lo;
     st.lo = grid(g, static_cast<int>(k_lo), stats_[g]);
@@ -276,25 +173,14 @@ private:
     return st;
   }
 
-  quant_grid<T> frozen_grid(std::size_t g, const T* w) const {
-    abs_stats<T> st{T(0), T(0)};
-    if (opt_.scale == scale_mode::max_abs)
-      st = bitgrad::quant_abs_stats(layout_.count(g), w + layout_.offset(g));
-    return grid(g, kbits_[g], st);
-  }
-
   options opt_;
-  group_layout layout_;
   std::vector<T> bits_, bits_grad_;
   std::vector<T> range_, range_grad_;
   std::vector<abs_stats<T>> stats_;
   std::vector<group_state> last_;
-  std::vector<int> kbits_;
-  bool frozen_ = false;
 };
 
 static_assert(quantizer<frac_bits<float>>);
 static_assert(quantizer<frac_bits<double>>);
-static_assert(budget_quantizer<frac_bits<float>>);
 
 } // namespace bitgrad::quant

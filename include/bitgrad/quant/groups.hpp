@@ -103,6 +103,12 @@ inline void check_bit_range(const char* who, double b_min, double b_max, double 
                        fmt(b_min) + ", " + fmt(b_max) + "], got " + fmt(b_init));
 }
 
+/// The initial bitwidth of a learned policy's options: b_init, or b_max - 0.5 when unset.
+template <class Options>
+double initial_bits(const Options& o) {
+  return o.b_init ? *o.b_init : o.b_max - 0.5;
+}
+
 inline void check_integer_bits(const char* who, int k) {
   if (k < min_bitwidth || k > max_bitwidth)
     throw config_error(std::string(who) + ": expected an integer bitwidth in [1, 16], got " +

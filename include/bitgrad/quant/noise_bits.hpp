@@ -45,9 +45,7 @@
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/kernels/noise.hpp>
 #include <bitgrad/kernels/quantize.hpp>
-#include <bitgrad/quant/budget.hpp>
-#include <bitgrad/quant/groups.hpp>
-#include <bitgrad/quant/quantizer.hpp>
+#include <bitgrad/quant/group_quantizer.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -61,11 +59,13 @@
 namespace bitgrad::quant {
 
 template <class T>
-class noise_bits {
+class noise_bits : public group_quantizer<noise_bits<T>, T> {
+  using core = group_quantizer<noise_bits<T>, T>;
+  friend core;
+
 public:
-  using value_type = T;
-  static constexpr bool is_identity = false;
   static constexpr const char* policy_name = "noise_bits";
+  static constexpr int lowest_bits = 1; ///< the sign grid
   /// project() keeps every logit in [-logit_limit, logit_limit] (sigmoid(10) = 1 - 4.5e-5).
   static constexpr double logit_limit = 10.0;
 
@@ -82,36 +82,31 @@ public:
   };
 
   noise_bits() : noise_bits(options{}) {}
-  explicit noise_bits(const options& opt) : opt_(opt) {
-    detail::check_bit_range(policy_name, opt.b_min, opt.b_max, initial_bits());
+  explicit noise_bits(const options& opt) : core(opt.b_min, opt.b_max), opt_(opt) {
+    detail::check_bit_range(policy_name, opt.b_min, opt.b_max, detail::initial_bits(opt));
   }
 
   const options& opts() const { return opt_; }
-  double b_min() const { return opt_.b_min; }
-  double b_max() const { return opt_.b_max; }
 
   void bind(std::size_t channels, std::size_t per_channel, const T* /*w*/) {
-    layout_ = group_layout(policy_name, channels, per_channel, opt_.group_size);
-    const std::size_t n = layout_.groups();
+    const std::size_t n = this->core_bind(channels, per_channel, opt_.group_size);
     logit_.assign(n, static_cast<T>(initial_logit()));
     logit_grad_.assign(n, T(0));
     last_.assign(n, group_state{});
-    kbits_.clear();
-    frozen_ = false;
     step_ = 0;
     stream_ = opt_.seed ^ splitmix64((static_cast<std::uint64_t>(channels) << 32) ^
                                      static_cast<std::uint64_t>(per_channel));
   }
 
   void forward(const T* w, T* wq, bool training) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    const bool noisy = training && !frozen_;
+    this->check_bound();
+    const bool noisy = training && !this->frozen_;
     if (noisy) {
       last_key_ = make_noise_key(stream_, step_);
       if (!hold_) ++step_;
     }
-    for (std::size_t g = 0; g < layout_.groups(); ++g) {
-      const std::size_t off = layout_.offset(g), n = layout_.count(g);
+    for (std::size_t g = 0; g < this->groups(); ++g) {
+      const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       const abs_stats<T> st = bitgrad::quant_abs_stats(n, w + off);
       group_state& s = last_[g];
       s.noisy = noisy;
@@ -126,22 +121,22 @@ public:
         s.ddelta_dl = ddelta_db * span * sig * (T(1) - sig);
         bitgrad::noise_fprop(n, w + off, wq + off, s.delta, last_key_, off, opt_.noise);
       } else {
-        s.grid = grid(g, frozen_ ? kbits_[g] : rounded_bits(g), st);
+        s.grid = max_abs_grid(this->frozen_ ? this->kbits_[g] : rounded_bits(g), st, n);
         bitgrad::quant_fprop(n, w + off, wq + off, s.grid);
       }
     }
   }
 
   void backward(const T* w, const T* grad_wq, T* grad_w) {
-    for (std::size_t g = 0; g < layout_.groups(); ++g) {
-      const std::size_t off = layout_.offset(g), n = layout_.count(g);
+    for (std::size_t g = 0; g < this->groups(); ++g) {
+      const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       const group_state& s = last_[g];
       if (!s.noisy) {
         (void)bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, s.grid);
         continue;
       }
       const T du = bitgrad::noise_bprop(n, grad_wq + off, grad_w + off, last_key_, off, opt_.noise);
-      if (!frozen_) logit_grad_[g] += du * s.ddelta_dl;
+      if (!this->frozen_) logit_grad_[g] += du * s.ddelta_dl;
     }
   }
 
@@ -151,75 +146,20 @@ public:
     f(p);
   }
 
-  void zero_grad() { std::fill(logit_grad_.begin(), logit_grad_.end(), T(0)); }
-
-  double size_bits() const {
-    double total = 0;
-    const auto b = group_bits();
-    for (std::size_t g = 0; g < layout_.groups(); ++g)
-      total += static_cast<double>(layout_.count(g)) * b[g] + group_overhead_bits;
-    return total;
-  }
-
   /// logit_grad_g += dL/dsize * n_g * db/dl (nothing once frozen).
   void add_size_gradient(T dloss_dsize) {
-    if (frozen_) return;
+    if (this->frozen_) return;
     const T span = static_cast<T>(opt_.b_max - opt_.b_min);
-    for (std::size_t g = 0; g < layout_.groups(); ++g) {
+    for (std::size_t g = 0; g < this->groups(); ++g) {
       const T sig = sigmoid(logit_[g]);
-      logit_grad_[g] += dloss_dsize * static_cast<T>(layout_.count(g)) * span * sig * (T(1) - sig);
+      logit_grad_[g] +=
+          dloss_dsize * static_cast<T>(this->layout_.count(g)) * span * sig * (T(1) - sig);
     }
   }
 
   void project() {
     const T lim = static_cast<T>(logit_limit);
     for (T& l : logit_) l = std::clamp(l, -lim, lim);
-  }
-
-  void freeze(rounding r) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    detail::check_finite_bits(policy_name, group_bits());
-    std::vector<int> k(layout_.groups());
-    if (r == rounding::budget_aware) {
-      std::vector<budget_item> items;
-      detail::append_items(*this, items);
-      k = round_to_budget(items, size_bits() - group_overhead_bits * static_cast<double>(k.size()));
-    } else {
-      const auto b = group_bits();
-      for (std::size_t g = 0; g < k.size(); ++g)
-        k[g] = clamp_bits(r == rounding::up ? std::ceil(b[g]) : std::floor(b[g] + 0.5));
-    }
-    freeze_to(k);
-  }
-
-  /// Freezes at explicit integer bitwidths, one per group, each in [1, 16].
-  void freeze_to(const std::vector<int>& bits) {
-    detail::check_bound(policy_name, layout_.weight_count());
-    detail::check_count(policy_name, "bitwidths (one per group)", layout_.groups(), bits.size());
-    for (int k : bits) detail::check_integer_bits(policy_name, k);
-    kbits_ = bits;
-    frozen_ = true;
-    std::fill(logit_grad_.begin(), logit_grad_.end(), T(0));
-  }
-
-  bool frozen() const { return frozen_; }
-  std::size_t groups() const { return layout_.groups(); }
-  std::size_t group_size() const { return layout_.group_size(); }
-  std::size_t weight_count() const { return layout_.weight_count(); }
-  std::size_t group_weight_count(std::size_t g) const { return layout_.count(g); }
-  const group_layout& layout() const { return layout_; }
-
-  /// b per group (the frozen integers once frozen).
-  std::vector<double> group_bits() const {
-    std::vector<double> b(layout_.groups());
-    for (std::size_t g = 0; g < b.size(); ++g)
-      b[g] = frozen_ ? static_cast<double>(kbits_[g]) : real_bits(g);
-    return b;
-  }
-
-  /// 32 * weights / size_bits.
-  double compression_ratio() const {
-    return 32.0 * static_cast<double>(weight_count()) / size_bits();
   }
 
   // ---- the noise stream (checkpoint state) ----------------------------------------------
@@ -229,28 +169,6 @@ public:
   /// While on, training forwards reuse the current step (gradient checks hold the noise).
   void hold_noise(bool on) { hold_ = on; }
 
-  // ---- export (after freeze) ------------------------------------------------------------
-  std::vector<int> frozen_bits() const {
-    detail::check_frozen(policy_name, frozen_, "frozen_bits()");
-    return kbits_;
-  }
-
-  /// The step of each group's grid for weights w.
-  std::vector<T> group_scales(const T* w) const {
-    detail::check_frozen(policy_name, frozen_, "group_scales()");
-    std::vector<T> s(layout_.groups());
-    for (std::size_t g = 0; g < s.size(); ++g) s[g] = frozen_grid(g, w).scale;
-    return s;
-  }
-
-  /// Integer codes: code * group_scales(w)[g] == forward(w) exactly, element by element.
-  void codes(const T* w, std::int32_t* out) const {
-    detail::check_frozen(policy_name, frozen_, "codes()");
-    for (std::size_t g = 0; g < layout_.groups(); ++g)
-      bitgrad::quant_codes(layout_.count(g), w + layout_.offset(g), out + layout_.offset(g),
-                           frozen_grid(g, w));
-  }
-
 private:
   struct group_state {
     bool noisy = false;
@@ -259,51 +177,44 @@ private:
     quant_grid<T> grid{T(1), T(1), false};
   };
 
-  static T sigmoid(T l) { return T(1) / (T(1) + std::exp(-l)); }
+  // ---- the core's hooks -----------------------------------------------------------------
+  /// b = b_min + (b_max - b_min) sigmoid(l).
+  double real_bits(std::size_t g) const {
+    const double l = static_cast<double>(logit_[g]);
+    return opt_.b_min + (opt_.b_max - opt_.b_min) / (1.0 + std::exp(-l));
+  }
+  void freezing(const std::vector<int>&) {
+    std::fill(logit_grad_.begin(), logit_grad_.end(), T(0));
+  }
+  quant_grid<T> frozen_grid(std::size_t g, const T* w) const {
+    const std::size_t n = this->layout_.count(g);
+    return max_abs_grid(this->kbits_[g], bitgrad::quant_abs_stats(n, w + this->layout_.offset(g)),
+                        n);
+  }
 
-  double initial_bits() const { return opt_.b_init ? *opt_.b_init : opt_.b_max - 0.5; }
+  static T sigmoid(T l) { return T(1) / (T(1) + std::exp(-l)); }
 
   double initial_logit() const {
     const double span = opt_.b_max - opt_.b_min;
     if (!(span > 0)) return 0.0;
-    const double s = (initial_bits() - opt_.b_min) / span;
+    const double s = (detail::initial_bits(opt_) - opt_.b_min) / span;
     if (s <= 0) return -logit_limit;
     if (s >= 1) return logit_limit;
     return std::clamp(std::log(s / (1 - s)), -logit_limit, logit_limit);
   }
 
-  double real_bits(std::size_t g) const {
-    const double l = static_cast<double>(logit_[g]);
-    return opt_.b_min + (opt_.b_max - opt_.b_min) / (1.0 + std::exp(-l));
-  }
-
-  int clamp_bits(double v) const {
-    if (!std::isfinite(v)) detail::check_finite_bits(policy_name, group_bits()); // cast below
-    const int lo = static_cast<int>(std::ceil(opt_.b_min));
-    const int hi = static_cast<int>(std::floor(opt_.b_max));
-    return std::clamp(static_cast<int>(v), lo, hi);
-  }
-
   /// b rounded half up into [ceil(b_min), floor(b_max)] (the evaluation bitwidth).
-  int rounded_bits(std::size_t g) const { return clamp_bits(std::floor(real_bits(g) + 0.5)); }
-
-  /// The grid at integer bitwidth k (max|w| / L_k; k = 1: mean|w|), as frac_bits builds it.
-  quant_grid<T> grid(std::size_t g, int k, const abs_stats<T>& st) const {
-    const T s = k == 1 ? st.sum_abs / static_cast<T>(layout_.count(g))
-                       : st.max_abs / static_cast<T>(level_limit(k));
-    return make_grid(k, std::max(s, scale_floor<T>));
-  }
-
-  quant_grid<T> frozen_grid(std::size_t g, const T* w) const {
-    return grid(g, kbits_[g], bitgrad::quant_abs_stats(layout_.count(g), w + layout_.offset(g)));
+  int rounded_bits(std::size_t g) const {
+    const double v = std::floor(real_bits(g) + 0.5);
+    if (!std::isfinite(v)) // the cast below would be undefined
+      detail::check_finite_bits(policy_name, this->group_bits());
+    return std::clamp(static_cast<int>(v), static_cast<int>(std::ceil(opt_.b_min)),
+                      static_cast<int>(std::floor(opt_.b_max)));
   }
 
   options opt_;
-  group_layout layout_;
   std::vector<T> logit_, logit_grad_;
   std::vector<group_state> last_;
-  std::vector<int> kbits_;
-  bool frozen_ = false;
   bool hold_ = false;
   std::uint64_t stream_ = 0;
   std::uint64_t step_ = 0;
@@ -312,6 +223,5 @@ private:
 
 static_assert(quantizer<noise_bits<float>>);
 static_assert(quantizer<noise_bits<double>>);
-static_assert(budget_quantizer<noise_bits<float>>);
 
 } // namespace bitgrad::quant

@@ -16,8 +16,9 @@
 //              u32     parameter count, then per parameter:
 //                        string name, u8 kind (param_kind), u64 count, count values
 //              u32     quantizer count, then per quantizer:
-//                        string name, the quantizer's state (detail::write_quantizer_state:
-//                        u8 frozen, u32 groups, groups x i32 frozen bitwidths)
+//                        string name, the quantizer's state (q.save(), see
+//                        quant/group_quantizer.hpp: u8 frozen, u32 groups, groups x i32
+//                        frozen bitwidths)
 //   end - 4    u32 CRC-32 (zlib) of every byte before it
 // Version 1 (bitgrad up to fdc34a8) is still read: after the value size it holds the metadata
 // as one string of "key=value" lines (the history in the key "history": ';'-separated rows of
@@ -269,48 +270,21 @@ inline double meta_real(const checkpoint_data& data, const std::string& key) {
 
 namespace detail {
 
-/// A quantizer's state in a checkpoint (versions 1 and 2): u8 frozen (0 / 1), u32 group count
-/// (0 unless frozen), that many i32 frozen bitwidths in [1, 16]. The one place that knows
-/// these bytes: once quantizers save themselves (q.save / q.load), these two call them.
-template <class Q>
-void write_quantizer_state(io::byte_writer& w, const Q& q) {
-  std::vector<std::int32_t> bits;
-  if constexpr (!Q::is_identity)
-    if (q.frozen())
-      for (int b : q.frozen_bits()) bits.push_back(b);
-  w.put<std::uint8_t>(bits.empty() ? 0 : 1);
-  w.put(static_cast<std::uint32_t>(bits.size()));
-  w.put_array(bits);
-}
-
-/// Reads the state write_quantizer_state wrote for q (named `name` in messages) and checks it
-/// against q without changing q; returns what applies it to q, which parse_checkpoint calls
-/// once the whole file is validated (after the parameters are copied in).
+/// Reads the state q.save() wrote (versions 1 and 2: quant/group_quantizer.hpp gives the
+/// bytes) and checks it against q without changing q: a copy of q loads it. Returns what loads
+/// that state into q, which parse_checkpoint calls once the whole file is validated (after
+/// the parameters are copied in). `name` names the quantizer in messages.
 template <class Q>
 std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::string& name) {
-  const std::size_t groups_q = Q::is_identity ? 0 : q.groups(); // its integer bitwidths
-  const auto is_frozen = r.get<std::uint8_t>("frozen flag");
-  const auto groups = r.get<std::uint32_t>("group count");
-  if (is_frozen > 1 || (is_frozen == 0 && groups != 0))
-    r.fail("bad frozen state for quantizer '" + name + "'");
-  if (is_frozen == 1 && groups != groups_q)
-    r.fail("checkpoint of another architecture: quantizer '" + name + "' has " +
-           std::to_string(groups) + " frozen groups, the network's has " +
-           std::to_string(groups_q));
-  r.need_values(groups, 4, "frozen bitwidths");
-  std::vector<int> bits;
-  for (std::uint32_t g = 0; g < groups; ++g) {
-    const auto b = r.get<std::int32_t>("frozen bitwidth");
-    if (b < 1 || b > 16) r.fail("frozen bitwidth " + std::to_string(b) + " outside [1, 16]");
-    bits.push_back(b);
-  }
-  if constexpr (Q::is_identity) {
-    return [] {}; // nothing to apply (0 groups checked above)
-  } else {
-    return [&q, bits = std::move(bits)] {
-      if (!bits.empty()) q.freeze_to(bits); // group count checked above
-    };
-  }
+  const std::uint64_t start = r.offset();
+  Q probe = q;
+  probe.load(r, name);
+  io::byte_writer state; // the state as read (save and load round-trip)
+  probe.save(state);
+  return [&q, name, source = r.source(), start, bytes = state.take()] {
+    io::byte_reader again(bytes, source, start);
+    q.load(again, name);
+  };
 }
 
 /// Reads the parameters and the quantizers' states for net and checks them against it (names,
@@ -431,7 +405,7 @@ void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoi
   w.put(quantizers);
   net.visit_quantizers([&](std::string_view name, const auto& q) {
     w.put_string(name);
-    detail::write_quantizer_state(w, q);
+    q.save(w);
   });
   w.put(io::crc32(w.bytes().data(), w.size()));
   write_file_atomically(path, std::string_view(w.bytes()));

@@ -189,13 +189,6 @@ format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> ext
     check_finite(l.name(), "weight (as float32)", values.data(), values.size());
     return format::tensor_data::from_floats(std::move(extents), std::move(values));
   } else {
-    static_assert(
-        requires(const Q& cq, const typename Q::value_type* p, std::int32_t* c) {
-          cq.codes(p, c);
-          cq.group_scales(p);
-          cq.frozen_bits();
-        },
-        "export: the quantizer must provide codes(), group_scales() and frozen_bits()");
     if (!q.frozen())
       throw config_error("export: " + l.name() +
                          ": the quantizer is not frozen; call freeze() on every quantizer first");

@@ -25,6 +25,7 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/visit.hpp>
 #include <bitgrad/train/records.hpp>
 
@@ -198,11 +199,8 @@ void copy_parameters(From& from, To& to) {
 /// ranges are initialised from the weights, bitwidths start again at their initial value).
 template <class Net>
 void rebind_quantizers(Net& net) {
-  auto rebind = [](std::string_view, auto& layer) {
-    if constexpr (requires {
-                    layer.quantizer();
-                    layer.weight();
-                  }) {
+  auto rebind = []<class L>(std::string_view, L& layer) {
+    if constexpr (nn::quantized_layer<L>) {
       auto& w = layer.weight();
       const std::size_t channels = w.shape(0);
       layer.quantizer().bind(channels, w.size() / channels, w.data());

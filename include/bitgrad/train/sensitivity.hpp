@@ -10,7 +10,8 @@
 //   sensitivity    of group g of a layer frozen at k_g bits:
 //                    S_g = loss(that group alone at k_g - 1 bits) - loss(as frozen)
 //                  measured by freeze_to(bits with k_g - 1), mean_loss, freeze_to(bits) again.
-//                  A group at k_g = 1 cannot lose a bit: its sensitivity is NaN. It may be
+//                  A group at the policy's lowest bitwidth (Q::lowest_bits: 1, the sign grid;
+//                  step_bits: 2) cannot lose a bit: its sensitivity is NaN. It may be
 //                  negative (one bit less happened to help on these batches).
 //   estimate       of S_g from gradients alone (one forward and backward per fixed batch, no
 //                  per-group evaluation). With d_i = Q_{k-1}(w)_i - Q_k(w)_i over the group's
@@ -33,7 +34,7 @@
 // Layers are the leaves that have quantizer() and weight() (linear, conv2d), in
 // nn::visit_layers order, which is the order of visit_quantizers and of
 // train::layer_summaries; fill_layer_summaries matches rows by name. Layers whose quantizer
-// cannot take explicit bitwidths (no_quant) get empty vectors and NaN statistics. Every
+// has no integer bitwidths (no_quant, is_identity) get empty vectors and NaN statistics. Every
 // other quantizer must be frozen (config_error otherwise). The network is left as it was:
 // bitwidths restored, mode restored, gradients zeroed.
 #pragma once
@@ -42,6 +43,7 @@
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/data/loader.hpp>
+#include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/visit.hpp>
 #include <bitgrad/train/records.hpp>
@@ -152,16 +154,6 @@ double mean_loss(Net& net, const std::vector<labelled_batch<X>>& batches) {
   return sum / static_cast<double>(images);
 }
 
-/// Quantizers whose groups can be moved to explicit integer bitwidths.
-template <class Q>
-concept lowerable_quantizer = requires(Q& q, const Q& cq, const std::vector<int>& k,
-                                       std::size_t g) {
-  q.freeze_to(k);
-  { cq.frozen() } -> std::convertible_to<bool>;
-  { cq.frozen_bits() } -> std::convertible_to<std::vector<int>>;
-  { cq.group_weight_count(g) } -> std::convertible_to<std::size_t>;
-};
-
 enum class sensitivity_estimate { first_order, fisher, taylor };
 
 inline const char* to_string(sensitivity_estimate e) {
@@ -185,8 +177,8 @@ struct sensitivity_options {
 struct layer_sensitivity {
   std::string name;
   std::vector<double> bits;     ///< frozen bitwidth per group
-  std::vector<double> exact;    ///< S_g (NaN at 1 bit); empty when not measured
-  std::vector<double> estimate; ///< the cheap estimate of S_g (NaN at 1 bit)
+  std::vector<double> exact;    ///< S_g (NaN at the lowest bitwidth); empty when not measured
+  std::vector<double> estimate; ///< the cheap estimate of S_g (NaN at the lowest bitwidth)
   double bits_spread = std::numeric_limits<double>::quiet_NaN();
   double rank_correlation = std::numeric_limits<double>::quiet_NaN();     ///< bits vs S
   double estimate_correlation = std::numeric_limits<double>::quiet_NaN(); ///< exact vs estimate
@@ -207,12 +199,8 @@ namespace detail {
 /// f(name, layer, quantizer) for every leaf with quantizer() and weight(), in visiting order.
 template <class Net, class F>
 void visit_quantized_layers(Net& net, F&& f) {
-  auto leaf = [&](std::string_view name, auto& layer) {
-    if constexpr (requires {
-                    layer.quantizer();
-                    layer.weight();
-                  })
-      f(name, layer, layer.quantizer());
+  auto leaf = [&]<class L>(std::string_view name, L& layer) {
+    if constexpr (nn::quantized_layer<L>) f(name, layer, layer.quantizer());
   };
   nn::visit_layers(net, leaf);
 }
@@ -236,11 +224,11 @@ std::vector<std::vector<double>> exact_sensitivity(Net& net,
   std::vector<std::vector<double>> out;
   detail::visit_quantized_layers(net, [&]<class Q>(std::string_view name, auto&, Q& q) {
     std::vector<double> s;
-    if constexpr (lowerable_quantizer<Q>) {
+    if constexpr (!Q::is_identity) {
       const std::vector<int> bits = detail::checked_bits(name, q);
       s.assign(bits.size(), std::numeric_limits<double>::quiet_NaN());
       for (std::size_t g = 0; g < bits.size(); ++g) {
-        if (bits[g] <= 1) continue;
+        if (bits[g] <= Q::lowest_bits) continue;
         std::vector<int> lower = bits;
         --lower[g];
         q.freeze_to(lower);
@@ -297,13 +285,13 @@ estimated_sensitivity(Net& net, const std::vector<labelled_batch<X>>& batches,
   std::size_t l = 0;
   detail::visit_quantized_layers(net, [&]<class Q>(std::string_view name, auto& layer, Q& q) {
     std::vector<double> s;
-    if constexpr (lowerable_quantizer<Q>) {
+    if constexpr (!Q::is_identity) {
       const std::vector<int> bits = detail::checked_bits(name, q);
       const T* w = layer.weight().data();
       const std::size_t n = layer.weight().size();
       std::vector<T> qk(n), qlow(n);
       std::vector<int> lower = bits;
-      for (int& k : lower) k = std::max(k - 1, 1);
+      for (int& k : lower) k = std::max(k - 1, Q::lowest_bits);
       q.forward(w, qk.data(), false);
       q.freeze_to(lower);
       q.forward(w, qlow.data(), false);
@@ -313,7 +301,7 @@ estimated_sensitivity(Net& net, const std::vector<labelled_batch<X>>& batches,
       std::size_t off = 0;
       for (std::size_t g = 0; g < bits.size(); ++g) {
         const std::size_t cnt = q.group_weight_count(g);
-        if (bits[g] > 1) {
+        if (bits[g] > Q::lowest_bits) {
           double first = 0, second = 0;
           for (std::size_t i = off; i < off + cnt; ++i) {
             const double d = static_cast<double>(qlow[i]) - static_cast<double>(qk[i]);
@@ -344,7 +332,7 @@ sensitivity_report measure_sensitivity(Net& net, const std::vector<labelled_batc
   detail::visit_quantized_layers(net, [&]<class Q>(std::string_view name, auto&, Q& q) {
     layer_sensitivity row;
     row.name = std::string(name);
-    if constexpr (lowerable_quantizer<Q>) {
+    if constexpr (!Q::is_identity) {
       for (int k : detail::checked_bits(name, q)) row.bits.push_back(static_cast<double>(k));
       const auto [lo, hi] = std::minmax_element(row.bits.begin(), row.bits.end());
       row.bits_spread = *hi - *lo;

@@ -218,13 +218,11 @@ public:
     }
     // The smallest model the bitwidth bounds allow: every learnable group at ceil(b_min).
     double smallest = measure_size(quant_).float_bits();
-    quant_.visit_quantizers([&]<class Q>(std::string_view, const Q& q) {
-      if constexpr (quant::budget_quantizer<Q>) {
-        if (!q.frozen()) {
-          smallest += quant::group_overhead_bits * static_cast<double>(q.groups()) +
-                      std::ceil(q.b_min()) * static_cast<double>(q.weight_count());
-          return;
-        }
+    quant_.visit_quantizers([&](std::string_view, const auto& q) {
+      if (!q.frozen()) {
+        smallest += quant::group_overhead_bits * static_cast<double>(q.groups()) +
+                    std::ceil(q.b_min()) * static_cast<double>(q.weight_count());
+        return;
       }
       smallest += q.size_bits();
     });
