@@ -533,6 +533,25 @@ TEST_CASE("a checkpoint with non-finite values, bitwidths outside [1, 16] or sca
                          Contains("'fc1.scale' value 0 is 0.000000, not a positive scale"),
                          format_error);
   }
+  SUBCASE("noise_bits' logits: any value in [-10, 10] loads (a logit is not a bitwidth), 40 not") {
+    // noise_bits' bitwidth parameter is a logit, b = b_min + (b_max - b_min) sigmoid(l): a
+    // negative logit (a group nearer b_min than b_max) is an ordinary trained state.
+    for (float l : {-3.0f, 0.0f, -10.0f}) {
+      auto net = nn::lenet5<float, quant::noise_bits>({.seed = 1});
+      set_first(net, "fc2.logit", l);
+      train::save_checkpoint(file.path, net, {});
+      auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 2});
+      train::load_checkpoint(file.path, fresh);
+      CHECK(all_parameters(fresh) == all_parameters(net));
+    }
+    auto net = nn::lenet5<float, quant::noise_bits>({.seed = 1});
+    set_first(net, "fc2.logit", 40.0f);
+    train::save_checkpoint(file.path, net, {});
+    auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 2});
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file.path, fresh),
+                         Contains("'fc2.logit' value 0 is 40.000000, not a logit in [-10, 10]"),
+                         format_error);
+  }
   SUBCASE("a bitwidth of 0.5 or 40") {
     for (float b : {0.5f, 40.0f}) {
       auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});

@@ -67,7 +67,7 @@ public:
   static constexpr const char* policy_name = "noise_bits";
   static constexpr int lowest_bits = 1; ///< the sign grid
   /// project() keeps every logit in [-logit_limit, logit_limit] (sigmoid(10) = 1 - 4.5e-5).
-  static constexpr double logit_limit = 10.0;
+  static constexpr double logit_limit = bitwidth_logit_limit;
 
   struct options {
     /// Channels per group: 1 = per channel, per_tensor = one group; must be <= channels.

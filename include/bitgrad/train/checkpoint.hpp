@@ -315,15 +315,19 @@ std::function<void()> read_network(io::byte_reader& r, Net& net) {
     r.get_array(values[i].data(), values[i].size(), "parameter values");
     // A run never saves non-finite values (the trainer stops on a non-finite gradient), and
     // quantizers project their parameters after every step: bitwidths stay inside [1, 16]
-    // (they become integer grids) and scales stay positive (weights are divided by them).
+    // (they become integer grids), noise_bits' logits inside +-bitwidth_logit_limit, and scales
+    // stay positive (weights are divided by them).
     const bool is_bits = kind == static_cast<std::uint8_t>(param_kind::bitwidth);
     const bool is_scale = kind == static_cast<std::uint8_t>(param_kind::scale);
+    const bool is_logit = is_bits && is_bitwidth_logit(name);
     for (std::size_t j = 0; j < size; ++j) {
       const T v = values[i][j];
-      const char* bad = !std::isfinite(v)                       ? ", not finite"
-                        : is_bits && !(v >= T(1) && v <= T(16)) ? ", not a bitwidth in [1, 16]"
-                        : is_scale && !(v > T(0))               ? ", not a positive scale"
-                                                                : nullptr;
+      const char* bad =
+          !std::isfinite(v) ? ", not finite"
+          : is_bits && !bitwidth_value_in_range(name, static_cast<double>(v))
+              ? (is_logit ? ", not a logit in [-10, 10]" : ", not a bitwidth in [1, 16]")
+          : is_scale && !(v > T(0)) ? ", not a positive scale"
+                                    : nullptr;
       if (bad != nullptr)
         r.fail_at(first + j * sizeof(T), "parameter '" + name + "' value " + std::to_string(j) +
                                              " is " + std::to_string(v) + bad);
