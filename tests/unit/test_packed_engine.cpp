@@ -5,6 +5,7 @@
 // group of 4 channels, calibrated on synthetic images.
 #include <bitgrad/deploy/packed_engine.hpp>
 #include <bitgrad/deploy/runtime.hpp>
+#include <bitgrad/format/model_file.hpp>
 #include <bitgrad/nn/models.hpp>
 #include <bitgrad/train/export.hpp>
 
@@ -201,4 +202,107 @@ TEST_CASE("packed engine: a graph it cannot run says which operation") {
   // The float path still runs, from the file's codes (nothing was packed).
   CHECK(rt.run(lenet().x.data(), 1).shape()[1] == 10);
   CHECK(rt.resident_weight_bytes() > rt.weight_payload_bytes());
+}
+
+TEST_CASE("packed engine: odd geometry (stride, padding, dilation, 3x3 pools, no ReLU, ragged "
+          "channels) equals the reference on every path") {
+  // input (3, 13, 11) -> conv 3->5 k(3,2) s(2,1) p(1,0) d(1,2) (no relu: zero point 128)
+  // -> conv 5->19 k3 p2 + relu + pool 3x3 s3 -> flatten -> linear -> relu -> linear 7
+  std::mt19937 rng(8);
+  format::model_file m;
+  m.input = format::shape::image(3, 13, 11);
+  auto add_weights = [&](std::vector<std::uint32_t> ext, bool bias) {
+    format::tensor_data t;
+    t.extents = ext;
+    std::size_t n = 1;
+    for (auto e : ext) n *= e;
+    t = format::tensor_data::from_floats(ext, std::vector<float>(n, 0.0f));
+    m.tensors.push_back(t);
+    const auto w = std::uint32_t(m.tensors.size() - 1);
+    if (!bias) return std::pair{w, format::no_index};
+    std::normal_distribution<float> d(0.0f, 0.3f);
+    std::vector<float> b(ext[0]);
+    for (auto& v : b) v = d(rng);
+    m.tensors.push_back(format::tensor_data::from_floats({ext[0]}, b));
+    return std::pair{w, std::uint32_t(m.tensors.size() - 1)};
+  };
+  auto op = [&](format::op_kind k, const char* name) {
+    format::operation o;
+    o.kind = k;
+    o.name = name;
+    o.input = std::uint32_t(m.ops.size());
+    m.ops.push_back(o);
+    return &m.ops.back();
+  };
+  {
+    auto [w, b] = add_weights({5, 3, 3, 2}, true);
+    auto* o = op(format::op_kind::conv2d, "c1");
+    o->conv = {.in_channels = 3,
+               .out_channels = 5,
+               .kernel_h = 3,
+               .kernel_w = 2,
+               .stride_h = 2,
+               .stride_w = 1,
+               .pad_h = 1,
+               .pad_w = 0,
+               .dilation_h = 1,
+               .dilation_w = 2};
+    o->weight = w, o->bias = b;
+  }
+  {
+    auto [w, b] = add_weights({19, 5, 3, 3}, true);
+    auto* o = op(format::op_kind::conv2d, "c2");
+    o->conv = {
+        .in_channels = 5, .out_channels = 19, .kernel_h = 3, .kernel_w = 3, .pad_h = 2, .pad_w = 2};
+    o->weight = w, o->bias = b;
+  }
+  op(format::op_kind::relu, "r2");
+  op(format::op_kind::max_pool2d, "p2")->pool = {3, 3, 3, 3, 0, 0};
+  op(format::op_kind::flatten, "f");
+  format::infer_shapes(m);
+  {
+    const std::uint32_t in = std::uint32_t(m.ops.back().output.elements());
+    auto [w, b] = add_weights({21, in}, false);
+    auto* o = op(format::op_kind::linear, "fc1");
+    o->fc = {in, 21};
+    o->weight = w, o->bias = b;
+  }
+  op(format::op_kind::relu, "r3");
+  {
+    auto [w, b] = add_weights({7, 21}, true);
+    auto* o = op(format::op_kind::linear, "fc2");
+    o->fc = {21, 7};
+    o->weight = w, o->bias = b;
+  }
+  format::infer_shapes(m);
+  recode_mixed(m, 31);
+  // One layer kept float32 (requantized to 8 bits per channel by the plan).
+  {
+    std::normal_distribution<float> d(0.0f, 0.2f);
+    std::vector<float> v(7 * 21);
+    for (auto& x : v) x = d(rng);
+    m.tensors[m.ops.back().weight] = format::tensor_data::from_floats({7, 21}, v);
+  }
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const std::size_t batch = 9;
+  std::vector<float> x(batch * m.input.elements());
+  for (auto& v : x) v = d(rng);
+  const deploy::runtime probe(m);
+  const std::vector<float> r = probe.input_ranges(x.data(), batch);
+  for (std::size_t i = 0; i < m.ops.size(); ++i)
+    if (r[i] > 0) m.ops[i].input_range = r[i];
+  const deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
+  REQUIRE(rt.packed_ready());
+  CHECK(rt.engine().plan().steps[1].in_zero == 128); // c1 has no ReLU
+  const tensor2<float> want = deploy::ref::run_integer(m, x.data(), batch);
+  for (int_isa p : all_int_isas) {
+    if (!int_isa_supported(p)) continue;
+    CAPTURE(std::string(int_isa_name(p)));
+    for (std::size_t b : {std::size_t(1), batch}) {
+      const tensor2<float> got = rt.run(x.data(), b, deploy::precision::packed, p);
+      for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
+    }
+  }
+  // The float path agrees on most images (random net, 8-bit activations).
+  CHECK(agree(rt.run(x.data(), batch), want) >= batch - 2);
 }

@@ -57,27 +57,41 @@ struct fused_store {
   bool pool = false;
   std::size_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 1, pw = 1; ///< pool window, stride, output
 
-  void operator()(T v, std::size_t i, std::size_t j) const { put(row0 + i, j, v); }
+  void operator()(T v, std::size_t i, std::size_t j) const {
+    const std::ptrdiff_t at = offset(row0 + i, j);
+    if (at >= 0) write(y[at], v);
+  }
+  /// Lanes are channels j0.. of one row: the row's place is found once.
   template <class B>
   void apply(const B& v, std::size_t i, std::size_t j0) const {
     using V = typename B::value_type;
-    alignas(64) V lanes_[B::size];
-    v.store_aligned(lanes_);
-    for (std::size_t l = 0; l < B::size; ++l) put(row0 + i, j0 + l, static_cast<T>(lanes_[l]));
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t at = offset(row0 + i, j0);
+    if (at < 0) return;
+    T* dst = y + at;
+    const std::size_t step = channel_stride();
+    for (std::size_t l = 0; l < B::size; ++l) write(dst[l * step], static_cast<T>(lane[l]));
   }
-  void put(std::size_t r, std::size_t j, T v) const {
+
+private:
+  void write(T& dst, T v) const {
+    if (!pool)
+      dst = v;
+    else if (v > dst)
+      dst = v;
+  }
+  std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
+  /// Where row r, channel j goes; -1 when no pool window holds the pixel.
+  std::ptrdiff_t offset(std::size_t r, std::size_t j) const {
     const std::size_t n = r / plane, px = r % plane;
-    if (!pool) {
-      y[nchw ? (n * channels + j) * plane + px : r * channels + j] = v;
-      return;
-    }
+    if (!pool) return std::ptrdiff_t(nchw ? (n * channels + j) * plane + px : r * channels + j);
     const std::size_t oh = px / out_w, ow = px % out_w;
     // Non-overlapping windows (kernel <= stride): at most one holds (oh, ow).
     const std::size_t a = oh / sh, b = ow / sw;
-    if (a >= ph || b >= pw || oh - a * sh >= kh || ow - b * sw >= kw) return;
-    T& dst =
-        y[nchw ? ((n * channels + j) * ph + a) * pw + b : ((n * ph + a) * pw + b) * channels + j];
-    if (v > dst) dst = v;
+    if (a >= ph || b >= pw || oh - a * sh >= kh || ow - b * sw >= kw) return -1;
+    return std::ptrdiff_t(nchw ? ((n * channels + j) * ph + a) * pw + b
+                               : ((n * ph + a) * pw + b) * channels + j);
   }
 };
 
@@ -330,10 +344,17 @@ private:
         for (std::size_t a = 0; a < kh; ++a) {
           const std::ptrdiff_t ih =
               std::ptrdiff_t(oh * s.c.stride_h + a * s.c.dilation_h) - std::ptrdiff_t(s.c.pad_h);
+          const bool row_inside = ih >= 0 && std::size_t(ih) < H;
+          const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
+          if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
+            // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
+            std::memcpy(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
+            row += kw * C;
+            continue;
+          }
           for (std::size_t b = 0; b < kw; ++b, row += C) {
-            const std::ptrdiff_t iw =
-                std::ptrdiff_t(ow * s.c.stride_w + b * s.c.dilation_w) - std::ptrdiff_t(s.c.pad_w);
-            if (ih >= 0 && iw >= 0 && std::size_t(ih) < H && std::size_t(iw) < W)
+            const std::ptrdiff_t iw = iw0 + std::ptrdiff_t(b * s.c.dilation_w);
+            if (row_inside && iw >= 0 && std::size_t(iw) < W)
               std::memcpy(row, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
             else
               std::memset(row, s.in_zero, C);
