@@ -57,8 +57,11 @@ struct fused_store {
   bool pool = false;
   std::size_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 1, pw = 1; ///< pool window, stride, output
 
+  /// Optional: row_at[i] = offset(row0 + i, 0) for the call's rows (no division per value).
+  const std::ptrdiff_t* row_at = nullptr;
+
   void operator()(T v, std::size_t i, std::size_t j) const {
-    const std::ptrdiff_t at = offset(row0 + i, j);
+    const std::ptrdiff_t at = place(i, j);
     if (at >= 0) write(y[at], v);
   }
   /// Lanes are channels j0.. of one row: the row's place is found once.
@@ -67,21 +70,13 @@ struct fused_store {
     using V = typename B::value_type;
     alignas(64) V lane[B::size];
     v.store_aligned(lane);
-    const std::ptrdiff_t at = offset(row0 + i, j0);
+    const std::ptrdiff_t at = place(i, j0);
     if (at < 0) return;
     T* dst = y + at;
     const std::size_t step = channel_stride();
     for (std::size_t l = 0; l < B::size; ++l) write(dst[l * step], static_cast<T>(lane[l]));
   }
 
-private:
-  void write(T& dst, T v) const {
-    if (!pool)
-      dst = v;
-    else if (v > dst)
-      dst = v;
-  }
-  std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
   /// Where row r, channel j goes; -1 when no pool window holds the pixel.
   std::ptrdiff_t offset(std::size_t r, std::size_t j) const {
     const std::size_t n = r / plane, px = r % plane;
@@ -93,6 +88,20 @@ private:
     return std::ptrdiff_t(nchw ? ((n * channels + j) * ph + a) * pw + b
                                : ((n * ph + a) * pw + b) * channels + j);
   }
+
+private:
+  std::ptrdiff_t place(std::size_t i, std::size_t j) const {
+    if (!row_at) return offset(row0 + i, j);
+    const std::ptrdiff_t at = row_at[i];
+    return at < 0 ? at : at + std::ptrdiff_t(j * channel_stride());
+  }
+  void write(T& dst, T v) const {
+    if (!pool)
+      dst = v;
+    else if (v > dst)
+      dst = v;
+  }
+  std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
 };
 
 } // namespace detail
@@ -264,6 +273,10 @@ private:
     const integer_step& s = plan_.steps[k];
     detail::fused_store<T> st = store_of(s, y);
     st.row0 = row0;
+    thread_local std::vector<std::ptrdiff_t> row_at;
+    row_at.resize(m);
+    for (std::size_t i = 0; i < m; ++i) row_at[i] = st.offset(row0 + i, 0);
+    st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
     if constexpr (std::is_same_v<T, std::uint8_t>) {
