@@ -306,3 +306,32 @@ TEST_CASE("packed engine: odd geometry (stride, padding, dilation, 3x3 pools, no
   // The float path agrees on most images (random net, 8-bit activations).
   CHECK(agree(rt.run(x.data(), batch), want) >= batch - 2);
 }
+
+TEST_CASE("packed engine: weights the packed formats refuse leave the float path running") {
+  // A linear deeper than packed_max_depth.
+  const std::uint32_t in = std::uint32_t(packed_max_depth + 3);
+  format::model_file m;
+  m.input = format::shape::features(in);
+  std::vector<std::int32_t> codes(2 * std::size_t(in));
+  for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = std::int32_t(i % 7) - 3;
+  m.tensors.push_back(format::tensor_data::from_codes({2, in}, 1, {4, 4}, {0.5f, 0.25f}, codes));
+  format::operation o;
+  o.kind = format::op_kind::linear;
+  o.name = "wide";
+  o.fc = {in, 2};
+  o.weight = 0;
+  o.input_range = 1.0f;
+  m.ops.push_back(o);
+  format::infer_shapes(m);
+  const deploy::runtime rt(m);
+  CHECK_FALSE(rt.packed_ready());
+  CHECK(rt.engine().why().find("operation 0 (wide)") != std::string::npos);
+  CHECK(rt.engine().why().find("depth") != std::string::npos);
+  std::vector<float> x(in, 1.0f);
+  const tensor2<float> y = rt.run(x.data(), 1);
+  CHECK(y.data()[0] == doctest::Approx(0.5 * (-3 - 2 - 1 + 0 + 1 + 2 + 3) * (in / 7) + 0.5 * [&] {
+          double s = 0;
+          for (std::size_t i = in / 7 * 7; i < in; ++i) s += double(std::int32_t(i % 7) - 3);
+          return s;
+        }()));
+}

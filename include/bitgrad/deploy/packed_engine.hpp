@@ -111,9 +111,8 @@ class packed_engine {
 public:
   packed_engine() = default;
 
-  /// Packs every conv2d / linear of m (when the graph is supported; else supported() is false
-  /// and why() says why). Throws config_error naming the layer for weights the packed formats
-  /// refuse.
+  /// Packs every conv2d / linear of m when the graph is supported and the packed formats take
+  /// its weights; else supported() is false and why() names the operation and the reason.
   explicit packed_engine(const format::model_file& m) {
     plan_ = integer_plan::of(m, [](std::size_t, std::size_t) { return 1.0f; });
     if (!plan_.supported()) return;
@@ -137,8 +136,12 @@ public:
         weights_[k] = packed_weights(w.channels, w.depth, w.group_size, w.bits.data(),
                                      w.scales.data(), codes.data());
       } catch (const std::invalid_argument& e) {
-        throw config_error("packed_engine: operation " + std::to_string(s.op) + " (" + op.name +
-                           "): " + e.what());
+        // e.g. a depth beyond packed_max_depth: the float path still runs the model.
+        plan_.unsupported = "operation " + std::to_string(s.op) + " (" + op.name + "): " + e.what();
+        plan_.steps.clear();
+        weights_.clear();
+        payload_ = 0;
+        return;
       }
       payload_ += t.kind == format::tensor_kind::quantized
                       ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
