@@ -117,7 +117,7 @@ std::size_t agree(const tensor2<float>& a, const tensor2<float>& b) {
 
 void check_model(const char* name, const fixture& f) {
   CAPTURE(std::string(name));
-  const deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+  deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
   REQUIRE(rt.packed_ready());
   const tensor2<float> want = deploy::ref::run_integer(f.m, f.x.data(), f.batch);
   std::string paths;
@@ -125,6 +125,8 @@ void check_model(const char* name, const fixture& f) {
     if (!int_isa_supported(p)) continue;
     paths += std::string(" ") + int_isa_name(p);
     CAPTURE(std::string(int_isa_name(p)));
+    // Every layer split across the threads (bands of rows at batch 1 and 7), and the default.
+    rt.set_engine_parallel_min(p == int_isa::reference ? deploy::engine_parallel_threshold() : 0);
     // Batch 1 (every image alone), an odd batch and the whole batch.
     for (std::size_t b : {std::size_t(1), std::size_t(7), f.batch}) {
       CAPTURE(b);

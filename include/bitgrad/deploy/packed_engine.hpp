@@ -16,7 +16,7 @@
 // Threads (kernels/parallel.hpp, OpenMP): a conv splits its rows across threads by whole images
 // when the batch has at least as many images as threads, else by bands of output rows aligned
 // to the pool windows (so no two threads write one pooled pixel); a linear splits the batch.
-// Layers with less than engine_parallel_min multiply-adds run on the calling thread.
+// Layers with less than engine_parallel_threshold() multiply-adds run on the calling thread.
 //
 // The path: run(x, batch, isa) takes any int_isa this binary and CPU run (int_isa_supported);
 // tests force each one. Scratch is thread_local: run() is const and safe from many threads.
@@ -39,8 +39,13 @@
 
 namespace bitgrad::deploy {
 
-/// Multiply-adds below which a layer runs on one thread.
+/// Multiply-adds below which a layer runs on one thread (x8 when OpenMP's waiting threads
+/// sleep, OMP_WAIT_POLICY=passive: waking them then costs tens of microseconds).
 inline constexpr std::size_t engine_parallel_min = std::size_t(1) << 20;
+
+inline std::size_t engine_parallel_threshold() {
+  return bitgrad::detail::omp_threads_sleep() ? 8 * engine_parallel_min : engine_parallel_min;
+}
 
 namespace detail {
 
@@ -159,6 +164,10 @@ public:
       return 1.0f;
     });
   }
+
+  /// Multiply-adds from which a layer splits across threads (default
+  /// engine_parallel_threshold(); 0 splits every layer, as the tests do to cover the splits).
+  void set_parallel_min(std::size_t work) { parallel_min_ = work; }
 
   bool supported() const { return plan_.supported(); }
   const std::string& why() const { return plan_.unsupported; }
@@ -304,7 +313,7 @@ private:
     const std::size_t threads_max = bitgrad::detail::available_threads();
     if (!s.conv) {
       const std::size_t work = batch * s.channels * s.depth;
-      const std::size_t threads = work < engine_parallel_min ? 1 : std::min(threads_max, batch);
+      const std::size_t threads = work < parallel_min_ ? 1 : std::min(threads_max, batch);
       bitgrad::detail::parallel_chunks(threads, batch,
                                        [&](std::size_t, std::size_t b, std::size_t e) {
                                          gemm(k, isa, e - b, a + b * s.depth, b, y);
@@ -314,7 +323,7 @@ private:
     const std::size_t oh_n = s.conv_out.dims[1], ow_n = s.conv_out.dims[2];
     const std::size_t plane = oh_n * ow_n;
     const std::size_t work = batch * plane * s.channels * s.depth;
-    std::size_t threads = work < engine_parallel_min ? 1 : threads_max;
+    std::size_t threads = work < parallel_min_ ? 1 : threads_max;
     // Units of work: whole images, or (batch < threads) bands of `band` output rows.
     std::size_t band = oh_n, units = batch;
     if (threads > 1 && batch < threads) {
@@ -384,6 +393,7 @@ private:
   integer_plan plan_;
   std::vector<packed_weights> weights_;
   std::size_t payload_ = 0;
+  std::size_t parallel_min_ = engine_parallel_threshold();
 };
 
 namespace ref {

@@ -126,6 +126,8 @@ public:
 
   /// The packed integer engine (its plan, packed weights, supported() / why()).
   const packed_engine& engine() const { return engine_; }
+  /// See packed_engine::set_parallel_min.
+  void set_engine_parallel_min(std::size_t work) { engine_.set_parallel_min(work); }
   /// True when the packed integer path can run: a supported graph with calibrated ranges.
   bool packed_ready() const { return engine_.supported() && engine_.calibrated(); }
 
