@@ -94,6 +94,32 @@ struct fused_store {
                                : ((n * ph + a) * pw + b) * channels + j);
   }
 
+  /// out[i] = offset(r0 + i, 0) for i < m, counting pixels up instead of dividing per row.
+  void row_offsets(std::size_t r0, std::size_t m, std::ptrdiff_t* out) const {
+    if (!pool && !nchw) {
+      for (std::size_t i = 0; i < m; ++i) out[i] = std::ptrdiff_t((r0 + i) * channels);
+      return;
+    }
+    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    const std::size_t oh_n = plane / out_w;
+    std::size_t a = oh / sh, ai = oh % sh, b = ow / sw, bi = ow % sw; // window, place in it
+    for (std::size_t i = 0; i < m; ++i) {
+      if (!pool)
+        out[i] = std::ptrdiff_t(n * channels * plane + oh * out_w + ow);
+      else if (a >= ph || b >= pw || ai >= kh || bi >= kw)
+        out[i] = -1;
+      else
+        out[i] = std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw + b
+                                     : ((n * ph + a) * pw + b) * channels);
+      if (++ow, ++bi == sw) bi = 0, ++b;
+      if (ow == out_w) {
+        ow = 0, b = 0, bi = 0;
+        if (++oh, ++ai == sh) ai = 0, ++a;
+        if (oh == oh_n) oh = 0, a = 0, ai = 0, ++n;
+      }
+    }
+  }
+
 private:
   std::ptrdiff_t place(std::size_t i, std::size_t j) const {
     if (!row_at) return offset(row0 + i, j);
@@ -287,7 +313,7 @@ private:
     st.row0 = row0;
     thread_local std::vector<std::ptrdiff_t> row_at;
     row_at.resize(m);
-    for (std::size_t i = 0; i < m; ++i) row_at[i] = st.offset(row0 + i, 0);
+    st.row_offsets(row0, m, row_at.data());
     st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
@@ -347,6 +373,15 @@ private:
         });
   }
 
+  /// memcpy, without the library call for the few bytes of a small kernel row (LeNet: 5).
+  static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
+    if (n > 16) {
+      std::memcpy(dst, src, n);
+      return;
+    }
+    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+
   /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
   template <class T>
   void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
@@ -359,11 +394,15 @@ private:
     const std::size_t K = s.depth, kh = s.c.kernel_h, kw = s.c.kernel_w;
     thread_local std::vector<std::uint8_t> cols;
     cols.resize(std::min(block, r1 - r0) * K);
+    // Image n, output pixel (oh, ow) of row r0, then counted up row by row (no division).
+    std::size_t n = r0 / plane, oh = r0 % plane / ow_n, ow = r0 % plane % ow_n;
     for (std::size_t b0 = r0; b0 < r1; b0 += block) {
       const std::size_t rows = std::min(block, r1 - b0);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const std::size_t n = (b0 + r) / plane, px = (b0 + r) % plane;
-        const std::size_t oh = px / ow_n, ow = px % ow_n;
+      for (std::size_t r = 0; r < rows; ++r, ++ow) {
+        if (ow == ow_n) {
+          ow = 0;
+          if (++oh == plane / ow_n) oh = 0, ++n;
+        }
         std::uint8_t* row = cols.data() + r * K;
         const std::uint8_t* img = x + n * H * W * C;
         for (std::size_t a = 0; a < kh; ++a) {
@@ -373,14 +412,14 @@ private:
           const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
           if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
             // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
-            std::memcpy(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
+            copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
             row += kw * C;
             continue;
           }
           for (std::size_t b = 0; b < kw; ++b, row += C) {
             const std::ptrdiff_t iw = iw0 + std::ptrdiff_t(b * s.c.dilation_w);
             if (row_inside && iw >= 0 && std::size_t(iw) < W)
-              std::memcpy(row, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
+              copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
             else
               std::memset(row, s.in_zero, C);
           }
