@@ -75,6 +75,19 @@ bench-peers:
 	/usr/bin/python3 benchmarks/peers/run_peers.py --bench build/bench/benchmarks/bench_train \
 		--rounds $(or $(ROUNDS),5) --out build/bench/results/peers.json
 
+# Inference speed against PyTorch (issue 19): bench_inference's packed integer engine and float
+# path, PyTorch FP32 and PyTorch dynamic int8, each in its own process, alternately; LeNet-5 and
+# VGG-style, batch 1 and 256, 1 and 2 threads. Medians, batch-1 p50/p99 latency and peak RSS per
+# engine: table on stdout, JSON in build/bench/results/deploy.json. ROUNDS=n, MIN_TIME=seconds.
+.PHONY: bench-deploy
+bench-deploy:
+	bash scripts/install-bench-deps.sh
+	cmake --preset bench
+	cmake --build --preset bench -j2 --target bench_inference
+	/usr/bin/python3 benchmarks/peers/run_deploy.py \
+		--bench build/bench/benchmarks/bench_inference --rounds $(or $(ROUNDS),5) \
+		--min-time $(or $(MIN_TIME),1) --out build/bench/results/deploy.json
+
 # Data-parallel training under MPI (issue 21): 1 process x 2 threads vs 2 processes x 1 thread,
 # all-reduce time per step and overlap with backward, for LeNet-5, VGG-style and ResNet-20.
 # Table on stdout, JSON lines in build/bench/results/mpi.jsonl. ROUNDS=n for more or fewer.

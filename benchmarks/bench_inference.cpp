@@ -1,6 +1,17 @@
-// Inference throughput (images/s): the deploy runtime's float and int8 paths against the
-// training framework's eval-mode forward, for LeNet-5 and the VGG-style net (frac_bits, frozen
-// at 4 bits per channel group), batch 1 and 256, 1 and 2 threads.
+// Inference throughput (images/s): the deploy runtime's packed integer engine, float and int8
+// paths against the training framework's eval-mode forward, for LeNet-5 and the VGG-style net
+// (frac_bits, frozen at 4 bits per channel group), batch 1 and 256, 1 and 2 threads.
+//
+// Besides the Google Benchmark rows, two modes for `make bench-deploy`
+// (benchmarks/peers/run_deploy.py), which runs every engine in a process of its own so that
+// each process's peak resident memory is that engine's:
+//   bench_inference --deploy-export DIR      writes DIR/lenet5.bgm and DIR/vgg_small.bgm (the
+//                                            nets below, calibrated on random inputs)
+//   bench_inference --deploy-run FILE ENGINE BATCH THREADS MIN_TIME
+//                                            loads FILE (nothing else), runs ENGINE (int or
+//                                            float) for MIN_TIME seconds and prints one JSON
+//                                            line: {"ips", "p50_us", "p99_us", "peak_rss_kb"}
+//                                            (p50 / p99 over the timed calls)
 //
 // Threads: "threads" is the OpenMP team size (omp_set_num_threads) the kernels may use; the
 // runtime's batch-parallel conv kernels split a batch across it. Batch 1 cannot split.
@@ -14,7 +25,15 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <random>
+#include <string>
+#include <sys/resource.h>
 #include <vector>
 
 #if defined(BITGRAD_WITH_OPENMP)
@@ -58,7 +77,8 @@ tensor4<float> random_input(std::size_t batch) {
   return x;
 }
 
-/// mode 0: training framework eval forward; 1: runtime float; 2: runtime int8.
+/// mode 0: training framework eval forward; 1: runtime float; 2: runtime int8; 3: runtime
+/// packed integer engine.
 template <class Make>
 void run(benchmark::State& state, Make make) {
   const auto batch = static_cast<std::size_t>(state.range(0));
@@ -74,14 +94,19 @@ void run(benchmark::State& state, Make make) {
     if (mode == 0) {
       benchmark::DoNotOptimize(net.forward(x).data());
     } else {
-      auto y = rt.run(x, mode == 1 ? deploy::precision::float32 : deploy::precision::int8);
+      auto y = rt.run(x, mode == 1   ? deploy::precision::float32
+                         : mode == 2 ? deploy::precision::int8
+                                     : deploy::precision::packed);
       benchmark::DoNotOptimize(y.data());
     }
   }
   state.counters["images/s"] =
       benchmark::Counter(static_cast<double>(batch) * static_cast<double>(state.iterations()),
                          benchmark::Counter::kIsRate);
-  state.SetLabel(mode == 0 ? "train-eval" : mode == 1 ? "runtime-float" : "runtime-int8");
+  state.SetLabel(mode == 0   ? "train-eval"
+                 : mode == 1 ? "runtime-float"
+                 : mode == 2 ? "runtime-int8"
+                             : std::string("runtime-packed-") + int_isa_name(best_int_isa()));
   set_threads(1);
 }
 
@@ -89,7 +114,7 @@ void args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "threads", "mode"});
   for (int batch : {1, 256})
     for (int threads : {1, 2})
-      for (int mode : {0, 1, 2}) b->Args({batch, threads, mode});
+      for (int mode : {0, 1, 2, 3}) b->Args({batch, threads, mode});
   b->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 
@@ -103,6 +128,80 @@ void vgg_small(benchmark::State& s) {
 BENCHMARK(lenet5)->Apply(args);
 BENCHMARK(vgg_small)->Apply(args);
 
+/// --deploy-export DIR
+int deploy_export(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  auto save = [&](auto net, const char* name) {
+    format::model_file m = train::to_model_file(net, format::shape::image(1, 28, 28));
+    const tensor4<float> x = random_input(64);
+    const deploy::runtime rt(m);
+    const std::vector<float> r = rt.input_ranges(x.data(), 64);
+    for (std::size_t i = 0; i < m.ops.size(); ++i)
+      if (r[i] > 0) m.ops[i].input_range = r[i];
+    format::write_model_file(dir / (std::string(name) + ".bgm"), m);
+  };
+  save(make_lenet(), "lenet5");
+  save(make_vgg(), "vgg_small");
+  return 0;
+}
+
+/// --deploy-run FILE ENGINE BATCH THREADS MIN_TIME
+int deploy_run(const char* file, const std::string& engine, std::size_t batch, int threads,
+               double min_time) {
+  set_threads(threads);
+  const deploy::runtime rt = deploy::runtime::load(file);
+  const deploy::precision p =
+      engine == "int" ? deploy::precision::packed : deploy::precision::float32;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(batch * rt.input_size());
+  for (auto& v : x) v = d(rng);
+  for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
+  std::vector<double> us;
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  double total = 0;
+  while (total < min_time || us.size() < 5) {
+    const auto t0 = clock::now();
+    auto y = rt.run(x.data(), batch, p);
+    benchmark::DoNotOptimize(y.data());
+    const auto t1 = clock::now();
+    us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    total = std::chrono::duration<double>(t1 - start).count();
+  }
+  std::vector<double> sorted = us;
+  std::sort(sorted.begin(), sorted.end());
+  auto pct = [&](double q) {
+    return sorted[std::min(sorted.size() - 1, std::size_t(q * double(sorted.size())))];
+  };
+  double sum = 0;
+  for (double v : us) sum += v;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf("{\"engine\": \"%s\", \"isa\": \"%s\", \"batch\": %zu, \"threads\": %d, "
+              "\"calls\": %zu, \"ips\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, "
+              "\"peak_rss_kb\": %ld, \"resident_weight_bytes\": %zu}\n",
+              engine.c_str(), engine == "int" ? int_isa_name(best_int_isa()) : "float", batch,
+              threads, us.size(), double(batch) * double(us.size()) / (sum * 1e-6), pct(0.5),
+              pct(0.99), ru.ru_maxrss, rt.resident_weight_bytes());
+  return 0;
+}
+
 } // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  try {
+    if (argc == 3 && std::strcmp(argv[1], "--deploy-export") == 0) return deploy_export(argv[2]);
+    if (argc == 7 && std::strcmp(argv[1], "--deploy-run") == 0)
+      return deploy_run(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10), std::atoi(argv[5]),
+                        std::strtod(argv[6], nullptr));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_inference: %s\n", e.what());
+    return 1;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -426,6 +426,32 @@ deploy_batch)
   ! grep -q "1.79" "$work/error.log" || fail "1.79e308 in the message"
   ;;
 
+deploy_engine)
+  # Each engine prints its accuracy; the int engine and its reference twin compute the same
+  # integers, so they give the same accuracy; the int engine runs on every path of this CPU.
+  for e in int float reference; do
+    "$deploy" "$model_dir/model/model.bgm" --data "$data" --engine $e --batch 50 > "$work/$e.log"
+  done
+  grep -q "^int      : accuracy [0-9.]*%.*(batch 50, packed " "$work/int.log" || fail "--engine int"
+  grep -q "^weights  : [0-9]* bytes resident, file payload [0-9]* bytes" "$work/int.log" ||
+    fail "--engine int: no resident weight bytes"
+  grep -q "^float32  : accuracy [0-9.]*%" "$work/float.log" || fail "--engine float"
+  grep -q "^reference: accuracy [0-9.]*%" "$work/reference.log" || fail "--engine reference"
+  ! grep -q "^float32" "$work/int.log" || fail "--engine int ran the float path too"
+  acc() { grep -o "accuracy [0-9.]*%" "$1"; }
+  [ "$(acc "$work/int.log")" = "$(acc "$work/reference.log")" ] ||
+    fail "int and reference engines disagree: $(acc "$work/int.log") vs $(acc "$work/reference.log")"
+  # The whole-set agreement (default: all engines) and every instruction set.
+  "$deploy" "$model_dir/model/model.bgm" --data "$data" > "$work/all.log"
+  grep -q "^int      : top-1 agreement with float [0-9.]*%" "$work/all.log" || fail "no agreement"
+  for isa in $("$deploy" --help | grep -o "isa TEXT:{[a-z0-9_,]*}" | sed 's/.*{//; s/}//; s/,/ /g'); do
+    "$deploy" "$model_dir/model/model.bgm" --data "$data" --engine int --isa "$isa" > "$work/isa-$isa.log"
+    grep -q "packed $isa)" "$work/isa-$isa.log" || fail "--isa $isa not used"
+    [ "$(acc "$work/isa-$isa.log")" = "$(acc "$work/reference.log")" ] || fail "--isa $isa differs"
+  done
+  expect_error "--engine: " "$deploy" "$model_dir/model/model.bgm" --data "$data" --engine fast
+  ;;
+
 inspect_model)
   "$inspect" "$model_dir/model/model.bgm" > "$work/inspect.log"
   # The model was trained with --group 4: 2 groups in conv1 (6 channels), 3 in fc3 (10).

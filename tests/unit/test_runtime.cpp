@@ -167,9 +167,35 @@ TEST_CASE("runtime int8 path agrees with the float path") {
   CHECK(std::fabs(accuracy(p8, sample_test()) - accuracy(p_rt, sample_test())) <= 0.02);
 }
 
+TEST_CASE("runtime: the trained LeNet stays packed and the packed path agrees with float") {
+  auto& net = trained_lenet();
+  format::model_file m =
+      train::to_model_file(net, format::shape::image(1, 28, 28), normalise.mean, normalise.stddev);
+  train::calibrate(m, sample_train(), 256);
+  const deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
+  REQUIRE(rt.packed_ready());
+  const tensor4<float> x = test_images(rt, sample_test());
+  const auto p_packed = deploy::runtime::top1(rt.run(x, deploy::precision::packed));
+  // Before any float run: only the packed formats hold the weights.
+  const double ratio = double(rt.resident_weight_bytes()) / double(rt.weight_payload_bytes());
+  MESSAGE("trained LeNet: resident weight bytes " << rt.resident_weight_bytes() << ", payload "
+                                                  << rt.weight_payload_bytes() << ", ratio "
+                                                  << ratio);
+  CHECK(ratio <= 1.25);
+  CHECK(rt.weight_payload_bytes() > 10000);
+  const auto p_float = deploy::runtime::top1(rt.run(x));
+  const double agreement = double(agree(p_packed, p_float)) / double(p_float.size());
+  MESSAGE("packed path: top-1 agreement with float " << agreement << ", accuracy "
+                                                     << accuracy(p_packed, sample_test()) << " vs "
+                                                     << accuracy(p_float, sample_test()));
+  CHECK(agreement >= 0.99);
+  CHECK(std::fabs(accuracy(p_packed, sample_test()) - accuracy(p_float, sample_test())) <= 0.01);
+}
+
 TEST_CASE("runtime: several threads on one const model give the single-threaded outputs") {
   const auto& f = lenet_fixture();
-  for (auto prec : {deploy::precision::float32, deploy::precision::int8}) {
+  for (auto prec :
+       {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
     const tensor2<float> single = f.rt.run(f.x, prec);
     std::vector<tensor2<float>> results(4);
     std::vector<std::thread> threads;
@@ -185,7 +211,8 @@ TEST_CASE("runtime: several threads on one const model give the single-threaded 
 TEST_CASE("runtime::evaluate gives what the hand-written normalise + run + top-1 loop gives") {
   const auto& f = lenet_fixture();
   const dataset& test = sample_test();
-  for (auto prec : {deploy::precision::float32, deploy::precision::int8}) {
+  for (auto prec :
+       {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
     CAPTURE(std::string(deploy::to_string(prec)));
     // The loop a user wrote before: every image at once.
     const std::vector<float> x = f.rt.normalise(test.pixels.data(), test.size());

@@ -2,17 +2,31 @@
 //
 //   auto rt = deploy::runtime::load("model.bgm");
 //   std::vector<float> x = rt.normalise(pixels, batch);         // 8-bit images -> network input
+//   tensor2<float> y = rt.run(x.data(), batch, deploy::precision::packed);  // packed integer
 //   tensor2<float> logits = rt.run(x.data(), batch);            // float path
-//   tensor2<float> logits8 = rt.run(x.data(), batch, deploy::precision::int8);
-//   double acc = rt.accuracy(test_set);                         // normalise + run + top-1
+//   double acc = rt.accuracy(test_set, deploy::precision::packed);  // normalise + run + top-1
 //   deploy::evaluation e = rt.evaluate(test_set, deploy::precision::int8);  // + predictions
 //
-// Float path: each weight tensor is decoded once, at construction, to float (code * scale, the
-// folded channel scale multiplied in) and run with the same SIMD kernels as training
-// (conv2d_fprop, gemm with a bias epilogue, the pool and elementwise kernels), so a network
-// without batch norm gives exactly the trained network's eval-mode outputs.
+// Weights stay packed: at load every conv2d / linear of a graph the packed integer engine runs
+// (deploy/packed_engine.hpp: chains of conv2d / linear with relu, max-pool, flatten) is packed
+// into the low-bit formats of kernels/packed/packed_weights.hpp, and the file's code streams of
+// those layers are released. resident_weight_bytes() counts what the runtime keeps for weights,
+// weight_payload_bytes() what the file stores for them (<= 1.25x when only the packed engine
+// has run). Other graphs keep the file's code streams.
 //
-// Integer path: weight codes are widened to int8 (tensors wider than 8 bits or float32 are
+// Packed integer path (precision::packed): u8 activations between layers, packed_gemm with the
+// requantize + bias + ReLU + max-pool output stage, float only at the logits; the ISA path is
+// the fastest this CPU runs unless run() is given one. Its activation scales come from the
+// calibrated input ranges the file stores (train::calibrate at export), or from calibrate()
+// on a few images when the file has none.
+//
+// Float path (precision::float32) and the older int8 path (precision::int8): the first run of
+// either decodes the weights once (from the packed formats) to float and int8 and keeps them,
+// which resident_weight_bytes() then counts. The float path runs the same SIMD kernels as
+// training (conv2d_fprop, gemm with a bias epilogue, the pool and elementwise kernels), so a
+// network without batch norm gives exactly the trained network's eval-mode outputs.
+//
+// int8 path: weight codes widened to int8 (tensors wider than 8 bits or float32 are
 // requantized to int8 per output channel, scale max|w| / 127); at each conv2d / linear the
 // float input is quantized to int8 with the per-tensor scale s_x = range / 127 calibrated at
 // export (the operation's input_range), the int8 x int8 -> int32 GEMM of deploy/int8_gemm.hpp
@@ -21,13 +35,15 @@
 // in float between the integer layers.
 //
 // Thread safety: run() is const and keeps all its state on the stack or in thread_local
-// scratch, so any number of threads may run one loaded model at once.
+// scratch (the one-time weight decode is guarded by std::call_once), so any number of threads
+// may run one loaded model at once.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/deploy/int8_gemm.hpp>
+#include <bitgrad/deploy/packed_engine.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
@@ -37,20 +53,25 @@
 #include <bitgrad/kernels/pool2d.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace bitgrad::deploy {
 
-enum class precision { float32, int8 };
+/// float32: float weights and activations; int8: int8 x int8 GEMMs with float between layers;
+/// packed: the packed integer engine (low-bit weights, u8 activations, float logits).
+enum class precision { float32, int8, packed };
 
 inline const char* to_string(precision p) {
-  return p == precision::int8 ? "int8" : "float32";
+  return p == precision::int8 ? "int8" : p == precision::packed ? "packed" : "float32";
 }
 
 /// Top-1 accuracy of a runtime on a labelled data set (runtime::evaluate).
@@ -63,24 +84,82 @@ struct evaluation {
 
 class runtime {
 public:
-  explicit runtime(format::model_file m) : m_(std::move(m)) {
+  explicit runtime(format::model_file m)
+      : m_(std::move(m)), lazy_(std::make_shared<lazy_weights>()) {
     const std::size_t n = m_.ops.size();
-    w_.resize(n);
+    lazy_->w.resize(n);
     last_use_.assign(n + 1, 0);
+    step_of_.assign(n, no_step);
     for (std::size_t i = 0; i < n; ++i) {
       const format::operation& op = m_.ops[i];
       last_use_[op.input] = i;
       if (op.input_b != format::no_index) last_use_[op.input_b] = i;
-      if (op.kind == format::op_kind::conv2d || op.kind == format::op_kind::linear) prepare(i);
     }
     last_use_[n] = n; // the output lives to the end
+    engine_ = packed_engine(m_);
+    if (engine_.supported()) {
+      // The packed weights replace the file's code streams of <= 8-bit tensors.
+      for (std::size_t k = 0; k < engine_.plan().steps.size(); ++k) {
+        const std::size_t i = engine_.plan().steps[k].op;
+        step_of_[i] = k;
+        format::tensor_data& t = m_.tensors[m_.ops[i].weight];
+        if (t.kind == format::tensor_kind::quantized &&
+            *std::max_element(t.bits.begin(), t.bits.end()) <= 8)
+          std::vector<std::uint8_t>().swap(t.packed);
+      }
+    }
+    for (const auto& op : m_.ops)
+      if (op.kind == format::op_kind::conv2d || op.kind == format::op_kind::linear) {
+        const format::tensor_data& t = m_.tensors[op.weight];
+        payload_ += t.kind == format::tensor_kind::quantized
+                        ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
+                        : t.element_count() * sizeof(float);
+      }
   }
 
   static runtime load(const std::filesystem::path& path) {
     return runtime(format::read_model_file(path));
   }
 
+  /// The file's description (the code streams of packed layers are released after packing).
   const format::model_file& model() const { return m_; }
+
+  /// The packed integer engine (its plan, packed weights, supported() / why()).
+  const packed_engine& engine() const { return engine_; }
+  /// See packed_engine::set_parallel_min.
+  void set_engine_parallel_min(std::size_t work) { engine_.set_parallel_min(work); }
+  /// True when the packed integer path can run: a supported graph with calibrated ranges.
+  bool packed_ready() const { return engine_.supported() && engine_.calibrated(); }
+
+  /// Bytes the runtime keeps for conv2d / linear weights: the packed formats, the file's code
+  /// streams it did not pack, and the float / int8 copies once a float or int8 run made them.
+  std::size_t resident_weight_bytes() const {
+    std::size_t n = engine_.resident_bytes();
+    for (const auto& op : m_.ops)
+      if (op.kind == format::op_kind::conv2d || op.kind == format::op_kind::linear) {
+        const format::tensor_data& t = m_.tensors[op.weight];
+        n += t.packed.capacity() + t.values.capacity() * sizeof(float);
+        if (step_of_[&op - m_.ops.data()] == no_step)
+          n += t.bits.capacity() + t.scales.capacity() * sizeof(float);
+      }
+    if (lazy_->ready.load())
+      for (const auto& lw : lazy_->w)
+        n += lw.w.capacity() * sizeof(float) + lw.w8.capacity() + lw.w8_scale.capacity() * 4;
+    return n;
+  }
+  /// What the file stores for the same weights: codes at their bitwidths + 5 bytes per group
+  /// (bitwidth + scale); 4 bytes per float32 weight.
+  std::size_t weight_payload_bytes() const { return payload_; }
+
+  /// Sets every conv2d / linear input range to max |input| over these `batch` inputs on the
+  /// float path (for a file exported without calibration), and the packed engine's scales.
+  void calibrate(const float* x, std::size_t batch) {
+    const std::vector<float> r = input_ranges(x, batch);
+    for (std::size_t i = 0; i < m_.ops.size(); ++i)
+      if (m_.ops[i].kind == format::op_kind::conv2d || m_.ops[i].kind == format::op_kind::linear)
+        m_.ops[i].input_range = r[i] > 0 ? r[i] : 1.0f;
+    engine_.set_ranges(m_);
+  }
   /// Elements of one input image / of one output row.
   std::size_t input_size() const { return static_cast<std::size_t>(m_.input.elements()); }
   std::size_t output_size() const { return static_cast<std::size_t>(m_.output().elements()); }
@@ -111,18 +190,22 @@ public:
   }
 
   /// Outputs (batch, output_size()) for `batch` inputs of input_size() floats each.
-  tensor2<float> run(const float* x, std::size_t batch, precision p = precision::float32) const {
+  /// precision::packed runs on path `isa` (default: the fastest this CPU runs).
+  tensor2<float> run(const float* x, std::size_t batch, precision p = precision::float32,
+                     int_isa isa = best_int_isa()) const {
+    if (p == precision::packed) return engine_.run(x, batch, isa);
     return execute(x, batch, p, [](std::size_t, const float*, std::size_t) {});
   }
 
   /// The same on an (N, C, H, W) tensor; its shape must match the file's input shape.
-  tensor2<float> run(const tensor4<float>& x, precision p = precision::float32) const {
+  tensor2<float> run(const tensor4<float>& x, precision p = precision::float32,
+                     int_isa isa = best_int_isa()) const {
     const auto& s = x.shape();
     if (m_.input.rank != 3 || s[1] != m_.input.dims[0] || s[2] != m_.input.dims[1] ||
         s[3] != m_.input.dims[2])
       throw shape_error("runtime: input of shape " + shape_string(s) +
                         " does not match the model's input " + m_.input.str());
-    return run(x.data(), s[0], p);
+    return run(x.data(), s[0], p, isa);
   }
 
   /// max |input| of every operation over this batch, on the float path (0 for operations
@@ -201,22 +284,68 @@ private:
     std::vector<float> w8_scale; ///< per output channel: weight step * channel scale
   };
 
-  void prepare(std::size_t i) {
+  static constexpr std::size_t no_step = std::size_t(-1);
+
+  /// The float / int8 weights, made on the first float or int8 run.
+  struct lazy_weights {
+    std::once_flag once;
+    std::atomic<bool> ready{false};
+    std::vector<layer_weights> w;
+  };
+
+  const std::vector<layer_weights>& decoded() const {
+    std::call_once(lazy_->once, [&] {
+      for (std::size_t i = 0; i < m_.ops.size(); ++i)
+        if (m_.ops[i].kind == format::op_kind::conv2d || m_.ops[i].kind == format::op_kind::linear)
+          prepare(i, lazy_->w[i]);
+      lazy_->ready.store(true);
+    });
+    return lazy_->w;
+  }
+
+  /// The codes of operation i's weight in the file's order (from the packed formats when the
+  /// file's stream was released).
+  std::vector<std::int32_t> file_codes(std::size_t i) const {
+    const format::tensor_data& t = m_.tensors[m_.ops[i].weight];
+    if (step_of_[i] == no_step || !t.packed.empty() || t.kind != format::tensor_kind::quantized)
+      return t.codes();
+    const std::size_t k = step_of_[i];
+    const packed_weights& pw = engine_.weights(k);
+    const std::vector<std::size_t> perm = packed_engine::depth_order(engine_.plan().steps[k]);
+    std::vector<std::uint32_t> order(pw.channels());
+    pw.channel_order(order.data());
+    const std::size_t depth = pw.depth();
+    std::vector<std::int32_t> codes(pw.channels() * depth);
+    for (int b = 1; b <= packed_max_bits; ++b)
+      for (std::size_t v = 0; v < pw.class_channels(b); ++v) {
+        const std::size_t j = order[pw.class_begin(b) + v];
+        for (std::size_t q = 0; q < depth; ++q) codes[j * depth + perm[q]] = pw.code_at(b, v, q);
+      }
+    return codes;
+  }
+
+  void prepare(std::size_t i, layer_weights& lw) const {
     const format::operation& op = m_.ops[i];
     const format::tensor_data& t = m_.tensors[op.weight];
-    layer_weights& lw = w_[i];
     const std::size_t out = t.channels(), per = t.per_channel();
     std::vector<float> cs(out, 1.0f);
     if (op.channel_scale != format::no_index) cs = m_.tensors[op.channel_scale].values;
     if (op.bias != format::no_index) lw.bias = m_.tensors[op.bias].values;
     lw.w.resize(t.element_count());
-    t.dequantize(lw.w.data());
+    std::vector<std::int32_t> file;
+    if (t.kind == format::tensor_kind::quantized) {
+      file = file_codes(i);
+      for (std::size_t k = 0; k < file.size(); ++k)
+        lw.w[k] = static_cast<float>(file[k]) * t.channel_scale(k / per);
+    } else {
+      t.dequantize(lw.w.data());
+    }
     lw.w8.resize(t.element_count());
     lw.w8_scale.resize(out);
     const bool narrow = t.kind == format::tensor_kind::quantized &&
                         *std::max_element(t.bits.begin(), t.bits.end()) <= 8;
     if (narrow) {
-      const std::vector<std::int32_t> codes = t.codes();
+      const std::vector<std::int32_t>& codes = file;
       for (std::size_t k = 0; k < codes.size(); ++k) lw.w8[k] = static_cast<std::int8_t>(codes[k]);
       for (std::size_t o = 0; o < out; ++o) lw.w8_scale[o] = t.channel_scale(o) * cs[o];
     } else {
@@ -264,7 +393,7 @@ private:
                          "with calibration data");
     const float sx = op.input_range / 127.0f;
     inv_sx = 1.0f / sx;
-    std::vector<float> s(w_[i].w8_scale);
+    std::vector<float> s(decoded()[i].w8_scale);
     for (float& v : s) v *= sx;
     return s;
   }
@@ -275,7 +404,7 @@ private:
     const conv2d_geometry g = geometry(op, in, batch);
     float inv_sx = 0;
     const std::vector<float> scale = int8_scales(i, inv_sx);
-    const layer_weights& lw = w_[i];
+    const layer_weights& lw = decoded()[i];
     const float* bias = lw.bias.empty() ? nullptr : lw.bias.data();
     std::vector<std::int8_t> xq(g.input_count());
     quantize_int8(xq.size(), x, inv_sx, xq.data());
@@ -347,7 +476,7 @@ private:
         if (prec == precision::int8) {
           conv_int8(i, in, batch, a, y);
         } else {
-          const layer_weights& lw = w_[i];
+          const layer_weights& lw = decoded()[i];
           std::vector<float> scratch;
           conv2d_fprop(geometry(op, in, batch), a, lw.w.data(),
                        lw.bias.empty() ? nullptr : lw.bias.data(), y, scratch);
@@ -356,7 +485,7 @@ private:
       }
       case format::op_kind::linear: {
         observe(i, a, in_n);
-        const layer_weights& lw = w_[i];
+        const layer_weights& lw = decoded()[i];
         const std::size_t nin = op.fc.in_features, nout = op.fc.out_features;
         if (prec == precision::int8) {
           float inv_sx = 0;
@@ -422,8 +551,11 @@ private:
   }
 
   format::model_file m_;
-  std::vector<layer_weights> w_;
+  packed_engine engine_;
+  std::shared_ptr<lazy_weights> lazy_; ///< shared by copies: made once, then read-only
   std::vector<std::size_t> last_use_;
+  std::vector<std::size_t> step_of_; ///< per operation: its packed engine step, or no_step
+  std::size_t payload_ = 0;
 };
 
 } // namespace bitgrad::deploy

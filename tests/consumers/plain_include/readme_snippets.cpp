@@ -145,8 +145,10 @@ void export_and_accuracy() {
   train::export_model(net, b, train_set, {.mean = {0.286}, .stddev = {0.353}});
 
   auto rt = deploy::runtime::load(a);
-  double acc = rt.accuracy(test_set);                                    // float path
-  deploy::evaluation e = rt.evaluate(test_set, deploy::precision::int8); // + e.predictions
+  double acc = rt.accuracy(test_set);                                      // float path
+  deploy::evaluation e = rt.evaluate(test_set, deploy::precision::packed); // packed integer engine
+  std::size_t bytes = rt.resident_weight_bytes(); // <= 1.25x rt.weight_payload_bytes() until a
+                                                  // float run decodes a float copy
   const auto rt_b = deploy::runtime::load(b);
   std::filesystem::remove(a);
   std::filesystem::remove(b);
@@ -159,6 +161,7 @@ void export_and_accuracy() {
     correct += top[i] == static_cast<std::size_t>(test_set.labels[i]);
   expect(acc == static_cast<double>(correct) / 8.0, "runtime::accuracy == the hand loop");
   expect(e.images == 8 && e.predictions.size() == 8, "runtime::evaluate");
+  expect(bytes > rt.weight_payload_bytes(), "resident weights include the float path's copy");
   expect(rt.model().mean == std::vector<double>{0.286} && rt_b.model().mean == rt.model().mean,
          "export_model(trainer): the trainer's normalisation");
 }

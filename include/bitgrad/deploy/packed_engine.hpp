@@ -1,0 +1,533 @@
+// The packed integer engine: a model file's conv2d / linear weights kept in the packed low-bit
+// formats (kernels/packed/packed_weights.hpp) and run with packed_gemm, u8 activations between
+// layers, float only at the logits. What it computes is deploy/integer_plan.hpp; how:
+//
+//   float input (N, C, H, W) --quantize_u8--> u8 NHWC
+//   conv2d:  im2row on u8 NHWC, rows = output pixels of the batch (n, oh, ow), a row's K
+//            inputs in order (kh, kw, c), so each (kh, kw) is one memcpy of C bytes; padding
+//            is the zero point z (it adds 0). The weights' depth is reordered to (kh, kw, c) at
+//            load to match.
+//   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
+//            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
+//   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
+//            which writes u8 NHWC, or with a max-pool the max into the pooled pixel (pooled
+//            buffer set to 0 first: u8's least value), or float logits at the last step.
+//
+// Threads (kernels/parallel.hpp, OpenMP): a conv splits its rows across threads by whole images
+// when the batch has at least as many images as threads, else by bands of output rows aligned
+// to the pool windows (so no two threads write one pooled pixel); a linear splits the batch.
+// Layers with less than engine_parallel_threshold() multiply-adds run on the calling thread.
+//
+// The path: run(x, batch, isa) takes any int_isa this binary and CPU run (int_isa_supported);
+// tests force each one. Scratch is thread_local: run() is const and safe from many threads.
+#pragma once
+
+#include <bitgrad/core/error.hpp>
+#include <bitgrad/core/tensor.hpp>
+#include <bitgrad/deploy/integer_plan.hpp>
+#include <bitgrad/format/model.hpp>
+#include <bitgrad/kernels/packed/packed_gemm.hpp>
+#include <bitgrad/kernels/parallel.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace bitgrad::deploy {
+
+/// Multiply-adds below which a layer runs on one thread (x8 when OpenMP's waiting threads
+/// sleep, OMP_WAIT_POLICY=passive: waking them then costs tens of microseconds).
+inline constexpr std::size_t engine_parallel_min = std::size_t(1) << 20;
+
+inline std::size_t engine_parallel_threshold() {
+  return bitgrad::detail::omp_threads_sleep() ? 8 * engine_parallel_min : engine_parallel_min;
+}
+
+namespace detail {
+
+/// The last output stage: stores v at row r = row0 + i (image r / plane, pixel r % plane of an
+/// out_w-wide conv output, or image r of a linear), channel j; NHWC (or (batch, channels)), or
+/// NCHW for a float conv output; with a pool, the max into the pooled pixel.
+template <class T>
+struct fused_store {
+  static constexpr bool lanes = true;
+  T* y;
+  std::size_t row0 = 0;
+  std::size_t plane = 1, out_w = 1, channels = 1;
+  bool nchw = false;
+  bool pool = false;
+  std::size_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 1, pw = 1; ///< pool window, stride, output
+
+  /// Optional: row_at[i] = offset(row0 + i, 0) for the call's rows (no division per value).
+  const std::ptrdiff_t* row_at = nullptr;
+
+  void operator()(T v, std::size_t i, std::size_t j) const {
+    const std::ptrdiff_t at = place(i, j);
+    if (at >= 0) write(y[at], v);
+  }
+  /// Lanes are channels j0.. of one row: the row's place is found once.
+  template <class B>
+  void apply(const B& v, std::size_t i, std::size_t j0) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t at = place(i, j0);
+    if (at < 0) return;
+    T* dst = y + at;
+    const std::size_t step = channel_stride();
+    for (std::size_t l = 0; l < B::size; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  }
+
+  /// Where row r, channel j goes; -1 when no pool window holds the pixel.
+  std::ptrdiff_t offset(std::size_t r, std::size_t j) const {
+    const std::size_t n = r / plane, px = r % plane;
+    if (!pool) return std::ptrdiff_t(nchw ? (n * channels + j) * plane + px : r * channels + j);
+    const std::size_t oh = px / out_w, ow = px % out_w;
+    // Non-overlapping windows (kernel <= stride): at most one holds (oh, ow).
+    const std::size_t a = oh / sh, b = ow / sw;
+    if (a >= ph || b >= pw || oh - a * sh >= kh || ow - b * sw >= kw) return -1;
+    return std::ptrdiff_t(nchw ? ((n * channels + j) * ph + a) * pw + b
+                               : ((n * ph + a) * pw + b) * channels + j);
+  }
+
+  /// out[i] = offset(r0 + i, 0) for i < m, counting pixels up instead of dividing per row.
+  void row_offsets(std::size_t r0, std::size_t m, std::ptrdiff_t* out) const {
+    if (!pool && !nchw) {
+      for (std::size_t i = 0; i < m; ++i) out[i] = std::ptrdiff_t((r0 + i) * channels);
+      return;
+    }
+    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    const std::size_t oh_n = plane / out_w;
+    std::size_t a = oh / sh, ai = oh % sh, b = ow / sw, bi = ow % sw; // window, place in it
+    for (std::size_t i = 0; i < m; ++i) {
+      if (!pool)
+        out[i] = std::ptrdiff_t(n * channels * plane + oh * out_w + ow);
+      else if (a >= ph || b >= pw || ai >= kh || bi >= kw)
+        out[i] = -1;
+      else
+        out[i] = std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw + b
+                                     : ((n * ph + a) * pw + b) * channels);
+      if (++ow, ++bi == sw) bi = 0, ++b;
+      if (ow == out_w) {
+        ow = 0, b = 0, bi = 0;
+        if (++oh, ++ai == sh) ai = 0, ++a;
+        if (oh == oh_n) oh = 0, a = 0, ai = 0, ++n;
+      }
+    }
+  }
+
+private:
+  std::ptrdiff_t place(std::size_t i, std::size_t j) const {
+    if (!row_at) return offset(row0 + i, j);
+    const std::ptrdiff_t at = row_at[i];
+    return at < 0 ? at : at + std::ptrdiff_t(j * channel_stride());
+  }
+  void write(T& dst, T v) const {
+    if (!pool)
+      dst = v;
+    else if (v > dst)
+      dst = v;
+  }
+  std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
+};
+
+} // namespace detail
+
+/// A model's conv2d / linear weights packed, and the integer plan that runs them.
+class packed_engine {
+public:
+  packed_engine() = default;
+
+  /// Packs every conv2d / linear of m when the graph is supported and the packed formats take
+  /// its weights; else supported() is false and why() names the operation and the reason.
+  explicit packed_engine(const format::model_file& m) {
+    plan_ = integer_plan::of(m, [](std::size_t, std::size_t) { return 1.0f; });
+    if (!plan_.supported()) return;
+    weights_.resize(plan_.steps.size());
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      const integer_step& s = plan_.steps[k];
+      const format::operation& op = m.ops[s.op];
+      const format::tensor_data& t = m.tensors[op.weight];
+      if (t.channels() != s.channels || t.per_channel() != s.depth)
+        throw config_error("packed_engine: operation " + std::to_string(s.op) + " (" + op.name +
+                           "): weight of " + std::to_string(t.channels()) + " x " +
+                           std::to_string(t.per_channel()) + ", expected " +
+                           std::to_string(s.channels) + " x " + std::to_string(s.depth));
+      const integer_weights w = integer_weights::of(t);
+      const std::vector<std::size_t> perm = depth_order(s);
+      std::vector<std::int32_t> codes(w.codes.size());
+      for (std::size_t j = 0; j < w.channels; ++j)
+        for (std::size_t p = 0; p < w.depth; ++p)
+          codes[j * w.depth + p] = w.codes[j * w.depth + perm[p]];
+      try {
+        weights_[k] = packed_weights(w.channels, w.depth, w.group_size, w.bits.data(),
+                                     w.scales.data(), codes.data());
+      } catch (const std::invalid_argument& e) {
+        // e.g. a depth beyond packed_max_depth: the float path still runs the model.
+        plan_.unsupported = "operation " + std::to_string(s.op) + " (" + op.name + "): " + e.what();
+        plan_.steps.clear();
+        weights_.clear();
+        payload_ = 0;
+        return;
+      }
+      payload_ += t.kind == format::tensor_kind::quantized
+                      ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
+                      : t.element_count() * sizeof(float);
+    }
+    set_ranges(m);
+  }
+
+  /// Recomputes the scales from m's input ranges (after a calibration).
+  void set_ranges(const format::model_file& m) {
+    if (!plan_.supported()) return;
+    plan_ = integer_plan::of(m, [&](std::size_t op, std::size_t j) {
+      for (std::size_t k = 0; k < plan_.steps.size(); ++k)
+        if (plan_.steps[k].op == op) return weights_[k].channel_scale(j);
+      return 1.0f;
+    });
+  }
+
+  /// Multiply-adds from which a layer splits across threads (default
+  /// engine_parallel_threshold(); 0 splits every layer, as the tests do to cover the splits).
+  void set_parallel_min(std::size_t work) { parallel_min_ = work; }
+
+  bool supported() const { return plan_.supported(); }
+  const std::string& why() const { return plan_.unsupported; }
+  bool calibrated() const { return plan_.calibrated; }
+  const integer_plan& plan() const { return plan_; }
+  /// The packed weights of step k.
+  const packed_weights& weights(std::size_t k) const { return weights_[k]; }
+
+  /// Bytes the packed weights keep (codes, bitwidths, scales), and what the file stores for
+  /// the same weights (codes at their bitwidths + 5 bytes per group; 4 per float32 weight).
+  std::size_t resident_bytes() const {
+    std::size_t n = 0;
+    for (const auto& w : weights_) n += w.resident_bytes();
+    return n;
+  }
+  std::size_t payload_bytes() const { return payload_; }
+
+  /// For step k, the engine's depth index q -> the file's depth index p.
+  static std::vector<std::size_t> depth_order(const integer_step& s) {
+    std::vector<std::size_t> perm(s.depth);
+    if (s.conv) { // engine (a, b, c) <- file (c, a, b)
+      const std::size_t cin = s.c.in_channels, kh = s.c.kernel_h, kw = s.c.kernel_w;
+      for (std::size_t a = 0; a < kh; ++a)
+        for (std::size_t b = 0; b < kw; ++b)
+          for (std::size_t c = 0; c < cin; ++c)
+            perm[(a * kw + b) * cin + c] = (c * kh + a) * kw + b;
+    } else if (s.in_shape.rank == 3) { // engine (h, w, c) <- file (c, h, w)
+      const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::size_t w = 0; w < W; ++w)
+          for (std::size_t c = 0; c < C; ++c) perm[(h * W + w) * C + c] = (c * H + h) * W + w;
+    } else {
+      for (std::size_t p = 0; p < s.depth; ++p) perm[p] = p;
+    }
+    return perm;
+  }
+
+  /// Logits (batch, outputs) of `batch` float inputs in the file's layout, on path isa.
+  tensor2<float> run(const float* x, std::size_t batch, int_isa isa) const {
+    if (!supported()) throw config_error("packed_engine: " + why());
+    if (!calibrated())
+      throw config_error("packed_engine: the model has no calibrated input ranges; export it "
+                         "with calibration data or call runtime::calibrate");
+    if (batch == 0) throw config_error("packed_engine: batch must be >= 1");
+    if (!int_isa_supported(isa))
+      throw config_error(std::string("packed_engine: path ") + int_isa_name(isa) +
+                         " is not available on this binary / CPU");
+    const integer_step& first = plan_.steps.front();
+    std::vector<std::uint8_t> a = quantize_input(first, x, batch);
+    tensor2<float> logits;
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      const integer_step& s = plan_.steps[k];
+      const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
+      if (s.out_u8) {
+        std::vector<std::uint8_t> y(out_n, 0);
+        run_step(k, isa, a.data(), batch, y.data());
+        a.swap(y);
+      } else {
+        logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
+        std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
+        run_step(k, isa, a.data(), batch, logits.data());
+        if (k + 1 != plan_.steps.size())
+          throw config_error("packed_engine: a float output before the last layer");
+      }
+    }
+    return logits;
+  }
+
+private:
+  /// The float network input (NCHW) as u8 NHWC with the first step's scale.
+  static std::vector<std::uint8_t> quantize_input(const integer_step& s, const float* x,
+                                                  std::size_t batch) {
+    const output::quantize_u8 q{1.0f / s.in_scale, s.in_zero};
+    const std::size_t per = s.in_shape.elements();
+    std::vector<std::uint8_t> a(batch * per);
+    if (s.in_shape.rank != 3) {
+      for (std::size_t i = 0; i < a.size(); ++i) a[i] = q(x[i], 0, 0);
+      return a;
+    }
+    const std::size_t C = s.in_shape.dims[0],
+                      P = std::size_t(s.in_shape.dims[1]) * s.in_shape.dims[2];
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t c = 0; c < C; ++c)
+        for (std::size_t p = 0; p < P; ++p)
+          a[(n * P + p) * C + c] = q(x[(n * C + c) * P + p], 0, 0);
+    return a;
+  }
+
+  template <class T>
+  detail::fused_store<T> store_of(const integer_step& s, T* y) const {
+    detail::fused_store<T> st{y};
+    st.channels = s.channels;
+    if (s.conv) {
+      st.plane = std::size_t(s.conv_out.dims[1]) * s.conv_out.dims[2];
+      st.out_w = s.conv_out.dims[2];
+      st.nchw = !s.out_u8;
+      if (s.pool) {
+        st.pool = true;
+        st.kh = s.p.kernel_h, st.kw = s.p.kernel_w, st.sh = s.p.stride_h, st.sw = s.p.stride_w;
+        st.ph = s.out_shape.rank == 3 ? s.out_shape.dims[1] : 1;
+        st.pw = s.out_shape.rank == 3 ? s.out_shape.dims[2] : 1;
+        if (s.out_shape.rank != 3) { // pool then flatten: pooled dims from the sizes
+          st.ph = (s.conv_out.dims[1] - s.p.kernel_h) / s.p.stride_h + 1;
+          st.pw = (s.conv_out.dims[2] - s.p.kernel_w) / s.p.stride_w + 1;
+        }
+      }
+    }
+    return st;
+  }
+
+  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0.
+  template <class T>
+  void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
+            T* y) const {
+    const integer_step& s = plan_.steps[k];
+    detail::fused_store<T> st = store_of(s, y);
+    st.row0 = row0;
+    thread_local std::vector<std::ptrdiff_t> row_at;
+    row_at.resize(m);
+    st.row_offsets(row0, m, row_at.data());
+    st.row_at = row_at.data();
+    const output::scale_bias sb{s.scale.data(), s.bias.data()};
+    const std::size_t lda = s.depth;
+    if constexpr (std::is_same_v<T, std::uint8_t>) {
+      const output::quantize_u8 q{s.out_inv_scale, s.out_zero};
+      if (s.relu)
+        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k],
+                    output::make_pipeline(sb, output::clamp{}, q, st));
+      else
+        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(sb, q, st));
+    } else {
+      if (s.relu)
+        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k],
+                    output::make_pipeline(sb, output::clamp{}, st));
+      else
+        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(sb, st));
+    }
+  }
+
+  template <class T>
+  void run_step(std::size_t k, int_isa isa, const std::uint8_t* a, std::size_t batch, T* y) const {
+    const integer_step& s = plan_.steps[k];
+    const std::size_t threads_max = bitgrad::detail::available_threads();
+    if (!s.conv) {
+      const std::size_t work = batch * s.channels * s.depth;
+      const std::size_t threads = work < parallel_min_ ? 1 : std::min(threads_max, batch);
+      bitgrad::detail::parallel_chunks(threads, batch,
+                                       [&](std::size_t, std::size_t b, std::size_t e) {
+                                         gemm(k, isa, e - b, a + b * s.depth, b, y);
+                                       });
+      return;
+    }
+    const std::size_t oh_n = s.conv_out.dims[1], ow_n = s.conv_out.dims[2];
+    const std::size_t plane = oh_n * ow_n;
+    const std::size_t work = batch * plane * s.channels * s.depth;
+    std::size_t threads = work < parallel_min_ ? 1 : threads_max;
+    // Units of work: whole images, or (batch < threads) bands of `band` output rows.
+    std::size_t band = oh_n, units = batch;
+    if (threads > 1 && batch < threads) {
+      band = s.pool ? s.p.stride_h : 1;
+      units = batch * ((oh_n + band - 1) / band);
+    }
+    threads = std::min(threads, units);
+    const std::size_t bands_per_image = (oh_n + band - 1) / band;
+    bitgrad::detail::parallel_chunks(
+        threads, units, [&](std::size_t, std::size_t b, std::size_t e) {
+          // Units [b, e) as row ranges; consecutive units of one image form one range.
+          for (std::size_t u = b; u < e;) {
+            const std::size_t n = u / bands_per_image, first_band = u % bands_per_image;
+            const std::size_t last = std::min(e, (n + 1) * bands_per_image);
+            const std::size_t r0 = n * plane + first_band * band * ow_n;
+            const std::size_t r1 =
+                n * plane + std::min(oh_n, (last - n * bands_per_image) * band) * ow_n;
+            conv_rows(k, isa, a, r0, r1, y);
+            u = last;
+          }
+        });
+  }
+
+  /// memcpy, without the library call for the few bytes of a small kernel row (LeNet: 5).
+  static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
+    if (n > 16) {
+      std::memcpy(dst, src, n);
+      return;
+    }
+    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+
+  /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
+  template <class T>
+  void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
+                 T* y) const {
+    const integer_step& s = plan_.steps[k];
+    constexpr std::size_t block = 512;
+    const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
+    const std::size_t ow_n = s.conv_out.dims[2];
+    const std::size_t plane = std::size_t(s.conv_out.dims[1]) * ow_n;
+    const std::size_t K = s.depth, kh = s.c.kernel_h, kw = s.c.kernel_w;
+    thread_local std::vector<std::uint8_t> cols;
+    cols.resize(std::min(block, r1 - r0) * K);
+    // Image n, output pixel (oh, ow) of row r0, then counted up row by row (no division).
+    std::size_t n = r0 / plane, oh = r0 % plane / ow_n, ow = r0 % plane % ow_n;
+    for (std::size_t b0 = r0; b0 < r1; b0 += block) {
+      const std::size_t rows = std::min(block, r1 - b0);
+      for (std::size_t r = 0; r < rows; ++r, ++ow) {
+        if (ow == ow_n) {
+          ow = 0;
+          if (++oh == plane / ow_n) oh = 0, ++n;
+        }
+        std::uint8_t* row = cols.data() + r * K;
+        const std::uint8_t* img = x + n * H * W * C;
+        for (std::size_t a = 0; a < kh; ++a) {
+          const std::ptrdiff_t ih =
+              std::ptrdiff_t(oh * s.c.stride_h + a * s.c.dilation_h) - std::ptrdiff_t(s.c.pad_h);
+          const bool row_inside = ih >= 0 && std::size_t(ih) < H;
+          const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
+          if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
+            // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
+            copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
+            row += kw * C;
+            continue;
+          }
+          for (std::size_t b = 0; b < kw; ++b, row += C) {
+            const std::ptrdiff_t iw = iw0 + std::ptrdiff_t(b * s.c.dilation_w);
+            if (row_inside && iw >= 0 && std::size_t(iw) < W)
+              copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
+            else
+              std::memset(row, s.in_zero, C);
+          }
+        }
+      }
+      gemm(k, isa, rows, cols.data(), b0, y);
+    }
+  }
+
+  integer_plan plan_;
+  std::vector<packed_weights> weights_;
+  std::size_t payload_ = 0;
+  std::size_t parallel_min_ = engine_parallel_threshold();
+};
+
+namespace ref {
+
+/// The plain reference twin of packed_engine::run: the same plan (integer_plan), computed with
+/// loops over the file's codes in the file's NCHW layout, the max-pool applied after the output
+/// stage. Used as the oracle of the engine on every path.
+inline tensor2<float> run_integer(const format::model_file& m, const float* x, std::size_t batch) {
+  std::vector<integer_weights> w;
+  std::vector<std::size_t> op_of;
+  for (std::size_t i = 0; i < m.ops.size(); ++i)
+    if (m.ops[i].kind == format::op_kind::conv2d || m.ops[i].kind == format::op_kind::linear) {
+      w.push_back(integer_weights::of(m.tensors[m.ops[i].weight]));
+      op_of.push_back(i);
+    }
+  const integer_plan plan = integer_plan::of(m, [&](std::size_t op, std::size_t j) {
+    const std::size_t k = std::find(op_of.begin(), op_of.end(), op) - op_of.begin();
+    return w[k].channel_scale(j);
+  });
+  if (!plan.supported()) throw config_error("ref::run_integer: " + plan.unsupported);
+  if (!plan.calibrated) throw config_error("ref::run_integer: the model is not calibrated");
+  // u8 activations in NCHW (or features).
+  const integer_step& first = plan.steps.front();
+  std::vector<std::int32_t> q(batch * first.in_shape.elements());
+  for (std::size_t i = 0; i < q.size(); ++i)
+    q[i] = output::quantize_u8{1.0f / first.in_scale, first.in_zero}(x[i], 0, 0);
+  tensor2<float> logits;
+  for (std::size_t k = 0; k < plan.steps.size(); ++k) {
+    const integer_step& s = plan.steps[k];
+    const integer_weights& wk = w[k];
+    const std::size_t per_in = s.in_shape.elements();
+    const std::int32_t z = s.in_zero;
+    const output::scale_bias sb{s.scale.data(), s.bias.data()};
+    const output::clamp relu{};
+    const output::quantize_u8 qo{s.out_inv_scale, s.out_zero};
+    // Before the pool: per image, channel j, pixel px (a linear: one pixel).
+    const std::size_t oh_n = s.conv ? s.conv_out.dims[1] : 1,
+                      ow_n = s.conv ? s.conv_out.dims[2] : 1;
+    std::vector<float> v(batch * s.channels * oh_n * ow_n);
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t j = 0; j < s.channels; ++j)
+        for (std::size_t oh = 0; oh < oh_n; ++oh)
+          for (std::size_t ow = 0; ow < ow_n; ++ow) {
+            std::int32_t acc = 0;
+            if (s.conv) {
+              const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1],
+                                W = s.in_shape.dims[2];
+              for (std::size_t c = 0; c < C; ++c)
+                for (std::size_t a = 0; a < s.c.kernel_h; ++a)
+                  for (std::size_t b = 0; b < s.c.kernel_w; ++b) {
+                    const long ih = long(oh * s.c.stride_h + a * s.c.dilation_h) - long(s.c.pad_h);
+                    const long iw = long(ow * s.c.stride_w + b * s.c.dilation_w) - long(s.c.pad_w);
+                    if (ih < 0 || iw < 0 || ih >= long(H) || iw >= long(W)) continue;
+                    acc += (q[((n * C + c) * H + std::size_t(ih)) * W + std::size_t(iw)] - z) *
+                           wk.codes[j * wk.depth + (c * s.c.kernel_h + a) * s.c.kernel_w + b];
+                  }
+            } else {
+              for (std::size_t p = 0; p < s.depth; ++p)
+                acc += (q[n * per_in + p] - z) * wk.codes[j * wk.depth + p];
+            }
+            float val = sb(acc, n, j);
+            if (s.relu) val = relu(val, n, j);
+            if (s.out_u8) val = static_cast<float>(qo(val, n, j));
+            v[((n * s.channels + j) * oh_n + oh) * ow_n + ow] = val;
+          }
+    std::vector<float> out;
+    if (s.pool) {
+      const std::size_t ph = (oh_n - s.p.kernel_h) / s.p.stride_h + 1;
+      const std::size_t pw = (ow_n - s.p.kernel_w) / s.p.stride_w + 1;
+      out.assign(batch * s.channels * ph * pw, 0.0f);
+      for (std::size_t nj = 0; nj < batch * s.channels; ++nj)
+        for (std::size_t a = 0; a < ph; ++a)
+          for (std::size_t b = 0; b < pw; ++b) {
+            float mx = -std::numeric_limits<float>::infinity();
+            for (std::size_t i = 0; i < s.p.kernel_h; ++i)
+              for (std::size_t jj = 0; jj < s.p.kernel_w; ++jj)
+                mx = std::max(mx,
+                              v[(nj * oh_n + a * s.p.stride_h + i) * ow_n + b * s.p.stride_w + jj]);
+            out[(nj * ph + a) * pw + b] = mx;
+          }
+    } else {
+      out = std::move(v);
+    }
+    if (s.out_u8) {
+      q.assign(out.size(), 0);
+      for (std::size_t i = 0; i < out.size(); ++i) q[i] = static_cast<std::int32_t>(out[i]);
+    } else {
+      const std::size_t per = out.size() / batch;
+      logits = tensor2<float>::from_shape({batch, per});
+      std::copy(out.begin(), out.end(), logits.data());
+    }
+  }
+  return logits;
+}
+
+} // namespace ref
+
+} // namespace bitgrad::deploy
