@@ -76,14 +76,15 @@ bench-peers:
 		--rounds $(or $(ROUNDS),5) --out build/bench/results/peers.json
 
 # Inference speed against PyTorch (issue 19): bench_inference's packed integer engine and float
-# path, PyTorch FP32 and PyTorch dynamic int8, each in its own process, alternately; LeNet-5 and
+# path, PyTorch FP32 and PyTorch dynamic int8, ONNX Runtime on the float32 and QDQ exports (npm
+# onnxruntime-node, installed by `deps`), each in its own process, alternately; LeNet-5 and
 # VGG-style, batch 1 and 256, 1 and 2 threads. Medians, batch-1 p50/p99 latency and peak RSS per
 # engine: table on stdout, JSON in build/bench/results/deploy.json. ROUNDS=n, MIN_TIME=seconds.
 .PHONY: bench-deploy
-bench-deploy:
+bench-deploy: deps
 	bash scripts/install-bench-deps.sh
 	cmake --preset bench
-	cmake --build --preset bench -j2 --target bench_inference
+	cmake --build --preset bench -j2 --target bench_inference bgm_to_onnx
 	/usr/bin/python3 benchmarks/peers/run_deploy.py \
 		--bench build/bench/benchmarks/bench_inference --rounds $(or $(ROUNDS),5) \
 		--min-time $(or $(MIN_TIME),1) --out build/bench/results/deploy.json

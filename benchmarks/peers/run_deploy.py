@@ -7,6 +7,9 @@ row, for several rounds, each engine in a process of its own:
   bitgrad_float         the runtime's float path  (bench_inference --deploy-run FILE float ...)
   pytorch_fp32          PyTorch FP32, eval, inference_mode      (infer_pytorch.py)
   pytorch_int8_dynamic  PyTorch dynamic int8 of the linear layers (infer_pytorch.py)
+  onnxruntime_fp32      ONNX Runtime (npm onnxruntime-node, CPU) on the float32 ONNX export of
+                        the same .bgm (examples/bgm_to_onnx; ort_infer.mjs)
+  onnxruntime_qdq       ONNX Runtime on the QDQ (int8 QuantizeLinear/DequantizeLinear) export
 
 The bitgrad models are written once by `bench_inference --deploy-export` (frac_bits frozen at 4
 bits, calibrated on random inputs); the PyTorch nets are the same architectures in FP32.
@@ -37,7 +40,9 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 from run_peers import cpu_model, load_average, wait_quiet  # noqa: E402
 
-ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic"]
+ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic",
+           "onnxruntime_fp32", "onnxruntime_qdq"]
+ORT_FORMS = {"onnxruntime_fp32": "float32", "onnxruntime_qdq": "qdq"}
 NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-style"}
 
 
@@ -52,6 +57,14 @@ def run_engine(a, models_dir, engine, model, batch, threads):
         cmd = [a.bench, "--deploy-run", str(models_dir / f"{model}.bgm"),
                "int" if engine == "bitgrad_int" else "float", str(batch), str(threads),
                str(a.min_time)]
+    elif engine in ORT_FORMS:
+        onnx = models_dir / f"{model}-{ORT_FORMS[engine]}.onnx"
+        cmd = [a.node, str(HERE / "ort_infer.mjs"), str(onnx), "--batch", str(batch),
+               "--threads", str(threads), "--seconds", str(a.min_time)]
+        r = json.loads(subprocess.run(cmd, env=env_for(threads), check=True, capture_output=True,
+                                      text=True).stdout.strip().splitlines()[-1])
+        # ort_infer.mjs reports milliseconds; the table is in microseconds.
+        return dict(r, p50_us=1000 * r["p50_ms"], p99_us=1000 * r["p99_ms"])
     else:
         cmd = [a.python, str(HERE / "infer_pytorch.py"), "--model", model, "--engine",
                "fp32" if engine == "pytorch_fp32" else "int8_dynamic", "--batch", str(batch),
@@ -65,6 +78,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default=str(ROOT / "build/bench/benchmarks/bench_inference"))
     ap.add_argument("--python", default="/usr/bin/python3", help="the Python that has torch")
+    ap.add_argument("--node", default="node", help="Node.js, for ONNX Runtime (onnxruntime-node)")
+    ap.add_argument("--bgm-to-onnx", default=str(ROOT / "build/bench/examples/bgm_to_onnx"),
+                    help="examples/bgm_to_onnx, which writes the ONNX Runtime engines' models")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
     ap.add_argument("--models", default="lenet5,vgg_small")
@@ -84,6 +100,12 @@ def main():
             ap.error(f"--engines: unknown engine {e}; known: {', '.join(ENGINES)}")
     models_dir = pathlib.Path(a.out).parent / "deploy-models"
     subprocess.run([a.bench, "--deploy-export", str(models_dir)], check=True)
+    models = [m for m in a.models.split(",") if m]
+    for e in [e for e in engines if e in ORT_FORMS]:
+        for m in models:
+            subprocess.run([a.bgm_to_onnx, str(models_dir / f"{m}.bgm"), "-o",
+                            str(models_dir / f"{m}-{ORT_FORMS[e]}.onnx"), "--form", ORT_FORMS[e]],
+                           check=True, capture_output=True)
     rows = [(m, int(b), int(t)) for m in a.models.split(",") if m
             for b in a.batches.split(",") if b for t in a.threads.split(",") if t]
     cpu = cpu_model()
