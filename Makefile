@@ -2,7 +2,8 @@
 #   make demo   install what is missing, build, train LeNet-5 on Fashion-MNIST with learned bitwidths
 #   make test   install what is missing, build, run every test (ctest)
 # Also: make bench (benchmarks), make asan (tests under sanitizers), make format, make clean,
-# make install [PREFIX=/usr/local] (headers, CMake package and bitgrad.pc only).
+# make install [PREFIX=/usr/local] (headers, CMake package and bitgrad.pc only), make test-arm
+# (the packed integer runtime's tests for aarch64, under qemu).
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
@@ -80,6 +81,13 @@ bench-peers:
 # onnxruntime-node, installed by `deps`), each in its own process, alternately; LeNet-5 and
 # VGG-style, batch 1 and 256, 1 and 2 threads. Medians, batch-1 p50/p99 latency and peak RSS per
 # engine: table on stdout, JSON in build/bench/results/deploy.json. ROUNDS=n, MIN_TIME=seconds.
+# The packed integer kernels and engine cross-built for aarch64 (g++-aarch64-linux-gnu) and run
+# under qemu-aarch64 on two CPU models (NEON with and without the dot product): issue 19.
+.PHONY: test-arm
+test-arm:
+	bash scripts/install-arm-deps.sh
+	bash scripts/test-aarch64.sh
+
 .PHONY: bench-deploy
 bench-deploy: deps
 	bash scripts/install-bench-deps.sh
