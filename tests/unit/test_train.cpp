@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -235,9 +236,11 @@ std::vector<std::uint64_t> noise_steps(Net& net) {
 
 /// net in the version 2 layout (bitgrad up to 90aa01b): quantizer states are the core's bytes
 /// only; the noise steps are the metadata fields "noise_step.<name>" when `with_steps`.
+/// `rename` (when set) gives each parameter's name in the file.
 template <class Net>
 void save_v2_checkpoint(const fs::path& path, Net& net, train::checkpoint_data data,
-                        bool with_steps) {
+                        bool with_steps,
+                        const std::function<std::string(const std::string&)>& rename = {}) {
   if (with_steps)
     net.visit_quantizers([&](std::string_view name, const auto& q) {
       if constexpr (requires { q.noise_step(); })
@@ -252,7 +255,7 @@ void save_v2_checkpoint(const fs::path& path, Net& net, train::checkpoint_data d
   net.visit_parameters([&](param_ref<float>& p) { params.push_back(p); });
   w.put(static_cast<std::uint32_t>(params.size()));
   for (const auto& p : params) {
-    w.put_string(p.name);
+    w.put_string(rename ? rename(p.name) : p.name);
     w.put(static_cast<std::uint8_t>(p.kind));
     w.put(static_cast<std::uint64_t>(p.size));
     w.put_array(std::span<const float>(p.value, p.size));
@@ -329,6 +332,41 @@ TEST_CASE("noise_bits' noise step is quantizer state: version 3 round-trips it, 
                          doctest::Contains("'noise_step.conv1': expected an unsigned integer"),
                          format_error);
   }
+}
+
+TEST_CASE("a step_bits checkpoint of bitgrad before 658db2e (step, qmax) is refused saying so") {
+  temp_dir dir("bitgrad-train-old-step");
+  auto q = nn::lenet5<float, quant::step_bits>({.seed = 3});
+  train::checkpoint_data data;
+  data.meta["phase"] = "search";
+  const fs::path file = dir.path / "c.bin";
+  // The old parameters: "<layer>.step" and "<layer>.qmax" where there are now bits and step.
+  auto old_names = [](const std::string& name) {
+    if (name.ends_with(".bits")) return name.substr(0, name.size() - 4) + "step";
+    if (name.ends_with(".step")) return name.substr(0, name.size() - 4) + "qmax";
+    return name;
+  };
+  save_v2_checkpoint(file, q, data, false, old_names);
+  auto fresh = nn::lenet5<float, quant::step_bits>({.seed = 99});
+  const auto before = all_parameters(fresh);
+  CHECK_THROWS_WITH_AS(
+      train::load_checkpoint(file, fresh),
+      doctest::Contains("a step_bits checkpoint written before bitgrad 658db2e (checkpoint "
+                        "version 2, parameters step and qmax; step_bits now learns bits and "
+                        "step): it cannot be resumed by this version: retrain, or resume it "
+                        "with the older bitgrad (parameter 2 is 'conv1.step', the network "
+                        "expects 'conv1.bits')"),
+      format_error);
+  CHECK(all_parameters(fresh) == before);
+  // Today's step_bits parameters in a version 2 file load, and another architecture is still
+  // named as such.
+  save_v2_checkpoint(file, q, data, false);
+  CHECK_NOTHROW(train::load_checkpoint(file, fresh));
+  CHECK(all_parameters(fresh) == all_parameters(q));
+  auto frac = make_quant();
+  CHECK_THROWS_WITH_AS(train::load_checkpoint(file, frac),
+                       doctest::Contains("checkpoint of another architecture: 20 parameters"),
+                       format_error);
 }
 
 TEST_CASE("a noise_bits run interrupted and resumed ends bit-identical (the noise stream too)") {

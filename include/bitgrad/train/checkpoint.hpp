@@ -35,7 +35,12 @@
 //
 // Parameters and quantizers are stored in the network's visitation order and must match the
 // network on load name by name and size by size: a checkpoint of another architecture is
-// rejected with the first parameter that differs. Parameter values must be finite, bitwidth
+// rejected with the first parameter that differs. step_bits checkpoints of bitgrad before
+// 658db2e (#18 R1; versions 1 and 2) are refused, saying so: their parameters were "step" d
+// and "qmax" q_max; they are now "bits" b (kind bitwidth) and "step" d, with q_max =
+// d (2^(b-1) - 1). The values convert (b = 1 + log2(q_max / d + 1)) but the optimizer's moments
+// of q_max do not become moments of b, so such a run could not go on as it would have: it is
+// retrained, or resumed with the older bitgrad. Parameter values must be finite, bitwidth
 // parameters inside [1, 16], scale parameters > 0, and frozen group counts those of the
 // network's quantizers.
 //
@@ -297,6 +302,25 @@ std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::
   };
 }
 
+/// What a parameter name mismatch means when it is not another architecture: the step_bits
+/// parameters of bitgrad before 658db2e ("<layer>.step" where the network now has
+/// "<layer>.bits"). Empty otherwise.
+inline std::string parameter_mismatch_reason(std::uint32_t version, std::string_view found,
+                                             std::string_view expected) {
+  auto layer_of = [](std::string_view name, std::string_view leaf) -> std::string_view {
+    if (name.size() <= leaf.size() + 1 || !name.ends_with(leaf) ||
+        name[name.size() - leaf.size() - 1] != '.')
+      return {};
+    return name.substr(0, name.size() - leaf.size() - 1);
+  };
+  const std::string_view layer = layer_of(found, "step");
+  if (version >= 3 || layer.empty() || layer != layer_of(expected, "bits")) return {};
+  return "a step_bits checkpoint written before bitgrad 658db2e (checkpoint version " +
+         std::to_string(version) + ", parameters step and qmax; step_bits now learns bits and " +
+         "step): it cannot be resumed by this version: retrain, or resume it with the older "
+         "bitgrad";
+}
+
 /// Reads a version 1 or 2 quantizer state (the core's bytes only) as read_quantizer_state reads
 /// a version 3 one: the policy's own state after the core's is the u64 of the metadata field
 /// "noise_step.<name>" when `meta` has it, else the policy state q has now (what q.save()
@@ -351,6 +375,10 @@ std::function<void()> read_network(io::byte_reader& r, Net& net, std::uint32_t v
     const std::string name = r.get_string("parameter name", max_meta_name);
     const auto kind = r.get<std::uint8_t>("parameter kind");
     const auto size = r.get<std::uint64_t>("parameter size");
+    if (const std::string why = parameter_mismatch_reason(version, name, params[i].name);
+        !why.empty())
+      r.fail_at(at, why + " (parameter " + std::to_string(i) + " is '" + name +
+                        "', the network expects '" + params[i].name + "')");
     if (name != params[i].name || size != params[i].size ||
         kind != static_cast<std::uint8_t>(params[i].kind))
       r.fail_at(at, "checkpoint of another architecture: parameter " + std::to_string(i) + " is '" +
