@@ -327,8 +327,7 @@ inline std::string parameter_mismatch_reason(std::uint32_t version, std::string_
 /// writes after the core's bytes). format_error when that field is not a u64 or q has no noise
 /// step to take it.
 template <class Q>
-std::function<void()> read_legacy_quantizer_state(io::byte_reader& r, Q& q,
-                                                  const std::string& name,
+std::function<void()> read_legacy_quantizer_state(io::byte_reader& r, Q& q, const std::string& name,
                                                   const checkpoint_data& data) {
   const std::uint64_t start = r.offset();
   const std::vector<int> bits = quant::detail::load_frozen_state(r, q.groups(), name);
@@ -350,8 +349,8 @@ std::function<void()> read_legacy_quantizer_state(io::byte_reader& r, Q& q,
   auto apply = read_quantizer_state(upgraded, q, name);
   if (!upgraded.at_end())
     throw format_error(data.file, checkpoint_metadata_offset,
-                       "metadata field '" + key + "': quantizer '" + name + "' (" +
-                           Q::policy_name + ") has no noise step");
+                       "metadata field '" + key + "': quantizer '" + name + "' (" + Q::policy_name +
+                           ") has no noise step");
   return apply;
 }
 
