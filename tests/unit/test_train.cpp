@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -220,6 +221,189 @@ TEST_CASE("checkpoints round-trip and reject corruption and other architectures"
     auto vgg = nn::vgg_small<float, quant::frac_bits>({.seed = 1});
     CHECK_THROWS_WITH_AS(train::load_checkpoint(file, vgg),
                          doctest::Contains("another architecture"), format_error);
+  }
+}
+
+namespace {
+
+/// The quantizers' noise steps, in visiting order.
+template <class Net>
+std::vector<std::uint64_t> noise_steps(Net& net) {
+  std::vector<std::uint64_t> v;
+  net.visit_quantizers([&](std::string_view, const auto& q) { v.push_back(q.noise_step()); });
+  return v;
+}
+
+/// net in the version 2 layout (bitgrad up to 90aa01b): quantizer states are the core's bytes
+/// only; the noise steps are the metadata fields "noise_step.<name>" when `with_steps`.
+/// `rename` (when set) gives each parameter's name in the file.
+template <class Net>
+void save_v2_checkpoint(const fs::path& path, Net& net, train::checkpoint_data data,
+                        bool with_steps,
+                        const std::function<std::string(const std::string&)>& rename = {}) {
+  if (with_steps)
+    net.visit_quantizers([&](std::string_view name, const auto& q) {
+      if constexpr (requires { q.noise_step(); })
+        data.meta["noise_step." + std::string(name)] = std::to_string(q.noise_step());
+    });
+  io::byte_writer w;
+  w.put_bytes("BGCKPT\r\n", 8);
+  w.put(std::uint32_t{2});
+  w.put(std::uint32_t{4});
+  data.save(w);
+  std::vector<param_ref<float>> params;
+  net.visit_parameters([&](param_ref<float>& p) { params.push_back(p); });
+  w.put(static_cast<std::uint32_t>(params.size()));
+  for (const auto& p : params) {
+    w.put_string(rename ? rename(p.name) : p.name);
+    w.put(static_cast<std::uint8_t>(p.kind));
+    w.put(static_cast<std::uint64_t>(p.size));
+    w.put_array(std::span<const float>(p.value, p.size));
+  }
+  std::uint32_t count = 0;
+  net.visit_quantizers([&](std::string_view, const auto&) { ++count; });
+  w.put(count);
+  net.visit_quantizers([&](std::string_view name, const auto& q) {
+    w.put_string(name);
+    quant::detail::save_frozen_state(w, q.frozen() ? q.frozen_bits() : std::vector<int>{});
+  });
+  w.put(io::crc32(w.bytes().data(), w.size()));
+  std::ofstream(path, std::ios::binary) << w.bytes();
+}
+
+} // namespace
+
+TEST_CASE("noise_bits' noise step is quantizer state: version 3 round-trips it, version 2 "
+          "metadata feeds it") {
+  temp_dir dir("bitgrad-train-noise-ckpt");
+  auto q = nn::lenet5<float, quant::noise_bits>({.seed = 3});
+  std::uint64_t step = 17;
+  q.visit_quantizers([&](std::string_view, auto& qz) { qz.set_noise_step(step += 1000); });
+  const auto steps = noise_steps(q);
+  train::checkpoint_data data;
+  data.meta["phase"] = "search";
+  const fs::path file = dir.path / "c.bin";
+
+  SUBCASE("version 3") {
+    train::save_checkpoint(file, q, data);
+    auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 99});
+    REQUIRE(noise_steps(fresh) != steps);
+    const auto back = train::load_checkpoint(file, fresh);
+    CHECK(noise_steps(fresh) == steps);
+    CHECK(all_parameters(fresh) == all_parameters(q));
+    CHECK(back.meta == data.meta); // the step is not metadata any more
+    // The state itself: the core's bytes, then the u64 step.
+    quant::noise_bits<float> one;
+    one.bind(4, 3, nullptr);
+    one.set_noise_step(0x0102030405060708u);
+    io::byte_writer w;
+    one.save(w);
+    CHECK(w.bytes() == std::string("\0\0\0\0\0\x08\x07\x06\x05\x04\x03\x02\x01", 13));
+  }
+  SUBCASE("version 2: the noise_step metadata fields") {
+    save_v2_checkpoint(file, q, data, true);
+    auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 99});
+    const auto back = train::load_checkpoint(file, fresh);
+    CHECK(noise_steps(fresh) == steps);
+    CHECK(all_parameters(fresh) == all_parameters(q));
+    CHECK(back.meta == data.meta); // the noise_step fields are read and dropped
+  }
+  SUBCASE("version 2 without the fields keeps the steps the network has") {
+    save_v2_checkpoint(file, q, data, false);
+    auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 99});
+    fresh.visit_quantizers([](std::string_view, auto& qz) { qz.set_noise_step(5); });
+    train::load_checkpoint(file, fresh);
+    CHECK(noise_steps(fresh) == std::vector<std::uint64_t>(steps.size(), 5));
+    CHECK(all_parameters(fresh) == all_parameters(q));
+  }
+  SUBCASE("version 2: a noise_step field for a policy without one, or not a number") {
+    data.meta["noise_step.conv1"] = "12";
+    auto frac = make_quant();
+    save_v2_checkpoint(file, frac, data, false);
+    auto other = make_quant();
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, other),
+                         doctest::Contains("metadata field 'noise_step.conv1': quantizer 'conv1' "
+                                           "(frac_bits) has no noise step"),
+                         format_error);
+    data.meta["noise_step.conv1"] = "x";
+    save_v2_checkpoint(file, q, data, false);
+    auto fresh = nn::lenet5<float, quant::noise_bits>({.seed = 99});
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, fresh),
+                         doctest::Contains("'noise_step.conv1': expected an unsigned integer"),
+                         format_error);
+  }
+}
+
+TEST_CASE("a step_bits checkpoint of bitgrad before 658db2e (step, qmax) is refused saying so") {
+  temp_dir dir("bitgrad-train-old-step");
+  auto q = nn::lenet5<float, quant::step_bits>({.seed = 3});
+  train::checkpoint_data data;
+  data.meta["phase"] = "search";
+  const fs::path file = dir.path / "c.bin";
+  // The old parameters: "<layer>.step" and "<layer>.qmax" where there are now bits and step.
+  auto old_names = [](const std::string& name) {
+    if (name.ends_with(".bits")) return name.substr(0, name.size() - 4) + "step";
+    if (name.ends_with(".step")) return name.substr(0, name.size() - 4) + "qmax";
+    return name;
+  };
+  save_v2_checkpoint(file, q, data, false, old_names);
+  auto fresh = nn::lenet5<float, quant::step_bits>({.seed = 99});
+  const auto before = all_parameters(fresh);
+  CHECK_THROWS_WITH_AS(
+      train::load_checkpoint(file, fresh),
+      doctest::Contains("a step_bits checkpoint written before bitgrad 658db2e (checkpoint "
+                        "version 2, parameters step and qmax; step_bits now learns bits and "
+                        "step): it cannot be resumed by this version: retrain, or resume it "
+                        "with the older bitgrad (parameter 2 is 'conv1.step', the network "
+                        "expects 'conv1.bits')"),
+      format_error);
+  CHECK(all_parameters(fresh) == before);
+  // Today's step_bits parameters in a version 2 file load, and another architecture is still
+  // named as such.
+  save_v2_checkpoint(file, q, data, false);
+  CHECK_NOTHROW(train::load_checkpoint(file, fresh));
+  CHECK(all_parameters(fresh) == all_parameters(q));
+  auto frac = make_quant();
+  CHECK_THROWS_WITH_AS(train::load_checkpoint(file, frac),
+                       doctest::Contains("checkpoint of another architecture: 20 parameters"),
+                       format_error);
+}
+
+TEST_CASE("a noise_bits run interrupted and resumed ends bit-identical (the noise stream too)") {
+  auto options = [](const fs::path& out) {
+    auto o = quick_options(out);
+    o.pretrain.epochs = 1;
+    o.search.epochs = 2;
+    o.finetune.epochs = 1;
+    o.max_steps_per_epoch = 6;
+    return o;
+  };
+  auto make_noise = [] { return nn::lenet5<float, quant::noise_bits>({.seed = 3}); };
+  temp_dir straight("bitgrad-train-noise-straight");
+  auto fp32_a = make_fp32();
+  auto q_a = make_noise();
+  train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
+  REQUIRE(a.run().finished);
+  // Stops inside the search phase: at its first epoch's end, and mid-epoch.
+  for (const std::size_t steps : {std::size_t{12}, std::size_t{9}}) {
+    CAPTURE(steps);
+    temp_dir resumed("bitgrad-train-noise-resumed");
+    bool finished = false;
+    int runs = 0;
+    while (!finished) {
+      auto fp32_b = make_fp32();
+      auto q_b = make_noise();
+      auto o = options(resumed.path);
+      o.stop_after_steps = steps;
+      o.resume = true;
+      train::trainer b(fp32_b, q_b, sample_train(), sample_test(), o);
+      const auto r = b.run();
+      finished = r.finished;
+      ++runs;
+      REQUIRE(runs < 20);
+      if (finished) CHECK(all_parameters(q_b) == all_parameters(q_a));
+    }
+    CHECK(runs > 1);
   }
 }
 

@@ -8,7 +8,8 @@
 //
 // Forward: wq = Q(W) (skipped for the identity quantizer), then the conv kernel with the bias
 // (and, with fuse_relu, the ReLU) fused in. Backward: dx by conv2d_dgrad, dwq and db by
-// conv2d_wgrad, then the quantizer turns dwq into dW and its own parameter gradients.
+// conv2d_wgrad, then the quantizer turns dwq into dW and its own parameter gradients (the
+// weight and its quantizer are one member, nn/quantized_weight.hpp).
 // With fuse_relu the layer is relu(conv(x)): dy is first masked where y == 0.
 #pragma once
 
@@ -18,6 +19,7 @@
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/nn/init.hpp>
 #include <bitgrad/nn/layer.hpp>
+#include <bitgrad/nn/quantized_weight.hpp>
 #include <bitgrad/quant/no_quant.hpp>
 #include <bitgrad/quant/quantizer.hpp>
 
@@ -61,34 +63,15 @@ public:
   static_assert(quant::quantizer<quantizer_type>);
 
   explicit conv2d(const conv2d_options& opt, const typename quantizer_type::options& qopt = {})
-      : name_(opt.name), opt_(opt), quantizer_(qopt) {
-    // Validate the fixed part of the geometry on a nominal input large enough for the kernel.
-    conv2d_geometry g = geometry_for(1, opt.dilation * (opt.kernel - (opt.kernel > 0)) + 1,
-                                     opt.dilation * (opt.kernel - (opt.kernel > 0)) + 1);
-    try {
-      g.validate();
-    } catch (const config_error& e) {
-      throw config_error(name_ + ": " + e.what());
-    }
-    const std::size_t per_channel = g.filter_size();
-    weight_ = tensor4<T>::from_shape(
-        {opt.out_channels, opt.in_channels / opt.groups, opt.kernel, opt.kernel});
-    grad_weight_ = xt::zeros<T>(weight_.shape());
+      : name_(opt.name), opt_(opt), qw_(weight_shape(opt), qopt) {
+    const std::size_t per_channel = nominal_geometry(opt).filter_size();
     bias_ = xt::zeros<T>({opt.out_channels});
     grad_bias_ = xt::zeros<T>({opt.out_channels});
     std::mt19937_64 rng(opt.seed);
     const T bound = kaiming_uniform_bound<T>(per_channel);
-    fill_uniform(weight_.data(), weight_.size(), bound, rng);
+    fill_uniform(qw_.weight().data(), qw_.weight().size(), bound, rng);
     if (opt.bias) fill_uniform(bias_.data(), bias_.size(), bound, rng);
-    if constexpr (!quantizer_type::is_identity) {
-      wq_ = tensor4<T>::from_shape(weight_.shape());
-      grad_wq_ = tensor4<T>::from_shape(weight_.shape());
-    }
-    try {
-      quantizer_.bind(opt.out_channels, per_channel, weight_.data());
-    } catch (const config_error& e) {
-      throw config_error(name_ + ": " + e.what());
-    }
+    qw_.bind(name_, opt.out_channels, per_channel);
   }
 
   const output_type& forward(const input_type& x) {
@@ -97,7 +80,7 @@ public:
       throw shape_error(name_ + ": expected input of shape (0, " +
                         std::to_string(opt_.in_channels) + ", 0, 0) (0 = any), got " +
                         shape_string(s));
-    geo_ = geometry_for(s[0], s[2], s[3]);
+    geo_ = geometry_for(opt_, s[0], s[2], s[3]);
     if (s[0] == 0 || geo_.extent_h() > s[2] + 2 * opt_.padding ||
         geo_.extent_w() > s[3] + 2 * opt_.padding)
       throw shape_error(name_ + ": input of shape " + shape_string(s) + " is too small for a " +
@@ -105,7 +88,7 @@ public:
                         " kernel with padding " + std::to_string(opt_.padding));
     ensure_shape(y_,
                  std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
-    const T* w = quantized_weight();
+    const T* w = qw_.forward();
     const T* b = opt_.bias ? bias_.data() : nullptr;
     if (opt_.fuse_relu)
       conv2d_fprop_relu(geo_, x.data(), w, b, y_.data(), scratch_);
@@ -127,51 +110,42 @@ public:
         dy_masked_.data()[i] = y_.data()[i] > T(0) ? g[i] : T(0);
       g = dy_masked_.data();
     }
-    const T* w = quantizer_type::is_identity ? weight_.data() : wq_.data();
     if (opt_.input_grad) {
       ensure_shape(dx_, x_->shape());
-      conv2d_dgrad(geo_, g, w, dx_.data(), scratch_);
+      conv2d_dgrad(geo_, g, qw_.used(), dx_.data(), scratch_);
     } else if (!same_shape(dx_, x_->shape())) {
       dx_ = xt::zeros<T>(x_->shape());
     }
     T* db = opt_.bias ? grad_bias_.data() : nullptr;
-    if constexpr (quantizer_type::is_identity) {
-      conv2d_wgrad(geo_, x_->data(), g, grad_weight_.data(), db, scratch_);
-    } else {
-      grad_wq_.fill(T(0));
-      conv2d_wgrad(geo_, x_->data(), g, grad_wq_.data(), db, scratch_);
-      quantizer_.backward(weight_.data(), grad_wq_.data(), grad_weight_.data());
-    }
+    // conv2d_wgrad accumulates: into dW for the identity, into a zeroed dwq otherwise.
+    conv2d_wgrad(geo_, x_->data(), g, qw_.wgrad_target_for(true).data, db, scratch_);
+    qw_.wgrad_done();
     return dx_;
   }
 
   void zero_grad() {
-    grad_weight_.fill(T(0));
+    qw_.zero_grad();
     grad_bias_.fill(T(0));
-    quantizer_.zero_grad();
   }
-  void train(bool on) { training_ = on; }
+  void train(bool on) { qw_.train(on); }
   /// Whether backward() computes dL/dx (conv2d_options::input_grad). A trainer turns it off on
   /// the first layer: net.get<0>().set_input_grad(false).
   void set_input_grad(bool on) { opt_.input_grad = on; }
   bool input_grad() const { return opt_.input_grad; }
-  bool training() const { return training_; }
+  bool training() const { return qw_.training(); }
 
   template <class F>
   void visit_parameters(F&& f) {
-    visit_prefixed(name_,
-                   param_ref<T>{"weight", weight_.data(), grad_weight_.data(), weight_.size(),
-                                param_kind::weight},
-                   f);
+    qw_.visit_weight(name_, f);
     if (opt_.bias)
       visit_prefixed(
           name_,
           param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(), param_kind::bias}, f);
-    quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
+    qw_.visit_quantizer_parameters(name_, f);
   }
   template <class F>
   void visit_quantizers(F&& f) {
-    f(std::string_view(name_), quantizer_);
+    qw_.visit_quantizers(name_, f);
   }
 
   /// in_channels in, out_channels out (nn/layer.hpp).
@@ -202,48 +176,56 @@ public:
     if (!opt_.bias) bias_.fill(T(0));
     opt_.bias = true;
   }
-  tensor4<T>& weight() { return weight_; }
-  const tensor4<T>& weight() const { return weight_; }
+  tensor4<T>& weight() { return qw_.weight(); }
+  const tensor4<T>& weight() const { return qw_.weight(); }
   tensor1<T>& bias() { return bias_; }
   const tensor1<T>& bias() const { return bias_; }
-  const tensor4<T>& weight_grad() const { return grad_weight_; }
+  const tensor4<T>& weight_grad() const { return qw_.weight_grad(); }
   const tensor1<T>& bias_grad() const { return grad_bias_; }
-  quantizer_type& quantizer() { return quantizer_; }
-  const quantizer_type& quantizer() const { return quantizer_; }
+  quantizer_type& quantizer() { return qw_.quantizer(); }
+  const quantizer_type& quantizer() const { return qw_.quantizer(); }
 
 private:
   static bool same_shape(const input_type& t, const typename input_type::shape_type& s) {
     return std::equal(s.begin(), s.end(), t.shape().begin(), t.shape().end());
   }
-  conv2d_geometry geometry_for(std::size_t batch, std::size_t h, std::size_t w) const {
+  static conv2d_geometry geometry_for(const conv2d_options& o, std::size_t batch, std::size_t h,
+                                      std::size_t w) {
     conv2d_geometry g;
     g.batch = batch;
-    g.in_channels = opt_.in_channels;
+    g.in_channels = o.in_channels;
     g.in_h = h;
     g.in_w = w;
-    g.out_channels = opt_.out_channels;
-    g.kernel_h = g.kernel_w = opt_.kernel;
-    g.stride_h = g.stride_w = opt_.stride;
-    g.pad_h = g.pad_w = opt_.padding;
-    g.dilation_h = g.dilation_w = opt_.dilation;
-    g.groups = opt_.groups;
+    g.out_channels = o.out_channels;
+    g.kernel_h = g.kernel_w = o.kernel;
+    g.stride_h = g.stride_w = o.stride;
+    g.pad_h = g.pad_w = o.padding;
+    g.dilation_h = g.dilation_w = o.dilation;
+    g.groups = o.groups;
     return g;
   }
-  const T* quantized_weight() {
-    if constexpr (quantizer_type::is_identity) {
-      return weight_.data();
-    } else {
-      quantizer_.forward(weight_.data(), wq_.data(), training_);
-      return wq_.data();
+  /// The fixed part of the geometry, validated on a nominal input large enough for the kernel;
+  /// config_error naming the layer otherwise.
+  static conv2d_geometry nominal_geometry(const conv2d_options& o) {
+    const std::size_t side = o.dilation * (o.kernel - (o.kernel > 0)) + 1;
+    conv2d_geometry g = geometry_for(o, 1, side, side);
+    try {
+      g.validate();
+    } catch (const config_error& e) {
+      throw config_error(o.name + ": " + e.what());
     }
+    return g;
+  }
+  /// (out_channels, in_channels / groups, kernel, kernel), once the geometry is valid.
+  static typename tensor4<T>::shape_type weight_shape(const conv2d_options& o) {
+    (void)nominal_geometry(o);
+    return {o.out_channels, o.in_channels / o.groups, o.kernel, o.kernel};
   }
 
   std::string name_;
   conv2d_options opt_;
-  bool training_ = true;
-  tensor4<T> weight_, grad_weight_, wq_, grad_wq_;
+  quantized_weight<tensor4<T>, quantizer_type> qw_;
   tensor1<T> bias_, grad_bias_;
-  quantizer_type quantizer_;
   conv2d_geometry geo_{};
   std::vector<T> scratch_;
   output_type y_, dy_masked_;

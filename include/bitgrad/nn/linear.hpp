@@ -7,7 +7,8 @@
 //
 // Forward: wq = Q(W) (skipped when Q is the identity: W is used directly), then one GEMM with
 // the bias fused in its epilogue. Backward: dx = dy wq, dwq = dy^T x, db = column sums of dy,
-// then the quantizer turns dwq into dW (and its own parameter gradients).
+// then the quantizer turns dwq into dW (and its own parameter gradients): the weight and its
+// quantizer are one member, nn/quantized_weight.hpp.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -17,6 +18,7 @@
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/nn/init.hpp>
 #include <bitgrad/nn/layer.hpp>
+#include <bitgrad/nn/quantized_weight.hpp>
 #include <bitgrad/quant/no_quant.hpp>
 #include <bitgrad/quant/quantizer.hpp>
 
@@ -51,31 +53,21 @@ public:
 
   explicit linear(const linear_options& opt, const typename quantizer_type::options& qopt = {})
       : name_(opt.name), in_(opt.in_features), out_(opt.out_features), has_bias_(opt.bias),
-        quantizer_(qopt) {
-    if (in_ == 0 || out_ == 0)
-      throw config_error(name_ + ": in_features and out_features must be >= 1, got " +
-                         std::to_string(in_) + " and " + std::to_string(out_));
-    weight_ = tensor2<T>::from_shape({out_, in_});
-    grad_weight_ = xt::zeros<T>({out_, in_});
+        qw_(checked_shape(opt), qopt) {
     bias_ = xt::zeros<T>({out_});
     grad_bias_ = xt::zeros<T>({out_});
     std::mt19937_64 rng(opt.seed);
     const T bound = kaiming_uniform_bound<T>(in_);
-    fill_uniform(weight_.data(), weight_.size(), bound, rng);
+    fill_uniform(qw_.weight().data(), qw_.weight().size(), bound, rng);
     if (has_bias_) fill_uniform(bias_.data(), bias_.size(), bound, rng);
-    if constexpr (!quantizer_type::is_identity) wq_ = tensor2<T>::from_shape({out_, in_});
-    try {
-      quantizer_.bind(out_, in_, weight_.data());
-    } catch (const config_error& e) {
-      throw config_error(name_ + ": " + e.what());
-    }
+    qw_.bind(name_, out_, in_);
   }
 
   const output_type& forward(const input_type& x) {
     check_shape(name_, "input", x.shape(), std::array<std::size_t, 2>{0, in_});
     const std::size_t n = x.shape()[0];
     ensure_shape(y_, std::array<std::size_t, 2>{n, out_});
-    const T* w = quantized_weight();
+    const T* w = qw_.forward();
     if (has_bias_)
       gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
            y_.data(), out_, epilogue::bias_cols<T>{bias_.data()});
@@ -102,20 +94,14 @@ public:
     const std::size_t n = x_->shape()[0];
     check_shape(name_, "output gradient", dy.shape(), std::array<std::size_t, 2>{n, out_});
     ensure_shape(dx_, x_->shape());
-    const T* w = quantizer_type::is_identity ? weight_.data() : wq_.data();
     // dx = dy * wq : (n x out) (out x in)
-    gemm(transpose::no, transpose::no, n, in_, out_, T(1), dy.data(), out_, w, in_, T(0),
+    gemm(transpose::no, transpose::no, n, in_, out_, T(1), dy.data(), out_, qw_.used(), in_, T(0),
          dx_.data(), in_);
-    // dwq = dy^T x : (out x n) (n x in)
-    if constexpr (quantizer_type::is_identity) {
-      gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
-           T(1), grad_weight_.data(), in_);
-    } else {
-      if (grad_wq_.size() != weight_.size()) grad_wq_ = tensor2<T>::from_shape({out_, in_});
-      gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
-           T(0), grad_wq_.data(), in_);
-      quantizer_.backward(weight_.data(), grad_wq_.data(), grad_weight_.data());
-    }
+    // dwq = dy^T x : (out x n) (n x in), then dW from it
+    const auto dwq = qw_.wgrad_target_for(false);
+    gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
+         dwq.beta, dwq.data, in_);
+    qw_.wgrad_done();
     if (has_bias_) {
       T* gb = grad_bias_.data();
       for (std::size_t r = 0; r < n; ++r) {
@@ -127,28 +113,24 @@ public:
   }
 
   void zero_grad() {
-    grad_weight_.fill(T(0));
+    qw_.zero_grad();
     grad_bias_.fill(T(0));
-    quantizer_.zero_grad();
   }
-  void train(bool on) { training_ = on; }
-  bool training() const { return training_; }
+  void train(bool on) { qw_.train(on); }
+  bool training() const { return qw_.training(); }
 
   template <class F>
   void visit_parameters(F&& f) {
-    visit_prefixed(name_,
-                   param_ref<T>{"weight", weight_.data(), grad_weight_.data(), weight_.size(),
-                                param_kind::weight},
-                   f);
+    qw_.visit_weight(name_, f);
     if (has_bias_)
       visit_prefixed(
           name_,
           param_ref<T>{"bias", bias_.data(), grad_bias_.data(), bias_.size(), param_kind::bias}, f);
-    quantizer_.visit_parameters([&](param_ref<T>& p) { visit_prefixed(name_, p, f); });
+    qw_.visit_quantizer_parameters(name_, f);
   }
   template <class F>
   void visit_quantizers(F&& f) {
-    f(std::string_view(name_), quantizer_);
+    qw_.visit_quantizers(name_, f);
   }
 
   /// in_features in, out_features out (nn/layer.hpp).
@@ -170,33 +152,30 @@ public:
     if (!has_bias_) bias_.fill(T(0));
     has_bias_ = true;
   }
-  tensor2<T>& weight() { return weight_; }
-  const tensor2<T>& weight() const { return weight_; }
+  tensor2<T>& weight() { return qw_.weight(); }
+  const tensor2<T>& weight() const { return qw_.weight(); }
   tensor1<T>& bias() { return bias_; }
   const tensor1<T>& bias() const { return bias_; }
-  const tensor2<T>& weight_grad() const { return grad_weight_; }
+  const tensor2<T>& weight_grad() const { return qw_.weight_grad(); }
   const tensor1<T>& bias_grad() const { return grad_bias_; }
-  quantizer_type& quantizer() { return quantizer_; }
-  const quantizer_type& quantizer() const { return quantizer_; }
+  quantizer_type& quantizer() { return qw_.quantizer(); }
+  const quantizer_type& quantizer() const { return qw_.quantizer(); }
 
 private:
-  // Q(W) for this forward: W itself for the identity quantizer.
-  const T* quantized_weight() {
-    if constexpr (quantizer_type::is_identity) {
-      return weight_.data();
-    } else {
-      quantizer_.forward(weight_.data(), wq_.data(), training_);
-      return wq_.data();
-    }
+  /// (out_features, in_features); config_error naming the layer when either is 0.
+  static typename tensor2<T>::shape_type checked_shape(const linear_options& opt) {
+    if (opt.in_features == 0 || opt.out_features == 0)
+      throw config_error(opt.name + ": in_features and out_features must be >= 1, got " +
+                         std::to_string(opt.in_features) + " and " +
+                         std::to_string(opt.out_features));
+    return {opt.out_features, opt.in_features};
   }
 
   std::string name_;
   std::size_t in_, out_;
   bool has_bias_;
-  bool training_ = true;
-  tensor2<T> weight_, grad_weight_, wq_, grad_wq_;
+  quantized_weight<tensor2<T>, quantizer_type> qw_;
   tensor1<T> bias_, grad_bias_;
-  quantizer_type quantizer_;
   output_type y_ = output_type::from_shape({0, 0});
   input_type dx_ = input_type::from_shape({0, 0});
   const input_type* x_ = nullptr;

@@ -29,8 +29,9 @@
 //
 // State (save / load, io/bytes.hpp, little-endian): u8 frozen (0 / 1), u32 group count (0 unless
 // frozen), that many i32 frozen bitwidths in [1, 16]. This is the quantizer record of the
-// checkpoint (train/checkpoint.hpp, versions 1 and 2): the bytes are unchanged from the time the
-// checkpoint wrote them itself. Real-valued parameters (bitwidths, scales, logits) are not in
+// checkpoint (train/checkpoint.hpp), which a policy with state of its own extends after these
+// bytes (noise_bits: the u64 noise step); the core's bytes are unchanged from the time the
+// checkpoint wrote them itself (versions 1 and 2). Real-valued parameters (bitwidths, scales, logits) are not in
 // it: they are parameters (visit_parameters) and travel with the network's parameters. load()
 // applies the bitwidths through the policy's freeze_to, as a freeze would.
 //
@@ -38,7 +39,7 @@
 // the policy holds the core's state and the core calls the policy's hooks without virtual
 // calls, and the policy needs no forwarding accessors (which would be copies again). A policy
 // may hide a member of the core with its own (fixed_bits: freeze() does nothing; noise_bits:
-// project() and add_size_gradient()).
+// project(), add_size_gradient(), and save() / load(), which add its noise step).
 #pragma once
 
 #include <bitgrad/core/error.hpp>

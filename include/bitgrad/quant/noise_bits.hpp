@@ -31,8 +31,12 @@
 // different shapes built from the same options draw different noise. The noise step starts at
 // 0 (bind() resets it) and advances by one after every training forward (not while
 // hold_noise(true)); a backward uses the step of its forward. Nothing else is random and nothing
-// depends on the thread count. A checkpoint must keep noise_step() (set_noise_step() restores it)
-// to resume bit-identically.
+// depends on the thread count. The noise step is part of the quantizer's state (save / load), so a
+// checkpoint resumes the stream bit-identically.
+//
+// State (save / load): the core's state (quant/group_quantizer.hpp: u8 frozen, u32 groups,
+// groups x i32 frozen bitwidths), then u64 noise step. (Checkpoints before version 3 held the
+// step in the metadata field "noise_step.<quantizer name>": train/checkpoint.hpp.)
 //
 // Parameters visited: "logit" (kind bitwidth, one per group). After freeze the logits are
 // ignored and receive no gradient. project() clamps them to [-logit_limit, logit_limit].
@@ -54,6 +58,7 @@
 #include <numbers>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bitgrad::quant {
@@ -162,7 +167,18 @@ public:
     for (T& l : logit_) l = std::clamp(l, -lim, lim);
   }
 
-  // ---- the noise stream (checkpoint state) ----------------------------------------------
+  // ---- state: the core's, then the noise step -------------------------------------------
+  void save(io::byte_writer& w) const {
+    core::save(w);
+    w.put(step_);
+  }
+  /// Reads what save() wrote; `who` names the quantizer in messages.
+  void load(io::byte_reader& r, std::string_view who = policy_name) {
+    core::load(r, who);
+    step_ = r.get<std::uint64_t>("noise step");
+  }
+
+  // ---- the noise stream -----------------------------------------------------------------
   /// The step the next training forward uses.
   std::uint64_t noise_step() const { return step_; }
   void set_noise_step(std::uint64_t step) { step_ = step; }

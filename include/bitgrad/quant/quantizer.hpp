@@ -43,8 +43,8 @@
 //   std::vector<int> frozen_bits() const; std::vector<T> group_scales(const T* w) const;
 //   void codes(const T* w, std::int32_t* out) const   with code * scale == forward(w) exactly.
 //   state: void save(io::byte_writer&) const, void load(io::byte_reader&): the integer
-//       bitwidths (quant/group_quantizer.hpp gives the bytes); real-valued parameters travel
-//       as parameters.
+//       bitwidths (quant/group_quantizer.hpp gives the bytes), then any state of the policy's
+//       own (noise_bits: its noise step); real-valued parameters travel as parameters.
 //   static constexpr bool is_identity        true only for no_quant (layers skip the copy,
 //                                            export stores float32, it has no codes).
 //   static constexpr const char* policy_name ("frac_bits", ...)

@@ -1,9 +1,9 @@
 // Training checkpoints: everything needed to continue a run exactly where it stopped.
 //
-// File layout, version 2 (io/bytes.hpp: little-endian; integers unsigned unless noted; "string"
+// File layout, version 3 (io/bytes.hpp: little-endian; integers unsigned unless noted; "string"
 // = u64 length + bytes):
 //   offset 0   magic "BGCKPT\r\n" (8 bytes)
-//          8   u32 format version (2)
+//          8   u32 format version (3)
 //         12   u32 bytes per parameter value (4: float, 8: double)
 //         16   the run's state (checkpoint_data::save):
 //                u32 metadata count, then per entry (keys sorted, unique): string key,
@@ -18,17 +18,29 @@
 //              u32     quantizer count, then per quantizer:
 //                        string name, the quantizer's state (q.save(), see
 //                        quant/group_quantizer.hpp: u8 frozen, u32 groups, groups x i32
-//                        frozen bitwidths)
+//                        frozen bitwidths; then the policy's own state: noise_bits adds
+//                        u64 noise step, the others nothing)
 //   end - 4    u32 CRC-32 (zlib) of every byte before it
+// Version 2 (bitgrad up to 90aa01b) is still read: the same layout, but a quantizer's state is
+// the core's bytes only; noise_bits' noise step was the metadata field
+// "noise_step.<quantizer name>" (a decimal u64), which the reader turns into the state's u64
+// and then drops from the metadata. A quantizer without that field keeps the policy state it
+// has (noise_bits: the step it is at).
 // Version 1 (bitgrad up to fdc34a8) is still read: after the value size it holds the metadata
 // as one string of "key=value" lines (the history in the key "history": ';'-separated rows of
 // 9 ','-separated values), then the parameters and quantizers as above, then the optimizer
 // state as a string and the loader state as a string of loader_state's text form. It is read
-// into the same checkpoint_data. Other versions are rejected.
+// into the same checkpoint_data; its quantizer states and noise_step fields are read as in
+// version 2. Other versions are rejected.
 //
 // Parameters and quantizers are stored in the network's visitation order and must match the
 // network on load name by name and size by size: a checkpoint of another architecture is
-// rejected with the first parameter that differs. Parameter values must be finite, bitwidth
+// rejected with the first parameter that differs. step_bits checkpoints of bitgrad before
+// 658db2e (#18 R1; versions 1 and 2) are refused, saying so: their parameters were "step" d
+// and "qmax" q_max; they are now "bits" b (kind bitwidth) and "step" d, with q_max =
+// d (2^(b-1) - 1). The values convert (b = 1 + log2(q_max / d + 1)) but the optimizer's moments
+// of q_max do not become moments of b, so such a run could not go on as it would have: it is
+// retrained, or resumed with the older bitgrad. Parameter values must be finite, bitwidth
 // parameters inside [1, 16], scale parameters > 0, and frozen group counts those of the
 // network's quantizers.
 //
@@ -45,6 +57,7 @@
 #include <bitgrad/io/atomic_file.hpp>
 #include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
+#include <bitgrad/quant/group_quantizer.hpp>
 #include <bitgrad/train/records.hpp>
 
 #include <charconv>
@@ -67,8 +80,10 @@ namespace bitgrad::train {
 namespace detail {
 
 inline constexpr char checkpoint_magic[8] = {'B', 'G', 'C', 'K', 'P', 'T', '\r', '\n'};
-/// The version written; version 1 is read too.
-inline constexpr std::uint32_t checkpoint_version = 2;
+/// The version written; versions 1 and 2 are read too.
+inline constexpr std::uint32_t checkpoint_version = 3;
+/// The metadata key prefix of noise_bits' noise step in versions 1 and 2.
+inline constexpr std::string_view legacy_noise_step_key = "noise_step.";
 /// Offset of the metadata in the file (named by metadata errors).
 inline constexpr std::uint64_t checkpoint_metadata_offset = 16;
 // What the reader accepts (a corrupt length fails here instead of allocating):
@@ -98,7 +113,7 @@ inline std::string quoted_value(std::string_view text) {
   return "'" + std::string(text.substr(0, 40)) + (text.size() > 40 ? "...'" : "'");
 }
 
-/// One finished epoch in a version 2 checkpoint: string phase, u64 epoch, then the seven
+/// One finished epoch in a version 2 or 3 checkpoint: string phase, u64 epoch, then the seven
 /// reals of epoch_record in declaration order.
 inline void write_epoch_record(io::byte_writer& w, const epoch_record& e) {
   w.put_string(e.phase);
@@ -164,7 +179,7 @@ inline std::vector<epoch_record> decode_history(const std::string& text, const s
 } // namespace detail
 
 /// What a checkpoint holds besides the network: the run's state. It writes and reads itself
-/// (the run's-state block of the version 2 layout at the top of this header).
+/// (the run's-state block of the version 3 layout at the top of this header).
 struct checkpoint_data {
   std::map<std::string, std::string> meta; ///< phase, epoch, ... as text
   std::vector<epoch_record> history;       ///< the run's finished epochs
@@ -270,8 +285,8 @@ inline double meta_real(const checkpoint_data& data, const std::string& key) {
 
 namespace detail {
 
-/// Reads the state q.save() wrote (versions 1 and 2: quant/group_quantizer.hpp gives the
-/// bytes) and checks it against q without changing q: a copy of q loads it. Returns what loads
+/// Reads the state q.save() wrote (version 3: quant/group_quantizer.hpp gives the bytes) and
+/// checks it against q without changing q: a copy of q loads it. Returns what loads
 /// that state into q, which parse_checkpoint calls once the whole file is validated (after
 /// the parameters are copied in). `name` names the quantizer in messages.
 template <class Q>
@@ -287,10 +302,65 @@ std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::
   };
 }
 
+/// What a parameter name mismatch means when it is not another architecture: the step_bits
+/// parameters of bitgrad before 658db2e ("<layer>.step" where the network now has
+/// "<layer>.bits"). Empty otherwise.
+inline std::string parameter_mismatch_reason(std::uint32_t version, std::string_view found,
+                                             std::string_view expected) {
+  auto layer_of = [](std::string_view name, std::string_view leaf) -> std::string_view {
+    if (name.size() <= leaf.size() + 1 || !name.ends_with(leaf) ||
+        name[name.size() - leaf.size() - 1] != '.')
+      return {};
+    return name.substr(0, name.size() - leaf.size() - 1);
+  };
+  const std::string_view layer = layer_of(found, "step");
+  if (version >= 3 || layer.empty() || layer != layer_of(expected, "bits")) return {};
+  return "a step_bits checkpoint written before bitgrad 658db2e (checkpoint version " +
+         std::to_string(version) + ", parameters step and qmax; step_bits now learns bits and " +
+         "step): it cannot be resumed by this version: retrain, or resume it with the older "
+         "bitgrad";
+}
+
+/// Reads a version 1 or 2 quantizer state (the core's bytes only) as read_quantizer_state reads
+/// a version 3 one: the policy's own state after the core's is the u64 of the metadata field
+/// "noise_step.<name>" when `meta` has it, else the policy state q has now (what q.save()
+/// writes after the core's bytes). format_error when that field is not a u64 or q has no noise
+/// step to take it.
+template <class Q>
+std::function<void()> read_legacy_quantizer_state(io::byte_reader& r, Q& q, const std::string& name,
+                                                  const checkpoint_data& data) {
+  const std::uint64_t start = r.offset();
+  const std::vector<int> bits = quant::detail::load_frozen_state(r, q.groups(), name);
+  io::byte_writer record;
+  quant::detail::save_frozen_state(record, bits);
+  const std::string key = std::string(legacy_noise_step_key) + name;
+  const bool has_step = data.meta.count(key) != 0;
+  if (has_step) {
+    record.put(meta_unsigned(data, key));
+  } else {
+    io::byte_writer now; // q's state now: the core's bytes (u8, u32 n, n x i32), then its own
+    q.save(now);
+    io::byte_reader core(now.bytes(), "quantizer state");
+    (void)core.get<std::uint8_t>("frozen flag");
+    const std::size_t core_bytes = 5 + 4 * std::size_t{core.get<std::uint32_t>("group count")};
+    record.put_bytes(now.bytes().data() + core_bytes, now.bytes().size() - core_bytes);
+  }
+  io::byte_reader upgraded(record.bytes(), r.source(), start);
+  auto apply = read_quantizer_state(upgraded, q, name);
+  if (!upgraded.at_end())
+    throw format_error(data.file, checkpoint_metadata_offset,
+                       "metadata field '" + key + "': quantizer '" + name + "' (" + Q::policy_name +
+                           ") has no noise step");
+  return apply;
+}
+
 /// Reads the parameters and the quantizers' states for net and checks them against it (names,
 /// kinds, sizes, value ranges) without changing net; returns what copies them into net.
+/// `version` is the file's; `data` its metadata, read before (versions 1 and 2 keep noise
+/// steps there).
 template <class Net>
-std::function<void()> read_network(io::byte_reader& r, Net& net) {
+std::function<void()> read_network(io::byte_reader& r, Net& net, std::uint32_t version,
+                                   const checkpoint_data& data) {
   using T = typename Net::value_type;
   std::vector<param_ref<T>> params;
   net.visit_parameters([&](param_ref<T>& p) { params.push_back(p); });
@@ -304,6 +374,10 @@ std::function<void()> read_network(io::byte_reader& r, Net& net) {
     const std::string name = r.get_string("parameter name", max_meta_name);
     const auto kind = r.get<std::uint8_t>("parameter kind");
     const auto size = r.get<std::uint64_t>("parameter size");
+    if (const std::string why = parameter_mismatch_reason(version, name, params[i].name);
+        !why.empty())
+      r.fail_at(at, why + " (parameter " + std::to_string(i) + " is '" + name +
+                        "', the network expects '" + params[i].name + "')");
     if (name != params[i].name || size != params[i].size ||
         kind != static_cast<std::uint8_t>(params[i].kind))
       r.fail_at(at, "checkpoint of another architecture: parameter " + std::to_string(i) + " is '" +
@@ -346,7 +420,8 @@ std::function<void()> read_network(io::byte_reader& r, Net& net) {
     if (name != expected)
       r.fail("checkpoint of another architecture: quantizer '" + name + "', expected '" +
              std::string(expected) + "'");
-    apply_quantizers.push_back(read_quantizer_state(r, q, name));
+    apply_quantizers.push_back(version >= 3 ? read_quantizer_state(r, q, name)
+                                            : read_legacy_quantizer_state(r, q, name, data));
   });
   return [params = std::move(params), values = std::move(values),
           apply_quantizers = std::move(apply_quantizers)] {
@@ -383,8 +458,8 @@ inline void read_v1_states(io::byte_reader& r, checkpoint_data& data) {
 
 } // namespace detail
 
-/// Writes net's parameters, its quantizers' frozen state and `data` to `path` atomically
-/// (version 2).
+/// Writes net's parameters, its quantizers' states and `data` to `path` atomically
+/// (version 3).
 template <class Net>
 void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoint_data& data) {
   using T = typename Net::value_type;
@@ -415,7 +490,7 @@ void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoi
   write_file_atomically(path, std::string_view(w.bytes()));
 }
 
-/// Parses the checkpoint `bytes` (the whole file, held in memory; version 1 or 2) into net and
+/// Parses the checkpoint `bytes` (the whole file, held in memory; version 1, 2 or 3) into net and
 /// returns the rest; `file` names it in error messages. The in-memory entry of load_checkpoint
 /// (and the fuzzing entry): any input either loads or throws format_error / config_error.
 /// Throws format_error (file, offset, reason) for a malformed file or another architecture;
@@ -438,9 +513,9 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
   if (io::crc32(bytes.data(), body) != stored_crc)
     throw format_error(file, body, "checksum mismatch: the file is corrupted");
   const auto version = r.get<std::uint32_t>("version");
-  if (version != 1 && version != detail::checkpoint_version)
+  if (version < 1 || version > detail::checkpoint_version)
     r.fail("unsupported checkpoint version " + std::to_string(version) +
-           " (this build reads 1 and " + std::to_string(detail::checkpoint_version) + ")");
+           " (this build reads 1 to " + std::to_string(detail::checkpoint_version) + ")");
   const auto value_size = r.get<std::uint32_t>("value size");
   if (value_size != sizeof(T))
     r.fail("parameters stored with " + std::to_string(value_size) +
@@ -450,15 +525,18 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
   std::function<void()> apply;
   if (version == 1) {
     detail::read_v1_metadata(r, data);
-    apply = detail::read_network(r, net);
+    apply = detail::read_network(r, net, version, data);
     detail::read_v1_states(r, data);
     if (!r.at_end()) r.fail("unexpected bytes after the loader state");
   } else {
     data.load(r);
-    apply = detail::read_network(r, net);
+    apply = detail::read_network(r, net, version, data);
     if (!r.at_end()) r.fail("unexpected bytes after the quantizers");
   }
-  // Validated: now modify the network.
+  // Validated: now modify the network. The noise steps of versions 1 and 2 are in it now.
+  std::erase_if(data.meta, [](const auto& entry) {
+    return entry.first.starts_with(detail::legacy_noise_step_key);
+  });
   apply();
   return data;
 }

@@ -501,11 +501,6 @@ private:
       io::byte_reader state = resumed->optimizer_reader();
       adam.load(state);
       const auto& m = resumed->meta;
-      net.visit_quantizers([&]<class Q>(std::string_view name, Q& q) {
-        if constexpr (requires { q.set_noise_step(0); })
-          if (const std::string key = "noise_step." + std::string(name); m.count(key))
-            q.set_noise_step(meta_unsigned(*resumed, key));
-      });
       if (m.count("step")) {
         part.step = static_cast<std::size_t>(meta_unsigned(*resumed, "step"));
         part.images = static_cast<std::size_t>(meta_unsigned(*resumed, "images"));
@@ -543,10 +538,6 @@ private:
         data.meta["loss_sum"] = exact(p.loss_sum);
         data.meta["epoch_seconds"] = exact(p.seconds);
       }
-      net.visit_quantizers([&]<class Q>(std::string_view name, const Q& q) {
-        if constexpr (requires { q.noise_step(); })
-          data.meta["noise_step." + std::string(name)] = std::to_string(q.noise_step());
-      });
       io::byte_writer state;
       adam.save(state);
       data.optimizer_state = state.take();
