@@ -270,16 +270,32 @@ private:
     const std::size_t per = s.in_shape.elements();
     std::vector<std::uint8_t> a(batch * per);
     if (s.in_shape.rank != 3) {
-      for (std::size_t i = 0; i < a.size(); ++i) a[i] = q(x[i], 0, 0);
+      quantize_plane(q, x, a.size(), a.data(), 1);
       return a;
     }
     const std::size_t C = s.in_shape.dims[0],
                       P = std::size_t(s.in_shape.dims[1]) * s.in_shape.dims[2];
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t c = 0; c < C; ++c)
-        for (std::size_t p = 0; p < P; ++p)
-          a[(n * P + p) * C + c] = q(x[(n * C + c) * P + p], 0, 0);
+        quantize_plane(q, x + (n * C + c) * P, P, a.data() + n * P * C + c, C);
     return a;
+  }
+
+  /// dst[p * stride] = q(src[p]) for p < count; simd lanes (the same bits as the scalar stage,
+  /// output_stage.hpp), the scalar stage for the tail.
+  static void quantize_plane(const output::quantize_u8& q, const float* src, std::size_t count,
+                             std::uint8_t* dst, std::size_t stride) {
+    std::size_t p = 0;
+#if BITGRAD_HAS_SIMD
+    using F = simd_batch<float>;
+    alignas(64) std::int32_t lane[F::size];
+    for (; p + F::size <= count; p += F::size) {
+      q.apply(F::load_unaligned(src + p), 0, 0).store_aligned(lane);
+      for (std::size_t l = 0; l < F::size; ++l)
+        dst[(p + l) * stride] = static_cast<std::uint8_t>(lane[l]);
+    }
+#endif
+    for (; p < count; ++p) dst[p * stride] = q(src[p], 0, 0);
   }
 
   template <class T>
