@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -242,19 +243,21 @@ public:
       throw config_error(std::string("packed_engine: path ") + int_isa_name(isa) +
                          " is not available on this binary / CPU");
     const integer_step& first = plan_.steps.front();
-    std::vector<std::uint8_t> a = quantize_input(first, x, batch);
+    u8_buffer a = quantize_input(first, x, batch);
     tensor2<float> logits;
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
       if (s.out_u8) {
-        std::vector<std::uint8_t> y(out_n, 0);
-        run_step(k, isa, a.data(), batch, y.data());
+        // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
+        u8_buffer y = uninitialised_u8(out_n);
+        if (s.pool) std::memset(y.get(), 0, out_n);
+        run_step(k, isa, a.get(), batch, y.get());
         a.swap(y);
       } else {
         logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
         std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
-        run_step(k, isa, a.data(), batch, logits.data());
+        run_step(k, isa, a.get(), batch, logits.data());
         if (k + 1 != plan_.steps.size())
           throw config_error("packed_engine: a float output before the last layer");
       }
@@ -263,23 +266,42 @@ public:
   }
 
 private:
+  /// Activations between steps: no zero fill on allocation (std::vector would memset).
+  using u8_buffer = std::unique_ptr<std::uint8_t[]>;
+  static u8_buffer uninitialised_u8(std::size_t n) { return u8_buffer(new std::uint8_t[n]); }
+
   /// The float network input (NCHW) as u8 NHWC with the first step's scale.
-  static std::vector<std::uint8_t> quantize_input(const integer_step& s, const float* x,
-                                                  std::size_t batch) {
+  static u8_buffer quantize_input(const integer_step& s, const float* x, std::size_t batch) {
     const output::quantize_u8 q{1.0f / s.in_scale, s.in_zero};
     const std::size_t per = s.in_shape.elements();
-    std::vector<std::uint8_t> a(batch * per);
+    u8_buffer a = uninitialised_u8(batch * per);
     if (s.in_shape.rank != 3) {
-      for (std::size_t i = 0; i < a.size(); ++i) a[i] = q(x[i], 0, 0);
+      quantize_plane(q, x, batch * per, a.get(), 1);
       return a;
     }
     const std::size_t C = s.in_shape.dims[0],
                       P = std::size_t(s.in_shape.dims[1]) * s.in_shape.dims[2];
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t c = 0; c < C; ++c)
-        for (std::size_t p = 0; p < P; ++p)
-          a[(n * P + p) * C + c] = q(x[(n * C + c) * P + p], 0, 0);
+        quantize_plane(q, x + (n * C + c) * P, P, a.get() + n * P * C + c, C);
     return a;
+  }
+
+  /// dst[p * stride] = q(src[p]) for p < count; simd lanes (the same bits as the scalar stage,
+  /// output_stage.hpp), the scalar stage for the tail.
+  static void quantize_plane(const output::quantize_u8& q, const float* src, std::size_t count,
+                             std::uint8_t* dst, std::size_t stride) {
+    std::size_t p = 0;
+#if BITGRAD_HAS_SIMD
+    using F = simd_batch<float>;
+    alignas(64) std::int32_t lane[F::size];
+    for (; p + F::size <= count; p += F::size) {
+      q.apply(F::load_unaligned(src + p), 0, 0).store_aligned(lane);
+      for (std::size_t l = 0; l < F::size; ++l)
+        dst[(p + l) * stride] = static_cast<std::uint8_t>(lane[l]);
+    }
+#endif
+    for (; p < count; ++p) dst[p * stride] = q(src[p], 0, 0);
   }
 
   template <class T>
