@@ -38,7 +38,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from run_peers import cpu_model, load_average, wait_quiet  # noqa: E402
+from run_peers import cpu_model, load_average, wait_quiet, write_results  # noqa: E402
 
 ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic",
            "onnxruntime_fp32", "onnxruntime_qdq"]
@@ -153,10 +153,7 @@ def main():
               " | ".join(f"{r['p50_us'][e]:.0f} / {r['p99_us'][e]:.0f}, "
                          f"{r['peak_rss_kb'][e] / 1024:.0f} MiB" for e in engines) + " |")
 
-    out = pathlib.Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(a.out, table)
     return 0
 
 

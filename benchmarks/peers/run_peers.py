@@ -112,6 +112,14 @@ def run_pytorch(python, model, quantized, batch, threads, min_time):
     return float(json.loads(out.strip().splitlines()[-1])["ips"])
 
 
+def write_results(path, rows):
+    """Writes rows as indented JSON to path (creating its folder) and says so."""
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default=str(ROOT / "build/bench/benchmarks/bench_train"),
@@ -179,10 +187,7 @@ def main():
               f"| {'frac_bits' if r['quantized'] else 'FP32'} | {r['batch']} | {r['threads']} "
               f"| {r['bitgrad_ips']:.0f} | {r['pytorch_ips']:.0f} | {r['ratio']:.2f}x |")
 
-    out = pathlib.Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(a.out, table)
     return 0
 
 
