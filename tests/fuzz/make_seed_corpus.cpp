@@ -9,8 +9,8 @@
 //   build/release/tests/make_seed_corpus tests/fuzz/corpus tests/data/fashion-sample
 // tests/unit/test_fuzz_corpus.cpp checks that the committed files still mean what their names
 // say ("valid-*" parse, everything else is rejected). corpus/checkpoint/valid-v1-*.ckpt are
-// version 1 checkpoints this generator wrote at commit fdc34a8 (keep them: the reader still
-// reads version 1).
+// version 1 checkpoints this generator wrote at commit fdc34a8, valid-v2-*.ckpt version 2 ones
+// it wrote at 27cfbdd (keep them: the reader still reads versions 1 and 2).
 #include "checkpoint_net.hpp"
 
 #include <bitgrad/data/loader.hpp>
@@ -182,10 +182,11 @@ void write_checkpoints(const fs::path& dir) {
   flipped[flipped.size() / 2] ^= 0x20;
   write(dir / "bad-crc.ckpt", flipped);
   bytes version = frozen;
-  version[8] = 3; // version 3, with a CRC that matches it
+  // A version newer than this reader knows, with a CRC that matches it.
+  version[8] = static_cast<std::uint8_t>(train::detail::checkpoint_version + 1);
   const std::uint32_t crc = io::crc32(version.data(), version.size() - 4);
   std::memcpy(version.data() + version.size() - 4, &crc, 4);
-  write(dir / "version-3.ckpt", version);
+  write(dir / "version-future.ckpt", version);
 }
 
 } // namespace
