@@ -31,9 +31,9 @@
 // frozen), that many i32 frozen bitwidths in [1, 16]. This is the quantizer record of the
 // checkpoint (train/checkpoint.hpp), which a policy with state of its own extends after these
 // bytes (noise_bits: the u64 noise step); the core's bytes are unchanged from the time the
-// checkpoint wrote them itself (versions 1 and 2). Real-valued parameters (bitwidths, scales, logits) are not in
-// it: they are parameters (visit_parameters) and travel with the network's parameters. load()
-// applies the bitwidths through the policy's freeze_to, as a freeze would.
+// checkpoint wrote them itself (versions 1 and 2). Real-valued parameters (bitwidths, scales,
+// logits) are not in it: they are parameters (visit_parameters) and travel with the network's
+// parameters. load() applies the bitwidths through the policy's freeze_to, as a freeze would.
 //
 // The core is a CRTP base (Policy derives from group_quantizer<Policy, T>) rather than a member:
 // the policy holds the core's state and the core calls the policy's hooks without virtual
