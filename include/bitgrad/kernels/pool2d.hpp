@@ -67,8 +67,8 @@ template <class T>
 void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
   const std::size_t in_w = g.in_w;
-  parallel_chunks(batch_threads(planes), planes, [&](std::size_t, std::size_t b, std::size_t e) {
-    for (std::size_t p = b; p < e; ++p)
+  parallel_chunks(batch_threads(planes), planes, [&](std::size_t, std::size_t first, std::size_t last) {
+    for (std::size_t p = first; p < last; ++p)
       for (std::size_t oh = 0; oh < oh_n; ++oh) {
         const T* r0 = x + p * g.in_plane() + 2 * oh * in_w;
         const T* r1 = r0 + in_w;

@@ -143,12 +143,12 @@ struct store {
         return;
       }
     }
-    alignas(64) V lanes[B::size];
-    v.store_aligned(lanes);
+    alignas(64) V lane_values[B::size];
+    v.store_aligned(lane_values);
     if (col_stride == 1)
-      for (std::size_t l = 0; l < B::size; ++l) dst[l] = static_cast<T>(lanes[l]);
+      for (std::size_t l = 0; l < B::size; ++l) dst[l] = static_cast<T>(lane_values[l]);
     else
-      for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lanes[l]);
+      for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lane_values[l]);
   }
 };
 
