@@ -199,6 +199,13 @@ TEST_CASE("peak activation memory: hard maximum with its subgradient, soft maxim
   m.add_gradient(1.0);
   CHECK(bits_grad(net.aq0) == std::vector<double>{16});
   CHECK(bits_grad(net.aq1) == std::vector<double>{0, 0});
+  // A tie (aq0 at 1.625 bits: 26 bits): the subgradient goes to the first tensor added.
+  set_bits(net.aq0, {1.625});
+  net.zero_grad();
+  CHECK(m.peak_tensor() == 0);
+  m.add_gradient(1.0);
+  CHECK(bits_grad(net.aq0) == std::vector<double>{16});
+  CHECK(bits_grad(net.aq1) == std::vector<double>{0, 0});
   // Soft maximum, tau = 4 bits: 4 log(e^(24/4) + e^(26/4)) at the first point.
   set_bits(net.aq0, {1.5});
   auto soft = net.memory(4.0);
