@@ -151,8 +151,8 @@ TEST_CASE_TEMPLATE("activation grids: unsigned keeps zero exact, signed is symme
   CHECK(ym[0] == doctest::Approx(0.75 * 0 + 0.25 * 1)); // Q_1(1.2) = 0, Q_2(1.2) = 1
   const std::vector<T> g{T(2)};
   const auto s = act_quant_bprop(1, xm.data(), g.data(), dx.data(), u1, u2, T(0.25));
-  CHECK(dx[0] == T(2));                                // inside both grids
-  CHECK(s.d_frac == doctest::Approx(2 * (1 - 0)));     // dy (Q_2 - Q_1)
+  CHECK(dx[0] == T(2));                            // inside both grids
+  CHECK(s.d_frac == doctest::Approx(2 * (1 - 0))); // dy (Q_2 - Q_1)
   // dQ_1/ds = 0 - 0.4, / L_1 = 1; dQ_2/ds = 1 - 1.2, / L_2 = 3
   CHECK(s.d_range == doctest::Approx(2 * (0.75 * -0.4 + 0.25 * -0.2 / 3)));
   // Above the range: dx = 0, dQ/da = 1 (PACT).
@@ -190,8 +190,7 @@ TEST_CASE("act_quantizer: bitwidth gradient equals finite differences of the rea
         double total = 0;
         for (std::size_t g = 0; g < bits.size; ++g) total += std::abs(bits.grad[g]);
         CHECK(total > 1e-3); // not trivially zero
-        CHECK(check_gradients(std::vector{bits}, loss, fd_options{1e-6, 1e-6, 1e-8}) ==
-              q.groups());
+        CHECK(check_gradients(std::vector{bits}, loss, fd_options{1e-6, 1e-6, 1e-8}) == q.groups());
       }
 }
 
@@ -253,19 +252,17 @@ TEST_CASE("activation_quant layer: nn::gradcheck of the bitwidths in a network, 
   // gradient, not an exact one.
   auto net = nn::sequential(
       nn::activation_quant<double, 2>({.channels = 6, .name = "aq1"}, qa),
-      nn::linear<double, quant::frac_bits>({.in_features = 6, .out_features = 4, .seed = 1,
-                                            .name = "fc1"},
-                                           fq::options{.b_init = 4.5}),
+      nn::linear<double, quant::frac_bits>(
+          {.in_features = 6, .out_features = 4, .seed = 1, .name = "fc1"},
+          fq::options{.b_init = 4.5}),
       nn::relu<double, 2>(),
       nn::linear<double>({.in_features = 4, .out_features = 3, .seed = 2, .name = "fc2"}));
   std::vector<std::string> names;
-  net.visit_parameters([&](param_ref<double>& p) {
-    names.push_back(p.name + ":" + to_string(p.kind));
-  });
+  net.visit_parameters(
+      [&](param_ref<double>& p) { names.push_back(p.name + ":" + to_string(p.kind)); });
   CHECK(names == std::vector<std::string>{"aq1.bits:bitwidth", "aq1.range:scale",
-                                          "fc1.weight:weight", "fc1.bias:bias",
-                                          "fc1.bits:bitwidth", "fc2.weight:weight",
-                                          "fc2.bias:bias"});
+                                          "fc1.weight:weight", "fc1.bias:bias", "fc1.bits:bitwidth",
+                                          "fc2.weight:weight", "fc2.bias:bias"});
   // The weight-size accounting sees the weight quantizer only.
   std::size_t weight_quantizers = 0;
   net.visit_quantizers([&](std::string_view, auto&) { ++weight_quantizers; });
@@ -289,8 +286,8 @@ TEST_CASE("activation_quant layer: nn::gradcheck of the bitwidths in a network, 
 
   // At 15.5 bits the straight-through input gradient is the true slope to ~1% (the range
   // 1.6 covers every input: nothing clips above; negatives have slope 0 as through a ReLU).
-  nn::activation_quant<double, 4> fine({.channels = 3, .name = "aq"}, aopt(false, 1, 15.5, 1.6, 1,
-                                                                           16));
+  nn::activation_quant<double, 4> fine({.channels = 3, .name = "aq"},
+                                       aopt(false, 1, 15.5, 1.6, 1, 16));
   nn::gradcheck_options in;
   in.kinds = {param_kind::bias}; // no parameter: the input only
   in.epsilon = 1e-3;
@@ -304,8 +301,9 @@ TEST_CASE("act_quantizer: calibration, projection, freezing and checks") {
   aq q(aopt(false, 1, 3.5));
   q.bind(2);
   CHECK_FALSE(q.calibrated());
-  const std::vector<double> x{-4, 0.5, 2, 1, // sample 0: channel 0 = {-4, 0.5}, channel 1 = {2, 1}
-                              1.5, -1, 0.25, 3}; // sample 1
+  const std::vector<double> x{
+      -4,  0.5, 2,    1,  // sample 0: channel 0 = {-4, 0.5}, channel 1 = {2, 1}
+      1.5, -1,  0.25, 3}; // sample 1
   std::vector<double> y(8), dx(8);
   q.forward(x.data(), y.data(), 2, 2, false);
   CHECK(q.calibrated());

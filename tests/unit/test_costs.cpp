@@ -143,9 +143,9 @@ TEST_CASE("BOPs gradient equals finite differences, frac_bits, noise_bits logits
   tiny_net net;
   set_bits(net.aq1, {2.7, 3.9});
   auto c = net.bops();
-  nn::linear<double, quant::noise_bits> nfc({.in_features = 8, .out_features = 3, .seed = 3,
-                                             .name = "nfc"},
-                                            quant::noise_bits<double>::options{.group_size = 1});
+  nn::linear<double, quant::noise_bits> nfc(
+      {.in_features = 8, .out_features = 3, .seed = 3, .name = "nfc"},
+      quant::noise_bits<double>::options{.group_size = 1});
   set_bits(nfc, {-0.7, 0.4, 1.3}); // logits
   c.add_layer(nn::bop_layer_of(nfc, nn::bits_of(net.aq1)));
   net.zero_grad();
@@ -154,7 +154,8 @@ TEST_CASE("BOPs gradient equals finite differences, frac_bits, noise_bits logits
   auto params = net.bit_params();
   bitwidth_params(nfc, params);
   CHECK(params.size() == 5);
-  CHECK(check_gradients(params, [&] { return c.value(); }, fd_options{1e-5, 1e-7, 1e-6}) == 10);
+  CHECK(check_gradients(
+            params, [&] { return c.value(); }, fd_options{1e-5, 1e-7, 1e-6}) == 10);
 }
 
 TEST_CASE("BOPs of a grouped convolution count only connected channels") {
@@ -216,12 +217,14 @@ TEST_CASE("peak activation memory: hard maximum with its subgradient, soft maxim
   net.zero_grad();
   soft.add_gradient(1.0);
   auto params = net.bit_params();
-  CHECK(check_gradients(params, [&] { return soft.value(); }, fd_options{1e-6, 1e-7, 1e-8}) == 7);
+  CHECK(check_gradients(
+            params, [&] { return soft.value(); }, fd_options{1e-6, 1e-7, 1e-8}) == 7);
   CHECK(bits_grad(net.aq0)[0] > 0); // both tensors share the gradient
   // The hard maximum's gradient away from a tie equals finite differences too.
   net.zero_grad();
   m.add_gradient(1.0);
-  CHECK(check_gradients(params, [&] { return m.value(); }, fd_options{1e-6, 1e-7, 1e-8}) == 7);
+  CHECK(check_gradients(
+            params, [&] { return m.value(); }, fd_options{1e-6, 1e-7, 1e-8}) == 7);
   CHECK_THROWS_AS(quant::activation_memory_cost(-1), config_error);
 }
 

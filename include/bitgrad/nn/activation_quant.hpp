@@ -36,8 +36,8 @@
 namespace bitgrad::nn {
 
 struct activation_quant_options {
-  std::size_t channels = 0;                ///< C, dimension 1 of the input (>= 1)
-  std::string name = "activation_quant";   ///< used in messages and parameter names
+  std::size_t channels = 0;              ///< C, dimension 1 of the input (>= 1)
+  std::string name = "activation_quant"; ///< used in messages and parameter names
 };
 
 /// T: element type; Rank: 4 for (N, C, H, W), 2 for (N, C).
@@ -96,9 +96,7 @@ public:
   void visit_quantizers(F&&) {}
 
   std::optional<std::size_t> input_features() const { return channels_; }
-  std::optional<std::size_t> output_features(std::optional<std::size_t>) const {
-    return channels_;
-  }
+  std::optional<std::size_t> output_features(std::optional<std::size_t>) const { return channels_; }
   std::string describe() const {
     const auto& o = q_.opts();
     std::string d = "activation_quant " + std::to_string(channels_) +
@@ -138,7 +136,8 @@ static_assert(layer<activation_quant<double, 2>>);
 template <class L, class F>
 void visit_activation_quantizers(L& net, F&& f) {
   auto leaf = [&](const std::string& name, auto& l) {
-    if constexpr (requires { l.activation_quantizer(); }) f(std::string_view(name), l.activation_quantizer());
+    if constexpr (requires { l.activation_quantizer(); })
+      f(std::string_view(name), l.activation_quantizer());
   };
   visit_layers(net, leaf);
 }

@@ -37,8 +37,8 @@ quant::bop_layer bop_layer_of(conv2d<T, Q>& conv, std::size_t in_h, std::size_t 
   auto out = [&](std::size_t in) {
     const std::size_t span = o.dilation * (o.kernel - 1) + 1;
     if (in + 2 * o.padding < span)
-      throw config_error(conv.name() + ": a " + std::to_string(in_h) + "x" +
-                         std::to_string(in_w) + " input is smaller than the kernel");
+      throw config_error(conv.name() + ": a " + std::to_string(in_h) + "x" + std::to_string(in_w) +
+                         " input is smaller than the kernel");
     return (in + 2 * o.padding - span) / o.stride + 1;
   };
   quant::bop_layer l;

@@ -34,10 +34,11 @@
 // either mode): a_g = max over the batch of x (unsigned) or |x| (signed) in group g, at least
 // scale_floor. Training and evaluation compute the same (the relaxation is deterministic, as
 // frac_bits'); train(on) only says what the layer reports.
-// Freeze: nearest (round half up) or up (ceil), clamped to [max(ceil(b_min), lowest), floor(b_max)];
-// then Q = Q_k exactly, only a trains. (budget_aware is a config_error: an activation
-// bitwidth has no size of its own; costs are frozen against their budgets by the caller.)
-// Bounds of b: [1, 16] unsigned (1 bit: {0, a}), [2, 16] signed (1 bit would leave only zero).
+// Freeze: nearest (round half up) or up (ceil), clamped to [max(ceil(b_min), lowest),
+// floor(b_max)]; then Q = Q_k exactly, only a trains. (budget_aware is a config_error: an
+// activation bitwidth has no size of its own; costs are frozen against their budgets by the
+// caller.) Bounds of b: [1, 16] unsigned (1 bit: {0, a}), [2, 16] signed (1 bit would leave only
+// zero).
 //
 // State (save / load, io/bytes.hpp, little-endian):
 //   u8 version (1), u8 signed (0 / 1), u32 groups, u8 calibrated (0 / 1), then the frozen state
@@ -91,7 +92,8 @@ public:
     if (opt.b_min < lowest_bits())
       throw config_error(std::string(policy_name) +
                          ": a signed activation grid needs b_min >= 2 (1 bit leaves only zero), "
-                         "got " + std::to_string(opt.b_min));
+                         "got " +
+                         std::to_string(opt.b_min));
     if (opt.range_init && !(*opt.range_init > 0 && std::isfinite(*opt.range_init)))
       throw config_error(std::string(policy_name) + ": expected range_init > 0, got " +
                          std::to_string(*opt.range_init));
@@ -153,9 +155,9 @@ public:
   /// b_g into [b_min, b_max] (k_g once frozen); a_g >= scale_floor.
   void project() {
     for (std::size_t g = 0; g < bits_.size(); ++g)
-      bits_[g] = frozen_ ? static_cast<T>(kbits_[g])
-                         : std::clamp(bits_[g], static_cast<T>(opt_.b_min),
-                                      static_cast<T>(opt_.b_max));
+      bits_[g] = frozen_
+                     ? static_cast<T>(kbits_[g])
+                     : std::clamp(bits_[g], static_cast<T>(opt_.b_min), static_cast<T>(opt_.b_max));
     for (T& a : range_) a = std::max(a, scale_floor<T>);
   }
 
@@ -206,9 +208,9 @@ public:
     for (int v : k) {
       detail::check_integer_bits(policy_name, v);
       if (v < lowest_bits())
-        throw config_error(std::string(policy_name) + ": expected bitwidths >= " +
-                           std::to_string(lowest_bits()) + " (signed grid), got " +
-                           std::to_string(v));
+        throw config_error(std::string(policy_name) +
+                           ": expected bitwidths >= " + std::to_string(lowest_bits()) +
+                           " (signed grid), got " + std::to_string(v));
     }
     for (std::size_t g = 0; g < k.size(); ++g) bits_[g] = static_cast<T>(k[g]);
     std::fill(bits_grad_.begin(), bits_grad_.end(), T(0));

@@ -80,7 +80,8 @@ class bits_source {
 public:
   /// Every channel at `bits` (no gradient): the input image (8), a float32 tensor (32).
   static bits_source constant(double bits, std::size_t channels = 1) {
-    if (!(bits > 0)) throw config_error("bits_source: expected bits > 0, got " + std::to_string(bits));
+    if (!(bits > 0))
+      throw config_error("bits_source: expected bits > 0, got " + std::to_string(bits));
     bits_source s;
     s.channels_ = std::max<std::size_t>(channels, 1);
     s.group_size_ = s.channels_;
@@ -97,7 +98,8 @@ public:
     s.channels_ = channels;
     s.groups_ = q.groups();
     s.group_size_ = std::max<std::size_t>(q.group_size(), 1);
-    if (channels == 0 || s.groups_ == 0 || (channels + s.group_size_ - 1) / s.group_size_ != s.groups_)
+    if (channels == 0 || s.groups_ == 0 ||
+        (channels + s.group_size_ - 1) / s.group_size_ != s.groups_)
       throw config_error("bits_source: a quantizer of " + std::to_string(s.groups_) +
                          " groups of " + std::to_string(q.group_size()) +
                          " channels does not cover " + std::to_string(channels) + " channels");
@@ -129,12 +131,12 @@ private:
 /// One conv / linear layer as the BOPs cost sees it.
 struct bop_layer {
   std::string name;
-  std::size_t out_channels = 0;      ///< conv: out_channels; linear: out_features
-  std::size_t in_channels = 0;       ///< conv: in_channels; linear: in_features
-  std::size_t conv_groups = 1;       ///< conv groups (1 for linear)
-  double macs_per_connection = 1;    ///< k_h k_w out_h out_w (conv), 1 (linear)
-  bits_source weight;                ///< over out_channels
-  bits_source input;                 ///< over the activation channels feeding the layer
+  std::size_t out_channels = 0;   ///< conv: out_channels; linear: out_features
+  std::size_t in_channels = 0;    ///< conv: in_channels; linear: in_features
+  std::size_t conv_groups = 1;    ///< conv groups (1 for linear)
+  double macs_per_connection = 1; ///< k_h k_w out_h out_w (conv), 1 (linear)
+  bits_source weight;             ///< over out_channels
+  bits_source input;              ///< over the activation channels feeding the layer
 };
 
 /// BOPs = sum over layers of MACs x b_w x b_a (see the top of the file).
@@ -164,7 +166,8 @@ public:
     const std::size_t gw = b.weight.groups(), ga = b.input.groups();
     t.macs.assign(gw * ga, 0.0);
     const std::size_t per_act = b.in_channels / act;
-    const std::size_t out_per = b.out_channels / b.conv_groups, in_per = b.in_channels / b.conv_groups;
+    const std::size_t out_per = b.out_channels / b.conv_groups,
+                      in_per = b.in_channels / b.conv_groups;
     // Connections per (weight group, activation group): one conv group at a time, counted per
     // activation channel (per_act input channels each), then per output channel's group.
     for (std::size_t cg = 0; cg < b.conv_groups; ++cg) {
