@@ -308,6 +308,10 @@ TEST_CASE("act_quantizer: calibration, projection, freezing and checks") {
   q.forward(x.data(), y.data(), 2, 2, false);
   CHECK(q.calibrated());
   CHECK(q.group_ranges() == std::vector<double>{1.5, 3}); // max x per channel (unsigned)
+  std::vector<double> y_train(8);
+  q.forward(x.data(), y_train.data(), 2, 2, true);
+  CHECK(y_train == y); // the same arithmetic in both modes; calibrated once
+  CHECK(q.group_ranges() == std::vector<double>{1.5, 3});
   auto ps = parameters_of(q);
   find_param(ps, "bits").value[0] = 40;
   find_param(ps, "range").value[1] = -2;

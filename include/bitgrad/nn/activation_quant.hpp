@@ -40,14 +40,16 @@ struct activation_quant_options {
   std::string name = "activation_quant"; ///< used in messages and parameter names
 };
 
-/// T: element type; Rank: 4 for (N, C, H, W), 2 for (N, C).
-template <class T, std::size_t Rank>
+/// T: element type; Rank: 4 for (N, C, H, W), 2 for (N, C); AQuant: the activation quantizer
+/// (a quant::activation_quantizer).
+template <class T, std::size_t Rank, template <class> class AQuant = quant::act_quantizer>
 class activation_quant {
 public:
   using value_type = T;
   using input_type = tensor<T, Rank>;
   using output_type = tensor<T, Rank>;
-  using act_quantizer_type = quant::act_quantizer<T>;
+  using act_quantizer_type = AQuant<T>;
+  static_assert(quant::activation_quantizer<act_quantizer_type>);
   static_assert(Rank >= 2, "activation_quant: the input needs a batch and a channel dimension");
 
   explicit activation_quant(const activation_quant_options& opt,

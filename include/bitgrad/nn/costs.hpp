@@ -23,8 +23,8 @@
 namespace bitgrad::nn {
 
 /// The bitwidths of an activation_quant layer, over its channels.
-template <class T, std::size_t Rank>
-quant::bits_source bits_of(activation_quant<T, Rank>& l) {
+template <class T, std::size_t Rank, template <class> class A>
+quant::bits_source bits_of(activation_quant<T, Rank, A>& l) {
   auto& q = l.activation_quantizer();
   return quant::bits_source::of(q, q.channels());
 }
@@ -68,8 +68,8 @@ quant::bop_layer bop_layer_of(linear<T, Q>& fc, quant::bits_source input) {
 
 /// The memory term of an activation_quant layer's output, `elements_per_channel` (H W) per
 /// channel and image.
-template <class T, std::size_t Rank>
-quant::activation_tensor activation_tensor_of(activation_quant<T, Rank>& l,
+template <class T, std::size_t Rank, template <class> class A>
+quant::activation_tensor activation_tensor_of(activation_quant<T, Rank, A>& l,
                                               std::size_t elements_per_channel) {
   return {l.name(), elements_per_channel, bits_of(l)};
 }

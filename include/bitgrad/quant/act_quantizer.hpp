@@ -58,6 +58,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -66,6 +67,42 @@
 #include <vector>
 
 namespace bitgrad::quant {
+
+/// The activation quantizer contract (A with element type T = A::value_type):
+///   void bind(size_t channels)                   sizes the per-group parameters; thaws
+///   void forward(const T* x, T* y, size_t batch, size_t inner, bool training)
+///                                                y = Q(x) over (batch, channels, inner)
+///   void backward(const T* x, const T* dy, T* dx, size_t batch, size_t inner)
+///                                                dx = dL/dx (written); accumulates dL/db, dL/da
+///   visit_parameters(f), zero_grad(), project(), freeze(rounding), freeze_to(k), frozen(),
+///   group_bits(), groups(), group_size(), channels(), b_min(), b_max(), save / load
+/// with the meanings of quant/quantizer.hpp; costs (quant/costs.hpp) read group_bits() and
+/// push gradients into the parameters of kind bitwidth.
+template <class A>
+concept activation_quantizer = requires(A& a, const A& ca, typename A::value_type* p,
+                                        const typename A::value_type* cp, std::size_t n, bool on,
+                                        rounding r, const std::vector<int>& k, io::byte_writer& out,
+                                        io::byte_reader& in) {
+  typename A::value_type;
+  typename A::options;
+  a.bind(n);
+  a.forward(cp, p, n, n, on);
+  a.backward(cp, cp, p, n, n);
+  a.visit_parameters(any_param_visitor<typename A::value_type>{});
+  a.zero_grad();
+  a.project();
+  a.freeze(r);
+  a.freeze_to(k);
+  { ca.frozen() } -> std::convertible_to<bool>;
+  { ca.group_bits() } -> std::convertible_to<std::vector<double>>;
+  { ca.groups() } -> std::convertible_to<std::size_t>;
+  { ca.group_size() } -> std::convertible_to<std::size_t>;
+  { ca.channels() } -> std::convertible_to<std::size_t>;
+  { ca.b_min() } -> std::convertible_to<double>;
+  { ca.b_max() } -> std::convertible_to<double>;
+  ca.save(out);
+  a.load(in);
+};
 
 template <class T>
 class act_quantizer {
@@ -324,5 +361,8 @@ private:
   bool frozen_ = false;
   bool calibrated_ = false;
 };
+
+static_assert(activation_quantizer<act_quantizer<float>>);
+static_assert(activation_quantizer<act_quantizer<double>>);
 
 } // namespace bitgrad::quant
