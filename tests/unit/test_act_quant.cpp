@@ -411,3 +411,21 @@ TEST_CASE("act_quantizer: save / load round trip and rejected states") {
   l2.load(rl);
   CHECK(l2.activation_quantizer().frozen_bits() == std::vector<int>{3, 3, 4});
 }
+
+TEST_CASE_TEMPLATE("an unsigned activation quantizer at 16 bits is a ReLU clipped at its range", T,
+                   float, double) {
+  typename quant::act_quantizer<T>::options o;
+  o.b_max = 16;
+  o.b_init = 16;
+  o.range_init = 2.0;
+  quant::act_quantizer<T> q(o);
+  q.bind(3);
+  const auto x = normal<T>(3 * 37, 21, 1.5);
+  std::vector<T> y(x.size());
+  q.forward(x.data(), y.data(), 1, 37, true);
+  const double step = 2.0 / 65535;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double relu = std::min(std::max(static_cast<double>(x[i]), 0.0), 2.0);
+    CHECK(std::abs(static_cast<double>(y[i]) - relu) <= 0.5 * step * (1 + 1e-3));
+  }
+}

@@ -8,6 +8,7 @@
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/costs.hpp>
 #include <bitgrad/nn/linear.hpp>
+#include <bitgrad/optim/sgd.hpp>
 #include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
 #include <bitgrad/quant/noise_bits.hpp>
@@ -242,4 +243,31 @@ TEST_CASE("a penalty on BOPs pushes the bitwidths with the cost's gradient") {
   net.zero_grad();
   CHECK(quant::apply_cost_penalty(c, p) == 0);
   CHECK(bits_grad(net.fc) == std::vector<double>{0, 0});
+}
+
+TEST_CASE("the optimizer's bitwidth group moves the activation bitwidths under a BOPs penalty") {
+  tiny_net net;
+  auto c = net.bops();
+  quant::size_penalty p;
+  p.lambda = 431;
+  p.target_bits = 431; // hinge: dP/dBOPs = lambda / target = 1
+  optim::sgd<double> opt({.lr = 0});
+  opt.set_group(param_kind::bitwidth, {.lr = 0.01, .weight_decay = 0});
+  auto params = [&](auto&& f) {
+    net.aq0.visit_parameters(f);
+    net.conv1.visit_parameters(f);
+    net.aq1.visit_parameters(f);
+    net.fc.visit_parameters(f);
+  };
+  net.zero_grad();
+  (void)quant::apply_cost_penalty(c, p);
+  const auto range_before = net.aq1.activation_quantizer().group_ranges();
+  opt.step(params);
+  net.aq1.activation_quantizer().project();
+  // aq1's bits: 2.5 - 0.01 x 62 and 4 - 0.01 x 62; its range (kind scale, lr 0) unchanged.
+  const auto b = net.aq1.activation_quantizer().group_bits();
+  CHECK(b[0] == doctest::Approx(2.5 - 0.62));
+  CHECK(b[1] == doctest::Approx(4 - 0.62));
+  CHECK(net.aq1.activation_quantizer().group_ranges() == range_before);
+  CHECK(c.value() < 862);
 }
