@@ -59,8 +59,10 @@ tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_
 using aq = quant::act_quantizer<double>;
 
 aq::options aopt(bool is_signed, std::size_t group_size, double b_init,
-                 std::optional<double> range = {}, double b_min = 1, double b_max = 8) {
+                 std::optional<double> range = {}, double b_min = 1, double b_max = 8,
+                 quant::act_relaxation relax = quant::act_relaxation::frac) {
   aq::options o;
+  o.relaxation = relax;
   o.group_size = group_size;
   o.is_signed = is_signed;
   o.b_min = is_signed ? std::max(b_min, 2.0) : b_min;
@@ -360,7 +362,7 @@ TEST_CASE("act_quantizer: save / load round trip and rejected states") {
   q.freeze_to({2, 6, 8});
   io::byte_writer w;
   q.save(w);
-  CHECK(w.size() == 1 + 1 + 4 + 1 + 1 + 4 + 3 * 4);
+  CHECK(w.size() == 1 + 1 + 4 + 1 + 1 + 1 + 4 + 3 * 4);
   aq r(aopt(true, 2, 4.5, {}, 2, 8));
   r.bind(5);
   io::byte_reader in(w.bytes(), "state");
@@ -428,4 +430,127 @@ TEST_CASE_TEMPLATE("an unsigned activation quantizer at 16 bits is a ReLU clippe
     const double relu = std::min(std::max(static_cast<double>(x[i]), 0.0), 2.0);
     CHECK(std::abs(static_cast<double>(y[i]) - relu) <= 0.5 * step * (1 + 1e-3));
   }
+}
+
+TEST_CASE_TEMPLATE("activation step kernels: SIMD equals the reference, bit for bit", T, float,
+                   double) {
+  for (std::size_t n : {1, 3, 7, 17, 33, 101}) {
+    for (bool is_signed : {false, true}) {
+      for (double b : {1.0, 2.3, 4.0, 7.6}) {
+        CAPTURE(n);
+        CAPTURE(is_signed);
+        CAPTURE(b);
+        const T a = T(1.5);
+        const T levels =
+            static_cast<T>(is_signed ? std::exp2(std::max(b, 2.0) - 1) - 1 : std::exp2(b) - 1);
+        const T d = a / levels, lower = is_signed ? -a : T(0);
+        auto x = normal<T>(n, static_cast<unsigned>(n * 7 + 3), 1.2);
+        for (std::size_t i = 0; i < n; i += 4) x[i] = T(0);
+        for (std::size_t i = 1; i < n; i += 6) x[i] = is_signed ? -a : a;
+        const auto dy = normal<T>(n, static_cast<unsigned>(n + 1));
+        std::vector<T> y(n), y_ref(n), dx(n, T(9)), dx_ref(n, T(9));
+        act_step_fprop(n, x.data(), y.data(), d, lower, a);
+        ref::act_step_fprop(n, x.data(), y_ref.data(), d, lower, a);
+        const auto s = act_step_bprop(n, x.data(), dy.data(), dx.data(), d, lower, a);
+        const auto r = ref::act_step_bprop(n, x.data(), dy.data(), dx_ref.data(), d, lower, a);
+        CHECK(y == y_ref);
+        CHECK(dx == dx_ref);
+        const T tol = std::numeric_limits<T>::epsilon() * T(64) * static_cast<T>(n);
+        CHECK(std::abs(s.d_step - r.d_step) <= tol * (T(1) + std::abs(r.d_step)));
+        CHECK(std::abs(s.d_above - r.d_above) <= tol * (T(1) + std::abs(r.d_above)));
+        CHECK(std::abs(s.d_below - r.d_below) <= tol * (T(1) + std::abs(r.d_below)));
+      }
+    }
+  }
+}
+
+TEST_CASE("act_quantizer, step relaxation: bits, range and input gradients equal finite "
+          "differences of the surrogate") {
+  constexpr std::size_t batch = 2, channels = 5, inner = 4, n = batch * channels * inner;
+  for (bool is_signed : {false, true})
+    for (std::size_t gs : {std::size_t(1), std::size_t(2), quant::per_tensor})
+      for (double b : {2.3, 3.0, 5.7}) {
+        CAPTURE(is_signed);
+        CAPTURE(gs);
+        CAPTURE(b);
+        auto x = normal<double>(n, 31);
+        const auto gy = normal<double>(n, 32);
+        aq q(aopt(is_signed, gs, b, 1.2, 1, 8, quant::act_relaxation::step));
+        q.bind(channels);
+        std::vector<double> y(n), dx(n);
+        q.zero_grad();
+        q.forward(x.data(), y.data(), batch, inner, true);
+        q.backward(x.data(), gy.data(), dx.data(), batch, inner);
+        auto params = parameters_of(q);
+        auto bits = find_param(params, "bits"), range = find_param(params, "range");
+        // Surrogate: clamp_ste(x, a) + d(a, b) (code0 - v0), d = a / L(b), with the codes and
+        // v0 = clamp(x0) / d0 of the base point held; clamp_ste is x inside, the end outside.
+        auto levels = [&](double bb) {
+          return is_signed ? std::exp2(bb - 1) - 1 : std::exp2(bb) - 1;
+        };
+        std::vector<std::size_t> group_of(n);
+        std::vector<double> held(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t c = (i / inner) % channels;
+          const std::size_t g = gs == quant::per_tensor ? 0 : c / gs;
+          group_of[i] = g;
+          const double a = range.value[g], d = a / levels(bits.value[g]);
+          const double v = std::min(std::max(x[i], is_signed ? -a : 0.0), a) / d;
+          held[i] = std::nearbyint(v) - v;
+        }
+        const std::vector<double> x0 = x;
+        std::vector<double> a0(range.value, range.value + range.size);
+        auto model = [&] {
+          double s = 0;
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t g = group_of[i];
+            const double a = range.value[g], d = a / levels(bits.value[g]);
+            const double lo = is_signed ? -a : 0.0;
+            // the clip decision of the base point
+            const double clip =
+                x0[i] > a0[g] ? a : (x0[i] < (is_signed ? -a0[g] : 0.0) ? lo : x[i]);
+            s += gy[i] * (clip + d * held[i]);
+          }
+          return s;
+        };
+        double real = 0;
+        for (std::size_t i = 0; i < n; ++i) real += gy[i] * y[i];
+        CHECK(model() == doctest::Approx(real).epsilon(1e-12));
+        std::vector<param_ref<double>> checked{bits, range};
+        checked.push_back({"x", x.data(), dx.data(), n, param_kind::weight});
+        CHECK(check_gradients(checked, model, fd_options{1e-6, 1e-6, 1e-8}) == n + 2 * q.groups());
+      }
+}
+
+TEST_CASE("act_quantizer: at an integer bitwidth and once frozen, both relaxations are the same "
+          "grid") {
+  constexpr std::size_t batch = 2, channels = 3, inner = 7, n = batch * channels * inner;
+  const auto x = normal<double>(n, 41, 1.5);
+  for (bool is_signed : {false, true}) {
+    aq frac(aopt(is_signed, 1, 4, 1.3));
+    aq step(aopt(is_signed, 1, 4, 1.3, 1, 8, quant::act_relaxation::step));
+    frac.bind(channels);
+    step.bind(channels);
+    std::vector<double> yf(n), ys(n);
+    frac.forward(x.data(), yf.data(), batch, inner, true);
+    step.forward(x.data(), ys.data(), batch, inner, true);
+    for (std::size_t i = 0; i < n; ++i) CHECK(ys[i] == doctest::Approx(yf[i]).epsilon(1e-12));
+    step.freeze_to({3, 4, 5});
+    frac.freeze_to({3, 4, 5});
+    frac.forward(x.data(), yf.data(), batch, inner, true);
+    step.forward(x.data(), ys.data(), batch, inner, true);
+    CHECK(ys == yf);
+  }
+  // The relaxation is part of the state.
+  aq step(aopt(false, 1, 4, 1.3, 1, 8, quant::act_relaxation::step));
+  step.bind(channels);
+  io::byte_writer w;
+  step.save(w);
+  aq frac(aopt(false, 1, 4, 1.3));
+  frac.bind(channels);
+  io::byte_reader r(w.bytes(), "state");
+  CHECK_THROWS_AS(frac.load(r, "aq"), format_error);
+  nn::activation_quant<double, 4> l({.channels = 3, .name = "aq"},
+                                    aopt(true, 1, 4, 1.3, 2, 8, quant::act_relaxation::step));
+  CHECK(l.describe() == "activation_quant 3 signed act_step_bits g=1");
 }

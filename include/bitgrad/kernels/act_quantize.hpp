@@ -10,6 +10,8 @@
 //   * y = m_lo code_lo + m_hi code_hi has one multiply-add the compiler may fuse in one kernel
 //     and not in the other: within 1 ulp (both terms have the sign of x);
 //   * the sums are reductions, one partial sum per lane: equal up to rounding.
+//   * the step kernels (act_step_*) are bit-exact on y and dx (clamp, one divide, round half to
+//     even, one multiply: as step_quant_*).
 // No allocation: a ragged tail is padded into one register through a stack buffer (zero
 // padding contributes 0 to every sum: dy is 0 there).
 #pragma once
@@ -108,6 +110,50 @@ act_quant_sums<T> act_quant_bprop(std::size_t n, const T* x, const T* dy, T* dx,
                      s.d_range + g * (a_lo * p.dq_ds + a_hi * q.dq_ds)};
         });
     return {detail::sum_lanes(r.d_frac), detail::sum_lanes(r.d_range)};
+  }
+}
+
+template <class T>
+void act_step_fprop(std::size_t n, const T* x, T* y, T step, T lower, T upper) {
+  if constexpr (!BITGRAD_HAS_SIMD) {
+    ref::act_step_fprop(n, x, y, step, lower, upper);
+  } else {
+    using B = detail::qbatch<T>;
+    const B d(step), lo(lower), hi(upper);
+    detail::for_each_chunk<T>(n, [x, y, d, lo, hi](std::size_t i, std::size_t m) {
+      const B v = detail::clamp(detail::load_part(x + i, m), lo, hi) / d;
+      detail::store_part(y + i, d * detail::round_even(v), m);
+    });
+  }
+}
+
+template <class T>
+act_step_sums<T> act_step_bprop(std::size_t n, const T* x, const T* dy, T* dx, T step, T lower,
+                                T upper) {
+  if constexpr (!BITGRAD_HAS_SIMD) {
+    return ref::act_step_bprop(n, x, dy, dx, step, lower, upper);
+  } else {
+    using B = detail::qbatch<T>;
+    const B d(step), lo(lower), hi(upper);
+    struct acc {
+      B d_step, d_above, d_below;
+    };
+    const acc r = detail::fold_chunks<T>(
+        n, acc{B(T(0)), B(T(0)), B(T(0))},
+        [x, dy, dx, d, lo, hi](acc s, std::size_t i, std::size_t m) {
+          const B zero(T(0));
+          const B xv = detail::load_part(x + i, m);
+          const B v = detail::clamp(xv, lo, hi) / d;
+          const auto above = xv > hi;
+          const auto below = xv < lo;
+          const B g = detail::load_part(dy + i, m);
+          detail::store_part(dx + i, xsimd::select(above || below, zero, g), m);
+          return acc{s.d_step + g * (detail::round_even(v) - v),
+                     s.d_above + xsimd::select(above, g, zero),
+                     s.d_below + xsimd::select(below, g, zero)};
+        });
+    return {detail::sum_lanes(r.d_step), detail::sum_lanes(r.d_above),
+            detail::sum_lanes(r.d_below)};
   }
 }
 

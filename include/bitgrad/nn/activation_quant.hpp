@@ -102,7 +102,7 @@ public:
   std::string describe() const {
     const auto& o = q_.opts();
     std::string d = "activation_quant " + std::to_string(channels_) +
-                    (o.is_signed ? " signed " : " unsigned ") + act_quantizer_type::policy_name;
+                    (o.is_signed ? " signed " : " unsigned ") + q_.relaxation_name();
     if (q_.groups() > 1) d += " g=" + std::to_string(q_.group_size());
     return d;
   }

@@ -10,16 +10,24 @@
 //             negative inputs map to 0, so the unsigned quantizer is itself a (clipped) ReLU;
 //             signed: s {-L, ..., L}, L = 2^(k-1) - 1. s = a / L (kernels/ref/act_quantize.hpp).
 //
-// Relaxation: frac_bits' interpolation between the grids of floor(b) and floor(b) + 1, with the
-// (bits, range) parameterisation: both grids share the learned range a, and b sets how finely
-// [0, a] is cut (s_k = a / L_k). Why this and not step_bits' (bits, step): there b reaches the
-// loss only through the clipping point q_max = d L(b) (the rounding error's dependence on b is
-// hidden by the straight-through round), so for activations, whose clipping is already set by
-// the learned range, b would learn only "clip less"; with the interpolation dL/db = sum dy
-// (Q_hi - Q_lo) sees the rounding error itself, and b and a stay separate (freezing keeps a).
+// Relaxations (options::relaxation). Both use the parameterisation (bits b, range a): the range
+// sets the clipping, the bitwidth how finely [lower, a] is cut, so freezing b keeps a; and both
+// are the same integer grid s = a / L_k once frozen (or at an integer b).
+//   frac (default): frac_bits' interpolation between the grids of floor(b) and floor(b) + 1,
+//         s_k = a / L_k. dL/db = sum dy (Q_hi - Q_lo) is exact for the relaxation: b sees the
+//         rounding error itself. The default for that reason.
+//   step: step_bits' rule (Uhlich et al. 2020) on one grid of real step d = a / L(b) with
+//         L(b) = 2^b - 1 (unsigned) or 2^(b-1) - 1 (signed): Q = d round(clamp(x, lower, a) / d).
+//         Uhlich's (b, q_max) parameterisation rather than step_bits' (b, d): with (b, d) the
+//         bitwidth would reach the loss only through the clipping point q_max = d L(b), and for
+//         activations the clipping is the range's job. Here dL/db flows through d, a
+//         straight-through estimate (round held): dQ/dd = round(v) - v, v = clamp(x) / d,
+//         dd/db = -a ln2 (L(b) + 1) / L(b)^2; dQ/da = dQ/dd / L(b) + [x > a] - [x < -a] (signed).
+//         One grid per element instead of two: cheaper, but b's gradient is an estimate.
 // noise_bits is not offered: its amplitude needs a range per forward (max |x| of a batch,
 // which couples the samples of a batch) and its training forward is not the deployed one.
 //
+// The frac relaxation in full:
 //   k_lo = floor(b), k_hi = k_lo + 1, f = b - k_lo
 //   Q_b(x) = (1 - f) Q_klo(x) + f Q_khi(x),   Q_k(x) = s_k clamp(round(x / s_k), lower, L_k)
 // Gradients (kernels/ref/act_quantize.hpp): dL/dx = dy ((1-f)[inside_lo] + f[inside_hi]) (STE,
@@ -41,7 +49,8 @@
 // zero).
 //
 // State (save / load, io/bytes.hpp, little-endian):
-//   u8 version (1), u8 signed (0 / 1), u32 groups, u8 calibrated (0 / 1), then the frozen state
+//   u8 version (1), u8 signed (0 / 1), u32 groups, u8 calibrated (0 / 1), u8 relaxation
+//   (0 frac, 1 step), then the frozen state
 //   of quant/group_quantizer.hpp (u8 frozen, u32 n, n x i32 bitwidths).
 // Unknown versions, another signedness or group count, and bad flags are format_errors naming
 // the quantizer. The real-valued bits and ranges are parameters (they travel with the
@@ -61,6 +70,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <numbers>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -104,6 +114,13 @@ concept activation_quantizer = requires(A& a, const A& ca, typename A::value_typ
   a.load(in);
 };
 
+/// How a real bitwidth quantizes while training (both share the parameters (bits, range) and
+/// the frozen grid; see the top of this file).
+enum class act_relaxation : std::uint8_t {
+  frac = 0, ///< (1 - f) Q_floor(b) + f Q_floor(b)+1, exact dL/db (default)
+  step = 1  ///< one grid of real step d = a / L(b), straight-through dL/db (Uhlich et al.)
+};
+
 template <class T>
 class act_quantizer {
 public:
@@ -121,6 +138,7 @@ public:
     std::optional<double> b_init{};
     /// Initial range of every group; unset = calibrated on the first forward.
     std::optional<double> range_init{};
+    act_relaxation relaxation = act_relaxation::frac;
   };
 
   act_quantizer() : act_quantizer(options{}) {}
@@ -138,6 +156,10 @@ public:
 
   const options& opts() const { return opt_; }
   bool is_signed() const { return opt_.is_signed; }
+  /// "act_frac_bits" or "act_step_bits" (descriptions, reports).
+  const char* relaxation_name() const {
+    return opt_.relaxation == act_relaxation::step ? "act_step_bits" : policy_name;
+  }
   /// The smallest integer bitwidth: 1 unsigned ({0, a}), 2 signed.
   int lowest_bits() const { return opt_.is_signed ? 2 : 1; }
 
@@ -162,7 +184,10 @@ public:
     for (std::size_t g = 0; g < groups(); ++g) last_[g] = state(g);
     for_each_block(batch, inner, [&](std::size_t g, std::size_t off, std::size_t n) {
       const group_state& s = last_[g];
-      bitgrad::act_quant_fprop(n, x + off, y + off, s.lo, s.hi, s.f);
+      if (s.step > T(0))
+        bitgrad::act_step_fprop(n, x + off, y + off, s.step, s.lower, range_[g]);
+      else
+        bitgrad::act_quant_fprop(n, x + off, y + off, s.lo, s.hi, s.f);
     });
   }
 
@@ -170,6 +195,14 @@ public:
   void backward(const T* x, const T* dy, T* dx, std::size_t batch, std::size_t inner) {
     for_each_block(batch, inner, [&](std::size_t g, std::size_t off, std::size_t n) {
       const group_state& s = last_[g];
+      if (s.step > T(0)) {
+        const auto t =
+            bitgrad::act_step_bprop(n, x + off, dy + off, dx + off, s.step, s.lower, range_[g]);
+        // d = a / L(b): dd/da = 1 / L, dd/db = -a L'(b) / L^2; the ends are a and -a (or 0).
+        bits_grad_[g] += t.d_step * s.dstep_db;
+        range_grad_[g] += t.d_step / s.levels + t.d_above - (opt_.is_signed ? t.d_below : T(0));
+        return;
+      }
       const auto sums = bitgrad::act_quant_bprop(n, x + off, dy + off, dx + off, s.lo, s.hi, s.f);
       if (!frozen_) bits_grad_[g] += sums.d_frac;
       range_grad_[g] += sums.d_range;
@@ -272,6 +305,7 @@ public:
     w.put<std::uint8_t>(opt_.is_signed ? 1 : 0);
     w.put(static_cast<std::uint32_t>(groups()));
     w.put<std::uint8_t>(calibrated_ ? 1 : 0);
+    w.put(opt_.relaxation);
     detail::save_frozen_state(w, frozen_ ? kbits_ : std::vector<int>{});
   }
   /// Reads what save() wrote into a quantizer bound to the same channels and groups; `who`
@@ -295,6 +329,11 @@ public:
              " groups, the network's has " + std::to_string(groups()));
     const auto cal = r.get<std::uint8_t>("calibrated flag");
     if (cal > 1) r.fail("activation quantizer '" + name + "': bad calibrated flag");
+    const auto rel = r.get<std::uint8_t>("relaxation");
+    if (rel != static_cast<std::uint8_t>(opt_.relaxation))
+      r.fail("activation quantizer '" + name + "': the state is of relaxation " +
+             std::to_string(rel) + ", the network's is " +
+             std::to_string(static_cast<int>(opt_.relaxation)) + " (0 frac, 1 step)");
     const std::vector<int> bits = detail::load_frozen_state(r, groups(), who);
     for (int k : bits)
       if (k < lowest_bits())
@@ -314,6 +353,11 @@ private:
     act_grid<T> lo{T(1), T(1), T(0)};
     act_grid<T> hi{T(1), T(1), T(0)};
     T f = 0;
+    // the step relaxation (step > 0 while training with act_relaxation::step)
+    T step = 0;     ///< d = a / L(b)
+    T lower = 0;    ///< -a (signed) or 0
+    T levels = 1;   ///< L(b), real
+    T dstep_db = 0; ///< -a L'(b) / L(b)^2
   };
 
   act_grid<T> grid(std::size_t g, int k) const {
@@ -328,6 +372,16 @@ private:
     }
     const T b = bits_[g];
     if (!std::isfinite(b)) detail::check_finite_bits(policy_name, group_bits());
+    if (opt_.relaxation == act_relaxation::step) {
+      // L(b) = 2^b - 1 (unsigned) or 2^(b-1) - 1 (signed), L'(b) = ln2 (L(b) + 1).
+      const T p = opt_.is_signed ? std::exp2(b - T(1)) : std::exp2(b);
+      const T a = range_[g];
+      s.levels = p - T(1);
+      s.step = std::max(a / s.levels, scale_floor<T>);
+      s.lower = opt_.is_signed ? -a : T(0);
+      s.dstep_db = -a * std::numbers::ln2_v<T> * p / (s.levels * s.levels);
+      return s;
+    }
     const T k_lo = std::floor(b);
     s.f = b - k_lo;
     s.lo = grid(g, static_cast<int>(k_lo));

@@ -21,6 +21,12 @@
 //   dy/df  = Q_hi - Q_lo                                   (= dy/db)
 //   dy/da  = (1 - f) dQ_lo/ds_lo / L_lo + f dQ_hi/ds_hi / L_hi   (s_k = a / L_k)
 // A single integer grid is the same kernel with lo = hi and f = 0.
+//
+// The step relaxation (act_step_*: step_bits' rule on [lower, upper], Uhlich et al. 2020, with a
+// real step d = a / L(b) for a real bitwidth b):
+//   v = clamp(x, lower, upper) / d,   y = d nearbyint(v)        lower = 0 or -a, upper = a
+//   dy/dx = [lower <= x <= upper]      dy/dd = nearbyint(v) - v (every element, as step_bits)
+//   dy/d upper = [x > upper],          dy/d lower = [x < lower]
 #pragma once
 
 #include <algorithm>
@@ -54,6 +60,14 @@ template <class T>
 struct act_quant_sums {
   T d_frac;  ///< sum dy * (Q_hi - Q_lo)                                          = dL/db
   T d_range; ///< sum dy * ((1-f) dQ_lo/ds_lo / L_lo + f dQ_hi/ds_hi / L_hi)      = dL/da
+};
+
+/// Per-call sums returned by act_step_bprop.
+template <class T>
+struct act_step_sums {
+  T d_step;  ///< sum dy * (nearbyint(v) - v)
+  T d_above; ///< sum dy * [x > upper]
+  T d_below; ///< sum dy * [x < lower]
 };
 
 namespace ref {
@@ -108,6 +122,30 @@ act_quant_sums<T> act_quant_bprop(std::size_t n, const T* x, const T* dy, T* dx,
     dx[i] = g * mask;
     s.d_frac += g * (hi.scale * q.code - lo.scale * p.code);
     s.d_range += g * (a_lo * p.dq_ds + a_hi * q.dq_ds);
+  }
+  return s;
+}
+
+/// y = d nearbyint(clamp(x, lower, upper) / d).
+template <class T>
+void act_step_fprop(std::size_t n, const T* x, T* y, T step, T lower, T upper) {
+  for (std::size_t i = 0; i < n; ++i)
+    y[i] = step * std::nearbyint(std::min(std::max(x[i], lower), upper) / step);
+}
+
+/// dx = dy [lower <= x <= upper]; returns the sums for the step and the two ends.
+template <class T>
+act_step_sums<T> act_step_bprop(std::size_t n, const T* x, const T* dy, T* dx, T step, T lower,
+                                T upper) {
+  act_step_sums<T> s{T(0), T(0), T(0)};
+  for (std::size_t i = 0; i < n; ++i) {
+    const T v = std::min(std::max(x[i], lower), upper) / step;
+    const T g = dy[i];
+    const bool above = x[i] > upper, below = x[i] < lower;
+    dx[i] = above || below ? T(0) : g;
+    s.d_step += g * (std::nearbyint(v) - v);
+    s.d_above += above ? g : T(0);
+    s.d_below += below ? g : T(0);
   }
   return s;
 }
