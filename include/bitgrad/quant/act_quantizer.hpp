@@ -165,6 +165,9 @@ public:
 
   /// Fixes the channel count and sizes the parameters; thaws.
   void bind(std::size_t channels) {
+    if (channels == 0)
+      throw config_error(std::string(policy_name) +
+                         ": expected an activation with channels >= 1, got 0");
     layout_ = group_layout(policy_name, channels, 1, opt_.group_size);
     const std::size_t n = layout_.groups();
     bits_.assign(n, static_cast<T>(detail::initial_bits(opt_)));
