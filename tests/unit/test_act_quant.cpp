@@ -315,6 +315,12 @@ TEST_CASE("act_quantizer: calibration, projection, freezing and checks") {
   CHECK(y_train == y); // the same arithmetic in both modes; calibrated once
   CHECK(q.group_ranges() == std::vector<double>{1.5, 3});
   auto ps = parameters_of(q);
+  find_param(ps, "bits").value[0] = -3; // not projected: the forward uses b_min
+  std::vector<double> y_low(8), y_min(8);
+  q.forward(x.data(), y_low.data(), 2, 2, true);
+  find_param(ps, "bits").value[0] = 1;
+  q.forward(x.data(), y_min.data(), 2, 2, true);
+  CHECK(y_low == y_min);
   find_param(ps, "bits").value[0] = 40;
   find_param(ps, "range").value[1] = -2;
   q.project();

@@ -373,8 +373,10 @@ private:
       s.lo = s.hi = grid(g, kbits_[g]);
       return s;
     }
-    const T b = bits_[g];
-    if (!std::isfinite(b)) detail::check_finite_bits(policy_name, group_bits());
+    if (!std::isfinite(bits_[g])) detail::check_finite_bits(policy_name, group_bits());
+    // b as project() leaves it: a loop that steps without projecting gets the grids of the
+    // nearest bound instead of a grid of 0 or 20 bits.
+    const T b = std::clamp(bits_[g], static_cast<T>(opt_.b_min), static_cast<T>(opt_.b_max));
     if (opt_.relaxation == act_relaxation::step) {
       // L(b) = 2^b - 1 (unsigned) or 2^(b-1) - 1 (signed), L'(b) = ln2 (L(b) + 1).
       const T p = opt_.is_signed ? std::exp2(b - T(1)) : std::exp2(b);
