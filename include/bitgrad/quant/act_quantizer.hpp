@@ -188,7 +188,7 @@ public:
     for_each_block(batch, inner, [&](std::size_t g, std::size_t off, std::size_t n) {
       const group_state& s = last_[g];
       if (s.step > T(0))
-        bitgrad::act_step_fprop(n, x + off, y + off, s.step, s.lower, range_[g]);
+        bitgrad::act_step_fprop(n, x + off, y + off, s.step, s.lower, s.upper);
       else
         bitgrad::act_quant_fprop(n, x + off, y + off, s.lo, s.hi, s.f);
     });
@@ -200,7 +200,7 @@ public:
       const group_state& s = last_[g];
       if (s.step > T(0)) {
         const auto t =
-            bitgrad::act_step_bprop(n, x + off, dy + off, dx + off, s.step, s.lower, range_[g]);
+            bitgrad::act_step_bprop(n, x + off, dy + off, dx + off, s.step, s.lower, s.upper);
         // d = a / L(b): dd/da = 1 / L, dd/db = -a L'(b) / L^2; the ends are a and -a (or 0).
         bits_grad_[g] += t.d_step * s.dstep_db;
         range_grad_[g] += t.d_step / s.levels + t.d_above - (opt_.is_signed ? t.d_below : T(0));
@@ -359,6 +359,7 @@ private:
     // the step relaxation (step > 0 while training with act_relaxation::step)
     T step = 0;     ///< d = a / L(b)
     T lower = 0;    ///< -a (signed) or 0
+    T upper = 0;    ///< a
     T levels = 1;   ///< L(b), real
     T dstep_db = 0; ///< -a L'(b) / L(b)^2
   };
@@ -380,8 +381,9 @@ private:
     if (opt_.relaxation == act_relaxation::step) {
       // L(b) = 2^b - 1 (unsigned) or 2^(b-1) - 1 (signed), L'(b) = ln2 (L(b) + 1).
       const T p = opt_.is_signed ? std::exp2(b - T(1)) : std::exp2(b);
-      const T a = range_[g];
+      const T a = std::max(range_[g], scale_floor<T>);
       s.levels = p - T(1);
+      s.upper = a;
       s.step = std::max(a / s.levels, scale_floor<T>);
       s.lower = opt_.is_signed ? -a : T(0);
       s.dstep_db = -a * std::numbers::ln2_v<T> * p / (s.levels * s.levels);
