@@ -16,6 +16,7 @@
 #include <bitgrad/io/atomic_file.hpp>
 #include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/npz.hpp>
+#include <bitgrad/kernels/act_quantize.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
@@ -23,6 +24,8 @@
 #include <bitgrad/kernels/pool2d.hpp>
 #include <bitgrad/kernels/quantize.hpp>
 #include <bitgrad/kernels/reference.hpp>
+#include <bitgrad/nn/activation_quant.hpp>
+#include <bitgrad/nn/costs.hpp>
 #include <bitgrad/nn/gradcheck.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/loss.hpp>
@@ -33,7 +36,9 @@
 #include <bitgrad/optim/clip.hpp>
 #include <bitgrad/optim/schedule.hpp>
 #include <bitgrad/optim/sgd.hpp>
+#include <bitgrad/quant/act_quantizer.hpp>
 #include <bitgrad/quant/budget.hpp>
+#include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
 #include <bitgrad/quant/no_quant.hpp>
