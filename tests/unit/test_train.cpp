@@ -1040,8 +1040,10 @@ dataset synthetic_images(std::size_t n, std::size_t offset) {
   d.classes = 3;
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t k = i + offset;
-    for (std::size_t j = 0; j < 16; ++j) d.pixels.push_back(static_cast<std::uint8_t>((k * 7 + j * 13) % 256));
-    for (std::size_t j = 0; j < 16; ++j) d.pixels.push_back(static_cast<std::uint8_t>((k * 3 + j) % 64));
+    for (std::size_t j = 0; j < 16; ++j)
+      d.pixels.push_back(static_cast<std::uint8_t>((k * 7 + j * 13) % 256));
+    for (std::size_t j = 0; j < 16; ++j)
+      d.pixels.push_back(static_cast<std::uint8_t>((k * 3 + j) % 64));
     d.labels.push_back(static_cast<std::int32_t>(k % 3));
   }
   return d;
@@ -1050,7 +1052,8 @@ dataset synthetic_images(std::size_t n, std::size_t offset) {
 /// An identity layer that keeps the first batch it sees in training mode.
 struct input_probe : nn::identity<float, 4> {
   std::vector<tensor4<float>>* first;
-  explicit input_probe(std::vector<tensor4<float>>* f) : nn::identity<float, 4>("probe"), first(f) {}
+  explicit input_probe(std::vector<tensor4<float>>* f)
+      : nn::identity<float, 4>("probe"), first(f) {}
   const tensor4<float>& forward(const tensor4<float>& x) {
     if (training() && first->empty()) first->push_back(x);
     return x;
@@ -1060,7 +1063,8 @@ struct input_probe : nn::identity<float, 4> {
 /// SGD that records every learning rate the trainer sets.
 struct recording_sgd : optim::sgd<float> {
   std::vector<double>* lrs;
-  recording_sgd(const optim::sgd_options& o, std::vector<double>* l) : optim::sgd<float>(o), lrs(l) {}
+  recording_sgd(const optim::sgd_options& o, std::vector<double>* l)
+      : optim::sgd<float>(o), lrs(l) {}
   void set_lr(double lr) {
     lrs->push_back(lr);
     optim::sgd<float>::set_lr(lr);
@@ -1101,7 +1105,9 @@ struct recording_observer : train::observer {
     steps_per_epoch.push_back(e.steps);
   }
   void on_step(const train::step_event&) override { ++steps; }
-  void on_epoch_end(const train::epoch_end_event& e) override { epochs.push_back(e.history.back()); }
+  void on_epoch_end(const train::epoch_end_event& e) override {
+    epochs.push_back(e.history.back());
+  }
   void on_run_end(const run_summary& s, const std::vector<epoch_record>&) override {
     ++runs_ended;
     summary = s;
@@ -1147,8 +1153,8 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
     double want = 0, want2 = 0, got = 0, got2 = 0;
     for (std::size_t i = 0; i < 24; ++i)
       for (std::size_t j = 0; j < 16; ++j) {
-        const double v = (train_set.pixels[(i * 2 + c) * 16 + j] - o.normalise.mean[c]) /
-                         o.normalise.stddev[c];
+        const double v =
+            (train_set.pixels[(i * 2 + c) * 16 + j] - o.normalise.mean[c]) / o.normalise.stddev[c];
         want += v;
         want2 += v * v;
         const double g = seen(i, c, j / 4, j % 4);

@@ -61,8 +61,8 @@ struct epoch_end_event {
 
 struct stop_event {
   std::string_view phase;
-  std::size_t epoch = 0; ///< 1-based epoch within the phase where the run stops
-  std::size_t step = 0;  ///< steps of that epoch done; 0 = stopped at the epoch's end
+  std::size_t epoch = 0;    ///< 1-based epoch within the phase where the run stops
+  std::size_t step = 0;     ///< steps of that epoch done; 0 = stopped at the epoch's end
   bool interrupted = false; ///< SIGINT/SIGTERM (else a stop_after_* limit)
   const checkpoint_writer& save_checkpoint;
 };
@@ -89,9 +89,7 @@ public:
   void on_epoch_begin(const epoch_begin_event& e) override {
     bar_.begin_epoch(e.phase, e.epoch, e.epochs, e.steps);
   }
-  void on_step(const step_event& e) override {
-    bar_.update(e.step, e.images, e.loss, e.accuracy);
-  }
+  void on_step(const step_event& e) override { bar_.update(e.step, e.images, e.loss, e.accuracy); }
   void on_epoch_end(const epoch_end_event& e) override {
     bar_.end_epoch();
     out_ << format_epoch_line(e.history.back(), e.epochs);

@@ -50,11 +50,9 @@ struct step_result {
 /// when `penalty` is set, then (all finite) `optimizer.step` and the quantizers' projection.
 /// The optimizer's learning rate is the caller's (set it from a schedule before the step).
 template <class Net, class Loss, class Optimizer>
-  requires classification_loss<Loss, typename Net::value_type>
-step_result<typename Net::value_type> train_step(Net& net, Loss& loss, Optimizer& optimizer,
-                                                 const typename Net::input_type& x,
-                                                 const std::vector<std::int32_t>& y,
-                                                 const quant::size_penalty* penalty = nullptr) {
+requires classification_loss<Loss, typename Net::value_type> step_result<typename Net::value_type>
+train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input_type& x,
+           const std::vector<std::int32_t>& y, const quant::size_penalty* penalty = nullptr) {
   using T = typename Net::value_type;
   auto params = [&](auto&& f) { net.visit_parameters(f); };
   auto quantizers = [&](auto&& f) { net.visit_quantizers(f); };

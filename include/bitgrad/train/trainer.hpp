@@ -581,11 +581,14 @@ private:
     auto stopped = [&](std::size_t epoch, std::size_t step, const checkpoint_writer& save) {
       const bool interrupted = interrupt_requested().load();
       notify([&](observer& o) {
-        o.on_stop({.phase = name, .epoch = epoch + 1, .step = step, .interrupted = interrupted,
+        o.on_stop({.phase = name,
+                   .epoch = epoch + 1,
+                   .step = step,
+                   .interrupted = interrupted,
                    .save_checkpoint = save});
       });
-      say(std::string(interrupted ? "interrupted" : "stopped") +
-          (step > 0 ? " at " : " after ") + name + " epoch " + std::to_string(epoch + 1) +
+      say(std::string(interrupted ? "interrupted" : "stopped") + (step > 0 ? " at " : " after ") +
+          name + " epoch " + std::to_string(epoch + 1) +
           (step > 0 ? " step " + std::to_string(step) : std::string()) +
           (opt_.out_dir.empty() ? std::string() : "; checkpoint written, continue with --resume"));
     };
@@ -594,13 +597,14 @@ private:
       auto t0 = std::chrono::steady_clock::now();
       net.train(true);
       notify([&](observer& o) {
-        o.on_epoch_begin({.phase = name, .epoch = epoch + 1, .epochs = po.epochs,
-                          .steps = per_epoch});
+        o.on_epoch_begin(
+            {.phase = name, .epoch = epoch + 1, .epochs = po.epochs, .steps = per_epoch});
       });
       while (part.step < per_epoch && batches.next(x, y)) {
         optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, epoch * per_epoch + part.step));
         const auto r = train_step(net, loss, optimizer, x, y, penalty);
-        if (!r.bad.empty() && !opt_.skip_nonfinite) throw step_failure(phase, epoch, part.step, r.bad);
+        if (!r.bad.empty() && !opt_.skip_nonfinite)
+          throw step_failure(phase, epoch, part.step, r.bad);
         if (r.bad.empty()) {
           part.loss_sum += static_cast<double>(r.loss) * static_cast<double>(y.size());
           part.correct += r.correct;
@@ -654,8 +658,8 @@ private:
       });
       ++epochs_this_run_;
       const bool last = phase == 2 && epoch + 1 == po.epochs;
-      if (!last && (stopping() ||
-                    (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs))) {
+      if (!last &&
+          (stopping() || (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs))) {
         stopped(epoch, 0, save);
         return false;
       }
