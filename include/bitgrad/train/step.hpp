@@ -49,8 +49,8 @@ struct step_result {
 /// One step of `net` on the batch (x, y): forward, loss, backward, the size penalty's gradient
 /// when `penalty` is set, then (all finite) `optimizer.step` and the quantizers' projection.
 /// The optimizer's learning rate is the caller's (set it from a schedule before the step).
-template <class Net, class Loss, class Optimizer>
-requires classification_loss<Loss, typename Net::value_type> step_result<typename Net::value_type>
+template <class Net, classification_loss<typename Net::value_type> Loss, class Optimizer>
+step_result<typename Net::value_type>
 train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input_type& x,
            const std::vector<std::int32_t>& y, const quant::size_penalty* penalty = nullptr) {
   using T = typename Net::value_type;
