@@ -634,19 +634,7 @@ private:
       // shortened one (max_steps_per_epoch) the rest of its batches as well.
       while (batches.next(x, y)) {
       }
-      epoch_record rec;
-      rec.phase = name;
-      rec.epoch = epoch + 1;
-      const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
-      rec.loss = part.images ? part.loss_sum / images : std::nan("");
-      rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
-      rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
-      const model_size size = measure_size(net);
-      rec.average_bits = size.average_bits();
-      rec.size_bytes = size.bytes();
-      rec.compression = size.compression();
-      rec.seconds = part.seconds +
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      epoch_record rec = record_epoch(net, name, epoch, part, t0);
       claim_out_dir(history, true);
       history.push_back(rec);
       const std::size_t skipped = part.skipped;
@@ -665,6 +653,27 @@ private:
       }
     }
     return true;
+  }
+
+  /// The record of a finished epoch: its training loss and accuracy from `part`, the test
+  /// accuracy and size of `net` now, the time since `t0` plus the time before a resume.
+  template <class Net>
+  epoch_record record_epoch(Net& net, const char* phase, std::size_t epoch,
+                            const partial_epoch& part, std::chrono::steady_clock::time_point t0) {
+    epoch_record rec;
+    rec.phase = phase;
+    rec.epoch = epoch + 1;
+    const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
+    rec.loss = part.images ? part.loss_sum / images : std::nan("");
+    rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
+    rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
+    const model_size size = measure_size(net);
+    rec.average_bits = size.average_bits();
+    rec.size_bytes = size.bytes();
+    rec.compression = size.compression();
+    rec.seconds =
+        part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return rec;
   }
 
   /// The error of a step whose loss or gradient is not finite (skip_nonfinite off).
