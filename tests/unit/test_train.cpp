@@ -1087,7 +1087,9 @@ struct sgd_parts {
   std::size_t* loss_calls;
   std::vector<double>* lrs;
   std::vector<double>* phase_lrs;
-  counting_loss loss() const { return {.inner = {}, .calls = loss_calls}; }
+  counting_loss loss() const {
+    return {.inner = nn::softmax_cross_entropy<float>(), .calls = loss_calls};
+  }
   recording_sgd optimizer(const train::phase_options& po, const train::trainer_options&) const {
     phase_lrs->push_back(po.lr);
     return recording_sgd({.lr = po.lr, .momentum = 0.9}, lrs);

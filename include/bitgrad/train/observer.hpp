@@ -31,6 +31,7 @@
 #include <optional>
 #include <ostream>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bitgrad::train {
