@@ -1134,6 +1134,7 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
   o.pretrain = {.epochs = 2, .lr = 0.05};
   o.search = {.epochs = 2, .lr = 0.02, .bits_lr = 0.1};
   o.finetune = {.epochs = 1, .lr = 0.01};
+  o.target_average_bits = 4.0; // 96 weights: per-group overhead needs more than 3
   o.normalise = {.mean = {100.0, 30.0}, .stddev = {50.0, 10.0}};
   o.log = nullptr;
   std::size_t loss_calls = 0;
