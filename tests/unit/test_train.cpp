@@ -1135,7 +1135,7 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
   o.search = {.epochs = 2, .lr = 0.02, .bits_lr = 0.1};
   o.finetune = {.epochs = 1, .lr = 0.01};
   o.target_average_bits = 4.0; // 96 weights: per-group overhead needs more than 3
-  o.normalise = {.mean = {100.0, 30.0}, .stddev = {50.0, 10.0}};
+  o.normalise = {.mean = {0.4, 0.1}, .stddev = {0.2, 0.05}};
   o.log = nullptr;
   std::size_t loss_calls = 0;
   std::vector<double> lrs, phase_lrs;
@@ -1146,7 +1146,7 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
   const auto r = t.run();
   REQUIRE(r.finished);
 
-  // The network saw (x - mean_c) / stddev_c: per channel, the sum and the sum of squares of the
+  // The network saw (pixel / 255 - mean_c) / stddev_c: per channel, the sum and the sum of squares of the
   // first batch (every training image, in some order) are those of the normalised pixels.
   REQUIRE(first_batch.size() == 1);
   const tensor4<float>& seen = first_batch[0];
@@ -1156,8 +1156,8 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
     double want = 0, want2 = 0, got = 0, got2 = 0;
     for (std::size_t i = 0; i < 24; ++i)
       for (std::size_t j = 0; j < 16; ++j) {
-        const double v =
-            (train_set.pixels[(i * 2 + c) * 16 + j] - o.normalise.mean[c]) / o.normalise.stddev[c];
+        const double p = train_set.pixels[(i * 2 + c) * 16 + j];
+        const double v = (p / 255 - o.normalise.mean[c]) / o.normalise.stddev[c];
         want += v;
         want2 += v * v;
         const double g = seen(i, c, j / 4, j % 4);
