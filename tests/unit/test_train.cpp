@@ -1146,8 +1146,8 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
   const auto r = t.run();
   REQUIRE(r.finished);
 
-  // The network saw (pixel / 255 - mean_c) / stddev_c: per channel, the sum and the sum of squares of the
-  // first batch (every training image, in some order) are those of the normalised pixels.
+  // The network saw (pixel / 255 - mean_c) / stddev_c: per channel, the sum and the sum of squares
+  // of the first batch (every training image, in some order) are those of the normalised pixels.
   REQUIRE(first_batch.size() == 1);
   const tensor4<float>& seen = first_batch[0];
   REQUIRE(seen.shape(0) == 24);
