@@ -235,7 +235,7 @@ std::vector<aggregate> aggregate_rows(const std::vector<run_row>& rows,
 // ---- the files -----------------------------------------------------------------------------
 
 /// A CSV line built cell by cell: text quoted as RFC 4180 asks, numbers in round-trip form and
-/// empty when not finite (train/csv.hpp).
+/// empty when not finite (report/csv.hpp).
 class csv_line {
 public:
   csv_line& text(std::string_view s) { return cell(bitgrad::csv_field(s)); }

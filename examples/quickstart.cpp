@@ -6,7 +6,6 @@
 
 #include <CLI/CLI.hpp>
 
-#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -27,7 +26,6 @@ int main(int argc, char** argv) {
 
   // LeNet-5 whose every conv/linear layer learns one bitwidth per output channel, in [2, 8].
   auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
-  auto params = [&](auto&& f) { net.visit_parameters(f); };
   auto quantizers = [&](auto&& f) { net.visit_quantizers(f); };
 
   optim::adam<float> opt({.lr = 1e-3});
@@ -44,24 +42,17 @@ int main(int argc, char** argv) {
   std::vector<std::int32_t> y;
   for (std::size_t step = 0; step < steps;) {
     if (!batches.next(x, y)) continue; // next epoch
-    net.zero_grad();
-    const float l = loss.forward(net.forward(x), y);
-    net.backward(loss.backward());
-    quant::apply_size_penalty(quantizers, penalty); // d(penalty)/d(bitwidths)
-    // Never step with a non-finite loss or gradient (NaN data, a divergent learning rate): it
-    // would turn weights and bitwidths into NaN. train::trainer makes the same check.
-    if (!std::isfinite(l)) {
-      std::fprintf(stderr, "step %zu: the loss is not finite\n", step + 1);
+    // forward, loss, backward, d(penalty)/d(bitwidths), Adam, then each quantizer keeps its
+    // bitwidths in [2, 8]; train::trainer takes the same step (train/step.hpp).
+    const auto r = train::train_step(net, loss, opt, x, y, &penalty);
+    // A non-finite loss or gradient (NaN data, a divergent learning rate) changed nothing: the
+    // step would have turned weights and bitwidths into NaN.
+    if (!r.bad.empty()) {
+      std::fprintf(stderr, "step %zu: %s\n", step + 1, r.bad.c_str());
       return 1;
     }
-    if (const std::string bad = optim::grad_is_finite<float>(params); !bad.empty()) {
-      std::fprintf(stderr, "step %zu: the gradient of %s is not finite\n", step + 1, bad.c_str());
-      return 1;
-    }
-    opt.step(params);
-    net.visit_quantizers([](std::string_view, auto& q) { q.project(); }); // keep b in [2, 8]
     if (++step % 100 == 0)
-      std::printf("step %4zu  loss %.4f  stored bits per weight %.2f\n", step, l,
+      std::printf("step %4zu  loss %.4f  stored bits per weight %.2f\n", step, r.loss,
                   quant::average_bits_per_weight(quantizers));
   }
   // Integer bitwidths within the size target, then the test accuracy. The model size counts

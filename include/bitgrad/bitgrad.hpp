@@ -51,7 +51,9 @@
 #include <bitgrad/train/export.hpp>
 #include <bitgrad/train/npz_export.hpp>
 #include <bitgrad/train/npz_import.hpp>
+#include <bitgrad/train/observer.hpp>
 #include <bitgrad/train/onnx_export.hpp>
 #include <bitgrad/train/sensitivity.hpp>
+#include <bitgrad/train/step.hpp>
 #include <bitgrad/train/trainer.hpp>
 #include <bitgrad/version.hpp>

@@ -1,12 +1,12 @@
 // Training records as text: the run summary's JSON, the CSV epoch log, the SVG charts,
 // the HTML report and the progress lines. Output is parsed back (nlohmann/json, a CSV
 // splitter, an XML tag-stack checker) and compared with exact values.
-#include <bitgrad/train/csv.hpp>
-#include <bitgrad/train/json.hpp>
-#include <bitgrad/train/progress.hpp>
-#include <bitgrad/train/records.hpp>
-#include <bitgrad/train/report.hpp>
-#include <bitgrad/train/svg.hpp>
+#include <bitgrad/report/csv.hpp>
+#include <bitgrad/report/json.hpp>
+#include <bitgrad/report/progress.hpp>
+#include <bitgrad/report/records.hpp>
+#include <bitgrad/report/report.hpp>
+#include <bitgrad/report/svg.hpp>
 
 #include <doctest/doctest.h>
 

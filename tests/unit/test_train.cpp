@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -115,35 +116,34 @@ TEST_CASE("training on the Fashion-MNIST sample learns and moves bitwidths to th
     CHECK(text.str().find(key) != std::string::npos);
 }
 
-TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical") {
-  auto options = [](const fs::path& out) {
-    auto o = quick_options(out);
-    o.pretrain.epochs = 2;
-    o.search.epochs = 2;
-    o.finetune.epochs = 2;
-    o.max_steps_per_epoch = 6;
-    return o;
-  };
-  temp_dir straight("bitgrad-train-straight");
+namespace {
+
+/// When a run stops: after this many epochs, or this many steps (0 = no such limit).
+struct stop_rule {
+  std::size_t epochs = 0, steps = 0;
+};
+
+/// Trains straight through with options(dir), then again under each stop rule, stopping and
+/// resuming until done (a fresh process each time: new networks from make_fp32/make_q, state
+/// only from the checkpoint); every resumed run must end with the straight run's parameters,
+/// bit for bit, and its whole history (`epochs` records).
+template <class Options, class MakeQuant>
+void check_resume_bit_identical(const std::string& name, Options options, MakeQuant make_q,
+                                std::initializer_list<stop_rule> rules, std::size_t epochs) {
+  temp_dir straight(name + "-straight");
   auto fp32_a = make_fp32();
-  auto q_a = make_quant();
+  auto q_a = make_q();
   train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
   REQUIRE(a.run().finished);
-
-  struct stop_rule {
-    std::size_t epochs, steps;
-  };
-  for (const stop_rule rule :
-       {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 4}, stop_rule{0, 7}}) {
+  for (const stop_rule rule : rules) {
     CAPTURE(rule.epochs);
     CAPTURE(rule.steps);
-    temp_dir resumed("bitgrad-train-resumed");
+    temp_dir resumed(name + "-resumed");
     bool finished = false;
     int runs = 0;
     while (!finished) {
-      // A fresh process each time: new networks, state only from the checkpoint.
       auto fp32_b = make_fp32();
-      auto q_b = make_quant();
+      auto q_b = make_q();
       auto o = options(resumed.path);
       o.stop_after_epochs = rule.epochs;
       o.stop_after_steps = rule.steps;
@@ -155,11 +155,27 @@ TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical"
       REQUIRE(runs < 20);
       if (finished) {
         CHECK(all_parameters(q_b) == all_parameters(q_a));
-        CHECK(r.history.size() == 6);
+        CHECK(r.history.size() == epochs);
       }
     }
     CHECK(runs > 1);
   }
+}
+
+} // namespace
+
+TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical") {
+  auto options = [](const fs::path& out) {
+    auto o = quick_options(out);
+    o.pretrain.epochs = 2;
+    o.search.epochs = 2;
+    o.finetune.epochs = 2;
+    o.max_steps_per_epoch = 6;
+    return o;
+  };
+  check_resume_bit_identical("bitgrad-train", options, make_quant,
+                             {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 4}, stop_rule{0, 7}},
+                             6);
 }
 
 TEST_CASE("checkpoints round-trip and reject corruption and other architectures") {
@@ -379,32 +395,9 @@ TEST_CASE("a noise_bits run interrupted and resumed ends bit-identical (the nois
     return o;
   };
   auto make_noise = [] { return nn::lenet5<float, quant::noise_bits>({.seed = 3}); };
-  temp_dir straight("bitgrad-train-noise-straight");
-  auto fp32_a = make_fp32();
-  auto q_a = make_noise();
-  train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
-  REQUIRE(a.run().finished);
   // Stops inside the search phase: at its first epoch's end, and mid-epoch.
-  for (const std::size_t steps : {std::size_t{12}, std::size_t{9}}) {
-    CAPTURE(steps);
-    temp_dir resumed("bitgrad-train-noise-resumed");
-    bool finished = false;
-    int runs = 0;
-    while (!finished) {
-      auto fp32_b = make_fp32();
-      auto q_b = make_noise();
-      auto o = options(resumed.path);
-      o.stop_after_steps = steps;
-      o.resume = true;
-      train::trainer b(fp32_b, q_b, sample_train(), sample_test(), o);
-      const auto r = b.run();
-      finished = r.finished;
-      ++runs;
-      REQUIRE(runs < 20);
-      if (finished) CHECK(all_parameters(q_b) == all_parameters(q_a));
-    }
-    CHECK(runs > 1);
-  }
+  check_resume_bit_identical("bitgrad-train-noise", options, make_noise,
+                             {stop_rule{0, 12}, stop_rule{0, 9}}, 4);
 }
 
 TEST_CASE("checkpoint_data writes and reads itself, and rejects what it does not understand") {
@@ -1034,4 +1027,171 @@ TEST_CASE("resuming names a malformed checkpoint field: file, field, expected an
   // The metadata as written resumes (the pretraining goes on from epoch 1) and finishes.
   write_checkpoint(good);
   CHECK(resume_message() == "no format_error");
+}
+
+namespace {
+
+/// 2 x 4 x 4 images of 3 classes; channel 0 spans 0..255, channel 1 stays small.
+dataset synthetic_images(std::size_t n, std::size_t offset) {
+  dataset d;
+  d.channels = 2;
+  d.height = 4;
+  d.width = 4;
+  d.classes = 3;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t k = i + offset;
+    for (std::size_t j = 0; j < 16; ++j)
+      d.pixels.push_back(static_cast<std::uint8_t>((k * 7 + j * 13) % 256));
+    for (std::size_t j = 0; j < 16; ++j)
+      d.pixels.push_back(static_cast<std::uint8_t>((k * 3 + j) % 64));
+    d.labels.push_back(static_cast<std::int32_t>(k % 3));
+  }
+  return d;
+}
+
+/// An identity layer that keeps the first batch it sees in training mode.
+struct input_probe : nn::identity<float, 4> {
+  std::vector<tensor4<float>>* first;
+  explicit input_probe(std::vector<tensor4<float>>* f)
+      : nn::identity<float, 4>("probe"), first(f) {}
+  const tensor4<float>& forward(const tensor4<float>& x) {
+    if (training() && first->empty()) first->push_back(x);
+    return x;
+  }
+};
+
+/// SGD that records every learning rate the trainer sets.
+struct recording_sgd : optim::sgd<float> {
+  std::vector<double>* lrs;
+  recording_sgd(const optim::sgd_options& o, std::vector<double>* l)
+      : optim::sgd<float>(o), lrs(l) {}
+  void set_lr(double lr) {
+    lrs->push_back(lr);
+    optim::sgd<float>::set_lr(lr);
+  }
+};
+
+/// Softmax cross-entropy, counting its forward calls (a user's own loss wrapping the library's).
+struct counting_loss {
+  nn::softmax_cross_entropy<float> inner;
+  std::size_t* calls;
+  float forward(const tensor2<float>& logits, const std::vector<std::int32_t>& labels) {
+    ++*calls;
+    return inner.forward(logits, labels);
+  }
+  const tensor2<float>& backward() { return inner.backward(); }
+};
+
+/// The parts: the loss above, SGD with momentum, a constant learning rate within each phase.
+struct sgd_parts {
+  std::size_t* loss_calls;
+  std::vector<double>* lrs;
+  std::vector<double>* phase_lrs;
+  counting_loss loss() const {
+    return {.inner = nn::softmax_cross_entropy<float>(), .calls = loss_calls};
+  }
+  recording_sgd optimizer(const train::phase_options& po, const train::trainer_options&) const {
+    phase_lrs->push_back(po.lr);
+    return recording_sgd({.lr = po.lr, .momentum = 0.9}, lrs);
+  }
+  optim::constant_schedule schedule(std::size_t) const { return {}; }
+};
+
+/// What a user's observer saw.
+struct recording_observer : train::observer {
+  std::vector<epoch_record> epochs;
+  std::vector<std::size_t> steps_per_epoch;
+  std::size_t steps = 0, runs_ended = 0;
+  run_summary summary;
+  void on_epoch_begin(const train::epoch_begin_event& e) override {
+    steps_per_epoch.push_back(e.steps);
+  }
+  void on_step(const train::step_event&) override { ++steps; }
+  void on_epoch_end(const train::epoch_end_event& e) override {
+    epochs.push_back(e.history.back());
+  }
+  void on_run_end(const run_summary& s, const std::vector<epoch_record>&) override {
+    ++runs_ended;
+    summary = s;
+  }
+};
+
+} // namespace
+
+TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, optimizer, "
+          "schedule and observer") {
+  const dataset train_set = synthetic_images(24, 0);
+  const dataset test_set = synthetic_images(12, 100);
+  std::vector<tensor4<float>> first_batch;
+  auto fp32 = nn::sequential(
+      input_probe(&first_batch), nn::flatten<float>("flatten"),
+      nn::linear<float>({.in_features = 32, .out_features = 3, .seed = 5, .name = "fc"}));
+  auto q = nn::sequential(input_probe(&first_batch), nn::flatten<float>("flatten"),
+                          nn::linear<float, quant::frac_bits>(
+                              {.in_features = 32, .out_features = 3, .seed = 5, .name = "fc"}));
+  train::trainer_options o;
+  o.batch_size = 24; // one step per epoch: the first batch holds every training image
+  o.pretrain = {.epochs = 2, .lr = 0.05};
+  o.search = {.epochs = 2, .lr = 0.02, .bits_lr = 0.1};
+  o.finetune = {.epochs = 1, .lr = 0.01};
+  o.target_average_bits = 4.0; // 96 weights: per-group overhead needs more than 3
+  o.normalise = {.mean = {0.4, 0.1}, .stddev = {0.2, 0.05}};
+  o.log = nullptr;
+  std::size_t loss_calls = 0;
+  std::vector<double> lrs, phase_lrs;
+  train::trainer t(fp32, q, train_set, test_set, o,
+                   sgd_parts{.loss_calls = &loss_calls, .lrs = &lrs, .phase_lrs = &phase_lrs});
+  recording_observer seen_by_user;
+  t.add_observer(seen_by_user);
+  const auto r = t.run();
+  REQUIRE(r.finished);
+
+  // The network saw (pixel / 255 - mean_c) / stddev_c: per channel, the sum and the sum of squares
+  // of the first batch (every training image, in some order) are those of the normalised pixels.
+  REQUIRE(first_batch.size() == 1);
+  const tensor4<float>& seen = first_batch[0];
+  REQUIRE(seen.shape(0) == 24);
+  REQUIRE(seen.shape(1) == 2);
+  for (std::size_t c = 0; c < 2; ++c) {
+    double want = 0, want2 = 0, got = 0, got2 = 0;
+    for (std::size_t i = 0; i < 24; ++i)
+      for (std::size_t j = 0; j < 16; ++j) {
+        const double p = train_set.pixels[(i * 2 + c) * 16 + j];
+        const double v = (p / 255 - o.normalise.mean[c]) / o.normalise.stddev[c];
+        want += v;
+        want2 += v * v;
+        const double g = seen(i, c, j / 4, j % 4);
+        got += g;
+        got2 += g * g;
+      }
+    CAPTURE(c);
+    CHECK(got == doctest::Approx(want).epsilon(1e-5));
+    CHECK(got2 == doctest::Approx(want2).epsilon(1e-5));
+  }
+
+  // The parts: one SGD per phase at the phase's lr, held constant by the schedule; the user's
+  // loss took every one of the 5 steps.
+  CHECK(phase_lrs == std::vector<double>{0.05, 0.02, 0.01});
+  CHECK(lrs == std::vector<double>{0.05, 0.05, 0.02, 0.02, 0.01});
+  CHECK(loss_calls == 5);
+
+  // The observer saw the 5 epochs of the run's history, one step each, and its end.
+  REQUIRE(seen_by_user.epochs.size() == 5);
+  REQUIRE(r.history.size() == 5);
+  const char* phases[] = {"pretrain", "pretrain", "search", "search", "finetune"};
+  const std::size_t numbers[] = {1, 2, 1, 2, 1};
+  for (std::size_t i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    CHECK(seen_by_user.epochs[i].phase == phases[i]);
+    CHECK(seen_by_user.epochs[i].epoch == numbers[i]);
+    CHECK(seen_by_user.epochs[i].loss == r.history[i].loss);
+    CHECK(seen_by_user.epochs[i].test_accuracy == r.history[i].test_accuracy);
+    CHECK(std::isfinite(r.history[i].loss));
+  }
+  CHECK(seen_by_user.steps_per_epoch == std::vector<std::size_t>(5, 1));
+  CHECK(seen_by_user.steps == 5);
+  CHECK(seen_by_user.runs_ended == 1);
+  CHECK(seen_by_user.summary.quant_accuracy == r.summary.quant_accuracy);
+  CHECK(r.summary.quant_accuracy ==
+        train::evaluate(q, test_set, o.normalise).accuracy); // the same normalisation in tests
 }

@@ -62,8 +62,11 @@ struct cosine_schedule {
   double factor(std::size_t step) const {
     if (total_steps == 0) throw config_error("cosine_schedule: total_steps must be > 0");
     if (step >= total_steps) return min_factor;
-    const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
+    // pi * step / total_steps in this order: the trainer's learning rates (and so its runs,
+    // bit for bit) have been computed this way since before it used this schedule.
+    const double angle =
+        std::numbers::pi * static_cast<double>(step) / static_cast<double>(total_steps);
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + std::cos(angle));
   }
 };
 

@@ -58,7 +58,7 @@
 #include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
 #include <bitgrad/quant/group_quantizer.hpp>
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <charconv>
 #include <cmath>

@@ -27,7 +27,7 @@
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/visit.hpp>
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <algorithm>
 #include <cstddef>

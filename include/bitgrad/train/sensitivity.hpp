@@ -46,7 +46,7 @@
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/visit.hpp>
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -36,27 +36,35 @@
 // The networks are twins: check_twins (train/model_info.hpp) runs at construction, so a
 // parameter that exists in one network only is named before pretraining starts.
 //
-// The learning rate follows a cosine schedule within each phase:
-//   lr(t) = lr_0 * (1 + cos(pi * t / T)) / 2,  t = step within the phase, T = steps in the phase.
+// The parts (a trainer is a loop with hooks):
+//   step       train/step.hpp: forward, loss, backward, optimizer step, projection; the same
+//              function a hand-written loop calls (examples/quickstart.cpp).
+//   parts      the loss, each phase's optimizer and its learning-rate schedule (default_parts:
+//              softmax cross-entropy; Adam; cosine within each phase,
+//              lr(t) = lr_0 * (1 + cos(pi * t / T)) / 2, t = step within the phase, T = steps in
+//              the phase, optim/schedule.hpp). A user passes their own parts struct.
+//   observers  train/observer.hpp: progress and epoch lines, the CSV log, the checkpoint and the
+//              report are observers; add_observer adds a user's own.
+//   data       any dataset of images; trainer_options::normalise is its per-channel mean and
+//              standard deviation (the default: Fashion-MNIST's).
 #pragma once
 
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/optim/adam.hpp>
-#include <bitgrad/optim/clip.hpp>
+#include <bitgrad/optim/schedule.hpp>
 #include <bitgrad/quant/budget.hpp>
 #include <bitgrad/quant/penalty.hpp>
 #include <bitgrad/quant/quantizer.hpp>
+#include <bitgrad/report/progress.hpp>
+#include <bitgrad/report/records.hpp>
 #include <bitgrad/train/checkpoint.hpp>
-#include <bitgrad/train/csv.hpp>
 #include <bitgrad/train/evaluate.hpp>
-#include <bitgrad/train/json.hpp>
 #include <bitgrad/train/model_info.hpp>
-#include <bitgrad/train/progress.hpp>
-#include <bitgrad/train/records.hpp>
-#include <bitgrad/train/report.hpp>
+#include <bitgrad/train/observer.hpp>
 #include <bitgrad/train/sensitivity.hpp>
+#include <bitgrad/train/step.hpp>
 
 #include <array>
 #include <atomic>
@@ -67,7 +75,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <iostream>
-#include <numbers>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -128,7 +136,10 @@ struct trainer_options {
   /// (docs/results.md, "Issue #11").
   bits_normalisation bits_moment = bits_normalisation::per_layer;
   std::uint64_t seed = 1;
-  loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}}; ///< Fashion-MNIST statistics
+  /// The inputs' per-channel mean and standard deviation: the loader feeds (x - mean) / stddev
+  /// to the network in training, evaluation and export. The default is Fashion-MNIST's; set
+  /// your dataset's own.
+  loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}};
   std::size_t max_steps_per_epoch = 0; ///< 0 = whole epochs (tests use a few steps)
   std::size_t stop_after_epochs = 0;   ///< stop (with a checkpoint) after this many epochs
   std::size_t stop_after_steps = 0;    ///< stop (with a checkpoint) after this many steps
@@ -155,6 +166,32 @@ struct run_result {
   std::vector<epoch_record> history;
   bool finished = false;         ///< false when stopped early (stop_after_*, SIGINT, SIGTERM)
   std::size_t skipped_steps = 0; ///< batches skipped for non-finite values (skip_nonfinite)
+};
+
+/// The parts every phase trains with: the loss, a fresh optimizer per phase and the
+/// learning-rate schedule over a phase's steps. A user's own parts struct has the same three
+/// members (any train::classification_loss, any optimizer with step/set_lr/save/load as
+/// optim::adam and optim::sgd have, any optim::lr_schedule).
+template <class T>
+struct default_parts {
+  /// Softmax cross-entropy on the logits.
+  nn::softmax_cross_entropy<T> loss() const { return nn::softmax_cross_entropy<T>(); }
+
+  /// Adam at the phase's lr; bitwidths at bits_lr and scales at scale_lr when set (no weight
+  /// decay); the bitwidths' second moment shared per layer when options.bits_moment says so.
+  optim::adam<T> optimizer(const phase_options& po, const trainer_options& options) const {
+    optim::adam<T> adam({.lr = po.lr});
+    if (po.bits_lr > 0) adam.set_group(param_kind::bitwidth, {.lr = po.bits_lr, .weight_decay = 0});
+    if (options.bits_moment == bits_normalisation::per_layer)
+      adam.set_shared_second_moment(param_kind::bitwidth);
+    if (po.scale_lr > 0) adam.set_group(param_kind::scale, {.lr = po.scale_lr, .weight_decay = 0});
+    return adam;
+  }
+
+  /// Cosine from the phase's lr down to 0 over its steps.
+  optim::cosine_schedule schedule(std::size_t total_steps) const {
+    return {.total_steps = total_steps};
+  }
 };
 
 /// Set by the SIGINT/SIGTERM handlers that install_interrupt_handlers() installs; the trainer
@@ -189,7 +226,9 @@ inline const char* phase_name(int phase) {
 
 /// Runs the three phases on `fp32` (a no_quant network) and `quantized` (its twin with
 /// learned bitwidths), with `train_set` for training and `test_set` for the test accuracy.
-template <class FloatNet, class QuantNet>
+/// Parts: the loss, optimizer and schedule (default_parts above).
+template <class FloatNet, class QuantNet,
+          class Parts = default_parts<typename QuantNet::value_type>>
 class trainer {
 public:
   using T = typename QuantNet::value_type;
@@ -200,9 +239,9 @@ public:
                 "(put nn::flatten before the first linear)");
 
   trainer(FloatNet& fp32, QuantNet& quantized, const dataset& train_set, const dataset& test_set,
-          trainer_options options)
+          trainer_options options, Parts parts = {})
       : fp32_(fp32), quant_(quantized), train_(train_set), test_(test_set),
-        opt_(std::move(options)) {
+        opt_(std::move(options)), parts_(std::move(parts)) {
     if (opt_.batch_size == 0) throw config_error("trainer: batch size must be >= 1, got 0");
     if (train_.size() == 0) throw config_error("trainer: the training set is empty");
     if (test_.size() == 0) throw config_error("trainer: the test set is empty");
@@ -238,6 +277,10 @@ public:
   const dataset& train_set() const { return train_; }
   const trainer_options& options() const { return opt_; }
 
+  /// Adds `o` after the built-in observers (progress, CSV log, checkpoint, report); it must
+  /// outlive run().
+  void add_observer(observer& o) { user_observers_.push_back(&o); }
+
   /// The size target in bits: the model's stored bits (biases included), as
   /// measure_size(net).total_bits() counts them.
   double target_bits() {
@@ -260,7 +303,16 @@ public:
     std::optional<checkpoint_data> resumed;
     const auto ckpt = checkpoint_path();
 
-    csv_.reset();
+    // The built-in observers, in the order they have always acted: the log's row, the epoch
+    // line, the checkpoint; the report at the end.
+    builtin_observers_.clear();
+    if (!opt_.out_dir.empty()) builtin_observers_.push_back(std::make_unique<csv_observer>());
+    if (opt_.log)
+      builtin_observers_.push_back(std::make_unique<progress_observer>(*opt_.log, opt_.terminal));
+    if (!opt_.out_dir.empty()) {
+      builtin_observers_.push_back(std::make_unique<checkpoint_observer>(ckpt));
+      builtin_observers_.push_back(std::make_unique<report_observer>(opt_.out_dir));
+    }
     claimed_ = false;
     const bool resuming = opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt);
     if (!resuming) check_out_dir_free();
@@ -322,11 +374,8 @@ public:
             ", rank correlation bits vs sensitivity " + std::to_string(l.rank_correlation) +
             ", estimate vs exact " + std::to_string(l.estimate_correlation));
     }
-    if (!opt_.out_dir.empty()) {
-      claim_out_dir(result.history, true);
-      write_file_atomically(opt_.out_dir / "summary.json", to_json(result.summary));
-      write_report(opt_.out_dir / "report.html", result.history, result.summary);
-    }
+    claim_out_dir(result.history, true);
+    notify([&](observer& o) { o.on_run_end(result.summary, result.history); });
     return result;
   }
 
@@ -433,8 +482,7 @@ private:
     if (replace)
       for (const char* f : run_files) std::filesystem::remove(opt_.out_dir / f);
     std::filesystem::create_directories(opt_.out_dir);
-    csv_.emplace(opt_.out_dir / "log.csv");
-    for (const auto& e : history) csv_->append(e);
+    notify([&](observer& o) { o.on_out_dir(opt_.out_dir, history); });
     claimed_ = true;
   }
 
@@ -476,7 +524,8 @@ private:
     return out.str();
   }
 
-  /// Runs the epochs after `done` of one phase; false when stopped early.
+  /// Runs the epochs after `done` of one phase with the parts' loss, a fresh optimizer and
+  /// the schedule over the phase's steps; false when stopped early.
   template <class Net, class Elapsed>
   bool run_phase(Net& net, int phase, const phase_options& po, std::size_t done,
                  const std::optional<checkpoint_data>& resumed, const quant::size_penalty* penalty,
@@ -485,103 +534,80 @@ private:
     // Nothing needs dL/d(input image): the first layer skips computing it.
     if constexpr (requires { net.template get<0>().set_input_grad(false); })
       net.template get<0>().set_input_grad(false);
+    const char* name = detail::phase_name(phase);
     loader_options lo = opt_.normalise;
     lo.batch_size = opt_.batch_size;
     lo.shuffle = true;
     lo.seed = opt_.seed * 1000003u + static_cast<std::uint64_t>(phase);
     loader<T> batches(train_, lo);
-    optim::adam<T> adam({.lr = po.lr});
-    if (po.bits_lr > 0) adam.set_group(param_kind::bitwidth, {.lr = po.bits_lr, .weight_decay = 0});
-    if (opt_.bits_moment == bits_normalisation::per_layer)
-      adam.set_shared_second_moment(param_kind::bitwidth);
-    if (po.scale_lr > 0) adam.set_group(param_kind::scale, {.lr = po.scale_lr, .weight_decay = 0});
+    auto loss = parts_.loss();
+    auto optimizer = parts_.optimizer(po, opt_);
     partial_epoch part;
     if (resumed) {
       batches.restore(resumed->saved_loader());
       io::byte_reader state = resumed->optimizer_reader();
-      adam.load(state);
-      const auto& m = resumed->meta;
-      if (m.count("step")) {
-        part.step = static_cast<std::size_t>(meta_unsigned(*resumed, "step"));
-        part.images = static_cast<std::size_t>(meta_unsigned(*resumed, "images"));
-        part.correct = static_cast<std::size_t>(meta_unsigned(*resumed, "correct"));
-        part.skipped = static_cast<std::size_t>(meta_unsigned(*resumed, "skipped"));
-        part.loss_sum = meta_real(*resumed, "loss_sum");
-        part.seconds = meta_real(*resumed, "epoch_seconds");
-      }
+      optimizer.load(state);
+      if (resumed->meta.count("step")) part = read_partial_epoch(*resumed);
     }
     const std::size_t per_epoch =
         opt_.max_steps_per_epoch ? std::min(opt_.max_steps_per_epoch, batches.batches_per_epoch())
                                  : batches.batches_per_epoch();
-    const std::size_t total_steps = per_epoch * po.epochs;
-    auto params = [&](auto&& f) { net.visit_parameters(f); };
-    auto quants = [&](auto&& f) { net.visit_quantizers(f); };
-    nn::softmax_cross_entropy<T> loss;
-    progress_bar bar(opt_.log ? *opt_.log : std::cout, opt_.log && opt_.terminal);
+    const auto schedule = parts_.schedule(per_epoch * po.epochs);
     tensor4<T> x;
     std::vector<std::int32_t> y;
 
-    auto checkpoint = [&](std::size_t epochs_done, const partial_epoch& p) {
-      if (opt_.out_dir.empty()) return;
-      claim_out_dir(history, true);
-      checkpoint_data data;
-      data.meta["phase"] = detail::phase_name(phase);
-      data.meta["epoch"] = std::to_string(epochs_done);
-      data.meta["fp32_accuracy"] = exact(fp32_accuracy);
-      data.meta["seconds"] = exact(elapsed());
-      data.history = history;
-      if (p.step > 0) { // mid-epoch
-        data.meta["step"] = std::to_string(p.step);
-        data.meta["images"] = std::to_string(p.images);
-        data.meta["correct"] = std::to_string(p.correct);
-        data.meta["skipped"] = std::to_string(p.skipped);
-        data.meta["loss_sum"] = exact(p.loss_sum);
-        data.meta["epoch_seconds"] = exact(p.seconds);
-      }
-      io::byte_writer state;
-      adam.save(state);
-      data.optimizer_state = state.take();
-      data.loader = batches.state();
-      save_checkpoint(checkpoint_path(), net, data);
+    // A checkpoint of this phase after `epochs_done` epochs and `p` of the next.
+    auto checkpoint_at = [&](std::size_t epochs_done, const partial_epoch& p) -> checkpoint_writer {
+      return [&, epochs_done, p](const std::filesystem::path& path) {
+        claim_out_dir(history, true);
+        checkpoint_data data;
+        data.meta["phase"] = name;
+        data.meta["epoch"] = std::to_string(epochs_done);
+        data.meta["fp32_accuracy"] = exact(fp32_accuracy);
+        data.meta["seconds"] = exact(elapsed());
+        data.history = history;
+        if (p.step > 0) write_partial_epoch(data, p); // mid-epoch
+        io::byte_writer state;
+        optimizer.save(state);
+        data.optimizer_state = state.take();
+        data.loader = batches.state();
+        save_checkpoint(path, net, data);
+      };
     };
-    auto step_failure = [&](std::size_t epoch, std::size_t step, const std::string& what) {
-      // Before this run's first file, a checkpoint in out_dir is the previous run's.
-      std::string files;
-      if (claimed_ && std::filesystem::exists(checkpoint_path()))
-        files = "; the last checkpoint (" + checkpoint_path().string() + ") is intact";
-      else if (!claimed_ && !present_run_files().empty())
-        files = "; the run already in " + opt_.out_dir.string() + " is untouched";
-      return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
-                                std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
-                                ": " + what + files);
+    auto stopping = [&] {
+      return interrupt_requested().load() ||
+             (opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps);
+    };
+    auto stopped = [&](std::size_t epoch, std::size_t step, const checkpoint_writer& save) {
+      const bool interrupted = interrupt_requested().load();
+      notify([&](observer& o) {
+        o.on_stop({.phase = name,
+                   .epoch = epoch + 1,
+                   .step = step,
+                   .interrupted = interrupted,
+                   .save_checkpoint = save});
+      });
+      say(std::string(interrupted ? "interrupted" : "stopped") + (step > 0 ? " at " : " after ") +
+          name + " epoch " + std::to_string(epoch + 1) +
+          (step > 0 ? " step " + std::to_string(step) : std::string()) +
+          (opt_.out_dir.empty() ? std::string() : "; checkpoint written, continue with --resume"));
     };
 
     for (std::size_t epoch = done; epoch < po.epochs; ++epoch) {
       auto t0 = std::chrono::steady_clock::now();
       net.train(true);
-      bar.begin_epoch(detail::phase_name(phase), epoch + 1, po.epochs, per_epoch);
+      notify([&](observer& o) {
+        o.on_epoch_begin(
+            {.phase = name, .epoch = epoch + 1, .epochs = po.epochs, .steps = per_epoch});
+      });
       while (part.step < per_epoch && batches.next(x, y)) {
-        const std::size_t global = epoch * per_epoch + part.step;
-        adam.set_lr(po.lr * 0.5 *
-                    (1.0 + std::cos(std::numbers::pi * static_cast<double>(global) /
-                                    static_cast<double>(total_steps))));
-        net.zero_grad();
-        const auto& logits = net.forward(x);
-        const T l = loss.forward(logits, y);
-        const std::size_t right = nn::count_correct(logits, y);
-        net.backward(loss.backward());
-        if (penalty) quant::apply_size_penalty(quants, *penalty);
-        std::string bad;
-        if (!std::isfinite(static_cast<double>(l)))
-          bad = "the loss is not finite";
-        else if (const std::string p = optim::grad_is_finite<T>(params); !p.empty())
-          bad = "the gradient of " + p + " is not finite";
-        if (!bad.empty() && !opt_.skip_nonfinite) throw step_failure(epoch, part.step, bad);
-        if (bad.empty()) {
-          adam.step(params);
-          net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
-          part.loss_sum += static_cast<double>(l) * static_cast<double>(y.size());
-          part.correct += right;
+        optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, epoch * per_epoch + part.step));
+        const auto r = train_step(net, loss, optimizer, x, y, penalty);
+        if (!r.bad.empty() && !opt_.skip_nonfinite)
+          throw step_failure(phase, epoch, part.step, r.bad);
+        if (r.bad.empty()) {
+          part.loss_sum += static_cast<double>(r.loss) * static_cast<double>(y.size());
+          part.correct += r.correct;
           part.images += y.size();
         } else {
           ++part.skipped;
@@ -589,23 +615,18 @@ private:
         }
         ++part.step;
         ++steps_this_run_;
-        bar.update(part.step, part.images,
-                   part.images ? part.loss_sum / static_cast<double>(part.images) : 0.0,
-                   part.images
-                       ? static_cast<double>(part.correct) / static_cast<double>(part.images)
-                       : 0.0);
-        const bool interrupted = interrupt_requested().load();
-        const bool step_limit = opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps;
-        if ((interrupted || step_limit) && part.step < per_epoch) {
-          bar.end_epoch();
+        const double images = static_cast<double>(part.images);
+        notify([&](observer& o) {
+          o.on_step({.step = part.step,
+                     .images = part.images,
+                     .loss = part.images ? part.loss_sum / images : 0.0,
+                     .accuracy = part.images ? static_cast<double>(part.correct) / images : 0.0});
+        });
+        if (stopping() && part.step < per_epoch) {
           part.seconds +=
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          checkpoint(epoch, part);
-          say(std::string(interrupted ? "interrupted" : "stopped") + " at " +
-              detail::phase_name(phase) + " epoch " + std::to_string(epoch + 1) + " step " +
-              std::to_string(part.step) +
-              (opt_.out_dir.empty() ? std::string()
-                                    : "; checkpoint written, continue with --resume"));
+          claim_out_dir(history, true);
+          stopped(epoch, part.step, checkpoint_at(epoch, part));
           return false;
         }
       }
@@ -613,44 +634,88 @@ private:
       // shortened one (max_steps_per_epoch) the rest of its batches as well.
       while (batches.next(x, y)) {
       }
-      bar.end_epoch();
-      epoch_record rec;
-      rec.phase = detail::phase_name(phase);
-      rec.epoch = epoch + 1;
-      const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
-      rec.loss = part.images ? part.loss_sum / images : std::nan("");
-      rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
-      rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
-      const model_size size = measure_size(net);
-      rec.average_bits = size.average_bits();
-      rec.size_bytes = size.bytes();
-      rec.compression = size.compression();
-      rec.seconds = part.seconds +
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      epoch_record rec = record_epoch(net, name, epoch, part, t0);
       claim_out_dir(history, true);
       history.push_back(rec);
-      if (csv_) csv_->append(rec);
-      if (opt_.log) {
-        *opt_.log << format_epoch_line(rec, po.epochs);
-        if (part.skipped) *opt_.log << "  (" << part.skipped << " non-finite batches skipped)";
-        *opt_.log << '\n' << std::flush;
-      }
+      const std::size_t skipped = part.skipped;
       part = partial_epoch{};
-      checkpoint(epoch + 1, part);
+      const checkpoint_writer save = checkpoint_at(epoch + 1, part);
+      notify([&](observer& o) {
+        o.on_epoch_end(
+            {.history = history, .epochs = po.epochs, .skipped = skipped, .save_checkpoint = save});
+      });
       ++epochs_this_run_;
       const bool last = phase == 2 && epoch + 1 == po.epochs;
-      const bool interrupted = interrupt_requested().load();
-      const bool step_limit = opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps;
-      if (!last && (interrupted || step_limit ||
-                    (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs))) {
-        say(std::string(interrupted ? "interrupted" : "stopped") + " after " +
-            detail::phase_name(phase) + " epoch " + std::to_string(epoch + 1) +
-            (opt_.out_dir.empty() ? std::string()
-                                  : "; checkpoint written, continue with --resume"));
+      if (!last &&
+          (stopping() || (opt_.stop_after_epochs && epochs_this_run_ >= opt_.stop_after_epochs))) {
+        stopped(epoch, 0, save);
         return false;
       }
     }
     return true;
+  }
+
+  /// The record of a finished epoch: its training loss and accuracy from `part`, the test
+  /// accuracy and size of `net` now, the time since `t0` plus the time before a resume.
+  template <class Net>
+  epoch_record record_epoch(Net& net, const char* phase, std::size_t epoch,
+                            const partial_epoch& part, std::chrono::steady_clock::time_point t0) {
+    epoch_record rec;
+    rec.phase = phase;
+    rec.epoch = epoch + 1;
+    const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
+    rec.loss = part.images ? part.loss_sum / images : std::nan("");
+    rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
+    rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
+    const model_size size = measure_size(net);
+    rec.average_bits = size.average_bits();
+    rec.size_bytes = size.bytes();
+    rec.compression = size.compression();
+    rec.seconds =
+        part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return rec;
+  }
+
+  /// The error of a step whose loss or gradient is not finite (skip_nonfinite off).
+  std::runtime_error step_failure(int phase, std::size_t epoch, std::size_t step,
+                                  const std::string& what) const {
+    // Before this run's first file, a checkpoint in out_dir is the previous run's.
+    std::string files;
+    if (claimed_ && std::filesystem::exists(checkpoint_path()))
+      files = "; the last checkpoint (" + checkpoint_path().string() + ") is intact";
+    else if (!claimed_ && !present_run_files().empty())
+      files = "; the run already in " + opt_.out_dir.string() + " is untouched";
+    return std::runtime_error(std::string(detail::phase_name(phase)) + " epoch " +
+                              std::to_string(epoch + 1) + " step " + std::to_string(step + 1) +
+                              ": " + what + files);
+  }
+
+  /// The partial epoch's fields of a mid-epoch checkpoint.
+  static void write_partial_epoch(checkpoint_data& data, const partial_epoch& p) {
+    data.meta["step"] = std::to_string(p.step);
+    data.meta["images"] = std::to_string(p.images);
+    data.meta["correct"] = std::to_string(p.correct);
+    data.meta["skipped"] = std::to_string(p.skipped);
+    data.meta["loss_sum"] = exact(p.loss_sum);
+    data.meta["epoch_seconds"] = exact(p.seconds);
+  }
+
+  static partial_epoch read_partial_epoch(const checkpoint_data& data) {
+    partial_epoch p;
+    p.step = static_cast<std::size_t>(meta_unsigned(data, "step"));
+    p.images = static_cast<std::size_t>(meta_unsigned(data, "images"));
+    p.correct = static_cast<std::size_t>(meta_unsigned(data, "correct"));
+    p.skipped = static_cast<std::size_t>(meta_unsigned(data, "skipped"));
+    p.loss_sum = meta_real(data, "loss_sum");
+    p.seconds = meta_real(data, "epoch_seconds");
+    return p;
+  }
+
+  /// Calls f on every observer: the built-in ones, then the user's.
+  template <class F>
+  void notify(F&& f) {
+    for (auto& o : builtin_observers_) f(*o);
+    for (observer* o : user_observers_) f(*o);
   }
 
   FloatNet& fp32_;
@@ -658,7 +723,9 @@ private:
   const dataset& train_;
   const dataset& test_;
   trainer_options opt_;
-  std::optional<csv_log> csv_;
+  Parts parts_;
+  std::vector<std::unique_ptr<observer>> builtin_observers_;
+  std::vector<observer*> user_observers_;
   bool claimed_ = false; ///< out_dir belongs to this run (old run's files removed, log open)
   std::size_t epochs_this_run_ = 0;
   std::size_t steps_this_run_ = 0;

@@ -13,7 +13,7 @@
 //     x10.3  12.4 s                 (one line; wrapped here)
 #pragma once
 
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <algorithm>
 #include <chrono>

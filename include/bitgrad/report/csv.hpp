@@ -7,7 +7,7 @@
 #pragma once
 
 #include <bitgrad/core/error.hpp>
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <charconv>
 #include <cmath>

@@ -13,8 +13,8 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/io/atomic_file.hpp>
-#include <bitgrad/train/records.hpp>
-#include <bitgrad/train/svg.hpp>
+#include <bitgrad/report/records.hpp>
+#include <bitgrad/report/svg.hpp>
 #include <bitgrad/version.hpp>
 
 #include <algorithm>

@@ -8,7 +8,7 @@
 #pragma once
 
 #include <bitgrad/core/json.hpp>
-#include <bitgrad/train/records.hpp>
+#include <bitgrad/report/records.hpp>
 
 #include <algorithm>
 #include <cmath>
