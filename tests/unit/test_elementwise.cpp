@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -157,7 +158,7 @@ namespace {
 /// |a - b| <= tol (|b| + 1), element by element (a tolerance only for a compiler that contracts
 /// a * b + c into one fused multiply-add in one of the two, as -march=native may).
 template <class T>
-void check_close(const std::vector<T>& a, const std::vector<T>& b, const char* what) {
+void check_close(const std::vector<T>& a, const std::vector<T>& b, const std::string& what) {
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
   REQUIRE(a.size() == b.size());
   for (std::size_t i = 0; i < a.size(); ++i) {

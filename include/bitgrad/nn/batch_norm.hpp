@@ -8,8 +8,8 @@
 //   eval:      the same with running_mean and running_var in place of the batch statistics.
 // gamma (init 1) and beta (init 0) are parameters of kind norm; the running statistics are
 // buffers (not trained). The arithmetic is in kernels/batch_norm.hpp (with the batch
-// statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding conv2d or linear so that it
-// computes bn(layer(x)) of the eval mode by itself.
+// statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding
+// conv2d or linear so that it computes bn(layer(x)) of the eval mode by itself.
 #pragma once
 
 #include <bitgrad/core/error.hpp>

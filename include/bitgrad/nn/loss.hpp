@@ -70,8 +70,8 @@ public:
     if (n == 0) throw shape_error("softmax_cross_entropy: empty batch");
     if (probs_.shape(0) != n || probs_.shape(1) != c) probs_.resize({n, c});
     labels_ = labels;
-    const T loss =
-        bitgrad::softmax_cross_entropy_fprop(n, c, logits.data(), labels.data(), probs_.data(), eps_);
+    const T loss = bitgrad::softmax_cross_entropy_fprop(n, c, logits.data(), labels.data(),
+                                                        probs_.data(), eps_);
     ready_ = true;
     return loss;
   }

@@ -18,8 +18,8 @@ void batch_norm_running_update(std::size_t channels, T momentum, T unbias, const
 
 template <class T>
 void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
-                      const T* mean, const T* var, T eps, const T* gamma, const T* beta,
-                      T* inv_std, T* xhat, T* y) {
+                      const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* inv_std,
+                      T* xhat, T* y) {
   for (std::size_t c = 0; c < channels; ++c) inv_std[c] = T(1) / std::sqrt(var[c] + eps);
   for (std::size_t n = 0; n < batch; ++n)
     for (std::size_t c = 0; c < channels; ++c)
