@@ -28,7 +28,7 @@ namespace bitgrad {
 namespace detail {
 /// f(batch offset) over whole SIMD batches of [0, n), then fs(index) over the tail.
 template <class T, class FV, class FS>
-inline void simd_then_tail(std::size_t n, FV&& fv, FS&& fs) {
+inline void batch_norm_plane_loop(std::size_t n, FV&& fv, FS&& fs) {
   std::size_t i = 0;
   if constexpr (BITGRAD_HAS_SIMD) {
     for (; i + simd_lanes<T> <= n; i += simd_lanes<T>) fv(i);
@@ -58,7 +58,7 @@ void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane
       const T* xc = x + off;
       T* hc = xhat + off;
       T* yc = y + off;
-      detail::simd_then_tail<T>(
+      detail::batch_norm_plane_loop<T>(
           plane,
           [&](std::size_t k) {
             using B = simd_batch<T>;
@@ -99,7 +99,7 @@ void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane
       T* o = dx + off;
       using B = simd_batch<T>;
       if (batch_stats)
-        detail::simd_then_tail<T>(
+        detail::batch_norm_plane_loop<T>(
             plane,
             [&](std::size_t k) {
               const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(sum_dy) -
@@ -108,7 +108,7 @@ void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane
             },
             [&](std::size_t k) { o[k] = scale * (count * d[k] - sum_dy - h[k] * sum_dy_h); });
       else
-        detail::simd_then_tail<T>(
+        detail::batch_norm_plane_loop<T>(
             plane,
             [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
             [&](std::size_t k) { o[k] = gs * d[k]; });
