@@ -1,6 +1,7 @@
 // Elementwise kernels: ReLU/ReLU6 boundaries and ragged tails, bias gradient, channel mean and
 // variance against a naive double computation, softmax cross-entropy against a hand case and
-// finite differences.
+// finite differences; bias gradient and batch norm against their reference twins on odd shapes.
+#include <bitgrad/kernels/batch_norm.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/kernels/reference.hpp>
 
@@ -10,6 +11,8 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -132,6 +135,94 @@ TEST_CASE_TEMPLATE("bias_grad_rows accumulates column sums", T, float, double) {
   bitgrad::bias_grad_rows(rows, cols, dy.data(), db.data());
   for (std::size_t c = 0; c < cols; ++c)
     CHECK(db[c] == T(1 + 3 * c + 3 * cols)); // c + (c+19) + (c+38)
+}
+
+TEST_CASE_TEMPLATE("bias_grad_rows matches the reference on odd shapes (ragged tails)", T, float,
+                   double) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> d(-2, 2);
+  for (std::size_t rows : {1, 2, 5})
+    for (std::size_t cols = 1; cols <= 37; ++cols) {
+      std::vector<T> dy(rows * cols), a(cols), b(cols);
+      for (auto& v : dy) v = T(d(rng));
+      for (std::size_t c = 0; c < cols; ++c) a[c] = b[c] = T(d(rng)); // it accumulates
+      bitgrad::bias_grad_rows(rows, cols, dy.data(), a.data());
+      bitgrad::ref::bias_grad_rows(rows, cols, dy.data(), b.data());
+      CAPTURE(rows);
+      CAPTURE(cols);
+      CHECK(a == b); // the same additions in the same order
+    }
+}
+
+namespace {
+/// |a - b| <= tol (|b| + 1), element by element (a tolerance only for a compiler that contracts
+/// a * b + c into one fused multiply-add in one of the two, as -march=native may).
+template <class T>
+void check_close(const std::vector<T>& a, const std::vector<T>& b, const std::string& what) {
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(what);
+    CAPTURE(i);
+    CHECK(std::abs(double(a[i]) - double(b[i])) <= tol * (std::abs(double(b[i])) + 1));
+  }
+}
+} // namespace
+
+TEST_CASE_TEMPLATE("batch norm kernels match the reference on odd shapes", T, float, double) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> d(-2, 2), pos(0.1, 3);
+  for (std::size_t batch : {1, 2, 3})
+    for (std::size_t channels : {1, 3, 5})
+      for (std::size_t plane : {1, 2, 7, 17, 33}) {
+        CAPTURE(batch);
+        CAPTURE(channels);
+        CAPTURE(plane);
+        const std::size_t total = batch * channels * plane;
+        std::vector<T> x(total), dy(total), mean(channels), var(channels), gamma(channels),
+            beta(channels);
+        for (auto& v : x) v = T(d(rng));
+        for (auto& v : dy) v = T(d(rng));
+        for (std::size_t c = 0; c < channels; ++c) {
+          mean[c] = T(d(rng));
+          var[c] = T(pos(rng));
+          gamma[c] = T(d(rng));
+          beta[c] = T(d(rng));
+        }
+        const T eps = T(1e-5);
+        std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total),
+            y_b(total);
+        bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                                  gamma.data(), beta.data(), is_a.data(), h_a.data(), y_a.data());
+        bitgrad::ref::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
+                                       eps, gamma.data(), beta.data(), is_b.data(), h_b.data(),
+                                       y_b.data());
+        check_close(is_a, is_b, "inv_std");
+        check_close(h_a, h_b, "xhat");
+        check_close(y_a, y_b, "y");
+        for (bool batch_stats : {true, false}) {
+          CAPTURE(batch_stats);
+          std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
+              db_a(channels, T(-0.25)), db_b(db_a);
+          bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                    is_b.data(), batch_stats, dx_a.data(), dg_a.data(),
+                                    db_a.data());
+          bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(),
+                                         gamma.data(), is_b.data(), batch_stats, dx_b.data(),
+                                         dg_b.data(), db_b.data());
+          check_close(dx_a, dx_b, "dx");
+          check_close(dg_a, dg_b, "dgamma");
+          check_close(db_a, db_b, "dbeta");
+        }
+        std::vector<T> rm_a(channels, T(0.3)), rm_b(rm_a), rv_a(channels, T(1.5)), rv_b(rv_a);
+        const T unbias = T(1.25);
+        bitgrad::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
+                                           rm_a.data(), rv_a.data());
+        bitgrad::ref::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
+                                                rm_b.data(), rv_b.data());
+        check_close(rm_a, rm_b, "running_mean");
+        check_close(rv_a, rv_b, "running_var");
+      }
 }
 
 TEST_CASE_TEMPLATE("channel_mean_var matches a naive double computation, even with a big offset", T,

@@ -527,6 +527,48 @@ TEST_CASE("model file: written size matches the trainer's size accounting") {
   CHECK(m.tensors[m.ops[3].weight].bits[0] == 16);
 }
 
+namespace {
+// Layer types of a user's own: the ReLU's arithmetic under new names. user_relu describes
+// itself for export through a specialisation of train::export_rule; user_unexported does not.
+struct user_relu : nn::relu<float, 4> {
+  using nn::relu<float, 4>::pointwise;
+};
+struct user_unexported : nn::relu<float, 4> {
+  using nn::relu<float, 4>::pointwise;
+};
+} // namespace
+
+template <>
+struct bitgrad::train::export_rule<user_relu> {
+  static void emit(train::exporter& e, user_relu& l) {
+    format::operation op;
+    op.kind = format::op_kind::relu;
+    op.name = l.name();
+    e.push(std::move(op));
+  }
+};
+
+TEST_CASE("export: a layer type of the user's joins through export_rule, without it is refused") {
+  auto make = [](auto act) {
+    return nn::sequential(
+        nn::conv2d<float>({.in_channels = 1, .out_channels = 2, .kernel = 3, .name = "c"}),
+        std::move(act), nn::flatten<float>("flat"),
+        nn::linear<float>({.in_features = 2 * 6 * 6, .out_features = 3, .name = "fc"}));
+  };
+  auto net = make(user_relu("mine"));
+  const format::model_file m = train::to_model_file(net, format::shape::image(1, 8, 8));
+  REQUIRE(m.ops.size() == 4);
+  CHECK(m.ops[0].kind == format::op_kind::conv2d);
+  CHECK(m.ops[1].kind == format::op_kind::relu);
+  CHECK(m.ops[1].name == "mine");
+  CHECK(m.ops[1].input == 1);
+  CHECK(m.ops[2].kind == format::op_kind::flatten);
+  CHECK(m.ops[3].kind == format::op_kind::linear);
+  auto other = make(user_unexported("theirs"));
+  CHECK_THROWS_WITH_AS((void)train::to_model_file(other, format::shape::image(1, 8, 8)),
+                       "export: layer theirs (relu) has no model-file operation", config_error);
+}
+
 TEST_CASE("export: an unfrozen quantizer is refused") {
   auto net = nn::lenet5<float, quant::frac_bits>({.seed = 1});
   CHECK_THROWS_AS(train::to_model_file(net, format::shape::image(1, 28, 28)), config_error);

@@ -149,47 +149,55 @@ void channel_mean_var(std::size_t batch, std::size_t channels, std::size_t plane
 }
 
 /// Mean softmax cross-entropy over the batch; probs = softmax(logits) (kept for bprop).
-/// Throws config_error for a label outside [0, classes).
+/// The row sums and the batch total are accumulated in double, in index order (the loss layer's
+/// arithmetic, nn/loss.hpp, bit for bit). Throws config_error for a label outside [0, classes).
 template <class T>
 T softmax_cross_entropy_fprop(std::size_t batch, std::size_t classes, const T* logits,
-                              const std::int32_t* labels, T* probs, T label_smoothing = 0) {
+                              const std::int32_t* labels, T* probs, double label_smoothing = 0) {
   if (batch == 0 || classes == 0)
     throw config_error("softmax_cross_entropy: batch and classes must be >= 1, got " +
                        std::to_string(batch) + " and " + std::to_string(classes));
-  const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
-  T total = 0;
+  const double on = 1.0 - label_smoothing, off = label_smoothing / static_cast<double>(classes);
+  double total = 0.0;
   for (std::size_t r = 0; r < batch; ++r) {
     ref::detail::check_label(labels[r], classes, r);
     const T* z = logits + r * classes;
     T* p = probs + r * classes;
-    const T mx = *std::max_element(z, z + classes);
-    T s = 0, z_sum = 0;
+    T mx = z[0];
+    for (std::size_t c = 1; c < classes; ++c) mx = z[c] > mx ? z[c] : mx;
+    double s = 0.0, shifted_sum = 0.0;
     for (std::size_t c = 0; c < classes; ++c) {
-      p[c] = std::exp(z[c] - mx);
-      s += p[c];
-      z_sum += z[c];
+      const T shifted = z[c] - mx;
+      p[c] = std::exp(shifted);
+      s += static_cast<double>(p[c]);
+      shifted_sum += static_cast<double>(shifted);
     }
-    const T log_s = std::log(s), inv = T(1) / s;
+    const double log_s = std::log(s);
+    const T inv = static_cast<T>(1.0 / s);
     for (std::size_t c = 0; c < classes; ++c) p[c] *= inv;
-    // -sum_c t_c log p_c = -(on - off) log p_label - off * sum_c log p_c
-    const T log_p_label = z[labels[r]] - mx - log_s;
-    const T sum_log_p = z_sum - T(classes) * (mx + log_s);
-    total += -(on - off) * log_p_label - off * sum_log_p;
+    // -sum_c t_c log p_c with log p_c = (z_c - max) - log_s and sum_c t_c = 1:
+    //   log_s - (1 - s) (z_label - max) - (s / classes) sum_c (z_c - max)
+    const double shifted_label = static_cast<double>(z[labels[r]] - mx);
+    total += log_s - on * shifted_label - (label_smoothing > 0 ? off * shifted_sum : 0.0);
   }
-  return total / T(batch);
+  return static_cast<T>(total / static_cast<double>(batch));
 }
 
-/// dlogits = (probs - target) / batch; overwritten.
+/// dlogits = (probs - target) / batch; overwritten. The constants 1/batch, s/classes and 1 - s
+/// are formed in double and rounded to T once (as the loss layer does).
 template <class T>
 void softmax_cross_entropy_bprop(std::size_t batch, std::size_t classes, const T* probs,
-                                 const std::int32_t* labels, T* dlogits, T label_smoothing = 0) {
-  const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
-  const T inv_batch = T(1) / T(batch);
+                                 const std::int32_t* labels, T* dlogits,
+                                 double label_smoothing = 0) {
+  const T inv_batch = static_cast<T>(1.0 / static_cast<double>(batch));
+  const T off = static_cast<T>(label_smoothing / static_cast<double>(classes));
+  const T on = static_cast<T>(1.0 - label_smoothing);
   for (std::size_t r = 0; r < batch; ++r) {
     ref::detail::check_label(labels[r], classes, r);
-    for (std::size_t c = 0; c < classes; ++c)
-      dlogits[r * classes + c] = (probs[r * classes + c] - off) * inv_batch;
-    dlogits[r * classes + std::size_t(labels[r])] -= (on - off) * inv_batch;
+    const T* p = probs + r * classes;
+    T* g = dlogits + r * classes;
+    for (std::size_t c = 0; c < classes; ++c) g[c] = (p[c] - off) * inv_batch;
+    g[labels[r]] -= on * inv_batch;
   }
 }
 

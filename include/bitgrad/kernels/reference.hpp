@@ -2,6 +2,7 @@
 // same signatures. Tests use them as oracles.
 #pragma once
 
+#include <bitgrad/kernels/ref/batch_norm.hpp>
 #include <bitgrad/kernels/ref/conv2d.hpp>
 #include <bitgrad/kernels/ref/elementwise.hpp>
 #include <bitgrad/kernels/ref/gemm.hpp>

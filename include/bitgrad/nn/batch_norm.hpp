@@ -7,13 +7,15 @@
 //              running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
 //   eval:      the same with running_mean and running_var in place of the batch statistics.
 // gamma (init 1) and beta (init 0) are parameters of kind norm; the running statistics are
-// buffers (not trained). fold_batch_norm rewrites a preceding conv2d or linear so that it
-// computes bn(layer(x)) of the eval mode by itself.
+// buffers (not trained). The arithmetic is in kernels/batch_norm.hpp (with the batch
+// statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding
+// conv2d or linear so that it computes bn(layer(x)) of the eval mode by itself.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/batch_norm.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/layer.hpp>
@@ -76,28 +78,16 @@ public:
         throw shape_error(name_ + ": training needs more than one value per channel, got input " +
                           shape_string(x.shape()));
       channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
-      const T unbias = T(count) / T(count - 1);
-      for (std::size_t c = 0; c < c_; ++c) {
-        running_mean_[c] = (T(1) - momentum_) * running_mean_[c] + momentum_ * mean_[c];
-        running_var_[c] = (T(1) - momentum_) * running_var_[c] + momentum_ * var_[c] * unbias;
-      }
+      batch_norm_running_update(c_, momentum_, T(count) / T(count - 1), mean_.data(), var_.data(),
+                                running_mean_.data(), running_var_.data());
     } else {
       mean_ = running_mean_;
       var_ = running_var_;
     }
-    for (std::size_t c = 0; c < c_; ++c) inv_std_[c] = T(1) / std::sqrt(var_[c] + eps_);
     ensure_shape(xhat_, x.shape());
     ensure_shape(y_, x.shape());
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t c = 0; c < c_; ++c) {
-        const std::size_t off = (i * c_ + c) * plane;
-        const T m = mean_[c], is = inv_std_[c], g = gamma_[c], b = beta_[c];
-        for (std::size_t k = 0; k < plane; ++k) {
-          const T h = (x.data()[off + k] - m) * is;
-          xhat_.data()[off + k] = h;
-          y_.data()[off + k] = g * h + b;
-        }
-      }
+    batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                     beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
     n_ = n;
     plane_ = plane;
     seen_ = true;
@@ -110,29 +100,8 @@ public:
     for (std::size_t i = 0; i < Rank; ++i) want[i] = y_.shape()[i];
     check_shape(name_, "output gradient", dy.shape(), want);
     ensure_shape(dx_, y_.shape());
-    const T count = T(n_ * plane_);
-    for (std::size_t c = 0; c < c_; ++c) {
-      T sum_dy = 0, sum_dy_h = 0;
-      for (std::size_t i = 0; i < n_; ++i) {
-        const std::size_t off = (i * c_ + c) * plane_;
-        for (std::size_t k = 0; k < plane_; ++k) {
-          sum_dy += dy.data()[off + k];
-          sum_dy_h += dy.data()[off + k] * xhat_.data()[off + k];
-        }
-      }
-      grad_gamma_[c] += sum_dy_h;
-      grad_beta_[c] += sum_dy;
-      const T gs = gamma_[c] * inv_std_[c];
-      for (std::size_t i = 0; i < n_; ++i) {
-        const std::size_t off = (i * c_ + c) * plane_;
-        for (std::size_t k = 0; k < plane_; ++k) {
-          const T d = dy.data()[off + k];
-          dx_.data()[off + k] =
-              batch_stats_ ? gs / count * (count * d - sum_dy - xhat_.data()[off + k] * sum_dy_h)
-                           : gs * d;
-        }
-      }
-    }
+    batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
+                     batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
     return dx_;
   }
 

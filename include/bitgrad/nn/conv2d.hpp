@@ -17,6 +17,7 @@
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
+#include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/nn/init.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/quantized_weight.hpp>
@@ -106,8 +107,7 @@ public:
     const T* g = dy.data();
     if (opt_.fuse_relu) {
       ensure_shape(dy_masked_, dy.shape());
-      for (std::size_t i = 0; i < dy.size(); ++i)
-        dy_masked_.data()[i] = y_.data()[i] > T(0) ? g[i] : T(0);
+      relu_bprop(dy.size(), y_.data(), g, dy_masked_.data());
       g = dy_masked_.data();
     }
     if (opt_.input_grad) {

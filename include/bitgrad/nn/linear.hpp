@@ -14,6 +14,7 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/nn/init.hpp>
@@ -102,13 +103,7 @@ public:
     gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
          dwq.beta, dwq.data, in_);
     qw_.wgrad_done();
-    if (has_bias_) {
-      T* gb = grad_bias_.data();
-      for (std::size_t r = 0; r < n; ++r) {
-        const T* row = dy.data() + r * out_;
-        for (std::size_t o = 0; o < out_; ++o) gb[o] += row[o];
-      }
-    }
+    if (has_bias_) bias_grad_rows(n, out_, dy.data(), grad_bias_.data()); // db += column sums
     return dx_;
   }
 

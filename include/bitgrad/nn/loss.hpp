@@ -6,7 +6,8 @@
 //   L      = (1/N) sum_i sum_c -q_ic log p_ic
 //   dL/dz  = (p - q) / N
 // The log-probabilities are formed as (z - max) - log(sum exp(z - max)), so no log(0) occurs
-// even when a probability underflows.
+// even when a probability underflows. The arithmetic is the kernel's (kernels/elementwise.hpp,
+// softmax_cross_entropy_fprop / _bprop); the layer checks the input and keeps the buffers.
 //
 // mse_loss (prediction and target of the same shape, n elements in all):
 //   L = (1/n) sum (pred - target)^2,   dL/dpred = 2 (pred - target) / n     (torch's "mean")
@@ -17,6 +18,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/elementwise.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -68,30 +70,10 @@ public:
     if (n == 0) throw shape_error("softmax_cross_entropy: empty batch");
     if (probs_.shape(0) != n || probs_.shape(1) != c) probs_.resize({n, c});
     labels_ = labels;
-    const double on = 1.0 - eps_;
-    const double off = eps_ / static_cast<double>(c);
-    double total = 0.0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const T* z = &logits(i, 0);
-      T* p = &probs_(i, 0);
-      T zmax = z[0];
-      for (std::size_t k = 1; k < c; ++k) zmax = z[k] > zmax ? z[k] : zmax;
-      double sum = 0.0, shifted_sum = 0.0;
-      for (std::size_t k = 0; k < c; ++k) {
-        const T s = z[k] - zmax;
-        p[k] = std::exp(s);
-        sum += static_cast<double>(p[k]);
-        shifted_sum += static_cast<double>(s);
-      }
-      const double log_sum = std::log(sum);
-      const T inv = static_cast<T>(1.0 / sum);
-      for (std::size_t k = 0; k < c; ++k) p[k] *= inv;
-      // -sum_c q_c log p_c with log p_c = s_c - log_sum and sum_c q_c = 1.
-      const double s_label = static_cast<double>(z[labels[i]] - zmax);
-      total += log_sum - on * s_label - (eps_ > 0 ? off * shifted_sum : 0.0);
-    }
+    const T loss = bitgrad::softmax_cross_entropy_fprop(n, c, logits.data(), labels.data(),
+                                                        probs_.data(), eps_);
     ready_ = true;
-    return static_cast<T>(total / static_cast<double>(n));
+    return loss;
   }
 
   /// dL/dlogits for the last forward, (p - q) / N.
@@ -99,15 +81,7 @@ public:
     if (!ready_) throw config_error("softmax_cross_entropy: backward() before forward()");
     const std::size_t n = probs_.shape(0), c = probs_.shape(1);
     if (grad_.shape(0) != n || grad_.shape(1) != c) grad_.resize({n, c});
-    const T inv_n = static_cast<T>(1.0 / static_cast<double>(n));
-    const T off = static_cast<T>(eps_ / static_cast<double>(c));
-    const T on = static_cast<T>(1.0 - eps_);
-    for (std::size_t i = 0; i < n; ++i) {
-      const T* p = &probs_(i, 0);
-      T* g = &grad_(i, 0);
-      for (std::size_t k = 0; k < c; ++k) g[k] = (p[k] - off) * inv_n;
-      g[labels_[i]] -= on * inv_n;
-    }
+    bitgrad::softmax_cross_entropy_bprop(n, c, probs_.data(), labels_.data(), grad_.data(), eps_);
     return grad_;
   }
 

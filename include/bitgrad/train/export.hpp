@@ -17,8 +17,10 @@
 //   max/avg pool, global average pool, relu, relu6, flatten: one operation each.
 //   residual         block and shortcut read the same value, then an add.
 //   identity, dropout (eval: identity): nothing.
-// Anything else (an unfoldable batch norm, an unknown layer) throws config_error, and so does a
-// NaN or infinite weight, group scale, bias or folded channel scale (naming the layer).
+// Each layer type says how it is written through a specialisation of export_rule (below): a new
+// layer type joins the export by adding its own, without touching this header.
+// Anything else (an unfoldable batch norm, a layer without a rule) throws config_error, and so does
+// a NaN or infinite weight, group scale, bias or folded channel scale (naming the layer).
 //
 // Calibration (int8 path): the first `calibration_images` images of a data set go through the
 // float runtime in eval mode; each conv2d / linear records max |input| over them (its
@@ -56,66 +58,9 @@ namespace bitgrad::train {
 namespace detail {
 
 template <class L>
-struct layer_traits {
-  static constexpr bool conv = false, linear = false, batch_norm = false, sequential = false,
-                        residual = false, max_pool = false, avg_pool = false, global_pool = false,
-                        relu = false, relu6 = false, flatten = false, passthrough = false;
-};
-template <class T, template <class> class Q>
-struct layer_traits<nn::conv2d<T, Q>> : layer_traits<void> {
-  static constexpr bool conv = true;
-};
-template <class T, template <class> class Q>
-struct layer_traits<nn::linear<T, Q>> : layer_traits<void> {
-  static constexpr bool linear = true;
-};
+inline constexpr bool is_batch_norm = false;
 template <class T, std::size_t R>
-struct layer_traits<nn::batch_norm<T, R>> : layer_traits<void> {
-  static constexpr bool batch_norm = true;
-};
-template <class... L>
-struct layer_traits<nn::sequential<L...>> : layer_traits<void> {
-  static constexpr bool sequential = true;
-};
-template <class B, class S>
-struct layer_traits<nn::residual<B, S>> : layer_traits<void> {
-  static constexpr bool residual = true;
-};
-template <class T>
-struct layer_traits<nn::max_pool2d<T>> : layer_traits<void> {
-  static constexpr bool max_pool = true;
-};
-template <class T>
-struct layer_traits<nn::avg_pool2d<T>> : layer_traits<void> {
-  static constexpr bool avg_pool = true;
-};
-template <class T>
-struct layer_traits<nn::global_avg_pool<T>> : layer_traits<void> {
-  static constexpr bool global_pool = true;
-};
-template <class T, std::size_t R>
-struct layer_traits<nn::relu<T, R>> : layer_traits<void> {
-  static constexpr bool relu = true;
-};
-template <class T, std::size_t R>
-struct layer_traits<nn::relu6<T, R>> : layer_traits<void> {
-  static constexpr bool relu6 = true;
-};
-template <class T>
-struct layer_traits<nn::flatten<T>> : layer_traits<void> {
-  static constexpr bool flatten = true;
-};
-template <class T, std::size_t R>
-struct layer_traits<nn::identity<T, R>> : layer_traits<void> {
-  static constexpr bool passthrough = true;
-};
-template <class T, std::size_t R>
-struct layer_traits<nn::dropout<T, R>> : layer_traits<void> {
-  static constexpr bool passthrough = true;
-};
-
-template <class L>
-using traits_of = layer_traits<std::remove_cvref_t<L>>;
+inline constexpr bool is_batch_norm<nn::batch_norm<T, R>> = true;
 
 /// Builds a model_file operation by operation, inferring shapes as it goes.
 class model_builder {
@@ -210,72 +155,50 @@ format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> ext
   }
 }
 
+} // namespace detail
+
+/// How a layer type is written to a model file. A layer type joins the export by specialising
+/// export_rule (beside the layer, or in the user's code), with
+///   static void emit(exporter& e, L& l);    // push the layer's operations through e
+/// and, for a layer a batch norm right after it is folded into (conv2d, linear),
+///   static constexpr bool absorbs_batch_norm = true;
+///   template <class BN> static void emit(exporter& e, L& l, const BN* bn);   // bn: nullptr or
+///                                                                             // the next layer
+/// A layer type without a rule makes the export throw config_error naming the layer.
+template <class L>
+struct export_rule {};
+
+/// Walks a network and builds its model file: layers add their operations through push(),
+/// their tensors through add_tensor(); emit() hands a (sub)layer to its export_rule.
 class exporter {
 public:
   explicit exporter(format::shape input) : b_(input) {}
 
   template <class L>
   void emit(L& l) {
-    using tr = traits_of<L>;
-    if constexpr (tr::sequential) {
-      emit_sequential<0>(l);
-    } else if constexpr (tr::residual) {
-      const std::uint32_t x = b_.value();
-      emit(l.block());
-      const std::uint32_t a = b_.value();
-      b_.set_value(x);
-      emit(l.shortcut());
-      format::operation add;
-      add.kind = format::op_kind::add;
-      add.name = l.name().empty() ? "add" : l.name() + ".add";
-      add.input_b = b_.value();
-      b_.set_value(a);
-      b_.push(std::move(add));
-    } else if constexpr (tr::conv || tr::linear) {
-      emit_weighted(
-          l, static_cast<const nn::batch_norm<typename L::value_type, tr::conv ? 4 : 2>*>(nullptr));
-    } else if constexpr (tr::batch_norm) {
-      throw config_error("export: batch norm " + l.name() +
-                         " does not follow a conv2d or linear layer; it cannot be folded");
-    } else if constexpr (tr::max_pool || tr::avg_pool) {
-      format::operation op;
-      op.kind = tr::max_pool ? format::op_kind::max_pool2d : format::op_kind::avg_pool2d;
-      op.name = l.name();
-      const auto k = static_cast<std::uint32_t>(l.kernel()),
-                 s = static_cast<std::uint32_t>(l.stride()),
-                 p = static_cast<std::uint32_t>(l.padding());
-      op.pool = {k, k, s, s, p, p};
-      b_.push(std::move(op));
-    } else if constexpr (tr::global_pool || tr::relu || tr::relu6 || tr::flatten) {
-      format::operation op;
-      op.kind = tr::global_pool ? format::op_kind::global_avg_pool
-                : tr::relu      ? format::op_kind::relu
-                : tr::relu6     ? format::op_kind::relu6
-                                : format::op_kind::flatten;
-      op.name = l.name();
-      b_.push(std::move(op));
-    } else if constexpr (tr::passthrough) {
-      // y = x in eval mode: no operation.
-    } else {
+    using rule = export_rule<std::remove_cvref_t<L>>;
+    if constexpr (requires { rule::emit(*this, l); })
+      rule::emit(*this, l);
+    else
       throw config_error("export: layer " + l.name() + " (" + l.describe() +
                          ") has no model-file operation");
-    }
   }
 
-  format::model_file take() { return b_.take(); }
-
-private:
-  template <std::size_t I, class Seq>
+  /// Emits the layers of a sequential in order, folding each batch norm into the layer before it
+  /// when that layer's rule absorbs batch norms.
+  template <std::size_t I = 0, class Seq>
   void emit_sequential(Seq& s) {
     if constexpr (I < Seq::size) {
       auto& l = s.template get<I>();
-      using tr = traits_of<decltype(l)>;
-      if constexpr ((tr::conv || tr::linear) && I + 1 < Seq::size) {
-        auto& next = s.template get<I + 1>();
-        if constexpr (traits_of<decltype(next)>::batch_norm) {
-          emit_weighted(l, &next);
-          emit_sequential<I + 2>(s);
-          return;
+      using rule = export_rule<std::remove_cvref_t<decltype(l)>>;
+      if constexpr (I + 1 < Seq::size) {
+        if constexpr (requires { requires rule::absorbs_batch_norm; }) {
+          auto& next = s.template get<I + 1>();
+          if constexpr (detail::is_batch_norm<std::remove_cvref_t<decltype(next)>>) {
+            rule::emit(*this, l, &next);
+            emit_sequential<I + 2>(s);
+            return;
+          }
         }
       }
       emit(l);
@@ -283,71 +206,185 @@ private:
     }
   }
 
-  template <class Layer, class BN>
-  void emit_weighted(Layer& l, const BN* bn) {
-    using T = typename Layer::value_type;
-    format::operation op;
-    op.name = l.name();
-    std::vector<std::uint32_t> extents;
-    std::size_t out = 0;
-    bool fused_relu = false;
-    if constexpr (traits_of<Layer>::conv) {
-      const nn::conv2d_options& o = l.options();
-      auto u = [](std::size_t v) { return static_cast<std::uint32_t>(v); };
-      op.kind = format::op_kind::conv2d;
-      op.conv = {u(o.in_channels), u(o.out_channels), u(o.kernel),  u(o.kernel),
-                 u(o.stride),      u(o.stride),       u(o.padding), u(o.padding),
-                 u(o.dilation),    u(o.dilation),     u(o.groups)};
-      extents = {u(o.out_channels), u(o.in_channels / o.groups), u(o.kernel), u(o.kernel)};
-      out = o.out_channels;
-      fused_relu = o.fuse_relu;
-      if (fused_relu && bn != nullptr)
-        throw config_error("export: " + l.name() + " fuses a ReLU before batch norm " + bn->name() +
-                           "; cannot fold");
-    } else {
-      op.kind = format::op_kind::linear;
-      op.fc = {static_cast<std::uint32_t>(l.in_features()),
-               static_cast<std::uint32_t>(l.out_features())};
-      extents = {op.fc.out_features, op.fc.in_features};
-      out = l.out_features();
-    }
-    op.weight = b_.add_tensor(weight_tensor(l, extents));
-    const std::uint32_t n = static_cast<std::uint32_t>(out);
-    if (bn != nullptr) {
-      if (bn->features() != out)
-        throw config_error("export: batch norm " + bn->name() + " has " +
-                           std::to_string(bn->features()) + " channels but " + l.name() + " has " +
-                           std::to_string(out));
-      std::vector<float> scale(out), bias(out);
-      for (std::size_t c = 0; c < out; ++c) {
-        const T s = bn->gamma()[c] / std::sqrt(bn->running_var()[c] + bn->eps());
-        const T b0 = l.has_bias() ? l.bias()[c] : T(0);
-        scale[c] = static_cast<float>(s);
-        bias[c] = static_cast<float>((b0 - bn->running_mean()[c]) * s + bn->beta()[c]);
-      }
-      const std::string origin = "batch norm " + bn->name() + " folded in";
-      check_finite(l.name(), "channel scale", scale.data(), out, origin);
-      check_finite(l.name(), "bias", bias.data(), out, origin);
-      op.channel_scale = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(scale)));
-      op.bias = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
-    } else if (l.has_bias()) {
-      std::vector<float> bias = to_floats(l.bias().data(), out);
-      check_finite(l.name(), "bias", bias.data(), out);
-      op.bias = b_.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
-    }
-    b_.push(std::move(op));
-    if (fused_relu) {
-      format::operation r;
-      r.kind = format::op_kind::relu;
-      r.name = l.name() + ".relu";
-      b_.push(std::move(r));
-    }
-  }
+  /// The current value (the output of the last operation; 0: the network's input).
+  std::uint32_t value() const { return b_.value(); }
+  void set_value(std::uint32_t v) { b_.set_value(v); }
+  /// Adds a tensor to the file; returns its index for an operation's weight / bias / scale.
+  std::uint32_t add_tensor(format::tensor_data t) { return b_.add_tensor(std::move(t)); }
+  /// Appends op reading the current value (and op.input_b for add); it becomes the current value.
+  void push(format::operation op) { b_.push(std::move(op)); }
 
-  model_builder b_;
+  format::model_file take() { return b_.take(); }
+
+private:
+  detail::model_builder b_;
+};
+
+namespace detail {
+
+/// A conv2d or linear as one operation (weights from the frozen quantizer, bias, a folded batch
+/// norm's channel scale), then a relu operation for a fused ReLU.
+template <class Layer, class BN>
+void emit_weighted(exporter& e, Layer& l, const BN* bn) {
+  using T = typename Layer::value_type;
+  format::operation op;
+  op.name = l.name();
+  std::vector<std::uint32_t> extents;
+  std::size_t out = 0;
+  bool fused_relu = false;
+  if constexpr (requires { l.options().fuse_relu; }) { // conv2d
+    const nn::conv2d_options& o = l.options();
+    auto u = [](std::size_t v) { return static_cast<std::uint32_t>(v); };
+    op.kind = format::op_kind::conv2d;
+    op.conv = {u(o.in_channels), u(o.out_channels), u(o.kernel),  u(o.kernel),
+               u(o.stride),      u(o.stride),       u(o.padding), u(o.padding),
+               u(o.dilation),    u(o.dilation),     u(o.groups)};
+    extents = {u(o.out_channels), u(o.in_channels / o.groups), u(o.kernel), u(o.kernel)};
+    out = o.out_channels;
+    fused_relu = o.fuse_relu;
+    if (fused_relu && bn != nullptr)
+      throw config_error("export: " + l.name() + " fuses a ReLU before batch norm " + bn->name() +
+                         "; cannot fold");
+  } else { // linear
+    op.kind = format::op_kind::linear;
+    op.fc = {static_cast<std::uint32_t>(l.in_features()),
+             static_cast<std::uint32_t>(l.out_features())};
+    extents = {op.fc.out_features, op.fc.in_features};
+    out = l.out_features();
+  }
+  op.weight = e.add_tensor(weight_tensor(l, extents));
+  const std::uint32_t n = static_cast<std::uint32_t>(out);
+  if (bn != nullptr) {
+    if (bn->features() != out)
+      throw config_error("export: batch norm " + bn->name() + " has " +
+                         std::to_string(bn->features()) + " channels but " + l.name() + " has " +
+                         std::to_string(out));
+    std::vector<float> scale(out), bias(out);
+    for (std::size_t c = 0; c < out; ++c) {
+      const T s = bn->gamma()[c] / std::sqrt(bn->running_var()[c] + bn->eps());
+      const T b0 = l.has_bias() ? l.bias()[c] : T(0);
+      scale[c] = static_cast<float>(s);
+      bias[c] = static_cast<float>((b0 - bn->running_mean()[c]) * s + bn->beta()[c]);
+    }
+    const std::string origin = "batch norm " + bn->name() + " folded in";
+    check_finite(l.name(), "channel scale", scale.data(), out, origin);
+    check_finite(l.name(), "bias", bias.data(), out, origin);
+    op.channel_scale = e.add_tensor(format::tensor_data::from_floats({n}, std::move(scale)));
+    op.bias = e.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
+  } else if (l.has_bias()) {
+    std::vector<float> bias = to_floats(l.bias().data(), out);
+    check_finite(l.name(), "bias", bias.data(), out);
+    op.bias = e.add_tensor(format::tensor_data::from_floats({n}, std::move(bias)));
+  }
+  e.push(std::move(op));
+  if (fused_relu) {
+    format::operation r;
+    r.kind = format::op_kind::relu;
+    r.name = l.name() + ".relu";
+    e.push(std::move(r));
+  }
+}
+
+/// A layer that is one operation of `kind` with no parameters.
+template <format::op_kind Kind>
+struct plain_op_rule {
+  template <class L>
+  static void emit(exporter& e, L& l) {
+    format::operation op;
+    op.kind = Kind;
+    op.name = l.name();
+    e.push(std::move(op));
+  }
+};
+
+/// A pooling layer (kernel, stride, padding; square) as one operation of `kind`.
+template <format::op_kind Kind>
+struct pool_rule {
+  template <class L>
+  static void emit(exporter& e, L& l) {
+    format::operation op;
+    op.kind = Kind;
+    op.name = l.name();
+    const auto k = static_cast<std::uint32_t>(l.kernel()),
+               s = static_cast<std::uint32_t>(l.stride()),
+               p = static_cast<std::uint32_t>(l.padding());
+    op.pool = {k, k, s, s, p, p};
+    e.push(std::move(op));
+  }
+};
+
+/// A layer that is y = x in eval mode: no operation.
+struct passthrough_rule {
+  template <class L>
+  static void emit(exporter&, L&) {}
+};
+
+/// A layer with weights that a following batch norm folds into.
+struct weighted_rule {
+  static constexpr bool absorbs_batch_norm = true;
+  template <class L>
+  static void emit(exporter& e, L& l) {
+    emit_weighted(e, l, static_cast<const nn::batch_norm<typename L::value_type, 2>*>(nullptr));
+  }
+  template <class L, class BN>
+  static void emit(exporter& e, L& l, const BN* bn) {
+    emit_weighted(e, l, bn);
+  }
 };
 
 } // namespace detail
+
+// The rules of bitgrad's own layers.
+template <class... L>
+struct export_rule<nn::sequential<L...>> {
+  static void emit(exporter& e, nn::sequential<L...>& s) { e.emit_sequential(s); }
+};
+template <class B, class S>
+struct export_rule<nn::residual<B, S>> {
+  /// block and shortcut read the same value, then an add.
+  static void emit(exporter& e, nn::residual<B, S>& l) {
+    const std::uint32_t x = e.value();
+    e.emit(l.block());
+    const std::uint32_t a = e.value();
+    e.set_value(x);
+    e.emit(l.shortcut());
+    format::operation add;
+    add.kind = format::op_kind::add;
+    add.name = l.name().empty() ? "add" : l.name() + ".add";
+    add.input_b = e.value();
+    e.set_value(a);
+    e.push(std::move(add));
+  }
+};
+template <class T, template <class> class Q>
+struct export_rule<nn::conv2d<T, Q>> : detail::weighted_rule {};
+template <class T, template <class> class Q>
+struct export_rule<nn::linear<T, Q>> : detail::weighted_rule {};
+template <class T, std::size_t R>
+struct export_rule<nn::batch_norm<T, R>> {
+  /// Only folded into the layer before it (exporter::emit_sequential).
+  static void emit(exporter&, nn::batch_norm<T, R>& l) {
+    throw config_error("export: batch norm " + l.name() +
+                       " does not follow a conv2d or linear layer; it cannot be folded");
+  }
+};
+template <class T>
+struct export_rule<nn::max_pool2d<T>> : detail::pool_rule<format::op_kind::max_pool2d> {};
+template <class T>
+struct export_rule<nn::avg_pool2d<T>> : detail::pool_rule<format::op_kind::avg_pool2d> {};
+template <class T>
+struct export_rule<nn::global_avg_pool<T>>
+    : detail::plain_op_rule<format::op_kind::global_avg_pool> {};
+template <class T, std::size_t R>
+struct export_rule<nn::relu<T, R>> : detail::plain_op_rule<format::op_kind::relu> {};
+template <class T, std::size_t R>
+struct export_rule<nn::relu6<T, R>> : detail::plain_op_rule<format::op_kind::relu6> {};
+template <class T>
+struct export_rule<nn::flatten<T>> : detail::plain_op_rule<format::op_kind::flatten> {};
+template <class T, std::size_t R>
+struct export_rule<nn::identity<T, R>> : detail::passthrough_rule {};
+template <class T, std::size_t R>
+struct export_rule<nn::dropout<T, R>> : detail::passthrough_rule {};
 
 /// The model file of `net` (every quantizer frozen) for per-image inputs of shape `input`,
 /// with the input normalisation `mean` / `stddev` (as loader_options: empty, one value, or one
@@ -355,7 +392,7 @@ private:
 template <class Net>
 format::model_file to_model_file(Net& net, format::shape input, std::vector<double> mean = {},
                                  std::vector<double> stddev = {}) {
-  detail::exporter e(input);
+  exporter e(input);
   e.emit(net);
   format::model_file m = e.take();
   m.mean = std::move(mean);

@@ -39,6 +39,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace bitgrad::train {
@@ -64,12 +65,12 @@ std::vector<named_tensor<T>> loadable_tensors(Net& net) {
         {layer + "." + what, std::move(shape), tensor.data(), layer + " (" + describe + ")"});
   };
   auto visit = [&](std::string_view full, auto& l) {
-    using tr = traits_of<decltype(l)>;
+    using L = std::remove_cvref_t<decltype(l)>;
     const std::string name(full);
-    if constexpr (tr::conv || tr::linear) {
+    if constexpr (nn::quantized_layer<L>) { // conv2d, linear
       add(name, "weight", l.weight(), l.describe());
       if (l.has_bias()) add(name, "bias", l.bias(), l.describe());
-    } else if constexpr (tr::batch_norm) {
+    } else if constexpr (is_batch_norm<L>) {
       add(name, "gamma", l.gamma(), l.describe());
       add(name, "beta", l.beta(), l.describe());
       add(name, "running_mean", l.running_mean(), l.describe());

@@ -71,7 +71,8 @@ inline void check_label(std::int32_t label, std::size_t classes, std::size_t row
 
 template <class T>
 T softmax_cross_entropy_fprop(std::size_t batch, std::size_t classes, const T* logits,
-                              const std::int32_t* labels, T* probs, T label_smoothing = 0) {
+                              const std::int32_t* labels, T* probs, double smoothing = 0) {
+  const T label_smoothing = static_cast<T>(smoothing);
   const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
   T total = 0;
   for (std::size_t r = 0; r < batch; ++r) {
@@ -96,7 +97,8 @@ T softmax_cross_entropy_fprop(std::size_t batch, std::size_t classes, const T* l
 
 template <class T>
 void softmax_cross_entropy_bprop(std::size_t batch, std::size_t classes, const T* probs,
-                                 const std::int32_t* labels, T* dlogits, T label_smoothing = 0) {
+                                 const std::int32_t* labels, T* dlogits, double smoothing = 0) {
+  const T label_smoothing = static_cast<T>(smoothing);
   const T off = label_smoothing / T(classes), on = T(1) - label_smoothing + off;
   for (std::size_t r = 0; r < batch; ++r) {
     detail::check_label(labels[r], classes, r);

@@ -1,0 +1,58 @@
+// Reference batch normalisation kernels: the formulas as plain loops, oracles for
+// kernels/batch_norm.hpp (layout and formulas there).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+
+namespace bitgrad::ref {
+
+template <class T>
+void batch_norm_running_update(std::size_t channels, T momentum, T unbias, const T* mean,
+                               const T* var, T* running_mean, T* running_var) {
+  for (std::size_t c = 0; c < channels; ++c) {
+    running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * mean[c];
+    running_var[c] = (T(1) - momentum) * running_var[c] + momentum * var[c] * unbias;
+  }
+}
+
+template <class T>
+void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                      const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* inv_std,
+                      T* xhat, T* y) {
+  for (std::size_t c = 0; c < channels; ++c) inv_std[c] = T(1) / std::sqrt(var[c] + eps);
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t c = 0; c < channels; ++c)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const std::size_t i = (n * channels + c) * plane + k;
+        xhat[i] = (x[i] - mean[c]) * inv_std[c];
+        y[i] = gamma[c] * xhat[i] + beta[c];
+      }
+}
+
+template <class T>
+void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
+                      T* dgamma, T* dbeta) {
+  const T m = T(batch * plane);
+  for (std::size_t c = 0; c < channels; ++c) {
+    T sum_dy = 0, sum_dy_xhat = 0;
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const std::size_t i = (n * channels + c) * plane + k;
+        sum_dy += dy[i];
+        sum_dy_xhat += dy[i] * xhat[i];
+      }
+    dgamma[c] += sum_dy_xhat;
+    dbeta[c] += sum_dy;
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const std::size_t i = (n * channels + c) * plane + k;
+        dx[i] = batch_stats
+                    ? gamma[c] * inv_std[c] / m * (m * dy[i] - sum_dy - xhat[i] * sum_dy_xhat)
+                    : gamma[c] * inv_std[c] * dy[i];
+      }
+  }
+}
+
+} // namespace bitgrad::ref
