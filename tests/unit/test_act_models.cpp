@@ -138,6 +138,38 @@ TEST_CASE("lenet5 and vgg_small with activation quantizers after every ReLU") {
                        config_error);
 }
 
+TEST_CASE("resnet20 with activation quantizers after its 19 ReLUs, backward reaches them") {
+  auto base = nn::resnet20<float>({.seed = 1, .width = 2});
+  CHECK(activation_bits(base).empty());
+
+  nn::act_model_options<float, quant::frac_bits> o{.seed = 1, .in_size = 8, .width = 2};
+  o.act_quant.b_init = 3;
+  auto net = nn::resnet20(o);
+  std::vector<std::string> names;
+  nn::visit_activation_quantizers(net,
+                                  [&](std::string_view n, auto&) { names.emplace_back(n); });
+  REQUIRE(names.size() == 19);
+  CHECK(names[0] == "relu_quant");
+  CHECK(names[1] == "layer1.0.relu1_quant");
+  CHECK(names[2] == "layer1.0.relu_quant");
+  CHECK(names[18] == "layer3.2.relu_quant");
+  // 2 parameters (bits, range) per quantizer on top of the network without them
+  auto wq = nn::resnet20(nn::model_options<float, quant::frac_bits>{.seed = 1, .width = 2});
+  CHECK(nn::parameter_count(net) == nn::parameter_count(wq) + 2 * 19);
+  tensor4<float> x = tensor4<float>::from_shape({2, 3, 8, 8});
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  for (auto& v : x) v = d(rng);
+  const auto& y = net.forward(x);
+  for (float v : y) CHECK(std::isfinite(v));
+  tensor2<float> dy = tensor2<float>::from_shape({2, 10});
+  for (auto& v : dy) v = 1.f;
+  net.zero_grad();
+  const auto& dx = net.backward(dy);
+  for (float v : dx) REQUIRE(std::isfinite(v));
+  CHECK(find_param(net, "layer2.1.relu1_quant.bits").grad[0] != 0);
+}
+
 TEST_CASE("LeNet-5 W4A4 BOPs and peak activation memory by hand (input 8-bit)") {
   nn::model_options<float, quant::fixed_bits, quant::fixed_bits, quant::act_quantizer> o;
   o.quant.bits = 4;

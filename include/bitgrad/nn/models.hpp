@@ -19,9 +19,10 @@
 //                o.edge_quant = o.quant;  o.edge_quant->b_min = o.edge_quant->b_max = 8;
 //
 //   ActQuant   activation quantizers (issue #22): quant::act_quantizer puts an
-//              nn::activation_quant (unsigned grid) after every ReLU of lenet5 and vgg_small
-//              (each of them feeds a conv / linear, through at most a max pool and a flatten,
-//              which keep values on the grid), built with model_options::act_quant. It goes
+//              nn::activation_quant (unsigned grid) after every ReLU of lenet5, vgg_small and
+//              resnet20 (each of them feeds a conv / linear, in lenet5 and vgg_small through at
+//              most a max pool and a flatten, which keep values on the grid), built with
+//              model_options::act_quant. It goes
 //              there whatever the weight policy of the layer it feeds (a float last layer
 //              still reads quantized activations). Named "<relu>_quant": "relu1_quant.bits",
 //              "relu1_quant.range". The first conv reads the image unquantized (nn/
@@ -33,8 +34,9 @@
 //              same outputs, bit for bit), so code and files written for it stay valid. A
 //              run-time flag would need the quantizer layers in the type always (a "maybe
 //              quantize" layer), changing every model's type and leaf list (summary, export,
-//              visit_layers); a marker template adds nothing. resnet20 takes no ActQuant yet
-//              (a static_assert says so).
+//              visit_layers); a marker template adds nothing. resnet20 takes ActQuant too
+//              (after its stem's ReLU and both ReLUs of every block); nn/model_costs.hpp does
+//              not walk residual networks yet.
 //              Spelled with nn::act_model_options<T, Quant> (EdgeQuant = Quant):
 //                nn::act_model_options<float, quant::frac_bits> o{.act_quant = {.b_init = 4}};
 //                auto net = nn::lenet5(o);
@@ -271,29 +273,35 @@ auto vgg_small(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
 namespace detail {
 
 /// ResNet basic block: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), 3x3 convs without
-/// bias; the shortcut is identity, or conv 1x1 stride s + bn when the shape changes.
-template <class T, template <class> class Quant, bool Projection>
+/// bias; the shortcut is identity, or conv 1x1 stride s + bn when the shape changes. With
+/// ActQuant, "relu1_quant" after relu1 (it feeds conv2) and "relu_quant" after the block's
+/// relu (it feeds the next block's conv1 and shortcut, or the average pool before fc).
+template <class T, template <class> class Quant, template <class> class ActQuant, bool Projection>
 auto basic_block(const std::string& name, std::size_t in, std::size_t out, std::size_t stride,
-                 std::uint64_t seed, const typename Quant<T>::options& q) {
-  auto body = sequential(conv2d<T, Quant>({.in_channels = in,
-                                           .out_channels = out,
-                                           .kernel = 3,
-                                           .stride = stride,
-                                           .padding = 1,
-                                           .bias = false,
-                                           .seed = seed,
-                                           .name = "conv1"},
-                                          q),
-                         batch_norm<T, 4>({.features = out, .name = "bn1"}), relu<T, 4>("relu1"),
-                         conv2d<T, Quant>({.in_channels = out,
-                                           .out_channels = out,
-                                           .kernel = 3,
-                                           .padding = 1,
-                                           .bias = false,
-                                           .seed = seed + 1,
-                                           .name = "conv2"},
-                                          q),
-                         batch_norm<T, 4>({.features = out, .name = "bn2"}));
+                 std::uint64_t seed, const typename Quant<T>::options& q,
+                 const typename ActQuant<T>::options& aq) {
+  auto body = sequential_of(std::tuple_cat(
+      std::make_tuple(conv2d<T, Quant>({.in_channels = in,
+                                        .out_channels = out,
+                                        .kernel = 3,
+                                        .stride = stride,
+                                        .padding = 1,
+                                        .bias = false,
+                                        .seed = seed,
+                                        .name = "conv1"},
+                                       q),
+                      batch_norm<T, 4>({.features = out, .name = "bn1"}), relu<T, 4>("relu1")),
+      act_quant_after<T, 4, ActQuant>("relu1", out, aq),
+      std::make_tuple(conv2d<T, Quant>({.in_channels = out,
+                                        .out_channels = out,
+                                        .kernel = 3,
+                                        .padding = 1,
+                                        .bias = false,
+                                        .seed = seed + 1,
+                                        .name = "conv2"},
+                                       q),
+                      batch_norm<T, 4>({.features = out, .name = "bn2"}))));
+  auto tail = act_quant_after<T, 4, ActQuant>("relu", out, aq);
   if constexpr (Projection) {
     auto shortcut = sequential(std::string("shortcut"),
                                conv2d<T, Quant>({.in_channels = in,
@@ -305,21 +313,28 @@ auto basic_block(const std::string& name, std::size_t in, std::size_t out, std::
                                                  .name = "conv"},
                                                 q),
                                batch_norm<T, 4>({.features = out, .name = "bn"}));
-    return sequential(name, residual(std::string(), std::move(body), std::move(shortcut)),
-                      relu<T, 4>("relu"));
+    return sequential_of(std::tuple_cat(
+        std::make_tuple(name, residual(std::string(), std::move(body), std::move(shortcut)),
+                        relu<T, 4>("relu")),
+        std::move(tail)));
   } else {
-    return sequential(name, residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
-                      relu<T, 4>("relu"));
+    return sequential_of(std::tuple_cat(
+        std::make_tuple(name,
+                        residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
+                        relu<T, 4>("relu")),
+        std::move(tail)));
   }
 }
 
 /// Three basic blocks named "<stage>.0" .. "<stage>.2"; the first one projects when asked.
-template <class T, template <class> class Quant, bool Projection>
+template <class T, template <class> class Quant, template <class> class ActQuant, bool Projection>
 auto resnet_stage(const std::string& stage, std::size_t in, std::size_t out, std::size_t stride,
-                  std::uint64_t seed, const typename Quant<T>::options& q) {
-  return sequential(stage, basic_block<T, Quant, Projection>("0", in, out, stride, seed, q),
-                    basic_block<T, Quant, false>("1", out, out, 1, seed + 3, q),
-                    basic_block<T, Quant, false>("2", out, out, 1, seed + 6, q));
+                  std::uint64_t seed, const typename Quant<T>::options& q,
+                  const typename ActQuant<T>::options& aq) {
+  return sequential(stage,
+                    basic_block<T, Quant, ActQuant, Projection>("0", in, out, stride, seed, q, aq),
+                    basic_block<T, Quant, ActQuant, false>("1", out, out, 1, seed + 3, q, aq),
+                    basic_block<T, Quant, ActQuant, false>("2", out, out, 1, seed + 6, q, aq));
 }
 
 } // namespace detail
@@ -327,35 +342,43 @@ auto resnet_stage(const std::string& stage, std::size_t in, std::size_t out, std
 /// ResNet-20 for CIFAR (32x32x3 by default, width w = 16): conv3x3 c->w + bn + relu; three
 /// stages of 3 basic blocks with w, 2w, 4w channels (stages 2 and 3 start with stride 2 and a
 /// 1x1-conv + bn projection shortcut); global average pool; fc 4w->classes.
-/// Convolutions have no bias (batch norm follows each one).
+/// Convolutions have no bias (batch norm follows each one). With ActQuant, "relu_quant" after
+/// the stem's relu and two in every block (see detail::basic_block): 19 in all.
 template <class T, template <class> class Quant = quant::no_quant,
           template <class> class EdgeQuant = Quant,
           template <class> class ActQuant = no_act_quant>
 auto resnet20(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
-  static_assert(!detail::has_act_quant<ActQuant>,
-                "resnet20: activation quantizers are not placed in residual networks yet");
   const std::size_t c = o.in_channels ? o.in_channels : 3;
   const std::size_t s = o.in_size ? o.in_size : 32;
   const std::size_t w = o.width ? o.width : 16;
   if (s < 4) throw config_error("resnet20: in_size must be >= 4, got " + std::to_string(s));
+  detail::check_act_options("resnet20", o.act_quant);
   const std::uint64_t seed = o.seed;
-  return sequential(
-      conv2d<T, EdgeQuant>({.in_channels = c,
-                            .out_channels = w,
-                            .kernel = 3,
-                            .padding = 1,
-                            .bias = false,
-                            .seed = seed,
-                            .name = "conv1"},
-                           o.edge_options()),
-      batch_norm<T, 4>({.features = w, .name = "bn1"}), relu<T, 4>("relu"),
-      detail::resnet_stage<T, Quant, false>("layer1", w, w, 1, seed + 10, o.quant),
-      detail::resnet_stage<T, Quant, true>("layer2", w, 2 * w, 2, seed + 20, o.quant),
-      detail::resnet_stage<T, Quant, true>("layer3", 2 * w, 4 * w, 2, seed + 30, o.quant),
-      global_avg_pool<T>("avgpool"),
-      linear<T, EdgeQuant>(
-          {.in_features = 4 * w, .out_features = o.num_classes, .seed = seed + 40, .name = "fc"},
-          o.edge_options()));
+  const auto& aq = o.act_quant;
+  return detail::sequential_of(std::tuple_cat(
+      std::make_tuple(conv2d<T, EdgeQuant>({.in_channels = c,
+                                            .out_channels = w,
+                                            .kernel = 3,
+                                            .padding = 1,
+                                            .bias = false,
+                                            .seed = seed,
+                                            .name = "conv1"},
+                                           o.edge_options()),
+                      batch_norm<T, 4>({.features = w, .name = "bn1"}), relu<T, 4>("relu")),
+      detail::act_quant_after<T, 4, ActQuant>("relu", w, aq),
+      std::make_tuple(
+          detail::resnet_stage<T, Quant, ActQuant, false>("layer1", w, w, 1, seed + 10, o.quant,
+                                                          aq),
+          detail::resnet_stage<T, Quant, ActQuant, true>("layer2", w, 2 * w, 2, seed + 20,
+                                                         o.quant, aq),
+          detail::resnet_stage<T, Quant, ActQuant, true>("layer3", 2 * w, 4 * w, 2, seed + 30,
+                                                         o.quant, aq),
+          global_avg_pool<T>("avgpool"),
+          linear<T, EdgeQuant>({.in_features = 4 * w,
+                                .out_features = o.num_classes,
+                                .seed = seed + 40,
+                                .name = "fc"},
+                               o.edge_options()))));
 }
 
 } // namespace bitgrad::nn
