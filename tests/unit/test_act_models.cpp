@@ -81,17 +81,14 @@ TEST_CASE("without activation quantizers the builders give today's network types
                      nn::flatten<T>, nn::linear<T, quant::frac_bits>, nn::relu<T, 2>,
                      nn::linear<T, quant::frac_bits>, nn::relu<T, 2>,
                      nn::linear<T, quant::frac_bits>>;
+  static_assert(std::is_same_v<decltype(nn::lenet5<T, quant::frac_bits>({})), lenet_today>);
   static_assert(
-      std::is_same_v<decltype(nn::lenet5<T, quant::frac_bits>({})), lenet_today>);
-  static_assert(std::is_same_v<decltype(nn::lenet5(nn::model_options<T, quant::frac_bits>{})),
-                               lenet_today>);
-  using vgg_today =
-      nn::sequential<nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>,
-                     nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>, nn::max_pool2d<T>,
-                     nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>,
-                     nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>, nn::max_pool2d<T>,
-                     nn::flatten<T>, nn::linear<T, quant::frac_bits>, nn::relu<T, 2>,
-                     nn::linear<T, quant::frac_bits>>;
+      std::is_same_v<decltype(nn::lenet5(nn::model_options<T, quant::frac_bits>{})), lenet_today>);
+  using vgg_today = nn::sequential<
+      nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>, nn::conv2d<T, quant::frac_bits>,
+      nn::relu<T, 4>, nn::max_pool2d<T>, nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>,
+      nn::conv2d<T, quant::frac_bits>, nn::relu<T, 4>, nn::max_pool2d<T>, nn::flatten<T>,
+      nn::linear<T, quant::frac_bits>, nn::relu<T, 2>, nn::linear<T, quant::frac_bits>>;
   static_assert(std::is_same_v<decltype(nn::vgg_small<T, quant::frac_bits>({})), vgg_today>);
   auto net = nn::lenet5<T, quant::frac_bits>({.seed = 1});
   CHECK(activation_bits(net).empty());
@@ -105,10 +102,10 @@ TEST_CASE("lenet5 and vgg_small with activation quantizers after every ReLU") {
   std::vector<std::string> act;
   for (const auto& name : parameter_names(net))
     if (name.find("_quant.") != std::string::npos) act.push_back(name);
-  CHECK(act == std::vector<std::string>{"relu1_quant.bits", "relu1_quant.range",
-                                        "relu2_quant.bits", "relu2_quant.range",
-                                        "relu3_quant.bits", "relu3_quant.range",
-                                        "relu4_quant.bits", "relu4_quant.range"});
+  CHECK(act == std::vector<std::string>{"relu1_quant.bits", "relu1_quant.range", "relu2_quant.bits",
+                                        "relu2_quant.range", "relu3_quant.bits",
+                                        "relu3_quant.range", "relu4_quant.bits",
+                                        "relu4_quant.range"});
   CHECK(activation_bits(net) == std::vector<double>{4, 4, 4, 4});
   CHECK(net.get<2>().name() == "relu1_quant"); // right after relu1, before pool1
   CHECK(net.get<2>().activation_quantizer().channels() == 6);
@@ -134,8 +131,10 @@ TEST_CASE("lenet5 and vgg_small with activation quantizers after every ReLU") {
 
   nn::act_model_options<float, quant::frac_bits> s;
   s.act_quant.is_signed = true;
-  CHECK_THROWS_WITH_AS(nn::lenet5(s), doctest::Contains("lenet5: the activation quantizers after ReLU use the unsigned grid"),
-                       config_error);
+  CHECK_THROWS_WITH_AS(
+      nn::lenet5(s),
+      doctest::Contains("lenet5: the activation quantizers after ReLU use the unsigned grid"),
+      config_error);
 }
 
 TEST_CASE("resnet20 with activation quantizers after its 19 ReLUs, backward reaches them") {
@@ -146,8 +145,7 @@ TEST_CASE("resnet20 with activation quantizers after its 19 ReLUs, backward reac
   o.act_quant.b_init = 3;
   auto net = nn::resnet20(o);
   std::vector<std::string> names;
-  nn::visit_activation_quantizers(net,
-                                  [&](std::string_view n, auto&) { names.emplace_back(n); });
+  nn::visit_activation_quantizers(net, [&](std::string_view n, auto&) { names.emplace_back(n); });
   REQUIRE(names.size() == 19);
   CHECK(names[0] == "relu_quant");
   CHECK(names[1] == "layer1.0.relu1_quant");

@@ -147,8 +147,8 @@ struct cost_walk {
       // after a flatten the quantizer sees features, not the channels before it
       const std::size_t have = flat ? c * h * w : c;
       if (ch != have)
-        throw config_error(who + ": quantizes " + std::to_string(ch) + " channels, the tensor has " +
-                           std::to_string(have));
+        throw config_error(who + ": quantizes " + std::to_string(ch) +
+                           " channels, the tensor has " + std::to_string(have));
       if (flat) {
         c = have;
         h = w = 1;
@@ -189,9 +189,10 @@ model_costs model_costs_of(sequential<Layers...>& net, const model_input& in) {
   const auto image = quant::bits_source::constant(in.bits, in.channels);
   out.memory.add_tensor({"input", in.height * in.width, image});
   detail::cost_walk walk{in, out, in.channels, in.height, in.width, false, image};
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
+  auto each = [&]<std::size_t... I>(std::index_sequence<I...>) {
     (walk.step(I, net.template get<I>()), ...);
-  }(std::index_sequence_for<Layers...>{});
+  };
+  each(std::index_sequence_for<Layers...>{});
   return out;
 }
 

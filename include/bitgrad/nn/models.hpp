@@ -95,9 +95,8 @@ auto act_quant_after(const std::string& relu_name, std::size_t channels,
   if constexpr (!has_act_quant<ActQuant>) {
     return std::tuple<>{};
   } else {
-    return std::tuple<activation_quant<T, Rank, ActQuant>>(
-        activation_quant<T, Rank, ActQuant>({.channels = channels, .name = relu_name + "_quant"},
-                                            o));
+    return std::tuple<activation_quant<T, Rank, ActQuant>>(activation_quant<T, Rank, ActQuant>(
+        {.channels = channels, .name = relu_name + "_quant"}, o));
   }
 }
 
@@ -121,8 +120,7 @@ auto sequential_of(Tuple&& layers) {
 
 /// What every builder takes. Zeros mean "the model's default" (see each builder).
 template <class T, template <class> class Quant = quant::no_quant,
-          template <class> class EdgeQuant = Quant,
-          template <class> class ActQuant = no_act_quant>
+          template <class> class EdgeQuant = Quant, template <class> class ActQuant = no_act_quant>
 struct model_options {
   std::uint64_t seed = 0;
   /// The options of every quantizer (the edge layers' too unless edge_quant says otherwise).
@@ -159,8 +157,7 @@ using act_model_options = model_options<T, Quant, Quant, quant::act_quantizer>;
 /// fc 84->classes. Input (N, in_channels, in_size, in_size), output (N, classes).
 /// With ActQuant, "reluK_quant" right after each of the four ReLUs.
 template <class T, template <class> class Quant = quant::no_quant,
-          template <class> class EdgeQuant = Quant,
-          template <class> class ActQuant = no_act_quant>
+          template <class> class EdgeQuant = Quant, template <class> class ActQuant = no_act_quant>
 auto lenet5(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
   const std::size_t c = o.in_channels ? o.in_channels : 1;
   const std::size_t s = o.in_size ? o.in_size : 28;
@@ -183,15 +180,14 @@ auto lenet5(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
               o.edge_options()),
           relu<T, 4>("relu1")),
       aq4("relu1", 6),
-      std::make_tuple(
-          max_pool2d<T>({.kernel = 2, .name = "pool1"}),
-          conv2d<T, Quant>({.in_channels = 6,
-                            .out_channels = 16,
-                            .kernel = 5,
-                            .seed = seed + 1,
-                            .name = "conv2"},
-                           o.quant),
-          relu<T, 4>("relu2")),
+      std::make_tuple(max_pool2d<T>({.kernel = 2, .name = "pool1"}),
+                      conv2d<T, Quant>({.in_channels = 6,
+                                        .out_channels = 16,
+                                        .kernel = 5,
+                                        .seed = seed + 1,
+                                        .name = "conv2"},
+                                       o.quant),
+                      relu<T, 4>("relu2")),
       aq4("relu2", 16),
       std::make_tuple(
           max_pool2d<T>({.kernel = 2, .name = "pool2"}), flatten<T>("flatten"),
@@ -202,8 +198,7 @@ auto lenet5(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
       aq2("relu3", 120),
       std::make_tuple(
           linear<T, Quant>(
-              {.in_features = 120, .out_features = 84, .seed = seed + 3, .name = "fc2"},
-              o.quant),
+              {.in_features = 120, .out_features = 84, .seed = seed + 3, .name = "fc2"}, o.quant),
           relu<T, 2>("relu4")),
       aq2("relu4", 84),
       std::make_tuple(linear<T, EdgeQuant>(
@@ -216,8 +211,7 @@ auto lenet5(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
 /// (2w * (s/4)^2) -> fc hidden -> relu -> fc classes. in_size must be a multiple of 4.
 /// With ActQuant, "reluK_quant" right after each of the five ReLUs.
 template <class T, template <class> class Quant = quant::no_quant,
-          template <class> class EdgeQuant = Quant,
-          template <class> class ActQuant = no_act_quant>
+          template <class> class EdgeQuant = Quant, template <class> class ActQuant = no_act_quant>
 auto vgg_small(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
   const std::size_t c = o.in_channels ? o.in_channels : 1;
   const std::size_t s = o.in_size ? o.in_size : 28;
@@ -263,11 +257,9 @@ auto vgg_small(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
                                        o.quant),
                       relu<T, 2>("relu5")),
       detail::act_quant_after<T, 2, ActQuant>("relu5", o.hidden, o.act_quant),
-      std::make_tuple(linear<T, EdgeQuant>({.in_features = o.hidden,
-                                            .out_features = o.num_classes,
-                                            .seed = seed + 5,
-                                            .name = "fc2"},
-                                           o.edge_options()))));
+      std::make_tuple(linear<T, EdgeQuant>(
+          {.in_features = o.hidden, .out_features = o.num_classes, .seed = seed + 5, .name = "fc2"},
+          o.edge_options()))));
 }
 
 namespace detail {
@@ -319,8 +311,7 @@ auto basic_block(const std::string& name, std::size_t in, std::size_t out, std::
         std::move(tail)));
   } else {
     return sequential_of(std::tuple_cat(
-        std::make_tuple(name,
-                        residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
+        std::make_tuple(name, residual(std::string(), std::move(body), identity<T, 4>("shortcut")),
                         relu<T, 4>("relu")),
         std::move(tail)));
   }
@@ -345,8 +336,7 @@ auto resnet_stage(const std::string& stage, std::size_t in, std::size_t out, std
 /// Convolutions have no bias (batch norm follows each one). With ActQuant, "relu_quant" after
 /// the stem's relu and two in every block (see detail::basic_block): 19 in all.
 template <class T, template <class> class Quant = quant::no_quant,
-          template <class> class EdgeQuant = Quant,
-          template <class> class ActQuant = no_act_quant>
+          template <class> class EdgeQuant = Quant, template <class> class ActQuant = no_act_quant>
 auto resnet20(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
   const std::size_t c = o.in_channels ? o.in_channels : 3;
   const std::size_t s = o.in_size ? o.in_size : 32;
@@ -366,19 +356,18 @@ auto resnet20(const model_options<T, Quant, EdgeQuant, ActQuant>& o = {}) {
                                            o.edge_options()),
                       batch_norm<T, 4>({.features = w, .name = "bn1"}), relu<T, 4>("relu")),
       detail::act_quant_after<T, 4, ActQuant>("relu", w, aq),
-      std::make_tuple(
-          detail::resnet_stage<T, Quant, ActQuant, false>("layer1", w, w, 1, seed + 10, o.quant,
-                                                          aq),
-          detail::resnet_stage<T, Quant, ActQuant, true>("layer2", w, 2 * w, 2, seed + 20,
-                                                         o.quant, aq),
-          detail::resnet_stage<T, Quant, ActQuant, true>("layer3", 2 * w, 4 * w, 2, seed + 30,
-                                                         o.quant, aq),
-          global_avg_pool<T>("avgpool"),
-          linear<T, EdgeQuant>({.in_features = 4 * w,
-                                .out_features = o.num_classes,
-                                .seed = seed + 40,
-                                .name = "fc"},
-                               o.edge_options()))));
+      std::make_tuple(detail::resnet_stage<T, Quant, ActQuant, false>("layer1", w, w, 1, seed + 10,
+                                                                      o.quant, aq),
+                      detail::resnet_stage<T, Quant, ActQuant, true>("layer2", w, 2 * w, 2,
+                                                                     seed + 20, o.quant, aq),
+                      detail::resnet_stage<T, Quant, ActQuant, true>("layer3", 2 * w, 4 * w, 2,
+                                                                     seed + 30, o.quant, aq),
+                      global_avg_pool<T>("avgpool"),
+                      linear<T, EdgeQuant>({.in_features = 4 * w,
+                                            .out_features = o.num_classes,
+                                            .seed = seed + 40,
+                                            .name = "fc"},
+                                           o.edge_options()))));
 }
 
 } // namespace bitgrad::nn
