@@ -1,16 +1,16 @@
 // The study's CSV tables: results.csv (one row per arm and seed), aggregate.csv (one row per
 // arm, over seeds) and layers.csv (one row per arm, seed and layer), written with the cells of
-// report/csv.hpp, and read back (--resume, --from-csv, --check).
+// report/csv.hpp, and read back with its read_csv (--resume, --from-csv, --check).
 #pragma once
 
 #include "stats.hpp"
 #include "study.hpp"
 
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/report/csv.hpp>
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -113,26 +113,6 @@ inline std::string layers_csv(const std::vector<run_row>& rows) {
   return out;
 }
 
-inline std::vector<std::vector<std::string>> read_csv(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw bitgrad::io_error(path.string() + ": cannot open");
-  std::vector<std::vector<std::string>> table;
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> cells(1);
-    bool quoted = false;
-    for (char c : line) {
-      if (c == '"')
-        quoted = !quoted;
-      else if (c == ',' && !quoted)
-        cells.emplace_back();
-      else
-        cells.back() += c;
-    }
-    table.push_back(cells);
-  }
-  return table;
-}
-
 /// The rows of an earlier study, read back from its results.csv and layers.csv (columns found
 /// by header name; columns an older version did not write stay NaN / empty).
 inline std::vector<run_row> load_rows(const fs::path& dir) {
@@ -153,7 +133,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
     for (std::string t; in >> t;) v.push_back(t == "nan" ? nan_value : std::stod(t));
     return v;
   };
-  const auto results = read_csv(dir / "results.csv");
+  const auto results = bitgrad::read_csv(dir / "results.csv");
   if (results.empty()) throw bitgrad::io_error((dir / "results.csv").string() + ": empty");
   const auto rc = columns(results[0]);
   std::vector<run_row> rows;
@@ -179,7 +159,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
     r.seconds = number(c, rc, "seconds");
     rows.push_back(r);
   }
-  const auto layers = read_csv(dir / "layers.csv");
+  const auto layers = bitgrad::read_csv(dir / "layers.csv");
   if (layers.empty()) return rows;
   const auto lc = columns(layers[0]);
   for (std::size_t i = 1; i < layers.size(); ++i) {

@@ -6,18 +6,19 @@
 #include "tables.hpp"
 
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/io/read_file.hpp>
+#include <bitgrad/report/csv.hpp>
 
-#include <fstream>
-#include <iterator>
+#include <cstddef>
 #include <string>
 #include <vector>
 
 namespace pareto {
 
+/// A written file as text (io/read_file.hpp; io_error when it cannot be read).
 inline std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw bitgrad::io_error(path.string() + ": cannot open");
-  return {std::istreambuf_iterator<char>(in), {}};
+  const auto bytes = bitgrad::read_file_bytes(path, std::size_t{1} << 30);
+  return {bytes.begin(), bytes.end()};
 }
 
 inline std::size_t count_of(const std::string& text, const std::string& needle) {
@@ -33,7 +34,7 @@ inline std::vector<std::string> check_outputs(const settings& cfg, std::size_t a
     if (!ok) problems.push_back(what);
   };
   const std::size_t runs = arms * cfg.seeds * cfg.models.size();
-  const auto results = read_csv(cfg.out / "results.csv");
+  const auto results = bitgrad::read_csv(cfg.out / "results.csv");
   expect(!results.empty() && results[0].size() == 19, "results.csv: header of 19 columns");
   expect(results.size() == runs + 1, "results.csv: " + std::to_string(runs) + " rows expected, " +
                                          std::to_string(results.size() - 1) + " found");
@@ -53,7 +54,7 @@ inline std::vector<std::string> check_outputs(const settings& cfg, std::size_t a
       expect(weight == budget, "results.csv row " + std::to_string(i) +
                                    ": uniform per-channel is not exactly the budget");
   }
-  const auto agg = read_csv(cfg.out / "aggregate.csv");
+  const auto agg = bitgrad::read_csv(cfg.out / "aggregate.csv");
   const std::size_t aggregates = arms * cfg.models.size();
   expect(agg.size() == aggregates + 1, "aggregate.csv: " + std::to_string(aggregates) +
                                            " rows expected, " + std::to_string(agg.size() - 1) +
