@@ -6,6 +6,12 @@
 //   pareto --models lenet5 --seeds 3 --out runs/pareto     (the whole LeNet-5 grid)
 //   pareto --models vgg-small --sizes 3 --policies frac_bits --groups layer,channel ...
 //
+// The program, by job: main.cpp (the options), run.hpp (drives bitgrad: pretraining, the arms,
+// sizes and sensitivity diagnostics), study.hpp (settings, arm, run_row), stats.hpp (over
+// seeds), tables.hpp (the CSV files, written and read back with report/csv.hpp),
+// markdown.hpp (results.md), plots.hpp (the SVGs, report/svg.hpp), outputs.hpp (writes them
+// all), verify.hpp (--check).
+//
 // Size points. For every k of --sizes, the budget of every arm is one number,
 //   S_k = sum over the quantized layers l of (k n_l + 40 C_l) bits,
 // the stored size of the UNIFORM model at k bits with one float32 scale and one bitwidth byte per
