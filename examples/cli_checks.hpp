@@ -1,6 +1,7 @@
-// Checked ranges for the examples' command-line options (fashion_mnist, deploy, inspect_model,
-// pareto). Every numeric option takes one of these CLI11 validators, so a value the program
-// cannot honour stops it before any work, with a message in the user's terms:
+// Checked ranges for the command-line options of the examples (fashion_mnist, deploy,
+// inspect_model) and of the studies (studies/pareto/ includes this header). Every numeric
+// option takes one of these CLI11 validators, so a value the program cannot honour stops it
+// before any work, with a message in the user's terms:
 //
 //   --pretrain-epochs: expected a whole number >= 0, got -1
 //   --bits-lr: expected a finite number > 0, got nan

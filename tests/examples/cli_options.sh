@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One end-to-end test per command-line option of the examples (issue #17): each case runs the
-# program on the committed Fashion-MNIST sample with a few steps per epoch and checks that the
-# option changes what it says it changes, and that its bad values stop the program with a
-# message in the user's terms.
+# One end-to-end test per command-line option of the examples and of the Pareto study
+# (issue #17): each case runs the program on the committed Fashion-MNIST sample with a few steps
+# per epoch and checks that the option changes what it says it changes, and that its bad values
+# stop the program with a message in the user's terms.
 #
-#   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL PARETO
+#   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL [PARETO]
+#
+# A program a case does not run may be given as "-" (studies/pareto/ runs only pareto_bad_values).
 #
 # The deploy_* and inspect_* cases read the model written by the make_model case (a CTest
 # fixture). JSON and CSV are read with Debian's /usr/bin/python3 (standard library only).
 set -euo pipefail
-case_name=$1 work=$2 data=$3 fm=$4 deploy=$5 inspect=$6 pareto=$7
+case_name=$1 work=$2 data=$3 fm=$4 deploy=$5 inspect=$6 pareto=${7:--}
 model_dir=$(dirname "$work")/make_model
 mkdir -p "$work"
 export OMP_WAIT_POLICY=PASSIVE

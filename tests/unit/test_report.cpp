@@ -329,6 +329,57 @@ TEST_CASE("csv_log flushes every row, and appends only under the same header") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("csv_parse reads back what csv_field and csv_number wrote, quotes and breaks too") {
+  const std::vector<std::vector<std::string>> table = {
+      {"name", "value", "note"},
+      {"plain", bitgrad::csv_number(0.1), ""},
+      {"a,b", bitgrad::csv_number(nan_value), "say \"hi\""},
+      {"two\nlines", "3", "\"\""},
+      {""}};
+  std::string text;
+  for (const auto& row : table) {
+    for (std::size_t i = 0; i < row.size(); ++i)
+      text += (i ? "," : "") + bitgrad::csv_field(row[i]);
+    text += '\n';
+  }
+  CHECK(text.find("\"a,b\"") != std::string::npos); // the writer did quote
+  CHECK(bitgrad::csv_parse(text) == table);
+  // CRLF line ends, no final line break, an empty line in between.
+  CHECK(bitgrad::csv_parse("a,b\r\n\r\n1,\"2\r\n3\"") ==
+        std::vector<std::vector<std::string>>{{"a", "b"}, {""}, {"1", "2\r\n3"}});
+  CHECK(bitgrad::csv_parse("").empty());
+  // The epoch log reads back: header and rows, NaN as an empty field.
+  auto epochs = sample_epochs();
+  epochs[1].phase = "warm,up \"1\"";
+  const auto rows = bitgrad::csv_parse(bitgrad::to_csv(epochs));
+  REQUIRE(rows.size() == epochs.size() + 1);
+  CHECK(rows[2][0] == "warm,up \"1\"");
+  CHECK(rows[1][4] == "");
+  CHECK(std::stod(rows[2][3]) == epochs[1].train_accuracy);
+  // A quote left open names the source and the offset of the quote.
+  try {
+    (void)bitgrad::csv_parse("a,b\n1,\"2,3\n", "results.csv");
+    FAIL("no exception for an open quote");
+  } catch (const bitgrad::io_error& e) {
+    CHECK(std::string(e.what()) ==
+          "results.csv: the quoted field opened at offset 6 is not closed");
+  }
+}
+
+TEST_CASE("read_csv reads a file, and names a file it cannot open") {
+  auto dir = temp_dir();
+  std::ofstream(dir / "t.csv", std::ios::binary) << "k,arm\n2,\"uniform/channel\"\n";
+  CHECK(bitgrad::read_csv(dir / "t.csv") ==
+        std::vector<std::vector<std::string>>{{"k", "arm"}, {"2", "uniform/channel"}});
+  try {
+    (void)bitgrad::read_csv(dir / "missing.csv");
+    FAIL("no exception for a missing file");
+  } catch (const bitgrad::io_error& e) {
+    CHECK(std::string(e.what()).find("missing.csv: cannot open") != std::string::npos);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // ---- SVG ---------------------------------------------------------------------------------
 
 TEST_CASE("nice_ticks and tick labels") {

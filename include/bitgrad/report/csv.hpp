@@ -4,6 +4,7 @@
 // seconds. Numbers are written in the shortest form that reads back to the same double;
 // NaN and infinities are written as an empty field (read back as missing by spreadsheets and
 // pandas). A text field holding a comma, quote or line break is quoted per RFC 4180.
+// csv_parse / read_csv read such tables back (any header, the fields as text).
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -45,6 +47,58 @@ inline std::string csv_number(double x) {
   const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, x);
   if (ec != std::errc{}) throw std::logic_error("csv_number: to_chars failed");
   return std::string(buffer, end);
+}
+
+/// A CSV text as rows of fields, the inverse of csv_field: a field in quotes may hold ',', line
+/// breaks and "" (one quote); rows end at "\n" or "\r\n" outside quotes. A line with nothing
+/// on it is a row of one empty field; the last row needs no line break. A quote left open at
+/// the end throws io_error naming `source` (a file name in messages) and the quote's offset.
+inline std::vector<std::vector<std::string>> csv_parse(std::string_view text,
+                                                       std::string_view source = "csv") {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> row(1);
+  bool quoted = false, open_row = false;
+  std::size_t quote_at = 0;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    open_row = true;
+    if (quoted) {
+      if (c != '"') {
+        row.back() += c;
+      } else if (i + 1 < text.size() && text[i + 1] == '"') {
+        row.back() += '"';
+        ++i;
+      } else {
+        quoted = false;
+      }
+    } else if (c == '"') {
+      quoted = true;
+      quote_at = i;
+    } else if (c == ',') {
+      row.emplace_back();
+    } else if (c == '\n' || (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n')) {
+      i += c == '\r';
+      rows.push_back(std::move(row));
+      row.assign(1, std::string());
+      open_row = false;
+    } else {
+      row.back() += c;
+    }
+  }
+  if (quoted)
+    throw io_error(std::string(source) + ": the quoted field opened at offset " +
+                   std::to_string(quote_at) + " is not closed");
+  if (open_row) rows.push_back(std::move(row));
+  return rows;
+}
+
+/// A CSV file read with csv_parse; io_error when it cannot be read.
+inline std::vector<std::vector<std::string>> read_csv(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw io_error(path.string() + ": cannot open the CSV file");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) throw io_error(path.string() + ": reading the CSV file failed");
+  return csv_parse(text, path.string());
 }
 
 /// One epoch_record as a CSV row, without the line break.

@@ -1,0 +1,251 @@
+// Driving bitgrad: per seed, one FP32 network pretrained by the trainer; per size point and
+// arm, a network quantized by the arm's policy, trained from that FP32 start under the size
+// budget, frozen within it and fine-tuned; then the sizes and the sensitivity diagnostics.
+#pragma once
+
+#include "cli_checks.hpp"
+#include "outputs.hpp"
+#include "stats.hpp"
+#include "study.hpp"
+
+#include <bitgrad/bitgrad.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pareto {
+
+struct data_sets {
+  bitgrad::dataset train, test;
+};
+
+/// The split-half reliability of the sensitivity diagnostics (see run_row): S_g measured again
+/// on the next sensitivity_batches batches of 32 test images, Spearman per layer with the
+/// first measurement.
+template <class Net>
+void sensitivity_split_half(Net& net, const data_sets& data, const settings& cfg, run_row& r) {
+  namespace tr = bitgrad::train;
+  const std::size_t n = cfg.trainer.sensitivity_batches;
+  auto batches = tr::fixed_batches<float>(data.test, cfg.trainer.normalise, 32, 2 * n);
+  if (batches.size() <= n) return; // the test set has no second half
+  batches.erase(batches.begin(), batches.begin() + static_cast<std::ptrdiff_t>(n));
+  const auto second = tr::exact_sensitivity(net, batches);
+  r.sensitivity_split_half.assign(r.layers.size(), nan_value);
+  for (std::size_t li = 0; li < r.layers.size() && li < second.size(); ++li) {
+    const auto& first = r.layers[li].group_sensitivity;
+    if (first.size() == second[li].size() && first.size() >= 2)
+      r.sensitivity_split_half[li] = tr::spearman(first, second[li]);
+  }
+}
+
+template <template <class> class Quant, class Build, class FloatNet>
+std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
+                               FloatNet& fp32, const std::string& model, const arm& a, int k,
+                               std::uint64_t seed, double budget_bits) {
+  using T = float;
+  typename Quant<T>::options q{};
+  q.group_size = bitgrad::cli::parse_group(a.group);
+  if constexpr (requires { q.b_min; }) {
+    q.b_min = std::is_same_v<Quant<T>, bitgrad::quant::step_bits<T>> ? std::max(cfg.b_min, 2.0)
+                                                                     : cfg.b_min;
+    q.b_max = cfg.b_max;
+    q.b_init = cfg.b_init;
+  } else {
+    q.bits = k;
+  }
+  if constexpr (requires { q.seed; }) q.seed = seed;
+  // Every layer, the first conv and the last linear included, quantized as the arm says
+  // (model_options::quant reaches them when edge_quant is unset).
+  auto net = build.template operator()<Quant>(
+      bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q});
+
+  bitgrad::train::trainer_options t = cfg.trainer;
+  t.pretrain.epochs = 0; // every arm starts from the shared pretrained FP32 network
+  t.seed = seed;
+  // The trainer's target is the model's stored bytes, biases included (the same in every arm).
+  t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
+  t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) /
+              (std::to_string(k) + "bit") / (a.policy + "-" + a.group);
+  t.overwrite = true; // an arm not in results.csv runs again from its start
+  fs::create_directories(t.out_dir);
+  std::ofstream log(t.out_dir / "train.log");
+  t.log = &log;
+  t.terminal = false;
+  bitgrad::train::trainer trainer(fp32, net, data.train, data.test, t);
+  trainer.set_model_name(model);
+  trainer.add_setting("arm", a.name());
+  trainer.add_setting("size point", std::to_string(k) + " bits per weight (uniform per channel)");
+  trainer.add_setting("budget bytes (weights)", fixed(budget_bits / 8, 1));
+  trainer.add_setting("seed", std::to_string(seed));
+  const auto result = trainer.run();
+  fs::remove(t.out_dir / "checkpoint.bin");
+  if (!result.finished) return std::nullopt;
+
+  const auto size = bitgrad::train::measure_size(net);
+  run_row r;
+  r.model = model;
+  r.k = k;
+  r.a = a;
+  r.seed = seed;
+  r.fp32_accuracy = result.summary.fp32_accuracy;
+  r.accuracy = result.summary.quant_accuracy;
+  r.budget_bytes = budget_bits / 8;
+  r.weight_bytes = size.weight_bits / 8;
+  r.total_bytes = size.bytes();
+  r.code_bits = size.average_bits();
+  r.stored_bits = size.weight_bits / static_cast<double>(size.weights);
+  r.seconds = result.summary.seconds;
+  r.layers = result.summary.layers;
+  if (a.uniform() && cfg.trainer.sensitivity_batches > 0) sensitivity_split_half(net, data, cfg, r);
+  std::vector<double> rhos;
+  for (const auto& l : r.layers) {
+    if (std::isfinite(l.bits_spread))
+      r.max_spread =
+          std::isfinite(r.max_spread) ? std::max(r.max_spread, l.bits_spread) : l.bits_spread;
+    if (l.bits_spread >= 2) ++r.layers_spread2;
+    if (std::isfinite(l.rank_correlation)) {
+      rhos.push_back(l.rank_correlation);
+      if (l.rank_correlation > 0) ++r.layers_rho_positive;
+    }
+  }
+  r.mean_rho = summarise(rhos).mean;
+  return r;
+}
+
+/// Spearman's rho, per layer, between the learned bits of `mixed` and the sensitivity S^u the
+/// same channels had in the uniform per-channel arm of the same seed and size (all groups at
+/// k bits, so S^u is not confounded by the learned bits themselves: a group frozen at more bits
+/// loses less when it drops one, see train/sensitivity.hpp). A group of several channels takes
+/// the sum of its channels' S^u (the first-order loss change of lowering them all). NaN when
+/// the uniform arm has no sensitivities or the layer has fewer than two groups.
+inline void uniform_rank_correlation(run_row& mixed, const run_row& uniform) {
+  mixed.rho_uniform.assign(mixed.layers.size(), nan_value);
+  std::vector<double> finite;
+  for (std::size_t li = 0; li < mixed.layers.size() && li < uniform.layers.size(); ++li) {
+    const auto& m = mixed.layers[li];
+    const auto& su = uniform.layers[li].group_sensitivity; // one per channel
+    if (m.groups < 2 || su.empty() || su.size() < m.groups) continue;
+    const std::size_t g = (su.size() + m.groups - 1) / m.groups; // channels per group
+    std::vector<double> s(m.groups, 0.0);
+    for (std::size_t c = 0; c < su.size(); ++c) s[std::min(c / g, m.groups - 1)] += su[c];
+    mixed.rho_uniform[li] = bitgrad::train::spearman(m.group_bits, s);
+    if (std::isfinite(mixed.rho_uniform[li])) finite.push_back(mixed.rho_uniform[li]);
+  }
+  mixed.mean_rho_uniform = summarise(finite).mean;
+}
+
+/// S_k: the stored bits of the model's quantized weights, uniform at k bits per channel.
+template <class Build>
+double budget_bits(Build build, int k) {
+  using bitgrad::quant::fixed_bits;
+  const fixed_bits<float>::options q{.group_size = 1, .bits = k};
+  auto net = build.template operator()<fixed_bits>(
+      bitgrad::nn::model_options<float, fixed_bits>{.quant = q});
+  return bitgrad::train::measure_size(net).weight_bits;
+}
+
+/// Runs every seed, size and arm of one model; false when interrupted.
+template <class Build>
+bool run_model(const settings& cfg, const data_sets& data, const std::string& model, Build build,
+               std::vector<run_row>& rows, std::size_t& done, std::size_t total,
+               std::chrono::steady_clock::time_point start) {
+  using bitgrad::quant::fixed_bits;
+  const auto arms = arms_of(cfg);
+  auto finished = [&](int k, const arm& a, std::uint64_t seed) {
+    return std::any_of(rows.begin(), rows.end(), [&](const run_row& r) {
+      return r.model == model && r.k == k && r.a.name() == a.name() && r.seed == seed;
+    });
+  };
+  for (std::size_t s = 0; s < cfg.seeds; ++s) {
+    const std::uint64_t seed = cfg.first_seed + s;
+    bool all_done = true; // --resume: every arm of this seed is in results.csv already
+    for (int k : cfg.sizes)
+      for (const arm& a : arms) all_done = all_done && finished(k, a, seed);
+    if (all_done) continue;
+    // Pretrain the FP32 network once for this seed. The trainer needs a quantized twin; a
+    // throw-away 8-bit per-layer one, with no search or fine-tuning epochs, is enough.
+    auto fp32 = build.template operator()<bitgrad::quant::no_quant>(
+        bitgrad::nn::model_options<float>{.seed = seed});
+    {
+      auto scratch =
+          build.template operator()<fixed_bits>(bitgrad::nn::model_options<float, fixed_bits>{
+              .seed = seed, .quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8}});
+      bitgrad::train::trainer_options t = cfg.trainer;
+      t.search.epochs = t.finetune.epochs = 0;
+      t.seed = seed;
+      t.target_bytes = 1e12;
+      const fs::path dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed));
+      fs::create_directories(dir);
+      std::ofstream log(dir / "pretrain.log");
+      t.log = &log;
+      t.terminal = false;
+      const auto t0 = std::chrono::steady_clock::now();
+      bitgrad::train::trainer pre(fp32, scratch, data.train, data.test, t);
+      const auto result = pre.run();
+      if (!result.finished) return false;
+      std::cout
+          << model << " seed " << seed << ": FP32 pretrained " << t.pretrain.epochs
+          << " epochs, test accuracy " << fixed(100 * result.summary.fp32_accuracy, 2) << "% ("
+          << fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1)
+          << " s)\n"
+          << std::flush;
+    }
+    for (int k : cfg.sizes) {
+      const double budget = budget_bits(build, k);
+      for (const arm& a : arms) {
+        if (finished(k, a, seed)) continue;
+        std::optional<run_row> r;
+        auto go = [&]<template <class> class Q>() {
+          r = run_arm<Q>(cfg, data, build, fp32, model, a, k, seed, budget);
+        };
+        if (a.policy == "fixed_bits")
+          go.template operator()<fixed_bits>();
+        else if (a.policy == "frac_bits")
+          go.template operator()<bitgrad::quant::frac_bits>();
+        else if (a.policy == "step_bits")
+          go.template operator()<bitgrad::quant::step_bits>();
+        else
+          go.template operator()<bitgrad::quant::noise_bits>();
+        if (!r) return false;
+        if (!a.uniform())
+          for (const auto& u : rows)
+            if (u.a.uniform() && u.a.group == "channel" && u.model == model && u.k == k &&
+                u.seed == seed)
+              uniform_rank_correlation(*r, u);
+        rows.push_back(*r);
+        write_outputs(cfg, rows);
+        ++done;
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double split_half = summarise(r->sensitivity_split_half).mean; // NaN: none
+        char line[320];
+        std::snprintf(
+            line, sizeof line,
+            "[%zu/%zu] %s seed %llu k=%d %-18s acc %6.2f%%  %7.0f B (budget %.0f B "
+            "weights, used %.0f)  code bits %.2f  spread %s  rho %s  rho_u %s%s  %5.1f s  "
+            "elapsed %s, ETA %s\n",
+            done, total, model.c_str(), static_cast<unsigned long long>(seed), k, a.name().c_str(),
+            100 * r->accuracy, r->total_bytes, r->budget_bytes, r->weight_bytes, r->code_bits,
+            fixed(r->max_spread, 0).c_str(), signed_fixed(r->mean_rho, 2).c_str(),
+            signed_fixed(r->mean_rho_uniform, 2).c_str(),
+            std::isfinite(split_half) ? ("  S split-half " + signed_fixed(split_half, 2)).c_str()
+                                      : "",
+            r->seconds, bitgrad::format_duration(elapsed).c_str(),
+            bitgrad::format_duration(elapsed / static_cast<double>(done) *
+                                     static_cast<double>(total - done))
+                .c_str());
+        std::cout << line << std::flush;
+      }
+    }
+  }
+  return true;
+}
+
+} // namespace pareto

@@ -1,0 +1,108 @@
+// The words of the Pareto study: its settings, an arm (a policy at a granularity), the row of
+// one finished arm of one seed, and the number formats of its tables and messages.
+#pragma once
+
+#include <bitgrad/bitgrad.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pareto {
+
+namespace fs = std::filesystem;
+using bitgrad::layer_summary;
+inline const double nan_value = std::numeric_limits<double>::quiet_NaN();
+
+struct settings {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  fs::path out = "runs/pareto";
+  std::vector<std::string> models{"lenet5"};
+  std::vector<int> sizes{2, 3, 4};
+  std::vector<std::string> policies{"frac_bits", "step_bits", "noise_bits"};
+  std::vector<std::string> groups{"layer", "4", "channel"};
+  std::vector<std::string> uniform_groups{"channel"};
+  std::size_t seeds = 3;
+  std::uint64_t first_seed = 1;
+  double b_min = 1; ///< step_bits uses max(b_min, 2): it has no 1-bit grid
+  double b_max = 8;
+  std::optional<double> b_init; ///< unset: the policy's default (b_max - 0.5)
+  std::string bits_moment =
+      bitgrad::train::to_string(bitgrad::train::trainer_options{}.bits_moment);
+  std::size_t train_limit = 0;
+  std::size_t threads = 0;
+  bool quick = false;
+  bool check = false;
+  bool check_only = false;
+  bool from_csv = false;
+  bool resume = false;
+  bitgrad::train::trainer_options trainer;
+};
+
+/// One arm of the study: a policy at a granularity.
+struct arm {
+  std::string policy; ///< fixed_bits (uniform), frac_bits, step_bits, noise_bits
+  std::string group;  ///< "layer", "channel" or a number of channels
+  bool uniform() const { return policy == "fixed_bits"; }
+  std::string name() const { return (uniform() ? std::string("uniform") : policy) + "/" + group; }
+};
+
+/// One finished arm of one seed.
+struct run_row {
+  std::string model;
+  int k = 0; ///< size point: bits per weight of the uniform per-channel model
+  arm a;
+  std::uint64_t seed = 0;
+  double fp32_accuracy = nan_value;
+  double accuracy = nan_value;     ///< quantized, whole test set
+  double budget_bytes = nan_value; ///< S_k / 8 (quantized weights, overhead included)
+  double weight_bytes = nan_value; ///< sum of size_bits() / 8 after freezing
+  double total_bytes = nan_value;  ///< weight_bytes + float32 biases
+  double code_bits = nan_value;    ///< average code bits per weight (no overhead)
+  double stored_bits = nan_value;  ///< weight_bytes * 8 / weights (overhead included)
+  double max_spread = nan_value;   ///< largest bits_max - bits_min inside one layer
+  int layers_spread2 = 0;          ///< layers whose groups differ by >= 2 bits
+  double mean_rho = nan_value;     ///< mean over layers of Spearman(bits, sensitivity)
+  int layers_rho_positive = 0;     ///< layers with a positive rank correlation
+  /// Per layer: Spearman(bits, S^u), S^u the sensitivity of the same channels in the uniform
+  /// per-channel arm of the same seed and size (summed over a group's channels); see
+  /// uniform_rank_correlation. NaN where not available.
+  std::vector<double> rho_uniform;
+  double mean_rho_uniform = nan_value;
+  /// Uniform arms, per layer: Spearman between the sensitivities measured on the fixed batches
+  /// and on as many following test batches (split-half reliability of S^u: how far a rank
+  /// correlation with it can be trusted). NaN elsewhere.
+  std::vector<double> sensitivity_split_half;
+  double seconds = nan_value;
+  std::vector<layer_summary> layers;
+};
+
+/// The arms of one size point in study order: uniform first, then policy by policy.
+inline std::vector<arm> arms_of(const settings& cfg) {
+  std::vector<arm> arms;
+  for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g});
+  for (const auto& p : cfg.policies)
+    for (const auto& g : cfg.groups) arms.push_back({p, g});
+  return arms;
+}
+
+/// x with `decimals` digits after the point; "n/a" when not finite.
+inline std::string fixed(double x, int decimals) {
+  if (!std::isfinite(x)) return "n/a";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*f", decimals, x);
+  return buffer;
+}
+
+/// fixed() with a '+' before a finite x >= 0.
+inline std::string signed_fixed(double x, int decimals) {
+  std::string t = std::isfinite(x) && x >= 0 ? "+" : "";
+  return t += fixed(x, decimals);
+}
+
+} // namespace pareto
