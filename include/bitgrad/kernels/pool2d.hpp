@@ -67,40 +67,41 @@ template <class T>
 void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
   const std::size_t in_w = g.in_w;
-  parallel_chunks(batch_threads(planes), planes, [&](std::size_t, std::size_t first, std::size_t last) {
-    for (std::size_t p = first; p < last; ++p)
-      for (std::size_t oh = 0; oh < oh_n; ++oh) {
-        const T* r0 = x + p * g.in_plane() + 2 * oh * in_w;
-        const T* r1 = r0 + in_w;
-        T* yo = y + (p * oh_n + oh) * ow_n;
-        const std::uint32_t top = std::uint32_t(2 * oh * in_w);
-        if (argmax == nullptr) {
-          for (std::size_t ow = 0; ow < ow_n; ++ow) {
-            T best = r0[2 * ow];
-            best = pool_beats(r0[2 * ow + 1], best) ? r0[2 * ow + 1] : best;
-            best = pool_beats(r1[2 * ow], best) ? r1[2 * ow] : best;
-            yo[ow] = pool_beats(r1[2 * ow + 1], best) ? r1[2 * ow + 1] : best;
+  parallel_chunks(
+      batch_threads(planes), planes, [&](std::size_t, std::size_t first, std::size_t last) {
+        for (std::size_t p = first; p < last; ++p)
+          for (std::size_t oh = 0; oh < oh_n; ++oh) {
+            const T* r0 = x + p * g.in_plane() + 2 * oh * in_w;
+            const T* r1 = r0 + in_w;
+            T* yo = y + (p * oh_n + oh) * ow_n;
+            const std::uint32_t top = std::uint32_t(2 * oh * in_w);
+            if (argmax == nullptr) {
+              for (std::size_t ow = 0; ow < ow_n; ++ow) {
+                T best = r0[2 * ow];
+                best = pool_beats(r0[2 * ow + 1], best) ? r0[2 * ow + 1] : best;
+                best = pool_beats(r1[2 * ow], best) ? r1[2 * ow] : best;
+                yo[ow] = pool_beats(r1[2 * ow + 1], best) ? r1[2 * ow + 1] : best;
+              }
+              continue;
+            }
+            std::uint32_t* ao = argmax + (p * oh_n + oh) * ow_n;
+            const std::uint32_t down = std::uint32_t(in_w);
+            // The index updates are arithmetic on the comparison bits, so that short rows (the
+            // scalar tail: LeNet's 12 and 4 outputs) run without branches too.
+            for (std::size_t ow = 0; ow < ow_n; ++ow) {
+              const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+              const std::uint32_t pb = pool_beats(b, a);
+              T best = pb ? b : a;
+              std::uint32_t at = pb;
+              const std::uint32_t pc = pool_beats(c, best);
+              best = pc ? c : best;
+              at += pc * (down - at);
+              const std::uint32_t pd = pool_beats(d, best);
+              yo[ow] = pd ? d : best;
+              ao[ow] = top + std::uint32_t(2 * ow) + at + pd * (down + 1 - at);
+            }
           }
-          continue;
-        }
-        std::uint32_t* ao = argmax + (p * oh_n + oh) * ow_n;
-        const std::uint32_t down = std::uint32_t(in_w);
-        // The index updates are arithmetic on the comparison bits, so that short rows (the
-        // scalar tail: LeNet's 12 and 4 outputs) run without branches too.
-        for (std::size_t ow = 0; ow < ow_n; ++ow) {
-          const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-          const std::uint32_t pb = pool_beats(b, a);
-          T best = pb ? b : a;
-          std::uint32_t at = pb;
-          const std::uint32_t pc = pool_beats(c, best);
-          best = pc ? c : best;
-          at += pc * (down - at);
-          const std::uint32_t pd = pool_beats(d, best);
-          yo[ow] = pd ? d : best;
-          ao[ow] = top + std::uint32_t(2 * ow) + at + pd * (down + 1 - at);
-        }
-      }
-  });
+      });
 }
 } // namespace detail
 

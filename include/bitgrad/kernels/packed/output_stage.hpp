@@ -148,7 +148,8 @@ struct store {
     if (col_stride == 1)
       for (std::size_t l = 0; l < B::size; ++l) dst[l] = static_cast<T>(lane_values[l]);
     else
-      for (std::size_t l = 0; l < B::size; ++l) dst[l * col_stride] = static_cast<T>(lane_values[l]);
+      for (std::size_t l = 0; l < B::size; ++l)
+        dst[l * col_stride] = static_cast<T>(lane_values[l]);
   }
 };
 
