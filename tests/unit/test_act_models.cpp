@@ -8,9 +8,11 @@
 #include <bitgrad/nn/model_costs.hpp>
 #include <bitgrad/nn/models.hpp>
 #include <bitgrad/optim/adam.hpp>
+#include <bitgrad/optim/sgd.hpp>
 #include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/fixed_bits.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
+#include <bitgrad/train/step.hpp>
 
 #include <doctest/doctest.h>
 
@@ -323,4 +325,32 @@ TEST_CASE("training LeNet-5 under a BOPs penalty lowers the activation bitwidths
   CHECK(after <= 5.0);
   CHECK(costs.bops.value() < 0.8 * bops0);
   CHECK(last_loss < first_loss + 0.05f);
+}
+
+TEST_CASE("train::train_step projects the activation quantizers' bitwidths into their bounds") {
+  // One SGD step with a huge bitwidth learning rate throws every activation bitwidth far out of
+  // [b_min, b_max] = [2, 8]; the step's projection must bring each back to a bound.
+  const std::size_t n = 4, s = 16;
+  tensor4<float> x = tensor4<float>::from_shape({n, 1, s, s});
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<float> pixel(0.f, 1.f);
+  for (float& v : x) v = pixel(rng);
+  const std::vector<std::int32_t> labels{0, 1, 0, 1};
+  nn::act_model_options<float, quant::frac_bits> o{.seed = 4, .in_size = s, .num_classes = 2};
+  o.act_quant.b_init = 5;
+  auto net = nn::lenet5(o);
+  nn::softmax_cross_entropy<float> loss;
+  optim::sgd<float> opt({.lr = 1e-3});
+  opt.set_group(param_kind::bitwidth, {.lr = 1e7, .weight_decay = 0});
+  const auto r = train::train_step(net, loss, opt, x, labels);
+  REQUIRE(r.bad.empty());
+  const std::vector<double> bits = activation_bits(net);
+  REQUIRE(bits.size() == 4);
+  std::size_t at_bound = 0;
+  for (double b : bits) {
+    CHECK(b >= 2.0);
+    CHECK(b <= 8.0);
+    at_bound += (b == 2.0 || b == 8.0) ? 1 : 0;
+  }
+  CHECK(at_bound >= 1); // the step did move them (to a bound), so the check above was exercised
 }

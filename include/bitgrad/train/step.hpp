@@ -4,7 +4,8 @@
 //   zero_grad -> logits = net.forward(x) -> l = loss.forward(logits, y) -> net.backward(dL/dlogits)
 //   -> [size penalty: d(penalty)/d(bitwidths) added to the bitwidth gradients]
 //   -> if l and every gradient are finite: optimizer.step, then every quantizer projects its
-//      parameters back into bounds (bitwidths into [b_min, b_max], ...)
+//      parameters back into bounds (bitwidths into [b_min, b_max], ...): the weight quantizers
+//      and the activation quantizers (nn/activation_quant.hpp) alike
 //
 // A step with a non-finite loss or gradient changes no parameter: it would turn weights and
 // bitwidths into NaN. The caller decides what to do with it (stop naming the step, or skip the
@@ -12,6 +13,7 @@
 #pragma once
 
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/optim/clip.hpp>
 #include <bitgrad/quant/penalty.hpp>
@@ -70,6 +72,7 @@ train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input
   if (!r.bad.empty()) return r;
   optimizer.step(params);
   net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
+  nn::visit_activation_quantizers(net, [](std::string_view, auto& q) { q.project(); });
   return r;
 }
 
