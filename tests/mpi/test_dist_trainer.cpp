@@ -206,6 +206,18 @@ TEST_CASE("the trainer on p ranks x 64/p images follows one process at 64 for 20
     CHECK(!fs::exists(mine));
   }
   comm.barrier();
+
+  // With overlap (buckets started from nn::sequential::backward's hook during backward) the
+  // fixed reduction order gives the same bits.
+  auto fp32_overlap = make_fp32();
+  auto q_overlap = make_quant();
+  dist::data_parallel<float> overlapping(comm, {.bucket_bytes = 16 << 10, .overlap = true});
+  train::trainer t2(fp32_overlap, q_overlap, sample_train(), sample_test(), twenty_steps());
+  t2.set_gradient_sync(overlapping);
+  REQUIRE(t2.run().finished);
+  CHECK(overlapping.current_reducer().buckets().size() > 1);
+  CHECK(overlapping.current_reducer().started_early() > 0);
+  CHECK(parameters(q_overlap) == parameters(q));
 }
 
 TEST_CASE("a checkpoint written by p ranks mid-epoch resumes on 1 rank as an uninterrupted run") {
