@@ -55,7 +55,9 @@
 //              size penalty and the optimizer, so every rank holds the same parameters (checked
 //              at the start of every phase and at the end of the run). Evaluation is sharded as
 //              well: each rank evaluates its slice of every test batch and the counts are
-//              summed, so the accuracies are those of one process. Only rank 0 prints, writes
+//              summed, so the accuracies are those of one process. Batch norm uses each
+//              rank's slice's statistics unless trainer_options::sync_batch_norm (the global
+//              batch's, nn::batch_norm::set_sync). Only rank 0 prints, writes
 //              files and calls observers (built-in and added); a resumed run reads the
 //              checkpoint on rank 0 and broadcasts it, so a checkpoint written with N ranks
 //              resumes with any M (1 included).
@@ -64,6 +66,7 @@
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/nn/loss.hpp>
+#include <bitgrad/nn/visit.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/optim/schedule.hpp>
 #include <bitgrad/quant/budget.hpp>
@@ -87,9 +90,11 @@
 #include <csignal>
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -169,6 +174,10 @@ struct trainer_options {
   /// Replace the run in out_dir (its run_files), once the new run writes its first file.
   /// Without resume or overwrite, run() refuses an out_dir that holds any of run_files.
   bool overwrite = false;
+  /// Data-parallel (set_gradient_sync): every batch norm of the network normalises with the
+  /// statistics of the global batch (nn::batch_norm::set_sync, like PyTorch's SyncBatchNorm)
+  /// instead of its rank's slice. Off by default; no effect on one process.
+  bool sync_batch_norm = false;
   std::ostream* log = &std::cout; ///< progress and per-epoch lines; null = silent
   bool terminal = stdout_is_terminal();
 };
@@ -497,9 +506,33 @@ private:
                          " is smaller than the rank count " + std::to_string(sync_->ranks()) +
                          ": every rank needs at least one image of every batch (the batch size "
                          "is the global batch, split across the ranks)");
+    if (opt_.sync_batch_norm) {
+      // A rank with no image of a batch could not join the synchronised statistics.
+      const std::size_t tail = train_.size() % opt_.batch_size;
+      const std::size_t batches = (train_.size() + opt_.batch_size - 1) / opt_.batch_size;
+      const bool reached = opt_.max_steps_per_epoch == 0 || opt_.max_steps_per_epoch >= batches;
+      if (tail > 0 && tail < sync_->ranks() && reached)
+        throw config_error("trainer: sync_batch_norm: the last batch of every epoch has " +
+                           std::to_string(tail) + " images, fewer than the " +
+                           std::to_string(sync_->ranks()) +
+                           " ranks; a rank without images cannot take part in the synchronised "
+                           "statistics: choose a batch size that leaves none or at least one "
+                           "image per rank in the last batch");
+    }
     sync_->check_same_text("the trainer's settings", settings_text());
     sync_->check_same_dataset(train_, "the training set");
     sync_->check_same_dataset(test_, "the test set");
+  }
+
+  /// Every batch norm of `net` sums its statistics over the ranks (`on`), or not.
+  template <class Net>
+  void synchronise_batch_norm(Net& net, bool on) {
+    std::function<void(std::span<double>)> sum;
+    if (on) sum = [s = sync_](std::span<double> v) { s->sum(v); };
+    auto set = [&](const std::string&, auto& leaf) {
+      if constexpr (requires { leaf.set_sync(sum); }) leaf.set_sync(sum);
+    };
+    nn::visit_layers(net, set);
   }
 
   /// Every option that changes what a run computes, one "key=value" line each.
@@ -531,6 +564,7 @@ private:
         << " steps\n"
         << "skip_nonfinite=" << opt_.skip_nonfinite << "\n"
         << "sensitivity_batches=" << opt_.sensitivity_batches << "\n"
+        << "sync_batch_norm=" << opt_.sync_batch_norm << "\n"
         << "resume=" << opt_.resume << ", overwrite " << opt_.overwrite << "\n"
         << "model=" << model_name_ << "\n";
     for (const auto& [key, value] : settings_) out << "setting " << key << "=" << value << "\n";
@@ -674,6 +708,15 @@ private:
                                  : batches.batches_per_epoch();
     const auto schedule = parts_.schedule(per_epoch * po.epochs);
     if (sync_) sync_->begin_phase(parameters_of(net));
+    // Synchronised batch norm for this phase's steps (off again when the phase returns).
+    struct batch_norm_sync {
+      trainer* self;
+      Net* net;
+      ~batch_norm_sync() {
+        if (self) self->synchronise_batch_norm(*net, false);
+      }
+    } bn_sync{sync_ && opt_.sync_batch_norm ? this : nullptr, &net};
+    if (bn_sync.self) synchronise_batch_norm(net, true);
     tensor4<T> x;
     std::vector<std::int32_t> y;
 
