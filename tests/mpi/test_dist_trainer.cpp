@@ -74,8 +74,12 @@ train::trainer_options twenty_steps(const fs::path& out = {}) {
   return o;
 }
 
-auto make_fp32() { return nn::lenet5<float>({.seed = 3}); }
-auto make_quant() { return nn::lenet5<float, quant::frac_bits>({.seed = 3}); }
+auto make_fp32() {
+  return nn::lenet5<float>({.seed = 3});
+}
+auto make_quant() {
+  return nn::lenet5<float, quant::frac_bits>({.seed = 3});
+}
 using quant_net = decltype(make_quant());
 
 std::vector<std::vector<float>> parameters(quant_net& net) {

@@ -66,12 +66,12 @@ TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", 
 
 TEST_CASE("sequential::backward(dy, hook) reports each layer's parameters once their gradients "
           "are final, last layer first") {
-  auto net = nn::sequential(std::string("net"), small_mlp<double>(),
-                            nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3,
-                                                .name = "fc3"}));
-  auto twin = nn::sequential(std::string("net"), small_mlp<double>(),
-                             nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3,
-                                                 .name = "fc3"}));
+  auto net = nn::sequential(
+      std::string("net"), small_mlp<double>(),
+      nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3, .name = "fc3"}));
+  auto twin = nn::sequential(
+      std::string("net"), small_mlp<double>(),
+      nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3, .name = "fc3"}));
   const auto x = random_tensor<double, 2>({4, 4}, 7);
   const auto dy = random_tensor<double, 2>({4, 2}, 8);
   net.zero_grad();

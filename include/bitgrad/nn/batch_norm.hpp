@@ -30,9 +30,9 @@
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/kernels/batch_norm.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
+#include <bitgrad/nn/batch_norm_sync.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/layer.hpp>
-#include <bitgrad/nn/batch_norm_sync.hpp>
 #include <bitgrad/nn/linear.hpp>
 
 #include <array>
@@ -182,8 +182,9 @@ private:
     const channel_moments m =
         moments_from_sums(std::span<const double>(sums), c_, running_mean_.data());
     if (m.count < 2)
-      throw shape_error(name_ + ": training needs more than one value per channel in the global "
-                                "batch, got " +
+      throw shape_error(name_ +
+                        ": training needs more than one value per channel in the global "
+                        "batch, got " +
                         std::to_string(m.count));
     for (std::size_t c = 0; c < c_; ++c) {
       mean_[c] = static_cast<T>(m.mean[c]);

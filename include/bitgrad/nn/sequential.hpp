@@ -109,8 +109,9 @@ public:
   /// backward returned (p.grad is final from then on; dist/backward_hook.hpp states the
   /// contract). A nested sequential or residual block is reported after its whole backward.
   template <class Hook>
-  requires std::invocable<Hook&, param_ref<value_type>&>
   const input_type& backward(const output_type& dy, Hook&& hook) {
+    static_assert(std::invocable<Hook&, param_ref<value_type>&>,
+                  "sequential::backward(dy, hook): hook must be callable with param_ref<T>&");
     return backward_hooked<size - 1>(dy, hook);
   }
 

@@ -548,8 +548,8 @@ private:
     phase("finetune", opt_.finetune);
     out << "target_average_bits=" << exact(opt_.target_average_bits) << "\n"
         << "target_bytes=" << (opt_.target_bytes ? exact(*opt_.target_bytes) : "none") << "\n"
-        << "penalty=" << static_cast<int>(opt_.penalty) << " lambda "
-        << exact(opt_.penalty_lambda) << "\n"
+        << "penalty=" << static_cast<int>(opt_.penalty) << " lambda " << exact(opt_.penalty_lambda)
+        << "\n"
         << "freeze_rounding=" << static_cast<int>(opt_.freeze_rounding) << "\n"
         << "bits_moment=" << to_string(opt_.bits_moment) << "\n"
         << "seed=" << opt_.seed << "\n";
