@@ -227,13 +227,13 @@ int run(const settings& cfg, Builder build) {
     std::printf("%s: %s; %s and %s %s\n", cfg.model.c_str(), quant_text.c_str(),
                 first_layer.c_str(), last_layer.c_str(), edge_text.c_str());
     std::printf("size target %s stored bits per weight (codes, scales, bitwidths) = %s; %zu train "
-              "/ %zu test images from %s\n",
-              cli::number_text(t.target_average_bits).c_str(),
-              bitgrad::format_bytes(t.target_average_bits * smallest.weights / 8).c_str(),
-              train_set.size(), test_set.size(), cfg.data.c_str());
-  std::printf("%zu step%s per epoch of batch size %zu; %d thread%s, %s\n", steps_run,
-              steps_run == 1 ? "" : "s", t.batch_size, threads, threads == 1 ? "" : "s",
-              bitgrad::simd_arch_name());
+                "/ %zu test images from %s\n",
+                cli::number_text(t.target_average_bits).c_str(),
+                bitgrad::format_bytes(t.target_average_bits * smallest.weights / 8).c_str(),
+                train_set.size(), test_set.size(), cfg.data.c_str());
+    std::printf("%zu step%s per epoch of batch size %zu; %d thread%s, %s\n", steps_run,
+                steps_run == 1 ? "" : "s", t.batch_size, threads, threads == 1 ? "" : "s",
+                bitgrad::simd_arch_name());
     if (cfg.sync) std::printf("data-parallel on %zu ranks\n", cfg.sync->ranks());
   }
   const auto result = trainer.run();
