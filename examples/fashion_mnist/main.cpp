@@ -175,13 +175,5 @@ int main(int argc, char** argv) {
   cli::use_threads(cfg.threads);
   // Ctrl-C / SIGTERM: finish the current step, write the checkpoint, exit; --resume continues.
   bitgrad::train::install_interrupt_handlers();
-  try {
-    if (cfg.policy == "step_bits") return run_model<bitgrad::quant::step_bits>(cfg);
-    if (cfg.policy == "fixed_bits") return run_model<bitgrad::quant::fixed_bits>(cfg);
-    if (cfg.policy == "noise_bits") return run_model<bitgrad::quant::noise_bits>(cfg);
-    return run_model<bitgrad::quant::frac_bits>(cfg);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "fashion_mnist: %s\n", e.what());
-    return 1;
-  }
+  return launch(cfg);
 }

@@ -199,12 +199,14 @@ int run(const settings& cfg, Builder build) {
   const std::size_t steps_run =
       t.max_steps_per_epoch ? std::min(steps, t.max_steps_per_epoch) : steps;
   const int threads = cli::threads_in_use();
+  const bool writes = !cfg.sync || cfg.sync->rank() == 0; // data-parallel: rank 0 prints, writes
   if (!cfg.init.empty()) {
     bitgrad::train::load_npz(fp32, cfg.init);
-    std::printf("FP32 weights from %s (pretraining skipped)\n", cfg.init.c_str());
+    if (writes) std::printf("FP32 weights from %s (pretraining skipped)\n", cfg.init.c_str());
   }
 
   bitgrad::train::trainer trainer(fp32, quantized, train_set, test_set, cfg.trainer);
+  if (cfg.sync) trainer.set_gradient_sync(*cfg.sync);
   trainer.set_model_name(cfg.model);
   trainer.add_setting("policy", cfg.policy);
   trainer.add_setting("bitwidths", bits_text);
@@ -221,18 +223,22 @@ int run(const settings& cfg, Builder build) {
   trainer.add_setting("seed", std::to_string(t.seed));
   trainer.add_setting("threads", std::to_string(threads));
   trainer.add_setting("simd", bitgrad::simd_arch_name());
-  std::printf("%s: %s; %s and %s %s\n", cfg.model.c_str(), quant_text.c_str(), first_layer.c_str(),
-              last_layer.c_str(), edge_text.c_str());
-  std::printf("size target %s stored bits per weight (codes, scales, bitwidths) = %s; %zu train "
-              "/ %zu test images from %s\n",
-              cli::number_text(t.target_average_bits).c_str(),
-              bitgrad::format_bytes(t.target_average_bits * smallest.weights / 8).c_str(),
-              train_set.size(), test_set.size(), cfg.data.c_str());
-  std::printf("%zu step%s per epoch of batch size %zu; %d thread%s, %s\n", steps_run,
-              steps_run == 1 ? "" : "s", t.batch_size, threads, threads == 1 ? "" : "s",
-              bitgrad::simd_arch_name());
+  if (writes) {
+    std::printf("%s: %s; %s and %s %s\n", cfg.model.c_str(), quant_text.c_str(),
+                first_layer.c_str(), last_layer.c_str(), edge_text.c_str());
+    std::printf("size target %s stored bits per weight (codes, scales, bitwidths) = %s; %zu train "
+                "/ %zu test images from %s\n",
+                cli::number_text(t.target_average_bits).c_str(),
+                bitgrad::format_bytes(t.target_average_bits * smallest.weights / 8).c_str(),
+                train_set.size(), test_set.size(), cfg.data.c_str());
+    std::printf("%zu step%s per epoch of batch size %zu; %d thread%s, %s\n", steps_run,
+                steps_run == 1 ? "" : "s", t.batch_size, threads, threads == 1 ? "" : "s",
+                bitgrad::simd_arch_name());
+    if (cfg.sync) std::printf("data-parallel on %zu ranks\n", cfg.sync->ranks());
+  }
   const auto result = trainer.run();
   if (!result.finished) return bitgrad::train::interrupt_requested() ? 130 : 0;
+  if (!writes) return 0;
   const stored_size stored = measure_stored(quantized, false);
   print_table(result.summary, stored.bits / stored.weights, t.target_average_bits);
   if (!t.out_dir.empty()) {
@@ -248,6 +254,13 @@ int run(const settings& cfg, Builder build) {
 }
 
 } // namespace
+
+int run_policy(const settings& cfg) {
+  if (cfg.policy == "step_bits") return run_model<bitgrad::quant::step_bits>(cfg);
+  if (cfg.policy == "fixed_bits") return run_model<bitgrad::quant::fixed_bits>(cfg);
+  if (cfg.policy == "noise_bits") return run_model<bitgrad::quant::noise_bits>(cfg);
+  return run_model<bitgrad::quant::frac_bits>(cfg);
+}
 
 template <template <class> class Quant>
 int run_model(const settings& cfg) {

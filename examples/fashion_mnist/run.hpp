@@ -9,6 +9,7 @@
 #include <bitgrad/quant/frac_bits.hpp>
 #include <bitgrad/quant/noise_bits.hpp>
 #include <bitgrad/quant/step_bits.hpp>
+#include <bitgrad/train/gradient_sync.hpp>
 #include <bitgrad/train/trainer.hpp>
 
 #include <cstddef>
@@ -29,6 +30,8 @@ struct settings {
   std::size_t threads = 0;
   std::string init; ///< FP32 weights (.npz) to start from instead of pretraining
   bitgrad::train::trainer_options trainer;
+  /// Data-parallel under mpirun (launch_mpi.cpp); null: one process. Rank 0 prints and writes.
+  bitgrad::train::gradient_sync<float>* sync = nullptr;
 };
 
 /// Train --model with the policy Quant as `cfg` says, print the table, export model.bgm; the
@@ -40,5 +43,12 @@ extern template int run_model<bitgrad::quant::frac_bits>(const settings&);
 extern template int run_model<bitgrad::quant::noise_bits>(const settings&);
 extern template int run_model<bitgrad::quant::step_bits>(const settings&);
 extern template int run_model<bitgrad::quant::fixed_bits>(const settings&);
+
+/// run_model with the policy cfg.policy names; exceptions reported. In launch_mpi.cpp (the
+/// build has bitgrad::mpi: data-parallel when started by mpirun / srun) or launch_local.cpp.
+int launch(settings& cfg);
+
+/// run_model<the policy of cfg.policy>(cfg).
+int run_policy(const settings& cfg);
 
 } // namespace fashion_mnist

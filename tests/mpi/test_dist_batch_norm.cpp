@@ -165,3 +165,74 @@ TEST_CASE("forward and backward from the synchronised sums equal nn::batch_norm 
     }
   }
 }
+
+// The layer itself in synchronised mode (nn::batch_norm::set_sync with the communicator's sum):
+// each rank forwards and backwards its slice; outputs, running statistics, dL/dx (in the rank's
+// loss scale) and the reducer-weighted gamma and beta gradients equal one process on the union.
+TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the union") {
+  dist::communicator comm;
+  const auto p = static_cast<std::size_t>(comm.size());
+  const auto r = static_cast<std::size_t>(comm.rank());
+  for (const std::size_t n : {std::size_t{8}, std::size_t{7}}) {
+    CAPTURE(n);
+    const tensor4<double> x = global_input(n, 20.0, 9); // a large mean: the shift at work
+    tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
+    std::mt19937_64 rng(10);
+    std::uniform_real_distribution<double> u(-1, 1);
+    for (auto& v : a) v = u(rng);
+    auto make = [] {
+      nn::batch_norm<double, 4> bn({.features = C});
+      for (std::size_t c = 0; c < C; ++c) {
+        bn.gamma()[c] = 0.5 + 0.25 * static_cast<double>(c);
+        bn.beta()[c] = -0.1 * static_cast<double>(c);
+        bn.running_mean()[c] = 19.0 * static_cast<double>(c + 1);
+      }
+      return bn;
+    };
+    nn::batch_norm<double, 4> whole = make();
+    const tensor4<double> y_ref = whole.forward(x);
+    const tensor4<double> dx_ref = whole.backward(tensor4<double>(a / static_cast<double>(n)));
+
+    const shard_range s = shard_slice(n, r, p);
+    const std::size_t nr = s.size();
+    const double w = static_cast<double>(nr) / static_cast<double>(n);
+    tensor4<double> xs = tensor4<double>::from_shape({nr, C, H, W});
+    tensor4<double> dys = tensor4<double>::from_shape({nr, C, H, W});
+    const std::size_t off = s.begin * C * plane;
+    for (std::size_t j = 0; j < xs.size(); ++j) {
+      xs.data()[j] = x.data()[off + j];
+      dys.data()[j] = a.data()[off + j] / static_cast<double>(nr); // its own mean loss
+    }
+    nn::batch_norm<double, 4> mine = make();
+    mine.set_sync([&](std::span<double> v) { comm.all_reduce_sum(v); });
+    CHECK(mine.synchronised());
+    const tensor4<double>& y = mine.forward(xs);
+    for (std::size_t j = 0; j < y.size(); ++j)
+      CHECK(y.data()[j] == doctest::Approx(y_ref.data()[off + j]).epsilon(1e-12));
+    for (std::size_t c = 0; c < C; ++c) {
+      CHECK(mine.running_mean()[c] == doctest::Approx(whole.running_mean()[c]).epsilon(1e-12));
+      CHECK(mine.running_var()[c] == doctest::Approx(whole.running_var()[c]).epsilon(1e-12));
+    }
+    const tensor4<double>& dx = mine.backward(dys);
+    for (std::size_t j = 0; j < dx.size(); ++j)
+      CHECK(w * dx.data()[j] == doctest::Approx(dx_ref.data()[off + j]).epsilon(1e-10));
+    std::vector<double> got(2 * C), want(2 * C);
+    std::size_t i = 0;
+    mine.visit_parameters([&](param_ref<double>& q) {
+      for (std::size_t c = 0; c < C; ++c) got[i * C + c] = w * q.grad[c];
+      ++i;
+    });
+    i = 0;
+    whole.visit_parameters([&](param_ref<double>& q) {
+      for (std::size_t c = 0; c < C; ++c) want[i * C + c] = q.grad[c];
+      ++i;
+    });
+    comm.all_reduce_sum(std::span<double>(got));
+    for (std::size_t k = 0; k < got.size(); ++k)
+      CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
+    // Without sync: the slice's own statistics (differs from the union's when p > 1).
+    nn::batch_norm<double, 4> local = make();
+    const tensor4<double>& yl = local.forward(xs);
+    if (p > 1) CHECK(std::abs(yl.data()[0] - y_ref.data()[off]) > 1e-6);
+  }
+}

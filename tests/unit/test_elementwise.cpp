@@ -213,6 +213,26 @@ TEST_CASE_TEMPLATE("batch norm kernels match the reference on odd shapes", T, fl
           check_close(dx_a, dx_b, "dx");
           check_close(dg_a, dg_b, "dgamma");
           check_close(db_a, db_b, "dbeta");
+          // The two halves alone, with another count and sums (synchronised batch norm).
+          std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels);
+          bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(), s_a.data(),
+                                        sh_a.data());
+          bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(),
+                                             s_b.data(), sh_b.data());
+          check_close(s_a, s_b, "sum_dy");
+          check_close(sh_a, sh_b, "sum_dy_xhat");
+          for (std::size_t c = 0; c < channels; ++c) {
+            s_b[c] = T(d(rng));
+            sh_b[c] = T(d(rng));
+          }
+          const T count = T(3 * batch * plane + 1);
+          bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                    is_b.data(), count, s_b.data(), sh_b.data(), batch_stats,
+                                    dx_a.data());
+          bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(),
+                                         gamma.data(), is_b.data(), count, s_b.data(), sh_b.data(),
+                                         batch_stats, dx_b.data());
+          check_close(dx_a, dx_b, "dx from given sums");
         }
         std::vector<T> rm_a(channels, T(0.3)), rm_b(rm_a), rv_a(channels, T(1.5)), rv_b(rv_a);
         const T unbias = T(1.25);

@@ -15,6 +15,7 @@
 
 #include <doctest/doctest.h>
 
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,6 +62,40 @@ TEST_CASE_TEMPLATE("sequential chains forward and backward through its layers", 
   const auto& dx_ref = a.backward(r.backward(b.backward(dy)));
   CHECK(xt::allclose(dx, dx_ref));
   CHECK(xt::allclose(net.template get<0>().weight_grad(), a.weight_grad()));
+}
+
+TEST_CASE("sequential::backward(dy, hook) reports each layer's parameters once their gradients "
+          "are final, last layer first") {
+  auto net = nn::sequential(
+      std::string("net"), small_mlp<double>(),
+      nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3, .name = "fc3"}));
+  auto twin = nn::sequential(
+      std::string("net"), small_mlp<double>(),
+      nn::linear<double>({.in_features = 3, .out_features = 2, .seed = 3, .name = "fc3"}));
+  const auto x = random_tensor<double, 2>({4, 4}, 7);
+  const auto dy = random_tensor<double, 2>({4, 2}, 8);
+  net.zero_grad();
+  twin.zero_grad();
+  net.forward(x);
+  twin.forward(x);
+  std::vector<std::string> order;
+  std::vector<std::vector<double>> at_report;
+  const tensor2<double> dx = net.backward(dy, [&](param_ref<double>& p) {
+    order.push_back(p.name);
+    at_report.emplace_back(p.grad, p.grad + p.size);
+  });
+  const tensor2<double> dx_plain = twin.backward(dy);
+  CHECK(dx == dx_plain);
+  // The top-level layers from the last: fc3, then the nested sequential as one unit.
+  CHECK(order == std::vector<std::string>{"net.fc3.weight", "net.fc3.bias", "net.fc1.weight",
+                                          "net.fc1.bias", "net.fc2.weight", "net.fc2.bias"});
+  // What the hook saw is the final gradient, equal to the plain backward's.
+  std::size_t i = 0;
+  std::map<std::string, std::vector<double>> final_grads;
+  twin.visit_parameters([&](param_ref<double>& p) {
+    final_grads[p.name] = std::vector<double>(p.grad, p.grad + p.size);
+  });
+  for (const std::string& name : order) CHECK(at_report[i++] == final_grads.at(name));
 }
 
 TEST_CASE("parameter names, counts, train mode and layer visits through nesting") {

@@ -9,6 +9,7 @@
 //   gradient_reducer.hpp  bucketed gradient averaging, overlapped with backward
 //   backward_hook.hpp     the hook a container calls as each layer's gradients become final
 //   sync_batch_norm.hpp   batch-norm statistics over the global batch
+//   data_parallel.hpp     the trainer's gradient_sync over MPI (train/gradient_sync.hpp)
 // and the sharding of the data: loader_options::shard_count / shard_index (data/loader.hpp).
 #pragma once
 
@@ -17,6 +18,7 @@
 #include <bitgrad/dist/agreement.hpp>
 #include <bitgrad/dist/backward_hook.hpp>
 #include <bitgrad/dist/communicator.hpp>
+#include <bitgrad/dist/data_parallel.hpp>
 #include <bitgrad/dist/gradient_reducer.hpp>
 #include <bitgrad/dist/session.hpp>
 #include <bitgrad/dist/sync_batch_norm.hpp>

@@ -25,11 +25,17 @@
 // stay local sums (grad_gamma += sum dy * xhat, grad_beta += sum dy over the rank's slice):
 // the gradient reducer's weighted sum makes them global.
 //
+// The moments' math is nn/batch_norm_sync.hpp's (MPI-free: the layer's own synchronised mode,
+// nn::batch_norm::set_sync, uses it with any "sum over processes" function); the per-rank sums
+// of dy and dy * xhat are kernels/batch_norm.hpp's batch_norm_grad_sums.
+//
 // A rank with an empty slice (N_r = 0) must still call both (they are collectives): it
 // contributes zeros and gets zeros back for its (absent) dx.
 #pragma once
 
 #include <bitgrad/dist/communicator.hpp>
+#include <bitgrad/kernels/batch_norm.hpp>
+#include <bitgrad/nn/batch_norm_sync.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -38,51 +44,9 @@
 
 namespace bitgrad::dist {
 
-/// Per-channel mean and biased variance of the global batch, and M.
-struct channel_moments {
-  std::vector<double> mean, var;
-  double count = 0; ///< M: values per channel over all ranks
-};
-
-/// This rank's sums for channel_moments: [S_0..S_{C-1}, Q_0..Q_{C-1}, batch * plane].
-/// shift: C values, or nullptr for k = 0.
-template <class T>
-std::vector<double> channel_shifted_sums(std::size_t batch, std::size_t channels, std::size_t plane,
-                                         const T* x, const T* shift) {
-  std::vector<double> sums(2 * channels + 1, 0.0);
-  for (std::size_t i = 0; i < batch; ++i)
-    for (std::size_t c = 0; c < channels; ++c) {
-      const double k = shift ? static_cast<double>(shift[c]) : 0.0;
-      const T* row = x + (i * channels + c) * plane;
-      double s = 0, q = 0;
-      for (std::size_t j = 0; j < plane; ++j) {
-        const double d = static_cast<double>(row[j]) - k;
-        s += d;
-        q += d * d;
-      }
-      sums[c] += s;
-      sums[channels + c] += q;
-    }
-  sums[2 * channels] = static_cast<double>(batch * plane);
-  return sums;
-}
-
-/// Moments from summed channel_shifted_sums (see the top of this header).
-template <class T>
-channel_moments moments_from_sums(std::span<const double> sums, std::size_t channels,
-                                  const T* shift) {
-  channel_moments m;
-  m.count = sums[2 * channels];
-  m.mean.resize(channels);
-  m.var.resize(channels);
-  for (std::size_t c = 0; c < channels; ++c) {
-    const double k = shift ? static_cast<double>(shift[c]) : 0.0;
-    const double s = m.count > 0 ? sums[c] / m.count : 0.0;
-    m.mean[c] = k + s;
-    m.var[c] = m.count > 0 ? std::max(0.0, sums[channels + c] / m.count - s * s) : 0.0;
-  }
-  return m;
-}
+using nn::channel_moments;
+using nn::channel_shifted_sums;
+using nn::moments_from_sums;
 
 /// The global batch's per-channel moments from this rank's x (batch, channels, plane).
 /// Collective. shift: C values identical on every rank, or nullptr.
@@ -107,18 +71,10 @@ template <class T>
 channel_grad_sums sync_batch_norm_grad_sums(const communicator& comm, std::size_t batch,
                                             std::size_t channels, std::size_t plane, const T* dy,
                                             const T* xhat, double weight) {
-  std::vector<double> sums(2 * channels, 0.0);
-  for (std::size_t i = 0; i < batch; ++i)
-    for (std::size_t c = 0; c < channels; ++c) {
-      const std::size_t off = (i * channels + c) * plane;
-      double s = 0, sh = 0;
-      for (std::size_t j = 0; j < plane; ++j) {
-        s += static_cast<double>(dy[off + j]);
-        sh += static_cast<double>(dy[off + j]) * static_cast<double>(xhat[off + j]);
-      }
-      sums[c] += weight * s;
-      sums[channels + c] += weight * sh;
-    }
+  std::vector<T> local(2 * channels);
+  batch_norm_grad_sums(batch, channels, plane, dy, xhat, local.data(), local.data() + channels);
+  std::vector<double> sums(2 * channels);
+  for (std::size_t i = 0; i < sums.size(); ++i) sums[i] = weight * static_cast<double>(local[i]);
   comm.all_reduce_sum(std::span<double>(sums));
   channel_grad_sums out;
   out.sum_dy.assign(sums.begin(), sums.begin() + static_cast<std::ptrdiff_t>(channels));

@@ -12,6 +12,10 @@
 //                      dgamma += sum_dy_xhat,  dbeta += sum_dy             (ACCUMULATE)
 //                      batch statistics: dx = gamma inv_std / m (m dy - sum_dy - xhat sum_dy_xhat)
 //                      running statistics (eval): dx = gamma inv_std dy
+//   batch_norm_grad_sums: the two sums of batch_norm_bprop alone (written, not accumulated)
+//   batch_norm_dgrad   : dx of batch_norm_bprop from given sums and count m (synchronised
+//                        batch norm passes the global batch's: nn/batch_norm_sync.hpp);
+//                        batch_norm_bprop is batch_norm_grad_sums, then batch_norm_dgrad
 // The two sums run over the channel's values in index order, one scalar accumulator each (a
 // SIMD tree sum would change the bits of training); the elementwise passes are SIMD over
 // simd_batch<T> with scalar tails and compute each element exactly as the scalar formula (no
@@ -22,6 +26,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace bitgrad {
 
@@ -75,23 +80,30 @@ void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane
 }
 
 template <class T>
-void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                      const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
-                      T* dgamma, T* dbeta) {
-  const T count = T(batch * plane);
+void batch_norm_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                          const T* xhat, T* sum_dy, T* sum_dy_xhat) {
   for (std::size_t c = 0; c < channels; ++c) {
-    T sum_dy = 0, sum_dy_h = 0;
+    T s = 0, sh = 0;
     for (std::size_t n = 0; n < batch; ++n) {
       const std::size_t off = (n * channels + c) * plane;
       for (std::size_t k = 0; k < plane; ++k) {
-        sum_dy += dy[off + k];
-        sum_dy_h += dy[off + k] * xhat[off + k];
+        s += dy[off + k];
+        sh += dy[off + k] * xhat[off + k];
       }
     }
-    dgamma[c] += sum_dy_h;
-    dbeta[c] += sum_dy;
+    sum_dy[c] = s;
+    sum_dy_xhat[c] = sh;
+  }
+}
+
+template <class T>
+void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, T count, const T* sum_dy,
+                      const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  for (std::size_t c = 0; c < channels; ++c) {
     const T gs = gamma[c] * inv_std[c];
     const T scale = gs / count;
+    const T s = sum_dy[c], sh = sum_dy_xhat[c];
     for (std::size_t n = 0; n < batch; ++n) {
       const std::size_t off = (n * channels + c) * plane;
       const T* d = dy + off;
@@ -102,11 +114,11 @@ void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane
         detail::batch_norm_plane_loop<T>(
             plane,
             [&](std::size_t k) {
-              const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(sum_dy) -
-                                      B::load_unaligned(h + k) * B(sum_dy_h));
+              const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) -
+                                      B::load_unaligned(h + k) * B(sh));
               v.store_unaligned(o + k);
             },
-            [&](std::size_t k) { o[k] = scale * (count * d[k] - sum_dy - h[k] * sum_dy_h); });
+            [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
       else
         detail::batch_norm_plane_loop<T>(
             plane,
@@ -114,6 +126,22 @@ void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane
             [&](std::size_t k) { o[k] = gs * d[k]; });
     }
   }
+}
+
+template <class T>
+void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
+                      T* dgamma, T* dbeta) {
+  std::vector<T> sums(2 * channels);
+  T* sum_dy = sums.data();
+  T* sum_dy_xhat = sums.data() + channels;
+  batch_norm_grad_sums(batch, channels, plane, dy, xhat, sum_dy, sum_dy_xhat);
+  for (std::size_t c = 0; c < channels; ++c) {
+    dgamma[c] += sum_dy_xhat[c];
+    dbeta[c] += sum_dy[c];
+  }
+  batch_norm_dgrad(batch, channels, plane, dy, xhat, gamma, inv_std, T(batch * plane), sum_dy,
+                   sum_dy_xhat, batch_stats, dx);
 }
 
 } // namespace bitgrad

@@ -10,6 +10,19 @@
 // buffers (not trained). The arithmetic is in kernels/batch_norm.hpp (with the batch
 // statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding
 // conv2d or linear so that it computes bn(layer(x)) of the eval mode by itself.
+//
+// Synchronised statistics (SyncBatchNorm; data-parallel training, set_sync): in training the
+// mean and variance are those of the global batch, the union of every process's slice
+// (nn/batch_norm_sync.hpp; one sum over the processes of 2C + 1 doubles), and running_var takes
+// the global M / (M - 1). Backward: with w = m_r / M (this process's share of the values) and
+// the local sums s = sum dy, h = sum dy xhat, one sum over the processes of 2C doubles gives
+//   S = (sum_r w_r s_r) / w,  H = (sum_r w_r h_r) / w
+// and dx = gamma inv_std / M (M dy - S - xhat H) (kernels/batch_norm.hpp: batch_norm_dgrad with
+// count M): the global batch's gradient in this process's loss scale (its loss is the mean over
+// its own images; the gradient reducer weighs it by w). dgamma and dbeta stay local sums, which
+// the gradient reducer's weighted sum makes global. Every process must then run forward and
+// backward in training together (they are collectives), each with at least one image.
+// Without set_sync (the default) each process normalises with its own slice's statistics.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -17,6 +30,7 @@
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/kernels/batch_norm.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
+#include <bitgrad/nn/batch_norm_sync.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/linear.hpp>
@@ -24,8 +38,11 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace bitgrad::nn {
 
@@ -77,8 +94,14 @@ public:
       if (count < 2)
         throw shape_error(name_ + ": training needs more than one value per channel, got input " +
                           shape_string(x.shape()));
-      channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
-      batch_norm_running_update(c_, momentum_, T(count) / T(count - 1), mean_.data(), var_.data(),
+      if (sync_) {
+        global_count_ = sync_moments(n, plane, x.data());
+      } else {
+        global_count_ = static_cast<double>(count);
+        channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
+      }
+      const T m = static_cast<T>(global_count_);
+      batch_norm_running_update(c_, momentum_, m / (m - T(1)), mean_.data(), var_.data(),
                                 running_mean_.data(), running_var_.data());
     } else {
       mean_ = running_mean_;
@@ -100,10 +123,19 @@ public:
     for (std::size_t i = 0; i < Rank; ++i) want[i] = y_.shape()[i];
     check_shape(name_, "output gradient", dy.shape(), want);
     ensure_shape(dx_, y_.shape());
+    if (sync_ && batch_stats_) {
+      sync_dgrad(dy.data());
+      return dx_;
+    }
     batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
                      batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
     return dx_;
   }
+
+  /// Synchronised statistics (see the top): `sum` replaces a vector of doubles by its sum over
+  /// the processes of the job, in place (collective); empty = per-process statistics.
+  void set_sync(std::function<void(std::span<double>)> sum) { sync_ = std::move(sum); }
+  bool synchronised() const { return static_cast<bool>(sync_); }
 
   void zero_grad() {
     grad_gamma_.fill(T(0));
@@ -143,6 +175,45 @@ public:
   const tensor1<T>& running_var() const { return running_var_; }
 
 private:
+  /// mean_, var_ of the global batch; returns M. Collective.
+  double sync_moments(std::size_t n, std::size_t plane, const T* x) {
+    std::vector<double> sums = channel_shifted_sums(n, c_, plane, x, running_mean_.data());
+    sync_(std::span<double>(sums));
+    const channel_moments m =
+        moments_from_sums(std::span<const double>(sums), c_, running_mean_.data());
+    if (m.count < 2)
+      throw shape_error(name_ +
+                        ": training needs more than one value per channel in the global "
+                        "batch, got " +
+                        std::to_string(m.count));
+    for (std::size_t c = 0; c < c_; ++c) {
+      mean_[c] = static_cast<T>(m.mean[c]);
+      var_[c] = static_cast<T>(m.var[c]);
+    }
+    return m.count;
+  }
+
+  /// dx_ from the global batch's sums (see the top); dgamma, dbeta += the local sums.
+  /// Collective.
+  void sync_dgrad(const T* dy) {
+    std::vector<T> local(2 * c_);
+    batch_norm_grad_sums(n_, c_, plane_, dy, xhat_.data(), local.data(), local.data() + c_);
+    const double w = static_cast<double>(n_ * plane_) / global_count_;
+    std::vector<double> global(2 * c_);
+    for (std::size_t i = 0; i < global.size(); ++i) global[i] = w * static_cast<double>(local[i]);
+    sync_(std::span<double>(global));
+    std::vector<T> sums(2 * c_);
+    for (std::size_t i = 0; i < sums.size(); ++i)
+      sums[i] = w > 0 ? static_cast<T>(global[i] / w) : T(0);
+    for (std::size_t c = 0; c < c_; ++c) {
+      grad_beta_[c] += local[c];
+      grad_gamma_[c] += local[c_ + c];
+    }
+    batch_norm_dgrad(n_, c_, plane_, dy, xhat_.data(), gamma_.data(), inv_std_.data(),
+                     static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
+                     dx_.data());
+  }
+
   std::string name_;
   std::size_t c_;
   T eps_, momentum_;
@@ -150,6 +221,8 @@ private:
   bool batch_stats_ = true;
   bool seen_ = false;
   std::size_t n_ = 0, plane_ = 0;
+  double global_count_ = 0; ///< M of the last training forward
+  std::function<void(std::span<double>)> sync_;
   tensor1<T> gamma_, beta_, grad_gamma_, grad_beta_, running_mean_, running_var_;
   tensor1<T> mean_, var_, inv_std_;
   output_type y_, xhat_;

@@ -105,6 +105,15 @@ public:
     throw shape_error("forward: input of another rank"); // never compiled
   }
   const input_type& backward(const output_type& dy) { return backward_from<size - 1>(dy); }
+  /// backward(dy), calling hook(p) for every parameter p of a layer right after that layer's
+  /// backward returned (p.grad is final from then on; dist/backward_hook.hpp states the
+  /// contract). A nested sequential or residual block is reported after its whole backward.
+  template <class Hook>
+  const input_type& backward(const output_type& dy, Hook&& hook) {
+    static_assert(std::invocable<Hook&, param_ref<value_type>&>,
+                  "sequential::backward(dy, hook): hook must be callable with param_ref<T>&");
+    return backward_hooked<size - 1>(dy, hook);
+  }
 
   void zero_grad() {
     std::apply([](auto&... l) { (l.zero_grad(), ...); }, layers_);
@@ -206,6 +215,17 @@ private:
     const auto& dx = std::get<I>(layers_).backward(dy);
     if constexpr (I > 0)
       return backward_from<I - 1>(dx);
+    else
+      return dx;
+  }
+
+  template <std::size_t I, class DY, class Hook>
+  const input_type& backward_hooked(const DY& dy, Hook& hook) {
+    auto& layer = std::get<I>(layers_);
+    const auto& dx = layer.backward(dy);
+    layer.visit_parameters([&](param_ref<value_type>& p) { visit_prefixed(name_, p, hook); });
+    if constexpr (I > 0)
+      return backward_hooked<I - 1>(dx, hook);
     else
       return dx;
   }

@@ -17,10 +17,12 @@ struct evaluation {
   double loss = 0;
   double accuracy = 0;
   std::size_t images = 0;
+  std::size_t correct = 0; ///< images whose largest logit is their label
 };
 
 /// Runs `net` over every image of `data` (batches of `batch_size`, normalised as `normalise`
-/// says, no augmentation) in eval mode; the network's mode is restored afterwards. `net` takes
+/// says, no augmentation; only this shard's slice of every batch when `normalise` sets
+/// shard_count) in eval mode; the network's mode is restored afterwards. `net` takes
 /// image batches (N, C, H, W) (checked at compile time).
 template <class Net>
 evaluation evaluate(Net& net, const dataset& data, const loader_options& normalise,
@@ -46,12 +48,14 @@ evaluation evaluate(Net& net, const dataset& data, const loader_options& normali
   double loss_sum = 0;
   std::size_t correct = 0;
   while (batches.next(x, y)) {
+    if (y.empty()) continue; // a shard's empty slice of a batch (loader_options::shard_count)
     const auto& logits = net.forward(x);
     loss_sum += static_cast<double>(loss.forward(logits, y)) * static_cast<double>(y.size());
     correct += nn::count_correct(logits, y);
     result.images += y.size();
   }
   net.train(was_training);
+  result.correct = correct;
   if (result.images > 0) {
     result.loss = loss_sum / static_cast<double>(result.images);
     result.accuracy = static_cast<double>(correct) / static_cast<double>(result.images);

@@ -47,11 +47,26 @@
 //              report are observers; add_observer adds a user's own.
 //   data       any dataset of images; trainer_options::normalise is its per-channel mean and
 //              standard deviation (the default: Fashion-MNIST's).
+//   sync       set_gradient_sync (train/gradient_sync.hpp; dist::data_parallel over MPI): the
+//              same run on several processes (ranks). Every rank checks at the start that the
+//              settings and both datasets are the same on every rank, trains on its slice of
+//              every global batch (batch_size images, the same sequence of batches as one
+//              process: data/loader.hpp, sharding), and the gradients are averaged before the
+//              size penalty and the optimizer, so every rank holds the same parameters (checked
+//              at the start of every phase and at the end of the run). Evaluation is sharded as
+//              well: each rank evaluates its slice of every test batch and the counts are
+//              summed, so the accuracies are those of one process. Batch norm uses each
+//              rank's slice's statistics unless trainer_options::sync_batch_norm (the global
+//              batch's, nn::batch_norm::set_sync). Only rank 0 prints, writes
+//              files and calls observers (built-in and added); a resumed run reads the
+//              checkpoint on rank 0 and broadcasts it, so a checkpoint written with N ranks
+//              resumes with any M (1 included).
 #pragma once
 
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/nn/loss.hpp>
+#include <bitgrad/nn/visit.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/optim/schedule.hpp>
 #include <bitgrad/quant/budget.hpp>
@@ -61,6 +76,7 @@
 #include <bitgrad/report/records.hpp>
 #include <bitgrad/train/checkpoint.hpp>
 #include <bitgrad/train/evaluate.hpp>
+#include <bitgrad/train/gradient_sync.hpp>
 #include <bitgrad/train/model_info.hpp>
 #include <bitgrad/train/observer.hpp>
 #include <bitgrad/train/sensitivity.hpp>
@@ -74,9 +90,11 @@
 #include <csignal>
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -156,6 +174,10 @@ struct trainer_options {
   /// Replace the run in out_dir (its run_files), once the new run writes its first file.
   /// Without resume or overwrite, run() refuses an out_dir that holds any of run_files.
   bool overwrite = false;
+  /// Data-parallel (set_gradient_sync): every batch norm of the network normalises with the
+  /// statistics of the global batch (nn::batch_norm::set_sync, like PyTorch's SyncBatchNorm)
+  /// instead of its rank's slice. Off by default; no effect on one process.
+  bool sync_batch_norm = false;
   std::ostream* log = &std::cout; ///< progress and per-epoch lines; null = silent
   bool terminal = stdout_is_terminal();
 };
@@ -281,6 +303,12 @@ public:
   /// outlive run().
   void add_observer(observer& o) { user_observers_.push_back(&o); }
 
+  /// Runs data-parallel through `sync` (see the top; it must outlive run()). Every rank of the
+  /// job calls run() with the same options and data.
+  void set_gradient_sync(gradient_sync<T>& sync) { sync_ = &sync; }
+  /// True on the process that prints and writes files: rank 0, or the only process.
+  bool writes() const { return !sync_ || sync_->rank() == 0; }
+
   /// The size target in bits: the model's stored bits (biases included), as
   /// measure_size(net).total_bits() counts them.
   double target_bits() {
@@ -314,11 +342,35 @@ public:
       builtin_observers_.push_back(std::make_unique<report_observer>(opt_.out_dir));
     }
     claimed_ = false;
-    const bool resuming = opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt);
-    if (!resuming) check_out_dir_free();
+    if (sync_) check_ranks_agree();
+    // The checkpoint to resume from, read on rank 0 (and broadcast: every rank loads it).
+    std::string checkpoint_bytes;
+    if (writes()) {
+      std::string error;
+      try {
+        if (opt_.resume && !ckpt.empty() && std::filesystem::exists(ckpt)) {
+          const std::vector<std::uint8_t> b = read_file_bytes(ckpt, std::uint64_t{1} << 36);
+          checkpoint_bytes.assign(b.begin(), b.end());
+          if (checkpoint_bytes.empty()) checkpoint_bytes = " "; // not "no checkpoint"
+        } else {
+          check_out_dir_free();
+        }
+      } catch (const std::exception& e) {
+        if (!sync_) throw;
+        error = e.what();
+      }
+      if (sync_) sync_->broadcast(error);
+      if (!error.empty()) throw config_error(error);
+    } else {
+      std::string error;
+      sync_->broadcast(error);
+      if (!error.empty()) throw config_error("rank 0: " + error);
+    }
+    if (sync_) sync_->broadcast(checkpoint_bytes);
+    const bool resuming = !checkpoint_bytes.empty();
     if (resuming) {
-      resumed =
-          resume_from(ckpt, phase, done_epochs, fp32_accuracy, seconds_before, result.history);
+      resumed = resume_from(ckpt, checkpoint_bytes, phase, done_epochs, fp32_accuracy,
+                            seconds_before, result.history);
       say("resumed from " + ckpt.string() + " at " + detail::phase_name(phase) + " epoch " +
           std::to_string(done_epochs));
       // The same run goes on: its log is rewritten from the checkpoint's history now.
@@ -337,7 +389,7 @@ public:
       if (!run_phase(fp32_, 0, opt_.pretrain, done_epochs, resumed, nullptr, result.history,
                      fp32_accuracy, elapsed))
         return result;
-      fp32_accuracy = evaluate(fp32_, test_, opt_.normalise).accuracy;
+      fp32_accuracy = test_evaluation(fp32_).accuracy;
       say("fp32 test accuracy " + percent(fp32_accuracy));
       copy_parameters(fp32_, quant_);
       rebind_quantizers(quant_);
@@ -374,6 +426,7 @@ public:
             ", rank correlation bits vs sensitivity " + std::to_string(l.rank_correlation) +
             ", estimate vs exact " + std::to_string(l.estimate_correlation));
     }
+    if (sync_) sync_->check_same_parameters(parameters_of(quant_), "the run");
     claim_out_dir(result.history, true);
     notify([&](observer& o) { o.on_run_end(result.summary, result.history); });
     return result;
@@ -406,7 +459,7 @@ public:
     s.model = model_name_;
     s.policy = policy_name();
     s.fp32_accuracy = fp32_accuracy;
-    s.quant_accuracy = evaluate(quant_, test_, opt_.normalise).accuracy;
+    s.quant_accuracy = test_evaluation(quant_).accuracy;
     const model_size size = measure_size(quant_);
     s.average_bits = size.average_bits();
     s.size_bytes = size.bytes();
@@ -442,7 +495,102 @@ private:
   }
 
   void say(const std::string& line) {
-    if (opt_.log) *opt_.log << line << '\n' << std::flush;
+    if (opt_.log && writes()) *opt_.log << line << '\n' << std::flush;
+  }
+
+  /// Data-parallel: the same settings and data on every rank, a batch every rank has a share
+  /// of. Every rank throws the same config_error otherwise.
+  void check_ranks_agree() {
+    if (opt_.batch_size < sync_->ranks())
+      throw config_error("trainer: batch size " + std::to_string(opt_.batch_size) +
+                         " is smaller than the rank count " + std::to_string(sync_->ranks()) +
+                         ": every rank needs at least one image of every batch (the batch size "
+                         "is the global batch, split across the ranks)");
+    if (opt_.sync_batch_norm) {
+      // A rank with no image of a batch could not join the synchronised statistics.
+      const std::size_t tail = train_.size() % opt_.batch_size;
+      const std::size_t batches = (train_.size() + opt_.batch_size - 1) / opt_.batch_size;
+      const bool reached = opt_.max_steps_per_epoch == 0 || opt_.max_steps_per_epoch >= batches;
+      if (tail > 0 && tail < sync_->ranks() && reached)
+        throw config_error("trainer: sync_batch_norm: the last batch of every epoch has " +
+                           std::to_string(tail) + " images, fewer than the " +
+                           std::to_string(sync_->ranks()) +
+                           " ranks; a rank without images cannot take part in the synchronised "
+                           "statistics: choose a batch size that leaves none or at least one "
+                           "image per rank in the last batch");
+    }
+    sync_->check_same_text("the trainer's settings", settings_text());
+    sync_->check_same_dataset(train_, "the training set");
+    sync_->check_same_dataset(test_, "the test set");
+  }
+
+  /// Every batch norm of `net` sums its statistics over the ranks (`on`), or not.
+  template <class Net>
+  void synchronise_batch_norm(Net& net, bool on) {
+    std::function<void(std::span<double>)> sum;
+    if (on) sum = [s = sync_](std::span<double> v) { s->sum(v); };
+    auto set = [&](const std::string&, auto& leaf) {
+      if constexpr (requires { leaf.set_sync(sum); }) leaf.set_sync(sum);
+    };
+    nn::visit_layers(net, set);
+  }
+
+  /// Every option that changes what a run computes, one "key=value" line each.
+  std::string settings_text() const {
+    std::ostringstream out;
+    auto phase = [&](const char* name, const phase_options& p) {
+      out << name << "=" << p.epochs << " epochs, lr " << exact(p.lr) << ", bits_lr "
+          << exact(p.bits_lr) << ", scale_lr " << exact(p.scale_lr) << "\n";
+    };
+    out << "batch_size=" << opt_.batch_size << "\n";
+    phase("pretrain", opt_.pretrain);
+    phase("search", opt_.search);
+    phase("finetune", opt_.finetune);
+    out << "target_average_bits=" << exact(opt_.target_average_bits) << "\n"
+        << "target_bytes=" << (opt_.target_bytes ? exact(*opt_.target_bytes) : "none") << "\n"
+        << "penalty=" << static_cast<int>(opt_.penalty) << " lambda " << exact(opt_.penalty_lambda)
+        << "\n"
+        << "freeze_rounding=" << static_cast<int>(opt_.freeze_rounding) << "\n"
+        << "bits_moment=" << to_string(opt_.bits_moment) << "\n"
+        << "seed=" << opt_.seed << "\n";
+    out << "normalise=";
+    for (double m : opt_.normalise.mean) out << exact(m) << " ";
+    out << "/";
+    for (double d : opt_.normalise.stddev) out << " " << exact(d);
+    out << ", crop " << opt_.normalise.crop_padding << ", flip " << opt_.normalise.horizontal_flip
+        << "\n"
+        << "max_steps_per_epoch=" << opt_.max_steps_per_epoch << "\n"
+        << "stop_after=" << opt_.stop_after_epochs << " epochs, " << opt_.stop_after_steps
+        << " steps\n"
+        << "skip_nonfinite=" << opt_.skip_nonfinite << "\n"
+        << "sensitivity_batches=" << opt_.sensitivity_batches << "\n"
+        << "sync_batch_norm=" << opt_.sync_batch_norm << "\n"
+        << "resume=" << opt_.resume << ", overwrite " << opt_.overwrite << "\n"
+        << "model=" << model_name_ << "\n";
+    for (const auto& [key, value] : settings_) out << "setting " << key << "=" << value << "\n";
+    return out.str();
+  }
+
+  /// Loss and accuracy of `net` on the test set. Data-parallel: each rank evaluates its slice
+  /// of every test batch (data/loader.hpp, sharding) and the sums are summed over the ranks.
+  template <class Net>
+  evaluation test_evaluation(Net& net) {
+    if (!sync_) return evaluate(net, test_, opt_.normalise);
+    loader_options mine = opt_.normalise;
+    mine.shard_count = sync_->ranks();
+    mine.shard_index = sync_->rank();
+    const evaluation e = evaluate(net, test_, mine);
+    double sums[3] = {e.loss * static_cast<double>(e.images), static_cast<double>(e.correct),
+                      static_cast<double>(e.images)};
+    sync_->sum(sums);
+    evaluation all;
+    all.images = static_cast<std::size_t>(sums[2]);
+    all.correct = static_cast<std::size_t>(sums[1]);
+    if (all.images > 0) {
+      all.loss = sums[0] / sums[2];
+      all.accuracy = sums[1] / sums[2];
+    }
+    return all;
   }
 
   std::filesystem::path checkpoint_path() const {
@@ -478,7 +626,7 @@ private:
   /// Called before the run writes its first file into out_dir: removes the previous run's
   /// files (a new run, `replace`), creates the folder and the log with `history` in it.
   void claim_out_dir(const std::vector<epoch_record>& history, bool replace) {
-    if (claimed_ || opt_.out_dir.empty()) return;
+    if (claimed_ || opt_.out_dir.empty() || !writes()) return;
     if (replace)
       for (const char* f : run_files) std::filesystem::remove(opt_.out_dir / f);
     std::filesystem::create_directories(opt_.out_dir);
@@ -486,16 +634,18 @@ private:
     claimed_ = true;
   }
 
-  checkpoint_data resume_from(const std::filesystem::path& path, int& phase, std::size_t& epochs,
-                              double& fp32_accuracy, double& seconds,
-                              std::vector<epoch_record>& history) {
+  checkpoint_data resume_from(const std::filesystem::path& path, const std::string& file,
+                              int& phase, std::size_t& epochs, double& fp32_accuracy,
+                              double& seconds, std::vector<epoch_record>& history) {
     // Peek at the phase with the FP32 network first; a search/finetune checkpoint belongs to
     // the quantized network.
+    const std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(file.data()),
+                                              file == " " ? 0 : file.size());
     checkpoint_data data;
     try {
-      data = load_checkpoint(path, fp32_);
+      data = parse_checkpoint(bytes, path.string(), fp32_);
     } catch (const format_error&) {
-      data = load_checkpoint(path, quant_);
+      data = parse_checkpoint(bytes, path.string(), quant_);
     }
     const std::string p = meta_field(data, "phase");
     phase = p == "pretrain" ? 0 : p == "search" ? 1 : p == "finetune" ? 2 : -1;
@@ -503,7 +653,7 @@ private:
       throw format_error(path.string(), detail::checkpoint_metadata_offset,
                          "metadata field 'phase': expected pretrain, search or finetune, got " +
                              detail::quoted_value(p));
-    if (phase > 0) data = load_checkpoint(path, quant_);
+    if (phase > 0) data = parse_checkpoint(bytes, path.string(), quant_);
     epochs = static_cast<std::size_t>(meta_unsigned(data, "epoch"));
     fp32_accuracy = meta_real(data, "fp32_accuracy");
     seconds = meta_real(data, "seconds");
@@ -539,6 +689,10 @@ private:
     lo.batch_size = opt_.batch_size;
     lo.shuffle = true;
     lo.seed = opt_.seed * 1000003u + static_cast<std::uint64_t>(phase);
+    if (sync_) { // this rank's slice of every batch
+      lo.shard_count = sync_->ranks();
+      lo.shard_index = sync_->rank();
+    }
     loader<T> batches(train_, lo);
     auto loss = parts_.loss();
     auto optimizer = parts_.optimizer(po, opt_);
@@ -553,6 +707,16 @@ private:
         opt_.max_steps_per_epoch ? std::min(opt_.max_steps_per_epoch, batches.batches_per_epoch())
                                  : batches.batches_per_epoch();
     const auto schedule = parts_.schedule(per_epoch * po.epochs);
+    if (sync_) sync_->begin_phase(parameters_of(net));
+    // Synchronised batch norm for this phase's steps (off again when the phase returns).
+    struct batch_norm_sync {
+      trainer* self;
+      Net* net;
+      ~batch_norm_sync() {
+        if (self) self->synchronise_batch_norm(*net, false);
+      }
+    } bn_sync{sync_ && opt_.sync_batch_norm ? this : nullptr, &net};
+    if (bn_sync.self) synchronise_batch_norm(net, true);
     tensor4<T> x;
     std::vector<std::int32_t> y;
 
@@ -575,8 +739,12 @@ private:
       };
     };
     auto stopping = [&] {
-      return interrupt_requested().load() ||
-             (opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps);
+      if (opt_.stop_after_steps && steps_this_run_ >= opt_.stop_after_steps) return true;
+      if (!sync_) return interrupt_requested().load();
+      double any = interrupt_requested().load() ? 1 : 0; // a signal seen by any rank stops all
+      sync_->sum(std::span<double>(&any, 1));
+      if (any > 0) interrupt_requested().store(true);
+      return any > 0;
     };
     auto stopped = [&](std::size_t epoch, std::size_t step, const checkpoint_writer& save) {
       const bool interrupted = interrupt_requested().load();
@@ -602,13 +770,13 @@ private:
       });
       while (part.step < per_epoch && batches.next(x, y)) {
         optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, epoch * per_epoch + part.step));
-        const auto r = train_step(net, loss, optimizer, x, y, penalty);
+        const auto r = train_step(net, loss, optimizer, x, y, penalty, sync_);
         if (!r.bad.empty() && !opt_.skip_nonfinite)
           throw step_failure(phase, epoch, part.step, r.bad);
         if (r.bad.empty()) {
-          part.loss_sum += static_cast<double>(r.loss) * static_cast<double>(y.size());
+          part.loss_sum += static_cast<double>(r.loss) * static_cast<double>(r.images);
           part.correct += r.correct;
-          part.images += y.size();
+          part.images += r.images;
         } else {
           ++part.skipped;
           ++skipped_total_;
@@ -666,7 +834,7 @@ private:
     const double images = static_cast<double>(std::max<std::size_t>(part.images, 1));
     rec.loss = part.images ? part.loss_sum / images : std::nan("");
     rec.train_accuracy = part.images ? static_cast<double>(part.correct) / images : std::nan("");
-    rec.test_accuracy = evaluate(net, test_, opt_.normalise).accuracy;
+    rec.test_accuracy = test_evaluation(net).accuracy;
     const model_size size = measure_size(net);
     rec.average_bits = size.average_bits();
     rec.size_bytes = size.bytes();
@@ -714,6 +882,7 @@ private:
   /// Calls f on every observer: the built-in ones, then the user's.
   template <class F>
   void notify(F&& f) {
+    if (!writes()) return; // data-parallel: rank 0's observers only
     for (auto& o : builtin_observers_) f(*o);
     for (observer* o : user_observers_) f(*o);
   }
@@ -726,6 +895,7 @@ private:
   Parts parts_;
   std::vector<std::unique_ptr<observer>> builtin_observers_;
   std::vector<observer*> user_observers_;
+  gradient_sync<T>* sync_ = nullptr; ///< data-parallel (set_gradient_sync); null: one process
   bool claimed_ = false; ///< out_dir belongs to this run (old run's files removed, log open)
   std::size_t epochs_this_run_ = 0;
   std::size_t steps_this_run_ = 0;

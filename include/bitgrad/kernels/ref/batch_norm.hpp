@@ -55,4 +55,33 @@ void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane
   }
 }
 
+template <class T>
+void batch_norm_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                          const T* xhat, T* sum_dy, T* sum_dy_xhat) {
+  for (std::size_t c = 0; c < channels; ++c) {
+    sum_dy[c] = 0;
+    sum_dy_xhat[c] = 0;
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const std::size_t i = (n * channels + c) * plane + k;
+        sum_dy[c] += dy[i];
+        sum_dy_xhat[c] += dy[i] * xhat[i];
+      }
+  }
+}
+
+template <class T>
+void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, T count, const T* sum_dy,
+                      const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t c = 0; c < channels; ++c)
+      for (std::size_t k = 0; k < plane; ++k) {
+        const std::size_t i = (n * channels + c) * plane + k;
+        dx[i] = batch_stats ? gamma[c] * inv_std[c] / count *
+                                  (count * dy[i] - sum_dy[c] - xhat[i] * sum_dy_xhat[c])
+                            : gamma[c] * inv_std[c] * dy[i];
+      }
+}
+
 } // namespace bitgrad::ref
