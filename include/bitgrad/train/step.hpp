@@ -3,6 +3,8 @@
 //
 //   zero_grad -> logits = net.forward(x) -> l = loss.forward(logits, y) -> net.backward(dL/dlogits)
 //   -> [size penalty: d(penalty)/d(bitwidths) added to the bitwidth gradients]
+//   -> [hardware-cost penalties (quant::cost_penalties: BOPs, peak activation memory): their
+//      gradients added to the weight and activation bitwidths they depend on]
 //   -> if l and every gradient are finite: optimizer.step, then every quantizer projects its
 //      parameters back into bounds (bitwidths into [b_min, b_max], ...): the weight quantizers
 //      and the activation quantizers (nn/activation_quant.hpp) alike
@@ -16,6 +18,7 @@
 #include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/optim/clip.hpp>
+#include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/penalty.hpp>
 
 #include <cmath>
@@ -49,12 +52,13 @@ struct step_result {
 };
 
 /// One step of `net` on the batch (x, y): forward, loss, backward, the size penalty's gradient
-/// when `penalty` is set, then (all finite) `optimizer.step` and the quantizers' projection.
+/// when `penalty` is set, the cost penalties' gradients when `costs` is set, then (all finite) `optimizer.step` and the quantizers' projection.
 /// The optimizer's learning rate is the caller's (set it from a schedule before the step).
 template <class Net, classification_loss<typename Net::value_type> Loss, class Optimizer>
 step_result<typename Net::value_type>
 train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input_type& x,
-           const std::vector<std::int32_t>& y, const quant::size_penalty* penalty = nullptr) {
+           const std::vector<std::int32_t>& y, const quant::size_penalty* penalty = nullptr,
+           const quant::cost_penalties* costs = nullptr) {
   using T = typename Net::value_type;
   auto params = [&](auto&& f) { net.visit_parameters(f); };
   auto quantizers = [&](auto&& f) { net.visit_quantizers(f); };
@@ -65,6 +69,7 @@ train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input
   r.correct = nn::count_correct(logits, y);
   net.backward(loss.backward());
   if (penalty) quant::apply_size_penalty(quantizers, *penalty); // d(penalty)/d(bitwidths)
+  if (costs) costs->apply();                                     // d(cost penalties)/d(bits)
   if (!std::isfinite(static_cast<double>(r.loss)))
     r.bad = "the loss is not finite";
   else if (const std::string p = optim::grad_is_finite<T>(params); !p.empty())
