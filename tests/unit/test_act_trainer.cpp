@@ -6,11 +6,17 @@
 #include <bitgrad/bitgrad.hpp>
 #include <bitgrad/nn/model_costs.hpp>
 #include <bitgrad/quant/multi_budget.hpp>
+#include <bitgrad/report/csv.hpp>
+#include <bitgrad/report/json.hpp>
 
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <unistd.h>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,6 +58,11 @@ std::vector<double> activation_bits(Net& net) {
     for (double v : q.group_bits()) b.push_back(v);
   });
   return b;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 template <class Net>
@@ -285,7 +296,12 @@ TEST_CASE("the trainer learns activation bitwidths in search, freezes them with 
   opt.target_bops = 0.3 * bops0;
   opt.target_activation_kb = 1.5; // relu1_quant: 3456 values per image, 1.5 KB = 3.47 bits
   opt.seed = 5;
-  opt.log = nullptr;
+  const fs::path dir = fs::temp_directory_path() / ("act-trainer-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  opt.out_dir = dir;
+  std::ostringstream progress;
+  opt.log = &progress;
+  opt.terminal = false;
   train::trainer t(fp32, quant, sample_train(), sample_test(), opt);
   REQUIRE(t.costs() != nullptr);
   REQUIRE(t.cost_penalties().size() == 2);
@@ -312,6 +328,32 @@ TEST_CASE("the trainer learns activation bitwidths in search, freezes them with 
   CHECK(t.costs()->bops.value() <= *opt.target_bops);
   CHECK(t.costs()->memory.value() <= 8000 * *opt.target_activation_kb);
   CHECK(r.summary.quant_accuracy > 0.3);
+
+  // Each cost against its budget: the summary, summary.json, log.csv and the progress lines.
+  REQUIRE(r.summary.costs.size() == 3);
+  CHECK(r.summary.costs[1].name == "bops");
+  CHECK(r.summary.costs[1].value == doctest::Approx(t.costs()->bops.value()));
+  CHECK(r.summary.costs[1].target == *opt.target_bops);
+  CHECK(r.summary.costs[2].value == doctest::Approx(t.costs()->memory.value() / 8));
+  CHECK(r.summary.costs[2].target == 1500);
+  for (const auto& c : r.summary.costs) CHECK(c.met);
+  const json summary = json::parse(read_text(dir / "summary.json"));
+  REQUIRE(summary.contains("costs"));
+  CHECK(summary["costs"][1]["name"] == "bops");
+  CHECK(summary["costs"][1]["met"] == true);
+  CHECK(summary["costs"][2]["target"].get<double>() == 1500);
+  CHECK(summary["costs"][2]["value"].get<double>() == doctest::Approx(r.summary.costs[2].value));
+  const auto rows = read_csv(dir / "log.csv");
+  REQUIRE(rows.size() == 5); // header, pretrain, 2 search, finetune
+  CHECK(rows[0].back() == "activation_bytes");
+  CHECK(rows[1][9].empty()); // pretrain: the FP32 network, no costs
+  CHECK(std::stod(rows[4][9]) == doctest::Approx(t.costs()->bops.value()));
+  CHECK(std::stod(rows[2][10]) > std::stod(rows[4][10])); // search -> finetune: memory frozen down
+  CHECK(progress.str().find("  BOPs ") != std::string::npos);
+  CHECK(progress.str().find("froze bitwidths within budgets") != std::string::npos);
+  const std::string html = read_text(dir / "report.html");
+  CHECK(html.find("<h2>Costs</h2>") != std::string::npos);
+  fs::remove_all(dir);
 }
 
 TEST_CASE("the trainer rejects bad cost targets and cost targets on a network it cannot cost") {

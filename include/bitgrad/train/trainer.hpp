@@ -87,6 +87,7 @@
 #include <cmath>
 #include <concepts>
 #include <csignal>
+#include <cstdio>
 #include <cstddef>
 #include <filesystem>
 #include <iostream>
@@ -343,7 +344,8 @@ public:
     // The built-in observers, in the order they have always acted: the log's row, the epoch
     // line, the checkpoint; the report at the end.
     builtin_observers_.clear();
-    if (!opt_.out_dir.empty()) builtin_observers_.push_back(std::make_unique<csv_observer>());
+    if (!opt_.out_dir.empty())
+      builtin_observers_.push_back(std::make_unique<csv_observer>(reports_costs()));
     if (opt_.log)
       builtin_observers_.push_back(std::make_unique<progress_observer>(*opt_.log, opt_.terminal));
     if (!opt_.out_dir.empty()) {
@@ -458,7 +460,30 @@ public:
     s.seconds = seconds;
     s.layers = layer_summaries(quant_);
     s.settings = settings_;
+    if (reports_costs()) {
+      s.costs.push_back({.name = "size",
+                         .unit = "bytes",
+                         .value = size.bytes(),
+                         .target = opt_.size_budget ? target_bits() / 8 : std::nan("")});
+      s.costs.push_back({.name = "bops",
+                         .unit = "BOPs",
+                         .value = costs_->bops.value(),
+                         .target = opt_.target_bops.value_or(std::nan(""))});
+      s.costs.push_back({.name = "activation_memory",
+                         .unit = "bytes",
+                         .value = costs_->memory.value() / 8,
+                         .target = opt_.target_activation_kb
+                                       ? 1000.0 * *opt_.target_activation_kb
+                                       : std::nan("")});
+      for (auto& c : s.costs) c.met = !(c.value > c.target);
+    }
     return s;
+  }
+
+  /// Whether epochs, the summary and the log show BOPs and activation memory: the network has
+  /// activation quantizers or a cost budget is set (and model_costs_of can walk it).
+  bool reports_costs() {
+    return costs_ && (has_activation_quantizers() || !cost_penalties_.empty());
   }
 
   void set_model_name(std::string name) { model_name_ = std::move(name); }
@@ -807,6 +832,10 @@ private:
     rec.compression = size.compression();
     rec.seconds =
         part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (static_cast<const void*>(&net) == static_cast<const void*>(&quant_) && reports_costs()) {
+      rec.bops = costs_->bops.value();
+      rec.activation_bytes = costs_->memory.value() / 8;
+    }
     return rec;
   }
 
