@@ -370,3 +370,66 @@ TEST_CASE("the trainer rejects bad cost targets and cost targets on a network it
   CHECK_THROWS_WITH_AS(train::trainer(fp32, quant, sample_train(), sample_test(), opt),
                        doctest::Contains("needs the network's costs"), config_error);
 }
+
+namespace {
+
+template <class Net>
+std::vector<float> all_parameters(Net& net) {
+  std::vector<float> v;
+  net.visit_parameters([&](param_ref<float>& p) { v.insert(v.end(), p.value, p.value + p.size); });
+  return v;
+}
+
+/// A short LeNet-5 run with activation quantizers under a BOPs budget, stopped after
+/// `stop_epochs` epochs / `stop_steps` steps and resumed until it finishes (0, 0: straight).
+std::pair<std::vector<float>, std::vector<double>> act_run(const fs::path& dir,
+                                                           std::size_t stop_epochs,
+                                                           std::size_t stop_steps) {
+  for (int runs = 0; runs < 20; ++runs) {
+    auto fp32 = nn::lenet5<float>({.seed = 3});
+    auto quant = nn::lenet5(nn::act_model_options<float, quant::frac_bits>{.seed = 3});
+    train::trainer_options opt;
+    opt.batch_size = 32;
+    opt.pretrain = {.epochs = 1, .lr = 2e-3};
+    opt.search = {.epochs = 2, .lr = 5e-4, .bits_lr = 0.1};
+    opt.finetune = {.epochs = 2, .lr = 2e-4};
+    opt.max_steps_per_epoch = 4;
+    opt.target_bops = 1e6;
+    opt.seed = 2;
+    opt.out_dir = dir;
+    opt.resume = true;
+    opt.stop_after_epochs = stop_epochs;
+    opt.stop_after_steps = stop_steps;
+    opt.log = nullptr;
+    train::trainer t(fp32, quant, sample_train(), sample_test(), opt);
+    if (t.run().finished) {
+      std::vector<double> acts;
+      nn::visit_activation_quantizers(quant, [&](std::string_view, const auto& q) {
+        REQUIRE(q.frozen());
+        for (double b : q.group_bits()) acts.push_back(b);
+        for (double a : q.group_ranges()) acts.push_back(a);
+      });
+      return {all_parameters(quant), acts};
+    }
+  }
+  FAIL("the run did not finish");
+  return {};
+}
+
+} // namespace
+
+TEST_CASE("a run with activation quantizers stopped and resumed ends bit-identical (their frozen "
+          "bitwidths and calibration travel in the checkpoint)") {
+  const fs::path base = fs::temp_directory_path() / ("act-resume-" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  const auto straight = act_run(base / "straight", 0, 0);
+  for (const auto& [epochs, steps] : {std::pair<std::size_t, std::size_t>{1, 0}, {0, 3}}) {
+    CAPTURE(epochs);
+    CAPTURE(steps);
+    const auto resumed = act_run(base / ("r" + std::to_string(epochs) + std::to_string(steps)),
+                                 epochs, steps);
+    CHECK(resumed.second == straight.second);
+    CHECK(resumed.first == straight.first);
+  }
+  fs::remove_all(base);
+}

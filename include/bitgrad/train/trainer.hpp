@@ -662,12 +662,58 @@ private:
       throw format_error(path.string(), detail::checkpoint_metadata_offset,
                          "metadata field 'phase': expected pretrain, search or finetune, got " +
                              detail::quoted_value(p));
-    if (phase > 0) data = load_checkpoint(path, quant_);
+    if (phase > 0) {
+      data = load_checkpoint(path, quant_);
+      load_activation_states(data, path);
+    }
     epochs = static_cast<std::size_t>(meta_unsigned(data, "epoch"));
     fp32_accuracy = meta_real(data, "fp32_accuracy");
     seconds = meta_real(data, "seconds");
     history = data.history;
     return data;
+  }
+
+  /// The activation quantizers' states (frozen bitwidths, calibrated) as metadata fields
+  /// "act_quant_state.<name>": their save() bytes in hex. Their bits and ranges are parameters
+  /// and travel with the others.
+  void save_activation_states(checkpoint_data& data) {
+    static const char* digits = "0123456789abcdef";
+    nn::visit_activation_quantizers(quant_, [&](std::string_view name, const auto& q) {
+      io::byte_writer w;
+      q.save(w);
+      std::string hex;
+      for (unsigned char c : w.bytes()) {
+        hex += digits[c >> 4];
+        hex += digits[c & 15];
+      }
+      data.meta["act_quant_state." + std::string(name)] = hex;
+    });
+  }
+
+  /// Restores what save_activation_states wrote (a checkpoint without the fields: nothing);
+  /// format_error naming the file and the field when one is malformed.
+  void load_activation_states(const checkpoint_data& data, const std::filesystem::path& path) {
+    nn::visit_activation_quantizers(quant_, [&](std::string_view name, auto& q) {
+      const std::string key = "act_quant_state." + std::string(name);
+      const auto it = data.meta.find(key);
+      if (it == data.meta.end()) return;
+      const std::string& hex = it->second;
+      auto nibble = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        throw format_error(path.string(), detail::checkpoint_metadata_offset,
+                           "metadata field '" + key + "': expected hex digits, got " +
+                               detail::quoted_value(hex));
+      };
+      if (hex.size() % 2)
+        throw format_error(path.string(), detail::checkpoint_metadata_offset,
+                           "metadata field '" + key + "': odd number of hex digits");
+      std::string bytes;
+      for (std::size_t i = 0; i < hex.size(); i += 2)
+        bytes += static_cast<char>(nibble(hex[i]) * 16 + nibble(hex[i + 1]));
+      io::byte_reader r(std::string_view(bytes), path.string() + ": " + key);
+      q.load(r, name);
+    });
   }
 
   /// Progress inside an unfinished epoch, kept in checkpoints written mid-epoch.
@@ -730,6 +776,8 @@ private:
         optimizer.save(state);
         data.optimizer_state = state.take();
         data.loader = batches.state();
+        if (static_cast<const void*>(&net) == static_cast<const void*>(&quant_))
+          save_activation_states(data);
         save_checkpoint(path, net, data);
       };
     };
