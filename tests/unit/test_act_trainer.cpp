@@ -423,7 +423,8 @@ TEST_CASE("a run with activation quantizers stopped and resumed ends bit-identic
   const fs::path base = fs::temp_directory_path() / ("act-resume-" + std::to_string(::getpid()));
   fs::remove_all(base);
   const auto straight = act_run(base / "straight", 0, 0);
-  for (const auto& [epochs, steps] : {std::pair<std::size_t, std::size_t>{1, 0}, {0, 3}}) {
+  for (const auto& rule : {std::pair<std::size_t, std::size_t>{1, 0}, {0, 3}}) {
+    const std::size_t epochs = rule.first, steps = rule.second; // clang 14: no captured bindings
     CAPTURE(epochs);
     CAPTURE(steps);
     const auto resumed = act_run(base / ("r" + std::to_string(epochs) + std::to_string(steps)),
