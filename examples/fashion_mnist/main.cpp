@@ -1,0 +1,187 @@
+// Train LeNet-5 (or the VGG-style net) on Fashion-MNIST with learned per-channel bitwidths:
+// FP32 pretraining -> bitwidth search under a size penalty -> freeze -> fine-tune.
+//
+//   fashion_mnist --out runs/demo                 (what `make demo` runs)
+//   fashion_mnist --model vgg-small --policy step_bits --target-bits 2.5 --out runs/vgg
+//
+// --target-bits is the size target of the quantized weights in average STORED bits per weight:
+// the codes plus every group's 40 bits of float32 scale and bitwidth byte (biases not counted),
+// the trainer's target_average_bits. Budget-aware freezing keeps the model at or below it, so
+// the average code bits end below it. With fixed_bits (no learned bitwidths) every layer takes
+// the largest uniform bitwidth whose model fits the target.
+//
+// The first conv and the last linear (the edge layers) are quantized like every other layer
+// (--group, --b-min, --b-max, the policy) unless --edge-bits or --edge-group says otherwise.
+//
+// Prints FP32 and quantized accuracy on the full test set, the per-layer table and the size;
+// writes report.html, log.csv, summary.json, checkpoint.bin and the packed model model.bgm
+// (docs/model-format.md; run it with examples/deploy) into --out.
+//
+// The command line is read here; the run itself is in run.cpp.
+#include "cli_checks.hpp"
+#include "run.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <string>
+
+namespace {
+
+namespace cli = bitgrad::cli;
+using fashion_mnist::run_model;
+using fashion_mnist::settings;
+
+/// The checks that involve more than one option; CLI::ValidationError names the option.
+void check_combinations(const CLI::App& app, const settings& cfg) {
+  const bool learned = cfg.policy != "fixed_bits";
+  if (!learned)
+    for (const char* option : {"--b-min", "--b-max", "--bits-lr", "--bits-moment", "--lambda"})
+      if (app.count(option))
+        cli::reject(option, "has no effect with --policy fixed_bits (its bitwidths are not "
+                            "learned: --target-bits chooses them)");
+  if (learned && cfg.b_min > cfg.b_max)
+    cli::reject("--b-min", "expected at most --b-max (" + cli::number_text(cfg.b_max) + "), got " +
+                               cli::number_text(cfg.b_min));
+  if (cfg.policy == "step_bits" && cfg.b_min < 2)
+    cli::reject("--b-min", "step_bits needs at least 2 (1 bit leaves only the zero level), got " +
+                               cli::number_text(cfg.b_min));
+  if (cfg.policy == "step_bits" && cfg.edge_bits && *cfg.edge_bits < 2)
+    cli::reject("--edge-bits", "step_bits needs at least 2 (1 bit leaves only the zero level), "
+                               "got " +
+                                   std::to_string(*cfg.edge_bits));
+  if (cfg.trainer.resume && !std::filesystem::exists(cfg.trainer.out_dir / "checkpoint.bin"))
+    cli::reject("--resume", "no checkpoint to continue from in " + cfg.trainer.out_dir.string() +
+                                " (checkpoint.bin)");
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  settings cfg;
+  auto& t = cfg.trainer;
+  std::string out = "runs/fashion_mnist";
+  const auto whole = [](std::uint64_t lo) { return cli::whole_number(lo); };
+  CLI::App app{"Train a network on Fashion-MNIST with learned mixed-precision bitwidths"};
+  app.add_option("--data", cfg.data, "folder with the gzip IDX files")->capture_default_str();
+  app.add_option("--model", cfg.model, "lenet5 or vgg-small")
+      ->check(CLI::IsMember({"lenet5", "vgg-small"}))
+      ->capture_default_str();
+  app.add_option("--policy", cfg.policy,
+                 "frac_bits, step_bits, noise_bits or fixed_bits (uniform LSQ)")
+      ->check(CLI::IsMember({"frac_bits", "step_bits", "fixed_bits", "noise_bits"}))
+      ->capture_default_str();
+  app.add_option("--group", cfg.group,
+                 "channels per group: a number, 'channel' or 'layer' (every layer, the first and "
+                 "last included, unless --edge-group)")
+      ->check(cli::group_size())
+      ->capture_default_str();
+  app.add_option("--target-bits", t.target_average_bits,
+                 "size target: average stored bits per weight, scales and bitwidths included "
+                 "(biases not); the average code bits end below it. fixed_bits: the largest "
+                 "uniform bitwidth within it")
+      ->check(cli::real_number(0, cli::lower_bound::exclusive, 16))
+      ->capture_default_str();
+  app.add_option("--b-min", cfg.b_min,
+                 "lowest bitwidth of every layer's groups (learned policies; step_bits: >= 2)")
+      ->check(cli::real_number(1, cli::lower_bound::inclusive, 16))
+      ->capture_default_str();
+  app.add_option("--b-max", cfg.b_max,
+                 "highest bitwidth of every layer's groups (learned policies)")
+      ->check(cli::real_number(1, cli::lower_bound::inclusive, 16))
+      ->capture_default_str();
+  app.add_option("--edge-bits", cfg.edge_bits,
+                 "pin the first conv and the last linear at this many bits (default: quantized "
+                 "like the other layers)")
+      ->check(cli::whole_number(1, 16));
+  app.add_option("--edge-group", cfg.edge_group,
+                 "channels per group of the first conv and the last linear (default: --group)")
+      ->check(cli::group_size());
+  app.add_option("--pretrain-epochs", t.pretrain.epochs, "FP32 epochs")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--search-epochs", t.search.epochs, "epochs learning the bitwidths")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--finetune-epochs", t.finetune.epochs, "epochs at the frozen bitwidths")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--lr", t.pretrain.lr, "pretraining learning rate (Adam)")
+      ->check(cli::positive_number())
+      ->capture_default_str();
+  app.add_option("--search-lr", t.search.lr, "weight learning rate while searching")
+      ->check(cli::positive_number())
+      ->capture_default_str();
+  app.add_option("--bits-lr", t.search.bits_lr, "bitwidth learning rate (learned policies)")
+      ->check(cli::positive_number())
+      ->capture_default_str();
+  std::string bits_moment = bitgrad::train::to_string(t.bits_moment);
+  app.add_option("--bits-moment", bits_moment,
+                 "Adam's second moment of the bitwidths: one per layer (the groups of a layer step "
+                 "in proportion to their gradients) or one per group (learned policies)")
+      ->check(CLI::IsMember({"group", "layer"}))
+      ->capture_default_str();
+  app.add_option("--finetune-lr", t.finetune.lr, "weight learning rate at the frozen bitwidths")
+      ->check(cli::positive_number())
+      ->capture_default_str();
+  app.add_option("--lambda", t.penalty_lambda, "size penalty weight (learned policies)")
+      ->check(cli::real_number(0, cli::lower_bound::inclusive))
+      ->capture_default_str();
+  app.add_option("--batch-size", t.batch_size, "images per step (at most the training images)")
+      ->check(whole(1))
+      ->capture_default_str();
+  app.add_option("--seed", t.seed, "initial weights, data order and noise")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--threads", cfg.threads,
+                 "OpenMP threads (0 = OpenMP's default; at most the hardware threads)")
+      ->check(cli::thread_count())
+      ->capture_default_str();
+  app.add_option("--train-limit", cfg.train_limit, "use only the first N training images (0 = all)")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--max-steps", t.max_steps_per_epoch,
+                 "cap the steps of every epoch (0 = whole epochs)")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--stop-after", t.stop_after_epochs,
+                 "stop after this many epochs (resume later with --resume; 0 = run to the end)")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--sensitivity", t.sensitivity_batches,
+                 "batches of 32 test images for the per-group sensitivity diagnostics (0 = off)")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--out", out, "output folder")->capture_default_str();
+  app.add_option("--init", cfg.init,
+                 "start from the FP32 weights of this .npz (bitgrad's parameter names, "
+                 "train/npz_import.hpp) and skip pretraining");
+  app.add_flag("--resume", t.resume, "continue from <out>/checkpoint.bin");
+  app.add_flag("--overwrite", t.overwrite,
+               "replace the run in <out>: its files are removed once this run writes its first");
+  CLI11_PARSE(app, argc, argv);
+  t.out_dir = out;
+  if (!cfg.init.empty()) t.pretrain.epochs = 0;
+  t.bits_moment = bitgrad::train::parse_bits_normalisation(bits_moment);
+  try {
+    if (out.empty()) cli::reject("--out", "expected a folder, got an empty name");
+    check_combinations(app, cfg);
+  } catch (const CLI::Error& e) {
+    return app.exit(e);
+  }
+  cli::use_threads(cfg.threads);
+  // Ctrl-C / SIGTERM: finish the current step, write the checkpoint, exit; --resume continues.
+  bitgrad::train::install_interrupt_handlers();
+  try {
+    if (cfg.policy == "step_bits") return run_model<bitgrad::quant::step_bits>(cfg);
+    if (cfg.policy == "fixed_bits") return run_model<bitgrad::quant::fixed_bits>(cfg);
+    if (cfg.policy == "noise_bits") return run_model<bitgrad::quant::noise_bits>(cfg);
+    return run_model<bitgrad::quant::frac_bits>(cfg);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fashion_mnist: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,44 @@
+// fashion_mnist's settings (main.cpp fills them from the command line) and run_model<Quant>, the
+// whole run for one quantizer policy, compiled for the four policies in run.cpp: main.cpp, which
+// only reads the command line, instantiates no network. (One translation unit per policy was
+// tried: each repeats the FP32 twins and the trainer's common code, 54 s of CPU each against
+// 94 s for all four in one; issue #18.)
+#pragma once
+
+#include <bitgrad/quant/fixed_bits.hpp>
+#include <bitgrad/quant/frac_bits.hpp>
+#include <bitgrad/quant/noise_bits.hpp>
+#include <bitgrad/quant/step_bits.hpp>
+#include <bitgrad/train/trainer.hpp>
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+namespace fashion_mnist {
+
+struct settings {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::string model = "lenet5";
+  std::string policy = "frac_bits";
+  std::string group = "1";
+  double b_min = 2, b_max = 8;
+  std::optional<int> edge_bits;          ///< pin the edge layers at this many bits
+  std::optional<std::string> edge_group; ///< the edge layers' group size (default: group)
+  std::size_t train_limit = 0;
+  std::size_t threads = 0;
+  std::string init; ///< FP32 weights (.npz) to start from instead of pretraining
+  bitgrad::train::trainer_options trainer;
+};
+
+/// Train --model with the policy Quant as `cfg` says, print the table, export model.bgm; the
+/// exit code (130 after an interrupt).
+template <template <class> class Quant>
+int run_model(const settings& cfg);
+
+extern template int run_model<bitgrad::quant::frac_bits>(const settings&);
+extern template int run_model<bitgrad::quant::noise_bits>(const settings&);
+extern template int run_model<bitgrad::quant::step_bits>(const settings&);
+extern template int run_model<bitgrad::quant::fixed_bits>(const settings&);
+
+} // namespace fashion_mnist
