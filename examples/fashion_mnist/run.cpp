@@ -138,15 +138,16 @@ int run(const settings& cfg, Builder build) {
                                " bits of scale and bitwidth per group";
   auto make = [&](int bits) {
     if constexpr (Act)
-      return build(bitgrad::nn::act_model_options<T, Quant>{
-          .seed = t.seed,
-          .quant = layer_options<Quant>(cfg, bits),
-          .edge_quant = edge_options<Quant>(cfg, bits),
-          .act_quant = act_options(cfg)});
+      return build(
+          bitgrad::nn::act_model_options<T, Quant>{.seed = t.seed,
+                                                   .quant = layer_options<Quant>(cfg, bits),
+                                                   .edge_quant = edge_options<Quant>(cfg, bits),
+                                                   .act_quant = act_options(cfg)});
     else
-      return build(bitgrad::nn::model_options<T, Quant>{.seed = t.seed,
-                                                        .quant = layer_options<Quant>(cfg, bits),
-                                                        .edge_quant = edge_options<Quant>(cfg, bits)});
+      return build(
+          bitgrad::nn::model_options<T, Quant>{.seed = t.seed,
+                                               .quant = layer_options<Quant>(cfg, bits),
+                                               .edge_quant = edge_options<Quant>(cfg, bits)});
   };
   constexpr bool learned = requires(typename Quant<T>::options q) {
     q.b_min;
@@ -268,8 +269,8 @@ int run(const settings& cfg, Builder build) {
                (c.unit == "bytes" ? bitgrad::format_bytes(c.target)
                                   : cli::number_text(c.target) + " " + c.unit) +
                (c.met ? ", met" : ", NOT met");
-    std::printf("%-19s %s per image (%s)\n",
-                c.name == "bops" ? "BOPs" : "peak activations", value.c_str(), target.c_str());
+    std::printf("%-19s %s per image (%s)\n", c.name == "bops" ? "BOPs" : "peak activations",
+                value.c_str(), target.c_str());
   }
   if (!t.out_dir.empty()) {
     const auto model = t.out_dir / "model.bgm";

@@ -15,10 +15,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <sstream>
-#include <unistd.h>
 #include <random>
+#include <sstream>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -82,9 +82,8 @@ TEST_CASE("the total penalty (size + BOPs + peak activation memory) has the grad
   auto weights = [&](auto&& f) { net.visit_quantizers(f); };
   auto costs = nn::model_costs_of(net, {});
   // Targets below the current costs, so every term is active; quadratic: smooth.
-  const quant::size_penalty size{.form = quant::penalty_form::quadratic,
-                                 .lambda = 0.7,
-                                 .target_bits = 0.5 * weight_bits(net)};
+  const quant::size_penalty size{
+      .form = quant::penalty_form::quadratic, .lambda = 0.7, .target_bits = 0.5 * weight_bits(net)};
   auto relative = [&](double target, double lambda) {
     return quant::size_penalty{.form = quant::penalty_form::quadratic,
                                .lambda = lambda,
@@ -94,9 +93,7 @@ TEST_CASE("the total penalty (size + BOPs + peak activation memory) has the grad
   quant::cost_penalties cp;
   cp.add("bops", costs.bops, relative(0.5 * costs.bops.value(), 1.3));
   cp.add("activation_memory", costs.memory, relative(0.5 * costs.memory.value(), 0.9));
-  auto total = [&] {
-    return quant::evaluate_penalty(size, weight_bits(net)).value + cp.penalty();
-  };
+  auto total = [&] { return quant::evaluate_penalty(size, weight_bits(net)).value + cp.penalty(); };
   net.zero_grad();
   const double p0 = quant::apply_size_penalty(weights, size) + cp.apply();
   CHECK(p0 == doctest::Approx(total()).epsilon(1e-12));
@@ -273,9 +270,9 @@ TEST_CASE("freezing with every budget already met rounds the learned bits up; an
   for (std::size_t t = 0; t < m2.costs.memory.tensors(); ++t)
     if (m2.costs.memory.name(t) != "input")
       CHECK(m2.costs.memory.tensor_bits(t) <= tight.memory_target_bits);
-  CHECK_THROWS_AS(quant::freeze_to_budgets(m2.weights(), m2.acts(),
-                                           quant::budgets{.size_bits = -1.0}),
-                  config_error);
+  CHECK_THROWS_AS(
+      quant::freeze_to_budgets(m2.weights(), m2.acts(), quant::budgets{.size_bits = -1.0}),
+      config_error);
 }
 
 TEST_CASE("the trainer learns activation bitwidths in search, freezes them with the weights and "
@@ -382,9 +379,8 @@ std::vector<float> all_parameters(Net& net) {
 
 /// A short LeNet-5 run with activation quantizers under a BOPs budget, stopped after
 /// `stop_epochs` epochs / `stop_steps` steps and resumed until it finishes (0, 0: straight).
-std::pair<std::vector<float>, std::vector<double>> act_run(const fs::path& dir,
-                                                           std::size_t stop_epochs,
-                                                           std::size_t stop_steps) {
+std::pair<std::vector<float>, std::vector<double>>
+act_run(const fs::path& dir, std::size_t stop_epochs, std::size_t stop_steps) {
   for (int runs = 0; runs < 20; ++runs) {
     auto fp32 = nn::lenet5<float>({.seed = 3});
     auto quant = nn::lenet5(nn::act_model_options<float, quant::frac_bits>{.seed = 3});
@@ -427,8 +423,8 @@ TEST_CASE("a run with activation quantizers stopped and resumed ends bit-identic
     const std::size_t epochs = rule.first, steps = rule.second; // clang 14: no captured bindings
     CAPTURE(epochs);
     CAPTURE(steps);
-    const auto resumed = act_run(base / ("r" + std::to_string(epochs) + std::to_string(steps)),
-                                 epochs, steps);
+    const auto resumed =
+        act_run(base / ("r" + std::to_string(epochs) + std::to_string(steps)), epochs, steps);
     CHECK(resumed.second == straight.second);
     CHECK(resumed.first == straight.first);
   }

@@ -217,14 +217,15 @@ inline operation read_operation(io::byte_reader& in, std::uint32_t version = fil
     const std::uint64_t flag_at = in.offset();
     const auto flag = in.get<std::uint8_t>("act_quant signed flag");
     if (flag > 1)
-      in.fail_at(flag_at, who + "act_quant signed flag must be 0 or 1, got " + std::to_string(flag));
+      in.fail_at(flag_at,
+                 who + "act_quant signed flag must be 0 or 1, got " + std::to_string(flag));
     a.is_signed = flag == 1;
     a.group_size = in.get<std::uint32_t>("act_quant group size");
     const std::uint64_t groups_at = in.offset();
     const auto groups = in.get<std::uint32_t>("act_quant group count");
     if (groups < 1 || groups > max_act_groups)
-      in.fail_at(groups_at, who + "act_quant group count " + std::to_string(groups) +
-                                " outside 1..2^24");
+      in.fail_at(groups_at,
+                 who + "act_quant group count " + std::to_string(groups) + " outside 1..2^24");
     in.need(std::uint64_t(groups) * 5, "act_quant bitwidths and ranges");
     const int lowest = a.is_signed ? 2 : 1;
     for (std::uint32_t g = 0; g < groups; ++g) {
@@ -232,8 +233,8 @@ inline operation read_operation(io::byte_reader& in, std::uint32_t version = fil
       const auto k = in.get<std::uint8_t>("act_quant bitwidth");
       if (k < lowest || k > max_code_bits)
         in.fail_at(b_at, who + "act_quant group " + std::to_string(g) + ": bitwidth " +
-                             std::to_string(k) + " outside " + std::to_string(lowest) +
-                             "..16 (" + (a.is_signed ? "signed" : "unsigned") + " grid)");
+                             std::to_string(k) + " outside " + std::to_string(lowest) + "..16 (" +
+                             (a.is_signed ? "signed" : "unsigned") + " grid)");
       a.bits.push_back(k);
     }
     for (std::uint32_t g = 0; g < groups; ++g) {

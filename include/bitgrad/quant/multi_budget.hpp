@@ -132,7 +132,8 @@ public:
         const activation_tensor& a = limits->memory->tensor(t);
         tensor x{resolve(a.bits), {}};
         for (std::size_t h = 0; h < a.bits.groups(); ++h)
-          x.elements.push_back(static_cast<double>(a.bits.group_channels(h) * a.elements_per_channel));
+          x.elements.push_back(
+              static_cast<double>(a.bits.group_channels(h) * a.elements_per_channel));
         tensors.push_back(std::move(x));
       }
   }
@@ -166,8 +167,9 @@ public:
 
   // Budgets: 0 size, 1 BOPs, 2 memory.
   bool active(int j) const {
-    return j == 0 ? limits->size_bits.has_value() : j == 1 ? limits->bops != nullptr
-                                                           : limits->memory != nullptr;
+    return j == 0   ? limits->size_bits.has_value()
+           : j == 1 ? limits->bops != nullptr
+                    : limits->memory != nullptr;
   }
   double target(int j) const {
     return j == 0 ? *limits->size_bits : j == 1 ? limits->bops_target : limits->memory_target_bits;

@@ -44,11 +44,11 @@ struct epoch_record {
 
 /// One cost of the final model against its budget (issue #22).
 struct cost_summary {
-  std::string name;                                           ///< size, bops, activation_memory
-  std::string unit;                                           ///< bytes, BOPs (per image)
+  std::string name; ///< size, bops, activation_memory
+  std::string unit; ///< bytes, BOPs (per image)
   double value = std::numeric_limits<double>::quiet_NaN();
-  double target = std::numeric_limits<double>::quiet_NaN();   ///< NaN: no budget
-  bool met = true;                                            ///< value <= target (no budget: true)
+  double target = std::numeric_limits<double>::quiet_NaN(); ///< NaN: no budget
+  bool met = true;                                          ///< value <= target (no budget: true)
 };
 
 /// The learned bitwidths of one quantized layer at the end of a run.

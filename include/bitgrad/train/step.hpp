@@ -52,8 +52,9 @@ struct step_result {
 };
 
 /// One step of `net` on the batch (x, y): forward, loss, backward, the size penalty's gradient
-/// when `penalty` is set, the cost penalties' gradients when `costs` is set, then (all finite) `optimizer.step` and the quantizers' projection.
+/// when `penalty` is set, then (all finite) `optimizer.step` and the quantizers' projection.
 /// The optimizer's learning rate is the caller's (set it from a schedule before the step).
+/// `costs`: the hardware-cost penalties, their gradients added after the size penalty's.
 template <class Net, classification_loss<typename Net::value_type> Loss, class Optimizer>
 step_result<typename Net::value_type>
 train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input_type& x,
@@ -69,7 +70,8 @@ train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input
   r.correct = nn::count_correct(logits, y);
   net.backward(loss.backward());
   if (penalty) quant::apply_size_penalty(quantizers, *penalty); // d(penalty)/d(bitwidths)
-  if (costs) costs->apply();                                     // d(cost penalties)/d(bits)
+
+  if (costs) costs->apply(); // d(cost penalties)/d(weight and activation bitwidths)
   if (!std::isfinite(static_cast<double>(r.loss)))
     r.bad = "the loss is not finite";
   else if (const std::string p = optim::grad_is_finite<T>(params); !p.empty())

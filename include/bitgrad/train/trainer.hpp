@@ -87,8 +87,8 @@
 #include <cmath>
 #include <concepts>
 #include <csignal>
-#include <cstdio>
 #include <cstddef>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -389,9 +389,9 @@ public:
       quant::size_penalty penalty{
           .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = weight_budget_bits()};
       phase_costs_ = cost_penalties_.empty() ? nullptr : &cost_penalties_;
-      const bool go = run_phase(quant_, 1, opt_.search, done_epochs, resumed,
-                                opt_.size_budget ? &penalty : nullptr, result.history,
-                                fp32_accuracy, elapsed);
+      const bool go =
+          run_phase(quant_, 1, opt_.search, done_epochs, resumed,
+                    opt_.size_budget ? &penalty : nullptr, result.history, fp32_accuracy, elapsed);
       phase_costs_ = nullptr;
       if (!go) return result;
       freeze();
@@ -472,9 +472,8 @@ public:
       s.costs.push_back({.name = "activation_memory",
                          .unit = "bytes",
                          .value = costs_->memory.value() / 8,
-                         .target = opt_.target_activation_kb
-                                       ? 1000.0 * *opt_.target_activation_kb
-                                       : std::nan("")});
+                         .target = opt_.target_activation_kb ? 1000.0 * *opt_.target_activation_kb
+                                                             : std::nan("")});
       for (auto& c : s.costs) c.met = !(c.value > c.target);
     }
     return s;
@@ -562,8 +561,8 @@ private:
       b.memory_target_bits = 8000.0 * *opt_.target_activation_kb;
     }
     const auto r = quant::freeze_to_budgets(quantizers(), activation_quantizers(), b);
-    std::string line = "froze bitwidths within budgets: " +
-                       format_bytes(measure_size(quant_).bytes());
+    std::string line =
+        "froze bitwidths within budgets: " + format_bytes(measure_size(quant_).bytes());
     if (opt_.size_budget) line += " of " + format_bytes(target_bits() / 8);
     for (const auto& c : r.checks)
       if (!c.met) line += " (" + c.name + " target unreachable)";
@@ -943,8 +942,8 @@ private:
   std::size_t skipped_total_ = 0;
   std::string model_name_ = "model";
   std::vector<std::pair<std::string, std::string>> settings_;
-  std::unique_ptr<nn::model_costs> costs_;  ///< over quant_'s quantizers (see costs())
-  quant::cost_penalties cost_penalties_;    ///< the cost budgets' penalties, over *costs_
+  std::unique_ptr<nn::model_costs> costs_; ///< over quant_'s quantizers (see costs())
+  quant::cost_penalties cost_penalties_;   ///< the cost budgets' penalties, over *costs_
   const quant::cost_penalties* phase_costs_ = nullptr; ///< in the search phase only
 };
 
