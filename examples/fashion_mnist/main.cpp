@@ -53,6 +53,14 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
     cli::reject("--edge-bits", "step_bits needs at least 2 (1 bit leaves only the zero level), "
                                "got " +
                                    std::to_string(*cfg.edge_bits));
+  if (cfg.act_bits && cfg.policy != "frac_bits")
+    cli::reject("--act-bits", "activation quantizers are learned with --policy frac_bits only, "
+                              "got --policy " +
+                                  cfg.policy);
+  if (cfg.act_bits && (*cfg.act_bits < cfg.b_min || *cfg.act_bits > cfg.b_max))
+    cli::reject("--act-bits", "expected a value in [--b-min, --b-max] = [" +
+                                  cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
+                                  "], got " + cli::number_text(*cfg.act_bits));
   if (cfg.trainer.resume && !std::filesystem::exists(cfg.trainer.out_dir / "checkpoint.bin"))
     cli::reject("--resume", "no checkpoint to continue from in " + cfg.trainer.out_dir.string() +
                                 " (checkpoint.bin)");
@@ -85,6 +93,20 @@ int main(int argc, char** argv) {
                  "uniform bitwidth within it")
       ->check(cli::real_number(0, cli::lower_bound::exclusive, 16))
       ->capture_default_str();
+  app.add_option("--target-bops", t.target_bops,
+                 "BOPs budget per image (sum over conv / linear layers of MACs x weight bits x "
+                 "input bits; input image 8 bits, unquantized activations 32): a penalty in the "
+                 "search and a budget at freezing, beside the size target")
+      ->check(cli::positive_number());
+  app.add_option("--target-activation-kb", t.target_activation_kb,
+                 "peak activation memory budget per image in KB (10^3 bytes): the largest "
+                 "quantized activation tensor (or the 8-bit input image) at its bitwidth")
+      ->check(cli::positive_number());
+  app.add_option("--act-bits", cfg.act_bits,
+                 "put a learned activation quantizer (unsigned grid, learned range) after every "
+                 "ReLU, its bitwidth starting at this value and learned in [--b-min, --b-max] "
+                 "(--policy frac_bits)")
+      ->check(cli::real_number(1, cli::lower_bound::inclusive, 16));
   app.add_option("--b-min", cfg.b_min,
                  "lowest bitwidth of every layer's groups (learned policies; step_bits: >= 2)")
       ->check(cli::real_number(1, cli::lower_bound::inclusive, 16))

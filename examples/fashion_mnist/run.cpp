@@ -9,11 +9,13 @@
 #include <bitgrad/train/export.hpp>
 #include <bitgrad/train/npz_import.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace fashion_mnist {
@@ -93,7 +95,17 @@ std::optional<typename Quant<float>::options> edge_options(const settings& cfg, 
   return q;
 }
 
-template <template <class> class Quant, class Builder>
+/// The activation quantizers' options (--act-bits).
+bitgrad::quant::act_quantizer<float>::options act_options(const settings& cfg) {
+  bitgrad::quant::act_quantizer<float>::options a{};
+  a.b_min = std::max(1.0, cfg.b_min);
+  a.b_max = cfg.b_max;
+  a.b_init = cfg.act_bits.value_or(cfg.b_max - 0.5);
+  return a;
+}
+
+/// Act: the quantized network has activation quantizers after every ReLU (--act-bits).
+template <template <class> class Quant, bool Act = false, class Builder>
 int run(const settings& cfg, Builder build) {
   using T = float;
   namespace fs = std::filesystem;
@@ -125,10 +137,17 @@ int run(const settings& cfg, Builder build) {
   const std::string overhead = cli::number_text(bitgrad::quant::group_overhead_bits) +
                                " bits of scale and bitwidth per group";
   auto make = [&](int bits) {
-    return build.template operator()<Quant>(
-        bitgrad::nn::model_options<T, Quant>{.seed = t.seed,
-                                             .quant = layer_options<Quant>(cfg, bits),
-                                             .edge_quant = edge_options<Quant>(cfg, bits)});
+    if constexpr (Act)
+      return build(
+          bitgrad::nn::act_model_options<T, Quant>{.seed = t.seed,
+                                                   .quant = layer_options<Quant>(cfg, bits),
+                                                   .edge_quant = edge_options<Quant>(cfg, bits),
+                                                   .act_quant = act_options(cfg)});
+    else
+      return build(
+          bitgrad::nn::model_options<T, Quant>{.seed = t.seed,
+                                               .quant = layer_options<Quant>(cfg, bits),
+                                               .edge_quant = edge_options<Quant>(cfg, bits)});
   };
   constexpr bool learned = requires(typename Quant<T>::options q) {
     q.b_min;
@@ -159,8 +178,7 @@ int run(const settings& cfg, Builder build) {
                       "above the target " +
                       cli::number_text(t.target_average_bits));
   }
-  auto fp32 = build.template operator()<bitgrad::quant::no_quant>(
-      bitgrad::nn::model_options<T>{.seed = t.seed});
+  auto fp32 = build(bitgrad::nn::model_options<T>{.seed = t.seed});
   auto quantized = make(uniform_bits);
 
   const stored_size smallest = measure_stored(quantized, true);
@@ -220,6 +238,12 @@ int run(const settings& cfg, Builder build) {
                           "/" + std::to_string(t.finetune.epochs));
   trainer.add_setting("steps per epoch",
                       std::to_string(steps_run) + " of batch size " + std::to_string(t.batch_size));
+  if (cfg.act_bits)
+    trainer.add_setting("activation quantizers",
+                        "after every ReLU, from " + cli::number_text(*cfg.act_bits) + " bits");
+  if (t.target_bops) trainer.add_setting("target BOPs", cli::number_text(*t.target_bops));
+  if (t.target_activation_kb)
+    trainer.add_setting("target activation KB", cli::number_text(*t.target_activation_kb));
   trainer.add_setting("seed", std::to_string(t.seed));
   trainer.add_setting("threads", std::to_string(threads));
   trainer.add_setting("simd", bitgrad::simd_arch_name());
@@ -241,6 +265,19 @@ int run(const settings& cfg, Builder build) {
   if (!writes) return 0;
   const stored_size stored = measure_stored(quantized, false);
   print_table(result.summary, stored.bits / stored.weights, t.target_average_bits);
+  for (const auto& c : result.summary.costs) {
+    if (c.name == "size") continue;
+    const std::string value = c.unit == "bytes" ? bitgrad::format_bytes(c.value)
+                                                : cli::number_text(c.value) + " " + c.unit;
+    std::string target = "no budget";
+    if (std::isfinite(c.target))
+      target = "budget " +
+               (c.unit == "bytes" ? bitgrad::format_bytes(c.target)
+                                  : cli::number_text(c.target) + " " + c.unit) +
+               (c.met ? ", met" : ", NOT met");
+    std::printf("%-19s %s per image (%s)\n", c.name == "bops" ? "BOPs" : "peak activations",
+                value.c_str(), target.c_str());
+  }
   if (!t.out_dir.empty()) {
     const auto model = t.out_dir / "model.bgm";
     const std::size_t bytes =
@@ -264,15 +301,14 @@ int run_policy(const settings& cfg) {
 
 template <template <class> class Quant>
 int run_model(const settings& cfg) {
-  if (cfg.model == "lenet5")
-    return run<Quant>(cfg,
-                      []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
-                        return bitgrad::nn::lenet5<float, Q>(o);
-                      });
-  return run<Quant>(cfg,
-                    []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
-                      return bitgrad::nn::vgg_small<float, Q>(o);
-                    });
+  const auto lenet5 = [](const auto& o) { return bitgrad::nn::lenet5(o); };
+  const auto vgg = [](const auto& o) { return bitgrad::nn::vgg_small(o); };
+  // Activation quantizers: frac_bits only (main.cpp refuses --act-bits with the others), so
+  // their networks are compiled once per model.
+  if constexpr (std::is_same_v<Quant<float>, bitgrad::quant::frac_bits<float>>)
+    if (cfg.act_bits)
+      return cfg.model == "lenet5" ? run<Quant, true>(cfg, lenet5) : run<Quant, true>(cfg, vgg);
+  return cfg.model == "lenet5" ? run<Quant>(cfg, lenet5) : run<Quant>(cfg, vgg);
 }
 
 template int run_model<bitgrad::quant::frac_bits>(const settings&);

@@ -29,6 +29,9 @@ struct settings {
   std::size_t train_limit = 0;
   std::size_t threads = 0;
   std::string init; ///< FP32 weights (.npz) to start from instead of pretraining
+  /// Activation quantizers after every ReLU (frac_bits), their bitwidths starting here and
+  /// learned in [b_min, b_max] like the weights'; unset: none (issue #22).
+  std::optional<double> act_bits;
   bitgrad::train::trainer_options trainer;
   /// Data-parallel under mpirun (launch_mpi.cpp); null: one process. Rank 0 prints and writes.
   bitgrad::train::gradient_sync<float>* sync = nullptr;

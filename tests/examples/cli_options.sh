@@ -387,12 +387,53 @@ resume)
   rejects "--resume: no checkpoint to continue from in $work/empty" --out "$work/empty" --resume
   ;;
 
+act_bits)
+  # Activation quantizers after the four ReLUs: costs reported, the model file stores their grid
+  # (format version 2); without the option neither.
+  run act --act-bits 6
+  run plain
+  check "$work/act" "[c['name'] for c in s['costs']] == ['size', 'bops', 'activation_memory']"
+  # relu1_quant's 6 x 24 x 24 values at the learned bits (6 +- one rounding step)
+  check "$work/act" "abs(s['costs'][2]['value'] - 3456 * 6 / 8) <= 3456 / 8"
+  check "$work/act" "all(r['bops'] != '' for r in log if r['phase'] != 'pretrain')"
+  check "$work/plain" "'costs' not in s and 'bops' not in log[0]"
+  check "$work/act" "open(d + '/model.bgm', 'rb').read()[8] == 2"
+  check "$work/plain" "open(d + '/model.bgm', 'rb').read()[8] == 1"
+  printed act "peak activations"
+  rejects "--act-bits: activation quantizers are learned with --policy frac_bits only" \
+    --policy step_bits --act-bits 4
+  rejects "--act-bits: expected a value in [--b-min, --b-max] = [2, 8], got 9" --act-bits 9
+  rejects "--act-bits: expected a finite number in [1, 16], got 0" --act-bits 0
+  ;;
+
+target_bops)
+  # A BOPs budget lowers the reported BOPs to within it (the same run without it: far above).
+  run free --act-bits 6
+  run tight --act-bits 6 --target-bops 3e6
+  check "$work/free" "s['costs'][1]['value'] > 6e6 and s['costs'][1]['target'] is None"
+  check "$work/tight" "s['costs'][1]['value'] <= 3e6 and s['costs'][1]['met']"
+  check "$work/tight" "s['costs'][1]['target'] == 3000000"
+  printed tight "froze bitwidths within budgets"
+  printed tight "budget 3e+06 BOPs, met"
+  rejects "--target-bops: expected a finite number > 0, got 0" --target-bops 0
+  ;;
+
+target_activation_kb)
+  # A peak activation memory budget: relu1_quant (3456 values per image) brought within 1.2 KB.
+  run free --act-bits 6
+  run tight --act-bits 6 --target-activation-kb 1.2
+  check "$work/free" "s['costs'][2]['value'] > 2000"
+  check "$work/tight" "s['costs'][2]['value'] <= 1200 and s['costs'][2]['met']"
+  check "$work/tight" "float(log[-1]['activation_bytes']) <= 1200"
+  rejects "--target-activation-kb: expected a finite number > 0, got -1" --target-activation-kb -1
+  ;;
+
 help)
   "$fm" --help > "$work/help.txt"
   for option in --data --model --policy --group --target-bits --b-min --b-max --edge-bits \
     --edge-group --pretrain-epochs --search-epochs --finetune-epochs --lr --search-lr --bits-lr \
     --bits-moment --finetune-lr --lambda --batch-size --seed --threads --train-limit --max-steps \
-    --stop-after --sensitivity --out --resume; do
+    --stop-after --sensitivity --out --resume --act-bits --target-bops --target-activation-kb; do
     grep -q -- "$option" "$work/help.txt" || fail "--help does not list $option"
   done
   grep -q "stored bits per weight" "$work/help.txt" || fail "--help: --target-bits unit"

@@ -259,11 +259,11 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
   }
   SUBCASE("unsupported version") {
     auto b = good;
-    b[8] = 2;
+    b[8] = 3;
     reseal(b);
     const auto e = parse_error(b);
     CHECK(e.offset() == 8);
-    CHECK(contains(e.what(), "version 2"));
+    CHECK(contains(e.what(), "version 3"));
   }
   SUBCASE("truncated at every length") {
     for (std::size_t n = 0; n < good.size(); ++n) {

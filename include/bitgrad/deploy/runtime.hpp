@@ -45,6 +45,7 @@
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/deploy/packed_engine.hpp>
 #include <bitgrad/format/model_file.hpp>
+#include <bitgrad/kernels/act_quantize.hpp>
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
@@ -530,6 +531,23 @@ private:
       case format::op_kind::flatten:
         std::copy(a, a + in_n, y);
         break;
+      case format::op_kind::act_quant: {
+        // y = s nearbyint(clamp(x / s, lower, L)) per channel group, the grid of the frozen
+        // activation quantizer (the same kernel as its eval forward)
+        const format::act_quant_attrs& q = op.act;
+        const std::size_t channels = in.dims[0], inner = in.elements() / channels;
+        for (std::size_t g = 0; g < q.bits.size(); ++g) {
+          const auto grid =
+              make_act_grid<float>(q.bits[g], q.ranges[g], q.is_signed, format::act_min_scale);
+          const std::size_t c0 = g * q.group_size,
+                            c1 = std::min<std::size_t>(channels, c0 + q.group_size);
+          for (std::size_t s = 0; s < batch; ++s) {
+            const std::size_t off = (s * channels + c0) * inner;
+            act_quant_fprop((c1 - c0) * inner, a + off, y + off, grid, grid, 0.0f);
+          }
+        }
+        break;
+      }
       case format::op_kind::add: {
         const float* b = value[op.input_b];
         for (std::size_t k = 0; k < in_n; ++k) y[k] = a[k] + b[k];

@@ -33,7 +33,11 @@
 namespace bitgrad::format {
 
 inline constexpr char file_magic[8] = {'B', 'G', 'M', 'O', 'D', 'E', 'L', '\n'};
-inline constexpr std::uint32_t file_version = 1;
+/// The newest version written and read; a model without act_quant operations is written as
+/// version 1 (byte for byte what version 1's writer wrote), one with them as version 2.
+inline constexpr std::uint32_t file_version = 2;
+inline constexpr std::uint32_t oldest_file_version = 1;
+inline constexpr std::uint32_t max_act_groups = 1u << 24;
 inline constexpr std::size_t header_bytes = 32;
 inline constexpr std::size_t section_entry_bytes = 16;
 inline constexpr std::uint32_t max_sections = 65536;
@@ -119,10 +123,27 @@ inline void write_graph(io::byte_writer& o, const model_file& m) {
         u16(v);
       break;
     }
+    case op_kind::act_quant: {
+      const act_quant_attrs& a = op.act;
+      o.put<std::uint8_t>(a.is_signed ? 1 : 0);
+      o.put<std::uint32_t>(a.group_size);
+      o.put<std::uint32_t>(static_cast<std::uint32_t>(a.bits.size()));
+      o.put_bytes(a.bits.data(), a.bits.size());
+      for (std::size_t g = 0; g < a.bits.size(); ++g)
+        o.put<float>(g < a.ranges.size() ? a.ranges[g] : 0.0f);
+      break;
+    }
     default:
       break;
     }
   }
+}
+
+/// The version m is written as: 2 when it holds an act_quant operation, else 1.
+inline std::uint32_t version_for(const model_file& m) {
+  for (const operation& op : m.ops)
+    if (op.kind == op_kind::act_quant) return 2;
+  return 1;
 }
 
 inline void write_tensor(io::byte_writer& o, const tensor_data& t) {
@@ -144,15 +165,21 @@ inline void write_tensor(io::byte_writer& o, const tensor_data& t) {
   o.put_bytes(t.packed.data(), t.packed.size());
 }
 
-inline operation read_operation(io::byte_reader& in) {
+/// Operation `index` of a file of format `version`.
+inline operation read_operation(io::byte_reader& in, std::uint32_t version = file_version,
+                                std::size_t index = 0) {
   operation op;
   const std::uint64_t at = in.offset();
   const auto kind = in.get<std::uint8_t>("operation kind");
-  if (kind < 1 || kind > 9) in.fail_at(at, "unknown operation kind " + std::to_string(kind));
+  if (kind < 1 || kind > 10) in.fail_at(at, "unknown operation kind " + std::to_string(kind));
+  if (kind == 10 && version < 2)
+    in.fail_at(at, "operation kind 10 (act_quant) needs format version 2, the file is version " +
+                       std::to_string(version));
   op.kind = static_cast<op_kind>(kind);
   const auto len = in.get<std::uint8_t>("name length");
   const auto name = in.take(len, "operation name");
   op.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
+  const std::string who = "operation " + std::to_string(index) + " (" + op.name + "): ";
   op.input = in.get<std::uint32_t>("input");
   if (op.kind == op_kind::add) op.input_b = in.get<std::uint32_t>("second input");
   auto u16 = [&](const char* what) { return std::uint32_t(in.get<std::uint16_t>(what)); };
@@ -183,6 +210,41 @@ inline operation read_operation(io::byte_reader& in) {
     for (std::uint32_t* v :
          {&p.kernel_h, &p.kernel_w, &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w})
       *v = u16("pool attributes");
+    break;
+  }
+  case op_kind::act_quant: {
+    act_quant_attrs& a = op.act;
+    const std::uint64_t flag_at = in.offset();
+    const auto flag = in.get<std::uint8_t>("act_quant signed flag");
+    if (flag > 1)
+      in.fail_at(flag_at,
+                 who + "act_quant signed flag must be 0 or 1, got " + std::to_string(flag));
+    a.is_signed = flag == 1;
+    a.group_size = in.get<std::uint32_t>("act_quant group size");
+    const std::uint64_t groups_at = in.offset();
+    const auto groups = in.get<std::uint32_t>("act_quant group count");
+    if (groups < 1 || groups > max_act_groups)
+      in.fail_at(groups_at,
+                 who + "act_quant group count " + std::to_string(groups) + " outside 1..2^24");
+    in.need(std::uint64_t(groups) * 5, "act_quant bitwidths and ranges");
+    const int lowest = a.is_signed ? 2 : 1;
+    for (std::uint32_t g = 0; g < groups; ++g) {
+      const std::uint64_t b_at = in.offset();
+      const auto k = in.get<std::uint8_t>("act_quant bitwidth");
+      if (k < lowest || k > max_code_bits)
+        in.fail_at(b_at, who + "act_quant group " + std::to_string(g) + ": bitwidth " +
+                             std::to_string(k) + " outside " + std::to_string(lowest) + "..16 (" +
+                             (a.is_signed ? "signed" : "unsigned") + " grid)");
+      a.bits.push_back(k);
+    }
+    for (std::uint32_t g = 0; g < groups; ++g) {
+      const std::uint64_t r_at = in.offset();
+      const auto r = in.get<float>("act_quant range");
+      if (!std::isfinite(r) || !(r > 0))
+        in.fail_at(r_at, who + "act_quant group " + std::to_string(g) + ": range " +
+                             std::to_string(r) + " is not finite and > 0");
+      a.ranges.push_back(r);
+    }
     break;
   }
   default:
@@ -324,9 +386,10 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   if (std::memcmp(magic.data(), file_magic, 8) != 0)
     head.fail_at(0, "not a bitgrad model file (bad magic)");
   const auto version = head.get<std::uint32_t>("version");
-  if (version != file_version)
+  if (version < oldest_file_version || version > file_version)
     head.fail_at(8, "format version " + std::to_string(version) +
-                        " is not supported (this reader: " + std::to_string(file_version) + ")");
+                        " is not supported (this reader: " + std::to_string(oldest_file_version) +
+                        ".." + std::to_string(file_version) + ")");
   const auto sections = head.get<std::uint32_t>("section count");
   if (sections < 1 || sections > max_sections)
     head.fail_at(12, "section count " + std::to_string(sections) + " outside 1..65536");
@@ -401,7 +464,7 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   std::vector<std::uint64_t> op_offsets;
   for (std::uint32_t i = 0; i < nops; ++i) {
     op_offsets.push_back(g.offset());
-    m.ops.push_back(detail::read_operation(g));
+    m.ops.push_back(detail::read_operation(g, version, i));
   }
   if (g.remaining() != 0)
     g.fail(std::to_string(g.remaining()) + " unexpected bytes after the operations");
@@ -438,7 +501,7 @@ inline std::vector<std::uint8_t> encode(const model_file& m) {
   for (const auto& s : sections) total += s.size();
   if (total >= max_file_bytes) throw config_error("to_bytes: model larger than 4 GiB");
   out.put_bytes(file_magic, 8);
-  out.put<std::uint32_t>(file_version);
+  out.put<std::uint32_t>(detail::version_for(m));
   out.put<std::uint32_t>(static_cast<std::uint32_t>(sections.size()));
   out.put<std::uint64_t>(total);
   out.put<std::uint32_t>(0); // header CRC, patched below

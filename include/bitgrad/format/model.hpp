@@ -4,7 +4,8 @@
 // format/model_file.hpp includes all three.
 //
 // Words (as in quant/quantizer.hpp and format/bitpack.hpp)
-//   operation  one step of the network (conv2d, linear, pooling, activation, flatten, add);
+//   operation  one step of the network (conv2d, linear, pooling, activation, flatten, add,
+//              act_quant: activation fake-quantization on a learned grid, format version 2);
 //              reads one or two values, produces one value (value 0 = the network input,
 //              operation i produces value i + 1).
 //   tensor     a weight, bias or channel-scale tensor an operation refers to by index;
@@ -37,7 +38,8 @@ enum class op_kind : std::uint8_t {
   relu = 6,
   relu6 = 7,
   flatten = 8,
-  add = 9
+  add = 9,
+  act_quant = 10 ///< format version 2
 };
 
 inline const char* to_string(op_kind k) {
@@ -60,6 +62,8 @@ inline const char* to_string(op_kind k) {
     return "flatten";
   case op_kind::add:
     return "add";
+  case op_kind::act_quant:
+    return "act_quant";
   }
   return "?";
 }
@@ -213,6 +217,21 @@ struct pool_attrs {
   std::uint32_t kernel_h = 2, kernel_w = 2, stride_h = 2, stride_w = 2, pad_h = 0, pad_w = 0;
 };
 
+/// An act_quant operation's grid per channel group (docs/model-format.md): group g of
+/// group_size channels quantizes to bits[g] bits over [0, ranges[g]] (unsigned) or
+/// [-ranges[g], ranges[g]] (signed): y = s nearbyint(clamp(x / s, lower, L)) with
+/// L = 2^k - 1, lower = 0 (unsigned) or L = 2^(k-1) - 1, lower = -L (signed), and
+/// s = max(range / L, 1e-20) (kernels/ref/act_quantize.hpp: make_act_grid).
+struct act_quant_attrs {
+  bool is_signed = false;
+  std::uint32_t group_size = 1;
+  std::vector<std::uint8_t> bits; ///< per group, 1..16 (signed: 2..16)
+  std::vector<float> ranges;      ///< per group, finite and > 0
+};
+
+/// The smallest step of an activation grid (quant/groups.hpp's scale_floor, as trained).
+inline constexpr float act_min_scale = 1e-20f;
+
 /// One operation. Attributes not of its kind are ignored (and not stored).
 struct operation {
   op_kind kind = op_kind::relu;
@@ -223,6 +242,7 @@ struct operation {
   conv_attrs conv;
   linear_attrs fc;
   pool_attrs pool;
+  act_quant_attrs act;
   std::uint32_t weight = no_index, bias = no_index, channel_scale = no_index;
   float input_range = 0; ///< calibrated max |input| (int8 path); 0 = not calibrated
 };

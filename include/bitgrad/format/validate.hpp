@@ -169,6 +169,19 @@ shape infer_output(const operation& op, const shape& a, const shape* b,
     need_rank(a, 3);
     return shape::features(static_cast<std::uint32_t>(a.elements()));
   }
+  case op_kind::act_quant: {
+    const act_quant_attrs& q = op.act;
+    const std::uint32_t channels = a.dims[0];
+    if (q.group_size < 1 || q.group_size > channels)
+      fail("act_quant group size " + std::to_string(q.group_size) + " outside 1.." +
+           std::to_string(channels) + " (the input's channels)");
+    else if (q.bits.size() != (channels + q.group_size - 1) / q.group_size ||
+             q.ranges.size() != q.bits.size())
+      fail("act_quant has " + std::to_string(q.bits.size()) + " groups, expected " +
+           std::to_string((channels + q.group_size - 1) / q.group_size) + " for " +
+           std::to_string(channels) + " channels in groups of " + std::to_string(q.group_size));
+    return a;
+  }
   case op_kind::add:
     if (b == nullptr) fail("add needs a second input");
     if (!(a == *b)) fail("add of different shapes " + a.str() + " and " + b->str());

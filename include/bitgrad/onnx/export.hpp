@@ -83,6 +83,8 @@ inline bool supported(format::op_kind k) {
   case format::op_kind::flatten:
   case format::op_kind::add:
     return true;
+  case format::op_kind::act_quant: // not exported yet (issue #22)
+    return false;
   }
   return false;
 }
@@ -190,6 +192,8 @@ inline model_proto to_onnx(const format::model_file& model, const export_options
       break;
     case format::op_kind::add:
       b.node("Add", base, {x, value[op.input_b]}, {out}, true);
+      break;
+    case format::op_kind::act_quant: // refused above (supported)
       break;
     }
     value.push_back(out);

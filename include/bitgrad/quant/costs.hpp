@@ -105,8 +105,13 @@ public:
                          " channels does not cover " + std::to_string(channels) + " channels");
     s.bits_ = [&q] { return q.group_bits(); };
     s.add_ = [&q](const std::vector<double>& d) { add_bits_gradient(q, d); };
+    s.owner_ = &q;
     return s;
   }
+
+  /// The quantizer behind the bitwidths (nullptr for a constant): budget freezing
+  /// (quant/multi_budget.hpp) matches it with the quantizers it freezes.
+  const void* owner() const { return owner_; }
 
   std::size_t channels() const { return channels_; }
   std::size_t groups() const { return groups_; }
@@ -126,6 +131,7 @@ private:
   std::size_t channels_ = 0, groups_ = 0, group_size_ = 1;
   std::function<std::vector<double>()> bits_;
   std::function<void(const std::vector<double>&)> add_;
+  const void* owner_ = nullptr;
 };
 
 /// One conv / linear layer as the BOPs cost sees it.
@@ -183,6 +189,10 @@ public:
   }
 
   std::size_t layers() const { return terms_.size(); }
+  /// Layer l as added.
+  const bop_layer& layer(std::size_t l) const { return terms_.at(l).layer; }
+  /// M_l[g][h] of layer l, row-major over (weight group g, activation group h).
+  const std::vector<double>& group_macs(std::size_t l) const { return terms_.at(l).macs; }
   /// MACs per image of layer l (at 1 x 1 bits).
   double macs(std::size_t l) const {
     double s = 0;
@@ -253,6 +263,8 @@ public:
   }
   std::size_t tensors() const { return tensors_.size(); }
   const std::string& name(std::size_t t) const { return tensors_.at(t).name; }
+  /// Tensor t as added.
+  const activation_tensor& tensor(std::size_t t) const { return tensors_.at(t); }
 
   /// Bits of tensor t per image at the current bitwidths.
   double tensor_bits(std::size_t t) const {
@@ -325,5 +337,53 @@ double apply_cost_penalty(const Cost& cost, const size_penalty& p) {
   if (v.dsize != 0) cost.add_gradient(v.dsize);
   return v.value;
 }
+
+/// Several costs' penalties added together, each against its own target (the training step's
+/// hardware-cost term: train/step.hpp). Keeps references to the costs: they must outlive it.
+///   P = sum_j P_j(cost_j),  dP/db = sum_j dP_j/dcost_j dcost_j/db
+class cost_penalties {
+public:
+  /// Adds `cost` (bops_cost, activation_memory_cost, or any type with value() and
+  /// add_gradient(double)) with its penalty `p` (p.target_bits in the cost's unit).
+  template <class Cost>
+  void add(std::string name, const Cost& cost, const size_penalty& p) {
+    if (!(p.target_bits > 0))
+      throw config_error("cost_penalties: the target of '" + name + "' must be > 0, got " +
+                         std::to_string(p.target_bits));
+    terms_.push_back({std::move(name), p, [&cost] { return cost.value(); },
+                      [&cost](double d) { cost.add_gradient(d); }});
+  }
+  bool empty() const { return terms_.empty(); }
+  std::size_t size() const { return terms_.size(); }
+  const std::string& name(std::size_t j) const { return terms_.at(j).name; }
+  /// Cost j's value now and its target.
+  double value(std::size_t j) const { return terms_.at(j).value(); }
+  double target(std::size_t j) const { return terms_.at(j).penalty.target_bits; }
+  /// The total penalty now, without touching any gradient.
+  double penalty() const {
+    double s = 0;
+    for (const term& t : terms_) s += evaluate_penalty(t.penalty, t.value()).value;
+    return s;
+  }
+  /// The total penalty; accumulates its gradient into every bitwidth it depends on.
+  double apply() const {
+    double s = 0;
+    for (const term& t : terms_) {
+      const penalty_value v = evaluate_penalty(t.penalty, t.value());
+      if (v.dsize != 0) t.add_gradient(v.dsize);
+      s += v.value;
+    }
+    return s;
+  }
+
+private:
+  struct term {
+    std::string name;
+    size_penalty penalty;
+    std::function<double()> value;
+    std::function<void(double)> add_gradient;
+  };
+  std::vector<term> terms_;
+};
 
 } // namespace bitgrad::quant

@@ -1,7 +1,8 @@
 // Epoch records as CSV: one header row, then one row per epoch_record.
 //
 // Columns: phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,
-// seconds. Numbers are written in the shortest form that reads back to the same double;
+// seconds; with costs (a run that reports them, issue #22) two more: bops,activation_bytes
+// (per image). Numbers are written in the shortest form that reads back to the same double;
 // NaN and infinities are written as an empty field (read back as missing by spreadsheets and
 // pandas). A text field holding a comma, quote or line break is quoted per RFC 4180.
 // csv_parse / read_csv read such tables back (any header, the fields as text).
@@ -26,6 +27,11 @@ namespace bitgrad {
 /// The header row of the epoch log, without the line break.
 inline constexpr std::string_view csv_header =
     "phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,seconds";
+
+/// The header row of an epoch log with costs.
+inline constexpr std::string_view csv_header_costs =
+    "phase,epoch,loss,train_accuracy,test_accuracy,average_bits,size_bytes,compression,seconds,"
+    "bops,activation_bytes";
 
 /// One CSV field: quoted (with quotes doubled) when it holds ',', '"', '\n' or '\r'.
 inline std::string csv_field(std::string_view text) {
@@ -101,13 +107,15 @@ inline std::vector<std::vector<std::string>> read_csv(const std::filesystem::pat
   return csv_parse(text, path.string());
 }
 
-/// One epoch_record as a CSV row, without the line break.
-inline std::string csv_row(const epoch_record& e) {
+/// One epoch_record as a CSV row, without the line break; `costs`: with bops and
+/// activation_bytes.
+inline std::string csv_row(const epoch_record& e, bool costs = false) {
   std::string row = csv_field(e.phase);
   row += ',' + std::to_string(e.epoch);
   for (double x : {e.loss, e.train_accuracy, e.test_accuracy, e.average_bits, e.size_bytes,
                    e.compression, e.seconds})
     row += ',' + csv_number(x);
+  if (costs) row += ',' + csv_number(e.bops) + ',' + csv_number(e.activation_bytes);
   return row;
 }
 
@@ -131,28 +139,31 @@ class csv_log {
 public:
   /// Opens `path`. With csv_open::append an existing non-empty file must start with the same
   /// header row, otherwise io_error (appending to some other table would corrupt it).
-  explicit csv_log(const std::filesystem::path& path, csv_open mode = csv_open::truncate)
-      : path_(path) {
+  /// `costs`: the log with the cost columns (csv_header_costs).
+  explicit csv_log(const std::filesystem::path& path, csv_open mode = csv_open::truncate,
+                   bool costs = false)
+      : path_(path), costs_(costs) {
+    const std::string_view header = costs ? csv_header_costs : csv_header;
     bool write_header = true;
     if (mode == csv_open::append) {
       std::ifstream existing(path, std::ios::binary);
       std::string first;
       if (existing && std::getline(existing, first)) {
         if (!first.empty() && first.back() == '\r') first.pop_back();
-        if (first != csv_header)
+        if (first != header)
           throw io_error(path.string() + ": cannot append: first line is '" + first +
-                         "', expected the epoch log header '" + std::string(csv_header) + "'");
+                         "', expected the epoch log header '" + std::string(header) + "'");
         write_header = false;
       }
     }
     auto flags = std::ios::binary | (mode == csv_open::append ? std::ios::app : std::ios::trunc);
     out_.open(path, flags);
     if (!out_) throw io_error(path.string() + ": cannot open the epoch log for writing");
-    if (write_header) write_line(csv_header);
+    if (write_header) write_line(header);
   }
 
   /// Writes one row and flushes it to the operating system.
-  void append(const epoch_record& e) { write_line(csv_row(e)); }
+  void append(const epoch_record& e) { write_line(csv_row(e, costs_)); }
 
   const std::filesystem::path& path() const noexcept { return path_; }
 
@@ -165,6 +176,7 @@ private:
 
   std::filesystem::path path_;
   std::ofstream out_;
+  bool costs_ = false;
 };
 
 } // namespace bitgrad

@@ -94,8 +94,20 @@ inline json to_json_value(const layer_summary& layer) {
   return j;
 }
 
+/// One cost: name, unit, value, target (null: no budget), met.
+inline json to_json_value(const cost_summary& c) {
+  json j = json::object();
+  j["name"] = c.name;
+  j["unit"] = c.unit;
+  j["value"] = json_number(c.value);
+  j["target"] = json_number(c.target);
+  j["met"] = c.met;
+  return j;
+}
+
 /// The run summary: model, policy, fp32_accuracy, quant_accuracy, average_bits, size_bytes,
-/// compression, seconds, settings (an object of strings, in order) and layers.
+/// compression, seconds, settings (an object of strings, in order), layers, and costs (each
+/// cost against its budget, only when the run reports costs).
 inline json to_json_value(const run_summary& run) {
   json j = json::object();
   j["model"] = run.model;
@@ -112,6 +124,11 @@ inline json to_json_value(const run_summary& run) {
   json layers = json::array();
   for (const auto& layer : run.layers) layers.push_back(to_json_value(layer));
   j["layers"] = std::move(layers);
+  if (!run.costs.empty()) {
+    json costs = json::array();
+    for (const auto& c : run.costs) costs.push_back(to_json_value(c));
+    j["costs"] = std::move(costs);
+  }
   return j;
 }
 
@@ -128,6 +145,8 @@ inline json to_json_value(const epoch_record& e) {
   j["size_bytes"] = json_number(e.size_bytes);
   j["compression"] = json_number(e.compression);
   j["seconds"] = json_number(e.seconds);
+  if (std::isfinite(e.bops)) j["bops"] = json_number(e.bops);
+  if (std::isfinite(e.activation_bytes)) j["activation_bytes"] = json_number(e.activation_bytes);
   return j;
 }
 

@@ -86,6 +86,8 @@ inline std::string format_epoch_line(const epoch_record& e, std::size_t epochs =
   line += "  size " + format_bytes(e.size_bytes);
   line += "  x" + p::fixed(e.compression, 1);
   line += "  " + p::fixed(e.seconds, 1) + " s";
+  if (std::isfinite(e.bops)) line += "  BOPs " + p::printf_string("%.3g", e.bops);
+  if (std::isfinite(e.activation_bytes)) line += "  act " + format_bytes(e.activation_bytes);
   return line;
 }
 

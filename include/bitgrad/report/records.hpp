@@ -36,6 +36,19 @@ struct epoch_record {
   double size_bytes = std::numeric_limits<double>::quiet_NaN();
   double compression = std::numeric_limits<double>::quiet_NaN();
   double seconds = std::numeric_limits<double>::quiet_NaN();
+  /// Hardware costs per image (issue #22): BOPs and peak activation bytes; NaN when the run
+  /// does not report costs (a network without activation quantizers and no cost budget).
+  double bops = std::numeric_limits<double>::quiet_NaN();
+  double activation_bytes = std::numeric_limits<double>::quiet_NaN();
+};
+
+/// One cost of the final model against its budget (issue #22).
+struct cost_summary {
+  std::string name; ///< size, bops, activation_memory
+  std::string unit; ///< bytes, BOPs (per image)
+  double value = std::numeric_limits<double>::quiet_NaN();
+  double target = std::numeric_limits<double>::quiet_NaN(); ///< NaN: no budget
+  bool met = true;                                          ///< value <= target (no budget: true)
 };
 
 /// The learned bitwidths of one quantized layer at the end of a run.
@@ -66,6 +79,8 @@ struct run_summary {
   double compression = std::numeric_limits<double>::quiet_NaN();
   double seconds = std::numeric_limits<double>::quiet_NaN();
   std::vector<layer_summary> layers;
+  /// Each cost against its budget; empty when the run does not report costs (as above).
+  std::vector<cost_summary> costs;
   std::vector<std::pair<std::string, std::string>> settings; ///< (name, value), in order
 };
 

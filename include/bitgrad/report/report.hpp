@@ -163,6 +163,24 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
   }
   html += "</table>\n";
 
+  // Costs against budgets (issue #22).
+  if (!run.costs.empty()) {
+    html += "<h2>Costs</h2>\n<table class=\"costs\">\n<tr><th>cost</th><th>value</th>"
+            "<th>budget</th><th>met</th></tr>\n";
+    auto amount = [](const cost_summary& c, double v) {
+      if (!std::isfinite(v)) return std::string("none");
+      if (c.unit == "bytes") return format_bytes(v);
+      char buf[48];
+      std::snprintf(buf, sizeof buf, "%.4g %s", v, c.unit.c_str());
+      return std::string(buf);
+    };
+    for (const auto& c : run.costs)
+      html += "<tr>" + r::cell(c.name) + r::cell(amount(c, c.value), true) +
+              r::cell(amount(c, c.target), true) +
+              r::cell(std::isfinite(c.target) ? (c.met ? "yes" : "no") : "n/a") + "</tr>\n";
+    html += "</table>\n";
+  }
+
   // Settings.
   if (!run.settings.empty()) {
     html +=

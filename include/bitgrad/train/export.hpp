@@ -15,6 +15,9 @@
 //                    gamma / sqrt(var + eps) and the bias (b - mean) * scale + beta, leaving the
 //                    codes as trained. A fused ReLU becomes a relu operation.
 //   max/avg pool, global average pool, relu, relu6, flatten: one operation each.
+//   activation_quant an act_quant operation (format version 2) with the frozen bitwidths and
+//                    the learned ranges per group; the runtime's fake-quant on that grid is the
+//                    eval forward's, exactly.
 //   residual         block and shortcut read the same value, then an add.
 //   identity, dropout (eval: identity): nothing.
 // Each layer type says how it is written through a specialisation of export_rule (below): a new
@@ -33,6 +36,7 @@
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/nn/activation.hpp>
+#include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/batch_norm.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/dropout.hpp>
@@ -383,6 +387,30 @@ template <class T>
 struct export_rule<nn::flatten<T>> : detail::plain_op_rule<format::op_kind::flatten> {};
 template <class T, std::size_t R>
 struct export_rule<nn::identity<T, R>> : detail::passthrough_rule {};
+template <class T, std::size_t R, template <class> class A>
+struct export_rule<nn::activation_quant<T, R, A>> {
+  /// The frozen bitwidths and the ranges of every group.
+  static void emit(exporter& e, nn::activation_quant<T, R, A>& l) {
+    const auto& q = l.activation_quantizer();
+    if (!q.frozen())
+      throw config_error("export: layer '" + l.name() +
+                         "': the activation quantizer is not frozen (freeze its bitwidths first)");
+    format::operation op;
+    op.kind = format::op_kind::act_quant;
+    op.name = l.name();
+    op.act.is_signed = q.is_signed();
+    op.act.group_size = static_cast<std::uint32_t>(q.group_size());
+    for (int k : q.frozen_bits()) op.act.bits.push_back(static_cast<std::uint8_t>(k));
+    for (auto r : q.group_ranges()) {
+      const float f = static_cast<float>(r);
+      if (!std::isfinite(f) || !(f > 0))
+        throw config_error("export: layer '" + l.name() + "': activation range " +
+                           std::to_string(f) + " is not finite and > 0");
+      op.act.ranges.push_back(f);
+    }
+    e.push(std::move(op));
+  }
+};
 template <class T, std::size_t R>
 struct export_rule<nn::dropout<T, R>> : detail::passthrough_rule {};
 

@@ -108,9 +108,11 @@ private:
 /// the run takes the folder, then one row per epoch.
 class csv_observer : public observer {
 public:
+  /// `costs`: the log with the cost columns (report/csv.hpp).
+  explicit csv_observer(bool costs = false) : costs_(costs) {}
   void on_out_dir(const std::filesystem::path& dir,
                   const std::vector<epoch_record>& history) override {
-    log_.emplace(dir / "log.csv");
+    log_.emplace(dir / "log.csv", csv_open::truncate, costs_);
     for (const auto& e : history) log_->append(e);
   }
   void on_epoch_end(const epoch_end_event& e) override {
@@ -119,6 +121,7 @@ public:
 
 private:
   std::optional<csv_log> log_;
+  bool costs_ = false;
 };
 
 /// A checkpoint at every epoch's end and when the run stops early, at `path`.

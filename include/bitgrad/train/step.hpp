@@ -3,6 +3,8 @@
 //
 //   zero_grad -> logits = net.forward(x) -> l = loss.forward(logits, y) -> net.backward(dL/dlogits)
 //   -> [size penalty: d(penalty)/d(bitwidths) added to the bitwidth gradients]
+//   -> [hardware-cost penalties (quant::cost_penalties: BOPs, peak activation memory): their
+//      gradients added to the weight and activation bitwidths they depend on]
 //   -> if l and every gradient are finite: optimizer.step, then every quantizer projects its
 //      parameters back into bounds (bitwidths into [b_min, b_max], ...): the weight quantizers
 //      and the activation quantizers (nn/activation_quant.hpp) alike
@@ -24,6 +26,7 @@
 #include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/optim/clip.hpp>
+#include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/penalty.hpp>
 #include <bitgrad/train/gradient_sync.hpp>
 
@@ -61,11 +64,13 @@ struct step_result {
 /// One step of `net` on the batch (x, y): forward, loss, backward, the size penalty's gradient
 /// when `penalty` is set, then (all finite) `optimizer.step` and the quantizers' projection.
 /// The optimizer's learning rate is the caller's (set it from a schedule before the step).
+/// `costs`: the hardware-cost penalties, their gradients added after the size penalty's.
 /// `sync`: data-parallel training (see the top); null = one process.
 template <class Net, classification_loss<typename Net::value_type> Loss, class Optimizer>
 step_result<typename Net::value_type>
 train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input_type& x,
            const std::vector<std::int32_t>& y, const quant::size_penalty* penalty = nullptr,
+           const quant::cost_penalties* costs = nullptr,
            gradient_sync<typename Net::value_type>* sync = nullptr) {
   using T = typename Net::value_type;
   auto params = [&](auto&& f) { net.visit_parameters(f); };
@@ -101,6 +106,7 @@ train_step(Net& net, Loss& loss, Optimizer& optimizer, const typename Net::input
     sync->finish_step();
   }
   if (penalty) quant::apply_size_penalty(quantizers, *penalty); // d(penalty)/d(bitwidths)
+  if (costs) costs->apply(); // d(cost penalties)/d(weight and activation bitwidths)
   if (!std::isfinite(static_cast<double>(r.loss)))
     r.bad = "the loss is not finite";
   else if (const std::string p = optim::grad_is_finite<T>(params); !p.empty())

@@ -10,6 +10,17 @@
 //              target whenever the all-floor rounding does).
 //   finetune   weights train at the frozen bitwidths.
 //
+// Activation quantizers (nn/activation_quant.hpp, issue #22) and hardware costs: a network
+// with activation_quant layers learns their bitwidths and ranges in the search phase beside the
+// weights' (train_step projects both) and they freeze with the weights at the end of search.
+// Budgets, each optional and usable together: the size (above; size_budget = false turns it
+// off), BOPs (target_bops) and peak activation memory (target_activation_kb), the last two per
+// image over nn::model_costs_of(network, cost_input) (a flat sequential network). Each active
+// budget adds its penalty to the search loss (penalty form and lambda as the size's, measured
+// relative to its target: unit = the target), and freezing honours every active budget at once
+// (quant/multi_budget.hpp) when the network has activation quantizers or a cost budget is set;
+// otherwise it is the size-only freeze_to_budget of before.
+//
 // Every epoch appends an epoch_record (loss, train and test accuracy, average bits, size,
 // compression, time) to the history, the CSV log and the progress output, and writes a
 // checkpoint atomically; a run resumes from its checkpoint at the epoch where it stopped and
@@ -65,11 +76,15 @@
 
 #include <bitgrad/data/dataset.hpp>
 #include <bitgrad/data/loader.hpp>
+#include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/loss.hpp>
+#include <bitgrad/nn/model_costs.hpp>
 #include <bitgrad/nn/visit.hpp>
 #include <bitgrad/optim/adam.hpp>
 #include <bitgrad/optim/schedule.hpp>
 #include <bitgrad/quant/budget.hpp>
+#include <bitgrad/quant/costs.hpp>
+#include <bitgrad/quant/multi_budget.hpp>
 #include <bitgrad/quant/penalty.hpp>
 #include <bitgrad/quant/quantizer.hpp>
 #include <bitgrad/report/progress.hpp>
@@ -89,6 +104,7 @@
 #include <concepts>
 #include <csignal>
 #include <cstddef>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -147,6 +163,16 @@ struct trainer_options {
   double target_average_bits = 3.0;
   /// Size target in bytes: the model's stored bytes (train/model_info.hpp), biases included.
   std::optional<double> target_bytes{};
+  /// false: no size penalty and no size budget at freezing (the cost budgets below only).
+  bool size_budget = true;
+  /// BOPs budget per image (sum over conv / linear layers of MACs x b_w x b_a,
+  /// quant/costs.hpp); unset: none.
+  std::optional<double> target_bops{};
+  /// Peak activation memory budget per image in KB (10^3 bytes): the largest activation tensor
+  /// an integer runtime keeps between layers, at its bitwidths; unset: none.
+  std::optional<double> target_activation_kb{};
+  /// The input (one image) the BOPs and activation memory are counted at.
+  nn::model_input cost_input{};
   quant::penalty_form penalty = quant::penalty_form::hinge;
   double penalty_lambda = 5.0;
   quant::rounding freeze_rounding = quant::rounding::budget_aware;
@@ -287,7 +313,13 @@ public:
       }
       smallest += q.size_bits();
     });
-    if (target_bits() < smallest)
+    for (const auto& [name, t] : {std::pair{"BOPs", opt_.target_bops},
+                                  std::pair{"activation KB", opt_.target_activation_kb}})
+      if (t && !(*t > 0))
+        throw config_error(std::string("trainer: target ") + name + " must be > 0, got " +
+                           std::to_string(*t));
+    build_costs();
+    if (opt_.size_budget && target_bits() < smallest)
       throw config_error("trainer: the size target (" + format_bytes(target_bits() / 8) +
                          ") is below the smallest model the bitwidth bounds allow (" +
                          format_bytes(smallest / 8) + " with every group at b_min)");
@@ -317,6 +349,12 @@ public:
            measure_size(quant_).float_bits();
   }
 
+  /// The BOPs and peak activation memory of the quantized network (nn/model_costs.hpp); null
+  /// when the network is not one model_costs_of can walk (then no cost budget may be set).
+  const nn::model_costs* costs() const { return costs_.get(); }
+  /// The active cost penalties (empty without target_bops / target_activation_kb).
+  const quant::cost_penalties& cost_penalties() const { return cost_penalties_; }
+
   /// The part of target_bits() left for the quantized weights (codes and per-group overhead):
   /// the target of the size penalty and of freezing, which act on the bitwidths only.
   double weight_budget_bits() { return target_bits() - measure_size(quant_).float_bits(); }
@@ -334,7 +372,8 @@ public:
     // The built-in observers, in the order they have always acted: the log's row, the epoch
     // line, the checkpoint; the report at the end.
     builtin_observers_.clear();
-    if (!opt_.out_dir.empty()) builtin_observers_.push_back(std::make_unique<csv_observer>());
+    if (!opt_.out_dir.empty())
+      builtin_observers_.push_back(std::make_unique<csv_observer>(reports_costs()));
     if (opt_.log)
       builtin_observers_.push_back(std::make_unique<progress_observer>(*opt_.log, opt_.terminal));
     if (!opt_.out_dir.empty()) {
@@ -401,9 +440,12 @@ public:
     if (phase == 1) {
       quant::size_penalty penalty{
           .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = weight_budget_bits()};
-      if (!run_phase(quant_, 1, opt_.search, done_epochs, resumed, &penalty, result.history,
-                     fp32_accuracy, elapsed))
-        return result;
+      phase_costs_ = cost_penalties_.empty() ? nullptr : &cost_penalties_;
+      const bool go =
+          run_phase(quant_, 1, opt_.search, done_epochs, resumed,
+                    opt_.size_budget ? &penalty : nullptr, result.history, fp32_accuracy, elapsed);
+      phase_costs_ = nullptr;
+      if (!go) return result;
       freeze();
       phase = 2;
       done_epochs = 0;
@@ -436,6 +478,10 @@ public:
   /// Prints "froze bitwidths within budget: <model size> of <target>" (both the model's
   /// stored bytes, biases included, as the epoch lines print them).
   void freeze() {
+    if (has_activation_quantizers() || !cost_penalties_.empty()) {
+      freeze_jointly();
+      return;
+    }
     if (opt_.freeze_rounding == quant::rounding::budget_aware) {
       const auto r = quant::freeze_to_budget(quantizers(), weight_budget_bits());
       say("froze bitwidths within budget: " + format_bytes(measure_size(quant_).bytes()) + " of " +
@@ -467,7 +513,29 @@ public:
     s.seconds = seconds;
     s.layers = layer_summaries(quant_);
     s.settings = settings_;
+    if (reports_costs()) {
+      s.costs.push_back({.name = "size",
+                         .unit = "bytes",
+                         .value = size.bytes(),
+                         .target = opt_.size_budget ? target_bits() / 8 : std::nan("")});
+      s.costs.push_back({.name = "bops",
+                         .unit = "BOPs",
+                         .value = costs_->bops.value(),
+                         .target = opt_.target_bops.value_or(std::nan(""))});
+      s.costs.push_back({.name = "activation_memory",
+                         .unit = "bytes",
+                         .value = costs_->memory.value() / 8,
+                         .target = opt_.target_activation_kb ? 1000.0 * *opt_.target_activation_kb
+                                                             : std::nan("")});
+      for (auto& c : s.costs) c.met = !(c.value > c.target);
+    }
     return s;
+  }
+
+  /// Whether epochs, the summary and the log show BOPs and activation memory: the network has
+  /// activation quantizers or a cost budget is set (and model_costs_of can walk it).
+  bool reports_costs() {
+    return costs_ && (has_activation_quantizers() || !cost_penalties_.empty());
   }
 
   void set_model_name(std::string name) { model_name_ = std::move(name); }
@@ -478,6 +546,96 @@ public:
 private:
   auto quantizers() {
     return [this](auto&& f) { quant_.visit_quantizers(f); };
+  }
+  auto activation_quantizers() {
+    return [this](auto&& f) { nn::visit_activation_quantizers(quant_, f); };
+  }
+  bool has_activation_quantizers() {
+    bool any = false;
+    nn::visit_activation_quantizers(quant_, [&](std::string_view, const auto&) { any = true; });
+    return any;
+  }
+
+  /// costs_ (when the network allows) and the penalties of the cost budgets set.
+  void build_costs() {
+    const bool wanted = opt_.target_bops || opt_.target_activation_kb;
+    if constexpr (requires { nn::model_costs_of(quant_, opt_.cost_input); }) {
+      try {
+        costs_ = std::make_unique<nn::model_costs>(nn::model_costs_of(quant_, opt_.cost_input));
+      } catch (const config_error& e) {
+        if (wanted)
+          throw config_error(std::string("trainer: a BOPs or activation memory target needs "
+                                         "the network's costs: ") +
+                             e.what());
+        return;
+      }
+    } else if (wanted) {
+      throw config_error("trainer: a BOPs or activation memory target needs a flat "
+                         "nn::sequential network (nn::model_costs_of)");
+    }
+    auto penalty = [&](double target) {
+      return quant::size_penalty{.form = opt_.penalty,
+                                 .lambda = opt_.penalty_lambda,
+                                 .target_bits = target,
+                                 .unit_bits = target};
+    };
+    if (opt_.target_bops) cost_penalties_.add("bops", costs_->bops, penalty(*opt_.target_bops));
+    if (opt_.target_activation_kb)
+      cost_penalties_.add("activation_memory", costs_->memory,
+                          penalty(8000.0 * *opt_.target_activation_kb));
+  }
+
+  /// Freezes weight and activation bitwidths together: against every active budget
+  /// (quant/multi_budget.hpp) when rounding is budget_aware, else each with the rounding
+  /// (activation bitwidths: nearest for budget_aware).
+  void freeze_jointly() {
+    if (opt_.freeze_rounding != quant::rounding::budget_aware) {
+      auto each = [&](std::string_view name, auto& q) {
+        try {
+          q.freeze(opt_.freeze_rounding);
+        } catch (const config_error& e) {
+          throw config_error("freeze: layer '" + std::string(name) + "': " + e.what());
+        }
+      };
+      quant_.visit_quantizers(each);
+      nn::visit_activation_quantizers(quant_, each);
+      say("froze bitwidths: " + format_bytes(measure_size(quant_).bytes()) + " (target " +
+          format_bytes(target_bits() / 8) + ")" + cost_line());
+      return;
+    }
+    quant::budgets b;
+    if (opt_.size_budget) b.size_bits = weight_budget_bits();
+    if (opt_.target_bops) {
+      b.bops = &costs_->bops;
+      b.bops_target = *opt_.target_bops;
+    }
+    if (opt_.target_activation_kb) {
+      b.memory = &costs_->memory;
+      b.memory_target_bits = 8000.0 * *opt_.target_activation_kb;
+    }
+    const auto r = quant::freeze_to_budgets(quantizers(), activation_quantizers(), b);
+    std::string line =
+        "froze bitwidths within budgets: " + format_bytes(measure_size(quant_).bytes());
+    if (opt_.size_budget) line += " of " + format_bytes(target_bits() / 8);
+    for (const auto& c : r.checks)
+      if (!c.met) line += " (" + c.name + " target unreachable)";
+    say(line + cost_line());
+  }
+
+  /// ", BOPs <value> of <target>, peak activations <KB> of <target>" for the costs there are.
+  std::string cost_line() const {
+    if (!costs_) return "";
+    std::string s;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, ", BOPs %.4g", costs_->bops.value());
+    s += buf;
+    if (opt_.target_bops) {
+      std::snprintf(buf, sizeof buf, " of %.4g", *opt_.target_bops);
+      s += buf;
+    }
+    s += ", peak activations " + format_bytes(costs_->memory.value() / 8);
+    if (opt_.target_activation_kb) s += " of " + format_bytes(1000.0 * *opt_.target_activation_kb);
+    return s;
   }
 
   std::string policy_name() {
@@ -653,12 +811,58 @@ private:
       throw format_error(path.string(), detail::checkpoint_metadata_offset,
                          "metadata field 'phase': expected pretrain, search or finetune, got " +
                              detail::quoted_value(p));
-    if (phase > 0) data = parse_checkpoint(bytes, path.string(), quant_);
+    if (phase > 0) {
+      data = parse_checkpoint(bytes, path.string(), quant_);
+      load_activation_states(data, path);
+    }
     epochs = static_cast<std::size_t>(meta_unsigned(data, "epoch"));
     fp32_accuracy = meta_real(data, "fp32_accuracy");
     seconds = meta_real(data, "seconds");
     history = data.history;
     return data;
+  }
+
+  /// The activation quantizers' states (frozen bitwidths, calibrated) as metadata fields
+  /// "act_quant_state.<name>": their save() bytes in hex. Their bits and ranges are parameters
+  /// and travel with the others.
+  void save_activation_states(checkpoint_data& data) {
+    static const char* digits = "0123456789abcdef";
+    nn::visit_activation_quantizers(quant_, [&](std::string_view name, const auto& q) {
+      io::byte_writer w;
+      q.save(w);
+      std::string hex;
+      for (unsigned char c : w.bytes()) {
+        hex += digits[c >> 4];
+        hex += digits[c & 15];
+      }
+      data.meta["act_quant_state." + std::string(name)] = hex;
+    });
+  }
+
+  /// Restores what save_activation_states wrote (a checkpoint without the fields: nothing);
+  /// format_error naming the file and the field when one is malformed.
+  void load_activation_states(const checkpoint_data& data, const std::filesystem::path& path) {
+    nn::visit_activation_quantizers(quant_, [&](std::string_view name, auto& q) {
+      const std::string key = "act_quant_state." + std::string(name);
+      const auto it = data.meta.find(key);
+      if (it == data.meta.end()) return;
+      const std::string& hex = it->second;
+      auto nibble = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        throw format_error(path.string(), detail::checkpoint_metadata_offset,
+                           "metadata field '" + key + "': expected hex digits, got " +
+                               detail::quoted_value(hex));
+      };
+      if (hex.size() % 2)
+        throw format_error(path.string(), detail::checkpoint_metadata_offset,
+                           "metadata field '" + key + "': odd number of hex digits");
+      std::string bytes;
+      for (std::size_t i = 0; i < hex.size(); i += 2)
+        bytes += static_cast<char>(nibble(hex[i]) * 16 + nibble(hex[i + 1]));
+      io::byte_reader r(std::string_view(bytes), path.string() + ": " + key);
+      q.load(r, name);
+    });
   }
 
   /// Progress inside an unfinished epoch, kept in checkpoints written mid-epoch.
@@ -735,6 +939,8 @@ private:
         optimizer.save(state);
         data.optimizer_state = state.take();
         data.loader = batches.state();
+        if (static_cast<const void*>(&net) == static_cast<const void*>(&quant_))
+          save_activation_states(data);
         save_checkpoint(path, net, data);
       };
     };
@@ -770,7 +976,7 @@ private:
       });
       while (part.step < per_epoch && batches.next(x, y)) {
         optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, epoch * per_epoch + part.step));
-        const auto r = train_step(net, loss, optimizer, x, y, penalty, sync_);
+        const auto r = train_step(net, loss, optimizer, x, y, penalty, phase_costs_, sync_);
         if (!r.bad.empty() && !opt_.skip_nonfinite)
           throw step_failure(phase, epoch, part.step, r.bad);
         if (r.bad.empty()) {
@@ -841,6 +1047,10 @@ private:
     rec.compression = size.compression();
     rec.seconds =
         part.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (static_cast<const void*>(&net) == static_cast<const void*>(&quant_) && reports_costs()) {
+      rec.bops = costs_->bops.value();
+      rec.activation_bytes = costs_->memory.value() / 8;
+    }
     return rec;
   }
 
@@ -902,6 +1112,9 @@ private:
   std::size_t skipped_total_ = 0;
   std::string model_name_ = "model";
   std::vector<std::pair<std::string, std::string>> settings_;
+  std::unique_ptr<nn::model_costs> costs_; ///< over quant_'s quantizers (see costs())
+  quant::cost_penalties cost_penalties_;   ///< the cost budgets' penalties, over *costs_
+  const quant::cost_penalties* phase_costs_ = nullptr; ///< in the search phase only
 };
 
 } // namespace bitgrad::train
