@@ -18,10 +18,10 @@ namespace pareto {
 /// An accuracy cell in %: "mean ± std [min, max]" over seeds, the mean alone for one seed.
 inline std::string accuracy_cell(const stats& s) {
   if (s.n == 0) return "n/a";
-  std::string t = fixed(100 * s.mean, 2);
+  std::string t = format_fixed(100 * s.mean, 2);
   if (s.n > 1)
-    t += " ± " + fixed(100 * s.std, 2) + " [" + fixed(100 * s.min, 2) + ", " +
-         fixed(100 * s.max, 2) + "]";
+    t += " ± " + format_fixed(100 * s.std, 2) + " [" + format_fixed(100 * s.min, 2) + ", " +
+         format_fixed(100 * s.max, 2) + "]";
   return t;
 }
 
@@ -82,14 +82,15 @@ inline void arm_table(std::ostream& md, const std::string& model,
         "uniform | max spread | layers spread>=2 | mean ρ | mean ρ_u |\n";
   md << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const aggregate* g : mine)
-    md << "| " << g->k << " | " << g->a.name() << " | " << fixed(g->budget_bytes, 0) << " | "
-       << fixed(g->total_bytes.mean, 0) << " | " << fixed(g->code_bits.mean, 3) << " | "
-       << fixed(g->stored_bits.mean, 3) << " | " << accuracy_cell(g->accuracy) << " | "
+    md << "| " << g->k << " | " << g->a.name() << " | " << format_fixed(g->budget_bytes, 0) << " | "
+       << format_fixed(g->total_bytes.mean, 0) << " | " << format_fixed(g->code_bits.mean, 3)
+       << " | " << format_fixed(g->stored_bits.mean, 3) << " | " << accuracy_cell(g->accuracy)
+       << " | "
        << (g->a.uniform() && g->a.group == "channel" ? std::string("0 (reference)")
                                                      : delta_cell(g->delta))
-       << " | " << fixed(g->max_spread.mean, 2) << " | " << fixed(g->layers_spread2.mean, 1)
-       << " | " << fixed(g->mean_rho.mean, 3) << " | " << fixed(g->mean_rho_uniform.mean, 3)
-       << " |\n";
+       << " | " << format_fixed(g->max_spread.mean, 2) << " | "
+       << format_fixed(g->layers_spread2.mean, 1) << " | " << format_fixed(g->mean_rho.mean, 3)
+       << " | " << format_fixed(g->mean_rho_uniform.mean, 3) << " |\n";
   md << "\n";
 
   {
@@ -98,9 +99,9 @@ inline void arm_table(std::ostream& md, const std::string& model,
     for (const aggregate* g : mine)
       if (100 * g->accuracy.mean < floor)
         hidden += std::string(hidden.empty() ? "" : ", ") + g->a.name() +
-                  " at k = " + std::to_string(g->k) + " (" + fixed(100 * g->accuracy.mean, 2) +
-                  "%)";
-    md << "Plot: pareto-" << model << ".svg (y axis from " << fixed(floor, 0) << "%";
+                  " at k = " + std::to_string(g->k) + " (" +
+                  format_fixed(100 * g->accuracy.mean, 2) + "%)";
+    md << "Plot: pareto-" << model << ".svg (y axis from " << format_fixed(floor, 0) << "%";
     if (!hidden.empty()) md << "; below it, only in pareto-" << model << "-full.svg: " << hidden;
     md << ").\n\n";
   }
@@ -166,9 +167,9 @@ inline void bit_histograms(std::ostream& md, const settings& cfg, const std::str
       }
       md << "| " << first_layers[li].name << " | " << first_layers[li].groups << " |";
       for (int c : count) md << " " << c << " |";
-      md << " " << fixed(summarise(mean_bits).mean, 2) << " | " << fixed(summarise(spread).mean, 2)
-         << " | " << fixed(summarise(rho).mean, 3) << " | " << fixed(summarise(rho_u).mean, 3)
-         << " |\n";
+      md << " " << format_fixed(summarise(mean_bits).mean, 2) << " | "
+         << format_fixed(summarise(spread).mean, 2) << " | " << format_fixed(summarise(rho).mean, 3)
+         << " | " << format_fixed(summarise(rho_u).mean, 3) << " |\n";
     }
     md << "\n";
   }
@@ -222,7 +223,7 @@ inline void policy_comparison(std::ostream& md, const settings& cfg,
             std::count_if(rho_u.begin(), rho_u.end(), [](double x) { return x > 0; });
         const auto measured =
             std::count_if(rho_u.begin(), rho_u.end(), [](double x) { return std::isfinite(x); });
-        md << " " << fixed(summarise(spread).mean, 1) << " / "
+        md << " " << format_fixed(summarise(spread).mean, 1) << " / "
            << signed_fixed(summarise(rho).mean, 2) << " / "
            << signed_fixed(summarise(rho_u).mean, 2);
         if (measured > 0) md << " (" << positive << "/" << measured << ")";

@@ -64,11 +64,11 @@ inline std::string pareto_svg(const std::string& model, const std::vector<aggreg
   o.width = 900;
   o.height = 480;
   const double f = 100 * summarise(fp32).mean;
-  o.reference = bitgrad::reference_line{f, "FP32 " + fixed(f, 2) + "%", "#555555"};
+  o.reference = bitgrad::reference_line{f, "FP32 " + format_fixed(f, 2) + "%", "#555555"};
   if (zoom) o.y_min = zoom_floor(model, aggs);
   return bitgrad::svg_document(bitgrad::svg_scatter_chart(
       model + ": test accuracy vs model size (mean over seeds, bars: min-max" +
-          (zoom ? ", y from " + fixed(*o.y_min, 0) + "%)" : std::string(")")),
+          (zoom ? ", y from " + format_fixed(*o.y_min, 0) + "%)" : std::string(")")),
       "model size in bytes (codes + per-group scale and bitwidth + float32 biases)",
       "test accuracy (%)", series, o));
 }

@@ -82,7 +82,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   trainer.set_model_name(model);
   trainer.add_setting("arm", a.name());
   trainer.add_setting("size point", std::to_string(k) + " bits per weight (uniform per channel)");
-  trainer.add_setting("budget bytes (weights)", fixed(budget_bits / 8, 1));
+  trainer.add_setting("budget bytes (weights)", format_fixed(budget_bits / 8, 1));
   trainer.add_setting("seed", std::to_string(seed));
   const auto result = trainer.run();
   fs::remove(t.out_dir / "checkpoint.bin");
@@ -190,12 +190,12 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
       bitgrad::train::trainer pre(fp32, scratch, data.train, data.test, t);
       const auto result = pre.run();
       if (!result.finished) return false;
-      std::cout
-          << model << " seed " << seed << ": FP32 pretrained " << t.pretrain.epochs
-          << " epochs, test accuracy " << fixed(100 * result.summary.fp32_accuracy, 2) << "% ("
-          << fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1)
-          << " s)\n"
-          << std::flush;
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::cout << model << " seed " << seed << ": FP32 pretrained " << t.pretrain.epochs
+                << " epochs, test accuracy " << format_fixed(100 * result.summary.fp32_accuracy, 2)
+                << "% (" << format_fixed(seconds, 1) << " s)\n"
+                << std::flush;
     }
     for (int k : cfg.sizes) {
       const double budget = budget_bits(build, k);
@@ -233,7 +233,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
             "elapsed %s, ETA %s\n",
             done, total, model.c_str(), static_cast<unsigned long long>(seed), k, a.name().c_str(),
             100 * r->accuracy, r->total_bytes, r->budget_bytes, r->weight_bytes, r->code_bits,
-            fixed(r->max_spread, 0).c_str(), signed_fixed(r->mean_rho, 2).c_str(),
+            format_fixed(r->max_spread, 0).c_str(), signed_fixed(r->mean_rho, 2).c_str(),
             signed_fixed(r->mean_rho_uniform, 2).c_str(),
             std::isfinite(split_half) ? ("  S split-half " + signed_fixed(split_half, 2)).c_str()
                                       : "",

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/report/format.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -91,18 +92,13 @@ inline std::vector<arm> arms_of(const settings& cfg) {
   return arms;
 }
 
-/// x with `decimals` digits after the point; "n/a" when not finite.
-inline std::string fixed(double x, int decimals) {
-  if (!std::isfinite(x)) return "n/a";
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "%.*f", decimals, x);
-  return buffer;
-}
+// x with `decimals` digits after the point; "n/a" when not finite (bitgrad/report/format.hpp).
+using bitgrad::format_fixed;
 
-/// fixed() with a '+' before a finite x >= 0.
+/// format_fixed() with a '+' before a finite x >= 0.
 inline std::string signed_fixed(double x, int decimals) {
   std::string t = std::isfinite(x) && x >= 0 ? "+" : "";
-  return t += fixed(x, decimals);
+  return t += format_fixed(x, decimals);
 }
 
 } // namespace pareto

@@ -9,6 +9,8 @@
 // same run repeats bit for bit; but one process sums the 64 images inside its GEMMs while p
 // ranks sum their slices first, so the two differ in the last bits and Adam carries that on.
 // The accuracies, the frozen bitwidths and the model size must be equal.
+#include "../unit/fashion_sample.hpp"
+
 #include <bitgrad/bitgrad.hpp>
 #include <bitgrad/dist/data_parallel.hpp>
 
@@ -27,21 +29,10 @@
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
+using bitgrad::testing::sample_test;
+using bitgrad::testing::sample_train;
 
 namespace {
-
-const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
-
-const dataset& sample_train() {
-  static const dataset d = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
-                                             sample / "train-labels-idx1-ubyte.gz");
-  return d;
-}
-const dataset& sample_test() {
-  static const dataset d =
-      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
-  return d;
-}
 
 /// A folder named after rank 0's process id (the same path on every rank), removed at the end.
 struct shared_dir {

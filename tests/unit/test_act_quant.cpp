@@ -4,6 +4,7 @@
 // input against the straight-through surrogate, and the layer through nn::gradcheck), freezing,
 // parameter visiting, and save / load.
 #include "quant_gradcheck.hpp"
+#include "random_tensor.hpp"
 
 #include <bitgrad/kernels/act_quantize.hpp>
 #include <bitgrad/nn/activation.hpp>
@@ -27,6 +28,7 @@ using bitgrad::testing::check_gradients;
 using bitgrad::testing::fd_options;
 using bitgrad::testing::find_param;
 using bitgrad::testing::parameters_of;
+using bitgrad::testing::random_tensor;
 
 namespace {
 
@@ -44,16 +46,6 @@ bool within_ulps(T a, T b, int ulps) {
   for (int k = 0; k < ulps && a < b; ++k) a = std::nextafter(a, b);
   for (int k = 0; k < ulps && a > b; ++k) a = std::nextafter(a, b);
   return a == b;
-}
-
-template <class T, std::size_t N>
-tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed,
-                           double lo = -1.0, double hi = 1.0) {
-  tensor<T, N> t = tensor<T, N>::from_shape(shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> d(lo, hi);
-  for (auto& v : t) v = static_cast<T>(d(rng));
-  return t;
 }
 
 using aq = quant::act_quantizer<double>;

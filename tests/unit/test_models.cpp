@@ -1,5 +1,7 @@
 // Model builders: shapes, parameter counts, names, quantizer placement, and small instances of
 // each network through the gradient checker.
+#include "random_tensor.hpp"
+
 #include <bitgrad/nn/gradcheck.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/models.hpp>
@@ -11,23 +13,14 @@
 
 #include <cmath>
 #include <limits>
-#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 using namespace bitgrad;
+using bitgrad::testing::random_tensor;
 
 namespace {
-
-template <class T, std::size_t N>
-tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed) {
-  tensor<T, N> t = tensor<T, N>::from_shape(shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> d(-1.0, 1.0);
-  for (auto& v : t) v = static_cast<T>(d(rng));
-  return t;
-}
 
 template <class Net>
 std::vector<std::string> parameter_names(Net& net) {

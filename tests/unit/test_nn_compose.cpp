@@ -1,5 +1,7 @@
 // Composition: sequential and residual (values, names, nesting, visitors) and whole networks
 // through the gradient checker, batch norm and residual connections included.
+#include "random_tensor.hpp"
+
 #include <bitgrad/nn/activation.hpp>
 #include <bitgrad/nn/batch_norm.hpp>
 #include <bitgrad/nn/conv2d.hpp>
@@ -16,22 +18,13 @@
 #include <doctest/doctest.h>
 
 #include <map>
-#include <random>
 #include <string>
 #include <vector>
 
 using namespace bitgrad;
+using bitgrad::testing::random_tensor;
 
 namespace {
-
-template <class T, std::size_t N>
-tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed) {
-  tensor<T, N> t = tensor<T, N>::from_shape(shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> d(-1.0, 1.0);
-  for (auto& v : t) v = static_cast<T>(d(rng));
-  return t;
-}
 
 template <class T>
 auto small_mlp() {

@@ -1,5 +1,7 @@
 // Layers one by one: values on small hand-checked cases, every layer through the gradient
 // checker in training mode, shape errors naming the layer, train/eval behaviour.
+#include "random_tensor.hpp"
+
 #include <bitgrad/nn/activation.hpp>
 #include <bitgrad/nn/batch_norm.hpp>
 #include <bitgrad/nn/conv2d.hpp>
@@ -15,23 +17,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 using namespace bitgrad;
+using bitgrad::testing::random_tensor;
 
 namespace {
-
-template <class T, std::size_t N>
-tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed,
-                           double lo = -1.0, double hi = 1.0) {
-  tensor<T, N> t = tensor<T, N>::from_shape(shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> d(lo, hi);
-  for (auto& v : t) v = static_cast<T>(d(rng));
-  return t;
-}
 
 template <class L>
 void require_gradients(L& l, const typename L::input_type& x, nn::gradcheck_options opt = {},

@@ -1,6 +1,8 @@
 // Quantized layers: forward uses Q(W), backward routes dQ(W) through the quantizer, and the
 // gradient checker verifies the quantizer's parameters (bitwidths inside (k, k+1), where the
 // frac_bits loss is linear in b) together with the layer's input and bias gradients.
+#include "random_tensor.hpp"
+
 #include <bitgrad/nn/activation.hpp>
 #include <bitgrad/nn/conv2d.hpp>
 #include <bitgrad/nn/gradcheck.hpp>
@@ -12,22 +14,13 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 using namespace bitgrad;
+using bitgrad::testing::random_tensor;
 
 namespace {
-
-template <class T, std::size_t N>
-tensor<T, N> random_tensor(const std::array<std::size_t, N>& shape, std::uint64_t seed) {
-  tensor<T, N> t = tensor<T, N>::from_shape(shape);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> d(-1.0, 1.0);
-  for (auto& v : t) v = static_cast<T>(d(rng));
-  return t;
-}
 
 nn::gradcheck_options exact_kinds() {
   nn::gradcheck_options opt;

@@ -2,6 +2,7 @@
 // the HTML report and the progress lines. Output is parsed back (nlohmann/json, a CSV
 // splitter, an XML tag-stack checker) and compared with exact values.
 #include <bitgrad/report/csv.hpp>
+#include <bitgrad/report/format.hpp>
 #include <bitgrad/report/json.hpp>
 #include <bitgrad/report/progress.hpp>
 #include <bitgrad/report/records.hpp>
@@ -644,6 +645,19 @@ TEST_CASE("format_bytes and format_duration") {
   CHECK(bitgrad::format_duration(65) == "1:05");
   CHECK(bitgrad::format_duration(3725) == "1:02:05");
   CHECK(bitgrad::format_duration(nan_value) == "--:--");
+}
+
+TEST_CASE("format_fixed: fixed decimals, n/a when not finite, never truncated") {
+  CHECK(bitgrad::format_fixed(3.14159, 2) == "3.14");
+  CHECK(bitgrad::format_fixed(-0.05, 1) == "-0.1");
+  CHECK(bitgrad::format_fixed(2410.4, 0) == "2410");
+  CHECK(bitgrad::format_fixed(nan_value, 2) == "n/a");
+  CHECK(bitgrad::format_fixed(-std::numeric_limits<double>::infinity(), 2) == "n/a");
+  // 1e300 has 301 digits before the point: longer than any fixed buffer the copies used.
+  const std::string big = bitgrad::format_fixed(1e300, 2);
+  CHECK(big.size() == 304);
+  CHECK(big.starts_with("1000000000"));
+  CHECK(big.ends_with(".00"));
 }
 
 TEST_CASE("format_progress_line draws the bar in proportion") {

@@ -1,5 +1,7 @@
 // The deploy runtime: int8 GEMM against its reference, float path == trained network's eval
 // forward, int8 path agreement, batch-norm folding through a residual net, concurrent runs.
+#include "fashion_sample.hpp"
+
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/nn/loss.hpp>
@@ -20,21 +22,10 @@
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
+using bitgrad::testing::sample_test;
+using bitgrad::testing::sample_train;
 
 namespace {
-
-const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
-
-const dataset& sample_train() {
-  static const dataset d = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
-                                             sample / "train-labels-idx1-ubyte.gz");
-  return d;
-}
-const dataset& sample_test() {
-  static const dataset d =
-      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
-  return d;
-}
 
 const loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}};
 

@@ -1,4 +1,6 @@
 // The trainer end to end on the committed Fashion-MNIST sample, checkpoints and resuming.
+#include "fashion_sample.hpp"
+
 #include <bitgrad/bitgrad.hpp>
 
 #include <doctest/doctest.h>
@@ -16,21 +18,10 @@
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
+using bitgrad::testing::sample_test;
+using bitgrad::testing::sample_train;
 
 namespace {
-
-const fs::path sample = fs::path(BITGRAD_TEST_DATA_DIR) / "fashion-sample";
-
-const dataset& sample_train() {
-  static const dataset d = load_mnist_format(sample / "train-images-idx3-ubyte.gz",
-                                             sample / "train-labels-idx1-ubyte.gz");
-  return d;
-}
-const dataset& sample_test() {
-  static const dataset d =
-      load_mnist_format(sample / "t10k-images-idx3-ubyte.gz", sample / "t10k-labels-idx1-ubyte.gz");
-  return d;
-}
 
 struct temp_dir {
   fs::path path;

@@ -13,6 +13,7 @@
 //     x10.3  12.4 s                 (one line; wrapped here)
 #pragma once
 
+#include <bitgrad/report/format.hpp>
 #include <bitgrad/report/records.hpp>
 
 #include <algorithm>
@@ -59,10 +60,6 @@ inline std::string percent(double fraction) {
   return std::isfinite(fraction) ? printf_string("%.2f%%", 100 * fraction) : "n/a";
 }
 
-inline std::string fixed(double x, int decimals) {
-  return std::isfinite(x) ? printf_string("%.*f", decimals, x) : "n/a";
-}
-
 } // namespace detail::progress
 
 /// "1:05", "12:00:07"; "--:--" when unknown.
@@ -79,13 +76,13 @@ inline std::string format_duration(double seconds) {
 inline std::string format_epoch_line(const epoch_record& e, std::size_t epochs = 0) {
   namespace p = detail::progress;
   std::string line = e.phase + "  " + p::counter("epoch", e.epoch, epochs);
-  line += "  loss " + p::fixed(e.loss, 4);
+  line += "  loss " + format_fixed(e.loss, 4);
   line += "  train " + p::percent(e.train_accuracy);
   line += "  test " + p::percent(e.test_accuracy);
-  line += "  bits " + p::fixed(e.average_bits, 2);
+  line += "  bits " + format_fixed(e.average_bits, 2);
   line += "  size " + format_bytes(e.size_bytes);
-  line += "  x" + p::fixed(e.compression, 1);
-  line += "  " + p::fixed(e.seconds, 1) + " s";
+  line += "  x" + format_fixed(e.compression, 1);
+  line += "  " + format_fixed(e.seconds, 1) + " s";
   if (std::isfinite(e.bops)) line += "  BOPs " + p::printf_string("%.3g", e.bops);
   if (std::isfinite(e.activation_bytes)) line += "  act " + format_bytes(e.activation_bytes);
   return line;
@@ -103,8 +100,8 @@ inline std::string format_progress_line(std::string_view phase, std::size_t epoc
   std::size_t filled = batches == 0 ? 0 : std::min(bar_width, batch * bar_width / batches);
   line.append(filled, '#');
   line.append(bar_width - filled, '.');
-  line += "]  loss " + p::fixed(loss, 4) + "  acc " + p::percent(accuracy);
-  line += "  " + (std::isfinite(images_per_second) ? p::fixed(images_per_second, 0) : "-") +
+  line += "]  loss " + format_fixed(loss, 4) + "  acc " + p::percent(accuracy);
+  line += "  " + (std::isfinite(images_per_second) ? format_fixed(images_per_second, 0) : "-") +
           " img/s  ETA " + format_duration(eta_seconds);
   return line;
 }

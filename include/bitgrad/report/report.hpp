@@ -13,6 +13,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/io/atomic_file.hpp>
+#include <bitgrad/report/format.hpp>
 #include <bitgrad/report/records.hpp>
 #include <bitgrad/report/svg.hpp>
 #include <bitgrad/version.hpp>
@@ -29,15 +30,8 @@ namespace bitgrad {
 
 namespace detail::report {
 
-inline std::string fixed(double x, int decimals) {
-  if (!std::isfinite(x)) return "n/a";
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "%.*f", decimals, x);
-  return buffer;
-}
-
 inline std::string percent(double fraction) {
-  return std::isfinite(fraction) ? fixed(100 * fraction, 2) + "%" : "n/a";
+  return std::isfinite(fraction) ? format_fixed(100 * fraction, 2) + "%" : "n/a";
 }
 
 inline std::string cell(const std::string& text, bool number = false) {
@@ -88,12 +82,13 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
   if (std::isfinite(run.fp32_accuracy) && std::isfinite(run.quant_accuracy))
     html += r::card("accuracy change",
                     (run.quant_accuracy >= run.fp32_accuracy ? "+" : "") +
-                        r::fixed(100 * (run.quant_accuracy - run.fp32_accuracy), 2) + " pt");
-  html += r::card("average bits", r::fixed(run.average_bits, 2));
+                        format_fixed(100 * (run.quant_accuracy - run.fp32_accuracy), 2) + " pt");
+  html += r::card("average bits", format_fixed(run.average_bits, 2));
   html += r::card("size", format_bytes(run.size_bytes));
-  html += r::card("compression", std::isfinite(run.compression) ? "x" + r::fixed(run.compression, 1)
-                                                                : std::string("n/a"));
-  html += r::card("time", std::isfinite(run.seconds) ? r::fixed(run.seconds, 1) + " s"
+  html +=
+      r::card("compression", std::isfinite(run.compression) ? "x" + format_fixed(run.compression, 1)
+                                                            : std::string("n/a"));
+  html += r::card("time", std::isfinite(run.seconds) ? format_fixed(run.seconds, 1) + " s"
                                                      : std::string("n/a"));
   html += "</div>\n";
 
@@ -153,12 +148,12 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
   html += "</tr>\n";
   for (const auto& l : run.layers) {
     html += "<tr>" + r::cell(l.name) + r::cell(l.policy) + r::cell(std::to_string(l.params), true) +
-            r::cell(std::to_string(l.groups), true) + r::cell(r::fixed(l.bits_min, 2), true) +
-            r::cell(r::fixed(l.bits_mean, 2), true) + r::cell(r::fixed(l.bits_max, 2), true) +
-            r::cell(format_bytes(l.bytes), true);
+            r::cell(std::to_string(l.groups), true) + r::cell(format_fixed(l.bits_min, 2), true) +
+            r::cell(format_fixed(l.bits_mean, 2), true) +
+            r::cell(format_fixed(l.bits_max, 2), true) + r::cell(format_bytes(l.bytes), true);
     if (diagnostics)
-      html += r::cell(r::fixed(l.bits_spread, 2), true) +
-              r::cell(r::fixed(l.rank_correlation, 3), true);
+      html += r::cell(format_fixed(l.bits_spread, 2), true) +
+              r::cell(format_fixed(l.rank_correlation, 3), true);
     html += "</tr>\n";
   }
   html += "</table>\n";
@@ -197,13 +192,14 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
             "<th>loss</th><th>train</th><th>test</th><th>bits</th><th>size</th>"
             "<th>compression</th><th>seconds</th></tr>\n";
     for (const auto& e : epochs)
-      html +=
-          "<tr>" + r::cell(e.phase) + r::cell(std::to_string(e.epoch), true) +
-          r::cell(r::fixed(e.loss, 4), true) + r::cell(r::percent(e.train_accuracy), true) +
-          r::cell(r::percent(e.test_accuracy), true) + r::cell(r::fixed(e.average_bits, 2), true) +
-          r::cell(format_bytes(e.size_bytes), true) +
-          r::cell(std::isfinite(e.compression) ? "x" + r::fixed(e.compression, 1) : "n/a", true) +
-          r::cell(r::fixed(e.seconds, 1), true) + "</tr>\n";
+      html += "<tr>" + r::cell(e.phase) + r::cell(std::to_string(e.epoch), true) +
+              r::cell(format_fixed(e.loss, 4), true) + r::cell(r::percent(e.train_accuracy), true) +
+              r::cell(r::percent(e.test_accuracy), true) +
+              r::cell(format_fixed(e.average_bits, 2), true) +
+              r::cell(format_bytes(e.size_bytes), true) +
+              r::cell(std::isfinite(e.compression) ? "x" + format_fixed(e.compression, 1) : "n/a",
+                      true) +
+              r::cell(format_fixed(e.seconds, 1), true) + "</tr>\n";
     html += "</table>\n</details>\n";
   }
 
