@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <stdexcept>
 
 namespace fashion_mnist {
 
@@ -26,6 +28,10 @@ bool started_by_mpi_launcher() {
 
 } // namespace
 
+bool checks_run_folder() {
+  return !started_by_mpi_launcher();
+}
+
 int launch(settings& cfg) {
   if (!started_by_mpi_launcher()) {
     try {
@@ -38,6 +44,11 @@ int launch(settings& cfg) {
   bitgrad::dist::session mpi;
   return bitgrad::dist::run_or_abort([&] {
     bitgrad::dist::data_parallel<float> dp;
+    // main.cpp left --resume's check to rank 0, the one rank that reads the run folder.
+    const auto checkpoint = cfg.trainer.out_dir / "checkpoint.bin";
+    if (dp.rank() == 0 && cfg.trainer.resume && !std::filesystem::exists(checkpoint))
+      throw std::runtime_error("--resume: no checkpoint to continue from in " +
+                               cfg.trainer.out_dir.string() + " (checkpoint.bin)");
     if (dp.ranks() > 1) cfg.sync = &dp;
     const int code = run_policy(cfg);
     cfg.sync = nullptr;

@@ -61,7 +61,8 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
     cli::reject("--act-bits", "expected a value in [--b-min, --b-max] = [" +
                                   cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
                                   "], got " + cli::number_text(*cfg.act_bits));
-  if (cfg.trainer.resume && !std::filesystem::exists(cfg.trainer.out_dir / "checkpoint.bin"))
+  if (cfg.trainer.resume && fashion_mnist::checks_run_folder() &&
+      !std::filesystem::exists(cfg.trainer.out_dir / "checkpoint.bin"))
     cli::reject("--resume", "no checkpoint to continue from in " + cfg.trainer.out_dir.string() +
                                 " (checkpoint.bin)");
 }

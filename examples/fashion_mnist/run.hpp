@@ -51,6 +51,11 @@ extern template int run_model<bitgrad::quant::fixed_bits>(const settings&);
 /// build has bitgrad::mpi: data-parallel when started by mpirun / srun) or launch_local.cpp.
 int launch(settings& cfg);
 
+/// Whether this process checks the run folder (--resume's checkpoint) before launch: true for a
+/// one-process run; false under an MPI launcher, where only rank 0 reads and writes the folder
+/// (other hosts need not see it) and launch checks it on rank 0 once MPI is up.
+bool checks_run_folder();
+
 /// run_model<the policy of cfg.policy>(cfg).
 int run_policy(const settings& cfg);
 
