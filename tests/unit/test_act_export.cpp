@@ -1,6 +1,8 @@
 // Activation quantizers in the model file (format version 2, issue #22): export through
 // export_rule, the float runtime's fake-quant equal to the eval forward, version 1 files still
 // written and read, malformed act_quant operations named by file, offset and layer.
+#include "reseal.hpp"
+
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/io/bytes.hpp>
@@ -22,6 +24,7 @@
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
+using bitgrad::testing::reseal;
 
 namespace {
 
@@ -53,22 +56,6 @@ auto frozen_act_lenet() {
     q.freeze_to(bits);
   });
   return net;
-}
-
-void reseal(std::vector<std::uint8_t>& b) {
-  std::uint32_t sections;
-  std::memcpy(&sections, b.data() + 12, 4);
-  for (std::uint32_t s = 0; s < sections; ++s) {
-    std::uint8_t* e = b.data() + 32 + 16 * s;
-    std::uint32_t off, size;
-    std::memcpy(&off, e + 8, 4);
-    std::memcpy(&size, e + 12, 4);
-    const std::uint32_t crc = io::crc32(b.data() + off, size);
-    std::memcpy(e + 4, &crc, 4);
-  }
-  std::uint32_t crc = io::crc32(b.data(), 24);
-  crc = io::crc32(b.data() + 32, 16 * std::size_t(sections), crc);
-  std::memcpy(b.data() + 24, &crc, 4);
 }
 
 /// Offset of the first byte after the operation name `name` (the u32 input follows).

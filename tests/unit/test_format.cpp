@@ -1,5 +1,7 @@
 // The model file: bit packing, writer/reader round trip, size accounting, malformed files,
 // .npz export.
+#include "reseal.hpp"
+
 #include <bitgrad/format/bitpack.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/nn/models.hpp>
@@ -26,6 +28,7 @@
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
+using bitgrad::testing::reseal;
 
 namespace {
 
@@ -97,23 +100,6 @@ format::model_file small_model(std::uint32_t seed = 1) {
   m.ops.push_back(add);
   format::infer_shapes(m);
   return m;
-}
-
-/// Recomputes every section CRC and the header CRC of a (patched) file.
-void reseal(std::vector<std::uint8_t>& b) {
-  std::uint32_t sections;
-  std::memcpy(&sections, b.data() + 12, 4);
-  for (std::uint32_t s = 0; s < sections; ++s) {
-    std::uint8_t* e = b.data() + 32 + 16 * s;
-    std::uint32_t off, size;
-    std::memcpy(&off, e + 8, 4);
-    std::memcpy(&size, e + 12, 4);
-    const std::uint32_t crc = io::crc32(b.data() + off, size);
-    std::memcpy(e + 4, &crc, 4);
-  }
-  std::uint32_t crc = io::crc32(b.data(), 24);
-  crc = io::crc32(b.data() + 32, 16 * std::size_t(sections), crc);
-  std::memcpy(b.data() + 24, &crc, 4);
 }
 
 std::uint64_t section_offset(const std::vector<std::uint8_t>& b, std::size_t s) {
