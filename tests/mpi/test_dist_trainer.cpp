@@ -287,6 +287,17 @@ TEST_CASE("bad use: more ranks than the batch, options or data that differ betwe
                                                .c_str()),
                          config_error);
   }
+  SUBCASE("a cost budget that differs (issue #22's targets are settings too)") {
+    auto options = twenty_steps();
+    if (r == p - 1) options.target_bops = 2e6;
+    train::trainer t(fp32, q, sample_train(), sample_test(), options);
+    t.set_gradient_sync(dp);
+    CHECK_THROWS_WITH_AS(t.run(),
+                         doctest::Contains(("rank 0 has \"target_bops=none\", rank " +
+                                            std::to_string(p - 1) + " has \"target_bops=")
+                                               .c_str()),
+                         config_error);
+  }
   SUBCASE("a training set that differs") {
     dataset train_set = sample_train();
     if (r == p - 1) train_set.labels[0] = (train_set.labels[0] + 1) % 10;

@@ -706,6 +706,13 @@ private:
     phase("finetune", opt_.finetune);
     out << "target_average_bits=" << exact(opt_.target_average_bits) << "\n"
         << "target_bytes=" << (opt_.target_bytes ? exact(*opt_.target_bytes) : "none") << "\n"
+        << "size_budget=" << opt_.size_budget << "\n"
+        << "target_bops=" << (opt_.target_bops ? exact(*opt_.target_bops) : "none") << "\n"
+        << "target_activation_kb="
+        << (opt_.target_activation_kb ? exact(*opt_.target_activation_kb) : "none") << "\n"
+        << "cost_input=" << opt_.cost_input.channels << "x" << opt_.cost_input.height << "x"
+        << opt_.cost_input.width << ", " << exact(opt_.cost_input.bits) << " bits, unquantized "
+        << exact(opt_.cost_input.unquantized_bits) << "\n"
         << "penalty=" << static_cast<int>(opt_.penalty) << " lambda " << exact(opt_.penalty_lambda)
         << "\n"
         << "freeze_rounding=" << static_cast<int>(opt_.freeze_rounding) << "\n"
