@@ -368,6 +368,22 @@ TEST_CASE("the trainer rejects bad cost targets and cost targets on a network it
                        doctest::Contains("needs the network's costs"), config_error);
 }
 
+TEST_CASE("size_budget = false drops the size budget: a size target below the smallest model "
+          "is then no error, and only the cost budgets are penalised") {
+  auto fp32 = nn::lenet5<float>({.seed = 3});
+  auto quant = nn::lenet5(nn::act_model_options<float, quant::frac_bits>{.seed = 3});
+  train::trainer_options opt;
+  opt.log = nullptr;
+  opt.target_average_bits = 0.5; // below every group at b_min
+  opt.target_bops = 1e6;
+  CHECK_THROWS_WITH_AS(train::trainer(fp32, quant, sample_train(), sample_test(), opt),
+                       doctest::Contains("below the smallest model"), config_error);
+  opt.size_budget = false;
+  train::trainer t(fp32, quant, sample_train(), sample_test(), opt);
+  REQUIRE(t.cost_penalties().size() == 1);
+  CHECK(t.cost_penalties().name(0) == "bops");
+}
+
 namespace {
 
 template <class Net>
