@@ -400,8 +400,19 @@ act_bits)
   check "$work/act" "open(d + '/model.bgm', 'rb').read()[8] == 2"
   check "$work/plain" "open(d + '/model.bgm', 'rb').read()[8] == 1"
   printed act "peak activations"
-  rejects "--act-bits: activation quantizers are learned with --policy frac_bits only" \
+  # Each activation quantizer in the summary: the four after the ReLUs, frozen at whole bits.
+  check "$work/act" "[a['name'] for a in s['activations']] == ['relu1_quant', 'relu2_quant', 'relu3_quant', 'relu4_quant']"
+  check "$work/act" "all(b == int(b) and 2 <= b <= 8 for a in s['activations'] for b in a['group_bits'])"
+  check "$work/plain" "'activations' not in s"
+  # fixed_bits: uniform weights and activations, the activation bits stay at --act-bits.
+  run uniform --policy fixed_bits --target-bits 4.5 --act-bits 3
+  check "$work/uniform" "all(a['group_bits'] == [3] for a in s['activations'])"
+  check "$work/uniform" "s['costs'][2]['value'] == 3456 * 3 / 8"
+  check "$work/uniform" "s['settings']['activation quantizers'] == 'after every ReLU, fixed at 3 bits'"
+  rejects "--act-bits: activation quantizers are learned with --policy frac_bits, or fixed with --policy fixed_bits, got --policy step_bits" \
     --policy step_bits --act-bits 4
+  rejects "--act-bits: expected a whole number of bits with --policy fixed_bits" \
+    --policy fixed_bits --act-bits 4.5
   rejects "--act-bits: expected a value in [--b-min, --b-max] = [2, 8], got 9" --act-bits 9
   rejects "--act-bits: expected a finite number in [1, 16], got 0" --act-bits 0
   ;;
