@@ -549,6 +549,19 @@ TEST_CASE("packed engine: an act_quant it cannot hold in u8 is refused, naming t
     q.ranges[1] = q.ranges[0];
     CHECK(deploy::runtime(m).packed_ready());
   }
+  SUBCASE("two in one layer's chain") {
+    format::model_file m = f.m;
+    const std::size_t a = op_index(m, "relu2_quant");
+    format::operation again = m.ops[a];
+    again.name = "again_quant";
+    again.input = std::uint32_t(a + 1);
+    m.ops.insert(m.ops.begin() + std::ptrdiff_t(a + 1), again);
+    for (std::size_t i = a + 2; i < m.ops.size(); ++i) m.ops[i].input = std::uint32_t(i);
+    format::infer_shapes(m);
+    const deploy::runtime rt(m);
+    CHECK(rt.engine().why().find("(again_quant, act_quant): a second act_quant after one "
+                                 "conv2d / linear") != std::string::npos);
+  }
   SUBCASE("on the network output") {
     format::model_file m = f.m;
     format::operation a = m.ops[op_index(m, "relu4_quant")];
