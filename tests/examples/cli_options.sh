@@ -400,6 +400,15 @@ act_bits)
   check "$work/act" "open(d + '/model.bgm', 'rb').read()[8] == 2"
   check "$work/plain" "open(d + '/model.bgm', 'rb').read()[8] == 1"
   printed act "peak activations"
+  # The int engine runs it on the learned grids (<= 8 bits): conv1's input is calibrated, the
+  # other layers read the act_quant codes; its accuracy equals its reference twin's.
+  "$deploy" "$work/act/model.bgm" --data "$data" --engine int > "$work/deploy-int.log"
+  "$deploy" "$work/act/model.bgm" --data "$data" --engine reference > "$work/deploy-ref.log"
+  printed deploy-int "activations: conv1 8 bits (calibrated), conv2 "
+  grep -Eq "fc1 [1-8] bits \(relu2_quant\), fc2 [1-8] bits \(relu3_quant\), fc3 [1-8] bits \(relu4_quant\)$" \
+    "$work/deploy-int.log" || { cat "$work/deploy-int.log" >&2; fail "deploy --engine int: act grids not used"; }
+  [ "$(grep -o "accuracy [0-9.]*%" "$work/deploy-int.log")" = \
+    "$(grep -o "accuracy [0-9.]*%" "$work/deploy-ref.log")" ] || fail "int and reference differ"
   # Each activation quantizer in the summary: the four after the ReLUs, frozen at whole bits.
   check "$work/act" "[a['name'] for a in s['activations']] == ['relu1_quant', 'relu2_quant', 'relu3_quant', 'relu4_quant']"
   check "$work/act" "all(b == int(b) and 2 <= b <= 8 for a in s['activations'] for b in a['group_bits'])"
