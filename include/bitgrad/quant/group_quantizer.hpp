@@ -99,9 +99,11 @@ inline std::vector<int> load_frozen_state(io::byte_reader& r, std::size_t groups
   return bits;
 }
 
-/// Below this many weights a quantizer's per-group passes run on the calling thread. Measured
-/// with benchmarks/bench_quantize.cpp (frac_bits forward + backward, 1 against 2 threads; see
-/// benchmarks/README.md, "Quantizer passes on the threads").
+/// Below this many weights a quantizer's per-group passes run on the calling thread. The
+/// optimizer's crossovers (kernels/optim_update.hpp: Adam, ~20 bytes touched per element) taken
+/// over: forward + backward touch 24-28 bytes per weight. benchmarks/bench_quantize.cpp at 1
+/// and 2 threads checks the sizes above it (benchmarks/README.md, "Fused ReLU epilogues,
+/// quantizer passes on the threads"); the crossover itself is not measured yet.
 inline std::size_t group_parallel_min() {
   return std::size_t(1) << (bitgrad::detail::omp_threads_sleep() ? 19 : 17);
 }
