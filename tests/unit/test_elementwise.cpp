@@ -7,6 +7,10 @@
 
 #include <doctest/doctest.h>
 
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -153,6 +157,33 @@ TEST_CASE_TEMPLATE("bias_grad_rows matches the reference on odd shapes (ragged t
       CHECK(a == b); // the same additions in the same order
     }
 }
+
+#if defined(BITGRAD_WITH_OPENMP)
+TEST_CASE_TEMPLATE("bias_grad_rows on the threads: the serial bits and the reference", T, float,
+                   double) {
+  // Past elementwise_parallel_min, ragged column counts (the column runs end mid-register).
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<double> d(-2, 2);
+  const int saved = omp_get_max_threads();
+  for (std::size_t cols : {std::size_t(257), std::size_t(1003)}) {
+    const std::size_t rows = bitgrad::detail::elementwise_parallel_min / cols + 3;
+    std::vector<T> dy(rows * cols), start(cols), ref(cols);
+    for (auto& v : dy) v = T(d(rng));
+    for (auto& v : start) v = T(d(rng));
+    ref = start;
+    bitgrad::ref::bias_grad_rows(rows, cols, dy.data(), ref.data());
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      std::vector<T> a = start;
+      bitgrad::bias_grad_rows(rows, cols, dy.data(), a.data());
+      CAPTURE(cols);
+      CAPTURE(threads);
+      CHECK(a == ref);
+    }
+  }
+  omp_set_num_threads(saved);
+}
+#endif
 
 namespace {
 /// |a - b| <= tol (|b| + 1), element by element (a tolerance only for a compiler that contracts

@@ -11,7 +11,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -27,6 +29,55 @@ std::vector<std::string> parameter_names(Net& net) {
   std::vector<std::string> names;
   net.visit_parameters([&](param_ref<typename Net::value_type>& p) { names.push_back(p.name); });
   return names;
+}
+
+/// forward / backward layer by layer (no fused pairs: each layer's own forward), from layer I.
+template <std::size_t I, class Net, class X>
+const typename Net::output_type& forward_layers(Net& net, const X& x) {
+  const auto& y = net.template get<I>().forward(x);
+  if constexpr (I + 1 < Net::size)
+    return forward_layers<I + 1>(net, y);
+  else
+    return y;
+}
+template <std::size_t I, class Net, class DY>
+const typename Net::input_type& backward_layers(Net& net, const DY& dy) {
+  const auto& dx = net.template get<I>().backward(dy);
+  if constexpr (I > 0)
+    return backward_layers<I - 1>(net, dx);
+  else
+    return dx;
+}
+
+/// Every parameter gradient, in visiting order.
+template <class Net>
+std::vector<std::vector<typename Net::value_type>> gradients(Net& net) {
+  std::vector<std::vector<typename Net::value_type>> out;
+  net.visit_parameters(
+      [&](param_ref<typename Net::value_type>& p) { out.emplace_back(p.grad, p.grad + p.size); });
+  return out;
+}
+
+/// Two copies of a flat network: `fused` through sequential::forward/backward (conv/linear + relu
+/// pairs as one pass), `plain` layer by layer; outputs, input gradients and every parameter
+/// gradient must be the same bits, over two steps (the second with the layers' buffers reused).
+template <class Net>
+void require_fused_equals_plain(Net fused, Net plain, const typename Net::input_type& x) {
+  using T = typename Net::value_type;
+  fused.zero_grad();
+  plain.zero_grad();
+  for (int step = 0; step < 2; ++step) {
+    const auto& yf = fused.forward(x);
+    const auto& yp = forward_layers<0>(plain, x);
+    REQUIRE(yf.shape() == yp.shape());
+    CHECK(std::equal(yf.begin(), yf.end(), yp.begin()));
+    typename Net::output_type dy =
+        random_tensor<T, 2>({yf.shape()[0], yf.shape()[1]}, 40 + static_cast<std::uint64_t>(step));
+    const auto& dxf = fused.backward(dy);
+    const auto& dxp = backward_layers<Net::size - 1>(plain, dy);
+    CHECK(std::equal(dxf.begin(), dxf.end(), dxp.begin(), dxp.end()));
+    CHECK(gradients(fused) == gradients(plain));
+  }
 }
 
 } // namespace
@@ -232,4 +283,24 @@ TEST_CASE("gradient check: lenet5 and vgg_small on small inputs") {
   r = nn::gradcheck(vgg, random_tensor<double, 4>({2, 1, 8, 8}, 9), opt);
   INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
   CHECK(r.max_error < 1e-5);
+}
+
+TEST_CASE_TEMPLATE("fused conv/linear + relu: the same bits as layer by layer (lenet5, vgg_small)",
+                   T, float, double) {
+  // Odd shapes: 3 images, 5 channels, hidden 7, inputs of side 20 and 12.
+  auto lenet = nn::lenet5<T>({.seed = 11, .in_size = 20, .num_classes = 3});
+  require_fused_equals_plain(lenet, lenet, random_tensor<T, 4>({3, 1, 20, 20}, 12));
+  auto vgg = nn::vgg_small<T, quant::frac_bits>(
+      {.seed = 13, .in_channels = 2, .in_size = 12, .num_classes = 3, .width = 5, .hidden = 7});
+  require_fused_equals_plain(vgg, vgg, random_tensor<T, 4>({3, 2, 12, 12}, 14));
+  // The pairs do run fused: after sequential::forward, a relu's backward hands dy back as is
+  // (its conv masks it); layer by layer it returns its own buffer.
+  const auto x = random_tensor<T, 4>({3, 2, 12, 12}, 15);
+  const auto& y1 = vgg.forward(x);
+  (void)y1;
+  auto& relu1 = vgg.template get<1>();
+  const tensor4<T> probe = random_tensor<T, 4>({3, 5, 12, 12}, 16);
+  CHECK(&relu1.backward(probe) == &probe);
+  (void)forward_layers<0>(vgg, x);
+  CHECK(&relu1.backward(probe) != &probe);
 }

@@ -11,6 +11,7 @@
 #include <bitgrad/nn/identity.hpp>
 #include <bitgrad/nn/linear.hpp>
 #include <bitgrad/nn/pooling.hpp>
+#include <bitgrad/nn/sequential.hpp>
 #include <bitgrad/nn/visit.hpp>
 
 #include <doctest/doctest.h>
@@ -109,6 +110,21 @@ TEST_CASE("gradient checks: linear, conv2d and parameter-free layers") {
                              .fuse_relu = true,
                              .seed = 5});
     require_gradients(conv, random_tensor<double, 4>({2, 2, 4, 4}, 3));
+  }
+  SUBCASE("conv2d + relu and linear + relu fused by sequential (forward_relu)") {
+    nn::sequential net(
+        nn::conv2d<double>({.in_channels = 2,
+                            .out_channels = 3,
+                            .kernel = 3,
+                            .stride = 2,
+                            .padding = 1,
+                            .seed = 5}),
+        nn::relu<double, 4>("relu1"), nn::flatten<double>(),
+        nn::linear<double>({.in_features = 27, .out_features = 4, .bias = false, .seed = 6}),
+        nn::relu<double, 2>("relu2"),
+        nn::linear<double>({.in_features = 4, .out_features = 3, .seed = 7}),
+        nn::relu<double, 2>("relu3"));
+    require_gradients(net, random_tensor<double, 4>({2, 2, 5, 6}, 3));
   }
   SUBCASE("relu and relu6") {
     nn::relu<double, 2> r;

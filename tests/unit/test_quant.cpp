@@ -18,6 +18,10 @@
 
 #include <doctest/doctest.h>
 
+#if defined(BITGRAD_WITH_OPENMP)
+#include <omp.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -632,3 +636,55 @@ TEST_CASE("step_bits: the first freeze keeps the learned range, a later freeze_t
   r.freeze_to(std::vector<int>(channels, 4));
   CHECK(std::vector<double>(dr, dr + channels) == before);
 }
+
+#if defined(BITGRAD_WITH_OPENMP)
+namespace {
+/// forward, backward (twice: the gradients accumulate) and the parameter gradients of q on a
+/// tensor of `ch` x `per` weights with `threads` threads, as one flat vector per output.
+template <class Q>
+std::vector<std::vector<float>> run_on_threads(Q q, std::size_t ch, std::size_t per, int threads,
+                                               bool freeze) {
+  omp_set_num_threads(threads);
+  std::mt19937 rng(21);
+  std::normal_distribution<float> d(0.f, 0.05f);
+  std::vector<float> w(ch * per), gy(ch * per), wq(ch * per), gw(ch * per, 0.f);
+  for (auto& v : w) v = d(rng);
+  for (auto& v : gy) v = d(rng);
+  q.bind(ch, per, w.data());
+  if (freeze) q.freeze(rounding::nearest);
+  std::vector<std::vector<float>> out;
+  for (int step = 0; step < 2; ++step) {
+    q.forward(w.data(), wq.data(), true);
+    q.backward(w.data(), gy.data(), gw.data());
+    out.push_back(wq);
+  }
+  out.push_back(gw);
+  q.visit_parameters([&](param_ref<float>& p) { out.emplace_back(p.grad, p.grad + p.size); });
+  return out;
+}
+} // namespace
+
+TEST_CASE("per-group passes on the threads give the serial bits (frac_bits, fixed_bits)") {
+  // A tensor past group_parallel_min (in spinning and sleeping mode), 37 channels of a ragged
+  // count, groups of 1 and 3 channels, bitwidths between two integers (both grids).
+  const std::size_t ch = 37, per = (std::size_t(1) << 19) / ch + 5;
+  REQUIRE(ch * per >= quant::detail::group_parallel_min());
+  const int saved = omp_get_max_threads();
+  for (std::size_t gs : {std::size_t(1), std::size_t(3)}) {
+    for (bool freeze : {false, true})
+      for (scale_mode sm : {scale_mode::max_abs, scale_mode::learned}) {
+        const frac_bits<float> q({.group_size = gs, .b_init = 3.4, .scale = sm});
+        const auto serial = run_on_threads(q, ch, per, 1, freeze);
+        for (int threads : {2, 3}) {
+          CAPTURE(gs);
+          CAPTURE(freeze);
+          CAPTURE(threads);
+          CHECK(run_on_threads(q, ch, per, threads, freeze) == serial);
+        }
+      }
+    const fixed_bits<float> f({.group_size = gs, .bits = 4});
+    CHECK(run_on_threads(f, ch, per, 2, false) == run_on_threads(f, ch, per, 1, false));
+  }
+  omp_set_num_threads(saved);
+}
+#endif

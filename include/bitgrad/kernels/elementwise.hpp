@@ -108,10 +108,17 @@ void relu6_bprop(std::size_t n, const T* x, const T* dy, T* dx) {
       [&](std::size_t i) { dx[i] = (x[i] > T(0) && x[i] < T(6)) ? dy[i] : T(0); });
 }
 
-/// dbias[c] += sum over rows of dy[r][c].
+/// dbias[c] += sum over rows of dy[r][c], rows in order. From elementwise_parallel_min
+/// elements on, the columns are cut into contiguous runs, one per thread; each column still
+/// adds its rows in order, so the result is the same bits on any number of threads.
 template <class T>
 void bias_grad_rows(std::size_t rows, std::size_t cols, const T* dy, T* dbias) {
-  for (std::size_t r = 0; r < rows; ++r) detail::axpy(cols, T(1), dy + r * cols, dbias);
+  const std::size_t threads = rows * cols >= detail::elementwise_parallel_min
+                                  ? detail::batch_threads(cols / (4 * simd_lanes<T>))
+                                  : 1;
+  detail::parallel_chunks(threads, cols, [&](std::size_t, std::size_t b, std::size_t e) {
+    for (std::size_t r = 0; r < rows; ++r) detail::axpy(e - b, T(1), dy + r * cols + b, dbias + b);
+  });
 }
 
 /// Per channel mean and biased variance over batch*plane values (two passes).

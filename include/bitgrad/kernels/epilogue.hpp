@@ -41,6 +41,18 @@ struct identity {
   }
 };
 
+/// C = max(0, value) (NaN kept): a layer without bias whose ReLU is fused.
+struct relu {
+  template <class T>
+  T operator()(T value, std::size_t, std::size_t) const {
+    return detail::relu_scalar(value);
+  }
+  template <class B>
+  B apply(B value, std::size_t, std::size_t) const {
+    return detail::relu_lanes(value);
+  }
+};
+
 /// C = value + bias[row] (convolution: rows are output channels).
 template <class T>
 struct bias_rows {

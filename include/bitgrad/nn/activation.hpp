@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace bitgrad::nn {
 
@@ -54,11 +55,22 @@ public:
     ensure_shape(y_, x.shape());
     Op::fprop(x.size(), x.data(), y_.data());
     x_ = &x;
+    fused_ = false;
     return y_;
+  }
+  /// The ReLU already applied by the layer before (its forward_relu, nn/sequential.hpp: fused
+  /// epilogues): returns y itself, and until the next forward() backward returns dy itself (that
+  /// layer masks it). relu only: relu6 does not fuse.
+  const output_type&
+  forward_fused(const input_type& y) requires std::is_same_v<Op, detail::relu_op> {
+    x_ = &y;
+    fused_ = true;
+    return y;
   }
   const input_type& backward(const output_type& dy) {
     if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
     check_same_shape(dy);
+    if (fused_) return dy;
     ensure_shape(dx_, x_->shape());
     Op::bprop(dy.size(), x_->data(), dy.data(), dx_.data());
     return dx_;
@@ -86,6 +98,7 @@ private:
 
   std::string name_;
   bool training_ = true;
+  bool fused_ = false; ///< the last forward was forward_fused
   output_type y_;
   input_type dx_;
   const input_type* x_ = nullptr;

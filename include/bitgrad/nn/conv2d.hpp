@@ -75,29 +75,13 @@ public:
     qw_.bind(name_, opt.out_channels, per_channel);
   }
 
-  const output_type& forward(const input_type& x) {
-    const auto& s = x.shape();
-    if (s[1] != opt_.in_channels)
-      throw shape_error(name_ + ": expected input of shape (0, " +
-                        std::to_string(opt_.in_channels) + ", 0, 0) (0 = any), got " +
-                        shape_string(s));
-    geo_ = geometry_for(opt_, s[0], s[2], s[3]);
-    if (s[0] == 0 || geo_.extent_h() > s[2] + 2 * opt_.padding ||
-        geo_.extent_w() > s[3] + 2 * opt_.padding)
-      throw shape_error(name_ + ": input of shape " + shape_string(s) + " is too small for a " +
-                        std::to_string(opt_.kernel) + "x" + std::to_string(opt_.kernel) +
-                        " kernel with padding " + std::to_string(opt_.padding));
-    ensure_shape(y_,
-                 std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
-    const T* w = qw_.forward();
-    const T* b = opt_.bias ? bias_.data() : nullptr;
-    if (opt_.fuse_relu)
-      conv2d_fprop_relu(geo_, x.data(), w, b, y_.data(), scratch_);
-    else
-      conv2d_fprop(geo_, x.data(), w, b, y_.data(), scratch_);
-    x_ = &x;
-    return y_;
-  }
+  const output_type& forward(const input_type& x) { return run_forward(x, opt_.fuse_relu); }
+
+  /// y = relu(conv(x) + b) in one pass whatever fuse_relu says: until the next forward(),
+  /// backward() takes dL/d(relu output) and masks it by y > 0 itself. nn::sequential calls this
+  /// for a conv2d followed by nn::relu (nn/sequential.hpp: fused epilogues); the bits are those
+  /// of forward() then relu.
+  const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
 
   const input_type& backward(const output_type& dy) {
     if (x_ == nullptr) throw config_error(name_ + ": backward called before forward");
@@ -105,7 +89,7 @@ public:
         name_, "output gradient", dy.shape(),
         std::array<std::size_t, 4>{geo_.batch, geo_.out_channels, geo_.out_h(), geo_.out_w()});
     const T* g = dy.data();
-    if (opt_.fuse_relu) {
+    if (relu_) {
       ensure_shape(dy_masked_, dy.shape());
       relu_bprop(dy.size(), y_.data(), g, dy_masked_.data());
       g = dy_masked_.data();
@@ -186,6 +170,31 @@ public:
   const quantizer_type& quantizer() const { return qw_.quantizer(); }
 
 private:
+  const output_type& run_forward(const input_type& x, bool relu) {
+    const auto& s = x.shape();
+    if (s[1] != opt_.in_channels)
+      throw shape_error(name_ + ": expected input of shape (0, " +
+                        std::to_string(opt_.in_channels) + ", 0, 0) (0 = any), got " +
+                        shape_string(s));
+    geo_ = geometry_for(opt_, s[0], s[2], s[3]);
+    if (s[0] == 0 || geo_.extent_h() > s[2] + 2 * opt_.padding ||
+        geo_.extent_w() > s[3] + 2 * opt_.padding)
+      throw shape_error(name_ + ": input of shape " + shape_string(s) + " is too small for a " +
+                        std::to_string(opt_.kernel) + "x" + std::to_string(opt_.kernel) +
+                        " kernel with padding " + std::to_string(opt_.padding));
+    ensure_shape(y_,
+                 std::array<std::size_t, 4>{s[0], opt_.out_channels, geo_.out_h(), geo_.out_w()});
+    const T* w = qw_.forward();
+    const T* b = opt_.bias ? bias_.data() : nullptr;
+    if (relu)
+      conv2d_fprop_relu(geo_, x.data(), w, b, y_.data(), scratch_);
+    else
+      conv2d_fprop(geo_, x.data(), w, b, y_.data(), scratch_);
+    relu_ = relu;
+    x_ = &x;
+    return y_;
+  }
+
   static bool same_shape(const input_type& t, const typename input_type::shape_type& s) {
     return std::equal(s.begin(), s.end(), t.shape().begin(), t.shape().end());
   }
@@ -230,6 +239,7 @@ private:
   std::vector<T> scratch_;
   output_type y_, dy_masked_;
   input_type dx_;
+  bool relu_ = false; ///< the last forward applied the ReLU (fuse_relu or forward_relu)
   const input_type* x_ = nullptr;
 };
 

@@ -9,6 +9,8 @@
 // the bias fused in its epilogue. Backward: dx = dy wq, dwq = dy^T x, db = column sums of dy,
 // then the quantizer turns dwq into dW (and its own parameter gradients): the weight and its
 // quantizer are one member, nn/quantized_weight.hpp.
+// forward_relu fuses a following ReLU: y = max(0, x W^T + b) in the epilogue, and backward
+// then starts from dy * (y > 0).
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -64,20 +66,13 @@ public:
     qw_.bind(name_, out_, in_);
   }
 
-  const output_type& forward(const input_type& x) {
-    check_shape(name_, "input", x.shape(), std::array<std::size_t, 2>{0, in_});
-    const std::size_t n = x.shape()[0];
-    ensure_shape(y_, std::array<std::size_t, 2>{n, out_});
-    const T* w = qw_.forward();
-    if (has_bias_)
-      gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
-           y_.data(), out_, epilogue::bias_cols<T>{bias_.data()});
-    else
-      gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
-           y_.data(), out_);
-    x_ = &x;
-    return y_;
-  }
+  const output_type& forward(const input_type& x) { return run_forward(x, false); }
+
+  /// y = max(0, x W^T + b) in one pass: the ReLU in the GEMM's epilogue. Until the next
+  /// forward(), backward() takes dL/d(relu output) and masks it by y > 0 itself. nn::sequential
+  /// calls this for a linear followed by nn::relu (nn/sequential.hpp: fused epilogues); the
+  /// bits are those of forward() then relu.
+  const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
 
   /// A tensor of another rank than (N, features): a compile-time error (see nn/layer.hpp).
   template <class X>
@@ -95,15 +90,21 @@ public:
     const std::size_t n = x_->shape()[0];
     check_shape(name_, "output gradient", dy.shape(), std::array<std::size_t, 2>{n, out_});
     ensure_shape(dx_, x_->shape());
+    const T* g = dy.data();
+    if (relu_) { // the fused ReLU's backward: dy * (y > 0)
+      ensure_shape(dy_masked_, dy.shape());
+      relu_bprop(dy.size(), y_.data(), g, dy_masked_.data());
+      g = dy_masked_.data();
+    }
     // dx = dy * wq : (n x out) (out x in)
-    gemm(transpose::no, transpose::no, n, in_, out_, T(1), dy.data(), out_, qw_.used(), in_, T(0),
+    gemm(transpose::no, transpose::no, n, in_, out_, T(1), g, out_, qw_.used(), in_, T(0),
          dx_.data(), in_);
     // dwq = dy^T x : (out x n) (n x in), then dW from it
     const auto dwq = qw_.wgrad_target_for(false);
-    gemm(transpose::yes, transpose::no, out_, in_, n, T(1), dy.data(), out_, x_->data(), in_,
-         dwq.beta, dwq.data, in_);
+    gemm(transpose::yes, transpose::no, out_, in_, n, T(1), g, out_, x_->data(), in_, dwq.beta,
+         dwq.data, in_);
     qw_.wgrad_done();
-    if (has_bias_) bias_grad_rows(n, out_, dy.data(), grad_bias_.data()); // db += column sums
+    if (has_bias_) bias_grad_rows(n, out_, g, grad_bias_.data()); // db += column sums
     return dx_;
   }
 
@@ -157,6 +158,28 @@ public:
   const quantizer_type& quantizer() const { return qw_.quantizer(); }
 
 private:
+  const output_type& run_forward(const input_type& x, bool relu) {
+    check_shape(name_, "input", x.shape(), std::array<std::size_t, 2>{0, in_});
+    const std::size_t n = x.shape()[0];
+    ensure_shape(y_, std::array<std::size_t, 2>{n, out_});
+    const T* w = qw_.forward();
+    auto run = [&](const auto& ep) {
+      gemm(transpose::no, transpose::yes, n, out_, in_, T(1), x.data(), in_, w, in_, T(0),
+           y_.data(), out_, ep);
+    };
+    if (has_bias_ && relu)
+      run(epilogue::bias_cols_relu<T>{bias_.data()});
+    else if (has_bias_)
+      run(epilogue::bias_cols<T>{bias_.data()});
+    else if (relu)
+      run(epilogue::relu{});
+    else
+      run(epilogue::identity{});
+    relu_ = relu;
+    x_ = &x;
+    return y_;
+  }
+
   /// (out_features, in_features); config_error naming the layer when either is 0.
   static typename tensor2<T>::shape_type checked_shape(const linear_options& opt) {
     if (opt.in_features == 0 || opt.out_features == 0)
@@ -172,6 +195,8 @@ private:
   quantized_weight<tensor2<T>, quantizer_type> qw_;
   tensor1<T> bias_, grad_bias_;
   output_type y_ = output_type::from_shape({0, 0});
+  output_type dy_masked_ = output_type::from_shape({0, 0});
+  bool relu_ = false; ///< the last forward was forward_relu
   input_type dx_ = input_type::from_shape({0, 0});
   const input_type* x_ = nullptr;
 };

@@ -18,6 +18,15 @@
 // The walk forgets the count after a layer that cannot state it (flatten, user layers without
 // the optional members) until a layer requires one again; what it cannot see is checked at the
 // first forward, by the layer that receives the wrong shape.
+//
+// Fused epilogues, below the layer graph: where a layer that offers forward_relu (conv2d,
+// linear) is followed directly by nn::relu, forward runs the pair as one pass: the layer puts
+// the ReLU into its GEMM epilogue (y = max(0, conv(x) + b) written once) and the relu layer
+// passes y on (forward_fused); backward, the relu layer passes dy on and the layer masks it by
+// y > 0 before its dgrad, wgrad and bias gradient. The layers, their names, parameters,
+// describe(), visit_layers and so checkpoints, model files and ONNX exports stay those of the
+// two layers; only the work changes. ReLU is exact, so the outputs and gradients are the same
+// bits as layer by layer (tests/unit/test_models.cpp holds the two against each other).
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -54,6 +63,15 @@ constexpr bool no_missing_flatten(std::index_sequence<I...>) {
             static_rank<typename std::tuple_element_t<I + 1, tuple>::input_type>() == 2) &&
           ...);
 }
+
+/// L then R run as one pass: L computes relu(L(x)) itself (forward_relu) and R is the relu that
+/// then passes values and gradients on (forward_fused).
+template <class L, class R>
+concept relu_fusable = requires(L& l, R& r, const typename L::input_type& x,
+                                const typename R::input_type& y) {
+  { l.forward_relu(x) } -> std::same_as<const typename L::output_type&>;
+  { r.forward_fused(y) } -> std::same_as<const typename R::output_type&>;
+};
 
 template <class... Layers, std::size_t... I>
 constexpr bool chain_matches(std::index_sequence<I...>) {
@@ -202,13 +220,30 @@ private:
     return out;
   }
 
+  template <std::size_t I>
+  static constexpr bool fuses_with_next() {
+    if constexpr (I + 1 < size)
+      return detail::relu_fusable<std::tuple_element_t<I, std::tuple<Layers...>>,
+                                  std::tuple_element_t<I + 1, std::tuple<Layers...>>>;
+    else
+      return false;
+  }
+
   template <std::size_t I, class X>
   const output_type& forward_from(const X& x) {
-    const auto& y = std::get<I>(layers_).forward(x);
-    if constexpr (I + 1 < size)
-      return forward_from<I + 1>(y);
-    else
-      return y;
+    if constexpr (fuses_with_next<I>()) { // layer I + relu I + 1 in one pass (see the top)
+      const auto& y = std::get<I + 1>(layers_).forward_fused(std::get<I>(layers_).forward_relu(x));
+      if constexpr (I + 2 < size)
+        return forward_from<I + 2>(y);
+      else
+        return y;
+    } else {
+      const auto& y = std::get<I>(layers_).forward(x);
+      if constexpr (I + 1 < size)
+        return forward_from<I + 1>(y);
+      else
+        return y;
+    }
   }
   template <std::size_t I, class DY>
   const input_type& backward_from(const DY& dy) {

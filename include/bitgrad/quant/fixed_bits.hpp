@@ -70,17 +70,18 @@ public:
 
   void forward(const T* w, T* wq, bool /*training*/) {
     this->check_bound();
-    for (std::size_t g = 0; g < this->groups(); ++g)
+    this->for_each_group([&](std::size_t g) {
       bitgrad::quant_fprop(this->layout_.count(g), w + this->layout_.offset(g),
                            wq + this->layout_.offset(g), frozen_grid(g, w));
+    });
   }
 
   void backward(const T* w, const T* grad_wq, T* grad_w) {
-    for (std::size_t g = 0; g < this->groups(); ++g) {
+    this->for_each_group([&](std::size_t g) {
       const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       const T ds = bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, frozen_grid(g, w));
       scale_grad_[g] += opt_.lsq_grad_scale ? ds * grad_scale(g) : ds;
-    }
+    });
   }
 
   /// LSQ's gradient scale for group g: 1 / sqrt(n_g Qp).

@@ -89,7 +89,10 @@ public:
 
   void forward(const T* w, T* wq, bool /*training*/) {
     this->check_bound();
-    for (std::size_t g = 0; g < this->groups(); ++g) {
+    if (!this->frozen_) // state(g) below must not throw on a thread
+      for (const T b : bits_)
+        if (!std::isfinite(b)) detail::check_finite_bits(policy_name, this->group_bits());
+    this->for_each_group([&](std::size_t g) {
       const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       if (opt_.scale == scale_mode::max_abs) stats_[g] = bitgrad::quant_abs_stats(n, w + off);
       group_state& st = last_[g] = state(g);
@@ -97,17 +100,17 @@ public:
         bitgrad::quant_fprop(n, w + off, wq + off, st.lo);
       else
         bitgrad::frac_quant_fprop(n, w + off, wq + off, st.lo, st.hi, st.f);
-    }
+    });
   }
 
   void backward(const T* w, const T* grad_wq, T* grad_w) {
-    for (std::size_t g = 0; g < this->groups(); ++g) {
+    this->for_each_group([&](std::size_t g) {
       const std::size_t off = this->layout_.offset(g), n = this->layout_.count(g);
       const group_state& st = last_[g];
       if (this->frozen_) {
         const T ds = bitgrad::quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo);
         if (opt_.scale == scale_mode::learned) range_grad_[g] += ds / st.lo.limit;
-        continue;
+        return;
       }
       // max_abs scales get no gradient: the kernel skips their sums.
       const auto s = bitgrad::frac_quant_bprop(n, w + off, grad_wq + off, grad_w + off, st.lo,
@@ -116,7 +119,7 @@ public:
       // s_k = a / L_k  =>  dQ/da = (1-f) dQ_lo/ds_lo / L_lo + f dQ_hi/ds_hi / L_hi
       range_grad_[g] +=
           (T(1) - st.f) * s.d_scale_lo / st.lo.limit + st.f * s.d_scale_hi / st.hi.limit;
-    }
+    });
   }
 
   template <class F>

@@ -40,11 +40,18 @@
 // calls, and the policy needs no forwarding accessors (which would be copies again). A policy
 // may hide a member of the core with its own (fixed_bits: freeze() does nothing; noise_bits:
 // project(), add_size_gradient(), and save() / load(), which add its noise step).
+//
+// Threads: for_each_group runs a policy's per-group forward / backward passes on the threads
+// (kernels/parallel.hpp: contiguous runs of groups) when the tensor has at least
+// group_parallel_min() weights. A group's pass touches only its own weights and its own
+// parameter gradients, in the same order on any thread, so the results are the same bits on any
+// number of threads.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/io/bytes.hpp>
+#include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/quantize.hpp>
 #include <bitgrad/quant/budget.hpp>
 #include <bitgrad/quant/groups.hpp>
@@ -90,6 +97,15 @@ inline std::vector<int> load_frozen_state(io::byte_reader& r, std::size_t groups
     bits.push_back(b);
   }
   return bits;
+}
+
+/// Below this many weights a quantizer's per-group passes run on the calling thread. The
+/// optimizer's crossovers (kernels/optim_update.hpp: Adam, ~20 bytes touched per element) taken
+/// over: forward + backward touch 24-28 bytes per weight. benchmarks/bench_quantize.cpp at 1
+/// and 2 threads checks the sizes above it (benchmarks/README.md, "Fused ReLU epilogues,
+/// quantizer passes on the threads"); the crossover itself is not measured yet.
+inline std::size_t group_parallel_min() {
+  return std::size_t(1) << (bitgrad::detail::omp_threads_sleep() ? 19 : 17);
 }
 
 } // namespace detail
@@ -261,6 +277,20 @@ protected:
     return layout_.groups();
   }
   void check_bound() const { detail::check_bound(Policy::policy_name, layout_.weight_count()); }
+
+  /// f(g) for every group g, on the threads for a large tensor (see the top). f must not throw
+  /// (an exception cannot leave a thread): check what can fail before.
+  template <class F>
+  void for_each_group(F&& f) const {
+    const std::size_t groups = layout_.groups();
+    const std::size_t threads = layout_.weight_count() >= detail::group_parallel_min()
+                                    ? bitgrad::detail::batch_threads(groups)
+                                    : 1;
+    bitgrad::detail::parallel_chunks(threads, groups,
+                                     [&](std::size_t, std::size_t begin, std::size_t end) {
+                                       for (std::size_t g = begin; g < end; ++g) f(g);
+                                     });
+  }
 
   group_layout layout_;
   std::vector<int> kbits_; ///< k_g once frozen (empty before)
