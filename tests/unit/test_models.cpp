@@ -17,6 +17,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace test_models {
+
 using namespace bitgrad;
 using bitgrad::testing::random_tensor;
 
@@ -233,3 +235,5 @@ TEST_CASE("gradient check: lenet5 and vgg_small on small inputs") {
   INFO(r.worst, " analytic ", r.analytic, " numeric ", r.numeric);
   CHECK(r.max_error < 1e-5);
 }
+
+} // namespace test_models

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+namespace test_onnx {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad_test::temp_dir;
@@ -392,3 +394,5 @@ TEST_CASE("onnx export: form names") {
   CHECK(onnx::parse_form("qdq-int4") == onnx::form::qdq_int4);
   CHECK_THROWS_AS(onnx::parse_form("int3"), config_error);
 }
+
+} // namespace test_onnx

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+namespace test_packed_engine {
+
 using namespace bitgrad;
 
 namespace {
@@ -337,3 +339,5 @@ TEST_CASE("packed engine: weights the packed formats refuse leave the float path
           return s;
         }()));
 }
+
+} // namespace test_packed_engine

@@ -25,6 +25,8 @@
 #include <random>
 #include <vector>
 
+namespace test_quant {
+
 using namespace bitgrad;
 using namespace bitgrad::quant;
 using bitgrad::testing::check_gradients;
@@ -632,3 +634,5 @@ TEST_CASE("step_bits: the first freeze keeps the learned range, a later freeze_t
   r.freeze_to(std::vector<int>(channels, 4));
   CHECK(std::vector<double>(dr, dr + channels) == before);
 }
+
+} // namespace test_quant
