@@ -108,9 +108,20 @@ int main(int argc, char** argv) {
                   100.0 * static_cast<double>(correct) / static_cast<double>(pred.size()),
                   static_cast<double>(pred.size()) / s, batch, how.c_str());
       std::printf("\n");
-      if (name == "int") // before a float run adds its float copy of the weights
+      if (name == "int") { // before a float run adds its float copy of the weights
         std::printf("weights  : %zu bytes resident, file payload %zu bytes\n",
                     rt.resident_weight_bytes(), rt.weight_payload_bytes());
+        // Each layer's u8 input: a learned act_quant grid, or 8 bits from calibration.
+        std::printf("activations:");
+        for (const auto& st : rt.engine().plan().steps) {
+          const auto& op = rt.model().ops[st.op];
+          const bool grid = st.in_act != bitgrad::format::no_index;
+          std::printf(" %s %d bits (%s)%s", op.name.c_str(), st.in_bits,
+                      grid ? rt.model().ops[st.in_act].name.c_str() : "calibrated",
+                      &st == &rt.engine().plan().steps.back() ? "" : ",");
+        }
+        std::printf("\n");
+      }
       if (name == "float")
         float_pred = pred;
       else

@@ -23,6 +23,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -53,11 +54,15 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
     cli::reject("--edge-bits", "step_bits needs at least 2 (1 bit leaves only the zero level), "
                                "got " +
                                    std::to_string(*cfg.edge_bits));
-  if (cfg.act_bits && cfg.policy != "frac_bits")
-    cli::reject("--act-bits", "activation quantizers are learned with --policy frac_bits only, "
-                              "got --policy " +
+  if (cfg.act_bits && (cfg.policy == "noise_bits" || cfg.policy == "step_bits"))
+    cli::reject("--act-bits", "activation quantizers are learned with --policy frac_bits, or "
+                              "fixed with --policy fixed_bits, got --policy " +
                                   cfg.policy);
-  if (cfg.act_bits && (*cfg.act_bits < cfg.b_min || *cfg.act_bits > cfg.b_max))
+  if (cfg.act_bits && !learned && *cfg.act_bits != std::round(*cfg.act_bits))
+    cli::reject("--act-bits", "expected a whole number of bits with --policy fixed_bits (the "
+                              "activation bitwidth is fixed), got " +
+                                  cli::number_text(*cfg.act_bits));
+  if (cfg.act_bits && learned && (*cfg.act_bits < cfg.b_min || *cfg.act_bits > cfg.b_max))
     cli::reject("--act-bits", "expected a value in [--b-min, --b-max] = [" +
                                   cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
                                   "], got " + cli::number_text(*cfg.act_bits));
@@ -104,9 +109,10 @@ int main(int argc, char** argv) {
                  "quantized activation tensor (or the 8-bit input image) at its bitwidth")
       ->check(cli::positive_number());
   app.add_option("--act-bits", cfg.act_bits,
-                 "put a learned activation quantizer (unsigned grid, learned range) after every "
-                 "ReLU, its bitwidth starting at this value and learned in [--b-min, --b-max] "
-                 "(--policy frac_bits)")
+                 "put an activation quantizer (unsigned grid, learned range) after every ReLU; "
+                 "its bitwidth starts at this value and is learned in [--b-min, --b-max] "
+                 "(--policy frac_bits), or stays at this whole number (--policy fixed_bits: "
+                 "uniform weights and activations)")
       ->check(cli::real_number(1, cli::lower_bound::inclusive, 16));
   app.add_option("--b-min", cfg.b_min,
                  "lowest bitwidth of every layer's groups (learned policies; step_bits: >= 2)")

@@ -31,6 +31,14 @@ void print_table(const bitgrad::run_summary& s, double stored_bits, double targe
     std::printf("%-8s %-10s %8zu %7zu %6.2f %6.2f %6.2f %10.0f %7.2f %7.2f\n", l.name.c_str(),
                 l.policy.c_str(), l.params, l.groups, l.bits_min, l.bits_mean, l.bits_max, l.bytes,
                 l.bits_spread, l.rank_correlation);
+  for (const auto& a : s.activations) {
+    double mean = 0;
+    for (double b : a.group_bits) mean += b / static_cast<double>(a.group_bits.size());
+    std::printf("%-8s %-10s %8zu %7zu %6.2f %6.2f %6.2f %10s\n", a.name.c_str(), "activation",
+                a.channels, a.group_bits.size(),
+                *std::min_element(a.group_bits.begin(), a.group_bits.end()), mean,
+                *std::max_element(a.group_bits.begin(), a.group_bits.end()), "-");
+  }
   std::printf("\nFP32 accuracy       %.2f%%\n", 100 * s.fp32_accuracy);
   std::printf("quantized accuracy  %.2f%%\n", 100 * s.quant_accuracy);
   std::printf("average bits        %.3f per weight (codes)\n", s.average_bits);
@@ -95,12 +103,16 @@ std::optional<typename Quant<float>::options> edge_options(const settings& cfg, 
   return q;
 }
 
-/// The activation quantizers' options (--act-bits).
+/// The activation quantizers' options (--act-bits): frac_bits: learned in [--b-min, --b-max];
+/// fixed_bits: pinned at --act-bits (only the range learns).
+template <template <class> class Quant>
 bitgrad::quant::act_quantizer<float>::options act_options(const settings& cfg) {
   bitgrad::quant::act_quantizer<float>::options a{};
   a.b_min = std::max(1.0, cfg.b_min);
   a.b_max = cfg.b_max;
   a.b_init = cfg.act_bits.value_or(cfg.b_max - 0.5);
+  if constexpr (std::is_same_v<Quant<float>, bitgrad::quant::fixed_bits<float>>)
+    a.b_min = a.b_max = *a.b_init;
   return a;
 }
 
@@ -142,7 +154,7 @@ int run(const settings& cfg, Builder build) {
           bitgrad::nn::act_model_options<T, Quant>{.seed = t.seed,
                                                    .quant = layer_options<Quant>(cfg, bits),
                                                    .edge_quant = edge_options<Quant>(cfg, bits),
-                                                   .act_quant = act_options(cfg)});
+                                                   .act_quant = act_options<Quant>(cfg)});
     else
       return build(
           bitgrad::nn::model_options<T, Quant>{.seed = t.seed,
@@ -239,8 +251,10 @@ int run(const settings& cfg, Builder build) {
   trainer.add_setting("steps per epoch",
                       std::to_string(steps_run) + " of batch size " + std::to_string(t.batch_size));
   if (cfg.act_bits)
-    trainer.add_setting("activation quantizers",
-                        "after every ReLU, from " + cli::number_text(*cfg.act_bits) + " bits");
+    trainer.add_setting(
+        "activation quantizers",
+        learned ? "after every ReLU, from " + cli::number_text(*cfg.act_bits) + " bits"
+                : "after every ReLU, fixed at " + cli::number_text(*cfg.act_bits) + " bits");
   if (t.target_bops) trainer.add_setting("target BOPs", cli::number_text(*t.target_bops));
   if (t.target_activation_kb)
     trainer.add_setting("target activation KB", cli::number_text(*t.target_activation_kb));
@@ -303,9 +317,10 @@ template <template <class> class Quant>
 int run_model(const settings& cfg) {
   const auto lenet5 = [](const auto& o) { return bitgrad::nn::lenet5(o); };
   const auto vgg = [](const auto& o) { return bitgrad::nn::vgg_small(o); };
-  // Activation quantizers: frac_bits only (main.cpp refuses --act-bits with the others), so
-  // their networks are compiled once per model.
-  if constexpr (std::is_same_v<Quant<float>, bitgrad::quant::frac_bits<float>>)
+  // Activation quantizers: learned with frac_bits, fixed with fixed_bits (main.cpp refuses
+  // --act-bits with the others: each policy with them compiles two more networks).
+  if constexpr (std::is_same_v<Quant<float>, bitgrad::quant::frac_bits<float>> ||
+                std::is_same_v<Quant<float>, bitgrad::quant::fixed_bits<float>>)
     if (cfg.act_bits)
       return cfg.model == "lenet5" ? run<Quant, true>(cfg, lenet5) : run<Quant, true>(cfg, vgg);
   return cfg.model == "lenet5" ? run<Quant>(cfg, lenet5) : run<Quant>(cfg, vgg);

@@ -400,8 +400,28 @@ act_bits)
   check "$work/act" "open(d + '/model.bgm', 'rb').read()[8] == 2"
   check "$work/plain" "open(d + '/model.bgm', 'rb').read()[8] == 1"
   printed act "peak activations"
-  rejects "--act-bits: activation quantizers are learned with --policy frac_bits only" \
+  # The int engine runs it on the learned grids (<= 8 bits): conv1's input is calibrated, the
+  # other layers read the act_quant codes; its accuracy equals its reference twin's.
+  "$deploy" "$work/act/model.bgm" --data "$data" --engine int > "$work/deploy-int.log"
+  "$deploy" "$work/act/model.bgm" --data "$data" --engine reference > "$work/deploy-ref.log"
+  printed deploy-int "activations: conv1 8 bits (calibrated), conv2 "
+  grep -Eq "fc1 [1-8] bits \(relu2_quant\), fc2 [1-8] bits \(relu3_quant\), fc3 [1-8] bits \(relu4_quant\)$" \
+    "$work/deploy-int.log" || { cat "$work/deploy-int.log" >&2; fail "deploy --engine int: act grids not used"; }
+  [ "$(grep -o "accuracy [0-9.]*%" "$work/deploy-int.log")" = \
+    "$(grep -o "accuracy [0-9.]*%" "$work/deploy-ref.log")" ] || fail "int and reference differ"
+  # Each activation quantizer in the summary: the four after the ReLUs, frozen at whole bits.
+  check "$work/act" "[a['name'] for a in s['activations']] == ['relu1_quant', 'relu2_quant', 'relu3_quant', 'relu4_quant']"
+  check "$work/act" "all(b == int(b) and 2 <= b <= 8 for a in s['activations'] for b in a['group_bits'])"
+  check "$work/plain" "'activations' not in s"
+  # fixed_bits: uniform weights and activations, the activation bits stay at --act-bits.
+  run uniform --policy fixed_bits --target-bits 4.5 --act-bits 3
+  check "$work/uniform" "all(a['group_bits'] == [3] for a in s['activations'])"
+  check "$work/uniform" "s['costs'][2]['value'] == 3456 * 3 / 8"
+  check "$work/uniform" "s['settings']['activation quantizers'] == 'after every ReLU, fixed at 3 bits'"
+  rejects "--act-bits: activation quantizers are learned with --policy frac_bits, or fixed with --policy fixed_bits, got --policy step_bits" \
     --policy step_bits --act-bits 4
+  rejects "--act-bits: expected a whole number of bits with --policy fixed_bits" \
+    --policy fixed_bits --act-bits 4.5
   rejects "--act-bits: expected a value in [--b-min, --b-max] = [2, 8], got 9" --act-bits 9
   rejects "--act-bits: expected a finite number in [1, 16], got 0" --act-bits 0
   ;;

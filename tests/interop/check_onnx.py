@@ -33,6 +33,8 @@ from onnx import numpy_helper
 FLOAT_OPS = {"Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Relu",
              "Clip", "Add"}
 QDQ_OPS = FLOAT_OPS | {"QuantizeLinear", "DequantizeLinear"}
+# act_quant (learned activation grids) in every form: [Max, Min,] QuantizeLinear, DequantizeLinear
+ACT_OPS = {"Max", "Min", "QuantizeLinear", "DequantizeLinear"}
 
 
 class Failure(Exception):
@@ -170,7 +172,7 @@ def main():
         expect(opsets == [("", 13)], f"{form}: opset_import {opsets}, expected [('', 13)]")
         expect(model.ir_version == 7, f"{form}: IR version {model.ir_version}, expected 7")
         ops = {n.op_type for n in model.graph.node}
-        allowed = FLOAT_OPS if form == "float32" else QDQ_OPS
+        allowed = (FLOAT_OPS if form == "float32" else QDQ_OPS) | ACT_OPS
         expect(ops <= allowed, f"{form}: unexpected operators {sorted(ops - allowed)}")
         meta = {p.key: p.value for p in model.metadata_props}
         expect(meta.get("bitgrad.form") == form, f"{form}: metadata bitgrad.form {meta}")

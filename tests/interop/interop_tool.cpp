@@ -1,6 +1,7 @@
 // The bitgrad side of the interoperability tests (tests/interop/CMakeLists.txt):
 //
 //   interop_tool zoo OUT.bgm                      a model with every operation a .bgm can hold
+//   interop_tool act OUT.bgm                      a model with act_quant operations (#22)
 //   interop_tool reference MODEL.bgm DIR (--data SAMPLE | --random N)
 //        bitgrad's runtime on the images: DIR/{pixels.u8, labels.u8, input.f32,
 //        logits_float32.f32, logits_int8.f32, meta.json} for run_ort.mjs and check_onnx.py
@@ -191,6 +192,85 @@ format::model_file zoo(std::uint32_t seed) {
   return m;
 }
 
+// ---- act: learned activation grids ----------------------------------------------------------
+
+/// A small net with an act_quant of every kind the ONNX export writes: signed 6 bits on the
+/// input; unsigned after a ReLU, two groups at 2 and 4 bits (per-channel scales); signed
+/// 8 bits without a ReLU (int8 clamped to -127); unsigned 8 bits (uint8 is the grid). Each
+/// range is 0.8 x max |input| over 256 random images (so some values clip).
+format::model_file act_model(std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  format::model_file m;
+  m.input = format::shape::image(1, 12, 12);
+  m.mean = {0.5};
+  m.stddev = {0.25};
+  auto tensor = [&](format::tensor_data t) {
+    m.tensors.push_back(std::move(t));
+    return static_cast<std::uint32_t>(m.tensors.size() - 1);
+  };
+  auto add = [&](format::op_kind k, std::string name) {
+    format::operation op;
+    op.kind = k;
+    op.name = std::move(name);
+    op.input = static_cast<std::uint32_t>(m.ops.size());
+    m.ops.push_back(op);
+    return m.ops.size() - 1;
+  };
+  auto act = [&](std::string name, bool is_signed, std::uint32_t group_size,
+                 std::vector<std::uint8_t> bits) {
+    const std::size_t i = add(format::op_kind::act_quant, std::move(name));
+    m.ops[i].act = {is_signed, group_size, bits, std::vector<float>(bits.size(), 1.0f)};
+  };
+  act("input_quant", true, 1, {6});
+  std::size_t i = add(format::op_kind::conv2d, "conv1"); // (6, 10, 10)
+  m.ops[i].conv = {1, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+  m.ops[i].weight = tensor(random_quantized(rng, {6, 1, 3, 3}, 2, {4, 6, 3}, 9));
+  m.ops[i].bias = tensor(random_floats(rng, {6}, 0.2f));
+  add(format::op_kind::relu, "relu1");
+  act("relu1_quant", false, 3, {2, 4});
+  add(format::op_kind::max_pool2d, "pool1"); // (6, 5, 5)
+  i = add(format::op_kind::conv2d, "conv2"); // (8, 3, 3)
+  m.ops[i].conv = {6, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+  m.ops[i].weight = tensor(random_quantized(rng, {8, 6, 3, 3}, 4, {5, 3}, 54));
+  m.ops[i].bias = tensor(random_floats(rng, {8}, 0.2f));
+  act("conv2_quant", true, 8, {8});
+  add(format::op_kind::flatten, "flat"); // (72)
+  i = add(format::op_kind::linear, "fc1");
+  m.ops[i].fc = {72, 20};
+  m.ops[i].weight = tensor(random_quantized(rng, {20, 72}, 5, {4, 8, 2, 6}, 72));
+  m.ops[i].bias = tensor(random_floats(rng, {20}, 0.1f));
+  add(format::op_kind::relu, "relu2");
+  act("relu2_quant", false, 20, {8});
+  i = add(format::op_kind::linear, "fc2");
+  m.ops[i].fc = {20, 10};
+  m.ops[i].weight = tensor(random_quantized(rng, {10, 20}, 10, {7}, 20));
+  format::infer_shapes(m);
+  // Ranges in order: each act_quant's input is the output of the model cut before it.
+  std::vector<std::uint8_t> pixels(256 * m.input.elements());
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
+  const std::vector<float> x = deploy::runtime(m).normalise(pixels.data(), 256);
+  for (std::size_t a = 0; a < m.ops.size(); ++a) {
+    if (m.ops[a].kind != format::op_kind::act_quant) continue;
+    float mx = 0;
+    if (a == 0) {
+      for (float v : x) mx = std::max(mx, std::fabs(v));
+    } else {
+      format::model_file cut = m;
+      cut.ops.resize(a);
+      const tensor2<float> y = deploy::runtime(cut).run(x.data(), 256);
+      for (float v : y) mx = std::max(mx, std::fabs(v));
+    }
+    for (float& r : m.ops[a].act.ranges) r = 0.8f * mx;
+  }
+  // Calibrate the int8 path (the conv / linear inputs).
+  const std::vector<float> r = deploy::runtime(m).input_ranges(x.data(), 256);
+  for (std::size_t k = 0; k < m.ops.size(); ++k)
+    if (m.ops[k].kind == format::op_kind::conv2d || m.ops[k].kind == format::op_kind::linear)
+      m.ops[k].input_range = r[k];
+  return m;
+}
+
 // ---- reference: bitgrad's runtime on images ------------------------------------------------
 
 int reference(const fs::path& model, const fs::path& dir, const std::string& data,
@@ -320,6 +400,10 @@ int main(int argc, char** argv) {
   z->add_option("out", out)->required();
   z->add_option("--seed", seed);
 
+  auto* ac = app.add_subcommand("act", "write a model with act_quant operations");
+  ac->add_option("out", out)->required();
+  ac->add_option("--seed", seed);
+
   auto* r = app.add_subcommand("reference", "bitgrad's runtime outputs for the ONNX checks");
   r->add_option("model", model)->required();
   r->add_option("dir", dir)->required();
@@ -342,6 +426,11 @@ int main(int argc, char** argv) {
   try {
     if (*z) {
       const std::size_t bytes = format::write_model_file(out, zoo(seed));
+      std::printf("wrote %s (%zu bytes)\n", out.c_str(), bytes);
+      return 0;
+    }
+    if (*ac) {
+      const std::size_t bytes = format::write_model_file(out, act_model(seed));
       std::printf("wrote %s (%zu bytes)\n", out.c_str(), bytes);
       return 0;
     }

@@ -5,6 +5,7 @@
 # CASE lenet5: LeNet-5 trained briefly on the sample with examples/fashion_mnist; inputs: the
 #              sample's 1600 images (train then test).
 # CASE zoo:    interop_tool's model with every operation a .bgm can hold; 512 random images.
+# CASE act:    interop_tool's model with learned activation grids (act_quant); 512 random images.
 set -euo pipefail
 case_name=$1 sample=$2 work=$3 fashion_mnist=$4 bgm_to_onnx=$5 inspect_model=$6 tool=$7
 rm -rf "$work" && mkdir -p "$work"
@@ -15,7 +16,7 @@ if [ "$case_name" = lenet5 ]; then
   cp "$work/train/model.bgm" "$work/model.bgm"
   "$tool" reference "$work/model.bgm" "$work/ref" --data "$sample"
 else
-  "$tool" zoo "$work/model.bgm"
+  "$tool" "$case_name" "$work/model.bgm"
   "$tool" reference "$work/model.bgm" "$work/ref" --random 512 --seed 7
 fi
 for form in float32 qdq qdq-int4; do

@@ -395,4 +395,69 @@ TEST_CASE("onnx export: form names") {
   CHECK_THROWS_AS(onnx::parse_form("int3"), config_error);
 }
 
+TEST_CASE("onnx export: act_quant becomes QuantizeLinear / DequantizeLinear on the learned grid") {
+  // small_model with an act_quant between relu6 and flatten: 3 channels in groups of 2.
+  auto with_act = [](format::act_quant_attrs a) {
+    format::model_file m = small_model();
+    format::operation q;
+    q.kind = format::op_kind::act_quant;
+    q.name = "aq";
+    q.input = 2;
+    q.act = std::move(a);
+    m.ops.insert(m.ops.begin() + 2, q);
+    m.ops[3].input = 3, m.ops[4].input = 4;
+    format::infer_shapes(m);
+    return m;
+  };
+  SUBCASE("two unsigned groups at 2 and 4 bits: per-channel scales, clamped to the grid") {
+    const auto p = onnx::to_onnx(with_act({.group_size = 2, .bits = {2, 4}, .ranges = {3, 1.5f}}));
+    CHECK(op_types(p) == std::vector<std::string>{"Conv", "Clip", "Max", "Min", "QuantizeLinear",
+                                                  "DequantizeLinear", "Flatten", "Gemm"});
+    const onnx::node_proto& q = p.graph.node[4];
+    const onnx::node_proto& dq = p.graph.node[5];
+    CHECK(dq.name == "aq");
+    CHECK(dq.output[0] == "aq");
+    CHECK(p.graph.node[6].input[0] == "aq");
+    REQUIRE(q.attribute.size() == 1);
+    CHECK(q.attribute[0].name == "axis");
+    CHECK(q.attribute[0].i == 1);
+    // s = range / L: 3 / 3 for channels 0 and 1, 1.5 / 15 for channel 2.
+    CHECK(values<float>(initializer(p, q.input[1])) == std::vector<float>{1.0f, 1.0f, 0.1f});
+    CHECK(initializer(p, q.input[2]).type == onnx::data_type::uint8);
+    CHECK(values<std::uint8_t>(initializer(p, q.input[2])) == std::vector<std::uint8_t>{0, 0, 0});
+    CHECK(initializer(p, p.graph.node[2].input[1]).dims == std::vector<std::int64_t>{3, 1, 1});
+    CHECK(values<float>(initializer(p, p.graph.node[2].input[1])) == std::vector<float>{0, 0, 0});
+    CHECK(values<float>(initializer(p, p.graph.node[3].input[1])) ==
+          std::vector<float>{3, 3, 15 * 0.1f});
+    CHECK(dq.input[0] == q.output[0]);
+    CHECK(dq.input[1] == q.input[1]);
+  }
+  SUBCASE("one unsigned group at 8 bits: per-tensor, uint8 is the grid (no clamp)") {
+    const auto p = onnx::to_onnx(with_act({.group_size = 3, .bits = {8}, .ranges = {5.1f}}));
+    CHECK(op_types(p) == std::vector<std::string>{"Conv", "Clip", "QuantizeLinear",
+                                                  "DequantizeLinear", "Flatten", "Gemm"});
+    CHECK(p.graph.node[2].attribute.empty());
+    CHECK(initializer(p, p.graph.node[2].input[1]).dims.empty());
+    CHECK(values<float>(initializer(p, p.graph.node[2].input[1])) ==
+          std::vector<float>{5.1f / 255.0f});
+  }
+  SUBCASE("signed at 8 bits: int8, clamped to -127..127 (int8 holds -128)") {
+    const auto p = onnx::to_onnx(
+        with_act({.is_signed = true, .group_size = 3, .bits = {8}, .ranges = {1.27f}}));
+    CHECK(op_types(p)[2] == "Max");
+    const onnx::node_proto& q = p.graph.node[4];
+    CHECK(initializer(p, q.input[2]).type == onnx::data_type::int8);
+    const float s = 1.27f / 127.0f;
+    CHECK(values<float>(initializer(p, p.graph.node[2].input[1])) == std::vector<float>{-127 * s});
+    CHECK(values<float>(initializer(p, p.graph.node[3].input[1])) == std::vector<float>{127 * s});
+  }
+  SUBCASE("more than 8 bits is refused, naming the operation") {
+    CHECK_THROWS_WITH_AS(
+        (void)onnx::to_onnx(with_act({.group_size = 2, .bits = {4, 9}, .ranges = {1, 1}})),
+        "onnx export: operation 2 (aq): act_quant group 1 has 9 bits; QuantizeLinear (opset 13) "
+        "holds at most 8",
+        config_error);
+  }
+}
+
 } // namespace test_onnx

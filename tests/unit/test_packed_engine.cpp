@@ -7,14 +7,17 @@
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/nn/models.hpp>
+#include <bitgrad/quant/frac_bits.hpp>
 #include <bitgrad/train/export.hpp>
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace test_packed_engine {
@@ -338,6 +341,298 @@ TEST_CASE("packed engine: weights the packed formats refuse leave the float path
           for (std::size_t i = in / 7 * 7; i < in; ++i) s += double(std::int32_t(i % 7) - 3);
           return s;
         }()));
+}
+
+// Activation grids learned by the trainer (act_quant, issue #22) on the integer path.
+namespace {
+
+/// LeNet-5 with an activation quantizer after each ReLU, every one frozen at `act_bits` (one
+/// group), weights frozen at 2..7 bits, act ranges calibrated on synthetic images; exported
+/// with the first conv's input range calibrated (the network input has no act grid).
+fixture act_lenet(int act_bits, std::size_t batch) {
+  nn::act_model_options<float, quant::frac_bits> o{.seed = 11};
+  o.quant.group_size = 2;
+  auto net = nn::lenet5(o);
+  net.train(false);
+  const std::vector<std::uint8_t> px = synthetic_pixels(batch + 64, 28, 40 + act_bits);
+  tensor4<float> cal = tensor4<float>::from_shape({64, 1, 28, 28});
+  for (std::size_t i = 0; i < cal.size(); ++i)
+    cal.data()[i] = float((px[batch * 784 + i] / 255.0 - 0.2860) / 0.3530);
+  (void)net.forward(cal); // calibrates the activation ranges
+  nn::visit_activation_quantizers(
+      net, [&](std::string_view, auto& q) { q.freeze_to(std::vector<int>(q.groups(), act_bits)); });
+  int w = 0;
+  net.visit_quantizers([&](std::string_view, auto& q) {
+    std::vector<int> bits(q.groups());
+    for (int& b : bits) b = 2 + (w++ % 6);
+    q.freeze_to(bits);
+  });
+  fixture f;
+  f.m = train::to_model_file(net, format::shape::image(1, 28, 28), {0.2860}, {0.3530});
+  f.batch = batch;
+  const deploy::runtime rt(f.m);
+  const std::vector<float> c = rt.normalise(px.data() + batch * 784, 64);
+  const std::vector<float> r = rt.input_ranges(c.data(), 64);
+  for (std::size_t i = 0; i < f.m.ops.size(); ++i)
+    if (r[i] > 0) f.m.ops[i].input_range = r[i];
+  f.x = rt.normalise(px.data(), batch);
+  return f;
+}
+
+std::size_t op_index(const format::model_file& m, const std::string& name) {
+  for (std::size_t i = 0; i < m.ops.size(); ++i)
+    if (m.ops[i].name == name) return i;
+  FAIL("no operation " << name);
+  return 0;
+}
+
+/// f with every product and sum of the network exact in float: weight scales and activation
+/// steps powers of two, biases multiples of s_in s_w, inputs on the first layer's grid (the
+/// sums stay below 2^24 units: LeNet's deepest layer has 256 x 255 x 127 < 2^24).
+fixture dyadic(fixture f) {
+  auto pow2 = [](double v) { return float(std::exp2(std::round(std::log2(v)))); };
+  std::vector<float> in_step(f.m.ops.size() + 1, 0.0f);
+  for (auto& op : f.m.ops)
+    if (op.kind == format::op_kind::act_quant) {
+      const float L = float(act_level_limit(op.act.bits[0], op.act.is_signed));
+      for (float& r : op.act.ranges) r = L * pow2(r / L);
+    }
+  for (std::size_t i = 0; i < f.m.ops.size(); ++i) {
+    format::operation& op = f.m.ops[i];
+    if (op.kind != format::op_kind::conv2d && op.kind != format::op_kind::linear) continue;
+    format::tensor_data& t = f.m.tensors[op.weight];
+    for (float& s : t.scales) s = pow2(s);
+    float s_in = 0;
+    if (i == 0) {
+      op.input_range = 127.0f * pow2(op.input_range / 127.0f);
+      s_in = op.input_range / 127.0f;
+    } else {
+      std::size_t p = i - 1; // the act_quant before this layer (then a pool, a flatten)
+      while (p > 0 && f.m.ops[p].kind != format::op_kind::act_quant) --p;
+      const format::operation& a = f.m.ops[p];
+      REQUIRE(a.kind == format::op_kind::act_quant);
+      s_in = a.act.ranges[0] / float(act_level_limit(a.act.bits[0], a.act.is_signed));
+    }
+    if (op.bias != format::no_index)
+      for (std::size_t j = 0; j < t.channels(); ++j) {
+        float& b = f.m.tensors[op.bias].values[j];
+        const float unit = s_in * t.channel_scale(j);
+        b = std::nearbyint(b / unit) * unit;
+      }
+  }
+  const float s0 = f.m.ops[0].input_range / 127.0f;
+  for (float& v : f.x) v = s0 * std::clamp(std::nearbyint(v / s0), -127.0f, 127.0f);
+  return f;
+}
+
+} // namespace
+
+TEST_CASE("packed engine: act_quant grids (2, 4, 8 bits) are the integer path's activations, "
+          "exact against the reference on every path") {
+  for (int k : {2, 4, 8}) {
+    CAPTURE(k);
+    const fixture f = act_lenet(k, 67);
+    const deploy::runtime rt(f.m);
+    REQUIRE(rt.engine().supported());
+    const deploy::integer_plan& plan = rt.engine().plan();
+    REQUIRE(plan.steps.size() == 5);
+    CHECK(plan.steps[0].in_bits == 8);
+    CHECK(plan.steps[0].in_act == format::no_index);
+    const std::size_t last = (std::size_t(1) << k) - 1;
+    for (std::size_t s = 1; s < 5; ++s) {
+      CAPTURE(s);
+      const format::operation& a = f.m.ops[plan.steps[s].in_act];
+      CHECK(a.kind == format::op_kind::act_quant);
+      CHECK(plan.steps[s].in_bits == k);
+      CHECK(plan.steps[s].in_zero == 0);
+      CHECK(plan.steps[s - 1].out_hi == last);
+      CHECK(plan.steps[s].in_scale == a.act.ranges[0] / float(last));
+    }
+    // The act grids replace the calibration: without input ranges only the first layer's
+    // is needed.
+    format::model_file bare = f.m;
+    for (std::size_t i = 1; i < bare.ops.size(); ++i) bare.ops[i].input_range = 0;
+    CHECK(deploy::runtime(bare).packed_ready());
+    // The float runtime given the engine's own input (x on the first layer's u8 grid), so the
+    // two differ only in float rounding: a dot product in a different order (the float path
+    // rounds each w x and each partial sum, the engine sums exactly in int32 and rounds once).
+    fixture g = f;
+    const float s0 = plan.steps[0].in_scale;
+    for (float& v : g.x) v = s0 * std::clamp(std::nearbyint(v / s0), -127.0f, 127.0f);
+    check_model(("LeNet-5 A" + std::to_string(k)).c_str(), g);
+    const tensor2<float> fl = rt.run(g.x.data(), g.batch);
+    const tensor2<float> in = rt.run(g.x.data(), g.batch, deploy::precision::packed);
+    double worst = 0, scale = 0;
+    std::size_t images_equal = 0;
+    for (std::size_t n = 0; n < g.batch; ++n) {
+      double row = 0;
+      for (std::size_t j = 0; j < 10; ++j) {
+        const double a = fl.data()[n * 10 + j], b = in.data()[n * 10 + j];
+        row = std::max(row, std::abs(a - b));
+        scale = std::max(scale, std::abs(a));
+      }
+      worst = std::max(worst, row);
+      images_equal += row <= 1e-5 * scale;
+    }
+    MESSAGE("A" << k << ": engine vs float runtime on the same input: max |logit diff| " << worst
+                << " (logits up to " << scale << "), images within 1e-5 relative " << images_equal
+                << " / " << g.batch << ", top-1 agreement " << agree(fl, in) << " / " << g.batch);
+    // Every act code equal, the logits differ by the last layer's rounding only: a float dot
+    // product of depth 84 is within 84 u sum |w x| (u = 2^-24, about 5e-6 of the sum) of the
+    // exact one, which the engine has; one act code off by a step would move a logit by
+    // s |w| (s = range / L, at 8 bits range / 255), orders of magnitude more.
+    CHECK(agree(fl, in) == g.batch);
+    CHECK(worst <= 1e-5 * scale);
+    CHECK(images_equal == g.batch);
+  }
+}
+
+TEST_CASE("packed engine: with every product exact in float, the integer path's logits equal "
+          "the float runtime's bit for bit (act grids at 2, 4 and 8 bits)") {
+  // Both compute the same real pre-activations exactly, so the act_quant codes the float
+  // runtime forms are the u8 codes the engine passes on: any grid difference shows here.
+  for (int k : {2, 4, 8}) {
+    CAPTURE(k);
+    const fixture f = dyadic(act_lenet(k, 61));
+    const deploy::runtime rt(f.m);
+    REQUIRE(rt.packed_ready());
+    const tensor2<float> fl = rt.run(f.x.data(), f.batch);
+    for (int_isa p : all_int_isas) {
+      if (!int_isa_supported(p)) continue;
+      CAPTURE(std::string(int_isa_name(p)));
+      for (std::size_t b : {std::size_t(1), std::size_t(9), f.batch}) {
+        CAPTURE(b);
+        const tensor2<float> got = rt.run(f.x.data(), b, deploy::precision::packed, p);
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) differ += got.data()[i] != fl.data()[i];
+        CHECK(differ == 0);
+      }
+    }
+    // The grid matters: the same model without its act_quant operations gives other logits.
+    format::model_file plain = f.m;
+    std::erase_if(plain.ops, [](const format::operation& op) {
+      return op.kind == format::op_kind::act_quant;
+    });
+    for (std::size_t o = 0; o < plain.ops.size(); ++o) plain.ops[o].input = std::uint32_t(o);
+    const tensor2<float> unq = deploy::runtime(plain).run(f.x.data(), f.batch);
+    double diff = 0;
+    for (std::size_t i = 0; i < unq.size(); ++i)
+      diff = std::max(diff, std::abs(double(unq.data()[i]) - double(fl.data()[i])));
+    CHECK(diff > 0);
+  }
+}
+
+TEST_CASE("packed engine: an act_quant it cannot hold in u8 is refused, naming the operation") {
+  const fixture f = act_lenet(4, 3);
+  SUBCASE("9 bits") {
+    format::model_file m = f.m;
+    const std::size_t a = op_index(m, "relu2_quant");
+    m.ops[a].act.bits[0] = 9;
+    const deploy::runtime rt(m);
+    CHECK_FALSE(rt.engine().supported());
+    CHECK_THROWS_WITH_AS(rt.run(f.x.data(), 1, deploy::precision::packed),
+                         doctest::Contains(("operation " + std::to_string(a) +
+                                            " (relu2_quant, act_quant): act_quant of 9 bits")
+                                               .c_str()),
+                         config_error);
+    CHECK(rt.run(f.x.data(), 1).shape()[1] == 10); // the float path runs it
+  }
+  SUBCASE("groups with different grids") {
+    format::model_file m = f.m;
+    const std::size_t a = op_index(m, "relu3_quant");
+    format::act_quant_attrs& q = m.ops[a].act;
+    q.group_size = 60; // 120 channels: two groups
+    q.bits = {4, 4};
+    q.ranges = {q.ranges[0], 2 * q.ranges[0]};
+    const deploy::runtime rt(m);
+    CHECK(rt.engine().why().find("(relu3_quant, act_quant): act_quant groups 0 and 1 have "
+                                 "different grids") != std::string::npos);
+    // The same two groups on one grid run.
+    q.ranges[1] = q.ranges[0];
+    CHECK(deploy::runtime(m).packed_ready());
+  }
+  SUBCASE("two in one layer's chain") {
+    format::model_file m = f.m;
+    const std::size_t a = op_index(m, "relu2_quant");
+    format::operation again = m.ops[a];
+    again.name = "again_quant";
+    again.input = std::uint32_t(a + 1);
+    m.ops.insert(m.ops.begin() + std::ptrdiff_t(a + 1), again);
+    for (std::size_t i = a + 2; i < m.ops.size(); ++i) m.ops[i].input = std::uint32_t(i);
+    format::infer_shapes(m);
+    const deploy::runtime rt(m);
+    CHECK(rt.engine().why().find("(again_quant, act_quant): a second act_quant after one "
+                                 "conv2d / linear") != std::string::npos);
+  }
+  SUBCASE("on the network output") {
+    format::model_file m = f.m;
+    format::operation a = m.ops[op_index(m, "relu4_quant")];
+    a.name = "logits_quant";
+    a.input = std::uint32_t(m.ops.size());
+    a.act.is_signed = true;
+    a.act.group_size = 10;
+    m.ops.push_back(a);
+    format::infer_shapes(m);
+    const deploy::runtime rt(m);
+    CHECK(rt.engine().why().find("(logits_quant, act_quant): an act_quant on the network "
+                                 "output") != std::string::npos);
+  }
+}
+
+TEST_CASE("packed engine: a signed act_quant on the network input and between layers (no ReLU) "
+          "equals the reference and the float runtime's grid") {
+  // act_quant (signed, 6 bits) -> conv 1->6 -> act_quant (signed, 8 bits, no ReLU before it)
+  // -> pool -> conv 6->16 -> relu -> pool -> flatten -> linear: codes 128 - L..128 + L.
+  const fixture base = act_lenet(4, 5);
+  format::model_file m;
+  m.input = base.m.input;
+  m.mean = base.m.mean, m.stddev = base.m.stddev;
+  m.tensors = base.m.tensors;
+  auto take = [&](const std::string& name) {
+    format::operation op = base.m.ops[op_index(base.m, name)];
+    op.input = std::uint32_t(m.ops.size());
+    m.ops.push_back(op);
+    return &m.ops.back();
+  };
+  format::operation in_q = base.m.ops[op_index(base.m, "relu1_quant")];
+  in_q.name = "input_quant";
+  in_q.input = 0;
+  in_q.act = {.is_signed = true, .group_size = 1, .bits = {6}, .ranges = {2.5f}};
+  m.ops.push_back(in_q);
+  take("conv1");
+  format::operation* mid = take("relu1_quant");
+  mid->act = {.is_signed = true, .group_size = 6, .bits = {8}, .ranges = {1.5f}};
+  take("pool1");
+  take("conv2");
+  take("relu2");
+  take("pool2");
+  take("flatten");
+  format::operation* fc = take("fc1");
+  fc->fc.out_features = 120;
+  format::infer_shapes(m);
+  const deploy::runtime rt(m);
+  REQUIRE(rt.packed_ready()); // no input ranges needed: both inputs come from act grids
+  const deploy::integer_plan& plan = rt.engine().plan();
+  REQUIRE(plan.steps.size() == 3);
+  CHECK(plan.steps[0].in_zero == 128);
+  CHECK(plan.steps[0].in_lo == 128 - 31);
+  CHECK(plan.steps[0].in_hi == 128 + 31);
+  CHECK(plan.steps[1].in_lo == 1);
+  CHECK(plan.steps[1].in_hi == 255);
+  CHECK(plan.steps[2].in_bits == 8);
+  CHECK_FALSE(plan.steps[2].in_act != format::no_index); // the last input is calibrated
+  format::model_file cal = m;
+  const std::vector<float> r = rt.input_ranges(base.x.data(), base.batch);
+  cal.ops[op_index(cal, "fc1")].input_range = r[op_index(cal, "fc1")];
+  const deploy::runtime rc(cal);
+  REQUIRE(rc.packed_ready());
+  const tensor2<float> want = deploy::ref::run_integer(cal, base.x.data(), base.batch);
+  for (int_isa p : all_int_isas) {
+    if (!int_isa_supported(p)) continue;
+    CAPTURE(std::string(int_isa_name(p)));
+    const tensor2<float> got = rc.run(base.x.data(), base.batch, deploy::precision::packed, p);
+    for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
+  }
 }
 
 } // namespace test_packed_engine

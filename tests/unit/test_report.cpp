@@ -267,6 +267,28 @@ TEST_CASE("to_json(run_summary) reads back with every value") {
   CHECK(text.find("nan") == std::string::npos);
 }
 
+TEST_CASE("to_json(run_summary) lists the activation quantizers only when there are some") {
+  bitgrad::run_summary run = sample_summary();
+  CHECK(bitgrad::json::parse(bitgrad::to_json(run)).count("activations") == 0);
+  run.activations.push_back(
+      {.name = "relu1_quant", .channels = 6, .group_bits = {4, 3}, .group_ranges = {2.5, 0.75}});
+  const bitgrad::json doc = bitgrad::json::parse(bitgrad::to_json(run));
+  REQUIRE(doc["activations"].size() == 1);
+  const bitgrad::json& a = doc["activations"][0];
+  CHECK(a["name"] == "relu1_quant");
+  CHECK(a["channels"] == 6);
+  CHECK(a["group_bits"] == bitgrad::json::array({4, 3}));
+  CHECK(a["group_ranges"] == bitgrad::json::array({2.5, 0.75}));
+  const std::string html = bitgrad::render_report({}, run);
+  CHECK(html.find("<h2>Activations</h2>") != std::string::npos);
+  CHECK(html.find("<tr><td>relu1_quant</td><td class=\"num\">6</td><td class=\"num\">2</td>"
+                  "<td class=\"num\">4.00 3.00</td><td class=\"num\">2.500 0.750</td></tr>") !=
+        std::string::npos);
+  CHECK(xml_problem(close_void_elements(html)) == "");
+  run.activations.clear();
+  CHECK(bitgrad::render_report({}, run).find("Activations") == std::string::npos);
+}
+
 TEST_CASE("to_json(run, epochs) adds the epoch log with nulls for unmeasured values") {
   auto epochs = sample_epochs();
   const bitgrad::json doc = bitgrad::json::parse(bitgrad::to_json(sample_summary(), epochs));

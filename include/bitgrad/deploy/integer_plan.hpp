@@ -12,6 +12,19 @@
 //               s = range / 255, else z = 128 and s = range / 127, with range the calibrated
 //               max |x| the file stores as the next step's input_range (op.input_range). The
 //               network input is a float tensor quantized the same way (z = 128).
+//   act grid    an act_quant (format version 2) in a step's chain, or as the first operation,
+//               sets the u8 activation it feeds instead of the calibration: q is the learned
+//               grid's code, so the integer path runs on exactly the levels the float runtime
+//               applies (kernels/ref/act_quantize.hpp: make_act_grid):
+//                 unsigned k bits: z = 0,   q in 0..L,             L = 2^k - 1
+//                 signed   k bits: z = 128, q in 128 - L..128 + L, L = 2^(k-1) - 1
+//                 s = max(range / L, 1e-20), the output stage q' = clamp(round(v / s) + z, ..)
+//               Quantizing is monotone and commutes with ReLU, max-pool and flatten, so its
+//               place in the chain does not matter. Refused (supported() says which): more
+//               than 8 bits (u8 holds 2^8 codes), groups with different grids (the next
+//               layer's int32 sum over input channels needs one step s for all of them: a
+//               per-channel s does not fold into the per-output-channel scale), a second
+//               act_quant in one chain, and an act_quant on the network output (float logits).
 //   output      every step: acc(i, j) = sum_p (q(i, p) - z) code(j, p), exact in int32, then
 //                 v = acc * scale[j] + bias[j]       scale[j] = s_in * s_w(j) * cs[j]
 //                 v = max(v, 0)                      when the step has a ReLU
@@ -29,6 +42,7 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/format/model.hpp>
 #include <bitgrad/kernels/packed/output_stage.hpp>
+#include <bitgrad/kernels/ref/act_quantize.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -96,9 +110,12 @@ struct integer_step {
   format::shape out_shape;
   format::shape out_image; ///< the last (C, H, W) of the step's chain (before a flatten)
   std::size_t channels = 0, depth = 0;
-  // input: x = in_scale * (q - in_zero)
+  // input: x = in_scale * (q - in_zero), q in in_lo..in_hi
   float in_scale = 1;
   std::uint8_t in_zero = 128;
+  std::uint8_t in_lo = 0, in_hi = 255;
+  int in_bits = 8;                       ///< the input grid's bitwidth (8: calibrated)
+  std::size_t in_act = format::no_index; ///< the act_quant operation that sets the input grid
   // output stage
   std::vector<float> scale, bias; ///< per channel; bias 0 when the layer has none
   bool relu = false;
@@ -107,6 +124,56 @@ struct integer_step {
   bool out_u8 = false; ///< false: float (the last step)
   float out_inv_scale = 1;
   std::uint8_t out_zero = 0;
+  std::uint8_t out_lo = 0, out_hi = 255;  ///< the next step's in_lo, in_hi
+  std::size_t out_act = format::no_index; ///< the act_quant in the chain (the next step's grid)
+
+  /// The float network input -> this step's u8 input (the first step).
+  output::quantize_u8 in_quantizer() const {
+    return {1.0f / in_scale, in_zero, float(in_lo), float(in_hi)};
+  }
+  /// The output stage's requantization to the next step's u8 input.
+  output::quantize_u8 out_quantizer() const {
+    return {out_inv_scale, out_zero, float(out_lo), float(out_hi)};
+  }
+};
+
+/// The u8 grid of an act_quant operation (see "act grid" at the top), or why it has none.
+struct act_u8_grid {
+  float scale = 1;
+  std::uint8_t zero = 0, lo = 0, hi = 255;
+  int bits = 8;
+  std::string refused; ///< empty when the grid fits u8
+
+  static act_u8_grid of(const format::act_quant_attrs& a) {
+    act_u8_grid g;
+    if (a.bits.empty() || a.ranges.size() != a.bits.size()) {
+      g.refused = "act_quant without groups";
+      return g;
+    }
+    for (std::size_t i = 1; i < a.bits.size(); ++i)
+      if (a.bits[i] != a.bits[0] || a.ranges[i] != a.ranges[0]) {
+        g.refused = "act_quant groups 0 and " + std::to_string(i) + " have different grids (" +
+                    std::to_string(a.bits[0]) + " bits, range " + std::to_string(a.ranges[0]) +
+                    " vs " + std::to_string(a.bits[i]) + " bits, range " +
+                    std::to_string(a.ranges[i]) +
+                    "): the next layer's int32 sum over input channels needs one step";
+        return g;
+      }
+    g.bits = a.bits[0];
+    if (g.bits > 8) {
+      g.refused = "act_quant of " + std::to_string(g.bits) +
+                  " bits: the integer engine's u8 activations hold at most 8 bits";
+      return g;
+    }
+    const act_grid<float> q =
+        make_act_grid<float>(g.bits, a.ranges[0], a.is_signed, format::act_min_scale);
+    const int limit = static_cast<int>(q.limit);
+    g.scale = q.scale;
+    g.zero = a.is_signed ? 128 : 0;
+    g.lo = static_cast<std::uint8_t>(g.zero + (a.is_signed ? -limit : 0));
+    g.hi = static_cast<std::uint8_t>(g.zero + limit);
+    return g;
+  }
 };
 
 /// The steps of a model file, or why it cannot run on the integer engine.
@@ -130,7 +197,15 @@ struct integer_plan {
     };
     const std::size_t n = m.ops.size();
     format::shape cur = m.input, image = m.input;
-    for (std::size_t i = 0; i < n;) {
+    // An act_quant of the network input sets the first step's input grid.
+    std::size_t first = 0, input_act = format::no_index;
+    if (n > 0 && m.ops[0].kind == format::op_kind::act_quant) {
+      if (m.ops[0].input != 0 || m.ops[0].input_b != format::no_index)
+        return refuse(0, "the integer engine runs chains of operations only");
+      input_act = 0;
+      first = 1;
+    }
+    for (std::size_t i = first; i < n;) {
       const format::operation& op = m.ops[i];
       if (op.input != i || op.input_b != format::no_index)
         return refuse(i, "the integer engine runs chains of operations only");
@@ -170,6 +245,10 @@ struct integer_plan {
             return refuse(j, "overlapping max_pool2d windows");
           s.pool = true;
           s.p = f.pool;
+        } else if (f.kind == format::op_kind::act_quant) {
+          if (s.out_act != format::no_index)
+            return refuse(j, "a second act_quant after one conv2d / linear");
+          s.out_act = j;
         } else if (f.kind != format::op_kind::flatten) {
           break;
         }
@@ -178,6 +257,9 @@ struct integer_plan {
       }
       s.out_shape = cur;
       s.out_image = image;
+      if (s.out_act != format::no_index && j == n)
+        return refuse(s.out_act, "an act_quant on the network output: the integer engine "
+                                 "gives float logits");
       plan.steps.push_back(std::move(s));
       if (j < n && m.ops[j].kind != format::op_kind::conv2d &&
           m.ops[j].kind != format::op_kind::linear)
@@ -188,22 +270,41 @@ struct integer_plan {
       plan.unsupported = "the model has no operation";
       return plan;
     }
-    // Scales: each step's input from its producer's ReLU (z = 0) or not (z = 128).
+    // The act grids: each act_quant's grid is the input of the step after it.
+    plan.steps.front().in_act = input_act;
+    for (std::size_t k = 0; k + 1 < plan.steps.size(); ++k)
+      plan.steps[k + 1].in_act = plan.steps[k].out_act;
+    std::vector<act_u8_grid> grids(plan.steps.size());
+    for (std::size_t k = 0; k < plan.steps.size(); ++k) {
+      const std::size_t a = plan.steps[k].in_act;
+      if (a == format::no_index) continue;
+      grids[k] = act_u8_grid::of(m.ops[a].act);
+      if (!grids[k].refused.empty()) return refuse(a, grids[k].refused);
+    }
+    // Scales: each step's input from an act grid, else from the calibrated range after its
+    // producer's ReLU (z = 0) or not (z = 128).
     plan.calibrated = true;
     for (std::size_t k = 0; k < plan.steps.size(); ++k) {
       integer_step& s = plan.steps[k];
       const format::operation& op = m.ops[s.op];
       const bool after_relu = k > 0 && plan.steps[k - 1].relu;
-      if (!(op.input_range > 0) || !std::isfinite(op.input_range)) {
+      if (s.in_act != format::no_index) {
+        const act_u8_grid& g = grids[k];
+        s.in_zero = g.zero, s.in_lo = g.lo, s.in_hi = g.hi, s.in_bits = g.bits;
+        s.in_scale = g.scale;
+      } else if (!(op.input_range > 0) || !std::isfinite(op.input_range)) {
         plan.calibrated = false;
         continue;
+      } else {
+        s.in_zero = after_relu ? 0 : 128;
+        s.in_scale = op.input_range / (after_relu ? 255.0f : 127.0f);
       }
-      s.in_zero = after_relu ? 0 : 128;
-      s.in_scale = op.input_range / (after_relu ? 255.0f : 127.0f);
       if (k > 0) {
-        plan.steps[k - 1].out_u8 = true;
-        plan.steps[k - 1].out_inv_scale = 1.0f / s.in_scale;
-        plan.steps[k - 1].out_zero = s.in_zero;
+        integer_step& prev = plan.steps[k - 1];
+        prev.out_u8 = true;
+        prev.out_inv_scale = 1.0f / s.in_scale;
+        prev.out_zero = s.in_zero;
+        prev.out_lo = s.in_lo, prev.out_hi = s.in_hi;
       }
       const format::tensor_data* cs =
           op.channel_scale == format::no_index ? nullptr : &m.tensors[op.channel_scale];

@@ -272,7 +272,7 @@ private:
 
   /// The float network input (NCHW) as u8 NHWC with the first step's scale.
   static u8_buffer quantize_input(const integer_step& s, const float* x, std::size_t batch) {
-    const output::quantize_u8 q{1.0f / s.in_scale, s.in_zero};
+    const output::quantize_u8 q = s.in_quantizer();
     const std::size_t per = s.in_shape.elements();
     u8_buffer a = uninitialised_u8(batch * per);
     if (s.in_shape.rank != 3) {
@@ -340,7 +340,7 @@ private:
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
     if constexpr (std::is_same_v<T, std::uint8_t>) {
-      const output::quantize_u8 q{s.out_inv_scale, s.out_zero};
+      const output::quantize_u8 q = s.out_quantizer();
       if (s.relu)
         packed_gemm(isa, m, a, lda, s.in_zero, weights_[k],
                     output::make_pipeline(sb, output::clamp{}, q, st));
@@ -479,8 +479,7 @@ inline tensor2<float> run_integer(const format::model_file& m, const float* x, s
   // u8 activations in NCHW (or features).
   const integer_step& first = plan.steps.front();
   std::vector<std::int32_t> q(batch * first.in_shape.elements());
-  for (std::size_t i = 0; i < q.size(); ++i)
-    q[i] = output::quantize_u8{1.0f / first.in_scale, first.in_zero}(x[i], 0, 0);
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = first.in_quantizer()(x[i], 0, 0);
   tensor2<float> logits;
   for (std::size_t k = 0; k < plan.steps.size(); ++k) {
     const integer_step& s = plan.steps[k];
@@ -489,7 +488,7 @@ inline tensor2<float> run_integer(const format::model_file& m, const float* x, s
     const std::int32_t z = s.in_zero;
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const output::clamp relu{};
-    const output::quantize_u8 qo{s.out_inv_scale, s.out_zero};
+    const output::quantize_u8 qo = s.out_quantizer();
     // Before the pool: per image, channel j, pixel px (a linear: one pixel).
     const std::size_t oh_n = s.conv ? s.conv_out.dims[1] : 1,
                       ow_n = s.conv ? s.conv_out.dims[2] : 1;

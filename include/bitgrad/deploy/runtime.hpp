@@ -17,8 +17,9 @@
 // Packed integer path (precision::packed): u8 activations between layers, packed_gemm with the
 // requantize + bias + ReLU + max-pool output stage, float only at the logits; the ISA path is
 // the fastest this CPU runs unless run() is given one. Its activation scales come from the
-// calibrated input ranges the file stores (train::calibrate at export), or from calibrate()
-// on a few images when the file has none.
+// learned grids of the file's act_quant operations (at most 8 bits: the u8 codes are the
+// grid's codes), else from the calibrated input ranges the file stores (train::calibrate at
+// export), or from calibrate() on a few images when the file has none.
 //
 // Float path (precision::float32) and the older int8 path (precision::int8): the first run of
 // either decodes the weights once (from the packed formats) to float and int8 and keeps them,

@@ -27,7 +27,10 @@
 // Operations: conv2d -> Conv, linear -> Gemm (transB = 1) (QDQ forms: + Add of the bias),
 // max_pool2d -> MaxPool,
 // avg_pool2d -> AveragePool (count_include_pad = 1), global_avg_pool -> GlobalAveragePool +
-// Flatten, relu -> Relu, relu6 -> Clip(0, 6), flatten -> Flatten (axis 1), add -> Add.
+// Flatten, relu -> Relu, relu6 -> Clip(0, 6), flatten -> Flatten (axis 1), add -> Add,
+// act_quant (at most 8 bits; more is refused, naming the operation) -> [Max, Min,]
+// QuantizeLinear, DequantizeLinear on the learned grid in every form (graph_builder.hpp:
+// act_quantize).
 // The graph input "input" is the normalised image batch (N, C, H, W) (or (N, F)), the output
 // "output"; the normalisation x = (pixel / 255 - mean[c]) / stddev[c] is the model's input
 // contract, stored as metadata (bitgrad.mean, bitgrad.stddev) and in the input's doc string,
@@ -82,9 +85,8 @@ inline bool supported(format::op_kind k) {
   case format::op_kind::relu6:
   case format::op_kind::flatten:
   case format::op_kind::add:
+  case format::op_kind::act_quant:
     return true;
-  case format::op_kind::act_quant: // not exported yet (issue #22)
-    return false;
   }
   return false;
 }
@@ -193,8 +195,16 @@ inline model_proto to_onnx(const format::model_file& model, const export_options
     case format::op_kind::add:
       b.node("Add", base, {x, value[op.input_b]}, {out}, true);
       break;
-    case format::op_kind::act_quant: // refused above (supported)
+    case format::op_kind::act_quant: {
+      for (std::size_t g = 0; g < op.act.bits.size(); ++g)
+        if (op.act.bits[g] > 8)
+          throw config_error("onnx export: operation " + std::to_string(i) + " (" + op.name +
+                             "): act_quant group " + std::to_string(g) + " has " +
+                             std::to_string(op.act.bits[g]) +
+                             " bits; QuantizeLinear (opset 13) holds at most 8");
+      b.act_quantize(x, base, op.act, op.output.dims[0], op.output.rank, out);
       break;
+    }
     }
     value.push_back(out);
   }

@@ -11,6 +11,7 @@
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/format/model_file.hpp>
 #include <bitgrad/io/bytes.hpp>
+#include <bitgrad/kernels/ref/act_quantize.hpp>
 #include <bitgrad/onnx/form.hpp>
 #include <bitgrad/onnx/onnx_proto.hpp>
 
@@ -155,6 +156,58 @@ public:
     node("QuantizeLinear", base + ".quantize_input", {x, s, z}, {q});
     node("DequantizeLinear", base + ".dequantize_input", {q, s, z}, {dq});
     return dq;
+  }
+
+  /// An act_quant operation as QuantizeLinear / DequantizeLinear on its learned grid (every
+  /// form: the grid is part of the model). Per channel c of group g: step s_c, codes
+  /// lower_c..L_c (make_act_grid); unsigned grids use uint8 with zero point 0, signed ones
+  /// int8 with zero point 0; one group gives per-tensor scales, several a per-channel scale
+  /// (axis 1). Where the 8-bit type is wider than the grid (unsigned k < 8; signed: int8 holds
+  /// -128 but the grid stops at -L), Max / Min first clamp x to [lower_c s_c, L_c s_c], so the
+  /// rounding lands on lower_c..L_c: ONNX rounds x / s half to even, as bitgrad rounds x (1 / s)
+  /// with nearbyint (the two can differ at an exact tie by the division's last bit).
+  /// The DequantizeLinear writes `out`.
+  void act_quantize(const std::string& x, const std::string& base, const format::act_quant_attrs& a,
+                    std::size_t channels, int rank, const std::string& out) {
+    const std::size_t groups = a.bits.size();
+    const bool per_channel = groups > 1;
+    const std::size_t n = per_channel ? channels : 1;
+    std::vector<float> scale(n), lo(n), hi(n);
+    bool clamp = false;
+    for (std::size_t c = 0; c < n; ++c) {
+      const std::size_t g = c / a.group_size;
+      const act_grid<float> q =
+          make_act_grid<float>(a.bits[g], a.ranges[g], a.is_signed, format::act_min_scale);
+      scale[c] = q.scale;
+      lo[c] = q.lower * q.scale;
+      hi[c] = q.limit * q.scale;
+      clamp = clamp || a.is_signed || q.limit < 255.0f;
+    }
+    std::vector<std::int64_t> bound_dims;
+    if (per_channel) {
+      bound_dims = {static_cast<std::int64_t>(channels)};
+      if (rank == 3) bound_dims.insert(bound_dims.end(), {1, 1});
+    }
+    std::string v = x;
+    if (clamp) {
+      const std::string above = unique(base + ".clamped_below");
+      node("Max", base + ".clamp_below", {v, floats(base + ".lower", bound_dims, lo)}, {above});
+      v = unique(base + ".clamped");
+      node("Min", base + ".clamp_above", {above, floats(base + ".upper", bound_dims, hi)}, {v});
+    }
+    const std::vector<std::int64_t> dims =
+        per_channel ? std::vector<std::int64_t>{static_cast<std::int64_t>(channels)}
+                    : std::vector<std::int64_t>{};
+    const std::string s = floats(base + ".scale", dims, scale);
+    const std::vector<std::uint8_t> zeros(n, 0);
+    const std::string z =
+        initializer(base + ".zero_point", a.is_signed ? data_type::int8 : data_type::uint8, dims,
+                    raw_bytes(zeros.data(), zeros.size()));
+    const std::string q = unique(base + ".quantized");
+    node("QuantizeLinear", base + ".quantize", {v, s, z}, {q});
+    if (per_channel) g.node.back().attribute.push_back(attribute_proto::of_int("axis", 1));
+    node("DequantizeLinear", base, {q, s, z}, {out}, true);
+    if (per_channel) g.node.back().attribute.push_back(attribute_proto::of_int("axis", 1));
   }
 
   /// The weight of a conv2d / linear as a value name: a float initializer (float32 form) or

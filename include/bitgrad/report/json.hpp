@@ -94,6 +94,16 @@ inline json to_json_value(const layer_summary& layer) {
   return j;
 }
 
+/// One activation quantizer: name, channels, group_bits, group_ranges.
+inline json to_json_value(const activation_summary& a) {
+  json j = json::object();
+  j["name"] = a.name;
+  j["channels"] = a.channels;
+  j["group_bits"] = json_numbers(a.group_bits);
+  j["group_ranges"] = json_numbers(a.group_ranges);
+  return j;
+}
+
 /// One cost: name, unit, value, target (null: no budget), met.
 inline json to_json_value(const cost_summary& c) {
   json j = json::object();
@@ -106,8 +116,9 @@ inline json to_json_value(const cost_summary& c) {
 }
 
 /// The run summary: model, policy, fp32_accuracy, quant_accuracy, average_bits, size_bytes,
-/// compression, seconds, settings (an object of strings, in order), layers, and costs (each
-/// cost against its budget, only when the run reports costs).
+/// compression, seconds, settings (an object of strings, in order), layers, activations (only
+/// when the network has activation quantizers) and costs (each cost against its budget, only
+/// when the run reports costs).
 inline json to_json_value(const run_summary& run) {
   json j = json::object();
   j["model"] = run.model;
@@ -124,6 +135,11 @@ inline json to_json_value(const run_summary& run) {
   json layers = json::array();
   for (const auto& layer : run.layers) layers.push_back(to_json_value(layer));
   j["layers"] = std::move(layers);
+  if (!run.activations.empty()) {
+    json activations = json::array();
+    for (const auto& a : run.activations) activations.push_back(to_json_value(a));
+    j["activations"] = std::move(activations);
+  }
   if (!run.costs.empty()) {
     json costs = json::array();
     for (const auto& c : run.costs) costs.push_back(to_json_value(c));

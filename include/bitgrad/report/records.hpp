@@ -68,6 +68,15 @@ struct layer_summary {
   double rank_correlation = std::numeric_limits<double>::quiet_NaN(); ///< bits vs sensitivity
 };
 
+/// One activation quantizer at the end of a run (issue #22): its bitwidths and learned ranges
+/// per channel group.
+struct activation_summary {
+  std::string name;
+  std::size_t channels = 0;
+  std::vector<double> group_bits;   ///< one entry per channel group (integers once frozen)
+  std::vector<double> group_ranges; ///< the largest level a_g of each group's grid
+};
+
 /// The outcome of a whole run.
 struct run_summary {
   std::string model;
@@ -79,6 +88,8 @@ struct run_summary {
   double compression = std::numeric_limits<double>::quiet_NaN();
   double seconds = std::numeric_limits<double>::quiet_NaN();
   std::vector<layer_summary> layers;
+  /// The activation quantizers in network order; empty when the network has none.
+  std::vector<activation_summary> activations;
   /// Each cost against its budget; empty when the run does not report costs (as above).
   std::vector<cost_summary> costs;
   std::vector<std::pair<std::string, std::string>> settings; ///< (name, value), in order

@@ -7,6 +7,8 @@
 //             dashed vertical line where each phase starts
 //   bitwidths heat map of the learned bitwidth of every channel group of every layer
 //   layers    per-layer table (sensitivity columns only when some layer has them)
+//   activations  bits and learned range of every activation quantizer (when there are any)
+//   costs     each cost against its budget (when the run reports costs)
 //   settings  the run's settings, in order
 //   epochs    the full epoch log (a collapsed <details> table)
 #pragma once
@@ -157,6 +159,24 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
     html += "</tr>\n";
   }
   html += "</table>\n";
+
+  // Activation quantizers (issue #22): bits and learned range per group.
+  if (!run.activations.empty()) {
+    html += "<h2>Activations</h2>\n<table class=\"activations\">\n<tr><th>quantizer</th>"
+            "<th>channels</th><th>groups</th><th>bits</th><th>range</th></tr>\n";
+    auto list = [](const std::vector<double>& xs, int digits) {
+      std::string text;
+      for (std::size_t i = 0; i < xs.size(); ++i)
+        text += (i ? " " : "") + format_fixed(xs[i], digits);
+      return text;
+    };
+    for (const auto& a : run.activations)
+      html += "<tr>" + r::cell(a.name) + r::cell(std::to_string(a.channels), true) +
+              r::cell(std::to_string(a.group_bits.size()), true) +
+              r::cell(list(a.group_bits, 2), true) + r::cell(list(a.group_ranges, 3), true) +
+              "</tr>\n";
+    html += "</table>\n";
+  }
 
   // Costs against budgets (issue #22).
   if (!run.costs.empty()) {

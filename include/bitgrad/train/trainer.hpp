@@ -512,6 +512,13 @@ public:
     s.compression = size.compression();
     s.seconds = seconds;
     s.layers = layer_summaries(quant_);
+    nn::visit_activation_quantizers(quant_, [&](std::string_view name, const auto& q) {
+      const auto ranges = q.group_ranges();
+      s.activations.push_back({.name = std::string(name),
+                               .channels = q.channels(),
+                               .group_bits = q.group_bits(),
+                               .group_ranges = {ranges.begin(), ranges.end()}});
+    });
     s.settings = settings_;
     if (reports_costs()) {
       s.costs.push_back({.name = "size",

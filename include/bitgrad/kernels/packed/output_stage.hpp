@@ -92,7 +92,10 @@ struct clamp {
   }
 };
 
-/// u8 = clamp(round_half_even(value * inv_scale) + zero_point, 0, 255); NaN gives zero_point.
+/// u8 = clamp(round_half_even(value * inv_scale) + zero_point, lo, hi); NaN gives zero_point
+/// (clamped). lo, hi default to u8's 0..255; a learned k-bit activation grid (integer_plan.hpp)
+/// narrows them to its codes: 0..2^k - 1 (unsigned, zero point 0) or
+/// 128 - L..128 + L with L = 2^(k-1) - 1 (signed, zero point 128).
 /// Rounds with the 1.5 * 2^23 trick (adding it leaves no fraction bits; the sum rounds half to
 /// even, and subtracting it back is exact), which equals std::nearbyint in the default
 /// rounding mode for |q| <= 2^22 and, unlike nearbyint at -O2 on SSE2, is not a library call.
@@ -100,6 +103,7 @@ struct quantize_u8 {
   static constexpr bool lanes = true;
   float inv_scale;
   std::int32_t zero_point = 0;
+  float lo = 0.0f, hi = 255.0f;                                 ///< integers in 0..255
   static constexpr float magic = 12582912.0f, big = 4194304.0f; // 1.5 * 2^23, 2^22
   std::uint8_t operator()(float v, std::size_t, std::size_t) const {
     float q = v * inv_scale;
@@ -107,7 +111,7 @@ struct quantize_u8 {
     q = q < -big ? -big : (q > big ? big : q);
     q = (q + magic) - magic;
     q += static_cast<float>(zero_point);
-    q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+    q = q < lo ? lo : (q > hi ? hi : q);
     return static_cast<std::uint8_t>(q);
   }
   /// The u8 values as int32 lanes.
@@ -118,7 +122,7 @@ struct quantize_u8 {
     q = xsimd::min(xsimd::max(q, B(-big)), B(big));
     q = (q + B(magic)) - B(magic);
     q += B(static_cast<float>(zero_point));
-    q = xsimd::min(xsimd::max(q, B(0.0f)), B(255.0f));
+    q = xsimd::min(xsimd::max(q, B(lo)), B(hi));
     return xsimd::to_int(q);
   }
 };
