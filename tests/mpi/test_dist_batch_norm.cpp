@@ -16,6 +16,8 @@
 #include <span>
 #include <vector>
 
+namespace test_dist_batch_norm {
+
 using namespace bitgrad;
 
 namespace {
@@ -236,3 +238,5 @@ TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the u
     if (p > 1) CHECK(std::abs(yl.data()[0] - y_ref.data()[off]) > 1e-6);
   }
 }
+
+} // namespace test_dist_batch_norm

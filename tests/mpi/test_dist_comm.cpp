@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+namespace test_dist_comm {
+
 using namespace bitgrad;
 
 TEST_CASE("rank and size; a session inside an initialised MPI does not own it") {
@@ -159,3 +161,5 @@ TEST_CASE("parameters: checksum agreement, divergence named, broadcast from rank
   const std::uint32_t crc = dist::parameter_checksum<float>(params);
   CHECK(comm.broadcast_value(crc) == crc);
 }
+
+} // namespace test_dist_comm

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+namespace test_dist_reducer {
+
 using namespace bitgrad;
 
 namespace {
@@ -306,3 +308,5 @@ TEST_CASE("reducer misuse: unknown or repeated tensors, parameter lists that dif
                        "has \"c 2 scale\" (line 3)",
                        config_error);
 }
+
+} // namespace test_dist_reducer

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+namespace test_dist_shard {
+
 using namespace bitgrad;
 
 namespace {
@@ -109,3 +111,5 @@ TEST_CASE("a global batch smaller than the rank count: an error on every rank") 
                            .c_str(),
                        config_error);
 }
+
+} // namespace test_dist_shard

@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+namespace test_dist_step {
+
 using namespace bitgrad;
 
 namespace {
@@ -237,3 +239,5 @@ TEST_CASE("20 LeNet-5 steps (size penalty, optimizer, projection) on p ranks fol
   twenty_steps<double>("Adam, double", optim::adam<double>({.lr = 1e-3}), 1e-10);
   twenty_steps<float>("Adam, float", optim::adam<float>({.lr = 1e-3}), 5e-4);
 }
+
+} // namespace test_dist_step

@@ -27,6 +27,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_dist_trainer {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad::testing::sample_test;
@@ -400,3 +402,5 @@ TEST_CASE("sync_batch_norm refuses a last batch with fewer images than ranks") {
   CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("sync_batch_norm: the last batch of every epoch"),
                        config_error);
 }
+
+} // namespace test_dist_trainer

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+namespace test_act_export {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad::testing::reseal;
@@ -242,3 +244,5 @@ TEST_CASE("model file: a malformed act_quant operation names the file, the offse
           std::string::npos);
   }
 }
+
+} // namespace test_act_export

@@ -24,6 +24,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace test_act_models {
+
 using namespace bitgrad;
 
 namespace {
@@ -354,3 +356,5 @@ TEST_CASE("train::train_step projects the activation quantizers' bitwidths into 
   }
   CHECK(at_bound >= 1); // the step did move them (to a bound), so the check above was exercised
 }
+
+} // namespace test_act_models

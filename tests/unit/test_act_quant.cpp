@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+namespace test_act_quant {
+
 using namespace bitgrad;
 using bitgrad::testing::check_gradients;
 using bitgrad::testing::fd_options;
@@ -558,3 +560,5 @@ TEST_CASE("act_quantizer: at an integer bitwidth and once frozen, both relaxatio
                                     aopt(true, 1, 4, 1.3, 2, 8, quant::act_relaxation::step));
   CHECK(l.describe() == "activation_quant 3 signed act_step_bits g=1");
 }
+
+} // namespace test_act_quant

@@ -21,6 +21,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_act_trainer {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 
@@ -446,3 +448,5 @@ TEST_CASE("a run with activation quantizers stopped and resumed ends bit-identic
   }
   fs::remove_all(base);
 }
+
+} // namespace test_act_trainer

@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+namespace test_compat {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 
@@ -311,3 +313,5 @@ TEST_CASE("compat: a version-1 loader state is parsed strictly") {
     CHECK(e.offset() == text_at + counters);
   }
 }
+
+} // namespace test_compat

@@ -18,6 +18,8 @@
 #include <omp.h>
 #endif
 
+namespace test_conv2d {
+
 using bitgrad::conv2d_algo;
 using bitgrad::conv2d_geometry;
 
@@ -501,3 +503,5 @@ TEST_CASE("conv2d geometry: output size formula and validation messages") {
       bitgrad::conv2d_fprop(bad, buf.data(), buf.data(), buf.data(), buf.data(), scratch),
       bitgrad::config_error);
 }
+
+} // namespace test_conv2d

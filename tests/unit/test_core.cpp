@@ -6,6 +6,8 @@
 
 #include <string>
 
+namespace test_core {
+
 TEST_CASE("tensor aliases are row-major xtensor containers") {
   bitgrad::tensor4<float> x = xt::zeros<float>({2, 3, 4, 5});
   x(1, 2, 3, 4) = 7.f;
@@ -54,3 +56,5 @@ TEST_CASE("check_shape names the caller, the expected and the actual shape") {
     CHECK(msg.find("(4, 7)") != std::string::npos);
   }
 }
+
+} // namespace test_core

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+namespace test_costs {
+
 using namespace bitgrad;
 using bitgrad::testing::check_gradients;
 using bitgrad::testing::fd_options;
@@ -271,3 +273,5 @@ TEST_CASE("the optimizer's bitwidth group moves the activation bitwidths under a
   CHECK(net.aq1.activation_quantizer().group_ranges() == range_before);
   CHECK(c.value() < 862);
 }
+
+} // namespace test_costs

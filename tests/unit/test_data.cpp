@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+namespace test_data {
+
 using namespace bitgrad_test;
 using bitgrad::format_error;
 
@@ -439,3 +441,5 @@ TEST_CASE("the committed Fashion-MNIST sample") {
   CHECK(row[25] == 255);
   CHECK(row[27] == 0);
 }
+
+} // namespace test_data

@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_data_io {
+
 using namespace bitgrad_test;
 
 namespace {
@@ -161,3 +163,5 @@ TEST_CASE("a writer killed mid-write never leaves a truncated file under the fin
     CHECK(std::string(bytes.begin(), bytes.end()) == old);
   }
 }
+
+} // namespace test_data_io

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+namespace test_data_loader {
+
 using bitgrad::loader;
 using bitgrad::loader_options;
 using bitgrad::tensor4;
@@ -385,3 +387,5 @@ TEST_CASE("configuration errors") {
   CHECK_THROWS_AS(loader<float>(short_pixels, {}), bitgrad::config_error);
   CHECK_NOTHROW(loader<float>(data, {.batch_size = 100}));
 }
+
+} // namespace test_data_loader

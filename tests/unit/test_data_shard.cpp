@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+namespace test_data_shard {
+
 using bitgrad::loader;
 using bitgrad::loader_options;
 using bitgrad::tensor4;
@@ -175,3 +177,5 @@ TEST_CASE("sharding errors") {
   CHECK_THROWS_AS(loader<float>(data, {.shard_count = 0}), bitgrad::config_error);
   CHECK_NOTHROW(loader<float>(data, {.batch_size = 3, .shard_count = 3, .shard_index = 2}));
 }
+
+} // namespace test_data_shard

@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace test_elementwise {
+
 namespace {
 template <class T>
 std::vector<T> ramp(std::size_t n, T lo, T step) {
@@ -361,3 +363,5 @@ TEST_CASE("softmax cross-entropy gradient matches finite differences (double)") 
     }
   }
 }
+
+} // namespace test_elementwise

@@ -26,6 +26,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_format {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad::testing::reseal;
@@ -523,16 +525,21 @@ struct user_unexported : nn::relu<float, 4> {
   using nn::relu<float, 4>::pointwise;
 };
 } // namespace
+} // namespace test_format
 
+// Outside namespace test_format: a specialization must be declared in a namespace enclosing
+// bitgrad::train.
 template <>
-struct bitgrad::train::export_rule<user_relu> {
-  static void emit(train::exporter& e, user_relu& l) {
+struct bitgrad::train::export_rule<test_format::user_relu> {
+  static void emit(train::exporter& e, test_format::user_relu& l) {
     format::operation op;
     op.kind = format::op_kind::relu;
     op.name = l.name();
     e.push(std::move(op));
   }
 };
+
+namespace test_format {
 
 TEST_CASE("export: a layer type of the user's joins through export_rule, without it is refused") {
   auto make = [](auto act) {
@@ -635,3 +642,5 @@ TEST_CASE("fuzz seed corpus: valid seeds parse, truncated seeds are rejected") {
   }
   CHECK(total < 100 * 1024);
 }
+
+} // namespace test_format

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+namespace test_fuzz_corpus {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 
@@ -77,3 +79,5 @@ TEST_CASE("fuzz seed corpus: checkpoint") {
   CHECK(valid >= 2);
   CHECK(invalid >= 3);
 }
+
+} // namespace test_fuzz_corpus

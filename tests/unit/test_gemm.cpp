@@ -18,6 +18,8 @@
 #include <omp.h>
 #endif
 
+namespace test_gemm {
+
 namespace {
 
 using bitgrad::transpose;
@@ -354,3 +356,5 @@ TEST_CASE_TEMPLATE("gemm gives the same bits on any number of threads", T, float
   omp_set_num_threads(saved);
 }
 #endif
+
+} // namespace test_gemm

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+namespace test_io_bytes {
+
 using bitgrad::format_error;
 using bitgrad::io::byte_reader;
 using bitgrad::io::byte_writer;
@@ -311,3 +313,5 @@ TEST_CASE("seek moves to an absolute offset inside the reader's bytes and no fur
   CHECK(what.find("local header") != std::string::npos);
   CHECK(r.offset() == 1006); // a failed seek does not move
 }
+
+} // namespace test_io_bytes

@@ -11,6 +11,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace test_loss {
+
 using bitgrad::config_error;
 using bitgrad::shape_error;
 using bitgrad::tensor2;
@@ -172,3 +174,5 @@ TEST_CASE("losses reject bad labels, shapes and options with clear messages") {
   CHECK_THROWS_WITH_AS(mse.forward(z, t), doctest::Contains("(2, 3)"), shape_error);
   CHECK_THROWS_AS(mse.backward(), config_error);
 }
+
+} // namespace test_loss

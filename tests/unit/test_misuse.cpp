@@ -17,6 +17,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_misuse {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using doctest::Contains;
@@ -561,3 +563,5 @@ TEST_CASE("a checkpoint with non-finite values, bitwidths outside [1, 16] or sca
     }
   }
 }
+
+} // namespace test_misuse

@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace test_models {
+
 using namespace bitgrad;
 using bitgrad::testing::random_tensor;
 
@@ -304,3 +306,4 @@ TEST_CASE_TEMPLATE("fused conv/linear + relu: the same bits as layer by layer (l
   (void)forward_layers<0>(vgg, x);
   CHECK(&relu1.backward(probe) != &probe);
 }
+} // namespace test_models

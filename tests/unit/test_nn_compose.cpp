@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+namespace test_nn_compose {
+
 using namespace bitgrad;
 using bitgrad::testing::random_tensor;
 
@@ -204,3 +206,5 @@ TEST_CASE("gradient check: a conv net with a projection residual block and batch
   CHECK(r.checked > 300);
   CHECK(r.max_error < 1e-5);
 }
+
+} // namespace test_nn_compose

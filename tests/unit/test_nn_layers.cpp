@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+namespace test_nn_layers {
+
 using namespace bitgrad;
 using bitgrad::testing::random_tensor;
 
@@ -401,3 +403,5 @@ TEST_CASE("conv2d input_grad = false: no dL/dx (zeros), same parameter gradients
     CHECK(without.backward(dy) == dx);
   }
 }
+
+} // namespace test_nn_layers

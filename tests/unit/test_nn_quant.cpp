@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+namespace test_nn_quant {
+
 using namespace bitgrad;
 using bitgrad::testing::random_tensor;
 
@@ -145,3 +147,5 @@ TEST_CASE("fixed_bits conv2d: input and bias gradients through the 8-bit weights
   conv.visit_parameters([&](param_ref<double>& p) { names.push_back(p.name); });
   CHECK(names == std::vector<std::string>{"conv1.weight", "conv1.bias", "conv1.scale"});
 }
+
+} // namespace test_nn_quant

@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+namespace test_noise_bits {
+
 using namespace bitgrad;
 using namespace bitgrad::quant;
 using bitgrad::testing::check_gradients;
@@ -445,3 +447,5 @@ TEST_CASE("noise_bits: a NaN logit is a config_error naming the group, in freeze
                          config_error);
   }
 }
+
+} // namespace test_noise_bits

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+namespace test_npz_import {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad_test::temp_dir;
@@ -290,3 +292,5 @@ TEST_CASE("save_npz -> load_npz restores every weight and batch-norm statistic")
   // The quantizer's own parameters (bitwidths) are not in the file.
   for (const auto& n : train::npz_parameter_names(a)) CHECK(n.find("bits") == std::string::npos);
 }
+
+} // namespace test_npz_import

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+namespace test_onnx {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad_test::temp_dir;
@@ -457,3 +459,5 @@ TEST_CASE("onnx export: act_quant becomes QuantizeLinear / DequantizeLinear on t
         config_error);
   }
 }
+
+} // namespace test_onnx

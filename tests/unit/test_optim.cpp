@@ -20,6 +20,8 @@
 #include <omp.h>
 #endif
 
+namespace test_optim {
+
 using bitgrad::config_error;
 using bitgrad::format_error;
 using bitgrad::param_kind;
@@ -625,3 +627,5 @@ TEST_CASE("a schedule drives the optimizer's lr") {
   }
   CHECK(ps.value(0)[0] == doctest::Approx(-(0.2 + 0.1 + 0.05)));
 }
+
+} // namespace test_optim

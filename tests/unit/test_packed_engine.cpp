@@ -20,6 +20,8 @@
 #include <string_view>
 #include <vector>
 
+namespace test_packed_engine {
+
 using namespace bitgrad;
 
 namespace {
@@ -632,3 +634,5 @@ TEST_CASE("packed engine: a signed act_quant on the network input and between la
     for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
   }
 }
+
+} // namespace test_packed_engine

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+namespace test_packed_kernels {
+
 namespace {
 
 using namespace bitgrad;
@@ -561,3 +563,5 @@ TEST_CASE("output stages: requantize, clamp and store, composed") {
   CHECK(output::quantize_u8{1.0f, 0}(2.5f, 0, 0) == 2);
   CHECK(output::quantize_u8{1.0f, 0}(-3.0f, 0, 0) == 0);
 }
+
+} // namespace test_packed_kernels

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+namespace test_pool2d {
+
 using bitgrad::pool2d_geometry;
 
 TEST_CASE_TEMPLATE("max pool 2x2/2: values, argmax and bprop by hand", T, float, double) {
@@ -253,3 +255,5 @@ TEST_CASE_TEMPLATE("max pool 2x2/2 fast path matches the reference: wide rows, t
       CHECK(dx == dx_ref);
     }
 }
+
+} // namespace test_pool2d

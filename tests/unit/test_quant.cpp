@@ -29,6 +29,8 @@
 #include <random>
 #include <vector>
 
+namespace test_quant {
+
 using namespace bitgrad;
 using namespace bitgrad::quant;
 using bitgrad::testing::check_gradients;
@@ -688,3 +690,4 @@ TEST_CASE("per-group passes on the threads give the serial bits (frac_bits, fixe
   omp_set_num_threads(saved);
 }
 #endif
+} // namespace test_quant

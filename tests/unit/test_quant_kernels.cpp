@@ -12,6 +12,8 @@
 #include <random>
 #include <vector>
 
+namespace test_quant_kernels {
+
 namespace {
 
 template <class T>
@@ -255,3 +257,5 @@ TEST_CASE_TEMPLATE("step quantizer values and straight-through gradients", T, fl
   // d_step = sum g (round(x) - x): 1(1 - 1.4) + 2(2 - 2.4) + 3(-2 + 2.4) + 4(0 - 0.2)
   CHECK(static_cast<double>(s.d_step) == doctest::Approx(-0.4 - 0.8 + 1.2 - 0.8).epsilon(1e-5));
 }
+
+} // namespace test_quant_kernels

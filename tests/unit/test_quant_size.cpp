@@ -18,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+namespace test_quant_size {
+
 using namespace bitgrad;
 using namespace bitgrad::quant;
 using bitgrad::testing::check_gradients;
@@ -259,3 +261,5 @@ TEST_CASE("freeze_to_budget names the layer and group of a non-finite bitwidth, 
   CHECK_THROWS_WITH_AS(freeze_to_budget(visit, std::nan("")),
                        doctest::Contains("the target must be > 0 bits"), config_error);
 }
+
+} // namespace test_quant_size

@@ -24,6 +24,8 @@
 #include <unistd.h>
 #include <vector>
 
+namespace test_report {
+
 namespace {
 
 const double nan_value = std::numeric_limits<double>::quiet_NaN();
@@ -751,3 +753,5 @@ TEST_CASE("progress_bar redraws in place at most every 100 ms, and always on the
   CHECK(erase.find_first_not_of(" \r") == std::string::npos);
   CHECK(erase.size() > 40);
 }
+
+} // namespace test_report

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+namespace test_runtime {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad::testing::sample_test;
@@ -312,3 +314,5 @@ TEST_CASE("runtime: batch norm folded through a residual block") {
   for (std::size_t i = 0; i < out.size(); ++i)
     CHECK(out.data()[i] == doctest::Approx(ref.data()[i]).epsilon(1e-4));
 }
+
+} // namespace test_runtime

@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+namespace test_sensitivity {
+
 using namespace bitgrad;
 using train::labelled_batch;
 
@@ -358,3 +360,5 @@ TEST_CASE("the cheap estimate agrees with the exact sensitivity on a trained LeN
     CHECK(rows[i].bits_spread == rows[i].bits_max - rows[i].bits_min);
   }
 }
+
+} // namespace test_sensitivity

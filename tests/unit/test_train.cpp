@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+namespace test_train {
+
 namespace fs = std::filesystem;
 using namespace bitgrad;
 using bitgrad::testing::sample_test;
@@ -1186,3 +1188,5 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
   CHECK(r.summary.quant_accuracy ==
         train::evaluate(q, test_set, o.normalise).accuracy); // the same normalisation in tests
 }
+
+} // namespace test_train
