@@ -9,7 +9,8 @@ results. Arms, all with activation quantizers after every ReLU (unsigned grid, l
   learned @ <uniform arm>    --policy frac_bits: weight and activation bitwidths learned in
                              [2, 8] under a BOPs budget equal to that uniform arm's BOPs (read
                              from its summary.json, per seed); the weight size budget is left
-                             loose (--target-bits 8)
+                             loose (--target-bits 8); activations start at 6 bits, weights at 7.5
+  learned-TAG @ <arm>        the same with extra arguments (--variant TAG='ARGS')
 
 Every arm trains with the same schedule (--pretrain/--search/--finetune epochs), on the full
 training set, and is evaluated on the full test set. A run whose summary.json exists is not
@@ -47,6 +48,11 @@ def parse_args():
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=0, help="0 = all 60,000 images")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--learned-at", nargs="+", default=LEARNED_AT, choices=[u[0] for u in UNIFORM],
+                   help="the uniform arms whose BOPs the learned arms get as budget")
+    p.add_argument("--variant", action="append", default=[], metavar="TAG=ARGS",
+                   help="one more learned arm per budget, named learned-TAG, with these extra "
+                        "fashion_mnist arguments (e.g. layer='--group layer'); repeatable")
     p.add_argument("--markdown", help="write the results section here (default: print it)")
     return p.parse_args()
 
@@ -119,16 +125,25 @@ def main():
                                   "--act-bits", str(a)])
                     for name, w, a in UNIFORM for seed in args.seeds]
     run_all(args, uniform_jobs)
-    learned_jobs = []
-    for ref in LEARNED_AT:
-        for seed in args.seeds:
-            budget = cost(summary_of(run_dir(args, ref, seed)), "bops")
-            learned_jobs.append((f"learned@{ref}", seed,
-                                 ["--policy", "frac_bits", "--act-bits", "6", "--target-bits", "8",
-                                  "--target-bops", repr(float(budget))]))
+    variants = [("learned", [])]
+    for v in args.variant:
+        tag, _, extra = v.partition("=")
+        variants.append((f"learned-{tag}", extra.split()))
+    learned_jobs, learned_arms = [], []
+    for ref in args.learned_at:
+        for name, extra in variants:
+            learned_arms.append((f"{name}@{ref}", ref))
+            for seed in args.seeds:
+                budget = cost(summary_of(run_dir(args, ref, seed)), "bops")
+                base = {"--policy": "frac_bits", "--act-bits": "6", "--target-bits": "8",
+                        "--target-bops": repr(float(budget))}
+                for option in extra[::2]:  # a variant's value replaces the default
+                    base.pop(option, None)
+                learned_jobs.append((f"{name}@{ref}", seed,
+                                     [a for kv in base.items() for a in kv] + extra))
     run_all(args, learned_jobs)
 
-    arms = [name for name, _, _ in UNIFORM] + [f"learned@{r}" for r in LEARNED_AT]
+    arms = [name for name, _, _ in UNIFORM] + [arm for arm, _ in learned_arms]
     rows = {arm: [summary_of(run_dir(args, arm, s)) for s in args.seeds] for arm in arms}
     lines = [f"Model {args.model}; seeds {' '.join(map(str, args.seeds))}; epochs "
              f"{args.pretrain_epochs}/{args.search_epochs}/{args.finetune_epochs} "
@@ -149,19 +164,19 @@ def main():
     lines += ["", "Paired by seed (learned minus uniform, percentage points, mean ± 95% t "
               "interval); BOPs ratio = learned / uniform:", "",
               "| learned arm | uniform arm | difference (points) | BOPs ratio |", "|---|---|--:|--:|"]
-    for ref in LEARNED_AT:
-        learned = rows[f"learned@{ref}"]
+    for arm, _ in learned_arms:
+        learned = rows[arm]
         for name, _, _ in UNIFORM:
             uniform = rows[name]
             diff = mean_interval([a["quant_accuracy"] - b["quant_accuracy"]
                                   for a, b in zip(learned, uniform)])
             ratio = statistics.fmean(cost(a, "bops") / cost(b, "bops")
                                      for a, b in zip(learned, uniform))
-            lines.append(f"| learned@{ref} | {name} | {fmt_pm(*diff)} | {ratio:.3f} |")
-    lines += ["", "Weight bits per layer of the learned arms (seed " + str(args.seeds[0]) +
+            lines.append(f"| {arm} | {name} | {fmt_pm(*diff)} | {ratio:.3f} |")
+    lines += ["", "Weight bits per layer (seed " + str(args.seeds[0]) +
               ", mean over groups):", "",
-              "| arm | " + " | ".join(l["name"] for l in rows[arms[-1]][0]["layers"]) + " |",
-              "|---|" + "--:|" * len(rows[arms[-1]][0]["layers"])]
+              "| arm | " + " | ".join(l["name"] for l in rows[arms[0]][0]["layers"]) + " |",
+              "|---|" + "--:|" * len(rows[arms[0]][0]["layers"])]
     for arm in arms:
         layers = rows[arm][0]["layers"]
         lines.append(f"| {arm} | " + " | ".join(f"{l['bits_mean']:.2f}" for l in layers) + " |")

@@ -175,9 +175,9 @@ public:
     std::vector<float> scale(n), lo(n), hi(n);
     bool clamp = false;
     for (std::size_t c = 0; c < n; ++c) {
-      const std::size_t g = c / a.group_size;
+      const std::size_t group = c / a.group_size;
       const act_grid<float> q =
-          make_act_grid<float>(a.bits[g], a.ranges[g], a.is_signed, format::act_min_scale);
+          make_act_grid<float>(a.bits[group], a.ranges[group], a.is_signed, format::act_min_scale);
       scale[c] = q.scale;
       lo[c] = q.lower * q.scale;
       hi[c] = q.limit * q.scale;
