@@ -101,7 +101,7 @@ def run_all(args, jobs):
         for f in concurrent.futures.as_completed(futures):
             folder, seconds = f.result()
             if seconds:
-                print(f"{folder}: {seconds:.0f} s", flush=True)
+                print(f"{folder}: {seconds:.1f} s", flush=True)
 
 
 def mean_interval(xs):
@@ -148,8 +148,8 @@ def main():
     lines = [f"Model {args.model}; seeds {' '.join(map(str, args.seeds))}; epochs "
              f"{args.pretrain_epochs}/{args.search_epochs}/{args.finetune_epochs} "
              f"(pretrain/search/finetune); "
-             f"{'all' if not args.train_limit else args.train_limit} training images, the full "
-             "10,000-image test set; accuracy mean ± 95% t interval over seeds.", "",
+             f"{'all' if not args.train_limit else args.train_limit} training images of "
+             f"{args.data}, its whole test set; accuracy mean ± 95% t interval over seeds.", "",
              "| arm | test accuracy % | BOPs per image | weight bytes | peak activation bytes "
              "| activation bits (per quantizer, seed " + str(args.seeds[0]) + ") |",
              "|---|--:|--:|--:|--:|---|"]

@@ -479,7 +479,8 @@ inline tensor2<float> run_integer(const format::model_file& m, const float* x, s
   // u8 activations in NCHW (or features).
   const integer_step& first = plan.steps.front();
   std::vector<std::int32_t> q(batch * first.in_shape.elements());
-  for (std::size_t i = 0; i < q.size(); ++i) q[i] = first.in_quantizer()(x[i], 0, 0);
+  const output::quantize_u8 qin = first.in_quantizer();
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = qin(x[i], 0, 0);
   tensor2<float> logits;
   for (std::size_t k = 0; k < plan.steps.size(); ++k) {
     const integer_step& s = plan.steps[k];

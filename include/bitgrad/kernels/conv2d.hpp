@@ -106,20 +106,6 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
 
 namespace detail {
 
-/// Epilogue: C = max(0, value) (fprop_relu without bias; NaN kept, as epilogue::detail's
-/// relu_scalar / relu_lanes, which clamp with select: GCC 12 warns (-Wmaybe-uninitialized)
-/// inside _mm512_max_ps).
-struct relu_only {
-  template <class T>
-  T operator()(T value, std::size_t, std::size_t) const {
-    return epilogue::detail::relu_scalar(value);
-  }
-  template <class B>
-  B apply(B value, std::size_t, std::size_t) const {
-    return epilogue::detail::relu_lanes(value);
-  }
-};
-
 /// Epilogue: C = max(0, value + bias[row]) (NaN kept). The same as epilogue::bias_rows_relu.
 template <class T>
 struct bias_rows_relu_select {
@@ -277,7 +263,7 @@ void conv2d_gemm_fprop_group(const conv2d_geometry& g, const T* x, const T* w, c
   else if (bias)
     run(epilogue::bias_rows<T>{bias});
   else if (relu)
-    run(relu_only{});
+    run(epilogue::relu{});
   else
     run(epilogue::identity{});
 }
@@ -385,7 +371,7 @@ void conv2d_implicit_fprop(const conv2d_geometry& g, const T* x, const T* w, con
     else if (bg)
       run(epilogue::bias_rows<T>{bg});
     else if (relu)
-      run(relu_only{});
+      run(epilogue::relu{});
     else
       run(epilogue::identity{});
   });
