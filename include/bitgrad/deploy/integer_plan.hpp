@@ -24,15 +24,16 @@
 //                 v = acc * scale[j] + bias[j] + r                  (float operand)
 //                 q' = clamp(round_half_even(max(v, 0) / s_out) + z_out, lo, hi)
 //               in float32 (the add's term one fused multiply-add where the target has FMA),
-//               the same arithmetic as every output stage here: the block's pre-add sum is
-//               never rounded to u8, and it needs no calibrated range of its own.
-//   global pool mean over H W per channel: u8 input: v = (sum_p q_p - H W z) * (s_in / (H W)),
-//               the sum exact in int32 (H W 255 < 2^31); float input: v = (sum_p x_p) * (1 / (H
-//               W)), summed in pixel order; then quantize_u8 onto the readers' grid, or float
-//               logits.
+//               the same arithmetic as every output stage here. Not a separate u8 + u8 add:
+//               the block's pre-add sum is never rounded to u8, so it needs no calibrated
+//               range of its own (the file has none) and the add rounds once, not twice.
+//   global pool mean over H W per channel, u8 input: v = (sum_p q_p - H W z) * (s_in / (H W)),
+//               the sum exact in int32 (a plane of more than 2^31 / 255 pixels is refused);
+//               float input: v = (sum_p x_p) * (1 / (H W)), summed in pixel order; then
+//               quantize_u8 onto the readers' grid, or float logits.
 //   activation  the u8 value q between two steps, x = s (q - z): after a ReLU z = 0 and
 //               s = range / 255, else z = 128 and s = range / 127, with range the calibrated
-//               max |x| the file stores as the next step's input_range (op.input_range). The
+//               max |x| the file stores as its readers' input_range (op.input_range). The
 //               network input is a float tensor quantized the same way (z = 128).
 //   act grid    an act_quant (format version 2) in a step's chain, or as the first operation,
 //               sets the u8 activation it feeds instead of the calibration: q is the learned
@@ -47,11 +48,13 @@
 //               layer's int32 sum over input channels needs one step s for all of them: a
 //               per-channel s does not fold into the per-output-channel scale), a second
 //               act_quant in one chain, and an act_quant on the network output (float logits).
-//   output      every conv2d / linear step: acc(i, j) = sum_p (q(i, p) - z) code(j, p), exact in
-//   int32, then
+//   output      every conv2d / linear step: acc(i, j) = sum_p (q(i, p) - z) code(j, p), exact
+//               in int32, then
 //                 v = acc * scale[j] + bias[j]       scale[j] = s_in * s_w(j) * cs[j]
+//                 v = v + residual                   when an add is fused (above)
 //                 v = max(v, 0)                      when the step has a ReLU
-//                 q' = clamp(round(v / s_out) + z_out, 0, 255)   or float v at the last step
+//                 q' = clamp(round(v / s_out) + z_out, 0, 255)   or float v (logits, or a
+//                                                    kept float value)
 //               then the max-pool, if any, on q' (exact: quantizing is monotone, so the max of
 //               the quantized values is the quantized max).
 //   weights     a quantized tensor of <= 8 bits is used as stored (codes, groups, scales); a
@@ -71,6 +74,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -301,6 +305,10 @@ struct integer_plan {
       if (op.kind == op_kind::global_avg_pool) {
         s.kind = step_kind::global_pool;
         s.channels = s.in_shape.dims[0];
+        const std::uint64_t plane = s.in_shape.elements() / s.channels;
+        if (plane * 255 > std::uint64_t(std::numeric_limits<std::int32_t>::max()))
+          return refuse(i, "a plane of " + std::to_string(plane) +
+                               " pixels: its sum of u8 codes may not fit int32");
         s.out_shape = op.output;
         s.out_value = static_cast<std::uint32_t>(i + 1);
         nonneg[i + 1] = nonneg[op.input];
