@@ -819,12 +819,12 @@ TEST_CASE("packed engine: a residual add it cannot fuse, and avg_pool2d, are ref
   {
     // An add reading two values no layer wrote last: the stem's output, twice (a ReLU between).
     format::model_file m = f.m;
-    const std::size_t add = op_index(m, "add"); // layer1.0's
+    const std::size_t add = op_index(m, "layer1.0.add");
     m.ops[add].input = m.ops[add].input_b;
     format::infer_shapes(m);
     const deploy::runtime rt(m);
     CHECK_FALSE(rt.engine().supported());
-    CHECK(rt.engine().why().find("operation " + std::to_string(add) + " (add, add)") !=
+    CHECK(rt.engine().why().find("operation " + std::to_string(add) + " (layer1.0.add, add)") !=
           std::string::npos);
   }
   {
