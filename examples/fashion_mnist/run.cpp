@@ -79,6 +79,7 @@ typename Quant<float>::options layer_options(const settings& cfg, int bits) {
   if constexpr (requires { q.b_min; }) {
     q.b_min = cfg.b_min;
     q.b_max = cfg.b_max;
+    if (cfg.b_init) q.b_init = *cfg.b_init;
   } else {
     q.bits = bits;
   }
@@ -213,8 +214,8 @@ int run(const settings& cfg, Builder build) {
   });
   std::string bits_text;
   if constexpr (learned)
-    bits_text =
-        "in [" + cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) + "] bits";
+    bits_text = "in [" + cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
+                "] bits, from " + cli::number_text(cfg.b_init.value_or(cfg.b_max - 0.5));
   else
     bits_text = "at " + std::to_string(uniform_bits) +
                 " bits (the largest uniform bitwidth within the size target)";
@@ -255,6 +256,14 @@ int run(const settings& cfg, Builder build) {
         "activation quantizers",
         learned ? "after every ReLU, from " + cli::number_text(*cfg.act_bits) + " bits"
                 : "after every ReLU, fixed at " + cli::number_text(*cfg.act_bits) + " bits");
+  if (t.budget_anneal > 0)
+    trainer.add_setting("budget anneal", "size target falls to the final one over the first " +
+                                             cli::number_text(t.budget_anneal) +
+                                             " of the search steps");
+  if (t.penalty_warmup > 0)
+    trainer.add_setting("penalty warm-up", "lambda grows from 0 over the first " +
+                                               cli::number_text(t.penalty_warmup) +
+                                               " of the search steps");
   if (t.target_bops) trainer.add_setting("target BOPs", cli::number_text(*t.target_bops));
   if (t.target_activation_kb)
     trainer.add_setting("target activation KB", cli::number_text(*t.target_activation_kb));

@@ -24,6 +24,8 @@ struct settings {
   std::string policy = "frac_bits";
   std::string group = "1";
   double b_min = 2, b_max = 8;
+  /// The learned policies' initial bitwidth (--b-init); unset: b_max - 0.5.
+  std::optional<double> b_init;
   std::optional<int> edge_bits;          ///< pin the edge layers at this many bits
   std::optional<std::string> edge_group; ///< the edge layers' group size (default: group)
   std::size_t train_limit = 0;

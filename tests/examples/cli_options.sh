@@ -183,6 +183,57 @@ target_bits)
   rejects "--target-bits: the smallest model the bitwidth bounds allow" --target-bits 1.5
   ;;
 
+b_init)
+  # Issue #24: the learned bitwidths start at --b-init (default --b-max - 0.5 = 7.5): the
+  # pretraining is the same, the search starts (and, with 2 steps, stays) near it.
+  run base --target-bits 4
+  run changed --target-bits 4 --b-init 3
+  same_phase "$work/base" "$work/changed" pretrain
+  other_phase "$work/base" "$work/changed" search
+  check "$work/changed" "float([r for r in log if r['phase'] == 'search'][0]['average_bits']) < 3.5"
+  check "$work/base" "float([r for r in log if r['phase'] == 'search'][0]['average_bits']) > 6.5"
+  printed changed "in [2, 8] bits, from 3"
+  rejects "--b-init: expected a value in [--b-min, --b-max] = [2, 8], got 9" --b-init 9
+  rejects "--b-init: expected a value in [--b-min, --b-max] = [3, 8], got 2.5" --b-min 3 \
+    --b-init 2.5
+  rejects "--b-init: expected a finite number in [1, 16], got nan" --b-init nan
+  rejects "--b-init: has no effect with --policy fixed_bits" --policy fixed_bits --b-init 3
+  ;;
+
+budget_anneal | penalty_warmup)
+  # Issue #24: the search's penalty schedule. With the target annealed over the whole search
+  # (or the penalty weight warming up), the size after the first search epoch stays well above
+  # where the plain penalty drives it; the frozen model meets --target-bits all the same.
+  option=--${case_name//_/-}
+  common=(--target-bits 2.5 --search-epochs 4 --max-steps 8 --bits-lr 0.5)
+  run base "${common[@]}" "$option" 0
+  run changed "${common[@]}" "$option" 1
+  same_phase "$work/base" "$work/changed" pretrain
+  other_phase "$work/base" "$work/changed" search
+  first_search="float([r for r in log if r['phase'] == 'search'][0]['average_bits'])"
+  base_bits=$(value "$work/base" "$first_search")
+  # The anneal holds the size up by bits; the warm-up only by a tenth of a bit (Adam normalises
+  # the bitwidth steps, so a smaller lambda hardly slows them while the penalty dominates).
+  margin=$([ "$case_name" = budget_anneal ] && echo 1 || echo 0.05)
+  check "$work/changed" "$first_search > $base_bits + $margin"
+  for d in base changed; do
+    stored=$(sed -n 's/^stored bits *\([0-9.]*\) per weight.*/\1/p' "$work/$d.log")
+    "$python" -c "import sys; sys.exit(not $stored <= 2.5)" ||
+      fail "$d: $stored stored bits per weight above the target 2.5"
+  done
+  [ "$case_name" != budget_anneal ] || printed changed "search: size target annealed from"
+  # fashion_mnist warms the penalty up over half the search unless told otherwise (#24).
+  if [ "$case_name" = penalty_warmup ]; then
+    help=$("$fm" --help) # not piped into grep -q: pipefail and SIGPIPE
+    grep -q -- "--penalty-warmup FLOAT:\[0, 1\]=0.5" <<< "$help" ||
+      fail "--penalty-warmup: expected the default 0.5 in --help"
+  fi
+  for bad in nan -0.1 1.5; do
+    rejects "$option: expected a finite number in [0, 1], got $bad" "$option" "$bad"
+  done
+  rejects "$option: has no effect with --policy fixed_bits" --policy fixed_bits "$option" 0.5
+  ;;
+
 b_bounds)
   # Every layer's groups, the first and the last included, within [b-min, b-max].
   run b35 --b-min 3 --b-max 5 --target-bits 8

@@ -169,10 +169,13 @@ struct budget_net {
   }
 };
 
-/// After freezing: every group that could take one more bit (below ceil(learned), below b_max)
-/// breaks at least one budget when it does.
+/// After freezing: every group that could take one more bit (below b_max when a budget counts
+/// it, else below ceil(learned)) breaks at least one budget when it does (#24: the groups a
+/// budget counts may go above ceil(learned)).
 void check_maximal(budget_net& m, const std::vector<double>& learned, const quant::budgets& b) {
-  std::size_t index = 0, raisable = 0;
+  std::size_t index = 0, raisable = 0, weight_groups = 0;
+  m.weights()([&](std::string_view, const auto& q) { weight_groups += q.groups(); });
+  const bool weights_limited = b.size_bits || b.bops, acts_limited = b.bops || b.memory;
   auto fits = [&] {
     if (b.size_bits && weight_bits(m.net) > *b.size_bits) return false;
     if (b.bops && m.costs.bops.value() > b.bops_target) return false;
@@ -182,8 +185,10 @@ void check_maximal(budget_net& m, const std::vector<double>& learned, const quan
   auto each = [&](std::string_view name, auto& q) {
     std::vector<int> k = q.frozen_bits();
     for (std::size_t g = 0; g < k.size(); ++g, ++index) {
-      const int cap = std::min(static_cast<int>(std::floor(q.b_max())),
-                               static_cast<int>(std::ceil(learned[index])));
+      const bool limited = index < weight_groups ? weights_limited : acts_limited;
+      const int cap = limited ? static_cast<int>(std::floor(q.b_max()))
+                              : std::min(static_cast<int>(std::floor(q.b_max())),
+                                         static_cast<int>(std::ceil(learned[index])));
       if (k[g] >= cap) continue;
       ++raisable;
       ++k[g];
@@ -196,7 +201,7 @@ void check_maximal(budget_net& m, const std::vector<double>& learned, const quan
   };
   m.weights()(each);
   m.acts()(each);
-  MESSAGE(raisable << " groups below their rounded-up learned bits");
+  MESSAGE(raisable << " groups could take one more bit");
 }
 
 } // namespace
@@ -249,16 +254,27 @@ TEST_CASE("freezing against each budget alone meets it, within one step") {
   }
 }
 
-TEST_CASE("freezing with every budget already met rounds the learned bits up; an unreachable "
-          "budget is reported unmet") {
+TEST_CASE("freezing with every budget already met spends it (every group the budget counts at "
+          "b_max, #24); an unreachable budget is reported unmet") {
   budget_net m;
   const std::vector<double> learned = m.learned();
   quant::budgets loose{.bops = &m.costs.bops, .bops_target = 10 * m.costs.bops.value()};
   const auto r = quant::freeze_to_budgets(m.weights(), m.acts(), loose);
   CHECK(r.all_met);
   std::vector<double> frozen = m.learned();
-  for (std::size_t i = 0; i < frozen.size(); ++i)
-    CHECK(frozen[i] == std::min(8.0, std::ceil(learned[i])));
+  // 8 bits everywhere is 2-3x the learned bits' BOPs, within 10x: every group (all of them
+  // count in BOPs) takes b_max. Before #24 they stopped at ceil(learned).
+  for (std::size_t i = 0; i < frozen.size(); ++i) CHECK(frozen[i] == 8.0);
+  // A size budget alone limits the weights only: the activations stop at ceil(learned).
+  budget_net m3;
+  const std::vector<double> learned3 = m3.learned();
+  quant::budgets size_only{.size_bits = 10 * weight_bits(m3.net)};
+  CHECK(quant::freeze_to_budgets(m3.weights(), m3.acts(), size_only).all_met);
+  const std::vector<double> frozen3 = m3.learned();
+  std::size_t weight_groups = 0;
+  m3.weights()([&](std::string_view, const auto& q) { weight_groups += q.groups(); });
+  for (std::size_t i = 0; i < frozen3.size(); ++i)
+    CHECK(frozen3[i] == (i < weight_groups ? 8.0 : std::min(8.0, std::ceil(learned3[i]))));
 
   budget_net m2;
   // Below the 8-bit input image alone (784 bytes): no bitwidth can reach it.

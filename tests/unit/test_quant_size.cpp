@@ -170,12 +170,14 @@ TEST_CASE("budget-aware freezing never exceeds a reachable target") {
     CHECK(r.size_bits == doctest::Approx(total_size_bits(visit)));
     CHECK(m.a.frozen());
     CHECK(m.b.frozen());
-    // Greedy is tight: no group still below its ceiling fits one more bit.
+    // Greedy is tight: no group below its b_max fits one more bit (since #24, not only the
+    // groups below their ceiling).
     const double slack = target - r.size_bits;
     auto kb = m.a.frozen_bits();
     for (std::size_t g = 0; g < 3; ++g)
-      if (kb[g] < std::ceil(a_bits.value[g] - 1e-12) && a_bits.value[g] != kb[g])
-        CHECK(slack < m.a.group_weight_count(g));
+      if (kb[g] < static_cast<int>(m.a.b_max())) CHECK(slack < m.a.group_weight_count(g));
+    if (m.b.frozen_bits()[0] < static_cast<int>(m.b.b_max()))
+      CHECK(slack < m.b.group_weight_count(0));
   }
   // Unreachable target: everything at the lowest allowed bitwidth, reported.
   model m;
@@ -214,6 +216,51 @@ TEST_CASE("budget-aware freezing rounds below floor when the all-floor model is 
     CHECK(r.within_target);
     CHECK(r.size_bits <= target + 1e-9);
     for (int k : m.a.frozen_bits()) CHECK(k >= lo);
+  }
+}
+
+TEST_CASE("budget-aware freezing spends the bits a layer pinned at b_min leaves (#24)") {
+  // Before #24 the greedy only rounded groups up toward ceil(b): a layer whose learned bits sat
+  // on b_min (b - floor(b) = 0) never asked for more, and the other layer's +1 did not fit, so
+  // the frozen model stayed 600 bits under the target.
+  SUBCASE("round_to_budget") {
+    const budget_item items[] = {{2.0, 100, 2, 8}, {3.6, 1000, 2, 8}};
+    // target = 100 * 2 + 1000 * 3.6 = 3800; all-floor 3200; the big group's +1 (1000) misses.
+    const auto k = round_to_budget(items, 3800);
+    // Spent on the pinned layer, +1 at a time while it fits: 3200 + 6 * 100 = 3800.
+    CHECK(k[0] == 8);
+    CHECK(k[1] == 3);
+    // Largest deficit b - k first: the big group (3.6 - 3 = 0.6) takes the +1 when it fits.
+    const auto k2 = round_to_budget(items, 4250);
+    CHECK(k2[1] == 4); // 3200 + 1000 = 4200
+    CHECK(k2[0] == 2); // the 50 bits left fit no +1
+  }
+  SUBCASE("freeze_to_budget over two frac_bits layers") {
+    const auto w1 = normal(16 * 8, 11), w2 = normal(64 * 16, 12);
+    frac_bits<double>::options o; // b in [2, 8], one group per output channel
+    frac_bits<double> pinned(o), big(o);
+    pinned.bind(16, 8, w1.data()); // 16 groups of 8 weights
+    big.bind(64, 16, w2.data());   // 64 groups of 16 weights
+    auto pb = find_param(parameters_of(pinned), "bits");
+    for (std::size_t g = 0; g < pb.size; ++g) pb.value[g] = 2.0; // on b_min
+    auto bb = find_param(parameters_of(big), "bits");
+    for (std::size_t g = 0; g < bb.size; ++g) bb.value[g] = 3.0; // on an integer too
+    auto visit = [&](auto&& f) {
+      f("pinned", pinned);
+      f("big", big);
+    };
+    // 90 bits above the real size: every deficit b - k is 0, ties go in visiting order, so the
+    // pinned layer's groups of 8 take +1 each while they fit: 11 x 8 = 88, 2 bits left (less
+    // than any group). Before #24 nothing was raised and all 90 bits stayed unspent.
+    const double target = total_size_bits(visit) + 90;
+    const auto r = freeze_to_budget(visit, target);
+    CHECK(r.within_target);
+    CHECK(r.size_bits <= target);
+    int pinned_up = 0;
+    for (int k : pinned.frozen_bits()) pinned_up += k - 2;
+    CHECK(pinned_up == 11);
+    for (int k : big.frozen_bits()) CHECK(k == 3);
+    CHECK(target - r.size_bits == doctest::Approx(2));
   }
 }
 

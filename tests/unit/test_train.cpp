@@ -171,6 +171,62 @@ TEST_CASE("a run interrupted at epoch boundaries and resumed ends bit-identical"
                              6);
 }
 
+TEST_CASE("a run with budget_anneal and penalty_warmup interrupted and resumed ends "
+          "bit-identical (#24)") {
+  // The schedule depends on the step counter and the search's start size, which a search
+  // checkpoint keeps: stops inside the search must not move the penalty.
+  auto options = [](const fs::path& out) {
+    auto o = quick_options(out);
+    o.pretrain.epochs = 1;
+    o.search.epochs = 3;
+    o.finetune.epochs = 1;
+    o.max_steps_per_epoch = 6;
+    o.budget_anneal = 0.75;
+    o.penalty_warmup = 0.5;
+    return o;
+  };
+  check_resume_bit_identical("bitgrad-train-anneal", options, make_quant,
+                             {stop_rule{2, 0}, stop_rule{0, 9}, stop_rule{0, 13}}, 5);
+}
+
+TEST_CASE("budget_anneal keeps the size above the final target early in the search and "
+          "freezes to the final target (#24)") {
+  auto run = [](double anneal, std::vector<epoch_record>& history) {
+    temp_dir dir("bitgrad-train-anneal-effect");
+    auto fp32 = make_fp32();
+    auto q = make_quant();
+    auto o = quick_options(dir.path);
+    o.pretrain.epochs = 1;
+    o.search = {.epochs = 4, .lr = 5e-4, .bits_lr = 0.5};
+    o.finetune.epochs = 1;
+    o.max_steps_per_epoch = 8;
+    o.target_average_bits = 2.5;
+    o.budget_anneal = anneal;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    const auto r = t.run();
+    REQUIRE(r.finished);
+    history = r.history;
+    CHECK(r.summary.size_bytes <= t.target_bits() / 8);
+    return r.summary.size_bytes;
+  };
+  std::vector<epoch_record> plain, annealed;
+  run(0, plain);
+  run(1, annealed);
+  REQUIRE(plain.size() == 6);
+  REQUIRE(annealed.size() == 6);
+  // history: pretrain 1, search 1..4, finetune 1
+  MESSAGE("average bits after search epochs, plain: "
+          << plain[1].average_bits << " " << plain[2].average_bits << " " << plain[3].average_bits
+          << " " << plain[4].average_bits << "; annealed: " << annealed[1].average_bits << " "
+          << annealed[2].average_bits << " " << annealed[3].average_bits << " "
+          << annealed[4].average_bits);
+  CHECK(annealed[1].average_bits > plain[1].average_bits + 1);
+  CHECK(annealed[2].average_bits > plain[2].average_bits + 0.5);
+  // Over the whole search (a = 1) the target ends at the final one: the last search epoch
+  // reaches the same neighbourhood.
+  CHECK(annealed[4].average_bits < annealed[1].average_bits - 1);
+}
+
 TEST_CASE("checkpoints round-trip and reject corruption and other architectures") {
   temp_dir dir("bitgrad-train-ckpt");
   auto q = make_quant();

@@ -11,6 +11,17 @@
 // in order of increasing fractional part (the groups furthest from their floor's claim first;
 // ties: visiting order), pass after pass, until the total fits or every group is at its lowest
 // allowed bitwidth. So the result is within the target whenever the all-minimum model is.
+// Then the bits left are spent (issue #24): rounding toward ceil(b) alone leaves budget unused
+// when the groups still below their ceiling are too big for the remainder, or when groups sit
+// on an integer (a layer pinned at b_min has b - floor(b) = 0 and never asked for more). With
+// the deficit d_i = b_i - k_i (how far the group's integer lies below its learned bitwidth;
+// for the groups rounded down it is the fractional part, as in the pass above), repeatedly
+//   raise k_i by 1 for the group of largest d_i among those with k_i < hi_i and
+//   n_i <= target - used (ties: visiting order),
+// until no +1 fits. The round-up pass above is this rule's first sweep (the groups with
+// d_i > 0, in the same order); after it, groups the search left at or above an integer get the
+// remainder, the ones with the highest learned bits first. The result never exceeds the
+// target and is maximal: no group below hi can take one more bit.
 //
 // Usage over a model:
 //   auto visit = [&](auto&& f) { net.visit_quantizers(f); };   // f(name, q) for each quantizer
@@ -41,6 +52,39 @@ struct budget_item {
   int lo;         ///< smallest integer bitwidth allowed
   int hi;         ///< largest integer bitwidth allowed
 };
+
+namespace detail {
+/// The spending rule at the top of the file: while some group below its `hi` fits one more
+/// bit, raise the one of largest deficit bits - k (ties: visiting order). A max-heap on
+/// (deficit, -index); a group that does not fit is dropped for good, as the remainder only
+/// shrinks. `used` is updated.
+inline void spend_remainder(std::span<const budget_item> items, std::vector<int>& k, double& used,
+                            double code_budget) {
+  struct entry {
+    double deficit;
+    std::size_t index;
+  };
+  auto lower = [](const entry& a, const entry& b) {
+    return a.deficit < b.deficit || (a.deficit == b.deficit && a.index > b.index);
+  };
+  std::vector<entry> heap;
+  for (std::size_t i = 0; i < items.size(); ++i)
+    if (k[i] < items[i].hi) heap.push_back({items[i].bits - k[i], i});
+  std::make_heap(heap.begin(), heap.end(), lower);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), lower);
+    const std::size_t i = heap.back().index;
+    heap.pop_back();
+    if (used + items[i].weights > code_budget) continue;
+    ++k[i];
+    used += items[i].weights;
+    if (k[i] < items[i].hi) {
+      heap.push_back({items[i].bits - k[i], i});
+      std::push_heap(heap.begin(), heap.end(), lower);
+    }
+  }
+}
+} // namespace detail
 
 /// The greedy rounding above, on a flat list of groups; `code_budget` is the bits available for
 /// the codes (overhead already subtracted). Returns one integer bitwidth per item.
@@ -77,18 +121,10 @@ inline std::vector<int> round_to_budget(std::span<const budget_item> items, doub
         }
       }
     }
+    if (used <= code_budget) detail::spend_remainder(items, k, used, code_budget);
     return k;
   }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return frac(a) > frac(b); });
-  for (std::size_t i : order) {
-    const bool wants_up = frac(i) > 0 && static_cast<double>(k[i]) < items[i].bits;
-    if (!wants_up || k[i] >= items[i].hi) continue;
-    if (used + items[i].weights <= code_budget) {
-      ++k[i];
-      used += items[i].weights;
-    }
-  }
+  detail::spend_remainder(items, k, used, code_budget);
   return k;
 }
 

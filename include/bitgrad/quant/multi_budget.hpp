@@ -24,11 +24,15 @@
 //      i.e. the least loss proxy per unit of the budget's relative excess removed (ties: the
 //      first group in visiting order, weights before activations). A budget no step can lower
 //      is infeasible: it is reported unmet and left out of the choice.
-//   3. Bits not left unspent: while some group below ceil(b_i) can step up with no budget's
+//   3. Bits not left unspent: while some group below its cap can step up with no budget's
 //      excess growing, raise the one furthest below its learned bitwidth (largest b_i - k_i;
-//      ties: visiting order). So the result is maximal: no group under its rounded-up learned
-//      bitwidth can take one more bit without breaking a budget.
-// With no budget violated at step 1 the result is ceil(b) everywhere.
+//      ties: visiting order). The cap is hi_i for a group that counts in an active budget
+//      (weights: size or BOPs; activations: BOPs or memory) and ceil(b_i) for one that counts
+//      in none, which no budget limits. So the result is maximal: no group that a budget
+//      limits can take one more bit without breaking a budget (issue #24: capping every group
+//      at ceil(b_i) left budget unspent, e.g. when a layer sat on b_min).
+// With no budget violated at step 1, the groups no budget limits end at ceil(b); the others
+// take the budgets' slack, largest b_i - k_i first.
 //
 // Usage:
 //   quant::budgets b{.size_bits = weight_budget, .bops = &costs.bops, .bops_target = 2e6};
@@ -273,13 +277,31 @@ budgets_result freeze_to_budgets(VisitW&& weights, VisitA&& acts, const budgets&
       --k[best];
   }
 
-  // 3. raise what fits, furthest below its learned bitwidth first
+  // 3. raise what fits, furthest below its learned bitwidth first; a group no active budget
+  // counts stops at ceil(b)
+  std::vector<char> limited(n, 0);
+  auto mark = [&](const detail::joint_budget_problem::source& src) {
+    if (src.first == detail::joint_budget_problem::npos) return;
+    for (std::size_t g = 0; g < src.groups; ++g) limited[src.first + g] = 1;
+  };
+  if (p.active(0))
+    for (std::size_t i = 0; i < n; ++i)
+      if (p.items[i].weights > 0) limited[i] = 1;
+  if (p.active(1))
+    for (const auto& l : p.layers) {
+      mark(l.w);
+      mark(l.a);
+    }
+  if (p.active(2))
+    for (const auto& t : p.tensors) mark(t.bits);
   for (;;) {
     double e[3];
     for (int c = 0; c < 3; ++c) e[c] = p.active(c) ? p.excess(c, k) : 0;
     std::size_t best = n;
     for (std::size_t i = 0; i < n; ++i) {
-      const int cap = std::min(p.items[i].hi, static_cast<int>(std::ceil(p.items[i].b)));
+      const int cap = limited[i]
+                          ? p.items[i].hi
+                          : std::min(p.items[i].hi, static_cast<int>(std::ceil(p.items[i].b)));
       if (k[i] >= cap) continue;
       if (best != n && p.items[i].b - k[i] <= p.items[best].b - k[best]) continue;
       ++k[i];

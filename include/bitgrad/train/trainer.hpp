@@ -94,6 +94,7 @@
 #include <bitgrad/train/gradient_sync.hpp>
 #include <bitgrad/train/model_info.hpp>
 #include <bitgrad/train/observer.hpp>
+#include <bitgrad/train/search_schedule.hpp>
 #include <bitgrad/train/sensitivity.hpp>
 #include <bitgrad/train/step.hpp>
 
@@ -175,6 +176,13 @@ struct trainer_options {
   nn::model_input cost_input{};
   quant::penalty_form penalty = quant::penalty_form::hinge;
   double penalty_lambda = 5.0;
+  /// The search's penalty schedule (train/search_schedule.hpp): the fraction of the search
+  /// steps over which the size target falls linearly from the size the search starts at to the
+  /// final target (0 = the final target from the first step), and the fraction over which the
+  /// penalty weight grows linearly from 0 to penalty_lambda (0 = full weight from the first
+  /// step). Freezing always uses the final target.
+  double budget_anneal = 0;
+  double penalty_warmup = 0;
   quant::rounding freeze_rounding = quant::rounding::budget_aware;
   /// per_layer since issue #11: the learned bits then follow the groups' sensitivity
   /// (docs/results.md, "Issue #11").
@@ -295,6 +303,7 @@ public:
     if (test_.size() == 0) throw config_error("trainer: the test set is empty");
     if (!(opt_.target_average_bits > 0))
       throw config_error("trainer: target average bits must be > 0");
+    search_schedule_().check();
     if (opt_.target_bytes && !(*opt_.target_bytes > 0))
       throw config_error("trainer: target bytes must be > 0, got " +
                          std::to_string(*opt_.target_bytes));
@@ -440,6 +449,21 @@ public:
     if (phase == 1) {
       quant::size_penalty penalty{
           .form = opt_.penalty, .lambda = opt_.penalty_lambda, .target_bits = weight_budget_bits()};
+      // S0 of the penalty schedule: the weights' size as the search starts (a resumed search
+      // takes it from its checkpoint, as the weights' size has moved since).
+      if (resumed && resumed->meta.count("search_start_bits"))
+        search_start_bits_ = meta_real(*resumed, "search_start_bits");
+      else if (resumed && search_schedule_().active())
+        throw config_error("trainer: the checkpoint " + ckpt.string() +
+                           " has no search_start_bits (written before budget_anneal / "
+                           "penalty_warmup existed): resume it without them, or retrain");
+      else
+        search_start_bits_ = quant::total_size_bits(quantizers());
+      if (opt_.size_budget && opt_.budget_anneal > 0)
+        say("search: size target annealed from " +
+            format_bytes(std::max(search_start_bits_, penalty.target_bits) / 8) + " to " +
+            format_bytes(penalty.target_bits / 8) + " (weights) over the first " +
+            exact(100 * opt_.budget_anneal) + "% of the search steps");
       phase_costs_ = cost_penalties_.empty() ? nullptr : &cost_penalties_;
       const bool go =
           run_phase(quant_, 1, opt_.search, done_epochs, resumed,
@@ -722,6 +746,8 @@ private:
         << exact(opt_.cost_input.unquantized_bits) << "\n"
         << "penalty=" << static_cast<int>(opt_.penalty) << " lambda " << exact(opt_.penalty_lambda)
         << "\n"
+        << "budget_anneal=" << exact(opt_.budget_anneal) << ", penalty_warmup "
+        << exact(opt_.penalty_warmup) << "\n"
         << "freeze_rounding=" << static_cast<int>(opt_.freeze_rounding) << "\n"
         << "bits_moment=" << to_string(opt_.bits_moment) << "\n"
         << "seed=" << opt_.seed << "\n";
@@ -946,6 +972,7 @@ private:
         data.meta["phase"] = name;
         data.meta["epoch"] = std::to_string(epochs_done);
         data.meta["fp32_accuracy"] = exact(fp32_accuracy);
+        if (phase == 1) data.meta["search_start_bits"] = exact(search_start_bits_);
         data.meta["seconds"] = exact(elapsed());
         data.history = history;
         if (p.step > 0) write_partial_epoch(data, p); // mid-epoch
@@ -989,8 +1016,16 @@ private:
             {.phase = name, .epoch = epoch + 1, .epochs = po.epochs, .steps = per_epoch});
       });
       while (part.step < per_epoch && batches.next(x, y)) {
-        optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, epoch * per_epoch + part.step));
-        const auto r = train_step(net, loss, optimizer, x, y, penalty, phase_costs_, sync_);
+        const std::size_t step = epoch * per_epoch + part.step;
+        optimizer.set_lr(optim::scheduled_lr(schedule, po.lr, step));
+        quant::size_penalty scheduled;
+        const quant::size_penalty* step_penalty = penalty;
+        if (penalty && search_schedule_().active()) {
+          scheduled =
+              search_schedule_().at(*penalty, search_start_bits_, step, per_epoch * po.epochs);
+          step_penalty = &scheduled;
+        }
+        const auto r = train_step(net, loss, optimizer, x, y, step_penalty, phase_costs_, sync_);
         if (!r.bad.empty() && !opt_.skip_nonfinite)
           throw step_failure(phase, epoch, part.step, r.bad);
         if (r.bad.empty()) {
@@ -1129,6 +1164,11 @@ private:
   std::unique_ptr<nn::model_costs> costs_; ///< over quant_'s quantizers (see costs())
   quant::cost_penalties cost_penalties_;   ///< the cost budgets' penalties, over *costs_
   const quant::cost_penalties* phase_costs_ = nullptr; ///< in the search phase only
+  double search_start_bits_ = 0;                       ///< S0 of the search's penalty schedule
+
+  search_schedule search_schedule_() const {
+    return {.budget_anneal = opt_.budget_anneal, .penalty_warmup = opt_.penalty_warmup};
+  }
 };
 
 } // namespace bitgrad::train
