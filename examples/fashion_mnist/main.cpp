@@ -82,9 +82,6 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
 int main(int argc, char** argv) {
   settings cfg;
   auto& t = cfg.trainer;
-  // Issue #24: the penalty weight warms up over the first half of the search by default here
-  // (LeNet-5, 2-bit budget, 3 seeds: +0.31, +0.16, +0.07 points over no warm-up; README).
-  t.penalty_warmup = 0.5;
   std::string out = "runs/fashion_mnist";
   const auto whole = [](std::uint64_t lo) { return cli::whole_number(lo); };
   CLI::App app{"Train a network on Fashion-MNIST with learned mixed-precision bitwidths"};
