@@ -1,8 +1,8 @@
 // fashion_mnist's settings (main.cpp fills them from the command line) and run_model<Quant>, the
 // whole run for one quantizer policy, compiled for the four policies in run.cpp (lenet5,
-// vgg-small) and run_resnet20.cpp (resnet20, whose networks take as long to compile as the
-// other two models': its own translation unit, compiled beside run.cpp; issue #24): main.cpp,
-// which only reads the command line, instantiates no network. (One translation unit per policy
+// vgg-small) and, for frac_bits and fixed_bits, in run_resnet20.cpp (resnet20, the slowest to
+// compile: its own translation unit, compiled beside run.cpp; issue #24): main.cpp, which only
+// reads the command line, instantiates no network. (One translation unit per policy
 // was tried: each repeats the FP32 twins and the trainer's common code, 54 s of CPU each against
 // 94 s for all four in one; issue #18.)
 #pragma once

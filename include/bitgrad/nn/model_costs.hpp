@@ -23,7 +23,8 @@
 // shape and bits), must end at the same shape, and y is unquantized (a sum of two grids is on
 // neither); its relu and activation_quant, outside the residual, put it back on a grid.
 // BOPs: one term per conv2d / linear, MACs x b_w x b_a with b_w its weight quantizer's group
-// bitwidths (no_quant: 32) and b_a the bits in flight at its input (bop_layer_of).
+// bitwidths (no_quant: 32) and b_a the bits in flight at its input (bop_layer_of). Layers and
+// tensors are named by their full names ("layer2.0.conv1", "layer3.2.relu_quant").
 // Peak activation memory: the input image and every activation_quant's output, each at its
 // bits, H W elements per channel at that point (1 after a flatten). Tensors not behind an
 // activation quantizer (a conv's accumulators, a float ReLU output) are not counted: the cost
@@ -202,7 +203,9 @@ struct cost_walk {
         throw config_error(who + ": expected an input of " + std::to_string(o.in_channels) +
                            " channels (N, C, H, W), got " +
                            (flat ? std::string("a flat tensor") : std::to_string(c) + " channels"));
-      out.bops.add_layer(bop_layer_of(l, h, w, bits));
+      quant::bop_layer layer = bop_layer_of(l, h, w, bits);
+      layer.name = full_name; // "layer2.0.conv1", as the summary names it
+      out.bops.add_layer(std::move(layer));
       const std::size_t span = o.dilation * (o.kernel - 1) + 1;
       h = (h + 2 * o.padding - span) / o.stride + 1; // bop_layer_of checked h, w >= span
       w = (w + 2 * o.padding - span) / o.stride + 1;
@@ -213,7 +216,9 @@ struct cost_walk {
       if (l.in_features() != features)
         throw config_error(who + ": expected " + std::to_string(l.in_features()) +
                            " input features, got " + std::to_string(features));
-      out.bops.add_layer(bop_layer_of(l, bits));
+      quant::bop_layer layer = bop_layer_of(l, bits);
+      layer.name = full_name;
+      out.bops.add_layer(std::move(layer));
       c = l.out_features();
       h = w = 1;
       flat = true;
@@ -230,7 +235,9 @@ struct cost_walk {
         h = w = 1;
       }
       bits = bits_of(l);
-      out.memory.add_tensor(activation_tensor_of(l, h * w));
+      quant::activation_tensor tensor = activation_tensor_of(l, h * w);
+      tensor.name = full_name; // "layer3.2.relu_quant"
+      out.memory.add_tensor(std::move(tensor));
     } else if constexpr (kind == 4) {
       // y = max(0, x): shape and grid kept
     } else if constexpr (kind == 5) {
