@@ -135,8 +135,25 @@ model)
 resnet20)
   # --model resnet20 (issue #24): nn::resnet20 with 1 input channel trains a few steps of every
   # phase, prints its layer table, exports model.bgm, and the float runtime gives the trainer's
-  # quantized accuracy on the same test images.
-  run r20 --model resnet20 --train-limit 64 --batch-size 16
+  # quantized accuracy on the same test images. The sample's first 100 test images (every
+  # evaluation of a ResNet-20 on the 400 takes seconds).
+  small="$work/small-data"
+  mkdir -p "$small"
+  "$python" - "$data" "$small" << 'EOF'
+import gzip, os, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]:
+    if not os.path.exists(os.path.join(dst, name)):
+        os.symlink(os.path.join(src, name), os.path.join(dst, name))
+for name, header in [("t10k-images-idx3-ubyte.gz", 16), ("t10k-labels-idx1-ubyte.gz", 8)]:
+    raw = gzip.open(os.path.join(src, name)).read()
+    dims = list(struct.unpack(">%dI" % (header // 4 - 1), raw[4:header]))
+    per_item = (len(raw) - header) // dims[0]
+    dims[0] = 100
+    with gzip.open(os.path.join(dst, name), "wb") as f:
+        f.write(raw[:4] + struct.pack(">%dI" % len(dims), *dims) + raw[header:header + 100 * per_item])
+EOF
+  run r20 --data "$small" --model resnet20 --train-limit 64 --batch-size 16
   printed r20 "resnet20: frac_bits in [2, 8] bits, group 1; conv1 and fc quantized like the others"
   grep -Eq "^layer2\.0\.conv1 +frac_bits +4608 +32 " "$work/r20.log" ||
     { cat "$work/r20.log" >&2; fail "the layer table has no layer2.0.conv1 row (4608 weights, 32 groups)"; }
@@ -147,7 +164,7 @@ resnet20)
   # bias values).
   check "$work/r20" "sum(l['params'] for l in E) == 270608"
   [ -s "$work/r20/model.bgm" ] || fail "no model.bgm"
-  "$deploy" "$work/r20/model.bgm" --data "$data" --engine float > "$work/r20-deploy.log"
+  "$deploy" "$work/r20/model.bgm" --data "$small" --engine float > "$work/r20-deploy.log"
   trained=$(grep -o "^quantized accuracy *[0-9.]*%" "$work/r20.log" | grep -o "[0-9.]*%")
   deployed=$(grep -o "^float32  : accuracy [0-9.]*%" "$work/r20-deploy.log" | grep -o "[0-9.]*%")
   [ -n "$trained" ] && [ "$trained" = "$deployed" ] ||
@@ -155,13 +172,13 @@ resnet20)
   # Uniform W4A4 (fixed_bits, activation quantizers after its 19 ReLUs): the BOPs the trainer
   # reports are the hand count of tests/unit/test_act_models.cpp at the chosen weight bits
   # (stem MACs x 8-bit image, the other convs x 4-bit activations, fc x the float average pool).
-  run r20u --model resnet20 --policy fixed_bits --target-bits 4.5 --act-bits 4 --train-limit 64 \
+  run r20u --data "$small" --model resnet20 --policy fixed_bits --target-bits 4.5 --act-bits 4 --train-limit 64 \
     --batch-size 16 --pretrain-epochs 0 --search-epochs 0 --finetune-epochs 0
   check "$work/r20u" "len(s['activations']) == 19 and all(a['group_bits'] == [4] for a in s['activations'])"
   check "$work/r20u" "s['costs'][1]['value'] == E[0]['bits_mean'] * (112896 * 8 + 30908416 * 4 + 640 * 32)"
   check "$work/r20u" "s['costs'][2]['value'] == 50176 / 8"
   # A BOPs budget is honoured on the residual network (learned weight and activation bits).
-  run r20b --model resnet20 --act-bits 6 --target-bops 2e8 --train-limit 64 --batch-size 16 \
+  run r20b --data "$small" --model resnet20 --act-bits 6 --target-bops 2e8 --train-limit 64 --batch-size 16 \
     --pretrain-epochs 0 --finetune-epochs 0
   check "$work/r20b" "s['costs'][1]['target'] == 2e8 and s['costs'][1]['value'] <= 2e8 and s['costs'][1]['met']"
   printed r20b "budget 2e+08 BOPs, met"
@@ -605,6 +622,8 @@ pareto_bad_values)
     "$pareto" --data "$data" --out "$work/pareto" --pretrain-epochs -1
   expect_error "--groups: expected a whole number >= 1 (channels per group), 'channel' or 'layer', got -3" \
     "$pareto" --data "$data" --out "$work/pareto" --groups -3
+  expect_error "--policies: --models resnet20 is built with the frac_bits arms (and the uniform fixed_bits arm) only, got step_bits" \
+    "$pareto" --data "$data" --out "$work/pareto" --models resnet20
   expect_error "--uniform-groups: expected a whole number >= 1" \
     "$pareto" --data "$data" --out "$work/pareto" --uniform-groups 0
   ;;
