@@ -1,12 +1,14 @@
 // Inference throughput (images/s): the deploy runtime's packed integer engine, float and int8
-// paths against the training framework's eval-mode forward, for LeNet-5 and the VGG-style net
-// (frac_bits, frozen at 4 bits per channel group), batch 1 and 256, 1 and 2 threads.
+// paths against the training framework's eval-mode forward, for LeNet-5, the VGG-style net and
+// ResNet-20 (1 x 28 x 28 input, width 16; frac_bits, frozen at 4 bits per channel group), batch
+// 1 and 256, 1 and 2 threads.
 //
 // Besides the Google Benchmark rows, two modes for `make bench-deploy`
 // (benchmarks/peers/run_deploy.py), which runs every engine in a process of its own so that
 // each process's peak resident memory is that engine's:
-//   bench_inference --deploy-export DIR      writes DIR/lenet5.bgm and DIR/vgg_small.bgm (the
-//                                            nets below, calibrated on random inputs)
+//   bench_inference --deploy-export DIR      writes DIR/lenet5.bgm, DIR/vgg_small.bgm and
+//                                            DIR/resnet20.bgm (the nets below, calibrated on
+//                                            random inputs)
 //   bench_inference --deploy-run FILE ENGINE BATCH THREADS MIN_TIME
 //                                            loads FILE (nothing else), runs ENGINE (int or
 //                                            float) for MIN_TIME seconds and prints one JSON
@@ -69,6 +71,11 @@ auto make_vgg() {
   return frozen(nn::vgg_small<float, quant::frac_bits>(o));
 }
 
+auto make_resnet20() {
+  nn::model_options<float, quant::frac_bits> o{.seed = 1, .in_channels = 1, .in_size = 28};
+  return frozen(nn::resnet20<float, quant::frac_bits>(o));
+}
+
 tensor4<float> random_input(std::size_t batch) {
   std::mt19937 rng(1);
   std::normal_distribution<float> d(0.0f, 1.0f);
@@ -124,9 +131,13 @@ void lenet5(benchmark::State& s) {
 void vgg_small(benchmark::State& s) {
   run(s, make_vgg);
 }
+void resnet20(benchmark::State& s) {
+  run(s, make_resnet20);
+}
 
 BENCHMARK(lenet5)->Apply(args);
 BENCHMARK(vgg_small)->Apply(args);
+BENCHMARK(resnet20)->Apply(args);
 
 /// --deploy-export DIR
 int deploy_export(const std::filesystem::path& dir) {
@@ -142,6 +153,7 @@ int deploy_export(const std::filesystem::path& dir) {
   };
   save(make_lenet(), "lenet5");
   save(make_vgg(), "vgg_small");
+  save(make_resnet20(), "resnet20");
   return 0;
 }
 

@@ -114,6 +114,7 @@ int main(int argc, char** argv) {
         // Each layer's u8 input: a learned act_quant grid, or 8 bits from calibration.
         std::printf("activations:");
         for (const auto& st : rt.engine().plan().steps) {
+          if (!st.gemm()) continue; // a global pool reads the grid a layer wrote
           const auto& op = rt.model().ops[st.op];
           const bool grid = st.in_act != bitgrad::format::no_index;
           std::printf(" %s %d bits (%s)%s", op.name.c_str(), st.in_bits,

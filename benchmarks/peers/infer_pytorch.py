@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Inference speed of LeNet-5 and the small VGG-style net in PyTorch, the peer of bitgrad's
-runtime in `make bench-deploy` (benchmarks/peers/run_deploy.py): the same networks as
+"""Inference speed of LeNet-5, the small VGG-style net and ResNet-20 in PyTorch, the peer of
+bitgrad's runtime in `make bench-deploy` (benchmarks/peers/run_deploy.py): the same networks as
 train_pytorch.py (FP32, random weights), eval mode under torch.inference_mode().
 
 Engines:
@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from train_pytorch import lenet5, vgg_small  # noqa: E402  (the same networks)
+from train_pytorch import ResNet20, lenet5, vgg_small  # noqa: E402  (the same networks)
 
-MODELS = {"lenet5": lenet5, "vgg_small": vgg_small}
+MODELS = {"lenet5": lenet5, "vgg_small": vgg_small, "resnet20": ResNet20}
 
 
 def main():

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Inference speed, bitgrad's runtime against PyTorch on this machine (`make bench-deploy`):
-for LeNet-5 and the VGG-style net, batch 1 and 256, 1 and 2 threads, runs alternately, row by
+for LeNet-5, the VGG-style net and ResNet-20 (--models), batch 1 and 256, 1 and 2 threads, runs alternately, row by
 row, for several rounds, each engine in a process of its own:
 
   bitgrad_int           the packed integer engine (bench_inference --deploy-run FILE int ...)
@@ -43,7 +43,7 @@ from run_peers import cpu_model, load_average, wait_quiet, write_results  # noqa
 ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic",
            "onnxruntime_fp32", "onnxruntime_qdq"]
 ORT_FORMS = {"onnxruntime_fp32": "float32", "onnxruntime_qdq": "qdq"}
-NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-style"}
+NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-style", "resnet20": "ResNet-20"}
 
 
 def env_for(threads):
@@ -83,7 +83,7 @@ def main():
                     help="examples/bgm_to_onnx, which writes the ONNX Runtime engines' models")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
-    ap.add_argument("--models", default="lenet5,vgg_small")
+    ap.add_argument("--models", default="lenet5,vgg_small,resnet20")
     ap.add_argument("--batches", default="1,256")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--engines", default=",".join(ENGINES))

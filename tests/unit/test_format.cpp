@@ -14,6 +14,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -445,6 +446,36 @@ TEST_CASE("export: a NaN or infinite weight, scale or bias is refused, naming th
         export_error(net),
         "export: layer c: channel scale 1 of 2 is not finite (nan; batch norm bn folded in)"));
   }
+}
+
+TEST_CASE("export: operations of a nested network carry the full layer names, as the summary") {
+  auto net = nn::resnet20<float, quant::fixed_bits>({.in_channels = 1, .in_size = 8, .width = 2});
+  net.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+  std::vector<std::string> leaves; // conv2d / linear leaves, as nn::visit_layers names them
+  auto collect = [&](const std::string& name, auto& layer) {
+    if (layer.describe().starts_with("conv2d") || layer.describe().starts_with("linear"))
+      leaves.push_back(name);
+  };
+  nn::visit_layers(net, collect);
+  const format::model_file m = train::to_model_file(net, format::shape::image(1, 8, 8));
+  std::vector<std::string> weighted, adds;
+  for (const auto& op : m.ops) {
+    if (op.kind == format::op_kind::conv2d || op.kind == format::op_kind::linear)
+      weighted.push_back(op.name);
+    if (op.kind == format::op_kind::add) adds.push_back(op.name);
+  }
+  CHECK(weighted == leaves);
+  REQUIRE(weighted.size() == 22); // 19 convs of the stem and blocks, 2 projections, fc
+  CHECK(weighted[1] == "layer1.0.conv1");
+  CHECK(std::find(weighted.begin(), weighted.end(), "layer2.0.shortcut.conv") != weighted.end());
+  REQUIRE(adds.size() == 9);
+  CHECK(adds.front() == "layer1.0.add");
+  CHECK(adds.back() == "layer3.2.add");
+  // Every operation's name is unique (error messages and ONNX node names rely on it).
+  std::vector<std::string> names;
+  for (const auto& op : m.ops) names.push_back(op.name);
+  std::sort(names.begin(), names.end());
+  CHECK(std::adjacent_find(names.begin(), names.end()) == names.end());
 }
 
 TEST_CASE("export: from a trainer, with the trainer's normalisation and training set") {

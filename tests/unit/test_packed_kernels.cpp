@@ -531,6 +531,48 @@ TEST_CASE("output stages: quantize_u8 rounds like nearbyint, half to even") {
   CHECK(output::quantize_u8{1.0f}(1e30f, 0, 0) == 255);
 }
 
+TEST_CASE("output stages: the residual adds (u8 on its grid, float) through the lane overloads "
+          "equal the scalar calls, and add what the formula says") {
+  std::mt19937 rng(43);
+  for (std::size_t count : {1u, 3u, 4u, 7u, 16u, 21u, 64u}) {
+    const std::size_t j0 = 5, rows = 3, stride = count + j0 + 2;
+    std::vector<std::int32_t> acc(count);
+    std::vector<float> scale(count + j0), bias(count + j0), rf(rows * stride);
+    std::vector<std::uint8_t> ru(rows * stride);
+    for (auto& v : acc) v = std::int32_t(rng() % 200001) - 100000;
+    for (auto& v : scale) v = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
+    for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
+    for (auto& v : rf) v = std::uniform_real_distribution<float>(-3.0f, 3.0f)(rng);
+    for (auto& v : ru) v = std::uint8_t(rng() % 256);
+    const std::size_t i = 2; // row 2: the operand is read at i * stride + j
+    std::vector<std::uint8_t> ys(count + j0, 0), yv(ys);
+    auto u8 = [&](std::vector<std::uint8_t>& y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::add_u8{ru.data(), stride, 0.037f, 128},
+                                   output::clamp{0.0f}, output::quantize_u8{12.0f, 0},
+                                   output::store<std::uint8_t>{y.data(), 0, 1});
+    };
+    for (std::size_t c = 0; c < count; ++c) u8(ys)(i, j0 + c, acc[c]);
+    u8(yv).row(i, j0, acc.data(), count);
+    CHECK(yv == ys);
+    std::vector<float> fs(count + j0, 0.0f), fv(fs);
+    auto f32 = [&](std::vector<float>& y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::add_f32{rf.data(), stride},
+                                   output::store<float>{y.data(), 0, 1});
+    };
+    for (std::size_t c = 0; c < count; ++c) f32(fs)(i, j0 + c, acc[c]);
+    f32(fv).row(i, j0, acc.data(), count);
+    CHECK(fv == fs);
+  }
+  // v + s_r (q_r - z_r): 1.5 + 0.25 (140 - 128) = 4.5; 1.5 + 0.25 (120 - 128) = -0.5
+  const std::uint8_t r[2] = {140, 120};
+  CHECK(output::add_u8{r, 1, 0.25f, 128}(1.5f, 0, 0) == 4.5f);
+  CHECK(output::add_u8{r, 1, 0.25f, 128}(1.5f, 0, 1) == -0.5f);
+  const float rf[4] = {0.0f, 0.0f, 0.5f, -2.0f};
+  CHECK(output::add_f32{rf, 2}(1.0f, 1, 1) == -1.0f); // rf[1 * 2 + 1]
+}
+
 TEST_CASE("output stages: requantize, clamp and store, composed") {
   const float scale[3] = {0.5f, 0.25f, 2.0f}, bias[3] = {1.0f, -3.0f, 0.0f};
   std::uint8_t y[2 * 3] = {};

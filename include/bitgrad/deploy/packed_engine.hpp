@@ -36,6 +36,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace bitgrad::deploy {
@@ -151,6 +152,7 @@ public:
     weights_.resize(plan_.steps.size());
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
+      if (!s.gemm()) continue; // a global pool: no weights
       const format::operation& op = m.ops[s.op];
       const format::tensor_data& t = m.tensors[op.weight];
       if (t.channels() != s.channels || t.per_channel() != s.depth)
@@ -187,7 +189,7 @@ public:
     if (!plan_.supported()) return;
     plan_ = integer_plan::of(m, [&](std::size_t op, std::size_t j) {
       for (std::size_t k = 0; k < plan_.steps.size(); ++k)
-        if (plan_.steps[k].op == op) return weights_[k].channel_scale(j);
+        if (plan_.steps[k].op == op && plan_.steps[k].gemm()) return weights_[k].channel_scale(j);
       return 1.0f;
     });
   }
@@ -242,30 +244,57 @@ public:
     if (!int_isa_supported(isa))
       throw config_error(std::string("packed_engine: path ") + int_isa_name(isa) +
                          " is not available on this binary / CPU");
-    const integer_step& first = plan_.steps.front();
-    u8_buffer a = quantize_input(first, x, batch);
+    // Kept values (integer_plan.hpp: "values"): u8 NHWC on their grid, or float NHWC.
+    const std::size_t n_values = plan_.values.size();
+    std::vector<u8_buffer> u8v(n_values);
+    std::vector<std::vector<float>> fv(n_values);
+    std::vector<std::size_t> last_read(n_values, 0);
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      last_read[plan_.steps[k].in_value] = k;
+      if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
+    }
+    u8v[plan_.input_value] = quantize_input(plan_.steps.front(), x, batch);
     tensor2<float> logits;
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
-      if (s.out_u8) {
+      residual_in res;
+      if (s.residual != format::no_index && s.residual_u8) res.u8 = u8v[s.residual].get();
+      if (s.residual != format::no_index && !s.residual_u8) res.f = fv[s.residual].data();
+      const std::uint8_t* a = s.in_u8 ? u8v[s.in_value].get() : nullptr;
+      const float* af = s.in_u8 ? nullptr : fv[s.in_value].data();
+      if (s.network_output) {
+        logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
+        std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, logits.data(), res);
+      } else if (s.out_u8) {
         // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
         u8_buffer y = uninitialised_u8(out_n);
         if (s.pool) std::memset(y.get(), 0, out_n);
-        run_step(k, isa, a.get(), batch, y.get());
-        a.swap(y);
+        run_any(k, isa, a, af, batch, y.get(), res);
+        u8v[s.out_value] = std::move(y);
       } else {
-        logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
-        std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
-        run_step(k, isa, a.get(), batch, logits.data());
-        if (k + 1 != plan_.steps.size())
-          throw config_error("packed_engine: a float output before the last layer");
+        std::vector<float> y(out_n, -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, y.data(), res);
+        fv[s.out_value] = std::move(y);
       }
+      // Free what no later step reads.
+      for (std::uint32_t v : {s.in_value, s.residual})
+        if (v != format::no_index && last_read[v] == k) {
+          u8v[v].reset();
+          std::vector<float>().swap(fv[v]);
+        }
     }
     return logits;
   }
 
 private:
+  /// The other operand of a step's fused residual add: u8 or float NHWC (or none).
+  struct residual_in {
+    const std::uint8_t* u8 = nullptr;
+    const float* f = nullptr;
+  };
+
   /// Activations between steps: no zero fill on allocation (std::vector would memset).
   using u8_buffer = std::unique_ptr<std::uint8_t[]>;
   static u8_buffer uninitialised_u8(std::size_t n) { return u8_buffer(new std::uint8_t[n]); }
@@ -304,6 +333,46 @@ private:
     for (; p < count; ++p) dst[p * stride] = q(src[p], 0, 0);
   }
 
+  /// Step k: a conv2d / linear on the u8 input a, or a global pool on a (u8) or af (float).
+  template <class T>
+  void run_any(std::size_t k, int_isa isa, const std::uint8_t* a, const float* af,
+               std::size_t batch, T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    if (s.gemm())
+      run_step(k, isa, a, batch, y, res);
+    else
+      global_pool(s, a, af, batch, y);
+  }
+
+  /// Mean over each channel's H W pixels of NHWC (integer_plan.hpp: "global pool"), onto the
+  /// step's output grid (u8) or as float.
+  template <class T>
+  static void global_pool(const integer_step& s, const std::uint8_t* a, const float* af,
+                          std::size_t batch, T* y) {
+    const std::size_t C = s.channels, P = s.in_shape.elements() / C;
+    const output::quantize_u8 q = s.out_quantizer();
+    const std::int32_t zero_sum = std::int32_t(P) * s.in_zero;
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t c = 0; c < C; ++c) {
+        float v;
+        if (s.in_u8) {
+          std::int32_t sum = 0;
+          const std::uint8_t* p = a + n * P * C + c;
+          for (std::size_t i = 0; i < P; ++i) sum += p[i * C];
+          v = static_cast<float>(sum - zero_sum) * s.pool_scale;
+        } else {
+          float sum = 0;
+          const float* p = af + n * P * C + c;
+          for (std::size_t i = 0; i < P; ++i) sum += p[i * C];
+          v = sum * s.pool_scale;
+        }
+        if constexpr (std::is_same_v<T, std::uint8_t>)
+          y[n * C + c] = q(v, n, c);
+        else
+          y[n * C + c] = v;
+      }
+  }
+
   template <class T>
   detail::fused_store<T> store_of(const integer_step& s, T* y) const {
     detail::fused_store<T> st{y};
@@ -311,7 +380,7 @@ private:
     if (s.conv) {
       st.plane = std::size_t(s.conv_out.dims[1]) * s.conv_out.dims[2];
       st.out_w = s.conv_out.dims[2];
-      st.nchw = !s.out_u8;
+      st.nchw = s.network_output; // float logits NCHW; kept values NHWC
       if (s.pool) {
         st.pool = true;
         st.kh = s.p.kernel_h, st.kw = s.p.kernel_w, st.sh = s.p.stride_h, st.sw = s.p.stride_w;
@@ -326,10 +395,11 @@ private:
     return st;
   }
 
-  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0.
+  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0:
+  /// scale_bias -> [residual add] -> [ReLU] -> [quantize_u8] -> fused_store.
   template <class T>
   void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
-            T* y) const {
+            T* y, const residual_in& res) const {
     const integer_step& s = plan_.steps[k];
     detail::fused_store<T> st = store_of(s, y);
     st.row0 = row0;
@@ -339,24 +409,36 @@ private:
     st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
-    if constexpr (std::is_same_v<T, std::uint8_t>) {
-      const output::quantize_u8 q = s.out_quantizer();
-      if (s.relu)
-        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k],
-                    output::make_pipeline(sb, output::clamp{}, q, st));
-      else
-        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(sb, q, st));
-    } else {
-      if (s.relu)
-        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k],
-                    output::make_pipeline(sb, output::clamp{}, st));
-      else
-        packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(sb, st));
-    }
+    auto run = [&](auto... stages) {
+      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(stages...));
+    };
+    auto finish = [&](auto... stages) { // ReLU, then the store
+      if constexpr (std::is_same_v<T, std::uint8_t>) {
+        const output::quantize_u8 q = s.out_quantizer();
+        if (s.relu)
+          run(stages..., output::clamp{}, q, st);
+        else
+          run(stages..., q, st);
+      } else {
+        if (s.relu)
+          run(stages..., output::clamp{}, st);
+        else
+          run(stages..., st);
+      }
+    };
+    // The residual operand has the layer's pre-pool shape: row r, channel j at r * channels + j.
+    const std::size_t at = row0 * s.channels;
+    if (res.u8)
+      finish(sb, s.residual_u8_stage(res.u8 + at, s.channels));
+    else if (res.f)
+      finish(sb, output::add_f32{res.f + at, s.channels});
+    else
+      finish(sb);
   }
 
   template <class T>
-  void run_step(std::size_t k, int_isa isa, const std::uint8_t* a, std::size_t batch, T* y) const {
+  void run_step(std::size_t k, int_isa isa, const std::uint8_t* a, std::size_t batch, T* y,
+                const residual_in& res) const {
     const integer_step& s = plan_.steps[k];
     const std::size_t threads_max = bitgrad::detail::available_threads();
     if (!s.conv) {
@@ -364,7 +446,7 @@ private:
       const std::size_t threads = work < parallel_min_ ? 1 : std::min(threads_max, batch);
       bitgrad::detail::parallel_chunks(threads, batch,
                                        [&](std::size_t, std::size_t b, std::size_t e) {
-                                         gemm(k, isa, e - b, a + b * s.depth, b, y);
+                                         gemm(k, isa, e - b, a + b * s.depth, b, y, res);
                                        });
       return;
     }
@@ -389,7 +471,7 @@ private:
             const std::size_t r0 = n * plane + first_band * band * ow_n;
             const std::size_t r1 =
                 n * plane + std::min(oh_n, (last - n * bands_per_image) * band) * ow_n;
-            conv_rows(k, isa, a, r0, r1, y);
+            conv_rows(k, isa, a, r0, r1, y, res);
             u = last;
           }
         });
@@ -407,7 +489,7 @@ private:
   /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
   template <class T>
   void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
-                 T* y) const {
+                 T* y, const residual_in& res) const {
     const integer_step& s = plan_.steps[k];
     constexpr std::size_t block = 512;
     const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
@@ -447,7 +529,7 @@ private:
           }
         }
       }
-      gemm(k, isa, rows, cols.data(), b0, y);
+      gemm(k, isa, rows, cols.data(), b0, y, res);
     }
   }
 
@@ -460,8 +542,9 @@ private:
 namespace ref {
 
 /// The plain reference twin of packed_engine::run: the same plan (integer_plan), computed with
-/// loops over the file's codes in the file's NCHW layout, the max-pool applied after the output
-/// stage. Used as the oracle of the engine on every path.
+/// loops over the file's codes in the file's NCHW layout, the residual add in the output stage
+/// and the max-pool after it, the global pool as a loop over each channel's plane. Used as the
+/// oracle of the engine on every path.
 inline tensor2<float> run_integer(const format::model_file& m, const float* x, std::size_t batch) {
   std::vector<integer_weights> w;
   std::vector<std::size_t> op_of;
@@ -470,81 +553,118 @@ inline tensor2<float> run_integer(const format::model_file& m, const float* x, s
       w.push_back(integer_weights::of(m.tensors[m.ops[i].weight]));
       op_of.push_back(i);
     }
-  const integer_plan plan = integer_plan::of(m, [&](std::size_t op, std::size_t j) {
-    const std::size_t k = std::find(op_of.begin(), op_of.end(), op) - op_of.begin();
-    return w[k].channel_scale(j);
-  });
+  auto weights_of = [&](std::size_t op) -> const integer_weights& {
+    return w[std::size_t(std::find(op_of.begin(), op_of.end(), op) - op_of.begin())];
+  };
+  const integer_plan plan = integer_plan::of(
+      m, [&](std::size_t op, std::size_t j) { return weights_of(op).channel_scale(j); });
   if (!plan.supported()) throw config_error("ref::run_integer: " + plan.unsupported);
   if (!plan.calibrated) throw config_error("ref::run_integer: the model is not calibrated");
-  // u8 activations in NCHW (or features).
+  // Kept values in NCHW (or features): u8 codes as int32, or float.
+  std::vector<std::vector<std::int32_t>> qv(plan.values.size());
+  std::vector<std::vector<float>> fv(plan.values.size());
   const integer_step& first = plan.steps.front();
-  std::vector<std::int32_t> q(batch * first.in_shape.elements());
+  std::vector<std::int32_t>& q0 = qv[plan.input_value];
+  q0.resize(batch * first.in_shape.elements());
   const output::quantize_u8 qin = first.in_quantizer();
-  for (std::size_t i = 0; i < q.size(); ++i) q[i] = qin(x[i], 0, 0);
+  for (std::size_t i = 0; i < q0.size(); ++i) q0[i] = qin(x[i], 0, 0);
   tensor2<float> logits;
-  for (std::size_t k = 0; k < plan.steps.size(); ++k) {
-    const integer_step& s = plan.steps[k];
-    const integer_weights& wk = w[k];
-    const std::size_t per_in = s.in_shape.elements();
+  for (const integer_step& s : plan.steps) {
+    const std::vector<std::int32_t>& q = qv[s.in_value];
     const std::int32_t z = s.in_zero;
-    const output::scale_bias sb{s.scale.data(), s.bias.data()};
-    const output::clamp relu{};
     const output::quantize_u8 qo = s.out_quantizer();
-    // Before the pool: per image, channel j, pixel px (a linear: one pixel).
-    const std::size_t oh_n = s.conv ? s.conv_out.dims[1] : 1,
-                      ow_n = s.conv ? s.conv_out.dims[2] : 1;
-    std::vector<float> v(batch * s.channels * oh_n * ow_n);
-    for (std::size_t n = 0; n < batch; ++n)
-      for (std::size_t j = 0; j < s.channels; ++j)
-        for (std::size_t oh = 0; oh < oh_n; ++oh)
-          for (std::size_t ow = 0; ow < ow_n; ++ow) {
-            std::int32_t acc = 0;
-            if (s.conv) {
-              const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1],
-                                W = s.in_shape.dims[2];
-              for (std::size_t c = 0; c < C; ++c)
-                for (std::size_t a = 0; a < s.c.kernel_h; ++a)
-                  for (std::size_t b = 0; b < s.c.kernel_w; ++b) {
-                    const long ih = long(oh * s.c.stride_h + a * s.c.dilation_h) - long(s.c.pad_h);
-                    const long iw = long(ow * s.c.stride_w + b * s.c.dilation_w) - long(s.c.pad_w);
-                    if (ih < 0 || iw < 0 || ih >= long(H) || iw >= long(W)) continue;
-                    acc += (q[((n * C + c) * H + std::size_t(ih)) * W + std::size_t(iw)] - z) *
-                           wk.codes[j * wk.depth + (c * s.c.kernel_h + a) * s.c.kernel_w + b];
-                  }
-            } else {
-              for (std::size_t p = 0; p < s.depth; ++p)
-                acc += (q[n * per_in + p] - z) * wk.codes[j * wk.depth + p];
-            }
-            float val = sb(acc, n, j);
-            if (s.relu) val = relu(val, n, j);
-            if (s.out_u8) val = static_cast<float>(qo(val, n, j));
-            v[((n * s.channels + j) * oh_n + oh) * ow_n + ow] = val;
-          }
     std::vector<float> out;
-    if (s.pool) {
-      const std::size_t ph = (oh_n - s.p.kernel_h) / s.p.stride_h + 1;
-      const std::size_t pw = (ow_n - s.p.kernel_w) / s.p.stride_w + 1;
-      out.assign(batch * s.channels * ph * pw, 0.0f);
-      for (std::size_t nj = 0; nj < batch * s.channels; ++nj)
-        for (std::size_t a = 0; a < ph; ++a)
-          for (std::size_t b = 0; b < pw; ++b) {
-            float mx = -std::numeric_limits<float>::infinity();
-            for (std::size_t i = 0; i < s.p.kernel_h; ++i)
-              for (std::size_t jj = 0; jj < s.p.kernel_w; ++jj)
-                mx = std::max(mx,
-                              v[(nj * oh_n + a * s.p.stride_h + i) * ow_n + b * s.p.stride_w + jj]);
-            out[(nj * ph + a) * pw + b] = mx;
-          }
+    if (!s.gemm()) {
+      // Global pool: mean over each (image, channel) plane.
+      const std::size_t C = s.channels, P = s.in_shape.elements() / C;
+      out.resize(batch * C);
+      for (std::size_t nc = 0; nc < batch * C; ++nc) {
+        float v;
+        if (s.in_u8) {
+          std::int32_t sum = 0;
+          for (std::size_t p = 0; p < P; ++p) sum += q[nc * P + p];
+          v = static_cast<float>(sum - std::int32_t(P) * z) * s.pool_scale;
+        } else {
+          float sum = 0;
+          for (std::size_t p = 0; p < P; ++p) sum += fv[s.in_value][nc * P + p];
+          v = sum * s.pool_scale;
+        }
+        out[nc] = s.out_u8 ? static_cast<float>(qo(v, 0, 0)) : v;
+      }
     } else {
-      out = std::move(v);
+      const integer_weights& wk = weights_of(s.op);
+      const std::size_t per_in = s.in_shape.elements();
+      const output::scale_bias sb{s.scale.data(), s.bias.data()};
+      const output::clamp relu{};
+      // Before the pool: per image, channel j, pixel px (a linear: one pixel).
+      const std::size_t oh_n = s.conv ? s.conv_out.dims[1] : 1,
+                        ow_n = s.conv ? s.conv_out.dims[2] : 1;
+      std::vector<float> v(batch * s.channels * oh_n * ow_n);
+      for (std::size_t n = 0; n < batch; ++n)
+        for (std::size_t j = 0; j < s.channels; ++j)
+          for (std::size_t oh = 0; oh < oh_n; ++oh)
+            for (std::size_t ow = 0; ow < ow_n; ++ow) {
+              std::int32_t acc = 0;
+              if (s.conv) {
+                const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1],
+                                  W = s.in_shape.dims[2];
+                for (std::size_t c = 0; c < C; ++c)
+                  for (std::size_t a = 0; a < s.c.kernel_h; ++a)
+                    for (std::size_t b = 0; b < s.c.kernel_w; ++b) {
+                      const long ih =
+                          long(oh * s.c.stride_h + a * s.c.dilation_h) - long(s.c.pad_h);
+                      const long iw =
+                          long(ow * s.c.stride_w + b * s.c.dilation_w) - long(s.c.pad_w);
+                      if (ih < 0 || iw < 0 || ih >= long(H) || iw >= long(W)) continue;
+                      acc += (q[((n * C + c) * H + std::size_t(ih)) * W + std::size_t(iw)] - z) *
+                             wk.codes[j * wk.depth + (c * s.c.kernel_h + a) * s.c.kernel_w + b];
+                    }
+              } else {
+                for (std::size_t p = 0; p < s.depth; ++p)
+                  acc += (q[n * per_in + p] - z) * wk.codes[j * wk.depth + p];
+              }
+              const std::size_t at = ((n * s.channels + j) * oh_n + oh) * ow_n + ow;
+              float val = sb(acc, n, j);
+              if (s.residual != format::no_index) {
+                if (s.residual_u8) {
+                  const std::uint8_t r = static_cast<std::uint8_t>(qv[s.residual][at]);
+                  val = s.residual_u8_stage(&r, 0)(val, 0, 0);
+                } else {
+                  val = output::add_f32{fv[s.residual].data() + at, 0}(val, 0, 0);
+                }
+              }
+              if (s.relu) val = relu(val, n, j);
+              if (s.out_u8) val = static_cast<float>(qo(val, n, j));
+              v[at] = val;
+            }
+      if (s.pool) {
+        const std::size_t ph = (oh_n - s.p.kernel_h) / s.p.stride_h + 1;
+        const std::size_t pw = (ow_n - s.p.kernel_w) / s.p.stride_w + 1;
+        out.assign(batch * s.channels * ph * pw, 0.0f);
+        for (std::size_t nj = 0; nj < batch * s.channels; ++nj)
+          for (std::size_t a = 0; a < ph; ++a)
+            for (std::size_t b = 0; b < pw; ++b) {
+              float mx = -std::numeric_limits<float>::infinity();
+              for (std::size_t i = 0; i < s.p.kernel_h; ++i)
+                for (std::size_t jj = 0; jj < s.p.kernel_w; ++jj)
+                  mx = std::max(
+                      mx, v[(nj * oh_n + a * s.p.stride_h + i) * ow_n + b * s.p.stride_w + jj]);
+              out[(nj * ph + a) * pw + b] = mx;
+            }
+      } else {
+        out = std::move(v);
+      }
     }
-    if (s.out_u8) {
-      q.assign(out.size(), 0);
-      for (std::size_t i = 0; i < out.size(); ++i) q[i] = static_cast<std::int32_t>(out[i]);
-    } else {
+    if (s.network_output) {
       const std::size_t per = out.size() / batch;
       logits = tensor2<float>::from_shape({batch, per});
       std::copy(out.begin(), out.end(), logits.data());
+    } else if (s.out_u8) {
+      std::vector<std::int32_t>& qy = qv[s.out_value];
+      qy.resize(out.size());
+      for (std::size_t i = 0; i < out.size(); ++i) qy[i] = static_cast<std::int32_t>(out[i]);
+    } else {
+      fv[s.out_value] = std::move(out);
     }
   }
   return logits;

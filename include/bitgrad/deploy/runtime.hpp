@@ -8,7 +8,8 @@
 //   deploy::evaluation e = rt.evaluate(test_set, deploy::precision::int8);  // + predictions
 //
 // Weights stay packed: at load every conv2d / linear of a graph the packed integer engine runs
-// (deploy/packed_engine.hpp: chains of conv2d / linear with relu, max-pool, flatten) is packed
+// (deploy/packed_engine.hpp: conv2d / linear with relu, max-pool, flatten and residual adds
+// fused, global average pools; deploy/integer_plan.hpp) is packed
 // into the low-bit formats of kernels/packed/packed_weights.hpp, and the file's code streams of
 // those layers are released. resident_weight_bytes() counts what the runtime keeps for weights,
 // weight_payload_bytes() what the file stores for them (<= 1.25x when only the packed engine
@@ -102,6 +103,7 @@ public:
     if (engine_.supported()) {
       // The packed weights replace the file's code streams of <= 8-bit tensors.
       for (std::size_t k = 0; k < engine_.plan().steps.size(); ++k) {
+        if (!engine_.plan().steps[k].gemm()) continue; // a global pool: no weights
         const std::size_t i = engine_.plan().steps[k].op;
         step_of_[i] = k;
         format::tensor_data& t = m_.tensors[m_.ops[i].weight];

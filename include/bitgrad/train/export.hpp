@@ -20,6 +20,8 @@
 //                    eval forward's, exactly.
 //   residual         block and shortcut read the same value, then an add.
 //   identity, dropout (eval: identity): nothing.
+// Operation names are the layers' full names, as nn::visit_layers and the trainer's summary give
+// them: "conv1", "layer2.0.conv1", "layer2.0.shortcut.conv", "layer2.0.add".
 // Each layer type says how it is written through a specialisation of export_rule (below): a new
 // layer type joins the export by adding its own, without touching this header.
 // Anything else (an unfoldable batch norm, a layer without a rule) throws config_error, and so does
@@ -54,6 +56,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -216,12 +219,33 @@ public:
   /// Adds a tensor to the file; returns its index for an operation's weight / bias / scale.
   std::uint32_t add_tensor(format::tensor_data t) { return b_.add_tensor(std::move(t)); }
   /// Appends op reading the current value (and op.input_b for add); it becomes the current value.
-  void push(format::operation op) { b_.push(std::move(op)); }
+  /// Its name is prefixed with the enclosing compositions' names, as nn::visit_layers names
+  /// leaves ("layer1.0.conv1", "layer1.0.add"), so every operation of a nested network has the
+  /// name the trainer's summary gives its layer.
+  void push(format::operation op) {
+    op.name = nn::join_name(scope_, op.name);
+    b_.push(std::move(op));
+  }
+
+  /// Emits `emit_contents()` inside the composition named `name` (empty: no new scope).
+  template <class F>
+  void within(std::string_view name, F&& emit_contents) {
+    const std::string outer = scope_;
+    scope_ = nn::join_name(outer, name);
+    try {
+      emit_contents();
+    } catch (...) {
+      scope_ = outer;
+      throw;
+    }
+    scope_ = outer;
+  }
 
   format::model_file take() { return b_.take(); }
 
 private:
   detail::model_builder b_;
+  std::string scope_; ///< joined names of the compositions being emitted
 };
 
 namespace detail {
@@ -341,23 +365,27 @@ struct weighted_rule {
 // The rules of bitgrad's own layers.
 template <class... L>
 struct export_rule<nn::sequential<L...>> {
-  static void emit(exporter& e, nn::sequential<L...>& s) { e.emit_sequential(s); }
+  static void emit(exporter& e, nn::sequential<L...>& s) {
+    e.within(s.name(), [&] { e.emit_sequential(s); });
+  }
 };
 template <class B, class S>
 struct export_rule<nn::residual<B, S>> {
   /// block and shortcut read the same value, then an add.
   static void emit(exporter& e, nn::residual<B, S>& l) {
-    const std::uint32_t x = e.value();
-    e.emit(l.block());
-    const std::uint32_t a = e.value();
-    e.set_value(x);
-    e.emit(l.shortcut());
-    format::operation add;
-    add.kind = format::op_kind::add;
-    add.name = l.name().empty() ? "add" : l.name() + ".add";
-    add.input_b = e.value();
-    e.set_value(a);
-    e.push(std::move(add));
+    e.within(l.name(), [&] {
+      const std::uint32_t x = e.value();
+      e.emit(l.block());
+      const std::uint32_t a = e.value();
+      e.set_value(x);
+      e.emit(l.shortcut());
+      format::operation add;
+      add.kind = format::op_kind::add;
+      add.name = "add";
+      add.input_b = e.value();
+      e.set_value(a);
+      e.push(std::move(add));
+    });
   }
 };
 template <class T, template <class> class Q>

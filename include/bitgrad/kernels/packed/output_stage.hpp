@@ -6,8 +6,8 @@
 // stage of a pipeline stores and returns nothing. output::pipeline chains them into the functor
 // the kernels call, `out(i, j, acc)` (i: activation row, j: output channel, original order):
 //
-//   acc (int32) -> scale_bias -> clamp -> quantize_u8 -> store<std::uint8_t>
-//                  acc * s[j] + b[j]     (ReLU: lo = 0)  round(v / s_y), clamped to 0..255
+//   acc (int32) -> scale_bias -> [add_u8 | add_f32] -> clamp -> quantize_u8 -> store<std::uint8_t>
+//                  acc * s[j] + b[j]   + residual       (ReLU: lo = 0)  round(v / s_y), 0..255
 //
 // For a layer y = s_x s_w[j] cs[j] acc + bias[j]: scale[j] = s_x * s_w[j] * cs[j] (input scale,
 // weight scale of j's group, folded channel scale). A next integer layer that reads y as u8
@@ -89,6 +89,42 @@ struct clamp {
   B apply(const B& v, std::size_t, std::size_t) const {
     // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
     return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
+  }
+};
+
+/// value += s_r * (r(i, j) - z_r): the other operand of a residual add, held as u8 codes on its
+/// own grid (scale s_r, zero point z_r), read at r[i * stride + j] (rows of the call, as the
+/// accumulators). One fused multiply-add where the target has FMA, as scale_bias.
+struct add_u8 {
+  static constexpr bool lanes = true;
+  const std::uint8_t* r;
+  std::size_t stride;
+  float scale;
+  std::int32_t zero_point = 0;
+  float operator()(float v, std::size_t i, std::size_t j) const {
+    return detail::mul_add(static_cast<float>(std::int32_t(r[i * stride + j]) - zero_point), scale,
+                           v);
+  }
+  template <class B>
+  B apply(const B& v, std::size_t i, std::size_t j0) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    const std::uint8_t* p = r + i * stride + j0;
+    for (std::size_t l = 0; l < B::size; ++l)
+      lane[l] = static_cast<V>(std::int32_t(p[l]) - zero_point);
+    return detail::mul_add(B::load_aligned(lane), B(scale), v);
+  }
+};
+
+/// value += r(i, j): the other operand of a residual add, held as float (r[i * stride + j]).
+struct add_f32 {
+  static constexpr bool lanes = true;
+  const float* r;
+  std::size_t stride;
+  float operator()(float v, std::size_t i, std::size_t j) const { return v + r[i * stride + j]; }
+  template <class B>
+  B apply(const B& v, std::size_t i, std::size_t j0) const {
+    return v + B::load_unaligned(r + i * stride + j0);
   }
 };
 
