@@ -1,4 +1,5 @@
-// Train LeNet-5 (or the VGG-style net) on Fashion-MNIST with learned per-channel bitwidths:
+// Train LeNet-5 (or the VGG-style net, or ResNet-20) on Fashion-MNIST with learned per-channel
+// bitwidths:
 // FP32 pretraining -> bitwidth search under a size penalty -> freeze -> fine-tune.
 //
 //   fashion_mnist --out runs/demo                 (what `make demo` runs)
@@ -9,6 +10,10 @@
 // the trainer's target_average_bits. Budget-aware freezing keeps the model at or below it, so
 // the average code bits end below it. With fixed_bits (no learned bitwidths) every layer takes
 // the largest uniform bitwidth whose model fits the target.
+//
+// --model resnet20 is nn::resnet20 with one input channel (28x28 images), with --policy
+// frac_bits or fixed_bits (the others are refused: fashion_mnist/run_resnet20.cpp says why);
+// --act-bits and the BOPs / activation memory targets work with it as with the others.
 //
 // The first conv and the last linear (the edge layers) are quantized like every other layer
 // (--group, --b-min, --b-max, the policy) unless --edge-bits or --edge-group says otherwise.
@@ -59,6 +64,9 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
     cli::reject("--edge-bits", "step_bits needs at least 2 (1 bit leaves only the zero level), "
                                "got " +
                                    std::to_string(*cfg.edge_bits));
+  if (cfg.model == "resnet20" && (cfg.policy == "noise_bits" || cfg.policy == "step_bits"))
+    cli::reject("--policy",
+                "--model resnet20 is built with frac_bits and fixed_bits only, got " + cfg.policy);
   if (cfg.act_bits && (cfg.policy == "noise_bits" || cfg.policy == "step_bits"))
     cli::reject("--act-bits", "activation quantizers are learned with --policy frac_bits, or "
                               "fixed with --policy fixed_bits, got --policy " +
@@ -86,8 +94,8 @@ int main(int argc, char** argv) {
   const auto whole = [](std::uint64_t lo) { return cli::whole_number(lo); };
   CLI::App app{"Train a network on Fashion-MNIST with learned mixed-precision bitwidths"};
   app.add_option("--data", cfg.data, "folder with the gzip IDX files")->capture_default_str();
-  app.add_option("--model", cfg.model, "lenet5 or vgg-small")
-      ->check(CLI::IsMember({"lenet5", "vgg-small"}))
+  app.add_option("--model", cfg.model, "lenet5, vgg-small or resnet20")
+      ->check(CLI::IsMember({"lenet5", "vgg-small", "resnet20"}))
       ->capture_default_str();
   app.add_option("--policy", cfg.policy,
                  "frac_bits, step_bits, noise_bits or fixed_bits (uniform LSQ)")

@@ -1,7 +1,9 @@
 // fashion_mnist's settings (main.cpp fills them from the command line) and run_model<Quant>, the
-// whole run for one quantizer policy, compiled for the four policies in run.cpp: main.cpp, which
-// only reads the command line, instantiates no network. (One translation unit per policy was
-// tried: each repeats the FP32 twins and the trainer's common code, 54 s of CPU each against
+// whole run for one quantizer policy, compiled for the four policies in run.cpp (lenet5,
+// vgg-small) and, for frac_bits and fixed_bits, in run_resnet20.cpp (resnet20, the slowest to
+// compile: its own translation unit, compiled beside run.cpp; issue #24): main.cpp, which only
+// reads the command line, instantiates no network. (One translation unit per policy
+// was tried: each repeats the FP32 twins and the trainer's common code, 54 s of CPU each against
 // 94 s for all four in one; issue #18.)
 #pragma once
 
@@ -15,6 +17,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 namespace fashion_mnist {
 
@@ -48,6 +51,20 @@ extern template int run_model<bitgrad::quant::frac_bits>(const settings&);
 extern template int run_model<bitgrad::quant::noise_bits>(const settings&);
 extern template int run_model<bitgrad::quant::step_bits>(const settings&);
 extern template int run_model<bitgrad::quant::fixed_bits>(const settings&);
+
+/// Whether --model resnet20 is built with the policy Quant: frac_bits and fixed_bits only
+/// (run_resnet20.cpp says why).
+template <template <class> class Quant>
+inline constexpr bool resnet20_policy =
+    std::is_same_v<Quant<float>, bitgrad::quant::frac_bits<float>> ||
+    std::is_same_v<Quant<float>, bitgrad::quant::fixed_bits<float>>;
+
+/// run_model for --model resnet20 (run_resnet20.cpp): compiled for the resnet20_policy ones.
+template <template <class> class Quant>
+int run_resnet20(const settings& cfg);
+
+extern template int run_resnet20<bitgrad::quant::frac_bits>(const settings&);
+extern template int run_resnet20<bitgrad::quant::fixed_bits>(const settings&);
 
 /// run_model with the policy cfg.policy names; exceptions reported. In launch_mpi.cpp (the
 /// build has bitgrad::mpi: data-parallel when started by mpirun / srun) or launch_local.cpp.

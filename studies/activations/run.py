@@ -40,7 +40,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--binary", required=True, help="the fashion_mnist executable")
     p.add_argument("--out", required=True, help="folder of the runs (one per arm and seed)")
-    p.add_argument("--model", default="lenet5", choices=["lenet5", "vgg-small"])
+    p.add_argument("--model", default="lenet5", choices=["lenet5", "vgg-small", "resnet20"])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (1 thread each)")
     p.add_argument("--pretrain-epochs", type=int, default=15)

@@ -78,9 +78,10 @@ int main(int argc, char** argv) {
                "(issues #9 and #11)"};
   app.add_option("--data", cfg.data, "folder with the gzip IDX files")->capture_default_str();
   app.add_option("--out", cfg.out, "output folder")->capture_default_str();
-  app.add_option("--models,--model", cfg.models, "lenet5 and/or vgg-small")
+  app.add_option("--models,--model", cfg.models,
+                 "lenet5, vgg-small and/or resnet20 (resnet20: --policies frac_bits only)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"lenet5", "vgg-small"}))
+      ->check(CLI::IsMember({"lenet5", "vgg-small", "resnet20"}))
       ->capture_default_str();
   app.add_option("--sizes", cfg.sizes, "size points: uniform bits per weight")
       ->delimiter(',')
@@ -175,6 +176,12 @@ int main(int argc, char** argv) {
       cli::reject("--b-init", "expected a bitwidth in [--b-min, --b-max] = [" +
                                   cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
                                   "], got " + cli::number_text(*cfg.b_init));
+    if (std::find(cfg.models.begin(), cfg.models.end(), "resnet20") != cfg.models.end())
+      for (const auto& p : cfg.policies)
+        if (p != "frac_bits")
+          cli::reject("--policies", "--models resnet20 is built with the frac_bits arms (and "
+                                    "the uniform fixed_bits arm) only, got " +
+                                        p);
     if (cfg.uniform_groups.empty())
       cli::reject("--uniform-groups", "at least one uniform arm is needed");
   } catch (const CLI::Error& e) {
@@ -236,14 +243,15 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     for (const auto& model : cfg.models) {
       const bool finished =
-          model == "lenet5"
-              ? run_model(
+          model == "resnet20" ? run_resnet20(cfg, data, rows, done, missing, start)
+          : model == "lenet5"
+              ? run_model<true>(
                     cfg, data, model,
                     []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
                       return bitgrad::nn::lenet5<float, Q>(o);
                     },
                     rows, done, missing, start)
-              : run_model(
+              : run_model<true>(
                     cfg, data, model,
                     []<template <class> class Q>(const bitgrad::nn::model_options<float, Q>& o) {
                       return bitgrad::nn::vgg_small<float, Q>(o);

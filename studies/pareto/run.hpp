@@ -151,8 +151,10 @@ double budget_bits(Build build, int k) {
   return bitgrad::train::measure_size(net).weight_bits;
 }
 
-/// Runs every seed, size and arm of one model; false when interrupted.
-template <class Build>
+/// Runs every seed, size and arm of one model; false when interrupted. AllPolicies = false
+/// compiles only the frac_bits and fixed_bits arms (resnet20, run_resnet20.cpp): a step_bits or
+/// noise_bits arm is then a config_error (main.cpp refuses it first).
+template <bool AllPolicies, class Build>
 bool run_model(const settings& cfg, const data_sets& data, const std::string& model, Build build,
                std::vector<run_row>& rows, std::size_t& done, std::size_t total,
                std::chrono::steady_clock::time_point start) {
@@ -209,6 +211,11 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
           go.template operator()<fixed_bits>();
         else if (a.policy == "frac_bits")
           go.template operator()<bitgrad::quant::frac_bits>();
+        else if constexpr (!AllPolicies)
+          throw bitgrad::config_error("pareto: " + model +
+                                      " is built with the frac_bits and "
+                                      "fixed_bits arms only, got " +
+                                      a.policy);
         else if (a.policy == "step_bits")
           go.template operator()<bitgrad::quant::step_bits>();
         else
@@ -247,5 +254,11 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
   }
   return true;
 }
+
+/// run_model for resnet20 on 28x28 grey images, frac_bits and fixed_bits arms only: compiled in
+/// run_resnet20.cpp, a translation unit of its own beside main.cpp (issues #18, #24).
+bool run_resnet20(const settings& cfg, const data_sets& data, std::vector<run_row>& rows,
+                  std::size_t& done, std::size_t total,
+                  std::chrono::steady_clock::time_point start);
 
 } // namespace pareto

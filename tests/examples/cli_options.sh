@@ -129,7 +129,63 @@ model)
   check "$work/vgg" "s['model'] == 'vgg-small' and s['average_bits'] <= 2.5"
   check "$work/vgg" "[l['name'] for l in E] == ['conv1', 'conv2', 'conv3', 'conv4', 'fc1', 'fc2']"
   check "$work/vgg" "[l['groups'] for l in E] == [32, 32, 64, 64, 256, 10]"
-  rejects "--model: resnet not in {lenet5,vgg-small}" --model resnet
+  rejects "--model: resnet not in {lenet5,vgg-small,resnet20}" --model resnet
+  ;;
+
+resnet20)
+  # --model resnet20 (issue #24): nn::resnet20 with 1 input channel trains a few steps of every
+  # phase, prints its layer table, exports model.bgm, and the float runtime gives the trainer's
+  # quantized accuracy on the same test images. The sample's first 100 test images (every
+  # evaluation of a ResNet-20 on the 400 takes seconds).
+  small="$work/small-data"
+  mkdir -p "$small"
+  "$python" - "$data" "$small" << 'EOF'
+import gzip, os, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]:
+    if not os.path.exists(os.path.join(dst, name)):
+        os.symlink(os.path.join(src, name), os.path.join(dst, name))
+for name, header in [("t10k-images-idx3-ubyte.gz", 16), ("t10k-labels-idx1-ubyte.gz", 8)]:
+    raw = gzip.open(os.path.join(src, name)).read()
+    dims = list(struct.unpack(">%dI" % (header // 4 - 1), raw[4:header]))
+    per_item = (len(raw) - header) // dims[0]
+    dims[0] = 100
+    with gzip.open(os.path.join(dst, name), "wb") as f:
+        f.write(raw[:4] + struct.pack(">%dI" % len(dims), *dims) + raw[header:header + 100 * per_item])
+EOF
+  run r20 --data "$small" --model resnet20 --train-limit 64 --batch-size 16
+  printed r20 "resnet20: frac_bits in [2, 8] bits, group 1; conv1 and fc quantized like the others"
+  grep -Eq "^layer2\.0\.conv1 +frac_bits +4608 +32 " "$work/r20.log" ||
+    { cat "$work/r20.log" >&2; fail "the layer table has no layer2.0.conv1 row (4608 weights, 32 groups)"; }
+  check "$work/r20" "s['model'] == 'resnet20' and len(E) == 22"
+  check "$work/r20" "E[0]['name'] == 'conv1' and E[-1]['name'] == 'fc' and L['layer2.0.shortcut.conv']['params'] == 512"
+  # The quantized weights of ResNet-20 on one input channel: conv1 16*9, 18 3x3 convs, the two
+  # 1x1 projections, fc 64*10 (nn::resnet20's 272,186 parameters less 1,568 batch-norm and 10
+  # bias values).
+  check "$work/r20" "sum(l['params'] for l in E) == 270608"
+  [ -s "$work/r20/model.bgm" ] || fail "no model.bgm"
+  "$deploy" "$work/r20/model.bgm" --data "$small" --engine float > "$work/r20-deploy.log"
+  trained=$(grep -o "^quantized accuracy *[0-9.]*%" "$work/r20.log" | grep -o "[0-9.]*%")
+  deployed=$(grep -o "^float32  : accuracy [0-9.]*%" "$work/r20-deploy.log" | grep -o "[0-9.]*%")
+  [ -n "$trained" ] && [ "$trained" = "$deployed" ] ||
+    fail "the float runtime gives ${deployed:-nothing} on the exported resnet20, the trainer ${trained:-nothing}"
+  # Uniform W4A4 (fixed_bits, activation quantizers after its 19 ReLUs): the BOPs the trainer
+  # reports are the hand count of tests/unit/test_act_models.cpp at the chosen weight bits
+  # (stem MACs x 8-bit image, the other convs x 4-bit activations, fc x the float average pool).
+  run r20u --data "$small" --model resnet20 --policy fixed_bits --target-bits 4.5 --act-bits 4 --train-limit 64 \
+    --batch-size 16 --pretrain-epochs 0 --search-epochs 0 --finetune-epochs 0
+  check "$work/r20u" "len(s['activations']) == 19 and all(a['group_bits'] == [4] for a in s['activations'])"
+  check "$work/r20u" "s['costs'][1]['value'] == E[0]['bits_mean'] * (112896 * 8 + 30908416 * 4 + 640 * 32)"
+  check "$work/r20u" "s['costs'][2]['value'] == 50176 / 8"
+  # A BOPs budget is honoured on the residual network (learned weight and activation bits).
+  run r20b --data "$small" --model resnet20 --act-bits 6 --target-bops 2e8 --train-limit 64 --batch-size 16 \
+    --pretrain-epochs 0 --finetune-epochs 0
+  check "$work/r20b" "s['costs'][1]['target'] == 2e8 and s['costs'][1]['value'] <= 2e8 and s['costs'][1]['met']"
+  printed r20b "budget 2e+08 BOPs, met"
+  rejects "--policy: --model resnet20 is built with frac_bits and fixed_bits only, got step_bits" \
+    --model resnet20 --policy step_bits
+  rejects "--policy: --model resnet20 is built with frac_bits and fixed_bits only, got noise_bits" \
+    --model resnet20 --policy noise_bits
   ;;
 
 policy)
@@ -611,6 +667,8 @@ pareto_bad_values)
     "$pareto" --data "$data" --out "$work/pareto" --pretrain-epochs -1
   expect_error "--groups: expected a whole number >= 1 (channels per group), 'channel' or 'layer', got -3" \
     "$pareto" --data "$data" --out "$work/pareto" --groups -3
+  expect_error "--policies: --models resnet20 is built with the frac_bits arms (and the uniform fixed_bits arm) only, got step_bits" \
+    "$pareto" --data "$data" --out "$work/pareto" --models resnet20
   expect_error "--uniform-groups: expected a whole number >= 1" \
     "$pareto" --data "$data" --out "$work/pareto" --uniform-groups 0
   ;;

@@ -1,9 +1,10 @@
 // Activation quantizers in the model builders (nn/models.hpp, ActQuant) and the costs of a
 // built network (nn/model_costs.hpp): the network without them is today's type; with them each
-// ReLU is followed by an unsigned quantizer; LeNet-5's and vgg_small's BOPs and peak activation
-// memory by hand, their gradients by finite differences; a short training run under a BOPs
-// penalty lowers the activation bitwidths.
+// ReLU is followed by an unsigned quantizer; LeNet-5's, vgg_small's and ResNet-20's BOPs and
+// peak activation memory by hand, their gradients by finite differences; a short training run under
+// a BOPs penalty lowers the activation bitwidths.
 #include <bitgrad/nn/activation_quant.hpp>
+#include <bitgrad/nn/dropout.hpp>
 #include <bitgrad/nn/loss.hpp>
 #include <bitgrad/nn/model_costs.hpp>
 #include <bitgrad/nn/models.hpp>
@@ -263,10 +264,73 @@ TEST_CASE("model costs: gradient in an activation bitwidth equals finite differe
   CHECK(b2.grad[0] == 0);
 }
 
+TEST_CASE("ResNet-20 W4A4 BOPs and peak activation memory by hand (residual blocks)") {
+  // 1 x 28 x 28 input (Fashion-MNIST), width 16: stages at 28, 14 and 7 pixels.
+  nn::model_options<float, quant::fixed_bits, quant::fixed_bits, quant::act_quantizer> o{
+      .in_channels = 1, .in_size = 28};
+  o.quant.bits = 4;
+  o.act_quant.b_init = 4;
+  auto net = nn::resnet20(o);
+  auto costs = nn::model_costs_of(net, {});
+  // MACs = C_out x H_out W_out x C_in k^2. Stem 16 x 784 x 9; a 3x3 16->16 conv at 28x28
+  // 16 x 784 x 144; the first conv of stage 2 (stride 2) 32 x 196 x 144, its projection 1x1
+  // 32 x 196 x 16; stage 3 alike at 7x7; fc 64 x 10.
+  const double stem = 112896, same = 1806336, down = 903168, projection = 100352, fc = 640;
+  REQUIRE(costs.bops.layers() == 22); // 1 + 18 + 2 projections + fc
+  CHECK(costs.bops.macs(0) == stem);
+  CHECK(costs.bops.macs(1) == same);       // layer1.0.conv1
+  CHECK(costs.bops.macs(7) == down);       // layer2.0.conv1
+  CHECK(costs.bops.macs(8) == same);       // layer2.0.conv2
+  CHECK(costs.bops.macs(9) == projection); // layer2.0.shortcut.conv, read from the block input
+  CHECK(costs.bops.macs(21) == fc);
+  // Every conv after the stem reads a 4-bit relu_quant / relu1_quant output (the shortcut reads
+  // the block's input, the previous block's relu_quant); the stem the 8-bit image; fc the
+  // average pool (off the grid: 32 bits).
+  const double inner = 6 * same + 2 * (down + same + projection + 4 * same);
+  CHECK(inner == 30908416);
+  CHECK(costs.bops.value() == stem * 4 * 8 + inner * 4 * 4 + fc * 4 * 32);
+  // input 784 x 8 = 6,272; relu_quant (stem) and the stage-1 quantizers 16 x 784 x 4 = 50,176
+  // each (the peak, the first reported); 19 quantizers in all.
+  REQUIRE(costs.memory.tensors() == 20);
+  CHECK(costs.memory.tensor_bits(0) == 6272);
+  CHECK(costs.memory.value() == 50176);
+  CHECK(costs.memory.name(costs.memory.peak_tensor()) == "relu_quant");
+  CHECK(costs.memory.name(19) == "layer3.2.relu_quant");
+  CHECK(costs.memory.tensor_bits(19) == 64 * 49 * 4);
+
+  // Without activation quantizers every conv after the stem reads float: the sum of a block
+  // and its shortcut is on no grid.
+  nn::model_options<float, quant::fixed_bits> w{.in_channels = 1, .in_size = 28};
+  w.quant.bits = 4;
+  auto plain = nn::resnet20(w);
+  auto c2 = nn::model_costs_of(plain, {});
+  CHECK(c2.bops.value() == stem * 4 * 8 + inner * 4 * 32 + fc * 4 * 32);
+  CHECK(c2.memory.value() == 6272);
+}
+
+TEST_CASE("model costs reject a residual whose block and shortcut end at different shapes") {
+  // The channels agree (the constructor's check passes), the stride does not.
+  auto net = nn::sequential(nn::residual(
+      std::string("block"),
+      nn::sequential(nn::conv2d<float>(
+          {.in_channels = 2, .out_channels = 2, .kernel = 3, .stride = 2, .name = "conv"})),
+      nn::identity<float, 4>("shortcut")));
+  CHECK_THROWS_WITH_AS(
+      nn::model_costs_of(net, {.channels = 2, .height = 9, .width = 9}),
+      doctest::Contains("layer 0 'block': the block gives 2x4x4, the shortcut 2x9x9"),
+      config_error);
+}
+
 TEST_CASE("model costs reject networks they cannot walk, naming the layer") {
-  auto res = nn::resnet20<float>({.width = 2});
-  CHECK_THROWS_WITH_AS(nn::model_costs_of(res, {.channels = 3, .height = 32, .width = 32}),
-                       doctest::Contains("layer 1 'bn1'"), config_error);
+  auto res = nn::sequential(nn::conv2d<float>({.in_channels = 1, .out_channels = 2, .kernel = 3}),
+                            nn::dropout<float, 4>({.name = "drop"}));
+  CHECK_THROWS_WITH_AS(nn::model_costs_of(res, {}), doctest::Contains("layer 1 'drop' (dropout"),
+                       config_error);
+  auto nested = nn::sequential(std::string("outer"),
+                               nn::sequential(std::string("inner"), nn::identity<float, 4>("id"),
+                                              nn::dropout<float, 4>({.name = "drop"})));
+  CHECK_THROWS_WITH_AS(nn::model_costs_of(nested, {}),
+                       doctest::Contains("layer 0.1 'outer.inner.drop'"), config_error);
   auto net = nn::lenet5<float>({});
   CHECK_THROWS_WITH_AS(nn::model_costs_of(net, {.channels = 3}),
                        doctest::Contains("layer 0 'conv1': expected an input of 1 channels"),

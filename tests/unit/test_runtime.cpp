@@ -1,5 +1,6 @@
 // The deploy runtime: int8 GEMM against its reference, float path == trained network's eval
-// forward, int8 path agreement, batch-norm folding through a residual net, concurrent runs.
+// forward (LeNet-5, ResNet-20), int8 path agreement, batch-norm folding through a residual net,
+// concurrent runs.
 #include "fashion_sample.hpp"
 
 #include <bitgrad/deploy/int8_gemm.hpp>
@@ -255,6 +256,48 @@ TEST_CASE("runtime: an uncalibrated model refuses the int8 path") {
   const deploy::runtime raw(train::to_model_file(trained_lenet(), format::shape::image(1, 28, 28)));
   CHECK_FALSE(raw.int8_ready());
   CHECK_THROWS_AS(raw.run(f.x, deploy::precision::int8), config_error);
+}
+
+TEST_CASE("runtime float path reproduces ResNet-20's eval forward (fashion_mnist --model "
+          "resnet20)") {
+  // The network fashion_mnist builds for --model resnet20 (issue #24): 1 input channel, 28x28,
+  // frac_bits everywhere; batch-norm statistics moved by training-mode forwards, bitwidths
+  // frozen. Its model file (9 residual adds, 2 projection shortcuts, 21 folded batch norms)
+  // must give the network's eval logits.
+  nn::model_options<float, quant::frac_bits> o{.seed = 4, .in_channels = 1, .in_size = 28};
+  o.quant.b_min = 2;
+  o.quant.b_max = 6;
+  auto net = nn::resnet20(o);
+  loader_options lo = normalise;
+  lo.batch_size = 32;
+  loader<float> batches(sample_train(), lo);
+  tensor4<float> xb;
+  std::vector<std::int32_t> yb;
+  net.train(true);
+  for (int i = 0; i < 4 && batches.next(xb, yb); ++i) (void)net.forward(xb);
+  net.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
+  net.train(false);
+  const format::model_file m =
+      train::to_model_file(net, format::shape::image(1, 28, 28), normalise.mean, normalise.stddev);
+  std::size_t adds = 0;
+  for (const auto& op : m.ops) adds += op.kind == format::op_kind::add;
+  CHECK(adds == 9);
+  const deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
+  std::vector<std::size_t> first(48);
+  for (std::size_t i = 0; i < first.size(); ++i) first[i] = i;
+  const tensor4<float> x = test_images(rt, subset(sample_test(), first));
+  const tensor2<float> ref = net.forward(x);
+  const tensor2<float> out = rt.run(x);
+  REQUIRE(out.shape() == ref.shape());
+  double max_diff = 0, max_abs = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(out.data()[i] - ref.data()[i])));
+    max_abs = std::max(max_abs, double(std::fabs(ref.data()[i])));
+  }
+  MESSAGE("resnet20 float path: max |logit difference| " << max_diff << " of max |logit| "
+                                                         << max_abs);
+  CHECK(max_diff <= 1e-4 * std::max(1.0, max_abs));
+  CHECK(agree(deploy::runtime::top1(ref), deploy::runtime::top1(out)) == first.size());
 }
 
 TEST_CASE("runtime: batch norm folded through a residual block") {
