@@ -154,7 +154,7 @@ for name, header in [("t10k-images-idx3-ubyte.gz", 16), ("t10k-labels-idx1-ubyte
         f.write(raw[:4] + struct.pack(">%dI" % len(dims), *dims) + raw[header:header + 100 * per_item])
 EOF
   run r20 --data "$small" --model resnet20 --train-limit 64 --batch-size 16
-  printed r20 "resnet20: frac_bits in [2, 8] bits, group 1; conv1 and fc quantized like the others"
+  printed r20 "resnet20: frac_bits in [2, 8] bits, from 7.5, group 1; conv1 and fc quantized like the others"
   grep -Eq "^layer2\.0\.conv1 +frac_bits +4608 +32 " "$work/r20.log" ||
     { cat "$work/r20.log" >&2; fail "the layer table has no layer2.0.conv1 row (4608 weights, 32 groups)"; }
   check "$work/r20" "s['model'] == 'resnet20' and len(E) == 22"
