@@ -7,6 +7,7 @@ row, for several rounds, each engine in a process of its own:
   bitgrad_float         the runtime's float path  (bench_inference --deploy-run FILE float ...)
   pytorch_fp32          PyTorch FP32, eval, inference_mode      (infer_pytorch.py)
   pytorch_int8_dynamic  PyTorch dynamic int8 of the linear layers (infer_pytorch.py)
+  pytorch_int8_static   PyTorch static int8 of the whole net through FX (infer_pytorch.py)
   onnxruntime_fp32      ONNX Runtime (npm onnxruntime-node, CPU) on the float32 ONNX export of
                         the same .bgm (examples/bgm_to_onnx; ort_infer.mjs)
   onnxruntime_qdq       ONNX Runtime on the QDQ (int8 QuantizeLinear/DequantizeLinear) export
@@ -41,7 +42,9 @@ sys.path.insert(0, str(HERE))
 from run_peers import cpu_model, load_average, wait_quiet, write_results  # noqa: E402
 
 ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic",
-           "onnxruntime_fp32", "onnxruntime_qdq"]
+           "pytorch_int8_static", "onnxruntime_fp32", "onnxruntime_qdq"]
+PYTORCH_ENGINES = {"pytorch_fp32": "fp32", "pytorch_int8_dynamic": "int8_dynamic",
+                   "pytorch_int8_static": "int8_static"}
 ORT_FORMS = {"onnxruntime_fp32": "float32", "onnxruntime_qdq": "qdq"}
 NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-style", "resnet20": "ResNet-20"}
 
@@ -67,7 +70,7 @@ def run_engine(a, models_dir, engine, model, batch, threads):
         return dict(r, p50_us=1000 * r["p50_ms"], p99_us=1000 * r["p99_ms"])
     else:
         cmd = [a.python, str(HERE / "infer_pytorch.py"), "--model", model, "--engine",
-               "fp32" if engine == "pytorch_fp32" else "int8_dynamic", "--batch", str(batch),
+               PYTORCH_ENGINES[engine], "--batch", str(batch),
                "--threads", str(threads), "--min-time", str(a.min_time)]
     out = subprocess.run(cmd, env=env_for(threads), check=True, capture_output=True,
                          text=True).stdout
@@ -136,13 +139,18 @@ def main():
 
     print(f"\nInference images/s, medians of {a.rounds} rounds ({a.min_time:g} s each, engines "
           f"alternating). CPU: {cpu}; load average at end {load_average()}\n")
-    print("| model | batch | threads | " + " | ".join(engines) + " | int / pytorch_fp32 |")
-    print("|---|--:|--:|" + "--:|" * len(engines) + "--:|")
+    int8_peers = [e for e in ("pytorch_int8_dynamic", "pytorch_int8_static") if e in engines]
+    print("| model | batch | threads | " + " | ".join(engines) +
+          " | int / pytorch_fp32 | int / best pytorch int8 |")
+    print("|---|--:|--:|" + "--:|" * len(engines) + "--:|--:|")
     for r in table:
-        ratio = (f"{r['ips']['bitgrad_int'] / r['ips']['pytorch_fp32']:.2f}x"
+        ips = r["ips"]
+        ratio = (f"{ips['bitgrad_int'] / ips['pytorch_fp32']:.2f}x"
                  if "bitgrad_int" in engines and "pytorch_fp32" in engines else "")
+        ratio_int8 = (f"{ips['bitgrad_int'] / max(ips[e] for e in int8_peers):.2f}x"
+                      if "bitgrad_int" in engines and int8_peers else "")
         print(f"| {NAMES.get(r['model'], r['model'])} | {r['batch']} | {r['threads']} | " +
-              " | ".join(f"{r['ips'][e]:.0f}" for e in engines) + f" | {ratio} |")
+              " | ".join(f"{ips[e]:.0f}" for e in engines) + f" | {ratio} | {ratio_int8} |")
     print("\nBatch-1 latency p50 / p99 (us) and peak RSS (MiB) per engine:\n")
     print("| model | threads | " + " | ".join(engines) + " |")
     print("|---|--:|" + "---|" * len(engines))
