@@ -22,7 +22,8 @@ foreach(source IN LISTS bitgrad_fuzz_sources)
     continue()
   endif()
   add_executable(fuzz_replay_${target} "${source}" "${_bitgrad_fuzz_dir}/replay_main.cpp")
-  target_link_libraries(fuzz_replay_${target} PRIVATE bitgrad::bitgrad bitgrad_warnings)
+  target_link_libraries(fuzz_replay_${target} PRIVATE bitgrad::bitgrad bitgrad_warnings
+    bitgrad_test_optimization)
   # As in the fuzz build (tests/fuzz/CMakeLists.txt), so a crash input replays the same way.
   target_compile_definitions(fuzz_replay_${target} PRIVATE FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
   add_test(NAME fuzz_replay.${target} COMMAND fuzz_replay_${target} ${inputs})
@@ -30,4 +31,5 @@ foreach(source IN LISTS bitgrad_fuzz_sources)
 endforeach()
 
 add_executable(make_seed_corpus "${_bitgrad_fuzz_dir}/make_seed_corpus.cpp")
-target_link_libraries(make_seed_corpus PRIVATE bitgrad::bitgrad bitgrad_warnings)
+target_link_libraries(make_seed_corpus PRIVATE bitgrad::bitgrad bitgrad_warnings
+  bitgrad_test_optimization)
