@@ -13,10 +13,13 @@
 //            which writes u8 NHWC, or with a max-pool the max into the pooled pixel (pooled
 //            buffer set to 0 first: u8's least value), or float logits at the last step.
 //
-// Threads (kernels/parallel.hpp, OpenMP): a conv splits its rows across threads by whole images
-// when the batch has at least as many images as threads, else by bands of output rows aligned
-// to the pool windows (so no two threads write one pooled pixel); a linear splits the batch.
-// Layers with less than engine_parallel_threshold() multiply-adds run on the calling thread.
+// Blocks (image_blocks.hpp): the batch runs in blocks of whole images, every step on one block
+// before the next block, in per-thread buffers reused across calls; threads take whole blocks.
+// Threads (kernels/parallel.hpp, OpenMP): a batch of one block (batch 1) splits each layer
+// instead: a conv its rows by whole images when the block has at least as many images as
+// threads, else by bands of output rows aligned to the pool windows (so no two threads write
+// one pooled pixel); a linear splits the batch. Work below engine_parallel_threshold()
+// multiply-adds (a whole batch, or one layer of a single block) runs on the calling thread.
 //
 // The path: run(x, batch, isa) takes any int_isa this binary and CPU run (int_isa_supported);
 // tests force each one. Scratch is thread_local: run() is const and safe from many threads.
@@ -24,6 +27,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/deploy/image_blocks.hpp>
 #include <bitgrad/deploy/integer_plan.hpp>
 #include <bitgrad/format/model.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
@@ -197,6 +201,19 @@ public:
   /// Multiply-adds from which a layer splits across threads (default
   /// engine_parallel_threshold(); 0 splits every layer, as the tests do to cover the splits).
   void set_parallel_min(std::size_t work) { parallel_min_ = work; }
+  /// Images per block (image_blocks.hpp); 0 (default): image_block_bytes over the largest
+  /// activation of one image. Tests force small blocks.
+  void set_block_images(std::size_t n) { block_images_ = n; }
+  /// The most images one block holds.
+  std::size_t block_images() const {
+    if (block_images_) return block_images_;
+    std::size_t biggest = 0;
+    for (const integer_step& s : plan_.steps) {
+      biggest = std::max(biggest, std::size_t(s.in_shape.elements()) * (s.in_u8 ? 1 : 4));
+      biggest = std::max(biggest, std::size_t(s.out_shape.elements()) * (s.out_u8 ? 1 : 4));
+    }
+    return detail::image_block_cap(biggest);
+  }
 
   bool supported() const { return plan_.supported(); }
   const std::string& why() const { return plan_.unsupported; }
@@ -244,47 +261,23 @@ public:
     if (!int_isa_supported(isa))
       throw config_error(std::string("packed_engine: path ") + int_isa_name(isa) +
                          " is not available on this binary / CPU");
-    // Kept values (integer_plan.hpp: "values"): u8 NHWC on their grid, or float NHWC.
-    const std::size_t n_values = plan_.values.size();
-    std::vector<u8_buffer> u8v(n_values);
-    std::vector<std::vector<float>> fv(n_values);
-    std::vector<std::size_t> last_read(n_values, 0);
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
-      last_read[plan_.steps[k].in_value] = k;
-      if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
+    // The batch in blocks of whole images (image_blocks.hpp), threads taking whole blocks
+    // when the batch has the work for them; a single block splits each layer instead.
+    std::size_t outputs = 0, macs = 0;
+    for (const integer_step& s : plan_.steps) {
+      if (s.network_output) outputs = std::size_t(s.out_shape.elements());
+      if (s.gemm())
+        macs += s.channels * s.depth *
+                (s.conv ? std::size_t(s.conv_out.dims[1]) * s.conv_out.dims[2] : 1);
     }
-    u8v[plan_.input_value] = quantize_input(plan_.steps.front(), x, batch);
-    tensor2<float> logits;
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
-      const integer_step& s = plan_.steps[k];
-      const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
-      residual_in res;
-      if (s.residual != format::no_index && s.residual_u8) res.u8 = u8v[s.residual].get();
-      if (s.residual != format::no_index && !s.residual_u8) res.f = fv[s.residual].data();
-      const std::uint8_t* a = s.in_u8 ? u8v[s.in_value].get() : nullptr;
-      const float* af = s.in_u8 ? nullptr : fv[s.in_value].data();
-      if (s.network_output) {
-        logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
-        std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
-        run_any(k, isa, a, af, batch, logits.data(), res);
-      } else if (s.out_u8) {
-        // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
-        u8_buffer y = uninitialised_u8(out_n);
-        if (s.pool) std::memset(y.get(), 0, out_n);
-        run_any(k, isa, a, af, batch, y.get(), res);
-        u8v[s.out_value] = std::move(y);
-      } else {
-        std::vector<float> y(out_n, -std::numeric_limits<float>::infinity());
-        run_any(k, isa, a, af, batch, y.data(), res);
-        fv[s.out_value] = std::move(y);
-      }
-      // Free what no later step reads.
-      for (std::uint32_t v : {s.in_value, s.residual})
-        if (v != format::no_index && last_read[v] == k) {
-          u8v[v].reset();
-          std::vector<float>().swap(fv[v]);
-        }
-    }
+    const std::size_t inputs = std::size_t(plan_.steps.front().in_shape.elements());
+    tensor2<float> logits = tensor2<float>::from_shape({batch, outputs});
+    const std::size_t threads =
+        batch * macs >= parallel_min_ ? bitgrad::detail::available_threads() : 1;
+    const detail::image_blocks blocks = detail::plan_image_blocks(batch, block_images(), threads);
+    detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
+      run_block(x + b * inputs, e - b, isa, logits.data() + b * outputs);
+    });
     return logits;
   }
 
@@ -295,25 +288,57 @@ private:
     const float* f = nullptr;
   };
 
-  /// Activations between steps: no zero fill on allocation (std::vector would memset).
-  using u8_buffer = std::unique_ptr<std::uint8_t[]>;
-  static u8_buffer uninitialised_u8(std::size_t n) { return u8_buffer(new std::uint8_t[n]); }
+  /// Every step on `batch` images (one block), their logits into the rows at `logits`. Kept
+  /// values (integer_plan.hpp: "values": u8 NHWC on their grid, or float NHWC) live in this
+  /// thread's buffers, one per value id, reused across blocks and calls (no allocation, no
+  /// page faults once they have grown).
+  void run_block(const float* x, std::size_t batch, int_isa isa, float* logits) const {
+    const std::size_t n_values = plan_.values.size();
+    thread_local std::vector<detail::reusable_buffer<std::uint8_t>> u8v;
+    thread_local std::vector<detail::reusable_buffer<float>> fv;
+    if (u8v.size() < n_values) u8v.resize(n_values);
+    if (fv.size() < n_values) fv.resize(n_values);
+    const integer_step& first = plan_.steps.front();
+    quantize_input(first, x, batch,
+                   u8v[plan_.input_value].get(batch * std::size_t(first.in_shape.elements())));
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      const integer_step& s = plan_.steps[k];
+      const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
+      residual_in res;
+      if (s.residual != format::no_index && s.residual_u8) res.u8 = u8v[s.residual].data.get();
+      if (s.residual != format::no_index && !s.residual_u8) res.f = fv[s.residual].data.get();
+      const std::uint8_t* a = s.in_u8 ? u8v[s.in_value].data.get() : nullptr;
+      const float* af = s.in_u8 ? nullptr : fv[s.in_value].data.get();
+      if (s.network_output) {
+        std::fill(logits, logits + out_n, -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, logits, res);
+      } else if (s.out_u8) {
+        // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
+        std::uint8_t* y = u8v[s.out_value].get(out_n);
+        if (s.pool) std::memset(y, 0, out_n);
+        run_any(k, isa, a, af, batch, y, res);
+      } else {
+        float* y = fv[s.out_value].get(out_n);
+        std::fill(y, y + out_n, -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, y, res);
+      }
+    }
+  }
 
-  /// The float network input (NCHW) as u8 NHWC with the first step's scale.
-  static u8_buffer quantize_input(const integer_step& s, const float* x, std::size_t batch) {
+  /// The float network input (NCHW) as u8 NHWC with the first step's scale, into a.
+  static void quantize_input(const integer_step& s, const float* x, std::size_t batch,
+                             std::uint8_t* a) {
     const output::quantize_u8 q = s.in_quantizer();
     const std::size_t per = s.in_shape.elements();
-    u8_buffer a = uninitialised_u8(batch * per);
     if (s.in_shape.rank != 3) {
-      quantize_plane(q, x, batch * per, a.get(), 1);
-      return a;
+      quantize_plane(q, x, batch * per, a, 1);
+      return;
     }
     const std::size_t C = s.in_shape.dims[0],
                       P = std::size_t(s.in_shape.dims[1]) * s.in_shape.dims[2];
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t c = 0; c < C; ++c)
-        quantize_plane(q, x + (n * C + c) * P, P, a.get() + n * P * C + c, C);
-    return a;
+        quantize_plane(q, x + (n * C + c) * P, P, a + n * P * C + c, C);
   }
 
   /// dst[p * stride] = q(src[p]) for p < count; simd lanes (the same bits as the scalar stage,
@@ -537,6 +562,7 @@ private:
   std::vector<packed_weights> weights_;
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
+  std::size_t block_images_ = 0; ///< set_block_images (0: automatic)
 };
 
 namespace ref {
