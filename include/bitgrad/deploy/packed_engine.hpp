@@ -61,6 +61,7 @@ namespace detail {
 template <class T>
 struct fused_store {
   static constexpr bool lanes = true;
+  static constexpr bool partial = true; ///< apply_partial: the tail of a padded row
   T* y;
   std::size_t row0 = 0;
   std::size_t plane = 1, out_w = 1, channels = 1;
@@ -77,15 +78,14 @@ struct fused_store {
   }
   /// Lanes are channels j0.. of one row: the row's place is found once.
   template <class B>
-  void apply(const B& v, std::size_t i, std::size_t j0) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    v.store_aligned(lane);
-    const std::ptrdiff_t at = place(i, j0);
-    if (at < 0) return;
-    T* dst = y + at;
-    const std::size_t step = channel_stride();
-    for (std::size_t l = 0; l < B::size; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  BITGRAD_ALWAYS_INLINE void apply(const B& v, std::size_t i, std::size_t j0) const {
+    store_lanes<B, B::size>(v, i, j0, B::size);
+  }
+  /// The first n lanes only (the tail of a padded row, output_stage.hpp).
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,
+                                           std::size_t n) const {
+    store_lanes<B, 0>(v, i, j0, n);
   }
 
   /// Where row r, channel j goes; -1 when no pool window holds the pixel.
@@ -127,17 +127,35 @@ struct fused_store {
   }
 
 private:
-  std::ptrdiff_t place(std::size_t i, std::size_t j) const {
+  /// Lanes [0, n) to channels j0.. of row i; N = n when it is known at compile time (a whole
+  /// batch: the loops then vectorise, e.g. to one narrowing store), else 0.
+  template <class B, std::size_t N>
+  BITGRAD_ALWAYS_INLINE void store_lanes(const B& v, std::size_t i, std::size_t j0,
+                                         std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t at = place(i, j0);
+    if (at < 0) return;
+    T* dst = y + at;
+    const std::size_t count = N ? N : n;
+    if (!nchw) { // consecutive channels
+      if (pool)
+        for (std::size_t l = 0; l < count; ++l) dst[l] = std::max(dst[l], static_cast<T>(lane[l]));
+      else
+        for (std::size_t l = 0; l < count; ++l) dst[l] = static_cast<T>(lane[l]);
+      return;
+    }
+    const std::size_t step = channel_stride();
+    for (std::size_t l = 0; l < count; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  }
+  BITGRAD_ALWAYS_INLINE std::ptrdiff_t place(std::size_t i, std::size_t j) const {
     if (!row_at) return offset(row0 + i, j);
     const std::ptrdiff_t at = row_at[i];
     return at < 0 ? at : at + std::ptrdiff_t(j * channel_stride());
   }
-  void write(T& dst, T v) const {
-    if (!pool)
-      dst = v;
-    else if (v > dst)
-      dst = v;
-  }
+  /// The max of a pool window without a branch on the data (which mispredicts on images).
+  BITGRAD_ALWAYS_INLINE void write(T& dst, T v) const { dst = pool ? std::max(dst, v) : v; }
   std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
 };
 
@@ -435,7 +453,8 @@ private:
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
     auto run = [&](auto... stages) {
-      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(stages...));
+      // scale and bias are padded to lane_padded(channels) (integer_plan)
+      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_padded_pipeline(stages...));
     };
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {
@@ -502,13 +521,32 @@ private:
         });
   }
 
-  /// memcpy, without the library call for the few bytes of a small kernel row (LeNet: 5).
-  static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
+  /// memcpy, without the library call or a loop per byte for the few bytes of a small kernel
+  /// row (LeNet: 5): two overlapping loads and stores of the widest size <= n (the branches are
+  /// on n, the same for every row of a layer).
+  BITGRAD_ALWAYS_INLINE static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src,
+                                               std::size_t n) {
     if (n > 16) {
       std::memcpy(dst, src, n);
-      return;
+    } else if (n >= 8) {
+      copy_pair<std::uint64_t>(dst, src, n);
+    } else if (n >= 4) {
+      copy_pair<std::uint32_t>(dst, src, n);
+    } else if (n >= 2) {
+      copy_pair<std::uint16_t>(dst, src, n);
+    } else if (n == 1) {
+      *dst = *src;
     }
-    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+  /// Bytes [0, n) as [0, sizeof(W)) and [n - sizeof(W), n), sizeof(W) <= n <= 2 sizeof(W).
+  template <class W>
+  BITGRAD_ALWAYS_INLINE static void copy_pair(std::uint8_t* dst, const std::uint8_t* src,
+                                              std::size_t n) {
+    W head, tail;
+    std::memcpy(&head, src, sizeof(W));
+    std::memcpy(&tail, src + n - sizeof(W), sizeof(W));
+    std::memcpy(dst, &head, sizeof(W));
+    std::memcpy(dst + n - sizeof(W), &tail, sizeof(W));
   }
 
   /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
@@ -521,6 +559,8 @@ private:
     const std::size_t ow_n = s.conv_out.dims[2];
     const std::size_t plane = std::size_t(s.conv_out.dims[1]) * ow_n;
     const std::size_t K = s.depth, kh = s.c.kernel_h, kw = s.c.kernel_w;
+    // A patch spans span_h image rows; consecutive kernel rows are row_step bytes apart.
+    const std::size_t span_h = (kh - 1) * s.c.dilation_h + 1, row_step = s.c.dilation_h * W * C;
     thread_local std::vector<std::uint8_t> cols;
     cols.resize(std::min(block, r1 - r0) * K);
     // Image n, output pixel (oh, ow) of row r0, then counted up row by row (no division).
@@ -534,11 +574,21 @@ private:
         }
         std::uint8_t* row = cols.data() + r * K;
         const std::uint8_t* img = x + n * H * W * C;
+        const std::ptrdiff_t ih0 = std::ptrdiff_t(oh * s.c.stride_h) - std::ptrdiff_t(s.c.pad_h);
+        const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
+        if (ih0 >= 0 && iw0 >= 0 && std::size_t(ih0) + span_h <= H && std::size_t(iw0) + kw <= W &&
+            s.c.dilation_w == 1) {
+          // The whole patch is inside (most rows): kh runs of kw * C consecutive NHWC bytes,
+          // dilation_h image rows apart.
+          const std::uint8_t* src = img + (std::size_t(ih0) * W + std::size_t(iw0)) * C;
+          for (std::size_t a = 0; a < kh; ++a, row += kw * C, src += row_step)
+            copy_bytes(row, src, kw * C);
+          continue;
+        }
         for (std::size_t a = 0; a < kh; ++a) {
           const std::ptrdiff_t ih =
               std::ptrdiff_t(oh * s.c.stride_h + a * s.c.dilation_h) - std::ptrdiff_t(s.c.pad_h);
           const bool row_inside = ih >= 0 && std::size_t(ih) < H;
-          const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
           if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
             // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
             copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
