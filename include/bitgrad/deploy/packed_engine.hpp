@@ -311,35 +311,66 @@ private:
   /// thread's buffers, one per value id, reused across blocks and calls (no allocation, no
   /// page faults once they have grown).
   void run_block(const float* x, std::size_t batch, int_isa isa, float* logits) const {
+    // Buffer slots by liveness: a value's slot is free again after the last step that reads
+    // it, so a chain of steps cycles through a few buffers that stay in cache. Slots hold
+    // floats; u8 values use their bytes.
     const std::size_t n_values = plan_.values.size();
-    thread_local std::vector<detail::reusable_buffer<std::uint8_t>> u8v;
-    thread_local std::vector<detail::reusable_buffer<float>> fv;
-    if (u8v.size() < n_values) u8v.resize(n_values);
-    if (fv.size() < n_values) fv.resize(n_values);
+    thread_local std::vector<detail::reusable_buffer<float>> slots;
+    thread_local std::vector<std::size_t> slot_of, last_read, free;
+    slot_of.assign(n_values, 0);
+    last_read.assign(n_values, 0);
+    free.clear();
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      last_read[plan_.steps[k].in_value] = k;
+      if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
+    }
+    std::size_t used = 1; // slot 0: the input
+    auto bytes = [&](std::size_t v) {
+      return reinterpret_cast<std::uint8_t*>(slots[slot_of[v]].data.get());
+    };
+    auto floats = [&](std::size_t v) { return slots[slot_of[v]].data.get(); };
+    auto grow = [&](std::size_t v, std::size_t n_bytes) {
+      if (slots.size() <= slot_of[v]) slots.resize(slot_of[v] + 1);
+      slots[slot_of[v]].get((n_bytes + sizeof(float) - 1) / sizeof(float));
+    };
     const integer_step& first = plan_.steps.front();
-    quantize_input(first, x, batch,
-                   u8v[plan_.input_value].get(batch * std::size_t(first.in_shape.elements())));
+    slot_of[plan_.input_value] = 0;
+    grow(plan_.input_value, batch * std::size_t(first.in_shape.elements()));
+    quantize_input(first, x, batch, bytes(plan_.input_value));
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
+      if (!s.network_output) { // the output's slot, before the inputs' are freed
+        if (free.empty()) {
+          slot_of[s.out_value] = used++;
+        } else {
+          slot_of[s.out_value] = free.back();
+          free.pop_back();
+        }
+        grow(s.out_value, out_n * (s.out_u8 ? 1 : sizeof(float)));
+      }
       residual_in res;
-      if (s.residual != format::no_index && s.residual_u8) res.u8 = u8v[s.residual].data.get();
-      if (s.residual != format::no_index && !s.residual_u8) res.f = fv[s.residual].data.get();
-      const std::uint8_t* a = s.in_u8 ? u8v[s.in_value].data.get() : nullptr;
-      const float* af = s.in_u8 ? nullptr : fv[s.in_value].data.get();
+      if (s.residual != format::no_index && s.residual_u8) res.u8 = bytes(s.residual);
+      if (s.residual != format::no_index && !s.residual_u8) res.f = floats(s.residual);
+      const std::uint8_t* a = s.in_u8 ? bytes(s.in_value) : nullptr;
+      const float* af = s.in_u8 ? nullptr : floats(s.in_value);
       if (s.network_output) {
         std::fill(logits, logits + out_n, -std::numeric_limits<float>::infinity());
         run_any(k, isa, a, af, batch, logits, res);
       } else if (s.out_u8) {
         // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
-        std::uint8_t* y = u8v[s.out_value].get(out_n);
+        std::uint8_t* y = bytes(s.out_value);
         if (s.pool) std::memset(y, 0, out_n);
         run_any(k, isa, a, af, batch, y, res);
       } else {
-        float* y = fv[s.out_value].get(out_n);
+        float* y = floats(s.out_value);
         std::fill(y, y + out_n, -std::numeric_limits<float>::infinity());
         run_any(k, isa, a, af, batch, y, res);
       }
+      for (std::uint32_t v : {s.in_value, s.residual})
+        if (v != format::no_index && last_read[v] == k &&
+            std::find(free.begin(), free.end(), slot_of[v]) == free.end())
+          free.push_back(slot_of[v]);
     }
   }
 
