@@ -140,10 +140,22 @@ private:
     T* dst = y + at;
     const std::size_t count = N ? N : n;
     if (!nchw) { // consecutive channels
-      if (pool)
+      if constexpr (N != 0) {
+        // Narrowed into a local array, maxed with the pooled pixel, then one store: each loop
+        // vectorises (vpmovdb, vpmaxub, one 16-byte store at AVX-512).
+        T out[N];
+        for (std::size_t l = 0; l < N; ++l) out[l] = static_cast<T>(lane[l]);
+        if (pool) {
+          T old[N];
+          std::memcpy(old, dst, sizeof(out));
+          for (std::size_t l = 0; l < N; ++l) out[l] = std::max(out[l], old[l]);
+        }
+        std::memcpy(dst, out, sizeof(out));
+      } else if (pool) {
         for (std::size_t l = 0; l < count; ++l) dst[l] = std::max(dst[l], static_cast<T>(lane[l]));
-      else
+      } else {
         for (std::size_t l = 0; l < count; ++l) dst[l] = static_cast<T>(lane[l]);
+      }
       return;
     }
     const std::size_t step = channel_stride();

@@ -252,7 +252,8 @@ struct pipeline {
     run<0>(stages, acc, i, j);
   }
 
-  void row(std::size_t i, std::size_t j0, const std::int32_t* acc, std::size_t count) const
+  BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
+                                 std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     // A local copy: stores through a u8 output may alias anything reachable through `this`,
     // which would make the compiler reload every stage parameter after each store.
@@ -299,7 +300,8 @@ template <class... Stages>
 struct padded_pipeline : pipeline<Stages...> {
   using base = pipeline<Stages...>;
 
-  void row(std::size_t i, std::size_t j0, const std::int32_t* acc, std::size_t count) const
+  BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
+                                 std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
 #if BITGRAD_HAS_SIMD
     if constexpr (can_pad()) {
