@@ -36,6 +36,11 @@
 // acc * s_x * s_w[o] * channel_scale[o] + bias[o]. Pooling, activations and residual adds run
 // in float between the integer layers.
 //
+// Blocks: every path runs the batch in blocks of whole images (deploy/image_blocks.hpp: the
+// largest activation of a block <= image_block_bytes), all operations on one block before the
+// next, in per-thread buffers reused across blocks and calls (slots by liveness); threads take
+// whole blocks when the batch has the work for them. A block's outputs equal its images' own.
+//
 // Thread safety: run() is const and keeps all its state on the stack or in thread_local
 // scratch (the one-time weight decode is guarded by std::call_once), so any number of threads
 // may run one loaded model at once.
