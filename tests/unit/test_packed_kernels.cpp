@@ -453,7 +453,8 @@ TEST_CASE_TEMPLATE("packed_gemm: requantized u8 and float outputs equal the refe
     const packed_weights w = t.pack();
     const std::size_t m = 1 + rng() % 20;
     const std::vector<std::uint8_t> a = activations(m, depth, 1, rng);
-    std::vector<float> scale(n), bias(n);
+    // Padded with zeros as integer_plan pads them, for the padded pipelines.
+    std::vector<float> scale(output::lane_padded(n)), bias(output::lane_padded(n));
     for (std::size_t j = 0; j < n; ++j) {
       scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
       bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
@@ -475,14 +476,27 @@ TEST_CASE_TEMPLATE("packed_gemm: requantized u8 and float outputs equal the refe
     ref::packed_gemm(m, a.data(), depth, 0, w, to_float(want_f.data()));
     packed_gemm(Arch::id, m, a.data(), depth, 0, w, to_float(got_f.data()));
     CHECK(got_f == want_f);
+    // Padded rows (the tail of each tile's row as one partial lane batch), the same bits.
+    std::fill(got.begin(), got.end(), std::uint8_t(7));
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w,
+                output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                             output::clamp{0.0f}, output::quantize_u8{8.0f, 3},
+                                             output::store<std::uint8_t>{got.data(), n}));
+    CHECK(got == want);
+    std::fill(got_f.begin(), got_f.end(), -1.0f);
+    packed_gemm(Arch::id, m, a.data(), depth, 0, w,
+                output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                             output::store<float>{got_f.data(), n}));
+    CHECK(got_f == want_f);
   }
 }
 
 TEST_CASE("output stages: a row through the lane overloads equals the scalar calls") {
   std::mt19937 rng(41);
-  for (std::size_t count : {1u, 3u, 4u, 7u, 16u, 21u, 64u}) {
+  for (std::size_t count : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 9u, 15u, 16u, 17u, 21u, 64u}) {
     std::vector<std::int32_t> acc(count);
-    std::vector<float> scale(count + 5), bias(count + 5);
+    // j0 + count, then lane_pad more: readable for a padded row's last lane batch
+    std::vector<float> scale(count + 5 + output::lane_pad), bias(count + 5 + output::lane_pad);
     for (auto& v : acc) v = std::int32_t(rng() % 200001) - 100000;
     for (auto& v : scale) v = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
     for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
@@ -498,6 +512,13 @@ TEST_CASE("output stages: a row through the lane overloads equals the scalar cal
       for (std::size_t c = 0; c < count; ++c) u8(ys)(0, j0 + c, acc[c]);
       u8(yv).row(0, j0, acc.data(), count);
       CHECK(yv == ys);
+      // Padded rows: the tail as one partial lane batch; it stores the row's channels only.
+      std::vector<std::uint8_t> yp(ys.size(), 0);
+      output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::clamp{0.0f, 6.0f}, output::quantize_u8{40.0f, 2},
+                                   output::store<std::uint8_t>{yp.data(), 0, col_stride})
+          .row(0, j0, acc.data(), count);
+      CHECK(yp == ys);
       std::vector<float> fs((count + j0) * col_stride, 0.0f), fv(fs);
       auto f32 = [&](std::vector<float>& y) {
         return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
@@ -506,6 +527,11 @@ TEST_CASE("output stages: a row through the lane overloads equals the scalar cal
       for (std::size_t c = 0; c < count; ++c) f32(fs)(0, j0 + c, acc[c]);
       f32(fv).row(0, j0, acc.data(), count);
       CHECK(fv == fs);
+      std::vector<float> fp(fs.size(), 0.0f);
+      output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                   output::store<float>{fp.data(), 0, col_stride})
+          .row(0, j0, acc.data(), count);
+      CHECK(fp == fs);
     }
   }
 }

@@ -202,6 +202,91 @@ TEST_CASE("runtime: several threads on one const model give the single-threaded 
   }
 }
 
+TEST_CASE("image blocks: the batch is cut into whole-image blocks, threads get as many") {
+  using deploy::detail::plan_image_blocks;
+  for (std::size_t batch : {1, 2, 7, 12, 13, 14, 41, 256})
+    for (std::size_t cap : {1, 3, 13, 1000})
+      for (std::size_t threads : {1, 2, 3}) {
+        CAPTURE(batch);
+        CAPTURE(cap);
+        CAPTURE(threads);
+        const auto b = plan_image_blocks(batch, cap, threads);
+        CHECK(b.size >= 1);
+        CHECK(b.size <= cap);
+        CHECK(b.begin(0) == 0);
+        CHECK(b.end(b.count - 1) == batch);
+        for (std::size_t k = 0; k + 1 < b.count; ++k) CHECK(b.end(k) == b.begin(k + 1));
+        for (std::size_t k = 0; k < b.count; ++k) CHECK(b.begin(k) < b.end(k));
+        if (threads <= 2) CHECK(b.count >= std::min(threads, batch)); // no thread idles
+      }
+  CHECK(deploy::detail::image_block_cap(3456 * 4) == 18); // LeNet-5's conv1 output, float
+  CHECK(deploy::detail::image_block_cap(std::size_t(1) << 30) == 1);
+}
+
+TEST_CASE("image blocks: every image is visited once, on 1 and 2 threads, and an exception "
+          "thrown inside a block reaches the caller") {
+  for (std::size_t threads : {1, 2}) {
+    const auto blocks = deploy::detail::plan_image_blocks(23, 3, threads);
+    std::vector<int> seen(23, 0);
+    deploy::detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) ++seen[i];
+    });
+    CHECK(seen == std::vector<int>(23, 1));
+    CHECK_THROWS_WITH_AS(deploy::detail::for_image_blocks(blocks, threads,
+                                                          [&](std::size_t b, std::size_t) {
+                                                            if (b >= 9)
+                                                              throw config_error("block at " +
+                                                                                 std::to_string(b));
+                                                          }),
+                         doctest::Contains("block at"), config_error);
+  }
+}
+
+TEST_CASE("runtime: a batch in image blocks (1, block - 1, block, block + 1, several blocks) "
+          "gives each image's own outputs, on the float, int8 and packed paths") {
+  const auto& f = lenet_fixture();
+  deploy::runtime rt = f.rt;
+  const std::size_t images = f.x.shape()[0], in = rt.input_size(), out = rt.output_size();
+  rt.set_parallel_min(0); // blocks split across the threads whenever there are two
+  for (auto prec :
+       {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
+    CAPTURE(deploy::to_string(prec));
+    // Each image alone (one block of one image).
+    std::vector<float> alone(images * out);
+    for (std::size_t i = 0; i < images; ++i) {
+      const tensor2<float> y = rt.run(f.x.data() + i * in, 1, prec);
+      std::copy(y.begin(), y.end(), alone.begin() + std::ptrdiff_t(i * out));
+    }
+    rt.set_block_images(0);
+    const std::size_t automatic = rt.block_images();
+    for (std::size_t block : {std::size_t(3), automatic}) {
+      rt.set_block_images(block == automatic ? 0 : block);
+      CAPTURE(block);
+      for (std::size_t batch : {std::size_t(1), block - 1, block, block + 1, 3 * block + 2}) {
+        if (batch == 0 || batch > images) continue;
+        CAPTURE(batch);
+        const tensor2<float> y = rt.run(f.x.data(), batch, prec);
+        REQUIRE(y.shape()[0] == batch);
+        CHECK(std::equal(y.begin(), y.end(), alone.begin()));
+      }
+    }
+  }
+  rt.set_block_images(0);
+  CHECK(rt.block_images() == 18); // 256 KiB / LeNet-5's largest float activation (6 x 24 x 24)
+}
+
+TEST_CASE("runtime: an exception thrown inside an image block (int8 path, uncalibrated) "
+          "reaches the caller") {
+  const auto& f = lenet_fixture();
+  deploy::runtime raw(train::to_model_file(trained_lenet(), format::shape::image(1, 28, 28)));
+  raw.set_parallel_min(0);
+  raw.set_block_images(2);
+  CHECK_THROWS_WITH_AS(raw.run(f.x.data(), 9, deploy::precision::int8),
+                       doctest::Contains("calibrated"), config_error);
+  // The float path still runs the same blocks.
+  CHECK(raw.run(f.x.data(), 9).shape()[0] == 9);
+}
+
 TEST_CASE("runtime::evaluate gives what the hand-written normalise + run + top-1 loop gives") {
   const auto& f = lenet_fixture();
   const dataset& test = sample_test();

@@ -13,10 +13,13 @@
 //            which writes u8 NHWC, or with a max-pool the max into the pooled pixel (pooled
 //            buffer set to 0 first: u8's least value), or float logits at the last step.
 //
-// Threads (kernels/parallel.hpp, OpenMP): a conv splits its rows across threads by whole images
-// when the batch has at least as many images as threads, else by bands of output rows aligned
-// to the pool windows (so no two threads write one pooled pixel); a linear splits the batch.
-// Layers with less than engine_parallel_threshold() multiply-adds run on the calling thread.
+// Blocks (image_blocks.hpp): the batch runs in blocks of whole images, every step on one block
+// before the next block, in per-thread buffers reused across calls; threads take whole blocks.
+// Threads (kernels/parallel.hpp, OpenMP): a batch of one block (batch 1) splits each layer
+// instead: a conv its rows by whole images when the block has at least as many images as
+// threads, else by bands of output rows aligned to the pool windows (so no two threads write
+// one pooled pixel); a linear splits the batch. Work below engine_parallel_threshold()
+// multiply-adds (a whole batch, or one layer of a single block) runs on the calling thread.
 //
 // The path: run(x, batch, isa) takes any int_isa this binary and CPU run (int_isa_supported);
 // tests force each one. Scratch is thread_local: run() is const and safe from many threads.
@@ -24,6 +27,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/deploy/image_blocks.hpp>
 #include <bitgrad/deploy/integer_plan.hpp>
 #include <bitgrad/format/model.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
@@ -57,6 +61,7 @@ namespace detail {
 template <class T>
 struct fused_store {
   static constexpr bool lanes = true;
+  static constexpr bool partial = true; ///< apply_partial: the tail of a padded row
   T* y;
   std::size_t row0 = 0;
   std::size_t plane = 1, out_w = 1, channels = 1;
@@ -73,15 +78,14 @@ struct fused_store {
   }
   /// Lanes are channels j0.. of one row: the row's place is found once.
   template <class B>
-  void apply(const B& v, std::size_t i, std::size_t j0) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    v.store_aligned(lane);
-    const std::ptrdiff_t at = place(i, j0);
-    if (at < 0) return;
-    T* dst = y + at;
-    const std::size_t step = channel_stride();
-    for (std::size_t l = 0; l < B::size; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  BITGRAD_ALWAYS_INLINE void apply(const B& v, std::size_t i, std::size_t j0) const {
+    store_lanes<B, B::size>(v, i, j0, B::size);
+  }
+  /// The first n lanes only (the tail of a padded row, output_stage.hpp).
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,
+                                           std::size_t n) const {
+    store_lanes<B, 0>(v, i, j0, n);
   }
 
   /// Where row r, channel j goes; -1 when no pool window holds the pixel.
@@ -123,17 +127,47 @@ struct fused_store {
   }
 
 private:
-  std::ptrdiff_t place(std::size_t i, std::size_t j) const {
+  /// Lanes [0, n) to channels j0.. of row i; N = n when it is known at compile time (a whole
+  /// batch: the loops then vectorise, e.g. to one narrowing store), else 0.
+  template <class B, std::size_t N>
+  BITGRAD_ALWAYS_INLINE void store_lanes(const B& v, std::size_t i, std::size_t j0,
+                                         std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t at = place(i, j0);
+    if (at < 0) return;
+    T* dst = y + at;
+    const std::size_t count = N ? N : n;
+    if (!nchw) { // consecutive channels
+      if constexpr (N != 0) {
+        // Narrowed into a local array, maxed with the pooled pixel, then one store: each loop
+        // vectorises (vpmovdb, vpmaxub, one 16-byte store at AVX-512).
+        T out[N];
+        for (std::size_t l = 0; l < N; ++l) out[l] = static_cast<T>(lane[l]);
+        if (pool) {
+          T old[N];
+          std::memcpy(old, dst, sizeof(out));
+          for (std::size_t l = 0; l < N; ++l) out[l] = std::max(out[l], old[l]);
+        }
+        std::memcpy(dst, out, sizeof(out));
+      } else if (pool) {
+        for (std::size_t l = 0; l < count; ++l) dst[l] = std::max(dst[l], static_cast<T>(lane[l]));
+      } else {
+        for (std::size_t l = 0; l < count; ++l) dst[l] = static_cast<T>(lane[l]);
+      }
+      return;
+    }
+    const std::size_t step = channel_stride();
+    for (std::size_t l = 0; l < count; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  }
+  BITGRAD_ALWAYS_INLINE std::ptrdiff_t place(std::size_t i, std::size_t j) const {
     if (!row_at) return offset(row0 + i, j);
     const std::ptrdiff_t at = row_at[i];
     return at < 0 ? at : at + std::ptrdiff_t(j * channel_stride());
   }
-  void write(T& dst, T v) const {
-    if (!pool)
-      dst = v;
-    else if (v > dst)
-      dst = v;
-  }
+  /// The max of a pool window without a branch on the data (which mispredicts on images).
+  BITGRAD_ALWAYS_INLINE void write(T& dst, T v) const { dst = pool ? std::max(dst, v) : v; }
   std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
 };
 
@@ -197,6 +231,19 @@ public:
   /// Multiply-adds from which a layer splits across threads (default
   /// engine_parallel_threshold(); 0 splits every layer, as the tests do to cover the splits).
   void set_parallel_min(std::size_t work) { parallel_min_ = work; }
+  /// Images per block (image_blocks.hpp); 0 (default): image_block_bytes over the largest
+  /// activation of one image. Tests force small blocks.
+  void set_block_images(std::size_t n) { block_images_ = n; }
+  /// The most images one block holds.
+  std::size_t block_images() const {
+    if (block_images_) return block_images_;
+    std::size_t biggest = 0;
+    for (const integer_step& s : plan_.steps) {
+      biggest = std::max(biggest, std::size_t(s.in_shape.elements()) * (s.in_u8 ? 1 : 4));
+      biggest = std::max(biggest, std::size_t(s.out_shape.elements()) * (s.out_u8 ? 1 : 4));
+    }
+    return detail::image_block_cap(biggest);
+  }
 
   bool supported() const { return plan_.supported(); }
   const std::string& why() const { return plan_.unsupported; }
@@ -244,47 +291,23 @@ public:
     if (!int_isa_supported(isa))
       throw config_error(std::string("packed_engine: path ") + int_isa_name(isa) +
                          " is not available on this binary / CPU");
-    // Kept values (integer_plan.hpp: "values"): u8 NHWC on their grid, or float NHWC.
-    const std::size_t n_values = plan_.values.size();
-    std::vector<u8_buffer> u8v(n_values);
-    std::vector<std::vector<float>> fv(n_values);
-    std::vector<std::size_t> last_read(n_values, 0);
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
-      last_read[plan_.steps[k].in_value] = k;
-      if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
+    // The batch in blocks of whole images (image_blocks.hpp), threads taking whole blocks
+    // when the batch has the work for them; a single block splits each layer instead.
+    std::size_t outputs = 0, macs = 0;
+    for (const integer_step& s : plan_.steps) {
+      if (s.network_output) outputs = std::size_t(s.out_shape.elements());
+      if (s.gemm())
+        macs += s.channels * s.depth *
+                (s.conv ? std::size_t(s.conv_out.dims[1]) * s.conv_out.dims[2] : 1);
     }
-    u8v[plan_.input_value] = quantize_input(plan_.steps.front(), x, batch);
-    tensor2<float> logits;
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
-      const integer_step& s = plan_.steps[k];
-      const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
-      residual_in res;
-      if (s.residual != format::no_index && s.residual_u8) res.u8 = u8v[s.residual].get();
-      if (s.residual != format::no_index && !s.residual_u8) res.f = fv[s.residual].data();
-      const std::uint8_t* a = s.in_u8 ? u8v[s.in_value].get() : nullptr;
-      const float* af = s.in_u8 ? nullptr : fv[s.in_value].data();
-      if (s.network_output) {
-        logits = tensor2<float>::from_shape({batch, std::size_t(s.out_shape.elements())});
-        std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
-        run_any(k, isa, a, af, batch, logits.data(), res);
-      } else if (s.out_u8) {
-        // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
-        u8_buffer y = uninitialised_u8(out_n);
-        if (s.pool) std::memset(y.get(), 0, out_n);
-        run_any(k, isa, a, af, batch, y.get(), res);
-        u8v[s.out_value] = std::move(y);
-      } else {
-        std::vector<float> y(out_n, -std::numeric_limits<float>::infinity());
-        run_any(k, isa, a, af, batch, y.data(), res);
-        fv[s.out_value] = std::move(y);
-      }
-      // Free what no later step reads.
-      for (std::uint32_t v : {s.in_value, s.residual})
-        if (v != format::no_index && last_read[v] == k) {
-          u8v[v].reset();
-          std::vector<float>().swap(fv[v]);
-        }
-    }
+    const std::size_t inputs = std::size_t(plan_.steps.front().in_shape.elements());
+    tensor2<float> logits = tensor2<float>::from_shape({batch, outputs});
+    const std::size_t threads =
+        batch * macs >= parallel_min_ ? bitgrad::detail::available_threads() : 1;
+    const detail::image_blocks blocks = detail::plan_image_blocks(batch, block_images(), threads);
+    detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
+      run_block(x + b * inputs, e - b, isa, logits.data() + b * outputs);
+    });
     return logits;
   }
 
@@ -295,25 +318,88 @@ private:
     const float* f = nullptr;
   };
 
-  /// Activations between steps: no zero fill on allocation (std::vector would memset).
-  using u8_buffer = std::unique_ptr<std::uint8_t[]>;
-  static u8_buffer uninitialised_u8(std::size_t n) { return u8_buffer(new std::uint8_t[n]); }
+  /// Every step on `batch` images (one block), their logits into the rows at `logits`. Kept
+  /// values (integer_plan.hpp: "values": u8 NHWC on their grid, or float NHWC) live in this
+  /// thread's buffers, one per value id, reused across blocks and calls (no allocation, no
+  /// page faults once they have grown).
+  void run_block(const float* x, std::size_t batch, int_isa isa, float* logits) const {
+    // Buffer slots by liveness: a value's slot is free again after the last step that reads
+    // it, so a chain of steps cycles through a few buffers that stay in cache. Slots hold
+    // floats; u8 values use their bytes.
+    const std::size_t n_values = plan_.values.size();
+    thread_local std::vector<detail::reusable_buffer<float>> slots;
+    thread_local std::vector<std::size_t> slot_of, last_read, free;
+    slot_of.assign(n_values, 0);
+    last_read.assign(n_values, 0);
+    free.clear();
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      last_read[plan_.steps[k].in_value] = k;
+      if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
+    }
+    std::size_t used = 1; // slot 0: the input
+    auto bytes = [&](std::size_t v) {
+      return reinterpret_cast<std::uint8_t*>(slots[slot_of[v]].data.get());
+    };
+    auto floats = [&](std::size_t v) { return slots[slot_of[v]].data.get(); };
+    auto grow = [&](std::size_t v, std::size_t n_bytes) {
+      if (slots.size() <= slot_of[v]) slots.resize(slot_of[v] + 1);
+      slots[slot_of[v]].get((n_bytes + sizeof(float) - 1) / sizeof(float));
+    };
+    const integer_step& first = plan_.steps.front();
+    slot_of[plan_.input_value] = 0;
+    grow(plan_.input_value, batch * std::size_t(first.in_shape.elements()));
+    quantize_input(first, x, batch, bytes(plan_.input_value));
+    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+      const integer_step& s = plan_.steps[k];
+      const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
+      if (!s.network_output) { // the output's slot, before the inputs' are freed
+        if (free.empty()) {
+          slot_of[s.out_value] = used++;
+        } else {
+          slot_of[s.out_value] = free.back();
+          free.pop_back();
+        }
+        grow(s.out_value, out_n * (s.out_u8 ? 1 : sizeof(float)));
+      }
+      residual_in res;
+      if (s.residual != format::no_index && s.residual_u8) res.u8 = bytes(s.residual);
+      if (s.residual != format::no_index && !s.residual_u8) res.f = floats(s.residual);
+      const std::uint8_t* a = s.in_u8 ? bytes(s.in_value) : nullptr;
+      const float* af = s.in_u8 ? nullptr : floats(s.in_value);
+      if (s.network_output) {
+        std::fill(logits, logits + out_n, -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, logits, res);
+      } else if (s.out_u8) {
+        // Every byte is written, except under a pool, whose max starts from 0 (u8's least).
+        std::uint8_t* y = bytes(s.out_value);
+        if (s.pool) std::memset(y, 0, out_n);
+        run_any(k, isa, a, af, batch, y, res);
+      } else {
+        float* y = floats(s.out_value);
+        std::fill(y, y + out_n, -std::numeric_limits<float>::infinity());
+        run_any(k, isa, a, af, batch, y, res);
+      }
+      for (std::uint32_t v : {s.in_value, s.residual})
+        if (v != format::no_index && last_read[v] == k &&
+            std::find(free.begin(), free.end(), slot_of[v]) == free.end())
+          free.push_back(slot_of[v]);
+    }
+  }
 
-  /// The float network input (NCHW) as u8 NHWC with the first step's scale.
-  static u8_buffer quantize_input(const integer_step& s, const float* x, std::size_t batch) {
+  /// The float network input (NCHW) as u8 NHWC with the first step's scale, into a.
+  static void quantize_input(const integer_step& s, const float* x, std::size_t batch,
+                             std::uint8_t* a) {
     const output::quantize_u8 q = s.in_quantizer();
     const std::size_t per = s.in_shape.elements();
-    u8_buffer a = uninitialised_u8(batch * per);
     if (s.in_shape.rank != 3) {
-      quantize_plane(q, x, batch * per, a.get(), 1);
-      return a;
+      quantize_plane(q, x, batch * per, a, 1);
+      return;
     }
     const std::size_t C = s.in_shape.dims[0],
                       P = std::size_t(s.in_shape.dims[1]) * s.in_shape.dims[2];
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t c = 0; c < C; ++c)
-        quantize_plane(q, x + (n * C + c) * P, P, a.get() + n * P * C + c, C);
-    return a;
+        quantize_plane(q, x + (n * C + c) * P, P, a + n * P * C + c, C);
   }
 
   /// dst[p * stride] = q(src[p]) for p < count; simd lanes (the same bits as the scalar stage,
@@ -410,7 +496,8 @@ private:
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
     const std::size_t lda = s.depth;
     auto run = [&](auto... stages) {
-      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_pipeline(stages...));
+      // scale and bias are padded to lane_padded(channels) (integer_plan)
+      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_padded_pipeline(stages...));
     };
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {
@@ -477,13 +564,32 @@ private:
         });
   }
 
-  /// memcpy, without the library call for the few bytes of a small kernel row (LeNet: 5).
-  static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
+  /// memcpy, without the library call or a loop per byte for the few bytes of a small kernel
+  /// row (LeNet: 5): two overlapping loads and stores of the widest size <= n (the branches are
+  /// on n, the same for every row of a layer).
+  BITGRAD_ALWAYS_INLINE static void copy_bytes(std::uint8_t* dst, const std::uint8_t* src,
+                                               std::size_t n) {
     if (n > 16) {
       std::memcpy(dst, src, n);
-      return;
+    } else if (n >= 8) {
+      copy_pair<std::uint64_t>(dst, src, n);
+    } else if (n >= 4) {
+      copy_pair<std::uint32_t>(dst, src, n);
+    } else if (n >= 2) {
+      copy_pair<std::uint16_t>(dst, src, n);
+    } else if (n == 1) {
+      *dst = *src;
     }
-    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+  /// Bytes [0, n) as [0, sizeof(W)) and [n - sizeof(W), n), sizeof(W) <= n <= 2 sizeof(W).
+  template <class W>
+  BITGRAD_ALWAYS_INLINE static void copy_pair(std::uint8_t* dst, const std::uint8_t* src,
+                                              std::size_t n) {
+    W head, tail;
+    std::memcpy(&head, src, sizeof(W));
+    std::memcpy(&tail, src + n - sizeof(W), sizeof(W));
+    std::memcpy(dst, &head, sizeof(W));
+    std::memcpy(dst + n - sizeof(W), &tail, sizeof(W));
   }
 
   /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
@@ -496,6 +602,8 @@ private:
     const std::size_t ow_n = s.conv_out.dims[2];
     const std::size_t plane = std::size_t(s.conv_out.dims[1]) * ow_n;
     const std::size_t K = s.depth, kh = s.c.kernel_h, kw = s.c.kernel_w;
+    // A patch spans span_h image rows; consecutive kernel rows are row_step bytes apart.
+    const std::size_t span_h = (kh - 1) * s.c.dilation_h + 1, row_step = s.c.dilation_h * W * C;
     thread_local std::vector<std::uint8_t> cols;
     cols.resize(std::min(block, r1 - r0) * K);
     // Image n, output pixel (oh, ow) of row r0, then counted up row by row (no division).
@@ -509,11 +617,21 @@ private:
         }
         std::uint8_t* row = cols.data() + r * K;
         const std::uint8_t* img = x + n * H * W * C;
+        const std::ptrdiff_t ih0 = std::ptrdiff_t(oh * s.c.stride_h) - std::ptrdiff_t(s.c.pad_h);
+        const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
+        if (ih0 >= 0 && iw0 >= 0 && std::size_t(ih0) + span_h <= H && std::size_t(iw0) + kw <= W &&
+            s.c.dilation_w == 1) {
+          // The whole patch is inside (most rows): kh runs of kw * C consecutive NHWC bytes,
+          // dilation_h image rows apart.
+          const std::uint8_t* src = img + (std::size_t(ih0) * W + std::size_t(iw0)) * C;
+          for (std::size_t a = 0; a < kh; ++a, row += kw * C, src += row_step)
+            copy_bytes(row, src, kw * C);
+          continue;
+        }
         for (std::size_t a = 0; a < kh; ++a) {
           const std::ptrdiff_t ih =
               std::ptrdiff_t(oh * s.c.stride_h + a * s.c.dilation_h) - std::ptrdiff_t(s.c.pad_h);
           const bool row_inside = ih >= 0 && std::size_t(ih) < H;
-          const std::ptrdiff_t iw0 = std::ptrdiff_t(ow * s.c.stride_w) - std::ptrdiff_t(s.c.pad_w);
           if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
             // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
             copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
@@ -537,6 +655,7 @@ private:
   std::vector<packed_weights> weights_;
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
+  std::size_t block_images_ = 0; ///< set_block_images (0: automatic)
 };
 
 namespace ref {

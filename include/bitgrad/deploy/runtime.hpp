@@ -36,6 +36,11 @@
 // acc * s_x * s_w[o] * channel_scale[o] + bias[o]. Pooling, activations and residual adds run
 // in float between the integer layers.
 //
+// Blocks: every path runs the batch in blocks of whole images (deploy/image_blocks.hpp: the
+// largest activation of a block <= image_block_bytes), all operations on one block before the
+// next, in per-thread buffers reused across blocks and calls (slots by liveness); threads take
+// whole blocks when the batch has the work for them. A block's outputs equal its images' own.
+//
 // Thread safety: run() is const and keeps all its state on the stack or in thread_local
 // scratch (the one-time weight decode is guarded by std::call_once), so any number of threads
 // may run one loaded model at once.
@@ -44,6 +49,7 @@
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/data/dataset.hpp>
+#include <bitgrad/deploy/image_blocks.hpp>
 #include <bitgrad/deploy/int8_gemm.hpp>
 #include <bitgrad/deploy/packed_engine.hpp>
 #include <bitgrad/format/model_file.hpp>
@@ -99,6 +105,7 @@ public:
       if (op.input_b != format::no_index) last_use_[op.input_b] = i;
     }
     last_use_[n] = n; // the output lives to the end
+    assign_slots();
     engine_ = packed_engine(m_);
     if (engine_.supported()) {
       // The packed weights replace the file's code streams of <= 8-bit tensors.
@@ -132,6 +139,24 @@ public:
   const packed_engine& engine() const { return engine_; }
   /// See packed_engine::set_parallel_min.
   void set_engine_parallel_min(std::size_t work) { engine_.set_parallel_min(work); }
+  /// Multiply-adds of a whole batch from which the float / int8 paths split its image blocks
+  /// across threads, and the packed engine its layers (default engine_parallel_threshold(); 0
+  /// splits whenever there are two blocks, as the tests do).
+  void set_parallel_min(std::size_t work) {
+    parallel_min_ = work;
+    engine_.set_parallel_min(work);
+  }
+  /// Images per block (image_blocks.hpp) of the float / int8 paths and of the packed engine: 0
+  /// (default) sizes blocks to image_block_bytes; tests force small blocks.
+  void set_block_images(std::size_t n) {
+    block_images_ = n;
+    engine_.set_block_images(n);
+  }
+  /// The most images one block of the float / int8 paths holds: set_block_images' value, else
+  /// image_block_bytes / the largest float activation of one image.
+  std::size_t block_images() const {
+    return block_images_ ? block_images_ : detail::image_block_cap(image_bytes_);
+  }
   /// True when the packed integer path can run: a supported graph with calibrated ranges.
   bool packed_ready() const { return engine_.supported() && engine_.calibrated(); }
 
@@ -198,7 +223,8 @@ public:
   tensor2<float> run(const float* x, std::size_t batch, precision p = precision::float32,
                      int_isa isa = best_int_isa()) const {
     if (p == precision::packed) return engine_.run(x, batch, isa);
-    return execute(x, batch, p, [](std::size_t, const float*, std::size_t) {});
+    return execute(
+        x, batch, p, [](std::size_t, const float*, std::size_t) {}, true);
   }
 
   /// The same on an (N, C, H, W) tensor; its shape must match the file's input shape.
@@ -216,11 +242,15 @@ public:
   /// without weights): the calibration of the int8 path.
   std::vector<float> input_ranges(const float* x, std::size_t batch) const {
     std::vector<float> r(m_.ops.size(), 0.0f);
-    execute(x, batch, precision::float32, [&](std::size_t op, const float* in, std::size_t n) {
-      float mx = 0;
-      for (std::size_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(in[i]));
-      r[op] = mx;
-    });
+    // The blocks run in order on this thread (the observer is not thread-safe): max over them.
+    execute(
+        x, batch, precision::float32,
+        [&](std::size_t op, const float* in, std::size_t n) {
+          float mx = r[op];
+          for (std::size_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(in[i]));
+          r[op] = mx;
+        },
+        false);
     return r;
   }
 
@@ -410,12 +440,13 @@ private:
     const std::vector<float> scale = int8_scales(i, inv_sx);
     const layer_weights& lw = decoded()[i];
     const float* bias = lw.bias.empty() ? nullptr : lw.bias.data();
-    std::vector<std::int8_t> xq(g.input_count());
+    thread_local std::vector<std::int8_t> xq, cols;
+    xq.resize(g.input_count());
     quantize_int8(xq.size(), x, inv_sx, xq.data());
     const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
     const std::size_t k = g.filter_size(), p = g.out_plane();
     const std::size_t threads = bitgrad::detail::batch_threads(batch);
-    std::vector<std::int8_t> cols(threads * p * k);
+    cols.resize(threads * p * k);
     bitgrad::detail::parallel_chunks(
         threads, batch, [&](std::size_t t, std::size_t b, std::size_t e) {
           std::int8_t* col = cols.data() + t * p * k;
@@ -456,24 +487,73 @@ private:
       }
   }
 
+  /// Per value (0: the input, i + 1: operation i's output): the buffer slot of a block's
+  /// activations. A value's slot is free again after its last reader, so a chain of operations
+  /// cycles through a few buffers that stay in cache.
+  void assign_slots() {
+    const std::size_t n = m_.ops.size();
+    slot_of_.assign(n + 1, 0);
+    std::vector<std::size_t> free;
+    std::vector<bool> released(n + 1, false);
+    slots_ = 0;
+    std::size_t macs = 0, biggest = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const format::operation& op = m_.ops[i];
+      if (free.empty()) {
+        slot_of_[i + 1] = slots_++;
+      } else {
+        slot_of_[i + 1] = free.back();
+        free.pop_back();
+      }
+      for (std::uint32_t v : {op.input, op.input_b})
+        if (v != format::no_index && v != 0 && last_use_[v] == i && !released[v]) {
+          released[v] = true;
+          free.push_back(slot_of_[v]);
+        }
+      const std::size_t out = static_cast<std::size_t>(op.output.elements());
+      biggest = std::max(biggest, out);
+      if (op.kind == format::op_kind::conv2d)
+        macs += out * m_.tensors[op.weight].per_channel();
+      else if (op.kind == format::op_kind::linear)
+        macs += std::size_t(op.fc.in_features) * op.fc.out_features;
+    }
+    image_bytes_ = std::max<std::size_t>(biggest, input_size()) * sizeof(float);
+    image_macs_ = macs;
+  }
+
   template <class Observer>
-  tensor2<float> execute(const float* x, std::size_t batch, precision prec,
-                         Observer&& observe) const {
+  tensor2<float> execute(const float* x, std::size_t batch, precision prec, Observer&& observe,
+                         bool may_split) const {
     if (batch == 0) throw config_error("runtime: batch must be >= 1");
+    tensor2<float> result = tensor2<float>::from_shape({batch, output_size()});
+    const std::size_t threads = may_split && batch * image_macs_ >= parallel_min_
+                                    ? bitgrad::detail::available_threads()
+                                    : 1;
+    const detail::image_blocks blocks = detail::plan_image_blocks(batch, block_images(), threads);
+    detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
+      execute_block(x + b * input_size(), e - b, prec, observe, result.data() + b * output_size());
+    });
+    return result;
+  }
+
+  /// Every operation on `batch` images (one block), the outputs' rows into result.
+  template <class Observer>
+  void execute_block(const float* x, std::size_t batch, precision prec, Observer& observe,
+                     float* result) const {
     const std::size_t n_ops = m_.ops.size();
-    std::vector<std::vector<float>> store(n_ops + 1);
-    std::vector<const float*> value(n_ops + 1, nullptr);
-    std::vector<format::shape> shapes(n_ops + 1);
+    thread_local std::vector<detail::reusable_buffer<float>> slots;
+    thread_local std::vector<const float*> value;
+    thread_local std::vector<float> scratch;
+    thread_local std::vector<std::uint32_t> arg;
+    if (slots.size() < slots_) slots.resize(slots_);
+    value.assign(n_ops + 1, nullptr);
     value[0] = x;
-    shapes[0] = m_.input;
     for (std::size_t i = 0; i < n_ops; ++i) {
       const format::operation& op = m_.ops[i];
-      const format::shape& in = shapes[op.input];
+      const format::shape& in = op.input == 0 ? m_.input : m_.ops[op.input - 1].output;
       const float* a = value[op.input];
       const std::size_t in_n = batch * static_cast<std::size_t>(in.elements());
-      std::vector<float>& out = store[i + 1];
-      out.resize(batch * static_cast<std::size_t>(op.output.elements()));
-      float* y = out.data();
+      float* y = slots[slot_of_[i + 1]].get(batch * static_cast<std::size_t>(op.output.elements()));
       switch (op.kind) {
       case format::op_kind::conv2d: {
         observe(i, a, in_n);
@@ -481,7 +561,6 @@ private:
           conv_int8(i, in, batch, a, y);
         } else {
           const layer_weights& lw = decoded()[i];
-          std::vector<float> scratch;
           conv2d_fprop(geometry(op, in, batch), a, lw.w.data(),
                        lw.bias.empty() ? nullptr : lw.bias.data(), y, scratch);
         }
@@ -494,7 +573,8 @@ private:
         if (prec == precision::int8) {
           float inv_sx = 0;
           const std::vector<float> scale = int8_scales(i, inv_sx);
-          std::vector<std::int8_t> xq(in_n);
+          thread_local std::vector<std::int8_t> xq;
+          xq.resize(in_n);
           quantize_int8(in_n, a, inv_sx, xq.data());
           requantize stage{scale.data(), lw.bias.empty() ? nullptr : lw.bias.data(), y, nout, 1,
                            false};
@@ -514,7 +594,7 @@ private:
         const pool2d_geometry g{batch,      in.dims[0], in.dims[1], in.dims[2], p.kernel_h,
                                 p.kernel_w, p.stride_h, p.stride_w, p.pad_h,    p.pad_w};
         if (op.kind == format::op_kind::max_pool2d) {
-          std::vector<std::uint32_t> arg(g.output_count());
+          arg.resize(g.output_count());
           max_pool2d_fprop(g, a, y, arg.data());
         } else {
           avg_pool2d_fprop(g, a, y);
@@ -558,17 +638,8 @@ private:
       }
       }
       value[i + 1] = y;
-      shapes[i + 1] = op.output;
-      // Free what no later operation reads.
-      for (std::uint32_t v : {op.input, op.input_b})
-        if (v != format::no_index && v != 0 && last_use_[v] == i) {
-          std::vector<float>().swap(store[v]);
-          value[v] = nullptr;
-        }
     }
-    tensor2<float> result = tensor2<float>::from_shape({batch, output_size()});
-    std::copy(value[n_ops], value[n_ops] + result.size(), result.data());
-    return result;
+    std::copy(value[n_ops], value[n_ops] + batch * output_size(), result);
   }
 
   format::model_file m_;
@@ -576,6 +647,12 @@ private:
   std::shared_ptr<lazy_weights> lazy_; ///< shared by copies: made once, then read-only
   std::vector<std::size_t> last_use_;
   std::vector<std::size_t> step_of_; ///< per operation: its packed engine step, or no_step
+  std::vector<std::size_t> slot_of_; ///< per value: its buffer slot (assign_slots)
+  std::size_t slots_ = 0;            ///< buffer slots a block uses
+  std::size_t image_bytes_ = 0;      ///< the largest float activation of one image, bytes
+  std::size_t image_macs_ = 0;       ///< multiply-adds of one image (conv2d, linear)
+  std::size_t block_images_ = 0;     ///< set_block_images (0: automatic)
+  std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t payload_ = 0;
 };
 

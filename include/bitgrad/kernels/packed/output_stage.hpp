@@ -20,13 +20,25 @@
 // multiply-add is an explicit fused multiply-add where the target has one (so the compiler's
 // contraction cannot make the two differ) and a separate multiply and add where it has none;
 // test_packed_kernels holds them against each other.
+//
+// Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
+// channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
+// take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
+// array, every stage computes all lanes, and the last stage stores only the row's channels
+// (apply_partial). The caller guarantees that the per-channel arrays (scale_bias's scale and
+// bias) are readable up to a multiple of lane_pad past the row's first channel; stages that read
+// other per-row data (the residual adds) have no `padded` mark, and a pipeline holding one runs
+// its tail with scalar calls as make_pipeline's does.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
+#include <bitgrad/kernels/gemm_microkernel.hpp> // BITGRAD_ALWAYS_INLINE
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -58,18 +70,38 @@ B mul_add(const B& a, const B& b, const B& c) {
 template <class S>
 concept lane_stage = S::lanes;
 
+/// True for a stage that may compute lanes past a row's channels (marked `padded = true`).
+template <class S>
+concept padded_stage = S::padded;
+
+/// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
+/// (marked `partial = true`).
+template <class S>
+concept partial_store = S::partial;
+
 } // namespace detail
+
+/// Per-channel arrays of a padded pipeline are readable to a multiple of lane_pad channels
+/// (integer_plan pads its scale and bias to it): at least the widest lane batch compiled.
+inline constexpr std::size_t lane_pad = 16;
+static_assert(simd_lanes<float> <= lane_pad && simd_lanes<std::int32_t> <= lane_pad);
+
+/// n rounded up to a multiple of lane_pad: the length of a padded per-channel array.
+constexpr std::size_t lane_padded(std::size_t n) {
+  return (n + lane_pad - 1) / lane_pad * lane_pad;
+}
 
 /// value = acc * scale[j] + bias[j] (bias nullable).
 struct scale_bias {
   static constexpr bool lanes = true;
+  static constexpr bool padded = true; ///< reads scale, bias only: padded by the caller
   const float* scale;
   const float* bias = nullptr;
   float operator()(std::int32_t acc, std::size_t, std::size_t j) const {
     return detail::mul_add(static_cast<float>(acc), scale[j], bias ? bias[j] : 0.0f);
   }
   template <class B>
-  auto apply(const B& acc, std::size_t, std::size_t j0) const {
+  BITGRAD_ALWAYS_INLINE auto apply(const B& acc, std::size_t, std::size_t j0) const {
     using F = xsimd::batch<float, typename B::arch_type>;
     return detail::mul_add(xsimd::to_float(acc), F::load_unaligned(scale + j0),
                            bias ? F::load_unaligned(bias + j0) : F(0.0f));
@@ -79,14 +111,17 @@ struct scale_bias {
 /// value = min(max(value, lo), hi); NaN becomes lo. ReLU is clamp{0}, ReLU6 clamp{0, 6}.
 struct clamp {
   static constexpr bool lanes = true;
+  static constexpr bool padded = true;
   float lo = 0.0f;
   float hi = std::numeric_limits<float>::infinity();
+  /// Branchless (a ReLU's sign is data: a branch on it mispredicts): two selects, maxss and
+  /// minss on x86.
   float operator()(float v, std::size_t, std::size_t) const {
-    if (!(v > lo)) return lo; // also NaN
+    v = v > lo ? v : lo; // also NaN -> lo
     return v < hi ? v : hi;
   }
   template <class B>
-  B apply(const B& v, std::size_t, std::size_t) const {
+  BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t, std::size_t) const {
     // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
     return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
   }
@@ -106,7 +141,7 @@ struct add_u8 {
                            v);
   }
   template <class B>
-  B apply(const B& v, std::size_t i, std::size_t j0) const {
+  BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
     using V = typename B::value_type;
     alignas(64) V lane[B::size];
     const std::uint8_t* p = r + i * stride + j0;
@@ -123,7 +158,7 @@ struct add_f32 {
   std::size_t stride;
   float operator()(float v, std::size_t i, std::size_t j) const { return v + r[i * stride + j]; }
   template <class B>
-  B apply(const B& v, std::size_t i, std::size_t j0) const {
+  BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
     return v + B::load_unaligned(r + i * stride + j0);
   }
 };
@@ -137,6 +172,7 @@ struct add_f32 {
 /// rounding mode for |q| <= 2^22 and, unlike nearbyint at -O2 on SSE2, is not a library call.
 struct quantize_u8 {
   static constexpr bool lanes = true;
+  static constexpr bool padded = true;
   float inv_scale;
   std::int32_t zero_point = 0;
   float lo = 0.0f, hi = 255.0f;                                 ///< integers in 0..255
@@ -152,7 +188,7 @@ struct quantize_u8 {
   }
   /// The u8 values as int32 lanes.
   template <class B>
-  auto apply(const B& v, std::size_t, std::size_t) const {
+  BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t, std::size_t) const {
     B q = v * B(inv_scale);
     q = xsimd::select(q == q, q, B(0.0f)); // NaN -> 0; min and max below see no NaN
     q = xsimd::min(xsimd::max(q, B(-big)), B(big));
@@ -167,6 +203,7 @@ struct quantize_u8 {
 template <class T>
 struct store {
   static constexpr bool lanes = true;
+  static constexpr bool partial = true;
   T* y;
   std::size_t row_stride, col_stride = 1;
   void operator()(T v, std::size_t i, std::size_t j) const {
@@ -191,6 +228,15 @@ struct store {
       for (std::size_t l = 0; l < B::size; ++l)
         dst[l * col_stride] = static_cast<T>(lane_values[l]);
   }
+  /// The first n lanes only (n < lanes: the tail of a padded row).
+  template <class B>
+  void apply_partial(const B& v, std::size_t i, std::size_t j0, std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane_values[B::size];
+    v.store_aligned(lane_values);
+    T* dst = y + i * row_stride + j0 * col_stride;
+    for (std::size_t l = 0; l < n; ++l) dst[l * col_stride] = static_cast<T>(lane_values[l]);
+  }
 };
 
 /// Stores the raw int32 sum (tests, or a caller that requantizes itself).
@@ -206,7 +252,8 @@ struct pipeline {
     run<0>(stages, acc, i, j);
   }
 
-  void row(std::size_t i, std::size_t j0, const std::int32_t* acc, std::size_t count) const
+  BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
+                                 std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     // A local copy: stores through a u8 output may alias anything reachable through `this`,
     // which would make the compiler reload every stage parameter after each store.
@@ -220,26 +267,83 @@ struct pipeline {
     for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
   }
 
-private:
+protected:
   template <std::size_t I, class V>
-  static void run(const std::tuple<Stages...>& s, V v, std::size_t i, std::size_t j) {
+  BITGRAD_ALWAYS_INLINE static void run(const std::tuple<Stages...>& s, V v, std::size_t i,
+                                        std::size_t j) {
     if constexpr (I + 1 == sizeof...(Stages))
       std::get<I>(s)(v, i, j);
     else
       run<I + 1>(s, std::get<I>(s)(v, i, j), i, j);
   }
   template <std::size_t I, class V>
-  static void run_lanes(const std::tuple<Stages...>& s, const V& v, std::size_t i, std::size_t j0) {
+  BITGRAD_ALWAYS_INLINE static void run_lanes(const std::tuple<Stages...>& s, const V& v,
+                                              std::size_t i, std::size_t j0) {
     if constexpr (I + 1 == sizeof...(Stages))
       std::get<I>(s).apply(v, i, j0);
     else
       run_lanes<I + 1>(s, std::get<I>(s).apply(v, i, j0), i, j0);
+  }
+  template <std::size_t I, class V>
+  BITGRAD_ALWAYS_INLINE static void run_partial(const std::tuple<Stages...>& s, const V& v,
+                                                std::size_t i, std::size_t j0, std::size_t n) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      std::get<I>(s).apply_partial(v, i, j0, n);
+    else
+      run_partial<I + 1>(s, std::get<I>(s).apply(v, i, j0), i, j0, n);
+  }
+};
+
+/// A pipeline whose rows run their tail as one partial lane batch (see "Padded rows" at the
+/// top): the caller pads the per-channel arrays to lane_padded(channels).
+template <class... Stages>
+struct padded_pipeline : pipeline<Stages...> {
+  using base = pipeline<Stages...>;
+
+  BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
+                                 std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+#if BITGRAD_HAS_SIMD
+    if constexpr (can_pad()) {
+      const std::tuple<Stages...> s = this->stages; // see pipeline::row
+      using B = simd_batch<std::int32_t>;
+      std::size_t c = 0;
+      for (; c + B::size <= count; c += B::size)
+        base::template run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
+      if (c < count) {
+        alignas(64) std::int32_t tail[B::size] = {};
+        std::memcpy(tail, acc + c, (count - c) * sizeof(std::int32_t));
+        base::template run_partial<0>(s, B::load_aligned(tail), i, j0 + c, count - c);
+      }
+      return;
+    }
+#endif
+    base::row(i, j0, acc, count);
+  }
+
+private:
+  /// Every stage but the last marked `padded`, the last one with apply_partial.
+  static constexpr bool can_pad() {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+      return ((I + 1 == sizeof...(Stages) ||
+               detail::padded_stage<std::tuple_element_t<I, std::tuple<Stages...>>>)&&...) &&
+             detail::partial_store<last>;
+    }
+    (std::index_sequence_for<Stages...>{});
   }
 };
 
 template <class... Stages>
 pipeline<Stages...> make_pipeline(Stages... s) {
   return pipeline<Stages...>{std::tuple<Stages...>(std::move(s)...)};
+}
+
+/// make_pipeline whose rows run their tail in lanes: scale_bias's arrays must be readable to
+/// lane_padded(channels) (see "Padded rows" at the top).
+template <class... Stages>
+padded_pipeline<Stages...> make_padded_pipeline(Stages... s) {
+  return padded_pipeline<Stages...>{{std::tuple<Stages...>(std::move(s)...)}};
 }
 
 } // namespace bitgrad::output
