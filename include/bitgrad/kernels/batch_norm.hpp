@@ -53,21 +53,20 @@ inline void batch_norm_plane_loop(std::size_t n, FV&& fv, FS&& fs) {
   for (; i < n; ++i) fs(i);
 }
 
-/// dy after the ReLU's backward: dy where y > 0, else 0 (Relu), or dy itself.
-template <bool Relu, class T>
-inline T relu_masked(const T* dy, const T* y, std::size_t k) {
-  if constexpr (Relu)
-    return y[k] > T(0) ? dy[k] : T(0);
-  else
-    return dy[k];
-}
-template <bool Relu, class T>
-inline simd_batch<T> relu_masked_batch(const T* dy, const T* y, std::size_t k) {
-  using B = simd_batch<T>;
-  if constexpr (Relu)
-    return xsimd::select(B::load_unaligned(y + k) > B(T(0)), B::load_unaligned(dy + k), B(T(0)));
-  else
-    return B::load_unaligned(dy + k);
+/// m[k] = (y[k] > 0 ? dy[k] : 0) for k in [0, n): the ReLU's backward, relu_bprop's formula.
+/// The fused kernels mask a plane into a buffer (in cache) and then run the unfused code on
+/// it: a select inside the sums or dx would let the compiler contract a * b + c differently
+/// from the unfused kernels under -march=native (-ffp-contract=fast), changing the bits.
+template <class T>
+inline void relu_mask_plane(std::size_t n, const T* dy, const T* y, T* m) {
+  batch_norm_plane_loop<T>(
+      n,
+      [&](std::size_t k) {
+        using B = simd_batch<T>;
+        xsimd::select(B::load_unaligned(y + k) > B(T(0)), B::load_unaligned(dy + k), B(T(0)))
+            .store_unaligned(m + k);
+      },
+      [&](std::size_t k) { m[k] = y[k] > T(0) ? dy[k] : T(0); });
 }
 
 template <bool Relu, class T>
@@ -108,21 +107,40 @@ void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t 
   });
 }
 
-/// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order.
+/// s[j] += sum_k d[j][k], sh[j] += sum_k d[j][k] h[j][k] for G (1..4) planes side by side,
+/// k in index order.
+template <std::size_t G, class T>
+inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T* const* h, T* s,
+                                   T* sh) {
+  for (std::size_t k = 0; k < plane; ++k)
+    for (std::size_t j = 0; j < G; ++j) {
+      s[j] += d[j][k];
+      sh[j] += d[j][k] * h[j][k];
+    }
+}
+
+/// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order. Relu:
+/// of the masked dy, through `scratch` (G * plane values).
 template <bool Relu, std::size_t G, class T>
 inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, std::size_t plane,
                                        std::size_t c, const T* dy, const T* xhat, const T* y,
-                                       T* sum_dy, T* sum_dy_xhat) {
+                                       T* scratch, T* sum_dy, T* sum_dy_xhat) {
   T s[G] = {}, sh[G] = {};
   for (std::size_t n = 0; n < batch; ++n) {
     const std::size_t off = (n * channels + c) * plane;
-    for (std::size_t k = 0; k < plane; ++k)
-      for (std::size_t j = 0; j < G; ++j) {
-        const std::size_t o = off + j * plane;
-        const T d = relu_masked<Relu>(dy + o, y + o, k);
-        s[j] += d;
-        sh[j] += d * xhat[o + k];
+    const T* d[G];
+    const T* h[G];
+    for (std::size_t j = 0; j < G; ++j) {
+      const std::size_t o = off + j * plane;
+      h[j] = xhat + o;
+      if constexpr (Relu) {
+        relu_mask_plane(plane, dy + o, y + o, scratch + j * plane);
+        d[j] = scratch + j * plane;
+      } else {
+        d[j] = dy + o;
       }
+    }
+    batch_norm_sums_planes<G>(plane, d, h, s, sh);
   }
   for (std::size_t j = 0; j < G; ++j) {
     sum_dy[c + j] = s[j];
@@ -134,13 +152,14 @@ template <bool Relu, class T>
 void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::size_t plane,
                                const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    std::vector<T> scratch(Relu ? 4 * plane : 0);
     std::size_t c = c0;
     for (; c + 4 <= c1; c += 4)
-      batch_norm_grad_sums_group<Relu, 4>(batch, channels, plane, c, dy, xhat, y, sum_dy,
-                                          sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, 4>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
+                                          sum_dy, sum_dy_xhat);
     for (; c < c1; ++c)
-      batch_norm_grad_sums_group<Relu, 1>(batch, channels, plane, c, dy, xhat, y, sum_dy,
-                                          sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, 1>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
+                                          sum_dy, sum_dy_xhat);
   });
 }
 
@@ -156,28 +175,27 @@ void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t 
       for (std::size_t n = 0; n < batch; ++n) {
         const std::size_t off = (n * channels + c) * plane;
         const T* d = dy + off;
-        const T* yc = y == nullptr ? nullptr : y + off;
         const T* h = xhat + off;
         T* o = dx + off;
+        if constexpr (Relu) { // dx's plane holds the masked dy first (see relu_mask_plane)
+          relu_mask_plane(plane, d, y + off, o);
+          d = o;
+        }
         using B = simd_batch<T>;
         if (batch_stats)
           batch_norm_plane_loop<T>(
               plane,
               [&](std::size_t k) {
-                const B v = B(scale) * (B(count) * relu_masked_batch<Relu>(d, yc, k) - B(s) -
+                const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) -
                                         B::load_unaligned(h + k) * B(sh));
                 v.store_unaligned(o + k);
               },
-              [&](std::size_t k) {
-                o[k] = scale * (count * relu_masked<Relu>(d, yc, k) - s - h[k] * sh);
-              });
+              [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
         else
           batch_norm_plane_loop<T>(
               plane,
-              [&](std::size_t k) {
-                (B(gs) * relu_masked_batch<Relu>(d, yc, k)).store_unaligned(o + k);
-              },
-              [&](std::size_t k) { o[k] = gs * relu_masked<Relu>(d, yc, k); });
+              [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
+              [&](std::size_t k) { o[k] = gs * d[k]; });
       }
     }
   });
