@@ -6,7 +6,9 @@
 // 2 or 3 ranks) and a large channel mean (the shift at work) included.
 #include <bitgrad/data/loader.hpp>
 #include <bitgrad/dist/sync_batch_norm.hpp>
+#include <bitgrad/nn/activation.hpp>
 #include <bitgrad/nn/batch_norm.hpp>
+#include <bitgrad/nn/sequential.hpp>
 
 #include <doctest/doctest.h>
 
@@ -237,6 +239,72 @@ TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the u
     const tensor4<double>& yl = local.forward(xs);
     if (p > 1) CHECK(std::abs(yl.data()[0] - y_ref.data()[off]) > 1e-6);
   }
+}
+
+// batch_norm + relu fused by nn::sequential (forward_relu: the ReLU mask folded into the
+// synchronised backward's sums and dx) on slices equals batch_norm then relu, one layer at a
+// time, on the union.
+TEST_CASE("fused batch_norm + relu with set_sync on slices equals bn then relu on the union") {
+  dist::communicator comm;
+  const auto p = static_cast<std::size_t>(comm.size());
+  const auto r = static_cast<std::size_t>(comm.rank());
+  const std::size_t n = 7;
+  const tensor4<double> x = global_input(n, 1.0, 11);
+  tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
+  std::mt19937_64 rng(12);
+  std::uniform_real_distribution<double> u(-1, 1);
+  for (auto& v : a) v = u(rng);
+  auto make = [] {
+    nn::batch_norm<double, 4> bn({.features = C});
+    for (std::size_t c = 0; c < C; ++c) {
+      bn.gamma()[c] = 0.5 + 0.25 * static_cast<double>(c) - (c == 1 ? 1.5 : 0.0);
+      bn.beta()[c] = 0.2 - 0.15 * static_cast<double>(c);
+    }
+    return nn::sequential(std::move(bn), nn::relu<double, 4>());
+  };
+  auto whole = make(); // layer by layer: not fused
+  const tensor4<double> y_ref = whole.get<1>().forward(whole.get<0>().forward(x));
+  const tensor4<double> dx_ref =
+      whole.get<0>().backward(whole.get<1>().backward(tensor4<double>(a / static_cast<double>(n))));
+
+  const shard_range s = shard_slice(n, r, p);
+  const std::size_t nr = s.size();
+  const double w = static_cast<double>(nr) / static_cast<double>(n);
+  tensor4<double> xs = tensor4<double>::from_shape({nr, C, H, W});
+  tensor4<double> dys = tensor4<double>::from_shape({nr, C, H, W});
+  const std::size_t off = s.begin * C * plane;
+  for (std::size_t j = 0; j < xs.size(); ++j) {
+    xs.data()[j] = x.data()[off + j];
+    dys.data()[j] = a.data()[off + j] / static_cast<double>(nr);
+  }
+  auto mine = make();
+  mine.get<0>().set_sync([&](std::span<double> v) { comm.all_reduce_sum(v); });
+  const tensor4<double>& y = mine.forward(xs); // fused
+  CHECK(&mine.get<1>().backward(dys) == &dys); // the relu hands dy on: the pair ran fused
+  std::size_t zeros = 0;
+  for (std::size_t j = 0; j < y.size(); ++j) {
+    zeros += y.data()[j] == 0.0;
+    CHECK(y.data()[j] == doctest::Approx(y_ref.data()[off + j]).epsilon(1e-12));
+  }
+  CHECK(zeros > 0);
+  mine.zero_grad();
+  const tensor4<double>& dx = mine.backward(dys);
+  for (std::size_t j = 0; j < dx.size(); ++j)
+    CHECK(w * dx.data()[j] == doctest::Approx(dx_ref.data()[off + j]).epsilon(1e-10));
+  std::vector<double> got(2 * C), want(2 * C);
+  std::size_t i = 0;
+  mine.visit_parameters([&](param_ref<double>& q) {
+    for (std::size_t c = 0; c < C; ++c) got[i * C + c] = w * q.grad[c];
+    ++i;
+  });
+  i = 0;
+  whole.visit_parameters([&](param_ref<double>& q) {
+    for (std::size_t c = 0; c < C; ++c) want[i * C + c] = q.grad[c];
+    ++i;
+  });
+  comm.all_reduce_sum(std::span<double>(got));
+  for (std::size_t k = 0; k < got.size(); ++k)
+    CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
 }
 
 } // namespace test_dist_batch_norm

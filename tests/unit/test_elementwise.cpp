@@ -364,4 +364,156 @@ TEST_CASE("softmax cross-entropy gradient matches finite differences (double)") 
   }
 }
 
+TEST_CASE_TEMPLATE("batch norm + relu kernels: the reference on odd shapes, and the same bits as "
+                   "batch norm then relu",
+                   T, float, double) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> d(-2, 2), pos(0.1, 3);
+  for (std::size_t batch : {1, 2, 3})
+    for (std::size_t channels : {1, 3, 5, 9})
+      for (std::size_t plane : {1, 2, 7, 17, 33}) {
+        CAPTURE(batch);
+        CAPTURE(channels);
+        CAPTURE(plane);
+        const std::size_t total = batch * channels * plane;
+        std::vector<T> x(total), dy(total), mean(channels), var(channels), gamma(channels),
+            beta(channels);
+        for (auto& v : x) v = T(d(rng));
+        for (auto& v : dy) v = T(d(rng));
+        for (std::size_t c = 0; c < channels; ++c) {
+          mean[c] = T(d(rng));
+          var[c] = T(pos(rng));
+          gamma[c] = T(d(rng));
+          beta[c] = T(d(rng));
+        }
+        x[0] = mean[0]; // y = beta exactly at one point; with beta[0] = 0 the kink itself
+        beta[0] = T(0);
+        const T eps = T(1e-5);
+        std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total),
+            y_b(total), y_plain(total), h_plain(total), is_plain(channels);
+        bitgrad::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
+                                       eps, gamma.data(), beta.data(), is_a.data(), h_a.data(),
+                                       y_a.data());
+        bitgrad::ref::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(),
+                                            var.data(), eps, gamma.data(), beta.data(), is_b.data(),
+                                            h_b.data(), y_b.data());
+        check_close(is_a, is_b, "inv_std");
+        check_close(h_a, h_b, "xhat");
+        check_close(y_a, y_b, "relu(y)");
+        // Unfused: batch_norm_fprop, then relu_fprop: the same bits.
+        bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                                  gamma.data(), beta.data(), is_plain.data(), h_plain.data(),
+                                  y_plain.data());
+        std::vector<T> r_plain(total);
+        bitgrad::relu_fprop(total, y_plain.data(), r_plain.data());
+        CHECK(y_a == r_plain);
+        CHECK(h_a == h_plain);
+        std::size_t masked = 0;
+        for (T v : y_a) masked += v > T(0) ? 0 : 1;
+        CAPTURE(masked);
+        for (bool batch_stats : {true, false}) {
+          CAPTURE(batch_stats);
+          std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
+              db_a(channels, T(-0.25)), db_b(db_a);
+          bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                         gamma.data(), is_a.data(), batch_stats, dx_a.data(),
+                                         dg_a.data(), db_a.data());
+          bitgrad::ref::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(),
+                                              y_a.data(), gamma.data(), is_a.data(), batch_stats,
+                                              dx_b.data(), dg_b.data(), db_b.data());
+          check_close(dx_a, dx_b, "dx");
+          check_close(dg_a, dg_b, "dgamma");
+          check_close(db_a, db_b, "dbeta");
+          // Unfused: relu_bprop, then batch_norm_bprop: the same bits.
+          std::vector<T> dr(total), dx_p(total), dg_p(channels, T(0.5)), db_p(channels, T(-0.25));
+          bitgrad::relu_bprop(total, y_plain.data(), dy.data(), dr.data());
+          bitgrad::batch_norm_bprop(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
+                                    is_plain.data(), batch_stats, dx_p.data(), dg_p.data(),
+                                    db_p.data());
+          CHECK(dx_a == dx_p);
+          CHECK(dg_a == dg_p);
+          CHECK(db_a == db_p);
+          // The two halves alone (synchronised batch norm), against the reference and the
+          // unfused kernels on the masked dy.
+          std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels),
+              s_p(channels), sh_p(channels);
+          bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(),
+                                             y_a.data(), s_a.data(), sh_a.data());
+          bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(),
+                                                  y_a.data(), s_b.data(), sh_b.data());
+          bitgrad::batch_norm_grad_sums(batch, channels, plane, dr.data(), h_plain.data(),
+                                        s_p.data(), sh_p.data());
+          check_close(s_a, s_b, "sum_dy");
+          check_close(sh_a, sh_b, "sum_dy_xhat");
+          CHECK(s_a == s_p);
+          CHECK(sh_a == sh_p);
+          for (std::size_t c = 0; c < channels; ++c) {
+            s_b[c] = T(d(rng));
+            sh_b[c] = T(d(rng));
+          }
+          const T count = T(3 * batch * plane + 1);
+          std::vector<T> dx_c(total);
+          bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                         gamma.data(), is_a.data(), count, s_b.data(), sh_b.data(),
+                                         batch_stats, dx_a.data());
+          bitgrad::ref::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(),
+                                              y_a.data(), gamma.data(), is_a.data(), count,
+                                              s_b.data(), sh_b.data(), batch_stats, dx_b.data());
+          bitgrad::batch_norm_dgrad(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
+                                    is_plain.data(), count, s_b.data(), sh_b.data(), batch_stats,
+                                    dx_c.data());
+          check_close(dx_a, dx_b, "dx from given sums");
+          CHECK(dx_a == dx_c);
+        }
+      }
+}
+
+#if defined(BITGRAD_WITH_OPENMP)
+TEST_CASE("batch norm kernels: the same bits on 1, 2 and 3 threads (parallel over channels)") {
+  // 32 * 7 * 2401 = 537824 values: above batch_norm_parallel_min() with sleeping threads too
+  // (ctest runs OMP_WAIT_POLICY=passive); 7 channels: runs of 3 and 4 channels on 2 threads
+  // (a group of four side by side, and single ones).
+  const std::size_t batch = 32, channels = 7, plane = 2401, total = batch * channels * plane;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> d(-2, 2), pos(0.1f, 3);
+  std::vector<float> x(total), dy(total), mean(channels), var(channels), gamma(channels),
+      beta(channels);
+  for (auto& v : x) v = d(rng);
+  for (auto& v : dy) v = d(rng);
+  for (std::size_t c = 0; c < channels; ++c) {
+    var[c] = pos(rng);
+    gamma[c] = d(rng);
+    beta[c] = d(rng);
+  }
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> first;
+  for (int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    omp_set_num_threads(threads);
+    std::vector<float> m(channels), v(channels), is(channels), h(total), y(total), dx(total),
+        dg(channels, 0.f), db(channels, 0.f), hr(total), yr(total), dxr(total), dgr(channels, 0.f),
+        dbr(channels, 0.f);
+    bitgrad::channel_mean_var(batch, channels, plane, x.data(), m.data(), v.data());
+    bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), 1e-5f,
+                              gamma.data(), beta.data(), is.data(), h.data(), y.data());
+    bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h.data(), gamma.data(), is.data(),
+                              true, dx.data(), dg.data(), db.data());
+    bitgrad::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), 1e-5f,
+                                   gamma.data(), beta.data(), is.data(), hr.data(), yr.data());
+    bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), hr.data(), yr.data(),
+                                   gamma.data(), is.data(), true, dxr.data(), dgr.data(),
+                                   dbr.data());
+    const std::vector<std::vector<float>> all{m, v, h, y, dx, dg, db, hr, yr, dxr, dgr, dbr};
+    if (first.empty())
+      first = all;
+    else
+      for (std::size_t i = 0; i < all.size(); ++i) {
+        CAPTURE(i);
+        CHECK(all[i] == first[i]);
+      }
+  }
+  omp_set_num_threads(saved);
+}
+#endif
+
 } // namespace test_elementwise

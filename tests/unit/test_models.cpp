@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -82,7 +83,94 @@ void require_fused_equals_plain(Net fused, Net plain, const typename Net::input_
   }
 }
 
+/// L without forward_relu: nn::sequential then runs L and a following relu one by one.
+template <class L>
+struct unfused : L {
+  using L::L;
+  explicit unfused(L l) : L(std::move(l)) {}
+  template <class X>
+  void forward_relu(const X&) = delete;
+};
+
+/// A ResNet-style network: conv + bn + relu stem, a basic block with a projection shortcut
+/// (conv 1x1 stride 2 + bn) and the block's relu, pool, fc. Fuse = false hides every
+/// forward_relu (conv, bn, residual), so each relu runs as its own layer.
+template <class T, bool Fuse>
+auto resnet_style(bool sync) {
+  auto wrap = [](auto l) {
+    if constexpr (Fuse)
+      return l;
+    else
+      return unfused<decltype(l)>(std::move(l));
+  };
+  auto conv = [&](std::size_t in, std::size_t out, std::size_t k, std::size_t stride,
+                  std::uint64_t seed) {
+    return wrap(nn::conv2d<T>({.in_channels = in,
+                               .out_channels = out,
+                               .kernel = k,
+                               .stride = stride,
+                               .padding = k / 2,
+                               .bias = false,
+                               .seed = seed}));
+  };
+  auto bn = [&](std::size_t c, const char* name) {
+    nn::batch_norm<T, 4> b({.features = c, .name = name});
+    for (std::size_t i = 0; i < c; ++i) {
+      b.gamma()[i] = T(0.5) + T(0.25) * T(i % 3) - (i % 2 ? T(1.25) : T(0));
+      b.beta()[i] = T(0.1) * T(int(i % 5) - 2);
+    }
+    if (sync) b.set_sync([](std::span<double>) {}); // one process: the sum over it is itself
+    return wrap(std::move(b));
+  };
+  auto body = nn::sequential(std::string("body"), conv(3, 5, 3, 2, 21), bn(5, "bn1"),
+                             nn::relu<T, 4>("relu1"), conv(5, 5, 3, 1, 22), bn(5, "bn2"));
+  auto shortcut = nn::sequential(std::string("shortcut"), conv(3, 5, 1, 2, 23), bn(5, "bn"));
+  return nn::sequential(
+      conv(2, 3, 3, 1, 20), bn(3, "bn0"), nn::relu<T, 4>("relu0"),
+      wrap(nn::residual(std::string("block"), std::move(body), std::move(shortcut))),
+      nn::relu<T, 4>("relu"), nn::global_avg_pool<T>(),
+      nn::linear<T>({.in_features = 5, .out_features = 3, .seed = 24}));
+}
+
 } // namespace
+
+TEST_CASE_TEMPLATE("fused batch norm + relu and residual + relu: the same bits as unfused "
+                   "(ResNet-style block, training with and without sync, eval)",
+                   T, float, double) {
+  for (bool sync : {false, true}) {
+    CAPTURE(sync);
+    auto fused = resnet_style<T, true>(sync);
+    auto plain = resnet_style<T, false>(sync);
+    const auto x = random_tensor<T, 4>({3, 2, 7, 9}, 31);
+    for (int step = 0; step < 3; ++step) {
+      CAPTURE(step);
+      if (step == 2) { // eval: running statistics
+        fused.train(false);
+        plain.train(false);
+      }
+      fused.zero_grad();
+      plain.zero_grad();
+      const auto& yf = fused.forward(x);
+      const auto& yp = plain.forward(x);
+      REQUIRE(yf.shape() == yp.shape());
+      CHECK(std::equal(yf.begin(), yf.end(), yp.begin(), yp.end()));
+      const tensor2<T> dy = random_tensor<T, 2>({3, 3}, 40 + static_cast<std::uint64_t>(step));
+      const auto& dxf = fused.backward(dy);
+      const auto& dxp = plain.backward(dy);
+      CHECK(std::equal(dxf.begin(), dxf.end(), dxp.begin(), dxp.end()));
+      CHECK(gradients(fused) == gradients(plain));
+      CHECK(fused.template get<1>().running_mean() == plain.template get<1>().running_mean());
+      CHECK(fused.template get<1>().running_var() == plain.template get<1>().running_var());
+    }
+    // The pairs do run fused: the stem's relu hands dy back as is (bn0 masks it).
+    fused.train(true);
+    (void)fused.forward(x);
+    const tensor4<T> probe = random_tensor<T, 4>({3, 3, 7, 9}, 32);
+    CHECK(&fused.template get<2>().backward(probe) == &probe);
+    (void)plain.forward(x);
+    CHECK(&plain.template get<2>().backward(probe) != &probe);
+  }
+}
 
 TEST_CASE_TEMPLATE("lenet5: output (N, 10), 44426 parameters, PyTorch-style names", T, float,
                    double) {

@@ -172,6 +172,30 @@ TEST_CASE("gradient checks: linear, conv2d and parameter-free layers") {
     bn.train(false);
     require_gradients(bn, random_tensor<double, 4>({2, 2, 3, 3}, 11));
   }
+  SUBCASE("batch_norm + relu fused by sequential (forward_relu), training and eval") {
+    nn::sequential net(nn::conv2d<double>({.in_channels = 2,
+                                           .out_channels = 3,
+                                           .kernel = 3,
+                                           .padding = 1,
+                                           .bias = false,
+                                           .seed = 5}),
+                       nn::batch_norm<double, 4>({.features = 3}), nn::relu<double, 4>("relu"));
+    net.get<1>().gamma() = {1.5, -0.7, 0.9};
+    net.get<1>().beta() = {0.2, 0.1, -0.3};
+    const auto x = random_tensor<double, 4>({3, 2, 3, 5}, 12);
+    (void)net.forward(x); // the pair does run fused: the relu hands dy back as is
+    const tensor4<double> probe = random_tensor<double, 4>({3, 3, 3, 5}, 13);
+    CHECK(&net.get<2>().backward(probe) == &probe);
+    require_gradients(net, x);
+    nn::sequential<nn::batch_norm<double, 2>, nn::relu<double, 2>> bn1(
+        nn::batch_norm<double, 2>({.features = 4}), nn::relu<double, 2>());
+    bn1.get<0>().beta() = {0.3, -0.2, 0.0, 0.5};
+    require_gradients(bn1, random_tensor<double, 2>({6, 4}, 14));
+    net.get<1>().running_mean() = {0.2, -0.1, 0.05};
+    net.get<1>().running_var() = {0.5, 2.0, 1.2};
+    net.train(false);
+    require_gradients(net, x);
+  }
 }
 
 TEST_CASE("the gradient checker catches a wrong gradient") {

@@ -66,13 +66,20 @@ struct channel_grad_sums {
 };
 
 /// G1, G2 of the top of this header, from this rank's dy and xhat (batch, channels, plane)
-/// and its weight w_r = N_r / N. Collective.
+/// and its weight w_r = N_r / N. Collective. relu_y: for a batch norm fused with a following
+/// ReLU (kernels/batch_norm.hpp: batch_norm_relu_*), its output, so that dy is masked by
+/// relu_y > 0 first; nullptr for none.
 template <class T>
 channel_grad_sums sync_batch_norm_grad_sums(const communicator& comm, std::size_t batch,
                                             std::size_t channels, std::size_t plane, const T* dy,
-                                            const T* xhat, double weight) {
+                                            const T* xhat, double weight,
+                                            const T* relu_y = nullptr) {
   std::vector<T> local(2 * channels);
-  batch_norm_grad_sums(batch, channels, plane, dy, xhat, local.data(), local.data() + channels);
+  if (relu_y != nullptr)
+    batch_norm_relu_grad_sums(batch, channels, plane, dy, xhat, relu_y, local.data(),
+                              local.data() + channels);
+  else
+    batch_norm_grad_sums(batch, channels, plane, dy, xhat, local.data(), local.data() + channels);
   std::vector<double> sums(2 * channels);
   for (std::size_t i = 0; i < sums.size(); ++i) sums[i] = weight * static_cast<double>(local[i]);
   comm.all_reduce_sum(std::span<double>(sums));

@@ -16,13 +16,25 @@
 //   batch_norm_dgrad   : dx of batch_norm_bprop from given sums and count m (synchronised
 //                        batch norm passes the global batch's: nn/batch_norm_sync.hpp);
 //                        batch_norm_bprop is batch_norm_grad_sums, then batch_norm_dgrad
+// Fused with a following ReLU (nn::batch_norm::forward_relu, nn/sequential.hpp):
+//   batch_norm_relu_fprop    : as batch_norm_fprop, then y = (y <= 0 ? 0 : y) (relu_fprop's
+//                              formula, kernels/elementwise.hpp) in the same pass
+//   batch_norm_relu_grad_sums, batch_norm_relu_dgrad, batch_norm_relu_bprop: as the unfused
+//                              kernels with dy replaced by the ReLU's backward, (y > 0 ? dy : 0),
+//                              y the fused output (relu_bprop's mask; the pre-ReLU value is
+//                              > 0 exactly where y is). The same bits as bn, then relu.
 // The two sums run over the channel's values in index order, one scalar accumulator each (a
-// SIMD tree sum would change the bits of training); the elementwise passes are SIMD over
+// SIMD tree sum would change the bits of training); to hide the add latency, four channels are
+// summed side by side (each still in its own order). The elementwise passes are SIMD over
 // simd_batch<T> with scalar tails and compute each element exactly as the scalar formula (no
-// fused multiply-add). Reference twins: kernels/ref/batch_norm.hpp.
+// fused multiply-add). From batch_norm_parallel_min() values on, every kernel splits the
+// channels into contiguous runs, one per OpenMP thread (kernels/parallel.hpp); a channel is
+// always computed by one thread in the same order, so the result is the same bits on any number
+// of threads. Reference twins: kernels/ref/batch_norm.hpp.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
+#include <bitgrad/kernels/parallel.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -40,6 +52,170 @@ inline void batch_norm_plane_loop(std::size_t n, FV&& fv, FS&& fs) {
   }
   for (; i < n; ++i) fs(i);
 }
+
+/// m[k] = (y[k] > 0 ? dy[k] : 0) for k in [0, n): the ReLU's backward, relu_bprop's formula.
+/// The fused kernels mask a plane into a buffer (in cache) and then run the unfused code on
+/// it: a select inside the sums or dx would let the compiler contract a * b + c differently
+/// from the unfused kernels under -march=native (-ffp-contract=fast), changing the bits.
+template <class T>
+inline void relu_mask_plane(std::size_t n, const T* dy, const T* y, T* m) {
+  batch_norm_plane_loop<T>(
+      n,
+      [&](std::size_t k) {
+        using B = simd_batch<T>;
+        xsimd::select(B::load_unaligned(y + k) > B(T(0)), B::load_unaligned(dy + k), B(T(0)))
+            .store_unaligned(m + k);
+      },
+      [&](std::size_t k) { m[k] = y[k] > T(0) ? dy[k] : T(0); });
+}
+
+template <bool Relu, class T>
+void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                           const T* mean, const T* var, T eps, const T* gamma, const T* beta,
+                           T* inv_std, T* xhat, T* y) {
+  for (std::size_t c = 0; c < channels; ++c) inv_std[c] = T(1) / std::sqrt(var[c] + eps);
+  batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t n = 0; n < batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * channels + c) * plane;
+        const T m = mean[c], is = inv_std[c], g = gamma[c], b = beta[c];
+        const T* xc = x + off;
+        T* hc = xhat + off;
+        T* yc = y + off;
+        batch_norm_plane_loop<T>(
+            plane,
+            [&](std::size_t k) {
+              using B = simd_batch<T>;
+              const B h = (B::load_unaligned(xc + k) - B(m)) * B(is);
+              h.store_unaligned(hc + k);
+              const B v = B(g) * h + B(b);
+              if constexpr (Relu)
+                xsimd::select(v <= B(T(0)), B(T(0)), v).store_unaligned(yc + k);
+              else
+                v.store_unaligned(yc + k);
+            },
+            [&](std::size_t k) {
+              const T h = (xc[k] - m) * is;
+              hc[k] = h;
+              const T v = g * h + b;
+              if constexpr (Relu)
+                yc[k] = v <= T(0) ? T(0) : v;
+              else
+                yc[k] = v;
+            });
+      }
+  });
+}
+
+/// s[j] += sum_k d[j][k], sh[j] += sum_k d[j][k] h[j][k] for G (1..4) planes side by side,
+/// k in index order.
+template <std::size_t G, class T>
+inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T* const* h, T* s,
+                                   T* sh) {
+  for (std::size_t k = 0; k < plane; ++k)
+    for (std::size_t j = 0; j < G; ++j) {
+      s[j] += d[j][k];
+      sh[j] += d[j][k] * h[j][k];
+    }
+}
+
+/// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order. Relu:
+/// of the masked dy, through `scratch` (G * plane values).
+template <bool Relu, std::size_t G, class T>
+inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, std::size_t plane,
+                                       std::size_t c, const T* dy, const T* xhat, const T* y,
+                                       T* scratch, T* sum_dy, T* sum_dy_xhat) {
+  T s[G] = {}, sh[G] = {};
+  for (std::size_t n = 0; n < batch; ++n) {
+    const std::size_t off = (n * channels + c) * plane;
+    const T* d[G];
+    const T* h[G];
+    for (std::size_t j = 0; j < G; ++j) {
+      const std::size_t o = off + j * plane;
+      h[j] = xhat + o;
+      if constexpr (Relu) {
+        relu_mask_plane(plane, dy + o, y + o, scratch + j * plane);
+        d[j] = scratch + j * plane;
+      } else {
+        d[j] = dy + o;
+      }
+    }
+    batch_norm_sums_planes<G>(plane, d, h, s, sh);
+  }
+  for (std::size_t j = 0; j < G; ++j) {
+    sum_dy[c + j] = s[j];
+    sum_dy_xhat[c + j] = sh[j];
+  }
+}
+
+template <bool Relu, class T>
+void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
+  batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    std::vector<T> scratch(Relu ? 4 * plane : 0);
+    std::size_t c = c0;
+    for (; c + 4 <= c1; c += 4)
+      batch_norm_grad_sums_group<Relu, 4>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
+                                          sum_dy, sum_dy_xhat);
+    for (; c < c1; ++c)
+      batch_norm_grad_sums_group<Relu, 1>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
+                                          sum_dy, sum_dy_xhat);
+  });
+}
+
+template <bool Relu, class T>
+void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
+                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t c = c0; c < c1; ++c) {
+      const T gs = gamma[c] * inv_std[c];
+      const T scale = gs / count;
+      const T s = sum_dy[c], sh = sum_dy_xhat[c];
+      for (std::size_t n = 0; n < batch; ++n) {
+        const std::size_t off = (n * channels + c) * plane;
+        const T* d = dy + off;
+        const T* h = xhat + off;
+        T* o = dx + off;
+        if constexpr (Relu) { // dx's plane holds the masked dy first (see relu_mask_plane)
+          relu_mask_plane(plane, d, y + off, o);
+          d = o;
+        }
+        using B = simd_batch<T>;
+        if (batch_stats)
+          batch_norm_plane_loop<T>(
+              plane,
+              [&](std::size_t k) {
+                const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) -
+                                        B::load_unaligned(h + k) * B(sh));
+                v.store_unaligned(o + k);
+              },
+              [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
+        else
+          batch_norm_plane_loop<T>(
+              plane,
+              [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
+              [&](std::size_t k) { o[k] = gs * d[k]; });
+      }
+    }
+  });
+}
+
+template <bool Relu, class T>
+void batch_norm_bprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std,
+                           bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+  std::vector<T> sums(2 * channels);
+  T* sum_dy = sums.data();
+  T* sum_dy_xhat = sums.data() + channels;
+  batch_norm_grad_sums_impl<Relu>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
+  for (std::size_t c = 0; c < channels; ++c) {
+    dgamma[c] += sum_dy_xhat[c];
+    dbeta[c] += sum_dy[c];
+  }
+  batch_norm_dgrad_impl<Relu>(batch, channels, plane, dy, xhat, y, gamma, inv_std, T(batch * plane),
+                              sum_dy, sum_dy_xhat, batch_stats, dx);
+}
 } // namespace detail
 
 template <class T>
@@ -55,93 +231,67 @@ template <class T>
 void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
                       const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* inv_std,
                       T* xhat, T* y) {
-  for (std::size_t c = 0; c < channels; ++c) inv_std[c] = T(1) / std::sqrt(var[c] + eps);
-  for (std::size_t n = 0; n < batch; ++n)
-    for (std::size_t c = 0; c < channels; ++c) {
-      const std::size_t off = (n * channels + c) * plane;
-      const T m = mean[c], is = inv_std[c], g = gamma[c], b = beta[c];
-      const T* xc = x + off;
-      T* hc = xhat + off;
-      T* yc = y + off;
-      detail::batch_norm_plane_loop<T>(
-          plane,
-          [&](std::size_t k) {
-            using B = simd_batch<T>;
-            const B h = (B::load_unaligned(xc + k) - B(m)) * B(is);
-            h.store_unaligned(hc + k);
-            (B(g) * h + B(b)).store_unaligned(yc + k);
-          },
-          [&](std::size_t k) {
-            const T h = (xc[k] - m) * is;
-            hc[k] = h;
-            yc[k] = g * h + b;
-          });
-    }
+  detail::batch_norm_fprop_impl<false>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                       inv_std, xhat, y);
+}
+
+/// batch_norm_fprop, then y = max(0, y) (relu_fprop's formula) in the same pass.
+template <class T>
+void batch_norm_relu_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                           const T* mean, const T* var, T eps, const T* gamma, const T* beta,
+                           T* inv_std, T* xhat, T* y) {
+  detail::batch_norm_fprop_impl<true>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                      inv_std, xhat, y);
 }
 
 template <class T>
 void batch_norm_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                           const T* xhat, T* sum_dy, T* sum_dy_xhat) {
-  for (std::size_t c = 0; c < channels; ++c) {
-    T s = 0, sh = 0;
-    for (std::size_t n = 0; n < batch; ++n) {
-      const std::size_t off = (n * channels + c) * plane;
-      for (std::size_t k = 0; k < plane; ++k) {
-        s += dy[off + k];
-        sh += dy[off + k] * xhat[off + k];
-      }
-    }
-    sum_dy[c] = s;
-    sum_dy_xhat[c] = sh;
-  }
+  detail::batch_norm_grad_sums_impl<false>(batch, channels, plane, dy, xhat,
+                                           static_cast<const T*>(nullptr), sum_dy, sum_dy_xhat);
+}
+
+/// batch_norm_grad_sums of the masked dy (y > 0 ? dy : 0); y is batch_norm_relu_fprop's output.
+template <class T>
+void batch_norm_relu_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
+  detail::batch_norm_grad_sums_impl<true>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
 }
 
 template <class T>
 void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                       const T* xhat, const T* gamma, const T* inv_std, T count, const T* sum_dy,
                       const T* sum_dy_xhat, bool batch_stats, T* dx) {
-  for (std::size_t c = 0; c < channels; ++c) {
-    const T gs = gamma[c] * inv_std[c];
-    const T scale = gs / count;
-    const T s = sum_dy[c], sh = sum_dy_xhat[c];
-    for (std::size_t n = 0; n < batch; ++n) {
-      const std::size_t off = (n * channels + c) * plane;
-      const T* d = dy + off;
-      const T* h = xhat + off;
-      T* o = dx + off;
-      using B = simd_batch<T>;
-      if (batch_stats)
-        detail::batch_norm_plane_loop<T>(
-            plane,
-            [&](std::size_t k) {
-              const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) -
-                                      B::load_unaligned(h + k) * B(sh));
-              v.store_unaligned(o + k);
-            },
-            [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
-      else
-        detail::batch_norm_plane_loop<T>(
-            plane,
-            [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
-            [&](std::size_t k) { o[k] = gs * d[k]; });
-    }
-  }
+  detail::batch_norm_dgrad_impl<false>(batch, channels, plane, dy, xhat,
+                                       static_cast<const T*>(nullptr), gamma, inv_std, count,
+                                       sum_dy, sum_dy_xhat, batch_stats, dx);
+}
+
+/// batch_norm_dgrad of the masked dy (y > 0 ? dy : 0).
+template <class T>
+void batch_norm_relu_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
+                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  detail::batch_norm_dgrad_impl<true>(batch, channels, plane, dy, xhat, y, gamma, inv_std, count,
+                                      sum_dy, sum_dy_xhat, batch_stats, dx);
 }
 
 template <class T>
 void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                       const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
                       T* dgamma, T* dbeta) {
-  std::vector<T> sums(2 * channels);
-  T* sum_dy = sums.data();
-  T* sum_dy_xhat = sums.data() + channels;
-  batch_norm_grad_sums(batch, channels, plane, dy, xhat, sum_dy, sum_dy_xhat);
-  for (std::size_t c = 0; c < channels; ++c) {
-    dgamma[c] += sum_dy_xhat[c];
-    dbeta[c] += sum_dy[c];
-  }
-  batch_norm_dgrad(batch, channels, plane, dy, xhat, gamma, inv_std, T(batch * plane), sum_dy,
-                   sum_dy_xhat, batch_stats, dx);
+  detail::batch_norm_bprop_impl<false>(batch, channels, plane, dy, xhat,
+                                       static_cast<const T*>(nullptr), gamma, inv_std, batch_stats,
+                                       dx, dgamma, dbeta);
+}
+
+/// batch_norm_bprop of the masked dy (y > 0 ? dy : 0); y is batch_norm_relu_fprop's output.
+template <class T>
+void batch_norm_relu_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std,
+                           bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+  detail::batch_norm_bprop_impl<true>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
+                                      batch_stats, dx, dgamma, dbeta);
 }
 
 } // namespace bitgrad

@@ -8,7 +8,8 @@
 //   bias_grad_rows  : dbias[c] += sum_r dy[r][c]        (dy rows x cols, batch-major; ACCUMULATES)
 //   channel_mean_var: x NCHW viewed as (batch, channels, plane); per channel c over the
 //                     batch*plane values: mean = sum/count, var = sum (x - mean)^2 / count
-//                     (biased; two passes, so no catastrophic cancellation)
+//                     (biased; two passes, so no catastrophic cancellation); large inputs are
+//                     split over the threads by channel (the same bits on any count)
 //   softmax_cross_entropy (logits: batch x classes, row-major; labels in [0, classes)):
 //     p = softmax(z) = exp(z - max z) / sum exp(z - max z)
 //     target t = (1 - s) * onehot(label) + s / classes           (s = label_smoothing)
@@ -129,30 +130,33 @@ void channel_mean_var(std::size_t batch, std::size_t channels, std::size_t plane
     throw config_error("channel_mean_var: batch*plane must be >= 1, got " + std::to_string(batch) +
                        "*" + std::to_string(plane));
   const T count = T(batch * plane);
-  for (std::size_t c = 0; c < channels; ++c) {
-    T s = 0;
-    for (std::size_t n = 0; n < batch; ++n) s += detail::sum(plane, x + (n * channels + c) * plane);
-    const T m = s / count;
-    T sq = 0;
-    for (std::size_t n = 0; n < batch; ++n) {
-      const T* xc = x + (n * channels + c) * plane;
-      std::size_t i = 0;
-      if constexpr (BITGRAD_HAS_SIMD) {
-        using B = simd_batch<T>;
-        constexpr std::size_t L = B::size;
-        B acc(T(0));
-        const B mv(m);
-        for (; i + L <= plane; i += L) {
-          const B d = B::load_unaligned(xc + i) - mv;
-          acc = xsimd::fma(d, d, acc);
+  detail::batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t c = c0; c < c1; ++c) {
+      T s = 0;
+      for (std::size_t n = 0; n < batch; ++n)
+        s += detail::sum(plane, x + (n * channels + c) * plane);
+      const T m = s / count;
+      T sq = 0;
+      for (std::size_t n = 0; n < batch; ++n) {
+        const T* xc = x + (n * channels + c) * plane;
+        std::size_t i = 0;
+        if constexpr (BITGRAD_HAS_SIMD) {
+          using B = simd_batch<T>;
+          constexpr std::size_t L = B::size;
+          B acc(T(0));
+          const B mv(m);
+          for (; i + L <= plane; i += L) {
+            const B d = B::load_unaligned(xc + i) - mv;
+            acc = xsimd::fma(d, d, acc);
+          }
+          sq += detail::lane_sum(acc);
         }
-        sq += detail::lane_sum(acc);
+        for (; i < plane; ++i) sq += (xc[i] - m) * (xc[i] - m);
       }
-      for (; i < plane; ++i) sq += (xc[i] - m) * (xc[i] - m);
+      mean[c] = m;
+      var[c] = sq / count;
     }
-    mean[c] = m;
-    var[c] = sq / count;
-  }
+  });
 }
 
 /// Mean softmax cross-entropy over the batch; probs = softmax(logits) (kept for bprop).

@@ -77,4 +77,22 @@ void parallel_chunks(std::size_t threads, std::size_t items, F&& f) {
 #endif
 }
 
+/// Values (batch * channels * plane) from which a per-channel pass (batch norm) wakes the OpenMP
+/// threads: a pass over 2^16 floats takes a few microseconds, about what waking a spinning thread
+/// costs; sleeping threads (OMP_WAIT_POLICY=passive) take tens of microseconds, hence 8x more.
+inline std::size_t batch_norm_parallel_min() {
+  return omp_threads_sleep() ? 8 * elementwise_parallel_min : elementwise_parallel_min;
+}
+
+/// f(begin, end) over contiguous runs of channels [0, channels), one per thread when the pass
+/// has at least batch_norm_parallel_min() values, else f(0, channels) on the calling thread.
+template <class F>
+inline void batch_norm_channel_runs(std::size_t batch, std::size_t channels, std::size_t plane,
+                                    F&& f) {
+  const std::size_t threads =
+      batch * channels * plane >= batch_norm_parallel_min() ? batch_threads(channels) : 1;
+  parallel_chunks(threads, channels,
+                  [&](std::size_t, std::size_t begin, std::size_t end) { f(begin, end); });
+}
+
 } // namespace bitgrad::detail

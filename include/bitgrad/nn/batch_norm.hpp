@@ -23,6 +23,10 @@
 // the gradient reducer's weighted sum makes global. Every process must then run forward and
 // backward in training together (they are collectives), each with at least one image.
 // Without set_sync (the default) each process normalises with its own slice's statistics.
+//
+// forward_relu (used by nn::sequential for a batch_norm followed directly by nn::relu) writes
+// relu(y) in the same pass; backward then masks dy by y > 0 inside the sums and dx, with or
+// without set_sync (the local sums are of the masked dy): the relu layer's passes disappear.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -81,41 +85,11 @@ public:
     inv_std_ = xt::zeros<T>({c_});
   }
 
-  const output_type& forward(const input_type& x) {
-    std::array<std::size_t, Rank> want{};
-    want[1] = c_;
-    check_shape(name_, "input", x.shape(), want);
-    const std::size_t n = x.shape()[0];
-    const std::size_t plane = x.size() / (n == 0 ? 1 : n) / c_;
-    const std::size_t count = n * plane;
-    if (count == 0) throw shape_error(name_ + ": empty input " + shape_string(x.shape()));
-    batch_stats_ = training_;
-    if (training_) {
-      if (count < 2)
-        throw shape_error(name_ + ": training needs more than one value per channel, got input " +
-                          shape_string(x.shape()));
-      if (sync_) {
-        global_count_ = sync_moments(n, plane, x.data());
-      } else {
-        global_count_ = static_cast<double>(count);
-        channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
-      }
-      const T m = static_cast<T>(global_count_);
-      batch_norm_running_update(c_, momentum_, m / (m - T(1)), mean_.data(), var_.data(),
-                                running_mean_.data(), running_var_.data());
-    } else {
-      mean_ = running_mean_;
-      var_ = running_var_;
-    }
-    ensure_shape(xhat_, x.shape());
-    ensure_shape(y_, x.shape());
-    batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                     beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
-    n_ = n;
-    plane_ = plane;
-    seen_ = true;
-    return y_;
-  }
+  const output_type& forward(const input_type& x) { return run_forward(x, false); }
+  /// relu(forward(x)) in one pass, for a following nn::relu (nn/sequential.hpp: fused
+  /// epilogues); backward then takes the gradient of the ReLU's output and folds its mask
+  /// (y > 0) into the batch norm's sums and dx. The same bits as forward, then relu.
+  const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
 
   const input_type& backward(const output_type& dy) {
     if (!seen_) throw config_error(name_ + ": backward called before forward");
@@ -127,8 +101,13 @@ public:
       sync_dgrad(dy.data());
       return dx_;
     }
-    batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
-                     batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
+    if (relu_)
+      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat_.data(), y_.data(), gamma_.data(),
+                            inv_std_.data(), batch_stats_, dx_.data(), grad_gamma_.data(),
+                            grad_beta_.data());
+    else
+      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
+                       batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
     return dx_;
   }
 
@@ -175,6 +154,48 @@ public:
   const tensor1<T>& running_var() const { return running_var_; }
 
 private:
+  /// forward (relu = false) or forward_relu (relu = true).
+  const output_type& run_forward(const input_type& x, bool relu) {
+    std::array<std::size_t, Rank> want{};
+    want[1] = c_;
+    check_shape(name_, "input", x.shape(), want);
+    const std::size_t n = x.shape()[0];
+    const std::size_t plane = x.size() / (n == 0 ? 1 : n) / c_;
+    const std::size_t count = n * plane;
+    if (count == 0) throw shape_error(name_ + ": empty input " + shape_string(x.shape()));
+    batch_stats_ = training_;
+    if (training_) {
+      if (count < 2)
+        throw shape_error(name_ + ": training needs more than one value per channel, got input " +
+                          shape_string(x.shape()));
+      if (sync_) {
+        global_count_ = sync_moments(n, plane, x.data());
+      } else {
+        global_count_ = static_cast<double>(count);
+        channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
+      }
+      const T m = static_cast<T>(global_count_);
+      batch_norm_running_update(c_, momentum_, m / (m - T(1)), mean_.data(), var_.data(),
+                                running_mean_.data(), running_var_.data());
+    } else {
+      mean_ = running_mean_;
+      var_ = running_var_;
+    }
+    ensure_shape(xhat_, x.shape());
+    ensure_shape(y_, x.shape());
+    if (relu)
+      batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                            beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
+    else
+      batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                       beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
+    n_ = n;
+    plane_ = plane;
+    relu_ = relu;
+    seen_ = true;
+    return y_;
+  }
+
   /// mean_, var_ of the global batch; returns M. Collective.
   double sync_moments(std::size_t n, std::size_t plane, const T* x) {
     std::vector<double> sums = channel_shifted_sums(n, c_, plane, x, running_mean_.data());
@@ -197,7 +218,11 @@ private:
   /// Collective.
   void sync_dgrad(const T* dy) {
     std::vector<T> local(2 * c_);
-    batch_norm_grad_sums(n_, c_, plane_, dy, xhat_.data(), local.data(), local.data() + c_);
+    if (relu_)
+      batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat_.data(), y_.data(), local.data(),
+                                local.data() + c_);
+    else
+      batch_norm_grad_sums(n_, c_, plane_, dy, xhat_.data(), local.data(), local.data() + c_);
     const double w = static_cast<double>(n_ * plane_) / global_count_;
     std::vector<double> global(2 * c_);
     for (std::size_t i = 0; i < global.size(); ++i) global[i] = w * static_cast<double>(local[i]);
@@ -209,9 +234,14 @@ private:
       grad_beta_[c] += local[c];
       grad_gamma_[c] += local[c_ + c];
     }
-    batch_norm_dgrad(n_, c_, plane_, dy, xhat_.data(), gamma_.data(), inv_std_.data(),
-                     static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
-                     dx_.data());
+    if (relu_)
+      batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat_.data(), y_.data(), gamma_.data(),
+                            inv_std_.data(), static_cast<T>(global_count_), sums.data(),
+                            sums.data() + c_, true, dx_.data());
+    else
+      batch_norm_dgrad(n_, c_, plane_, dy, xhat_.data(), gamma_.data(), inv_std_.data(),
+                       static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
+                       dx_.data());
   }
 
   std::string name_;
@@ -220,6 +250,7 @@ private:
   bool training_ = true;
   bool batch_stats_ = true;
   bool seen_ = false;
+  bool relu_ = false; ///< the last forward was forward_relu: y_ is relu(bn(x)), dy masked by y_ > 0
   std::size_t n_ = 0, plane_ = 0;
   double global_count_ = 0; ///< M of the last training forward
   std::function<void(std::span<double>)> sync_;

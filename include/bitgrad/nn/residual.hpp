@@ -2,15 +2,20 @@
 //
 // Block and Shortcut take the same input_type and give the same output_type; the shortcut is
 // identity<T, Rank> when shapes agree, or a projection (e.g. sequential(conv 1x1 stride 2, bn)).
-// Backward: dx = block.backward(dy) + shortcut.backward(dy). Names are prefixed with the
-// residual's name ("layer2.0" -> "layer2.0.conv1.weight", "layer2.0.shortcut.0.weight").
-// At construction, where nn/layer.hpp's optional feature counts are known, the block and the
-// shortcut must take the same input features and give the same output features (e.g. an
-// identity shortcut around a block that changes the channel count throws shape_error).
+// Backward: dx = block.backward(dy) + shortcut.backward(dy). forward_relu (used by nn::sequential
+// when an nn::relu follows, as after every ResNet block) gives relu(block(x) + shortcut(x)) in
+// the same pass over the sum, and backward masks dy by y > 0 first (the relu's own passes go).
+// Names are prefixed with the residual's name ("layer2.0" -> "layer2.0.conv1.weight",
+// "layer2.0.shortcut.0.weight"). At construction, where nn/layer.hpp's optional feature counts are
+// known, the block and the shortcut must take the same input features and give the same output
+// features (e.g. an identity shortcut around a block that changes the channel count throws
+// shape_error).
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
+#include <bitgrad/core/simd.hpp>
 #include <bitgrad/core/tensor.hpp>
+#include <bitgrad/kernels/elementwise.hpp>
 #include <bitgrad/nn/identity.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/visit.hpp>
@@ -40,23 +45,21 @@ public:
     output_features(input_features());
   }
 
-  const output_type& forward(const input_type& x) {
-    const output_type& a = block_.forward(x);
-    const output_type& b = shortcut_.forward(x);
-    if (a.shape() != b.shape())
-      throw shape_error((name_.empty() ? std::string("residual") : name_) + ": block output " +
-                        shape_string(a.shape()) + " and shortcut output " +
-                        shape_string(b.shape()) + " differ");
-    ensure_shape(y_, a.shape());
-    const std::size_t n = a.size();
-    for (std::size_t i = 0; i < n; ++i) y_.data()[i] = a.data()[i] + b.data()[i];
-    return y_;
-  }
+  const output_type& forward(const input_type& x) { return run_forward(x, false); }
+  /// relu(forward(x)) in the same pass over the sum, for a following nn::relu (nn/sequential.hpp:
+  /// fused epilogues); backward then masks dy by y > 0 itself. The same bits as forward, relu.
+  const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
   const input_type& backward(const output_type& dy) {
-    const input_type& da = block_.backward(dy);
+    const output_type* g = &dy;
+    if (relu_) { // the following relu's backward, folded in
+      ensure_shape(dmask_, dy.shape());
+      relu_bprop(dy.size(), y_.data(), dy.data(), dmask_.data());
+      g = &dmask_;
+    }
+    const input_type& da = block_.backward(*g);
     ensure_shape(dx_, da.shape());
     std::copy(da.data(), da.data() + da.size(), dx_.data());
-    const input_type& db = shortcut_.backward(dy);
+    const input_type& db = shortcut_.backward(*g);
     const std::size_t n = db.size();
     for (std::size_t i = 0; i < n; ++i) dx_.data()[i] += db.data()[i];
     return dx_;
@@ -133,13 +136,50 @@ public:
   const Shortcut& shortcut() const { return shortcut_; }
 
 private:
+  /// y = a + b, then y = (y <= 0 ? 0 : y) (relu_fprop's formula) when relu.
+  const output_type& run_forward(const input_type& x, bool relu) {
+    const output_type& a = block_.forward(x);
+    const output_type& b = shortcut_.forward(x);
+    if (a.shape() != b.shape())
+      throw shape_error((name_.empty() ? std::string("residual") : name_) + ": block output " +
+                        shape_string(a.shape()) + " and shortcut output " +
+                        shape_string(b.shape()) + " differ");
+    ensure_shape(y_, a.shape());
+    const value_type* pa = a.data();
+    const value_type* pb = b.data();
+    value_type* py = y_.data();
+    using T = value_type;
+    using B = simd_batch<T>;
+    if (relu)
+      bitgrad::detail::elementwise_loop<T>(
+          a.size(),
+          [&](std::size_t i) {
+            const B v = B::load_unaligned(pa + i) + B::load_unaligned(pb + i);
+            xsimd::select(v <= B(T(0)), B(T(0)), v).store_unaligned(py + i);
+          },
+          [&](std::size_t i) {
+            const T v = pa[i] + pb[i];
+            py[i] = v <= T(0) ? T(0) : v;
+          });
+    else
+      bitgrad::detail::elementwise_loop<T>(
+          a.size(),
+          [&](std::size_t i) {
+            (B::load_unaligned(pa + i) + B::load_unaligned(pb + i)).store_unaligned(py + i);
+          },
+          [&](std::size_t i) { py[i] = pa[i] + pb[i]; });
+    relu_ = relu;
+    return y_;
+  }
+
   std::string who() const { return name_.empty() ? std::string("residual") : name_; }
 
   std::string name_;
   bool training_ = true;
+  bool relu_ = false; ///< the last forward was forward_relu: y_ = relu(a + b)
   Block block_;
   Shortcut shortcut_;
-  output_type y_;
+  output_type y_, dmask_;
   input_type dx_;
 };
 

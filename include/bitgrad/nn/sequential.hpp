@@ -20,10 +20,11 @@
 // first forward, by the layer that receives the wrong shape.
 //
 // Fused epilogues, below the layer graph: where a layer that offers forward_relu (conv2d,
-// linear) is followed directly by nn::relu, forward runs the pair as one pass: the layer puts
-// the ReLU into its GEMM epilogue (y = max(0, conv(x) + b) written once) and the relu layer
-// passes y on (forward_fused); backward, the relu layer passes dy on and the layer masks it by
-// y > 0 before its dgrad, wgrad and bias gradient. The layers, their names, parameters,
+// linear, batch_norm) is followed directly by nn::relu, forward runs the pair as one pass: the
+// layer puts the ReLU into its epilogue (y = max(0, conv(x) + b) or max(0, bn(x)) written once)
+// and the relu layer passes y on (forward_fused); backward, the relu layer passes dy on and the
+// layer masks it by y > 0 inside its own backward (conv/linear: before dgrad, wgrad and bias
+// gradient; batch_norm: inside its sums and dx). The layers, their names, parameters,
 // describe(), visit_layers and so checkpoints, model files and ONNX exports stay those of the
 // two layers; only the work changes. ReLU is exact, so the outputs and gradients are the same
 // bits as layer by layer (tests/unit/test_models.cpp holds the two against each other).

@@ -1,9 +1,11 @@
 // Reference batch normalisation kernels: the formulas as plain loops, oracles for
-// kernels/batch_norm.hpp (layout and formulas there).
+// kernels/batch_norm.hpp (layout and formulas there). The batch_norm_relu_* twins are the unfused
+// kernels with y = max(0, y) after the forward and dy = (y > 0 ? dy : 0) before the backward.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace bitgrad::ref {
 
@@ -82,6 +84,49 @@ void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane
                                   (count * dy[i] - sum_dy[c] - xhat[i] * sum_dy_xhat[c])
                             : gamma[c] * inv_std[c] * dy[i];
       }
+}
+
+template <class T>
+void batch_norm_relu_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                           const T* mean, const T* var, T eps, const T* gamma, const T* beta,
+                           T* inv_std, T* xhat, T* y) {
+  batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
+  for (std::size_t i = 0; i < batch * channels * plane; ++i) y[i] = y[i] <= T(0) ? T(0) : y[i];
+}
+
+namespace detail {
+/// dy where y > 0, else 0: the ReLU's backward in front of the batch norm's.
+template <class T>
+std::vector<T> relu_masked(std::size_t n, const T* dy, const T* y) {
+  std::vector<T> d(n);
+  for (std::size_t i = 0; i < n; ++i) d[i] = y[i] > T(0) ? dy[i] : T(0);
+  return d;
+}
+} // namespace detail
+
+template <class T>
+void batch_norm_relu_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
+  const std::vector<T> d = detail::relu_masked(batch * channels * plane, dy, y);
+  batch_norm_grad_sums(batch, channels, plane, d.data(), xhat, sum_dy, sum_dy_xhat);
+}
+
+template <class T>
+void batch_norm_relu_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
+                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  const std::vector<T> d = detail::relu_masked(batch * channels * plane, dy, y);
+  batch_norm_dgrad(batch, channels, plane, d.data(), xhat, gamma, inv_std, count, sum_dy,
+                   sum_dy_xhat, batch_stats, dx);
+}
+
+template <class T>
+void batch_norm_relu_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std,
+                           bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+  const std::vector<T> d = detail::relu_masked(batch * channels * plane, dy, y);
+  batch_norm_bprop(batch, channels, plane, d.data(), xhat, gamma, inv_std, batch_stats, dx, dgamma,
+                   dbeta);
 }
 
 } // namespace bitgrad::ref
