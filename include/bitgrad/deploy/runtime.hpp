@@ -447,12 +447,16 @@ private:
     const std::size_t k = g.filter_size(), p = g.out_plane();
     const std::size_t threads = bitgrad::detail::batch_threads(batch);
     cols.resize(threads * p * k);
+    // The lambda runs on other threads, where the names xq and cols would mean those threads'
+    // own (empty) thread_local vectors: it sees this thread's buffers through pointers.
+    const std::int8_t* const xq_data = xq.data();
+    std::int8_t* const cols_data = cols.data();
     bitgrad::detail::parallel_chunks(
         threads, batch, [&](std::size_t t, std::size_t b, std::size_t e) {
-          std::int8_t* col = cols.data() + t * p * k;
+          std::int8_t* col = cols_data + t * p * k;
           for (std::size_t n = b; n < e; ++n)
             for (std::size_t gi = 0; gi < g.groups; ++gi) {
-              im2row(g, xq.data() + (n * g.in_channels + gi * cin) * g.in_plane(), col);
+              im2row(g, xq_data + (n * g.in_channels + gi * cin) * g.in_plane(), col);
               requantize stage{scale.data() + gi * cout,
                                bias ? bias + gi * cout : nullptr,
                                y + (n * g.out_channels + gi * cout) * p,
