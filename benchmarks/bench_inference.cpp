@@ -14,6 +14,14 @@
 //                                            float) for MIN_TIME seconds and prints one JSON
 //                                            line: {"ips", "p50_us", "p99_us", "peak_rss_kb"}
 //                                            (p50 / p99 over the timed calls)
+//   bench_inference --deploy-callgrind FILE ENGINE BATCH CALLS
+//                                            the same run, 3 warm-up calls, then CALLS calls
+//                                            counted by callgrind (client requests); the
+//                                            instructions per image are the dump's total /
+//                                            (BATCH * CALLS). benchmarks/README.md's counts:
+//     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/tmp/cg-inf.out
+//         build/bench-build/benchmarks/bench_inference --deploy-callgrind lenet5.bgm int 256 4
+//     callgrind_annotate /tmp/cg-inf.out | grep 'PROGRAM TOTALS'
 //
 // Threads: "threads" is the OpenMP team size (omp_set_num_threads) the kernels may use; the
 // runtime's batch-parallel conv kernels split a batch across it. Batch 1 cannot split.
@@ -26,6 +34,14 @@
 #include <bitgrad/train/export.hpp>
 
 #include <benchmark/benchmark.h>
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_ZERO_STATS
+#define CALLGRIND_START_INSTRUMENTATION
+#define CALLGRIND_STOP_INSTRUMENTATION
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -157,17 +173,45 @@ int deploy_export(const std::filesystem::path& dir) {
   return 0;
 }
 
+/// ENGINE of --deploy-run: "int" (the packed integer path) or "float".
+deploy::precision engine_precision(const std::string& engine) {
+  if (engine == "int") return deploy::precision::packed;
+  if (engine == "float") return deploy::precision::float32;
+  throw config_error("bench_inference: engine '" + engine + "': expected int or float");
+}
+
+/// BATCH normal random inputs of rt's input size (seed 1).
+std::vector<float> deploy_inputs(const deploy::runtime& rt, std::size_t batch) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(batch * rt.input_size());
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+/// --deploy-callgrind FILE ENGINE BATCH CALLS (1 thread)
+int deploy_callgrind(const char* file, const std::string& engine, std::size_t batch, int calls) {
+  set_threads(1);
+  const deploy::runtime rt = deploy::runtime::load(file);
+  const deploy::precision p = engine_precision(engine);
+  const std::vector<float> x = deploy_inputs(rt, batch);
+  for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
+  CALLGRIND_ZERO_STATS;
+  CALLGRIND_START_INSTRUMENTATION;
+  for (int i = 0; i < calls; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
+  CALLGRIND_STOP_INSTRUMENTATION;
+  std::printf("%s %s batch %zu calls %d isa %s\n", file, engine.c_str(), batch, calls,
+              engine == "int" ? int_isa_name(best_int_isa()) : "float");
+  return 0;
+}
+
 /// --deploy-run FILE ENGINE BATCH THREADS MIN_TIME
 int deploy_run(const char* file, const std::string& engine, std::size_t batch, int threads,
                double min_time) {
   set_threads(threads);
   const deploy::runtime rt = deploy::runtime::load(file);
-  const deploy::precision p =
-      engine == "int" ? deploy::precision::packed : deploy::precision::float32;
-  std::mt19937 rng(1);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> x(batch * rt.input_size());
-  for (auto& v : x) v = d(rng);
+  const deploy::precision p = engine_precision(engine);
+  const std::vector<float> x = deploy_inputs(rt, batch);
   for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
   std::vector<double> us;
   using clock = std::chrono::steady_clock;
@@ -207,6 +251,9 @@ int main(int argc, char** argv) {
     if (argc == 7 && std::strcmp(argv[1], "--deploy-run") == 0)
       return deploy_run(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10), std::atoi(argv[5]),
                         std::strtod(argv[6], nullptr));
+    if (argc == 6 && std::strcmp(argv[1], "--deploy-callgrind") == 0)
+      return deploy_callgrind(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10),
+                              std::atoi(argv[5]));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_inference: %s\n", e.what());
     return 1;

@@ -61,6 +61,59 @@ void reference_moments(const tensor4<double>& x, std::vector<double>& mean,
   }
 }
 
+/// A loss weight per value: `a` (N, C, H, W) uniform in [-1, 1) from seed; the global loss is
+/// the mean over the batch of sum(a * y), so dL/dy = a / n.
+tensor4<double> loss_weights(std::size_t n, std::uint64_t seed) {
+  tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-1, 1);
+  for (auto& v : a) v = u(rng);
+  return a;
+}
+
+/// Rank r's slice of the global batch x and its own loss's gradient (the mean over its n_r
+/// images: a / n_r); w = n_r / n weights its gradients in the reducer's sum.
+struct rank_slice {
+  std::size_t offset; ///< of the slice's first value in x
+  double w;
+  tensor4<double> x, dy;
+};
+
+rank_slice slice_of(const tensor4<double>& x, const tensor4<double>& a, std::size_t r,
+                    std::size_t p) {
+  const std::size_t n = x.shape(0);
+  const shard_range s = shard_slice(n, r, p);
+  const std::size_t nr = s.size();
+  rank_slice out{s.begin * C * plane, static_cast<double>(nr) / static_cast<double>(n),
+                 tensor4<double>::from_shape({nr, C, H, W}),
+                 tensor4<double>::from_shape({nr, C, H, W})};
+  for (std::size_t j = 0; j < out.x.size(); ++j) {
+    out.x.data()[j] = x.data()[out.offset + j];
+    out.dy.data()[j] = a.data()[out.offset + j] / static_cast<double>(nr);
+  }
+  return out;
+}
+
+/// The ranks' parameter gradients of `mine`, weighted by w and summed over the ranks (what the
+/// reducer does), equal those of `whole` (one process on the union).
+template <class Mine, class Whole>
+void check_reduced_gradients(dist::communicator& comm, Mine& mine, Whole& whole, double w) {
+  std::vector<double> got(2 * C), want(2 * C);
+  std::size_t i = 0;
+  mine.visit_parameters([&](param_ref<double>& q) {
+    for (std::size_t c = 0; c < C; ++c) got[i * C + c] = w * q.grad[c];
+    ++i;
+  });
+  i = 0;
+  whole.visit_parameters([&](param_ref<double>& q) {
+    for (std::size_t c = 0; c < C; ++c) want[i * C + c] = q.grad[c];
+    ++i;
+  });
+  comm.all_reduce_sum(std::span<double>(got));
+  for (std::size_t k = 0; k < got.size(); ++k)
+    CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
+}
+
 } // namespace
 
 TEST_CASE("synchronised moments equal the statistics over the union of the slices") {
@@ -102,11 +155,7 @@ TEST_CASE("forward and backward from the synchronised sums equal nn::batch_norm 
   for (const std::size_t n : {std::size_t{8}, std::size_t{7}}) {
     CAPTURE(n);
     const tensor4<double> x = global_input(n, 0.3, 5);
-    // A loss that is the mean over the global batch of sum(a * y): dL/dy = a / n.
-    tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
-    std::mt19937_64 rng(6);
-    std::uniform_real_distribution<double> u(-1, 1);
-    for (auto& v : a) v = u(rng);
+    const tensor4<double> a = loss_weights(n, 6);
 
     // Reference: one process, the whole batch.
     nn::batch_norm<double, 4> bn({.features = C, .eps = eps});
@@ -180,10 +229,7 @@ TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the u
   for (const std::size_t n : {std::size_t{8}, std::size_t{7}}) {
     CAPTURE(n);
     const tensor4<double> x = global_input(n, 20.0, 9); // a large mean: the shift at work
-    tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
-    std::mt19937_64 rng(10);
-    std::uniform_real_distribution<double> u(-1, 1);
-    for (auto& v : a) v = u(rng);
+    const tensor4<double> a = loss_weights(n, 10);
     auto make = [] {
       nn::batch_norm<double, 4> bn({.features = C});
       for (std::size_t c = 0; c < C; ++c) {
@@ -197,16 +243,7 @@ TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the u
     const tensor4<double> y_ref = whole.forward(x);
     const tensor4<double> dx_ref = whole.backward(tensor4<double>(a / static_cast<double>(n)));
 
-    const shard_range s = shard_slice(n, r, p);
-    const std::size_t nr = s.size();
-    const double w = static_cast<double>(nr) / static_cast<double>(n);
-    tensor4<double> xs = tensor4<double>::from_shape({nr, C, H, W});
-    tensor4<double> dys = tensor4<double>::from_shape({nr, C, H, W});
-    const std::size_t off = s.begin * C * plane;
-    for (std::size_t j = 0; j < xs.size(); ++j) {
-      xs.data()[j] = x.data()[off + j];
-      dys.data()[j] = a.data()[off + j] / static_cast<double>(nr); // its own mean loss
-    }
+    auto [off, w, xs, dys] = slice_of(x, a, r, p);
     nn::batch_norm<double, 4> mine = make();
     mine.set_sync([&](std::span<double> v) { comm.all_reduce_sum(v); });
     CHECK(mine.synchronised());
@@ -220,20 +257,7 @@ TEST_CASE("nn::batch_norm with set_sync on slices equals nn::batch_norm on the u
     const tensor4<double>& dx = mine.backward(dys);
     for (std::size_t j = 0; j < dx.size(); ++j)
       CHECK(w * dx.data()[j] == doctest::Approx(dx_ref.data()[off + j]).epsilon(1e-10));
-    std::vector<double> got(2 * C), want(2 * C);
-    std::size_t i = 0;
-    mine.visit_parameters([&](param_ref<double>& q) {
-      for (std::size_t c = 0; c < C; ++c) got[i * C + c] = w * q.grad[c];
-      ++i;
-    });
-    i = 0;
-    whole.visit_parameters([&](param_ref<double>& q) {
-      for (std::size_t c = 0; c < C; ++c) want[i * C + c] = q.grad[c];
-      ++i;
-    });
-    comm.all_reduce_sum(std::span<double>(got));
-    for (std::size_t k = 0; k < got.size(); ++k)
-      CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
+    check_reduced_gradients(comm, mine, whole, w);
     // Without sync: the slice's own statistics (differs from the union's when p > 1).
     nn::batch_norm<double, 4> local = make();
     const tensor4<double>& yl = local.forward(xs);
@@ -250,10 +274,7 @@ TEST_CASE("fused batch_norm + relu with set_sync on slices equals bn then relu o
   const auto r = static_cast<std::size_t>(comm.rank());
   const std::size_t n = 7;
   const tensor4<double> x = global_input(n, 1.0, 11);
-  tensor4<double> a = tensor4<double>::from_shape({n, C, H, W});
-  std::mt19937_64 rng(12);
-  std::uniform_real_distribution<double> u(-1, 1);
-  for (auto& v : a) v = u(rng);
+  const tensor4<double> a = loss_weights(n, 12);
   auto make = [] {
     nn::batch_norm<double, 4> bn({.features = C});
     for (std::size_t c = 0; c < C; ++c) {
@@ -267,16 +288,7 @@ TEST_CASE("fused batch_norm + relu with set_sync on slices equals bn then relu o
   const tensor4<double> dx_ref =
       whole.get<0>().backward(whole.get<1>().backward(tensor4<double>(a / static_cast<double>(n))));
 
-  const shard_range s = shard_slice(n, r, p);
-  const std::size_t nr = s.size();
-  const double w = static_cast<double>(nr) / static_cast<double>(n);
-  tensor4<double> xs = tensor4<double>::from_shape({nr, C, H, W});
-  tensor4<double> dys = tensor4<double>::from_shape({nr, C, H, W});
-  const std::size_t off = s.begin * C * plane;
-  for (std::size_t j = 0; j < xs.size(); ++j) {
-    xs.data()[j] = x.data()[off + j];
-    dys.data()[j] = a.data()[off + j] / static_cast<double>(nr);
-  }
+  auto [off, w, xs, dys] = slice_of(x, a, r, p);
   auto mine = make();
   mine.get<0>().set_sync([&](std::span<double> v) { comm.all_reduce_sum(v); });
   const tensor4<double>& y = mine.forward(xs); // fused
@@ -291,20 +303,7 @@ TEST_CASE("fused batch_norm + relu with set_sync on slices equals bn then relu o
   const tensor4<double>& dx = mine.backward(dys);
   for (std::size_t j = 0; j < dx.size(); ++j)
     CHECK(w * dx.data()[j] == doctest::Approx(dx_ref.data()[off + j]).epsilon(1e-10));
-  std::vector<double> got(2 * C), want(2 * C);
-  std::size_t i = 0;
-  mine.visit_parameters([&](param_ref<double>& q) {
-    for (std::size_t c = 0; c < C; ++c) got[i * C + c] = w * q.grad[c];
-    ++i;
-  });
-  i = 0;
-  whole.visit_parameters([&](param_ref<double>& q) {
-    for (std::size_t c = 0; c < C; ++c) want[i * C + c] = q.grad[c];
-    ++i;
-  });
-  comm.all_reduce_sum(std::span<double>(got));
-  for (std::size_t k = 0; k < got.size(); ++k)
-    CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
+  check_reduced_gradients(comm, mine, whole, w);
 }
 
 } // namespace test_dist_batch_norm

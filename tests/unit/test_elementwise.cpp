@@ -200,11 +200,31 @@ void check_close(const std::vector<T>& a, const std::vector<T>& b, const std::st
     CHECK(std::abs(double(a[i]) - double(b[i])) <= tol * (std::abs(double(b[i])) + 1));
   }
 }
+
+/// Random batch-norm operands: x and dy of `total` values, per channel mean, var > 0, gamma,
+/// beta; drawn in this order from rng.
+template <class T>
+struct batch_norm_inputs {
+  std::vector<T> x, dy, mean, var, gamma, beta;
+
+  batch_norm_inputs(std::size_t total, std::size_t channels, std::mt19937& rng)
+      : x(total), dy(total), mean(channels), var(channels), gamma(channels), beta(channels) {
+    std::uniform_real_distribution<double> d(-2, 2), pos(0.1, 3);
+    for (auto& v : x) v = T(d(rng));
+    for (auto& v : dy) v = T(d(rng));
+    for (std::size_t c = 0; c < channels; ++c) {
+      mean[c] = T(d(rng));
+      var[c] = T(pos(rng));
+      gamma[c] = T(d(rng));
+      beta[c] = T(d(rng));
+    }
+  }
+};
 } // namespace
 
 TEST_CASE_TEMPLATE("batch norm kernels match the reference on odd shapes", T, float, double) {
   std::mt19937 rng(7);
-  std::uniform_real_distribution<double> d(-2, 2), pos(0.1, 3);
+  std::uniform_real_distribution<double> d(-2, 2);
   for (std::size_t batch : {1, 2, 3})
     for (std::size_t channels : {1, 3, 5})
       for (std::size_t plane : {1, 2, 7, 17, 33}) {
@@ -212,16 +232,7 @@ TEST_CASE_TEMPLATE("batch norm kernels match the reference on odd shapes", T, fl
         CAPTURE(channels);
         CAPTURE(plane);
         const std::size_t total = batch * channels * plane;
-        std::vector<T> x(total), dy(total), mean(channels), var(channels), gamma(channels),
-            beta(channels);
-        for (auto& v : x) v = T(d(rng));
-        for (auto& v : dy) v = T(d(rng));
-        for (std::size_t c = 0; c < channels; ++c) {
-          mean[c] = T(d(rng));
-          var[c] = T(pos(rng));
-          gamma[c] = T(d(rng));
-          beta[c] = T(d(rng));
-        }
+        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
         const T eps = T(1e-5);
         std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total),
             y_b(total);
@@ -368,7 +379,7 @@ TEST_CASE_TEMPLATE("batch norm + relu kernels: the reference on odd shapes, and 
                    "batch norm then relu",
                    T, float, double) {
   std::mt19937 rng(11);
-  std::uniform_real_distribution<double> d(-2, 2), pos(0.1, 3);
+  std::uniform_real_distribution<double> d(-2, 2);
   for (std::size_t batch : {1, 2, 3})
     for (std::size_t channels : {1, 3, 5, 9})
       for (std::size_t plane : {1, 2, 7, 17, 33}) {
@@ -376,16 +387,7 @@ TEST_CASE_TEMPLATE("batch norm + relu kernels: the reference on odd shapes, and 
         CAPTURE(channels);
         CAPTURE(plane);
         const std::size_t total = batch * channels * plane;
-        std::vector<T> x(total), dy(total), mean(channels), var(channels), gamma(channels),
-            beta(channels);
-        for (auto& v : x) v = T(d(rng));
-        for (auto& v : dy) v = T(d(rng));
-        for (std::size_t c = 0; c < channels; ++c) {
-          mean[c] = T(d(rng));
-          var[c] = T(pos(rng));
-          gamma[c] = T(d(rng));
-          beta[c] = T(d(rng));
-        }
+        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
         x[0] = mean[0]; // y = beta exactly at one point; with beta[0] = 0 the kink itself
         beta[0] = T(0);
         const T eps = T(1e-5);

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -243,34 +244,41 @@ TEST_CASE("image blocks: every image is visited once, on 1 and 2 threads, and an
 }
 
 TEST_CASE("runtime: a batch in image blocks (1, block - 1, block, block + 1, several blocks) "
-          "gives each image's own outputs, on the float, int8 and packed paths") {
+          "gives each image's own outputs, on the float, int8 and packed paths, blocks split "
+          "across threads or the kernels inside one block") {
   const auto& f = lenet_fixture();
   deploy::runtime rt = f.rt;
   const std::size_t images = f.x.shape()[0], in = rt.input_size(), out = rt.output_size();
-  rt.set_parallel_min(0); // blocks split across the threads whenever there are two
-  for (auto prec :
-       {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
-    CAPTURE(deploy::to_string(prec));
-    // Each image alone (one block of one image).
-    std::vector<float> alone(images * out);
-    for (std::size_t i = 0; i < images; ++i) {
-      const tensor2<float> y = rt.run(f.x.data() + i * in, 1, prec);
-      std::copy(y.begin(), y.end(), alone.begin() + std::ptrdiff_t(i * out));
-    }
-    rt.set_block_images(0);
-    const std::size_t automatic = rt.block_images();
-    for (std::size_t block : {std::size_t(3), automatic}) {
-      rt.set_block_images(block == automatic ? 0 : block);
-      CAPTURE(block);
-      for (std::size_t batch : {std::size_t(1), block - 1, block, block + 1, 3 * block + 2}) {
-        if (batch == 0 || batch > images) continue;
-        CAPTURE(batch);
-        const tensor2<float> y = rt.run(f.x.data(), batch, prec);
-        REQUIRE(y.shape()[0] == batch);
-        CHECK(std::equal(y.begin(), y.end(), alone.begin()));
+  // 0: blocks split across the threads whenever there are two (kernels run serially inside);
+  // never: the blocks run on this thread and the kernels split their work (the int8 conv its
+  // images: its worker threads must see this thread's buffers).
+  const std::size_t never = std::numeric_limits<std::size_t>::max();
+  for (const std::size_t parallel_min : {std::size_t(0), never})
+    for (auto prec :
+         {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
+      rt.set_parallel_min(parallel_min);
+      CAPTURE(parallel_min);
+      CAPTURE(deploy::to_string(prec));
+      // Each image alone (one block of one image).
+      std::vector<float> alone(images * out);
+      for (std::size_t i = 0; i < images; ++i) {
+        const tensor2<float> y = rt.run(f.x.data() + i * in, 1, prec);
+        std::copy(y.begin(), y.end(), alone.begin() + std::ptrdiff_t(i * out));
+      }
+      rt.set_block_images(0);
+      const std::size_t automatic = rt.block_images();
+      for (std::size_t block : {std::size_t(3), automatic}) {
+        rt.set_block_images(block == automatic ? 0 : block);
+        CAPTURE(block);
+        for (std::size_t batch : {std::size_t(1), block - 1, block, block + 1, 3 * block + 2}) {
+          if (batch == 0 || batch > images) continue;
+          CAPTURE(batch);
+          const tensor2<float> y = rt.run(f.x.data(), batch, prec);
+          REQUIRE(y.shape()[0] == batch);
+          CHECK(std::equal(y.begin(), y.end(), alone.begin()));
+        }
       }
     }
-  }
   rt.set_block_images(0);
   CHECK(rt.block_images() == 18); // 256 KiB / LeNet-5's largest float activation (6 x 24 x 24)
 }
