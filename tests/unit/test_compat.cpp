@@ -105,7 +105,8 @@ TEST_CASE("compat: a version-1 model file (fdc34a8) loads, runs and re-encodes t
   const dataset& images = bitgrad_fuzz::checkpoint_data_set();
   const std::vector<float> x = rt.normalise(images.pixels.data(), images.size());
   for (const auto p : {deploy::precision::float32, deploy::precision::int8}) {
-    CAPTURE(deploy::to_string(p));
+    const std::string precision_name = deploy::to_string(p);
+    CAPTURE(precision_name); // (a const char* would print as a pointer)
     const auto logits = rt.run(x.data(), images.size(), p);
     const std::vector<double>& want = expected.at(deploy::to_string(p));
     REQUIRE(logits.size() == want.size());

@@ -258,7 +258,8 @@ TEST_CASE("runtime: a batch in image blocks (1, block - 1, block, block + 1, sev
          {deploy::precision::float32, deploy::precision::int8, deploy::precision::packed}) {
       rt.set_parallel_min(parallel_min);
       CAPTURE(parallel_min);
-      CAPTURE(deploy::to_string(prec));
+      const std::string precision_name = deploy::to_string(prec);
+      CAPTURE(precision_name); // (a const char* would print as a pointer)
       // Each image alone (one block of one image).
       std::vector<float> alone(images * out);
       for (std::size_t i = 0; i < images; ++i) {
