@@ -7,6 +7,7 @@ im2col / implicit (> 1: implicit GEMM runs fewer instructions).
 
   python3 benchmarks/callgrind_summary.py /tmp/cg
 """
+import argparse
 import pathlib
 import re
 import sys
@@ -26,12 +27,15 @@ def read_dump(path):
 
 
 def main():
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=pathlib.Path, help="the folder of callgrind dumps")
+    args = parser.parse_args()
+    if not args.dir.is_dir():
+        parser.error(f"{args.dir}: not a folder of callgrind dumps")
     counts = {}  # (layer, pass) -> {variant: Ir}
     order = []
-    for path in sorted(pathlib.Path(sys.argv[1]).iterdir(),
+    for path in sorted(args.dir.iterdir(),
                        key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)]):
         name, total = read_dump(path)
         if name is None or total is None or name.count("/") != 2:
