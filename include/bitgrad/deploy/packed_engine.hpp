@@ -7,6 +7,11 @@
 //            inputs in order (kh, kw, c), so each (kh, kw) is one memcpy of C bytes; padding
 //            is the zero point z (it adds 0). The weights' depth is reordered to (kh, kw, c) at
 //            load to match.
+//   conv2d with few input channels (direct_conv_fits: C <= 4, K = C kh kw <= 512; a network's
+//            first conv): no im2row, kernels/packed/direct_conv.hpp computes the same exact
+//            int32 sums straight from u8 NHWC, lanes over output pixels, into the same output
+//            stage (ref::direct_conv on the reference path). Its weights are also kept as int8
+//            codes (K x channels bytes, counted by resident_bytes).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -30,8 +35,10 @@
 #include <bitgrad/deploy/image_blocks.hpp>
 #include <bitgrad/deploy/integer_plan.hpp>
 #include <bitgrad/format/model.hpp>
+#include <bitgrad/kernels/packed/direct_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 #include <bitgrad/kernels/parallel.hpp>
+#include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -184,6 +191,7 @@ public:
     plan_ = integer_plan::of(m, [](std::size_t, std::size_t) { return 1.0f; });
     if (!plan_.supported()) return;
     weights_.resize(plan_.steps.size());
+    direct_.resize(plan_.steps.size());
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       if (!s.gemm()) continue; // a global pool: no weights
@@ -208,8 +216,14 @@ public:
         plan_.unsupported = "operation " + std::to_string(s.op) + " (" + op.name + "): " + e.what();
         plan_.steps.clear();
         weights_.clear();
+        direct_.clear();
         payload_ = 0;
         return;
+      }
+      if (s.conv && direct_conv_fits(geometry_of(s))) { // |code| <= 127: int8
+        direct_[k].resize(codes.size());
+        for (std::size_t i = 0; i < codes.size(); ++i)
+          direct_[k][i] = static_cast<std::int8_t>(codes[i]);
       }
       payload_ += t.kind == format::tensor_kind::quantized
                       ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
@@ -251,12 +265,27 @@ public:
   const integer_plan& plan() const { return plan_; }
   /// The packed weights of step k.
   const packed_weights& weights(std::size_t k) const { return weights_[k]; }
+  /// True when step k runs as a direct convolution (direct_conv_fits), not im2row + packed_gemm.
+  bool direct(std::size_t k) const { return k < direct_.size() && !direct_[k].empty(); }
+
+  /// The direct convolution shape of a conv step.
+  static direct_conv_geometry geometry_of(const integer_step& s) {
+    direct_conv_geometry g;
+    g.channels = s.in_shape.dims[0], g.height = s.in_shape.dims[1], g.width = s.in_shape.dims[2];
+    g.kernel_h = s.c.kernel_h, g.kernel_w = s.c.kernel_w;
+    g.stride_h = s.c.stride_h, g.stride_w = s.c.stride_w;
+    g.pad_h = s.c.pad_h, g.pad_w = s.c.pad_w;
+    g.dilation_h = s.c.dilation_h, g.dilation_w = s.c.dilation_w;
+    g.out_h = s.conv_out.dims[1], g.out_w = s.conv_out.dims[2];
+    return g;
+  }
 
   /// Bytes the packed weights keep (codes, bitwidths, scales), and what the file stores for
   /// the same weights (codes at their bitwidths + 5 bytes per group; 4 per float32 weight).
   std::size_t resident_bytes() const {
     std::size_t n = 0;
     for (const auto& w : weights_) n += w.resident_bytes();
+    for (const auto& d : direct_) n += d.capacity();
     return n;
   }
   std::size_t payload_bytes() const { return payload_; }
@@ -481,11 +510,11 @@ private:
     return st;
   }
 
-  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0:
-  /// scale_bias -> [residual add] -> [ReLU] -> [quantize_u8] -> fused_store.
-  template <class T>
-  void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
-            T* y, const residual_in& res) const {
+  /// The step's output stage for rows [0, m), numbered from row0, handed to f as the functor
+  /// the kernels call: scale_bias -> [residual add] -> [ReLU] -> [quantize_u8] -> fused_store.
+  template <class T, class F>
+  void with_output(std::size_t k, std::size_t m, std::size_t row0, T* y, const residual_in& res,
+                   const F& f) const {
     const integer_step& s = plan_.steps[k];
     detail::fused_store<T> st = store_of(s, y);
     st.row0 = row0;
@@ -494,11 +523,8 @@ private:
     st.row_offsets(row0, m, row_at.data());
     st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
-    const std::size_t lda = s.depth;
-    auto run = [&](auto... stages) {
-      // scale and bias are padded to lane_padded(channels) (integer_plan)
-      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_padded_pipeline(stages...));
-    };
+    // scale and bias are padded to lane_padded(channels) (integer_plan)
+    auto run = [&](auto... stages) { f(output::make_padded_pipeline(stages...)); };
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {
         const output::quantize_u8 q = s.out_quantizer();
@@ -521,6 +547,36 @@ private:
       finish(sb, output::add_f32{res.f + at, s.channels});
     else
       finish(sb);
+  }
+
+  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0.
+  template <class T>
+  void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
+            T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    with_output(k, m, row0, y, res, [&](const auto& out) {
+      packed_gemm(isa, m, a, s.depth, s.in_zero, weights_[k], out);
+    });
+  }
+
+  /// Rows [r0, r1) of a direct step's output pixels (direct_conv.hpp), in blocks of whole
+  /// output rows (r0 is a row's first pixel when the range comes from run_step; any r0 works).
+  template <class T>
+  void direct_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0,
+                   std::size_t r1, T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    const direct_conv_geometry g = geometry_of(s);
+    const std::size_t block = std::max<std::size_t>(1, 2048 / g.out_w) * g.out_w;
+    const std::int8_t* codes = direct_[k].data();
+    for (std::size_t b0 = r0; b0 < r1; b0 += block) {
+      const std::size_t b1 = std::min(r1, b0 + block);
+      with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
+        if (isa == int_isa::reference)
+          ref::direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+        else
+          direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+      });
+    }
   }
 
   template <class T>
@@ -592,10 +648,15 @@ private:
     std::memcpy(dst + n - sizeof(W), &tail, sizeof(W));
   }
 
-  /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
+  /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm, or the direct
+  /// path.
   template <class T>
   void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
                  T* y, const residual_in& res) const {
+    if (direct(k)) {
+      direct_rows(k, isa, x, r0, r1, y, res);
+      return;
+    }
     const integer_step& s = plan_.steps[k];
     constexpr std::size_t block = 512;
     const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
@@ -653,6 +714,8 @@ private:
 
   integer_plan plan_;
   std::vector<packed_weights> weights_;
+  std::vector<std::vector<std::int8_t>>
+      direct_; ///< per step: int8 codes of a direct conv, or empty
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t block_images_ = 0; ///< set_block_images (0: automatic)
