@@ -756,6 +756,21 @@ TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd s
   MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
 }
 
+TEST_CASE("direct_conv: packed_codes reads back every code, mixed and ragged classes") {
+  std::mt19937 rng(63);
+  for (std::size_t n : {1u, 6u, 16u, 19u, 40u})
+    for (std::size_t depth : {1u, 9u, 25u, 27u, 36u}) {
+      const std::size_t gs = 1 + rng() % n;
+      const tensor_codes t =
+          make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
+      std::vector<std::int8_t> codes(n * depth, 99);
+      packed_codes(t.pack(), codes.data());
+      bool same = true;
+      for (std::size_t i = 0; i < codes.size(); ++i) same = same && codes[i] == t.codes[i];
+      CHECK(same);
+    }
+}
+
 TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest depth") {
   std::mt19937 rng(62);
   // 3 -> 5, k(3, 2) s2 p1 d2; 4 channels 3x3 s1 p1 (the largest C of the rule).

@@ -10,8 +10,8 @@
 //   conv2d with few input channels (direct_conv_fits: C <= 4, K = C kh kw <= 512; a network's
 //            first conv): no im2row, kernels/packed/direct_conv.hpp computes the same exact
 //            int32 sums straight from u8 NHWC, lanes over output pixels, into the same output
-//            stage (ref::direct_conv on the reference path). Its weights are also kept as int8
-//            codes (K x channels bytes, counted by resident_bytes).
+//            stage (ref::direct_conv on the reference path). Its codes are decoded from the
+//            packed weights once per call (C kh kw x channels bytes of scratch; LeNet: 150).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -220,11 +220,7 @@ public:
         payload_ = 0;
         return;
       }
-      if (s.conv && direct_conv_fits(geometry_of(s))) { // |code| <= 127: int8
-        direct_[k].resize(codes.size());
-        for (std::size_t i = 0; i < codes.size(); ++i)
-          direct_[k][i] = static_cast<std::int8_t>(codes[i]);
-      }
+      direct_[k] = s.conv && direct_conv_fits(geometry_of(s));
       payload_ += t.kind == format::tensor_kind::quantized
                       ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
                       : t.element_count() * sizeof(float);
@@ -266,7 +262,7 @@ public:
   /// The packed weights of step k.
   const packed_weights& weights(std::size_t k) const { return weights_[k]; }
   /// True when step k runs as a direct convolution (direct_conv_fits), not im2row + packed_gemm.
-  bool direct(std::size_t k) const { return k < direct_.size() && !direct_[k].empty(); }
+  bool direct(std::size_t k) const { return k < direct_.size() && direct_[k]; }
 
   /// The direct convolution shape of a conv step.
   static direct_conv_geometry geometry_of(const integer_step& s) {
@@ -285,7 +281,6 @@ public:
   std::size_t resident_bytes() const {
     std::size_t n = 0;
     for (const auto& w : weights_) n += w.resident_bytes();
-    for (const auto& d : direct_) n += d.capacity();
     return n;
   }
   std::size_t payload_bytes() const { return payload_; }
@@ -567,12 +562,16 @@ private:
     const integer_step& s = plan_.steps[k];
     const direct_conv_geometry g = geometry_of(s);
     const std::size_t block = std::max<std::size_t>(1, 2048 / g.out_w) * g.out_w;
-    const std::int8_t* codes = direct_[k].data();
+    // The codes, decoded from the packed weights once per call (no second copy is kept).
+    thread_local std::vector<std::int8_t> codes_buffer;
+    codes_buffer.resize(s.channels * s.depth);
+    packed_codes(weights_[k], codes_buffer.data());
+    const std::int8_t* codes = codes_buffer.data();
     for (std::size_t b0 = r0; b0 < r1; b0 += block) {
       const std::size_t b1 = std::min(r1, b0 + block);
       with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
         if (isa == int_isa::reference)
-          ref::direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+          bitgrad::ref::direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
         else
           direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
       });
@@ -714,8 +713,7 @@ private:
 
   integer_plan plan_;
   std::vector<packed_weights> weights_;
-  std::vector<std::vector<std::int8_t>>
-      direct_; ///< per step: int8 codes of a direct conv, or empty
+  std::vector<char> direct_; ///< per step: runs as a direct convolution (direct_conv_fits)
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t block_images_ = 0; ///< set_block_images (0: automatic)

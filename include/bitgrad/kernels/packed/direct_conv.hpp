@@ -35,6 +35,7 @@
 
 #include <bitgrad/core/simd.hpp>
 #include <bitgrad/kernels/packed/output_stage.hpp>
+#include <bitgrad/kernels/packed/packed_decode.hpp>
 #include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <algorithm>
@@ -55,6 +56,28 @@ inline bool direct_conv_fits(const direct_conv_geometry& g) {
   return g.channels >= 1 && g.channels <= direct_conv_max_channels && g.depth() >= 1 &&
          g.depth() <= direct_conv_max_depth && g.stride_h >= 1 && g.stride_w >= 1 &&
          g.dilation_h >= 1 && g.dilation_w >= 1;
+}
+
+/// Every code of w as int8, codes[j * K + p] (channel j in original order, K = w.depth()): the
+/// weights of direct_conv, decoded tile by tile with the scalar decoder of packed_decode.hpp.
+inline void packed_codes(const packed_weights& w, std::int8_t* codes) {
+  const std::size_t n = w.channels(), K = w.depth();
+  const std::size_t quads = (K + packed_quad - 1) / packed_quad;
+  thread_local std::vector<std::uint32_t> order;
+  thread_local std::vector<std::int8_t> panel;
+  order.resize(n);
+  w.channel_order(order.data());
+  panel.resize(quads * packed_quad_codes);
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (std::size_t t = 0; t < w.class_tiles(k); ++t) {
+      // panel[q][c][p'] = code(c, 4 q + p') (packed_decode.hpp)
+      detail::packed_decode_generic(w, k, t, 0, quads, panel.data(), nullptr);
+      const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
+      for (std::size_t c = 0; c < w.tile_channels(k, t); ++c)
+        for (std::size_t p = 0; p < K; ++p)
+          codes[chan[c] * K + p] =
+              panel[p / packed_quad * packed_quad_codes + c * packed_quad + p % packed_quad];
+    }
 }
 
 namespace detail {
