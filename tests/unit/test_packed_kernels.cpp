@@ -720,6 +720,18 @@ void check_direct(const direct_conv_geometry& g, const tensor_codes& t, std::siz
   ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(want_u8.data()));
   direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(got_u8.data()));
   CHECK(got_u8 == want_u8);
+  // With a float residual add (no column form: the per-pixel rows), to float.
+  std::vector<float> res(m * n);
+  for (auto& v : res) v = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  auto f32 = [&](float* y) {
+    return output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                        output::add_f32{res.data(), n}, output::clamp{0.0f},
+                                        output::store<float>{y, n});
+  };
+  std::vector<float> want_f(m * n, 7.0f), got_f(m * n, 9.0f);
+  ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(want_f.data()));
+  direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(got_f.data()));
+  CHECK(got_f == want_f);
 }
 
 } // namespace

@@ -88,6 +88,20 @@ struct fused_store {
   BITGRAD_ALWAYS_INLINE void apply(const B& v, std::size_t i, std::size_t j0) const {
     store_lanes<B, B::size>(v, i, j0, B::size);
   }
+  /// Lanes are rows i0 .. i0 + n - 1 of channel j (output_stage.hpp: "Columns"): one place
+  /// per row, the max into a pooled pixel as the scalar call.
+  static constexpr bool columns = true;
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_column(const B& v, std::size_t i0, std::size_t j,
+                                          std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    for (std::size_t l = 0; l < n; ++l) {
+      const std::ptrdiff_t at = place(i0 + l, j);
+      if (at >= 0) write(y[at], static_cast<T>(lane[l]));
+    }
+  }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,

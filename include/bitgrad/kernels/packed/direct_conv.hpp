@@ -20,7 +20,9 @@
 //   tile      JB <= 4 channels x PB <= 2 registers of L pixels (L = simd_lanes<float>: 4 SSE2,
 //             8 AVX2, 16 AVX-512, 4 NEON): per tap p, PB loads, JB weight broadcasts, JB PB
 //             multiply-adds into float accumulators.
-//   emit      the tile's sums to int32 (cvttps2dq), per pixel the n_out channels to the output.
+//   emit      the tile's sums to int32 (cvttps2dq); then per channel, the row's pixels in lanes
+//             through the output stage (out.column, output_stage.hpp "Columns"), or per pixel
+//             its n_out channels (out.row) when a stage has no column form (the residual adds).
 //
 // Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
 // one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
@@ -194,8 +196,14 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
           std::fill(line, line + t_lo, 0.0f);
           if (t_lo < t_hi) {
             const std::uint8_t* col = src + (f + t_lo * sw - g.pad_w) * C + c;
-            for (std::size_t t = t_lo; t < t_hi; ++t)
-              line[t] = static_cast<float>(std::int32_t(col[(t - t_lo) * sw * C]) - zi);
+            const std::size_t step = sw * C, count = t_hi - t_lo;
+            float* dst = line + t_lo;
+            if (step == 1) // C = 1, stride 1: contiguous bytes (the loop vectorises)
+              for (std::size_t t = 0; t < count; ++t)
+                dst[t] = static_cast<float>(std::int32_t(col[t]) - zi);
+            else
+              for (std::size_t t = 0; t < count; ++t)
+                dst[t] = static_cast<float>(std::int32_t(col[t * step]) - zi);
           }
           std::fill(line + t_hi, line + T, 0.0f);
         }
@@ -220,16 +228,23 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
           break;
         }
       }
-      // The row's pixels inside [r, e), each with its n_out channels.
+      // The row's pixels inside [r, e): per channel in lanes of pixels (out.column), else
+      // per pixel with its n_out channels (out.row) or per value.
       const std::size_t first = n * plane + oh * OW;
       const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
-      for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
-        for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
-        const std::size_t i = first + ow - r0;
-        if constexpr (requires { out.row(i, std::size_t(0), row, n_out); })
-          out.row(i, 0, row, n_out);
-        else
-          for (std::size_t j = 0; j < n_out; ++j) out(i, j, row[j]);
+      const std::size_t i_a = first + ow_a - r0;
+      if constexpr (requires { out.column(i_a, std::size_t(0), acc, ow_b - ow_a); }) {
+        for (std::size_t j = 0; j < n_out; ++j)
+          out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
+      } else {
+        for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
+          for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
+          const std::size_t i = first + ow - r0;
+          if constexpr (requires { out.row(i, std::size_t(0), row, n_out); })
+            out.row(i, 0, row, n_out);
+          else
+            for (std::size_t j = 0; j < n_out; ++j) out(i, j, row[j]);
+        }
       }
     }
     r = e;
