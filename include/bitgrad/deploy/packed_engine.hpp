@@ -97,9 +97,22 @@ struct fused_store {
     using V = typename B::value_type;
     alignas(64) V lane[B::size];
     v.store_aligned(lane);
-    for (std::size_t l = 0; l < n; ++l) {
-      const std::ptrdiff_t at = place(i0 + l, j);
-      if (at >= 0) write(y[at], static_cast<T>(lane[l]));
+    if (!row_at) {
+      for (std::size_t l = 0; l < n; ++l) {
+        const std::ptrdiff_t at = offset(row0 + i0 + l, j);
+        if (at >= 0) write(y[at], static_cast<T>(lane[l]));
+      }
+      return;
+    }
+    // The channel's offset once; the rows' places from row_at.
+    const std::ptrdiff_t* at = row_at + i0;
+    T* yj = y + j * channel_stride();
+    if (pool) {
+      for (std::size_t l = 0; l < n; ++l)
+        if (at[l] >= 0) yj[at[l]] = std::max(yj[at[l]], static_cast<T>(lane[l]));
+    } else {
+      for (std::size_t l = 0; l < n; ++l)
+        if (at[l] >= 0) yj[at[l]] = static_cast<T>(lane[l]);
     }
   }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
