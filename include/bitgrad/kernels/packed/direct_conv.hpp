@@ -20,9 +20,10 @@
 //   tile      JB <= 4 channels x PB <= 2 registers of L pixels (L = simd_lanes<float>: 4 SSE2,
 //             8 AVX2, 16 AVX-512, 4 NEON): per tap p, PB loads, JB weight broadcasts, JB PB
 //             multiply-adds into float accumulators.
-//   emit      the tile's sums to int32 (cvttps2dq); then per channel, the row's pixels in lanes
-//             through the output stage (out.column, output_stage.hpp "Columns"), or per pixel
-//             its n_out channels (out.row) when a stage has no column form (the residual adds).
+//   emit      the tile's sums to int32 (cvttps2dq); then, when the channels fill less than a
+//             register (LeNet: 6), per channel the row's pixels in lanes through the output
+//             stage (out.column, output_stage.hpp "Columns"); else (or when a stage has no
+//             column form: the residual adds) per pixel its n_out channels (out.row).
 //
 // Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
 // one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
@@ -61,25 +62,59 @@ inline bool direct_conv_fits(const direct_conv_geometry& g) {
 }
 
 /// Every code of w as int8, codes[j * K + p] (channel j in original order, K = w.depth()): the
-/// weights of direct_conv, decoded tile by tile with the scalar decoder of packed_decode.hpp.
+/// weights of direct_conv. Full-tile quads are read plane by plane (packed_weights.hpp: element
+/// e = 4 c + p' of a quad sits in byte e mod B of each plane, at bit f (e div B)); the tail and
+/// ragged tiles with the streaming scalar decoder of packed_decode.hpp.
 inline void packed_codes(const packed_weights& w, std::int8_t* codes) {
   const std::size_t n = w.channels(), K = w.depth();
-  const std::size_t quads = (K + packed_quad - 1) / packed_quad;
+  const std::size_t quads = (K + packed_quad - 1) / packed_quad, full_quads = K / packed_quad;
   thread_local std::vector<std::uint32_t> order;
   thread_local std::vector<std::int8_t> panel;
   order.resize(n);
   w.channel_order(order.data());
-  panel.resize(quads * packed_quad_codes);
-  for (int k = 1; k <= packed_max_bits; ++k)
+  for (int k = 1; k <= packed_max_bits; ++k) {
+    const packed_layout l = packed_layout_of(k);
     for (std::size_t t = 0; t < w.class_tiles(k); ++t) {
-      // panel[q][c][p'] = code(c, 4 q + p') (packed_decode.hpp)
-      detail::packed_decode_generic(w, k, t, 0, quads, panel.data(), nullptr);
       const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
-      for (std::size_t c = 0; c < w.tile_channels(k, t); ++c)
-        for (std::size_t p = 0; p < K; ++p)
+      const std::size_t r = w.tile_channels(k, t);
+      std::size_t q0 = 0; // quads below q0 are decoded here, the rest by the scalar decoder
+      if (w.tile_full_layout(k, t)) {
+        const std::uint8_t* base = w.tile_data(k, t);
+        for (std::size_t q = 0; q < full_quads; ++q, base += l.quad_bytes)
+          for (std::size_t e = 0; e < packed_quad_codes; ++e) {
+            std::int32_t code;
+            if (l.raw_bytes) {
+              code = static_cast<std::int8_t>(base[e]);
+            } else {
+              std::uint32_t u = 0;
+              const std::uint8_t* plane = base;
+              for (int i = 0; i < l.planes; ++i) {
+                const int f = l.plane[i].width;
+                const std::size_t B = 8 * std::size_t(f);
+                u |=
+                    ((std::uint32_t(plane[e % B]) >> (std::size_t(f) * (e / B))) & ((1u << f) - 1u))
+                    << l.plane[i].shift;
+                plane += B;
+              }
+              code = packed_code(u, k);
+            }
+            const std::size_t c = e / packed_quad;
+            if (c < r)
+              codes[chan[c] * K + q * packed_quad + e % packed_quad] =
+                  static_cast<std::int8_t>(code);
+          }
+        q0 = full_quads;
+      }
+      if (q0 == quads) continue;
+      // panel[q - q0][c][p'] = code(c, 4 q + p') (packed_decode.hpp)
+      panel.resize((quads - q0) * packed_quad_codes);
+      detail::packed_decode_generic(w, k, t, q0, quads, panel.data(), nullptr);
+      for (std::size_t c = 0; c < r; ++c)
+        for (std::size_t p = q0 * packed_quad; p < K; ++p)
           codes[chan[c] * K + p] =
-              panel[p / packed_quad * packed_quad_codes + c * packed_quad + p % packed_quad];
+              panel[(p / packed_quad - q0) * packed_quad_codes + c * packed_quad + p % packed_quad];
     }
+  }
 }
 
 namespace detail {
@@ -167,6 +202,12 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
   std::int32_t* acc = sc.acc.data();
   std::int32_t* row = sc.row.data();
   const std::int32_t zi = z;
+  constexpr bool by_column = requires {
+    out.column(std::size_t(0), std::size_t(0), acc, n_out);
+  };
+  constexpr bool has_row = requires {
+    out.row(std::size_t(0), std::size_t(0), row, n_out);
+  };
 
   for (std::size_t r = r0; r < r1;) {
     // The call's pixels of image n: output rows oh_a .. oh_b.
@@ -228,23 +269,25 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
           break;
         }
       }
-      // The row's pixels inside [r, e): per channel in lanes of pixels (out.column), else
-      // per pixel with its n_out channels (out.row) or per value.
+      // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
+      // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
+      // (out.row: contiguous stores), or per value.
       const std::size_t first = n * plane + oh * OW;
       const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
       const std::size_t i_a = first + ow_a - r0;
-      if constexpr (requires { out.column(i_a, std::size_t(0), acc, ow_b - ow_a); }) {
-        for (std::size_t j = 0; j < n_out; ++j)
-          out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
-      } else {
-        for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
-          for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
-          const std::size_t i = first + ow - r0;
-          if constexpr (requires { out.row(i, std::size_t(0), row, n_out); })
-            out.row(i, 0, row, n_out);
-          else
-            for (std::size_t j = 0; j < n_out; ++j) out(i, j, row[j]);
+      if constexpr (by_column)
+        if (!has_row || n_out < simd_lanes<std::int32_t>) {
+          for (std::size_t j = 0; j < n_out; ++j)
+            out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
+          continue;
         }
+      for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
+        for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
+        const std::size_t i = first + ow - r0;
+        if constexpr (has_row)
+          out.row(i, 0, row, n_out);
+        else
+          for (std::size_t j = 0; j < n_out; ++j) out(i, j, row[j]);
       }
     }
     r = e;
