@@ -120,7 +120,7 @@ inline void packed_codes(const packed_weights& w, std::int8_t* codes) {
 namespace detail {
 
 struct direct_conv_scratch {
-  std::vector<float> lines, weights;
+  std::vector<float> lines, weights, weights_t;
   std::vector<std::int32_t> acc, row;
   std::vector<std::uint32_t> offsets;
 };
@@ -154,6 +154,51 @@ BITGRAD_ALWAYS_INLINE void direct_tile(const float* src, const std::uint32_t* of
       xsimd::to_int(s[jb][q]).store_unaligned(acc + jb * acc_stride + q * L);
 }
 
+/// Lanes over channels (when they fill registers): pixels px < PX of one row (line values at
+/// src + off[p] + px) x JV registers of channels (weights wt[p * npad ..]); the int32 sums to
+/// acc[px * npad + v L].
+template <class B, std::size_t PX, std::size_t JV>
+BITGRAD_ALWAYS_INLINE void direct_tile_channels(const float* src, const std::uint32_t* off,
+                                                std::size_t K, const float* wt, std::size_t npad,
+                                                std::int32_t* acc) {
+  constexpr std::size_t L = B::size;
+  B s[PX][JV];
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v) s[px][v] = B(0.0f);
+  for (std::size_t p = 0; p < K; ++p) {
+    const float* in = src + off[p];
+    B wv[JV];
+    for (std::size_t v = 0; v < JV; ++v) wv[v] = B::load_unaligned(wt + p * npad + v * L);
+    for (std::size_t px = 0; px < PX; ++px) {
+      const B x(in[px]);
+      for (std::size_t v = 0; v < JV; ++v) s[px][v] = output::detail::mul_add(x, wv[v], s[px][v]);
+    }
+  }
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v)
+      xsimd::to_int(s[px][v]).store_unaligned(acc + px * npad + v * L);
+}
+
+/// Pixels [0, count) of a row (line values from src) x every channel register, in tiles of 4
+/// pixels x 2 registers.
+template <class B>
+void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size_t K,
+                           const float* wt, std::size_t npad, std::int32_t* acc,
+                           std::size_t count) {
+  constexpr std::size_t L = B::size;
+  const std::size_t regs = npad / L;
+  auto run = [&]<std::size_t PX>(std::size_t px0) {
+    std::size_t v = 0;
+    for (; v + 2 <= regs; v += 2)
+      direct_tile_channels<B, PX, 2>(src + px0, off, K, wt + v * L, npad, acc + px0 * npad + v * L);
+    if (v < regs)
+      direct_tile_channels<B, PX, 1>(src + px0, off, K, wt + v * L, npad, acc + px0 * npad + v * L);
+  };
+  std::size_t px = 0;
+  for (; px + 4 <= count; px += 4) run.template operator()<4>(px);
+  for (; px < count; ++px) run.template operator()<1>(px);
+}
+
 /// JB channels over the padded row of owp pixels: pairs of registers, then one.
 template <class B, std::size_t JB>
 void direct_tiles(const float* src, const std::uint32_t* off, std::size_t K, const float* w,
@@ -170,6 +215,13 @@ void direct_tiles(const float* src, const std::uint32_t* off, std::size_t K, con
 /// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, exact, handed to the
 /// output stage out for rows r - r0. x is image 0 of the batch (u8 NHWC), z its zero point,
 /// codes[j * K + p] the weights in depth order (a, b, c). direct_conv_fits(g) must hold.
+namespace detail {
+template <class Out>
+concept has_row_stage = requires(const Out& out, const std::int32_t* acc) {
+  out.row(std::size_t(0), std::size_t(0), acc, std::size_t(1));
+};
+} // namespace detail
+
 template <class Out>
 void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint8_t z,
                  const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
@@ -202,6 +254,17 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
   std::int32_t* acc = sc.acc.data();
   std::int32_t* row = sc.row.data();
   const std::int32_t zi = z;
+  // Lanes over channels when they fill a register and the stage takes rows (VGG's 16, 32),
+  // else over pixels (LeNet's 6).
+  const bool channel_lanes = detail::has_row_stage<Out> && n_out >= L;
+  const std::size_t npad = (n_out + L - 1) / L * L;
+  if (channel_lanes) {
+    sc.weights_t.assign(K * npad, 0.0f); // wt[p * npad + j] = w(j, p)
+    for (std::size_t j = 0; j < n_out; ++j)
+      for (std::size_t p = 0; p < K; ++p) sc.weights_t[p * npad + j] = sc.weights[j * K + p];
+    sc.acc.resize(std::max(n_out * owp, OW * npad));
+    acc = sc.acc.data();
+  }
   constexpr bool by_column = requires {
     out.column(std::size_t(0), std::size_t(0), acc, n_out);
   };
@@ -251,6 +314,17 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
     }
     for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
       const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
+      const std::size_t first = n * plane + oh * OW;
+      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
+      const std::size_t i_a = first + ow_a - r0;
+      if constexpr (detail::has_row_stage<Out>)
+        if (channel_lanes) { // the call's pixels of the row only, sums as rows
+          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                           ow_b - ow_a);
+          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          continue;
+        }
       for (std::size_t j0 = 0; j0 < n_out; j0 += 4) {
         const float* wj = w + j0 * K;
         std::int32_t* aj = acc + j0 * owp;
@@ -272,9 +346,6 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
       // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
       // (out.row: contiguous stores), or per value.
-      const std::size_t first = n * plane + oh * OW;
-      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
-      const std::size_t i_a = first + ow_a - r0;
       if constexpr (by_column)
         if (!has_row || n_out < simd_lanes<std::int32_t>) {
           for (std::size_t j = 0; j < n_out; ++j)
