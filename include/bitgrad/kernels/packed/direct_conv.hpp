@@ -10,20 +10,24 @@
 // packed_gemm (out.row(r - r0, 0, acc, n_out) per pixel, channels consecutive; out(i, j, acc)
 // for a pipeline without lane overloads).
 //
-// The rule (direct_conv_fits): C <= 4 and K <= 512. Lanes are output pixels, not channels:
+// The rule (direct_conv_fits): C <= 4 and K <= 512. Lanes are output pixels when the channels
+// do not fill a register (n_out < L, L = simd_lanes<float>: 4 SSE2 / NEON, 8 AVX2, 16 AVX-512;
+// LeNet's 6), else channels (VGG's 16, 32), and the pipeline takes rows:
 //
 //   lines     every input row the call needs, per channel c and column phase f < sw, as float
 //             x - z: line(ih, c, f)[t] = x(ih, f + t sw - pw, c) - z, 0 outside the image (the
-//             padding is z). Tap (a, b, c) of the pixels ow .. ow + L - 1 of output row oh is
-//             then one contiguous load: line(oh sh + a dh - ph, c, (b dw) mod sw)[ow + (b dw) div
-//             sw].
-//   tile      JB <= 4 channels x PB <= 2 registers of L pixels (L = simd_lanes<float>: 4 SSE2,
-//             8 AVX2, 16 AVX-512, 4 NEON): per tap p, PB loads, JB weight broadcasts, JB PB
-//             multiply-adds into float accumulators.
-//   emit      the tile's sums to int32 (cvttps2dq); then, when the channels fill less than a
-//             register (LeNet: 6), per channel the row's pixels in lanes through the output
-//             stage (out.column, output_stage.hpp "Columns"); else (or when a stage has no
-//             column form: the residual adds) per pixel its n_out channels (out.row).
+//             padding is z). Tap (a, b, c) of output pixel ow of row oh is then
+//             line(oh sh + a dh - ph, c, (b dw) mod sw)[ow + (b dw) div sw]: for consecutive
+//             pixels, consecutive floats.
+//   pixels    tile of JB <= 4 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
+//             weight broadcasts, JB PB multiply-adds; the sums to int32 (cvttps2dq), then per
+//             channel the row's pixels in lanes through the output stage (out.column,
+//             output_stage.hpp "Columns"), or per pixel (out.row) when a stage has no column
+//             form (the residual adds).
+//   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
+//             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
+//             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,
+//             n_out), with no transpose.
 //
 // Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
 // one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
