@@ -12,6 +12,11 @@
 //     lenet.fc1 256 -> 120, lenet.fc2 120 -> 84, lenet.fc3 84 -> 10, vgg.fc1 3136 -> 256,
 //     vgg.fc2 256 -> 10
 // Every output goes through the requantizing stage to u8 (scale, bias, ReLU, round, clamp).
+// The first convs (C = 1: lenet.conv1 28x28, 5x5; vgg.conv1 28x28, 3x3 pad 1) also run as the
+// packed engine runs them, the direct convolution (kernels/packed/direct_conv.hpp: no im2row,
+// lanes over pixels; its codes decoded from the packed weights in every call, as the engine
+// does): rows int_gemm/direct/<k>bit/<shape>, the same 2 m n K operations per call ("/ path
+// peak" is then over the machine's int8 peak).
 //
 // Rows: int_gemm/<path>/<k>bit/<shape>, int_gemm/float/<shape> (bitgrad::gemm, 1 thread, as
 // the packed kernels run on the calling thread), int_gemm/peak/<path>. The counter GOP/s is
@@ -25,6 +30,7 @@
 // Timings on a shared machine are noisy; compare rows of one run, and re-measure on an idle
 // machine before quoting numbers.
 #include <bitgrad/kernels/gemm.hpp>
+#include <bitgrad/kernels/packed/direct_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 
 #include <benchmark/benchmark.h>
@@ -51,13 +57,14 @@ using namespace bitgrad;
 struct int_shape {
   std::string name;
   std::size_t m, n, k;
+  std::size_t side = 0, kernel = 0, pad = 0; ///< a first conv (C = 1, side x side, stride 1)
 };
 
 std::vector<int_shape> shapes() {
   std::vector<int_shape> s = {
-      {"lenet.conv1.image", 576, 6, 25}, {"lenet.conv2.image", 64, 16, 150},
-      {"vgg.conv1.image", 784, 32, 9},   {"vgg.conv2.image", 784, 32, 288},
-      {"vgg.conv3.image", 196, 64, 288}, {"vgg.conv4.image", 196, 64, 576},
+      {"lenet.conv1.image", 576, 6, 25, 28, 5, 0}, {"lenet.conv2.image", 64, 16, 150},
+      {"vgg.conv1.image", 784, 32, 9, 28, 3, 1},   {"vgg.conv2.image", 784, 32, 288},
+      {"vgg.conv3.image", 196, 64, 288},           {"vgg.conv4.image", 196, 64, 576},
   };
   for (std::size_t b : {1, 256}) {
     const std::string tag = ".b" + std::to_string(b);
@@ -115,6 +122,34 @@ void run_int(benchmark::State& state, const int_shape& s, int_isa path, int bits
   state.counters["GOP/s"] =
       2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
   state.counters["resident_bytes"] = double(x.w.resident_bytes());
+  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+}
+
+/// A first conv (C = 1) as the direct convolution, into the same output stage.
+void run_direct(benchmark::State& state, const int_shape& s, int bits) {
+  int_operands x(s, bits);
+  x.scale.resize(output::lane_padded(s.n)), x.bias.resize(output::lane_padded(s.n));
+  direct_conv_geometry g;
+  g.height = g.width = s.side, g.kernel_h = g.kernel_w = s.kernel, g.pad_h = g.pad_w = s.pad;
+  g.out_h = g.out_w = s.side + 2 * s.pad - s.kernel + 1;
+  const auto out = output::make_padded_pipeline(output::scale_bias{x.scale.data(), x.bias.data()},
+                                                output::clamp{0.0f}, output::quantize_u8{20.0f},
+                                                output::store<std::uint8_t>{x.y.data(), s.n});
+  std::vector<std::int8_t> codes(s.n * s.k);
+  auto call = [&] {
+    packed_codes(x.w, codes.data());
+    direct_conv(g, x.a.data(), 0, codes.data(), s.n, 0, g.plane(), out);
+  };
+  call();
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    benchmark::ClobberMemory();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  state.counters["GOP/s"] =
+      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
   state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
 }
 
@@ -318,6 +353,13 @@ int main(int argc, char** argv) {
                                      run_int, s, p, bits)
             ->Unit(benchmark::kMicrosecond)
             ->MinTime(0.1);
+    if (s.side)
+      for (int bits = 1; bits <= packed_max_bits; ++bits)
+        benchmark::RegisterBenchmark(
+            ("int_gemm/direct/" + std::to_string(bits) + "bit/" + s.name).c_str(), run_direct, s,
+            bits)
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.1);
   }
 
   rate_reporter reporter;
@@ -352,6 +394,13 @@ int main(int argc, char** argv) {
                     dims.c_str(), int_isa_name(p), bits, r, pp > 0 ? r / pp : 0.0,
                     machine_peak > 0 ? r / machine_peak : 0.0, f > 0 ? r / f : 0.0);
       }
+    }
+    for (int bits = 1; s.side && bits <= packed_max_bits; ++bits) {
+      const double r = rate("int_gemm/direct/" + std::to_string(bits) + "bit/" + s.name);
+      if (r == 0) continue;
+      const double mp = machine_peak > 0 ? r / machine_peak : 0.0;
+      std::printf("| %s | %s | direct | %d | %.1f | %.2f | %.2f | %.2f |\n", s.name.c_str(),
+                  dims.c_str(), bits, r, mp, mp, f > 0 ? r / f : 0.0);
     }
   }
   benchmark::Shutdown();

@@ -187,6 +187,10 @@ TEST_CASE("packed engine: the plan fuses relu, max-pool and flatten into each la
   CHECK(plan.steps[0].in_zero == 128);
   CHECK_FALSE(plan.steps[4].out_u8);
   CHECK(plan.steps[3].out_u8);
+  // conv1 (C = 1, K = 25) runs as a direct convolution, conv2 (C = 6) as im2row + packed_gemm.
+  CHECK(rt.engine().direct(0));
+  CHECK_FALSE(rt.engine().direct(1));
+  CHECK_FALSE(rt.engine().direct(2));
 }
 
 TEST_CASE("packed engine: an uncalibrated model is refused, then calibrated at load") {
@@ -305,6 +309,8 @@ TEST_CASE("packed engine: odd geometry (stride, padding, dilation, 3x3 pools, no
   const deploy::runtime rt(format::from_bytes(format::to_bytes(m)));
   REQUIRE(rt.packed_ready());
   CHECK(rt.engine().plan().steps[1].in_zero == 128); // c1 has no ReLU
+  CHECK(rt.engine().direct(0));       // C = 3, K = 18: the direct path (with dilation)
+  CHECK_FALSE(rt.engine().direct(1)); // C = 5
   const tensor2<float> want = deploy::ref::run_integer(m, x.data(), batch);
   for (int_isa p : all_int_isas) {
     if (!int_isa_supported(p)) continue;

@@ -3,11 +3,15 @@
 // file's payload, and every compiled path of packed_gemm / packed_gemv against the reference
 // twin ref::packed_gemm and against a plain loop over the original codes, exactly, on odd
 // shapes, every bitwidth, mixed and ragged groups, extreme codes and activations, zero points,
-// and the largest depth. Paths the CPU lacks are reported as skipped.
+// and the largest depth. Paths the CPU lacks are reported as skipped. The direct convolution
+// (direct_conv.hpp, few input channels) against its twin ref::direct_conv and against im2row +
+// ref::packed_gemm, on odd shapes and row ranges, raw and through the requantizing output stage.
 //
 // aarch64: scripts/test-aarch64.sh cross-builds this file with g++-aarch64-linux-gnu and runs it
 // under qemu-aarch64 (the neon and neon_dot paths).
+#include <bitgrad/kernels/packed/direct_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
+#include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <doctest/doctest.h>
 
@@ -630,6 +634,193 @@ TEST_CASE("output stages: requantize, clamp and store, composed") {
   CHECK(output::quantize_u8{1.0f, 7}(nan, 0, 0) == 7);
   CHECK(output::quantize_u8{1.0f, 0}(2.5f, 0, 0) == 2);
   CHECK(output::quantize_u8{1.0f, 0}(-3.0f, 0, 0) == 0);
+}
+
+} // namespace test_packed_kernels
+
+namespace test_packed_kernels {
+
+namespace {
+
+/// The rows [r0, r1) of im2row on u8 NHWC (depth order (a, b, c), padding z), the input of the
+/// packed_gemm path the direct convolution replaces.
+std::vector<std::uint8_t> im2row(const direct_conv_geometry& g, const std::vector<std::uint8_t>& x,
+                                 std::uint8_t z, std::size_t r0, std::size_t r1) {
+  const std::size_t K = g.depth(), plane = g.plane();
+  std::vector<std::uint8_t> a((r1 - r0) * K, z);
+  for (std::size_t r = r0; r < r1; ++r) {
+    const std::size_t n = r / plane, oh = r % plane / g.out_w, ow = r % plane % g.out_w;
+    for (std::size_t ka = 0; ka < g.kernel_h; ++ka)
+      for (std::size_t kb = 0; kb < g.kernel_w; ++kb) {
+        const long ih = long(oh * g.stride_h + ka * g.dilation_h) - long(g.pad_h);
+        const long iw = long(ow * g.stride_w + kb * g.dilation_w) - long(g.pad_w);
+        if (ih < 0 || iw < 0 || ih >= long(g.height) || iw >= long(g.width)) continue;
+        for (std::size_t c = 0; c < g.channels; ++c)
+          a[(r - r0) * K + (ka * g.kernel_w + kb) * g.channels + c] =
+              x[((n * g.height + std::size_t(ih)) * g.width + std::size_t(iw)) * g.channels + c];
+      }
+  }
+  return a;
+}
+
+direct_conv_geometry conv_geometry(std::size_t c, std::size_t h, std::size_t w, std::size_t kh,
+                                   std::size_t kw, std::size_t s, std::size_t pad, std::size_t d) {
+  direct_conv_geometry g;
+  g.channels = c, g.height = h, g.width = w, g.kernel_h = kh, g.kernel_w = kw;
+  g.stride_h = s, g.stride_w = s, g.pad_h = pad, g.pad_w = pad, g.dilation_h = d, g.dilation_w = d;
+  g.out_h = (h + 2 * pad - (kh - 1) * d - 1) / s + 1;
+  g.out_w = (w + 2 * pad - (kw - 1) * d - 1) / s + 1;
+  return g;
+}
+
+std::string describe(const direct_conv_geometry& g, std::size_t n_out, std::size_t batch,
+                     int zero) {
+  return "C=" + std::to_string(g.channels) + " H=" + std::to_string(g.height) +
+         " W=" + std::to_string(g.width) + " k=" + std::to_string(g.kernel_h) + "x" +
+         std::to_string(g.kernel_w) + " s=" + std::to_string(g.stride_h) +
+         " p=" + std::to_string(g.pad_h) + " d=" + std::to_string(g.dilation_h) +
+         " n_out=" + std::to_string(n_out) + " batch=" + std::to_string(batch) +
+         " zero=" + std::to_string(zero);
+}
+
+/// direct_conv and ref::direct_conv on rows [r0, r1) into int32 (rows x n_out) and through the
+/// padded requantizing pipeline (u8), checked against im2row + ref::packed_gemm.
+void check_direct(const direct_conv_geometry& g, const tensor_codes& t, std::size_t batch,
+                  std::uint8_t z, std::size_t r0, std::size_t r1, std::mt19937& rng) {
+  const std::size_t n = t.channels, m = r1 - r0;
+  std::vector<std::uint8_t> x(batch * g.height * g.width * g.channels);
+  for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+  std::vector<std::int8_t> codes(t.codes.size());
+  for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::int8_t>(t.codes[i]);
+  const std::string what =
+      describe(g, n, batch, z) + " rows=[" + std::to_string(r0) + "," + std::to_string(r1) + ")";
+  INFO(what);
+  const std::vector<std::uint8_t> a = im2row(g, x, z, r0, r1);
+  const std::vector<std::int32_t> want = run(int_isa::reference, t.pack(), m, a, g.depth(), z);
+  std::vector<std::int32_t> got_ref(m * n, -1), got(m * n, -1);
+  ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
+                   output::make_pipeline(output::store_int32{got_ref.data(), n, 1}));
+  direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
+              output::make_pipeline(output::store_int32{got.data(), n, 1}));
+  REQUIRE(got_ref == want);
+  CHECK(got == want);
+  // Through scale_bias -> ReLU -> quantize_u8 (padded rows, as the engine's stage), against
+  // the scalar calls of the twin.
+  std::vector<float> scale(output::lane_padded(n)), bias(output::lane_padded(n));
+  for (std::size_t j = 0; j < n; ++j) {
+    scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
+    bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+  }
+  auto u8 = [&](std::uint8_t* y) {
+    return output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                        output::clamp{0.0f}, output::quantize_u8{8.0f, 3},
+                                        output::store<std::uint8_t>{y, n});
+  };
+  std::vector<std::uint8_t> want_u8(m * n, 7), got_u8(m * n, 9);
+  ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(want_u8.data()));
+  direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(got_u8.data()));
+  CHECK(got_u8 == want_u8);
+  // With a float residual add (no column form: the per-pixel rows), to float.
+  std::vector<float> res(m * n);
+  for (auto& v : res) v = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  auto f32 = [&](float* y) {
+    return output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                        output::add_f32{res.data(), n}, output::clamp{0.0f},
+                                        output::store<float>{y, n});
+  };
+  std::vector<float> want_f(m * n, 7.0f), got_f(m * n, 9.0f);
+  ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(want_f.data()));
+  direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(got_f.data()));
+  CHECK(got_f == want_f);
+}
+
+} // namespace
+
+TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd shapes") {
+  std::mt19937 rng(61);
+  MESSAGE("direct_conv: " << simd_lanes<float> << " float lanes (" << std::string(simd_arch_name())
+                          << ")");
+  std::size_t cases = 0;
+  for (std::size_t c : {1u, 2u, 3u})
+    for (std::size_t k : {1u, 3u, 5u})
+      for (std::size_t s : {1u, 2u})
+        for (std::size_t pad : {0u, 1u, 2u}) {
+          if (pad >= k && k > 1) continue;
+          // Widths that are not multiples of any lane count, and one below a register.
+          const std::size_t w = std::vector<std::size_t>{5, 13, 19, 37}[rng() % 4];
+          const std::size_t h = k + rng() % 9;
+          const std::size_t batch = rng() % 2 ? 1 : 3;
+          const direct_conv_geometry g = conv_geometry(c, h, w, k, k, s, pad, 1);
+          const std::size_t n_out = std::vector<std::size_t>{1, 3, 6, 16, 19}[rng() % 5];
+          // Mixed 1..8-bit codes, one bitwidth per channel.
+          const tensor_codes t =
+              make_codes(n_out, g.depth(), 1, random_bits(n_out, rng), codes_kind::random, rng);
+          const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+          const std::size_t rows = batch * g.plane();
+          check_direct(g, t, batch, z, 0, rows, rng);
+          // A band of output rows within an image, and a range starting and ending mid-row.
+          const std::size_t oh0 = rng() % g.out_h, oh1 = oh0 + 1 + rng() % (g.out_h - oh0);
+          check_direct(g, t, batch, z, oh0 * g.out_w, oh1 * g.out_w, rng);
+          const std::size_t r0 = rng() % rows, r1 = r0 + 1 + rng() % (rows - r0);
+          check_direct(g, t, batch, z, r0, r1, rng);
+          ++cases;
+        }
+  MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
+}
+
+TEST_CASE("direct_conv: packed_codes reads back every code, mixed and ragged classes") {
+  std::mt19937 rng(63);
+  for (std::size_t n : {1u, 6u, 16u, 19u, 40u})
+    for (std::size_t depth : {1u, 9u, 25u, 27u, 36u}) {
+      const std::size_t gs = 1 + rng() % n;
+      const tensor_codes t =
+          make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
+      std::vector<std::int8_t> codes(n * depth, 99);
+      packed_codes(t.pack(), codes.data());
+      bool same = true;
+      for (std::size_t i = 0; i < codes.size(); ++i) same = same && codes[i] == t.codes[i];
+      CHECK(same);
+    }
+}
+
+TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest depth") {
+  std::mt19937 rng(62);
+  // 3 -> 5, k(3, 2) s2 p1 d2; 4 channels 3x3 s1 p1 (the largest C of the rule).
+  for (const direct_conv_geometry& g0 :
+       {conv_geometry(3, 13, 11, 3, 3, 2, 1, 2), conv_geometry(4, 9, 23, 3, 3, 1, 1, 1)}) {
+    direct_conv_geometry g = g0;
+    if (g.channels == 3) { // kernel 3 x 2
+      g.kernel_w = 2;
+      g.out_w = (g.width + 2 * g.pad_w - (g.kernel_w - 1) * g.dilation_w - 1) / g.stride_w + 1;
+    }
+    CHECK(direct_conv_fits(g));
+    const tensor_codes t =
+        make_codes(7, g.depth(), 2, random_bits(4, rng), codes_kind::random, rng);
+    check_direct(g, t, 3, 128, 0, 3 * g.plane(), rng);
+  }
+  // K = 2 * 16 * 16 = 512: every tap 255 * 127 (x = 255, z = 0) sums to 255 * 127 * 512, exact.
+  const direct_conv_geometry g = conv_geometry(2, 16, 21, 16, 16, 1, 0, 1);
+  REQUIRE(g.depth() == direct_conv_max_depth);
+  CHECK(direct_conv_fits(g));
+  CHECK_FALSE(direct_conv_fits(conv_geometry(5, 8, 8, 1, 1, 1, 0, 1)));
+  CHECK_FALSE(direct_conv_fits(conv_geometry(3, 16, 16, 14, 14, 1, 0, 1))); // K = 588
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::alternating}) {
+    const tensor_codes t = make_codes(3, g.depth(), 3, {8}, kind, rng);
+    std::vector<std::int8_t> codes(t.codes.size());
+    for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::int8_t>(t.codes[i]);
+    const std::vector<std::uint8_t> x(g.height * g.width * g.channels, 255);
+    std::vector<std::int32_t> got(g.plane() * 3, 0);
+    direct_conv(g, x.data(), 0, codes.data(), 3, 0, g.plane(),
+                output::make_pipeline(output::store_int32{got.data(), 3, 1}));
+    const std::int64_t full = 255 * 127 * std::int64_t(direct_conv_max_depth);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const std::int64_t want = kind == codes_kind::max   ? full
+                                : kind == codes_kind::min ? -full
+                                                          : std::int64_t(0);
+      CHECK(got[i] == want);
+    }
+    check_direct(g, t, 1, 0, 0, g.plane(), rng);
+  }
 }
 
 } // namespace test_packed_kernels

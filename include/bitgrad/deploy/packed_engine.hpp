@@ -7,6 +7,11 @@
 //            inputs in order (kh, kw, c), so each (kh, kw) is one memcpy of C bytes; padding
 //            is the zero point z (it adds 0). The weights' depth is reordered to (kh, kw, c) at
 //            load to match.
+//   conv2d with few input channels (direct_conv_fits: C <= 4, K = C kh kw <= 512; a network's
+//            first conv): no im2row, kernels/packed/direct_conv.hpp computes the same exact
+//            int32 sums straight from u8 NHWC, lanes over output pixels, into the same output
+//            stage (ref::direct_conv on the reference path). Its codes are decoded from the
+//            packed weights once per call (C kh kw x channels bytes of scratch; LeNet: 150).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -30,8 +35,10 @@
 #include <bitgrad/deploy/image_blocks.hpp>
 #include <bitgrad/deploy/integer_plan.hpp>
 #include <bitgrad/format/model.hpp>
+#include <bitgrad/kernels/packed/direct_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 #include <bitgrad/kernels/parallel.hpp>
+#include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -80,6 +87,33 @@ struct fused_store {
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply(const B& v, std::size_t i, std::size_t j0) const {
     store_lanes<B, B::size>(v, i, j0, B::size);
+  }
+  /// Lanes are rows i0 .. i0 + n - 1 of channel j (output_stage.hpp: "Columns"): one place
+  /// per row, the max into a pooled pixel as the scalar call.
+  static constexpr bool columns = true;
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_column(const B& v, std::size_t i0, std::size_t j,
+                                          std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    if (!row_at) {
+      for (std::size_t l = 0; l < n; ++l) {
+        const std::ptrdiff_t at = offset(row0 + i0 + l, j);
+        if (at >= 0) write(y[at], static_cast<T>(lane[l]));
+      }
+      return;
+    }
+    // The channel's offset once; the rows' places from row_at.
+    const std::ptrdiff_t* at = row_at + i0;
+    T* yj = y + j * channel_stride();
+    if (pool) {
+      for (std::size_t l = 0; l < n; ++l)
+        if (at[l] >= 0) yj[at[l]] = std::max(yj[at[l]], static_cast<T>(lane[l]));
+    } else {
+      for (std::size_t l = 0; l < n; ++l)
+        if (at[l] >= 0) yj[at[l]] = static_cast<T>(lane[l]);
+    }
   }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
@@ -184,6 +218,7 @@ public:
     plan_ = integer_plan::of(m, [](std::size_t, std::size_t) { return 1.0f; });
     if (!plan_.supported()) return;
     weights_.resize(plan_.steps.size());
+    direct_.resize(plan_.steps.size());
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       if (!s.gemm()) continue; // a global pool: no weights
@@ -208,9 +243,11 @@ public:
         plan_.unsupported = "operation " + std::to_string(s.op) + " (" + op.name + "): " + e.what();
         plan_.steps.clear();
         weights_.clear();
+        direct_.clear();
         payload_ = 0;
         return;
       }
+      direct_[k] = s.conv && direct_conv_fits(geometry_of(s));
       payload_ += t.kind == format::tensor_kind::quantized
                       ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
                       : t.element_count() * sizeof(float);
@@ -251,6 +288,20 @@ public:
   const integer_plan& plan() const { return plan_; }
   /// The packed weights of step k.
   const packed_weights& weights(std::size_t k) const { return weights_[k]; }
+  /// True when step k runs as a direct convolution (direct_conv_fits), not im2row + packed_gemm.
+  bool direct(std::size_t k) const { return k < direct_.size() && direct_[k]; }
+
+  /// The direct convolution shape of a conv step.
+  static direct_conv_geometry geometry_of(const integer_step& s) {
+    direct_conv_geometry g;
+    g.channels = s.in_shape.dims[0], g.height = s.in_shape.dims[1], g.width = s.in_shape.dims[2];
+    g.kernel_h = s.c.kernel_h, g.kernel_w = s.c.kernel_w;
+    g.stride_h = s.c.stride_h, g.stride_w = s.c.stride_w;
+    g.pad_h = s.c.pad_h, g.pad_w = s.c.pad_w;
+    g.dilation_h = s.c.dilation_h, g.dilation_w = s.c.dilation_w;
+    g.out_h = s.conv_out.dims[1], g.out_w = s.conv_out.dims[2];
+    return g;
+  }
 
   /// Bytes the packed weights keep (codes, bitwidths, scales), and what the file stores for
   /// the same weights (codes at their bitwidths + 5 bytes per group; 4 per float32 weight).
@@ -481,11 +532,11 @@ private:
     return st;
   }
 
-  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0:
-  /// scale_bias -> [residual add] -> [ReLU] -> [quantize_u8] -> fused_store.
-  template <class T>
-  void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
-            T* y, const residual_in& res) const {
+  /// The step's output stage for rows [0, m), numbered from row0, handed to f as the functor
+  /// the kernels call: scale_bias -> [residual add] -> [ReLU] -> [quantize_u8] -> fused_store.
+  template <class T, class F>
+  void with_output(std::size_t k, std::size_t m, std::size_t row0, T* y, const residual_in& res,
+                   const F& f) const {
     const integer_step& s = plan_.steps[k];
     detail::fused_store<T> st = store_of(s, y);
     st.row0 = row0;
@@ -494,11 +545,8 @@ private:
     st.row_offsets(row0, m, row_at.data());
     st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
-    const std::size_t lda = s.depth;
-    auto run = [&](auto... stages) {
-      // scale and bias are padded to lane_padded(channels) (integer_plan)
-      packed_gemm(isa, m, a, lda, s.in_zero, weights_[k], output::make_padded_pipeline(stages...));
-    };
+    // scale and bias are padded to lane_padded(channels) (integer_plan)
+    auto run = [&](auto... stages) { f(output::make_padded_pipeline(stages...)); };
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {
         const output::quantize_u8 q = s.out_quantizer();
@@ -521,6 +569,40 @@ private:
       finish(sb, output::add_f32{res.f + at, s.channels});
     else
       finish(sb);
+  }
+
+  /// packed_gemm on rows [0, m) of A with the step's output stage, rows numbered from row0.
+  template <class T>
+  void gemm(std::size_t k, int_isa isa, std::size_t m, const std::uint8_t* a, std::size_t row0,
+            T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    with_output(k, m, row0, y, res, [&](const auto& out) {
+      packed_gemm(isa, m, a, s.depth, s.in_zero, weights_[k], out);
+    });
+  }
+
+  /// Rows [r0, r1) of a direct step's output pixels (direct_conv.hpp), in blocks of whole
+  /// output rows (r0 is a row's first pixel when the range comes from run_step; any r0 works).
+  template <class T>
+  void direct_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0,
+                   std::size_t r1, T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    const direct_conv_geometry g = geometry_of(s);
+    const std::size_t block = std::max<std::size_t>(1, 2048 / g.out_w) * g.out_w;
+    // The codes, decoded from the packed weights once per call (no second copy is kept).
+    thread_local std::vector<std::int8_t> codes_buffer;
+    codes_buffer.resize(s.channels * s.depth);
+    packed_codes(weights_[k], codes_buffer.data());
+    const std::int8_t* codes = codes_buffer.data();
+    for (std::size_t b0 = r0; b0 < r1; b0 += block) {
+      const std::size_t b1 = std::min(r1, b0 + block);
+      with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
+        if (isa == int_isa::reference)
+          bitgrad::ref::direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+        else
+          direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+      });
+    }
   }
 
   template <class T>
@@ -592,10 +674,15 @@ private:
     std::memcpy(dst + n - sizeof(W), &tail, sizeof(W));
   }
 
-  /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm.
+  /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm, or the direct
+  /// path.
   template <class T>
   void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
                  T* y, const residual_in& res) const {
+    if (direct(k)) {
+      direct_rows(k, isa, x, r0, r1, y, res);
+      return;
+    }
     const integer_step& s = plan_.steps[k];
     constexpr std::size_t block = 512;
     const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
@@ -653,6 +740,7 @@ private:
 
   integer_plan plan_;
   std::vector<packed_weights> weights_;
+  std::vector<char> direct_; ///< per step: runs as a direct convolution (direct_conv_fits)
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t block_images_ = 0; ///< set_block_images (0: automatic)

@@ -21,6 +21,12 @@
 // contraction cannot make the two differ) and a separate multiply and add where it has none;
 // test_packed_kernels holds them against each other.
 //
+// Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
+// the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
+// broadcast); a pipeline of such stages (marked `columns = true`) gets `column(i0, j, acc,
+// count)`, which a kernel whose lanes are rows (the direct convolution: output pixels) calls.
+// The same bits again: each lane runs the operations of the scalar call.
+//
 // Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
 // channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
 // take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
@@ -74,6 +80,10 @@ concept lane_stage = S::lanes;
 template <class S>
 concept padded_stage = S::padded;
 
+/// True for a stage with a column overload, apply_column(batch, i0, j) (`columns = true`).
+template <class S>
+concept column_stage = S::columns;
+
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
 /// (marked `partial = true`).
 template <class S>
@@ -106,6 +116,12 @@ struct scale_bias {
     return detail::mul_add(xsimd::to_float(acc), F::load_unaligned(scale + j0),
                            bias ? F::load_unaligned(bias + j0) : F(0.0f));
   }
+  static constexpr bool columns = true;
+  template <class B>
+  BITGRAD_ALWAYS_INLINE auto apply_column(const B& acc, std::size_t, std::size_t j) const {
+    using F = xsimd::batch<float, typename B::arch_type>;
+    return detail::mul_add(xsimd::to_float(acc), F(scale[j]), F(bias ? bias[j] : 0.0f));
+  }
 };
 
 /// value = min(max(value, lo), hi); NaN becomes lo. ReLU is clamp{0}, ReLU6 clamp{0, 6}.
@@ -124,6 +140,11 @@ struct clamp {
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t, std::size_t) const {
     // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
     return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
+  }
+  static constexpr bool columns = true;
+  template <class B>
+  BITGRAD_ALWAYS_INLINE B apply_column(const B& v, std::size_t i, std::size_t j) const {
+    return apply(v, i, j);
   }
 };
 
@@ -197,6 +218,11 @@ struct quantize_u8 {
     q = xsimd::min(xsimd::max(q, B(lo)), B(hi));
     return xsimd::to_int(q);
   }
+  static constexpr bool columns = true;
+  template <class B>
+  BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
+    return apply(v, i, j);
+  }
 };
 
 /// Stores the value at y[i * row_stride + j * col_stride] (the last stage).
@@ -237,6 +263,16 @@ struct store {
     T* dst = y + i * row_stride + j0 * col_stride;
     for (std::size_t l = 0; l < n; ++l) dst[l * col_stride] = static_cast<T>(lane_values[l]);
   }
+  /// Lanes are rows i0 .. i0 + n - 1 of channel j (n <= lanes).
+  static constexpr bool columns = true;
+  template <class B>
+  void apply_column(const B& v, std::size_t i0, std::size_t j, std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane_values[B::size];
+    v.store_aligned(lane_values);
+    T* dst = y + i0 * row_stride + j * col_stride;
+    for (std::size_t l = 0; l < n; ++l) dst[l * row_stride] = static_cast<T>(lane_values[l]);
+  }
 };
 
 /// Stores the raw int32 sum (tests, or a caller that requantizes itself).
@@ -267,7 +303,36 @@ struct pipeline {
     for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
   }
 
+  /// Rows i0 .. i0 + count - 1 of channel j (acc[l]: row i0 + l), in lanes; the last count %
+  /// lanes as one lane batch of which the last stage stores count % lanes.
+  BITGRAD_ALWAYS_INLINE void column(std::size_t i0, std::size_t j, const std::int32_t* acc,
+                                    std::size_t count) const
+      requires(detail::column_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = stages; // see row
+#if BITGRAD_HAS_SIMD
+    using B = simd_batch<std::int32_t>;
+    std::size_t c = 0;
+    for (; c + B::size <= count; c += B::size)
+      run_column<0>(s, B::load_unaligned(acc + c), i0 + c, j, B::size);
+    if (c < count) {
+      alignas(64) std::int32_t tail[B::size] = {};
+      std::memcpy(tail, acc + c, (count - c) * sizeof(std::int32_t));
+      run_column<0>(s, B::load_aligned(tail), i0 + c, j, count - c);
+    }
+#else
+    for (std::size_t c = 0; c < count; ++c) run<0>(s, acc[c], i0 + c, j);
+#endif
+  }
+
 protected:
+  template <std::size_t I, class V>
+  BITGRAD_ALWAYS_INLINE static void run_column(const std::tuple<Stages...>& s, const V& v,
+                                               std::size_t i0, std::size_t j, std::size_t n) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      std::get<I>(s).apply_column(v, i0, j, n);
+    else
+      run_column<I + 1>(s, std::get<I>(s).apply_column(v, i0, j), i0, j, n);
+  }
   template <std::size_t I, class V>
   BITGRAD_ALWAYS_INLINE static void run(const std::tuple<Stages...>& s, V v, std::size_t i,
                                         std::size_t j) {

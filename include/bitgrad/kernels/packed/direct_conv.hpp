@@ -1,0 +1,373 @@
+// Direct convolution for layers with few input channels (a network's first conv: C = 1 for
+// Fashion-MNIST), the packed engine's path where im2row + packed_gemm wastes its lanes (K = C kh
+// kw padded to quads, 6 of 16 channel lanes, im2row copying runs of kw C bytes per pixel).
+// Same contract as the reference twin bitgrad::ref::direct_conv (kernels/ref/direct_conv.hpp):
+//
+//   acc(r, j) = sum_{a, b, c} (x(n, oh sh + a dh - ph, ow sw + b dw - pw, c) - z) w(j, (a kw + b) C
+//   + c)
+//
+// for output pixels r = (n OH + oh) OW + ow in [r0, r1), handed to the same output stages as
+// packed_gemm (out.row(r - r0, 0, acc, n_out) per pixel, channels consecutive; out(i, j, acc)
+// for a pipeline without lane overloads).
+//
+// The rule (direct_conv_fits): C <= 4 and K <= 512. Lanes are output pixels when the channels
+// do not fill a register (n_out < L, L = simd_lanes<float>: 4 SSE2 / NEON, 8 AVX2, 16 AVX-512;
+// LeNet's 6), else channels (VGG's 16, 32), and the pipeline takes rows:
+//
+//   lines     every input row the call needs, per channel c and column phase f < sw, as float
+//             x - z: line(ih, c, f)[t] = x(ih, f + t sw - pw, c) - z, 0 outside the image (the
+//             padding is z). Tap (a, b, c) of output pixel ow of row oh is then
+//             line(oh sh + a dh - ph, c, (b dw) mod sw)[ow + (b dw) div sw]: for consecutive
+//             pixels, consecutive floats.
+//   pixels    tile of JB <= 4 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
+//             weight broadcasts, JB PB multiply-adds; the sums to int32 (cvttps2dq), then per
+//             channel the row's pixels in lanes through the output stage (out.column,
+//             output_stage.hpp "Columns"), or per pixel (out.row) when a stage has no column
+//             form (the residual adds).
+//   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
+//             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
+//             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,
+//             n_out), with no transpose.
+//
+// Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
+// one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
+// (fused or not) rounds nothing: the int32 sums equal the integer ones bit for bit. The weights
+// are the int8 codes (n_out x K, depth order (a, b, c)), widened to float once per call. Lines
+// are built once per call and image (each input row once, shared by the kh output rows that
+// read it), so the call's rows may be any range: whole images or bands of output rows.
+//
+// Scratch is thread_local: concurrent calls from several threads are safe. Without SIMD
+// (BITGRAD_NO_SIMD) the reference twin runs.
+#pragma once
+
+#include <bitgrad/core/simd.hpp>
+#include <bitgrad/kernels/packed/output_stage.hpp>
+#include <bitgrad/kernels/packed/packed_decode.hpp>
+#include <bitgrad/kernels/ref/direct_conv.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bitgrad {
+
+/// Most input channels of a conv the direct path takes.
+inline constexpr std::size_t direct_conv_max_channels = 4;
+/// Longest depth K = C kh kw: 255 * 127 * K < 2^24, so the float sums are exact.
+inline constexpr std::size_t direct_conv_max_depth = 512;
+static_assert(255 * 127 * direct_conv_max_depth < (std::size_t(1) << 24));
+
+/// True when the direct path takes a conv of geometry g (the rule at the top).
+inline bool direct_conv_fits(const direct_conv_geometry& g) {
+  return g.channels >= 1 && g.channels <= direct_conv_max_channels && g.depth() >= 1 &&
+         g.depth() <= direct_conv_max_depth && g.stride_h >= 1 && g.stride_w >= 1 &&
+         g.dilation_h >= 1 && g.dilation_w >= 1;
+}
+
+/// Every code of w as int8, codes[j * K + p] (channel j in original order, K = w.depth()): the
+/// weights of direct_conv. Full-tile quads are read plane by plane (packed_weights.hpp: element
+/// e = 4 c + p' of a quad sits in byte e mod B of each plane, at bit f (e div B)); the tail and
+/// ragged tiles with the streaming scalar decoder of packed_decode.hpp.
+inline void packed_codes(const packed_weights& w, std::int8_t* codes) {
+  const std::size_t n = w.channels(), K = w.depth();
+  const std::size_t quads = (K + packed_quad - 1) / packed_quad, full_quads = K / packed_quad;
+  thread_local std::vector<std::uint32_t> order;
+  thread_local std::vector<std::int8_t> panel;
+  order.resize(n);
+  w.channel_order(order.data());
+  for (int k = 1; k <= packed_max_bits; ++k) {
+    const packed_layout l = packed_layout_of(k);
+    for (std::size_t t = 0; t < w.class_tiles(k); ++t) {
+      const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
+      const std::size_t r = w.tile_channels(k, t);
+      std::size_t q0 = 0; // quads below q0 are decoded here, the rest by the scalar decoder
+      if (w.tile_full_layout(k, t)) {
+        const std::uint8_t* base = w.tile_data(k, t);
+        for (std::size_t q = 0; q < full_quads; ++q, base += l.quad_bytes)
+          for (std::size_t e = 0; e < packed_quad_codes; ++e) {
+            std::int32_t code;
+            if (l.raw_bytes) {
+              code = static_cast<std::int8_t>(base[e]);
+            } else {
+              std::uint32_t u = 0;
+              const std::uint8_t* plane = base;
+              for (int i = 0; i < l.planes; ++i) {
+                const int f = l.plane[i].width;
+                const std::size_t B = 8 * std::size_t(f);
+                u |=
+                    ((std::uint32_t(plane[e % B]) >> (std::size_t(f) * (e / B))) & ((1u << f) - 1u))
+                    << l.plane[i].shift;
+                plane += B;
+              }
+              code = packed_code(u, k);
+            }
+            const std::size_t c = e / packed_quad;
+            if (c < r)
+              codes[chan[c] * K + q * packed_quad + e % packed_quad] =
+                  static_cast<std::int8_t>(code);
+          }
+        q0 = full_quads;
+      }
+      if (q0 == quads) continue;
+      // panel[q - q0][c][p'] = code(c, 4 q + p') (packed_decode.hpp)
+      panel.resize((quads - q0) * packed_quad_codes);
+      detail::packed_decode_generic(w, k, t, q0, quads, panel.data(), nullptr);
+      for (std::size_t c = 0; c < r; ++c)
+        for (std::size_t p = q0 * packed_quad; p < K; ++p)
+          codes[chan[c] * K + p] =
+              panel[(p / packed_quad - q0) * packed_quad_codes + c * packed_quad + p % packed_quad];
+    }
+  }
+}
+
+namespace detail {
+
+struct direct_conv_scratch {
+  std::vector<float> lines, weights, weights_t;
+  std::vector<std::int32_t> acc, row;
+  std::vector<std::uint32_t> offsets;
+};
+
+inline direct_conv_scratch& direct_scratch() {
+  thread_local direct_conv_scratch s;
+  return s;
+}
+
+#if BITGRAD_HAS_SIMD
+/// One tile: channels j0 .. j0 + JB - 1 (weights w, K apart) of PB registers of pixels read at
+/// src + off[p] (+ q L); the int32 sums to acc + jb * acc_stride + q L.
+template <class B, std::size_t JB, std::size_t PB>
+BITGRAD_ALWAYS_INLINE void direct_tile(const float* src, const std::uint32_t* off, std::size_t K,
+                                       const float* w, std::int32_t* acc, std::size_t acc_stride) {
+  constexpr std::size_t L = B::size;
+  B s[JB][PB];
+  for (std::size_t jb = 0; jb < JB; ++jb)
+    for (std::size_t q = 0; q < PB; ++q) s[jb][q] = B(0.0f);
+  for (std::size_t p = 0; p < K; ++p) {
+    const float* in = src + off[p];
+    B xv[PB];
+    for (std::size_t q = 0; q < PB; ++q) xv[q] = B::load_unaligned(in + q * L);
+    for (std::size_t jb = 0; jb < JB; ++jb) {
+      const B wv(w[jb * K + p]);
+      for (std::size_t q = 0; q < PB; ++q) s[jb][q] = output::detail::mul_add(wv, xv[q], s[jb][q]);
+    }
+  }
+  for (std::size_t jb = 0; jb < JB; ++jb)
+    for (std::size_t q = 0; q < PB; ++q)
+      xsimd::to_int(s[jb][q]).store_unaligned(acc + jb * acc_stride + q * L);
+}
+
+/// Lanes over channels (when they fill registers): pixels px < PX of one row (line values at
+/// src + off[p] + px) x JV registers of channels (weights wt[p * npad ..]); the int32 sums to
+/// acc[px * npad + v L].
+template <class B, std::size_t PX, std::size_t JV>
+BITGRAD_ALWAYS_INLINE void direct_tile_channels(const float* src, const std::uint32_t* off,
+                                                std::size_t K, const float* wt, std::size_t npad,
+                                                std::int32_t* acc) {
+  constexpr std::size_t L = B::size;
+  B s[PX][JV];
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v) s[px][v] = B(0.0f);
+  for (std::size_t p = 0; p < K; ++p) {
+    const float* in = src + off[p];
+    B wv[JV];
+    for (std::size_t v = 0; v < JV; ++v) wv[v] = B::load_unaligned(wt + p * npad + v * L);
+    for (std::size_t px = 0; px < PX; ++px) {
+      const B x(in[px]);
+      for (std::size_t v = 0; v < JV; ++v) s[px][v] = output::detail::mul_add(x, wv[v], s[px][v]);
+    }
+  }
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v)
+      xsimd::to_int(s[px][v]).store_unaligned(acc + px * npad + v * L);
+}
+
+/// Pixels [0, count) of a row (line values from src) x every channel register, in tiles of 4
+/// pixels x 2 registers.
+template <class B>
+void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size_t K,
+                           const float* wt, std::size_t npad, std::int32_t* acc,
+                           std::size_t count) {
+  constexpr std::size_t L = B::size;
+  const std::size_t regs = npad / L;
+  auto run = [&]<std::size_t PX>(std::size_t px0) {
+    std::size_t v = 0;
+    for (; v + 2 <= regs; v += 2)
+      direct_tile_channels<B, PX, 2>(src + px0, off, K, wt + v * L, npad, acc + px0 * npad + v * L);
+    if (v < regs)
+      direct_tile_channels<B, PX, 1>(src + px0, off, K, wt + v * L, npad, acc + px0 * npad + v * L);
+  };
+  std::size_t px = 0;
+  for (; px + 4 <= count; px += 4) run.template operator()<4>(px);
+  for (; px < count; ++px) run.template operator()<1>(px);
+}
+
+/// JB channels over the padded row of owp pixels: pairs of registers, then one.
+template <class B, std::size_t JB>
+void direct_tiles(const float* src, const std::uint32_t* off, std::size_t K, const float* w,
+                  std::int32_t* acc, std::size_t owp) {
+  constexpr std::size_t L = B::size;
+  std::size_t ow = 0;
+  for (; ow + 2 * L <= owp; ow += 2 * L) direct_tile<B, JB, 2>(src + ow, off, K, w, acc + ow, owp);
+  for (; ow < owp; ow += L) direct_tile<B, JB, 1>(src + ow, off, K, w, acc + ow, owp);
+}
+#endif
+
+} // namespace detail
+
+/// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, exact, handed to the
+/// output stage out for rows r - r0. x is image 0 of the batch (u8 NHWC), z its zero point,
+/// codes[j * K + p] the weights in depth order (a, b, c). direct_conv_fits(g) must hold.
+namespace detail {
+template <class Out>
+concept has_row_stage = requires(const Out& out, const std::int32_t* acc) {
+  out.row(std::size_t(0), std::size_t(0), acc, std::size_t(1));
+};
+} // namespace detail
+
+template <class Out>
+void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint8_t z,
+                 const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
+                 const Out& out) {
+#if !BITGRAD_HAS_SIMD
+  ref::direct_conv(g, x, z, codes, n_out, r0, r1, out);
+#else
+  using B = simd_batch<float>;
+  constexpr std::size_t L = B::size;
+  if (r0 >= r1 || n_out == 0) return;
+  const std::size_t C = g.channels, H = g.height, W = g.width, K = g.depth();
+  const std::size_t plane = g.plane(), OW = g.out_w, sh = g.stride_h, sw = g.stride_w;
+  const std::size_t kh = g.kernel_h, kw = g.kernel_w, dh = g.dilation_h, dw = g.dilation_w;
+  const std::size_t owp = (OW + L - 1) / L * L;   // the row padded to whole registers
+  const std::size_t T = owp + (kw - 1) * dw / sw; // line length: every tap's loads fit
+  const std::size_t line_set = C * sw * T;        // floats per input row
+  detail::direct_conv_scratch& sc = detail::direct_scratch();
+  sc.weights.resize(n_out * K);
+  for (std::size_t i = 0; i < n_out * K; ++i) sc.weights[i] = static_cast<float>(codes[i]);
+  sc.offsets.resize(K);
+  for (std::size_t a = 0; a < kh; ++a)
+    for (std::size_t b = 0; b < kw; ++b)
+      for (std::size_t c = 0; c < C; ++c)
+        sc.offsets[(a * kw + b) * C + c] =
+            static_cast<std::uint32_t>(((a * dh * C + c) * sw + b * dw % sw) * T + b * dw / sw);
+  sc.acc.resize(n_out * owp);
+  sc.row.resize(n_out);
+  const float* w = sc.weights.data();
+  const std::uint32_t* off = sc.offsets.data();
+  std::int32_t* acc = sc.acc.data();
+  std::int32_t* row = sc.row.data();
+  const std::int32_t zi = z;
+  // Lanes over channels when they fill a register and the stage takes rows (VGG's 16, 32),
+  // else over pixels (LeNet's 6).
+  const bool channel_lanes = detail::has_row_stage<Out> && n_out >= L;
+  const std::size_t npad = (n_out + L - 1) / L * L;
+  if (channel_lanes) {
+    sc.weights_t.assign(K * npad, 0.0f); // wt[p * npad + j] = w(j, p)
+    for (std::size_t j = 0; j < n_out; ++j)
+      for (std::size_t p = 0; p < K; ++p) sc.weights_t[p * npad + j] = sc.weights[j * K + p];
+    sc.acc.resize(std::max(n_out * owp, OW * npad));
+    acc = sc.acc.data();
+  }
+  constexpr bool by_column = requires {
+    out.column(std::size_t(0), std::size_t(0), acc, n_out);
+  };
+  constexpr bool has_row = requires {
+    out.row(std::size_t(0), std::size_t(0), row, n_out);
+  };
+
+  for (std::size_t r = r0; r < r1;) {
+    // The call's pixels of image n: output rows oh_a .. oh_b.
+    const std::size_t n = r / plane, e = std::min(r1, (n + 1) * plane);
+    const std::size_t oh_a = (r - n * plane) / OW, oh_b = (e - 1 - n * plane) / OW;
+    const std::ptrdiff_t ih_a = std::ptrdiff_t(oh_a * sh) - std::ptrdiff_t(g.pad_h);
+    const std::size_t rows_in = (oh_b - oh_a) * sh + (kh - 1) * dh + 1;
+    sc.lines.resize(rows_in * line_set);
+    const std::uint8_t* img = x + n * H * W * C;
+    for (std::size_t i = 0; i < rows_in; ++i) {
+      float* set = sc.lines.data() + i * line_set;
+      const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
+      if (ih < 0 || ih >= std::ptrdiff_t(H)) {
+        std::fill(set, set + line_set, 0.0f);
+        continue;
+      }
+      const std::uint8_t* src = img + std::size_t(ih) * W * C;
+      for (std::size_t c = 0; c < C; ++c)
+        for (std::size_t f = 0; f < sw; ++f) {
+          float* line = set + (c * sw + f) * T;
+          // iw = f + t sw - pw is inside [0, W) for t in [t_lo, t_hi).
+          const std::ptrdiff_t s = std::ptrdiff_t(sw),
+                               lo = std::ptrdiff_t(g.pad_w) - std::ptrdiff_t(f),
+                               hi = std::ptrdiff_t(W + g.pad_w) - std::ptrdiff_t(f);
+          const std::size_t t_hi = hi > 0 ? std::min(T, std::size_t((hi + s - 1) / s)) : 0;
+          const std::size_t t_lo = std::min(t_hi, lo > 0 ? std::size_t((lo + s - 1) / s) : 0);
+          std::fill(line, line + t_lo, 0.0f);
+          if (t_lo < t_hi) {
+            const std::uint8_t* col = src + (f + t_lo * sw - g.pad_w) * C + c;
+            const std::size_t step = sw * C, count = t_hi - t_lo;
+            float* dst = line + t_lo;
+            if (step == 1) // C = 1, stride 1: contiguous bytes (the loop vectorises)
+              for (std::size_t t = 0; t < count; ++t)
+                dst[t] = static_cast<float>(std::int32_t(col[t]) - zi);
+            else
+              for (std::size_t t = 0; t < count; ++t)
+                dst[t] = static_cast<float>(std::int32_t(col[t * step]) - zi);
+          }
+          std::fill(line + t_hi, line + T, 0.0f);
+        }
+    }
+    for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
+      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
+      const std::size_t first = n * plane + oh * OW;
+      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
+      const std::size_t i_a = first + ow_a - r0;
+      if constexpr (detail::has_row_stage<Out>)
+        if (channel_lanes) { // the call's pixels of the row only, sums as rows
+          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                           ow_b - ow_a);
+          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          continue;
+        }
+      for (std::size_t j0 = 0; j0 < n_out; j0 += 4) {
+        const float* wj = w + j0 * K;
+        std::int32_t* aj = acc + j0 * owp;
+        switch (std::min<std::size_t>(4, n_out - j0)) {
+        case 4:
+          detail::direct_tiles<B, 4>(src, off, K, wj, aj, owp);
+          break;
+        case 3:
+          detail::direct_tiles<B, 3>(src, off, K, wj, aj, owp);
+          break;
+        case 2:
+          detail::direct_tiles<B, 2>(src, off, K, wj, aj, owp);
+          break;
+        default:
+          detail::direct_tiles<B, 1>(src, off, K, wj, aj, owp);
+          break;
+        }
+      }
+      // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
+      // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
+      // (out.row: contiguous stores), or per value.
+      if constexpr (by_column)
+        if (!has_row || n_out < simd_lanes<std::int32_t>) {
+          for (std::size_t j = 0; j < n_out; ++j)
+            out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
+          continue;
+        }
+      for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
+        for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
+        const std::size_t i = first + ow - r0;
+        if constexpr (has_row)
+          out.row(i, 0, row, n_out);
+        else
+          for (std::size_t j = 0; j < n_out; ++j) out(i, j, row[j]);
+      }
+    }
+    r = e;
+  }
+#endif
+}
+
+} // namespace bitgrad
