@@ -100,6 +100,23 @@ struct int_operands {
   }
 };
 
+/// Times call() (after one warm-up call) and reports GOP/s and ops_per_call for the shape's
+/// 2 m n K operations per call.
+template <class Call>
+void time_calls(benchmark::State& state, const int_shape& s, const Call& call) {
+  call();
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    benchmark::ClobberMemory();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  state.counters["GOP/s"] =
+      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+}
+
 void run_int(benchmark::State& state, const int_shape& s, int_isa path, int bits) {
   int_operands x(s, bits);
   const auto out = output::make_pipeline(output::scale_bias{x.scale.data(), x.bias.data()},
@@ -111,46 +128,25 @@ void run_int(benchmark::State& state, const int_shape& s, int_isa path, int bits
     else
       packed_gemm(path, s.m, x.a.data(), s.k, 0, x.w, out);
   };
-  call();
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    benchmark::ClobberMemory();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  state.counters["GOP/s"] =
-      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
+  time_calls(state, s, call);
   state.counters["resident_bytes"] = double(x.w.resident_bytes());
-  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
 }
 
 /// A first conv (C = 1) as the direct convolution, into the same output stage.
 void run_direct(benchmark::State& state, const int_shape& s, int bits) {
   int_operands x(s, bits);
   x.scale.resize(output::lane_padded(s.n)), x.bias.resize(output::lane_padded(s.n));
-  direct_conv_geometry g;
-  g.height = g.width = s.side, g.kernel_h = g.kernel_w = s.kernel, g.pad_h = g.pad_w = s.pad;
-  g.out_h = g.out_w = s.side + 2 * s.pad - s.kernel + 1;
+  conv2d_geometry g;
+  g.in_h = g.in_w = s.side, g.kernel_h = g.kernel_w = s.kernel, g.pad_h = g.pad_w = s.pad;
   const auto out = output::make_padded_pipeline(output::scale_bias{x.scale.data(), x.bias.data()},
                                                 output::clamp{0.0f}, output::quantize_u8{20.0f},
                                                 output::store<std::uint8_t>{x.y.data(), s.n});
   std::vector<std::int8_t> codes(s.n * s.k);
   auto call = [&] {
     packed_codes(x.w, codes.data());
-    direct_conv(g, x.a.data(), 0, codes.data(), s.n, 0, g.plane(), out);
+    direct_conv(g, x.a.data(), 0, codes.data(), s.n, 0, g.out_plane(), out);
   };
-  call();
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    benchmark::ClobberMemory();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  state.counters["GOP/s"] =
-      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
-  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+  time_calls(state, s, call);
 }
 
 void run_float(benchmark::State& state, const int_shape& s) {
@@ -164,17 +160,7 @@ void run_float(benchmark::State& state, const int_shape& s) {
     gemm(transpose::no, transpose::yes, s.m, s.n, s.k, 1.0f, a.data(), s.k, w.data(), s.k, 0.0f,
          y.data(), s.n);
   };
-  call();
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    benchmark::ClobberMemory();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  state.counters["GOP/s"] =
-      2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
-  state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
+  time_calls(state, s, call);
 }
 
 // ---- register-only peaks ------------------------------------------------------------------

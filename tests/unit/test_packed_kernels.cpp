@@ -644,39 +644,36 @@ namespace {
 
 /// The rows [r0, r1) of im2row on u8 NHWC (depth order (a, b, c), padding z), the input of the
 /// packed_gemm path the direct convolution replaces.
-std::vector<std::uint8_t> im2row(const direct_conv_geometry& g, const std::vector<std::uint8_t>& x,
+std::vector<std::uint8_t> im2row(const conv2d_geometry& g, const std::vector<std::uint8_t>& x,
                                  std::uint8_t z, std::size_t r0, std::size_t r1) {
-  const std::size_t K = g.depth(), plane = g.plane();
+  const std::size_t K = g.filter_size(), plane = g.out_plane();
   std::vector<std::uint8_t> a((r1 - r0) * K, z);
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::size_t n = r / plane, oh = r % plane / g.out_w, ow = r % plane % g.out_w;
+    const std::size_t n = r / plane, oh = r % plane / g.out_w(), ow = r % plane % g.out_w();
     for (std::size_t ka = 0; ka < g.kernel_h; ++ka)
       for (std::size_t kb = 0; kb < g.kernel_w; ++kb) {
         const long ih = long(oh * g.stride_h + ka * g.dilation_h) - long(g.pad_h);
         const long iw = long(ow * g.stride_w + kb * g.dilation_w) - long(g.pad_w);
-        if (ih < 0 || iw < 0 || ih >= long(g.height) || iw >= long(g.width)) continue;
-        for (std::size_t c = 0; c < g.channels; ++c)
-          a[(r - r0) * K + (ka * g.kernel_w + kb) * g.channels + c] =
-              x[((n * g.height + std::size_t(ih)) * g.width + std::size_t(iw)) * g.channels + c];
+        if (ih < 0 || iw < 0 || ih >= long(g.in_h) || iw >= long(g.in_w)) continue;
+        for (std::size_t c = 0; c < g.in_channels; ++c)
+          a[(r - r0) * K + (ka * g.kernel_w + kb) * g.in_channels + c] =
+              x[((n * g.in_h + std::size_t(ih)) * g.in_w + std::size_t(iw)) * g.in_channels + c];
       }
   }
   return a;
 }
 
-direct_conv_geometry conv_geometry(std::size_t c, std::size_t h, std::size_t w, std::size_t kh,
-                                   std::size_t kw, std::size_t s, std::size_t pad, std::size_t d) {
-  direct_conv_geometry g;
-  g.channels = c, g.height = h, g.width = w, g.kernel_h = kh, g.kernel_w = kw;
+conv2d_geometry conv_geometry(std::size_t c, std::size_t h, std::size_t w, std::size_t kh,
+                              std::size_t kw, std::size_t s, std::size_t pad, std::size_t d) {
+  conv2d_geometry g;
+  g.in_channels = c, g.in_h = h, g.in_w = w, g.kernel_h = kh, g.kernel_w = kw;
   g.stride_h = s, g.stride_w = s, g.pad_h = pad, g.pad_w = pad, g.dilation_h = d, g.dilation_w = d;
-  g.out_h = (h + 2 * pad - (kh - 1) * d - 1) / s + 1;
-  g.out_w = (w + 2 * pad - (kw - 1) * d - 1) / s + 1;
   return g;
 }
 
-std::string describe(const direct_conv_geometry& g, std::size_t n_out, std::size_t batch,
-                     int zero) {
-  return "C=" + std::to_string(g.channels) + " H=" + std::to_string(g.height) +
-         " W=" + std::to_string(g.width) + " k=" + std::to_string(g.kernel_h) + "x" +
+std::string describe(const conv2d_geometry& g, std::size_t n_out, std::size_t batch, int zero) {
+  return "C=" + std::to_string(g.in_channels) + " H=" + std::to_string(g.in_h) +
+         " W=" + std::to_string(g.in_w) + " k=" + std::to_string(g.kernel_h) + "x" +
          std::to_string(g.kernel_w) + " s=" + std::to_string(g.stride_h) +
          " p=" + std::to_string(g.pad_h) + " d=" + std::to_string(g.dilation_h) +
          " n_out=" + std::to_string(n_out) + " batch=" + std::to_string(batch) +
@@ -685,10 +682,10 @@ std::string describe(const direct_conv_geometry& g, std::size_t n_out, std::size
 
 /// direct_conv and ref::direct_conv on rows [r0, r1) into int32 (rows x n_out) and through the
 /// padded requantizing pipeline (u8), checked against im2row + ref::packed_gemm.
-void check_direct(const direct_conv_geometry& g, const tensor_codes& t, std::size_t batch,
+void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t batch,
                   std::uint8_t z, std::size_t r0, std::size_t r1, std::mt19937& rng) {
   const std::size_t n = t.channels, m = r1 - r0;
-  std::vector<std::uint8_t> x(batch * g.height * g.width * g.channels);
+  std::vector<std::uint8_t> x(batch * g.in_h * g.in_w * g.in_channels);
   for (auto& v : x) v = static_cast<std::uint8_t>(rng());
   std::vector<std::int8_t> codes(t.codes.size());
   for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::int8_t>(t.codes[i]);
@@ -696,7 +693,8 @@ void check_direct(const direct_conv_geometry& g, const tensor_codes& t, std::siz
       describe(g, n, batch, z) + " rows=[" + std::to_string(r0) + "," + std::to_string(r1) + ")";
   INFO(what);
   const std::vector<std::uint8_t> a = im2row(g, x, z, r0, r1);
-  const std::vector<std::int32_t> want = run(int_isa::reference, t.pack(), m, a, g.depth(), z);
+  const std::vector<std::int32_t> want =
+      run(int_isa::reference, t.pack(), m, a, g.filter_size(), z);
   std::vector<std::int32_t> got_ref(m * n, -1), got(m * n, -1);
   ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
                    output::make_pipeline(output::store_int32{got_ref.data(), n, 1}));
@@ -750,17 +748,17 @@ TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd s
           const std::size_t w = std::vector<std::size_t>{5, 13, 19, 37}[rng() % 4];
           const std::size_t h = k + rng() % 9;
           const std::size_t batch = rng() % 2 ? 1 : 3;
-          const direct_conv_geometry g = conv_geometry(c, h, w, k, k, s, pad, 1);
+          const conv2d_geometry g = conv_geometry(c, h, w, k, k, s, pad, 1);
           const std::size_t n_out = std::vector<std::size_t>{1, 3, 6, 16, 19}[rng() % 5];
           // Mixed 1..8-bit codes, one bitwidth per channel.
-          const tensor_codes t =
-              make_codes(n_out, g.depth(), 1, random_bits(n_out, rng), codes_kind::random, rng);
+          const tensor_codes t = make_codes(n_out, g.filter_size(), 1, random_bits(n_out, rng),
+                                            codes_kind::random, rng);
           const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
-          const std::size_t rows = batch * g.plane();
+          const std::size_t rows = batch * g.out_plane();
           check_direct(g, t, batch, z, 0, rows, rng);
           // A band of output rows within an image, and a range starting and ending mid-row.
-          const std::size_t oh0 = rng() % g.out_h, oh1 = oh0 + 1 + rng() % (g.out_h - oh0);
-          check_direct(g, t, batch, z, oh0 * g.out_w, oh1 * g.out_w, rng);
+          const std::size_t oh0 = rng() % g.out_h(), oh1 = oh0 + 1 + rng() % (g.out_h() - oh0);
+          check_direct(g, t, batch, z, oh0 * g.out_w(), oh1 * g.out_w(), rng);
           const std::size_t r0 = rng() % rows, r1 = r0 + 1 + rng() % (rows - r0);
           check_direct(g, t, batch, z, r0, r1, rng);
           ++cases;
@@ -786,31 +784,28 @@ TEST_CASE("direct_conv: packed_codes reads back every code, mixed and ragged cla
 TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest depth") {
   std::mt19937 rng(62);
   // 3 -> 5, k(3, 2) s2 p1 d2; 4 channels 3x3 s1 p1 (the largest C of the rule).
-  for (const direct_conv_geometry& g0 :
+  for (const conv2d_geometry& g0 :
        {conv_geometry(3, 13, 11, 3, 3, 2, 1, 2), conv_geometry(4, 9, 23, 3, 3, 1, 1, 1)}) {
-    direct_conv_geometry g = g0;
-    if (g.channels == 3) { // kernel 3 x 2
-      g.kernel_w = 2;
-      g.out_w = (g.width + 2 * g.pad_w - (g.kernel_w - 1) * g.dilation_w - 1) / g.stride_w + 1;
-    }
+    conv2d_geometry g = g0;
+    if (g.in_channels == 3) g.kernel_w = 2; // kernel 3 x 2
     CHECK(direct_conv_fits(g));
     const tensor_codes t =
-        make_codes(7, g.depth(), 2, random_bits(4, rng), codes_kind::random, rng);
-    check_direct(g, t, 3, 128, 0, 3 * g.plane(), rng);
+        make_codes(7, g.filter_size(), 2, random_bits(4, rng), codes_kind::random, rng);
+    check_direct(g, t, 3, 128, 0, 3 * g.out_plane(), rng);
   }
   // K = 2 * 16 * 16 = 512: every tap 255 * 127 (x = 255, z = 0) sums to 255 * 127 * 512, exact.
-  const direct_conv_geometry g = conv_geometry(2, 16, 21, 16, 16, 1, 0, 1);
-  REQUIRE(g.depth() == direct_conv_max_depth);
+  const conv2d_geometry g = conv_geometry(2, 16, 21, 16, 16, 1, 0, 1);
+  REQUIRE(g.filter_size() == direct_conv_max_depth);
   CHECK(direct_conv_fits(g));
   CHECK_FALSE(direct_conv_fits(conv_geometry(5, 8, 8, 1, 1, 1, 0, 1)));
   CHECK_FALSE(direct_conv_fits(conv_geometry(3, 16, 16, 14, 14, 1, 0, 1))); // K = 588
   for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::alternating}) {
-    const tensor_codes t = make_codes(3, g.depth(), 3, {8}, kind, rng);
+    const tensor_codes t = make_codes(3, g.filter_size(), 3, {8}, kind, rng);
     std::vector<std::int8_t> codes(t.codes.size());
     for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::int8_t>(t.codes[i]);
-    const std::vector<std::uint8_t> x(g.height * g.width * g.channels, 255);
-    std::vector<std::int32_t> got(g.plane() * 3, 0);
-    direct_conv(g, x.data(), 0, codes.data(), 3, 0, g.plane(),
+    const std::vector<std::uint8_t> x(g.in_h * g.in_w * g.in_channels, 255);
+    std::vector<std::int32_t> got(g.out_plane() * 3, 0);
+    direct_conv(g, x.data(), 0, codes.data(), 3, 0, g.out_plane(),
                 output::make_pipeline(output::store_int32{got.data(), 3, 1}));
     const std::int64_t full = 255 * 127 * std::int64_t(direct_conv_max_depth);
     for (std::size_t i = 0; i < got.size(); ++i) {
@@ -819,7 +814,7 @@ TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest d
                                                           : std::int64_t(0);
       CHECK(got[i] == want);
     }
-    check_direct(g, t, 1, 0, 0, g.plane(), rng);
+    check_direct(g, t, 1, 0, 0, g.out_plane(), rng);
   }
 }
 

@@ -292,14 +292,13 @@ public:
   bool direct(std::size_t k) const { return k < direct_.size() && direct_[k]; }
 
   /// The direct convolution shape of a conv step.
-  static direct_conv_geometry geometry_of(const integer_step& s) {
-    direct_conv_geometry g;
-    g.channels = s.in_shape.dims[0], g.height = s.in_shape.dims[1], g.width = s.in_shape.dims[2];
+  static conv2d_geometry geometry_of(const integer_step& s) {
+    conv2d_geometry g;
+    g.in_channels = s.in_shape.dims[0], g.in_h = s.in_shape.dims[1], g.in_w = s.in_shape.dims[2];
     g.kernel_h = s.c.kernel_h, g.kernel_w = s.c.kernel_w;
     g.stride_h = s.c.stride_h, g.stride_w = s.c.stride_w;
     g.pad_h = s.c.pad_h, g.pad_w = s.c.pad_w;
     g.dilation_h = s.c.dilation_h, g.dilation_w = s.c.dilation_w;
-    g.out_h = s.conv_out.dims[1], g.out_w = s.conv_out.dims[2];
     return g;
   }
 
@@ -587,8 +586,8 @@ private:
   void direct_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0,
                    std::size_t r1, T* y, const residual_in& res) const {
     const integer_step& s = plan_.steps[k];
-    const direct_conv_geometry g = geometry_of(s);
-    const std::size_t block = std::max<std::size_t>(1, 2048 / g.out_w) * g.out_w;
+    const conv2d_geometry g = geometry_of(s);
+    const std::size_t block = std::max<std::size_t>(1, 2048 / g.out_w()) * g.out_w();
     // The codes, decoded from the packed weights once per call (no second copy is kept).
     thread_local std::vector<std::int8_t> codes_buffer;
     codes_buffer.resize(s.channels * s.depth);

@@ -10,9 +10,9 @@
 // packed_gemm (out.row(r - r0, 0, acc, n_out) per pixel, channels consecutive; out(i, j, acc)
 // for a pipeline without lane overloads).
 //
-// The rule (direct_conv_fits): C <= 4 and K <= 512. Lanes are output pixels when the channels
-// do not fill a register (n_out < L, L = simd_lanes<float>: 4 SSE2 / NEON, 8 AVX2, 16 AVX-512;
-// LeNet's 6), else channels (VGG's 16, 32), and the pipeline takes rows:
+// The rule (direct_conv_fits): one group, C <= 4 and K <= 512. Lanes are output pixels when the
+// channels do not fill a register (n_out < L, L = simd_lanes<float>: 4 SSE2 / NEON, 8 AVX2,
+// 16 AVX-512; LeNet's 6), else channels (VGG's 16, 32), and the pipeline takes rows:
 //
 //   lines     every input row the call needs, per channel c and column phase f < sw, as float
 //             x - z: line(ih, c, f)[t] = x(ih, f + t sw - pw, c) - z, 0 outside the image (the
@@ -59,10 +59,10 @@ inline constexpr std::size_t direct_conv_max_depth = 512;
 static_assert(255 * 127 * direct_conv_max_depth < (std::size_t(1) << 24));
 
 /// True when the direct path takes a conv of geometry g (the rule at the top).
-inline bool direct_conv_fits(const direct_conv_geometry& g) {
-  return g.channels >= 1 && g.channels <= direct_conv_max_channels && g.depth() >= 1 &&
-         g.depth() <= direct_conv_max_depth && g.stride_h >= 1 && g.stride_w >= 1 &&
-         g.dilation_h >= 1 && g.dilation_w >= 1;
+inline bool direct_conv_fits(const conv2d_geometry& g) {
+  return g.groups == 1 && g.in_channels >= 1 && g.in_channels <= direct_conv_max_channels &&
+         g.filter_size() >= 1 && g.filter_size() <= direct_conv_max_depth && g.stride_h >= 1 &&
+         g.stride_w >= 1 && g.dilation_h >= 1 && g.dilation_w >= 1;
 }
 
 /// Every code of w as int8, codes[j * K + p] (channel j in original order, K = w.depth()): the
@@ -227,7 +227,7 @@ concept has_row_stage = requires(const Out& out, const std::int32_t* acc) {
 } // namespace detail
 
 template <class Out>
-void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint8_t z,
+void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
                  const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
                  const Out& out) {
 #if !BITGRAD_HAS_SIMD
@@ -236,8 +236,8 @@ void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint
   using B = simd_batch<float>;
   constexpr std::size_t L = B::size;
   if (r0 >= r1 || n_out == 0) return;
-  const std::size_t C = g.channels, H = g.height, W = g.width, K = g.depth();
-  const std::size_t plane = g.plane(), OW = g.out_w, sh = g.stride_h, sw = g.stride_w;
+  const std::size_t C = g.in_channels, H = g.in_h, W = g.in_w, K = g.filter_size();
+  const std::size_t plane = g.out_plane(), OW = g.out_w(), sh = g.stride_h, sw = g.stride_w;
   const std::size_t kh = g.kernel_h, kw = g.kernel_w, dh = g.dilation_h, dw = g.dilation_w;
   const std::size_t owp = (OW + L - 1) / L * L;   // the row padded to whole registers
   const std::size_t T = owp + (kw - 1) * dw / sw; // line length: every tap's loads fit

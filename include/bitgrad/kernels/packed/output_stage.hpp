@@ -257,21 +257,23 @@ struct store {
   /// The first n lanes only (n < lanes: the tail of a padded row).
   template <class B>
   void apply_partial(const B& v, std::size_t i, std::size_t j0, std::size_t n) const {
-    using V = typename B::value_type;
-    alignas(64) V lane_values[B::size];
-    v.store_aligned(lane_values);
-    T* dst = y + i * row_stride + j0 * col_stride;
-    for (std::size_t l = 0; l < n; ++l) dst[l * col_stride] = static_cast<T>(lane_values[l]);
+    store_first(v, y + i * row_stride + j0 * col_stride, col_stride, n);
   }
   /// Lanes are rows i0 .. i0 + n - 1 of channel j (n <= lanes).
   static constexpr bool columns = true;
   template <class B>
   void apply_column(const B& v, std::size_t i0, std::size_t j, std::size_t n) const {
+    store_first(v, y + i0 * row_stride + j * col_stride, row_stride, n);
+  }
+
+private:
+  /// dst[l * stride] = lane l of v, for l < n.
+  template <class B>
+  static void store_first(const B& v, T* dst, std::size_t stride, std::size_t n) {
     using V = typename B::value_type;
     alignas(64) V lane_values[B::size];
     v.store_aligned(lane_values);
-    T* dst = y + i0 * row_stride + j * col_stride;
-    for (std::size_t l = 0; l < n; ++l) dst[l * row_stride] = static_cast<T>(lane_values[l]);
+    for (std::size_t l = 0; l < n; ++l) dst[l * stride] = static_cast<T>(lane_values[l]);
   }
 };
 

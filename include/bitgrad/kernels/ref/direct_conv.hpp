@@ -9,48 +9,37 @@
 // output stage as out(r - r0, j, acc), as packed_gemm's rows of an im2row block.
 #pragma once
 
+#include <bitgrad/kernels/conv2d_geometry.hpp>
+
 #include <cstddef>
 #include <cstdint>
 
 namespace bitgrad {
 
-/// The shape of a direct convolution: one NHWC image (C, H, W), the kernel, the output (OH, OW).
-struct direct_conv_geometry {
-  std::size_t channels = 1, height = 1, width = 1;
-  std::size_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
-  std::size_t dilation_h = 1, dilation_w = 1;
-  std::size_t out_h = 1, out_w = 1;
-
-  /// K = C kh kw, the inputs per output channel.
-  std::size_t depth() const { return channels * kernel_h * kernel_w; }
-  /// Output pixels per image.
-  std::size_t plane() const { return out_h * out_w; }
-};
-
 namespace ref {
 
 /// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, in int64 then narrowed
 /// (exact: |acc| <= 255 * 128 * K), handed to out(r - r0, j, acc) in that order. x is image 0 of
-/// the batch (u8 NHWC), codes[j * K + p] the weights (K = g.depth(), depth order (a, b, c)).
+/// the batch (u8 NHWC), codes[j * K + p] the weights (K = g.filter_size(), depth order (a, b, c)).
 template <class Out>
-void direct_conv(const direct_conv_geometry& g, const std::uint8_t* x, std::uint8_t z,
+void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
                  const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
                  const Out& out) {
-  const std::size_t K = g.depth(), plane = g.plane();
+  const std::size_t K = g.filter_size(), plane = g.out_plane(), OW = g.out_w();
   for (std::size_t r = r0; r < r1; ++r) {
-    const std::size_t n = r / plane, oh = r % plane / g.out_w, ow = r % plane % g.out_w;
+    const std::size_t n = r / plane, oh = r % plane / OW, ow = r % plane % OW;
     for (std::size_t j = 0; j < n_out; ++j) {
       std::int64_t acc = 0;
       for (std::size_t a = 0; a < g.kernel_h; ++a)
         for (std::size_t b = 0; b < g.kernel_w; ++b) {
           const long ih = long(oh * g.stride_h + a * g.dilation_h) - long(g.pad_h);
           const long iw = long(ow * g.stride_w + b * g.dilation_w) - long(g.pad_w);
-          if (ih < 0 || iw < 0 || ih >= long(g.height) || iw >= long(g.width)) continue;
-          for (std::size_t c = 0; c < g.channels; ++c) {
+          if (ih < 0 || iw < 0 || ih >= long(g.in_h) || iw >= long(g.in_w)) continue;
+          for (std::size_t c = 0; c < g.in_channels; ++c) {
             const std::uint8_t v =
-                x[((n * g.height + std::size_t(ih)) * g.width + std::size_t(iw)) * g.channels + c];
+                x[((n * g.in_h + std::size_t(ih)) * g.in_w + std::size_t(iw)) * g.in_channels + c];
             acc += (std::int64_t(v) - std::int64_t(z)) *
-                   std::int64_t(codes[j * K + (a * g.kernel_w + b) * g.channels + c]);
+                   std::int64_t(codes[j * K + (a * g.kernel_w + b) * g.in_channels + c]);
           }
         }
       out(r - r0, j, static_cast<std::int32_t>(acc));
