@@ -28,13 +28,16 @@
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
-#include <bitgrad/data/dataset.hpp>
 
 #include <cstddef>
 #include <functional>
 #include <span>
 #include <string>
 #include <string_view>
+
+namespace bitgrad {
+struct dataset; // data/dataset.hpp; only an implementation of check_same_dataset reads it
+}
 
 namespace bitgrad::train {
 
