@@ -23,7 +23,11 @@ and writes the rows as JSON to --out:
     "pytorch_fp32": ..., "pytorch_int8_dynamic": ...},
     "p50_us": {...}, "p99_us": {...}, "peak_rss_kb": {...}}, ...]
 
-Threads: OMP_NUM_THREADS=t for every process and torch.set_num_threads(t).
+Threads: OMP_NUM_THREADS=t for every process and torch.set_num_threads(t). Memory (--malloc,
+as in run_peers.py): `retain` (the default) keeps freed memory in every engine's process; with
+glibc's defaults PyTorch gives its batch-256 activations back to the kernel and faults them in
+again on every call (ResNet-20, batch 256, 1 thread: 4x slower in FP32, 2.3x in static int8,
+with 3-5x the minor page faults; 2026-12-04).
 
   make bench-deploy                     (ROUNDS=5 by default)
   /usr/bin/python3 benchmarks/peers/run_deploy.py --bench build/bench/benchmarks/bench_inference
@@ -39,7 +43,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from run_peers import cpu_model, load_average, wait_quiet, write_results  # noqa: E402
+import run_peers  # noqa: E402
+from run_peers import cpu_model, env_for, load_average, wait_quiet, write_results  # noqa: E402
 
 ENGINES = ["bitgrad_int", "bitgrad_float", "pytorch_fp32", "pytorch_int8_dynamic",
            "pytorch_int8_static", "onnxruntime_fp32", "onnxruntime_qdq"]
@@ -47,12 +52,6 @@ PYTORCH_ENGINES = {"pytorch_fp32": "fp32", "pytorch_int8_dynamic": "int8_dynamic
                    "pytorch_int8_static": "int8_static"}
 ORT_FORMS = {"onnxruntime_fp32": "float32", "onnxruntime_qdq": "qdq"}
 NAMES = {"lenet5": "LeNet-5", "vgg_small": "VGG-style", "resnet20": "ResNet-20"}
-
-
-def env_for(threads):
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
 
 
 def run_engine(a, models_dir, engine, model, batch, threads):
@@ -94,8 +93,13 @@ def main():
                     help="before each row, wait until other processes keep the CPUs at most "
                     "this busy (1 = never wait)")
     ap.add_argument("--max-wait", type=float, default=30.0)
+    ap.add_argument("--malloc", choices=["retain", "glibc"], default="retain",
+                    help="glibc malloc settings for every engine's process (run_peers.py): "
+                    "retain = freed memory stays in the process; glibc = defaults, under which "
+                    "PyTorch faults its activations in again on every call at batch 256")
     ap.add_argument("--out", default=str(ROOT / "build/bench/results/deploy.json"))
     a = ap.parse_args()
+    run_peers.MALLOC = a.malloc
 
     engines = [e for e in a.engines.split(",") if e]
     for e in engines:
@@ -138,7 +142,8 @@ def main():
                       "peak_rss_kb": {e: med(per[e], "peak_rss_kb") for e in engines}})
 
     print(f"\nInference images/s, medians of {a.rounds} rounds ({a.min_time:g} s each, engines "
-          f"alternating). CPU: {cpu}; load average at end {load_average()}\n")
+          f"alternating). CPU: {cpu}; load average at end {load_average()}; malloc "
+          f"{run_peers.MALLOC}\n")
     int8_peers = [e for e in ("pytorch_int8_dynamic", "pytorch_int8_static") if e in engines]
     print("| model | batch | threads | " + " | ".join(engines) +
           " | int / pytorch_fp32 | int / best pytorch int8 |")

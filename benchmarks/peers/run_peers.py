@@ -9,6 +9,15 @@ Within a round every row runs both programs back to back (which one goes first a
 a change in machine load affects both sides of a ratio alike. Threads: OMP_NUM_THREADS=t for
 both programs, and torch.set_num_threads(t).
 
+Memory (--malloc): with glibc's default settings PyTorch's training step returns its large
+activation buffers to the kernel and faults them in again on the next step; how often depends
+on glibc's dynamic mmap threshold and differs from process to process, so PyTorch's ResNet-20
+rate varied 2.5x between identical runs (183-473 images/s on 1 thread, 115k-293k minor page
+faults per run; issue #23). `retain` (the default) sets glibc's malloc tunables for both
+programs so freed memory stays in the process (MALLOC_MMAP_THRESHOLD_ at its 32 MiB maximum,
+no trimming, 256 MiB top pad): the rate PyTorch reaches in its good runs, every run. `glibc`
+measures both with the defaults. Each run's minor page faults are printed beside its rate.
+
   make bench-peers
   python3 benchmarks/peers/run_peers.py --bench build/bench/benchmarks/bench_train --rounds 5
 """
@@ -16,6 +25,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -80,6 +90,12 @@ def wait_quiet(limit, max_wait):
 
 
 WAIT_POLICY = None  # --omp-wait-policy, for both sides
+MALLOC = "retain"  # --malloc, for both sides
+
+# glibc malloc tunables that keep freed memory in the process (mallopt(3): M_MMAP_THRESHOLD's
+# maximum on 64-bit is 32 MiB; a trim threshold above any heap size never trims).
+RETAIN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+              "MALLOC_TOP_PAD_": str(256 << 20)}
 
 
 def env_for(threads):
@@ -87,15 +103,27 @@ def env_for(threads):
     env["OMP_NUM_THREADS"] = str(threads)
     if WAIT_POLICY:
         env["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if MALLOC == "retain":
+        env.update(RETAIN_ENV)
     return env
+
+
+FAULTS = []  # minor page faults of each finished child run, in order
+
+
+def run_child(cmd, threads):
+    """Runs cmd with env_for(threads); returns its stdout, and appends its minor page faults."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    out = subprocess.run(cmd, env=env_for(threads), check=True, capture_output=True,
+                         text=True).stdout
+    FAULTS.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before)
+    return out
 
 
 def run_bitgrad(bench, model, quantized, batch, threads, min_time):
     name = f"train/{model}/{'quant' if quantized else 'fp32'}/{batch}"
-    out = subprocess.run(
-        [bench, f"--benchmark_filter=^{name}(/|$)", f"--benchmark_min_time={min_time}",
-         "--benchmark_format=json"],
-        env=env_for(threads), check=True, capture_output=True, text=True).stdout
+    out = run_child([bench, f"--benchmark_filter=^{name}(/|$)", f"--benchmark_min_time={min_time}",
+                     "--benchmark_format=json"], threads)
     rows = json.loads(out)["benchmarks"]
     if len(rows) != 1:
         raise RuntimeError(f"{bench}: expected one result for {name}, got {len(rows)}")
@@ -107,8 +135,7 @@ def run_pytorch(python, model, quantized, batch, threads, min_time):
            "--threads", str(threads), "--min-time", str(min_time)]
     if quantized:
         cmd.append("--quant")
-    out = subprocess.run(cmd, env=env_for(threads), check=True, capture_output=True,
-                         text=True).stdout
+    out = run_child(cmd, threads)
     return float(json.loads(out.strip().splitlines()[-1])["ips"])
 
 
@@ -140,11 +167,15 @@ def main():
                     help="OMP_WAIT_POLICY for both sides (both use libgomp). passive keeps "
                     "2-thread runs sane on a machine shared with other work, where spinning "
                     "threads wait for a core; default: the environment's (libgomp spins)")
+    ap.add_argument("--malloc", choices=["retain", "glibc"], default="retain",
+                    help="glibc malloc settings for both programs: retain = freed memory stays "
+                    "in the process (steady rates; see the top of this file), glibc = defaults")
     ap.add_argument("--out", default=str(ROOT / "build/bench/results/peers.json"))
     a = ap.parse_args()
 
-    global WAIT_POLICY
+    global WAIT_POLICY, MALLOC
     WAIT_POLICY = a.omp_wait_policy
+    MALLOC = a.malloc
     threads = [int(t) for t in a.threads.split(",") if t]
     rows = [(m, q, b, t) for t in threads for (m, q, b) in ROWS
             if a.only in f"{m}/{'quant' if q else 'fp32'}/{b}"]
@@ -156,15 +187,18 @@ def main():
         for i, (m, q, b, t) in enumerate(rows):
             busy = wait_quiet(a.quiet, a.max_wait) if a.quiet < 1 else None
             bitgrad_first = (rnd + i) % 2 == 0
+            faults = [0, 0]
             for side in ((0, 1) if bitgrad_first else (1, 0)):
                 if side == 0:
                     ips = run_bitgrad(a.bench, m, q, b, t, a.min_time)
                 else:
                     ips = run_pytorch(a.python, m, q, b, t, a.min_time)
                 results[(m, q, b, t)][side].append(ips)
+                faults[side] = FAULTS[-1]
             bg, pt = results[(m, q, b, t)]
             print(f"  round {rnd + 1}/{a.rounds} {m} {'quant' if q else 'fp32'} batch {b} "
-                  f"threads {t}: bitgrad {bg[-1]:.0f}, pytorch {pt[-1]:.0f} images/s "
+                  f"threads {t}: bitgrad {bg[-1]:.0f}, pytorch {pt[-1]:.0f} images/s; minor "
+                  f"page faults bitgrad {faults[0] // 1000}k, pytorch {faults[1] // 1000}k "
                   f"(CPUs busy before: {'?' if busy is None else f'{100 * busy:.0f}%'}, "
                   f"load {load_average()})", file=sys.stderr, flush=True)
 
@@ -174,12 +208,12 @@ def main():
         table.append({"model": m, "quantized": q, "batch": b, "threads": t,
                       "bitgrad_ips": round(statistics.median(bg), 1),
                       "pytorch_ips": round(statistics.median(pt), 1),
-                      "ratio": round(statistics.median(ratios), 3)})
+                      "ratio": round(statistics.median(ratios), 3), "malloc": MALLOC})
 
     print(f"\nTraining images/s, medians of {a.rounds} alternating rounds "
           f"({a.min_time:g} s of timed steps each); ratio = median of per-round bitgrad/PyTorch.")
     print(f"CPU: {cpu}; load average at end {load_average()}; OMP_WAIT_POLICY "
-          f"{WAIT_POLICY or os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n")
+          f"{WAIT_POLICY or os.environ.get('OMP_WAIT_POLICY', '(unset)')}; malloc {MALLOC}\n")
     print("| model | weights | batch | threads | bitgrad img/s | PyTorch img/s | bitgrad / PyTorch |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for r in table:
