@@ -603,6 +603,46 @@ TEST_CASE("output stages: the residual adds (u8 on its grid, float) through the 
   CHECK(output::add_f32{rf, 2}(1.0f, 1, 1) == -1.0f); // rf[1 * 2 + 1]
 }
 
+TEST_CASE("output stages: rows(i0, m, j0, acc, stride, count) of the plain and the padded "
+          "pipeline equal the scalar calls of every element (with a residual add)") {
+  std::mt19937 rng(47);
+  for (std::size_t count : {1u, 5u, 8u, 13u, 16u}) {
+    for (std::size_t m : {1u, 3u, 7u}) {
+      const std::size_t j0 = 3, i0 = 2, acc_stride = 16, width = output::lane_padded(j0 + count);
+      const std::size_t rows_all = i0 + m;
+      std::vector<std::int32_t> acc(m * acc_stride);
+      std::vector<float> scale(width), bias(width);
+      std::vector<std::uint8_t> ru(rows_all * width);
+      for (auto& v : acc) v = std::int32_t(rng() % 200001) - 100000;
+      for (auto& v : scale) v = std::uniform_real_distribution<float>(1e-5f, 1e-2f)(rng);
+      for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
+      for (auto& v : ru) v = std::uint8_t(rng() % 256);
+      auto plain = [&](std::vector<std::uint8_t>& y) {
+        return output::make_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::add_u8{ru.data(), width, 0.037f, 128},
+                                     output::clamp{0.0f}, output::quantize_u8{12.0f, 0},
+                                     output::store<std::uint8_t>{y.data(), width, 1});
+      };
+      auto padded = [&](std::vector<std::uint8_t>& y) {
+        return output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                            output::clamp{0.0f}, output::quantize_u8{12.0f, 0},
+                                            output::store<std::uint8_t>{y.data(), width, 1});
+      };
+      std::vector<std::uint8_t> ys(rows_all * width, 7), yv(ys), ps(ys), pv(ys);
+      for (std::size_t r = 0; r < m; ++r)
+        for (std::size_t c = 0; c < count; ++c) {
+          plain(ys)(i0 + r, j0 + c, acc[r * acc_stride + c]);
+          padded(ps)(i0 + r, j0 + c, acc[r * acc_stride + c]);
+        }
+      plain(yv).rows(i0, m, j0, acc.data(), acc_stride, count);
+      padded(pv).rows(i0, m, j0, acc.data(), acc_stride, count);
+      CHECK(yv == ys);
+      CHECK(pv == ps);
+      CHECK(ys[0] == 7); // rows before i0 untouched
+    }
+  }
+}
+
 TEST_CASE("output stages: requantize, clamp and store, composed") {
   const float scale[3] = {0.5f, 0.25f, 2.0f}, bias[3] = {1.0f, -3.0f, 0.0f};
   std::uint8_t y[2 * 3] = {};

@@ -16,10 +16,11 @@
 // Rows: every stage here also has `apply(batch, i, j0)`, the same operation on the channels
 // j0 .. j0 + lanes - 1 of row i (simd_batch, the compiled instruction set: SSE2 at -O2); a
 // pipeline of such stages gets `row(i, j0, acc, count)`, which the kernels call instead of
-// count scalar calls when a tile's channels are consecutive. Both give the same bits: the one
-// multiply-add is an explicit fused multiply-add where the target has one (so the compiler's
-// contraction cannot make the two differ) and a separate multiply and add where it has none;
-// test_packed_kernels holds them against each other.
+// count scalar calls when a tile's channels are consecutive, and `rows(i0, m, j0, acc,
+// acc_stride, count)`, the same for m consecutive rows (the stages copied once per call). Both give
+// the same bits: the one multiply-add is an explicit fused multiply-add where the target has one
+// (so the compiler's contraction cannot make the two differ) and a separate multiply and add where
+// it has none; test_packed_kernels holds them against each other.
 //
 // Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
 // the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
@@ -296,13 +297,18 @@ struct pipeline {
     // A local copy: stores through a u8 output may alias anything reachable through `this`,
     // which would make the compiler reload every stage parameter after each store.
     const std::tuple<Stages...> s = stages;
-    std::size_t c = 0;
-#if BITGRAD_HAS_SIMD
-    using B = simd_batch<std::int32_t>;
-    for (; c + B::size <= count; c += B::size)
-      run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
-#endif
-    for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
+    row_of(s, i, j0, acc, count);
+  }
+
+  /// Rows i0 .. i0 + m - 1, channels j0 .. j0 + count - 1, row i0 + r's sums at
+  /// acc + r * acc_stride: the same calls as m calls of row(), with the stages copied once
+  /// (a copy per row of a 16-channel tile costs as much as the row's arithmetic).
+  BITGRAD_ALWAYS_INLINE void rows(std::size_t i0, std::size_t m, std::size_t j0,
+                                  const std::int32_t* acc, std::size_t acc_stride,
+                                  std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = stages; // see row
+    for (std::size_t r = 0; r < m; ++r) row_of(s, i0 + r, j0, acc + r * acc_stride, count);
   }
 
   /// Rows i0 .. i0 + count - 1 of channel j (acc[l]: row i0 + l), in lanes; the last count %
@@ -327,6 +333,17 @@ struct pipeline {
   }
 
 protected:
+  BITGRAD_ALWAYS_INLINE static void row_of(const std::tuple<Stages...>& s, std::size_t i,
+                                           std::size_t j0, const std::int32_t* acc,
+                                           std::size_t count) {
+    std::size_t c = 0;
+#if BITGRAD_HAS_SIMD
+    using B = simd_batch<std::int32_t>;
+    for (; c + B::size <= count; c += B::size)
+      run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
+#endif
+    for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
+  }
   template <std::size_t I, class V>
   BITGRAD_ALWAYS_INLINE static void run_column(const std::tuple<Stages...>& s, const V& v,
                                                std::size_t i0, std::size_t j, std::size_t n) {
@@ -370,9 +387,25 @@ struct padded_pipeline : pipeline<Stages...> {
   BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
                                  std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = this->stages; // see pipeline::row
+    padded_row_of(s, i, j0, acc, count);
+  }
+
+  /// pipeline::rows with this pipeline's rows.
+  BITGRAD_ALWAYS_INLINE void rows(std::size_t i0, std::size_t m, std::size_t j0,
+                                  const std::int32_t* acc, std::size_t acc_stride,
+                                  std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = this->stages; // see pipeline::row
+    for (std::size_t r = 0; r < m; ++r) padded_row_of(s, i0 + r, j0, acc + r * acc_stride, count);
+  }
+
+private:
+  BITGRAD_ALWAYS_INLINE static void padded_row_of(const std::tuple<Stages...>& s, std::size_t i,
+                                                  std::size_t j0, const std::int32_t* acc,
+                                                  std::size_t count) {
 #if BITGRAD_HAS_SIMD
     if constexpr (can_pad()) {
-      const std::tuple<Stages...> s = this->stages; // see pipeline::row
       using B = simd_batch<std::int32_t>;
       std::size_t c = 0;
       for (; c + B::size <= count; c += B::size)
@@ -385,10 +418,9 @@ struct padded_pipeline : pipeline<Stages...> {
       return;
     }
 #endif
-    base::row(i, j0, acc, count);
+    base::row_of(s, i, j0, acc, count);
   }
 
-private:
   /// Every stage but the last marked `padded`, the last one with apply_partial.
   static constexpr bool can_pad() {
     return []<std::size_t... I>(std::index_sequence<I...>) {

@@ -41,8 +41,9 @@
 // packed_gemv is the same nest at m = 1, where the decode is the main cost.
 //
 // Output: the stage sees each (i, j) once; a pipeline whose stages all have lane overloads
-// (output_stage.hpp) is called once per row of a tile with consecutive channels, out.row(i, j0,
-// acc, count), else once per element, out(i, j, acc).
+// (output_stage.hpp) is called once per row block of a tile with consecutive channels,
+// out.rows(i0, mb, j0, acc, stride, count) (out.row(i, j0, acc, count) when it has no rows),
+// else once per element, out(i, j, acc).
 //
 // Paths: packed_gemm(int_isa, ...) runs the given path (std::invalid_argument if this binary or
 // CPU lacks it); packed_gemm(...) without one runs best_int_isa(). Scratch buffers are
@@ -127,12 +128,21 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
     const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
     // The tile's channels are consecutive unless its bit class interleaves with another.
     const bool consecutive = chan[r - 1] - chan[0] == r - 1;
-    for (std::size_t i = 0; i < mb; ++i) {
-      std::int32_t* row = acc.data() + i * packed_tile;
-      if (correction != 0) // exact: the corrected sum fits int32, the wrap-around cancels
+    if (correction != 0) // exact: the corrected sum fits int32, the wrap-around cancels
+      for (std::size_t i = 0; i < mb; ++i) {
+        std::int32_t* row = acc.data() + i * packed_tile;
         for (std::size_t c = 0; c < r; ++c)
           row[c] = static_cast<std::int32_t>(static_cast<std::uint32_t>(row[c]) +
                                              static_cast<std::uint32_t>(correction * sums[c]));
+      }
+    if constexpr (requires { out.rows(i0, mb, std::size_t(0), acc.data(), packed_tile, r); }) {
+      if (consecutive) { // the block's rows in one call (the stages set up once)
+        out.rows(i0, mb, chan[0], acc.data(), packed_tile, r);
+        return;
+      }
+    }
+    for (std::size_t i = 0; i < mb; ++i) {
+      const std::int32_t* row = acc.data() + i * packed_tile;
       if constexpr (requires { out.row(i, std::size_t(0), row, r); }) {
         if (consecutive) {
           out.row(i0 + i, chan[0], row, r);
