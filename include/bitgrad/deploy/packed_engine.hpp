@@ -115,6 +115,37 @@ struct fused_store {
         if (at[l] >= 0) yj[at[l]] = static_cast<T>(lane[l]);
     }
   }
+  /// Pooled columns (output_stage.hpp, pipeline::column_pairs): u8 NHWC under a 2 x 2 pool of
+  /// stride 2, rows i .. i + width - 1 a whole output row whose index oh is even and whose
+  /// windows (a = oh / 2 < ph) exist: each pooled pixel of the row pair is then written by
+  /// the one call that holds its four pixels.
+  bool pool_pairs(std::size_t i, std::size_t width) const {
+    if constexpr (!std::is_same_v<T, std::uint8_t>) {
+      return false;
+    } else {
+      if (!pool || nchw || !row_at || kh != 2 || kw != 2 || sh != 2 || sw != 2 || width != out_w)
+        return false;
+      const std::size_t px = (row0 + i) % plane, oh = px / out_w;
+      return px % out_w == 0 && oh % 2 == 0 && oh / 2 < ph;
+    }
+  }
+  /// Lanes l < n are pixels i0 + l of a row pair's top row (i0 at an even pixel), each the max
+  /// over its column of the window; pooled pixel of lanes 2t, 2t + 1 = their max, stored (no
+  /// other call writes it). A lone last lane (odd n) is the row's last pixel: in no window
+  /// when the width is odd (row_at -1), else maxed into the pooled pixel as the scalar call.
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_pool_pairs(const B& v, std::size_t i0, std::size_t j,
+                                              std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t* at = row_at + i0;
+    T* yj = y + j;
+    std::size_t l = 0;
+    for (; l + 1 < n; l += 2)
+      if (at[l] >= 0) yj[at[l]] = static_cast<T>(std::max(lane[l], lane[l + 1]));
+    if (l < n && at[l] >= 0) write(yj[at[l]], static_cast<T>(lane[l]));
+  }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,

@@ -46,6 +46,7 @@
 #include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -275,6 +276,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
   constexpr bool has_row = requires {
     out.row(std::size_t(0), std::size_t(0), row, n_out);
   };
+  constexpr bool pairs = requires {
+    out.column_pairs(std::size_t(0), std::size_t(0), acc, acc, n_out);
+    { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
+  };
+  if constexpr (pairs) sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
+  acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
     // The call's pixels of image n: output rows oh_a .. oh_b.
@@ -316,22 +323,11 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           std::fill(line + t_hi, line + T, 0.0f);
         }
     }
-    for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
-      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
-      const std::size_t first = n * plane + oh * OW;
-      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
-      const std::size_t i_a = first + ow_a - r0;
-      if constexpr (detail::has_row_stage<Out>)
-        if (channel_lanes) { // the call's pixels of the row only, sums as rows
-          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
-                                           ow_b - ow_a);
-          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
-            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
-          continue;
-        }
+    // The sums of output row oh (lines from src), channel j's pixels at acc_row + j owp.
+    auto row_sums = [&](const float* src, std::int32_t* acc_row) {
       for (std::size_t j0 = 0; j0 < n_out; j0 += 4) {
         const float* wj = w + j0 * K;
-        std::int32_t* aj = acc + j0 * owp;
+        std::int32_t* aj = acc_row + j0 * owp;
         switch (std::min<std::size_t>(4, n_out - j0)) {
         case 4:
           detail::direct_tiles<B, 4>(src, off, K, wj, aj, owp);
@@ -347,15 +343,44 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           break;
         }
       }
+    };
+    for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
+      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
+      const std::size_t first = n * plane + oh * OW;
+      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
+      const std::size_t i_a = first + ow_a - r0;
+      if constexpr (detail::has_row_stage<Out>)
+        if (channel_lanes) { // the call's pixels of the row only, sums as rows
+          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                           ow_b - ow_a);
+          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          continue;
+        }
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
       // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
       // (out.row: contiguous stores), or per value.
       if constexpr (by_column)
         if (!has_row || n_out < simd_lanes<std::int32_t>) {
+          // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
+          // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each.
+          if constexpr (pairs)
+            if (ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e &&
+                out.pool_pairs(i_a, OW)) {
+              std::int32_t* below = acc + n_out * owp;
+              row_sums(src, acc);
+              row_sums(src + sh * line_set, below);
+              for (std::size_t j = 0; j < n_out; ++j)
+                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW);
+              ++oh;
+              continue;
+            }
+          row_sums(src, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
           continue;
         }
+      row_sums(src, acc);
       for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
         for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
         const std::size_t i = first + ow - r0;

@@ -326,7 +326,65 @@ struct pipeline {
 #endif
   }
 
+  /// Pooled columns: true when rows i .. i + width - 1 (one whole output row) and the same
+  /// pixels of the next output row (i + width ..) form 2 x 2 max-pool windows of stride 2,
+  /// pixels (2t, 2t + 1) of both rows into pooled pixel t, written by no other call (the last
+  /// stage's pool_pairs; false without one).
+  bool pool_pairs(std::size_t i, std::size_t width) const {
+    if constexpr (requires { last_stage().pool_pairs(i, width); })
+      return last_stage().pool_pairs(i, width);
+    else
+      return false;
+  }
+
+  /// Pooled columns, where pool_pairs(i0 - i0 % width, width) holds: rows i0 .. i0 + count - 1
+  /// of channel j (acc_top[l], a row's pixels from an even one) and the row below
+  /// (acc_bottom[l]); every stage but the last on each, in lanes, then
+  ///
+  ///   v[l] = max(top[l], bottom[l]),  pooled pixel of lanes 2t, 2t + 1 = max(v[2t], v[2t + 1])
+  ///
+  /// stored by the last stage (apply_pool_pairs). The values are those the scalar calls give,
+  /// and the max of a window is the same in any order: the same bits as the per-pixel path.
+  BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
+                                          const std::int32_t* acc_top,
+                                          const std::int32_t* acc_bottom, std::size_t count) const
+      requires(detail::column_stage<Stages>&&...) {
+#if BITGRAD_HAS_SIMD
+    const std::tuple<Stages...> s = stages; // see row
+    using B = simd_batch<std::int32_t>;
+    static_assert(B::size % 2 == 0, "lane pairs must not straddle two batches");
+    auto pooled = [&](const B& top, const B& bottom, std::size_t c, std::size_t n) {
+      const auto v =
+          xsimd::max(column_value<0>(s, top, i0 + c, j), column_value<0>(s, bottom, i0 + c, j));
+      std::get<sizeof...(Stages) - 1>(s).apply_pool_pairs(v, i0 + c, j, n);
+    };
+    std::size_t c = 0;
+    for (; c + B::size <= count; c += B::size)
+      pooled(B::load_unaligned(acc_top + c), B::load_unaligned(acc_bottom + c), c, B::size);
+    if (c < count) {
+      alignas(64) std::int32_t top[B::size] = {}, bottom[B::size] = {};
+      std::memcpy(top, acc_top + c, (count - c) * sizeof(std::int32_t));
+      std::memcpy(bottom, acc_bottom + c, (count - c) * sizeof(std::int32_t));
+      pooled(B::load_aligned(top), B::load_aligned(bottom), c, count - c);
+    }
+#else
+    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count;
+#endif
+  }
+
 protected:
+  const auto& last_stage() const {
+    return std::get<sizeof...(Stages) - 1>(stages);
+  }
+  /// Every stage but the last on column lanes v: the value the last stage stores.
+  template <std::size_t I, class V>
+  BITGRAD_ALWAYS_INLINE static auto column_value(const std::tuple<Stages...>& s, const V& v,
+                                                 std::size_t i0, std::size_t j) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      return v;
+    else
+      return column_value<I + 1>(s, std::get<I>(s).apply_column(v, i0, j), i0, j);
+  }
   template <std::size_t I, class V>
   BITGRAD_ALWAYS_INLINE static void run_column(const std::tuple<Stages...>& s, const V& v,
                                                std::size_t i0, std::size_t j, std::size_t n) {
