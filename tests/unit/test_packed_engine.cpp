@@ -906,6 +906,37 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
 
 } // namespace
 
+TEST_CASE("fused_store::row_offsets equals offset(r, 0) on every row of odd ranges") {
+  std::mt19937 rng(89);
+  for (bool nchw : {false, true})
+    for (std::size_t pool_k : {0u, 2u, 3u})
+      for (std::size_t pool_s : {2u, 3u}) {
+        if (pool_k == 0 && pool_s == 3) continue;
+        for (std::size_t oh_n : {5u, 8u})
+          for (std::size_t ow_n : {1u, 7u, 12u}) {
+            if (pool_k > oh_n || pool_k > ow_n) continue;
+            deploy::detail::fused_store<float> st{nullptr};
+            st.plane = oh_n * ow_n, st.out_w = ow_n, st.channels = 3, st.nchw = nchw;
+            if (pool_k) {
+              st.pool = true, st.kh = st.kw = pool_k, st.sh = st.sw = pool_s;
+              st.ph = (oh_n - pool_k) / pool_s + 1, st.pw = (ow_n - pool_k) / pool_s + 1;
+            }
+            const std::size_t rows = 3 * st.plane;
+            for (int trial = 0; trial < 6; ++trial) {
+              const std::size_t r0 = trial == 0 ? 0 : rng() % rows;
+              const std::size_t m = trial == 0 ? rows : rng() % (rows - r0 + 1);
+              std::vector<std::ptrdiff_t> got(m, -7);
+              st.row_offsets(r0, m, got.data());
+              for (std::size_t i = 0; i < m; ++i) {
+                INFO("nchw=" << nchw << " pool " << pool_k << "/" << pool_s << " " << oh_n << "x"
+                             << ow_n << " r=" << r0 + i);
+                REQUIRE(got[i] == st.offset(r0 + i, 0));
+              }
+            }
+          }
+      }
+}
+
 TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time) equals the "
           "twin's per-pixel stores on odd shapes and row ranges") {
   std::mt19937 rng(83);

@@ -119,6 +119,7 @@ struct fused_store {
   /// stride 2, rows i .. i + width - 1 a whole output row whose index oh is even and whose
   /// windows (a = oh / 2 < ph) exist: each pooled pixel of the row pair is then written by
   /// the one call that holds its four pixels.
+  static constexpr bool pooled_columns = true;
   bool pool_pairs(std::size_t i, std::size_t width) const {
     if constexpr (!std::is_same_v<T, std::uint8_t>) {
       return false;
@@ -165,29 +166,43 @@ struct fused_store {
                                : ((n * ph + a) * pw + b) * channels + j);
   }
 
-  /// out[i] = offset(r0 + i, 0) for i < m, counting pixels up instead of dividing per row.
+  /// out[i] = offset(r0 + i, 0) for i < m, row by row: one division per output row, and per
+  /// pixel the row's place plus its column's (column ow: window b = ow / sw, pixel bi = ow % sw
+  /// in it; -1 outside every window), the columns' places found once per call.
   void row_offsets(std::size_t r0, std::size_t m, std::ptrdiff_t* out) const {
     if (!pool && !nchw) {
       for (std::size_t i = 0; i < m; ++i) out[i] = std::ptrdiff_t((r0 + i) * channels);
       return;
     }
-    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    // column[ow]: the pixel's place relative to its row's (-1: in no window).
+    thread_local std::vector<std::ptrdiff_t> column;
+    column.resize(out_w);
+    const std::size_t step = nchw ? 1 : channels; // between pooled pixels of a row
+    for (std::size_t ow = 0; ow < out_w; ++ow) {
+      const std::size_t b = ow / sw;
+      column[ow] = !pool                    ? std::ptrdiff_t(ow)
+                   : b < pw && ow % sw < kw ? std::ptrdiff_t(b * step)
+                                            : -1;
+    }
     const std::size_t oh_n = plane / out_w;
-    std::size_t a = oh / sh, ai = oh % sh, b = ow / sw, bi = ow % sw; // window, place in it
-    for (std::size_t i = 0; i < m; ++i) {
-      if (!pool)
-        out[i] = std::ptrdiff_t(n * channels * plane + oh * out_w + ow);
-      else if (a >= ph || b >= pw || ai >= kh || bi >= kw)
-        out[i] = -1;
-      else
-        out[i] = std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw + b
-                                     : ((n * ph + a) * pw + b) * channels);
-      if (++ow, ++bi == sw) bi = 0, ++b;
-      if (ow == out_w) {
-        ow = 0, b = 0, bi = 0;
-        if (++oh, ++ai == sh) ai = 0, ++a;
-        if (oh == oh_n) oh = 0, a = 0, ai = 0, ++n;
+    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    for (std::size_t i = 0; i < m;) {
+      const std::size_t count = std::min(m - i, out_w - ow); // the call's pixels of row oh
+      std::ptrdiff_t* o = out + i;
+      const std::ptrdiff_t* col = column.data() + ow;
+      const std::size_t a = oh / sh;
+      if (!pool) {
+        const std::ptrdiff_t base = std::ptrdiff_t(n * channels * plane + oh * out_w);
+        for (std::size_t t = 0; t < count; ++t) o[t] = base + col[t];
+      } else if (a >= ph || oh % sh >= kh) {
+        std::fill(o, o + count, std::ptrdiff_t(-1));
+      } else {
+        const std::ptrdiff_t base =
+            std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw : (n * ph + a) * pw * channels);
+        for (std::size_t t = 0; t < count; ++t) o[t] = col[t] < 0 ? -1 : base + col[t];
       }
+      i += count, ow = 0;
+      if (++oh == oh_n) oh = 0, ++n;
     }
   }
 

@@ -84,6 +84,11 @@ concept padded_stage = S::padded;
 template <class S>
 concept column_stage = S::columns;
 
+/// True for a last stage that stores 2 x 2-pooled column lanes, apply_pool_pairs(batch, i0, j, n),
+/// and says where it may, pool_pairs(i, width) (marked `pooled_columns = true`).
+template <class S>
+concept pooled_column_store = S::pooled_columns;
+
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
 /// (marked `partial = true`).
 template <class S>
@@ -331,7 +336,8 @@ struct pipeline {
   /// pixels (2t, 2t + 1) of both rows into pooled pixel t, written by no other call (the last
   /// stage's pool_pairs; false without one).
   bool pool_pairs(std::size_t i, std::size_t width) const {
-    if constexpr (requires { last_stage().pool_pairs(i, width); })
+    using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+    if constexpr (detail::pooled_column_store<last>)
       return last_stage().pool_pairs(i, width);
     else
       return false;
@@ -348,7 +354,9 @@ struct pipeline {
   BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
                                           const std::int32_t* acc_top,
                                           const std::int32_t* acc_bottom, std::size_t count) const
-      requires(detail::column_stage<Stages>&&...) {
+      requires(detail::column_stage<Stages>&&...) &&
+      detail::pooled_column_store<
+          std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
 #if BITGRAD_HAS_SIMD
     const std::tuple<Stages...> s = stages; // see row
     using B = simd_batch<std::int32_t>;
