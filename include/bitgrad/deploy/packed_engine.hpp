@@ -678,7 +678,13 @@ private:
     const std::size_t bands_per_image = (oh_n + band - 1) / band;
     bitgrad::detail::parallel_chunks(
         threads, units, [&](std::size_t, std::size_t b, std::size_t e) {
-          // Units [b, e) as row ranges; consecutive units of one image form one range.
+          // Units [b, e) as row ranges: whole images as one range (the direct path's codes
+          // and output offsets then set up once for them), else consecutive units of one
+          // image as one range.
+          if (band == oh_n) {
+            conv_rows(k, isa, a, b * plane, e * plane, y, res);
+            return;
+          }
           for (std::size_t u = b; u < e;) {
             const std::size_t n = u / bands_per_image, first_band = u % bands_per_image;
             const std::size_t last = std::min(e, (n + 1) * bands_per_image);
