@@ -19,7 +19,7 @@
 //             padding is z). Tap (a, b, c) of output pixel ow of row oh is then
 //             line(oh sh + a dh - ph, c, (b dw) mod sw)[ow + (b dw) div sw]: for consecutive
 //             pixels, consecutive floats.
-//   pixels    tile of JB <= 4 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
+//   pixels    tile of JB <= 6 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
 //             weight broadcasts, JB PB multiply-adds; the sums to int32 (cvttps2dq), then per
 //             channel the row's pixels in lanes through the output stage (out.column,
 //             output_stage.hpp "Columns"), or per pixel (out.row) when a stage has no column
@@ -325,10 +325,16 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     }
     // The sums of output row oh (lines from src), channel j's pixels at acc_row + j owp.
     auto row_sums = [&](const float* src, std::int32_t* acc_row) {
-      for (std::size_t j0 = 0; j0 < n_out; j0 += 4) {
+      // Tiles of 6 channels while 6 are left (LeNet's 6: one tile; 6 x 2 sums + 2 inputs + 1
+      // weight fill 15 of SSE2's and AVX2's 16 registers), then of 4 or fewer.
+      for (std::size_t j0 = 0, jb = 0; j0 < n_out; j0 += jb) {
+        jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
         const float* wj = w + j0 * K;
         std::int32_t* aj = acc_row + j0 * owp;
-        switch (std::min<std::size_t>(4, n_out - j0)) {
+        switch (jb) {
+        case 6:
+          detail::direct_tiles<B, 6>(src, off, K, wj, aj, owp);
+          break;
         case 4:
           detail::direct_tiles<B, 4>(src, off, K, wj, aj, owp);
           break;
