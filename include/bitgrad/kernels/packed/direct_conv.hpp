@@ -24,6 +24,10 @@
 //             channel the row's pixels in lanes through the output stage (out.column,
 //             output_stage.hpp "Columns"), or per pixel (out.row) when a stage has no column
 //             form (the residual adds).
+//   pooled    pixel lanes into a last stage of 2 x 2 / stride-2 max-pool windows (out.pool_pairs
+//             of a row: LeNet's conv1): rows oh, oh + 1 of a window both summed, then per
+//             channel out.column_pairs (output_stage.hpp "Pooled columns"), one store per
+//             pooled pixel instead of a max per output pixel.
 //   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
 //             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
 //             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,

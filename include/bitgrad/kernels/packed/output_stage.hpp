@@ -27,6 +27,11 @@
 // count)`, which a kernel whose lanes are rows (the direct convolution: output pixels) calls.
 // The same bits again: each lane runs the operations of the scalar call.
 //
+// Pooled columns: a last stage that stores into 2 x 2 / stride-2 max-pool windows (the
+// engine's fused_store, `pooled_columns = true`) also has `pool_pairs(i, width)` and
+// `apply_pool_pairs`; the pipeline's `column_pairs(i0, j, top, bottom, count)` then runs the
+// stages on two output rows of a window row and stores each window's max once.
+//
 // Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
 // channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
 // take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
