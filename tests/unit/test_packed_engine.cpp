@@ -852,3 +852,116 @@ TEST_CASE("packed engine: a residual add it cannot fuse, and avg_pool2d, are ref
 }
 
 } // namespace test_packed_engine
+
+namespace test_packed_engine {
+
+using namespace bitgrad;
+
+namespace {
+
+/// direct_conv and its twin ref::direct_conv on rows [r0, r1) into the engine's output stage
+/// (scale_bias -> ReLU -> quantize_u8 -> fused_store, u8 NHWC) under a max-pool k x k of stride
+/// s: the pooled buffers (0 first, as the engine sets them) must be equal byte for byte.
+void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_t batch,
+                         std::size_t k, std::size_t s, std::size_t r0, std::size_t r1,
+                         std::mt19937& rng) {
+  const std::size_t OH = g.out_h(), OW = g.out_w(), plane = g.out_plane();
+  const std::size_t ph = (OH - k) / s + 1, pw = (OW - k) / s + 1;
+  INFO("C=" << g.in_channels << " " << g.in_h << "x" << g.in_w << " out " << OH << "x" << OW
+            << " n_out=" << n_out << " batch=" << batch << " pool " << k << "/" << s << " rows=["
+            << r0 << "," << r1 << ")");
+  std::vector<std::uint8_t> x(batch * g.in_h * g.in_w * g.in_channels);
+  for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+  std::vector<std::int8_t> codes(n_out * g.filter_size());
+  for (auto& c : codes) c = static_cast<std::int8_t>(int(rng() % 255) - 127);
+  std::vector<float> scale(output::lane_padded(n_out)), bias(output::lane_padded(n_out));
+  for (std::size_t j = 0; j < n_out; ++j) {
+    // Both signs: a negative scale reverses the order of the sums, not of the stored values.
+    scale[j] = std::uniform_real_distribution<float>(-1e-3f, 1e-2f)(rng);
+    bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+  }
+  const std::uint8_t z = static_cast<std::uint8_t>(rng());
+  auto run = [&](bool reference) {
+    std::vector<std::uint8_t> y(batch * ph * pw * n_out, 0);
+    deploy::detail::fused_store<std::uint8_t> st{y.data()};
+    st.row0 = r0, st.plane = plane, st.out_w = OW, st.channels = n_out;
+    st.pool = true, st.kh = k, st.kw = k, st.sh = s, st.sw = s, st.ph = ph, st.pw = pw;
+    std::vector<std::ptrdiff_t> row_at(r1 - r0);
+    st.row_offsets(r0, r1 - r0, row_at.data());
+    st.row_at = row_at.data();
+    const auto out =
+        output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                     output::clamp{0.0f}, output::quantize_u8{6.0f, 5}, st);
+    if (reference)
+      ref::direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+    else
+      direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+    return y;
+  };
+  const std::vector<std::uint8_t> want = run(true);
+  if (r0 == 0 && r1 == batch * plane) // every window: values to compare, not only zeros
+    CHECK(std::count_if(want.begin(), want.end(), [](std::uint8_t v) { return v > 0; }) > 0);
+  CHECK(run(false) == want);
+}
+
+} // namespace
+
+TEST_CASE("fused_store::row_offsets equals offset(r, 0) on every row of odd ranges") {
+  std::mt19937 rng(89);
+  for (bool nchw : {false, true})
+    for (std::size_t pool_k : {0u, 2u, 3u})
+      for (std::size_t pool_s : {2u, 3u}) {
+        if (pool_k == 0 && pool_s == 3) continue;
+        for (std::size_t oh_n : {5u, 8u})
+          for (std::size_t ow_n : {1u, 7u, 12u}) {
+            if (pool_k > oh_n || pool_k > ow_n) continue;
+            deploy::detail::fused_store<float> st{nullptr};
+            st.plane = oh_n * ow_n, st.out_w = ow_n, st.channels = 3, st.nchw = nchw;
+            if (pool_k) {
+              st.pool = true, st.kh = st.kw = pool_k, st.sh = st.sw = pool_s;
+              st.ph = (oh_n - pool_k) / pool_s + 1, st.pw = (ow_n - pool_k) / pool_s + 1;
+            }
+            const std::size_t rows = 3 * st.plane;
+            for (int trial = 0; trial < 6; ++trial) {
+              const std::size_t r0 = trial == 0 ? 0 : rng() % rows;
+              const std::size_t m = trial == 0 ? rows : rng() % (rows - r0 + 1);
+              std::vector<std::ptrdiff_t> got(m, -7);
+              st.row_offsets(r0, m, got.data());
+              for (std::size_t i = 0; i < m; ++i) {
+                INFO("nchw=" << nchw << " pool " << pool_k << "/" << pool_s << " " << oh_n << "x"
+                             << ow_n << " r=" << r0 + i);
+                REQUIRE(got[i] == st.offset(r0 + i, 0));
+              }
+            }
+          }
+      }
+}
+
+TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time) equals the "
+          "twin's per-pixel stores on odd shapes and row ranges") {
+  std::mt19937 rng(83);
+  for (std::size_t c : {1u, 3u})
+    for (std::size_t h : {9u, 10u, 28u})
+      for (std::size_t w : {9u, 10u, 13u, 28u, 37u})
+        for (std::size_t n_out : {1u, 6u, 7u, 16u}) {
+          conv2d_geometry g;
+          g.in_channels = c, g.in_h = h, g.in_w = w, g.kernel_h = 5, g.kernel_w = 5;
+          g.stride_h = g.stride_w = 1, g.dilation_h = g.dilation_w = 1;
+          g.pad_h = g.pad_w = (w % 2 ? 1 : 0);
+          for (std::size_t batch : {1u, 3u}) {
+            const std::size_t rows = batch * g.out_plane(), OW = g.out_w();
+            check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng);
+            // A band starting at an odd output row (its first row pairs with the row above,
+            // outside the call), and a range starting and ending mid-row.
+            const std::size_t oh0 = 1 + rng() % (g.out_h() - 1);
+            check_pooled_direct(g, n_out, batch, 2, 2, oh0 * OW, rows, rng);
+            const std::size_t a = rng() % rows, b = a + 1 + rng() % (rows - a);
+            check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng);
+            // Windows the row pairs do not take: 3x3 of stride 3, 2x2 of stride 3.
+            check_pooled_direct(g, n_out, batch, 3, 3, 0, rows, rng);
+            check_pooled_direct(g, n_out, batch, 2, 3, 0, rows, rng);
+          }
+        }
+}
+
+} // namespace test_packed_engine

@@ -115,6 +115,38 @@ struct fused_store {
         if (at[l] >= 0) yj[at[l]] = static_cast<T>(lane[l]);
     }
   }
+  /// Pooled columns (output_stage.hpp, pipeline::column_pairs): u8 NHWC under a 2 x 2 pool of
+  /// stride 2, rows i .. i + width - 1 a whole output row whose index oh is even and whose
+  /// windows (a = oh / 2 < ph) exist: each pooled pixel of the row pair is then written by
+  /// the one call that holds its four pixels.
+  static constexpr bool pooled_columns = true;
+  bool pool_pairs(std::size_t i, std::size_t width) const {
+    if constexpr (!std::is_same_v<T, std::uint8_t>) {
+      return false;
+    } else {
+      if (!pool || nchw || !row_at || kh != 2 || kw != 2 || sh != 2 || sw != 2 || width != out_w)
+        return false;
+      const std::size_t px = (row0 + i) % plane, oh = px / out_w;
+      return px % out_w == 0 && oh % 2 == 0 && oh / 2 < ph;
+    }
+  }
+  /// Lanes l < n are pixels i0 + l of a row pair's top row (i0 at an even pixel), each the max
+  /// over its column of the window; pooled pixel of lanes 2t, 2t + 1 = their max, stored (no
+  /// other call writes it). A lone last lane (odd n) is the row's last pixel: in no window
+  /// when the width is odd (row_at -1), else maxed into the pooled pixel as the scalar call.
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_pool_pairs(const B& v, std::size_t i0, std::size_t j,
+                                              std::size_t n) const {
+    using V = typename B::value_type;
+    alignas(64) V lane[B::size];
+    v.store_aligned(lane);
+    const std::ptrdiff_t* at = row_at + i0;
+    T* yj = y + j;
+    std::size_t l = 0;
+    for (; l + 1 < n; l += 2)
+      if (at[l] >= 0) yj[at[l]] = static_cast<T>(std::max(lane[l], lane[l + 1]));
+    if (l < n && at[l] >= 0) write(yj[at[l]], static_cast<T>(lane[l]));
+  }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,
@@ -134,29 +166,43 @@ struct fused_store {
                                : ((n * ph + a) * pw + b) * channels + j);
   }
 
-  /// out[i] = offset(r0 + i, 0) for i < m, counting pixels up instead of dividing per row.
+  /// out[i] = offset(r0 + i, 0) for i < m, row by row: one division per output row, and per
+  /// pixel the row's place plus its column's (column ow: window b = ow / sw, pixel bi = ow % sw
+  /// in it; -1 outside every window), the columns' places found once per call.
   void row_offsets(std::size_t r0, std::size_t m, std::ptrdiff_t* out) const {
     if (!pool && !nchw) {
       for (std::size_t i = 0; i < m; ++i) out[i] = std::ptrdiff_t((r0 + i) * channels);
       return;
     }
-    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    // column[ow]: the pixel's place relative to its row's (-1: in no window).
+    thread_local std::vector<std::ptrdiff_t> column;
+    column.resize(out_w);
+    const std::size_t step = nchw ? 1 : channels; // between pooled pixels of a row
+    for (std::size_t ow = 0; ow < out_w; ++ow) {
+      const std::size_t b = ow / sw;
+      column[ow] = !pool                    ? std::ptrdiff_t(ow)
+                   : b < pw && ow % sw < kw ? std::ptrdiff_t(b * step)
+                                            : -1;
+    }
     const std::size_t oh_n = plane / out_w;
-    std::size_t a = oh / sh, ai = oh % sh, b = ow / sw, bi = ow % sw; // window, place in it
-    for (std::size_t i = 0; i < m; ++i) {
-      if (!pool)
-        out[i] = std::ptrdiff_t(n * channels * plane + oh * out_w + ow);
-      else if (a >= ph || b >= pw || ai >= kh || bi >= kw)
-        out[i] = -1;
-      else
-        out[i] = std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw + b
-                                     : ((n * ph + a) * pw + b) * channels);
-      if (++ow, ++bi == sw) bi = 0, ++b;
-      if (ow == out_w) {
-        ow = 0, b = 0, bi = 0;
-        if (++oh, ++ai == sh) ai = 0, ++a;
-        if (oh == oh_n) oh = 0, a = 0, ai = 0, ++n;
+    std::size_t n = r0 / plane, oh = r0 % plane / out_w, ow = r0 % plane % out_w;
+    for (std::size_t i = 0; i < m;) {
+      const std::size_t count = std::min(m - i, out_w - ow); // the call's pixels of row oh
+      std::ptrdiff_t* o = out + i;
+      const std::ptrdiff_t* col = column.data() + ow;
+      const std::size_t a = oh / sh;
+      if (!pool) {
+        const std::ptrdiff_t base = std::ptrdiff_t(n * channels * plane + oh * out_w);
+        for (std::size_t t = 0; t < count; ++t) o[t] = base + col[t];
+      } else if (a >= ph || oh % sh >= kh) {
+        std::fill(o, o + count, std::ptrdiff_t(-1));
+      } else {
+        const std::ptrdiff_t base =
+            std::ptrdiff_t(nchw ? (n * channels * ph + a) * pw : (n * ph + a) * pw * channels);
+        for (std::size_t t = 0; t < count; ++t) o[t] = col[t] < 0 ? -1 : base + col[t];
       }
+      i += count, ow = 0;
+      if (++oh == oh_n) oh = 0, ++n;
     }
   }
 
@@ -632,7 +678,13 @@ private:
     const std::size_t bands_per_image = (oh_n + band - 1) / band;
     bitgrad::detail::parallel_chunks(
         threads, units, [&](std::size_t, std::size_t b, std::size_t e) {
-          // Units [b, e) as row ranges; consecutive units of one image form one range.
+          // Units [b, e) as row ranges: whole images as one range (the direct path's codes
+          // and output offsets then set up once for them), else consecutive units of one
+          // image as one range.
+          if (band == oh_n) {
+            conv_rows(k, isa, a, b * plane, e * plane, y, res);
+            return;
+          }
           for (std::size_t u = b; u < e;) {
             const std::size_t n = u / bands_per_image, first_band = u % bands_per_image;
             const std::size_t last = std::min(e, (n + 1) * bands_per_image);

@@ -19,11 +19,15 @@
 //             padding is z). Tap (a, b, c) of output pixel ow of row oh is then
 //             line(oh sh + a dh - ph, c, (b dw) mod sw)[ow + (b dw) div sw]: for consecutive
 //             pixels, consecutive floats.
-//   pixels    tile of JB <= 4 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
+//   pixels    tile of JB <= 6 channels x PB <= 2 registers of L pixels: per tap p, PB loads, JB
 //             weight broadcasts, JB PB multiply-adds; the sums to int32 (cvttps2dq), then per
 //             channel the row's pixels in lanes through the output stage (out.column,
 //             output_stage.hpp "Columns"), or per pixel (out.row) when a stage has no column
 //             form (the residual adds).
+//   pooled    pixel lanes into a last stage of 2 x 2 / stride-2 max-pool windows (out.pool_pairs
+//             of a row: LeNet's conv1): rows oh, oh + 1 of a window both summed, then per
+//             channel out.column_pairs (output_stage.hpp "Pooled columns"), one store per
+//             pooled pixel instead of a max per output pixel.
 //   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
 //             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
 //             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,
@@ -46,6 +50,7 @@
 #include <bitgrad/kernels/ref/direct_conv.hpp>
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -275,6 +280,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
   constexpr bool has_row = requires {
     out.row(std::size_t(0), std::size_t(0), row, n_out);
   };
+  constexpr bool pairs = requires {
+    out.column_pairs(std::size_t(0), std::size_t(0), acc, acc, n_out);
+    { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
+  };
+  if constexpr (pairs) sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
+  acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
     // The call's pixels of image n: output rows oh_a .. oh_b.
@@ -316,23 +327,18 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           std::fill(line + t_hi, line + T, 0.0f);
         }
     }
-    for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
-      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
-      const std::size_t first = n * plane + oh * OW;
-      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
-      const std::size_t i_a = first + ow_a - r0;
-      if constexpr (detail::has_row_stage<Out>)
-        if (channel_lanes) { // the call's pixels of the row only, sums as rows
-          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
-                                           ow_b - ow_a);
-          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
-            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
-          continue;
-        }
-      for (std::size_t j0 = 0; j0 < n_out; j0 += 4) {
+    // The sums of output row oh (lines from src), channel j's pixels at acc_row + j owp.
+    auto row_sums = [&](const float* src, std::int32_t* acc_row) {
+      // Tiles of 6 channels while 6 are left (LeNet's 6: one tile; 6 x 2 sums + 2 inputs + 1
+      // weight fill 15 of SSE2's and AVX2's 16 registers), then of 4 or fewer.
+      for (std::size_t j0 = 0, jb = 0; j0 < n_out; j0 += jb) {
+        jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
         const float* wj = w + j0 * K;
-        std::int32_t* aj = acc + j0 * owp;
-        switch (std::min<std::size_t>(4, n_out - j0)) {
+        std::int32_t* aj = acc_row + j0 * owp;
+        switch (jb) {
+        case 6:
+          detail::direct_tiles<B, 6>(src, off, K, wj, aj, owp);
+          break;
         case 4:
           detail::direct_tiles<B, 4>(src, off, K, wj, aj, owp);
           break;
@@ -347,15 +353,44 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           break;
         }
       }
+    };
+    for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
+      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
+      const std::size_t first = n * plane + oh * OW;
+      const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
+      const std::size_t i_a = first + ow_a - r0;
+      if constexpr (detail::has_row_stage<Out>)
+        if (channel_lanes) { // the call's pixels of the row only, sums as rows
+          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                           ow_b - ow_a);
+          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          continue;
+        }
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
       // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
       // (out.row: contiguous stores), or per value.
       if constexpr (by_column)
         if (!has_row || n_out < simd_lanes<std::int32_t>) {
+          // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
+          // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each.
+          if constexpr (pairs)
+            if (ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e &&
+                out.pool_pairs(i_a, OW)) {
+              std::int32_t* below = acc + n_out * owp;
+              row_sums(src, acc);
+              row_sums(src + sh * line_set, below);
+              for (std::size_t j = 0; j < n_out; ++j)
+                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW);
+              ++oh;
+              continue;
+            }
+          row_sums(src, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
           continue;
         }
+      row_sums(src, acc);
       for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
         for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
         const std::size_t i = first + ow - r0;

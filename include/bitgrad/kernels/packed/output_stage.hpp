@@ -28,6 +28,11 @@
 // count)`, which a kernel whose lanes are rows (the direct convolution: output pixels) calls.
 // The same bits again: each lane runs the operations of the scalar call.
 //
+// Pooled columns: a last stage that stores into 2 x 2 / stride-2 max-pool windows (the
+// engine's fused_store, `pooled_columns = true`) also has `pool_pairs(i, width)` and
+// `apply_pool_pairs`; the pipeline's `column_pairs(i0, j, top, bottom, count)` then runs the
+// stages on two output rows of a window row and stores each window's max once.
+//
 // Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
 // channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
 // take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
@@ -84,6 +89,11 @@ concept padded_stage = S::padded;
 /// True for a stage with a column overload, apply_column(batch, i0, j) (`columns = true`).
 template <class S>
 concept column_stage = S::columns;
+
+/// True for a last stage that stores 2 x 2-pooled column lanes, apply_pool_pairs(batch, i0, j, n),
+/// and says where it may, pool_pairs(i, width) (marked `pooled_columns = true`).
+template <class S>
+concept pooled_column_store = S::pooled_columns;
 
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
 /// (marked `partial = true`).
@@ -332,6 +342,55 @@ struct pipeline {
 #endif
   }
 
+  /// Pooled columns: true when rows i .. i + width - 1 (one whole output row) and the same
+  /// pixels of the next output row (i + width ..) form 2 x 2 max-pool windows of stride 2,
+  /// pixels (2t, 2t + 1) of both rows into pooled pixel t, written by no other call (the last
+  /// stage's pool_pairs; false without one).
+  bool pool_pairs(std::size_t i, std::size_t width) const {
+    using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+    if constexpr (detail::pooled_column_store<last>)
+      return last_stage().pool_pairs(i, width);
+    else
+      return false;
+  }
+
+  /// Pooled columns, where pool_pairs(i0 - i0 % width, width) holds: rows i0 .. i0 + count - 1
+  /// of channel j (acc_top[l], a row's pixels from an even one) and the row below
+  /// (acc_bottom[l]); every stage but the last on each, in lanes, then
+  ///
+  ///   v[l] = max(top[l], bottom[l]),  pooled pixel of lanes 2t, 2t + 1 = max(v[2t], v[2t + 1])
+  ///
+  /// stored by the last stage (apply_pool_pairs). The values are those the scalar calls give,
+  /// and the max of a window is the same in any order: the same bits as the per-pixel path.
+  BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
+                                          const std::int32_t* acc_top,
+                                          const std::int32_t* acc_bottom, std::size_t count) const
+      requires(detail::column_stage<Stages>&&...) &&
+      detail::pooled_column_store<
+          std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
+#if BITGRAD_HAS_SIMD
+    const std::tuple<Stages...> s = stages; // see row
+    using B = simd_batch<std::int32_t>;
+    static_assert(B::size % 2 == 0, "lane pairs must not straddle two batches");
+    auto pooled = [&](const B& top, const B& bottom, std::size_t c, std::size_t n) {
+      const auto v =
+          xsimd::max(column_value<0>(s, top, i0 + c, j), column_value<0>(s, bottom, i0 + c, j));
+      std::get<sizeof...(Stages) - 1>(s).apply_pool_pairs(v, i0 + c, j, n);
+    };
+    std::size_t c = 0;
+    for (; c + B::size <= count; c += B::size)
+      pooled(B::load_unaligned(acc_top + c), B::load_unaligned(acc_bottom + c), c, B::size);
+    if (c < count) {
+      alignas(64) std::int32_t top[B::size] = {}, bottom[B::size] = {};
+      std::memcpy(top, acc_top + c, (count - c) * sizeof(std::int32_t));
+      std::memcpy(bottom, acc_bottom + c, (count - c) * sizeof(std::int32_t));
+      pooled(B::load_aligned(top), B::load_aligned(bottom), c, count - c);
+    }
+#else
+    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count;
+#endif
+  }
+
 protected:
   BITGRAD_ALWAYS_INLINE static void row_of(const std::tuple<Stages...>& s, std::size_t i,
                                            std::size_t j0, const std::int32_t* acc,
@@ -343,6 +402,18 @@ protected:
       run_lanes<0>(s, B::load_unaligned(acc + c), i, j0 + c);
 #endif
     for (; c < count; ++c) run<0>(s, acc[c], i, j0 + c);
+  }
+  const auto& last_stage() const {
+    return std::get<sizeof...(Stages) - 1>(stages);
+  }
+  /// Every stage but the last on column lanes v: the value the last stage stores.
+  template <std::size_t I, class V>
+  BITGRAD_ALWAYS_INLINE static auto column_value(const std::tuple<Stages...>& s, const V& v,
+                                                 std::size_t i0, std::size_t j) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      return v;
+    else
+      return column_value<I + 1>(s, std::get<I>(s).apply_column(v, i0, j), i0, j);
   }
   template <std::size_t I, class V>
   BITGRAD_ALWAYS_INLINE static void run_column(const std::tuple<Stages...>& s, const V& v,
