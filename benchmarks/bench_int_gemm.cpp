@@ -135,7 +135,7 @@ void run_int(benchmark::State& state, const int_shape& s, int_isa path, int bits
 /// A first conv (C = 1) as the direct convolution, into the same output stage.
 void run_direct(benchmark::State& state, const int_shape& s, int bits) {
   int_operands x(s, bits);
-  x.scale.resize(output::lane_padded(s.n)), x.bias.resize(output::lane_padded(s.n));
+  x.scale.resize(output::padded_length(s.n)), x.bias.resize(output::padded_length(s.n));
   conv2d_geometry g;
   g.in_h = g.in_w = s.side, g.kernel_h = g.kernel_w = s.kernel, g.pad_h = g.pad_w = s.pad;
   const auto out = output::make_padded_pipeline(output::scale_bias{x.scale.data(), x.bias.data()},

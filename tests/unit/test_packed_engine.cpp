@@ -874,7 +874,7 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
   for (auto& v : x) v = static_cast<std::uint8_t>(rng());
   std::vector<std::int8_t> codes(n_out * g.filter_size());
   for (auto& c : codes) c = static_cast<std::int8_t>(int(rng() % 255) - 127);
-  std::vector<float> scale(output::lane_padded(n_out)), bias(output::lane_padded(n_out));
+  std::vector<float> scale(output::padded_length(n_out)), bias(output::padded_length(n_out));
   for (std::size_t j = 0; j < n_out; ++j) {
     // Both signs: a negative scale reverses the order of the sums, not of the stored values.
     scale[j] = std::uniform_real_distribution<float>(-1e-3f, 1e-2f)(rng);

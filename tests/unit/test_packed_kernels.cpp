@@ -458,7 +458,7 @@ TEST_CASE_TEMPLATE("packed_gemm: requantized u8 and float outputs equal the refe
     const std::size_t m = 1 + rng() % 20;
     const std::vector<std::uint8_t> a = activations(m, depth, 1, rng);
     // Padded with zeros as integer_plan pads them, for the padded pipelines.
-    std::vector<float> scale(output::lane_padded(n)), bias(output::lane_padded(n));
+    std::vector<float> scale(output::padded_length(n)), bias(output::padded_length(n));
     for (std::size_t j = 0; j < n; ++j) {
       scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
       bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
@@ -608,7 +608,7 @@ TEST_CASE("output stages: rows(i0, m, j0, acc, stride, count) of the plain and t
   std::mt19937 rng(47);
   for (std::size_t count : {1u, 5u, 8u, 13u, 16u}) {
     for (std::size_t m : {1u, 3u, 7u}) {
-      const std::size_t j0 = 3, i0 = 2, acc_stride = 16, width = output::lane_padded(j0 + count);
+      const std::size_t j0 = 3, i0 = 2, acc_stride = 16, width = output::padded_length(j0 + count);
       const std::size_t rows_all = i0 + m;
       std::vector<std::int32_t> acc(m * acc_stride);
       std::vector<float> scale(width), bias(width);
@@ -744,7 +744,7 @@ void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t b
   CHECK(got == want);
   // Through scale_bias -> ReLU -> quantize_u8 (padded rows, as the engine's stage), against
   // the scalar calls of the twin.
-  std::vector<float> scale(output::lane_padded(n)), bias(output::lane_padded(n));
+  std::vector<float> scale(output::padded_length(n)), bias(output::padded_length(n));
   for (std::size_t j = 0; j < n; ++j) {
     scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
     bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);

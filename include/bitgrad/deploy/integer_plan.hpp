@@ -160,7 +160,7 @@ struct integer_step {
   float residual_scale = 1;
   std::uint8_t residual_zero = 0;
   // output stage
-  std::vector<float> scale, bias; ///< per channel (then zeros to output::lane_padded(channels));
+  std::vector<float> scale, bias; ///< per channel (then zeros to output::padded_length(channels));
                                   ///< bias 0 when the layer has none
   bool relu = false;              ///< after the residual add, when there is one
   bool pool = false;
@@ -477,8 +477,8 @@ struct integer_plan {
       const format::tensor_data* b = op.bias == format::no_index ? nullptr : &m.tensors[op.bias];
       // Padded with zeros to a multiple of the lanes: padded output pipelines read whole lane
       // batches (output_stage.hpp, "Padded rows").
-      s.scale.assign(output::lane_padded(s.channels), 0.0f);
-      s.bias.assign(output::lane_padded(s.channels), 0.0f);
+      s.scale.assign(output::padded_length(s.channels), 0.0f);
+      s.bias.assign(output::padded_length(s.channels), 0.0f);
       for (std::size_t j = 0; j < s.channels; ++j) {
         s.scale[j] = s.in_scale * weights_scale(s.op, j) * (cs ? cs->values[j] : 1.0f);
         if (b) s.bias[j] = b->values[j];

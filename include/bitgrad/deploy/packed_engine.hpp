@@ -590,7 +590,7 @@ private:
     st.row_offsets(row0, m, row_at.data());
     st.row_at = row_at.data();
     const output::scale_bias sb{s.scale.data(), s.bias.data()};
-    // scale and bias are padded to lane_padded(channels) (integer_plan)
+    // scale and bias are padded to padded_length(channels) (integer_plan)
     auto run = [&](auto... stages) { f(output::make_padded_pipeline(stages...)); };
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {

@@ -38,9 +38,9 @@
 // take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
 // array, every stage computes all lanes, and the last stage stores only the row's channels
 // (apply_partial). The caller guarantees that the per-channel arrays (scale_bias's scale and
-// bias) are readable up to a multiple of lane_pad past the row's first channel; stages that read
-// other per-row data (the residual adds) have no `padded` mark, and a pipeline holding one runs
-// its tail with scalar calls as make_pipeline's does.
+// bias) are readable to padded_length(channels), lane_pad past any row's last channel; stages that
+// read other per-row data (the residual adds) have no `padded` mark, and a pipeline holding one
+// runs its tail with scalar calls as make_pipeline's does.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -107,9 +107,12 @@ concept partial_store = S::partial;
 inline constexpr std::size_t lane_pad = 16;
 static_assert(simd_lanes<float> <= lane_pad && simd_lanes<std::int32_t> <= lane_pad);
 
-/// n rounded up to a multiple of lane_pad: the length of a padded per-channel array.
-constexpr std::size_t lane_padded(std::size_t n) {
-  return (n + lane_pad - 1) / lane_pad * lane_pad;
+/// The length of a padded per-channel array of n channels: n rounded up to a multiple of
+/// lane_pad, plus lane_pad. A row may start at any channel j0 (a tile of one bit class starts
+/// where the class does) and reads whole lane batches from j0, up to channel
+/// j0 + count - 1 + (lanes - 1) < n + lane_pad.
+constexpr std::size_t padded_length(std::size_t n) {
+  return (n + lane_pad - 1) / lane_pad * lane_pad + lane_pad;
 }
 
 /// value = acc * scale[j] + bias[j] (bias nullable).
@@ -450,7 +453,7 @@ protected:
 };
 
 /// A pipeline whose rows run their tail as one partial lane batch (see "Padded rows" at the
-/// top): the caller pads the per-channel arrays to lane_padded(channels).
+/// top): the caller pads the per-channel arrays to padded_length(channels).
 template <class... Stages>
 struct padded_pipeline : pipeline<Stages...> {
   using base = pipeline<Stages...>;
@@ -510,7 +513,7 @@ pipeline<Stages...> make_pipeline(Stages... s) {
 }
 
 /// make_pipeline whose rows run their tail in lanes: scale_bias's arrays must be readable to
-/// lane_padded(channels) (see "Padded rows" at the top).
+/// padded_length(channels) (see "Padded rows" at the top).
 template <class... Stages>
 padded_pipeline<Stages...> make_padded_pipeline(Stages... s) {
   return padded_pipeline<Stages...>{{std::tuple<Stages...>(std::move(s)...)}};
