@@ -23,7 +23,7 @@
 //                 v = acc * scale[j] + bias[j] + s_r (q_r - z_r)    (u8 operand, its grid)
 //                 v = acc * scale[j] + bias[j] + r                  (float operand)
 //                 q' = clamp(round_half_even(max(v, 0) / s_out) + z_out, lo, hi)
-//               in float32 (the add's term one fused multiply-add where the target has FMA),
+//               in float32 (each multiply-add rounded twice, product then sum, on every target),
 //               the same arithmetic as every output stage here. Not a separate u8 + u8 add:
 //               the block's pre-add sum is never rounded to u8, so it needs no calibrated
 //               range of its own (the file has none) and the add rounds once, not twice.

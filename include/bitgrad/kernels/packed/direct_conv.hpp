@@ -155,7 +155,7 @@ BITGRAD_ALWAYS_INLINE void direct_tile(const float* src, const std::uint32_t* of
     for (std::size_t q = 0; q < PB; ++q) xv[q] = B::load_unaligned(in + q * L);
     for (std::size_t jb = 0; jb < JB; ++jb) {
       const B wv(w[jb * K + p]);
-      for (std::size_t q = 0; q < PB; ++q) s[jb][q] = output::detail::mul_add(wv, xv[q], s[jb][q]);
+      for (std::size_t q = 0; q < PB; ++q) s[jb][q] = xsimd::fma(wv, xv[q], s[jb][q]);
     }
   }
   for (std::size_t jb = 0; jb < JB; ++jb)
@@ -180,7 +180,7 @@ BITGRAD_ALWAYS_INLINE void direct_tile_channels(const float* src, const std::uin
     for (std::size_t v = 0; v < JV; ++v) wv[v] = B::load_unaligned(wt + p * npad + v * L);
     for (std::size_t px = 0; px < PX; ++px) {
       const B x(in[px]);
-      for (std::size_t v = 0; v < JV; ++v) s[px][v] = output::detail::mul_add(x, wv[v], s[px][v]);
+      for (std::size_t v = 0; v < JV; ++v) s[px][v] = xsimd::fma(x, wv[v], s[px][v]);
     }
   }
   for (std::size_t px = 0; px < PX; ++px)

@@ -18,9 +18,11 @@
 // pipeline of such stages gets `row(i, j0, acc, count)`, which the kernels call instead of
 // count scalar calls when a tile's channels are consecutive, and `rows(i0, m, j0, acc,
 // acc_stride, count)`, the same for m consecutive rows (the stages copied once per call). Both give
-// the same bits: the one multiply-add is an explicit fused multiply-add where the target has one
-// (so the compiler's contraction cannot make the two differ) and a separate multiply and add where
-// it has none; test_packed_kernels holds them against each other.
+// the same bits: the one multiply-add is rounded twice (the product, then the sum) on every
+// target, path and compiler (detail::mul_add), so a compiler that fuses a * b + c into one FMA
+// where the target has one cannot make the scalar calls and the lanes differ; test_packed_kernels
+// holds them against each other. (The runtime's results are then the same bits on SSE2, AVX2,
+// AVX-512 and NEON, at -O1 and -O2.)
 //
 // Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
 // the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
@@ -60,22 +62,34 @@ namespace bitgrad::output {
 
 namespace detail {
 
-/// a * b + c, rounded once where the target has FMA, twice where it has not.
-inline float mul_add(float a, float b, float c) {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-  return std::fma(a, b, c);
+/// Keeps v as computed: the empty asm hides the value from GCC's optimiser, so the multiply that
+/// made v cannot be fused with a later add (GCC fuses a * b + c into an FMA at -O2 wherever the
+/// target has one: -ffp-contract=fast, its default in C++, ISO mode included). Clang fuses only
+/// within one expression (-ffp-contract=on) and needs nothing.
+template <class T>
+BITGRAD_ALWAYS_INLINE void keep_rounded(T& v) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  asm("" : "+v"(v)); // any SSE / AVX / AVX-512 register
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__aarch64__)
+  asm("" : "+w"(v)); // any FP / NEON register
 #else
-  return a * b + c;
+  (void)v;
 #endif
 }
 
+/// a * b + c rounded twice, the product to float and then the sum, on every target (SSE2 has no
+/// FMA, so this is the rounding that every path can give).
+inline float mul_add(float a, float b, float c) {
+  float product = a * b;
+  keep_rounded(product);
+  return product + c;
+}
+
 template <class B>
-B mul_add(const B& a, const B& b, const B& c) {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-  return xsimd::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
+BITGRAD_ALWAYS_INLINE B mul_add(const B& a, const B& b, const B& c) {
+  typename B::register_type product = a * b;
+  keep_rounded(product);
+  return B(product) + c;
 }
 
 /// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
@@ -164,7 +178,7 @@ struct clamp {
 
 /// value += s_r * (r(i, j) - z_r): the other operand of a residual add, held as u8 codes on its
 /// own grid (scale s_r, zero point z_r), read at r[i * stride + j] (rows of the call, as the
-/// accumulators). One fused multiply-add where the target has FMA, as scale_bias.
+/// accumulators). Rounded as scale_bias (detail::mul_add).
 struct add_u8 {
   static constexpr bool lanes = true;
   const std::uint8_t* r;
