@@ -15,6 +15,8 @@
 //   fprop  y  = x * W^T          gemm(N, T, B, out, in)
 //   dgrad  dx = dy * W           gemm(N, N, B, in, out)
 //   wgrad  dW += dy^T * x        gemm(T, N, out, in, B)
+#include "bench_timing.hpp"
+
 #include <bitgrad/core/simd.hpp>
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/kernels/gemm_microkernel.hpp>
@@ -140,14 +142,7 @@ void run(benchmark::State& state, const gemm_shape& s, library lib, int threads)
 #endif
     }
   };
-  call(); // warm the caches, the pack buffers and the thread pool
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    benchmark::ClobberMemory();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
+  const double seconds = bitgrad::bench::seconds_in_calls(state, call);
   const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
   state.counters["GFLOP/s"] = flops * double(state.iterations()) / seconds * 1e-9;
   state.counters["m"] = double(s.m);
@@ -160,9 +155,7 @@ void run(benchmark::State& state, const gemm_shape& s, library lib, int threads)
 void fma_peak(benchmark::State& state, int threads) {
   using batch = bitgrad::simd_batch<float>;
   constexpr std::size_t chains = 12, steps = 1 << 16;
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
+  auto call = [&] {
 #if defined(BITGRAD_WITH_OPENMP)
 #pragma omp parallel num_threads(threads)
 #endif
@@ -175,8 +168,8 @@ void fma_peak(benchmark::State& state, int threads) {
       }
       bitgrad::detail::static_for<chains>([&](auto i) { benchmark::DoNotOptimize(acc[i]); });
     }
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
+  };
+  const double seconds = bitgrad::bench::seconds_in_calls(state, call, /*warm_up=*/false);
   const double flops = 2.0 * double(batch::size) * chains * steps * threads;
   state.counters["GFLOP/s"] = flops * double(state.iterations()) / seconds * 1e-9;
 }

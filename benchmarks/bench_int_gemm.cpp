@@ -29,6 +29,8 @@
 //
 // Timings on a shared machine are noisy; compare rows of one run, and re-measure on an idle
 // machine before quoting numbers.
+#include "bench_timing.hpp"
+
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/kernels/packed/direct_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
@@ -40,7 +42,6 @@
 #endif
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -104,14 +105,7 @@ struct int_operands {
 /// 2 m n K operations per call.
 template <class Call>
 void time_calls(benchmark::State& state, const int_shape& s, const Call& call) {
-  call();
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    benchmark::ClobberMemory();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
+  const double seconds = bitgrad::bench::seconds_in_calls(state, call);
   state.counters["GOP/s"] =
       2.0 * double(s.m * s.n * s.k) * double(state.iterations()) / seconds * 1e-9;
   state.counters["ops_per_call"] = 2.0 * double(s.m * s.n * s.k);
@@ -250,32 +244,33 @@ BITGRAD_TARGET_SSE2 void peak_loop_sse2() {
 #endif
 
 void run_peak(benchmark::State& state, int_isa p) {
-  double seconds = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    switch (p) {
+  // The loop of each path, or nullptr where this binary has none.
+  void (*loop)() = nullptr;
+  switch (p) {
 #if BITGRAD_PACKED_X86
-    case int_isa::avx512_vnni:
-      peak_loop_avx512_vnni();
-      break;
+  case int_isa::avx512_vnni:
+    loop = peak_loop_avx512_vnni;
+    break;
 #if BITGRAD_PACKED_HAS_AVX_VNNI
-    case int_isa::avx_vnni:
-      peak_loop_avx_vnni();
-      break;
+  case int_isa::avx_vnni:
+    loop = peak_loop_avx_vnni;
+    break;
 #endif
-    case int_isa::avx2:
-      peak_loop_avx2();
-      break;
-    case int_isa::sse2:
-      peak_loop_sse2();
-      break;
+  case int_isa::avx2:
+    loop = peak_loop_avx2;
+    break;
+  case int_isa::sse2:
+    loop = peak_loop_sse2;
+    break;
 #endif
-    default:
-      state.SkipWithError("no peak loop for this path");
-      return;
-    }
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  default:
+    break;
   }
+  if (loop == nullptr) {
+    state.SkipWithError("no peak loop for this path");
+    return;
+  }
+  const double seconds = bitgrad::bench::seconds_in_calls(state, loop, /*warm_up=*/false);
   state.counters["GOP/s"] = peak_ops(p) * double(state.iterations()) / seconds * 1e-9;
   state.counters["ops_per_call"] = peak_ops(p);
 }
