@@ -13,7 +13,7 @@
 // Parameters (visit_parameters): "<name>.bits" (kind bitwidth: the optimizer's bitwidth group
 // applies) and "<name>.range" (kind scale). visit_quantizers visits nothing: the weight-size
 // accounting (quant/size.hpp), budget freezing and export walk weight quantizers only; reach
-// activation quantizers with nn::visit_activation_quantizers(net, f) below, which calls
+// activation quantizers with nn::visit_activation_quantizers(net, f) (nn/visit.hpp), which calls
 // f(full_name, act_quantizer&) for every activation_quant leaf of a network.
 // train(on) / training(): recorded; the arithmetic is the same in both modes (act_quantizer).
 // State: save / load of the quantizer (bitwidths once frozen, calibration), see act_quantizer.
@@ -132,16 +132,5 @@ private:
 
 static_assert(layer<activation_quant<float, 4>>);
 static_assert(layer<activation_quant<double, 2>>);
-
-/// f(full_name, act_quantizer&) for every activation_quant leaf of `net` (a layer or a
-/// composition), in the order of nn::visit_layers.
-template <class L, class F>
-void visit_activation_quantizers(L& net, F&& f) {
-  auto leaf = [&](const std::string& name, auto& l) {
-    if constexpr (requires { l.activation_quantizer(); })
-      f(std::string_view(name), l.activation_quantizer());
-  };
-  visit_layers(net, leaf);
-}
 
 } // namespace bitgrad::nn

@@ -2,6 +2,9 @@
 //
 //   visit_layers(net, f)   f(full_name, layer&) for every leaf layer (compositions recurse;
 //                          full_name joins the enclosing compositions' names: "layer1.0.conv1")
+//   visit_activation_quantizers(net, f)
+//                          f(full_name, quantizer&) for every leaf with an activation quantizer
+//                          (nn/activation_quant.hpp's layer)
 //   parameter_count(net)   number of trainable scalars (quantizer parameters included)
 //   summary(net)           "name  describe  parameters" per leaf layer, and the total
 #pragma once
@@ -23,6 +26,19 @@ void visit_layers(L& l, F& f, std::string_view prefix = {}) {
     l.visit_layers(f, prefix);
   else
     f(join_name(prefix, l.name()), l);
+}
+
+/// f(full_name, act_quantizer&) for every leaf of `net` (a layer or a composition) that holds an
+/// activation quantizer (nn::activation_quant), in the order of visit_layers. Here, not in
+/// nn/activation_quant.hpp, so that a training step can reach them without including the
+/// quantizer's kernels.
+template <class L, class F>
+void visit_activation_quantizers(L& net, F&& f) {
+  auto leaf = [&](const std::string& name, auto& l) {
+    if constexpr (requires { l.activation_quantizer(); })
+      f(std::string_view(name), l.activation_quantizer());
+  };
+  visit_layers(net, leaf);
 }
 
 /// Trainable scalars of a layer or network.

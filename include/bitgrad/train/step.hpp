@@ -7,7 +7,7 @@
 //      gradients added to the weight and activation bitwidths they depend on]
 //   -> if l and every gradient are finite: optimizer.step, then every quantizer projects its
 //      parameters back into bounds (bitwidths into [b_min, b_max], ...): the weight quantizers
-//      and the activation quantizers (nn/activation_quant.hpp) alike
+//      and the activation quantizers (nn/activation_quant.hpp, reached through nn/visit.hpp) alike
 //
 // Data-parallel (`sync` set, train/gradient_sync.hpp): x, y are this rank's slice of the global
 // batch. After the loss, one sum over the ranks gives the global batch's loss, correct count and
@@ -23,8 +23,8 @@
 #pragma once
 
 #include <bitgrad/core/tensor.hpp>
-#include <bitgrad/nn/activation_quant.hpp>
 #include <bitgrad/nn/loss.hpp>
+#include <bitgrad/nn/visit.hpp>
 #include <bitgrad/optim/clip.hpp>
 #include <bitgrad/quant/costs.hpp>
 #include <bitgrad/quant/penalty.hpp>
