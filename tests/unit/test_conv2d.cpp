@@ -450,6 +450,88 @@ TEST_CASE_TEMPLATE("the fused ReLU keeps NaN in every algorithm, as the referenc
   }
 }
 
+/// Geometries for the packers: pixel runs shorter and longer than a register, strides,
+/// dilation, padding wider than the kernel reach.
+std::vector<conv2d_geometry> packing_shapes() {
+  std::vector<conv2d_geometry> shapes;
+  auto add = [&](std::size_t cin, std::size_t h, std::size_t w, std::size_t k, std::size_t stride,
+                 std::size_t pad, std::size_t dilation) {
+    conv2d_geometry g;
+    g.batch = 3;
+    g.in_channels = cin;
+    g.in_h = h;
+    g.in_w = w;
+    g.kernel_h = g.kernel_w = k;
+    g.stride_h = g.stride_w = stride;
+    g.pad_h = g.pad_w = pad;
+    g.dilation_h = g.dilation_w = dilation;
+    shapes.push_back(g);
+  };
+  add(2, 28, 28, 3, 1, 1, 1); // ResNet-20 stage 1: 28-pixel rows
+  add(3, 7, 5, 3, 1, 1, 1);   // rows of 5
+  add(1, 11, 13, 3, 2, 1, 1); // stride 2
+  add(2, 9, 9, 3, 1, 2, 2);   // dilation 2
+  add(1, 6, 1, 1, 1, 0, 1);   // one-pixel rows
+  add(2, 5, 37, 3, 1, 1, 1);  // rows longer than a panel
+  return shapes;
+}
+
+TEST_CASE_TEMPLATE("implicit GEMM packers write im2col's column matrix in the packed layouts", T,
+                   float, double) {
+  using tile = bitgrad::detail::gemm_tile<T>;
+  constexpr std::size_t nr = tile::nr;
+  std::mt19937 rng(23);
+  for (const auto& g : packing_shapes()) {
+    INFO(describe(g));
+    const std::size_t k = g.filter_size(), p = g.out_plane(), cin = g.in_channels;
+    const auto x = random_vector<T>(g.input_count(), rng);
+    const bitgrad::detail::conv2d_phase_image layout(g);
+    const std::vector<std::size_t> taps = layout.tap_offsets(g);
+    const std::size_t xs_image = layout.size<T>();
+    std::vector<T> xs(g.batch * xs_image), col(g.batch * k * p); // col of image n at n * k * p
+    for (std::size_t n = 0; n < g.batch; ++n) {
+      layout.fill(g, x.data() + n * cin * g.in_plane(), xs.data() + n * xs_image);
+      bitgrad::im2col(g, cin, x.data() + n * cin * g.in_plane(), col.data() + n * k * p);
+    }
+    // fprop's B: taps [pc, pc + kc) x pixels [jc, jc + nc) of image 1, panels of NR pixels.
+    const std::size_t pc = std::min<std::size_t>(1, k - 1), kc = k - pc;
+    const std::size_t jc = std::min<std::size_t>(3, p - 1), nc = p - jc;
+    const std::size_t panels = (nc + nr - 1) / nr;
+    std::vector<T> packed(panels * nr * kc + nr, T(-7));
+    bitgrad::detail::conv2d_pack_col<nr>(taps.data(), g.out_w(), layout.cols, xs.data() + xs_image,
+                                         pc, kc, jc, nc, packed.data());
+    std::size_t mismatches = 0;
+    for (std::size_t panel = 0; panel < panels; ++panel)
+      for (std::size_t t = 0; t < kc; ++t)
+        for (std::size_t r = 0; r < nr; ++r) {
+          const std::size_t q = panel * nr + r;
+          const T want = q < nc ? col[k * p + (pc + t) * p + jc + q] : T(0);
+          mismatches += packed[(panel * kc + t) * nr + r] != want;
+        }
+    CHECK(mismatches == 0);
+    // wgrad's B: pixels [pc, pc + kc) of the run of all images (k = pixels) x taps [jc, jc + nc),
+    // panels of NR taps.
+    const std::size_t pixels = g.batch * p;
+    const std::size_t wpc = std::min<std::size_t>(5, pixels - 1), wkc = pixels - wpc - 1;
+    const std::size_t wjc = std::min<std::size_t>(2, k - 1), wnc = k - wjc;
+    const std::size_t wpanels = (wnc + nr - 1) / nr;
+    std::vector<T> wpacked(wpanels * nr * wkc, T(-7));
+    std::vector<T> stage(bitgrad::detail::conv2d_stage_size<T>());
+    bitgrad::detail::conv2d_pack_col_transposed<nr>(taps.data(), g.out_w(), layout.cols, p,
+                                                    xs.data(), xs_image, wpc, wkc, wjc, wnc,
+                                                    stage.data(), wpacked.data());
+    mismatches = 0;
+    for (std::size_t panel = 0; panel < wpanels; ++panel)
+      for (std::size_t q = 0; q < wkc; ++q)
+        for (std::size_t r = 0; r < nr; ++r) {
+          const std::size_t t = panel * nr + r, pixel = wpc + q, n = pixel / p;
+          const T want = t < wnc ? col[n * k * p + (wjc + t) * p + pixel % p] : T(0);
+          mismatches += wpacked[(panel * wkc + q) * nr + r] != want;
+        }
+    CHECK(mismatches == 0);
+  }
+}
+
 TEST_CASE("conv2d geometry: output size formula and validation messages") {
   conv2d_geometry g;
   g.in_h = 28;

@@ -148,26 +148,83 @@ BITGRAD_ALWAYS_INLINE void conv2d_copy_run(const T* src, T* dst, std::size_t len
     batch::load_unaligned(src + k).store_unaligned(dst + k);
 }
 
+/// How to assemble Regs registers of packed pixels [0, len) from one row of col (the runs of
+/// conv2d_pixel_runs), the same for every tap of a panel: register j, lane l holds packed pixel
+/// u = j * L + l, which lies in the run r with dst <= u < dst + len_r and comes from
+///   xs[tap_offset + src_r + (u - dst_r)] = load(xs + tap_offset + (src_r - dst_r + j * L))[l].
+/// So each register is one unaligned load per run it meets, merged by lane masks (lanes from
+/// `first` on take the later run), and stored whole at its aligned place: no store straddles
+/// a run boundary or overlaps another, where copying run by run wrote each run with
+/// unaligned, overlapping stores that a 28-pixel row splits across cache lines. Lanes u >= len are
+/// zero. Loads stay inside xs: src_r - dst_r >= 0 (a run after the first starts a new output
+/// row, ow = 0, and the runs before it, at most out_w <= cols pixels per row, sit above it),
+/// and a load reads at most a register past a run's last pixel (the image's padding register).
+template <class T, std::size_t Regs>
+struct conv2d_gather_plan {
+  using batch = simd_batch<T>;
+  using mask = typename batch::batch_bool_type;
+  static constexpr std::size_t lanes = batch::size;
+  /// Runs one register may meet: a run covers at least one pixel.
+  static constexpr std::size_t most = lanes;
+
+  std::size_t pieces[Regs] = {};  ///< loads per register (>= 1)
+  std::size_t offset[Regs][most]; ///< src_r - dst_r + j * L of each load
+  mask take[Regs][most];          ///< lanes the load supplies (those of its run and on)
+  mask keep[Regs];                ///< lanes u < len
+  bool tail = false;              ///< some lane is u >= len
+
+  conv2d_gather_plan(const conv2d_run* runs, std::size_t count, std::size_t len) {
+    alignas(64) T index_values[lanes];
+    for (std::size_t l = 0; l < lanes; ++l) index_values[l] = T(l);
+    const batch index = batch::load_unaligned(index_values);
+    tail = len < Regs * lanes;
+    for (std::size_t j = 0; j < Regs; ++j) {
+      const std::size_t u0 = j * lanes;
+      keep[j] = index < batch(T(len > u0 ? len - u0 : 0));
+      for (std::size_t r = 0; r < count; ++r) {
+        const conv2d_run& run = runs[r];
+        if (run.dst + run.len <= u0 || run.dst >= u0 + lanes) continue;
+        const std::size_t first = run.dst > u0 ? run.dst - u0 : 0;
+        offset[j][pieces[j]] = run.src - run.dst + u0;
+        take[j][pieces[j]] = index >= batch(T(first));
+        ++pieces[j];
+      }
+      if (pieces[j] == 0) { // past len: a zero register (loads the first run's start)
+        offset[j][0] = runs[0].src;
+        take[j][0] = index >= batch(T(0));
+        pieces[j] = 1;
+      }
+    }
+  }
+
+  /// out[u] = src[...] of pixel u for u < len, 0 for len <= u < Regs * L.
+  BITGRAD_ALWAYS_INLINE void apply(const T* src, T* out) const {
+    for (std::size_t j = 0; j < Regs; ++j) {
+      batch v = batch::load_unaligned(src + offset[j][0]);
+      for (std::size_t k = 1; k < pieces[j]; ++k)
+        v = xsimd::select(take[j][k], batch::load_unaligned(src + offset[j][k]), v);
+      if (tail) v = xsimd::select(keep[j], v, batch(T(0)));
+      v.store_unaligned(out + j * lanes);
+    }
+  }
+};
+
 /// Packs the kc x nc block of col at taps [pc, pc + kc) and pixels [jc, jc + nc) of one image
 /// (xs: its conv2d_phase_image, `cols` wide; pixel (oh, ow) at oh * cols + ow) into micro-panels
-/// of NR pixels (gemm_pack_b's layout for B = col): fprop's and dgrad's B. Writes up to a
-/// register past the block's end.
+/// of NR pixels (gemm_pack_b's layout for B = col): fprop's and dgrad's B. Each panel row is
+/// assembled in registers by a conv2d_gather_plan made once per panel for all its taps.
 template <std::size_t NR, class T>
 void conv2d_pack_col(const std::size_t* tap_offsets, std::size_t out_w, std::size_t cols,
                      const T* xs, std::size_t pc, std::size_t kc, std::size_t jc, std::size_t nc,
                      T* dst) {
+  constexpr std::size_t lanes = simd_batch<T>::size;
+  static_assert(NR % lanes == 0, "conv2d_pack_col: NR must be whole registers");
   conv2d_run runs[NR];
   for (std::size_t r0 = 0; r0 < nc; r0 += NR, dst += NR * kc) {
     const std::size_t len = std::min(NR, nc - r0);
     const std::size_t count = conv2d_pixel_runs(out_w, cols, jc + r0, jc + r0 + len, runs);
-    // Rows in order, so each one's overshoot lands on the next row, rewritten after it.
-    for (std::size_t p = 0; p < kc; ++p) {
-      const T* const src = xs + tap_offsets[pc + p];
-      T* const out = dst + p * NR;
-      for (std::size_t r = 0; r < count; ++r)
-        conv2d_copy_run(src + runs[r].src, out + runs[r].dst, runs[r].len);
-      for (std::size_t r = len; r < NR; ++r) out[r] = T(0);
-    }
+    const conv2d_gather_plan<T, NR / lanes> plan(runs, count, len);
+    for (std::size_t p = 0; p < kc; ++p) plan.apply(xs + tap_offsets[pc + p], dst + p * NR);
   }
 }
 
@@ -200,7 +257,9 @@ void conv2d_pack_col_transposed(const std::size_t* tap_offsets, std::size_t out_
     for (std::size_t t0 = 0; t0 < nc; t0 += NR) {
       const std::size_t taps = std::min(NR, nc - t0);
       // Stage rows of col for these taps (rows in order: overshoots land on the next row), then
-      // transpose them into the micro-panel.
+      // transpose them into the micro-panel. (Assembling whole registers with a
+      // conv2d_gather_plan, as conv2d_pack_col does, ran 1.28x the instructions here under AVX2:
+      // a 64-pixel row is 8 registers of masks against 1-2 runs.)
       for (std::size_t r = 0; r < taps; ++r) {
         const T* const src = xn + tap_offsets[jc + t0 + r];
         for (std::size_t k = 0; k < count; ++k)
@@ -309,7 +368,7 @@ void conv2d_implicit_gemm(std::size_t m, std::size_t col_begin, std::size_t col_
   const std::size_t mc_block = gemm_even_block(m, blocking::mc(kc_block), tile::mr);
   const std::size_t nc_block =
       gemm_even_block(col_end - col_begin, blocking::nc(kc_block), tile::nr);
-  // pack_b may write a register past the block (conv2d_copy_run).
+  // A register of room past the block (pack_b writes whole registers).
   T* const b_packed = gemm_thread_buffer<T, align>(1).reserve(kc_block * nc_block + simd_lanes<T>);
   for (std::size_t pc = 0; pc < k; pc += kc_block) {
     const std::size_t kc = std::min(kc_block, k - pc);

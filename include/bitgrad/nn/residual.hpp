@@ -20,7 +20,6 @@
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/visit.hpp>
 
-#include <algorithm>
 #include <concepts>
 #include <cstddef>
 #include <optional>
@@ -57,11 +56,24 @@ public:
       g = &dmask_;
     }
     const input_type& da = block_.backward(*g);
-    ensure_shape(dx_, da.shape());
-    std::copy(da.data(), da.data() + da.size(), dx_.data());
     const input_type& db = shortcut_.backward(*g);
-    const std::size_t n = db.size();
-    for (std::size_t i = 0; i < n; ++i) dx_.data()[i] += db.data()[i];
+    if (da.shape() != db.shape())
+      throw shape_error(who() + ": block input gradient " + shape_string(da.shape()) +
+                        " and shortcut input gradient " + shape_string(db.shape()) + " differ");
+    // dx = da + db in one pass (both stay valid: each lives in its own layer until its next
+    // backward); the same single addition per element as copying da and adding db.
+    ensure_shape(dx_, da.shape());
+    const value_type* pa = da.data();
+    const value_type* pb = db.data();
+    value_type* px = dx_.data();
+    using T = value_type;
+    using B = simd_batch<T>;
+    bitgrad::detail::elementwise_loop<T>(
+        da.size(),
+        [&](std::size_t i) {
+          (B::load_unaligned(pa + i) + B::load_unaligned(pb + i)).store_unaligned(px + i);
+        },
+        [&](std::size_t i) { px[i] = pa[i] + pb[i]; });
     return dx_;
   }
 
