@@ -21,8 +21,8 @@
 // the same bits: the one multiply-add is rounded twice (the product, then the sum) on every
 // target, path and compiler (detail::mul_add), so a compiler that fuses a * b + c into one FMA
 // where the target has one cannot make the scalar calls and the lanes differ; test_packed_kernels
-// holds them against each other. (The runtime's results are then the same bits on SSE2, AVX2,
-// AVX-512 and NEON, at -O1 and -O2.)
+// holds them against each other, and build.output_rounding (ctest) at -O1 and -O2 with FMA
+// enabled, where GCC fuses.
 //
 // Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
 // the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
