@@ -63,17 +63,7 @@ public:
     // dx = da + db in one pass (both stay valid: each lives in its own layer until its next
     // backward); the same single addition per element as copying da and adding db.
     ensure_shape(dx_, da.shape());
-    const value_type* pa = da.data();
-    const value_type* pb = db.data();
-    value_type* px = dx_.data();
-    using T = value_type;
-    using B = simd_batch<T>;
-    bitgrad::detail::elementwise_loop<T>(
-        da.size(),
-        [&](std::size_t i) {
-          (B::load_unaligned(pa + i) + B::load_unaligned(pb + i)).store_unaligned(px + i);
-        },
-        [&](std::size_t i) { px[i] = pa[i] + pb[i]; });
+    add(da.size(), da.data(), db.data(), dx_.data());
     return dx_;
   }
 
@@ -148,6 +138,17 @@ public:
   const Shortcut& shortcut() const { return shortcut_; }
 
 private:
+  /// y[i] = a[i] + b[i], one addition per element (forward without ReLU, backward).
+  static void add(std::size_t n, const value_type* a, const value_type* b, value_type* y) {
+    using B = simd_batch<value_type>;
+    bitgrad::detail::elementwise_loop<value_type>(
+        n,
+        [&](std::size_t i) {
+          (B::load_unaligned(a + i) + B::load_unaligned(b + i)).store_unaligned(y + i);
+        },
+        [&](std::size_t i) { y[i] = a[i] + b[i]; });
+  }
+
   /// y = a + b, then y = (y <= 0 ? 0 : y) (relu_fprop's formula) when relu.
   const output_type& run_forward(const input_type& x, bool relu) {
     const output_type& a = block_.forward(x);
@@ -174,12 +175,7 @@ private:
             py[i] = v <= T(0) ? T(0) : v;
           });
     else
-      bitgrad::detail::elementwise_loop<T>(
-          a.size(),
-          [&](std::size_t i) {
-            (B::load_unaligned(pa + i) + B::load_unaligned(pb + i)).store_unaligned(py + i);
-          },
-          [&](std::size_t i) { py[i] = pa[i] + pb[i]; });
+      add(a.size(), pa, pb, py);
     relu_ = relu;
     return y_;
   }
