@@ -91,8 +91,10 @@ struct idx_rank_rule {
 /// "rank 3, dimensions 5 x 3 x 4" (at most 8 dimensions written out).
 inline std::string idx_header_text(const std::vector<std::size_t>& dims) {
   std::string out = "rank " + std::to_string(dims.size()) + ", dimensions ";
-  for (std::size_t i = 0; i < dims.size() && i < 8; ++i)
-    out += (i ? " x " : "") + std::to_string(dims[i]);
+  for (std::size_t i = 0; i < dims.size() && i < 8; ++i) {
+    if (i) out += " x ";
+    out += std::to_string(dims[i]);
+  }
   if (dims.size() > 8) out += " x ...";
   return out;
 }

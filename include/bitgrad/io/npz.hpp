@@ -50,7 +50,10 @@ struct npy_array {
   }
   std::string shape_string() const {
     std::string s = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+      if (i) s += ", ";
+      s += std::to_string(shape[i]);
+    }
     return s + (shape.size() == 1 ? ",)" : ")");
   }
   /// The elements of a little-endian float32 ("<f4") or float64 ("<f8") array, in row-major

@@ -33,7 +33,8 @@ inline std::string number_list(const std::vector<double>& v) {
   for (std::size_t i = 0; i < v.size(); ++i) {
     char b[40];
     std::snprintf(b, sizeof b, "%.17g", v[i]);
-    s += (i ? ", " : "") + std::string(b);
+    if (i) s += ", ";
+    s += b;
   }
   return s + "]";
 }

@@ -83,7 +83,7 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
   html += r::card("quantized accuracy", r::percent(run.quant_accuracy));
   if (std::isfinite(run.fp32_accuracy) && std::isfinite(run.quant_accuracy))
     html += r::card("accuracy change",
-                    (run.quant_accuracy >= run.fp32_accuracy ? "+" : "") +
+                    std::string(run.quant_accuracy >= run.fp32_accuracy ? "+" : "") +
                         format_fixed(100 * (run.quant_accuracy - run.fp32_accuracy), 2) + " pt");
   html += r::card("average bits", format_fixed(run.average_bits, 2));
   html += r::card("size", format_bytes(run.size_bytes));
@@ -166,8 +166,10 @@ inline std::string render_report(const std::vector<epoch_record>& epochs, const 
             "<th>channels</th><th>groups</th><th>bits</th><th>range</th></tr>\n";
     auto list = [](const std::vector<double>& xs, int digits) {
       std::string text;
-      for (std::size_t i = 0; i < xs.size(); ++i)
-        text += (i ? " " : "") + format_fixed(xs[i], digits);
+      for (std::size_t i = 0; i < xs.size(); ++i) {
+        if (i) text += ' ';
+        text += format_fixed(xs[i], digits);
+      }
       return text;
     };
     for (const auto& a : run.activations)

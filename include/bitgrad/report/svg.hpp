@@ -471,9 +471,10 @@ inline std::string svg_line_chart(std::string_view title, std::string_view x_lab
       if (run.size() >= 2) {
         svg += "<polyline fill=\"none\" stroke=\"" + xml_escape(color) + "\" stroke-width=\"2\"" +
                dash + " points=\"";
-        for (std::size_t i = 0; i < run.size(); ++i)
-          svg += (i ? " " : "") + detail::svg::fmt(run[i].first) + "," +
-                 detail::svg::fmt(run[i].second);
+        for (std::size_t i = 0; i < run.size(); ++i) {
+          if (i) svg += ' ';
+          svg += detail::svg::fmt(run[i].first) + "," + detail::svg::fmt(run[i].second);
+        }
         svg += "\"/>\n";
       }
       run.clear();
@@ -552,9 +553,11 @@ inline std::string svg_scatter_chart(std::string_view title, std::string_view x_
         svg += "<polyline class=\"connect\" fill=\"none\" stroke=\"" + color +
                "\" stroke-width=\"1.5\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") +
                " points=\"";
-        for (std::size_t j = 0; j < order.size(); ++j)
-          svg += (j ? " " : "") + detail::svg::fmt(f.px(s.x[order[j]])) + "," +
-                 detail::svg::fmt(f.py(s.y[order[j]]));
+        for (std::size_t j = 0; j < order.size(); ++j) {
+          if (j) svg += ' ';
+          svg +=
+              detail::svg::fmt(f.px(s.x[order[j]])) + "," + detail::svg::fmt(f.py(s.y[order[j]]));
+        }
         svg += "\"/>\n";
       }
     }

@@ -83,7 +83,10 @@ std::vector<named_tensor<T>> loadable_tensors(Net& net) {
 
 inline std::string shape_text(const std::vector<std::size_t>& s) {
   std::string t = "(";
-  for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i) t += ", ";
+    t += std::to_string(s[i]);
+  }
   return t + (s.size() == 1 ? ",)" : ")");
 }
 
