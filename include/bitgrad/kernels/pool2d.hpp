@@ -22,6 +22,7 @@
 #include <bitgrad/kernels/vec.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -133,6 +134,67 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
           }
       });
 }
+
+/// max_pool2d_fprop_2x2 with argmax, in two passes over blocks of whole row pairs, both with
+/// long unit-stride (or stride-2) loops the compiler vectorises; LeNet's rows are 12 and 4
+/// windows, shorter than an AVX-512 register, so a loop along one row stays scalar.
+///   pass 1 (down the columns): for every column j of a row pair, v[j] = the bottom input if it
+///     beats the top one, else the top one (ties: the top comes first in the window);
+///     vi[j] = its index in the plane.
+///   pass 2 (along the block, flat): window k has column winners l = v[2k], r = v[2k + 1]
+///     (whole row pairs, even row length 2 * out_w, so window k's columns are always 2k, 2k + 1
+///     and its output is the block's k-th). r wins if it beats l, or if neither beats the other
+///     (a tie) and r comes first in row-major order (vi[2k + 1] < vi[2k]: r on the top row, l on
+///     the bottom). That is the first maximum of a, b, c, d in row-major order, the rule of the
+///     one-pass loop (pool_beats is a strict order with NaN above every number), so the values
+///     and the argmax are the same bits.
+/// Column winners per block of max_pool2d_fprop_2x2_two_pass: 4 KB of float values and 4 KB of
+/// indices, in L1 between the two passes. Rows of more columns take the one-pass loop.
+inline constexpr std::size_t max_pool_2x2_block_columns = 1024;
+
+template <class T>
+void max_pool2d_fprop_2x2_two_pass(const pool2d_geometry& g, const T* x, T* y,
+                                   std::uint32_t* argmax) {
+  const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
+  const std::size_t in_w = g.in_w, in = g.in_plane();
+  const std::size_t row = 2 * ow_n; // the columns some window covers (in_w minus an odd last one)
+  constexpr std::size_t block = max_pool_2x2_block_columns;
+  const std::size_t rows_per_block = block / row; // >= 1: the caller checks row <= block
+  parallel_chunks(
+      batch_threads(planes), planes, [&](std::size_t, std::size_t first, std::size_t last) {
+        std::array<T, block> v;
+        std::array<std::uint32_t, block> vi;
+        // Row pairs are numbered over all planes, (p, oh) -> p * out_h + oh: a block may span
+        // planes, and its outputs are contiguous in y.
+        const std::size_t pair_end = last * oh_n;
+        for (std::size_t pair0 = first * oh_n; pair0 < pair_end; pair0 += rows_per_block) {
+          const std::size_t pairs = std::min(rows_per_block, pair_end - pair0);
+          for (std::size_t i = 0; i < pairs; ++i) {
+            const std::size_t p = (pair0 + i) / oh_n, oh = (pair0 + i) % oh_n;
+            const T* r0 = x + p * in + 2 * oh * in_w;
+            const T* r1 = r0 + in_w;
+            const std::uint32_t top = std::uint32_t(2 * oh * in_w), down = std::uint32_t(in_w);
+            T* vr = v.data() + i * row;
+            std::uint32_t* ir = vi.data() + i * row;
+            for (std::size_t j = 0; j < row; ++j) {
+              const bool bottom = pool_beats_branch_free(r1[j], r0[j]);
+              vr[j] = select_bits(bottom, r1[j], r0[j]);
+              ir[j] = top + std::uint32_t(j) + std::uint32_t(bottom) * down;
+            }
+          }
+          T* yo = y + pair0 * ow_n;
+          std::uint32_t* ao = argmax + pair0 * ow_n;
+          for (std::size_t k = 0; k < pairs * ow_n; ++k) {
+            const T l = v[2 * k], r = v[2 * k + 1];
+            const std::uint32_t il = vi[2 * k], ir = vi[2 * k + 1];
+            const bool right =
+                pool_beats_branch_free(r, l) | (!pool_beats_branch_free(l, r) & (ir < il));
+            yo[k] = select_bits(right, r, l);
+            ao[k] = il + std::uint32_t(right) * (ir - il);
+          }
+        }
+      });
+}
 } // namespace detail
 
 /// y = window max; argmax (nullable) = index of the max within x's plane.
@@ -140,7 +202,10 @@ template <class T>
 void max_pool2d_fprop(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   g.validate();
   if (detail::is_pool_2x2_stride_2(g)) {
-    detail::max_pool2d_fprop_2x2(g, x, y, argmax);
+    if (argmax != nullptr && 2 * g.out_w() <= detail::max_pool_2x2_block_columns)
+      detail::max_pool2d_fprop_2x2_two_pass(g, x, y, argmax);
+    else
+      detail::max_pool2d_fprop_2x2(g, x, y, argmax);
     return;
   }
   detail::pool2d_for_each_window(
