@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -254,6 +255,41 @@ TEST_CASE_TEMPLATE("max pool 2x2/2 fast path matches the reference: wide rows, t
       bitgrad::ref::max_pool2d_bprop(g, dy.data(), arg_ref.data(), dx_ref.data());
       CHECK(dx == dx_ref);
     }
+}
+
+TEST_CASE_TEMPLATE("max pool 2x2/2 two-pass path: same bits as the reference, signed zeros, "
+                   "blocks across planes, rows at and past the block width",
+                   T, float, double) {
+  // With argmax the 2x2 pool runs in two passes over blocks of 1024 column winners
+  // (kernels/pool2d.hpp); rows of 2 * out_w > 1024 columns take the one-pass loop. ReLU outputs
+  // hold many zero ties; -0 against +0 is a tie too, so the first in the window must be kept.
+  std::mt19937 rng(23);
+  std::uniform_int_distribution<int> level(-1, 2);
+  struct shape {
+    std::size_t batch, channels, h, w;
+  };
+  for (const shape s : {shape{5, 6, 24, 24}, shape{7, 16, 8, 8}, shape{3, 2, 9, 11},
+                        shape{1, 2, 5, 1024}, shape{1, 2, 4, 1025}, shape{1, 1, 3, 1027}}) {
+    CAPTURE(s.h);
+    CAPTURE(s.w);
+    pool2d_geometry g;
+    g.batch = s.batch;
+    g.channels = s.channels;
+    g.in_h = s.h;
+    g.in_w = s.w;
+    std::vector<T> x(g.input_count());
+    for (auto& v : x) {
+      const int l = level(rng);
+      v = l == -1 ? T(-0.0) : T(l); // -0, +0, 1, 2: mostly ties
+    }
+    x[x.size() / 2] = std::numeric_limits<T>::quiet_NaN();
+    std::vector<T> y(g.output_count()), y_ref(g.output_count());
+    std::vector<std::uint32_t> arg(g.output_count()), arg_ref(g.output_count());
+    bitgrad::max_pool2d_fprop(g, x.data(), y.data(), arg.data());
+    bitgrad::ref::max_pool2d_fprop(g, x.data(), y_ref.data(), arg_ref.data());
+    CHECK(arg == arg_ref);
+    CHECK(std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(T)) == 0);
+  }
 }
 
 } // namespace test_pool2d

@@ -22,8 +22,11 @@
 #include <bitgrad/kernels/vec.hpp>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace bitgrad {
 
@@ -60,9 +63,37 @@ bool pool_beats(T x, T best) {
   return !(x <= best) && best == best;
 }
 
+/// pool_beats without short-circuit: both comparisons always run, so that no branch is needed.
+template <class T>
+bool pool_beats_branch_free(T x, T best) {
+  return bool(int(!(x <= best)) & int(best == best));
+}
+
+/// `take ? x : otherwise` as a bit mask select: mask = 0 - take (all ones or all zeros), result
+/// = (x & mask) | (otherwise & ~mask). Compilers turn a float `?:` in a scalar loop into a branch
+/// on the comparison, which mispredicts on about half the windows of real data (the scalar tail
+/// of LeNet's 12- and 4-wide pooled rows was 20 % of a training step); integer masks stay
+/// branch-free and still vectorise.
+template <class T>
+T select_bits(bool take, T x, T otherwise) {
+  using bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(bits));
+  const bits mask = bits(0) - bits(take);
+  return std::bit_cast<T>(
+      bits((std::bit_cast<bits>(x) & mask) | (std::bit_cast<bits>(otherwise) & ~mask)));
+}
+
+/// The window of LeNet-5's and VGG's pools, which max_pool2d_fprop_2x2 serves.
+inline bool is_pool_2x2_stride_2(const pool2d_geometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0;
+}
+
 /// The 2x2, stride 2, unpadded max pool (LeNet-5, VGG): branch-free selects over each pair of
-/// input rows, which the compiler vectorises. Same result and tie rule as the generic loop
-/// (pool_beats in row-major window order: a, b on the top row, then c, d).
+/// input rows, which the compiler vectorises where a row has enough windows for a register; the
+/// rest (the tails of LeNet's 12- and 4-window rows) runs as branch-free scalar code. Same result
+/// and tie rule as the generic loop (pool_beats in row-major window order: a, b on the top row,
+/// then c, d).
 template <class T>
 void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
@@ -77,10 +108,10 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
             const std::uint32_t top = std::uint32_t(2 * oh * in_w);
             if (argmax == nullptr) {
               for (std::size_t ow = 0; ow < ow_n; ++ow) {
-                T best = r0[2 * ow];
-                best = pool_beats(r0[2 * ow + 1], best) ? r0[2 * ow + 1] : best;
-                best = pool_beats(r1[2 * ow], best) ? r1[2 * ow] : best;
-                yo[ow] = pool_beats(r1[2 * ow + 1], best) ? r1[2 * ow + 1] : best;
+                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                T best = select_bits(pool_beats_branch_free(b, a), b, a);
+                best = select_bits(pool_beats_branch_free(c, best), c, best);
+                yo[ow] = select_bits(pool_beats_branch_free(d, best), d, best);
               }
               continue;
             }
@@ -90,17 +121,78 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
             // scalar tail: LeNet's 12 and 4 outputs) run without branches too.
             for (std::size_t ow = 0; ow < ow_n; ++ow) {
               const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-              const std::uint32_t pb = pool_beats(b, a);
-              T best = pb ? b : a;
+              const bool pb = pool_beats_branch_free(b, a);
+              T best = select_bits(pb, b, a);
               std::uint32_t at = pb;
-              const std::uint32_t pc = pool_beats(c, best);
-              best = pc ? c : best;
-              at += pc * (down - at);
-              const std::uint32_t pd = pool_beats(d, best);
-              yo[ow] = pd ? d : best;
-              ao[ow] = top + std::uint32_t(2 * ow) + at + pd * (down + 1 - at);
+              const bool pc = pool_beats_branch_free(c, best);
+              best = select_bits(pc, c, best);
+              at += std::uint32_t(pc) * (down - at);
+              const bool pd = pool_beats_branch_free(d, best);
+              yo[ow] = select_bits(pd, d, best);
+              ao[ow] = top + std::uint32_t(2 * ow) + at + std::uint32_t(pd) * (down + 1 - at);
             }
           }
+      });
+}
+
+/// max_pool2d_fprop_2x2 with argmax, in two passes over blocks of whole row pairs, both with
+/// long unit-stride (or stride-2) loops the compiler vectorises; LeNet's rows are 12 and 4
+/// windows, shorter than an AVX-512 register, so a loop along one row stays scalar.
+///   pass 1 (down the columns): for every column j of a row pair, v[j] = the bottom input if it
+///     beats the top one, else the top one (ties: the top comes first in the window);
+///     vi[j] = its index in the plane.
+///   pass 2 (along the block, flat): window k has column winners l = v[2k], r = v[2k + 1]
+///     (whole row pairs, even row length 2 * out_w, so window k's columns are always 2k, 2k + 1
+///     and its output is the block's k-th). r wins if it beats l, or if neither beats the other
+///     (a tie) and r comes first in row-major order (vi[2k + 1] < vi[2k]: r on the top row, l on
+///     the bottom). That is the first maximum of a, b, c, d in row-major order, the rule of the
+///     one-pass loop (pool_beats is a strict order with NaN above every number), so the values
+///     and the argmax are the same bits.
+/// Column winners per block of max_pool2d_fprop_2x2_two_pass: 4 KB of float values and 4 KB of
+/// indices, in L1 between the two passes. Rows of more columns take the one-pass loop.
+inline constexpr std::size_t max_pool_2x2_block_columns = 1024;
+
+template <class T>
+void max_pool2d_fprop_2x2_two_pass(const pool2d_geometry& g, const T* x, T* y,
+                                   std::uint32_t* argmax) {
+  const std::size_t planes = g.batch * g.channels, oh_n = g.out_h(), ow_n = g.out_w();
+  const std::size_t in_w = g.in_w, in = g.in_plane();
+  const std::size_t row = 2 * ow_n; // the columns some window covers (in_w minus an odd last one)
+  constexpr std::size_t block = max_pool_2x2_block_columns;
+  const std::size_t rows_per_block = block / row; // >= 1: the caller checks row <= block
+  parallel_chunks(
+      batch_threads(planes), planes, [&](std::size_t, std::size_t first, std::size_t last) {
+        std::array<T, block> v;
+        std::array<std::uint32_t, block> vi;
+        // Row pairs are numbered over all planes, (p, oh) -> p * out_h + oh: a block may span
+        // planes, and its outputs are contiguous in y.
+        const std::size_t pair_end = last * oh_n;
+        for (std::size_t pair0 = first * oh_n; pair0 < pair_end; pair0 += rows_per_block) {
+          const std::size_t pairs = std::min(rows_per_block, pair_end - pair0);
+          for (std::size_t i = 0; i < pairs; ++i) {
+            const std::size_t p = (pair0 + i) / oh_n, oh = (pair0 + i) % oh_n;
+            const T* r0 = x + p * in + 2 * oh * in_w;
+            const T* r1 = r0 + in_w;
+            const std::uint32_t top = std::uint32_t(2 * oh * in_w), down = std::uint32_t(in_w);
+            T* vr = v.data() + i * row;
+            std::uint32_t* ir = vi.data() + i * row;
+            for (std::size_t j = 0; j < row; ++j) {
+              const bool bottom = pool_beats_branch_free(r1[j], r0[j]);
+              vr[j] = select_bits(bottom, r1[j], r0[j]);
+              ir[j] = top + std::uint32_t(j) + std::uint32_t(bottom) * down;
+            }
+          }
+          T* yo = y + pair0 * ow_n;
+          std::uint32_t* ao = argmax + pair0 * ow_n;
+          for (std::size_t k = 0; k < pairs * ow_n; ++k) {
+            const T l = v[2 * k], r = v[2 * k + 1];
+            const std::uint32_t il = vi[2 * k], ir = vi[2 * k + 1];
+            const bool right =
+                pool_beats_branch_free(r, l) | (!pool_beats_branch_free(l, r) & (ir < il));
+            yo[k] = select_bits(right, r, l);
+            ao[k] = il + std::uint32_t(right) * (ir - il);
+          }
+        }
       });
 }
 } // namespace detail
@@ -109,9 +201,11 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
 template <class T>
 void max_pool2d_fprop(const pool2d_geometry& g, const T* x, T* y, std::uint32_t* argmax) {
   g.validate();
-  if (g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
-      g.pad_w == 0) {
-    detail::max_pool2d_fprop_2x2(g, x, y, argmax);
+  if (detail::is_pool_2x2_stride_2(g)) {
+    if (argmax != nullptr && 2 * g.out_w() <= detail::max_pool_2x2_block_columns)
+      detail::max_pool2d_fprop_2x2_two_pass(g, x, y, argmax);
+    else
+      detail::max_pool2d_fprop_2x2(g, x, y, argmax);
     return;
   }
   detail::pool2d_for_each_window(
@@ -130,17 +224,22 @@ void max_pool2d_fprop(const pool2d_geometry& g, const T* x, T* y, std::uint32_t*
       });
 }
 
-/// dx = 0, then dy scattered onto the argmax positions; dx overwritten.
+/// dx = 0, then dy scattered onto the argmax positions; dx overwritten. Plane by plane: the
+/// clear and the scatter of one plane (LeNet's pool1: 24 x 24 floats, 2.3 KB) stay in L1, where
+/// clearing a whole batch first (3.5 MB for pool1 at batch 256, beyond L2) sent the scatter back
+/// to memory.
 template <class T>
 void max_pool2d_bprop(const pool2d_geometry& g, const T* dy, const std::uint32_t* argmax, T* dx) {
   g.validate();
   const std::size_t planes = g.batch * g.channels, ohw = g.out_plane(), in = g.in_plane();
   detail::parallel_chunks(detail::batch_threads(planes), planes,
                           [&](std::size_t, std::size_t b, std::size_t e) {
-                            std::fill(dx + b * in, dx + e * in, T(0));
-                            for (std::size_t p = b; p < e; ++p)
+                            for (std::size_t p = b; p < e; ++p) {
+                              T* dxp = dx + p * in;
+                              std::fill(dxp, dxp + in, T(0));
                               for (std::size_t k = 0; k < ohw; ++k)
-                                dx[p * in + argmax[p * ohw + k]] += dy[p * ohw + k];
+                                dxp[argmax[p * ohw + k]] += dy[p * ohw + k];
+                            }
                           });
 }
 
