@@ -135,6 +135,10 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
       });
 }
 
+/// Column winners per block of max_pool2d_fprop_2x2_two_pass: 4 KB of float values and 4 KB of
+/// indices, in L1 between the two passes. Rows of more columns take the one-pass loop.
+inline constexpr std::size_t max_pool_2x2_block_columns = 1024;
+
 /// max_pool2d_fprop_2x2 with argmax, in two passes over blocks of whole row pairs, both with
 /// long unit-stride (or stride-2) loops the compiler vectorises; LeNet's rows are 12 and 4
 /// windows, shorter than an AVX-512 register, so a loop along one row stays scalar.
@@ -148,10 +152,6 @@ void max_pool2d_fprop_2x2(const pool2d_geometry& g, const T* x, T* y, std::uint3
 ///     the bottom). That is the first maximum of a, b, c, d in row-major order, the rule of the
 ///     one-pass loop (pool_beats is a strict order with NaN above every number), so the values
 ///     and the argmax are the same bits.
-/// Column winners per block of max_pool2d_fprop_2x2_two_pass: 4 KB of float values and 4 KB of
-/// indices, in L1 between the two passes. Rows of more columns take the one-pass loop.
-inline constexpr std::size_t max_pool_2x2_block_columns = 1024;
-
 template <class T>
 void max_pool2d_fprop_2x2_two_pass(const pool2d_geometry& g, const T* x, T* y,
                                    std::uint32_t* argmax) {
