@@ -8,6 +8,7 @@
 //                              (unbias = m / (m - 1) in training; the caller passes it)
 //   batch_norm_fprop : inv_std = 1 / sqrt(var + eps)
 //                      xhat = (x - mean) inv_std,   y = gamma xhat + beta
+//                      (xhat may be null: not stored; the backward kernels then recompute it)
 //   batch_norm_bprop : sum_dy = sum dy,  sum_dy_xhat = sum dy xhat (over the channel's m values)
 //                      dgamma += sum_dy_xhat,  dbeta += sum_dy             (ACCUMULATE)
 //                      batch statistics: dx = gamma inv_std / m (m dy - sum_dy - xhat sum_dy_xhat)
@@ -23,6 +24,12 @@
 //                              kernels with dy replaced by the ReLU's backward, (y > 0 ? dy : 0),
 //                              y the fused output (relu_bprop's mask; the pre-ReLU value is
 //                              > 0 exactly where y is). The same bits as bn, then relu.
+// The backward kernels read xhat through a batch_norm_xhat<T>: the values the forward stored, or
+// the forward's input x with its mean and inv_std, from which they recompute
+// xhat = (x - mean) inv_std, the forward's formula and rounding, so the same bits as the stored
+// xhat. nn::batch_norm does the latter: the forward then writes y alone, one store pass less
+// over the activations (the backward reads x where it read xhat: the same traffic). The
+// overloads taking `const T* xhat` are the stored case.
 // The two sums run over the channel's values in index order, one scalar accumulator each (a
 // SIMD tree sum would change the bits of training); to hide the add latency, four channels are
 // summed side by side (each still in its own order). The elementwise passes are SIMD over
@@ -69,7 +76,50 @@ inline void relu_mask_plane(std::size_t n, const T* dy, const T* y, T* m) {
       [&](std::size_t k) { m[k] = y[k] > T(0) ? dy[k] : T(0); });
 }
 
-template <bool Relu, class T>
+/// xhat of channel c at offset `off` of the (batch, channels, plane) layout, read back (Stored)
+/// or recomputed from x as the forward computed it: h = (x - mean) inv_std.
+template <bool Stored, class T>
+struct batch_norm_xhat_plane {
+  const T* p; ///< xhat + off (Stored) or x + off
+  T mean, inv_std;
+
+  simd_batch<T> load(std::size_t k) const {
+    using B = simd_batch<T>;
+    if constexpr (Stored)
+      return B::load_unaligned(p + k);
+    else
+      return (B::load_unaligned(p + k) - B(mean)) * B(inv_std);
+  }
+  T operator[](std::size_t k) const {
+    if constexpr (Stored)
+      return p[k];
+    else
+      return (p[k] - mean) * inv_std;
+  }
+};
+} // namespace detail
+
+/// Where the backward kernels find xhat (see the top): `xhat` if not null, else recomputed from
+/// the forward's input `x`, `mean` and `inv_std` (batch_norm_fprop's operands and output).
+template <class T>
+struct batch_norm_xhat {
+  const T* xhat = nullptr;
+  const T* x = nullptr;
+  const T* mean = nullptr;
+  const T* inv_std = nullptr;
+};
+
+namespace detail {
+template <bool Stored, class T>
+inline batch_norm_xhat_plane<Stored, T> xhat_plane(const batch_norm_xhat<T>& src, std::size_t c,
+                                                   std::size_t off) {
+  if constexpr (Stored)
+    return {src.xhat + off, T(0), T(0)};
+  else
+    return {src.x + off, src.mean[c], src.inv_std[c]};
+}
+
+template <bool Relu, bool StoreXhat, class T>
 void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
                            const T* mean, const T* var, T eps, const T* gamma, const T* beta,
                            T* inv_std, T* xhat, T* y) {
@@ -80,14 +130,14 @@ void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t 
         const std::size_t off = (n * channels + c) * plane;
         const T m = mean[c], is = inv_std[c], g = gamma[c], b = beta[c];
         const T* xc = x + off;
-        T* hc = xhat + off;
+        T* hc = StoreXhat ? xhat + off : nullptr;
         T* yc = y + off;
         batch_norm_plane_loop<T>(
             plane,
             [&](std::size_t k) {
               using B = simd_batch<T>;
               const B h = (B::load_unaligned(xc + k) - B(m)) * B(is);
-              h.store_unaligned(hc + k);
+              if constexpr (StoreXhat) h.store_unaligned(hc + k);
               const B v = B(g) * h + B(b);
               if constexpr (Relu)
                 xsimd::select(v <= B(T(0)), B(T(0)), v).store_unaligned(yc + k);
@@ -96,7 +146,7 @@ void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t 
             },
             [&](std::size_t k) {
               const T h = (xc[k] - m) * is;
-              hc[k] = h;
+              if constexpr (StoreXhat) hc[k] = h;
               const T v = g * h + b;
               if constexpr (Relu)
                 yc[k] = v <= T(0) ? T(0) : v;
@@ -107,11 +157,22 @@ void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t 
   });
 }
 
+template <bool Relu, class T>
+void batch_norm_fprop_dispatch(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* x, const T* mean, const T* var, T eps, const T* gamma,
+                               const T* beta, T* inv_std, T* xhat, T* y) {
+  if (xhat != nullptr)
+    batch_norm_fprop_impl<Relu, true>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                      inv_std, xhat, y);
+  else
+    batch_norm_fprop_impl<Relu, false>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                       inv_std, xhat, y);
+}
+
 /// s[j] += sum_k d[j][k], sh[j] += sum_k d[j][k] h[j][k] for G (1..4) planes side by side,
 /// k in index order.
-template <std::size_t G, class T>
-inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T* const* h, T* s,
-                                   T* sh) {
+template <std::size_t G, class T, class H>
+inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const H* h, T* s, T* sh) {
   for (std::size_t k = 0; k < plane; ++k)
     for (std::size_t j = 0; j < G; ++j) {
       s[j] += d[j][k];
@@ -121,18 +182,18 @@ inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T
 
 /// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order. Relu:
 /// of the masked dy, through `scratch` (G * plane values).
-template <bool Relu, std::size_t G, class T>
+template <bool Relu, bool Stored, std::size_t G, class T>
 inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, std::size_t plane,
-                                       std::size_t c, const T* dy, const T* xhat, const T* y,
-                                       T* scratch, T* sum_dy, T* sum_dy_xhat) {
+                                       std::size_t c, const T* dy, const batch_norm_xhat<T>& xhat,
+                                       const T* y, T* scratch, T* sum_dy, T* sum_dy_xhat) {
   T s[G] = {}, sh[G] = {};
   for (std::size_t n = 0; n < batch; ++n) {
     const std::size_t off = (n * channels + c) * plane;
     const T* d[G];
-    const T* h[G];
+    batch_norm_xhat_plane<Stored, T> h[G];
     for (std::size_t j = 0; j < G; ++j) {
       const std::size_t o = off + j * plane;
-      h[j] = xhat + o;
+      h[j] = xhat_plane<Stored>(xhat, c + j, o);
       if constexpr (Relu) {
         relu_mask_plane(plane, dy + o, y + o, scratch + j * plane);
         d[j] = scratch + j * plane;
@@ -148,25 +209,27 @@ inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, 
   }
 }
 
-template <bool Relu, class T>
+template <bool Relu, bool Stored, class T>
 void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::size_t plane,
-                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
+                               const T* dy, const batch_norm_xhat<T>& xhat, const T* y, T* sum_dy,
+                               T* sum_dy_xhat) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
     std::vector<T> scratch(Relu ? 4 * plane : 0);
     std::size_t c = c0;
     for (; c + 4 <= c1; c += 4)
-      batch_norm_grad_sums_group<Relu, 4>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
-                                          sum_dy, sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, Stored, 4>(batch, channels, plane, c, dy, xhat, y,
+                                                  scratch.data(), sum_dy, sum_dy_xhat);
     for (; c < c1; ++c)
-      batch_norm_grad_sums_group<Relu, 1>(batch, channels, plane, c, dy, xhat, y, scratch.data(),
-                                          sum_dy, sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, Stored, 1>(batch, channels, plane, c, dy, xhat, y,
+                                                  scratch.data(), sum_dy, sum_dy_xhat);
   });
 }
 
-template <bool Relu, class T>
+template <bool Relu, bool Stored, class T>
 void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
-                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+                           const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
+                           const T* inv_std, T count, const T* sum_dy, const T* sum_dy_xhat,
+                           bool batch_stats, T* dx) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
       const T gs = gamma[c] * inv_std[c];
@@ -175,7 +238,7 @@ void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t 
       for (std::size_t n = 0; n < batch; ++n) {
         const std::size_t off = (n * channels + c) * plane;
         const T* d = dy + off;
-        const T* h = xhat + off;
+        const batch_norm_xhat_plane<Stored, T> h = xhat_plane<Stored>(xhat, c, off);
         T* o = dx + off;
         if constexpr (Relu) { // dx's plane holds the masked dy first (see relu_mask_plane)
           relu_mask_plane(plane, d, y + off, o);
@@ -186,8 +249,8 @@ void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t 
           batch_norm_plane_loop<T>(
               plane,
               [&](std::size_t k) {
-                const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) -
-                                        B::load_unaligned(h + k) * B(sh));
+                const B v =
+                    B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) - h.load(k) * B(sh));
                 v.store_unaligned(o + k);
               },
               [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
@@ -201,20 +264,29 @@ void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t 
   });
 }
 
-template <bool Relu, class T>
+template <bool Relu, bool Stored, class T>
 void batch_norm_bprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                           const T* xhat, const T* y, const T* gamma, const T* inv_std,
-                           bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+                           const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
+                           const T* inv_std, bool batch_stats, T* dx, T* dgamma, T* dbeta) {
   std::vector<T> sums(2 * channels);
   T* sum_dy = sums.data();
   T* sum_dy_xhat = sums.data() + channels;
-  batch_norm_grad_sums_impl<Relu>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
+  batch_norm_grad_sums_impl<Relu, Stored>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
   for (std::size_t c = 0; c < channels; ++c) {
     dgamma[c] += sum_dy_xhat[c];
     dbeta[c] += sum_dy[c];
   }
-  batch_norm_dgrad_impl<Relu>(batch, channels, plane, dy, xhat, y, gamma, inv_std, T(batch * plane),
-                              sum_dy, sum_dy_xhat, batch_stats, dx);
+  batch_norm_dgrad_impl<Relu, Stored>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
+                                      T(batch * plane), sum_dy, sum_dy_xhat, batch_stats, dx);
+}
+
+/// f.template operator()<Stored>(): the backward kernels instantiated for where xhat comes from.
+template <class T, class F>
+void with_xhat_source(const batch_norm_xhat<T>& xhat, F&& f) {
+  if (xhat.xhat != nullptr)
+    f.template operator()<true>();
+  else
+    f.template operator()<false>();
 }
 } // namespace detail
 
@@ -227,12 +299,13 @@ void batch_norm_running_update(std::size_t channels, T momentum, T unbias, const
   }
 }
 
+/// xhat may be null (not stored: see the top).
 template <class T>
 void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
                       const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* inv_std,
                       T* xhat, T* y) {
-  detail::batch_norm_fprop_impl<false>(batch, channels, plane, x, mean, var, eps, gamma, beta,
-                                       inv_std, xhat, y);
+  detail::batch_norm_fprop_dispatch<false>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                           inv_std, xhat, y);
 }
 
 /// batch_norm_fprop, then y = max(0, y) (relu_fprop's formula) in the same pass.
@@ -240,58 +313,114 @@ template <class T>
 void batch_norm_relu_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
                            const T* mean, const T* var, T eps, const T* gamma, const T* beta,
                            T* inv_std, T* xhat, T* y) {
-  detail::batch_norm_fprop_impl<true>(batch, channels, plane, x, mean, var, eps, gamma, beta,
-                                      inv_std, xhat, y);
+  detail::batch_norm_fprop_dispatch<true>(batch, channels, plane, x, mean, var, eps, gamma, beta,
+                                          inv_std, xhat, y);
 }
 
 template <class T>
 void batch_norm_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                          const T* xhat, T* sum_dy, T* sum_dy_xhat) {
-  detail::batch_norm_grad_sums_impl<false>(batch, channels, plane, dy, xhat,
-                                           static_cast<const T*>(nullptr), sum_dy, sum_dy_xhat);
+                          const batch_norm_xhat<T>& xhat, T* sum_dy, T* sum_dy_xhat) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_grad_sums_impl<false, Stored>(
+        batch, channels, plane, dy, xhat, static_cast<const T*>(nullptr), sum_dy, sum_dy_xhat);
+  });
 }
 
 /// batch_norm_grad_sums of the masked dy (y > 0 ? dy : 0); y is batch_norm_relu_fprop's output.
 template <class T>
 void batch_norm_relu_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane,
-                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
-  detail::batch_norm_grad_sums_impl<true>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
+                               const T* dy, const batch_norm_xhat<T>& xhat, const T* y, T* sum_dy,
+                               T* sum_dy_xhat) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_grad_sums_impl<true, Stored>(batch, channels, plane, dy, xhat, y, sum_dy,
+                                                    sum_dy_xhat);
+  });
 }
 
 template <class T>
 void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                      const T* xhat, const T* gamma, const T* inv_std, T count, const T* sum_dy,
-                      const T* sum_dy_xhat, bool batch_stats, T* dx) {
-  detail::batch_norm_dgrad_impl<false>(batch, channels, plane, dy, xhat,
-                                       static_cast<const T*>(nullptr), gamma, inv_std, count,
-                                       sum_dy, sum_dy_xhat, batch_stats, dx);
+                      const batch_norm_xhat<T>& xhat, const T* gamma, const T* inv_std, T count,
+                      const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_dgrad_impl<false, Stored>(batch, channels, plane, dy, xhat,
+                                                 static_cast<const T*>(nullptr), gamma, inv_std,
+                                                 count, sum_dy, sum_dy_xhat, batch_stats, dx);
+  });
 }
 
 /// batch_norm_dgrad of the masked dy (y > 0 ? dy : 0).
 template <class T>
 void batch_norm_relu_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
-                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
-  detail::batch_norm_dgrad_impl<true>(batch, channels, plane, dy, xhat, y, gamma, inv_std, count,
-                                      sum_dy, sum_dy_xhat, batch_stats, dx);
+                           const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
+                           const T* inv_std, T count, const T* sum_dy, const T* sum_dy_xhat,
+                           bool batch_stats, T* dx) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_dgrad_impl<true, Stored>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
+                                                count, sum_dy, sum_dy_xhat, batch_stats, dx);
+  });
 }
 
 template <class T>
 void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
-                      const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
-                      T* dgamma, T* dbeta) {
-  detail::batch_norm_bprop_impl<false>(batch, channels, plane, dy, xhat,
-                                       static_cast<const T*>(nullptr), gamma, inv_std, batch_stats,
-                                       dx, dgamma, dbeta);
+                      const batch_norm_xhat<T>& xhat, const T* gamma, const T* inv_std,
+                      bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_bprop_impl<false, Stored>(batch, channels, plane, dy, xhat,
+                                                 static_cast<const T*>(nullptr), gamma, inv_std,
+                                                 batch_stats, dx, dgamma, dbeta);
+  });
 }
 
 /// batch_norm_bprop of the masked dy (y > 0 ? dy : 0); y is batch_norm_relu_fprop's output.
 template <class T>
 void batch_norm_relu_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
+                           const T* inv_std, bool batch_stats, T* dx, T* dgamma, T* dbeta) {
+  detail::with_xhat_source(xhat, [&]<bool Stored>() {
+    detail::batch_norm_bprop_impl<true, Stored>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
+                                                batch_stats, dx, dgamma, dbeta);
+  });
+}
+
+// The same kernels with the stored xhat (not null).
+template <class T>
+void batch_norm_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                          const T* xhat, T* sum_dy, T* sum_dy_xhat) {
+  batch_norm_grad_sums(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, sum_dy, sum_dy_xhat);
+}
+template <class T>
+void batch_norm_relu_grad_sums(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* dy, const T* xhat, const T* y, T* sum_dy, T* sum_dy_xhat) {
+  batch_norm_relu_grad_sums(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, y, sum_dy,
+                            sum_dy_xhat);
+}
+template <class T>
+void batch_norm_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, T count, const T* sum_dy,
+                      const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  batch_norm_dgrad(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, gamma, inv_std, count,
+                   sum_dy, sum_dy_xhat, batch_stats, dx);
+}
+template <class T>
+void batch_norm_relu_dgrad(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                           const T* xhat, const T* y, const T* gamma, const T* inv_std, T count,
+                           const T* sum_dy, const T* sum_dy_xhat, bool batch_stats, T* dx) {
+  batch_norm_relu_dgrad(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, y, gamma, inv_std,
+                        count, sum_dy, sum_dy_xhat, batch_stats, dx);
+}
+template <class T>
+void batch_norm_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
+                      const T* xhat, const T* gamma, const T* inv_std, bool batch_stats, T* dx,
+                      T* dgamma, T* dbeta) {
+  batch_norm_bprop(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, gamma, inv_std,
+                   batch_stats, dx, dgamma, dbeta);
+}
+template <class T>
+void batch_norm_relu_bprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                            const T* xhat, const T* y, const T* gamma, const T* inv_std,
                            bool batch_stats, T* dx, T* dgamma, T* dbeta) {
-  detail::batch_norm_bprop_impl<true>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
-                                      batch_stats, dx, dgamma, dbeta);
+  batch_norm_relu_bprop(batch, channels, plane, dy, batch_norm_xhat<T>{xhat}, y, gamma, inv_std,
+                        batch_stats, dx, dgamma, dbeta);
 }
 
 } // namespace bitgrad

@@ -8,8 +8,11 @@
 //   eval:      the same with running_mean and running_var in place of the batch statistics.
 // gamma (init 1) and beta (init 0) are parameters of kind norm; the running statistics are
 // buffers (not trained). The arithmetic is in kernels/batch_norm.hpp (with the batch
-// statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding
-// conv2d or linear so that it computes bn(layer(x)) of the eval mode by itself.
+// statistics from kernels/elementwise.hpp: channel_mean_var). The layer keeps a pointer to x
+// (nn/layer.hpp allows it) instead of storing xhat = (x - mean) inv_std: backward recomputes xhat
+// from x with the forward's formula (the same bits), so the forward writes y alone. fold_batch_norm
+// rewrites a preceding conv2d or linear so that it computes bn(layer(x)) of the eval mode by
+// itself.
 //
 // Synchronised statistics (SyncBatchNorm; data-parallel training, set_sync): in training the
 // mean and variance are those of the global batch, the union of every process's slice
@@ -102,11 +105,11 @@ public:
       return dx_;
     }
     if (relu_)
-      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat_.data(), y_.data(), gamma_.data(),
+      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat(), y_.data(), gamma_.data(),
                             inv_std_.data(), batch_stats_, dx_.data(), grad_gamma_.data(),
                             grad_beta_.data());
     else
-      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
+      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat(), gamma_.data(), inv_std_.data(),
                        batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
     return dx_;
   }
@@ -181,14 +184,16 @@ private:
       mean_ = running_mean_;
       var_ = running_var_;
     }
-    ensure_shape(xhat_, x.shape());
     ensure_shape(y_, x.shape());
+    // xhat is not stored: backward recomputes it from x (xhat()).
+    T* const no_xhat = nullptr;
     if (relu)
       batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                            beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
+                            beta_.data(), inv_std_.data(), no_xhat, y_.data());
     else
       batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                       beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
+                       beta_.data(), inv_std_.data(), no_xhat, y_.data());
+    x_ = &x;
     n_ = n;
     plane_ = plane;
     relu_ = relu;
@@ -219,10 +224,10 @@ private:
   void sync_dgrad(const T* dy) {
     std::vector<T> local(2 * c_);
     if (relu_)
-      batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat_.data(), y_.data(), local.data(),
+      batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat(), y_.data(), local.data(),
                                 local.data() + c_);
     else
-      batch_norm_grad_sums(n_, c_, plane_, dy, xhat_.data(), local.data(), local.data() + c_);
+      batch_norm_grad_sums(n_, c_, plane_, dy, xhat(), local.data(), local.data() + c_);
     const double w = static_cast<double>(n_ * plane_) / global_count_;
     std::vector<double> global(2 * c_);
     for (std::size_t i = 0; i < global.size(); ++i) global[i] = w * static_cast<double>(local[i]);
@@ -235,13 +240,20 @@ private:
       grad_gamma_[c] += local[c_ + c];
     }
     if (relu_)
-      batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat_.data(), y_.data(), gamma_.data(),
-                            inv_std_.data(), static_cast<T>(global_count_), sums.data(),
-                            sums.data() + c_, true, dx_.data());
+      batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat(), y_.data(), gamma_.data(), inv_std_.data(),
+                            static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
+                            dx_.data());
     else
-      batch_norm_dgrad(n_, c_, plane_, dy, xhat_.data(), gamma_.data(), inv_std_.data(),
+      batch_norm_dgrad(n_, c_, plane_, dy, xhat(), gamma_.data(), inv_std_.data(),
                        static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
                        dx_.data());
+  }
+
+  /// xhat = (x - mean) inv_std of the last forward, recomputed by the backward kernels from the
+  /// input (kept alive and unchanged until backward: nn/layer.hpp) with the forward's formula:
+  /// the same bits as storing it, one store pass less in the forward.
+  batch_norm_xhat<T> xhat() const {
+    return {.xhat = nullptr, .x = x_->data(), .mean = mean_.data(), .inv_std = inv_std_.data()};
   }
 
   std::string name_;
@@ -256,8 +268,9 @@ private:
   std::function<void(std::span<double>)> sync_;
   tensor1<T> gamma_, beta_, grad_gamma_, grad_beta_, running_mean_, running_var_;
   tensor1<T> mean_, var_, inv_std_;
-  output_type y_, xhat_;
+  output_type y_;
   input_type dx_;
+  const input_type* x_ = nullptr; ///< the last forward's input
 };
 
 static_assert(layer<batch_norm<float, 2>>);

@@ -1,6 +1,8 @@
 // Reference batch normalisation kernels: the formulas as plain loops, oracles for
 // kernels/batch_norm.hpp (layout and formulas there). The batch_norm_relu_* twins are the unfused
 // kernels with y = max(0, y) after the forward and dy = (y > 0 ? dy : 0) before the backward.
+// The optimised backward kernels can also recompute xhat from x (batch_norm_xhat); their oracle
+// is then these kernels given the xhat of ref::batch_norm_fprop.
 #pragma once
 
 #include <cmath>
