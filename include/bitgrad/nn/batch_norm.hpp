@@ -167,15 +167,27 @@ private:
     const std::size_t count = n * plane;
     if (count == 0) throw shape_error(name_ + ": empty input " + shape_string(x.shape()));
     batch_stats_ = training_;
+    ensure_shape(y_, x.shape());
+    // xhat is not stored: backward recomputes it from x (xhat()).
+    T* const no_xhat = nullptr;
     if (training_) {
       if (count < 2)
         throw shape_error(name_ + ": training needs more than one value per channel, got input " +
                           shape_string(x.shape()));
       if (sync_) {
         global_count_ = sync_moments(n, plane, x.data());
+        normalize(x, relu);
       } else {
+        // The statistics and the normalisation channel by channel (the same bits as
+        // channel_mean_var, then batch_norm_fprop).
         global_count_ = static_cast<double>(count);
-        channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
+        if (relu)
+          batch_norm_relu_train_fprop(n, c_, plane, x.data(), eps_, gamma_.data(), beta_.data(),
+                                      mean_.data(), var_.data(), inv_std_.data(), no_xhat,
+                                      y_.data());
+        else
+          batch_norm_train_fprop(n, c_, plane, x.data(), eps_, gamma_.data(), beta_.data(),
+                                 mean_.data(), var_.data(), inv_std_.data(), no_xhat, y_.data());
       }
       const T m = static_cast<T>(global_count_);
       batch_norm_running_update(c_, momentum_, m / (m - T(1)), mean_.data(), var_.data(),
@@ -183,22 +195,26 @@ private:
     } else {
       mean_ = running_mean_;
       var_ = running_var_;
+      normalize(x, relu);
     }
-    ensure_shape(y_, x.shape());
-    // xhat is not stored: backward recomputes it from x (xhat()).
-    T* const no_xhat = nullptr;
-    if (relu)
-      batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                            beta_.data(), inv_std_.data(), no_xhat, y_.data());
-    else
-      batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                       beta_.data(), inv_std_.data(), no_xhat, y_.data());
     x_ = &x;
     n_ = n;
     plane_ = plane;
     relu_ = relu;
     seen_ = true;
     return y_;
+  }
+
+  /// y_ = bn(x) (relu(bn(x)) if relu) with mean_ and var_ as they are; xhat not stored.
+  void normalize(const input_type& x, bool relu) {
+    const std::size_t n = x.shape()[0], plane = x.size() / n / c_;
+    T* const xhat = nullptr;
+    if (relu)
+      batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                            beta_.data(), inv_std_.data(), xhat, y_.data());
+    else
+      batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                       beta_.data(), inv_std_.data(), xhat, y_.data());
   }
 
   /// mean_, var_ of the global batch; returns M. Collective.

@@ -5,6 +5,8 @@
 // is then these kernels given the xhat of ref::batch_norm_fprop.
 #pragma once
 
+#include <bitgrad/kernels/ref/elementwise.hpp>
+
 #include <cmath>
 #include <cstddef>
 #include <vector>
@@ -32,6 +34,15 @@ void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane
         xhat[i] = (x[i] - mean[c]) * inv_std[c];
         y[i] = gamma[c] * xhat[i] + beta[c];
       }
+}
+
+/// channel_mean_var, then batch_norm_fprop (xhat not null here).
+template <class T>
+void batch_norm_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                            T eps, const T* gamma, const T* beta, T* mean, T* var, T* inv_std,
+                            T* xhat, T* y) {
+  channel_mean_var(batch, channels, plane, x, mean, var);
+  batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
 }
 
 template <class T>
@@ -94,6 +105,14 @@ void batch_norm_relu_fprop(std::size_t batch, std::size_t channels, std::size_t 
                            T* inv_std, T* xhat, T* y) {
   batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
   for (std::size_t i = 0; i < batch * channels * plane; ++i) y[i] = y[i] <= T(0) ? T(0) : y[i];
+}
+
+template <class T>
+void batch_norm_relu_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                                 const T* x, T eps, const T* gamma, const T* beta, T* mean, T* var,
+                                 T* inv_std, T* xhat, T* y) {
+  channel_mean_var(batch, channels, plane, x, mean, var);
+  batch_norm_relu_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
 }
 
 namespace detail {
