@@ -216,8 +216,9 @@ void batch_norm_fprop_dispatch(std::size_t batch, std::size_t channels, std::siz
 
 /// s[j] += sum_k d[j][k], sh[j] += sum_k d[j][k] h[j][k] for G (1..4) planes side by side,
 /// k in index order.
-template <std::size_t G, class T, class H>
-inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const H* h, T* s, T* sh) {
+template <std::size_t G, class T>
+inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T* const* h, T* s,
+                                   T* sh) {
   for (std::size_t k = 0; k < plane; ++k)
     for (std::size_t j = 0; j < G; ++j) {
       s[j] += d[j][k];
@@ -226,7 +227,9 @@ inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const H
 }
 
 /// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order. Relu:
-/// of the masked dy, through `scratch` (G * plane values).
+/// of the masked dy, through `scratch` (the first 4 * plane values); xhat not Stored: recomputed
+/// a plane at a time in SIMD into scratch (the next 4 * plane), so that the scalar sums stay
+/// two operations per value (the same bits as recomputing it inside them).
 template <bool Relu, bool Stored, std::size_t G, class T>
 inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, std::size_t plane,
                                        std::size_t c, const T* dy, const batch_norm_xhat<T>& xhat,
@@ -235,10 +238,19 @@ inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, 
   for (std::size_t n = 0; n < batch; ++n) {
     const std::size_t off = (n * channels + c) * plane;
     const T* d[G];
-    batch_norm_xhat_plane<Stored, T> h[G];
+    const T* h[G];
     for (std::size_t j = 0; j < G; ++j) {
       const std::size_t o = off + j * plane;
-      h[j] = xhat_plane<Stored>(xhat, c + j, o);
+      if constexpr (Stored) {
+        h[j] = xhat.xhat + o;
+      } else {
+        T* const hs = scratch + (Relu ? 4 : 0) * plane + j * plane;
+        const batch_norm_xhat_plane<false, T> from_x = xhat_plane<false>(xhat, c + j, o);
+        batch_norm_plane_loop<T>(
+            plane, [&](std::size_t k) { from_x.load(k).store_unaligned(hs + k); },
+            [&](std::size_t k) { hs[k] = from_x[k]; });
+        h[j] = hs;
+      }
       if constexpr (Relu) {
         relu_mask_plane(plane, dy + o, y + o, scratch + j * plane);
         d[j] = scratch + j * plane;
@@ -259,7 +271,7 @@ void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::siz
                                const T* dy, const batch_norm_xhat<T>& xhat, const T* y, T* sum_dy,
                                T* sum_dy_xhat) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
-    std::vector<T> scratch(Relu ? 4 * plane : 0);
+    std::vector<T> scratch(((Relu ? 4 : 0) + (Stored ? 0 : 4)) * plane);
     std::size_t c = c0;
     for (; c + 4 <= c1; c += 4)
       batch_norm_grad_sums_group<Relu, Stored, 4>(batch, channels, plane, c, dy, xhat, y,
