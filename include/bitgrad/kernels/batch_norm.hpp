@@ -33,14 +33,17 @@
 // xhat. nn::batch_norm does the latter: the forward then writes y alone, one store pass less
 // over the activations (the backward reads x where it read xhat: the same traffic). The
 // overloads taking `const T* xhat` are the stored case.
-// The two sums run over the channel's values in index order, one scalar accumulator each (a
-// SIMD tree sum would change the bits of training); to hide the add latency, four channels are
-// summed side by side (each still in its own order). The elementwise passes are SIMD over
-// simd_batch<T> with scalar tails and compute each element exactly as the scalar formula (no
-// fused multiply-add). From batch_norm_parallel_min() values on, every kernel splits the
-// channels into contiguous runs, one per OpenMP thread (kernels/parallel.hpp); a channel is
-// always computed by one thread in the same order, so the result is the same bits on any number
-// of threads. Reference twins: kernels/ref/batch_norm.hpp.
+// The two sums of a channel are SIMD: lane l accumulates the plane positions k = l (mod lanes)
+// of the images in order, a scalar the tail positions; the lanes are then summed in order and the
+// tail added (batch_norm_grad_sums_group). So their bits depend on the SIMD width (the SSE2, AVX2
+// and AVX-512 builds differ in the last bits, as channel_mean_var's), not on the thread count;
+// the reference sums in index order (tests compare with a tolerance). dy xhat is an explicit
+// fused multiply-add. The other elementwise passes are SIMD over simd_batch<T> with scalar tails
+// and compute each element exactly as the scalar formula (no fused multiply-add). From
+// batch_norm_parallel_min() values on, every kernel splits the channels into contiguous runs, one
+// per OpenMP thread (kernels/parallel.hpp); a channel is always computed by one thread in the same
+// order, so the result is the same bits on any number of threads. Reference twins:
+// kernels/ref/batch_norm.hpp.
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -65,9 +68,10 @@ inline void batch_norm_plane_loop(std::size_t n, FV&& fv, FS&& fs) {
 }
 
 /// m[k] = (y[k] > 0 ? dy[k] : 0) for k in [0, n): the ReLU's backward, relu_bprop's formula.
-/// The fused kernels mask a plane into a buffer (in cache) and then run the unfused code on
-/// it: a select inside the sums or dx would let the compiler contract a * b + c differently
-/// from the unfused kernels under -march=native (-ffp-contract=fast), changing the bits.
+/// The fused dgrad masks a plane into a buffer (in cache) and then runs the unfused code on
+/// it: a select inside dx's formula would let the compiler contract a * b + c differently
+/// from the unfused kernel under -march=native (-ffp-contract=fast), changing the bits. (The
+/// sums mask in their loop: their one product is an explicit fused multiply-add.)
 template <class T>
 inline void relu_mask_plane(std::size_t n, const T* dy, const T* y, T* m) {
   batch_norm_plane_loop<T>(
@@ -214,55 +218,58 @@ void batch_norm_fprop_dispatch(std::size_t batch, std::size_t channels, std::siz
                                        inv_std, xhat, y);
 }
 
-/// s[j] += sum_k d[j][k], sh[j] += sum_k d[j][k] h[j][k] for G (1..4) planes side by side,
-/// k in index order.
-template <std::size_t G, class T>
-inline void batch_norm_sums_planes(std::size_t plane, const T* const* d, const T* const* h, T* s,
-                                   T* sh) {
-  for (std::size_t k = 0; k < plane; ++k)
-    for (std::size_t j = 0; j < G; ++j) {
-      s[j] += d[j][k];
-      sh[j] += d[j][k] * h[j][k];
-    }
-}
-
-/// Sums of G (1..4) channels c..c+G-1 side by side, each over n then k in index order. Relu:
-/// of the masked dy, through `scratch` (the first 4 * plane values); xhat not Stored: recomputed
-/// a plane at a time in SIMD into scratch (the next 4 * plane), so that the scalar sums stay
-/// two operations per value (the same bits as recomputing it inside them).
+/// Sums of G (1..4) channels c..c+G-1 side by side (independent chains that hide the add
+/// latency): sum_dy = sum d, sum_dy_xhat = sum d h with d = dy (Relu: y > 0 ? dy : 0) and h
+/// the xhat, over n in order and k. SIMD lane l accumulates the plane positions k = l (mod
+/// lanes) of every image in order, a scalar the tail positions; the result is the lanes summed
+/// in order, plus the tail. The product is an explicit fused multiply-add (std::fma in the
+/// tail), so no compiler contraction can make the fused-ReLU and the plain kernels differ.
 template <bool Relu, bool Stored, std::size_t G, class T>
 inline void batch_norm_grad_sums_group(std::size_t batch, std::size_t channels, std::size_t plane,
                                        std::size_t c, const T* dy, const batch_norm_xhat<T>& xhat,
-                                       const T* y, T* scratch, T* sum_dy, T* sum_dy_xhat) {
+                                       const T* y, T* sum_dy, T* sum_dy_xhat) {
+  using B = simd_batch<T>;
+  B vs[G], vsh[G];
   T s[G] = {}, sh[G] = {};
+  for (std::size_t j = 0; j < G; ++j) vs[j] = vsh[j] = B(T(0));
   for (std::size_t n = 0; n < batch; ++n) {
     const std::size_t off = (n * channels + c) * plane;
     const T* d[G];
-    const T* h[G];
+    const T* mask[G]; // the fused ReLU's output (Relu only)
+    batch_norm_xhat_plane<Stored, T> h[G];
     for (std::size_t j = 0; j < G; ++j) {
       const std::size_t o = off + j * plane;
-      if constexpr (Stored) {
-        h[j] = xhat.xhat + o;
-      } else {
-        T* const hs = scratch + (Relu ? 4 : 0) * plane + j * plane;
-        const batch_norm_xhat_plane<false, T> from_x = xhat_plane<false>(xhat, c + j, o);
-        batch_norm_plane_loop<T>(
-            plane, [&](std::size_t k) { from_x.load(k).store_unaligned(hs + k); },
-            [&](std::size_t k) { hs[k] = from_x[k]; });
-        h[j] = hs;
-      }
-      if constexpr (Relu) {
-        relu_mask_plane(plane, dy + o, y + o, scratch + j * plane);
-        d[j] = scratch + j * plane;
-      } else {
-        d[j] = dy + o;
-      }
+      d[j] = dy + o;
+      mask[j] = Relu ? y + o : nullptr;
+      h[j] = xhat_plane<Stored>(xhat, c + j, o);
     }
-    batch_norm_sums_planes<G>(plane, d, h, s, sh);
+    std::size_t k = 0;
+    if constexpr (BITGRAD_HAS_SIMD) {
+      for (; k + B::size <= plane; k += B::size)
+        for (std::size_t j = 0; j < G; ++j) {
+          B dv = B::load_unaligned(d[j] + k);
+          if constexpr (Relu)
+            dv = xsimd::select(B::load_unaligned(mask[j] + k) > B(T(0)), dv, B(T(0)));
+          vs[j] += dv;
+          vsh[j] = xsimd::fma(dv, h[j].load(k), vsh[j]);
+        }
+    }
+    for (; k < plane; ++k)
+      for (std::size_t j = 0; j < G; ++j) {
+        T dv = d[j][k];
+        if constexpr (Relu) dv = mask[j][k] > T(0) ? dv : T(0);
+        s[j] += dv;
+        sh[j] = std::fma(dv, h[j][k], sh[j]);
+      }
   }
   for (std::size_t j = 0; j < G; ++j) {
-    sum_dy[c + j] = s[j];
-    sum_dy_xhat[c + j] = sh[j];
+    if constexpr (BITGRAD_HAS_SIMD) {
+      sum_dy[c + j] = lane_sum(vs[j]) + s[j];
+      sum_dy_xhat[c + j] = lane_sum(vsh[j]) + sh[j];
+    } else {
+      sum_dy[c + j] = s[j];
+      sum_dy_xhat[c + j] = sh[j];
+    }
   }
 }
 
@@ -271,14 +278,13 @@ void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::siz
                                const T* dy, const batch_norm_xhat<T>& xhat, const T* y, T* sum_dy,
                                T* sum_dy_xhat) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
-    std::vector<T> scratch(((Relu ? 4 : 0) + (Stored ? 0 : 4)) * plane);
     std::size_t c = c0;
     for (; c + 4 <= c1; c += 4)
-      batch_norm_grad_sums_group<Relu, Stored, 4>(batch, channels, plane, c, dy, xhat, y,
-                                                  scratch.data(), sum_dy, sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, Stored, 4>(batch, channels, plane, c, dy, xhat, y, sum_dy,
+                                                  sum_dy_xhat);
     for (; c < c1; ++c)
-      batch_norm_grad_sums_group<Relu, Stored, 1>(batch, channels, plane, c, dy, xhat, y,
-                                                  scratch.data(), sum_dy, sum_dy_xhat);
+      batch_norm_grad_sums_group<Relu, Stored, 1>(batch, channels, plane, c, dy, xhat, y, sum_dy,
+                                                  sum_dy_xhat);
   });
 }
 
