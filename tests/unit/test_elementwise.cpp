@@ -470,6 +470,180 @@ TEST_CASE_TEMPLATE("batch norm + relu kernels: the reference on odd shapes, and 
       }
 }
 
+TEST_CASE_TEMPLATE("batch_norm_train_fprop: the bits of channel_mean_var then batch_norm_fprop, "
+                   "the reference on odd shapes",
+                   T, float, double) {
+  std::mt19937 rng(17);
+  for (std::size_t batch : {1, 2, 3})
+    for (std::size_t channels : {1, 3, 5, 9})
+      for (std::size_t plane : {1, 2, 7, 17, 33}) {
+        if (batch * plane < 2) continue;
+        CAPTURE(batch);
+        CAPTURE(channels);
+        CAPTURE(plane);
+        const std::size_t total = batch * channels * plane;
+        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+        for (T& v : x) v += T(3); // an offset the variance pass must remove
+        const T eps = T(1e-5);
+        for (bool relu : {false, true}) {
+          CAPTURE(relu);
+          auto train =
+              relu ? bitgrad::batch_norm_relu_train_fprop<T> : bitgrad::batch_norm_train_fprop<T>;
+          auto ref_train = relu ? bitgrad::ref::batch_norm_relu_train_fprop<T>
+                                : bitgrad::ref::batch_norm_train_fprop<T>;
+          auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
+          std::vector<T> m_a(channels), v_a(channels), is_a(channels), h_a(total), y_a(total),
+              y_n(total), m_n(channels), v_n(channels), is_n(channels);
+          train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_a.data(),
+                v_a.data(), is_a.data(), h_a.data(), y_a.data());
+          train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_n.data(),
+                v_n.data(), is_n.data(), nullptr, y_n.data());
+          // The two kernels one after the other.
+          std::vector<T> m_s(channels), v_s(channels), is_s(channels), h_s(total), y_s(total);
+          bitgrad::channel_mean_var(batch, channels, plane, x.data(), m_s.data(), v_s.data());
+          fprop(batch, channels, plane, x.data(), m_s.data(), v_s.data(), eps, gamma.data(),
+                beta.data(), is_s.data(), h_s.data(), y_s.data());
+          CHECK(m_a == m_s);
+          CHECK(v_a == v_s);
+          CHECK(is_a == is_s);
+          CHECK(h_a == h_s);
+          CHECK(y_a == y_s);
+          CHECK(m_n == m_s);
+          CHECK(v_n == v_s);
+          CHECK(is_n == is_s);
+          CHECK(y_n == y_s);
+          std::vector<T> m_r(channels), v_r(channels), is_r(channels), h_r(total), y_r(total);
+          ref_train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_r.data(),
+                    v_r.data(), is_r.data(), h_r.data(), y_r.data());
+          check_close(m_a, m_r, "mean");
+          check_close(v_a, v_r, "var");
+          check_close(is_a, is_r, "inv_std");
+          check_close(h_a, h_r, "xhat");
+          check_close(y_a, y_r, "y");
+        }
+      }
+}
+
+TEST_CASE_TEMPLATE("batch norm backward kernels recompute xhat from x: the bits of the stored "
+                   "xhat, the reference on odd shapes",
+                   T, float, double) {
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<double> d(-2, 2);
+  for (std::size_t batch : {1, 2, 3})
+    for (std::size_t channels : {1, 3, 5, 9})
+      for (std::size_t plane : {1, 2, 7, 17, 33}) {
+        CAPTURE(batch);
+        CAPTURE(channels);
+        CAPTURE(plane);
+        const std::size_t total = batch * channels * plane;
+        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+        const T eps = T(1e-5);
+        for (bool relu : {false, true}) {
+          CAPTURE(relu);
+          // Forward with and without the xhat store: the same y and inv_std.
+          std::vector<T> is(channels), h(total), y(total), is_r(channels), h_r(total), y_n(total),
+              is_n(channels);
+          auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
+          auto ref_fprop =
+              relu ? bitgrad::ref::batch_norm_relu_fprop<T> : bitgrad::ref::batch_norm_fprop<T>;
+          fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+                beta.data(), is.data(), h.data(), y.data());
+          fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+                beta.data(), is_n.data(), nullptr, y_n.data());
+          CHECK(y_n == y);
+          CHECK(is_n == is);
+          // The reference's xhat is the oracle of the recomputed one.
+          std::vector<T> y_r(total);
+          ref_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+                    beta.data(), is_r.data(), h_r.data(), y_r.data());
+          const bitgrad::batch_norm_xhat<T> from_x{
+              .xhat = nullptr, .x = x.data(), .mean = mean.data(), .inv_std = is.data()};
+          for (bool batch_stats : {true, false}) {
+            CAPTURE(batch_stats);
+            std::vector<T> dx_s(total), dx_x(total), dx_r(total), dg_s(channels, T(0.5)),
+                dg_x(dg_s), dg_r(dg_s), db_s(channels, T(-0.25)), db_x(db_s), db_r(db_s);
+            if (relu) {
+              bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h.data(), y.data(),
+                                             gamma.data(), is.data(), batch_stats, dx_s.data(),
+                                             dg_s.data(), db_s.data());
+              bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), from_x, y.data(),
+                                             gamma.data(), is.data(), batch_stats, dx_x.data(),
+                                             dg_x.data(), db_x.data());
+              bitgrad::ref::batch_norm_relu_bprop(
+                  batch, channels, plane, dy.data(), h_r.data(), y_r.data(), gamma.data(),
+                  is_r.data(), batch_stats, dx_r.data(), dg_r.data(), db_r.data());
+            } else {
+              bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h.data(), gamma.data(),
+                                        is.data(), batch_stats, dx_s.data(), dg_s.data(),
+                                        db_s.data());
+              bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), from_x, gamma.data(),
+                                        is.data(), batch_stats, dx_x.data(), dg_x.data(),
+                                        db_x.data());
+              bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_r.data(),
+                                             gamma.data(), is_r.data(), batch_stats, dx_r.data(),
+                                             dg_r.data(), db_r.data());
+            }
+            CHECK(dx_x == dx_s);
+            CHECK(dg_x == dg_s);
+            CHECK(db_x == db_s);
+            check_close(dx_x, dx_r, "dx");
+            check_close(dg_x, dg_r, "dgamma");
+            check_close(db_x, db_r, "dbeta");
+            // The two halves (synchronised batch norm).
+            std::vector<T> s_s(channels), sh_s(channels), s_x(channels), sh_x(channels),
+                s_r(channels), sh_r(channels);
+            if (relu) {
+              bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h.data(),
+                                                 y.data(), s_s.data(), sh_s.data());
+              bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), from_x,
+                                                 y.data(), s_x.data(), sh_x.data());
+              bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
+                                                      y_r.data(), s_r.data(), sh_r.data());
+            } else {
+              bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h.data(), s_s.data(),
+                                            sh_s.data());
+              bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), from_x, s_x.data(),
+                                            sh_x.data());
+              bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
+                                                 s_r.data(), sh_r.data());
+            }
+            CHECK(s_x == s_s);
+            CHECK(sh_x == sh_s);
+            check_close(s_x, s_r, "sum_dy");
+            check_close(sh_x, sh_r, "sum_dy_xhat");
+            for (std::size_t c = 0; c < channels; ++c) {
+              s_s[c] = T(d(rng));
+              sh_s[c] = T(d(rng));
+            }
+            const T count = T(3 * batch * plane + 1);
+            if (relu) {
+              bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h.data(), y.data(),
+                                             gamma.data(), is.data(), count, s_s.data(),
+                                             sh_s.data(), batch_stats, dx_s.data());
+              bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), from_x, y.data(),
+                                             gamma.data(), is.data(), count, s_s.data(),
+                                             sh_s.data(), batch_stats, dx_x.data());
+              bitgrad::ref::batch_norm_relu_dgrad(
+                  batch, channels, plane, dy.data(), h_r.data(), y_r.data(), gamma.data(),
+                  is_r.data(), count, s_s.data(), sh_s.data(), batch_stats, dx_r.data());
+            } else {
+              bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h.data(), gamma.data(),
+                                        is.data(), count, s_s.data(), sh_s.data(), batch_stats,
+                                        dx_s.data());
+              bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), from_x, gamma.data(),
+                                        is.data(), count, s_s.data(), sh_s.data(), batch_stats,
+                                        dx_x.data());
+              bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_r.data(),
+                                             gamma.data(), is_r.data(), count, s_s.data(),
+                                             sh_s.data(), batch_stats, dx_r.data());
+            }
+            CHECK(dx_x == dx_s);
+            check_close(dx_x, dx_r, "dx from given sums");
+          }
+        }
+      }
+}
+
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE("batch norm kernels: the same bits on 1, 2 and 3 threads (parallel over channels)") {
   // 32 * 7 * 2401 = 537824 values: above batch_norm_parallel_min() with sleeping threads too
@@ -496,6 +670,13 @@ TEST_CASE("batch norm kernels: the same bits on 1, 2 and 3 threads (parallel ove
         dg(channels, 0.f), db(channels, 0.f), hr(total), yr(total), dxr(total), dgr(channels, 0.f),
         dbr(channels, 0.f);
     bitgrad::channel_mean_var(batch, channels, plane, x.data(), m.data(), v.data());
+    std::vector<float> tm(channels), tv(channels), tis(channels), ty(total), tyr(total);
+    bitgrad::batch_norm_train_fprop(batch, channels, plane, x.data(), 1e-5f, gamma.data(),
+                                    beta.data(), tm.data(), tv.data(), tis.data(),
+                                    static_cast<float*>(nullptr), ty.data());
+    bitgrad::batch_norm_relu_train_fprop(batch, channels, plane, x.data(), 1e-5f, gamma.data(),
+                                         beta.data(), tm.data(), tv.data(), tis.data(),
+                                         static_cast<float*>(nullptr), tyr.data());
     bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), 1e-5f,
                               gamma.data(), beta.data(), is.data(), h.data(), y.data());
     bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h.data(), gamma.data(), is.data(),
@@ -505,7 +686,8 @@ TEST_CASE("batch norm kernels: the same bits on 1, 2 and 3 threads (parallel ove
     bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), hr.data(), yr.data(),
                                    gamma.data(), is.data(), true, dxr.data(), dgr.data(),
                                    dbr.data());
-    const std::vector<std::vector<float>> all{m, v, h, y, dx, dg, db, hr, yr, dxr, dgr, dbr};
+    const std::vector<std::vector<float>> all{m,   v,   h,   y,  dx, dg,  db, hr, yr,
+                                              dxr, dgr, dbr, tm, tv, tis, ty, tyr};
     if (first.empty())
       first = all;
     else

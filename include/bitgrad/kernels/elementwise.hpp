@@ -122,40 +122,51 @@ void bias_grad_rows(std::size_t rows, std::size_t cols, const T* dy, T* dbias) {
   });
 }
 
+namespace detail {
+/// channel_mean_var of channel c alone.
+template <class T>
+inline void channel_mean_var_of(std::size_t batch, std::size_t channels, std::size_t plane,
+                                const T* x, std::size_t c, T& mean, T& var) {
+  const T count = T(batch * plane);
+  T s = 0;
+  for (std::size_t n = 0; n < batch; ++n) s += sum(plane, x + (n * channels + c) * plane);
+  const T m = s / count;
+  T sq = 0;
+  for (std::size_t n = 0; n < batch; ++n) {
+    const T* xc = x + (n * channels + c) * plane;
+    std::size_t i = 0;
+    if constexpr (BITGRAD_HAS_SIMD) {
+      using B = simd_batch<T>;
+      constexpr std::size_t L = B::size;
+      B acc(T(0));
+      const B mv(m);
+      for (; i + L <= plane; i += L) {
+        const B d = B::load_unaligned(xc + i) - mv;
+        acc = xsimd::fma(d, d, acc);
+      }
+      sq += lane_sum(acc);
+    }
+    for (; i < plane; ++i) sq += (xc[i] - m) * (xc[i] - m);
+  }
+  mean = m;
+  var = sq / count;
+}
+
+inline void check_channel_count(std::size_t batch, std::size_t plane) {
+  if (batch * plane == 0)
+    throw config_error("channel_mean_var: batch*plane must be >= 1, got " + std::to_string(batch) +
+                       "*" + std::to_string(plane));
+}
+} // namespace detail
+
 /// Per channel mean and biased variance over batch*plane values (two passes).
 template <class T>
 void channel_mean_var(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
                       T* mean, T* var) {
-  if (batch * plane == 0)
-    throw config_error("channel_mean_var: batch*plane must be >= 1, got " + std::to_string(batch) +
-                       "*" + std::to_string(plane));
-  const T count = T(batch * plane);
+  detail::check_channel_count(batch, plane);
   detail::batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
-    for (std::size_t c = c0; c < c1; ++c) {
-      T s = 0;
-      for (std::size_t n = 0; n < batch; ++n)
-        s += detail::sum(plane, x + (n * channels + c) * plane);
-      const T m = s / count;
-      T sq = 0;
-      for (std::size_t n = 0; n < batch; ++n) {
-        const T* xc = x + (n * channels + c) * plane;
-        std::size_t i = 0;
-        if constexpr (BITGRAD_HAS_SIMD) {
-          using B = simd_batch<T>;
-          constexpr std::size_t L = B::size;
-          B acc(T(0));
-          const B mv(m);
-          for (; i + L <= plane; i += L) {
-            const B d = B::load_unaligned(xc + i) - mv;
-            acc = xsimd::fma(d, d, acc);
-          }
-          sq += detail::lane_sum(acc);
-        }
-        for (; i < plane; ++i) sq += (xc[i] - m) * (xc[i] - m);
-      }
-      mean[c] = m;
-      var[c] = sq / count;
-    }
+    for (std::size_t c = c0; c < c1; ++c)
+      detail::channel_mean_var_of(batch, channels, plane, x, c, mean[c], var[c]);
   });
 }
 

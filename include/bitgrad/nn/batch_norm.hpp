@@ -8,8 +8,11 @@
 //   eval:      the same with running_mean and running_var in place of the batch statistics.
 // gamma (init 1) and beta (init 0) are parameters of kind norm; the running statistics are
 // buffers (not trained). The arithmetic is in kernels/batch_norm.hpp (with the batch
-// statistics from kernels/elementwise.hpp: channel_mean_var). fold_batch_norm rewrites a preceding
-// conv2d or linear so that it computes bn(layer(x)) of the eval mode by itself.
+// statistics from kernels/elementwise.hpp: channel_mean_var). The layer keeps a pointer to x
+// (nn/layer.hpp allows it) instead of storing xhat = (x - mean) inv_std: backward recomputes xhat
+// from x with the forward's formula (the same bits), so the forward writes y alone. fold_batch_norm
+// rewrites a preceding conv2d or linear so that it computes bn(layer(x)) of the eval mode by
+// itself.
 //
 // Synchronised statistics (SyncBatchNorm; data-parallel training, set_sync): in training the
 // mean and variance are those of the global batch, the union of every process's slice
@@ -102,11 +105,11 @@ public:
       return dx_;
     }
     if (relu_)
-      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat_.data(), y_.data(), gamma_.data(),
+      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat(), y_.data(), gamma_.data(),
                             inv_std_.data(), batch_stats_, dx_.data(), grad_gamma_.data(),
                             grad_beta_.data());
     else
-      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat_.data(), gamma_.data(), inv_std_.data(),
+      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat(), gamma_.data(), inv_std_.data(),
                        batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
     return dx_;
   }
@@ -164,15 +167,27 @@ private:
     const std::size_t count = n * plane;
     if (count == 0) throw shape_error(name_ + ": empty input " + shape_string(x.shape()));
     batch_stats_ = training_;
+    ensure_shape(y_, x.shape());
+    // xhat is not stored: backward recomputes it from x (xhat()).
+    T* const no_xhat = nullptr;
     if (training_) {
       if (count < 2)
         throw shape_error(name_ + ": training needs more than one value per channel, got input " +
                           shape_string(x.shape()));
       if (sync_) {
         global_count_ = sync_moments(n, plane, x.data());
+        normalize(x, relu);
       } else {
+        // The statistics and the normalisation channel by channel (the same bits as
+        // channel_mean_var, then batch_norm_fprop).
         global_count_ = static_cast<double>(count);
-        channel_mean_var(n, c_, plane, x.data(), mean_.data(), var_.data());
+        if (relu)
+          batch_norm_relu_train_fprop(n, c_, plane, x.data(), eps_, gamma_.data(), beta_.data(),
+                                      mean_.data(), var_.data(), inv_std_.data(), no_xhat,
+                                      y_.data());
+        else
+          batch_norm_train_fprop(n, c_, plane, x.data(), eps_, gamma_.data(), beta_.data(),
+                                 mean_.data(), var_.data(), inv_std_.data(), no_xhat, y_.data());
       }
       const T m = static_cast<T>(global_count_);
       batch_norm_running_update(c_, momentum_, m / (m - T(1)), mean_.data(), var_.data(),
@@ -180,20 +195,26 @@ private:
     } else {
       mean_ = running_mean_;
       var_ = running_var_;
+      normalize(x, relu);
     }
-    ensure_shape(xhat_, x.shape());
-    ensure_shape(y_, x.shape());
-    if (relu)
-      batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                            beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
-    else
-      batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
-                       beta_.data(), inv_std_.data(), xhat_.data(), y_.data());
+    x_ = &x;
     n_ = n;
     plane_ = plane;
     relu_ = relu;
     seen_ = true;
     return y_;
+  }
+
+  /// y_ = bn(x) (relu(bn(x)) if relu) with mean_ and var_ as they are; xhat not stored.
+  void normalize(const input_type& x, bool relu) {
+    const std::size_t n = x.shape()[0], plane = x.size() / n / c_;
+    T* const xhat = nullptr;
+    if (relu)
+      batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                            beta_.data(), inv_std_.data(), xhat, y_.data());
+    else
+      batch_norm_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
+                       beta_.data(), inv_std_.data(), xhat, y_.data());
   }
 
   /// mean_, var_ of the global batch; returns M. Collective.
@@ -219,10 +240,10 @@ private:
   void sync_dgrad(const T* dy) {
     std::vector<T> local(2 * c_);
     if (relu_)
-      batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat_.data(), y_.data(), local.data(),
+      batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat(), y_.data(), local.data(),
                                 local.data() + c_);
     else
-      batch_norm_grad_sums(n_, c_, plane_, dy, xhat_.data(), local.data(), local.data() + c_);
+      batch_norm_grad_sums(n_, c_, plane_, dy, xhat(), local.data(), local.data() + c_);
     const double w = static_cast<double>(n_ * plane_) / global_count_;
     std::vector<double> global(2 * c_);
     for (std::size_t i = 0; i < global.size(); ++i) global[i] = w * static_cast<double>(local[i]);
@@ -235,13 +256,20 @@ private:
       grad_gamma_[c] += local[c_ + c];
     }
     if (relu_)
-      batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat_.data(), y_.data(), gamma_.data(),
-                            inv_std_.data(), static_cast<T>(global_count_), sums.data(),
-                            sums.data() + c_, true, dx_.data());
+      batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat(), y_.data(), gamma_.data(), inv_std_.data(),
+                            static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
+                            dx_.data());
     else
-      batch_norm_dgrad(n_, c_, plane_, dy, xhat_.data(), gamma_.data(), inv_std_.data(),
+      batch_norm_dgrad(n_, c_, plane_, dy, xhat(), gamma_.data(), inv_std_.data(),
                        static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
                        dx_.data());
+  }
+
+  /// xhat = (x - mean) inv_std of the last forward, recomputed by the backward kernels from the
+  /// input (kept alive and unchanged until backward: nn/layer.hpp) with the forward's formula:
+  /// the same bits as storing it, one store pass less in the forward.
+  batch_norm_xhat<T> xhat() const {
+    return {.xhat = nullptr, .x = x_->data(), .mean = mean_.data(), .inv_std = inv_std_.data()};
   }
 
   std::string name_;
@@ -256,8 +284,9 @@ private:
   std::function<void(std::span<double>)> sync_;
   tensor1<T> gamma_, beta_, grad_gamma_, grad_beta_, running_mean_, running_var_;
   tensor1<T> mean_, var_, inv_std_;
-  output_type y_, xhat_;
+  output_type y_;
   input_type dx_;
+  const input_type* x_ = nullptr; ///< the last forward's input
 };
 
 static_assert(layer<batch_norm<float, 2>>);

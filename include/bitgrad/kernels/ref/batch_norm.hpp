@@ -1,7 +1,11 @@
 // Reference batch normalisation kernels: the formulas as plain loops, oracles for
 // kernels/batch_norm.hpp (layout and formulas there). The batch_norm_relu_* twins are the unfused
 // kernels with y = max(0, y) after the forward and dy = (y > 0 ? dy : 0) before the backward.
+// The optimised backward kernels can also recompute xhat from x (batch_norm_xhat); their oracle
+// is then these kernels given the xhat of ref::batch_norm_fprop.
 #pragma once
+
+#include <bitgrad/kernels/ref/elementwise.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -30,6 +34,15 @@ void batch_norm_fprop(std::size_t batch, std::size_t channels, std::size_t plane
         xhat[i] = (x[i] - mean[c]) * inv_std[c];
         y[i] = gamma[c] * xhat[i] + beta[c];
       }
+}
+
+/// channel_mean_var, then batch_norm_fprop (xhat not null here).
+template <class T>
+void batch_norm_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
+                            T eps, const T* gamma, const T* beta, T* mean, T* var, T* inv_std,
+                            T* xhat, T* y) {
+  channel_mean_var(batch, channels, plane, x, mean, var);
+  batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
 }
 
 template <class T>
@@ -92,6 +105,14 @@ void batch_norm_relu_fprop(std::size_t batch, std::size_t channels, std::size_t 
                            T* inv_std, T* xhat, T* y) {
   batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
   for (std::size_t i = 0; i < batch * channels * plane; ++i) y[i] = y[i] <= T(0) ? T(0) : y[i];
+}
+
+template <class T>
+void batch_norm_relu_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                                 const T* x, T eps, const T* gamma, const T* beta, T* mean, T* var,
+                                 T* inv_std, T* xhat, T* y) {
+  channel_mean_var(batch, channels, plane, x, mean, var);
+  batch_norm_relu_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
 }
 
 namespace detail {
