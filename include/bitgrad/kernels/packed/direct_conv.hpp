@@ -140,16 +140,23 @@ inline direct_conv_scratch& direct_scratch() {
   return s;
 }
 
-/// dst[t] = x[t] - z as float for t < count. The bytes go through a local copy, 16 at a time:
-/// stores of floats may alias u8 input, and without the copy the compiler kept the loop scalar.
-inline void widen_minus_zero(const std::uint8_t* x, std::size_t count, std::int32_t z, float* dst) {
-  std::size_t t = 0;
-  for (; t + 16 <= count; t += 16) {
-    std::uint8_t b[16];
-    std::memcpy(b, x + t, 16);
-    for (std::size_t i = 0; i < 16; ++i) dst[t + i] = static_cast<float>(std::int32_t(b[i]) - z);
+/// dst[t] = x[t] - z as float for t < count, in blocks of 8 and a last block that overlaps the
+/// one before (count >= 8). A plain loop was vectorised 32 values at a time on AVX-512, so a
+/// 28-value line (LeNet) ran its scalar epilogue only; __restrict: the float stores may
+/// otherwise alias the u8 input.
+inline void widen_minus_zero(const std::uint8_t* __restrict x, std::size_t count, std::int32_t z,
+                             float* __restrict dst) {
+  constexpr std::size_t block = 8;
+  auto widen = [&](std::size_t t) {
+    for (std::size_t i = 0; i < block; ++i)
+      dst[t + i] = static_cast<float>(std::int32_t(x[t + i]) - z);
+  };
+  if (count < block) {
+    for (std::size_t t = 0; t < count; ++t) dst[t] = static_cast<float>(std::int32_t(x[t]) - z);
+    return;
   }
-  for (; t < count; ++t) dst[t] = static_cast<float>(std::int32_t(x[t]) - z);
+  for (std::size_t t = 0; t + block < count; t += block) widen(t);
+  widen(count - block);
 }
 
 #if BITGRAD_HAS_SIMD

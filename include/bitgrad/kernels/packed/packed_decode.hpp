@@ -84,17 +84,6 @@ void packed_unpack_fields(const std::uint8_t* s, std::size_t first, std::size_t 
     constexpr std::size_t per_byte = 8 / K;
     if (first % per_byte == 0) {
       const std::uint8_t* p = s + first / per_byte;
-      // 8 bytes at a time through local arrays: out may alias the stream (both may be
-      // char types), which kept the compiler from widening the loop in lanes.
-      for (; i + 8 * per_byte <= count; i += 8 * per_byte, p += 8) {
-        std::uint8_t b[8];
-        T v[8 * per_byte];
-        std::memcpy(b, p, 8);
-        for (std::size_t e = 0; e < 8 * per_byte; ++e)
-          v[e] = static_cast<T>(
-              packed_code((std::uint32_t(b[e / per_byte]) >> (K * (e % per_byte))) & mask, K));
-        std::memcpy(out + i, v, sizeof(v));
-      }
       for (; i + per_byte <= count; i += per_byte, ++p) {
         const std::uint32_t b = *p;
         for (std::size_t f = 0; f < per_byte; ++f)
