@@ -806,6 +806,36 @@ TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd s
   MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
 }
 
+TEST_CASE("packed_unpack_fields: equals the streaming reader, every bitwidth, odd offsets") {
+  // The twin is packed_field_reader, one field per next(). The stream is exactly the bytes
+  // that hold the fields, so a read past them would be out of the vector (the asan preset).
+  std::mt19937 rng(64);
+  std::size_t cases = 0;
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (std::size_t first : {0u, 1u, 2u, 3u, 5u, 8u, 13u})
+      for (std::size_t count : {0u, 1u, 3u, 4u, 7u, 24u, 37u, 40u}) {
+        const std::size_t bytes = ((first + count) * std::size_t(k) + 7) / 8;
+        std::vector<std::uint8_t> stream(std::max<std::size_t>(bytes, 1));
+        for (auto& b : stream) b = static_cast<std::uint8_t>(rng());
+        std::vector<std::int8_t> got8(count + 1, 99);
+        std::vector<std::int16_t> got16(count + 1, 99);
+        detail::packed_unpack_fields(stream.data(), first, count, k, got8.data());
+        detail::packed_unpack_fields(stream.data(), first, count, k, got16.data());
+        detail::packed_field_reader in(stream.data(), first, k);
+        bool same = true;
+        for (std::size_t i = 0; i < count; ++i) {
+          const std::int32_t want = in.next();
+          same = same && got8[i] == want && got16[i] == want;
+        }
+        INFO("k=", k, " first=", first, " count=", count);
+        CHECK(same);
+        CHECK(got8[count] == 99); // nothing written past the run
+        CHECK(got16[count] == 99);
+        ++cases;
+      }
+  MESSAGE("packed_unpack_fields: " << cases << " runs");
+}
+
 TEST_CASE("direct_conv: packed_codes reads back every code, mixed and ragged classes") {
   std::mt19937 rng(63);
   for (std::size_t n : {1u, 6u, 16u, 19u, 40u})

@@ -94,9 +94,8 @@ struct fused_store {
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_column(const B& v, std::size_t i0, std::size_t j,
                                           std::size_t n) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    v.store_aligned(lane);
+    const auto lanes = lanes_of(v);
+    const auto& lane = lanes.value;
     if (!row_at) {
       for (std::size_t l = 0; l < n; ++l) {
         const std::ptrdiff_t at = offset(row0 + i0 + l, j);
@@ -106,7 +105,7 @@ struct fused_store {
     }
     // The channel's offset once; the rows' places from row_at.
     const std::ptrdiff_t* at = row_at + i0;
-    T* yj = y + j * channel_stride();
+    T* yj = column_base(j);
     if (pool) {
       for (std::size_t l = 0; l < n; ++l)
         if (at[l] >= 0) yj[at[l]] = std::max(yj[at[l]], static_cast<T>(lane[l]));
@@ -137,11 +136,10 @@ struct fused_store {
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_pool_pairs(const B& v, std::size_t i0, std::size_t j,
                                               std::size_t n) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    v.store_aligned(lane);
+    const auto lanes = lanes_of(v);
+    const auto& lane = lanes.value;
     const std::ptrdiff_t* at = row_at + i0;
-    T* yj = y + j;
+    T* yj = y + j; // column_base(j) under NHWC, the only layout pool_pairs takes
     std::size_t l = 0;
     for (; l + 1 < n; l += 2)
       if (at[l] >= 0) yj[at[l]] = static_cast<T>(std::max(lane[l], lane[l + 1]));
@@ -207,14 +205,27 @@ struct fused_store {
   }
 
 private:
+  /// The lanes of v in an aligned array (one store): what every lane overload above unpacks.
+  template <class B>
+  struct lane_array {
+    alignas(64) typename B::value_type value[B::size];
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE static lane_array<B> lanes_of(const B& v) {
+    lane_array<B> a;
+    v.store_aligned(a.value);
+    return a;
+  }
+  /// Channel j's first value; the rows' places (row_at) are relative to it.
+  BITGRAD_ALWAYS_INLINE T* column_base(std::size_t j) const { return y + j * channel_stride(); }
+
   /// Lanes [0, n) to channels j0.. of row i; N = n when it is known at compile time (a whole
   /// batch: the loops then vectorise, e.g. to one narrowing store), else 0.
   template <class B, std::size_t N>
   BITGRAD_ALWAYS_INLINE void store_lanes(const B& v, std::size_t i, std::size_t j0,
                                          std::size_t n) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    v.store_aligned(lane);
+    const auto lanes = lanes_of(v);
+    const auto& lane = lanes.value;
     const std::ptrdiff_t at = place(i, j0);
     if (at < 0) return;
     T* dst = y + at;

@@ -53,6 +53,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace bitgrad {
@@ -137,6 +138,25 @@ struct direct_conv_scratch {
 inline direct_conv_scratch& direct_scratch() {
   thread_local direct_conv_scratch s;
   return s;
+}
+
+/// dst[t] = x[t] - z as float for t < count, in blocks of 8 and a last block that overlaps the
+/// one before (count >= 8). A plain loop was vectorised 32 values at a time on AVX-512, so a
+/// 28-value line (LeNet) ran its scalar epilogue only; __restrict: the float stores may
+/// otherwise alias the u8 input.
+inline void widen_minus_zero(const std::uint8_t* __restrict x, std::size_t count, std::int32_t z,
+                             float* __restrict dst) {
+  constexpr std::size_t block = 8;
+  auto widen = [&](std::size_t t) {
+    for (std::size_t i = 0; i < block; ++i)
+      dst[t + i] = static_cast<float>(std::int32_t(x[t + i]) - z);
+  };
+  if (count < block) {
+    for (std::size_t t = 0; t < count; ++t) dst[t] = static_cast<float>(std::int32_t(x[t]) - z);
+    return;
+  }
+  for (std::size_t t = 0; t + block < count; t += block) widen(t);
+  widen(count - block);
 }
 
 #if BITGRAD_HAS_SIMD
@@ -317,9 +337,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
             const std::uint8_t* col = src + (f + t_lo * sw - g.pad_w) * C + c;
             const std::size_t step = sw * C, count = t_hi - t_lo;
             float* dst = line + t_lo;
-            if (step == 1) // C = 1, stride 1: contiguous bytes (the loop vectorises)
-              for (std::size_t t = 0; t < count; ++t)
-                dst[t] = static_cast<float>(std::int32_t(col[t]) - zi);
+            if (step == 1) // C = 1, stride 1: contiguous bytes
+              detail::widen_minus_zero(col, count, zi, dst);
             else
               for (std::size_t t = 0; t < count; ++t)
                 dst[t] = static_cast<float>(std::int32_t(col[t * step]) - zi);
@@ -380,8 +399,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
               std::int32_t* below = acc + n_out * owp;
               row_sums(src, acc);
               row_sums(src + sh * line_set, below);
-              for (std::size_t j = 0; j < n_out; ++j)
-                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW);
+              for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
+                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0);
               ++oh;
               continue;
             }

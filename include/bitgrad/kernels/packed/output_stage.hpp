@@ -379,9 +379,14 @@ struct pipeline {
   ///
   /// stored by the last stage (apply_pool_pairs). The values are those the scalar calls give,
   /// and the max of a window is the same in any order: the same bits as the per-pixel path.
+  /// whole_lanes: both rows may be read up to count rounded up to whole lane batches (the
+  /// padded rows of direct_conv); the last batch is then loaded in place, not from a zeroed
+  /// copy (whose narrower stores a full-width load waits on), its lanes past count computed
+  /// and never stored.
   BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
                                           const std::int32_t* acc_top,
-                                          const std::int32_t* acc_bottom, std::size_t count) const
+                                          const std::int32_t* acc_bottom, std::size_t count,
+                                          bool whole_lanes = false) const
       requires(detail::column_stage<Stages>&&...) &&
       detail::pooled_column_store<
           std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
@@ -397,14 +402,16 @@ struct pipeline {
     std::size_t c = 0;
     for (; c + B::size <= count; c += B::size)
       pooled(B::load_unaligned(acc_top + c), B::load_unaligned(acc_bottom + c), c, B::size);
-    if (c < count) {
+    if (c < count && whole_lanes) {
+      pooled(B::load_unaligned(acc_top + c), B::load_unaligned(acc_bottom + c), c, count - c);
+    } else if (c < count) {
       alignas(64) std::int32_t top[B::size] = {}, bottom[B::size] = {};
       std::memcpy(top, acc_top + c, (count - c) * sizeof(std::int32_t));
       std::memcpy(bottom, acc_bottom + c, (count - c) * sizeof(std::int32_t));
       pooled(B::load_aligned(top), B::load_aligned(bottom), c, count - c);
     }
 #else
-    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count;
+    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count, (void)whole_lanes;
 #endif
   }
 

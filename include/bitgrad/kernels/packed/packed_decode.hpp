@@ -72,9 +72,74 @@ private:
   unsigned have_ = 0;
 };
 
+/// out[i] = the code of field first + i of a K-bit LSB-first stream, i < count (what
+/// packed_field_reader(s, first, K).next() returns count times), touching only the bytes that
+/// hold them. K divides 8 and the first field starts a byte: whole bytes, 8 / K fields each
+/// (field f of a byte b is (b >> K f) & (2^K - 1)); else the reader's bit buffer.
+template <int K, class T>
+void packed_unpack_fields(const std::uint8_t* s, std::size_t first, std::size_t count, T* out) {
+  constexpr std::uint32_t mask = (1u << K) - 1u;
+  std::size_t i = 0;
+  if constexpr (8 % K == 0) {
+    constexpr std::size_t per_byte = 8 / K;
+    if (first % per_byte == 0) {
+      const std::uint8_t* p = s + first / per_byte;
+      for (; i + per_byte <= count; i += per_byte, ++p) {
+        const std::uint32_t b = *p;
+        for (std::size_t f = 0; f < per_byte; ++f)
+          out[i + f] = static_cast<T>(packed_code((b >> (K * f)) & mask, K));
+      }
+    }
+  }
+  if (i == count) return;
+  first += i;
+  const std::uint8_t* p = s + first * K / 8;
+  std::uint32_t buf = 0;
+  unsigned have = 0;
+  if (const unsigned skip = static_cast<unsigned>(first * K % 8)) {
+    buf = std::uint32_t(*p++) >> skip;
+    have = 8 - skip;
+  }
+  for (; i < count; ++i) {
+    if (have < unsigned(K)) { // K <= 8: one byte refills the buffer
+      buf |= std::uint32_t(*p++) << have;
+      have += 8;
+    }
+    out[i] = static_cast<T>(packed_code(buf & mask, K));
+    buf >>= K;
+    have -= unsigned(K);
+  }
+}
+
+/// packed_unpack_fields with the bitwidth k (1..8) known at run time.
+template <class T>
+void packed_unpack_fields(const std::uint8_t* s, std::size_t first, std::size_t count, int k,
+                          T* out) {
+  switch (k) {
+  case 1:
+    return packed_unpack_fields<1>(s, first, count, out);
+  case 2:
+    return packed_unpack_fields<2>(s, first, count, out);
+  case 3:
+    return packed_unpack_fields<3>(s, first, count, out);
+  case 4:
+    return packed_unpack_fields<4>(s, first, count, out);
+  case 5:
+    return packed_unpack_fields<5>(s, first, count, out);
+  case 6:
+    return packed_unpack_fields<6>(s, first, count, out);
+  case 7:
+    return packed_unpack_fields<7>(s, first, count, out);
+  default:
+    return packed_unpack_fields<8>(s, first, count, out);
+  }
+}
+
 /// Decodes quads [q_begin, q_end) of tile `tile` of class k into `panel` (see the top), with the
 /// plain scalar loop, whatever the tile's shape. Full-tile quads below K div 4 go through the
-/// plane rules of packed_weights::code_at; the others stream.
+/// plane rules of packed_weights::code_at; the others stream. A ragged tile's quad is r x 4
+/// fields in the panel's own order (c, p'), so it is one run of 4 r fields into the quad's
+/// first 4 r values (packed_unpack_fields).
 template <class T>
 void packed_decode_generic(const packed_weights& w, int k, std::size_t tile, std::size_t q_begin,
                            std::size_t q_end, T* panel, std::int32_t* sums) {
@@ -100,12 +165,13 @@ void packed_decode_generic(const packed_weights& w, int k, std::size_t tile, std
     }
     return;
   }
-  const std::size_t plane_end = std::min(q_end, full_quads);
-  if (q_begin < plane_end) {
-    packed_field_reader in(base, q_begin * packed_quad * r, k);
-    for (std::size_t q = q_begin; q < plane_end; ++q)
+  const std::size_t plane_end = std::min(q_end, full_quads), run = packed_quad * r;
+  for (std::size_t q = q_begin; q < plane_end; ++q) {
+    T* quad = panel + (q - q_begin) * packed_quad_codes;
+    packed_unpack_fields(base, q * run, run, k, quad);
+    if (sums)
       for (std::size_t c = 0; c < r; ++c)
-        for (std::size_t p = 0; p < packed_quad; ++p) put(q, c, p, in.next());
+        for (std::size_t p = 0; p < packed_quad; ++p) sums[c] += quad[c * packed_quad + p];
   }
   if (q_end > full_quads && t) {
     packed_field_reader in(base, full_quads * packed_quad * r, k);

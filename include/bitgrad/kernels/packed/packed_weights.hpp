@@ -295,6 +295,10 @@ public:
   /// Writes the original channel index of every class member, class 1 first, channel order
   /// inside a class: order[class_begin(k) + v] is the channel of member v of class k.
   void channel_order(std::uint32_t* order) const {
+    if (class_channels_[channel_bits(0)] == channels_) { // one class (one bitwidth): identity
+      for (std::size_t j = 0; j < channels_; ++j) order[j] = static_cast<std::uint32_t>(j);
+      return;
+    }
     std::size_t next[packed_max_bits + 1] = {};
     for (std::size_t j = 0; j < channels_; ++j) {
       const int k = channel_bits(j);
