@@ -94,8 +94,8 @@ struct fused_store {
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_column(const B& v, std::size_t i0, std::size_t j,
                                           std::size_t n) const {
-    const auto lanes = lanes_of(v);
-    const auto& lane = lanes.value;
+    const auto unpacked = lanes_of(v);
+    const auto& lane = unpacked.value;
     if (!row_at) {
       for (std::size_t l = 0; l < n; ++l) {
         const std::ptrdiff_t at = offset(row0 + i0 + l, j);
@@ -136,8 +136,8 @@ struct fused_store {
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_pool_pairs(const B& v, std::size_t i0, std::size_t j,
                                               std::size_t n) const {
-    const auto lanes = lanes_of(v);
-    const auto& lane = lanes.value;
+    const auto unpacked = lanes_of(v);
+    const auto& lane = unpacked.value;
     const std::ptrdiff_t* at = row_at + i0;
     T* yj = y + j; // column_base(j) under NHWC, the only layout pool_pairs takes
     std::size_t l = 0;
@@ -224,8 +224,8 @@ private:
   template <class B, std::size_t N>
   BITGRAD_ALWAYS_INLINE void store_lanes(const B& v, std::size_t i, std::size_t j0,
                                          std::size_t n) const {
-    const auto lanes = lanes_of(v);
-    const auto& lane = lanes.value;
+    const auto unpacked = lanes_of(v);
+    const auto& lane = unpacked.value;
     const std::ptrdiff_t at = place(i, j0);
     if (at < 0) return;
     T* dst = y + at;

@@ -187,8 +187,8 @@ void max_pool2d_fprop_2x2_two_pass(const pool2d_geometry& g, const T* x, T* y,
           for (std::size_t k = 0; k < pairs * ow_n; ++k) {
             const T l = v[2 * k], r = v[2 * k + 1];
             const std::uint32_t il = vi[2 * k], ir = vi[2 * k + 1];
-            const bool right =
-                pool_beats_branch_free(r, l) | (!pool_beats_branch_free(l, r) & (ir < il));
+            const bool right = bool(int(pool_beats_branch_free(r, l)) |
+                                    (int(!pool_beats_branch_free(l, r)) & int(ir < il)));
             yo[k] = select_bits(right, r, l);
             ao[k] = il + std::uint32_t(right) * (ir - il);
           }
