@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -27,6 +28,20 @@ std::vector<T> ramp(std::size_t n, T lo, T step) {
   std::vector<T> v(n);
   for (std::size_t i = 0; i < n; ++i) v[i] = lo + T(i) * step;
   return v;
+}
+
+/// Calls f(batch, channels, plane) for every shape of the batch-norm kernels' odd-shape tests:
+/// batches 1-3, the given channel counts, planes of 1, 2, 7, 17 and 33 values (every SIMD tail).
+template <class F>
+void for_each_odd_shape(std::initializer_list<std::size_t> channel_counts, F&& f) {
+  for (std::size_t batch : {1, 2, 3})
+    for (std::size_t channels : channel_counts)
+      for (std::size_t plane : {1, 2, 7, 17, 33}) {
+        CAPTURE(batch);
+        CAPTURE(channels);
+        CAPTURE(plane);
+        f(batch, channels, plane);
+      }
 }
 } // namespace
 
@@ -225,68 +240,60 @@ struct batch_norm_inputs {
 TEST_CASE_TEMPLATE("batch norm kernels match the reference on odd shapes", T, float, double) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<double> d(-2, 2);
-  for (std::size_t batch : {1, 2, 3})
-    for (std::size_t channels : {1, 3, 5})
-      for (std::size_t plane : {1, 2, 7, 17, 33}) {
-        CAPTURE(batch);
-        CAPTURE(channels);
-        CAPTURE(plane);
-        const std::size_t total = batch * channels * plane;
-        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
-        const T eps = T(1e-5);
-        std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total),
-            y_b(total);
-        bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
-                                  gamma.data(), beta.data(), is_a.data(), h_a.data(), y_a.data());
-        bitgrad::ref::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
-                                       eps, gamma.data(), beta.data(), is_b.data(), h_b.data(),
-                                       y_b.data());
-        check_close(is_a, is_b, "inv_std");
-        check_close(h_a, h_b, "xhat");
-        check_close(y_a, y_b, "y");
-        for (bool batch_stats : {true, false}) {
-          CAPTURE(batch_stats);
-          std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
-              db_a(channels, T(-0.25)), db_b(db_a);
-          bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
-                                    is_b.data(), batch_stats, dx_a.data(), dg_a.data(),
-                                    db_a.data());
-          bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(),
-                                         gamma.data(), is_b.data(), batch_stats, dx_b.data(),
-                                         dg_b.data(), db_b.data());
-          check_close(dx_a, dx_b, "dx");
-          check_close(dg_a, dg_b, "dgamma");
-          check_close(db_a, db_b, "dbeta");
-          // The two halves alone, with another count and sums (synchronised batch norm).
-          std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels);
-          bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(), s_a.data(),
-                                        sh_a.data());
-          bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(),
-                                             s_b.data(), sh_b.data());
-          check_close(s_a, s_b, "sum_dy");
-          check_close(sh_a, sh_b, "sum_dy_xhat");
-          for (std::size_t c = 0; c < channels; ++c) {
-            s_b[c] = T(d(rng));
-            sh_b[c] = T(d(rng));
-          }
-          const T count = T(3 * batch * plane + 1);
-          bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
-                                    is_b.data(), count, s_b.data(), sh_b.data(), batch_stats,
-                                    dx_a.data());
-          bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(),
-                                         gamma.data(), is_b.data(), count, s_b.data(), sh_b.data(),
-                                         batch_stats, dx_b.data());
-          check_close(dx_a, dx_b, "dx from given sums");
-        }
-        std::vector<T> rm_a(channels, T(0.3)), rm_b(rm_a), rv_a(channels, T(1.5)), rv_b(rv_a);
-        const T unbias = T(1.25);
-        bitgrad::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
-                                           rm_a.data(), rv_a.data());
-        bitgrad::ref::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
-                                                rm_b.data(), rv_b.data());
-        check_close(rm_a, rm_b, "running_mean");
-        check_close(rv_a, rv_b, "running_var");
+  for_each_odd_shape({1, 3, 5}, [&](std::size_t batch, std::size_t channels, std::size_t plane) {
+    const std::size_t total = batch * channels * plane;
+    auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+    const T eps = T(1e-5);
+    std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total), y_b(total);
+    bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                              gamma.data(), beta.data(), is_a.data(), h_a.data(), y_a.data());
+    bitgrad::ref::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                                   gamma.data(), beta.data(), is_b.data(), h_b.data(), y_b.data());
+    check_close(is_a, is_b, "inv_std");
+    check_close(h_a, h_b, "xhat");
+    check_close(y_a, y_b, "y");
+    for (bool batch_stats : {true, false}) {
+      CAPTURE(batch_stats);
+      std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
+          db_a(channels, T(-0.25)), db_b(db_a);
+      bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                is_b.data(), batch_stats, dx_a.data(), dg_a.data(), db_a.data());
+      bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                     is_b.data(), batch_stats, dx_b.data(), dg_b.data(),
+                                     db_b.data());
+      check_close(dx_a, dx_b, "dx");
+      check_close(dg_a, dg_b, "dgamma");
+      check_close(db_a, db_b, "dbeta");
+      // The two halves alone, with another count and sums (synchronised batch norm).
+      std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels);
+      bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(), s_a.data(),
+                                    sh_a.data());
+      bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_b.data(), s_b.data(),
+                                         sh_b.data());
+      check_close(s_a, s_b, "sum_dy");
+      check_close(sh_a, sh_b, "sum_dy_xhat");
+      for (std::size_t c = 0; c < channels; ++c) {
+        s_b[c] = T(d(rng));
+        sh_b[c] = T(d(rng));
       }
+      const T count = T(3 * batch * plane + 1);
+      bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                is_b.data(), count, s_b.data(), sh_b.data(), batch_stats,
+                                dx_a.data());
+      bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_b.data(), gamma.data(),
+                                     is_b.data(), count, s_b.data(), sh_b.data(), batch_stats,
+                                     dx_b.data());
+      check_close(dx_a, dx_b, "dx from given sums");
+    }
+    std::vector<T> rm_a(channels, T(0.3)), rm_b(rm_a), rv_a(channels, T(1.5)), rv_b(rv_a);
+    const T unbias = T(1.25);
+    bitgrad::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
+                                       rm_a.data(), rv_a.data());
+    bitgrad::ref::batch_norm_running_update(channels, T(0.1), unbias, mean.data(), var.data(),
+                                            rm_b.data(), rv_b.data());
+    check_close(rm_a, rm_b, "running_mean");
+    check_close(rv_a, rv_b, "running_var");
+  });
 }
 
 TEST_CASE_TEMPLATE("channel_mean_var matches a naive double computation, even with a big offset", T,
@@ -380,148 +387,137 @@ TEST_CASE_TEMPLATE("batch norm + relu kernels: the reference on odd shapes, and 
                    T, float, double) {
   std::mt19937 rng(11);
   std::uniform_real_distribution<double> d(-2, 2);
-  for (std::size_t batch : {1, 2, 3})
-    for (std::size_t channels : {1, 3, 5, 9})
-      for (std::size_t plane : {1, 2, 7, 17, 33}) {
-        CAPTURE(batch);
-        CAPTURE(channels);
-        CAPTURE(plane);
-        const std::size_t total = batch * channels * plane;
-        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
-        x[0] = mean[0]; // y = beta exactly at one point; with beta[0] = 0 the kink itself
-        beta[0] = T(0);
-        const T eps = T(1e-5);
-        std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total),
-            y_b(total), y_plain(total), h_plain(total), is_plain(channels);
-        bitgrad::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
-                                       eps, gamma.data(), beta.data(), is_a.data(), h_a.data(),
-                                       y_a.data());
-        bitgrad::ref::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(),
-                                            var.data(), eps, gamma.data(), beta.data(), is_b.data(),
-                                            h_b.data(), y_b.data());
-        check_close(is_a, is_b, "inv_std");
-        check_close(h_a, h_b, "xhat");
-        check_close(y_a, y_b, "relu(y)");
-        // Unfused: batch_norm_fprop, then relu_fprop: the same bits.
-        bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
-                                  gamma.data(), beta.data(), is_plain.data(), h_plain.data(),
-                                  y_plain.data());
-        std::vector<T> r_plain(total);
-        bitgrad::relu_fprop(total, y_plain.data(), r_plain.data());
-        CHECK(y_a == r_plain);
-        CHECK(h_a == h_plain);
-        std::size_t masked = 0;
-        for (T v : y_a) masked += v > T(0) ? 0 : 1;
-        CAPTURE(masked);
-        for (bool batch_stats : {true, false}) {
-          CAPTURE(batch_stats);
-          std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
-              db_a(channels, T(-0.25)), db_b(db_a);
-          bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
-                                         gamma.data(), is_a.data(), batch_stats, dx_a.data(),
-                                         dg_a.data(), db_a.data());
-          bitgrad::ref::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(),
-                                              y_a.data(), gamma.data(), is_a.data(), batch_stats,
-                                              dx_b.data(), dg_b.data(), db_b.data());
-          check_close(dx_a, dx_b, "dx");
-          check_close(dg_a, dg_b, "dgamma");
-          check_close(db_a, db_b, "dbeta");
-          // Unfused: relu_bprop, then batch_norm_bprop: the same bits.
-          std::vector<T> dr(total), dx_p(total), dg_p(channels, T(0.5)), db_p(channels, T(-0.25));
-          bitgrad::relu_bprop(total, y_plain.data(), dy.data(), dr.data());
-          bitgrad::batch_norm_bprop(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
-                                    is_plain.data(), batch_stats, dx_p.data(), dg_p.data(),
-                                    db_p.data());
-          CHECK(dx_a == dx_p);
-          CHECK(dg_a == dg_p);
-          CHECK(db_a == db_p);
-          // The two halves alone (synchronised batch norm), against the reference and the
-          // unfused kernels on the masked dy.
-          std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels),
-              s_p(channels), sh_p(channels);
-          bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(),
-                                             y_a.data(), s_a.data(), sh_a.data());
-          bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(),
-                                                  y_a.data(), s_b.data(), sh_b.data());
-          bitgrad::batch_norm_grad_sums(batch, channels, plane, dr.data(), h_plain.data(),
-                                        s_p.data(), sh_p.data());
-          check_close(s_a, s_b, "sum_dy");
-          check_close(sh_a, sh_b, "sum_dy_xhat");
-          CHECK(s_a == s_p);
-          CHECK(sh_a == sh_p);
-          for (std::size_t c = 0; c < channels; ++c) {
-            s_b[c] = T(d(rng));
-            sh_b[c] = T(d(rng));
-          }
-          const T count = T(3 * batch * plane + 1);
-          std::vector<T> dx_c(total);
-          bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
-                                         gamma.data(), is_a.data(), count, s_b.data(), sh_b.data(),
-                                         batch_stats, dx_a.data());
-          bitgrad::ref::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(),
-                                              y_a.data(), gamma.data(), is_a.data(), count,
-                                              s_b.data(), sh_b.data(), batch_stats, dx_b.data());
-          bitgrad::batch_norm_dgrad(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
-                                    is_plain.data(), count, s_b.data(), sh_b.data(), batch_stats,
-                                    dx_c.data());
-          check_close(dx_a, dx_b, "dx from given sums");
-          CHECK(dx_a == dx_c);
-        }
+  for_each_odd_shape({1, 3, 5, 9}, [&](std::size_t batch, std::size_t channels, std::size_t plane) {
+    const std::size_t total = batch * channels * plane;
+    auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+    x[0] = mean[0]; // y = beta exactly at one point; with beta[0] = 0 the kink itself
+    beta[0] = T(0);
+    const T eps = T(1e-5);
+    std::vector<T> is_a(channels), is_b(channels), h_a(total), h_b(total), y_a(total), y_b(total),
+        y_plain(total), h_plain(total), is_plain(channels);
+    bitgrad::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                                   gamma.data(), beta.data(), is_a.data(), h_a.data(), y_a.data());
+    bitgrad::ref::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
+                                        eps, gamma.data(), beta.data(), is_b.data(), h_b.data(),
+                                        y_b.data());
+    check_close(is_a, is_b, "inv_std");
+    check_close(h_a, h_b, "xhat");
+    check_close(y_a, y_b, "relu(y)");
+    // Unfused: batch_norm_fprop, then relu_fprop: the same bits.
+    bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                              gamma.data(), beta.data(), is_plain.data(), h_plain.data(),
+                              y_plain.data());
+    std::vector<T> r_plain(total);
+    bitgrad::relu_fprop(total, y_plain.data(), r_plain.data());
+    CHECK(y_a == r_plain);
+    CHECK(h_a == h_plain);
+    std::size_t masked = 0;
+    for (T v : y_a) masked += v > T(0) ? 0 : 1;
+    CAPTURE(masked);
+    for (bool batch_stats : {true, false}) {
+      CAPTURE(batch_stats);
+      std::vector<T> dx_a(total), dx_b(total), dg_a(channels, T(0.5)), dg_b(dg_a),
+          db_a(channels, T(-0.25)), db_b(db_a);
+      bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                     gamma.data(), is_a.data(), batch_stats, dx_a.data(),
+                                     dg_a.data(), db_a.data());
+      bitgrad::ref::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                          gamma.data(), is_a.data(), batch_stats, dx_b.data(),
+                                          dg_b.data(), db_b.data());
+      check_close(dx_a, dx_b, "dx");
+      check_close(dg_a, dg_b, "dgamma");
+      check_close(db_a, db_b, "dbeta");
+      // Unfused: relu_bprop, then batch_norm_bprop: the same bits.
+      std::vector<T> dr(total), dx_p(total), dg_p(channels, T(0.5)), db_p(channels, T(-0.25));
+      bitgrad::relu_bprop(total, y_plain.data(), dy.data(), dr.data());
+      bitgrad::batch_norm_bprop(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
+                                is_plain.data(), batch_stats, dx_p.data(), dg_p.data(),
+                                db_p.data());
+      CHECK(dx_a == dx_p);
+      CHECK(dg_a == dg_p);
+      CHECK(db_a == db_p);
+      // The two halves alone (synchronised batch norm), against the reference and the
+      // unfused kernels on the masked dy.
+      std::vector<T> s_a(channels), sh_a(channels), s_b(channels), sh_b(channels), s_p(channels),
+          sh_p(channels);
+      bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                         s_a.data(), sh_a.data());
+      bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_a.data(),
+                                              y_a.data(), s_b.data(), sh_b.data());
+      bitgrad::batch_norm_grad_sums(batch, channels, plane, dr.data(), h_plain.data(), s_p.data(),
+                                    sh_p.data());
+      check_close(s_a, s_b, "sum_dy");
+      check_close(sh_a, sh_b, "sum_dy_xhat");
+      CHECK(s_a == s_p);
+      CHECK(sh_a == sh_p);
+      for (std::size_t c = 0; c < channels; ++c) {
+        s_b[c] = T(d(rng));
+        sh_b[c] = T(d(rng));
       }
+      const T count = T(3 * batch * plane + 1);
+      std::vector<T> dx_c(total);
+      bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                     gamma.data(), is_a.data(), count, s_b.data(), sh_b.data(),
+                                     batch_stats, dx_a.data());
+      bitgrad::ref::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_a.data(), y_a.data(),
+                                          gamma.data(), is_a.data(), count, s_b.data(), sh_b.data(),
+                                          batch_stats, dx_b.data());
+      bitgrad::batch_norm_dgrad(batch, channels, plane, dr.data(), h_plain.data(), gamma.data(),
+                                is_plain.data(), count, s_b.data(), sh_b.data(), batch_stats,
+                                dx_c.data());
+      check_close(dx_a, dx_b, "dx from given sums");
+      CHECK(dx_a == dx_c);
+    }
+  });
 }
 
 TEST_CASE_TEMPLATE("batch_norm_train_fprop: the bits of channel_mean_var then batch_norm_fprop, "
                    "the reference on odd shapes",
                    T, float, double) {
   std::mt19937 rng(17);
-  for (std::size_t batch : {1, 2, 3})
-    for (std::size_t channels : {1, 3, 5, 9})
-      for (std::size_t plane : {1, 2, 7, 17, 33}) {
-        if (batch * plane < 2) continue;
-        CAPTURE(batch);
-        CAPTURE(channels);
-        CAPTURE(plane);
-        const std::size_t total = batch * channels * plane;
-        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
-        for (T& v : x) v += T(3); // an offset the variance pass must remove
-        const T eps = T(1e-5);
-        for (bool relu : {false, true}) {
-          CAPTURE(relu);
-          auto train =
-              relu ? bitgrad::batch_norm_relu_train_fprop<T> : bitgrad::batch_norm_train_fprop<T>;
-          auto ref_train = relu ? bitgrad::ref::batch_norm_relu_train_fprop<T>
-                                : bitgrad::ref::batch_norm_train_fprop<T>;
-          auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
-          std::vector<T> m_a(channels), v_a(channels), is_a(channels), h_a(total), y_a(total),
-              y_n(total), m_n(channels), v_n(channels), is_n(channels);
-          train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_a.data(),
-                v_a.data(), is_a.data(), h_a.data(), y_a.data());
-          train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_n.data(),
-                v_n.data(), is_n.data(), nullptr, y_n.data());
-          // The two kernels one after the other.
-          std::vector<T> m_s(channels), v_s(channels), is_s(channels), h_s(total), y_s(total);
-          bitgrad::channel_mean_var(batch, channels, plane, x.data(), m_s.data(), v_s.data());
-          fprop(batch, channels, plane, x.data(), m_s.data(), v_s.data(), eps, gamma.data(),
-                beta.data(), is_s.data(), h_s.data(), y_s.data());
-          CHECK(m_a == m_s);
-          CHECK(v_a == v_s);
-          CHECK(is_a == is_s);
-          CHECK(h_a == h_s);
-          CHECK(y_a == y_s);
-          CHECK(m_n == m_s);
-          CHECK(v_n == v_s);
-          CHECK(is_n == is_s);
-          CHECK(y_n == y_s);
-          std::vector<T> m_r(channels), v_r(channels), is_r(channels), h_r(total), y_r(total);
-          ref_train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_r.data(),
-                    v_r.data(), is_r.data(), h_r.data(), y_r.data());
-          check_close(m_a, m_r, "mean");
-          check_close(v_a, v_r, "var");
-          check_close(is_a, is_r, "inv_std");
-          check_close(h_a, h_r, "xhat");
-          check_close(y_a, y_r, "y");
-        }
-      }
+  for_each_odd_shape({1, 3, 5, 9}, [&](std::size_t batch, std::size_t channels, std::size_t plane) {
+    if (batch * plane < 2) return;
+    const std::size_t total = batch * channels * plane;
+    auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+    for (T& v : x) v += T(3); // an offset the variance pass must remove
+    const T eps = T(1e-5);
+    for (bool relu : {false, true}) {
+      CAPTURE(relu);
+      auto train =
+          relu ? bitgrad::batch_norm_relu_train_fprop<T> : bitgrad::batch_norm_train_fprop<T>;
+      auto ref_train = relu ? bitgrad::ref::batch_norm_relu_train_fprop<T>
+                            : bitgrad::ref::batch_norm_train_fprop<T>;
+      auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
+      std::vector<T> m_a(channels), v_a(channels), is_a(channels), h_a(total), y_a(total),
+          y_n(total), m_n(channels), v_n(channels), is_n(channels);
+      train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_a.data(),
+            v_a.data(), is_a.data(), h_a.data(), y_a.data());
+      train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_n.data(),
+            v_n.data(), is_n.data(), nullptr, y_n.data());
+      // The two kernels one after the other.
+      std::vector<T> m_s(channels), v_s(channels), is_s(channels), h_s(total), y_s(total);
+      bitgrad::channel_mean_var(batch, channels, plane, x.data(), m_s.data(), v_s.data());
+      fprop(batch, channels, plane, x.data(), m_s.data(), v_s.data(), eps, gamma.data(),
+            beta.data(), is_s.data(), h_s.data(), y_s.data());
+      CHECK(m_a == m_s);
+      CHECK(v_a == v_s);
+      CHECK(is_a == is_s);
+      CHECK(h_a == h_s);
+      CHECK(y_a == y_s);
+      CHECK(m_n == m_s);
+      CHECK(v_n == v_s);
+      CHECK(is_n == is_s);
+      CHECK(y_n == y_s);
+      std::vector<T> m_r(channels), v_r(channels), is_r(channels), h_r(total), y_r(total);
+      ref_train(batch, channels, plane, x.data(), eps, gamma.data(), beta.data(), m_r.data(),
+                v_r.data(), is_r.data(), h_r.data(), y_r.data());
+      check_close(m_a, m_r, "mean");
+      check_close(v_a, v_r, "var");
+      check_close(is_a, is_r, "inv_std");
+      check_close(h_a, h_r, "xhat");
+      check_close(y_a, y_r, "y");
+    }
+  });
 }
 
 TEST_CASE_TEMPLATE("batch norm backward kernels recompute xhat from x: the bits of the stored "
@@ -529,119 +525,112 @@ TEST_CASE_TEMPLATE("batch norm backward kernels recompute xhat from x: the bits 
                    T, float, double) {
   std::mt19937 rng(13);
   std::uniform_real_distribution<double> d(-2, 2);
-  for (std::size_t batch : {1, 2, 3})
-    for (std::size_t channels : {1, 3, 5, 9})
-      for (std::size_t plane : {1, 2, 7, 17, 33}) {
-        CAPTURE(batch);
-        CAPTURE(channels);
-        CAPTURE(plane);
-        const std::size_t total = batch * channels * plane;
-        auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
-        const T eps = T(1e-5);
-        for (bool relu : {false, true}) {
-          CAPTURE(relu);
-          // Forward with and without the xhat store: the same y and inv_std.
-          std::vector<T> is(channels), h(total), y(total), is_r(channels), h_r(total), y_n(total),
-              is_n(channels);
-          auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
-          auto ref_fprop =
-              relu ? bitgrad::ref::batch_norm_relu_fprop<T> : bitgrad::ref::batch_norm_fprop<T>;
-          fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
-                beta.data(), is.data(), h.data(), y.data());
-          fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
-                beta.data(), is_n.data(), nullptr, y_n.data());
-          CHECK(y_n == y);
-          CHECK(is_n == is);
-          // The reference's xhat is the oracle of the recomputed one.
-          std::vector<T> y_r(total);
-          ref_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
-                    beta.data(), is_r.data(), h_r.data(), y_r.data());
-          const bitgrad::batch_norm_xhat<T> from_x{
-              .xhat = nullptr, .x = x.data(), .mean = mean.data(), .inv_std = is.data()};
-          for (bool batch_stats : {true, false}) {
-            CAPTURE(batch_stats);
-            std::vector<T> dx_s(total), dx_x(total), dx_r(total), dg_s(channels, T(0.5)),
-                dg_x(dg_s), dg_r(dg_s), db_s(channels, T(-0.25)), db_x(db_s), db_r(db_s);
-            if (relu) {
-              bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h.data(), y.data(),
-                                             gamma.data(), is.data(), batch_stats, dx_s.data(),
-                                             dg_s.data(), db_s.data());
-              bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), from_x, y.data(),
-                                             gamma.data(), is.data(), batch_stats, dx_x.data(),
-                                             dg_x.data(), db_x.data());
-              bitgrad::ref::batch_norm_relu_bprop(
-                  batch, channels, plane, dy.data(), h_r.data(), y_r.data(), gamma.data(),
-                  is_r.data(), batch_stats, dx_r.data(), dg_r.data(), db_r.data());
-            } else {
-              bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h.data(), gamma.data(),
-                                        is.data(), batch_stats, dx_s.data(), dg_s.data(),
-                                        db_s.data());
-              bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), from_x, gamma.data(),
-                                        is.data(), batch_stats, dx_x.data(), dg_x.data(),
-                                        db_x.data());
-              bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_r.data(),
-                                             gamma.data(), is_r.data(), batch_stats, dx_r.data(),
-                                             dg_r.data(), db_r.data());
-            }
-            CHECK(dx_x == dx_s);
-            CHECK(dg_x == dg_s);
-            CHECK(db_x == db_s);
-            check_close(dx_x, dx_r, "dx");
-            check_close(dg_x, dg_r, "dgamma");
-            check_close(db_x, db_r, "dbeta");
-            // The two halves (synchronised batch norm).
-            std::vector<T> s_s(channels), sh_s(channels), s_x(channels), sh_x(channels),
-                s_r(channels), sh_r(channels);
-            if (relu) {
-              bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h.data(),
-                                                 y.data(), s_s.data(), sh_s.data());
-              bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), from_x,
-                                                 y.data(), s_x.data(), sh_x.data());
-              bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
-                                                      y_r.data(), s_r.data(), sh_r.data());
-            } else {
-              bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h.data(), s_s.data(),
-                                            sh_s.data());
-              bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), from_x, s_x.data(),
-                                            sh_x.data());
-              bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
-                                                 s_r.data(), sh_r.data());
-            }
-            CHECK(s_x == s_s);
-            CHECK(sh_x == sh_s);
-            check_close(s_x, s_r, "sum_dy");
-            check_close(sh_x, sh_r, "sum_dy_xhat");
-            for (std::size_t c = 0; c < channels; ++c) {
-              s_s[c] = T(d(rng));
-              sh_s[c] = T(d(rng));
-            }
-            const T count = T(3 * batch * plane + 1);
-            if (relu) {
-              bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h.data(), y.data(),
-                                             gamma.data(), is.data(), count, s_s.data(),
-                                             sh_s.data(), batch_stats, dx_s.data());
-              bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), from_x, y.data(),
-                                             gamma.data(), is.data(), count, s_s.data(),
-                                             sh_s.data(), batch_stats, dx_x.data());
-              bitgrad::ref::batch_norm_relu_dgrad(
-                  batch, channels, plane, dy.data(), h_r.data(), y_r.data(), gamma.data(),
-                  is_r.data(), count, s_s.data(), sh_s.data(), batch_stats, dx_r.data());
-            } else {
-              bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h.data(), gamma.data(),
-                                        is.data(), count, s_s.data(), sh_s.data(), batch_stats,
-                                        dx_s.data());
-              bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), from_x, gamma.data(),
-                                        is.data(), count, s_s.data(), sh_s.data(), batch_stats,
-                                        dx_x.data());
-              bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_r.data(),
-                                             gamma.data(), is_r.data(), count, s_s.data(),
-                                             sh_s.data(), batch_stats, dx_r.data());
-            }
-            CHECK(dx_x == dx_s);
-            check_close(dx_x, dx_r, "dx from given sums");
-          }
+  for_each_odd_shape({1, 3, 5, 9}, [&](std::size_t batch, std::size_t channels, std::size_t plane) {
+    const std::size_t total = batch * channels * plane;
+    auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+    const T eps = T(1e-5);
+    for (bool relu : {false, true}) {
+      CAPTURE(relu);
+      // Forward with and without the xhat store: the same y and inv_std.
+      std::vector<T> is(channels), h(total), y(total), is_r(channels), h_r(total), y_n(total),
+          is_n(channels);
+      auto fprop = relu ? bitgrad::batch_norm_relu_fprop<T> : bitgrad::batch_norm_fprop<T>;
+      auto ref_fprop =
+          relu ? bitgrad::ref::batch_norm_relu_fprop<T> : bitgrad::ref::batch_norm_fprop<T>;
+      fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+            beta.data(), is.data(), h.data(), y.data());
+      fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+            beta.data(), is_n.data(), nullptr, y_n.data());
+      CHECK(y_n == y);
+      CHECK(is_n == is);
+      // The reference's xhat is the oracle of the recomputed one.
+      std::vector<T> y_r(total);
+      ref_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps, gamma.data(),
+                beta.data(), is_r.data(), h_r.data(), y_r.data());
+      const bitgrad::batch_norm_xhat<T> from_x{
+          .xhat = nullptr, .x = x.data(), .mean = mean.data(), .inv_std = is.data()};
+      for (bool batch_stats : {true, false}) {
+        CAPTURE(batch_stats);
+        std::vector<T> dx_s(total), dx_x(total), dx_r(total), dg_s(channels, T(0.5)), dg_x(dg_s),
+            dg_r(dg_s), db_s(channels, T(-0.25)), db_x(db_s), db_r(db_s);
+        if (relu) {
+          bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h.data(), y.data(),
+                                         gamma.data(), is.data(), batch_stats, dx_s.data(),
+                                         dg_s.data(), db_s.data());
+          bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), from_x, y.data(),
+                                         gamma.data(), is.data(), batch_stats, dx_x.data(),
+                                         dg_x.data(), db_x.data());
+          bitgrad::ref::batch_norm_relu_bprop(batch, channels, plane, dy.data(), h_r.data(),
+                                              y_r.data(), gamma.data(), is_r.data(), batch_stats,
+                                              dx_r.data(), dg_r.data(), db_r.data());
+        } else {
+          bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), h.data(), gamma.data(),
+                                    is.data(), batch_stats, dx_s.data(), dg_s.data(), db_s.data());
+          bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), from_x, gamma.data(),
+                                    is.data(), batch_stats, dx_x.data(), dg_x.data(), db_x.data());
+          bitgrad::ref::batch_norm_bprop(batch, channels, plane, dy.data(), h_r.data(),
+                                         gamma.data(), is_r.data(), batch_stats, dx_r.data(),
+                                         dg_r.data(), db_r.data());
         }
+        CHECK(dx_x == dx_s);
+        CHECK(dg_x == dg_s);
+        CHECK(db_x == db_s);
+        check_close(dx_x, dx_r, "dx");
+        check_close(dg_x, dg_r, "dgamma");
+        check_close(db_x, db_r, "dbeta");
+        // The two halves (synchronised batch norm).
+        std::vector<T> s_s(channels), sh_s(channels), s_x(channels), sh_x(channels), s_r(channels),
+            sh_r(channels);
+        if (relu) {
+          bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h.data(), y.data(),
+                                             s_s.data(), sh_s.data());
+          bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), from_x, y.data(),
+                                             s_x.data(), sh_x.data());
+          bitgrad::ref::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
+                                                  y_r.data(), s_r.data(), sh_r.data());
+        } else {
+          bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), h.data(), s_s.data(),
+                                        sh_s.data());
+          bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), from_x, s_x.data(),
+                                        sh_x.data());
+          bitgrad::ref::batch_norm_grad_sums(batch, channels, plane, dy.data(), h_r.data(),
+                                             s_r.data(), sh_r.data());
+        }
+        CHECK(s_x == s_s);
+        CHECK(sh_x == sh_s);
+        check_close(s_x, s_r, "sum_dy");
+        check_close(sh_x, sh_r, "sum_dy_xhat");
+        for (std::size_t c = 0; c < channels; ++c) {
+          s_s[c] = T(d(rng));
+          sh_s[c] = T(d(rng));
+        }
+        const T count = T(3 * batch * plane + 1);
+        if (relu) {
+          bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h.data(), y.data(),
+                                         gamma.data(), is.data(), count, s_s.data(), sh_s.data(),
+                                         batch_stats, dx_s.data());
+          bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), from_x, y.data(),
+                                         gamma.data(), is.data(), count, s_s.data(), sh_s.data(),
+                                         batch_stats, dx_x.data());
+          bitgrad::ref::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), h_r.data(),
+                                              y_r.data(), gamma.data(), is_r.data(), count,
+                                              s_s.data(), sh_s.data(), batch_stats, dx_r.data());
+        } else {
+          bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), h.data(), gamma.data(),
+                                    is.data(), count, s_s.data(), sh_s.data(), batch_stats,
+                                    dx_s.data());
+          bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), from_x, gamma.data(),
+                                    is.data(), count, s_s.data(), sh_s.data(), batch_stats,
+                                    dx_x.data());
+          bitgrad::ref::batch_norm_dgrad(batch, channels, plane, dy.data(), h_r.data(),
+                                         gamma.data(), is_r.data(), count, s_s.data(), sh_s.data(),
+                                         batch_stats, dx_r.data());
+        }
+        CHECK(dx_x == dx_s);
+        check_close(dx_x, dx_r, "dx from given sums");
       }
+    }
+  });
 }
 
 #if defined(BITGRAD_WITH_OPENMP)
