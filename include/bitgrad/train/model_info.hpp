@@ -31,9 +31,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bitgrad::train {
@@ -180,19 +182,59 @@ void check_twins(A& a, B& b, std::string_view a_name = "the FP32 network",
 }
 
 /// Copies every weight, bias and norm parameter of `from` into the parameter of the same name
-/// in `to` (an FP32-pretrained network into its quantized twin). Throws config_error (see
-/// check_twins) unless both have the same copyable parameters, before copying anything.
+/// in `to` (an FP32-pretrained network into its quantized twin), and the running mean and
+/// variance of every batch norm into the layer of the same name (buffers, not parameters: as a
+/// PyTorch state_dict carries them), so the twin evaluates with the statistics its weights were
+/// trained with until training re-estimates them. Throws config_error (see check_twins) unless
+/// both have the same copyable parameters, before copying anything.
 template <class From, class To>
 void copy_parameters(From& from, To& to) {
   using T = typename To::value_type;
+  using S = typename From::value_type;
   check_twins(from, to, "the source network", "the target network");
+  // Running statistics, paired by layer name before anything is copied.
+  struct running_stats {
+    T* mean;
+    T* var;
+    std::size_t channels;
+  };
+  std::map<std::string, running_stats, std::less<>> targets_stats;
+  auto collect = [&](std::string_view name, auto& layer) {
+    if constexpr (requires { layer.running_var(); })
+      targets_stats[std::string(name)] = {layer.running_mean().data(), layer.running_var().data(),
+                                          layer.running_mean().size()};
+  };
+  nn::visit_layers(to, collect);
+  std::vector<std::pair<const S*, const S*>> sources; // mean, var
+  std::vector<running_stats> destinations;
+  auto pair_up = [&](std::string_view name, auto& layer) {
+    if constexpr (requires { layer.running_var(); }) {
+      const auto it = targets_stats.find(name);
+      const std::size_t channels = layer.running_mean().size();
+      if (it == targets_stats.end() || it->second.channels != channels)
+        throw config_error("layer '" + std::string(name) + "': batch norm of " +
+                           std::to_string(channels) + " channels in the source network but " +
+                           (it == targets_stats.end()
+                                ? std::string("no batch norm")
+                                : std::to_string(it->second.channels) + " channels") +
+                           " in the target network");
+      sources.emplace_back(layer.running_mean().data(), layer.running_var().data());
+      destinations.push_back(it->second);
+    }
+  };
+  nn::visit_layers(from, pair_up);
+
   std::map<std::string, T*> targets;
   to.visit_parameters([&](param_ref<T>& p) { targets[p.name] = p.value; });
-  from.visit_parameters([&](param_ref<typename From::value_type>& p) {
+  from.visit_parameters([&](param_ref<S>& p) {
     if (p.kind != param_kind::weight && p.kind != param_kind::bias && p.kind != param_kind::norm)
       return;
     std::copy(p.value, p.value + p.size, targets.at(p.name));
   });
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    std::copy_n(sources[i].first, destinations[i].channels, destinations[i].mean);
+    std::copy_n(sources[i].second, destinations[i].channels, destinations[i].var);
+  }
 }
 
 /// Rebinds every quantizer to its layer's current weights (after copy_parameters: scales and
