@@ -397,6 +397,12 @@ struct pipeline {
       return false;
   }
 
+  /// 1 when the value the last stage receives never falls as channel j's sum rises, -1 when
+  /// it never rises, 0 when a stage is not monotone or does not say (direction_of).
+  int direction(std::size_t j) const {
+    return direction_of(stages, j);
+  }
+
   /// Pooled columns, where pool_pairs(i0 - i0 % width, width) holds: rows i0 .. i0 + count - 1
   /// of channel j (acc_top[l], a row's pixels from an even one) and the row below
   /// (acc_bottom[l]); every stage but the last on each, in lanes, then
@@ -408,11 +414,13 @@ struct pipeline {
   /// whole_lanes: both rows may be read up to count rounded up to whole lane batches (the
   /// padded rows of direct_conv); the last batch is then loaded in place, not from a zeroed
   /// copy (whose narrower stores a full-width load waits on), its lanes past count computed
-  /// and never stored.
-  BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
-                                          const std::int32_t* acc_top,
-                                          const std::int32_t* acc_bottom, std::size_t count,
-                                          bool whole_lanes = false) const
+  /// and never stored. direction: direction(j) when the caller has it (once per call of a
+  /// kernel, not per row pair), else direction_unknown.
+  static constexpr int direction_unknown = 2;
+  BITGRAD_ALWAYS_INLINE void
+      column_pairs(std::size_t i0, std::size_t j, const std::int32_t* acc_top,
+                   const std::int32_t* acc_bottom, std::size_t count, bool whole_lanes = false,
+                   int direction = direction_unknown) const
       requires(detail::column_stage<Stages>&&...) &&
       detail::pooled_column_store<
           std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
@@ -425,7 +433,7 @@ struct pipeline {
           xsimd::max(column_value<0>(s, top, i0 + c, j), column_value<0>(s, bottom, i0 + c, j));
       std::get<sizeof...(Stages) - 1>(s).apply_pool_pairs(v, i0 + c, j, n);
     };
-    const int d = direction_of(s, j);
+    const int d = direction == direction_unknown ? direction_of(s, j) : direction;
     if (d > 0) return pooled_sums<true>(s, i0, j, acc_top, acc_bottom, count, whole_lanes);
     if (d < 0) return pooled_sums<false>(s, i0, j, acc_top, acc_bottom, count, whole_lanes);
     std::size_t c = 0;
