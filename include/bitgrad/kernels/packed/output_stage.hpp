@@ -482,6 +482,49 @@ protected:
   /// and the stages run once per pooled pixel (lanes: pooled pixels t), not once per pixel: the
   /// same bits, a quarter of the arithmetic. A lone last pixel (odd count) goes through
   /// apply_pool_pairs as in the general path, from the extreme of its two sums.
+  /// Lane t < L / 2: the extreme of lanes 2t, 2t + 1 of v0; lane L / 2 + t: of lanes 2t, 2t + 1
+  /// of v1. Two swizzles, an extreme, two swizzles and a blend where xsimd swizzles int32 lanes
+  /// (SSE2, AVX2, AVX-512, aarch64 NEON), else through memory.
+  template <bool Rising, class B>
+  BITGRAD_ALWAYS_INLINE static B pair_extremes(const B& v0, const B& v1) {
+    auto extreme = [](const B& a, const B& b) {
+      if constexpr (Rising)
+        return xsimd::max(a, b);
+      else
+        return xsimd::min(a, b);
+    };
+#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX2 || (XSIMD_WITH_SSE2 && !XSIMD_WITH_AVX) ||               \
+    XSIMD_WITH_NEON64
+    using U = xsimd::batch<std::uint32_t, typename B::arch_type>;
+    struct swap_pairs { // lane i <- lane i xor 1
+      static constexpr std::uint32_t get(std::size_t i, std::size_t) {
+        return std::uint32_t(i ^ 1);
+      }
+    };
+    struct evens { // lane i <- lane 2i mod L
+      static constexpr std::uint32_t get(std::size_t i, std::size_t n) {
+        return std::uint32_t(2 * i % n);
+      }
+    };
+    struct lower_half {
+      static constexpr bool get(std::size_t i, std::size_t n) { return i < n / 2; }
+    };
+    constexpr auto swap = xsimd::make_batch_constant<U, swap_pairs>();
+    constexpr auto even = xsimd::make_batch_constant<U, evens>();
+    const B p0 = extreme(v0, xsimd::swizzle(v0, swap)), p1 = extreme(v1, xsimd::swizzle(v1, swap));
+    return xsimd::select(xsimd::make_batch_bool_constant<B, lower_half>(), xsimd::swizzle(p0, even),
+                         xsimd::swizzle(p1, even));
+#else
+    constexpr std::size_t L = B::size;
+    alignas(64) std::int32_t v[2 * L], m[L];
+    v0.store_aligned(v), v1.store_aligned(v + L);
+    for (std::size_t t = 0; t < L; ++t)
+      m[t] = Rising ? std::max(v[2 * t], v[2 * t + 1]) : std::min(v[2 * t], v[2 * t + 1]);
+    (void)extreme;
+    return B::load_aligned(m);
+#endif
+  }
+
   template <bool Rising>
   BITGRAD_ALWAYS_INLINE static void pooled_sums(const std::tuple<Stages...>& s, std::size_t i0,
                                                 std::size_t j, const std::int32_t* acc_top,
@@ -501,22 +544,24 @@ protected:
     };
     const std::size_t pairs = count / 2;
     for (std::size_t c = 0; c < 2 * pairs; c += 2 * L) {
-      // vertical[u] = extreme of pixel c + u's two sums (u < 2 L; 0 past the row), then
-      // m[t] = extreme of vertical[2t], vertical[2t + 1].
-      alignas(64) std::int32_t vertical[2 * L], m[L];
+      // vertical[h] lane l = extreme of pixel c + h L + l's two sums (0 past the row), then
+      // m lane t = extreme of pixels c + 2t, c + 2t + 1 of vertical.
+      B vertical[2];
       for (std::size_t h = 0; h < 2; ++h) {
         const std::size_t u = c + h * L;
         if (u < count && (whole_lanes || u + L <= count)) {
-          extreme(B::load_unaligned(acc_top + u), B::load_unaligned(acc_bottom + u))
-              .store_aligned(vertical + h * L);
+          vertical[h] = extreme(B::load_unaligned(acc_top + u), B::load_unaligned(acc_bottom + u));
         } else {
+          alignas(64) std::int32_t part[L];
           for (std::size_t l = 0; l < L; ++l)
-            vertical[h * L + l] = u + l < count ? extreme1(acc_top[u + l], acc_bottom[u + l]) : 0;
+            part[l] = u + l < count ? extreme1(acc_top[u + l], acc_bottom[u + l]) : 0;
+          vertical[h] = B::load_aligned(part);
         }
       }
-      for (std::size_t t = 0; t < L; ++t) m[t] = extreme1(vertical[2 * t], vertical[2 * t + 1]);
       const std::size_t n = std::min(L, pairs - c / 2);
-      last.apply_pooled(column_value<0>(s, B::load_aligned(m), i0 + c, j), i0 + c, j, n);
+      last.apply_pooled(
+          column_value<0>(s, pair_extremes<Rising>(vertical[0], vertical[1]), i0 + c, j), i0 + c, j,
+          n);
     }
     if (count % 2) {
       const std::size_t c = count - 1;
