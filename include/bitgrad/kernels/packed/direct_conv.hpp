@@ -418,18 +418,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         std::fill(bytes, bytes + Tb, z);
         if (ih >= 0 && ih < std::ptrdiff_t(H) && g.pad_w < Tb)
           std::memcpy(bytes + g.pad_w, img + std::size_t(ih) * W, std::min(W, Tb - g.pad_w));
-        // Quads inside the image from the image row itself: read from bytes just written,
-        // each 4-byte load would span two stores and wait for them (no store forwarding).
         std::uint32_t* q = sc.quads.data() + i * T4;
-        const bool inside = ih >= 0 && ih < std::ptrdiff_t(H) && W >= 4;
-        const std::size_t t_a = inside ? std::min(T4, g.pad_w) : T4;
-        const std::size_t t_b = inside ? std::min(T4, std::max(t_a, W - 3 + g.pad_w)) : T4;
-        for (std::size_t t = 0; t < t_a; ++t) std::memcpy(q + t, bytes + t, 4);
-        if (inside) {
-          const std::uint8_t* image_row = img + std::size_t(ih) * W;
-          for (std::size_t t = t_a; t < t_b; ++t) std::memcpy(q + t, image_row + (t - g.pad_w), 4);
-        }
-        for (std::size_t t = t_b; t < T4; ++t) std::memcpy(q + t, bytes + t, 4);
+        for (std::size_t t = 0; t < T4; ++t) std::memcpy(q + t, bytes + t, 4);
       }
     } else
 #endif
