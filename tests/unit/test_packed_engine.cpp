@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -882,7 +883,7 @@ namespace {
 /// s: the pooled buffers (0 first, as the engine sets them) must be equal byte for byte.
 void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_t batch,
                          std::size_t k, std::size_t s, std::size_t r0, std::size_t r1,
-                         std::mt19937& rng) {
+                         std::mt19937& rng, float inv_scale = 6.0f, bool infinite_scale = false) {
   const std::size_t OH = g.out_h(), OW = g.out_w(), plane = g.out_plane();
   const std::size_t ph = (OH - k) / s + 1, pw = (OW - k) / s + 1;
   INFO("C=" << g.in_channels << " " << g.in_h << "x" << g.in_w << " out " << OH << "x" << OW
@@ -898,6 +899,9 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
     scale[j] = std::uniform_real_distribution<float>(-1e-3f, 1e-2f)(rng);
     bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
   }
+  // An infinite scale: the stages say they are not monotone (0 * inf is NaN), so the row pairs
+  // take the general path (every pixel through the stages), not the reduced sums.
+  if (infinite_scale) scale[n_out / 2] = std::numeric_limits<float>::infinity();
   const std::uint8_t z = static_cast<std::uint8_t>(rng());
   auto run = [&](bool reference) {
     std::vector<std::uint8_t> y(batch * ph * pw * n_out, 0);
@@ -909,7 +913,7 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
     st.row_at = row_at.data();
     const auto out =
         output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
-                                     output::clamp{0.0f}, output::quantize_u8{6.0f, 5}, st);
+                                     output::clamp{0.0f}, output::quantize_u8{inv_scale, 5}, st);
     if (reference)
       ref::direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
     else
@@ -917,7 +921,7 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
     return y;
   };
   const std::vector<std::uint8_t> want = run(true);
-  if (r0 == 0 && r1 == batch * plane) // every window: values to compare, not only zeros
+  if (r0 == 0 && r1 == batch * plane && inv_scale > 0) // every window: values, not only zeros
     CHECK(std::count_if(want.begin(), want.end(), [](std::uint8_t v) { return v > 0; }) > 0);
   CHECK(run(false) == want);
 }
@@ -978,6 +982,11 @@ TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time
             // Windows the row pairs do not take: 3x3 of stride 3, 2x2 of stride 3.
             check_pooled_direct(g, n_out, batch, 3, 3, 0, rows, rng);
             check_pooled_direct(g, n_out, batch, 2, 3, 0, rows, rng);
+            // Stages that fall as the sums rise (a negative inv_scale: a window's smallest sum
+            // is its largest value), and stages that say nothing (an infinite scale).
+            check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, -6.0f);
+            check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, -6.0f);
+            check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, 6.0f, true);
           }
         }
 }

@@ -806,6 +806,50 @@ TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd s
   MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
 }
 
+TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built): kernel widths "
+          "1..9, every bitwidth 1..8, zero points 0..255, the extreme sums") {
+  std::mt19937 rng(65);
+  std::size_t cases = 0;
+  for (int bits = 1; bits <= packed_max_bits; ++bits)
+    for (std::size_t kw : {1u, 2u, 4u, 5u, 7u, 9u}) {
+      const std::size_t kh = 1 + rng() % 5, pad = rng() % std::min<std::size_t>(kw, 4);
+      conv2d_geometry g = conv_geometry(1, kh + rng() % 7, kw + rng() % 35, kh, kw, 1, 0, 1);
+      g.pad_w = pad, g.pad_h = rng() % kh;
+      if (rng() % 2) g.stride_h = 2; // the rows' stride: the path takes any
+      const std::size_t n_out = std::vector<std::size_t>{1, 5, 6, 7, 11}[rng() % 5];
+      const tensor_codes t =
+          make_codes(n_out, g.filter_size(), n_out, {std::uint8_t(bits)}, codes_kind::random, rng);
+      const std::uint8_t z = std::vector<std::uint8_t>{0, 1, 128, 255, 37}[rng() % 5];
+      const std::size_t batch = 1 + rng() % 2, rows = batch * g.out_plane();
+      check_direct(g, t, batch, z, 0, rows, rng);
+      const std::size_t r0 = rng() % rows, r1 = r0 + 1 + rng() % (rows - r0);
+      check_direct(g, t, batch, z, r0, r1, rng);
+      ++cases;
+    }
+  MESSAGE("direct_conv, one channel: " << cases << " shapes");
+  // K = 16 * 32 = 512 in one channel: x = 255, z = 0 and every code +-127 sum to +-255 * 127 *
+  // 512; x = 0, z = 255 the same with the sign flipped (the z sum w term alone).
+  const conv2d_geometry g = conv_geometry(1, 20, 40, 16, 32, 1, 0, 1);
+  REQUIRE(g.filter_size() == direct_conv_max_depth);
+  for (codes_kind kind : {codes_kind::max, codes_kind::min})
+    for (std::uint8_t xv : {std::uint8_t(255), std::uint8_t(0)}) {
+      const tensor_codes t = make_codes(6, g.filter_size(), 6, {8}, kind, rng);
+      std::vector<std::int8_t> codes(t.codes.size());
+      for (std::size_t i = 0; i < codes.size(); ++i)
+        codes[i] = static_cast<std::int8_t>(t.codes[i]);
+      const std::vector<std::uint8_t> x(g.in_h * g.in_w, xv);
+      const std::uint8_t z = xv == 255 ? 0 : 255;
+      std::vector<std::int32_t> got(g.out_plane() * 6, 0);
+      direct_conv(g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
+                  output::make_pipeline(output::store_int32{got.data(), 6, 1}));
+      const std::int64_t full = 255 * 127 * std::int64_t(direct_conv_max_depth) *
+                                (kind == codes_kind::max ? 1 : -1) * (xv == 255 ? 1 : -1);
+      bool all = true;
+      for (std::int32_t v : got) all = all && v == full;
+      CHECK(all);
+    }
+}
+
 TEST_CASE("packed_unpack_fields: equals the streaming reader, every bitwidth, odd offsets") {
   // The twin is packed_field_reader, one field per next(). The stream is exactly the bytes
   // that hold the fields, so a read past them would be out of the vector (the asan preset).

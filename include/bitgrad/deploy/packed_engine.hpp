@@ -145,6 +145,19 @@ struct fused_store {
       if (at[l] >= 0) yj[at[l]] = static_cast<T>(std::max(lane[l], lane[l + 1]));
     if (l < n && at[l] >= 0) write(yj[at[l]], static_cast<T>(lane[l]));
   }
+  /// Lanes t < n are the pooled pixels of pixels i0 + 2t, i0 + 2t + 1 of a row pair's top row
+  /// (i0 at an even pixel): each lane is already its window's max (output_stage.hpp,
+  /// pipeline::pooled_sums), stored where the pair's first pixel goes (no other call writes it).
+  template <class B>
+  BITGRAD_ALWAYS_INLINE void apply_pooled(const B& v, std::size_t i0, std::size_t j,
+                                          std::size_t n) const {
+    const auto unpacked = lanes_of(v);
+    const auto& lane = unpacked.value;
+    const std::ptrdiff_t* at = row_at + i0;
+    T* yj = y + j; // NHWC, as apply_pool_pairs
+    for (std::size_t t = 0; t < n; ++t)
+      if (at[2 * t] >= 0) yj[at[2 * t]] = static_cast<T>(lane[t]);
+  }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,

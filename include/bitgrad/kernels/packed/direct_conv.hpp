@@ -28,6 +28,15 @@
 //             of a row: LeNet's conv1): rows oh, oh + 1 of a window both summed, then per
 //             channel out.column_pairs (output_stage.hpp "Pooled columns"), one store per
 //             pooled pixel instead of a max per output pixel.
+//   vnni      built with AVX-512 VNNI (-march with avx512vnni, bw), C = 1, sw = dw = 1 and
+//             pixel lanes (LeNet's conv1): integer dot products instead of float FMAs. Each
+//             kernel row's kw taps in quads u (taps 4u .. 4u + 3, zero weights past kw), and
+//             per input row a quad line, quads[t] = bytes x(ih, t - pw) .. x(ih, t + 3 - pw)
+//             (z outside the image), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
+//             plain load per 16 pixels, one vpdpbusd (u8 x s8, 4 products into each int32
+//             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
+//             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
+//             exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
 //   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
 //             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
 //             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,
@@ -133,6 +142,10 @@ struct direct_conv_scratch {
   std::vector<float> lines, weights, weights_t;
   std::vector<std::int32_t> acc, row;
   std::vector<std::uint32_t> offsets;
+  std::vector<int> directions;
+  std::vector<std::uint8_t> bytes;  // one input row padded with z (the VNNI path)
+  std::vector<std::uint32_t> quads; // quad lines (the VNNI path)
+  std::vector<std::int32_t> weight_quads, zero_sums;
 };
 
 inline direct_conv_scratch& direct_scratch() {
@@ -228,6 +241,46 @@ void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size
   for (; px < count; ++px) run.template operator()<1>(px);
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define BITGRAD_DIRECT_CONV_VNNI 1
+/// One tile of the VNNI path (see "vnni" at the top): channels j0 .. j0 + JB - 1 (weight quads
+/// wq, Kq apart) of PB registers of 16 pixels, quad lines read at src + off[p] (+ 16 q);
+/// acc = sum_p dpbusd(quads, weight quad) - zsum[jb] to acc + jb * acc_stride + 16 q.
+template <std::size_t JB, std::size_t PB>
+BITGRAD_ALWAYS_INLINE void direct_tile_vnni(const std::uint32_t* src, const std::uint32_t* off,
+                                            std::size_t Kq, const std::int32_t* wq,
+                                            const std::int32_t* zsum, std::int32_t* acc,
+                                            std::size_t acc_stride) {
+  __m512i s[JB][PB];
+  for (std::size_t jb = 0; jb < JB; ++jb)
+    for (std::size_t q = 0; q < PB; ++q) s[jb][q] = _mm512_setzero_si512();
+  for (std::size_t p = 0; p < Kq; ++p) {
+    const std::uint32_t* in = src + off[p];
+    __m512i xv[PB];
+    for (std::size_t q = 0; q < PB; ++q) xv[q] = _mm512_loadu_si512(in + q * 16);
+    for (std::size_t jb = 0; jb < JB; ++jb) {
+      const __m512i wv = _mm512_set1_epi32(wq[jb * Kq + p]);
+      for (std::size_t q = 0; q < PB; ++q) s[jb][q] = _mm512_dpbusd_epi32(s[jb][q], xv[q], wv);
+    }
+  }
+  for (std::size_t jb = 0; jb < JB; ++jb)
+    for (std::size_t q = 0; q < PB; ++q)
+      _mm512_storeu_si512(acc + jb * acc_stride + q * 16,
+                          _mm512_sub_epi32(s[jb][q], _mm512_set1_epi32(zsum[jb])));
+}
+
+/// JB channels over the padded row of owp pixels (a multiple of 16), VNNI path.
+template <std::size_t JB>
+void direct_tiles_vnni(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
+                       const std::int32_t* wq, const std::int32_t* zsum, std::int32_t* acc,
+                       std::size_t owp) {
+  std::size_t ow = 0;
+  for (; ow + 32 <= owp; ow += 32)
+    direct_tile_vnni<JB, 2>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
+  for (; ow < owp; ow += 16) direct_tile_vnni<JB, 1>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
+}
+#endif
+
 /// JB channels over the padded row of owp pixels: pairs of registers, then one.
 template <class B, std::size_t JB>
 void direct_tiles(const float* src, const std::uint32_t* off, std::size_t K, const float* w,
@@ -302,9 +355,45 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
   };
   constexpr bool pairs = requires {
     out.column_pairs(std::size_t(0), std::size_t(0), acc, acc, n_out);
+    { out.direction(std::size_t(0)) } -> std::same_as<int>;
     { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
   };
-  if constexpr (pairs) sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
+#ifdef BITGRAD_DIRECT_CONV_VNNI
+  // The VNNI path (see "vnni" at the top): one channel, stride and dilation 1 along rows.
+  const bool vnni = !channel_lanes && C == 1 && sw == 1 && dw == 1 && L == 16;
+  const std::size_t row_quads = (kw + 3) / 4, Kq = kh * row_quads;
+  const std::size_t T4 = owp + 4 * (row_quads - 1); // quad line length
+  if (vnni) {
+    // weight_quads[j * Kq + a row_quads + u] = codes (j, a, 4u .. 4u + 3), 0 past kw, as the
+    // 4 bytes of an int32; zero_sums[j] = z sum_p w(j, p).
+    sc.weight_quads.assign(n_out * Kq, 0);
+    sc.zero_sums.resize(n_out);
+    for (std::size_t j = 0; j < n_out; ++j) {
+      std::int32_t sum = 0;
+      for (std::size_t a = 0; a < kh; ++a)
+        for (std::size_t u = 0; u < row_quads; ++u) {
+          std::uint8_t four[4] = {};
+          for (std::size_t e = 0; e < 4 && 4 * u + e < kw; ++e) {
+            const std::int8_t wv = codes[j * K + a * kw + 4 * u + e];
+            four[e] = static_cast<std::uint8_t>(wv);
+            sum += wv;
+          }
+          std::memcpy(&sc.weight_quads[j * Kq + a * row_quads + u], four, 4);
+        }
+      sc.zero_sums[j] = zi * sum;
+    }
+    sc.offsets.resize(std::max(K, Kq));
+    for (std::size_t a = 0; a < kh; ++a)
+      for (std::size_t u = 0; u < row_quads; ++u)
+        sc.offsets[a * row_quads + u] = static_cast<std::uint32_t>(a * dh * T4 + 4 * u);
+    off = sc.offsets.data();
+  }
+#endif
+  if constexpr (pairs) {
+    sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
+    sc.directions.resize(n_out); // each channel's stage direction, once per call
+    for (std::size_t j = 0; j < n_out; ++j) sc.directions[j] = out.direction(j);
+  }
   acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
@@ -315,39 +404,90 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     const std::size_t rows_in = (oh_b - oh_a) * sh + (kh - 1) * dh + 1;
     sc.lines.resize(rows_in * line_set);
     const std::uint8_t* img = x + n * H * W * C;
-    for (std::size_t i = 0; i < rows_in; ++i) {
-      float* set = sc.lines.data() + i * line_set;
-      const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
-      if (ih < 0 || ih >= std::ptrdiff_t(H)) {
-        std::fill(set, set + line_set, 0.0f);
-        continue;
+#ifdef BITGRAD_DIRECT_CONV_VNNI
+    if (vnni) {
+      // Quad lines: quads(i)[t] = the 4 bytes at t .. t + 3 of input row ih_a + i, padded with
+      // z (bytes[t] = x(ih, t - pw), z outside the image), so tap quad (a, u) of pixel ow is
+      // quads(oh sh + a dh - ih_a)[ow + 4 u].
+      const std::size_t Tb = T4 + 3;
+      sc.quads.resize(rows_in * T4);
+      sc.bytes.resize(Tb);
+      for (std::size_t i = 0; i < rows_in; ++i) {
+        const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
+        std::uint8_t* bytes = sc.bytes.data();
+        std::fill(bytes, bytes + Tb, z);
+        if (ih >= 0 && ih < std::ptrdiff_t(H) && g.pad_w < Tb)
+          std::memcpy(bytes + g.pad_w, img + std::size_t(ih) * W, std::min(W, Tb - g.pad_w));
+        std::uint32_t* q = sc.quads.data() + i * T4;
+        for (std::size_t t = 0; t < T4; ++t) std::memcpy(q + t, bytes + t, 4);
       }
-      const std::uint8_t* src = img + std::size_t(ih) * W * C;
-      for (std::size_t c = 0; c < C; ++c)
-        for (std::size_t f = 0; f < sw; ++f) {
-          float* line = set + (c * sw + f) * T;
-          // iw = f + t sw - pw is inside [0, W) for t in [t_lo, t_hi).
-          const std::ptrdiff_t s = std::ptrdiff_t(sw),
-                               lo = std::ptrdiff_t(g.pad_w) - std::ptrdiff_t(f),
-                               hi = std::ptrdiff_t(W + g.pad_w) - std::ptrdiff_t(f);
-          const std::size_t t_hi = hi > 0 ? std::min(T, std::size_t((hi + s - 1) / s)) : 0;
-          const std::size_t t_lo = std::min(t_hi, lo > 0 ? std::size_t((lo + s - 1) / s) : 0);
-          std::fill(line, line + t_lo, 0.0f);
-          if (t_lo < t_hi) {
-            const std::uint8_t* col = src + (f + t_lo * sw - g.pad_w) * C + c;
-            const std::size_t step = sw * C, count = t_hi - t_lo;
-            float* dst = line + t_lo;
-            if (step == 1) // C = 1, stride 1: contiguous bytes
-              detail::widen_minus_zero(col, count, zi, dst);
-            else
-              for (std::size_t t = 0; t < count; ++t)
-                dst[t] = static_cast<float>(std::int32_t(col[t * step]) - zi);
-          }
-          std::fill(line + t_hi, line + T, 0.0f);
+    } else
+#endif
+      for (std::size_t i = 0; i < rows_in; ++i) {
+        float* set = sc.lines.data() + i * line_set;
+        const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
+        if (ih < 0 || ih >= std::ptrdiff_t(H)) {
+          std::fill(set, set + line_set, 0.0f);
+          continue;
         }
-    }
+        const std::uint8_t* src = img + std::size_t(ih) * W * C;
+        for (std::size_t c = 0; c < C; ++c)
+          for (std::size_t f = 0; f < sw; ++f) {
+            float* line = set + (c * sw + f) * T;
+            // iw = f + t sw - pw is inside [0, W) for t in [t_lo, t_hi).
+            const std::ptrdiff_t s = std::ptrdiff_t(sw),
+                                 lo = std::ptrdiff_t(g.pad_w) - std::ptrdiff_t(f),
+                                 hi = std::ptrdiff_t(W + g.pad_w) - std::ptrdiff_t(f);
+            const std::size_t t_hi = hi > 0 ? std::min(T, std::size_t((hi + s - 1) / s)) : 0;
+            const std::size_t t_lo = std::min(t_hi, lo > 0 ? std::size_t((lo + s - 1) / s) : 0);
+            std::fill(line, line + t_lo, 0.0f);
+            if (t_lo < t_hi) {
+              const std::uint8_t* col = src + (f + t_lo * sw - g.pad_w) * C + c;
+              const std::size_t step = sw * C, count = t_hi - t_lo;
+              float* dst = line + t_lo;
+              if (step == 1) // C = 1, stride 1: contiguous bytes
+                detail::widen_minus_zero(col, count, zi, dst);
+              else
+                for (std::size_t t = 0; t < count; ++t)
+                  dst[t] = static_cast<float>(std::int32_t(col[t * step]) - zi);
+            }
+            std::fill(line + t_hi, line + T, 0.0f);
+          }
+      }
     // The sums of output row oh (lines from src), channel j's pixels at acc_row + j owp.
-    auto row_sums = [&](const float* src, std::int32_t* acc_row) {
+    // (input row i = oh sh - ih_a: the first the output row reads).
+    auto row_sums = [&](std::size_t i, std::int32_t* acc_row) {
+#ifdef BITGRAD_DIRECT_CONV_VNNI
+      if (vnni) {
+        const std::uint32_t* qsrc = sc.quads.data() + i * T4;
+        const std::int32_t* wq = sc.weight_quads.data();
+        const std::int32_t* zs = sc.zero_sums.data();
+        for (std::size_t j0 = 0, jb = 0; j0 < n_out; j0 += jb) {
+          jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
+          const std::int32_t* wj = wq + j0 * Kq;
+          std::int32_t* aj = acc_row + j0 * owp;
+          switch (jb) {
+          case 6:
+            detail::direct_tiles_vnni<6>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            break;
+          case 4:
+            detail::direct_tiles_vnni<4>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            break;
+          case 3:
+            detail::direct_tiles_vnni<3>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            break;
+          case 2:
+            detail::direct_tiles_vnni<2>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            break;
+          default:
+            detail::direct_tiles_vnni<1>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            break;
+          }
+        }
+        return;
+      }
+#endif
+      const float* src = sc.lines.data() + i * line_set;
       // Tiles of 6 channels while 6 are left (LeNet's 6: one tile; 6 x 2 sums + 2 inputs + 1
       // weight fill 15 of SSE2's and AVX2's 16 registers), then of 4 or fewer.
       for (std::size_t j0 = 0, jb = 0; j0 < n_out; j0 += jb) {
@@ -374,7 +514,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
       }
     };
     for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
-      const float* src = sc.lines.data() + (oh - oh_a) * sh * line_set;
+      const std::size_t line = (oh - oh_a) * sh; // the row's first input row of the call
+      const float* src = sc.lines.data() + line * line_set;
       const std::size_t first = n * plane + oh * OW;
       const std::size_t ow_a = std::max(r, first) - first, ow_b = std::min(e, first + OW) - first;
       const std::size_t i_a = first + ow_a - r0;
@@ -397,19 +538,20 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
             if (ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e &&
                 out.pool_pairs(i_a, OW)) {
               std::int32_t* below = acc + n_out * owp;
-              row_sums(src, acc);
-              row_sums(src + sh * line_set, below);
+              row_sums(line, acc);
+              row_sums(line + sh, below);
               for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
-                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0);
+                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0,
+                                 sc.directions[j]);
               ++oh;
               continue;
             }
-          row_sums(src, acc);
+          row_sums(line, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
           continue;
         }
-      row_sums(src, acc);
+      row_sums(line, acc);
       for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
         for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];
         const std::size_t i = first + ow - r0;

@@ -32,8 +32,12 @@
 //
 // Pooled columns: a last stage that stores into 2 x 2 / stride-2 max-pool windows (the
 // engine's fused_store, `pooled_columns = true`) also has `pool_pairs(i, width)` and
-// `apply_pool_pairs`; the pipeline's `column_pairs(i0, j, top, bottom, count)` then runs the
-// stages on two output rows of a window row and stores each window's max once.
+// `apply_pool_pairs`, `apply_pooled`; the pipeline's `column_pairs(i0, j, top, bottom, count)`
+// then runs the stages on two output rows of a window row and stores each window's max once.
+// When every stage but the last says it is monotone per channel (`direction(j)`: scale_bias,
+// clamp, quantize_u8 with finite parameters), the four sums of a window are reduced to their
+// max (min, for a falling pipeline) first and the stages run once per window (apply_pooled):
+// max_k f(a_k) = f(max_k a_k) for a rising f, f(min_k a_k) for a falling one, exactly.
 //
 // Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
 // channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
@@ -50,6 +54,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -109,6 +114,13 @@ concept column_stage = S::columns;
 template <class S>
 concept pooled_column_store = S::pooled_columns;
 
+/// True for a stage that says per channel j whether it is monotone in its input:
+/// direction(j) = 1 (never falls), -1 (never rises), 0 (not known).
+template <class S>
+concept monotone_stage = requires(const S& s) {
+  { s.direction(std::size_t(0)) } -> std::same_as<int>;
+};
+
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
 /// (marked `partial = true`).
 template <class S>
@@ -150,6 +162,12 @@ struct scale_bias {
     using F = xsimd::batch<float, typename B::arch_type>;
     return detail::mul_add(xsimd::to_float(acc), F(scale[j]), F(bias ? bias[j] : 0.0f));
   }
+  /// Monotone in acc ("Pooled columns" at the top): rising for scale[j] >= 0, falling below;
+  /// 0 (not known) when a parameter is not finite (0 * inf is NaN).
+  int direction(std::size_t j) const {
+    const bool finite = std::isfinite(scale[j]) && (!bias || std::isfinite(bias[j]));
+    return !finite ? 0 : scale[j] >= 0.0f ? 1 : -1;
+  }
 };
 
 /// value = min(max(value, lo), hi); NaN becomes lo. ReLU is clamp{0}, ReLU6 clamp{0, 6}.
@@ -174,6 +192,8 @@ struct clamp {
   BITGRAD_ALWAYS_INLINE B apply_column(const B& v, std::size_t i, std::size_t j) const {
     return apply(v, i, j);
   }
+  /// Rising in v (0: a NaN bound, whose min differs across ISAs).
+  int direction(std::size_t) const { return lo == lo && hi == hi ? 1 : 0; }
 };
 
 /// value += s_r * (r(i, j) - z_r): the other operand of a residual add, held as u8 codes on its
@@ -250,6 +270,12 @@ struct quantize_u8 {
   template <class B>
   BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
     return apply(v, i, j);
+  }
+  /// Rising in v for inv_scale >= 0, falling below; 0 (not known) for a NaN or infinite
+  /// parameter.
+  int direction(std::size_t) const {
+    const bool finite = std::isfinite(inv_scale) && lo == lo && hi == hi;
+    return !finite ? 0 : inv_scale >= 0.0f ? 1 : -1;
   }
 };
 
@@ -371,6 +397,12 @@ struct pipeline {
       return false;
   }
 
+  /// 1 when the value the last stage receives never falls as channel j's sum rises, -1 when
+  /// it never rises, 0 when a stage is not monotone or does not say (direction_of).
+  int direction(std::size_t j) const {
+    return direction_of(stages, j);
+  }
+
   /// Pooled columns, where pool_pairs(i0 - i0 % width, width) holds: rows i0 .. i0 + count - 1
   /// of channel j (acc_top[l], a row's pixels from an even one) and the row below
   /// (acc_bottom[l]); every stage but the last on each, in lanes, then
@@ -382,11 +414,13 @@ struct pipeline {
   /// whole_lanes: both rows may be read up to count rounded up to whole lane batches (the
   /// padded rows of direct_conv); the last batch is then loaded in place, not from a zeroed
   /// copy (whose narrower stores a full-width load waits on), its lanes past count computed
-  /// and never stored.
-  BITGRAD_ALWAYS_INLINE void column_pairs(std::size_t i0, std::size_t j,
-                                          const std::int32_t* acc_top,
-                                          const std::int32_t* acc_bottom, std::size_t count,
-                                          bool whole_lanes = false) const
+  /// and never stored. direction: direction(j) when the caller has it (once per call of a
+  /// kernel, not per row pair), else direction_unknown.
+  static constexpr int direction_unknown = 2;
+  BITGRAD_ALWAYS_INLINE void
+      column_pairs(std::size_t i0, std::size_t j, const std::int32_t* acc_top,
+                   const std::int32_t* acc_bottom, std::size_t count, bool whole_lanes = false,
+                   int direction = direction_unknown) const
       requires(detail::column_stage<Stages>&&...) &&
       detail::pooled_column_store<
           std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
@@ -399,6 +433,9 @@ struct pipeline {
           xsimd::max(column_value<0>(s, top, i0 + c, j), column_value<0>(s, bottom, i0 + c, j));
       std::get<sizeof...(Stages) - 1>(s).apply_pool_pairs(v, i0 + c, j, n);
     };
+    const int d = direction == direction_unknown ? direction_of(s, j) : direction;
+    if (d > 0) return pooled_sums<true>(s, i0, j, acc_top, acc_bottom, count, whole_lanes);
+    if (d < 0) return pooled_sums<false>(s, i0, j, acc_top, acc_bottom, count, whole_lanes);
     std::size_t c = 0;
     for (; c + B::size <= count; c += B::size)
       pooled(B::load_unaligned(acc_top + c), B::load_unaligned(acc_bottom + c), c, B::size);
@@ -416,6 +453,124 @@ struct pipeline {
   }
 
 protected:
+  /// The product of the directions of every stage but the last (monotone_stage): 1 when the
+  /// value the last stage receives never falls as acc rises, -1 when it never rises, 0 when a
+  /// stage is not monotone or does not say.
+  static int direction_of(const std::tuple<Stages...>& s, std::size_t j) {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      int d = 1;
+      auto times = [&]<std::size_t K>() {
+        using S = std::tuple_element_t<K, std::tuple<Stages...>>;
+        if constexpr (detail::monotone_stage<S>)
+          d *= std::get<K>(s).direction(j);
+        else
+          d = 0;
+      };
+      (times.template operator()<I>(), ...);
+      return d;
+    }
+    (std::make_index_sequence<sizeof...(Stages) - 1>{});
+  }
+
+#if BITGRAD_HAS_SIMD
+  /// column_pairs when the stages are monotone (direction_of = 1 for rising, else -1): the max
+  /// of f over a window is f of the window's largest sum when f never falls, of its smallest
+  /// when f never rises, so the four sums of a window are reduced first,
+  ///
+  ///   m(t) = max (rising) or min (falling) of top[2t], top[2t + 1], bottom[2t], bottom[2t + 1],
+  ///
+  /// and the stages run once per pooled pixel (lanes: pooled pixels t), not once per pixel: the
+  /// same bits, a quarter of the arithmetic. A lone last pixel (odd count) goes through
+  /// apply_pool_pairs as in the general path, from the extreme of its two sums.
+  /// Lane t < L / 2: the extreme of lanes 2t, 2t + 1 of v0; lane L / 2 + t: of lanes 2t, 2t + 1
+  /// of v1. Two swizzles, an extreme, two swizzles and a blend where xsimd swizzles int32 lanes
+  /// (SSE2, AVX2, AVX-512, aarch64 NEON), else through memory.
+  template <bool Rising, class B>
+  BITGRAD_ALWAYS_INLINE static B pair_extremes(const B& v0, const B& v1) {
+    auto extreme = [](const B& a, const B& b) {
+      if constexpr (Rising)
+        return xsimd::max(a, b);
+      else
+        return xsimd::min(a, b);
+    };
+#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX2 || (XSIMD_WITH_SSE2 && !XSIMD_WITH_AVX) ||               \
+    XSIMD_WITH_NEON64
+    using U = xsimd::batch<std::uint32_t, typename B::arch_type>;
+    struct swap_pairs { // lane i <- lane i xor 1
+      static constexpr std::uint32_t get(std::size_t i, std::size_t) {
+        return std::uint32_t(i ^ 1);
+      }
+    };
+    struct evens { // lane i <- lane 2i mod L
+      static constexpr std::uint32_t get(std::size_t i, std::size_t n) {
+        return std::uint32_t(2 * i % n);
+      }
+    };
+    struct lower_half {
+      static constexpr bool get(std::size_t i, std::size_t n) { return i < n / 2; }
+    };
+    constexpr auto swap = xsimd::make_batch_constant<U, swap_pairs>();
+    constexpr auto even = xsimd::make_batch_constant<U, evens>();
+    const B p0 = extreme(v0, xsimd::swizzle(v0, swap)), p1 = extreme(v1, xsimd::swizzle(v1, swap));
+    return xsimd::select(xsimd::make_batch_bool_constant<B, lower_half>(), xsimd::swizzle(p0, even),
+                         xsimd::swizzle(p1, even));
+#else
+    constexpr std::size_t L = B::size;
+    alignas(64) std::int32_t v[2 * L], m[L];
+    v0.store_aligned(v), v1.store_aligned(v + L);
+    for (std::size_t t = 0; t < L; ++t)
+      m[t] = Rising ? std::max(v[2 * t], v[2 * t + 1]) : std::min(v[2 * t], v[2 * t + 1]);
+    (void)extreme;
+    return B::load_aligned(m);
+#endif
+  }
+
+  template <bool Rising>
+  BITGRAD_ALWAYS_INLINE static void pooled_sums(const std::tuple<Stages...>& s, std::size_t i0,
+                                                std::size_t j, const std::int32_t* acc_top,
+                                                const std::int32_t* acc_bottom, std::size_t count,
+                                                bool whole_lanes) {
+    using B = simd_batch<std::int32_t>;
+    constexpr std::size_t L = B::size;
+    const auto& last = std::get<sizeof...(Stages) - 1>(s);
+    auto extreme = [](const auto& a, const auto& b) {
+      if constexpr (Rising)
+        return xsimd::max(a, b);
+      else
+        return xsimd::min(a, b);
+    };
+    auto extreme1 = [](std::int32_t a, std::int32_t b) {
+      return Rising ? std::max(a, b) : std::min(a, b);
+    };
+    const std::size_t pairs = count / 2;
+    for (std::size_t c = 0; c < 2 * pairs; c += 2 * L) {
+      // vertical[h] lane l = extreme of pixel c + h L + l's two sums (0 past the row), then
+      // m lane t = extreme of pixels c + 2t, c + 2t + 1 of vertical.
+      B vertical[2];
+      for (std::size_t h = 0; h < 2; ++h) {
+        const std::size_t u = c + h * L;
+        if (u < count && (whole_lanes || u + L <= count)) {
+          vertical[h] = extreme(B::load_unaligned(acc_top + u), B::load_unaligned(acc_bottom + u));
+        } else {
+          alignas(64) std::int32_t part[L];
+          for (std::size_t l = 0; l < L; ++l)
+            part[l] = u + l < count ? extreme1(acc_top[u + l], acc_bottom[u + l]) : 0;
+          vertical[h] = B::load_aligned(part);
+        }
+      }
+      const std::size_t n = std::min(L, pairs - c / 2);
+      last.apply_pooled(
+          column_value<0>(s, pair_extremes<Rising>(vertical[0], vertical[1]), i0 + c, j), i0 + c, j,
+          n);
+    }
+    if (count % 2) {
+      const std::size_t c = count - 1;
+      const B v(extreme1(acc_top[c], acc_bottom[c]));
+      last.apply_pool_pairs(column_value<0>(s, v, i0 + c, j), i0 + c, j, 1);
+    }
+  }
+#endif
+
   BITGRAD_ALWAYS_INLINE static void row_of(const std::tuple<Stages...>& s, std::size_t i,
                                            std::size_t j0, const std::int32_t* acc,
                                            std::size_t count) {
