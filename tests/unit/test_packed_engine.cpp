@@ -728,9 +728,9 @@ fixture tiny_resnet(std::size_t width, std::size_t batch, std::uint32_t seed, in
     REQUIRE(f.m.ops.back().bias != format::no_index);
     std::vector<float>& b = f.m.tensors[f.m.ops.back().bias].values;
     for (std::size_t j = 0; j < k; ++j) {
-      double mean = 0;
-      for (std::size_t n = 0; n < 64; ++n) mean += y.data()[n * k + j];
-      b[j] -= float(mean / 64);
+      double mean_logit = 0;
+      for (std::size_t n = 0; n < 64; ++n) mean_logit += y.data()[n * k + j];
+      b[j] -= float(mean_logit / 64);
     }
   }
   const deploy::runtime rt(f.m);
