@@ -9,7 +9,8 @@
 //            yw[o][q] = sum_{c, i, j} w[o][c][i][j] * xp_c[q + off(i, j)],   q < span,
 //          span = (OH - 1) Wp + OW. Columns ow >= OW of yw are junk (they wrap into the next
 //          row) and are dropped when yw is written out: (Wp - OW) / Wp of the work, 7 % at W 28.
-//   tile : MU output channels x NV registers of consecutive q, held in MU x NV accumulators.
+//   tile : MU output channels x NV registers of consecutive q, held in MU x NV accumulators
+//          (MU <= 4, NV <= 6 with AVX-512, <= 3 on SSE / AVX; NV chosen per layer).
 //          Per (c, tap): NV unaligned loads of xp_c at q0 + off, MU broadcast weights, MU x NV
 //          FMAs.
 //
@@ -44,16 +45,17 @@ struct conv2d_direct_tile {
   static constexpr std::size_t lanes = batch::size;
   /// Output channels per tile.
   static constexpr std::size_t mr = 4;
-  /// Registers of pixels per tile: AVX-512 4 x 6 = 24 accumulators + 6 inputs + 1 weight of 32;
-  /// SSE / AVX 4 x 3 = 12 + 3 + 1 of 16.
+  /// Most registers of pixels per tile: AVX-512 4 x 6 = 24 accumulators + 6 inputs + 1 weight
+  /// of 32; SSE / AVX 4 x 3 = 12 + 3 + 1 of 16.
   static constexpr std::size_t nv = std::is_base_of_v<xsimd::avx512f, simd_arch> ? 6 : 3;
-  /// Pixels per tile.
-  static constexpr std::size_t nq = nv * lanes;
+  /// Tiles of nv, nv - 1, ... nv - (widths - 1) registers are compiled; each layer takes the one
+  /// that rounds its span up the least (conv2d_direct_layout::of).
+  static constexpr std::size_t widths = nv > 3 ? 3 : nv - 1;
 };
 
 /// Geometry of the flat buffers of one image and group.
 struct conv2d_direct_layout {
-  std::size_t wp, plane, span, span_pad, taps, in_channels, out_channels, guard;
+  std::size_t wp, plane, span, nv, span_pad, taps, in_channels, out_channels, guard;
 
   template <class T>
   static conv2d_direct_layout of(const conv2d_geometry& g) {
@@ -62,7 +64,18 @@ struct conv2d_direct_layout {
     l.wp = g.in_w + 2 * g.pad_w;
     l.plane = (g.in_h + 2 * g.pad_h) * l.wp;
     l.span = (g.out_h() - 1) * l.wp + g.out_w();
-    l.span_pad = (l.span + tile::nq - 1) / tile::nq * tile::nq;
+    // Registers per tile: the width whose tiles cover span with the fewest padded pixels (the
+    // widest on a tie). 7x7 (span 61): 4 x 16 = 64 rather than 96 with AVX-512 float.
+    l.nv = tile::nv;
+    l.span_pad =
+        (l.span + tile::nv * tile::lanes - 1) / (tile::nv * tile::lanes) * tile::nv * tile::lanes;
+    for (std::size_t nv = tile::nv - 1; nv + tile::widths > tile::nv; --nv) {
+      const std::size_t nq = nv * tile::lanes, pad = (l.span + nq - 1) / nq * nq;
+      if (pad < l.span_pad) {
+        l.nv = nv;
+        l.span_pad = pad;
+      }
+    }
     l.taps = g.kernel_h * g.kernel_w;
     l.in_channels = g.in_channels_per_group();
     l.out_channels = g.out_channels_per_group();
@@ -119,13 +132,13 @@ void conv2d_direct_pack_weights_flipped(const conv2d_geometry& g, const T* w, T*
 
 /// yq[r * ld + v * L + l] = sum over c, t of packed[(c * taps + t) * MR + r] * xq[c * plane +
 /// off[t] + v * L + l], for r < MU, v < NV: one tile (see the top of this header).
-template <class T, std::size_t MU>
+template <class T, std::size_t MU, std::size_t NV>
 void conv2d_direct_tile_kernel(const conv2d_direct_layout& l, const std::size_t* off,
                                const T* __restrict packed, const T* __restrict xq,
                                T* __restrict yq) {
   using tile = conv2d_direct_tile<T>;
   using batch = typename tile::batch;
-  constexpr std::size_t nv = tile::nv, lanes = tile::lanes;
+  constexpr std::size_t nv = NV, lanes = tile::lanes;
   batch acc[MU][nv];
   static_for<MU>([&](auto r) BITGRAD_INLINE_LAMBDA {
     static_for<nv>([&](auto v) BITGRAD_INLINE_LAMBDA { acc[r][v] = batch(T(0)); });
@@ -168,24 +181,28 @@ void conv2d_direct_fprop_image(const conv2d_geometry& g, const conv2d_direct_lay
       std::copy_n(x + (c * g.in_h + h) * g.in_w, g.in_w,
                   xp + c * l.plane + (h + g.pad_h) * l.wp + g.pad_w);
   const std::size_t filter = l.in_channels * l.taps;
-  for (std::size_t q0 = 0; q0 < l.span; q0 += tile::nq)
-    for (std::size_t o0 = 0; o0 < l.out_channels; o0 += tile::mr) {
-      const T* const pb = packed + o0 * filter;
-      T* const yq = yw + o0 * l.span_pad + q0;
-      switch (std::min(tile::mr, l.out_channels - o0)) {
-      case 1:
-        conv2d_direct_tile_kernel<T, 1>(l, off, pb, xp + q0, yq);
-        break;
-      case 2:
-        conv2d_direct_tile_kernel<T, 2>(l, off, pb, xp + q0, yq);
-        break;
-      case 3:
-        conv2d_direct_tile_kernel<T, 3>(l, off, pb, xp + q0, yq);
-        break;
-      default:
-        conv2d_direct_tile_kernel<T, tile::mr>(l, off, pb, xp + q0, yq);
+  static_for<tile::widths>([&](auto width) {
+    constexpr std::size_t nv = tile::nv - width;
+    if (nv != l.nv) return;
+    for (std::size_t q0 = 0; q0 < l.span; q0 += nv * tile::lanes)
+      for (std::size_t o0 = 0; o0 < l.out_channels; o0 += tile::mr) {
+        const T* const pb = packed + o0 * filter;
+        T* const yq = yw + o0 * l.span_pad + q0;
+        switch (std::min(tile::mr, l.out_channels - o0)) {
+        case 1:
+          conv2d_direct_tile_kernel<T, 1, nv>(l, off, pb, xp + q0, yq);
+          break;
+        case 2:
+          conv2d_direct_tile_kernel<T, 2, nv>(l, off, pb, xp + q0, yq);
+          break;
+        case 3:
+          conv2d_direct_tile_kernel<T, 3, nv>(l, off, pb, xp + q0, yq);
+          break;
+        default:
+          conv2d_direct_tile_kernel<T, tile::mr, nv>(l, off, pb, xp + q0, yq);
+        }
       }
-    }
+  });
   // Keep the OW valid columns of each row, adding the bias (and the ReLU).
   const std::size_t oh_n = g.out_h(), ow_n = g.out_w();
   for (std::size_t o = 0; o < l.out_channels; ++o) {
