@@ -17,12 +17,14 @@
 //    writes W_g^T * dy_g straight into dx_g.
 //  * direct (stride 1 only): the input group is copied into a zero-padded buffer xp
 //    (Cin/G x Hp x Wp, Hp = in_h + 2 pad_h, Wp = in_w + 2 pad_w). Seen as flat rows of pitch Wp,
-//    every tap (c, i, j) is one long contiguous axpy
-//      yw[q] += w[o][c][i][j] * xp_c[q + i*dilation_h*Wp + j*dilation_w],  q < (OH-1)*Wp + OW,
+//    every tap (c, i, j) reads one contiguous run
+//      yw[o][q] += w[o][c][i][j] * xp_c[q + i*dilation_h*Wp + j*dilation_w],  q < (OH-1)*Wp + OW,
 //    where yw is the output with row pitch Wp (columns ow >= OW are junk and dropped).
-//    dgrad runs the same axpys the other way round (with a dy copy whose junk columns are 0),
-//    wgrad takes the dot products. No K x P matrix, so it wins when K is small (first layers,
-//    depthwise).
+//    fprop is register-blocked (kernels/conv2d_direct.hpp: 4 output channels x up to 6 registers
+//    of q per tile, nothing packed but the weights); dgrad is the same kernel on dy with the
+//    flipped weights when it is a convolution (conv2d_dgrad_is_convolution), else the axpys the
+//    other way round (with a dy copy whose junk columns are 0); wgrad takes the dot products. No
+//    K x P matrix and no packed B panels.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
@@ -76,6 +78,21 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
       (pass != conv2d_pass::fprop || m <= 2))
     return conv2d_algo::direct;
+  // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
+  // implicit GEMM packs every element of col once per Cout/G rows; it multiplies the junk columns
+  // and the rounding of its tiles instead (AVX-512 float: 6-31 % more FMAs, 32x32 .. 7x7).
+  // Measured side by side with AVX-512 (bench_conv2d --compare, benchmarks/README.md "Direct
+  // convolution"): 1.0-1.2x implicit GEMM on the 3x3 stride-1 layers of VGG and ResNet-20 with
+  // K >= 144, fprop and dgrad (not with AVX2: conv2d_direct_preferred); a first layer with K = 9
+  // loses (0.75-0.86x: 9 taps per tile do not pay for the copies), and a dgrad into one channel
+  // loses to im2col (tiles of one channel are load bound).
+  if (detail::conv2d_direct_preferred && stride1 && !pointwise) {
+    const std::size_t taps = g.kernel_h * g.kernel_w;
+    if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
+    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_is_convolution(g) &&
+        g.in_channels_per_group() >= 4 && m * taps >= 25)
+      return conv2d_algo::direct;
+  }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
   // short (K = Cin/G): im2col ran 0.8-1.0x the instructions of implicit GEMM there

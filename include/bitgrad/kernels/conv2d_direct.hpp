@@ -53,6 +53,11 @@ struct conv2d_direct_tile {
   static constexpr std::size_t widths = nv > 3 ? 3 : nv - 1;
 };
 
+/// Whether conv2d_choose_algo may pick the direct kernel for large layers: only where it was
+/// measured faster than implicit GEMM, AVX-512 (bench_conv2d --compare, benchmarks/README.md
+/// "Direct convolution"). Built for AVX2 it ran 0.71-1.09x implicit GEMM's instruction count.
+inline constexpr bool conv2d_direct_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
+
 /// Geometry of the flat buffers of one image and group.
 struct conv2d_direct_layout {
   std::size_t wp, plane, span, nv, span_pad, taps, in_channels, out_channels, guard;
