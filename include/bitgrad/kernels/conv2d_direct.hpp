@@ -208,18 +208,27 @@ void conv2d_direct_fprop_image(const conv2d_geometry& g, const conv2d_direct_lay
         }
       }
   });
-  // Keep the OW valid columns of each row, adding the bias (and the ReLU).
+  // Keep the OW valid columns of each row, adding the bias (and the ReLU), in whole registers
+  // then element by element.
   const std::size_t oh_n = g.out_h(), ow_n = g.out_w();
+  using batch = typename tile::batch;
   for (std::size_t o = 0; o < l.out_channels; ++o) {
     const T b = bias ? bias[o] : T(0);
+    const batch bv(b);
     for (std::size_t oh = 0; oh < oh_n; ++oh) {
       const T* const src = yw + o * l.span_pad + oh * l.wp;
       T* const dst = y + (o * oh_n + oh) * ow_n;
-      if (relu)
-        for (std::size_t ow = 0; ow < ow_n; ++ow)
-          dst[ow] = epilogue::detail::relu_scalar(src[ow] + b);
-      else
-        for (std::size_t ow = 0; ow < ow_n; ++ow) dst[ow] = src[ow] + b;
+      std::size_t ow = 0;
+      if (relu) {
+        for (; ow + tile::lanes <= ow_n; ow += tile::lanes)
+          epilogue::detail::relu_lanes(batch::load_unaligned(src + ow) + bv)
+              .store_unaligned(dst + ow);
+        for (; ow < ow_n; ++ow) dst[ow] = epilogue::detail::relu_scalar(src[ow] + b);
+      } else {
+        for (; ow + tile::lanes <= ow_n; ow += tile::lanes)
+          (batch::load_unaligned(src + ow) + bv).store_unaligned(dst + ow);
+        for (; ow < ow_n; ++ow) dst[ow] = src[ow] + b;
+      }
     }
   }
 }
