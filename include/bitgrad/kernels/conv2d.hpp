@@ -82,11 +82,11 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // implicit GEMM packs every element of col once per Cout/G rows; it multiplies the junk columns
   // and the rounding of its tiles instead (AVX-512 float: 6-31 % more FMAs, 32x32 .. 7x7).
   // Measured side by side with AVX-512 (bench_conv2d --compare, benchmarks/README.md "Direct
-  // convolution"): 1.00-1.50x (mostly 1.05-1.2x) implicit GEMM on the 3x3 stride-1 layers of VGG
-  // and ResNet-20 with K >= 144, fprop and dgrad (not with AVX2: conv2d_direct_preferred); a first
-  // layer with K = 9 loses (0.68-0.86x: 9 taps per tile do not pay for the copies), and a dgrad
-  // into one channel loses to im2col (0.57-0.69x: tiles of one channel are load bound); into 3
-  // (resnet32.conv1) it beats im2col 1.4-1.9x.
+  // convolution, register-blocked"): 1.00-1.50x (mostly 1.05-1.2x) implicit GEMM on the 3x3
+  // stride-1 layers of VGG and ResNet-20 with K >= 144, fprop and dgrad (not with AVX2:
+  // conv2d_direct_preferred); a first layer with K = 9 loses (0.68-0.86x: 9 taps per tile do not
+  // pay for the copies), and a dgrad into one channel loses to im2col (0.57-0.69x: tiles of one
+  // channel are load bound); into 3 (resnet32.conv1) it beats im2col 1.4-1.9x.
   if (detail::conv2d_direct_preferred && stride1 && !pointwise) {
     const std::size_t taps = g.kernel_h * g.kernel_w;
     if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;

@@ -55,7 +55,8 @@ struct conv2d_direct_tile {
 
 /// Whether conv2d_choose_algo may pick the direct kernel for large layers: only where it was
 /// measured faster than implicit GEMM, AVX-512 (bench_conv2d --compare, benchmarks/README.md
-/// "Direct convolution"). Built for AVX2 it ran 0.71-1.09x implicit GEMM's instruction count.
+/// "Direct convolution, register-blocked"). Built for AVX2 it ran 0.92-1.41x implicit GEMM's
+/// instructions (callgrind; not timed).
 inline constexpr bool conv2d_direct_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
 
 /// Geometry of the flat buffers of one image and group.
