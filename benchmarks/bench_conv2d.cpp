@@ -12,8 +12,9 @@
 //   Side by side (`--compare`): for each layer and pass, im2col, implicit and direct run
 //   alternately in one process (the order flips every round), and it prints a Markdown table of
 //   the median ms, the median of the per-round ratios im2col / implicit (> 1: implicit GEMM is
-//   faster), the ratio of the fastest rounds (the least disturbed on a shared machine), and the
-//   algorithm `auto` picks.
+//   faster), the ratio of the fastest rounds (the least disturbed on a shared machine), the median
+//   of the per-round ratios implicit / direct (> 1: the direct kernel is faster; stride 1), and
+//   the algorithm `auto` picks.
 //     OMP_NUM_THREADS=1 build/bench/benchmarks/bench_conv2d --compare [--batch 128]
 //         [--rounds 7] [--filter resnet28]
 //   With --callgrind each variant runs once, counted alone (valgrind's client requests), and
@@ -195,7 +196,8 @@ double median(std::vector<double> v) {
 int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bool callgrind) {
   if (callgrind) rounds = 1;
   std::printf("| layer | pass | m x n x k per image | im2col ms | implicit ms | direct ms | "
-              "im2col / implicit | best / best | auto |\n|---|---|---|--:|--:|--:|--:|--:|---|\n");
+              "im2col / implicit | best / best | implicit / direct | auto |\n"
+              "|---|---|---|--:|--:|--:|--:|--:|--:|---|\n");
   for (const auto& l : layers) {
     if (std::string(l.name).find(filter) == std::string::npos) continue;
     operands op(geometry(l, batch));
@@ -204,7 +206,7 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
       std::vector<impl> variants{impl::im2col, impl::implicit};
       if (!strided(l)) variants.push_back(impl::direct);
       std::vector<std::vector<double>> ms(variants.size());
-      std::vector<double> ratios;
+      std::vector<double> ratios, direct_ratios;
       for (impl im : variants) op.run(pass(p), im); // warm-up: buffers, caches, threads
       for (std::size_t r = 0; r < rounds; ++r) {
         std::vector<double> round_ms(variants.size());
@@ -228,6 +230,7 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
           ms[v].push_back(round_ms[v]);
         }
         ratios.push_back(round_ms[0] / round_ms[1]);
+        if (variants.size() > 2) direct_ratios.push_back(round_ms[1] / round_ms[2]);
       }
       const bitgrad::conv2d_algo chosen = bitgrad::conv2d_choose_algo(g, bitgrad::conv2d_pass(p));
       const std::size_t m = g.out_channels_per_group(), k = g.filter_size(), n = g.out_plane();
@@ -235,12 +238,16 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
           p == 0   ? std::to_string(m) + " x " + std::to_string(n) + " x " + std::to_string(k)
           : p == 1 ? std::to_string(k) + " x " + std::to_string(n) + " x " + std::to_string(m)
                    : std::to_string(m) + " x " + std::to_string(k) + " x " + std::to_string(n);
-      char direct[32] = "-";
-      if (variants.size() > 2) std::snprintf(direct, sizeof direct, "%.3f", median(ms[2]));
+      char direct[32] = "-", direct_ratio[32] = "-";
+      if (variants.size() > 2) {
+        std::snprintf(direct, sizeof direct, "%.3f", median(ms[2]));
+        std::snprintf(direct_ratio, sizeof direct_ratio, "%.2f", median(direct_ratios));
+      }
       const double best_ratio = *std::min_element(ms[0].begin(), ms[0].end()) /
                                 *std::min_element(ms[1].begin(), ms[1].end());
-      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %.2f | %.2f | %s |\n", l.name, pass_names[p],
-                  shape.c_str(), median(ms[0]), median(ms[1]), direct, median(ratios), best_ratio,
+      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %.2f | %.2f | %s | %s |\n", l.name,
+                  pass_names[p], shape.c_str(), median(ms[0]), median(ms[1]), direct,
+                  median(ratios), best_ratio, direct_ratio,
                   chosen == conv2d_algo::im2col     ? "im2col"
                   : chosen == conv2d_algo::direct   ? "direct"
                   : chosen == conv2d_algo::implicit ? "implicit"

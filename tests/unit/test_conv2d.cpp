@@ -310,6 +310,51 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
   }
 }
 
+/// The register-blocked direct kernel (kernels/conv2d_direct.hpp) on shapes that leave ragged
+/// tiles: output channels not a multiple of its 4-channel block (1, 3, 5, 7, 18), flat spans
+/// that are not a multiple of a tile and several tiles long (odd H and W up to 31), batch 1 and 3,
+/// and the ResNet-20 / VGG shapes it is meant for. Tolerance: the sums run in another order than
+/// the reference's (channels, then taps, in one accumulator per pixel), K <= 9 * 37 products of
+/// values in [-1, 1]: check_close's 2e-4 (float) / 1e-11 (double) relative to 1 + |want|.
+TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float, double) {
+  std::mt19937 rng(23);
+  std::vector<T> scratch, ref_scratch;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<conv2d_geometry> shapes{
+      make_geometry(1, 1, 1, 3, 3, 3, 3, 1, 1, 1),        // one channel, one pixel row span
+      make_geometry(3, 3, 5, 13, 11, 3, 3, 1, 1, 1),      // Cout 5: a block of 4 and one of 1
+      make_geometry(1, 7, 3, 31, 29, 3, 3, 1, 1, 1),      // Cout 3 only, long span
+      make_geometry(3, 5, 7, 9, 17, 3, 3, 1, 1, 1),       // Cout 7: 4 + 3
+      make_geometry(1, 37, 18, 15, 7, 3, 3, 1, 1, 1),     // Cin 37, Cout 18: 4 x 4 + 2
+      make_geometry(3, 16, 16, 28, 28, 3, 3, 1, 1, 1),    // ResNet-20 layer1
+      make_geometry(1, 32, 64, 14, 14, 3, 3, 1, 1, 1),    // VGG conv3
+      make_geometry(3, 4, 6, 11, 9, 5, 3, 1, 2, 1),       // 5x3 kernel, pad (2, 1)
+      make_geometry(1, 4, 5, 12, 13, 3, 3, 1, 2, 2, 2),   // dilation 2
+      make_geometry(3, 6, 9, 10, 9, 3, 3, 1, 0, 0),       // valid 3x3 (dgrad pads by 2)
+      make_geometry(3, 6, 6, 9, 11, 3, 3, 1, 1, 1, 1, 3), // three groups of 2 -> 2
+  };
+  for (const auto& g : shapes) {
+    const std::string what = describe(g);
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
+    std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan), dx(g.input_count(), nan);
+    bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), y.data(),
+                                scratch);
+    bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), yr.data(),
+                                scratch, true);
+    bitgrad::conv2d_dgrad_using(conv2d_algo::direct, g, dy.data(), w.data(), dx.data(), scratch);
+    check_close(y, y_ref, "direct fprop " + what);
+    check_close(yr, yr_ref, "direct fprop_relu " + what);
+    check_close(dx, dx_ref, "direct dgrad " + what);
+  }
+}
+
 TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
   using bitgrad::detail::conv2d_wgrad_slices;
   auto slices = [](std::size_t batch, std::size_t weights) {

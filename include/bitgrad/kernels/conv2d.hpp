@@ -17,12 +17,14 @@
 //    writes W_g^T * dy_g straight into dx_g.
 //  * direct (stride 1 only): the input group is copied into a zero-padded buffer xp
 //    (Cin/G x Hp x Wp, Hp = in_h + 2 pad_h, Wp = in_w + 2 pad_w). Seen as flat rows of pitch Wp,
-//    every tap (c, i, j) is one long contiguous axpy
-//      yw[q] += w[o][c][i][j] * xp_c[q + i*dilation_h*Wp + j*dilation_w],  q < (OH-1)*Wp + OW,
+//    every tap (c, i, j) reads one contiguous run
+//      yw[o][q] += w[o][c][i][j] * xp_c[q + i*dilation_h*Wp + j*dilation_w],  q < (OH-1)*Wp + OW,
 //    where yw is the output with row pitch Wp (columns ow >= OW are junk and dropped).
-//    dgrad runs the same axpys the other way round (with a dy copy whose junk columns are 0),
-//    wgrad takes the dot products. No K x P matrix, so it wins when K is small (first layers,
-//    depthwise).
+//    fprop is register-blocked (kernels/conv2d_direct.hpp: 4 output channels x up to 6 registers
+//    of q per tile, nothing packed but the weights); dgrad is the same kernel on dy with the
+//    flipped weights when it is a convolution (conv2d_dgrad_is_convolution), else the axpys the
+//    other way round (with a dy copy whose junk columns are 0); wgrad takes the dot products. No
+//    K x P matrix and no packed B panels.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
@@ -38,6 +40,7 @@
 #pragma once
 
 #include <bitgrad/core/error.hpp>
+#include <bitgrad/kernels/conv2d_direct.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
 #include <bitgrad/kernels/conv2d_implicit.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
@@ -75,6 +78,22 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
       (pass != conv2d_pass::fprop || m <= 2))
     return conv2d_algo::direct;
+  // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
+  // implicit GEMM packs every element of col once per Cout/G rows; it multiplies the junk columns
+  // and the rounding of its tiles instead (AVX-512 float: 6-31 % more FMAs, 32x32 .. 7x7).
+  // Measured side by side with AVX-512 (bench_conv2d --compare, benchmarks/README.md "Direct
+  // convolution, register-blocked"): 1.00-1.50x (mostly 1.05-1.2x) implicit GEMM on the 3x3
+  // stride-1 layers of VGG and ResNet-20 with K >= 144, fprop and dgrad (not with AVX2:
+  // conv2d_direct_preferred); a first layer with K = 9 loses (0.68-0.86x: 9 taps per tile do not
+  // pay for the copies), and a dgrad into one channel loses to im2col (0.57-0.69x: tiles of one
+  // channel are load bound); into 3 (resnet32.conv1) it beats im2col 1.4-1.9x.
+  if (detail::conv2d_direct_preferred && stride1 && !pointwise) {
+    const std::size_t taps = g.kernel_h * g.kernel_w;
+    if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
+    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_is_convolution(g) &&
+        g.in_channels_per_group() >= 3 && m * taps >= 25)
+      return conv2d_algo::direct;
+  }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
   // short (K = Cin/G): im2col ran 0.8-1.0x the instructions of implicit GEMM there
@@ -165,31 +184,54 @@ void conv2d_pad_copy(const conv2d_geometry& g, std::size_t channels, const T* x,
                   xp + (c * hp + h + g.pad_h) * wp + g.pad_w);
 }
 
+/// Register-blocked direct fprop of every image and group (conv2d_direct.hpp): images over the
+/// threads, the weights packed once in front of scratch.
 template <class T>
-void conv2d_direct_fprop_group(const conv2d_geometry& g, const T* x, const T* w, const T* bias,
-                               T* y, bool relu, T* buf) {
+void conv2d_direct_fprop(const conv2d_geometry& g, const T* x, const T* w, const T* bias, T* y,
+                         bool relu, std::vector<T>& scratch) {
+  const conv2d_direct_layout l = conv2d_direct_layout::of<T>(g);
+  const std::vector<std::size_t> off = conv2d_direct_offsets(g, l);
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
-  const std::size_t hp = g.in_h + 2 * g.pad_h, wp = g.in_w + 2 * g.pad_w;
-  const std::size_t oh_n = g.out_h(), ow_n = g.out_w(), span = (oh_n - 1) * wp + ow_n;
-  T* xp = buf;
-  T* yw = buf + cin * hp * wp;
-  conv2d_pad_copy(g, cin, x, xp);
-  for (std::size_t o = 0; o < cout; ++o) {
-    std::fill_n(yw, span, T(0));
-    const T* wo = w + o * g.filter_size();
-    for (std::size_t c = 0; c < cin; ++c)
-      for (std::size_t i = 0; i < g.kernel_h; ++i)
-        for (std::size_t j = 0; j < g.kernel_w; ++j)
-          axpy(span, wo[(c * g.kernel_h + i) * g.kernel_w + j],
-               xp + c * hp * wp + i * g.dilation_h * wp + j * g.dilation_w, yw);
-    const T b = bias ? bias[o] : T(0);
-    T* yo = y + o * oh_n * ow_n;
-    for (std::size_t oh = 0; oh < oh_n; ++oh)
-      for (std::size_t ow = 0; ow < ow_n; ++ow) {
-        const T v = yw[oh * wp + ow] + b;
-        yo[oh * ow_n + ow] = relu ? epilogue::detail::relu_scalar(v) : v;
-      }
-  }
+  const std::size_t a_size = conv2d_direct_packed_size<T>(cout, g.filter_size());
+  const std::size_t threads = batch_threads(g.batch), per = l.scratch();
+  T* const packed = conv2d_grow(scratch, g.groups * a_size + threads * per);
+  for (std::size_t gi = 0; gi < g.groups; ++gi)
+    conv2d_direct_pack_weights(g, w + gi * cout * g.filter_size(), packed + gi * a_size);
+  T* const buf0 = packed + g.groups * a_size;
+  parallel_chunks(threads, g.batch, [&](std::size_t t, std::size_t b, std::size_t e) {
+    for (std::size_t n = b; n < e; ++n)
+      for (std::size_t gi = 0; gi < g.groups; ++gi)
+        conv2d_direct_fprop_image(
+            g, l, off.data(), x + (n * g.in_channels + gi * cin) * g.in_plane(),
+            packed + gi * a_size, bias ? bias + gi * cout : nullptr,
+            y + (n * g.out_channels + gi * cout) * g.out_plane(), relu, buf0 + t * per);
+  });
+}
+
+/// Stride-1 dgrad as the register-blocked direct convolution of dy with the flipped weights
+/// (conv2d_transposed_geometry; needs conv2d_dgrad_is_convolution(g)).
+template <class T>
+void conv2d_direct_dgrad(const conv2d_geometry& g, const T* dy, const T* w, T* dx,
+                         std::vector<T>& scratch) {
+  const conv2d_geometry t = conv2d_transposed_geometry(g);
+  const conv2d_direct_layout l = conv2d_direct_layout::of<T>(t);
+  const std::vector<std::size_t> off = conv2d_direct_offsets(t, l);
+  const std::size_t cin = t.in_channels_per_group(), cout = t.out_channels_per_group();
+  const std::size_t a_size = conv2d_direct_packed_size<T>(cout, t.filter_size());
+  const std::size_t threads = batch_threads(t.batch), per = l.scratch();
+  T* const packed = conv2d_grow(scratch, t.groups * a_size + threads * per);
+  for (std::size_t gi = 0; gi < t.groups; ++gi)
+    conv2d_direct_pack_weights_flipped(g, w + gi * g.out_channels_per_group() * g.filter_size(),
+                                       packed + gi * a_size);
+  T* const buf0 = packed + t.groups * a_size;
+  parallel_chunks(threads, t.batch, [&](std::size_t th, std::size_t b, std::size_t e) {
+    for (std::size_t n = b; n < e; ++n)
+      for (std::size_t gi = 0; gi < t.groups; ++gi)
+        conv2d_direct_fprop_image(
+            t, l, off.data(), dy + (n * t.in_channels + gi * cin) * t.in_plane(),
+            packed + gi * a_size, static_cast<const T*>(nullptr),
+            dx + (n * t.out_channels + gi * cout) * t.out_plane(), false, buf0 + th * per);
+  });
 }
 
 /// dyw (OH x Wp): dy's plane with row pitch Wp and zero junk columns.
@@ -202,6 +244,7 @@ void conv2d_widen(const conv2d_geometry& g, const T* dy, T* dyw) {
   }
 }
 
+/// dgrad by axpys, for a padding wider than dilation * (kernel - 1) (no convolution of dy).
 template <class T>
 void conv2d_direct_dgrad_group(const conv2d_geometry& g, const T* dy, const T* w, T* dx, T* buf) {
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
@@ -464,6 +507,10 @@ void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
     detail::conv2d_implicit_fprop(g, x, w, bias, y, relu, scratch);
     return;
   }
+  if (algo == conv2d_algo::direct) {
+    detail::conv2d_direct_fprop(g, x, w, bias, y, relu, scratch);
+    return;
+  }
   const std::size_t per = detail::conv2d_scratch_per_thread(algo, g);
   const std::size_t threads = detail::batch_threads(g.batch);
   T* buf0 = detail::conv2d_grow(scratch, threads * per);
@@ -476,10 +523,7 @@ void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
         const T* wg = w + gi * cout * g.filter_size();
         const T* bg = bias ? bias + gi * cout : nullptr;
         T* yg = y + (n * g.out_channels + gi * cout) * g.out_plane();
-        if (algo == conv2d_algo::direct)
-          detail::conv2d_direct_fprop_group(g, xg, wg, bg, yg, relu, buf);
-        else
-          detail::conv2d_gemm_fprop_group(g, xg, wg, bg, yg, relu, buf);
+        detail::conv2d_gemm_fprop_group(g, xg, wg, bg, yg, relu, buf);
       }
   });
 }
@@ -491,6 +535,10 @@ void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy,
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::dgrad);
   if (algo == conv2d_algo::implicit) {
     detail::conv2d_implicit_dgrad(g, dy, w, dx, scratch);
+    return;
+  }
+  if (algo == conv2d_algo::direct && detail::conv2d_dgrad_is_convolution(g)) {
+    detail::conv2d_direct_dgrad(g, dy, w, dx, scratch);
     return;
   }
   const std::size_t per = detail::conv2d_scratch_per_thread(algo, g);
