@@ -27,23 +27,15 @@
 
 namespace bitgrad_runs {
 
-/// The network nn::lenet5 / vgg_small / resnet20 builds with the weight policy Quant, without
-/// (lenet5_net) and with (lenet5_act_net) activation quantizers after every ReLU.
+/// The network nn::lenet5 / vgg_small / resnet20 builds with the weight policy Quant (no
+/// activation quantizers: fashion_mnist's --act-bits networks, which the study does not train,
+/// are instantiated in fashion_mnist's own run TUs).
 template <template <class> class Quant>
 using lenet5_net = decltype(bitgrad::nn::lenet5(bitgrad::nn::model_options<float, Quant>{}));
 template <template <class> class Quant>
 using vgg_small_net = decltype(bitgrad::nn::vgg_small(bitgrad::nn::model_options<float, Quant>{}));
 template <template <class> class Quant>
 using resnet20_net = decltype(bitgrad::nn::resnet20(bitgrad::nn::model_options<float, Quant>{}));
-template <template <class> class Quant>
-using lenet5_act_net =
-    decltype(bitgrad::nn::lenet5(bitgrad::nn::act_model_options<float, Quant>{}));
-template <template <class> class Quant>
-using vgg_small_act_net =
-    decltype(bitgrad::nn::vgg_small(bitgrad::nn::act_model_options<float, Quant>{}));
-template <template <class> class Quant>
-using resnet20_act_net =
-    decltype(bitgrad::nn::resnet20(bitgrad::nn::act_model_options<float, Quant>{}));
 
 /// What a run is told besides its networks, data and options.
 struct run_labels {
@@ -79,29 +71,21 @@ train_run(FloatNet& fp32, QuantNet& quantized, const bitgrad::dataset& train_set
       const bitgrad::dataset&, const bitgrad::dataset&, const bitgrad::train::trainer_options&,    \
       const bitgrad_runs::run_labels&);
 
-// The four policies without activation quantizers (the study's arms and its pretraining twin,
-// fashion_mnist's --policy), and frac_bits / fixed_bits with them (fashion_mnist --act-bits).
-#define BITGRAD_RUNS_ALL_POLICIES(prefix, Net, ActNet)                                             \
+// The four policies (the study's arms and its pretraining twin, fashion_mnist's --policy).
+#define BITGRAD_RUNS_ALL_POLICIES(prefix, Net)                                                     \
   BITGRAD_RUNS_TRAIN_RUN(prefix, Net, bitgrad::quant::frac_bits)                                   \
   BITGRAD_RUNS_TRAIN_RUN(prefix, Net, bitgrad::quant::noise_bits)                                  \
   BITGRAD_RUNS_TRAIN_RUN(prefix, Net, bitgrad::quant::step_bits)                                   \
-  BITGRAD_RUNS_TRAIN_RUN(prefix, Net, bitgrad::quant::fixed_bits)                                  \
-  BITGRAD_RUNS_TRAIN_RUN(prefix, ActNet, bitgrad::quant::frac_bits)                                \
-  BITGRAD_RUNS_TRAIN_RUN(prefix, ActNet, bitgrad::quant::fixed_bits)
+  BITGRAD_RUNS_TRAIN_RUN(prefix, Net, bitgrad::quant::fixed_bits)
 
 #ifndef BITGRAD_RUNS_DEFINE_LENET5
-BITGRAD_RUNS_ALL_POLICIES(extern, lenet5_net, lenet5_act_net)
+BITGRAD_RUNS_ALL_POLICIES(extern, lenet5_net)
 #endif
 #ifndef BITGRAD_RUNS_DEFINE_VGG_SMALL
-BITGRAD_RUNS_ALL_POLICIES(extern, vgg_small_net, vgg_small_act_net)
+BITGRAD_RUNS_ALL_POLICIES(extern, vgg_small_net)
 #endif
-// resnet20: frac_bits and fixed_bits only (the others are refused by both programs), the plain
-// and the --act-bits networks in two translation units so the two compile side by side.
+// resnet20: frac_bits and fixed_bits only (the others are refused by both programs).
 #ifndef BITGRAD_RUNS_DEFINE_RESNET20
 BITGRAD_RUNS_TRAIN_RUN(extern, resnet20_net, bitgrad::quant::frac_bits)
 BITGRAD_RUNS_TRAIN_RUN(extern, resnet20_net, bitgrad::quant::fixed_bits)
-#endif
-#ifndef BITGRAD_RUNS_DEFINE_RESNET20_ACT
-BITGRAD_RUNS_TRAIN_RUN(extern, resnet20_act_net, bitgrad::quant::frac_bits)
-BITGRAD_RUNS_TRAIN_RUN(extern, resnet20_act_net, bitgrad::quant::fixed_bits)
 #endif
