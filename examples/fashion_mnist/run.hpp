@@ -4,7 +4,9 @@
 // compile: its own translation unit, compiled beside run.cpp; issue #24): main.cpp, which only
 // reads the command line, instantiates no network. (One translation unit per policy
 // was tried: each repeats the FP32 twins and the trainer's common code, 54 s of CPU each against
-// 94 s for all four in one; issue #18.)
+// 94 s for all four in one; issue #18.) The trainer itself, the largest part, is compiled once
+// for this example and the Pareto study in the library bitgrad_runs (common/train_run.hpp);
+// only the --act-bits networks' trainer, which the study does not use, is compiled here.
 #pragma once
 
 #include <bitgrad/quant/fixed_bits.hpp>

@@ -1,11 +1,13 @@
 // fashion_mnist's run, one template for every model: load the data, build the FP32 and the
-// quantized twin of the model `build` makes, train them with train::trainer, print the
+// quantized twin of the model `build` makes, train them with train::trainer (through
+// bitgrad_runs::train_run, compiled once in the library bitgrad_runs), print the
 // per-layer table and export model.bgm. Included by run.cpp (lenet5, vgg-small) and
 // run_resnet20.cpp (resnet20), each its own translation unit so they compile side by side
 // (issues #18, #24).
 #pragma once
 
 #include "cli_checks.hpp"
+#include "common/train_run.hpp"
 #include "run.hpp"
 
 #include <bitgrad/bitgrad.hpp>
@@ -241,41 +243,44 @@ int run(const settings& cfg, Builder build) {
     if (writes) std::printf("FP32 weights from %s (pretraining skipped)\n", cfg.init.c_str());
   }
 
-  bitgrad::train::trainer trainer(fp32, quantized, train_set, test_set, cfg.trainer);
-  if (cfg.sync) trainer.set_gradient_sync(*cfg.sync);
-  trainer.set_model_name(cfg.model);
-  trainer.add_setting("policy", cfg.policy);
-  trainer.add_setting("bitwidths", bits_text);
-  trainer.add_setting("group size", cfg.group);
-  trainer.add_setting("first and last layer (" + first_layer + ", " + last_layer + ")", edge_text);
-  trainer.add_setting("target average bits", cli::number_text(t.target_average_bits) +
-                                                 " stored bits per weight (codes, scales, "
-                                                 "bitwidths)");
-  trainer.add_setting("epochs (pretrain/search/finetune)",
-                      std::to_string(t.pretrain.epochs) + "/" + std::to_string(t.search.epochs) +
-                          "/" + std::to_string(t.finetune.epochs));
-  trainer.add_setting("steps per epoch",
-                      std::to_string(steps_run) + " of batch size " + std::to_string(t.batch_size));
+  bitgrad_runs::run_labels labels;
+  labels.model_name = cfg.model;
+  labels.sync = cfg.sync;
+  auto& settings = labels.settings;
+  settings.emplace_back("policy", cfg.policy);
+  settings.emplace_back("bitwidths", bits_text);
+  settings.emplace_back("group size", cfg.group);
+  settings.emplace_back("first and last layer (" + first_layer + ", " + last_layer + ")",
+                        edge_text);
+  settings.emplace_back("target average bits", cli::number_text(t.target_average_bits) +
+                                                   " stored bits per weight (codes, scales, "
+                                                   "bitwidths)");
+  settings.emplace_back("epochs (pretrain/search/finetune)",
+                        std::to_string(t.pretrain.epochs) + "/" + std::to_string(t.search.epochs) +
+                            "/" + std::to_string(t.finetune.epochs));
+  settings.emplace_back("steps per epoch", std::to_string(steps_run) + " of batch size " +
+                                               std::to_string(t.batch_size));
   if (cfg.act_bits)
-    trainer.add_setting(
+    settings.emplace_back(
         "activation quantizers",
         learned ? "after every ReLU, from " + cli::number_text(*cfg.act_bits) + " bits"
                 : "after every ReLU, fixed at " + cli::number_text(*cfg.act_bits) + " bits");
   if (t.budget_anneal > 0)
-    trainer.add_setting("budget anneal", "size target falls to the final one over the first " +
-                                             cli::number_text(t.budget_anneal) +
-                                             " of the search steps");
-  if (t.penalty_warmup > 0)
-    trainer.add_setting("penalty warm-up", "lambda grows from 0 over the first " +
-                                               cli::number_text(t.penalty_warmup) +
+    settings.emplace_back("budget anneal", "size target falls to the final one over the first " +
+                                               cli::number_text(t.budget_anneal) +
                                                " of the search steps");
-  if (t.target_bops) trainer.add_setting("target BOPs", cli::number_text(*t.target_bops));
+  if (t.penalty_warmup > 0)
+    settings.emplace_back("penalty warm-up", "lambda grows from 0 over the first " +
+                                                 cli::number_text(t.penalty_warmup) +
+                                                 " of the search steps");
+  if (t.target_bops) settings.emplace_back("target BOPs", cli::number_text(*t.target_bops));
   if (t.target_activation_kb)
-    trainer.add_setting("target activation KB", cli::number_text(*t.target_activation_kb));
-  trainer.add_setting("seed", std::to_string(t.seed));
-  trainer.add_setting("threads", std::to_string(threads));
-  trainer.add_setting("simd", bitgrad::simd_arch_name());
-  if (writes) {
+    settings.emplace_back("target activation KB", cli::number_text(*t.target_activation_kb));
+  settings.emplace_back("seed", std::to_string(t.seed));
+  settings.emplace_back("threads", std::to_string(threads));
+  settings.emplace_back("simd", bitgrad::simd_arch_name());
+  labels.before_run = [&] {
+    if (!writes) return;
     std::printf("%s: %s; %s and %s %s\n", cfg.model.c_str(), quant_text.c_str(),
                 first_layer.c_str(), last_layer.c_str(), edge_text.c_str());
     std::printf("size target %s stored bits per weight (codes, scales, bitwidths) = %s; %zu train "
@@ -287,8 +292,10 @@ int run(const settings& cfg, Builder build) {
                 steps_run == 1 ? "" : "s", t.batch_size, threads, threads == 1 ? "" : "s",
                 bitgrad::simd_arch_name());
     if (cfg.sync) std::printf("data-parallel on %zu ranks\n", cfg.sync->ranks());
-  }
-  const auto result = trainer.run();
+  };
+  // The trainer, compiled once for fashion_mnist and the Pareto study (common/train_run.hpp).
+  const auto result =
+      bitgrad_runs::train_run(fp32, quantized, train_set, test_set, cfg.trainer, labels);
   if (!result.finished) return bitgrad::train::interrupt_requested() ? 130 : 0;
   if (!writes) return 0;
   const stored_size stored = measure_stored(quantized, false);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "cli_checks.hpp"
+#include "common/train_run.hpp"
 #include "outputs.hpp"
 #include "stats.hpp"
 #include "study.hpp"
@@ -78,13 +79,14 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   std::ofstream log(t.out_dir / "train.log");
   t.log = &log;
   t.terminal = false;
-  bitgrad::train::trainer trainer(fp32, net, data.train, data.test, t);
-  trainer.set_model_name(model);
-  trainer.add_setting("arm", a.name());
-  trainer.add_setting("size point", std::to_string(k) + " bits per weight (uniform per channel)");
-  trainer.add_setting("budget bytes (weights)", format_fixed(budget_bits / 8, 1));
-  trainer.add_setting("seed", std::to_string(seed));
-  const auto result = trainer.run();
+  bitgrad_runs::run_labels labels;
+  labels.model_name = model;
+  labels.settings = {{"arm", a.name()},
+                     {"size point", std::to_string(k) + " bits per weight (uniform per channel)"},
+                     {"budget bytes (weights)", format_fixed(budget_bits / 8, 1)},
+                     {"seed", std::to_string(seed)}};
+  // The trainer, compiled once for the study and fashion_mnist (common/train_run.hpp).
+  const auto result = bitgrad_runs::train_run(fp32, net, data.train, data.test, t, labels);
   fs::remove(t.out_dir / "checkpoint.bin");
   if (!result.finished) return std::nullopt;
 
@@ -103,7 +105,11 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   r.stored_bits = size.weight_bits / static_cast<double>(size.weights);
   r.seconds = result.summary.seconds;
   r.layers = result.summary.layers;
-  if (a.uniform() && cfg.trainer.sensitivity_batches > 0) sensitivity_split_half(net, data, cfg, r);
+  // Only the uniform arm (fixed_bits) measures it: the other policies' networks need no
+  // exact_sensitivity compiled for them (its backward passes; issue #18).
+  if constexpr (std::is_same_v<Quant<T>, bitgrad::quant::fixed_bits<T>>)
+    if (a.uniform() && cfg.trainer.sensitivity_batches > 0)
+      sensitivity_split_half(net, data, cfg, r);
   std::vector<double> rhos;
   for (const auto& l : r.layers) {
     if (std::isfinite(l.bits_spread))
@@ -189,8 +195,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
       t.log = &log;
       t.terminal = false;
       const auto t0 = std::chrono::steady_clock::now();
-      bitgrad::train::trainer pre(fp32, scratch, data.train, data.test, t);
-      const auto result = pre.run();
+      const auto result = bitgrad_runs::train_run(fp32, scratch, data.train, data.test, t, {});
       if (!result.finished) return false;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
