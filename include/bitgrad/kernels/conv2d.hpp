@@ -184,27 +184,37 @@ void conv2d_pad_copy(const conv2d_geometry& g, std::size_t channels, const T* x,
                   xp + (c * hp + h + g.pad_h) * wp + g.pad_w);
 }
 
-/// Register-blocked direct fprop of every image and group (conv2d_direct.hpp): images over the
-/// threads, the weights packed once in front of scratch.
+/// The register-blocked direct convolution (conv2d_direct.hpp) of every image and group of `in`
+/// into `out` with geometry t: the weights packed once in front of scratch (pack(gi, packed):
+/// group gi's packed weights), then the images over the threads.
+template <class T, class Pack>
+void conv2d_direct_run(const conv2d_geometry& t, const T* in, const T* bias, T* out, bool relu,
+                       std::vector<T>& scratch, Pack&& pack) {
+  const conv2d_direct_layout l = conv2d_direct_layout::of<T>(t);
+  const std::vector<std::size_t> off = conv2d_direct_offsets(t, l);
+  const std::size_t cin = t.in_channels_per_group(), cout = t.out_channels_per_group();
+  const std::size_t a_size = conv2d_direct_packed_size<T>(cout, t.filter_size());
+  const std::size_t threads = batch_threads(t.batch), per = l.scratch();
+  T* const packed = conv2d_grow(scratch, t.groups * a_size + threads * per);
+  for (std::size_t gi = 0; gi < t.groups; ++gi) pack(gi, packed + gi * a_size);
+  T* const buf0 = packed + t.groups * a_size;
+  parallel_chunks(threads, t.batch, [&](std::size_t th, std::size_t b, std::size_t e) {
+    for (std::size_t n = b; n < e; ++n)
+      for (std::size_t gi = 0; gi < t.groups; ++gi)
+        conv2d_direct_fprop_image(
+            t, l, off.data(), in + (n * t.in_channels + gi * cin) * t.in_plane(),
+            packed + gi * a_size, bias ? bias + gi * cout : nullptr,
+            out + (n * t.out_channels + gi * cout) * t.out_plane(), relu, buf0 + th * per);
+  });
+}
+
+/// Register-blocked direct fprop of every image and group.
 template <class T>
 void conv2d_direct_fprop(const conv2d_geometry& g, const T* x, const T* w, const T* bias, T* y,
                          bool relu, std::vector<T>& scratch) {
-  const conv2d_direct_layout l = conv2d_direct_layout::of<T>(g);
-  const std::vector<std::size_t> off = conv2d_direct_offsets(g, l);
-  const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
-  const std::size_t a_size = conv2d_direct_packed_size<T>(cout, g.filter_size());
-  const std::size_t threads = batch_threads(g.batch), per = l.scratch();
-  T* const packed = conv2d_grow(scratch, g.groups * a_size + threads * per);
-  for (std::size_t gi = 0; gi < g.groups; ++gi)
-    conv2d_direct_pack_weights(g, w + gi * cout * g.filter_size(), packed + gi * a_size);
-  T* const buf0 = packed + g.groups * a_size;
-  parallel_chunks(threads, g.batch, [&](std::size_t t, std::size_t b, std::size_t e) {
-    for (std::size_t n = b; n < e; ++n)
-      for (std::size_t gi = 0; gi < g.groups; ++gi)
-        conv2d_direct_fprop_image(
-            g, l, off.data(), x + (n * g.in_channels + gi * cin) * g.in_plane(),
-            packed + gi * a_size, bias ? bias + gi * cout : nullptr,
-            y + (n * g.out_channels + gi * cout) * g.out_plane(), relu, buf0 + t * per);
+  const std::size_t group_weights = g.out_channels_per_group() * g.filter_size();
+  conv2d_direct_run(g, x, bias, y, relu, scratch, [&](std::size_t gi, T* packed) {
+    conv2d_direct_pack_weights(g, w + gi * group_weights, packed);
   });
 }
 
@@ -213,25 +223,11 @@ void conv2d_direct_fprop(const conv2d_geometry& g, const T* x, const T* w, const
 template <class T>
 void conv2d_direct_dgrad(const conv2d_geometry& g, const T* dy, const T* w, T* dx,
                          std::vector<T>& scratch) {
-  const conv2d_geometry t = conv2d_transposed_geometry(g);
-  const conv2d_direct_layout l = conv2d_direct_layout::of<T>(t);
-  const std::vector<std::size_t> off = conv2d_direct_offsets(t, l);
-  const std::size_t cin = t.in_channels_per_group(), cout = t.out_channels_per_group();
-  const std::size_t a_size = conv2d_direct_packed_size<T>(cout, t.filter_size());
-  const std::size_t threads = batch_threads(t.batch), per = l.scratch();
-  T* const packed = conv2d_grow(scratch, t.groups * a_size + threads * per);
-  for (std::size_t gi = 0; gi < t.groups; ++gi)
-    conv2d_direct_pack_weights_flipped(g, w + gi * g.out_channels_per_group() * g.filter_size(),
-                                       packed + gi * a_size);
-  T* const buf0 = packed + t.groups * a_size;
-  parallel_chunks(threads, t.batch, [&](std::size_t th, std::size_t b, std::size_t e) {
-    for (std::size_t n = b; n < e; ++n)
-      for (std::size_t gi = 0; gi < t.groups; ++gi)
-        conv2d_direct_fprop_image(
-            t, l, off.data(), dy + (n * t.in_channels + gi * cin) * t.in_plane(),
-            packed + gi * a_size, static_cast<const T*>(nullptr),
-            dx + (n * t.out_channels + gi * cout) * t.out_plane(), false, buf0 + th * per);
-  });
+  const std::size_t group_weights = g.out_channels_per_group() * g.filter_size();
+  conv2d_direct_run(conv2d_transposed_geometry(g), dy, static_cast<const T*>(nullptr), dx, false,
+                    scratch, [&](std::size_t gi, T* packed) {
+                      conv2d_direct_pack_weights_flipped(g, w + gi * group_weights, packed);
+                    });
 }
 
 /// dyw (OH x Wp): dy's plane with row pitch Wp and zero junk columns.
