@@ -313,9 +313,11 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
 /// The register-blocked direct kernel (kernels/conv2d_direct.hpp) on shapes that leave ragged
 /// tiles: output channels not a multiple of its 4-channel block (1, 3, 5, 7, 18), flat spans
 /// that are not a multiple of a tile and several tiles long (odd H and W up to 31), batch 1 and 3,
-/// and the ResNet-20 / VGG shapes it is meant for. Tolerance: the sums run in another order than
-/// the reference's (channels, then taps, in one accumulator per pixel), K <= 9 * 37 products of
-/// values in [-1, 1]: check_close's 2e-4 (float) / 1e-11 (double) relative to 1 + |want|.
+/// and the ResNet-20 / VGG shapes it is meant for (dgrad into fewer than 3 channels per group, the
+/// one-channel and grouped shapes, runs direct's axpys: conv2d_dgrad_runs_blocked). Tolerance: the
+/// sums run in another order than the reference's (channels, then taps, in one accumulator per
+/// pixel), K <= 9 * 37 products of values in [-1, 1]: check_close's 2e-4 (float) / 1e-11 (double)
+/// relative to 1 + |want|.
 TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float, double) {
   std::mt19937 rng(23);
   std::vector<T> scratch, ref_scratch;

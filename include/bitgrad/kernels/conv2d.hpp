@@ -22,9 +22,9 @@
 //    where yw is the output with row pitch Wp (columns ow >= OW are junk and dropped).
 //    fprop is register-blocked (kernels/conv2d_direct.hpp: 4 output channels x up to 6 registers
 //    of q per tile, nothing packed but the weights); dgrad is the same kernel on dy with the
-//    flipped weights when it is a convolution (conv2d_dgrad_is_convolution), else the axpys the
-//    other way round (with a dy copy whose junk columns are 0); wgrad takes the dot products. No
-//    K x P matrix and no packed B panels.
+//    flipped weights when it is a convolution into >= 3 channels (conv2d_dgrad_runs_blocked),
+//    else the axpys the other way round (with a dy copy whose junk columns are 0); wgrad takes the
+//    dot products. No K x P matrix and no packed B panels.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
@@ -64,6 +64,15 @@ enum class conv2d_algo { automatic, im2col, direct, implicit };
 /// The three passes of a convolution, which may use different algorithms.
 enum class conv2d_pass { fprop, dgrad, wgrad };
 
+namespace detail {
+/// Whether conv2d_algo::direct runs g's dgrad as the register-blocked kernel on dy with flipped
+/// weights (conv2d_direct.hpp), else as the axpys: it must be a convolution of dy, into >= 3
+/// channels per group (into one, the tiles of one channel are load bound: 0.57-0.69x im2col).
+inline bool conv2d_dgrad_runs_blocked(const conv2d_geometry& g) {
+  return conv2d_dgrad_is_convolution(g) && g.in_channels_per_group() >= 3;
+}
+} // namespace detail
+
 /// The algorithm conv2d_algo::automatic runs for g in `pass`.
 inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
                                       conv2d_pass pass = conv2d_pass::fprop) {
@@ -90,8 +99,7 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   if (detail::conv2d_direct_preferred && stride1 && !pointwise) {
     const std::size_t taps = g.kernel_h * g.kernel_w;
     if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
-    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_is_convolution(g) &&
-        g.in_channels_per_group() >= 3 && m * taps >= 25)
+    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_runs_blocked(g) && m * taps >= 25)
       return conv2d_algo::direct;
   }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
@@ -172,17 +180,6 @@ T* conv2d_grow(std::vector<T>& scratch, std::size_t need) {
 }
 
 // ---- direct (stride 1) --------------------------------------------------------------------
-
-/// Copies `channels` planes of x into the zero-padded buffer xp (channels x Hp x Wp).
-template <class T>
-void conv2d_pad_copy(const conv2d_geometry& g, std::size_t channels, const T* x, T* xp) {
-  const std::size_t hp = g.in_h + 2 * g.pad_h, wp = g.in_w + 2 * g.pad_w;
-  std::fill_n(xp, channels * hp * wp, T(0));
-  for (std::size_t c = 0; c < channels; ++c)
-    for (std::size_t h = 0; h < g.in_h; ++h)
-      std::copy_n(x + (c * g.in_h + h) * g.in_w, g.in_w,
-                  xp + (c * hp + h + g.pad_h) * wp + g.pad_w);
-}
 
 /// The register-blocked direct convolution (conv2d_direct.hpp) of every image and group of `in`
 /// into `out` with geometry t: the weights packed once in front of scratch (pack(gi, packed):
@@ -533,7 +530,7 @@ void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy,
     detail::conv2d_implicit_dgrad(g, dy, w, dx, scratch);
     return;
   }
-  if (algo == conv2d_algo::direct && detail::conv2d_dgrad_is_convolution(g)) {
+  if (algo == conv2d_algo::direct && detail::conv2d_dgrad_runs_blocked(g)) {
     detail::conv2d_direct_dgrad(g, dy, w, dx, scratch);
     return;
   }

@@ -38,6 +38,17 @@
 
 namespace bitgrad::detail {
 
+/// Copies `channels` planes of x into the zero-padded buffer xp (channels x Hp x Wp).
+template <class T>
+void conv2d_pad_copy(const conv2d_geometry& g, std::size_t channels, const T* x, T* xp) {
+  const std::size_t hp = g.in_h + 2 * g.pad_h, wp = g.in_w + 2 * g.pad_w;
+  std::fill_n(xp, channels * hp * wp, T(0));
+  for (std::size_t c = 0; c < channels; ++c)
+    for (std::size_t h = 0; h < g.in_h; ++h)
+      std::copy_n(x + (c * g.in_h + h) * g.in_w, g.in_w,
+                  xp + (c * hp + h + g.pad_h) * wp + g.pad_w);
+}
+
 /// Register blocking of the direct kernel for element type T on simd_arch.
 template <class T>
 struct conv2d_direct_tile {
@@ -180,12 +191,9 @@ void conv2d_direct_fprop_image(const conv2d_geometry& g, const conv2d_direct_lay
   using tile = conv2d_direct_tile<T>;
   T* const xp = buf;
   T* const yw = buf + l.xp_size();
-  // Zero-padded copy of the input planes, then the guard.
-  std::fill_n(xp, l.xp_size(), T(0));
-  for (std::size_t c = 0; c < l.in_channels; ++c)
-    for (std::size_t h = 0; h < g.in_h; ++h)
-      std::copy_n(x + (c * g.in_h + h) * g.in_w, g.in_w,
-                  xp + c * l.plane + (h + g.pad_h) * l.wp + g.pad_w);
+  // Zero-padded copy of the input planes, then the guard's zeros.
+  conv2d_pad_copy(g, l.in_channels, x, xp);
+  std::fill_n(xp + l.in_channels * l.plane, l.guard, T(0));
   const std::size_t filter = l.in_channels * l.taps;
   static_for<tile::widths>([&](auto width) {
     constexpr std::size_t nv = tile::nv - width;

@@ -487,14 +487,14 @@ protected:
   /// (SSE2, AVX2, AVX-512, aarch64 NEON), else through memory.
   template <bool Rising, class B>
   BITGRAD_ALWAYS_INLINE static B pair_extremes(const B& v0, const B& v1) {
+#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX2 || (XSIMD_WITH_SSE2 && !XSIMD_WITH_AVX) ||               \
+    XSIMD_WITH_NEON64
     auto extreme = [](const B& a, const B& b) {
       if constexpr (Rising)
         return xsimd::max(a, b);
       else
         return xsimd::min(a, b);
     };
-#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX2 || (XSIMD_WITH_SSE2 && !XSIMD_WITH_AVX) ||               \
-    XSIMD_WITH_NEON64
     using U = xsimd::batch<std::uint32_t, typename B::arch_type>;
     struct swap_pairs { // lane i <- lane i xor 1
       static constexpr std::uint32_t get(std::size_t i, std::size_t) {
@@ -520,7 +520,6 @@ protected:
     v0.store_aligned(v), v1.store_aligned(v + L);
     for (std::size_t t = 0; t < L; ++t)
       m[t] = Rising ? std::max(v[2 * t], v[2 * t + 1]) : std::min(v[2 * t], v[2 * t + 1]);
-    (void)extreme;
     return B::load_aligned(m);
 #endif
   }
