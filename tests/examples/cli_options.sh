@@ -6,7 +6,7 @@
 #
 #   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL [PARETO]
 #
-# A program a case does not run may be given as "-" (studies/pareto/ runs only pareto_bad_values).
+# A program a case does not run may be given as "-" (studies/pareto/ runs the pareto_* cases).
 #
 # The deploy_* and inspect_* cases read the model written by the make_model case (a CTest
 # fixture). JSON and CSV are read with Debian's /usr/bin/python3 (standard library only).
@@ -102,6 +102,47 @@ phase_rows() { grep "^$2," "$1/log.csv" | cut -d, -f1-8; }
 same_phase() { [ "$(phase_rows "$1" "$3")" = "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") differ"; }
 other_phase() { [ "$(phase_rows "$1" "$3")" != "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") are the same"; }
 printed() { grep -qF -- "$2" "$work/$1.log" || { cat "$work/$1.log" >&2; fail "$1: expected '$2' in the output"; }; }
+
+# The Pareto study (studies/pareto): `study NAME ARGS...` runs it into $work/NAME (log in
+# $work/NAME.log; files already there stay, for --resume) with study_options, which ARGS may
+# replace: LeNet-5, 1 seed, 1 epoch per phase on 64 images in 2 batches, 2 bits, the uniform and
+# the frac_bits per-channel arm, no sensitivity (about a second a study).
+study_options=(--seeds 1 --pretrain-epochs 1 --search-epochs 1 --finetune-epochs 1 --sizes 2
+               --policies frac_bits --groups channel --sensitivity 0 --train-limit 64
+               --batch-size 32 --threads 1)
+with_study_defaults() {
+  local defaults=("${study_options[@]}")
+  with_defaults "$@"
+  args=(--data "$data" "${args[@]}")
+}
+study() {
+  local name=$1
+  shift
+  with_study_defaults --out "$work/$name" "$@"
+  if ! timeout 300 "$pareto" "${args[@]}" > "$work/$name.log" 2>&1; then
+    cat "$work/$name.log" >&2
+    fail "pareto $* failed"
+  fi
+}
+# results / layers NAME EXPRESSION: EXPRESSION over R (the rows of results.csv) or Y (those of
+# layers.csv) of study NAME is true. arms NAME LIST: the arms of its results.csv, in order.
+table_check() {
+  local got
+  got=$("$python" -c 'import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(eval(sys.argv[3], {sys.argv[2]: rows}))' "$work/$1/$2" "$3" "$4")
+  [ "$got" = True ] || fail "expected $4 for study $1"
+}
+results() { table_check "$1" results.csv R "$2"; }
+layers() { table_check "$1" layers.csv Y "$2"; }
+arms() { results "$1" "[r['arm'] for r in R] == $2"; }
+# same_tables A B: studies A and B have the same results.csv (but the seconds, the last column)
+# and layers.csv.
+same_tables() {
+  diff <(rev "$work/$1/results.csv" | cut -d, -f2- | rev) <(rev "$work/$2/results.csv" | cut -d, -f2- | rev) ||
+    fail "results.csv of $1 and $2 differ"
+  cmp "$work/$1/layers.csv" "$work/$2/layers.csv" || fail "layers.csv of $1 and $2 differ"
+}
 
 lenet=(conv1 conv2 fc1 fc2 fc3)
 
@@ -643,6 +684,143 @@ EOF
   "$inspect" "$model_dir/model/model.bgm" > /dev/null
   [ ! -e "$work/plain.npz" ] || fail "an npz without --npz"
   expect_error "inspect_model: " "$inspect" "$model_dir/model/model.bgm" --npz "$work/no/such/dir/w.npz"
+  ;;
+
+pareto_resume)
+  # --resume keeps the runs already in results.csv and runs only the missing arms: a study grown
+  # from 1 to 2 seeds, and one whose last arm is missing, end with the same tables as the study
+  # run in one go (1 thread: the runs are deterministic); without --resume every arm runs again.
+  study full --seeds 2
+  study part --seeds 1
+  study part --seeds 2 --resume
+  printed part "resuming: 2 runs already in"
+  ! grep -q "lenet5 seed 1: FP32 pretrained" "$work/part.log" || fail "--resume pretrained seed 1 again"
+  printed part "[2/2] lenet5 seed 2 k=2 frac_bits/channel"
+  same_tables full part
+  head -n -1 "$work/part/results.csv" > "$work/results.csv"
+  mv "$work/results.csv" "$work/part/results.csv"
+  grep -v "^lenet5,2,frac_bits/channel,2," "$work/part/layers.csv" > "$work/layers.csv"
+  mv "$work/layers.csv" "$work/part/layers.csv"
+  study part --seeds 2 --resume
+  printed part "resuming: 3 runs already in"
+  printed part "lenet5 seed 2: FP32 pretrained"
+  printed part "[1/1] lenet5 seed 2 k=2 frac_bits/channel"
+  same_tables full part
+  study part --seeds 2
+  printed part "[4/4] lenet5 seed 2 k=2 frac_bits/channel"
+  ! grep -q "resuming" "$work/part.log" || fail "a study without --resume kept earlier runs"
+  same_tables full part
+  ;;
+
+pareto_from_csv | pareto_check_only)
+  # Both train nothing (the data folder given does not exist): --from-csv rebuilds the tables,
+  # results.md and the plots from results.csv and layers.csv, taking the models and sizes from
+  # the rows; --check-only reads an earlier study back and fails when a run is missing.
+  study a
+  mkdir -p "$work/kept"
+  cp "$work/a/aggregate.csv" "$work/a/results.md" "$work/kept/"
+  no_data=("$pareto" --data "$work/no-such-folder" --out "$work/a")
+  if [ "$case_name" = pareto_from_csv ]; then
+    rm "$work/a/aggregate.csv" "$work/a/results.md" "$work/a"/*.svg
+    "${no_data[@]}" --from-csv --models vgg-small --sizes 3 > "$work/rebuilt.log" 2>&1 ||
+      { cat "$work/rebuilt.log" >&2; fail "--from-csv failed"; }
+    printed rebuilt "from 2 rows of results.csv"
+    cmp "$work/a/aggregate.csv" "$work/kept/aggregate.csv" || fail "--from-csv: aggregate.csv differs"
+    cmp "$work/a/results.md" "$work/kept/results.md" || fail "--from-csv: results.md differs"
+    [ -s "$work/a/pareto-lenet5.svg" ] && [ -s "$work/a/bits-lenet5-2bit.svg" ] ||
+      fail "--from-csv: the plots were not rebuilt"
+  else
+    "${no_data[@]}" --check-only "${study_options[@]}" > "$work/checked.log" 2>&1 ||
+      { cat "$work/checked.log" >&2; fail "--check-only failed on a whole study"; }
+    printed checked "check passed: 2 runs and 2 arms"
+    expect_error "check failed: " "${no_data[@]}" --check-only "${study_options[@]}" --sizes 2,3
+    head -n -1 "$work/a/results.csv" > "$work/results.csv"
+    mv "$work/results.csv" "$work/a/results.csv"
+    expect_error "check failed: " "${no_data[@]}" --check-only "${study_options[@]}"
+  fi
+  ;;
+
+pareto_quick)
+  # --quick: 1 seed, 3/2/1 epochs, per-layer and per-channel mixed arms; explicit options win.
+  quick=("$pareto" --data "$data" --quick --sizes 2 --policies frac_bits --sensitivity 0
+         --train-limit 64 --batch-size 32 --threads 1)
+  "${quick[@]}" --out "$work/q" > "$work/q.log" 2>&1 || { cat "$work/q.log" >&2; fail "--quick failed"; }
+  printed q "1 models x 1 seeds x 1 sizes x 3 arms = 3 runs; epochs pretrain/search/finetune 3/2/1"
+  arms q "['uniform/channel', 'frac_bits/layer', 'frac_bits/channel']"
+  "${quick[@]}" --out "$work/q2" --search-epochs 1 --groups 4 --seeds 2 > "$work/q2.log" 2>&1 ||
+    { cat "$work/q2.log" >&2; fail "--quick with explicit options failed"; }
+  printed q2 "1 models x 2 seeds x 1 sizes x 2 arms = 4 runs; epochs pretrain/search/finetune 3/1/1"
+  arms q2 "['uniform/channel', 'frac_bits/4'] * 2"
+  ;;
+
+pareto_seeds)
+  # --seeds N --first-seed S: seeds S..S+N-1, each pretrained once; a seed gives the same runs
+  # whichever study it is part of.
+  study s --seeds 2 --first-seed 5
+  results s "[r['seed'] for r in R] == ['5', '5', '6', '6']"
+  printed s "lenet5 seed 5: FP32 pretrained"
+  [ -d "$work/s/runs/lenet5/seed6" ] || fail "no runs/lenet5/seed6"
+  study t --first-seed 6
+  results t "[r['seed'] for r in R] == ['6', '6']"
+  without_seconds() { tail -n 2 "$1" | rev | cut -d, -f2- | rev; }
+  diff <(without_seconds "$work/s/results.csv") <(without_seconds "$work/t/results.csv") ||
+    fail "seed 6 gave other runs in a study of seeds 5 and 6 than alone"
+  ;;
+
+pareto_search)
+  # The bitwidth search's options change the mixed arm's search and leave the uniform arm alone.
+  study base
+  first_search="float([r for r in log if r['phase'] == 'search'][0]['average_bits'])"
+  mixed=runs/lenet5/seed1/2bit/frac_bits-channel uniform=runs/lenet5/seed1/2bit/fixed_bits-channel
+  base_bits=$(value "$work/base/$mixed" "$first_search")
+  for option in "--lambda 0" "--bits-lr 0.5" "--bits-moment group" "--b-init 4" "--b-max 5"; do
+    name=${option// /}
+    # shellcheck disable=SC2086 # two words: the option and its value
+    study "$name" $option
+    same_phase "$work/base/$uniform" "$work/$name/$uniform" search
+    other_phase "$work/base/$mixed" "$work/$name/$mixed" search
+    case $option in
+    "--lambda 0") check "$work/$name/$mixed" "$first_search > $base_bits" ;; # no size penalty
+    "--bits-lr 0.5") check "$work/$name/$mixed" "$first_search < $base_bits - 0.5" ;;
+    "--b-init 4") check "$work/$name/$mixed" "$first_search < 4" ;;
+    "--b-max 5")
+      check "$work/$name/$mixed" "$first_search < 5 and all(b <= 5 for l in E for b in l['group_bits'])"
+      ;;
+    esac
+  done
+  # --b-min: at 3 bits with --b-max 4 some groups of the mixed arm end at 2 bits, none with
+  # --b-min 3; at 2 bits every group at 3 is over the budget, and the study says so.
+  mixed3=runs/lenet5/seed1/3bit/frac_bits-channel
+  study b24 --sizes 3 --train-limit 320 --bits-lr 0.5 --b-max 4
+  check "$work/b24/$mixed3" "min(b for l in E for b in l['group_bits']) == 2"
+  study b34 --sizes 3 --train-limit 320 --bits-lr 0.5 --b-max 4 --b-min 3
+  check "$work/b34/$mixed3" "all(3 <= b <= 4 for l in E for b in l['group_bits'])"
+  with_study_defaults --out "$work/b3" --b-min 3
+  expect_error "is below the smallest model the bitwidth bounds allow" "$pareto" "${args[@]}"
+  ;;
+
+pareto_arms)
+  # --uniform-groups: one uniform arm per granularity, a coarser one smaller by the scales it
+  # does not store; --sensitivity: the per-group sensitivities in layers.csv; --train-limit and
+  # --batch-size: the images and steps of every run; --model is --models.
+  study u --uniform-groups layer,channel --sensitivity 2
+  arms u "['uniform/layer', 'uniform/channel', 'frac_bits/channel']"
+  results u "float(R[0]['weight_bytes']) < float(R[1]['weight_bytes']) and R[0]['code_bits'] == R[1]['code_bits'] == '2'"
+  layers u "all(len(r['group_sensitivity'].split()) == int(r['groups']) for r in Y)"
+  study s0
+  layers s0 "all(r['group_sensitivity'] == '' for r in Y)"
+  printed s0 "64 train / 400 test images"
+  study b64 --batch-size 64 --train-limit 128 --bits-lr 0.5
+  study b32 --batch-size 32 --train-limit 128 --bits-lr 0.5
+  printed b64 "128 train / 400 test images"
+  first_search="float([r for r in log if r['phase'] == 'search'][0]['average_bits'])"
+  mixed=runs/lenet5/seed1/2bit/frac_bits-channel
+  b32_bits=$(value "$work/b32/$mixed" "$first_search")
+  check "$work/b64/$mixed" "$first_search > $b32_bits + 0.25" # 2 bitwidth steps, not 4
+  study m --model lenet5
+  results m "{r['model'] for r in R} == {'lenet5'}"
+  expect_error "--policies: --models resnet20 is built with the frac_bits arms" \
+    "$pareto" --data "$data" --out "$work/pareto" --model resnet20 --policies step_bits
   ;;
 
 pareto_bad_values)
