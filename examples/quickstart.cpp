@@ -2,23 +2,22 @@
 // hand (no trainer) on the committed Fashion-MNIST sample or the full data set.
 //
 //   quickstart [--data DIR] [--steps N]
+#include "cli_checks.hpp"
+
 #include <bitgrad/bitgrad.hpp>
 
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstddef>
+#include <exception>
+#include <filesystem>
 #include <string>
 
-int main(int argc, char** argv) {
+/// Trains LeNet-5 for `steps` steps on the gzip IDX files in `dir`, freezes its bitwidths within
+/// the size target and prints the test accuracy, bits and size.
+int run(const std::filesystem::path& dir, std::size_t steps) {
   using namespace bitgrad;
-  std::string data = "/usr/share/datasets/fashion-mnist";
-  std::size_t steps = 600;
-  CLI::App app{"bitgrad quickstart: learned bitwidths in a hand-written training loop"};
-  app.add_option("--data", data, "folder with Fashion-MNIST gzip IDX files")->capture_default_str();
-  app.add_option("--steps", steps, "training steps")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-
-  const std::filesystem::path dir = data;
   const dataset train_set =
       load_mnist_format(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz");
   const dataset test_set =
@@ -64,4 +63,23 @@ int main(int argc, char** argv) {
               "smaller than FP32)\n",
               100 * eval.accuracy, quant::average_bits_per_weight(quantizers), size.bytes(),
               size.compression());
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  namespace cli = bitgrad::cli;
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::size_t steps = 600;
+  CLI::App app{"bitgrad quickstart: learned bitwidths in a hand-written training loop"};
+  app.add_option("--data", data, "folder with Fashion-MNIST gzip IDX files")->capture_default_str();
+  app.add_option("--steps", steps, "training steps")
+      ->check(cli::whole_number(1))
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    return run(data, steps);
+  } catch (const std::exception& e) { // a missing or malformed data file: its name and offset
+    std::fprintf(stderr, "quickstart: %s\n", e.what());
+    return 1;
+  }
 }

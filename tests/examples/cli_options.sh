@@ -4,14 +4,16 @@
 # per epoch and checks that the option changes what it says it changes, and that its bad values
 # stop the program with a message in the user's terms.
 #
-#   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL [PARETO]
+#   cli_options.sh CASE WORK_DIR SAMPLE_DIR FASHION_MNIST DEPLOY INSPECT_MODEL [OTHER]
 #
-# A program a case does not run may be given as "-" (studies/pareto/ runs the pareto_* cases).
+# OTHER is the program of the cases named after it: pareto for pareto_*, quickstart, bgm_to_onnx.
+# A program a case does not run may be given as "-".
 #
 # The deploy_* and inspect_* cases read the model written by the make_model case (a CTest
 # fixture). JSON and CSV are read with Debian's /usr/bin/python3 (standard library only).
 set -euo pipefail
-case_name=$1 work=$2 data=$3 fm=$4 deploy=$5 inspect=$6 pareto=${7:--}
+case_name=$1 work=$2 data=$3 fm=$4 deploy=$5 inspect=$6 other=${7:--}
+pareto=$other quickstart=$other bgm_to_onnx=$other
 model_dir=$(dirname "$work")/make_model
 mkdir -p "$work"
 export OMP_WAIT_POLICY=PASSIVE
@@ -821,6 +823,36 @@ pareto_arms)
   results m "{r['model'] for r in R} == {'lenet5'}"
   expect_error "--policies: --models resnet20 is built with the frac_bits arms" \
     "$pareto" --data "$data" --out "$work/pareto" --model resnet20 --policies step_bits
+  ;;
+
+quickstart)
+  # The hand-written training loop: --steps sets the steps (a line every 100), --data the files;
+  # a missing file is an error that names it, not an abort.
+  q() { timeout 300 "$quickstart" --data "$data" "$@"; }
+  q --steps 100 > "$work/s100.log" 2>&1 || { cat "$work/s100.log" >&2; fail "quickstart --steps 100 failed"; }
+  [ "$(grep -c '^step ' "$work/s100.log")" = 1 ] && printed s100 "step  100  loss " ||
+    fail "--steps 100: expected one progress line"
+  bits=$(sed -n 's/^test accuracy [0-9.]*% at \([0-9.]*\) stored bits per weight; model size .*/\1/p' "$work/s100.log")
+  "$python" -c "import sys; sys.exit(not 0 < $bits <= 3)" || fail "--steps 100: $bits stored bits, target 3"
+  q --steps 1 > "$work/s1.log" 2>&1 || { cat "$work/s1.log" >&2; fail "quickstart --steps 1 failed"; }
+  ! grep -q '^step ' "$work/s1.log" || fail "--steps 1 printed a progress line"
+  printed s1 "test accuracy "
+  cmp -s "$work/s1.log" "$work/s100.log" && fail "--steps 1 and 100 printed the same"
+  expect_error "--steps: expected a whole number >= 1, got -1" "$quickstart" --data "$data" --steps -1
+  expect_error "--steps: expected a whole number >= 1, got 0" "$quickstart" --data "$data" --steps 0
+  status=0
+  "$quickstart" --data "$work/none" --steps 1 > "$work/error.log" 2>&1 || status=$?
+  [ $status = 1 ] || fail "--data of a missing folder: exit status $status, expected 1"
+  printed error "quickstart: cannot open $work/none/train-images-idx3-ubyte.gz for reading"
+  ;;
+
+onnx_graph_name)
+  # bgm_to_onnx --graph-name names the ONNX graph (default "bitgrad").
+  "$bgm_to_onnx" "$model_dir/model/model.bgm" -o "$work/default.onnx" > /dev/null
+  "$bgm_to_onnx" "$model_dir/model/model.bgm" -o "$work/named.onnx" --graph-name fashion_lenet > /dev/null
+  names=$("$python" -c 'import onnx, sys; print(*(onnx.load(f).graph.name for f in sys.argv[1:]))' \
+    "$work/default.onnx" "$work/named.onnx")
+  [ "$names" = "bitgrad fashion_lenet" ] || fail "graph names: got '$names', expected 'bitgrad fashion_lenet'"
   ;;
 
 pareto_bad_values)
