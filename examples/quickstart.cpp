@@ -8,8 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
 #include <cstddef>
+#include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <string>
