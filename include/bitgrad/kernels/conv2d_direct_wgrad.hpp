@@ -31,9 +31,9 @@
 #include <bitgrad/kernels/conv2d_direct.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
 #include <bitgrad/kernels/gemm_microkernel.hpp>
-#include <bitgrad/kernels/vec.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <type_traits>
 #include <vector>
@@ -50,6 +50,10 @@ struct conv2d_wgrad_tile {
   static constexpr std::size_t mr = wide ? 3 : 1;
   /// Taps per tile (a 3x3 kernel in one chunk).
   static constexpr std::size_t nt = 9;
+  /// Elements of a tile's sums (mu x nt, rounded up to whole registers).
+  static constexpr std::size_t sums_size(std::size_t mu) {
+    return (mu * nt + lanes - 1) / lanes * lanes;
+  }
 };
 
 /// Geometry of the flat buffers of one wgrad slice and group.
@@ -91,8 +95,44 @@ inline std::vector<std::size_t> conv2d_wgrad_offsets(const conv2d_geometry& g,
   return off;
 }
 
-/// sums[r * NT + t] = sum over n < images, q < span_pad of dys_n[r * span_pad + q] *
-/// xs_n[off[t] + q], with dys_n = dyo + n * dy_image and xs_n = xc + n * x_image: one tile.
+/// b, kept in a register: without this GCC 12 folds the load of the shifted x into each of the
+/// MR FMAs that use it (MR loads, each split across two cache lines, per tap: load bound at
+/// 0.4-0.6x implicit GEMM), where one load and MR register FMAs are FMA bound.
+template <class B>
+BITGRAD_ALWAYS_INLINE B conv2d_wgrad_in_register(B b) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  using arch = typename B::arch_type;
+  if constexpr (std::is_base_of_v<xsimd::sse2, arch> || std::is_base_of_v<xsimd::avx, arch> ||
+                std::is_base_of_v<xsimd::avx512f, arch>) {
+    auto r = b.data;
+    asm("" : "+v"(r));
+    return B(r);
+  }
+#endif
+  return b;
+}
+
+/// Which row's sum xsimd::haddp(row) puts in each lane: lane i holds row[i] except where xsimd
+/// permutes them (8.1's AVX-512 float haddp returns rows 0 1 4 5 2 3 6 7 8 9 12 13 ...), found
+/// once by summing rows of constants.
+template <class B>
+const std::array<std::size_t, B::size>& haddp_rows() {
+  using T = typename B::value_type;
+  static const std::array<std::size_t, B::size> rows = [] {
+    B row[B::size];
+    for (std::size_t i = 0; i < B::size; ++i) row[i] = B(T(i));
+    alignas(B::arch_type::alignment()) T lane[B::size];
+    xsimd::haddp(row).store_aligned(lane);
+    std::array<std::size_t, B::size> r{};
+    for (std::size_t j = 0; j < B::size; ++j) r[j] = std::size_t(lane[j] / T(B::size) + T(0.5));
+    return r;
+  }();
+  return rows;
+}
+
+/// sums[r * NT + t] (sums holds sums_size(MU)) = sum over n < images, q < span_pad of dys_n[r *
+/// span_pad + q] * xs_n[off[t] + q], with dys_n = dyo + n * dy_image and xs_n = xc + n * x_image:
+/// one tile.
 template <class T, std::size_t MU>
 void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
                               const std::size_t* off, const T* __restrict xc,
@@ -113,15 +153,27 @@ void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
         dv[r] = batch::load_unaligned(d + r * l.span_pad + q);
       });
       static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA {
-        const batch xv = batch::load_unaligned(x + off[t] + q);
+        const batch xv = conv2d_wgrad_in_register(batch::load_unaligned(x + off[t] + q));
         static_for<MU>([&](auto r)
                            BITGRAD_INLINE_LAMBDA { acc[r][t] = xsimd::fma(dv[r], xv, acc[r][t]); });
       });
     }
   }
+  // The lanes of the MU x NT accumulators, L of them at a time: haddp(row)[i] = sum of row[i]'s
+  // lanes (a transposing tree of shuffles and adds, not L scalar adds per accumulator, which cost
+  // as much as the dot products themselves on a 7x7 plane).
+  constexpr std::size_t rows = tile::sums_size(MU);
+  batch flat[rows];
   static_for<MU>([&](auto r) BITGRAD_INLINE_LAMBDA {
-    static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA { sums[r * nt + t] = lane_sum(acc[r][t]); });
+    static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA { flat[r * nt + t] = acc[r][t]; });
   });
+  for (std::size_t i = MU * nt; i < rows; ++i) flat[i] = batch(T(0));
+  const std::array<std::size_t, lanes>& row_of = haddp_rows<batch>();
+  for (std::size_t i = 0; i < rows; i += lanes) {
+    alignas(batch::arch_type::alignment()) T lane[lanes];
+    xsimd::haddp(flat + i).store_aligned(lane);
+    for (std::size_t j = 0; j < lanes; ++j) sums[i + row_of[j]] = lane[j];
+  }
 }
 
 /// Lays `count` images of one group of x and dy out as xs and dys (see the top of this header).
@@ -165,7 +217,7 @@ void conv2d_direct_wgrad_slice(const conv2d_geometry& g, const conv2d_wgrad_layo
       const std::size_t mu = std::min(mr, l.out_channels - o0);
       for (std::size_t c = 0; c < l.in_channels; ++c)
         for (std::size_t t0 = 0; t0 < l.taps; t0 += nt) {
-          T sums[mr * nt];
+          T sums[tile::sums_size(mr)];
           const T* const xc = xs + c * l.plane;
           const T* const dyo = dys + o0 * l.span_pad;
           if constexpr (mr == 3) {
