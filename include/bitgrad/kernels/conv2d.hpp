@@ -104,6 +104,13 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
     if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
     if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_runs_blocked(g) && m * taps >= 25)
       return conv2d_algo::direct;
+    // wgrad (conv2d_direct_wgrad.hpp) sums each tile's lanes once per slice and rounds the flat
+    // span up to whole registers, so it needs planes of >= 14 x 14: measured (bench_conv2d, CPU
+    // time, batch 128, benchmarks/README.md "Direct wgrad") 1.09-1.34x implicit GEMM on the
+    // 28x28 / 32x32 layers, 1.16x on 14x14 / 16x16 with Cout 32, 1.35-1.9x im2col / implicit on
+    // the first layers (Cin 1 or 3); 0.95-0.98x on 14x14 with Cout 64 and 0.75-0.78x on 7x7 / 8x8
+    // (span 61 in 64 lanes for 49 pixels), 1.00x on LeNet conv2 (8x8, 5x5).
+    if (pass == conv2d_pass::wgrad && g.out_plane() >= 196 && m <= 32) return conv2d_algo::direct;
   }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
