@@ -16,7 +16,9 @@
 //   of the per-round ratios implicit / direct (> 1: the direct kernel is faster; stride 1), and
 //   the algorithm `auto` picks.
 //     OMP_NUM_THREADS=1 build/bench/benchmarks/bench_conv2d --compare [--batch 128]
-//         [--rounds 7] [--filter resnet28]
+//         [--rounds 7] [--filter resnet28] [--cpu]
+//   --cpu times with the process's CPU clock instead of the wall clock (1 thread on a loaded
+//   machine).
 //   With --callgrind each variant runs once, counted alone (valgrind's client requests), and
 //   each count is dumped under the name layer/pass/variant; benchmarks/callgrind_summary.py
 //   prints the table of instruction counts (Ir) and their ratios. Valgrind does not know
@@ -43,6 +45,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -192,8 +195,22 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/// Milliseconds of wall time, or with cpu of the process's CPU time (on a shared machine a
+/// 1-thread run's share of a core drops out).
+double now_ms(bool cpu) {
+  if (cpu) {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6;
+  }
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 /// --compare: im2col, implicit and direct side by side (see the top of this file).
-int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bool callgrind) {
+int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bool callgrind,
+            bool cpu) {
   if (callgrind) rounds = 1;
   std::printf("| layer | pass | m x n x k per image | im2col ms | implicit ms | direct ms | "
               "im2col / implicit | best / best | implicit / direct | auto |\n"
@@ -212,7 +229,7 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
         std::vector<double> round_ms(variants.size());
         for (std::size_t s = 0; s < variants.size(); ++s) {
           const std::size_t v = r % 2 ? variants.size() - 1 - s : s;
-          const auto t0 = std::chrono::steady_clock::now();
+          const double t0 = now_ms(cpu);
           if (callgrind) {
             CALLGRIND_START_INSTRUMENTATION;
             CALLGRIND_TOGGLE_COLLECT;
@@ -225,8 +242,7 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
                 std::string(l.name) + "/" + pass_names[p] + "/" + impl_names[int(variants[v])];
             CALLGRIND_DUMP_STATS_AT(name.c_str());
           }
-          const auto t1 = std::chrono::steady_clock::now();
-          round_ms[v] = std::chrono::duration<double, std::milli>(t1 - t0).count();
+          round_ms[v] = now_ms(cpu) - t0;
           ms[v].push_back(round_ms[v]);
         }
         ratios.push_back(round_ms[0] / round_ms[1]);
@@ -264,7 +280,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--compare") {
     std::size_t batch = 128, rounds = 7;
     std::string filter;
-    bool callgrind = false;
+    bool callgrind = false, cpu = false;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
       auto value = [&]() -> std::string {
@@ -282,15 +298,17 @@ int main(int argc, char** argv) {
         filter = value();
       else if (a == "--callgrind")
         callgrind = true;
+      else if (a == "--cpu")
+        cpu = true;
       else {
         std::fprintf(stderr,
                      "bench_conv2d --compare: unknown option %s (--batch N, --rounds N, --filter "
-                     "TEXT, --callgrind)\n",
+                     "TEXT, --callgrind, --cpu)\n",
                      a.c_str());
         return 2;
       }
     }
-    return compare(batch, std::max<std::size_t>(1, rounds), filter, callgrind);
+    return compare(batch, std::max<std::size_t>(1, rounds), filter, callgrind, cpu);
   }
   register_all();
   benchmark::Initialize(&argc, argv);

@@ -6,6 +6,8 @@ per-round ratios new / old.
 
   python3 benchmarks/compare_builds.py --old /tmp/old/build/bench/benchmarks/bench_train \\
       --new build/bench/benchmarks/bench_train --rows train/vgg_small/quant/128 --threads 1,2
+
+With --cpu the rates are images per second of CPU time (for 1 thread on a shared machine).
 """
 import argparse
 import json
@@ -15,7 +17,9 @@ import subprocess
 import sys
 
 
-def images_per_second(binary, row, threads, min_time):
+def images_per_second(binary, row, threads, min_time, cpu=False):
+    """Images per second of wall time, or with cpu per second of the process's CPU time (Google
+    Benchmark's cpu_time: on a loaded machine a 1-thread run's share of a core drops out)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run([binary, f"--benchmark_filter=^{row}(/|$)",
                           f"--benchmark_min_time={min_time}", "--benchmark_format=json"],
@@ -23,7 +27,9 @@ def images_per_second(binary, row, threads, min_time):
     results = json.loads(out)["benchmarks"]
     if len(results) != 1:
         raise RuntimeError(f"{binary}: expected one result for {row}, got {len(results)}")
-    return float(results[0]["items_per_second"])
+    r = results[0]
+    rate = float(r["items_per_second"])
+    return rate * float(r["real_time"]) / float(r["cpu_time"]) if cpu else rate
 
 
 def main():
@@ -34,6 +40,8 @@ def main():
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of steps per run")
+    ap.add_argument("--cpu", action="store_true",
+                    help="images per CPU second (1 thread on a shared machine), not per wall second")
     a = ap.parse_args()
     print("| row | threads | old img/s | new img/s | new / old (median of rounds) |")
     print("|---|--:|--:|--:|--:|")
@@ -43,7 +51,7 @@ def main():
             for k in range(a.rounds):
                 order = [(a.old, old), (a.new, new)] if k % 2 == 0 else [(a.new, new), (a.old, old)]
                 for binary, results in order:
-                    results.append(images_per_second(binary, row, t, a.min_time))
+                    results.append(images_per_second(binary, row, t, a.min_time, a.cpu))
                 ratios.append(new[-1] / old[-1])
             print(f"| {row} | {t} | {statistics.median(old):.0f} | {statistics.median(new):.0f} "
                   f"| {statistics.median(ratios):.2f} |", flush=True)

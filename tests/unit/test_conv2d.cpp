@@ -314,10 +314,14 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
 /// tiles: output channels not a multiple of its 4-channel block (1, 3, 5, 7, 18), flat spans
 /// that are not a multiple of a tile and several tiles long (odd H and W up to 31), batch 1 and 3,
 /// and the ResNet-20 / VGG shapes it is meant for (dgrad into fewer than 3 channels per group, the
-/// one-channel and grouped shapes, runs direct's axpys: conv2d_dgrad_runs_blocked). Tolerance: the
-/// sums run in another order than the reference's (channels, then taps, in one accumulator per
-/// pixel), K <= 9 * 37 products of values in [-1, 1]: check_close's 2e-4 (float) / 1e-11 (double)
-/// relative to 1 + |want|.
+/// one-channel and grouped shapes, runs direct's axpys: conv2d_dgrad_runs_blocked), and for the
+/// direct wgrad (kernels/conv2d_direct_wgrad.hpp) Cout 5 and 7 (blocks of 3 and a ragged one),
+/// 5x5 and 5x3 kernels (tap chunks of 9 with a shorter last one), depthwise, and a batch of 19 in
+/// 10 slices. Tolerance: the sums run in another order than the reference's (fprop: channels, then
+/// taps, in one accumulator per pixel; wgrad: per lane, then the lanes), fprop K <= 9 * 37 and
+/// wgrad <= 3 * 31 * 29 products of values in [-1, 1] whose rounding errors grow like the square
+/// root of the count (~ 50 * 2^-24 relative to a sum of size ~ 30): check_close's 2e-4 (float) /
+/// 1e-11 (double) relative to 1 + |want|.
 TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float, double) {
   std::mt19937 rng(23);
   std::vector<T> scratch, ref_scratch;
@@ -334,6 +338,9 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
       make_geometry(1, 4, 5, 12, 13, 3, 3, 1, 2, 2, 2),   // dilation 2
       make_geometry(3, 6, 9, 10, 9, 3, 3, 1, 0, 0),       // valid 3x3 (dgrad pads by 2)
       make_geometry(3, 6, 6, 9, 11, 3, 3, 1, 1, 1, 1, 3), // three groups of 2 -> 2
+      make_geometry(3, 3, 7, 12, 12, 5, 5, 1, 0, 0),      // valid 5x5: taps in chunks of 9
+      make_geometry(1, 6, 6, 9, 8, 3, 3, 1, 1, 1, 1, 6),  // depthwise
+      make_geometry(19, 3, 5, 7, 5, 3, 3, 1, 1, 1),       // 10 wgrad slices of <= 2 images
   };
   for (const auto& g : shapes) {
     const std::string what = describe(g);
@@ -345,6 +352,10 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
     bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
     bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
     bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
+    auto dw_ref = random_vector<T>(g.weight_count(), rng); // wgrad accumulates onto this
+    auto db_ref = random_vector<T>(g.out_channels, rng);
+    std::vector<T> dw = dw_ref, db = db_ref;
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), ref_scratch);
     std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan), dx(g.input_count(), nan);
     bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), y.data(),
                                 scratch);
@@ -353,7 +364,11 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
     bitgrad::conv2d_dgrad_using(conv2d_algo::direct, g, dy.data(), w.data(), dx.data(), scratch);
     check_close(y, y_ref, "direct fprop " + what);
     check_close(yr, yr_ref, "direct fprop_relu " + what);
+    bitgrad::conv2d_wgrad_using(conv2d_algo::direct, g, x.data(), dy.data(), dw.data(), db.data(),
+                                scratch);
     check_close(dx, dx_ref, "direct dgrad " + what);
+    check_close(dw, dw_ref, "direct wgrad " + what);
+    check_close(db, db_ref, "direct dbias " + what);
   }
 }
 

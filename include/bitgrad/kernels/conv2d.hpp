@@ -24,7 +24,9 @@
 //    of q per tile, nothing packed but the weights); dgrad is the same kernel on dy with the
 //    flipped weights when it is a convolution into >= 3 channels (conv2d_dgrad_runs_blocked),
 //    else the axpys the other way round (with a dy copy whose junk columns are 0); wgrad takes the
-//    dot products. No K x P matrix and no packed B panels.
+//    dot products of dy (junk columns 0) with the shifted planes, register-blocked too
+//    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile, each slice's images
+//    summed in the registers). No K x P matrix and no packed B panels.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
@@ -41,6 +43,7 @@
 
 #include <bitgrad/core/error.hpp>
 #include <bitgrad/kernels/conv2d_direct.hpp>
+#include <bitgrad/kernels/conv2d_direct_wgrad.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
 #include <bitgrad/kernels/conv2d_implicit.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
@@ -101,6 +104,13 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
     if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
     if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_runs_blocked(g) && m * taps >= 25)
       return conv2d_algo::direct;
+    // wgrad (conv2d_direct_wgrad.hpp) sums each tile's lanes once per slice and rounds the flat
+    // span up to whole registers, so it needs planes of >= 14 x 14: measured (bench_conv2d, CPU
+    // time, batch 128, benchmarks/README.md "Direct wgrad") 1.09-1.34x implicit GEMM on the
+    // 28x28 / 32x32 layers, 1.16x on 14x14 / 16x16 with Cout 32, 1.35-1.9x im2col / implicit on
+    // the first layers (Cin 1 or 3); 0.95-0.98x on 14x14 with Cout 64 and 0.75-0.78x on 7x7 / 8x8
+    // (span 61 in 64 lanes for 49 pixels), 1.00x on LeNet conv2 (8x8, 5x5).
+    if (pass == conv2d_pass::wgrad && g.out_plane() >= 196 && m <= 32) return conv2d_algo::direct;
   }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is
@@ -259,25 +269,6 @@ void conv2d_direct_dgrad_group(const conv2d_geometry& g, const T* dy, const T* w
     for (std::size_t h = 0; h < g.in_h; ++h)
       std::copy_n(dxp + (c * hp + h + g.pad_h) * wp + g.pad_w, g.in_w,
                   dx + (c * g.in_h + h) * g.in_w);
-}
-
-template <class T>
-void conv2d_direct_wgrad_group(const conv2d_geometry& g, const T* x, const T* dy, T* dw, T* buf) {
-  const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
-  const std::size_t hp = g.in_h + 2 * g.pad_h, wp = g.in_w + 2 * g.pad_w;
-  const std::size_t oh_n = g.out_h(), ow_n = g.out_w(), span = (oh_n - 1) * wp + ow_n;
-  T* xp = buf;
-  T* dyw = buf + cin * hp * wp;
-  conv2d_pad_copy(g, cin, x, xp);
-  for (std::size_t o = 0; o < cout; ++o) {
-    conv2d_widen(g, dy + o * oh_n * ow_n, dyw);
-    T* dwo = dw + o * g.filter_size();
-    for (std::size_t c = 0; c < cin; ++c)
-      for (std::size_t i = 0; i < g.kernel_h; ++i)
-        for (std::size_t j = 0; j < g.kernel_w; ++j)
-          dwo[(c * g.kernel_h + i) * g.kernel_w + j] +=
-              dot(span, dyw, xp + c * hp * wp + i * g.dilation_h * wp + j * g.dilation_w);
-  }
 }
 
 // ---- im2col + gemm ------------------------------------------------------------------------
@@ -562,14 +553,17 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
   const detail::conv2d_slices slices = detail::conv2d_wgrad_slices(g.batch, g.weight_count());
   const std::size_t threads = detail::batch_threads(slices.count);
   // The slices' dW partials, then each thread's algorithm buffer.
-  const bool implicit = algo == conv2d_algo::implicit;
+  const bool implicit = algo == conv2d_algo::implicit, direct = algo == conv2d_algo::direct;
+  const detail::conv2d_wgrad_layout flat = detail::conv2d_wgrad_layout::of<T>(g, slices.size);
   const std::size_t per = implicit ? detail::conv2d_implicit_wgrad_scratch<T>(g, slices.size)
+                          : direct ? flat.scratch()
                                    : detail::conv2d_scratch_per_thread(algo, g);
   T* const partials = detail::conv2d_grow(scratch, slices.count * wc + threads * per);
   T* const buf0 = partials + slices.count * wc;
   const detail::conv2d_phase_image layout(g);
-  const std::vector<std::size_t> taps =
-      implicit ? layout.tap_offsets(g) : std::vector<std::size_t>();
+  const std::vector<std::size_t> taps = implicit ? layout.tap_offsets(g)
+                                        : direct ? detail::conv2d_wgrad_offsets(g, flat)
+                                                 : std::vector<std::size_t>();
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
   detail::parallel_chunks(threads, slices.count, [&](std::size_t t, std::size_t b, std::size_t e) {
     T* const buf = buf0 + t * per;
@@ -580,16 +574,17 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
         detail::conv2d_implicit_wgrad_slice(g, layout, taps.data(), x, dy, n0, count, partial, buf);
         continue;
       }
+      if (direct) {
+        detail::conv2d_direct_wgrad_slice(g, flat, taps.data(), x, dy, n0, count, partial, buf);
+        continue;
+      }
       std::fill_n(partial, wc, T(0));
       for (std::size_t n = n0; n < n0 + count; ++n)
         for (std::size_t gi = 0; gi < g.groups; ++gi) {
           const T* xg = x + (n * g.in_channels + gi * cin) * g.in_plane();
           const T* dyg = dy + (n * g.out_channels + gi * cout) * g.out_plane();
           T* dwg = partial + gi * cout * g.filter_size();
-          if (algo == conv2d_algo::direct)
-            detail::conv2d_direct_wgrad_group(g, xg, dyg, dwg, buf);
-          else
-            detail::conv2d_gemm_wgrad_group(g, xg, dyg, dwg, buf);
+          detail::conv2d_gemm_wgrad_group(g, xg, dyg, dwg, buf);
         }
     }
   });
