@@ -172,7 +172,15 @@ struct requantize {
   std::size_t row_stride, col_stride;
   bool relu = false;
   void operator()(std::size_t i, std::size_t j, std::int32_t acc) const {
-    float v = static_cast<float>(acc) * scale[j] + (bias ? bias[j] : 0.0f);
+    const float b = bias ? bias[j] : 0.0f;
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    // One rounding wherever this is inlined: GCC contracts a * s + b into an FMA at some call
+    // sites of int8_gemm_nt and not at others (-ffp-contract=fast, the GNU default), so one
+    // image's logits differed in the last bit between a batch of 1 and a larger batch.
+    float v = std::fma(static_cast<float>(acc), scale[j], b);
+#else
+    float v = static_cast<float>(acc) * scale[j] + b; // no FMA instruction: never contracted
+#endif
     if (relu && v < 0.0f) v = 0.0f;
     y[i * row_stride + j * col_stride] = v;
   }
