@@ -1008,13 +1008,14 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
         check_flat(Arch::id, g, t, batch, z, r0, r1, rng);
       });
     }
-  // Other kernels and paddings (1x1, 5x5 pad 2 and 0, 3x3 pad 0 and 2, 4 x 3 with 3 channels:
-  // kw C = 12), mixed bits per channel.
+  // Other kernels and paddings (1x1, 5x5 pad 2 and 0, 3x3 pad 0 and 2, 3 x 4 with 3 channels:
+  // kw C = 12, 17 x 1: more kernel rows than the AVX-512 kernel's 16 segments per call), mixed
+  // bits per channel.
   struct shape {
     std::size_t c, kh, kw, pad;
   };
   for (const shape s : {shape{8, 1, 1, 0}, shape{4, 5, 5, 2}, shape{4, 5, 5, 0}, shape{16, 3, 3, 0},
-                        shape{8, 3, 3, 2}, shape{3, 3, 4, 1}}) {
+                        shape{8, 3, 3, 2}, shape{3, 3, 4, 1}, shape{4, 17, 1, 0}}) {
     conv2d_geometry g =
         conv_geometry(s.c, s.kh + rng() % 6, s.kw + 2 + rng() % 9, s.kh, s.kw, 1, s.pad, 1);
     const std::size_t n_out = std::vector<std::size_t>{3, 16, 21}[rng() % 3];
@@ -1025,8 +1026,8 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
       check_flat(Arch::id, g, t, 2, z, r0, r1, rng);
     });
   }
-  // Depth > 512 quads' worth of panel (K = 9 * 64 = 576: the long-row nest, a chunk boundary
-  // inside a kernel row) and the extreme sums: x = 255, z = 0, codes at the limit.
+  // K = 9 * 64 = 576 > 512 (the long-row nest: panels of 128 quads, a chunk boundary inside
+  // kernel row 2) and the extreme sums: x = 255, z = 0, codes at the limit.
   for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min}) {
     const conv2d_geometry g = conv_geometry(64, 9, 11, 3, 3, 1, 1, 1);
     const tensor_codes t = make_codes(17, g.filter_size(), 17, {8}, kind, rng);

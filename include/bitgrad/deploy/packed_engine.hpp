@@ -65,9 +65,11 @@ inline std::size_t engine_parallel_threshold() {
   return bitgrad::detail::omp_threads_sleep() ? 8 * engine_parallel_min : engine_parallel_min;
 }
 
-/// The narrowest output row that runs on the flat plane (packed_engine::flat): below it the
-/// dropped padding columns cost more than im2row's copy saves.
-inline constexpr std::size_t flat_conv_min_width = 1;
+/// The narrowest output row that runs on the flat plane (packed_engine::flat). A 3x3 / pad 1
+/// conv computes 2 dropped pixels per output row there: 7 % more multiply-adds at 28 pixels,
+/// 12.5 % at 14, 22 % at 7. Measured (benchmarks/README, issue 19, AVX-512 VNNI, ResNet-20 and
+/// VGG-style at batch 256): from 28 pixels it saves CPU time, from 14 or 7 it loses.
+inline constexpr std::size_t flat_conv_min_width = 28;
 
 namespace detail {
 

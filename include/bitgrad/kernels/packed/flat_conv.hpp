@@ -57,6 +57,10 @@ struct flat_conv_out {
   const Out& out;
   std::size_t f0, wp, ow_n, first;
 
+  struct no_runs { // stands for a runs callable in the requires-expression of rows
+    template <class F>
+    void operator()(const F&) const {}
+  };
   /// f(output row, flat row, count) for each run of real pixels among flat rows [i0, i0 + m).
   template <class F>
   BITGRAD_ALWAYS_INLINE void runs(std::size_t i0, std::size_t m, const F& f) const {
@@ -87,9 +91,18 @@ struct flat_conv_out {
     o.rows(i0, m, j0, acc, stride, count);
   }
   {
-    runs(i0, m, [&](std::size_t r, std::size_t i, std::size_t n) {
-      out.rows(r, n, j0, acc + (i - i0) * stride, stride, count);
-    });
+    if constexpr (requires { out.rows_in_runs(no_runs{}, j0, acc, stride, count); }) {
+      // One call for the block (the stages set up once), acc row a = flat row i0 + a.
+      out.rows_in_runs(
+          [&](const auto& f) {
+            runs(i0, m, [&](std::size_t r, std::size_t i, std::size_t n) { f(r, i - i0, n); });
+          },
+          j0, acc, stride, count);
+    } else {
+      runs(i0, m, [&](std::size_t r, std::size_t i, std::size_t n) {
+        out.rows(r, n, j0, acc + (i - i0) * stride, stride, count);
+      });
+    }
   }
 };
 
@@ -129,12 +142,30 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
     auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
                     std::size_t /*tail: 0, K = kh kw C is whole quads*/, int k,
                     const panel_t* panel, std::int32_t* acc, bool accumulate) {
+      // Quads [q0, q1) as segments of kernel rows: row a holds quads [a kq, (a + 1) kq).
+      constexpr std::size_t max_segments = 16;
+      std::size_t off[max_segments], nq[max_segments], segments = 0;
+      const std::uint8_t* x0 = base + i0 * C;
       for (std::size_t a = q0 / kq; a * kq < q1; ++a) {
         const std::size_t qa0 = std::max(q0, a * kq), qa1 = std::min(q1, (a + 1) * kq);
-        packed_rows(arch, mb, base + (i0 + a * wp) * C + (qa0 - a * kq) * packed_quad, C, qa1 - qa0,
-                    0, k, panel + (qa0 - q0) * packed_quad_codes, acc, accumulate);
+        const std::size_t at = a * wp * C + (qa0 - a * kq) * packed_quad;
+        if constexpr (requires {
+                        packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                      }) {
+          if (segments < max_segments) { // one kernel call for the whole range below
+            off[segments] = at, nq[segments++] = qa1 - qa0;
+            continue;
+          }
+        }
+        packed_rows(arch, mb, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
+                    acc, accumulate);
         accumulate = true;
       }
+      if constexpr (requires {
+                      packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                    })
+        if (segments > 0)
+          packed_rows_segments(arch, mb, x0, C, off, nq, segments, panel, acc, accumulate);
     };
     const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
     packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
