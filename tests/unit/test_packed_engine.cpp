@@ -141,21 +141,25 @@ void check_model(const char* name, const fixture& f, double min_agreement = 0.99
     CAPTURE(std::string(int_isa_name(p)));
     // Every layer split across the threads (bands of rows at batch 1 and 7), and the default.
     rt.set_engine_parallel_min(p == int_isa::reference ? deploy::engine_parallel_threshold() : 0);
-    // Batch 1 (every image alone), an odd batch and the whole batch.
-    for (std::size_t b : {std::size_t(1), std::size_t(7), f.batch}) {
-      CAPTURE(b);
-      const std::size_t n = b == 1 ? 5 : b;
-      for (std::size_t at = 0; at + b <= n; at += b) {
-        const tensor2<float> got =
-            rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
-        REQUIRE(got.shape()[0] == b);
-        bool same = true;
-        for (std::size_t i = 0; i < got.size(); ++i)
-          same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
-        CHECK(same);
+    // Every stride-1 conv that fits on the flat plane (flat_conv.hpp), then none (im2row).
+    for (std::size_t flat : {std::size_t(0), std::numeric_limits<std::size_t>::max()})
+      for (std::size_t b : {std::size_t(1), std::size_t(7), f.batch}) { // batch 1, odd, whole
+        CAPTURE(flat);
+        rt.set_engine_flat_min_width(flat);
+        CAPTURE(b);
+        const std::size_t n = b == 1 ? 5 : b;
+        for (std::size_t at = 0; at + b <= n; at += b) {
+          const tensor2<float> got =
+              rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
+          REQUIRE(got.shape()[0] == b);
+          bool same = true;
+          for (std::size_t i = 0; i < got.size(); ++i)
+            same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
+          CHECK(same);
+        }
       }
-    }
   }
+  rt.set_engine_flat_min_width(deploy::flat_conv_min_width);
   MESSAGE(std::string(name) << ": packed engine == reference twin on paths:" << paths);
   const double ratio = double(rt.resident_weight_bytes()) / double(rt.weight_payload_bytes());
   MESSAGE(std::string(name) << ": resident weight bytes " << rt.resident_weight_bytes()
@@ -178,6 +182,34 @@ TEST_CASE("packed engine: LeNet-5, mixed 1..8 bits, exact against the reference 
 
 TEST_CASE("packed engine: VGG-style, mixed 1..8 bits, exact against the reference on every path") {
   check_model("VGG-style", vgg());
+}
+
+TEST_CASE("packed engine: stride-1 convs with kw C % 4 == 0 and output rows of at least "
+          "flat_conv_min_width pixels run on the flat plane, the others not") {
+  deploy::runtime rt(format::from_bytes(format::to_bytes(vgg().m)));
+  REQUIRE(rt.packed_ready());
+  const deploy::packed_engine& e = rt.engine();
+  auto count = [&] {
+    std::size_t flat = 0;
+    for (std::size_t k = 0; k < e.plan().steps.size(); ++k) {
+      const deploy::integer_step& s = e.plan().steps[k];
+      if (!s.conv) continue;
+      flat += e.flat(k);
+      if (e.flat(k)) {
+        CHECK_FALSE(e.direct(k));
+        CHECK(s.c.stride_h == 1);
+        CHECK(s.c.stride_w == 1);
+        CHECK(s.in_shape.dims[0] * s.c.kernel_w % 4 == 0);
+      }
+    }
+    return flat;
+  };
+  // The 28-pixel 16 -> 16 conv (the first conv, 1 channel, is direct); not the 14-pixel ones.
+  CHECK(count() == 1);
+  rt.set_engine_flat_min_width(0);
+  CHECK(count() >= 2);
+  rt.set_engine_flat_min_width(std::numeric_limits<std::size_t>::max());
+  CHECK(count() == 0);
 }
 
 // The output stage of a tile whose channels are consecutive reads scale and bias in whole lane

@@ -10,8 +10,10 @@
 // aarch64: scripts/test-aarch64.sh cross-builds this file with g++-aarch64-linux-gnu and runs it
 // under qemu-aarch64 (the neon and neon_dot paths).
 #include <bitgrad/kernels/packed/direct_conv.hpp>
+#include <bitgrad/kernels/packed/flat_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 #include <bitgrad/kernels/ref/direct_conv.hpp>
+#include <bitgrad/kernels/ref/packed_conv.hpp>
 
 #include <doctest/doctest.h>
 
@@ -930,6 +932,125 @@ TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest d
     }
     check_direct(g, t, 1, 0, 0, g.out_plane(), rng);
   }
+}
+
+namespace {
+
+/// packed_conv_flat on path p and ref::packed_conv on rows [r0, r1) of conv g, into int32 and
+/// through the padded requantizing stage with a float residual add (its rows overload), checked
+/// against im2row + the plain loop over the codes.
+void check_flat(int_isa p, const conv2d_geometry& g, const tensor_codes& t, std::size_t batch,
+                std::uint8_t z, std::size_t r0, std::size_t r1, std::mt19937& rng) {
+  const std::size_t n = t.channels, m = r1 - r0;
+  const packed_weights w = t.pack();
+  std::vector<std::uint8_t> x(batch * g.in_h * g.in_w * g.in_channels);
+  for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+  const std::string what = std::string(int_isa_name(p)) + " " + describe(g, n, batch, z) +
+                           " rows=[" + std::to_string(r0) + "," + std::to_string(r1) + ")";
+  INFO(what);
+  const std::vector<std::int32_t> want =
+      plain_gemm(t, m, im2row(g, x, z, r0, r1), g.filter_size(), z);
+  std::vector<std::int32_t> got_ref(m * n, -1), got(m * n, -1);
+  ref::packed_conv(g, x.data(), z, w, r0, r1,
+                   output::make_pipeline(output::store_int32{got_ref.data(), n, 1}));
+  packed_conv_flat(p, g, x.data(), z, w, r0, r1,
+                   output::make_pipeline(output::store_int32{got.data(), n, 1}));
+  REQUIRE(got_ref == want);
+  CHECK(got == want);
+  std::vector<float> scale(output::padded_length(n)), bias(output::padded_length(n));
+  for (std::size_t j = 0; j < n; ++j) {
+    scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
+    bias[j] = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+  }
+  std::vector<float> res(m * n);
+  for (auto& v : res) v = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  auto stage = [&](std::uint8_t* y) {
+    return output::make_padded_pipeline(
+        output::scale_bias{scale.data(), bias.data()}, output::add_f32{res.data(), n},
+        output::clamp{0.0f}, output::quantize_u8{8.0f, 3}, output::store<std::uint8_t>{y, n});
+  };
+  std::vector<std::uint8_t> want_u8(m * n, 7), got_u8(m * n, 9);
+  ref::packed_conv(g, x.data(), z, w, r0, r1, stage(want_u8.data()));
+  packed_conv_flat(p, g, x.data(), z, w, r0, r1, stage(got_u8.data()));
+  CHECK(got_u8 == want_u8);
+}
+
+/// Rows of conv g: all, a band of whole output rows, and a range from and to mid-row.
+template <class F>
+void flat_ranges(const conv2d_geometry& g, std::size_t batch, std::mt19937& rng, const F& f) {
+  const std::size_t rows = batch * g.out_plane();
+  f(std::size_t(0), rows);
+  const std::size_t oh0 = rng() % g.out_h(), oh1 = oh0 + 1 + rng() % (g.out_h() - oh0);
+  f(oh0 * g.out_w(), oh1 * g.out_w());
+  const std::size_t r0 = rng() % rows;
+  f(r0, r0 + 1 + rng() % (rows - r0));
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitwidth 1..8, odd "
+                   "shapes, row ranges, zero points, each path",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(71);
+  // Every bitwidth on 3x3 / pad 1 (the nets' layers) at odd widths and channel counts.
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (std::size_t c : {4u, 12u, 20u}) {
+      const std::size_t w = std::vector<std::size_t>{5, 7, 13, 30}[rng() % 4];
+      const conv2d_geometry g = conv_geometry(c, 3 + rng() % 7, w, 3, 3, 1, 1, 1);
+      const std::size_t n_out = std::vector<std::size_t>{1, 7, 16, 19, 33}[rng() % 5];
+      const tensor_codes t =
+          make_codes(n_out, g.filter_size(), n_out, {std::uint8_t(k)}, codes_kind::random, rng);
+      const std::size_t batch = rng() % 2 ? 1 : 3;
+      const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+      flat_ranges(g, batch, rng, [&](std::size_t r0, std::size_t r1) {
+        check_flat(Arch::id, g, t, batch, z, r0, r1, rng);
+      });
+    }
+  // Other kernels and paddings (1x1, 5x5 pad 2 and 0, 3x3 pad 0 and 2, 3 x 4 with 3 channels:
+  // kw C = 12, 17 x 1: more kernel rows than the AVX-512 kernel's 16 segments per call), mixed
+  // bits per channel.
+  struct shape {
+    std::size_t c, kh, kw, pad;
+  };
+  for (const shape s : {shape{8, 1, 1, 0}, shape{4, 5, 5, 2}, shape{4, 5, 5, 0}, shape{16, 3, 3, 0},
+                        shape{8, 3, 3, 2}, shape{3, 3, 4, 1}, shape{4, 17, 1, 0}}) {
+    conv2d_geometry g =
+        conv_geometry(s.c, s.kh + rng() % 6, s.kw + 2 + rng() % 9, s.kh, s.kw, 1, s.pad, 1);
+    const std::size_t n_out = std::vector<std::size_t>{3, 16, 21}[rng() % 3];
+    const tensor_codes t =
+        make_codes(n_out, g.filter_size(), 1, random_bits(n_out, rng), codes_kind::random, rng);
+    const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+    flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, 2, z, r0, r1, rng);
+    });
+  }
+  // K = 9 * 64 = 576 > 512 (the long-row nest: panels of 128 quads, a chunk boundary inside
+  // kernel row 2) and the extreme sums: x = 255, z = 0, codes at the limit.
+  for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min}) {
+    const conv2d_geometry g = conv_geometry(64, 9, 11, 3, 3, 1, 1, 1);
+    const tensor_codes t = make_codes(17, g.filter_size(), 17, {8}, kind, rng);
+    flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, 2, kind == codes_kind::random ? 200 : 0, r0, r1, rng);
+    });
+  }
+}
+
+TEST_CASE("packed_conv_flat: which convolutions fit; others are refused") {
+  CHECK(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 1, 1, 1)));
+  CHECK(packed_conv_flat_fits(conv_geometry(4, 7, 7, 1, 1, 1, 0, 1)));
+  CHECK_FALSE(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 2, 1, 1))); // stride 2
+  CHECK_FALSE(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 1, 2, 2))); // dilation 2
+  CHECK_FALSE(packed_conv_flat_fits(conv_geometry(6, 12, 12, 3, 3, 1, 1, 1)));  // kw C = 18
+  const conv2d_geometry g = conv_geometry(6, 12, 12, 3, 3, 1, 1, 1);
+  std::mt19937 rng(72);
+  const packed_weights w = make_codes(4, g.filter_size(), 4, {4}, codes_kind::random, rng).pack();
+  const std::vector<std::uint8_t> x(g.in_h * g.in_w * g.in_channels, 1);
+  std::vector<std::int32_t> y(g.out_plane() * 4);
+  CHECK_THROWS_AS(packed_conv_flat(int_isa::reference, g, x.data(), 0, w, 0, g.out_plane(),
+                                   output::make_pipeline(output::store_int32{y.data(), 4, 1})),
+                  std::invalid_argument);
 }
 
 } // namespace test_packed_kernels

@@ -12,6 +12,10 @@
 //            int32 sums straight from u8 NHWC, lanes over output pixels, into the same output
 //            stage (ref::direct_conv on the reference path). Its codes are decoded from the
 //            packed weights once per call (C kh kw x channels bytes of scratch; LeNet: 150).
+//   conv2d at stride 1 (packed_conv_flat_fits: dilation 1, kw C % 4 == 0) with output rows of
+//            >= flat_conv_min_width pixels: no im2row, kernels/packed/flat_conv.hpp copies the
+//            input rows once into a z-padded band and the micro-kernels read the patches there
+//            in place (one matrix per kernel row, the padding columns' outputs dropped).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -36,6 +40,7 @@
 #include <bitgrad/deploy/integer_plan.hpp>
 #include <bitgrad/format/model.hpp>
 #include <bitgrad/kernels/packed/direct_conv.hpp>
+#include <bitgrad/kernels/packed/flat_conv.hpp>
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 #include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/ref/direct_conv.hpp>
@@ -59,6 +64,12 @@ inline constexpr std::size_t engine_parallel_min = std::size_t(1) << 20;
 inline std::size_t engine_parallel_threshold() {
   return bitgrad::detail::omp_threads_sleep() ? 8 * engine_parallel_min : engine_parallel_min;
 }
+
+/// The narrowest output row that runs on the flat plane (packed_engine::flat). A 3x3 / pad 1
+/// conv computes 2 dropped pixels per output row there: 7 % more multiply-adds at 28 pixels,
+/// 12.5 % at 14, 22 % at 7. Measured (benchmarks/README, issue 19, AVX-512 VNNI, ResNet-20 and
+/// VGG-style at batch 256): from 28 pixels it saves CPU time, from 14 or 7 it loses.
+inline constexpr std::size_t flat_conv_min_width = 28;
 
 namespace detail {
 
@@ -360,6 +371,18 @@ public:
   const packed_weights& weights(std::size_t k) const { return weights_[k]; }
   /// True when step k runs as a direct convolution (direct_conv_fits), not im2row + packed_gemm.
   bool direct(std::size_t k) const { return k < direct_.size() && direct_[k]; }
+  /// Output widths from which a stride-1 conv runs on the flat plane (flat_conv.hpp) instead
+  /// of im2row + packed_gemm (default flat_conv_min_width; 0: every conv that fits, SIZE_MAX:
+  /// none, as the tests do to cover both).
+  void set_flat_min_width(std::size_t w) { flat_min_width_ = w; }
+  /// True when step k runs on the flat plane: packed_conv_flat_fits and an output row of at
+  /// least flat_min_width_ pixels (the Wp - OW padding columns per row computed and dropped
+  /// cost (Wp - OW) / Wp more work: 7 % at 28 pixels, 22 % at 7).
+  bool flat(std::size_t k) const {
+    const integer_step& s = plan_.steps[k];
+    return s.conv && !direct(k) && s.conv_out.dims[2] >= flat_min_width_ &&
+           packed_conv_flat_fits(geometry_of(s));
+  }
 
   /// The direct convolution shape of a conv step.
   static conv2d_geometry geometry_of(const integer_step& s) {
@@ -757,13 +780,34 @@ private:
     std::memcpy(dst + n - sizeof(W), &tail, sizeof(W));
   }
 
+  /// Rows [r0, r1) of a flat step's output pixels (flat_conv.hpp), one image's part per call
+  /// (the output stage's row offsets are set up per call).
+  template <class T>
+  void flat_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
+                 T* y, const residual_in& res) const {
+    const integer_step& s = plan_.steps[k];
+    const conv2d_geometry g = geometry_of(s);
+    const std::size_t plane = g.out_plane();
+    for (std::size_t b0 = r0; b0 < r1;) {
+      const std::size_t b1 = std::min(r1, (b0 / plane + 1) * plane);
+      with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
+        packed_conv_flat(isa, g, x, s.in_zero, weights_[k], b0, b1, out);
+      });
+      b0 = b1;
+    }
+  }
+
   /// Rows [r0, r1) of the conv's output pixels: im2row blocks into packed_gemm, or the direct
-  /// path.
+  /// or flat path.
   template <class T>
   void conv_rows(std::size_t k, int_isa isa, const std::uint8_t* x, std::size_t r0, std::size_t r1,
                  T* y, const residual_in& res) const {
     if (direct(k)) {
       direct_rows(k, isa, x, r0, r1, y, res);
+      return;
+    }
+    if (flat(k)) {
+      flat_rows(k, isa, x, r0, r1, y, res);
       return;
     }
     const integer_step& s = plan_.steps[k];
@@ -824,6 +868,7 @@ private:
   integer_plan plan_;
   std::vector<packed_weights> weights_;
   std::vector<char> direct_; ///< per step: runs as a direct convolution (direct_conv_fits)
+  std::size_t flat_min_width_ = flat_conv_min_width;
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t block_images_ = 0; ///< set_block_images (0: automatic)

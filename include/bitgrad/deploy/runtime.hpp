@@ -139,6 +139,9 @@ public:
   const packed_engine& engine() const { return engine_; }
   /// See packed_engine::set_parallel_min.
   void set_engine_parallel_min(std::size_t work) { engine_.set_parallel_min(work); }
+  /// packed_engine::set_flat_min_width: the output widths from which stride-1 convs run on
+  /// the flat plane (tests force 0 and SIZE_MAX to cover both ways).
+  void set_engine_flat_min_width(std::size_t w) { engine_.set_flat_min_width(w); }
   /// Multiply-adds of a whole batch from which the float / int8 paths split its image blocks
   /// across threads, and the packed engine its layers (default engine_parallel_threshold(); 0
   /// splits whenever there are two blocks, as the tests do).

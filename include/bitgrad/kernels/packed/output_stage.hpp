@@ -364,6 +364,19 @@ struct pipeline {
     for (std::size_t r = 0; r < m; ++r) row_of(s, i0 + r, j0, acc + r * acc_stride, count);
   }
 
+  /// rows() on runs of rows: runs(f) calls f(i, a, n) for each run, rows i .. i + n - 1 with
+  /// their sums at acc + (a + r) * acc_stride, r < n; the stages copied once for all the runs
+  /// (flat_conv.hpp: the real pixels of a block that also holds dropped ones).
+  template <class Runs>
+  BITGRAD_ALWAYS_INLINE void rows_in_runs(const Runs& runs, std::size_t j0, const std::int32_t* acc,
+                                          std::size_t acc_stride, std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = stages; // see row
+    runs([&](std::size_t i, std::size_t a, std::size_t n) {
+      for (std::size_t r = 0; r < n; ++r) row_of(s, i + r, j0, acc + (a + r) * acc_stride, count);
+    });
+  }
+
   /// Rows i0 .. i0 + count - 1 of channel j (acc[l]: row i0 + l), in lanes; the last count %
   /// lanes as one lane batch of which the last stage stores count % lanes.
   BITGRAD_ALWAYS_INLINE void column(std::size_t i0, std::size_t j, const std::int32_t* acc,
@@ -647,6 +660,18 @@ struct padded_pipeline : pipeline<Stages...> {
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = this->stages; // see pipeline::row
     for (std::size_t r = 0; r < m; ++r) padded_row_of(s, i0 + r, j0, acc + r * acc_stride, count);
+  }
+
+  /// pipeline::rows_in_runs with this pipeline's rows.
+  template <class Runs>
+  BITGRAD_ALWAYS_INLINE void rows_in_runs(const Runs& runs, std::size_t j0, const std::int32_t* acc,
+                                          std::size_t acc_stride, std::size_t count) const
+      requires(detail::lane_stage<Stages>&&...) {
+    const std::tuple<Stages...> s = this->stages; // see pipeline::row
+    runs([&](std::size_t i, std::size_t a, std::size_t n) {
+      for (std::size_t r = 0; r < n; ++r)
+        padded_row_of(s, i + r, j0, acc + (a + r) * acc_stride, count);
+    });
   }
 
 private:

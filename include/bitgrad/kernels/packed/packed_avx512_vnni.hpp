@@ -192,6 +192,76 @@ inline void packed_rows(isa::avx512_vnni, std::size_t rows, const std::uint8_t* 
   if (i < rows) avx512_rows<1>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
 }
 
+/// avx512_rows over segments: segment s is nq[s] whole quads of the rows at x + off[s] (row i
+/// at + i * lda), the panel's quads in segment order. The accumulators stay in registers across
+/// the segments (flat_conv.hpp: one segment per kernel row).
+template <std::size_t MR>
+BITGRAD_TARGET_AVX512_VNNI void avx512_rows_segments(const std::uint8_t* x, std::size_t lda,
+                                                     const std::size_t* off, const std::size_t* nq,
+                                                     std::size_t segments, const std::int8_t* panel,
+                                                     std::int32_t* c, bool accumulate) {
+  constexpr std::size_t sets = MR >= 4 ? 1 : 4 / MR;
+  __m512i acc[sets][MR];
+#pragma GCC unroll 4
+  for (std::size_t u = 0; u < sets; ++u)
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r)
+      acc[u][r] =
+          accumulate && u == 0 ? _mm512_loadu_si512(c + r * packed_tile) : _mm512_setzero_si512();
+  for (std::size_t s = 0; s < segments; ++s) {
+    const std::uint8_t* xs = x + off[s];
+    if constexpr (sets == 1) { // one pointer walk (GCC shuffled the accumulators otherwise)
+      const std::int8_t* const end = panel + nq[s] * packed_quad_codes;
+      for (; panel != end; panel += packed_quad_codes, xs += packed_quad)
+        avx512_quad<MR, false>(acc[0], xs, lda, panel, packed_quad);
+      continue;
+    }
+    std::size_t q = 0;
+    for (; q + sets <= nq[s]; q += sets)
+#pragma GCC unroll 4
+      for (std::size_t u = 0; u < sets; ++u)
+        avx512_quad<MR, false>(acc[u], xs + (q + u) * packed_quad, lda,
+                               panel + (q + u) * packed_quad_codes, packed_quad);
+    for (; q < nq[s]; ++q)
+      avx512_quad<MR, false>(acc[0], xs + q * packed_quad, lda, panel + q * packed_quad_codes,
+                             packed_quad);
+    panel += nq[s] * packed_quad_codes;
+  }
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m512i sum = acc[0][r];
+#pragma GCC unroll 4
+    for (std::size_t u = 1; u < sets; ++u) sum = _mm512_add_epi32(sum, acc[u][r]);
+    _mm512_storeu_si512(c + r * packed_tile, sum);
+  }
+}
+
+/// c(i, 0..15) (+)= sum over segments s and quads q < nq[s] of x(i, off[s] + 4q..) .
+/// panel(quad) for rows i < rows, the panel's quads counted across the segments in order:
+/// packed_rows on each segment in turn, with the accumulators kept in registers.
+inline void packed_rows_segments(isa::avx512_vnni, std::size_t rows, const std::uint8_t* x,
+                                 std::size_t lda, const std::size_t* off, const std::size_t* nq,
+                                 std::size_t segments, const std::int8_t* panel, std::int32_t* c,
+                                 bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 8 <= rows; i += 8)
+    avx512_rows_segments<8>(x + i * lda, lda, off, nq, segments, panel, c + i * packed_tile,
+                            accumulate);
+  if (i + 4 <= rows) {
+    avx512_rows_segments<4>(x + i * lda, lda, off, nq, segments, panel, c + i * packed_tile,
+                            accumulate);
+    i += 4;
+  }
+  if (i + 2 <= rows) {
+    avx512_rows_segments<2>(x + i * lda, lda, off, nq, segments, panel, c + i * packed_tile,
+                            accumulate);
+    i += 2;
+  }
+  if (i < rows)
+    avx512_rows_segments<1>(x + i * lda, lda, off, nq, segments, panel, c + i * packed_tile,
+                            accumulate);
+}
+
 } // namespace bitgrad::detail
 
 #endif // BITGRAD_PACKED_X86

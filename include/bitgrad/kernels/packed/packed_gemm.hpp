@@ -83,10 +83,14 @@ std::vector<T>& packed_scratch() {
   return buffer;
 }
 
-/// The loop nest of the top of this header on path Arch.
-template <class Arch, class Out>
-void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_t lda,
-                     std::uint8_t a_zero, const packed_weights& w, const Out& out) {
+/// The loop nest of the top of this header on path Arch, with the activations given by
+/// `rows`: rows(i0, mb, q0, q1, tail, k, panel, acc, accumulate) sets (accumulate: adds to)
+/// acc(i, 0..15), i < mb, to the sum over quads [q0, q1) of x(i0 + i, quad) . panel(quad - q0)
+/// (packed_rows' contract on a block of A; flat_conv.hpp reads the rows from a padded NHWC band).
+/// Row i of the call is handed to out as row out_row0 + i.
+template <class Arch, class Rows, class Out>
+void packed_gemm_blocks(Arch arch, std::size_t m, const Rows& rows, std::size_t out_row0,
+                        std::uint8_t a_zero, const packed_weights& w, const Out& out) {
   using panel_t = typename packed_isa_traits<Arch>::panel;
   const std::size_t n = w.channels(), depth = w.depth();
   if (m == 0 || n == 0) return;
@@ -123,7 +127,8 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
     }
   };
   // Hands rows i0 .. i0 + mb - 1 of tile t of class k (accumulators in acc) to the output.
-  auto emit = [&](int k, std::size_t t, std::size_t i0, std::size_t mb) {
+  auto emit = [&](int k, std::size_t t, std::size_t block_row, std::size_t mb) {
+    const std::size_t i0 = out_row0 + block_row;
     const std::size_t r = w.tile_channels(k, t);
     const std::uint32_t* chan = order.data() + w.class_begin(k) + t * packed_tile;
     // The tile's channels are consecutive unless its bit class interleaves with another.
@@ -161,7 +166,7 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
         decode(k, t, 0, quads, correction != 0 ? sums : nullptr);
         for (std::size_t i0 = 0; i0 < m; i0 += packed_row_block) {
           const std::size_t mb = std::min(packed_row_block, m - i0);
-          packed_rows(arch, mb, a + i0 * lda, lda, quads, tail, k, panel.data(), acc.data(), false);
+          rows(i0, mb, std::size_t(0), quads, tail, k, panel.data(), acc.data(), false);
           emit(k, t, i0, mb);
         }
       }
@@ -177,12 +182,24 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
         for (std::size_t q0 = 0; q0 < quads; q0 += packed_chunk_quads) {
           const std::size_t q1 = std::min(quads, q0 + packed_chunk_quads);
           decode(k, t, q0, q1, correction != 0 ? sums : nullptr);
-          packed_rows(arch, mb, a + i0 * lda + q0 * packed_quad, lda, q1 - q0,
-                      q1 == quads ? tail : 0, k, panel.data(), acc.data(), q0 > 0);
+          rows(i0, mb, q0, q1, q1 == quads ? tail : 0, k, panel.data(), acc.data(), q0 > 0);
         }
         emit(k, t, i0, mb);
       }
   }
+}
+
+/// packed_gemm_blocks on a dense A (row i at a + i * lda).
+template <class Arch, class Out>
+void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_t lda,
+                     std::uint8_t a_zero, const packed_weights& w, const Out& out) {
+  using panel_t = typename packed_isa_traits<Arch>::panel;
+  auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1, std::size_t tail,
+                  int k, const panel_t* panel, std::int32_t* acc, bool accumulate) {
+    packed_rows(arch, mb, a + i0 * lda + q0 * packed_quad, lda, q1 - q0, tail, k, panel, acc,
+                accumulate);
+  };
+  packed_gemm_blocks(arch, m, rows, 0, a_zero, w, out);
 }
 
 [[noreturn]] inline void packed_isa_unavailable(int_isa p) {

@@ -1,0 +1,222 @@
+// conv2d on u8 NHWC with packed weights at stride 1, without im2row: the micro-kernels of
+// packed_gemm read each patch in a z-padded copy of the input rows, which they see as one flat
+// matrix. Same contract as the reference twin bitgrad::ref::packed_conv
+// (kernels/ref/packed_conv.hpp):
+//
+//   acc(r, j) = sum_{a, b, c} (x(n, oh + a - ph, ow + b - pw, c) - z) w(j, (a kw + b) C + c)
+//
+// for output pixels r = (n OH + oh) OW + ow in [r0, r1), handed to out(r - r0, j, acc) (or the
+// row / rows overloads) as packed_gemm hands the rows of an im2row block.
+//
+// The flat plane: per image, the input rows the call's output rows read are copied once into a
+// band of rows padded to Wp = W + 2 pw pixels with z (rows above or below the image all z). At
+// stride 1, pixel (oh, ow) of the band sits at flat index f = (oh - oh0) Wp + ow, and kernel row
+// a of its patch is the kw C bytes at band + (f + a Wp) C: so for every flat pixel, real or not,
+//
+//   acc(f, :) = sum_{a < kh} [ A_a(f, :) . panel quads [a kq, (a + 1) kq) ],
+//   A_a = the band read from a Wp C as a matrix with row stride C,  kq = kw C / 4,
+//
+// one packed_rows call per kernel row on the same 64-row block (accumulating after the first).
+// The flat pixels with ow >= OW (the 2 pw padding columns, Wp - OW of each row but the last) are
+// computed and dropped by the output adapter: (Wp - OW) / Wp more work (7 % at 28 x 28 with
+// pw = 1, 13 % at 14 x 14, 22 % at 7 x 7) against im2row's copy of kh kw C bytes per pixel.
+// Needs kw C % 4 == 0 (a kernel row is whole quads of the panel), stride 1, dilation 1, one
+// group (packed_conv_flat_fits). Exact: the same int32 sums of the same products as packed_gemm
+// on the im2row rows (padding reads z as im2row's does; the int32 sums are formed in another
+// order, which does not change them; the wrap-around of the correction cancels as in
+// packed_gemm). Scratch is thread_local: concurrent calls from several threads are safe.
+#pragma once
+
+#include <bitgrad/kernels/conv2d_geometry.hpp>
+#include <bitgrad/kernels/packed/packed_gemm.hpp>
+#include <bitgrad/kernels/ref/packed_conv.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace bitgrad {
+
+/// True when packed_conv_flat computes conv g: stride 1, dilation 1, one group, and a kernel
+/// row of whole quads (kw C % 4 == 0).
+inline bool packed_conv_flat_fits(const conv2d_geometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
+         g.groups == 1 && g.kernel_w * g.in_channels % packed_quad == 0;
+}
+
+namespace detail {
+
+/// The output stage of one flat call: flat row i is band pixel p = f0 + i at (p / wp, p % wp);
+/// a pixel with p % wp < ow_n is output row first + (p / wp) ow_n + p % wp - f0 (first: the
+/// output row of band pixel f0, f0 < ow_n), the others are dropped.
+template <class Out>
+struct flat_conv_out {
+  const Out& out;
+  std::size_t f0, wp, ow_n, first;
+
+  struct no_runs { // stands for a runs callable in the requires-expression of rows
+    template <class F>
+    void operator()(const F&) const {}
+  };
+  /// f(output row, flat row, count) for each run of real pixels among flat rows [i0, i0 + m).
+  template <class F>
+  BITGRAD_ALWAYS_INLINE void runs(std::size_t i0, std::size_t m, const F& f) const {
+    std::size_t p = f0 + i0;
+    const std::size_t end = p + m;
+    std::size_t row = p / wp, col = p % wp;
+    while (p < end) {
+      const std::size_t n = std::min(end - p, wp - col);
+      if (col < ow_n) f(first + row * ow_n + col - f0, p - f0, std::min(n, ow_n - col));
+      p += n, ++row, col = 0;
+    }
+  }
+  void operator()(std::size_t i, std::size_t j, std::int32_t acc) const {
+    const std::size_t p = f0 + i, col = p % wp;
+    if (col < ow_n) out(first + p / wp * ow_n + col - f0, j, acc);
+  }
+  BITGRAD_ALWAYS_INLINE void row(std::size_t i, std::size_t j0, const std::int32_t* acc,
+                                 std::size_t count) const requires requires(const Out& o) {
+    o.row(i, j0, acc, count);
+  }
+  {
+    const std::size_t p = f0 + i, col = p % wp;
+    if (col < ow_n) out.row(first + p / wp * ow_n + col - f0, j0, acc, count);
+  }
+  BITGRAD_ALWAYS_INLINE void rows(std::size_t i0, std::size_t m, std::size_t j0,
+                                  const std::int32_t* acc, std::size_t stride,
+                                  std::size_t count) const requires requires(const Out& o) {
+    o.rows(i0, m, j0, acc, stride, count);
+  }
+  {
+    if constexpr (requires { out.rows_in_runs(no_runs{}, j0, acc, stride, count); }) {
+      // One call for the block (the stages set up once), acc row a = flat row i0 + a.
+      out.rows_in_runs(
+          [&](const auto& f) {
+            runs(i0, m, [&](std::size_t r, std::size_t i, std::size_t n) { f(r, i - i0, n); });
+          },
+          j0, acc, stride, count);
+    } else {
+      runs(i0, m, [&](std::size_t r, std::size_t i, std::size_t n) {
+        out.rows(r, n, j0, acc + (i - i0) * stride, stride, count);
+      });
+    }
+  }
+};
+
+/// packed_conv_flat on path Arch (the top of this header).
+template <class Arch, class Out>
+void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_t* x,
+                          std::uint8_t z, const packed_weights& w, std::size_t r0, std::size_t r1,
+                          const Out& out) {
+  using panel_t = typename packed_isa_traits<Arch>::panel;
+  const std::size_t C = g.in_channels, H = g.in_h, W = g.in_w, kh = g.kernel_h;
+  const std::size_t ow_n = g.out_w(), plane = g.out_plane(), pw = g.pad_w;
+  const std::size_t wp = W + 2 * pw, row_bytes = wp * C, kq = g.kernel_w * C / packed_quad;
+  thread_local std::vector<std::uint8_t> band;
+  for (std::size_t r = r0; r < r1;) {
+    // Image n's part of the rows: output pixels (oh0, ow0) .. (oh1, ow1).
+    const std::size_t n = r / plane, e = std::min(r1, (n + 1) * plane);
+    const std::size_t oh0 = r % plane / ow_n, ow0 = r % plane % ow_n;
+    const std::size_t oh1 = (e - 1) % plane / ow_n, ow1 = (e - 1) % plane % ow_n;
+    // Band row i is padded row oh0 + i: image row oh0 + i - ph, or z outside the image.
+    const std::size_t band_rows = oh1 - oh0 + kh;
+    band.resize(band_rows * row_bytes);
+    for (std::size_t i = 0; i < band_rows; ++i) {
+      std::uint8_t* dst = band.data() + i * row_bytes;
+      const std::ptrdiff_t ih = std::ptrdiff_t(oh0 + i) - std::ptrdiff_t(g.pad_h);
+      if (ih < 0 || std::size_t(ih) >= H) {
+        std::memset(dst, z, row_bytes);
+        continue;
+      }
+      std::memset(dst, z, pw * C);
+      std::memcpy(dst + pw * C, x + (n * H + std::size_t(ih)) * W * C, W * C);
+      std::memset(dst + (pw + W) * C, z, pw * C);
+    }
+    // Flat rows: band pixels [ow0, (oh1 - oh0) wp + ow1], the last one real, so kernel row
+    // kh - 1 of the last read ends at the band's last byte.
+    const std::size_t m = (oh1 - oh0) * wp + ow1 + 1 - ow0;
+    const std::uint8_t* base = band.data() + ow0 * C;
+    auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
+                    std::size_t /*tail: 0, K = kh kw C is whole quads*/, int k,
+                    const panel_t* panel, std::int32_t* acc, bool accumulate) {
+      // Quads [q0, q1) as segments of kernel rows: row a holds quads [a kq, (a + 1) kq).
+      constexpr std::size_t max_segments = 16;
+      std::size_t off[max_segments], nq[max_segments], segments = 0;
+      const std::uint8_t* x0 = base + i0 * C;
+      for (std::size_t a = q0 / kq; a * kq < q1; ++a) {
+        const std::size_t qa0 = std::max(q0, a * kq), qa1 = std::min(q1, (a + 1) * kq);
+        const std::size_t at = a * wp * C + (qa0 - a * kq) * packed_quad;
+        if constexpr (requires {
+                        packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                      }) {
+          if (segments < max_segments) { // one kernel call for the whole range below
+            off[segments] = at, nq[segments++] = qa1 - qa0;
+            continue;
+          }
+        }
+        packed_rows(arch, mb, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
+                    acc, accumulate);
+        accumulate = true;
+      }
+      if constexpr (requires {
+                      packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                    })
+        if (segments > 0)
+          packed_rows_segments(arch, mb, x0, C, off, nq, segments, panel, acc, accumulate);
+    };
+    const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
+    packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
+    r = e;
+  }
+}
+
+} // namespace detail
+
+/// acc(r, j) of the top of this header for output pixels r in [r0, r1) of conv g on the batch
+/// x (u8 NHWC, zero point z), every channel j of w (depth g.filter_size()), handed to
+/// out(r - r0, j, acc), on path p. std::invalid_argument unless packed_conv_flat_fits(g).
+template <class Out>
+void packed_conv_flat(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
+                      const packed_weights& w, std::size_t r0, std::size_t r1, const Out& out) {
+  if (!packed_conv_flat_fits(g))
+    throw std::invalid_argument("packed_conv_flat: needs stride 1, dilation 1, one group and "
+                                "kernel_w * in_channels a multiple of 4");
+  if (!int_isa_supported(p)) detail::packed_isa_unavailable(p);
+  if (r0 >= r1) return;
+  switch (p) {
+  case int_isa::reference:
+    ref::packed_conv(g, x, z, w, r0, r1, out);
+    return;
+#if BITGRAD_PACKED_X86
+  case int_isa::sse2:
+    detail::packed_conv_flat_run(isa::sse2{}, g, x, z, w, r0, r1, out);
+    return;
+  case int_isa::avx2:
+    detail::packed_conv_flat_run(isa::avx2{}, g, x, z, w, r0, r1, out);
+    return;
+#if BITGRAD_PACKED_HAS_AVX_VNNI
+  case int_isa::avx_vnni:
+    detail::packed_conv_flat_run(isa::avx_vnni{}, g, x, z, w, r0, r1, out);
+    return;
+#endif
+  case int_isa::avx512_vnni:
+    detail::packed_conv_flat_run(isa::avx512_vnni{}, g, x, z, w, r0, r1, out);
+    return;
+#endif
+#if BITGRAD_PACKED_ARM64
+  case int_isa::neon:
+    detail::packed_conv_flat_run(isa::neon{}, g, x, z, w, r0, r1, out);
+    return;
+  case int_isa::neon_dot:
+    detail::packed_conv_flat_run(isa::neon_dot{}, g, x, z, w, r0, r1, out);
+    return;
+#endif
+  default:
+    detail::packed_isa_unavailable(p);
+  }
+}
+
+} // namespace bitgrad
