@@ -19,7 +19,7 @@
 #include <bitgrad/nn/flatten.hpp>
 #include <bitgrad/nn/linear.hpp>
 #include <bitgrad/nn/sequential.hpp>
-// Only the cases that evaluate or train parse the training headers (half of the TU's compile
+// Only the cases that evaluate or train parse the training headers (~40 % of a case's compile
 // time; issue #18).
 #if BITGRAD_CASE == 0 || BITGRAD_CASE == 3
 #include <bitgrad/train/evaluate.hpp>
