@@ -132,7 +132,11 @@ TEST_CASE_TEMPLATE("fractional mix and step kernels: SIMD equals the reference",
         CHECK(same_bits(gc, ga));
         CHECK(same_bits(gd, gb));
         CHECK(same_bits(std::vector<T>{sc.d_frac}, std::vector<T>{sa.d_frac}));
-        CHECK(same_bits(std::vector<T>{sd.d_frac}, std::vector<T>{sb.d_frac}));
+        // The reference is plain C++: in GNU mode (-ffp-contract=fast) with FMA, GCC may contract
+        // its d_frac += g (q_hi - q_lo) into an FMA in one of the loop's two versions (with and
+        // without the scale sums) and not in the other, so its two sums agree to rounding only.
+        // The SIMD kernel's operations are explicit: bit for bit above.
+        check_sum(sd.d_frac, sb.d_frac, n);
         check_values(std::vector<T>{sc.d_scale_lo, sc.d_scale_hi, sd.d_scale_lo, sd.d_scale_hi},
                      {0, 0, 0, 0});
       }
