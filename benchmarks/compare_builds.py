@@ -7,7 +7,8 @@ per-round ratios new / old.
   python3 benchmarks/compare_builds.py --old /tmp/old/build/bench/benchmarks/bench_train \\
       --new build/bench/benchmarks/bench_train --rows train/vgg_small/quant/128 --threads 1,2
 
-With --cpu the rates are images per second of CPU time (for 1 thread on a shared machine).
+With --cpu the rates are images per second of CPU time (for 1 thread on a shared machine; only
+with --threads 1: Google Benchmark's cpu_time counts the main thread alone).
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ def images_per_second(binary, row, threads, min_time, cpu=False):
     if len(results) != 1:
         raise RuntimeError(f"{binary}: expected one result for {row}, got {len(results)}")
     r = results[0]
-    rate = float(r["items_per_second"])
+    rate = float(r["items_per_second"])  # per wall second: bench_train's rows UseRealTime()
     return rate * float(r["real_time"]) / float(r["cpu_time"]) if cpu else rate
 
 
@@ -43,9 +44,13 @@ def main():
     ap.add_argument("--cpu", action="store_true",
                     help="images per CPU second (1 thread on a shared machine), not per wall second")
     a = ap.parse_args()
-    print("| row | threads | old img/s | new img/s | new / old (median of rounds) |")
+    threads = [int(x) for x in a.threads.split(",") if x]
+    if a.cpu and threads != [1]:
+        ap.error(f"--cpu needs --threads 1 (cpu_time counts the main thread only), got {a.threads}")
+    unit = "img/CPU s" if a.cpu else "img/s"
+    print(f"| row | threads | old {unit} | new {unit} | new / old (median of rounds) |")
     print("|---|--:|--:|--:|--:|")
-    for t in [int(x) for x in a.threads.split(",") if x]:
+    for t in threads:
         for row in [r for r in a.rows.split(",") if r]:
             old, new, ratios = [], [], []
             for k in range(a.rounds):

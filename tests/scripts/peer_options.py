@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The peer benchmark drivers' options end to end (benchmarks/peers/run_peers.py and
-run_deploy.py): each driver runs stub programs in place of bench_train / bench_inference,
+run_deploy.py, and benchmarks/compare_builds.py): each driver runs stub programs in place of bench_train / bench_inference,
 PyTorch, Node.js and bgm_to_onnx. Every stub appends its arguments and the environment variables
 the drivers set to a log and prints a result in the real program's format, with a rate that
 depends on its arguments. The test then checks, option by option, what reached the children
@@ -44,7 +44,11 @@ if prog == "bench":
                           "peak_rss_kb": 2048}))
         sys.exit(0)
     name = args[0].split("=", 1)[1].lstrip("^").split("(")[0]
-    print(json.dumps({"benchmarks": [{"name": name, "items_per_second": 1000.0 * threads}]}))
+    # compare_builds.py runs a copy in a folder named new: twice the rate. The CPU time is 0.8
+    # of the wall time (a shared core).
+    scale = 2.0 if os.path.basename(os.path.dirname(sys.argv[0])) == "new" else 1.0
+    print(json.dumps({"benchmarks": [{"name": name, "items_per_second": 1000.0 * threads * scale,
+                                      "real_time": 2.0, "cpu_time": 1.6}]}))
 elif prog == "python":
     if args[0].endswith("train_pytorch.py"):
         print(json.dumps({"ips": 400.0 * threads}))
@@ -186,6 +190,38 @@ def check_deploy(tmp, stubs, log):
     assert log.read_text() == "", "nothing may run after a bad --engines"
 
 
+def check_compare_builds(tmp, stubs, log):
+    """benchmarks/compare_builds.py: --rows, --threads, --rounds, --min-time and --cpu."""
+    (tmp / "new").mkdir()
+    new = tmp / "new" / "bench"
+    new.write_text(pathlib.Path(stubs["bench"]).read_text())
+    new.chmod(new.stat().st_mode | stat.S_IXUSR)
+    script = ROOT / "benchmarks" / "compare_builds.py"
+    common = [sys.executable, str(script), "--old", stubs["bench"], "--new", str(new),
+              "--rows", "train/lenet5/quant/64", "--rounds", "3", "--min-time", "0.25"]
+    env = dict(os.environ, STUB_LOG=str(log))
+
+    def compare(extra):
+        log.write_text("")
+        p = subprocess.run(common + extra, capture_output=True, text=True, env=env)
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        return p, calls
+
+    p, calls = compare(["--threads", "1,2"])
+    assert p.returncode == 0, p.stderr
+    assert len(calls) == 2 * 2 * 3, calls  # old and new x 2 thread counts x 3 rounds
+    assert all("--benchmark_min_time=0.25" in c["args"] for c in calls), calls
+    assert "| train/lenet5/quant/64 | 2 | 2000 | 4000 | 2.00 |" in p.stdout, p.stdout
+    # --cpu: images per CPU second (wall rate x real_time / cpu_time = x 1.25), 1 thread only.
+    p, calls = compare(["--threads", "1", "--cpu"])
+    assert p.returncode == 0, p.stderr
+    assert "old img/CPU s" in p.stdout, p.stdout
+    assert "| train/lenet5/quant/64 | 1 | 1250 | 2500 | 2.00 |" in p.stdout, p.stdout
+    p, calls = compare(["--threads", "1,2", "--cpu"])
+    assert p.returncode != 0 and "--cpu needs --threads 1" in p.stderr, p.stderr
+    assert calls == [], "nothing may run after a refused --cpu"
+
+
 def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
@@ -193,6 +229,7 @@ def main():
         log = tmp / "calls.log"
         check_peers(tmp, stubs, log)
         check_deploy(tmp, stubs, log)
+        check_compare_builds(tmp, stubs, log)
     print("peer driver options: ok")
     return 0
 

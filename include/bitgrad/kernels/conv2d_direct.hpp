@@ -242,14 +242,20 @@ void conv2d_direct_fprop_image(const conv2d_geometry& g, const conv2d_direct_lay
   }
 }
 
-/// The flat offsets off(i, j) = i dil_h Wp + j dil_w of g's taps, in (i, j) order.
-inline std::vector<std::size_t> conv2d_direct_offsets(const conv2d_geometry& g,
-                                                      const conv2d_direct_layout& l) {
+/// The flat offsets off(i, j) = i dil_h wp + j dil_w of g's taps, in (i, j) order, on planes of
+/// row pitch wp (the direct fprop's and wgrad's padded planes).
+inline std::vector<std::size_t> conv2d_flat_tap_offsets(const conv2d_geometry& g, std::size_t wp) {
   std::vector<std::size_t> off;
   for (std::size_t i = 0; i < g.kernel_h; ++i)
     for (std::size_t j = 0; j < g.kernel_w; ++j)
-      off.push_back(i * g.dilation_h * l.wp + j * g.dilation_w);
+      off.push_back(i * g.dilation_h * wp + j * g.dilation_w);
   return off;
+}
+
+/// conv2d_flat_tap_offsets on the direct fprop's planes.
+inline std::vector<std::size_t> conv2d_direct_offsets(const conv2d_geometry& g,
+                                                      const conv2d_direct_layout& l) {
+  return conv2d_flat_tap_offsets(g, l.wp);
 }
 
 } // namespace bitgrad::detail

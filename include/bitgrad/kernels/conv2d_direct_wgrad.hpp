@@ -84,13 +84,11 @@ struct conv2d_wgrad_layout {
   std::size_t scratch() const { return xs_size() + images * dy_image(); }
 };
 
-/// The flat offsets of g's taps in (i, j) order, then tap 0's offset up to taps_pad.
+/// The flat offsets of g's taps in (i, j) order (conv2d_flat_tap_offsets), then tap 0's offset
+/// up to taps_pad.
 inline std::vector<std::size_t> conv2d_wgrad_offsets(const conv2d_geometry& g,
                                                      const conv2d_wgrad_layout& l) {
-  std::vector<std::size_t> off;
-  for (std::size_t i = 0; i < g.kernel_h; ++i)
-    for (std::size_t j = 0; j < g.kernel_w; ++j)
-      off.push_back(i * g.dilation_h * l.wp + j * g.dilation_w);
+  std::vector<std::size_t> off = conv2d_flat_tap_offsets(g, l.wp);
   off.resize(l.taps_pad, 0);
   return off;
 }
