@@ -4,7 +4,7 @@
 # Also: make bench (benchmarks), make bench-build (build them only, as CI does), make asan (tests
 # under sanitizers), make format, make clean, make install [PREFIX=/usr/local] (headers, CMake
 # package and bitgrad.pc only), make test-arm (the packed integer runtime's tests for aarch64,
-# under qemu).
+# under qemu), make test-native (the SIMD kernels' unit tests built -O3 -march=native and run).
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
@@ -64,6 +64,15 @@ format:
 
 clean:
 	rm -rf build
+
+# make test-native: the unit tests of the SIMD kernels, layers and runtimes built as `make demo`
+# and the benchmarks build bitgrad (preset bench: -O3 -march=native, this machine's widest SIMD
+# paths, FMA contraction) and run; `make test` builds them for SSE2 only (issue #18).
+.PHONY: test-native
+test-native: deps
+	$(CMAKE) --preset bench
+	$(CMAKE) --build --preset bench -j $(JOBS) --target native_unit_tests
+	bash scripts/run-native-tests.sh build/bench
 
 # make fuzz [FUZZ_SECONDS=60]: build the libFuzzer targets (preset fuzz, clang++-14) and fuzz
 # each one for FUZZ_SECONDS on a copy of its seed corpus; fails on any crash.
