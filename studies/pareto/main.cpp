@@ -218,6 +218,14 @@ int main(int argc, char** argv) {
                                         p);
     if (cfg.uniform_groups.empty())
       cli::reject("--uniform-groups", "at least one uniform arm is needed");
+    // step_bits has no grid below 2 bits (b_min >= 2): under a budget below 2 bits per weight
+    // it would stop the study with "below the smallest model" after the arms before it ran.
+    if (std::find(cfg.policies.begin(), cfg.policies.end(), "step_bits") != cfg.policies.end())
+      for (double k : cfg.sizes)
+        if (k < 2)
+          cli::reject("--sizes", "step_bits (bitwidths >= 2) cannot fit a size point below 2 "
+                                 "bits, got " +
+                                     size_text(k) + ": leave step_bits out of --policies");
   } catch (const CLI::Error& e) {
     return app.exit(e);
   }

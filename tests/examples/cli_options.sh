@@ -946,6 +946,8 @@ pareto_bad_values)
     expect_error "--sizes: expected a number of bits per weight in (0, 16], whole (2) or fractional (1.5), got $size" \
       "$pareto" --data "$data" --out "$work/pareto" --sizes "2,$size"
   done
+  expect_error "--sizes: step_bits (bitwidths >= 2) cannot fit a size point below 2 bits, got 1.5" \
+    "$pareto" --data "$data" --out "$work/pareto" --sizes 1.5,2
   expect_error "--seeds: expected a whole number >= 1, got 0" \
     "$pareto" --data "$data" --out "$work/pareto" --seeds 0
   expect_error "--pretrain-epochs: expected a whole number >= 0, got -1" \
