@@ -79,7 +79,8 @@ inline std::vector<std::string> check_outputs(const settings& cfg, std::size_t a
   };
   const std::size_t ref_k = at("reference_uniform_size_bits"),
                     ref_arm = at("reference_uniform_arm");
-  for (std::size_t i = 1; i < agg.size() && !agg.empty() && ref_arm < agg[0].size(); ++i) {
+  const bool has_reference = !agg.empty() && ref_k < agg[0].size() && ref_arm < agg[0].size();
+  for (std::size_t i = 1; has_reference && i < agg.size(); ++i) {
     const auto& g = agg[i];
     if (g.size() != agg[0].size() || g[3] == "fixed_bits") continue;
     const double k = std::stod(g[1]);
