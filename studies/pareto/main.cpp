@@ -5,6 +5,7 @@
 //   pareto --quick --out runs/pareto-quick                 (one seed, short schedule)
 //   pareto --models lenet5 --seeds 3 --out runs/pareto     (the whole LeNet-5 grid)
 //   pareto --models vgg-small --sizes 3 --policies frac_bits --groups layer,channel ...
+//   pareto --sizes 1.5,2 --policies frac_bits --groups layer,channel ...   (below 2 bits)
 //
 // The program, by job: main.cpp (the options), run.hpp (drives bitgrad: pretraining, the arms,
 // sizes and sensitivity diagnostics), study.hpp (settings, arm, run_row), stats.hpp (over
@@ -17,13 +18,22 @@
 // the stored size of the UNIFORM model at k bits with one float32 scale and one bitwidth byte per
 // output channel (n_l weights and C_l output channels in layer l; quant/groups.hpp charges every
 // policy 40 bits per group, and quant/size.hpp sums size_bits() the same way for every arm).
+// A size point may be fractional (issue #24: --sizes 1.5,2): S_k is then the same formula with k
+// bits of codes per weight, S_k = S_j + (k - j) n for j = max(1, floor(k)) and n = sum_l n_l
+// weights (run.hpp's budget_bits), so S_1.5 lies halfway between S_1 and S_2.
 //   uniform arm   fixed_bits (LSQ learned scale) at k bits; per channel it is exactly S_k, with
 //                 coarser groups (--uniform-groups layer) it is smaller by the overhead saved.
+//                 At a whole k only (k = 2 is the ternary grid {-s, 0, s}, k = 1 the sign grid
+//                 {-s, s}, s learned): at a fractional k the study trains no uniform arm.
 //   mixed arms    frac_bits / step_bits / noise_bits with groups of one layer, 4 channels or one
 //                 channel, trained with trainer_options::target_bytes = S_k / 8 plus the
 //                 float32 biases (the trainer's target counts them; every arm has the same)
 //                 and frozen within it (budget-aware rounding, quant/budget.hpp). A coarser arm
 //                 pays less overhead and may spend the difference on code bits: equal total bytes.
+// Every arm is compared, paired by seed, with "the best uniform of equal or larger size": the
+// uniform arm (per channel when it ran) of the smallest whole size point k' >= k of the study,
+// k itself at a whole k (stats.hpp's reference_uniform); results.md gives the mean difference
+// and its 95% t interval, aggregate.csv the reference and the interval.
 // Every layer is quantized by the arm, the first conv and the last linear included (no layer
 // is kept at 8 bits or in float). The float32 biases are the same for every arm; the reported total
 // bytes (and the plot's x axis) include them, the weight bytes do not.
@@ -56,7 +66,9 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -65,6 +77,24 @@
 #include <vector>
 
 using namespace pareto;
+
+/// --sizes: a size point, a finite number of bits per weight in (0, 16]; whole (2) or not (1.5).
+static CLI::Validator size_point() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::string failure = "expected a number of bits per weight in (0, 16], whole (2) "
+                                    "or fractional (1.5), got " +
+                                    text;
+        double v = 0;
+        const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size() ||
+            !std::isfinite(v) || !(v > 0 && v <= 16))
+          return failure;
+        text = size_text(v); // the shortest form, as the files write it ("2.0" -> "2")
+        return {};
+      },
+      "(0, 16]");
+}
 
 int main(int argc, char** argv) {
   settings cfg;
@@ -83,9 +113,13 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember({"lenet5", "vgg-small", "resnet20"}))
       ->capture_default_str();
-  app.add_option("--sizes", cfg.sizes, "size points: uniform bits per weight")
+  app.add_option("--sizes", cfg.sizes,
+                 "size points k in (0, 16], bits per weight: the budget is the uniform "
+                 "per-channel model at k bits; at a whole k the uniform arms run too, at a "
+                 "fractional k (1.5) only the mixed arms, with k bits of codes per weight, "
+                 "compared with the uniform arm of the smallest whole k' >= k of the study")
       ->delimiter(',')
-      ->check(cli::whole_number(1, 16))
+      ->check(size_point())
       ->capture_default_str();
   app.add_option("--policies", cfg.policies, "mixed-precision policies")
       ->delimiter(',')
@@ -184,13 +218,21 @@ int main(int argc, char** argv) {
                                         p);
     if (cfg.uniform_groups.empty())
       cli::reject("--uniform-groups", "at least one uniform arm is needed");
+    // step_bits has no grid below 2 bits (b_min >= 2): under a budget below 2 bits per weight
+    // it would stop the study with "below the smallest model" after the arms before it ran.
+    if (std::find(cfg.policies.begin(), cfg.policies.end(), "step_bits") != cfg.policies.end())
+      for (double k : cfg.sizes)
+        if (k < 2)
+          cli::reject("--sizes", "step_bits (bitwidths >= 2) cannot fit a size point below 2 "
+                                 "bits, got " +
+                                     size_text(k) + ": leave step_bits out of --policies");
   } catch (const CLI::Error& e) {
     return app.exit(e);
   }
   cli::use_threads(cfg.threads);
   bitgrad::train::install_interrupt_handlers();
   try {
-    const std::size_t arms = arms_of(cfg).size() * cfg.sizes.size();
+    const std::size_t arms = arms_per_model(cfg);
     const std::size_t total = arms * cfg.seeds * cfg.models.size();
     auto check = [&] {
       const auto problems = check_outputs(cfg, arms);
@@ -228,11 +270,19 @@ int main(int argc, char** argv) {
       data.train = bitgrad::subset(data.train, first);
     }
     fs::create_directories(cfg.out);
-    std::printf("pareto: %zu models x %zu seeds x %zu sizes x %zu arms = %zu runs; epochs "
+    // "1 sizes x 3 arms" when every size point has the same arms, "2 sizes (3 arms)" else
+    const bool same_arms = std::all_of(cfg.sizes.begin(), cfg.sizes.end(), [&](double k) {
+      return arms_of(cfg, k).size() == arms_of(cfg, cfg.sizes.front()).size();
+    });
+    const std::string sizes_arms =
+        std::to_string(cfg.sizes.size()) + " sizes" +
+        (same_arms ? " x " + std::to_string(arms_of(cfg, cfg.sizes.front()).size()) + " arms"
+                   : " (" + std::to_string(arms) + " arms)");
+    std::printf("pareto: %zu models x %zu seeds x %s = %zu runs; epochs "
                 "pretrain/search/finetune %zu/%zu/%zu; %zu train / %zu test images; %s\n",
-                cfg.models.size(), cfg.seeds, cfg.sizes.size(), arms_of(cfg).size(), total,
-                t.pretrain.epochs, t.search.epochs, t.finetune.epochs, data.train.size(),
-                data.test.size(), bitgrad::simd_arch_name());
+                cfg.models.size(), cfg.seeds, sizes_arms.c_str(), total, t.pretrain.epochs,
+                t.search.epochs, t.finetune.epochs, data.train.size(), data.test.size(),
+                bitgrad::simd_arch_name());
     std::vector<run_row> rows;
     if (cfg.resume && fs::exists(cfg.out / "results.csv")) {
       rows = load_rows(cfg.out);

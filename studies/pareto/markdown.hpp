@@ -35,7 +35,7 @@ inline std::string delta_cell(const stats& s) {
 
 /// The best mixed arm (highest mean accuracy) of a model at size k, or null.
 inline const aggregate* best_mixed(const std::vector<aggregate>& aggs, const std::string& model,
-                                   int k) {
+                                   double k) {
   const aggregate* best = nullptr;
   for (const auto& g : aggs)
     if (g.model == model && g.k == k && !g.a.uniform() &&
@@ -68,8 +68,10 @@ inline void arm_table(std::ostream& md, const std::string& model,
      << " seed(s)). Accuracy in % on the whole test set: mean ± sample std [min, max] over "
         "seeds; "
         "Δ: accuracy minus the uniform per-channel arm's, paired by seed (same FP32 start), in "
-        "points. Budget: the uniform per-channel model at k bits (codes + 40 bits per "
-        "channel); total bytes add the float32 biases. Spread: bits_max - bits_min inside a "
+        "points; at a fractional size point k (mixed arms only) the uniform arm of the smallest "
+        "whole size point k' >= k. Budget: the uniform per-channel model at k bits (codes + 40 "
+        "bits per channel; at a fractional k the code bits interpolated, k bits per weight); "
+        "total bytes add the float32 biases. Spread: bits_max - bits_min inside a "
         "layer (largest over layers); ρ: Spearman rank correlation of learned bits and "
         "measured sensitivity per layer (each group lowered one bit from its own frozen "
         "bitwidth), mean over layers with >= 2 groups; ρ_u: the same with the sensitivity "
@@ -82,10 +84,10 @@ inline void arm_table(std::ostream& md, const std::string& model,
         "uniform | max spread | layers spread>=2 | mean ρ | mean ρ_u |\n";
   md << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const aggregate* g : mine)
-    md << "| " << g->k << " | " << g->a.name() << " | " << format_fixed(g->budget_bytes, 0) << " | "
-       << format_fixed(g->total_bytes.mean, 0) << " | " << format_fixed(g->code_bits.mean, 3)
-       << " | " << format_fixed(g->stored_bits.mean, 3) << " | " << accuracy_cell(g->accuracy)
-       << " | "
+    md << "| " << size_text(g->k) << " | " << g->a.name() << " | "
+       << format_fixed(g->budget_bytes, 0) << " | " << format_fixed(g->total_bytes.mean, 0) << " | "
+       << format_fixed(g->code_bits.mean, 3) << " | " << format_fixed(g->stored_bits.mean, 3)
+       << " | " << accuracy_cell(g->accuracy) << " | "
        << (g->a.uniform() && g->a.group == "channel" ? std::string("0 (reference)")
                                                      : delta_cell(g->delta))
        << " | " << format_fixed(g->max_spread.mean, 2) << " | "
@@ -99,44 +101,76 @@ inline void arm_table(std::ostream& md, const std::string& model,
     for (const aggregate* g : mine)
       if (100 * g->accuracy.mean < floor)
         hidden += std::string(hidden.empty() ? "" : ", ") + g->a.name() +
-                  " at k = " + std::to_string(g->k) + " (" +
-                  format_fixed(100 * g->accuracy.mean, 2) + "%)";
+                  " at k = " + size_text(g->k) + " (" + format_fixed(100 * g->accuracy.mean, 2) +
+                  "%)";
     md << "Plot: pareto-" << model << ".svg (y axis from " << format_fixed(floor, 0) << "%";
     if (!hidden.empty()) md << "; below it, only in pareto-" << model << "-full.svg: " << hidden;
     md << ").\n\n";
   }
 }
 
-/// Verdict per size: the best mixed arm against the uniform reference.
+/// Verdict per size: the best mixed arm against the uniform reference (at a fractional k, the
+/// uniform per-channel arm of the smallest whole size point k' >= k, named in the cell).
 inline void verdict_table(std::ostream& md, const settings& cfg, const std::string& model,
                           const std::vector<aggregate>& aggs,
                           const std::vector<const aggregate*>& mine) {
   md << "| k | uniform/channel % | best mixed arm | its accuracy % | Δ paired | mixed arms "
         "above uniform (mean Δ > 0 / every seed Δ > 0) |\n|---|---:|---|---:|---:|---:|\n";
-  for (int k : cfg.sizes) {
+  for (double k : cfg.sizes) {
     const aggregate* best = best_mixed(aggs, model, k);
     const aggregate* uniform = nullptr;
     int mixed = 0, above = 0, always = 0;
+    const double k_ref = best ? best->reference_k : k;
     for (const aggregate* g : mine) {
-      if (g->k != k) continue;
-      if (g->a.uniform() && g->a.group == "channel") uniform = g;
-      if (g->a.uniform()) continue;
+      if (g->k == k_ref && g->a.uniform() && g->a.group == "channel") uniform = g;
+      if (g->k != k || g->a.uniform()) continue;
       ++mixed;
       above += g->delta.mean > 0;
       always += g->delta.min > 0;
     }
     if (!best || !uniform) continue;
-    md << "| " << k << " | " << accuracy_cell(uniform->accuracy) << " | " << best->a.name() << " | "
-       << accuracy_cell(best->accuracy) << " | " << delta_cell(best->delta) << " | " << above
-       << " / " << always << " of " << mixed << " |\n";
+    md << "| " << size_text(k) << " | " << accuracy_cell(uniform->accuracy)
+       << (k_ref == k ? std::string() : " (at k' = " + size_text(k_ref) + ")") << " | "
+       << best->a.name() << " | " << accuracy_cell(best->accuracy) << " | "
+       << delta_cell(best->delta) << " | " << above << " / " << always << " of " << mixed << " |\n";
   }
+  md << "\n";
+}
+
+/// Issue #24: every mixed arm against "the best uniform of equal or larger size", paired by
+/// seed: the uniform arm of the smallest whole size point k' >= k of the study (reference_size;
+/// k' = k at a whole k, where the numbers are the Δ column's), with the two-sided 95% Student t
+/// interval of the mean difference, mean ± t(0.975, n - 1) s / sqrt(n) over the n seeds.
+inline void paired_table(std::ostream& md, const settings& cfg,
+                         const std::vector<const aggregate*>& mine) {
+  md << "Each mixed arm against the best uniform arm of equal or larger size: the uniform arm of "
+        "the smallest whole size point k' >= k (k' = k at a whole k), paired by seed; Δ in "
+        "points, mean and two-sided 95% t interval (mean ± t(0.975, n - 1) s / √n, none for "
+        "one seed).\n\n"
+        "| k | arm | total B | compared with | its total B | seeds | Δ mean | 95% interval |\n"
+        "|---|---|---:|---|---:|---:|---:|---:|\n";
+  for (double k : cfg.sizes)
+    for (const aggregate* g : mine) {
+      if (g->k != k || g->a.uniform()) continue;
+      const double h = half_width95(g->delta);
+      md << "| " << size_text(k) << " | " << g->a.name() << " | "
+         << format_fixed(g->total_bytes.mean, 0) << " | "
+         << (g->reference_arm.empty() ? std::string("none")
+                                      : g->reference_arm + " at " + size_text(g->reference_k))
+         << " | " << format_fixed(g->reference_total_bytes.mean, 0) << " | " << g->delta.n << " | "
+         << signed_fixed(100 * g->delta.mean, 2) << " | "
+         << (std::isfinite(h) ? "[" + signed_fixed(100 * (g->delta.mean - h), 2) + ", " +
+                                    signed_fixed(100 * (g->delta.mean + h), 2) + "]"
+                              : std::string("n/a"))
+         << " |\n";
+    }
   md << "\n";
 }
 
 /// Histograms of the learned bitwidths of the best mixed arm of every size.
 inline void bit_histograms(std::ostream& md, const settings& cfg, const std::string& model,
                            const std::vector<aggregate>& aggs) {
-  for (int k : cfg.sizes) {
+  for (double k : cfg.sizes) {
     const aggregate* best = best_mixed(aggs, model, k);
     if (!best) continue;
     int lo = 16, hi = 1;
@@ -145,9 +179,9 @@ inline void bit_histograms(std::ostream& md, const settings& cfg, const std::str
         for (double b : l.group_bits)
           lo = std::min(lo, static_cast<int>(b)), hi = std::max(hi, static_cast<int>(b));
     if (lo > hi) continue;
-    md << "Learned bitwidths of the best mixed arm at k = " << k << ", **" << best->a.name()
-       << "** (" << accuracy_cell(best->accuracy) << "%): channel groups per bitwidth, summed over "
-       << best->runs.size()
+    md << "Learned bitwidths of the best mixed arm at k = " << size_text(k) << ", **"
+       << best->a.name() << "** (" << accuracy_cell(best->accuracy)
+       << "%): channel groups per bitwidth, summed over " << best->runs.size()
        << " seed(s); spread, ρ and ρ_u are means over seeds.\n\n| layer | groups |";
     for (int b = lo; b <= hi; ++b) md << " " << b << " bits |";
     md << " mean bits | spread | ρ | ρ_u |\n|---|---:|";
@@ -178,15 +212,15 @@ inline void bit_histograms(std::ostream& md, const settings& cfg, const std::str
 /// Issue #11: the policies per channel, layer by layer, at the size closest to 3 bits.
 inline void policy_comparison(std::ostream& md, const settings& cfg,
                               const std::vector<const aggregate*>& mine) {
-  int k3 = cfg.sizes.front();
-  for (int k : cfg.sizes)
+  double k3 = cfg.sizes.front();
+  for (double k : cfg.sizes)
     if (std::abs(k - 3) < std::abs(k3 - 3)) k3 = k;
   std::vector<const aggregate*> per_channel;
   for (const aggregate* g : mine)
     if (g->k == k3 && g->a.group == "channel" && !g->a.uniform()) per_channel.push_back(g);
   if (!per_channel.empty()) {
     const auto& names = per_channel.front()->runs.front()->layers;
-    md << "Per-channel groups at k = " << k3
+    md << "Per-channel groups at k = " << size_text(k3)
        << ": per layer, spread of the learned bits inside the layer (bits_max - bits_min) / "
           "ρ / ρ_u (means over seeds; in brackets the seeds with ρ_u > 0). The uniform row "
           "gives instead the split-half reliability of S^u: Spearman between the sensitivities "
@@ -244,6 +278,7 @@ inline std::string markdown(const settings& cfg, const std::vector<aggregate>& a
     if (mine.empty()) continue;
     arm_table(md, model, aggs, mine);
     verdict_table(md, cfg, model, aggs, mine);
+    paired_table(md, cfg, mine);
     bit_histograms(md, cfg, model, aggs);
     policy_comparison(md, cfg, mine);
   }

@@ -29,10 +29,10 @@ inline void write_outputs(const settings& cfg, const std::vector<run_row>& rows)
                                    pareto_svg(model, aggs, true));
     bitgrad::write_file_atomically(cfg.out / ("pareto-" + model + "-full.svg"),
                                    pareto_svg(model, aggs, false));
-    for (int k : cfg.sizes)
+    for (double k : cfg.sizes)
       if (const aggregate* best = best_mixed(aggs, model, k))
-        bitgrad::write_file_atomically(
-            cfg.out / ("bits-" + model + "-" + std::to_string(k) + "bit.svg"), bits_svg(*best));
+        bitgrad::write_file_atomically(cfg.out / ("bits-" + model + "-" + size_text(k) + "bit.svg"),
+                                       bits_svg(*best));
   }
 }
 

@@ -84,7 +84,7 @@ inline std::string bits_svg(const aggregate& best) {
   bitgrad::heatmap_options o;
   o.width = 900;
   return bitgrad::svg_document(bitgrad::svg_heatmap(
-      best.model + ", k = " + std::to_string(best.k) + ": " + best.a.name() + ", seed " +
+      best.model + ", k = " + size_text(best.k) + ": " + best.a.name() + ", seed " +
           std::to_string(best.runs.front()->seed) + " (learned bits per channel group)",
       rows, lo, hi, o));
 }

@@ -48,7 +48,7 @@ void sensitivity_split_half(Net& net, const data_sets& data, const settings& cfg
 
 template <template <class> class Quant, class Build, class FloatNet>
 std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
-                               FloatNet& fp32, const std::string& model, const arm& a, int k,
+                               FloatNet& fp32, const std::string& model, const arm& a, double k,
                                std::uint64_t seed, double budget_bits) {
   using T = float;
   typename Quant<T>::options q{};
@@ -59,7 +59,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
     q.b_max = cfg.b_max;
     q.b_init = cfg.b_init;
   } else {
-    q.bits = k;
+    q.bits = static_cast<int>(k); // a uniform arm runs at whole size points only (arms_of)
   }
   if constexpr (requires { q.seed; }) q.seed = seed;
   // Every layer, the first conv and the last linear included, quantized as the arm says
@@ -72,8 +72,8 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   t.seed = seed;
   // The trainer's target is the model's stored bytes, biases included (the same in every arm).
   t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
-  t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) /
-              (std::to_string(k) + "bit") / (a.policy + "-" + a.group);
+  t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) / (size_text(k) + "bit") /
+              (a.policy + "-" + a.group);
   t.overwrite = true; // an arm not in results.csv runs again from its start
   fs::create_directories(t.out_dir);
   std::ofstream log(t.out_dir / "train.log");
@@ -82,7 +82,8 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   bitgrad_runs::run_labels labels;
   labels.model_name = model;
   labels.settings = {{"arm", a.name()},
-                     {"size point", std::to_string(k) + " bits per weight (uniform per channel)"},
+                     {"size point", size_text(k) + " bits per weight (uniform per channel" +
+                                        (whole_size(k) ? ")" : ", code bits interpolated)")},
                      {"budget bytes (weights)", format_fixed(budget_bits / 8, 1)},
                      {"seed", std::to_string(seed)}};
   // The trainer, compiled once for the study and fashion_mnist (common/train_run.hpp).
@@ -147,14 +148,21 @@ inline void uniform_rank_correlation(run_row& mixed, const run_row& uniform) {
   mixed.mean_rho_uniform = summarise(finite).mean;
 }
 
-/// S_k: the stored bits of the model's quantized weights, uniform at k bits per channel.
+/// S_k: the stored bits of the model's quantized weights, uniform at k bits per channel,
+///   S_k = sum over the quantized layers l of (k n_l + 40 C_l)
+/// (n_l weights, C_l output channels, 40 bits of scale and bitwidth byte per channel). At a whole
+/// k it is measured on that uniform model; at a fractional k (1.5) no such model exists and the
+/// code bits are interpolated: S_k = S_j + (k - j) n, j = max(1, floor(k)), n = sum_l n_l, the
+/// same formula (the overhead does not depend on k), so S_1.5 lies halfway between S_1 and S_2.
 template <class Build>
-double budget_bits(Build build, int k) {
+double budget_bits(Build build, double k) {
   using bitgrad::quant::fixed_bits;
-  const fixed_bits<float>::options q{.group_size = 1, .bits = k};
+  const int j = std::max(1, static_cast<int>(std::floor(k)));
+  const fixed_bits<float>::options q{.group_size = 1, .bits = j};
   auto net = build.template operator()<fixed_bits>(
       bitgrad::nn::model_options<float, fixed_bits>{.quant = q});
-  return bitgrad::train::measure_size(net).weight_bits;
+  const auto size = bitgrad::train::measure_size(net);
+  return size.weight_bits + (k - j) * static_cast<double>(size.weights);
 }
 
 /// Runs every seed, size and arm of one model; false when interrupted. AllPolicies = false
@@ -165,8 +173,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
                std::vector<run_row>& rows, std::size_t& done, std::size_t total,
                std::chrono::steady_clock::time_point start) {
   using bitgrad::quant::fixed_bits;
-  const auto arms = arms_of(cfg);
-  auto finished = [&](int k, const arm& a, std::uint64_t seed) {
+  auto finished = [&](double k, const arm& a, std::uint64_t seed) {
     return std::any_of(rows.begin(), rows.end(), [&](const run_row& r) {
       return r.model == model && r.k == k && r.a.name() == a.name() && r.seed == seed;
     });
@@ -174,8 +181,8 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
   for (std::size_t s = 0; s < cfg.seeds; ++s) {
     const std::uint64_t seed = cfg.first_seed + s;
     bool all_done = true; // --resume: every arm of this seed is in results.csv already
-    for (int k : cfg.sizes)
-      for (const arm& a : arms) all_done = all_done && finished(k, a, seed);
+    for (double k : cfg.sizes)
+      for (const arm& a : arms_of(cfg, k)) all_done = all_done && finished(k, a, seed);
     if (all_done) continue;
     // Pretrain the FP32 network once for this seed. The trainer needs a quantized twin; a
     // throw-away 8-bit per-layer one, with no search or fine-tuning epochs, is enough.
@@ -204,9 +211,9 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
                 << "% (" << format_fixed(seconds, 1) << " s)\n"
                 << std::flush;
     }
-    for (int k : cfg.sizes) {
+    for (double k : cfg.sizes) {
       const double budget = budget_bits(build, k);
-      for (const arm& a : arms) {
+      for (const arm& a : arms_of(cfg, k)) {
         if (finished(k, a, seed)) continue;
         std::optional<run_row> r;
         auto go = [&]<template <class> class Q>() {
@@ -240,13 +247,13 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
         char line[320];
         std::snprintf(
             line, sizeof line,
-            "[%zu/%zu] %s seed %llu k=%d %-18s acc %6.2f%%  %7.0f B (budget %.0f B "
+            "[%zu/%zu] %s seed %llu k=%s %-18s acc %6.2f%%  %7.0f B (budget %.0f B "
             "weights, used %.0f)  code bits %.2f  spread %s  rho %s  rho_u %s%s  %5.1f s  "
             "elapsed %s, ETA %s\n",
-            done, total, model.c_str(), static_cast<unsigned long long>(seed), k, a.name().c_str(),
-            100 * r->accuracy, r->total_bytes, r->budget_bytes, r->weight_bytes, r->code_bits,
-            format_fixed(r->max_spread, 0).c_str(), signed_fixed(r->mean_rho, 2).c_str(),
-            signed_fixed(r->mean_rho_uniform, 2).c_str(),
+            done, total, model.c_str(), static_cast<unsigned long long>(seed), size_text(k).c_str(),
+            a.name().c_str(), 100 * r->accuracy, r->total_bytes, r->budget_bytes, r->weight_bytes,
+            r->code_bits, format_fixed(r->max_spread, 0).c_str(),
+            signed_fixed(r->mean_rho, 2).c_str(), signed_fixed(r->mean_rho_uniform, 2).c_str(),
             std::isfinite(split_half) ? ("  S split-half " + signed_fixed(split_half, 2)).c_str()
                                       : "",
             r->seconds, bitgrad::format_duration(elapsed).c_str(),

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -39,21 +40,60 @@ inline stats summarise(const std::vector<double>& values) {
 /// One arm of one model at one size point, over seeds.
 struct aggregate {
   std::string model;
-  int k = 0;
+  double k = 0;
   arm a;
   stats accuracy, fp32, total_bytes, weight_bytes, code_bits, stored_bits, max_spread,
-      layers_spread2, mean_rho, mean_rho_uniform, delta; ///< delta: accuracy - uniform's, paired
-                                                         ///< by seed
+      layers_spread2, mean_rho, mean_rho_uniform;
+  /// accuracy - the reference uniform arm's (reference_uniform: at reference_k), paired by seed
+  stats delta;
+  double reference_k = nan_value; ///< size point of the uniform arm delta is taken against
+  std::string reference_arm;      ///< its name, e.g. "uniform/channel" (empty: none)
+  stats reference_total_bytes;    ///< its total bytes over the paired seeds
   double budget_bytes = nan_value;
   std::vector<const run_row*> runs;
 };
 
-/// The uniform arm every mixed arm is compared with: per channel when it ran, else the first.
+/// Student's t quantile t(0.975, df): the half-width of a two-sided 95% interval of a mean of
+/// df + 1 values is t(0.975, df) s / sqrt(df + 1). Tabulated to df = 30; beyond, the
+/// Cornish-Fisher expansion t = z + (z^3 + z) / (4 df) + (5 z^5 + 16 z^3 + 3 z) / (96 df^2),
+/// z = 1.959964 (2.0422 at df = 30, the table's 2.042).
+inline double student_t95(std::size_t df) {
+  static constexpr double table[] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
+                                     2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+                                     2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                                     2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
+  if (df == 0) return nan_value;
+  if (df <= std::size(table)) return table[df - 1];
+  const double z = 1.959964, n = static_cast<double>(df);
+  const double z3 = z * z * z, z5 = z3 * z * z;
+  return z + (z3 + z) / (4 * n) + (5 * z5 + 16 * z3 + 3 * z) / (96 * n * n);
+}
+
+/// Half-width of the two-sided 95% t interval of s.mean: t(0.975, n - 1) s.std / sqrt(n); NaN
+/// for fewer than two values.
+inline double half_width95(const stats& s) {
+  if (s.n < 2) return nan_value;
+  return student_t95(s.n - 1) * s.std / std::sqrt(static_cast<double>(s.n));
+}
+
+/// The size point of the uniform arms an arm at k is compared with, "the best uniform of equal
+/// or larger size": the smallest whole k' >= k at which the study has a uniform arm of that
+/// model (k itself at a whole k; 2 for 1.5 in a study of 1.5 and 2). NaN when there is none.
+inline double reference_size(const std::vector<run_row>& rows, const std::string& model, double k) {
+  double best = nan_value;
+  for (const auto& u : rows)
+    if (u.a.uniform() && u.model == model && u.k >= k && !(u.k >= best)) best = u.k;
+  return best;
+}
+
+/// The uniform arm every arm is compared with, paired by seed: at reference_size(), per channel
+/// when it ran, else the first of --uniform-groups (else any); null when that seed has none.
 inline const run_row* reference_uniform(const std::vector<run_row>& rows, const run_row& r,
                                         const std::vector<std::string>& uniform_groups) {
+  const double k = reference_size(rows, r.model, r.k);
   const run_row* first = nullptr;
   for (const auto& u : rows) {
-    if (!u.a.uniform() || u.model != r.model || u.k != r.k || u.seed != r.seed) continue;
+    if (!u.a.uniform() || u.model != r.model || u.k != k || u.seed != r.seed) continue;
     if (u.a.group == "channel") return &u;
     if (!first || u.a.group == uniform_groups.front()) first = &u;
   }
@@ -97,6 +137,11 @@ inline std::vector<aggregate> aggregate_rows(const std::vector<run_row>& rows,
     g.delta = collect([&](const run_row& r) {
       const run_row* u = reference_uniform(rows, r, uniform_groups);
       return u ? r.accuracy - u->accuracy : nan_value;
+    });
+    g.reference_total_bytes = collect([&](const run_row& r) {
+      const run_row* u = reference_uniform(rows, r, uniform_groups);
+      if (u) g.reference_k = u->k, g.reference_arm = u->a.name();
+      return u ? u->total_bytes : nan_value;
     });
   }
   return out;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/report/csv.hpp>
 #include <bitgrad/report/format.hpp>
 
 #include <cmath>
@@ -24,7 +25,7 @@ struct settings {
   std::string data = "/usr/share/datasets/fashion-mnist";
   fs::path out = "runs/pareto";
   std::vector<std::string> models{"lenet5"};
-  std::vector<int> sizes{2, 3, 4};
+  std::vector<double> sizes{2, 3, 4}; ///< size points k, bits per weight (see size_text)
   std::vector<std::string> policies{"frac_bits", "step_bits", "noise_bits"};
   std::vector<std::string> groups{"layer", "4", "channel"};
   std::vector<std::string> uniform_groups{"channel"};
@@ -56,7 +57,7 @@ struct arm {
 /// One finished arm of one seed.
 struct run_row {
   std::string model;
-  int k = 0; ///< size point: bits per weight of the uniform per-channel model
+  double k = 0; ///< size point: bits per weight of the uniform per-channel model (may be 1.5)
   arm a;
   std::uint64_t seed = 0;
   double fp32_accuracy = nan_value;
@@ -72,7 +73,8 @@ struct run_row {
   int layers_rho_positive = 0;     ///< layers with a positive rank correlation
   /// Per layer: Spearman(bits, S^u), S^u the sensitivity of the same channels in the uniform
   /// per-channel arm of the same seed and size (summed over a group's channels); see
-  /// uniform_rank_correlation. NaN where not available.
+  /// uniform_rank_correlation. NaN where not available (at a fractional size point: no
+  /// uniform arm ran there).
   std::vector<double> rho_uniform;
   double mean_rho_uniform = nan_value;
   /// Uniform arms, per layer: Spearman between the sensitivities measured on the fixed batches
@@ -83,13 +85,33 @@ struct run_row {
   std::vector<layer_summary> layers;
 };
 
-/// The arms of one size point in study order: uniform first, then policy by policy.
-inline std::vector<arm> arms_of(const settings& cfg) {
+/// Whether size point k is a whole number of bits, the only kind a uniform arm can have.
+inline bool whole_size(double k) {
+  return k == std::floor(k);
+}
+
+/// A size point as the files, directories and messages write it: "2" for a whole k (as before
+/// fractional points existed), "1.5" otherwise (the shortest text that reads back as k).
+inline std::string size_text(double k) {
+  return bitgrad::csv_number(k);
+}
+
+/// The arms of size point k in study order: uniform first (only at a whole k: fixed_bits has no
+/// fractional bitwidth), then policy by policy.
+inline std::vector<arm> arms_of(const settings& cfg, double k) {
   std::vector<arm> arms;
-  for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g});
+  if (whole_size(k))
+    for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g});
   for (const auto& p : cfg.policies)
     for (const auto& g : cfg.groups) arms.push_back({p, g});
   return arms;
+}
+
+/// The arms of every size point of one model and seed.
+inline std::size_t arms_per_model(const settings& cfg) {
+  std::size_t n = 0;
+  for (double k : cfg.sizes) n += arms_of(cfg, k).size();
+  return n;
 }
 
 // x with `decimals` digits after the point; "n/a" when not finite (bitgrad/report/format.hpp).

@@ -48,7 +48,7 @@ inline std::string results_csv(const std::vector<run_row>& rows) {
   std::string out = std::string(results_header) + "\n";
   for (const auto& r : rows) {
     csv_line c;
-    c.text(r.model).integer(r.k).text(r.a.name()).text(r.a.policy).text(r.a.group);
+    c.text(r.model).text(size_text(r.k)).text(r.a.name()).text(r.a.policy).text(r.a.group);
     c.integer(static_cast<long long>(r.seed));
     for (double x : {r.fp32_accuracy, r.accuracy, r.budget_bytes, r.weight_bytes, r.total_bytes,
                      r.code_bits, r.stored_bits, r.max_spread})
@@ -65,13 +65,15 @@ constexpr const char* aggregate_header =
     "accuracy_max,delta_vs_uniform_mean,delta_vs_uniform_min,delta_vs_uniform_max,"
     "fp32_accuracy_mean,budget_bytes,weight_bytes_mean,total_bytes_mean,total_bytes_max,"
     "code_bits_mean,stored_bits_mean,max_spread_mean,layers_spread_ge2_mean,"
-    "mean_rank_correlation_mean,mean_rank_correlation_uniform_sensitivity_mean";
+    "mean_rank_correlation_mean,mean_rank_correlation_uniform_sensitivity_mean,"
+    "reference_uniform_size_bits,reference_uniform_arm,delta_vs_uniform_ci95_low,"
+    "delta_vs_uniform_ci95_high";
 
 inline std::string aggregate_csv(const std::vector<aggregate>& aggs) {
   std::string out = std::string(aggregate_header) + "\n";
   for (const auto& g : aggs) {
     csv_line c;
-    c.text(g.model).integer(g.k).text(g.a.name()).text(g.a.policy).text(g.a.group);
+    c.text(g.model).text(size_text(g.k)).text(g.a.name()).text(g.a.policy).text(g.a.group);
     c.integer(static_cast<long long>(g.runs.size()));
     for (double x :
          {g.accuracy.mean, g.accuracy.std, g.accuracy.min, g.accuracy.max, g.delta.mean,
@@ -79,7 +81,10 @@ inline std::string aggregate_csv(const std::vector<aggregate>& aggs) {
           g.total_bytes.mean, g.total_bytes.max, g.code_bits.mean, g.stored_bits.mean,
           g.max_spread.mean, g.layers_spread2.mean, g.mean_rho.mean, g.mean_rho_uniform.mean})
       c.number(x);
-    out += c.str();
+    // delta's uniform arm (reference_uniform) and the 95% t interval of the paired mean
+    const double h = half_width95(g.delta);
+    c.text(std::isfinite(g.reference_k) ? size_text(g.reference_k) : "").text(g.reference_arm);
+    out += c.number(g.delta.mean - h).number(g.delta.mean + h).str();
   }
   return out;
 }
@@ -100,7 +105,8 @@ inline std::string layers_csv(const std::vector<run_row>& rows) {
     for (std::size_t li = 0; li < r.layers.size(); ++li) {
       const auto& l = r.layers[li];
       csv_line c;
-      c.text(r.model).integer(r.k).text(r.a.name()).integer(static_cast<long long>(r.seed));
+      c.text(r.model).text(size_text(r.k)).text(r.a.name());
+      c.integer(static_cast<long long>(r.seed));
       c.text(l.name).integer(static_cast<long long>(l.params));
       c.integer(static_cast<long long>(l.groups));
       for (double x :
@@ -141,7 +147,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
     const auto& c = results[i];
     run_row r;
     r.model = c.at(rc.at("model"));
-    r.k = std::stoi(c.at(rc.at("size_bits")));
+    r.k = std::stod(c.at(rc.at("size_bits"))); // "2" before fractional points, or "1.5"
     r.a = {c.at(rc.at("policy")), c.at(rc.at("group"))};
     r.seed = std::stoull(c.at(rc.at("seed")));
     r.fp32_accuracy = number(c, rc, "fp32_accuracy");
@@ -165,7 +171,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
   for (std::size_t i = 1; i < layers.size(); ++i) {
     const auto& c = layers[i];
     auto it = std::find_if(rows.begin(), rows.end(), [&](const run_row& r) {
-      return r.model == c.at(lc.at("model")) && std::to_string(r.k) == c.at(lc.at("size_bits")) &&
+      return r.model == c.at(lc.at("model")) && size_text(r.k) == c.at(lc.at("size_bits")) &&
              r.a.name() == c.at(lc.at("arm")) && std::to_string(r.seed) == c.at(lc.at("seed"));
     });
     if (it == rows.end()) continue;

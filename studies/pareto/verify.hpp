@@ -9,6 +9,8 @@
 #include <bitgrad/io/read_file.hpp>
 #include <bitgrad/report/csv.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -53,6 +55,11 @@ inline std::vector<std::string> check_outputs(const settings& cfg, std::size_t a
     if (r[3] == "fixed_bits" && r[4] == "channel")
       expect(weight == budget, "results.csv row " + std::to_string(i) +
                                    ": uniform per-channel is not exactly the budget");
+    const double k = std::stod(r[1]);
+    expect(k > 0 && k <= 16, "results.csv row " + std::to_string(i) + ": size point " + r[1]);
+    expect(r[3] != "fixed_bits" || whole_size(k), "results.csv row " + std::to_string(i) +
+                                                      ": a uniform arm at the fractional size " +
+                                                      r[1]);
   }
   const auto agg = bitgrad::read_csv(cfg.out / "aggregate.csv");
   const std::size_t aggregates = arms * cfg.models.size();
@@ -63,6 +70,37 @@ inline std::vector<std::string> check_outputs(const settings& cfg, std::size_t a
   for (std::size_t i = 1; i < agg.size(); ++i)
     expect(md.find("| " + agg[i][1] + " | " + agg[i][2] + " |") != std::string::npos,
            "results.md: no row for " + agg[i][2] + " at " + agg[i][1] + " bits");
+  // Every mixed arm against the uniform arm of the smallest whole size point k' >= k (issue #24):
+  // in aggregate.csv (a study written before it has no such column) and in results.md's
+  // paired table.
+  const auto at = [&](const std::string& name) {
+    const auto& h = agg.empty() ? std::vector<std::string>{} : agg[0];
+    return static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
+  };
+  const std::size_t ref_k = at("reference_uniform_size_bits"),
+                    ref_arm = at("reference_uniform_arm");
+  const bool has_reference = !agg.empty() && ref_k < agg[0].size() && ref_arm < agg[0].size();
+  for (std::size_t i = 1; has_reference && i < agg.size(); ++i) {
+    const auto& g = agg[i];
+    if (g.size() != agg[0].size() || g[3] == "fixed_bits") continue;
+    const double k = std::stod(g[1]);
+    double expected = nan_value; // the smallest whole size point >= k
+    for (double s : cfg.sizes)
+      if (whole_size(s) && s >= k && !(s >= expected)) expected = s;
+    const std::string want = std::isfinite(expected) ? size_text(expected) : "";
+    expect(g[ref_k] == want, "aggregate.csv: " + g[2] + " at " + g[1] +
+                                 " bits compared with the uniform arm at '" + g[ref_k] +
+                                 "', expected '" + want + "'");
+    if (want.empty()) continue;
+    bool found = false;
+    for (std::size_t p = md.find("\n| " + g[1] + " | " + g[2] + " | "); p != std::string::npos;
+         p = md.find("\n| " + g[1] + " | " + g[2] + " | ", p + 1))
+      found =
+          found || md.substr(p + 1, md.find('\n', p + 1) - p - 1)
+                           .find(" | " + g[ref_arm] + " at " + want + " | ") != std::string::npos;
+    expect(found, "results.md: no paired row for " + g[2] + " at " + g[1] + " bits against " +
+                      g[ref_arm] + " at " + want);
+  }
   for (const auto& model : cfg.models) {
     const std::string svg = read_text(cfg.out / ("pareto-" + model + "-full.svg"));
     expect(svg.starts_with("<?xml") && svg.ends_with("</svg>\n"), "pareto svg: not a document");

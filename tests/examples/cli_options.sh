@@ -742,6 +742,79 @@ pareto_from_csv | pareto_check_only)
   fi
   ;;
 
+pareto_fractional)
+  # --sizes 1.5,2 (issue #24): at 1.5 only the mixed arm runs, under the budget of 1.5 code bits
+  # per weight (halfway between the 1-bit and the 2-bit uniform per-channel models), and ends
+  # above the 1-bit model; every mixed arm is paired with the uniform arm at 2 bits, the smallest
+  # whole size point >= its own. --resume, --from-csv and --check-only work on such a study.
+  study f --sizes 1.5,2 --seeds 2 --check
+  printed f "1 models x 2 seeds x 2 sizes (3 arms) = 6 runs"
+  printed f "check passed: 6 runs and 3 arms"
+  printed f "[1/6] lenet5 seed 1 k=1.5 frac_bits/channel"
+  arms f "['frac_bits/channel', 'uniform/channel', 'frac_bits/channel'] * 2"
+  results f "[r['size_bits'] for r in R] == ['1.5', '2', '2'] * 2"
+  [ -d "$work/f/runs/lenet5/seed1/1.5bit/frac_bits-channel" ] || fail "no runs/lenet5/seed1/1.5bit"
+  # S_1 from a 1-bit study (its uniform arm: the sign grid); n, the quantized weights, from layers.csv
+  study one --sizes 1
+  s1=$("$python" -c 'import csv, sys; print(next(csv.DictReader(open(sys.argv[1])))["budget_bytes"])' "$work/one/results.csv")
+  n=$("$python" -c 'import csv, sys; print(sum(int(r["params"]) for r in csv.DictReader(open(sys.argv[1])) if r["arm"] == "uniform/channel" and r["seed"] == "1"))' "$work/f/layers.csv")
+  results one "float(R[0]['weight_bytes']) == $s1 and R[0]['code_bits'] == '1'"
+  results f "all(float(r['budget_bytes']) == $s1 + 0.5 * $n / 8 for r in R if r['size_bits'] == '1.5')"
+  results f "all(float(r['budget_bytes']) == $s1 + $n / 8 for r in R if r['size_bits'] == '2')"
+  results f "all($s1 < float(r['weight_bytes']) <= float(r['budget_bytes']) for r in R if r['size_bits'] == '1.5')"
+  table_check f aggregate.csv A "[(a['size_bits'], a['arm'], a['reference_uniform_size_bits'], a['reference_uniform_arm']) for a in A] == [('1.5', 'frac_bits/channel', '2', 'uniform/channel'), ('2', 'uniform/channel', '2', 'uniform/channel'), ('2', 'frac_bits/channel', '2', 'uniform/channel')]"
+  # The paired differences recomputed from results.csv: mean and 95% t interval (df 1: 12.706).
+  "$python" - "$work/f" << 'PY' || fail "the paired differences of study f"
+import csv, math, statistics, sys
+R = list(csv.DictReader(open(sys.argv[1] + "/results.csv")))
+A = {(a["size_bits"], a["arm"]): a for a in csv.DictReader(open(sys.argv[1] + "/aggregate.csv"))}
+for k in ("1.5", "2"):
+    d = [float(m["accuracy"]) - float(u["accuracy"]) for m in R for u in R
+         if m["size_bits"] == k and m["policy"] == "frac_bits" and u["size_bits"] == "2"
+         and u["arm"] == "uniform/channel" and u["seed"] == m["seed"]]
+    assert len(d) == 2, d
+    a, h = A[(k, "frac_bits/channel")], 12.706 * statistics.stdev(d) / math.sqrt(2)
+    for column, want in (("delta_vs_uniform_mean", statistics.fmean(d)),
+                         ("delta_vs_uniform_ci95_low", statistics.fmean(d) - h),
+                         ("delta_vs_uniform_ci95_high", statistics.fmean(d) + h)):
+        assert math.isclose(float(a[column]), want, abs_tol=1e-12), (k, column, a[column], want)
+PY
+  grep -q "^| 1.5 | frac_bits/channel | [0-9]* | uniform/channel at 2 | [0-9]* | 2 | " "$work/f/results.md" ||
+    fail "results.md: no paired row of frac_bits/channel at 1.5 against uniform/channel at 2"
+  [ -s "$work/f/bits-lenet5-1.5bit.svg" ] || fail "no bits-lenet5-1.5bit.svg"
+  # --resume: one seed, then the second; then again with seed 2's 1.5-bit arm missing.
+  study part --sizes 1.5,2 --seeds 1
+  study part --sizes 1.5,2 --seeds 2 --resume
+  printed part "resuming: 3 runs already in"
+  printed part "[3/3] lenet5 seed 2 k=2 frac_bits/channel"
+  same_tables f part
+  grep -v "^lenet5,1.5,frac_bits/channel,frac_bits,channel,2," "$work/part/results.csv" > "$work/results.csv"
+  mv "$work/results.csv" "$work/part/results.csv"
+  study part --sizes 1.5,2 --seeds 2 --resume
+  printed part "[1/1] lenet5 seed 2 k=1.5 frac_bits/channel"
+  without_seconds() { rev "$1" | cut -d, -f2- | rev | sort; } # rows in the order they ran
+  diff <(without_seconds "$work/f/results.csv") <(without_seconds "$work/part/results.csv") ||
+    fail "--resume of a fractional study: results.csv differs"
+  # --from-csv rebuilds the same tables and plots.
+  mkdir -p "$work/kept"
+  cp "$work/f/aggregate.csv" "$work/f/results.md" "$work/kept/"
+  rm "$work/f/aggregate.csv" "$work/f/results.md" "$work/f"/*.svg
+  "$pareto" --data "$work/no-such-folder" --out "$work/f" --from-csv > "$work/rebuilt.log" 2>&1 ||
+    { cat "$work/rebuilt.log" >&2; fail "--from-csv failed"; }
+  printed rebuilt "from 6 rows of results.csv"
+  cmp "$work/f/aggregate.csv" "$work/kept/aggregate.csv" || fail "--from-csv: aggregate.csv differs"
+  cmp "$work/f/results.md" "$work/kept/results.md" || fail "--from-csv: results.md differs"
+  [ -s "$work/f/bits-lenet5-1.5bit.svg" ] || fail "--from-csv: no bits-lenet5-1.5bit.svg"
+  # --check-only passes on it, and fails without the paired row of the 1.5-bit arm.
+  with_study_defaults --out "$work/f" --check-only --sizes 1.5,2 --seeds 2
+  "$pareto" "${args[@]}" > "$work/checked.log" 2>&1 ||
+    { cat "$work/checked.log" >&2; fail "--check-only failed on a fractional study"; }
+  printed checked "check passed: 6 runs and 3 arms"
+  grep -v "^| 1.5 | frac_bits/channel | [0-9]* | uniform/channel at 2 |" "$work/kept/results.md" > "$work/f/results.md"
+  expect_error "check failed: results.md: no paired row for frac_bits/channel at 1.5 bits against uniform/channel at 2" \
+    "$pareto" "${args[@]}"
+  ;;
+
 pareto_quick)
   # --quick: 1 seed, 3/2/1 epochs, per-layer and per-channel mixed arms; explicit options win.
   quick=("$pareto" --data "$data" --quick --sizes 2 --policies frac_bits --sensitivity 0
@@ -869,8 +942,12 @@ pareto_bad_values)
   expect_error "--b-init: expected a bitwidth in [--b-min, --b-max] = [1, 8], got 9" "${p[@]}" \
     --b-init 9
   expect_error "--batch-size: expected a whole number >= 1, got 0" "${p[@]}" --batch-size 0
-  expect_error "--sizes: expected a whole number in [1, 16], got 0" \
-    "$pareto" --data "$data" --out "$work/pareto" --sizes 0
+  for size in 0 -1 16.5 two 1.5x nan inf 0x2; do
+    expect_error "--sizes: expected a number of bits per weight in (0, 16], whole (2) or fractional (1.5), got $size" \
+      "$pareto" --data "$data" --out "$work/pareto" --sizes "2,$size"
+  done
+  expect_error "--sizes: step_bits (bitwidths >= 2) cannot fit a size point below 2 bits, got 1.5" \
+    "$pareto" --data "$data" --out "$work/pareto" --sizes 1.5,2
   expect_error "--seeds: expected a whole number >= 1, got 0" \
     "$pareto" --data "$data" --out "$work/pareto" --seeds 0
   expect_error "--pretrain-epochs: expected a whole number >= 0, got -1" \
