@@ -104,6 +104,36 @@ BITGRAD_ALWAYS_INLINE B mul_add(const B& a, const B& b, const B& c) {
   return B(product) + c;
 }
 
+/// Lane l of the int32 batch I is p[l] (u8, zero-extended): one widening load where the
+/// instruction set has one (vpmovzxbd at AVX2 / AVX-512, two unpacks at SSE2), else through a
+/// lane array. (Filled a lane at a time, the array's narrow stores cannot forward to the wide
+/// load that reads it back, which then waits for them to retire.)
+template <class I>
+BITGRAD_ALWAYS_INLINE I load_u8_widened(const std::uint8_t* p) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (I::size == 16)
+    return I(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (I::size == 8) {
+    std::int64_t bytes;
+    std::memcpy(&bytes, p, 8);
+    return I(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
+  }
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (I::size == 4) { // SSE2 .. SSE4.2: __m128i
+    std::int32_t bytes;
+    std::memcpy(&bytes, p, 4);
+    const __m128i zero = _mm_setzero_si128();
+    return I(_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero));
+  }
+#endif
+  alignas(64) std::int32_t lane[I::size];
+  for (std::size_t l = 0; l < I::size; ++l) lane[l] = p[l];
+  return I::load_aligned(lane);
+}
+
 /// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
 template <class S>
 concept lane_stage = S::lanes;
@@ -250,31 +280,26 @@ struct add_u8 {
   }
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    const std::uint8_t* p = r + i * stride + j0;
-    for (std::size_t l = 0; l < B::size; ++l)
-      lane[l] = static_cast<V>(std::int32_t(p[l]) - zero_point);
-    return detail::mul_add(B::load_aligned(lane), B(scale), v);
+    using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+    const I q = detail::load_u8_widened<I>(r + i * stride + j0) - I(zero_point);
+    return detail::mul_add(xsimd::to_float(q), B(scale), v);
   }
   template <class B>
   struct prepared_lanes {
     const std::uint8_t* r; // channel j0 of row 0
     std::size_t stride;
     B scale;
-    std::int32_t zero_point;
+    xsimd::batch<std::int32_t, typename B::arch_type> zero_point;
     BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i) const {
-      using V = typename B::value_type;
-      alignas(64) V lane[B::size];
-      const std::uint8_t* p = r + i * stride;
-      for (std::size_t l = 0; l < B::size; ++l)
-        lane[l] = static_cast<V>(std::int32_t(p[l]) - zero_point);
-      return detail::mul_add(B::load_aligned(lane), scale, v);
+      using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+      const I q = detail::load_u8_widened<I>(r + i * stride) - zero_point;
+      return detail::mul_add(xsimd::to_float(q), scale, v);
     }
   };
   template <class B>
   BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
-    return {r + j0, stride, B(scale), zero_point};
+    return {r + j0, stride, B(scale),
+            xsimd::batch<std::int32_t, typename B::arch_type>(zero_point)};
   }
 };
 
