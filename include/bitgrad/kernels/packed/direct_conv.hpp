@@ -523,8 +523,13 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         if (channel_lanes) { // the call's pixels of the row only, sums as rows
           detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
                                            ow_b - ow_a);
-          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
-            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          // The row's pixels in one call where the stage takes rows (prepared lanes:
+          // output_stage.hpp), else a call per pixel.
+          if constexpr (requires { out.rows(i_a, ow_b, std::size_t(0), acc, npad, n_out); })
+            out.rows(i_a, ow_b - ow_a, std::size_t(0), acc, npad, n_out);
+          else
+            for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+              out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
           continue;
         }
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
