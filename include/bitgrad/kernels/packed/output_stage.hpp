@@ -467,8 +467,9 @@ struct pipeline {
   }
 
   /// Rows i0 .. i0 + m - 1, channels j0 .. j0 + count - 1, row i0 + r's sums at
-  /// acc + r * acc_stride: the same calls as m calls of row(), with the stages copied once
-  /// (a copy per row of a 16-channel tile costs as much as the row's arithmetic).
+  /// acc + r * acc_stride: the same values as m calls of row(), with the stages copied once
+  /// (a copy per row of a 16-channel tile costs as much as the row's arithmetic) and prepared
+  /// once per lane batch ("Prepared lanes" at the top: the rows run batch by batch).
   BITGRAD_ALWAYS_INLINE void rows(std::size_t i0, std::size_t m, std::size_t j0,
                                   const std::int32_t* acc, std::size_t acc_stride,
                                   std::size_t count) const
