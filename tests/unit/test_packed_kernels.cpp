@@ -645,6 +645,56 @@ TEST_CASE("output stages: rows(i0, m, j0, acc, stride, count) of the plain and t
   }
 }
 
+TEST_CASE("output stages: rows and rows_in_runs with prepared lanes (a float residual, a signed "
+          "narrowed grid, extreme sums, two lane batches) equal the scalar calls of every "
+          "element") {
+  std::mt19937 rng(53);
+  for (std::size_t count : {2u, 16u, 19u, 32u}) {
+    const std::size_t j0 = 1, acc_stride = 40, m = 9, width = output::padded_length(j0 + count);
+    std::vector<std::int32_t> acc(m * acc_stride);
+    std::vector<float> scale(width), bias(width), rf(m * width);
+    for (auto& v : acc) v = std::int32_t(rng() % 400001) - 200000;
+    acc[0] = std::numeric_limits<std::int32_t>::max(),
+    acc[1] = std::numeric_limits<std::int32_t>::min();
+    for (auto& v : scale) v = std::uniform_real_distribution<float>(-1e-2f, 1e-2f)(rng);
+    for (auto& v : bias) v = std::uniform_real_distribution<float>(-5.0f, 5.0f)(rng);
+    for (auto& v : rf) v = std::uniform_real_distribution<float>(-3.0f, 3.0f)(rng);
+    scale[j0 + 1] = 1e30f; // sums far past the grid: the clamps at +-2^22
+    // Signed 5-bit grid: zero point 128, codes 113..143; no ReLU; a float residual.
+    const output::quantize_u8 q{7.5f, 128, 113.0f, 143.0f};
+    auto u8 = [&](std::vector<std::uint8_t>& y) {
+      return output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
+                                          output::add_f32{rf.data(), width}, q,
+                                          output::store<std::uint8_t>{y.data(), width, 1});
+    };
+    auto f32 = [&](std::vector<float>& y) {
+      return output::make_pipeline(output::scale_bias{scale.data(), nullptr},
+                                   output::clamp{-1.0f, 2.5f},
+                                   output::store<float>{y.data(), width, 1});
+    };
+    std::vector<std::uint8_t> ys(m * width, 7), yv(ys), yr(ys);
+    std::vector<float> fs(m * width, 7.0f), fv(fs), fr(fs);
+    for (std::size_t r = 0; r < m; ++r)
+      for (std::size_t c = 0; c < count; ++c) {
+        u8(ys)(r, j0 + c, acc[r * acc_stride + c]);
+        f32(fs)(r, j0 + c, acc[r * acc_stride + c]);
+      }
+    u8(yv).rows(0, m, j0, acc.data(), acc_stride, count);
+    f32(fv).rows(0, m, j0, acc.data(), acc_stride, count);
+    CHECK(yv == ys);
+    CHECK(fv == fs);
+    // The same rows as runs: rows 0..3 from acc rows 0..3, rows 4..8 from acc rows 4..8.
+    auto runs = [&](const auto& f) {
+      f(std::size_t(0), std::size_t(0), std::size_t(4));
+      f(std::size_t(4), std::size_t(4), m - 4);
+    };
+    u8(yr).rows_in_runs(runs, j0, acc.data(), acc_stride, count);
+    f32(fr).rows_in_runs(runs, j0, acc.data(), acc_stride, count);
+    CHECK(yr == ys);
+    CHECK(fr == fs);
+  }
+}
+
 TEST_CASE("output stages: requantize, clamp and store, composed") {
   const float scale[3] = {0.5f, 0.25f, 2.0f}, bias[3] = {1.0f, -3.0f, 0.0f};
   std::uint8_t y[2 * 3] = {};

@@ -37,10 +37,11 @@
 //             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
 //             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
 //             exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
-//   channels  tile of 4 pixels x 2 registers of L channels (weights transposed once per call,
-//             zero-padded to whole registers): per tap, 2 weight loads, 4 broadcasts of line
-//             values, 8 multiply-adds; the sums are then each pixel's row, out.row(i, 0, acc,
-//             n_out), with no transpose.
+//   channels  tile of PX pixels x 2 registers of L channels, PX = 8 at AVX-512 (16 of its 32
+//             registers), else 4 (weights transposed once per call, zero-padded to whole
+//             registers): per tap, 2 weight loads, PX broadcasts of line values, 2 PX
+//             multiply-adds; the sums are then the pixels' rows, one out.rows call per
+//             output row (out.row per pixel for a stage without rows), with no transpose.
 //
 // Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
 // one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
@@ -221,8 +222,8 @@ BITGRAD_ALWAYS_INLINE void direct_tile_channels(const float* src, const std::uin
       xsimd::to_int(s[px][v]).store_unaligned(acc + px * npad + v * L);
 }
 
-/// Pixels [0, count) of a row (line values from src) x every channel register, in tiles of 4
-/// pixels x 2 registers.
+/// Pixels [0, count) of a row (line values from src) x every channel register, in tiles of 8
+/// (AVX-512) or 4 pixels x 2 registers.
 template <class B>
 void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size_t K,
                            const float* wt, std::size_t npad, std::int32_t* acc,
@@ -237,6 +238,9 @@ void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size
       direct_tile_channels<B, PX, 1>(src + px0, off, K, wt + v * L, npad, acc + px0 * npad + v * L);
   };
   std::size_t px = 0;
+  // 8 pixels x 2 registers (16 accumulators) where 32 registers hold them (AVX-512), else 4.
+  if constexpr (L >= 16)
+    for (; px + 8 <= count; px += 8) run.template operator()<8>(px);
   for (; px + 4 <= count; px += 4) run.template operator()<4>(px);
   for (; px < count; ++px) run.template operator()<1>(px);
 }
@@ -523,8 +527,13 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         if (channel_lanes) { // the call's pixels of the row only, sums as rows
           detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
                                            ow_b - ow_a);
-          for (std::size_t ow = ow_a; ow < ow_b; ++ow)
-            out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
+          // The row's pixels in one call where the stage takes rows (prepared lanes:
+          // output_stage.hpp), else a call per pixel.
+          if constexpr (requires { out.rows(i_a, ow_b, std::size_t(0), acc, npad, n_out); })
+            out.rows(i_a, ow_b - ow_a, std::size_t(0), acc, npad, n_out);
+          else
+            for (std::size_t ow = ow_a; ow < ow_b; ++ow)
+              out.row(i_a + (ow - ow_a), 0, acc + (ow - ow_a) * npad, n_out);
           continue;
         }
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the

@@ -24,6 +24,13 @@
 // holds them against each other, and build.output_rounding (ctest) at -O1 and -O2 with FMA
 // enabled, where GCC fuses.
 //
+// Prepared lanes: in rows() and rows_in_runs() (a 16-channel tile's block of rows, the packed
+// GEMM's hot output), every stage but the last is prepared once per lane batch of channels,
+// prepared<B>(j0): its per-channel loads (scale, bias) and scalar parameters (ReLU bounds,
+// quantizer scale and zero point) as lane batches held in registers, then applied to each row.
+// Applied per row, they were reloaded after every u8 store (which may alias them) and broadcast
+// again: a third of the stage's instructions. Same operations in the same order: the same bits.
+//
 // Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
 // the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
 // broadcast); a pipeline of such stages (marked `columns = true`) gets `column(i0, j, acc,
@@ -97,6 +104,36 @@ BITGRAD_ALWAYS_INLINE B mul_add(const B& a, const B& b, const B& c) {
   return B(product) + c;
 }
 
+/// Lane l of the int32 batch I is p[l] (u8, zero-extended): one widening load where the
+/// instruction set has one (vpmovzxbd at AVX2 / AVX-512, two unpacks at SSE2), else through a
+/// lane array. (Filled a lane at a time, the array's narrow stores cannot forward to the wide
+/// load that reads it back, which then waits for them to retire.)
+template <class I>
+BITGRAD_ALWAYS_INLINE I load_u8_widened(const std::uint8_t* p) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (I::size == 16)
+    return I(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (I::size == 8) {
+    std::int64_t bytes;
+    std::memcpy(&bytes, p, 8);
+    return I(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
+  }
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (I::size == 4) { // SSE2 .. SSE4.2: __m128i
+    std::int32_t bytes;
+    std::memcpy(&bytes, p, 4);
+    const __m128i zero = _mm_setzero_si128();
+    return I(_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero));
+  }
+#endif
+  alignas(64) std::int32_t lane[I::size];
+  for (std::size_t l = 0; l < I::size; ++l) lane[l] = p[l];
+  return I::load_aligned(lane);
+}
+
 /// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
 template <class S>
 concept lane_stage = S::lanes;
@@ -119,6 +156,14 @@ concept pooled_column_store = S::pooled_columns;
 template <class S>
 concept monotone_stage = requires(const S& s) {
   { s.direction(std::size_t(0)) } -> std::same_as<int>;
+};
+
+/// True for a stage with prepared<B>(j0): its parameters for the lane batch of channels j0 ..
+/// j0 + lanes - 1 as batches, with apply(v, i) giving the bits of apply(v, i, j0) (see
+/// "Prepared lanes" at the top).
+template <class S, class B>
+concept prepared_stage = requires(const S& s) {
+  s.template prepared<B>(std::size_t(0));
 };
 
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
@@ -156,6 +201,19 @@ struct scale_bias {
     return detail::mul_add(xsimd::to_float(acc), F::load_unaligned(scale + j0),
                            bias ? F::load_unaligned(bias + j0) : F(0.0f));
   }
+  /// apply(acc, i, j0) with channel j0's lanes loaded once ("Prepared lanes" at the top).
+  template <class B>
+  struct prepared_lanes {
+    xsimd::batch<float, typename B::arch_type> s, b;
+    BITGRAD_ALWAYS_INLINE auto apply(const B& acc, std::size_t) const {
+      return detail::mul_add(xsimd::to_float(acc), s, b);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
+    using F = xsimd::batch<float, typename B::arch_type>;
+    return {F::load_unaligned(scale + j0), bias ? F::load_unaligned(bias + j0) : F(0.0f)};
+  }
   static constexpr bool columns = true;
   template <class B>
   BITGRAD_ALWAYS_INLINE auto apply_column(const B& acc, std::size_t, std::size_t j) const {
@@ -187,6 +245,17 @@ struct clamp {
     // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
     return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
   }
+  template <class B>
+  struct prepared_lanes {
+    B lo, hi;
+    BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t) const {
+      return xsimd::min(xsimd::select(v > lo, v, lo), hi);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t) const {
+    return {B(lo), B(hi)};
+  }
   static constexpr bool columns = true;
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply_column(const B& v, std::size_t i, std::size_t j) const {
@@ -211,12 +280,26 @@ struct add_u8 {
   }
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
-    using V = typename B::value_type;
-    alignas(64) V lane[B::size];
-    const std::uint8_t* p = r + i * stride + j0;
-    for (std::size_t l = 0; l < B::size; ++l)
-      lane[l] = static_cast<V>(std::int32_t(p[l]) - zero_point);
-    return detail::mul_add(B::load_aligned(lane), B(scale), v);
+    using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+    const I q = detail::load_u8_widened<I>(r + i * stride + j0) - I(zero_point);
+    return detail::mul_add(xsimd::to_float(q), B(scale), v);
+  }
+  template <class B>
+  struct prepared_lanes {
+    const std::uint8_t* r; // channel j0 of row 0
+    std::size_t stride;
+    B scale;
+    xsimd::batch<std::int32_t, typename B::arch_type> zero_point;
+    BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i) const {
+      using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+      const I q = detail::load_u8_widened<I>(r + i * stride) - zero_point;
+      return detail::mul_add(xsimd::to_float(q), scale, v);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
+    return {r + j0, stride, B(scale),
+            xsimd::batch<std::int32_t, typename B::arch_type>(zero_point)};
   }
 };
 
@@ -229,6 +312,18 @@ struct add_f32 {
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
     return v + B::load_unaligned(r + i * stride + j0);
+  }
+  template <class B>
+  struct prepared_lanes {
+    const float* r; // channel j0 of row 0
+    std::size_t stride;
+    BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i) const {
+      return v + B::load_unaligned(r + i * stride);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
+    return {r + j0, stride};
   }
 };
 
@@ -265,6 +360,24 @@ struct quantize_u8 {
     q += B(static_cast<float>(zero_point));
     q = xsimd::min(xsimd::max(q, B(lo)), B(hi));
     return xsimd::to_int(q);
+  }
+  /// apply with the parameters as batches (the same operations, the same bits).
+  template <class B>
+  struct prepared_lanes {
+    B inv_scale, zero_point, lo, hi;
+    BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t) const {
+      B q = v * inv_scale;
+      q = xsimd::select(q == q, q, B(0.0f));
+      q = xsimd::min(xsimd::max(q, B(-big)), B(big));
+      q = (q + B(magic)) - B(magic);
+      q += zero_point;
+      q = xsimd::min(xsimd::max(q, lo), hi);
+      return xsimd::to_int(q);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t) const {
+    return {B(inv_scale), B(static_cast<float>(zero_point)), B(lo), B(hi)};
   }
   static constexpr bool columns = true;
   template <class B>
@@ -354,14 +467,18 @@ struct pipeline {
   }
 
   /// Rows i0 .. i0 + m - 1, channels j0 .. j0 + count - 1, row i0 + r's sums at
-  /// acc + r * acc_stride: the same calls as m calls of row(), with the stages copied once
-  /// (a copy per row of a 16-channel tile costs as much as the row's arithmetic).
+  /// acc + r * acc_stride: the same values as m calls of row(), with the stages copied once
+  /// (a copy per row of a 16-channel tile costs as much as the row's arithmetic) and prepared
+  /// once per lane batch ("Prepared lanes" at the top: the rows run batch by batch).
   BITGRAD_ALWAYS_INLINE void rows(std::size_t i0, std::size_t m, std::size_t j0,
                                   const std::int32_t* acc, std::size_t acc_stride,
                                   std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = stages; // see row
-    for (std::size_t r = 0; r < m; ++r) row_of(s, i0 + r, j0, acc + r * acc_stride, count);
+    const std::size_t c = prepared_batches(s, i0, m, j0, acc, acc_stride, count);
+    if (c < count)
+      for (std::size_t r = 0; r < m; ++r)
+        row_of(s, i0 + r, j0 + c, acc + r * acc_stride + c, count - c);
   }
 
   /// rows() on runs of rows: runs(f) calls f(i, a, n) for each run, rows i .. i + n - 1 with
@@ -373,7 +490,11 @@ struct pipeline {
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = stages; // see row
     runs([&](std::size_t i, std::size_t a, std::size_t n) {
-      for (std::size_t r = 0; r < n; ++r) row_of(s, i + r, j0, acc + (a + r) * acc_stride, count);
+      const std::int32_t* run_acc = acc + a * acc_stride;
+      const std::size_t c = prepared_batches(s, i, n, j0, run_acc, acc_stride, count);
+      if (c < count)
+        for (std::size_t r = 0; r < n; ++r)
+          row_of(s, i + r, j0 + c, run_acc + r * acc_stride + c, count - c);
     });
   }
 
@@ -583,6 +704,66 @@ protected:
   }
 #endif
 
+  /// Prepared lanes (the top of this header): the whole lane batches of channels j0 .. j0 +
+  /// count - 1 of rows i0 .. i0 + m - 1 (row i0 + r's sums at acc + r * acc_stride), batch by
+  /// batch, every stage but the last prepared once per batch. Returns the channels done: a
+  /// multiple of the lanes, 0 when a stage has no prepared lanes (the caller runs the rest).
+  BITGRAD_ALWAYS_INLINE static std::size_t
+  prepared_batches(const std::tuple<Stages...>& s, std::size_t i0, std::size_t m, std::size_t j0,
+                   const std::int32_t* acc, std::size_t acc_stride, std::size_t count) {
+#if BITGRAD_HAS_SIMD
+    using B = simd_batch<std::int32_t>;
+    if constexpr (preparable<0, B>()) {
+      const auto& last = std::get<sizeof...(Stages) - 1>(s);
+      std::size_t c = 0;
+      for (; c + B::size <= count; c += B::size) {
+        const auto p = prepare_from<0, B>(s, j0 + c);
+        for (std::size_t r = 0; r < m; ++r)
+          last.apply(apply_prepared<0>(p, B::load_unaligned(acc + r * acc_stride + c), i0 + r),
+                     i0 + r, j0 + c);
+      }
+      return c;
+    }
+#endif
+    (void)s, (void)i0, (void)m, (void)j0, (void)acc, (void)acc_stride, (void)count;
+    return 0;
+  }
+  /// True when stages I .. (all but the last) have prepared lanes for their input lanes In.
+  template <std::size_t I, class In>
+  static constexpr bool preparable() {
+    if constexpr (I + 1 == sizeof...(Stages)) {
+      return true;
+    } else {
+      using S = std::tuple_element_t<I, std::tuple<Stages...>>;
+      if constexpr (!detail::prepared_stage<S, In>) {
+        return false;
+      } else {
+        using Out = decltype(std::declval<const S&>().template prepared<In>(0).apply(
+            std::declval<const In&>(), std::size_t(0)));
+        return preparable<I + 1, Out>();
+      }
+    }
+  }
+  /// The prepared lanes of stages I .. (all but the last) at channel j0, as a tuple.
+  template <std::size_t I, class In>
+  BITGRAD_ALWAYS_INLINE static auto prepare_from(const std::tuple<Stages...>& s, std::size_t j0) {
+    if constexpr (I + 1 == sizeof...(Stages)) {
+      return std::tuple<>{};
+    } else {
+      const auto p = std::get<I>(s).template prepared<In>(j0);
+      using Out = decltype(p.apply(std::declval<const In&>(), std::size_t(0)));
+      return std::tuple_cat(std::make_tuple(p), prepare_from<I + 1, Out>(s, j0));
+    }
+  }
+  /// The prepared stages I.. of p on v, row i: the value the last stage receives.
+  template <std::size_t I, class P, class V>
+  BITGRAD_ALWAYS_INLINE static auto apply_prepared(const P& p, const V& v, std::size_t i) {
+    if constexpr (I == std::tuple_size_v<P>)
+      return v;
+    else
+      return apply_prepared<I + 1>(p, std::get<I>(p).apply(v, i), i);
+  }
+
   BITGRAD_ALWAYS_INLINE static void row_of(const std::tuple<Stages...>& s, std::size_t i,
                                            std::size_t j0, const std::int32_t* acc,
                                            std::size_t count) {
@@ -659,7 +840,10 @@ struct padded_pipeline : pipeline<Stages...> {
                                   std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = this->stages; // see pipeline::row
-    for (std::size_t r = 0; r < m; ++r) padded_row_of(s, i0 + r, j0, acc + r * acc_stride, count);
+    const std::size_t c = base::prepared_batches(s, i0, m, j0, acc, acc_stride, count);
+    if (c < count)
+      for (std::size_t r = 0; r < m; ++r)
+        padded_row_of(s, i0 + r, j0 + c, acc + r * acc_stride + c, count - c);
   }
 
   /// pipeline::rows_in_runs with this pipeline's rows.
@@ -669,8 +853,11 @@ struct padded_pipeline : pipeline<Stages...> {
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = this->stages; // see pipeline::row
     runs([&](std::size_t i, std::size_t a, std::size_t n) {
-      for (std::size_t r = 0; r < n; ++r)
-        padded_row_of(s, i + r, j0, acc + (a + r) * acc_stride, count);
+      const std::int32_t* run_acc = acc + a * acc_stride;
+      const std::size_t c = base::prepared_batches(s, i, n, j0, run_acc, acc_stride, count);
+      if (c < count)
+        for (std::size_t r = 0; r < n; ++r)
+          padded_row_of(s, i + r, j0 + c, run_acc + r * acc_stride + c, count - c);
     });
   }
 
