@@ -46,6 +46,7 @@
 #include <bitgrad/kernels/conv2d_direct_wgrad.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
 #include <bitgrad/kernels/conv2d_implicit.hpp>
+#include <bitgrad/kernels/conv2d_winograd.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/kernels/im2col.hpp>
@@ -59,10 +60,13 @@
 namespace bitgrad {
 
 /// Which lowering a convolution uses. `direct` needs stride 1 (config_error otherwise).
+/// `winograd` (F(2x2, 3x3), kernels/conv2d_winograd.hpp) needs a 3x3 kernel, stride 1, dilation 1
+/// and one group (config_error otherwise); it runs a dgrad padded by more than 2 through im2col
+/// and wgrad as `automatic` does (it has no wgrad of its own).
 /// `implicit` runs a strided dgrad (or one padded by more than dilation * (kernel - 1)) through
 /// im2col + col2im, and everything through im2col where SIMD is off (BITGRAD_NO_SIMD: the gemm
 /// is the reference loop then).
-enum class conv2d_algo { automatic, im2col, direct, implicit };
+enum class conv2d_algo { automatic, im2col, direct, implicit, winograd };
 
 /// The three passes of a convolution, which may use different algorithms.
 enum class conv2d_pass { fprop, dgrad, wgrad };
@@ -167,6 +171,14 @@ inline conv2d_algo conv2d_resolve(conv2d_algo algo, const conv2d_geometry& g, co
   if (algo == conv2d_algo::direct && (g.stride_h != 1 || g.stride_w != 1))
     throw config_error("conv2d: the direct algorithm needs stride 1, got stride (" +
                        std::to_string(g.stride_h) + ", " + std::to_string(g.stride_w) + ")");
+  if (algo == conv2d_algo::winograd) {
+    if (!conv2d_winograd_fits(g))
+      throw config_error("conv2d: the winograd algorithm needs a 3x3 kernel, stride 1, dilation 1 "
+                         "and one group");
+    if (pass == conv2d_pass::wgrad) return conv2d_choose_algo(g, pass);
+    if (pass == conv2d_pass::dgrad && !conv2d_dgrad_is_convolution(g)) return conv2d_algo::im2col;
+    return algo;
+  }
   if (algo == conv2d_algo::implicit &&
       (!BITGRAD_HAS_SIMD || (pass == conv2d_pass::dgrad && !conv2d_dgrad_is_convolution(g))))
     return conv2d_algo::im2col;
@@ -487,6 +499,10 @@ template <class T>
 void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, const T* w,
                         const T* bias, T* y, std::vector<T>& scratch, bool relu = false) {
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::fprop);
+  if (algo == conv2d_algo::winograd) {
+    detail::conv2d_winograd_fprop(g, x, w, bias, y, relu, scratch);
+    return;
+  }
   if (algo == conv2d_algo::implicit) {
     detail::conv2d_implicit_fprop(g, x, w, bias, y, relu, scratch);
     return;
@@ -517,6 +533,10 @@ template <class T>
 void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy, const T* w, T* dx,
                         std::vector<T>& scratch) {
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::dgrad);
+  if (algo == conv2d_algo::winograd) {
+    detail::conv2d_winograd_dgrad(g, detail::conv2d_transposed_geometry(g), dy, w, dx, scratch);
+    return;
+  }
   if (algo == conv2d_algo::implicit) {
     detail::conv2d_implicit_dgrad(g, dy, w, dx, scratch);
     return;
