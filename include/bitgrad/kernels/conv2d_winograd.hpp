@@ -60,17 +60,13 @@ inline bool conv2d_winograd_fits(const conv2d_geometry& g) {
          g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1;
 }
 
-/// Calls f(k, V{}) for k in steps of simd_batch<T>'s lanes (V = the batch) while a whole batch
-/// fits in [0, n), then f(k, T{}) for each remaining k (V = T).
-template <class T, class F>
-void winograd_lanes(std::size_t n, F&& f) {
-  std::size_t k = 0;
-  if constexpr (BITGRAD_HAS_SIMD) {
-    using B = simd_batch<T>;
-    for (; k + B::size <= n; k += B::size) f(k, B(T(0)));
-  }
-  for (; k < n; ++k) f(k, T(0));
-}
+/// The vector type of the transforms: simd_batch<T>, or T itself without SIMD.
+template <class T>
+using winograd_vector = std::conditional_t<BITGRAD_HAS_SIMD, simd_batch<T>, T>;
+
+/// Lanes of winograd_vector<T>.
+template <class T>
+inline constexpr std::size_t winograd_lanes = simd_lanes<T>;
 
 template <class V, class T>
 V winograd_load(const T* p) {
@@ -88,33 +84,49 @@ void winograd_store(T* p, const V& v) {
     v.store_unaligned(p);
 }
 
-/// Sizes of the transforms' buffers for geometry g (the fprop geometry the kernel runs).
-struct conv2d_winograd_layout {
-  std::size_t tiles_h, tiles_w, tiles, images, in_channels, out_channels;
+template <class V>
+V winograd_relu(const V& v) {
+  if constexpr (std::is_arithmetic_v<V>)
+    return epilogue::detail::relu_scalar(v);
+  else
+    return epilogue::detail::relu_lanes(v);
+}
 
-  /// Columns aimed at per GEMM: a 32 x 32 image (256 tiles) alone, 16 images of 8 x 8.
+/// Sizes of the transforms' buffers for geometry g (the fprop geometry the kernel runs).
+/// Tiles are numbered t = th * pitch + tw with pitch = tiles_w + 1: the column tw = tiles_w of
+/// each tile row is junk (computed, multiplied, never written out), so every 4 x 4 input tile is
+/// a fixed shift of the four parity planes (see conv2d_winograd_input) and the transforms run on
+/// whole registers of consecutive tiles. Junk: 1 / pitch of the GEMM columns (7 % at 28 x 28,
+/// 12 % at 14 x 14, 20 % at 8 x 8).
+struct conv2d_winograd_layout {
+  std::size_t tiles_h, tiles_w, pitch, tiles, images, in_channels, out_channels, lanes;
+
+  /// Columns aimed at per GEMM: one 32 x 32 image (272 tiles), 13 images of 8 x 8 (20 each).
   static constexpr std::size_t target_columns = 256;
 
+  template <class T>
   static conv2d_winograd_layout of(const conv2d_geometry& g) {
     conv2d_winograd_layout l{};
     l.tiles_h = (g.out_h() + 1) / 2;
     l.tiles_w = (g.out_w() + 1) / 2;
-    l.tiles = l.tiles_h * l.tiles_w;
+    l.pitch = l.tiles_w + 1;
+    l.tiles = l.tiles_h * l.pitch;
     l.images = std::clamp<std::size_t>((target_columns + l.tiles - 1) / l.tiles, 1, g.batch);
     l.in_channels = g.in_channels;
     l.out_channels = g.out_channels;
+    l.lanes = winograd_lanes<T>;
     return l;
   }
-  std::size_t columns() const { return images * tiles; }
-  /// One padded input row split into even and odd columns (tiles_w + 1 each).
-  std::size_t row_size() const { return 2 * (tiles_w + 1); }
-  /// The row transforms h0..h3 of the 2 tiles_h + 2 padded rows of one channel.
-  std::size_t h_size() const { return (2 * tiles_h + 2) * 4 * tiles_w; }
-  std::size_t v_size() const { return 16 * in_channels * columns(); }
-  std::size_t m_size() const { return 16 * out_channels * columns(); }
-  /// y00, y01, y10, y11 of one tile row.
-  std::size_t y_size() const { return 4 * tiles_w; }
-  std::size_t scratch() const { return row_size() + h_size() + v_size() + m_size() + y_size(); }
+  /// Row length of V and M: the slice's tiles, then room for the last register's overrun.
+  std::size_t ld() const { return images * tiles + lanes; }
+  /// One parity plane: tiles_h + 1 rows of pitch, then a guard for the last register's reads.
+  std::size_t plane() const { return (tiles_h + 1) * pitch + lanes; }
+  std::size_t planes_size() const { return 4 * plane(); }
+  std::size_t v_size() const { return 16 * in_channels * ld(); }
+  std::size_t m_size() const { return 16 * out_channels * ld(); }
+  /// y00, y01, y10, y11 of one image and output channel.
+  std::size_t y_size() const { return 4 * (tiles + lanes); }
+  std::size_t scratch() const { return planes_size() + v_size() + m_size() + y_size(); }
   std::size_t u_size() const { return 16 * out_channels * in_channels; }
 };
 
@@ -145,65 +157,56 @@ void conv2d_winograd_weights(std::size_t out_channels, std::size_t in_channels,
 }
 
 /// V's columns [col0, col0 + tiles) for one image x (Cin planes of g): the input transform.
+/// The zero-padded plane P (P[r][s] = x[r - pad_h][s - pad_w], 0 outside) is split by parity into
+/// Q_ab[rr][k] = P[2 rr + a][2 k + b] (a, b in {0, 1}, row pitch `pitch`), so entry (a, b) of
+/// tile t = th * pitch + tw is Q_{a%2, b%2}[t + (a/2) pitch + b/2]: 16 shifted runs.
+/// Writes up to lanes - 1 columns past the image's tiles (the next image's, or ld's room).
 template <class T>
 void conv2d_winograd_input(const conv2d_geometry& g, const conv2d_winograd_layout& l, const T* x,
-                           std::size_t col0, T* v, T* row, T* h) {
-  const std::size_t tw_n = l.tiles_w, rows = 2 * l.tiles_h + 2, ld = l.columns();
-  T* const even = row;
-  T* const odd = row + tw_n + 1;
+                           std::size_t col0, T* v, T* planes) {
+  using V = winograd_vector<T>;
+  const std::size_t pitch = l.pitch, plane = l.plane(), ld = l.ld();
+  const std::size_t xi_stride = l.in_channels * ld;
   for (std::size_t c = 0; c < l.in_channels; ++c) {
     const T* const xc = x + c * g.in_plane();
-    // h[r][j][tw]: the row transform of padded row r (image row r - pad_h).
-    for (std::size_t r = 0; r < rows; ++r) {
-      T* const hr = h + r * 4 * tw_n;
-      const std::ptrdiff_t ih = std::ptrdiff_t(r) - std::ptrdiff_t(g.pad_h);
-      if (ih < 0 || ih >= std::ptrdiff_t(g.in_h)) {
-        std::fill_n(hr, 4 * tw_n, T(0));
-        continue;
+    for (std::size_t a = 0; a < 2; ++a)
+      for (std::size_t rr = 0; rr <= l.tiles_h; ++rr) {
+        T* const q0 = planes + (2 * a) * plane + rr * pitch; // Q_a0
+        T* const q1 = q0 + plane;                            // Q_a1
+        const std::ptrdiff_t ih = std::ptrdiff_t(2 * rr + a) - std::ptrdiff_t(g.pad_h);
+        if (ih < 0 || ih >= std::ptrdiff_t(g.in_h)) {
+          std::fill_n(q0, pitch, T(0));
+          std::fill_n(q1, pitch, T(0));
+          continue;
+        }
+        const T* const xr = xc + std::size_t(ih) * g.in_w;
+        const std::ptrdiff_t w = std::ptrdiff_t(g.in_w);
+        for (std::size_t k = 0; k < pitch; ++k) {
+          const std::ptrdiff_t iw = std::ptrdiff_t(2 * k) - std::ptrdiff_t(g.pad_w);
+          q0[k] = iw >= 0 && iw < w ? xr[iw] : T(0);
+          q1[k] = iw + 1 >= 0 && iw + 1 < w ? xr[iw + 1] : T(0);
+        }
       }
-      const T* const xr = xc + std::size_t(ih) * g.in_w;
-      for (std::size_t k = 0; k <= tw_n; ++k) {
-        const std::ptrdiff_t iw = std::ptrdiff_t(2 * k) - std::ptrdiff_t(g.pad_w);
-        even[k] = iw >= 0 && iw < std::ptrdiff_t(g.in_w) ? xr[iw] : T(0);
-        odd[k] = iw + 1 >= 0 && iw + 1 < std::ptrdiff_t(g.in_w) ? xr[iw + 1] : T(0);
+    T* const vc = v + c * ld + col0;
+    for (std::size_t t = 0; t < l.tiles; t += l.lanes) {
+      V h[4][4];
+      for (std::size_t a = 0; a < 4; ++a) {
+        const T* const qa = planes + (a % 2) * 2 * plane + t + (a / 2) * pitch;
+        const V d0 = winograd_load<V>(qa), d1 = winograd_load<V>(qa + plane);
+        const V d2 = winograd_load<V>(qa + 1), d3 = winograd_load<V>(qa + plane + 1);
+        h[a][0] = d0 - d2; // (d B)[a][.]
+        h[a][1] = d1 + d2;
+        h[a][2] = d2 - d1;
+        h[a][3] = d1 - d3;
       }
-      winograd_lanes<T>(tw_n, [&](std::size_t k, auto tag) {
-        using V = decltype(tag);
-        const V d0 = winograd_load<V>(even + k), d1 = winograd_load<V>(odd + k);
-        const V d2 = winograd_load<V>(even + k + 1), d3 = winograd_load<V>(odd + k + 1);
-        winograd_store(hr + k, V(d0 - d2));
-        winograd_store(hr + tw_n + k, V(d1 + d2));
-        winograd_store(hr + 2 * tw_n + k, V(d2 - d1));
-        winograd_store(hr + 3 * tw_n + k, V(d1 - d3));
-      });
-    }
-    // V[4 i + j][c][tile]: the column transform of the tile's rows 2 th .. 2 th + 3 of h.
-    for (std::size_t th = 0; th < l.tiles_h; ++th) {
-      const T* const h0 = h + 2 * th * 4 * tw_n;
-      T* const vc = v + c * ld + col0 + th * tw_n;
-      const std::size_t xi_stride = l.in_channels * ld;
-      for (std::size_t j = 0; j < 4; ++j) {
-        const T* const a = h0 + j * tw_n;
-        winograd_lanes<T>(tw_n, [&](std::size_t k, auto tag) {
-          using V = decltype(tag);
-          const V r0 = winograd_load<V>(a + k), r1 = winograd_load<V>(a + 4 * tw_n + k);
-          const V r2 = winograd_load<V>(a + 8 * tw_n + k), r3 = winograd_load<V>(a + 12 * tw_n + k);
-          winograd_store(vc + (0 + j) * xi_stride + k, V(r0 - r2));
-          winograd_store(vc + (4 + j) * xi_stride + k, V(r1 + r2));
-          winograd_store(vc + (8 + j) * xi_stride + k, V(r2 - r1));
-          winograd_store(vc + (12 + j) * xi_stride + k, V(r1 - r3));
-        });
+      for (std::size_t j = 0; j < 4; ++j) { // V = B^T (d B)
+        winograd_store(vc + (0 + j) * xi_stride + t, V(h[0][j] - h[2][j]));
+        winograd_store(vc + (4 + j) * xi_stride + t, V(h[1][j] + h[2][j]));
+        winograd_store(vc + (8 + j) * xi_stride + t, V(h[2][j] - h[1][j]));
+        winograd_store(vc + (12 + j) * xi_stride + t, V(h[1][j] - h[3][j]));
       }
     }
   }
-}
-
-template <class V>
-V winograd_relu(const V& v) {
-  if constexpr (std::is_arithmetic_v<V>)
-    return epilogue::detail::relu_scalar(v);
-  else
-    return epilogue::detail::relu_lanes(v);
 }
 
 /// One image's output y (Cout planes of g) from M's columns [col0, col0 + tiles): the output
@@ -211,48 +214,46 @@ V winograd_relu(const V& v) {
 template <class T>
 void conv2d_winograd_output(const conv2d_geometry& g, const conv2d_winograd_layout& l, const T* m,
                             std::size_t col0, const T* bias, bool relu, T* y, T* ybuf) {
-  const std::size_t tw_n = l.tiles_w, ld = l.columns(), xi_stride = l.out_channels * ld;
+  using V = winograd_vector<T>;
+  const std::size_t ld = l.ld(), xi_stride = l.out_channels * ld, yp = l.tiles + l.lanes;
   const std::size_t oh_n = g.out_h(), ow_n = g.out_w();
   for (std::size_t o = 0; o < l.out_channels; ++o) {
-    const T b = bias ? bias[o] : T(0);
+    const V bv(bias ? bias[o] : T(0));
+    const T* const mo = m + o * ld + col0;
+    for (std::size_t t = 0; t < l.tiles; t += l.lanes) {
+      auto at = [&](std::size_t xi) { return winograd_load<V>(mo + xi * xi_stride + t); };
+      V s[4], d[4]; // rows of A^T M
+      for (std::size_t j = 0; j < 4; ++j) {
+        const V m1 = at(4 + j), m2 = at(8 + j);
+        s[j] = at(j) + m1 + m2;
+        d[j] = m1 - m2 - at(12 + j);
+      }
+      V y00 = s[0] + s[1] + s[2] + bv, y01 = s[1] - s[2] - s[3] + bv;
+      V y10 = d[0] + d[1] + d[2] + bv, y11 = d[1] - d[2] - d[3] + bv;
+      if (relu) {
+        y00 = winograd_relu(y00);
+        y01 = winograd_relu(y01);
+        y10 = winograd_relu(y10);
+        y11 = winograd_relu(y11);
+      }
+      winograd_store(ybuf + t, y00);
+      winograd_store(ybuf + yp + t, y01);
+      winograd_store(ybuf + 2 * yp + t, y10);
+      winograd_store(ybuf + 3 * yp + t, y11);
+    }
+    // Interleave into output rows 2 th and 2 th + 1, dropping a last odd row or column.
     T* const yo = y + o * oh_n * ow_n;
-    for (std::size_t th = 0; th < l.tiles_h; ++th) {
-      const T* const mo = m + o * ld + col0 + th * tw_n;
-      winograd_lanes<T>(tw_n, [&](std::size_t k, auto tag) {
-        using V = decltype(tag);
-        auto at = [&](std::size_t xi) { return winograd_load<V>(mo + xi * xi_stride + k); };
-        V s[4], t[4];
-        for (std::size_t j = 0; j < 4; ++j) {
-          const V m1 = at(4 + j), m2 = at(8 + j);
-          s[j] = at(j) + m1 + m2;
-          t[j] = m1 - m2 - at(12 + j);
-        }
-        const V bv(b);
-        V y00 = s[0] + s[1] + s[2] + bv, y01 = s[1] - s[2] - s[3] + bv;
-        V y10 = t[0] + t[1] + t[2] + bv, y11 = t[1] - t[2] - t[3] + bv;
-        if (relu) {
-          y00 = winograd_relu(y00);
-          y01 = winograd_relu(y01);
-          y10 = winograd_relu(y10);
-          y11 = winograd_relu(y11);
-        }
-        winograd_store(ybuf + k, y00);
-        winograd_store(ybuf + tw_n + k, y01);
-        winograd_store(ybuf + 2 * tw_n + k, y10);
-        winograd_store(ybuf + 3 * tw_n + k, y11);
-      });
-      // Interleave into output rows 2 th and 2 th + 1, dropping a last odd row or column.
+    for (std::size_t th = 0; th < l.tiles_h; ++th)
       for (std::size_t dr = 0; dr < 2 && 2 * th + dr < oh_n; ++dr) {
         T* const yr = yo + (2 * th + dr) * ow_n;
-        const T* const left = ybuf + 2 * dr * tw_n;
-        const T* const right = left + tw_n;
+        const T* const left = ybuf + 2 * dr * yp + th * l.pitch;
+        const T* const right = left + yp;
         for (std::size_t tw = 0; tw < ow_n / 2; ++tw) {
           yr[2 * tw] = left[tw];
           yr[2 * tw + 1] = right[tw];
         }
-        if (ow_n % 2) yr[ow_n - 1] = left[tw_n - 1];
+        if (ow_n % 2) yr[ow_n - 1] = left[l.tiles_w - 1];
       }
-    }
   }
 }
 
@@ -262,17 +263,16 @@ template <class T>
 void conv2d_winograd_run(const conv2d_geometry& g, const conv2d_winograd_layout& l, const T* x,
                          const T* u, const T* bias, T* y, bool relu, T* buf) {
   const std::size_t threads = batch_threads(g.batch), per = l.scratch();
-  const std::size_t cin = l.in_channels, cout = l.out_channels, ld = l.columns();
+  const std::size_t cin = l.in_channels, cout = l.out_channels, ld = l.ld();
   parallel_chunks(threads, g.batch, [&](std::size_t th, std::size_t b, std::size_t e) {
-    T* const row = buf + th * per;
-    T* const h = row + l.row_size();
-    T* const v = h + l.h_size();
+    T* const planes = buf + th * per;
+    T* const v = planes + l.planes_size();
     T* const m = v + l.v_size();
     T* const ybuf = m + l.m_size();
     for (std::size_t n0 = b; n0 < e; n0 += l.images) {
       const std::size_t count = std::min(l.images, e - n0);
       for (std::size_t n = 0; n < count; ++n)
-        conv2d_winograd_input(g, l, x + (n0 + n) * cin * g.in_plane(), n * l.tiles, v, row, h);
+        conv2d_winograd_input(g, l, x + (n0 + n) * cin * g.in_plane(), n * l.tiles, v, planes);
       // A short last slice multiplies its count * tiles columns only; a column's result does not
       // depend on the others.
       for (std::size_t xi = 0; xi < 16; ++xi)
@@ -286,8 +286,9 @@ void conv2d_winograd_run(const conv2d_geometry& g, const conv2d_winograd_layout&
 }
 
 /// Scratch elements conv2d_winograd_fprop / _dgrad need for fprop geometry t.
-inline std::size_t conv2d_winograd_scratch(const conv2d_geometry& t) {
-  const conv2d_winograd_layout l = conv2d_winograd_layout::of(t);
+template <class T>
+std::size_t conv2d_winograd_scratch(const conv2d_geometry& t) {
+  const conv2d_winograd_layout l = conv2d_winograd_layout::of<T>(t);
   return l.u_size() + batch_threads(t.batch) * l.scratch();
 }
 
@@ -295,8 +296,8 @@ inline std::size_t conv2d_winograd_scratch(const conv2d_geometry& t) {
 template <class T>
 void conv2d_winograd_fprop(const conv2d_geometry& g, const T* x, const T* w, const T* bias, T* y,
                            bool relu, std::vector<T>& scratch) {
-  const conv2d_winograd_layout l = conv2d_winograd_layout::of(g);
-  if (scratch.size() < conv2d_winograd_scratch(g)) scratch.resize(conv2d_winograd_scratch(g));
+  const conv2d_winograd_layout l = conv2d_winograd_layout::of<T>(g);
+  if (scratch.size() < conv2d_winograd_scratch<T>(g)) scratch.resize(conv2d_winograd_scratch<T>(g));
   const std::size_t cin = g.in_channels;
   conv2d_winograd_weights(
       g.out_channels, cin,
@@ -312,8 +313,8 @@ void conv2d_winograd_fprop(const conv2d_geometry& g, const T* x, const T* w, con
 template <class T>
 void conv2d_winograd_dgrad(const conv2d_geometry& g, const conv2d_geometry& t, const T* dy,
                            const T* w, T* dx, std::vector<T>& scratch) {
-  const conv2d_winograd_layout l = conv2d_winograd_layout::of(t);
-  if (scratch.size() < conv2d_winograd_scratch(t)) scratch.resize(conv2d_winograd_scratch(t));
+  const conv2d_winograd_layout l = conv2d_winograd_layout::of<T>(t);
+  if (scratch.size() < conv2d_winograd_scratch<T>(t)) scratch.resize(conv2d_winograd_scratch<T>(t));
   const std::size_t cin = g.in_channels;
   conv2d_winograd_weights(
       t.out_channels, t.in_channels,
