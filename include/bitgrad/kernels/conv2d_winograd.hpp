@@ -169,8 +169,8 @@ void conv2d_winograd_input(const conv2d_geometry& g, const conv2d_winograd_layou
   const std::size_t xi_stride = l.in_channels * ld;
   for (std::size_t c = 0; c < l.in_channels; ++c) {
     const T* const xc = x + c * g.in_plane();
-    for (std::size_t a = 0; a < 2; ++a)
-      for (std::size_t rr = 0; rr <= l.tiles_h; ++rr) {
+    for (std::size_t rr = 0; rr <= l.tiles_h; ++rr) // image rows in order (the prefetcher's)
+      for (std::size_t a = 0; a < 2; ++a) {
         T* const q0 = planes + (2 * a) * plane + rr * pitch; // Q_a0
         T* const q1 = q0 + plane;                            // Q_a1
         const std::ptrdiff_t ih = std::ptrdiff_t(2 * rr + a) - std::ptrdiff_t(g.pad_h);
@@ -179,12 +179,17 @@ void conv2d_winograd_input(const conv2d_geometry& g, const conv2d_winograd_layou
           std::fill_n(q1, pitch, T(0));
           continue;
         }
+        // Image column s is padded column p = s + pad_w: Q_{p % 2}[p / 2]; the padded columns
+        // before pad_w and from pad_w + in_w on are zeros.
         const T* const xr = xc + std::size_t(ih) * g.in_w;
-        const std::ptrdiff_t w = std::ptrdiff_t(g.in_w);
-        for (std::size_t k = 0; k < pitch; ++k) {
-          const std::ptrdiff_t iw = std::ptrdiff_t(2 * k) - std::ptrdiff_t(g.pad_w);
-          q0[k] = iw >= 0 && iw < w ? xr[iw] : T(0);
-          q1[k] = iw + 1 >= 0 && iw + 1 < w ? xr[iw + 1] : T(0);
+        for (std::size_t b = 0; b < 2; ++b) {
+          T* const q = b ? q1 : q0;
+          const std::size_t s0 = (b + 2 - g.pad_w % 2) % 2; // first s with (s + pad_w) % 2 == b
+          const std::size_t k0 = (s0 + g.pad_w) / 2;
+          const std::size_t count = g.in_w > s0 ? (g.in_w - s0 + 1) / 2 : 0;
+          for (std::size_t k = 0; k < k0; ++k) q[k] = T(0);
+          for (std::size_t i = 0; i < count; ++i) q[k0 + i] = xr[s0 + 2 * i];
+          for (std::size_t k = k0 + count; k < pitch; ++k) q[k] = T(0);
         }
       }
     T* const vc = v + c * ld + col0;
@@ -248,7 +253,15 @@ void conv2d_winograd_output(const conv2d_geometry& g, const conv2d_winograd_layo
         T* const yr = yo + (2 * th + dr) * ow_n;
         const T* const left = ybuf + 2 * dr * yp + th * l.pitch;
         const T* const right = left + yp;
-        for (std::size_t tw = 0; tw < ow_n / 2; ++tw) {
+        std::size_t tw = 0;
+        if constexpr (BITGRAD_HAS_SIMD) {
+          for (; 2 * (tw + l.lanes) <= ow_n; tw += l.lanes) {
+            const V lv = winograd_load<V>(left + tw), rv = winograd_load<V>(right + tw);
+            xsimd::zip_lo(lv, rv).store_unaligned(yr + 2 * tw);
+            xsimd::zip_hi(lv, rv).store_unaligned(yr + 2 * tw + l.lanes);
+          }
+        }
+        for (; tw < ow_n / 2; ++tw) {
           yr[2 * tw] = left[tw];
           yr[2 * tw + 1] = right[tw];
         }
