@@ -375,10 +375,10 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
 /// The Winograd F(2x2, 3x3) kernel (kernels/conv2d_winograd.hpp) against the reference: odd
 /// H and W (the last tile row and column cropped), pad 0, 1 and 2 (dgrad then runs with pad 2, 1
 /// and 0), Cin and Cout 1, 3, 5, 17, 33, batch 1 and 3, bias, the fused ReLU, dgrad, and shapes
-/// with 1 x 1 and 16 x 16 tiles per image (slices of one image and of several). Tolerance: an
-/// entry of U = G g G^T sums up to 9 weights times 1/4, of V = B^T d B up to 4 (x) 4 inputs with
-/// signs +-1, and Y = A^T M A sums 9 of M's entries, each a sum over Cin <= 33 of U V: the
-/// rounding of these sums (each at most ~ 10 terms, then the Cin products) is a small constant
+/// with 1 x 1 to 17 x 16 tiles per image (rounds of several images, of one, of tile-row blocks).
+/// Tolerance: an entry of U = G g G^T sums up to 9 weights times 1/4, of V = B^T d B up to 4 (x) 4
+/// inputs with signs +-1, and Y = A^T M A sums 9 of M's entries, each a sum over Cin <= 33 of U V:
+/// the rounding of these sums (each at most ~ 10 terms, then the Cin products) is a small constant
 /// times the direct sum's, whose values here are <= ~ 33 * 9 / 3 in size: ~ 2^-24 * 300 relative
 /// to 1 + |want| is well inside check_close's 2e-4 (float) and 1e-11 (double: 2^-53 * 300).
 TEST_CASE_TEMPLATE("winograd conv matches the reference on odd shapes", T, float, double) {
@@ -401,6 +401,9 @@ TEST_CASE_TEMPLATE("winograd conv matches the reference on odd shapes", T, float
   shapes.push_back(make_geometry(40, 3, 4, 5, 4, 3, 3, 1, 1, 0));    // pad (1, 0), 6 tiles: slices
   shapes.push_back(make_geometry(3, 16, 16, 32, 32, 3, 3, 1, 1, 1)); // 256 tiles, ResNet-20 stage 1
   shapes.push_back(make_geometry(2, 9, 11, 33, 31, 3, 3, 1, 1, 1));  // 17 x 16 tiles, both cropped
+  // Rounds of tile-row blocks (conv2d_winograd_layout): 17 tile rows in blocks of 9 (float) or 6
+  // (double), the last one shorter.
+  shapes.push_back(make_geometry(2, 64, 48, 33, 29, 3, 3, 1, 1, 1));
   for (const auto& g : shapes) {
     const std::string what = describe(g);
     auto x = random_vector<T>(g.input_count(), rng);
@@ -435,7 +438,7 @@ TEST_CASE_TEMPLATE("winograd conv matches the reference on odd shapes", T, float
                                 scratch);
     check_close(dw, dw_ref, "winograd wgrad " + what);
   }
-  CHECK(shapes.size() == 80);
+  CHECK(shapes.size() == 81);
 }
 
 TEST_CASE("winograd refuses what it cannot compute") {

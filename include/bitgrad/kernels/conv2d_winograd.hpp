@@ -35,10 +35,10 @@
 // of Y) enlarge the float error by a small constant factor over the direct sum, not with the
 // size of the layer.
 //
-// Threads: whole images per thread (kernels/parallel.hpp), each thread's images in slices of
-// conv2d_winograd_layout::images; every column of the GEMMs sees the same operations whatever
-// the slice, so results are identical across thread counts. The reference twin is
-// ref::conv2d_fprop / ref::conv2d_dgrad (kernels/ref/conv2d.hpp).
+// Threads: whole images per thread (kernels/parallel.hpp), each thread's images in rounds of
+// conv2d_winograd_layout (several images, or blocks of tile rows of one); every column of the GEMMs
+// sees the same operations whatever the slice, so results are identical across thread counts. The
+// reference twin is ref::conv2d_fprop / ref::conv2d_dgrad (kernels/ref/conv2d.hpp).
 #pragma once
 
 #include <bitgrad/core/simd.hpp>
@@ -49,6 +49,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -98,11 +100,20 @@ V winograd_relu(const V& v) {
 /// a fixed shift of the four parity planes (see conv2d_winograd_input) and the transforms run on
 /// whole registers of consecutive tiles. Junk: 1 / pitch of the GEMM columns (7 % at 28 x 28,
 /// 12 % at 14 x 14, 20 % at 8 x 8).
+///
+/// One round of the kernel transforms a block of tile rows [th0, th0 + block_rows) of `images`
+/// images into V, runs the 16 GEMMs and transforms M back: either whole images (block_rows =
+/// tiles_h, several small images) or one image in blocks of tile rows (a large one), so that V and
+/// M of a round, 16 (Cin + Cout) columns x sizeof(T) bytes, stay within l2_bytes.
 struct conv2d_winograd_layout {
-  std::size_t tiles_h, tiles_w, pitch, tiles, images, in_channels, out_channels, lanes;
+  std::size_t tiles_h, tiles_w, pitch, block_rows, images, in_channels, out_channels, lanes;
 
-  /// Columns aimed at per GEMM: one 32 x 32 image (272 tiles), 13 images of 8 x 8 (20 each).
-  static constexpr std::size_t target_columns = 256;
+  /// Bytes of V and M per round: 1 MiB, the L2 of a Zen 4 core. Measured (bench_conv2d, CPU
+  /// time, batch 128): 256 KiB and 128 KiB ran 1.1-1.5x slower (GEMMs of 48-128 columns), 2 MiB
+  /// no faster.
+  static constexpr std::size_t l2_bytes = 1024 * 1024;
+  /// Fewest GEMM columns per round (a narrower GEMM does not pay for its packing).
+  static constexpr std::size_t min_columns = 96;
 
   template <class T>
   static conv2d_winograd_layout of(const conv2d_geometry& g) {
@@ -110,22 +121,28 @@ struct conv2d_winograd_layout {
     l.tiles_h = (g.out_h() + 1) / 2;
     l.tiles_w = (g.out_w() + 1) / 2;
     l.pitch = l.tiles_w + 1;
-    l.tiles = l.tiles_h * l.pitch;
-    l.images = std::clamp<std::size_t>((target_columns + l.tiles - 1) / l.tiles, 1, g.batch);
     l.in_channels = g.in_channels;
     l.out_channels = g.out_channels;
     l.lanes = winograd_lanes<T>;
+    const std::size_t columns =
+        std::max(min_columns, l2_bytes / (16 * (g.in_channels + g.out_channels) * sizeof(T)));
+    l.block_rows = std::clamp<std::size_t>(columns / l.pitch, 1, l.tiles_h);
+    l.images = l.block_rows < l.tiles_h
+                   ? 1
+                   : std::clamp<std::size_t>(columns / (l.tiles_h * l.pitch), 1, g.batch);
     return l;
   }
-  /// Row length of V and M: the slice's tiles, then room for the last register's overrun.
-  std::size_t ld() const { return images * tiles + lanes; }
-  /// One parity plane: tiles_h + 1 rows of pitch, then a guard for the last register's reads.
-  std::size_t plane() const { return (tiles_h + 1) * pitch + lanes; }
+  /// Tiles of one image's block.
+  std::size_t block_tiles() const { return block_rows * pitch; }
+  /// Row length of V and M: a round's tiles, then room for the last register's overrun.
+  std::size_t ld() const { return images * block_tiles() + lanes; }
+  /// One parity plane: block_rows + 1 rows of pitch, then a guard for the last register's reads.
+  std::size_t plane() const { return (block_rows + 1) * pitch + lanes; }
   std::size_t planes_size() const { return 4 * plane(); }
   std::size_t v_size() const { return 16 * in_channels * ld(); }
   std::size_t m_size() const { return 16 * out_channels * ld(); }
-  /// y00, y01, y10, y11 of one image and output channel.
-  std::size_t y_size() const { return 4 * (tiles + lanes); }
+  /// y00, y01, y10, y11 of one block of one output channel.
+  std::size_t y_size() const { return 4 * (block_tiles() + lanes); }
   std::size_t scratch() const { return planes_size() + v_size() + m_size() + y_size(); }
   std::size_t u_size() const { return 16 * out_channels * in_channels; }
 };
@@ -156,44 +173,52 @@ void conv2d_winograd_weights(std::size_t out_channels, std::size_t in_channels,
     }
 }
 
-/// V's columns [col0, col0 + tiles) for one image x (Cin planes of g): the input transform.
+/// V's columns [col0, col0 + (th1 - th0) pitch) from tile rows [th0, th1) of one image x (Cin
+/// planes of g): the input transform.
 /// The zero-padded plane P (P[r][s] = x[r - pad_h][s - pad_w], 0 outside) is split by parity into
 /// Q_ab[rr][k] = P[2 rr + a][2 k + b] (a, b in {0, 1}, row pitch `pitch`), so entry (a, b) of
 /// tile t = th * pitch + tw is Q_{a%2, b%2}[t + (a/2) pitch + b/2]: 16 shifted runs.
 /// Writes up to lanes - 1 columns past the image's tiles (the next image's, or ld's room).
 template <class T>
 void conv2d_winograd_input(const conv2d_geometry& g, const conv2d_winograd_layout& l, const T* x,
-                           std::size_t col0, T* v, T* planes) {
+                           std::size_t th0, std::size_t th1, std::size_t col0, T* v, T* planes) {
   using V = winograd_vector<T>;
+  const std::size_t tiles = (th1 - th0) * l.pitch;
   const std::size_t pitch = l.pitch, plane = l.plane(), ld = l.ld();
   const std::size_t xi_stride = l.in_channels * ld;
+  // The image rows the block reads: [r0, r1).
+  const std::size_t r0 = std::min(g.in_h, 2 * th0 > g.pad_h ? 2 * th0 - g.pad_h : 0);
+  const std::size_t r1 = std::min(g.in_h, 2 * th1 + 2 > g.pad_h ? 2 * th1 + 2 - g.pad_h : 0);
   for (std::size_t c = 0; c < l.in_channels; ++c) {
     const T* const xc = x + c * g.in_plane();
-    for (std::size_t rr = 0; rr <= l.tiles_h; ++rr) // image rows in order (the prefetcher's)
+    if (c + 1 < l.in_channels) { // the next channel's rows, while this one is transformed
+      constexpr std::size_t line = 64 / sizeof(T);
+      const T* const next = xc + g.in_plane();
+      for (std::size_t i = r0 * g.in_w; i < r1 * g.in_w; i += line) __builtin_prefetch(next + i);
+    }
+    for (std::size_t rr = th0; rr <= th1; ++rr) // image rows in order (the prefetcher's)
       for (std::size_t a = 0; a < 2; ++a) {
-        T* const q0 = planes + (2 * a) * plane + rr * pitch; // Q_a0
-        T* const q1 = q0 + plane;                            // Q_a1
+        T* const q0 = planes + (2 * a) * plane + (rr - th0) * pitch; // Q_a0
+        T* const q1 = q0 + plane;                                    // Q_a1
         const std::ptrdiff_t ih = std::ptrdiff_t(2 * rr + a) - std::ptrdiff_t(g.pad_h);
         if (ih < 0 || ih >= std::ptrdiff_t(g.in_h)) {
           std::fill_n(q0, pitch, T(0));
           std::fill_n(q1, pitch, T(0));
           continue;
         }
-        // Image column s is padded column p = s + pad_w: Q_{p % 2}[p / 2]; the padded columns
-        // before pad_w and from pad_w + in_w on are zeros.
+        // Image column s is padded column p = s + pad_w: Q_{p % 2}[p / 2]. The padded columns
+        // before pad_w and from pad_w + in_w on are never written here: zeroed once per call
+        // (conv2d_winograd_run).
         const T* const xr = xc + std::size_t(ih) * g.in_w;
         for (std::size_t b = 0; b < 2; ++b) {
-          T* const q = b ? q1 : q0;
           const std::size_t s0 = (b + 2 - g.pad_w % 2) % 2; // first s with (s + pad_w) % 2 == b
-          const std::size_t k0 = (s0 + g.pad_w) / 2;
+          T* const q = (b ? q1 : q0) + (s0 + g.pad_w) / 2;
           const std::size_t count = g.in_w > s0 ? (g.in_w - s0 + 1) / 2 : 0;
-          for (std::size_t k = 0; k < k0; ++k) q[k] = T(0);
-          for (std::size_t i = 0; i < count; ++i) q[k0 + i] = xr[s0 + 2 * i];
-          for (std::size_t k = k0 + count; k < pitch; ++k) q[k] = T(0);
+          for (std::size_t i = 0; i < count; ++i) q[i] = xr[s0 + 2 * i];
         }
       }
     T* const vc = v + c * ld + col0;
-    for (std::size_t t = 0; t < l.tiles; t += l.lanes) {
+    for (std::size_t t = 0; t < tiles; t += l.lanes) {
       V h[4][4];
       for (std::size_t a = 0; a < 4; ++a) {
         const T* const qa = planes + (a % 2) * 2 * plane + t + (a / 2) * pitch;
@@ -214,18 +239,20 @@ void conv2d_winograd_input(const conv2d_geometry& g, const conv2d_winograd_layou
   }
 }
 
-/// One image's output y (Cout planes of g) from M's columns [col0, col0 + tiles): the output
-/// transform, plus bias (nullable) and the ReLU when relu.
+/// Tile rows [th0, th1) of one image's output y (Cout planes of g) from M's columns [col0, col0 +
+/// (th1 - th0) pitch): the output transform, plus bias (nullable) and the ReLU when relu.
 template <class T>
 void conv2d_winograd_output(const conv2d_geometry& g, const conv2d_winograd_layout& l, const T* m,
-                            std::size_t col0, const T* bias, bool relu, T* y, T* ybuf) {
+                            std::size_t th0, std::size_t th1, std::size_t col0, const T* bias,
+                            bool relu, T* y, T* ybuf) {
   using V = winograd_vector<T>;
-  const std::size_t ld = l.ld(), xi_stride = l.out_channels * ld, yp = l.tiles + l.lanes;
+  const std::size_t tiles = (th1 - th0) * l.pitch;
+  const std::size_t ld = l.ld(), xi_stride = l.out_channels * ld, yp = l.block_tiles() + l.lanes;
   const std::size_t oh_n = g.out_h(), ow_n = g.out_w();
   for (std::size_t o = 0; o < l.out_channels; ++o) {
     const V bv(bias ? bias[o] : T(0));
     const T* const mo = m + o * ld + col0;
-    for (std::size_t t = 0; t < l.tiles; t += l.lanes) {
+    for (std::size_t t = 0; t < tiles; t += l.lanes) {
       auto at = [&](std::size_t xi) { return winograd_load<V>(mo + xi * xi_stride + t); };
       V s[4], d[4]; // rows of A^T M
       for (std::size_t j = 0; j < 4; ++j) {
@@ -248,10 +275,10 @@ void conv2d_winograd_output(const conv2d_geometry& g, const conv2d_winograd_layo
     }
     // Interleave into output rows 2 th and 2 th + 1, dropping a last odd row or column.
     T* const yo = y + o * oh_n * ow_n;
-    for (std::size_t th = 0; th < l.tiles_h; ++th)
+    for (std::size_t th = th0; th < th1; ++th)
       for (std::size_t dr = 0; dr < 2 && 2 * th + dr < oh_n; ++dr) {
         T* const yr = yo + (2 * th + dr) * ow_n;
-        const T* const left = ybuf + 2 * dr * yp + th * l.pitch;
+        const T* const left = ybuf + 2 * dr * yp + (th - th0) * l.pitch;
         const T* const right = left + yp;
         std::size_t tw = 0;
         if constexpr (BITGRAD_HAS_SIMD) {
@@ -279,22 +306,27 @@ void conv2d_winograd_run(const conv2d_geometry& g, const conv2d_winograd_layout&
   const std::size_t cin = l.in_channels, cout = l.out_channels, ld = l.ld();
   parallel_chunks(threads, g.batch, [&](std::size_t th, std::size_t b, std::size_t e) {
     T* const planes = buf + th * per;
+    std::fill_n(planes, l.planes_size(), T(0)); // pad columns and guards stay 0
     T* const v = planes + l.planes_size();
     T* const m = v + l.v_size();
     T* const ybuf = m + l.m_size();
-    for (std::size_t n0 = b; n0 < e; n0 += l.images) {
-      const std::size_t count = std::min(l.images, e - n0);
-      for (std::size_t n = 0; n < count; ++n)
-        conv2d_winograd_input(g, l, x + (n0 + n) * cin * g.in_plane(), n * l.tiles, v, planes);
-      // A short last slice multiplies its count * tiles columns only; a column's result does not
-      // depend on the others.
-      for (std::size_t xi = 0; xi < 16; ++xi)
-        gemm(transpose::no, transpose::no, cout, count * l.tiles, cin, T(1), u + xi * cout * cin,
-             cin, v + xi * cin * ld, ld, T(0), m + xi * cout * ld, ld);
-      for (std::size_t n = 0; n < count; ++n)
-        conv2d_winograd_output(g, l, m, n * l.tiles, bias, relu,
-                               y + (n0 + n) * cout * g.out_plane(), ybuf);
-    }
+    for (std::size_t n0 = b; n0 < e; n0 += l.images)
+      for (std::size_t th0 = 0; th0 < l.tiles_h; th0 += l.block_rows) {
+        const std::size_t count = std::min(l.images, e - n0);
+        const std::size_t th1 = std::min(th0 + l.block_rows, l.tiles_h);
+        const std::size_t tiles = (th1 - th0) * l.pitch;
+        for (std::size_t n = 0; n < count; ++n)
+          conv2d_winograd_input(g, l, x + (n0 + n) * cin * g.in_plane(), th0, th1, n * tiles, v,
+                                planes);
+        // A round multiplies its count * tiles columns only; a column's result does not depend on
+        // the others, so neither on the round's size.
+        for (std::size_t xi = 0; xi < 16; ++xi)
+          gemm(transpose::no, transpose::no, cout, count * tiles, cin, T(1), u + xi * cout * cin,
+               cin, v + xi * cin * ld, ld, T(0), m + xi * cout * ld, ld);
+        for (std::size_t n = 0; n < count; ++n)
+          conv2d_winograd_output(g, l, m, th0, th1, n * tiles, bias, relu,
+                                 y + (n0 + n) * cout * g.out_plane(), ybuf);
+      }
   });
 }
 
