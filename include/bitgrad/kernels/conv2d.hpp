@@ -94,6 +94,19 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
       (pass != conv2d_pass::fprop || m <= 2))
     return conv2d_algo::direct;
+  // Winograd F(2x2, 3x3) (conv2d_winograd.hpp) does 16 multiplies per 2x2 output tile and
+  // (Cout, Cin) pair where the others do 36, and pays for it with transforms of cost ~ Cin + Cout
+  // per tile and 1 junk tile per tile row. Measured side by side with AVX-512 (bench_conv2d
+  // --compare --cpu, batch 128, 1 thread, benchmarks/README.md "Winograd F(2x2, 3x3)"), median
+  // ratio fastest other / winograd: 1.17-1.21x on VGG conv2-4 (32-64 channels, 28x28 / 14x14),
+  // 1.08-1.24x on ResNet-20 stages 2-3 (32 / 64 channels) at 14x14, 16x16 and 8x8, fprop and
+  // dgrad; 1.00-1.03x at 7x7 (a third of the tiles cropped or junk) and 0.91-0.94x with 16
+  // channels (stage 1: the transforms outweigh the GEMMs), where direct stays.
+  if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
+      detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
+      g.out_h() >= 8 && g.out_w() >= 8 &&
+      (pass == conv2d_pass::fprop || detail::conv2d_dgrad_is_convolution(g)))
+    return conv2d_algo::winograd;
   // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
   // implicit GEMM packs every element of col once per Cout/G rows; it multiplies the junk columns
   // and the rounding of its tiles instead (AVX-512 float: 6-31 % more FMAs, 32x32 .. 7x7).

@@ -17,19 +17,23 @@
 //
 // so the 36 multiplies per output tile and (o, c) of the direct convolution become 16, and the 16
 // sums over c are 16 GEMMs (kernels/gemm.hpp): M_xi (Cout x N) = U_xi (Cout x Cin) * V_xi (Cin x N)
-// with the N tiles of a slice of images as columns. Layouts (row-major):
+// with the N tiles of a round (several images, or a block of tile rows of one) as columns.
+// Layouts (row-major):
 //   U [xi][o][c]        (16 x Cout x Cin, formed once per call)
-//   V [xi][c][t]        (16 x Cin x N, t = image * tiles + th * tiles_w + tw)
+//   V [xi][c][t]        (16 x Cin x N, t = image * block tiles + th * pitch + tw)
 //   M [xi][o][t]        (16 x Cout x N)
-// The input transform reads a row of the zero-padded image split into even and odd columns,
-// so the tiles of a tile row are consecutive lanes: with E[k] = row[2k], O[k] = row[2k+1], tile tw
-// of the row has d0..d3 = E[tw], O[tw], E[tw+1], O[tw+1], and the row transform (d B)
-//   h0 = d0 - d2,  h1 = d1 + d2,  h2 = d2 - d1,  h3 = d1 - d3
-// runs on whole registers of tiles; then the same combination of the tile's four rows of h (B^T),
-// written straight into V's rows. The output transform combines M's 16 rows the same way
-// (s_j = m0j + m1j + m2j, t_j = m1j - m2j - m3j; y00 = s0 + s1 + s2, y01 = s1 - s2 - s3,
-// y10 = t0 + t1 + t2, y11 = t1 - t2 - t3), adds the bias and the ReLU, and interleaves the four
-// results into the output rows.
+// with pitch = tiles_w + 1: the last tile of each tile row is junk (multiplied, never written
+// out). The zero-padded image P is split by row and column parity into four planes
+// Q_ab[rr][k] = P[2 rr + a][2 k + b] of row pitch `pitch`, so that entry (a, b) of the 4 x 4
+// input tile t is Q_{a%2, b%2}[t + (a/2) pitch + b/2]: every entry is a shifted contiguous run,
+// and the transforms run on whole registers of consecutive tiles. Input: the row transform (d B)
+//   h0 = d0 - d2,  h1 = d1 + d2,  h2 = d2 - d1,  h3 = d1 - d3      (d0..d3 one row of the tile)
+// then the same combination of the four rows of h (B^T), written straight into V's 16 rows.
+// Output: M's 16 rows combined as A^T M A
+//   s_j = m0j + m1j + m2j,  t_j = m1j - m2j - m3j,
+//   y00 = s0 + s1 + s2,  y01 = s1 - s2 - s3,  y10 = t0 + t1 + t2,  y11 = t1 - t2 - t3,
+// plus the bias and the ReLU, and the four results interleaved into the output rows (zip_lo /
+// zip_hi), a last odd row or column dropped.
 //
 // Rounding: the 1/2 entries of G and the +-1 sums of B and A (up to 9 terms per entry of V and
 // of Y) enlarge the float error by a small constant factor over the direct sum, not with the
@@ -37,7 +41,7 @@
 //
 // Threads: whole images per thread (kernels/parallel.hpp), each thread's images in rounds of
 // conv2d_winograd_layout (several images, or blocks of tile rows of one); every column of the GEMMs
-// sees the same operations whatever the slice, so results are identical across thread counts. The
+// sees the same operations whatever the round, so results are identical across thread counts. The
 // reference twin is ref::conv2d_fprop / ref::conv2d_dgrad (kernels/ref/conv2d.hpp).
 #pragma once
 
@@ -61,6 +65,10 @@ inline bool conv2d_winograd_fits(const conv2d_geometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
          g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1;
 }
+
+/// Whether conv2d_choose_algo may pick the Winograd kernel: only where it was measured faster,
+/// AVX-512 (bench_conv2d --compare, benchmarks/README.md "Winograd F(2x2, 3x3)").
+inline constexpr bool conv2d_winograd_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
 
 /// The vector type of the transforms: simd_batch<T>, or T itself without SIMD.
 template <class T>
