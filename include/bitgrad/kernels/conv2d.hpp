@@ -98,9 +98,9 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // (Cout, Cin) pair where the others do 36, and pays for it with transforms of cost ~ Cin + Cout
   // per tile and 1 junk tile per tile row. Measured side by side with AVX-512 (bench_conv2d
   // --compare --cpu, batch 128, 1 thread, benchmarks/README.md "Winograd F(2x2, 3x3)"), median
-  // ratio fastest other / winograd: 1.17-1.21x on VGG conv2-4 (32-64 channels, 28x28 / 14x14),
-  // 1.08-1.24x on ResNet-20 stages 2-3 (32 / 64 channels) at 14x14, 16x16 and 8x8, fprop and
-  // dgrad; 1.00-1.03x at 7x7 (a third of the tiles cropped or junk) and 0.91-0.94x with 16
+  // ratio fastest other / winograd: 1.11-1.26x on VGG conv2-4 (32-64 channels, 28x28 / 14x14),
+  // 1.15-1.21x on ResNet-20 stages 2-3 (32 / 64 channels) at 14x14, 16x16 and 8x8, fprop and
+  // dgrad; 1.00-1.01x at 7x7 (a third of the tiles cropped or junk) and 0.76-0.97x with 16
   // channels (stage 1: the transforms outweigh the GEMMs), where direct stays.
   if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
       detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
