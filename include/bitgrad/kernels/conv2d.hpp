@@ -3,7 +3,7 @@
 // Layout and formula: see kernels/conv2d_geometry.hpp (x, y NCHW; w OIHW; groups).
 // Reference twins with the same signatures: kernels/ref/conv2d.hpp.
 //
-// Three algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
+// Four algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
 //  * implicit GEMM (kernels/conv2d_implicit.hpp): the GEMMs below with the column matrix never
 //    stored; the GEMM packs its micro-panels straight from the image. fprop and wgrad for any
 //    geometry; dgrad as the convolution of dy with the flipped weights when the stride is 1
@@ -27,6 +27,9 @@
 //    dot products of dy (junk columns 0) with the shifted planes, register-blocked too
 //    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile, each slice's images
 //    summed in the registers). No K x P matrix and no packed B panels.
+//  * Winograd F(2x2, 3x3) (kernels/conv2d_winograd.hpp; 3x3, stride 1, dilation 1, one group):
+//    fprop and dgrad (on dy with the flipped, transposed weights) as weight, input and output
+//    transforms around 16 gemms of Cout x Cin by Cin x tiles; no wgrad of its own.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
