@@ -13,8 +13,9 @@
 //   alternately in one process (the order flips every round), and it prints a Markdown table of
 //   the median ms, the median of the per-round ratios im2col / implicit (> 1: implicit GEMM is
 //   faster), the ratio of the fastest rounds (the least disturbed on a shared machine), the median
-//   of the per-round ratios implicit / direct (> 1: the direct kernel is faster; stride 1), and
-//   the algorithm `auto` picks.
+//   of the per-round ratios implicit / direct (> 1: the direct kernel is faster; stride 1), for
+//   3x3 stride-1 fprop and dgrad the Winograd kernel and the median of the per-round ratios
+//   fastest other / winograd (> 1: Winograd is faster), and the algorithm `auto` picks.
 //     OMP_NUM_THREADS=1 build/bench/benchmarks/bench_conv2d --compare [--batch 128]
 //         [--rounds 7] [--filter resnet28] [--cpu]
 //   --cpu times with the process's CPU clock instead of the wall clock (1 thread on a loaded
@@ -91,8 +92,8 @@ const layer layers[] = {
 
 enum class pass { fprop, dgrad, wgrad };
 const char* const pass_names[] = {"fprop", "dgrad", "wgrad"};
-enum class impl { automatic, im2col, direct, implicit, reference };
-const char* const impl_names[] = {"auto", "im2col", "direct", "implicit", "ref"};
+enum class impl { automatic, im2col, direct, implicit, reference, winograd };
+const char* const impl_names[] = {"auto", "im2col", "direct", "implicit", "ref", "winograd"};
 
 conv2d_geometry geometry(const layer& l, std::size_t batch) {
   conv2d_geometry g;
@@ -111,6 +112,7 @@ conv2d_algo algo_of(impl im) {
   return im == impl::im2col     ? conv2d_algo::im2col
          : im == impl::direct   ? conv2d_algo::direct
          : im == impl::implicit ? conv2d_algo::implicit
+         : im == impl::winograd ? conv2d_algo::winograd
                                 : conv2d_algo::automatic;
 }
 
@@ -171,14 +173,20 @@ bool strided(const layer& l) {
   return l.stride != 1;
 }
 
+/// Whether conv2d_algo::winograd computes l (its fprop and dgrad; it has no wgrad).
+bool winograd_fits(const layer& l) {
+  return l.k == 3 && l.stride == 1 && l.groups == 1;
+}
+
 void register_all() {
   for (const auto& l : layers)
     for (std::size_t batch : {64, 128})
       for (int p = 0; p < 3; ++p)
-        for (int i = 0; i < 5; ++i) {
+        for (int i = 0; i < 6; ++i) {
           const auto im = impl(i);
           if (im == impl::reference && batch != 64) continue; // the reference is slow
           if (im == impl::direct && strided(l)) continue;
+          if (im == impl::winograd && (!winograd_fits(l) || p == 2)) continue;
           const std::string name = std::string(l.name) + "/" + pass_names[p] + "/" + impl_names[i] +
                                    "/batch:" + std::to_string(batch);
           benchmark::RegisterBenchmark(
@@ -213,8 +221,9 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
             bool cpu) {
   if (callgrind) rounds = 1;
   std::printf("| layer | pass | m x n x k per image | im2col ms | implicit ms | direct ms | "
-              "im2col / implicit | best / best | implicit / direct | auto |\n"
-              "|---|---|---|--:|--:|--:|--:|--:|--:|---|\n");
+              "winograd ms | im2col / implicit | best / best | implicit / direct | "
+              "others / winograd | auto |\n"
+              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
   for (const auto& l : layers) {
     if (std::string(l.name).find(filter) == std::string::npos) continue;
     operands op(geometry(l, batch));
@@ -222,8 +231,10 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
     for (int p = 0; p < 3; ++p) {
       std::vector<impl> variants{impl::im2col, impl::implicit};
       if (!strided(l)) variants.push_back(impl::direct);
+      const bool winograd = winograd_fits(l) && p < 2;
+      if (winograd) variants.push_back(impl::winograd);
       std::vector<std::vector<double>> ms(variants.size());
-      std::vector<double> ratios, direct_ratios;
+      std::vector<double> ratios, direct_ratios, winograd_ratios;
       for (impl im : variants) op.run(pass(p), im); // warm-up: buffers, caches, threads
       for (std::size_t r = 0; r < rounds; ++r) {
         std::vector<double> round_ms(variants.size());
@@ -247,6 +258,9 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
         }
         ratios.push_back(round_ms[0] / round_ms[1]);
         if (variants.size() > 2) direct_ratios.push_back(round_ms[1] / round_ms[2]);
+        if (winograd)
+          winograd_ratios.push_back(*std::min_element(round_ms.begin(), round_ms.end() - 1) /
+                                    round_ms.back());
       }
       const bitgrad::conv2d_algo chosen = bitgrad::conv2d_choose_algo(g, bitgrad::conv2d_pass(p));
       const std::size_t m = g.out_channels_per_group(), k = g.filter_size(), n = g.out_plane();
@@ -259,14 +273,20 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
         std::snprintf(direct, sizeof direct, "%.3f", median(ms[2]));
         std::snprintf(direct_ratio, sizeof direct_ratio, "%.2f", median(direct_ratios));
       }
+      char wino[32] = "-", wino_ratio[32] = "-";
+      if (winograd) {
+        std::snprintf(wino, sizeof wino, "%.3f", median(ms.back()));
+        std::snprintf(wino_ratio, sizeof wino_ratio, "%.2f", median(winograd_ratios));
+      }
       const double best_ratio = *std::min_element(ms[0].begin(), ms[0].end()) /
                                 *std::min_element(ms[1].begin(), ms[1].end());
-      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %.2f | %.2f | %s | %s |\n", l.name,
-                  pass_names[p], shape.c_str(), median(ms[0]), median(ms[1]), direct,
-                  median(ratios), best_ratio, direct_ratio,
+      std::printf("| %s | %s | %s | %.3f | %.3f | %s | %s | %.2f | %.2f | %s | %s | %s |\n", l.name,
+                  pass_names[p], shape.c_str(), median(ms[0]), median(ms[1]), direct, wino,
+                  median(ratios), best_ratio, direct_ratio, wino_ratio,
                   chosen == conv2d_algo::im2col     ? "im2col"
                   : chosen == conv2d_algo::direct   ? "direct"
                   : chosen == conv2d_algo::implicit ? "implicit"
+                  : chosen == conv2d_algo::winograd ? "winograd"
                                                     : "?");
       std::fflush(stdout);
     }

@@ -372,6 +372,95 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
   }
 }
 
+/// The Winograd F(2x2, 3x3) kernel (kernels/conv2d_winograd.hpp) against the reference: odd
+/// H and W (the last tile row and column cropped), pad 0, 1 and 2 (dgrad then runs with pad 2, 1
+/// and 0), Cin and Cout 1, 3, 5, 17, 33, batch 1 and 3, bias, the fused ReLU, dgrad, and shapes
+/// with 1 x 1 to 17 x 16 tiles per image (rounds of several images, of one, of tile-row blocks).
+/// Tolerance: an entry of U = G g G^T sums up to 9 weights times 1/4, of V = B^T d B up to 4 (x) 4
+/// inputs with signs +-1, and Y = A^T M A sums 9 of M's entries, each a sum over Cin <= 33 of U V:
+/// the rounding of these sums (each at most ~ 10 terms, then the Cin products) is a small constant
+/// times the direct sum's, whose values here are <= ~ 33 * 9 / 3 in size: ~ 2^-24 * 300 relative
+/// to 1 + |want| is well inside check_close's 2e-4 (float) and 1e-11 (double: 2^-53 * 300).
+TEST_CASE_TEMPLATE("winograd conv matches the reference on odd shapes", T, float, double) {
+  std::mt19937 rng(29);
+  std::vector<T> scratch, ref_scratch;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<conv2d_geometry> shapes;
+  const std::size_t channels[] = {1, 3, 5, 17, 33};
+  std::size_t counter = 0;
+  for (std::size_t cin : channels)
+    for (std::size_t cout : channels)
+      for (std::size_t pad : {0, 1, 2}) {
+        const std::size_t batch = counter % 2 ? 3 : 1, h = 5 + 2 * (counter % 4);
+        const std::size_t w = counter % 3 ? 7 + 2 * (counter % 5) : 8;
+        shapes.push_back(make_geometry(batch, cin, cout, h, w, 3, 3, 1, pad, pad));
+        ++counter;
+      }
+  shapes.push_back(make_geometry(3, 4, 6, 3, 3, 3, 3, 1, 0, 0));     // one tile, cropped to 1x1
+  shapes.push_back(make_geometry(3, 5, 7, 4, 4, 3, 3, 1, 0, 0));     // one whole tile per image
+  shapes.push_back(make_geometry(40, 3, 4, 5, 4, 3, 3, 1, 1, 0));    // pad (1, 0), 6 tiles: slices
+  shapes.push_back(make_geometry(3, 16, 16, 32, 32, 3, 3, 1, 1, 1)); // 256 tiles, ResNet-20 stage 1
+  shapes.push_back(make_geometry(2, 9, 11, 33, 31, 3, 3, 1, 1, 1));  // 17 x 16 tiles, both cropped
+  // Rounds of tile-row blocks (conv2d_winograd_layout): 17 tile rows in blocks of 9 (float) or 6
+  // (double), the last one shorter.
+  shapes.push_back(make_geometry(2, 64, 48, 33, 29, 3, 3, 1, 1, 1));
+  for (const auto& g : shapes) {
+    const std::string what = describe(g);
+    auto x = random_vector<T>(g.input_count(), rng);
+    auto w = random_vector<T>(g.weight_count(), rng);
+    auto b = random_vector<T>(g.out_channels, rng);
+    auto dy = random_vector<T>(g.output_count(), rng);
+    std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), ynb_ref(g.output_count());
+    std::vector<T> dx_ref(g.input_count());
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), static_cast<const T*>(nullptr),
+                               ynb_ref.data(), ref_scratch);
+    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
+    std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan), ynb(g.output_count(), nan);
+    std::vector<T> dx(g.input_count(), nan);
+    const auto algo = conv2d_algo::winograd;
+    bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), y.data(), scratch);
+    bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), b.data(), yr.data(), scratch, true);
+    bitgrad::conv2d_fprop_using(algo, g, x.data(), w.data(), static_cast<const T*>(nullptr),
+                                ynb.data(), scratch);
+    bitgrad::conv2d_dgrad_using(algo, g, dy.data(), w.data(), dx.data(), scratch);
+    check_close(y, y_ref, "winograd fprop " + what);
+    check_close(yr, yr_ref, "winograd fprop_relu " + what);
+    check_close(ynb, ynb_ref, "winograd fprop no bias " + what);
+    check_close(dx, dx_ref, "winograd dgrad " + what);
+    // wgrad has no Winograd kernel: conv2d_algo::winograd runs the automatic choice.
+    auto dw_ref = random_vector<T>(g.weight_count(), rng);
+    std::vector<T> dw = dw_ref;
+    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), static_cast<T*>(nullptr),
+                               ref_scratch);
+    bitgrad::conv2d_wgrad_using(algo, g, x.data(), dy.data(), dw.data(), static_cast<T*>(nullptr),
+                                scratch);
+    check_close(dw, dw_ref, "winograd wgrad " + what);
+  }
+  CHECK(shapes.size() == 81);
+}
+
+TEST_CASE("winograd refuses what it cannot compute") {
+  std::vector<float> scratch, x(3 * 9 * 9), w(3 * 3 * 25), y(3 * 9 * 9);
+  const float* const no_bias = nullptr;
+  const auto g = make_geometry(1, 3, 3, 9, 9, 5, 5, 1, 2, 2);
+  CHECK_THROWS_AS(bitgrad::conv2d_fprop_using(conv2d_algo::winograd, g, x.data(), w.data(), no_bias,
+                                              y.data(), scratch),
+                  bitgrad::config_error);
+  const auto strided = make_geometry(1, 3, 3, 9, 9, 3, 3, 2, 1, 1);
+  CHECK_THROWS_AS(bitgrad::conv2d_fprop_using(conv2d_algo::winograd, strided, x.data(), w.data(),
+                                              no_bias, y.data(), scratch),
+                  bitgrad::config_error);
+  // A dgrad padded by 3 > 2 is no convolution of dy: it runs im2col.
+  const auto wide = make_geometry(1, 3, 3, 5, 5, 3, 3, 1, 3, 3);
+  std::vector<float> dy(3 * wide.out_plane(), 1.0f), dx(3 * 25), dx_ref(3 * 25);
+  std::fill(w.begin(), w.end(), 0.5f);
+  bitgrad::conv2d_dgrad_using(conv2d_algo::winograd, wide, dy.data(), w.data(), dx.data(), scratch);
+  bitgrad::ref::conv2d_dgrad(wide, dy.data(), w.data(), dx_ref.data(), scratch);
+  CHECK(dx == dx_ref);
+}
+
 TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
   using bitgrad::detail::conv2d_wgrad_slices;
   auto slices = [](std::size_t batch, std::size_t weights) {
@@ -397,6 +486,7 @@ TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, flo
   std::vector<T> scratch;
   const int saved = omp_get_max_threads();
   for (const auto& g : {make_geometry(1, 16, 16, 32, 32, 3, 3, 1, 1, 1),   // pixels split
+                        make_geometry(5, 8, 12, 9, 11, 3, 3, 1, 1, 1),     // winograd slices
                         make_geometry(5, 6, 16, 12, 12, 5, 5, 1, 0, 0),    // 5 images
                         make_geometry(19, 8, 16, 14, 14, 3, 3, 2, 1, 1),   // 10 slices
                         make_geometry(37, 1, 6, 28, 28, 5, 5, 1, 0, 0)}) { // direct, 13 slices
@@ -404,7 +494,9 @@ TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, flo
     auto w = random_vector<T>(g.weight_count(), rng);
     auto b = random_vector<T>(g.out_channels, rng);
     auto dy = random_vector<T>(g.output_count(), rng);
-    for (auto algo : {conv2d_algo::automatic, conv2d_algo::implicit, conv2d_algo::im2col}) {
+    for (auto algo : {conv2d_algo::automatic, conv2d_algo::implicit, conv2d_algo::im2col,
+                      conv2d_algo::winograd}) {
+      if (algo == conv2d_algo::winograd && !bitgrad::detail::conv2d_winograd_fits(g)) continue;
       std::vector<T> y1, dx1, dw1, db1;
       for (int threads : {1, 2, 3, 4, 7}) {
         omp_set_num_threads(threads);

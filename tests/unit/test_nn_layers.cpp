@@ -113,6 +113,16 @@ TEST_CASE("gradient checks: linear, conv2d and parameter-free layers") {
                              .seed = 5});
     require_gradients(conv, random_tensor<double, 4>({2, 2, 4, 4}, 3));
   }
+  SUBCASE(
+      "conv2d 32 -> 32 3x3 pad 1 with fused relu (Winograd where conv2d_choose_algo picks it)") {
+    nn::conv2d<double> conv({.in_channels = 32,
+                             .out_channels = 32,
+                             .kernel = 3,
+                             .padding = 1,
+                             .fuse_relu = true,
+                             .seed = 5});
+    require_gradients(conv, random_tensor<double, 4>({2, 32, 9, 8}, 3), {.max_per_tensor = 40});
+  }
   SUBCASE("conv2d + relu and linear + relu fused by sequential (forward_relu)") {
     nn::sequential net(
         nn::conv2d<double>({.in_channels = 2,

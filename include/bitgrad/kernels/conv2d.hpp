@@ -3,7 +3,7 @@
 // Layout and formula: see kernels/conv2d_geometry.hpp (x, y NCHW; w OIHW; groups).
 // Reference twins with the same signatures: kernels/ref/conv2d.hpp.
 //
-// Three algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
+// Four algorithms, per image n and group g (K = Cin/G * kh * kw, P = out_h * out_w):
 //  * implicit GEMM (kernels/conv2d_implicit.hpp): the GEMMs below with the column matrix never
 //    stored; the GEMM packs its micro-panels straight from the image. fprop and wgrad for any
 //    geometry; dgrad as the convolution of dy with the flipped weights when the stride is 1
@@ -27,6 +27,9 @@
 //    dot products of dy (junk columns 0) with the shifted planes, register-blocked too
 //    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile, each slice's images
 //    summed in the registers). No K x P matrix and no packed B panels.
+//  * Winograd F(2x2, 3x3) (kernels/conv2d_winograd.hpp; 3x3, stride 1, dilation 1, one group):
+//    fprop and dgrad (on dy with the flipped, transposed weights) as weight, input and output
+//    transforms around 16 gemms of Cout x Cin by Cin x tiles; no wgrad of its own.
 // conv2d_algo::automatic picks one per pass (conv2d_choose_algo, measured with
 // benchmarks/bench_conv2d.cpp).
 //
@@ -46,6 +49,7 @@
 #include <bitgrad/kernels/conv2d_direct_wgrad.hpp>
 #include <bitgrad/kernels/conv2d_geometry.hpp>
 #include <bitgrad/kernels/conv2d_implicit.hpp>
+#include <bitgrad/kernels/conv2d_winograd.hpp>
 #include <bitgrad/kernels/epilogue.hpp>
 #include <bitgrad/kernels/gemm.hpp>
 #include <bitgrad/kernels/im2col.hpp>
@@ -59,10 +63,13 @@
 namespace bitgrad {
 
 /// Which lowering a convolution uses. `direct` needs stride 1 (config_error otherwise).
+/// `winograd` (F(2x2, 3x3), kernels/conv2d_winograd.hpp) needs a 3x3 kernel, stride 1, dilation 1
+/// and one group (config_error otherwise); it runs a dgrad padded by more than 2 through im2col
+/// and wgrad as `automatic` does (it has no wgrad of its own).
 /// `implicit` runs a strided dgrad (or one padded by more than dilation * (kernel - 1)) through
 /// im2col + col2im, and everything through im2col where SIMD is off (BITGRAD_NO_SIMD: the gemm
 /// is the reference loop then).
-enum class conv2d_algo { automatic, im2col, direct, implicit };
+enum class conv2d_algo { automatic, im2col, direct, implicit, winograd };
 
 /// The three passes of a convolution, which may use different algorithms.
 enum class conv2d_pass { fprop, dgrad, wgrad };
@@ -90,6 +97,19 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   if (stride1 && !pointwise && g.filter_size() <= 32 && m <= 8 &&
       (pass != conv2d_pass::fprop || m <= 2))
     return conv2d_algo::direct;
+  // Winograd F(2x2, 3x3) (conv2d_winograd.hpp) does 16 multiplies per 2x2 output tile and
+  // (Cout, Cin) pair where the others do 36, and pays for it with transforms of cost ~ Cin + Cout
+  // per tile and 1 junk tile per tile row. Measured side by side with AVX-512 (bench_conv2d
+  // --compare --cpu, batch 128, 1 thread, benchmarks/README.md "Winograd F(2x2, 3x3)"), median
+  // ratio fastest other / winograd: 1.11-1.26x on VGG conv2-4 (32-64 channels, 28x28 / 14x14),
+  // 1.15-1.21x on ResNet-20 stages 2-3 (32 / 64 channels) at 14x14, 16x16 and 8x8, fprop and
+  // dgrad; 1.00-1.01x at 7x7 (a third of the tiles cropped or junk) and 0.76-0.97x with 16
+  // channels (stage 1: the transforms outweigh the GEMMs), where direct stays.
+  if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
+      detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
+      g.out_h() >= 8 && g.out_w() >= 8 &&
+      (pass == conv2d_pass::fprop || detail::conv2d_dgrad_is_convolution(g)))
+    return conv2d_algo::winograd;
   // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
   // implicit GEMM packs every element of col once per Cout/G rows; it multiplies the junk columns
   // and the rounding of its tiles instead (AVX-512 float: 6-31 % more FMAs, 32x32 .. 7x7).
@@ -167,6 +187,14 @@ inline conv2d_algo conv2d_resolve(conv2d_algo algo, const conv2d_geometry& g, co
   if (algo == conv2d_algo::direct && (g.stride_h != 1 || g.stride_w != 1))
     throw config_error("conv2d: the direct algorithm needs stride 1, got stride (" +
                        std::to_string(g.stride_h) + ", " + std::to_string(g.stride_w) + ")");
+  if (algo == conv2d_algo::winograd) {
+    if (!conv2d_winograd_fits(g))
+      throw config_error("conv2d: the winograd algorithm needs a 3x3 kernel, stride 1, dilation 1 "
+                         "and one group");
+    if (pass == conv2d_pass::wgrad) return conv2d_choose_algo(g, pass);
+    if (pass == conv2d_pass::dgrad && !conv2d_dgrad_is_convolution(g)) return conv2d_algo::im2col;
+    return algo;
+  }
   if (algo == conv2d_algo::implicit &&
       (!BITGRAD_HAS_SIMD || (pass == conv2d_pass::dgrad && !conv2d_dgrad_is_convolution(g))))
     return conv2d_algo::im2col;
@@ -487,6 +515,10 @@ template <class T>
 void conv2d_fprop_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, const T* w,
                         const T* bias, T* y, std::vector<T>& scratch, bool relu = false) {
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::fprop);
+  if (algo == conv2d_algo::winograd) {
+    detail::conv2d_winograd_fprop(g, x, w, bias, y, relu, scratch);
+    return;
+  }
   if (algo == conv2d_algo::implicit) {
     detail::conv2d_implicit_fprop(g, x, w, bias, y, relu, scratch);
     return;
@@ -517,6 +549,10 @@ template <class T>
 void conv2d_dgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* dy, const T* w, T* dx,
                         std::vector<T>& scratch) {
   algo = detail::conv2d_resolve(algo, g, conv2d_pass::dgrad);
+  if (algo == conv2d_algo::winograd) {
+    detail::conv2d_winograd_dgrad(g, detail::conv2d_transposed_geometry(g), dy, w, dx, scratch);
+    return;
+  }
   if (algo == conv2d_algo::implicit) {
     detail::conv2d_implicit_dgrad(g, dy, w, dx, scratch);
     return;
