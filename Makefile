@@ -43,12 +43,15 @@ bench: deps
 	$(CMAKE) --build --preset bench -j $(JOBS)
 	bash scripts/run-benchmarks.sh build/bench
 
-# Build the benchmarks without running them, as the release preset builds (-O2, -Werror), so CI
-# keeps them compiling: `make test` leaves them out (no test runs them; issue #18).
+# Build the benchmarks without timing them, as the release preset builds (-O2, -Werror), so CI
+# keeps them compiling: `make test` leaves them out (issue #18). Then the options of their own
+# side-by-side modes (bench_conv2d and bench_optim --compare) run on tiny settings, checked end
+# to end (tests/scripts/bench_options.py, ~2 s).
 .PHONY: bench-build
 bench-build: deps
 	$(CMAKE) --preset bench-build
 	$(CMAKE) --build --preset bench-build -j $(JOBS)
+	/usr/bin/python3 tests/scripts/bench_options.py build/bench-build/benchmarks
 
 # The `install` preset configures no tests, examples or benchmarks, so installing needs only
 # CMake and the library's own dependencies (xtensor, xsimd, xtl, zlib; OpenMP if found), not

@@ -28,6 +28,8 @@
 //         --callgrind-out-file=/tmp/cg/out.%p
 //         build/cg/benchmarks/bench_conv2d --compare --callgrind --batch 16     (one line)
 //     python3 benchmarks/callgrind_summary.py /tmp/cg
+#include "compare_args.hpp"
+
 #include <bitgrad/kernels/conv2d.hpp>
 #include <bitgrad/kernels/reference.hpp>
 
@@ -45,7 +47,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <random>
 #include <string>
@@ -220,6 +221,12 @@ double now_ms(bool cpu) {
 int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bool callgrind,
             bool cpu) {
   if (callgrind) rounds = 1;
+  // What runs, as the options set it (tests/scripts/bench_options.py reads this line).
+  std::printf("bench_conv2d --compare: batch %zu, %zu rounds, layers matching \"%s\", %s\n\n",
+              batch, rounds, filter.c_str(),
+              callgrind ? "callgrind counts"
+              : cpu     ? "process CPU clock"
+                        : "wall clock");
   std::printf("| layer | pass | m x n x k per image | im2col ms | implicit ms | direct ms | "
               "winograd ms | im2col / implicit | best / best | implicit / direct | "
               "others / winograd | auto |\n"
@@ -298,37 +305,38 @@ int compare(std::size_t batch, std::size_t rounds, const std::string& filter, bo
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--compare") {
+    using namespace bitgrad::bench;
     std::size_t batch = 128, rounds = 7;
     std::string filter;
     bool callgrind = false, cpu = false;
-    for (int i = 2; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) {
-          std::fprintf(stderr, "bench_conv2d: %s needs a value\n", a.c_str());
-          std::exit(2);
-        }
-        return argv[++i];
-      };
-      if (a == "--batch")
-        batch = std::stoul(value());
-      else if (a == "--rounds")
-        rounds = std::stoul(value());
-      else if (a == "--filter")
-        filter = value();
-      else if (a == "--callgrind")
-        callgrind = true;
-      else if (a == "--cpu")
-        cpu = true;
-      else {
-        std::fprintf(stderr,
-                     "bench_conv2d --compare: unknown option %s (--batch N, --rounds N, --filter "
-                     "TEXT, --callgrind, --cpu)\n",
-                     a.c_str());
-        return 2;
+    try {
+      for (compare_args args(argc, argv, 2); args.next();) {
+        const std::string a = args.option();
+        if (a == "--batch")
+          batch = whole_number(a, args.value(), 1);
+        else if (a == "--rounds")
+          rounds = whole_number(a, args.value(), 1);
+        else if (a == "--filter")
+          filter = args.value();
+        else if (a == "--callgrind")
+          callgrind = true;
+        else if (a == "--cpu")
+          cpu = true;
+        else
+          throw usage_error("unknown option " + a);
       }
+      if (std::none_of(std::begin(layers), std::end(layers), [&](const layer& l) {
+            return std::string(l.name).find(filter) != std::string::npos;
+          }))
+        throw usage_error("--filter " + filter + " matches no layer");
+    } catch (const usage_error& e) {
+      std::fprintf(stderr,
+                   "bench_conv2d --compare: %s (options: --batch N, --rounds N, --filter TEXT, "
+                   "--callgrind, --cpu)\n",
+                   e.what());
+      return 2;
     }
-    return compare(batch, std::max<std::size_t>(1, rounds), filter, callgrind, cpu);
+    return compare(batch, rounds, filter, callgrind, cpu);
   }
   register_all();
   benchmark::Initialize(&argc, argv);

@@ -13,7 +13,10 @@
 // Set OMP_WAIT_POLICY=passive to see the crossover with sleeping threads.
 //
 // Results and the conditions they were measured in: benchmarks/README.md, "Optimizer steps".
+#include "compare_args.hpp"
+
 #include <bitgrad/kernels/optim_update.hpp>
+#include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/ref/optim_update.hpp>
 
 #include <benchmark/benchmark.h>
@@ -103,6 +106,9 @@ double median(std::vector<double> v) {
 }
 
 int compare(std::size_t rounds) {
+  // What runs (tests/scripts/bench_options.py reads this line).
+  std::printf("bench_optim --compare: %zu rounds, %zu threads\n\n", rounds,
+              bitgrad::detail::available_threads());
   std::printf("| step | n | scalar us | serial us | threaded us | scalar / serial | serial / "
               "threaded | best serial / best threaded |\n|---|--:|--:|--:|--:|--:|--:|--:|\n");
   for (bool adam : {true, false})
@@ -148,9 +154,18 @@ int compare(std::size_t rounds) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--compare") {
+    using namespace bitgrad::bench;
     std::size_t rounds = 15;
-    if (argc > 3 && std::string(argv[2]) == "--rounds") rounds = std::stoul(argv[3]);
-    return compare(std::max<std::size_t>(1, rounds));
+    try {
+      for (compare_args args(argc, argv, 2); args.next();) {
+        if (args.option() != "--rounds") throw usage_error("unknown option " + args.option());
+        rounds = whole_number("--rounds", args.value(), 1);
+      }
+    } catch (const usage_error& e) {
+      std::fprintf(stderr, "bench_optim --compare: %s (options: --rounds N)\n", e.what());
+      return 2;
+    }
+    return compare(rounds);
   }
   for (bool adam : {true, false})
     for (bool threaded : {false, true}) {
