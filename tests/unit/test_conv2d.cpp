@@ -461,6 +461,30 @@ TEST_CASE("winograd refuses what it cannot compute") {
   CHECK(dx == dx_ref);
 }
 
+TEST_CASE("conv2d_choose_algo picks Winograd from 1,024 tiles of a batch on, never below") {
+  using bitgrad::conv2d_choose_algo;
+  using bitgrad::conv2d_pass;
+  // 28x28, pad 1: 14 tile rows x (14 + 1 junk) tiles = 210 per image; 4 images are 840 tiles,
+  // 5 are 1,050. 14x14: 7 x 8 = 56 per image, 19 images are 1,064.
+  const auto winograd_at = [](std::size_t batch, std::size_t hw, conv2d_pass pass) {
+    return conv2d_choose_algo(make_geometry(batch, 32, 64, hw, hw, 3, 3, 1, 1, 1), pass) ==
+           conv2d_algo::winograd;
+  };
+  for (const auto pass : {conv2d_pass::fprop, conv2d_pass::dgrad}) {
+    CHECK_FALSE(winograd_at(1, 28, pass));
+    CHECK_FALSE(winograd_at(4, 28, pass));
+    CHECK(winograd_at(5, 28, pass) == bitgrad::detail::conv2d_winograd_preferred);
+    CHECK_FALSE(winograd_at(18, 14, pass));
+    CHECK(winograd_at(19, 14, pass) == bitgrad::detail::conv2d_winograd_preferred);
+    CHECK(winograd_at(128, 14, pass) == bitgrad::detail::conv2d_winograd_preferred);
+  }
+  CHECK_FALSE(winograd_at(128, 28, conv2d_pass::wgrad));
+  // The layer test's shape (test_nn_layers: a gradient check through Winograd): 2 x 32 x 16.
+  const auto layer_shape = make_geometry(2, 32, 32, 63, 30, 3, 3, 1, 1, 1);
+  CHECK((conv2d_choose_algo(layer_shape) == conv2d_algo::winograd) ==
+        bitgrad::detail::conv2d_winograd_preferred);
+}
+
 TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
   using bitgrad::detail::conv2d_wgrad_slices;
   auto slices = [](std::size_t batch, std::size_t weights) {

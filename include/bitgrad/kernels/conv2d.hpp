@@ -104,10 +104,18 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // ratio fastest other / winograd: 1.11-1.26x on VGG conv2-4 (32-64 channels, 28x28 / 14x14),
   // 1.15-1.21x on ResNet-20 stages 2-3 (32 / 64 channels) at 14x14, 16x16 and 8x8, fprop and
   // dgrad; 1.00-1.01x at 7x7 (a third of the tiles cropped or junk) and 0.76-0.97x with 16
-  // channels (stage 1: the transforms outweigh the GEMMs), where direct stays.
+  // channels (stage 1: the transforms outweigh the GEMMs), where direct stays. Small batches
+  // lose: the 16 GEMMs get too few columns (tiles) to pay for their packing. Wall clock, 1 thread,
+  // 7-9 rounds, fastest other / winograd on VGG conv2-4 and resnet28.layer2: 0.40-0.80x at batch
+  // 1, 0.63-0.99x at 2, 0.81-0.98x at 4 (840 tiles on 28x28, 224 on 14x14), 0.98-1.16x at 8
+  // (1,680 / 448), 1.00-1.18x at 16 (896 on 14x14), 1.03-1.16x at 32; so Winograd needs
+  // batch x tiles per image >= 1,024 (the batch, not the thread count, decides, so that results
+  // do not depend on the number of threads).
+  const std::size_t winograd_tiles =
+      g.batch * ((g.out_h() + 1) / 2) * ((g.out_w() + 1) / 2 + 1); // conv2d_winograd_layout
   if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
       detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
-      g.out_h() >= 8 && g.out_w() >= 8 &&
+      g.out_h() >= 8 && g.out_w() >= 8 && winograd_tiles >= 1024 &&
       (pass == conv2d_pass::fprop || detail::conv2d_dgrad_is_convolution(g)))
     return conv2d_algo::winograd;
   // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
