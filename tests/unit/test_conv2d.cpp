@@ -119,6 +119,19 @@ conv2d_geometry make_geometry(std::size_t batch, std::size_t in_c, std::size_t o
   return g;
 }
 
+/// The operands of geometry g, uniform(-1, 1), drawn in this order: x, w, b, dy.
+template <class T>
+struct conv_operands {
+  std::vector<T> x, w, b, dy;
+};
+
+template <class T>
+conv_operands<T> random_operands(const conv2d_geometry& g, std::mt19937& rng) {
+  // A braced list is evaluated left to right, so the draws keep their order.
+  return {random_vector<T>(g.input_count(), rng), random_vector<T>(g.weight_count(), rng),
+          random_vector<T>(g.out_channels, rng), random_vector<T>(g.output_count(), rng)};
+}
+
 /// Shapes the implicit GEMM meets beyond the small grid: output channels and pixels that leave
 /// ragged register tiles (M = 11, P = 117), k and pixel counts past one cache block (K = 450 > KC,
 /// P = 400 > NC at that depth), strides, 1x1 stride-2 shortcuts, a valid 5x5, dilation, groups,
@@ -217,10 +230,7 @@ TEST_CASE_TEMPLATE("optimised conv2d matches the reference over the grid", T, fl
   const T nan = std::numeric_limits<T>::quiet_NaN();
   std::size_t checked = 0;
   for (const auto& g : geometry_grid()) {
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     auto dw0 = random_vector<T>(g.weight_count(), rng); // wgrad accumulates onto this
     auto db0 = random_vector<T>(g.out_channels, rng);
 
@@ -266,10 +276,7 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
   std::vector<T> scratch, ref_scratch;
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (const auto& g : implicit_shapes()) {
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     auto dw0 = random_vector<T>(g.weight_count(), rng);
     auto db0 = random_vector<T>(g.out_channels, rng);
     std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
@@ -344,10 +351,7 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
   };
   for (const auto& g : shapes) {
     const std::string what = describe(g);
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
     bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
     bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
@@ -406,10 +410,7 @@ TEST_CASE_TEMPLATE("winograd conv matches the reference on odd shapes", T, float
   shapes.push_back(make_geometry(2, 64, 48, 33, 29, 3, 3, 1, 1, 1));
   for (const auto& g : shapes) {
     const std::string what = describe(g);
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), ynb_ref(g.output_count());
     std::vector<T> dx_ref(g.input_count());
     bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
@@ -514,10 +515,7 @@ TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, flo
                         make_geometry(5, 6, 16, 12, 12, 5, 5, 1, 0, 0),    // 5 images
                         make_geometry(19, 8, 16, 14, 14, 3, 3, 2, 1, 1),   // 10 slices
                         make_geometry(37, 1, 6, 28, 28, 5, 5, 1, 0, 0)}) { // direct, 13 slices
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     for (auto algo : {conv2d_algo::automatic, conv2d_algo::implicit, conv2d_algo::im2col,
                       conv2d_algo::winograd}) {
       if (algo == conv2d_algo::winograd && !bitgrad::detail::conv2d_winograd_fits(g)) continue;
@@ -564,10 +562,7 @@ TEST_CASE_TEMPLATE("public conv2d entry points match the reference on network sh
   for (const auto& g :
        {make(3, 1, 6, 28, 5, 0, 1), make(2, 6, 16, 12, 5, 0, 1), make(2, 16, 24, 9, 3, 1, 1),
         make(3, 12, 12, 11, 3, 1, 12), make(2, 8, 20, 6, 1, 0, 1)}) {
-    auto x = random_vector<T>(g.input_count(), rng);
-    auto w = random_vector<T>(g.weight_count(), rng);
-    auto b = random_vector<T>(g.out_channels, rng);
-    auto dy = random_vector<T>(g.output_count(), rng);
+    auto [x, w, b, dy] = random_operands<T>(g, rng);
     std::vector<T> y(g.output_count()), y_ref(g.output_count()), yr(g.output_count()),
         yr_ref(g.output_count()), dx(g.input_count()), dx_ref(g.input_count()),
         dw(g.weight_count(), T(0)), dw_ref(g.weight_count(), T(0)), db(g.out_channels, T(0)),
