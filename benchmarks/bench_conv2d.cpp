@@ -176,7 +176,7 @@ bool strided(const layer& l) {
 
 /// Whether conv2d_algo::winograd computes l (its fprop and dgrad; it has no wgrad).
 bool winograd_fits(const layer& l) {
-  return l.k == 3 && l.stride == 1 && l.groups == 1;
+  return bitgrad::detail::conv2d_winograd_fits(geometry(l, 1));
 }
 
 void register_all() {

@@ -112,7 +112,7 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // batch x tiles per image >= 1,024 (the batch, not the thread count, decides, so that results
   // do not depend on the number of threads).
   const std::size_t winograd_tiles =
-      g.batch * ((g.out_h() + 1) / 2) * ((g.out_w() + 1) / 2 + 1); // conv2d_winograd_layout
+      g.batch * detail::conv2d_winograd_layout::of<float>(g).image_tiles();
   if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
       detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
       g.out_h() >= 8 && g.out_w() >= 8 && winograd_tiles >= 1024 &&

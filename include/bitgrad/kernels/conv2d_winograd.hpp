@@ -140,6 +140,8 @@ struct conv2d_winograd_layout {
                    : std::clamp<std::size_t>(columns / (l.tiles_h * l.pitch), 1, g.batch);
     return l;
   }
+  /// Tiles of one image, the junk column included.
+  std::size_t image_tiles() const { return tiles_h * pitch; }
   /// Tiles of one image's block.
   std::size_t block_tiles() const { return block_rows * pitch; }
   /// Row length of V and M: a round's tiles, then room for the last register's overrun.

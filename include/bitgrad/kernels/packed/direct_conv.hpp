@@ -529,7 +529,7 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
                                            ow_b - ow_a);
           // The row's pixels in one call where the stage takes rows (prepared lanes:
           // output_stage.hpp), else a call per pixel.
-          if constexpr (requires { out.rows(i_a, ow_b, std::size_t(0), acc, npad, n_out); })
+          if constexpr (requires { out.rows(i_a, ow_b - ow_a, std::size_t(0), acc, npad, n_out); })
             out.rows(i_a, ow_b - ow_a, std::size_t(0), acc, npad, n_out);
           else
             for (std::size_t ow = ow_a; ow < ow_b; ++ow)

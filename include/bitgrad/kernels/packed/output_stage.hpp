@@ -29,7 +29,8 @@
 // prepared<B>(j0): its per-channel loads (scale, bias) and scalar parameters (ReLU bounds,
 // quantizer scale and zero point) as lane batches held in registers, then applied to each row.
 // Applied per row, they were reloaded after every u8 store (which may alias them) and broadcast
-// again: a third of the stage's instructions. Same operations in the same order: the same bits.
+// again: a third of the stage's instructions. A stage's apply(v, i, j0) is prepared<B>(j0)
+// .apply(v, i), so both ways run the same operations and give the same bits.
 //
 // Columns: scale_bias, clamp, quantize_u8 and the stores also have `apply_column(batch, i0, j)`,
 // the same operation on rows i0 .. i0 + lanes - 1 of one channel j (the per-channel parameters
@@ -196,10 +197,8 @@ struct scale_bias {
     return detail::mul_add(static_cast<float>(acc), scale[j], bias ? bias[j] : 0.0f);
   }
   template <class B>
-  BITGRAD_ALWAYS_INLINE auto apply(const B& acc, std::size_t, std::size_t j0) const {
-    using F = xsimd::batch<float, typename B::arch_type>;
-    return detail::mul_add(xsimd::to_float(acc), F::load_unaligned(scale + j0),
-                           bias ? F::load_unaligned(bias + j0) : F(0.0f));
+  BITGRAD_ALWAYS_INLINE auto apply(const B& acc, std::size_t i, std::size_t j0) const {
+    return prepared<B>(j0).apply(acc, i);
   }
   /// apply(acc, i, j0) with channel j0's lanes loaded once ("Prepared lanes" at the top).
   template <class B>
@@ -241,14 +240,14 @@ struct clamp {
     return v < hi ? v : hi;
   }
   template <class B>
-  BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t, std::size_t) const {
-    // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
-    return xsimd::min(xsimd::select(v > B(lo), v, B(lo)), B(hi));
+  BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
+    return prepared<B>(j0).apply(v, i);
   }
   template <class B>
   struct prepared_lanes {
     B lo, hi;
     BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t) const {
+      // NaN -> lo by the select; no NaN is left for min, whose NaN rule differs across ISAs.
       return xsimd::min(xsimd::select(v > lo, v, lo), hi);
     }
   };
@@ -280,9 +279,7 @@ struct add_u8 {
   }
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
-    using I = xsimd::batch<std::int32_t, typename B::arch_type>;
-    const I q = detail::load_u8_widened<I>(r + i * stride + j0) - I(zero_point);
-    return detail::mul_add(xsimd::to_float(q), B(scale), v);
+    return prepared<B>(j0).apply(v, i);
   }
   template <class B>
   struct prepared_lanes {
@@ -311,7 +308,7 @@ struct add_f32 {
   float operator()(float v, std::size_t i, std::size_t j) const { return v + r[i * stride + j]; }
   template <class B>
   BITGRAD_ALWAYS_INLINE B apply(const B& v, std::size_t i, std::size_t j0) const {
-    return v + B::load_unaligned(r + i * stride + j0);
+    return prepared<B>(j0).apply(v, i);
   }
   template <class B>
   struct prepared_lanes {
@@ -352,22 +349,16 @@ struct quantize_u8 {
   }
   /// The u8 values as int32 lanes.
   template <class B>
-  BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t, std::size_t) const {
-    B q = v * B(inv_scale);
-    q = xsimd::select(q == q, q, B(0.0f)); // NaN -> 0; min and max below see no NaN
-    q = xsimd::min(xsimd::max(q, B(-big)), B(big));
-    q = (q + B(magic)) - B(magic);
-    q += B(static_cast<float>(zero_point));
-    q = xsimd::min(xsimd::max(q, B(lo)), B(hi));
-    return xsimd::to_int(q);
+  BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t i, std::size_t j0) const {
+    return prepared<B>(j0).apply(v, i);
   }
-  /// apply with the parameters as batches (the same operations, the same bits).
+  /// apply with the parameters as batches.
   template <class B>
   struct prepared_lanes {
     B inv_scale, zero_point, lo, hi;
     BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t) const {
       B q = v * inv_scale;
-      q = xsimd::select(q == q, q, B(0.0f));
+      q = xsimd::select(q == q, q, B(0.0f)); // NaN -> 0; min and max below see no NaN
       q = xsimd::min(xsimd::max(q, B(-big)), B(big));
       q = (q + B(magic)) - B(magic);
       q += zero_point;
@@ -582,7 +573,8 @@ struct pipeline {
       pooled(B::load_aligned(top), B::load_aligned(bottom), c, count - c);
     }
 #else
-    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count, (void)whole_lanes;
+    (void)i0, (void)j, (void)acc_top, (void)acc_bottom, (void)count, (void)whole_lanes,
+        (void)direction;
 #endif
   }
 
