@@ -167,6 +167,37 @@ inline void paired_table(std::ostream& md, const settings& cfg,
   md << "\n";
 }
 
+/// Issue #24: size against error in the form Uhlich et al. (ICLR 2020) report: the weight memory
+/// of the quantized layers in KB (1 KB = 1,000 bytes; codes + scales + bitwidths, no biases) and
+/// the test error in % (100 - accuracy), every arm of every size point, smallest first, after
+/// the FP32 start (32 bits per weight of the same layers).
+inline void size_error_table(std::ostream& md, const std::vector<const aggregate*>& mine) {
+  const run_row& first = *mine.front()->runs.front();
+  double weights = 0;
+  for (const auto& l : first.layers) weights += static_cast<double>(l.params);
+  const auto error_cell = [](const stats& accuracy) {
+    if (accuracy.n == 0) return std::string("n/a");
+    std::string t = format_fixed(100 - 100 * accuracy.mean, 2);
+    if (accuracy.n > 1) t += " ± " + format_fixed(100 * accuracy.std, 2);
+    return t;
+  };
+  std::vector<const aggregate*> by_size(mine);
+  std::stable_sort(by_size.begin(), by_size.end(), [](const aggregate* x, const aggregate* y) {
+    return x->weight_bytes.mean < y->weight_bytes.mean;
+  });
+  md << "Size against error (the form of Uhlich et al. 2020): weight memory of the quantized "
+        "layers in KB (1 KB = 1,000 bytes: codes, scales and bitwidths; the float32 biases not "
+        "counted), test error in % (100 - accuracy; mean ± sample std over seeds).\n\n"
+        "| arm | k | weight KB | test error % | seeds |\n|---|---:|---:|---:|---:|\n";
+  md << "| FP32 | 32 | " << format_fixed(4 * weights / 1000, 1) << " | "
+     << error_cell(mine.front()->fp32) << " | " << mine.front()->fp32.n << " |\n";
+  for (const aggregate* g : by_size)
+    md << "| " << g->a.name() << " | " << size_text(g->k) << " | "
+       << format_fixed(g->weight_bytes.mean / 1000, 1) << " | " << error_cell(g->accuracy) << " | "
+       << g->accuracy.n << " |\n";
+  md << "\n";
+}
+
 /// Histograms of the learned bitwidths of the best mixed arm of every size.
 inline void bit_histograms(std::ostream& md, const settings& cfg, const std::string& model,
                            const std::vector<aggregate>& aggs) {
@@ -279,6 +310,7 @@ inline std::string markdown(const settings& cfg, const std::vector<aggregate>& a
     arm_table(md, model, aggs, mine);
     verdict_table(md, cfg, model, aggs, mine);
     paired_table(md, cfg, mine);
+    size_error_table(md, mine);
     bit_histograms(md, cfg, model, aggs);
     policy_comparison(md, cfg, mine);
   }

@@ -782,6 +782,31 @@ PY
   grep -q "^| 1.5 | frac_bits/channel | [0-9]* | uniform/channel at 2 | [0-9]* | 2 | " "$work/f/results.md" ||
     fail "results.md: no paired row of frac_bits/channel at 1.5 against uniform/channel at 2"
   [ -s "$work/f/bits-lenet5-1.5bit.svg" ] || fail "no bits-lenet5-1.5bit.svg"
+  # The size-vs-error table (issue #24), recomputed from results.csv and layers.csv: FP32 first at
+  # 4 bytes per quantized weight, then every arm by its mean weight bytes, error = 100 - accuracy.
+  "$python" - "$work/f" << 'PY' || fail "the size-vs-error table of study f"
+import csv, statistics, sys
+d = sys.argv[1]
+R = list(csv.DictReader(open(d + "/results.csv")))
+n = sum(int(r["params"]) for r in csv.DictReader(open(d + "/layers.csv"))
+        if r["arm"] == "uniform/channel" and r["seed"] == "1")
+md = open(d + "/results.md").read().split("\n")
+start = md.index("| arm | k | weight KB | test error % | seeds |")
+rows = [line.split(" | ") for line in md[start + 2:] if line.startswith("| ")]
+rows = rows[:1 + len({(r["size_bits"], r["arm"]) for r in R})]
+def err(xs):
+    e = "%.2f" % (100 - 100 * statistics.fmean(xs))
+    return e + " ± %.2f" % (100 * statistics.stdev(xs)) if len(xs) > 1 else e
+fp32 = [float(r["fp32_accuracy"]) for r in R if r["arm"] == "uniform/channel"]
+assert rows[0] == ["| FP32", "32", "%.1f" % (4 * n / 1000), err(fp32), "2 |"], rows[0]
+want = []
+for k, arm in dict.fromkeys((r["size_bits"], r["arm"]) for r in R):
+    mine = [r for r in R if (r["size_bits"], r["arm"]) == (k, arm)]
+    kb = statistics.fmean(float(r["weight_bytes"]) for r in mine) / 1000
+    want.append((kb, ["| " + arm, k, "%.1f" % kb, err([float(r["accuracy"]) for r in mine]), "2 |"]))
+want.sort(key=lambda w: w[0])
+assert rows[1:] == [w[1] for w in want], (rows[1:], want)
+PY
   # --resume: one seed, then the second; then again with seed 2's 1.5-bit arm missing.
   study part --sizes 1.5,2 --seeds 1
   study part --sizes 1.5,2 --seeds 2 --resume
