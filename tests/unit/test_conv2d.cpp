@@ -6,7 +6,6 @@
 
 #include <doctest/doctest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -704,54 +703,6 @@ TEST_CASE_TEMPLATE("implicit GEMM packers write im2col's column matrix in the pa
         }
     CHECK(mismatches == 0);
   }
-}
-
-TEST_CASE_TEMPLATE(
-    "direct conv's padded planes: every element written once, as zero-fill then copy", T, float,
-    double) {
-  // The plain twin: zero the whole buffer, then copy the rows in. The kernel writes each element
-  // once; the buffer starts as NaN so an element it skipped shows.
-  std::mt19937 rng(23);
-  const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (std::size_t h : {1u, 2u, 7u, 14u})
-    for (std::size_t w : {1u, 3u, 7u, 28u})
-      for (std::size_t pad_h : {0u, 1u, 2u})
-        for (std::size_t pad_w : {0u, 1u, 3u}) {
-          conv2d_geometry g{};
-          g.in_channels = 3;
-          g.in_h = h;
-          g.in_w = w;
-          g.pad_h = pad_h;
-          g.pad_w = pad_w;
-          const std::size_t hp = h + 2 * pad_h, wp = w + 2 * pad_w;
-          const std::vector<T> x = random_vector<T>(3 * h * w, rng);
-          std::vector<T> want(3 * hp * wp, T(0));
-          for (std::size_t c = 0; c < 3; ++c)
-            for (std::size_t r = 0; r < h; ++r)
-              for (std::size_t col = 0; col < w; ++col)
-                want[(c * hp + r + pad_h) * wp + col + pad_w] = x[(c * h + r) * w + col];
-          std::vector<T> got(want.size() + 1, nan);
-          bitgrad::detail::conv2d_pad_copy(g, 3, x.data(), got.data());
-          INFO("h ", h, " w ", w, " pad ", pad_h, " x ", pad_w);
-          CHECK(std::equal(want.begin(), want.end(), got.begin()));
-          CHECK(std::isnan(got.back())); // nothing written past the planes
-        }
-  // wgrad's dy rows: no lead, a pitch past the width, a total past the last row (span_pad).
-  for (std::size_t rows : {1u, 5u})
-    for (std::size_t width : {1u, 5u, 17u})
-      for (std::size_t gap : {0u, 2u})
-        for (std::size_t tail : {0u, 3u, 16u}) {
-          const std::size_t pitch = width + gap, total = (rows - 1) * pitch + width + tail;
-          const std::vector<T> src = random_vector<T>(rows * width, rng);
-          std::vector<T> want(total, T(0));
-          for (std::size_t r = 0; r < rows; ++r)
-            std::copy_n(src.begin() + r * width, width, want.begin() + r * pitch);
-          std::vector<T> got(total + 1, nan);
-          bitgrad::detail::conv2d_place_rows(src.data(), rows, width, 0, pitch, total, got.data());
-          INFO("rows ", rows, " width ", width, " gap ", gap, " tail ", tail);
-          CHECK(std::equal(want.begin(), want.end(), got.begin()));
-          CHECK(std::isnan(got.back()));
-        }
 }
 
 TEST_CASE("conv2d geometry: output size formula and validation messages") {

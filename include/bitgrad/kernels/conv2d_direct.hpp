@@ -38,58 +38,15 @@
 
 namespace bitgrad::detail {
 
-/// conv2d_place_rows' writes run front to back, each element once, so a whole register may run
-/// past the end of the run it writes: the writes after it put the right values there. Whole
-/// registers while one fits before `end` (the buffer's end), element by element after that (a
-/// run of 2 pad_w zeros is one store, not a memset call per row).
-///
-/// Zeros p[0, n); may write zeros to p[n, end) too. Returns p + n.
-template <class T>
-T* conv2d_zero_ahead(T* p, std::size_t n, const T* end) {
-  using batch = simd_batch<T>;
-  std::size_t k = 0;
-  for (; k < n && p + k + batch::size <= end; k += batch::size) batch(T(0)).store_unaligned(p + k);
-  for (; k < n; ++k) p[k] = T(0);
-  return p + n;
-}
-
-/// Copies src[0, n) to p[0, n); may write anything to p[n, end) too, and reads src only below
-/// src_end. Returns p + n.
-template <class T>
-T* conv2d_copy_ahead(const T* src, std::size_t n, const T* src_end, T* p, const T* end) {
-  using batch = simd_batch<T>;
-  std::size_t k = 0;
-  for (; k < n && p + k + batch::size <= end && src + k + batch::size <= src_end; k += batch::size)
-    batch::load_unaligned(src + k).store_unaligned(p + k);
-  for (; k < n; ++k) p[k] = src[k];
-  return p + n;
-}
-
-/// Places `rows` rows of `width` elements of src (row pitch width) in dst[0, total) at row pitch
-/// `pitch` from element `lead` on, dst[lead + r pitch + w] = src[r width + w], and zeros every
-/// other element of dst[0, total): dst written once, front to back, not zeroed and then
-/// overwritten, and nothing written outside dst[0, total).
-/// Needs lead + (rows - 1) pitch + width <= total and width <= pitch.
-template <class T>
-void conv2d_place_rows(const T* src, std::size_t rows, std::size_t width, std::size_t lead,
-                       std::size_t pitch, std::size_t total, T* dst) {
-  const T* const src_end = src + rows * width;
-  T* const end = dst + total;
-  T* p = conv2d_zero_ahead(dst, lead, end);
-  for (std::size_t r = 0; r < rows; ++r) {
-    p = conv2d_copy_ahead(src + r * width, width, src_end, p, end);
-    T* const next = r + 1 < rows ? dst + lead + (r + 1) * pitch : end;
-    p = conv2d_zero_ahead(p, static_cast<std::size_t>(next - p), end);
-  }
-}
-
 /// Copies `channels` planes of x into the zero-padded buffer xp (channels x Hp x Wp).
 template <class T>
 void conv2d_pad_copy(const conv2d_geometry& g, std::size_t channels, const T* x, T* xp) {
   const std::size_t hp = g.in_h + 2 * g.pad_h, wp = g.in_w + 2 * g.pad_w;
+  std::fill_n(xp, channels * hp * wp, T(0));
   for (std::size_t c = 0; c < channels; ++c)
-    conv2d_place_rows(x + c * g.in_h * g.in_w, g.in_h, g.in_w, g.pad_h * wp + g.pad_w, wp, hp * wp,
-                      xp + c * hp * wp);
+    for (std::size_t h = 0; h < g.in_h; ++h)
+      std::copy_n(x + (c * g.in_h + h) * g.in_w, g.in_w,
+                  xp + (c * hp + h + g.pad_h) * wp + g.pad_w);
 }
 
 /// Register blocking of the direct kernel for element type T on simd_arch.

@@ -184,9 +184,11 @@ void conv2d_wgrad_fill(const conv2d_geometry& g, const conv2d_wgrad_layout& l, s
   for (std::size_t n = 0; n < count; ++n) {
     conv2d_pad_copy(g, l.in_channels, x + n * x_stride, xs + n * l.x_image());
     T* const dn = dys + n * l.dy_image();
+    std::fill_n(dn, l.dy_image(), T(0));
     for (std::size_t o = 0; o < l.out_channels; ++o)
-      conv2d_place_rows(dy + n * dy_stride + o * oh_n * ow_n, oh_n, ow_n, 0, l.wp, l.span_pad,
-                        dn + o * l.span_pad);
+      for (std::size_t oh = 0; oh < oh_n; ++oh)
+        std::copy_n(dy + n * dy_stride + (o * oh_n + oh) * ow_n, ow_n,
+                    dn + o * l.span_pad + oh * l.wp);
   }
   std::fill_n(xs + count * l.x_image(), l.guard, T(0));
 }
