@@ -51,7 +51,8 @@ def main():
         ap.error(f"--cpu needs --threads 1 (cpu_time counts the main thread only), got {a.threads}")
     unit = "img/CPU s" if a.cpu else "img/s"
     rounds_head, rounds_rule = (" per round |", "---|") if a.show_rounds else ("", "")
-    print(f"| row | threads | old {unit} | new {unit} | new / old (median of rounds) |{rounds_head}")
+    print(f"| row | threads | old {unit} | new {unit} | new / old (median of rounds) |"
+          f"{rounds_head}")
     print(f"|---|--:|--:|--:|--:|{rounds_rule}")
     for t in threads:
         for row in [r for r in a.rows.split(",") if r]:

@@ -222,7 +222,8 @@ def check_compare_builds(tmp, stubs, log):
     p, calls = compare(["--threads", "1", "--show-rounds"])
     assert p.returncode == 0, p.stderr
     assert "| per round |" in p.stdout, p.stdout
-    assert "| train/lenet5/quant/64 | 1 | 1000 | 2000 | 2.00 | 2.00 2.00 2.00 |" in p.stdout, p.stdout
+    row = "| train/lenet5/quant/64 | 1 | 1000 | 2000 | 2.00 | 2.00 2.00 2.00 |"
+    assert row in p.stdout, p.stdout
     p, calls = compare(["--threads", "1,2", "--cpu"])
     assert p.returncode != 0 and "--cpu needs --threads 1" in p.stderr, p.stderr
     assert calls == [], "nothing may run after a refused --cpu"
