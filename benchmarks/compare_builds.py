@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of steps per run")
+    ap.add_argument("--show-rounds", action="store_true",
+                    help="add a column with each round's new / old, in the order run")
     ap.add_argument("--cpu", action="store_true",
                     help="images per CPU second (1 thread on a shared machine), not per wall second")
     a = ap.parse_args()
@@ -48,8 +50,10 @@ def main():
     if a.cpu and threads != [1]:
         ap.error(f"--cpu needs --threads 1 (cpu_time counts the main thread only), got {a.threads}")
     unit = "img/CPU s" if a.cpu else "img/s"
-    print(f"| row | threads | old {unit} | new {unit} | new / old (median of rounds) |")
-    print("|---|--:|--:|--:|--:|")
+    rounds_head, rounds_rule = (" per round |", "---|") if a.show_rounds else ("", "")
+    print(f"| row | threads | old {unit} | new {unit} | new / old (median of rounds) |"
+          f"{rounds_head}")
+    print(f"|---|--:|--:|--:|--:|{rounds_rule}")
     for t in threads:
         for row in [r for r in a.rows.split(",") if r]:
             old, new, ratios = [], [], []
@@ -59,7 +63,9 @@ def main():
                     results.append(images_per_second(binary, row, t, a.min_time, a.cpu))
                 ratios.append(new[-1] / old[-1])
             print(f"| {row} | {t} | {statistics.median(old):.0f} | {statistics.median(new):.0f} "
-                  f"| {statistics.median(ratios):.2f} |", flush=True)
+                  f"| {statistics.median(ratios):.2f} |"
+                  + (f" {' '.join(f'{r:.2f}' for r in ratios)} |" if a.show_rounds else ""),
+                  flush=True)
     return 0
 
 

@@ -191,7 +191,8 @@ def check_deploy(tmp, stubs, log):
 
 
 def check_compare_builds(tmp, stubs, log):
-    """benchmarks/compare_builds.py: --rows, --threads, --rounds, --min-time and --cpu."""
+    """benchmarks/compare_builds.py: --rows, --threads, --rounds, --min-time, --cpu and
+    --show-rounds."""
     (tmp / "new").mkdir()
     new = tmp / "new" / "bench"
     new.write_text(pathlib.Path(stubs["bench"]).read_text())
@@ -217,6 +218,12 @@ def check_compare_builds(tmp, stubs, log):
     assert p.returncode == 0, p.stderr
     assert "old img/CPU s" in p.stdout, p.stdout
     assert "| train/lenet5/quant/64 | 1 | 1250 | 2500 | 2.00 |" in p.stdout, p.stdout
+    # --show-rounds: each round's ratio in a last column, in the order run.
+    p, calls = compare(["--threads", "1", "--show-rounds"])
+    assert p.returncode == 0, p.stderr
+    assert "| per round |" in p.stdout, p.stdout
+    row = "| train/lenet5/quant/64 | 1 | 1000 | 2000 | 2.00 | 2.00 2.00 2.00 |"
+    assert row in p.stdout, p.stdout
     p, calls = compare(["--threads", "1,2", "--cpu"])
     assert p.returncode != 0 and "--cpu needs --threads 1" in p.stderr, p.stderr
     assert calls == [], "nothing may run after a refused --cpu"
