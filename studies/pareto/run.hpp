@@ -46,10 +46,10 @@ void sensitivity_split_half(Net& net, const data_sets& data, const settings& cfg
   }
 }
 
-template <template <class> class Quant, class Build, class FloatNet>
-std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
-                               FloatNet& fp32, const std::string& model, const arm& a, double k,
-                               std::uint64_t seed, double budget_bits) {
+/// The quantized network of arm `a` at size point k (policy Quant, its options from the study's
+/// settings), not yet trained.
+template <template <class> class Quant, class Build>
+auto arm_network(const settings& cfg, Build build, const arm& a, double k, std::uint64_t seed) {
   using T = float;
   typename Quant<T>::options q{};
   q.group_size = bitgrad::cli::parse_group(a.group);
@@ -64,8 +64,16 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   if constexpr (requires { q.seed; }) q.seed = seed;
   // Every layer, the first conv and the last linear included, quantized as the arm says
   // (model_options::quant reaches them when edge_quant is unset).
-  auto net = build.template operator()<Quant>(
+  return build.template operator()<Quant>(
       bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q});
+}
+
+template <template <class> class Quant, class Build, class FloatNet>
+std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
+                               FloatNet& fp32, const std::string& model, const arm& a, double k,
+                               std::uint64_t seed, double budget_bits) {
+  using T = float;
+  auto net = arm_network<Quant>(cfg, build, a, k, seed);
 
   bitgrad::train::trainer_options t = cfg.trainer;
   t.pretrain.epochs = 0; // every arm starts from the shared pretrained FP32 network
@@ -165,6 +173,48 @@ double budget_bits(Build build, double k) {
   return size.weight_bits + (k - j) * static_cast<double>(size.weights);
 }
 
+/// Calls f.template operator()<Q>() with the policy template Q of arm `a`. AllPolicies = false
+/// compiles only frac_bits and fixed_bits (see run_model): another policy is then a config_error.
+template <bool AllPolicies, class F>
+void with_policy(const std::string& model, const arm& a, F&& f) {
+  if (a.policy == "fixed_bits")
+    f.template operator()<bitgrad::quant::fixed_bits>();
+  else if (a.policy == "frac_bits")
+    f.template operator()<bitgrad::quant::frac_bits>();
+  else if constexpr (!AllPolicies)
+    throw bitgrad::config_error("pareto: " + model +
+                                " is built with the frac_bits and fixed_bits arms only, got " +
+                                a.policy);
+  else if (a.policy == "step_bits")
+    f.template operator()<bitgrad::quant::step_bits>();
+  else
+    f.template operator()<bitgrad::quant::noise_bits>();
+}
+
+/// Before any training: every arm's budget at every size point holds its smallest model (every
+/// group at ceil(b_min), 40 bits of overhead per group; train::smallest_size_bits), else a
+/// config_error naming the model, size point and arm. The trainer would refuse the same budget,
+/// but only after the seed's FP32 pretraining.
+template <bool AllPolicies, class Build>
+void check_budgets(const settings& cfg, const std::string& model, Build build) {
+  for (double k : cfg.sizes) {
+    const double budget = budget_bits(build, k);
+    for (const arm& a : arms_of(cfg, k))
+      with_policy<AllPolicies>(model, a, [&]<template <class> class Q>() {
+        auto net = arm_network<Q>(cfg, build, a, k, cfg.first_seed);
+        const double floats = bitgrad::train::measure_size(net).float_bits();
+        const double smallest = bitgrad::train::smallest_size_bits(net) - floats;
+        if (budget < smallest)
+          throw bitgrad::config_error(
+              model + " at size point " + size_text(k) + ": the budget (" +
+              format_fixed(budget / 8, 1) + " B of weights) is below the smallest " + a.name() +
+              " model (" + format_fixed(smallest / 8, 1) +
+              " B, every group at b_min = " + format_fixed(cfg.b_min, 1) +
+              " bits plus 40 bits per group): raise the size point or lower --b-min");
+      });
+  }
+}
+
 /// Runs every seed, size and arm of one model; false when interrupted. AllPolicies = false
 /// compiles only the frac_bits and fixed_bits arms (resnet20, run_resnet20.cpp): a step_bits or
 /// noise_bits arm is then a config_error (main.cpp refuses it first).
@@ -178,6 +228,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
       return r.model == model && r.k == k && r.a.name() == a.name() && r.seed == seed;
     });
   };
+  check_budgets<AllPolicies>(cfg, model, build);
   for (std::size_t s = 0; s < cfg.seeds; ++s) {
     const std::uint64_t seed = cfg.first_seed + s;
     bool all_done = true; // --resume: every arm of this seed is in results.csv already
@@ -216,22 +267,9 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
       for (const arm& a : arms_of(cfg, k)) {
         if (finished(k, a, seed)) continue;
         std::optional<run_row> r;
-        auto go = [&]<template <class> class Q>() {
+        with_policy<AllPolicies>(model, a, [&]<template <class> class Q>() {
           r = run_arm<Q>(cfg, data, build, fp32, model, a, k, seed, budget);
-        };
-        if (a.policy == "fixed_bits")
-          go.template operator()<fixed_bits>();
-        else if (a.policy == "frac_bits")
-          go.template operator()<bitgrad::quant::frac_bits>();
-        else if constexpr (!AllPolicies)
-          throw bitgrad::config_error("pareto: " + model +
-                                      " is built with the frac_bits and "
-                                      "fixed_bits arms only, got " +
-                                      a.policy);
-        else if (a.policy == "step_bits")
-          go.template operator()<bitgrad::quant::step_bits>();
-        else
-          go.template operator()<bitgrad::quant::noise_bits>();
+        });
         if (!r) return false;
         if (!a.uniform())
           for (const auto& u : rows)

@@ -973,6 +973,12 @@ pareto_bad_values)
   done
   expect_error "--sizes: step_bits (bitwidths >= 2) cannot fit a size point below 2 bits, got 1.5" \
     "$pareto" --data "$data" --out "$work/pareto" --sizes 1.5,2
+  # A size point whose budget no arm's smallest model fits (every group at b_min = 1 bit and
+  # 40 bits of overhead per group) is refused before the FP32 pretraining, not after it.
+  expect_error "pareto: lenet5 at size point 0.5: the budget (" "${p[@]}" --sizes 0.5
+  grep -qF "B of weights) is below the smallest frac_bits/channel model (" "$work/error.log" ||
+    fail "--sizes 0.5: the message names neither the budget nor the smallest model"
+  [ ! -e "$work/pareto/runs/lenet5/seed1/pretrain.log" ] || fail "--sizes 0.5: pretrained first"
   expect_error "--seeds: expected a whole number >= 1, got 0" \
     "$pareto" --data "$data" --out "$work/pareto" --seeds 0
   expect_error "--pretrain-epochs: expected a whole number >= 0, got -1" \

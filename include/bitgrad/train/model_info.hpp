@@ -27,9 +27,11 @@
 #include <bitgrad/core/tensor.hpp>
 #include <bitgrad/nn/layer.hpp>
 #include <bitgrad/nn/visit.hpp>
+#include <bitgrad/quant/groups.hpp>
 #include <bitgrad/report/records.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <functional>
 #include <map>
@@ -83,6 +85,25 @@ model_size measure_size(Net& net) {
     if (p.kind == param_kind::bias || p.kind == param_kind::norm) s.float_params += p.size;
   });
   return s;
+}
+
+/// The smallest model_size::total_bits() the bitwidth bounds allow: every group a quantizer
+/// still learns at ceil(b_min) bits per weight plus its 40 bits of overhead, frozen and fixed
+/// quantizers at their own size_bits(), the float32 parameters as they are. A size target
+/// below it cannot be met (the trainer refuses one; the Pareto study checks its budgets
+/// with it before pretraining).
+template <class Net>
+double smallest_size_bits(Net& net) {
+  double smallest = measure_size(net).float_bits();
+  net.visit_quantizers([&](std::string_view, const auto& q) {
+    if (!q.frozen()) {
+      smallest += quant::group_overhead_bits * static_cast<double>(q.groups()) +
+                  std::ceil(q.b_min()) * static_cast<double>(q.weight_count());
+      return;
+    }
+    smallest += q.size_bits();
+  });
+  return smallest;
 }
 
 /// One row per quantized (or FP32) weight tensor: bits min/mean/max, bytes (the layer's weights

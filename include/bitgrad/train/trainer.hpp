@@ -312,16 +312,7 @@ public:
     } catch (const config_error& e) {
       throw config_error(std::string("trainer: ") + e.what());
     }
-    // The smallest model the bitwidth bounds allow: every learnable group at ceil(b_min).
-    double smallest = measure_size(quant_).float_bits();
-    quant_.visit_quantizers([&](std::string_view, const auto& q) {
-      if (!q.frozen()) {
-        smallest += quant::group_overhead_bits * static_cast<double>(q.groups()) +
-                    std::ceil(q.b_min()) * static_cast<double>(q.weight_count());
-        return;
-      }
-      smallest += q.size_bits();
-    });
+    const double smallest = smallest_size_bits(quant_); // every learnable group at ceil(b_min)
     for (const auto& [name, t] : {std::pair{"BOPs", opt_.target_bops},
                                   std::pair{"activation KB", opt_.target_activation_kb}})
       if (t && !(*t > 0))
