@@ -384,8 +384,8 @@ struct quantize_u8 {
 };
 
 /// clamp{0} (ReLU) then quantize_u8 q in one stage, for a q that `fits`: inv_scale finite and
-/// > 0, zero_point >= 0, hi <= 255. The scalar and column calls are the two stages' calls; the
-/// lanes skip what the ReLU makes idle, with the same bits for every float value v:
+/// > 0, zero_point >= 0, hi <= 255. The scalar call is the two stages' calls; the lanes (rows
+/// and columns) skip what the ReLU makes idle, with the same bits for every float value v:
 ///   r = v > 0 ? v : 0 is in [0, +inf], never NaN, so clamp's min(r, +inf) = r;
 ///   x = r * inv_scale is in [0, +inf], never NaN (+inf * finite > 0 = +inf), so quantize_u8's
 ///   NaN select and max(x, -2^22) return x;
@@ -428,9 +428,10 @@ struct relu_quantize_u8 {
     return {B(q.inv_scale), B(static_cast<float>(q.zero_point)), B(q.lo), B(q.hi)};
   }
   static constexpr bool columns = true;
+  /// The lanes' operations again: no parameter depends on the channel.
   template <class B>
   BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
-    return q.apply_column(clamp{}.apply_column(v, i, j), i, j);
+    return apply(v, i, j);
   }
   int direction(std::size_t j) const { return clamp{}.direction(j) * q.direction(j); }
 };
