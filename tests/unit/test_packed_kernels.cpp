@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -561,6 +562,63 @@ TEST_CASE("output stages: quantize_u8 rounds like nearbyint, half to even") {
   CHECK(output::quantize_u8{1.0f}(std::numeric_limits<float>::infinity(), 0, 0) == 255);
   CHECK(output::quantize_u8{1.0f}(-std::numeric_limits<float>::infinity(), 0, 0) == 0);
   CHECK(output::quantize_u8{1.0f}(1e30f, 0, 0) == 255);
+}
+
+TEST_CASE("output stages: relu_quantize_u8 equals clamp{} then quantize_u8 on every float tried") {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  // Every 65,537th bit pattern (all signs, exponents, NaNs, subnormals) and the edges: zeros,
+  // infinities, half-integers, the 2^22 bound of quantize_u8 and its neighbours.
+  std::vector<float> values;
+  for (std::uint64_t bits = 0; bits < (std::uint64_t(1) << 32); bits += 65537) {
+    float v;
+    const std::uint32_t b = std::uint32_t(bits);
+    std::memcpy(&v, &b, sizeof v);
+    values.push_back(v);
+  }
+  for (float v : {0.0f, -0.0f, inf, -inf, std::numeric_limits<float>::quiet_NaN(), 0.5f, 1.5f, 2.5f,
+                  254.5f, 255.5f, 4194304.0f, std::nextafter(4194304.0f, inf),
+                  std::nextafter(4194304.0f, 0.0f), 12582912.0f, 3e38f, 1e-45f, -1e-45f})
+    for (float scale : {1.0f, 0.25f, 3.0f}) values.push_back(v * scale);
+  std::mt19937 rng(43);
+  for (int i = 0; i < 4000; ++i)
+    values.push_back(std::uniform_real_distribution<float>(-50.0f, 300.0f)(rng));
+  while (values.size() % output::lane_pad) values.push_back(1.0f);
+  const output::quantize_u8 quantizers[] = {{1.0f, 0},
+                                            {8.0f, 3},
+                                            {0.37f, 0, 0.0f, 15.0f},
+                                            {7.5f, 128, 113.0f, 143.0f},
+                                            {1e-30f, 255},
+                                            {3e38f, 0},
+                                            {1e-40f, 7},
+                                            {1.0f / 6.0f, 0, 0.0f, 255.0f}};
+  for (const output::quantize_u8& q : quantizers) {
+    REQUIRE(output::relu_quantize_u8::fits(q));
+    const output::relu_quantize_u8 fused{q};
+    for (float v : values) CHECK(fused(v, 0, 0) == q(output::clamp{}(v, 0, 0), 0, 0));
+#if BITGRAD_HAS_SIMD
+    using F = simd_batch<float>;
+    using I = simd_batch<std::int32_t>;
+    alignas(64) std::int32_t lanes_fused[F::size], lanes_two[F::size], lanes_col[F::size];
+    std::size_t mismatches = 0;
+    for (std::size_t p = 0; p < values.size(); p += F::size) {
+      const F v = F::load_unaligned(values.data() + p);
+      I(fused.apply(v, 0, 0)).store_aligned(lanes_fused);
+      I(q.apply(output::clamp{}.apply(v, 0, 0), 0, 0)).store_aligned(lanes_two);
+      I(fused.apply_column(v, 0, 0)).store_aligned(lanes_col);
+      for (std::size_t l = 0; l < F::size; ++l)
+        mismatches += lanes_fused[l] != lanes_two[l] || lanes_col[l] != lanes_two[l] ||
+                      lanes_two[l] != q(output::clamp{}(values[p + l], 0, 0), 0, 0);
+    }
+    CHECK(mismatches == 0);
+#endif
+  }
+  // Outside the conditions the engine keeps the two stages.
+  CHECK_FALSE(output::relu_quantize_u8::fits({inf, 0}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({0.0f, 0}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({-1.0f, 0}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({std::numeric_limits<float>::quiet_NaN(), 0}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, -1}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, 0.0f, 300.0f}));
 }
 
 TEST_CASE("output stages: the residual adds (u8 on its grid, float) through the lane overloads "

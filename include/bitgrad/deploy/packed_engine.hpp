@@ -642,7 +642,9 @@ private:
     auto finish = [&](auto... stages) { // ReLU, then the store
       if constexpr (std::is_same_v<T, std::uint8_t>) {
         const output::quantize_u8 q = s.out_quantizer();
-        if (s.relu)
+        if (s.relu && output::relu_quantize_u8::fits(q))
+          run(stages..., output::relu_quantize_u8{q}, st); // the same bits, fewer operations
+        else if (s.relu)
           run(stages..., output::clamp{}, q, st);
         else
           run(stages..., q, st);

@@ -422,8 +422,13 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         std::fill(bytes, bytes + Tb, z);
         if (ih >= 0 && ih < std::ptrdiff_t(H) && g.pad_w < Tb)
           std::memcpy(bytes + g.pad_w, img + std::size_t(ih) * W, std::min(W, Tb - g.pad_w));
+        // Quad t as the int32 its 4 bytes form in memory (x86: little-endian), written with
+        // shifts so that the compiler vectorises it (a 4-byte memcpy per quad did not: 10 % of
+        // LeNet-5's direct_conv samples at batch 256).
         std::uint32_t* q = sc.quads.data() + i * T4;
-        for (std::size_t t = 0; t < T4; ++t) std::memcpy(q + t, bytes + t, 4);
+        for (std::size_t t = 0; t < T4; ++t)
+          q[t] = std::uint32_t(bytes[t]) | std::uint32_t(bytes[t + 1]) << 8 |
+                 std::uint32_t(bytes[t + 2]) << 16 | std::uint32_t(bytes[t + 3]) << 24;
       }
     } else
 #endif

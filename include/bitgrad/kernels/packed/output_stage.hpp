@@ -383,6 +383,59 @@ struct quantize_u8 {
   }
 };
 
+/// clamp{0} (ReLU) then quantize_u8 q in one stage, for a q that `fits`: inv_scale finite and
+/// > 0, zero_point >= 0, hi <= 255. The scalar call is the two stages' calls; the lanes (rows
+/// and columns) skip what the ReLU makes idle, with the same bits for every float value v:
+///   r = v > 0 ? v : 0 is in [0, +inf], never NaN, so clamp's min(r, +inf) = r;
+///   x = r * inv_scale is in [0, +inf], never NaN (+inf * finite > 0 = +inf), so quantize_u8's
+///   NaN select and max(x, -2^22) return x;
+///   min(x, 2^22): for x <= 2^22 it returns x; for x > 2^22 (+inf too) both ways round to
+///   round(x) >= round(2^22) = 2^22 (the rounding (x + m) - m is monotone in x), and
+///   + zero_point >= 0 keeps it > 255 >= hi, so the last min gives hi either way.
+/// Left: r, x, the rounding, + zero_point, min(max(., lo), hi) and the conversion: 9 of the two
+/// stages' 14 lane operations (test_packed_kernels holds it against clamp, quantize_u8 over the
+/// floats, NaN and infinities included).
+struct relu_quantize_u8 {
+  static constexpr bool lanes = true;
+  static constexpr bool padded = true;
+  quantize_u8 q;
+  /// True when q meets the conditions above (else run clamp{}, q as two stages).
+  static bool fits(const quantize_u8& q) {
+    return std::isfinite(q.inv_scale) && q.inv_scale > 0.0f && q.zero_point >= 0 && q.hi <= 255.0f;
+  }
+  std::uint8_t operator()(float v, std::size_t i, std::size_t j) const {
+    return q(clamp{}(v, i, j), i, j);
+  }
+  template <class B>
+  BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t i, std::size_t j0) const {
+    return prepared<B>(j0).apply(v, i);
+  }
+  template <class B>
+  struct prepared_lanes {
+    B inv_scale, zero_point, lo, hi;
+    BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t) const {
+      const B zero(0.0f);
+      typename B::register_type product = xsimd::select(v > zero, v, zero) * inv_scale;
+      detail::keep_rounded(product); // not fused with the add below (quantize_u8 has a min between)
+      B x = (B(product) + B(quantize_u8::magic)) - B(quantize_u8::magic);
+      x += zero_point;
+      x = xsimd::min(xsimd::max(x, lo), hi);
+      return xsimd::to_int(x);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t) const {
+    return {B(q.inv_scale), B(static_cast<float>(q.zero_point)), B(q.lo), B(q.hi)};
+  }
+  static constexpr bool columns = true;
+  /// The lanes' operations again: no parameter depends on the channel.
+  template <class B>
+  BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
+    return apply(v, i, j);
+  }
+  int direction(std::size_t j) const { return clamp{}.direction(j) * q.direction(j); }
+};
+
 /// Stores the value at y[i * row_stride + j * col_stride] (the last stage).
 template <class T>
 struct store {
