@@ -10,6 +10,7 @@
 #include "study.hpp"
 
 #include <bitgrad/bitgrad.hpp>
+#include <bitgrad/core/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -173,6 +174,48 @@ double budget_bits(Build build, double k) {
   return size.weight_bits + (k - j) * static_cast<double>(size.weights);
 }
 
+/// What decides a seed's FP32 pretraining. --resume reuses a saved network only when its key
+/// is this one (same model, seed, data, images, batch size, pretraining epochs and rate), so a
+/// study run in parts trains its arms from the very network an unbroken run would have.
+inline bitgrad::json pretrain_key(const settings& cfg, const data_sets& data,
+                                  const std::string& model, std::uint64_t seed) {
+  return {{"model", model},
+          {"seed", seed},
+          {"data", fs::absolute(cfg.data).lexically_normal().string()},
+          {"train_images", data.train.size()},
+          {"batch_size", cfg.trainer.batch_size},
+          {"pretrain_epochs", cfg.trainer.pretrain.epochs},
+          {"pretrain_lr", cfg.trainer.pretrain.lr}};
+}
+
+/// Saves the pretrained network as <dir>/fp32.npz (train::save_npz: weights, biases, batch
+/// norms' statistics) and its key as <dir>/fp32.json, both written atomically, the key last.
+template <class Net>
+void save_pretrained(Net& net, const fs::path& dir, const bitgrad::json& key) {
+  fs::remove(dir / "fp32.json"); // no key of an older network beside a half-replaced one
+  bitgrad::train::save_npz(net, dir / "fp32.npz");
+  bitgrad::write_file_atomically(dir / "fp32.json", key.dump(2) + "\n");
+}
+
+/// Loads <dir>/fp32.npz into net when <dir>/fp32.json holds `key`; false (net untouched, the
+/// reason printed) when either file is missing or the key differs.
+template <class Net>
+bool load_pretrained(Net& net, const fs::path& dir, const bitgrad::json& key) {
+  std::ifstream in(dir / "fp32.json");
+  if (!in) return false;
+  const auto saved = bitgrad::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  // (A discarded value, what a file that is not JSON parses to, compares neither equal nor
+  // unequal to anything in nlohmann/json 3.11: test it first.)
+  if (saved.is_discarded() || !(saved == key)) {
+    std::cout << "pretraining again: " << (dir / "fp32.json").string() << " is "
+              << (saved.is_discarded() ? std::string("not JSON") : saved.dump())
+              << ", this study needs " << key.dump() << "\n";
+    return false;
+  }
+  bitgrad::train::load_npz(net, dir / "fp32.npz");
+  return true;
+}
+
 /// Calls f.template operator()<Q>() with the policy template Q of arm `a`. AllPolicies = false
 /// compiles only frac_bits and fixed_bits (see run_model): another policy is then a config_error.
 template <bool AllPolicies, class F>
@@ -239,7 +282,12 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
     // throw-away 8-bit per-layer one, with no search or fine-tuning epochs, is enough.
     auto fp32 = build.template operator()<bitgrad::quant::no_quant>(
         bitgrad::nn::model_options<float>{.seed = seed});
-    {
+    const fs::path seed_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed));
+    if (cfg.resume && load_pretrained(fp32, seed_dir, pretrain_key(cfg, data, model, seed))) {
+      std::cout << model << " seed " << seed << ": FP32 network of the earlier pretraining ("
+                << (seed_dir / "fp32.npz").string() << ")\n"
+                << std::flush;
+    } else {
       auto scratch =
           build.template operator()<fixed_bits>(bitgrad::nn::model_options<float, fixed_bits>{
               .seed = seed, .quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8}});
@@ -247,9 +295,8 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
       t.search.epochs = t.finetune.epochs = 0;
       t.seed = seed;
       t.target_bytes = 1e12;
-      const fs::path dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed));
-      fs::create_directories(dir);
-      std::ofstream log(dir / "pretrain.log");
+      fs::create_directories(seed_dir);
+      std::ofstream log(seed_dir / "pretrain.log");
       t.log = &log;
       t.terminal = false;
       const auto t0 = std::chrono::steady_clock::now();
@@ -261,6 +308,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
                 << " epochs, test accuracy " << format_fixed(100 * result.summary.fp32_accuracy, 2)
                 << "% (" << format_fixed(seconds, 1) << " s)\n"
                 << std::flush;
+      save_pretrained(fp32, seed_dir, pretrain_key(cfg, data, model, seed));
     }
     for (double k : cfg.sizes) {
       const double budget = budget_bits(build, k);

@@ -703,11 +703,33 @@ pareto_resume)
   mv "$work/results.csv" "$work/part/results.csv"
   grep -v "^lenet5,2,frac_bits/channel,2," "$work/part/layers.csv" > "$work/layers.csv"
   mv "$work/layers.csv" "$work/part/layers.csv"
+  # Seed 2 has arms in results.csv: its saved FP32 network (fp32.npz with its key fp32.json) is
+  # loaded, not pretrained again, and the tables are those of the study run in one go.
+  drop_last_arm() {
+    head -n -1 "$work/part/results.csv" > "$work/results.csv"
+    mv "$work/results.csv" "$work/part/results.csv"
+    grep -v "^lenet5,2,frac_bits/channel,2," "$work/part/layers.csv" > "$work/layers.csv"
+    mv "$work/layers.csv" "$work/part/layers.csv"
+  }
   study part --seeds 2 --resume
   printed part "resuming: 3 runs already in"
-  printed part "lenet5 seed 2: FP32 pretrained"
+  printed part "lenet5 seed 2: FP32 network of the earlier pretraining ($work/part/runs/lenet5/seed2/fp32.npz)"
+  ! grep -q "FP32 pretrained" "$work/part.log" || fail "--resume pretrained seed 2 again"
   printed part "[1/1] lenet5 seed 2 k=2 frac_bits/channel"
   same_tables full part
+  # A key that is not JSON, or one of other settings (here the pretraining epochs): pretrained again.
+  drop_last_arm
+  echo "{" > "$work/part/runs/lenet5/seed2/fp32.json"
+  study part --seeds 2 --resume
+  printed part "pretraining again: $work/part/runs/lenet5/seed2/fp32.json is not JSON"
+  printed part "lenet5 seed 2: FP32 pretrained 1 epochs"
+  same_tables full part
+  drop_last_arm
+  study part --seeds 2 --resume --pretrain-epochs 2
+  printed part "pretraining again: $work/part/runs/lenet5/seed2/fp32.json is {"
+  printed part '"pretrain_epochs":1'
+  printed part '"pretrain_epochs":2'
+  printed part "lenet5 seed 2: FP32 pretrained 2 epochs"
   study part --seeds 2
   printed part "[4/4] lenet5 seed 2 k=2 frac_bits/channel"
   ! grep -q "resuming" "$work/part.log" || fail "a study without --resume kept earlier runs"
@@ -895,8 +917,13 @@ pareto_search)
   check "$work/b24/$mixed3" "min(b for l in E for b in l['group_bits']) == 2"
   study b34 --sizes 3 --train-limit 320 --bits-lr 0.5 --b-max 4 --b-min 3
   check "$work/b34/$mixed3" "all(3 <= b <= 4 for l in E for b in l['group_bits'])"
+  # --b-min 3 at 2 bits: refused before the pretraining, naming the arm and both sizes.
+  rm -rf "$work/b3"
   with_study_defaults --out "$work/b3" --b-min 3
-  expect_error "is below the smallest model the bitwidth bounds allow" "$pareto" "${args[@]}"
+  expect_error "lenet5 at size point 2: the budget (12227.5 B of weights) is below the smallest frac_bits/channel model (" \
+    "$pareto" "${args[@]}"
+  printed error "every group at b_min = 3.0 bits plus 40 bits per group): raise the size point or lower --b-min"
+  [ ! -e "$work/b3/runs/lenet5/seed1/pretrain.log" ] || fail "--b-min 3 at 2 bits: pretrained first"
   ;;
 
 pareto_arms)
@@ -975,6 +1002,7 @@ pareto_bad_values)
     "$pareto" --data "$data" --out "$work/pareto" --sizes 1.5,2
   # A size point whose budget no arm's smallest model fits (every group at b_min = 1 bit and
   # 40 bits of overhead per group) is refused before the FP32 pretraining, not after it.
+  rm -rf "$work/pareto"
   expect_error "pareto: lenet5 at size point 0.5: the budget (" "${p[@]}" --sizes 0.5
   grep -qF "B of weights) is below the smallest frac_bits/channel model (" "$work/error.log" ||
     fail "--sizes 0.5: the message names neither the budget nor the smallest model"
