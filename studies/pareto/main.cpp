@@ -188,8 +188,10 @@ int main(int argc, char** argv) {
                "results.csv and layers.csv (models and sizes are taken from the rows)");
   app.add_flag("--resume", cfg.resume,
                "keep the runs already in --out/results.csv (and layers.csv) and run only the "
-               "missing arms; a seed's FP32 network is pretrained again when one of its arms is "
-               "missing (same seed, but not always bit-identical: compare arms of one run only)");
+               "missing arms; a seed with a missing arm starts from its saved FP32 network "
+               "(runs/<model>/seed<s>/fp32.npz, kept with the settings that made it in "
+               "fp32.json), or is pretrained again when that file is missing or was made with "
+               "other settings");
   app.add_flag("--check", cfg.check,
                "afterwards, read the files back and fail unless every row is there and every arm "
                "is within its budget");
