@@ -58,8 +58,12 @@
 namespace bitgrad::deploy {
 
 /// Multiply-adds below which a layer runs on one thread (x8 when OpenMP's waiting threads
-/// sleep, OMP_WAIT_POLICY=passive: waking them then costs tens of microseconds).
-inline constexpr std::size_t engine_parallel_min = std::size_t(1) << 20;
+/// sleep, OMP_WAIT_POLICY=passive: waking them then costs tens of microseconds). 2^22: at 2^20,
+/// ResNet-20's 3x3 convs (~1.8 M multiply-adds at batch 1) split into row bands with a barrier
+/// each and ran slower on 2 threads than on 1 (idle 2-vCPU Zen 5, batch 1, 2 threads, 5
+/// alternating runs of run_deploy.py: ResNet-20 5,207-5,802 images/s at 2^20 against
+/// 6,168-6,477 at 2^22, 1 thread ~6,450; VGG-style level, 0.94-1.10; LeNet-5 level, 0.99-1.11).
+inline constexpr std::size_t engine_parallel_min = std::size_t(1) << 22;
 
 inline std::size_t engine_parallel_threshold() {
   return bitgrad::detail::omp_threads_sleep() ? 8 * engine_parallel_min : engine_parallel_min;
