@@ -225,7 +225,7 @@ void with_policy(const std::string& model, const arm& a, F&& f) {
   else if (a.policy == "frac_bits")
     f.template operator()<bitgrad::quant::frac_bits>();
   else if constexpr (!AllPolicies)
-    throw bitgrad::config_error("pareto: " + model +
+    throw bitgrad::config_error(model + // main.cpp puts "pareto: " in front
                                 " is built with the frac_bits and fixed_bits arms only, got " +
                                 a.policy);
   else if (a.policy == "step_bits")

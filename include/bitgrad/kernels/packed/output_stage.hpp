@@ -360,6 +360,11 @@ struct quantize_u8 {
       B q = v * inv_scale;
       q = xsimd::select(q == q, q, B(0.0f)); // NaN -> 0; min and max below see no NaN
       q = xsimd::min(xsimd::max(q, B(-big)), B(big));
+      return code(q);
+    }
+    /// q (scaled, no NaN, |q| <= 2^22 or rounding to beyond hi) to its code: rounded half to
+    /// even, + zero point, clamped to [lo, hi], as int32 lanes.
+    BITGRAD_ALWAYS_INLINE auto code(B q) const {
       q = (q + B(magic)) - B(magic);
       q += zero_point;
       q = xsimd::min(xsimd::max(q, lo), hi);
@@ -412,20 +417,17 @@ struct relu_quantize_u8 {
   }
   template <class B>
   struct prepared_lanes {
-    B inv_scale, zero_point, lo, hi;
+    quantize_u8::prepared_lanes<B> q;
     BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t) const {
       const B zero(0.0f);
-      typename B::register_type product = xsimd::select(v > zero, v, zero) * inv_scale;
-      detail::keep_rounded(product); // not fused with the add below (quantize_u8 has a min between)
-      B x = (B(product) + B(quantize_u8::magic)) - B(quantize_u8::magic);
-      x += zero_point;
-      x = xsimd::min(xsimd::max(x, lo), hi);
-      return xsimd::to_int(x);
+      typename B::register_type product = xsimd::select(v > zero, v, zero) * q.inv_scale;
+      detail::keep_rounded(product); // not fused with code's add (quantize_u8 has a min between)
+      return q.code(B(product));
     }
   };
   template <class B>
-  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t) const {
-    return {B(q.inv_scale), B(static_cast<float>(q.zero_point)), B(q.lo), B(q.hi)};
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
+    return {q.prepared<B>(j0)};
   }
   static constexpr bool columns = true;
   /// The lanes' operations again: no parameter depends on the channel.
