@@ -633,6 +633,129 @@ TEST_CASE_TEMPLATE("batch norm backward kernels recompute xhat from x: the bits 
   });
 }
 
+TEST_CASE_TEMPLATE("batch_norm_bprop run channel by channel: the bits of batch_norm_grad_sums then "
+                   "batch_norm_dgrad, in groups of 4 and one channel at a time",
+                   T, float, double) {
+  // 7 channels: a group of four and three single ones while a group's operands fit
+  // batch_norm_bprop_group_bytes (the small planes), single channels past it (3 x 5477 values
+  // of 2 or 3 arrays, even in float); xhat stored and recomputed from x, with and without the
+  // ReLU, batch and running statistics; dx may alias dy (in place).
+  std::mt19937 rng(29);
+  const std::size_t channels = 7;
+  for (std::size_t batch : {1, 3})
+    for (std::size_t plane : {1, 7, 33, 5477}) {
+      CAPTURE(batch);
+      CAPTURE(plane);
+      const std::size_t total = batch * channels * plane;
+      auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+      std::vector<T> is(channels), h(total), y(total);
+      bitgrad::batch_norm_relu_fprop(batch, channels, plane, x.data(), mean.data(), var.data(),
+                                     T(1e-5), gamma.data(), beta.data(), is.data(), h.data(),
+                                     y.data());
+      const bitgrad::batch_norm_xhat<T> stored{.xhat = h.data()};
+      const bitgrad::batch_norm_xhat<T> from_x{
+          .xhat = nullptr, .x = x.data(), .mean = mean.data(), .inv_std = is.data()};
+      for (bool relu : {false, true})
+        for (bool batch_stats : {false, true})
+          for (const auto& src : {stored, from_x}) {
+            CAPTURE(relu);
+            CAPTURE(batch_stats);
+            CAPTURE(src.xhat != nullptr);
+            std::vector<T> dx(total), dg(channels, T(0.5)), db(channels, T(-0.25));
+            std::vector<T> s(channels), sh(channels), dx_two(total);
+            std::vector<T> inplace = dy, dg_in = dg, db_in = db;
+            const T count = T(batch * plane);
+            if (relu) {
+              bitgrad::batch_norm_relu_bprop(batch, channels, plane, dy.data(), src, y.data(),
+                                             gamma.data(), is.data(), batch_stats, dx.data(),
+                                             dg.data(), db.data());
+              bitgrad::batch_norm_relu_bprop(batch, channels, plane, inplace.data(), src, y.data(),
+                                             gamma.data(), is.data(), batch_stats, inplace.data(),
+                                             dg_in.data(), db_in.data());
+              bitgrad::batch_norm_relu_grad_sums(batch, channels, plane, dy.data(), src, y.data(),
+                                                 s.data(), sh.data());
+              bitgrad::batch_norm_relu_dgrad(batch, channels, plane, dy.data(), src, y.data(),
+                                             gamma.data(), is.data(), count, s.data(), sh.data(),
+                                             batch_stats, dx_two.data());
+            } else {
+              bitgrad::batch_norm_bprop(batch, channels, plane, dy.data(), src, gamma.data(),
+                                        is.data(), batch_stats, dx.data(), dg.data(), db.data());
+              bitgrad::batch_norm_bprop(batch, channels, plane, inplace.data(), src, gamma.data(),
+                                        is.data(), batch_stats, inplace.data(), dg_in.data(),
+                                        db_in.data());
+              bitgrad::batch_norm_grad_sums(batch, channels, plane, dy.data(), src, s.data(),
+                                            sh.data());
+              bitgrad::batch_norm_dgrad(batch, channels, plane, dy.data(), src, gamma.data(),
+                                        is.data(), count, s.data(), sh.data(), batch_stats,
+                                        dx_two.data());
+            }
+            CHECK(dx == dx_two);
+            CHECK(inplace == dx_two);
+            for (std::size_t c = 0; c < channels; ++c) {
+              CHECK(dg[c] == T(0.5) + sh[c]);
+              CHECK(db[c] == T(-0.25) + s[c]);
+            }
+            CHECK(dg_in == dg);
+            CHECK(db_in == db);
+          }
+    }
+}
+
+TEST_CASE_TEMPLATE("batch norm + skip + relu forward: the reference on odd shapes, and the same "
+                   "bits as batch norm, the addition, then relu",
+                   T, float, double) {
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<double> d(-2, 2);
+  for_each_odd_shape({1, 3, 5, 9}, [&](std::size_t batch, std::size_t channels, std::size_t plane) {
+    const std::size_t total = batch * channels * plane;
+    auto [x, dy, mean, var, gamma, beta] = batch_norm_inputs<T>(total, channels, rng);
+    std::vector<T> skip(total);
+    for (auto& v : skip) v = T(d(rng));
+    const T eps = T(1e-5);
+    for (bool train : {false, true})
+      for (bool store : {false, true}) {
+        CAPTURE(train);
+        CAPTURE(store);
+        std::vector<T> m_f = mean, v_f = var, m_u = mean, v_u = var, m_r = mean, v_r = var;
+        std::vector<T> is_f(channels), is_u(channels), is_r(channels), h_f(total), h_u(total),
+            h_r(total), y_f(total), y_u(total), y_r(total);
+        T* const hf = store ? h_f.data() : nullptr;
+        if (train) {
+          bitgrad::batch_norm_add_relu_train_fprop(batch, channels, plane, x.data(), skip.data(),
+                                                   eps, gamma.data(), beta.data(), m_f.data(),
+                                                   v_f.data(), is_f.data(), hf, y_f.data());
+          bitgrad::batch_norm_train_fprop(batch, channels, plane, x.data(), eps, gamma.data(),
+                                          beta.data(), m_u.data(), v_u.data(), is_u.data(),
+                                          h_u.data(), y_u.data());
+          bitgrad::ref::batch_norm_add_relu_train_fprop(
+              batch, channels, plane, x.data(), skip.data(), eps, gamma.data(), beta.data(),
+              m_r.data(), v_r.data(), is_r.data(), h_r.data(), y_r.data());
+        } else {
+          bitgrad::batch_norm_add_relu_fprop(batch, channels, plane, x.data(), skip.data(),
+                                             mean.data(), var.data(), eps, gamma.data(),
+                                             beta.data(), is_f.data(), hf, y_f.data());
+          bitgrad::batch_norm_fprop(batch, channels, plane, x.data(), mean.data(), var.data(), eps,
+                                    gamma.data(), beta.data(), is_u.data(), h_u.data(), y_u.data());
+          bitgrad::ref::batch_norm_add_relu_fprop(batch, channels, plane, x.data(), skip.data(),
+                                                  mean.data(), var.data(), eps, gamma.data(),
+                                                  beta.data(), is_r.data(), h_r.data(), y_r.data());
+        }
+        // Unfused: the addition, then relu_fprop, over batch norm's output.
+        for (std::size_t i = 0; i < total; ++i) y_u[i] = y_u[i] + skip[i];
+        std::vector<T> y_relu(total);
+        bitgrad::relu_fprop(total, y_u.data(), y_relu.data());
+        CHECK(y_f == y_relu);
+        CHECK(is_f == is_u);
+        CHECK(m_f == m_u);
+        CHECK(v_f == v_u);
+        if (store) CHECK(h_f == h_u);
+        check_close(y_f, y_r, "y");
+        check_close(is_f, is_r, "inv_std");
+        if (store) check_close(h_f, h_r, "xhat");
+      }
+  });
+}
+
 #if defined(BITGRAD_WITH_OPENMP)
 TEST_CASE("batch norm kernels: the same bits on 1, 2 and 3 threads (parallel over channels)") {
   // 32 * 7 * 2401 = 537824 values: above batch_norm_parallel_min() with sleeping threads too

@@ -165,6 +165,64 @@ TEST_CASE("residual backward: dx = block dx + shortcut dx exactly, over SIMD bat
   }
 }
 
+TEST_CASE("residual + relu over a block ending in batch norm: the sum and the relu in batch norm's "
+          "pass (forward_add_relu), the same bits as block, shortcut, add, relu") {
+  // 2 x 3 x 5 x 7: planes of 35 values (SIMD batches and a tail); training, then eval.
+  auto block = [] {
+    return nn::sequential(nn::conv2d<float>({.in_channels = 3,
+                                             .out_channels = 3,
+                                             .kernel = 3,
+                                             .padding = 1,
+                                             .bias = false,
+                                             .seed = 11,
+                                             .name = "conv"}),
+                          nn::batch_norm<float, 4>({.features = 3, .name = "bn"}));
+  };
+  auto res = nn::residual(std::string("res"), block(), nn::identity<float, 4>());
+  auto same = block();
+  const auto x = random_tensor<float, 4>({2, 3, 5, 7}, 12);
+  const auto dy = random_tensor<float, 4>({2, 3, 5, 7}, 13);
+  for (bool training : {true, false}) {
+    CAPTURE(training);
+    res.train(training);
+    same.train(training);
+    const tensor4<float>& y = res.forward_relu(x);
+    const tensor4<float>& a = same.forward(x);
+    tensor4<float> expect = a;
+    for (std::size_t i = 0; i < expect.size(); ++i) {
+      const float v = a.data()[i] + x.data()[i];
+      expect.data()[i] = v <= 0.0f ? 0.0f : v;
+    }
+    CHECK(y == expect);
+    if (!training) { // the fused pass ran: the output is the batch norm's own tensor (eval:
+                     // running the layers again changes no state)
+      CHECK(&y == &res.block().get<1>().forward(res.block().get<0>().forward(x)));
+      static_cast<void>(res.forward_relu(x));
+    }
+    // Backward: dy masked by y > 0, through the block (plain batch norm backward) and the
+    // identity, added.
+    tensor4<float> masked = dy;
+    for (std::size_t i = 0; i < masked.size(); ++i)
+      masked.data()[i] = expect.data()[i] > 0.0f ? dy.data()[i] : 0.0f;
+    const tensor4<float>& dx = res.backward(dy);
+    const tensor4<float>& da = same.backward(masked);
+    REQUIRE(dx.shape() == da.shape());
+    for (std::size_t i = 0; i < dx.size(); ++i) {
+      INFO("i = ", i);
+      CHECK(dx.data()[i] == da.data()[i] + masked.data()[i]);
+    }
+  }
+}
+
+TEST_CASE("batch_norm forward_add_relu rejects a skip operand of another shape") {
+  nn::batch_norm<float, 4> bn({.features = 2, .name = "bn2"});
+  const auto x = random_tensor<float, 4>({2, 2, 3, 3}, 14);
+  const auto skip = random_tensor<float, 4>({2, 2, 3, 4}, 15);
+  CHECK_THROWS_WITH_AS(bn.forward_add_relu(x, [&]() -> const tensor4<float>& { return skip; }),
+                       "bn2: output (2, 2, 3, 3) and skip operand (2, 2, 3, 4) differ",
+                       shape_error);
+}
+
 TEST_CASE("gradient check: an MLP with batch norm and dropout") {
   auto net = nn::sequential(
       nn::linear<double>({.in_features = 6, .out_features = 8, .seed = 1, .name = "fc1"}),

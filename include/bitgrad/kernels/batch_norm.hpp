@@ -18,11 +18,17 @@
 //   batch_norm_grad_sums: the two sums of batch_norm_bprop alone (written, not accumulated)
 //   batch_norm_dgrad   : dx of batch_norm_bprop from given sums and count m (synchronised
 //                        batch norm passes the global batch's: nn/batch_norm_sync.hpp);
-//                        batch_norm_bprop is batch_norm_grad_sums, then batch_norm_dgrad
+//                        batch_norm_bprop is batch_norm_grad_sums, then batch_norm_dgrad, bit
+//                        for bit, run channel by channel while the channel is in cache
 // Fused with a following ReLU (nn::batch_norm::forward_relu, nn/sequential.hpp):
 //   batch_norm_relu_fprop    : as batch_norm_fprop, then y = (y <= 0 ? 0 : y) (relu_fprop's
 //                              formula, kernels/elementwise.hpp) in the same pass
 //   batch_norm_relu_train_fprop: as batch_norm_train_fprop, with the ReLU in the same way
+//   batch_norm_add_relu_fprop, batch_norm_add_relu_train_fprop: y = max(0, bn(x) + skip), skip
+//                              of x's layout (a residual block's last batch norm, the shortcut's
+//                              sum and the ReLU after it: nn/residual.hpp); the backward is the
+//                              plain one (the caller masks dy by y > 0 and passes it on to both
+//                              branches). The same bits as bn, the addition, then relu.
 //   batch_norm_relu_grad_sums, batch_norm_relu_dgrad, batch_norm_relu_bprop: as the unfused
 //                              kernels with dy replaced by the ReLU's backward, (y > 0 ? dy : 0),
 //                              y the fused output (relu_bprop's mask; the pre-ReLU value is
@@ -127,18 +133,19 @@ inline batch_norm_xhat_plane<Stored, T> xhat_plane(const batch_norm_xhat<T>& src
     return {src.x + off, src.mean[c], src.inv_std[c]};
 }
 
-/// One plane of the forward: h = (x - m) is, y = g h + b (then max(0, y) if Relu); h stored
-/// if StoreXhat.
-template <bool Relu, bool StoreXhat, class T>
-inline void batch_norm_normalize_plane(std::size_t plane, const T* xc, T m, T is, T g, T b, T* hc,
-                                       T* yc) {
+/// One plane of the forward: h = (x - m) is, y = g h + b (then y + s with s the skip plane
+/// sc if Add, then max(0, y) if Relu); h stored if StoreXhat.
+template <bool Relu, bool StoreXhat, bool Add, class T>
+inline void batch_norm_normalize_plane(std::size_t plane, const T* xc, T m, T is, T g, T b,
+                                       const T* sc, T* hc, T* yc) {
   batch_norm_plane_loop<T>(
       plane,
       [&](std::size_t k) {
         using B = simd_batch<T>;
         const B h = (B::load_unaligned(xc + k) - B(m)) * B(is);
         if constexpr (StoreXhat) h.store_unaligned(hc + k);
-        const B v = B(g) * h + B(b);
+        B v = B(g) * h + B(b);
+        if constexpr (Add) v = v + B::load_unaligned(sc + k);
         if constexpr (Relu)
           xsimd::select(v <= B(T(0)), B(T(0)), v).store_unaligned(yc + k);
         else
@@ -147,7 +154,8 @@ inline void batch_norm_normalize_plane(std::size_t plane, const T* xc, T m, T is
       [&](std::size_t k) {
         const T h = (xc[k] - m) * is;
         if constexpr (StoreXhat) hc[k] = h;
-        const T v = g * h + b;
+        T v = g * h + b;
+        if constexpr (Add) v = v + sc[k];
         if constexpr (Relu)
           yc[k] = v <= T(0) ? T(0) : v;
         else
@@ -155,18 +163,18 @@ inline void batch_norm_normalize_plane(std::size_t plane, const T* xc, T m, T is
       });
 }
 
-template <bool Relu, bool StoreXhat, class T>
+template <bool Relu, bool StoreXhat, bool Add, class T>
 void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* x,
-                           const T* mean, const T* var, T eps, const T* gamma, const T* beta,
-                           T* inv_std, T* xhat, T* y) {
+                           const T* skip, const T* mean, const T* var, T eps, const T* gamma,
+                           const T* beta, T* inv_std, T* xhat, T* y) {
   for (std::size_t c = 0; c < channels; ++c) inv_std[c] = T(1) / std::sqrt(var[c] + eps);
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t c = c0; c < c1; ++c) {
         const std::size_t off = (n * channels + c) * plane;
-        batch_norm_normalize_plane<Relu, StoreXhat>(plane, x + off, mean[c], inv_std[c], gamma[c],
-                                                    beta[c], StoreXhat ? xhat + off : nullptr,
-                                                    y + off);
+        batch_norm_normalize_plane<Relu, StoreXhat, Add>(
+            plane, x + off, mean[c], inv_std[c], gamma[c], beta[c], Add ? skip + off : nullptr,
+            StoreXhat ? xhat + off : nullptr, y + off);
       }
   });
 }
@@ -175,10 +183,10 @@ void batch_norm_fprop_impl(std::size_t batch, std::size_t channels, std::size_t 
 /// passes leave its values in cache for the normalisation (a channel of the 16-channel ResNet-20
 /// layers at batch 128 is 128 x 784 floats, 401 KB), where the two kernels one after the other
 /// read all of x from memory once more. The same arithmetic per value, so the same bits.
-template <bool Relu, bool StoreXhat, class T>
+template <bool Relu, bool StoreXhat, bool Add, class T>
 void batch_norm_train_fprop_impl(std::size_t batch, std::size_t channels, std::size_t plane,
-                                 const T* x, T eps, const T* gamma, const T* beta, T* mean, T* var,
-                                 T* inv_std, T* xhat, T* y) {
+                                 const T* x, const T* skip, T eps, const T* gamma, const T* beta,
+                                 T* mean, T* var, T* inv_std, T* xhat, T* y) {
   check_channel_count(batch, plane);
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -186,36 +194,36 @@ void batch_norm_train_fprop_impl(std::size_t batch, std::size_t channels, std::s
       inv_std[c] = T(1) / std::sqrt(var[c] + eps);
       for (std::size_t n = 0; n < batch; ++n) {
         const std::size_t off = (n * channels + c) * plane;
-        batch_norm_normalize_plane<Relu, StoreXhat>(plane, x + off, mean[c], inv_std[c], gamma[c],
-                                                    beta[c], StoreXhat ? xhat + off : nullptr,
-                                                    y + off);
+        batch_norm_normalize_plane<Relu, StoreXhat, Add>(
+            plane, x + off, mean[c], inv_std[c], gamma[c], beta[c], Add ? skip + off : nullptr,
+            StoreXhat ? xhat + off : nullptr, y + off);
       }
     }
   });
 }
 
-template <bool Relu, class T>
+template <bool Relu, bool Add = false, class T>
 void batch_norm_train_fprop_dispatch(std::size_t batch, std::size_t channels, std::size_t plane,
                                      const T* x, T eps, const T* gamma, const T* beta, T* mean,
-                                     T* var, T* inv_std, T* xhat, T* y) {
+                                     T* var, T* inv_std, T* xhat, T* y, const T* skip = nullptr) {
   if (xhat != nullptr)
-    batch_norm_train_fprop_impl<Relu, true>(batch, channels, plane, x, eps, gamma, beta, mean, var,
-                                            inv_std, xhat, y);
+    batch_norm_train_fprop_impl<Relu, true, Add>(batch, channels, plane, x, skip, eps, gamma, beta,
+                                                 mean, var, inv_std, xhat, y);
   else
-    batch_norm_train_fprop_impl<Relu, false>(batch, channels, plane, x, eps, gamma, beta, mean, var,
-                                             inv_std, xhat, y);
+    batch_norm_train_fprop_impl<Relu, false, Add>(batch, channels, plane, x, skip, eps, gamma, beta,
+                                                  mean, var, inv_std, xhat, y);
 }
 
-template <bool Relu, class T>
+template <bool Relu, bool Add = false, class T>
 void batch_norm_fprop_dispatch(std::size_t batch, std::size_t channels, std::size_t plane,
                                const T* x, const T* mean, const T* var, T eps, const T* gamma,
-                               const T* beta, T* inv_std, T* xhat, T* y) {
+                               const T* beta, T* inv_std, T* xhat, T* y, const T* skip = nullptr) {
   if (xhat != nullptr)
-    batch_norm_fprop_impl<Relu, true>(batch, channels, plane, x, mean, var, eps, gamma, beta,
-                                      inv_std, xhat, y);
+    batch_norm_fprop_impl<Relu, true, Add>(batch, channels, plane, x, skip, mean, var, eps, gamma,
+                                           beta, inv_std, xhat, y);
   else
-    batch_norm_fprop_impl<Relu, false>(batch, channels, plane, x, mean, var, eps, gamma, beta,
-                                       inv_std, xhat, y);
+    batch_norm_fprop_impl<Relu, false, Add>(batch, channels, plane, x, skip, mean, var, eps, gamma,
+                                            beta, inv_std, xhat, y);
 }
 
 /// Sums of G (1..4) channels c..c+G-1 side by side (independent chains that hide the add
@@ -288,45 +296,71 @@ void batch_norm_grad_sums_impl(std::size_t batch, std::size_t channels, std::siz
   });
 }
 
+/// dx of channel c (batch_norm_dgrad's formula), image by image in order, or from the last
+/// image to the first when Reverse: right after the channel's sums have read it, the end of the
+/// channel is what the cache still holds (the same values either way; each element is computed
+/// alone).
+template <bool Relu, bool Stored, bool Reverse, class T>
+inline void batch_norm_dgrad_channel(std::size_t batch, std::size_t channels, std::size_t plane,
+                                     std::size_t c, const T* dy, const batch_norm_xhat<T>& xhat,
+                                     const T* y, const T* gamma, const T* inv_std, T count,
+                                     const T* sum_dy, const T* sum_dy_xhat, bool batch_stats,
+                                     T* dx) {
+  const T gs = gamma[c] * inv_std[c];
+  const T scale = gs / count;
+  const T s = sum_dy[c], sh = sum_dy_xhat[c];
+  for (std::size_t i = 0; i < batch; ++i) {
+    const std::size_t n = Reverse ? batch - 1 - i : i;
+    const std::size_t off = (n * channels + c) * plane;
+    const T* d = dy + off;
+    const batch_norm_xhat_plane<Stored, T> h = xhat_plane<Stored>(xhat, c, off);
+    T* o = dx + off;
+    if constexpr (Relu) { // dx's plane holds the masked dy first (see relu_mask_plane)
+      relu_mask_plane(plane, d, y + off, o);
+      d = o;
+    }
+    using B = simd_batch<T>;
+    if (batch_stats)
+      batch_norm_plane_loop<T>(
+          plane,
+          [&](std::size_t k) {
+            const B v = B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) - h.load(k) * B(sh));
+            v.store_unaligned(o + k);
+          },
+          [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
+    else
+      batch_norm_plane_loop<T>(
+          plane, [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
+          [&](std::size_t k) { o[k] = gs * d[k]; });
+  }
+}
+
 template <bool Relu, bool Stored, class T>
 void batch_norm_dgrad_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                            const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
                            const T* inv_std, T count, const T* sum_dy, const T* sum_dy_xhat,
                            bool batch_stats, T* dx) {
   batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
-    for (std::size_t c = c0; c < c1; ++c) {
-      const T gs = gamma[c] * inv_std[c];
-      const T scale = gs / count;
-      const T s = sum_dy[c], sh = sum_dy_xhat[c];
-      for (std::size_t n = 0; n < batch; ++n) {
-        const std::size_t off = (n * channels + c) * plane;
-        const T* d = dy + off;
-        const batch_norm_xhat_plane<Stored, T> h = xhat_plane<Stored>(xhat, c, off);
-        T* o = dx + off;
-        if constexpr (Relu) { // dx's plane holds the masked dy first (see relu_mask_plane)
-          relu_mask_plane(plane, d, y + off, o);
-          d = o;
-        }
-        using B = simd_batch<T>;
-        if (batch_stats)
-          batch_norm_plane_loop<T>(
-              plane,
-              [&](std::size_t k) {
-                const B v =
-                    B(scale) * (B(count) * B::load_unaligned(d + k) - B(s) - h.load(k) * B(sh));
-                v.store_unaligned(o + k);
-              },
-              [&](std::size_t k) { o[k] = scale * (count * d[k] - s - h[k] * sh); });
-        else
-          batch_norm_plane_loop<T>(
-              plane,
-              [&](std::size_t k) { (B(gs) * B::load_unaligned(d + k)).store_unaligned(o + k); },
-              [&](std::size_t k) { o[k] = gs * d[k]; });
-      }
-    }
+    for (std::size_t c = c0; c < c1; ++c)
+      batch_norm_dgrad_channel<Relu, Stored, false>(batch, channels, plane, c, dy, xhat, y, gamma,
+                                                    inv_std, count, sum_dy, sum_dy_xhat,
+                                                    batch_stats, dx);
   });
 }
 
+/// Bytes of the backward's operands that one group of 4 channels may read before its dx pass
+/// reads them again, for that pass to find them in cache: half of a 1 MiB L2 (the rest holds
+/// what dx writes). Past it the backward goes one channel at a time.
+inline constexpr std::size_t batch_norm_bprop_group_bytes = std::size_t(1) << 19;
+
+/// batch_norm_grad_sums, then batch_norm_dgrad, channel by channel (4 channels at a time when
+/// their operands fit batch_norm_bprop_group_bytes): the sums read a channel's dy and x (and y),
+/// and dx reads them again at once, from the last image back (batch_norm_dgrad_channel), while
+/// the cache still holds most of them; the two whole passes one after the other read all of
+/// them from memory twice (at batch 128 a channel of ResNet-20's 16 x 28 x 28 layers is 401 KB
+/// per array, the layer 6.4 MB). Each channel's sums are those of batch_norm_grad_sums (a group
+/// of G channels sums each channel in its own accumulators) and each dx element is computed
+/// alone, so the same bits as the two kernels.
 template <bool Relu, bool Stored, class T>
 void batch_norm_bprop_impl(std::size_t batch, std::size_t channels, std::size_t plane, const T* dy,
                            const batch_norm_xhat<T>& xhat, const T* y, const T* gamma,
@@ -334,13 +368,33 @@ void batch_norm_bprop_impl(std::size_t batch, std::size_t channels, std::size_t 
   std::vector<T> sums(2 * channels);
   T* sum_dy = sums.data();
   T* sum_dy_xhat = sums.data() + channels;
-  batch_norm_grad_sums_impl<Relu, Stored>(batch, channels, plane, dy, xhat, y, sum_dy, sum_dy_xhat);
+  const T count = T(batch * plane);
+  const std::size_t arrays = Relu ? 3 : 2; // dy, x or xhat (, y)
+  const bool groups = 4 * arrays * batch * plane * sizeof(T) <= batch_norm_bprop_group_bytes;
+  batch_norm_channel_runs(batch, channels, plane, [&](std::size_t c0, std::size_t c1) {
+    std::size_t c = c0;
+    auto dgrad = [&](std::size_t first, std::size_t last) {
+      for (std::size_t j = first; j < last; ++j)
+        batch_norm_dgrad_channel<Relu, Stored, true>(batch, channels, plane, j, dy, xhat, y, gamma,
+                                                     inv_std, count, sum_dy, sum_dy_xhat,
+                                                     batch_stats, dx);
+    };
+    if (groups)
+      for (; c + 4 <= c1; c += 4) {
+        batch_norm_grad_sums_group<Relu, Stored, 4>(batch, channels, plane, c, dy, xhat, y, sum_dy,
+                                                    sum_dy_xhat);
+        dgrad(c, c + 4);
+      }
+    for (; c < c1; ++c) {
+      batch_norm_grad_sums_group<Relu, Stored, 1>(batch, channels, plane, c, dy, xhat, y, sum_dy,
+                                                  sum_dy_xhat);
+      dgrad(c, c + 1);
+    }
+  });
   for (std::size_t c = 0; c < channels; ++c) {
     dgamma[c] += sum_dy_xhat[c];
     dbeta[c] += sum_dy[c];
   }
-  batch_norm_dgrad_impl<Relu, Stored>(batch, channels, plane, dy, xhat, y, gamma, inv_std,
-                                      T(batch * plane), sum_dy, sum_dy_xhat, batch_stats, dx);
 }
 
 /// f.template operator()<Stored>(): the backward kernels instantiated for where xhat comes from.
@@ -398,6 +452,27 @@ void batch_norm_relu_train_fprop(std::size_t batch, std::size_t channels, std::s
                                  T* inv_std, T* xhat, T* y) {
   detail::batch_norm_train_fprop_dispatch<true>(batch, channels, plane, x, eps, gamma, beta, mean,
                                                 var, inv_std, xhat, y);
+}
+
+/// batch_norm_fprop, then y = max(0, y + skip) in the same pass (skip has x's layout): the
+/// last batch norm of a residual block, the shortcut's sum and the ReLU after it (nn/residual.hpp).
+/// The same bits as batch_norm_fprop, then the addition, then relu_fprop.
+template <class T>
+void batch_norm_add_relu_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* x, const T* skip, const T* mean, const T* var, T eps,
+                               const T* gamma, const T* beta, T* inv_std, T* xhat, T* y) {
+  detail::batch_norm_fprop_dispatch<true, true>(batch, channels, plane, x, mean, var, eps, gamma,
+                                                beta, inv_std, xhat, y, skip);
+}
+
+/// batch_norm_train_fprop, then y = max(0, y + skip) in the same pass (as
+/// batch_norm_add_relu_fprop).
+template <class T>
+void batch_norm_add_relu_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                                     const T* x, const T* skip, T eps, const T* gamma,
+                                     const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
+  detail::batch_norm_train_fprop_dispatch<true, true>(batch, channels, plane, x, eps, gamma, beta,
+                                                      mean, var, inv_std, xhat, y, skip);
 }
 
 template <class T>

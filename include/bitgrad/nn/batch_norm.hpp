@@ -30,6 +30,8 @@
 // forward_relu (used by nn::sequential for a batch_norm followed directly by nn::relu) writes
 // relu(y) in the same pass; backward then masks dy by y > 0 inside the sums and dx, with or
 // without set_sync (the local sums are of the masked dy): the relu layer's passes disappear.
+// forward_add_relu (used by nn::residual for a block that ends in a batch_norm, when a relu
+// follows the residual) writes relu(y + skip) in the same pass, the residual's sum and ReLU.
 #pragma once
 
 #include <bitgrad/core/error.hpp>
@@ -93,6 +95,19 @@ public:
   /// epilogues); backward then takes the gradient of the ReLU's output and folds its mask
   /// (y > 0) into the batch norm's sums and dx. The same bits as forward, then relu.
   const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
+  /// relu(forward(x) + skip()) in one pass: skip() (called first) gives a tensor of the output's
+  /// shape, the shortcut of a residual block that ends in this batch norm and whose sum a ReLU
+  /// follows (nn/residual.hpp). backward stays forward's: it takes the gradient of bn(x), the
+  /// sum's gradient that the residual masked by y > 0. The same bits as forward, the addition,
+  /// then relu.
+  template <class Skip>
+  const output_type& forward_add_relu(const input_type& x, Skip&& skip) {
+    const output_type& s = skip();
+    if (s.shape() != x.shape())
+      throw shape_error(name_ + ": output " + shape_string(x.shape()) + " and skip operand " +
+                        shape_string(s.shape()) + " differ");
+    return run_forward(x, false, s.data());
+  }
 
   const input_type& backward(const output_type& dy) {
     if (!seen_) throw config_error(name_ + ": backward called before forward");
@@ -157,8 +172,9 @@ public:
   const tensor1<T>& running_var() const { return running_var_; }
 
 private:
-  /// forward (relu = false) or forward_relu (relu = true).
-  const output_type& run_forward(const input_type& x, bool relu) {
+  /// forward (relu = false) or forward_relu (relu = true); with skip (not null), the
+  /// forward_add_relu: y = relu(bn(x) + skip), relu_ stays false (backward is forward's).
+  const output_type& run_forward(const input_type& x, bool relu, const T* skip = nullptr) {
     std::array<std::size_t, Rank> want{};
     want[1] = c_;
     check_shape(name_, "input", x.shape(), want);
@@ -176,12 +192,16 @@ private:
                           shape_string(x.shape()));
       if (sync_) {
         global_count_ = sync_moments(n, plane, x.data());
-        normalize(x, relu);
+        normalize(x, relu, skip);
       } else {
         // The statistics and the normalisation channel by channel (the same bits as
         // channel_mean_var, then batch_norm_fprop).
         global_count_ = static_cast<double>(count);
-        if (relu)
+        if (skip != nullptr)
+          batch_norm_add_relu_train_fprop(n, c_, plane, x.data(), skip, eps_, gamma_.data(),
+                                          beta_.data(), mean_.data(), var_.data(), inv_std_.data(),
+                                          no_xhat, y_.data());
+        else if (relu)
           batch_norm_relu_train_fprop(n, c_, plane, x.data(), eps_, gamma_.data(), beta_.data(),
                                       mean_.data(), var_.data(), inv_std_.data(), no_xhat,
                                       y_.data());
@@ -195,7 +215,7 @@ private:
     } else {
       mean_ = running_mean_;
       var_ = running_var_;
-      normalize(x, relu);
+      normalize(x, relu, skip);
     }
     x_ = &x;
     n_ = n;
@@ -205,11 +225,15 @@ private:
     return y_;
   }
 
-  /// y_ = bn(x) (relu(bn(x)) if relu) with mean_ and var_ as they are; xhat not stored.
-  void normalize(const input_type& x, bool relu) {
+  /// y_ = bn(x) (relu(bn(x)) if relu, relu(bn(x) + skip) if skip) with mean_ and var_ as they
+  /// are; xhat not stored.
+  void normalize(const input_type& x, bool relu, const T* skip) {
     const std::size_t n = x.shape()[0], plane = x.size() / n / c_;
     T* const xhat = nullptr;
-    if (relu)
+    if (skip != nullptr)
+      batch_norm_add_relu_fprop(n, c_, plane, x.data(), skip, mean_.data(), var_.data(), eps_,
+                                gamma_.data(), beta_.data(), inv_std_.data(), xhat, y_.data());
+    else if (relu)
       batch_norm_relu_fprop(n, c_, plane, x.data(), mean_.data(), var_.data(), eps_, gamma_.data(),
                             beta_.data(), inv_std_.data(), xhat, y_.data());
     else

@@ -100,6 +100,17 @@ concept layer = requires(L& l, const L& cl, const typename L::input_type& x,
   { cl.name() } -> std::convertible_to<std::string>;
 };
 
+/// Optional fused epilogue (nn/residual.hpp, nn/sequential.hpp): l.forward_add_relu(x, skip)
+/// computes relu(l.forward(x) + skip()) in the layer's own pass, skip() giving a tensor of the
+/// output's shape (called once, after any layer inside l that runs before the last one); l's
+/// backward is then forward's (it takes the gradient of l(x), the sum's gradient, masked by the
+/// caller). batch_norm and a sequential ending in one have it.
+template <class L>
+concept add_relu_fusable = requires(L& l, const typename L::input_type& x,
+                                    const typename L::output_type& (&skip)()) {
+  { l.forward_add_relu(x, skip) } -> std::same_as<const typename L::output_type&>;
+};
+
 template <class L>
 concept quantized_layer = layer<L> && quant::quantizer<typename L::quantizer_type> &&
     requires(L& l, const L& cl) {

@@ -5,6 +5,10 @@
 // Backward: dx = block.backward(dy) + shortcut.backward(dy). forward_relu (used by nn::sequential
 // when an nn::relu follows, as after every ResNet block) gives relu(block(x) + shortcut(x)) in
 // the same pass over the sum, and backward masks dy by y > 0 first (the relu's own passes go).
+// When the block ends in a layer that can add (its forward_add_relu: a sequential ending in a
+// batch_norm, as every ResNet block), forward_relu runs the block's layers, then the shortcut,
+// then the last layer's normalisation with the sum and the ReLU in the same pass: bn's output
+// is neither written nor read again (the same bits).
 // Names are prefixed with the residual's name ("layer2.0" -> "layer2.0.conv1.weight",
 // "layer2.0.shortcut.0.weight"). At construction, where nn/layer.hpp's optional feature counts are
 // known, the block and the shortcut must take the same input features and give the same output
@@ -52,7 +56,7 @@ public:
     const output_type* g = &dy;
     if (relu_) { // the following relu's backward, folded in
       ensure_shape(dmask_, dy.shape());
-      relu_bprop(dy.size(), y_.data(), dy.data(), dmask_.data());
+      relu_bprop(dy.size(), out_->data(), dy.data(), dmask_.data());
       g = &dmask_;
     }
     const input_type& da = block_.backward(*g);
@@ -151,6 +155,15 @@ private:
 
   /// y = a + b, then y = (y <= 0 ? 0 : y) (relu_fprop's formula) when relu.
   const output_type& run_forward(const input_type& x, bool relu) {
+    if constexpr (add_relu_fusable<Block>) {
+      if (relu) { // the sum and the ReLU in the block's last pass (see the top)
+        const output_type& y = block_.forward_add_relu(
+            x, [&]() -> const output_type& { return shortcut_.forward(x); });
+        out_ = &y;
+        relu_ = true;
+        return y;
+      }
+    }
     const output_type& a = block_.forward(x);
     const output_type& b = shortcut_.forward(x);
     if (a.shape() != b.shape())
@@ -177,6 +190,7 @@ private:
     else
       add(a.size(), pa, pb, py);
     relu_ = relu;
+    out_ = &y_;
     return y_;
   }
 
@@ -184,7 +198,8 @@ private:
 
   std::string name_;
   bool training_ = true;
-  bool relu_ = false; ///< the last forward was forward_relu: y_ = relu(a + b)
+  bool relu_ = false;                ///< the last forward was forward_relu: *out_ = relu(a + b)
+  const output_type* out_ = nullptr; ///< the last forward's output: y_, or the block's own
   Block block_;
   Shortcut shortcut_;
   output_type y_, dmask_;

@@ -28,6 +28,8 @@
 // describe(), visit_layers and so checkpoints, model files and ONNX exports stay those of the
 // two layers; only the work changes. ReLU is exact, so the outputs and gradients are the same
 // bits as layer by layer (tests/unit/test_models.cpp holds the two against each other).
+// forward_add_relu(x, skip) hands nn::residual's sum and ReLU to the last layer the same way
+// (batch_norm: relu(bn(x) + skip) in its normalisation pass).
 #pragma once
 
 #include <bitgrad/core/parameter.hpp>
@@ -112,6 +114,14 @@ public:
   }
 
   const output_type& forward(const input_type& x) { return forward_from<0>(x); }
+  /// relu(forward(x) + skip()), the sum and the ReLU in the last layer's pass (its
+  /// forward_add_relu, called after the layers before it ran): nn::residual with a block that
+  /// ends in a batch_norm. skip() gives a tensor of the output's shape.
+  template <class Skip>
+  requires add_relu_fusable<last>
+  const output_type& forward_add_relu(const input_type& x, Skip&& skip) {
+    return forward_from<0>(x, &skip);
+  }
   /// A tensor of another rank than input_type: a compile-time error (see nn/layer.hpp).
   template <class X>
   requires tensor_of_other_rank<X, input_type>
@@ -230,18 +240,24 @@ private:
       return false;
   }
 
-  template <std::size_t I, class X>
-  const output_type& forward_from(const X& x) {
+  /// Layers I.. on x; with a skip callable (not std::nullptr_t), the last layer runs
+  /// forward_add_relu(x, *skip) (forward_add_relu above).
+  template <std::size_t I, class X, class Skip = std::nullptr_t>
+  const output_type& forward_from(const X& x, Skip* skip = nullptr) {
+    constexpr bool add_relu = !std::is_same_v<Skip, std::nullptr_t>;
     if constexpr (fuses_with_next<I>()) { // layer I + relu I + 1 in one pass (see the top)
+      static_assert(!add_relu || I + 2 < size, "the last layer is a relu, not add_relu_fusable");
       const auto& y = std::get<I + 1>(layers_).forward_fused(std::get<I>(layers_).forward_relu(x));
       if constexpr (I + 2 < size)
-        return forward_from<I + 2>(y);
+        return forward_from<I + 2>(y, skip);
       else
         return y;
+    } else if constexpr (add_relu && I + 1 == size) {
+      return std::get<I>(layers_).forward_add_relu(x, *skip);
     } else {
       const auto& y = std::get<I>(layers_).forward(x);
       if constexpr (I + 1 < size)
-        return forward_from<I + 1>(y);
+        return forward_from<I + 1>(y, skip);
       else
         return y;
     }

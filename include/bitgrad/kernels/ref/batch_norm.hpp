@@ -1,6 +1,7 @@
 // Reference batch normalisation kernels: the formulas as plain loops, oracles for
 // kernels/batch_norm.hpp (layout and formulas there). The batch_norm_relu_* twins are the unfused
-// kernels with y = max(0, y) after the forward and dy = (y > 0 ? dy : 0) before the backward.
+// kernels with y = max(0, y) after the forward and dy = (y > 0 ? dy : 0) before the backward;
+// the batch_norm_add_relu_* forwards add the skip operand before the ReLU.
 // The optimised backward kernels can also recompute xhat from x (batch_norm_xhat); their oracle
 // is then these kernels given the xhat of ref::batch_norm_fprop.
 #pragma once
@@ -113,6 +114,27 @@ void batch_norm_relu_train_fprop(std::size_t batch, std::size_t channels, std::s
                                  T* inv_std, T* xhat, T* y) {
   channel_mean_var(batch, channels, plane, x, mean, var);
   batch_norm_relu_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
+}
+
+/// batch_norm_fprop, then y = max(0, y + skip).
+template <class T>
+void batch_norm_add_relu_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                               const T* x, const T* skip, const T* mean, const T* var, T eps,
+                               const T* gamma, const T* beta, T* inv_std, T* xhat, T* y) {
+  batch_norm_fprop(batch, channels, plane, x, mean, var, eps, gamma, beta, inv_std, xhat, y);
+  for (std::size_t i = 0; i < batch * channels * plane; ++i) {
+    const T v = y[i] + skip[i];
+    y[i] = v <= T(0) ? T(0) : v;
+  }
+}
+
+template <class T>
+void batch_norm_add_relu_train_fprop(std::size_t batch, std::size_t channels, std::size_t plane,
+                                     const T* x, const T* skip, T eps, const T* gamma,
+                                     const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
+  channel_mean_var(batch, channels, plane, x, mean, var);
+  batch_norm_add_relu_fprop(batch, channels, plane, x, skip, mean, var, eps, gamma, beta, inv_std,
+                            xhat, y);
 }
 
 namespace detail {
