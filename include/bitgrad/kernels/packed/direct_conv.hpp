@@ -393,11 +393,25 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     off = sc.offsets.data();
   }
 #endif
+  // Pooled blocks: a row pair's channels through the stages at once, stored interleaved
+  // (output_stage.hpp, column_pairs_block), where every channel's stages are monotone.
+  constexpr bool blocks = pairs && requires {
+    out.column_pairs_block(std::size_t(0), acc, acc, std::size_t(0), std::size_t(0),
+                           std::size_t(0), static_cast<const int*>(nullptr));
+    { out.pool_block(std::size_t(0), std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
+  };
+  bool monotone = false;
   if constexpr (pairs) {
     sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
     sc.directions.resize(n_out); // each channel's stage direction, once per call
-    for (std::size_t j = 0; j < n_out; ++j) sc.directions[j] = out.direction(j);
+    monotone = true;
+    for (std::size_t j = 0; j < n_out; ++j) {
+      sc.directions[j] = out.direction(j);
+      monotone = monotone && sc.directions[j] != 0;
+    }
   }
+  const bool block_pairs =
+      blocks && monotone && OW % 2 == 0 && n_out <= simd_lanes<std::int32_t>;
   acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
@@ -554,6 +568,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
               std::int32_t* below = acc + n_out * owp;
               row_sums(line, acc);
               row_sums(line + sh, below);
+              if constexpr (blocks)
+                if (block_pairs && out.pool_block(i_a, OW, n_out)) {
+                  out.column_pairs_block(i_a, acc, below, owp, OW, n_out, sc.directions.data());
+                  ++oh;
+                  continue;
+                }
               for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
                 out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0,
                                  sc.directions[j]);

@@ -152,6 +152,56 @@ concept column_stage = S::columns;
 template <class S>
 concept pooled_column_store = S::pooled_columns;
 
+/// True for a last stage that takes a row pair's pooled pixels as one block of u8 codes,
+/// channels consecutive (NHWC): pool_block(i, width, channels) says where it may and
+/// pooled_at(i) is the block's first byte (marked `pooled_blocks = true`; u8 outputs only).
+template <class S>
+concept pooled_block_store = S::pooled_blocks && requires(const S& s) {
+  { s.pooled_at(std::size_t(0)) } -> std::same_as<std::uint8_t*>;
+};
+
+/// interleave_index.at[c][o] = the plane byte of output byte o for c channels: (o mod c) 16 + o div c
+/// (0 where o div c >= 16: never stored).
+inline constexpr auto interleave_index = [] {
+  struct table {
+    std::uint8_t at[9][128];
+  } t{};
+  for (std::size_t c = 1; c <= 8; ++c)
+    for (std::size_t o = 0; o < 128; ++o)
+      t.at[c][o] = o / c < 16 ? static_cast<std::uint8_t>(o % c * 16 + o / c) : 0;
+  return t;
+}();
+
+/// dst[t * channels + j] = planes[j * L + t] for t < n <= L, j < channels <= L: a row pair's
+/// pooled codes, one lane batch per channel (planes, L = lanes per batch, 64-byte aligned,
+/// readable to 128 bytes), interleaved into NHWC. With AVX-512 VBMI and L = 16, channels <= 8
+/// (LeNet's 6): two byte permutes of the 128 plane bytes (vpermt2b) and two masked stores,
+/// the permutes' indices from a table per channel count; else a loop per byte.
+template <std::size_t L>
+BITGRAD_ALWAYS_INLINE void interleave_planes(const std::uint8_t* planes, std::size_t channels,
+                                             std::size_t n, std::uint8_t* dst) {
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+  if constexpr (L == 16) {
+    if (channels <= 8) {
+      const __m512i lo = _mm512_load_si512(planes), hi = _mm512_load_si512(planes + 64);
+      const std::uint8_t* idx = interleave_index.at[channels];
+      const std::size_t bytes = n * channels; // <= 128
+      auto mask = [](std::size_t k) {
+        return _cvtu64_mask64(k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1);
+      };
+      _mm512_mask_storeu_epi8(dst, mask(bytes),
+                              _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(idx), hi));
+      if (bytes > 64)
+        _mm512_mask_storeu_epi8(dst + 64, mask(bytes - 64),
+                                _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(idx + 64), hi));
+      return;
+    }
+  }
+#endif
+  for (std::size_t t = 0; t < n; ++t)
+    for (std::size_t j = 0; j < channels; ++j) dst[t * channels + j] = planes[j * L + t];
+}
+
 /// True for a stage that says per channel j whether it is monotone in its input:
 /// direction(j) = 1 (never falls), -1 (never rises), 0 (not known).
 template <class S>
@@ -633,7 +683,95 @@ struct pipeline {
 #endif
   }
 
+  /// Pooled blocks: true where column_pairs_block may run on rows i .. i + width - 1 (and the
+  /// row below) of `channels` channels (the last stage's pool_block; false without one).
+  bool pool_block(std::size_t i, std::size_t width, std::size_t channels) const {
+    using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+    if constexpr (detail::pooled_block_store<last>)
+      return last_stage().pool_block(i, width, channels);
+    else
+      return false;
+  }
+
+  /// column_pairs of every channel j < channels of a row pair at once, for monotone stages
+  /// whose last stage takes u8 blocks (pool_block(i0, count, channels) holds): channel j's
+  /// sums at acc_top + j acc_stride, acc_bottom + j acc_stride, each readable to count rounded
+  /// up to whole lane batches; direction[j] = direction(j), 1 or -1 for every channel; count
+  /// even, channels <= lanes. Per lane batch of pooled pixels t and per channel, the window's
+  /// extreme sum m(t) (pooled_sums) through every stage but the last, narrowed to its u8 code
+  /// in a plane; then the planes interleaved into the row pair's pooled pixels, channels
+  /// consecutive, stored from the last stage's pooled_at(i0) (interleave_planes). The values
+  /// of pooled_sums, the same bits; no store per pooled pixel and channel.
+  BITGRAD_ALWAYS_INLINE void column_pairs_block(std::size_t i0, const std::int32_t* acc_top,
+                                                const std::int32_t* acc_bottom,
+                                                std::size_t acc_stride, std::size_t count,
+                                                std::size_t channels, const int* direction) const
+      requires(detail::column_stage<Stages>&&...) &&
+      detail::pooled_block_store<
+          std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
+#if BITGRAD_HAS_SIMD
+    const std::tuple<Stages...> s = stages; // see row
+    using B = simd_batch<std::int32_t>;
+    constexpr std::size_t L = B::size;
+    std::uint8_t* dst = std::get<sizeof...(Stages) - 1>(s).pooled_at(i0);
+    alignas(64) std::uint8_t planes[L * L < 128 ? 128 : L * L]; // planes[j L + t]
+    for (std::size_t c = 0; c < count; c += 2 * L) {
+      for (std::size_t j = 0; j < channels; ++j) {
+        const std::int32_t* top = acc_top + j * acc_stride + c;
+        const std::int32_t* bottom = acc_bottom + j * acc_stride + c;
+        const B m = direction[j] > 0 ? window_extremes<true>(top, bottom, count - c)
+                                     : window_extremes<false>(top, bottom, count - c);
+        const auto code = column_value<0>(s, m, i0 + c, j);
+        static_assert(std::is_same_v<typename std::decay_t<decltype(code)>::value_type,
+                                     std::int32_t>,
+                      "pooled blocks store u8 codes, which the stages give as int32 lanes");
+        store_codes(code, planes + j * L);
+      }
+      detail::interleave_planes<L>(planes, channels, std::min(L, (count - c) / 2),
+                           dst + c / 2 * channels);
+    }
+#else
+    (void)i0, (void)acc_top, (void)acc_bottom, (void)acc_stride, (void)count, (void)channels,
+        (void)direction;
+#endif
+  }
+
 protected:
+#if BITGRAD_HAS_SIMD
+  /// Lane t: the extreme (max when Rising, else min) of the window of pixels 2t, 2t + 1 of
+  /// both rows (pooled_sums), for the 2 L pixels from top, bottom; a register of pixels at or
+  /// past `left` is not read (0), readable ones are whole lane batches.
+  template <bool Rising>
+  BITGRAD_ALWAYS_INLINE static simd_batch<std::int32_t>
+  window_extremes(const std::int32_t* top, const std::int32_t* bottom, std::size_t left) {
+    using B = simd_batch<std::int32_t>;
+    constexpr std::size_t L = B::size;
+    auto vertical = [&](std::size_t u) {
+      if (u >= left) return B(0);
+      const B a = B::load_unaligned(top + u), b = B::load_unaligned(bottom + u);
+      if constexpr (Rising)
+        return xsimd::max(a, b);
+      else
+        return xsimd::min(a, b);
+    };
+    return pair_extremes<Rising>(vertical(0), vertical(L));
+  }
+
+  /// The int32 lanes of v (codes 0..255) as L bytes at p.
+  template <class B>
+  BITGRAD_ALWAYS_INLINE static void store_codes(const B& v, std::uint8_t* p) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (B::size == 16) {
+      _mm_store_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+      return;
+    }
+#endif
+    alignas(64) std::int32_t lane[B::size];
+    v.store_aligned(lane);
+    for (std::size_t l = 0; l < B::size; ++l) p[l] = static_cast<std::uint8_t>(lane[l]);
+  }
+#endif
+
   /// The product of the directions of every stage but the last (monotone_stage): 1 when the
   /// value the last stage receives never falls as acc rises, -1 when it never rises, 0 when a
   /// stage is not monotone or does not say.
