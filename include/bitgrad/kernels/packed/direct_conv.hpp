@@ -144,7 +144,6 @@ struct direct_conv_scratch {
   std::vector<std::int32_t> acc, row;
   std::vector<std::uint32_t> offsets;
   std::vector<int> directions;
-  std::vector<std::uint8_t> bytes;  // one input row padded with z (the VNNI path)
   std::vector<std::uint32_t> quads; // quad lines (the VNNI path)
   std::vector<std::int32_t> weight_quads, zero_sums;
 };
@@ -245,7 +244,7 @@ void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size
   for (; px < count; ++px) run.template operator()<1>(px);
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define BITGRAD_DIRECT_CONV_VNNI 1
 /// One tile of the VNNI path (see "vnni" at the top): channels j0 .. j0 + JB - 1 (weight quads
 /// wq, Kq apart) of PB registers of 16 pixels, quad lines read at src + off[p] (+ 16 q);
@@ -273,24 +272,44 @@ BITGRAD_ALWAYS_INLINE void direct_tile_vnni(const std::uint32_t* src, const std:
                           _mm512_sub_epi32(s[jb][q], _mm512_set1_epi32(zsum[jb])));
 }
 
-/// q[t] = bytes t .. t + 3 as the int32 they form in memory (x86: little-endian), t < count
-/// (a multiple of 16; bytes readable to count + 16): per 16 quads, bytes 16 s .. 16 s + 15 in
-/// the register's 128-bit lanes 0, 1 and bytes 16 s + 8 .. in lanes 2, 3, then one in-lane
-/// byte shuffle (vpshufb) puts quad 4 k + e of lane k at its bytes 4 k + e .. + 3 (relative to
-/// the lane's first byte: 0 or 8, plus 0 or 4). A loop of shifts that the compiler vectorised
-/// at 256 bits spent ~4 instructions per quad on the widening; this spends ~0.4.
-inline void quad_line(const std::uint8_t* bytes, std::size_t count, std::uint32_t* q) {
-  // Lane k: quads 4 k' .. 4 k' + 3 at offset o = 4 (k mod 2) of its 16 bytes.
-  const __m512i pick = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6));
-  const __m512i shift = _mm512_set_epi32(4, 4, 4, 4, 0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0, 0);
-  const __m512i index = _mm512_add_epi8(pick, _mm512_mullo_epi32(shift, _mm512_set1_epi32(0x01010101)));
+/// Bytes s .. s + 15 of a padded row (quad_line): columns s - pw + e inside [0, W) loaded, the
+/// rest z (zv: z in every byte); every byte z for a null row.
+BITGRAD_ALWAYS_INLINE __m128i padded_bytes16(const std::uint8_t* row, std::size_t W, std::size_t pw,
+                                             __m128i zv, std::size_t s) {
+  if (!row) return zv;
+  const std::ptrdiff_t first = std::ptrdiff_t(s) - std::ptrdiff_t(pw);
+  const std::ptrdiff_t lo = std::clamp<std::ptrdiff_t>(-first, 0, 16);
+  const std::ptrdiff_t hi = std::clamp<std::ptrdiff_t>(std::ptrdiff_t(W) - first, 0, 16);
+  if (lo >= hi) return zv;
+  const auto m = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  // The address of column `first` (before the row when first < 0: only masked-off bytes are
+  // there), formed as an integer.
+  const auto at = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(row) +
+                                                static_cast<std::uintptr_t>(first));
+  return _mm_mask_loadu_epi8(zv, m, at);
+}
+
+/// Quad line of one input row: q[t] = bytes t .. t + 3 of the padded row (byte p = row[p - pw],
+/// z outside [0, W) and for every byte when row is null: a padding row) as the int32 they form
+/// in memory (x86: little-endian), t < count (a multiple of 16). Per 16 quads, padded bytes
+/// 16 s .. 16 s + 15 and 16 s + 8 .. 16 s + 23, each one masked load (z in the masked-off
+/// bytes; they do not fault), in the register's 128-bit lanes 0, 1 and 2, 3; then one in-lane
+/// byte shuffle (vpshufb) puts quad 4 k + e of lane k at its bytes 4 (k mod 2) + e .. + 3. A
+/// loop of shifts that the compiler vectorised at 256 bits spent ~4 instructions per quad on
+/// the widening, and read a row buffer just written byte-wise (a store-forwarding stall).
+BITGRAD_ALWAYS_INLINE void quad_line(const std::uint8_t* row, std::size_t W, std::size_t pw,
+                                     std::uint8_t z, std::size_t count, std::uint32_t* q) {
+  const __m512i pick =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6));
+  const __m512i index = _mm512_add_epi8(
+      pick, _mm512_set_epi32(0x04040404, 0x04040404, 0x04040404, 0x04040404, 0, 0, 0, 0, 0x04040404,
+                             0x04040404, 0x04040404, 0x04040404, 0, 0, 0, 0));
+  const __m128i zv = _mm_set1_epi8(static_cast<char>(z));
   for (std::size_t t = 0; t < count; t += 16) {
-    const __m512i low = _mm512_broadcast_i32x4(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + t)));
-    const __m512i high = _mm512_broadcast_i32x4(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + t + 8)));
-    const __m512i v = _mm512_mask_blend_epi64(0xF0, low, high);
+    const __m128i low = padded_bytes16(row, W, pw, zv, t);
+    const __m128i high = padded_bytes16(row, W, pw, zv, t + 8);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(low)),
+                                         _mm256_broadcastsi128_si256(high), 1);
     _mm512_storeu_si512(q + t, _mm512_shuffle_epi8(v, index));
   }
 }
@@ -419,8 +438,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
   // Pooled blocks: a row pair's channels through the stages at once, stored interleaved
   // (output_stage.hpp, column_pairs_block), where every channel's stages are monotone.
   constexpr bool blocks = pairs && requires {
-    out.column_pairs_block(std::size_t(0), acc, acc, std::size_t(0), std::size_t(0),
-                           std::size_t(0), static_cast<const int*>(nullptr));
+    out.column_pairs_block(std::size_t(0), acc, acc, std::size_t(0), std::size_t(0), std::size_t(0),
+                           static_cast<const int*>(nullptr));
     { out.pool_block(std::size_t(0), std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
   };
   bool monotone = false;
@@ -433,8 +452,7 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
       monotone = monotone && sc.directions[j] != 0;
     }
   }
-  const bool block_pairs =
-      blocks && monotone && OW % 2 == 0 && n_out <= simd_lanes<std::int32_t>;
+  const bool block_pairs = blocks && monotone && OW % 2 == 0 && n_out <= simd_lanes<std::int32_t>;
   acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
@@ -450,16 +468,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
       // Quad lines: quads(i)[t] = the 4 bytes at t .. t + 3 of input row ih_a + i, padded with
       // z (bytes[t] = x(ih, t - pw), z outside the image), so tap quad (a, u) of pixel ow is
       // quads(oh sh + a dh - ih_a)[ow + 4 u].
-      const std::size_t Tb = T4 + 16; // quad_lines reads 16 bytes from each 8th
       sc.quads.resize(rows_in * T4);
-      sc.bytes.resize(Tb);
       for (std::size_t i = 0; i < rows_in; ++i) {
         const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
-        std::uint8_t* bytes = sc.bytes.data();
-        std::fill(bytes, bytes + Tb, z);
-        if (ih >= 0 && ih < std::ptrdiff_t(H) && g.pad_w < Tb)
-          std::memcpy(bytes + g.pad_w, img + std::size_t(ih) * W, std::min(W, Tb - g.pad_w));
-        detail::quad_line(bytes, T4, sc.quads.data() + i * T4);
+        const bool inside = ih >= 0 && ih < std::ptrdiff_t(H);
+        detail::quad_line(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
+                          sc.quads.data() + i * T4);
       }
     } else
 #endif
@@ -579,14 +593,16 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         if (!has_row || n_out < simd_lanes<std::int32_t>) {
           // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
           // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each.
-          if constexpr (pairs)
-            if (ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e &&
-                out.pool_pairs(i_a, OW)) {
+          if constexpr (pairs) {
+            const bool whole = ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e;
+            bool block = false; // pool_block implies pool_pairs
+            if constexpr (blocks) block = whole && block_pairs && out.pool_block(i_a, OW, n_out);
+            if (block || (whole && out.pool_pairs(i_a, OW))) {
               std::int32_t* below = acc + n_out * owp;
               row_sums(line, acc);
               row_sums(line + sh, below);
               if constexpr (blocks)
-                if (block_pairs && out.pool_block(i_a, OW, n_out)) {
+                if (block) {
                   out.column_pairs_block(i_a, acc, below, owp, OW, n_out, sc.directions.data());
                   ++oh;
                   continue;
@@ -597,6 +613,7 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
               ++oh;
               continue;
             }
+          }
           row_sums(line, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);

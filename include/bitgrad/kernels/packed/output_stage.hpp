@@ -160,8 +160,8 @@ concept pooled_block_store = S::pooled_blocks && requires(const S& s) {
   { s.pooled_at(std::size_t(0)) } -> std::same_as<std::uint8_t*>;
 };
 
-/// interleave_index.at[c][o] = the plane byte of output byte o for c channels: (o mod c) 16 + o div c
-/// (0 where o div c >= 16: never stored).
+/// interleave_index.at[c][o] = the plane byte of output byte o for c channels: (o mod c) 16 + o div
+/// c (0 where o div c >= 16: never stored).
 inline constexpr auto interleave_index = [] {
   struct table {
     std::uint8_t at[9][128];
@@ -173,34 +173,33 @@ inline constexpr auto interleave_index = [] {
 }();
 
 /// dst[t * channels + j] = planes[j * L + t] for t < n <= L, j < channels <= L: a row pair's
-/// pooled codes, one lane batch per channel (planes, L = lanes per batch, 64-byte aligned,
-/// readable to 128 bytes), interleaved into NHWC. With AVX-512 VBMI and L = 16, channels <= 8
-/// (LeNet's 6): two byte permutes of the 128 plane bytes (vpermt2b) and two masked stores,
-/// the permutes' indices from a table per channel count; else a loop per byte.
+/// pooled codes, one lane batch per channel (planes, L = lanes per batch), interleaved into
+/// NHWC, a loop per byte.
 template <std::size_t L>
-BITGRAD_ALWAYS_INLINE void interleave_planes(const std::uint8_t* planes, std::size_t channels,
-                                             std::size_t n, std::uint8_t* dst) {
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
-  if constexpr (L == 16) {
-    if (channels <= 8) {
-      const __m512i lo = _mm512_load_si512(planes), hi = _mm512_load_si512(planes + 64);
-      const std::uint8_t* idx = interleave_index.at[channels];
-      const std::size_t bytes = n * channels; // <= 128
-      auto mask = [](std::size_t k) {
-        return _cvtu64_mask64(k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1);
-      };
-      _mm512_mask_storeu_epi8(dst, mask(bytes),
-                              _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(idx), hi));
-      if (bytes > 64)
-        _mm512_mask_storeu_epi8(dst + 64, mask(bytes - 64),
-                                _mm512_permutex2var_epi8(lo, _mm512_loadu_si512(idx + 64), hi));
-      return;
-    }
-  }
-#endif
+BITGRAD_ALWAYS_INLINE void interleave_codes(const std::uint8_t* planes, std::size_t channels,
+                                            std::size_t n, std::uint8_t* dst) {
   for (std::size_t t = 0; t < n; ++t)
     for (std::size_t j = 0; j < channels; ++j) dst[t * channels + j] = planes[j * L + t];
 }
+
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+/// The same with AVX-512 VBMI, L = 16 and channels <= 8 (LeNet's 6): the planes are the 128
+/// bytes of low (channels 0..3, channel j in 128-bit lane j) and high (channels 4..7); two byte
+/// permutes of those (vpermt2b, indices from interleave_index) and two masked stores.
+BITGRAD_ALWAYS_INLINE void interleave_codes(__m512i low, __m512i high, std::size_t channels,
+                                            std::size_t n, std::uint8_t* dst) {
+  const std::uint8_t* idx = interleave_index.at[channels];
+  const std::size_t bytes = n * channels; // <= 128
+  auto mask = [](std::size_t k) {
+    return _cvtu64_mask64(k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1);
+  };
+  _mm512_mask_storeu_epi8(dst, mask(bytes),
+                          _mm512_permutex2var_epi8(low, _mm512_loadu_si512(idx), high));
+  if (bytes > 64)
+    _mm512_mask_storeu_epi8(dst + 64, mask(bytes - 64),
+                            _mm512_permutex2var_epi8(low, _mm512_loadu_si512(idx + 64), high));
+}
+#endif
 
 /// True for a stage that says per channel j whether it is monotone in its input:
 /// direction(j) = 1 (never falls), -1 (never rises), 0 (not known).
@@ -714,21 +713,32 @@ struct pipeline {
     using B = simd_batch<std::int32_t>;
     constexpr std::size_t L = B::size;
     std::uint8_t* dst = std::get<sizeof...(Stages) - 1>(s).pooled_at(i0);
-    alignas(64) std::uint8_t planes[L * L < 128 ? 128 : L * L]; // planes[j L + t]
     for (std::size_t c = 0; c < count; c += 2 * L) {
-      for (std::size_t j = 0; j < channels; ++j) {
-        const std::int32_t* top = acc_top + j * acc_stride + c;
-        const std::int32_t* bottom = acc_bottom + j * acc_stride + c;
-        const B m = direction[j] > 0 ? window_extremes<true>(top, bottom, count - c)
-                                     : window_extremes<false>(top, bottom, count - c);
-        const auto code = column_value<0>(s, m, i0 + c, j);
-        static_assert(std::is_same_v<typename std::decay_t<decltype(code)>::value_type,
-                                     std::int32_t>,
-                      "pooled blocks store u8 codes, which the stages give as int32 lanes");
-        store_codes(code, planes + j * L);
-      }
-      detail::interleave_planes<L>(planes, channels, std::min(L, (count - c) / 2),
-                           dst + c / 2 * channels);
+      const std::size_t n = std::min(L, (count - c) / 2); // pooled pixels of this batch
+      std::uint8_t* to = dst + c / 2 * channels;
+      auto code_of = [&](std::size_t j) {
+        return pooled_code(s, i0 + c, j, acc_top + j * acc_stride + c,
+                           acc_bottom + j * acc_stride + c, count - c, direction[j]);
+      };
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__) && XSIMD_WITH_AVX512F
+      if constexpr (L == 16)
+        if (channels <= 8) { // the planes in two registers (no store and reload)
+          __m512i low = _mm512_setzero_si512(), high = low;
+          for (std::size_t j = 0; j < channels; ++j) {
+            const __m128i b = _mm512_cvtepi32_epi8(code_of(j));
+            const auto lane = static_cast<__mmask16>(0xFu << (4 * (j % 4)));
+            if (j < 4)
+              low = _mm512_mask_broadcast_i32x4(low, lane, b);
+            else
+              high = _mm512_mask_broadcast_i32x4(high, lane, b);
+          }
+          detail::interleave_codes(low, high, channels, n, to);
+          continue;
+        }
+#endif
+      alignas(64) std::uint8_t planes[L * L] = {}; // planes[j L + t]
+      for (std::size_t j = 0; j < channels; ++j) store_codes(code_of(j), planes + j * L);
+      detail::interleave_codes<L>(planes, channels, n, to);
     }
 #else
     (void)i0, (void)acc_top, (void)acc_bottom, (void)acc_stride, (void)count, (void)channels,
@@ -755,6 +765,23 @@ protected:
         return xsimd::min(a, b);
     };
     return pair_extremes<Rising>(vertical(0), vertical(L));
+  }
+
+  /// Channel j's codes of pooled pixels t < lanes (rows from i0, sums from top, bottom with
+  /// `left` pixels in the row from there): the window extremes through every stage but the
+  /// last, int32 lanes (a function, not a lambda: GCC kept the lambda out of line and returned
+  /// its register through memory).
+  BITGRAD_ALWAYS_INLINE static auto pooled_code(const std::tuple<Stages...>& s, std::size_t i0,
+                                                std::size_t j, const std::int32_t* top,
+                                                const std::int32_t* bottom, std::size_t left,
+                                                int direction) {
+    using B = simd_batch<std::int32_t>;
+    const B m = direction > 0 ? window_extremes<true>(top, bottom, left)
+                              : window_extremes<false>(top, bottom, left);
+    const auto code = column_value<0>(s, m, i0, j);
+    static_assert(std::is_same_v<typename std::decay_t<decltype(code)>::value_type, std::int32_t>,
+                  "pooled blocks store u8 codes, which the stages give as int32 lanes");
+    return code;
   }
 
   /// The int32 lanes of v (codes 0..255) as L bytes at p.
