@@ -27,12 +27,17 @@
 //   pooled    pixel lanes into a last stage of 2 x 2 / stride-2 max-pool windows (out.pool_pairs
 //             of a row: LeNet's conv1): rows oh, oh + 1 of a window both summed, then per
 //             channel out.column_pairs (output_stage.hpp "Pooled columns"), one store per
-//             pooled pixel instead of a max per output pixel.
+//             pooled pixel instead of a max per output pixel. Where every channel's stages
+//             are monotone, the width is even and the store takes u8 blocks (the engine's
+//             fused_store: LeNet), every channel of the row pair at once
+//             (out.column_pairs_block): the codes interleaved into NHWC and stored as one
+//             run, not a byte store per pooled pixel and channel.
 //   vnni      built with AVX-512 VNNI (-march with avx512vnni, bw), C = 1, sw = dw = 1 and
 //             pixel lanes (LeNet's conv1): integer dot products instead of float FMAs. Each
 //             kernel row's kw taps in quads u (taps 4u .. 4u + 3, zero weights past kw), and
 //             per input row a quad line, quads[t] = bytes x(ih, t - pw) .. x(ih, t + 3 - pw)
-//             (z outside the image), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
+//             (z outside the image; two masked loads and a byte shuffle per 16 quads:
+//             quad_line), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
 //             plain load per 16 pixels, one vpdpbusd (u8 x s8, 4 products into each int32
 //             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
 //             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
