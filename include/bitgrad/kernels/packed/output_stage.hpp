@@ -172,19 +172,10 @@ inline constexpr auto interleave_index = [] {
   return t;
 }();
 
-/// dst[t * channels + j] = planes[j * L + t] for t < n <= L, j < channels <= L: a row pair's
-/// pooled codes, one lane batch per channel (planes, L = lanes per batch), interleaved into
-/// NHWC, a loop per byte.
-template <std::size_t L>
-BITGRAD_ALWAYS_INLINE void interleave_codes(const std::uint8_t* planes, std::size_t channels,
-                                            std::size_t n, std::uint8_t* dst) {
-  for (std::size_t t = 0; t < n; ++t)
-    for (std::size_t j = 0; j < channels; ++j) dst[t * channels + j] = planes[j * L + t];
-}
-
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__)
-/// The same with AVX-512 VBMI, L = 16 and channels <= 8 (LeNet's 6): the planes are the 128
-/// bytes of low (channels 0..3, channel j in 128-bit lane j) and high (channels 4..7); two byte
+/// dst[t * channels + j] = code t of channel j for t < n <= 16, j < channels <= 8 (LeNet's 6):
+/// a row pair's pooled codes interleaved into NHWC. The codes are the 128 bytes of low
+/// (channels 0..3, channel j's 16 codes in 128-bit lane j) and high (channels 4..7); two byte
 /// permutes of those (vpermt2b, indices from interleave_index) and two masked stores.
 BITGRAD_ALWAYS_INLINE void interleave_codes(__m512i low, __m512i high, std::size_t channels,
                                             std::size_t n, std::uint8_t* dst) {
@@ -698,9 +689,10 @@ struct pipeline {
   /// up to whole lane batches; direction[j] = direction(j), 1 or -1 for every channel; count
   /// even, channels <= lanes. Per lane batch of pooled pixels t and per channel, the window's
   /// extreme sum m(t) (pooled_sums) through every stage but the last, narrowed to its u8 code
-  /// in a plane; then the planes interleaved into the row pair's pooled pixels, channels
-  /// consecutive, stored from the last stage's pooled_at(i0) (interleave_planes). The values
-  /// of pooled_sums, the same bits; no store per pooled pixel and channel.
+  /// and stored interleaved into the row pair's pooled pixels, channels consecutive, from the
+  /// last stage's pooled_at(i0) (interleave_codes under AVX-512 VBMI, else a byte store per
+  /// code, without row_at's offset and test per pooled pixel). The values of pooled_sums, the
+  /// same bits.
   BITGRAD_ALWAYS_INLINE void column_pairs_block(std::size_t i0, const std::int32_t* acc_top,
                                                 const std::int32_t* acc_bottom,
                                                 std::size_t acc_stride, std::size_t count,
@@ -722,7 +714,7 @@ struct pipeline {
       };
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__) && XSIMD_WITH_AVX512F
       if constexpr (L == 16)
-        if (channels <= 8) { // the planes in two registers (no store and reload)
+        if (channels <= 8) { // the codes in two registers (no store and reload)
           __m512i low = _mm512_setzero_si512(), high = low;
           for (std::size_t j = 0; j < channels; ++j) {
             const __m128i b = _mm512_cvtepi32_epi8(code_of(j));
@@ -736,9 +728,12 @@ struct pipeline {
           continue;
         }
 #endif
-      alignas(64) std::uint8_t planes[L * L] = {}; // planes[j L + t]
-      for (std::size_t j = 0; j < channels; ++j) store_codes(code_of(j), planes + j * L);
-      detail::interleave_codes<L>(planes, channels, n, to);
+      for (std::size_t j = 0; j < channels; ++j) { // a byte store per code
+        alignas(64) std::int32_t lane[L];
+        code_of(j).store_aligned(lane);
+        for (std::size_t t = 0; t < n; ++t)
+          to[t * channels + j] = static_cast<std::uint8_t>(lane[t]);
+      }
     }
 #else
     (void)i0, (void)acc_top, (void)acc_bottom, (void)acc_stride, (void)count, (void)channels,
@@ -784,19 +779,6 @@ protected:
     return code;
   }
 
-  /// The int32 lanes of v (codes 0..255) as L bytes at p.
-  template <class B>
-  BITGRAD_ALWAYS_INLINE static void store_codes(const B& v, std::uint8_t* p) {
-#if XSIMD_WITH_AVX512F
-    if constexpr (B::size == 16) {
-      _mm_store_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
-      return;
-    }
-#endif
-    alignas(64) std::int32_t lane[B::size];
-    v.store_aligned(lane);
-    for (std::size_t l = 0; l < B::size; ++l) p[l] = static_cast<std::uint8_t>(lane[l]);
-  }
 #endif
 
   /// The product of the directions of every stage but the last (monotone_stage): 1 when the
