@@ -915,7 +915,8 @@ namespace {
 /// s: the pooled buffers (0 first, as the engine sets them) must be equal byte for byte.
 void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_t batch,
                          std::size_t k, std::size_t s, std::size_t r0, std::size_t r1,
-                         std::mt19937& rng, float inv_scale = 6.0f, bool infinite_scale = false) {
+                         std::mt19937& rng, float inv_scale = 6.0f, bool infinite_scale = false,
+                         bool relu_quantize = false) {
   const std::size_t OH = g.out_h(), OW = g.out_w(), plane = g.out_plane();
   const std::size_t ph = (OH - k) / s + 1, pw = (OW - k) / s + 1;
   INFO("C=" << g.in_channels << " " << g.in_h << "x" << g.in_w << " out " << OH << "x" << OW
@@ -943,13 +944,19 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
     std::vector<std::ptrdiff_t> row_at(r1 - r0);
     st.row_offsets(r0, r1 - r0, row_at.data());
     st.row_at = row_at.data();
-    const auto out =
-        output::make_padded_pipeline(output::scale_bias{scale.data(), bias.data()},
-                                     output::clamp{0.0f}, output::quantize_u8{inv_scale, 5}, st);
-    if (reference)
-      ref::direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+    auto conv = [&](const auto& out) {
+      if (reference)
+        ref::direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+      else
+        direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+    };
+    const output::scale_bias sb{scale.data(), bias.data()};
+    if (relu_quantize) // the engine's stage after a ReLU (relu_quantize_u8::fits)
+      conv(output::make_padded_pipeline(
+          sb, output::relu_quantize_u8{output::quantize_u8{inv_scale, 5}}, st));
     else
-      direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+      conv(output::make_padded_pipeline(sb, output::clamp{0.0f}, output::quantize_u8{inv_scale, 5},
+                                        st));
     return y;
   };
   const std::vector<std::uint8_t> want = run(true);
@@ -1019,7 +1026,31 @@ TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time
             check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, -6.0f);
             check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, -6.0f);
             check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, 6.0f, true);
+            // The engine's ReLU + quantizer as one stage (pooled blocks where the width is even).
+            check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, 6.0f, false, true);
+            check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, 6.0f, false, true);
           }
+        }
+}
+
+TEST_CASE("direct_conv pooled blocks (a row pair's channels interleaved at once): LeNet's conv1 "
+          "and widths past one lane batch, against the twin") {
+  std::mt19937 rng(97);
+  // 28 x 28, 5 x 5, pad 2 (LeNet-5), then widths whose rows span 2 and 3 lane batches of pixels
+  // (AVX-512: 16) and pads 0 to 3, 1 and 3 channels, 1 to 8 output channels and 9, 15 (the
+  // byte loop past 8).
+  for (std::size_t c : {1u, 3u})
+    for (std::size_t w : {28u, 34u, 40u, 66u})
+      for (std::size_t pad : {0u, 1u, 2u, 3u})
+        for (std::size_t n_out : {1u, 2u, 4u, 5u, 6u, 8u, 9u, 15u}) {
+          conv2d_geometry g;
+          g.in_channels = c, g.in_h = 12, g.in_w = w, g.kernel_h = 5, g.kernel_w = 5;
+          g.stride_h = g.stride_w = 1, g.dilation_h = g.dilation_w = 1;
+          g.pad_h = g.pad_w = pad;
+          if (c == 1 && w == 28 && pad == 2) g.in_h = 28;
+          const std::size_t rows = 2 * g.out_plane();
+          check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, 6.0f, false, true);
+          check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, -6.0f);
         }
 }
 

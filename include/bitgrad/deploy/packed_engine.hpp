@@ -144,6 +144,15 @@ struct fused_store {
       return px % out_w == 0 && oh % 2 == 0 && oh / 2 < ph;
     }
   }
+  /// Pooled blocks (output_stage.hpp, pipeline::column_pairs_block): where pool_pairs holds
+  /// for an even width that the pooled row fills (pw = width / 2, u8 NHWC, the layer's
+  /// channels), the row pair's pooled pixels are width / 2 consecutive runs of `channels`
+  /// bytes from pooled_at(i), written by this call alone.
+  static constexpr bool pooled_blocks = true;
+  bool pool_block(std::size_t i, std::size_t width, std::size_t n) const {
+    return pool_pairs(i, width) && width % 2 == 0 && pw == width / 2 && n == channels;
+  }
+  T* pooled_at(std::size_t i) const { return y + row_at[i]; }
   /// Lanes l < n are pixels i0 + l of a row pair's top row (i0 at an even pixel), each the max
   /// over its column of the window; pooled pixel of lanes 2t, 2t + 1 = their max, stored (no
   /// other call writes it). A lone last lane (odd n) is the row's last pixel: in no window

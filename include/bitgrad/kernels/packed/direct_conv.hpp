@@ -27,12 +27,17 @@
 //   pooled    pixel lanes into a last stage of 2 x 2 / stride-2 max-pool windows (out.pool_pairs
 //             of a row: LeNet's conv1): rows oh, oh + 1 of a window both summed, then per
 //             channel out.column_pairs (output_stage.hpp "Pooled columns"), one store per
-//             pooled pixel instead of a max per output pixel.
+//             pooled pixel instead of a max per output pixel. Where every channel's stages
+//             are monotone, the width is even and the store takes u8 blocks (the engine's
+//             fused_store: LeNet), every channel of the row pair at once
+//             (out.column_pairs_block): the codes interleaved into NHWC and stored as one
+//             run, not a byte store per pooled pixel and channel.
 //   vnni      built with AVX-512 VNNI (-march with avx512vnni, bw), C = 1, sw = dw = 1 and
 //             pixel lanes (LeNet's conv1): integer dot products instead of float FMAs. Each
 //             kernel row's kw taps in quads u (taps 4u .. 4u + 3, zero weights past kw), and
 //             per input row a quad line, quads[t] = bytes x(ih, t - pw) .. x(ih, t + 3 - pw)
-//             (z outside the image), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
+//             (z outside the image; two masked loads and a byte shuffle per 16 quads:
+//             quad_line), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
 //             plain load per 16 pixels, one vpdpbusd (u8 x s8, 4 products into each int32
 //             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
 //             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
@@ -144,7 +149,6 @@ struct direct_conv_scratch {
   std::vector<std::int32_t> acc, row;
   std::vector<std::uint32_t> offsets;
   std::vector<int> directions;
-  std::vector<std::uint8_t> bytes;  // one input row padded with z (the VNNI path)
   std::vector<std::uint32_t> quads; // quad lines (the VNNI path)
   std::vector<std::int32_t> weight_quads, zero_sums;
 };
@@ -245,7 +249,7 @@ void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size
   for (; px < count; ++px) run.template operator()<1>(px);
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define BITGRAD_DIRECT_CONV_VNNI 1
 /// One tile of the VNNI path (see "vnni" at the top): channels j0 .. j0 + JB - 1 (weight quads
 /// wq, Kq apart) of PB registers of 16 pixels, quad lines read at src + off[p] (+ 16 q);
@@ -271,6 +275,48 @@ BITGRAD_ALWAYS_INLINE void direct_tile_vnni(const std::uint32_t* src, const std:
     for (std::size_t q = 0; q < PB; ++q)
       _mm512_storeu_si512(acc + jb * acc_stride + q * 16,
                           _mm512_sub_epi32(s[jb][q], _mm512_set1_epi32(zsum[jb])));
+}
+
+/// Bytes s .. s + 15 of a padded row (quad_line): columns s - pw + e inside [0, W) loaded, the
+/// rest z (zv: z in every byte); every byte z for a null row.
+BITGRAD_ALWAYS_INLINE __m128i padded_bytes16(const std::uint8_t* row, std::size_t W, std::size_t pw,
+                                             __m128i zv, std::size_t s) {
+  if (!row) return zv;
+  const std::ptrdiff_t first = std::ptrdiff_t(s) - std::ptrdiff_t(pw);
+  const std::ptrdiff_t lo = std::clamp<std::ptrdiff_t>(-first, 0, 16);
+  const std::ptrdiff_t hi = std::clamp<std::ptrdiff_t>(std::ptrdiff_t(W) - first, 0, 16);
+  if (lo >= hi) return zv;
+  const auto m = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  // The address of column `first` (before the row when first < 0: only masked-off bytes are
+  // there), formed as an integer.
+  const auto at = reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(row) +
+                                                static_cast<std::uintptr_t>(first));
+  return _mm_mask_loadu_epi8(zv, m, at);
+}
+
+/// Quad line of one input row: q[t] = bytes t .. t + 3 of the padded row (byte p = row[p - pw],
+/// z outside [0, W) and for every byte when row is null: a padding row) as the int32 they form
+/// in memory (x86: little-endian), t < count (a multiple of 16). Per 16 quads, padded bytes
+/// 16 s .. 16 s + 15 and 16 s + 8 .. 16 s + 23, each one masked load (z in the masked-off
+/// bytes; they do not fault), in the register's 128-bit lanes 0, 1 and 2, 3; then one in-lane
+/// byte shuffle (vpshufb) puts quad 4 k + e of lane k at its bytes 4 (k mod 2) + e .. + 3. A
+/// loop of shifts that the compiler vectorised at 256 bits spent ~4 instructions per quad on
+/// the widening, and read a row buffer just written byte-wise (a store-forwarding stall).
+BITGRAD_ALWAYS_INLINE void quad_line(const std::uint8_t* row, std::size_t W, std::size_t pw,
+                                     std::uint8_t z, std::size_t count, std::uint32_t* q) {
+  const __m512i pick =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6));
+  const __m512i index = _mm512_add_epi8(
+      pick, _mm512_set_epi32(0x04040404, 0x04040404, 0x04040404, 0x04040404, 0, 0, 0, 0, 0x04040404,
+                             0x04040404, 0x04040404, 0x04040404, 0, 0, 0, 0));
+  const __m128i zv = _mm_set1_epi8(static_cast<char>(z));
+  for (std::size_t t = 0; t < count; t += 16) {
+    const __m128i low = padded_bytes16(row, W, pw, zv, t);
+    const __m128i high = padded_bytes16(row, W, pw, zv, t + 8);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(low)),
+                                         _mm256_broadcastsi128_si256(high), 1);
+    _mm512_storeu_si512(q + t, _mm512_shuffle_epi8(v, index));
+  }
 }
 
 /// JB channels over the padded row of owp pixels (a multiple of 16), VNNI path.
@@ -366,7 +412,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
   // The VNNI path (see "vnni" at the top): one channel, stride and dilation 1 along rows.
   const bool vnni = !channel_lanes && C == 1 && sw == 1 && dw == 1 && L == 16;
   const std::size_t row_quads = (kw + 3) / 4, Kq = kh * row_quads;
-  const std::size_t T4 = owp + 4 * (row_quads - 1); // quad line length
+  // Quad line length, rounded up to whole registers of 16 quads (quad_lines writes them).
+  const std::size_t T4 = (owp + 4 * (row_quads - 1) + 15) / 16 * 16;
   if (vnni) {
     // weight_quads[j * Kq + a row_quads + u] = codes (j, a, 4u .. 4u + 3), 0 past kw, as the
     // 4 bytes of an int32; zero_sums[j] = z sum_p w(j, p).
@@ -393,11 +440,24 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     off = sc.offsets.data();
   }
 #endif
+  // Pooled blocks: a row pair's channels through the stages at once, stored interleaved
+  // (output_stage.hpp, column_pairs_block), where every channel's stages are monotone.
+  constexpr bool blocks = pairs && requires {
+    out.column_pairs_block(std::size_t(0), acc, acc, std::size_t(0), std::size_t(0), std::size_t(0),
+                           static_cast<const int*>(nullptr));
+    { out.pool_block(std::size_t(0), std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
+  };
+  bool monotone = false;
   if constexpr (pairs) {
     sc.acc.resize(std::max(sc.acc.size(), 2 * n_out * owp));
     sc.directions.resize(n_out); // each channel's stage direction, once per call
-    for (std::size_t j = 0; j < n_out; ++j) sc.directions[j] = out.direction(j);
+    monotone = true;
+    for (std::size_t j = 0; j < n_out; ++j) {
+      sc.directions[j] = out.direction(j);
+      monotone = monotone && sc.directions[j] != 0;
+    }
   }
+  const bool block_pairs = blocks && monotone && OW % 2 == 0 && n_out <= simd_lanes<std::int32_t>;
   acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
@@ -413,22 +473,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
       // Quad lines: quads(i)[t] = the 4 bytes at t .. t + 3 of input row ih_a + i, padded with
       // z (bytes[t] = x(ih, t - pw), z outside the image), so tap quad (a, u) of pixel ow is
       // quads(oh sh + a dh - ih_a)[ow + 4 u].
-      const std::size_t Tb = T4 + 3;
       sc.quads.resize(rows_in * T4);
-      sc.bytes.resize(Tb);
       for (std::size_t i = 0; i < rows_in; ++i) {
         const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
-        std::uint8_t* bytes = sc.bytes.data();
-        std::fill(bytes, bytes + Tb, z);
-        if (ih >= 0 && ih < std::ptrdiff_t(H) && g.pad_w < Tb)
-          std::memcpy(bytes + g.pad_w, img + std::size_t(ih) * W, std::min(W, Tb - g.pad_w));
-        // Quad t as the int32 its 4 bytes form in memory (x86: little-endian), written with
-        // shifts so that the compiler vectorises it (a 4-byte memcpy per quad did not: 10 % of
-        // LeNet-5's direct_conv samples at batch 256).
-        std::uint32_t* q = sc.quads.data() + i * T4;
-        for (std::size_t t = 0; t < T4; ++t)
-          q[t] = std::uint32_t(bytes[t]) | std::uint32_t(bytes[t + 1]) << 8 |
-                 std::uint32_t(bytes[t + 2]) << 16 | std::uint32_t(bytes[t + 3]) << 24;
+        const bool inside = ih >= 0 && ih < std::ptrdiff_t(H);
+        detail::quad_line(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
+                          sc.quads.data() + i * T4);
       }
     } else
 #endif
@@ -548,18 +598,27 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         if (!has_row || n_out < simd_lanes<std::int32_t>) {
           // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
           // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each.
-          if constexpr (pairs)
-            if (ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e &&
-                out.pool_pairs(i_a, OW)) {
+          if constexpr (pairs) {
+            const bool whole = ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e;
+            bool block = false; // pool_block implies pool_pairs
+            if constexpr (blocks) block = whole && block_pairs && out.pool_block(i_a, OW, n_out);
+            if (block || (whole && out.pool_pairs(i_a, OW))) {
               std::int32_t* below = acc + n_out * owp;
               row_sums(line, acc);
               row_sums(line + sh, below);
+              if constexpr (blocks)
+                if (block) {
+                  out.column_pairs_block(i_a, acc, below, owp, OW, n_out, sc.directions.data());
+                  ++oh;
+                  continue;
+                }
               for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
                 out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0,
                                  sc.directions[j]);
               ++oh;
               continue;
             }
+          }
           row_sums(line, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);

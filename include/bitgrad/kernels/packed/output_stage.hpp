@@ -152,6 +152,46 @@ concept column_stage = S::columns;
 template <class S>
 concept pooled_column_store = S::pooled_columns;
 
+/// True for a last stage that takes a row pair's pooled pixels as one block of u8 codes,
+/// channels consecutive (NHWC): pool_block(i, width, channels) says where it may and
+/// pooled_at(i) is the block's first byte (marked `pooled_blocks = true`; u8 outputs only).
+template <class S>
+concept pooled_block_store = S::pooled_blocks && requires(const S& s) {
+  { s.pooled_at(std::size_t(0)) } -> std::same_as<std::uint8_t*>;
+};
+
+/// interleave_index.at[c][o] = the plane byte of output byte o for c channels: (o mod c) 16 + o div
+/// c (0 where o div c >= 16: never stored).
+inline constexpr auto interleave_index = [] {
+  struct table {
+    std::uint8_t at[9][128];
+  } t{};
+  for (std::size_t c = 1; c <= 8; ++c)
+    for (std::size_t o = 0; o < 128; ++o)
+      t.at[c][o] = o / c < 16 ? static_cast<std::uint8_t>(o % c * 16 + o / c) : 0;
+  return t;
+}();
+
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+/// dst[t * channels + j] = code t of channel j for t < n <= 16, j < channels <= 8 (LeNet's 6):
+/// a row pair's pooled codes interleaved into NHWC. The codes are the 128 bytes of low
+/// (channels 0..3, channel j's 16 codes in 128-bit lane j) and high (channels 4..7); two byte
+/// permutes of those (vpermt2b, indices from interleave_index) and two masked stores.
+BITGRAD_ALWAYS_INLINE void interleave_codes(__m512i low, __m512i high, std::size_t channels,
+                                            std::size_t n, std::uint8_t* dst) {
+  const std::uint8_t* idx = interleave_index.at[channels];
+  const std::size_t bytes = n * channels; // <= 128
+  auto mask = [](std::size_t k) {
+    return _cvtu64_mask64(k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1);
+  };
+  _mm512_mask_storeu_epi8(dst, mask(bytes),
+                          _mm512_permutex2var_epi8(low, _mm512_loadu_si512(idx), high));
+  if (bytes > 64)
+    _mm512_mask_storeu_epi8(dst + 64, mask(bytes - 64),
+                            _mm512_permutex2var_epi8(low, _mm512_loadu_si512(idx + 64), high));
+}
+#endif
+
 /// True for a stage that says per channel j whether it is monotone in its input:
 /// direction(j) = 1 (never falls), -1 (never rises), 0 (not known).
 template <class S>
@@ -633,7 +673,114 @@ struct pipeline {
 #endif
   }
 
+  /// Pooled blocks: true where column_pairs_block may run on rows i .. i + width - 1 (and the
+  /// row below) of `channels` channels (the last stage's pool_block; false without one).
+  bool pool_block(std::size_t i, std::size_t width, std::size_t channels) const {
+    using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+    if constexpr (detail::pooled_block_store<last>)
+      return last_stage().pool_block(i, width, channels);
+    else
+      return false;
+  }
+
+  /// column_pairs of every channel j < channels of a row pair at once, for monotone stages
+  /// whose last stage takes u8 blocks (pool_block(i0, count, channels) holds): channel j's
+  /// sums at acc_top + j acc_stride, acc_bottom + j acc_stride, each readable to count rounded
+  /// up to whole lane batches; direction[j] = direction(j), 1 or -1 for every channel; count
+  /// even, channels <= lanes. Per lane batch of pooled pixels t and per channel, the window's
+  /// extreme sum m(t) (pooled_sums) through every stage but the last, narrowed to its u8 code
+  /// and stored interleaved into the row pair's pooled pixels, channels consecutive, from the
+  /// last stage's pooled_at(i0) (interleave_codes under AVX-512 VBMI, else a byte store per
+  /// code, without row_at's offset and test per pooled pixel). The values of pooled_sums, the
+  /// same bits.
+  BITGRAD_ALWAYS_INLINE void column_pairs_block(std::size_t i0, const std::int32_t* acc_top,
+                                                const std::int32_t* acc_bottom,
+                                                std::size_t acc_stride, std::size_t count,
+                                                std::size_t channels, const int* direction) const
+      requires(detail::column_stage<Stages>&&...) &&
+      detail::pooled_block_store<
+          std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>> {
+#if BITGRAD_HAS_SIMD
+    const std::tuple<Stages...> s = stages; // see row
+    using B = simd_batch<std::int32_t>;
+    constexpr std::size_t L = B::size;
+    std::uint8_t* dst = std::get<sizeof...(Stages) - 1>(s).pooled_at(i0);
+    for (std::size_t c = 0; c < count; c += 2 * L) {
+      const std::size_t n = std::min(L, (count - c) / 2); // pooled pixels of this batch
+      std::uint8_t* to = dst + c / 2 * channels;
+      auto code_of = [&](std::size_t j) {
+        return pooled_code(s, i0 + c, j, acc_top + j * acc_stride + c,
+                           acc_bottom + j * acc_stride + c, count - c, direction[j]);
+      };
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__) && XSIMD_WITH_AVX512F
+      if constexpr (L == 16)
+        if (channels <= 8) { // the codes in two registers (no store and reload)
+          __m512i low = _mm512_setzero_si512(), high = low;
+          for (std::size_t j = 0; j < channels; ++j) {
+            const __m128i b = _mm512_cvtepi32_epi8(code_of(j));
+            const auto lane = static_cast<__mmask16>(0xFu << (4 * (j % 4)));
+            if (j < 4)
+              low = _mm512_mask_broadcast_i32x4(low, lane, b);
+            else
+              high = _mm512_mask_broadcast_i32x4(high, lane, b);
+          }
+          detail::interleave_codes(low, high, channels, n, to);
+          continue;
+        }
+#endif
+      for (std::size_t j = 0; j < channels; ++j) { // a byte store per code
+        alignas(64) std::int32_t lane[L];
+        code_of(j).store_aligned(lane);
+        for (std::size_t t = 0; t < n; ++t)
+          to[t * channels + j] = static_cast<std::uint8_t>(lane[t]);
+      }
+    }
+#else
+    (void)i0, (void)acc_top, (void)acc_bottom, (void)acc_stride, (void)count, (void)channels,
+        (void)direction;
+#endif
+  }
+
 protected:
+#if BITGRAD_HAS_SIMD
+  /// Lane t: the extreme (max when Rising, else min) of the window of pixels 2t, 2t + 1 of
+  /// both rows (pooled_sums), for the 2 L pixels from top, bottom; a register of pixels at or
+  /// past `left` is not read (0), readable ones are whole lane batches.
+  template <bool Rising>
+  BITGRAD_ALWAYS_INLINE static simd_batch<std::int32_t>
+  window_extremes(const std::int32_t* top, const std::int32_t* bottom, std::size_t left) {
+    using B = simd_batch<std::int32_t>;
+    constexpr std::size_t L = B::size;
+    auto vertical = [&](std::size_t u) {
+      if (u >= left) return B(0);
+      const B a = B::load_unaligned(top + u), b = B::load_unaligned(bottom + u);
+      if constexpr (Rising)
+        return xsimd::max(a, b);
+      else
+        return xsimd::min(a, b);
+    };
+    return pair_extremes<Rising>(vertical(0), vertical(L));
+  }
+
+  /// Channel j's codes of pooled pixels t < lanes (rows from i0, sums from top, bottom with
+  /// `left` pixels in the row from there): the window extremes through every stage but the
+  /// last, int32 lanes (a function, not a lambda: GCC kept the lambda out of line and returned
+  /// its register through memory).
+  BITGRAD_ALWAYS_INLINE static auto pooled_code(const std::tuple<Stages...>& s, std::size_t i0,
+                                                std::size_t j, const std::int32_t* top,
+                                                const std::int32_t* bottom, std::size_t left,
+                                                int direction) {
+    using B = simd_batch<std::int32_t>;
+    const B m = direction > 0 ? window_extremes<true>(top, bottom, left)
+                              : window_extremes<false>(top, bottom, left);
+    const auto code = column_value<0>(s, m, i0, j);
+    static_assert(std::is_same_v<typename std::decay_t<decltype(code)>::value_type, std::int32_t>,
+                  "pooled blocks store u8 codes, which the stages give as int32 lanes");
+    return code;
+  }
+
+#endif
+
   /// The product of the directions of every stage but the last (monotone_stage): 1 when the
   /// value the last stage receives never falls as acc rises, -1 when it never rises, 0 when a
   /// stage is not monotone or does not say.
