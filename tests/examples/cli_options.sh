@@ -869,9 +869,10 @@ pareto_interrupt)
   # --resume continues an arm interrupted inside (SIGINT, as a session's end does) from its
   # checkpoint when arm.json beside it holds the arm's settings: the finished rows equal those of
   # the study run in one go, the arm's train.log goes on; under other settings (--lambda 0) the
-  # arm starts over and the study says why. 20 search epochs: SIGINT once the frac_bits arm
-  # wrote its first checkpoint (after its first epoch) lands inside it.
-  long=(--search-epochs 20 --finetune-epochs 2)
+  # arm starts over and the study says why. 12 search epochs of 10 steps: SIGINT once the
+  # frac_bits arm wrote its first checkpoint (after its first epoch) lands inside it, most often
+  # inside an epoch (the trainer stops after the current step).
+  long=(--search-epochs 12 --finetune-epochs 2 --train-limit 320)
   mixed="runs/lenet5/seed1/2bit/frac_bits-channel"
   interrupted() { # interrupted NAME ARGS...: the study into $work/NAME, SIGINT inside its mixed arm
     local name=$1 pid status=0 i
@@ -894,6 +895,8 @@ pareto_interrupt)
   study full "${long[@]}"
   interrupted part "${long[@]}"
   cp "$work/part/$mixed/train.log" "$work/first-part.log"
+  first_seconds=$("$python" -c 'import csv, sys; print(list(csv.DictReader(open(sys.argv[1])))[-1]["seconds"])' \
+    "$work/part/$mixed/log.csv")
   study part "${long[@]}" --resume
   printed part "resuming: 1 runs already in"
   printed part "lenet5 seed 1 k=2 frac_bits/channel: resuming from $work/part/$mixed/checkpoint.bin"
@@ -905,6 +908,8 @@ pareto_interrupt)
     fail "the resumed arm's train.log does not begin with the interrupted part's"
   grep -q "resumed from $work/part/$mixed/checkpoint.bin at search epoch" "$work/part/$mixed/train.log" ||
     fail "the resumed arm's train.log does not say where it resumed"
+  # Its seconds count the interrupted part's (log.csv's elapsed seconds at its last epoch) too.
+  results part "float(R[1]['seconds']) > $first_seconds"
   # Other settings: the arm starts over from the FP32 start, not from the stale checkpoint; its
   # rows are those of an unbroken study with --lambda 0 (the uniform arm does not use lambda).
   study lambda0 "${long[@]}" --lambda 0
