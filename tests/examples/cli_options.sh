@@ -869,10 +869,10 @@ pareto_interrupt)
   # --resume continues an arm interrupted inside (SIGINT, as a session's end does) from its
   # checkpoint when arm.json beside it holds the arm's settings: the finished rows equal those of
   # the study run in one go, the arm's train.log goes on; under other settings (--lambda 0) the
-  # arm starts over and the study says why. 12 search epochs of 10 steps: SIGINT once the
-  # frac_bits arm wrote its first checkpoint (after its first epoch) lands inside it, most often
-  # inside an epoch (the trainer stops after the current step).
-  long=(--search-epochs 12 --finetune-epochs 2 --train-limit 320)
+  # arm starts over and the study says why. 6 search epochs of 1,200 images in batches of 32:
+  # SIGINT once the frac_bits arm wrote its first checkpoint (after its first epoch) lands inside
+  # the arm, most often inside an epoch (the trainer stops after the current step).
+  long=(--search-epochs 6 --finetune-epochs 1 --train-limit 1200)
   mixed="runs/lenet5/seed1/2bit/frac_bits-channel"
   interrupted() { # interrupted NAME ARGS...: the study into $work/NAME, SIGINT inside its mixed arm
     local name=$1 pid status=0 i
@@ -895,6 +895,7 @@ pareto_interrupt)
   study full "${long[@]}"
   interrupted part "${long[@]}"
   cp "$work/part/$mixed/train.log" "$work/first-part.log"
+  grep "^interrupted " "$work/first-part.log" # where: inside an epoch ("at ... step") or after one
   first_seconds=$("$python" -c 'import csv, sys; print(list(csv.DictReader(open(sys.argv[1])))[-1]["seconds"])' \
     "$work/part/$mixed/log.csv")
   study part "${long[@]}" --resume
