@@ -1028,7 +1028,7 @@ pareto_old_files)
   # The ResNet-20 grid's rows in docs/results/pareto-resnet20 (written by the study before arm
   # checkpoints and --uniform-sizes) still load: --from-csv writes them back byte for byte and
   # puts them in the size-vs-error table; --resume keeps the row and runs only the missing arm
-  # (a uniform-only 1-bit point, on 64 images).
+  # (a uniform-only 1-bit point, on 64 images; about 25 s a ResNet-20 arm on a loaded machine).
   old=$(cd "$(dirname "$0")/../.." && pwd)/docs/results/pareto-resnet20
   rm -rf "$work/r" "$work/r2" && mkdir -p "$work/r" "$work/r2"
   cp "$old/results.csv" "$old/layers.csv" "$work/r/"
@@ -1049,6 +1049,25 @@ pareto_old_files)
   [ "$(head -n 2 "$work/r2/results.csv")" = "$(cat "$old/results.csv")" ] ||
     fail "--resume changed the committed row"
   arms r2 "['frac_bits/layer', 'uniform/channel']"
+  # ResNet-20 has batch norms, whose running statistics the trainer's checkpoint does not keep:
+  # an interrupted arm (here a checkpoint.bin put beside the finished arm's arm.json, its row
+  # dropped) starts over, says why, and ends as before.
+  cp "$work/r2/results.csv" "$work/r2-results.csv"
+  head -n 2 "$work/r2-results.csv" > "$work/r2/results.csv"
+  grep -v "^resnet20,1,uniform/channel," "$work/r2/layers.csv" > "$work/r2-layers.csv"
+  cp "$work/r2/layers.csv" "$work/r2-layers-full.csv"
+  mv "$work/r2-layers.csv" "$work/r2/layers.csv"
+  uniform1="$work/r2/runs/resnet20/seed1/1bit/fixed_bits-channel"
+  cp "$uniform1/arm.json" "$work/r2-arm.json"
+  : > "$uniform1/checkpoint.bin"
+  timeout 600 "$pareto" "${args[@]}" > "$work/r2.log" 2>&1 ||
+    { cat "$work/r2.log" >&2; fail "--resume of a ResNet-20 arm failed"; }
+  printed r2 "resnet20 seed 1: FP32 network of the earlier pretraining"
+  printed r2 "resnet20 seed 1 k=1 uniform/channel: starting over, not from $uniform1/checkpoint.bin: the trainer's checkpoint does not keep the batch norms' running statistics"
+  diff <(rev "$work/r2-results.csv" | cut -d, -f2- | rev) <(rev "$work/r2/results.csv" | cut -d, -f2- | rev) ||
+    fail "the ResNet-20 arm started over ended elsewhere"
+  cmp "$work/r2-layers-full.csv" "$work/r2/layers.csv" || fail "layers.csv of the arm started over differs"
+  cmp "$work/r2-arm.json" "$uniform1/arm.json" || fail "arm.json of the same settings changed"
   ;;
 
 pareto_quick)
