@@ -6,6 +6,7 @@
 //   pareto --models lenet5 --seeds 3 --out runs/pareto     (the whole LeNet-5 grid)
 //   pareto --models vgg-small --sizes 3 --policies frac_bits --groups layer,channel ...
 //   pareto --sizes 1.5,2 --policies frac_bits --groups layer,channel ...   (below 2 bits)
+//   pareto --sizes 1.5,2 --uniform-sizes 1,3,4 ...   (uniform arms only at 1, 3 and 4 bits)
 //
 // The program, by job: main.cpp (the options), run.hpp (drives bitgrad: pretraining, the arms,
 // sizes and sensitivity diagnostics), study.hpp (settings, arm, run_row), stats.hpp (over
@@ -25,6 +26,9 @@
 //                 coarser groups (--uniform-groups layer) it is smaller by the overhead saved.
 //                 At a whole k only (k = 2 is the ternary grid {-s, 0, s}, k = 1 the sign grid
 //                 {-s, s}, s learned): at a fractional k the study trains no uniform arm.
+//                 --uniform-sizes adds whole size points where only the uniform arms run
+//                 (issue #24: uniform at 1, 3 and 4 bits for the size-vs-error table without
+//                 the cost of mixed arms there).
 //   mixed arms    frac_bits / step_bits / noise_bits with groups of one layer, 4 channels or one
 //                 channel, trained with trainer_options::target_bytes = S_k / 8 plus the
 //                 float32 biases (the trainer's target counts them; every arm has the same)
@@ -51,7 +55,11 @@
 //   pareto-<model>.svg          accuracy (mean, min-max bars) against total bytes, FP32 line
 //   bits-<model>-<k>bit.svg     heat map of the best mixed arm's bitwidths (first seed)
 //   runs/<model>/seed<s>/<k>bit/<arm>/   report.html, log.csv, summary.json, train.log per arm
-// All tables are rewritten after every arm, so an interrupted study keeps what it finished.
+// All tables are rewritten after every arm, so an interrupted study keeps what it finished;
+// --resume runs the missing arms, an arm interrupted inside from its checkpoint (run.hpp's
+// arm_key: only when the checkpoint was made with the same settings; not resnet20, whose batch
+// norms' running statistics the trainer's checkpoint does not keep), its seconds then the sum
+// over its parts.
 // --check reads the written files back and fails unless every row is there and every arm is
 // within its budget (the ctest smoke test uses it).
 #include "cli_checks.hpp"
@@ -121,6 +129,12 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(size_point())
       ->capture_default_str();
+  app.add_option("--uniform-sizes", cfg.uniform_sizes,
+                 "whole size points k where only the uniform arms run (e.g. 1,3,4 for the "
+                 "size-vs-error table beside mixed arms at --sizes 1.5,2); a k also in --sizes "
+                 "runs every arm there; they run after the points of --sizes")
+      ->delimiter(',')
+      ->check(size_point());
   app.add_option("--policies", cfg.policies, "mixed-precision policies")
       ->delimiter(',')
       ->check(CLI::IsMember({"frac_bits", "step_bits", "noise_bits"}))
@@ -191,7 +205,11 @@ int main(int argc, char** argv) {
                "missing arms; a seed with a missing arm starts from its saved FP32 network "
                "(runs/<model>/seed<s>/fp32.npz, kept with the settings that made it in "
                "fp32.json), or is pretrained again when that file is missing or was made with "
-               "other settings");
+               "other settings; an arm interrupted inside continues from its checkpoint "
+               "(runs/<model>/seed<s>/<k>bit/<arm>/checkpoint.bin, kept with the arm's settings "
+               "in arm.json; else it starts over and says why; resnet20 always starts over: the "
+               "checkpoint does not keep its batch norms' running statistics), appending to its "
+               "train.log, and its seconds in results.csv are the sum over its parts");
   app.add_flag("--check", cfg.check,
                "afterwards, read the files back and fail unless every row is there and every arm "
                "is within its budget");
@@ -228,6 +246,19 @@ int main(int argc, char** argv) {
           cli::reject("--sizes", "step_bits (bitwidths >= 2) cannot fit a size point below 2 "
                                  "bits, got " +
                                      size_text(k) + ": leave step_bits out of --policies");
+    // --uniform-sizes: whole k only (fixed_bits has no fractional grid); the points not in
+    // --sizes join the study's size points, uniform arms only (arms_of).
+    std::vector<double> uniform_only;
+    for (double k : cfg.uniform_sizes) {
+      if (!whole_size(k))
+        cli::reject("--uniform-sizes", "expected whole bits per weight (the uniform arm has no "
+                                       "fractional bitwidth), got " +
+                                           size_text(k));
+      if (std::find(cfg.sizes.begin(), cfg.sizes.end(), k) != cfg.sizes.end()) continue;
+      uniform_only.push_back(k);
+      cfg.sizes.push_back(k);
+    }
+    cfg.uniform_sizes = uniform_only;
   } catch (const CLI::Error& e) {
     return app.exit(e);
   }

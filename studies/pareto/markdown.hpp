@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pareto {
@@ -79,7 +81,8 @@ inline void arm_table(std::ostream& md, const std::string& model,
         "bits, lowered to k - 1), which the learned bits themselves do not confound. The FP32 "
         "line is "
         "the shared starting point (pretraining only); every quantized arm trained "
-        "search + finetune epochs more.\n\n";
+        "search + finetune epochs more (results.csv's seconds: an arm's training time, summed over "
+        "its parts when it was interrupted and resumed with --resume).\n\n";
   md << "| k | arm | budget B | total B | code bits/w | stored bits/w | accuracy % | Δ vs "
         "uniform | max spread | layers spread>=2 | mean ρ | mean ρ_u |\n";
   md << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
@@ -167,34 +170,70 @@ inline void paired_table(std::ostream& md, const settings& cfg,
   md << "\n";
 }
 
-/// Issue #24: size against error in the form Uhlich et al. (ICLR 2020) report: the weight memory
-/// of the quantized layers in KB (1 KB = 1,000 bytes; codes + scales + bitwidths, no biases) and
-/// the test error in % (100 - accuracy), every arm of every size point, smallest first, after
-/// the FP32 start (32 bits per weight of the same layers).
-inline void size_error_table(std::ostream& md, const std::vector<const aggregate*>& mine) {
-  const run_row& first = *mine.front()->runs.front();
+/// The quantized weights of a model's arm: summed over its first run's layers (layers.csv), or
+/// when a results.csv came without them, weight_bytes * 8 / stored_bits (the definition of
+/// stored_bits, see run_row) rounded; NaN when neither is known.
+inline double quantized_weights(const aggregate& g) {
+  const run_row& first = *g.runs.front();
   double weights = 0;
   for (const auto& l : first.layers) weights += static_cast<double>(l.params);
-  const auto error_cell = [](const stats& accuracy) {
-    if (accuracy.n == 0) return std::string("n/a");
-    std::string t = format_fixed(100 - 100 * accuracy.mean, 2);
-    if (accuracy.n > 1) t += " ± " + format_fixed(100 * accuracy.std, 2);
-    return t;
+  if (weights > 0) return weights;
+  return std::round(first.weight_bytes * 8 / first.stored_bits);
+}
+
+/// A test error cell in %: 100 - mean accuracy over the seeds, then in brackets every seed's
+/// error in seed order (the mean alone for one seed), e.g. "7.85 (7.62, 8.10, 7.83)".
+inline std::string error_cell(std::vector<std::pair<std::uint64_t, double>> accuracy_by_seed) {
+  if (accuracy_by_seed.empty()) return "n/a";
+  std::stable_sort(accuracy_by_seed.begin(), accuracy_by_seed.end(),
+                   [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::vector<double> accuracy;
+  for (const auto& [seed, a] : accuracy_by_seed) accuracy.push_back(a);
+  std::string t = format_fixed(100 - 100 * summarise(accuracy).mean, 2);
+  if (accuracy.size() < 2) return t;
+  for (std::size_t i = 0; i < accuracy.size(); ++i)
+    t += (i == 0 ? " (" : ", ") + format_fixed(100 - 100 * accuracy[i], 2);
+  return t + ")";
+}
+
+/// Issue #24: size against error in the form Uhlich et al. (ICLR 2020) report: the weight memory
+/// of the quantized layers in KB (1 KB = 1,000 bytes; every stored byte of them: codes, scales,
+/// bitwidths, i.e. weight_bytes; no biases) and the test error in % (100 - accuracy). Rows: the
+/// FP32 start (32 bits per weight of the same layers), the uniform arms by size point, then the
+/// learned arms by size point (in study order of policy and granularity at each).
+inline void size_error_table(std::ostream& md, const std::vector<const aggregate*>& mine) {
+  std::vector<std::pair<std::uint64_t, double>> fp32; // one per seed: its arms share the start
+  for (const aggregate* g : mine)
+    for (const run_row* r : g->runs)
+      if (std::none_of(fp32.begin(), fp32.end(), [&](const auto& f) { return f.first == r->seed; }))
+        fp32.emplace_back(r->seed, r->fp32_accuracy);
+  std::vector<const aggregate*> ordered;
+  for (bool uniform : {true, false}) {
+    const auto first = ordered.size();
+    for (const aggregate* g : mine)
+      if (g->a.uniform() == uniform) ordered.push_back(g);
+    std::stable_sort(ordered.begin() + static_cast<std::ptrdiff_t>(first), ordered.end(),
+                     [](const aggregate* x, const aggregate* y) { return x->k < y->k; });
+  }
+  const auto runs_of = [](const aggregate& g) {
+    std::vector<std::pair<std::uint64_t, double>> v;
+    for (const run_row* r : g.runs) v.emplace_back(r->seed, r->accuracy);
+    return v;
   };
-  std::vector<const aggregate*> by_size(mine);
-  std::stable_sort(by_size.begin(), by_size.end(), [](const aggregate* x, const aggregate* y) {
-    return x->weight_bytes.mean < y->weight_bytes.mean;
-  });
   md << "Size against error (the form of Uhlich et al. 2020): weight memory of the quantized "
-        "layers in KB (1 KB = 1,000 bytes: codes, scales and bitwidths; the float32 biases not "
-        "counted), test error in % (100 - accuracy; mean ± sample std over seeds).\n\n"
-        "| arm | k | weight KB | test error % | seeds |\n|---|---:|---:|---:|---:|\n";
-  md << "| FP32 | 32 | " << format_fixed(4 * weights / 1000, 1) << " | "
-     << error_cell(mine.front()->fp32) << " | " << mine.front()->fp32.n << " |\n";
-  for (const aggregate* g : by_size)
-    md << "| " << g->a.name() << " | " << size_text(g->k) << " | "
-       << format_fixed(g->weight_bytes.mean / 1000, 1) << " | " << error_cell(g->accuracy) << " | "
-       << g->accuracy.n << " |\n";
+        "layers in KB (1 KB = 1,000 bytes, every byte they store: codes, scales and bitwidths; "
+        "the float32 biases not counted; mean over seeds), test error in % (100 - accuracy): "
+        "mean over seeds, in brackets each seed's, by seed. k: bits per weight (the budget's "
+        "size point for a learned arm).\n\n"
+        "| arm | k | granularity | weight KB | test error % | seeds |\n"
+        "|---|---:|---|---:|---:|---:|\n";
+  md << "| FP32 | 32 | - | " << format_fixed(4 * quantized_weights(*mine.front()) / 1000, 2)
+     << " | " << error_cell(fp32) << " | " << fp32.size() << " |\n";
+  for (const aggregate* g : ordered)
+    md << "| " << (g->a.uniform() ? std::string("uniform") : g->a.policy) << " | "
+       << size_text(g->k) << " | " << g->a.group << " | "
+       << format_fixed(g->weight_bytes.mean / 1000, 2) << " | " << error_cell(runs_of(*g)) << " | "
+       << g->runs.size() << " |\n";
   md << "\n";
 }
 
@@ -243,9 +282,16 @@ inline void bit_histograms(std::ostream& md, const settings& cfg, const std::str
 /// Issue #11: the policies per channel, layer by layer, at the size closest to 3 bits.
 inline void policy_comparison(std::ostream& md, const settings& cfg,
                               const std::vector<const aggregate*>& mine) {
-  double k3 = cfg.sizes.front();
+  // The size point closest to 3 bits among those with a mixed per-channel arm (a uniform-only
+  // size point, --uniform-sizes, has none).
+  double k3 = nan_value;
   for (double k : cfg.sizes)
-    if (std::abs(k - 3) < std::abs(k3 - 3)) k3 = k;
+    if (std::any_of(mine.begin(), mine.end(),
+                    [&](const aggregate* g) {
+                      return g->k == k && g->a.group == "channel" && !g->a.uniform();
+                    }) &&
+        !(std::abs(k - 3) >= std::abs(k3 - 3)))
+      k3 = k;
   std::vector<const aggregate*> per_channel;
   for (const aggregate* g : mine)
     if (g->k == k3 && g->a.group == "channel" && !g->a.uniform()) per_channel.push_back(g);

@@ -69,6 +69,74 @@ auto arm_network(const settings& cfg, Build build, const arm& a, double k, std::
       bitgrad::nn::model_options<T, Quant>{.seed = seed, .quant = q});
 }
 
+inline bitgrad::json pretrain_key(const settings& cfg, const data_sets& data,
+                                  const std::string& model, std::uint64_t seed);
+
+/// What decides an arm's result, kept beside its checkpoint as <arm dir>/arm.json: --resume
+/// continues an interrupted arm from its checkpoint.bin only when this key is the saved one, so
+/// the resumed arm ends where an unbroken run of the same settings would. The FP32 start's own
+/// key (pretrain_key: model, seed, data, images, batch size, pretraining), the size point and
+/// budget, the arm, and every option of the search and fine-tuning. Not the thread count (as
+/// for fp32.json): an arm resumed with other --threads is a valid run, but its sums may be
+/// added in another order than in an unbroken one.
+inline bitgrad::json arm_key(const settings& cfg, const data_sets& data, const std::string& model,
+                             const arm& a, double k, std::uint64_t seed, double budget_bits) {
+  const auto& t = cfg.trainer;
+  return {{"fp32", pretrain_key(cfg, data, model, seed)},
+          {"size_bits", size_text(k)},
+          {"budget_bits", budget_bits},
+          {"arm", a.name()},
+          {"b_min", cfg.b_min},
+          {"b_max", cfg.b_max},
+          {"b_init", cfg.b_init ? bitgrad::json(*cfg.b_init) : bitgrad::json()},
+          {"search_epochs", t.search.epochs},
+          {"search_lr", t.search.lr},
+          {"bits_lr", t.search.bits_lr},
+          {"bits_moment", bitgrad::train::to_string(t.bits_moment)},
+          {"lambda", t.penalty_lambda},
+          {"penalty", static_cast<int>(t.penalty)},
+          {"budget_anneal", t.budget_anneal},
+          {"penalty_warmup", t.penalty_warmup},
+          {"freeze_rounding", static_cast<int>(t.freeze_rounding)},
+          {"finetune_epochs", t.finetune.epochs},
+          {"finetune_lr", t.finetune.lr},
+          {"max_steps_per_epoch", t.max_steps_per_epoch}};
+}
+
+/// --resume: whether the arm in `dir` continues from its checkpoint.bin, that is, one is there
+/// and <dir>/arm.json holds `key`. When a checkpoint is there but cannot be used, says why on
+/// stdout (the arm then starts over and its checkpoint is removed).
+inline bool resumable_arm(const fs::path& dir, const bitgrad::json& key, const std::string& what) {
+  if (!fs::exists(dir / "checkpoint.bin")) return false;
+  std::string why;
+  std::ifstream in(dir / "arm.json");
+  const auto saved =
+      in ? bitgrad::json::parse(in, nullptr, /*allow_exceptions=*/false) : bitgrad::json();
+  if (!in)
+    why = "no arm.json beside it (the settings that made it are unknown)";
+  else if (saved.is_discarded() || !saved.is_object()) // see load_pretrained
+    why = (dir / "arm.json").string() + " is not a JSON object";
+  else if (!(saved == key)) {
+    why = "made with other settings:";
+    for (const auto& [name, value] : key.items())
+      if (!saved.contains(name) || !(saved[name] == value))
+        why += " " + name + " " + (saved.contains(name) ? saved[name].dump() : "(none)") +
+               ", now " + value.dump() + ";";
+    for (const auto& [name, value] : saved.items())
+      if (!key.contains(name)) why += " " + name + " " + value.dump() + ", now (none);";
+    why.pop_back();
+  }
+  if (why.empty()) {
+    std::cout << what << ": resuming from " << (dir / "checkpoint.bin").string() << "\n"
+              << std::flush;
+    return true;
+  }
+  std::cout << what << ": starting over, not from " << (dir / "checkpoint.bin").string() << ": "
+            << why << "\n"
+            << std::flush;
+  return false;
+}
+
 template <template <class> class Quant, class Build, class FloatNet>
 std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
                                FloatNet& fp32, const std::string& model, const arm& a, double k,
@@ -83,9 +151,34 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
   t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) / (size_text(k) + "bit") /
               (a.policy + "-" + a.group);
-  t.overwrite = true; // an arm not in results.csv runs again from its start
+  // An arm not in results.csv: with --resume, continued from its checkpoint when that was made
+  // with this arm's settings (arm_key), else run again from its start (overwrite: the trainer
+  // replaces the old run's files). A new start's key is written before its first checkpoint.
   fs::create_directories(t.out_dir);
-  std::ofstream log(t.out_dir / "train.log");
+  const auto key = arm_key(cfg, data, model, a, k, seed, budget_bits);
+  const std::string what =
+      model + " seed " + std::to_string(seed) + " k=" + size_text(k) + " " + a.name();
+  // The trainer's checkpoint keeps parameters only: batch norms' running mean and variance
+  // (not parameters) would restart from their initial values, and a resumed arm would end
+  // elsewhere than an unbroken one (a ResNet-20 arm on 256 images: 8.75 % against 28.25 %).
+  // A network with batch norms (resnet20) therefore starts an interrupted arm over.
+  bool batch_norms = false;
+  net.visit_parameters([&](bitgrad::param_ref<T>& p) {
+    batch_norms = batch_norms || p.kind == bitgrad::param_kind::norm;
+  });
+  if (cfg.resume && batch_norms && fs::exists(t.out_dir / "checkpoint.bin"))
+    std::cout << what << ": starting over, not from " << (t.out_dir / "checkpoint.bin").string()
+              << ": the trainer's checkpoint does not keep the batch norms' running statistics, "
+                 "so the arm could not end where an unbroken run would\n"
+              << std::flush;
+  t.resume = cfg.resume && !batch_norms && resumable_arm(t.out_dir, key, what);
+  t.overwrite = true;
+  if (!t.resume) {
+    fs::remove(t.out_dir / "checkpoint.bin"); // never a checkpoint beside another arm's key
+    bitgrad::write_file_atomically(t.out_dir / "arm.json", key.dump(2) + "\n");
+  }
+  // A resumed arm's log goes on where the interrupted part's ended.
+  std::ofstream log(t.out_dir / "train.log", t.resume ? std::ios::app : std::ios::trunc);
   t.log = &log;
   t.terminal = false;
   bitgrad_runs::run_labels labels;
@@ -97,8 +190,15 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
                      {"seed", std::to_string(seed)}};
   // The trainer, compiled once for the study and fashion_mnist (common/train_run.hpp).
   const auto result = bitgrad_runs::train_run(fp32, net, data.train, data.test, t, labels);
+  if (!result.finished) {
+    // The trainer wrote a checkpoint as it stopped: --resume continues the arm from there.
+    if (fs::exists(t.out_dir / "checkpoint.bin"))
+      std::cout << what << ": interrupted; --resume continues it from "
+                << (t.out_dir / "checkpoint.bin").string() << "\n"
+                << std::flush;
+    return std::nullopt;
+  }
   fs::remove(t.out_dir / "checkpoint.bin");
-  if (!result.finished) return std::nullopt;
 
   const auto size = bitgrad::train::measure_size(net);
   run_row r;
@@ -113,7 +213,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   r.total_bytes = size.bytes();
   r.code_bits = size.average_bits();
   r.stored_bits = size.weight_bits / static_cast<double>(size.weights);
-  r.seconds = result.summary.seconds;
+  r.seconds = result.summary.seconds; // a resumed arm: the sum over its parts (the checkpoint's)
   r.layers = result.summary.layers;
   // Only the uniform arm (fixed_bits) measures it: the other policies' networks need no
   // exact_sensitivity compiled for them (its backward passes; issue #18).

@@ -6,6 +6,7 @@
 #include <bitgrad/report/csv.hpp>
 #include <bitgrad/report/format.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +27,10 @@ struct settings {
   fs::path out = "runs/pareto";
   std::vector<std::string> models{"lenet5"};
   std::vector<double> sizes{2, 3, 4}; ///< size points k, bits per weight (see size_text)
+  /// --uniform-sizes: whole size points where only the uniform arms run. main() keeps here the
+  /// ones not in --sizes and appends them to `sizes`, so every loop over the size points sees
+  /// them; arms_of() leaves the mixed arms out there.
+  std::vector<double> uniform_sizes;
   std::vector<std::string> policies{"frac_bits", "step_bits", "noise_bits"};
   std::vector<std::string> groups{"layer", "4", "channel"};
   std::vector<std::string> uniform_groups{"channel"};
@@ -96,12 +101,19 @@ inline std::string size_text(double k) {
   return bitgrad::csv_number(k);
 }
 
+/// Whether only the uniform arms run at size point k (--uniform-sizes).
+inline bool uniform_only(const settings& cfg, double k) {
+  return std::find(cfg.uniform_sizes.begin(), cfg.uniform_sizes.end(), k) !=
+         cfg.uniform_sizes.end();
+}
+
 /// The arms of size point k in study order: uniform first (only at a whole k: fixed_bits has no
-/// fractional bitwidth), then policy by policy.
+/// fractional bitwidth), then policy by policy (not at a uniform-only size point).
 inline std::vector<arm> arms_of(const settings& cfg, double k) {
   std::vector<arm> arms;
   if (whole_size(k))
     for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g});
+  if (uniform_only(cfg, k)) return arms;
   for (const auto& p : cfg.policies)
     for (const auto& g : cfg.groups) arms.push_back({p, g});
   return arms;

@@ -120,7 +120,8 @@ inline std::string layers_csv(const std::vector<run_row>& rows) {
 }
 
 /// The rows of an earlier study, read back from its results.csv and layers.csv (columns found
-/// by header name; columns an older version did not write stay NaN / empty).
+/// by header name; columns an older version did not write stay NaN / empty; without a
+/// layers.csv the rows have no layers).
 inline std::vector<run_row> load_rows(const fs::path& dir) {
   auto columns = [](const std::vector<std::string>& header) {
     std::map<std::string, std::size_t> at;
@@ -165,6 +166,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
     r.seconds = number(c, rc, "seconds");
     rows.push_back(r);
   }
+  if (!fs::exists(dir / "layers.csv")) return rows; // a results.csv alone: no per-layer rows
   const auto layers = bitgrad::read_csv(dir / "layers.csv");
   if (layers.empty()) return rows;
   const auto lc = columns(layers[0]);

@@ -805,7 +805,8 @@ PY
     fail "results.md: no paired row of frac_bits/channel at 1.5 against uniform/channel at 2"
   [ -s "$work/f/bits-lenet5-1.5bit.svg" ] || fail "no bits-lenet5-1.5bit.svg"
   # The size-vs-error table (issue #24), recomputed from results.csv and layers.csv: FP32 first at
-  # 4 bytes per quantized weight, then every arm by its mean weight bytes, error = 100 - accuracy.
+  # 4 bytes per quantized weight, then the uniform arms, then the learned ones, each by size
+  # point; error = 100 - accuracy, the mean over seeds and each seed's.
   "$python" - "$work/f" << 'PY' || fail "the size-vs-error table of study f"
 import csv, statistics, sys
 d = sys.argv[1]
@@ -813,21 +814,23 @@ R = list(csv.DictReader(open(d + "/results.csv")))
 n = sum(int(r["params"]) for r in csv.DictReader(open(d + "/layers.csv"))
         if r["arm"] == "uniform/channel" and r["seed"] == "1")
 md = open(d + "/results.md").read().split("\n")
-start = md.index("| arm | k | weight KB | test error % | seeds |")
+start = md.index("| arm | k | granularity | weight KB | test error % | seeds |")
 rows = [line.split(" | ") for line in md[start + 2:] if line.startswith("| ")]
 rows = rows[:1 + len({(r["size_bits"], r["arm"]) for r in R})]
-def err(xs):
-    e = "%.2f" % (100 - 100 * statistics.fmean(xs))
-    return e + " ± %.2f" % (100 * statistics.stdev(xs)) if len(xs) > 1 else e
-fp32 = [float(r["fp32_accuracy"]) for r in R if r["arm"] == "uniform/channel"]
-assert rows[0] == ["| FP32", "32", "%.1f" % (4 * n / 1000), err(fp32), "2 |"], rows[0]
+def err(rows, column):
+    xs = [float(r[column]) for r in sorted(rows, key=lambda r: int(r["seed"]))]
+    return "%.2f" % (100 - 100 * statistics.fmean(xs)) + " (" + ", ".join("%.2f" % (100 - 100 * x) for x in xs) + ")"
+fp32 = [r for r in R if r["arm"] == "uniform/channel"]
+assert rows[0] == ["| FP32", "32", "-", "%.2f" % (4 * n / 1000), err(fp32, "fp32_accuracy"), "2 |"], rows[0]
 want = []
 for k, arm in dict.fromkeys((r["size_bits"], r["arm"]) for r in R):
     mine = [r for r in R if (r["size_bits"], r["arm"]) == (k, arm)]
     kb = statistics.fmean(float(r["weight_bytes"]) for r in mine) / 1000
-    want.append((kb, ["| " + arm, k, "%.1f" % kb, err([float(r["accuracy"]) for r in mine]), "2 |"]))
-want.sort(key=lambda w: w[0])
-assert rows[1:] == [w[1] for w in want], (rows[1:], want)
+    policy, group = mine[0]["policy"], mine[0]["group"]
+    name = "uniform" if policy == "fixed_bits" else policy
+    want.append((policy != "fixed_bits", float(k), ["| " + name, k, group, "%.2f" % kb, err(mine, "accuracy"), "2 |"]))
+want.sort(key=lambda w: w[:2])
+assert rows[1:] == [w[2] for w in want], (rows[1:], want)
 PY
   # --resume: one seed, then the second; then again with seed 2's 1.5-bit arm missing.
   study part --sizes 1.5,2 --seeds 1
@@ -860,6 +863,211 @@ PY
   grep -v "^| 1.5 | frac_bits/channel | [0-9]* | uniform/channel at 2 |" "$work/kept/results.md" > "$work/f/results.md"
   expect_error "check failed: results.md: no paired row for frac_bits/channel at 1.5 bits against uniform/channel at 2" \
     "$pareto" "${args[@]}"
+  ;;
+
+pareto_interrupt)
+  # --resume continues an arm interrupted inside (SIGINT, as a session's end does) from its
+  # checkpoint when arm.json beside it holds the arm's settings: the finished rows equal those of
+  # the study run in one go, the arm's train.log goes on; under other settings (--lambda 0) the
+  # arm starts over and the study says why. 6 search epochs of 1,200 images in batches of 32:
+  # SIGINT once the frac_bits arm wrote its first checkpoint (after its first epoch) lands inside
+  # the arm, most often inside an epoch (the trainer stops after the current step).
+  long=(--search-epochs 6 --finetune-epochs 1 --train-limit 1200)
+  mixed="runs/lenet5/seed1/2bit/frac_bits-channel"
+  interrupted() { # interrupted NAME ARGS...: the study into $work/NAME, SIGINT inside its mixed arm
+    local name=$1 pid status=0 i
+    shift
+    rm -rf "${work:?}/$name"
+    with_study_defaults --out "$work/$name" "$@"
+    "$pareto" "${args[@]}" > "$work/$name.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 2400); do
+      [ -e "$work/$name/$mixed/checkpoint.bin" ] && break
+      sleep 0.05
+    done
+    kill -INT "$pid"
+    wait "$pid" || status=$?
+    [ $status = 130 ] || { cat "$work/$name.log" >&2; fail "$name: exit status $status after SIGINT, expected 130"; }
+    printed "$name" "lenet5 seed 1 k=2 frac_bits/channel: interrupted; --resume continues it from $work/$name/$mixed/checkpoint.bin"
+    printed "$name" "interrupted: 1 runs written to"
+    [ -s "$work/$name/$mixed/arm.json" ] || fail "$name: no arm.json beside the checkpoint"
+  }
+  study full "${long[@]}"
+  interrupted part "${long[@]}"
+  cp "$work/part/$mixed/train.log" "$work/first-part.log"
+  grep "^interrupted " "$work/first-part.log" # where: inside an epoch ("at ... step") or after one
+  first_seconds=$("$python" -c 'import csv, sys; print(list(csv.DictReader(open(sys.argv[1])))[-1]["seconds"])' \
+    "$work/part/$mixed/log.csv")
+  study part "${long[@]}" --resume
+  printed part "resuming: 1 runs already in"
+  printed part "lenet5 seed 1 k=2 frac_bits/channel: resuming from $work/part/$mixed/checkpoint.bin"
+  printed part "[1/1] lenet5 seed 1 k=2 frac_bits/channel"
+  same_tables full part
+  [ ! -e "$work/part/$mixed/checkpoint.bin" ] || fail "the finished arm's checkpoint stayed"
+  # train.log: the first part's lines, then the trainer's "resumed from" and the rest.
+  cmp -n "$(stat -c %s "$work/first-part.log")" "$work/first-part.log" "$work/part/$mixed/train.log" ||
+    fail "the resumed arm's train.log does not begin with the interrupted part's"
+  grep -q "resumed from $work/part/$mixed/checkpoint.bin at search epoch" "$work/part/$mixed/train.log" ||
+    fail "the resumed arm's train.log does not say where it resumed"
+  # Its seconds count the interrupted part's (log.csv's elapsed seconds at its last epoch) too.
+  results part "float(R[1]['seconds']) > $first_seconds"
+  # Other settings: the arm starts over from the FP32 start, not from the stale checkpoint; its
+  # rows are those of an unbroken study with --lambda 0 (the uniform arm does not use lambda).
+  study lambda0 "${long[@]}" --lambda 0
+  interrupted stale "${long[@]}"
+  study stale "${long[@]}" --resume --lambda 0
+  printed stale "lenet5 seed 1 k=2 frac_bits/channel: starting over, not from $work/stale/$mixed/checkpoint.bin: made with other settings: lambda 5.0, now 0.0"
+  ! grep -q "resumed from" "$work/stale/$mixed/train.log" || fail "--lambda 0 resumed the stale checkpoint"
+  same_tables lambda0 stale
+  grep -q '"lambda": 0.0' "$work/stale/$mixed/arm.json" || fail "arm.json does not hold the new key"
+  # No arm.json (a checkpoint of an older study program): start over, saying so.
+  interrupted bare "${long[@]}"
+  rm "$work/bare/$mixed/arm.json"
+  study bare "${long[@]}" --resume
+  printed bare "lenet5 seed 1 k=2 frac_bits/channel: starting over, not from $work/bare/$mixed/checkpoint.bin: no arm.json beside it"
+  same_tables full bare
+  # Without --resume an interrupted arm's checkpoint is not used either.
+  interrupted fresh "${long[@]}"
+  study fresh "${long[@]}"
+  ! grep -q "resum" "$work/fresh.log" || fail "a study without --resume resumed"
+  same_tables full fresh
+  ;;
+
+pareto_uniform_sizes)
+  # --uniform-sizes 1,3 beside --sizes 2: at 1 and 3 bits only the uniform arm runs (after the
+  # points of --sizes), at 2 every arm; a k in both lists runs every arm once; fractional k are
+  # refused. --check, --check-only, --resume and --from-csv work on such a study.
+  study u --uniform-sizes 1,3 --check
+  printed u "1 models x 1 seeds x 3 sizes (4 arms) = 4 runs"
+  printed u "check passed: 4 runs and 4 arms"
+  arms u "['uniform/channel', 'frac_bits/channel', 'uniform/channel', 'uniform/channel']"
+  results u "[r['size_bits'] for r in R] == ['2', '2', '1', '3'] and [r['code_bits'] for r in R if r['policy'] == 'fixed_bits'] == ['2', '1', '3']"
+  [ ! -e "$work/u/runs/lenet5/seed1/1bit/frac_bits-channel" ] && [ -d "$work/u/runs/lenet5/seed1/1bit/fixed_bits-channel" ] ||
+    fail "--uniform-sizes 1: expected the uniform arm only under runs/lenet5/seed1/1bit"
+  grep -q "^| uniform | 1 | channel | " "$work/u/results.md" && grep -q "^| uniform | 3 | channel | " "$work/u/results.md" ||
+    fail "results.md: no uniform rows at 1 and 3 bits in the size-vs-error table"
+  study both --uniform-sizes 2
+  printed both "1 models x 1 seeds x 1 sizes x 2 arms = 2 runs"
+  diff <(rev "$work/both/results.csv" | cut -d, -f2- | rev) <(head -n 3 "$work/u/results.csv" | rev | cut -d, -f2- | rev) ||
+    fail "--uniform-sizes 2 beside --sizes 2 changed the study"
+  expect_error "--uniform-sizes: expected whole bits per weight (the uniform arm has no fractional bitwidth), got 1.5" \
+    "$pareto" --data "$data" --out "$work/rejected" --uniform-sizes 1.5
+  expect_error "--uniform-sizes: expected a number of bits per weight in (0, 16]" \
+    "$pareto" --data "$data" --out "$work/rejected" --uniform-sizes 0
+  # --resume: the study of --sizes 2, then grown by --uniform-sizes 1,3: only the two uniform arms run.
+  study part
+  study part --uniform-sizes 1,3 --resume
+  printed part "resuming: 2 runs already in"
+  printed part "[1/2] lenet5 seed 1 k=1 uniform/channel"
+  printed part "[2/2] lenet5 seed 1 k=3 uniform/channel"
+  same_tables u part
+  cmp "$work/u/results.md" "$work/part/results.md" || fail "--resume: results.md differs"
+  # --check-only with the same options; without --uniform-sizes it finds 2 rows too many.
+  with_study_defaults --out "$work/u" --check-only --uniform-sizes 1,3
+  "$pareto" "${args[@]}" > "$work/checked.log" 2>&1 ||
+    { cat "$work/checked.log" >&2; fail "--check-only failed on a study with --uniform-sizes"; }
+  printed checked "check passed: 4 runs and 4 arms"
+  with_study_defaults --out "$work/u" --check-only
+  expect_error "check failed: results.csv: 2 rows expected, 4 found" "$pareto" "${args[@]}"
+  # --from-csv rebuilds the same tables (the size points from the rows).
+  mkdir -p "$work/kept"
+  cp "$work/u/aggregate.csv" "$work/u/results.md" "$work/kept/"
+  rm "$work/u/aggregate.csv" "$work/u/results.md"
+  "$pareto" --data "$work/no-such-folder" --out "$work/u" --from-csv > "$work/rebuilt.log" 2>&1 ||
+    { cat "$work/rebuilt.log" >&2; fail "--from-csv failed"; }
+  cmp "$work/u/aggregate.csv" "$work/kept/aggregate.csv" || fail "--from-csv: aggregate.csv differs"
+  cmp "$work/u/results.md" "$work/kept/results.md" || fail "--from-csv: results.md differs"
+  ;;
+
+pareto_size_table)
+  # results.md's size-vs-error table (issue #24), from a results.csv and layers.csv written here
+  # (--from-csv, nothing trained): FP32 at 4 bytes per quantized weight (100 + 300 = 400 of them:
+  # 1.60 KB) with each seed's FP32 error, then the uniform arms by k, then the learned arms by k;
+  # weight KB the mean weight_bytes / 1000, error 100 - accuracy: the mean and each seed's.
+  mkdir -p "$work/t"
+  {
+    echo "model,size_bits,arm,policy,group,seed,fp32_accuracy,accuracy,budget_bytes,weight_bytes,total_bytes,code_bits,stored_bits,max_spread,layers_spread_ge2,mean_rank_correlation,layers_rank_correlation_positive,mean_rank_correlation_uniform_sensitivity,seconds"
+    echo "lenet5,2,uniform/channel,fixed_bits,channel,1,0.91,0.88,150,150,200,2,3,0,0,,0,,1"
+    echo "lenet5,1.5,frac_bits/layer,frac_bits,layer,1,0.91,0.86,125,124.5,174.5,1.5,2.49,0,0,,0,,1"
+    echo "lenet5,1,uniform/channel,fixed_bits,channel,1,0.91,0.8,100,100,150,1,2,0,0,,0,,1"
+    echo "lenet5,2,frac_bits/channel,frac_bits,channel,1,0.91,0.895,150,149,199,1.9,2.98,2,1,,0,,1"
+    echo "lenet5,2,uniform/channel,fixed_bits,channel,2,0.93,0.9,150,150,200,2,3,0,0,,0,,1"
+    echo "lenet5,1.5,frac_bits/layer,frac_bits,layer,2,0.93,0.87,125,123.5,173.5,1.5,2.47,0,0,,0,,1"
+    echo "lenet5,1,uniform/channel,fixed_bits,channel,2,0.93,0.825,100,100,150,1,2,0,0,,0,,1"
+    echo "lenet5,2,frac_bits/channel,frac_bits,channel,2,0.93,0.9,150,147,197,1.9,2.94,2,1,,0,,1"
+  } > "$work/t/results.csv"
+  {
+    echo "model,size_bits,arm,seed,layer,params,groups,bits_min,bits_mean,bits_max,bytes,bits_spread,rank_correlation,rank_correlation_uniform_sensitivity,sensitivity_split_half_rho,group_bits,group_sensitivity"
+    echo "lenet5,2,uniform/channel,1,conv1,100,4,2,2,2,45,0,,,,2 2 2 2,"
+    echo "lenet5,2,uniform/channel,1,fc1,300,10,2,2,2,125,0,,,,2 2 2 2 2 2 2 2 2 2,"
+  } > "$work/t/layers.csv"
+  "$pareto" --data "$work/no-such-folder" --out "$work/t" --from-csv > "$work/t.log" 2>&1 ||
+    { cat "$work/t.log" >&2; fail "--from-csv failed"; }
+  printed t "from 8 rows of results.csv"
+  printf '%s\n' \
+    "| arm | k | granularity | weight KB | test error % | seeds |" \
+    "|---|---:|---|---:|---:|---:|" \
+    "| FP32 | 32 | - | 1.60 | 8.00 (9.00, 7.00) | 2 |" \
+    "| uniform | 1 | channel | 0.10 | 18.75 (20.00, 17.50) | 2 |" \
+    "| uniform | 2 | channel | 0.15 | 11.00 (12.00, 10.00) | 2 |" \
+    "| frac_bits | 1.5 | layer | 0.12 | 13.50 (14.00, 13.00) | 2 |" \
+    "| frac_bits | 2 | channel | 0.15 | 10.25 (10.50, 10.00) | 2 |" \
+    "" > "$work/want.md"
+  sed -n '/^| arm | k | granularity | weight KB | test error % | seeds |$/,/^$/p' "$work/t/results.md" > "$work/got.md"
+  diff "$work/want.md" "$work/got.md" || fail "results.md: the size-vs-error table differs"
+  # Without layers.csv the quantized weights come from weight_bytes * 8 / stored_bits (150 B at
+  # 3 bits per weight: 400 weights), the same FP32 row.
+  rm "$work/t/layers.csv"
+  "$pareto" --data "$work/no-such-folder" --out "$work/t" --from-csv > "$work/t.log" 2>&1 ||
+    { cat "$work/t.log" >&2; fail "--from-csv without layers.csv failed"; }
+  grep -qxF "| FP32 | 32 | - | 1.60 | 8.00 (9.00, 7.00) | 2 |" "$work/t/results.md" ||
+    fail "results.md without layers.csv: FP32 row"
+  ;;
+
+pareto_old_files)
+  # The ResNet-20 grid's rows in docs/results/pareto-resnet20 (written by the study before arm
+  # checkpoints and --uniform-sizes) still load: --from-csv writes them back byte for byte and
+  # puts them in the size-vs-error table; --resume keeps the row and runs only the missing arm
+  # (a uniform-only 1-bit point, on 64 images; about 25 s a ResNet-20 arm on a loaded machine).
+  old=$(cd "$(dirname "$0")/../.." && pwd)/docs/results/pareto-resnet20
+  rm -rf "$work/r" "$work/r2" && mkdir -p "$work/r" "$work/r2"
+  cp "$old/results.csv" "$old/layers.csv" "$work/r/"
+  cp "$old/results.csv" "$old/layers.csv" "$work/r2/"
+  "$pareto" --data "$work/no-such-folder" --out "$work/r" --from-csv > "$work/r.log" 2>&1 ||
+    { cat "$work/r.log" >&2; fail "--from-csv on the committed ResNet-20 rows failed"; }
+  cmp "$old/results.csv" "$work/r/results.csv" || fail "results.csv not written back as it was"
+  cmp "$old/layers.csv" "$work/r/layers.csv" || fail "layers.csv not written back as it was"
+  grep -qxF "| FP32 | 32 | - | 1082.43 | 7.07 | 1 |" "$work/r/results.md" || fail "results.md: FP32 row"
+  grep -qxF "| frac_bits | 1.5 | layer | 54.70 | 7.62 | 1 |" "$work/r/results.md" ||
+    fail "results.md: the 1.5-bit row"
+  with_study_defaults --out "$work/r2" --models resnet20 --sizes 1.5 --groups layer --b-min 1 \
+    --uniform-sizes 1 --resume
+  timeout 600 "$pareto" "${args[@]}" > "$work/r2.log" 2>&1 ||
+    { cat "$work/r2.log" >&2; fail "--resume on the committed rows failed"; }
+  printed r2 "resuming: 1 runs already in"
+  printed r2 "[1/1] resnet20 seed 1 k=1 uniform/channel"
+  [ "$(head -n 2 "$work/r2/results.csv")" = "$(cat "$old/results.csv")" ] ||
+    fail "--resume changed the committed row"
+  arms r2 "['frac_bits/layer', 'uniform/channel']"
+  # ResNet-20 has batch norms, whose running statistics the trainer's checkpoint does not keep:
+  # an interrupted arm (here a checkpoint.bin put beside the finished arm's arm.json, its row
+  # dropped) starts over, says why, and ends as before.
+  cp "$work/r2/results.csv" "$work/r2-results.csv"
+  head -n 2 "$work/r2-results.csv" > "$work/r2/results.csv"
+  grep -v "^resnet20,1,uniform/channel," "$work/r2/layers.csv" > "$work/r2-layers.csv"
+  cp "$work/r2/layers.csv" "$work/r2-layers-full.csv"
+  mv "$work/r2-layers.csv" "$work/r2/layers.csv"
+  uniform1="$work/r2/runs/resnet20/seed1/1bit/fixed_bits-channel"
+  cp "$uniform1/arm.json" "$work/r2-arm.json"
+  : > "$uniform1/checkpoint.bin"
+  timeout 600 "$pareto" "${args[@]}" > "$work/r2.log" 2>&1 ||
+    { cat "$work/r2.log" >&2; fail "--resume of a ResNet-20 arm failed"; }
+  printed r2 "resnet20 seed 1: FP32 network of the earlier pretraining"
+  printed r2 "resnet20 seed 1 k=1 uniform/channel: starting over, not from $uniform1/checkpoint.bin: the trainer's checkpoint does not keep the batch norms' running statistics"
+  diff <(rev "$work/r2-results.csv" | cut -d, -f2- | rev) <(rev "$work/r2/results.csv" | cut -d, -f2- | rev) ||
+    fail "the ResNet-20 arm started over ended elsewhere"
+  cmp "$work/r2-layers-full.csv" "$work/r2/layers.csv" || fail "layers.csv of the arm started over differs"
+  cmp "$work/r2-arm.json" "$uniform1/arm.json" || fail "arm.json of the same settings changed"
   ;;
 
 pareto_quick)
