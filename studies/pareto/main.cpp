@@ -129,6 +129,12 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(cli::group_size())
       ->capture_default_str();
+  app.add_option("--uniform-grids", cfg.uniform_grids,
+                 "grids of the uniform fixed_bits arms: symmetric (the reference) and full "
+                 "(every k-bit two's complement code, LSQ's; arm uniform-full/<group>)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"symmetric", "full"}))
+      ->capture_default_str();
   app.add_option("--uniform-groups", cfg.uniform_groups,
                  "granularities of the uniform fixed_bits arms (per channel is the reference)")
       ->delimiter(',')
@@ -220,6 +226,10 @@ int main(int argc, char** argv) {
                                         p);
     if (cfg.uniform_groups.empty())
       cli::reject("--uniform-groups", "at least one uniform arm is needed");
+    if (std::find(cfg.uniform_grids.begin(), cfg.uniform_grids.end(), "symmetric") ==
+        cfg.uniform_grids.end())
+      cli::reject("--uniform-grids", "the symmetric grid is the reference of every comparison: "
+                                     "list it (symmetric,full)");
     // step_bits has no grid below 2 bits (b_min >= 2): under a budget below 2 bits per weight
     // it would stop the study with "below the smallest model" after the arms before it ran.
     if (std::find(cfg.policies.begin(), cfg.policies.end(), "step_bits") != cfg.policies.end())
