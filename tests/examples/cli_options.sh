@@ -970,6 +970,15 @@ pareto_arms)
   check "$work/b64/$mixed" "$first_search > $b32_bits + 0.25" # 2 bitwidth steps, not 4
   study m --model lenet5
   results m "{r['model'] for r in R} == {'lenet5'}"
+  # --uniform-grids (issue #24): the full-grid uniform arm beside the symmetric reference, its own
+  # arm name and run folder, the same stored size.
+  study g --uniform-grids symmetric,full
+  arms g "['uniform/channel', 'uniform-full/channel', 'frac_bits/channel']"
+  results g "R[0]['weight_bytes'] == R[1]['weight_bytes'] and R[1]['policy'] == 'fixed_bits'"
+  [ -d "$work/g/runs/lenet5/seed1/2bit/fixed_bits-full-channel" ] ||
+    fail "--uniform-grids full: no run folder fixed_bits-full-channel"
+  expect_error "--uniform-grids: the symmetric grid is the reference" \
+    "$pareto" --data "$data" --out "$work/pareto" --uniform-grids full
   expect_error "--policies: --models resnet20 is built with the frac_bits arms" \
     "$pareto" --data "$data" --out "$work/pareto" --model resnet20 --policies step_bits
   ;;
