@@ -399,7 +399,7 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
     // A 3-bit code of -4 (bits 001 LSB-first... i.e. value 0b100) is out of range.
     format::model_file m = small_model();
     m.tensors[0].packed[0] = static_cast<std::uint8_t>((m.tensors[0].packed[0] & ~0x7) | 0x4);
-    CHECK(contains(parse_error(format::encode(m)).what(), "outside the 3-bit range"));
+    CHECK(contains(parse_error(format::encode(m)).what(), "outside the 3-bit symmetric range"));
   }
 }
 
