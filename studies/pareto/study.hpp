@@ -51,9 +51,9 @@ struct settings {
 
 /// One arm of the study: a policy at a granularity (and, uniform arms, a grid).
 struct arm {
-  std::string policy;              ///< fixed_bits (uniform), frac_bits, step_bits, noise_bits
-  std::string group;               ///< "layer", "channel" or a number of channels
-  std::string grid = "symmetric";  ///< uniform arms: "symmetric" or "full"
+  std::string policy;             ///< fixed_bits (uniform), frac_bits, step_bits, noise_bits
+  std::string group;              ///< "layer", "channel" or a number of channels
+  std::string grid = "symmetric"; ///< uniform arms: "symmetric" or "full"
   bool uniform() const { return policy == "fixed_bits"; }
   /// A uniform arm on the symmetric grid: the one every arm is compared with.
   bool reference_grid() const { return uniform() && grid != "full"; }

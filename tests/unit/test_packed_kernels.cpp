@@ -967,7 +967,8 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built):
       direct_conv(g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
                   output::make_pipeline(output::store_int32{got.data(), 6, 1}));
       const std::int64_t c = kind == codes_kind::max ? 127 : kind == codes_kind::min ? -127 : -128;
-      const std::int64_t full = 255 * c * std::int64_t(direct_conv_max_depth) * (xv == 255 ? 1 : -1);
+      const std::int64_t full =
+          255 * c * std::int64_t(direct_conv_max_depth) * (xv == 255 ? 1 : -1);
       bool all = true;
       for (std::int32_t v : got) all = all && v == full;
       CHECK(all);
@@ -1150,8 +1151,8 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
   }
   // K = 9 * 64 = 576 > 512 (the long-row nest: panels of 128 quads, a chunk boundary inside
   // kernel row 2) and the extreme sums: x = 255, z = 0, codes at the limit.
-  for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min,
-                          codes_kind::lowest, codes_kind::random_full}) {
+  for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min, codes_kind::lowest,
+                          codes_kind::random_full}) {
     const conv2d_geometry g = conv_geometry(64, 9, 11, 3, 3, 1, 1, 1);
     const tensor_codes t = make_codes(17, g.filter_size(), 17, {8}, kind, rng);
     flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {

@@ -300,41 +300,41 @@ TEST_CASE("step_bits gradients match finite differences of its surrogate") {
 
 TEST_CASE("fixed_bits (LSQ) gradients match finite differences of its surrogate") {
   for (uniform_grid grid : {uniform_grid::symmetric, uniform_grid::full})
-  for (std::size_t gs : group_sizes)
-    for (int k : (grid == uniform_grid::full ? std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}
-                                             : std::vector<int>{1, 2, 4})) {
-      const bool full = grid == uniform_grid::full;
-      INFO("grid ", std::string(to_string(grid)), ", group_size ", gs, ", k ", k);
-      auto w = normal(n_weights, 7);
-      const auto gy = normal(n_weights, 8);
-      fixed_bits<double> q(xopt(gs, k, false, grid));
-      q.bind(channels, per_channel, w.data());
-      const auto r = forward_backward(q, w, gy);
-      const auto& lay = q.layout();
-      const double* s = find_param(parameters_of(q), "scale").value;
-      std::vector<frozen_point> pts;
-      for (std::size_t g = 0; g < lay.groups(); ++g)
-        for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
-          pts.emplace_back(w[i], s[g], k, full);
-      auto model = [&](const std::vector<double>& wv) {
-        std::vector<double> out(wv.size());
+    for (std::size_t gs : group_sizes)
+      for (int k : (grid == uniform_grid::full ? std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}
+                                               : std::vector<int>{1, 2, 4})) {
+        const bool full = grid == uniform_grid::full;
+        INFO("grid ", std::string(to_string(grid)), ", group_size ", gs, ", k ", k);
+        auto w = normal(n_weights, 7);
+        const auto gy = normal(n_weights, 8);
+        fixed_bits<double> q(xopt(gs, k, false, grid));
+        q.bind(channels, per_channel, w.data());
+        const auto r = forward_backward(q, w, gy);
+        const auto& lay = q.layout();
+        const double* s = find_param(parameters_of(q), "scale").value;
+        std::vector<frozen_point> pts;
         for (std::size_t g = 0; g < lay.groups(); ++g)
           for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
-            out[i] = pts[i](wv[i], s[g]);
-        return out;
-      };
-      check_against_surrogate(q, w, gy, r, model);
+            pts.emplace_back(w[i], s[g], k, full);
+        auto model = [&](const std::vector<double>& wv) {
+          std::vector<double> out(wv.size());
+          for (std::size_t g = 0; g < lay.groups(); ++g)
+            for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
+              out[i] = pts[i](wv[i], s[g]);
+          return out;
+        };
+        check_against_surrogate(q, w, gy, r, model);
 
-      // LSQ's gradient scale multiplies grad_s by exactly 1 / sqrt(n_g Qp).
-      fixed_bits<double> scaled(xopt(gs, k, true, grid));
-      scaled.bind(channels, per_channel, w.data());
-      forward_backward(scaled, w, gy);
-      const auto a = find_param(parameters_of(q), "scale");
-      const auto b = find_param(parameters_of(scaled), "scale");
-      for (std::size_t g = 0; g < a.size; ++g)
-        CHECK(b.grad[g] ==
-              doctest::Approx(a.grad[g] / std::sqrt(double(lay.count(g)) * level_limit(k))));
-    }
+        // LSQ's gradient scale multiplies grad_s by exactly 1 / sqrt(n_g Qp).
+        fixed_bits<double> scaled(xopt(gs, k, true, grid));
+        scaled.bind(channels, per_channel, w.data());
+        forward_backward(scaled, w, gy);
+        const auto a = find_param(parameters_of(q), "scale");
+        const auto b = find_param(parameters_of(scaled), "scale");
+        for (std::size_t g = 0; g < a.size; ++g)
+          CHECK(b.grad[g] ==
+                doctest::Approx(a.grad[g] / std::sqrt(double(lay.count(g)) * level_limit(k))));
+      }
 }
 
 TEST_CASE("LSQ initialisation s = 2 mean|w| / sqrt(Qp)") {

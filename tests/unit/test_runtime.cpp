@@ -248,11 +248,9 @@ TEST_CASE("runtime: a full-grid LeNet (codes down to -2^(k-1)) through the file,
   const auto p_net = deploy::runtime::top1(ref);
   const auto p_float = deploy::runtime::top1(out);
   const auto p8 = deploy::runtime::top1(rt.run(x, deploy::precision::int8));
-  MESSAGE("full grid LeNet: max |logit difference| " << max_diff << ", accuracy float "
-                                                     << accuracy(p_float, sample_test())
-                                                     << ", packed "
-                                                     << accuracy(p_packed, sample_test())
-                                                     << ", int8 " << accuracy(p8, sample_test()));
+  MESSAGE("full grid LeNet: max |logit difference| "
+          << max_diff << ", accuracy float " << accuracy(p_float, sample_test()) << ", packed "
+          << accuracy(p_packed, sample_test()) << ", int8 " << accuracy(p8, sample_test()));
   CHECK(max_diff <= 1e-5);
   CHECK(agree(p_net, p_float) == p_net.size());
   CHECK(accuracy(p_net, sample_test()) > 0.5);

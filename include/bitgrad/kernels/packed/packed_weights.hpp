@@ -237,8 +237,9 @@ public:
       for (std::size_t p = 0; p < depth; ++p) {
         const std::int32_t code = codes[j * depth + p];
         // k >= 2: any k-bit two's complement code (the full grid's -2^(k-1) included).
-        const bool ok = k == 1 ? (code == 1 || code == -1)
-                               : (code >= -packed_code_limit(k) - 1 && code <= packed_code_limit(k));
+        const bool ok = k == 1
+                            ? (code == 1 || code == -1)
+                            : (code >= -packed_code_limit(k) - 1 && code <= packed_code_limit(k));
         if (!ok)
           throw std::invalid_argument("packed_weights: code " + std::to_string(code) +
                                       " at channel " + std::to_string(j) + ", input " +
