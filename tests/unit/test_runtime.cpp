@@ -216,6 +216,15 @@ TEST_CASE("runtime: a full-grid LeNet (codes down to -2^(k-1)) through the file,
     net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
   }
   net.train(false);
+  // LSQ's initial step puts -2^(k-1) beyond 3 sigma of the weights (s = 2 mean|w| / sqrt(Qp)):
+  // after one epoch on the sample few weights reach it. Halving every step clips more weights
+  // onto it, so that every tensor carries the code through the file and every path.
+  net.visit_quantizers([](std::string_view, auto& q) {
+    q.visit_parameters([](auto& p) {
+      if (p.name == "scale")
+        for (std::size_t i = 0; i < p.size; ++i) p.value[i] *= 0.5f;
+    });
+  });
   format::model_file m =
       train::to_model_file(net, format::shape::image(1, 28, 28), normalise.mean, normalise.stddev);
   train::calibrate(m, sample_train(), 256);
@@ -253,7 +262,7 @@ TEST_CASE("runtime: a full-grid LeNet (codes down to -2^(k-1)) through the file,
           << accuracy(p_packed, sample_test()) << ", int8 " << accuracy(p8, sample_test()));
   CHECK(max_diff <= 1e-5);
   CHECK(agree(p_net, p_float) == p_net.size());
-  CHECK(accuracy(p_net, sample_test()) > 0.5);
+  CHECK(accuracy(p_net, sample_test()) > 0.3); // one epoch on the sample, steps halved
   CHECK(double(agree(p_packed, p_float)) / double(p_float.size()) >= 0.98);
   CHECK(double(agree(p8, p_float)) / double(p_float.size()) >= 0.97);
 }
