@@ -25,6 +25,9 @@
 //                 coarser groups (--uniform-groups layer) it is smaller by the overhead saved.
 //                 At a whole k only (k = 2 is the ternary grid {-s, 0, s}, k = 1 the sign grid
 //                 {-s, s}, s learned): at a fractional k the study trains no uniform arm.
+//                 --uniform-grids symmetric,full adds the arm uniform-full/<group>: the same
+//                 bits on the full grid (codes down to -2^(k-1), LSQ's; 2 bits {-2s, -s, 0, s});
+//                 the symmetric arm stays the reference of every comparison.
 //   mixed arms    frac_bits / step_bits / noise_bits with groups of one layer, 4 channels or one
 //                 channel, trained with trainer_options::target_bytes = S_k / 8 plus the
 //                 float32 biases (the trainer's target counts them; every arm has the same)
