@@ -50,6 +50,10 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
       if (app.count(option))
         cli::reject(option, "has no effect with --policy fixed_bits (its bitwidths are not "
                             "learned: --target-bits chooses them)");
+  if (learned && app.count("--grid"))
+    cli::reject("--grid", "chooses the uniform grid of --policy fixed_bits (the other policies "
+                          "quantize on the symmetric grid), got --policy " +
+                              cfg.policy);
   if (learned && cfg.b_min > cfg.b_max)
     cli::reject("--b-min", "expected at most --b-max (" + cli::number_text(cfg.b_max) + "), got " +
                                cli::number_text(cfg.b_min));
@@ -121,6 +125,12 @@ int main(int argc, char** argv) {
                  "peak activation memory budget per image in KB (10^3 bytes): the largest "
                  "quantized activation tensor (or the 8-bit input image) at its bitwidth")
       ->check(cli::positive_number());
+  app.add_option("--grid", cfg.grid,
+                 "the uniform grid of --policy fixed_bits at k >= 2 bits: symmetric "
+                 "{-(2^(k-1)-1)..2^(k-1)-1} or full (every k-bit two's complement code, LSQ's: "
+                 "2 bits = {-2, -1, 0, 1}; same storage, one level more)")
+      ->check(CLI::IsMember({"symmetric", "full"}))
+      ->capture_default_str();
   app.add_option("--act-bits", cfg.act_bits,
                  "put an activation quantizer (unsigned grid, learned range) after every ReLU; "
                  "its bitwidth starts at this value and is learned in [--b-min, --b-max] "

@@ -28,6 +28,8 @@ struct settings {
   std::string model = "lenet5";
   std::string policy = "frac_bits";
   std::string group = "1";
+  /// fixed_bits' uniform grid (--grid): "symmetric" or "full".
+  std::string grid = "symmetric";
   double b_min = 2, b_max = 8;
   /// The learned policies' initial bitwidth (--b-init); unset: b_max - 0.5.
   std::optional<double> b_init;

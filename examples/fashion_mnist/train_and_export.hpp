@@ -91,6 +91,9 @@ typename Quant<float>::options layer_options(const settings& cfg, int bits) {
     q.bits = bits;
   }
   if constexpr (requires { q.seed; }) q.seed = cfg.trainer.seed;
+  if constexpr (requires { q.grid; })
+    q.grid = cfg.grid == "full" ? bitgrad::quant::uniform_grid::full
+                                : bitgrad::quant::uniform_grid::symmetric;
   return q;
 }
 
@@ -224,8 +227,8 @@ int run(const settings& cfg, Builder build) {
     bits_text = "in [" + cli::number_text(cfg.b_min) + ", " + cli::number_text(cfg.b_max) +
                 "] bits, from " + cli::number_text(cfg.b_init.value_or(cfg.b_max - 0.5));
   else
-    bits_text = "at " + std::to_string(uniform_bits) +
-                " bits (the largest uniform bitwidth within the size target)";
+    bits_text = "at " + std::to_string(uniform_bits) + " bits on the " + cfg.grid +
+                " grid (the largest uniform bitwidth within the size target)";
   const std::string quant_text = cfg.policy + " " + bits_text + ", group " + cfg.group;
   std::string edge_text = "quantized like the others";
   if (cfg.edge_bits || cfg.edge_group)

@@ -29,6 +29,9 @@
 //                 --uniform-sizes adds whole size points where only the uniform arms run
 //                 (issue #24: uniform at 1, 3 and 4 bits for the size-vs-error table without
 //                 the cost of mixed arms there).
+//                 --uniform-grids symmetric,full adds the arm uniform-full/<group>: the same
+//                 bits on the full grid (codes down to -2^(k-1), LSQ's; 2 bits {-2s, -s, 0, s});
+//                 the symmetric arm stays the reference of every comparison.
 //   mixed arms    frac_bits / step_bits / noise_bits with groups of one layer, 4 channels or one
 //                 channel, trained with trainer_options::target_bytes = S_k / 8 plus the
 //                 float32 biases (the trainer's target counts them; every arm has the same)
@@ -143,6 +146,12 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(cli::group_size())
       ->capture_default_str();
+  app.add_option("--uniform-grids", cfg.uniform_grids,
+                 "grids of the uniform fixed_bits arms: symmetric (the reference) and full "
+                 "(every k-bit two's complement code, LSQ's; arm uniform-full/<group>)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"symmetric", "full"}))
+      ->capture_default_str();
   app.add_option("--uniform-groups", cfg.uniform_groups,
                  "granularities of the uniform fixed_bits arms (per channel is the reference)")
       ->delimiter(',')
@@ -238,6 +247,10 @@ int main(int argc, char** argv) {
                                         p);
     if (cfg.uniform_groups.empty())
       cli::reject("--uniform-groups", "at least one uniform arm is needed");
+    if (std::find(cfg.uniform_grids.begin(), cfg.uniform_grids.end(), "symmetric") ==
+        cfg.uniform_grids.end())
+      cli::reject("--uniform-grids", "the symmetric grid is the reference of every comparison: "
+                                     "list it (symmetric,full)");
     // step_bits has no grid below 2 bits (b_min >= 2): under a budget below 2 bits per weight
     // it would stop the study with "below the smallest model" after the arms before it ran.
     if (std::find(cfg.policies.begin(), cfg.policies.end(), "step_bits") != cfg.policies.end())

@@ -91,8 +91,8 @@ inline void arm_table(std::ostream& md, const std::string& model,
        << format_fixed(g->budget_bytes, 0) << " | " << format_fixed(g->total_bytes.mean, 0) << " | "
        << format_fixed(g->code_bits.mean, 3) << " | " << format_fixed(g->stored_bits.mean, 3)
        << " | " << accuracy_cell(g->accuracy) << " | "
-       << (g->a.uniform() && g->a.group == "channel" ? std::string("0 (reference)")
-                                                     : delta_cell(g->delta))
+       << (g->a.reference_grid() && g->a.group == "channel" ? std::string("0 (reference)")
+                                                            : delta_cell(g->delta))
        << " | " << format_fixed(g->max_spread.mean, 2) << " | "
        << format_fixed(g->layers_spread2.mean, 1) << " | " << format_fixed(g->mean_rho.mean, 3)
        << " | " << format_fixed(g->mean_rho_uniform.mean, 3) << " |\n";
@@ -125,7 +125,7 @@ inline void verdict_table(std::ostream& md, const settings& cfg, const std::stri
     int mixed = 0, above = 0, always = 0;
     const double k_ref = best ? best->reference_k : k;
     for (const aggregate* g : mine) {
-      if (g->k == k_ref && g->a.uniform() && g->a.group == "channel") uniform = g;
+      if (g->k == k_ref && g->a.reference_grid() && g->a.group == "channel") uniform = g;
       if (g->k != k || g->a.uniform()) continue;
       ++mixed;
       above += g->delta.mean > 0;
@@ -309,7 +309,7 @@ inline void policy_comparison(std::ostream& md, const settings& cfg,
     for (std::size_t i = 0; i < names.size(); ++i) md << "---:|";
     md << "\n";
     for (const aggregate* g : mine)
-      if (g->k == k3 && g->a.uniform() && g->a.group == "channel") {
+      if (g->k == k3 && g->a.reference_grid() && g->a.group == "channel") {
         md << "| uniform: S^u split-half | " << accuracy_cell(g->accuracy) << " | 0 |";
         for (std::size_t li = 0; li < names.size(); ++li) {
           std::vector<double> rel;

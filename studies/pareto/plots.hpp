@@ -20,11 +20,12 @@ namespace pareto {
 inline bitgrad::point_series plot_style(const arm& a) {
   bitgrad::point_series s;
   s.name = a.uniform()
-               ? "uniform " + a.group
+               ? (a.grid == "full" ? "uniform full " : "uniform ") + a.group
                : a.policy.substr(0, a.policy.find('_')) + " " + (a.group == "4" ? "4 ch" : a.group);
   s.connect = true;
   if (a.uniform()) {
-    s.color = a.group == "channel" ? "#000000" : "#777777";
+    s.color = a.grid == "full" ? (a.group == "channel" ? "#8c564b" : "#c49c94")
+                               : (a.group == "channel" ? "#000000" : "#777777");
     s.shape = bitgrad::marker_shape::square;
     return s;
   }

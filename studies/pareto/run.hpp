@@ -63,6 +63,9 @@ auto arm_network(const settings& cfg, Build build, const arm& a, double k, std::
     q.bits = static_cast<int>(k); // a uniform arm runs at whole size points only (arms_of)
   }
   if constexpr (requires { q.seed; }) q.seed = seed;
+  if constexpr (requires { q.grid; })
+    q.grid = a.grid == "full" ? bitgrad::quant::uniform_grid::full
+                              : bitgrad::quant::uniform_grid::symmetric;
   // Every layer, the first conv and the last linear included, quantized as the arm says
   // (model_options::quant reaches them when edge_quant is unset).
   return build.template operator()<Quant>(
@@ -150,7 +153,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   // The trainer's target is the model's stored bytes, biases included (the same in every arm).
   t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
   t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) / (size_text(k) + "bit") /
-              (a.policy + "-" + a.group);
+              (a.policy + (a.uniform() && a.grid == "full" ? "-full-" : "-") + a.group);
   // An arm not in results.csv: with --resume, continued from its checkpoint when that was made
   // with this arm's settings (arm_key), else run again from its start (overwrite: the trainer
   // replaces the old run's files). A new start's key is written before its first checkpoint.
@@ -421,7 +424,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
         if (!r) return false;
         if (!a.uniform())
           for (const auto& u : rows)
-            if (u.a.uniform() && u.a.group == "channel" && u.model == model && u.k == k &&
+            if (u.a.reference_grid() && u.a.group == "channel" && u.model == model && u.k == k &&
                 u.seed == seed)
               uniform_rank_correlation(*r, u);
         rows.push_back(*r);

@@ -93,7 +93,7 @@ inline const run_row* reference_uniform(const std::vector<run_row>& rows, const 
   const double k = reference_size(rows, r.model, r.k);
   const run_row* first = nullptr;
   for (const auto& u : rows) {
-    if (!u.a.uniform() || u.model != r.model || u.k != k || u.seed != r.seed) continue;
+    if (!u.a.reference_grid() || u.model != r.model || u.k != k || u.seed != r.seed) continue;
     if (u.a.group == "channel") return &u;
     if (!first || u.a.group == uniform_groups.front()) first = &u;
   }

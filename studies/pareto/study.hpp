@@ -34,6 +34,9 @@ struct settings {
   std::vector<std::string> policies{"frac_bits", "step_bits", "noise_bits"};
   std::vector<std::string> groups{"layer", "4", "channel"};
   std::vector<std::string> uniform_groups{"channel"};
+  /// The uniform arms' grids (fixed_bits options::grid): "symmetric" (the reference) and
+  /// optionally "full" (every k-bit two's complement code, LSQ's grid; issue #24).
+  std::vector<std::string> uniform_grids{"symmetric"};
   std::size_t seeds = 3;
   std::uint64_t first_seed = 1;
   double b_min = 1; ///< step_bits uses max(b_min, 2): it has no 1-bit grid
@@ -51,12 +54,23 @@ struct settings {
   bitgrad::train::trainer_options trainer;
 };
 
-/// One arm of the study: a policy at a granularity.
+/// One arm of the study: a policy at a granularity (and, uniform arms, a grid).
 struct arm {
-  std::string policy; ///< fixed_bits (uniform), frac_bits, step_bits, noise_bits
-  std::string group;  ///< "layer", "channel" or a number of channels
+  std::string policy;             ///< fixed_bits (uniform), frac_bits, step_bits, noise_bits
+  std::string group;              ///< "layer", "channel" or a number of channels
+  std::string grid = "symmetric"; ///< uniform arms: "symmetric" or "full"
   bool uniform() const { return policy == "fixed_bits"; }
-  std::string name() const { return (uniform() ? std::string("uniform") : policy) + "/" + group; }
+  /// A uniform arm on the symmetric grid: the one every arm is compared with.
+  bool reference_grid() const { return uniform() && grid != "full"; }
+  /// "uniform/channel", "uniform-full/channel" (the full grid), "frac_bits/4", ...
+  std::string name() const {
+    if (!uniform()) return policy + "/" + group;
+    return std::string(grid == "full" ? "uniform-full" : "uniform") + "/" + group;
+  }
+  /// The grid an arm name says (results.csv stores the name; older files only "uniform/...").
+  static std::string grid_of_name(const std::string& name) {
+    return name.rfind("uniform-full/", 0) == 0 ? "full" : "symmetric";
+  }
 };
 
 /// One finished arm of one seed.
@@ -112,7 +126,8 @@ inline bool uniform_only(const settings& cfg, double k) {
 inline std::vector<arm> arms_of(const settings& cfg, double k) {
   std::vector<arm> arms;
   if (whole_size(k))
-    for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g});
+    for (const auto& grid : cfg.uniform_grids)
+      for (const auto& g : cfg.uniform_groups) arms.push_back({"fixed_bits", g, grid});
   if (uniform_only(cfg, k)) return arms;
   for (const auto& p : cfg.policies)
     for (const auto& g : cfg.groups) arms.push_back({p, g});

@@ -149,7 +149,7 @@ inline std::vector<run_row> load_rows(const fs::path& dir) {
     run_row r;
     r.model = c.at(rc.at("model"));
     r.k = std::stod(c.at(rc.at("size_bits"))); // "2" before fractional points, or "1.5"
-    r.a = {c.at(rc.at("policy")), c.at(rc.at("group"))};
+    r.a = {c.at(rc.at("policy")), c.at(rc.at("group")), arm::grid_of_name(c.at(rc.at("arm")))};
     r.seed = std::stoull(c.at(rc.at("seed")));
     r.fp32_accuracy = number(c, rc, "fp32_accuracy");
     r.accuracy = number(c, rc, "accuracy");

@@ -239,13 +239,37 @@ policy)
   # fixed_bits: one uniform bitwidth, the largest whose stored size fits --target-bits (3 by
   # default: 3 bits plus 40 bits per channel exceed it, so 2).
   run fixed --policy fixed_bits
-  printed fixed "fixed_bits at 2 bits (the largest uniform bitwidth within the size target)"
+  printed fixed "fixed_bits at 2 bits on the symmetric grid (the largest uniform bitwidth within the size target)"
   check "$work/fixed" "all(l['policy'] == 'fixed_bits' and set(l['group_bits']) == {2} for l in E)"
   run fixed4 --policy fixed_bits --target-bits 4.3
   check "$work/fixed4" "all(set(l['group_bits']) == {4} for l in E)"
   rejects "--policy: uniform not in" --policy uniform
   rejects "--b-min: has no effect with --policy fixed_bits" --policy fixed_bits --b-min 3
   rejects "--lambda: has no effect with --policy fixed_bits" --policy fixed_bits --lambda 1
+  ;;
+
+grid)
+  # fixed_bits on the full grid (issue #24): at 2 bits the codes {-2, -1, 0, 1} instead of the
+  # ternary {-1, 0, 1}; same stored size; the model file says version 3 and flags every
+  # quantized tensor; the symmetric run is unchanged (version 1). Same seed: the same FP32
+  # pretraining, then different quantized rows.
+  run sym --policy fixed_bits --seed 3
+  run full --policy fixed_bits --seed 3 --grid full
+  printed full "fixed_bits at 2 bits on the full grid"
+  check "$work/full" "all(set(l['group_bits']) == {2} for l in E)"
+  same_phase "$work/sym" "$work/full" pretrain
+  other_phase "$work/sym" "$work/full" search
+  [ "$(value "$work/sym" "s['size_bytes']")" = "$(value "$work/full" "s['size_bytes']")" ] ||
+    fail "the full grid changed the stored size"
+  versions=$("$python" - "$work/sym/model.bgm" "$work/full/model.bgm" << 'EOF2'
+import struct, sys
+print(" ".join(str(struct.unpack_from("<I", open(f, "rb").read(), 8)[0]) for f in sys.argv[1:]))
+EOF2
+)
+  [ "$versions" = "1 3" ] || fail "model versions (symmetric, full): expected '1 3', got '$versions'"
+  rejects "--grid: chooses the uniform grid of --policy fixed_bits" --policy frac_bits --grid full
+  rejects "--grid: chooses the uniform grid of --policy fixed_bits" --grid symmetric
+  rejects "--grid: wide not in {symmetric,full}" --policy fixed_bits --grid wide
   ;;
 
 group)
@@ -1154,6 +1178,15 @@ pareto_arms)
   check "$work/b64/$mixed" "$first_search > $b32_bits + 0.25" # 2 bitwidth steps, not 4
   study m --model lenet5
   results m "{r['model'] for r in R} == {'lenet5'}"
+  # --uniform-grids (issue #24): the full-grid uniform arm beside the symmetric reference, its own
+  # arm name and run folder, the same stored size.
+  study g --uniform-grids symmetric,full
+  arms g "['uniform/channel', 'uniform-full/channel', 'frac_bits/channel']"
+  results g "R[0]['weight_bytes'] == R[1]['weight_bytes'] and R[1]['policy'] == 'fixed_bits'"
+  [ -d "$work/g/runs/lenet5/seed1/2bit/fixed_bits-full-channel" ] ||
+    fail "--uniform-grids full: no run folder fixed_bits-full-channel"
+  expect_error "--uniform-grids: the symmetric grid is the reference" \
+    "$pareto" --data "$data" --out "$work/pareto" --uniform-grids full
   expect_error "--policies: --models resnet20 is built with the frac_bits arms" \
     "$pareto" --data "$data" --out "$work/pareto" --model resnet20 --policies step_bits
   ;;

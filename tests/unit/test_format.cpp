@@ -235,6 +235,67 @@ TEST_CASE("model file: atomic write and read from a path") {
   CHECK_FALSE(fs::exists(dir.path / "bad.bgm"));
 }
 
+TEST_CASE("model file: a full-grid tensor (codes down to -2^(k-1)) is version 3 and costs no "
+          "byte; symmetric headers still refuse such codes") {
+  auto version = [](const std::vector<std::uint8_t>& b) {
+    std::uint32_t v;
+    std::memcpy(&v, b.data() + 8, 4);
+    return v;
+  };
+  format::model_file m = small_model();
+  const std::vector<std::uint8_t> symmetric = format::to_bytes(m);
+  CHECK(version(symmetric) == 1); // no act_quant, no full grid: version 1, as before
+  // conv1's groups: 3 bits (codes -4..3 on the full grid) and 1 bit (the sign grid).
+  std::vector<std::int32_t> codes;
+  for (int i = 0; i < 18; ++i) codes.push_back(i % 8 - 4);
+  for (int i = 18; i < 27; ++i) codes.push_back(i % 2 ? 1 : -1);
+  CHECK_THROWS_AS(format::tensor_data::from_codes({3, 1, 3, 3}, 2, {3, 1}, {0.5f, 0.125f}, codes),
+                  config_error); // -4 is outside the symmetric 3-bit grid
+  m.tensors[0] =
+      format::tensor_data::from_codes({3, 1, 3, 3}, 2, {3, 1}, {0.5f, 0.125f}, codes, true);
+  const std::vector<std::uint8_t> full = format::to_bytes(m);
+  CHECK(version(full) == 3);
+  CHECK(full.size() == symmetric.size()); // the grid is a flag in the tensor header
+  const format::model_file back = format::from_bytes(full);
+  CHECK(back.tensors[0].full_grid);
+  CHECK_FALSE(back.tensors[1].full_grid);
+  CHECK(back.tensors[0].codes() == codes);
+  std::vector<float> w(27);
+  back.tensors[0].dequantize(w.data());
+  CHECK(w[0] == -4 * 0.5f);
+  // The flag of tensor 0 is the 16-bit field at byte 2 of its section.
+  const std::size_t flags = section_offset(full, 1) + 2;
+  CHECK(full[flags] == 1);
+  SUBCASE("the same codes under a symmetric header are refused, naming the grid") {
+    auto b = full;
+    b[flags] = 0;
+    reseal(b);
+    const auto e = parse_error(b);
+    CHECK(contains(e.what(), "code -4 outside the 3-bit symmetric range"));
+  }
+  SUBCASE("a tensor flag in an older version is refused") {
+    auto b = full;
+    b[8] = 2;
+    reseal(b);
+    const auto e = parse_error(b);
+    CHECK(e.offset() == flags);
+    CHECK(contains(e.what(), "need format version 3"));
+  }
+  SUBCASE("unknown flags, or the grid flag on a float32 tensor, are refused") {
+    auto b = full;
+    b[flags] = 3;
+    reseal(b);
+    CHECK(contains(parse_error(b).what(), "unknown tensor flags 3"));
+    b = full;
+    b[section_offset(full, 2) + 2] = 1; // tensor 1: the float32 bias
+    reseal(b);
+    CHECK(contains(parse_error(b).what(), "on a float32 tensor"));
+  }
+  SUBCASE("old files (versions 1 and 2) still load") {
+    CHECK_FALSE(format::from_bytes(symmetric).tensors[0].full_grid);
+  }
+}
+
 TEST_CASE("model file: malformed files throw format_error with the offset") {
   const std::vector<std::uint8_t> good = format::to_bytes(small_model());
 
@@ -248,11 +309,11 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
   }
   SUBCASE("unsupported version") {
     auto b = good;
-    b[8] = 3;
+    b[8] = 4;
     reseal(b);
     const auto e = parse_error(b);
     CHECK(e.offset() == 8);
-    CHECK(contains(e.what(), "version 3"));
+    CHECK(contains(e.what(), "version 4"));
   }
   SUBCASE("truncated at every length") {
     for (std::size_t n = 0; n < good.size(); ++n) {
@@ -338,7 +399,7 @@ TEST_CASE("model file: malformed files throw format_error with the offset") {
     // A 3-bit code of -4 (bits 001 LSB-first... i.e. value 0b100) is out of range.
     format::model_file m = small_model();
     m.tensors[0].packed[0] = static_cast<std::uint8_t>((m.tensors[0].packed[0] & ~0x7) | 0x4);
-    CHECK(contains(parse_error(format::encode(m)).what(), "outside the 3-bit range"));
+    CHECK(contains(parse_error(format::encode(m)).what(), "outside the 3-bit symmetric range"));
   }
 }
 

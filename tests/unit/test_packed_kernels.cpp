@@ -35,7 +35,9 @@ namespace {
 using namespace bitgrad;
 
 /// How the codes of a test tensor are drawn.
-enum class codes_kind { random, max, min, alternating };
+/// random / min / alternating: the symmetric grid's codes (-L..L); random_full and lowest: the
+/// full grid's (-2^(k-1)..L), lowest = -2^(k-1) everywhere (k = 1: -1).
+enum class codes_kind { random, max, min, alternating, random_full, lowest };
 
 /// A weight tensor as the file holds it: per-group bits and scales, int32 codes.
 struct tensor_codes {
@@ -70,6 +72,13 @@ tensor_codes make_codes(std::size_t n, std::size_t depth, std::size_t group_size
         break;
       case codes_kind::alternating:
         c = ((j + p) % 2) ? limit : -limit;
+        break;
+      case codes_kind::random_full:
+        c = k == 1 ? ((rng() & 1u) ? 1 : -1)
+                   : std::int32_t(rng() % std::uint32_t(2 * limit + 2)) - limit - 1;
+        break;
+      case codes_kind::lowest:
+        c = k == 1 ? -1 : -limit - 1;
         break;
       }
       t.codes[j * depth + p] = c;
@@ -362,9 +371,10 @@ TEST_CASE_TEMPLATE("packed_gemm: every bitwidth, odd shapes, exact on each path"
     for (std::size_t n : {1u, 7u, 16u, 33u, 61u})
       for (std::size_t depth : {1u, 2u, 3u, 4u, 5u, 9u, 25u, 67u})
         for (std::size_t m : {1u, 3u, 6u, 13u}) {
-          const tensor_codes t =
-              make_codes(n, depth, n, {std::uint8_t(k)}, codes_kind::random, rng);
-          check_case(Arch::id, t, m, (m + depth) % 3, 1, 0, rng);
+          for (codes_kind kind : {codes_kind::random, codes_kind::random_full}) {
+            const tensor_codes t = make_codes(n, depth, n, {std::uint8_t(k)}, kind, rng);
+            check_case(Arch::id, t, m, (m + depth) % 3, 1, 0, rng);
+          }
         }
 }
 
@@ -392,30 +402,34 @@ TEST_CASE_TEMPLATE("packed_gemm: extreme codes and activations", Arch, isa::sse2
   if (!path_runs<Arch>()) return;
   std::mt19937 rng(33);
   for (int k = 1; k <= packed_max_bits; ++k)
-    for (codes_kind kind :
-         {codes_kind::max, codes_kind::min, codes_kind::alternating, codes_kind::random})
+    for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::alternating,
+                            codes_kind::random, codes_kind::lowest, codes_kind::random_full})
       for (int act : {0, 255, 1})
         for (std::uint8_t zero : {std::uint8_t(0), std::uint8_t(128), std::uint8_t(255)}) {
-          // 8-bit codes of +-127 against 255: the pairs that saturate a plain vpmaddubsw.
+          // 8-bit codes of +-127 (and the full grid's -128) against 255: the pairs that saturate
+          // a plain vpmaddubsw.
           const tensor_codes t = make_codes(19, 37, 19, {std::uint8_t(k)}, kind, rng);
           check_case(Arch::id, t, 5, 2, act, zero, rng);
         }
 }
 
-TEST_CASE_TEMPLATE("packed_gemm: the largest depth reaches +-255 * 127 * K exactly", Arch,
-                   isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+TEST_CASE_TEMPLATE("packed_gemm: the largest depth reaches +-255 * 127 * K (and the full grid's "
+                   "255 * -128 * K) exactly",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
                    isa::neon_dot) {
   if (!path_runs<Arch>()) return;
   std::mt19937 rng(34);
   const std::size_t depth = packed_max_depth;
-  for (codes_kind kind : {codes_kind::max, codes_kind::min}) {
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest}) {
     const tensor_codes t = make_codes(17, depth, 17, {8}, kind, rng);
     const packed_weights w = t.pack();
     for (int act : {255, 0}) {
       for (std::uint8_t zero : {std::uint8_t(0), std::uint8_t(255)}) {
         const std::vector<std::uint8_t> a = activations(2, depth, act, rng);
         const std::vector<std::int32_t> got = run(Arch::id, w, 2, a, depth, zero);
-        const std::int64_t x = act - zero, c = kind == codes_kind::max ? 127 : -127;
+        const std::int64_t x = act - zero, c = kind == codes_kind::max   ? 127
+                                               : kind == codes_kind::min ? -127
+                                                                         : -128;
         INFO("act=", act, " zero=", int(zero), " code=", c);
         for (std::int32_t v : got) CHECK(v == x * c * std::int64_t(depth));
       }
@@ -941,7 +955,7 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built):
   // 512; x = 0, z = 255 the same with the sign flipped (the z sum w term alone).
   const conv2d_geometry g = conv_geometry(1, 20, 40, 16, 32, 1, 0, 1);
   REQUIRE(g.filter_size() == direct_conv_max_depth);
-  for (codes_kind kind : {codes_kind::max, codes_kind::min})
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest})
     for (std::uint8_t xv : {std::uint8_t(255), std::uint8_t(0)}) {
       const tensor_codes t = make_codes(6, g.filter_size(), 6, {8}, kind, rng);
       std::vector<std::int8_t> codes(t.codes.size());
@@ -952,8 +966,9 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built):
       std::vector<std::int32_t> got(g.out_plane() * 6, 0);
       direct_conv(g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
                   output::make_pipeline(output::store_int32{got.data(), 6, 1}));
-      const std::int64_t full = 255 * 127 * std::int64_t(direct_conv_max_depth) *
-                                (kind == codes_kind::max ? 1 : -1) * (xv == 255 ? 1 : -1);
+      const std::int64_t c = kind == codes_kind::max ? 127 : kind == codes_kind::min ? -127 : -128;
+      const std::int64_t full =
+          255 * c * std::int64_t(direct_conv_max_depth) * (xv == 255 ? 1 : -1);
       bool all = true;
       for (std::int32_t v : got) all = all && v == full;
       CHECK(all);
@@ -1136,11 +1151,13 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
   }
   // K = 9 * 64 = 576 > 512 (the long-row nest: panels of 128 quads, a chunk boundary inside
   // kernel row 2) and the extreme sums: x = 255, z = 0, codes at the limit.
-  for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min}) {
+  for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min, codes_kind::lowest,
+                          codes_kind::random_full}) {
     const conv2d_geometry g = conv_geometry(64, 9, 11, 3, 3, 1, 1, 1);
     const tensor_codes t = make_codes(17, g.filter_size(), 17, {8}, kind, rng);
     flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
-      check_flat(Arch::id, g, t, 2, kind == codes_kind::random ? 200 : 0, r0, r1, rng);
+      const bool random = kind == codes_kind::random || kind == codes_kind::random_full;
+      check_flat(Arch::id, g, t, 2, random ? 200 : 0, r0, r1, rng);
     });
   }
 }

@@ -27,6 +27,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace test_quant {
@@ -54,14 +55,16 @@ std::vector<double> normal(std::size_t n, unsigned seed) {
 /// One element on one grid at the base point, frozen: evaluates the straight-through
 /// surrogate at a perturbed (w, s). Interior: w + s (code - x0); clipped: s code;
 /// sign grid: s code + [|x0| <= 1] (w - w0).
+/// full: the full grid, codes -Qn..Qp with Qn = 2^(k-1) = Qp + 1.
 struct frozen_point {
   double code, x0, w0;
   bool inside, sign;
-  frozen_point(double w, double s, int k) : w0(w), sign(k == 1) {
-    const double lim = level_limit(k);
+  frozen_point(double w, double s, int k, bool full = false) : w0(w), sign(k == 1) {
+    const double lim = level_limit(k), low = level_lower(k, full);
+    const double slack = 1 + 8 * std::numeric_limits<double>::epsilon();
     x0 = w / s;
-    inside = std::abs(x0) <= lim * (1 + 8 * std::numeric_limits<double>::epsilon());
-    code = sign ? (w >= 0 ? 1.0 : -1.0) : std::nearbyint(std::min(std::max(x0, -lim), lim));
+    inside = -low * slack <= x0 && x0 <= lim * slack;
+    code = sign ? (w >= 0 ? 1.0 : -1.0) : std::nearbyint(std::min(std::max(x0, -low), lim));
   }
   double operator()(double w, double s) const {
     if (sign) return s * code + (inside ? w - w0 : 0.0);
@@ -94,11 +97,13 @@ typename step_bits<T>::options sopt(std::size_t gs, double b_min = 2, double b_m
   return o;
 }
 template <class T = double>
-typename fixed_bits<T>::options xopt(std::size_t gs, int bits, bool lsq = true) {
+typename fixed_bits<T>::options xopt(std::size_t gs, int bits, bool lsq = true,
+                                     uniform_grid grid = uniform_grid::symmetric) {
   typename fixed_bits<T>::options o;
   o.group_size = gs;
   o.bits = bits;
   o.lsq_grad_scale = lsq;
+  o.grid = grid;
   return o;
 }
 
@@ -294,39 +299,42 @@ TEST_CASE("step_bits gradients match finite differences of its surrogate") {
 }
 
 TEST_CASE("fixed_bits (LSQ) gradients match finite differences of its surrogate") {
-  for (std::size_t gs : group_sizes)
-    for (int k : {1, 2, 4}) {
-      INFO("group_size ", gs, ", k ", k);
-      auto w = normal(n_weights, 7);
-      const auto gy = normal(n_weights, 8);
-      fixed_bits<double> q(xopt(gs, k, false));
-      q.bind(channels, per_channel, w.data());
-      const auto r = forward_backward(q, w, gy);
-      const auto& lay = q.layout();
-      const double* s = find_param(parameters_of(q), "scale").value;
-      std::vector<frozen_point> pts;
-      for (std::size_t g = 0; g < lay.groups(); ++g)
-        for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
-          pts.emplace_back(w[i], s[g], k);
-      auto model = [&](const std::vector<double>& wv) {
-        std::vector<double> out(wv.size());
+  for (uniform_grid grid : {uniform_grid::symmetric, uniform_grid::full})
+    for (std::size_t gs : group_sizes)
+      for (int k : (grid == uniform_grid::full ? std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}
+                                               : std::vector<int>{1, 2, 4})) {
+        const bool full = grid == uniform_grid::full;
+        INFO("grid ", std::string(to_string(grid)), ", group_size ", gs, ", k ", k);
+        auto w = normal(n_weights, 7);
+        const auto gy = normal(n_weights, 8);
+        fixed_bits<double> q(xopt(gs, k, false, grid));
+        q.bind(channels, per_channel, w.data());
+        const auto r = forward_backward(q, w, gy);
+        const auto& lay = q.layout();
+        const double* s = find_param(parameters_of(q), "scale").value;
+        std::vector<frozen_point> pts;
         for (std::size_t g = 0; g < lay.groups(); ++g)
           for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
-            out[i] = pts[i](wv[i], s[g]);
-        return out;
-      };
-      check_against_surrogate(q, w, gy, r, model);
+            pts.emplace_back(w[i], s[g], k, full);
+        auto model = [&](const std::vector<double>& wv) {
+          std::vector<double> out(wv.size());
+          for (std::size_t g = 0; g < lay.groups(); ++g)
+            for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i)
+              out[i] = pts[i](wv[i], s[g]);
+          return out;
+        };
+        check_against_surrogate(q, w, gy, r, model);
 
-      // LSQ's gradient scale multiplies grad_s by exactly 1 / sqrt(n_g Qp).
-      fixed_bits<double> scaled(xopt(gs, k, true));
-      scaled.bind(channels, per_channel, w.data());
-      forward_backward(scaled, w, gy);
-      const auto a = find_param(parameters_of(q), "scale");
-      const auto b = find_param(parameters_of(scaled), "scale");
-      for (std::size_t g = 0; g < a.size; ++g)
-        CHECK(b.grad[g] ==
-              doctest::Approx(a.grad[g] / std::sqrt(double(lay.count(g)) * level_limit(k))));
-    }
+        // LSQ's gradient scale multiplies grad_s by exactly 1 / sqrt(n_g Qp).
+        fixed_bits<double> scaled(xopt(gs, k, true, grid));
+        scaled.bind(channels, per_channel, w.data());
+        forward_backward(scaled, w, gy);
+        const auto a = find_param(parameters_of(q), "scale");
+        const auto b = find_param(parameters_of(scaled), "scale");
+        for (std::size_t g = 0; g < a.size; ++g)
+          CHECK(b.grad[g] ==
+                doctest::Approx(a.grad[g] / std::sqrt(double(lay.count(g)) * level_limit(k))));
+      }
 }
 
 TEST_CASE("LSQ initialisation s = 2 mean|w| / sqrt(Qp)") {
@@ -399,6 +407,24 @@ TEST_CASE_TEMPLATE("frozen quantizers: codes in range and code * scale == forwar
     fixed_bits<T> fx(xopt<T>(gs, 3));
     fx.bind(channels, per_channel, w.data());
     check(fx);
+    // The full grid: codes in -2^(k-1)..2^(k-1)-1, code * scale == forward exactly.
+    for (int k = 2; k <= 8; ++k) {
+      INFO("full grid, k = ", k);
+      fixed_bits<T> full(xopt<T>(gs, k, true, uniform_grid::full));
+      full.bind(channels, per_channel, w.data());
+      std::vector<T> wq(n_weights);
+      full.forward(w.data(), wq.data(), false);
+      std::vector<std::int32_t> codes(n_weights);
+      full.codes(w.data(), codes.data());
+      const auto s = full.group_scales(w.data());
+      const auto& lay = full.layout();
+      for (std::size_t g = 0; g < lay.groups(); ++g)
+        for (std::size_t i = lay.offset(g); i < lay.offset(g) + lay.count(g); ++i) {
+          CHECK(static_cast<T>(codes[i]) * s[g] == wq[i]);
+          CHECK(codes[i] >= -(1 << (k - 1)));
+          CHECK(codes[i] <= (1 << (k - 1)) - 1);
+        }
+    }
   }
 }
 

@@ -103,6 +103,79 @@ TEST_CASE_TEMPLATE("uniform and sign grids: SIMD equals the reference", T, float
   }
 }
 
+TEST_CASE_TEMPLATE("full grid (codes -2^(k-1)..2^(k-1)-1): SIMD equals the reference", T, float,
+                   double) {
+  using namespace bitgrad;
+  for (std::size_t n : sizes) {
+    const auto w = normal<T>(n, 21 + static_cast<unsigned>(n));
+    const auto gy = normal<T>(n, 27 + static_cast<unsigned>(n));
+    // Every k in 2..8, the widest bitwidth (16) and the SIMD path's widest grid in float
+    // (k = 23: Qn = 2^22 = small_limit) against the reference's (k = 24 in float); k = 1 stays
+    // the sign grid.
+    for (int k : {1, 2, 3, 4, 5, 6, 7, 8, 16, 23, 24}) {
+      INFO("n = ", n, ", k = ", k);
+      // A step that clips the tails on both sides at small k and hits the lowest code.
+      const auto g = make_grid<T>(k, T(0.8) / static_cast<T>(level_limit(k)), true);
+      CHECK(g.full() == (k >= 2));
+      CHECK(g.lower == static_cast<T>(k >= 2 ? std::ldexp(1.0, k - 1) : 1.0));
+      std::vector<T> a(n), b(n);
+      quant_fprop(n, w.data(), a.data(), g);
+      ref::quant_fprop(n, w.data(), b.data(), g);
+      CHECK(same_bits(a, b));
+
+      std::vector<T> ga = normal<T>(n, 6), gb = ga;
+      const T sa = quant_bprop(n, w.data(), gy.data(), ga.data(), g);
+      const T sb = ref::quant_bprop(n, w.data(), gy.data(), gb.data(), g);
+      CHECK(same_bits(ga, gb));
+      check_sum(sa, sb, n);
+
+      std::vector<std::int32_t> codes(n);
+      quant_codes(n, w.data(), codes.data(), g);
+      bool lowest = false;
+      for (std::size_t i = 0; i < n; ++i) {
+        CHECK(static_cast<T>(codes[i]) * g.scale == a[i]);
+        CHECK(codes[i] >= -static_cast<std::int32_t>(g.lower));
+        CHECK(codes[i] <= static_cast<std::int32_t>(g.limit));
+        lowest = lowest || codes[i] == -static_cast<std::int32_t>(g.lower);
+        if (k == 1) CHECK(std::abs(codes[i]) == 1);
+      }
+      if (k >= 2 && k <= 4 && n >= 64) CHECK(lowest); // the extra level is used
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("full 2-bit grid by hand: codes, STE bounds -Qn..Qp, dQ/ds", T, float, double) {
+  using namespace bitgrad;
+  // s = 1 (r = 1 exact), Qn = 2, Qp = 1: codes {-2, -1, 0, 1}.
+  const auto g = make_grid<T>(2, T(1), true);
+  const std::vector<T> w = {T(-3), T(-2), T(-1.5), T(-0.5), T(0.5), T(1), T(1.5), T(-2.5)};
+  const std::size_t n = w.size();
+  for (int simd = 0; simd < 2; ++simd) {
+    INFO("simd = ", simd);
+    std::vector<T> wq(n), grad_w(n, T(0));
+    const std::vector<T> ones(n, T(1));
+    T ds;
+    if (simd) {
+      quant_fprop(n, w.data(), wq.data(), g);
+      ds = quant_bprop(n, w.data(), ones.data(), grad_w.data(), g);
+    } else {
+      ref::quant_fprop(n, w.data(), wq.data(), g);
+      ds = ref::quant_bprop(n, w.data(), ones.data(), grad_w.data(), g);
+    }
+    // -1.5 rounds half to even to -2; -0.5 to -0; 1.5 clips to Qp = 1, -3 and -2.5 to -Qn.
+    check_values(wq, {-2, -2, -2, -0.0, 0, 1, 1, -2});
+    check_values(grad_w, {0, 1, 1, 1, 1, 1, 0, 0});
+    // dQ/ds: clipped -2 (x = -3), 0, -0.5, 0.5, -0.5, 0, clipped 1, clipped -2 (x = -2.5).
+    CHECK(ds == T(-2 + 0 - 0.5 + 0.5 - 0.5 + 0 + 1 - 2));
+  }
+  // The symmetric 2-bit grid of the same step: ternary, -1.5 and below clip to -1.
+  const auto sym = make_grid<T>(2, T(1));
+  CHECK(!sym.full());
+  std::vector<T> wq(n);
+  quant_fprop(n, w.data(), wq.data(), sym);
+  check_values(wq, {-1, -1, -1, -0.0, 0, 1, 1, -1});
+}
+
 TEST_CASE_TEMPLATE("fractional mix and step kernels: SIMD equals the reference", T, float, double) {
   using namespace bitgrad;
   for (std::size_t n : sizes) {

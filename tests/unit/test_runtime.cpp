@@ -14,8 +14,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <random>
@@ -185,6 +187,84 @@ TEST_CASE("runtime: the trained LeNet stays packed and the packed path agrees wi
                                                      << accuracy(p_float, sample_test()));
   CHECK(agreement >= 0.99);
   CHECK(std::fabs(accuracy(p_packed, sample_test()) - accuracy(p_float, sample_test())) <= 0.01);
+}
+
+TEST_CASE("runtime: a full-grid LeNet (codes down to -2^(k-1)) through the file, the float, "
+          "int8 and packed paths") {
+  // fixed_bits on the full 2-bit grid {-2, -1, 0, 1} (3-bit edges: -4..3), one epoch.
+  nn::model_options<float, quant::fixed_bits> o{.seed = 5};
+  o.quant.bits = 2;
+  o.quant.grid = quant::uniform_grid::full;
+  quant::fixed_bits<float>::options edge = o.quant;
+  edge.bits = 3;
+  o.edge_quant = edge;
+  auto net = nn::lenet5<float, quant::fixed_bits>(o);
+  optim::adam<float> opt({.lr = 2e-3});
+  nn::softmax_cross_entropy<float> loss;
+  loader_options lo = normalise;
+  lo.batch_size = 64;
+  lo.seed = 2;
+  loader<float> batches(sample_train(), lo);
+  tensor4<float> xb;
+  std::vector<std::int32_t> y;
+  net.train(true);
+  while (batches.next(xb, y)) {
+    net.zero_grad();
+    loss.forward(net.forward(xb), y);
+    net.backward(loss.backward());
+    opt.step([&](auto&& f) { net.visit_parameters(f); });
+    net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
+  }
+  net.train(false);
+  // LSQ's initial step puts -2^(k-1) beyond 3 sigma of the weights (s = 2 mean|w| / sqrt(Qp)):
+  // after one epoch on the sample few weights reach it. Halving every step clips more weights
+  // onto it, so that every tensor carries the code through the file and every path.
+  net.visit_quantizers([](std::string_view, auto& q) {
+    q.visit_parameters([](auto& p) {
+      if (p.name == "scale")
+        for (std::size_t i = 0; i < p.size; ++i) p.value[i] *= 0.5f;
+    });
+  });
+  format::model_file m =
+      train::to_model_file(net, format::shape::image(1, 28, 28), normalise.mean, normalise.stddev);
+  train::calibrate(m, sample_train(), 256);
+  const std::vector<std::uint8_t> bytes = format::to_bytes(m);
+  std::uint32_t version;
+  std::memcpy(&version, bytes.data() + 8, 4);
+  CHECK(version == 3);
+  // Every quantized weight tensor is flagged and uses its lowest code -2^(k-1).
+  std::size_t quantized = 0;
+  for (const auto& t : m.tensors) {
+    if (t.kind != format::tensor_kind::quantized) continue;
+    ++quantized;
+    CHECK(t.full_grid);
+    const auto c = t.codes();
+    const std::int32_t lowest = -(std::int32_t(1) << (t.bits[0] - 1));
+    CHECK(std::find(c.begin(), c.end(), lowest) != c.end());
+    CHECK(*std::min_element(c.begin(), c.end()) == lowest);
+  }
+  CHECK(quantized == 5);
+  const deploy::runtime rt(format::from_bytes(bytes));
+  REQUIRE(rt.packed_ready());
+  const tensor4<float> x = test_images(rt, sample_test());
+  // Packed first: before the float run, only the packed formats hold the weights.
+  const auto p_packed = deploy::runtime::top1(rt.run(x, deploy::precision::packed));
+  const tensor2<float> ref = net.forward(x);
+  const tensor2<float> out = rt.run(x);
+  double max_diff = 0;
+  for (std::size_t i = 0; i < out.size(); ++i)
+    max_diff = std::max(max_diff, double(std::fabs(out.data()[i] - ref.data()[i])));
+  const auto p_net = deploy::runtime::top1(ref);
+  const auto p_float = deploy::runtime::top1(out);
+  const auto p8 = deploy::runtime::top1(rt.run(x, deploy::precision::int8));
+  MESSAGE("full grid LeNet: max |logit difference| "
+          << max_diff << ", accuracy float " << accuracy(p_float, sample_test()) << ", packed "
+          << accuracy(p_packed, sample_test()) << ", int8 " << accuracy(p8, sample_test()));
+  CHECK(max_diff <= 1e-5);
+  CHECK(agree(p_net, p_float) == p_net.size());
+  CHECK(accuracy(p_net, sample_test()) > 0.3); // one epoch on the sample, steps halved
+  CHECK(double(agree(p_packed, p_float)) / double(p_float.size()) >= 0.98);
+  CHECK(double(agree(p8, p_float)) / double(p_float.size()) >= 0.97);
 }
 
 TEST_CASE("runtime: several threads on one const model give the single-threaded outputs") {

@@ -1,8 +1,9 @@
 // Bit packing of quantization codes at 1..16 bits, the storage of docs/model-format.md.
 //
 // Words (as in quant/quantizer.hpp)
-//   code         a signed integer; for k >= 2 in [-(2^(k-1)-1), 2^(k-1)-1], for k = 1 the sign
-//                (-1 or +1).
+//   code         a signed integer; for k >= 2 in [-(2^(k-1)-1), 2^(k-1)-1] (the symmetric grid)
+//                or [-2^(k-1), 2^(k-1)-1] (the full grid: a tensor flagged full_grid, format
+//                version 3), for k = 1 the sign (-1 or +1).
 //   bit stream   bytes read LSB-first: bit j of the stream is bit (j mod 8) of byte j / 8.
 //   packed code  a code of k bits occupies the next k bits of the stream, its least significant
 //                bit first; k >= 2: two's complement; k = 1: bit 1 = +1, bit 0 = -1.
@@ -31,10 +32,11 @@ constexpr std::int32_t code_limit(int k) {
   return k <= 1 ? 1 : (std::int32_t(1) << (k - 1)) - 1;
 }
 
-/// True when `code` is a valid k-bit code.
-constexpr bool code_in_range(std::int32_t code, int k) {
+/// True when `code` is a valid k-bit code on the symmetric grid, or on the full grid (every
+/// k-bit two's complement value, down to -2^(k-1)) when `full_grid`.
+constexpr bool code_in_range(std::int32_t code, int k, bool full_grid = false) {
   if (k <= 1) return code == 1 || code == -1;
-  return code >= -code_limit(k) && code <= code_limit(k);
+  return code >= -code_limit(k) - (full_grid ? 1 : 0) && code <= code_limit(k);
 }
 
 /// Bytes needed for `bits` bits.

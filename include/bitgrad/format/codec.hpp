@@ -33,9 +33,12 @@
 namespace bitgrad::format {
 
 inline constexpr char file_magic[8] = {'B', 'G', 'M', 'O', 'D', 'E', 'L', '\n'};
-/// The newest version written and read; a model without act_quant operations is written as
-/// version 1 (byte for byte what version 1's writer wrote), one with them as version 2.
-inline constexpr std::uint32_t file_version = 2;
+/// The newest version written and read; a model is written as the oldest version that holds
+/// it: 1 (byte for byte what version 1's writer wrote), 2 with act_quant operations, 3 with a
+/// full-grid tensor (codes down to -2^(k-1)).
+inline constexpr std::uint32_t file_version = 3;
+/// A quantized tensor's flags (the tensor header's 16-bit field, reserved = 0 before version 3).
+inline constexpr std::uint16_t tensor_flag_full_grid = 1;
 inline constexpr std::uint32_t oldest_file_version = 1;
 inline constexpr std::uint32_t max_act_groups = 1u << 24;
 inline constexpr std::size_t header_bytes = 32;
@@ -139,8 +142,11 @@ inline void write_graph(io::byte_writer& o, const model_file& m) {
   }
 }
 
-/// The version m is written as: 2 when it holds an act_quant operation, else 1.
+/// The version m is written as: 3 when it holds a full-grid tensor, else 2 when it holds an
+/// act_quant operation, else 1.
 inline std::uint32_t version_for(const model_file& m) {
+  for (const tensor_data& t : m.tensors)
+    if (t.kind == tensor_kind::quantized && t.full_grid) return 3;
   for (const operation& op : m.ops)
     if (op.kind == op_kind::act_quant) return 2;
   return 1;
@@ -149,7 +155,8 @@ inline std::uint32_t version_for(const model_file& m) {
 inline void write_tensor(io::byte_writer& o, const tensor_data& t) {
   o.put<std::uint8_t>(static_cast<std::uint8_t>(t.kind));
   o.put<std::uint8_t>(static_cast<std::uint8_t>(t.extents.size()));
-  o.put<std::uint16_t>(0);
+  const bool full = t.kind == tensor_kind::quantized && t.full_grid;
+  o.put<std::uint16_t>(full ? tensor_flag_full_grid : 0);
   for (auto e : t.extents) o.put<std::uint32_t>(e);
   if (t.kind == tensor_kind::float32) {
     o.put_array(t.values);
@@ -280,9 +287,10 @@ inline std::size_t first_non_finite(const std::vector<float>& v) {
   return i;
 }
 
-/// Reads one tensor section; `who` names the tensor in the messages of value checks.
+/// Reads one tensor section of a file of format `version`; `who` names the tensor in the
+/// messages of value checks.
 inline tensor_data read_tensor(io::byte_reader& in, std::uint64_t section_begin,
-                               const std::string& who) {
+                               const std::string& who, std::uint32_t version = file_version) {
   tensor_data t;
   const std::uint64_t at = in.offset();
   const auto kind = in.get<std::uint8_t>("tensor kind");
@@ -291,7 +299,15 @@ inline tensor_data read_tensor(io::byte_reader& in, std::uint64_t section_begin,
   const auto rank = in.get<std::uint8_t>("tensor rank");
   if (rank < 1 || rank > 4)
     in.fail_at(at + 1, "tensor rank must be 1..4, got " + std::to_string(rank));
-  if (in.get<std::uint16_t>("reserved") != 0) in.fail_at(at + 2, "reserved field is not 0");
+  const auto flags = in.get<std::uint16_t>("tensor flags");
+  if (version < 3 && flags != 0)
+    in.fail_at(at + 2, "reserved field is not 0 (tensor flags need format version 3, the file is "
+                       "version " +
+                           std::to_string(version) + ")");
+  if (flags != 0 && (flags != tensor_flag_full_grid || t.kind != tensor_kind::quantized))
+    in.fail_at(at + 2, "unknown tensor flags " + std::to_string(flags) +
+                           (t.kind == tensor_kind::quantized ? "" : " on a float32 tensor"));
+  t.full_grid = flags == tensor_flag_full_grid;
   std::uint64_t count = 1;
   for (int i = 0; i < rank; ++i) {
     const std::uint64_t eat = in.offset();
@@ -358,7 +374,7 @@ inline tensor_data read_tensor(io::byte_reader& in, std::uint64_t section_begin,
   t.packed.assign(packed.begin(), packed.end());
   if (code_bits % 8 && (t.packed.back() >> (code_bits % 8)) != 0)
     in.fail_at(pat + nbytes - 1, "unused bits of the last code byte are not 0");
-  // No code outside its range (only -2^(k-1) can be, for k >= 2).
+  // No code outside its range (only -2^(k-1) can be, for k >= 2, and it is in the full grid's).
   std::vector<std::int32_t> buf;
   std::uint64_t bit = 0;
   for (std::size_t g = 0; g < groups; ++g) {
@@ -366,10 +382,12 @@ inline tensor_data read_tensor(io::byte_reader& in, std::uint64_t section_begin,
     buf.resize(n);
     unpack_codes(t.bits[g], t.packed.data(), bit, n, buf.data());
     for (std::size_t i = 0; i < n; ++i)
-      if (!code_in_range(buf[i], t.bits[g]))
+      if (!code_in_range(buf[i], t.bits[g], t.full_grid))
         in.fail_at(pat + (bit + std::uint64_t(i) * t.bits[g]) / 8,
                    "code " + std::to_string(buf[i]) + " outside the " +
-                       std::to_string(int(t.bits[g])) + "-bit range in group " + std::to_string(g));
+                       std::to_string(int(t.bits[g])) + "-bit " +
+                       (t.full_grid ? "full" : "symmetric") + " range in group " +
+                       std::to_string(g));
     bit += std::uint64_t(n) * t.bits[g];
   }
   return t;
@@ -472,7 +490,7 @@ inline model_file from_bytes(std::span<const std::uint8_t> bytes,
   const std::vector<std::string> readers = detail::tensor_readers(m.ops, sections - 1);
   for (std::uint32_t s = 1; s < sections; ++s) {
     io::byte_reader t(bytes.subspan(table[s].offset, table[s].size), file, table[s].offset);
-    m.tensors.push_back(detail::read_tensor(t, table[s].offset, readers[s - 1]));
+    m.tensors.push_back(detail::read_tensor(t, table[s].offset, readers[s - 1], version));
   }
   // Shapes and references.
   detail::check_graph(m, [&](std::size_t i, const std::string& reason) {

@@ -104,6 +104,7 @@ struct tensor_data {
   std::vector<float> values;          ///< float32 tensors: the values, row-major
   // quantized tensors:
   std::uint32_t group_size = 1;     ///< channels per group
+  bool full_grid = false;           ///< codes may be -2^(k-1) (k >= 2; format version 3)
   std::vector<std::uint8_t> bits;   ///< per group, 1..16
   std::vector<float> scales;        ///< per group
   std::vector<std::uint8_t> packed; ///< the code bit stream (format/bitpack.hpp)
@@ -168,12 +169,14 @@ struct tensor_data {
     return t;
   }
 
-  /// Packs `codes` (one per weight, channel-major) at their group's bitwidth.
+  /// Packs `codes` (one per weight, channel-major) at their group's bitwidth; `full_grid`: the
+  /// codes are on the full grid (down to -2^(k-1)), else the symmetric one.
   static tensor_data from_codes(std::vector<std::uint32_t> extents, std::uint32_t group_size,
                                 std::vector<std::uint8_t> bits, std::vector<float> scales,
-                                const std::vector<std::int32_t>& codes) {
+                                const std::vector<std::int32_t>& codes, bool full_grid = false) {
     tensor_data t;
     t.kind = tensor_kind::quantized;
+    t.full_grid = full_grid;
     t.extents = std::move(extents);
     t.group_size = group_size;
     t.bits = std::move(bits);
@@ -193,7 +196,7 @@ struct tensor_data {
                            " outside 1..16 in group " + std::to_string(g));
       const std::size_t n = t.group_weights(g);
       for (std::size_t i = 0; i < n; ++i)
-        if (!code_in_range(codes[at + i], k))
+        if (!code_in_range(codes[at + i], k, full_grid))
           throw config_error("tensor_data::from_codes: code " + std::to_string(codes[at + i]) +
                              " does not fit " + std::to_string(k) + " bits (group " +
                              std::to_string(g) + ")");

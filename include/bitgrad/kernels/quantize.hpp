@@ -107,14 +107,33 @@ Acc fold_chunks(std::size_t n, Acc acc, Step step) {
   return acc;
 }
 
-/// Runs body(std::bool_constant<sign>{}) for the grid's kind, so that the per-register code
-/// has no branch on it.
+/// The kinds of grid, each with its own per-register code: the sign grid, the symmetric grid
+/// (|x| <= L, one abs and one compare) and the full grid (-Qn <= x <= Qp, two compares).
+enum class grid_kind { sign, symmetric, full };
+
+template <grid_kind K>
+using grid_kind_tag = std::integral_constant<grid_kind, K>;
+
+/// Runs body(grid_kind_tag<kind>{}) for the grid's kind, so that the per-register code has no
+/// branch on it.
 template <class T, class Body>
 void with_grid_kind(const quant_grid<T>& g, Body&& body) {
   if (g.sign)
-    body(std::true_type{});
+    body(grid_kind_tag<grid_kind::sign>{});
+  else if (g.full())
+    body(grid_kind_tag<grid_kind::full>{});
   else
-    body(std::false_type{});
+    body(grid_kind_tag<grid_kind::symmetric>{});
+}
+
+/// with_grid_kind for the fractional mix, whose grids are never full (mix_grids checks it): two
+/// kinds, so that the two nested dispatches make four bodies, not nine.
+template <class T, class Body>
+void with_mix_grid_kind(const quant_grid<T>& g, Body&& body) {
+  if (g.sign)
+    body(grid_kind_tag<grid_kind::sign>{});
+  else
+    body(grid_kind_tag<grid_kind::symmetric>{});
 }
 
 /// min(max(x, lo), hi) as std::min(std::max(x, lo), hi) computes it (the select form: the
@@ -125,7 +144,7 @@ qbatch<T> clamp(const qbatch<T>& x, const qbatch<T>& lo, const qbatch<T>& hi) {
   return xsimd::select(hi < y, hi, y);
 }
 
-/// The same clamp for bounds -L < 0 < L, one min and one max: no input equals a bound with the
+/// The same clamp for bounds -Qn < 0 < Qp, one min and one max: no input equals a bound with the
 /// other sign of zero, and x goes second because x86 min / max return the second operand when
 /// either is NaN (NEON's return the NaN), so a NaN weight stays NaN as in std::min / std::max.
 template <class T>
@@ -178,20 +197,28 @@ qbatch<T> round_small(const qbatch<T>& x) {
 /// bitgrad's bitwidths are 1..16). Others go to the reference kernels.
 template <class T>
 bool simd_grid(const quant_grid<T>& g) {
-  return g.limit <= small_limit<T>;
+  return g.lower <= small_limit<T>;
+}
+
+/// The grid pairs the SIMD fractional kernels take: both simd_grid and neither full (no
+/// quantizer mixes full grids; the reference kernels handle them).
+template <class T>
+bool simd_mix_grids(const quant_grid<T>& lo, const quant_grid<T>& hi) {
+  return simd_grid(lo) && simd_grid(hi) && !lo.full() && !hi.full();
 }
 
 /// One grid's constants, broadcast once per kernel call.
 template <class T>
 struct grid_regs {
-  qbatch<T> scale;     ///< s
-  qbatch<T> inverse;   ///< 1 / s (inverse_scale)
-  qbatch<T> limit;     ///< L
-  qbatch<T> neg_limit; ///< -L
-  qbatch<T> inside;    ///< inside_limit
+  qbatch<T> scale;      ///< s
+  qbatch<T> inverse;    ///< 1 / s (inverse_scale)
+  qbatch<T> limit;      ///< Qp
+  qbatch<T> neg_limit;  ///< -Qn
+  qbatch<T> inside;     ///< inside_limit
+  qbatch<T> neg_inside; ///< -inside_lower
   explicit grid_regs(const quant_grid<T>& g)
-      : scale(g.scale), inverse(inverse_scale(g)), limit(g.limit), neg_limit(-g.limit),
-        inside(inside_limit(g)) {}
+      : scale(g.scale), inverse(inverse_scale(g)), limit(g.limit), neg_limit(-g.lower),
+        inside(inside_limit(g)), neg_inside(-inside_lower(g)) {}
 };
 
 /// One register of weights on one grid (see ref::detail::on_grid, same operations).
@@ -203,14 +230,19 @@ struct grid_batch {
   qbatch<T> dq_ds;
 };
 
-/// Sign: the grid's kind (quant_grid::sign), fixed per call by with_grid_kind.
-template <bool Sign, class T>
+/// Kind: the grid's kind, fixed per call by with_grid_kind. On a symmetric grid
+/// |x| <= inside equals the full grid's two compares (inside_lower = inside_limit), one
+/// operation fewer.
+template <grid_kind Kind, class T>
 grid_batch<T> on_grid(const qbatch<T>& w, const grid_regs<T>& g) {
   const qbatch<T> x = w * g.inverse;
   grid_batch<T> r;
-  r.inside = xsimd::abs(x) <= g.inside;
+  if constexpr (Kind == grid_kind::full)
+    r.inside = (g.neg_inside <= x) && (x <= g.inside);
+  else
+    r.inside = xsimd::abs(x) <= g.inside;
   qbatch<T> code;
-  if constexpr (Sign) {
+  if constexpr (Kind == grid_kind::sign) {
     code = xsimd::select(w >= qbatch<T>(T(0)), qbatch<T>(T(1)), qbatch<T>(T(-1)));
     r.dq_ds = code;
   } else {
@@ -261,9 +293,9 @@ void quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& g) {
     ref::quant_fprop(n, w, wq, g);
   } else {
     const detail::grid_regs<T> c(g);
-    detail::with_grid_kind(g, [&](auto sign) {
+    detail::with_grid_kind(g, [&](auto kind) {
       detail::for_each_chunk<T>(n, [w, wq, c](std::size_t i, std::size_t m) {
-        const auto p = detail::on_grid<decltype(sign)::value>(detail::load_part(w + i, m), c);
+        const auto p = detail::on_grid<decltype(kind)::value>(detail::load_part(w + i, m), c);
         detail::store_part(wq + i, p.q, m);
       });
     });
@@ -286,10 +318,10 @@ T quant_bprop(std::size_t n, const T* w, const T* grad_wq, T* grad_w, const quan
     using B = detail::qbatch<T>;
     const detail::grid_regs<T> c(g);
     B ds(T(0));
-    detail::with_grid_kind(g, [&](auto sign) {
+    detail::with_grid_kind(g, [&](auto kind) {
       ds = detail::fold_chunks<T>(
           n, ds, [w, grad_wq, grad_w, c](B acc, std::size_t i, std::size_t m) {
-            const auto p = detail::on_grid<decltype(sign)::value>(detail::load_part(w + i, m), c);
+            const auto p = detail::on_grid<decltype(kind)::value>(detail::load_part(w + i, m), c);
             const B gy = detail::load_part(grad_wq + i, m);
             const B gw = detail::load_part(grad_w + i, m);
             detail::store_part(grad_w + i, xsimd::select(p.inside, gw + gy, gw), m);
@@ -305,19 +337,19 @@ void frac_quant_fprop(std::size_t n, const T* w, T* wq, const quant_grid<T>& lo,
                       const quant_grid<T>& hi, T f) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     ref::frac_quant_fprop(n, w, wq, lo, hi, f);
-  } else if (!detail::simd_grid(lo) || !detail::simd_grid(hi)) {
+  } else if (!detail::simd_mix_grids(lo, hi)) {
     ref::frac_quant_fprop(n, w, wq, lo, hi, f);
   } else {
     using B = detail::qbatch<T>;
     const auto mix = ref::detail::mix_weights(lo, hi, f);
     const B m_lo(mix.lo), m_hi(mix.hi);
     const detail::grid_regs<T> a(lo), b(hi);
-    detail::with_grid_kind(lo, [&](auto lo_sign) {
-      detail::with_grid_kind(hi, [&](auto hi_sign) {
+    detail::with_mix_grid_kind(lo, [&](auto lo_kind) {
+      detail::with_mix_grid_kind(hi, [&](auto hi_kind) {
         detail::for_each_chunk<T>(n, [w, wq, a, b, m_lo, m_hi](std::size_t i, std::size_t m) {
           const B x = detail::load_part(w + i, m);
-          const B c_lo = detail::on_grid<decltype(lo_sign)::value>(x, a).code;
-          const B c_hi = detail::on_grid<decltype(hi_sign)::value>(x, b).code;
+          const B c_lo = detail::on_grid<decltype(lo_kind)::value>(x, a).code;
+          const B c_hi = detail::on_grid<decltype(hi_kind)::value>(x, b).code;
           detail::store_part(wq + i, m_lo * c_lo + m_hi * c_hi, m);
         });
       });
@@ -331,7 +363,7 @@ frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
                                     bool scale_sums = true) {
   if constexpr (!BITGRAD_HAS_SIMD) {
     return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f, scale_sums);
-  } else if (!detail::simd_grid(lo) || !detail::simd_grid(hi)) {
+  } else if (!detail::simd_mix_grids(lo, hi)) {
     return ref::frac_quant_bprop(n, w, grad_wq, grad_w, lo, hi, f, scale_sums);
   } else {
     using B = detail::qbatch<T>;
@@ -344,14 +376,14 @@ frac_quant_sums<T> frac_quant_bprop(std::size_t n, const T* w, const T* grad_wq,
       B d_frac, d_lo, d_hi;
     };
     acc r{B(T(0)), B(T(0)), B(T(0))};
-    detail::with_grid_kind(lo, [&](auto lo_sign) {
-      detail::with_grid_kind(hi, [&](auto hi_sign) {
+    detail::with_mix_grid_kind(lo, [&](auto lo_kind) {
+      detail::with_mix_grid_kind(hi, [&](auto hi_kind) {
         const auto step = [w, grad_wq, grad_w, rlo, rhi, fb, one_minus_f](auto s, std::size_t i,
                                                                           std::size_t m) {
           const B zero(T(0));
           const B x = detail::load_part(w + i, m);
-          const auto a = detail::on_grid<decltype(lo_sign)::value>(x, rlo);
-          const auto b = detail::on_grid<decltype(hi_sign)::value>(x, rhi);
+          const auto a = detail::on_grid<decltype(lo_kind)::value>(x, rlo);
+          const auto b = detail::on_grid<decltype(hi_kind)::value>(x, rhi);
           const B g = detail::load_part(grad_wq + i, m);
           const B mask =
               xsimd::select(a.inside, one_minus_f, zero) + xsimd::select(b.inside, fb, zero);

@@ -1,9 +1,11 @@
 // fixed_bits: uniform quantization at an integer bitwidth with a learned step (LSQ, Esser et
 // al., ICLR 2020). The bitwidth does not train; the per-group scale s does:
 //
-//   Q(w) = s clamp(round(w / s), -Qn, Qp),  Qn = Qp = L = 2^(k-1) - 1 (symmetric; k = 1: the
-//          sign grid s sign(w))
-//   dQ/dw = [|w / s| <= Qp]                                      (STE)
+//   Q(w) = s clamp(round(w / s), -Qn, Qp),  Qp = L = 2^(k-1) - 1 and (options::grid)
+//          Qn = L (symmetric, the default) or Qn = 2^(k-1) (full: every k-bit two's
+//          complement code, LSQ's grid for signed weights; 2 bits: {-2, -1, 0, 1});
+//          k = 1: the sign grid s sign(w) on either
+//   dQ/dw = [-Qn <= w / s <= Qp]                                 (STE)
 //   dQ/ds = round(w/s) - w/s inside, -Qn or Qp at the clip        (k = 1: sign(w))
 //   grad_s is multiplied by 1 / sqrt(n_g Qp) (LSQ's gradient scale, n_g = weights in the
 //   group) unless options::lsq_grad_scale is false.
@@ -27,6 +29,14 @@
 
 namespace bitgrad::quant {
 
+/// The codes of a uniform grid at k >= 2 bits: {-L, ..., L} (symmetric, zero in the middle)
+/// or {-(L+1), ..., L} (full: all 2^k two's complement codes), L = 2^(k-1) - 1.
+enum class uniform_grid { symmetric, full };
+
+inline const char* to_string(uniform_grid g) {
+  return g == uniform_grid::full ? "full" : "symmetric";
+}
+
 template <class T>
 class fixed_bits : public group_quantizer<fixed_bits<T>, T> {
   using core = group_quantizer<fixed_bits<T>, T>;
@@ -43,6 +53,8 @@ public:
     int bits = 4;
     /// Multiply grad_s by 1 / sqrt(n_g Qp) as LSQ does.
     bool lsq_grad_scale = true;
+    /// The codes at k >= 2: symmetric {-L..L} or full {-(L+1)..L} (same storage, one level more).
+    uniform_grid grid = uniform_grid::symmetric;
   };
 
   fixed_bits() : fixed_bits(options{}) {}
@@ -51,6 +63,8 @@ public:
   }
 
   const options& opts() const { return opt_; }
+  /// True when the codes are on the full grid (export stores it per tensor).
+  bool full_grid() const { return opt_.grid == uniform_grid::full; }
 
   void bind(std::size_t channels, std::size_t per_channel, const T* w) {
     const std::size_t n = this->core_bind(channels, per_channel, opt_.group_size);
@@ -112,7 +126,7 @@ private:
                    scale_floor<T>);
   }
   quant_grid<T> frozen_grid(std::size_t g, const T* /*w*/) const {
-    return make_grid(this->kbits_[g], scale_[g]);
+    return make_grid(this->kbits_[g], scale_[g], opt_.grid == uniform_grid::full);
   }
 
   options opt_;

@@ -8,8 +8,9 @@
 //             tensor; the last group may be smaller).
 //   bitwidth  b, per group: a real number while training, an integer k once frozen.
 //   scale     s, per group: the step between quantization levels.
-//   code      a signed integer in [-(2^(k-1)-1), 2^(k-1)-1] (symmetric, zero exact); the
-//             quantized weight is code * s. For k = 1 the code is the sign, in {-1, +1}.
+//   code      a signed integer in [-(2^(k-1)-1), 2^(k-1)-1] (symmetric, zero exact; fixed_bits'
+//             full grid adds -2^(k-1)); the quantized weight is code * s. For k = 1 the code
+//             is the sign, in {-1, +1}.
 //   size      the bits a group costs when stored: n_g * b_g for its codes plus its overhead,
 //             the scale as float32 and the bitwidth as one byte (40 bits per group).
 //

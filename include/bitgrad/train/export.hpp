@@ -156,9 +156,12 @@ format::tensor_data weight_tensor(const Layer& l, std::vector<std::uint32_t> ext
     const std::vector<int> kbits = q.frozen_bits();
     std::vector<std::uint8_t> bits(kbits.size());
     for (std::size_t g = 0; g < kbits.size(); ++g) bits[g] = static_cast<std::uint8_t>(kbits[g]);
+    // The full grid (fixed_bits' options::grid) is stored per tensor: its codes reach -2^(k-1).
+    bool full_grid = false;
+    if constexpr (requires { q.full_grid(); }) full_grid = q.full_grid();
     return format::tensor_data::from_codes(std::move(extents),
                                            static_cast<std::uint32_t>(q.group_size()),
-                                           std::move(bits), scales, codes);
+                                           std::move(bits), scales, codes, full_grid);
   }
 }
 

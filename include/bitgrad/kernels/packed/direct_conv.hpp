@@ -48,8 +48,8 @@
 //             multiply-adds; the sums are then the pixels' rows, one out.rows call per
 //             output row (out.row per pixel for a stage without rows), with no transpose.
 //
-// Exact: every product (x - z) w is an integer of magnitude <= 255 * 127 and every partial sum
-// one of magnitude <= 255 * 127 * 512 < 2^24, so float holds each exactly and a multiply-add
+// Exact: every product (x - z) w is an integer of magnitude <= 255 * 128 and every partial sum
+// one of magnitude <= 255 * 128 * 512 < 2^24, so float holds each exactly and a multiply-add
 // (fused or not) rounds nothing: the int32 sums equal the integer ones bit for bit. The weights
 // are the int8 codes (n_out x K, depth order (a, b, c)), widened to float once per call. Lines
 // are built once per call and image (each input row once, shared by the kh output rows that
@@ -75,9 +75,10 @@ namespace bitgrad {
 
 /// Most input channels of a conv the direct path takes.
 inline constexpr std::size_t direct_conv_max_channels = 4;
-/// Longest depth K = C kh kw: 255 * 127 * K < 2^24, so the float sums are exact.
+/// Longest depth K = C kh kw: 255 * 128 * K < 2^24 (|w| <= 128 on the full grid), so the float
+/// sums are exact.
 inline constexpr std::size_t direct_conv_max_depth = 512;
-static_assert(255 * 127 * direct_conv_max_depth < (std::size_t(1) << 24));
+static_assert(255 * 128 * direct_conv_max_depth < (std::size_t(1) << 24));
 
 /// True when the direct path takes a conv of geometry g (the rule at the top).
 inline bool direct_conv_fits(const conv2d_geometry& g) {

@@ -2,10 +2,11 @@
 // and 8-15, 4 inputs each, dot order), multiplied with vpmaddubsw (u8 x s8, adjacent pairs
 // summed into saturating int16) then vpmaddwd by ones (pairs of int16 into int32 lanes).
 //
-// Exactness: a vpmaddubsw pair is x0 w0 + x1 w1 with x in 0..255. For k <= 7, |w| <= 63 and
-// |pair| <= 2 * 255 * 63 = 32130 < 32767: exact. For k = 8, |w| <= 127 would reach 64770, so
-// the activations are split, x = (x & 0x7f) + (x & 0x80): pairs of the low part reach
-// 2 * 127 * 127 = 32258, of the high part 2 * 128 * 127 = 32512, both exact; the two products
+// Exactness: a vpmaddubsw pair is x0 w0 + x1 w1 with x in 0..255. For k <= 7, |w| <= 64 (the
+// full grid's -64 at k = 7) and |pair| <= 2 * 255 * 64 = 32640 < 32767: exact. For k = 8,
+// |w| <= 128 would reach 65280, so the activations are split, x = (x & 0x7f) + (x & 0x80):
+// pairs of the low part reach 2 * 127 * 128 = 32512, of the high part 2 * 128 * 127 = 32512 or,
+// for two codes -128, -32768 = INT16_MIN itself: all exact; the two products
 // are widened to int32 separately and added there. Only bit class 8 pays the second multiply.
 //
 // Decode of a quad into the two registers (planes of packed_weights.hpp):

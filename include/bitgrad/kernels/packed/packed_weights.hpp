@@ -6,7 +6,8 @@
 //   channel      an output channel, one row of the weight matrix W (channels x depth).
 //   depth        K, the inputs per channel (in for linear, in/groups x kh x kw for conv2d).
 //   group        group_size consecutive channels sharing one bitwidth k (1..8 here) and scale.
-//   code         signed integer, k >= 2: in [-(2^(k-1)-1), 2^(k-1)-1]; k = 1: -1 or +1.
+//   code         signed integer, k >= 2: in [-2^(k-1), 2^(k-1)-1] (the symmetric grid's codes
+//                and the full grid's -2^(k-1), field 0); k = 1: -1 or +1.
 //   field        the unsigned value stored for a code: u = code + 2^(k-1) (k >= 2), u = (code+1)/2
 //                (k = 1); decoded as code = u - 2^(k-1), resp. 2u - 1.
 //   bit class k  every channel whose group has k bits, in channel order (a tensor whose groups
@@ -81,8 +82,10 @@ inline constexpr std::size_t packed_quad = 4;
 inline constexpr std::size_t packed_quad_codes = packed_tile * packed_quad;
 /// Widest code the integer kernels take.
 inline constexpr int packed_max_bits = 8;
-/// Longest depth K: sum_p |(x - z) w| <= 255 * 127 * K stays below 2^31.
+/// Longest depth K: sum_p |(x - z) w| <= 255 * 128 * K stays below 2^31 (|w| <= 128: the
+/// full grid's -2^(k-1) at k = 8).
 inline constexpr std::size_t packed_max_depth = 65536;
+static_assert(std::uint64_t(255) * 128 * packed_max_depth < (std::uint64_t(1) << 31));
 
 /// One plane of a full-tile quad: field width f and where its bits go in the field u.
 struct packed_plane {
@@ -233,8 +236,10 @@ public:
       const std::size_t v = next[k]++;
       for (std::size_t p = 0; p < depth; ++p) {
         const std::int32_t code = codes[j * depth + p];
-        const bool ok = k == 1 ? (code == 1 || code == -1)
-                               : (code >= -packed_code_limit(k) && code <= packed_code_limit(k));
+        // k >= 2: any k-bit two's complement code (the full grid's -2^(k-1) included).
+        const bool ok = k == 1
+                            ? (code == 1 || code == -1)
+                            : (code >= -packed_code_limit(k) - 1 && code <= packed_code_limit(k));
         if (!ok)
           throw std::invalid_argument("packed_weights: code " + std::to_string(code) +
                                       " at channel " + std::to_string(j) + ", input " +

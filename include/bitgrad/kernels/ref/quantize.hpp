@@ -2,8 +2,10 @@
 // kernels/quantize.hpp, same signatures, same operations in the same order.
 //
 // Words (see quant/quantizer.hpp): a *grid* is the set of levels one group uses at an integer
-// bitwidth k: scale * {-L, ..., L} with L = 2^(k-1) - 1 (symmetric, zero exact), or, for k = 1,
-// the sign grid scale * {-1, +1}. A kernel sees one group: n contiguous weights.
+// bitwidth k: scale * {-L, ..., L} with L = 2^(k-1) - 1 (symmetric, zero exact), or
+// scale * {-(L+1), ..., L} (the full grid: every k-bit two's complement code, as LSQ's
+// Qn = 2^(k-1), Qp = 2^(k-1) - 1), or, for k = 1, the sign grid scale * {-1, +1}. A kernel sees
+// one group: n contiguous weights.
 //
 //   w  : [ w_0 w_1 ... w_{n-1} ]      one group, channel-major (channel c, element j)
 //   wq : [ Q(w_0) ...          ]      same layout
@@ -12,9 +14,10 @@
 // divide; x may differ from the quotient w / s by an ulp, so a weight whose w / s is a .5 tie,
 // or within an ulp of one, can land on the neighbouring code; every kernel, SIMD and reference,
 // integer and fractional, forward, backward and export, uses this same x, so they agree):
-//   uniform grid (k >= 2): code = nearbyint(clamp(x, -L, L))   (round half to even)
-//                          inside = |x| <= L (+ 8 ulps)         (STE passes the gradient)
+//   uniform grid (k >= 2): code = nearbyint(clamp(x, -Qn, Qp))  (round half to even)
+//                          inside = -Qn <= x <= Qp (+ 8 ulps)   (STE passes the gradient)
 //                          dQ/ds  = inside ? code - x : code    (LSQ; Esser et al. 2020)
+//                          Qp = L; Qn = L (symmetric) or L + 1 (full grid)
 //   sign grid    (k == 1): code = w >= 0 ? +1 : -1, inside = |x| <= 1, dQ/ds = code (exact)
 //   Q = s * code;  dQ/dw = inside (straight-through estimator, zero where clipped).
 #pragma once
@@ -30,9 +33,13 @@ namespace bitgrad {
 /// The levels of one group at one integer bitwidth.
 template <class T>
 struct quant_grid {
-  T scale;   ///< s > 0, the step between levels
-  T limit;   ///< L = 2^(k-1) - 1 (k >= 2); 1 for the sign grid
-  bool sign; ///< k == 1: codes are the sign of w, {-1, +1}
+  T scale;         ///< s > 0, the step between levels
+  T limit;         ///< Qp = L = 2^(k-1) - 1 (k >= 2), the largest code; 1 for the sign grid
+  bool sign;       ///< k == 1: codes are the sign of w, {-1, +1}
+  T lower = limit; ///< Qn: the smallest code is -Qn; L (symmetric) or L + 1 (full grid)
+
+  /// True for the full two's complement grid {-(L+1), ..., L} (lower > limit).
+  bool full() const { return !sign && lower != limit; }
 };
 
 /// L = 2^(k-1) - 1 levels on each side of zero for k >= 2; 1 for k = 1 (the sign grid).
@@ -40,10 +47,16 @@ inline double level_limit(int k) {
   return k <= 1 ? 1.0 : std::ldexp(1.0, k - 1) - 1.0;
 }
 
-/// The grid at bitwidth k with step `scale`.
+/// Qn, the magnitude of the smallest code: L, or 2^(k-1) on the full grid (k >= 2).
+inline double level_lower(int k, bool full) {
+  return full && k >= 2 ? std::ldexp(1.0, k - 1) : level_limit(k);
+}
+
+/// The grid at bitwidth k with step `scale`: symmetric, or full (every k-bit two's complement
+/// code, k >= 2; k = 1 stays the sign grid).
 template <class T>
-quant_grid<T> make_grid(int k, T scale) {
-  return {scale, static_cast<T>(level_limit(k)), k <= 1};
+quant_grid<T> make_grid(int k, T scale, bool full = false) {
+  return {scale, static_cast<T>(level_limit(k)), k <= 1, static_cast<T>(level_lower(k, full))};
 }
 
 /// max |w| and sum |w| over a group (the max_abs scale statistics).
@@ -74,6 +87,13 @@ struct step_quant_sums {
 template <class T>
 T inside_limit(const quant_grid<T>& g) {
   return g.limit * (T(1) + T(8) * std::numeric_limits<T>::epsilon());
+}
+
+/// The same bound on the negative side: Qn widened by the same factor (= inside_limit on a
+/// symmetric grid, so -inside_lower <= x <= inside_limit is |x| <= inside_limit there).
+template <class T>
+T inside_lower(const quant_grid<T>& g) {
+  return g.lower * (T(1) + T(8) * std::numeric_limits<T>::epsilon());
 }
 
 /// r = 1 / s, computed once per group by every kernel, which then maps each weight to
@@ -116,12 +136,12 @@ template <class T>
 grid_point<T> on_grid(T w, const quant_grid<T>& g, T r) {
   const T x = w * r;
   grid_point<T> p;
-  p.inside = std::abs(x) <= inside_limit(g);
+  p.inside = -inside_lower(g) <= x && x <= inside_limit(g);
   if (g.sign) {
     p.code = w >= T(0) ? T(1) : T(-1);
     p.dq_ds = p.code;
   } else {
-    p.code = std::nearbyint(std::min(std::max(x, -g.limit), g.limit));
+    p.code = std::nearbyint(std::min(std::max(x, -g.lower), g.limit));
     p.dq_ds = p.inside ? p.code - x : p.code;
   }
   p.q = g.scale * p.code;
