@@ -24,7 +24,10 @@
 // Every epoch appends an epoch_record (loss, train and test accuracy, average bits, size,
 // compression, time) to the history, the CSV log and the progress output, and writes a
 // checkpoint atomically; a run resumes from its checkpoint at the epoch where it stopped and
-// ends bit-identical to an uninterrupted run with the same seed and thread count.
+// ends bit-identical to an uninterrupted run with the same seed and thread count. (The
+// checkpoint holds the batch norms' running statistics from format version 4 on; a run with
+// batch norms resumed from an older checkpoint goes on from the network's initial statistics
+// and says so.)
 //
 // Sizes: every size printed, logged or compared with the target is the model's stored bytes
 // of train/model_info.hpp (model_size::bytes(): codes, per-group scale and bitwidth, float32
