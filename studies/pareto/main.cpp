@@ -60,9 +60,9 @@
 //   runs/<model>/seed<s>/<k>bit/<arm>/   report.html, log.csv, summary.json, train.log per arm
 // All tables are rewritten after every arm, so an interrupted study keeps what it finished;
 // --resume runs the missing arms, an arm interrupted inside from its checkpoint (run.hpp's
-// arm_key: only when the checkpoint was made with the same settings; not resnet20, whose batch
-// norms' running statistics the trainer's checkpoint does not keep), its seconds then the sum
-// over its parts.
+// arm_key: only when the checkpoint was made with the same settings; a resnet20 arm's
+// checkpoint only from format version 4 on, which keeps the batch norms' running statistics),
+// its seconds then the sum over its parts.
 // --check reads the written files back and fails unless every row is there and every arm is
 // within its budget (the ctest smoke test uses it).
 #include "cli_checks.hpp"
@@ -216,9 +216,10 @@ int main(int argc, char** argv) {
                "fp32.json), or is pretrained again when that file is missing or was made with "
                "other settings; an arm interrupted inside continues from its checkpoint "
                "(runs/<model>/seed<s>/<k>bit/<arm>/checkpoint.bin, kept with the arm's settings "
-               "in arm.json; else it starts over and says why; resnet20 always starts over: the "
-               "checkpoint does not keep its batch norms' running statistics), appending to its "
-               "train.log, and its seconds in results.csv are the sum over its parts");
+               "in arm.json; else it starts over and says why; so does a resnet20 arm whose "
+               "checkpoint, of bitgrad before checkpoint format version 4, lacks the batch "
+               "norms' running statistics), appending to its train.log, and its seconds in "
+               "results.csv are the sum over its parts");
   app.add_flag("--check", cfg.check,
                "afterwards, read the files back and fail unless every row is there and every arm "
                "is within its budget");

@@ -161,20 +161,28 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   const auto key = arm_key(cfg, data, model, a, k, seed, budget_bits);
   const std::string what =
       model + " seed " + std::to_string(seed) + " k=" + size_text(k) + " " + a.name();
-  // The trainer's checkpoint keeps parameters only: batch norms' running mean and variance
-  // (not parameters) would restart from their initial values, and a resumed arm would end
-  // elsewhere than an unbroken one (a ResNet-20 arm on 256 images: 8.75 % against 28.25 %).
-  // A network with batch norms (resnet20) therefore starts an interrupted arm over.
+  // The trainer's checkpoint keeps the batch norms' running statistics from format version 4
+  // on. An older one resumed would restart them from their initial values (mean 0, variance 1)
+  // and the arm would end elsewhere than an unbroken one (a ResNet-20 arm on 256 images: 8.75 %
+  // against 28.25 %): a network with batch norms (resnet20) starts such an arm over. (A file
+  // that is no checkpoint goes on to resumable_arm and the trainer, which say what is wrong.)
   bool batch_norms = false;
   net.visit_parameters([&](bitgrad::param_ref<T>& p) {
     batch_norms = batch_norms || p.kind == bitgrad::param_kind::norm;
   });
-  if (cfg.resume && batch_norms && fs::exists(t.out_dir / "checkpoint.bin"))
-    std::cout << what << ": starting over, not from " << (t.out_dir / "checkpoint.bin").string()
-              << ": the trainer's checkpoint does not keep the batch norms' running statistics, "
-                 "so the arm could not end where an unbroken run would\n"
+  const fs::path checkpoint = t.out_dir / "checkpoint.bin";
+  const bool old_checkpoint =
+      cfg.resume && batch_norms && fs::exists(checkpoint) &&
+      bitgrad::train::checkpoint_file_version(checkpoint)
+              .value_or(bitgrad::train::detail::batch_norm_statistics_version) <
+          bitgrad::train::detail::batch_norm_statistics_version;
+  if (old_checkpoint)
+    std::cout << what << ": starting over, not from " << checkpoint.string()
+              << ": a checkpoint of bitgrad before checkpoint format version 4 does not keep the "
+                 "batch norms' running statistics, so the arm could not end where an unbroken "
+                 "run would\n"
               << std::flush;
-  t.resume = cfg.resume && !batch_norms && resumable_arm(t.out_dir, key, what);
+  t.resume = cfg.resume && !old_checkpoint && resumable_arm(t.out_dir, key, what);
   t.overwrite = true;
   if (!t.resume) {
     fs::remove(t.out_dir / "checkpoint.bin"); // never a checkpoint beside another arm's key

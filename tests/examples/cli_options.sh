@@ -225,6 +225,24 @@ EOF
     --pretrain-epochs 0 --finetune-epochs 0
   check "$work/r20b" "s['costs'][1]['target'] == 2e8 and s['costs'][1]['value'] <= 2e8 and s['costs'][1]['met']"
   printed r20b "budget 2e+08 BOPs, met"
+  # Stopped after its first search epoch (--stop-after 2) and resumed, ResNet-20 ends where the
+  # uninterrupted run ends, evaluations and exported model included: the checkpoint keeps the
+  # batch norms' running statistics (format version 4; before, the resumed run went on from
+  # mean 0, variance 1, and its accuracies and folded model.bgm differed).
+  r20resume=(--data "$small" --model resnet20 --train-limit 64 --batch-size 16 --search-epochs 2)
+  run r20straight "${r20resume[@]}"
+  run r20resumed "${r20resume[@]}" --stop-after 2
+  check "$work/r20resumed" "[r['phase'] for r in log] == ['pretrain', 'search']"
+  with_defaults --out "$work/r20resumed" "${r20resume[@]}" --resume
+  timeout 300 "$fm" "${args[@]}" > "$work/r20resumed-2.log" 2>&1 ||
+    { cat "$work/r20resumed-2.log" >&2; fail "--resume of a resnet20 run failed"; }
+  printed r20resumed-2 "resumed from $work/r20resumed/checkpoint.bin at search epoch 1"
+  ! grep -q "holds no batch norm running statistics" "$work/r20resumed-2.log" ||
+    fail "the resnet20 checkpoint has no batch norm statistics"
+  diff <(grep -v '"seconds"' "$work/r20straight/summary.json") \
+    <(grep -v '"seconds"' "$work/r20resumed/summary.json") || fail "the resumed resnet20 run differs"
+  cmp "$work/r20straight/model.bgm" "$work/r20resumed/model.bgm" ||
+    fail "the resumed resnet20 run's model.bgm differs"
   rejects "--policy: --model resnet20 is built with frac_bits and fixed_bits only, got step_bits" \
     --model resnet20 --policy step_bits
   rejects "--policy: --model resnet20 is built with frac_bits and fixed_bits only, got noise_bits" \
@@ -1073,25 +1091,80 @@ pareto_old_files)
   [ "$(head -n 2 "$work/r2/results.csv")" = "$(cat "$old/results.csv")" ] ||
     fail "--resume changed the committed row"
   arms r2 "['frac_bits/layer', 'uniform/channel']"
-  # ResNet-20 has batch norms, whose running statistics the trainer's checkpoint does not keep:
-  # an interrupted arm (here a checkpoint.bin put beside the finished arm's arm.json, its row
-  # dropped) starts over, says why, and ends as before.
+  # ResNet-20 has batch norms, whose running statistics the checkpoint keeps (format version 4):
+  # the arm run again (its row dropped), interrupted (SIGINT) once it wrote its first checkpoint
+  # (after its search epoch, so SIGINT lands in its fine-tuning), resumes from the checkpoint and
+  # ends as the unbroken arm did. A checkpoint of an older bitgrad (version 3: the same bytes
+  # without the statistics) makes the arm start over, saying why, and end as before too.
   cp "$work/r2/results.csv" "$work/r2-results.csv"
-  head -n 2 "$work/r2-results.csv" > "$work/r2/results.csv"
-  grep -v "^resnet20,1,uniform/channel," "$work/r2/layers.csv" > "$work/r2-layers.csv"
   cp "$work/r2/layers.csv" "$work/r2-layers-full.csv"
-  mv "$work/r2-layers.csv" "$work/r2/layers.csv"
   uniform1="$work/r2/runs/resnet20/seed1/1bit/fixed_bits-channel"
   cp "$uniform1/arm.json" "$work/r2-arm.json"
-  : > "$uniform1/checkpoint.bin"
+  same_as_unbroken() { # same_as_unbroken WHAT: results.csv but seconds, layers.csv, arm.json
+    diff <(rev "$work/r2-results.csv" | cut -d, -f2- | rev) <(rev "$work/r2/results.csv" | cut -d, -f2- | rev) ||
+      fail "the ResNet-20 arm $1 ended elsewhere"
+    cmp "$work/r2-layers-full.csv" "$work/r2/layers.csv" || fail "layers.csv of the arm $1 differs"
+    cmp "$work/r2-arm.json" "$uniform1/arm.json" || fail "arm.json of the same settings changed"
+  }
+  interrupt_uniform() { # its row dropped, the study (args) in the background, SIGINT after the
+    local pid status=0 i # arm's first checkpoint
+    head -n 2 "$work/r2-results.csv" > "$work/r2/results.csv"
+    grep -v "^resnet20,1,uniform/channel," "$work/r2-layers-full.csv" > "$work/r2/layers.csv"
+    "$pareto" "${args[@]}" > "$work/r2i.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 6000); do
+      [ -e "$uniform1/checkpoint.bin" ] && break
+      sleep 0.05
+    done
+    kill -INT "$pid"
+    wait "$pid" || status=$?
+    [ $status = 130 ] || { cat "$work/r2i.log" >&2; fail "exit status $status after SIGINT, expected 130"; }
+    printed r2i "resnet20 seed 1 k=1 uniform/channel: interrupted; --resume continues it from $uniform1/checkpoint.bin"
+    grep "^interrupted " "$uniform1/train.log" # where: inside an epoch ("at ... step") or after one
+  }
+  interrupt_uniform
   timeout 600 "$pareto" "${args[@]}" > "$work/r2.log" 2>&1 ||
     { cat "$work/r2.log" >&2; fail "--resume of a ResNet-20 arm failed"; }
-  printed r2 "resnet20 seed 1: FP32 network of the earlier pretraining"
-  printed r2 "resnet20 seed 1 k=1 uniform/channel: starting over, not from $uniform1/checkpoint.bin: the trainer's checkpoint does not keep the batch norms' running statistics"
-  diff <(rev "$work/r2-results.csv" | cut -d, -f2- | rev) <(rev "$work/r2/results.csv" | cut -d, -f2- | rev) ||
-    fail "the ResNet-20 arm started over ended elsewhere"
-  cmp "$work/r2-layers-full.csv" "$work/r2/layers.csv" || fail "layers.csv of the arm started over differs"
-  cmp "$work/r2-arm.json" "$uniform1/arm.json" || fail "arm.json of the same settings changed"
+  printed r2 "resnet20 seed 1 k=1 uniform/channel: resuming from $uniform1/checkpoint.bin"
+  grep -q "resumed from $uniform1/checkpoint.bin at" "$uniform1/train.log" ||
+    fail "the resumed ResNet-20 arm's train.log does not say where it resumed"
+  ! grep -q "holds no batch norm running statistics" "$uniform1/train.log" ||
+    fail "the ResNet-20 arm's checkpoint has no batch norm statistics"
+  same_as_unbroken "resumed"
+  # The same checkpoint as an older bitgrad wrote it: version 3, without the batch norm block
+  # before the CRC (u32 count, then per batch norm: string name, u64 channels C, C means, C
+  # variances as f32).
+  interrupt_uniform
+  "$python" - "$uniform1/checkpoint.bin" << 'EOF'
+import struct, sys, zlib
+path = sys.argv[1]
+b = bytearray(open(path, "rb").read())
+assert struct.unpack_from("<I", b, 8)[0] == 4
+end = len(b) - 4
+def block_ends_at_crc(start):
+    count, p = struct.unpack_from("<I", b, start)[0], start + 4
+    if not 0 < count < 1000:
+        return False
+    for _ in range(count):
+        name = struct.unpack_from("<Q", b, p)[0]
+        if name > 256 or p + 8 + name + 8 > end:
+            return False
+        p += 8 + name
+        channels = struct.unpack_from("<Q", b, p)[0]
+        p += 8 + 2 * 4 * channels
+        if p > end:
+            return False
+    return p == end
+start = next(s for s in range(end - 4, 15, -1) if block_ends_at_crc(s))
+del b[start:end]
+b[8:12] = struct.pack("<I", 3)
+b[-4:] = struct.pack("<I", zlib.crc32(bytes(b[:-4])) & 0xffffffff)
+open(path, "wb").write(b)
+EOF
+  timeout 600 "$pareto" "${args[@]}" > "$work/r2.log" 2>&1 ||
+    { cat "$work/r2.log" >&2; fail "--resume of a ResNet-20 arm failed"; }
+  printed r2 "resnet20 seed 1 k=1 uniform/channel: starting over, not from $uniform1/checkpoint.bin: a checkpoint of bitgrad before checkpoint format version 4 does not keep the batch norms' running statistics"
+  same_as_unbroken "started over"
   ;;
 
 pareto_quick)

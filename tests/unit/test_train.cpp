@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -118,18 +119,36 @@ struct stop_rule {
   std::size_t epochs = 0, steps = 0;
 };
 
+/// The batch norms' running means and variances of net, in visiting order (empty: none).
+template <class Net>
+std::vector<float> running_statistics(Net& net) {
+  std::vector<float> v;
+  auto visit = [&](std::string_view, auto& layer) {
+    if constexpr (requires { layer.running_var(); }) {
+      v.insert(v.end(), layer.running_mean().begin(), layer.running_mean().end());
+      v.insert(v.end(), layer.running_var().begin(), layer.running_var().end());
+    }
+  };
+  nn::visit_layers(net, visit);
+  return v;
+}
+
 /// Trains straight through with options(dir), then again under each stop rule, stopping and
-/// resuming until done (a fresh process each time: new networks from make_fp32/make_q, state
-/// only from the checkpoint); every resumed run must end with the straight run's parameters,
-/// bit for bit, and its whole history (`epochs` records).
-template <class Options, class MakeQuant>
-void check_resume_bit_identical(const std::string& name, Options options, MakeQuant make_q,
-                                std::initializer_list<stop_rule> rules, std::size_t epochs) {
+/// resuming until done (a fresh process each time: new networks from make_f/make_q, state
+/// only from the checkpoint); every resumed run must end with the straight run's parameters
+/// and batch norm statistics, bit for bit, its whole history (`epochs` records: the same
+/// losses and test accuracies, the evaluations after each resume included) and its final
+/// accuracy.
+template <class Options, class MakeFloat, class MakeQuant>
+void check_resume_bit_identical(const std::string& name, Options options, MakeFloat make_f,
+                                MakeQuant make_q, std::initializer_list<stop_rule> rules,
+                                std::size_t epochs) {
   temp_dir straight(name + "-straight");
-  auto fp32_a = make_fp32();
+  auto fp32_a = make_f();
   auto q_a = make_q();
   train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
-  REQUIRE(a.run().finished);
+  const auto ra = a.run();
+  REQUIRE(ra.finished);
   for (const stop_rule rule : rules) {
     CAPTURE(rule.epochs);
     CAPTURE(rule.steps);
@@ -137,7 +156,7 @@ void check_resume_bit_identical(const std::string& name, Options options, MakeQu
     bool finished = false;
     int runs = 0;
     while (!finished) {
-      auto fp32_b = make_fp32();
+      auto fp32_b = make_f();
       auto q_b = make_q();
       auto o = options(resumed.path);
       o.stop_after_epochs = rule.epochs;
@@ -150,11 +169,99 @@ void check_resume_bit_identical(const std::string& name, Options options, MakeQu
       REQUIRE(runs < 20);
       if (finished) {
         CHECK(all_parameters(q_b) == all_parameters(q_a));
-        CHECK(r.history.size() == epochs);
+        CHECK(running_statistics(q_b) == running_statistics(q_a));
+        REQUIRE(r.history.size() == epochs);
+        REQUIRE(ra.history.size() == epochs);
+        for (std::size_t e = 0; e < epochs; ++e) {
+          CAPTURE(e);
+          CHECK(r.history[e].loss == ra.history[e].loss);
+          CHECK(r.history[e].test_accuracy == ra.history[e].test_accuracy);
+        }
+        CHECK(r.summary.quant_accuracy == ra.summary.quant_accuracy);
       }
     }
     CHECK(runs > 1);
   }
+}
+
+/// As above with the LeNet-5 FP32 network.
+template <class Options, class MakeQuant>
+void check_resume_bit_identical(const std::string& name, Options options, MakeQuant make_q,
+                                std::initializer_list<stop_rule> rules, std::size_t epochs) {
+  check_resume_bit_identical(
+      name, options, [] { return make_fp32(); }, make_q, rules, epochs);
+}
+
+/// conv 1->8 5x5 /2 -> batch norm -> relu -> conv 8->8 3x3 /2 -> batch norm -> relu -> fc 200->10
+/// (frac_bits when Quantized): a network whose evaluations depend on the batch norms' running
+/// statistics (the second one's input is a ReLU's output: its running mean moves far from 0).
+template <bool Quantized>
+auto batch_norm_net(std::uint64_t seed = 3) {
+  auto conv = [&](std::size_t in, std::size_t kernel, std::uint64_t s, const char* name) {
+    const nn::conv2d_options o{.in_channels = in,
+                               .out_channels = 8,
+                               .kernel = kernel,
+                               .stride = 2,
+                               .seed = s,
+                               .name = name};
+    if constexpr (Quantized)
+      return nn::conv2d<float, quant::frac_bits>(o);
+    else
+      return nn::conv2d<float>(o);
+  };
+  const nn::linear_options fc{
+      .in_features = 8 * 5 * 5, .out_features = 10, .seed = seed + 2, .name = "fc"};
+  auto last = [&] {
+    if constexpr (Quantized)
+      return nn::linear<float, quant::frac_bits>(fc);
+    else
+      return nn::linear<float>(fc);
+  };
+  return nn::sequential(conv(1, 5, seed, "conv1"), // 28 -> 12
+                        nn::batch_norm<float, 4>({.features = 8, .name = "bn1"}),
+                        nn::relu<float, 4>("relu1"), conv(8, 3, seed + 1, "conv2"), // 12 -> 5
+                        nn::batch_norm<float, 4>({.features = 8, .name = "bn2"}),
+                        nn::relu<float, 4>("relu2"), nn::flatten<float>("flatten"), last());
+}
+
+/// Sets every batch norm's running statistics to values no training gives (mean 10 + i,
+/// variance 20 + i over the channels in visiting order).
+template <class Net>
+void plant_statistics(Net& net) {
+  float i = 0;
+  auto visit = [&](std::string_view, auto& layer) {
+    if constexpr (requires { layer.running_var(); })
+      for (std::size_t c = 0; c < layer.running_var().size(); ++c, ++i) {
+        layer.running_mean()[c] = 10 + i;
+        layer.running_var()[c] = 20 + i;
+      }
+  };
+  nn::visit_layers(net, visit);
+}
+
+std::string read_bytes(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// Writes `bytes` to `file` with a fresh CRC-32 in its last 4 bytes.
+void write_resealed(const fs::path& file, std::string bytes) {
+  const std::uint32_t crc = io::crc32(bytes.data(), bytes.size() - 4);
+  for (int i = 0; i < 4; ++i)
+    bytes[bytes.size() - 4 + std::size_t(i)] = static_cast<char>((crc >> (8 * i)) & 0xff);
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+/// The version 3 form (bitgrad up to 8c078e5) of the version 4 checkpoint `file` of
+/// batch_norm_net: the batch norm block (u32 count, then per batch norm string name, u64
+/// channels, 8 means, 8 variances) removed, the version set to 3.
+void downgrade_to_version_3(const fs::path& file) {
+  std::string bytes = read_bytes(file);
+  REQUIRE(bytes[8] == 4);
+  const std::size_t block = 4 + 2 * (8 + 3 + 8 + 2 * 8 * sizeof(float));
+  bytes.erase(bytes.size() - 4 - block, block);
+  bytes[8] = 3;
+  write_resealed(file, bytes);
 }
 
 } // namespace
@@ -289,6 +396,104 @@ TEST_CASE("checkpoints round-trip and reject corruption and other architectures"
     CHECK_THROWS_WITH_AS(train::load_checkpoint(file, vgg),
                          doctest::Contains("another architecture"), format_error);
   }
+}
+
+TEST_CASE("checkpoints keep the batch norms' running statistics; version 3 files still load "
+          "(#24)") {
+  temp_dir dir("bitgrad-train-ckpt-bn");
+  auto net = batch_norm_net<true>();
+  plant_statistics(net);
+  const fs::path file = dir.path / "c.bin";
+  train::save_checkpoint(file, net, {});
+  auto fresh = batch_norm_net<true>(9);
+  const std::vector<float> initial = running_statistics(fresh); // means 0, variances 1
+  REQUIRE(running_statistics(net) != initial);
+
+  SUBCASE("they round-trip bit for bit") {
+    const auto back = train::load_checkpoint(file, fresh);
+    CHECK(back.batch_norm_statistics);
+    CHECK(running_statistics(fresh) == running_statistics(net));
+    CHECK(all_parameters(fresh) == all_parameters(net));
+  }
+  SUBCASE("another channel count is named with the layer, expected and found") {
+    std::string bytes = read_bytes(file);
+    const std::size_t name = bytes.rfind("bn2");
+    REQUIRE(name != std::string::npos);
+    bytes[name + 3] = 9; // u64 channels, little-endian
+    write_resealed(file, bytes);
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, fresh),
+                         doctest::Contains("batch norm 1 is 'bn2' (9 channels), the network "
+                                           "expects 'bn2' (8 channels)"),
+                         format_error);
+    CHECK(running_statistics(fresh) == initial); // nothing half-loaded
+  }
+  SUBCASE("a negative variance is refused") {
+    std::string bytes = read_bytes(file);
+    const std::size_t name = bytes.rfind("bn2");
+    const float minus_one = -1;
+    std::memcpy(&bytes[name + 3 + 8 + 8 * sizeof(float) + 2 * sizeof(float)], &minus_one, 4);
+    write_resealed(file, bytes);
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(file, fresh),
+                         doctest::Contains("batch norm 'bn2' running variance 2 is -1"),
+                         format_error);
+    CHECK(running_statistics(fresh) == initial);
+  }
+  SUBCASE("a version 3 file loads the parameters and keeps the network's statistics") {
+    downgrade_to_version_3(file);
+    const auto back = train::load_checkpoint(file, fresh);
+    CHECK_FALSE(back.batch_norm_statistics);
+    CHECK(all_parameters(fresh) == all_parameters(net));
+    CHECK(running_statistics(fresh) == initial);
+  }
+}
+
+TEST_CASE("a run with batch norms interrupted and resumed ends bit-identical, evaluations "
+          "included (#24)") {
+  // Before checkpoint version 4 the batch norms resumed from mean 0, variance 1: the resumed
+  // run's evaluations and final accuracy differed from the straight run's.
+  auto options = [](const fs::path& out) {
+    auto o = quick_options(out);
+    o.pretrain = {.epochs = 2, .lr = 5e-3};
+    o.search.epochs = 2;
+    o.finetune.epochs = 1;
+    o.max_steps_per_epoch = 4;
+    return o;
+  };
+  check_resume_bit_identical(
+      "bitgrad-train-bn", options, [] { return batch_norm_net<false>(); },
+      [] { return batch_norm_net<true>(); },
+      {stop_rule{1, 0}, stop_rule{3, 0}, stop_rule{0, 3}, stop_rule{0, 6}}, 5);
+}
+
+TEST_CASE("a version 3 checkpoint of a network with batch norms resumes from the network's "
+          "statistics, saying so (#24)") {
+  temp_dir dir("bitgrad-train-bn-v3");
+  auto options = [&] {
+    auto o = quick_options(dir.path);
+    o.pretrain = {.epochs = 1, .lr = 5e-3};
+    o.search.epochs = 1;
+    o.finetune.epochs = 1;
+    o.max_steps_per_epoch = 3;
+    return o;
+  };
+  {
+    auto fp32 = batch_norm_net<false>();
+    auto q = batch_norm_net<true>();
+    auto o = options();
+    o.stop_after_epochs = 2;
+    train::trainer t(fp32, q, sample_train(), sample_test(), o);
+    REQUIRE_FALSE(t.run().finished);
+  }
+  downgrade_to_version_3(dir.path / "checkpoint.bin");
+  auto fp32 = batch_norm_net<false>();
+  auto q = batch_norm_net<true>();
+  std::ostringstream log;
+  auto o = options();
+  o.resume = true;
+  o.log = &log;
+  train::trainer t(fp32, q, sample_train(), sample_test(), o);
+  CHECK(t.run().finished);
+  CHECK(log.str().find("holds no batch norm running statistics") != std::string::npos);
 }
 
 namespace {

@@ -1,9 +1,9 @@
 // Training checkpoints: everything needed to continue a run exactly where it stopped.
 //
-// File layout, version 3 (io/bytes.hpp: little-endian; integers unsigned unless noted; "string"
+// File layout, version 4 (io/bytes.hpp: little-endian; integers unsigned unless noted; "string"
 // = u64 length + bytes):
 //   offset 0   magic "BGCKPT\r\n" (8 bytes)
-//          8   u32 format version (3)
+//          8   u32 format version (4)
 //         12   u32 bytes per parameter value (4: float, 8: double)
 //         16   the run's state (checkpoint_data::save):
 //                u32 metadata count, then per entry (keys sorted, unique): string key,
@@ -20,8 +20,15 @@
 //                        quant/group_quantizer.hpp: u8 frozen, u32 groups, groups x i32
 //                        frozen bitwidths; then the policy's own state: noise_bits adds
 //                        u64 noise step, the others nothing)
+//              u32     batch norm count, then per batch norm (nn/batch_norm.hpp; the order of
+//                      nn::visit_layers): string layer name ("layer1.0.bn1"), u64 channels C,
+//                      C values running mean, C values running variance (the buffers eval
+//                      normalises with; they are not parameters, so the optimizer never sees them)
 //   end - 4    u32 CRC-32 (zlib) of every byte before it
-// Version 2 (bitgrad up to 90aa01b) is still read: the same layout, but a quantizer's state is
+// Version 3 (bitgrad up to 8c078e5) is still read: version 4 without the batch norms' running
+// statistics. The network keeps the statistics it has (a fresh one: mean 0, variance 1), and
+// checkpoint_data::batch_norm_statistics is false so that the trainer can say so.
+// Version 2 (bitgrad up to 90aa01b) is still read: version 3's layout, but a quantizer's state is
 // the core's bytes only; noise_bits' noise step was the metadata field
 // "noise_step.<quantizer name>" (a decimal u64), which the reader turns into the state's u64
 // and then drops from the metadata. A quantizer without that field keeps the policy state it
@@ -35,7 +42,10 @@
 //
 // Parameters and quantizers are stored in the network's visitation order and must match the
 // network on load name by name and size by size: a checkpoint of another architecture is
-// rejected with the first parameter that differs. step_bits checkpoints of bitgrad before
+// rejected with the first parameter that differs. So are the batch norms' statistics: by layer
+// name and channel count ("checkpoint of another architecture: batch norm 3 is 'bn1' (8
+// channels), the network expects 'bn1' (16 channels)"); their values must be finite and the
+// variances >= 0. step_bits checkpoints of bitgrad before
 // 658db2e (#18 R1; versions 1 and 2) are refused, saying so: their parameters were "step" d
 // and "qmax" q_max; they are now "bits" b (kind bitwidth) and "step" d, with q_max =
 // d (2^(b-1) - 1). The values convert (b = 1 + log2(q_max / d + 1)) but the optimizer's moments
@@ -57,6 +67,7 @@
 #include <bitgrad/io/atomic_file.hpp>
 #include <bitgrad/io/bytes.hpp>
 #include <bitgrad/io/read_file.hpp>
+#include <bitgrad/nn/visit.hpp>
 #include <bitgrad/quant/group_quantizer.hpp>
 #include <bitgrad/report/records.hpp>
 
@@ -65,6 +76,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
@@ -80,8 +92,10 @@ namespace bitgrad::train {
 namespace detail {
 
 inline constexpr char checkpoint_magic[8] = {'B', 'G', 'C', 'K', 'P', 'T', '\r', '\n'};
-/// The version written; versions 1 and 2 are read too.
-inline constexpr std::uint32_t checkpoint_version = 3;
+/// The version written; versions 1 to 3 are read too.
+inline constexpr std::uint32_t checkpoint_version = 4;
+/// The first version that holds the batch norms' running statistics.
+inline constexpr std::uint32_t batch_norm_statistics_version = 4;
 /// The metadata key prefix of noise_bits' noise step in versions 1 and 2.
 inline constexpr std::string_view legacy_noise_step_key = "noise_step.";
 /// Offset of the metadata in the file (named by metadata errors).
@@ -187,6 +201,10 @@ struct checkpoint_data {
   std::optional<loader_state> loader;      ///< where the data loader is; none: not saved
   std::string file; ///< the file it was read from (named in messages); empty before saving
   std::uint64_t optimizer_state_offset = 0; ///< where optimizer_state starts in `file`
+  /// The file held the batch norms' running statistics (version 4 and later, also when the
+  /// network has none) and they were loaded; false for an older file, whose network kept its
+  /// own statistics.
+  bool batch_norm_statistics = false;
 
   void save(io::byte_writer& w) const {
     w.put(static_cast<std::uint32_t>(meta.size()));
@@ -299,6 +317,76 @@ std::function<void()> read_quantizer_state(io::byte_reader& r, Q& q, const std::
   return [&q, name, source = r.source(), start, bytes = state.take()] {
     io::byte_reader again(bytes, source, start);
     q.load(again, name);
+  };
+}
+
+/// f(full_name, running_mean, running_var) for every batch norm of net (leaves with
+/// running_mean() and running_var(), nn/batch_norm.hpp), in the order of nn::visit_layers.
+template <class Net, class F>
+void visit_batch_norm_statistics(Net& net, F&& f) {
+  auto leaf = [&](const std::string& name, auto& l) {
+    if constexpr (requires {
+                    l.running_mean();
+                    l.running_var();
+                  })
+      f(name, l.running_mean(), l.running_var());
+  };
+  nn::visit_layers(net, leaf);
+}
+
+/// Reads the batch norms' statistics of a version 4 file for net and checks them (names,
+/// channel counts, finite values, variances >= 0) without changing net; returns what copies
+/// them into net.
+template <class Net>
+std::function<void()> read_batch_norm_statistics(io::byte_reader& r, Net& net) {
+  using T = typename Net::value_type;
+  struct target {
+    std::string name;
+    T* mean;
+    T* var;
+    std::size_t channels;
+  };
+  std::vector<target> targets;
+  visit_batch_norm_statistics(net, [&](const std::string& name, auto& mean, auto& var) {
+    targets.push_back({name, mean.data(), var.data(), mean.size()});
+  });
+  const std::uint64_t count_at = r.offset();
+  const auto count = r.get<std::uint32_t>("batch norm count");
+  if (count != targets.size())
+    r.fail_at(count_at, "checkpoint of another architecture: " + std::to_string(count) +
+                            " batch norms, the network has " + std::to_string(targets.size()));
+  std::vector<std::vector<T>> values(count); // per batch norm: C means, then C variances
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint64_t at = r.offset();
+    const std::string name = r.get_string("batch norm name", max_meta_name);
+    const auto channels = r.get<std::uint64_t>("batch norm channels");
+    if (name != targets[i].name || channels != targets[i].channels)
+      r.fail_at(at, "checkpoint of another architecture: batch norm " + std::to_string(i) +
+                        " is '" + name + "' (" + std::to_string(channels) +
+                        " channels), the network expects '" + targets[i].name + "' (" +
+                        std::to_string(targets[i].channels) + " channels)");
+    r.need_values(2 * channels, sizeof(T), "batch norm statistics");
+    const std::uint64_t first = r.offset();
+    values[i].resize(2 * static_cast<std::size_t>(channels));
+    r.get_array(values[i].data(), values[i].size(), "batch norm statistics");
+    for (std::size_t j = 0; j < values[i].size(); ++j) {
+      const T v = values[i][j];
+      const bool is_var = j >= channels;
+      const char* bad = !std::isfinite(v)        ? ", not finite"
+                        : is_var && !(v >= T(0)) ? ", not a variance >= 0"
+                                                 : nullptr;
+      if (bad != nullptr)
+        r.fail_at(first + j * sizeof(T),
+                  "batch norm '" + name + "' running " + (is_var ? "variance " : "mean ") +
+                      std::to_string(is_var ? j - channels : j) + " is " + std::to_string(v) + bad);
+    }
+  }
+  return [targets = std::move(targets), values = std::move(values)] {
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      const std::size_t c = targets[i].channels;
+      std::copy(values[i].begin(), values[i].begin() + std::ptrdiff_t(c), targets[i].mean);
+      std::copy(values[i].begin() + std::ptrdiff_t(c), values[i].end(), targets[i].var);
+    }
   };
 }
 
@@ -458,8 +546,8 @@ inline void read_v1_states(io::byte_reader& r, checkpoint_data& data) {
 
 } // namespace detail
 
-/// Writes net's parameters, its quantizers' states and `data` to `path` atomically
-/// (version 3).
+/// Writes net's parameters, its quantizers' states, its batch norms' running statistics and
+/// `data` to `path` atomically (version 4).
 template <class Net>
 void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoint_data& data) {
   using T = typename Net::value_type;
@@ -486,11 +574,22 @@ void save_checkpoint(const std::filesystem::path& path, Net& net, const checkpoi
     w.put_string(name);
     q.save(w);
   });
+
+  std::uint32_t batch_norms = 0;
+  detail::visit_batch_norm_statistics(net, [&](const auto&, auto&, auto&) { ++batch_norms; });
+  w.put(batch_norms);
+  detail::visit_batch_norm_statistics(
+      net, [&](const std::string& name, const auto& mean, const auto& var) {
+        w.put_string(name);
+        w.put(static_cast<std::uint64_t>(mean.size()));
+        w.put_array(std::span<const T>(mean.data(), mean.size()));
+        w.put_array(std::span<const T>(var.data(), var.size()));
+      });
   w.put(io::crc32(w.bytes().data(), w.size()));
   write_file_atomically(path, std::string_view(w.bytes()));
 }
 
-/// Parses the checkpoint `bytes` (the whole file, held in memory; version 1, 2 or 3) into net and
+/// Parses the checkpoint `bytes` (the whole file, held in memory; version 1 to 4) into net and
 /// returns the rest; `file` names it in error messages. The in-memory entry of load_checkpoint
 /// (and the fuzzing entry): any input either loads or throws format_error / config_error.
 /// Throws format_error (file, offset, reason) for a malformed file or another architecture;
@@ -531,7 +630,17 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
   } else {
     data.load(r);
     apply = detail::read_network(r, net, version, data);
-    if (!r.at_end()) r.fail("unexpected bytes after the quantizers");
+    if (version >= detail::batch_norm_statistics_version) {
+      auto statistics = detail::read_batch_norm_statistics(r, net);
+      apply = [apply = std::move(apply), statistics = std::move(statistics)] {
+        apply();
+        statistics();
+      };
+      data.batch_norm_statistics = true;
+      if (!r.at_end()) r.fail("unexpected bytes after the batch norm statistics");
+    } else if (!r.at_end()) {
+      r.fail("unexpected bytes after the quantizers");
+    }
   }
   // Validated: now modify the network. The noise steps of versions 1 and 2 are in it now.
   std::erase_if(data.meta, [](const auto& entry) {
@@ -541,7 +650,20 @@ checkpoint_data parse_checkpoint(std::span<const std::uint8_t> bytes, const std:
   return data;
 }
 
-/// Reads `path` into net (parameters, frozen bitwidths) and returns the rest; see
+/// The format version of the checkpoint file `path` (the u32 after its magic), or nullopt when
+/// it cannot be read or is not a checkpoint. Reads 12 bytes; nothing is validated beyond the
+/// magic (load_checkpoint does that).
+inline std::optional<std::uint32_t> checkpoint_file_version(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[12];
+  if (!in.read(head, sizeof head) || std::memcmp(head, detail::checkpoint_magic, 8) != 0)
+    return std::nullopt;
+  return io::byte_reader(std::string_view(head + 8, 4), path.string(), 8)
+      .get<std::uint32_t>("version");
+}
+
+/// Reads `path` into net (parameters, frozen bitwidths, batch norm statistics) and returns the
+/// rest; see
 /// parse_checkpoint.
 template <class Net>
 checkpoint_data load_checkpoint(const std::filesystem::path& path, Net& net) {

@@ -24,7 +24,10 @@
 // Every epoch appends an epoch_record (loss, train and test accuracy, average bits, size,
 // compression, time) to the history, the CSV log and the progress output, and writes a
 // checkpoint atomically; a run resumes from its checkpoint at the epoch where it stopped and
-// ends bit-identical to an uninterrupted run with the same seed and thread count.
+// ends bit-identical to an uninterrupted run with the same seed and thread count. (The
+// checkpoint holds the batch norms' running statistics from format version 4 on; a run with
+// batch norms resumed from an older checkpoint goes on from the network's initial statistics
+// and says so.)
 //
 // Sizes: every size printed, logged or compared with the target is the model's stored bytes
 // of train/model_info.hpp (model_size::bytes(): codes, per-group scale and bitwidth, float32
@@ -412,6 +415,14 @@ public:
                             seconds_before, result.history);
       say("resumed from " + ckpt.string() + " at " + detail::phase_name(phase) + " epoch " +
           std::to_string(done_epochs));
+      if (!resumed->batch_norm_statistics &&
+          (phase == 0 ? has_batch_norms(fp32_) : has_batch_norms(quant_)))
+        say("note: " + ckpt.string() +
+            " is a checkpoint of bitgrad before version 4 of the format: it holds no batch "
+            "norm running statistics, so the batch norms go on from the network's initial ones "
+            "(mean 0, variance 1), not from where the interrupted run had them; its evaluations "
+            "can differ from the uninterrupted run's until training has moved them (start the "
+            "run over for the same results)");
       // The same run goes on: its log is rewritten from the checkpoint's history now.
       claim_out_dir(result.history, false);
     }
@@ -851,6 +862,14 @@ private:
     seconds = meta_real(data, "seconds");
     history = data.history;
     return data;
+  }
+
+  /// net has a batch norm (running statistics that the checkpoint keeps from version 4 on).
+  template <class Net>
+  static bool has_batch_norms(Net& net) {
+    bool any = false;
+    detail::visit_batch_norm_statistics(net, [&](const auto&, auto&, auto&) { any = true; });
+    return any;
   }
 
   /// The activation quantizers' states (frozen bitwidths, calibrated) as metadata fields
