@@ -1074,7 +1074,10 @@ pareto_old_files)
   old=$(cd "$(dirname "$0")/../.." && pwd)/docs/results/pareto-resnet20
   rm -rf "$work/r" "$work/r2" && mkdir -p "$work/r" "$work/r2"
   cp "$old/results.csv" "$old/layers.csv" "$work/r/"
-  cp "$old/results.csv" "$old/layers.csv" "$work/r2/"
+  # --resume starts from the first committed row alone (the grid's later rows would change
+  # which arms are missing): its results.csv line and its layers.csv lines.
+  head -n 2 "$old/results.csv" > "$work/r2/results.csv"
+  awk -F, 'NR == 1 || $3 == "frac_bits/layer"' "$old/layers.csv" > "$work/r2/layers.csv"
   "$pareto" --data "$work/no-such-folder" --out "$work/r" --from-csv > "$work/r.log" 2>&1 ||
     { cat "$work/r.log" >&2; fail "--from-csv on the committed ResNet-20 rows failed"; }
   cmp "$old/results.csv" "$work/r/results.csv" || fail "results.csv not written back as it was"
@@ -1088,7 +1091,7 @@ pareto_old_files)
     { cat "$work/r2.log" >&2; fail "--resume on the committed rows failed"; }
   printed r2 "resuming: 1 runs already in"
   printed r2 "[1/1] resnet20 seed 1 k=1 uniform/channel"
-  [ "$(head -n 2 "$work/r2/results.csv")" = "$(cat "$old/results.csv")" ] ||
+  [ "$(head -n 2 "$work/r2/results.csv")" = "$(head -n 2 "$old/results.csv")" ] ||
     fail "--resume changed the committed row"
   arms r2 "['frac_bits/layer', 'uniform/channel']"
   # ResNet-20 has batch norms, whose running statistics the checkpoint keeps (format version 4):
