@@ -104,6 +104,20 @@ phase_rows() { grep "^$2," "$1/log.csv" | cut -d, -f1-8; }
 same_phase() { [ "$(phase_rows "$1" "$3")" = "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") differ"; }
 other_phase() { [ "$(phase_rows "$1" "$3")" != "$(phase_rows "$2" "$3")" ] || fail "$3 rows of $(basename "$1") and $(basename "$2") are the same"; }
 printed() { grep -qF -- "$2" "$work/$1.log" || { cat "$work/$1.log" >&2; fail "$1: expected '$2' in the output"; }; }
+# sigint_after_checkpoint LOG CKPT: runs the study ("${args[@]}") in the background into LOG,
+# sends it SIGINT once CKPT exists (or after 5 minutes), and checks its exit status is 130.
+sigint_after_checkpoint() {
+  local log=$1 ckpt=$2 pid status=0 i
+  "$pareto" "${args[@]}" > "$log" 2>&1 &
+  pid=$!
+  for i in $(seq 1 6000); do
+    [ -e "$ckpt" ] && break
+    sleep 0.05
+  done
+  kill -INT "$pid"
+  wait "$pid" || status=$?
+  [ $status = 130 ] || { cat "$log" >&2; fail "$log: exit status $status after SIGINT, expected 130"; }
+}
 
 # The Pareto study (studies/pareto): `study NAME ARGS...` runs it into $work/NAME (log in
 # $work/NAME.log; files already there stay, for --resume) with study_options, which ARGS may
@@ -917,19 +931,11 @@ pareto_interrupt)
   long=(--search-epochs 6 --finetune-epochs 1 --train-limit 1200)
   mixed="runs/lenet5/seed1/2bit/frac_bits-channel"
   interrupted() { # interrupted NAME ARGS...: the study into $work/NAME, SIGINT inside its mixed arm
-    local name=$1 pid status=0 i
+    local name=$1
     shift
     rm -rf "${work:?}/$name"
     with_study_defaults --out "$work/$name" "$@"
-    "$pareto" "${args[@]}" > "$work/$name.log" 2>&1 &
-    pid=$!
-    for i in $(seq 1 2400); do
-      [ -e "$work/$name/$mixed/checkpoint.bin" ] && break
-      sleep 0.05
-    done
-    kill -INT "$pid"
-    wait "$pid" || status=$?
-    [ $status = 130 ] || { cat "$work/$name.log" >&2; fail "$name: exit status $status after SIGINT, expected 130"; }
+    sigint_after_checkpoint "$work/$name.log" "$work/$name/$mixed/checkpoint.bin"
     printed "$name" "lenet5 seed 1 k=2 frac_bits/channel: interrupted; --resume continues it from $work/$name/$mixed/checkpoint.bin"
     printed "$name" "interrupted: 1 runs written to"
     [ -s "$work/$name/$mixed/arm.json" ] || fail "$name: no arm.json beside the checkpoint"
@@ -1110,18 +1116,10 @@ pareto_old_files)
     cmp "$work/r2-arm.json" "$uniform1/arm.json" || fail "arm.json of the same settings changed"
   }
   interrupt_uniform() { # its row dropped, the study (args) in the background, SIGINT after the
-    local pid status=0 i # arm's first checkpoint
+    # arm's first checkpoint
     head -n 2 "$work/r2-results.csv" > "$work/r2/results.csv"
     grep -v "^resnet20,1,uniform/channel," "$work/r2-layers-full.csv" > "$work/r2/layers.csv"
-    "$pareto" "${args[@]}" > "$work/r2i.log" 2>&1 &
-    pid=$!
-    for i in $(seq 1 6000); do
-      [ -e "$uniform1/checkpoint.bin" ] && break
-      sleep 0.05
-    done
-    kill -INT "$pid"
-    wait "$pid" || status=$?
-    [ $status = 130 ] || { cat "$work/r2i.log" >&2; fail "exit status $status after SIGINT, expected 130"; }
+    sigint_after_checkpoint "$work/r2i.log" "$uniform1/checkpoint.bin"
     printed r2i "resnet20 seed 1 k=1 uniform/channel: interrupted; --resume continues it from $uniform1/checkpoint.bin"
     grep "^interrupted " "$uniform1/train.log" # where: inside an epoch ("at ... step") or after one
   }

@@ -69,6 +69,31 @@ void check_sum(T simd, T ref, std::size_t n) {
 
 const std::size_t sizes[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 65, 127, 1000, 4099};
 
+/// Forward, backward (with its scale sum) and codes of one grid: SIMD against the reference.
+/// Returns the codes; checks that code * scale is the forward output.
+template <class T>
+std::vector<std::int32_t>
+check_grid_against_reference(const std::vector<T>& w, const std::vector<T>& gy,
+                             const bitgrad::quant_grid<T>& g, unsigned grad_seed) {
+  using namespace bitgrad;
+  const std::size_t n = w.size();
+  std::vector<T> a(n), b(n);
+  quant_fprop(n, w.data(), a.data(), g);
+  ref::quant_fprop(n, w.data(), b.data(), g);
+  CHECK(same_bits(a, b));
+
+  std::vector<T> ga = normal<T>(n, grad_seed), gb = ga;
+  const T sa = quant_bprop(n, w.data(), gy.data(), ga.data(), g);
+  const T sb = ref::quant_bprop(n, w.data(), gy.data(), gb.data(), g);
+  CHECK(same_bits(ga, gb));
+  check_sum(sa, sb, n);
+
+  std::vector<std::int32_t> codes(n);
+  quant_codes(n, w.data(), codes.data(), g);
+  for (std::size_t i = 0; i < n; ++i) CHECK(static_cast<T>(codes[i]) * g.scale == a[i]);
+  return codes;
+}
+
 } // namespace
 
 TEST_CASE_TEMPLATE("uniform and sign grids: SIMD equals the reference", T, float, double) {
@@ -81,21 +106,8 @@ TEST_CASE_TEMPLATE("uniform and sign grids: SIMD equals the reference", T, float
     for (int k : {1, 2, 3, 4, 8, 16, 23, 24}) {
       INFO("n = ", n, ", k = ", k);
       const auto g = make_grid<T>(k, T(0.37) / static_cast<T>(level_limit(k)) * T(4));
-      std::vector<T> a(n), b(n);
-      quant_fprop(n, w.data(), a.data(), g);
-      ref::quant_fprop(n, w.data(), b.data(), g);
-      CHECK(same_bits(a, b));
-
-      std::vector<T> ga = normal<T>(n, 5), gb = ga;
-      const T sa = quant_bprop(n, w.data(), gy.data(), ga.data(), g);
-      const T sb = ref::quant_bprop(n, w.data(), gy.data(), gb.data(), g);
-      CHECK(same_bits(ga, gb));
-      check_sum(sa, sb, n);
-
-      std::vector<std::int32_t> codes(n);
-      quant_codes(n, w.data(), codes.data(), g);
+      const auto codes = check_grid_against_reference(w, gy, g, 5);
       for (std::size_t i = 0; i < n; ++i) {
-        CHECK(static_cast<T>(codes[i]) * g.scale == a[i]);
         CHECK(std::abs(codes[i]) <= static_cast<std::int32_t>(g.limit));
         if (k == 1) CHECK(std::abs(codes[i]) == 1);
       }
@@ -118,22 +130,9 @@ TEST_CASE_TEMPLATE("full grid (codes -2^(k-1)..2^(k-1)-1): SIMD equals the refer
       const auto g = make_grid<T>(k, T(0.8) / static_cast<T>(level_limit(k)), true);
       CHECK(g.full() == (k >= 2));
       CHECK(g.lower == static_cast<T>(k >= 2 ? std::ldexp(1.0, k - 1) : 1.0));
-      std::vector<T> a(n), b(n);
-      quant_fprop(n, w.data(), a.data(), g);
-      ref::quant_fprop(n, w.data(), b.data(), g);
-      CHECK(same_bits(a, b));
-
-      std::vector<T> ga = normal<T>(n, 6), gb = ga;
-      const T sa = quant_bprop(n, w.data(), gy.data(), ga.data(), g);
-      const T sb = ref::quant_bprop(n, w.data(), gy.data(), gb.data(), g);
-      CHECK(same_bits(ga, gb));
-      check_sum(sa, sb, n);
-
-      std::vector<std::int32_t> codes(n);
-      quant_codes(n, w.data(), codes.data(), g);
+      const auto codes = check_grid_against_reference(w, gy, g, 6);
       bool lowest = false;
       for (std::size_t i = 0; i < n; ++i) {
-        CHECK(static_cast<T>(codes[i]) * g.scale == a[i]);
         CHECK(codes[i] >= -static_cast<std::int32_t>(g.lower));
         CHECK(codes[i] <= static_cast<std::int32_t>(g.limit));
         lowest = lowest || codes[i] == -static_cast<std::int32_t>(g.lower);

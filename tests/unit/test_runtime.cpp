@@ -35,6 +35,30 @@ namespace {
 
 const loader_options normalise{.mean = {0.2860}, .stddev = {0.3530}};
 
+/// Trains n on the sample for `epochs` epochs (Adam, batches of 64 shuffled by `seed`, the
+/// quantizers projected after every step), leaving it in training mode.
+template <class Net>
+void train_on_sample(Net& n, std::uint64_t seed, int epochs) {
+  optim::adam<float> opt({.lr = 2e-3});
+  nn::softmax_cross_entropy<float> loss;
+  loader_options lo = normalise;
+  lo.batch_size = 64;
+  lo.seed = seed;
+  loader<float> batches(sample_train(), lo);
+  tensor4<float> x;
+  std::vector<std::int32_t> y;
+  n.train(true);
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    while (batches.next(x, y)) {
+      n.zero_grad();
+      loss.forward(n.forward(x), y);
+      n.backward(loss.backward());
+      opt.step([&](auto&& f) { n.visit_parameters(f); });
+      n.visit_quantizers([](std::string_view, auto& q) { q.project(); });
+    }
+  }
+}
+
 /// A LeNet-5 with frac_bits trained for two epochs on the sample, then frozen (nearest).
 auto& trained_lenet() {
   static auto net = [] {
@@ -42,24 +66,7 @@ auto& trained_lenet() {
     o.quant.b_min = 2;
     o.quant.b_max = 6;
     auto n = nn::lenet5<float, quant::frac_bits>(o);
-    optim::adam<float> opt({.lr = 2e-3});
-    nn::softmax_cross_entropy<float> loss;
-    loader_options lo = normalise;
-    lo.batch_size = 64;
-    lo.seed = 1;
-    loader<float> batches(sample_train(), lo);
-    tensor4<float> x;
-    std::vector<std::int32_t> y;
-    n.train(true);
-    for (int epoch = 0; epoch < 2; ++epoch) {
-      while (batches.next(x, y)) {
-        n.zero_grad();
-        loss.forward(n.forward(x), y);
-        n.backward(loss.backward());
-        opt.step([&](auto&& f) { n.visit_parameters(f); });
-        n.visit_quantizers([](std::string_view, auto& q) { q.project(); });
-      }
-    }
+    train_on_sample(n, 1, 2);
     n.visit_quantizers([](std::string_view, auto& q) { q.freeze(quant::rounding::nearest); });
     n.train(false);
     return n;
@@ -199,22 +206,7 @@ TEST_CASE("runtime: a full-grid LeNet (codes down to -2^(k-1)) through the file,
   edge.bits = 3;
   o.edge_quant = edge;
   auto net = nn::lenet5<float, quant::fixed_bits>(o);
-  optim::adam<float> opt({.lr = 2e-3});
-  nn::softmax_cross_entropy<float> loss;
-  loader_options lo = normalise;
-  lo.batch_size = 64;
-  lo.seed = 2;
-  loader<float> batches(sample_train(), lo);
-  tensor4<float> xb;
-  std::vector<std::int32_t> y;
-  net.train(true);
-  while (batches.next(xb, y)) {
-    net.zero_grad();
-    loss.forward(net.forward(xb), y);
-    net.backward(loss.backward());
-    opt.step([&](auto&& f) { net.visit_parameters(f); });
-    net.visit_quantizers([](std::string_view, auto& q) { q.project(); });
-  }
+  train_on_sample(net, 2, 1);
   net.train(false);
   // LSQ's initial step puts -2^(k-1) beyond 3 sigma of the weights (s = 2 mean|w| / sqrt(Qp)):
   // after one epoch on the sample few weights reach it. Halving every step clips more weights

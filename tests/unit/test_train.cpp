@@ -1137,17 +1137,6 @@ TEST_CASE("the quantized twin starts from the FP32 batch norms' running statisti
     });
     return v;
   };
-  auto running = [](auto& net) {
-    std::vector<float> v;
-    auto visit = [&](std::string_view, auto& layer) {
-      if constexpr (requires { layer.running_var(); }) {
-        v.insert(v.end(), layer.running_mean().begin(), layer.running_mean().end());
-        v.insert(v.end(), layer.running_var().begin(), layer.running_var().end());
-      }
-    };
-    nn::visit_layers(net, visit);
-    return v;
-  };
 
   SUBCASE("copy_parameters copies them, with the parameters") {
     auto fp32 = conv_net(std::false_type{});
@@ -1160,9 +1149,9 @@ TEST_CASE("the quantized twin starts from the FP32 batch norms' running statisti
         }
     };
     nn::visit_layers(fp32, set);
-    REQUIRE(running(q) != running(fp32));
+    REQUIRE(running_statistics(q) != running_statistics(fp32));
     train::copy_parameters(fp32, q);
-    CHECK(running(q) == running(fp32));
+    CHECK(running_statistics(q) == running_statistics(fp32));
     CHECK(copied(q) == copied(fp32));
   }
 
@@ -1177,7 +1166,7 @@ TEST_CASE("the quantized twin starts from the FP32 batch norms' running statisti
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
     const auto r = t.run();
     REQUIRE(r.finished);
-    CHECK(running(q) == running(fp32));
+    CHECK(running_statistics(q) == running_statistics(fp32));
     CHECK(r.summary.fp32_accuracy > 0.3); // it learned something the statistics matter for
     // 72.75 % both; 69.50 % with the initial statistics (mean 0, variance 1)
     CHECK(std::abs(r.summary.quant_accuracy - r.summary.fp32_accuracy) <= 0.01);
