@@ -226,6 +226,47 @@ TEST_CASE("packed engine: a bit class of a layer's last channels alone, exact ag
   check_model("VGG-style, last group apart", make_fixture(vgg_net, 24, 20, 5), 0.9);
 }
 
+TEST_CASE("packed engine: im2row runs of every copier width (kernel rows of kw C = 5 to 35 "
+          "bytes), with pads and strides, equal the reference on every path") {
+  // conv 1->C k3 p1 (direct) -> relu -> conv C->5 (im2row: C > 4) -> relu -> flatten -> linear.
+  struct shape {
+    std::size_t c, kernel, pad, stride;
+  };
+  const shape shapes[] = {{5, 1, 0, 1}, {5, 2, 1, 1}, {5, 3, 2, 2}, {6, 3, 1, 1},
+                          {6, 5, 0, 1}, {7, 4, 0, 2}, {5, 7, 3, 1}};
+  for (const shape& g : shapes) {
+    const std::size_t c = g.c, kernel = g.kernel, pad = g.pad, stride = g.stride;
+    CAPTURE(c);
+    CAPTURE(kernel);
+    CAPTURE(pad);
+    CAPTURE(stride);
+    const std::size_t out = (28 + 2 * pad - kernel) / stride + 1;
+    auto net = nn::sequential(
+        nn::conv2d<float>({.in_channels = 1, .out_channels = c, .padding = 1, .seed = 1}),
+        nn::relu<float, 4>("r1"),
+        nn::conv2d<float>({.in_channels = c,
+                           .out_channels = 5,
+                           .kernel = kernel,
+                           .stride = stride,
+                           .padding = pad,
+                           .seed = 2}),
+        nn::relu<float, 4>("r2"), nn::flatten<float>("f"),
+        nn::linear<float>({.in_features = 5 * out * out, .out_features = 10, .seed = 3}));
+    const fixture f = make_fixture(net, std::uint32_t(40 + c * 8 + kernel), 9);
+    const deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+    REQUIRE(rt.packed_ready());
+    CHECK_FALSE(rt.engine().direct(1));
+    CHECK_FALSE(rt.engine().flat(1));
+    const tensor2<float> want = deploy::ref::run_integer(f.m, f.x.data(), f.batch);
+    for (int_isa p : all_int_isas) {
+      if (!int_isa_supported(p)) continue;
+      CAPTURE(std::string(int_isa_name(p)));
+      const tensor2<float> got = rt.run(f.x.data(), f.batch, deploy::precision::packed, p);
+      for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
+    }
+  }
+}
+
 TEST_CASE("packed engine: the plan fuses relu, max-pool and flatten into each layer") {
   const deploy::runtime rt(lenet().m);
   const deploy::integer_plan& plan = rt.engine().plan();
