@@ -54,6 +54,9 @@ void check_combinations(const CLI::App& app, const settings& cfg) {
     cli::reject("--grid", "chooses the uniform grid of --policy fixed_bits (the other policies "
                           "quantize on the symmetric grid), got --policy " +
                               cfg.policy);
+  if (learned && app.count("--step-init"))
+    cli::reject("--step-init",
+                "chooses the initial step of --policy fixed_bits, got --policy " + cfg.policy);
   if (learned && cfg.b_min > cfg.b_max)
     cli::reject("--b-min", "expected at most --b-max (" + cli::number_text(cfg.b_max) + "), got " +
                                cli::number_text(cfg.b_min));
@@ -130,6 +133,12 @@ int main(int argc, char** argv) {
                  "{-(2^(k-1)-1)..2^(k-1)-1} or full (every k-bit two's complement code, LSQ's: "
                  "2 bits = {-2, -1, 0, 1}; same storage, one level more)")
       ->check(CLI::IsMember({"symmetric", "full"}))
+      ->capture_default_str();
+  app.add_option("--step-init", cfg.step_init,
+                 "the initial step of --policy fixed_bits: lsq (LSQ's 2 mean|w| / sqrt(Qp)) or "
+                 "mse (per group, the step with the smallest squared quantization error on the "
+                 "--grid, a search over 128 candidate steps)")
+      ->check(CLI::IsMember({"lsq", "mse"}))
       ->capture_default_str();
   app.add_option("--act-bits", cfg.act_bits,
                  "put an activation quantizer (unsigned grid, learned range) after every ReLU; "

@@ -30,6 +30,8 @@ struct settings {
   std::string group = "1";
   /// fixed_bits' uniform grid (--grid): "symmetric" or "full".
   std::string grid = "symmetric";
+  /// fixed_bits' initial step (--step-init): "lsq" (2 mean|w| / sqrt(Qp)) or "mse".
+  std::string step_init = "lsq";
   double b_min = 2, b_max = 8;
   /// The learned policies' initial bitwidth (--b-init); unset: b_max - 0.5.
   std::optional<double> b_init;

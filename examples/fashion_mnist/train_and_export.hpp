@@ -94,6 +94,9 @@ typename Quant<float>::options layer_options(const settings& cfg, int bits) {
   if constexpr (requires { q.grid; })
     q.grid = cfg.grid == "full" ? bitgrad::quant::uniform_grid::full
                                 : bitgrad::quant::uniform_grid::symmetric;
+  if constexpr (requires { q.init; })
+    q.init =
+        cfg.step_init == "mse" ? bitgrad::quant::step_init::mse : bitgrad::quant::step_init::lsq;
   return q;
 }
 
@@ -228,7 +231,8 @@ int run(const settings& cfg, Builder build) {
                 "] bits, from " + cli::number_text(cfg.b_init.value_or(cfg.b_max - 0.5));
   else
     bits_text = "at " + std::to_string(uniform_bits) + " bits on the " + cfg.grid +
-                " grid (the largest uniform bitwidth within the size target)";
+                " grid (the largest uniform bitwidth within the size target), initial step " +
+                cfg.step_init;
   const std::string quant_text = cfg.policy + " " + bits_text + ", group " + cfg.group;
   std::string edge_text = "quantized like the others";
   if (cfg.edge_bits || cfg.edge_group)

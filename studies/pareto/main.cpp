@@ -59,7 +59,8 @@
 //   bits-<model>-<k>bit.svg     heat map of the best mixed arm's bitwidths (first seed)
 //   runs/<model>/seed<s>/<k>bit/<arm>/   report.html, log.csv, summary.json, train.log per arm
 // All tables are rewritten after every arm, so an interrupted study keeps what it finished;
-// --resume runs the missing arms, an arm interrupted inside from its checkpoint (run.hpp's
+// --resume runs the missing arms (none missing: it only rewrites the tables from results.csv),
+// an arm interrupted inside from its checkpoint (run.hpp's
 // arm_key: only when the checkpoint was made with the same settings; a resnet20 arm's
 // checkpoint only from format version 4 on, which keeps the batch norms' running statistics),
 // its seconds then the sum over its parts.
@@ -148,9 +149,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--uniform-grids", cfg.uniform_grids,
                  "grids of the uniform fixed_bits arms: symmetric (the reference) and full "
-                 "(every k-bit two's complement code, LSQ's; arm uniform-full/<group>)")
+                 "(every k-bit two's complement code, LSQ's; arm uniform-full/<group>, its "
+                 "initial step --full-grid-init's)")
       ->delimiter(',')
       ->check(CLI::IsMember({"symmetric", "full"}))
+      ->capture_default_str();
+  app.add_option("--full-grid-init", cfg.full_grid_init,
+                 "the initial step of the uniform-full arms: lsq (LSQ's 2 mean|w| / sqrt(Qp)) or "
+                 "mse (per group, the step with the smallest squared error on the full grid)")
+      ->check(CLI::IsMember({"lsq", "mse"}))
       ->capture_default_str();
   app.add_option("--uniform-groups", cfg.uniform_groups,
                  "granularities of the uniform fixed_bits arms (per channel is the reference)")
@@ -330,6 +337,10 @@ int main(int argc, char** argv) {
                 cfg.models.size(), cfg.seeds, sizes_arms.c_str(), total, t.pretrain.epochs,
                 t.search.epochs, t.finetune.epochs, data.train.size(), data.test.size(),
                 bitgrad::simd_arch_name());
+    if (std::find(cfg.uniform_grids.begin(), cfg.uniform_grids.end(), "full") !=
+        cfg.uniform_grids.end())
+      std::printf("uniform-full arms: initial step %s (--full-grid-init)\n",
+                  cfg.full_grid_init.c_str());
     std::vector<run_row> rows;
     if (cfg.resume && fs::exists(cfg.out / "results.csv")) {
       rows = load_rows(cfg.out);
@@ -359,6 +370,9 @@ int main(int argc, char** argv) {
         return 130;
       }
     }
+    // The tables are written after every arm; when no arm ran (--resume of a complete study) they
+    // are written here, from the rows of results.csv, as --from-csv does.
+    if (done == 0) write_outputs(cfg, rows);
     std::printf("wrote %s/{results.csv, aggregate.csv, layers.csv, results.md, pareto-*.svg, "
                 "bits-*.svg} in %s\n",
                 cfg.out.c_str(),

@@ -66,6 +66,9 @@ auto arm_network(const settings& cfg, Build build, const arm& a, double k, std::
   if constexpr (requires { q.grid; })
     q.grid = a.grid == "full" ? bitgrad::quant::uniform_grid::full
                               : bitgrad::quant::uniform_grid::symmetric;
+  if constexpr (requires { q.init; })
+    q.init = a.grid == "full" && cfg.full_grid_init == "mse" ? bitgrad::quant::step_init::mse
+                                                             : bitgrad::quant::step_init::lsq;
   // Every layer, the first conv and the last linear included, quantized as the arm says
   // (model_options::quant reaches them when edge_quant is unset).
   return build.template operator()<Quant>(
@@ -85,25 +88,29 @@ inline bitgrad::json pretrain_key(const settings& cfg, const data_sets& data,
 inline bitgrad::json arm_key(const settings& cfg, const data_sets& data, const std::string& model,
                              const arm& a, double k, std::uint64_t seed, double budget_bits) {
   const auto& t = cfg.trainer;
-  return {{"fp32", pretrain_key(cfg, data, model, seed)},
-          {"size_bits", size_text(k)},
-          {"budget_bits", budget_bits},
-          {"arm", a.name()},
-          {"b_min", cfg.b_min},
-          {"b_max", cfg.b_max},
-          {"b_init", cfg.b_init ? bitgrad::json(*cfg.b_init) : bitgrad::json()},
-          {"search_epochs", t.search.epochs},
-          {"search_lr", t.search.lr},
-          {"bits_lr", t.search.bits_lr},
-          {"bits_moment", bitgrad::train::to_string(t.bits_moment)},
-          {"lambda", t.penalty_lambda},
-          {"penalty", static_cast<int>(t.penalty)},
-          {"budget_anneal", t.budget_anneal},
-          {"penalty_warmup", t.penalty_warmup},
-          {"freeze_rounding", static_cast<int>(t.freeze_rounding)},
-          {"finetune_epochs", t.finetune.epochs},
-          {"finetune_lr", t.finetune.lr},
-          {"max_steps_per_epoch", t.max_steps_per_epoch}};
+  bitgrad::json key{{"fp32", pretrain_key(cfg, data, model, seed)},
+                    {"size_bits", size_text(k)},
+                    {"budget_bits", budget_bits},
+                    {"arm", a.name()},
+                    {"b_min", cfg.b_min},
+                    {"b_max", cfg.b_max},
+                    {"b_init", cfg.b_init ? bitgrad::json(*cfg.b_init) : bitgrad::json()},
+                    {"search_epochs", t.search.epochs},
+                    {"search_lr", t.search.lr},
+                    {"bits_lr", t.search.bits_lr},
+                    {"bits_moment", bitgrad::train::to_string(t.bits_moment)},
+                    {"lambda", t.penalty_lambda},
+                    {"penalty", static_cast<int>(t.penalty)},
+                    {"budget_anneal", t.budget_anneal},
+                    {"penalty_warmup", t.penalty_warmup},
+                    {"freeze_rounding", static_cast<int>(t.freeze_rounding)},
+                    {"finetune_epochs", t.finetune.epochs},
+                    {"finetune_lr", t.finetune.lr},
+                    {"max_steps_per_epoch", t.max_steps_per_epoch}};
+  // Only when it is not LSQ's, so the keys of earlier checkpoints stay valid.
+  if (a.uniform() && a.grid == "full" && cfg.full_grid_init != "lsq")
+    key["full_grid_init"] = cfg.full_grid_init;
+  return key;
 }
 
 /// --resume: whether the arm in `dir` continues from its checkpoint.bin, that is, one is there

@@ -37,6 +37,8 @@ struct settings {
   /// The uniform arms' grids (fixed_bits options::grid): "symmetric" (the reference) and
   /// optionally "full" (every k-bit two's complement code, LSQ's grid; issue #24).
   std::vector<std::string> uniform_grids{"symmetric"};
+  /// The initial step of the full-grid uniform arms (fixed_bits options::init): "lsq" or "mse".
+  std::string full_grid_init = "lsq";
   std::size_t seeds = 3;
   std::uint64_t first_seed = 1;
   double b_min = 1; ///< step_bits uses max(b_min, 2): it has no 1-bit grid

@@ -288,6 +288,7 @@ grid)
   run sym --policy fixed_bits --seed 3
   run full --policy fixed_bits --seed 3 --grid full
   printed full "fixed_bits at 2 bits on the full grid"
+  printed full "initial step lsq"
   check "$work/full" "all(set(l['group_bits']) == {2} for l in E)"
   same_phase "$work/sym" "$work/full" pretrain
   other_phase "$work/sym" "$work/full" search
@@ -302,6 +303,13 @@ EOF2
   rejects "--grid: chooses the uniform grid of --policy fixed_bits" --policy frac_bits --grid full
   rejects "--grid: chooses the uniform grid of --policy fixed_bits" --grid symmetric
   rejects "--grid: wide not in {symmetric,full}" --policy fixed_bits --grid wide
+  # --step-init mse: the step with the smallest squared error on the grid; the same pretraining.
+  run mse --policy fixed_bits --seed 3 --grid full --step-init mse
+  printed mse "fixed_bits at 2 bits on the full grid"
+  printed mse "initial step mse"
+  same_phase "$work/full" "$work/mse" pretrain
+  rejects "--step-init: chooses the initial step of --policy fixed_bits" --step-init mse
+  rejects "--step-init: best not in {lsq,mse}" --policy fixed_bits --step-init best
   ;;
 
 group)
@@ -790,6 +798,18 @@ pareto_resume)
   printed part "[4/4] lenet5 seed 2 k=2 frac_bits/channel"
   ! grep -q "resuming" "$work/part.log" || fail "a study without --resume kept earlier runs"
   same_tables full part
+  # --resume of a complete study runs no arm and still rewrites aggregate.csv, results.md and the
+  # plots from results.csv, the same files as before.
+  mkdir -p "$work/kept"
+  cp "$work/part/aggregate.csv" "$work/part/results.md" "$work/kept/"
+  rm "$work/part/aggregate.csv" "$work/part/results.md" "$work/part"/*.svg
+  study part --seeds 2 --resume
+  printed part "resuming: 4 runs already in"
+  ! grep -q "lenet5 seed [12] k=" "$work/part.log" || fail "--resume ran an arm of a complete study"
+  cmp "$work/part/aggregate.csv" "$work/kept/aggregate.csv" || fail "--resume: aggregate.csv differs"
+  cmp "$work/part/results.md" "$work/kept/results.md" || fail "--resume: results.md differs"
+  grep -q "frac_bits" "$work/part/results.md" || fail "--resume: results.md has no arm rows"
+  [ -s "$work/part/pareto-lenet5.svg" ] || fail "--resume: the plots were not rewritten"
   ;;
 
 pareto_from_csv | pareto_check_only)
@@ -1259,6 +1279,12 @@ pareto_arms)
   results g "R[0]['weight_bytes'] == R[1]['weight_bytes'] and R[1]['policy'] == 'fixed_bits'"
   [ -d "$work/g/runs/lenet5/seed1/2bit/fixed_bits-full-channel" ] ||
     fail "--uniform-grids full: no run folder fixed_bits-full-channel"
+  printed g "uniform-full arms: initial step lsq (--full-grid-init)"
+  # --full-grid-init mse: said at the start and kept in the full arm's key (arm.json).
+  study gm --uniform-grids symmetric,full --full-grid-init mse
+  printed gm "uniform-full arms: initial step mse (--full-grid-init)"
+  grep -q '"full_grid_init": "mse"' "$work/gm/runs/lenet5/seed1/2bit/fixed_bits-full-channel/arm.json" ||
+    fail "--full-grid-init mse: not in the full arm's arm.json"
   expect_error "--uniform-grids: the symmetric grid is the reference" \
     "$pareto" --data "$data" --out "$work/pareto" --uniform-grids full
   expect_error "--policies: --models resnet20 is built with the frac_bits arms" \

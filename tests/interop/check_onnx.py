@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Checks bitgrad's ONNX exports with the official ONNX Python package (Debian python3-onnx).
 
-  check_onnx.py WORK
+  check_onnx.py WORK [--full-grid]
 
 WORK holds what tests/interop/make_case.sh wrote: model-float32.onnx, model-qdq.onnx,
 weights.npz (inspect_model --npz of the .bgm: the decoded weights, bitwidths, group scales,
@@ -18,6 +18,8 @@ For the float32 and qdq forms:
      (within each group's code range) and scale[o] = float32(group scale * channel scale[o]);
      otherwise each value is within half a step of the weight. Biases equal the .bgm's (in the
      QDQ form added by an Add right after the Conv / Gemm).
+     --full-grid (the case full, issue #24): the codes are on the full grid, down to
+     -2^(k-1), and every output channel of every quantized weight holds that lowest code.
   4. The input contract in the metadata (bitgrad.mean, bitgrad.stddev) turns the 8-bit pixels
      into exactly the float32 input bitgrad's runtime used.
 """
@@ -53,7 +55,7 @@ def attribute(node, name):
     return None
 
 
-def check_weights(model, form, npz):
+def check_weights(model, form, npz, full_grid=False):
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers = {}
@@ -124,8 +126,15 @@ def check_weights(model, form, npz):
             expect(match is not None,
                    f"{name}: scale[o] is not float32(group scale * channel scale[o])")
             limit = np.array([1 if k == 1 else 2 ** (k - 1) - 1 for k in bits])
+            lowest = np.array([-1 if k == 1 else -(2 ** (k - 1)) if full_grid else
+                               -(2 ** (k - 1) - 1) for k in bits])
             lim = limit[np.arange(out) // match][:, None]
-            expect((np.abs(per) <= lim).all(), f"{name}: a code outside its group's range")
+            low = lowest[np.arange(out) // match][:, None]
+            expect(((per <= lim) & (per >= low)).all(), f"{name}: a code outside its group's range")
+            if full_grid:
+                expect((per.min(axis=1) == low[:, 0]).all(),
+                       f"{name}: a channel without its lowest code -2^(k-1): "
+                       f"{per.min(axis=1)} vs {low[:, 0]}")
             expect(np.allclose(deq, flat, rtol=2e-6, atol=0),
                    f"{name}: code * scale differs from the .bgm's weight "
                    f"(max diff {np.abs(deq - flat).max()})")
@@ -163,6 +172,7 @@ def check_contract(model, ref):
 
 def main():
     work = sys.argv[1]
+    full_grid = "--full-grid" in sys.argv[2:]
     npz = dict(np.load(os.path.join(work, "weights.npz")))
     for form in ("float32", "qdq"):
         path = os.path.join(work, f"model-{form}.onnx")
@@ -176,7 +186,7 @@ def main():
         expect(ops <= allowed, f"{form}: unexpected operators {sorted(ops - allowed)}")
         meta = {p.key: p.value for p in model.metadata_props}
         expect(meta.get("bitgrad.form") == form, f"{form}: metadata bitgrad.form {meta}")
-        layers = check_weights(model, form, npz)
+        layers = check_weights(model, form, npz, full_grid)
         check_contract(model, os.path.join(work, "ref"))
         print(f"{path}: onnx {onnx.__version__} check_model(full_check=True) passed; "
               f"{len(model.graph.node)} nodes ({', '.join(sorted(ops))}); {layers} weight layers "

@@ -2,6 +2,7 @@
 //
 //   interop_tool zoo OUT.bgm                      a model with every operation a .bgm can hold
 //   interop_tool act OUT.bgm                      a model with act_quant operations (#22)
+//   interop_tool full OUT.bgm                     weights on the full grid, down to -2^(k-1) (#24)
 //   interop_tool reference MODEL.bgm DIR (--data SAMPLE | --random N)
 //        bitgrad's runtime on the images: DIR/{pixels.u8, labels.u8, input.f32,
 //        logits_float32.f32, logits_int8.f32, meta.json} for run_ort.mjs and check_onnx.py
@@ -61,10 +62,11 @@ dataset load_sample(const fs::path& dir) {
 
 // ---- zoo: every operation --------------------------------------------------------------------
 
-/// Random codes for a quantized tensor with the given per-group bitwidths.
+/// Random codes for a quantized tensor with the given per-group bitwidths; `full_grid`: codes
+/// on the full grid -2^(k-1)..2^(k-1)-1 (k >= 2), every channel's first code the lowest.
 format::tensor_data random_quantized(std::mt19937& rng, std::vector<std::uint32_t> extents,
                                      std::uint32_t group_size, std::vector<std::uint8_t> bits,
-                                     float fan_in) {
+                                     float fan_in, bool full_grid = false) {
   const std::size_t channels = extents[0];
   std::size_t per = 1;
   for (std::size_t i = 1; i < extents.size(); ++i) per *= extents[i];
@@ -75,16 +77,17 @@ format::tensor_data random_quantized(std::mt19937& rng, std::vector<std::uint32_
     const std::size_t g = c / group_size;
     const int k = bits[g];
     const int limit = k == 1 ? 1 : (1 << (k - 1)) - 1;
-    std::uniform_int_distribution<int> code(-limit, limit);
+    const int lowest = full_grid && k >= 2 ? -limit - 1 : -limit;
+    std::uniform_int_distribution<int> code(lowest, limit);
     for (std::size_t i = 0; i < per; ++i) {
-      int v = code(rng);
+      int v = i == 0 ? lowest : code(rng);
       if (k == 1) v = v >= 0 ? 1 : -1;
       codes[c * per + i] = v;
     }
     scales[g] = jitter(rng) * 1.5f / (static_cast<float>(limit) * std::sqrt(fan_in));
   }
   return format::tensor_data::from_codes(std::move(extents), group_size, std::move(bits),
-                                         std::move(scales), codes);
+                                         std::move(scales), codes, full_grid);
 }
 
 format::tensor_data random_floats(std::mt19937& rng, std::vector<std::uint32_t> extents,
@@ -271,6 +274,57 @@ format::model_file act_model(std::uint32_t seed) {
   return m;
 }
 
+// ---- full: weights on the full grid --------------------------------------------------------
+
+/// A small net whose weight tensors are on the full grid (fixed_bits' uniform_grid::full,
+/// issue #24), every channel holding the lowest code -2^(k-1) of its group: conv 1->4 3x3 with
+/// per-channel groups at 2, 8, 4 and 2 bits (-2, -128, -8, -2) and a folded batch norm; relu;
+/// max pool 2x2; linear 36->6 in groups of 3 channels at 2 and 3 bits.
+format::model_file full_grid_model(std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  format::model_file m;
+  m.input = format::shape::image(1, 8, 8);
+  m.mean = {0.5};
+  m.stddev = {0.25};
+  auto tensor = [&](format::tensor_data t) {
+    m.tensors.push_back(std::move(t));
+    return static_cast<std::uint32_t>(m.tensors.size() - 1);
+  };
+  auto add = [&](format::op_kind k, std::string name) {
+    format::operation op;
+    op.kind = k;
+    op.name = std::move(name);
+    op.input = static_cast<std::uint32_t>(m.ops.size());
+    m.ops.push_back(op);
+    return m.ops.size() - 1;
+  };
+  std::size_t i = add(format::op_kind::conv2d, "conv1"); // (4, 6, 6)
+  m.ops[i].conv = {1, 4, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+  m.ops[i].weight = tensor(random_quantized(rng, {4, 1, 3, 3}, 1, {2, 8, 4, 2}, 9, true));
+  m.ops[i].channel_scale = tensor(random_floats(rng, {4}, 0.4f, 1.0f));
+  m.ops[i].bias = tensor(random_floats(rng, {4}, 0.2f));
+  add(format::op_kind::relu, "relu1");
+  i = add(format::op_kind::max_pool2d, "pool1"); // (4, 3, 3)
+  m.ops[i].pool = {2, 2, 2, 2, 0, 0};
+  add(format::op_kind::flatten, "flat"); // (36)
+  i = add(format::op_kind::linear, "fc1");
+  m.ops[i].fc = {36, 6};
+  m.ops[i].weight = tensor(random_quantized(rng, {6, 36}, 3, {2, 3}, 36, true));
+  m.ops[i].bias = tensor(random_floats(rng, {6}, 0.1f));
+  format::infer_shapes(m);
+  // Calibrate the int8 path on 256 random images.
+  std::vector<std::uint8_t> pixels(256 * m.input.elements());
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
+  const deploy::runtime rt(m);
+  const std::vector<float> x = rt.normalise(pixels.data(), 256);
+  const std::vector<float> r = rt.input_ranges(x.data(), 256);
+  for (std::size_t k = 0; k < m.ops.size(); ++k)
+    if (m.ops[k].kind == format::op_kind::conv2d || m.ops[k].kind == format::op_kind::linear)
+      m.ops[k].input_range = r[k];
+  return m;
+}
+
 // ---- reference: bitgrad's runtime on images ------------------------------------------------
 
 int reference(const fs::path& model, const fs::path& dir, const std::string& data,
@@ -404,6 +458,10 @@ int main(int argc, char** argv) {
   ac->add_option("out", out)->required();
   ac->add_option("--seed", seed);
 
+  auto* fg = app.add_subcommand("full", "write a model with full-grid weights (codes -2^(k-1))");
+  fg->add_option("out", out)->required();
+  fg->add_option("--seed", seed);
+
   auto* r = app.add_subcommand("reference", "bitgrad's runtime outputs for the ONNX checks");
   r->add_option("model", model)->required();
   r->add_option("dir", dir)->required();
@@ -431,6 +489,11 @@ int main(int argc, char** argv) {
     }
     if (*ac) {
       const std::size_t bytes = format::write_model_file(out, act_model(seed));
+      std::printf("wrote %s (%zu bytes)\n", out.c_str(), bytes);
+      return 0;
+    }
+    if (*fg) {
+      const std::size_t bytes = format::write_model_file(out, full_grid_model(seed));
       std::printf("wrote %s (%zu bytes)\n", out.c_str(), bytes);
       return 0;
     }

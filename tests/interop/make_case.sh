@@ -6,6 +6,8 @@
 #              sample's 1600 images (train then test).
 # CASE zoo:    interop_tool's model with every operation a .bgm can hold; 512 random images.
 # CASE act:    interop_tool's model with learned activation grids (act_quant); 512 random images.
+# CASE full:   interop_tool's model with full-grid weights, every channel at its lowest code
+#              -2^(k-1) (2, 3, 4 and 8 bits); 512 random images.
 set -euo pipefail
 case_name=$1 sample=$2 work=$3 fashion_mnist=$4 bgm_to_onnx=$5 inspect_model=$6 tool=$7
 rm -rf "$work" && mkdir -p "$work"

@@ -346,6 +346,69 @@ TEST_CASE("LSQ initialisation s = 2 mean|w| / sqrt(Qp)") {
   CHECK(q.group_scales(w.data())[0] == doctest::Approx(2 * mean / std::sqrt(7.0)));
 }
 
+TEST_CASE_TEMPLATE("mse initial step: 2 bits, w = {-2, -1, 0, 1, 1}, worked by hand", T, float,
+                   double) {
+  // Candidates s_j = j max|w| / (128 Qp) = j / 64 (max|w| = 2, Qp = 1).
+  // Full grid {-2, -1, 0, 1}: s = 1 (j = 64) puts every weight on a level, E = 0, and no other
+  // step does (w = 1 needs s = 1 / code with code = 1).
+  // Symmetric grid {-1, 0, 1}: for s in (1, 2) the codes are -1, -1, 0, 1, 1, so
+  // E(s) = (2 - s)^2 + 3 (1 - s)^2, smallest at s = 10 / 8 = 1.25 (j = 80), E = 0.75.
+  const std::vector<T> w{-2, -1, 0, 1, 1};
+  CHECK(mse_step(w.size(), w.data(), 2, true) == T(1));
+  CHECK(grid_squared_error(w.size(), w.data(), make_grid(2, T(1), true)) == 0.0);
+  CHECK(mse_step(w.size(), w.data(), 2, false) == T(1.25));
+  CHECK(grid_squared_error(w.size(), w.data(), make_grid(2, T(1.25), false)) == 0.75);
+  // fixed_bits with init = mse binds each group to it; LSQ's step here is 2 mean|w| = 2.
+  for (uniform_grid grid : {uniform_grid::symmetric, uniform_grid::full}) {
+    auto o = xopt<T>(1, 2, true, grid);
+    o.init = step_init::mse;
+    fixed_bits<T> q(o);
+    q.bind(1, w.size(), w.data());
+    CHECK(q.group_scales(w.data())[0] == (grid == uniform_grid::full ? T(1) : T(1.25)));
+    fixed_bits<T> lsq(xopt<T>(1, 2, true, grid));
+    lsq.bind(1, w.size(), w.data());
+    CHECK(lsq.group_scales(w.data())[0] == T(2));
+  }
+}
+
+TEST_CASE("mse initial step: no candidate step has a smaller error (odd groups, both grids)") {
+  const auto w = normal(n_weights, 12);
+  for (uniform_grid grid : {uniform_grid::symmetric, uniform_grid::full})
+    for (std::size_t gs : group_sizes)
+      for (int k : {1, 2, 3, 4, 8}) {
+        INFO("grid ", to_string(grid), ", group ", gs, ", k = ", k);
+        auto o = xopt(gs, k, true, grid);
+        o.init = step_init::mse;
+        fixed_bits<double> q(o);
+        q.bind(channels, per_channel, w.data());
+        const auto s = q.group_scales(w.data());
+        const auto& lay = q.layout();
+        for (std::size_t g = 0; g < lay.groups(); ++g) {
+          const double* wg = w.data() + lay.offset(g);
+          const std::size_t n = lay.count(g);
+          double max_abs = 0, sum_abs = 0;
+          for (std::size_t i = 0; i < n; ++i) {
+            max_abs = std::max(max_abs, std::abs(wg[i]));
+            sum_abs += std::abs(wg[i]);
+          }
+          if (k == 1) {
+            CHECK(s[g] == doctest::Approx(sum_abs / double(n)));
+            continue;
+          }
+          const bool full = grid == uniform_grid::full;
+          const double best = grid_squared_error(n, wg, make_grid(k, s[g], full));
+          const double m = max_abs / level_limit(k);
+          bool is_candidate = false;
+          for (int j = 1; j <= 128; ++j) {
+            const double sj = j * m / 128;
+            is_candidate = is_candidate || sj == s[g];
+            CHECK(best <= grid_squared_error(n, wg, make_grid(k, sj, full)));
+          }
+          CHECK(is_candidate);
+        }
+      }
+}
+
 TEST_CASE("quantization error falls with the bitwidth; between integers it is bounded") {
   const auto w = normal(4096, 10);
   auto err = [&](double b) {

@@ -9,7 +9,9 @@
 //   dQ/ds = round(w/s) - w/s inside, -Qn or Qp at the clip        (k = 1: sign(w))
 //   grad_s is multiplied by 1 / sqrt(n_g Qp) (LSQ's gradient scale, n_g = weights in the
 //   group) unless options::lsq_grad_scale is false.
-// Initialisation at bind(): s = 2 mean|w_g| / sqrt(Qp) (LSQ); for k = 1, s = mean|w_g|.
+// Initialisation at bind() (options::init): s = 2 mean|w_g| / sqrt(Qp) (lsq, LSQ's), or the
+// step that minimises the group's squared quantization error on its grid, symmetric or full
+// (mse: a 1-D search over candidate steps, quant/mse_step.hpp); for k = 1, s = mean|w_g| in both.
 // frozen() is always true (bitwidths are integers from the start); freeze() does nothing and
 // freeze_to(bits) changes the bitwidths, rescaling s so that the range s * L is kept. Its
 // bounds are the whole range b_min = 1, b_max = 16 (every bitwidth freeze_to accepts).
@@ -20,6 +22,7 @@
 #include <bitgrad/core/parameter.hpp>
 #include <bitgrad/kernels/quantize.hpp>
 #include <bitgrad/quant/group_quantizer.hpp>
+#include <bitgrad/quant/mse_step.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +38,14 @@ enum class uniform_grid { symmetric, full };
 
 inline const char* to_string(uniform_grid g) {
   return g == uniform_grid::full ? "full" : "symmetric";
+}
+
+/// The initial step of fixed_bits: LSQ's 2 mean|w| / sqrt(Qp), or the step with the smallest
+/// squared error on the group's grid (mse_step).
+enum class step_init { lsq, mse };
+
+inline const char* to_string(step_init i) {
+  return i == step_init::mse ? "mse" : "lsq";
 }
 
 template <class T>
@@ -55,6 +66,8 @@ public:
     bool lsq_grad_scale = true;
     /// The codes at k >= 2: symmetric {-L..L} or full {-(L+1)..L} (same storage, one level more).
     uniform_grid grid = uniform_grid::symmetric;
+    /// The initial step at bind(): LSQ's, or the smallest squared error on `grid`.
+    step_init init = step_init::lsq;
   };
 
   fixed_bits() : fixed_bits(options{}) {}
@@ -77,7 +90,10 @@ public:
       const std::size_t cnt = this->layout_.count(g);
       const auto st = bitgrad::quant_abs_stats(cnt, w + this->layout_.offset(g));
       const T mean = st.sum_abs / static_cast<T>(cnt);
-      const T s = opt_.bits == 1 ? mean : T(2) * mean / std::sqrt(qp);
+      const T s = opt_.bits == 1 ? mean
+                  : opt_.init == step_init::mse
+                      ? mse_step(cnt, w + this->layout_.offset(g), opt_.bits, full_grid())
+                      : T(2) * mean / std::sqrt(qp);
       scale_[g] = std::max(s, scale_floor<T>);
     }
   }
