@@ -100,16 +100,45 @@ format::tensor_data random_floats(std::mt19937& rng, std::vector<std::uint32_t> 
   return format::tensor_data::from_floats(std::move(extents), std::move(v));
 }
 
+/// m.tensors gets t; its index.
+std::uint32_t add_tensor(format::model_file& m, format::tensor_data t) {
+  m.tensors.push_back(std::move(t));
+  return static_cast<std::uint32_t>(m.tensors.size() - 1);
+}
+
+/// An operation of kind k reading the one before it (value ops.size()); its index in m.ops.
+std::size_t add_chained(format::model_file& m, format::op_kind k, std::string name) {
+  format::operation op;
+  op.kind = k;
+  op.name = std::move(name);
+  op.input = static_cast<std::uint32_t>(m.ops.size());
+  m.ops.push_back(op);
+  return m.ops.size() - 1;
+}
+
+/// The model's normalised input for 256 random images (drawn from rng).
+std::vector<float> random_inputs(const format::model_file& m, std::mt19937& rng) {
+  std::vector<std::uint8_t> pixels(256 * m.input.elements());
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
+  return deploy::runtime(m).normalise(pixels.data(), 256);
+}
+
+/// Calibrates the int8 path: each conv / linear input range from the 256 images x.
+void calibrate_int8(format::model_file& m, const std::vector<float>& x) {
+  const std::vector<float> r = deploy::runtime(m).input_ranges(x.data(), 256);
+  for (std::size_t i = 0; i < m.ops.size(); ++i)
+    if (m.ops[i].kind == format::op_kind::conv2d || m.ops[i].kind == format::op_kind::linear)
+      m.ops[i].input_range = r[i];
+}
+
 format::model_file zoo(std::uint32_t seed) {
   std::mt19937 rng(seed);
   format::model_file m;
   m.input = format::shape::image(3, 13, 13);
   m.mean = {0.5, 0.4, 0.3};
   m.stddev = {0.25, 0.3, 0.2};
-  auto tensor = [&](format::tensor_data t) {
-    m.tensors.push_back(std::move(t));
-    return static_cast<std::uint32_t>(m.tensors.size() - 1);
-  };
+  auto tensor = [&](format::tensor_data t) { return add_tensor(m, std::move(t)); };
   auto conv = [&](std::string name, std::uint32_t input, format::conv_attrs c) {
     format::operation op;
     op.kind = format::op_kind::conv2d;
@@ -182,16 +211,7 @@ format::model_file zoo(std::uint32_t seed) {
   op.input_b = 14;
   m.ops.push_back(op);
   format::infer_shapes(m);
-  // Calibrate the int8 path on 256 random images.
-  std::vector<std::uint8_t> pixels(256 * m.input.elements());
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
-  const deploy::runtime rt(m);
-  const std::vector<float> x = rt.normalise(pixels.data(), 256);
-  const std::vector<float> r = rt.input_ranges(x.data(), 256);
-  for (std::size_t i = 0; i < m.ops.size(); ++i)
-    if (m.ops[i].kind == format::op_kind::conv2d || m.ops[i].kind == format::op_kind::linear)
-      m.ops[i].input_range = r[i];
+  calibrate_int8(m, random_inputs(m, rng));
   return m;
 }
 
@@ -207,17 +227,9 @@ format::model_file act_model(std::uint32_t seed) {
   m.input = format::shape::image(1, 12, 12);
   m.mean = {0.5};
   m.stddev = {0.25};
-  auto tensor = [&](format::tensor_data t) {
-    m.tensors.push_back(std::move(t));
-    return static_cast<std::uint32_t>(m.tensors.size() - 1);
-  };
+  auto tensor = [&](format::tensor_data t) { return add_tensor(m, std::move(t)); };
   auto add = [&](format::op_kind k, std::string name) {
-    format::operation op;
-    op.kind = k;
-    op.name = std::move(name);
-    op.input = static_cast<std::uint32_t>(m.ops.size());
-    m.ops.push_back(op);
-    return m.ops.size() - 1;
+    return add_chained(m, k, std::move(name));
   };
   auto act = [&](std::string name, bool is_signed, std::uint32_t group_size,
                  std::vector<std::uint8_t> bits) {
@@ -249,10 +261,7 @@ format::model_file act_model(std::uint32_t seed) {
   m.ops[i].weight = tensor(random_quantized(rng, {10, 20}, 10, {7}, 20));
   format::infer_shapes(m);
   // Ranges in order: each act_quant's input is the output of the model cut before it.
-  std::vector<std::uint8_t> pixels(256 * m.input.elements());
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
-  const std::vector<float> x = deploy::runtime(m).normalise(pixels.data(), 256);
+  const std::vector<float> x = random_inputs(m, rng);
   for (std::size_t a = 0; a < m.ops.size(); ++a) {
     if (m.ops[a].kind != format::op_kind::act_quant) continue;
     float mx = 0;
@@ -266,11 +275,7 @@ format::model_file act_model(std::uint32_t seed) {
     }
     for (float& r : m.ops[a].act.ranges) r = 0.8f * mx;
   }
-  // Calibrate the int8 path (the conv / linear inputs).
-  const std::vector<float> r = deploy::runtime(m).input_ranges(x.data(), 256);
-  for (std::size_t k = 0; k < m.ops.size(); ++k)
-    if (m.ops[k].kind == format::op_kind::conv2d || m.ops[k].kind == format::op_kind::linear)
-      m.ops[k].input_range = r[k];
+  calibrate_int8(m, x); // the conv / linear inputs, after the activation ranges
   return m;
 }
 
@@ -286,17 +291,9 @@ format::model_file full_grid_model(std::uint32_t seed) {
   m.input = format::shape::image(1, 8, 8);
   m.mean = {0.5};
   m.stddev = {0.25};
-  auto tensor = [&](format::tensor_data t) {
-    m.tensors.push_back(std::move(t));
-    return static_cast<std::uint32_t>(m.tensors.size() - 1);
-  };
+  auto tensor = [&](format::tensor_data t) { return add_tensor(m, std::move(t)); };
   auto add = [&](format::op_kind k, std::string name) {
-    format::operation op;
-    op.kind = k;
-    op.name = std::move(name);
-    op.input = static_cast<std::uint32_t>(m.ops.size());
-    m.ops.push_back(op);
-    return m.ops.size() - 1;
+    return add_chained(m, k, std::move(name));
   };
   std::size_t i = add(format::op_kind::conv2d, "conv1"); // (4, 6, 6)
   m.ops[i].conv = {1, 4, 3, 3, 1, 1, 0, 0, 1, 1, 1};
@@ -312,16 +309,7 @@ format::model_file full_grid_model(std::uint32_t seed) {
   m.ops[i].weight = tensor(random_quantized(rng, {6, 36}, 3, {2, 3}, 36, true));
   m.ops[i].bias = tensor(random_floats(rng, {6}, 0.1f));
   format::infer_shapes(m);
-  // Calibrate the int8 path on 256 random images.
-  std::vector<std::uint8_t> pixels(256 * m.input.elements());
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& p : pixels) p = static_cast<std::uint8_t>(byte(rng));
-  const deploy::runtime rt(m);
-  const std::vector<float> x = rt.normalise(pixels.data(), 256);
-  const std::vector<float> r = rt.input_ranges(x.data(), 256);
-  for (std::size_t k = 0; k < m.ops.size(); ++k)
-    if (m.ops[k].kind == format::op_kind::conv2d || m.ops[k].kind == format::op_kind::linear)
-      m.ops[k].input_range = r[k];
+  calibrate_int8(m, random_inputs(m, rng));
   return m;
 }
 
