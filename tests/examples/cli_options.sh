@@ -308,6 +308,7 @@ EOF2
   printed mse "fixed_bits at 2 bits on the full grid"
   printed mse "initial step mse"
   same_phase "$work/full" "$work/mse" pretrain
+  other_phase "$work/full" "$work/mse" search # another initial step, another training
   rejects "--step-init: chooses the initial step of --policy fixed_bits" --step-init mse
   rejects "--step-init: best not in {lsq,mse}" --policy fixed_bits --step-init best
   ;;
@@ -1285,6 +1286,10 @@ pareto_arms)
   printed gm "uniform-full arms: initial step mse (--full-grid-init)"
   grep -q '"full_grid_init": "mse"' "$work/gm/runs/lenet5/seed1/2bit/fixed_bits-full-channel/arm.json" ||
     fail "--full-grid-init mse: not in the full arm's arm.json"
+  full_arm=runs/lenet5/seed1/2bit/fixed_bits-full-channel
+  other_phase "$work/g/$full_arm" "$work/gm/$full_arm" search # the full arm trains otherwise
+  same_phase "$work/g/runs/lenet5/seed1/2bit/fixed_bits-channel" \
+    "$work/gm/runs/lenet5/seed1/2bit/fixed_bits-channel" search # the symmetric arm does not
   expect_error "--uniform-grids: the symmetric grid is the reference" \
     "$pareto" --data "$data" --out "$work/pareto" --uniform-grids full
   expect_error "--policies: --models resnet20 is built with the frac_bits arms" \
