@@ -1099,18 +1099,21 @@ pareto_old_files)
   # puts them in the size-vs-error table; --resume keeps the row and runs only the missing arm
   # (a uniform-only 1-bit point, on 64 images; about 25 s a ResNet-20 arm on a loaded machine).
   old=$(cd "$(dirname "$0")/../.." && pwd)/docs/results/pareto-resnet20
-  rm -rf "$work/r" "$work/r2" && mkdir -p "$work/r" "$work/r2"
+  rm -rf "$work/r" "$work/r1" "$work/r2" && mkdir -p "$work/r" "$work/r1" "$work/r2"
   cp "$old/results.csv" "$old/layers.csv" "$work/r/"
-  # --resume starts from the first committed row alone (the grid's later rows would change
-  # which arms are missing): its results.csv line and its layers.csv lines.
-  head -n 2 "$old/results.csv" > "$work/r2/results.csv"
-  awk -F, 'NR == 1 || $3 == "frac_bits/layer"' "$old/layers.csv" > "$work/r2/layers.csv"
-  "$pareto" --data "$work/no-such-folder" --out "$work/r" --from-csv > "$work/r.log" 2>&1 ||
-    { cat "$work/r.log" >&2; fail "--from-csv on the committed ResNet-20 rows failed"; }
+  # The first committed row alone (seed 1, frac_bits per layer): its results.csv line and its
+  # layers.csv lines; the grid's later rows would change its tables and which arms are missing.
+  head -n 2 "$old/results.csv" > "$work/r1/results.csv"
+  awk -F, 'NR == 1 || ($3 == "frac_bits/layer" && $4 == 1)' "$old/layers.csv" > "$work/r1/layers.csv"
+  cp "$work/r1/results.csv" "$work/r1/layers.csv" "$work/r2/"
+  for d in r r1; do
+    "$pareto" --data "$work/no-such-folder" --out "$work/$d" --from-csv > "$work/$d.log" 2>&1 ||
+      { cat "$work/$d.log" >&2; fail "--from-csv on the committed ResNet-20 rows ($d) failed"; }
+  done
   cmp "$old/results.csv" "$work/r/results.csv" || fail "results.csv not written back as it was"
   cmp "$old/layers.csv" "$work/r/layers.csv" || fail "layers.csv not written back as it was"
-  grep -qxF "| FP32 | 32 | - | 1082.43 | 7.07 | 1 |" "$work/r/results.md" || fail "results.md: FP32 row"
-  grep -qxF "| frac_bits | 1.5 | layer | 54.70 | 7.62 | 1 |" "$work/r/results.md" ||
+  grep -qxF "| FP32 | 32 | - | 1082.43 | 7.07 | 1 |" "$work/r1/results.md" || fail "results.md: FP32 row"
+  grep -qxF "| frac_bits | 1.5 | layer | 54.70 | 7.62 | 1 |" "$work/r1/results.md" ||
     fail "results.md: the 1.5-bit row"
   with_study_defaults --out "$work/r2" --models resnet20 --sizes 1.5 --groups layer --b-min 1 \
     --uniform-sizes 1 --resume
