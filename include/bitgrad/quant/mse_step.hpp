@@ -18,21 +18,19 @@
 
 #include <bitgrad/kernels/ref/quantize.hpp>
 
-#include <algorithm>
-#include <cmath>
 #include <cstddef>
 
 namespace bitgrad::quant {
 
-/// E(s) above: the squared error of quantizing w[0..n) on grid g (s = g.scale), in double.
+/// E(s) above: the squared error of quantizing w[0..n) on grid g (s = g.scale), in double, with
+/// the reference kernel's point on the grid (the codes the forward kernels compute).
 template <class T>
 double grid_squared_error(std::size_t n, const T* w, const quant_grid<T>& g) {
-  const T r = T(1) / g.scale;
+  const T r = inverse_scale(g);
   double e = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const T code = g.sign ? (w[i] >= T(0) ? T(1) : T(-1))
-                          : std::nearbyint(std::clamp(w[i] * r, -g.lower, g.limit));
-    const double d = static_cast<double>(w[i]) - static_cast<double>(g.scale * code);
+    const double d =
+        static_cast<double>(w[i]) - static_cast<double>(ref::detail::on_grid(w[i], g, r).q);
     e += d * d;
   }
   return e;
@@ -42,11 +40,7 @@ double grid_squared_error(std::size_t n, const T* w, const quant_grid<T>& g) {
 /// full grid (k = 1: mean |w|). candidates = N >= 1.
 template <class T>
 T mse_step(std::size_t n, const T* w, int k, bool full, int candidates = 128) {
-  T max_abs = 0, sum_abs = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    max_abs = std::max(max_abs, std::abs(w[i]));
-    sum_abs += std::abs(w[i]);
-  }
+  const auto [max_abs, sum_abs] = ref::quant_abs_stats(n, w);
   if (max_abs == T(0) || n == 0) return T(0);
   if (k <= 1) return sum_abs / static_cast<T>(n);
   const T m = max_abs / static_cast<T>(level_limit(k));
