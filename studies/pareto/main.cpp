@@ -63,7 +63,9 @@
 // an arm interrupted inside from its checkpoint (run.hpp's
 // arm_key: only when the checkpoint was made with the same settings; a resnet20 arm's
 // checkpoint only from format version 4 on, which keeps the batch norms' running statistics),
-// its seconds then the sum over its parts.
+// its seconds then the sum over its parts. The FP32 pretraining resumes the same way
+// (runs/<model>/seed<s>/pretrain/), and an arm's checkpoint stays until its row is written, so a
+// study killed in an arm's sensitivity diagnostics resumes to them without training again.
 // --check reads the written files back and fails unless every row is there and every arm is
 // within its budget (the ctest smoke test uses it).
 #include "cli_checks.hpp"
@@ -221,7 +223,9 @@ int main(int argc, char** argv) {
                "missing arms; a seed with a missing arm starts from its saved FP32 network "
                "(runs/<model>/seed<s>/fp32.npz, kept with the settings that made it in "
                "fp32.json), or is pretrained again when that file is missing or was made with "
-               "other settings; an arm interrupted inside continues from its checkpoint "
+               "other settings (an interrupted pretraining continues from "
+               "runs/<model>/seed<s>/pretrain/checkpoint.bin); an arm interrupted inside, or "
+               "in its diagnostics, continues from its checkpoint "
                "(runs/<model>/seed<s>/<k>bit/<arm>/checkpoint.bin, kept with the arm's settings "
                "in arm.json; else it starts over and says why; so does a resnet20 arm whose "
                "checkpoint, of bitgrad before checkpoint format version 4, lacks the batch "

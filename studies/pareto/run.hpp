@@ -147,6 +147,13 @@ inline bool resumable_arm(const fs::path& dir, const bitgrad::json& key, const s
   return false;
 }
 
+/// The folder of one arm's run: <out>/runs/<model>/seed<s>/<k>bit/<policy>[-full]-<group>.
+inline fs::path arm_dir(const settings& cfg, const std::string& model, const arm& a, double k,
+                        std::uint64_t seed) {
+  return cfg.out / "runs" / model / ("seed" + std::to_string(seed)) / (size_text(k) + "bit") /
+         (a.policy + (a.uniform() && a.grid == "full" ? "-full-" : "-") + a.group);
+}
+
 template <template <class> class Quant, class Build, class FloatNet>
 std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build build,
                                FloatNet& fp32, const std::string& model, const arm& a, double k,
@@ -159,8 +166,7 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
   t.seed = seed;
   // The trainer's target is the model's stored bytes, biases included (the same in every arm).
   t.target_bytes = budget_bits / 8 + bitgrad::train::measure_size(net).float_bits() / 8;
-  t.out_dir = cfg.out / "runs" / model / ("seed" + std::to_string(seed)) / (size_text(k) + "bit") /
-              (a.policy + (a.uniform() && a.grid == "full" ? "-full-" : "-") + a.group);
+  t.out_dir = arm_dir(cfg, model, a, k, seed);
   // An arm not in results.csv: with --resume, continued from its checkpoint when that was made
   // with this arm's settings (arm_key), else run again from its start (overwrite: the trainer
   // replaces the old run's files). A new start's key is written before its first checkpoint.
@@ -216,7 +222,9 @@ std::optional<run_row> run_arm(const settings& cfg, const data_sets& data, Build
                 << std::flush;
     return std::nullopt;
   }
-  fs::remove(t.out_dir / "checkpoint.bin");
+  // The checkpoint (at the end of fine-tuning now) stays until the arm's row is in results.csv
+  // (run_model): the sensitivity diagnostics below and in the trainer take a while, and a study
+  // killed during them resumes from it to the diagnostics instead of training the arm again.
 
   const auto size = bitgrad::train::measure_size(net);
   run_row r;
@@ -411,22 +419,39 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
               .seed = seed, .quant = {.group_size = bitgrad::quant::per_tensor, .bits = 8}});
       bitgrad::train::trainer_options t = cfg.trainer;
       t.search.epochs = t.finetune.epochs = 0;
+      t.sensitivity_batches = 0; // nothing to diagnose in the throw-away twin
       t.seed = seed;
       t.target_bytes = 1e12;
-      fs::create_directories(seed_dir);
-      std::ofstream log(seed_dir / "pretrain.log");
+      // The pretraining checkpoints into <seed>/pretrain/ like an arm (its key in arm.json
+      // there), so --resume continues a pretraining cut off by a session's end.
+      t.out_dir = seed_dir / "pretrain";
+      fs::create_directories(t.out_dir);
+      const auto key = pretrain_key(cfg, data, model, seed);
+      const std::string what = model + " seed " + std::to_string(seed) + " FP32 pretraining";
+      t.resume = cfg.resume && resumable_arm(t.out_dir, key, what);
+      t.overwrite = true;
+      if (!t.resume) {
+        fs::remove(t.out_dir / "checkpoint.bin");
+        bitgrad::write_file_atomically(t.out_dir / "arm.json", key.dump(2) + "\n");
+      }
+      std::ofstream log(seed_dir / "pretrain.log", t.resume ? std::ios::app : std::ios::trunc);
       t.log = &log;
       t.terminal = false;
-      const auto t0 = std::chrono::steady_clock::now();
       const auto result = bitgrad_runs::train_run(fp32, scratch, data.train, data.test, t, {});
-      if (!result.finished) return false;
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!result.finished) {
+        if (fs::exists(t.out_dir / "checkpoint.bin"))
+          std::cout << what << ": interrupted; --resume continues it from "
+                    << (t.out_dir / "checkpoint.bin").string() << "\n"
+                    << std::flush;
+        return false;
+      }
+      // Seconds: the sum over the pretraining's parts (the checkpoint's, when resumed).
       std::cout << model << " seed " << seed << ": FP32 pretrained " << t.pretrain.epochs
                 << " epochs, test accuracy " << format_fixed(100 * result.summary.fp32_accuracy, 2)
-                << "% (" << format_fixed(seconds, 1) << " s)\n"
+                << "% (" << format_fixed(result.summary.seconds, 1) << " s)\n"
                 << std::flush;
-      save_pretrained(fp32, seed_dir, pretrain_key(cfg, data, model, seed));
+      save_pretrained(fp32, seed_dir, key);
+      fs::remove(t.out_dir / "checkpoint.bin"); // fp32.npz holds the network now
     }
     for (double k : cfg.sizes) {
       const double budget = budget_bits(build, k);
@@ -444,6 +469,7 @@ bool run_model(const settings& cfg, const data_sets& data, const std::string& mo
               uniform_rank_correlation(*r, u);
         rows.push_back(*r);
         write_outputs(cfg, rows);
+        fs::remove(arm_dir(cfg, model, a, k, seed) / "checkpoint.bin"); // the row is written
         ++done;
         const double elapsed =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -1002,6 +1002,56 @@ pareto_interrupt)
   same_tables full fresh
   ;;
 
+pareto_parts)
+  # A study cut off anywhere resumes without redoing finished work. (1) The seed's FP32
+  # pretraining checkpoints into runs/<model>/seed<s>/pretrain/ (its key in arm.json there):
+  # SIGINT inside it, then --resume, continues it and the study ends as an unbroken one.
+  # (2) An arm's checkpoint stays until its row is in results.csv: a study killed (SIGKILL, as a
+  # session's end may) during an arm's sensitivity diagnostics resumes from the checkpoint at the
+  # end of fine-tuning, runs only the diagnostics, and ends as the unbroken study.
+  pre=(--pretrain-epochs 8 --train-limit 1200)
+  pretrain="runs/lenet5/seed1/pretrain"
+  study prefull "${pre[@]}"
+  [ ! -e "$work/prefull/$pretrain/checkpoint.bin" ] || fail "the finished pretraining's checkpoint stayed"
+  rm -rf "${work:?}/prepart"
+  with_study_defaults --out "$work/prepart" "${pre[@]}"
+  sigint_after_checkpoint "$work/prepart1.log" "$work/prepart/$pretrain/checkpoint.bin"
+  printed prepart1 "lenet5 seed 1 FP32 pretraining: interrupted; --resume continues it from $work/prepart/$pretrain/checkpoint.bin"
+  [ ! -e "$work/prepart/runs/lenet5/seed1/fp32.npz" ] || fail "an interrupted pretraining saved fp32.npz"
+  study prepart "${pre[@]}" --resume
+  printed prepart "lenet5 seed 1 FP32 pretraining: resuming from $work/prepart/$pretrain/checkpoint.bin"
+  grep -q "resumed from $work/prepart/$pretrain/checkpoint.bin at pretrain epoch" "$work/prepart/runs/lenet5/seed1/pretrain.log" ||
+    fail "pretrain.log does not say where the pretraining resumed"
+  same_tables prefull prepart
+  [ ! -e "$work/prepart/$pretrain/checkpoint.bin" ] || fail "the resumed pretraining's checkpoint stayed"
+  # (2) The uniform arm runs first; the trainer's diagnostics take ~1.2 s after its last
+  # fine-tuning epoch here (12 batches of the sample's 400 test images), the split-half ones
+  # ~0.02 s: the kill comes 0.3 s after that epoch's line, once its checkpoint is written.
+  diag=(--sensitivity 16 --train-limit 600)
+  uniform="runs/lenet5/seed1/2bit/fixed_bits-channel"
+  study diagfull "${diag[@]}"
+  rm -rf "${work:?}/diagpart"
+  with_study_defaults --out "$work/diagpart" "${diag[@]}"
+  "$pareto" "${args[@]}" > "$work/diagpart-1.log" 2>&1 &
+  pid=$!
+  for i in $(seq 1 6000); do
+    grep -q "^finetune  epoch 1/1" "$work/diagpart/$uniform/train.log" 2> /dev/null && break
+    sleep 0.02
+  done
+  sleep 0.3
+  { kill -KILL "$pid" && wait "$pid"; } 2> /dev/null || true
+  [ -e "$work/diagpart/$uniform/checkpoint.bin" ] || fail "no checkpoint after the uniform arm's training"
+  ! grep -q "uniform/channel" "$work/diagpart/results.csv" 2> /dev/null ||
+    fail "the diagnostics ended before the kill (raise --sensitivity): nothing to resume"
+  lines=$(grep -c "^finetune  epoch" "$work/diagpart/$uniform/train.log")
+  study diagpart "${diag[@]}" --resume
+  printed diagpart "lenet5 seed 1 k=2 uniform/channel: resuming from $work/diagpart/$uniform/checkpoint.bin"
+  [ "$(grep -c "^finetune  epoch" "$work/diagpart/$uniform/train.log")" = "$lines" ] ||
+    fail "the resumed arm trained again after its last fine-tuning epoch"
+  same_tables diagfull diagpart
+  [ ! -e "$work/diagpart/$uniform/checkpoint.bin" ] || fail "the finished arm's checkpoint stayed"
+  ;;
+
 pareto_uniform_sizes)
   # --uniform-sizes 1,3 beside --sizes 2: at 1 and 3 bits only the uniform arm runs (after the
   # points of --sizes), at 2 every arm; a k in both lists runs every arm once; fractional k are
