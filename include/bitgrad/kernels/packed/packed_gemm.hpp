@@ -29,16 +29,20 @@
 //   for i0 in m step MC (64 rows)                  activation block: MC x K bytes, L2
 //     for bit class k = 1..8, tile t of class k    16 channels, original indices from
 //                                                  packed_weights::channel_order
-//       for q0 in quads step KC (128 quads)        panel: KC x 64 codes, L1 (8 / 16 KiB)
+//       for q0 in quads step KC (160 quads)        panel: KC x 64 codes, L1 (10 / 20 KiB)
 //         decode tile t, quads q0.. -> panel       SIMD for full-tile quads, scalar for the
 //                                                  tail quad and ragged tiles
 //         micro-kernel: acc(MC x 16) += A(i0.., q0..) . panel   (per ISA, MR rows at a time)
 //       out(i, channel, acc + correction) for the tile's rows and channels
 //
-// When the whole depth fits one panel (K <= 512, every conv layer of the nets here) the two
+// When the whole depth fits one panel (K <= 640, every conv layer of the nets here) the two
 // outer loops swap: each tile is decoded once per call and all row blocks run against it. Else
 // the decode is repeated per row block, (m / MC) n K code decodes against m n K multiply-adds;
 // packed_gemv is the same nest at m = 1, where the decode is the main cost.
+//
+// Tile pairs (AVX-512 VNNI, packed_rows_pair): the tile loop takes tiles t, t + 1 of a class
+// together, two panels and two accumulator blocks, so each activation broadcast feeds 32
+// channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak).
 //
 // Output: the stage sees each (i, j) once; a pipeline whose stages all have lane overloads
 // (output_stage.hpp) is called once per row block of a tile with consecutive channels,
@@ -75,8 +79,11 @@ namespace detail {
 
 /// Rows per block (MC): the accumulator block is MC x 16 int32 = 4 KiB.
 inline constexpr std::size_t packed_row_block = 64;
-/// Quads per decoded panel (KC): 8 KiB of int8 or 16 KiB of int16 codes.
-inline constexpr std::size_t packed_chunk_quads = 128;
+/// Quads per decoded panel (KC): 10 KiB of int8 (20 KiB for a tile pair) or 20 KiB of int16
+/// codes. 160 (K <= 640) holds the 3 x 3 convs at 64 channels (K = 576) in one panel: at 128
+/// they took the long-row nest, whose decode per 64-row block was 4.5 % of VGG-style's samples
+/// at batch 256 with tile pairs (benchmarks/README, issue 19, h19-wide).
+inline constexpr std::size_t packed_chunk_quads = 160;
 
 /// packed_gemm_blocks without tile pairs (the default of its rows_pair).
 struct no_tile_pairs {};
