@@ -226,6 +226,16 @@ TEST_CASE("packed engine: a bit class of a layer's last channels alone, exact ag
   check_model("VGG-style, last group apart", make_fixture(vgg_net, 24, 20, 5), 0.9);
 }
 
+// Tile pairs (packed_gemm.hpp: two 16-channel tiles of one bit class per micro-kernel call,
+// where the path has them): with every channel at 8 bits each layer is one bit class, so the
+// 32- and 64-channel convs (flat and im2row, one panel and K = 576 over two) and the 256-wide
+// fc1 run as pairs; the 10-channel fc2 as one tile.
+TEST_CASE("packed engine: VGG-style at width 32, one bit class per layer (tile pairs), exact "
+          "against the reference on every path") {
+  auto net = nn::vgg_small<float>({.seed = 8});
+  check_model("VGG-style width 32, 8 bits", make_fixture(net, 25, 20, 8), 0.9);
+}
+
 TEST_CASE("packed engine: im2row runs of every copier width (kernel rows of kw C = 5 to 35 "
           "bytes), with pads and strides, equal the reference on every path") {
   // conv 1->C k3 p1 (direct) -> relu -> conv C->5 (im2row: C > 4) -> relu -> flatten -> linear.

@@ -390,11 +390,50 @@ TEST_CASE_TEMPLATE("packed_gemm: mixed and ragged groups, zero points, long rows
         make_codes(n, depth, gs, random_bits((n + gs - 1) / gs, rng), codes_kind::random, rng);
     check_case(Arch::id, t, m, rng() % 5, 1, zero, rng);
   }
-  // Rows that cross the 64-row block, depths that cross the 128-quad panel chunk.
-  for (std::size_t depth : {512u, 515u, 1100u}) {
+  // Rows that cross the 64-row block, depths that fill or cross the 160-quad panel chunk.
+  for (std::size_t depth : {640u, 643u, 1100u}) {
     const tensor_codes t = make_codes(37, depth, 5, random_bits(8, rng), codes_kind::random, rng);
     check_case(Arch::id, t, 70, 1, 1, 77, rng);
   }
+}
+
+TEST_CASE_TEMPLATE("packed_gemm: tile pairs (32 channels at once where the path has them): "
+                   "channel counts of 2..6 tiles, rows across the 8-row kernels and the 64-row "
+                   "block, tail quads, zero points, interleaved bit classes, long rows",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(35);
+  // One bit class: 2 tiles (32, 31 channels: a ragged second tile), 3 (an odd last tile run
+  // alone), 4 and 6; depths with and without a tail quad, one panel or (576, 1027) several.
+  for (std::size_t n : {31u, 32u, 47u, 64u, 96u})
+    for (std::size_t depth : {4u, 7u, 144u, 290u, 576u, 643u, 1027u})
+      for (std::size_t m : {1u, 7u, 9u, 15u, 64u, 71u, 130u}) {
+        if (m * n * depth > 4'000'000) continue;
+        const std::uint8_t zero = std::uint8_t((m + depth) % 3 == 0 ? 0 : rng());
+        const int k = 1 + int(rng() % 8);
+        const tensor_codes t = make_codes(n, depth, n, {std::uint8_t(k)}, codes_kind::random, rng);
+        check_case(Arch::id, t, m, (m + n) % 3, 1, zero, rng);
+      }
+  // Groups of 16 channels in two or three bit classes, interleaved: a class's tiles (and so a
+  // pair's channels) are not consecutive channels.
+  for (int trial = 0; trial < 12; ++trial) {
+    const std::size_t groups = 4 + rng() % 5, n = 16 * groups - rng() % 9;
+    std::vector<std::uint8_t> bits(groups);
+    const std::uint8_t a = std::uint8_t(1 + rng() % 8), b = std::uint8_t(1 + rng() % 8);
+    for (std::size_t g = 0; g < groups; ++g) bits[g] = (g % 3 == 1) ? b : a;
+    const std::size_t depth = std::vector<std::size_t>{9, 288, 576, 700}[rng() % 4];
+    const std::size_t m = 1 + rng() % 140;
+    const std::uint8_t zero = trial % 2 ? 0 : std::uint8_t(rng());
+    const tensor_codes t = make_codes(n, depth, 16, bits, codes_kind::random, rng);
+    check_case(Arch::id, t, m, rng() % 4, 1, zero, rng);
+  }
+  // The extreme sums through both tiles of a pair.
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest})
+    for (int act : {0, 255}) {
+      const tensor_codes t = make_codes(40, 700, 40, {8}, kind, rng);
+      check_case(Arch::id, t, 19, 1, act, act == 255 ? 0 : 255, rng);
+    }
 }
 
 TEST_CASE_TEMPLATE("packed_gemm: extreme codes and activations", Arch, isa::sse2, isa::avx2,
@@ -1149,12 +1188,33 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
       check_flat(Arch::id, g, t, 2, z, r0, r1, rng);
     });
   }
-  // K = 9 * 64 = 576 > 512 (the long-row nest: panels of 128 quads, a chunk boundary inside
+  // Tile pairs (32 output channels at once on the paths that have them): 2 to 4 tiles, a
+  // ragged or odd last tile, at the nets' channel counts (16, 32, 64 in, 3x3 pad 1), and a
+  // 17 x 1 kernel (more kernel rows than a pair call's 16 segments).
+  for (std::size_t n_out : {32u, 45u, 64u}) {
+    const std::size_t c = std::vector<std::size_t>{16, 32, 64}[rng() % 3];
+    const conv2d_geometry g = conv_geometry(c, 3 + rng() % 6, 5 + rng() % 10, 3, 3, 1, 1, 1);
+    const tensor_codes t = make_codes(n_out, g.filter_size(), 16,
+                                      random_bits((n_out + 15) / 16, rng), codes_kind::random, rng);
+    const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+    flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, 2, z, r0, r1, rng);
+    });
+  }
+  {
+    const conv2d_geometry g = conv_geometry(4, 19, 6, 17, 1, 1, 0, 1);
+    const tensor_codes t = make_codes(40, g.filter_size(), 40, {5}, codes_kind::random, rng);
+    flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, 2, 37, r0, r1, rng);
+    });
+  }
+  // K = 9 * 96 = 864 > 640 (the long-row nest: panels of 160 quads, a chunk boundary inside
   // kernel row 2) and the extreme sums: x = 255, z = 0, codes at the limit.
   for (codes_kind kind : {codes_kind::random, codes_kind::max, codes_kind::min, codes_kind::lowest,
                           codes_kind::random_full}) {
-    const conv2d_geometry g = conv_geometry(64, 9, 11, 3, 3, 1, 1, 1);
-    const tensor_codes t = make_codes(17, g.filter_size(), 17, {8}, kind, rng);
+    const conv2d_geometry g = conv_geometry(96, 9, 11, 3, 3, 1, 1, 1);
+    const std::size_t n_out = kind == codes_kind::random ? 40 : 17; // 40: pairs over chunks
+    const tensor_codes t = make_codes(n_out, g.filter_size(), n_out, {8}, kind, rng);
     flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
       const bool random = kind == codes_kind::random || kind == codes_kind::random_full;
       check_flat(Arch::id, g, t, 2, random ? 200 : 0, r0, r1, rng);

@@ -168,7 +168,33 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
           packed_rows_segments(arch, mb, x0, C, off, nq, segments, panel, acc, accumulate);
     };
     const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
-    packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
+    if constexpr (requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
+                    packed_rows_pair(arch, m, x, C, s, s, m, m, p, m, c, c, true);
+                  }) {
+      // Tile pairs (packed_gemm_blocks): both tiles' kernel rows as segments of one call; a
+      // range of more kernel rows than max_segments runs rows() on each tile.
+      auto rows_pair = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
+                           std::size_t tail, int k, const panel_t* panel, std::size_t panel_stride,
+                           std::int32_t* acc0, std::int32_t* acc1, bool accumulate) {
+        constexpr std::size_t max_segments = 16;
+        std::size_t off[max_segments], nq[max_segments], segments = 0;
+        for (std::size_t a = q0 / kq; a * kq < q1; ++a, ++segments) {
+          if (segments == max_segments) {
+            rows(i0, mb, q0, q1, tail, k, panel, acc0, accumulate);
+            rows(i0, mb, q0, q1, tail, k, panel + panel_stride, acc1, accumulate);
+            return;
+          }
+          const std::size_t qa0 = std::max(q0, a * kq);
+          off[segments] = a * wp * C + (qa0 - a * kq) * packed_quad;
+          nq[segments] = std::min(q1, (a + 1) * kq) - qa0;
+        }
+        packed_rows_pair(arch, mb, base + i0 * C, C, off, nq, segments, 0, panel, panel_stride,
+                         acc0, acc1, accumulate);
+      };
+      packed_gemm_blocks(arch, m, rows, 0, z, w, flat, rows_pair);
+    } else {
+      packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
+    }
     r = e;
   }
 }

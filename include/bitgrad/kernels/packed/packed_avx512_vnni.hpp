@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if BITGRAD_PACKED_X86
 
@@ -260,6 +261,105 @@ inline void packed_rows_segments(isa::avx512_vnni, std::size_t rows, const std::
   if (i < rows)
     avx512_rows_segments<1>(x + i * lda, lda, off, nq, segments, panel, c + i * packed_tile,
                             accumulate);
+}
+
+/// One quad of both tiles of a pair for MR rows: acc0(r) += x(r, quad) . w0, acc1(r) += x(r,
+/// quad) . w1, w1 panel_stride codes after w0; one broadcast per row feeds both. Partial: the
+/// quad holds n < 4 inputs.
+template <std::size_t MR, bool Partial>
+BITGRAD_TARGET_AVX512_VNNI __attribute__((always_inline)) inline void
+avx512_quad_pair(__m512i (&acc0)[MR], __m512i (&acc1)[MR], const std::uint8_t* x, std::size_t lda,
+                 const std::int8_t* wq, std::size_t panel_stride, std::size_t n) {
+  const __m512i w0 = _mm512_loadu_si512(wq);
+  const __m512i w1 = _mm512_loadu_si512(wq + panel_stride);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    const __m512i b = _mm512_set1_epi32(Partial ? packed_load_quad(x + r * lda, n)
+                                                : packed_load_quad(x + r * lda));
+    acc0[r] = _mm512_dpbusd_epi32(acc0[r], b, w0);
+    acc1[r] = _mm512_dpbusd_epi32(acc1[r], b, w1);
+  }
+}
+
+/// Tile pairs: MR rows x two tiles (32 channels), 2 MR zmm accumulators; per quad two panel
+/// loads and, per row, one 4-byte broadcast feeding both tiles' vpdpbusd. One tile per call
+/// (avx512_rows) needs a load per vpdpbusd (MR broadcasts + 1 panel load per MR of them) and
+/// ran at 75-80 % of the register-only peak on the nets' shapes (K = 144..576, rows in L1);
+/// two tiles need 0.56 loads per vpdpbusd at MR = 8 and ran at 97-100 % (benchmarks/README,
+/// issue 19, h19-wide). Fewer than 4 rows keep 4 / MR accumulator sets per tile, as avx512_rows.
+///
+/// c0(i, 0..15), c1(i, 0..15) (+)= the sums of tile 0 (panel) and tile 1 (panel + panel_stride)
+/// over segments s of nq[s] whole quads of the rows at x + off[s] (row i at + i * lda), then,
+/// when tail > 0, one quad of `tail` inputs after the last segment's quads; the panel's quads
+/// in that order.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX512_VNNI void
+avx512_rows_pair(const std::uint8_t* x, std::size_t lda, const std::size_t* off,
+                 const std::size_t* nq, std::size_t segments, std::size_t tail,
+                 const std::int8_t* panel, std::size_t panel_stride, std::int32_t* c0,
+                 std::int32_t* c1, bool accumulate) {
+  constexpr std::size_t sets = MR >= 4 ? 1 : 4 / MR;
+  __m512i acc0[sets][MR], acc1[sets][MR];
+#pragma GCC unroll 4
+  for (std::size_t u = 0; u < sets; ++u)
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r) {
+      const bool load = accumulate && u == 0;
+      acc0[u][r] = load ? _mm512_loadu_si512(c0 + r * packed_tile) : _mm512_setzero_si512();
+      acc1[u][r] = load ? _mm512_loadu_si512(c1 + r * packed_tile) : _mm512_setzero_si512();
+    }
+  const std::uint8_t* xs = x;
+  for (std::size_t s = 0; s < segments; ++s) {
+    xs = x + off[s];
+    if constexpr (sets == 1) { // one pointer walk (GCC copied the accumulators otherwise)
+      const std::int8_t* const end = panel + nq[s] * packed_quad_codes;
+      for (; panel != end; panel += packed_quad_codes, xs += packed_quad)
+        avx512_quad_pair<MR, false>(acc0[0], acc1[0], xs, lda, panel, panel_stride, packed_quad);
+      continue;
+    }
+    std::size_t q = 0;
+    for (; q + sets <= nq[s]; q += sets)
+#pragma GCC unroll 4
+      for (std::size_t u = 0; u < sets; ++u)
+        avx512_quad_pair<MR, false>(acc0[u], acc1[u], xs + (q + u) * packed_quad, lda,
+                                    panel + (q + u) * packed_quad_codes, panel_stride, packed_quad);
+    for (; q < nq[s]; ++q)
+      avx512_quad_pair<MR, false>(acc0[0], acc1[0], xs + q * packed_quad, lda,
+                                  panel + q * packed_quad_codes, panel_stride, packed_quad);
+    panel += nq[s] * packed_quad_codes;
+    xs += nq[s] * packed_quad;
+  }
+  if (tail) avx512_quad_pair<MR, true>(acc0[0], acc1[0], xs, lda, panel, panel_stride, tail);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m512i sum0 = acc0[0][r], sum1 = acc1[0][r];
+#pragma GCC unroll 4
+    for (std::size_t u = 1; u < sets; ++u) {
+      sum0 = _mm512_add_epi32(sum0, acc0[u][r]);
+      sum1 = _mm512_add_epi32(sum1, acc1[u][r]);
+    }
+    _mm512_storeu_si512(c0 + r * packed_tile, sum0);
+    _mm512_storeu_si512(c1 + r * packed_tile, sum1);
+  }
+}
+
+/// Two tiles at once (avx512_rows_pair) for rows i < rows: c0 / c1 row i at + i * packed_tile.
+inline void packed_rows_pair(isa::avx512_vnni, std::size_t rows, const std::uint8_t* x,
+                             std::size_t lda, const std::size_t* off, const std::size_t* nq,
+                             std::size_t segments, std::size_t tail, const std::int8_t* panel,
+                             std::size_t panel_stride, std::int32_t* c0, std::int32_t* c1,
+                             bool accumulate) {
+  std::size_t i = 0;
+  auto call = [&](auto mr) {
+    constexpr std::size_t MR = decltype(mr)::value;
+    avx512_rows_pair<MR>(x + i * lda, lda, off, nq, segments, tail, panel, panel_stride,
+                         c0 + i * packed_tile, c1 + i * packed_tile, accumulate);
+    i += MR;
+  };
+  while (i + 8 <= rows) call(std::integral_constant<std::size_t, 8>{});
+  if (i + 4 <= rows) call(std::integral_constant<std::size_t, 4>{});
+  if (i + 2 <= rows) call(std::integral_constant<std::size_t, 2>{});
+  if (i < rows) call(std::integral_constant<std::size_t, 1>{});
 }
 
 } // namespace bitgrad::detail
