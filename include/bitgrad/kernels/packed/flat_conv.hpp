@@ -162,9 +162,10 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
       std::memcpy(dst + pw * C, x + (n * H + std::size_t(ih)) * W * C, W * C);
       std::memset(dst + (pw + W) * C, z, pw * C);
     }
-    // acc(i, :) for mb matrix rows from x0 (row i at x0 + i C): quads [q0, q1) as segments of
-    // kernel rows, row a holding quads [a kq, (a + 1) kq) at x0 + a wp C.
-    auto dot = [&](const std::uint8_t* x0, std::size_t mb, std::size_t q0, std::size_t q1, int k,
+    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, n) for each run
+    // of n rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row a
+    // holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
+    auto dot = [&](const auto& for_runs, std::size_t q0, std::size_t q1, int k,
                    const panel_t* panel, std::int32_t* acc, bool accumulate) {
       constexpr std::size_t max_segments = 16;
       std::size_t off[max_segments], nq[max_segments], segments = 0;
@@ -172,22 +173,29 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         const std::size_t qa0 = std::max(q0, a * kq), qa1 = std::min(q1, (a + 1) * kq);
         const std::size_t at = a * wp * C + (qa0 - a * kq) * packed_quad;
         if constexpr (requires {
-                        packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                        packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                             accumulate);
                       }) {
-          if (segments < max_segments) { // one kernel call for the whole range below
+          if (segments < max_segments) { // one kernel call per run for the whole range below
             off[segments] = at, nq[segments++] = qa1 - qa0;
             continue;
           }
         }
-        packed_rows(arch, mb, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
-                    acc, accumulate);
+        for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t n) {
+          packed_rows(arch, n, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
+                      acc + i * packed_tile, accumulate);
+        });
         accumulate = true;
       }
       if constexpr (requires {
-                      packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                      packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                           accumulate);
                     })
         if (segments > 0)
-          packed_rows_segments(arch, mb, x0, C, off, nq, segments, panel, acc, accumulate);
+          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t n) {
+            packed_rows_segments(arch, n, x0, C, off, nq, segments, panel, acc + i * packed_tile,
+                                 accumulate);
+          });
     };
     if (mode == flat_layout::output_pixels) {
       // Matrix row i = output pixel r + i: runs of one output row each (consecutive band
@@ -195,14 +203,16 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
       auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
                       std::size_t /*tail: 0, K = kh kq quads*/, int k, const panel_t* panel,
                       std::int32_t* acc, bool accumulate) {
-        std::size_t px = r % plane + i0;
-        for (std::size_t i = 0; i < mb;) {
-          const std::size_t oh = px / ow_n, ow = px % ow_n;
-          const std::size_t run = std::min(mb - i, ow_n - ow);
-          dot(band.data() + ((oh - oh0) * wp + ow) * C, run, q0, q1, k, panel,
-              acc + i * packed_tile, accumulate);
-          i += run, px += run;
-        }
+        auto for_runs = [&](const auto& f) {
+          std::size_t px = r % plane + i0;
+          for (std::size_t i = 0; i < mb;) {
+            const std::size_t oh = px / ow_n, ow = px % ow_n;
+            const std::size_t run = std::min(mb - i, ow_n - ow);
+            f(band.data() + ((oh - oh0) * wp + ow) * C, i, run);
+            i += run, px += run;
+          }
+        };
+        dot(for_runs, q0, q1, k, panel, acc, accumulate);
       };
       packed_gemm_blocks(arch, e - r, rows, r - r0, z, w, out);
       r = e;
@@ -214,8 +224,10 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
     const std::uint8_t* base = band.data() + ow0 * C;
     auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
                     std::size_t /*tail: 0, K = kh kq quads*/, int k, const panel_t* panel,
-                    std::int32_t* acc,
-                    bool accumulate) { dot(base + i0 * C, mb, q0, q1, k, panel, acc, accumulate); };
+                    std::int32_t* acc, bool accumulate) {
+      dot([&](const auto& f) { f(base + i0 * C, std::size_t(0), mb); }, q0, q1, k, panel, acc,
+          accumulate);
+    };
     const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
     packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
     r = e;
