@@ -150,21 +150,34 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
     // Band row i is padded row oh0 + i: image row oh0 + i - ph, or z outside the image.
     const std::size_t band_rows = oh1 - oh0 + kh;
     band.resize(band_rows * row_bytes + over);
-    std::memset(band.data() + band_rows * row_bytes, z, over);
-    for (std::size_t i = 0; i < band_rows; ++i) {
-      std::uint8_t* dst = band.data() + i * row_bytes;
-      const std::ptrdiff_t ih = std::ptrdiff_t(oh0 + i) - std::ptrdiff_t(g.pad_h);
-      if (ih < 0 || std::size_t(ih) >= H) {
-        std::memset(dst, z, row_bytes);
-        continue;
+    if (over > 0) std::memset(band.data() + band_rows * row_bytes, z, over);
+    // The image rows the band holds, [inside0, inside1): without column padding one copy (NHWC rows
+    // are consecutive), else row by row between z columns; the others all z.
+    const std::ptrdiff_t top = std::ptrdiff_t(g.pad_h) - std::ptrdiff_t(oh0); // row of ih = 0
+    const std::size_t inside0 =
+        std::size_t(std::clamp<std::ptrdiff_t>(top, 0, std::ptrdiff_t(band_rows)));
+    const std::size_t inside1 = std::size_t(std::clamp<std::ptrdiff_t>(
+        top + std::ptrdiff_t(H), std::ptrdiff_t(inside0), std::ptrdiff_t(band_rows)));
+    if (inside0 > 0) std::memset(band.data(), z, inside0 * row_bytes);
+    if (inside1 < band_rows)
+      std::memset(band.data() + inside1 * row_bytes, z, (band_rows - inside1) * row_bytes);
+    if (inside0 < inside1) { // band row i in [inside0, inside1) holds image row i - top
+      const std::uint8_t* image_row =
+          x + (n * H + std::size_t(std::ptrdiff_t(inside0) - top)) * W * C;
+      if (pw == 0) {
+        std::memcpy(band.data() + inside0 * row_bytes, image_row, (inside1 - inside0) * row_bytes);
+      } else {
+        for (std::size_t i = inside0; i < inside1; ++i, image_row += W * C) {
+          std::uint8_t* dst = band.data() + i * row_bytes;
+          std::memset(dst, z, pw * C);
+          std::memcpy(dst + pw * C, image_row, W * C);
+          std::memset(dst + (pw + W) * C, z, pw * C);
+        }
       }
-      std::memset(dst, z, pw * C);
-      std::memcpy(dst + pw * C, x + (n * H + std::size_t(ih)) * W * C, W * C);
-      std::memset(dst + (pw + W) * C, z, pw * C);
     }
-    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, n) for each run
-    // of n rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row a
-    // holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
+    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, count) for each
+    // run of count rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row
+    // a holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
     auto dot = [&](const auto& for_runs, std::size_t q0, std::size_t q1, int k,
                    const panel_t* panel, std::int32_t* acc, bool accumulate) {
       constexpr std::size_t max_segments = 16;
@@ -181,9 +194,9 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
             continue;
           }
         }
-        for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t n) {
-          packed_rows(arch, n, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
-                      acc + i * packed_tile, accumulate);
+        for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+          packed_rows(arch, count, x0 + at, C, qa1 - qa0, 0, k,
+                      panel + (qa0 - q0) * packed_quad_codes, acc + i * packed_tile, accumulate);
         });
         accumulate = true;
       }
@@ -192,9 +205,9 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
                                            accumulate);
                     })
         if (segments > 0)
-          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t n) {
-            packed_rows_segments(arch, n, x0, C, off, nq, segments, panel, acc + i * packed_tile,
-                                 accumulate);
+          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+            packed_rows_segments(arch, count, x0, C, off, nq, segments, panel,
+                                 acc + i * packed_tile, accumulate);
           });
     };
     if (mode == flat_layout::output_pixels) {
