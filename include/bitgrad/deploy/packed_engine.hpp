@@ -19,9 +19,10 @@
 //   conv2d at stride 1 whose kernel rows are not whole quads (kw C % 4 != 0, not direct, every
 //            channel >= 2 bits) with output rows of >= flat_padded_min_width pixels: its
 //            weights are packed with kernel rows padded by zero codes to whole quads
-//            (ref/packed_conv.hpp, padded_rows(k)) and it runs on the flat plane too (LeNet-5's
-//            conv2: kw C = 30 -> 32); im2row, when the knob sends it there, lays its rows out
-//            padded the same way (z in the padding).
+//            (ref/packed_conv.hpp, padded_rows(k)) and it runs on the flat plane too, the
+//            micro-kernels on its output pixels only (flat_layout::output_pixels: no dropped
+//            columns; LeNet-5's conv2: kw C = 30 -> 32); im2row, when the knob sends it there,
+//            lays its rows out padded the same way (z in the padding).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -83,10 +84,12 @@ inline std::size_t engine_parallel_threshold() {
 inline constexpr std::size_t flat_conv_min_width = 28;
 
 /// The narrowest output row from which a stride-1 conv whose kernel rows are not whole quads
-/// gets padded kernel rows and runs on the flat plane (packed_engine::padded_rows). Measured
-/// (benchmarks/README, issue 19, h19-lenet3, AVX-512 VNNI): LeNet-5's conv2 (14 x 14 -> 10 x 10,
-/// 5 x 5, 6 channels: 40 % of its flat pixels dropped, 7 % padded depth) saves CPU time against
-/// im2row (one tile of 16 channels: the 150-byte rows' copy is shared by few multiply-adds).
+/// gets padded kernel rows and runs on the flat plane, on its output pixels only
+/// (packed_engine::padded_rows, flat_layout::output_pixels). Measured (benchmarks/README, issue
+/// 19, h19-lenet3, AVX-512 VNNI, the one shape): LeNet-5's conv2 (12 x 12 -> 8 x 8, 5 x 5, 6
+/// channels, 7 % padded depth) saves ~5 % of LeNet-5's CPU time against im2row (one tile of 16
+/// channels: the 150-byte rows' copy is shared by few multiply-adds). On every band pixel
+/// (flat_layout::band_pixels: 92 rows per 64 pixels) it lost.
 inline constexpr std::size_t flat_padded_min_width = 8;
 
 namespace detail {
@@ -421,8 +424,9 @@ public:
   }
   void set_flat_min_width(std::size_t w) { set_flat_min_width(w, w); }
   /// True when step k runs on the flat plane: packed_conv_flat_fits (or padded_rows) and an
-  /// output row of at least that kind's minimum width (the Wp - OW padding columns per row
-  /// computed and dropped cost (Wp - OW) / Wp more work: 7 % at 28 pixels, 22 % at 7).
+  /// output row of at least that kind's minimum width (whole quads: the Wp - OW padding
+  /// columns per row computed and dropped cost (Wp - OW) / Wp more work, 7 % at 28 pixels, 22 %
+  /// at 7; padded rows run on the output pixels only).
   bool flat(std::size_t k) const {
     const integer_step& s = plan_.steps[k];
     if (!s.conv || direct(k)) return false;
