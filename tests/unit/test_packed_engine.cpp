@@ -32,8 +32,9 @@ namespace {
 /// group of 4 channels, scaled like He initialisation (std sqrt(2 / depth)). lone_last > 0:
 /// groups of 3 channels, every one at 8 bits but the last, at lone_last bits: the last n % 3
 /// channels (or 3) form a bit class of their own, whose one tile starts off a multiple of 4
-/// (and of 16) when n is a multiple of 16: at n - 1.
-void recode_mixed(format::model_file& m, std::uint32_t seed, int lone_last = 0) {
+/// (and of 16) when n is a multiple of 16: at n - 1. min_bits: the least bitwidth (2: no 1-bit
+/// group, so convs whose kernel rows are not whole quads get padded rows, packed_engine.hpp).
+void recode_mixed(format::model_file& m, std::uint32_t seed, int lone_last = 0, int min_bits = 1) {
   std::mt19937 rng(seed);
   for (auto& op : m.ops) {
     if (op.kind != format::op_kind::conv2d && op.kind != format::op_kind::linear) continue;
@@ -45,7 +46,7 @@ void recode_mixed(format::model_file& m, std::uint32_t seed, int lone_last = 0) 
     std::vector<float> scales(groups);
     std::vector<std::int32_t> codes(t.element_count());
     for (std::size_t i = 0; i < groups; ++i) {
-      bits[i] = static_cast<std::uint8_t>(1 + rng() % 8);
+      bits[i] = static_cast<std::uint8_t>(min_bits + int(rng() % std::uint32_t(9 - min_bits)));
       if (lone_last > 0) bits[i] = static_cast<std::uint8_t>(i + 1 == groups ? lone_last : 8);
       const int lim = bits[i] == 1 ? 1 : (1 << (bits[i] - 1)) - 1;
       const double sd = bits[i] == 1 ? 1.0 : double(lim) / std::sqrt(3.0);
@@ -88,11 +89,12 @@ struct fixture {
 };
 
 template <class Net>
-fixture make_fixture(Net& net, std::uint32_t seed, std::size_t batch, int lone_last = 0) {
+fixture make_fixture(Net& net, std::uint32_t seed, std::size_t batch, int lone_last = 0,
+                     int min_bits = 1) {
   fixture f;
   net.train(false);
   f.m = train::to_model_file(net, format::shape::image(1, 28, 28), {0.2860}, {0.3530});
-  recode_mixed(f.m, seed, lone_last);
+  recode_mixed(f.m, seed, lone_last, min_bits);
   f.batch = batch;
   const deploy::runtime rt(f.m);
   const std::vector<std::uint8_t> px = synthetic_pixels(batch + 64, 28, seed + 1);
@@ -159,7 +161,7 @@ void check_model(const char* name, const fixture& f, double min_agreement = 0.99
         }
       }
   }
-  rt.set_engine_flat_min_width(deploy::flat_conv_min_width);
+  rt.set_engine_flat_min_width(deploy::flat_conv_min_width, deploy::flat_padded_min_width);
   MESSAGE(std::string(name) << ": packed engine == reference twin on paths:" << paths);
   const double ratio = double(rt.resident_weight_bytes()) / double(rt.weight_payload_bytes());
   MESSAGE(std::string(name) << ": resident weight bytes " << rt.resident_weight_bytes()
@@ -178,6 +180,22 @@ void check_model(const char* name, const fixture& f, double min_agreement = 0.99
 
 TEST_CASE("packed engine: LeNet-5, mixed 1..8 bits, exact against the reference on every path") {
   check_model("LeNet-5", lenet());
+}
+
+TEST_CASE("packed engine: LeNet-5, mixed 2..8 bits (conv2 on padded kernel rows, flat), exact "
+          "against the reference on every path") {
+  auto net = nn::lenet5<float>({.seed = 8});
+  const fixture f = make_fixture(net, 25, 100, 0, 2);
+  {
+    const deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+    REQUIRE(rt.packed_ready());
+    // conv2: 6 channels, 5 x 5 (kw C = 30 -> 32), 8 x 8 output rows.
+    CHECK(rt.engine().direct(0));
+    CHECK(rt.engine().padded_rows(1));
+    CHECK(rt.engine().flat(1));
+    CHECK(rt.engine().weights(1).depth() == 160);
+  }
+  check_model("LeNet-5, 2..8 bits", f);
 }
 
 TEST_CASE("packed engine: VGG-style, mixed 1..8 bits, exact against the reference on every path") {
@@ -263,9 +281,11 @@ TEST_CASE("packed engine: im2row runs of every copier width (kernel rows of kw C
         nn::relu<float, 4>("r2"), nn::flatten<float>("f"),
         nn::linear<float>({.in_features = 5 * out * out, .out_features = 10, .seed = 3}));
     const fixture f = make_fixture(net, std::uint32_t(40 + c * 8 + kernel), 9);
-    const deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+    deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
     REQUIRE(rt.packed_ready());
     CHECK_FALSE(rt.engine().direct(1));
+    // im2row (kernel rows padded or not: a stride-1 conv whose bits allow it has them).
+    rt.set_engine_flat_min_width(std::numeric_limits<std::size_t>::max());
     CHECK_FALSE(rt.engine().flat(1));
     const tensor2<float> want = deploy::ref::run_integer(f.m, f.x.data(), f.batch);
     for (int_isa p : all_int_isas) {
@@ -275,6 +295,82 @@ TEST_CASE("packed engine: im2row runs of every copier width (kernel rows of kw C
       for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
     }
   }
+}
+
+TEST_CASE("packed engine: stride-1 convs whose kernel rows are not whole quads (kw C % 4 != 0) "
+          "run on padded kernel rows, flat or im2row, with or without a pool, pads, equal the "
+          "reference on every path") {
+  // conv 1->C k3 p1 (direct) -> relu -> conv C->n (stride 1) -> relu [-> max-pool 2x2]
+  // -> flatten -> linear; every group 2..8 bits (zero codes), then one with 1-bit groups.
+  struct shape {
+    std::size_t c, kernel, pad, n;
+    bool pool;
+  };
+  const shape shapes[] = {{6, 5, 0, 16, true},  {6, 5, 0, 16, false}, {5, 3, 1, 5, true},
+                          {7, 3, 2, 19, false}, {6, 1, 0, 3, true},   {5, 7, 3, 17, true},
+                          {9, 3, 0, 7, false},  {6, 5, 4, 4, true}};
+  for (const shape& g : shapes)
+    for (int min_bits : {2, 1}) {
+      CAPTURE(g.c);
+      CAPTURE(g.kernel);
+      CAPTURE(g.pad);
+      CAPTURE(g.n);
+      CAPTURE(g.pool);
+      CAPTURE(min_bits);
+      const std::size_t out = 28 + 2 * g.pad - g.kernel + 1;
+      const std::size_t flat_in = g.n * (g.pool ? out / 2 : out) * (g.pool ? out / 2 : out);
+      auto conv2 = nn::conv2d<float>({.in_channels = g.c,
+                                      .out_channels = g.n,
+                                      .kernel = g.kernel,
+                                      .padding = g.pad,
+                                      .seed = 2});
+      auto head = nn::linear<float>({.in_features = flat_in, .out_features = 10, .seed = 3});
+      auto conv1 =
+          nn::conv2d<float>({.in_channels = 1, .out_channels = g.c, .padding = 1, .seed = 1});
+      auto check = [&](auto& net) {
+        const fixture f =
+            make_fixture(net, std::uint32_t(60 + g.c * 8 + g.kernel + g.pad), 9, 0, min_bits);
+        deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+        REQUIRE(rt.packed_ready());
+        const deploy::packed_engine& e = rt.engine();
+        REQUIRE_FALSE(e.direct(1));
+        std::size_t second = 0, convs = 0; // the second conv2d op
+        for (std::size_t i = 0; i < f.m.ops.size() && convs < 2; ++i)
+          if (f.m.ops[i].kind == format::op_kind::conv2d) second = i, ++convs;
+        REQUIRE(convs == 2);
+        const format::tensor_data& w = f.m.tensors[f.m.ops[second].weight];
+        const bool one_bit = std::find(w.bits.begin(), w.bits.end(), 1) != w.bits.end();
+        CHECK(e.padded_rows(1) == !one_bit);
+        CHECK(e.flat(1) == !one_bit);
+        if (e.padded_rows(1))
+          CHECK(e.weights(1).depth() == g.kernel * ((g.kernel * g.c + 3) / 4 * 4));
+        const tensor2<float> want = deploy::ref::run_integer(f.m, f.x.data(), f.batch);
+        for (int_isa p : all_int_isas) {
+          if (!int_isa_supported(p)) continue;
+          CAPTURE(std::string(int_isa_name(p)));
+          rt.set_engine_parallel_min(0); // batch 1: bands of output rows per thread
+          for (std::size_t flat :
+               {deploy::flat_padded_min_width, std::numeric_limits<std::size_t>::max()})
+            for (std::size_t b : {std::size_t(1), f.batch}) {
+              CAPTURE(flat);
+              CAPTURE(b);
+              rt.set_engine_flat_min_width(deploy::flat_conv_min_width, flat);
+              const tensor2<float> got = rt.run(f.x.data(), b, deploy::precision::packed, p);
+              for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got.data()[i] == want.data()[i]);
+            }
+        }
+      };
+      if (g.pool) {
+        auto net = nn::sequential(conv1, nn::relu<float, 4>("r1"), conv2, nn::relu<float, 4>("r2"),
+                                  nn::max_pool2d<float>({.kernel = 2, .name = "p"}),
+                                  nn::flatten<float>("f"), head);
+        check(net);
+      } else {
+        auto net = nn::sequential(conv1, nn::relu<float, 4>("r1"), conv2, nn::relu<float, 4>("r2"),
+                                  nn::flatten<float>("f"), head);
+        check(net);
+      }
+    }
 }
 
 TEST_CASE("packed engine: the plan fuses relu, max-pool and flatten into each layer") {

@@ -1098,13 +1098,18 @@ TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest d
 
 namespace {
 
-/// packed_conv_flat on path p and ref::packed_conv on rows [r0, r1) of conv g, into int32 and
-/// through the padded requantizing stage with a float residual add (its rows overload), checked
-/// against im2row + the plain loop over the codes.
+/// packed_conv_flat on path p (both row layouts) and ref::packed_conv on rows [r0, r1) of conv
+/// g, into int32 and through the padded requantizing stage with a float residual add (its rows
+/// overload), checked against im2row + the plain loop over the codes. When kw C % 4 != 0 the
+/// weights are packed with padded kernel rows (ref/packed_conv.hpp), the codes t's.
 void check_flat(int_isa p, const conv2d_geometry& g, const tensor_codes& t, std::size_t batch,
                 std::uint8_t z, std::size_t r0, std::size_t r1, std::mt19937& rng) {
   const std::size_t n = t.channels, m = r1 - r0;
-  const packed_weights w = t.pack();
+  const packed_weights w =
+      packed_conv_flat_fits(g)
+          ? t.pack()
+          : packed_weights(n, packed_padded_depth(g), t.group_size, t.bits.data(), t.scales.data(),
+                           pad_kernel_rows(g, n, t.codes.data()).data());
   std::vector<std::uint8_t> x(batch * g.in_h * g.in_w * g.in_channels);
   for (auto& v : x) v = static_cast<std::uint8_t>(rng());
   const std::string what = std::string(int_isa_name(p)) + " " + describe(g, n, batch, z) +
@@ -1112,13 +1117,17 @@ void check_flat(int_isa p, const conv2d_geometry& g, const tensor_codes& t, std:
   INFO(what);
   const std::vector<std::int32_t> want =
       plain_gemm(t, m, im2row(g, x, z, r0, r1), g.filter_size(), z);
-  std::vector<std::int32_t> got_ref(m * n, -1), got(m * n, -1);
+  std::vector<std::int32_t> got_ref(m * n, -1);
   ref::packed_conv(g, x.data(), z, w, r0, r1,
                    output::make_pipeline(output::store_int32{got_ref.data(), n, 1}));
-  packed_conv_flat(p, g, x.data(), z, w, r0, r1,
-                   output::make_pipeline(output::store_int32{got.data(), n, 1}));
   REQUIRE(got_ref == want);
-  CHECK(got == want);
+  for (flat_layout mode : {flat_layout::band_pixels, flat_layout::output_pixels}) {
+    CAPTURE(int(mode));
+    std::vector<std::int32_t> got(m * n, -1);
+    packed_conv_flat(p, g, x.data(), z, w, r0, r1,
+                     output::make_pipeline(output::store_int32{got.data(), n, 1}), mode);
+    CHECK(got == want);
+  }
   std::vector<float> scale(output::padded_length(n)), bias(output::padded_length(n));
   for (std::size_t j = 0; j < n; ++j) {
     scale[j] = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
@@ -1131,10 +1140,14 @@ void check_flat(int_isa p, const conv2d_geometry& g, const tensor_codes& t, std:
         output::scale_bias{scale.data(), bias.data()}, output::add_f32{res.data(), n},
         output::clamp{0.0f}, output::quantize_u8{8.0f, 3}, output::store<std::uint8_t>{y, n});
   };
-  std::vector<std::uint8_t> want_u8(m * n, 7), got_u8(m * n, 9);
+  std::vector<std::uint8_t> want_u8(m * n, 7);
   ref::packed_conv(g, x.data(), z, w, r0, r1, stage(want_u8.data()));
-  packed_conv_flat(p, g, x.data(), z, w, r0, r1, stage(got_u8.data()));
-  CHECK(got_u8 == want_u8);
+  for (flat_layout mode : {flat_layout::band_pixels, flat_layout::output_pixels}) {
+    CAPTURE(int(mode));
+    std::vector<std::uint8_t> got_u8(m * n, 9);
+    packed_conv_flat(p, g, x.data(), z, w, r0, r1, stage(got_u8.data()), mode);
+    CHECK(got_u8 == want_u8);
+  }
 }
 
 /// Rows of conv g: all, a band of whole output rows, and a range from and to mid-row.
@@ -1222,18 +1235,79 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
   }
 }
 
+TEST_CASE_TEMPLATE("packed_conv_flat: padded kernel rows (kw C % 4 != 0) exact against the "
+                   "plain loop, bitwidths 2..8, odd shapes, row ranges, zero points, each path",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(73);
+  // LeNet-5's conv2 (6 channels, 5 x 5, 12 x 12 -> 8 x 8: kw C = 30 -> 32), then kernel rows
+  // of 1 to 3 bytes of padding: kw C = 5, 6, 7, 9, 10, 15, 18, 21, 27, 35.
+  struct shape {
+    std::size_t c, kh, kw, pad;
+  };
+  for (const shape s : {shape{6, 5, 5, 0}, shape{5, 1, 1, 0}, shape{6, 1, 1, 0}, shape{7, 1, 1, 0},
+                        shape{3, 3, 3, 1}, shape{5, 2, 2, 1}, shape{5, 3, 3, 2}, shape{6, 3, 3, 1},
+                        shape{7, 3, 3, 0}, shape{9, 3, 3, 1}, shape{7, 5, 5, 2}, shape{5, 4, 7, 3},
+                        shape{3, 17, 1, 0}}) {
+    const bool lenet = s.c == 6 && s.kh == 5;
+    conv2d_geometry g = lenet ? conv_geometry(6, 12, 12, 5, 5, 1, 0, 1)
+                              : conv_geometry(s.c, s.kh + rng() % 6, s.kw + 2 + rng() % 11, s.kh,
+                                              s.kw, 1, s.pad, 1);
+    REQUIRE_FALSE(packed_conv_flat_fits(g));
+    REQUIRE(packed_conv_flat_padded_fits(g));
+    const std::size_t n_out = lenet ? 16 : std::vector<std::size_t>{1, 7, 16, 19, 33}[rng() % 5];
+    const std::size_t gs = rng() % 2 ? 1 : 4;
+    std::vector<std::uint8_t> bits((n_out + gs - 1) / gs);
+    for (auto& b : bits) b = static_cast<std::uint8_t>(2 + rng() % 7); // zero codes: k >= 2
+    const tensor_codes t = make_codes(n_out, g.filter_size(), gs, bits, codes_kind::random, rng);
+    const std::size_t batch = rng() % 2 ? 1 : 3;
+    const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+    flat_ranges(g, batch, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, batch, z, r0, r1, rng);
+    });
+  }
+  // Codes at the limits (8 bits) on LeNet-5's conv2, z = 0.
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest}) {
+    const conv2d_geometry g = conv_geometry(6, 12, 12, 5, 5, 1, 0, 1);
+    const tensor_codes t = make_codes(16, g.filter_size(), 16, {8}, kind, rng);
+    flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+      check_flat(Arch::id, g, t, 2, 0, r0, r1, rng);
+    });
+  }
+}
+
 TEST_CASE("packed_conv_flat: which convolutions fit; others are refused") {
   CHECK(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 1, 1, 1)));
   CHECK(packed_conv_flat_fits(conv_geometry(4, 7, 7, 1, 1, 1, 0, 1)));
   CHECK_FALSE(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 2, 1, 1))); // stride 2
   CHECK_FALSE(packed_conv_flat_fits(conv_geometry(16, 28, 28, 3, 3, 1, 2, 2))); // dilation 2
   CHECK_FALSE(packed_conv_flat_fits(conv_geometry(6, 12, 12, 3, 3, 1, 1, 1)));  // kw C = 18
+  CHECK(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 1, 1, 1))); // padded: 20
+  CHECK_FALSE(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 2, 1, 1)));
+  CHECK_FALSE(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 1, 2, 2)));
   const conv2d_geometry g = conv_geometry(6, 12, 12, 3, 3, 1, 1, 1);
+  CHECK(packed_kernel_row(g) == 20);
+  CHECK(packed_padded_depth(g) == 60);
   std::mt19937 rng(72);
-  const packed_weights w = make_codes(4, g.filter_size(), 4, {4}, codes_kind::random, rng).pack();
+  // Weights of depth kh kw C = 54 (not padded): refused by the flat kernel, taken by the twin.
+  const tensor_codes t = make_codes(4, g.filter_size(), 4, {4}, codes_kind::random, rng);
+  const packed_weights w = t.pack();
   const std::vector<std::uint8_t> x(g.in_h * g.in_w * g.in_channels, 1);
   std::vector<std::int32_t> y(g.out_plane() * 4);
   CHECK_THROWS_AS(packed_conv_flat(int_isa::reference, g, x.data(), 0, w, 0, g.out_plane(),
+                                   output::make_pipeline(output::store_int32{y.data(), 4, 1})),
+                  std::invalid_argument);
+  // Padded: the codes at [a 20, a 20 + 18), zeros after them.
+  const std::vector<std::int32_t> padded = pad_kernel_rows(g, 4, t.codes.data());
+  REQUIRE(padded.size() == 4 * 60);
+  for (std::size_t j = 0; j < 4; ++j)
+    for (std::size_t a = 0; a < 3; ++a)
+      for (std::size_t p = 0; p < 20; ++p)
+        CHECK(padded[(j * 3 + a) * 20 + p] == (p < 18 ? t.codes[j * 54 + a * 18 + p] : 0));
+  // A depth that is neither: refused by the twin.
+  const packed_weights odd = make_codes(4, 55, 4, {4}, codes_kind::random, rng).pack();
+  CHECK_THROWS_AS(ref::packed_conv(g, x.data(), 0, odd, 0, g.out_plane(),
                                    output::make_pipeline(output::store_int32{y.data(), 4, 1})),
                   std::invalid_argument);
 }

@@ -16,6 +16,13 @@
 //            >= flat_conv_min_width pixels: no im2row, kernels/packed/flat_conv.hpp copies the
 //            input rows once into a z-padded band and the micro-kernels read the patches there
 //            in place (one matrix per kernel row, the padding columns' outputs dropped).
+//   conv2d at stride 1 whose kernel rows are not whole quads (kw C % 4 != 0, not direct, every
+//            channel >= 2 bits) with output rows of >= flat_padded_min_width pixels: its
+//            weights are packed with kernel rows padded by zero codes to whole quads
+//            (ref/packed_conv.hpp, padded_rows(k)) and it runs on the flat plane too, the
+//            micro-kernels on its output pixels only (flat_layout::output_pixels: no dropped
+//            columns; LeNet-5's conv2: kw C = 30 -> 32); im2row, when the knob sends it there,
+//            lays its rows out padded the same way (z in the padding).
 //   linear:  rows = images; after a flatten of an NHWC image the weight columns are reordered
 //            at load from the file's (c, h, w) to (h, w, c). Batch 1 is packed_gemv.
 //   output stage (output_stage.hpp): scale_bias -> clamp (ReLU) -> quantize_u8 -> fused_store,
@@ -44,6 +51,7 @@
 #include <bitgrad/kernels/packed/packed_gemm.hpp>
 #include <bitgrad/kernels/parallel.hpp>
 #include <bitgrad/kernels/ref/direct_conv.hpp>
+#include <bitgrad/kernels/ref/packed_conv.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -74,6 +82,15 @@ inline std::size_t engine_parallel_threshold() {
 /// 12.5 % at 14, 22 % at 7. Measured (benchmarks/README, issue 19, AVX-512 VNNI, ResNet-20 and
 /// VGG-style at batch 256): from 28 pixels it saves CPU time, from 14 or 7 it loses.
 inline constexpr std::size_t flat_conv_min_width = 28;
+
+/// The narrowest output row from which a stride-1 conv whose kernel rows are not whole quads
+/// gets padded kernel rows and runs on the flat plane, on its output pixels only
+/// (packed_engine::padded_rows, flat_layout::output_pixels). Measured (benchmarks/README, issue
+/// 19, h19-lenet3, AVX-512 VNNI, the one shape): LeNet-5's conv2 (12 x 12 -> 8 x 8, 5 x 5, 6
+/// channels, 7 % padded depth) saves ~5 % of LeNet-5's CPU time against im2row (one tile of 16
+/// channels: the 150-byte rows' copy is shared by few multiply-adds). On every band pixel
+/// (flat_layout::band_pixels: 92 rows per 64 pixels) it lost.
+inline constexpr std::size_t flat_padded_min_width = 8;
 
 namespace detail {
 
@@ -313,6 +330,7 @@ public:
     if (!plan_.supported()) return;
     weights_.resize(plan_.steps.size());
     direct_.resize(plan_.steps.size());
+    padded_.resize(plan_.steps.size());
     for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
       const integer_step& s = plan_.steps[k];
       if (!s.gemm()) continue; // a global pool: no weights
@@ -329,8 +347,15 @@ public:
       for (std::size_t j = 0; j < w.channels; ++j)
         for (std::size_t p = 0; p < w.depth; ++p)
           codes[j * w.depth + p] = w.codes[j * w.depth + perm[p]];
+      direct_[k] = s.conv && direct_conv_fits(geometry_of(s));
+      padded_[k] = s.conv && !direct_[k] && pads_kernel_rows(s, w);
+      std::size_t depth = w.depth;
+      if (padded_[k]) {
+        codes = pad_kernel_rows(geometry_of(s), w.channels, codes.data());
+        depth = packed_padded_depth(geometry_of(s));
+      }
       try {
-        weights_[k] = packed_weights(w.channels, w.depth, w.group_size, w.bits.data(),
+        weights_[k] = packed_weights(w.channels, depth, w.group_size, w.bits.data(),
                                      w.scales.data(), codes.data());
       } catch (const std::invalid_argument& e) {
         // e.g. a depth beyond packed_max_depth: the float path still runs the model.
@@ -338,10 +363,10 @@ public:
         plan_.steps.clear();
         weights_.clear();
         direct_.clear();
+        padded_.clear();
         payload_ = 0;
         return;
       }
-      direct_[k] = s.conv && direct_conv_fits(geometry_of(s));
       payload_ += t.kind == format::tensor_kind::quantized
                       ? std::size_t((t.code_bits() + 7) / 8) + 5 * t.bits.size()
                       : t.element_count() * sizeof(float);
@@ -384,17 +409,29 @@ public:
   const packed_weights& weights(std::size_t k) const { return weights_[k]; }
   /// True when step k runs as a direct convolution (direct_conv_fits), not im2row + packed_gemm.
   bool direct(std::size_t k) const { return k < direct_.size() && direct_[k]; }
+  /// True when step k's weights have kernel rows padded to whole quads (ref/packed_conv.hpp):
+  /// a stride-1 conv, not direct, kw C % 4 != 0, every channel >= 2 bits (zero codes), output
+  /// rows of >= flat_padded_min_width pixels; decided at load.
+  bool padded_rows(std::size_t k) const { return k < padded_.size() && padded_[k]; }
   /// Output widths from which a stride-1 conv runs on the flat plane (flat_conv.hpp) instead
-  /// of im2row + packed_gemm (default flat_conv_min_width; 0: every conv that fits, SIZE_MAX:
-  /// none, as the tests do to cover both).
-  void set_flat_min_width(std::size_t w) { flat_min_width_ = w; }
-  /// True when step k runs on the flat plane: packed_conv_flat_fits and an output row of at
-  /// least flat_min_width_ pixels (the Wp - OW padding columns per row computed and dropped
-  /// cost (Wp - OW) / Wp more work: 7 % at 28 pixels, 22 % at 7).
+  /// of im2row + packed_gemm: whole_quads for kw C % 4 == 0 (default flat_conv_min_width),
+  /// padded for the padded_rows steps (default flat_padded_min_width); a conv with kw C % 4
+  /// != 0 whose rows were not padded at load never does. One value sets both (0: every conv
+  /// that fits, SIZE_MAX: none, as the tests do to cover both).
+  void set_flat_min_width(std::size_t whole_quads, std::size_t padded) {
+    flat_min_width_ = whole_quads;
+    flat_padded_min_width_ = padded;
+  }
+  void set_flat_min_width(std::size_t w) { set_flat_min_width(w, w); }
+  /// True when step k runs on the flat plane: packed_conv_flat_fits (or padded_rows) and an
+  /// output row of at least that kind's minimum width (whole quads: the Wp - OW padding
+  /// columns per row computed and dropped cost (Wp - OW) / Wp more work, 7 % at 28 pixels, 22 %
+  /// at 7; padded rows run on the output pixels only).
   bool flat(std::size_t k) const {
     const integer_step& s = plan_.steps[k];
-    return s.conv && !direct(k) && s.conv_out.dims[2] >= flat_min_width_ &&
-           packed_conv_flat_fits(geometry_of(s));
+    if (!s.conv || direct(k)) return false;
+    if (padded_rows(k)) return s.conv_out.dims[2] >= flat_padded_min_width_;
+    return s.conv_out.dims[2] >= flat_min_width_ && packed_conv_flat_fits(geometry_of(s));
   }
 
   /// The direct convolution shape of a conv step.
@@ -437,6 +474,18 @@ public:
     return perm;
   }
 
+  /// For step k, the engine's depth index q (depth_order) -> its index in weights(k): q, or
+  /// with padded kernel rows (padded_rows) a q / (kw C) kernel_row + q % (kw C), the codes
+  /// of kernel row a at a kernel_row (ref/packed_conv.hpp).
+  std::vector<std::size_t> packed_index(std::size_t k) const {
+    const integer_step& s = plan_.steps[k];
+    std::vector<std::size_t> at(s.depth);
+    const std::size_t row = padded_rows(k) ? s.c.kernel_w * s.c.in_channels : s.depth;
+    const std::size_t pitch = padded_rows(k) ? packed_kernel_row(geometry_of(s)) : s.depth;
+    for (std::size_t q = 0; q < s.depth; ++q) at[q] = q / row * pitch + q % row;
+    return at;
+  }
+
   /// Logits (batch, outputs) of `batch` float inputs in the file's layout, on path isa.
   tensor2<float> run(const float* x, std::size_t batch, int_isa isa) const {
     if (!supported()) throw config_error("packed_engine: " + why());
@@ -468,6 +517,14 @@ public:
   }
 
 private:
+  /// Whether conv step s (not direct) with weights w gets padded kernel rows (padded_rows).
+  static bool pads_kernel_rows(const integer_step& s, const integer_weights& w) {
+    const conv2d_geometry g = geometry_of(s);
+    return packed_conv_flat_padded_fits(g) && !packed_conv_flat_fits(g) &&
+           s.conv_out.dims[2] >= flat_padded_min_width &&
+           std::all_of(w.bits.begin(), w.bits.end(), [](std::uint8_t b) { return b >= 2; });
+  }
+
   /// The other operand of a step's fused residual add: u8 or float NHWC (or none).
   struct residual_in {
     const std::uint8_t* u8 = nullptr;
@@ -684,7 +741,7 @@ private:
             T* y, const residual_in& res) const {
     const integer_step& s = plan_.steps[k];
     with_output(k, m, row0, y, res, [&](const auto& out) {
-      packed_gemm(isa, m, a, s.depth, s.in_zero, weights_[k], out);
+      packed_gemm(isa, m, a, weights_[k].depth(), s.in_zero, weights_[k], out);
     });
   }
 
@@ -806,7 +863,8 @@ private:
     for (std::size_t b0 = r0; b0 < r1;) {
       const std::size_t b1 = std::min(r1, (b0 / plane + 1) * plane);
       with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
-        packed_conv_flat(isa, g, x, s.in_zero, weights_[k], b0, b1, out);
+        packed_conv_flat(isa, g, x, s.in_zero, weights_[k], b0, b1, out,
+                         padded_rows(k) ? flat_layout::output_pixels : flat_layout::band_pixels);
       });
       b0 = b1;
     }
@@ -830,11 +888,18 @@ private:
     const std::size_t C = s.in_shape.dims[0], H = s.in_shape.dims[1], W = s.in_shape.dims[2];
     const std::size_t ow_n = s.conv_out.dims[2];
     const std::size_t plane = std::size_t(s.conv_out.dims[1]) * ow_n;
-    const std::size_t K = s.depth, kh = s.c.kernel_h, kw = s.c.kernel_w;
+    // K = kh pitch: kernel row a at a pitch, its last pitch - kw C bytes z when the weights'
+    // kernel rows are padded (padded_rows(k)), else pitch = kw C.
+    const std::size_t K = weights_[k].depth(), kh = s.c.kernel_h, kw = s.c.kernel_w;
+    const std::size_t pitch = K / kh, pad = pitch - kw * C;
     // A patch spans span_h image rows; consecutive kernel rows are row_step bytes apart.
     const std::size_t span_h = (kh - 1) * s.c.dilation_h + 1, row_step = s.c.dilation_h * W * C;
     thread_local std::vector<std::uint8_t> cols;
     cols.resize(std::min(block, r1 - r0) * K);
+    if (pad > 0) // the padding, once per call (the copies below write the kw C bytes only)
+      for (std::size_t r = 0; r < std::min(block, r1 - r0); ++r)
+        for (std::size_t a = 0; a < kh; ++a)
+          std::memset(cols.data() + r * K + a * pitch + kw * C, s.in_zero, pad);
     // Image n, output pixel (oh, ow) of row r0, then counted up row by row (no division).
     std::size_t n = r0 / plane, oh = r0 % plane / ow_n, ow = r0 % plane % ow_n;
     for (std::size_t b0 = r0; b0 < r1; b0 += block) {
@@ -853,7 +918,7 @@ private:
           // The whole patch is inside (most rows): kh runs of kw * C consecutive NHWC bytes,
           // dilation_h image rows apart.
           const std::uint8_t* src = img + (std::size_t(ih0) * W + std::size_t(iw0)) * C;
-          for (std::size_t a = 0; a < kh; ++a, row += kw * C, src += row_step)
+          for (std::size_t a = 0; a < kh; ++a, row += pitch, src += row_step)
             copy_bytes(row, src, kw * C);
           continue;
         }
@@ -864,16 +929,17 @@ private:
           if (row_inside && s.c.dilation_w == 1 && iw0 >= 0 && std::size_t(iw0) + kw <= W) {
             // The whole kernel row is inside: kw * C consecutive bytes of NHWC.
             copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw0)) * C, kw * C);
-            row += kw * C;
+            row += pitch;
             continue;
           }
-          for (std::size_t b = 0; b < kw; ++b, row += C) {
+          for (std::size_t b = 0; b < kw; ++b) {
             const std::ptrdiff_t iw = iw0 + std::ptrdiff_t(b * s.c.dilation_w);
             if (row_inside && iw >= 0 && std::size_t(iw) < W)
-              copy_bytes(row, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
+              copy_bytes(row + b * C, img + (std::size_t(ih) * W + std::size_t(iw)) * C, C);
             else
-              std::memset(row, s.in_zero, C);
+              std::memset(row + b * C, s.in_zero, C);
           }
+          row += pitch;
         }
       }
       gemm(k, isa, rows, cols.data(), b0, y, res);
@@ -883,7 +949,9 @@ private:
   integer_plan plan_;
   std::vector<packed_weights> weights_;
   std::vector<char> direct_; ///< per step: runs as a direct convolution (direct_conv_fits)
+  std::vector<char> padded_; ///< per step: kernel rows padded to whole quads (padded_rows)
   std::size_t flat_min_width_ = flat_conv_min_width;
+  std::size_t flat_padded_min_width_ = flat_padded_min_width;
   std::size_t payload_ = 0;
   std::size_t parallel_min_ = engine_parallel_threshold();
   std::size_t block_images_ = 0; ///< set_block_images (0: automatic)

@@ -142,6 +142,9 @@ public:
   /// packed_engine::set_flat_min_width: the output widths from which stride-1 convs run on
   /// the flat plane (tests force 0 and SIZE_MAX to cover both ways).
   void set_engine_flat_min_width(std::size_t w) { engine_.set_flat_min_width(w); }
+  void set_engine_flat_min_width(std::size_t whole_quads, std::size_t padded) {
+    engine_.set_flat_min_width(whole_quads, padded);
+  }
   /// Multiply-adds of a whole batch from which the float / int8 paths split its image blocks
   /// across threads, and the packed engine its layers (default engine_parallel_threshold(); 0
   /// splits whenever there are two blocks, as the tests do).
@@ -349,14 +352,16 @@ private:
     const std::size_t k = step_of_[i];
     const packed_weights& pw = engine_.weights(k);
     const std::vector<std::size_t> perm = packed_engine::depth_order(engine_.plan().steps[k]);
+    const std::vector<std::size_t> at = engine_.packed_index(k); // padded kernel rows
     std::vector<std::uint32_t> order(pw.channels());
     pw.channel_order(order.data());
-    const std::size_t depth = pw.depth();
+    const std::size_t depth = perm.size();
     std::vector<std::int32_t> codes(pw.channels() * depth);
     for (int b = 1; b <= packed_max_bits; ++b)
       for (std::size_t v = 0; v < pw.class_channels(b); ++v) {
         const std::size_t j = order[pw.class_begin(b) + v];
-        for (std::size_t q = 0; q < depth; ++q) codes[j * depth + perm[q]] = pw.code_at(b, v, q);
+        for (std::size_t q = 0; q < depth; ++q)
+          codes[j * depth + perm[q]] = pw.code_at(b, v, at[q]);
       }
     return codes;
   }

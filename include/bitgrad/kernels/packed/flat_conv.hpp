@@ -20,11 +20,19 @@
 // The flat pixels with ow >= OW (the 2 pw padding columns, Wp - OW of each row but the last) are
 // computed and dropped by the output adapter: (Wp - OW) / Wp more work (7 % at 28 x 28 with
 // pw = 1, 13 % at 14 x 14, 22 % at 7 x 7) against im2row's copy of kh kw C bytes per pixel.
-// Needs kw C % 4 == 0 (a kernel row is whole quads of the panel), stride 1, dilation 1, one
-// group (packed_conv_flat_fits). Exact: the same int32 sums of the same products as packed_gemm
-// on the im2row rows (padding reads z as im2row's does; the int32 sums are formed in another
-// order, which does not change them; the wrap-around of the correction cancels as in
-// packed_gemm). Scratch is thread_local: concurrent calls from several threads are safe.
+// Needs stride 1, dilation 1, one group, and a kernel row of whole quads of the panel: kw C % 4
+// == 0 (packed_conv_flat_fits), or weights with padded kernel rows (ref/packed_conv.hpp: depth
+// kh R, R = kw C rounded up to a multiple of 4, zero codes in each row's last R - kw C places;
+// packed_conv_flat_padded_fits). A padded kernel row reads R bytes from the band: its last
+// R - kw C are the next pixel's first channels (or, past the band's last pixel, R - kw C bytes
+// of z kept after the band), times zero codes. LeNet-5's conv2 (6 channels, 5 x 5: kw C = 30,
+// R = 32) is such a conv: 7 % more multiply-adds than its 150-deep rows. (A 1-bit channel has
+// no zero code, +-1 only: its weights cannot be padded, so such a conv takes im2row.)
+// Exact: the same int32 sums of the same products as packed_gemm on the im2row rows (padding
+// reads z as im2row's does; the int32 sums are formed in another order, which does not change
+// them; the wrap-around of the correction cancels as in packed_gemm; zero codes add 0 to the
+// sums and to the code sums of the correction). Scratch is thread_local: concurrent calls from
+// several threads are safe.
 #pragma once
 
 #include <bitgrad/kernels/conv2d_geometry.hpp>
@@ -40,12 +48,27 @@
 
 namespace bitgrad {
 
-/// True when packed_conv_flat computes conv g: stride 1, dilation 1, one group, and a kernel
-/// row of whole quads (kw C % 4 == 0).
-inline bool packed_conv_flat_fits(const conv2d_geometry& g) {
+/// True when packed_conv_flat computes conv g on weights with padded kernel rows (depth
+/// packed_padded_depth(g)): stride 1, dilation 1, one group.
+inline bool packed_conv_flat_padded_fits(const conv2d_geometry& g) {
   return g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
-         g.groups == 1 && g.kernel_w * g.in_channels % packed_quad == 0;
+         g.groups == 1;
 }
+
+/// True when packed_conv_flat computes conv g on its plain weights (depth g.filter_size()):
+/// packed_conv_flat_padded_fits and a kernel row of whole quads (kw C % 4 == 0), whose padded
+/// rows are the plain ones.
+inline bool packed_conv_flat_fits(const conv2d_geometry& g) {
+  return packed_conv_flat_padded_fits(g) && g.kernel_w * g.in_channels % packed_quad == 0;
+}
+
+/// The matrix rows of a flat call. band_pixels: every band pixel from the first output pixel
+/// to the last, so the micro-kernels run whole blocks at one row stride, the (Wp - OW) padding
+/// columns of each output row computed and dropped (the top of this header). output_pixels:
+/// the output pixels only, the micro-kernels called once per output row's part of a block (no
+/// dropped work; the row blocks' tails of MR rows when OW is not a multiple of MR, e.g. 8 on
+/// AVX-512: LeNet-5's conv2, OW = 8, where band_pixels would compute 92 rows per 64 pixels).
+enum class flat_layout { band_pixels, output_pixels };
 
 namespace detail {
 
@@ -106,15 +129,18 @@ struct flat_conv_out {
   }
 };
 
-/// packed_conv_flat on path Arch (the top of this header).
+/// packed_conv_flat on path Arch (the top of this header); mode: which matrix rows the
+/// micro-kernels run (flat_layout).
 template <class Arch, class Out>
 void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_t* x,
                           std::uint8_t z, const packed_weights& w, std::size_t r0, std::size_t r1,
-                          const Out& out) {
+                          flat_layout mode, const Out& out) {
   using panel_t = typename packed_isa_traits<Arch>::panel;
   const std::size_t C = g.in_channels, H = g.in_h, W = g.in_w, kh = g.kernel_h;
   const std::size_t ow_n = g.out_w(), plane = g.out_plane(), pw = g.pad_w;
-  const std::size_t wp = W + 2 * pw, row_bytes = wp * C, kq = g.kernel_w * C / packed_quad;
+  const std::size_t wp = W + 2 * pw, row_bytes = wp * C;
+  const std::size_t kq = packed_kernel_row(g) / packed_quad;      // quads per kernel row
+  const std::size_t over = packed_kernel_row(g) - g.kernel_w * C; // read past the last pixel
   thread_local std::vector<std::uint8_t> band;
   for (std::size_t r = r0; r < r1;) {
     // Image n's part of the rows: output pixels (oh0, ow0) .. (oh1, ow1).
@@ -123,49 +149,97 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
     const std::size_t oh1 = (e - 1) % plane / ow_n, ow1 = (e - 1) % plane % ow_n;
     // Band row i is padded row oh0 + i: image row oh0 + i - ph, or z outside the image.
     const std::size_t band_rows = oh1 - oh0 + kh;
-    band.resize(band_rows * row_bytes);
-    for (std::size_t i = 0; i < band_rows; ++i) {
-      std::uint8_t* dst = band.data() + i * row_bytes;
-      const std::ptrdiff_t ih = std::ptrdiff_t(oh0 + i) - std::ptrdiff_t(g.pad_h);
-      if (ih < 0 || std::size_t(ih) >= H) {
-        std::memset(dst, z, row_bytes);
-        continue;
+    band.resize(band_rows * row_bytes + over);
+    if (over > 0) std::memset(band.data() + band_rows * row_bytes, z, over);
+    // The image rows the band holds, [inside0, inside1): without column padding one copy (NHWC rows
+    // are consecutive), else row by row between z columns; the others all z.
+    const std::ptrdiff_t top = std::ptrdiff_t(g.pad_h) - std::ptrdiff_t(oh0); // row of ih = 0
+    const std::size_t inside0 =
+        std::size_t(std::clamp<std::ptrdiff_t>(top, 0, std::ptrdiff_t(band_rows)));
+    const std::size_t inside1 = std::size_t(std::clamp<std::ptrdiff_t>(
+        top + std::ptrdiff_t(H), std::ptrdiff_t(inside0), std::ptrdiff_t(band_rows)));
+    if (inside0 > 0) std::memset(band.data(), z, inside0 * row_bytes);
+    if (inside1 < band_rows)
+      std::memset(band.data() + inside1 * row_bytes, z, (band_rows - inside1) * row_bytes);
+    if (inside0 < inside1) { // band row i in [inside0, inside1) holds image row i - top
+      const std::uint8_t* image_row =
+          x + (n * H + std::size_t(std::ptrdiff_t(inside0) - top)) * W * C;
+      if (pw == 0) {
+        std::memcpy(band.data() + inside0 * row_bytes, image_row, (inside1 - inside0) * row_bytes);
+      } else {
+        for (std::size_t i = inside0; i < inside1; ++i, image_row += W * C) {
+          std::uint8_t* dst = band.data() + i * row_bytes;
+          std::memset(dst, z, pw * C);
+          std::memcpy(dst + pw * C, image_row, W * C);
+          std::memset(dst + (pw + W) * C, z, pw * C);
+        }
       }
-      std::memset(dst, z, pw * C);
-      std::memcpy(dst + pw * C, x + (n * H + std::size_t(ih)) * W * C, W * C);
-      std::memset(dst + (pw + W) * C, z, pw * C);
     }
-    // Flat rows: band pixels [ow0, (oh1 - oh0) wp + ow1], the last one real, so kernel row
-    // kh - 1 of the last read ends at the band's last byte.
-    const std::size_t m = (oh1 - oh0) * wp + ow1 + 1 - ow0;
-    const std::uint8_t* base = band.data() + ow0 * C;
-    auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
-                    std::size_t /*tail: 0, K = kh kw C is whole quads*/, int k,
-                    const panel_t* panel, std::int32_t* acc, bool accumulate) {
-      // Quads [q0, q1) as segments of kernel rows: row a holds quads [a kq, (a + 1) kq).
+    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, count) for each
+    // run of count rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row
+    // a holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
+    auto dot = [&](const auto& for_runs, std::size_t q0, std::size_t q1, int k,
+                   const panel_t* panel, std::int32_t* acc, bool accumulate) {
       constexpr std::size_t max_segments = 16;
       std::size_t off[max_segments], nq[max_segments], segments = 0;
-      const std::uint8_t* x0 = base + i0 * C;
       for (std::size_t a = q0 / kq; a * kq < q1; ++a) {
         const std::size_t qa0 = std::max(q0, a * kq), qa1 = std::min(q1, (a + 1) * kq);
         const std::size_t at = a * wp * C + (qa0 - a * kq) * packed_quad;
         if constexpr (requires {
-                        packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                        packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                             accumulate);
                       }) {
-          if (segments < max_segments) { // one kernel call for the whole range below
+          if (segments < max_segments) { // one kernel call per run for the whole range below
             off[segments] = at, nq[segments++] = qa1 - qa0;
             continue;
           }
         }
-        packed_rows(arch, mb, x0 + at, C, qa1 - qa0, 0, k, panel + (qa0 - q0) * packed_quad_codes,
-                    acc, accumulate);
+        for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+          packed_rows(arch, count, x0 + at, C, qa1 - qa0, 0, k,
+                      panel + (qa0 - q0) * packed_quad_codes, acc + i * packed_tile, accumulate);
+        });
         accumulate = true;
       }
       if constexpr (requires {
-                      packed_rows_segments(arch, mb, x0, C, off, nq, 1, panel, acc, accumulate);
+                      packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                           accumulate);
                     })
         if (segments > 0)
-          packed_rows_segments(arch, mb, x0, C, off, nq, segments, panel, acc, accumulate);
+          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+            packed_rows_segments(arch, count, x0, C, off, nq, segments, panel,
+                                 acc + i * packed_tile, accumulate);
+          });
+    };
+    if (mode == flat_layout::output_pixels) {
+      // Matrix row i = output pixel r + i: runs of one output row each (consecutive band
+      // pixels), pixel (oh, ow) at band pixel (oh - oh0) wp + ow.
+      auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
+                      std::size_t /*tail: 0, K = kh kq quads*/, int k, const panel_t* panel,
+                      std::int32_t* acc, bool accumulate) {
+        auto for_runs = [&](const auto& f) {
+          std::size_t px = r % plane + i0;
+          for (std::size_t i = 0; i < mb;) {
+            const std::size_t oh = px / ow_n, ow = px % ow_n;
+            const std::size_t run = std::min(mb - i, ow_n - ow);
+            f(band.data() + ((oh - oh0) * wp + ow) * C, i, run);
+            i += run, px += run;
+          }
+        };
+        dot(for_runs, q0, q1, k, panel, acc, accumulate);
+      };
+      packed_gemm_blocks(arch, e - r, rows, r - r0, z, w, out);
+      r = e;
+      continue;
+    }
+    // Flat rows: band pixels [ow0, (oh1 - oh0) wp + ow1], the last one real, so kernel row
+    // kh - 1 of the last read ends at the band's last byte (+ over).
+    const std::size_t m = (oh1 - oh0) * wp + ow1 + 1 - ow0;
+    const std::uint8_t* base = band.data() + ow0 * C;
+    auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
+                    std::size_t /*tail: 0, K = kh kq quads*/, int k, const panel_t* panel,
+                    std::int32_t* acc, bool accumulate) {
+      dot([&](const auto& f) { f(base + i0 * C, std::size_t(0), mb); }, q0, q1, k, panel, acc,
+          accumulate);
     };
     const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
     if constexpr (requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
@@ -202,14 +276,20 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
 } // namespace detail
 
 /// acc(r, j) of the top of this header for output pixels r in [r0, r1) of conv g on the batch
-/// x (u8 NHWC, zero point z), every channel j of w (depth g.filter_size()), handed to
-/// out(r - r0, j, acc), on path p. std::invalid_argument unless packed_conv_flat_fits(g).
+/// x (u8 NHWC, zero point z), every channel j of w (depth packed_padded_depth(g): kernel rows
+/// padded to whole quads, ref/packed_conv.hpp; g.filter_size() when kw C % 4 == 0), handed to
+/// out(r - r0, j, acc), on path p, the micro-kernels on mode's rows (flat_layout; the same
+/// sums either way). std::invalid_argument unless packed_conv_flat_padded_fits(g) and w has
+/// that depth.
 template <class Out>
 void packed_conv_flat(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
-                      const packed_weights& w, std::size_t r0, std::size_t r1, const Out& out) {
-  if (!packed_conv_flat_fits(g))
-    throw std::invalid_argument("packed_conv_flat: needs stride 1, dilation 1, one group and "
-                                "kernel_w * in_channels a multiple of 4");
+                      const packed_weights& w, std::size_t r0, std::size_t r1, const Out& out,
+                      flat_layout mode = flat_layout::band_pixels) {
+  if (!packed_conv_flat_padded_fits(g))
+    throw std::invalid_argument("packed_conv_flat: needs stride 1, dilation 1 and one group");
+  if (w.depth() != packed_padded_depth(g))
+    throw std::invalid_argument("packed_conv_flat: needs kernel rows of whole quads: weights of "
+                                "depth kernel_h * (kernel_w * in_channels rounded up to 4)");
   if (!int_isa_supported(p)) detail::packed_isa_unavailable(p);
   if (r0 >= r1) return;
   switch (p) {
@@ -218,26 +298,26 @@ void packed_conv_flat(int_isa p, const conv2d_geometry& g, const std::uint8_t* x
     return;
 #if BITGRAD_PACKED_X86
   case int_isa::sse2:
-    detail::packed_conv_flat_run(isa::sse2{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::sse2{}, g, x, z, w, r0, r1, mode, out);
     return;
   case int_isa::avx2:
-    detail::packed_conv_flat_run(isa::avx2{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::avx2{}, g, x, z, w, r0, r1, mode, out);
     return;
 #if BITGRAD_PACKED_HAS_AVX_VNNI
   case int_isa::avx_vnni:
-    detail::packed_conv_flat_run(isa::avx_vnni{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::avx_vnni{}, g, x, z, w, r0, r1, mode, out);
     return;
 #endif
   case int_isa::avx512_vnni:
-    detail::packed_conv_flat_run(isa::avx512_vnni{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::avx512_vnni{}, g, x, z, w, r0, r1, mode, out);
     return;
 #endif
 #if BITGRAD_PACKED_ARM64
   case int_isa::neon:
-    detail::packed_conv_flat_run(isa::neon{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::neon{}, g, x, z, w, r0, r1, mode, out);
     return;
   case int_isa::neon_dot:
-    detail::packed_conv_flat_run(isa::neon_dot{}, g, x, z, w, r0, r1, out);
+    detail::packed_conv_flat_run(isa::neon_dot{}, g, x, z, w, r0, r1, mode, out);
     return;
 #endif
   default:
