@@ -999,6 +999,7 @@ TEST_CASE("packed engine: ResNet-20 (width 3, 11 x 11, mixed 1..8 bits) is suppo
   CHECK(pool.out_u8);
   CHECK(pool.out_zero == 0); // the mean of ReLU outputs
   CHECK(plan.steps[22].in_value == pool.out_value);
+  CHECK(rt.engine().linear_tail() == 22); // the fc, on the pool's u8 output
   // The block input of layer1.0 is read twice (conv1 and the add) on one grid.
   const deploy::integer_step& stem = plan.steps[0];
   CHECK(plan.steps[1].in_value == stem.out_value);
