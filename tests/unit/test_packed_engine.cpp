@@ -254,6 +254,46 @@ TEST_CASE("packed engine: VGG-style at width 32, one bit class per layer (tile p
   check_model("VGG-style width 32, 8 bits", make_fixture(net, 25, 20, 8), 0.9);
 }
 
+// The linear tail (packed_engine::linear_tail): the linears after the flatten run on the whole
+// batch after the image blocks, from a batch-wide features buffer the blocks write. Blocks of
+// 1, 3 and 64 images and the automatic size, batches 1, 7, 20 and 257 (257: a last block of 2
+// images of 3, and more rows than two of packed_gemm's 64-row blocks per thread), every layer
+// split across the threads and the default: the same logits as the reference twin.
+TEST_CASE("packed engine: the linear tail on the whole batch after image blocks, exact against "
+          "the reference on every path") {
+  auto net = nn::vgg_small<float>({.seed = 9, .width = 8, .hidden = 40});
+  const fixture f = make_fixture(net, 26, 257);
+  deploy::runtime rt(format::from_bytes(format::to_bytes(f.m)));
+  REQUIRE(rt.packed_ready());
+  const deploy::packed_engine& e = rt.engine();
+  REQUIRE(e.plan().steps.size() == 6); // conv1..conv4, fc1, fc2
+  CHECK(e.linear_tail() == 4);
+  const tensor2<float> want = deploy::ref::run_integer(f.m, f.x.data(), f.batch);
+  for (int_isa p : all_int_isas) {
+    if (!int_isa_supported(p)) continue;
+    CAPTURE(std::string(int_isa_name(p)));
+    for (std::size_t parallel_min : {std::size_t(0), deploy::engine_parallel_threshold()})
+      for (std::size_t block : {std::size_t(0), std::size_t(1), std::size_t(3), std::size_t(64)})
+        for (std::size_t b : {std::size_t(1), std::size_t(7), std::size_t(20), std::size_t(257)}) {
+          CAPTURE(parallel_min);
+          CAPTURE(block);
+          CAPTURE(b);
+          rt.set_engine_parallel_min(parallel_min);
+          rt.set_block_images(block);
+          const std::size_t at = b == 257 ? 0 : 250 - b; // images [at, at + b)
+          const tensor2<float> got =
+              rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
+          REQUIRE(got.shape()[0] == b);
+          bool same = true;
+          for (std::size_t i = 0; i < got.size(); ++i)
+            same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
+          CHECK(same);
+        }
+  }
+  // LeNet-5's fc1..fc3 form its tail.
+  CHECK(deploy::runtime(lenet().m).engine().linear_tail() == 2);
+}
+
 TEST_CASE("packed engine: im2row runs of every copier width (kernel rows of kw C = 5 to 35 "
           "bytes), with pads and strides, equal the reference on every path") {
   // conv 1->C k3 p1 (direct) -> relu -> conv C->5 (im2row: C > 4) -> relu -> flatten -> linear.
@@ -959,6 +999,7 @@ TEST_CASE("packed engine: ResNet-20 (width 3, 11 x 11, mixed 1..8 bits) is suppo
   CHECK(pool.out_u8);
   CHECK(pool.out_zero == 0); // the mean of ReLU outputs
   CHECK(plan.steps[22].in_value == pool.out_value);
+  CHECK(rt.engine().linear_tail() == 22); // the fc, on the pool's u8 output
   // The block input of layer1.0 is read twice (conv1 and the add) on one grid.
   const deploy::integer_step& stem = plan.steps[0];
   CHECK(plan.steps[1].in_value == stem.out_value);

@@ -59,15 +59,15 @@ inline image_blocks plan_image_blocks(std::size_t batch, std::size_t cap, std::s
   return b;
 }
 
-/// Calls f(begin, end) for the image range of every block: on the calling thread when there is
-/// one block or one thread, else blocks split across `threads` OpenMP threads in contiguous
-/// runs. The first exception thrown by f is rethrown here after every thread has stopped (the
-/// other blocks of the thread that threw are skipped).
+/// Calls f(b0, b1) for runs of consecutive blocks [b0, b1): all of them on the calling thread
+/// when there is one block or one thread, else one contiguous run per OpenMP thread of
+/// `threads` (as parallel_chunks). The first exception thrown by f is rethrown here after
+/// every thread has stopped.
 template <class F>
-void for_image_blocks(const image_blocks& blocks, std::size_t threads, F&& f) {
+void for_image_block_runs(const image_blocks& blocks, std::size_t threads, F&& f) {
   threads = std::min(threads, blocks.count);
   if (threads <= 1) {
-    for (std::size_t b = 0; b < blocks.count; ++b) f(blocks.begin(b), blocks.end(b));
+    if (blocks.count > 0) f(std::size_t(0), blocks.count);
     return;
   }
   std::exception_ptr error;
@@ -75,14 +75,24 @@ void for_image_blocks(const image_blocks& blocks, std::size_t threads, F&& f) {
   bitgrad::detail::parallel_chunks(threads, blocks.count,
                                    [&](std::size_t, std::size_t b0, std::size_t b1) {
                                      try {
-                                       for (std::size_t b = b0; b < b1; ++b)
-                                         f(blocks.begin(b), blocks.end(b));
+                                       f(b0, b1);
                                      } catch (...) {
                                        const std::lock_guard<std::mutex> lock(error_mutex);
                                        if (!error) error = std::current_exception();
                                      }
                                    });
   if (error) std::rethrow_exception(error);
+}
+
+/// Calls f(begin, end) for the image range of every block: on the calling thread when there is
+/// one block or one thread, else blocks split across `threads` OpenMP threads in contiguous
+/// runs (for_image_block_runs). The first exception thrown by f is rethrown here after every
+/// thread has stopped (the other blocks of the thread that threw are skipped).
+template <class F>
+void for_image_blocks(const image_blocks& blocks, std::size_t threads, F&& f) {
+  for_image_block_runs(blocks, threads, [&](std::size_t b0, std::size_t b1) {
+    for (std::size_t b = b0; b < b1; ++b) f(blocks.begin(b), blocks.end(b));
+  });
 }
 
 /// A buffer that grows without initialising (std::vector::resize would zero the new part) and

@@ -31,6 +31,10 @@
 //
 // Blocks (image_blocks.hpp): the batch runs in blocks of whole images, every step on one block
 // before the next block, in per-thread buffers reused across calls; threads take whole blocks.
+// The linear tail (linear_tail(): the last steps when they are linears on the features, e.g.
+// VGG-style's fc1 and fc2 after the flatten) runs after a thread's run of blocks on all the
+// run's images at once (the whole batch on 1 thread), from a batch-wide u8 features buffer the
+// blocks write, so its weights are decoded per 64 rows, not per block of a few images.
 // Threads (kernels/parallel.hpp, OpenMP): a batch of one block (batch 1) splits each layer
 // instead: a conv its rows by whole images when the block has at least as many images as
 // threads, else by bands of output rows aligned to the pool windows (so no two threads write
@@ -313,7 +317,9 @@ private:
   }
   /// The max of a pool window without a branch on the data (which mispredicts on images).
   BITGRAD_ALWAYS_INLINE void write(T& dst, T v) const { dst = pool ? std::max(dst, v) : v; }
-  std::size_t channel_stride() const { return !nchw ? 1 : pool ? ph * pw : plane; }
+  BITGRAD_ALWAYS_INLINE std::size_t channel_stride() const {
+    return !nchw ? 1 : pool ? ph * pw : plane;
+  }
 };
 
 } // namespace detail
@@ -510,10 +516,59 @@ public:
     const std::size_t threads =
         batch * macs >= parallel_min_ ? bitgrad::detail::available_threads() : 1;
     const detail::image_blocks blocks = detail::plan_image_blocks(batch, block_images(), threads);
-    detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
-      run_block(x + b * inputs, e - b, isa, logits.data() + b * outputs);
+    const std::size_t steps = plan_.steps.size(), tail = linear_tail();
+    if (blocks.count <= 1 || tail == steps) {
+      detail::for_image_blocks(blocks, threads, [&](std::size_t b, std::size_t e) {
+        run_steps(0, steps, x + b * inputs, nullptr, e - b, isa, logits.data() + b * outputs);
+      });
+      return logits;
+    }
+    // Each thread's run of blocks: the steps before the linear tail block by block, the
+    // features into one batch-wide buffer; then the tail on the run's images at once (no
+    // second parallel region: on 2 threads its barrier and the serial last linear cost more
+    // CPU time than the tail saved, benchmarks/README h19-vgg).
+    const std::size_t features = plan_.steps[tail].in_shape.elements();
+    thread_local detail::reusable_buffer<std::uint8_t> feature_buffer;
+    std::uint8_t* f = feature_buffer.get(batch * features);
+    detail::for_image_block_runs(blocks, threads, [&](std::size_t b0, std::size_t b1) {
+      for (std::size_t b = b0; b < b1; ++b) {
+        const std::size_t i = blocks.begin(b);
+        run_steps(0, tail, x + i * inputs, f + i * features, blocks.end(b) - i, isa, nullptr);
+      }
+      const std::size_t i0 = blocks.begin(b0), i1 = blocks.end(b1 - 1);
+      run_steps(tail, steps, nullptr, f + i0 * features, i1 - i0, isa,
+                logits.data() + i0 * outputs);
     });
     return logits;
+  }
+
+  /// The first step of the linear tail: the last steps, from a step k > 0 on, when each is a
+  /// linear (no residual add) that reads the u8 output of a step before k (the features, e.g.
+  /// a conv's flattened output) or of a step of the tail. run() runs the steps before it in
+  /// image blocks and the tail on each thread's run of blocks at once (the whole batch on one
+  /// thread), so a linear's weights are decoded once per 64 rows (packed_gemm's row block), not
+  /// once per image block (VGG-style's fc1, 3136 x 256: 26 decodes per call at batch 256 in
+  /// blocks of 10 images). steps.size(): no tail.
+  std::size_t linear_tail() const {
+    const std::vector<integer_step>& steps = plan_.steps;
+    std::size_t k = steps.size();
+    while (k > 0 && steps[k - 1].gemm() && !steps[k - 1].conv &&
+           steps[k - 1].residual == format::no_index)
+      --k;
+    if (k == 0 || k == steps.size()) return steps.size();
+    const std::uint32_t features = steps[k].in_value;
+    if (!steps[k].in_u8 || steps[k - 1].network_output) return steps.size();
+    for (std::size_t i = k; i < steps.size(); ++i) {
+      const std::uint32_t v = steps[i].in_value;
+      bool made_in_tail = false;
+      for (std::size_t j = k; j < i; ++j) made_in_tail = made_in_tail || steps[j].out_value == v;
+      if (!steps[i].in_u8 || (v != features && !made_in_tail)) return steps.size();
+    }
+    bool made_before = false; // by a step before the tail, as u8
+    for (std::size_t j = 0; j < k; ++j)
+      made_before = made_before ||
+                    (steps[j].out_value == features && steps[j].out_u8 && !steps[j].network_output);
+    return made_before ? k : steps.size();
   }
 
 private:
@@ -531,41 +586,53 @@ private:
     const float* f = nullptr;
   };
 
-  /// Every step on `batch` images (one block), their logits into the rows at `logits`. Kept
+  /// Steps [k0, k1) on `batch` images (one block, or the whole batch for the linear tail),
+  /// the network output's rows at `logits`. k0 == 0: the input is the float images x, else
+  /// the u8 `features` (step k0's input value, batch x its elements). k1 < steps: step k1's
+  /// input value is written to `features` instead of a buffer of this thread. Kept
   /// values (integer_plan.hpp: "values": u8 NHWC on their grid, or float NHWC) live in this
   /// thread's buffers, one per value id, reused across blocks and calls (no allocation, no
   /// page faults once they have grown).
-  void run_block(const float* x, std::size_t batch, int_isa isa, float* logits) const {
+  void run_steps(std::size_t k0, std::size_t k1, const float* x, std::uint8_t* features,
+                 std::size_t batch, int_isa isa, float* logits) const {
     // Buffer slots by liveness: a value's slot is free again after the last step that reads
     // it, so a chain of steps cycles through a few buffers that stay in cache. Slots hold
-    // floats; u8 values use their bytes.
+    // floats; u8 values use their bytes. The features (k0 > 0 or k1 < steps) are the
+    // caller's (`outside`).
     const std::size_t n_values = plan_.values.size();
     thread_local std::vector<detail::reusable_buffer<float>> slots;
     thread_local std::vector<std::size_t> slot_of, last_read, free;
+    thread_local std::vector<std::uint8_t*> outside;
     slot_of.assign(n_values, 0);
     last_read.assign(n_values, 0);
+    outside.assign(n_values, nullptr);
     free.clear();
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+    for (std::size_t k = k0; k < k1; ++k) {
       last_read[plan_.steps[k].in_value] = k;
       if (plan_.steps[k].residual != format::no_index) last_read[plan_.steps[k].residual] = k;
     }
+    if (k0 > 0) outside[plan_.steps[k0].in_value] = features;
+    if (k1 < plan_.steps.size()) outside[plan_.steps[k1].in_value] = features;
     std::size_t used = 1; // slot 0: the input
     auto bytes = [&](std::size_t v) {
-      return reinterpret_cast<std::uint8_t*>(slots[slot_of[v]].data.get());
+      return outside[v] ? outside[v]
+                        : reinterpret_cast<std::uint8_t*>(slots[slot_of[v]].data.get());
     };
     auto floats = [&](std::size_t v) { return slots[slot_of[v]].data.get(); };
     auto grow = [&](std::size_t v, std::size_t n_bytes) {
       if (slots.size() <= slot_of[v]) slots.resize(slot_of[v] + 1);
       slots[slot_of[v]].get((n_bytes + sizeof(float) - 1) / sizeof(float));
     };
-    const integer_step& first = plan_.steps.front();
-    slot_of[plan_.input_value] = 0;
-    grow(plan_.input_value, batch * std::size_t(first.in_shape.elements()));
-    quantize_input(first, x, batch, bytes(plan_.input_value));
-    for (std::size_t k = 0; k < plan_.steps.size(); ++k) {
+    if (k0 == 0) {
+      const integer_step& first = plan_.steps.front();
+      slot_of[plan_.input_value] = 0;
+      grow(plan_.input_value, batch * std::size_t(first.in_shape.elements()));
+      quantize_input(first, x, batch, bytes(plan_.input_value));
+    }
+    for (std::size_t k = k0; k < k1; ++k) {
       const integer_step& s = plan_.steps[k];
       const std::size_t out_n = batch * std::size_t(s.out_shape.elements());
-      if (!s.network_output) { // the output's slot, before the inputs' are freed
+      if (!s.network_output && !outside[s.out_value]) { // its slot, before the inputs' free
         if (free.empty()) {
           slot_of[s.out_value] = used++;
         } else {
@@ -593,7 +660,7 @@ private:
         run_any(k, isa, a, af, batch, y, res);
       }
       for (std::uint32_t v : {s.in_value, s.residual})
-        if (v != format::no_index && last_read[v] == k &&
+        if (v != format::no_index && !outside[v] && last_read[v] == k &&
             std::find(free.begin(), free.end(), slot_of[v]) == free.end())
           free.push_back(slot_of[v]);
     }
