@@ -200,15 +200,31 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         });
         accumulate = true;
       }
-      if constexpr (requires {
-                      packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
-                                           accumulate);
-                    })
+      if constexpr (requires(std::vector<std::int8_t> & h) {
+                      packed_halves_panel(arch, panel, nq, 1, h);
+                      packed_rows_halves(arch, q0, band.data(), C, off, nq, 1, panel, h.data(), acc,
+                                         accumulate);
+                    }) {
+        // One tile (AVX-512 VNNI): two quads per broadcast from the halves panel, built once
+        // for the block's runs.
+        if (segments > 0) {
+          thread_local std::vector<std::int8_t> halves;
+          packed_halves_panel(arch, panel, nq, segments, halves);
+          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+            packed_rows_halves(arch, count, x0, C, off, nq, segments, panel, halves.data(),
+                               acc + i * packed_tile, accumulate);
+          });
+        }
+      } else if constexpr (requires {
+                             packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                                  accumulate);
+                           }) {
         if (segments > 0)
           for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
             packed_rows_segments(arch, count, x0, C, off, nq, segments, panel,
                                  acc + i * packed_tile, accumulate);
           });
+      }
     };
     if (mode == flat_layout::output_pixels) {
       // Matrix row i = output pixel r + i: runs of one output row each (consecutive band
