@@ -12,6 +12,8 @@
 //
 // Micro-kernel: MR rows x one tile, MR zmm accumulators; per quad one panel load and, per row,
 // a 4-byte broadcast of x(i, 4q..4q+3) from memory and one vpdpbusd.
+// Also: two tiles per broadcast (avx512_rows_pair), and one tile with two quads per 8-byte
+// broadcast (avx512_rows_halves, the flat plane's 16-channel convs).
 #pragma once
 
 #include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced

@@ -42,7 +42,9 @@
 //
 // Tile pairs (AVX-512 VNNI, packed_rows_pair): the tile loop takes tiles t, t + 1 of a class
 // together, two panels and two accumulator blocks, so each activation broadcast feeds 32
-// channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak).
+// channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak). A tile
+// that runs alone on the flat plane (flat_conv.hpp: 16-channel convs) takes two quads per
+// broadcast instead (packed_rows_halves), its panel laid out by the panel_ready hook.
 //
 // Output: the stage sees each (i, j) once; a pipeline whose stages all have lane overloads
 // (output_stage.hpp) is called once per row block of a tile with consecutive channels,
