@@ -175,9 +175,6 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         }
       }
     }
-    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, count) for each
-    // run of count rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row
-    // a holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
     // The one-tile kernel's halves panel (AVX-512 VNNI) of the panel at halves_of, built by
     // panel_ready after packed_gemm_blocks decodes a tile that runs alone; reset by a pair's
     // call (its decode reuses the panel, and a pair with too many kernel rows runs rows()).
@@ -198,6 +195,9 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         halves_of = panel;
       }
     };
+    // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, count) for each
+    // run of count rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row
+    // a holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
     auto dot = [&](const auto& for_runs, std::size_t q0, std::size_t q1, int k,
                    const panel_t* panel, std::int32_t* acc, bool accumulate) {
       constexpr std::size_t max_segments = 16;
