@@ -1235,6 +1235,43 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
   }
 }
 
+TEST_CASE_TEMPLATE("packed_conv_flat: one tile (at most 16 output channels; two quads per "
+                   "broadcast on AVX-512 VNNI): even and odd quads per kernel row, rows across "
+                   "the 4- and 8-row kernels, zero points, extreme sums, each path",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(73);
+  // ResNet-20's stage 1 (16 -> 16, 3 x 3, pad 1: 12 quads per kernel row), and kernel rows of
+  // 1, 3, 5 and 9 quads (an odd last quad paired with zero codes); ragged tiles of 1, 9, 15.
+  struct shape {
+    std::size_t c, kh, kw, pad;
+  };
+  for (const shape s :
+       {shape{16, 3, 3, 1}, shape{4, 3, 3, 1}, shape{4, 1, 1, 0}, shape{20, 3, 3, 1},
+        shape{12, 3, 3, 0}, shape{4, 5, 5, 2}, shape{16, 1, 3, 0}})
+    for (std::size_t n_out : {16u, 15u, 9u, 1u}) {
+      const conv2d_geometry g =
+          conv_geometry(s.c, s.kh + rng() % 8, s.kw + rng() % 12, s.kh, s.kw, 1, s.pad, 1);
+      const tensor_codes t = make_codes(n_out, g.filter_size(), n_out,
+                                        {std::uint8_t(1 + rng() % 8)}, codes_kind::random, rng);
+      const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+      flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+        check_flat(Arch::id, g, t, 2, z, r0, r1, rng);
+      });
+    }
+  // The extreme sums (x = 255 with z = 0, codes at the limit), 16 channels, 9 and 12 quads per
+  // kernel row.
+  for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest})
+    for (std::size_t c : {12u, 16u}) {
+      const conv2d_geometry g = conv_geometry(c, 9, 11, 3, 3, 1, 1, 1);
+      const tensor_codes t = make_codes(16, g.filter_size(), 16, {8}, kind, rng);
+      flat_ranges(g, 2, rng, [&](std::size_t r0, std::size_t r1) {
+        check_flat(Arch::id, g, t, 2, 0, r0, r1, rng);
+      });
+    }
+}
+
 TEST_CASE_TEMPLATE("packed_conv_flat: padded kernel rows (kw C % 4 != 0) exact against the "
                    "plain loop, bitwidths 2..8, odd shapes, row ranges, zero points, each path",
                    Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,

@@ -175,6 +175,26 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         }
       }
     }
+    // The one-tile kernel's halves panel (AVX-512 VNNI) of the panel at halves_of, built by
+    // panel_ready after packed_gemm_blocks decodes a tile that runs alone; reset by a pair's
+    // call (its decode reuses the panel, and a pair with too many kernel rows runs rows()).
+    thread_local std::vector<std::int8_t> halves;
+    const panel_t* halves_of = nullptr;
+    auto panel_ready = [&](int, std::size_t q0, std::size_t q1, const panel_t* panel) {
+      if constexpr (requires(std::vector<std::int8_t> & h, const std::size_t* s) {
+                      packed_halves_panel(arch, panel, s, 1, h);
+                    }) {
+        constexpr std::size_t max_segments = 16; // dot's: more kernel rows build their own
+        std::size_t nq[max_segments], segments = 0;
+        halves_of = nullptr;
+        for (std::size_t a = q0 / kq; a * kq < q1; ++a, ++segments) {
+          if (segments == max_segments) return;
+          nq[segments] = std::min(q1, (a + 1) * kq) - std::max(q0, a * kq);
+        }
+        packed_halves_panel(arch, panel, nq, segments, halves);
+        halves_of = panel;
+      }
+    };
     // acc(i, :) for the matrix rows of the runs: for_runs(f) calls f(x0, i, count) for each
     // run of count rows i.. (row i + t at x0 + t C). Quads [q0, q1) as segments of kernel rows, row
     // a holding quads [a kq, (a + 1) kq) at x0 + a wp C, found once for all runs.
@@ -200,15 +220,33 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         });
         accumulate = true;
       }
-      if constexpr (requires {
-                      packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
-                                           accumulate);
-                    })
+      if constexpr (requires(std::vector<std::int8_t> & h) {
+                      packed_halves_panel(arch, panel, nq, 1, h);
+                      packed_rows_halves(arch, q0, band.data(), C, off, nq, 1, panel, h.data(), acc,
+                                         accumulate);
+                    }) {
+        // One tile (AVX-512 VNNI): two quads per broadcast from the halves panel, built by
+        // panel_ready once per decode (else here, for the block's runs).
+        if (segments > 0) {
+          if (panel != halves_of) {
+            packed_halves_panel(arch, panel, nq, segments, halves);
+            halves_of = nullptr;
+          }
+          for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
+            packed_rows_halves(arch, count, x0, C, off, nq, segments, panel, halves.data(),
+                               acc + i * packed_tile, accumulate);
+          });
+        }
+      } else if constexpr (requires {
+                             packed_rows_segments(arch, q0, band.data(), C, off, nq, 1, panel, acc,
+                                                  accumulate);
+                           }) {
         if (segments > 0)
           for_runs([&](const std::uint8_t* x0, std::size_t i, std::size_t count) {
             packed_rows_segments(arch, count, x0, C, off, nq, segments, panel,
                                  acc + i * packed_tile, accumulate);
           });
+      }
     };
     if (mode == flat_layout::output_pixels) {
       // Matrix row i = output pixel r + i: runs of one output row each (consecutive band
@@ -227,7 +265,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         };
         dot(for_runs, q0, q1, k, panel, acc, accumulate);
       };
-      packed_gemm_blocks(arch, e - r, rows, r - r0, z, w, out);
+      packed_gemm_blocks(arch, e - r, rows, r - r0, z, w, out, no_tile_pairs{}, panel_ready);
       r = e;
       continue;
     }
@@ -250,6 +288,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
       auto rows_pair = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
                            std::size_t tail, int k, const panel_t* panel, std::size_t panel_stride,
                            std::int32_t* acc0, std::int32_t* acc1, bool accumulate) {
+        halves_of = nullptr;
         constexpr std::size_t max_segments = 16;
         std::size_t off[max_segments], nq[max_segments], segments = 0;
         for (std::size_t a = q0 / kq; a * kq < q1; ++a, ++segments) {
@@ -265,7 +304,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
         packed_rows_pair(arch, mb, base + i0 * C, C, off, nq, segments, 0, panel, panel_stride,
                          acc0, acc1, accumulate);
       };
-      packed_gemm_blocks(arch, m, rows, 0, z, w, flat, rows_pair);
+      packed_gemm_blocks(arch, m, rows, 0, z, w, flat, rows_pair, panel_ready);
     } else {
       packed_gemm_blocks(arch, m, rows, 0, z, w, flat);
     }

@@ -12,6 +12,8 @@
 //
 // Micro-kernel: MR rows x one tile, MR zmm accumulators; per quad one panel load and, per row,
 // a 4-byte broadcast of x(i, 4q..4q+3) from memory and one vpdpbusd.
+// Also: two tiles per broadcast (avx512_rows_pair), and one tile with two quads per 8-byte
+// broadcast (avx512_rows_halves, the flat plane's 16-channel convs).
 #pragma once
 
 #include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
@@ -22,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if BITGRAD_PACKED_X86
 
@@ -360,6 +363,133 @@ inline void packed_rows_pair(isa::avx512_vnni, std::size_t rows, const std::uint
   if (i + 4 <= rows) call(std::integral_constant<std::size_t, 4>{});
   if (i + 2 <= rows) call(std::integral_constant<std::size_t, 2>{});
   if (i < rows) call(std::integral_constant<std::size_t, 1>{});
+}
+
+/// Quad pairs in the register's halves (one tile, 16 channels: ResNet-20's stage 1, LeNet-5's
+/// conv2, whose convs have no second tile to pair with). The one-tile kernel pays one load per
+/// vpdpbusd (a panel load per quad + a broadcast per row); here one 8-byte broadcast of two
+/// quads of a row feeds two vpdpbusd, each on 8 channels x 2 quads:
+///
+///   broadcast b = x(r, 4q..4q+7) in every qword: dword 2j = quad q, dword 2j + 1 = quad q + 1
+///   halves panel, per quad pair:  lo dword 2j = w(j, quad q), dword 2j + 1 = w(j, quad q + 1)
+///                                 hi the same for channels 8 + j                   (j < 8)
+///   acc_lo(r) += b . lo,  acc_hi(r) += b . hi
+///   c(r, j) = acc_lo(r)[2j] + acc_lo(r)[2j + 1],  c(r, 8 + j) = the same of acc_hi(r)
+///
+/// (MR + 2) / (2 MR) loads per vpdpbusd, as the tile pair's: 0.625 at MR = 8 against 1.125.
+/// The pairs are formed inside each segment (a kernel row of the flat plane; its quads are
+/// consecutive bytes of the row); a segment's odd last quad is paired with zero codes and met
+/// by a 4-byte broadcast (both dwords of a qword hold it).
+
+/// Vectors of the halves panel for segments of nq[s] quads: two per quad pair, a segment's
+/// odd last quad a pair of its own.
+inline std::size_t avx512_halves_vectors(const std::size_t* nq, std::size_t segments) {
+  std::size_t v = 0;
+  for (std::size_t s = 0; s < segments; ++s) v += 2 * ((nq[s] + 1) / 2);
+  return v;
+}
+
+/// The halves panel (above) of `panel` (dot order, segment after segment) into halves
+/// (avx512_halves_vectors(nq, segments) x 64 codes).
+BITGRAD_TARGET_AVX512_VNNI inline void avx512_halves_panel(const std::int8_t* panel,
+                                                           const std::size_t* nq,
+                                                           std::size_t segments,
+                                                           std::int8_t* halves) {
+  // dword 2j <- a[j], 2j + 1 <- b[j] (lo: j < 8; hi: j + 8), b's lanes counted from 16.
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (std::size_t s = 0; s < segments; ++s) {
+    for (std::size_t q = 0; q < nq[s]; q += 2) {
+      const __m512i a = _mm512_loadu_si512(panel);
+      const __m512i b =
+          q + 1 < nq[s] ? _mm512_loadu_si512(panel + packed_quad_codes) : _mm512_setzero_si512();
+      _mm512_storeu_si512(halves, _mm512_permutex2var_epi32(a, lo, b));
+      _mm512_storeu_si512(halves + packed_quad_codes, _mm512_permutex2var_epi32(a, hi, b));
+      panel += (q + 1 < nq[s] ? 2 : 1) * packed_quad_codes;
+      halves += 2 * packed_quad_codes;
+    }
+  }
+}
+
+/// MR rows x one tile from the halves panel, 2 MR accumulators: c(i, 0..15) (+)= the sums of
+/// avx512_rows_segments.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX512_VNNI void avx512_rows_halves(const std::uint8_t* x, std::size_t lda,
+                                                   const std::size_t* off, const std::size_t* nq,
+                                                   std::size_t segments, const std::int8_t* halves,
+                                                   std::int32_t* c, bool accumulate) {
+  static_assert(MR >= 4, "4 rows give 8 vpdpbusd chains");
+  __m512i lo[MR], hi[MR];
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+  // The quad pairs of every segment, then the segments' odd last quads (kept out of the
+  // first loop: with them inside, GCC copied the accumulators between registers every pair
+  // and spilled two).
+  const std::int8_t* h = halves;
+  for (std::size_t s = 0; s < segments; ++s) {
+    const std::uint8_t* xs = x + off[s];
+    const std::int8_t* const end = h + nq[s] / 2 * 2 * packed_quad_codes;
+    for (; h != end; h += 2 * packed_quad_codes, xs += 2 * packed_quad) { // a pointer walk
+      const __m512i wl = _mm512_loadu_si512(h);
+      const __m512i wh = _mm512_loadu_si512(h + packed_quad_codes);
+#pragma GCC unroll 16
+      for (std::size_t r = 0; r < MR; ++r) {
+        std::int64_t two;
+        std::memcpy(&two, xs + r * lda, 8);
+        const __m512i b = _mm512_set1_epi64(two);
+        lo[r] = _mm512_dpbusd_epi32(lo[r], b, wl);
+        hi[r] = _mm512_dpbusd_epi32(hi[r], b, wh);
+      }
+    }
+    h += nq[s] % 2 * 2 * packed_quad_codes;
+  }
+  h = halves;
+  for (std::size_t s = 0; s < segments; ++s) {
+    h += nq[s] / 2 * 2 * packed_quad_codes;
+    if (nq[s] % 2 == 0) continue;
+    // The odd last quad against (w, 0) pairs: both dwords of the broadcast hold it.
+    const std::uint8_t* xs = x + off[s] + (nq[s] - 1) * packed_quad;
+    const __m512i wl = _mm512_loadu_si512(h);
+    const __m512i wh = _mm512_loadu_si512(h + packed_quad_codes);
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r) {
+      const __m512i b = _mm512_set1_epi32(packed_load_quad(xs + r * lda));
+      lo[r] = _mm512_dpbusd_epi32(lo[r], b, wl);
+      hi[r] = _mm512_dpbusd_epi32(hi[r], b, wh);
+    }
+    h += 2 * packed_quad_codes;
+  }
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m512i sum = _mm512_add_epi32(_mm512_permutex2var_epi32(lo[r], even, hi[r]),
+                                   _mm512_permutex2var_epi32(lo[r], odd, hi[r]));
+    if (accumulate) sum = _mm512_add_epi32(sum, _mm512_loadu_si512(c + r * packed_tile));
+    _mm512_storeu_si512(c + r * packed_tile, sum);
+  }
+}
+
+/// packed_rows_segments' sums from the halves panel of its panel (avx512_halves_panel; both
+/// given: the last rows % 8 run avx512_rows_segments on the plain panel).
+inline void packed_rows_halves(isa::avx512_vnni, std::size_t rows, const std::uint8_t* x,
+                               std::size_t lda, const std::size_t* off, const std::size_t* nq,
+                               std::size_t segments, const std::int8_t* panel,
+                               const std::int8_t* halves, std::int32_t* c, bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 8 <= rows; i += 8)
+    avx512_rows_halves<8>(x + i * lda, lda, off, nq, segments, halves, c + i * packed_tile,
+                          accumulate);
+  if (i < rows) // (at 4 rows GCC folded the panel loads into each vpdpbusd: 1.5 loads each)
+    packed_rows_segments(isa::avx512_vnni{}, rows - i, x + i * lda, lda, off, nq, segments, panel,
+                         c + i * packed_tile, accumulate);
+}
+
+/// The halves panel for packed_rows_halves: `halves` resized and filled.
+inline void packed_halves_panel(isa::avx512_vnni, const std::int8_t* panel, const std::size_t* nq,
+                                std::size_t segments, std::vector<std::int8_t>& halves) {
+  halves.resize(avx512_halves_vectors(nq, segments) * packed_quad_codes);
+  avx512_halves_panel(panel, nq, segments, halves.data());
 }
 
 } // namespace bitgrad::detail

@@ -42,7 +42,9 @@
 //
 // Tile pairs (AVX-512 VNNI, packed_rows_pair): the tile loop takes tiles t, t + 1 of a class
 // together, two panels and two accumulator blocks, so each activation broadcast feeds 32
-// channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak).
+// channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak). A tile
+// that runs alone on the flat plane (flat_conv.hpp: 16-channel convs) takes two quads per
+// broadcast instead (packed_rows_halves), its panel laid out by the panel_ready hook.
 //
 // Output: the stage sees each (i, j) once; a pipeline whose stages all have lane overloads
 // (output_stage.hpp) is called once per row block of a tile with consecutive channels,
@@ -88,6 +90,12 @@ inline constexpr std::size_t packed_chunk_quads = 160;
 /// packed_gemm_blocks without tile pairs (the default of its rows_pair).
 struct no_tile_pairs {};
 
+/// packed_gemm_blocks without a hook on single-tile panels (the default of its panel_ready).
+struct no_panel_hook {
+  template <class Panel>
+  void operator()(int, std::size_t, std::size_t, const Panel*) const {}
+};
+
 template <class T>
 std::vector<T>& packed_scratch() {
   thread_local std::vector<T> buffer;
@@ -106,10 +114,15 @@ std::vector<T>& packed_scratch() {
 /// for both tiles at once, tile t's panel at panel and its sums in acc0, tile t + 1's at panel +
 /// panel_stride and acc1 (each row i at + i * packed_tile); one activation load then feeds 32
 /// channels. A class's odd last tile runs alone.
-template <class Arch, class Rows, class Out, class RowsPair = no_tile_pairs>
+///
+/// panel_ready(k, q0, q1, panel) is called after each decode of a tile that runs alone (quads
+/// [q0, q1) of class k in panel), before the rows() calls on it: flat_conv.hpp lays the panel
+/// out for its one-tile kernel there, once per decode instead of once per row block.
+template <class Arch, class Rows, class Out, class RowsPair = no_tile_pairs,
+          class PanelReady = no_panel_hook>
 void packed_gemm_blocks(Arch arch, std::size_t m, const Rows& rows, std::size_t out_row0,
                         std::uint8_t a_zero, const packed_weights& w, const Out& out,
-                        const RowsPair& rows_pair = {}) {
+                        const RowsPair& rows_pair = {}, const PanelReady& panel_ready = {}) {
   constexpr bool pairs = !std::is_same_v<RowsPair, no_tile_pairs>;
   using panel_t = typename packed_isa_traits<Arch>::panel;
   const std::size_t n = w.channels(), depth = w.depth();
@@ -221,6 +234,7 @@ void packed_gemm_blocks(Arch arch, std::size_t m, const Rows& rows, std::size_t 
           }
         }
         decode(k, t, 0, quads, correction != 0 ? sums : nullptr);
+        panel_ready(k, std::size_t(0), quads, panel.data());
         for (std::size_t i0 = 0; i0 < m; i0 += packed_row_block) {
           const std::size_t mb = std::min(packed_row_block, m - i0);
           rows(i0, mb, std::size_t(0), quads, tail, k, panel.data(), acc.data(), false);
@@ -253,6 +267,7 @@ void packed_gemm_blocks(Arch arch, std::size_t m, const Rows& rows, std::size_t 
         for (std::size_t q0 = 0; q0 < quads; q0 += packed_chunk_quads) {
           const std::size_t q1 = std::min(quads, q0 + packed_chunk_quads);
           decode(k, t, q0, q1, correction != 0 ? sums : nullptr);
+          panel_ready(k, q0, q1, panel.data());
           rows(i0, mb, q0, q1, q1 == quads ? tail : 0, k, panel.data(), acc.data(), q0 > 0);
         }
         emit(k, t, i0, mb);
