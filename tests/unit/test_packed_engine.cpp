@@ -129,6 +129,19 @@ std::size_t agree(const tensor2<float>& a, const tensor2<float>& b) {
   return n;
 }
 
+/// The packed engine's logits of images [at, at + b) of f on path p equal rows [at, at + b) of
+/// want (the reference twin's logits of all of f's images), bit for bit.
+void check_images(deploy::runtime& rt, const fixture& f, const tensor2<float>& want, std::size_t at,
+                  std::size_t b, int_isa p) {
+  const tensor2<float> got =
+      rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
+  REQUIRE(got.shape()[0] == b);
+  bool same = true;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
+  CHECK(same);
+}
+
 /// The engine equals ref::run_integer on every path; resident weights <= 1.25x the payload;
 /// top-1 agreement with the float path >= min_agreement.
 void check_model(const char* name, const fixture& f, double min_agreement = 0.99) {
@@ -150,15 +163,7 @@ void check_model(const char* name, const fixture& f, double min_agreement = 0.99
         rt.set_engine_flat_min_width(flat);
         CAPTURE(b);
         const std::size_t n = b == 1 ? 5 : b;
-        for (std::size_t at = 0; at + b <= n; at += b) {
-          const tensor2<float> got =
-              rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
-          REQUIRE(got.shape()[0] == b);
-          bool same = true;
-          for (std::size_t i = 0; i < got.size(); ++i)
-            same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
-          CHECK(same);
-        }
+        for (std::size_t at = 0; at + b <= n; at += b) check_images(rt, f, want, at, b, p);
       }
   }
   rt.set_engine_flat_min_width(deploy::flat_conv_min_width, deploy::flat_padded_min_width);
@@ -280,14 +285,7 @@ TEST_CASE("packed engine: the linear tail on the whole batch after image blocks,
           CAPTURE(b);
           rt.set_engine_parallel_min(parallel_min);
           rt.set_block_images(block);
-          const std::size_t at = b == 257 ? 0 : 250 - b; // images [at, at + b)
-          const tensor2<float> got =
-              rt.run(f.x.data() + at * rt.input_size(), b, deploy::precision::packed, p);
-          REQUIRE(got.shape()[0] == b);
-          bool same = true;
-          for (std::size_t i = 0; i < got.size(); ++i)
-            same = same && got.data()[i] == want.data()[at * rt.output_size() + i];
-          CHECK(same);
+          check_images(rt, f, want, b == 257 ? 0 : 250 - b, b, p);
         }
   }
   // LeNet-5's fc1..fc3 form its tail.
