@@ -78,7 +78,8 @@ test-native: deps
 	bash scripts/run-native-tests.sh build/bench
 
 # make fuzz [FUZZ_SECONDS=60]: build the libFuzzer targets (preset fuzz, clang++-14) and fuzz
-# each one for FUZZ_SECONDS on a copy of its seed corpus; fails on any crash.
+# each one for FUZZ_SECONDS on a copy of its seed corpus, JOBS targets at a time (libFuzzer is
+# single-threaded); fails on any crash.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: deps
@@ -102,7 +103,8 @@ bench-peers:
 # VGG-style, batch 1 and 256, 1 and 2 threads. Medians, batch-1 p50/p99 latency and peak RSS per
 # engine: table on stdout, JSON in build/bench/results/deploy.json. ROUNDS=n, MIN_TIME=seconds.
 # The packed integer kernels and engine cross-built for aarch64 (g++-aarch64-linux-gnu) and run
-# under qemu-aarch64 on two CPU models (NEON with and without the dot product): issue 19.
+# under qemu-aarch64 on two CPU models (NEON with and without the dot product): issue 19. Both
+# tests build at once, and the qemu runs (single-threaded) go two at a time.
 .PHONY: test-arm
 test-arm:
 	bash scripts/install-arm-deps.sh

@@ -8,6 +8,13 @@
 #   bash scripts/install-arm-deps.sh     # g++-aarch64-linux-gnu, qemu-user (once)
 #   bash scripts/test-aarch64.sh [-O2|-O3 ...extra flags]
 #   BITGRAD_AARCH64_SLOW=1 bash scripts/test-aarch64.sh   # + test_runtime, on the default CPU
+#   AARCH64_PARALLEL=1 bash scripts/test-aarch64.sh        # one build / qemu run at a time
+#   AARCH64_TESTS=test_packed_kernels bash scripts/test-aarch64.sh   # only these tests
+#
+# The tests are cross-built at the same time, then the qemu runs (one thread each) go
+# AARCH64_PARALLEL at a time (default 2), longest first. Each build and run writes its own log,
+# build/aarch64/logs/<test>.build.log and <test>.<cpu>.log, printed when it fails; any failure
+# fails the script (after every run has finished), with a summary of all runs.
 #
 # test_runtime trains a LeNet before it checks the runtime, which under QEMU takes more than 20
 # minutes of CPU, so it runs only when asked (and on one CPU model); test_packed_engine covers
@@ -37,19 +44,102 @@ if ! command -v "$cxx" >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
 fi
 flags=("${@:--O2}")
 
-tests=(test_packed_kernels test_packed_engine)
+parallel=${AARCH64_PARALLEL:-2}
+if ! [[ $parallel =~ ^[0-9]+$ ]] || [[ $parallel -eq 0 ]]; then
+  echo "test-aarch64: AARCH64_PARALLEL must be a positive integer, not '$parallel'" >&2
+  exit 2
+fi
+logs="$out/logs"
+rm -rf "$logs"
+mkdir -p "$logs"
+
+# Longest first, so the short runs fill the other slot: test_runtime (when asked) and
+# test_packed_engine take minutes under qemu, test_packed_kernels seconds.
+tests=()
 [ "${BITGRAD_AARCH64_SLOW:-0}" = 1 ] && tests+=(test_runtime)
-for t in "${tests[@]}"; do
-  echo "test-aarch64: building $t (${flags[*]})"
-  libs=()
+tests+=(test_packed_engine test_packed_kernels)
+if [ -n "${AARCH64_TESTS:-}" ]; then read -r -a tests <<<"$AARCH64_TESTS"; fi
+
+# build_one TEST: cross-compiles tests/unit/TEST.cpp into build/aarch64/TEST.
+build_one() {
+  local t=$1 libs=()
   [ "$t" = test_packed_kernels ] || libs=(-L/usr/lib/aarch64-linux-gnu -lz)
+  rm -f "$out/$t"
   "$cxx" -std=c++20 "${flags[@]}" -Wall -Wextra -Wpedantic -Werror -I"$root/include" \
     -isystem "$out/include" -DBITGRAD_TEST_DATA_DIR="\"$root/tests/data\"" \
     "$root/tests/main.cpp" "$root/tests/unit/$t.cpp" -o "$out/$t" "${libs[@]}"
+}
+
+# run_one TEST CPU: runs build/aarch64/TEST under qemu-aarch64 as CPU.
+run_one() {
+  QEMU_CPU=$2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$1"
+}
+
+# in_slot LOGNAME COMMAND...: runs COMMAND in the background once fewer than $parallel jobs
+# run, its output in $logs/LOGNAME.log, its exit status, wall seconds and CPU time in .status,
+# .seconds and .cpu.
+in_slot() {
+  local name=$1
+  shift
+  # Wait for a free slot (statuses are read from the files the jobs write, not from wait).
+  while [[ $(jobs -pr | wc -l) -ge $parallel ]]; do wait -n || true; done
+  echo "test-aarch64: $name started $(date -u +%H:%M:%S) (log: $logs/$name.log)"
+  (
+    start=$(date +%s)
+    status=0
+    "$@" >"$logs/$name.log" 2>&1 || status=$?
+    echo "$status" >"$logs/$name.status"
+    echo $(($(date +%s) - start)) >"$logs/$name.seconds"
+    times >"$logs/$name.times" # 2nd line: the job's processes' user and system CPU
+    tail -1 "$logs/$name.times" >"$logs/$name.cpu"
+  ) &
+}
+
+# report NAME...: prints each job's status, wall and CPU time, and the log of each that failed;
+# returns 1 if any failed.
+report() {
+  local name status bad=0
+  for name in "$@"; do
+    status=$(cat "$logs/$name.status" 2>/dev/null || echo missing)
+    echo "test-aarch64: $name: exit $status, $(cat "$logs/$name.seconds" 2>/dev/null || echo '?') s" \
+      "wall, CPU user / sys $(cat "$logs/$name.cpu" 2>/dev/null || echo '?')"
+    grep -E '^\[doctest\] (test cases|Status)' "$logs/$name.log" || true
+    if [ "$status" != 0 ]; then
+      echo "---- $logs/$name.log" >&2
+      cat "$logs/$name.log" >&2 || true
+      echo "---- end of $name" >&2
+      bad=1
+    fi
+  done
+  return "$bad"
+}
+
+trap 'jobs -p | xargs -r kill 2>/dev/null; exit 130' INT TERM
+
+builds=()
+for t in "${tests[@]}"; do
+  echo "test-aarch64: building $t (${flags[*]})"
+  in_slot "$t.build" build_one "$t"
+  builds+=("$t.build")
+done
+wait || true
+if ! report "${builds[@]}"; then
+  echo "test-aarch64: a build failed" >&2
+  exit 1
+fi
+
+runs=()
+for t in "${tests[@]}"; do
   cpus=(max cortex-a53)
   [ "$t" = test_runtime ] && cpus=(max)
   for cpu in "${cpus[@]}"; do
-    echo "test-aarch64: $t on qemu-aarch64 -cpu $cpu"
-    QEMU_CPU=$cpu qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$t"
+    in_slot "$t.$cpu" run_one "$t" "$cpu"
+    runs+=("$t.$cpu")
   done
 done
+wait || true
+if ! report "${runs[@]}"; then
+  echo "test-aarch64: a qemu run failed" >&2
+  exit 1
+fi
+echo "test-aarch64: ${#runs[@]} qemu runs passed, $parallel at a time"
