@@ -376,68 +376,6 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
   }
 }
 
-/// The direct wgrad takes a slice's images in passes of l.chunk when a tile's operands would not
-/// fit the L1 (kernels/conv2d_direct_wgrad.hpp), keeping its accumulator registers in memory
-/// between passes: every lane sees the same FMAs in the same order, so passes of 1, 2 and 3
-/// images give the same bits as one pass. Cout 1, 2, 4 (2 + 2 blocks), 5, 7 (3 + 2 + 2) and 16,
-/// odd planes, 5x5 taps (chunks of 9), two groups, a slice of 7 images; then, through
-/// conv2d_wgrad_using, a 56 x 56 layer whose slices of 3 images run in passes of 1, against the
-/// reference (tolerance as in the ragged-tiles case).
-TEST_CASE_TEMPLATE("direct wgrad in passes gives the bits of one pass", T, float, double) {
-  using bitgrad::detail::conv2d_wgrad_layout;
-  std::mt19937 rng(29);
-  const T nan = std::numeric_limits<T>::quiet_NaN();
-  const std::vector<conv2d_geometry> shapes{
-      make_geometry(7, 3, 1, 9, 11, 3, 3, 1, 1, 1),
-      make_geometry(7, 2, 2, 13, 7, 3, 3, 1, 1, 1),
-      make_geometry(7, 3, 4, 9, 9, 3, 3, 1, 1, 1),
-      make_geometry(7, 4, 5, 11, 13, 3, 3, 1, 1, 1),
-      make_geometry(7, 3, 7, 12, 9, 5, 5, 1, 2, 2),
-      make_geometry(7, 5, 16, 15, 15, 3, 3, 1, 1, 1),
-      make_geometry(7, 4, 6, 10, 9, 3, 3, 1, 1, 1, 1, 2), // two groups of 2 -> 3
-  };
-  for (const auto& g : shapes) {
-    const std::string what = describe(g);
-    auto [x, w, b, dy] = random_operands<T>(g, rng);
-    conv2d_wgrad_layout one = conv2d_wgrad_layout::of<T>(g, g.batch);
-    one.chunk = g.batch;
-    const std::vector<std::size_t> off = bitgrad::detail::conv2d_wgrad_offsets(g, one);
-    std::vector<T> buf(one.template scratch<T>(), nan), want(g.weight_count(), nan);
-    bitgrad::detail::conv2d_direct_wgrad_slice(g, one, off.data(), x.data(), dy.data(), 0, g.batch,
-                                               want.data(), buf.data());
-    for (std::size_t chunk : {1, 2, 3}) {
-      conv2d_wgrad_layout passes = one;
-      passes.chunk = chunk;
-      REQUIRE(passes.template acc_size<T>() > 0);
-      std::vector<T> pbuf(passes.template scratch<T>(), nan), got(g.weight_count(), nan);
-      bitgrad::detail::conv2d_direct_wgrad_slice(g, passes, off.data(), x.data(), dy.data(), 0,
-                                                 g.batch, got.data(), pbuf.data());
-      INFO(what << " passes of " << chunk);
-      CHECK(got == want);
-    }
-    // And one pass against the reference (the slice writes dW, without the bias).
-    std::vector<T> dw_ref(g.weight_count(), T(0)), ref_scratch;
-    bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), static_cast<T*>(nullptr),
-                               ref_scratch);
-    check_close(want, dw_ref, "direct wgrad slice " + what);
-  }
-  // Through the public entry: slices of 3 images, each in passes of 1.
-  const conv2d_geometry g = make_geometry(40, 2, 4, 56, 56, 3, 3, 1, 1, 1);
-  const auto slices = bitgrad::detail::conv2d_wgrad_slices(g.batch, g.weight_count());
-  const conv2d_wgrad_layout l = conv2d_wgrad_layout::of<T>(g, slices.size);
-  REQUIRE(slices.size == 3);
-  REQUIRE(l.chunk == 1);
-  auto [x, w, b, dy] = random_operands<T>(g, rng);
-  auto dw_ref = random_vector<T>(g.weight_count(), rng);
-  auto db_ref = random_vector<T>(g.out_channels, rng);
-  std::vector<T> dw = dw_ref, db = db_ref, scratch, ref_scratch;
-  bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), ref_scratch);
-  bitgrad::conv2d_wgrad_using(conv2d_algo::direct, g, x.data(), dy.data(), dw.data(), db.data(),
-                              scratch);
-  check_close(dw, dw_ref, "direct wgrad in passes " + describe(g));
-  check_close(db, db_ref, "direct dbias in passes " + describe(g));
-}
-
 /// The Winograd F(2x2, 3x3) kernel (kernels/conv2d_winograd.hpp) against the reference: odd
 /// H and W (the last tile row and column cropped), pad 0, 1 and 2 (dgrad then runs with pad 2, 1
 /// and 0), Cin and Cout 1, 3, 5, 17, 33, batch 1 and 3, bias, the fused ReLU, dgrad, and shapes

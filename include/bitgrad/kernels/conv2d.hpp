@@ -600,7 +600,7 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
   const bool implicit = algo == conv2d_algo::implicit, direct = algo == conv2d_algo::direct;
   const detail::conv2d_wgrad_layout flat = detail::conv2d_wgrad_layout::of<T>(g, slices.size);
   const std::size_t per = implicit ? detail::conv2d_implicit_wgrad_scratch<T>(g, slices.size)
-                          : direct ? flat.template scratch<T>()
+                          : direct ? flat.scratch()
                                    : detail::conv2d_scratch_per_thread(algo, g);
   T* const partials = detail::conv2d_grow(scratch, slices.count * wc + threads * per);
   T* const buf0 = partials + slices.count * wc;

@@ -24,15 +24,6 @@
 //
 // Taps come in chunks of NT; a last, shorter chunk reads tap 0's offset for its missing taps and
 // drops those sums (5x5: 3 chunks, 27 dot products for 25).
-//
-// Passes over the slice's images: a tile reads MR rows of dys and one plane of xs per image, and
-// the next tile (next input channel) the same dys rows again. When a slice's rows and plane do not
-// fit the L1 (ResNet-20's 28x28 stage: 8 images x (3 x 848 + 900) floats = 110 KB a tile), every
-// tile streams them from L2 and the kernel waits on its loads. So the images are taken `chunk` at
-// a time (chunk x (MR span_pad + plane) elements <= conv2d_wgrad_l1_budget), every tile of the
-// group per chunk, and a tile's MR x NT accumulator registers are kept in memory (`acc`, not yet
-// summed across lanes) between chunks. Each lane still sees the same FMAs in the same order (image
-// by image, pixel by pixel), so the sums are the same bits as in one pass.
 // The reference twin is ref::conv2d_wgrad (kernels/ref/conv2d.hpp).
 #pragma once
 
@@ -66,14 +57,8 @@ struct conv2d_wgrad_tile {
 };
 
 /// Geometry of the flat buffers of one wgrad slice and group.
-/// Bytes of one tile's operands (MR dys rows and one xs plane per image) that a pass over a
-/// chunk of images may read, so that they stay in a 32 KiB or larger L1 from one tile to the next.
-inline constexpr std::size_t conv2d_wgrad_l1_budget = std::size_t(16) << 10;
-
 struct conv2d_wgrad_layout {
   std::size_t wp, plane, span, span_pad, taps, taps_pad, in_channels, out_channels, images, guard;
-  /// Images per pass (see the top of this header); chunk == images: one pass, no acc buffer.
-  std::size_t chunk;
 
   template <class T>
   static conv2d_wgrad_layout of(const conv2d_geometry& g, std::size_t images) {
@@ -91,27 +76,12 @@ struct conv2d_wgrad_layout {
     // The last image's last channel is read up to span_pad - 1 + off(last tap)
     // = plane - 1 + (span_pad - span).
     l.guard = l.span_pad - l.span;
-    const std::size_t tile_bytes = (tile::mr * l.span_pad + l.plane) * sizeof(T);
-    l.chunk = std::clamp<std::size_t>(conv2d_wgrad_l1_budget / tile_bytes, 1,
-                                      std::max<std::size_t>(images, 1));
     return l;
   }
   std::size_t x_image() const { return in_channels * plane; }
   std::size_t dy_image() const { return out_channels * span_pad; }
   std::size_t xs_size() const { return images * x_image() + guard; }
-  /// Elements of the tiles' accumulators kept between passes: every tile of a group, MR x NT
-  /// registers of `lanes` each (0 when one pass takes all the images).
-  template <class T>
-  std::size_t acc_size() const {
-    using tile = conv2d_wgrad_tile<T>;
-    if (chunk >= images) return 0;
-    return (out_channels + tile::mr - 1) / tile::mr * in_channels * (taps_pad / tile::nt) *
-           tile::mr * tile::nt * tile::lanes;
-  }
-  template <class T>
-  std::size_t scratch() const {
-    return acc_size<T>() + xs_size() + images * dy_image();
-  }
+  std::size_t scratch() const { return xs_size() + images * dy_image(); }
 };
 
 /// The flat offsets of g's taps in (i, j) order (conv2d_flat_tap_offsets), then tap 0's offset
@@ -160,22 +130,17 @@ const std::array<std::size_t, B::size>& haddp_rows() {
 
 /// sums[r * NT + t] (sums holds sums_size(MU)) = sum over n < images, q < span_pad of dys_n[r *
 /// span_pad + q] * xs_n[off[t] + q], with dys_n = dyo + n * dy_image and xs_n = xc + n * x_image:
-/// one tile, or one pass of it. `kept` (MU x NT registers, or unused): if `resume`, the
-/// accumulators start from it (else from 0); if `sums` is null they are stored to it unsummed for
-/// the next pass, else their lanes are summed into sums.
+/// one tile.
 template <class T, std::size_t MU>
 void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
                               const std::size_t* off, const T* __restrict xc,
-                              const T* __restrict dyo, T* __restrict kept, bool resume,
-                              T* __restrict sums) {
+                              const T* __restrict dyo, T* __restrict sums) {
   using tile = conv2d_wgrad_tile<T>;
   using batch = typename tile::batch;
   constexpr std::size_t nt = tile::nt, lanes = tile::lanes;
   batch acc[MU][nt];
   static_for<MU>([&](auto r) BITGRAD_INLINE_LAMBDA {
-    static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA {
-      acc[r][t] = resume ? batch::load_unaligned(kept + (r * nt + t) * lanes) : batch(T(0));
-    });
+    static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA { acc[r][t] = batch(T(0)); });
   });
   for (std::size_t n = 0; n < images; ++n) {
     const T* const x = xc + n * l.x_image();
@@ -191,14 +156,6 @@ void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
                            BITGRAD_INLINE_LAMBDA { acc[r][t] = xsimd::fma(dv[r], xv, acc[r][t]); });
       });
     }
-  }
-  if (sums == nullptr) {
-    static_for<MU>([&](auto r) BITGRAD_INLINE_LAMBDA {
-      static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA {
-        acc[r][t].store_unaligned(kept + (r * nt + t) * lanes);
-      });
-    });
-    return;
   }
   // The lanes of the MU x NT accumulators, L of them at a time: haddp(row)[i] = sum of row[i]'s
   // lanes (a transposing tree of shuffles and adds, not L scalar adds per accumulator, which cost
@@ -236,62 +193,46 @@ void conv2d_wgrad_fill(const conv2d_geometry& g, const conv2d_wgrad_layout& l, s
   std::fill_n(xs + count * l.x_image(), l.guard, T(0));
 }
 
-/// Output channels of the next tile when `left` remain, blocks of mr: a last block of 1 (its x
-/// loads feed one FMA each) is avoided by taking the 4 channels before it as 2 + 2.
-inline std::size_t conv2d_wgrad_block(std::size_t mr, std::size_t left) {
-  if (mr == 3 && left == 4) return 2;
-  return std::min(mr, left);
-}
-
 /// partial = the dW of images [n0, n0 + count) of every group (written, not added), stride 1.
-/// l = conv2d_wgrad_layout::of<T>(g, >= count) (or with a smaller l.chunk), off =
-/// conv2d_wgrad_offsets(g, l); buf holds l.scratch<T>() elements.
+/// l = conv2d_wgrad_layout::of<T>(g, >= count), off = conv2d_wgrad_offsets(g, l); buf holds
+/// l.scratch() elements.
 template <class T>
 void conv2d_direct_wgrad_slice(const conv2d_geometry& g, const conv2d_wgrad_layout& l,
                                const std::size_t* off, const T* x, const T* dy, std::size_t n0,
                                std::size_t count, T* partial, T* buf) {
   using tile = conv2d_wgrad_tile<T>;
-  constexpr std::size_t mr = tile::mr, nt = tile::nt, kept_size = mr * nt * tile::lanes;
-  T* const acc = buf;
-  T* const xs = buf + l.acc_size<T>();
-  T* const dys = xs + l.xs_size();
+  constexpr std::size_t mr = tile::mr, nt = tile::nt;
+  T* const xs = buf;
+  T* const dys = buf + l.xs_size();
   const std::size_t k = g.filter_size();
-  const std::size_t chunk = l.acc_size<T>() == 0 ? count : std::max<std::size_t>(l.chunk, 1);
   for (std::size_t gi = 0; gi < g.groups; ++gi) {
     conv2d_wgrad_fill(g, l, count, x + (n0 * g.in_channels + gi * l.in_channels) * g.in_plane(),
                       g.in_channels * g.in_plane(),
                       dy + (n0 * g.out_channels + gi * l.out_channels) * g.out_plane(),
                       g.out_channels * g.out_plane(), xs, dys);
     T* const dwg = partial + gi * l.out_channels * k;
-    for (std::size_t c0 = 0; c0 < count; c0 += chunk) {
-      const std::size_t images = std::min(chunk, count - c0);
-      const bool resume = c0 > 0, last = c0 + images == count;
-      T* kept = acc;
-      for (std::size_t o0 = 0, mu = 0; o0 < l.out_channels; o0 += mu) {
-        mu = conv2d_wgrad_block(mr, l.out_channels - o0);
-        for (std::size_t c = 0; c < l.in_channels; ++c)
-          for (std::size_t t0 = 0; t0 < l.taps; t0 += nt, kept += kept_size) {
-            T sums[tile::sums_size(mr)];
-            T* const out = last ? sums : nullptr;
-            const T* const xc = xs + c0 * l.x_image() + c * l.plane;
-            const T* const dyo = dys + c0 * l.dy_image() + o0 * l.span_pad;
-            if constexpr (mr == 3) {
-              if (mu == 3)
-                conv2d_wgrad_tile_kernel<T, 3>(l, images, off + t0, xc, dyo, kept, resume, out);
-              else if (mu == 2)
-                conv2d_wgrad_tile_kernel<T, 2>(l, images, off + t0, xc, dyo, kept, resume, out);
-              else
-                conv2d_wgrad_tile_kernel<T, 1>(l, images, off + t0, xc, dyo, kept, resume, out);
-            } else {
-              static_assert(mr == 1, "conv2d_wgrad_tile: mr is 1 or 3");
-              conv2d_wgrad_tile_kernel<T, 1>(l, images, off + t0, xc, dyo, kept, resume, out);
-            }
-            if (!last) continue;
-            const std::size_t tn = std::min(nt, l.taps - t0);
-            for (std::size_t r = 0; r < mu; ++r)
-              std::copy_n(sums + r * nt, tn, dwg + (o0 + r) * k + c * l.taps + t0);
+    for (std::size_t o0 = 0; o0 < l.out_channels; o0 += mr) {
+      const std::size_t mu = std::min(mr, l.out_channels - o0);
+      for (std::size_t c = 0; c < l.in_channels; ++c)
+        for (std::size_t t0 = 0; t0 < l.taps; t0 += nt) {
+          T sums[tile::sums_size(mr)];
+          const T* const xc = xs + c * l.plane;
+          const T* const dyo = dys + o0 * l.span_pad;
+          if constexpr (mr == 3) {
+            if (mu == 3)
+              conv2d_wgrad_tile_kernel<T, 3>(l, count, off + t0, xc, dyo, sums);
+            else if (mu == 2)
+              conv2d_wgrad_tile_kernel<T, 2>(l, count, off + t0, xc, dyo, sums);
+            else
+              conv2d_wgrad_tile_kernel<T, 1>(l, count, off + t0, xc, dyo, sums);
+          } else {
+            static_assert(mr == 1, "conv2d_wgrad_tile: mr is 1 or 3");
+            conv2d_wgrad_tile_kernel<T, 1>(l, count, off + t0, xc, dyo, sums);
           }
-      }
+          const std::size_t tn = std::min(nt, l.taps - t0);
+          for (std::size_t r = 0; r < mu; ++r)
+            std::copy_n(sums + r * nt, tn, dwg + (o0 + r) * k + c * l.taps + t0);
+        }
     }
   }
 }
