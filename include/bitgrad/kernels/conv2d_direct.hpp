@@ -217,29 +217,48 @@ void conv2d_direct_fprop_image(const conv2d_geometry& g, const conv2d_direct_lay
         }
       }
   });
-  // Keep the OW valid columns of each row, adding the bias (and the ReLU), in whole registers
-  // then element by element.
-  const std::size_t oh_n = g.out_h(), ow_n = g.out_w();
+  // Keep the OW valid columns of each row, adding the bias (and the ReLU), in whole registers.
+  // Where it stays inside this call's y (and reads inside yw), a row's last register runs past its
+  // OW columns into the rows after it (several rows when OW < L) with junk from yw's junk columns:
+  // rows are written in order, so every element's last write is its own row's. The rows near the
+  // end of y end on a register stored at OW - L (overlapping the one before) when OW >= L, else
+  // element by element: nothing past y is touched (another image's output, maybe another
+  // thread's). Before this, OW = 28 wrote 12 of each row's 28 elements one at a time.
+  const std::size_t oh_n = g.out_h(), ow_n = g.out_w(), rows = l.out_channels * oh_n;
+  constexpr std::size_t lanes = tile::lanes;
+  const std::size_t row_regs = (ow_n + lanes - 1) / lanes * lanes;
   using batch = typename tile::batch;
-  for (std::size_t o = 0; o < l.out_channels; ++o) {
-    const T b = bias ? bias[o] : T(0);
-    const batch bv(b);
-    for (std::size_t oh = 0; oh < oh_n; ++oh) {
-      const T* const src = yw + o * l.span_pad + oh * l.wp;
-      T* const dst = y + (o * oh_n + oh) * ow_n;
-      std::size_t ow = 0;
-      if (relu) {
-        for (; ow + tile::lanes <= ow_n; ow += tile::lanes)
-          epilogue::detail::relu_lanes(batch::load_unaligned(src + ow) + bv)
-              .store_unaligned(dst + ow);
-        for (; ow < ow_n; ++ow) dst[ow] = epilogue::detail::relu_scalar(src[ow] + b);
-      } else {
-        for (; ow + tile::lanes <= ow_n; ow += tile::lanes)
-          (batch::load_unaligned(src + ow) + bv).store_unaligned(dst + ow);
-        for (; ow < ow_n; ++ow) dst[ow] = src[ow] + b;
+  const auto write_rows = [&](auto op, auto op_scalar) BITGRAD_INLINE_LAMBDA {
+    for (std::size_t o = 0; o < l.out_channels; ++o) {
+      const T b = bias ? bias[o] : T(0);
+      const batch bv(b);
+      for (std::size_t oh = 0; oh < oh_n; ++oh) {
+        const std::size_t from = o * l.span_pad + oh * l.wp, r = o * oh_n + oh;
+        const T* const src = yw + from;
+        T* const dst = y + r * ow_n;
+        std::size_t ow = 0;
+        if (r * ow_n + row_regs <= rows * ow_n && from + row_regs <= l.yw_size()) {
+          for (; ow < ow_n; ow += lanes)
+            op(batch::load_unaligned(src + ow) + bv).store_unaligned(dst + ow);
+          continue;
+        }
+        for (; ow + lanes <= ow_n; ow += lanes)
+          op(batch::load_unaligned(src + ow) + bv).store_unaligned(dst + ow);
+        if (ow == ow_n) continue;
+        if (ow_n >= lanes) {
+          ow = ow_n - lanes;
+          op(batch::load_unaligned(src + ow) + bv).store_unaligned(dst + ow);
+          continue;
+        }
+        for (; ow < ow_n; ++ow) dst[ow] = op_scalar(src[ow] + b);
       }
     }
-  }
+  };
+  if (relu)
+    write_rows([](batch v) BITGRAD_INLINE_LAMBDA { return epilogue::detail::relu_lanes(v); },
+               [](T v) { return epilogue::detail::relu_scalar(v); });
+  else
+    write_rows([](batch v) BITGRAD_INLINE_LAMBDA { return v; }, [](T v) { return v; });
 }
 
 /// The flat offsets off(i, j) = i dil_h wp + j dil_w of g's taps, in (i, j) order, on planes of
