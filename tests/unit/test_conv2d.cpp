@@ -326,11 +326,14 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
 /// one-channel and grouped shapes, runs direct's axpys: conv2d_dgrad_runs_blocked), and for the
 /// direct wgrad (kernels/conv2d_direct_wgrad.hpp) Cout 5 and 7 (blocks of 3 and a ragged one),
 /// 5x5 and 5x3 kernels (tap chunks of 9 with a shorter last one), depthwise, and a batch of 19 in
-/// 10 slices. Tolerance: the sums run in another order than the reference's (fprop: channels, then
-/// taps, in one accumulator per pixel; wgrad: per lane, then the lanes), fprop K <= 9 * 37 and
-/// wgrad <= 3 * 31 * 29 products of values in [-1, 1] whose rounding errors grow like the square
-/// root of the count (~ 50 * 2^-24 relative to a sum of size ~ 30): check_close's 2e-4 (float) /
-/// 1e-11 (double) relative to 1 + |want|.
+/// 10 slices. The write-out (conv2d_direct_fprop_image) stores whole registers that may run past
+/// a row into the rows after it but never past the image's (group's) output: outputs 1 to 40
+/// pixels wide (fewer, as many and more than a register's lanes, several rows per register)
+/// leave 40 sentinel elements after y and dx as they were. Tolerance: the sums run in another order
+/// than the reference's (fprop: channels, then taps, in one accumulator per pixel; wgrad: per lane,
+/// then the lanes), fprop K <= 9 * 37 and wgrad <= 3 * 31 * 29 products of values in [-1, 1] whose
+/// rounding errors grow like the square root of the count (~ 50 * 2^-24 relative to a sum of size ~
+/// 30): check_close's 2e-4 (float) / 1e-11 (double) relative to 1 + |want|.
 TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float, double) {
   std::mt19937 rng(23);
   std::vector<T> scratch, ref_scratch;
@@ -350,6 +353,20 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
       make_geometry(3, 3, 7, 12, 12, 5, 5, 1, 0, 0),      // valid 5x5: taps in chunks of 9
       make_geometry(1, 6, 6, 9, 8, 3, 3, 1, 1, 1, 1, 6),  // depthwise
       make_geometry(19, 3, 5, 7, 5, 3, 3, 1, 1, 1),       // 10 wgrad slices of <= 2 images
+      make_geometry(1, 2, 1, 1, 1, 3, 3, 1, 1, 1),        // one pixel
+      make_geometry(3, 2, 3, 3, 7, 3, 3, 1, 1, 1),        // 7 wide: rows shorter than a register
+      make_geometry(3, 3, 2, 7, 7, 3, 3, 1, 1, 1),        // ResNet-20's 7x7 stage, small
+      make_geometry(1, 2, 5, 5, 15, 3, 3, 1, 1, 1),       // 15 wide
+      make_geometry(3, 3, 4, 4, 16, 3, 3, 1, 1, 1),       // 16 wide: whole registers (AVX-512)
+      make_geometry(1, 2, 3, 6, 17, 3, 3, 1, 1, 1),       // 17 wide
+      make_geometry(3, 4, 6, 9, 28, 3, 3, 1, 1, 1),       // 28 wide, as ResNet-20's first stage
+      make_geometry(1, 2, 2, 3, 40, 3, 3, 1, 1, 1),       // 40 wide
+      make_geometry(3, 4, 6, 7, 9, 3, 3, 1, 1, 1, 1, 2),  // two groups of 2 -> 3
+  };
+  constexpr std::size_t guard = 40; // sentinel elements after y, yr and dx
+  const T sentinel = T(7.25);
+  const auto tail_kept = [&](const std::vector<T>& v, std::size_t n) {
+    return std::all_of(v.begin() + std::ptrdiff_t(n), v.end(), [&](T e) { return e == sentinel; });
   };
   for (const auto& g : shapes) {
     const std::string what = describe(g);
@@ -363,60 +380,14 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
     std::vector<T> dw = dw_ref, db = db_ref;
     bitgrad::ref::conv2d_wgrad(g, x.data(), dy.data(), dw_ref.data(), db_ref.data(), ref_scratch);
     std::vector<T> y(g.output_count(), nan), yr(g.output_count(), nan), dx(g.input_count(), nan);
+    y.resize(y.size() + guard, sentinel);
+    yr.resize(yr.size() + guard, sentinel);
+    dx.resize(dx.size() + guard, sentinel);
     bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), y.data(),
                                 scratch);
     bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), yr.data(),
                                 scratch, true);
     bitgrad::conv2d_dgrad_using(conv2d_algo::direct, g, dy.data(), w.data(), dx.data(), scratch);
-    check_close(y, y_ref, "direct fprop " + what);
-    check_close(yr, yr_ref, "direct fprop_relu " + what);
-    bitgrad::conv2d_wgrad_using(conv2d_algo::direct, g, x.data(), dy.data(), dw.data(), db.data(),
-                                scratch);
-    check_close(dx, dx_ref, "direct dgrad " + what);
-    check_close(dw, dw_ref, "direct wgrad " + what);
-    check_close(db, db_ref, "direct dbias " + what);
-  }
-}
-
-/// The direct kernel's write-out (conv2d_direct_fprop_image) stores whole registers that may run
-/// past a row into the rows after it, but never past the image's (group's) output: outputs one
-/// to 40 pixels wide (fewer, as many and more than a register's lanes, and several rows per
-/// register), 1 to 6 channels, two groups, batch 1 and 3; fprop, fprop with ReLU and dgrad
-/// against the reference, with 40 sentinel elements after y and dx that must stay as they were.
-TEST_CASE_TEMPLATE("direct conv writes whole rows and nothing past its output", T, float, double) {
-  std::mt19937 rng(31);
-  std::vector<T> scratch, ref_scratch;
-  const T sentinel = T(7.25);
-  constexpr std::size_t guard = 40;
-  const std::vector<conv2d_geometry> shapes{
-      make_geometry(1, 2, 1, 1, 1, 3, 3, 1, 1, 1),       // one pixel
-      make_geometry(3, 2, 3, 3, 7, 3, 3, 1, 1, 1),       // 7 wide: rows shorter than a register
-      make_geometry(3, 3, 2, 7, 7, 3, 3, 1, 1, 1),       // ResNet-20's 7x7 stage, small
-      make_geometry(1, 2, 5, 5, 15, 3, 3, 1, 1, 1),      // 15 wide
-      make_geometry(3, 3, 4, 4, 16, 3, 3, 1, 1, 1),      // 16 wide: whole registers (AVX-512)
-      make_geometry(1, 2, 3, 6, 17, 3, 3, 1, 1, 1),      // 17 wide
-      make_geometry(3, 4, 6, 9, 28, 3, 3, 1, 1, 1),      // 28 wide, as ResNet-20's first stage
-      make_geometry(1, 2, 2, 3, 40, 3, 3, 1, 1, 1),      // 40 wide
-      make_geometry(3, 4, 6, 7, 9, 3, 3, 1, 1, 1, 1, 2), // two groups of 2 -> 3
-  };
-  for (const auto& g : shapes) {
-    const std::string what = describe(g);
-    auto [x, w, b, dy] = random_operands<T>(g, rng);
-    std::vector<T> y_ref(g.output_count()), yr_ref(g.output_count()), dx_ref(g.input_count());
-    bitgrad::ref::conv2d_fprop(g, x.data(), w.data(), b.data(), y_ref.data(), ref_scratch);
-    bitgrad::ref::conv2d_fprop_relu(g, x.data(), w.data(), b.data(), yr_ref.data(), ref_scratch);
-    bitgrad::ref::conv2d_dgrad(g, dy.data(), w.data(), dx_ref.data(), ref_scratch);
-    std::vector<T> y(g.output_count() + guard, sentinel), yr = y;
-    std::vector<T> dx(g.input_count() + guard, sentinel);
-    bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), y.data(),
-                                scratch);
-    bitgrad::conv2d_fprop_using(conv2d_algo::direct, g, x.data(), w.data(), b.data(), yr.data(),
-                                scratch, true);
-    bitgrad::conv2d_dgrad_using(conv2d_algo::direct, g, dy.data(), w.data(), dx.data(), scratch);
-    const auto tail_kept = [&](const std::vector<T>& v, std::size_t n) {
-      return std::all_of(v.begin() + std::ptrdiff_t(n), v.end(),
-                         [&](T e) { return e == sentinel; });
-    };
     INFO(what);
     CHECK(tail_kept(y, g.output_count()));
     CHECK(tail_kept(yr, g.output_count()));
@@ -426,7 +397,11 @@ TEST_CASE_TEMPLATE("direct conv writes whole rows and nothing past its output", 
     dx.resize(g.input_count());
     check_close(y, y_ref, "direct fprop " + what);
     check_close(yr, yr_ref, "direct fprop_relu " + what);
+    bitgrad::conv2d_wgrad_using(conv2d_algo::direct, g, x.data(), dy.data(), dw.data(), db.data(),
+                                scratch);
     check_close(dx, dx_ref, "direct dgrad " + what);
+    check_close(dw, dw_ref, "direct wgrad " + what);
+    check_close(db, db_ref, "direct dbias " + what);
   }
 }
 
