@@ -36,11 +36,8 @@ else
   done
 fi
 
-parallel=${FUZZ_PARALLEL:-${JOBS:-2}}
-if ! [[ $parallel =~ ^[0-9]+$ ]] || [[ $parallel -eq 0 ]]; then
-  echo "run-fuzzers: FUZZ_PARALLEL must be a positive integer, not '$parallel'" >&2
-  exit 2
-fi
+source scripts/lib/job-slots.sh
+slots_init "${FUZZ_PARALLEL:-${JOBS:-2}}" FUZZ_PARALLEL
 
 for target in "${targets[@]}"; do
   exe=$build/tests/fuzz/fuzz_$target
@@ -50,19 +47,6 @@ for target in "${targets[@]}"; do
   fi
 done
 
-# fuzz_one TARGET: fuzzes one target in build/fuzz/work/TARGET; its output goes to log.txt and
-# libFuzzer's exit status to exit_status (read back once every target has finished).
-fuzz_one() {
-  local target=$1 status=0
-  local exe=$build/tests/fuzz/fuzz_$target work=$build/work/$target
-  # -artifact_prefix: crash-*, leak-*, timeout-*, oom-* inputs land in $work/crashes/.
-  "$exe" "$work/corpus" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
-    -print_final_stats=1 -artifact_prefix="$work/crashes/" >"$work/log.txt" 2>&1 || status=$?
-  echo "$status" >"$work/exit_status"
-}
-
-# Stop the fuzzers still running if this script is interrupted.
-trap 'jobs -p | xargs -r kill 2>/dev/null; exit 130' INT TERM
 for target in "${targets[@]}"; do
   work=$build/work/$target
   rm -rf "$work"
@@ -70,18 +54,19 @@ for target in "${targets[@]}"; do
   for seeds in tests/fuzz/corpus/$target tests/fuzz/regressions/$target; do
     if [[ -d $seeds ]]; then cp -r "$seeds"/. "$work/corpus/"; fi
   done
-  # Wait for a free slot (statuses are read from the files the jobs write, not from wait).
-  while [[ $(jobs -pr | wc -l) -ge $parallel ]]; do wait -n || true; done
-  echo "== fuzz_$target for ${seconds}s ($(find "$work/corpus" -type f | wc -l) seeds), started $(date -u +%H:%M:%S)"
-  fuzz_one "$target" &
+  echo "== fuzz_$target for ${seconds}s ($(find "$work/corpus" -type f | wc -l) seeds)"
+  # -artifact_prefix: crash-*, leak-*, timeout-*, oom-* inputs land in $work/crashes/.
+  slot_start "$work/log.txt" "$build/tests/fuzz/fuzz_$target" "$work/corpus" \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="$work/crashes/"
 done
-wait || true
+slots_wait
 
 failed=()
 for target in "${targets[@]}"; do
   exe=$build/tests/fuzz/fuzz_$target
   work=$build/work/$target
-  status=$(cat "$work/exit_status" 2>/dev/null || echo "missing")
+  status=$(slot_status "$work/log.txt")
   echo "== fuzz_$target: exit $status"
   grep -E '^stat::(number_of_executed_units|new_units_added)|^Done' "$work/log.txt" || true
   if [[ $status != 0 ]] || [[ -n $(ls -A "$work/crashes") ]]; then
@@ -98,4 +83,4 @@ if [[ ${#failed[@]} -gt 0 ]]; then
   echo "run-fuzzers: crashes in: ${failed[*]}" >&2
   exit 1
 fi
-echo "run-fuzzers: ${#targets[@]} targets, ${seconds}s each, $parallel at a time, no crash"
+echo "run-fuzzers: ${#targets[@]} targets, ${seconds}s each, $slots at a time, no crash"

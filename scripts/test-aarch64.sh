@@ -9,12 +9,12 @@
 #   bash scripts/test-aarch64.sh [-O2|-O3 ...extra flags]
 #   BITGRAD_AARCH64_SLOW=1 bash scripts/test-aarch64.sh   # + test_runtime, on the default CPU
 #   AARCH64_PARALLEL=1 bash scripts/test-aarch64.sh        # one build / qemu run at a time
-#   AARCH64_TESTS=test_packed_kernels bash scripts/test-aarch64.sh   # only these tests
 #
 # The tests are cross-built at the same time, then the qemu runs (one thread each) go
-# AARCH64_PARALLEL at a time (default 2), longest first. Each build and run writes its own log,
-# build/aarch64/logs/<test>.build.log and <test>.<cpu>.log, printed when it fails; any failure
-# fails the script (after every run has finished), with a summary of all runs.
+# AARCH64_PARALLEL at a time (default 2), longest first (scripts/lib/job-slots.sh). Each build and
+# run writes its own log, build/aarch64/logs/<test>.build.log and <test>.<cpu>.log, printed when
+# it fails; any failure fails the script (after every run has finished), with a summary of all
+# runs.
 #
 # test_runtime trains a LeNet before it checks the runtime, which under QEMU takes more than 20
 # minutes of CPU, so it runs only when asked (and on one CPU model); test_packed_engine covers
@@ -44,11 +44,8 @@ if ! command -v "$cxx" >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
 fi
 flags=("${@:--O2}")
 
-parallel=${AARCH64_PARALLEL:-2}
-if ! [[ $parallel =~ ^[0-9]+$ ]] || [[ $parallel -eq 0 ]]; then
-  echo "test-aarch64: AARCH64_PARALLEL must be a positive integer, not '$parallel'" >&2
-  exit 2
-fi
+source "$root/scripts/lib/job-slots.sh"
+slots_init "${AARCH64_PARALLEL:-2}" AARCH64_PARALLEL
 logs="$out/logs"
 rm -rf "$logs"
 mkdir -p "$logs"
@@ -58,7 +55,6 @@ mkdir -p "$logs"
 tests=()
 [ "${BITGRAD_AARCH64_SLOW:-0}" = 1 ] && tests+=(test_runtime)
 tests+=(test_packed_engine test_packed_kernels)
-if [ -n "${AARCH64_TESTS:-}" ]; then read -r -a tests <<<"$AARCH64_TESTS"; fi
 
 # build_one TEST: cross-compiles tests/unit/TEST.cpp into build/aarch64/TEST.
 build_one() {
@@ -75,24 +71,12 @@ run_one() {
   QEMU_CPU=$2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$1"
 }
 
-# in_slot LOGNAME COMMAND...: runs COMMAND in the background once fewer than $parallel jobs
-# run, its output in $logs/LOGNAME.log, its exit status, wall seconds and CPU time in .status,
-# .seconds and .cpu.
+# in_slot NAME COMMAND...: runs COMMAND in the next free slot, its log $logs/NAME.log.
 in_slot() {
   local name=$1
   shift
-  # Wait for a free slot (statuses are read from the files the jobs write, not from wait).
-  while [[ $(jobs -pr | wc -l) -ge $parallel ]]; do wait -n || true; done
+  slot_start "$logs/$name.log" "$@"
   echo "test-aarch64: $name started $(date -u +%H:%M:%S) (log: $logs/$name.log)"
-  (
-    start=$(date +%s)
-    status=0
-    "$@" >"$logs/$name.log" 2>&1 || status=$?
-    echo "$status" >"$logs/$name.status"
-    echo $(($(date +%s) - start)) >"$logs/$name.seconds"
-    times >"$logs/$name.times" # 2nd line: the job's processes' user and system CPU
-    tail -1 "$logs/$name.times" >"$logs/$name.cpu"
-  ) &
 }
 
 # report NAME...: prints each job's status, wall and CPU time, and the log of each that failed;
@@ -100,9 +84,9 @@ in_slot() {
 report() {
   local name status bad=0
   for name in "$@"; do
-    status=$(cat "$logs/$name.status" 2>/dev/null || echo missing)
-    echo "test-aarch64: $name: exit $status, $(cat "$logs/$name.seconds" 2>/dev/null || echo '?') s" \
-      "wall, CPU user / sys $(cat "$logs/$name.cpu" 2>/dev/null || echo '?')"
+    status=$(slot_status "$logs/$name.log")
+    echo "test-aarch64: $name: exit $status, $(cat "$logs/$name.log.seconds" 2>/dev/null || echo '?') s" \
+      "wall, CPU user / sys $(cat "$logs/$name.log.cpu" 2>/dev/null || echo '?')"
     grep -E '^\[doctest\] (test cases|Status)' "$logs/$name.log" || true
     if [ "$status" != 0 ]; then
       echo "---- $logs/$name.log" >&2
@@ -114,15 +98,13 @@ report() {
   return "$bad"
 }
 
-trap 'jobs -p | xargs -r kill 2>/dev/null; exit 130' INT TERM
-
 builds=()
 for t in "${tests[@]}"; do
   echo "test-aarch64: building $t (${flags[*]})"
   in_slot "$t.build" build_one "$t"
   builds+=("$t.build")
 done
-wait || true
+slots_wait
 if ! report "${builds[@]}"; then
   echo "test-aarch64: a build failed" >&2
   exit 1
@@ -137,9 +119,9 @@ for t in "${tests[@]}"; do
     runs+=("$t.$cpu")
   done
 done
-wait || true
+slots_wait
 if ! report "${runs[@]}"; then
   echo "test-aarch64: a qemu run failed" >&2
   exit 1
 fi
-echo "test-aarch64: ${#runs[@]} qemu runs passed, $parallel at a time"
+echo "test-aarch64: ${#runs[@]} qemu runs passed, $slots at a time"
