@@ -476,6 +476,28 @@ TEST_CASE_TEMPLATE("packed_gemm: the largest depth reaches +-255 * 127 * K (and 
   }
 }
 
+TEST_CASE_TEMPLATE("packed_gemm: extreme sums over rows of several int16 groups, every bitwidth "
+                   "(the AVX2 path sums 32767 / (510 * 2^(k-1)) quads' pairs in int16 lanes)",
+                   Arch, isa::sse2, isa::avx2, isa::avx_vnni, isa::avx512_vnni, isa::neon,
+                   isa::neon_dot) {
+  if (!path_runs<Arch>()) return;
+  std::mt19937 rng(36);
+  for (int k = 1; k <= packed_max_bits; ++k) {
+    // The largest group whose pairs x0 w0 + x1 w1 (|.| <= 510 * 2^(k-1), k = 1: 510) sum
+    // exactly in int16: 64, 32, 16, 8, 4, 2, 1 quads for k = 1..7 (k = 8: none, taken as 1).
+    const std::size_t max_code = k == 1 ? 1 : std::size_t(1) << (k - 1);
+    const std::size_t group = std::max<std::size_t>(1, 32767 / (510 * max_code));
+    // One whole group, a group and one quad (a group one quad too long would overflow),
+    // three groups and a tail quad of 3 inputs; 7 rows (the 4-, 2- and 1-row kernels).
+    for (std::size_t depth : {4 * group, 4 * group + 4, 12 * group + 3})
+      for (codes_kind kind : {codes_kind::max, codes_kind::min, codes_kind::lowest}) {
+        const tensor_codes t = make_codes(19, depth, 19, {std::uint8_t(k)}, kind, rng);
+        check_case(Arch::id, t, 7, 1, 255, 0, rng); // x = 255 against the limit codes
+        check_case(Arch::id, t, 7, 2, 1, 128, rng); // random x, zero point 128
+      }
+  }
+}
+
 TEST_CASE_TEMPLATE("packed_gemv: equals the reference on one row", Arch, isa::sse2, isa::avx2,
                    isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
   if (!path_runs<Arch>()) return;
@@ -594,6 +616,28 @@ TEST_CASE("output stages: a row through the lane overloads equals the scalar cal
       CHECK(fp == fs);
     }
   }
+}
+
+TEST_CASE("output stages: store_u8_narrowed stores every lane's byte in place, every value "
+          "0..255 in every lane (the compiled lane batch: 4 at SSE2, 8 at AVX2, else lanes)") {
+#if BITGRAD_HAS_SIMD
+  using B = simd_batch<std::int32_t>;
+  for (std::size_t shift = 0; shift < 256; shift += 7) {
+    alignas(64) std::int32_t lanes[B::size];
+    for (std::size_t l = 0; l < B::size; ++l) lanes[l] = std::int32_t((shift + 37 * l) % 256);
+    lanes[shift % B::size] = 255; // the largest value and 0 in each lane over the loop
+    lanes[(shift + 1) % B::size] = 0;
+    std::uint8_t out[B::size + 2];
+    std::memset(out, 0xA5, sizeof(out));
+    output::detail::store_u8_narrowed(B::load_aligned(lanes), out + 1);
+    CHECK(out[0] == 0xA5); // nothing written before or after the lanes
+    CHECK(out[B::size + 1] == 0xA5);
+    for (std::size_t l = 0; l < B::size; ++l) {
+      INFO("lane ", l, " shift ", shift);
+      CHECK(int(out[1 + l]) == lanes[l]);
+    }
+  }
+#endif
 }
 
 TEST_CASE("output stages: quantize_u8 rounds like nearbyint, half to even") {

@@ -282,11 +282,29 @@ private:
   template <class B, std::size_t N>
   BITGRAD_ALWAYS_INLINE void store_lanes(const B& v, std::size_t i, std::size_t j0,
                                          std::size_t n) const {
-    const auto unpacked = lanes_of(v);
-    const auto& lane = unpacked.value;
     const std::ptrdiff_t at = place(i, j0);
     if (at < 0) return;
     T* dst = y + at;
+    // u8 NHWC, a whole batch of 4 or 8 lanes (SSE2, AVX2): narrowed in registers and stored
+    // at once (output::detail::store_u8_narrowed); through the lane array below GCC narrowed
+    // lane by lane (vpextrd, shifts and ors). Wider batches keep the loop below (vpmovdb).
+    if constexpr (N != 0 && N <= 8 && std::is_same_v<T, std::uint8_t> &&
+                  std::is_same_v<typename B::value_type, std::int32_t>) {
+      if (!nchw) {
+        if (pool) { // maxed with the pooled pixel as below (vpmaxub), then one store
+          T out[N], old[N];
+          output::detail::store_u8_narrowed(v, out);
+          std::memcpy(old, dst, sizeof(out));
+          for (std::size_t l = 0; l < N; ++l) out[l] = std::max(out[l], old[l]);
+          std::memcpy(dst, out, sizeof(out));
+        } else {
+          output::detail::store_u8_narrowed(v, dst);
+        }
+        return;
+      }
+    }
+    const auto unpacked = lanes_of(v);
+    const auto& lane = unpacked.value;
     const std::size_t count = N ? N : n;
     if (!nchw) { // consecutive channels
       if constexpr (N != 0) {

@@ -135,6 +135,35 @@ BITGRAD_ALWAYS_INLINE I load_u8_widened(const std::uint8_t* p) {
   return I::load_aligned(lane);
 }
 
+/// p[l] = lane l of the int32 batch I, every lane in 0..255 (load_u8_widened's inverse): two
+/// packs and one store where the instruction set has them (AVX2: vpackusdw, vpackuswb, an
+/// 8-byte store; SSE2: packssdw, packuswb, a 4-byte store; the packs saturate, which leaves
+/// 0..255 as it is), else lane by lane (as GCC's vectorised loop: vpmovdb at AVX-512).
+template <class I>
+BITGRAD_ALWAYS_INLINE void store_u8_narrowed(const I& v, std::uint8_t* p) {
+#if XSIMD_WITH_AVX2
+  if constexpr (I::size == 8) {
+    const __m256i x = v;
+    const __m128i words =
+        _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(words, words));
+    return;
+  }
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (I::size == 4) { // SSE2 .. SSE4.2: __m128i
+    const __m128i x = v;
+    const __m128i words = _mm_packs_epi32(x, x); // signed, exact on 0..255
+    const std::int32_t bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
+    std::memcpy(p, &bytes, 4);
+    return;
+  }
+#endif
+  alignas(64) std::int32_t lane[I::size];
+  v.store_aligned(lane);
+  for (std::size_t l = 0; l < I::size; ++l) p[l] = static_cast<std::uint8_t>(lane[l]);
+}
+
 /// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
 template <class S>
 concept lane_stage = S::lanes;

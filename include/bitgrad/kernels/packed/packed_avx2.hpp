@@ -16,13 +16,16 @@
 // then mask, OR a second plane in, subtract 2^(k-1) (k = 1: 2u - 1). AVX-VNNI
 // (packed_avx_vnni.hpp) reuses this decode.
 //
-// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators.
+// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators. Bit classes 1..6 sum several quads'
+// vpmaddubsw pairs in int16 before widening them (avx2_int16_quads: one multiply per quad and
+// row-half instead of two); class 7 widens every quad, class 8 splits the activations.
 #pragma once
 
 #include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
 #include <bitgrad/kernels/packed/isa.hpp>
 #include <bitgrad/kernels/packed/packed_decode.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -207,6 +210,78 @@ BITGRAD_TARGET_AVX2 void avx2_rows(const std::uint8_t* x, std::size_t lda, std::
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * packed_tile + 8 * h), acc[r][h]);
 }
 
+/// Quads of bit class k whose vpmaddubsw pairs may be summed in int16 lanes before one
+/// vpmaddwd widens them: a pair x0 w0 + x1 w1 has |pair| <= 2 * 255 * m with m = max |w| =
+/// 2^(k-1) (k = 1: the codes are +-1, m = 1), so the sum of g pairs is exact while
+///
+///   g * 510 * m <= 32767:   k = 1..7  ->  g = 64, 32, 16, 8, 4, 2, 1.
+///
+/// (k = 8 splits the activations instead, avx2_dot<true>.)
+constexpr std::size_t avx2_int16_quads(int k) {
+  const std::size_t m = k <= 1 ? 1 : std::size_t(1) << (k - 1);
+  return 32767 / (2 * 255 * m);
+}
+
+/// One whole quad for MR rows into int16 sums: s(r) += vpmaddubsw(x(r, quad), w)
+/// (avx2_rows_int16). Each row's broadcast, two multiplies and two adds are one asm statement
+/// with two scratch registers: written with intrinsics, GCC hoisted the MR broadcasts and 2 MR
+/// products above the adds, ran out of the 16 ymm registers and copied the sums between
+/// registers every quad (one kept on the stack), slower than the int32 kernel.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 __attribute__((always_inline)) inline void
+avx2_quad_int16(__m256i (&s)[MR][2], const std::uint8_t* x, std::size_t lda,
+                const std::int8_t* wq) {
+  const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq));
+  const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + 32));
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m256i xb, product;
+    // AT&T order: vpmaddubsw w, xb, product = vpmaddubsw(xb (u8), w (s8)).
+    asm("vpbroadcastd %[x], %[xb]\n\t"
+        "vpmaddubsw %[w0], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s0], %[s0]\n\t"
+        "vpmaddubsw %[w1], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s1], %[s1]"
+        : [s0] "+x"(s[r][0]), [s1] "+x"(s[r][1]), [xb] "=&x"(xb), [p] "=&x"(product)
+        : [w0] "x"(w0), [w1] "x"(w1),
+          [x] "m"(*reinterpret_cast<const std::uint8_t(*)[packed_quad]>(x + r * lda)));
+  }
+}
+
+/// c(r, :) (+)= vpmaddwd(s(r), ones): MR rows of int16 sums widened into int32 (row stride
+/// packed_tile), added to c when add.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 __attribute__((always_inline)) inline void
+avx2_widen_int16(const __m256i (&s)[MR][2], std::int32_t* c, bool add) {
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (std::size_t h = 0; h < 2; ++h) {
+      auto* dst = reinterpret_cast<__m256i*>(c + r * packed_tile + 8 * h);
+      const __m256i v = _mm256_madd_epi16(s[r][h], ones);
+      _mm256_storeu_si256(dst, add ? _mm256_add_epi32(_mm256_loadu_si256(dst), v) : v);
+    }
+}
+
+/// One int16 group for MR rows: c(r, :) (+)= sum over quads q < nq of x(r, 4q..4q+3) . panel(q),
+/// all quads whole; per quad and row one vpmaddubsw and one vpaddw into int16 sums s, then one
+/// vpmaddwd by ones widening s and the add into c (int32 rows, stride packed_tile), instead of
+/// a vpmaddubsw, a vpmaddwd and a vpaddd per quad. 1 <= nq <= avx2_int16_quads(k) of the
+/// tile's class k. (One group per call and no tail quad, so the sums have one use after the
+/// loop: else GCC copied them between registers every quad and kept one on the stack.)
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 void avx2_rows_int16(const std::uint8_t* x, std::size_t lda, std::size_t nq,
+                                         const std::int8_t* panel, std::int32_t* c,
+                                         bool accumulate) {
+  __m256i s[MR][2];
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < MR; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
+  for (std::size_t q = 0; q < nq; ++q)
+    avx2_quad_int16<MR>(s, x + q * packed_quad, lda, panel + q * packed_quad_codes);
+  avx2_widen_int16<MR>(s, c, accumulate);
+}
+
 template <bool SplitX>
 void avx2_rows_all(std::size_t rows, const std::uint8_t* x, std::size_t lda, std::size_t nq,
                    std::size_t tail, const std::int8_t* panel, std::int32_t* c, bool accumulate) {
@@ -221,13 +296,41 @@ void avx2_rows_all(std::size_t rows, const std::uint8_t* x, std::size_t lda, std
     avx2_rows<1, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
 }
 
+/// avx2_rows_int16 on groups of `group` whole quads, on rows of 4, then 2, then 1; a tail quad
+/// (tail < 4 inputs) through avx2_rows, accumulating.
+inline void avx2_rows_int16_all(std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                                std::size_t nq, std::size_t tail, std::size_t group,
+                                const std::int8_t* panel, std::int32_t* c, bool accumulate) {
+  const std::size_t full = tail ? nq - 1 : nq;
+  for (std::size_t q0 = 0; q0 < full; q0 += group) {
+    const std::size_t n = std::min(group, full - q0);
+    const std::uint8_t* xq = x + q0 * packed_quad;
+    const std::int8_t* wq = panel + q0 * packed_quad_codes;
+    const bool add = accumulate || q0 > 0;
+    std::size_t i = 0;
+    for (; i + 4 <= rows; i += 4)
+      avx2_rows_int16<4>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+    if (i + 2 <= rows) {
+      avx2_rows_int16<2>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+      i += 2;
+    }
+    if (i < rows) avx2_rows_int16<1>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+  }
+  if (tail)
+    avx2_rows_all<false>(rows, x + full * packed_quad, lda, 1, tail,
+                         panel + full * packed_quad_codes, c, accumulate || full > 0);
+}
+
 /// c(i, 0..15) (+)= sum over quads q < nq of x(i, 4q..4q+3) . panel(q, c, 0..3) for rows
 /// i < rows; the last quad holds only `tail` inputs when tail > 0. `bits` is the tile's class.
 inline void packed_rows(isa::avx2, std::size_t rows, const std::uint8_t* x, std::size_t lda,
                         std::size_t nq, std::size_t tail, int bits, const std::int8_t* panel,
                         std::int32_t* c, bool accumulate) {
+  const std::size_t group = bits == 8 ? 0 : avx2_int16_quads(bits);
   if (bits == 8)
     avx2_rows_all<true>(rows, x, lda, nq, tail, panel, c, accumulate);
+  else if (group >= 2 && nq > 0)
+    avx2_rows_int16_all(rows, x, lda, nq, tail, group, panel, c, accumulate);
   else
     avx2_rows_all<false>(rows, x, lda, nq, tail, panel, c, accumulate);
 }
