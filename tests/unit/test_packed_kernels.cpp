@@ -622,11 +622,9 @@ TEST_CASE("output stages: store_u8_narrowed stores every lane's byte in place, e
           "0..255 in every lane (the compiled lane batch: 4 at SSE2, 8 at AVX2, else lanes)") {
 #if BITGRAD_HAS_SIMD
   using B = simd_batch<std::int32_t>;
-  for (std::size_t shift = 0; shift < 256; shift += 7) {
+  for (std::size_t shift = 0; shift < 256; ++shift) { // lane l: (shift + 37 l) % 256, every value
     alignas(64) std::int32_t lanes[B::size];
     for (std::size_t l = 0; l < B::size; ++l) lanes[l] = std::int32_t((shift + 37 * l) % 256);
-    lanes[shift % B::size] = 255; // the largest value and 0 in each lane over the loop
-    lanes[(shift + 1) % B::size] = 0;
     std::uint8_t out[B::size + 2];
     std::memset(out, 0xA5, sizeof(out));
     output::detail::store_u8_narrowed(B::load_aligned(lanes), out + 1);
