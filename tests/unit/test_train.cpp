@@ -1,6 +1,5 @@
 // The trainer end to end on the committed Fashion-MNIST sample, checkpoints and resuming.
 #include "fashion_sample.hpp"
-#include "lenet5_trainer.hpp"
 
 #include <bitgrad/bitgrad.hpp>
 
@@ -24,7 +23,6 @@ namespace test_train {
 
 namespace fs = std::filesystem;
 using namespace bitgrad;
-using bitgrad::testing::run_trainer;
 using bitgrad::testing::sample_test;
 using bitgrad::testing::sample_train;
 
@@ -75,7 +73,7 @@ TEST_CASE("training on the Fashion-MNIST sample learns and moves bitwidths to th
   auto q = make_quant();
   train::trainer t(fp32, q, sample_train(), sample_test(), quick_options(dir.path));
   const double target = t.target_bits();
-  const auto result = run_trainer(t);
+  const auto result = t.run();
   REQUIRE(result.finished);
   const auto& s = result.summary;
   // 10 classes: chance is 10%. A few hundred steps on 1200 images reach far more.
@@ -149,7 +147,7 @@ void check_resume_bit_identical(const std::string& name, Options options, MakeFl
   auto fp32_a = make_f();
   auto q_a = make_q();
   train::trainer a(fp32_a, q_a, sample_train(), sample_test(), options(straight.path));
-  const auto ra = run_trainer(a);
+  const auto ra = a.run();
   REQUIRE(ra.finished);
   for (const stop_rule rule : rules) {
     CAPTURE(rule.epochs);
@@ -165,7 +163,7 @@ void check_resume_bit_identical(const std::string& name, Options options, MakeFl
       o.stop_after_steps = rule.steps;
       o.resume = true;
       train::trainer b(fp32_b, q_b, sample_train(), sample_test(), o);
-      const auto r = run_trainer(b);
+      const auto r = b.run();
       finished = r.finished;
       ++runs;
       REQUIRE(runs < 20);
@@ -314,7 +312,7 @@ TEST_CASE("budget_anneal keeps the size above the final target early in the sear
     o.target_average_bits = 2.5;
     o.budget_anneal = anneal;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    const auto r = run_trainer(t);
+    const auto r = t.run();
     REQUIRE(r.finished);
     history = r.history;
     CHECK(r.summary.size_bytes <= t.target_bits() / 8);
@@ -484,7 +482,7 @@ TEST_CASE("a version 3 checkpoint of a network with batch norms resumes from the
     auto o = options();
     o.stop_after_epochs = 2;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    REQUIRE_FALSE(run_trainer(t).finished);
+    REQUIRE_FALSE(t.run().finished);
   }
   downgrade_to_version_3(dir.path / "checkpoint.bin");
   auto fp32 = batch_norm_net<false>();
@@ -494,7 +492,7 @@ TEST_CASE("a version 3 checkpoint of a network with batch norms resumes from the
   o.resume = true;
   o.log = &log;
   train::trainer t(fp32, q, sample_train(), sample_test(), o);
-  CHECK(run_trainer(t).finished);
+  CHECK(t.run().finished);
   CHECK(log.str().find("holds no batch norm running statistics") != std::string::npos);
 }
 
@@ -762,7 +760,7 @@ TEST_CASE("a non-finite gradient stops training naming the step, or is skipped a
     auto q = make_quant();
     poison(fp32);
     train::trainer t(fp32, q, sample_train(), sample_test(), options(false));
-    CHECK_THROWS_WITH(run_trainer(t),
+    CHECK_THROWS_WITH(t.run(),
                       doctest::Contains("pretrain epoch 1 step 1: the loss is not finite"));
     CHECK_FALSE(fs::exists(dir.path / "checkpoint.bin")); // nothing good to keep yet
   }
@@ -772,7 +770,7 @@ TEST_CASE("a non-finite gradient stops training naming the step, or is skipped a
     poison(fp32);
     train::trainer t(fp32, q, sample_train(), sample_test(), options(true));
     const auto before = all_parameters(fp32);
-    const auto r = run_trainer(t);
+    const auto r = t.run();
     CHECK(r.finished);
     CHECK(r.skipped_steps == 4);
     // Skipped steps change nothing.
@@ -816,12 +814,12 @@ TEST_CASE("bitwidths and scales stay finite and in range under absurd settings")
     if (policy == 0) {
       auto q = make_quant();
       train::trainer t(fp32, q, sample_train(), sample_test(), o);
-      CHECK(run_trainer(t).finished);
+      CHECK(t.run().finished);
       check(q);
     } else {
       auto q = nn::lenet5<float, quant::step_bits>({.seed = 3});
       train::trainer t(fp32, q, sample_train(), sample_test(), o);
-      CHECK(run_trainer(t).finished);
+      CHECK(t.run().finished);
       check(q);
     }
   }
@@ -855,7 +853,7 @@ TEST_CASE("bits_moment: one Adam step moves a layer's bitwidths by lr each, or i
     auto q = make_quant();
     const auto before = bit_params(q);
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    CHECK_FALSE(run_trainer(t).finished);
+    CHECK_FALSE(t.run().finished);
     auto after = bit_params(q);
     for (std::size_t l = 0; l < after.size(); ++l)
       for (std::size_t i = 0; i < after[l].size(); ++i) after[l][i] -= before[l][i];
@@ -919,7 +917,7 @@ TEST_CASE("bits_lr reaches step_bits: its bitwidths are of kind bitwidth and ste
       for (double b : qz.group_bits()) before.push_back(b);
     });
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    CHECK_FALSE(run_trainer(t).finished);
+    CHECK_FALSE(t.run().finished);
     q.visit_quantizers([&](std::string_view, const auto& qz) {
       for (double b : qz.group_bits()) after.push_back(b);
     });
@@ -984,7 +982,7 @@ TEST_CASE("one size everywhere: freeze message, epoch lines, summary, layers and
   auto fp32 = make_fp32();
   auto q = make_quant();
   train::trainer t(fp32, q, sample_train(), sample_test(), o);
-  const auto r = run_trainer(t);
+  const auto r = t.run();
   REQUIRE(r.finished);
   INFO(log.str());
   const std::string frozen = field_after(log.str(), "froze", "within budget: ");
@@ -1017,7 +1015,7 @@ TEST_CASE("one size everywhere: freeze message, epoch lines, summary, layers and
     auto qb = make_quant();
     train::trainer tb(fp32b, qb, sample_train(), sample_test(), o2);
     CHECK(tb.target_bits() == 8 * *o2.target_bytes);
-    const auto rb = run_trainer(tb);
+    const auto rb = tb.run();
     REQUIRE(rb.finished);
     CHECK(rb.summary.size_bytes <= *o2.target_bytes);
     CHECK(rb.summary.size_bytes > *o2.target_bytes - 1000); // close to it, not far under
@@ -1166,7 +1164,7 @@ TEST_CASE("the quantized twin starts from the FP32 batch norms' running statisti
     o.finetune.epochs = 0;
     o.target_average_bits = 9; // every group freezes at 8 bits (b_max)
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    const auto r = run_trainer(t);
+    const auto r = t.run();
     REQUIRE(r.finished);
     CHECK(running_statistics(q) == running_statistics(fp32));
     CHECK(r.summary.fp32_accuracy > 0.3); // it learned something the statistics matter for
@@ -1209,7 +1207,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
 
   SUBCASE("refused without resume or overwrite, naming both") {
     train::trainer t(fp32, q, sample_train(), sample_test(), options());
-    CHECK_THROWS_WITH_AS(run_trainer(t),
+    CHECK_THROWS_WITH_AS(t.run(),
                          doctest::Contains("already holds a run (log.csv, summary.json, "
                                            "model.bgm); set trainer_options::resume (--resume) "
                                            "to continue it from its checkpoint, "
@@ -1222,7 +1220,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
     auto o = options();
     o.resume = true;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    CHECK_THROWS_WITH_AS(run_trainer(t), doctest::Contains("but no checkpoint.bin to resume from"),
+    CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("but no checkpoint.bin to resume from"),
                          config_error);
     old_run_intact();
   }
@@ -1237,7 +1235,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
     const std::string want =
         "pretrain epoch 1 step 1: the loss is not finite; the run already in " + dir.path.string() +
         " is untouched";
-    CHECK_THROWS_WITH(run_trainer(t), doctest::Contains(want.c_str()));
+    CHECK_THROWS_WITH(t.run(), doctest::Contains(want.c_str()));
     old_run_intact();
     CHECK_FALSE(fs::exists(dir.path / "checkpoint.bin"));
   }
@@ -1246,7 +1244,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
     o.overwrite = true;
     o.stop_after_steps = 1; // a mid-epoch checkpoint is the new run's first file
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    CHECK_FALSE(run_trainer(t).finished);
+    CHECK_FALSE(t.run().finished);
     CHECK(fs::exists(dir.path / "checkpoint.bin"));
     for (const char* f : {"model.bgm", "summary.json"}) CHECK_FALSE(fs::exists(dir.path / f));
     CHECK(read_all(dir.path / "log.csv") == std::string(csv_header) + "\n");
@@ -1256,7 +1254,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
     auto o = options();
     o.overwrite = true;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    const auto r = run_trainer(t);
+    const auto r = t.run();
     REQUIRE(r.finished);
     CHECK_FALSE(fs::exists(dir.path / "model.bgm")); // the old run's export is gone
     const std::string log = read_all(dir.path / "log.csv");
@@ -1268,9 +1266,9 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
     auto o2 = options();
     o2.resume = true;
     train::trainer again(fp32, q, sample_train(), sample_test(), o2);
-    CHECK(run_trainer(again).finished);
+    CHECK(again.run().finished);
     train::trainer fresh(fp32, q, sample_train(), sample_test(), options());
-    CHECK_THROWS_AS(run_trainer(fresh), config_error);
+    CHECK_THROWS_AS(fresh.run(), config_error);
   }
   SUBCASE("an empty or missing folder needs no option, and is created by the first result") {
     fs::remove_all(dir.path);
@@ -1280,7 +1278,7 @@ TEST_CASE("a new run never destroys the run already in its folder before it has 
       if (p.name == "fc2.weight") p.value[5] = std::numeric_limits<float>::infinity();
     });
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    CHECK_THROWS(run_trainer(t));
+    CHECK_THROWS(t.run());
     CHECK_FALSE(fs::exists(dir.path)); // a run that produced nothing leaves nothing
   }
 }
@@ -1301,7 +1299,7 @@ TEST_CASE("resuming names a malformed checkpoint field: file, field, expected an
     auto o = options();
     o.stop_after_epochs = 1;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
-    REQUIRE_FALSE(run_trainer(t).finished);
+    REQUIRE_FALSE(t.run().finished);
   }
   auto fp32_state = make_fp32();
   const train::checkpoint_data original = train::load_checkpoint(ckpt, fp32_state);
@@ -1319,7 +1317,7 @@ TEST_CASE("resuming names a malformed checkpoint field: file, field, expected an
     o.resume = true;
     train::trainer t(fp32, q, sample_train(), sample_test(), o);
     try {
-      (void)run_trainer(t);
+      (void)t.run();
     } catch (const format_error& e) {
       CHECK(e.offset() == 16); // where the metadata starts
       return std::string(e.what());
@@ -1475,7 +1473,7 @@ TEST_CASE("the trainer's parts: a user's network, data, normalisation, loss, opt
                    sgd_parts{.loss_calls = &loss_calls, .lrs = &lrs, .phase_lrs = &phase_lrs});
   recording_observer seen_by_user;
   t.add_observer(seen_by_user);
-  const auto r = run_trainer(t);
+  const auto r = t.run();
   REQUIRE(r.finished);
 
   // The network saw (pixel / 255 - mean_c) / stddev_c: per channel, the sum and the sum of squares
