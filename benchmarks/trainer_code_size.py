@@ -9,6 +9,8 @@ members), grouped by that trainer type, and says for which types trainer::run() 
 Types are named by their networks (lenet5, resnet20, ...) and weight quantizer.
 """
 
+import argparse
+import os
 import subprocess
 import sys
 
@@ -47,9 +49,16 @@ def short_name(trainer):
 
 
 def main():
-    for obj in sys.argv[1:]:
-        lines = subprocess.run(["nm", "-C", "-S", obj], capture_output=True, text=True,
-                               check=True).stdout.splitlines()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("objects", nargs="+", metavar="OBJECT.o")
+    args = parser.parse_args()
+    for obj in args.objects:
+        if not os.path.isfile(obj):
+            sys.exit(f"trainer_code_size.py: {obj}: no such file")
+        nm = subprocess.run(["nm", "-C", "-S", obj], capture_output=True, text=True)
+        if nm.returncode != 0:
+            sys.exit(f"trainer_code_size.py: nm failed on {obj}: {nm.stderr.strip()}")
+        lines = nm.stdout.splitlines()
         total = 0
         by_type = {}
         run_emitted = set()
