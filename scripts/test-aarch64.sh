@@ -129,10 +129,10 @@ for t in "${tests[@]}"; do
   [ "$t" = test_packed_kernels ] && cpus=(max cortex-a53)
   for cpu in "${cpus[@]}"; do
     if [ "$t" = test_packed_engine ] && [ "${BITGRAD_AARCH64_SLOW:-0}" != 1 ]; then
-      # Two runs, one per slot: the first 6 cases that pass the filter (~150 s: LeNet-5 twice,
-      # the last channels alone, the padded kernel rows) and the other 17 (~75 s), before the
-      # kernel runs; doctest's --first / --last count the cases that pass the filters, so the two
-      # ranges cover every case, also ones added later.
+      # Two runs, one per slot: the first 6 cases that pass the filter (197 s on the Zen 3 host:
+      # LeNet-5 twice, the last channels alone, the padded kernel rows) and the other 17 (93 s),
+      # before the kernel runs; doctest's --first / --last count the cases that pass the
+      # filters, so the two ranges cover every case, also ones added later.
       in_slot "$t.$cpu.1" run_one "$t" "$cpu" "--test-case-exclude=${engine_slow_cases}" --last=6
       in_slot "$t.$cpu.2" run_one "$t" "$cpu" "--test-case-exclude=${engine_slow_cases}" --first=7
       runs+=("$t.$cpu.1" "$t.$cpu.2")
