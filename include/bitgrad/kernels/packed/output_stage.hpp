@@ -501,7 +501,8 @@ struct quantize_u8 {
 ///   code = round(min(max(x', L), H)) + zero_point,   x' = v * inv_scale (no ReLU first),
 ///   L = max(lo - zero_point, 0),  H = hi - zero_point   (whole numbers, exact in float),
 ///
-/// with round() the conversion to int32 in the current rounding mode (cvtps2dq, NEON's fcvtns):
+/// with round() the conversion to int32 (detail::round_to_int: cvtps2dq in the current rounding
+/// mode on x86; fcvtns, to nearest even, the default mode, on aarch64):
 ///   - for whole c, round(max(x, c)) = max(round(x), c) and round(min(x, c)) = min(round(x), c)
 ///     (rounding is monotone and leaves c as it is), and + zero_point moves out of a clamp; so
 ///     for x = r * inv_scale >= 0 this is min(max(round(x) + zero_point, max(lo, zp)), hi),
