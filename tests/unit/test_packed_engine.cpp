@@ -1155,6 +1155,93 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
 
 } // namespace
 
+TEST_CASE("fused_store's prepared rows: pipeline rows() and rows_in_runs() equal the scalar "
+          "calls (u8 NHWC with and without a pool, NCHW, float; several lane batches and a tail)") {
+  std::mt19937 rng(97);
+  constexpr std::size_t oh_n = 6, ow_n = 7, plane = oh_n * ow_n, batch = 2;
+  for (std::size_t channels : {5u, 16u, 37u})
+    for (int layout = 0; layout < 4; ++layout) { // u8 NHWC, u8 NHWC pooled, u8 NCHW, float
+      const bool pooled = layout == 1, nchw = layout == 2;
+      INFO("channels=" << channels << " layout=" << layout);
+      const std::size_t rows = batch * plane;
+      std::vector<std::int32_t> acc(rows * channels);
+      for (auto& v : acc) v = std::int32_t(rng() % 20001) - 10000;
+      std::vector<std::uint8_t> res(rows * channels);
+      for (auto& v : res) v = static_cast<std::uint8_t>(rng());
+      std::vector<float> scale(output::padded_length(channels)), bias(scale.size());
+      for (std::size_t j = 0; j < channels; ++j) {
+        scale[j] = std::uniform_real_distribution<float>(-0.02f, 0.05f)(rng);
+        bias[j] = std::uniform_real_distribution<float>(-3.0f, 3.0f)(rng);
+      }
+      // Runs of rows (output row i, acc row a, count n), gaps between them: as flat_conv's.
+      const std::size_t runs_of[][3] = {{0, 0, 5}, {9, 6, 3}, {20, 10, 13}, {47, 30, 30}};
+      auto each_run = [&](const auto& f) {
+        for (const auto& run : runs_of) f(run[0], run[1], run[2]);
+      };
+      // out(i, j) for the runs' rows from acc row a + r, via the pipeline's rows_in_runs (or
+      // rows() per run) against the scalar calls.
+      auto run = [&](auto y, int how, bool residual) {
+        using T = typename decltype(y)::value_type;
+        const std::size_t ph = (oh_n - 2) / 3 + 1, pw = (ow_n - 2) / 3 + 1; // 2 x 2, stride 3
+        y.assign(pooled ? batch * ph * pw * channels : rows * channels, T(0));
+        deploy::detail::fused_store<T> st{y.data()};
+        st.plane = plane, st.out_w = ow_n, st.channels = channels, st.nchw = nchw;
+        if (pooled) st.pool = true, st.kh = st.kw = 2, st.sh = st.sw = 3, st.ph = ph, st.pw = pw;
+        std::vector<std::ptrdiff_t> row_at(rows);
+        st.row_offsets(0, rows, row_at.data());
+        st.row_at = row_at.data();
+        const output::scale_bias sb{scale.data(), bias.data()};
+        const output::add_u8 add{res.data(), channels, 0.03f, 7};
+        auto go = [&](const auto& out) {
+          if (how == 0) {
+            each_run([&](std::size_t i, std::size_t a, std::size_t n) {
+              for (std::size_t r = 0; r < n; ++r)
+                for (std::size_t j = 0; j < channels; ++j)
+                  out(i + r, j, acc[(a + r) * channels + j]);
+            });
+          } else if (how == 1) {
+            out.rows_in_runs(
+                [&](const auto& f) {
+                  each_run([&](std::size_t i, std::size_t a, std::size_t n) { f(i, a, n); });
+                },
+                0, acc.data(), channels, channels);
+          } else {
+            each_run([&](std::size_t i, std::size_t a, std::size_t n) {
+              out.rows(i, n, 0, acc.data() + a * channels, channels, channels);
+            });
+          }
+        };
+        if constexpr (std::is_same_v<T, std::uint8_t>) {
+          const output::quantize_u8 q{9.0f, 3, 0.0f, 200.0f};
+          if (residual)
+            go(output::make_pipeline(sb, add, output::relu_quantize_u8{q}, st));
+          else
+            go(output::make_padded_pipeline(sb, output::relu_quantize_u8{q}, st));
+        } else {
+          if (residual)
+            go(output::make_pipeline(sb, add, output::clamp{}, st));
+          else
+            go(output::make_padded_pipeline(sb, output::clamp{}, st));
+        }
+        return y;
+      };
+      for (bool residual : {false, true})
+        for (int how : {1, 2}) {
+          INFO("how=" << how << " residual=" << residual);
+          if (layout == 3) {
+            const std::vector<float> want = run(std::vector<float>{}, 0, residual);
+            CHECK(std::count_if(want.begin(), want.end(), [](float v) { return v > 0; }) > 0);
+            CHECK(run(std::vector<float>{}, how, residual) == want);
+          } else {
+            const std::vector<std::uint8_t> want = run(std::vector<std::uint8_t>{}, 0, residual);
+            CHECK(std::count_if(want.begin(), want.end(), [](std::uint8_t v) { return v > 0; }) >
+                  0);
+            CHECK(run(std::vector<std::uint8_t>{}, how, residual) == want);
+          }
+        }
+    }
+}
+
 TEST_CASE("fused_store::row_offsets equals offset(r, 0) on every row of odd ranges") {
   std::mt19937 rng(89);
   for (bool nchw : {false, true})

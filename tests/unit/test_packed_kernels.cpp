@@ -685,7 +685,12 @@ TEST_CASE("output stages: relu_quantize_u8 equals clamp{} then quantize_u8 on ev
                                             {1e-30f, 255},
                                             {3e38f, 0},
                                             {1e-40f, 7},
-                                            {1.0f / 6.0f, 0, 0.0f, 255.0f}};
+                                            {1.0f / 6.0f, 0, 0.0f, 255.0f},
+                                            // lo above the zero point, the ends
+                                            {2.0f, 3, 5.0f, 200.0f},
+                                            {0.5f, 10, 20.0f, 40.0f},
+                                            {1.0f, 255, 255.0f, 255.0f},
+                                            {0.75f, 0, 0.0f, 0.0f}};
   for (const output::quantize_u8& q : quantizers) {
     REQUIRE(output::relu_quantize_u8::fits(q));
     const output::relu_quantize_u8 fused{q};
@@ -714,6 +719,13 @@ TEST_CASE("output stages: relu_quantize_u8 equals clamp{} then quantize_u8 on ev
   CHECK_FALSE(output::relu_quantize_u8::fits({std::numeric_limits<float>::quiet_NaN(), 0}));
   CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, -1}));
   CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, 0.0f, 300.0f}));
+  // The lanes move the clamp before the rounding: lo, hi whole numbers in 0..255, zero point
+  // <= 255.
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, 0.5f, 255.0f}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, 0.0f, 254.5f}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, -1.0f, 255.0f}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 256, 0.0f, 255.0f}));
+  CHECK_FALSE(output::relu_quantize_u8::fits({1.0f, 0, 0.0f, inf}));
 }
 
 TEST_CASE("output stages: the residual adds (u8 on its grid, float) through the lane overloads "

@@ -203,6 +203,35 @@ struct fused_store {
     for (std::size_t t = 0; t < n; ++t)
       if (at[2 * t] >= 0) yj[at[2 * t]] = static_cast<T>(lane[t]);
   }
+  /// apply(v, i, j0) for the rows of one lane batch of channels j0.. (output_stage.hpp,
+  /// pipeline::prepare_last): u8 NHWC with row_at, whole batches of int32 lanes, as local
+  /// values (the output, row_at, pool), which GCC keeps in registers across the u8 stores
+  /// (fused_store's own members it loaded again for every row: the flags, the pointers, and the
+  /// branches on them); anything else calls apply.
+  template <class B>
+  struct prepared_rows {
+    const fused_store* self;
+    std::size_t j0;
+    T* y_j0; ///< channel j0 of row_at's places
+    const std::ptrdiff_t* row_at;
+    bool nhwc_u8, pool;
+    BITGRAD_ALWAYS_INLINE void apply(const B& v, std::size_t i) const {
+      if constexpr (std::is_same_v<T, std::uint8_t> &&
+                    std::is_same_v<typename B::value_type, std::int32_t>) {
+        if (nhwc_u8) {
+          const std::ptrdiff_t at = row_at[i];
+          if (at < 0) return;
+          store_u8_block(v, y_j0 + at, pool);
+          return;
+        }
+      }
+      self->apply(v, i, j0);
+    }
+  };
+  template <class B>
+  BITGRAD_ALWAYS_INLINE prepared_rows<B> prepared_store(std::size_t j0) const {
+    return {this, j0, y + j0, row_at, !nchw && row_at != nullptr, pool};
+  }
   /// The first n lanes only (the tail of a padded row, output_stage.hpp).
   template <class B>
   BITGRAD_ALWAYS_INLINE void apply_partial(const B& v, std::size_t i, std::size_t j0,
@@ -285,21 +314,14 @@ private:
     const std::ptrdiff_t at = place(i, j0);
     if (at < 0) return;
     T* dst = y + at;
-    // u8 NHWC, a whole batch of 4 or 8 lanes (SSE2, AVX2): narrowed in registers and stored
-    // at once (output::detail::store_u8_narrowed); through the lane array below GCC narrowed
-    // lane by lane (vpextrd, shifts and ors). Wider batches keep the loop below (vpmovdb).
-    if constexpr (N != 0 && N <= 8 && std::is_same_v<T, std::uint8_t> &&
+    // u8 NHWC, a whole batch of 4, 8 or 16 lanes (SSE2, AVX2, AVX-512): narrowed in registers
+    // and stored at once (output::detail::store_u8_narrowed); through the lane array below GCC
+    // narrowed lane by lane at 4 and 8 lanes (vpextrd, shifts and ors), and at 16 stored the
+    // register to the array and loaded it back for its vpmovdb.
+    if constexpr (N != 0 && N <= 16 && std::is_same_v<T, std::uint8_t> &&
                   std::is_same_v<typename B::value_type, std::int32_t>) {
       if (!nchw) {
-        if (pool) { // maxed with the pooled pixel as below (vpmaxub), then one store
-          T out[N], old[N];
-          output::detail::store_u8_narrowed(v, out);
-          std::memcpy(old, dst, sizeof(out));
-          for (std::size_t l = 0; l < N; ++l) out[l] = std::max(out[l], old[l]);
-          std::memcpy(dst, out, sizeof(out));
-        } else {
-          output::detail::store_u8_narrowed(v, dst);
-        }
+        store_u8_block(v, dst, pool);
         return;
       }
     }
@@ -327,6 +349,21 @@ private:
     }
     const std::size_t step = channel_stride();
     for (std::size_t l = 0; l < count; ++l) write(dst[l * step], static_cast<T>(lane[l]));
+  }
+  /// dst[l] = lane l of v (int32 holding 0..255), maxed with dst[l] under a pool: narrowed in
+  /// registers (output::detail::store_u8_narrowed), maxed (vpmaxub), one store.
+  template <class B>
+  BITGRAD_ALWAYS_INLINE static void store_u8_block(const B& v, std::uint8_t* dst, bool pool) {
+    constexpr std::size_t N = B::size;
+    if (pool) {
+      std::uint8_t out[N], old[N];
+      output::detail::store_u8_narrowed(v, out);
+      std::memcpy(old, dst, sizeof(out));
+      for (std::size_t l = 0; l < N; ++l) out[l] = std::max(out[l], old[l]);
+      std::memcpy(dst, out, sizeof(out));
+    } else {
+      output::detail::store_u8_narrowed(v, dst);
+    }
   }
   BITGRAD_ALWAYS_INLINE std::ptrdiff_t place(std::size_t i, std::size_t j) const {
     if (!row_at) return offset(row0 + i, j);

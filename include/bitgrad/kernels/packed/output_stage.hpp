@@ -105,6 +105,20 @@ BITGRAD_ALWAYS_INLINE B mul_add(const B& a, const B& b, const B& c) {
   return B(product) + c;
 }
 
+/// Lanes of v (|v| <= 2^22) rounded to int32 in one instruction: cvtps2dq on x86 (the current
+/// rounding mode, as quantize_u8's trick (v + 1.5 * 2^23) - 1.5 * 2^23 in any mode), fcvtns on
+/// aarch64 (to nearest even: the trick in the default mode); elsewhere the trick and a
+/// truncating conversion.
+template <class B>
+BITGRAD_ALWAYS_INLINE auto round_to_int(const B& v) {
+#if XSIMD_WITH_SSE2 || XSIMD_WITH_NEON64
+  return xsimd::nearbyint_as_int(v);
+#else
+  const B magic(12582912.0f);
+  return xsimd::to_int((v + magic) - magic);
+#endif
+}
+
 /// Lane l of the int32 batch I is p[l] (u8, zero-extended): one widening load where the
 /// instruction set has one (vpmovzxbd at AVX2 / AVX-512, two unpacks at SSE2), else through a
 /// lane array. (Filled a lane at a time, the array's narrow stores cannot forward to the wide
@@ -135,12 +149,18 @@ BITGRAD_ALWAYS_INLINE I load_u8_widened(const std::uint8_t* p) {
   return I::load_aligned(lane);
 }
 
-/// p[l] = lane l of the int32 batch I, every lane in 0..255 (load_u8_widened's inverse): two
-/// packs and one store where the instruction set has them (AVX2: vpackusdw, vpackuswb, an
-/// 8-byte store; SSE2: packssdw, packuswb, a 4-byte store; the packs saturate, which leaves
-/// 0..255 as it is), else lane by lane (as GCC's vectorised loop: vpmovdb at AVX-512).
+/// p[l] = lane l of the int32 batch I, every lane in 0..255 (load_u8_widened's inverse): in
+/// registers and one store where the instruction set has it (AVX-512: vpmovdb, a 16-byte store;
+/// AVX2: vpackusdw, vpackuswb, an 8-byte store; SSE2: packssdw, packuswb, a 4-byte store; the
+/// packs saturate, which leaves 0..255 as it is), else lane by lane.
 template <class I>
 BITGRAD_ALWAYS_INLINE void store_u8_narrowed(const I& v, std::uint8_t* p) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (I::size == 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+    return;
+  }
+#endif
 #if XSIMD_WITH_AVX2
   if constexpr (I::size == 8) {
     const __m256i x = v;
@@ -234,6 +254,13 @@ concept monotone_stage = requires(const S& s) {
 template <class S, class B>
 concept prepared_stage = requires(const S& s) {
   s.template prepared<B>(std::size_t(0));
+};
+
+/// True for a last stage with prepared_store<B>(j0): an object whose apply(v, i) does what the
+/// stage's apply(v, i, j0) does (pipeline::prepare_last).
+template <class S, class B>
+concept prepared_last_stage = requires(const S& s) {
+  s.template prepared_store<B>(std::size_t(0));
 };
 
 /// True for a last stage that stores the first n lanes only, apply_partial(batch, i, j0, n)
@@ -466,16 +493,37 @@ struct quantize_u8 {
 ///   min(x, 2^22): for x <= 2^22 it returns x; for x > 2^22 (+inf too) both ways round to
 ///   round(x) >= round(2^22) = 2^22 (the rounding (x + m) - m is monotone in x), and
 ///   + zero_point >= 0 keeps it > 255 >= hi, so the last min gives hi either way.
-/// Left: r, x, the rounding, + zero_point, min(max(., lo), hi) and the conversion: 9 of the two
-/// stages' 14 lane operations (test_packed_kernels holds it against clamp, quantize_u8 over the
-/// floats, NaN and infinities included).
+/// Left: r, x, the rounding, + zero_point, min(max(., lo), hi) and the conversion.
+///
+/// The lanes go further when lo, hi are whole numbers in [0, 255] and zero_point <= 255 (fits
+/// asks for that too): the clamp moves before the rounding and the zero point after it,
+///
+///   code = round(min(max(x', L), H)) + zero_point,   x' = v * inv_scale (no ReLU first),
+///   L = max(lo - zero_point, 0),  H = hi - zero_point   (whole numbers, exact in float),
+///
+/// with round() the conversion to int32 (detail::round_to_int: cvtps2dq in the current rounding
+/// mode on x86; fcvtns, to nearest even, the default mode, on aarch64):
+///   - for whole c, round(max(x, c)) = max(round(x), c) and round(min(x, c)) = min(round(x), c)
+///     (rounding is monotone and leaves c as it is), and + zero_point moves out of a clamp; so
+///     for x = r * inv_scale >= 0 this is min(max(round(x) + zero_point, max(lo, zp)), hi),
+///     and round(x) + zero_point >= zero_point already, which is the two-stage code
+///     min(max(round(x) + zero_point, lo), hi) (round(x) = (x + m) - m for x <= 2^22, in every
+///     rounding mode; x > 2^22 gives hi both ways, above);
+///   - v <= 0, -0, -inf or NaN: x' <= 0 or NaN, and max(x', L) as select(x' > L, x', L) gives
+///     L >= 0, the code of r = 0 (x = 0); v > 0: x' = x;
+///   - min(., H) bounds the value before the conversion (no int32 overflow for x' = +inf).
+/// 5 lane operations (multiply, select, min, convert, add) against the form above's 8.
+/// test_packed_kernels holds both against clamp, quantize_u8 over the floats, NaN and
+/// infinities included.
 struct relu_quantize_u8 {
   static constexpr bool lanes = true;
   static constexpr bool padded = true;
   quantize_u8 q;
   /// True when q meets the conditions above (else run clamp{}, q as two stages).
   static bool fits(const quantize_u8& q) {
-    return std::isfinite(q.inv_scale) && q.inv_scale > 0.0f && q.zero_point >= 0 && q.hi <= 255.0f;
+    auto whole_u8 = [](float b) { return b >= 0.0f && b <= 255.0f && b == std::trunc(b); };
+    return std::isfinite(q.inv_scale) && q.inv_scale > 0.0f && q.zero_point >= 0 &&
+           q.zero_point <= 255 && whole_u8(q.lo) && whole_u8(q.hi);
   }
   std::uint8_t operator()(float v, std::size_t i, std::size_t j) const {
     return q(clamp{}(v, i, j), i, j);
@@ -486,17 +534,19 @@ struct relu_quantize_u8 {
   }
   template <class B>
   struct prepared_lanes {
-    quantize_u8::prepared_lanes<B> q;
+    using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+    B inv_scale, low, high; // inv_scale, L, H above
+    I zero_point;
     BITGRAD_ALWAYS_INLINE auto apply(const B& v, std::size_t) const {
-      const B zero(0.0f);
-      typename B::register_type product = xsimd::select(v > zero, v, zero) * q.inv_scale;
-      detail::keep_rounded(product); // not fused with code's add (quantize_u8 has a min between)
-      return q.code(B(product));
+      const B x = v * inv_scale;
+      return detail::round_to_int(xsimd::min(xsimd::select(x > low, x, low), high)) + zero_point;
     }
   };
   template <class B>
-  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t j0) const {
-    return {q.prepared<B>(j0)};
+  BITGRAD_ALWAYS_INLINE prepared_lanes<B> prepared(std::size_t) const {
+    const float zp = static_cast<float>(q.zero_point);
+    return {B(q.inv_scale), B(std::max(q.lo - zp, 0.0f)), B(q.hi - zp),
+            typename prepared_lanes<B>::I(q.zero_point)};
   }
   static constexpr bool columns = true;
   /// The lanes' operations again: no parameter depends on the channel.
@@ -604,13 +654,13 @@ struct pipeline {
                                           std::size_t acc_stride, std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = stages; // see row
-    runs([&](std::size_t i, std::size_t a, std::size_t n) {
-      const std::int32_t* run_acc = acc + a * acc_stride;
-      const std::size_t c = prepared_batches(s, i, n, j0, run_acc, acc_stride, count);
-      if (c < count)
+    const std::size_t c = prepared_batches_in_runs(s, runs, j0, acc, acc_stride, count);
+    if (c < count)
+      runs([&](std::size_t i, std::size_t a, std::size_t n) {
+        const std::int32_t* run_acc = acc + a * acc_stride;
         for (std::size_t r = 0; r < n; ++r)
           row_of(s, i + r, j0 + c, run_acc + r * acc_stride + c, count - c);
-    });
+      });
   }
 
   /// Rows i0 .. i0 + count - 1 of channel j (acc[l]: row i0 + l), in lanes; the last count %
@@ -941,15 +991,68 @@ protected:
       std::size_t c = 0;
       for (; c + B::size <= count; c += B::size) {
         const auto p = prepare_from<0, B>(s, j0 + c);
+        using V = decltype(apply_prepared<0>(p, B(0), i0));
+        const auto store = prepare_last<V>(last, j0 + c);
         for (std::size_t r = 0; r < m; ++r)
-          last.apply(apply_prepared<0>(p, B::load_unaligned(acc + r * acc_stride + c), i0 + r),
-                     i0 + r, j0 + c);
+          store.apply(apply_prepared<0>(p, B::load_unaligned(acc + r * acc_stride + c), i0 + r),
+                      i0 + r);
       }
       return c;
     }
 #endif
     (void)s, (void)i0, (void)m, (void)j0, (void)acc, (void)acc_stride, (void)count;
     return 0;
+  }
+  /// prepared_batches on runs of rows (rows_in_runs): each lane batch's stages prepared once for
+  /// all the runs, not once per run (a flat conv's 64-row block holds 3 runs at 28 pixels a row,
+  /// 5 at 14; the preparation's broadcasts and copies cost as much as a few rows).
+  template <class Runs>
+  BITGRAD_ALWAYS_INLINE static std::size_t
+  prepared_batches_in_runs(const std::tuple<Stages...>& s, const Runs& runs, std::size_t j0,
+                           const std::int32_t* acc, std::size_t acc_stride, std::size_t count) {
+#if BITGRAD_HAS_SIMD
+    using B = simd_batch<std::int32_t>;
+    if constexpr (preparable<0, B>()) {
+      const auto& last = std::get<sizeof...(Stages) - 1>(s);
+      std::size_t c = 0;
+      for (; c + B::size <= count; c += B::size) {
+        const auto p = prepare_from<0, B>(s, j0 + c);
+        using V = decltype(apply_prepared<0>(p, B(0), 0));
+        const auto store = prepare_last<V>(last, j0 + c);
+        runs([&](std::size_t i, std::size_t a, std::size_t n) {
+          // Local copies: runs() may keep this lambda out of line, where p and store would be
+          // read through its captures, again after every u8 store.
+          const auto run_p = p;
+          const auto run_store = store;
+          const std::int32_t* run_acc = acc + a * acc_stride + c;
+          for (std::size_t r = 0; r < n; ++r)
+            run_store.apply(
+                apply_prepared<0>(run_p, B::load_unaligned(run_acc + r * acc_stride), i + r),
+                i + r);
+        });
+      }
+      return c;
+    }
+#endif
+    (void)s, (void)runs, (void)j0, (void)acc, (void)acc_stride, (void)count;
+    return 0;
+  }
+  /// The last stage for lanes V of channels j0..: its prepared_store<V>(j0) where it has one
+  /// (detail::prepared_last_stage: its parameters as values, which stay in registers across the
+  /// rows' u8 stores, where the stage's own members are reloaded after each), else a call of
+  /// its apply(v, i, j0).
+  template <class V, class Last>
+  BITGRAD_ALWAYS_INLINE static auto prepare_last(const Last& last, std::size_t j0) {
+    if constexpr (detail::prepared_last_stage<Last, V>) {
+      return last.template prepared_store<V>(j0);
+    } else {
+      struct calls {
+        const Last& last;
+        std::size_t j0;
+        BITGRAD_ALWAYS_INLINE void apply(const V& v, std::size_t i) const { last.apply(v, i, j0); }
+      };
+      return calls{last, j0};
+    }
   }
   /// True when stages I .. (all but the last) have prepared lanes for their input lanes In.
   template <std::size_t I, class In>
@@ -1075,13 +1178,13 @@ struct padded_pipeline : pipeline<Stages...> {
                                           std::size_t acc_stride, std::size_t count) const
       requires(detail::lane_stage<Stages>&&...) {
     const std::tuple<Stages...> s = this->stages; // see pipeline::row
-    runs([&](std::size_t i, std::size_t a, std::size_t n) {
-      const std::int32_t* run_acc = acc + a * acc_stride;
-      const std::size_t c = base::prepared_batches(s, i, n, j0, run_acc, acc_stride, count);
-      if (c < count)
+    const std::size_t c = base::prepared_batches_in_runs(s, runs, j0, acc, acc_stride, count);
+    if (c < count)
+      runs([&](std::size_t i, std::size_t a, std::size_t n) {
+        const std::int32_t* run_acc = acc + a * acc_stride;
         for (std::size_t r = 0; r < n; ++r)
           padded_row_of(s, i + r, j0 + c, run_acc + r * acc_stride + c, count - c);
-    });
+      });
   }
 
 private:
