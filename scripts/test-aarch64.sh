@@ -16,8 +16,8 @@
 # The tests are cross-built at the same time, then the qemu runs (one thread each) go
 # AARCH64_PARALLEL at a time (default 2), longest first (scripts/lib/job-slots.sh). Each build and
 # run writes its own log, build/aarch64/logs/<test>.build.log and <test>.<cpu>.log (the engine's
-# two runs <test>.<cpu>.1.log and .2.log), printed when it fails; any failure fails the script (after every run has finished), with a summary of all
-# runs.
+# two runs <test>.<cpu>.1.log and .2.log), printed when it fails; any failure fails the script
+# (after every run has finished), with a summary of all runs.
 #
 # test_runtime trains a LeNet before it checks the runtime, which under QEMU takes more than 20
 # minutes of CPU, so it runs only when asked (and on one CPU model); test_packed_engine covers
@@ -130,9 +130,9 @@ for t in "${tests[@]}"; do
   for cpu in "${cpus[@]}"; do
     if [ "$t" = test_packed_engine ] && [ "${BITGRAD_AARCH64_SLOW:-0}" != 1 ]; then
       # Two runs, one per slot: the first 6 cases that pass the filter (197 s on the Zen 3 host:
-      # LeNet-5 twice, the last channels alone, the padded kernel rows) and the other 17 (93 s),
-      # before the kernel runs; doctest's --first / --last count the cases that pass the
-      # filters, so the two ranges cover every case, also ones added later.
+      # LeNet-5 twice, the last channels alone, the padded kernel rows) and the rest (17 cases,
+      # 93 s, when measured), before the kernel runs; doctest's --first / --last count the cases
+      # that pass the filters, so the two ranges cover every case, also ones added later.
       in_slot "$t.$cpu.1" run_one "$t" "$cpu" "--test-case-exclude=${engine_slow_cases}" --last=6
       in_slot "$t.$cpu.2" run_one "$t" "$cpu" "--test-case-exclude=${engine_slow_cases}" --first=7
       runs+=("$t.$cpu.1" "$t.$cpu.2")
