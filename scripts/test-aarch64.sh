@@ -12,6 +12,9 @@
 #   BITGRAD_AARCH64_SLOW=1 bash scripts/test-aarch64.sh   # + test_runtime, on the default CPU,
 #                                                          # and the engine's three VGG cases
 #   AARCH64_PARALLEL=1 bash scripts/test-aarch64.sh        # one build / qemu run at a time
+#   AARCH64_DRY_RUN=1 bash scripts/test-aarch64.sh         # print the builds and runs (each
+#                                                          # "plan: ..."), do none of them
+#   AARCH64_OUT=DIR bash scripts/test-aarch64.sh           # build here, not in build/aarch64
 #
 # The tests are cross-built at the same time, then the qemu runs (one thread each) go
 # AARCH64_PARALLEL at a time (default 2), longest first (scripts/lib/job-slots.sh). Each build and
@@ -31,7 +34,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-out="$root/build/aarch64"
+out="${AARCH64_OUT:-$root/build/aarch64}"
+dry_run="${AARCH64_DRY_RUN:-0}"
 mkdir -p "$out/include"
 for dep in xsimd xtensor xtl doctest nlohmann; do
   if [ -d "/usr/include/$dep" ]; then ln -sfn "/usr/include/$dep" "$out/include/$dep"; fi
@@ -41,7 +45,7 @@ for h in zlib.h zconf.h; do
 done
 
 cxx=aarch64-linux-gnu-g++
-if ! command -v "$cxx" >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+if [ "$dry_run" != 1 ] && { ! command -v "$cxx" >/dev/null || ! command -v qemu-aarch64 >/dev/null; }; then
   echo "test-aarch64: needs $cxx and qemu-aarch64: run bash scripts/install-arm-deps.sh" >&2
   exit 1
 fi
@@ -74,6 +78,14 @@ run_one() {
   QEMU_CPU=$2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$1" "${@:3}"
 }
 
+# The dry run keeps the schedule (slots, order, filters) and replaces each build and run by one
+# line saying what it would do; tests/scripts/aarch64_plan.py checks what BITGRAD_AARCH64_SLOW
+# and the flags change in it.
+if [ "$dry_run" = 1 ]; then
+  build_one() { echo "plan: build $1 with ${flags[*]}"; }
+  run_one() { echo "plan: run $1 on $2${3:+ with ${*:3}}"; }
+fi
+
 # in_slot NAME COMMAND...: runs COMMAND in the next free slot, its log $logs/NAME.log.
 in_slot() {
   local name=$1
@@ -90,7 +102,7 @@ report() {
     status=$(slot_status "$logs/$name.log")
     echo "test-aarch64: $name: exit $status, $(cat "$logs/$name.log.seconds" 2>/dev/null || echo '?') s" \
       "wall, CPU user / sys $(cat "$logs/$name.log.cpu" 2>/dev/null || echo '?')"
-    grep -E '^\[doctest\] (test cases|Status)' "$logs/$name.log" || true
+    grep -E '^(\[doctest\] (test cases|Status)|plan: )' "$logs/$name.log" || true
     if [ "$status" != 0 ]; then
       echo "---- $logs/$name.log" >&2
       cat "$logs/$name.log" >&2 || true
@@ -147,4 +159,8 @@ if ! report "${runs[@]}"; then
   echo "test-aarch64: a qemu run failed" >&2
   exit 1
 fi
-echo "test-aarch64: ${#runs[@]} qemu runs passed, $slots at a time"
+if [ "$dry_run" = 1 ]; then
+  echo "test-aarch64: dry run: ${#builds[@]} builds and ${#runs[@]} qemu runs planned, none done"
+else
+  echo "test-aarch64: ${#runs[@]} qemu runs passed, $slots at a time"
+fi
