@@ -1068,6 +1068,99 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built):
     }
 }
 
+TEST_CASE("direct_conv: the AVX2 path's int16 groups: pair sums at the bound and one above, "
+          "every group size, 6-channel tiles of 16 and 8 pixels") {
+  // The AVX2 path (direct_conv.hpp, "madd") sums the byte pairs x0 w0 + x1 w1 in int16 over a
+  // group of quads: exact while 255 times the sum of |w| over a group's pair lane is <= 32767,
+  // i.e. <= 128. Channels built to hit that bound exactly in one group of all quads, to pass it
+  // by one (two groups then), pairs of |w| = 64 (groups of one quad), a pair of |w| 65 and -128
+  // (no group: the float lines), each with x = 255, z = 0 (the largest sums, both signs) and
+  // with random x, z; against the twin ref::direct_conv in int32.
+  std::mt19937 rng(66);
+  // codes for n channels of a kh x kw kernel, every quad's pair lane h of channel j with the
+  // |w| values filled greedily up to `lane_sum`, one sign per channel (so that x = 255 sums reach
+  // 255 lane_sum in a lane), alternating between channels, 0 past kw.
+  auto make = [&](std::size_t n, std::size_t kh, std::size_t kw, int lane_sum, int largest) {
+    std::vector<std::int8_t> codes(n * kh * kw, 0);
+    for (std::size_t j = 0; j < n; ++j)
+      for (int h = 0; h < 2; ++h) {
+        int left = lane_sum;
+        for (std::size_t a = 0; a < kh; ++a)
+          for (std::size_t b = 0; b < kw; ++b) {
+            if ((b % 4) / 2 != std::size_t(h)) continue; // taps 4u + 2h, 4u + 2h + 1
+            const int v = std::min(left, largest);
+            left -= v;
+            const int sign = j % 2 ? -1 : 1; // 128 wraps to -128
+            codes[(j * kh + a) * kw + b] = static_cast<std::int8_t>(sign * v);
+          }
+      }
+    return codes;
+  };
+  struct shape {
+    std::size_t kh, kw, w, n_out;
+    int lane_sum, largest;
+    std::size_t groups; // madd_group_quads' expected group size (0: none)
+  };
+  // (madd_group_quads' expected sizes recomputed by hand: a lane's |w| per quad, greedy groups.)
+  const std::vector<shape> shapes = {
+      {5, 5, 28, 6, 128, 9, 10},   // LeNet's conv1 shape, lane 0 (taps 0, 1, 4) at the bound
+      {5, 5, 28, 6, 120, 8, 10},   // LeNet's 4-bit worst case: 15 codes of -8 / 8 in lane 0
+      {5, 5, 19, 7, 129, 9, 9},    // one above: quads' lane sums 18 9 ... 18 3, groups of 9, 1
+      {3, 8, 37, 6, 128, 64, 6},   // 6 quads, the sum in the first quad: one group
+      {4, 4, 13, 11, 256, 64, 1},  // pairs of 64 in two quads: groups of one quad
+      {2, 9, 22, 6, 1000, 64, 1},  // every pair of 64 (3 quads a row, the last ragged)
+      {3, 5, 24, 6, 130, 65, 0},   // a pair of 65: no group, the float lines
+      {1, 7, 17, 5, 1000, 128, 0}, // codes of -128 (128 wraps to -128): the float lines
+      {6, 1, 9, 6, 128, 127, 6},   // kw = 1: one code per quad, 127 then 1: one group
+  };
+  std::size_t cases = 0;
+  for (const shape& sh : shapes)
+    for (int fill = 0; fill < 2; ++fill) {
+      conv2d_geometry g = conv_geometry(1, sh.kh + 3 + rng() % 4, sh.w, sh.kh, sh.kw, 1, 0, 1);
+      g.pad_w = std::min<std::size_t>(sh.kw - 1, 2), g.pad_h = sh.kh / 2;
+      std::vector<std::int8_t> codes = make(sh.n_out, sh.kh, sh.kw, sh.lane_sum, sh.largest);
+      const std::size_t batch = 2, rows = batch * g.out_plane();
+      std::vector<std::uint8_t> x(batch * g.in_h * g.in_w, 255);
+      std::uint8_t z = 0;
+      if (fill == 1) {
+        for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+        z = static_cast<std::uint8_t>(rng());
+      }
+      INFO("kh=", sh.kh, " kw=", sh.kw, " W=", sh.w, " n_out=", sh.n_out, " lane_sum=", sh.lane_sum,
+           " largest=", sh.largest, " fill=", fill);
+      std::vector<std::int32_t> want(rows * sh.n_out, -1), got(rows * sh.n_out, -2);
+      ref::direct_conv(g, x.data(), z, codes.data(), sh.n_out, 0, rows,
+                       output::make_pipeline(output::store_int32{want.data(), sh.n_out, 1}));
+      direct_conv(g, x.data(), z, codes.data(), sh.n_out, 0, rows,
+                  output::make_pipeline(output::store_int32{got.data(), sh.n_out, 1}));
+      CHECK(got == want);
+      // A band of rows starting mid-row.
+      const std::size_t r0 = g.out_w() / 2 + 1, r1 = rows - 3;
+      std::vector<std::int32_t> want_b((r1 - r0) * sh.n_out, -1), got_b(want_b.size(), -2);
+      ref::direct_conv(g, x.data(), z, codes.data(), sh.n_out, r0, r1,
+                       output::make_pipeline(output::store_int32{want_b.data(), sh.n_out, 1}));
+      direct_conv(g, x.data(), z, codes.data(), sh.n_out, r0, r1,
+                  output::make_pipeline(output::store_int32{got_b.data(), sh.n_out, 1}));
+      CHECK(got_b == want_b);
+#ifdef BITGRAD_DIRECT_CONV_MADD
+      // The group size the path takes, from the weight quads as direct_conv builds them.
+      const std::size_t row_quads = (sh.kw + 3) / 4, Kq = sh.kh * row_quads;
+      std::vector<std::int32_t> wq(sh.n_out * Kq, 0);
+      for (std::size_t j = 0; j < sh.n_out; ++j)
+        for (std::size_t a = 0; a < sh.kh; ++a)
+          for (std::size_t u = 0; u < row_quads; ++u) {
+            std::uint8_t four[4] = {};
+            for (std::size_t e = 0; e < 4 && 4 * u + e < sh.kw; ++e)
+              four[e] = static_cast<std::uint8_t>(codes[(j * sh.kh + a) * sh.kw + 4 * u + e]);
+            std::memcpy(&wq[j * Kq + a * row_quads + u], four, 4);
+          }
+      CHECK(detail::madd_group_quads(wq.data(), sh.n_out, Kq) == sh.groups);
+#endif
+      ++cases;
+    }
+  MESSAGE("direct_conv, int16 groups: " << cases << " cases");
+}
+
 TEST_CASE("packed_unpack_fields: equals the streaming reader, every bitwidth, odd offsets") {
   // The twin is packed_field_reader, one field per next(). The stream is exactly the bytes
   // that hold the fields, so a read past them would be out of the vector (the asan preset).

@@ -42,6 +42,16 @@
 //             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
 //             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
 //             exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
+//   madd      built with AVX2 (no AVX-512 VNNI), the same cases, quad lines and weight quads as
+//             vnni, 8 pixels a register: per quad and channel one vpmaddubsw (u8 x s8, the two
+//             byte pairs of each quad into int16 lanes) and one vpaddw; per group of G quads
+//             one vpmaddwd by ones (the pairs into the quad's int32 lane) and one vpaddd. A
+//             pair's |x0 w0 + x1 w1| <= 255 (|w0| + |w1|), so the int16 sums are exact while
+//             every channel's |w| over a group's pair lane sum to <= 128 (madd_group_quads:
+//             the largest such G; LeNet's 4-bit 5 x 5 kernels: one group of all 10 quads,
+//             <= 15 codes of |w| <= 8 per lane). Weights where no G fits (a pair of |w| > 64)
+//             take the float lines. kh ceil(kw / 4) multiplies per 8 pixels instead of kh kw
+//             FMAs (LeNet: 10, not 25).
 //   channels  tile of PX pixels x 2 registers of L channels, PX = 8 at AVX-512 (16 of its 32
 //             registers), else 4 (weights transposed once per call, zero-padded to whole
 //             registers): per tap, 2 weight loads, PX broadcasts of line values, 2 PX
@@ -68,6 +78,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -152,6 +163,7 @@ struct direct_conv_scratch {
   std::vector<int> directions;
   std::vector<std::uint32_t> quads; // quad lines (the VNNI path)
   std::vector<std::int32_t> weight_quads, zero_sums;
+  std::vector<std::uint8_t> padded_row; // the AVX2 quad lines' padded input row
 };
 
 inline direct_conv_scratch& direct_scratch() {
@@ -330,6 +342,180 @@ void direct_tiles_vnni(const std::uint32_t* src, const std::uint32_t* off, std::
     direct_tile_vnni<JB, 2>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
   for (; ow < owp; ow += 16) direct_tile_vnni<JB, 1>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
 }
+#elif defined(__AVX2__)
+#define BITGRAD_DIRECT_CONV_MADD 1
+/// Largest number of weight quads G (a divisor-free group: quads [g G, g G + G)) whose byte-pair
+/// sums fit int16 in the AVX2 path ("madd" at the top), 0 when not even one quad does: a pair
+/// x0 w0 + x1 w1 of u8 x has |pair| <= 255 (|w0| + |w1|), so a group's int16 lane (pair h of
+/// every quad in it) stays within 255 S <= 32767 when S = sum over the group's quads of
+/// |w(4u + 2h)| + |w(4u + 2h + 1)| <= 128, for every channel and h = 0, 1. Neither vpmaddubsw's
+/// saturation nor vpaddw's wrap is then reached. wq: n_out x Kq quads as in direct_conv.
+inline std::size_t madd_group_quads(const std::int32_t* wq, std::size_t n_out, std::size_t Kq) {
+  constexpr int bound = 32767 / 255; // 128
+  // prefix[(j * 2 + h) * (Kq + 1) + p]: the sum of half h's |w| over channel j's quads below p.
+  thread_local std::vector<int> prefix;
+  prefix.assign(n_out * 2 * (Kq + 1), 0);
+  for (std::size_t j = 0; j < n_out; ++j)
+    for (int h = 0; h < 2; ++h) {
+      int* pre = prefix.data() + (j * 2 + std::size_t(h)) * (Kq + 1);
+      for (std::size_t p = 0; p < Kq; ++p) {
+        const std::uint32_t quad = static_cast<std::uint32_t>(wq[j * Kq + p]);
+        const auto b0 = static_cast<std::int8_t>(quad >> (16 * h));
+        const auto b1 = static_cast<std::int8_t>(quad >> (16 * h + 8));
+        pre[p + 1] = pre[p] + std::abs(int(b0)) + std::abs(int(b1));
+      }
+    }
+  for (std::size_t G = Kq; G >= 1; --G) {
+    bool fits = true;
+    for (std::size_t jh = 0; jh < 2 * n_out && fits; ++jh) {
+      const int* pre = prefix.data() + jh * (Kq + 1);
+      for (std::size_t p0 = 0; p0 < Kq && fits; p0 += G)
+        fits = pre[std::min(Kq, p0 + G)] - pre[p0] <= bound;
+    }
+    if (fits) return G;
+  }
+  return 0;
+}
+
+/// One tile of the AVX2 path ("madd" at the top): channels j0 .. j0 + JB - 1 (weight quads wq,
+/// Kq apart) of 8 pixels, quad lines read at src + off[p]. Per group of G quads the byte pairs
+/// summed in int16 (vpmaddubsw, vpaddw), then the pairs of each quad added into int32
+/// (vpmaddwd by ones); acc = sum - zsum[jb] to acc + jb * acc_stride.
+template <std::size_t JB>
+BITGRAD_ALWAYS_INLINE void direct_tile_madd(const std::uint32_t* src, const std::uint32_t* off,
+                                            std::size_t Kq, std::size_t G, const std::int32_t* wq,
+                                            const std::int32_t* zsum, std::int32_t* acc,
+                                            std::size_t acc_stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s[JB];
+  for (std::size_t jb = 0; jb < JB; ++jb) s[jb] = _mm256_setzero_si256();
+  for (std::size_t p0 = 0; p0 < Kq; p0 += G) {
+    const std::size_t p1 = std::min(Kq, p0 + G);
+    __m256i h[JB];
+    for (std::size_t jb = 0; jb < JB; ++jb) h[jb] = _mm256_setzero_si256();
+    for (std::size_t p = p0; p < p1; ++p) {
+      const __m256i xv =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + off[p])); // 8 quads
+      for (std::size_t jb = 0; jb < JB; ++jb)
+        h[jb] =
+            _mm256_add_epi16(h[jb], _mm256_maddubs_epi16(xv, _mm256_set1_epi32(wq[jb * Kq + p])));
+    }
+    for (std::size_t jb = 0; jb < JB; ++jb)
+      s[jb] = _mm256_add_epi32(s[jb], _mm256_madd_epi16(h[jb], ones));
+  }
+  for (std::size_t jb = 0; jb < JB; ++jb)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + jb * acc_stride),
+                        _mm256_sub_epi32(s[jb], _mm256_set1_epi32(zsum[jb])));
+}
+
+/// Quad line of one input row, AVX2 (the VNNI path's quad_line): q[t] = bytes t .. t + 3 of the
+/// padded row (byte p = row[p - pw], z outside [0, W), every byte z for a null row), t < count
+/// (a multiple of 8). The padded row is built first in pad (count + 16 bytes); then per 8 quads
+/// one 16-byte load into both 128-bit lanes and one in-lane vpshufb (lane k: quads 4k .. 4k + 3
+/// from bytes 4k .. 4k + 6).
+inline void quad_line_avx2(const std::uint8_t* row, std::size_t W, std::size_t pw, std::uint8_t z,
+                           std::size_t count, std::uint8_t* pad, std::uint32_t* q) {
+  std::memset(pad, z, count + 16);
+  if (row && pw < count + 16) std::memcpy(pad + pw, row, std::min(W, count + 16 - pw));
+  const __m256i index = _mm256_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6, //
+                                         4, 5, 6, 7, 5, 6, 7, 8, 6, 7, 8, 9, 7, 8, 9, 10);
+  for (std::size_t t = 0; t < count; t += 8) {
+    const __m256i v =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pad + t)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + t), _mm256_shuffle_epi8(v, index));
+  }
+}
+
+/// h += vpmaddubsw(x (u8), broadcast of the 4 bytes at w (s8)): one asm statement, so that GCC
+/// neither hoists the broadcasts above the adds nor copies the sums between registers each quad
+/// (as with intrinsics; avx2_quad_int16 in packed_avx2.hpp has the same form).
+BITGRAD_ALWAYS_INLINE void madd_step(__m256i& h, __m256i x, const std::int32_t* w) {
+  __m256i wb;
+  // AT&T order: vpmaddubsw wb, x, wb = vpmaddubsw(x (u8), wb (s8)).
+  asm("vpbroadcastd %[w], %[wb]\n\t"
+      "vpmaddubsw %[wb], %[x], %[wb]\n\t"
+      "vpaddw %[wb], %[h], %[h]"
+      : [h] "+x"(h), [wb] "=&x"(wb)
+      : [x] "x"(x), [w] "m"(*reinterpret_cast<const std::int32_t(*)[1]>(w)));
+}
+
+/// Two pixel registers: h0 += vpmaddubsw(x0, wb), h1 += vpmaddubsw(x1, wb), wb the broadcast of
+/// the 4 bytes at w, one scratch register for the products.
+BITGRAD_ALWAYS_INLINE void madd_step2(__m256i& h0, __m256i& h1, __m256i x0, __m256i x1,
+                                      const std::int32_t* w) {
+  __m256i wb, product;
+  asm("vpbroadcastd %[w], %[wb]\n\t"
+      "vpmaddubsw %[wb], %[x0], %[p]\n\t"
+      "vpaddw %[p], %[h0], %[h0]\n\t"
+      "vpmaddubsw %[wb], %[x1], %[p]\n\t"
+      "vpaddw %[p], %[h1], %[h1]"
+      : [h0] "+x"(h0), [h1] "+x"(h1), [wb] "=&x"(wb), [p] "=&x"(product)
+      : [x0] "x"(x0), [x1] "x"(x1), [w] "m"(*reinterpret_cast<const std::int32_t(*)[1]>(w)));
+}
+
+/// direct_tile_madd when one group holds all Kq quads (G >= Kq: LeNet's conv1), 6 channels x PB
+/// registers of 8 pixels: the int16 sums widened once at the end, no int32 sums in the loop.
+/// At PB = 2 the 12 sums, 2 quad registers, the weight and the product fill the 16 registers;
+/// each weight broadcast serves 16 pixels. The sums are named variables: as an array (h[6],
+/// with the asm step on its elements) GCC kept them on the stack, loaded and stored around every
+/// step.
+template <std::size_t PB>
+BITGRAD_ALWAYS_INLINE void direct_tile_madd_one6(const std::uint32_t* src, const std::uint32_t* off,
+                                                 std::size_t Kq, const std::int32_t* wq,
+                                                 const std::int32_t* zsum, std::int32_t* acc,
+                                                 std::size_t acc_stride) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+  __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
+  for (std::size_t p = 0; p < Kq; ++p) {
+    const std::uint32_t* in = src + off[p];
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
+    if constexpr (PB == 2) {
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 8));
+      madd_step2(a0, b0, x0, x1, wq + p);
+      madd_step2(a1, b1, x0, x1, wq + Kq + p);
+      madd_step2(a2, b2, x0, x1, wq + 2 * Kq + p);
+      madd_step2(a3, b3, x0, x1, wq + 3 * Kq + p);
+      madd_step2(a4, b4, x0, x1, wq + 4 * Kq + p);
+      madd_step2(a5, b5, x0, x1, wq + 5 * Kq + p);
+    } else {
+      madd_step(a0, x0, wq + p);
+      madd_step(a1, x0, wq + Kq + p);
+      madd_step(a2, x0, wq + 2 * Kq + p);
+      madd_step(a3, x0, wq + 3 * Kq + p);
+      madd_step(a4, x0, wq + 4 * Kq + p);
+      madd_step(a5, x0, wq + 5 * Kq + p);
+    }
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i a[6] = {a0, a1, a2, a3, a4, a5}, b[6] = {b0, b1, b2, b3, b4, b5};
+  for (std::size_t jb = 0; jb < 6; ++jb) {
+    const __m256i z = _mm256_set1_epi32(zsum[jb]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + jb * acc_stride),
+                        _mm256_sub_epi32(_mm256_madd_epi16(a[jb], ones), z));
+    if constexpr (PB == 2)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + jb * acc_stride + 8),
+                          _mm256_sub_epi32(_mm256_madd_epi16(b[jb], ones), z));
+  }
+}
+
+/// JB channels over the padded row of owp pixels (a multiple of 8), AVX2 path: one group in
+/// pairs of registers, then one; several groups one register at a time.
+template <std::size_t JB>
+void direct_tiles_madd(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
+                       std::size_t G, const std::int32_t* wq, const std::int32_t* zsum,
+                       std::int32_t* acc, std::size_t owp) {
+  std::size_t ow = 0;
+  if (JB == 6 && G >= Kq) {
+    for (; ow + 16 <= owp; ow += 16)
+      direct_tile_madd_one6<2>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
+    for (; ow < owp; ow += 8) direct_tile_madd_one6<1>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
+    return;
+  }
+  for (; ow < owp; ow += 8) direct_tile_madd<JB>(src + ow, off, Kq, G, wq, zsum, acc + ow, owp);
+}
+#endif
+#if defined(BITGRAD_DIRECT_CONV_VNNI) || defined(BITGRAD_DIRECT_CONV_MADD)
+#define BITGRAD_DIRECT_CONV_QUADS 1
 #endif
 
 /// JB channels over the padded row of owp pixels: pairs of registers, then one.
@@ -409,13 +595,20 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     { out.direction(std::size_t(0)) } -> std::same_as<int>;
     { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
   };
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+    // The quad paths (see "vnni" and "madd" at the top): one channel, stride and dilation 1 along
+    // rows; the AVX2 one also needs the weights' pair sums to fit int16 (madd_group_quads).
 #ifdef BITGRAD_DIRECT_CONV_VNNI
-  // The VNNI path (see "vnni" at the top): one channel, stride and dilation 1 along rows.
-  const bool vnni = !channel_lanes && C == 1 && sw == 1 && dw == 1 && L == 16;
+  constexpr std::size_t quad_regs = 16; // quads per register
+#else
+  constexpr std::size_t quad_regs = 8;
+#endif
+  bool quad_path = !channel_lanes && C == 1 && sw == 1 && dw == 1 && L == quad_regs;
   const std::size_t row_quads = (kw + 3) / 4, Kq = kh * row_quads;
   // Quad line length, rounded up to whole registers of 16 quads (quad_lines writes them).
   const std::size_t T4 = (owp + 4 * (row_quads - 1) + 15) / 16 * 16;
-  if (vnni) {
+  [[maybe_unused]] std::size_t group = Kq; // the AVX2 path's int16 group of quads
+  if (quad_path) {
     // weight_quads[j * Kq + a row_quads + u] = codes (j, a, 4u .. 4u + 3), 0 past kw, as the
     // 4 bytes of an int32; zero_sums[j] = z sum_p w(j, p).
     sc.weight_quads.assign(n_out * Kq, 0);
@@ -434,6 +627,12 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         }
       sc.zero_sums[j] = zi * sum;
     }
+#ifdef BITGRAD_DIRECT_CONV_MADD
+    group = detail::madd_group_quads(sc.weight_quads.data(), n_out, Kq);
+    quad_path = group > 0;
+  }
+  if (quad_path) {
+#endif
     sc.offsets.resize(std::max(K, Kq));
     for (std::size_t a = 0; a < kh; ++a)
       for (std::size_t u = 0; u < row_quads; ++u)
@@ -469,17 +668,25 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     const std::size_t rows_in = (oh_b - oh_a) * sh + (kh - 1) * dh + 1;
     sc.lines.resize(rows_in * line_set);
     const std::uint8_t* img = x + n * H * W * C;
-#ifdef BITGRAD_DIRECT_CONV_VNNI
-    if (vnni) {
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+    if (quad_path) {
       // Quad lines: quads(i)[t] = the 4 bytes at t .. t + 3 of input row ih_a + i, padded with
       // z (bytes[t] = x(ih, t - pw), z outside the image), so tap quad (a, u) of pixel ow is
       // quads(oh sh + a dh - ih_a)[ow + 4 u].
       sc.quads.resize(rows_in * T4);
+#ifdef BITGRAD_DIRECT_CONV_MADD
+      sc.padded_row.resize(T4 + 16);
+#endif
       for (std::size_t i = 0; i < rows_in; ++i) {
         const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
         const bool inside = ih >= 0 && ih < std::ptrdiff_t(H);
+#ifdef BITGRAD_DIRECT_CONV_VNNI
         detail::quad_line(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
                           sc.quads.data() + i * T4);
+#else
+        detail::quad_line_avx2(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
+                               sc.padded_row.data(), sc.quads.data() + i * T4);
+#endif
       }
     } else
 #endif
@@ -517,8 +724,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     // The sums of output row oh (lines from src), channel j's pixels at acc_row + j owp.
     // (input row i = oh sh - ih_a: the first the output row reads).
     auto row_sums = [&](std::size_t i, std::int32_t* acc_row) {
-#ifdef BITGRAD_DIRECT_CONV_VNNI
-      if (vnni) {
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+      if (quad_path) {
         const std::uint32_t* qsrc = sc.quads.data() + i * T4;
         const std::int32_t* wq = sc.weight_quads.data();
         const std::int32_t* zs = sc.zero_sums.data();
@@ -526,6 +733,7 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
           const std::int32_t* wj = wq + j0 * Kq;
           std::int32_t* aj = acc_row + j0 * owp;
+#ifdef BITGRAD_DIRECT_CONV_VNNI
           switch (jb) {
           case 6:
             detail::direct_tiles_vnni<6>(qsrc, off, Kq, wj, zs + j0, aj, owp);
@@ -543,6 +751,25 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
             detail::direct_tiles_vnni<1>(qsrc, off, Kq, wj, zs + j0, aj, owp);
             break;
           }
+#else
+          switch (jb) {
+          case 6:
+            detail::direct_tiles_madd<6>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            break;
+          case 4:
+            detail::direct_tiles_madd<4>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            break;
+          case 3:
+            detail::direct_tiles_madd<3>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            break;
+          case 2:
+            detail::direct_tiles_madd<2>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            break;
+          default:
+            detail::direct_tiles_madd<1>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            break;
+          }
+#endif
         }
         return;
       }
