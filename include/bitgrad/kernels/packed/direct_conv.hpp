@@ -529,6 +529,29 @@ void direct_tiles(const float* src, const std::uint32_t* off, std::size_t K, con
 }
 #endif
 
+/// Calls tile.template operator()<JB>() with JB = jb, the channels of one tile of the loops
+/// below (6, 4, 3, 2 or 1): their one switch from a run-time width to a kernel instance.
+template <class Tile>
+BITGRAD_ALWAYS_INLINE void with_tile_channels(std::size_t jb, Tile&& tile) {
+  switch (jb) {
+  case 6:
+    tile.template operator()<6>();
+    break;
+  case 4:
+    tile.template operator()<4>();
+    break;
+  case 3:
+    tile.template operator()<3>();
+    break;
+  case 2:
+    tile.template operator()<2>();
+    break;
+  default:
+    tile.template operator()<1>();
+    break;
+  }
+}
+
 } // namespace detail
 
 /// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, exact, handed to the
@@ -734,41 +757,13 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           const std::int32_t* wj = wq + j0 * Kq;
           std::int32_t* aj = acc_row + j0 * owp;
 #ifdef BITGRAD_DIRECT_CONV_VNNI
-          switch (jb) {
-          case 6:
-            detail::direct_tiles_vnni<6>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-            break;
-          case 4:
-            detail::direct_tiles_vnni<4>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-            break;
-          case 3:
-            detail::direct_tiles_vnni<3>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-            break;
-          case 2:
-            detail::direct_tiles_vnni<2>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-            break;
-          default:
-            detail::direct_tiles_vnni<1>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-            break;
-          }
+          detail::with_tile_channels(jb, [&]<std::size_t JB>() {
+            detail::direct_tiles_vnni<JB>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+          });
 #else
-          switch (jb) {
-          case 6:
-            detail::direct_tiles_madd<6>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-            break;
-          case 4:
-            detail::direct_tiles_madd<4>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-            break;
-          case 3:
-            detail::direct_tiles_madd<3>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-            break;
-          case 2:
-            detail::direct_tiles_madd<2>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-            break;
-          default:
-            detail::direct_tiles_madd<1>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-            break;
-          }
+          detail::with_tile_channels(jb, [&]<std::size_t JB>() {
+            detail::direct_tiles_madd<JB>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+          });
 #endif
         }
         return;
@@ -781,23 +776,8 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
         const float* wj = w + j0 * K;
         std::int32_t* aj = acc_row + j0 * owp;
-        switch (jb) {
-        case 6:
-          detail::direct_tiles<B, 6>(src, off, K, wj, aj, owp);
-          break;
-        case 4:
-          detail::direct_tiles<B, 4>(src, off, K, wj, aj, owp);
-          break;
-        case 3:
-          detail::direct_tiles<B, 3>(src, off, K, wj, aj, owp);
-          break;
-        case 2:
-          detail::direct_tiles<B, 2>(src, off, K, wj, aj, owp);
-          break;
-        default:
-          detail::direct_tiles<B, 1>(src, off, K, wj, aj, owp);
-          break;
-        }
+        detail::with_tile_channels(
+            jb, [&]<std::size_t JB>() { detail::direct_tiles<B, JB>(src, off, K, wj, aj, owp); });
       }
     };
     for (std::size_t oh = oh_a; oh <= oh_b; ++oh) {
