@@ -146,8 +146,9 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // "ResNet-20 on the Zen 3 AVX2 host ... (h23-r20z)"), implicit / direct: 1.27-1.37x fprop,
   // 1.11-1.35x dgrad, 1.11-1.15x wgrad on the 16-channel 28x28 / 32x32 stage of ResNet-20;
   // wgrad of the first layers (Cin 1 or 3, 16 out) 1.2x im2col, 1.65x implicit; LeNet conv1's
-  // fprop (6 out, 24x24) 1.41x. With 32 or 64 channels direct ran 0.66-1.18x (wgrad 0.54-0.84x)
-  // and on 7x7 / 8x8 planes 0.81-1.02x: those stay with implicit GEMM or Winograd.
+  // fprop (6 out, 24x24) 1.41x. With 32 or 64 channels on >= 14x14 direct ran 0.77-1.18x fprop /
+  // dgrad (Winograd beat it there) and 0.66-0.84x wgrad; on 7x7 / 8x8 planes 0.81-1.02x fprop /
+  // dgrad and 0.53-0.54x wgrad: those stay with implicit GEMM or Winograd.
   if (detail::conv2d_direct_preferred_narrow && stride1 && !pointwise && m <= 16 &&
       g.in_channels_per_group() <= 16 && g.out_plane() >= 196) {
     const std::size_t taps = g.kernel_h * g.kernel_w;
