@@ -515,6 +515,44 @@ TEST_CASE("conv2d_choose_algo picks Winograd from 1,024 tiles of a batch on, nev
         bitgrad::detail::conv2d_winograd_preferred);
 }
 
+TEST_CASE("conv2d_choose_algo on AVX2: direct on the 16-channel stage, Winograd on 14x14 up") {
+  using bitgrad::conv2d_choose_algo;
+  using bitgrad::conv2d_pass;
+  // ResNet-20 on 28x28x1 at batch 128 (bench_train's model), the paths measured fastest on the
+  // Zen 3 host (benchmarks/README.md, h23-r20z). Only AVX2 builds take these rules.
+  if constexpr (!bitgrad::detail::conv2d_direct_preferred_narrow) return;
+  const auto pick = [](std::size_t in_c, std::size_t out_c, std::size_t hw, std::size_t k,
+                       conv2d_pass pass) {
+    const std::size_t pad = k / 2;
+    return conv2d_choose_algo(make_geometry(128, in_c, out_c, hw, hw, k, k, 1, pad, pad), pass);
+  };
+  const auto fprop = conv2d_pass::fprop, dgrad = conv2d_pass::dgrad, wgrad = conv2d_pass::wgrad;
+  for (const auto pass : {fprop, dgrad, wgrad}) {
+    CHECK(pick(16, 16, 28, 3, pass) == conv2d_algo::direct);  // stage 1
+    CHECK(pick(16, 16, 32, 3, pass) == conv2d_algo::direct);  // stage 1 on 32x32
+    CHECK(pick(64, 64, 7, 3, pass) == conv2d_algo::implicit); // stage 3: neither wins
+    CHECK(pick(64, 64, 8, 3, pass) == conv2d_algo::implicit);
+    CHECK(pick(16, 16, 13, 3, pass) == conv2d_algo::implicit); // 169 < 196 pixels
+    CHECK(pick(17, 16, 28, 3, pass) != conv2d_algo::direct);   // more than 16 channels
+    CHECK(pick(16, 17, 28, 3, pass) != conv2d_algo::direct);
+  }
+  for (const auto pass : {fprop, dgrad}) {
+    CHECK(pick(32, 32, 14, 3, pass) == conv2d_algo::winograd); // stage 2
+    CHECK(pick(64, 64, 14, 3, pass) == conv2d_algo::winograd); // VGG conv4
+    CHECK(pick(32, 32, 28, 3, pass) == conv2d_algo::winograd); // VGG conv2
+    CHECK(pick(32, 32, 13, 3, pass) == conv2d_algo::implicit); // below 14 x 14
+  }
+  CHECK(pick(32, 32, 14, 3, wgrad) == conv2d_algo::implicit); // direct wgrad lost (0.76x)
+  CHECK(pick(1, 16, 28, 3, wgrad) == conv2d_algo::direct);    // the first layer's wgrad
+  CHECK(pick(1, 16, 28, 3, fprop) == conv2d_algo::implicit);  // K = 9: too few taps
+  // LeNet conv1 (1 -> 6, 5x5 valid on 28x28: K = 25, 24x24 out): direct.
+  CHECK(conv2d_choose_algo(make_geometry(128, 1, 6, 28, 28, 5, 5, 1, 0, 0), fprop) ==
+        conv2d_algo::direct);
+  // LeNet conv2 (6 -> 16, 5x5 valid on 12x12: 8x8 out) keeps implicit GEMM.
+  CHECK(conv2d_choose_algo(make_geometry(128, 6, 16, 12, 12, 5, 5, 1, 0, 0), fprop) ==
+        conv2d_algo::implicit);
+}
+
 TEST_CASE("wgrad's slices depend on the batch and the weight count only") {
   using bitgrad::detail::conv2d_wgrad_slices;
   auto slices = [](std::size_t batch, std::size_t weights) {

@@ -115,7 +115,8 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
       g.batch * detail::conv2d_winograd_layout::of<float>(g).image_tiles();
   if (detail::conv2d_winograd_preferred && pass != conv2d_pass::wgrad &&
       detail::conv2d_winograd_fits(g) && std::min(g.in_channels, g.out_channels) >= 32 &&
-      g.out_h() >= 8 && g.out_w() >= 8 && winograd_tiles >= 1024 &&
+      g.out_h() >= detail::conv2d_winograd_min_side &&
+      g.out_w() >= detail::conv2d_winograd_min_side && winograd_tiles >= 1024 &&
       (pass == conv2d_pass::fprop || detail::conv2d_dgrad_is_convolution(g)))
     return conv2d_algo::winograd;
   // The register-blocked direct fprop / dgrad (conv2d_direct.hpp) packs no B panels, where
@@ -139,6 +140,22 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
     // the first layers (Cin 1 or 3); 0.95-0.98x on 14x14 with Cout 64 and 0.75-0.78x on 7x7 / 8x8
     // (span 61 in 64 lanes for 49 pixels), 1.00x on LeNet conv2 (8x8, 5x5).
     if (pass == conv2d_pass::wgrad && g.out_plane() >= 196 && m <= 32) return conv2d_algo::direct;
+  }
+  // AVX2 (16 registers: direct tiles of 4 channels x 3 registers, wgrad of 1 x 9 taps), measured
+  // on the Zen 3 host (bench_conv2d --compare --cpu, batch 128, 1 thread, 5-7 rounds; README
+  // "ResNet-20 on the Zen 3 AVX2 host ... (h23-r20z)"), implicit / direct: 1.27-1.37x fprop,
+  // 1.11-1.35x dgrad, 1.11-1.15x wgrad on the 16-channel 28x28 / 32x32 stage of ResNet-20;
+  // wgrad of the first layers (Cin 1 or 3, 16 out) 1.2x im2col, 1.65x implicit; LeNet conv1's
+  // fprop (6 out, 24x24) 1.41x. With 32 or 64 channels on >= 14x14 direct ran 0.77-1.18x fprop /
+  // dgrad (Winograd beat it there) and 0.66-0.84x wgrad; on 7x7 / 8x8 planes 0.81-1.02x fprop /
+  // dgrad and 0.53-0.54x wgrad: those stay with implicit GEMM or Winograd.
+  if (detail::conv2d_direct_preferred_narrow && stride1 && !pointwise && m <= 16 &&
+      g.in_channels_per_group() <= 16 && g.out_plane() >= 196) {
+    const std::size_t taps = g.kernel_h * g.kernel_w;
+    if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
+    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_runs_blocked(g) && m * taps >= 25)
+      return conv2d_algo::direct;
+    if (pass == conv2d_pass::wgrad) return conv2d_algo::direct;
   }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is

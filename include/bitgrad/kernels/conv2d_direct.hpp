@@ -70,6 +70,12 @@ struct conv2d_direct_tile {
 /// instructions (callgrind; not timed).
 inline constexpr bool conv2d_direct_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
 
+/// Whether conv2d_choose_algo picks the direct kernels on AVX2 (4 x 3 fprop / dgrad tiles, 1 x 9
+/// wgrad tiles) where measured faster there: layers of at most 16 channels in and out on planes
+/// of >= 14 x 14 (conv2d_choose_algo). Not SSE or NEON (never measured).
+inline constexpr bool conv2d_direct_preferred_narrow =
+    std::is_base_of_v<xsimd::avx2, simd_arch> && !std::is_base_of_v<xsimd::avx512f, simd_arch>;
+
 /// Geometry of the flat buffers of one image and group.
 struct conv2d_direct_layout {
   std::size_t wp, plane, span, nv, span_pad, taps, in_channels, out_channels, guard;

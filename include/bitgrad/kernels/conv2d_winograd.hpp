@@ -67,8 +67,18 @@ inline bool conv2d_winograd_fits(const conv2d_geometry& g) {
 }
 
 /// Whether conv2d_choose_algo may pick the Winograd kernel: only where it was measured faster,
-/// AVX-512 (bench_conv2d --compare, benchmarks/README.md "Winograd F(2x2, 3x3)").
-inline constexpr bool conv2d_winograd_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
+/// AVX-512 (bench_conv2d --compare, benchmarks/README.md "Winograd F(2x2, 3x3)") and AVX2 (the
+/// Zen 3 host, benchmarks/README.md "ResNet-20 on the Zen 3 AVX2 host ... (h23-r20z)"); not SSE
+/// or NEON (never measured).
+inline constexpr bool conv2d_winograd_preferred =
+    std::is_base_of_v<xsimd::avx512f, simd_arch> || std::is_base_of_v<xsimd::avx2, simd_arch>;
+
+/// The smallest output side on which conv2d_choose_algo picks Winograd. AVX-512: 8 (7x7 ran
+/// 1.00-1.01x the others). AVX2, fastest other / winograd, batch 128, CPU time: 1.05-1.30x on
+/// 14x14 (ResNet-20 stage 2, VGG conv3-4), 1.12-1.13x on VGG conv2 (28x28), 1.04-1.16x implicit
+/// GEMM on 16x16; 0.78-0.87x on 7x7 and 0.92-0.94x on 8x8 (stage 3): 14.
+inline constexpr std::size_t conv2d_winograd_min_side =
+    std::is_base_of_v<xsimd::avx512f, simd_arch> ? 8 : 14;
 
 /// The vector type of the transforms: simd_batch<T>, or T itself without SIMD.
 template <class T>
