@@ -32,26 +32,27 @@
 //             fused_store: LeNet), every channel of the row pair at once
 //             (out.column_pairs_block): the codes interleaved into NHWC and stored as one
 //             run, not a byte store per pooled pixel and channel.
-//   vnni      built with AVX-512 VNNI (-march with avx512vnni, bw), C = 1, sw = dw = 1 and
-//             pixel lanes (LeNet's conv1): integer dot products instead of float FMAs. Each
-//             kernel row's kw taps in quads u (taps 4u .. 4u + 3, zero weights past kw), and
-//             per input row a quad line, quads[t] = bytes x(ih, t - pw) .. x(ih, t + 3 - pw)
-//             (z outside the image; two masked loads and a byte shuffle per 16 quads:
-//             quad_line), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
-//             plain load per 16 pixels, one vpdpbusd (u8 x s8, 4 products into each int32
-//             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
-//             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
-//             exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
-//   madd      built with AVX2 (no AVX-512 VNNI), the same cases, quad lines and weight quads as
-//             vnni, 8 pixels a register: per quad and channel one vpmaddubsw (u8 x s8, the two
-//             byte pairs of each quad into int16 lanes) and one vpaddw; per group of G quads
-//             one vpmaddwd by ones (the pairs into the quad's int32 lane) and one vpaddd. A
-//             pair's |x0 w0 + x1 w1| <= 255 (|w0| + |w1|), so the int16 sums are exact while
-//             every channel's |w| over a group's pair lane sum to <= 128 (madd_group_quads:
-//             the largest such G; LeNet's 4-bit 5 x 5 kernels: one group of all 10 quads,
-//             <= 15 codes of |w| <= 8 per lane). Weights where no G fits (a pair of |w| > 64)
-//             take the float lines. kh ceil(kw / 4) multiplies per 8 pixels instead of kh kw
-//             FMAs (LeNet: 10, not 25).
+//   vnni      path int_isa::avx512_vnni, C = 1, sw = dw = 1 and pixel lanes (n_out < 16 or a
+//             stage without rows: LeNet's conv1), rows padded to 16 pixels: integer dot
+//             products instead of float FMAs. Each kernel row's kw taps in quads u (taps
+//             4u .. 4u + 3, zero weights past kw), and per input row a quad line, quads[t] =
+//             bytes x(ih, t - pw) .. x(ih, t + 3 - pw) (z outside the image; two masked loads
+//             and a byte shuffle per 16 quads: quad_line), so quad (a, u) of pixel ow is
+//             quads(row a)[ow + 4u]: a plain load per 16 pixels, one vpdpbusd (u8 x s8, 4
+//             products into each int32 lane) per channel, kh ceil(kw / 4) of them instead of
+//             kh kw FMAs (LeNet: 10, not 25). The codes multiply x itself, not x - z:
+//             acc = sum x w - z sum w, both exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
+//   madd      path int_isa::avx2 or avx_vnni (no 256-bit vpdpbusd tiles of its own), the same
+//             cases with n_out < 8 (or no rows), quad lines and weight quads as vnni, 8 pixels
+//             a register: per quad and channel one vpmaddubsw (u8 x s8, the two byte pairs of
+//             each quad into int16 lanes) and one vpaddw; per group of G quads one vpmaddwd by
+//             ones (the pairs into the quad's int32 lane) and one vpaddd. A pair's
+//             |x0 w0 + x1 w1| <= 255 (|w0| + |w1|), so the int16 sums are exact while every
+//             channel's |w| over a group's pair lane sum to <= 128 (madd_group_quads: the
+//             largest such G; LeNet's 4-bit 5 x 5 kernels: one group of all 10 quads, <= 15
+//             codes of |w| <= 8 per lane). Weights where no G fits (a byte pair with
+//             |w0| + |w1| > 128) take the float lines. kh ceil(kw / 4) multiplies per 8 pixels
+//             instead of kh kw FMAs (LeNet: 10, not 25).
 //   channels  tile of PX pixels x 2 registers of L channels, PX = 8 at AVX-512 (16 of its 32
 //             registers), else 4 (weights transposed once per call, zero-padded to whole
 //             registers): per tap, 2 weight loads, PX broadcasts of line values, 2 PX
@@ -65,8 +66,16 @@
 // are built once per call and image (each input row once, shared by the kh output rows that
 // read it), so the call's rows may be any range: whole images or bands of output rows.
 //
+// The path is chosen at run time: direct_conv(int_isa p, ...) as packed_gemm (isa.hpp; the
+// overload without p takes best_int_isa()). The quad tiles are compiled on every x86-64 build
+// with the target attributes of isa.hpp (BITGRAD_TARGET_AVX2, _AVX512_VNNI), whatever the -m
+// flags, and run only on a path int_isa_supported allows; the float lines use the build's own
+// register (xsimd's default architecture: L = 4 at plain -O2, SSE2). The row padding owp is
+// whole registers of both the float lines and the chosen quad tiles, so the output stage's
+// lane batches (L) stay whole on every path.
+//
 // Scratch is thread_local: concurrent calls from several threads are safe. Without SIMD
-// (BITGRAD_NO_SIMD) the reference twin runs.
+// (BITGRAD_NO_SIMD) the reference twin runs on every path.
 #pragma once
 
 #include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
