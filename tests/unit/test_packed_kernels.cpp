@@ -1093,6 +1093,15 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the quad paths: vnni, madd;
         for (std::int32_t v : got) all = all && v == full;
         CHECK(all);
       }
+      // A path this binary or CPU lacks is refused, as packed_gemm refuses it.
+      for (int_isa p : all_int_isas)
+        if (!int_isa_supported(p)) {
+          CAPTURE(std::string(int_isa_name(p)));
+          std::vector<std::int32_t> got(g.out_plane() * 6, 0);
+          CHECK_THROWS_AS(direct_conv(p, g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
+                                      output::make_pipeline(output::store_int32{got.data(), 6, 1})),
+                          std::invalid_argument);
+        }
     }
 }
 
