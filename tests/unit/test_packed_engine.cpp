@@ -1098,13 +1098,15 @@ using namespace bitgrad;
 
 namespace {
 
-/// direct_conv and its twin ref::direct_conv on rows [r0, r1) into the engine's output stage
-/// (scale_bias -> ReLU -> quantize_u8 -> fused_store, u8 NHWC) under a max-pool k x k of stride
-/// s: the pooled buffers (0 first, as the engine sets them) must be equal byte for byte.
+/// direct_conv on every supported path and its twin ref::direct_conv on rows [r0, r1) into the
+/// engine's output stage (scale_bias -> ReLU -> quantize_u8 -> fused_store, u8 NHWC) under a
+/// max-pool k x k of stride s: the pooled buffers (0 first, as the engine sets them) must be
+/// equal byte for byte. Codes in [-max_code, max_code] (small ones: the madd path's int16
+/// groups fit, so C = 1 takes its quad tiles; 127: mostly the float lines on that path).
 void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_t batch,
                          std::size_t k, std::size_t s, std::size_t r0, std::size_t r1,
                          std::mt19937& rng, float inv_scale = 6.0f, bool infinite_scale = false,
-                         bool relu_quantize = false) {
+                         bool relu_quantize = false, int max_code = 127) {
   const std::size_t OH = g.out_h(), OW = g.out_w(), plane = g.out_plane();
   const std::size_t ph = (OH - k) / s + 1, pw = (OW - k) / s + 1;
   INFO("C=" << g.in_channels << " " << g.in_h << "x" << g.in_w << " out " << OH << "x" << OW
@@ -1113,7 +1115,8 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
   std::vector<std::uint8_t> x(batch * g.in_h * g.in_w * g.in_channels);
   for (auto& v : x) v = static_cast<std::uint8_t>(rng());
   std::vector<std::int8_t> codes(n_out * g.filter_size());
-  for (auto& c : codes) c = static_cast<std::int8_t>(int(rng() % 255) - 127);
+  for (auto& c : codes)
+    c = static_cast<std::int8_t>(int(rng() % unsigned(2 * max_code + 1)) - max_code);
   std::vector<float> scale(output::padded_length(n_out)), bias(output::padded_length(n_out));
   for (std::size_t j = 0; j < n_out; ++j) {
     // Both signs: a negative scale reverses the order of the sums, not of the stored values.
@@ -1124,7 +1127,7 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
   // take the general path (every pixel through the stages), not the reduced sums.
   if (infinite_scale) scale[n_out / 2] = std::numeric_limits<float>::infinity();
   const std::uint8_t z = static_cast<std::uint8_t>(rng());
-  auto run = [&](bool reference) {
+  auto run = [&](int_isa p) {
     std::vector<std::uint8_t> y(batch * ph * pw * n_out, 0);
     deploy::detail::fused_store<std::uint8_t> st{y.data()};
     st.row0 = r0, st.plane = plane, st.out_w = OW, st.channels = n_out;
@@ -1133,10 +1136,10 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
     st.row_offsets(r0, r1 - r0, row_at.data());
     st.row_at = row_at.data();
     auto conv = [&](const auto& out) {
-      if (reference)
+      if (p == int_isa::reference) // the twin itself
         ref::direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
       else
-        direct_conv(g, x.data(), z, codes.data(), n_out, r0, r1, out);
+        direct_conv(p, g, x.data(), z, codes.data(), n_out, r0, r1, out);
     };
     const output::scale_bias sb{scale.data(), bias.data()};
     if (relu_quantize) // the engine's stage after a ReLU (relu_quantize_u8::fits)
@@ -1147,10 +1150,14 @@ void check_pooled_direct(const conv2d_geometry& g, std::size_t n_out, std::size_
                                         st));
     return y;
   };
-  const std::vector<std::uint8_t> want = run(true);
+  const std::vector<std::uint8_t> want = run(int_isa::reference);
   if (r0 == 0 && r1 == batch * plane && inv_scale > 0) // every window: values, not only zeros
     CHECK(std::count_if(want.begin(), want.end(), [](std::uint8_t v) { return v > 0; }) > 0);
-  CHECK(run(false) == want);
+  for (int_isa p : all_int_isas)
+    if (p != int_isa::reference && int_isa_supported(p)) {
+      CAPTURE(std::string(int_isa_name(p)));
+      CHECK(run(p) == want);
+    }
 }
 
 } // namespace
@@ -1304,6 +1311,10 @@ TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time
             // The engine's ReLU + quantizer as one stage (pooled blocks where the width is even).
             check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, 6.0f, false, true);
             check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, 6.0f, false, true);
+            // Small codes (LeNet's 4-bit): C = 1 takes the madd path's quad tiles.
+            check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, 6.0f, false, false, 8);
+            check_pooled_direct(g, n_out, batch, 2, 2, 0, rows, rng, -6.0f, false, false, 8);
+            check_pooled_direct(g, n_out, batch, 2, 2, a, b, rng, 6.0f, false, true, 8);
           }
         }
 }
@@ -1326,6 +1337,8 @@ TEST_CASE("direct_conv pooled blocks (a row pair's channels interleaved at once)
           const std::size_t rows = 2 * g.out_plane();
           check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, 6.0f, false, true);
           check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, -6.0f);
+          check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, 6.0f, false, true, 8);
+          check_pooled_direct(g, n_out, 2, 2, 2, 0, rows, rng, -6.0f, false, false, 8);
         }
 }
 

@@ -937,8 +937,18 @@ std::string describe(const conv2d_geometry& g, std::size_t n_out, std::size_t ba
          " zero=" + std::to_string(zero);
 }
 
-/// direct_conv and ref::direct_conv on rows [r0, r1) into int32 (rows x n_out) and through the
-/// padded requantizing pipeline (u8), checked against im2row + ref::packed_gemm.
+/// Every path this binary holds and this CPU runs (direct_conv takes each: reference, the float
+/// lines, the madd and vnni quad tiles).
+std::vector<int_isa> supported_isas() {
+  std::vector<int_isa> paths;
+  for (int_isa p : all_int_isas)
+    if (int_isa_supported(p)) paths.push_back(p);
+  return paths;
+}
+
+/// direct_conv on every supported path and ref::direct_conv on rows [r0, r1) into int32 (rows x
+/// n_out) and through the padded requantizing pipeline (u8), checked against im2row +
+/// ref::packed_gemm.
 void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t batch,
                   std::uint8_t z, std::size_t r0, std::size_t r1, std::mt19937& rng) {
   const std::size_t n = t.channels, m = r1 - r0;
@@ -952,13 +962,10 @@ void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t b
   const std::vector<std::uint8_t> a = im2row(g, x, z, r0, r1);
   const std::vector<std::int32_t> want =
       run(int_isa::reference, t.pack(), m, a, g.filter_size(), z);
-  std::vector<std::int32_t> got_ref(m * n, -1), got(m * n, -1);
+  std::vector<std::int32_t> got_ref(m * n, -1);
   ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
                    output::make_pipeline(output::store_int32{got_ref.data(), n, 1}));
-  direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
-              output::make_pipeline(output::store_int32{got.data(), n, 1}));
   REQUIRE(got_ref == want);
-  CHECK(got == want);
   // Through scale_bias -> ReLU -> quantize_u8 (padded rows, as the engine's stage), against
   // the scalar calls of the twin.
   std::vector<float> scale(output::padded_length(n)), bias(output::padded_length(n));
@@ -971,10 +978,8 @@ void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t b
                                         output::clamp{0.0f}, output::quantize_u8{8.0f, 3},
                                         output::store<std::uint8_t>{y, n});
   };
-  std::vector<std::uint8_t> want_u8(m * n, 7), got_u8(m * n, 9);
+  std::vector<std::uint8_t> want_u8(m * n, 7);
   ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(want_u8.data()));
-  direct_conv(g, x.data(), z, codes.data(), n, r0, r1, u8(got_u8.data()));
-  CHECK(got_u8 == want_u8);
   // With a float residual add (no column form: the per-pixel rows), to float.
   std::vector<float> res(m * n);
   for (auto& v : res) v = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
@@ -983,18 +988,37 @@ void check_direct(const conv2d_geometry& g, const tensor_codes& t, std::size_t b
                                         output::add_f32{res.data(), n}, output::clamp{0.0f},
                                         output::store<float>{y, n});
   };
-  std::vector<float> want_f(m * n, 7.0f), got_f(m * n, 9.0f);
+  std::vector<float> want_f(m * n, 7.0f);
   ref::direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(want_f.data()));
-  direct_conv(g, x.data(), z, codes.data(), n, r0, r1, f32(got_f.data()));
-  CHECK(got_f == want_f);
+  for (int_isa p : supported_isas()) {
+    CAPTURE(std::string(int_isa_name(p)));
+    std::vector<std::int32_t> got(m * n, -1);
+    direct_conv(p, g, x.data(), z, codes.data(), n, r0, r1,
+                output::make_pipeline(output::store_int32{got.data(), n, 1}));
+    CHECK(got == want);
+    std::vector<std::uint8_t> got_u8(m * n, 9);
+    direct_conv(p, g, x.data(), z, codes.data(), n, r0, r1, u8(got_u8.data()));
+    CHECK(got_u8 == want_u8);
+    std::vector<float> got_f(m * n, 9.0f);
+    direct_conv(p, g, x.data(), z, codes.data(), n, r0, r1, f32(got_f.data()));
+    CHECK(got_f == want_f);
+  }
+  // The overload without a path: best_int_isa().
+  std::vector<std::int32_t> got(m * n, -1);
+  direct_conv(g, x.data(), z, codes.data(), n, r0, r1,
+              output::make_pipeline(output::store_int32{got.data(), n, 1}));
+  CHECK(got == want);
 }
 
 } // namespace
 
-TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd shapes") {
+TEST_CASE(
+    "direct_conv: exact against its twin and im2row + packed_gemm on odd shapes, every path") {
   std::mt19937 rng(61);
+  std::string paths;
+  for (int_isa p : supported_isas()) paths += std::string(" ") + int_isa_name(p);
   MESSAGE("direct_conv: " << simd_lanes<float> << " float lanes (" << std::string(simd_arch_name())
-                          << ")");
+                          << "), paths" << paths);
   std::size_t cases = 0;
   for (std::size_t c : {1u, 2u, 3u})
     for (std::size_t k : {1u, 3u, 5u})
@@ -1023,12 +1047,13 @@ TEST_CASE("direct_conv: exact against its twin and im2row + packed_gemm on odd s
   MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
 }
 
-TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built): kernel widths "
-          "1..9, every bitwidth 1..8, zero points 0..255, the extreme sums") {
+TEST_CASE("direct_conv: one input channel, stride 1 (the quad paths: vnni, madd; large codes the "
+          "float lines), every path: kernel widths 1..9, every bitwidth 1..8, zero points "
+          "0..255, the extreme sums") {
   std::mt19937 rng(65);
   std::size_t cases = 0;
   for (int bits = 1; bits <= packed_max_bits; ++bits)
-    for (std::size_t kw : {1u, 2u, 4u, 5u, 7u, 9u}) {
+    for (std::size_t kw : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u}) {
       const std::size_t kh = 1 + rng() % 5, pad = rng() % std::min<std::size_t>(kw, 4);
       conv2d_geometry g = conv_geometry(1, kh + rng() % 7, kw + rng() % 35, kh, kw, 1, 0, 1);
       g.pad_w = pad, g.pad_h = rng() % kh;
@@ -1056,15 +1081,27 @@ TEST_CASE("direct_conv: one input channel, stride 1 (the VNNI path where built):
         codes[i] = static_cast<std::int8_t>(t.codes[i]);
       const std::vector<std::uint8_t> x(g.in_h * g.in_w, xv);
       const std::uint8_t z = xv == 255 ? 0 : 255;
-      std::vector<std::int32_t> got(g.out_plane() * 6, 0);
-      direct_conv(g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
-                  output::make_pipeline(output::store_int32{got.data(), 6, 1}));
       const std::int64_t c = kind == codes_kind::max ? 127 : kind == codes_kind::min ? -127 : -128;
       const std::int64_t full =
           255 * c * std::int64_t(direct_conv_max_depth) * (xv == 255 ? 1 : -1);
-      bool all = true;
-      for (std::int32_t v : got) all = all && v == full;
-      CHECK(all);
+      for (int_isa p : supported_isas()) {
+        CAPTURE(std::string(int_isa_name(p)));
+        std::vector<std::int32_t> got(g.out_plane() * 6, 0);
+        direct_conv(p, g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
+                    output::make_pipeline(output::store_int32{got.data(), 6, 1}));
+        bool all = true;
+        for (std::int32_t v : got) all = all && v == full;
+        CHECK(all);
+      }
+      // A path this binary or CPU lacks is refused, as packed_gemm refuses it.
+      for (int_isa p : all_int_isas)
+        if (!int_isa_supported(p)) {
+          CAPTURE(std::string(int_isa_name(p)));
+          std::vector<std::int32_t> got(g.out_plane() * 6, 0);
+          CHECK_THROWS_AS(direct_conv(p, g, x.data(), z, codes.data(), 6, 0, g.out_plane(),
+                                      output::make_pipeline(output::store_int32{got.data(), 6, 1})),
+                          std::invalid_argument);
+        }
     }
 }
 
@@ -1128,21 +1165,24 @@ TEST_CASE("direct_conv: the AVX2 path's int16 groups: pair sums at the bound and
       }
       INFO("kh=", sh.kh, " kw=", sh.kw, " W=", sh.w, " n_out=", sh.n_out, " lane_sum=", sh.lane_sum,
            " largest=", sh.largest, " fill=", fill);
-      std::vector<std::int32_t> want(rows * sh.n_out, -1), got(rows * sh.n_out, -2);
+      std::vector<std::int32_t> want(rows * sh.n_out, -1);
       ref::direct_conv(g, x.data(), z, codes.data(), sh.n_out, 0, rows,
                        output::make_pipeline(output::store_int32{want.data(), sh.n_out, 1}));
-      direct_conv(g, x.data(), z, codes.data(), sh.n_out, 0, rows,
-                  output::make_pipeline(output::store_int32{got.data(), sh.n_out, 1}));
-      CHECK(got == want);
       // A band of rows starting mid-row.
       const std::size_t r0 = g.out_w() / 2 + 1, r1 = rows - 3;
-      std::vector<std::int32_t> want_b((r1 - r0) * sh.n_out, -1), got_b(want_b.size(), -2);
+      std::vector<std::int32_t> want_b((r1 - r0) * sh.n_out, -1);
       ref::direct_conv(g, x.data(), z, codes.data(), sh.n_out, r0, r1,
                        output::make_pipeline(output::store_int32{want_b.data(), sh.n_out, 1}));
-      direct_conv(g, x.data(), z, codes.data(), sh.n_out, r0, r1,
-                  output::make_pipeline(output::store_int32{got_b.data(), sh.n_out, 1}));
-      CHECK(got_b == want_b);
-#ifdef BITGRAD_DIRECT_CONV_MADD
+      for (int_isa p : supported_isas()) {
+        CAPTURE(std::string(int_isa_name(p)));
+        std::vector<std::int32_t> got(rows * sh.n_out, -2), got_b(want_b.size(), -2);
+        direct_conv(p, g, x.data(), z, codes.data(), sh.n_out, 0, rows,
+                    output::make_pipeline(output::store_int32{got.data(), sh.n_out, 1}));
+        CHECK(got == want);
+        direct_conv(p, g, x.data(), z, codes.data(), sh.n_out, r0, r1,
+                    output::make_pipeline(output::store_int32{got_b.data(), sh.n_out, 1}));
+        CHECK(got_b == want_b);
+      }
       // The group size the path takes, from the weight quads as direct_conv builds them.
       const std::size_t row_quads = (sh.kw + 3) / 4, Kq = sh.kh * row_quads;
       std::vector<std::int32_t> wq(sh.n_out * Kq, 0);
@@ -1155,7 +1195,6 @@ TEST_CASE("direct_conv: the AVX2 path's int16 groups: pair sums at the bound and
             std::memcpy(&wq[j * Kq + a * row_quads + u], four, 4);
           }
       CHECK(detail::madd_group_quads(wq.data(), sh.n_out, Kq) == sh.groups);
-#endif
       ++cases;
     }
   MESSAGE("direct_conv, int16 groups: " << cases << " cases");
@@ -1229,15 +1268,18 @@ TEST_CASE("direct_conv: rectangular kernels, dilation, 4 channels, the largest d
     std::vector<std::int8_t> codes(t.codes.size());
     for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::int8_t>(t.codes[i]);
     const std::vector<std::uint8_t> x(g.in_h * g.in_w * g.in_channels, 255);
-    std::vector<std::int32_t> got(g.out_plane() * 3, 0);
-    direct_conv(g, x.data(), 0, codes.data(), 3, 0, g.out_plane(),
-                output::make_pipeline(output::store_int32{got.data(), 3, 1}));
     const std::int64_t full = 255 * 127 * std::int64_t(direct_conv_max_depth);
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      const std::int64_t want = kind == codes_kind::max   ? full
-                                : kind == codes_kind::min ? -full
-                                                          : std::int64_t(0);
-      CHECK(got[i] == want);
+    for (int_isa p : supported_isas()) {
+      CAPTURE(std::string(int_isa_name(p)));
+      std::vector<std::int32_t> got(g.out_plane() * 3, 0);
+      direct_conv(p, g, x.data(), 0, codes.data(), 3, 0, g.out_plane(),
+                  output::make_pipeline(output::store_int32{got.data(), 3, 1}));
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        const std::int64_t want = kind == codes_kind::max   ? full
+                                  : kind == codes_kind::min ? -full
+                                                            : std::int64_t(0);
+        CHECK(got[i] == want);
+      }
     }
     check_direct(g, t, 1, 0, 0, g.out_plane(), rng);
   }

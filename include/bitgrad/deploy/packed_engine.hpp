@@ -890,10 +890,7 @@ private:
     for (std::size_t b0 = r0; b0 < r1; b0 += block) {
       const std::size_t b1 = std::min(r1, b0 + block);
       with_output(k, b1 - b0, b0, y, res, [&](const auto& out) {
-        if (isa == int_isa::reference)
-          bitgrad::ref::direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
-        else
-          direct_conv(g, x, s.in_zero, codes, s.channels, b0, b1, out);
+        direct_conv(isa, g, x, s.in_zero, codes, s.channels, b0, b1, out); // reference: the twin
       });
     }
   }

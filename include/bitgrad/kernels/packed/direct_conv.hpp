@@ -32,26 +32,27 @@
 //             fused_store: LeNet), every channel of the row pair at once
 //             (out.column_pairs_block): the codes interleaved into NHWC and stored as one
 //             run, not a byte store per pooled pixel and channel.
-//   vnni      built with AVX-512 VNNI (-march with avx512vnni, bw), C = 1, sw = dw = 1 and
-//             pixel lanes (LeNet's conv1): integer dot products instead of float FMAs. Each
-//             kernel row's kw taps in quads u (taps 4u .. 4u + 3, zero weights past kw), and
-//             per input row a quad line, quads[t] = bytes x(ih, t - pw) .. x(ih, t + 3 - pw)
-//             (z outside the image; two masked loads and a byte shuffle per 16 quads:
-//             quad_line), so quad (a, u) of pixel ow is quads(row a)[ow + 4u]: a
-//             plain load per 16 pixels, one vpdpbusd (u8 x s8, 4 products into each int32
-//             lane) per channel, kh ceil(kw / 4) of them instead of kh kw FMAs (LeNet: 10,
-//             not 25). The codes multiply x itself, not x - z: acc = sum x w - z sum w, both
-//             exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
-//   madd      built with AVX2 (no AVX-512 VNNI), the same cases, quad lines and weight quads as
-//             vnni, 8 pixels a register: per quad and channel one vpmaddubsw (u8 x s8, the two
-//             byte pairs of each quad into int16 lanes) and one vpaddw; per group of G quads
-//             one vpmaddwd by ones (the pairs into the quad's int32 lane) and one vpaddd. A
-//             pair's |x0 w0 + x1 w1| <= 255 (|w0| + |w1|), so the int16 sums are exact while
-//             every channel's |w| over a group's pair lane sum to <= 128 (madd_group_quads:
-//             the largest such G; LeNet's 4-bit 5 x 5 kernels: one group of all 10 quads,
-//             <= 15 codes of |w| <= 8 per lane). Weights where no G fits (a pair of |w| > 64)
-//             take the float lines. kh ceil(kw / 4) multiplies per 8 pixels instead of kh kw
-//             FMAs (LeNet: 10, not 25).
+//   vnni      path int_isa::avx512_vnni, C = 1, sw = dw = 1 and pixel lanes (n_out < 16 or a
+//             stage without rows: LeNet's conv1), rows padded to 16 pixels: integer dot
+//             products instead of float FMAs. Each kernel row's kw taps in quads u (taps
+//             4u .. 4u + 3, zero weights past kw), and per input row a quad line, quads[t] =
+//             bytes x(ih, t - pw) .. x(ih, t + 3 - pw) (z outside the image; two masked loads
+//             and a byte shuffle per 16 quads: quad_line), so quad (a, u) of pixel ow is
+//             quads(row a)[ow + 4u]: a plain load per 16 pixels, one vpdpbusd (u8 x s8, 4
+//             products into each int32 lane) per channel, kh ceil(kw / 4) of them instead of
+//             kh kw FMAs (LeNet: 10, not 25). The codes multiply x itself, not x - z:
+//             acc = sum x w - z sum w, both exact in int32 (|sum| <= 255 * 128 * (K + 3 kh)).
+//   madd      path int_isa::avx2 or avx_vnni (no 256-bit vpdpbusd tiles of its own), the same
+//             cases with n_out < 8 (or no rows), quad lines and weight quads as vnni, 8 pixels
+//             a register: per quad and channel one vpmaddubsw (u8 x s8, the two byte pairs of
+//             each quad into int16 lanes) and one vpaddw; per group of G quads one vpmaddwd by
+//             ones (the pairs into the quad's int32 lane) and one vpaddd. A pair's
+//             |x0 w0 + x1 w1| <= 255 (|w0| + |w1|), so the int16 sums are exact while every
+//             channel's |w| over a group's pair lane sum to <= 128 (madd_group_quads: the
+//             largest such G; LeNet's 4-bit 5 x 5 kernels: one group of all 10 quads, <= 15
+//             codes of |w| <= 8 per lane). Weights where no G fits (a byte pair with
+//             |w0| + |w1| > 128) take the float lines. kh ceil(kw / 4) multiplies per 8 pixels
+//             instead of kh kw FMAs (LeNet: 10, not 25).
 //   channels  tile of PX pixels x 2 registers of L channels, PX = 8 at AVX-512 (16 of its 32
 //             registers), else 4 (weights transposed once per call, zero-padded to whole
 //             registers): per tap, 2 weight loads, PX broadcasts of line values, 2 PX
@@ -65,11 +66,20 @@
 // are built once per call and image (each input row once, shared by the kh output rows that
 // read it), so the call's rows may be any range: whole images or bands of output rows.
 //
+// The path is chosen at run time: direct_conv(int_isa p, ...) as packed_gemm (isa.hpp; the
+// overload without p takes best_int_isa()). The quad tiles are compiled on every x86-64 build
+// with the target attributes of isa.hpp (BITGRAD_TARGET_AVX2, _AVX512_VNNI), whatever the -m
+// flags, and run only on a path int_isa_supported allows; the float lines use the build's own
+// register (xsimd's default architecture: L = 4 at plain -O2, SSE2). The row padding owp is
+// whole registers of both the float lines and the chosen quad tiles, so the output stage's
+// lane batches (L) stay whole on every path.
+//
 // Scratch is thread_local: concurrent calls from several threads are safe. Without SIMD
-// (BITGRAD_NO_SIMD) the reference twin runs.
+// (BITGRAD_NO_SIMD) the reference twin runs on every path.
 #pragma once
 
-#include <bitgrad/core/simd.hpp>
+#include <bitgrad/core/simd.hpp> // immintrin.h, with GCC 12's intrinsic warnings silenced
+#include <bitgrad/kernels/packed/isa.hpp>
 #include <bitgrad/kernels/packed/output_stage.hpp>
 #include <bitgrad/kernels/packed/packed_decode.hpp>
 #include <bitgrad/kernels/ref/direct_conv.hpp>
@@ -80,6 +90,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace bitgrad {
@@ -190,6 +202,40 @@ inline void widen_minus_zero(const std::uint8_t* __restrict x, std::size_t count
   widen(count - block);
 }
 
+/// Largest number of weight quads G (a divisor-free group: quads [g G, g G + G)) whose byte-pair
+/// sums fit int16 in the AVX2 path ("madd" at the top), 0 when not even one quad does: a pair
+/// x0 w0 + x1 w1 of u8 x has |pair| <= 255 (|w0| + |w1|), so a group's int16 lane (pair h of
+/// every quad in it) stays within 255 S <= 32767 when S = sum over the group's quads of
+/// |w(4u + 2h)| + |w(4u + 2h + 1)| <= 128, for every channel and h = 0, 1. Neither vpmaddubsw's
+/// saturation nor vpaddw's wrap is then reached. wq: n_out x Kq quads as in direct_conv. Plain C++:
+/// the choice of path, not a kernel.
+inline std::size_t madd_group_quads(const std::int32_t* wq, std::size_t n_out, std::size_t Kq) {
+  constexpr int bound = 32767 / 255; // 128
+  // prefix[(j * 2 + h) * (Kq + 1) + p]: the sum of half h's |w| over channel j's quads below p.
+  thread_local std::vector<int> prefix;
+  prefix.assign(n_out * 2 * (Kq + 1), 0);
+  for (std::size_t j = 0; j < n_out; ++j)
+    for (int h = 0; h < 2; ++h) {
+      int* pre = prefix.data() + (j * 2 + std::size_t(h)) * (Kq + 1);
+      for (std::size_t p = 0; p < Kq; ++p) {
+        const std::uint32_t quad = static_cast<std::uint32_t>(wq[j * Kq + p]);
+        const auto b0 = static_cast<std::int8_t>(quad >> (16 * h));
+        const auto b1 = static_cast<std::int8_t>(quad >> (16 * h + 8));
+        pre[p + 1] = pre[p] + std::abs(int(b0)) + std::abs(int(b1));
+      }
+    }
+  for (std::size_t G = Kq; G >= 1; --G) {
+    bool fits = true;
+    for (std::size_t jh = 0; jh < 2 * n_out && fits; ++jh) {
+      const int* pre = prefix.data() + jh * (Kq + 1);
+      for (std::size_t p0 = 0; p0 < Kq && fits; p0 += G)
+        fits = pre[std::min(Kq, p0 + G)] - pre[p0] <= bound;
+    }
+    if (fits) return G;
+  }
+  return 0;
+}
+
 #if BITGRAD_HAS_SIMD
 /// One tile: channels j0 .. j0 + JB - 1 (weights w, K apart) of PB registers of pixels read at
 /// src + off[p] (+ q L); the int32 sums to acc + jb * acc_stride + q L.
@@ -262,16 +308,18 @@ void direct_tiles_channels(const float* src, const std::uint32_t* off, std::size
   for (; px < count; ++px) run.template operator()<1>(px);
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define BITGRAD_DIRECT_CONV_VNNI 1
+#if BITGRAD_PACKED_X86
+// The quad paths ("vnni" and "madd" at the top), compiled on every x86-64 build with the target
+// attributes of isa.hpp and run only where int_isa_supported says the CPU has them.
+#define BITGRAD_DIRECT_CONV_QUADS 1
 /// One tile of the VNNI path (see "vnni" at the top): channels j0 .. j0 + JB - 1 (weight quads
 /// wq, Kq apart) of PB registers of 16 pixels, quad lines read at src + off[p] (+ 16 q);
 /// acc = sum_p dpbusd(quads, weight quad) - zsum[jb] to acc + jb * acc_stride + 16 q.
 template <std::size_t JB, std::size_t PB>
-BITGRAD_ALWAYS_INLINE void direct_tile_vnni(const std::uint32_t* src, const std::uint32_t* off,
-                                            std::size_t Kq, const std::int32_t* wq,
-                                            const std::int32_t* zsum, std::int32_t* acc,
-                                            std::size_t acc_stride) {
+BITGRAD_TARGET_AVX512_VNNI BITGRAD_ALWAYS_INLINE void
+direct_tile_vnni(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
+                 const std::int32_t* wq, const std::int32_t* zsum, std::int32_t* acc,
+                 std::size_t acc_stride) {
   __m512i s[JB][PB];
   for (std::size_t jb = 0; jb < JB; ++jb)
     for (std::size_t q = 0; q < PB; ++q) s[jb][q] = _mm512_setzero_si512();
@@ -292,8 +340,10 @@ BITGRAD_ALWAYS_INLINE void direct_tile_vnni(const std::uint32_t* src, const std:
 
 /// Bytes s .. s + 15 of a padded row (quad_line): columns s - pw + e inside [0, W) loaded, the
 /// rest z (zv: z in every byte); every byte z for a null row.
-BITGRAD_ALWAYS_INLINE __m128i padded_bytes16(const std::uint8_t* row, std::size_t W, std::size_t pw,
-                                             __m128i zv, std::size_t s) {
+BITGRAD_TARGET_AVX512_VNNI BITGRAD_ALWAYS_INLINE __m128i padded_bytes16(const std::uint8_t* row,
+                                                                        std::size_t W,
+                                                                        std::size_t pw, __m128i zv,
+                                                                        std::size_t s) {
   if (!row) return zv;
   const std::ptrdiff_t first = std::ptrdiff_t(s) - std::ptrdiff_t(pw);
   const std::ptrdiff_t lo = std::clamp<std::ptrdiff_t>(-first, 0, 16);
@@ -315,8 +365,9 @@ BITGRAD_ALWAYS_INLINE __m128i padded_bytes16(const std::uint8_t* row, std::size_
 /// byte shuffle (vpshufb) puts quad 4 k + e of lane k at its bytes 4 (k mod 2) + e .. + 3. A
 /// loop of shifts that the compiler vectorised at 256 bits spent ~4 instructions per quad on
 /// the widening, and read a row buffer just written byte-wise (a store-forwarding stall).
-BITGRAD_ALWAYS_INLINE void quad_line(const std::uint8_t* row, std::size_t W, std::size_t pw,
-                                     std::uint8_t z, std::size_t count, std::uint32_t* q) {
+BITGRAD_TARGET_AVX512_VNNI inline void quad_line(const std::uint8_t* row, std::size_t W,
+                                                 std::size_t pw, std::uint8_t z, std::size_t count,
+                                                 std::uint32_t* q) {
   const __m512i pick =
       _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6));
   const __m512i index = _mm512_add_epi8(
@@ -334,47 +385,14 @@ BITGRAD_ALWAYS_INLINE void quad_line(const std::uint8_t* row, std::size_t W, std
 
 /// JB channels over the padded row of owp pixels (a multiple of 16), VNNI path.
 template <std::size_t JB>
-void direct_tiles_vnni(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
-                       const std::int32_t* wq, const std::int32_t* zsum, std::int32_t* acc,
-                       std::size_t owp) {
+BITGRAD_TARGET_AVX512_VNNI void direct_tiles_vnni(const std::uint32_t* src,
+                                                  const std::uint32_t* off, std::size_t Kq,
+                                                  const std::int32_t* wq, const std::int32_t* zsum,
+                                                  std::int32_t* acc, std::size_t owp) {
   std::size_t ow = 0;
   for (; ow + 32 <= owp; ow += 32)
     direct_tile_vnni<JB, 2>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
   for (; ow < owp; ow += 16) direct_tile_vnni<JB, 1>(src + ow, off, Kq, wq, zsum, acc + ow, owp);
-}
-#elif defined(__AVX2__)
-#define BITGRAD_DIRECT_CONV_MADD 1
-/// Largest number of weight quads G (a divisor-free group: quads [g G, g G + G)) whose byte-pair
-/// sums fit int16 in the AVX2 path ("madd" at the top), 0 when not even one quad does: a pair
-/// x0 w0 + x1 w1 of u8 x has |pair| <= 255 (|w0| + |w1|), so a group's int16 lane (pair h of
-/// every quad in it) stays within 255 S <= 32767 when S = sum over the group's quads of
-/// |w(4u + 2h)| + |w(4u + 2h + 1)| <= 128, for every channel and h = 0, 1. Neither vpmaddubsw's
-/// saturation nor vpaddw's wrap is then reached. wq: n_out x Kq quads as in direct_conv.
-inline std::size_t madd_group_quads(const std::int32_t* wq, std::size_t n_out, std::size_t Kq) {
-  constexpr int bound = 32767 / 255; // 128
-  // prefix[(j * 2 + h) * (Kq + 1) + p]: the sum of half h's |w| over channel j's quads below p.
-  thread_local std::vector<int> prefix;
-  prefix.assign(n_out * 2 * (Kq + 1), 0);
-  for (std::size_t j = 0; j < n_out; ++j)
-    for (int h = 0; h < 2; ++h) {
-      int* pre = prefix.data() + (j * 2 + std::size_t(h)) * (Kq + 1);
-      for (std::size_t p = 0; p < Kq; ++p) {
-        const std::uint32_t quad = static_cast<std::uint32_t>(wq[j * Kq + p]);
-        const auto b0 = static_cast<std::int8_t>(quad >> (16 * h));
-        const auto b1 = static_cast<std::int8_t>(quad >> (16 * h + 8));
-        pre[p + 1] = pre[p] + std::abs(int(b0)) + std::abs(int(b1));
-      }
-    }
-  for (std::size_t G = Kq; G >= 1; --G) {
-    bool fits = true;
-    for (std::size_t jh = 0; jh < 2 * n_out && fits; ++jh) {
-      const int* pre = prefix.data() + jh * (Kq + 1);
-      for (std::size_t p0 = 0; p0 < Kq && fits; p0 += G)
-        fits = pre[std::min(Kq, p0 + G)] - pre[p0] <= bound;
-    }
-    if (fits) return G;
-  }
-  return 0;
 }
 
 /// One tile of the AVX2 path ("madd" at the top): channels j0 .. j0 + JB - 1 (weight quads wq,
@@ -382,10 +400,10 @@ inline std::size_t madd_group_quads(const std::int32_t* wq, std::size_t n_out, s
 /// summed in int16 (vpmaddubsw, vpaddw), then the pairs of each quad added into int32
 /// (vpmaddwd by ones); acc = sum - zsum[jb] to acc + jb * acc_stride.
 template <std::size_t JB>
-BITGRAD_ALWAYS_INLINE void direct_tile_madd(const std::uint32_t* src, const std::uint32_t* off,
-                                            std::size_t Kq, std::size_t G, const std::int32_t* wq,
-                                            const std::int32_t* zsum, std::int32_t* acc,
-                                            std::size_t acc_stride) {
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void
+direct_tile_madd(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq, std::size_t G,
+                 const std::int32_t* wq, const std::int32_t* zsum, std::int32_t* acc,
+                 std::size_t acc_stride) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i s[JB];
   for (std::size_t jb = 0; jb < JB; ++jb) s[jb] = _mm256_setzero_si256();
@@ -413,8 +431,9 @@ BITGRAD_ALWAYS_INLINE void direct_tile_madd(const std::uint32_t* src, const std:
 /// (a multiple of 8). The padded row is built first in pad (count + 16 bytes); then per 8 quads
 /// one 16-byte load into both 128-bit lanes and one in-lane vpshufb (lane k: quads 4k .. 4k + 3
 /// from bytes 4k .. 4k + 6).
-inline void quad_line_avx2(const std::uint8_t* row, std::size_t W, std::size_t pw, std::uint8_t z,
-                           std::size_t count, std::uint8_t* pad, std::uint32_t* q) {
+BITGRAD_TARGET_AVX2 inline void quad_line_avx2(const std::uint8_t* row, std::size_t W,
+                                               std::size_t pw, std::uint8_t z, std::size_t count,
+                                               std::uint8_t* pad, std::uint32_t* q) {
   std::memset(pad, z, count + 16);
   if (row && pw < count + 16) std::memcpy(pad + pw, row, std::min(W, count + 16 - pw));
   const __m256i index = _mm256_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6, //
@@ -429,7 +448,8 @@ inline void quad_line_avx2(const std::uint8_t* row, std::size_t W, std::size_t p
 /// h += vpmaddubsw(x (u8), broadcast of the 4 bytes at w (s8)): one asm statement, so that GCC
 /// neither hoists the broadcasts above the adds nor copies the sums between registers each quad
 /// (as with intrinsics; avx2_quad_int16 in packed_avx2.hpp has the same form).
-BITGRAD_ALWAYS_INLINE void madd_step(__m256i& h, __m256i x, const std::int32_t* w) {
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void madd_step(__m256i& h, __m256i x,
+                                                         const std::int32_t* w) {
   __m256i wb;
   // AT&T order: vpmaddubsw wb, x, wb = vpmaddubsw(x (u8), wb (s8)).
   asm("vpbroadcastd %[w], %[wb]\n\t"
@@ -441,8 +461,8 @@ BITGRAD_ALWAYS_INLINE void madd_step(__m256i& h, __m256i x, const std::int32_t* 
 
 /// Two pixel registers: h0 += vpmaddubsw(x0, wb), h1 += vpmaddubsw(x1, wb), wb the broadcast of
 /// the 4 bytes at w, one scratch register for the products.
-BITGRAD_ALWAYS_INLINE void madd_step2(__m256i& h0, __m256i& h1, __m256i x0, __m256i x1,
-                                      const std::int32_t* w) {
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void madd_step2(__m256i& h0, __m256i& h1, __m256i x0,
+                                                          __m256i x1, const std::int32_t* w) {
   __m256i wb, product;
   asm("vpbroadcastd %[w], %[wb]\n\t"
       "vpmaddubsw %[wb], %[x0], %[p]\n\t"
@@ -460,10 +480,10 @@ BITGRAD_ALWAYS_INLINE void madd_step2(__m256i& h0, __m256i& h1, __m256i x0, __m2
 /// with the asm step on its elements) GCC kept them on the stack, loaded and stored around every
 /// step.
 template <std::size_t PB>
-BITGRAD_ALWAYS_INLINE void direct_tile_madd_one6(const std::uint32_t* src, const std::uint32_t* off,
-                                                 std::size_t Kq, const std::int32_t* wq,
-                                                 const std::int32_t* zsum, std::int32_t* acc,
-                                                 std::size_t acc_stride) {
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void
+direct_tile_madd_one6(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
+                      const std::int32_t* wq, const std::int32_t* zsum, std::int32_t* acc,
+                      std::size_t acc_stride) {
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
   __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
   for (std::size_t p = 0; p < Kq; ++p) {
@@ -501,9 +521,10 @@ BITGRAD_ALWAYS_INLINE void direct_tile_madd_one6(const std::uint32_t* src, const
 /// JB channels over the padded row of owp pixels (a multiple of 8), AVX2 path: one group in
 /// pairs of registers, then one; several groups one register at a time.
 template <std::size_t JB>
-void direct_tiles_madd(const std::uint32_t* src, const std::uint32_t* off, std::size_t Kq,
-                       std::size_t G, const std::int32_t* wq, const std::int32_t* zsum,
-                       std::int32_t* acc, std::size_t owp) {
+BITGRAD_TARGET_AVX2 void direct_tiles_madd(const std::uint32_t* src, const std::uint32_t* off,
+                                           std::size_t Kq, std::size_t G, const std::int32_t* wq,
+                                           const std::int32_t* zsum, std::int32_t* acc,
+                                           std::size_t owp) {
   std::size_t ow = 0;
   if (JB == 6 && G >= Kq) {
     for (; ow + 16 <= owp; ow += 16)
@@ -513,10 +534,7 @@ void direct_tiles_madd(const std::uint32_t* src, const std::uint32_t* off, std::
   }
   for (; ow < owp; ow += 8) direct_tile_madd<JB>(src + ow, off, Kq, G, wq, zsum, acc + ow, owp);
 }
-#endif
-#if defined(BITGRAD_DIRECT_CONV_VNNI) || defined(BITGRAD_DIRECT_CONV_MADD)
-#define BITGRAD_DIRECT_CONV_QUADS 1
-#endif
+#endif // BITGRAD_PACKED_X86
 
 /// JB channels over the padded row of owp pixels: pairs of registers, then one.
 template <class B, std::size_t JB>
@@ -554,83 +572,66 @@ BITGRAD_ALWAYS_INLINE void with_tile_channels(std::size_t jb, Tile&& tile) {
 
 } // namespace detail
 
-/// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, exact, handed to the
-/// output stage out for rows r - r0. x is image 0 of the batch (u8 NHWC), z its zero point,
-/// codes[j * K + p] the weights in depth order (a, b, c). direct_conv_fits(g) must hold.
 namespace detail {
 template <class Out>
 concept has_row_stage = requires(const Out& out, const std::int32_t* acc) {
   out.row(std::size_t(0), std::size_t(0), acc, std::size_t(1));
 };
+
+/// The integer quad kernel a path runs where the conv allows one (C = 1, sw = dw = 1, pixel
+/// lanes): vnni on avx512_vnni, madd on avx2 and avx_vnni (AVX-VNNI has no tiles of its own
+/// here), none (the float lines) on the others.
+enum class direct_quads { none, madd, vnni };
+inline direct_quads direct_quads_of(int_isa p) {
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+  if (p == int_isa::avx512_vnni) return direct_quads::vnni;
+  if (p == int_isa::avx2 || p == int_isa::avx_vnni) return direct_quads::madd;
+#endif
+  (void)p;
+  return direct_quads::none;
+}
 } // namespace detail
 
+/// acc(r, j) of the top of this header for r in [r0, r1), j < n_out, exact, handed to the
+/// output stage out for rows r - r0, on path p (std::invalid_argument if this binary or CPU
+/// lacks it): reference runs ref::direct_conv, avx512_vnni the vnni tiles, avx2 and avx_vnni
+/// the madd tiles, the others (and those where the conv or its weights do not allow quads) the
+/// float lines. x is image 0 of the batch (u8 NHWC), z its zero point, codes[j * K + p] the
+/// weights in depth order (a, b, c). direct_conv_fits(g) must hold.
 template <class Out>
-void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
+void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
                  const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
                  const Out& out) {
-#if !BITGRAD_HAS_SIMD
-  ref::direct_conv(g, x, z, codes, n_out, r0, r1, out);
-#else
+  if (!int_isa_supported(p))
+    throw std::invalid_argument(std::string("direct_conv: path ") + int_isa_name(p) +
+                                (int_isa_compiled(p) ? " is not supported by this CPU"
+                                                     : " is not compiled into this binary"));
+#if BITGRAD_HAS_SIMD
+  if (p == int_isa::reference)
+#endif
+  {
+    ref::direct_conv(g, x, z, codes, n_out, r0, r1, out);
+    return;
+  }
+#if BITGRAD_HAS_SIMD
   using B = simd_batch<float>;
-  constexpr std::size_t L = B::size;
+  constexpr std::size_t L = B::size; // the float lines' register: the build's (xsimd default)
   if (r0 >= r1 || n_out == 0) return;
   const std::size_t C = g.in_channels, H = g.in_h, W = g.in_w, K = g.filter_size();
   const std::size_t plane = g.out_plane(), OW = g.out_w(), sh = g.stride_h, sw = g.stride_w;
   const std::size_t kh = g.kernel_h, kw = g.kernel_w, dh = g.dilation_h, dw = g.dilation_w;
-  const std::size_t owp = (OW + L - 1) / L * L;   // the row padded to whole registers
-  const std::size_t T = owp + (kw - 1) * dw / sw; // line length: every tap's loads fit
-  const std::size_t line_set = C * sw * T;        // floats per input row
   detail::direct_conv_scratch& sc = detail::direct_scratch();
-  sc.weights.resize(n_out * K);
-  for (std::size_t i = 0; i < n_out * K; ++i) sc.weights[i] = static_cast<float>(codes[i]);
-  sc.offsets.resize(K);
-  for (std::size_t a = 0; a < kh; ++a)
-    for (std::size_t b = 0; b < kw; ++b)
-      for (std::size_t c = 0; c < C; ++c)
-        sc.offsets[(a * kw + b) * C + c] =
-            static_cast<std::uint32_t>(((a * dh * C + c) * sw + b * dw % sw) * T + b * dw / sw);
-  sc.acc.resize(n_out * owp);
-  sc.row.resize(n_out);
-  const float* w = sc.weights.data();
-  const std::uint32_t* off = sc.offsets.data();
-  std::int32_t* acc = sc.acc.data();
-  std::int32_t* row = sc.row.data();
   const std::int32_t zi = z;
-  // Lanes over channels when they fill a register and the stage takes rows (VGG's 16, 32),
-  // else over pixels (LeNet's 6).
-  const bool channel_lanes = detail::has_row_stage<Out> && n_out >= L;
-  const std::size_t npad = (n_out + L - 1) / L * L;
-  if (channel_lanes) {
-    sc.weights_t.assign(K * npad, 0.0f); // wt[p * npad + j] = w(j, p)
-    for (std::size_t j = 0; j < n_out; ++j)
-      for (std::size_t p = 0; p < K; ++p) sc.weights_t[p * npad + j] = sc.weights[j * K + p];
-    sc.acc.resize(std::max(n_out * owp, OW * npad));
-    acc = sc.acc.data();
-  }
-  constexpr bool by_column = requires {
-    out.column(std::size_t(0), std::size_t(0), acc, n_out);
-  };
-  constexpr bool has_row = requires {
-    out.row(std::size_t(0), std::size_t(0), row, n_out);
-  };
-  constexpr bool pairs = requires {
-    out.column_pairs(std::size_t(0), std::size_t(0), acc, acc, n_out);
-    { out.direction(std::size_t(0)) } -> std::same_as<int>;
-    { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
-  };
-#ifdef BITGRAD_DIRECT_CONV_QUADS
-    // The quad paths (see "vnni" and "madd" at the top): one channel, stride and dilation 1 along
-    // rows; the AVX2 one also needs the weights' pair sums to fit int16 (madd_group_quads).
-#ifdef BITGRAD_DIRECT_CONV_VNNI
-  constexpr std::size_t quad_regs = 16; // quads per register
-#else
-  constexpr std::size_t quad_regs = 8;
-#endif
-  bool quad_path = !channel_lanes && C == 1 && sw == 1 && dw == 1 && L == quad_regs;
+  // The quad paths (see "vnni" and "madd" at the top): one channel, stride and dilation 1 along
+  // rows, pixel lanes (fewer channels than quads a register, or a stage without rows); the
+  // madd one also needs the weights' pair sums to fit int16 (madd_group_quads). quad_regs:
+  // quads (pixels) per register of the path, 16 vnni, 8 madd.
+  const detail::direct_quads quads = detail::direct_quads_of(p);
+  const std::size_t quad_regs = quads == detail::direct_quads::vnni ? 16 : 8;
   const std::size_t row_quads = (kw + 3) / 4, Kq = kh * row_quads;
-  // Quad line length, rounded up to whole registers of 16 quads (quad_lines writes them).
-  const std::size_t T4 = (owp + 4 * (row_quads - 1) + 15) / 16 * 16;
-  [[maybe_unused]] std::size_t group = Kq; // the AVX2 path's int16 group of quads
+  bool quad_path = quads != detail::direct_quads::none && C == 1 && sw == 1 && dw == 1 &&
+                   (!detail::has_row_stage<Out> || n_out < quad_regs);
+  [[maybe_unused]] std::size_t group = Kq; // the madd path's int16 group of quads
   if (quad_path) {
     // weight_quads[j * Kq + a row_quads + u] = codes (j, a, 4u .. 4u + 3), 0 past kw, as the
     // 4 bytes of an int32; zero_sums[j] = z sum_p w(j, p).
@@ -650,19 +651,63 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
         }
       sc.zero_sums[j] = zi * sum;
     }
-#ifdef BITGRAD_DIRECT_CONV_MADD
-    group = detail::madd_group_quads(sc.weight_quads.data(), n_out, Kq);
-    quad_path = group > 0;
+    if (quads == detail::direct_quads::madd) {
+      group = detail::madd_group_quads(sc.weight_quads.data(), n_out, Kq);
+      quad_path = group > 0;
+    }
   }
+  // The row padded to whole registers: of the float lines (L), and on a quad path also of its
+  // tiles (quad_regs; both powers of 2), so that owp % L == 0 holds for the output stage's lane
+  // batches on every path.
+  const std::size_t reg = quad_path ? std::max(L, quad_regs) : L;
+  const std::size_t owp = (OW + reg - 1) / reg * reg;
+  const std::size_t T = owp + (kw - 1) * dw / sw; // line length: every tap's loads fit
+  const std::size_t line_set = C * sw * T;        // floats per input row
+  sc.weights.resize(n_out * K);
+  for (std::size_t i = 0; i < n_out * K; ++i) sc.weights[i] = static_cast<float>(codes[i]);
+  sc.offsets.resize(std::max(K, Kq));
+  for (std::size_t a = 0; a < kh; ++a)
+    for (std::size_t b = 0; b < kw; ++b)
+      for (std::size_t c = 0; c < C; ++c)
+        sc.offsets[(a * kw + b) * C + c] =
+            static_cast<std::uint32_t>(((a * dh * C + c) * sw + b * dw % sw) * T + b * dw / sw);
+  sc.acc.resize(n_out * owp);
+  sc.row.resize(n_out);
+  const float* w = sc.weights.data();
+  const std::uint32_t* off = sc.offsets.data();
+  std::int32_t* acc = sc.acc.data();
+  std::int32_t* row = sc.row.data();
+  // Lanes over channels when they fill a register and the stage takes rows (VGG's 16, 32),
+  // else over pixels (LeNet's 6).
+  const bool channel_lanes = !quad_path && detail::has_row_stage<Out> && n_out >= L;
+  const std::size_t npad = (n_out + L - 1) / L * L;
+  if (channel_lanes) {
+    sc.weights_t.assign(K * npad, 0.0f); // wt[p * npad + j] = w(j, p)
+    for (std::size_t j = 0; j < n_out; ++j)
+      for (std::size_t q = 0; q < K; ++q) sc.weights_t[q * npad + j] = sc.weights[j * K + q];
+    sc.acc.resize(std::max(n_out * owp, OW * npad));
+    acc = sc.acc.data();
+  }
+  constexpr bool by_column = requires {
+    out.column(std::size_t(0), std::size_t(0), acc, n_out);
+  };
+  constexpr bool has_row = requires {
+    out.row(std::size_t(0), std::size_t(0), row, n_out);
+  };
+  constexpr bool pairs = requires {
+    out.column_pairs(std::size_t(0), std::size_t(0), acc, acc, n_out);
+    { out.direction(std::size_t(0)) } -> std::same_as<int>;
+    { out.pool_pairs(std::size_t(0), std::size_t(0)) } -> std::same_as<bool>;
+  };
+  // Quad line length, rounded up to whole registers of 16 quads (quad_line writes them).
+  const std::size_t T4 = (owp + 4 * (row_quads - 1) + 15) / 16 * 16;
   if (quad_path) {
-#endif
     sc.offsets.resize(std::max(K, Kq));
     for (std::size_t a = 0; a < kh; ++a)
       for (std::size_t u = 0; u < row_quads; ++u)
         sc.offsets[a * row_quads + u] = static_cast<std::uint32_t>(a * dh * T4 + 4 * u);
     off = sc.offsets.data();
   }
-#endif
   // Pooled blocks: a row pair's channels through the stages at once, stored interleaved
   // (output_stage.hpp, column_pairs_block), where every channel's stages are monotone.
   constexpr bool blocks = pairs && requires {
@@ -693,23 +738,21 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     const std::uint8_t* img = x + n * H * W * C;
 #ifdef BITGRAD_DIRECT_CONV_QUADS
     if (quad_path) {
+      const bool vnni = quads == detail::direct_quads::vnni;
       // Quad lines: quads(i)[t] = the 4 bytes at t .. t + 3 of input row ih_a + i, padded with
       // z (bytes[t] = x(ih, t - pw), z outside the image), so tap quad (a, u) of pixel ow is
       // quads(oh sh + a dh - ih_a)[ow + 4 u].
       sc.quads.resize(rows_in * T4);
-#ifdef BITGRAD_DIRECT_CONV_MADD
-      sc.padded_row.resize(T4 + 16);
-#endif
+      if (!vnni) sc.padded_row.resize(T4 + 16);
       for (std::size_t i = 0; i < rows_in; ++i) {
         const std::ptrdiff_t ih = ih_a + std::ptrdiff_t(i);
         const bool inside = ih >= 0 && ih < std::ptrdiff_t(H);
-#ifdef BITGRAD_DIRECT_CONV_VNNI
-        detail::quad_line(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
-                          sc.quads.data() + i * T4);
-#else
-        detail::quad_line_avx2(inside ? img + std::size_t(ih) * W : nullptr, W, g.pad_w, z, T4,
-                               sc.padded_row.data(), sc.quads.data() + i * T4);
-#endif
+        const std::uint8_t* in_row = inside ? img + std::size_t(ih) * W : nullptr;
+        if (vnni)
+          detail::quad_line(in_row, W, g.pad_w, z, T4, sc.quads.data() + i * T4);
+        else
+          detail::quad_line_avx2(in_row, W, g.pad_w, z, T4, sc.padded_row.data(),
+                                 sc.quads.data() + i * T4);
       }
     } else
 #endif
@@ -756,15 +799,14 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
           jb = n_out - j0 >= 6 ? 6 : std::min<std::size_t>(4, n_out - j0);
           const std::int32_t* wj = wq + j0 * Kq;
           std::int32_t* aj = acc_row + j0 * owp;
-#ifdef BITGRAD_DIRECT_CONV_VNNI
-          detail::with_tile_channels(jb, [&]<std::size_t JB>() {
-            detail::direct_tiles_vnni<JB>(qsrc, off, Kq, wj, zs + j0, aj, owp);
-          });
-#else
-          detail::with_tile_channels(jb, [&]<std::size_t JB>() {
-            detail::direct_tiles_madd<JB>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
-          });
-#endif
+          if (quads == detail::direct_quads::vnni)
+            detail::with_tile_channels(jb, [&]<std::size_t JB>() {
+              detail::direct_tiles_vnni<JB>(qsrc, off, Kq, wj, zs + j0, aj, owp);
+            });
+          else
+            detail::with_tile_channels(jb, [&]<std::size_t JB>() {
+              detail::direct_tiles_madd<JB>(qsrc, off, Kq, group, wj, zs + j0, aj, owp);
+            });
         }
         return;
       }
@@ -845,6 +887,14 @@ void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z
     r = e;
   }
 #endif
+}
+
+/// direct_conv on the fastest path this binary and CPU have (best_int_isa()).
+template <class Out>
+void direct_conv(const conv2d_geometry& g, const std::uint8_t* x, std::uint8_t z,
+                 const std::int8_t* codes, std::size_t n_out, std::size_t r0, std::size_t r1,
+                 const Out& out) {
+  direct_conv(best_int_isa(), g, x, z, codes, n_out, r0, r1, out);
 }
 
 } // namespace bitgrad
