@@ -351,7 +351,7 @@ int main(int argc, char** argv) {
       std::printf("resuming: %zu runs already in %s/results.csv\n", rows.size(), cfg.out.c_str());
     }
     std::size_t done = 0; // runs of this session, out of the missing ones
-    const std::size_t missing = total - std::min(total, rows.size());
+    const std::size_t missing = missing_runs(cfg, rows);
     const auto start = std::chrono::steady_clock::now();
     for (const auto& model : cfg.models) {
       const bool finished =

@@ -143,6 +143,22 @@ inline std::size_t arms_per_model(const settings& cfg) {
   return n;
 }
 
+/// The runs of this study (model x seed x size point x arm) that `rows` (results.csv under
+/// --resume) does not hold yet. Rows of other models, seeds or size points do not count: a folder
+/// may hold a larger grid than the one run now.
+inline std::size_t missing_runs(const settings& cfg, const std::vector<run_row>& rows) {
+  std::size_t n = 0;
+  for (const auto& model : cfg.models)
+    for (std::size_t s = 0; s < cfg.seeds; ++s)
+      for (double k : cfg.sizes)
+        for (const arm& a : arms_of(cfg, k))
+          n += std::none_of(rows.begin(), rows.end(), [&](const run_row& r) {
+            return r.model == model && r.k == k && r.a.name() == a.name() &&
+                   r.seed == cfg.first_seed + s;
+          });
+  return n;
+}
+
 // x with `decimals` digits after the point; "n/a" when not finite (bitgrad/report/format.hpp).
 using bitgrad::format_fixed;
 

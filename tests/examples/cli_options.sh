@@ -782,6 +782,14 @@ pareto_resume)
   ! grep -q "FP32 pretrained" "$work/part.log" || fail "--resume pretrained seed 2 again"
   printed part "[1/1] lenet5 seed 2 k=2 frac_bits/channel"
   same_tables full part
+  # Rows outside the grid run now (seed 1's, under --first-seed 2) are not counted as done: the
+  # progress counts the one missing run ("[1/0]" and a negative ETA before).
+  drop_last_arm
+  study part --seeds 1 --first-seed 2 --resume
+  printed part "resuming: 3 runs already in"
+  printed part "[1/1] lenet5 seed 2 k=2 frac_bits/channel"
+  printed part "ETA 0:00"
+  same_tables full part
   # A key that is not JSON, or one of other settings (here the pretraining epochs): pretrained again.
   drop_last_arm
   echo "{" > "$work/part/runs/lenet5/seed2/fp32.json"
