@@ -904,7 +904,9 @@ struct pipeline {
   /// column_pairs_block in AVX2 registers of 8 pooled pixels (16 pixels of each row), for a
   /// caller whose path has AVX2 (int_isa_supported(int_isa::avx2): nothing here may run before
   /// that is known). The same contract, but the sums are read to count rounded up to a multiple
-  /// of 8, and the same operations lane for lane: the same bits.
+  /// of 8, and the same operations lane for lane: the same bits. 4 to 8 channels (LeNet's 6):
+  /// the codes transposed in registers and stored a pooled pixel at a time
+  /// (store_interleaved_avx2); others a byte store per code.
   BITGRAD_TARGET_AVX2 void
   column_pairs_block_avx2(std::size_t i0, const std::int32_t* acc_top,
                           const std::int32_t* acc_bottom, std::size_t acc_stride, std::size_t count,
@@ -914,12 +916,19 @@ struct pipeline {
     for (std::size_t c = 0; c < count; c += 16) {
       const std::size_t n = std::min<std::size_t>(8, (count - c) / 2); // pooled pixels
       std::uint8_t* to = dst + c / 2 * channels;
+      if (channels >= 4 && channels <= 8) {
+        __m128i codes[8]; // codes[j]: channel j's 8 codes as bytes 0..7 (0 past the channels)
+        for (std::size_t j = 0; j < 8; ++j)
+          codes[j] = j < channels
+                         ? code_bytes_avx2(pooled_code_avx2(s, j, acc_top, acc_bottom, acc_stride,
+                                                            c, count, direction[j]))
+                         : _mm_setzero_si128();
+        store_interleaved_avx2(codes, channels, n, to);
+        continue;
+      }
       for (std::size_t j = 0; j < channels; ++j) { // a byte store per code
-        const std::int32_t* top = acc_top + j * acc_stride + c;
-        const std::int32_t* bottom = acc_bottom + j * acc_stride + c;
-        const __m256i m = direction[j] > 0 ? window_extremes_avx2<true>(top, bottom, count - c)
-                                           : window_extremes_avx2<false>(top, bottom, count - c);
-        const __m256i code = column_value_avx2<0>(s, m, j);
+        const __m256i code =
+            pooled_code_avx2(s, j, acc_top, acc_bottom, acc_stride, c, count, direction[j]);
         alignas(32) std::int32_t lane[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(lane), code);
         for (std::size_t t = 0; t < n; ++t)
@@ -953,6 +962,61 @@ protected:
     const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1)));
     const __m256i e = Rising ? _mm256_max_epi32(even, odd) : _mm256_min_epi32(even, odd);
     return _mm256_permute4x64_epi64(e, _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  /// Channel j's codes of the 8 pooled pixels from pixel c of a row pair (pooled_code at AVX2).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static __m256i
+  pooled_code_avx2(const std::tuple<Stages...>& s, std::size_t j, const std::int32_t* acc_top,
+                   const std::int32_t* acc_bottom, std::size_t acc_stride, std::size_t c,
+                   std::size_t count, int direction) {
+    const std::int32_t* top = acc_top + j * acc_stride + c;
+    const std::int32_t* bottom = acc_bottom + j * acc_stride + c;
+    const __m256i m = direction > 0 ? window_extremes_avx2<true>(top, bottom, count - c)
+                                    : window_extremes_avx2<false>(top, bottom, count - c);
+    // Pooled blocks store u8 codes, which the stages give as int32 lanes (a float register
+    // does not convert to __m256i implicitly: the line does not compile for a float result).
+    const __m256i code = column_value_avx2<0>(s, m, j);
+    return code;
+  }
+  /// The 8 int32 lanes of v (0..255) as bytes 0..7 (vpackusdw, vpackuswb: exact on 0..255).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static __m128i code_bytes_avx2(__m256i v) {
+    const __m128i words =
+        _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    return _mm_packus_epi16(words, words);
+  }
+  /// to[t * channels + j] = byte t of codes[j], t < n, 4 <= channels <= 8: the 8 x 8 bytes
+  /// transposed (unpacks of bytes, words, dwords: pixel t's channels 0..7 in half t % 2 of
+  /// px[t / 2]), then an 8-byte store per pixel; its bytes past `channels` land on the next
+  /// pixel's, which its own store writes after, and the last pixel stores `channels` bytes
+  /// only (so nothing is written past pixel n - 1: (n - 2) channels + 8 <= n channels for
+  /// channels >= 4).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static void store_interleaved_avx2(const __m128i* codes,
+                                                                               std::size_t channels,
+                                                                               std::size_t n,
+                                                                               std::uint8_t* to) {
+    const __m128i a01 = _mm_unpacklo_epi8(codes[0], codes[1]);
+    const __m128i a23 = _mm_unpacklo_epi8(codes[2], codes[3]);
+    const __m128i a45 = _mm_unpacklo_epi8(codes[4], codes[5]);
+    const __m128i a67 = _mm_unpacklo_epi8(codes[6], codes[7]);
+    const __m128i b_lo = _mm_unpacklo_epi16(a01, a23), b_hi = _mm_unpackhi_epi16(a01, a23);
+    const __m128i c_lo = _mm_unpacklo_epi16(a45, a67), c_hi = _mm_unpackhi_epi16(a45, a67);
+    const __m128i px[4] = {_mm_unpacklo_epi32(b_lo, c_lo), _mm_unpackhi_epi32(b_lo, c_lo),
+                           _mm_unpacklo_epi32(b_hi, c_hi), _mm_unpackhi_epi32(b_hi, c_hi)};
+    for (std::size_t q = 0; q < 4; ++q)
+      for (std::size_t h = 0; h < 2; ++h) {
+        const std::size_t t = 2 * q + h;
+        if (t >= n) return;
+        const std::uint64_t bytes = static_cast<std::uint64_t>(
+            h == 0 ? _mm_cvtsi128_si64(px[q]) : _mm_extract_epi64(px[q], 1));
+        std::uint8_t* p = to + t * channels;
+        if (t + 1 < n) {
+          std::memcpy(p, &bytes, 8);
+        } else {
+          const auto low = static_cast<std::uint32_t>(bytes);
+          std::memcpy(p, &low, 4);
+          for (std::size_t k = 4; k < channels; ++k)
+            p[k] = static_cast<std::uint8_t>(bytes >> (8 * k));
+        }
+      }
   }
   /// column_value at AVX2: every stage but the last, apply_column_avx2.
   template <std::size_t I, class V>
