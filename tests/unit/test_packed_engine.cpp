@@ -1286,7 +1286,7 @@ TEST_CASE("direct_conv into a 2x2 max-pool (pooled columns, a row pair at a time
   for (std::size_t c : {1u, 3u})
     for (std::size_t h : {9u, 10u, 28u})
       for (std::size_t w : {9u, 10u, 13u, 28u, 37u})
-        for (std::size_t n_out : {1u, 6u, 7u, 16u}) {
+        for (std::size_t n_out : {1u, 5u, 6u, 7u, 11u, 16u, 17u}) {
           conv2d_geometry g;
           g.in_channels = c, g.in_h = h, g.in_w = w, g.kernel_h = 5, g.kernel_w = 5;
           g.stride_h = g.stride_w = 1, g.dilation_h = g.dilation_w = 1;
@@ -1324,11 +1324,12 @@ TEST_CASE("direct_conv pooled blocks (a row pair's channels interleaved at once)
   std::mt19937 rng(97);
   // 28 x 28, 5 x 5, pad 2 (LeNet-5), then widths whose rows span 2 and 3 lane batches of pixels
   // (AVX-512: 16) and pads 0 to 3, 1 and 3 channels, 1 to 8 output channels and 9, 15 (the
-  // byte loop past 8).
+  // byte loop past 8); 5, 6, 7, 11, 16, 17: more channels than int32 lanes at SSE2 (4) and
+  // AVX2 (8), which the quad paths (C = 1, small codes) of a plain -O2 build run as blocks too.
   for (std::size_t c : {1u, 3u})
     for (std::size_t w : {28u, 34u, 40u, 66u})
       for (std::size_t pad : {0u, 1u, 2u, 3u})
-        for (std::size_t n_out : {1u, 2u, 4u, 5u, 6u, 8u, 9u, 15u}) {
+        for (std::size_t n_out : {1u, 2u, 4u, 5u, 6u, 7u, 8u, 9u, 11u, 15u, 16u, 17u}) {
           conv2d_geometry g;
           g.in_channels = c, g.in_h = 12, g.in_w = w, g.kernel_h = 5, g.kernel_w = 5;
           g.stride_h = g.stride_w = 1, g.dilation_h = g.dilation_w = 1;

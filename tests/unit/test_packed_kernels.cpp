@@ -1047,6 +1047,29 @@ TEST_CASE(
   MESSAGE("direct_conv: " << cases << " shapes, 3 row ranges each");
 }
 
+TEST_CASE("direct_conv: channel lanes (the float lines' channel tiles, at AVX2 width on an AVX2 "
+          "path of a plain -O2 build) with 5 to 33 channels and odd widths, every path") {
+  // Channels that fill one, two or three registers of 4 (SSE2) or 8 (AVX2) with a ragged last
+  // one, 2 or 3 input channels (no quad path), widths with ragged 4-pixel tiles.
+  std::mt19937 rng(67);
+  std::size_t cases = 0;
+  for (std::size_t n_out : {5u, 6u, 7u, 11u, 16u, 17u, 33u})
+    for (std::size_t c : {2u, 3u})
+      for (std::size_t w : {7u, 13u, 18u}) {
+        const std::size_t k = rng() % 2 ? 3 : 5, s = rng() % 2 ? 1 : 2;
+        const conv2d_geometry g = conv_geometry(c, k + 1 + rng() % 5, w, k, k, s, 1, 1);
+        const tensor_codes t =
+            make_codes(n_out, g.filter_size(), 1, random_bits(n_out, rng), codes_kind::random, rng);
+        const std::uint8_t z = std::vector<std::uint8_t>{0, 128, 255, 37}[rng() % 4];
+        const std::size_t batch = 2, rows = batch * g.out_plane();
+        check_direct(g, t, batch, z, 0, rows, rng);
+        const std::size_t r0 = rng() % rows, r1 = r0 + 1 + rng() % (rows - r0);
+        check_direct(g, t, batch, z, r0, r1, rng);
+        ++cases;
+      }
+  MESSAGE("direct_conv, channel lanes: " << cases << " shapes");
+}
+
 TEST_CASE("direct_conv: one input channel, stride 1 (the quad paths: vnni, madd; large codes the "
           "float lines), every path: kernel widths 1..9, every bitwidth 1..8, zero points "
           "0..255, the extreme sums") {

@@ -31,7 +31,11 @@
 //             are monotone, the width is even and the store takes u8 blocks (the engine's
 //             fused_store: LeNet), every channel of the row pair at once
 //             (out.column_pairs_block): the codes interleaved into NHWC and stored as one
-//             run, not a byte store per pooled pixel and channel.
+//             run, not a byte store per pooled pixel and channel. Row pairs take these forms
+//             whatever the channels (LeNet's 6 fill two of SSE2's 4 lanes): the stages run once
+//             per pooled pixel. In a build narrower than AVX2 (plain -O2: SSE2), a path with
+//             AVX2 (avx2, avx_vnni, avx512_vnni) runs the blocks in AVX2 registers of 8 pooled
+//             pixels (out.column_pairs_block_avx2, output_stage.hpp "AVX2 blocks").
 //   vnni      path int_isa::avx512_vnni, C = 1, sw = dw = 1 and pixel lanes (n_out < 16 or a
 //             stage without rows: LeNet's conv1), rows padded to 16 pixels: integer dot
 //             products instead of float FMAs. Each kernel row's kw taps in quads u (taps
@@ -57,7 +61,9 @@
 //             registers), else 4 (weights transposed once per call, zero-padded to whole
 //             registers): per tap, 2 weight loads, PX broadcasts of line values, 2 PX
 //             multiply-adds; the sums are then the pixels' rows, one out.rows call per
-//             output row (out.row per pixel for a stage without rows), with no transpose.
+//             output row (out.row per pixel for a stage without rows), with no transpose. In a
+//             build narrower than AVX2 (plain -O2: SSE2) a path with AVX2 runs these tiles in
+//             AVX2 registers of 8 channels (direct_tiles_channels_avx2, VGG's first conv).
 //
 // Exact: every product (x - z) w is an integer of magnitude <= 255 * 128 and every partial sum
 // one of magnitude <= 255 * 128 * 512 < 2^24, so float holds each exactly and a multiply-add
@@ -534,6 +540,57 @@ BITGRAD_TARGET_AVX2 void direct_tiles_madd(const std::uint32_t* src, const std::
   }
   for (; ow < owp; ow += 8) direct_tile_madd<JB>(src + ow, off, Kq, G, wq, zsum, acc + ow, owp);
 }
+
+/// direct_tile_channels in AVX2 registers of 8 channels ("channels" at the top: the float
+/// lines of a build narrower than AVX2, on a path with AVX2): PX pixels x JV registers, FMAs
+/// (exact: every partial sum is an integer below 2^24), the sums truncated to int32 as
+/// xsimd::to_int.
+template <std::size_t PX, std::size_t JV>
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void
+direct_tile_channels_avx2(const float* src, const std::uint32_t* off, std::size_t K,
+                          const float* wt, std::size_t npad, std::int32_t* acc) {
+  __m256 s[PX][JV];
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v) s[px][v] = _mm256_setzero_ps();
+  for (std::size_t p = 0; p < K; ++p) {
+    const float* in = src + off[p];
+    __m256 wv[JV];
+    for (std::size_t v = 0; v < JV; ++v) wv[v] = _mm256_loadu_ps(wt + p * npad + v * 8);
+    for (std::size_t px = 0; px < PX; ++px) {
+      const __m256 x = _mm256_set1_ps(in[px]);
+      for (std::size_t v = 0; v < JV; ++v) s[px][v] = _mm256_fmadd_ps(x, wv[v], s[px][v]);
+    }
+  }
+  for (std::size_t px = 0; px < PX; ++px)
+    for (std::size_t v = 0; v < JV; ++v)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + px * npad + v * 8),
+                          _mm256_cvttps_epi32(s[px][v]));
+}
+
+/// Every channel register (npad a multiple of 8) of pixel px0's PX pixels, AVX2.
+template <std::size_t PX>
+BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE void
+direct_pixels_channels_avx2(const float* src, const std::uint32_t* off, std::size_t K,
+                            const float* wt, std::size_t npad, std::int32_t* acc) {
+  const std::size_t regs = npad / 8;
+  std::size_t v = 0;
+  for (; v + 2 <= regs; v += 2)
+    direct_tile_channels_avx2<PX, 2>(src, off, K, wt + v * 8, npad, acc + v * 8);
+  if (v < regs) direct_tile_channels_avx2<PX, 1>(src, off, K, wt + v * 8, npad, acc + v * 8);
+}
+
+/// direct_tiles_channels in AVX2 registers: pixels [0, count) in tiles of 4 pixels x 2
+/// registers of 8 channels (npad a multiple of 8).
+BITGRAD_TARGET_AVX2 inline void direct_tiles_channels_avx2(const float* src,
+                                                           const std::uint32_t* off, std::size_t K,
+                                                           const float* wt, std::size_t npad,
+                                                           std::int32_t* acc, std::size_t count) {
+  std::size_t px = 0;
+  for (; px + 4 <= count; px += 4)
+    direct_pixels_channels_avx2<4>(src + px, off, K, wt, npad, acc + px * npad);
+  for (; px < count; ++px)
+    direct_pixels_channels_avx2<1>(src + px, off, K, wt, npad, acc + px * npad);
+}
 #endif // BITGRAD_PACKED_X86
 
 /// JB channels over the padded row of owp pixels: pairs of registers, then one.
@@ -656,10 +713,21 @@ void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std
       quad_path = group > 0;
     }
   }
-  // The row padded to whole registers: of the float lines (L), and on a quad path also of its
-  // tiles (quad_regs; both powers of 2), so that owp % L == 0 holds for the output stage's lane
-  // batches on every path.
-  const std::size_t reg = quad_path ? std::max(L, quad_regs) : L;
+  // Pooled blocks in AVX2 registers (output_stage.hpp, "AVX2 blocks") where the build's own
+  // lanes are narrower (SSE2 at plain -O2) and path p runs AVX2.
+#if BITGRAD_OUTPUT_AVX2
+  constexpr bool avx2_blocks = requires {
+    requires Out::avx2_blocks;
+  };
+#else
+  constexpr bool avx2_blocks = false;
+#endif
+  const bool wide_blocks = avx2_blocks && int_isa_has_avx2(p);
+  // The row padded to whole registers: of the float lines (L), on a quad path also of its
+  // tiles (quad_regs), and of the AVX2 blocks' 8 lanes (all powers of 2), so that owp % L == 0
+  // holds for the output stage's lane batches on every path.
+  const std::size_t reg =
+      std::max({quad_path ? quad_regs : L, L, wide_blocks ? std::size_t(8) : std::size_t(1)});
   const std::size_t owp = (OW + reg - 1) / reg * reg;
   const std::size_t T = owp + (kw - 1) * dw / sw; // line length: every tap's loads fit
   const std::size_t line_set = C * sw * T;        // floats per input row
@@ -680,7 +748,15 @@ void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std
   // Lanes over channels when they fill a register and the stage takes rows (VGG's 16, 32),
   // else over pixels (LeNet's 6).
   const bool channel_lanes = !quad_path && detail::has_row_stage<Out> && n_out >= L;
-  const std::size_t npad = (n_out + L - 1) / L * L;
+  // Their tiles in AVX2 registers of 8 channels where the build's are narrower (SSE2 at plain
+  // -O2) and path p runs AVX2 (direct_tiles_channels_avx2); npad: whole registers of the tiles.
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+  const bool wide_lines = channel_lanes && L < 8 && int_isa_has_avx2(p);
+#else
+  const bool wide_lines = false;
+#endif
+  const std::size_t channel_reg = wide_lines ? std::max<std::size_t>(L, 8) : L;
+  const std::size_t npad = (n_out + channel_reg - 1) / channel_reg * channel_reg;
   if (channel_lanes) {
     sc.weights_t.assign(K * npad, 0.0f); // wt[p * npad + j] = w(j, p)
     for (std::size_t j = 0; j < n_out; ++j)
@@ -725,7 +801,9 @@ void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std
       monotone = monotone && sc.directions[j] != 0;
     }
   }
-  const bool block_pairs = blocks && monotone && OW % 2 == 0 && n_out <= simd_lanes<std::int32_t>;
+  // Any number of channels: column_pairs_block runs them one register of pixels at a time
+  // (LeNet's 6 at SSE2's 4 lanes too, where they fill more than a register).
+  const bool block_pairs = blocks && monotone && OW % 2 == 0;
   acc = sc.acc.data();
 
   for (std::size_t r = r0; r < r1;) {
@@ -830,8 +908,14 @@ void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std
       const std::size_t i_a = first + ow_a - r0;
       if constexpr (detail::has_row_stage<Out>)
         if (channel_lanes) { // the call's pixels of the row only, sums as rows
-          detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
-                                           ow_b - ow_a);
+#ifdef BITGRAD_DIRECT_CONV_QUADS
+          if (wide_lines)
+            detail::direct_tiles_channels_avx2(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                               ow_b - ow_a);
+          else
+#endif
+            detail::direct_tiles_channels<B>(src + ow_a, off, K, sc.weights_t.data(), npad, acc,
+                                             ow_b - ow_a);
           // The row's pixels in one call where the stage takes rows (prepared lanes:
           // output_stage.hpp), else a call per pixel.
           if constexpr (requires { out.rows(i_a, ow_b - ow_a, std::size_t(0), acc, npad, n_out); })
@@ -842,38 +926,51 @@ void direct_conv(int_isa p, const conv2d_geometry& g, const std::uint8_t* x, std
           continue;
         }
       // The row's pixels inside [r, e): per channel in lanes of pixels (out.column) when the
-      // channels do not fill a register (LeNet: 6), else per pixel with its n_out channels
-      // (out.row: contiguous stores), or per value.
-      if constexpr (by_column)
-        if (!has_row || n_out < simd_lanes<std::int32_t>) {
-          // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
-          // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each.
-          if constexpr (pairs) {
-            const bool whole = ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e;
-            bool block = false; // pool_block implies pool_pairs
-            if constexpr (blocks) block = whole && block_pairs && out.pool_block(i_a, OW, n_out);
-            if (block || (whole && out.pool_pairs(i_a, OW))) {
-              std::int32_t* below = acc + n_out * owp;
-              row_sums(line, acc);
-              row_sums(line + sh, below);
-              if constexpr (blocks)
-                if (block) {
-                  out.column_pairs_block(i_a, acc, below, owp, OW, n_out, sc.directions.data());
-                  ++oh;
-                  continue;
-                }
-              for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
-                out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0,
-                                 sc.directions[j]);
-              ++oh;
-              continue;
-            }
+      // channels do not fill a register (LeNet: 6 at AVX2), else per pixel with its n_out
+      // channels (out.row: contiguous stores), or per value. Pooled row pairs take the column
+      // forms whatever the channels (LeNet's 6 at SSE2's 4 lanes): their stages run once per
+      // pooled pixel, where the per-pixel form runs them on all four pixels of a window.
+      if constexpr (by_column) {
+        // Rows oh, oh + 1 both whole in the call and pooled in 2 x 2 windows (LeNet): both
+        // rows' sums, then per channel the pooled pixels (out.column_pairs), one store each, or
+        // every channel at once (out.column_pairs_block).
+        if constexpr (pairs) {
+          const bool whole = ow_a == 0 && ow_b == OW && oh < oh_b && first + 2 * OW <= e;
+          bool block = false; // pool_block implies pool_pairs
+          if constexpr (blocks) block = whole && block_pairs && out.pool_block(i_a, OW, n_out);
+          if (block || (whole && out.pool_pairs(i_a, OW))) {
+            std::int32_t* below = acc + n_out * owp;
+            row_sums(line, acc);
+            row_sums(line + sh, below);
+            if constexpr (blocks)
+              if (block) {
+#if BITGRAD_OUTPUT_AVX2
+                if constexpr (avx2_blocks)
+                  if (wide_blocks) {
+                    out.column_pairs_block_avx2(i_a, acc, below, owp, OW, n_out,
+                                                sc.directions.data());
+                    ++oh;
+                    continue;
+                  }
+#endif
+                out.column_pairs_block(i_a, acc, below, owp, OW, n_out, sc.directions.data());
+                ++oh;
+                continue;
+              }
+            for (std::size_t j = 0; j < n_out; ++j) // rows of owp sums: whole lanes
+              out.column_pairs(i_a, j, acc + j * owp, below + j * owp, OW, owp % L == 0,
+                               sc.directions[j]);
+            ++oh;
+            continue;
           }
+        }
+        if (!has_row || n_out < simd_lanes<std::int32_t>) {
           row_sums(line, acc);
           for (std::size_t j = 0; j < n_out; ++j)
             out.column(i_a, j, acc + j * owp + ow_a, ow_b - ow_a);
           continue;
         }
+      }
       row_sums(line, acc);
       for (std::size_t ow = ow_a; ow < ow_b; ++ow) {
         for (std::size_t j = 0; j < n_out; ++j) row[j] = acc[j * owp + ow];

@@ -216,6 +216,12 @@ inline bool int_isa_supported(int_isa p) {
   return false;
 }
 
+/// True for the x86-64 paths whose CPUs run AVX2 (avx2, avx_vnni, avx512_vnni): the kernels
+/// of a narrower build may run their AVX2 forms there (output_stage.hpp, "AVX2 blocks").
+constexpr bool int_isa_has_avx2(int_isa p) {
+  return p == int_isa::avx2 || p == int_isa::avx_vnni || p == int_isa::avx512_vnni;
+}
+
 /// The fastest path this binary holds that the CPU runs.
 inline int_isa best_int_isa() {
   static const int_isa best = [] {

@@ -47,6 +47,15 @@
 // max (min, for a falling pipeline) first and the stages run once per window (apply_pooled):
 // max_k f(a_k) = f(max_k a_k) for a rising f, f(min_k a_k) for a falling one, exactly.
 //
+// AVX2 blocks: in a build whose own lanes are narrower than AVX2's (SSE2 at plain -O2), the
+// pooled blocks also run in AVX2 registers of 8 pooled pixels where the run's path allows it
+// (column_pairs_block_avx2, chosen by direct_conv from its int_isa): functions with isa.hpp's
+// target attribute (BITGRAD_TARGET_AVX2) and intrinsics, since xsimd 8.1 has no AVX2 batch in
+// an -O2 translation unit. The stages that have it (scale_bias, clamp, quantize_u8,
+// relu_quantize_u8: `avx2_columns = true`) give apply_column_avx2(v, j), their lane operations
+// one for one (maxps(a, b) is select(a > b, a, b), minps(a, b) select(a < b, a, b), the
+// conversions those of SSE2, the product kept rounded before the add): the same bits.
+//
 // Padded rows: a pipeline made by make_padded_pipeline also runs the last count % lanes
 // channels of a row as one lane batch (a tail of LeNet-5's 6-channel first conv would otherwise
 // take 6 scalar calls at AVX-512's 16 lanes): the accumulators are copied into a zeroed lane
@@ -59,6 +68,7 @@
 
 #include <bitgrad/core/simd.hpp>
 #include <bitgrad/kernels/gemm_microkernel.hpp> // BITGRAD_ALWAYS_INLINE
+#include <bitgrad/kernels/packed/isa.hpp>       // BITGRAD_TARGET_AVX2
 
 #include <algorithm>
 #include <cmath>
@@ -70,6 +80,14 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+// The AVX2 forms of the stages ("AVX2 blocks" at the top): x86-64 builds whose own lanes are
+// narrower than AVX2's; an AVX2 or AVX-512 build runs its own lanes.
+#if BITGRAD_HAS_SIMD && BITGRAD_PACKED_X86 && !defined(__AVX2__)
+#define BITGRAD_OUTPUT_AVX2 1
+#else
+#define BITGRAD_OUTPUT_AVX2 0
+#endif
 
 namespace bitgrad::output {
 
@@ -187,6 +205,11 @@ BITGRAD_ALWAYS_INLINE void store_u8_narrowed(const I& v, std::uint8_t* p) {
 /// True for a stage with a lane overload, apply(batch, i, j0) (marked `lanes = true`).
 template <class S>
 concept lane_stage = S::lanes;
+
+/// True for a stage with AVX2 column lanes, apply_column_avx2(v, j) (marked `avx2_columns =
+/// true`; "AVX2 blocks" at the top).
+template <class S>
+concept avx2_column_stage = S::avx2_columns;
 
 /// True for a stage that may compute lanes past a row's channels (marked `padded = true`).
 template <class S>
@@ -315,6 +338,16 @@ struct scale_bias {
     using F = xsimd::batch<float, typename B::arch_type>;
     return detail::mul_add(xsimd::to_float(acc), F(scale[j]), F(bias ? bias[j] : 0.0f));
   }
+#if BITGRAD_OUTPUT_AVX2
+  static constexpr bool avx2_columns = true;
+  /// apply_column on 8 rows in an AVX2 register ("AVX2 blocks" at the top).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE __m256 apply_column_avx2(__m256i acc,
+                                                                     std::size_t j) const {
+    __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(scale[j]));
+    detail::keep_rounded(product); // not fused with the add (detail::mul_add)
+    return _mm256_add_ps(product, _mm256_set1_ps(bias ? bias[j] : 0.0f));
+  }
+#endif
   /// Monotone in acc ("Pooled columns" at the top): rising for scale[j] >= 0, falling below;
   /// 0 (not known) when a parameter is not finite (0 * inf is NaN).
   int direction(std::size_t j) const {
@@ -356,8 +389,17 @@ struct clamp {
   BITGRAD_ALWAYS_INLINE B apply_column(const B& v, std::size_t i, std::size_t j) const {
     return apply(v, i, j);
   }
+#if BITGRAD_OUTPUT_AVX2
+  static constexpr bool avx2_columns = true;
+  /// apply_column in an AVX2 register: maxps(v, lo) = select(v > lo, v, lo), then minps.
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE __m256 apply_column_avx2(__m256 v, std::size_t) const {
+    return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+  }
+#endif
   /// Rising in v (0: a NaN bound, whose min differs across ISAs).
-  int direction(std::size_t) const { return lo == lo && hi == hi ? 1 : 0; }
+  int direction(std::size_t) const {
+    return lo == lo && hi == hi ? 1 : 0;
+  }
 };
 
 /// value += s_r * (r(i, j) - z_r): the other operand of a residual add, held as u8 codes on its
@@ -476,6 +518,19 @@ struct quantize_u8 {
   BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
     return apply(v, i, j);
   }
+#if BITGRAD_OUTPUT_AVX2
+  static constexpr bool avx2_columns = true;
+  /// apply_column in an AVX2 register: prepared_lanes::apply's operations one for one.
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE __m256i apply_column_avx2(__m256 v, std::size_t) const {
+    __m256 q = _mm256_mul_ps(v, _mm256_set1_ps(inv_scale));
+    q = _mm256_and_ps(q, _mm256_cmp_ps(q, q, _CMP_EQ_OQ)); // NaN -> +0
+    q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-big)), _mm256_set1_ps(big));
+    q = _mm256_sub_ps(_mm256_add_ps(q, _mm256_set1_ps(magic)), _mm256_set1_ps(magic));
+    q = _mm256_add_ps(q, _mm256_set1_ps(static_cast<float>(zero_point)));
+    q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+    return _mm256_cvttps_epi32(q); // xsimd::to_int: truncation (q is whole)
+  }
+#endif
   /// Rising in v for inv_scale >= 0, falling below; 0 (not known) for a NaN or infinite
   /// parameter.
   int direction(std::size_t) const {
@@ -554,7 +609,21 @@ struct relu_quantize_u8 {
   BITGRAD_ALWAYS_INLINE auto apply_column(const B& v, std::size_t i, std::size_t j) const {
     return apply(v, i, j);
   }
-  int direction(std::size_t j) const { return clamp{}.direction(j) * q.direction(j); }
+#if BITGRAD_OUTPUT_AVX2
+  static constexpr bool avx2_columns = true;
+  /// apply_column in an AVX2 register: prepared_lanes::apply's operations one for one
+  /// (round_to_int is cvtps2dq on x86).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE __m256i apply_column_avx2(__m256 v, std::size_t) const {
+    const float zp = static_cast<float>(q.zero_point);
+    const __m256 x = _mm256_mul_ps(v, _mm256_set1_ps(q.inv_scale));
+    const __m256 low = _mm256_set1_ps(std::max(q.lo - zp, 0.0f)), high = _mm256_set1_ps(q.hi - zp);
+    return _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(x, low), high)),
+                            _mm256_set1_epi32(q.zero_point));
+  }
+#endif
+  int direction(std::size_t j) const {
+    return clamp{}.direction(j) * q.direction(j);
+  }
 };
 
 /// Stores the value at y[i * row_stride + j * col_stride] (the last stage).
@@ -766,12 +835,12 @@ struct pipeline {
   /// whose last stage takes u8 blocks (pool_block(i0, count, channels) holds): channel j's
   /// sums at acc_top + j acc_stride, acc_bottom + j acc_stride, each readable to count rounded
   /// up to whole lane batches; direction[j] = direction(j), 1 or -1 for every channel; count
-  /// even, channels <= lanes. Per lane batch of pooled pixels t and per channel, the window's
-  /// extreme sum m(t) (pooled_sums) through every stage but the last, narrowed to its u8 code
-  /// and stored interleaved into the row pair's pooled pixels, channels consecutive, from the
-  /// last stage's pooled_at(i0) (interleave_codes under AVX-512 VBMI, else a byte store per
-  /// code, without row_at's offset and test per pooled pixel). The values of pooled_sums, the
-  /// same bits.
+  /// even, any number of channels (LeNet's 6 fill two of SSE2's 4 lanes). Per lane batch of pooled
+  /// pixels t and per channel, the window's extreme sum m(t) (pooled_sums) through every stage but
+  /// the last, narrowed to its u8 code and stored interleaved into the row pair's pooled pixels,
+  /// channels consecutive, from the last stage's pooled_at(i0) (interleave_codes under AVX-512
+  /// VBMI, else a byte store per code, without row_at's offset and test per pooled pixel). The
+  /// values of pooled_sums, the same bits.
   BITGRAD_ALWAYS_INLINE void column_pairs_block(std::size_t i0, const std::int32_t* acc_top,
                                                 const std::int32_t* acc_bottom,
                                                 std::size_t acc_stride, std::size_t count,
@@ -820,7 +889,145 @@ struct pipeline {
 #endif
   }
 
+#if BITGRAD_OUTPUT_AVX2
+  /// True when column_pairs_block_avx2 runs on this pipeline: every stage but the last has
+  /// AVX2 columns ("AVX2 blocks" at the top), the last takes pooled blocks.
+  static constexpr bool avx2_blocks = [] {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      using last = std::tuple_element_t<sizeof...(Stages) - 1, std::tuple<Stages...>>;
+      return (detail::avx2_column_stage<std::tuple_element_t<I, std::tuple<Stages...>>> && ...) &&
+             detail::pooled_block_store<last>;
+    }
+    (std::make_index_sequence<sizeof...(Stages) - 1>{});
+  }();
+
+  /// column_pairs_block in AVX2 registers of 8 pooled pixels (16 pixels of each row), for a
+  /// caller whose path has AVX2 (int_isa_supported(int_isa::avx2): nothing here may run before
+  /// that is known). The same contract, but the sums are read to count rounded up to a multiple
+  /// of 8, and the same operations lane for lane: the same bits. 4 to 8 channels (LeNet's 6):
+  /// the codes transposed in registers and stored a pooled pixel at a time
+  /// (store_interleaved_avx2); others a byte store per code.
+  BITGRAD_TARGET_AVX2 void
+  column_pairs_block_avx2(std::size_t i0, const std::int32_t* acc_top,
+                          const std::int32_t* acc_bottom, std::size_t acc_stride, std::size_t count,
+                          std::size_t channels, const int* direction) const requires avx2_blocks {
+    const std::tuple<Stages...> s = stages; // see row
+    std::uint8_t* dst = std::get<sizeof...(Stages) - 1>(s).pooled_at(i0);
+    for (std::size_t c = 0; c < count; c += 16) {
+      const std::size_t n = std::min<std::size_t>(8, (count - c) / 2); // pooled pixels
+      std::uint8_t* to = dst + c / 2 * channels;
+      if (channels >= 4 && channels <= 8) {
+        __m128i codes[8]; // codes[j]: channel j's 8 codes as bytes 0..7 (0 past the channels)
+        for (std::size_t j = 0; j < 8; ++j)
+          codes[j] = j < channels
+                         ? code_bytes_avx2(pooled_code_avx2(s, j, acc_top, acc_bottom, acc_stride,
+                                                            c, count, direction[j]))
+                         : _mm_setzero_si128();
+        store_interleaved_avx2(codes, channels, n, to);
+        continue;
+      }
+      for (std::size_t j = 0; j < channels; ++j) { // a byte store per code
+        const __m256i code =
+            pooled_code_avx2(s, j, acc_top, acc_bottom, acc_stride, c, count, direction[j]);
+        alignas(32) std::int32_t lane[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lane), code);
+        for (std::size_t t = 0; t < n; ++t)
+          to[t * channels + j] = static_cast<std::uint8_t>(lane[t]);
+      }
+    }
+  }
+#endif
+
 protected:
+#if BITGRAD_OUTPUT_AVX2
+  /// window_extremes at AVX2 (8 pooled pixels from 16 of each row): lane t = the extreme of
+  /// pixels 2t, 2t + 1 of both rows. The vertical extremes v0 (pixels 0..7), v1 (8..15); the
+  /// even and odd pixels of each 128-bit half (shufps), their extreme, then the 64-bit quarters
+  /// in order (vpermq 0, 2, 1, 3).
+  template <bool Rising>
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static __m256i
+  window_extremes_avx2(const std::int32_t* top, const std::int32_t* bottom, std::size_t left) {
+    __m256i v[2];
+    for (std::size_t h = 0; h < 2; ++h) {
+      if (8 * h >= left) {
+        v[h] = _mm256_setzero_si256();
+        continue;
+      }
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(top + 8 * h));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bottom + 8 * h));
+      v[h] = Rising ? _mm256_max_epi32(a, b) : _mm256_min_epi32(a, b);
+    }
+    const __m256 f0 = _mm256_castsi256_ps(v[0]), f1 = _mm256_castsi256_ps(v[1]);
+    const __m256i even = _mm256_castps_si256(_mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(2, 0, 2, 0)));
+    const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m256i e = Rising ? _mm256_max_epi32(even, odd) : _mm256_min_epi32(even, odd);
+    return _mm256_permute4x64_epi64(e, _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  /// Channel j's codes of the 8 pooled pixels from pixel c of a row pair (pooled_code at AVX2).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static __m256i
+  pooled_code_avx2(const std::tuple<Stages...>& s, std::size_t j, const std::int32_t* acc_top,
+                   const std::int32_t* acc_bottom, std::size_t acc_stride, std::size_t c,
+                   std::size_t count, int direction) {
+    const std::int32_t* top = acc_top + j * acc_stride + c;
+    const std::int32_t* bottom = acc_bottom + j * acc_stride + c;
+    const __m256i m = direction > 0 ? window_extremes_avx2<true>(top, bottom, count - c)
+                                    : window_extremes_avx2<false>(top, bottom, count - c);
+    // Pooled blocks store u8 codes, which the stages give as int32 lanes (a float register
+    // does not convert to __m256i implicitly: the line does not compile for a float result).
+    const __m256i code = column_value_avx2<0>(s, m, j);
+    return code;
+  }
+  /// The 8 int32 lanes of v (0..255) as bytes 0..7 (vpackusdw, vpackuswb: exact on 0..255).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static __m128i code_bytes_avx2(__m256i v) {
+    const __m128i words =
+        _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    return _mm_packus_epi16(words, words);
+  }
+  /// to[t * channels + j] = byte t of codes[j], t < n, 4 <= channels <= 8: the 8 x 8 bytes
+  /// transposed (unpacks of bytes, words, dwords: pixel t's channels 0..7 in half t % 2 of
+  /// px[t / 2]), then an 8-byte store per pixel; its bytes past `channels` land on the next
+  /// pixel's, which its own store writes after, and the last pixel stores `channels` bytes
+  /// only (so nothing is written past pixel n - 1: (n - 2) channels + 8 <= n channels for
+  /// channels >= 4).
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static void store_interleaved_avx2(const __m128i* codes,
+                                                                               std::size_t channels,
+                                                                               std::size_t n,
+                                                                               std::uint8_t* to) {
+    const __m128i a01 = _mm_unpacklo_epi8(codes[0], codes[1]);
+    const __m128i a23 = _mm_unpacklo_epi8(codes[2], codes[3]);
+    const __m128i a45 = _mm_unpacklo_epi8(codes[4], codes[5]);
+    const __m128i a67 = _mm_unpacklo_epi8(codes[6], codes[7]);
+    const __m128i b_lo = _mm_unpacklo_epi16(a01, a23), b_hi = _mm_unpackhi_epi16(a01, a23);
+    const __m128i c_lo = _mm_unpacklo_epi16(a45, a67), c_hi = _mm_unpackhi_epi16(a45, a67);
+    const __m128i px[4] = {_mm_unpacklo_epi32(b_lo, c_lo), _mm_unpackhi_epi32(b_lo, c_lo),
+                           _mm_unpacklo_epi32(b_hi, c_hi), _mm_unpackhi_epi32(b_hi, c_hi)};
+    for (std::size_t q = 0; q < 4; ++q)
+      for (std::size_t h = 0; h < 2; ++h) {
+        const std::size_t t = 2 * q + h;
+        if (t >= n) return;
+        const std::uint64_t bytes = static_cast<std::uint64_t>(
+            h == 0 ? _mm_cvtsi128_si64(px[q]) : _mm_extract_epi64(px[q], 1));
+        std::uint8_t* p = to + t * channels;
+        if (t + 1 < n) {
+          std::memcpy(p, &bytes, 8);
+        } else {
+          const auto low = static_cast<std::uint32_t>(bytes);
+          std::memcpy(p, &low, 4);
+          for (std::size_t k = 4; k < channels; ++k)
+            p[k] = static_cast<std::uint8_t>(bytes >> (8 * k));
+        }
+      }
+  }
+  /// column_value at AVX2: every stage but the last, apply_column_avx2.
+  template <std::size_t I, class V>
+  BITGRAD_TARGET_AVX2 BITGRAD_ALWAYS_INLINE static auto
+  column_value_avx2(const std::tuple<Stages...>& s, const V& v, std::size_t j) {
+    if constexpr (I + 1 == sizeof...(Stages))
+      return v;
+    else
+      return column_value_avx2<I + 1>(s, std::get<I>(s).apply_column_avx2(v, j), j);
+  }
+#endif
 #if BITGRAD_HAS_SIMD
   /// Lane t: the extreme (max when Rising, else min) of the window of pixels 2t, 2t + 1 of
   /// both rows (pooled_sums), for the 2 L pixels from top, bottom; a register of pixels at or
