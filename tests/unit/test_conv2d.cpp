@@ -554,10 +554,11 @@ TEST_CASE("conv2d_choose_algo on AVX2: direct on the 16-channel stage, Winograd 
   CHECK(pick(17, 16, 28, 3, wgrad) == conv2d_algo::direct); // 17 .. 32 channels
   CHECK(pick(16, 17, 28, 3, wgrad) == conv2d_algo::direct);
   CHECK(pick(32, 64, 14, 3, wgrad) == conv2d_algo::implicit); // VGG conv3 (0.85x)
-  CHECK(pick(64, 64, 14, 3, wgrad) == conv2d_algo::implicit); // VGG conv4 (0.87x)
+  CHECK(pick(64, 64, 14, 3, wgrad) == conv2d_algo::implicit); // VGG conv4 (0.89x)
   CHECK(pick(33, 32, 14, 3, wgrad) == conv2d_algo::implicit); // more than 32 channels
   CHECK(pick(32, 33, 14, 3, wgrad) == conv2d_algo::implicit);
   CHECK(pick(1, 16, 28, 3, wgrad) == conv2d_algo::direct);   // the first layer's wgrad
+  CHECK(pick(1, 32, 28, 3, wgrad) == conv2d_algo::direct);   // VGG conv1 (1.11x im2col)
   CHECK(pick(1, 16, 28, 3, fprop) == conv2d_algo::implicit); // K = 9: too few taps
   // LeNet conv1 (1 -> 6, 5x5 valid on 28x28: K = 25, 24x24 out): direct.
   CHECK(conv2d_choose_algo(make_geometry(128, 1, 6, 28, 28, 5, 5, 1, 0, 0), fprop) ==

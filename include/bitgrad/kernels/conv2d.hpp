@@ -149,10 +149,11 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
   // 32 or 64 channels on >= 14x14 direct ran 0.77-1.18x fprop / dgrad (Winograd beat it there);
   // on 7x7 / 8x8 planes 0.81-1.02x: those stay with implicit GEMM or Winograd. wgrad, with the
   // 3 x 3 tile (README "ResNet-20 training on AVX2: the direct wgrad tile ... (h23-wgrad)", CPU
-  // time, 5-9 rounds), implicit / direct: 1.36-1.6x on ResNet-20's 16-channel stage, 1.10x on VGG
-  // conv2 (32 channels, 28x28), 1.02x / 1.08x on the 32-channel 14x14 / 16x16 stages; 0.85-0.87x
-  // with 64 out on 14x14 (VGG conv3 / 4) and 0.81x on 7x7 (ResNet-20 stage 3); the first layers
-  // (Cin 1 or 3, 16 out) ran 1.2x im2col, 1.65x implicit with the 1 x 9 tile before it.
+  // time, medians of 9 paired rounds), implicit / direct: 1.36-1.6x on ResNet-20's 16-channel
+  // stage (5 rounds), 1.10x on VGG conv2 (32 channels, 28x28), 1.02x / 1.04x on the 32-channel
+  // 14x14 / 16x16 stages; 0.85x / 0.89x with 64 out on 14x14 (VGG conv3 / 4), 0.79x on 7x7
+  // (ResNet-20 stage 3); VGG conv1 (1 -> 32 on 28x28) 1.11x im2col; the first layers of
+  // ResNet-20 (Cin 1 or 3, 16 out) ran 1.2x im2col, 1.65x implicit with the 1 x 9 tile before.
   if (detail::conv2d_direct_preferred_narrow && stride1 && !pointwise && g.out_plane() >= 196) {
     const std::size_t in = g.in_channels_per_group();
     const std::size_t taps = g.kernel_h * g.kernel_w;
