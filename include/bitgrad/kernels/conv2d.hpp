@@ -26,8 +26,8 @@
 //    else the axpys the other way round (with a dy copy whose junk columns are 0); wgrad takes the
 //    dot products of dy (junk columns 0) with the shifted planes, register-blocked too
 //    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile on AVX-512, 3 x 3
-//    with 16 registers, each slice's images
-//    summed in the registers). No K x P matrix and no packed B panels.
+//    with 16 registers, each slice's images summed in the registers). No K x P matrix and no
+//    packed B panels.
 //  * Winograd F(2x2, 3x3) (kernels/conv2d_winograd.hpp; 3x3, stride 1, dilation 1, one group):
 //    fprop and dgrad (on dy with the flipped, transposed weights) as weight, input and output
 //    transforms around 16 gemms of Cout x Cin by Cin x tiles; no wgrad of its own.
