@@ -324,16 +324,18 @@ TEST_CASE_TEMPLATE("implicit gemm matches the reference on the shapes it introdu
 /// that are not a multiple of a tile and several tiles long (odd H and W up to 31), batch 1 and 3,
 /// and the ResNet-20 / VGG shapes it is meant for (dgrad into fewer than 3 channels per group, the
 /// one-channel and grouped shapes, runs direct's axpys: conv2d_dgrad_runs_blocked), and for the
-/// direct wgrad (kernels/conv2d_direct_wgrad.hpp) Cout 5 and 7 (blocks of 3 and a ragged one),
-/// 5x5 and 5x3 kernels (tap chunks of 9 with a shorter last one), depthwise, and a batch of 19 in
-/// 10 slices. The write-out (conv2d_direct_fprop_image) stores whole registers that may run past
-/// a row into the rows after it but never past the image's (group's) output: outputs 1 to 40
-/// pixels wide (fewer, as many and more than a register's lanes, several rows per register)
-/// leave 40 sentinel elements after y and dx as they were. Tolerance: the sums run in another order
-/// than the reference's (fprop: channels, then taps, in one accumulator per pixel; wgrad: per lane,
-/// then the lanes), fprop K <= 9 * 37 and wgrad <= 3 * 31 * 29 products of values in [-1, 1] whose
-/// rounding errors grow like the square root of the count (~ 50 * 2^-24 relative to a sum of size ~
-/// 30): check_close's 2e-4 (float) / 1e-11 (double) relative to 1 + |want|.
+/// direct wgrad (kernels/conv2d_direct_wgrad.hpp) Cout 2, 4, 5 and 7 (blocks of 3 and a ragged
+/// one), 1x1, 2x2 (dilation 3), 1x5, 5x3, 5x5 and 7x7 kernels (1, 4, 5, 15, 25 and 49 taps: tap
+/// chunks of 3 (AVX2, SSE) or 9 (AVX-512) with a shorter last one, or one short chunk),
+/// depthwise, and a batch of 19 in 10 slices. The write-out (conv2d_direct_fprop_image) stores
+/// whole registers that may run past a row into the rows after it but never past the image's
+/// (group's) output: outputs 1 to 40 pixels wide (fewer, as many and more than a register's lanes,
+/// several rows per register) leave 40 sentinel elements after y and dx as they were. Tolerance:
+/// the sums run in another order than the reference's (fprop: channels, then taps, in one
+/// accumulator per pixel; wgrad: per lane, then the lanes), fprop K <= 9 * 37 and wgrad <= 3 * 31 *
+/// 29 products of values in [-1, 1] whose rounding errors grow like the square root of the count (~
+/// 50 * 2^-24 relative to a sum of size ~ 30): check_close's 2e-4 (float) / 1e-11 (double) relative
+/// to 1 + |want|.
 TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float, double) {
   std::mt19937 rng(23);
   std::vector<T> scratch, ref_scratch;
@@ -362,6 +364,10 @@ TEST_CASE_TEMPLATE("direct conv matches the reference on ragged tiles", T, float
       make_geometry(3, 4, 6, 9, 28, 3, 3, 1, 1, 1),       // 28 wide, as ResNet-20's first stage
       make_geometry(1, 2, 2, 3, 40, 3, 3, 1, 1, 1),       // 40 wide
       make_geometry(3, 4, 6, 7, 9, 3, 3, 1, 1, 1, 1, 2),  // two groups of 2 -> 3
+      make_geometry(3, 5, 4, 9, 10, 1, 1, 1, 0, 0),       // 1x1: one tap, a short chunk
+      make_geometry(2, 3, 5, 13, 12, 7, 7, 1, 3, 3),      // 7x7 pad 3: 49 taps
+      make_geometry(3, 4, 7, 8, 11, 1, 5, 1, 0, 2),       // 1x5: 5 taps
+      make_geometry(1, 3, 2, 14, 13, 2, 2, 1, 1, 1, 3),   // 2x2, dilation 3: 4 taps
   };
   constexpr std::size_t guard = 40; // sentinel elements after y, yr and dx
   const T sentinel = T(7.25);
@@ -533,18 +539,27 @@ TEST_CASE("conv2d_choose_algo on AVX2: direct on the 16-channel stage, Winograd 
     CHECK(pick(64, 64, 7, 3, pass) == conv2d_algo::implicit); // stage 3: neither wins
     CHECK(pick(64, 64, 8, 3, pass) == conv2d_algo::implicit);
     CHECK(pick(16, 16, 13, 3, pass) == conv2d_algo::implicit); // 169 < 196 pixels
-    CHECK(pick(17, 16, 28, 3, pass) != conv2d_algo::direct);   // more than 16 channels
-    CHECK(pick(16, 17, 28, 3, pass) != conv2d_algo::direct);
+    CHECK(pick(32, 32, 13, 3, pass) == conv2d_algo::implicit); // below 14 x 14
   }
   for (const auto pass : {fprop, dgrad}) {
+    CHECK(pick(17, 16, 28, 3, pass) != conv2d_algo::direct); // more than 16 channels
+    CHECK(pick(16, 17, 28, 3, pass) != conv2d_algo::direct);
     CHECK(pick(32, 32, 14, 3, pass) == conv2d_algo::winograd); // stage 2
     CHECK(pick(64, 64, 14, 3, pass) == conv2d_algo::winograd); // VGG conv4
     CHECK(pick(32, 32, 28, 3, pass) == conv2d_algo::winograd); // VGG conv2
-    CHECK(pick(32, 32, 13, 3, pass) == conv2d_algo::implicit); // below 14 x 14
   }
-  CHECK(pick(32, 32, 14, 3, wgrad) == conv2d_algo::implicit); // direct wgrad lost (0.76x)
-  CHECK(pick(1, 16, 28, 3, wgrad) == conv2d_algo::direct);    // the first layer's wgrad
-  CHECK(pick(1, 16, 28, 3, fprop) == conv2d_algo::implicit);  // K = 9: too few taps
+  // wgrad with the 3 x 3 tile: direct up to 32 channels in and out (h23-wgrad).
+  CHECK(pick(32, 32, 14, 3, wgrad) == conv2d_algo::direct); // stage 2 (1.02x)
+  CHECK(pick(32, 32, 28, 3, wgrad) == conv2d_algo::direct); // VGG conv2 (1.10x)
+  CHECK(pick(17, 16, 28, 3, wgrad) == conv2d_algo::direct); // 17 .. 32 channels
+  CHECK(pick(16, 17, 28, 3, wgrad) == conv2d_algo::direct);
+  CHECK(pick(32, 64, 14, 3, wgrad) == conv2d_algo::implicit); // VGG conv3 (0.85x)
+  CHECK(pick(64, 64, 14, 3, wgrad) == conv2d_algo::implicit); // VGG conv4 (0.89x)
+  CHECK(pick(33, 32, 14, 3, wgrad) == conv2d_algo::implicit); // more than 32 channels
+  CHECK(pick(32, 33, 14, 3, wgrad) == conv2d_algo::implicit);
+  CHECK(pick(1, 16, 28, 3, wgrad) == conv2d_algo::direct);   // the first layer's wgrad
+  CHECK(pick(1, 32, 28, 3, wgrad) == conv2d_algo::direct);   // VGG conv1 (1.11x im2col)
+  CHECK(pick(1, 16, 28, 3, fprop) == conv2d_algo::implicit); // K = 9: too few taps
   // LeNet conv1 (1 -> 6, 5x5 valid on 28x28: K = 25, 24x24 out): direct.
   CHECK(conv2d_choose_algo(make_geometry(128, 1, 6, 28, 28, 5, 5, 1, 0, 0), fprop) ==
         conv2d_algo::direct);

@@ -25,8 +25,9 @@
 //    flipped weights when it is a convolution into >= 3 channels (conv2d_dgrad_runs_blocked),
 //    else the axpys the other way round (with a dy copy whose junk columns are 0); wgrad takes the
 //    dot products of dy (junk columns 0) with the shifted planes, register-blocked too
-//    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile, each slice's images
-//    summed in the registers). No K x P matrix and no packed B panels.
+//    (kernels/conv2d_direct_wgrad.hpp: 3 output channels x 9 taps per tile on AVX-512, 3 x 3
+//    with 16 registers, each slice's images summed in the registers). No K x P matrix and no
+//    packed B panels.
 //  * Winograd F(2x2, 3x3) (kernels/conv2d_winograd.hpp; 3x3, stride 1, dilation 1, one group):
 //    fprop and dgrad (on dy with the flipped, transposed weights) as weight, input and output
 //    transforms around 16 gemms of Cout x Cin by Cin x tiles; no wgrad of its own.
@@ -141,21 +142,27 @@ inline conv2d_algo conv2d_choose_algo(const conv2d_geometry& g,
     // (span 61 in 64 lanes for 49 pixels), 1.00x on LeNet conv2 (8x8, 5x5).
     if (pass == conv2d_pass::wgrad && g.out_plane() >= 196 && m <= 32) return conv2d_algo::direct;
   }
-  // AVX2 (16 registers: direct tiles of 4 channels x 3 registers, wgrad of 1 x 9 taps), measured
-  // on the Zen 3 host (bench_conv2d --compare --cpu, batch 128, 1 thread, 5-7 rounds; README
-  // "ResNet-20 on the Zen 3 AVX2 host ... (h23-r20z)"), implicit / direct: 1.27-1.37x fprop,
-  // 1.11-1.35x dgrad, 1.11-1.15x wgrad on the 16-channel 28x28 / 32x32 stage of ResNet-20;
-  // wgrad of the first layers (Cin 1 or 3, 16 out) 1.2x im2col, 1.65x implicit; LeNet conv1's
-  // fprop (6 out, 24x24) 1.41x. With 32 or 64 channels on >= 14x14 direct ran 0.77-1.18x fprop /
-  // dgrad (Winograd beat it there) and 0.66-0.84x wgrad; on 7x7 / 8x8 planes 0.81-1.02x fprop /
-  // dgrad and 0.53-0.54x wgrad: those stay with implicit GEMM or Winograd.
-  if (detail::conv2d_direct_preferred_narrow && stride1 && !pointwise && m <= 16 &&
-      g.in_channels_per_group() <= 16 && g.out_plane() >= 196) {
+  // AVX2 (16 registers: direct tiles of 4 channels x 3 registers), measured on the Zen 3 host
+  // (bench_conv2d --compare --cpu, batch 128, 1 thread, 5-7 rounds; README "ResNet-20 on the Zen 3
+  // AVX2 host ... (h23-r20z)"), implicit / direct: 1.27-1.37x fprop, 1.11-1.35x dgrad on the
+  // 16-channel 28x28 / 32x32 stage of ResNet-20; LeNet conv1's fprop (6 out, 24x24) 1.41x. With
+  // 32 or 64 channels on >= 14x14 direct ran 0.77-1.18x fprop / dgrad (Winograd beat it there);
+  // on 7x7 / 8x8 planes 0.81-1.02x: those stay with implicit GEMM or Winograd. wgrad, with the
+  // 3 x 3 tile (README "ResNet-20 training on AVX2: the direct wgrad tile ... (h23-wgrad)", CPU
+  // time, medians of 9 paired rounds), implicit / direct: 1.36-1.6x on ResNet-20's 16-channel
+  // stage (5 rounds), 1.10x on VGG conv2 (32 channels, 28x28), 1.02x / 1.04x on the 32-channel
+  // 14x14 / 16x16 stages; 0.85x / 0.89x with 64 out on 14x14 (VGG conv3 / 4), 0.79x on 7x7
+  // (ResNet-20 stage 3); VGG conv1 (1 -> 32 on 28x28) 1.11x im2col; the first layers of
+  // ResNet-20 (Cin 1 or 3, 16 out) ran 1.2x im2col, 1.65x implicit with the 1 x 9 tile before.
+  if (detail::conv2d_direct_preferred_narrow && stride1 && !pointwise && g.out_plane() >= 196) {
+    const std::size_t in = g.in_channels_per_group();
     const std::size_t taps = g.kernel_h * g.kernel_w;
-    if (pass == conv2d_pass::fprop && g.filter_size() >= 25) return conv2d_algo::direct;
-    if (pass == conv2d_pass::dgrad && detail::conv2d_dgrad_runs_blocked(g) && m * taps >= 25)
+    if (pass == conv2d_pass::wgrad && m <= 32 && in <= 32) return conv2d_algo::direct;
+    if (pass == conv2d_pass::fprop && m <= 16 && in <= 16 && g.filter_size() >= 25)
       return conv2d_algo::direct;
-    if (pass == conv2d_pass::wgrad) return conv2d_algo::direct;
+    if (pass == conv2d_pass::dgrad && m <= 16 && in <= 16 && detail::conv2d_dgrad_runs_blocked(g) &&
+        m * taps >= 25)
+      return conv2d_algo::direct;
   }
   // A 1x1 kernel: unstrided and unpadded it is a plain gemm on x (nothing to lower); strided (a
   // ResNet projection shortcut) it lowers to one strided copy of x either way, and its gemm is

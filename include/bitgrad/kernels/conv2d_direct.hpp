@@ -70,9 +70,10 @@ struct conv2d_direct_tile {
 /// instructions (callgrind; not timed).
 inline constexpr bool conv2d_direct_preferred = std::is_base_of_v<xsimd::avx512f, simd_arch>;
 
-/// Whether conv2d_choose_algo picks the direct kernels on AVX2 (4 x 3 fprop / dgrad tiles, 1 x 9
-/// wgrad tiles) where measured faster there: layers of at most 16 channels in and out on planes
-/// of >= 14 x 14 (conv2d_choose_algo). Not SSE or NEON (never measured).
+/// Whether conv2d_choose_algo picks the direct kernels on AVX2 (4 x 3 fprop / dgrad tiles, 3 x 3
+/// wgrad tiles) where measured faster there: on planes of >= 14 x 14, fprop and dgrad of layers
+/// of at most 16 channels in and out, wgrad of at most 32 (conv2d_choose_algo). Not SSE or NEON
+/// (never measured).
 inline constexpr bool conv2d_direct_preferred_narrow =
     std::is_base_of_v<xsimd::avx2, simd_arch> && !std::is_base_of_v<xsimd::avx512f, simd_arch>;
 

@@ -13,9 +13,11 @@
 //     dW[o][c][i][j] = sum_n sum_{q < span_pad} dys[n][o][q] * xs[n][c][q + off(i, j)],
 //   the zeros of dys dropping the junk columns and the padding of the span.
 //   tile : MR output channels x NT taps of one input channel, MR x NT accumulator registers
-//          (AVX-512: 3 x 9 = 27 + 3 dy registers + 1 x register of 32; SSE / AVX: 1 x 9 of 16).
-//          Per register of pixels q: MR loads of dys, then per tap one unaligned load of xs at
-//          q + off and MR FMAs. The lanes are summed once per tile, after all the slice's images.
+//          (AVX-512: 3 x 9 = 27 + 3 dy registers + 1 x register of 32; SSE / AVX: 3 x 3 = 9 + 3
+//          + 1 of 16, a 3x3 kernel in 3 chunks). Per register of pixels q: MR loads of dys, then
+//          per tap one unaligned load of xs at q + off and MR FMAs: MR + NT loads for MR NT FMAs
+//          (AVX2: 6 loads per 9 FMAs, where 1 x 9 took 10). The lanes are summed once per tile,
+//          after all the slice's images.
 //
 //            q ->                       taps t0 .. t0+NT-1
 //   dys[o0]    [dv 0]   x  xs_c[q + off(t)]  ->  acc[0][0 .. NT-1]
@@ -23,7 +25,7 @@
 //   dys[o0+MR-1] [dv MR-1]                   ->  acc[MR-1][..]
 //
 // Taps come in chunks of NT; a last, shorter chunk reads tap 0's offset for its missing taps and
-// drops those sums (5x5: 3 chunks, 27 dot products for 25).
+// drops those sums (5x5 with NT = 9: 3 chunks, 27 dot products for 25; NT = 3: 9 chunks, 27).
 // The reference twin is ref::conv2d_wgrad (kernels/ref/conv2d.hpp).
 #pragma once
 
@@ -47,9 +49,10 @@ struct conv2d_wgrad_tile {
   static constexpr std::size_t lanes = batch::size;
   static constexpr bool wide = std::is_base_of_v<xsimd::avx512f, simd_arch>;
   /// Output channels per tile.
-  static constexpr std::size_t mr = wide ? 3 : 1;
-  /// Taps per tile (a 3x3 kernel in one chunk).
-  static constexpr std::size_t nt = 9;
+  static constexpr std::size_t mr = 3;
+  /// Taps per tile: AVX-512 a 3x3 kernel in one chunk; 16 registers hold 3 x 3 (a 3x3 kernel in
+  /// three chunks).
+  static constexpr std::size_t nt = wide ? 9 : 3;
   /// Elements of a tile's sums (mu x nt, rounded up to whole registers).
   static constexpr std::size_t sums_size(std::size_t mu) {
     return (mu * nt + lanes - 1) / lanes * lanes;
@@ -95,7 +98,9 @@ inline std::vector<std::size_t> conv2d_wgrad_offsets(const conv2d_geometry& g,
 
 /// b, kept in a register: without this GCC 12 folds the load of the shifted x into each of the
 /// MR FMAs that use it (MR loads, each split across two cache lines, per tap: load bound at
-/// 0.4-0.6x implicit GEMM), where one load and MR register FMAs are FMA bound.
+/// 0.4-0.6x implicit GEMM), where one load and MR register FMAs are FMA bound. The same for dy
+/// on AVX2, whose 3 x 3 tile GCC otherwise compiled to 3 x loads and 9 FMAs with dy from memory
+/// (12 loads per 9 FMAs); the AVX-512 tile's code is the same with or without it.
 template <class B>
 BITGRAD_ALWAYS_INLINE B conv2d_wgrad_in_register(B b) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -148,7 +153,7 @@ void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
     for (std::size_t q = 0; q < l.span_pad; q += lanes) {
       batch dv[MU];
       static_for<MU>([&](auto r) BITGRAD_INLINE_LAMBDA {
-        dv[r] = batch::load_unaligned(d + r * l.span_pad + q);
+        dv[r] = conv2d_wgrad_in_register(batch::load_unaligned(d + r * l.span_pad + q));
       });
       static_for<nt>([&](auto t) BITGRAD_INLINE_LAMBDA {
         const batch xv = conv2d_wgrad_in_register(batch::load_unaligned(x + off[t] + q));
@@ -172,6 +177,16 @@ void conv2d_wgrad_tile_kernel(const conv2d_wgrad_layout& l, std::size_t images,
     xsimd::haddp(flat + i).store_aligned(lane);
     for (std::size_t j = 0; j < lanes; ++j) sums[i + row_of[j]] = lane[j];
   }
+}
+
+/// conv2d_wgrad_tile_kernel<T, mu> for a runtime mu in [1, MU] (the last, ragged block of
+/// output channels).
+template <class T, std::size_t MU>
+void conv2d_wgrad_tile_rows(std::size_t mu, const conv2d_wgrad_layout& l, std::size_t images,
+                            const std::size_t* off, const T* xc, const T* dyo, T* sums) {
+  if constexpr (MU > 1)
+    if (mu < MU) return conv2d_wgrad_tile_rows<T, MU - 1>(mu, l, images, off, xc, dyo, sums);
+  conv2d_wgrad_tile_kernel<T, MU>(l, images, off, xc, dyo, sums);
 }
 
 /// Lays `count` images of one group of x and dy out as xs and dys (see the top of this header).
@@ -218,17 +233,7 @@ void conv2d_direct_wgrad_slice(const conv2d_geometry& g, const conv2d_wgrad_layo
           T sums[tile::sums_size(mr)];
           const T* const xc = xs + c * l.plane;
           const T* const dyo = dys + o0 * l.span_pad;
-          if constexpr (mr == 3) {
-            if (mu == 3)
-              conv2d_wgrad_tile_kernel<T, 3>(l, count, off + t0, xc, dyo, sums);
-            else if (mu == 2)
-              conv2d_wgrad_tile_kernel<T, 2>(l, count, off + t0, xc, dyo, sums);
-            else
-              conv2d_wgrad_tile_kernel<T, 1>(l, count, off + t0, xc, dyo, sums);
-          } else {
-            static_assert(mr == 1, "conv2d_wgrad_tile: mr is 1 or 3");
-            conv2d_wgrad_tile_kernel<T, 1>(l, count, off + t0, xc, dyo, sums);
-          }
+          conv2d_wgrad_tile_rows<T, mr>(mu, l, count, off + t0, xc, dyo, sums);
           const std::size_t tn = std::min(nt, l.taps - t0);
           for (std::size_t r = 0; r < mu; ++r)
             std::copy_n(sums + r * nt, tn, dwg + (o0 + r) * k + c * l.taps + t0);
