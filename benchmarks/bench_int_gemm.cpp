@@ -22,7 +22,8 @@
 // the packed kernels run on the calling thread), int_gemm/peak/<path>. The counter GOP/s is
 // 2 m n K operations per call over wall time. The peak rows run independent chains of the
 // path's multiply instruction on registers only (vpdpbusd for the VNNI paths, as bench_gemm
-// measures the FMA peak; see "register-only peaks" below). The final table uses the rate per second
+// measures the FMA peak; see "register-only peaks" below); int_gemm/peak/avx2_int16 adds the
+// AVX2 int16 kernel's vpaddw to each vpmaddubsw. The final table uses the rate per second
 // of the calling thread's CPU time (the machine this was written on is shared, where wall time
 // mostly measures the other processes) and gives each row as a share of its own path's peak, of the
 // machine's best peak and of the float GEMM on the same shape.
@@ -226,6 +227,30 @@ BITGRAD_TARGET_AVX2 void peak_loop_avx2() {
   for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi16(sum, acc[i]);
   benchmark::DoNotOptimize(sum);
 }
+/// The AVX2 int16 kernel's instruction pair on registers only: per chain s += vpmaddubsw(x, y)
+/// (vpaddw into int16 sums, as avx2_quad_int16 per row and register half), one asm statement
+/// per chain so the loop-invariant product cannot be hoisted out of the loop. Its rate over
+/// peak_loop_avx2's is the share of the multiplier the adds leave (int_gemm/peak/avx2_int16).
+BITGRAD_TARGET_AVX2 void peak_loop_avx2_int16() {
+  constexpr std::size_t chains = peak_chains(int_isa::avx2);
+  __m256i acc[chains];
+  const __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+#pragma GCC unroll 16
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = _mm256_set1_epi16(short(i));
+  for (std::size_t p = 0; p < peak_steps; ++p)
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < chains; ++i) {
+      __m256i product;
+      asm("vpmaddubsw %[y], %[x], %[p]\n\t"
+          "vpaddw %[p], %[s], %[s]"
+          : [s] "+x"(acc[i]), [p] "=&x"(product)
+          : [x] "x"(x), [y] "x"(y));
+    }
+  __m256i sum = acc[0];
+#pragma GCC unroll 16
+  for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi16(sum, acc[i]);
+  benchmark::DoNotOptimize(sum);
+}
 BITGRAD_TARGET_SSE2 void peak_loop_sse2() {
   constexpr std::size_t chains = peak_chains(int_isa::sse2);
   __m128i acc[chains];
@@ -275,6 +300,16 @@ void run_peak(benchmark::State& state, int_isa p) {
   state.counters["ops_per_call"] = peak_ops(p);
 }
 
+#if BITGRAD_PACKED_X86
+/// int_gemm/peak/avx2_int16: peak_loop_avx2_int16, 32 multiply-adds per vpmaddubsw.
+void run_peak_avx2_int16(benchmark::State& state) {
+  const double seconds =
+      bitgrad::bench::seconds_in_calls(state, peak_loop_avx2_int16, /*warm_up=*/false);
+  state.counters["GOP/s"] = peak_ops(int_isa::avx2) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = peak_ops(int_isa::avx2);
+}
+#endif
+
 /// Prints like the console reporter and keeps each row's best rate per CPU second (over
 /// repetitions) for the final table.
 class rate_reporter : public benchmark::ConsoleReporter {
@@ -320,6 +355,11 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark((std::string("int_gemm/peak/") + int_isa_name(p)).c_str(),
                                  run_peak, p)
         ->Unit(benchmark::kMicrosecond);
+#if BITGRAD_PACKED_X86
+  if (int_isa_supported(int_isa::avx2))
+    benchmark::RegisterBenchmark("int_gemm/peak/avx2_int16", run_peak_avx2_int16)
+        ->Unit(benchmark::kMicrosecond);
+#endif
 
   const std::vector<int_shape> all = shapes();
   for (const int_shape& s : all) {
@@ -357,6 +397,10 @@ int main(int argc, char** argv) {
     std::printf("\nmeasured peak, %s, 1 thread: %.1f GOP/s per CPU second", int_isa_name(p), r);
     if (r > machine_peak) machine_peak = r, machine_peak_path = int_isa_name(p);
   }
+  if (const double r = rate("int_gemm/peak/avx2_int16"); r > 0)
+    std::printf("\nmeasured vpmaddubsw + vpaddw (the AVX2 int16 kernel's pair), 1 thread: %.1f "
+                "GOP/s per CPU second",
+                r);
   std::printf("\nmachine int8 peak: %.1f GOP/s per CPU second (%s)\n", machine_peak,
               machine_peak_path.c_str());
   std::printf("\n| shape | m x n x K | path | bits | GOP/s (CPU) | / path peak | / machine peak | "

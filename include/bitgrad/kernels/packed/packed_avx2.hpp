@@ -38,6 +38,13 @@ template <>
 struct packed_isa_traits<isa::avx2> {
   using panel = std::int8_t;
   static constexpr std::int32_t activation_shift = 0;
+  /// The GEMM drivers leave packed_rows_pair (tile pairs, bottom of this header) unused: on
+  /// the Zen 3 host (AVX2, 2026-12-07, issue 19, h19-pair2) it ran no faster than the one-tile
+  /// kernel on both tiles. Kernel alone, 64 rows x 2 tiles, 36 / 72 / 144 quads, best of 15
+  /// CPU times: pair / one-tile time 1.01-1.07 (k = 1, 2, 4), 1.11-1.23 (k = 6) at MR = 2;
+  /// 1.04-1.11 at MR = 3. VGG-style and ResNet-20 at batch 256: CPU per call level within
+  /// the noise (medians 1.01 / 0.99 over 7 rounds), 1.2-2.5 % fewer instructions (callgrind).
+  static constexpr bool tile_pairs = false;
 };
 
 /// Fields of plane width F in dot order: lo = elements 0..31, hi = elements 32..63.
@@ -333,6 +340,121 @@ inline void packed_rows(isa::avx2, std::size_t rows, const std::uint8_t* x, std:
     avx2_rows_int16_all(rows, x, lda, nq, tail, group, panel, c, accumulate);
   else
     avx2_rows_all<false>(rows, x, lda, nq, tail, panel, c, accumulate);
+}
+
+/// Tile pairs, one whole quad for MR <= 2 rows of both tiles into int16 sums: s(r, 0..1) +=
+/// vpmaddubsw(x(r, quad), tile 0's two registers at w0), s(r, 2..3) the same with tile 1's at
+/// w1; one broadcast feeds four multiplies (32 channels). The four panel registers are loaded
+/// once per quad: 8 sums + 4 panel + broadcast + product = 14 ymm. (MR = 3, 12 sums with the
+/// panel as vpmaddubsw's memory operand, measured: see avx2_rows_pair_group.) One asm statement per
+/// row, as avx2_quad_int16 (which see).
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 __attribute__((always_inline)) inline void
+avx2_quad_pair_int16(__m256i (&s)[MR][4], const std::uint8_t* x, std::size_t lda,
+                     const std::int8_t* w0, const std::int8_t* w1) {
+  static_assert(MR <= 2, "16 ymm registers: 4 MR sums + 4 panel + 2 scratch");
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + 32));
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1));
+  const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + 32));
+#pragma GCC unroll 2
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m256i xb, product;
+    // AT&T order: vpmaddubsw w, xb, product = vpmaddubsw(xb (u8), w (s8)).
+    asm("vpbroadcastd %[x], %[xb]\n\t"
+        "vpmaddubsw %[a], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s0], %[s0]\n\t"
+        "vpmaddubsw %[b], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s1], %[s1]\n\t"
+        "vpmaddubsw %[c], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s2], %[s2]\n\t"
+        "vpmaddubsw %[d], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s3], %[s3]"
+        : [s0] "+x"(s[r][0]), [s1] "+x"(s[r][1]), [s2] "+x"(s[r][2]), [s3] "+x"(s[r][3]),
+          [xb] "=&x"(xb), [p] "=&x"(product)
+        : [a] "x"(a), [b] "x"(b), [c] "x"(c), [d] "x"(d),
+          [x] "m"(*reinterpret_cast<const std::uint8_t(*)[packed_quad]>(x + r * lda)));
+  }
+}
+
+/// One int16 group for MR rows of a tile pair (avx2_rows_int16 on two tiles): c0(r, :) (+)=
+/// sum over quads q < nq of x(r, 4q..4q+3) . panel(q), c1(r, :) the same with the panel at
+/// panel + panel_stride; 1 <= nq <= avx2_int16_quads(k), all quads whole.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 void avx2_rows_pair_int16(const std::uint8_t* x, std::size_t lda,
+                                              std::size_t nq, const std::int8_t* panel,
+                                              std::size_t panel_stride, std::int32_t* c0,
+                                              std::int32_t* c1, bool accumulate) {
+  __m256i s[MR][4];
+#pragma GCC unroll 4
+  for (std::size_t r = 0; r < MR; ++r)
+    s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm256_setzero_si256();
+  const std::int8_t* const end = panel + nq * packed_quad_codes;
+  for (; panel != end; panel += packed_quad_codes, x += packed_quad)
+    avx2_quad_pair_int16<MR>(s, x, lda, panel, panel + panel_stride);
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+  for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (std::size_t h = 0; h < 4; ++h) {
+      auto* dst = reinterpret_cast<__m256i*>((h < 2 ? c0 : c1) + r * packed_tile + 8 * (h % 2));
+      const __m256i v = _mm256_madd_epi16(s[r][h], ones);
+      _mm256_storeu_si256(dst, accumulate ? _mm256_add_epi32(_mm256_loadu_si256(dst), v) : v);
+    }
+}
+
+/// One int16 group of a tile pair on rows i < rows, 2 at a time, then 1. (MR = 3, 12 sums
+/// with the panel as vpmaddubsw's memory operand, 15 loads per 12 multiplies, measured in the
+/// traits' loop: pair / one-tile time 1.04-1.08 at k = 1, 2, 4 (MR = 2: 1.01-1.07), 1.06-1.11
+/// at k = 6 (MR = 2: 1.11-1.23); slower than the one-tile kernel either way, not kept.)
+inline void avx2_rows_pair_group(std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                                 std::size_t nq, const std::int8_t* panel, std::size_t panel_stride,
+                                 std::int32_t* c0, std::int32_t* c1, bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 2 <= rows; i += 2)
+    avx2_rows_pair_int16<2>(x + i * lda, lda, nq, panel, panel_stride, c0 + i * packed_tile,
+                            c1 + i * packed_tile, accumulate);
+  if (i < rows)
+    avx2_rows_pair_int16<1>(x + i * lda, lda, nq, panel, panel_stride, c0 + i * packed_tile,
+                            c1 + i * packed_tile, accumulate);
+}
+
+/// Two tiles at once for rows i < rows (packed_rows_pair of packed_avx512_vnni.hpp: segments s
+/// of nq[s] whole quads of the rows at x + off[s], row i at + i * lda, then a quad of `tail`
+/// inputs after the last segment's quads when tail > 0; tile 0's panel at panel, tile 1's at
+/// panel + panel_stride, their sums in c0 / c1, row i at + i * packed_tile). Bit classes
+/// 1..6: int16 groups of avx2_int16_quads(bits) quads (a group ends at a segment's end) on
+/// avx2_rows_pair_int16; classes 7 and 8 (one quad per group, or split activations) and the
+/// tail quad run each tile on the one-tile kernels.
+inline void packed_rows_pair(isa::avx2, std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                             const std::size_t* off, const std::size_t* nq, std::size_t segments,
+                             std::size_t tail, int bits, const std::int8_t* panel,
+                             std::size_t panel_stride, std::int32_t* c0, std::int32_t* c1,
+                             bool accumulate) {
+  const std::size_t group = bits == 8 ? 0 : avx2_int16_quads(bits);
+  const std::uint8_t* xs = x;
+  const std::int8_t* p = panel;
+  if (group < 2) {
+    for (std::size_t s = 0; s < segments; ++s, accumulate = true) {
+      xs = x + off[s];
+      packed_rows(isa::avx2{}, rows, xs, lda, nq[s], 0, bits, p, c0, accumulate);
+      packed_rows(isa::avx2{}, rows, xs, lda, nq[s], 0, bits, p + panel_stride, c1, accumulate);
+      xs += nq[s] * packed_quad, p += nq[s] * packed_quad_codes;
+    }
+  } else {
+    for (std::size_t s = 0; s < segments; ++s) {
+      xs = x + off[s];
+      for (std::size_t q0 = 0; q0 < nq[s]; q0 += group, accumulate = true)
+        avx2_rows_pair_group(rows, xs + q0 * packed_quad, lda, std::min(group, nq[s] - q0),
+                             p + q0 * packed_quad_codes, panel_stride, c0, c1, accumulate);
+      xs += nq[s] * packed_quad, p += nq[s] * packed_quad_codes;
+    }
+  }
+  if (tail || !accumulate) { // the tail quad (or, with no quads at all, the zero sums)
+    packed_rows(isa::avx2{}, rows, xs, lda, tail ? 1 : 0, tail, bits, p, c0, accumulate);
+    packed_rows(isa::avx2{}, rows, xs, lda, tail ? 1 : 0, tail, bits, p + panel_stride, c1,
+                accumulate);
+  }
 }
 
 } // namespace bitgrad::detail
