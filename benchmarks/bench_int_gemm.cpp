@@ -23,7 +23,8 @@
 // 2 m n K operations per call over wall time. The peak rows run independent chains of the
 // path's multiply instruction on registers only (vpdpbusd for the VNNI paths, as bench_gemm
 // measures the FMA peak; see "register-only peaks" below); int_gemm/peak/avx2_int16 adds the
-// AVX2 int16 kernel's vpaddw to each vpmaddubsw. The final table uses the rate per second
+// AVX2 int16 kernel's vpaddw to each vpmaddubsw. int_gemm/kernel/avx2_{one,pair}/... time the
+// AVX2 micro-kernels alone (run_avx2_kernel). The final table uses the rate per second
 // of the calling thread's CPU time (the machine this was written on is shared, where wall time
 // mostly measures the other processes) and gives each row as a share of its own path's peak, of the
 // machine's best peak and of the float GEMM on the same shape.
@@ -317,6 +318,44 @@ void run_peak_avx2_int16(benchmark::State& state) {
 }
 #endif
 
+#if BITGRAD_PACKED_X86
+/// int_gemm/kernel/avx2_{one,pair}/<k>bit/<nq>q: the AVX2 micro-kernels alone on a decoded
+/// panel pair in L1, 64 rows (one row block) x 2 tiles x nq quads, codes uniform on class k's
+/// grid, x random: the one-tile kernel on each tile (packed_rows, what the GEMM drivers run)
+/// against the tile-pair kernel (packed_rows_pair, left unused: packed_avx2.hpp's traits).
+void run_avx2_kernel(benchmark::State& state, bool pair, int bits, std::size_t nq) {
+  constexpr std::size_t rows = 64;
+  const std::size_t lda = nq * packed_quad, panel_stride = nq * packed_quad_codes + 64;
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> x(rows * lda);
+  for (std::uint8_t& v : x) v = std::uint8_t(rng());
+  const int lo = bits == 1 ? -1 : -(1 << (bits - 1)), hi = bits == 1 ? 1 : -lo - 1;
+  std::vector<std::int8_t> panel(2 * panel_stride);
+  for (std::int8_t& v : panel) {
+    const int c = lo + int(rng() % std::uint32_t(hi - lo + 1));
+    v = std::int8_t(bits == 1 && c == 0 ? 1 : c);
+  }
+  std::vector<std::int32_t> c(2 * rows * packed_tile);
+  std::int32_t* const c1 = c.data() + rows * packed_tile;
+  const std::size_t off = 0;
+  auto call = [&] {
+    if (pair) {
+      detail::packed_rows_pair(isa::avx2{}, rows, x.data(), lda, &off, &nq, 1, 0, bits,
+                               panel.data(), panel_stride, c.data(), c1, false);
+    } else {
+      detail::packed_rows(isa::avx2{}, rows, x.data(), lda, nq, 0, bits, panel.data(), c.data(),
+                          false);
+      detail::packed_rows(isa::avx2{}, rows, x.data(), lda, nq, 0, bits,
+                          panel.data() + panel_stride, c1, false);
+    }
+  };
+  const double seconds = bitgrad::bench::seconds_in_calls(state, call);
+  const double ops = 2.0 * double(rows * 2 * packed_tile * nq * packed_quad);
+  state.counters["GOP/s"] = ops * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = ops;
+}
+#endif
+
 /// Prints like the console reporter and keeps each row's best rate per CPU second (over
 /// repetitions) for the final table.
 class rate_reporter : public benchmark::ConsoleReporter {
@@ -363,9 +402,22 @@ int main(int argc, char** argv) {
                                  run_peak, p)
         ->Unit(benchmark::kMicrosecond);
 #if BITGRAD_PACKED_X86
-  if (int_isa_supported(int_isa::avx2))
+  const std::vector<int> kernel_bits = {1, 2, 4, 6};
+  const std::vector<std::size_t> kernel_quads = {36, 72, 144};
+  if (int_isa_supported(int_isa::avx2)) {
     benchmark::RegisterBenchmark("int_gemm/peak/avx2_int16", run_peak_avx2_int16)
         ->Unit(benchmark::kMicrosecond);
+    for (int bits : kernel_bits)
+      for (std::size_t nq : kernel_quads)
+        for (bool pair : {false, true})
+          benchmark::RegisterBenchmark((std::string("int_gemm/kernel/avx2_") +
+                                        (pair ? "pair/" : "one/") + std::to_string(bits) + "bit/" +
+                                        std::to_string(nq) + "q")
+                                           .c_str(),
+                                       run_avx2_kernel, pair, bits, nq)
+              ->Unit(benchmark::kMicrosecond)
+              ->MinTime(0.1);
+  }
 #endif
 
   const std::vector<int_shape> all = shapes();
@@ -410,6 +462,18 @@ int main(int argc, char** argv) {
                 r);
   std::printf("\nmachine int8 peak: %.1f GOP/s per CPU second (%s)\n", machine_peak,
               machine_peak_path.c_str());
+#if BITGRAD_PACKED_X86
+  for (int bits : kernel_bits)
+    for (std::size_t nq : kernel_quads) {
+      const std::string tail = std::to_string(bits) + "bit/" + std::to_string(nq) + "q";
+      const double one = rate("int_gemm/kernel/avx2_one/" + tail),
+                   pair = rate("int_gemm/kernel/avx2_pair/" + tail);
+      if (one > 0 && pair > 0)
+        std::printf("AVX2 kernel alone, %d bit, 64 rows x 32 channels x %zu quads: one-tile %.1f, "
+                    "pair %.1f GOP/s per CPU second, pair / one-tile time %.3f\n",
+                    bits, nq, one, pair, one / pair);
+    }
+#endif
   std::printf("\n| shape | m x n x K | path | bits | GOP/s (CPU) | / path peak | / machine peak | "
               "/ float GEMM |\n|---|---|---|---:|---:|---:|---:|---:|\n");
   for (const int_shape& s : all) {
