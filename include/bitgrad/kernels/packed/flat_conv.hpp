@@ -280,9 +280,8 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
           accumulate);
     };
     const flat_conv_out<Out> flat{out, ow0, wp, ow_n, r - r0};
-    if constexpr (packed_uses_tile_pairs<Arch>() &&
-                  requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
-                    packed_rows_pair(arch, m, x, C, s, s, m, m, 1, p, m, c, c, true);
+    if constexpr (requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
+                    packed_rows_pair(arch, m, x, C, s, s, m, m, p, m, c, c, true);
                   }) {
       // Tile pairs (packed_gemm_blocks): both tiles' kernel rows as segments of one call; a
       // range of more kernel rows than max_segments runs rows() on each tile.
@@ -302,7 +301,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
           off[segments] = a * wp * C + (qa0 - a * kq) * packed_quad;
           nq[segments] = std::min(q1, (a + 1) * kq) - qa0;
         }
-        packed_rows_pair(arch, mb, base + i0 * C, C, off, nq, segments, 0, k, panel, panel_stride,
+        packed_rows_pair(arch, mb, base + i0 * C, C, off, nq, segments, 0, panel, panel_stride,
                          acc0, acc1, accumulate);
       };
       packed_gemm_blocks(arch, m, rows, 0, z, w, flat, rows_pair, panel_ready);

@@ -38,14 +38,6 @@ template <>
 struct packed_isa_traits<isa::avx2> {
   using panel = std::int8_t;
   static constexpr std::int32_t activation_shift = 0;
-  /// The GEMM drivers leave packed_rows_pair (tile pairs, bottom of this header) unused: on
-  /// the Zen 3 host (AVX2, 2026-12-07, issue 19, h19-pair2) it ran no faster than the one-tile
-  /// kernel on both tiles. Kernel alone, 64 rows x 2 tiles, 36 / 72 / 144 quads, best of 15
-  /// CPU times: pair / one-tile time 1.00-1.07 (k = 1, 2, 4), 1.11-1.27 (k = 6) at MR = 2;
-  /// 1.04-1.11 at MR = 3 (benchmarks/README.md). VGG-style and ResNet-20 at batch 256: CPU per call
-  /// level within the noise (medians 1.01 / 0.99 over 7 rounds), 1.2-3.5 % fewer instructions
-  /// (callgrind).
-  static constexpr bool tile_pairs = false;
 };
 
 /// Fields of plane width F in dot order: lo = elements 0..31, hi = elements 32..63.
@@ -406,8 +398,9 @@ BITGRAD_TARGET_AVX2 void avx2_rows_pair_int16(const std::uint8_t* x, std::size_t
 
 /// One int16 group of a tile pair on rows i < rows, 2 at a time, then 1. (MR = 3, 12 sums
 /// with the panel as vpmaddubsw's memory operand, 15 loads per 12 multiplies, measured in the
-/// traits' loop: pair / one-tile time 1.04-1.08 at k = 1, 2, 4 (MR = 2: 1.00-1.07), 1.06-1.11
-/// at k = 6 (MR = 2: 1.11-1.27); slower than the one-tile kernel either way, not kept.)
+/// loop of packed_rows_pair's comment: pair / one-tile time 1.04-1.08 at k = 1, 2, 4 (MR =
+/// 2: 1.00-1.07), 1.06-1.11 at k = 6 (MR = 2: 1.11-1.27); slower than the one-tile kernel either
+/// way, not kept.)
 inline void avx2_rows_pair_group(std::size_t rows, const std::uint8_t* x, std::size_t lda,
                                  std::size_t nq, const std::int8_t* panel, std::size_t panel_stride,
                                  std::int32_t* c0, std::int32_t* c1, bool accumulate) {
@@ -420,6 +413,17 @@ inline void avx2_rows_pair_group(std::size_t rows, const std::uint8_t* x, std::s
                             c1 + i * packed_tile, accumulate);
 }
 
+/// Tile pairs on AVX2, not wired into the GEMM drivers (packed_gemm_run, packed_conv_flat_run
+/// look for packed_rows_pair without the bit class, AVX-512 VNNI's signature): on the Zen 3
+/// host (2026-12-07, issue 19, h19-pair2, benchmarks/README.md) it ran no faster than the
+/// one-tile kernel on both tiles. Kernel alone, 64 rows x 2 tiles, 36 / 72 / 144 quads, best
+/// of 15 CPU times: pair / one-tile time 1.00-1.07 (k = 1, 2, 4), 1.11-1.27 (k = 6) at MR = 2,
+/// 1.04-1.11 at MR = 3; wired in, VGG-style and ResNet-20 at batch 256 took the same CPU per
+/// call within the noise (medians 1.015 / 0.982 over 7 rounds) for 1.2-3.5 % fewer
+/// instructions (callgrind). Without VNNI each multiply needs its own vpaddw, so a pair issues
+/// the instructions of the one-tile kernel but for loads moved from broadcasts to the panel,
+/// and the loads were not the limit. To wire it: pass the class to packed_rows_pair there.
+///
 /// Two tiles at once for rows i < rows (packed_rows_pair of packed_avx512_vnni.hpp: segments s
 /// of nq[s] whole quads of the rows at x + off[s], row i at + i * lda, then a quad of `tail`
 /// inputs after the last segment's quads when tail > 0; tile 0's panel at panel, tile 1's at

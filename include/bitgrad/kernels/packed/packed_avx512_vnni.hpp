@@ -349,9 +349,9 @@ avx512_rows_pair(const std::uint8_t* x, std::size_t lda, const std::size_t* off,
 /// Two tiles at once (avx512_rows_pair) for rows i < rows: c0 / c1 row i at + i * packed_tile.
 inline void packed_rows_pair(isa::avx512_vnni, std::size_t rows, const std::uint8_t* x,
                              std::size_t lda, const std::size_t* off, const std::size_t* nq,
-                             std::size_t segments, std::size_t tail, int /*bits: any*/,
-                             const std::int8_t* panel, std::size_t panel_stride, std::int32_t* c0,
-                             std::int32_t* c1, bool accumulate) {
+                             std::size_t segments, std::size_t tail, const std::int8_t* panel,
+                             std::size_t panel_stride, std::int32_t* c0, std::int32_t* c1,
+                             bool accumulate) {
   std::size_t i = 0;
   auto call = [&](auto mr) {
     constexpr std::size_t MR = decltype(mr)::value;

@@ -24,20 +24,8 @@ namespace bitgrad::detail {
 ///   using panel = std::int8_t or std::int16_t;   the transient panel's element type
 ///   static constexpr std::int32_t activation_shift; the kernel multiplies x - shift, not x
 ///                                                   (neon_dot: 128, so u8 becomes s8)
-///   static constexpr bool tile_pairs (optional);    false: the GEMM drivers leave the path's
-///                                                   packed_rows_pair unused (packed_gemm.hpp)
 template <class Arch>
 struct packed_isa_traits;
-
-/// Whether packed_gemm_run and packed_conv_flat_run take path Arch's packed_rows_pair where it
-/// has one: yes unless its traits say tile_pairs = false.
-template <class Arch>
-constexpr bool packed_uses_tile_pairs() {
-  if constexpr (requires { packed_isa_traits<Arch>::tile_pairs; })
-    return packed_isa_traits<Arch>::tile_pairs;
-  else
-    return true;
-}
 
 /// x(i, 4q..4q+3) as one int32 (little-endian bytes), from memory that may hold only `n` (1..4)
 /// of them (the tail quad: the bytes after the row are never read).

@@ -40,8 +40,7 @@
 // the decode is repeated per row block, (m / MC) n K code decodes against m n K multiply-adds;
 // packed_gemv is the same nest at m = 1, where the decode is the main cost.
 //
-// Tile pairs (AVX-512 VNNI, packed_rows_pair; AVX2 has one too, left unused: its traits'
-// tile_pairs, packed_avx2.hpp): the tile loop takes tiles t, t + 1 of a class
+// Tile pairs (AVX-512 VNNI, packed_rows_pair): the tile loop takes tiles t, t + 1 of a class
 // together, two panels and two accumulator blocks, so each activation broadcast feeds 32
 // channels (a single tile needs one load per vpdpbusd and ran at 75-80 % of the peak). A tile
 // that runs alone on the flat plane (flat_conv.hpp: 16-channel convs) takes two quads per
@@ -287,16 +286,15 @@ void packed_gemm_run(Arch arch, std::size_t m, const std::uint8_t* a, std::size_
                 accumulate);
   };
   const std::size_t zero = 0;
-  if constexpr (packed_uses_tile_pairs<Arch>() &&
-                requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
-                  packed_rows_pair(arch, m, a, lda, s, s, m, m, 1, p, m, c, c, true);
+  if constexpr (requires(const std::size_t* s, const panel_t* p, std::int32_t* c) {
+                  packed_rows_pair(arch, m, a, lda, s, s, m, m, p, m, c, c, true);
                 }) {
     // Both tiles of a pair at once: one segment, quads [q0, q1) (the tail quad among them).
     auto rows_pair = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
-                         std::size_t tail, int k, const panel_t* panel, std::size_t panel_stride,
+                         std::size_t tail, int, const panel_t* panel, std::size_t panel_stride,
                          std::int32_t* acc0, std::int32_t* acc1, bool accumulate) {
       const std::size_t whole = tail ? q1 - q0 - 1 : q1 - q0;
-      packed_rows_pair(arch, mb, a + i0 * lda + q0 * packed_quad, lda, &zero, &whole, 1, tail, k,
+      packed_rows_pair(arch, mb, a + i0 * lda + q0 * packed_quad, lda, &zero, &whole, 1, tail,
                        panel, panel_stride, acc0, acc1, accumulate);
     };
     packed_gemm_blocks(arch, m, rows, 0, a_zero, w, out, rows_pair);
