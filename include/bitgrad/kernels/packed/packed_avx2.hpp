@@ -16,7 +16,8 @@
 // then mask, OR a second plane in, subtract 2^(k-1) (k = 1: 2u - 1). AVX-VNNI
 // (packed_avx_vnni.hpp) reuses this decode.
 //
-// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators. Bit classes 1..6 sum several quads'
+// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators (the int16 sums of bit classes 1..6:
+// MR = 6, 12 registers). Bit classes 1..6 sum several quads'
 // vpmaddubsw pairs in int16 before widening them (avx2_int16_quads: one multiply per quad and
 // row-half instead of two); class 7 widens every quad, class 8 splits the activations.
 #pragma once
@@ -296,8 +297,14 @@ void avx2_rows_all(std::size_t rows, const std::uint8_t* x, std::size_t lda, std
     avx2_rows<1, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
 }
 
-/// avx2_rows_int16 on groups of `group` whole quads, on rows of 4, then 2, then 1; a tail quad
-/// (tail < 4 inputs) through avx2_rows, accumulating.
+/// avx2_rows_int16 on groups of `group` whole quads, on rows of 6, then 4, 2, 1; a tail quad
+/// (tail < 4 inputs) through avx2_rows, accumulating. MR = 6 takes all 16 ymm (12 int16 sums,
+/// 2 panel registers, the broadcast, the product) and issues 35 instructions per 12 vpmaddubsw
+/// against MR = 4's 25 per 8: on the Zen 3 host (AVX2, 2026-12-07, issue 19, h19-pair2) the
+/// kernel alone (64 rows x 2 tiles, 36 / 72 / 144 quads, best of 15 CPU times, 2 runs) took
+/// 0.87-0.94 of MR = 4's time at k = 4, 0.87-0.90 at k = 6, 0.94-0.98 at k = 1 and 2; VGG-style
+/// and ResNet-20 at batch 256 0.949 / 0.948 of main's instructions, CPU per call medians 0.891
+/// / 0.847 over 7 rounds (benchmarks/README.md).
 inline void avx2_rows_int16_all(std::size_t rows, const std::uint8_t* x, std::size_t lda,
                                 std::size_t nq, std::size_t tail, std::size_t group,
                                 const std::int8_t* panel, std::int32_t* c, bool accumulate) {
@@ -308,8 +315,12 @@ inline void avx2_rows_int16_all(std::size_t rows, const std::uint8_t* x, std::si
     const std::int8_t* wq = panel + q0 * packed_quad_codes;
     const bool add = accumulate || q0 > 0;
     std::size_t i = 0;
-    for (; i + 4 <= rows; i += 4)
+    for (; i + 6 <= rows; i += 6)
+      avx2_rows_int16<6>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+    if (i + 4 <= rows) {
       avx2_rows_int16<4>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+      i += 4;
+    }
     if (i + 2 <= rows) {
       avx2_rows_int16<2>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
       i += 2;
