@@ -22,7 +22,9 @@
 // the packed kernels run on the calling thread), int_gemm/peak/<path>. The counter GOP/s is
 // 2 m n K operations per call over wall time. The peak rows run independent chains of the
 // path's multiply instruction on registers only (vpdpbusd for the VNNI paths, as bench_gemm
-// measures the FMA peak; see "register-only peaks" below). The final table uses the rate per second
+// measures the FMA peak; see "register-only peaks" below); int_gemm/peak/avx2_int16 adds the
+// AVX2 int16 kernel's vpaddw to each vpmaddubsw. int_gemm/kernel/avx2_{one,pair}/... time the
+// AVX2 micro-kernels alone (run_avx2_kernel). The final table uses the rate per second
 // of the calling thread's CPU time (the machine this was written on is shared, where wall time
 // mostly measures the other processes) and gives each row as a share of its own path's peak, of the
 // machine's best peak and of the float GEMM on the same shape.
@@ -226,6 +228,37 @@ BITGRAD_TARGET_AVX2 void peak_loop_avx2() {
   for (std::size_t i = 1; i < chains; ++i) sum = _mm256_add_epi16(sum, acc[i]);
   benchmark::DoNotOptimize(sum);
 }
+/// The AVX2 int16 kernel's instruction pair on registers only: per chain s += vpmaddubsw(x, y)
+/// (vpaddw into int16 sums, as avx2_quad_int16 per row and register half). One asm statement
+/// holds a step of all 10 chains (with the chains in an array and one statement each, GCC kept
+/// them on the stack, a store and a load per step). Its rate over peak_loop_avx2's is the share
+/// of the multiplier the adds leave (int_gemm/peak/avx2_int16).
+BITGRAD_TARGET_AVX2 void peak_loop_avx2_int16() {
+  static_assert(peak_chains(int_isa::avx2) == 10);
+  const __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+  __m256i s0 = _mm256_set1_epi16(0), s1 = _mm256_set1_epi16(1), s2 = _mm256_set1_epi16(2),
+          s3 = _mm256_set1_epi16(3), s4 = _mm256_set1_epi16(4), s5 = _mm256_set1_epi16(5),
+          s6 = _mm256_set1_epi16(6), s7 = _mm256_set1_epi16(7), s8 = _mm256_set1_epi16(8),
+          s9 = _mm256_set1_epi16(9), product;
+  for (std::size_t p = 0; p < peak_steps; ++p)
+    asm("vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s0], %[s0]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s1], %[s1]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s2], %[s2]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s3], %[s3]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s4], %[s4]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s5], %[s5]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s6], %[s6]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s7], %[s7]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s8], %[s8]\n\t"
+        "vpmaddubsw %[y], %[x], %[p]\n\tvpaddw %[p], %[s9], %[s9]"
+        : [s0] "+x"(s0), [s1] "+x"(s1), [s2] "+x"(s2), [s3] "+x"(s3), [s4] "+x"(s4), [s5] "+x"(s5),
+          [s6] "+x"(s6), [s7] "+x"(s7), [s8] "+x"(s8), [s9] "+x"(s9), [p] "=&x"(product)
+        : [x] "x"(x), [y] "x"(y));
+  __m256i sum = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(s0, s1), s2), s3);
+  sum = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(sum, s4), s5), s6);
+  sum = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(sum, s7), s8), s9);
+  benchmark::DoNotOptimize(sum);
+}
 BITGRAD_TARGET_SSE2 void peak_loop_sse2() {
   constexpr std::size_t chains = peak_chains(int_isa::sse2);
   __m128i acc[chains];
@@ -275,6 +308,54 @@ void run_peak(benchmark::State& state, int_isa p) {
   state.counters["ops_per_call"] = peak_ops(p);
 }
 
+#if BITGRAD_PACKED_X86
+/// int_gemm/peak/avx2_int16: peak_loop_avx2_int16, 32 multiply-adds per vpmaddubsw.
+void run_peak_avx2_int16(benchmark::State& state) {
+  const double seconds =
+      bitgrad::bench::seconds_in_calls(state, peak_loop_avx2_int16, /*warm_up=*/false);
+  state.counters["GOP/s"] = peak_ops(int_isa::avx2) * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = peak_ops(int_isa::avx2);
+}
+#endif
+
+#if BITGRAD_PACKED_X86
+/// int_gemm/kernel/avx2_{one,pair}/<k>bit/<nq>q: the AVX2 micro-kernels alone on a decoded
+/// panel pair in L1, 64 rows (one row block) x 2 tiles x nq quads, codes uniform on class k's
+/// grid, x random: the one-tile kernel on each tile (packed_rows, what the GEMM drivers run)
+/// against the tile-pair kernel (packed_rows_pair, left unused: packed_avx2.hpp's traits).
+void run_avx2_kernel(benchmark::State& state, bool pair, int bits, std::size_t nq) {
+  constexpr std::size_t rows = 64;
+  const std::size_t lda = nq * packed_quad, panel_stride = nq * packed_quad_codes + 64;
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> x(rows * lda);
+  for (std::uint8_t& v : x) v = std::uint8_t(rng());
+  const int lo = bits == 1 ? -1 : -(1 << (bits - 1)), hi = bits == 1 ? 1 : -lo - 1;
+  std::vector<std::int8_t> panel(2 * panel_stride);
+  for (std::int8_t& v : panel) {
+    const int c = lo + int(rng() % std::uint32_t(hi - lo + 1));
+    v = std::int8_t(bits == 1 && c == 0 ? 1 : c);
+  }
+  std::vector<std::int32_t> c(2 * rows * packed_tile);
+  std::int32_t* const c1 = c.data() + rows * packed_tile;
+  const std::size_t off = 0;
+  auto call = [&] {
+    if (pair) {
+      detail::packed_rows_pair(isa::avx2{}, rows, x.data(), lda, &off, &nq, 1, 0, bits,
+                               panel.data(), panel_stride, c.data(), c1, false);
+    } else {
+      detail::packed_rows(isa::avx2{}, rows, x.data(), lda, nq, 0, bits, panel.data(), c.data(),
+                          false);
+      detail::packed_rows(isa::avx2{}, rows, x.data(), lda, nq, 0, bits,
+                          panel.data() + panel_stride, c1, false);
+    }
+  };
+  const double seconds = bitgrad::bench::seconds_in_calls(state, call);
+  const double ops = 2.0 * double(rows * 2 * packed_tile * nq * packed_quad);
+  state.counters["GOP/s"] = ops * double(state.iterations()) / seconds * 1e-9;
+  state.counters["ops_per_call"] = ops;
+}
+#endif
+
 /// Prints like the console reporter and keeps each row's best rate per CPU second (over
 /// repetitions) for the final table.
 class rate_reporter : public benchmark::ConsoleReporter {
@@ -320,6 +401,24 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark((std::string("int_gemm/peak/") + int_isa_name(p)).c_str(),
                                  run_peak, p)
         ->Unit(benchmark::kMicrosecond);
+#if BITGRAD_PACKED_X86
+  const std::vector<int> kernel_bits = {1, 2, 4, 6};
+  const std::vector<std::size_t> kernel_quads = {36, 72, 144};
+  if (int_isa_supported(int_isa::avx2)) {
+    benchmark::RegisterBenchmark("int_gemm/peak/avx2_int16", run_peak_avx2_int16)
+        ->Unit(benchmark::kMicrosecond);
+    for (int bits : kernel_bits)
+      for (std::size_t nq : kernel_quads)
+        for (bool pair : {false, true})
+          benchmark::RegisterBenchmark((std::string("int_gemm/kernel/avx2_") +
+                                        (pair ? "pair/" : "one/") + std::to_string(bits) + "bit/" +
+                                        std::to_string(nq) + "q")
+                                           .c_str(),
+                                       run_avx2_kernel, pair, bits, nq)
+              ->Unit(benchmark::kMicrosecond)
+              ->MinTime(0.1);
+  }
+#endif
 
   const std::vector<int_shape> all = shapes();
   for (const int_shape& s : all) {
@@ -357,8 +456,24 @@ int main(int argc, char** argv) {
     std::printf("\nmeasured peak, %s, 1 thread: %.1f GOP/s per CPU second", int_isa_name(p), r);
     if (r > machine_peak) machine_peak = r, machine_peak_path = int_isa_name(p);
   }
+  if (const double r = rate("int_gemm/peak/avx2_int16"); r > 0)
+    std::printf("\nmeasured vpmaddubsw + vpaddw (the AVX2 int16 kernel's pair), 1 thread: %.1f "
+                "GOP/s per CPU second",
+                r);
   std::printf("\nmachine int8 peak: %.1f GOP/s per CPU second (%s)\n", machine_peak,
               machine_peak_path.c_str());
+#if BITGRAD_PACKED_X86
+  for (int bits : kernel_bits)
+    for (std::size_t nq : kernel_quads) {
+      const std::string tail = std::to_string(bits) + "bit/" + std::to_string(nq) + "q";
+      const double one = rate("int_gemm/kernel/avx2_one/" + tail),
+                   pair = rate("int_gemm/kernel/avx2_pair/" + tail);
+      if (one > 0 && pair > 0)
+        std::printf("AVX2 kernel alone, %d bit, 64 rows x 32 channels x %zu quads: one-tile %.1f, "
+                    "pair %.1f GOP/s per CPU second, pair / one-tile time %.3f\n",
+                    bits, nq, one, pair, one / pair);
+    }
+#endif
   std::printf("\n| shape | m x n x K | path | bits | GOP/s (CPU) | / path peak | / machine peak | "
               "/ float GEMM |\n|---|---|---|---:|---:|---:|---:|---:|\n");
   for (const int_shape& s : all) {

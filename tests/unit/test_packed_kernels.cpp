@@ -498,6 +498,74 @@ TEST_CASE_TEMPLATE("packed_gemm: extreme sums over rows of several int16 groups,
   }
 }
 
+#if BITGRAD_PACKED_X86
+TEST_CASE("packed_rows_pair (AVX2 tile pairs): exact against the plain sums, every bit class, "
+          "segments across int16 group boundaries, tail quads, rows past the 2-row kernel, x = "
+          "255 against the limit codes") {
+  if (!path_runs<isa::avx2>()) return;
+  std::mt19937 rng(37);
+  constexpr std::size_t tile = packed_tile;
+  // Segment lengths (quads) around the int16 groups of every class (64, 32, 16, 8, 4, 2, 1):
+  // empty, one quad, one group +- 1, several groups and a remainder.
+  const std::vector<std::vector<std::size_t>> segment_sets = {
+      {1}, {2}, {3}, {7, 9}, {8, 8, 8}, {15, 0, 17}, {31, 33}, {64}, {65, 1}, {24, 24, 24}, {130}};
+  for (int k = 1; k <= packed_max_bits; ++k)
+    for (const std::vector<std::size_t>& nq : segment_sets)
+      for (std::size_t rows : {1u, 2u, 3u, 5u, 8u, 67u})
+        for (int kind = 0; kind < 4; ++kind) { // random, then x = 255 against max, min, lowest
+          const std::size_t tail = (rows + nq.size() + std::size_t(k)) % 4; // 0..3 inputs
+          const std::size_t segments = nq.size();
+          // Segment s's quads at x + off[s]: gaps of a few quads between segments.
+          std::vector<std::size_t> off(segments);
+          std::size_t width = 0, quads = 0;
+          for (std::size_t s = 0; s < segments; ++s) {
+            off[s] = width + 4 * (s % 3);
+            width = off[s] + 4 * nq[s];
+            quads += nq[s];
+          }
+          const std::size_t tail_at = width; // the tail quad after the last segment's quads
+          const std::size_t lda = width + 4 + rows % 5;
+          std::vector<std::uint8_t> x(rows * lda);
+          for (std::uint8_t& v : x) v = kind == 0 ? std::uint8_t(rng()) : std::uint8_t(255);
+          const int lo = k == 1 ? -1 : -(1 << (k - 1)), hi = k == 1 ? 1 : (1 << (k - 1)) - 1;
+          const std::size_t panel_stride = (quads + 1) * packed_quad_codes + 64;
+          std::vector<std::int8_t> panel(2 * panel_stride);
+          for (std::int8_t& v : panel) {
+            const int r = lo + int(rng() % std::uint32_t(hi - lo + 1));
+            const int code = kind == 1 ? hi : kind == 2 ? (k == 1 ? -1 : -hi) : kind == 3 ? lo : r;
+            v = std::int8_t(k == 1 && code == 0 ? 1 : code);
+          }
+          for (bool accumulate : {false, true}) {
+            std::vector<std::int32_t> c(2 * rows * tile), want(2 * rows * tile);
+            for (std::size_t i = 0; i < c.size(); ++i)
+              c[i] = want[i] = accumulate ? std::int32_t(rng() % 2001) - 1000 : -7;
+            for (std::size_t t = 0; t < 2; ++t)
+              for (std::size_t i = 0; i < rows; ++i)
+                for (std::size_t ch = 0; ch < tile; ++ch) {
+                  std::int64_t sum = 0;
+                  std::size_t q = 0; // the panel's quad
+                  for (std::size_t s = 0; s < segments; ++s)
+                    for (std::size_t u = 0; u < nq[s]; ++u, ++q)
+                      for (std::size_t j = 0; j < 4; ++j)
+                        sum += std::int64_t(x[i * lda + off[s] + 4 * u + j]) *
+                               panel[t * panel_stride + q * packed_quad_codes + ch * 4 + j];
+                  for (std::size_t j = 0; j < tail; ++j)
+                    sum += std::int64_t(x[i * lda + tail_at + j]) *
+                           panel[t * panel_stride + q * packed_quad_codes + ch * 4 + j];
+                  std::int32_t& w = want[t * rows * tile + i * tile + ch];
+                  w = std::int32_t((accumulate ? w : 0) + sum);
+                }
+            detail::packed_rows_pair(isa::avx2{}, rows, x.data(), lda, off.data(), nq.data(),
+                                     segments, tail, k, panel.data(), panel_stride, c.data(),
+                                     c.data() + rows * tile, accumulate);
+            INFO("k=", k, " rows=", rows, " segments=", segments, " first nq=", nq[0],
+                 " tail=", tail, " kind=", kind, " accumulate=", accumulate);
+            CHECK(c == want);
+          }
+        }
+}
+#endif
+
 TEST_CASE_TEMPLATE("packed_gemv: equals the reference on one row", Arch, isa::sse2, isa::avx2,
                    isa::avx_vnni, isa::avx512_vnni, isa::neon, isa::neon_dot) {
   if (!path_runs<Arch>()) return;

@@ -16,7 +16,8 @@
 // then mask, OR a second plane in, subtract 2^(k-1) (k = 1: 2u - 1). AVX-VNNI
 // (packed_avx_vnni.hpp) reuses this decode.
 //
-// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators. Bit classes 1..6 sum several quads'
+// Micro-kernel: MR = 4 rows x one tile, 8 ymm accumulators (the int16 sums of bit classes 1..6:
+// MR = 6, 12 registers). Bit classes 1..6 sum several quads'
 // vpmaddubsw pairs in int16 before widening them (avx2_int16_quads: one multiply per quad and
 // row-half instead of two); class 7 widens every quad, class 8 splits the activations.
 #pragma once
@@ -296,8 +297,14 @@ void avx2_rows_all(std::size_t rows, const std::uint8_t* x, std::size_t lda, std
     avx2_rows<1, SplitX>(x + i * lda, lda, nq, tail, panel, c + i * packed_tile, accumulate);
 }
 
-/// avx2_rows_int16 on groups of `group` whole quads, on rows of 4, then 2, then 1; a tail quad
-/// (tail < 4 inputs) through avx2_rows, accumulating.
+/// avx2_rows_int16 on groups of `group` whole quads, on rows of 6, then 4, 2, 1; a tail quad
+/// (tail < 4 inputs) through avx2_rows, accumulating. MR = 6 takes all 16 ymm (12 int16 sums,
+/// 2 panel registers, the broadcast, the product) and issues 35 instructions per 12 vpmaddubsw
+/// against MR = 4's 25 per 8: on the Zen 3 host (AVX2, 2026-12-07, issue 19, h19-pair2) the
+/// kernel alone (64 rows x 2 tiles, 36 / 72 / 144 quads, best of 15 CPU times, 2 runs) took
+/// 0.87-0.94 of MR = 4's time at k = 4, 0.87-0.90 at k = 6, 0.94-0.98 at k = 1 and 2; VGG-style
+/// and ResNet-20 at batch 256 0.949 / 0.948 of main's instructions, CPU per call medians 0.891
+/// / 0.847 over 7 rounds (benchmarks/README.md).
 inline void avx2_rows_int16_all(std::size_t rows, const std::uint8_t* x, std::size_t lda,
                                 std::size_t nq, std::size_t tail, std::size_t group,
                                 const std::int8_t* panel, std::int32_t* c, bool accumulate) {
@@ -308,8 +315,12 @@ inline void avx2_rows_int16_all(std::size_t rows, const std::uint8_t* x, std::si
     const std::int8_t* wq = panel + q0 * packed_quad_codes;
     const bool add = accumulate || q0 > 0;
     std::size_t i = 0;
-    for (; i + 4 <= rows; i += 4)
+    for (; i + 6 <= rows; i += 6)
+      avx2_rows_int16<6>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+    if (i + 4 <= rows) {
       avx2_rows_int16<4>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
+      i += 4;
+    }
     if (i + 2 <= rows) {
       avx2_rows_int16<2>(xq + i * lda, lda, n, wq, c + i * packed_tile, add);
       i += 2;
@@ -333,6 +344,133 @@ inline void packed_rows(isa::avx2, std::size_t rows, const std::uint8_t* x, std:
     avx2_rows_int16_all(rows, x, lda, nq, tail, group, panel, c, accumulate);
   else
     avx2_rows_all<false>(rows, x, lda, nq, tail, panel, c, accumulate);
+}
+
+/// Tile pairs, one whole quad for MR <= 2 rows of both tiles into int16 sums: s(r, 0..1) +=
+/// vpmaddubsw(x(r, quad), tile 0's two registers at w0), s(r, 2..3) the same with tile 1's at
+/// w1; one broadcast feeds four multiplies (32 channels). The four panel registers are loaded
+/// once per quad: 8 sums + 4 panel + broadcast + product = 14 ymm. (MR = 3, 12 sums with the
+/// panel as vpmaddubsw's memory operand, measured: see avx2_rows_pair_group.) One asm statement per
+/// row, as avx2_quad_int16 (which see).
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 __attribute__((always_inline)) inline void
+avx2_quad_pair_int16(__m256i (&s)[MR][4], const std::uint8_t* x, std::size_t lda,
+                     const std::int8_t* w0, const std::int8_t* w1) {
+  static_assert(MR <= 2, "16 ymm registers: 4 MR sums + 4 panel + 2 scratch");
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + 32));
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1));
+  const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + 32));
+#pragma GCC unroll 2
+  for (std::size_t r = 0; r < MR; ++r) {
+    __m256i xb, product;
+    // AT&T order: vpmaddubsw w, xb, product = vpmaddubsw(xb (u8), w (s8)).
+    asm("vpbroadcastd %[x], %[xb]\n\t"
+        "vpmaddubsw %[a], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s0], %[s0]\n\t"
+        "vpmaddubsw %[b], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s1], %[s1]\n\t"
+        "vpmaddubsw %[c], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s2], %[s2]\n\t"
+        "vpmaddubsw %[d], %[xb], %[p]\n\t"
+        "vpaddw %[p], %[s3], %[s3]"
+        : [s0] "+x"(s[r][0]), [s1] "+x"(s[r][1]), [s2] "+x"(s[r][2]), [s3] "+x"(s[r][3]),
+          [xb] "=&x"(xb), [p] "=&x"(product)
+        : [a] "x"(a), [b] "x"(b), [c] "x"(c), [d] "x"(d),
+          [x] "m"(*reinterpret_cast<const std::uint8_t(*)[packed_quad]>(x + r * lda)));
+  }
+}
+
+/// One int16 group for MR rows of a tile pair (avx2_rows_int16 on two tiles): c0(r, :) (+)=
+/// sum over quads q < nq of x(r, 4q..4q+3) . panel(q), c1(r, :) the same with the panel at
+/// panel + panel_stride; 1 <= nq <= avx2_int16_quads(k), all quads whole.
+template <std::size_t MR>
+BITGRAD_TARGET_AVX2 void avx2_rows_pair_int16(const std::uint8_t* x, std::size_t lda,
+                                              std::size_t nq, const std::int8_t* panel,
+                                              std::size_t panel_stride, std::int32_t* c0,
+                                              std::int32_t* c1, bool accumulate) {
+  __m256i s[MR][4];
+#pragma GCC unroll 4
+  for (std::size_t r = 0; r < MR; ++r)
+    s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm256_setzero_si256();
+  const std::int8_t* const end = panel + nq * packed_quad_codes;
+  for (; panel != end; panel += packed_quad_codes, x += packed_quad)
+    avx2_quad_pair_int16<MR>(s, x, lda, panel, panel + panel_stride);
+  const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+  for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (std::size_t h = 0; h < 4; ++h) {
+      auto* dst = reinterpret_cast<__m256i*>((h < 2 ? c0 : c1) + r * packed_tile + 8 * (h % 2));
+      const __m256i v = _mm256_madd_epi16(s[r][h], ones);
+      _mm256_storeu_si256(dst, accumulate ? _mm256_add_epi32(_mm256_loadu_si256(dst), v) : v);
+    }
+}
+
+/// One int16 group of a tile pair on rows i < rows, 2 at a time, then 1. (MR = 3, 12 sums
+/// with the panel as vpmaddubsw's memory operand, 15 loads per 12 multiplies, measured in the
+/// loop of packed_rows_pair's comment: pair / one-tile time 1.04-1.08 at k = 1, 2, 4 (MR =
+/// 2: 1.00-1.07), 1.06-1.11 at k = 6 (MR = 2: 1.11-1.27); slower than the one-tile kernel either
+/// way, not kept.)
+inline void avx2_rows_pair_group(std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                                 std::size_t nq, const std::int8_t* panel, std::size_t panel_stride,
+                                 std::int32_t* c0, std::int32_t* c1, bool accumulate) {
+  std::size_t i = 0;
+  for (; i + 2 <= rows; i += 2)
+    avx2_rows_pair_int16<2>(x + i * lda, lda, nq, panel, panel_stride, c0 + i * packed_tile,
+                            c1 + i * packed_tile, accumulate);
+  if (i < rows)
+    avx2_rows_pair_int16<1>(x + i * lda, lda, nq, panel, panel_stride, c0 + i * packed_tile,
+                            c1 + i * packed_tile, accumulate);
+}
+
+/// Tile pairs on AVX2, not wired into the GEMM drivers (packed_gemm_run, packed_conv_flat_run
+/// look for packed_rows_pair without the bit class, AVX-512 VNNI's signature): on the Zen 3
+/// host (2026-12-07, issue 19, h19-pair2, benchmarks/README.md) it ran no faster than the
+/// one-tile kernel on both tiles. Kernel alone, 64 rows x 2 tiles, 36 / 72 / 144 quads, best
+/// of 15 CPU times: pair / one-tile time 1.00-1.07 (k = 1, 2, 4), 1.11-1.27 (k = 6) at MR = 2,
+/// 1.04-1.11 at MR = 3; wired in, VGG-style and ResNet-20 at batch 256 took the same CPU per
+/// call within the noise (medians 1.015 / 0.982 over 7 rounds) for 1.2-3.5 % fewer
+/// instructions (callgrind). Without VNNI each multiply needs its own vpaddw, so a pair issues
+/// the instructions of the one-tile kernel but for loads moved from broadcasts to the panel,
+/// and the loads were not the limit. To wire it: pass the class to packed_rows_pair there.
+///
+/// Two tiles at once for rows i < rows (packed_rows_pair of packed_avx512_vnni.hpp: segments s
+/// of nq[s] whole quads of the rows at x + off[s], row i at + i * lda, then a quad of `tail`
+/// inputs after the last segment's quads when tail > 0; tile 0's panel at panel, tile 1's at
+/// panel + panel_stride, their sums in c0 / c1, row i at + i * packed_tile). Bit classes
+/// 1..6: int16 groups of avx2_int16_quads(bits) quads (a group ends at a segment's end) on
+/// avx2_rows_pair_int16; classes 7 and 8 (one quad per group, or split activations) and the
+/// tail quad run each tile on the one-tile kernels.
+inline void packed_rows_pair(isa::avx2, std::size_t rows, const std::uint8_t* x, std::size_t lda,
+                             const std::size_t* off, const std::size_t* nq, std::size_t segments,
+                             std::size_t tail, int bits, const std::int8_t* panel,
+                             std::size_t panel_stride, std::int32_t* c0, std::int32_t* c1,
+                             bool accumulate) {
+  const std::size_t group = bits == 8 ? 0 : avx2_int16_quads(bits);
+  const std::uint8_t* xs = x;
+  const std::int8_t* p = panel;
+  if (group < 2) {
+    for (std::size_t s = 0; s < segments; ++s, accumulate = true) {
+      xs = x + off[s];
+      packed_rows(isa::avx2{}, rows, xs, lda, nq[s], 0, bits, p, c0, accumulate);
+      packed_rows(isa::avx2{}, rows, xs, lda, nq[s], 0, bits, p + panel_stride, c1, accumulate);
+      xs += nq[s] * packed_quad, p += nq[s] * packed_quad_codes;
+    }
+  } else {
+    for (std::size_t s = 0; s < segments; ++s) {
+      xs = x + off[s];
+      for (std::size_t q0 = 0; q0 < nq[s]; q0 += group, accumulate = true)
+        avx2_rows_pair_group(rows, xs + q0 * packed_quad, lda, std::min(group, nq[s] - q0),
+                             p + q0 * packed_quad_codes, panel_stride, c0, c1, accumulate);
+      xs += nq[s] * packed_quad, p += nq[s] * packed_quad_codes;
+    }
+  }
+  if (tail || !accumulate) { // the tail quad (or, with no quads at all, the zero sums)
+    packed_rows(isa::avx2{}, rows, xs, lda, tail ? 1 : 0, tail, bits, p, c0, accumulate);
+    packed_rows(isa::avx2{}, rows, xs, lda, tail ? 1 : 0, tail, bits, p + panel_stride, c1,
+                accumulate);
+  }
 }
 
 } // namespace bitgrad::detail
