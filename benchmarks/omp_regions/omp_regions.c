@@ -6,7 +6,9 @@
  * serial code before the region). CPU times do not count the time a thread waits or is
  * descheduled, so the busiest / idlest split and the serial time hold on a shared machine too;
  * the wall times do not. Written at exit to $OMP_REGIONS_OUT (default stderr); summarised by
- * omp_regions_summary.py. Teams of up to 64 threads. Issue #23.
+ * omp_regions_summary.py. $OMP_REGIONS_SKIP regions at the start are left out (say, the first
+ * training step's, which also grow buffers and take the first page faults). Teams of up to 64
+ * threads. Issue #23.
  *
  *   gcc -O2 -shared -fPIC -fopenmp benchmarks/omp_regions/omp_regions.c -o /tmp/omp_regions.so
  *   OMP_NUM_THREADS=2 OMP_REGIONS_OUT=/tmp/regions.txt LD_PRELOAD=/tmp/omp_regions.so \
@@ -41,6 +43,7 @@ struct region_stats {
 static struct region_stats stats[max_regions];
 static int region_count;
 static double last_join_cpu = -1; // the calling thread's CPU time at the previous join
+static long skip = -1;            // regions still to leave out ($OMP_REGIONS_SKIP)
 
 struct wrapped {
   region_fn fn;
@@ -67,6 +70,11 @@ void GOMP_parallel(region_fn fn, void* data, unsigned threads, unsigned flags) {
   real(run_timed, &w, threads, flags);
   const double wall = clock_seconds(CLOCK_MONOTONIC) - fork_wall;
   last_join_cpu = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
+  if (skip < 0) skip = getenv("OMP_REGIONS_SKIP") ? atol(getenv("OMP_REGIONS_SKIP")) : 0;
+  if (skip > 0) {
+    --skip;
+    return;
+  }
   int k = 0;
   while (k < region_count && stats[k].fn != (void*)fn) ++k;
   if (k == max_regions) return;
