@@ -596,7 +596,8 @@ TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, flo
                         make_geometry(5, 8, 12, 9, 11, 3, 3, 1, 1, 1),     // winograd slices
                         make_geometry(5, 6, 16, 12, 12, 5, 5, 1, 0, 0),    // 5 images
                         make_geometry(19, 8, 16, 14, 14, 3, 3, 2, 1, 1),   // 10 slices
-                        make_geometry(37, 1, 6, 28, 28, 5, 5, 1, 0, 0)}) { // direct, 13 slices
+                        make_geometry(37, 1, 6, 28, 28, 5, 5, 1, 0, 0),    // direct, 13 slices
+                        make_geometry(16, 64, 64, 7, 7, 3, 3, 1, 1, 1)}) { // ResNet-20 layer3
     auto [x, w, b, dy] = random_operands<T>(g, rng);
     for (auto algo : {conv2d_algo::automatic, conv2d_algo::implicit, conv2d_algo::im2col,
                       conv2d_algo::winograd}) {
@@ -620,6 +621,43 @@ TEST_CASE_TEMPLATE("conv2d gives the same bits on any number of threads", T, flo
         CHECK(db == db1);
       }
     }
+  }
+  omp_set_num_threads(saved);
+}
+#endif
+
+#if defined(BITGRAD_WITH_OPENMP)
+TEST_CASE("parallel_phases: after the barrier every thread reads what the others wrote") {
+  // Phase 1: thread t writes its run of a, the later threads doing more passes (so that they
+  // finish last); phase 2: every thread reads the mirror of its run, another thread's. Without
+  // the barrier, thread 0 reads the last thread's run before it is written.
+  const int saved = omp_get_max_threads();
+  const std::size_t n = std::size_t(1) << 16;
+  for (int threads : {2, 3, 4}) {
+    omp_set_num_threads(threads);
+    std::vector<double> a(n, 0.0), b(n, -1.0);
+    std::size_t team_size = 0;
+    bitgrad::detail::parallel_phases(
+        bitgrad::detail::batch_threads(n), [&](const bitgrad::detail::thread_team& team) {
+          for (std::size_t pass = 0; pass < 4 * (team.thread + 1); ++pass)
+            for (std::size_t i = team.begin(n); i < team.end(n); ++i)
+              a[i] = std::sqrt(double(i + pass) + 1.0) - double(pass);
+          team.barrier();
+          for (std::size_t i = team.begin(n); i < team.end(n); ++i) b[i] = a[n - 1 - i];
+          if (team.thread == 0) team_size = team.size;
+        });
+    INFO("threads = " << threads);
+    CHECK(team_size == std::size_t(threads));
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t j = n - 1 - i;
+      std::size_t owner = 0; // the thread whose run holds j: j < end of its run
+      while (j >= n * (owner + 1) / std::size_t(threads)) ++owner;
+      const std::size_t passes = 4 * (owner + 1); // its last pass wrote a[j]
+      const double want = std::sqrt(double(j + passes - 1) + 1.0) - double(passes - 1);
+      wrong += b[i] != want;
+    }
+    CHECK(wrong == 0);
   }
   omp_set_num_threads(saved);
 }

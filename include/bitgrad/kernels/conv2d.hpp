@@ -38,7 +38,8 @@
 // images than threads, implicit GEMM also splits an image's pixels, in whole register tiles);
 // the gemm inside runs on the calling thread. wgrad sums the batch in slices fixed by the batch
 // size and weight count (conv2d_wgrad_slices): each slice's dW partial is formed on one thread,
-// then the partials are added to dW in slice order. Every output element sees the same
+// then the partials are added to dW in slice order (the slices, the sum and dbias: one parallel
+// region, phases split by a barrier, parallel_phases). Every output element sees the same
 // operations in the same order whatever the thread count, so results are bitwise reproducible
 // across thread counts.
 //
@@ -633,7 +634,8 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
                                         : direct ? detail::conv2d_wgrad_offsets(g, flat)
                                                  : std::vector<std::size_t>();
   const std::size_t cin = g.in_channels_per_group(), cout = g.out_channels_per_group();
-  detail::parallel_chunks(threads, slices.count, [&](std::size_t t, std::size_t b, std::size_t e) {
+  // The slices [b, e) into their partials, with thread t's buffer.
+  auto slices_into_partials = [&](std::size_t t, std::size_t b, std::size_t e) {
     T* const buf = buf0 + t * per;
     for (std::size_t s = b; s < e; ++s) {
       const std::size_t n0 = s * slices.size, count = std::min(slices.size, g.batch - n0);
@@ -655,26 +657,43 @@ void conv2d_wgrad_using(conv2d_algo algo, const conv2d_geometry& g, const T* x, 
           detail::conv2d_gemm_wgrad_group(g, xg, dyg, dwg, buf);
         }
     }
-  });
-  // dw += partial_0 + partial_1 + ..., element by element in slice order.
-  const std::size_t sum_threads =
-      slices.count * wc >= detail::elementwise_parallel_min ? detail::batch_threads(wc) : 1;
-  detail::parallel_chunks(sum_threads, wc, [&](std::size_t, std::size_t b, std::size_t e) {
+  };
+  // dw[i] += partial_0[i] + partial_1[i] + ..., in slice order, for the weights [b, e).
+  auto sum_partials = [&](std::size_t b, std::size_t e) {
     for (std::size_t s = 0; s < slices.count; ++s)
       detail::axpy(e - b, T(1), partials + s * wc + b, dw + b);
-  });
-  if (dbias) {
-    // dbias[o] += sum over images of the sum of dy's plane o (images in order, per channel).
+  };
+  // dbias[o] += sum over images of the sum of dy's plane o (images in order), for o in [b, e).
+  auto bias_sums = [&](std::size_t b, std::size_t e) {
     const std::size_t p = g.out_plane();
+    for (std::size_t o = b; o < e; ++o)
+      for (std::size_t n = 0; n < g.batch; ++n)
+        dbias[o] += detail::sum(p, dy + (n * g.out_channels + o) * p);
+  };
+  if (threads > 1) {
+    // One fork / join for the three passes: the slices, a barrier (every partial complete), then
+    // each thread's run of weights and of bias channels. Every element is summed in the same
+    // order as on one thread, so the bits do not depend on the thread count.
+    detail::parallel_phases(threads, [&](const detail::thread_team& team) {
+      slices_into_partials(team.thread, team.begin(slices.count), team.end(slices.count));
+      team.barrier();
+      sum_partials(team.begin(wc), team.end(wc));
+      if (dbias) bias_sums(team.begin(g.out_channels), team.end(g.out_channels));
+    });
+    return;
+  }
+  slices_into_partials(0, 0, slices.count);
+  // One slice (a batch of one image) or one thread: the sums may still be worth the threads.
+  const std::size_t sum_threads =
+      slices.count * wc >= detail::elementwise_parallel_min ? detail::batch_threads(wc) : 1;
+  detail::parallel_chunks(sum_threads, wc,
+                          [&](std::size_t, std::size_t b, std::size_t e) { sum_partials(b, e); });
+  if (dbias) {
     const std::size_t bias_threads = g.output_count() >= detail::elementwise_parallel_min
                                          ? detail::batch_threads(g.out_channels)
                                          : 1;
     detail::parallel_chunks(bias_threads, g.out_channels,
-                            [&](std::size_t, std::size_t b, std::size_t e) {
-                              for (std::size_t o = b; o < e; ++o)
-                                for (std::size_t n = 0; n < g.batch; ++n)
-                                  dbias[o] += detail::sum(p, dy + (n * g.out_channels + o) * p);
-                            });
+                            [&](std::size_t, std::size_t b, std::size_t e) { bias_sums(b, e); });
   }
 }
 

@@ -77,6 +77,44 @@ void parallel_chunks(std::size_t threads, std::size_t items, F&& f) {
 #endif
 }
 
+/// A team of threads inside one parallel_phases region: this thread's number and the team's
+/// size, the parallel_chunks split of any item count, and a barrier between phases.
+struct thread_team {
+  std::size_t thread, size;
+
+  /// [begin, end) of [0, items) for this thread: chunk t of parallel_chunks' split.
+  std::size_t begin(std::size_t items) const { return items * thread / size; }
+  std::size_t end(std::size_t items) const { return items * (thread + 1) / size; }
+
+  /// Waits until every thread of the team got here (nothing with one thread).
+  void barrier() const {
+#if defined(BITGRAD_WITH_OPENMP)
+    if (size > 1) {
+#pragma omp barrier
+    }
+#endif
+  }
+};
+
+/// Calls f(team) on at most `threads` threads (from batch_threads), once per thread: passes that
+/// must follow one another (say, partial sums over images, then the sum of the partials per
+/// element) run as phases separated by team.barrier() in one fork / join instead of one per pass.
+/// Every thread must reach every barrier (no barrier under a condition that differs between
+/// threads), and f must not throw.
+template <class F>
+void parallel_phases(std::size_t threads, F&& f) {
+  if (threads <= 1) {
+    f(thread_team{0, 1});
+    return;
+  }
+#if defined(BITGRAD_WITH_OPENMP)
+#pragma omp parallel num_threads(static_cast <int>(threads))
+  f(thread_team{std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads())});
+#else
+  f(thread_team{0, 1});
+#endif
+}
+
 /// Values (batch * channels * plane) from which a per-channel pass (batch norm) wakes the OpenMP
 /// threads: a pass over 2^16 floats takes a few microseconds, about what waking a spinning thread
 /// costs; sleeping threads (OMP_WAIT_POLICY=passive) take tens of microseconds, hence 8x more.
