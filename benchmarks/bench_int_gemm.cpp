@@ -322,7 +322,8 @@ void run_peak_avx2_int16(benchmark::State& state) {
 /// int_gemm/kernel/avx2_{one,pair}/<k>bit/<nq>q: the AVX2 micro-kernels alone on a decoded
 /// panel pair in L1, 64 rows (one row block) x 2 tiles x nq quads, codes uniform on class k's
 /// grid, x random: the one-tile kernel on each tile (packed_rows, what the GEMM drivers run)
-/// against the tile-pair kernel (packed_rows_pair, left unused: packed_avx2.hpp's traits).
+/// against the tile-pair kernel (packed_rows_pair, not wired into the
+/// drivers: see its comment in packed_avx2.hpp).
 void run_avx2_kernel(benchmark::State& state, bool pair, int bits, std::size_t nq) {
   constexpr std::size_t rows = 64;
   const std::size_t lda = nq * packed_quad, panel_stride = nq * packed_quad_codes + 64;
