@@ -18,7 +18,6 @@
 #include <doctest/doctest.h>
 
 #include <map>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -213,65 +212,6 @@ TEST_CASE("residual + relu over a block ending in batch norm: the sum and the re
       CHECK(dx.data()[i] == da.data()[i] + masked.data()[i]);
     }
   }
-}
-
-TEST_CASE("batch_norm backward_add_relu: the same bits as backward of dy masked by the fused "
-          "output > 0 (training with and without sync, eval); only after forward_add_relu") {
-  static_assert(nn::add_relu_backward_fusable<nn::batch_norm<float, 4>>);
-  static_assert(
-      nn::add_relu_backward_fusable<nn::sequential<nn::conv2d<float>, nn::batch_norm<float, 4>>>);
-  static_assert(!nn::add_relu_backward_fusable<nn::identity<float, 4>>);
-  // 3 x 5 x 4 x 9: planes of 36 (SIMD batches and a tail), 5 channels (a group of 4 and 1).
-  const auto x = random_tensor<float, 4>({3, 5, 4, 9}, 21);
-  const auto skip = random_tensor<float, 4>({3, 5, 4, 9}, 22);
-  const auto dy = random_tensor<float, 4>({3, 5, 4, 9}, 23);
-  auto skip_fn = [&]() -> const tensor4<float>& { return skip; };
-  for (bool sync : {false, true})
-    for (bool training : {true, false}) {
-      CAPTURE(sync);
-      CAPTURE(training);
-      auto make = [&] {
-        nn::batch_norm<float, 4> bn({.features = 5, .name = "bn"});
-        for (std::size_t c = 0; c < 5; ++c) {
-          bn.gamma()[c] = 0.75f - 0.5f * float(c);
-          bn.beta()[c] = 0.1f * float(c) - 0.2f;
-        }
-        if (sync) bn.set_sync([](std::span<double>) {});
-        bn.train(training);
-        return bn;
-      };
-      auto fused = make(), plain = make();
-      const tensor4<float>& y = fused.forward_add_relu(x, skip_fn);
-      REQUIRE(plain.forward_add_relu(x, skip_fn) == y);
-      tensor4<float> masked = dy;
-      std::size_t zeros = 0;
-      for (std::size_t i = 0; i < masked.size(); ++i)
-        if (!(y.data()[i] > 0.0f)) {
-          masked.data()[i] = 0.0f;
-          ++zeros;
-        }
-      CHECK(zeros > 0);
-      CHECK(zeros < masked.size());
-      const tensor4<float>& dxf = fused.backward_add_relu(dy);
-      const tensor4<float>& dxp = plain.backward(masked);
-      REQUIRE(dxf.shape() == dxp.shape());
-      for (std::size_t i = 0; i < dxf.size(); ++i) {
-        INFO("i = ", i);
-        CHECK(dxf.data()[i] == dxp.data()[i]);
-      }
-      auto grads = [](nn::batch_norm<float, 4>& bn) {
-        std::vector<float> g;
-        bn.visit_parameters(
-            [&](param_ref<float>& p) { g.insert(g.end(), p.grad, p.grad + p.size); });
-        return g;
-      };
-      CHECK(grads(fused) == grads(plain)); // gamma's and beta's gradients
-      (void)fused.forward(x);
-      CHECK_THROWS_WITH_AS(fused.backward_add_relu(dy),
-                           "bn: backward_add_relu called after a forward other than "
-                           "forward_add_relu",
-                           config_error);
-    }
 }
 
 TEST_CASE("batch_norm forward_add_relu rejects a skip operand of another shape") {

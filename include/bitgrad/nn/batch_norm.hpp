@@ -98,28 +98,35 @@ public:
   /// relu(forward(x) + skip()) in one pass: skip() (called first) gives a tensor of the output's
   /// shape, the shortcut of a residual block that ends in this batch norm and whose sum a ReLU
   /// follows (nn/residual.hpp). backward stays forward's: it takes the gradient of bn(x), the
-  /// sum's gradient that the residual masked by y > 0; backward_add_relu takes the sum's
-  /// unmasked gradient instead. The same bits as forward, the addition, then relu.
+  /// sum's gradient that the residual masked by y > 0. The same bits as forward, the addition,
+  /// then relu.
   template <class Skip>
   const output_type& forward_add_relu(const input_type& x, Skip&& skip) {
     const output_type& s = skip();
     if (s.shape() != x.shape())
       throw shape_error(name_ + ": output " + shape_string(x.shape()) + " and skip operand " +
                         shape_string(s.shape()) + " differ");
-    const output_type& y = run_forward(x, false, s.data());
-    add_relu_ = true;
-    return y;
+    return run_forward(x, false, s.data());
   }
 
-  const input_type& backward(const output_type& dy) { return run_backward(dy, relu_); }
-  /// After forward_add_relu: the backward of bn(x) for dy, the gradient of its output
-  /// y = relu(bn(x) + skip), masked here by y > 0 (the residual's relu_bprop, folded into the sums
-  /// and dx as after forward_relu): the same bits as backward(y > 0 ? dy : 0) without that pass.
-  const input_type& backward_add_relu(const output_type& dy) {
-    if (seen_ && !add_relu_)
-      throw config_error(name_ + ": backward_add_relu called after a forward other than "
-                                 "forward_add_relu");
-    return run_backward(dy, true);
+  const input_type& backward(const output_type& dy) {
+    if (!seen_) throw config_error(name_ + ": backward called before forward");
+    std::array<std::size_t, Rank> want{};
+    for (std::size_t i = 0; i < Rank; ++i) want[i] = y_.shape()[i];
+    check_shape(name_, "output gradient", dy.shape(), want);
+    ensure_shape(dx_, y_.shape());
+    if (sync_ && batch_stats_) {
+      sync_dgrad(dy.data());
+      return dx_;
+    }
+    if (relu_)
+      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat(), y_.data(), gamma_.data(),
+                            inv_std_.data(), batch_stats_, dx_.data(), grad_gamma_.data(),
+                            grad_beta_.data());
+    else
+      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat(), gamma_.data(), inv_std_.data(),
+                       batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
+    return dx_;
   }
 
   /// Synchronised statistics (see the top): `sum` replaces a vector of doubles by its sum over
@@ -165,28 +172,6 @@ public:
   const tensor1<T>& running_var() const { return running_var_; }
 
 private:
-  /// The backward of bn(x) for dy, masked by y_ > 0 first if masked (forward_relu's or
-  /// forward_add_relu's ReLU).
-  const input_type& run_backward(const output_type& dy, bool masked) {
-    if (!seen_) throw config_error(name_ + ": backward called before forward");
-    std::array<std::size_t, Rank> want{};
-    for (std::size_t i = 0; i < Rank; ++i) want[i] = y_.shape()[i];
-    check_shape(name_, "output gradient", dy.shape(), want);
-    ensure_shape(dx_, y_.shape());
-    if (sync_ && batch_stats_) {
-      sync_dgrad(dy.data(), masked);
-      return dx_;
-    }
-    if (masked)
-      batch_norm_relu_bprop(n_, c_, plane_, dy.data(), xhat(), y_.data(), gamma_.data(),
-                            inv_std_.data(), batch_stats_, dx_.data(), grad_gamma_.data(),
-                            grad_beta_.data());
-    else
-      batch_norm_bprop(n_, c_, plane_, dy.data(), xhat(), gamma_.data(), inv_std_.data(),
-                       batch_stats_, dx_.data(), grad_gamma_.data(), grad_beta_.data());
-    return dx_;
-  }
-
   /// forward (relu = false) or forward_relu (relu = true); with skip (not null), the
   /// forward_add_relu: y = relu(bn(x) + skip), relu_ stays false (backward is forward's).
   const output_type& run_forward(const input_type& x, bool relu, const T* skip = nullptr) {
@@ -236,7 +221,6 @@ private:
     n_ = n;
     plane_ = plane;
     relu_ = relu;
-    add_relu_ = false;
     seen_ = true;
     return y_;
   }
@@ -275,11 +259,11 @@ private:
     return m.count;
   }
 
-  /// dx_ from the global batch's sums (see the top), dy masked by y_ > 0 if masked; dgamma,
-  /// dbeta += the local sums. Collective.
-  void sync_dgrad(const T* dy, bool masked) {
+  /// dx_ from the global batch's sums (see the top); dgamma, dbeta += the local sums.
+  /// Collective.
+  void sync_dgrad(const T* dy) {
     std::vector<T> local(2 * c_);
-    if (masked)
+    if (relu_)
       batch_norm_relu_grad_sums(n_, c_, plane_, dy, xhat(), y_.data(), local.data(),
                                 local.data() + c_);
     else
@@ -295,7 +279,7 @@ private:
       grad_beta_[c] += local[c];
       grad_gamma_[c] += local[c_ + c];
     }
-    if (masked)
+    if (relu_)
       batch_norm_relu_dgrad(n_, c_, plane_, dy, xhat(), y_.data(), gamma_.data(), inv_std_.data(),
                             static_cast<T>(global_count_), sums.data(), sums.data() + c_, true,
                             dx_.data());
@@ -319,7 +303,6 @@ private:
   bool batch_stats_ = true;
   bool seen_ = false;
   bool relu_ = false; ///< the last forward was forward_relu: y_ is relu(bn(x)), dy masked by y_ > 0
-  bool add_relu_ = false; ///< the last forward was forward_add_relu: y_ is relu(bn(x) + skip)
   std::size_t n_ = 0, plane_ = 0;
   double global_count_ = 0; ///< M of the last training forward
   std::function<void(std::span<double>)> sync_;

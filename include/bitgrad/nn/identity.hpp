@@ -43,10 +43,4 @@ private:
 
 static_assert(layer<identity<float, 4>>);
 
-/// Whether L is an identity layer (nn::residual's backward fusion for identity shortcuts).
-template <class L>
-inline constexpr bool is_identity_layer = false;
-template <class T, std::size_t Rank>
-inline constexpr bool is_identity_layer<identity<T, Rank>> = true;
-
 } // namespace bitgrad::nn

@@ -111,16 +111,6 @@ concept add_relu_fusable = requires(L& l, const typename L::input_type& x,
   { l.forward_add_relu(x, skip) } -> std::same_as<const typename L::output_type&>;
 };
 
-/// Optional, with forward_add_relu: after it, l.backward_add_relu(dy) takes dy, the gradient of
-/// relu(l(x) + skip) (not masked), and masks it by that output > 0 inside l's own backward (the
-/// same bits as l.backward(output > 0 ? dy : 0)): nn::residual with an identity shortcut then
-/// needs no masked copy of dy. batch_norm and a sequential ending in one have it.
-template <class L>
-concept add_relu_backward_fusable = add_relu_fusable<L> &&
-    requires(L& l, const typename L::output_type& dy) {
-  { l.backward_add_relu(dy) } -> std::same_as<const typename L::input_type&>;
-};
-
 template <class L>
 concept quantized_layer = layer<L> && quant::quantizer<typename L::quantizer_type> &&
     requires(L& l, const L& cl) {

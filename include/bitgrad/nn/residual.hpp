@@ -8,12 +8,7 @@
 // When the block ends in a layer that can add (its forward_add_relu: a sequential ending in a
 // batch_norm, as every ResNet block), forward_relu runs the block's layers, then the shortcut,
 // then the last layer's normalisation with the sum and the ReLU in the same pass: bn's output
-// is neither written nor read again (the same bits). Backward then, with an identity shortcut
-// and a block that can take the sum's unmasked gradient (add_relu_backward_fusable: a sequential
-// ending in a batch_norm), makes no masked copy of dy: the batch norm masks dy by y > 0 inside
-// its own backward (backward_add_relu) and the identity's share is masked in the pass that adds
-// it, dx = block'(dy) + (y > 0 ? dy : 0): one pass over dy and one parallel region fewer per
-// block (the same bits).
+// is neither written nor read again (the same bits).
 // Names are prefixed with the residual's name ("layer2.0" -> "layer2.0.conv1.weight",
 // "layer2.0.shortcut.0.weight"). At construction, where nn/layer.hpp's optional feature counts are
 // known, the block and the shortcut must take the same input features and give the same output
@@ -58,8 +53,6 @@ public:
   /// fused epilogues); backward then masks dy by y > 0 itself. The same bits as forward, relu.
   const output_type& forward_relu(const input_type& x) { return run_forward(x, true); }
   const input_type& backward(const output_type& dy) {
-    if constexpr (identity_add_relu_fusable)
-      if (add_relu_) return backward_identity_add_relu(dy);
     const output_type* g = &dy;
     if (relu_) { // the following relu's backward, folded in
       ensure_shape(dmask_, dy.shape());
@@ -149,38 +142,6 @@ public:
   const Shortcut& shortcut() const { return shortcut_; }
 
 private:
-  /// The shortcut is identity and the block's last layer can mask the sum's gradient itself.
-  static constexpr bool identity_add_relu_fusable =
-      is_identity_layer<Shortcut> && add_relu_backward_fusable<Block>;
-
-  /// backward after the fused forward_relu with an identity shortcut (see the top):
-  /// dx = block.backward_add_relu(dy) + (y > 0 ? dy : 0), y the sum's ReLU'd output.
-  const input_type& backward_identity_add_relu(const output_type& dy) {
-    const input_type& da = block_.backward_add_relu(dy);
-    if (da.shape() != dy.shape())
-      throw shape_error(who() + ": block input gradient " + shape_string(da.shape()) +
-                        " and identity shortcut gradient " + shape_string(dy.shape()) + " differ");
-    ensure_shape(dx_, da.shape());
-    add_masked(da.size(), da.data(), dy.data(), out_->data(), dx_.data());
-    return dx_;
-  }
-
-  /// y[i] = a[i] + (mask[i] > 0 ? b[i] : 0): the addition of add() with b masked as relu_bprop
-  /// masks it (the same bits as relu_bprop into a copy, then add).
-  static void add_masked(std::size_t n, const value_type* a, const value_type* b,
-                         const value_type* mask, value_type* y) {
-    using T = value_type;
-    using B = simd_batch<T>;
-    bitgrad::detail::elementwise_loop<T>(
-        n,
-        [&](std::size_t i) {
-          const B masked = xsimd::select(B::load_unaligned(mask + i) > B(T(0)),
-                                         B::load_unaligned(b + i), B(T(0)));
-          (B::load_unaligned(a + i) + masked).store_unaligned(y + i);
-        },
-        [&](std::size_t i) { y[i] = a[i] + (mask[i] > T(0) ? b[i] : T(0)); });
-  }
-
   /// y[i] = a[i] + b[i], one addition per element (forward without ReLU, backward).
   static void add(std::size_t n, const value_type* a, const value_type* b, value_type* y) {
     using B = simd_batch<value_type>;
@@ -200,7 +161,6 @@ private:
             x, [&]() -> const output_type& { return shortcut_.forward(x); });
         out_ = &y;
         relu_ = true;
-        add_relu_ = true;
         return y;
       }
     }
@@ -230,7 +190,6 @@ private:
     else
       add(a.size(), pa, pb, py);
     relu_ = relu;
-    add_relu_ = false;
     out_ = &y_;
     return y_;
   }
@@ -240,7 +199,6 @@ private:
   std::string name_;
   bool training_ = true;
   bool relu_ = false;                ///< the last forward was forward_relu: *out_ = relu(a + b)
-  bool add_relu_ = false;            ///< ... through block_.forward_add_relu (*out_ is the block's)
   const output_type* out_ = nullptr; ///< the last forward's output: y_, or the block's own
   Block block_;
   Shortcut shortcut_;

@@ -134,16 +134,6 @@ public:
     throw shape_error("forward: input of another rank"); // never compiled
   }
   const input_type& backward(const output_type& dy) { return backward_from<size - 1>(dy); }
-  /// After forward_add_relu: backward with dy the unmasked gradient of relu(forward(x) + skip),
-  /// masked by the last layer's backward_add_relu (nn/layer.hpp).
-  const input_type&
-  backward_add_relu(const output_type& dy) requires add_relu_backward_fusable<last> {
-    const auto& d = std::get<size - 1>(layers_).backward_add_relu(dy);
-    if constexpr (size > 1)
-      return backward_from<size - 2>(d);
-    else
-      return d;
-  }
   /// backward(dy), calling hook(p) for every parameter p of a layer right after that layer's
   /// backward returned (p.grad is final from then on; dist/backward_hook.hpp states the
   /// contract). A nested sequential or residual block is reported after its whole backward.
