@@ -93,8 +93,9 @@ struct unfused : L {
 };
 
 /// A ResNet-style network: conv + bn + relu stem, a basic block with a projection shortcut
-/// (conv 1x1 stride 2 + bn) and the block's relu, pool, fc. Fuse = false hides every
-/// forward_relu (conv, bn, residual), so each relu runs as its own layer.
+/// (conv 1x1 stride 2 + bn) and the block's relu, a block with an identity shortcut (its
+/// backward fused into the batch norm's: backward_add_relu) and its relu, pool, fc. Fuse = false
+/// hides every forward_relu (conv, bn, residual), so each relu runs as its own layer.
 template <class T, bool Fuse>
 auto resnet_style(bool sync) {
   auto wrap = [](auto l) {
@@ -125,10 +126,14 @@ auto resnet_style(bool sync) {
   auto body = nn::sequential(std::string("body"), conv(3, 5, 3, 2, 21), bn(5, "bn1"),
                              nn::relu<T, 4>("relu1"), conv(5, 5, 3, 1, 22), bn(5, "bn2"));
   auto shortcut = nn::sequential(std::string("shortcut"), conv(3, 5, 1, 2, 23), bn(5, "bn"));
+  auto body2 = nn::sequential(std::string("body2"), conv(5, 5, 3, 1, 25), bn(5, "bn3"),
+                              nn::relu<T, 4>("relu3"), conv(5, 5, 3, 1, 26), bn(5, "bn4"));
   return nn::sequential(
       conv(2, 3, 3, 1, 20), bn(3, "bn0"), nn::relu<T, 4>("relu0"),
       wrap(nn::residual(std::string("block"), std::move(body), std::move(shortcut))),
-      nn::relu<T, 4>("relu"), nn::global_avg_pool<T>(),
+      nn::relu<T, 4>("relu"),
+      wrap(nn::residual(std::string("block2"), std::move(body2), nn::identity<T, 4>("skip"))),
+      nn::relu<T, 4>("relu2"), nn::global_avg_pool<T>(),
       nn::linear<T>({.in_features = 5, .out_features = 3, .seed = 24}));
 }
 
