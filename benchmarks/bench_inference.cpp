@@ -192,7 +192,11 @@ std::vector<float> deploy_inputs(const deploy::runtime& rt, std::size_t batch) {
 /// --deploy-callgrind FILE ENGINE BATCH CALLS (1 thread)
 int deploy_callgrind(const char* file, const std::string& engine, std::size_t batch, int calls) {
   set_threads(1);
-  const deploy::runtime rt = deploy::runtime::load(file);
+  deploy::runtime rt = deploy::runtime::load(file);
+  // BITGRAD_FLAT_MIN_WIDTH=W: whole-quad stride-1 convs on the flat plane from W output pixels
+  // a row (packed_engine::set_flat_min_width; the padded kind keeps its default), to compare.
+  if (const char* w = std::getenv("BITGRAD_FLAT_MIN_WIDTH"))
+    rt.set_engine_flat_min_width(std::strtoul(w, nullptr, 10), deploy::flat_padded_min_width);
   const deploy::precision p = engine_precision(engine);
   const std::vector<float> x = deploy_inputs(rt, batch);
   for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());

@@ -227,7 +227,10 @@ TEST_CASE("packed engine: stride-1 convs with kw C % 4 == 0 and output rows of a
     }
     return flat;
   };
-  // The 28-pixel 16 -> 16 conv (the first conv, 1 channel, is direct); not the 14-pixel ones.
+  // The 28-pixel 16 -> 16 conv and the two 14-pixel ones (flat_conv_min_width = 14; the first
+  // conv, 1 channel, is direct); from 15 pixels the 28-pixel conv only.
+  CHECK(count() == 3);
+  rt.set_engine_flat_min_width(15);
   CHECK(count() == 1);
   rt.set_engine_flat_min_width(0);
   CHECK(count() >= 2);

@@ -1465,12 +1465,14 @@ TEST_CASE_TEMPLATE("packed_conv_flat: exact against ref::packed_conv, every bitw
     }
   // Other kernels and paddings (1x1, 5x5 pad 2 and 0, 3x3 pad 0 and 2, 3 x 4 with 3 channels:
   // kw C = 12, 17 x 1: more kernel rows than the AVX-512 kernel's 16 segments per call), mixed
-  // bits per channel.
+  // bits per channel; 1 x 1 pad 1 and 2 x 2 pad 2 (pw >= kw: an output row wider than W + pw,
+  // the band rows padded on both sides, flat_band_width) and 2 x 2 pad 1 (OW = W + pw).
   struct shape {
     std::size_t c, kh, kw, pad;
   };
   for (const shape s : {shape{8, 1, 1, 0}, shape{4, 5, 5, 2}, shape{4, 5, 5, 0}, shape{16, 3, 3, 0},
-                        shape{8, 3, 3, 2}, shape{3, 3, 4, 1}, shape{4, 17, 1, 0}}) {
+                        shape{8, 3, 3, 2}, shape{3, 3, 4, 1}, shape{4, 17, 1, 0}, shape{8, 1, 1, 1},
+                        shape{4, 2, 2, 2}, shape{4, 2, 2, 1}}) {
     conv2d_geometry g =
         conv_geometry(s.c, s.kh + rng() % 6, s.kw + 2 + rng() % 9, s.kh, s.kw, 1, s.pad, 1);
     const std::size_t n_out = std::vector<std::size_t>{3, 16, 21}[rng() % 3];
@@ -1603,6 +1605,12 @@ TEST_CASE("packed_conv_flat: which convolutions fit; others are refused") {
   CHECK(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 1, 1, 1))); // padded: 20
   CHECK_FALSE(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 2, 1, 1)));
   CHECK_FALSE(packed_conv_flat_padded_fits(conv_geometry(6, 12, 12, 3, 3, 1, 2, 2)));
+  // The band rows' width: W + pw (the padding shared by neighbouring rows) while pw < kw.
+  CHECK(flat_band_width(conv_geometry(16, 14, 14, 3, 3, 1, 1, 1)) == 15);
+  CHECK(flat_band_width(conv_geometry(16, 14, 14, 3, 3, 1, 2, 1)) == 16);
+  CHECK(flat_band_width(conv_geometry(16, 14, 14, 3, 3, 1, 0, 1)) == 14);
+  CHECK(flat_band_width(conv_geometry(8, 14, 14, 1, 1, 1, 1, 1)) == 16);
+  CHECK(flat_band_width(conv_geometry(4, 14, 14, 2, 2, 1, 2, 1)) == 18);
   const conv2d_geometry g = conv_geometry(6, 12, 12, 3, 3, 1, 1, 1);
   CHECK(packed_kernel_row(g) == 20);
   CHECK(packed_padded_depth(g) == 60);

@@ -82,10 +82,12 @@ inline std::size_t engine_parallel_threshold() {
 }
 
 /// The narrowest output row that runs on the flat plane (packed_engine::flat). A 3x3 / pad 1
-/// conv computes 2 dropped pixels per output row there: 7 % more multiply-adds at 28 pixels,
-/// 12.5 % at 14, 22 % at 7. Measured (benchmarks/README, issue 19, AVX-512 VNNI, ResNet-20 and
-/// VGG-style at batch 256): from 28 pixels it saves CPU time, from 14 or 7 it loses.
-inline constexpr std::size_t flat_conv_min_width = 28;
+/// conv computes 1 dropped pixel per output row there (the padding column shared by
+/// neighbouring band rows, flat_band_width): 3.4 % more multiply-adds at 28 pixels, 6.7 % at
+/// 14, 12.5 % at 7. Measured (benchmarks/README, issue 19, h19-z5, AVX-512 VNNI, batch 256):
+/// from 14 pixels it saves CPU time against im2row (ResNet-20's stage 2), at 7 it loses
+/// (stage 3; with 2 dropped pixels a row, before h19-z5, it lost at 14 too).
+inline constexpr std::size_t flat_conv_min_width = 14;
 
 /// The narrowest output row from which a stride-1 conv whose kernel rows are not whole quads
 /// gets padded kernel rows and runs on the flat plane, on its output pixels only

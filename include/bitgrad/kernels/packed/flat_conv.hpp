@@ -9,17 +9,24 @@
 // row / rows overloads) as packed_gemm hands the rows of an im2row block.
 //
 // The flat plane: per image, the input rows the call's output rows read are copied once into a
-// band of rows padded to Wp = W + 2 pw pixels with z (rows above or below the image all z). At
-// stride 1, pixel (oh, ow) of the band sits at flat index f = (oh - oh0) Wp + ow, and kernel row
-// a of its patch is the kw C bytes at band + (f + a Wp) C: so for every flat pixel, real or not,
+// band of rows of Wp pixels, each row pw z pixels then the image row (rows above or below the
+// image all z), and pw z pixels after the band. The right padding of a row is the left padding
+// of the next: at stride 1 output pixel (oh, ow) reads band columns ow .. ow + kw - 1 <= W + 2 pw
+// - 1, and a column c >= Wp = W + pw is column c - Wp < pw of the next band row, z. So Wp = W + pw
+// whenever an output row fits in a band row (OW = W + 2 pw - kw + 1 <= Wp, i.e. pw < kw), else
+// Wp = W + 2 pw with pw z pixels on both sides (flat_band_width). Pixel (oh, ow) of the band
+// sits at flat index f = (oh - oh0) Wp + ow, and kernel row a of its patch is the kw C bytes at
+// band + (f + a Wp) C: so for every flat pixel, real or not,
 //
 //   acc(f, :) = sum_{a < kh} [ A_a(f, :) . panel quads [a kq, (a + 1) kq) ],
 //   A_a = the band read from a Wp C as a matrix with row stride C,  kq = kw C / 4,
 //
 // one packed_rows call per kernel row on the same 64-row block (accumulating after the first).
-// The flat pixels with ow >= OW (the 2 pw padding columns, Wp - OW of each row but the last) are
-// computed and dropped by the output adapter: (Wp - OW) / Wp more work (7 % at 28 x 28 with
-// pw = 1, 13 % at 14 x 14, 22 % at 7 x 7) against im2row's copy of kh kw C bytes per pixel.
+// The flat pixels with ow >= OW (Wp - OW of each row but the last: kw - 1 - pw when the
+// padding is shared, one for 3 x 3 / pad 1) are computed and dropped by the output adapter:
+// (Wp - OW) / Wp more work (3.4 % at 28 x 28 with a 3 x 3 / pad 1 kernel, 6.7 % at 14 x 14,
+// 12.5 % at 7 x 7; 7 %, 13 %, 22 % with both padding columns) against im2row's copy of kh kw C
+// bytes per pixel.
 // Needs stride 1, dilation 1, one group, and a kernel row of whole quads of the panel: kw C % 4
 // == 0 (packed_conv_flat_fits), or weights with padded kernel rows (ref/packed_conv.hpp: depth
 // kh R, R = kw C rounded up to a multiple of 4, zero codes in each row's last R - kw C places;
@@ -60,6 +67,13 @@ inline bool packed_conv_flat_padded_fits(const conv2d_geometry& g) {
 /// rows are the plain ones.
 inline bool packed_conv_flat_fits(const conv2d_geometry& g) {
   return packed_conv_flat_padded_fits(g) && g.kernel_w * g.in_channels % packed_quad == 0;
+}
+
+/// The band width Wp of conv g's flat plane (the top of this header): W + pw, the right padding
+/// of a band row being the left padding of the next, when an output row fits in it (pw <
+/// kw); else W + 2 pw.
+inline std::size_t flat_band_width(const conv2d_geometry& g) {
+  return g.pad_w < g.kernel_w ? g.in_w + g.pad_w : g.in_w + 2 * g.pad_w;
 }
 
 /// The matrix rows of a flat call. band_pixels: every band pixel from the first output pixel
@@ -138,9 +152,13 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
   using panel_t = typename packed_isa_traits<Arch>::panel;
   const std::size_t C = g.in_channels, H = g.in_h, W = g.in_w, kh = g.kernel_h;
   const std::size_t ow_n = g.out_w(), plane = g.out_plane(), pw = g.pad_w;
-  const std::size_t wp = W + 2 * pw, row_bytes = wp * C;
+  const std::size_t wp = flat_band_width(g), row_bytes = wp * C;
+  const std::size_t right = wp - W - pw;                          // z pixels right of a row
   const std::size_t kq = packed_kernel_row(g) / packed_quad;      // quads per kernel row
   const std::size_t over = packed_kernel_row(g) - g.kernel_w * C; // read past the last pixel
+  // After the band: the pw z pixels the last row's right padding reads (a next row's left
+  // padding), and over bytes of z.
+  const std::size_t after = pw * C + over;
   thread_local std::vector<std::uint8_t> band;
   for (std::size_t r = r0; r < r1;) {
     // Image n's part of the rows: output pixels (oh0, ow0) .. (oh1, ow1).
@@ -149,8 +167,8 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
     const std::size_t oh1 = (e - 1) % plane / ow_n, ow1 = (e - 1) % plane % ow_n;
     // Band row i is padded row oh0 + i: image row oh0 + i - ph, or z outside the image.
     const std::size_t band_rows = oh1 - oh0 + kh;
-    band.resize(band_rows * row_bytes + over);
-    if (over > 0) std::memset(band.data() + band_rows * row_bytes, z, over);
+    band.resize(band_rows * row_bytes + after);
+    if (after > 0) std::memset(band.data() + band_rows * row_bytes, z, after);
     // The image rows the band holds, [inside0, inside1): without column padding one copy (NHWC rows
     // are consecutive), else row by row between z columns; the others all z.
     const std::ptrdiff_t top = std::ptrdiff_t(g.pad_h) - std::ptrdiff_t(oh0); // row of ih = 0
@@ -171,7 +189,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
           std::uint8_t* dst = band.data() + i * row_bytes;
           std::memset(dst, z, pw * C);
           std::memcpy(dst + pw * C, image_row, W * C);
-          std::memset(dst + (pw + W) * C, z, pw * C);
+          if (right > 0) std::memset(dst + (pw + W) * C, z, right * C);
         }
       }
     }
@@ -270,7 +288,7 @@ void packed_conv_flat_run(Arch arch, const conv2d_geometry& g, const std::uint8_
       continue;
     }
     // Flat rows: band pixels [ow0, (oh1 - oh0) wp + ow1], the last one real, so kernel row
-    // kh - 1 of the last read ends at the band's last byte (+ over).
+    // kh - 1 of the last reads at most the band's rows and the `after` bytes past them.
     const std::size_t m = (oh1 - oh0) * wp + ow1 + 1 - ow0;
     const std::uint8_t* base = band.data() + ow0 * C;
     auto rows = [&](std::size_t i0, std::size_t mb, std::size_t q0, std::size_t q1,
