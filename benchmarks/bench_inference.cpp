@@ -44,7 +44,9 @@
 #endif
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -173,11 +175,33 @@ int deploy_export(const std::filesystem::path& dir) {
   return 0;
 }
 
+/// TEXT, an argument named WHAT, as a whole number in [min, max]; else a config_error that names
+/// the argument and what it got (strtoull alone would read "abc" as 0 and "-1" as 2^64 - 1).
+std::size_t parse_count(const char* text, const char* what, std::size_t min, std::size_t max) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE || std::strchr(text, '-') || v < min ||
+      v > max)
+    throw config_error(std::string(what) + " '" + text + "': expected a whole number from " +
+                       std::to_string(min) + " to " + std::to_string(max));
+  return std::size_t(v);
+}
+
+/// TEXT, the --deploy-run MIN_TIME argument, as seconds > 0.
+double parse_seconds(const char* text) {
+  char* end = nullptr;
+  const double v = std::strtod(text, &end);
+  if (end == text || *end != '\0' || !(v > 0) || !std::isfinite(v))
+    throw config_error(std::string("MIN_TIME '") + text + "': expected seconds > 0");
+  return v;
+}
+
 /// ENGINE of --deploy-run: "int" (the packed integer path) or "float".
 deploy::precision engine_precision(const std::string& engine) {
   if (engine == "int") return deploy::precision::packed;
   if (engine == "float") return deploy::precision::float32;
-  throw config_error("bench_inference: engine '" + engine + "': expected int or float");
+  throw config_error("engine '" + engine + "': expected int or float");
 }
 
 /// BATCH normal random inputs of rt's input size (seed 1).
@@ -196,7 +220,8 @@ int deploy_callgrind(const char* file, const std::string& engine, std::size_t ba
   // BITGRAD_FLAT_MIN_WIDTH=W: whole-quad stride-1 convs on the flat plane from W output pixels
   // a row (packed_engine::set_flat_min_width; the padded kind keeps its default), to compare.
   if (const char* w = std::getenv("BITGRAD_FLAT_MIN_WIDTH"))
-    rt.set_engine_flat_min_width(std::strtoul(w, nullptr, 10), deploy::flat_padded_min_width);
+    rt.set_engine_flat_min_width(parse_count(w, "BITGRAD_FLAT_MIN_WIDTH", 0, 1 << 20),
+                                 deploy::flat_padded_min_width);
   const deploy::precision p = engine_precision(engine);
   const std::vector<float> x = deploy_inputs(rt, batch);
   for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
@@ -204,8 +229,12 @@ int deploy_callgrind(const char* file, const std::string& engine, std::size_t ba
   CALLGRIND_START_INSTRUMENTATION;
   for (int i = 0; i < calls; ++i) benchmark::DoNotOptimize(rt.run(x.data(), batch, p).data());
   CALLGRIND_STOP_INSTRUMENTATION;
-  std::printf("%s %s batch %zu calls %d isa %s\n", file, engine.c_str(), batch, calls,
-              engine == "int" ? int_isa_name(best_int_isa()) : "float");
+  // The number of convs on the flat plane, so the effect of BITGRAD_FLAT_MIN_WIDTH shows.
+  std::size_t flat = 0;
+  for (std::size_t k = 0; k < rt.engine().plan().steps.size(); ++k)
+    flat += rt.engine().plan().steps[k].conv && rt.engine().flat(k);
+  std::printf("%s %s batch %zu calls %d isa %s flat convs %zu\n", file, engine.c_str(), batch,
+              calls, engine == "int" ? int_isa_name(best_int_isa()) : "float", flat);
   return 0;
 }
 
@@ -252,12 +281,20 @@ int deploy_run(const char* file, const std::string& engine, std::size_t batch, i
 int main(int argc, char** argv) {
   try {
     if (argc == 3 && std::strcmp(argv[1], "--deploy-export") == 0) return deploy_export(argv[2]);
-    if (argc == 7 && std::strcmp(argv[1], "--deploy-run") == 0)
-      return deploy_run(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10), std::atoi(argv[5]),
-                        std::strtod(argv[6], nullptr));
-    if (argc == 6 && std::strcmp(argv[1], "--deploy-callgrind") == 0)
-      return deploy_callgrind(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10),
-                              std::atoi(argv[5]));
+    // The numbers are read before the model file: a bad one stops the program at once.
+    constexpr std::size_t most = 1 << 20;
+    if (argc == 7 && std::strcmp(argv[1], "--deploy-run") == 0) {
+      const std::size_t batch = parse_count(argv[4], "BATCH", 1, most);
+      const int threads = int(parse_count(argv[5], "THREADS", 1, 1024));
+      return deploy_run(argv[2], argv[3], batch, threads, parse_seconds(argv[6]));
+    }
+    if (argc == 6 && std::strcmp(argv[1], "--deploy-callgrind") == 0) {
+      const std::size_t batch = parse_count(argv[4], "BATCH", 1, most);
+      return deploy_callgrind(argv[2], argv[3], batch, int(parse_count(argv[5], "CALLS", 1, most)));
+    }
+  } catch (const config_error& e) { // a bad argument or option value
+    std::fprintf(stderr, "bench_inference: %s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_inference: %s\n", e.what());
     return 1;

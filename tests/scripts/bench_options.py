@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The options of the benchmarks' own side-by-side modes end to end: bench_conv2d --compare
-(--batch, --rounds, --filter, --cpu, --callgrind) and bench_optim --compare (--rounds), run for
+(--batch, --rounds, --filter, --cpu, --callgrind), bench_optim --compare (--rounds) and
+bench_inference's --deploy-run / --deploy-callgrind numbers and BITGRAD_FLAT_MIN_WIDTH, run for
 real on tiny settings. Each option's effect is checked in what the program prints (its settings
 line, the rows of its table, the work a larger batch adds), and every bad value must stop the
 program with exit status 2 and a message naming the option. `make bench-build` runs it on the
@@ -8,10 +9,12 @@ benchmarks it has just built:
 
   /usr/bin/python3 tests/scripts/bench_options.py build/bench-build/benchmarks
 """
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 BENCH = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "build/bench-build/benchmarks")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -95,6 +98,42 @@ for args, named in [(["--rounds", "0"], "--rounds"), (["--rounds", "x"], "--roun
     r = run("bench_optim", "--compare", *args)
     check(r.returncode == 2 and named in r.stderr and r.stdout == "",
           f"bench_optim --compare {' '.join(args)}: refused naming {named!r} ({r.stderr.strip()!r})")
+
+# bench_inference --deploy-run / --deploy-callgrind (run_deploy.py's and the measuring sections'
+# entry points): the numbers and BITGRAD_FLAT_MIN_WIDTH ------------------------------------------
+with tempfile.TemporaryDirectory() as models:
+    r = run("bench_inference", "--deploy-export", models)
+    check(r.returncode == 0, f"bench_inference --deploy-export writes the models ({r.stderr.strip()[:200]})")
+    lenet, resnet = f"{models}/lenet5.bgm", f"{models}/resnet20.bgm"
+    r = run("bench_inference", "--deploy-run", lenet, "int", "3", "1", "0.01")
+    row = json.loads(r.stdout) if r.returncode == 0 else {}
+    check(row.get("batch") == 3 and row.get("threads") == 1 and row.get("calls", 0) >= 5,
+          f"bench_inference --deploy-run: BATCH 3, THREADS 1, at least 5 calls ({r.stdout.strip()!r})")
+
+    def flat_convs(width):
+        env = dict(ENV) if width is None else dict(ENV, BITGRAD_FLAT_MIN_WIDTH=width)
+        r = subprocess.run([str(BENCH / "bench_inference"), "--deploy-callgrind", resnet, "int", "2", "1"],
+                           capture_output=True, text=True, env=env, timeout=600)
+        return int(r.stdout.split("flat convs ")[1]) if r.returncode == 0 else None
+
+    default, narrow, none = flat_convs(None), flat_convs("1"), flat_convs("100000")
+    check(none == 0 and default is not None and narrow is not None and narrow > default > 0,
+          f"BITGRAD_FLAT_MIN_WIDTH: flat convs {default} by default, {narrow} from width 1, "
+          f"{none} from 100000")
+
+    for args, env, named in [
+            (["--deploy-run", lenet, "int", "abc", "1", "1"], {}, "BATCH 'abc'"),
+            (["--deploy-run", lenet, "int", "-1", "1", "1"], {}, "BATCH '-1'"),
+            (["--deploy-run", lenet, "int", "2", "0", "1"], {}, "THREADS '0'"),
+            (["--deploy-run", lenet, "int", "2", "1", "0"], {}, "MIN_TIME '0'"),
+            (["--deploy-run", lenet, "fp", "2", "1", "1"], {}, "engine 'fp'"),
+            (["--deploy-callgrind", lenet, "int", "2", "x"], {}, "CALLS 'x'"),
+            (["--deploy-callgrind", lenet, "int", "2", "1"], {"BITGRAD_FLAT_MIN_WIDTH": "wide"},
+             "BITGRAD_FLAT_MIN_WIDTH 'wide'")]:
+        r = subprocess.run([str(BENCH / "bench_inference"), *args], capture_output=True, text=True,
+                           env=dict(ENV, **env), timeout=600)
+        check(r.returncode == 2 and named in r.stderr and r.stdout == "",
+              f"bench_inference {' '.join(args[:1] + args[2:])}: refused naming {named!r} ({r.stderr.strip()!r})")
 
 if failures:
     print(f"bench_options.py: {len(failures)} check(s) failed", file=sys.stderr)
