@@ -28,6 +28,8 @@
 //   cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DBITGRAD_BUILD_BENCHMARKS=ON
 //         -DCMAKE_CXX_FLAGS=-march=native;  cmake --build build/bench --target bench_inference
 //   build/bench/benchmarks/bench_inference
+#include "compare_args.hpp"
+
 #include <bitgrad/deploy/runtime.hpp>
 #include <bitgrad/nn/models.hpp>
 #include <bitgrad/quant/frac_bits.hpp>
@@ -44,7 +46,6 @@
 #endif
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -175,25 +176,12 @@ int deploy_export(const std::filesystem::path& dir) {
   return 0;
 }
 
-/// TEXT, an argument named WHAT, as a whole number in [min, max]; else a config_error that names
-/// the argument and what it got (strtoull alone would read "abc" as 0 and "-1" as 2^64 - 1).
-std::size_t parse_count(const char* text, const char* what, std::size_t min, std::size_t max) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long v = std::strtoull(text, &end, 10);
-  if (end == text || *end != '\0' || errno == ERANGE || std::strchr(text, '-') || v < min ||
-      v > max)
-    throw config_error(std::string(what) + " '" + text + "': expected a whole number from " +
-                       std::to_string(min) + " to " + std::to_string(max));
-  return std::size_t(v);
-}
-
 /// TEXT, the --deploy-run MIN_TIME argument, as seconds > 0.
 double parse_seconds(const char* text) {
   char* end = nullptr;
   const double v = std::strtod(text, &end);
   if (end == text || *end != '\0' || !(v > 0) || !std::isfinite(v))
-    throw config_error(std::string("MIN_TIME '") + text + "': expected seconds > 0");
+    throw bench::usage_error(std::string("MIN_TIME expects seconds > 0, got '") + text + "'");
   return v;
 }
 
@@ -201,7 +189,7 @@ double parse_seconds(const char* text) {
 deploy::precision engine_precision(const std::string& engine) {
   if (engine == "int") return deploy::precision::packed;
   if (engine == "float") return deploy::precision::float32;
-  throw config_error("engine '" + engine + "': expected int or float");
+  throw bench::usage_error("ENGINE expects int or float, got '" + engine + "'");
 }
 
 /// BATCH normal random inputs of rt's input size (seed 1).
@@ -220,7 +208,7 @@ int deploy_callgrind(const char* file, const std::string& engine, std::size_t ba
   // BITGRAD_FLAT_MIN_WIDTH=W: whole-quad stride-1 convs on the flat plane from W output pixels
   // a row (packed_engine::set_flat_min_width; the padded kind keeps its default), to compare.
   if (const char* w = std::getenv("BITGRAD_FLAT_MIN_WIDTH"))
-    rt.set_engine_flat_min_width(parse_count(w, "BITGRAD_FLAT_MIN_WIDTH", 0, 1 << 20),
+    rt.set_engine_flat_min_width(bench::whole_number("BITGRAD_FLAT_MIN_WIDTH", w, 0),
                                  deploy::flat_padded_min_width);
   const deploy::precision p = engine_precision(engine);
   const std::vector<float> x = deploy_inputs(rt, batch);
@@ -284,15 +272,16 @@ int main(int argc, char** argv) {
     // The numbers are read before the model file: a bad one stops the program at once.
     constexpr std::size_t most = 1 << 20;
     if (argc == 7 && std::strcmp(argv[1], "--deploy-run") == 0) {
-      const std::size_t batch = parse_count(argv[4], "BATCH", 1, most);
-      const int threads = int(parse_count(argv[5], "THREADS", 1, 1024));
+      const std::size_t batch = bench::whole_number("BATCH", argv[4], 1, most);
+      const int threads = int(bench::whole_number("THREADS", argv[5], 1, 1024));
       return deploy_run(argv[2], argv[3], batch, threads, parse_seconds(argv[6]));
     }
     if (argc == 6 && std::strcmp(argv[1], "--deploy-callgrind") == 0) {
-      const std::size_t batch = parse_count(argv[4], "BATCH", 1, most);
-      return deploy_callgrind(argv[2], argv[3], batch, int(parse_count(argv[5], "CALLS", 1, most)));
+      const std::size_t batch = bench::whole_number("BATCH", argv[4], 1, most);
+      return deploy_callgrind(argv[2], argv[3], batch,
+                              int(bench::whole_number("CALLS", argv[5], 1, most)));
     }
-  } catch (const config_error& e) { // a bad argument or option value
+  } catch (const bench::usage_error& e) { // a bad argument or variable
     std::fprintf(stderr, "bench_inference: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {

@@ -1,7 +1,8 @@
 // The options of the benchmarks' own side-by-side modes (bench_conv2d --compare, bench_optim
-// --compare), read strictly: an unknown option, a missing value or a value that is not a whole
-// number in range stops the program with a message naming it, instead of being ignored or
-// aborting in std::stoul. tests/scripts/bench_options.py runs every option (make bench-build).
+// --compare; bench_inference's --deploy-run / --deploy-callgrind numbers), read strictly: an
+// unknown option, a missing value or a value that is not a whole number in range stops the program
+// with a message naming it, instead of being ignored or aborting in std::stoul.
+// tests/scripts/bench_options.py runs every option (make bench-build).
 #pragma once
 
 #include <cstddef>
@@ -15,14 +16,15 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// The whole number `text` gives for `option`, at least `lo`.
-inline std::size_t whole_number(const std::string& option, const std::string& text,
-                                std::size_t lo) {
+/// The whole number `text` gives for `option`, at least `lo` (and at most `hi`, if given).
+inline std::size_t whole_number(const std::string& option, const std::string& text, std::size_t lo,
+                                std::size_t hi = 999999999999999999) {
   const bool digits = !text.empty() && text.size() <= 18 &&
                       text.find_first_not_of("0123456789") == std::string::npos;
   const std::size_t value = digits ? std::stoull(text) : 0;
-  if (!digits || value < lo)
-    throw usage_error(option + " expects a whole number >= " + std::to_string(lo) + ", got '" +
+  if (!digits || value < lo || value > hi)
+    throw usage_error(option + " expects a whole number >= " + std::to_string(lo) +
+                      (hi < 999999999999999999 ? " and <= " + std::to_string(hi) : "") + ", got '" +
                       text + "'");
   return value;
 }

@@ -93,9 +93,9 @@ struct unfused : L {
 };
 
 /// A ResNet-style network: conv + bn + relu stem, a basic block with a projection shortcut
-/// (conv 1x1 stride 2 + bn) and the block's relu, a block with an identity shortcut (its
-/// backward fused into the batch norm's: backward_add_relu) and its relu, pool, fc. Fuse = false
-/// hides every forward_relu (conv, bn, residual), so each relu runs as its own layer.
+/// (conv 1x1 stride 2 + bn) and the block's relu, a block with an identity shortcut and its
+/// relu, pool, fc. Fuse = false hides every forward_relu (conv, bn, residual), so each relu runs
+/// as its own layer.
 template <class T, bool Fuse>
 auto resnet_style(bool sync) {
   auto wrap = [](auto l) {
